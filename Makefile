@@ -1,0 +1,37 @@
+# Two entry points, each installing what it needs into .venv first:
+#   make serve   - serve GPT-2 over HTTP on 127.0.0.1:8000 (random weights if the hub is unreachable)
+#   make test    - run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test setup setup-dev lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# torch is installed on its own, pinned, first: 2.13.0 is a local CPU wheel here, and
+# installing it before transformers keeps pip from resolving a CUDA build.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,plot]'
+	touch $(VENV)/.runtime-installed $@
+
+setup: $(VENV)/.runtime-installed
+setup-dev: $(VENV)/.dev-installed
+
+serve: setup
+	$(BIN)/nanovllm serve gpt2 --allow-dummy-fallback $(ARGS)
+
+test: setup-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,70 @@
+"""Causal multi-head attention, over the current tokens or over a paged KV cache.
+
+The paged cache is one pair of arrays per layer, `[num_slots, n_head, head_dim]`, where a slot is
+`block_id * block_size + offset`. A step's new keys and values are written to their slots first;
+then every sequence reads its whole context back through its slots, so a prefill chunk, a
+decode step and a cached prefix all take the same path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class AttentionBatch:
+    """Where each sequence of a step sits in the flat token batch and in the KV cache.
+
+    Single-token (decode) sequences come first, one row each, and are attended together;
+    multi-token (prefill) sequences follow, each a contiguous run of rows.
+    """
+    slot_mapping: np.ndarray           # [num_tokens] cache slot of each new token
+    num_decodes: int                   # rows [0, num_decodes) are decodes
+    decode_slots: np.ndarray           # [num_decodes, max_context] context slots (0-padded)
+    decode_mask: np.ndarray            # [num_decodes, 1, max_context] 0 or -inf (padding)
+    prefills: list[tuple[int, int, np.ndarray]]  # (first row, end row, context slots)
+
+
+def softmax_(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """q: [n, H, D] are the last n positions of a context k, v: [c, H, D]. Returns [n, H, D]."""
+    n, c = q.shape[0], k.shape[0]
+    scale = 1.0 / float(np.sqrt(q.shape[-1]))
+    scores = np.matmul((q * scale).transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, n, c]
+    if n > 1:  # query i sits at position c - n + i and sees keys up to there
+        scores[:, np.triu(np.ones((n, c), dtype=bool), k=c - n + 1)] = -np.inf
+    out = np.matmul(softmax_(scores), v.transpose(1, 0, 2))  # [H, n, D]
+    return out.transpose(1, 0, 2)
+
+
+def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One query per sequence. q: [B, H, D]; k, v: [B, T, H, D] padded; mask: [B, 1, T]."""
+    scale = 1.0 / float(np.sqrt(q.shape[-1]))
+    scores = np.matmul((q * scale)[:, :, None, :], k.transpose(0, 2, 3, 1))[:, :, 0, :]  # [B,H,T]
+    scores += mask
+    probs = softmax_(scores)
+    return np.matmul(probs[:, :, None, :], v.transpose(0, 2, 1, 3))[:, :, 0, :]
+
+
+def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                    kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch) -> np.ndarray:
+    k_cache, v_cache = kv_cache
+    k_cache[batch.slot_mapping] = k
+    v_cache[batch.slot_mapping] = v
+    out = np.empty_like(q)
+    d = batch.num_decodes
+    if d:
+        slots = batch.decode_slots
+        out[:d] = decode_attention(q[:d], k_cache[slots], v_cache[slots], batch.decode_mask)
+    for start, end, slots in batch.prefills:
+        out[start:end] = causal_attention(q[start:end], k_cache[slots], v_cache[slots])
+    return out

@@ -1,0 +1,82 @@
+"""Checkpoints we make ourselves: random GPT-2 weights in the exact Hugging Face layout.
+
+The hub is out of reach in CI and on offline machines, so the project writes a complete,
+loadable checkpoint directory (config, generation config, safetensors weights, tokenizer) for any
+preset or a tiny test size. Random weights with the real shapes cost exactly what the real model
+costs, which is what benchmarks and smoke runs need. This is vLLM's `load_format="dummy"`.
+Such a config carries `"_nanovllm_dummy": true` so everything downstream can label it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from model.config import PRESETS, GPT2Config
+from model.loader import expected_shapes
+from model.tokenizer_files import copy_tokenizer, write_trained_tokenizer
+
+DUMMY_KEY = "_nanovllm_dummy"
+
+
+def cache_root() -> Path:
+    """Where generated artefacts (trained tokenizers, dummy checkpoints) are kept between runs."""
+    if os.environ.get("NANOVLLM_CACHE"):
+        return Path(os.environ["NANOVLLM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nanovllm"
+
+
+def random_weights(cfg: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """GPT-2's own initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+    rng = np.random.default_rng(seed)
+    resid_std = 0.02 / (2 * cfg.n_layer) ** 0.5
+    tensors = {}
+    for name, shape in expected_shapes(cfg).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            tensors[name] = np.ones(shape, np.float32)
+        elif name.endswith(".bias"):
+            tensors[name] = np.zeros(shape, np.float32)
+        else:
+            std = resid_std if name.endswith("c_proj.weight") else 0.02
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    return tensors
+
+
+def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
+                           tokenizer_dir: str | Path | None = None, seed: int = 0,
+                           **config_overrides) -> Path:
+    """Writes a loadable checkpoint with random weights; returns its directory.
+
+    `preset` is one of PRESETS; `config_overrides` (e.g. n_layer=2, n_embd=64, n_head=4,
+    vocab_size=1024) make tiny test models. The tokenizer is trained locally to cover the whole
+    vocabulary, or copied from `tokenizer_dir` (e.g. GPT-2's real one).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    eot = config_overrides.get("vocab_size", PRESETS[preset].vocab_size) - 1
+    cfg = PRESETS[preset].with_overrides(**{"bos_token_id": eot, "eos_token_id": eot,
+                                            **config_overrides})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is not None:
+        copy_tokenizer(Path(tokenizer_dir), out, cfg.vocab_size)
+    else:
+        write_trained_tokenizer(out, cfg.vocab_size, cfg.n_positions, cache_root() / "tokenizers")
+    save_file(random_weights(cfg, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
+              "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return out
+
+
+def is_dummy_checkpoint(model_dir: str | Path) -> bool:
+    try:
+        return bool(json.loads((Path(model_dir) / "config.json").read_text()).get(DUMMY_KEY))
+    except (OSError, json.JSONDecodeError):
+        return False

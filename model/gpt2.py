@@ -1,0 +1,122 @@
+"""GPT-2 in numpy: the forward pass as a handful of pure functions over float32 arrays.
+
+Weights keep Hugging Face's Conv1D layout ([in, out], so a linear layer is `x @ w + b`) and the LM
+head is tied to the token embedding. Every activation stays float32: Python float constants are
+"weak" scalars in NumPy 2, so they never promote an array to float64.
+
+Attention reads keys and values either straight from the current tokens (a plain full-sequence
+pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.attention import AttentionBatch, causal_attention, paged_attention
+from model.config import GPT2Config
+
+
+@dataclass(slots=True)
+class BlockWeights:
+    ln_1_g: np.ndarray
+    ln_1_b: np.ndarray
+    attn_w: np.ndarray       # c_attn: [E, 3E], columns are Q | K | V
+    attn_b: np.ndarray
+    attn_proj_w: np.ndarray  # [E, E]
+    attn_proj_b: np.ndarray
+    ln_2_g: np.ndarray
+    ln_2_b: np.ndarray
+    fc_w: np.ndarray         # [E, 4E]
+    fc_b: np.ndarray
+    fc_proj_w: np.ndarray    # [4E, E]
+    fc_proj_b: np.ndarray
+
+
+@dataclass(slots=True)
+class GPT2Weights:
+    wte: np.ndarray          # [V, E], also the LM head
+    wpe: np.ndarray          # [P, E]
+    blocks: list[BlockWeights]
+    ln_f_g: np.ndarray
+    ln_f_b: np.ndarray
+
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=-1, keepdims=True)
+    centered /= np.sqrt(var + eps)
+    centered *= g
+    centered += b
+    return centered
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh approximation (`gelu_new`), computed in place on `x`."""
+    inner = x * x
+    inner *= 0.044715
+    inner += 1.0
+    inner *= x
+    inner *= GELU_C
+    np.tanh(inner, out=inner)
+    inner += 1.0
+    x *= 0.5
+    x *= inner
+    return x
+
+
+def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:
+    h = x @ blk.fc_w
+    h += blk.fc_b
+    out = gelu(h) @ blk.fc_proj_w
+    out += blk.fc_proj_b
+    return out
+
+
+def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
+                   kv_cache: tuple[np.ndarray, np.ndarray] | None,
+                   batch: AttentionBatch | None) -> np.ndarray:
+    n, e = x.shape
+    qkv = x @ blk.attn_w
+    qkv += blk.attn_b
+    # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
+    q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
+    if kv_cache is None:
+        heads = causal_attention(q, k, v)
+    else:
+        heads = paged_attention(q, k, v, kv_cache, batch)
+    out = heads.reshape(n, e) @ blk.attn_proj_w
+    out += blk.attn_proj_b
+    return out
+
+
+def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
+    return layer_norm(x, w.ln_f_g, w.ln_f_b, eps) @ w.wte.T
+
+
+def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: np.ndarray,
+            kv_caches: list[tuple[np.ndarray, np.ndarray]] | None = None,
+            batch: AttentionBatch | None = None,
+            logit_rows: np.ndarray | slice | None = None) -> np.ndarray:
+    """Logits for `token_ids` at `positions`.
+
+    Without `kv_caches` the tokens are one sequence attended causally (the plain full pass).
+    With them, each token's K/V is written to its cache slot and attention follows `batch`.
+    `logit_rows` picks the rows that need logits: the LM head is the largest matmul of a step.
+    """
+    eps = cfg.layer_norm_epsilon
+    x = w.wte[token_ids]
+    x += w.wpe[positions]
+    for i, blk in enumerate(w.blocks):
+        cache = kv_caches[i] if kv_caches is not None else None
+        x += self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps), blk, cfg.n_head, cache, batch)
+        x += mlp(layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps), blk)
+    if logit_rows is not None:
+        x = x[logit_rows]
+    return lm_head(x, w, eps)
