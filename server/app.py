@@ -1,0 +1,53 @@
+"""build_app(engine_loop, ...): the FastAPI application, with no module-level state.
+
+The caller owns the EngineLoop (starts it before serving, shuts it down after); several
+apps may share one loop (e.g. with and without an API key), each with its own metrics.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+
+from server import __version__
+from server.context import ServerContext
+from server.engine_loop import EngineLoop
+from server.errors import error_response, install_error_handlers
+from server.metrics import ServerMetrics
+from server.routes import router
+
+
+class APIKeyMiddleware:
+    """Requires `Authorization: Bearer <key>` on /v1/* (vLLM protects exactly those paths)."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"].startswith("/v1"):
+            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
+            if not secrets.compare_digest(got, self._expected):
+                response = error_response(
+                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
+                    401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(engine: EngineLoop, *, served_model_name: str, model_root: str | None = None,
+              api_key: str | None = None) -> FastAPI:
+    """An OpenAI-compatible app serving `engine` (an EngineLoop) as `served_model_name`."""
+    app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
+                  description="Completions, tokenization and metrics for a GPT-2 model.")
+    metrics = ServerMetrics(served_model_name, lambda: engine.stats)
+    app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
+                                  metrics, api_key)
+    install_error_handlers(app)
+    app.include_router(router)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    return app

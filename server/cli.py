@@ -1,0 +1,140 @@
+"""`nanovllm serve MODEL`: load the engine, start its thread, serve the API with uvicorn.
+
+MODEL is a local checkpoint directory or a hub name (gpt2, distilgpt2, ...). With
+--load-format dummy, or with --allow-dummy-fallback when the hub cannot be reached, the
+server runs a preset with random weights and says so. Ctrl-C / SIGTERM: in-flight requests
+are aborted (clients get an error), the listening socket is closed, the engine thread stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import uvicorn
+
+logger = logging.getLogger("nanovllm.serve")
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    from nanovllm.config import add_engine_args
+
+    parser.add_argument("model", help="checkpoint directory or hub name (e.g. gpt2)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--api-key", default=None,
+                        help="require `Authorization: Bearer KEY` on /v1/* "
+                             "(default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
+    parser.add_argument("--served-model-name", default=None,
+                        help="model name clients use (default: MODEL as given)")
+    parser.add_argument("--allow-dummy-fallback", action="store_true",
+                        help="if the hub is unreachable, serve MODEL's preset with random weights")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    add_engine_args(parser)
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[str, bool]:
+    """(model for EngineConfig, whether we fell back to dummy weights). Exits if impossible."""
+    from nanovllm.hub import DownloadError, HubUnavailableError
+    from nanovllm.hub import resolve_model as hub_resolve
+
+    if args.load_format == "dummy":
+        return args.model, False
+    try:
+        return str(hub_resolve(args.model, getattr(args, "revision", None))), False
+    except HubUnavailableError as exc:
+        preset = dummy_preset(args.model)
+        if not args.allow_dummy_fallback or preset is None:
+            raise SystemExit(f"nanovllm serve: {_first_line(exc)}") from None
+        print(f"nanovllm serve: the Hugging Face hub is unreachable, so serving a dummy {preset} "
+              f"checkpoint with RANDOM weights ({_first_line(exc).split('; for random weights')[0]})", file=sys.stderr, flush=True)
+        return preset, True
+    except (DownloadError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"nanovllm serve: {_first_line(exc)}") from None
+
+
+def dummy_preset(model: str) -> str | None:
+    """The preset a hub name stands for (gpt2, openai-community/gpt2, ...), if any."""
+    from model import PRESETS
+    from nanovllm.hub import HUB_REPOS
+
+    if model in PRESETS:
+        return model
+    return next((name for name, repo in HUB_REPOS.items() if repo == model and name in PRESETS), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def count_params(cfg) -> int:
+    """GPT-2 parameters: embeddings + 12d^2 + 13d per block + final layer norm."""
+    d = cfg.n_embd
+    return cfg.vocab_size * d + cfg.n_positions * d + cfg.n_layer * (12 * d * d + 13 * d) + 2 * d
+
+
+def log_loaded(engine) -> None:
+    cfg = engine.model_config
+    weights = "RANDOM weights (dummy checkpoint)" if engine.is_dummy else "pretrained weights"
+    logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                "max_model_len %d)", cfg.n_layer and "GPT-2", engine.model_path, weights,
+                count_params(cfg) / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
+                engine.max_model_len)
+    stats = engine.get_stats()
+    block = getattr(getattr(engine, "config", None), "block_size", None)
+    logger.info("KV cache: %d blocks%s", stats.num_total_blocks,
+                f" of {block} tokens ({stats.num_total_blocks * block} tokens)" if block else "")
+
+
+class Server(uvicorn.Server):
+    """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, engine_loop) -> None:
+        super().__init__(config)
+        self._engine_loop = engine_loop
+
+    def handle_exit(self, sig, frame) -> None:
+        self._engine_loop.abort_all("The server is shutting down.")
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                logger.info("Serving the OpenAI-compatible API at http://%s:%d/v1 "
+                            "(e.g. POST http://%s:%d/v1/completions)", host, port, host, port)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from nanovllm import EngineConfig, LLMEngine
+    from server.app import build_app
+    from server.engine_loop import EngineLoop
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
+    model, fallback = resolve_model(args)
+    if fallback:
+        args.load_format = "dummy"
+    engine = LLMEngine(EngineConfig.from_cli_args(model, args))
+    log_loaded(engine)
+    loop = EngineLoop(engine).start()
+    app = build_app(loop, served_model_name=args.served_model_name or args.model,
+                    model_root=str(engine.model_path), api_key=api_key)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5, access_log=False)
+    try:
+        Server(config, loop).run()
+    finally:
+        loop.shutdown()
+    logger.info("Server stopped.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
+    add_serve_args(parser)
+    return run_serve(parser.parse_args(argv))

@@ -1,0 +1,159 @@
+"""POST /v1/completions: validate, hand to the engine, and build OpenAI-shaped responses.
+
+Choice index = prompt_index * n + output.index (vLLM). Usage counts each prompt's tokens once
+and every choice's generated tokens. Legacy logprobs follow vLLM: tokens, token_logprobs,
+top_logprobs (sampled token first, then the top-N, keyed by decoded text) and text_offset;
+-inf becomes -9999.0 so the JSON stays valid. With echo the prompt text is prepended and,
+with logprobs, the prompt's logprobs too (the first one is None: nothing precedes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from server.context import ServerContext
+from server.engine_loop import EngineDeadError, RequestAborted, RequestRejected
+from server.errors import APIError, bad_request
+from server.prompts import (
+    Prompt,
+    check_supported,
+    effective_max_tokens,
+    resolve_prompts,
+    sampling_params,
+)
+from server.protocol import CompletionRequest
+from server.request_stream import RequestStream
+
+logger = logging.getLogger(__name__)
+
+
+def engine_error(exc: BaseException) -> APIError:
+    """Map what the engine loop pushes into a request onto an HTTP error."""
+    if isinstance(exc, RequestRejected):
+        return bad_request(str(exc), "prompt" if "context length" in str(exc) else None)
+    if isinstance(exc, (EngineDeadError, RequestAborted)):
+        return APIError(str(exc), 503)
+    return APIError(f"Internal error in the engine: {type(exc).__name__}: {exc}", 500)
+
+
+def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: int) -> dict:
+    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+    for tid, step in zip(token_ids, step_logprobs, strict=False):
+        if step is None or tid not in step:
+            token, lp, top = tokenizer.decode_token(tid), None, None
+        else:
+            token, lp = _token_text(step[tid], tid, tokenizer), max(step[tid].logprob, -9999.0)
+            ranked = [(tid, step[tid])] + sorted(
+                ((t, p) for t, p in step.items() if t != tid), key=lambda kv: kv[1].rank)
+            top = {_token_text(p, t, tokenizer): max(p.logprob, -9999.0)
+                   for i, (t, p) in enumerate(ranked) if i <= num_top}
+        text_offset.append(offset)
+        offset += len(token)
+        tokens.append(token)
+        token_logprobs.append(lp)
+        top_logprobs.append(top)
+    return {"tokens": tokens, "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs, "text_offset": text_offset}
+
+
+def _token_text(logprob, token_id: int, tokenizer) -> str:
+    return logprob.decoded_token if logprob.decoded_token is not None else tokenizer.decode_token(token_id)
+
+
+def prompt_text(prompt: Prompt, tokenizer) -> str:
+    if prompt.text is None:
+        prompt.text = tokenizer.decode(prompt.token_ids)
+    return prompt.text
+
+
+def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer) -> dict:
+    text, token_ids, logprobs = out.text, list(out.token_ids), out.logprobs
+    if req.echo:
+        text = prompt_text(prompt, tokenizer) + text
+        token_ids = prompt.token_ids + token_ids
+        if req.logprobs is not None:
+            prompt_lps = result.prompt_logprobs or [None] * len(prompt.token_ids)
+            logprobs = list(prompt_lps) + list(logprobs or [])
+    lp = None
+    if req.logprobs is not None:
+        lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs, tokenizer, 0)
+    return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
+            "stop_reason": out.stop_reason, "prompt_logprobs": None}
+
+
+def usage(prompts: list[Prompt], results: dict) -> dict:
+    prompt_tokens = sum(len(p.token_ids) for p in prompts)
+    completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": None}
+
+
+def build_response(req, ctx, request_id, created, prompts, results) -> dict:
+    choices = []
+    for tag in sorted(results):
+        for out in sorted(results[tag].outputs, key=lambda o: o.index):
+            choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine.tokenizer)
+            choices.append({"index": tag * req.n + out.index, **choice})
+    return {"id": request_id, "object": "text_completion", "created": created,
+            "model": ctx.model_name, "choices": choices, "usage": usage(prompts, results),
+            "system_fingerprint": None}
+
+
+def prepare(req: CompletionRequest, ctx: ServerContext):
+    """All client-side validation; returns (prompts, sampling params per prompt)."""
+    ctx.check_model(req.model)
+    check_supported(req)
+    if ignored := req.ignored_fields():
+        logger.warning("The following fields were present in the request but ignored: %s", ignored)
+    engine = ctx.engine
+    prompts = resolve_prompts(req.prompt, engine.tokenizer, engine.vocab_size)
+    params = [sampling_params(req, effective_max_tokens(req, len(p.token_ids), engine.max_model_len),
+                              engine.vocab_size) for p in prompts]
+    return prompts, params
+
+
+async def start(req, ctx: ServerContext, prompts, params) -> RequestStream:
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    stream = RequestStream(ctx.engine, request_id, len(prompts), req.n, ctx.metrics.tracker())
+    try:
+        await stream.submit([p.token_ids for p in prompts], params)
+    except asyncio.CancelledError:
+        stream.close()
+        raise
+    except Exception as exc:
+        stream.close()
+        raise engine_error(exc) from exc
+    return stream
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def complete(raw: Request, req: CompletionRequest, ctx: ServerContext, prompts, stream):
+    """Non-streaming: wait for every choice, or abort at once if the client goes away."""
+    created = int(time.time())
+    work = asyncio.ensure_future(stream.final_outputs())
+    gone = asyncio.ensure_future(wait_for_disconnect(raw))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            logger.info("client disconnected; aborting %s", stream.request_id)
+            return JSONResponse({}, status_code=499)
+        try:
+            results = work.result()
+        except Exception as exc:
+            raise engine_error(exc) from exc
+        body = build_response(req, ctx, stream.request_id, created, prompts, results)
+        return JSONResponse(body)
+    finally:
+        for task in (work, gone):
+            task.cancel()
+        stream.close()

@@ -1,0 +1,35 @@
+"""Per-app state shared by the routes (reached through request.app.state, never a global)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.engine_loop import EngineLoop
+from server.errors import APIError
+from server.metrics import ServerMetrics
+
+
+@dataclass(slots=True)
+class ServerContext:
+    engine: EngineLoop
+    model_name: str  # the name clients use in "model"
+    model_root: str  # where the weights came from (the /v1/models "root")
+    metrics: ServerMetrics
+    api_key: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def check_model(self, model: str | None) -> None:
+        """A request may omit "model"; naming any other model is a 404, as in vLLM."""
+        if model is not None and model != self.model_name:
+            raise APIError(f"The model `{model}` does not exist.", 404, "model")
+
+
+def get_ctx(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ServerContext, Depends(get_ctx)]  # route parameter type: the app's context

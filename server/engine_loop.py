@@ -1,0 +1,189 @@
+"""One background thread owns the LLMEngine and drives step(); asyncio handlers talk to it.
+
+The HTTP side never touches the engine directly (only its tokenizer, which is thread-safe):
+it enqueues commands on a thread-safe queue, and each engine request's outputs come back
+through an OutputSink, i.e. loop.call_soon_threadsafe into that request's asyncio.Queue.
+When no request is unfinished the thread blocks on the queue, so an idle server does not
+spin. If step() raises, the engine is marked dead: every pending request gets an
+EngineDeadError, new requests are refused, and /health answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"  # sent once the engine took a request, before any output
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread crashed; no request can be served any more."""
+
+
+class RequestAborted(RuntimeError):
+    """The server aborted the request (it is shutting down)."""
+
+
+class RequestRejected(ValueError):
+    """engine.add_request refused the request (a client error, the engine is fine)."""
+
+
+@dataclass(slots=True)
+class OutputSink:
+    """Delivers (tag, item) pairs of one engine request into an asyncio.Queue on `loop`."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    tag: int
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+class EngineLoop:
+    """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.max_model_len: int = engine.max_model_len
+        self.vocab_size = min(engine.model_config.vocab_size, engine.tokenizer.vocab_size)
+        self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
+        self.error: BaseException | None = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sinks: dict[str, OutputSink] = {}  # touched only by the engine thread
+        self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
+
+    # ---- called from the HTTP side -------------------------------------------------------
+    def start(self) -> EngineLoop:
+        self._thread.start()
+        return self
+
+    @property
+    def is_alive(self) -> bool:
+        return self.error is None and self._thread.is_alive()
+
+    def add_request(self, request_id: str, prompt, params, sink: OutputSink) -> None:
+        with self._lock:
+            if self.error is not None:
+                raise EngineDeadError(f"The engine is dead: {self.error!r}")
+            if self._closed:
+                raise RequestAborted("The server is shutting down.")
+            self._inbox.put(("add", request_id, prompt, params, sink))
+
+    def abort(self, request_ids: list[str]) -> None:
+        if request_ids:
+            self._inbox.put(("abort", list(request_ids)))
+
+    def abort_all(self, reason: str) -> None:
+        """Abort every in-flight request; their handlers get RequestAborted(reason)."""
+        self._inbox.put(("abort_all", reason))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._closed = True
+        self._inbox.put(("stop",))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- the engine thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                if not self._apply(self._next_commands()):
+                    break
+                if self.engine.has_unfinished_requests():
+                    self._dispatch(self.engine.step())
+                self.stats = self.engine.get_stats()
+        except BaseException as exc:  # noqa: BLE001 - any engine failure kills the engine
+            logger.exception("engine loop crashed; marking the engine dead")
+            self._die(exc)
+            return
+        self._drain_inbox(RequestAborted("The server is shutting down."))
+        self.stats = self.engine.get_stats()
+
+    def _next_commands(self) -> list[tuple]:
+        """Block while idle; otherwise take whatever is queued without waiting."""
+        cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
+        while True:
+            try:
+                cmds.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return cmds
+
+    def _apply(self, cmds: list[tuple]) -> bool:
+        for cmd in cmds:
+            if cmd[0] == "add":
+                self._add(*cmd[1:])
+            elif cmd[0] == "abort":
+                self._abort(cmd[1])
+            elif cmd[0] == "abort_all":
+                self._abort(list(self._sinks), RequestAborted(cmd[1]))
+            else:  # stop
+                self._abort(list(self._sinks), RequestAborted("The server is shutting down."))
+                return False
+        return True
+
+    def _add(self, request_id: str, prompt, params, sink: OutputSink) -> None:
+        try:
+            self.engine.add_request(request_id, prompt, params)
+        except ValueError as exc:
+            sink.put(RequestRejected(str(exc)))
+            return
+        except Exception as exc:  # an engine bug for this request only: report, keep serving
+            logger.exception("engine.add_request failed for %s", request_id)
+            sink.put(exc)
+            return
+        self._sinks[request_id] = sink
+        sink.put(ACCEPTED)
+
+    def _abort(self, request_ids: list[str], notify: BaseException | None = None) -> None:
+        if not request_ids:
+            return
+        self.engine.abort_request(request_ids)
+        for rid in request_ids:
+            sink = self._sinks.pop(rid, None)
+            if sink is not None and notify is not None:
+                sink.put(notify)
+
+    def _dispatch(self, outputs) -> None:
+        for out in outputs:
+            sink = self._sinks.get(out.request_id)
+            if sink is None:
+                continue
+            if out.finished:
+                del self._sinks[out.request_id]
+            sink.put(out)
+
+    def _die(self, exc: BaseException) -> None:
+        with self._lock:
+            self.error = exc
+        dead = EngineDeadError(f"The engine is dead: {type(exc).__name__}: {exc}")
+        self._fail_all(dead)
+        self._drain_inbox(dead)
+
+    def _drain_inbox(self, exc: BaseException) -> None:
+        """Answer adds queued before the lock closed the door; nobody will run them."""
+        while True:
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                cmd[4].put(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for sink in self._sinks.values():
+            sink.put(exc)
+        self._sinks.clear()

@@ -1,0 +1,114 @@
+"""OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}} for every failure.
+
+Every status the server can answer with goes through here, including FastAPI's own 404/405
+and request-validation failures (which OpenAI and vLLM report as 400, not FastAPI's 422).
+The `type` names follow vLLM (BadRequestError, NotFoundError, ...), which are also the
+exception classes the `openai` client raises for those statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    413: "RequestTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+class APIError(Exception):
+    """An error that maps one-to-one onto an HTTP status and an OpenAI error body."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+
+    def body(self) -> dict:
+        return error_body(self.message, self.status, self.param)
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(message, 400, param)
+
+
+def error_body(message: str, status: int, param: str | None = None) -> dict:
+    err_type = ERROR_TYPES.get(status) or HTTPStatus(status).phrase.replace(" ", "") + "Error"
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def error_response(message: str, status: int, param: str | None = None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
+
+
+def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """Turn pydantic's error list into one message that names the offending field."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return f"Malformed JSON in request body: {detail}".rstrip(": "), None
+    if not loc:
+        return f"Request body must be a JSON object: {first.get('msg', '')}", None
+    field = loc[0]
+    where = ".".join(loc)
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "missing":
+        return f"Missing required field `{where}`.", field
+    if kind == "extra_forbidden":
+        return f"Unknown field `{where}`.", field
+    extra = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 and kind != "value_error" else ""
+    return f"Invalid value for `{where}`: {msg}{extra}", field
+
+
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = describe_validation_error(exc)
+    return error_response(message, 400, param)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"Not Found: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"Method {request.method} not allowed for {request.url.path}"
+    return error_response(detail, exc.status_code, None, headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error while serving a request", exc_info=exc)
+    return error_response(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)

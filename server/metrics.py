@@ -1,0 +1,112 @@
+"""Prometheus metrics under vLLM's names, in a per-app CollectorRegistry (no global state).
+
+Engine-level numbers (queue lengths, KV usage, token and prefix-cache counters) are read at
+scrape time from the engine loop's stats snapshot by a custom collector; per-request
+latencies (TTFT, inter-token, end-to-end) and finished-request counts are observed by the
+HTTP side as outputs arrive, which is what a client experiences.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+               5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+class EngineStatsCollector:
+    """Exposes the engine's EngineStats snapshot as gauges and counters."""
+
+    GAUGES = (
+        ("vllm:num_requests_running", "Number of requests in model execution batches.", "num_running"),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", "num_waiting"),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_cache_usage"),
+        ("nanovllm:num_free_kv_blocks", "Free KV-cache blocks.", "num_free_blocks"),
+        ("nanovllm:num_kv_blocks", "Total KV-cache blocks.", "num_total_blocks"),
+    )
+    COUNTERS = (
+        ("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
+        ("vllm:generation_tokens", "Number of generation tokens processed.", "generation_tokens_total"),
+        ("vllm:num_preemptions", "Cumulative number of preemptions.", "num_preemptions_total"),
+        ("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", "prefix_cache_queries"),
+        ("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", "prefix_cache_hits"),
+        ("nanovllm:num_aborted_requests", "Requests aborted in the engine.", "num_aborted_total"),
+    )
+
+    def __init__(self, stats: Callable[[], object], model_name: str) -> None:
+        self._stats = stats
+        self._labels = [model_name]
+
+    def collect(self):
+        stats = self._stats()
+        for name, doc, attr in self.GAUGES:
+            family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric(self._labels, float(getattr(stats, attr)))
+            yield family
+        for name, doc, attr in self.COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric(self._labels, float(getattr(stats, attr)))
+            yield family
+
+
+class ServerMetrics:
+    """All metrics of one app; `tracker()` hands out a per-request latency recorder."""
+
+    def __init__(self, model_name: str, stats: Callable[[], object]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.model_name = model_name
+        labels = ["model_name"]
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token.",
+                              labels, buckets=TTFT_BUCKETS, registry=self.registry)
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "Inter-token latency.",
+                             labels, buckets=ITL_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.",
+                             labels, buckets=E2E_BUCKETS, registry=self.registry)
+        self.success = Counter("vllm:request_success", "Count of finished requests.",
+                               ["model_name", "finished_reason"], registry=self.registry)
+        self.registry.register(EngineStatsCollector(stats, model_name))
+
+    def tracker(self) -> RequestTracker:
+        return RequestTracker(self)
+
+
+class RequestTracker:
+    """Latency bookkeeping of one HTTP request (one engine request per prompt, keyed by tag)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._m = metrics
+        self._start = time.perf_counter()
+        self._last: dict[int, tuple[float, int]] = {}  # tag -> (time of last token, tokens)
+        self._done: set[int] = set()
+
+    def observe(self, tag: int, output) -> None:
+        now = time.perf_counter()
+        name = self._m.model_name
+        tokens = sum(len(o.token_ids) for o in output.outputs)
+        last_time, last_tokens = self._last.get(tag, (None, 0))
+        new = tokens - last_tokens
+        if new > 0:
+            if last_time is None:
+                self._m.ttft.labels(name).observe(now - self._start)
+            else:
+                for _ in range(new):  # outputs can arrive coalesced: spread the gap evenly
+                    self._m.itl.labels(name).observe((now - last_time) / new)
+            self._last[tag] = (now, tokens)
+        if output.finished and tag not in self._done:
+            self._done.add(tag)
+            self._m.e2e.labels(name).observe(now - self._start)
+            for o in output.outputs:
+                self._m.success.labels(name, o.finish_reason or "abort").inc()
+
+    def aborted(self, tag: int, n: int) -> None:
+        if tag not in self._done:
+            self._done.add(tag)
+            self._m.success.labels(self._m.model_name, "abort").inc(n)

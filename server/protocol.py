@@ -1,0 +1,123 @@
+"""Request models of the OpenAI-compatible API (pydantic), with vLLM's extra sampling fields.
+
+Field names, defaults and ranges follow OpenAI's legacy completions API and vLLM's
+CompletionRequest. Unknown fields are accepted (and logged by the route, as vLLM does);
+fields we cannot honour (suffix, best_of != n) are rejected with a 400 in `check_supported`.
+Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+MAX_N = 128  # bounds the work one request can ask for; vLLM has no explicit cap
+MAX_SEED = 2**63 - 1
+
+PROMPT_SHAPE = (
+    "prompt must be a non-empty string, a list of strings, a list of token ids "
+    "or a list of lists of token ids"
+)
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    def ignored_fields(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool | None = True  # vLLM's default once stream_options is given
+    continuous_usage_stats: bool | None = False
+
+
+def _is_token_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_prompt_shape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(p, str) for p in value):
+            return value
+        if all(_is_token_id(t) for t in value):
+            return value
+        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+            return value
+    raise ValueError(PROMPT_SHAPE)
+
+
+class CompletionRequest(OpenAIBaseModel):
+    """POST /v1/completions body. Ranges are enforced here so the OpenAPI doc shows them."""
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = False
+    frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: int | None = Field(16, ge=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(0, ge=0)
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = False
+    skip_special_tokens: bool | None = True
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, v: Any) -> Any:
+        return _check_prompt_shape(v)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: str | list[str] | None) -> list[str] | None:
+        stops = [v] if isinstance(v, str) else v
+        if stops is not None and any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops or None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_keys_are_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key in v or {}:
+            if not key.strip().lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+        return v
+
+
+class ChatCompletionRequest(OpenAIBaseModel):
+    """POST /v1/chat/completions body: validated only so that errors are precise."""
+
+    model: str | None = None
+    messages: list[dict[str, Any]] = Field(..., min_length=1)
+
+
+class TokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool | None = False
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
+    tokens: list[int]

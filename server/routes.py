@@ -1,0 +1,112 @@
+"""HTTP routes. Each reads its ServerContext from request.app.state (see server.context)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server import __version__
+from server.completions import complete, prepare, start
+from server.context import Ctx
+from server.errors import bad_request, error_response
+from server.prompts import check_token_ids
+from server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from server.schemas import (
+    ERROR_RESPONSES,
+    CompletionResponse,
+    DetokenizeResponse,
+    ModelList,
+    TokenizeResponse,
+    VersionResponse,
+)
+from server.streaming import SSEResponse, completion_events
+
+router = APIRouter()
+
+STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
+
+
+@router.get("/health", responses={503: ERROR_RESPONSES[503]})
+async def health(ctx: Ctx) -> Response:
+    """200 while the engine thread is alive; 503 once it died."""
+    if not ctx.engine.is_alive:
+        return error_response(f"The engine is not running: {ctx.engine.error!r}", 503)
+    return Response(status_code=200)
+
+
+@router.get("/version", response_model=VersionResponse)
+async def version() -> dict:
+    return {"version": __version__}
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+async def list_models(ctx: Ctx) -> dict:
+    permission = {"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
+                  "created": ctx.created, "allow_create_engine": False, "allow_sampling": True,
+                  "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+                  "allow_fine_tuning": False, "organization": "*", "group": None,
+                  "is_blocking": False}
+    card = {"id": ctx.model_name, "object": "model", "created": ctx.created,
+            "owned_by": "nanovllm", "root": ctx.model_root, "parent": None,
+            "max_model_len": ctx.engine.max_model_len, "permission": [permission]}
+    return {"object": "list", "data": [card]}
+
+
+@router.post("/v1/completions", response_model=CompletionResponse,
+             responses={**ERROR_RESPONSES, **STREAM_DOC})
+async def create_completion(body: CompletionRequest, raw: Request,
+                            ctx: Ctx) -> Response:
+    prompts, params = prepare(body, ctx)
+    stream = await start(body, ctx, prompts, params)
+    if body.stream:
+        return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
+    return await complete(raw, body, ctx, prompts, stream)
+
+
+@router.post("/v1/chat/completions", responses=ERROR_RESPONSES)
+async def create_chat_completion(body: ChatCompletionRequest,
+                                 ctx: Ctx) -> Response:
+    """Always 400: GPT-2 is a base model and its tokenizer has no chat template.
+
+    Design decision: like vLLM (which refuses chat requests when the tokenizer defines no
+    chat template) we answer 400 rather than invent a plain-text "User:/Assistant:"
+    template, because GPT-2 was never trained on one: a made-up template would return
+    rambling text that looks like a working chat API. The message names /v1/completions.
+    The body is still validated, and an unknown model is still a 404.
+    """
+    ctx.check_model(body.model)
+    raise bad_request(
+        f"The model `{ctx.model_name}` is a base GPT-2 model without a chat template, so "
+        "/v1/chat/completions is not supported. Send a plain-text prompt to "
+        "POST /v1/completions instead.", "messages")
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
+async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
+    ctx.check_model(body.model)
+    tok = ctx.engine.tokenizer
+    ids = tok.encode(body.prompt)
+    strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
+    return {"count": len(ids), "max_model_len": ctx.engine.max_model_len, "tokens": ids,
+            "token_strs": strs}
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
+async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
+    ctx.check_model(body.model)
+    check_token_ids(body.tokens, ctx.engine.vocab_size, "tokens")
+    return {"prompt": ctx.engine.tokenizer.decode(body.tokens)}
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(ctx: Ctx) -> Response:
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
