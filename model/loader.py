@@ -104,9 +104,13 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
         raise CheckpointError(str(e)) from e
     tensors, source = read_tensors(model_dir)
     _check(cfg, tensors, source, config_path)
+    return cfg, build_weights(cfg, tensors)
+
+
+def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray]) -> GPT2Weights:
+    """Arranges checked, un-prefixed HF tensors into the model's weight structure."""
     blocks = [BlockWeights(**{field: tensors[f"h.{i}.{suffix}"]
                               for field, (suffix, _) in BLOCK_TENSORS.items()})
               for i in range(cfg.n_layer)]
-    weights = GPT2Weights(wte=tensors["wte.weight"], wpe=tensors["wpe.weight"], blocks=blocks,
-                          ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
-    return cfg, weights
+    return GPT2Weights(wte=tensors["wte.weight"], wpe=tensors["wpe.weight"], blocks=blocks,
+                       ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])

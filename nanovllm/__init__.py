@@ -1,0 +1,11 @@
+"""nanovllm: a readable vLLM-style GPT-2 inference engine whose model runs on numpy."""
+
+from nanovllm.config import EngineConfig
+from nanovllm.engine import EngineStats, LLMEngine
+from nanovllm.llm import LLM
+from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.sampling_params import SamplingParams
+
+__version__ = "0.1.0"
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "EngineStats", "LLMEngine", "Logprob",
+           "RequestOutput", "SamplingParams", "__version__"]

@@ -1,0 +1,68 @@
+"""The `nanovllm` command: serve, generate, download, bench (and bench serve)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from nanovllm.config import EngineConfig, add_engine_args
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="complete prompts offline and print the results")
+    p.add_argument("model", help="checkpoint directory, hub name (gpt2, ...) or preset with --load-format dummy")
+    p.add_argument("prompts", nargs="+", help="prompt texts")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--sampling-seed", type=int, default=None, help="seed of every request")
+    add_engine_args(p)
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from nanovllm import LLM, SamplingParams
+
+    config = EngineConfig.from_cli_args(args.model, args)
+    llm = LLM(**{f: getattr(config, f) for f in config.__slots__})
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k, n=args.n, seed=args.sampling_seed)
+    if llm.engine.is_dummy:
+        print("note: RANDOM WEIGHTS (dummy checkpoint): the text below is noise", file=sys.stderr)
+    for out in llm.generate(args.prompts, params):
+        for c in out.outputs:
+            print(f"{out.prompt!r} -> {c.text!r}  [{c.finish_reason}]")
+    return 0
+
+
+def _add_delegated(sub, name: str, module: str, help: str):
+    p = sub.add_parser(name, help=help)
+    mod = __import__(module, fromlist=["add_args"])
+    (getattr(mod, "add_serve_args", None) or mod.add_args)(p)
+    p.set_defaults(func=getattr(mod, "run_serve", None) or mod.run)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanovllm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_delegated(sub, "serve", "server.cli", "serve a model over an OpenAI-compatible HTTP API")
+    _add_generate(sub)
+    _add_delegated(sub, "download", "scripts.download_gpt2", "download GPT-2 from the Hugging Face hub")
+    bench = _add_delegated(sub, "bench", "scripts.benchmark", "offline prefill/decode benchmark")
+    bench_sub = bench.add_subparsers(dest="bench_command")
+    _add_delegated(bench_sub, "serve", "scripts.benchmark_serving", "benchmark a running server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
+
+`add_request` validates and queues, `step` schedules a batch, runs it on the model runner and
+turns sampled tokens into text and finish decisions, `abort_request` retires a request at once.
+The engine is single-threaded and model-agnostic; the server drives it from one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanovllm.block_manager import BlockManager
+from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.model_loading import load_model
+from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.sampling_params import SamplingParams
+from nanovllm.scheduler import Scheduler
+from nanovllm.sequence import Request, Sequence
+from nanovllm.stopping import finish_on_text, finish_on_token
+from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
+from runner.kv_cache import kv_bytes_per_block
+from runner.model_runner import NativeModelRunner
+from runner.sampler import TokenLogprobs
+
+logger = logging.getLogger("nanovllm")
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    kv_cache_usage: float
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions_total: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_aborted_total: int
+
+
+@dataclass(slots=True)
+class StepStats:
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    seconds: float = 0.0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        loaded = load_model(config)
+        self.model_path, self.model_config, self.is_dummy = loaded.path, loaded.config, loaded.is_dummy
+        cfg = self.model_config
+        self.tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
+        self.max_model_len = config.max_model_len or cfg.n_positions
+        if self.max_model_len > cfg.n_positions:
+            raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
+                             f"n_positions={cfg.n_positions}")
+        self.num_kv_blocks = config.num_kv_blocks or max(1, (
+            config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // kv_bytes_per_block(
+                cfg, config.block_size))
+        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens)
+        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
+                                        cfg.eos_token_id)
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        self._seeds = np.random.SeedSequence(config.seed)
+        self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
+        self.last_step = StepStats()
+        logger.info("loaded %s from %s (%s parameters%s); KV cache: %d blocks of %d tokens (%.0f MiB)",
+                    "GPT-2", self.model_path, f"{cfg.num_params:,}",
+                    ", RANDOM WEIGHTS (dummy)" if self.is_dummy else "",
+                    self.num_kv_blocks, config.block_size, self.runner.kv_cache.nbytes / 2**20)
+
+    # ---- requests in -------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        prompt_ids = self._prompt_ids(prompt)
+        self._check_fits(prompt_ids, params)
+        self._check_token_ids(params)
+        request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
+                          params, arrival_time or time.time())
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None] * len(prompt_ids)
+        for index in range(params.n):
+            seed = [params.seed, index] if params.seed is not None else self._seeds.spawn(1)[0]
+            seq = Sequence(next(self._seq_ids), request, index, list(prompt_ids),
+                           np.random.default_rng(seed),
+                           detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
+                           logprobs=[] if params.logprobs is not None else None,
+                           cumulative_logprob=0.0 if params.logprobs is not None else None)
+            request.seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+        self.prompt_tokens_total += len(prompt_ids)
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int | np.integer)
+                   or not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}")
+            ids = [int(t) for t in ids]
+        if not ids:
+            raise ValueError("the prompt is empty; give at least one token")
+        return ids
+
+    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        limit, n_prompt = self.max_model_len, len(prompt_ids)
+        if n_prompt >= limit:
+            raise ValueError(f"This model's maximum context length is {limit} tokens. However, "
+                             f"your prompt has {n_prompt} tokens, which leaves no room for a "
+                             "completion. Please reduce the length of the prompt.")
+        if params.max_tokens is not None and n_prompt + params.max_tokens > limit:
+            raise ValueError(f"This model's maximum context length is {limit} tokens. However, you "
+                             f"requested {n_prompt + params.max_tokens} tokens ({n_prompt} in the "
+                             f"prompt, {params.max_tokens} in the completion). Please reduce the "
+                             "length of the prompt or completion.")
+        longest = min(limit, n_prompt + (params.max_tokens or limit))
+        needed = self.block_manager.blocks_for(longest)
+        if needed > self.num_kv_blocks:
+            raise ValueError(f"the request needs up to {longest} tokens of context = {needed} KV "
+                             f"blocks, but the whole KV cache has {self.num_kv_blocks}; lower "
+                             "max_tokens or start the engine with a larger KV cache "
+                             "(kv_cache_memory_bytes / num_kv_blocks)")
+
+    def _check_token_ids(self, params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        for field, ids in (("logit_bias", list(params.logit_bias)),
+                           ("stop_token_ids", params.stop_token_ids)):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{field} has token ids outside [0, {vocab}): {bad[:5]}")
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            request = self.requests.pop(rid, None)
+            if request is None:
+                continue
+            self.num_aborted_total += 1
+            for seq in request.seqs:
+                if not seq.is_finished:
+                    self.scheduler.finish(seq)
+                    seq.finish_reason = "abort"
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        start = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        result = self.runner.run(batch)
+        decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.register_computed(seq)
+        for seq, first, lps in result.prompt_logprobs:
+            seq.request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(self._logprob_dict, lps)
+        touched: dict[str, Request] = {}
+        for seq in batch.seqs:
+            if seq.seq_id in result.sampled:
+                self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
+                touched[seq.request.request_id] = seq.request
+        self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start)
+        outputs = [self._request_output(r) for r in touched.values()]
+        for out in outputs:
+            if out.finished:
+                del self.requests[out.request_id]
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
+        seq.token_ids.append(token)
+        self.generation_tokens_total += 1
+        if logprobs is not None:
+            seq.logprobs.append(self._logprob_dict(logprobs))
+            seq.cumulative_logprob += logprobs.logprobs[0]
+        finish = finish_on_token(seq, token, self.tokenizer.eos_token_id, self.max_model_len)
+        # A stop token's own text is left out, like a stop string's.
+        drop_last = finish is not None and finish[0] == "stop" and not seq.params.include_stop_str_in_output
+        search_from = max(0, len(seq.text) - max((len(s) for s in seq.params.stop), default=0))
+        out_ids = seq.output_token_ids
+        seq.text += seq.detok.step(out_ids[:-1] if drop_last else out_ids, final=finish is not None)
+        finish = finish_on_text(seq, search_from) or finish
+        if finish is not None:
+            seq.finish_reason, seq.stop_reason = finish
+            self.scheduler.finish(seq)
+
+    def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
+        return {t: Logprob(v, r, self.tokenizer.decode_token(t))
+                for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
+
+    def _request_output(self, request: Request) -> RequestOutput:
+        outputs = []
+        for seq in request.seqs:
+            text = seq.text
+            if not seq.is_finished and seq.params.stop:
+                text = text[:len(text) - held_back(text, seq.params.stop)]
+            outputs.append(CompletionOutput(
+                seq.index, text, seq.output_token_ids, seq.cumulative_logprob,
+                list(seq.logprobs) if seq.logprobs is not None else None,
+                seq.finish_reason, seq.stop_reason))
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
+                             request.prompt_logprobs, outputs, request.finished,
+                             max(s.num_cached_tokens for s in request.seqs))
+
+    def get_stats(self) -> EngineStats:
+        bm, sched = self.block_manager, self.scheduler
+        return EngineStats(
+            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks,
+            kv_cache_usage=1.0 - bm.num_free_blocks / bm.num_blocks,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions_total=sched.num_preemptions,
+            prefix_cache_queries=sched.prefix_cache_queries,
+            prefix_cache_hits=sched.prefix_cache_hits,
+            num_aborted_total=self.num_aborted_total)
+

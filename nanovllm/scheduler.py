@@ -1,0 +1,120 @@
+"""Continuous batching: decides, every step, which sequences compute how many tokens.
+
+Each step first serves the running sequences, oldest first (a decode is one token; a prompt
+still being prefilled gets the next chunk), then admits waiting sequences first come, first
+served while the token budget, the sequence cap and free KV blocks allow. Long prompts are
+split into chunks, so one long prompt never stalls everyone's decoding. When blocks run out,
+the most recently admitted sequence is preempted: its blocks are freed and it is recomputed
+later (its finished prefix blocks usually survive in the prefix cache).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from nanovllm.block_manager import BlockManager
+from nanovllm.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_new_tokens: list[int]         # tokens each sequence computes this step
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []      # in admission order
+        self.num_preemptions = 0
+        self.prefix_cache_queries = 0          # prompt tokens looked up in the prefix cache
+        self.prefix_cache_hits = 0             # of those, found
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch([], [])
+        budget = self.max_num_batched_tokens
+        preempted = self._schedule_running(batch, budget)
+        if not preempted:
+            self._schedule_waiting(batch, budget - batch.num_tokens)
+        return batch
+
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> bool:
+        """Schedules running sequences; returns whether any had to be preempted."""
+        preempted, i = False, 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.block_manager.can_append(seq, n) and seq in self.running:
+                self._preempt(self.running.pop())
+                preempted = True
+            if seq not in self.running:
+                break
+            self.block_manager.append_slots(seq, n)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            i += 1
+        return preempted
+
+    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        bm = self.block_manager
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if self._sibling_prefilling(seq):
+                break  # wait one step so it can reuse the sibling's prompt blocks
+            cached = [] if self._wants_prompt_logprobs(seq) else bm.match_prefix(seq)
+            n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
+            if not bm.can_admit(seq, cached, n):
+                break
+            self.waiting.popleft()
+            bm.admit(seq, cached)
+            bm.append_slots(seq, n)
+            self.prefix_cache_queries += seq.num_tokens
+            self.prefix_cache_hits += seq.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+
+    def _sibling_prefilling(self, seq: Sequence) -> bool:
+        if not self.block_manager.enable_prefix_caching or seq.index == 0:
+            return False
+        return any(s.status is SequenceStatus.RUNNING and s.num_computed_tokens < s.num_prompt_tokens
+                   for s in seq.request.seqs)
+
+    @staticmethod
+    def _wants_prompt_logprobs(seq: Sequence) -> bool:
+        # Cached positions produce no logits, so the sample that computes prompt logprobs
+        # (the first, on its first pass) computes the whole prompt.
+        return (seq.params.prompt_logprobs is not None and seq.index == 0
+                and seq.num_output_tokens == 0)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Retires a sequence (finished or aborted) and returns its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED

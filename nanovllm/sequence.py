@@ -1,0 +1,82 @@
+"""Requests and their sequences: the token state the scheduler and block manager work on.
+
+A request with `n` samples owns `n` sequences; each has its own tokens, KV blocks and random
+generator, and they share prompt blocks through the prefix cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+import numpy as np
+
+from nanovllm.sampling_params import SamplingParams
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float
+    seqs: list[Sequence] = field(default_factory=list)
+    # One entry per prompt position (the first is None), filled as prefill chunks are computed.
+    prompt_logprobs: list | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status is SequenceStatus.FINISHED for s in self.seqs)
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    seq_id: int
+    request: Request
+    index: int                                   # which of the request's n samples
+    token_ids: list[int]                         # prompt followed by generated tokens
+    rng: np.random.Generator
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0                 # tokens whose K/V are in the cache
+    num_cached_tokens: int = 0                   # of those, reused from the prefix cache
+    block_table: list[int] = field(default_factory=list)
+    num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
+    last_block_hash: int | None = None
+    # Output state, read by the engine to build RequestOutputs.
+    text: str = ""
+    detok: object = None
+    logprobs: list | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

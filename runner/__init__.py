@@ -1,0 +1,1 @@
+"""NativeModelRunner: flat numpy inputs, the paged KV cache, and sampling."""

@@ -1,0 +1,133 @@
+"""Turns a batch of logits into next tokens, each row under its own request's parameters.
+
+Order, as in vLLM: logprobs are taken from the raw logits; then logit bias, min_tokens and the
+penalties adjust the logits; greedy rows take the argmax; sampled rows apply temperature, min_p,
+top_k and top_p to the probabilities and draw one uniform number from their sequence's own
+generator (so a seeded request samples the same alone or inside any batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanovllm.sequence import Sequence
+
+# top_p looks at this many best candidates first; only when they hold less than top_p of the
+# mass does it sort the whole vocabulary.
+TOP_P_CANDIDATES = 1024
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    """Logprobs at one position: the chosen token first, then the top-N."""
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
+
+
+def token_logprobs(logprobs_row: np.ndarray, token: int, top_n: int) -> TokenLogprobs:
+    chosen = float(logprobs_row[token])
+    ids, lps = [token], [chosen]
+    ranks = [int((logprobs_row > chosen).sum()) + 1]
+    if top_n:
+        top = np.argpartition(-logprobs_row, top_n - 1)[:top_n]
+        top = top[np.argsort(-logprobs_row[top], kind="stable")]
+        for rank, t in enumerate(top.tolist(), start=1):
+            if t != token:
+                ids.append(t)
+                lps.append(float(logprobs_row[t]))
+                ranks.append(rank)
+    return TokenLogprobs(ids, lps, ranks)
+
+
+def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None:
+    """Logit bias, min_tokens and the penalties, in place on one row."""
+    p = seq.params
+    for token, bias in p.logit_bias.items():
+        logits[token] += bias
+    if seq.num_output_tokens < p.min_tokens:
+        banned = p.stop_token_ids + ([] if p.ignore_eos else [eos_token_id])
+        logits[banned] = -np.inf
+    if p.presence_penalty or p.frequency_penalty:
+        counts = np.bincount(seq.output_token_ids, minlength=logits.shape[0])
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    if p.repetition_penalty != 1.0:
+        seen = np.unique(seq.token_ids)
+        vals = logits[seen]
+        logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+
+
+def filter_probs_(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """Zeroes, in place, the tokens that min_p, top_k and top_p drop from one row of probs."""
+    if min_p > 0.0:
+        probs[probs < min_p * probs.max()] = 0.0
+    if 0 < top_k < probs.shape[0]:
+        drop = np.argpartition(-probs, top_k - 1)[top_k:]
+        probs[drop] = 0.0
+    if top_p < 1.0:
+        _top_p_(probs, top_p)
+    return probs
+
+
+def _top_p_(probs: np.ndarray, top_p: float) -> None:
+    """Keeps the smallest set of most likely tokens whose mass reaches top_p (the token that
+    crosses top_p stays)."""
+    target = top_p * probs.sum()
+    k = min(TOP_P_CANDIDATES, probs.shape[0])
+    candidates = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(k)
+    if probs[candidates].sum() < target:
+        candidates = np.arange(probs.shape[0])
+    order = candidates[np.argsort(-probs[candidates], kind="stable")]
+    keep = int(np.searchsorted(np.cumsum(probs[order]), target, side="left")) + 1
+    kept = order[:keep]
+    saved = probs[kept]
+    probs[:] = 0.0
+    probs[kept] = saved
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token."""
+    cdf = np.cumsum(probs, axis=-1)
+    targets = uniforms * cdf[:, -1]
+    return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
+           ) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
+    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
+    want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
+    for row, seq in zip(logits, seqs):
+        p = seq.params
+        if p.logit_bias or p.min_tokens or p.presence_penalty or p.frequency_penalty \
+                or p.repetition_penalty != 1.0:
+            adjust_logits_(row, seq, eos_token_id)
+    tokens = logits.argmax(axis=-1)
+    sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if sampled:
+        temps = np.array([seqs[i].params.temperature for i in sampled], np.float32)
+        probs = softmax(logits[sampled] / temps[:, None])
+        for row, i in zip(probs, sampled):
+            p = seqs[i].params
+            if p.top_k or p.top_p < 1.0 or p.min_p:
+                filter_probs_(row, p.top_k, p.top_p, p.min_p)
+        uniforms = np.array([seqs[i].rng.random() for i in sampled])
+        tokens[sampled] = sample_from_probs(probs, uniforms)
+    logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
+    for j, i in enumerate(want_logprobs):
+        logprobs[i] = token_logprobs(raw_logprobs[j], int(tokens[i]), seqs[i].params.logprobs)
+    return tokens, logprobs
