@@ -103,9 +103,9 @@ class EngineLoop:
             while True:
                 if not self._apply(self._next_commands()):
                     break
-                if self.engine.has_unfinished_requests():
-                    self._dispatch(self.engine.step())
-                self.stats = self.engine.get_stats()
+                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+                self.stats = self.engine.get_stats()  # before dispatch: never older than an output
+                self._dispatch(outputs)
         except BaseException as exc:  # noqa: BLE001 - any engine failure kills the engine
             logger.exception("engine loop crashed; marking the engine dead")
             self._die(exc)

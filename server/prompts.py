@@ -33,7 +33,7 @@ def check_supported(req: CompletionRequest) -> None:
             "best_of",
         )
     if req.stream_options is not None and not req.stream:
-        raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
+        raise bad_request("`stream_options` can only be defined when `stream=True`.", "stream_options")
     if req.min_tokens and req.max_tokens is not None and req.min_tokens > req.max_tokens:
         raise bad_request(
             f"min_tokens ({req.min_tokens}) must be less than or equal to max_tokens ({req.max_tokens}).",

@@ -1,0 +1,48 @@
+"""Helpers shared by the server tests (imported as `server_helpers`)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from server.engine_loop import EngineLoop
+
+MODEL = "tiny-gpt2"
+API_KEY = "sk-test-key"
+
+
+def wait_idle(engine: EngineLoop, timeout: float = 10.0):
+    """Wait until no request is in the engine and every KV block is free; returns the stats."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = engine.stats
+        if s.num_running == 0 and s.num_waiting == 0 and s.num_free_blocks == s.num_total_blocks:
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine not idle after {timeout}s: {s}")
+        time.sleep(0.01)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in a Prometheus text exposition (0.0 if absent)."""
+    want = {"model_name": MODEL, **labels}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        label_part = line[len(name) + 1:line.index("}")]
+        got = dict(kv.split("=", 1) for kv in label_part.split(","))
+        if {k: v.strip('"') for k, v in got.items()} == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    """Assert the OpenAI error shape and status; returns the inner error object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["code"] == status and isinstance(err["message"], str) and err["message"]
+    return err

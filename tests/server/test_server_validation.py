@@ -1,0 +1,141 @@
+"""Every validation rule: status 400 (never 422 or 500), OpenAI error shape, a message and a
+param that name the field. The engine never sees these requests, and stays healthy."""
+
+from __future__ import annotations
+
+import pytest
+from server_helpers import MODEL, error_of
+
+# (request body overrides, expected param, a fragment the message must contain)
+BAD_FIELDS = [
+    ({"prompt": 123}, "prompt", "prompt must be"),
+    ({"prompt": []}, "prompt", "prompt must be"),
+    ({"prompt": [1.5, 2]}, "prompt", "prompt must be"),
+    ({"prompt": [True, False]}, "prompt", "prompt must be"),
+    ({"prompt": [[1, 2], []]}, "prompt", "prompt must be"),
+    ({"prompt": [["a"]]}, "prompt", "prompt must be"),
+    ({"prompt": ["ok", 3]}, "prompt", "prompt must be"),
+    ({"prompt": ""}, "prompt", "must not be empty"),
+    ({"prompt": ["fine", ""]}, "prompt", "must not be empty"),
+    ({"prompt": [5000]}, "prompt", "outside the vocabulary [0, 1024)"),
+    ({"prompt": [-1]}, "prompt", "outside the vocabulary"),
+    ({"prompt": [[1], [1024]]}, "prompt", "token id 1024"),
+    ({"prompt": [10**30]}, "prompt", "outside the vocabulary"),
+    ({"temperature": -0.5}, "temperature", "greater than or equal to 0"),
+    ({"temperature": "hot"}, "temperature", "temperature"),
+    ({"top_p": 0}, "top_p", "top_p"),
+    ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
+    ({"top_k": -2}, "top_k", "top_k"),
+    ({"min_p": 1.5}, "min_p", "min_p"),
+    ({"presence_penalty": 2.5}, "presence_penalty", "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty", "frequency_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty", "repetition_penalty"),
+    ({"n": 0}, "n", "greater than or equal to 1"),
+    ({"n": 100000}, "n", "less than or equal to 128"),
+    ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ({"max_tokens": -5}, "max_tokens", "max_tokens"),
+    ({"max_tokens": "many"}, "max_tokens", "valid integer"),
+    ({"max_tokens": 1.5}, "max_tokens", "max_tokens"),
+    ({"min_tokens": -1}, "min_tokens", "min_tokens"),
+    ({"min_tokens": 9, "max_tokens": 4}, "min_tokens", "min_tokens (9)"),
+    ({"logprobs": -1}, "logprobs", "logprobs"),
+    ({"logprobs": 21}, "logprobs", "less than or equal to 20"),
+    ({"seed": -1}, "seed", "seed"),
+    ({"seed": 2**64}, "seed", "seed"),
+    ({"seed": "abc"}, "seed", "seed"),
+    ({"stop": ""}, "stop", "stop strings must not be empty"),
+    ({"stop": ["ok", ""]}, "stop", "must not be empty"),
+    ({"stop": [1]}, "stop", "stop"),
+    ({"stop_token_ids": [5000]}, "stop_token_ids", "outside the vocabulary"),
+    ({"stop_token_ids": ["a"]}, "stop_token_ids", "stop_token_ids"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias", "keys must be token ids"),
+    ({"logit_bias": {"5000": 1}}, "logit_bias", "outside the vocabulary"),
+    ({"logit_bias": {"1": "x"}}, "logit_bias", "logit_bias"),
+    ({"logit_bias": [1, 2]}, "logit_bias", "logit_bias"),
+    ({"echo": "maybe"}, "echo", "echo"),
+    ({"stream": "perhaps"}, "stream", "stream"),
+    ({"n": 2, "best_of": 3}, "best_of", "best_of is not supported"),
+    ({"suffix": "tail"}, "suffix", "suffix is not supported"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "stream=True"),
+    ({"stream": True, "stream_options": "yes"}, "stream_options", "stream_options"),
+    ({"ignore_eos": "sometimes"}, "ignore_eos", "ignore_eos"),
+    ({"model": 7}, "model", "model"),
+]
+
+
+@pytest.mark.parametrize(("override", "param", "fragment"), BAD_FIELDS,
+                         ids=[f"{next(iter(o))}={o[next(iter(o))]!r}"[:40] for o, _, _ in BAD_FIELDS])
+def test_bad_field_is_a_400_naming_it(http, override, param, fragment):
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": 4, **override}
+    err = error_of(http.post("/v1/completions", json=body), 400)
+    assert err["type"] == "BadRequestError"
+    assert err["param"] == param
+    assert param in err["message"] and fragment in err["message"]
+
+
+@pytest.mark.parametrize("raw", ['{"prompt": "x",', "NaN", "{'prompt': 'x'}", '{"prompt": "x"}}'])
+def test_malformed_json(http, raw):
+    resp = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    err = error_of(resp, 400)
+    assert "JSON" in err["message"]
+
+
+@pytest.mark.parametrize("raw", ["[1, 2]", '"just a string"', "42", "null"])
+def test_body_must_be_an_object(http, raw):
+    resp = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert "JSON object" in error_of(resp, 400)["message"]
+
+
+def test_non_finite_numbers_are_rejected(http):
+    raw = '{"prompt": "x", "temperature": NaN}'
+    resp = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert error_of(resp, 400)["param"] == "temperature"
+    raw = '{"prompt": "x", "top_p": Infinity}'
+    resp = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert error_of(resp, 400)["param"] == "top_p"
+
+
+def test_missing_prompt(http):
+    err = error_of(http.post("/v1/completions", json={"model": MODEL}), 400)
+    assert err["param"] == "prompt" and "Missing required field `prompt`" in err["message"]
+
+
+def test_form_body_is_rejected(http):
+    resp = http.post("/v1/completions", data={"prompt": "x"})
+    assert error_of(resp, 400)["message"]
+
+
+def test_context_overflow_message_has_the_numbers(http):
+    ids = list(range(200))
+    err = error_of(http.post("/v1/completions", json={"prompt": ids, "max_tokens": 100}), 400)
+    assert "maximum context length is 256 tokens" in err["message"]
+    assert "300 tokens (200 in the messages, 100 in the completion)" in err["message"]
+    err = error_of(http.post("/v1/completions", json={"prompt": [[1], ids], "max_tokens": 60}), 400)
+    assert "260 tokens" in err["message"]
+
+
+def test_prompt_filling_the_context_leaves_no_room(http):
+    ids = [1] * 256
+    err = error_of(http.post("/v1/completions", json={"prompt": ids, "max_tokens": None}), 400)
+    assert "maximum context length is 256 tokens" in err["message"] and "256 tokens" in err["message"]
+
+
+def test_unknown_model_is_404(http):
+    err = error_of(http.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}), 404)
+    assert err["type"] == "NotFoundError" and err["param"] == "model"
+    assert err["message"] == "The model `gpt-4` does not exist."
+
+
+def test_tokenize_and_detokenize_validation(http):
+    assert error_of(http.post("/tokenize", json={}), 400)["param"] == "prompt"
+    assert error_of(http.post("/tokenize", json={"prompt": 5}), 400)["param"] == "prompt"
+    err = error_of(http.post("/detokenize", json={"tokens": [1, 4096]}), 400)
+    assert err["param"] == "tokens" and "outside the vocabulary" in err["message"]
+    assert error_of(http.post("/detokenize", json={"tokens": "abc"}), 400)["param"] == "tokens"
+    assert error_of(http.post("/tokenize", json={"prompt": "x", "model": "nope"}), 404)
+
+
+def test_engine_is_fine_after_all_that(http, live):
+    resp = http.post("/v1/completions", json={"prompt": "still alive", "max_tokens": 3})
+    assert resp.status_code == 200
+    assert http.get("/health").status_code == 200 and live.engine.is_alive
