@@ -38,6 +38,29 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def document_vocabulary(app: FastAPI, vocab_size: int) -> None:
+    """Write this model's largest token id into the OpenAPI document (see protocol.TokenId)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            _set_token_id_maximum(generate(), vocab_size - 1)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _set_token_id_maximum(node, maximum: int) -> None:
+    if isinstance(node, dict):
+        if node.pop("x-token-id", False):
+            node["maximum"] = maximum
+        for value in node.values():
+            _set_token_id_maximum(value, maximum)
+    elif isinstance(node, list):
+        for value in node:
+            _set_token_id_maximum(value, maximum)
+
+
 def build_app(engine: EngineLoop, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None) -> FastAPI:
     """An OpenAI-compatible app serving `engine` (an EngineLoop) as `served_model_name`."""
@@ -48,6 +71,7 @@ def build_app(engine: EngineLoop, *, served_model_name: str, model_root: str | N
                                   metrics, api_key)
     install_error_handlers(app)
     app.include_router(router)
+    document_vocabulary(app, engine.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     return app

@@ -152,6 +152,7 @@ class EngineLoop:
         if not request_ids:
             return
         self.engine.abort_request(request_ids)
+        self.stats = self.engine.get_stats()  # freed blocks visible before anyone is told
         for rid in request_ids:
             sink = self._sinks.pop(rid, None)
             if sink is not None and notify is not None:

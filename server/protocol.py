@@ -8,13 +8,20 @@ Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected ever
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 MAX_N = 128  # bounds the work one request can ask for; vLLM has no explicit cap
 MAX_SEED = 2**63 - 1
+
+# A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
+TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
+          | Annotated[list[TokenId], Field(min_length=1)]
+          | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
 
 PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
@@ -35,27 +42,39 @@ class StreamOptions(OpenAIBaseModel):
 
 
 def _is_token_id(x: Any) -> bool:
+    """An int, or an integral float (JSON Schema's "integer" includes 7.0, as pydantic does)."""
+    if isinstance(x, float):
+        return x.is_integer()
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_prompt_shape(value: Any) -> Any:
+    """Check the prompt's shape here, so that errors read better than a 4-way union error."""
     if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value:
-        if all(isinstance(p, str) for p in value):
-            return value
-        if all(_is_token_id(t) for t in value):
-            return value
-        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
-            return value
-    raise ValueError(PROMPT_SHAPE)
+        items = [value]
+    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        items = value
+    elif isinstance(value, list) and value and all(_is_token_id(t) for t in value):
+        items = [value]
+    elif isinstance(value, list) and value and all(
+            isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+        items = value
+    else:
+        raise ValueError(PROMPT_SHAPE)
+    if any(len(p) == 0 for p in items):
+        raise ValueError("prompt must not be empty")
+    negative = [t for p in items if isinstance(p, list) for t in p if t < 0]
+    if negative:
+        raise ValueError(f"prompt contains token id {negative[0]} outside the vocabulary "
+                         "(token ids are >= 0)")
+    return value
 
 
 class CompletionRequest(OpenAIBaseModel):
     """POST /v1/completions body. Ranges are enforced here so the OpenAPI doc shows them."""
 
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     best_of: int | None = Field(None, ge=1)
     echo: bool | None = False
     frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
@@ -65,7 +84,7 @@ class CompletionRequest(OpenAIBaseModel):
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: str | list[str] | None = None
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
@@ -78,7 +97,7 @@ class CompletionRequest(OpenAIBaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(0, ge=0)
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
 
@@ -87,13 +106,12 @@ class CompletionRequest(OpenAIBaseModel):
     def _prompt_shape(cls, v: Any) -> Any:
         return _check_prompt_shape(v)
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _no_empty_stop(cls, v: str | list[str] | None) -> list[str] | None:
-        stops = [v] if isinstance(v, str) else v
-        if stops is not None and any(s == "" for s in stops):
+    def _no_empty_stop(cls, v: Any) -> Any:
+        if v == "" or (isinstance(v, list) and "" in v):
             raise ValueError("stop strings must not be empty")
-        return stops or None
+        return v
 
     @field_validator("logit_bias")
     @classmethod
@@ -120,4 +138,4 @@ class TokenizeRequest(OpenAIBaseModel):
 
 class DetokenizeRequest(OpenAIBaseModel):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[TokenId]

@@ -37,8 +37,11 @@ STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 @router.get("/health", responses={503: ERROR_RESPONSES[503]})
 async def health(ctx: Ctx) -> Response:
     """200 while the engine thread is alive; 503 once it died."""
-    if not ctx.engine.is_alive:
-        return error_response(f"The engine is not running: {ctx.engine.error!r}", 503)
+    engine = ctx.engine
+    if engine.error is not None:
+        return error_response(f"The engine is dead: {type(engine.error).__name__}: {engine.error}", 503)
+    if not engine.is_alive:
+        return error_response("The engine is not running (it was shut down).", 503)
     return Response(status_code=200)
 
 

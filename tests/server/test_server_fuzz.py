@@ -1,0 +1,70 @@
+"""Schema-driven fuzzing: schemathesis generates requests from the server's own OpenAPI
+document, valid ones and invalid ones, and no response may be a 5xx.
+
+Bounded: the document is fetched from the live server and its max_tokens/n ceilings are
+lowered before generation (valid cases stay quick with the tiny model); each operation gets
+a fixed number of examples per mode, with no per-example deadline. (schemathesis' pytest
+plugin, `from_fixture`, is incompatible with pytest 9, so the Hypothesis strategies of the
+operations are driven directly.)
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from server_helpers import wait_idle
+
+MAX_EXAMPLES = 30
+OPERATIONS = [
+    ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+    ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
+    ("GET", "/metrics"),
+]
+
+
+@pytest.fixture(scope="module")
+def api_schema(live):
+    doc = httpx.get(f"{live.url}/openapi.json").json()
+    props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+    for name, ceiling in (("max_tokens", 8), ("n", 3)):
+        for option in props[name].get("anyOf", [props[name]]):
+            if option.get("type") == "integer":
+                option["maximum"] = ceiling
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.config.update(base_url=live.url, request_timeout=30)
+    return schema
+
+
+def test_every_operation_is_fuzzed(api_schema):
+    listed = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
+    assert listed == set(OPERATIONS)
+
+
+CASES = [(m, p, mode) for m, p in OPERATIONS for mode in GenerationMode
+         if m == "POST" or mode is GenerationMode.POSITIVE]  # a bodiless GET has no invalid form
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES,
+                         ids=[f"{m} {p} {mode.value}" for m, p, mode in CASES])
+def test_no_server_errors(api_schema, method, path, mode):
+    operation = api_schema[path][method]
+    examples = MAX_EXAMPLES * 2 if path == "/v1/completions" else MAX_EXAMPLES
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case):
+        response = case.call()
+        assert response.status_code < 500, (case.body, response.text)
+        case.validate_response(response, checks=[not_a_server_error])
+
+    check()
+
+
+def test_engine_survived_the_fuzzing(live):
+    assert live.engine.is_alive
+    wait_idle(live.engine, timeout=30)
