@@ -1,0 +1,374 @@
+"""Offline benchmark: prefill and decode throughput of the engine, optionally side by side with
+Hugging Face transformers on the same checkpoint, prompts and threads.
+
+    python scripts/benchmark.py --model gpt2 --load-format dummy --compare transformers
+    nanovllm bench --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
+
+Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
+cache never hits), greedy, EOS ignored, N new tokens each. The default grid is B in 1,8,32,64
+with L=32, N=128 (decode), plus one prefill cell: 1 prompt of 512 tokens, N=1.
+
+nanovllm. All B requests go into an LLMEngine at t0, then step() runs until they finish. t_first
+is the end of the step after which every request has its first token, t_end the end of the last.
+    prefill tok/s = B*L / (t_first - t0)          decode tok/s = B*(N-1) / (t_end - t_first)
+(The first token comes out of the prefill pass, so decode counts the N-1 tokens after it.)
+
+transformers. GPT2LMHeadModel.from_pretrained(same dir), fp32, eval, inference_mode, its default
+attention, KV cache on, do_sample=False, min_new_tokens=max_new_tokens (EOS ignored), the same
+token ids as one batch (equal lengths: no padding). generate() hides its steps, so each run is
+two calls: t1 = generate(max_new_tokens=1) (prefill + first token), tN = generate(N).
+    prefill tok/s = B*L / t1                      decode tok/s = B*(N-1) / (tN - t1)
+
+Fairness. torch.set_num_threads is set to numpy's BLAS thread count (--threads changes both).
+Before each cell both sides do a warm-up run (output capped at 8 tokens). Runs alternate
+ours/theirs, --reps times; tables show the median and [min-max], the JSON every run.
+ratio = nanovllm / transformers (above 1: nanovllm is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.bench_utils import (
+    Summary,
+    default_threads,
+    describe_environment,
+    environment,
+    limit_blas_threads,
+    parse_int_list,
+)
+
+WARMUP_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    batch_size: int
+    input_len: int
+    output_len: int
+
+    def __str__(self) -> str:
+        return f"{self.batch_size} x {self.input_len} -> {self.output_len}"
+
+
+@dataclass(slots=True)
+class Run:
+    """One timed run of a cell. decode_s is None when output_len is 1 (nothing to decode)."""
+    prefill_s: float
+    decode_s: float | None
+    prompt_tokens: int
+    decode_tokens: int
+    preemptions: int = 0
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_s
+
+    @property
+    def decode_tps(self) -> float | None:
+        return self.decode_tokens / self.decode_s if self.decode_s else None
+
+
+@dataclass(slots=True)
+class CellResult:
+    cell: Cell
+    ours: list[Run] = field(default_factory=list)
+    theirs: list[Run] = field(default_factory=list)
+
+    def summary(self, side: str, metric: str) -> Summary | None:
+        runs = self.ours if side == "nanovllm" else self.theirs
+        return Summary.of([v for r in runs if (v := getattr(r, metric)) is not None])
+
+    def ratio(self, metric: str) -> float | None:
+        ours, theirs = self.summary("nanovllm", metric), self.summary("transformers", metric)
+        return ours.median / theirs.median if ours and theirs and theirs.median else None
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from nanovllm.config import add_engine_args
+
+    parser.add_argument("--model", default="gpt2",
+                        help="checkpoint directory or hub name (default gpt2; without network a "
+                             "preset falls back to random weights, which run at the same speed)")
+    parser.add_argument("--batch-sizes", type=parse_int_list, default=[1, 8, 32, 64],
+                        metavar="B,B,...", help="batch sizes of the decode grid (default 1,8,32,64)")
+    parser.add_argument("--input-len", type=parse_int_list, default=[32], metavar="L,...",
+                        help="prompt length(s) in tokens (default 32)")
+    parser.add_argument("--output-len", type=parse_int_list, default=[128], metavar="N,...",
+                        help="new tokens per request (default 128)")
+    parser.add_argument("--prefill-len", type=parse_int_list, default=[512], metavar="L,...",
+                        help="prompt length(s) of the 1-prompt prefill cells (default 512; "
+                             "empty string: none)")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per cell (default 3)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS threads for numpy and torch (default: numpy's current count)")
+    parser.add_argument("--compare", choices=["transformers"], default=None,
+                        help="also run the same workload through HF transformers generate()")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                        help="write results as JSON to FILE (or stdout with no FILE: the table "
+                             "then goes to stderr)")
+    parser.add_argument("--bench-seed", type=int, default=0, help="seed of the random prompts")
+    add_engine_args(parser)
+    return parser
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    cells = [Cell(b, i, o) for i in args.input_len for o in args.output_len
+             for b in args.batch_sizes]
+    return cells + [Cell(1, p, 1) for p in args.prefill_len]
+
+
+def check_args(args: argparse.Namespace, cells: list[Cell]) -> str | None:
+    """A one-line complaint about the arguments, or None."""
+    if args.reps < 1:
+        return "--reps must be at least 1"
+    if args.threads is not None and args.threads < 1:
+        return "--threads must be at least 1"
+    if not cells:
+        return "nothing to run: give --batch-sizes and lengths, or --prefill-len"
+    bad = [c for c in cells if min(c.batch_size, c.input_len, c.output_len) < 1]
+    return f"cell {bad[0]}: batch size and lengths must be positive" if bad else None
+
+
+# --------------------------------------------------------------------------- nanovllm
+
+
+def make_engine(args: argparse.Namespace):
+    """The engine under test; a preset name without network falls back to dummy weights."""
+    from nanovllm import EngineConfig, LLMEngine
+    from nanovllm.hub import HubUnavailableError
+
+    config = EngineConfig.from_cli_args(args.model, args)
+    try:
+        return LLMEngine(config)
+    except HubUnavailableError as e:
+        print(f"note: {str(e).split(';')[0]}; benchmarking random weights of the same shapes "
+              "instead (same speed)", file=sys.stderr)
+        config.load_format = "dummy"
+        return LLMEngine(config)
+
+
+def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:
+    from nanovllm import SamplingParams
+
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0)
+    ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+    preempted = engine.get_stats().num_preemptions_total
+    waiting_first, generated = set(ids), 0
+    t0 = time.perf_counter()
+    for rid, prompt in zip(ids, prompts):
+        engine.add_request(rid, prompt, params)
+    t_first = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.outputs[0].token_ids:
+                waiting_first.discard(out.request_id)
+            if out.finished:
+                generated += len(out.outputs[0].token_ids)
+        if t_first is None and not waiting_first:
+            t_first = time.perf_counter()
+    t_end = time.perf_counter()
+    expected = len(prompts) * output_len
+    if generated != expected:
+        raise RuntimeError(f"the engine generated {generated} tokens, expected {expected}")
+    decode = t_end - t_first if output_len > 1 else None
+    return Run(t_first - t0, decode, len(prompts) * len(prompts[0]),
+               len(prompts) * (output_len - 1), engine.get_stats().num_preemptions_total - preempted)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+class TransformersRunner:
+    """The same workload through transformers' GPT2LMHeadModel.generate (see module docstring)."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        import torch
+        import transformers
+        from transformers import GPT2LMHeadModel
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        try:
+            model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32)
+        except TypeError:  # transformers < 4.56 calls it torch_dtype
+            model = GPT2LMHeadModel.from_pretrained(model_dir, torch_dtype=torch.float32)
+        self.model, self.torch = model.eval(), torch
+        self.eos = model.config.eos_token_id
+        self.info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                     "transformers": transformers.__version__,
+                     "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+
+    def _generate(self, ids, new_tokens: int) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                      pad_token_id=self.eos, use_cache=True)
+        elapsed = time.perf_counter() - start
+        if out.shape[1] != ids.shape[1] + new_tokens:
+            raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, "
+                               f"expected {new_tokens}")
+        return elapsed
+
+    def run(self, prompts: list[list[int]], output_len: int) -> Run:
+        ids = self.torch.tensor(prompts, dtype=self.torch.long)
+        t1 = self._generate(ids, 1)
+        decode = self._generate(ids, output_len) - t1 if output_len > 1 else None
+        return Run(t1, decode, ids.numel(), len(prompts) * (output_len - 1))
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def random_prompts(rng: np.random.Generator, cell: Cell, vocab_size: int) -> list[list[int]]:
+    # The last id is GPT-2's <|endoftext|>; keep special tokens out of the prompts.
+    return rng.integers(0, vocab_size - 1, (cell.batch_size, cell.input_len)).tolist()
+
+
+def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
+               rng: np.random.Generator, log) -> CellResult:
+    vocab, result = engine.model_config.vocab_size, CellResult(cell)
+    warm = Cell(cell.batch_size, cell.input_len, min(cell.output_len, WARMUP_TOKENS))
+    run_ours(engine, random_prompts(rng, warm, vocab), warm.output_len)
+    if theirs:
+        theirs.run(random_prompts(rng, warm, vocab), warm.output_len)
+    for rep in range(reps):
+        prompts = random_prompts(rng, cell, vocab)
+        result.ours.append(run_ours(engine, prompts, cell.output_len))
+        log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
+        if theirs:
+            result.theirs.append(theirs.run(prompts, cell.output_len))
+            log(f"  {cell}  rep {rep + 1}/{reps}  transformers: {_fmt_run(result.theirs[-1])}")
+    return result
+
+
+def _fmt_run(run: Run) -> str:
+    decode = f", decode {run.decode_tps:,.1f} tok/s" if run.decode_tps else ""
+    return f"prefill {run.prefill_tps:,.1f} tok/s{decode}"
+
+
+def run(args: argparse.Namespace) -> int:
+    cells = grid(args)
+    if problem := check_args(args, cells):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    limits = limit_blas_threads(args.threads)  # noqa: F841 - the limit lasts while this lives
+    threads = args.threads or default_threads()
+    try:
+        engine = make_engine(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    if problem := _check_fit(engine, cells):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    theirs = TransformersRunner(engine.model_path, threads) if args.compare else None
+    report = _report_header(args, engine, theirs, threads)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(describe_environment(report["environment"]), file=out, flush=True)
+    rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
+    results = [bench_cell(cell, engine, theirs, args.reps, rng, log) for cell in cells]
+    print(format_table(results, report), file=out, flush=True)
+    if args.json:
+        _write_json({**report, "results": [_result_json(r) for r in results]}, args.json)
+    return 0
+
+
+def _check_fit(engine, cells: list[Cell]) -> str | None:
+    for cell in cells:
+        if cell.input_len + cell.output_len > engine.max_model_len:
+            return (f"cell {cell} needs {cell.input_len + cell.output_len} tokens of context, but "
+                    f"max_model_len is {engine.max_model_len}")
+    return None
+
+
+def _report_header(args, engine, theirs, threads: int) -> dict:
+    cfg = engine.model_config
+    env = environment(threads)
+    if theirs:
+        env.update(theirs.info)
+    return {
+        "environment": env,
+        "model": {"name": args.model, "path": str(engine.model_path), "dummy": engine.is_dummy,
+                  "params": cfg.num_params, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
+                  "n_head": cfg.n_head, "vocab_size": cfg.vocab_size},
+        "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
+                     "compare": args.compare,
+                     "engine": {k: getattr(engine.config, k) for k in engine.config.__slots__}},
+        "method": __doc__.split("\n\n", 2)[2].strip(),
+    }
+
+
+def _result_json(r: CellResult) -> dict:
+    entry = asdict(r.cell)
+    for side, runs in (("nanovllm", r.ours), ("transformers", r.theirs)):
+        if runs:
+            entry[side] = {m: (asdict(s) if (s := r.summary(side, m)) else None)
+                           for m in ("prefill_tps", "decode_tps")}
+            entry[side]["runs"] = [asdict(run) for run in runs]
+    if r.theirs:
+        entry["ratio"] = {m: r.ratio(m) for m in ("prefill_tps", "decode_tps")}
+    return entry
+
+
+def _write_json(data: dict, target: str) -> None:
+    text = json.dumps(data, indent=2)
+    if target == "-":
+        print(text)
+    else:
+        Path(target).write_text(text + "\n")
+        print(f"wrote {target}", file=sys.stderr)
+
+
+def format_table(results: list[CellResult], report: dict) -> str:
+    model = report["model"]
+    weights = "random weights" if model["dummy"] else "pretrained weights"
+    title = (f"\n{model['name']} ({model['params'] / 1e6:.3g}M params, {weights}), "
+             f"tokens/s, median [min-max] of {report['settings']['reps']} runs")
+    compare = any(r.theirs for r in results)
+    head = ["batch x prompt -> new", "prefill nanovllm"]
+    head += ["prefill transformers", "ratio"] if compare else []
+    head += ["decode nanovllm"] + (["decode transformers", "ratio"] if compare else [])
+    rows = [head] + [_row(r, compare) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([title, *lines])
+
+
+def _row(r: CellResult, compare: bool) -> list[str]:
+    row = [str(r.cell)]
+    for metric in ("prefill_tps", "decode_tps"):
+        ours = r.summary("nanovllm", metric)
+        row.append(ours.fmt(1) if ours else "-")
+        if compare:
+            theirs, ratio = r.summary("transformers", metric), r.ratio(metric)
+            row += [theirs.fmt(1) if theirs else "-", f"{ratio:.2f}x" if ratio else "-"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    return run(add_args(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

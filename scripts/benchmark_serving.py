@@ -1,0 +1,515 @@
+"""Serving benchmark: load a running OpenAI-compatible server over HTTP and report what
+`vllm bench serve` reports.
+
+    nanovllm serve gpt2 --load-format dummy &           # in another terminal
+    python scripts/benchmark_serving.py --max-concurrency 16 --num-prompts 64
+    nanovllm bench serve --concurrency-sweep 1,16,64 --plot serving.png --json serving.json
+    nanovllm bench serve --request-rate 4 --max-seconds 60     # Poisson arrivals, 4 req/s
+
+Requests are streamed /v1/completions calls whose prompts are random token ids (so lengths are
+exact, and no two prompts share a prefix the server could cache), with `ignore_eos` so every
+request generates exactly its output length. Lengths are --input-len / --output-len, or uniform
+in [len*(1-r), len*(1+r)] with --random-range-ratio r. Load is a fixed number of clients
+(--max-concurrency), a Poisson request rate (--request-rate), both, or neither (all at once).
+--num-prompts bounds the requests; --max-seconds stops sending new ones after that long (those
+in flight finish and count).
+
+Metrics, as vLLM defines them: TTFT = time to the first streamed chunk; TPOT = (latency - TTFT)
+/ (output tokens - 1) per request; ITL = the gaps between successive chunks; E2EL = latency.
+Throughputs divide completed requests' tokens by the wall time of the whole run. Output token
+counts come from the final usage chunk (stream_options.include_usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.bench_utils import environment, parse_int_list, percentile
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(slots=True)
+class RequestResult:
+    ok: bool
+    prompt_len: int
+    output_tokens: int = 0
+    ttft: float = 0.0     # seconds
+    latency: float = 0.0  # seconds, request sent -> stream finished
+    itl: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass(slots=True)
+class Latency:
+    """Milliseconds, like vLLM's report."""
+    mean: float
+    median: float
+    p99: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Latency:
+        ms = [s * 1000 for s in seconds]
+        return cls(float(np.mean(ms)) if ms else 0.0, percentile(ms, 50), percentile(ms, 99))
+
+
+@dataclass(slots=True)
+class BenchResult:
+    max_concurrency: int | None
+    request_rate: float
+    completed: int
+    failed: int
+    duration: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    ttft: Latency
+    tpot: Latency
+    itl: Latency
+    e2el: Latency
+    errors: dict[str, int]
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser
+    p.add_argument("--base-url", default=None, help=f"server URL (default {DEFAULT_URL})")
+    p.add_argument("--host", default="127.0.0.1", help="server host, if no --base-url")
+    p.add_argument("--port", type=int, default=8000, help="server port, if no --base-url")
+    p.add_argument("--endpoint", default="/v1/completions", help="completions path")
+    p.add_argument("--model", default=None, help="model name to request (default: the server's first)")
+    p.add_argument("--api-key", default=None, help="bearer token (default $NANOVLLM_API_KEY, "
+                                                   "$VLLM_API_KEY or $OPENAI_API_KEY)")
+    p.add_argument("--num-prompts", type=int, default=100, help="requests to send (default 100)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop sending new requests after this many seconds")
+    p.add_argument("--max-concurrency", type=int, default=None,
+                   help="requests in flight at most (default: no limit)")
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="requests per second, Poisson arrivals (default inf: all at once)")
+    p.add_argument("--concurrency-sweep", type=parse_int_list, default=None, metavar="C,C,...",
+                   help="run once per --max-concurrency value, e.g. 1,16,64")
+    p.add_argument("--input-len", "--random-input-len", type=int, default=32,
+                   help="prompt tokens (default 32)")
+    p.add_argument("--output-len", "--random-output-len", type=int, default=128,
+                   help="tokens to generate per request (default 128)")
+    p.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="lengths uniform in [len*(1-r), len*(1+r)] (default 0: fixed)")
+    p.add_argument("--vocab-size", type=int, default=50257,
+                   help="prompt ids are drawn below this, the last id excluded (default 50257)")
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="ask the server to ignore EOS (vLLM's extra field; default on)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write results as JSON to FILE (stdout with no FILE)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw throughput and latency against concurrency (needs matplotlib)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    if args.num_prompts < 1:
+        return "--num-prompts must be at least 1"
+    if min(args.input_len, args.output_len) < 1:
+        return "--input-len and --output-len must be at least 1"
+    if not 0 <= args.random_range_ratio < 1:
+        return "--random-range-ratio must be in [0, 1)"
+    if args.request_rate <= 0:
+        return "--request-rate must be positive"
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        return "--max-concurrency must be at least 1"
+    if args.concurrency_sweep is not None and (not args.concurrency_sweep
+                                               or min(args.concurrency_sweep) < 1):
+        return "--concurrency-sweep needs positive integers, e.g. 1,16,64"
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        return "--max-seconds must be positive"
+    if args.vocab_size < 2:
+        return "--vocab-size must be at least 2"
+    return None
+
+
+def base_url(args: argparse.Namespace) -> str:
+    return (args.base_url or f"http://{args.host}:{args.port}").rstrip("/")
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    return args.api_key or next((os.environ[k] for k in ("NANOVLLM_API_KEY", "VLLM_API_KEY",
+                                                          "OPENAI_API_KEY") if os.environ.get(k)), None)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass(slots=True)
+class Prompt:
+    token_ids: list[int]
+    output_len: int
+
+
+def make_prompts(args: argparse.Namespace, stream: int, count: int | None = None) -> list[Prompt]:
+    """`count` (default --num-prompts) prompts; each `stream` gives different ones."""
+    rng = np.random.default_rng([args.seed, stream])
+    count = count or args.num_prompts
+    r = args.random_range_ratio
+
+    def lengths(n: int) -> np.ndarray:
+        lo, hi = max(1, int(n * (1 - r))), max(1, int(n * (1 + r)))
+        return rng.integers(lo, hi + 1, count)
+
+    ins, outs = lengths(args.input_len), lengths(args.output_len)
+    return [Prompt(rng.integers(0, args.vocab_size - 1, int(i)).tolist(), int(o))
+            for i, o in zip(ins, outs)]
+
+
+def request_body(args: argparse.Namespace, model: str, prompt: Prompt) -> dict:
+    body = {"model": model, "prompt": prompt.token_ids, "max_tokens": prompt.output_len,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    if args.ignore_eos:
+        body["ignore_eos"] = True  # vLLM's extension, also understood by nanovllm
+    return body
+
+
+# --------------------------------------------------------------------------- one request
+
+
+async def send_request(client, url: str, body: dict, headers: dict) -> RequestResult:
+    """Streams one completion, timestamping every chunk."""
+    import httpx
+
+    result = RequestResult(ok=False, prompt_len=len(body["prompt"]))
+    start = last = time.perf_counter()
+    chunks = 0
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                result.error = _http_error(response.status_code, await response.aread())
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    result.error = f"stream error: {_message(chunk)}"
+                    return result
+                now = time.perf_counter()
+                if chunk.get("choices"):
+                    if chunks == 0:
+                        result.ttft = now - start
+                    else:
+                        result.itl.append(now - last)
+                    chunks, last = chunks + 1, now
+                elif chunk.get("usage"):
+                    result.output_tokens = chunk["usage"].get("completion_tokens", 0)
+    except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
+        result.error = f"{type(e).__name__}: {e}"[:200]
+        return result
+    result.latency = time.perf_counter() - start
+    result.output_tokens = result.output_tokens or chunks  # a server without usage chunks
+    result.ok = chunks > 0
+    result.error = "" if result.ok else "the stream ended without any output"
+    return result
+
+
+def _http_error(status: int, body: bytes) -> str:
+    try:
+        return f"HTTP {status}: {_message(json.loads(body))}"
+    except ValueError:
+        return f"HTTP {status}: {body[:200].decode(errors='replace')}"
+
+
+def _message(obj: dict) -> str:
+    err = obj.get("error", obj)
+    msg = err.get("message", err) if isinstance(err, dict) else err
+    return " ".join(str(msg).split())[:200]
+
+
+# --------------------------------------------------------------------------- a run
+
+
+async def run_load(client, url: str, headers: dict, bodies: list[dict], concurrency: int | None,
+                   rate: float, max_seconds: float | None, rng: np.random.Generator,
+                   progress=None) -> tuple[list[RequestResult], float]:
+    """Sends `bodies` with at most `concurrency` in flight and Poisson(rate) arrivals."""
+    slots = asyncio.Semaphore(concurrency) if concurrency else None
+    start = time.perf_counter()
+    deadline = start + max_seconds if max_seconds else math.inf
+    tasks = []
+
+    async def one(body: dict) -> RequestResult:
+        try:
+            return await send_request(client, url, body, headers)
+        finally:
+            if slots:
+                slots.release()
+            if progress:
+                progress.update(1)
+
+    for body in bodies:
+        if math.isfinite(rate):
+            await asyncio.sleep(rng.exponential(1.0 / rate))
+        if slots:
+            await slots.acquire()
+        if time.perf_counter() >= deadline:
+            if slots:
+                slots.release()
+            break
+        tasks.append(asyncio.create_task(one(body)))
+    results = list(await asyncio.gather(*tasks))
+    return results, time.perf_counter() - start
+
+
+def summarize(results: list[RequestResult], duration: float, concurrency: int | None,
+              rate: float) -> BenchResult:
+    ok = [r for r in results if r.ok]
+    inputs, outputs = sum(r.prompt_len for r in ok), sum(r.output_tokens for r in ok)
+    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return BenchResult(
+        max_concurrency=concurrency, request_rate=rate, completed=len(ok),
+        failed=len(results) - len(ok), duration=duration, total_input_tokens=inputs,
+        total_output_tokens=outputs, request_throughput=len(ok) / duration,
+        output_throughput=outputs / duration, total_token_throughput=(inputs + outputs) / duration,
+        ttft=Latency.of([r.ttft for r in ok]), tpot=Latency.of(tpots),
+        itl=Latency.of([x for r in ok for x in r.itl]), e2el=Latency.of([r.latency for r in ok]),
+        errors=errors)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def format_result(b: BenchResult) -> str:
+    def line(label: str, value) -> str:
+        return f"{label:<40} {value}"
+
+    def section(title: str) -> str:
+        return f"{title:-^50}"
+
+    conc = b.max_concurrency if b.max_concurrency else "unlimited"
+    rate = "inf" if math.isinf(b.request_rate) else f"{b.request_rate:g}"
+    lines = [f"{' Serving Benchmark Result ':=^50}",
+             line("Successful requests:", b.completed), line("Failed requests:", b.failed),
+             line("Maximum request concurrency:", conc), line("Request rate (req/s):", rate),
+             line("Benchmark duration (s):", f"{b.duration:.2f}"),
+             line("Total input tokens:", b.total_input_tokens),
+             line("Total generated tokens:", b.total_output_tokens),
+             line("Request throughput (req/s):", f"{b.request_throughput:.2f}"),
+             line("Output token throughput (tok/s):", f"{b.output_throughput:.2f}"),
+             line("Total Token throughput (tok/s):", f"{b.total_token_throughput:.2f}")]
+    for title, key, name in (("Time to First Token", "ttft", "TTFT"),
+                             ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"),
+                             ("Inter-token Latency", "itl", "ITL"),
+                             ("End-to-end Latency", "e2el", "E2EL")):
+        lat = getattr(b, key)
+        lines += [section(title), line(f"Mean {name} (ms):", f"{lat.mean:.2f}"),
+                  line(f"Median {name} (ms):", f"{lat.median:.2f}"),
+                  line(f"P99 {name} (ms):", f"{lat.p99:.2f}")]
+    lines.append("=" * 50)
+    lines += [f"{n} failed: {err}" for err, n in list(b.errors.items())[:5]]
+    return "\n".join(lines)
+
+
+def format_sweep(results: list[BenchResult]) -> str:
+    head = ["concurrency", "ok/failed", "req/s", "out tok/s", "total tok/s",
+            "TTFT med/p99 ms", "TPOT med/p99 ms", "ITL med/p99 ms"]
+    rows = [head] + [[str(b.max_concurrency or "unlimited"), f"{b.completed}/{b.failed}",
+                      f"{b.request_throughput:.2f}", f"{b.output_throughput:.1f}",
+                      f"{b.total_token_throughput:.1f}",
+                      f"{b.ttft.median:.0f} / {b.ttft.p99:.0f}",
+                      f"{b.tpot.median:.1f} / {b.tpot.p99:.1f}",
+                      f"{b.itl.median:.1f} / {b.itl.p99:.1f}"] for b in results]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(results: list[BenchResult], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    xs = [b.max_concurrency or 0 for b in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(xs, [b.output_throughput for b in results], "o-", label="output tok/s")
+    left.plot(xs, [b.total_token_throughput for b in results], "s--", label="total tok/s")
+    left.set(xlabel="concurrent clients", ylabel="tokens / s", title="Throughput", ylim=(0, None))
+    for key, color in (("ttft", "C0"), ("tpot", "C1"), ("itl", "C2")):
+        right.plot(xs, [getattr(b, key).median for b in results], "o-", color=color,
+                   label=f"{key.upper()} median")
+        right.plot(xs, [getattr(b, key).p99 for b in results], "o:", color=color,
+                   label=f"{key.upper()} p99")
+    right.set(xlabel="concurrent clients", ylabel="ms (log scale)", yscale="log", title="Latency")
+    for ax in (left, right):
+        if len(xs) > 1 and min(xs) > 0:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+class SetupError(Exception):
+    """Something to tell the user in one line before any load is sent."""
+
+
+async def preflight(client, url: str, headers: dict, args: argparse.Namespace) -> dict:
+    """The server's model card; checks that the requested lengths fit its context."""
+    import httpx
+
+    try:
+        response = await client.get(f"{url}/v1/models", headers=headers)
+    except httpx.HTTPError as e:
+        raise SetupError(f"no server at {url} ({type(e).__name__}: {e}); start one with: "
+                         "nanovllm serve gpt2 --load-format dummy") from None
+    if response.status_code != 200:
+        raise SetupError(f"{url}/v1/models: {_http_error(response.status_code, response.content)}")
+    cards = response.json().get("data") or [{}]
+    card = next((c for c in cards if c.get("id") == args.model), None) if args.model else cards[0]
+    if card is None:
+        raise SetupError(f"the server does not serve {args.model!r}; it serves "
+                         f"{', '.join(str(c.get('id')) for c in cards)}")
+    longest = int(args.input_len * (1 + args.random_range_ratio)) + \
+        int(args.output_len * (1 + args.random_range_ratio))
+    limit = card.get("max_model_len")
+    if limit and longest > limit:
+        raise SetupError(f"requests of up to {longest} tokens do not fit the server's "
+                         f"max_model_len of {limit}; lower --input-len / --output-len")
+    return card
+
+
+async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
+    import httpx
+
+    url = base_url(args)
+    headers = {"Authorization": f"Bearer {key}"} if (key := api_key(args)) else {}
+    timeout = httpx.Timeout(args.timeout, connect=10.0)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        card = await preflight(client, url, headers, args)
+        model = args.model or card["id"]
+        # One request first, like vLLM: a setup problem is one clear error, not N failures.
+        test = make_prompts(args, stream=0, count=1)
+        probe = await send_request(client, url + args.endpoint,
+                                   request_body(args, model, test[0]), headers)
+        if not probe.ok:
+            raise SetupError(f"the test request failed: {probe.error}")
+        levels = args.concurrency_sweep or [args.max_concurrency]
+        results = []
+        for i, concurrency in enumerate(levels):
+            results.append(await _one_level(client, url + args.endpoint, headers, args, model,
+                                            concurrency, stream=i + 1))
+    server = {"url": url, "model": model, "root": card.get("root"),
+              "max_model_len": card.get("max_model_len")}
+    return server, results
+
+
+async def _one_level(client, url, headers, args, model, concurrency, stream) -> BenchResult:
+    from tqdm.auto import tqdm
+
+    # Other prompts at every level: repeated ones would hit the server's prefix cache.
+    bodies = [request_body(args, model, p) for p in make_prompts(args, stream)]
+    label = f"concurrency {concurrency or 'unlimited'}"
+    print(f"\n{label}: sending {len(bodies)} requests ...", file=sys.stderr, flush=True)
+    with tqdm(total=len(bodies), desc=label, file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        results, duration = await run_load(client, url, headers, bodies, concurrency,
+                                           args.request_rate, args.max_seconds,
+                                           np.random.default_rng([args.seed, stream, 1]), bar)
+    summary = summarize(results, duration, concurrency, args.request_rate)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(format_result(summary), file=out, flush=True)
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    if problem := check_args(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.plot and not _have_matplotlib():
+        print("error: --plot needs matplotlib, which is not installed: "
+              "pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)
+        return 1
+    try:
+        server, results = asyncio.run(bench(args))
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = sys.stderr if args.json == "-" else sys.stdout
+    if len(results) > 1:
+        print(f"\n{format_sweep(results)}", file=out)
+    if args.plot:
+        plot(results, args.plot, f"{server['model']} at {server['url']}: "
+                                 f"{args.input_len} -> {args.output_len} tokens")
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        _write_json(args, server, results)
+    return 0 if all(b.completed for b in results) else 1
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _write_json(args, server: dict, results: list[BenchResult]) -> None:
+    ours = {a.dest for a in add_args(argparse.ArgumentParser())._actions} - {"help", "api_key"}
+    settings = {k: v for k, v in vars(args).items() if k in ours}
+    if math.isinf(settings.get("request_rate", 0)):
+        settings["request_rate"] = "inf"  # JSON has no infinity
+    data = {"environment": environment(), "server": server, "settings": settings,
+            "results": [_json_safe(asdict(b)) for b in results]}
+    text = json.dumps(data, indent=2)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).write_text(text + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def _json_safe(d: dict) -> dict:
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark_serving", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    return run(add_args(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
