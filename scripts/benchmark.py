@@ -15,9 +15,11 @@ is the end of the step after which every request has its first token, t_end the 
 
 transformers. GPT2LMHeadModel.from_pretrained(same dir), fp32, eval, inference_mode, its default
 attention, KV cache on, do_sample=False, min_new_tokens=max_new_tokens (EOS ignored), the same
-token ids as one batch (equal lengths: no padding). generate() hides its steps, so each run is
-two calls: t1 = generate(max_new_tokens=1) (prefill + first token), tN = generate(N).
-    prefill tok/s = B*L / t1                      decode tok/s = B*(N-1) / (tN - t1)
+token ids as one batch (equal lengths: no padding). generate() hides its steps, but it calls its
+stopping criteria after every step: one that never stops timestamps the first call, which is
+t_first (prefill + first token) of that very run; the formulas are then the same as ours.
+(Timing generate(max_new_tokens=1) and subtracting it from generate(N) needs two runs, and on
+a busy machine their noise can make the difference meaningless, even negative.)
 
 Fairness. torch.set_num_threads is set to numpy's BLAS thread count (--threads changes both).
 Before each cell both sides do a warm-up run (output capped at 8 tokens). Runs alternate
@@ -213,24 +215,37 @@ class TransformersRunner:
                      "transformers": transformers.__version__,
                      "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
-    def _generate(self, ids, new_tokens: int) -> float:
+    def run(self, prompts: list[list[int]], output_len: int) -> Run:
+        from transformers import StoppingCriteriaList
+
         torch = self.torch
-        start = time.perf_counter()
+        ids = torch.tensor(prompts, dtype=torch.long)
+        clock = _FirstTokenClock(torch)
+        t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                      pad_token_id=self.eos, use_cache=True)
-        elapsed = time.perf_counter() - start
-        if out.shape[1] != ids.shape[1] + new_tokens:
+                                      max_new_tokens=output_len, min_new_tokens=output_len,
+                                      pad_token_id=self.eos, use_cache=True,
+                                      stopping_criteria=StoppingCriteriaList([clock]))
+        t_end = time.perf_counter()
+        if out.shape[1] != ids.shape[1] + output_len or clock.t_first is None:
             raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, "
-                               f"expected {new_tokens}")
-        return elapsed
+                               f"expected {output_len}")
+        decode = t_end - clock.t_first if output_len > 1 else None
+        return Run(clock.t_first - t0, decode, ids.numel(), len(prompts) * (output_len - 1))
 
-    def run(self, prompts: list[list[int]], output_len: int) -> Run:
-        ids = self.torch.tensor(prompts, dtype=self.torch.long)
-        t1 = self._generate(ids, 1)
-        decode = self._generate(ids, output_len) - t1 if output_len > 1 else None
-        return Run(t1, decode, ids.numel(), len(prompts) * (output_len - 1))
+
+class _FirstTokenClock:
+    """A stopping criterion that never stops: generate() calls it once per step, so its first
+    call marks the moment the first token of every sequence exists."""
+
+    def __init__(self, torch):
+        self.torch, self.t_first = torch, None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        return self.torch.zeros(input_ids.shape[0], dtype=self.torch.bool)
 
 
 # --------------------------------------------------------------------------- the benchmark

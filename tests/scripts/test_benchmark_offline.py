@@ -1,0 +1,125 @@
+"""scripts/benchmark.py (`nanovllm bench`): arguments, the grid, and short real runs on the tiny
+dummy checkpoint, against transformers too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nanovllm.cli import build_parser
+from scripts import benchmark, benchmark_serving
+from scripts.benchmark import Cell, CellResult, Run
+
+SMALL = ["--batch-sizes", "1,2", "--input-len", "8", "--output-len", "4", "--prefill-len", "32",
+         "--reps", "2", "--num-kv-blocks", "64"]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return benchmark.add_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_defaults_follow_the_performance_issue():
+    args = parse()
+    assert (args.model, args.load_format, args.reps, args.compare, args.json) == \
+        ("gpt2", "auto", 3, None, None)
+    assert benchmark.grid(args) == [Cell(1, 32, 128), Cell(8, 32, 128), Cell(32, 32, 128),
+                                    Cell(64, 32, 128), Cell(1, 512, 1)]
+
+
+def test_grid_arguments():
+    args = parse("--batch-sizes", "2,4", "--input-len", "16,32", "--output-len", "8",
+                 "--prefill-len", "")
+    assert benchmark.grid(args) == [Cell(2, 16, 8), Cell(4, 16, 8), Cell(2, 32, 8), Cell(4, 32, 8)]
+    assert parse("--json").json == "-" and parse("--json", "x.json").json == "x.json"
+    for bad in (["--batch-sizes", "one"], ["--batch-sizes", "-1"], ["--compare", "vllm"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+    assert "--reps" in benchmark.check_args(parse("--reps", "0"), benchmark.grid(parse()))
+    empty = parse("--batch-sizes", "", "--prefill-len", "")
+    assert "nothing to run" in benchmark.check_args(empty, benchmark.grid(empty))
+
+
+def test_nanovllm_cli_delegates_bench_and_bench_serve():
+    args = build_parser().parse_args(["bench", "--batch-sizes", "4", "--reps", "1"])
+    assert args.func is benchmark.run and args.batch_sizes == [4]
+    args = build_parser().parse_args(["bench", "serve", "--max-concurrency", "4"])
+    assert args.func is benchmark_serving.run and args.max_concurrency == 4
+
+
+def test_script_runs_standalone():
+    result = subprocess.run([sys.executable, benchmark.__file__, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--compare" in result.stdout and "t_first" in result.stdout
+
+
+def test_ratios_and_summaries():
+    r = CellResult(Cell(2, 8, 4), ours=[Run(0.1, 1.0, 16, 6), Run(0.2, 2.0, 16, 6)],
+                   theirs=[Run(0.4, 3.0, 16, 6)])
+    assert r.summary("nanovllm", "prefill_tps").median == pytest.approx(120.0)
+    assert r.ratio("prefill_tps") == pytest.approx(120.0 / 40.0)
+    assert r.ratio("decode_tps") == pytest.approx(4.5 / 2.0)
+    prefill_only = CellResult(Cell(1, 32, 1), ours=[Run(0.1, None, 32, 0)])
+    assert prefill_only.summary("nanovllm", "decode_tps") is None
+
+
+def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_ckpt), *SMALL, "--compare", "transformers", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "prefill transformers" in table and "2 x 8 -> 4" in table and "1 x 32 -> 1" in table
+    data = json.loads(out.read_text())
+    assert data["model"]["dummy"] is True and data["model"]["n_layer"] == 2
+    env = data["environment"]
+    assert env["threads"] == env["torch_threads"] and env["numpy"] and "transformers" in env
+    cells = [(c["batch_size"], c["input_len"], c["output_len"]) for c in data["results"]]
+    assert cells == [(1, 8, 4), (2, 8, 4), (1, 32, 1)]
+    for cell in data["results"]:
+        for side in ("nanovllm", "transformers"):
+            assert len(cell[side]["runs"]) == 2
+            assert cell[side]["prefill_tps"]["median"] > 0
+        assert cell["ratio"]["prefill_tps"] > 0
+    decode = data["results"][1]
+    assert decode["nanovllm"]["runs"][0]["decode_tokens"] == 2 * 3  # the first token is prefill's
+    assert decode["ratio"]["decode_tps"] > 0
+    assert data["results"][2]["nanovllm"]["decode_tps"] is None  # a prefill-only cell
+
+
+def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):
+    argv = ["--model", str(tiny_ckpt), "--batch-sizes", "2", "--input-len", "4", "--output-len",
+            "3", "--prefill-len", "", "--reps", "1", "--num-kv-blocks", "16", "--json"]
+    assert benchmark.main(argv) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["results"][0]["nanovllm"]["decode_tps"]["median"] > 0
+    assert "transformers" not in data["results"][0]
+    assert "decode nanovllm" in captured.err
+
+
+def test_a_cell_longer_than_the_context_is_refused(tiny_ckpt, capsys):
+    argv = ["--model", str(tiny_ckpt), "--batch-sizes", "", "--prefill-len", "300",
+            "--num-kv-blocks", "64"]
+    assert benchmark.main(argv) == 2
+    assert "max_model_len is 256" in capsys.readouterr().err
+
+
+def test_offline_hub_name_falls_back_to_dummy_weights(monkeypatch, capsys):
+    import nanovllm
+    from nanovllm.hub import HubUnavailableError
+
+    formats = []
+
+    class FakeEngine:
+        def __init__(self, config):
+            formats.append(config.load_format)
+            if config.load_format != "dummy":
+                raise HubUnavailableError("cannot download gpt2: HF_HUB_OFFLINE=1 is set; ...")
+
+    monkeypatch.setattr(nanovllm, "LLMEngine", FakeEngine)
+    assert isinstance(benchmark.make_engine(parse()), FakeEngine)
+    assert formats == ["auto", "dummy"]
+    assert "random weights" in capsys.readouterr().err
