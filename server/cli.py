@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 import uvicorn
 
@@ -79,14 +81,12 @@ def count_params(cfg) -> int:
 def log_loaded(engine) -> None:
     cfg = engine.model_config
     weights = "RANDOM weights (dummy checkpoint)" if engine.is_dummy else "pretrained weights"
-    logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
-                "max_model_len %d)", cfg.n_layer and "GPT-2", engine.model_path, weights,
-                count_params(cfg) / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
-                engine.max_model_len)
-    stats = engine.get_stats()
-    block = getattr(getattr(engine, "config", None), "block_size", None)
-    logger.info("KV cache: %d blocks%s", stats.num_total_blocks,
-                f" of {block} tokens ({stats.num_total_blocks * block} tokens)" if block else "")
+    logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                "max_model_len %d)", engine.model_path, weights, count_params(cfg) / 1e6,
+                cfg.n_layer, cfg.n_embd, cfg.vocab_size, engine.max_model_len)
+    stats, block = engine.get_stats(), engine.config.block_size
+    logger.info("KV cache: %d blocks of %d tokens (%d tokens)", stats.num_total_blocks, block,
+                stats.num_total_blocks * block)
 
 
 class Server(uvicorn.Server):
@@ -114,7 +114,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from server.app import build_app
     from server.engine_loop import EngineLoop
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level.upper())
     api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
     model, fallback = resolve_model(args)
     if fallback:
@@ -126,12 +127,30 @@ def run_serve(args: argparse.Namespace) -> int:
                     model_root=str(engine.model_path), api_key=api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False)
+    server = Server(config, loop)
     try:
-        Server(config, loop).run()
+        with absorb_reraised_signals():
+            server.run()
     finally:
         loop.shutdown()
     logger.info("Server stopped.")
-    return 0
+    return 0 if server.started else 1
+
+
+class absorb_reraised_signals:
+    """uvicorn re-raises the SIGINT/SIGTERM it handled once it has shut down; absorb it so
+    that we still stop the engine thread and exit 0 instead of dying on the default action."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self._saved = {}
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {sig: signal.signal(sig, lambda *_: None) for sig in self.SIGNALS}
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
