@@ -1,0 +1,106 @@
+"""Float32 discipline: no activation is silently promoted to float64 on the way through.
+
+float64 would double memory traffic in every matmul and drift from the float32 reference. The
+building blocks are checked directly, and then every intermediate of a full forward pass and of a
+paged step is recorded by wrapping the module-level functions `forward` calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import model.attention
+import model.gpt2
+from model import AttentionBatch, forward
+from model.attention import causal_attention, decode_attention, softmax_
+from model.gpt2 import gelu, layer_norm
+
+
+def f32(*shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def test_layer_norm_stays_float32_and_normalises():
+    x = 3 + 5 * f32(7, 64)
+    out = layer_norm(x, np.ones(64, np.float32), np.zeros(64, np.float32), 1e-5)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(-1), 1, atol=1e-3)
+
+
+def test_gelu_stays_float32_and_matches_the_tanh_formula():
+    x = f32(1000)
+    expected = 0.5 * x.astype(np.float64) * (
+        1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    out = gelu(x.copy())
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_softmax_and_attention_stay_float32():
+    assert softmax_(f32(3, 5)).dtype == np.float32
+    q, k, v = f32(6, 4, 16, seed=1), f32(9, 4, 16, seed=2), f32(9, 4, 16, seed=3)
+    assert causal_attention(q, k, v).dtype == np.float32
+    mask = np.zeros((2, 1, 9), np.float32)
+    mask[1, 0, 5:] = -np.inf
+    out = decode_attention(q[:2], k[None].repeat(2, 0), v[None].repeat(2, 0), mask)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.fixture
+def recorded_dtypes(monkeypatch):
+    """Wraps the functions forward() goes through; returns {function name: set of dtypes}."""
+    seen: dict[str, set] = {}
+
+    def wrap(module, name):
+        original = getattr(module, name)
+
+        def recorder(*args, **kwargs):
+            out = original(*args, **kwargs)
+            seen.setdefault(name, set()).add(out.dtype)
+            return out
+
+        monkeypatch.setattr(module, name, recorder)
+
+    for name in ("layer_norm", "gelu", "mlp", "self_attention", "lm_head",
+                 "causal_attention", "paged_attention"):
+        wrap(model.gpt2, name)
+    for name in ("causal_attention", "decode_attention", "softmax_"):
+        wrap(model.attention, name)
+    return seen
+
+
+def test_full_pass_keeps_every_activation_float32(tiny_model, recorded_dtypes):
+    cfg, weights = tiny_model
+    logits = forward(weights, cfg, np.arange(20), np.arange(20))
+    assert logits.dtype == np.float32
+    assert {"layer_norm", "gelu", "mlp", "self_attention", "lm_head", "causal_attention",
+            "softmax_"} <= set(recorded_dtypes)
+    assert all(dtypes == {np.dtype(np.float32)} for dtypes in recorded_dtypes.values()), recorded_dtypes
+
+
+def test_paged_step_keeps_every_activation_float32(tiny_model, recorded_dtypes):
+    cfg, weights = tiny_model
+    caches = [(np.zeros((16, cfg.n_head, cfg.head_dim), np.float32),
+               np.zeros((16, cfg.n_head, cfg.head_dim), np.float32)) for _ in range(cfg.n_layer)]
+    # one sequence: prefill positions 0..4 into slots 8..12, then decode position 5 into slot 13
+    prefill = AttentionBatch(np.arange(8, 13), 0, np.zeros((0, 0), np.int64),
+                             np.zeros((0, 1, 0), np.float32), [(0, 5, np.arange(8, 13))])
+    forward(weights, cfg, np.arange(5), np.arange(5), caches, prefill)
+    decode = AttentionBatch(np.array([13]), 1, np.arange(8, 14)[None],
+                            np.zeros((1, 1, 6), np.float32), [])
+    logits = forward(weights, cfg, np.array([5]), np.array([5]), caches, decode)
+    assert logits.dtype == np.float32
+    assert all(k.dtype == v.dtype == np.float32 for k, v in caches)
+    assert {"paged_attention", "decode_attention", "causal_attention"} <= set(recorded_dtypes)
+    assert all(dtypes == {np.dtype(np.float32)} for dtypes in recorded_dtypes.values()), recorded_dtypes
+
+
+def test_int32_token_ids_and_positions_give_the_same_float32_logits(tiny_model):
+    cfg, weights = tiny_model
+    ids = np.array([1, 500, 1023, 7])
+    a = forward(weights, cfg, ids, np.arange(4))
+    b = forward(weights, cfg, ids.astype(np.int32), np.arange(4, dtype=np.int32))
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
