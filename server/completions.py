@@ -105,6 +105,12 @@ def build_response(req, ctx, request_id, created, prompts, results) -> dict:
             "system_fingerprint": None}
 
 
+def prompt_chars(prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(p) for p in prompt if isinstance(p, str))
+
+
 def prepare(req: CompletionRequest, ctx: ServerContext):
     """All client-side validation; returns (prompts, sampling params per prompt)."""
     ctx.check_model(req.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from fastapi import APIRouter, Request
@@ -9,7 +10,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server import __version__
-from server.completions import complete, prepare, start
+from server.completions import complete, prepare, prompt_chars, start
 from server.context import Ctx
 from server.errors import bad_request, error_response
 from server.prompts import check_token_ids
@@ -31,6 +32,7 @@ from server.streaming import SSEResponse, completion_events
 
 router = APIRouter()
 
+BIG_PROMPT_CHARS = 20_000  # tokenizing more than this takes long enough to matter
 STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 
 
@@ -67,7 +69,10 @@ async def list_models(ctx: Ctx) -> dict:
              responses={**ERROR_RESPONSES, **STREAM_DOC})
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
-    prompts, params = prepare(body, ctx)
+    if prompt_chars(body.prompt) > BIG_PROMPT_CHARS:  # keep the event loop free meanwhile
+        prompts, params = await asyncio.to_thread(prepare, body, ctx)
+    else:
+        prompts, params = prepare(body, ctx)
     stream = await start(body, ctx, prompts, params)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)

@@ -3,7 +3,8 @@
 The engine's running text never ends in a partial UTF-8 character nor in a prefix of a stop
 string, so a delta is simply the new suffix of the cumulative text. Each chunk carries
 "usage": null (as vLLM's do); with stream_options.include_usage a last chunk with no
-choices carries the usage. An error after the stream started is sent as one
+choices carries the usage (and with vLLM's continuous_usage_stats every chunk has the
+usage so far). An error after the stream started is sent as one
 `data: {"error": {...}}` event, then [DONE]. If the client goes away, Starlette cancels the
 generator and SSEResponse's `finally` aborts the engine requests at once.
 """
@@ -86,6 +87,8 @@ async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
     created, tok = int(time.time()), ctx.engine.tokenizer
     head = {"id": stream.request_id, "object": "text_completion", "created": created,
             "model": ctx.model_name}
+    options = req.stream_options
+    continuous = bool(options and options.include_usage and options.continuous_usage_stats)
     states: dict[tuple[int, int], ChoiceState] = {}
     final: dict = {}
     try:
@@ -99,9 +102,10 @@ async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
                     choice = delta_choice(req, prompts[tag], batch[tag], out, st, tok)
                     if choice is not None:
                         choices.append({"index": tag * req.n + out.index, **choice})
+            running = usage(prompts, final) if continuous else None
             for choice in choices:  # one choice per chunk, like vLLM and OpenAI
-                yield sse({**head, "choices": [choice], "usage": None})
-        if req.stream_options and req.stream_options.include_usage:
+                yield sse({**head, "choices": [choice], "usage": running})
+        if options and options.include_usage:
             yield sse({**head, "choices": [], "usage": usage(prompts, final)})
     except Exception as exc:
         error = exc if isinstance(exc, APIError) else engine_error(exc)

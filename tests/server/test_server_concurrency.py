@@ -98,3 +98,11 @@ def test_client_disconnecting_while_waiting_for_a_full_response_aborts(live):
     wait_idle(live.engine)
     assert aborted(live)[0] - engine_before == 1  # counted only if it was still running
     assert time.perf_counter() - t < 0.2 + 0.5  # aborted promptly, not run to completion
+
+
+def test_idle_server_does_not_spin(live):
+    """With nothing to do, the engine thread blocks on its queue: (almost) no CPU is used."""
+    wait_idle(live.engine)
+    before = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - before < 0.05

@@ -102,3 +102,18 @@ def test_api_key_protects_v1_only(live_auth):
         for path in ("/health", "/version", "/metrics"):
             assert c.get(path).status_code == 200, path
         assert c.post("/tokenize", json={"prompt": "x"}).status_code == 200
+
+
+def test_repeated_prompt_hits_the_prefix_cache(http):
+    before = http.get("/metrics").text
+    body = {"prompt": "the cat sat on the mat and then " * 4, "max_tokens": 2}
+    for _ in range(2):
+        assert http.post("/v1/completions", json=body).status_code == 200
+    after = http.get("/metrics").text
+    hits = metric(after, "vllm:prefix_cache_hits_total") - metric(before, "vllm:prefix_cache_hits_total")
+    assert hits >= 16  # at least one full 16-token block was reused
+
+
+def test_big_prompts_are_tokenized_off_the_event_loop(http):
+    resp = http.post("/v1/completions", json={"prompt": "word " * 30_000, "max_tokens": 1})
+    assert "maximum context length is 256 tokens" in error_of(resp, 400)["message"]

@@ -89,3 +89,12 @@ def test_errors_before_the_stream_starts_are_plain_json(http):
 def test_stream_options_require_stream(http):
     resp = http.post("/v1/completions", json={"prompt": "x", "stream_options": {"include_usage": True}})
     assert "stream" in error_of(resp, 400)["message"]
+
+
+def test_continuous_usage_stats(http):
+    body = {"prompt": "Hello", "max_tokens": 4, "ignore_eos": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    *content, last = chunks_of(http, body)
+    assert all(c["usage"]["prompt_tokens"] == last["usage"]["prompt_tokens"] for c in content)
+    completion = [c["usage"]["completion_tokens"] for c in content]
+    assert completion == sorted(completion) and last["usage"]["completion_tokens"] == 4
