@@ -41,6 +41,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.bench_transformers import TransformersRunner
 from scripts.bench_utils import (
     Summary,
     default_threads,
@@ -191,63 +192,6 @@ def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:
                len(prompts) * (output_len - 1), engine.get_stats().num_preemptions_total - preempted)
 
 
-# --------------------------------------------------------------------------- transformers
-
-
-class TransformersRunner:
-    """The same workload through transformers' GPT2LMHeadModel.generate (see module docstring)."""
-
-    def __init__(self, model_dir: Path, threads: int):
-        import torch
-        import transformers
-        from transformers import GPT2LMHeadModel
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        torch.set_num_threads(threads)
-        try:
-            model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32)
-        except TypeError:  # transformers < 4.56 calls it torch_dtype
-            model = GPT2LMHeadModel.from_pretrained(model_dir, torch_dtype=torch.float32)
-        self.model, self.torch = model.eval(), torch
-        self.eos = model.config.eos_token_id
-        self.info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                     "transformers": transformers.__version__,
-                     "attn_implementation": getattr(model.config, "_attn_implementation", None)}
-
-    def run(self, prompts: list[list[int]], output_len: int) -> Run:
-        from transformers import StoppingCriteriaList
-
-        torch = self.torch
-        ids = torch.tensor(prompts, dtype=torch.long)
-        clock = _FirstTokenClock(torch)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=output_len, min_new_tokens=output_len,
-                                      pad_token_id=self.eos, use_cache=True,
-                                      stopping_criteria=StoppingCriteriaList([clock]))
-        t_end = time.perf_counter()
-        if out.shape[1] != ids.shape[1] + output_len or clock.t_first is None:
-            raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, "
-                               f"expected {output_len}")
-        decode = t_end - clock.t_first if output_len > 1 else None
-        return Run(clock.t_first - t0, decode, ids.numel(), len(prompts) * (output_len - 1))
-
-
-class _FirstTokenClock:
-    """A stopping criterion that never stops: generate() calls it once per step, so its first
-    call marks the moment the first token of every sequence exists."""
-
-    def __init__(self, torch):
-        self.torch, self.t_first = torch, None
-
-    def __call__(self, input_ids, scores, **kwargs):
-        if self.t_first is None:
-            self.t_first = time.perf_counter()
-        return self.torch.zeros(input_ids.shape[0], dtype=self.torch.bool)
-
-
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -268,7 +212,9 @@ def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
         result.ours.append(run_ours(engine, prompts, cell.output_len))
         log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
         if theirs:
-            result.theirs.append(theirs.run(prompts, cell.output_len))
+            prefill_s, decode_s = theirs.run(prompts, cell.output_len)
+            result.theirs.append(Run(prefill_s, decode_s, cell.batch_size * cell.input_len,
+                                     cell.batch_size * (cell.output_len - 1)))
             log(f"  {cell}  rep {rep + 1}/{reps}  transformers: {_fmt_run(result.theirs[-1])}")
     return result
 

@@ -1,0 +1,62 @@
+"""The comparison side of scripts/benchmark.py: Hugging Face transformers' GPT-2 generate(),
+timed from outside with the first token's moment taken from inside (a stopping criterion)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class TransformersRunner:
+    """The same workload through transformers' GPT2LMHeadModel.generate (see scripts/benchmark.py
+    for the method)."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        import torch
+        import transformers
+        from transformers import GPT2LMHeadModel
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        try:
+            model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32)
+        except TypeError:  # transformers < 4.56 calls it torch_dtype
+            model = GPT2LMHeadModel.from_pretrained(model_dir, torch_dtype=torch.float32)
+        self.model, self.torch = model.eval(), torch
+        self.eos = model.config.eos_token_id
+        self.info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                     "transformers": transformers.__version__,
+                     "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+
+    def run(self, prompts: list[list[int]], output_len: int) -> tuple[float, float | None]:
+        """(prefill seconds, decode seconds or None when output_len is 1) of one generate()."""
+        from transformers import StoppingCriteriaList
+
+        torch = self.torch
+        ids = torch.tensor(prompts, dtype=torch.long)
+        clock = _FirstTokenClock(torch)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=output_len, min_new_tokens=output_len,
+                                      pad_token_id=self.eos, use_cache=True,
+                                      stopping_criteria=StoppingCriteriaList([clock]))
+        t_end = time.perf_counter()
+        if out.shape[1] != ids.shape[1] + output_len or clock.t_first is None:
+            raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, "
+                               f"expected {output_len}")
+        return clock.t_first - t0, (t_end - clock.t_first if output_len > 1 else None)
+
+
+class _FirstTokenClock:
+    """A stopping criterion that never stops: generate() calls it once per step, so its first
+    call marks the moment the first token of every sequence exists."""
+
+    def __init__(self, torch):
+        self.torch, self.t_first = torch, None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        return self.torch.zeros(input_ids.shape[0], dtype=self.torch.bool)
