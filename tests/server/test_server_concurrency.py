@@ -50,7 +50,9 @@ def test_64_concurrent_streams_complete_and_free_every_block(aclient, client, li
                                         max_tokens=12 + i % 5, temperature=1.0, seed=i,
                                         extra_body={"ignore_eos": True})
         assert results[i][0] == ref.choices[0].text
-    assert latencies and max(latencies) < 1.0, max(latencies)
+    latencies.sort()
+    assert latencies and latencies[len(latencies) // 2] < 0.25, latencies  # median
+    assert latencies[-1] < 2.0, latencies
     stats = wait_idle(live.engine)
     assert stats.num_free_blocks == stats.num_total_blocks
     metrics = httpx.get(f"{live.url}/metrics").text
