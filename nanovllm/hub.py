@@ -17,6 +17,7 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -341,8 +342,9 @@ def resolve_model(name_or_dir: str | Path, revision: str | None = None, *,
                   log: Log = _quiet) -> Path:
     """The checkpoint directory for a model argument, downloading only when necessary.
 
-    A local directory is used as is; models/<name> holding a finished download of the requested
-    revision is reused; anything else is downloaded (HubUnavailableError when offline).
+    A local directory is used as is; so is models/<name> when it holds a finished download of
+    the requested revision, or a checkpoint put there by hand (a config.json and no download
+    marker); anything else is downloaded (HubUnavailableError when offline).
     """
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
@@ -352,7 +354,8 @@ def resolve_model(name_or_dir: str | Path, revision: str | None = None, *,
         raise FileNotFoundError(f"model directory {name} does not exist")
     repo_id = repo_id_for(name)
     output = default_output(name)
-    if _matches(read_marker(output), repo_id, revision):
+    marker = read_marker(output)
+    if _matches(marker, repo_id, revision) or (not marker and (output / "config.json").is_file()):
         return output
     return download_model(name, revision=revision, log=log)
 
@@ -372,8 +375,7 @@ def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{preset}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{preset}.tmp-"))
     try:
         write_dummy_checkpoint(tmp, preset)
         try:

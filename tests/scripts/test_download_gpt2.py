@@ -322,6 +322,10 @@ def test_resolve_model(fake_hub, tiny_ckpt, tmp_path, monkeypatch):
     assert path == tmp_path / "models" / "gpt2" and is_complete(path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a finished download needs no network
     assert resolve_model("gpt2") == path
+    by_hand = Path(shutil.copytree(tiny_ckpt, tmp_path / "models" / "distilgpt2"))
+    assert resolve_model("distilgpt2") == by_hand  # a checkpoint put there by hand is used
+    with pytest.raises(HubUnavailableError):
+        resolve_model("gpt2", revision="v2")  # a different revision must be downloaded
 
 
 def test_dummy_checkpoint_dir_is_written_once(tiny_ckpt, tmp_path, monkeypatch):
@@ -331,7 +335,7 @@ def test_dummy_checkpoint_dir_is_written_once(tiny_ckpt, tmp_path, monkeypatch):
 
     def fake_writer(out, preset):  # a copy of the tiny model instead of 500 MB of weights
         calls.append(preset)
-        return shutil.copytree(tiny_ckpt, out)
+        return shutil.copytree(tiny_ckpt, out, dirs_exist_ok=True)
 
     monkeypatch.setattr(model, "write_dummy_checkpoint", fake_writer)
     monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
