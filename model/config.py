@@ -19,6 +19,13 @@ class GPT2Config:
     eos_token_id: int = 50256
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.layer_norm_epsilon, int | float) or self.layer_norm_epsilon <= 0:
+            raise ValueError(f"layer_norm_epsilon must be a positive number, "
+                             f"got {self.layer_norm_epsilon!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
@@ -35,6 +42,8 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> GPT2Config:
         """Reads a Hugging Face GPT-2 config, refusing the variants this model does not implement."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
         if d.get("model_type", "gpt2") != "gpt2":
             raise ValueError(f"{source}: model_type {d['model_type']!r} is not 'gpt2'")
         act = d.get("activation_function", "gelu_new")
@@ -48,7 +57,10 @@ class GPT2Config:
             if d.get(key, want) != want:
                 raise ValueError(f"{source}: {key}={d[key]!r} is not supported (expected {want!r})")
         fields = {k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None}
-        return cls(**fields)
+        try:
+            return cls(**fields)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPT2Config:

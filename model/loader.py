@@ -34,6 +34,10 @@ BLOCK_TENSORS = {
 }
 
 
+def is_mask_buffer(name: str) -> bool:
+    return MASK_BUFFER.fullmatch(name.removeprefix("transformer.")) is not None
+
+
 def expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
     """Every parameter tensor a GPT-2 of this config has, by its un-prefixed HF name."""
     e = cfg.n_embd
@@ -64,10 +68,8 @@ def read_tensors(model_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path
     for path in _weight_files(model_dir):
         if not path.exists():
             raise CheckpointError(f"{path}: shard listed in the index is missing")
-        for name, arr in read_safetensors(path).items():
+        for name, arr in read_safetensors(path, skip=is_mask_buffer).items():
             name = name.removeprefix("transformer.")
-            if MASK_BUFFER.fullmatch(name):
-                continue
             if name in tensors:
                 raise CheckpointError(f"{path}: tensor {name} also appears in {source[name]}")
             tensors[name], source[name] = arr, path
@@ -100,7 +102,7 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
         raise CheckpointError(f"{config_path}: missing (not a Hugging Face checkpoint directory?)")
     try:
         cfg = GPT2Config.from_json(config_path)
-    except (ValueError, TypeError) as e:
+    except ValueError as e:
         raise CheckpointError(str(e)) from e
     tensors, source = read_tensors(model_dir)
     _check(cfg, tensors, source, config_path)

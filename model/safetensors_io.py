@@ -48,20 +48,34 @@ def _to_float32(raw: np.ndarray, dtype: str, shape: list[int]) -> np.ndarray:
     return (arr.astype(np.uint32) << 16).view(np.float32)  # bfloat16 is float32's top half
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one file as float32 arrays (F32 ones are read-only views of the mapping)."""
+def _entry(path: Path, name: str, info) -> tuple[str, list[int], int, int]:
+    """(dtype, shape, start, end) of one header entry, or a CheckpointError naming the tensor."""
+    try:
+        dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: tensor {name}: corrupt header entry {info!r}") from e
+    ints = [*shape, start, end]
+    if not isinstance(dtype, str) or not all(type(i) is int and i >= 0 for i in ints):
+        raise CheckpointError(f"{path}: tensor {name}: corrupt header entry {info!r}")
+    return dtype, shape, start, end
+
+
+def read_safetensors(path: str | Path, skip=lambda name: False) -> dict[str, np.ndarray]:
+    """All tensors of one file as float32 arrays (F32 ones are read-only views of the mapping).
+
+    Names for which `skip(name)` is true are not read at all, whatever their dtype (GPT-2's old
+    causal-mask buffers are stored as U8 or BOOL).
+    """
     path = Path(path)
     header, data_start = _read_header(path)
     data_len = path.stat().st_size - data_start
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start) if data_len else None
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=data_start) if data_len
+            else np.empty(0, np.uint8))
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or skip(name):
             continue
-        try:
-            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: tensor {name}: corrupt header entry {info!r}") from e
+        dtype, shape, start, end = _entry(path, name, info)
         if dtype not in DTYPES:
             raise CheckpointError(f"{path}: tensor {name} has dtype {dtype}; only F32, F16, BF16 load")
         nbytes = int(np.prod(shape)) * DTYPES[dtype].itemsize

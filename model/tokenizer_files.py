@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sysconfig
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,13 +56,19 @@ def tokenizer_config(n_positions: int) -> dict:
 def write_trained_tokenizer(out_dir: Path, vocab_size: int, n_positions: int, cache_dir: Path) -> None:
     cached = cache_dir / f"bpe-{vocab_size}"
     if not (cached / "tokenizer.json").exists():
-        tmp = cache_dir / f"bpe-{vocab_size}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        tok = train_bpe(vocab_size)
-        tok.save(str(tmp / "tokenizer.json"))
-        tok.model.save(str(tmp))  # vocab.json + merges.txt, the files GPT2Tokenizer reads
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # A private temporary directory, renamed into place: concurrent writers never collide.
+        tmp = Path(tempfile.mkdtemp(prefix=f"bpe-{vocab_size}.", dir=cache_dir))
+        try:
+            tok = train_bpe(vocab_size)
+            tok.save(str(tmp / "tokenizer.json"))
+            tok.model.save(str(tmp))  # vocab.json + merges.txt, the files GPT2Tokenizer reads
+            tmp.rename(cached)
+        except OSError:
+            if not (cached / "tokenizer.json").exists():  # not just a lost race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     for name in ("tokenizer.json", "vocab.json", "merges.txt"):
         shutil.copyfile(cached / name, out_dir / name)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(n_positions), indent=2))

@@ -83,9 +83,6 @@ def test_causal_mask_buffers_are_ignored(tiny_model, tiny_tensors, write_checkpo
     assert_same_model(tiny_model, load_gpt2(ckpt))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "model bug: read_safetensors rejects the dtype of every tensor before the loader skips the "
-    "mask buffers, and transformers < 4.27 saved attn.bias as uint8 (later as bool)"))
 @pytest.mark.parametrize("dtype", [np.uint8, np.bool_])
 def test_integer_or_bool_causal_mask_buffers_are_ignored(tiny_model, tiny_tensors,
                                                          write_checkpoint, dtype):
