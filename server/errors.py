@@ -60,28 +60,44 @@ def error_response(message: str, status: int, param: str | None = None, headers=
     return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
 
 
+def _is_type_tag(part) -> bool:
+    """pydantic puts the union member tried into `loc` ("str", "list[int]", ...): not a field."""
+    return isinstance(part, str) and (part in _BARE_TAGS or "[" in part
+                                      or part.startswith(("constrained-", "function-")))
+
+
+_BARE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"}
+
+
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
     """Turn pydantic's error list into one message that names the offending field."""
     errors = exc.errors()
     if not errors:
         return "Invalid request body.", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [p for p in first.get("loc", ()) if p != "body"]
     kind = first.get("type", "")
     if kind == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return f"Malformed JSON in request body: {detail}".rstrip(": "), None
     if not loc:
         return f"Request body must be a JSON object: {first.get('msg', '')}", None
-    field = loc[0]
-    where = ".".join(loc)
+    field = str(loc[0])
+    where = ".".join(str(p) for p in loc if not _is_type_tag(p))
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if kind == "missing":
         return f"Missing required field `{where}`.", field
-    if kind == "extra_forbidden":
-        return f"Unknown field `{where}`.", field
-    extra = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 and kind != "value_error" else ""
-    return f"Invalid value for `{where}`: {msg}{extra}", field
+    union = [e for e in errors if any(_is_type_tag(p) for p in e.get("loc", ()))
+             and e.get("loc", ())[1:2] == (field,)]
+    if len(union) > 1:
+        tried = "; ".join(f"{_member(e)}: {e.get('msg')}" for e in union)
+        return f"Invalid value for `{field}`: it matches none of the allowed types ({tried})", field
+    return f"Invalid value for `{where}`: {msg}", field
+
+
+def _member(error: dict) -> str:
+    tag = next(p for p in error["loc"] if _is_type_tag(p))
+    return tag.replace("constrained-", "")
 
 
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
