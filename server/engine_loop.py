@@ -71,6 +71,10 @@ class EngineLoop:
         return self
 
     @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @property
     def is_alive(self) -> bool:
         return self.error is None and self._thread.is_alive()
 

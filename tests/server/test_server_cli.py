@@ -26,7 +26,12 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Nobody listens any more, and a new server (SO_REUSEADDR, as uvicorn) can bind it."""
     with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
