@@ -24,7 +24,12 @@ class AttentionBatch:
     num_decodes: int                   # rows [0, num_decodes) are decodes
     decode_slots: np.ndarray           # [num_decodes, max_context] context slots (0-padded)
     decode_mask: np.ndarray            # [num_decodes, 1, max_context] 0 or -inf (padding)
-    prefills: list[tuple[int, int, np.ndarray]]  # (first row, end row, context slots)
+    prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
+    # slots None: the chunk is its sequence's whole context, attended without reading the cache
+    # Scratch [num_decodes, max_context, n_head, head_dim] arrays for the decodes' gathered K/V,
+    # reused across layers and steps (freshly allocated memory is slow to touch).
+    decode_k: np.ndarray | None = None
+    decode_v: np.ndarray | None = None
 
 
 def softmax_(scores: np.ndarray) -> np.ndarray:
@@ -55,6 +60,12 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
     return np.matmul(probs[:, :, None, :], v.transpose(0, 2, 1, 3))[:, :, 0, :]
 
 
+def gather(cache: np.ndarray, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """cache[slots]; np.take is ~3x faster than fancy indexing here, and with mode="clip" it
+    writes straight into `out` (mode="raise" would buffer it). Slots are always in range."""
+    return np.take(cache, slots, axis=0, out=out, mode="clip")
+
+
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch) -> np.ndarray:
     k_cache, v_cache = kv_cache
@@ -64,7 +75,12 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     d = batch.num_decodes
     if d:
         slots = batch.decode_slots
-        out[:d] = decode_attention(q[:d], k_cache[slots], v_cache[slots], batch.decode_mask)
+        out[:d] = decode_attention(q[:d], gather(k_cache, slots, batch.decode_k),
+                                   gather(v_cache, slots, batch.decode_v), batch.decode_mask)
     for start, end, slots in batch.prefills:
-        out[start:end] = causal_attention(q[start:end], k_cache[slots], v_cache[slots])
+        if slots is None:
+            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end])
+        else:
+            out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
+                                              gather(v_cache, slots))
     return out

@@ -32,3 +32,19 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return sum(k.nbytes + v.nbytes for k, v in self.layers)
+
+
+class Workspace:
+    """Named scratch arrays that only grow, reused every step instead of allocated afresh."""
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = np.zeros(max(size, 2 * (buf.size if buf is not None else 0)), np.float32)
+            buf.fill(0.0)  # touch the pages now, once
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)

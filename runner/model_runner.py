@@ -14,7 +14,7 @@ import numpy as np
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
 from nanovllm.scheduler import ScheduledBatch
 from nanovllm.sequence import Sequence
-from runner.kv_cache import KVCache
+from runner.kv_cache import KVCache, Workspace
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
 
@@ -41,6 +41,7 @@ class NativeModelRunner:
         self.cfg, self.weights = cfg, weights
         self.block_size, self.eos_token_id = block_size, eos_token_id
         self.kv_cache = KVCache(cfg, num_blocks, block_size)
+        self.workspace = Workspace()
 
     def run(self, batch: ScheduledBatch) -> StepOutput:
         inputs = self.prepare(batch)
@@ -70,7 +71,8 @@ class NativeModelRunner:
             pos.append(positions)
             slot_parts.append(self.slots(seq, positions))
             if n > 1:
-                prefills.append((row, row + n, self.slots(seq, np.arange(start + n))))
+                context = self.slots(seq, np.arange(start + n)) if start else None
+                prefills.append((row, row + n, context))
             if start + n == seq.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_seqs.append(seq)
@@ -80,8 +82,10 @@ class NativeModelRunner:
                 prompt_logit_rows.extend(range(row, row + count))
             row += n
         decode_slots, decode_mask = self._decode_context(decodes)
+        gathered = (*decode_slots.shape, self.cfg.n_head, self.cfg.head_dim)
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), decode_slots,
-                                   decode_mask, prefills)
+                                   decode_mask, prefills, self.workspace.get("decode_k", gathered),
+                                   self.workspace.get("decode_v", gathered))
         return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
                           np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_logit_rows, np.int64), sample_seqs,
