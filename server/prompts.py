@@ -7,6 +7,7 @@ unsupported fields, token ids outside the vocabulary, empty prompts, context ove
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nanovllm.sampling_params import SamplingParams
@@ -136,4 +137,6 @@ def sampling_params(req: CompletionRequest, max_tokens: int, vocab_size: int) ->
 
 
 def _param_named_in(message: str, kwargs: dict) -> str | None:
-    return next((name for name in kwargs if name in message), None)
+    """SamplingParams' messages start with the field they are about ("top_p must be ...")."""
+    match = re.match(r"[a-z_]+", message)
+    return match.group(0) if match and match.group(0) in kwargs else None

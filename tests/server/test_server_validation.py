@@ -139,3 +139,20 @@ def test_engine_is_fine_after_all_that(http, live):
     resp = http.post("/v1/completions", json={"prompt": "still alive", "max_tokens": 3})
     assert resp.status_code == 200
     assert http.get("/health").status_code == 200 and live.engine.is_alive
+
+
+def test_sampling_params_value_error_becomes_a_400_naming_the_field():
+    """SamplingParams validates too; its ValueError is a 400, should a value slip past pydantic."""
+    from server.errors import APIError
+    from server.prompts import sampling_params
+    from server.protocol import CompletionRequest
+
+    req = CompletionRequest.model_construct(**{**CompletionRequest(prompt="x").model_dump(), "n": 0})
+    with pytest.raises(APIError) as info:
+        sampling_params(req, max_tokens=4, vocab_size=1024)
+    assert info.value.status == 400 and info.value.param == "n"
+    assert "Invalid sampling parameters: n must be >= 1" in info.value.message
+    req = CompletionRequest.model_construct(**{**req.model_dump(), "n": 1, "top_p": 0.0})
+    with pytest.raises(APIError) as info:
+        sampling_params(req, max_tokens=4, vocab_size=1024)
+    assert info.value.param == "top_p"
