@@ -97,6 +97,8 @@ def environment(threads: int | None = None) -> dict:
         "numpy": np.__version__,
         "blas": [p for p in blas_info() if p["user_api"] == "blas"],
         "threads": threads if threads is not None else default_threads(),
+        # Other processes skew every number (multi-threaded BLAS worst of all): say how busy.
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     try:
         import nanovllm
@@ -121,7 +123,8 @@ def _cpu_name() -> str:
 def describe_environment(env: dict) -> str:
     blas = ", ".join(f"{p['internal_api']} {p['version']} ({p['architecture']}, "
                      f"{p['num_threads']} threads)" for p in env["blas"]) or "unknown (no threadpoolctl)"
-    lines = [f"machine: {env['processor']}, {env['cpu_count']} CPUs, {env['platform']}",
+    lines = [f"machine: {env['processor']}, {env['cpu_count']} CPUs, {env['platform']}, "
+             f"load average {env['load_average_1min']} at the start",
              f"python {env['python']}, numpy {env['numpy']}, BLAS: {blas}; "
              f"benchmark threads: {env['threads']}"]
     if "torch" in env:
