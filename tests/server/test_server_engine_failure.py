@@ -11,8 +11,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import make_engine, serve
-from server_helpers import MODEL, error_of
+from server_helpers import MODEL, error_of, make_engine, serve
 
 from server.app import build_app
 
