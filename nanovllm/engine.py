@@ -218,8 +218,9 @@ class LLMEngine:
                 seq.index, text, seq.output_token_ids, seq.cumulative_logprob,
                 list(seq.logprobs) if seq.logprobs is not None else None,
                 seq.finish_reason, seq.stop_reason))
+        prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
-                             request.prompt_logprobs, outputs, request.finished,
+                             prompt_logprobs, outputs, request.finished,
                              max(s.num_cached_tokens for s in request.seqs))
 
     def get_stats(self) -> EngineStats:

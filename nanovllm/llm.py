@@ -30,8 +30,12 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
         engine = self.engine
-        for i, (prompt, p) in enumerate(zip(prompts, params)):
-            engine.add_request(str(i), prompt, p)
+        try:
+            for i, (prompt, p) in enumerate(zip(prompts, params)):
+                engine.add_request(str(i), prompt, p)
+        except ValueError:
+            engine.abort_request([str(j) for j in range(len(prompts))])  # all or nothing
+            raise
         # Only our own ids are in flight: generate() is not meant to share the engine.
         results: dict[str, RequestOutput] = {}
         with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm,

@@ -14,6 +14,12 @@ import numpy as np
 
 from nanovllm.sequence import Sequence
 
+# Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
+# overflow to inf or collapse to NaN.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 1e30
+# Adjusted logits are kept finite (but -inf, a ban, stays -inf) for the same reason.
+MAX_LOGIT = 1e30
+
 # top_p looks at this many best candidates first; only when they hold less than top_p of the
 # mass does it sort the whole vocabulary.
 TOP_P_CANDIDATES = 1024
@@ -62,7 +68,11 @@ def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None
     if p.repetition_penalty != 1.0:
         seen = np.unique(seq.token_ids)
         vals = logits[seen]
-        logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        with np.errstate(over="ignore", divide="ignore"):  # extreme penalties: clipped below
+            logits[seen] = np.where(vals > 0, vals / p.repetition_penalty,
+                                    vals * p.repetition_penalty)
+    np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
+    logits[np.isnan(logits)] = -np.inf
 
 
 def filter_probs_(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
@@ -119,7 +129,8 @@ def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
     tokens = logits.argmax(axis=-1)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if sampled:
-        temps = np.array([seqs[i].params.temperature for i in sampled], np.float32)
+        temps = np.clip([seqs[i].params.temperature for i in sampled],
+                        MIN_TEMPERATURE, MAX_TEMPERATURE).astype(np.float32)
         probs = softmax(logits[sampled] / temps[:, None])
         for row, i in zip(probs, sampled):
             p = seqs[i].params
