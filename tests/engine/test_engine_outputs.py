@@ -2,12 +2,15 @@
 
 Streaming: across engine.step() outputs each CompletionOutput's text and token ids only grow
 (each is a prefix of the next and of the final one, so text that turns out to start a stop
-string is never shown early), running text never shows a stop string, and the final text is tokenizer.decode of the output ids, trimmed at the
-stop string. Sampling the random tiny model at temperature 1 emits many byte tokens that
-split UTF-8 characters, so this exercises the incremental detokenizer's hold-back.
+string is never shown early), running text never shows a stop string, and the final text is
+tokenizer.decode of the output ids, trimmed at the stop string. Sampling the random tiny model
+at temperature 1 emits many byte tokens that split UTF-8 characters, so this exercises the
+incremental detokenizer's hold-back; a property test drives the detokenizer on byte tokens.
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 from engine_checks import check_engine_invariants, random_prompts, run_engine
@@ -123,6 +126,11 @@ def gpt2_byte_token(tok, byte: int) -> int:
     return tok._tok.token_to_id(char)
 
 
+@functools.cache
+def tiny_tokenizer(path: str) -> Tokenizer:
+    return Tokenizer(path, eos_token_id=1023)
+
+
 BYTES = [0x61, 0x20, 0xC3, 0xA9, 0xE4, 0xB8, 0x80, 0xF0, 0x9F, 0x98, 0xFF]
 
 
@@ -133,7 +141,7 @@ BYTES = [0x61, 0x20, 0xC3, 0xA9, 0xE4, 0xB8, 0x80, 0xF0, 0x9F, 0x98, 0xFF]
 @given(seq=st.lists(st.sampled_from(BYTES) | st.integers(256, 1000), min_size=1, max_size=14))
 @example(seq=[0xF0, 0x9F, 0x98, 0xF0, 0x9F, 0x98, 0x80, 0x61])
 def test_incremental_detokenizer_matches_full_decode(tiny_ckpt, seq):
-    tok = Tokenizer(tiny_ckpt, eos_token_id=1023)
+    tok = tiny_tokenizer(str(tiny_ckpt))
     ids = [gpt2_byte_token(tok, t) if t < 256 else t for t in seq]
     detok, text = IncrementalDetokenizer(tok), ""
     full = tok.decode(ids)

@@ -35,10 +35,10 @@ def test_seeded_request_is_identical_alone_and_in_a_batch_of_32(make_llm):
     assert len(set(alone)) > 3, "a real sample, not a constant"
     others = random_prompts(seed=5, count=31, low=1, high=50)
     prompts = others[:13] + [PROMPT] + others[13:]
-    params = [other_params(i) for i in range(13)] + [SEEDED] + [other_params(i) for i in range(13, 31)]
-    batched = generate(make_llm(seed=99),
-                       prompts, params)
-    assert batched[13].outputs[0].token_ids == alone
+    params = [other_params(i) for i in range(31)]
+    params.insert(13, SEEDED)
+    busy = make_llm(seed=99)
+    assert generate(busy, prompts, params)[13].outputs[0].token_ids == alone
     # And again with preemption and chunked prefill in the way.
     tight = make_llm(block_size=4, num_kv_blocks=40, max_num_batched_tokens=16)
     assert generate(tight, prompts, params)[13].outputs[0].token_ids == alone

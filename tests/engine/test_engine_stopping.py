@@ -65,6 +65,13 @@ def test_ignore_eos_runs_to_max_tokens(llm):
     assert (out.finish_reason, out.stop_reason) == ("length", None)
 
 
+def test_eos_text_shows_only_without_skip_special_tokens(llm):
+    params = dict(logit_bias={EOS: 100.0}, ignore_eos=True, max_tokens=3)
+    assert run_one(llm, [1, 2, 3], **params).text == ""
+    shown = run_one(llm, [1, 2, 3], skip_special_tokens=False, **params).text
+    assert shown == llm.engine.tokenizer.decode_token(EOS) * 3 and shown
+
+
 def test_min_tokens_delays_eos(llm):
     out = run_one(llm, [1, 2, 3], logit_bias={EOS: 100.0}, min_tokens=4, max_tokens=10)
     assert len(out.token_ids) == 5 and EOS not in out.token_ids[:4] and out.token_ids[4] == EOS
