@@ -108,7 +108,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self.free_block_ids[block_id] = None
         seq.block_table.clear()
-        seq.num_computed_tokens = seq.num_cached_tokens = seq.num_hashed_blocks = 0
+        seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
         seq.last_block_hash = None
 
     def _blocks_missing(self, seq: Sequence, num_new_tokens: int) -> int:

@@ -95,7 +95,8 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(prompt_ids)
         for index in range(params.n):
-            seed = [params.seed, index] if params.seed is not None else self._seeds.spawn(1)[0]
+            seed = ([params.seed % 2**64, index] if params.seed is not None
+                    else self._seeds.spawn(1)[0])
             seq = Sequence(next(self._seq_ids), request, index, list(prompt_ids),
                            np.random.default_rng(seed),
                            detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
@@ -196,10 +197,12 @@ class LLMEngine:
         finish = finish_on_token(seq, token, self.tokenizer.eos_token_id, self.max_model_len)
         # A stop token's own text is left out, like a stop string's.
         drop_last = finish is not None and finish[0] == "stop" and not seq.params.include_stop_str_in_output
-        search_from = max(0, len(seq.text) - max((len(s) for s in seq.params.stop), default=0))
-        out_ids = seq.output_token_ids
-        seq.text += seq.detok.step(out_ids[:-1] if drop_last else out_ids, final=finish is not None)
-        finish = finish_on_text(seq, search_from) or finish
+        old_len = len(seq.text)
+        if not drop_last:
+            seq.text += seq.detok.step(token)
+        if finish is not None:
+            seq.text += seq.detok.flush()
+        finish = finish_on_text(seq, old_len) or finish
         if finish is not None:
             seq.finish_reason, seq.stop_reason = finish
             self.scheduler.finish(seq)

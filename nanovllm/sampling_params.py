@@ -28,11 +28,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
-        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        self.stop = [self.stop] if isinstance(self.stop, str) else _as_list("stop", self.stop)
+        self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids)
+        self.logit_bias = _as_bias(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
         self._validate()
@@ -61,12 +59,35 @@ class SamplingParams:
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         for i in self.stop_token_ids:
             _check_int("stop_token_ids[]", i, 0)
-        for tok, bias in self.logit_bias.items():
-            _check_range(f"logit_bias[{tok}]", bias, -100.0, 100.0)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _as_list(name: str, value) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name} must be a list, got {value!r}")
+    return list(value)
+
+
+def _as_bias(value) -> dict[int, float]:
+    """logit_bias as {token id: bias}; JSON gives the ids as strings, as OpenAI's API does."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"logit_bias must be a mapping of token id to bias, got {value!r}")
+    bias = {}
+    for k, v in value.items():
+        try:
+            token = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias keys must be token ids, got {k!r}") from None
+        _check_range(f"logit_bias[{k}]", v, -100.0, 100.0)
+        bias[token] = float(v)
+    return bias
 
 
 def _check_int(name: str, value, low: int | None, high: int | None = None, extra: str = "") -> None:

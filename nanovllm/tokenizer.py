@@ -1,20 +1,25 @@
 """GPT-2's byte-level BPE through the `tokenizers` library, and incremental detokenizing.
 
-Byte-level tokens can split a UTF-8 character (emoji, accented letters) across tokens, so text
-is produced incrementally: decode a short window of recent tokens and emit only what follows a
-prefix that already decoded cleanly. Each step costs a few tokens of decoding, not the whole
-output.
+Every GPT-2 token stands for a fixed string of bytes, and a character may be split across tokens
+(emoji, accented letters). So text is produced by feeding each new token's bytes to an
+incremental UTF-8 decoder: it holds back an unfinished character and replaces invalid bytes
+exactly as a full decode does. Each step costs one token, not the whole output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import codecs
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-REPLACEMENT = "\ufffd"
-MAX_BYTES_PER_CHAR = 4
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's map from the printable stand-in characters of its vocabulary back to bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
 class Tokenizer:
@@ -30,6 +35,20 @@ class Tokenizer:
             raise ValueError(f"{model_dir}: no tokenizer.json (or vocab.json + merges.txt)")
         self.eos_token_id = eos_token_id
         self.vocab_size = self._tok.get_vocab_size()
+        self.token_bytes, self.special_ids = self._byte_table()
+
+    def _byte_table(self) -> tuple[list[bytes], frozenset[int]]:
+        """The bytes each token id stands for, and the ids of special tokens."""
+        added = self._tok.get_added_tokens_decoder()
+        to_byte = byte_level_alphabet()
+        table = []
+        for i in range(self.vocab_size):
+            piece = added[i].content if i in added else self._tok.id_to_token(i) or ""
+            try:
+                table.append(piece.encode() if i in added else bytes(to_byte[c] for c in piece))
+            except KeyError:  # not a byte-level vocabulary: fall back to the library's decode
+                table.append(self._tok.decode([i], skip_special_tokens=False).encode())
+        return table, frozenset(i for i, t in added.items() if t.special)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -42,31 +61,29 @@ class Tokenizer:
         return self._tok.decode([token_id], skip_special_tokens=False)
 
 
-@dataclass(slots=True)
 class IncrementalDetokenizer:
-    tokenizer: Tokenizer
-    skip_special_tokens: bool = True
-    prefix_offset: int = 0   # window start: tokens before it are already text
-    read_offset: int = 0     # tokens before it have been emitted
+    __slots__ = ("_table", "_skip", "_utf8")
 
-    def step(self, token_ids: list[int], final: bool = False) -> str:
-        """New text for `token_ids` (the whole output so far); holds back a split character."""
-        decode = self.tokenizer.decode
-        prefix = decode(token_ids[self.prefix_offset:self.read_offset], self.skip_special_tokens)
-        text = decode(token_ids[self.prefix_offset:], self.skip_special_tokens)
-        # A character needs at most 4 byte-tokens; past that a U+FFFD is really in the output.
-        pending = len(token_ids) - self.read_offset
-        if not final and text.endswith(REPLACEMENT) and pending < MAX_BYTES_PER_CHAR:
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True):
+        self._table = tokenizer.token_bytes
+        self._skip = tokenizer.special_ids if skip_special_tokens else frozenset()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, token_id: int) -> str:
+        """The new text that `token_id` completes (an unfinished character waits)."""
+        if token_id in self._skip or token_id >= len(self._table):
             return ""
-        if len(text) <= len(prefix) and not final:
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(token_ids)
-        return text[len(prefix):]
+        return self._utf8.decode(self._table[token_id])
+
+    def flush(self) -> str:
+        """At the end: whatever is still held back, as replacement characters."""
+        return self._utf8.decode(b"", final=True)
 
 
-def find_stop(text: str, stops: list[str], start: int) -> tuple[int, str] | None:
-    """The earliest stop string in `text[start:]`, as (index, stop)."""
-    hits = [(i, s) for s in stops if (i := text.find(s, start)) >= 0]
+def find_stop(text: str, stops: list[str], old_len: int) -> tuple[int, str] | None:
+    """The earliest stop string that ends after the first `old_len` characters of `text`,
+    as (index, stop)."""
+    hits = [(i, s) for s in stops if (i := text.find(s, max(0, old_len - len(s) + 1))) >= 0]
     return min(hits) if hits else None
 
 

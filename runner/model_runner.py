@@ -8,14 +8,17 @@ LM head runs only on rows that sample, plus prompt rows whose logprobs were aske
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from nanovllm.scheduler import ScheduledBatch
-from nanovllm.sequence import Sequence
 from runner.kv_cache import KVCache, Workspace
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
+
+if TYPE_CHECKING:  # the engine's types; importing them at run time would be circular
+    from nanovllm.scheduler import ScheduledBatch
+    from nanovllm.sequence import Sequence
 
 
 @dataclass(slots=True)

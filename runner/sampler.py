@@ -9,10 +9,12 @@ generator (so a seeded request samples the same alone or inside any batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nanovllm.sequence import Sequence
+if TYPE_CHECKING:
+    from nanovllm.sequence import Sequence
 
 # Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
 # overflow to inf or collapse to NaN.
@@ -62,15 +64,15 @@ def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None
     if seq.num_output_tokens < p.min_tokens:
         banned = p.stop_token_ids + ([] if p.ignore_eos else [eos_token_id])
         logits[banned] = -np.inf
-    if p.presence_penalty or p.frequency_penalty:
-        counts = np.bincount(seq.output_token_ids, minlength=logits.shape[0])
-        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     if p.repetition_penalty != 1.0:
         seen = np.unique(seq.token_ids)
         vals = logits[seen]
         with np.errstate(over="ignore", divide="ignore"):  # extreme penalties: clipped below
             logits[seen] = np.where(vals > 0, vals / p.repetition_penalty,
                                     vals * p.repetition_penalty)
+    if p.presence_penalty or p.frequency_penalty:
+        counts = np.bincount(seq.output_token_ids, minlength=logits.shape[0])
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
     np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
     logits[np.isnan(logits)] = -np.inf
 

@@ -83,7 +83,7 @@ class CompletionRequest(OpenAIBaseModel):
     max_tokens: int | None = Field(16, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
     stop: NonEmptyStr | list[NonEmptyStr] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 from engine_checks import check_engine_invariants, random_prompts, run_engine
 
 from nanovllm import RequestOutput, SamplingParams
@@ -63,8 +62,6 @@ def test_shared_prefix_is_reused_and_gives_the_same_output(make_engine):
         assert all(abs(ours[t].logprob - ref[t].logprob) < 1e-5 for t in ours)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: BlockManager.free resets seq.num_cached_tokens, so "
-                   "the finished RequestOutput reports num_cached_tokens=0")
 def test_final_output_reports_cached_tokens(make_engine):
     engine = make_engine(block_size=BLOCK)
     generate_one(engine, "a", FIRST)

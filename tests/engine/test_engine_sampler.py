@@ -180,8 +180,6 @@ def test_min_tokens_leaves_eos_alone_with_ignore_eos():
     assert got[EOS] == BASE[EOS] and got[7] == -np.inf
 
 
-@pytest.mark.xfail(strict=True, reason="bug: adjust_logits_ applies frequency/presence before "
-                   "repetition_penalty; vLLM applies repetition first")
 def test_penalties_compose_in_vllms_order():
     """vLLM: logit bias, then repetition penalty, then frequency, then presence."""
     got = adjusted(BASE, [0], [5, 5], logit_bias={5: 1.0}, repetition_penalty=2.0,
@@ -208,8 +206,6 @@ def test_infinite_temperature_samples_uniformly_and_keeps_bans():
     assert picks == set(range(10)) - {EOS}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: circular import: runner.sampler -> nanovllm.sequence "
-                   "-> nanovllm/__init__ -> engine -> runner.model_runner -> runner.sampler")
 @pytest.mark.parametrize("module", ["runner.sampler", "runner.model_runner"])
 def test_runner_modules_import_on_their_own(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,

@@ -94,8 +94,6 @@ def test_context_length_ends_with_length(tiny_ckpt, max_model_len, prompt_len):
     assert out.finish_reason == "length"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: finish_on_token checks the context length only after "
-                   "min_tokens, so generation runs past max_model_len (IndexError in wpe)")
 def test_min_tokens_never_pushes_past_the_context(tiny_ckpt):
     """Either rejected up front (naming min_tokens) or ended at the context length."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=256)
@@ -193,9 +191,6 @@ def test_min_tokens_delays_stop_strings(llm, greedy_runs):
         assert len(out.token_ids) == m and out.finish_reason == "stop"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the stop-string search window starts at "
-                   "len(old_text) - max(len(stop)), so with min_tokens it finds stops inside text "
-                   "from before min_tokens; vLLM only looks where a stop overlaps the new text")
 @pytest.mark.parametrize("extra_stops", [[], ["a much longer stop string"]])
 def test_min_tokens_stop_string_ends_in_new_text(llm, greedy_runs, extra_stops):
     prompt, ids, piece = constant_run(greedy_runs)
