@@ -26,10 +26,19 @@ class AttentionBatch:
     decode_mask: np.ndarray            # [num_decodes, 1, max_context] 0 or -inf (padding)
     prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
-    # Scratch [num_decodes, max_context, n_head, head_dim] arrays for the decodes' gathered K/V,
-    # reused across layers and steps (freshly allocated memory is slow to touch).
+    # Flat float32 scratch for one group of decodes' gathered K and V (see decode_group_size),
+    # reused across layers and steps: freshly allocated memory is slow to touch.
     decode_k: np.ndarray | None = None
     decode_v: np.ndarray | None = None
+
+
+# Decodes are attended in groups whose gathered K+V take about this much memory, so the gathered
+# copy is still in cache when the matmuls read it (at 64 sequences, 1.7x faster than all at once).
+DECODE_GROUP_BYTES = 4 << 20
+
+
+def decode_group_size(context_len: int, n_head: int, head_dim: int) -> int:
+    return max(1, DECODE_GROUP_BYTES // (2 * 4 * max(context_len, 1) * n_head * head_dim))
 
 
 def softmax_(scores: np.ndarray) -> np.ndarray:
@@ -66,17 +75,31 @@ def gather(cache: np.ndarray, slots: np.ndarray, out: np.ndarray | None = None) 
     return np.take(cache, slots, axis=0, out=out, mode="clip")
 
 
+def grouped_decode_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+                             batch: AttentionBatch) -> np.ndarray:
+    """Attention of the single-token rows, a cache-sized group of sequences at a time."""
+    slots, mask = batch.decode_slots, batch.decode_mask
+    num, context = slots.shape
+    shape = (decode_group_size(context, *q.shape[1:]), context, *q.shape[1:])
+    out = np.empty((num, *q.shape[1:]), q.dtype)
+    for i in range(0, num, shape[0]):
+        j = min(i + shape[0], num)
+        k_buf, v_buf = (None, None) if batch.decode_k is None else (
+            buf[:(j - i) * np.prod(shape[1:])].reshape(j - i, *shape[1:])
+            for buf in (batch.decode_k, batch.decode_v))
+        out[i:j] = decode_attention(q[i:j], gather(k_cache, slots[i:j], k_buf),
+                                    gather(v_cache, slots[i:j], v_buf), mask[i:j])
+    return out
+
+
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch) -> np.ndarray:
     k_cache, v_cache = kv_cache
     k_cache[batch.slot_mapping] = k
     v_cache[batch.slot_mapping] = v
     out = np.empty_like(q)
-    d = batch.num_decodes
-    if d:
-        slots = batch.decode_slots
-        out[:d] = decode_attention(q[:d], gather(k_cache, slots, batch.decode_k),
-                                   gather(v_cache, slots, batch.decode_v), batch.decode_mask)
+    if batch.num_decodes:
+        out[:batch.num_decodes] = grouped_decode_attention(q, k_cache, v_cache, batch)
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end])

@@ -11,7 +11,7 @@ pass) or from a paged KV cache described by an `AttentionBatch` (see `model/atte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,11 +37,18 @@ class BlockWeights:
 
 @dataclass(slots=True)
 class GPT2Weights:
-    wte: np.ndarray          # [V, E], also the LM head
+    wte: np.ndarray          # [V, E] token embedding, tied to the LM head
     wpe: np.ndarray          # [P, E]
     blocks: list[BlockWeights]
     ln_f_g: np.ndarray
     ln_f_b: np.ndarray
+    # The LM head is wte.T. Kept as its own contiguous [E, V] copy: BLAS reads that layout
+    # 1.2x (64 rows) to 1.9x (1 row) faster than the transposed view, and the LM head is the
+    # largest matmul of a decode step.
+    lm_head: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.lm_head = np.ascontiguousarray(self.wte.T)
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -97,7 +104,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
 
 
 def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
-    return layer_norm(x, w.ln_f_g, w.ln_f_b, eps) @ w.wte.T
+    return layer_norm(x, w.ln_f_g, w.ln_f_b, eps) @ w.lm_head
 
 
 def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: np.ndarray,

@@ -16,7 +16,7 @@ import numpy as np
 
 from model.config import GPT2Config
 from model.gpt2 import BlockWeights, GPT2Weights
-from model.safetensors_io import CheckpointError, read_safetensors
+from model.safetensors_io import CheckpointError, read_safetensors, release_pages
 
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
@@ -106,7 +106,9 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
         raise CheckpointError(str(e)) from e
     tensors, source = read_tensors(model_dir)
     _check(cfg, tensors, source, config_path)
-    return cfg, build_weights(cfg, tensors)
+    weights = build_weights(cfg, tensors)
+    release_pages(weights.wte)  # now copied into weights.lm_head; lookups touch few rows
+    return cfg, weights
 
 
 def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray]) -> GPT2Weights:

@@ -9,6 +9,7 @@ copy at all, F16/BF16 ones exactly one (the cast to float32).
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,19 @@ def read_safetensors(path: str | Path, skip=lambda name: False) -> dict[str, np.
                                   f"only {data_len} (truncated?)")
         tensors[name] = _to_float32(data[start:end], dtype, shape)
     return tensors
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Lets the kernel drop the resident pages of a memory-mapped tensor that was read once and
+    copied (they would otherwise count twice in RSS). Reading it again faults pages back in
+    from the file. Arrays that are not file mappings are left alone."""
+    base = arr
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = base.base
+    if base is None:
+        return
+    start = arr.ctypes.data - np.frombuffer(base._mmap, np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours stay
+    last = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        base._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
+from model.attention import decode_group_size
 from runner.kv_cache import KVCache, Workspace
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
@@ -85,10 +86,12 @@ class NativeModelRunner:
                 prompt_logit_rows.extend(range(row, row + count))
             row += n
         decode_slots, decode_mask = self._decode_context(decodes)
-        gathered = (*decode_slots.shape, self.cfg.n_head, self.cfg.head_dim)
+        cfg, context = self.cfg, decode_slots.shape[1]
+        group = min(len(decodes), decode_group_size(context, cfg.n_head, cfg.head_dim))
+        scratch = (group * context * cfg.n_embd,)
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), decode_slots,
-                                   decode_mask, prefills, self.workspace.get("decode_k", gathered),
-                                   self.workspace.get("decode_v", gathered))
+                                   decode_mask, prefills, self.workspace.get("decode_k", scratch),
+                                   self.workspace.get("decode_v", scratch))
         return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
                           np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_logit_rows, np.int64), sample_seqs,
