@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import sys
@@ -324,6 +325,8 @@ def run(args: argparse.Namespace) -> int:
     if problem := check_args(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    # `nanovllm` logs at INFO; httpx would log one line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.plot and not _have_matplotlib():
         print("error: --plot needs matplotlib, which is not installed: "
               "pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)
