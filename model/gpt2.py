@@ -103,6 +103,14 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
     return out
 
 
+def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Token plus position embeddings. Token rows are read as columns of the LM head copy, so
+    the tied `wte` is only ever read once, at load (its pages need not stay resident)."""
+    x = np.take(w.lm_head, token_ids, axis=1).T.copy()
+    x += w.wpe[positions]
+    return x
+
+
 def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
     return layer_norm(x, w.ln_f_g, w.ln_f_b, eps) @ w.lm_head
 
@@ -118,8 +126,7 @@ def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: n
     `logit_rows` picks the rows that need logits: the LM head is the largest matmul of a step.
     """
     eps = cfg.layer_norm_epsilon
-    x = w.wte[token_ids]
-    x += w.wpe[positions]
+    x = embed(w, token_ids, positions)
     for i, blk in enumerate(w.blocks):
         cache = kv_caches[i] if kv_caches is not None else None
         x += self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps), blk, cfg.n_head, cache, batch)

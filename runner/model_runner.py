@@ -14,7 +14,7 @@ import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
 from model.attention import decode_group_size
-from runner.kv_cache import KVCache, Workspace
+from runner.kv_cache import KVCache, Workspace, keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
 if TYPE_CHECKING:  # the engine's types; importing them at run time would be circular
@@ -44,6 +44,7 @@ class NativeModelRunner:
                  eos_token_id: int):
         self.cfg, self.weights = cfg, weights
         self.block_size, self.eos_token_id = block_size, eos_token_id
+        keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size)
         self.workspace = Workspace()
 
