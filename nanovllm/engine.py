@@ -77,10 +77,14 @@ class LLMEngine:
         self._seeds = np.random.SeedSequence(config.seed)
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.last_step = StepStats()
-        logger.info("loaded %s from %s (%s parameters%s); KV cache: %d blocks of %d tokens (%.0f MiB)",
-                    "GPT-2", self.model_path, f"{cfg.num_params:,}",
-                    ", RANDOM WEIGHTS (dummy)" if self.is_dummy else "",
-                    self.num_kv_blocks, config.block_size, self.runner.kv_cache.nbytes / 2**20)
+        logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                    "max_model_len %d)", self.model_path,
+                    "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
+                    cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
+                    self.max_model_len)
+        logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB)", self.num_kv_blocks,
+                    config.block_size, self.num_kv_blocks * config.block_size,
+                    self.runner.kv_cache.nbytes / 2**20)
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,

@@ -72,23 +72,6 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def count_params(cfg) -> int:
-    """GPT-2 parameters: embeddings + 12d^2 + 13d per block + final layer norm."""
-    d = cfg.n_embd
-    return cfg.vocab_size * d + cfg.n_positions * d + cfg.n_layer * (12 * d * d + 13 * d) + 2 * d
-
-
-def log_loaded(engine) -> None:
-    cfg = engine.model_config
-    weights = "RANDOM weights (dummy checkpoint)" if engine.is_dummy else "pretrained weights"
-    logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
-                "max_model_len %d)", engine.model_path, weights, count_params(cfg) / 1e6,
-                cfg.n_layer, cfg.n_embd, cfg.vocab_size, engine.max_model_len)
-    stats, block = engine.get_stats(), engine.config.block_size
-    logger.info("KV cache: %d blocks of %d tokens (%d tokens)", stats.num_total_blocks, block,
-                stats.num_total_blocks * block)
-
-
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
@@ -121,7 +104,6 @@ def run_serve(args: argparse.Namespace) -> int:
     if fallback:
         args.load_format = "dummy"
     engine = LLMEngine(EngineConfig.from_cli_args(model, args))
-    log_loaded(engine)
     loop = EngineLoop(engine).start()
     app = build_app(loop, served_model_name=args.served_model_name or args.model,
                     model_root=str(engine.model_path), api_key=api_key)

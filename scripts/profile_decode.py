@@ -1,0 +1,69 @@
+"""How much of a decode step is not weight GEMMs.
+
+Runs `batch` greedy requests (32-token prompts, EOS ignored) until their context reaches
+`--context`. It then times engine steps, and in the same process the bare chain of weight
+matmuls that a step of that batch must do: the four per layer and the LM head, with the same
+weights and row count. The difference is attention, layer norm, GELU, sampling, scheduling,
+input building and detokenizing. Medians of `--steps` runs.
+
+    python scripts/profile_decode.py --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def gemm_chain(weights, rows: int):
+    """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
+    x = np.ones((rows, weights.wpe.shape[1]), np.float32)
+    h = np.ones((rows, weights.blocks[0].fc_w.shape[1]), np.float32)
+
+    def run():
+        for b in weights.blocks:
+            x @ b.attn_w, x @ b.attn_proj_w, x @ b.fc_w, h @ b.fc_proj_w
+        x @ weights.lm_head
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--context", type=int, default=96, help="context length when timing starts")
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args(argv)
+
+    from nanovllm import EngineConfig, LLMEngine, SamplingParams
+
+    engine = LLMEngine(EngineConfig(args.model, load_format="dummy"))
+    rng = np.random.default_rng(0)
+    for i in range(args.batch):
+        prompt = rng.integers(0, engine.model_config.vocab_size - 1, 32).tolist()
+        engine.add_request(str(i), prompt, SamplingParams(temperature=0, ignore_eos=True,
+                                                          max_tokens=args.context + args.steps))
+    for _ in range(args.context - 32 + 1):
+        engine.step()
+    step = median_ms(engine.step, args.steps)
+    gemm = median_ms(gemm_chain(engine.runner.weights, args.batch), args.steps)
+    print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "
+          f"({args.batch / step * 1e3:.0f} tok/s); weight GEMMs alone {gemm:.1f} ms; "
+          f"everything else {step - gemm:.1f} ms = {100 * (1 - gemm / step):.0f}% of the step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
