@@ -38,6 +38,7 @@ class LLM:
             raise
         # Only our own ids are in flight: generate() is not meant to share the engine.
         results: dict[str, RequestOutput] = {}
+        rates = _Throughput()
         with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm,
                   dynamic_ncols=True) as bar:
             while engine.has_unfinished_requests():
@@ -45,9 +46,27 @@ class LLM:
                     if out.finished:
                         results[out.request_id] = out
                         bar.update(1)
-                step = engine.last_step
-                if step.seconds:
-                    bar.set_postfix_str(f"prefill {step.num_prefill_tokens / step.seconds:,.0f} tok/s, "
-                                        f"decode {step.num_decode_tokens / step.seconds:,.0f} tok/s",
-                                        refresh=False)
+                rates.add(engine.last_step)
+                bar.set_postfix_str(str(rates), refresh=False)
         return [results[str(i)] for i in range(len(prompts))]
+
+
+class _Throughput:
+    """Prefill tok/s over the steps that prefilled; decode tok/s over the steps that only decoded."""
+
+    def __init__(self):
+        self.prefill_tokens = self.decode_tokens = 0
+        self.prefill_seconds = self.decode_seconds = 0.0
+
+    def add(self, step) -> None:
+        if step.num_prefill_tokens:
+            self.prefill_tokens += step.num_prefill_tokens
+            self.prefill_seconds += step.seconds
+        else:
+            self.decode_tokens += step.num_decode_tokens
+            self.decode_seconds += step.seconds
+
+    def __str__(self) -> str:
+        prefill = self.prefill_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+        decode = self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
+        return f"prefill {prefill:,.0f} tok/s, decode {decode:,.0f} tok/s"
