@@ -76,6 +76,8 @@ def write_trained_tokenizer(out_dir: Path, vocab_size: int, n_positions: int, ca
 
 def copy_tokenizer(src: Path, out_dir: Path, vocab_size: int) -> None:
     """Copies a user-given tokenizer directory (e.g. GPT-2's real one), checking it fits the model."""
+    if not src.is_dir():
+        raise ValueError(f"{src}: tokenizer directory does not exist")
     if not (src / "tokenizer.json").exists():
         raise ValueError(f"{src}: no tokenizer.json in the tokenizer directory")
     size = Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size()
