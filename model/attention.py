@@ -49,9 +49,18 @@ def softmax_(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+# Long prefills are attended in blocks of queries, each against only the keys it can see: this
+# skips most of the masked upper triangle (a 512-token prompt does ~40% less attention work).
+CAUSAL_BLOCK = 128
+
+
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, H, D]. Returns [n, H, D]."""
     n, c = q.shape[0], k.shape[0]
+    if n > CAUSAL_BLOCK:
+        ends = [min(start + CAUSAL_BLOCK, n) for start in range(0, n, CAUSAL_BLOCK)]
+        return np.concatenate([causal_attention(q[end - size:end], k[:c - n + end], v[:c - n + end])
+                               for end, size in zip(ends, np.diff([0, *ends]))])
     scale = 1.0 / float(np.sqrt(q.shape[-1]))
     scores = np.matmul((q * scale).transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, n, c]
     if n > 1:  # query i sits at position c - n + i and sees keys up to there
