@@ -21,6 +21,7 @@ from model.loader import expected_shapes
 from model.tokenizer_files import copy_tokenizer, write_trained_tokenizer
 
 DUMMY_KEY = "_nanovllm_dummy"
+DUMMY_FORMAT_VERSION = 2  # bump when the files written change: cached checkpoints are rewritten
 
 
 def cache_root() -> Path:

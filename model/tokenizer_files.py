@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 EOT = "<|endoftext|>"
 FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+CACHE_VERSION = 2  # bump when the files written change, so stale caches are not reused
 
 
 def _stdlib_texts() -> Iterator[str]:
@@ -48,13 +49,22 @@ def train_bpe(vocab_size: int) -> Tokenizer:
     return tok
 
 
+def _save_vocab_and_merges(tok: Tokenizer, out_dir: Path) -> None:
+    """vocab.json + merges.txt, the files GPT2Tokenizer reads. Like GPT-2's own vocab.json, it
+    lists the added tokens too (`<|endoftext|>` last), which the BPE model alone leaves out."""
+    tok.model.save(str(out_dir))
+    vocab = json.loads((out_dir / "vocab.json").read_text(encoding="utf-8"))
+    vocab.update({t.content: i for i, t in tok.get_added_tokens_decoder().items()})
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+
+
 def tokenizer_config(n_positions: int) -> dict:
     return {"tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "eos_token": EOT,
             "unk_token": EOT, "model_max_length": n_positions, "add_prefix_space": False}
 
 
 def write_trained_tokenizer(out_dir: Path, vocab_size: int, n_positions: int, cache_dir: Path) -> None:
-    cached = cache_dir / f"bpe-{vocab_size}"
+    cached = cache_dir / f"bpe-{vocab_size}-v{CACHE_VERSION}"
     if not (cached / "tokenizer.json").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         # A private temporary directory, renamed into place: concurrent writers never collide.
@@ -62,7 +72,7 @@ def write_trained_tokenizer(out_dir: Path, vocab_size: int, n_positions: int, ca
         try:
             tok = train_bpe(vocab_size)
             tok.save(str(tmp / "tokenizer.json"))
-            tok.model.save(str(tmp))  # vocab.json + merges.txt, the files GPT2Tokenizer reads
+            _save_vocab_and_merges(tok, tmp)
             tmp.rename(cached)
         except OSError:
             if not (cached / "tokenizer.json").exists():  # not just a lost race

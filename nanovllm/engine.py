@@ -2,7 +2,8 @@
 
 `add_request` validates and queues, `step` schedules a batch, runs it on the model runner and
 turns sampled tokens into text and finish decisions, `abort_request` retires a request at once.
-The engine is single-threaded and model-agnostic; the server drives it from one thread.
+The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
+sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
 """
 
 from __future__ import annotations
@@ -98,18 +99,21 @@ class LLMEngine:
                           params, arrival_time or time.time())
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(prompt_ids)
-        for index in range(params.n):
-            seed = ([params.seed % 2**64, index] if params.seed is not None
-                    else self._seeds.spawn(1)[0])
-            seq = Sequence(next(self._seq_ids), request, index, list(prompt_ids),
-                           np.random.default_rng(seed),
-                           detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
-                           logprobs=[] if params.logprobs is not None else None,
-                           cumulative_logprob=0.0 if params.logprobs is not None else None)
-            request.seqs.append(seq)
+        request.seqs = [self._new_sequence(request, index) for index in range(params.n)]
+        # Only now, with nothing left that can fail, does the request enter the engine.
+        for seq in request.seqs:
             self.scheduler.add(seq)
         self.requests[request_id] = request
-        self.prompt_tokens_total += len(prompt_ids)
+
+    def _new_sequence(self, request: Request, index: int) -> Sequence:
+        params = request.params
+        seed = [params.seed % 2**64, index] if params.seed is not None else self._seeds.spawn(1)[0]
+        with_logprobs = params.logprobs is not None
+        return Sequence(next(self._seq_ids), request, index, list(request.prompt_token_ids),
+                        np.random.default_rng(seed),
+                        detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
+                        logprobs=[] if with_logprobs else None,
+                        cumulative_logprob=0.0 if with_logprobs else None)
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -175,9 +179,7 @@ class LLMEngine:
             return []
         result = self.runner.run(batch)
         decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            self.block_manager.register_computed(seq)
+        self.scheduler.update_after_step(batch)
         for seq, first, lps in result.prompt_logprobs:
             seq.request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(self._logprob_dict, lps)
         touched: dict[str, Request] = {}
@@ -195,6 +197,8 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
         self.generation_tokens_total += 1
+        if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
+            self.prompt_tokens_total += seq.num_prompt_tokens
         if logprobs is not None:
             seq.logprobs.append(self._logprob_dict(logprobs))
             seq.cumulative_logprob += logprobs.logprobs[0]
@@ -232,8 +236,11 @@ class LLMEngine:
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler
+        # Requests, not sequences: a request with n samples counts once, as running if any runs.
+        running = {s.request.request_id for s in sched.running}
+        waiting = {s.request.request_id for s in sched.waiting} - running
         return EngineStats(
-            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            num_running=len(running), num_waiting=len(waiting),
             num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks,
             kv_cache_usage=1.0 - bm.num_free_blocks / bm.num_blocks,
             prompt_tokens_total=self.prompt_tokens_total,

@@ -362,16 +362,17 @@ def resolve_model(name_or_dir: str | Path, revision: str | None = None, *,
 
 def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
     """A random-weights checkpoint of `preset`'s shapes, written once and reused: under
-    $NANOVLLM_CACHE, else $XDG_CACHE_HOME/nanovllm, else ~/.cache/nanovllm, in dummy/<preset>.
+    $NANOVLLM_CACHE, else $XDG_CACHE_HOME/nanovllm, else ~/.cache/nanovllm, in dummy-v<N>/<preset>.
 
     Written to a temporary sibling and renamed, so concurrent first calls (engine and server
     tests, say) never see half a checkpoint; whichever rename lands first wins.
     """
     from model import PRESETS, cache_root, write_dummy_checkpoint
+    from model.dummy import DUMMY_FORMAT_VERSION
 
     if preset not in PRESETS:
         raise ValueError(f"no dummy preset {preset!r}: use one of {', '.join(PRESETS)}")
-    out = cache_root() / "dummy" / preset
+    out = cache_root() / f"dummy-v{DUMMY_FORMAT_VERSION}" / preset
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

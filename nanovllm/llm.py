@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence as Seq
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from nanovllm.config import EngineConfig
@@ -17,38 +19,44 @@ Prompt = str | list[int]
 class LLM:
     def __init__(self, model: str, **engine_options):
         self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
+        self._request_ids = itertools.count()
 
     def generate(self, prompts: Prompt | Seq[Prompt],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
-        """Runs every prompt to completion, batched continuously; outputs in input order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        """Runs every prompt to completion, batched continuously; outputs in input order.
+
+        All or nothing: if a prompt is rejected, or the run is interrupted (Ctrl-C), every
+        request of this call is withdrawn from the engine.
+        """
+        if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int | np.integer)):
             prompts = [prompts]
         params = sampling_params if sampling_params is not None else SamplingParams()
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
-        engine = self.engine
+        ids = [str(next(self._request_ids)) for _ in prompts]  # numbered across calls, as in vLLM
         try:
-            for i, (prompt, p) in enumerate(zip(prompts, params)):
-                engine.add_request(str(i), prompt, p)
-        except ValueError:
-            engine.abort_request([str(j) for j in range(len(prompts))])  # all or nothing
-            raise
-        # Only our own ids are in flight: generate() is not meant to share the engine.
-        results: dict[str, RequestOutput] = {}
-        rates = _Throughput()
-        with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm,
+            for rid, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(rid, prompt, p)
+            results = self._run(set(ids), use_tqdm)
+        finally:
+            self.engine.abort_request(ids)  # a no-op for the ids that finished
+        return [results[rid] for rid in ids]
+
+    def _run(self, ids: set[str], use_tqdm: bool) -> dict[str, RequestOutput]:
+        engine, results, rates = self.engine, {}, _Throughput()
+        with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm,
                   dynamic_ncols=True) as bar:
-            while engine.has_unfinished_requests():
+            while len(results) < len(ids) and engine.has_unfinished_requests():
                 for out in engine.step():
-                    if out.finished:
+                    if out.finished and out.request_id in ids:
                         results[out.request_id] = out
                         bar.update(1)
                 rates.add(engine.last_step)
                 bar.set_postfix_str(str(rates), refresh=False)
-        return [results[str(i)] for i in range(len(prompts))]
+        return results
 
 
 class _Throughput:

@@ -76,7 +76,7 @@ class Scheduler:
             seq = self.waiting[0]
             if self._sibling_prefilling(seq):
                 break  # wait one step so it can reuse the sibling's prompt blocks
-            cached = [] if self._wants_prompt_logprobs(seq) else bm.match_prefix(seq)
+            cached = [] if seq.computes_prompt_logprobs else bm.match_prefix(seq)
             n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
             if not bm.can_admit(seq, cached, n):
                 break
@@ -97,12 +97,11 @@ class Scheduler:
         return any(s.status is SequenceStatus.RUNNING and s.num_computed_tokens < s.num_prompt_tokens
                    for s in seq.request.seqs)
 
-    @staticmethod
-    def _wants_prompt_logprobs(seq: Sequence) -> bool:
-        # Cached positions produce no logits, so the sample that computes prompt logprobs
-        # (the first, on its first pass) computes the whole prompt.
-        return (seq.params.prompt_logprobs is not None and seq.index == 0
-                and seq.num_output_tokens == 0)
+    def update_after_step(self, batch: ScheduledBatch) -> None:
+        """Records the tokens a step computed, publishing newly full blocks to the prefix cache."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.register_computed(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free(seq)

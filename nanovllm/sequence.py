@@ -80,3 +80,10 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def computes_prompt_logprobs(self) -> bool:
+        """The first sample, on its first pass over the prompt, scores every prompt token (so it
+        must compute the whole prompt: cached positions produce no logits)."""
+        return (self.request.prompt_logprobs is not None and self.index == 0
+                and self.num_output_tokens == 0)

@@ -31,6 +31,9 @@ class Tokenizer:
             from tokenizers.implementations import ByteLevelBPETokenizer
             self._tok = ByteLevelBPETokenizer(str(model_dir / "vocab.json"),
                                               str(model_dir / "merges.txt"))
+            eos = self._tok.id_to_token(eos_token_id)
+            if eos is not None:  # vocab.json alone does not say it is special; GPT-2's EOS is
+                self._tok.add_special_tokens([eos])
         else:
             raise ValueError(f"{model_dir}: no tokenizer.json (or vocab.json + merges.txt)")
         self.eos_token_id = eos_token_id

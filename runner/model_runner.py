@@ -116,7 +116,7 @@ class NativeModelRunner:
     @staticmethod
     def _num_prompt_logprob_rows(seq: Sequence, start: int, n: int) -> int:
         """Rows of this chunk whose logits score the next prompt token (for prompt logprobs)."""
-        if seq.request.prompt_logprobs is None or seq.index != 0 or seq.num_output_tokens:
+        if not seq.computes_prompt_logprobs:
             return 0
         return max(0, min(start + n, seq.num_prompt_tokens - 1) - start)
 

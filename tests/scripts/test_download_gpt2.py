@@ -20,6 +20,7 @@ import pytest
 from fake_hub import COMMIT, FakeHub
 
 from model import write_dummy_checkpoint
+from model.dummy import DUMMY_FORMAT_VERSION
 from nanovllm import hub
 from nanovllm.hub import (
     DownloadError,
@@ -340,12 +341,12 @@ def test_dummy_checkpoint_dir_is_written_once(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(model, "write_dummy_checkpoint", fake_writer)
     monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
     first = dummy_checkpoint_dir("distilgpt2")
-    assert first == tmp_path / "cache" / "dummy" / "distilgpt2"
+    assert first == tmp_path / "cache" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "distilgpt2"
     assert dummy_checkpoint_dir("distilgpt2") == first and calls == ["distilgpt2"]
     assert model.is_dummy_checkpoint(first)
     assert [p.name for p in first.parent.iterdir()] == ["distilgpt2"]  # no temp dirs left
     monkeypatch.delenv("NANOVLLM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert dummy_checkpoint_dir("gpt2") == tmp_path / "xdg" / "nanovllm" / "dummy" / "gpt2"
+    assert dummy_checkpoint_dir("gpt2") == tmp_path / "xdg" / "nanovllm" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "gpt2"
     with pytest.raises(ValueError, match="gpt2-medium"):
         dummy_checkpoint_dir("gpt3")
