@@ -7,6 +7,7 @@ import logging
 import sys
 
 from nanovllm.config import EngineConfig, add_engine_args
+from nanovllm.hub import DownloadError, HubUnavailableError
 
 
 def _add_generate(sub) -> None:
@@ -61,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, HubUnavailableError, DownloadError) as e:
+        # Bad flags, a broken checkpoint, no network: the user's to fix, so one line, no traceback.
+        print(f"nanovllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -140,8 +140,11 @@ def offline_env() -> bool:
 
 
 def dummy_hint(name_or_repo: str) -> str:
-    preset = name_or_repo if name_or_repo in HUB_REPOS else "gpt2"  # the presets share these names
-    return f"for random weights instead run: nanovllm serve {preset} --load-format dummy"
+    """What works offline instead: a preset's random weights, or (a typo?) a local directory."""
+    if name_or_repo in HUB_REPOS:  # the presets share these names
+        return f"for random weights instead run: nanovllm serve {name_or_repo} --load-format dummy"
+    return (f"nor is there a local directory {name_or_repo!r}; offline, give a checkpoint "
+            "directory, or a preset such as gpt2 with --load-format dummy")
 
 
 def offline_error(name_or_repo: str, why: str) -> HubUnavailableError:

@@ -239,7 +239,12 @@ def run(args: argparse.Namespace) -> int:
     if problem := _check_fit(engine, cells):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    theirs = TransformersRunner(engine.model_path, threads) if args.compare else None
+    try:
+        theirs = TransformersRunner(engine.model_path, threads) if args.compare else None
+    except ImportError as e:  # torch and transformers come with the dev extra only
+        print(f"error: --compare transformers needs torch and transformers ({e}); install them "
+              "with: pip install torch==2.13.0 -e '.[dev]'", file=sys.stderr)
+        return 2
     report = _report_header(args, engine, theirs, threads)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(report["environment"]), file=out, flush=True)
