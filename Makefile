@@ -14,10 +14,12 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# torch is installed on its own, pinned, first: 2.13.0 is a local CPU wheel here, and
-# installing it before transformers keeps pip from resolving a CUDA build.
+# torch is installed on its own, pinned, first: installing it before transformers keeps pip
+# from resolving another build. On our machines torch==2.13.0 is a local CPU wheel; elsewhere
+# pass TORCH_INDEX=https://download.pytorch.org/whl/cpu, or pip takes the large CUDA build.
+TORCH_INDEX ?=
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev,plot]'
 	touch $(VENV)/.runtime-installed $@
 

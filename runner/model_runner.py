@@ -14,7 +14,8 @@ import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
 from model.attention import decode_group_size
-from runner.kv_cache import KVCache, Workspace, keep_freed_memory
+from runner.kv_cache import KVCache
+from runner.memory import Workspace, keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
 if TYPE_CHECKING:  # the engine's types; importing them at run time would be circular
