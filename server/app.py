@@ -11,7 +11,7 @@ import secrets
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 
-from server import __version__
+from nanovllm import __version__
 from server.context import ServerContext
 from server.engine_loop import EngineLoop
 from server.errors import error_response, install_error_handlers
@@ -61,17 +61,17 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
-def build_app(engine: EngineLoop, *, served_model_name: str, model_root: str | None = None,
+def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None) -> FastAPI:
-    """An OpenAI-compatible app serving `engine` (an EngineLoop) as `served_model_name`."""
+    """An OpenAI-compatible app serving `engine_loop` as `served_model_name`."""
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, tokenization and metrics for a GPT-2 model.")
-    metrics = ServerMetrics(served_model_name, lambda: engine.stats)
-    app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
-                                  metrics, api_key)
+    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
+    app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
+                                  metrics)
     install_error_handlers(app)
     app.include_router(router)
-    document_vocabulary(app, engine.vocab_size)
+    document_vocabulary(app, engine_loop.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     return app

@@ -33,10 +33,31 @@ from server.request_stream import RequestStream
 logger = logging.getLogger(__name__)
 
 
+# (text in the message, param) for LLMEngine.add_request's ValueErrors; first match wins.
+REJECTION_PARAMS = (
+    ("the whole KV cache has", "max_tokens"),  # "...lower max_tokens or start the engine..."
+    ("in the completion)", "max_tokens"),  # "...(P in the prompt, M in the completion)..."
+    ("maximum context length", "prompt"),  # "...your prompt has P tokens, which leaves no room"
+    ("prompt token ids", "prompt"),
+    ("the prompt is empty", "prompt"),
+)
+
+
+def rejection_param(message: str) -> str | None:
+    """The request field an engine rejection is about, or None if the message is not known.
+
+    The engine messages mapped (see REJECTION_PARAMS): the request needs more KV blocks than
+    the whole cache has, or prompt + max_tokens exceeds the context (both: max_tokens); the
+    prompt alone fills the context, has token ids outside the vocabulary, or is empty
+    (prompt). The server checks most of these itself first; this covers what gets through.
+    """
+    return next((param for text, param in REJECTION_PARAMS if text in message), None)
+
+
 def engine_error(exc: BaseException) -> APIError:
     """Map what the engine loop pushes into a request onto an HTTP error."""
     if isinstance(exc, RequestRejected):
-        return bad_request(str(exc), "prompt" if "context length" in str(exc) else None)
+        return bad_request(str(exc), rejection_param(str(exc)))
     if isinstance(exc, (EngineDeadError, RequestAborted)):
         return APIError(str(exc), 503)
     return APIError(f"Internal error in the engine: {type(exc).__name__}: {exc}", 500)
@@ -48,11 +69,11 @@ def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: i
         if step is None or tid not in step:
             token, lp, top = tokenizer.decode_token(tid), None, None
         else:
-            token, lp = _token_text(step[tid], tid, tokenizer), max(step[tid].logprob, -9999.0)
+            token, lp = step[tid].decoded_token, max(step[tid].logprob, -9999.0)
             ranked = [(tid, step[tid])] + sorted(
                 ((t, p) for t, p in step.items() if t != tid), key=lambda kv: kv[1].rank)
-            top = {_token_text(p, t, tokenizer): max(p.logprob, -9999.0)
-                   for i, (t, p) in enumerate(ranked) if i <= num_top}
+            top = {p.decoded_token: max(p.logprob, -9999.0)
+                   for i, (_, p) in enumerate(ranked) if i <= num_top}
         text_offset.append(offset)
         offset += len(token)
         tokens.append(token)
@@ -62,8 +83,6 @@ def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: i
             "top_logprobs": top_logprobs, "text_offset": text_offset}
 
 
-def _token_text(logprob, token_id: int, tokenizer) -> str:
-    return logprob.decoded_token if logprob.decoded_token is not None else tokenizer.decode_token(token_id)
 
 
 def prompt_text(prompt: Prompt, tokenizer) -> str:
@@ -98,7 +117,7 @@ def build_response(req, ctx, request_id, created, prompts, results) -> dict:
     choices = []
     for tag in sorted(results):
         for out in sorted(results[tag].outputs, key=lambda o: o.index):
-            choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine.tokenizer)
+            choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine_loop.tokenizer)
             choices.append({"index": tag * req.n + out.index, **choice})
     return {"id": request_id, "object": "text_completion", "created": created,
             "model": ctx.model_name, "choices": choices, "usage": usage(prompts, results),
@@ -117,16 +136,17 @@ def prepare(req: CompletionRequest, ctx: ServerContext):
     check_supported(req)
     if ignored := req.ignored_fields():
         logger.warning("The following fields were present in the request but ignored: %s", ignored)
-    engine = ctx.engine
-    prompts = resolve_prompts(req.prompt, engine.tokenizer, engine.vocab_size)
-    params = [sampling_params(req, effective_max_tokens(req, len(p.token_ids), engine.max_model_len),
-                              engine.vocab_size) for p in prompts]
+    engine_loop = ctx.engine_loop
+    vocab_size, max_model_len = engine_loop.vocab_size, engine_loop.max_model_len
+    prompts = resolve_prompts(req.prompt, engine_loop.tokenizer, vocab_size)
+    params = [sampling_params(req, effective_max_tokens(req, len(p.token_ids), max_model_len),
+                              vocab_size) for p in prompts]
     return prompts, params
 
 
 async def start(req, ctx: ServerContext, prompts, params) -> RequestStream:
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    stream = RequestStream(ctx.engine, request_id, len(prompts), req.n, ctx.metrics.tracker())
+    stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n, ctx.metrics.tracker())
     try:
         await stream.submit([p.token_ids for p in prompts], params)
     except asyncio.CancelledError:

@@ -15,11 +15,10 @@ from server.metrics import ServerMetrics
 
 @dataclass(slots=True)
 class ServerContext:
-    engine: EngineLoop
+    engine_loop: EngineLoop  # the engine thread (its LLMEngine is engine_loop.engine)
     model_name: str  # the name clients use in "model"
     model_root: str  # where the weights came from (the /v1/models "root")
     metrics: ServerMetrics
-    api_key: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def check_model(self, model: str | None) -> None:

@@ -79,32 +79,44 @@ class ServerMetrics:
 
 
 class RequestTracker:
-    """Latency bookkeeping of one HTTP request (one engine request per prompt, keyed by tag)."""
+    """Latency bookkeeping of one HTTP request (one engine request per prompt, keyed by tag).
+
+    TTFT and end-to-end latency are per engine request; inter-token latency is per sample
+    (tag, output.index), as vLLM's is per sequence: with n > 1 each sample's gaps are its own,
+    not one step's gap shared out over the n tokens the step produced.
+    """
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._m = metrics
         self._start = time.perf_counter()
-        self._last: dict[int, tuple[float, int]] = {}  # tag -> (time of last token, tokens)
+        self._first_seen: set[int] = set()  # tags whose first token was observed (TTFT)
+        self._last: dict[tuple[int, int], tuple[float, int]] = {}  # sample -> (time, tokens)
         self._done: set[int] = set()
 
     def observe(self, tag: int, output) -> None:
         now = time.perf_counter()
         name = self._m.model_name
-        tokens = sum(len(o.token_ids) for o in output.outputs)
-        last_time, last_tokens = self._last.get(tag, (None, 0))
-        new = tokens - last_tokens
-        if new > 0:
-            if last_time is None:
-                self._m.ttft.labels(name).observe(now - self._start)
-            else:
-                for _ in range(new):  # outputs can arrive coalesced: spread the gap evenly
-                    self._m.itl.labels(name).observe((now - last_time) / new)
-            self._last[tag] = (now, tokens)
+        for o in output.outputs:
+            self._observe_sample(now, (tag, o.index), len(o.token_ids))
+        if tag not in self._first_seen and any(o.token_ids for o in output.outputs):
+            self._first_seen.add(tag)
+            self._m.ttft.labels(name).observe(now - self._start)
         if output.finished and tag not in self._done:
             self._done.add(tag)
             self._m.e2e.labels(name).observe(now - self._start)
             for o in output.outputs:
                 self._m.success.labels(name, o.finish_reason or "abort").inc()
+
+    def _observe_sample(self, now: float, sample: tuple[int, int], tokens: int) -> None:
+        """Each token after the sample's first is one ITL observation (nothing precedes the first)."""
+        last_time, last_tokens = self._last.get(sample, (None, 0))
+        new = tokens - last_tokens
+        if new <= 0:
+            return
+        if last_time is not None:
+            for _ in range(new):  # outputs can arrive coalesced: spread the gap evenly
+                self._m.itl.labels(self._m.model_name).observe((now - last_time) / new)
+        self._last[sample] = (now, tokens)
 
     def aborted(self, tag: int, n: int) -> None:
         if tag not in self._done:

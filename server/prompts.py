@@ -75,8 +75,8 @@ def context_error(max_model_len: int, prompt_len: int, max_tokens: int | None):
             "Please reduce the length of the prompt.", "prompt")
     return bad_request(
         f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-        f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the "
-        "completion). Please reduce the length of the messages or completion.", "max_tokens")
+        f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
+        "completion). Please reduce the length of the prompt or completion.", "max_tokens")
 
 
 def effective_max_tokens(req: CompletionRequest, prompt_len: int, max_model_len: int) -> int:

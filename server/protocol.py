@@ -132,7 +132,9 @@ class ChatCompletionRequest(OpenAIBaseModel):
 class TokenizeRequest(OpenAIBaseModel):
     model: str | None = None
     prompt: str
-    add_special_tokens: bool = True
+    add_special_tokens: bool = Field(
+        True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
+                          "tokens, so it changes nothing.")
     return_token_strs: bool | None = False
 
 

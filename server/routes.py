@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server import __version__
+from nanovllm import __version__
 from server.completions import complete, prepare, prompt_chars, start
 from server.context import Ctx
 from server.errors import bad_request, error_response
@@ -36,13 +36,21 @@ BIG_PROMPT_CHARS = 20_000  # tokenizing more than this takes long enough to matt
 STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 
 
+async def off_loop_if_big(chars: int, fn, *args):
+    """fn(*args), in a worker thread if the prompt is big: tokenizing it would stall every
+    other request on the event loop; small prompts are cheaper to tokenize inline."""
+    if chars > BIG_PROMPT_CHARS:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
 @router.get("/health", responses={503: ERROR_RESPONSES[503]})
 async def health(ctx: Ctx) -> Response:
     """200 while the engine thread is alive; 503 once it died."""
-    engine = ctx.engine
-    if engine.error is not None:
-        return error_response(f"The engine is dead: {type(engine.error).__name__}: {engine.error}", 503)
-    if not engine.is_alive:
+    error = ctx.engine_loop.error
+    if error is not None:
+        return error_response(f"The engine is dead: {type(error).__name__}: {error}", 503)
+    if not ctx.engine_loop.is_alive:
         return error_response("The engine is not running (it was shut down).", 503)
     return Response(status_code=200)
 
@@ -61,7 +69,7 @@ async def list_models(ctx: Ctx) -> dict:
                   "is_blocking": False}
     card = {"id": ctx.model_name, "object": "model", "created": ctx.created,
             "owned_by": "nanovllm", "root": ctx.model_root, "parent": None,
-            "max_model_len": ctx.engine.max_model_len, "permission": [permission]}
+            "max_model_len": ctx.engine_loop.max_model_len, "permission": [permission]}
     return {"object": "list", "data": [card]}
 
 
@@ -69,10 +77,7 @@ async def list_models(ctx: Ctx) -> dict:
              responses={**ERROR_RESPONSES, **STREAM_DOC})
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
-    if prompt_chars(body.prompt) > BIG_PROMPT_CHARS:  # keep the event loop free meanwhile
-        prompts, params = await asyncio.to_thread(prepare, body, ctx)
-    else:
-        prompts, params = prepare(body, ctx)
+    prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx)
     stream = await start(body, ctx, prompts, params)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
@@ -100,18 +105,18 @@ async def create_chat_completion(body: ChatCompletionRequest,
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
-    tok = ctx.engine.tokenizer
-    ids = tok.encode(body.prompt)
+    tok = ctx.engine_loop.tokenizer
+    ids = await off_loop_if_big(len(body.prompt), tok.encode, body.prompt)
     strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
-    return {"count": len(ids), "max_model_len": ctx.engine.max_model_len, "tokens": ids,
+    return {"count": len(ids), "max_model_len": ctx.engine_loop.max_model_len, "tokens": ids,
             "token_strs": strs}
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
-    check_token_ids(body.tokens, ctx.engine.vocab_size, "tokens")
-    return {"prompt": ctx.engine.tokenizer.decode(body.tokens)}
+    check_token_ids(body.tokens, ctx.engine_loop.vocab_size, "tokens")
+    return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens)}
 
 
 @router.get("/metrics", response_class=Response,

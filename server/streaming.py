@@ -84,7 +84,7 @@ def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: Choice
 
 async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
                             stream: RequestStream) -> AsyncIterator[str]:
-    created, tok = int(time.time()), ctx.engine.tokenizer
+    created, tok = int(time.time()), ctx.engine_loop.tokenizer
     head = {"id": stream.request_id, "object": "text_completion", "created": created,
             "model": ctx.model_name}
     options = req.stream_options

@@ -48,7 +48,7 @@ def serve(app, engine: EngineLoop) -> LiveServer:
 
 
 def make_engine(ckpt, **overrides) -> EngineLoop:
-    config = EngineConfig(str(ckpt), num_kv_blocks=NUM_KV_BLOCKS, **overrides)
+    config = EngineConfig(str(ckpt), **{"num_kv_blocks": NUM_KV_BLOCKS, **overrides})
     return EngineLoop(LLMEngine(config)).start()
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import httpx
 from server_helpers import API_KEY, MODEL, error_of, metric
+
+import nanovllm
 
 
 def test_models(client, live, tiny_ckpt):
@@ -20,7 +23,7 @@ def test_models(client, live, tiny_ckpt):
 def test_health_and_version(http):
     resp = http.get("/health")
     assert resp.status_code == 200 and resp.content == b""
-    assert http.get("/version").json()["version"]
+    assert http.get("/version").json()["version"] == nanovllm.__version__
 
 
 def test_tokenize_detokenize_roundtrip(http):
@@ -88,6 +91,8 @@ def test_openapi_document_is_served(http):
     doc = http.get("/openapi.json").json()
     assert {"/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health",
             "/metrics", "/version", "/v1/chat/completions"} <= set(doc["paths"])
+    flag = doc["components"]["schemas"]["TokenizeRequest"]["properties"]["add_special_tokens"]
+    assert "adds no special tokens" in flag["description"]
 
 
 def test_api_key_protects_v1_only(live_auth):
@@ -117,3 +122,29 @@ def test_repeated_prompt_hits_the_prefix_cache(http):
 def test_big_prompts_are_tokenized_off_the_event_loop(http):
     resp = http.post("/v1/completions", json={"prompt": "word " * 30_000, "max_tokens": 1})
     assert "maximum context length is 256 tokens" in error_of(resp, 400)["message"]
+
+
+class ThreadRecordingTokenizer:
+    """Wraps the real tokenizer and records which thread each encode() ran on."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.threads: list[threading.Thread] = []
+
+    def encode(self, text: str) -> list[int]:
+        self.threads.append(threading.current_thread())
+        return self._tokenizer.encode(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+def test_tokenize_moves_big_prompts_off_the_event_loop(http, live, monkeypatch):
+    recorder = ThreadRecordingTokenizer(live.engine.tokenizer)
+    monkeypatch.setattr(live.engine, "tokenizer", recorder)  # what the routes tokenize with
+    small = http.post("/tokenize", json={"prompt": "word " * 10}).json()
+    big = http.post("/tokenize", json={"prompt": "word " * 5_000}).json()
+    assert big["count"] > small["count"] > 0
+    on_loop, off_loop = recorder.threads
+    assert on_loop is live.thread  # uvicorn runs the event loop in this thread
+    assert off_loop is not live.thread

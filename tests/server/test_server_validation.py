@@ -3,8 +3,15 @@ param that name the field. The engine never sees these requests, and stays healt
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from server_helpers import MODEL, error_of
+from server_helpers import MODEL, error_of, make_engine, serve
+
+from nanovllm import EngineConfig, LLMEngine, SamplingParams
+from server.app import build_app
+from server.completions import rejection_param
+
+SMALL_KV_BLOCKS = 4  # 64 tokens of KV cache: less than one full 256-token context
 
 # (request body overrides, expected param, a fragment the message must contain)
 BAD_FIELDS = [
@@ -108,7 +115,8 @@ def test_context_overflow_message_has_the_numbers(http):
     ids = list(range(200))
     err = error_of(http.post("/v1/completions", json={"prompt": ids, "max_tokens": 100}), 400)
     assert "maximum context length is 256 tokens" in err["message"]
-    assert "300 tokens (200 in the messages, 100 in the completion)" in err["message"]
+    assert "300 tokens (200 in the prompt, 100 in the completion)" in err["message"]
+    assert "reduce the length of the prompt or completion" in err["message"]
     err = error_of(http.post("/v1/completions", json={"prompt": [[1], ids], "max_tokens": 60}), 400)
     assert "260 tokens" in err["message"]
 
@@ -162,3 +170,35 @@ def test_negative_seed_is_accepted_like_openai(client):
     a, b = (client.completions.create(model=MODEL, prompt="hi", max_tokens=4, seed=-1)
             for _ in range(2))
     assert a.choices[0].text == b.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def small_kv(tiny_ckpt):
+    loop = make_engine(tiny_ckpt, num_kv_blocks=SMALL_KV_BLOCKS)
+    srv = serve(build_app(loop, served_model_name=MODEL), loop)
+    yield srv
+    srv.stop()
+    loop.shutdown()
+
+
+def test_request_larger_than_the_whole_kv_cache_names_max_tokens(small_kv):
+    """Only the engine knows its KV-cache size; its rejection still names the field to lower."""
+    with httpx.Client(base_url=small_kv.url, timeout=30) as c:
+        err = error_of(c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 100}), 400)
+        assert "the whole KV cache has 4" in err["message"] and err["param"] == "max_tokens"
+        assert c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 8}).status_code == 200
+
+
+@pytest.mark.parametrize(("prompt", "max_tokens", "param"), [
+    ([1] * 256, None, "prompt"),  # the prompt fills the context
+    ([1] * 200, 100, "max_tokens"),  # prompt + max_tokens exceed the context
+    ([1], 100, "max_tokens"),  # more than the whole KV cache
+    ([5000], 1, "prompt"),  # outside the vocabulary
+    ([], 1, "prompt"),
+])
+def test_engine_rejections_map_to_the_field(tiny_ckpt, prompt, max_tokens, param):
+    """rejection_param against the real engine's messages (the server usually checks first)."""
+    engine = LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=SMALL_KV_BLOCKS))
+    with pytest.raises(ValueError) as info:
+        engine.add_request("r", prompt, SamplingParams(max_tokens=max_tokens))
+    assert rejection_param(str(info.value)) == param
