@@ -92,10 +92,12 @@ class Scheduler:
             budget -= n
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
+        """Whether `seq` should wait for its request's first sample, which computes the prompt."""
         if not self.block_manager.enable_prefix_caching or seq.index == 0:
             return False
-        return any(s.status is SequenceStatus.RUNNING and s.num_computed_tokens < s.num_prompt_tokens
-                   for s in seq.request.seqs)
+        first = seq.request.seqs[0]
+        return (first.status is SequenceStatus.RUNNING
+                and first.num_computed_tokens < first.num_prompt_tokens)
 
     def update_after_step(self, batch: ScheduledBatch) -> None:
         """Records the tokens a step computed, publishing newly full blocks to the prefix cache."""

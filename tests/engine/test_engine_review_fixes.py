@@ -64,3 +64,14 @@ def test_vocab_and_merges_fallback_treats_eos_as_special(tiny_ckpt, tmp_path):
 def test_sampling_never_lands_on_trailing_zero_probability_tokens():
     probs = np.array([[0.25, 0.75, 0.0, 0.0]], np.float32)
     assert sample_from_probs(probs, np.array([np.nextafter(1.0, 0.0)])).tolist() == [1]
+
+
+def test_n_samples_start_together_after_the_first_computes_the_prompt(make_engine):
+    engine = make_engine()
+    engine.add_request("r", list(range(40)), SamplingParams(n=4, max_tokens=5, ignore_eos=True))
+    firsts = []
+    for _ in range(2):
+        (out,) = engine.step()
+        firsts.append([len(c.token_ids) for c in out.outputs])
+    assert firsts == [[1, 0, 0, 0], [2, 1, 1, 1]]
+    assert out.num_cached_tokens == 32  # the siblings reused the first sample's full blocks
