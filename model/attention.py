@@ -8,6 +8,7 @@ decode step and a cached prefix all take the same path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +27,9 @@ class AttentionBatch:
     decode_mask: np.ndarray            # [num_decodes, 1, max_context] 0 or -inf (padding)
     prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
-    # Flat float32 scratch for one group of decodes' gathered K and V (see decode_group_size),
-    # reused across layers and steps: freshly allocated memory is slow to touch.
-    decode_k: np.ndarray | None = None
-    decode_v: np.ndarray | None = None
+    # scratch(name, shape) -> a float32 array to reuse across layers and steps for the gathered
+    # K/V (freshly allocated memory is slow to touch); None: allocate afresh.
+    scratch: Callable[[str, tuple[int, ...]], np.ndarray] | None = None
 
 
 # Decodes are attended in groups whose gathered K+V take about this much memory, so the gathered
@@ -38,7 +38,7 @@ DECODE_GROUP_BYTES = 4 << 20
 
 
 def decode_group_size(context_len: int, n_head: int, head_dim: int) -> int:
-    return max(1, DECODE_GROUP_BYTES // (2 * 4 * max(context_len, 1) * n_head * head_dim))
+    return max(1, DECODE_GROUP_BYTES // (2 * 4 * context_len * n_head * head_dim))
 
 
 def softmax_(scores: np.ndarray) -> np.ndarray:
@@ -58,9 +58,12 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, H, D]. Returns [n, H, D]."""
     n, c = q.shape[0], k.shape[0]
     if n > CAUSAL_BLOCK:
-        ends = [min(start + CAUSAL_BLOCK, n) for start in range(0, n, CAUSAL_BLOCK)]
-        return np.concatenate([causal_attention(q[end - size:end], k[:c - n + end], v[:c - n + end])
-                               for end, size in zip(ends, np.diff([0, *ends]))])
+        parts = []
+        for start in range(0, n, CAUSAL_BLOCK):
+            end = min(start + CAUSAL_BLOCK, n)
+            seen = c - n + end  # keys visible to the block's last query
+            parts.append(causal_attention(q[start:end], k[:seen], v[:seen]))
+        return np.concatenate(parts)
     scale = 1.0 / float(np.sqrt(q.shape[-1]))
     scores = np.matmul((q * scale).transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, n, c]
     if n > 1:  # query i sits at position c - n + i and sees keys up to there
@@ -90,13 +93,13 @@ def grouped_decode_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.nda
     """Attention of the single-token rows, a cache-sized group of sequences at a time."""
     slots, mask = batch.decode_slots, batch.decode_mask
     num, context = slots.shape
-    shape = (decode_group_size(context, *q.shape[1:]), context, *q.shape[1:])
+    group = decode_group_size(context, *q.shape[1:])
     out = np.empty((num, *q.shape[1:]), q.dtype)
-    for i in range(0, num, shape[0]):
-        j = min(i + shape[0], num)
-        k_buf, v_buf = (None, None) if batch.decode_k is None else (
-            buf[:(j - i) * np.prod(shape[1:])].reshape(j - i, *shape[1:])
-            for buf in (batch.decode_k, batch.decode_v))
+    for i in range(0, num, group):
+        j = min(i + group, num)
+        shape = (j - i, context, *q.shape[1:])
+        k_buf, v_buf = ((batch.scratch("decode_k", shape), batch.scratch("decode_v", shape))
+                        if batch.scratch else (None, None))
         out[i:j] = decode_attention(q[i:j], gather(k_cache, slots[i:j], k_buf),
                                     gather(v_cache, slots[i:j], v_buf), mask[i:j])
     return out

@@ -88,15 +88,14 @@ class LLMEngine:
                     self.runner.kv_cache.nbytes / 2**20)
 
     # ---- requests in -------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> None:
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_ids = self._prompt_ids(prompt)
         self._check_fits(prompt_ids, params)
         self._check_token_ids(params)
         request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
-                          params, arrival_time or time.time())
+                          params)
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(prompt_ids)
         request.seqs = [self._new_sequence(request, index) for index in range(params.n)]

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from model.attention import decode_group_size
 from runner.kv_cache import KVCache
 from runner.memory import Workspace, keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
@@ -60,9 +59,10 @@ class NativeModelRunner:
             logprobs={s.seq_id: lp for s, lp in zip(inputs.sample_seqs, logprobs) if lp},
             prompt_logprobs=self._prompt_logprobs(logits[n:], inputs.prompt_rows))
 
-    def slots(self, seq: Sequence, positions: np.ndarray) -> np.ndarray:
-        table = np.asarray(seq.block_table)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+    def slots(self, block_tables: np.ndarray | list[int], positions: np.ndarray) -> np.ndarray:
+        """Cache slots of `positions` through a block table (or a [batch, blocks] stack of them)."""
+        blocks = np.take(block_tables, positions // self.block_size, axis=-1)
+        return blocks * self.block_size + positions % self.block_size
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         pairs = sorted(zip(batch.seqs, batch.num_new_tokens), key=lambda p: p[1] > 1)
@@ -75,9 +75,9 @@ class NativeModelRunner:
             positions = np.arange(start, start + n)
             ids.append(seq.token_ids[start:start + n])
             pos.append(positions)
-            slot_parts.append(self.slots(seq, positions))
+            slot_parts.append(self.slots(seq.block_table, positions))
             if n > 1:
-                context = self.slots(seq, np.arange(start + n)) if start else None
+                context = self.slots(seq.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
             if start + n == seq.num_tokens:
                 sample_rows.append(row + n - 1)
@@ -88,12 +88,8 @@ class NativeModelRunner:
                 prompt_logit_rows.extend(range(row, row + count))
             row += n
         decode_slots, decode_mask = self._decode_context(decodes)
-        cfg, context = self.cfg, decode_slots.shape[1]
-        group = min(len(decodes), decode_group_size(context, cfg.n_head, cfg.head_dim))
-        scratch = (group * context * cfg.n_embd,)
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), decode_slots,
-                                   decode_mask, prefills, self.workspace.get("decode_k", scratch),
-                                   self.workspace.get("decode_v", scratch))
+                                   decode_mask, prefills, self.workspace.get)
         return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
                           np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_logit_rows, np.int64), sample_seqs,
@@ -110,7 +106,7 @@ class NativeModelRunner:
             table = s.block_table[:num_blocks]
             tables[i, :len(table)] = table
         positions = np.arange(lens.max())
-        slots = tables[:, positions // self.block_size] * self.block_size + positions % self.block_size
+        slots = self.slots(tables, positions)
         mask = np.where(positions[None, :] < lens[:, None], 0.0, -np.inf).astype(np.float32)
         return slots, mask[:, None, :]
 
