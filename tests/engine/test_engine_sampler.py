@@ -116,7 +116,7 @@ def test_sample_from_probs_is_the_inverse_cdf():
 
 # ---- adjust_logits_ ------------------------------------------------------------------------
 def make_seq(prompt: list[int], output: list[int], rng_seed: int = 0, **params) -> Sequence:
-    request = Request("r", None, prompt, SamplingParams(**params), 0.0)
+    request = Request("r", None, prompt, SamplingParams(**params))
     seq = Sequence(0, request, 0, prompt + output, np.random.default_rng(rng_seed))
     request.seqs.append(seq)
     return seq

@@ -52,7 +52,7 @@ class FakeEngine:
     def add(self, prompt, n, max_new, prompt_logprobs) -> str:
         rid = f"r{len(self.requests)}"
         params = SamplingParams(n=n, max_tokens=max_new, prompt_logprobs=prompt_logprobs)
-        request = Request(rid, None, prompt, params, 0.0)
+        request = Request(rid, None, prompt, params)
         for index in range(n):
             seq = Sequence(next(self.ids), request, index, list(prompt), np.random.default_rng(0))
             request.seqs.append(seq)
