@@ -26,6 +26,10 @@ class ScheduledBatch:
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
@@ -58,14 +62,14 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            while not self.block_manager.can_append(seq, n) and seq in self.running:
-                self._preempt(self.running.pop())
+            while not self.block_manager.can_append(seq, n):
+                victim = self.running.pop()  # the most recently admitted; maybe `seq` itself
+                self._preempt(victim)
                 preempted = True
-            if seq not in self.running:
-                break
+                if victim is seq:
+                    return preempted
             self.block_manager.append_slots(seq, n)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
+            batch.add(seq, n)
             budget -= n
             i += 1
         return preempted
@@ -87,8 +91,7 @@ class Scheduler:
             self.prefix_cache_hits += seq.num_cached_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
+            batch.add(seq, n)
             budget -= n
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
