@@ -77,7 +77,6 @@ class BlockManager:
             seq.block_table.append(block_id)
         seq.num_computed_tokens = seq.num_cached_tokens = len(cached) * self.block_size
         seq.num_hashed_blocks = len(cached)
-        seq.last_block_hash = self.blocks[cached[-1]].hash if cached else None
 
     def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
         return self._blocks_missing(seq, num_new_tokens) <= self.num_free_blocks
@@ -91,14 +90,14 @@ class BlockManager:
         """Publishes the blocks that became full and computed, so later prompts can reuse them."""
         if not self.enable_prefix_caching:
             return
-        bs = self.block_size
+        bs, table = self.block_size, seq.block_table
         for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            seq.last_block_hash = h = chain_hash(tokens, seq.last_block_hash)
-            block = self.blocks[seq.block_table[i]]
-            block.hash, block.token_ids = h, tokens
-            self.hash_to_block_id.setdefault(h, block.block_id)
-        seq.num_hashed_blocks = max(seq.num_hashed_blocks, seq.num_computed_tokens // bs)
+            prefix_hash = self.blocks[table[i - 1]].hash if i else None
+            block = self.blocks[table[i]]
+            block.hash, block.token_ids = chain_hash(tokens, prefix_hash), tokens
+            self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
         # Tail first, so that a freed chain is evicted from its end and its prefix survives longest.
@@ -109,7 +108,6 @@ class BlockManager:
                 self.free_block_ids[block_id] = None
         seq.block_table.clear()
         seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
-        seq.last_block_hash = None
 
     def _blocks_missing(self, seq: Sequence, num_new_tokens: int) -> int:
         return max(0, self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table))

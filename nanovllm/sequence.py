@@ -47,7 +47,6 @@ class Sequence:
     num_cached_tokens: int = 0                   # of those, reused from the prefix cache
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
-    last_block_hash: int | None = None
     # Output state, read by the engine to build RequestOutputs.
     text: str = ""
     detok: object = None
