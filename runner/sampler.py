@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from model.attention import softmax_
+
 if TYPE_CHECKING:
     from nanovllm.sequence import Sequence
 
@@ -105,12 +107,6 @@ def _top_p_(probs: np.ndarray, top_p: float) -> None:
     probs[kept] = saved
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    e /= e.sum(axis=-1, keepdims=True)
-    return e
-
-
 def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token."""
     cdf = np.cumsum(probs, axis=-1)
@@ -135,7 +131,7 @@ def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
     if sampled:
         temps = np.clip([seqs[i].params.temperature for i in sampled],
                         MIN_TEMPERATURE, MAX_TEMPERATURE).astype(np.float32)
-        probs = softmax(logits[sampled] / temps[:, None])
+        probs = softmax_(logits[sampled] / temps[:, None])  # the division made a fresh array
         for row, i in zip(probs, sampled):
             p = seqs[i].params
             if p.top_k or p.top_p < 1.0 or p.min_p:
