@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -84,9 +84,6 @@ class GPT2Config:
             "tie_word_embeddings": True,
             **asdict(self),
         }
-
-    def with_overrides(self, **overrides) -> GPT2Config:
-        return replace(self, **overrides)
 
 
 PRESETS: dict[str, GPT2Config] = {

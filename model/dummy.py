@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,7 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     eot = config_overrides.get("vocab_size", PRESETS[preset].vocab_size) - 1
-    cfg = PRESETS[preset].with_overrides(**{"bos_token_id": eot, "eos_token_id": eot,
-                                            **config_overrides})
+    cfg = replace(PRESETS[preset], **{"bos_token_id": eot, "eos_token_id": eot, **config_overrides})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
