@@ -3,10 +3,12 @@ description of the machine, so every number printed says where it came from."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -131,3 +133,13 @@ def describe_environment(env: dict) -> str:
         lines.append(f"torch {env['torch']} ({env['torch_threads']} threads), "
                      f"transformers {env['transformers']}")
     return "\n".join(lines)
+
+
+def write_json(data: dict, target: str) -> None:
+    """`--json` output: to stdout for "-", else to the file named."""
+    text = json.dumps(data, indent=2)
+    if target == "-":
+        print(text)
+    else:
+        Path(target).write_text(text + "\n")
+        print(f"wrote {target}", file=sys.stderr)

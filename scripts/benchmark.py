@@ -30,7 +30,6 @@ ratio = nanovllm / transformers (above 1: nanovllm is faster).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from scripts.bench_utils import (
     environment,
     limit_blas_threads,
     parse_int_list,
+    write_json,
 )
 
 WARMUP_TOKENS = 8
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     results = [bench_cell(cell, engine, theirs, args.reps, rng, log) for cell in cells]
     print(format_table(results, report), file=out, flush=True)
     if args.json:
-        _write_json({**report, "results": [_result_json(r) for r in results]}, args.json)
+        write_json({**report, "results": [_result_json(r) for r in results]}, args.json)
     return 0
 
 
@@ -292,14 +292,6 @@ def _result_json(r: CellResult) -> dict:
         entry["ratio"] = {m: r.ratio(m) for m in ("prefill_tps", "decode_tps")}
     return entry
 
-
-def _write_json(data: dict, target: str) -> None:
-    text = json.dumps(data, indent=2)
-    if target == "-":
-        print(text)
-    else:
-        Path(target).write_text(text + "\n")
-        print(f"wrote {target}", file=sys.stderr)
 
 
 def format_table(results: list[CellResult], report: dict) -> str:

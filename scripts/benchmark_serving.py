@@ -38,7 +38,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_utils import environment, parse_int_list
+from scripts.bench_utils import environment, parse_int_list, write_json
 from scripts.serving_report import (
     BenchResult,
     RequestResult,
@@ -363,12 +363,7 @@ def _write_json(args, server: dict, results: list[BenchResult]) -> None:
         settings["request_rate"] = "inf"  # JSON has no infinity
     data = {"environment": environment(), "server": server, "settings": settings,
             "results": [_json_safe(asdict(b)) for b in results]}
-    text = json.dumps(data, indent=2)
-    if args.json == "-":
-        print(text)
-    else:
-        Path(args.json).write_text(text + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_json(data, args.json)
 
 
 def _json_safe(d: dict) -> dict:
