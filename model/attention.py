@@ -2,16 +2,17 @@
 
 The paged cache is one pair of arrays per layer, `[num_slots, n_head, head_dim]`, where a slot is
 `block_id * block_size + offset`. A step's new keys and values are written to their slots first;
-then every sequence reads its whole context back through its slots, so a prefill chunk, a
-decode step and a cached prefix all take the same path.
+then every sequence reads its whole context back through its slots. A prefill chunk gathers its
+context with numpy and attends causally; decodes, one query each, are attended by a small
+compiled kernel that reads the cache through each sequence's block table, as vLLM's does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 
 @dataclass(slots=True)
@@ -23,22 +24,11 @@ class AttentionBatch:
     """
     slot_mapping: np.ndarray           # [num_tokens] cache slot of each new token
     num_decodes: int                   # rows [0, num_decodes) are decodes
-    decode_slots: np.ndarray           # [num_decodes, max_context] context slots (0-padded)
-    decode_mask: np.ndarray            # [num_decodes, 1, max_context] 0 or -inf (padding)
+    block_size: int                    # cache slots per block
+    decode_block_tables: np.ndarray    # [num_decodes, max_blocks] each decode's blocks (0-padded)
+    decode_context_lens: np.ndarray    # [num_decodes] tokens each decode attends to, itself included
     prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
-    # scratch(name, shape) -> a float32 array to reuse across layers and steps for the gathered
-    # K/V (freshly allocated memory is slow to touch); None: allocate afresh.
-    scratch: Callable[[str, tuple[int, ...]], np.ndarray] | None = None
-
-
-# Decodes are attended in groups whose gathered K+V take about this much memory, so the gathered
-# copy is still in cache when the matmuls read it (at 64 sequences, 1.7x faster than all at once).
-DECODE_GROUP_BYTES = 4 << 20
-
-
-def decode_group_size(context_len: int, n_head: int, head_dim: int) -> int:
-    return max(1, DECODE_GROUP_BYTES // (2 * 4 * context_len * n_head * head_dim))
 
 
 def softmax_(scores: np.ndarray) -> np.ndarray:
@@ -73,36 +63,49 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out.transpose(1, 0, 2)
 
 
-def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """One query per sequence. q: [B, H, D]; k, v: [B, T, H, D] padded; mask: [B, 1, T]."""
-    scale = 1.0 / float(np.sqrt(q.shape[-1]))
-    scores = np.matmul((q * scale)[:, :, None, :], k.transpose(0, 2, 3, 1))[:, :, 0, :]  # [B,H,T]
-    scores += mask
-    probs = softmax_(scores)
-    return np.matmul(probs[:, :, None, :], v.transpose(0, 2, 1, 3))[:, :, 0, :]
+# Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
+# copy of every context, and that copy cost more than the attention itself (issue 6).
+# Reassociation lets the dot products vectorize; no-NaN/no-Inf assumptions are not allowed.
+# It runs on the calling thread: a second thread pool next to BLAS's fights it for the two cores
+# (measured: a parallel version was no faster between GEMMs, and 3x slower with spinning threads).
+KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
-def gather(cache: np.ndarray, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """cache[slots]; np.take is ~3x faster than fancy indexing here, and with mode="clip" it
-    writes straight into `out` (mode="raise" would buffer it). Slots are always in range."""
-    return np.take(cache, slots, axis=0, out=out, mode="clip")
+@njit(fastmath=KERNEL_MATH, cache=True)
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out):
+    """One query per sequence, attending to its context read straight through its block table.
+
+    q, out: [B, H, D]; k_cache, v_cache: [num_slots, H, D]; block_tables: [B, max_blocks];
+    context_lens: [B]. Each K/V byte is read once. q should be C-contiguous (~1.7x slower if not).
+    """
+    num_seqs, n_head, head_dim = q.shape
+    scale = np.float32(1.0 / np.sqrt(head_dim))
+    for b in range(num_seqs):
+        n = context_lens[b]
+        probs = np.empty((n_head, n), np.float32)
+        for t in range(n):  # scores, position by position: each slot's K is [H, D] contiguous
+            slot = block_tables[b, t // block_size] * block_size + t % block_size
+            for h in range(n_head):
+                dot = np.float32(0.0)
+                for d in range(head_dim):
+                    dot += q[b, h, d] * k_cache[slot, h, d]
+                probs[h, t] = dot * scale
+        for h in range(n_head):  # softmax of each head's row
+            row = probs[h]
+            row -= row.max()
+            np.exp(row, row)
+            row /= row.sum()
+        out[b] = 0.0
+        for t in range(n):
+            slot = block_tables[b, t // block_size] * block_size + t % block_size
+            for h in range(n_head):
+                for d in range(head_dim):
+                    out[b, h, d] += probs[h, t] * v_cache[slot, h, d]
 
 
-def grouped_decode_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
-                             batch: AttentionBatch) -> np.ndarray:
-    """Attention of the single-token rows, a cache-sized group of sequences at a time."""
-    slots, mask = batch.decode_slots, batch.decode_mask
-    num, context = slots.shape
-    group = decode_group_size(context, *q.shape[1:])
-    out = np.empty((num, *q.shape[1:]), q.dtype)
-    for i in range(0, num, group):
-        j = min(i + group, num)
-        shape = (j - i, context, *q.shape[1:])
-        k_buf, v_buf = ((batch.scratch("decode_k", shape), batch.scratch("decode_v", shape))
-                        if batch.scratch else (None, None))
-        out[i:j] = decode_attention(q[i:j], gather(k_cache, slots[i:j], k_buf),
-                                    gather(v_cache, slots[i:j], v_buf), mask[i:j])
-    return out
+def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """cache[slots]; np.take is ~3x faster than fancy indexing here."""
+    return np.take(cache, slots, axis=0)
 
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -111,8 +114,11 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     k_cache[batch.slot_mapping] = k
     v_cache[batch.slot_mapping] = v
     out = np.empty_like(q)
-    if batch.num_decodes:
-        out[:batch.num_decodes] = grouped_decode_attention(q, k_cache, v_cache, batch)
+    if batch.num_decodes:  # (q is a strided view of the fused projection: copy it)
+        paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_cache, v_cache,
+                               batch.decode_block_tables,
+                               batch.decode_context_lens, batch.block_size,
+                               out[:batch.num_decodes])
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end])

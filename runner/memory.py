@@ -1,31 +1,12 @@
-"""Memory the runner reuses from step to step instead of allocating afresh.
+"""Keeping the memory of one step's activations for the next.
 
-First touch of fresh memory is slow on small VMs (~0.4 GB/s), so scratch buffers are kept
-(`Workspace`), and glibc is asked to keep freed activation memory for the next step.
+First touch of fresh memory is slow on small VMs (~0.4 GB/s), so glibc is asked to keep freed
+activation memory instead of returning it to the OS.
 """
 
 from __future__ import annotations
 
 import ctypes
-
-import numpy as np
-
-
-class Workspace:
-    """Named scratch arrays that only grow, reused every step instead of allocated afresh."""
-
-    def __init__(self):
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        size = int(np.prod(shape))
-        buf = self._buffers.get(name)
-        if buf is None or buf.size < size:
-            buf = np.zeros(max(size, 2 * (buf.size if buf is not None else 0)), np.float32)
-            buf.fill(0.0)  # touch the pages now, once
-            self._buffers[name] = buf
-        return buf[:size].reshape(shape)
-
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
 from runner.kv_cache import KVCache
-from runner.memory import Workspace, keep_freed_memory
+from runner.memory import keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
 if TYPE_CHECKING:  # the engine's types; importing them at run time would be circular
@@ -46,7 +46,6 @@ class NativeModelRunner:
         self.block_size, self.eos_token_id = block_size, eos_token_id
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size)
-        self.workspace = Workspace()
 
     def run(self, batch: ScheduledBatch) -> StepOutput:
         inputs = self.prepare(batch)
@@ -87,28 +86,22 @@ class NativeModelRunner:
                 prompt_rows.append((seq, start, count))
                 prompt_logit_rows.extend(range(row, row + count))
             row += n
-        decode_slots, decode_mask = self._decode_context(decodes)
-        attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), decode_slots,
-                                   decode_mask, prefills, self.workspace.get)
+        attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
+                                   *self._decode_context(decodes), prefills)
         return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
                           np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_logit_rows, np.int64), sample_seqs,
                           prompt_rows)
 
     def _decode_context(self, decodes: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
-        """Context slots of every decode, padded to the longest, and the mask hiding the padding."""
-        if not decodes:
-            return np.zeros((0, 0), np.int64), np.zeros((0, 1, 0), np.float32)
-        lens = np.array([s.num_computed_tokens + 1 for s in decodes])
-        num_blocks = -(-lens.max() // self.block_size)
+        """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
+        lens = np.array([s.num_computed_tokens + 1 for s in decodes], np.int64)
+        num_blocks = -(-lens.max(initial=0) // self.block_size)
         tables = np.zeros((len(decodes), num_blocks), np.int64)
         for i, s in enumerate(decodes):
             table = s.block_table[:num_blocks]
             tables[i, :len(table)] = table
-        positions = np.arange(lens.max())
-        slots = self.slots(tables, positions)
-        mask = np.where(positions[None, :] < lens[:, None], 0.0, -np.inf).astype(np.float32)
-        return slots, mask[:, None, :]
+        return tables, lens
 
     @staticmethod
     def _num_prompt_logprob_rows(seq: Sequence, start: int, n: int) -> int:

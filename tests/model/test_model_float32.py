@@ -13,7 +13,7 @@ import pytest
 import model.attention
 import model.gpt2
 from model import AttentionBatch, forward
-from model.attention import causal_attention, decode_attention, softmax_
+from model.attention import causal_attention, paged_decode_attention, softmax_
 from model.gpt2 import gelu, layer_norm
 
 
@@ -42,9 +42,8 @@ def test_softmax_and_attention_stay_float32():
     assert softmax_(f32(3, 5)).dtype == np.float32
     q, k, v = f32(6, 4, 16, seed=1), f32(9, 4, 16, seed=2), f32(9, 4, 16, seed=3)
     assert causal_attention(q, k, v).dtype == np.float32
-    mask = np.zeros((2, 1, 9), np.float32)
-    mask[1, 0, 5:] = -np.inf
-    out = decode_attention(q[:2], k[None].repeat(2, 0), v[None].repeat(2, 0), mask)
+    out = np.empty_like(q[:2])  # two decodes reading the 9 slots through block tables of 3 x 3
+    paged_decode_attention(q[:2], k, v, np.array([[0, 1, 2], [2, 0, 1]]), np.array([9, 5]), 3, out)
     assert out.dtype == np.float32 and np.isfinite(out).all()
 
 
@@ -66,7 +65,7 @@ def recorded_dtypes(monkeypatch):
     for name in ("layer_norm", "gelu", "mlp", "self_attention", "lm_head",
                  "causal_attention", "paged_attention"):
         wrap(model.gpt2, name)
-    for name in ("causal_attention", "decode_attention", "softmax_"):
+    for name in ("causal_attention", "softmax_"):
         wrap(model.attention, name)
     return seen
 
@@ -85,15 +84,15 @@ def test_paged_step_keeps_every_activation_float32(tiny_model, recorded_dtypes):
     caches = [(np.zeros((16, cfg.n_head, cfg.head_dim), np.float32),
                np.zeros((16, cfg.n_head, cfg.head_dim), np.float32)) for _ in range(cfg.n_layer)]
     # one sequence: prefill positions 0..4 into slots 8..12, then decode position 5 into slot 13
-    prefill = AttentionBatch(np.arange(8, 13), 0, np.zeros((0, 0), np.int64),
-                             np.zeros((0, 1, 0), np.float32), [(0, 5, np.arange(8, 13))])
+    # (block size 4: slots 8..13 are block 2 and the start of block 3)
+    prefill = AttentionBatch(np.arange(8, 13), 0, 4, np.zeros((0, 0), np.int64),
+                             np.zeros(0, np.int64), [(0, 5, np.arange(8, 13))])
     forward(weights, cfg, np.arange(5), np.arange(5), caches, prefill)
-    decode = AttentionBatch(np.array([13]), 1, np.arange(8, 14)[None],
-                            np.zeros((1, 1, 6), np.float32), [])
+    decode = AttentionBatch(np.array([13]), 1, 4, np.array([[2, 3]]), np.array([6]), [])
     logits = forward(weights, cfg, np.array([5]), np.array([5]), caches, decode)
     assert logits.dtype == np.float32
     assert all(k.dtype == v.dtype == np.float32 for k, v in caches)
-    assert {"paged_attention", "decode_attention", "causal_attention"} <= set(recorded_dtypes)
+    assert {"paged_attention", "causal_attention"} <= set(recorded_dtypes)
     assert all(dtypes == {np.dtype(np.float32)} for dtypes in recorded_dtypes.values()), recorded_dtypes
 
 

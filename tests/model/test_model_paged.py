@@ -55,12 +55,11 @@ class Paged:
         for seq, pos in decodes:
             ids.append(seq.ids[pos:pos + 1])
             positions.append(np.array([pos]))
-        max_ctx = max((pos + 1 for _, pos in decodes), default=0)
-        decode_slots = np.zeros((len(decodes), max_ctx), dtype=np.int64)
-        decode_mask = np.full((len(decodes), 1, max_ctx), -np.inf, dtype=np.float32)
-        for i, (seq, pos) in enumerate(decodes):
-            decode_slots[i, :pos + 1] = seq.slots(np.arange(pos + 1))
-            decode_mask[i, 0, :pos + 1] = 0.0
+        max_blocks = max((len(seq.table) for seq, _ in decodes), default=0)
+        tables = np.zeros((len(decodes), max_blocks), dtype=np.int64)
+        for i, (seq, _) in enumerate(decodes):
+            tables[i, :len(seq.table)] = seq.table
+        context_lens = np.array([pos + 1 for _, pos in decodes], dtype=np.int64)
         row = len(decodes)
         for seq, start, end in prefills:
             ids.append(seq.ids[start:end])
@@ -71,7 +70,8 @@ class Paged:
         slot_mapping = np.concatenate(
             [seq.slots([pos]) for seq, pos in decodes]
             + [seq.slots(np.arange(s, e)) for seq, s, e in prefills])
-        batch = AttentionBatch(slot_mapping, len(decodes), decode_slots, decode_mask, batch_prefills)
+        batch = AttentionBatch(slot_mapping, len(decodes), BLOCK, tables, context_lens,
+                               batch_prefills)
         return forward(self.weights, self.cfg, np.concatenate(ids), positions,
                        kv_caches=self.caches, batch=batch, logit_rows=logit_rows)
 
