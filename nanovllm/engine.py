@@ -17,6 +17,7 @@ import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nanovllm.sampling_params import SamplingParams
@@ -88,9 +89,10 @@ class LLMEngine:
                     self.runner.kv_cache.nbytes / 2**20)
 
     # ---- requests in -------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        prompt = unpack_prompt(prompt)
         prompt_ids = self._prompt_ids(prompt)
         self._check_fits(prompt_ids, params)
         self._check_token_ids(params)

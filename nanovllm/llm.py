@@ -5,15 +5,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence as Seq
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
+from nanovllm.inputs import PromptType, is_single_prompt
 from nanovllm.outputs import RequestOutput
 from nanovllm.sampling_params import SamplingParams
-
-Prompt = str | list[int]
 
 
 class LLM:
@@ -21,7 +19,7 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_options))
         self._request_ids = itertools.count()
 
-    def generate(self, prompts: Prompt | Seq[Prompt],
+    def generate(self, prompts: PromptType | Seq[PromptType],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Runs every prompt to completion, batched continuously; outputs in input order.
@@ -29,7 +27,7 @@ class LLM:
         All or nothing: if a prompt is rejected, or the run is interrupted (Ctrl-C), every
         request of this call is withdrawn from the engine.
         """
-        if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int | np.integer)):
+        if is_single_prompt(prompts):
             prompts = [prompts]
         params = sampling_params if sampling_params is not None else SamplingParams()
         if isinstance(params, SamplingParams):

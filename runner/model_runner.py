@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
+from model.attention import compile_kernels
 from runner.kv_cache import KVCache
 from runner.memory import keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
@@ -46,6 +47,7 @@ class NativeModelRunner:
         self.block_size, self.eos_token_id = block_size, eos_token_id
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size)
+        compile_kernels()
 
     def run(self, batch: ScheduledBatch) -> StepOutput:
         inputs = self.prepare(batch)

@@ -57,6 +57,29 @@ def test_generate_returns_n_completions_per_prompt(make_llm):
         assert all(len(c.token_ids) == 4 and c.finish_reason == "length" for c in out.outputs)
 
 
+def test_generate_accepts_vllm_prompt_dicts_alone_and_in_lists(make_llm):
+    """{"prompt": text} and {"prompt_token_ids": ids} give what the bare forms give."""
+    llm = make_llm()
+    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    text, ids = "Once upon a time", [3, 4, 5]
+    bare = llm.generate([text, ids], greedy, use_tqdm=False)
+    [one] = llm.generate({"prompt_token_ids": ids}, greedy, use_tqdm=False)
+    dicts = llm.generate([{"prompt": text}, {"prompt_token_ids": ids}], greedy, use_tqdm=False)
+    assert one.prompt_token_ids == ids and one.prompt is None
+    assert dicts[0].prompt == text
+    assert [o.outputs[0].token_ids for o in dicts] == [o.outputs[0].token_ids for o in bare]
+    assert one.outputs[0].token_ids == bare[1].outputs[0].token_ids
+
+
+@pytest.mark.parametrize("prompt", [{"text": "hi"}, {"prompt": "hi", "prompt_token_ids": [1]},
+                                    {"prompt": [1, 2]}, {"prompt_token_ids": "hi"}, {}])
+def test_generate_rejects_malformed_prompt_dicts_by_naming_the_keys(make_llm, prompt):
+    llm = make_llm()
+    with pytest.raises(ValueError, match="'prompt' \\(text\\) or 'prompt_token_ids'"):
+        llm.generate([[1, 2], prompt], use_tqdm=False)
+    assert llm.engine.get_stats().num_waiting == 0  # the valid prompt was withdrawn too
+
+
 def test_generate_recovers_from_an_invalid_prompt(make_llm):
     """The prompts added before a rejected one are withdrawn: the next call works."""
     llm = make_llm()
