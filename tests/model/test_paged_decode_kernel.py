@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,3 +56,29 @@ def test_kernel_keeps_large_scores_finite():
     paged_decode_attention(q, k_cache, v_cache, np.array([[0, 1, 2]]), np.array([3]), 1, out)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, 1.0, atol=1e-6)  # the first key dominates by e^-200
+
+
+def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
+    """The server's event loop shares the process with the engine thread: a kernel holding the GIL
+    would freeze streaming for its whole run. One long call (every position reads the same four
+    cached blocks) runs in a thread, and this thread watches its output fill in sequence by
+    sequence. Holding the GIL, the kernel could only be seen before it starts or after it ends."""
+    block_size, n_head, head_dim, context = 16, 4, 64, 256_000  # a multiple of 4 blocks
+    rng = np.random.default_rng(0)
+    k_cache, v_cache = (rng.standard_normal((4 * block_size, n_head, head_dim), dtype=np.float32)
+                        for _ in range(2))
+    tables = np.tile(np.arange(4), (4, context // (4 * block_size)))
+    q = rng.standard_normal((4, n_head, head_dim), dtype=np.float32)
+    out = np.full_like(q, np.nan)
+    paged_decode_attention(q[:1], k_cache, v_cache, tables[:1], np.array([1]), block_size,
+                           np.empty_like(q[:1]))  # compile first
+    worker = threading.Thread(target=paged_decode_attention,
+                              args=(q, k_cache, v_cache, tables, np.full(4, context), block_size,
+                                    out))
+    worker.start()
+    seen_midway = False
+    while worker.is_alive():
+        seen_midway |= bool(np.isfinite(out[0]).all() and np.isnan(out[-1]).all())
+    worker.join()
+    assert seen_midway, "never saw the first sequence done while the last had not started"
+    assert np.isfinite(out).all()
