@@ -2,12 +2,13 @@
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import EngineStats, LLMEngine
+from nanovllm.errors import InvalidRequestError
 from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
 from nanovllm.llm import LLM
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nanovllm.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CompletionOutput", "EngineConfig", "EngineStats", "LLMEngine", "Logprob",
-           "PromptType", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
-           "__version__"]
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "EngineStats", "InvalidRequestError",
+           "LLMEngine", "Logprob", "PromptType", "RequestOutput", "SamplingParams", "TextPrompt",
+           "TokensPrompt", "__version__"]

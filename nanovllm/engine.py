@@ -1,7 +1,8 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
 
-`add_request` validates and queues, `step` schedules a batch, runs it on the model runner and
-turns sampled tokens into text and finish decisions, `abort_request` retires a request at once.
+`add_request` validates (`check_request`: the rules in `validation`) and queues, `step`
+schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
+decisions, `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
 sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
 """
@@ -25,6 +26,7 @@ from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
+from nanovllm.validation import RequestValidator
 from runner.kv_cache import kv_bytes_per_block
 from runner.model_runner import NativeModelRunner
 from runner.sampler import TokenLogprobs
@@ -68,6 +70,10 @@ class LLMEngine:
         self.num_kv_blocks = config.num_kv_blocks or max(1, (
             config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // kv_bytes_per_block(
                 cfg, config.block_size))
+        # Token ids a request may use: the model embeds them and the tokenizer decodes them.
+        self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
+        self._validator = RequestValidator(self.tokenizer, self.vocab_size, self.max_model_len,
+                                           config.block_size, self.num_kv_blocks)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -92,10 +98,8 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        prompt_ids = self.check_request(prompt, params)
         prompt = unpack_prompt(prompt)
-        prompt_ids = self._prompt_ids(prompt)
-        self._check_fits(prompt_ids, params)
-        self._check_token_ids(params)
         request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
                           params)
         if params.prompt_logprobs is not None:
@@ -106,6 +110,14 @@ class LLMEngine:
             self.scheduler.add(seq)
         self.requests[request_id] = request
 
+    def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+        """The prompt's token ids if the request can ever run here, else InvalidRequestError.
+
+        Read-only: it looks only at what is fixed at start-up (tokenizer, vocabulary,
+        max_model_len, KV pool size), so any thread may call it while another runs step().
+        """
+        return self._validator.check(prompt, params)
+
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params
         seed = [params.seed % 2**64, index] if params.seed is not None else self._seeds.spawn(1)[0]
@@ -115,48 +127,6 @@ class LLMEngine:
                         detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
                         logprobs=[] if with_logprobs else None,
                         cumulative_logprob=0.0 if with_logprobs else None)
-
-    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-        else:
-            ids = list(prompt)
-            vocab = self.model_config.vocab_size
-            bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int | np.integer)
-                   or not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}")
-            ids = [int(t) for t in ids]
-        if not ids:
-            raise ValueError("the prompt is empty; give at least one token")
-        return ids
-
-    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        limit, n_prompt = self.max_model_len, len(prompt_ids)
-        if n_prompt >= limit:
-            raise ValueError(f"This model's maximum context length is {limit} tokens. However, "
-                             f"your prompt has {n_prompt} tokens, which leaves no room for a "
-                             "completion. Please reduce the length of the prompt.")
-        if params.max_tokens is not None and n_prompt + params.max_tokens > limit:
-            raise ValueError(f"This model's maximum context length is {limit} tokens. However, you "
-                             f"requested {n_prompt + params.max_tokens} tokens ({n_prompt} in the "
-                             f"prompt, {params.max_tokens} in the completion). Please reduce the "
-                             "length of the prompt or completion.")
-        longest = min(limit, n_prompt + (params.max_tokens or limit))
-        needed = self.block_manager.blocks_for(longest)
-        if needed > self.num_kv_blocks:
-            raise ValueError(f"the request needs up to {longest} tokens of context = {needed} KV "
-                             f"blocks, but the whole KV cache has {self.num_kv_blocks}; lower "
-                             "max_tokens or start the engine with a larger KV cache "
-                             "(kv_cache_memory_bytes / num_kv_blocks)")
-
-    def _check_token_ids(self, params: SamplingParams) -> None:
-        vocab = self.model_config.vocab_size
-        for field, ids in (("logit_bias", list(params.logit_bias)),
-                           ("stop_token_ids", params.stop_token_ids)):
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"{field} has token ids outside [0, {vocab}): {bad[:5]}")
 
     def abort_request(self, request_id: str | list[str]) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:

@@ -17,47 +17,21 @@ import uuid
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from nanovllm import InvalidRequestError, SamplingParams
 from server.context import ServerContext
-from server.engine_loop import EngineDeadError, RequestAborted, RequestRejected
-from server.errors import APIError, bad_request
-from server.prompts import (
-    Prompt,
-    check_supported,
-    effective_max_tokens,
-    resolve_prompts,
-    sampling_params,
-)
+from server.engine_loop import EngineDeadError, RequestAborted
+from server.errors import APIError, invalid_request
+from server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
 from server.protocol import CompletionRequest
 from server.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 
 
-# (text in the message, param) for LLMEngine.add_request's ValueErrors; first match wins.
-REJECTION_PARAMS = (
-    ("the whole KV cache has", "max_tokens"),  # "...lower max_tokens or start the engine..."
-    ("in the completion)", "max_tokens"),  # "...(P in the prompt, M in the completion)..."
-    ("maximum context length", "prompt"),  # "...your prompt has P tokens, which leaves no room"
-    ("prompt token ids", "prompt"),
-    ("the prompt is empty", "prompt"),
-)
-
-
-def rejection_param(message: str) -> str | None:
-    """The request field an engine rejection is about, or None if the message is not known.
-
-    The engine messages mapped (see REJECTION_PARAMS): the request needs more KV blocks than
-    the whole cache has, or prompt + max_tokens exceeds the context (both: max_tokens); the
-    prompt alone fills the context, has token ids outside the vocabulary, or is empty
-    (prompt). The server checks most of these itself first; this covers what gets through.
-    """
-    return next((param for text, param in REJECTION_PARAMS if text in message), None)
-
-
 def engine_error(exc: BaseException) -> APIError:
     """Map what the engine loop pushes into a request onto an HTTP error."""
-    if isinstance(exc, RequestRejected):
-        return bad_request(str(exc), rejection_param(str(exc)))
+    if isinstance(exc, InvalidRequestError):
+        return invalid_request(exc)
     if isinstance(exc, (EngineDeadError, RequestAborted)):
         return APIError(str(exc), 503)
     return APIError(f"Internal error in the engine: {type(exc).__name__}: {exc}", 500)
@@ -81,8 +55,6 @@ def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: i
         top_logprobs.append(top)
     return {"tokens": tokens, "token_logprobs": token_logprobs,
             "top_logprobs": top_logprobs, "text_offset": text_offset}
-
-
 
 
 def prompt_text(prompt: Prompt, tokenizer) -> str:
@@ -130,21 +102,21 @@ def prompt_chars(prompt) -> int:
     return sum(len(p) for p in prompt if isinstance(p, str))
 
 
-def prepare(req: CompletionRequest, ctx: ServerContext):
-    """All client-side validation; returns (prompts, sampling params per prompt)."""
+def prepare(req: CompletionRequest, ctx: ServerContext) -> tuple[list[Prompt], SamplingParams]:
+    """All validation, the engine's included, before anything is submitted; a 400 if it fails.
+
+    Returns the prompts (as token ids) and the sampling params they all share.
+    """
     ctx.check_model(req.model)
     check_supported(req)
     if ignored := req.ignored_fields():
         logger.warning("The following fields were present in the request but ignored: %s", ignored)
-    engine_loop = ctx.engine_loop
-    vocab_size, max_model_len = engine_loop.vocab_size, engine_loop.max_model_len
-    prompts = resolve_prompts(req.prompt, engine_loop.tokenizer, vocab_size)
-    params = [sampling_params(req, effective_max_tokens(req, len(p.token_ids), max_model_len),
-                              vocab_size) for p in prompts]
-    return prompts, params
+    params = sampling_params(req)
+    return resolve_prompts(req.prompt, ctx.engine_loop, params), params
 
 
-async def start(req, ctx: ServerContext, prompts, params) -> RequestStream:
+async def start(req, ctx: ServerContext, prompts: list[Prompt],
+                params: SamplingParams) -> RequestStream:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n, ctx.metrics.tracker())
     try:

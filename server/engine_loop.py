@@ -1,8 +1,9 @@
 """One background thread owns the LLMEngine and drives step(); asyncio handlers talk to it.
 
-The HTTP side never touches the engine directly (only its tokenizer, which is thread-safe):
-it enqueues commands on a thread-safe queue, and each engine request's outputs come back
-through an OutputSink, i.e. loop.call_soon_threadsafe into that request's asyncio.Queue.
+The HTTP side never touches the engine's running state: besides the tokenizer and
+check_request, which read nothing the engine thread changes, it only enqueues commands on a
+thread-safe queue, and each engine request's outputs come back through an OutputSink, i.e.
+loop.call_soon_threadsafe into that request's asyncio.Queue.
 When no request is unfinished the thread blocks on the queue, so an idle server does not
 spin. If step() raises, the engine is marked dead: every pending request gets an
 EngineDeadError, new requests are refused, and /health answers 503.
@@ -17,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from nanovllm import InvalidRequestError
+
 logger = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"  # sent once the engine took a request, before any output
@@ -28,10 +31,6 @@ class EngineDeadError(RuntimeError):
 
 class RequestAborted(RuntimeError):
     """The server aborted the request (it is shutting down)."""
-
-
-class RequestRejected(ValueError):
-    """engine.add_request refused the request (a client error, the engine is fine)."""
 
 
 @dataclass(slots=True)
@@ -56,7 +55,7 @@ class EngineLoop:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_model_len: int = engine.max_model_len
-        self.vocab_size = min(engine.model_config.vocab_size, engine.tokenizer.vocab_size)
+        self.vocab_size: int = engine.vocab_size
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -77,6 +76,10 @@ class EngineLoop:
     @property
     def is_alive(self) -> bool:
         return self.error is None and self._thread.is_alive()
+
+    def check_request(self, prompt, params) -> list[int]:
+        """The engine's own validation (InvalidRequestError naming the field), from any thread."""
+        return self.engine.check_request(prompt, params)
 
     def add_request(self, request_id: str, prompt, params, sink: OutputSink) -> None:
         with self._lock:
@@ -142,8 +145,8 @@ class EngineLoop:
     def _add(self, request_id: str, prompt, params, sink: OutputSink) -> None:
         try:
             self.engine.add_request(request_id, prompt, params)
-        except ValueError as exc:
-            sink.put(RequestRejected(str(exc)))
+        except InvalidRequestError as exc:  # the client's error (caught earlier, normally)
+            sink.put(exc)
             return
         except Exception as exc:  # an engine bug for this request only: report, keep serving
             logger.exception("engine.add_request failed for %s", request_id)

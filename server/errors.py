@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nanovllm import InvalidRequestError
+
 logger = logging.getLogger(__name__)
 
 ERROR_TYPES = {
@@ -49,6 +51,11 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(message, 400, param)
+
+
+def invalid_request(exc: InvalidRequestError) -> APIError:
+    """The engine's refusal of a request: a 400 naming the field the engine says it is about."""
+    return bad_request(str(exc), exc.param)
 
 
 def error_body(message: str, status: int, param: str | None = None) -> dict:

@@ -1,8 +1,11 @@
-"""Turn a validated CompletionRequest into engine inputs: token-id prompts and SamplingParams.
+"""Turn a validated CompletionRequest into engine inputs: prompts and one SamplingParams.
 
-Everything a client can get wrong is checked here, before the engine sees the request, so a
-bad request is a 400 that names the field and can never reach (let alone kill) the engine:
-unsupported fields, token ids outside the vocabulary, empty prompts, context overflow.
+Whether a request can run (token ids in the vocabulary, a non-empty prompt, prompt plus
+max_tokens within the context and the KV pool) is the engine's rule: `resolve_prompts`
+asks engine_loop.check_request before anything is submitted, so a bad request is a 400
+naming the field and never reaches the engine. SamplingParams checks its own ranges. Only
+the OpenAI API's own semantics live here: fields this server cannot honour, defaults for
+omitted fields, and clamping logit_bias to [-100, 100] as OpenAI does.
 """
 
 from __future__ import annotations
@@ -10,11 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nanovllm.sampling_params import SamplingParams
-from server.errors import bad_request
+from nanovllm import InvalidRequestError, SamplingParams, validation
+from server.errors import bad_request, invalid_request
 from server.protocol import CompletionRequest
-
-MIN_TEMPERATURE = 1e-2  # vLLM clamps smaller positive temperatures: logits/1e-300 overflow
 
 
 @dataclass(slots=True)
@@ -35,86 +36,47 @@ def check_supported(req: CompletionRequest) -> None:
         )
     if req.stream_options is not None and not req.stream:
         raise bad_request("`stream_options` can only be defined when `stream=True`.", "stream_options")
-    if req.min_tokens and req.max_tokens is not None and req.min_tokens > req.max_tokens:
-        raise bad_request(
-            f"min_tokens ({req.min_tokens}) must be less than or equal to max_tokens ({req.max_tokens}).",
-            "min_tokens",
-        )
 
 
 def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
-    bad = [t for t in ids if not 0 <= t < vocab_size]
-    if bad:
-        raise bad_request(
-            f"{param} contains token id {bad[0]} outside the vocabulary [0, {vocab_size}).", param
-        )
+    """The engine's token-id rule, for ids that are not part of an engine request (/detokenize)."""
+    try:
+        validation.check_token_ids(ids, vocab_size, param)
+    except InvalidRequestError as exc:
+        raise invalid_request(exc) from exc
 
 
-def resolve_prompts(raw: str | list, tokenizer, vocab_size: int) -> list[Prompt]:
-    """Tokenize text prompts and range-check id prompts; one Prompt per input prompt."""
+def split_prompts(raw: str | list) -> list[str | list[int]]:
+    """The request's prompts: `prompt` is one text or id list, or a list of them."""
     if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
-        raw = [raw]
+        return [raw]
+    return raw
+
+
+def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> list[Prompt]:
+    """Each prompt's token ids, as the engine's check_request makes and validates them."""
     prompts = []
-    for item in raw:
-        if isinstance(item, str):
-            prompt = Prompt(tokenizer.encode(item), item)
-        else:
-            check_token_ids(item, vocab_size, "prompt")
-            prompt = Prompt(list(item))
-        if not prompt.token_ids:
-            raise bad_request("prompt must not be empty (it has no tokens).", "prompt")
-        prompts.append(prompt)
+    for item in split_prompts(raw):
+        try:
+            token_ids = engine_loop.check_request(item, params)
+        except InvalidRequestError as exc:
+            raise invalid_request(exc) from exc
+        prompts.append(Prompt(token_ids, item if isinstance(item, str) else None))
     return prompts
 
 
-def context_error(max_model_len: int, prompt_len: int, max_tokens: int | None):
-    if max_tokens is None:
-        return bad_request(
-            f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"prompt has {prompt_len} tokens, leaving no room for the completion. "
-            "Please reduce the length of the prompt.", "prompt")
-    return bad_request(
-        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-        f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
-        "completion). Please reduce the length of the prompt or completion.", "max_tokens")
+def sampling_params(req: CompletionRequest) -> SamplingParams:
+    """Build SamplingParams; its own ValueError (engine-side validation) becomes a 400.
 
-
-def effective_max_tokens(req: CompletionRequest, prompt_len: int, max_model_len: int) -> int:
-    """max_tokens for one prompt; null means "up to the context limit" (vLLM)."""
-    room = max_model_len - prompt_len
-    if req.max_tokens is None:
-        if room < 1:
-            raise context_error(max_model_len, prompt_len, None)
-        return room
-    if req.max_tokens > room:
-        raise context_error(max_model_len, prompt_len, req.max_tokens)
-    return req.max_tokens
-
-
-def _logit_bias(req: CompletionRequest, vocab_size: int) -> dict[int, float] | None:
-    if not req.logit_bias:
-        return None
-    bias = {int(k): min(100.0, max(-100.0, v)) for k, v in req.logit_bias.items()}
-    check_token_ids(list(bias), vocab_size, "logit_bias")
-    return bias
-
-
-def _temperature(t: float | None) -> float:
-    if t is None:
-        return 1.0
-    return max(t, MIN_TEMPERATURE) if t > 0 else 0.0
-
-
-def sampling_params(req: CompletionRequest, max_tokens: int, vocab_size: int) -> SamplingParams:
-    """Build SamplingParams; its own ValueError (engine-side validation) becomes a 400."""
-    if req.stop_token_ids:
-        check_token_ids(req.stop_token_ids, vocab_size, "stop_token_ids")
+    max_tokens null means "up to the context limit" for the engine as for vLLM. Temperatures
+    pass through unclamped: the sampler clamps tiny ones as vLLM does.
+    """
     kwargs = dict(
         n=req.n,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         repetition_penalty=req.repetition_penalty if req.repetition_penalty is not None else 1.0,
-        temperature=_temperature(req.temperature),
+        temperature=req.temperature if req.temperature is not None else 1.0,
         top_p=req.top_p if req.top_p is not None else 1.0,
         top_k=req.top_k if req.top_k is not None else 0,
         min_p=req.min_p or 0.0,
@@ -122,18 +84,25 @@ def sampling_params(req: CompletionRequest, max_tokens: int, vocab_size: int) ->
         stop=req.stop,
         stop_token_ids=req.stop_token_ids or None,
         ignore_eos=bool(req.ignore_eos),
-        max_tokens=max_tokens,
+        max_tokens=req.max_tokens,
         min_tokens=req.min_tokens or 0,
         logprobs=req.logprobs,
         prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
         include_stop_str_in_output=bool(req.include_stop_str_in_output),
         skip_special_tokens=req.skip_special_tokens is not False,
-        logit_bias=_logit_bias(req, vocab_size),
+        logit_bias=_clamped_logit_bias(req.logit_bias),
     )
     try:
         return SamplingParams(**kwargs)
     except (ValueError, TypeError) as exc:
         raise bad_request(f"Invalid sampling parameters: {exc}", _param_named_in(str(exc), kwargs)) from exc
+
+
+def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI clamps biases to [-100, 100] where the engine would refuse them."""
+    if not bias:
+        return None
+    return {int(k): min(100.0, max(-100.0, v)) for k, v in bias.items()}
 
 
 def _param_named_in(message: str, kwargs: dict) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nanovllm import SamplingParams
 from server.engine_loop import ACCEPTED, EngineLoop, OutputSink
 from server.metrics import RequestTracker
 
@@ -33,11 +34,11 @@ class RequestStream:
     def done(self) -> bool:
         return not self._unfinished and not self._pending
 
-    async def submit(self, prompts: list, params: list) -> None:
+    async def submit(self, prompts: list[list[int]], params: SamplingParams) -> None:
         """Hand every prompt to the engine; returns once all were accepted (raises if not)."""
-        for tag, (rid, prompt, sp) in enumerate(zip(self.request_ids, prompts, params, strict=True)):
+        for tag, (rid, prompt) in enumerate(zip(self.request_ids, prompts, strict=True)):
             sink = OutputSink(self._loop, self._queue, tag)
-            self._engine.add_request(rid, prompt, sp, sink)
+            self._engine.add_request(rid, prompt, params, sink)
         while self._unaccepted:
             self._absorb([await self._queue.get()])
 

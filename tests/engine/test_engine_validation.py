@@ -1,9 +1,10 @@
 """Bad input is refused with a ValueError that says what is wrong, and the engine goes on.
 
 SamplingParams validates on construction: each message names the field and the bad value.
-LLMEngine.add_request refuses requests that can never run (too long for the context or the
-whole KV pool, token ids outside the vocabulary, empty prompts, a request id in use); a
-refused request leaves no trace, so the engine keeps serving.
+LLMEngine.check_request (which add_request calls) refuses requests that can never run (too
+long for the context or the whole KV pool, token ids outside the vocabulary, empty prompts)
+with an InvalidRequestError whose `param` names the request field; add_request also refuses
+a request id in use. A refused request leaves no trace, so the engine keeps serving.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 from engine_checks import run_engine
 
-from nanovllm import SamplingParams
+from nanovllm import EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
 INVALID = [
     ("n", dict(n=0), "0"), ("n", dict(n=-3), "-3"), ("n", dict(n=1.5), "1.5"),
@@ -95,11 +96,13 @@ def test_negative_seed_is_rejected_naming_the_field_or_works(make_engine):
     assert run_engine(engine)["a"][-1].finished
 
 
-# ---- add_request -----------------------------------------------------------------------------
-def rejects(engine, request_id, prompt, params, *fragments) -> None:
+# ---- add_request / check_request ------------------------------------------------------------
+def rejects(engine, request_id, prompt, params, param, *fragments) -> None:
+    """add_request refuses with InvalidRequestError about `param`, and leaves no trace."""
     before = engine.get_stats()
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InvalidRequestError) as err:
         engine.add_request(request_id, prompt, params)
+    assert err.value.param == param, (param, str(err.value))
     for fragment in fragments:
         assert fragment in str(err.value), str(err.value)
     after = engine.get_stats()
@@ -112,20 +115,25 @@ def test_add_request_rejections_leave_the_engine_working(make_engine):
     engine.add_request("busy", [1, 2, 3], SamplingParams(max_tokens=20, ignore_eos=True))
     engine.step()
     ok = SamplingParams(max_tokens=4)
-    rejects(engine, "long", list(range(200)), SamplingParams(max_tokens=100),
+    rejects(engine, "long", list(range(200)), SamplingParams(max_tokens=100), "max_tokens",
             "maximum context length is 256 tokens", "300", "200", "100")
-    rejects(engine, "full", list(range(256)), SamplingParams(max_tokens=None),
+    rejects(engine, "full", list(range(256)), SamplingParams(max_tokens=None), "prompt",
             "maximum context length is 256 tokens", "256")
-    rejects(engine, "pool", list(range(100)), SamplingParams(max_tokens=40), "KV", "140", "30")
-    rejects(engine, "pool2", [1], SamplingParams(max_tokens=None), "KV")
-    rejects(engine, "vocab", [1, 1024, 2], ok, "1024")
-    rejects(engine, "negative", [1, -1], ok, "-1")
-    rejects(engine, "float", [1, 2.0], ok, "2.0")
-    rejects(engine, "empty", [], ok, "empty")
-    rejects(engine, "empty-text", "", ok, "empty")
-    rejects(engine, "busy", [5, 6], ok, "busy")
+    rejects(engine, "pool", list(range(100)), SamplingParams(max_tokens=40), "max_tokens",
+            "KV", "140", "30")
+    rejects(engine, "pool2", [1], SamplingParams(max_tokens=None), "max_tokens", "KV")
+    rejects(engine, "vocab", [1, 1024, 2], ok, "prompt", "1024")
+    rejects(engine, "negative", [1, -1], ok, "prompt", "-1")
+    rejects(engine, "float", [1, 2.0], ok, "prompt", "2.0")
+    rejects(engine, "empty", [], ok, "prompt", "empty")
+    rejects(engine, "empty-text", "", ok, "prompt", "empty")
+    rejects(engine, "empty-dict", {"prompt_token_ids": []}, ok, "prompt", "empty")
+    rejects(engine, "bad-dict", {"text": "hi"}, ok, "prompt", "'prompt'")
     rejects(engine, "bias", [5, 6], SamplingParams(logit_bias={5000: 1.0}), "logit_bias", "5000")
-    rejects(engine, "stopid", [5, 6], SamplingParams(stop_token_ids=[1024]), "stop_token_ids")
+    rejects(engine, "stopid", [5, 6], SamplingParams(stop_token_ids=[1024]), "stop_token_ids",
+            "1024")
+    with pytest.raises(ValueError, match="busy"):  # the caller's bookkeeping, not the request's
+        engine.add_request("busy", [5, 6], ok)
     engine.add_request("after", "hello world", ok)
     history = run_engine(engine)
     assert set(history) == {"busy", "after"}
@@ -148,3 +156,45 @@ def test_llm_generate_rejects_mismatched_params(make_llm):
     llm = make_llm()
     with pytest.raises(ValueError, match="2 sampling params for 3 prompts"):
         llm.generate([[1], [2], [3]], [SamplingParams(), SamplingParams()], use_tqdm=False)
+
+
+def test_a_refused_llm_generate_is_still_a_value_error(make_llm):
+    with pytest.raises(ValueError, match=r"prompt contains token id 5000 outside the vocabulary"):
+        make_llm().generate([[1, 5000]], use_tqdm=False)
+
+
+RULES = [  # (prompt, SamplingParams kwargs, the field the rejection names)
+    (list(range(256)), dict(max_tokens=None), "prompt"),  # the prompt fills the context
+    (list(range(200)), dict(max_tokens=100), "max_tokens"),  # prompt + completion overflow
+    ([1], dict(max_tokens=None), "max_tokens"),  # more than the whole KV pool
+    ([1, 1024], dict(), "prompt"),  # outside the vocabulary
+    ([1, True], dict(), "prompt"),  # not an integer
+    ({"prompt": ""}, dict(), "prompt"),  # empty
+    ({"prompt_ids": [1]}, dict(), "prompt"),  # not one of the prompt forms
+    ([1], dict(logit_bias={1024: 1.0}), "logit_bias"),
+    ([1], dict(stop_token_ids=[4096]), "stop_token_ids"),
+]
+
+
+@pytest.fixture(scope="module")
+def small_pool_engine(tiny_ckpt) -> LLMEngine:
+    return LLMEngine(EngineConfig(str(tiny_ckpt), block_size=4, num_kv_blocks=30))
+
+
+@pytest.mark.parametrize("prompt, kwargs, param", RULES, ids=[f"{p}-{i}" for i, (_, _, p)
+                                                               in enumerate(RULES)])
+def test_check_request_names_the_field_and_changes_nothing(small_pool_engine, prompt, kwargs,
+                                                            param):
+    before = small_pool_engine.get_stats()
+    with pytest.raises(InvalidRequestError) as err:
+        small_pool_engine.check_request(prompt, SamplingParams(**kwargs))
+    assert err.value.param == param, str(err.value)
+    assert small_pool_engine.get_stats() == before and not small_pool_engine.requests
+
+
+def test_check_request_takes_every_prompt_form(small_pool_engine):
+    ids = small_pool_engine.tokenizer.encode("Hello world")
+    params = SamplingParams(max_tokens=8)
+    for prompt in ("Hello world", ids, {"prompt": "Hello world"}, {"prompt_token_ids": ids}):
+        assert small_pool_engine.check_request(prompt, params) == ids, prompt
+    assert not small_pool_engine.requests

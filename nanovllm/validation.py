@@ -1,0 +1,91 @@
+"""Whether a request can ever run on an engine: the one set of rules for LLM and the server.
+
+Every rule depends only on what is fixed when the engine starts (the tokenizer, the
+vocabulary, max_model_len, the size of the KV pool), never on what is running. So the
+server can check a request on its event-loop thread while the engine thread runs steps,
+and answer a bad request before it reaches the engine. A broken rule raises
+InvalidRequestError naming the request field to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanovllm.errors import InvalidRequestError
+from nanovllm.inputs import PromptType, unpack_prompt
+from nanovllm.sampling_params import SamplingParams
+from nanovllm.tokenizer import Tokenizer
+
+
+def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
+    """Every id must be an integer in [0, vocab_size); `param` names the field they came in."""
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int | np.integer):
+            raise InvalidRequestError(f"{param} contains {t!r}, which is not an integer token id.",
+                                      param)
+        if not 0 <= t < vocab_size:
+            raise InvalidRequestError(f"{param} contains token id {t} outside the vocabulary "
+                                      f"[0, {vocab_size}).", param)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestValidator:
+    """The engine's limits, frozen at start-up, and the checks a request must pass against them."""
+
+    tokenizer: Tokenizer  # only encode() is used: safe from any thread
+    vocab_size: int  # token ids a request may use: [0, vocab_size)
+    max_model_len: int
+    block_size: int
+    num_kv_blocks: int  # the whole KV pool
+
+    def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, if the request can run; else InvalidRequestError."""
+        prompt_ids = self.prompt_ids(prompt)
+        self.check_context(len(prompt_ids), params.max_tokens)
+        self.check_kv_pool(len(prompt_ids), params.max_tokens)
+        check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
+        check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
+        return prompt_ids
+
+    def prompt_ids(self, prompt: PromptType) -> list[int]:
+        try:
+            prompt = unpack_prompt(prompt)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), "prompt") from exc
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            check_token_ids(ids, self.vocab_size, "prompt")
+        if not ids:
+            raise InvalidRequestError("The prompt is empty; give at least one token.", "prompt")
+        return [int(t) for t in ids]
+
+    def check_context(self, n_prompt: int, max_tokens: int | None) -> None:
+        """Prompt plus completion within max_model_len (vLLM's messages)."""
+        limit = self.max_model_len
+        if n_prompt >= limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"has {n_prompt} tokens, which leaves no room for a completion. Please reduce "
+                "the length of the prompt.", "prompt")
+        if max_tokens is not None and n_prompt + max_tokens > limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} in the "
+                "completion). Please reduce the length of the prompt or completion.", "max_tokens")
+
+    def check_kv_pool(self, n_prompt: int, max_tokens: int | None) -> None:
+        """The longest the request can grow must fit in the whole KV pool, or it never could run."""
+        longest = min(self.max_model_len, n_prompt + (max_tokens or self.max_model_len))
+        needed = math.ceil(longest / self.block_size)
+        if needed > self.num_kv_blocks:
+            raise InvalidRequestError(
+                f"the request needs up to {longest} tokens of context = {needed} KV blocks, but "
+                f"the whole KV cache has {self.num_kv_blocks}; lower max_tokens or start the "
+                "engine with a larger KV cache (kv_cache_memory_bytes / num_kv_blocks)",
+                "max_tokens")
