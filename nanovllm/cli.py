@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Collection
 
 from nanovllm.config import EngineConfig, add_engine_args
 from nanovllm.hub import DownloadError, HubUnavailableError
@@ -12,7 +13,8 @@ from nanovllm.hub import DownloadError, HubUnavailableError
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="complete prompts offline and print the results")
-    p.add_argument("model", help="checkpoint directory, hub name (gpt2, ...) or preset with --load-format dummy")
+    p.add_argument("model", help="checkpoint directory, hub name (gpt2, ...) or preset with "
+                                 "--load-format dummy or --allow-dummy-fallback")
     p.add_argument("prompts", nargs="+", help="prompt texts")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -47,15 +49,39 @@ def _add_delegated(sub, name: str, module: str, help: str):
     return p
 
 
+class _Commands(argparse._SubParsersAction):
+    """The subcommands; a nested one (`bench serve`) must come right after its parent.
+
+    Options before it would be parsed as the parent's: `bench --input-len 8 serve` took 8 as the
+    offline bench's input length, then serve's default overwrote it, silently; `bench --port 1
+    serve` failed with a puzzling "invalid choice: '1'". Both are refused, in one line.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nested: dict[str, Collection[str]] = {}  # command -> the names of its subcommands
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        command, rest = values[0], values[1:]
+        at = next((i for i, arg in enumerate(rest) if arg in self.nested.get(command, ())), 0)
+        if at > 0:
+            before, nested = " ".join(rest[:at]), rest[at]
+            usage = f"{parser.prog} {command} {nested} {before} ..."
+            parser.exit(2, f"{parser.prog} {command}: error: `{before}` must come after "
+                           f"`{nested}`: {usage}\n")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanovllm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, action=_Commands)
     _add_delegated(sub, "serve", "server.cli", "serve a model over an OpenAI-compatible HTTP API")
     _add_generate(sub)
     _add_delegated(sub, "download", "scripts.download_gpt2", "download GPT-2 from the Hugging Face hub")
     bench = _add_delegated(sub, "bench", "scripts.benchmark", "offline prefill/decode benchmark")
     bench_sub = bench.add_subparsers(dest="bench_command")
     _add_delegated(bench_sub, "serve", "scripts.benchmark_serving", "benchmark a running server")
+    sub.nested["bench"] = bench_sub.choices
     return parser
 
 

@@ -22,6 +22,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None     # overrides kv_cache_memory_bytes
     tokenizer: str | None = None         # a tokenizer directory other than the model's
     revision: str | None = None          # hub revision when the model is downloaded
+    allow_dummy_fallback: bool = False   # a preset the hub cannot deliver: random weights instead
 
     def __post_init__(self):
         if self.load_format not in ("auto", "safetensors", "dummy"):
@@ -60,3 +61,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     g.add_argument("--revision", default=None, help="hub revision to download")
+    g.add_argument("--allow-dummy-fallback", action=argparse.BooleanOptionalAction, default=False,
+                   help="if the hub is unreachable, load a preset name (gpt2, ...) with random "
+                        "weights instead of failing; says so in one line")

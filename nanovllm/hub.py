@@ -50,7 +50,12 @@ DEFAULT_HUB_TIMEOUT = 5.0  # seconds; hub's default 10 s per call adds up when t
 
 
 class HubUnavailableError(RuntimeError):
-    """The hub cannot be reached (offline mode, no network). The message is one line."""
+    """The hub cannot be reached (offline mode, no network). The message is one line: `reason`
+    (what failed, and why), then a hint at what works offline."""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason = reason
 
 
 class DownloadError(RuntimeError):
@@ -142,14 +147,14 @@ def offline_env() -> bool:
 def dummy_hint(name_or_repo: str) -> str:
     """What works offline instead: a preset's random weights, or (a typo?) a local directory."""
     if name_or_repo in HUB_REPOS:  # the presets share these names
-        return f"for random weights instead run: nanovllm serve {name_or_repo} --load-format dummy"
+        return (f"for random weights instead run: nanovllm serve {name_or_repo} --load-format dummy "
+                "(always) or --allow-dummy-fallback (only while the hub is unreachable)")
     return (f"nor is there a local directory {name_or_repo!r}; offline, give a checkpoint "
             "directory, or a preset such as gpt2 with --load-format dummy")
 
 
 def offline_error(name_or_repo: str, why: str) -> HubUnavailableError:
-    return HubUnavailableError(
-        f"cannot download {name_or_repo}: {why}; {dummy_hint(name_or_repo)}")
+    return HubUnavailableError(f"cannot download {name_or_repo}: {why}", dummy_hint(name_or_repo))
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -1,4 +1,11 @@
-"""Finds and loads the model an engine serves: a local directory, a hub name, or dummy weights."""
+"""Finds and loads the model an engine serves: a local directory, a hub name, or dummy weights.
+
+This is also the one place that decides on the dummy fallback (`allow_dummy_fallback`, the
+`--allow-dummy-fallback` flag of serve, generate and bench): a preset name that cannot be
+downloaded because the hub is unreachable is loaded with random weights instead, and one warning
+says so. Nothing else falls back: not a directory, not another repo, not a hub that answered
+with an error, not a checkpoint that does not load.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
+from model import PRESETS, GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
 from model.dummy import random_weights
 from model.loader import build_weights
 from nanovllm.config import EngineConfig
-from nanovllm.hub import dummy_checkpoint_dir, resolve_model
+from nanovllm.hub import HUB_REPOS, HubUnavailableError, dummy_checkpoint_dir, resolve_model
 
 logger = logging.getLogger("nanovllm")
 
@@ -24,12 +31,32 @@ class LoadedModel:
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
-    """`load_format="dummy"` gives random weights with the real shapes: for a preset name a cached
-    dummy checkpoint, for a directory its config with random weights in memory."""
-    if config.load_format != "dummy":
+    """The checkpoint `config.model` names, or random weights (see `_load_dummy`)."""
+    if config.load_format == "dummy":
+        return _load_dummy(config)
+    try:
         path = resolve_model(config.model, config.revision, log=logger.info)
-        cfg, weights = load_gpt2(path)
-        return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path))
+    except HubUnavailableError as exc:
+        preset = preset_for(config.model)
+        if not (config.allow_dummy_fallback and preset):
+            raise
+        logger.warning("the Hugging Face hub is unreachable, so loading a dummy %s checkpoint "
+                       "with RANDOM weights (%s)", preset, exc.reason)
+        path = dummy_checkpoint_dir(preset)
+    cfg, weights = load_gpt2(path)
+    return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path))
+
+
+def preset_for(model: str) -> str | None:
+    """The preset a hub name stands for (`gpt2`, or its repo id `openai-community/gpt2`), or None:
+    only presets have a dummy checkpoint of the right shapes."""
+    return next((preset for preset, repo_id in HUB_REPOS.items()
+                 if model in (preset, repo_id) and preset in PRESETS), None)
+
+
+def _load_dummy(config: EngineConfig) -> LoadedModel:
+    """`load_format="dummy"`: random weights with the real shapes; for a preset name a cached
+    dummy checkpoint, for a directory its config with random weights in memory."""
     path = Path(config.model).expanduser()
     if not path.is_dir():
         path = dummy_checkpoint_dir(config.model.rsplit("/", 1)[-1])

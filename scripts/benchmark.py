@@ -104,8 +104,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from nanovllm.config import add_engine_args
 
     parser.add_argument("--model", default="gpt2",
-                        help="checkpoint directory or hub name (default gpt2; without network a "
-                             "preset falls back to random weights, which run at the same speed)")
+                        help="checkpoint directory or hub name (default gpt2; if the hub is "
+                             "unreachable a preset falls back to random weights, which run at the "
+                             "same speed: --allow-dummy-fallback is on by default here)")
     parser.add_argument("--batch-sizes", type=parse_int_list, default=[1, 8, 32, 64],
                         metavar="B,B,...", help="batch sizes of the decode grid (default 1,8,32,64)")
     parser.add_argument("--input-len", type=parse_int_list, default=[32], metavar="L,...",
@@ -125,6 +126,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "then goes to stderr)")
     parser.add_argument("--bench-seed", type=int, default=0, help="seed of the random prompts")
     add_engine_args(parser)
+    # Random weights cost the same compute as real ones, so a benchmark can always run;
+    # --no-allow-dummy-fallback insists on the real checkpoint.
+    parser.set_defaults(allow_dummy_fallback=True)
     return parser
 
 
@@ -150,18 +154,10 @@ def check_args(args: argparse.Namespace, cells: list[Cell]) -> str | None:
 
 
 def make_engine(args: argparse.Namespace):
-    """The engine under test; a preset name without network falls back to dummy weights."""
+    """The engine under test (random weights for a preset the hub cannot deliver, by default)."""
     from nanovllm import EngineConfig, LLMEngine
-    from nanovllm.hub import HubUnavailableError
 
-    config = EngineConfig.from_cli_args(args.model, args)
-    try:
-        return LLMEngine(config)
-    except HubUnavailableError as e:
-        print(f"note: {str(e).split(';')[0]}; benchmarking random weights of the same shapes "
-              "instead (same speed)", file=sys.stderr)
-        config.load_format = "dummy"
-        return LLMEngine(config)
+    return LLMEngine(EngineConfig.from_cli_args(args.model, args))
 
 
 def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:

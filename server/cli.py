@@ -1,9 +1,10 @@
 """`nanovllm serve MODEL`: load the engine, start its thread, serve the API with uvicorn.
 
 MODEL is a local checkpoint directory or a hub name (gpt2, distilgpt2, ...). With
---load-format dummy, or with --allow-dummy-fallback when the hub cannot be reached, the
-server runs a preset with random weights and says so. Ctrl-C / SIGTERM: in-flight requests
-are aborted (clients get an error), the listening socket is closed, the engine thread stops.
+--load-format dummy, or with --allow-dummy-fallback when the hub cannot be reached (decided where
+the engine loads its model, nanovllm/model_loading.py), it serves a preset with random weights and
+says so. Ctrl-C / SIGTERM: in-flight requests are aborted (clients get an error), the listening
+socket is closed, the engine thread stops.
 """
 
 from __future__ import annotations
@@ -31,45 +32,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "(default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: MODEL as given)")
-    parser.add_argument("--allow-dummy-fallback", action="store_true",
-                        help="if the hub is unreachable, serve MODEL's preset with random weights")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     add_engine_args(parser)
-
-
-def resolve_model(args: argparse.Namespace) -> tuple[str, bool]:
-    """(model for EngineConfig, whether we fell back to dummy weights). Exits if impossible."""
-    from nanovllm.hub import DownloadError, HubUnavailableError
-    from nanovllm.hub import resolve_model as hub_resolve
-
-    if args.load_format == "dummy":
-        return args.model, False
-    try:
-        return str(hub_resolve(args.model, getattr(args, "revision", None))), False
-    except HubUnavailableError as exc:
-        preset = dummy_preset(args.model)
-        if not args.allow_dummy_fallback or preset is None:
-            raise SystemExit(f"nanovllm serve: {_first_line(exc)}") from None
-        print(f"nanovllm serve: the Hugging Face hub is unreachable, so serving a dummy {preset} "
-              f"checkpoint with RANDOM weights ({_first_line(exc).split('; for random weights')[0]})", file=sys.stderr, flush=True)
-        return preset, True
-    except (DownloadError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"nanovllm serve: {_first_line(exc)}") from None
-
-
-def dummy_preset(model: str) -> str | None:
-    """The preset a hub name stands for (gpt2, openai-community/gpt2, ...), if any."""
-    from model import PRESETS
-    from nanovllm.hub import HUB_REPOS
-
-    if model in PRESETS:
-        return model
-    return next((name for name, repo in HUB_REPOS.items() if repo == model and name in PRESETS), None)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 class Server(uvicorn.Server):
@@ -100,10 +65,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
-    model, fallback = resolve_model(args)
-    if fallback:
-        args.load_format = "dummy"
-    engine = LLMEngine(EngineConfig.from_cli_args(model, args))
+    engine = LLMEngine(EngineConfig.from_cli_args(args.model, args))
     loop = EngineLoop(engine).start()
     app = build_app(loop, served_model_name=args.served_model_name or args.model,
                     model_root=str(engine.model_path), api_key=api_key)
@@ -136,6 +98,7 @@ class absorb_reraised_signals:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
-    add_serve_args(parser)
-    return run_serve(parser.parse_args(argv))
+    """`python -m server ...` is `nanovllm serve ...`, one-line errors included."""
+    from nanovllm.cli import main as nanovllm_main
+
+    return nanovllm_main(["serve", *(sys.argv[1:] if argv is None else argv)])

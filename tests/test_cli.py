@@ -1,10 +1,16 @@
-"""The `nanovllm` command: user errors are one line on stderr and exit 2, never a traceback."""
+"""The `nanovllm` command: user errors are one line on stderr and exit 2, never a traceback;
+--allow-dummy-fallback on every command; `bench serve` takes its options after `serve` only."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from nanovllm.cli import main
+from nanovllm import EngineConfig
+from nanovllm.cli import build_parser, main
 
 
 @pytest.mark.parametrize("args, message", [
@@ -30,3 +36,71 @@ def test_generate_prints_completions(tiny_ckpt, capsys):
     out = capsys.readouterr()
     assert out.out.startswith("'hello' -> ") and "[length]" in out.out
     assert "RANDOM WEIGHTS" in out.err
+
+
+# --------------------------------------------------------------------------- --allow-dummy-fallback
+
+
+@pytest.mark.parametrize("argv, default", [
+    (["serve", "gpt2"], False), (["generate", "gpt2", "hello"], False),
+    (["bench"], True),  # a benchmark runs on random weights as fast: it falls back by default
+], ids=["serve", "generate", "bench"])
+def test_every_command_takes_the_fallback_flag(argv, default):
+    def config(*flags: str) -> EngineConfig:
+        args = build_parser().parse_args([*argv, *flags])
+        return EngineConfig.from_cli_args(args.model, args)
+
+    assert config().allow_dummy_fallback is default
+    assert config("--allow-dummy-fallback").allow_dummy_fallback is True
+    assert config("--no-allow-dummy-fallback").allow_dummy_fallback is False
+
+
+def test_generate_offline_falls_back_to_random_weights_with_the_flag(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NANOVLLM_MODELS_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "nanovllm.cli", "generate", "gpt2", "--allow-dummy-fallback",
+         "Hello", "--max-tokens", "2", "--num-kv-blocks", "16"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("'Hello' -> ")
+    notes = [line for line in result.stderr.splitlines() if "unreachable" in line]
+    assert notes == ["WARNING nanovllm: the Hugging Face hub is unreachable, so loading a dummy "
+                     "gpt2 checkpoint with RANDOM weights (cannot download gpt2: HF_HUB_OFFLINE=1 "
+                     "is set)"]
+    assert "RANDOM weights (dummy checkpoint), 124.4M parameters" in result.stderr
+
+
+def test_generate_offline_without_the_flag_says_how_to_get_random_weights(capsys, monkeypatch,
+                                                                          tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NANOVLLM_MODELS_DIR", str(tmp_path))
+    assert main(["generate", "gpt2", "hello"]) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("nanovllm generate: error: cannot download gpt2: HF_HUB_OFFLINE=1 is set")
+    assert "nanovllm serve gpt2 --load-format dummy" in err and "--allow-dummy-fallback" in err
+
+
+# --------------------------------------------------------------------------- bench serve
+
+
+@pytest.mark.parametrize("before", [
+    ["--input-len", "8"],    # the offline bench's too: serve's default used to overwrite it
+    ["--reps", "2"],         # the offline bench's only: used to be kept, unused
+    ["--port", "8311"],      # serve's only: used to fail with "invalid choice: '8311'"
+    ["--json", "out.json"],
+])
+def test_options_before_bench_serve_are_refused_in_one_line(capsys, before):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["bench", *before, "serve", "--num-prompts", "4"])
+    assert exit_.value.code == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    flags = " ".join(before)
+    assert err == (f"nanovllm bench: error: `{flags}` must come after `serve`: "
+                   f"nanovllm bench serve {flags} ...")
+
+
+def test_options_in_their_place_are_honoured():
+    args = build_parser().parse_args(["bench", "serve", "--input-len", "8", "--port", "8311"])
+    assert (args.bench_command, args.input_len, args.port) == ("serve", 8, 8311)
+    args = build_parser().parse_args(["bench", "--input-len", "8", "--reps", "2"])
+    assert (args.bench_command, args.input_len, args.reps) == (None, [8], 2)

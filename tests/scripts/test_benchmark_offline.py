@@ -1,5 +1,5 @@
 """scripts/benchmark.py (`nanovllm bench`): arguments, the grid, and short real runs on the tiny
-dummy checkpoint, against transformers too."""
+dummy checkpoint, against transformers too; offline, the default gpt2 falls back to random weights."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_defaults_follow_the_performance_issue():
     args = parse()
-    assert (args.model, args.load_format, args.reps, args.compare, args.json) == \
-        ("gpt2", "auto", 3, None, None)
+    assert (args.model, args.load_format, args.allow_dummy_fallback, args.reps, args.compare,
+            args.json) == ("gpt2", "auto", True, 3, None, None)
     assert benchmark.grid(args) == [Cell(1, 32, 128), Cell(8, 32, 128), Cell(32, 32, 128),
                                     Cell(64, 32, 128), Cell(1, 512, 1)]
 
@@ -107,19 +107,22 @@ def test_a_cell_longer_than_the_context_is_refused(tiny_ckpt, capsys):
     assert "max_model_len is 256" in capsys.readouterr().err
 
 
-def test_offline_hub_name_falls_back_to_dummy_weights(monkeypatch, capsys):
-    import nanovllm
-    from nanovllm.hub import HubUnavailableError
+def test_offline_the_default_gpt2_runs_on_random_weights(monkeypatch, tmp_path, capsys, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NANOVLLM_MODELS_DIR", str(tmp_path))  # no earlier download of gpt2
+    argv = ["--batch-sizes", "1", "--input-len", "4", "--output-len", "2", "--prefill-len", "",
+            "--reps", "1", "--num-kv-blocks", "16", "--json"]
+    assert benchmark.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["model"]["name"], data["model"]["dummy"], data["model"]["n_layer"]) == \
+        ("gpt2", True, 12)
+    [note] = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert "RANDOM weights" in note
 
-    formats = []
 
-    class FakeEngine:
-        def __init__(self, config):
-            formats.append(config.load_format)
-            if config.load_format != "dummy":
-                raise HubUnavailableError("cannot download gpt2: HF_HUB_OFFLINE=1 is set; ...")
-
-    monkeypatch.setattr(nanovllm, "LLMEngine", FakeEngine)
-    assert isinstance(benchmark.make_engine(parse()), FakeEngine)
-    assert formats == ["auto", "dummy"]
-    assert "random weights" in capsys.readouterr().err
+def test_offline_without_the_fallback_fails_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NANOVLLM_MODELS_DIR", str(tmp_path))
+    assert benchmark.main(["--no-allow-dummy-fallback", "--reps", "1"]) == 1
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("error: cannot download gpt2: HF_HUB_OFFLINE=1 is set;")
