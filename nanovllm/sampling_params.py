@@ -1,8 +1,13 @@
-"""Per-request sampling parameters, with vLLM's names and defaults, validated on construction."""
+"""Per-request sampling parameters, with vLLM's names and defaults, validated on construction.
+
+Every refusal is an InvalidRequestError (a ValueError) whose `param` names the field to change.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from nanovllm.errors import InvalidRequestError
 
 
 @dataclass(slots=True)
@@ -50,13 +55,13 @@ class SamplingParams:
             _check_int("max_tokens", self.max_tokens, 1)
         _check_int("min_tokens", self.min_tokens, 0)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens must be at most max_tokens ({self.max_tokens}), "
-                             f"got {self.min_tokens}")
+            raise InvalidRequestError(f"min_tokens must be at most max_tokens ({self.max_tokens}), "
+                                      f"got {self.min_tokens}", "min_tokens")
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, 20)
         if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+            raise InvalidRequestError(f"stop must be non-empty strings, got {self.stop!r}", "stop")
         for i in self.stop_token_ids:
             _check_int("stop_token_ids[]", i, 0)
 
@@ -69,7 +74,7 @@ def _as_list(name: str, value) -> list:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
-        raise ValueError(f"{name} must be a list, got {value!r}")
+        raise InvalidRequestError(f"{name} must be a list, got {value!r}", name)
     return list(value)
 
 
@@ -78,31 +83,38 @@ def _as_bias(value) -> dict[int, float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"logit_bias must be a mapping of token id to bias, got {value!r}")
+        raise InvalidRequestError(f"logit_bias must be a mapping of token id to bias, got {value!r}",
+                                  "logit_bias")
     bias = {}
     for k, v in value.items():
         try:
             token = int(k)
         except (TypeError, ValueError):
-            raise ValueError(f"logit_bias keys must be token ids, got {k!r}") from None
+            raise InvalidRequestError(f"logit_bias keys must be token ids, got {k!r}",
+                                      "logit_bias") from None
         _check_range(f"logit_bias[{k}]", v, -100.0, 100.0)
         bias[token] = float(v)
     return bias
 
 
+def _invalid(name: str, message: str) -> InvalidRequestError:
+    """An error about field `name`; "logit_bias[7]" and "stop_token_ids[]" are about the field."""
+    return InvalidRequestError(message, name.split("[")[0])
+
+
 def _check_int(name: str, value, low: int | None, high: int | None = None, extra: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise _invalid(name, f"{name} must be an integer, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bounds}{' ' + extra if extra else ''}, got {value}")
+        raise _invalid(name, f"{name} must be {bounds}{' ' + extra if extra else ''}, got {value}")
 
 
 def _check_range(name: str, value, low: float, high: float | None, low_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise _invalid(name, f"{name} must be a number, got {value!r}")
     too_low = value <= low if low_open else value < low
     if too_low or (high is not None and value > high):
         lo = f"({low}" if low_open else f"[{low}"
         hi = f"{high}]" if high is not None else "inf)"
-        raise ValueError(f"{name} must be in {lo}, {hi}, got {value}")
+        raise _invalid(name, f"{name} must be in {lo}, {hi}, got {value}")

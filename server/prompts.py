@@ -10,7 +10,6 @@ omitted fields, and clamping logit_bias to [-100, 100] as OpenAI does.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams, validation
@@ -94,8 +93,8 @@ def sampling_params(req: CompletionRequest) -> SamplingParams:
     )
     try:
         return SamplingParams(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise bad_request(f"Invalid sampling parameters: {exc}", _param_named_in(str(exc), kwargs)) from exc
+    except InvalidRequestError as exc:
+        raise bad_request(f"Invalid sampling parameters: {exc}", exc.param) from exc
 
 
 def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
@@ -103,9 +102,3 @@ def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[int, float] | Non
     if not bias:
         return None
     return {int(k): min(100.0, max(-100.0, v)) for k, v in bias.items()}
-
-
-def _param_named_in(message: str, kwargs: dict) -> str | None:
-    """SamplingParams' messages start with the field they are about ("top_p must be ...")."""
-    match = re.match(r"[a-z_]+", message)
-    return match.group(0) if match and match.group(0) in kwargs else None

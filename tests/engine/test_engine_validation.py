@@ -48,10 +48,11 @@ INVALID = [
 @pytest.mark.parametrize("field, kwargs, value", INVALID,
                          ids=[f"{f}={v}" for f, _, v in INVALID])
 def test_invalid_sampling_params_name_field_and_value(field, kwargs, value):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InvalidRequestError) as err:  # a ValueError whose param is the field
         SamplingParams(**kwargs)
     message = str(err.value)
     assert field in message and value in message, message
+    assert err.value.param == field
 
 
 def wrong_type(kwargs: dict, field: str, what: str):
@@ -67,8 +68,9 @@ def wrong_type(kwargs: dict, field: str, what: str):
     wrong_type(dict(logit_bias={1: "x"}), "logit_bias", "a float() error without the field name"),
 ])
 def test_wrongly_typed_sampling_params_raise_value_error(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(InvalidRequestError, match=field) as err:
         SamplingParams(**kwargs)
+    assert err.value.param == field
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(top_k=-1), dict(top_p=1.0, min_p=1.0),
