@@ -45,7 +45,7 @@ class RequestValidator:
     def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""
         prompt_ids = self.prompt_ids(prompt)
-        self.check_context(len(prompt_ids), params.max_tokens)
+        self.check_context(len(prompt_ids), params.max_tokens, params.min_tokens)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
         check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
@@ -65,19 +65,24 @@ class RequestValidator:
             raise InvalidRequestError("The prompt is empty; give at least one token.", "prompt")
         return [int(t) for t in ids]
 
-    def check_context(self, n_prompt: int, max_tokens: int | None) -> None:
-        """Prompt plus completion within max_model_len (vLLM's messages)."""
+    def check_context(self, n_prompt: int, max_tokens: int | None, min_tokens: int) -> None:
+        """Prompt plus completion within max_model_len (vLLM's messages, and its field)."""
         limit = self.max_model_len
-        if n_prompt >= limit:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {limit} tokens. However, your prompt "
-                f"has {n_prompt} tokens, which leaves no room for a completion. Please reduce "
-                "the length of the prompt.", "prompt")
         if max_tokens is not None and n_prompt + max_tokens > limit:
             raise InvalidRequestError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} in the "
                 "completion). Please reduce the length of the prompt or completion.", "max_tokens")
+        if n_prompt >= limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"has {n_prompt} tokens, which leaves no room for a completion. Please reduce "
+                "the length of the prompt.", "prompt")
+        if n_prompt + min_tokens > limit:  # only possible with max_tokens None (up to the limit)
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, min_tokens "
+                f"{min_tokens} after a prompt of {n_prompt} tokens needs {n_prompt + min_tokens}. "
+                "Please reduce min_tokens or the length of the prompt.", "min_tokens")
 
     def check_kv_pool(self, n_prompt: int, max_tokens: int | None) -> None:
         """The longest the request can grow must fit in the whole KV pool, or it never could run."""

@@ -121,6 +121,10 @@ def test_add_request_rejections_leave_the_engine_working(make_engine):
             "maximum context length is 256 tokens", "300", "200", "100")
     rejects(engine, "full", list(range(256)), SamplingParams(max_tokens=None), "prompt",
             "maximum context length is 256 tokens", "256")
+    rejects(engine, "full16", list(range(256)), SamplingParams(max_tokens=16), "max_tokens",
+            "272 tokens (256 in the prompt, 16 in the completion)")
+    rejects(engine, "min", list(range(200)), SamplingParams(max_tokens=None, min_tokens=100),
+            "min_tokens", "maximum context length is 256 tokens", "300")
     rejects(engine, "pool", list(range(100)), SamplingParams(max_tokens=40), "max_tokens",
             "KV", "140", "30")
     rejects(engine, "pool2", [1], SamplingParams(max_tokens=None), "max_tokens", "KV")

@@ -53,6 +53,7 @@ BAD_FIELDS = [
     ({"stop_token_ids": [5000]}, "stop_token_ids", "outside the vocabulary"),
     ({"stop_token_ids": ["a"]}, "stop_token_ids", "stop_token_ids"),
     ({"logit_bias": {"abc": 1}}, "logit_bias", "keys must be token ids"),
+    ({"logit_bias": {"\u00b2": 1}}, "logit_bias", "keys must be token ids"),  # "²".isdigit()
     ({"logit_bias": {"5000": 1}}, "logit_bias", "outside the vocabulary"),
     ({"logit_bias": {"1": "x"}}, "logit_bias", "logit_bias"),
     ({"logit_bias": [1, 2]}, "logit_bias", "logit_bias"),
@@ -118,6 +119,20 @@ def test_context_overflow_message_has_the_numbers(http):
     assert "reduce the length of the prompt or completion" in err["message"]
     err = error_of(http.post("/v1/completions", json={"prompt": [[1], ids], "max_tokens": 60}), 400)
     assert "260 tokens" in err["message"]
+
+
+def test_prompt_filling_the_context_with_default_max_tokens_blames_max_tokens(http):
+    """As vLLM: with max_tokens given (here OpenAI's default 16), the sum is what overflows."""
+    err = error_of(http.post("/v1/completions", json={"prompt": [1] * 256}), 400)
+    assert err["param"] == "max_tokens"
+    assert "272 tokens (256 in the prompt, 16 in the completion)" in err["message"]
+
+
+def test_min_tokens_beyond_the_context_is_refused_when_max_tokens_is_null(http):
+    body = {"prompt": [1] * 200, "max_tokens": None, "min_tokens": 100}
+    err = error_of(http.post("/v1/completions", json=body), 400)
+    assert err["param"] == "min_tokens"
+    assert "maximum context length is 256 tokens" in err["message"] and "300" in err["message"]
 
 
 def test_prompt_filling_the_context_leaves_no_room(http):
