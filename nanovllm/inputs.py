@@ -28,13 +28,20 @@ def unpack_prompt(prompt: PromptType) -> str | list[int]:
     """The text or token ids inside any accepted prompt form; ValueError for anything else."""
     if not isinstance(prompt, dict):
         return prompt
-    keys = set(prompt)
-    if keys == {"prompt"} and isinstance(prompt["prompt"], str):
+    if set(prompt) == {"prompt"} and isinstance(prompt["prompt"], str):
         return prompt["prompt"]
-    if keys == {"prompt_token_ids"} and not isinstance(prompt["prompt_token_ids"], str | dict):
+    if set(prompt) == {"prompt_token_ids"} and is_id_sequence(prompt["prompt_token_ids"]):
         return list(prompt["prompt_token_ids"])
+    found = ", ".join(f"{key!r}: {type(value).__name__}" for key, value in prompt.items())
     raise ValueError(f"a prompt dict takes exactly one key, 'prompt' (text) or 'prompt_token_ids' "
-                     f"(a list of token ids); got keys {sorted(map(str, keys))}")
+                     f"(a list of token ids); got {{{found}}}")
+
+
+def is_id_sequence(value) -> bool:
+    """A list or tuple (of what are checked later to be token ids), or a 1-D integer array."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and np.issubdtype(value.dtype, np.integer)
+    return isinstance(value, list | tuple)
 
 
 def is_single_prompt(prompts) -> bool:

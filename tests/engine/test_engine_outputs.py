@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 from engine_checks import check_engine_invariants, random_prompts, run_engine
 from hypothesis import example, given, settings
@@ -69,10 +70,14 @@ def test_generate_accepts_vllm_prompt_dicts_alone_and_in_lists(make_llm):
     assert dicts[0].prompt == text
     assert [o.outputs[0].token_ids for o in dicts] == [o.outputs[0].token_ids for o in bare]
     assert one.outputs[0].token_ids == bare[1].outputs[0].token_ids
+    [arr] = llm.generate({"prompt_token_ids": np.array(ids, np.int32)}, greedy, use_tqdm=False)
+    assert arr.prompt_token_ids == ids and arr.outputs[0].token_ids == one.outputs[0].token_ids
 
 
 @pytest.mark.parametrize("prompt", [{"text": "hi"}, {"prompt": "hi", "prompt_token_ids": [1]},
-                                    {"prompt": [1, 2]}, {"prompt_token_ids": "hi"}, {}])
+                                    {"prompt": [1, 2]}, {"prompt_token_ids": "hi"}, {},
+                                    {"prompt_token_ids": 5}, {"prompt_token_ids": b"ab"},
+                                    {"prompt_token_ids": {1, 2}}, {"prompt": 5}])
 def test_generate_rejects_malformed_prompt_dicts_by_naming_the_keys(make_llm, prompt):
     llm = make_llm()
     with pytest.raises(ValueError, match="'prompt' \\(text\\) or 'prompt_token_ids'"):
