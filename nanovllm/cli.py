@@ -63,13 +63,20 @@ class _Commands(argparse._SubParsersAction):
 
     def __call__(self, parser, namespace, values, option_string=None):
         command, rest = values[0], values[1:]
-        at = next((i for i, arg in enumerate(rest) if arg in self.nested.get(command, ())), 0)
+        at = self._nested_at(command, rest)
         if at > 0:
             before, nested = " ".join(rest[:at]), rest[at]
-            usage = f"{parser.prog} {command} {nested} {before} ..."
             parser.exit(2, f"{parser.prog} {command}: error: `{before}` must come after "
-                           f"`{nested}`: {usage}\n")
+                           f"`{nested}` (see: {parser.prog} {command} {nested} --help)\n")
         super().__call__(parser, namespace, values, option_string)
+
+    def _nested_at(self, command: str, rest: list[str]) -> int:
+        """Where a nested subcommand appears in `rest`, or 0; `--json serve` names a file."""
+        nested = self.nested.get(command, ())
+        takes_value = {option for action in self.choices[command]._actions if action.nargs != 0
+                       for option in action.option_strings}
+        return next((i for i, arg in enumerate(rest)
+                     if arg in nested and not (i and rest[i - 1] in takes_value)), 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

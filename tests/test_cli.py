@@ -95,8 +95,16 @@ def test_options_before_bench_serve_are_refused_in_one_line(capsys, before):
     assert exit_.value.code == 2
     [err] = capsys.readouterr().err.strip().splitlines()
     flags = " ".join(before)
-    assert err == (f"nanovllm bench: error: `{flags}` must come after `serve`: "
-                   f"nanovllm bench serve {flags} ...")
+    assert err == (f"nanovllm bench: error: `{flags}` must come after `serve` "
+                   "(see: nanovllm bench serve --help)")
+
+
+@pytest.mark.parametrize("argv", [["bench", "--model", "serve"], ["bench", "--json", "serve"]])
+def test_serve_as_an_option_value_is_not_the_subcommand(argv):
+    """A checkpoint directory or JSON file may be called `serve`: the offline bench runs."""
+    args = build_parser().parse_args(argv)
+    assert args.bench_command is None
+    assert "serve" in (args.model, args.json)
 
 
 def test_options_in_their_place_are_honoured():
