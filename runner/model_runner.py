@@ -60,9 +60,9 @@ class NativeModelRunner:
             logprobs={s.seq_id: lp for s, lp in zip(inputs.sample_seqs, logprobs) if lp},
             prompt_logprobs=self._prompt_logprobs(logits[n:], inputs.prompt_rows))
 
-    def slots(self, block_tables: np.ndarray | list[int], positions: np.ndarray) -> np.ndarray:
-        """Cache slots of `positions` through a block table (or a [batch, blocks] stack of them)."""
-        blocks = np.take(block_tables, positions // self.block_size, axis=-1)
+    def slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
+        """Cache slots of one sequence's `positions`, through its block table."""
+        blocks = np.take(block_table, positions // self.block_size)
         return blocks * self.block_size + positions % self.block_size
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:

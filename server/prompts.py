@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams, validation
+from nanovllm.inputs import is_single_prompt
 from server.errors import bad_request, invalid_request
 from server.protocol import CompletionRequest
 
@@ -47,9 +48,7 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
 
 def split_prompts(raw: str | list) -> list[str | list[int]]:
     """The request's prompts: `prompt` is one text or id list, or a list of them."""
-    if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
-        return [raw]
-    return raw
+    return [raw] if is_single_prompt(raw) else raw
 
 
 def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> list[Prompt]:

@@ -8,6 +8,7 @@ Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected ever
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -117,7 +118,7 @@ class CompletionRequest(OpenAIBaseModel):
     @classmethod
     def _bias_keys_are_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
-            if not key.strip().lstrip("-").isdigit():
+            if not re.fullmatch(r"-?[0-9]+", key.strip()):  # not isdigit(): "²" is a digit
                 raise ValueError(f"keys must be token ids, got {key!r}")
         return v
 
