@@ -28,6 +28,11 @@ def chain_hash(token_ids: Seq[int], prefix_hash: int | None) -> int:
     return hash((prefix_hash, tuple(token_ids)))
 
 
+def blocks_needed(num_tokens: int, block_size: int) -> int:
+    """Blocks that hold `num_tokens` tokens (the last one possibly partly filled)."""
+    return -(-num_tokens // block_size)
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
@@ -46,7 +51,7 @@ class BlockManager:
         return len(self.free_block_ids)
 
     def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return blocks_needed(num_tokens, self.block_size)
 
     def match_prefix(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks that hold a prefix of `seq`'s tokens (all but its last token)."""

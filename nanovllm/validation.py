@@ -9,12 +9,12 @@ InvalidRequestError naming the request field to fix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from nanovllm.block_manager import blocks_needed
 from nanovllm.errors import InvalidRequestError
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.sampling_params import SamplingParams
@@ -87,7 +87,7 @@ class RequestValidator:
     def check_kv_pool(self, n_prompt: int, max_tokens: int | None) -> None:
         """The longest the request can grow must fit in the whole KV pool, or it never could run."""
         longest = min(self.max_model_len, n_prompt + (max_tokens or self.max_model_len))
-        needed = math.ceil(longest / self.block_size)
+        needed = blocks_needed(longest, self.block_size)
         if needed > self.num_kv_blocks:
             raise InvalidRequestError(
                 f"the request needs up to {longest} tokens of context = {needed} KV blocks, but "
