@@ -105,9 +105,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
                     out[b, h, d] += probs[h, t] * v_cache[slot, h, d]
 
 
-def compile_kernels() -> None:
+def compile_attention_kernel() -> None:
     """Compiles the decode kernel now (or loads it from numba's cache on disk), for the argument
-    types the runner passes, so that the first request does not wait a second or two for it."""
+    types the runner passes."""
     q = np.zeros((1, 1, 1), np.float32)
     paged_decode_attention(q, q, q, np.zeros((1, 1), np.int64), np.ones(1, np.int64), 1, q.copy())
 

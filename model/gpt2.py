@@ -1,7 +1,8 @@
 """GPT-2 in numpy: the forward pass as a handful of pure functions over float32 arrays.
 
-Weights keep Hugging Face's Conv1D layout ([in, out], so a linear layer is `x @ w + b`) and the LM
-head is tied to the token embedding. Every activation stays float32: Python float constants are
+Weight matrices are stored `[out, in]` (a linear layer is `linear(x, w, b)` = `x @ w.T + b`, see
+`model/linear.py`); the loader transposes Hugging Face's Conv1D `[in, out]` once. The LM head is
+the token embedding itself, `[vocab, n_embd]`, which is already in that layout. Every activation stays float32: Python float constants are
 "weak" scalars in NumPy 2, so they never promote an array to float64.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
@@ -11,27 +12,33 @@ pass) or from a paged KV cache described by an `AttentionBatch` (see `model/atte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from model.attention import AttentionBatch, causal_attention, paged_attention
+from model.attention import (
+    AttentionBatch,
+    causal_attention,
+    compile_attention_kernel,
+    paged_attention,
+)
 from model.config import GPT2Config
+from model.linear import compile_linear_kernel, linear
 
 
 @dataclass(slots=True)
 class BlockWeights:
     ln_1_g: np.ndarray
     ln_1_b: np.ndarray
-    attn_w: np.ndarray       # c_attn: [E, 3E], columns are Q | K | V
+    attn_w: np.ndarray       # c_attn: [3E, E], rows are Q | K | V
     attn_b: np.ndarray
     attn_proj_w: np.ndarray  # [E, E]
     attn_proj_b: np.ndarray
     ln_2_g: np.ndarray
     ln_2_b: np.ndarray
-    fc_w: np.ndarray         # [E, 4E]
+    fc_w: np.ndarray         # [4E, E]
     fc_b: np.ndarray
-    fc_proj_w: np.ndarray    # [4E, E]
+    fc_proj_w: np.ndarray    # [E, 4E]
     fc_proj_b: np.ndarray
 
 
@@ -42,13 +49,13 @@ class GPT2Weights:
     blocks: list[BlockWeights]
     ln_f_g: np.ndarray
     ln_f_b: np.ndarray
-    # The LM head is wte.T. Kept as its own contiguous [E, V] copy: BLAS reads that layout
-    # 1.2x (64 rows) to 1.9x (1 row) faster than the transposed view, and the LM head is the
-    # largest matmul of a decode step.
-    lm_head: np.ndarray = field(init=False)
 
-    def __post_init__(self):
-        self.lm_head = np.ascontiguousarray(self.wte.T)
+
+def compile_kernels() -> None:
+    """Compiles the model's numba kernels now (or loads them from numba's cache on disk), so
+    that the first request does not wait a second or two for them."""
+    compile_attention_kernel()
+    compile_linear_kernel()
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -79,40 +86,33 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:
-    h = x @ blk.fc_w
-    h += blk.fc_b
-    out = gelu(h) @ blk.fc_proj_w
-    out += blk.fc_proj_b
-    return out
+    h = linear(x, blk.fc_w, blk.fc_b)
+    return linear(gelu(h), blk.fc_proj_w, blk.fc_proj_b)
 
 
 def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
                    kv_cache: tuple[np.ndarray, np.ndarray] | None,
                    batch: AttentionBatch | None) -> np.ndarray:
     n, e = x.shape
-    qkv = x @ blk.attn_w
-    qkv += blk.attn_b
+    qkv = linear(x, blk.attn_w, blk.attn_b)
     # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
     if kv_cache is None:
         heads = causal_attention(q, k, v)
     else:
         heads = paged_attention(q, k, v, kv_cache, batch)
-    out = heads.reshape(n, e) @ blk.attn_proj_w
-    out += blk.attn_proj_b
-    return out
+    return linear(heads.reshape(n, e), blk.attn_proj_w, blk.attn_proj_b)
 
 
 def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Token plus position embeddings. Token rows are read as columns of the LM head copy, so
-    the tied `wte` is only ever read once, at load (its pages need not stay resident)."""
-    x = np.take(w.lm_head, token_ids, axis=1).T.copy()
+    """Token plus position embeddings."""
+    x = np.take(w.wte, token_ids, axis=0)
     x += w.wpe[positions]
     return x
 
 
 def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
-    return layer_norm(x, w.ln_f_g, w.ln_f_b, eps) @ w.lm_head
+    return linear(layer_norm(x, w.ln_f_g, w.ln_f_b, eps), w.wte)
 
 
 def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: np.ndarray,

@@ -33,6 +33,8 @@ BLOCK_TENSORS = {
     "fc_proj_b": ("mlp.c_proj.bias", lambda e: (e,)),
 }
 
+CONV1D_MATRICES = {"attn_w", "attn_proj_w", "fc_w", "fc_proj_w"}
+
 
 def is_mask_buffer(name: str) -> bool:
     return MASK_BUFFER.fullmatch(name.removeprefix("transformer.")) is not None
@@ -106,15 +108,22 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
         raise CheckpointError(str(e)) from e
     tensors, source = read_tensors(model_dir)
     _check(cfg, tensors, source, config_path)
-    weights = build_weights(cfg, tensors)
-    release_pages(weights.wte)  # now copied into weights.lm_head; lookups touch few rows
-    return cfg, weights
+    return cfg, build_weights(cfg, tensors)
 
 
 def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray]) -> GPT2Weights:
-    """Arranges checked, un-prefixed HF tensors into the model's weight structure."""
-    blocks = [BlockWeights(**{field: tensors[f"h.{i}.{suffix}"]
+    """Arranges checked, un-prefixed HF tensors into the model's weight structure, with weight
+    matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads."""
+    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"], field)
                               for field, (suffix, _) in BLOCK_TENSORS.items()})
               for i in range(cfg.n_layer)]
     return GPT2Weights(wte=tensors["wte.weight"], wpe=tensors["wpe.weight"], blocks=blocks,
                        ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
+
+
+def _layout(tensor: np.ndarray, field: str) -> np.ndarray:
+    if field not in CONV1D_MATRICES:
+        return tensor
+    transposed = np.ascontiguousarray(tensor.T)
+    release_pages(tensor)  # read once; only the transposed copy stays resident
+    return transposed

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from model.attention import compile_kernels
+from model.gpt2 import compile_kernels
 from runner.kv_cache import KVCache
 from runner.memory import keep_freed_memory
 from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs

@@ -29,13 +29,15 @@ def median_ms(fn, reps: int) -> float:
 
 def gemm_chain(weights, rows: int):
     """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
+    from model.linear import linear
+
     x = np.ones((rows, weights.wpe.shape[1]), np.float32)
-    h = np.ones((rows, weights.blocks[0].fc_w.shape[1]), np.float32)
+    h = np.ones((rows, weights.blocks[0].fc_w.shape[0]), np.float32)
 
     def run():
         for b in weights.blocks:
-            x @ b.attn_w, x @ b.attn_proj_w, x @ b.fc_w, h @ b.fc_proj_w
-        x @ weights.lm_head
+            linear(x, b.attn_w), linear(x, b.attn_proj_w), linear(x, b.fc_w), linear(h, b.fc_proj_w)
+        linear(x, weights.wte)
     return run
 
 

@@ -97,7 +97,7 @@ def test_distilgpt2_dummy_checkpoint_loads_with_six_layers(tmp_path, gpt2_ckpt):
     cfg, weights = load_gpt2(write_dummy_checkpoint(tmp_path, "distilgpt2"))
     assert cfg.n_layer == 6 and len(weights.blocks) == 6
     assert (cfg.n_embd, cfg.n_head, cfg.vocab_size) == (768, 12, 50257)
-    assert weights.blocks[5].fc_w.shape == (768, 3072)
+    assert weights.blocks[5].fc_w.shape == (3072, 768)
 
 
 def test_unknown_preset(tmp_path):

@@ -1,0 +1,115 @@
+"""Linear layers, `x @ w.T + b`, with weights stored `[out, in]` (PyTorch's nn.Linear layout).
+
+A decode step multiplies a few rows by every weight matrix, so it is bound by reading the
+weights from memory. BLAS is slow there: its GEMM repacks the whole matrix for a handful of
+rows (on this CPU, 2 to 8 rows cost twice what 1 row does). Up to `KERNEL_MAX_ROWS` rows, a
+small compiled kernel computes each output as a dot product of a contiguous weight row with
+each input row, reading every weight once, on all cores. Larger batches (prefill) go to BLAS.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Between calls the kernel's worker threads spin before they sleep: GNU OpenMP's default of
+# 300,000 rounds (milliseconds here) keeps a core from BLAS's threads when a GEMM follows, which
+# then runs 2x slower. 10,000 rounds still cover the gaps between the kernel calls of a step.
+# Read when numba first loads its OpenMP pool; a value the user set is kept.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+from numba import njit, prange  # noqa: E402  (after the setting above)
+
+from model.attention import KERNEL_MATH  # noqa: E402
+
+# Rows up to which the kernel beat BLAS here (GPT-2 124M shapes: 1.1x at 64 rows, 1.5-2x at 8-16).
+KERNEL_MAX_ROWS = 64
+# Output columns are split into this many chunks, shared out among the threads.
+NUM_CHUNKS = 64
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x: [M, in], w: [out, in], b: [out] -> [M, out] float32."""
+    if x.shape[0] <= KERNEL_MAX_ROWS:
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
+        matmul_nt(np.ascontiguousarray(x), w, out)
+    else:
+        out = x @ w.T
+    if b is not None:
+        out += b
+    return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def matmul_nt(x, w, out):
+    """out = x @ w.T, by chunks of output columns in parallel. All arrays C-contiguous."""
+    n = w.shape[0]
+    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 3) // 4 * 4  # columns go in fours
+    for chunk in prange(NUM_CHUNKS):
+        dot_columns(x, w, out, min(n, chunk * step), min(n, (chunk + 1) * step))
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def dot_columns(x, w, out, start, end):
+    """out[:, start:end] = x @ w[start:end].T.
+
+    Four rows of x by four rows of w at a time: each weight read from memory serves four rows,
+    and the sixteen sums stay in registers (each becomes a vector accumulator once the loop over
+    the shared dimension is vectorized). Leftover rows and columns are single dot products.
+    """
+    m_rows, k_dim = x.shape
+    col = start
+    while col + 4 <= end:
+        row = 0
+        while row + 4 <= m_rows:
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+            for k in range(k_dim):
+                w0, w1, w2, w3 = w[col, k], w[col + 1, k], w[col + 2, k], w[col + 3, k]
+                x0 = x[row, k]
+                s00 += x0 * w0
+                s01 += x0 * w1
+                s02 += x0 * w2
+                s03 += x0 * w3
+                x1 = x[row + 1, k]
+                s10 += x1 * w0
+                s11 += x1 * w1
+                s12 += x1 * w2
+                s13 += x1 * w3
+                x2 = x[row + 2, k]
+                s20 += x2 * w0
+                s21 += x2 * w1
+                s22 += x2 * w2
+                s23 += x2 * w3
+                x3 = x[row + 3, k]
+                s30 += x3 * w0
+                s31 += x3 * w1
+                s32 += x3 * w2
+                s33 += x3 * w3
+            out[row, col:col + 4] = s00, s01, s02, s03
+            out[row + 1, col:col + 4] = s10, s11, s12, s13
+            out[row + 2, col:col + 4] = s20, s21, s22, s23
+            out[row + 3, col:col + 4] = s30, s31, s32, s33
+            row += 4
+        for r in range(row, m_rows):
+            for c in range(col, col + 4):
+                out[r, c] = dot(x, r, w, c)
+        col += 4
+    for c in range(col, end):
+        for r in range(m_rows):
+            out[r, c] = dot(x, r, w, c)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
+def dot(x, row, w, col):
+    s = np.float32(0.0)
+    for k in range(x.shape[1]):
+        s += x[row, k] * w[col, k]
+    return s
+
+
+def compile_linear_kernel() -> None:
+    """Compiles the kernel now (or loads it from numba's cache on disk)."""
+    x = np.zeros((1, 1), np.float32)
+    matmul_nt(x, x, np.empty((1, 1), np.float32))
