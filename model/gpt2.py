@@ -2,8 +2,9 @@
 
 Weight matrices are stored `[out, in]` (a linear layer is `linear(x, w, b)` = `x @ w.T + b`, see
 `model/linear.py`); the loader transposes Hugging Face's Conv1D `[in, out]` once. The LM head is
-the token embedding itself, `[vocab, n_embd]`, which is already in that layout. Every activation stays float32: Python float constants are
-"weak" scalars in NumPy 2, so they never promote an array to float64.
+the token embedding itself, `[vocab, n_embd]`, already in that layout. Every activation stays
+float32: Python float constants are "weak" scalars in NumPy 2, so they never promote an array to
+float64.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).

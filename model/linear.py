@@ -110,6 +110,10 @@ def dot(x, row, w, col):
 
 
 def compile_linear_kernel() -> None:
-    """Compiles the kernel now (or loads it from numba's cache on disk)."""
+    """Compiles the kernel now (or loads it from numba's cache on disk), for writable weights and
+    for read-only ones (the LM head is the memory-mapped embedding: another signature)."""
     x = np.zeros((1, 1), np.float32)
-    matmul_nt(x, x, np.empty((1, 1), np.float32))
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    for w in (x, read_only):
+        matmul_nt(x, w, np.empty((1, 1), np.float32))
