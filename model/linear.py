@@ -92,21 +92,20 @@ def dot_columns(x, w, out, start, end):
             out[row + 2, col:col + 4] = s20, s21, s22, s23
             out[row + 3, col:col + 4] = s30, s31, s32, s33
             row += 4
-        for r in range(row, m_rows):
-            for c in range(col, col + 4):
-                out[r, c] = dot(x, r, w, c)
+        dot_each(x, w, out, row, m_rows, col, col + 4)  # rows left over
         col += 4
-    for c in range(col, end):
-        for r in range(m_rows):
-            out[r, c] = dot(x, r, w, c)
+    dot_each(x, w, out, 0, m_rows, col, end)  # columns left over
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
-def dot(x, row, w, col):
-    s = np.float32(0.0)
-    for k in range(x.shape[1]):
-        s += x[row, k] * w[col, k]
-    return s
+def dot_each(x, w, out, row_start, row_end, col_start, col_end):
+    """out[r, c] = x[r] . w[c] over the given ranges, one dot product at a time."""
+    for r in range(row_start, row_end):
+        for c in range(col_start, col_end):
+            s = np.float32(0.0)
+            for k in range(x.shape[1]):
+                s += x[r, k] * w[c, k]
+            out[r, c] = s
 
 
 def compile_linear_kernel() -> None:

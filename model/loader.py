@@ -33,9 +33,6 @@ BLOCK_TENSORS = {
     "fc_proj_b": ("mlp.c_proj.bias", lambda e: (e,)),
 }
 
-CONV1D_MATRICES = {"attn_w", "attn_proj_w", "fc_w", "fc_proj_w"}
-
-
 def is_mask_buffer(name: str) -> bool:
     return MASK_BUFFER.fullmatch(name.removeprefix("transformer.")) is not None
 
@@ -114,15 +111,16 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
 def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray]) -> GPT2Weights:
     """Arranges checked, un-prefixed HF tensors into the model's weight structure, with weight
     matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads."""
-    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"], field)
+    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"])
                               for field, (suffix, _) in BLOCK_TENSORS.items()})
               for i in range(cfg.n_layer)]
     return GPT2Weights(wte=tensors["wte.weight"], wpe=tensors["wpe.weight"], blocks=blocks,
                        ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
 
 
-def _layout(tensor: np.ndarray, field: str) -> np.ndarray:
-    if field not in CONV1D_MATRICES:
+def _layout(tensor: np.ndarray) -> np.ndarray:
+    """A block's matrices (its only 2-D tensors) transposed to [out, in]; vectors as they are."""
+    if tensor.ndim != 2:
         return tensor
     transposed = np.ascontiguousarray(tensor.T)
     release_pages(tensor)  # read once; only the transposed copy stays resident
