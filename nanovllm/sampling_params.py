@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from nanovllm.errors import InvalidRequestError
 
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -59,7 +61,7 @@ class SamplingParams:
                                       f"got {self.min_tokens}", "min_tokens")
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0, 20)
+                _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidRequestError(f"stop must be non-empty strings, got {self.stop!r}", "stop")
         for i in self.stop_token_ids:
@@ -68,6 +70,12 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether logit bias, min_tokens or a penalty changes this request's logits."""
+        return bool(self.logit_bias or self.min_tokens or self.presence_penalty
+                    or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
 def _as_list(name: str, value) -> list:

@@ -122,9 +122,7 @@ def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
     for row, seq in zip(logits, seqs):
-        p = seq.params
-        if p.logit_bias or p.min_tokens or p.presence_penalty or p.frequency_penalty \
-                or p.repetition_penalty != 1.0:
+        if seq.params.adjusts_logits:
             adjust_logits_(row, seq, eos_token_id)
     tokens = logits.argmax(axis=-1)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
@@ -134,8 +132,7 @@ def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
         probs = softmax_(logits[sampled] / temps[:, None])  # the division made a fresh array
         for row, i in zip(probs, sampled):
             p = seqs[i].params
-            if p.top_k or p.top_p < 1.0 or p.min_p:
-                filter_probs_(row, p.top_k, p.top_p, p.min_p)
+            filter_probs_(row, p.top_k, p.top_p, p.min_p)
         uniforms = np.array([seqs[i].rng.random() for i in sampled])
         tokens[sampled] = sample_from_probs(probs, uniforms)
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)

@@ -73,6 +73,9 @@ class ServerMetrics:
         self.success = Counter("vllm:request_success", "Count of finished requests.",
                                ["model_name", "finished_reason"], registry=self.registry)
         self.registry.register(EngineStatsCollector(stats, model_name))
+        # This app's series, looked up once: RequestTracker observes them per token.
+        self.ttft_series, self.itl_series, self.e2e_series = (
+            h.labels(model_name) for h in (self.ttft, self.itl, self.e2e))
 
     def tracker(self) -> RequestTracker:
         return RequestTracker(self)
@@ -95,17 +98,16 @@ class RequestTracker:
 
     def observe(self, tag: int, output) -> None:
         now = time.perf_counter()
-        name = self._m.model_name
         for o in output.outputs:
             self._observe_sample(now, (tag, o.index), len(o.token_ids))
         if tag not in self._first_seen and any(o.token_ids for o in output.outputs):
             self._first_seen.add(tag)
-            self._m.ttft.labels(name).observe(now - self._start)
+            self._m.ttft_series.observe(now - self._start)
         if output.finished and tag not in self._done:
             self._done.add(tag)
-            self._m.e2e.labels(name).observe(now - self._start)
+            self._m.e2e_series.observe(now - self._start)
             for o in output.outputs:
-                self._m.success.labels(name, o.finish_reason or "abort").inc()
+                self._m.success.labels(self._m.model_name, o.finish_reason or "abort").inc()
 
     def _observe_sample(self, now: float, sample: tuple[int, int], tokens: int) -> None:
         """Each token after the sample's first is one ITL observation (nothing precedes the first)."""
@@ -115,7 +117,7 @@ class RequestTracker:
             return
         if last_time is not None:
             for _ in range(new):  # outputs can arrive coalesced: spread the gap evenly
-                self._m.itl.labels(self._m.model_name).observe((now - last_time) / new)
+                self._m.itl_series.observe((now - last_time) / new)
         self._last[sample] = (now, tokens)
 
     def aborted(self, tag: int, n: int) -> None:

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+from nanovllm.sampling_params import MAX_LOGPROBS
+
 MAX_N = 128  # bounds the work one request can ask for; vLLM has no explicit cap
 MAX_SEED = 2**63 - 1
 
