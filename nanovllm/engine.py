@@ -78,8 +78,7 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
-        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
-                                        cfg.eos_token_id)
+        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._seeds = np.random.SeedSequence(config.seed)

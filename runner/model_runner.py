@@ -41,10 +41,8 @@ class StepOutput:
 
 
 class NativeModelRunner:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
-                 eos_token_id: int):
-        self.cfg, self.weights = cfg, weights
-        self.block_size, self.eos_token_id = block_size, eos_token_id
+    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int):
+        self.cfg, self.weights, self.block_size = cfg, weights, block_size
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size)
         compile_kernels()
@@ -54,7 +52,7 @@ class NativeModelRunner:
         logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                          self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sample_seqs)
-        tokens, logprobs = sample(logits[:n], inputs.sample_seqs, self.eos_token_id)
+        tokens, logprobs = sample(logits[:n], inputs.sample_seqs, self.cfg.eos_token_id)
         return StepOutput(
             sampled={s.seq_id: int(t) for s, t in zip(inputs.sample_seqs, tokens)},
             logprobs={s.seq_id: lp for s, lp in zip(inputs.sample_seqs, logprobs) if lp},
