@@ -111,6 +111,10 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+async def _invalid_request(_: Request, exc: InvalidRequestError) -> JSONResponse:
+    return JSONResponse(invalid_request(exc).body(), status_code=400)
+
+
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = describe_validation_error(exc)
     return error_response(message, 400, param)
@@ -132,6 +136,7 @@ async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(InvalidRequestError, _invalid_request)  # the engine's refusals
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nanovllm import InvalidRequestError, SamplingParams, validation
+from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.inputs import is_single_prompt
-from server.errors import bad_request, invalid_request
+from server.errors import bad_request
 from server.protocol import CompletionRequest
 
 
@@ -38,14 +38,6 @@ def check_supported(req: CompletionRequest) -> None:
         raise bad_request("`stream_options` can only be defined when `stream=True`.", "stream_options")
 
 
-def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
-    """The engine's token-id rule, for ids that are not part of an engine request (/detokenize)."""
-    try:
-        validation.check_token_ids(ids, vocab_size, param)
-    except InvalidRequestError as exc:
-        raise invalid_request(exc) from exc
-
-
 def split_prompts(raw: str | list) -> list[str | list[int]]:
     """The request's prompts: `prompt` is one text or id list, or a list of them."""
     return [raw] if is_single_prompt(raw) else raw
@@ -55,10 +47,7 @@ def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> lis
     """Each prompt's token ids, as the engine's check_request makes and validates them."""
     prompts = []
     for item in split_prompts(raw):
-        try:
-            token_ids = engine_loop.check_request(item, params)
-        except InvalidRequestError as exc:
-            raise invalid_request(exc) from exc
+        token_ids = engine_loop.check_request(item, params)  # refusals become 400s (errors.py)
         prompts.append(Prompt(token_ids, item if isinstance(item, str) else None))
     return prompts
 

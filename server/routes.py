@@ -10,10 +10,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
+from nanovllm.validation import check_token_ids
 from server.completions import complete, prepare, prompt_chars, start
 from server.context import Ctx
 from server.errors import bad_request, error_response
-from server.prompts import check_token_ids
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
