@@ -1,5 +1,8 @@
 """GPT-2 in numpy: config, weights loader, forward pass, and checkpoints we write ourselves."""
 
+import model.threads  # noqa: F401  (first: it sets up the thread pools before numpy loads)
+
+# isort: split
 from model.attention import AttentionBatch
 from model.config import PRESETS, GPT2Config
 from model.dummy import cache_root, is_dummy_checkpoint, write_dummy_checkpoint

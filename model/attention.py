@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @dataclass(slots=True)
@@ -66,13 +66,12 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
 # copy of every context, and that copy cost more than the attention itself (issue 6).
 # Reassociation lets the dot products vectorize; no-NaN/no-Inf assumptions are not allowed.
-# It runs on the calling thread: a second thread pool next to BLAS's fights it for the two cores
-# (measured: a parallel version was no faster between GEMMs, and 3x slower with spinning threads).
-# It releases the GIL, as BLAS does, so the server's event loop keeps streaming meanwhile.
+# Sequences are shared out among numba's threads, the pool the decode GEMMs run on too
+# (`model/linear.py`); it releases the GIL, so the server's event loop keeps streaming meanwhile.
 KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out):
     """One query per sequence, attending to its context read straight through its block table.
 
@@ -82,7 +81,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     """
     num_seqs, n_head, head_dim = q.shape
     scale = np.float32(1.0 / np.sqrt(head_dim))
-    for b in range(num_seqs):
+    for b in prange(num_seqs):
         n = context_lens[b]
         probs = np.empty((n_head, n), np.float32)
         for t in range(n):  # scores, position by position: each slot's K is [H, D] contiguous

@@ -9,19 +9,10 @@ each input row, reading every weight once, on all cores. Larger batches (prefill
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from numba import njit, prange
 
-# Between calls the kernel's worker threads spin before they sleep: GNU OpenMP's default of
-# 300,000 rounds (milliseconds here) keeps a core from BLAS's threads when a GEMM follows, which
-# then runs 2x slower. 10,000 rounds still cover the gaps between the kernel calls of a step.
-# Read when numba first loads its OpenMP pool; a value the user set is kept.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
-from numba import njit, prange  # noqa: E402  (after the setting above)
-
-from model.attention import KERNEL_MATH  # noqa: E402
+from model.attention import KERNEL_MATH
 
 # Rows up to which the kernel beat BLAS here (GPT-2 124M shapes: 1.1x at 64 rows, 1.5-2x at 8-16).
 KERNEL_MAX_ROWS = 64

@@ -1,5 +1,8 @@
 """nanovllm: a readable vLLM-style GPT-2 inference engine whose model runs on numpy."""
 
+import model.threads  # noqa: F401  (first: it sets up the thread pools before numpy loads)
+
+# isort: split
 from nanovllm.config import EngineConfig
 from nanovllm.engine import EngineStats, LLMEngine
 from nanovllm.errors import InvalidRequestError

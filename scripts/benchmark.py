@@ -35,10 +35,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+
+# isort: split
+import numpy as np
 
 from scripts.bench_transformers import TransformersRunner
 from scripts.bench_utils import (

@@ -15,6 +15,9 @@ import argparse
 import sys
 import time
 
+import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+
+# isort: split
 import numpy as np
 
 

@@ -1,0 +1,19 @@
+"""How the two thread pools on this CPU share its cores.
+
+numpy's GEMMs run on OpenBLAS's threads; the compiled kernels (`model/linear.py`,
+`model/attention.py`) run on numba's OpenMP threads. A step alternates between them, and an
+idle worker of either pool spins before it sleeps, keeping a core from the other pool:
+
+- GNU OpenMP spins 300,000 rounds (milliseconds here) by default: the GEMM after a kernel ran
+  2x slower. 10,000 rounds still cover the gaps between the kernel calls of a step.
+- OpenBLAS spins 2^28 cycles (~0.1 s) by default: a parallel kernel after a GEMM ran at the
+  speed of a serial one. 2^16 cycles (~20 us) still cover back-to-back GEMMs.
+
+Each pool reads its setting once, when it starts: this module must be imported before numpy
+(`import model` and `import nanovllm` do it first). A value the user set is kept.
+"""
+
+import os
+
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
