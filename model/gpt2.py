@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from model.attention import (
+    KERNEL_MATH,
     AttentionBatch,
     causal_attention,
     compile_attention_kernel,
@@ -57,19 +59,42 @@ def compile_kernels() -> None:
     that the first request does not wait a second or two for them."""
     compile_attention_kernel()
     compile_linear_kernel()
+    compile_layer_norm()
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centered = x - mean
-    var = np.mean(centered * centered, axis=-1, keepdims=True)
-    centered /= np.sqrt(var + eps)
-    centered *= g
-    centered += b
-    return centered
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def layer_norm(x, g, b, eps):
+    """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b.
+
+    A compiled loop over rows, on numba's threads: numpy's version makes six passes over x and
+    took 4-6x longer (~4% of a batch-1 decode step).
+    """
+    out = np.empty_like(x)
+    n = x.shape[1]
+    for i in prange(x.shape[0]):
+        mean = np.float32(0.0)
+        for j in range(n):
+            mean += x[i, j]
+        mean /= n
+        var = np.float32(0.0)
+        for j in range(n):
+            var += (x[i, j] - mean) * (x[i, j] - mean)
+        inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
+        for j in range(n):
+            out[i, j] = (x[i, j] - mean) * inv_std * g[j] + b[j]
+    return out
+
+
+def compile_layer_norm() -> None:
+    """For writable and for read-only (memory-mapped) g and b: two signatures."""
+    x = np.zeros((1, 1), np.float32)
+    read_only = np.zeros(1, np.float32)
+    read_only.flags.writeable = False
+    for v in (x[0], read_only):
+        layer_norm(x, v, v, 1e-5)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
