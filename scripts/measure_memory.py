@@ -1,0 +1,77 @@
+"""Resident memory of a running engine against its weights and its KV pool.
+
+Starts an engine, runs `--batch` requests (32-token prompts, 128 new tokens, EOS ignored) and
+then one `--long-prompt`-token prompt, and prints the process's resident set size (VmRSS) after
+each phase. The figure the project's target is about is (RSS - KV pool) / fp32 weights: what the
+process holds beyond the pool it was told to allocate, in units of the model's weights.
+
+    python scripts/measure_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+
+# isort: split
+import numpy as np
+
+
+def resident_mib() -> float:
+    """This process's VmRSS (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
+
+
+def weight_bytes(weights) -> int:
+    arrays = [weights.wte, weights.wpe, weights.ln_f_g, weights.ln_f_b]
+    arrays += [getattr(b, name) for b in weights.blocks for name in b.__slots__]
+    return sum(a.nbytes for a in arrays)
+
+
+def run(engine, prompts: list[list[int]], max_tokens: int) -> None:
+    from nanovllm import SamplingParams
+
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=max_tokens)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}-{len(prompt)}", prompt, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--long-prompt", type=int, default=1000)
+    args = p.parse_args(argv)
+
+    from nanovllm import EngineConfig, LLMEngine
+
+    engine = LLMEngine(EngineConfig(args.model, load_format="dummy"))
+    weights_mib = weight_bytes(engine.runner.weights) / 2**20
+    pool_mib = engine.runner.kv_cache.nbytes / 2**20
+    print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
+    print(f"started: RSS {resident_mib():.0f} MiB")
+    rng = np.random.default_rng(0)
+    vocab = engine.model_config.vocab_size
+    run(engine, [rng.integers(0, vocab, 32).tolist() for _ in range(args.batch)], 128)
+    print(f"after {args.batch} x 32 -> 128: RSS {resident_mib():.0f} MiB")
+    long_prompt = min(args.long_prompt, engine.model_config.n_positions - 1)
+    run(engine, [rng.integers(0, vocab, long_prompt).tolist()], 1)
+    rss = resident_mib()
+    print(f"after a {long_prompt}-token prompt: RSS {rss:.0f} MiB; "
+          f"(RSS - KV pool) / weights = {(rss - pool_mib) / weights_mib:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
