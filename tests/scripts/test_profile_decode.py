@@ -13,4 +13,3 @@ def test_profile_decode_reports_the_non_gemm_share(tiny_ckpt, capsys):
     line = capsys.readouterr().out
     assert re.search(r"batch 3, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms", line)
     assert re.search(r"= -?\d+% of the step", line)
-
