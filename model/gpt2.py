@@ -8,6 +8,8 @@ float64.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
+Layer norm, like the small-batch linear layers and decode attention, is a short numba loop
+compiled at engine start (`compile_kernels`); the rest is numpy.
 """
 
 from __future__ import annotations
