@@ -110,10 +110,10 @@ def _top_p_(probs: np.ndarray, top_p: float) -> None:
 def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token."""
     cdf = np.cumsum(probs, axis=-1)
-    targets = uniforms * cdf[:, -1]
-    # Rounding can put a target at the very top of the CDF: fall back to the last possible token.
-    last_possible = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-    return np.minimum((cdf <= targets[:, None]).sum(axis=-1), last_possible)
+    # Rounding can put a target at the very top of the CDF, past every token: keep it just below,
+    # so it lands where the CDF last rises (a token whose probability is not zero).
+    targets = np.minimum(uniforms * cdf[:, -1], np.nextafter(cdf[:, -1], np.float32(0)))
+    return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
 
 
 def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
