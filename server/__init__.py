@@ -4,8 +4,3 @@ Layout: protocol (request models), prompts (validation and SamplingParams), engi
 (the engine thread), request_stream (per-request output queue), completions and streaming
 (response building), routes, app (build_app), metrics, errors, cli (`nanovllm serve`).
 """
-
-from nanovllm import __version__  # one version for the engine and the server
-from server.app import build_app
-
-__all__ = ["__version__", "build_app"]
