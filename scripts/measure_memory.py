@@ -31,22 +31,6 @@ def resident_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
 
 
-def weight_bytes(weights) -> int:
-    arrays = [weights.wte, weights.wpe, weights.ln_f_g, weights.ln_f_b]
-    arrays += [getattr(b, name) for b in weights.blocks for name in b.__slots__]
-    return sum(a.nbytes for a in arrays)
-
-
-def run(engine, prompts: list[list[int]], max_tokens: int) -> None:
-    from nanovllm import SamplingParams
-
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=max_tokens)
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}-{len(prompt)}", prompt, params)
-    while engine.has_unfinished_requests():
-        engine.step()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
@@ -54,19 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-prompt", type=int, default=1000)
     args = p.parse_args(argv)
 
-    from nanovllm import EngineConfig, LLMEngine
+    from nanovllm import LLM, SamplingParams
 
-    engine = LLMEngine(EngineConfig(args.model, load_format="dummy"))
-    weights_mib = weight_bytes(engine.runner.weights) / 2**20
-    pool_mib = engine.runner.kv_cache.nbytes / 2**20
+    llm = LLM(args.model, load_format="dummy")
+    cfg = llm.engine.model_config
+    weights_mib = cfg.num_params * 4 / 2**20  # fp32; the LM head is the embedding itself
+    pool_mib = llm.engine.runner.kv_cache.nbytes / 2**20
     print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
     print(f"started: RSS {resident_mib():.0f} MiB")
     rng = np.random.default_rng(0)
-    vocab = engine.model_config.vocab_size
-    run(engine, [rng.integers(0, vocab, 32).tolist() for _ in range(args.batch)], 128)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=128)
+    llm.generate([rng.integers(0, cfg.vocab_size, 32).tolist() for _ in range(args.batch)], params,
+                 use_tqdm=False)
     print(f"after {args.batch} x 32 -> 128: RSS {resident_mib():.0f} MiB")
-    long_prompt = min(args.long_prompt, engine.model_config.n_positions - 1)
-    run(engine, [rng.integers(0, vocab, long_prompt).tolist()], 1)
+    long_prompt = min(args.long_prompt, cfg.n_positions - 1)
+    llm.generate(rng.integers(0, cfg.vocab_size, long_prompt).tolist(),
+                 SamplingParams(max_tokens=1), use_tqdm=False)
     rss = resident_mib()
     print(f"after a {long_prompt}-token prompt: RSS {rss:.0f} MiB; "
           f"(RSS - KV pool) / weights = {(rss - pool_mib) / weights_mib:.2f}")
