@@ -33,6 +33,7 @@ BLOCK_TENSORS = {
     "fc_proj_b": ("mlp.c_proj.bias", lambda e: (e,)),
 }
 
+
 def is_mask_buffer(name: str) -> bool:
     return MASK_BUFFER.fullmatch(name.removeprefix("transformer.")) is not None
 

@@ -292,7 +292,6 @@ def _result_json(r: CellResult) -> dict:
     return entry
 
 
-
 def format_table(results: list[CellResult], report: dict) -> str:
     model = report["model"]
     weights = "random weights" if model["dummy"] else "pretrained weights"

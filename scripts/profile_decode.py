@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model.threads  # noqa: F401  (before numpy: see model/threads.py)
 
