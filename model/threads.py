@@ -6,6 +6,12 @@ idle worker of either pool spins before it sleeps, keeping a core from the other
 
 - GNU OpenMP spins 300,000 rounds (milliseconds here) by default: the GEMM after a kernel ran
   2x slower. 10,000 rounds still cover the gaps between the kernel calls of a step.
+- GNU OpenMP also cuts that spin to 100 rounds once it manages more threads than there are
+  cores, which happens as soon as a second thread runs kernels (the server's engine thread,
+  after start-up compiled them on the main thread). Its workers then sleep between kernels and
+  each kernel waits ~50 us to wake them: batch-1 decode steps ran 20-30% slower there.
+  `OMP_WAIT_POLICY=ACTIVE` keeps the 10,000-round spin in that case too; with the count set it
+  does not spin forever, and an idle process uses no CPU.
 - OpenBLAS spins 2^28 cycles (~0.1 s) by default: a parallel kernel after a GEMM ran at the
   speed of a serial one. 2^16 cycles (~20 us) still cover back-to-back GEMMs.
 
@@ -16,4 +22,5 @@ Each pool reads its setting once, when it starts: this module must be imported b
 import os
 
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
