@@ -1,10 +1,11 @@
 """Causal multi-head attention, over the current tokens or over a paged KV cache.
 
 The paged cache is one pair of arrays per layer, `[num_slots, n_head, head_dim]`, where a slot is
-`block_id * block_size + offset`. A step's new keys and values are written to their slots first;
-then every sequence reads its whole context back through its slots. A prefill chunk gathers its
-context with numpy and attends causally; decodes, one query each, are attended by a small
-compiled kernel that reads the cache through each sequence's block table, as vLLM's does.
+`block_id * block_size + offset`, float32 or (to halve its memory and what decodes read) float16.
+A step's new keys and values are written to their slots first; then every sequence reads its
+whole context back through its slots. A prefill chunk gathers its context with numpy and
+attends causally; decodes, one query each, are attended by a small compiled kernel that reads
+the cache through each sequence's block table, as vLLM's does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
+
+from model.half import as_kernel_array, from_float32, to_float32
 
 
 @dataclass(slots=True)
@@ -75,8 +78,9 @@ KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out):
     """One query per sequence, attending to its context read straight through its block table.
 
-    q, out: [B, H, D]; k_cache, v_cache: [num_slots, H, D]; block_tables: [B, max_blocks];
-    context_lens: [B]. Each K/V byte is read once. q should be C-contiguous (~1.7x slower if not).
+    q, out: [B, H, D]; k_cache, v_cache: [num_slots, H, D] float32, or a float16 cache's bits
+    (`model.half.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]. Each K/V
+    byte is read once. q should be C-contiguous (~1.7x slower if not).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
     """
     num_seqs, n_head, head_dim = q.shape
@@ -89,7 +93,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
             for h in range(n_head):
                 dot = np.float32(0.0)
                 for d in range(head_dim):
-                    dot += q[b, h, d] * k_cache[slot, h, d]
+                    dot += q[b, h, d] * to_float32(k_cache[slot, h, d])
                 probs[h, t] = dot * scale
         for h in range(n_head):  # softmax of each head's row
             row = probs[h]
@@ -101,29 +105,44 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
             slot = block_tables[b, t // block_size] * block_size + t % block_size
             for h in range(n_head):
                 for d in range(head_dim):
-                    out[b, h, d] += probs[h, t] * v_cache[slot, h, d]
+                    out[b, h, d] += probs[h, t] * to_float32(v_cache[slot, h, d])
+
+
+@njit(cache=True, nogil=True)
+def write_slots(cache, slots, x):
+    """cache[slots] = x, x: [n, H, D] float32, C-contiguous (or the loop does not vectorize); the
+    cache as `model.half.as_kernel_array` gives it. numpy's cast to float16 is ~8x slower."""
+    for i in range(slots.shape[0]):
+        row, new = cache[slots[i]], x[i]
+        for h in range(new.shape[0]):
+            for d in range(new.shape[1]):
+                row[h, d] = from_float32(new[h, d], cache)
 
 
 def compile_attention_kernel() -> None:
-    """Compiles the decode kernel now (or loads it from numba's cache on disk), for the argument
-    types the runner passes."""
+    """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
+    argument types the runner passes: float32 and float16 caches."""
     q = np.zeros((1, 1, 1), np.float32)
-    paged_decode_attention(q, q, q, np.zeros((1, 1), np.int64), np.ones(1, np.int64), 1, q.copy())
+    for cache in (q, as_kernel_array(q.astype(np.float16))):
+        paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
+                               1, q.copy())
+        write_slots(cache, np.zeros(1, np.int64), q)
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """cache[slots]; np.take is ~3x faster than fancy indexing here."""
-    return np.take(cache, slots, axis=0)
+    """cache[slots] as float32; np.take is ~3x faster than fancy indexing here."""
+    return np.take(cache, slots, axis=0).astype(np.float32, copy=False)
 
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch) -> np.ndarray:
     k_cache, v_cache = kv_cache
-    k_cache[batch.slot_mapping] = k
-    v_cache[batch.slot_mapping] = v
+    k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
+    write_slots(k_bits, batch.slot_mapping, np.ascontiguousarray(k))
+    write_slots(v_bits, batch.slot_mapping, np.ascontiguousarray(v))
     out = np.empty_like(q)
     if batch.num_decodes:  # (q is a strided view of the fused projection: copy it)
-        paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_cache, v_cache,
+        paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_bits, v_bits,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
                                out[:batch.num_decodes])

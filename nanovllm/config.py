@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from runner.kv_cache import KV_CACHE_DTYPES
+
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 
 
@@ -20,6 +22,7 @@ class EngineConfig:
     seed: int = 0
     kv_cache_memory_bytes: int | None = None
     num_kv_blocks: int | None = None     # overrides kv_cache_memory_bytes
+    kv_cache_dtype: str = "auto"         # "auto" (float32, exact) or "float16" (half the memory)
     tokenizer: str | None = None         # a tokenizer directory other than the model's
     revision: str | None = None          # hub revision when the model is downloaded
     allow_dummy_fallback: bool = False   # a preset the hub cannot deliver: random weights instead
@@ -28,6 +31,9 @@ class EngineConfig:
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ValueError(f"load_format must be 'auto', 'safetensors' or 'dummy', "
                              f"got {self.load_format!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(map(repr, KV_CACHE_DTYPES))}, "
+                             f"got {self.kv_cache_dtype!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
@@ -59,6 +65,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-memory-bytes", type=int, default=None,
                    help=f"KV pool size in bytes (default {DEFAULT_KV_CACHE_BYTES})")
     g.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks")
+    g.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto",
+                   help="'auto': float32, exact; 'float16': half the memory per token and faster "
+                        "decode attention, K/V rounded to float16")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     g.add_argument("--revision", default=None, help="hub revision to download")
     g.add_argument("--allow-dummy-fallback", action=argparse.BooleanOptionalAction, default=False,

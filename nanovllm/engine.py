@@ -69,7 +69,7 @@ class LLMEngine:
                              f"n_positions={cfg.n_positions}")
         self.num_kv_blocks = config.num_kv_blocks or max(1, (
             config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // kv_bytes_per_block(
-                cfg, config.block_size))
+                cfg, config.block_size, config.kv_cache_dtype))
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self._validator = RequestValidator(self.tokenizer, self.vocab_size, self.max_model_len,
@@ -78,7 +78,8 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
-        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size)
+        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
+                                        config.kv_cache_dtype)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._seeds = np.random.SeedSequence(config.seed)
@@ -89,9 +90,9 @@ class LLMEngine:
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
                     cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
                     self.max_model_len)
-        logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB)", self.num_kv_blocks,
-                    config.block_size, self.num_kv_blocks * config.block_size,
-                    self.runner.kv_cache.nbytes / 2**20)
+        logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
+                    self.num_kv_blocks, config.block_size, self.num_kv_blocks * config.block_size,
+                    self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:

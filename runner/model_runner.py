@@ -41,10 +41,11 @@ class StepOutput:
 
 
 class NativeModelRunner:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int):
+    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
+                 kv_cache_dtype: str = "auto"):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         keep_freed_memory()
-        self.kv_cache = KVCache(cfg, num_blocks, block_size)
+        self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         compile_kernels()
 
     def run(self, batch: ScheduledBatch) -> StepOutput:

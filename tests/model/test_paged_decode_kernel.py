@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.attention import paged_decode_attention
+from model.attention import paged_decode_attention, write_slots
+from model.half import as_kernel_array
 
 
 def reference(q, k_cache, v_cache, tables, lens, block_size):
@@ -26,8 +28,10 @@ def reference(q, k_cache, v_cache, tables, lens, block_size):
 
 @settings(max_examples=40, deadline=None)
 @given(lens=st.lists(st.integers(1, 70), min_size=1, max_size=9),
-       block_size=st.sampled_from([1, 4, 16]), seed=st.integers(0, 2**32 - 1))
-def test_kernel_matches_numpy_attention_over_shuffled_block_tables(lens, block_size, seed):
+       block_size=st.sampled_from([1, 4, 16]), seed=st.integers(0, 2**32 - 1),
+       cache_dtype=st.sampled_from([np.float32, np.float16]))
+def test_kernel_matches_numpy_attention_over_shuffled_block_tables(lens, block_size, seed,
+                                                                   cache_dtype):
     rng = np.random.default_rng(seed)
     n_head, head_dim = 3, 8
     blocks_per_seq = [-(-n // block_size) for n in lens]
@@ -36,15 +40,33 @@ def test_kernel_matches_numpy_attention_over_shuffled_block_tables(lens, block_s
     tables = np.zeros((len(lens), max(blocks_per_seq)), np.int64)
     for b, count in enumerate(blocks_per_seq):
         tables[b, :count] = [free.pop() for _ in range(count)]
-    k_cache, v_cache = (4 * rng.standard_normal((num_blocks * block_size, n_head, head_dim),
-                                                dtype=np.float32) for _ in range(2))
+    k_cache, v_cache = ((4 * rng.standard_normal((num_blocks * block_size, n_head, head_dim),
+                                                 dtype=np.float32)).astype(cache_dtype)
+                        for _ in range(2))
     # q as the model passes it: a strided column slice of the fused qkv projection
     qkv = rng.standard_normal((len(lens), 3 * n_head * head_dim), dtype=np.float32)
     q = qkv[:, :n_head * head_dim].reshape(len(lens), n_head, head_dim)
     out = np.full(q.shape, np.nan, np.float32)
-    paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out)
+    paged_decode_attention(q, as_kernel_array(k_cache), as_kernel_array(v_cache), tables,
+                           np.array(lens), block_size, out)
+    # float16 caches too: the kernel reads their values exactly, so the tolerance is the same
     np.testing.assert_allclose(out, reference(q, k_cache, v_cache, tables, lens, block_size),
                                atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_write_slots_stores_rows_like_numpy(cache_dtype):
+    """New keys arrive as a strided view of the fused projection; the runner makes them
+    contiguous. Each lands in its slot, rounded to the cache's type, and nothing else changes."""
+    rng = np.random.default_rng(1)
+    cache = rng.standard_normal((40, 3, 8)).astype(cache_dtype)
+    expected = cache.copy()
+    qkv = 100 * rng.standard_normal((5, 3 * 24), dtype=np.float32)
+    new = qkv[:, 24:48].reshape(5, 3, 8)
+    slots = np.array([7, 0, 39, 12, 13])
+    write_slots(as_kernel_array(cache), slots, np.ascontiguousarray(new))
+    expected[slots] = new
+    assert np.array_equal(cache, expected)
 
 
 def test_kernel_keeps_large_scores_finite():

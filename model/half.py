@@ -1,0 +1,68 @@
+"""float16 values inside the compiled kernels, which numba cannot handle as float16.
+
+A float16 KV cache halves what decode attention reads from memory. numba has no float16 type,
+so kernels see such a cache as its uint16 bit patterns (`as_kernel_array`): `to_float32` widens
+an element as it is read and `from_float32` rounds a value as it is written. Both are
+a few integer instructions; numpy's own float32 -> float16 cast is not vectorized and cost ~3 ns
+per element, more than the attention it saves at small batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+
+def as_kernel_array(a: np.ndarray) -> np.ndarray:
+    """What a kernel can read: a float16 array as its bit patterns, anything else as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def to_float32(x):
+    """An element of `as_kernel_array(a)` as float32. Only callable inside compiled kernels."""
+    raise NotImplementedError("to_float32 is compiled into numba kernels only")
+
+
+@overload(to_float32, inline="always")
+def _to_float32(x):
+    if x == types.uint16:
+        return float16_bits_to_float32
+    return lambda x: x
+
+
+def from_float32(x, cache):
+    """float32 `x` as an element of `cache`, an `as_kernel_array(a)`. Only inside kernels."""
+    raise NotImplementedError("from_float32 is compiled into numba kernels only")
+
+
+@overload(from_float32, inline="always")
+def _from_float32(x, cache):
+    if cache.dtype == types.uint16:
+        return lambda x, cache: float32_to_float16_bits(x)
+    return lambda x, cache: x
+
+
+def float16_bits_to_float32(x):
+    # Sign to bit 31, exponent and mantissa to the top of float32's fields: that reads as the
+    # value times 2**-112 (float32's exponent bias is 112 more than float16's), subnormals too;
+    # the multiply restores it exactly. Inf and NaN (exponent 31) come out as finite values.
+    bits = np.uint32(((x & 0x8000) << 16) | ((x & 0x7FFF) << 13))
+    return bits.view(np.float32) * np.float32(2.0 ** 112)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def float32_to_float16_bits(x):
+    """The float16 nearest to float32 `x` (ties to even), as bits: numpy's x.astype(float16)."""
+    f = np.float32(x).view(np.uint32)
+    sign = f & 0x80000000
+    f = np.uint32(f ^ sign)  # |x| (numba widens integer results to 64 bits: narrow it back)
+    if f >= 0x47800000:  # 65536 or more: infinity (NaN stays NaN)
+        bits = 0x7E00 if f > 0x7F800000 else 0x7C00
+    elif f < 0x38800000:  # below float16's smallest normal, 2**-14: subnormal or zero
+        # Adding 0.5 puts the float16 subnormal's bits at the bottom of the mantissa, and the
+        # addition rounds them to even.
+        bits = np.float32(f.view(np.float32) + np.float32(0.5)).view(np.uint32) - 0x3F000000
+    else:  # re-bias the exponent, round the 13 dropped bits to even, then drop them
+        bits = (f + 0xC8000FFF + ((f >> 13) & 1)) >> 13
+    return np.uint16((bits & 0x7FFF) | (sign >> 16))

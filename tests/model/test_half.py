@@ -1,0 +1,57 @@
+"""float16 KV storage inside kernels: bit-exact widening and rounding, against numpy's float16."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from numba import njit
+
+from model.attention import KERNEL_MATH
+from model.half import as_kernel_array, float32_to_float16_bits, to_float32
+
+
+@njit(fastmath=KERNEL_MATH)  # the flags the attention kernel compiles it with
+def widen_all(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = to_float32(bits[i])
+
+
+@njit
+def round_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = float32_to_float16_bits(x[i])
+
+
+def test_every_finite_float16_widens_exactly():
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]  # subnormals and both zeros included
+    out = np.empty(finite.shape, np.float32)
+    widen_all(as_kernel_array(finite), out)
+    assert np.array_equal(out.view(np.uint32), finite.astype(np.float32).view(np.uint32))
+
+
+def test_float32_widens_to_itself():
+    x = np.array([1.5, -0.0, 3e38, 1e-45], np.float32)
+    out = np.empty_like(x)
+    widen_all(as_kernel_array(x), out)
+    assert np.array_equal(out.view(np.uint32), x.view(np.uint32))
+
+
+def test_rounding_to_float16_matches_numpy_bit_for_bit():
+    rng = np.random.default_rng(0)
+    edges = np.array([0, 0x80000000, 0x7F800000, 0xFF800000,  # zeros, infinities
+                      0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FF001, 0x47800000,  # near 65504
+                      0x33000000, 0x33000001, 0x387FC000, 0x387FF000, 0x38800000,  # subnormals
+                      0x3F801000, 0x3F803000], np.uint32)  # ties to even
+    bits = np.concatenate([edges, rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32),
+                           rng.standard_normal(200_000).astype(np.float32).view(np.uint32)])
+    x = bits.view(np.float32)
+    out = np.empty(x.shape, np.uint16)
+    round_all(x, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns about the overflows it turns into inf
+        expected = x.astype(np.float16)
+    nan = np.isnan(x)
+    assert np.isnan(out[nan].view(np.float16)).all()
+    assert np.array_equal(out[~nan], expected[~nan].view(np.uint16))
