@@ -8,8 +8,8 @@ float64.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
-Layer norm, like the small-batch linear layers and decode attention, is a short numba loop
-compiled at engine start (`compile_kernels`); the rest is numpy.
+Layer norm and GELU, like the small-batch linear layers and decode attention, are short numba
+loops compiled at engine start (`compile_kernels`); the rest is numpy.
 """
 
 from __future__ import annotations
@@ -62,9 +62,7 @@ def compile_kernels() -> None:
     compile_attention_kernel()
     compile_linear_kernel()
     compile_layer_norm()
-
-
-GELU_C = math.sqrt(2.0 / math.pi)
+    gelu(np.zeros((1, 1), np.float32))
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -99,24 +97,39 @@ def compile_layer_norm() -> None:
         layer_norm(x, v, v, 1e-5)
 
 
-# GELU runs over this many rows at a time: its temporary then stays in cache, and out of the
-# peak memory of a large prefill step (2,048 rows: 10.5 -> 6.1 ms per layer, 25 MB less heap).
-GELU_ROWS = 128
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+GELU_MATH = {"contract", "arcp", "nsz"}  # KERNEL_MATH without reassociation: exp32's ln 2 split
+LOG2_E = np.float32(1.4426950408889634)
+LN2_HI = np.float32(0.693145751953125)  # ln 2 in two parts: n * LN2_HI is exact for |n| < 2**11,
+LN2_LO = np.float32(1.428606765330187e-06)  # so the reduced argument keeps float32 precision
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh approximation (`gelu_new`), computed in place on `x`."""
-    for start in range(0, x.shape[0], GELU_ROWS):
-        rows = x[start:start + GELU_ROWS]
-        inner = rows * rows
-        inner *= 0.044715
-        inner += 1.0
-        inner *= rows
-        inner *= GELU_C
-        np.tanh(inner, out=inner)
-        inner += 1.0
-        rows *= 0.5
-        rows *= inner
+@njit(fastmath=GELU_MATH, cache=True, inline="always")
+def exp32(t):
+    """e**t in float32 as 2**n * e**r, |r| <= ln(2)/2, with e**r to 7 Taylor terms (error below
+    float32's rounding). numba calls libm's scalar expf; this vectorizes."""
+    if t > np.float32(88.7):  # beyond float32
+        return np.float32(np.inf)
+    t = max(t, np.float32(-87.0))  # so 2**n stays a normal float32: below, e**-87 (~1.6e-38)
+    n = np.floor(t * LOG2_E + np.float32(0.5))
+    r = (t - n * LN2_HI) - n * LN2_LO
+    p = np.float32(1 / 5040)
+    for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
+        p = p * r + np.float32(c)
+    return p * np.uint32((np.int32(n) + 127) << 23).view(np.float32)
+
+
+@njit(fastmath=GELU_MATH, cache=True, nogil=True, parallel=True)
+def gelu(x):
+    """GPT-2's tanh approximation (`gelu_new`) in place on x ([n, 4E], C-contiguous), as
+    0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)). numpy's version made nine passes over x and took
+    3-5x longer (~2% of a batch-64 decode step, ~3% of a prefill)."""
+    for i in prange(x.shape[0]):
+        row = x[i]
+        for j in range(row.shape[0]):
+            v = row[j]
+            u = GELU_C * (v + np.float32(0.044715) * v * v * v)
+            row[j] = v / (np.float32(1.0) + exp32(np.float32(-2.0) * u))
     return x
 
 
