@@ -6,7 +6,7 @@ matmuls that a step of that batch must do: the four per layer and the LM head, w
 weights and row count. The difference is attention, layer norm, GELU, sampling, scheduling,
 input building and detokenizing. Medians of `--steps` runs.
 
-    python scripts/profile_decode.py --batch 64
+    python scripts/profile_decode.py --batch 64 [--kv-cache-dtype float16]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import model.threads  # noqa: F401  (before numpy: see model/threads.py)
 
 # isort: split
 import numpy as np
+
+from runner.kv_cache import KV_CACHE_DTYPES
 
 
 def median_ms(fn, reps: int) -> float:
@@ -54,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=96, help="context length when timing starts")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
     args = p.parse_args(argv)
 
     from nanovllm import EngineConfig, LLMEngine, SamplingParams
 
-    engine = LLMEngine(EngineConfig(args.model, load_format="dummy"))
+    engine = LLMEngine(EngineConfig(args.model, load_format="dummy",
+                                    kv_cache_dtype=args.kv_cache_dtype))
     rng = np.random.default_rng(0)
     for i in range(args.batch):
         prompt = rng.integers(0, engine.model_config.vocab_size - 1, 32).tolist()
