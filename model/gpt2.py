@@ -28,6 +28,7 @@ from model.attention import (
     paged_attention,
 )
 from model.config import GPT2Config
+from model.exp32 import exp32
 from model.linear import compile_linear_kernel, linear
 
 
@@ -98,28 +99,9 @@ def compile_layer_norm() -> None:
 
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-GELU_MATH = {"contract", "arcp", "nsz"}  # KERNEL_MATH without reassociation: exp32's ln 2 split
-LOG2_E = np.float32(1.4426950408889634)
-LN2_HI = np.float32(0.693145751953125)  # ln 2 in two parts: n * LN2_HI is exact for |n| < 2**11,
-LN2_LO = np.float32(1.428606765330187e-06)  # so the reduced argument keeps float32 precision
 
 
-@njit(fastmath=GELU_MATH, cache=True, inline="always")
-def exp32(t):
-    """e**t in float32 as 2**n * e**r, |r| <= ln(2)/2, with e**r to 7 Taylor terms (error below
-    float32's rounding). numba calls libm's scalar expf; this vectorizes."""
-    if t > np.float32(88.7):  # beyond float32
-        return np.float32(np.inf)
-    t = max(t, np.float32(-87.0))  # so 2**n stays a normal float32: below, e**-87 (~1.6e-38)
-    n = np.floor(t * LOG2_E + np.float32(0.5))
-    r = (t - n * LN2_HI) - n * LN2_LO
-    p = np.float32(1 / 5040)
-    for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
-        p = p * r + np.float32(c)
-    return p * np.uint32((np.int32(n) + 127) << 23).view(np.float32)
-
-
-@njit(fastmath=GELU_MATH, cache=True, nogil=True, parallel=True)
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def gelu(x):
     """GPT-2's tanh approximation (`gelu_new`) in place on x ([n, 4E], C-contiguous), as
     0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)). numpy's version made nine passes over x and took

@@ -46,6 +46,19 @@ def test_gelu_stays_float32_and_matches_the_tanh_formula():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-30)
 
 
+def test_softmax_matches_float64_and_gives_masked_entries_exactly_zero():
+    scores = 30 * f32(2, 7, 300)
+    scores[:, :, 200:] = -np.inf  # as the causal mask leaves them
+    expected = np.exp(scores.astype(np.float64) - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    out = softmax_(scores)
+    assert out is scores
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-12)
+    assert (out[:, :, 200:] == 0).all()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        softmax_(f32(4, 6)[:, ::2])
+
+
 def test_softmax_and_attention_stay_float32():
     assert softmax_(f32(3, 5)).dtype == np.float32
     q, k, v = f32(6, 4, 16, seed=1), f32(9, 4, 16, seed=2), f32(9, 4, 16, seed=3)
