@@ -19,10 +19,11 @@ EXP_MATH = {"contract", "arcp", "nsz"}
 @njit(fastmath=EXP_MATH, cache=True, nogil=True)
 def exp32(t):
     """e**t as 2**n * e**r, |r| <= ln(2)/2, with e**r to 7 Taylor terms (error below float32's
-    rounding). Beyond float32's normal range: inf above, 0 below."""
-    if t > np.float32(88.7):
+    rounding). Outside [-87, 88], where 2**n would leave float32's normal range: 0 below, inf
+    above (e**88 is 1.7e38; float32 ends at 3.4e38)."""
+    if t > np.float32(88.0):
         return np.float32(np.inf)
-    if t < np.float32(-87.3):
+    if t < np.float32(-87.0):
         return np.float32(0.0)
     n = np.floor(t * LOG2_E + np.float32(0.5))
     r = (t - n * LN2_HI) - n * LN2_LO
