@@ -4,7 +4,8 @@ Runs `batch` greedy requests (32-token prompts, EOS ignored) until their context
 `--context`. It then times engine steps, and in the same process the bare chain of weight
 matmuls that a step of that batch must do: the four per layer and the LM head, with the same
 weights and row count. The difference is attention, layer norm, GELU, sampling, scheduling,
-input building and detokenizing. Medians of `--steps` runs.
+input building and detokenizing. Steps and chains alternate, so that both see the same machine
+speed (a VM's can drift within seconds); medians of `--steps` of each.
 
     python scripts/profile_decode.py --batch 64 [--kv-cache-dtype float16]
 """
@@ -27,13 +28,15 @@ import numpy as np
 from runner.kv_cache import KV_CACHE_DTYPES
 
 
-def median_ms(fn, reps: int) -> float:
-    times = []
+def alternating_medians_ms(fns, reps: int) -> list[float]:
+    """Runs the functions in turn `reps` times; the median time of each, in ms."""
+    times = [[] for _ in fns]
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [float(np.median(spent)) * 1e3 for spent in times]
 
 
 def gemm_chain(weights, rows: int):
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=96, help="context length when timing starts")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
     args = p.parse_args(argv)
 
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           max_tokens=args.context + args.steps))
     for _ in range(args.context - 32 + 1):
         engine.step()
-    step = median_ms(engine.step, args.steps)
-    gemm = median_ms(gemm_chain(engine.runner.weights, args.batch), args.steps)
+    step, gemm = alternating_medians_ms([engine.step, gemm_chain(engine.runner.weights, args.batch)],
+                                        args.steps)
     print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "
           f"({args.batch / step * 1e3:.0f} tok/s); weight GEMMs alone {gemm:.1f} ms; "
           f"everything else {step - gemm:.1f} ms = {100 * (1 - gemm / step):.0f}% of the step")
