@@ -8,12 +8,16 @@ import pytest
 from model.attention import paged_decode_attention, softmax_rows_, write_slots
 from model.gpt2 import gelu, layer_norm
 from model.linear import matmul_nt
-from nanovllm import SamplingParams
+from nanovllm import LLM, SamplingParams
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "float16"])
-def test_first_request_compiles_nothing_new(make_llm, kv_cache_dtype):
-    llm = make_llm(kv_cache_dtype=kv_cache_dtype)
+@pytest.mark.parametrize("checkpoint", ["tiny_ckpt", "gpt2_ckpt"])
+def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype):
+    """On the tiny test model and on GPT-2's real shapes, whose loaded arrays differ in kind
+    (its F32 biases stay read-only views of the file)."""
+    llm = LLM(str(request.getfixturevalue(checkpoint)), num_kv_blocks=64,
+              kv_cache_dtype=kv_cache_dtype)
     kernels = (matmul_nt, paged_decode_attention, layer_norm, gelu, write_slots, softmax_rows_)
     before = [list(k.signatures) for k in kernels]
     llm.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
