@@ -129,7 +129,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 @njit(cache=True, nogil=True)
 def write_slots(cache, slots, x):
     """cache[slots] = x, x: [n, H, D] float32, C-contiguous (or the loop does not vectorize); the
-    cache as `model.half.as_kernel_array` gives it. numpy's cast to float16 is ~8x slower."""
+    cache as `model.half.as_kernel_array` gives it. numpy's cast to float16 is ~8x slower. Like
+    the decode kernel it does not check bounds: the runner's slots are in the pool."""
     for i in range(slots.shape[0]):
         row, new = cache[slots[i]], x[i]
         for h in range(new.shape[0]):

@@ -5,6 +5,11 @@ so kernels see such a cache as its uint16 bit patterns (`as_kernel_array`): `to_
 an element as it is read and `from_float32` rounds a value as it is written, each a few integer
 instructions that vectorize. (numpy's float32 -> float16 cast does not: ~3 ns per element, 3 ms
 of a batch-64 decode step, most of what the smaller cache saves.)
+
+Values beyond float16's range are stored as +-65504, its largest.
+
+numba's on-disk cache does not notice edits to this module in the kernels that use it
+(`model/attention.py`): after changing it, delete `model/__pycache__/*.nbi` and `*.nbc`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ def to_float32(x):
 @overload(to_float32, inline="always")
 def _to_float32(x):
     if x == types.uint16:
-        return float16_bits_to_float32
+        return lambda x: float16_bits_to_float32(x)
     return lambda x: x
 
 
@@ -43,26 +48,34 @@ def _from_float32(x, cache):
     return lambda x, cache: x
 
 
+# Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
+# kept, so the kernel's reassociation cannot move the 2**112 onto products (into subnormals).
+@njit(cache=True, nogil=True)
 def float16_bits_to_float32(x):
+    """Finite float16 bits as the float32 of the same value, exactly (numpy's astype(float32)).
+    Exponent 31 is not special-cased: the test for it cost all the speed the float16 cache
+    gains, and `float32_to_float16_bits` never writes infinity."""
     # Sign to bit 31, exponent and mantissa to the top of float32's fields: that reads as the
-    # value times 2**-112 (float32's exponent bias is 112 more than float16's), subnormals too;
-    # the multiply restores it exactly. Inf and NaN (exponent 31) come out as finite values.
+    # value times 2**-112 (float32's exponent bias is 112 more than float16's), subnormals too,
+    # and the multiply restores it exactly.
     bits = np.uint32(((x & 0x8000) << 16) | ((x & 0x7FFF) << 13))
     return bits.view(np.float32) * np.float32(2.0 ** 112)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def float32_to_float16_bits(x):
-    """The float16 nearest to float32 `x` (ties to even), as bits: numpy's x.astype(float16)."""
+    """The float16 nearest to float32 `x` (ties to even), as bits: numpy's x.astype(float16),
+    except that beyond float16's range it saturates at +-65504 instead of giving infinity, so
+    that the decode kernel and numpy read a cached value alike. NaN stays NaN."""
     f = np.float32(x).view(np.uint32)
     sign = f & 0x80000000
     f = np.uint32(f ^ sign)  # |x| (numba widens integer results to 64 bits: narrow it back)
-    if f >= 0x47800000:  # 65536 or more: infinity (NaN stays NaN)
-        bits = 0x7E00 if f > 0x7F800000 else 0x7C00
+    if f >= 0x477FF000:  # 65520 or more, which rounds to infinity: the largest float16
+        bits = 0x7E00 if f > 0x7F800000 else 0x7BFF
     elif f < 0x38800000:  # below float16's smallest normal, 2**-14: subnormal or zero
         # Adding 0.5 puts the float16 subnormal's bits at the bottom of the mantissa, and the
         # addition rounds them to even.
         bits = np.float32(f.view(np.float32) + np.float32(0.5)).view(np.uint32) - 0x3F000000
-    else:  # re-bias the exponent, round the 13 dropped bits to even, then drop them
-        bits = (f + 0xC8000FFF + ((f >> 13) & 1)) >> 13
+    else:  # re-bias the exponent (127 -> 15), round the 13 dropped bits to even, drop them
+        bits = (f - 0x38000000 + 0xFFF + ((f >> 13) & 1)) >> 13
     return np.uint16((bits & 0x7FFF) | (sign >> 16))

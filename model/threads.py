@@ -11,7 +11,9 @@ idle worker of either pool spins before it sleeps, keeping a core from the other
   after start-up compiled them on the main thread). Its workers then sleep between kernels and
   each kernel waits ~50 us to wake them: batch-1 decode steps ran 20-30% slower there.
   `OMP_WAIT_POLICY=ACTIVE` keeps the 10,000-round spin in that case too; with the count set it
-  does not spin forever, and an idle process uses no CPU.
+  does not spin forever, and an idle process uses no CPU. That holds for GNU OpenMP only, which
+  numba uses on Linux: other OpenMP runtimes read ACTIVE as "spin forever", so it is set on
+  Linux only.
 - OpenBLAS spins 2^28 cycles (~0.1 s) by default: a parallel kernel after a GEMM ran at the
   speed of a serial one. 2^16 cycles (~20 us) still cover back-to-back GEMMs.
 
@@ -20,7 +22,9 @@ Each pool reads its setting once, when it starts: this module must be imported b
 """
 
 import os
+import sys
 
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")

@@ -22,7 +22,7 @@ class EngineConfig:
     seed: int = 0
     kv_cache_memory_bytes: int | None = None
     num_kv_blocks: int | None = None     # overrides kv_cache_memory_bytes
-    kv_cache_dtype: str = "auto"         # "auto" (float32, exact) or "float16" (half the memory)
+    kv_cache_dtype: str = "auto"         # "auto" = "float32" (exact) or "float16" (half the memory)
     tokenizer: str | None = None         # a tokenizer directory other than the model's
     revision: str | None = None          # hub revision when the model is downloaded
     allow_dummy_fallback: bool = False   # a preset the hub cannot deliver: random weights instead
