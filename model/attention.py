@@ -52,13 +52,18 @@ def softmax_rows_(x):
     """Softmax of each row of x ([n, c]) in place, rows shared out among numba's threads: numpy
     made five passes over the scores, with its exp the slowest (a 512-token prefill: ~40 ms)."""
     for i in prange(x.shape[0]):
-        row = x[i]
-        top = row.max()
-        total = np.float32(0.0)
-        for j in range(row.shape[0]):
-            row[j] = exp32(row[j] - top)
-            total += row[j]
-        row *= np.float32(1.0) / total
+        softmax_row_(x[i])
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def softmax_row_(row):
+    """Softmax of one row in place (also decode attention's, per head)."""
+    top = row.max()
+    total = np.float32(0.0)
+    for j in range(row.shape[0]):
+        row[j] = exp32(row[j] - top)
+        total += row[j]
+    row *= np.float32(1.0) / total
 
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this
@@ -112,12 +117,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
                 for d in range(head_dim):
                     dot += q[b, h, d] * to_float32(k_cache[slot, h, d])
                 probs[h, t] = dot * scale
-        for h in range(n_head):  # softmax of each head's row
-            row = probs[h]
-            top = row.max()
-            for t in range(n):
-                row[t] = exp32(row[t] - top)
-            row /= row.sum()
+        for h in range(n_head):
+            softmax_row_(probs[h])
         out[b] = 0.0
         for t in range(n):
             slot = block_tables[b, t // block_size] * block_size + t % block_size

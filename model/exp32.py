@@ -25,8 +25,8 @@ EXP_MATH = {"contract", "arcp", "nsz"}
 @njit(fastmath=EXP_MATH, cache=True, nogil=True)
 def exp32(t):
     """e**t as 2**n * e**r, |r| <= ln(2)/2, with e**r as its Taylor polynomial of degree 7 (whose
-    error is below float32's rounding). Outside [-87, 88], where 2**n would leave float32's normal range: 0 below, inf
-    above (e**88 is 1.7e38; float32 ends at 3.4e38)."""
+    error is below float32's rounding). Outside [-87, 88], where 2**n would leave float32's normal
+    range: 0 below, inf above (e**88 is 1.7e38; float32 ends at 3.4e38)."""
     if t > np.float32(88.0):
         return np.float32(np.inf)
     if t < np.float32(-87.0):
