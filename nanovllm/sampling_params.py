@@ -5,7 +5,10 @@ Every refusal is an InvalidRequestError (a ValueError) whose `param` names the f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from nanovllm.errors import InvalidRequestError
 
@@ -87,7 +90,12 @@ def _as_list(name: str, value) -> list:
 
 
 def _as_bias(value) -> dict[int, float]:
-    """logit_bias as {token id: bias}; JSON gives the ids as strings, as OpenAI's API does."""
+    """logit_bias as {token id: bias}; JSON gives the ids as strings, as OpenAI's API does.
+
+    The one check of a bias's key and range: the server clamps the values to [-100, 100]
+    first (as OpenAI does) and passes the keys through; whether an id is in the vocabulary
+    is the engine's rule (validation.py).
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -95,14 +103,19 @@ def _as_bias(value) -> dict[int, float]:
                                   "logit_bias")
     bias = {}
     for k, v in value.items():
-        try:
-            token = int(k)
-        except (TypeError, ValueError):
-            raise InvalidRequestError(f"logit_bias keys must be token ids, got {k!r}",
-                                      "logit_bias") from None
+        token = _bias_token(k)
         _check_range(f"logit_bias[{k}]", v, -100.0, 100.0)
         bias[token] = float(v)
     return bias
+
+
+def _bias_token(key) -> int:
+    """An integer, or a string of ASCII digits: int() alone would take "1_0", "²" or 1.5."""
+    if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key.strip()):
+        return int(key)
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return int(key)
+    raise InvalidRequestError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
 
 
 def _invalid(name: str, message: str) -> InvalidRequestError:

@@ -85,8 +85,9 @@ def sampling_params(req: CompletionRequest) -> SamplingParams:
         raise bad_request(f"Invalid sampling parameters: {exc}", exc.param) from exc
 
 
-def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
-    """OpenAI clamps biases to [-100, 100] where the engine would refuse them."""
+def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
+    """OpenAI clamps biases to [-100, 100] where the engine would refuse them; SamplingParams
+    turns the keys into token ids (or refuses them)."""
     if not bias:
         return None
-    return {int(k): min(100.0, max(-100.0, v)) for k, v in bias.items()}
+    return {k: min(100.0, max(-100.0, v)) for k, v in bias.items()}
