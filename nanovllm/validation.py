@@ -62,7 +62,7 @@ class RequestValidator:
             ids = list(prompt)
             check_token_ids(ids, self.vocab_size, "prompt")
         if not ids:
-            raise InvalidRequestError("The prompt is empty; give at least one token.", "prompt")
+            raise InvalidRequestError("The prompt must not be empty; give at least one token.", "prompt")
         return [int(t) for t in ids]
 
     def check_context(self, n_prompt: int, max_tokens: int | None, min_tokens: int) -> None:

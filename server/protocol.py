@@ -50,25 +50,20 @@ def _is_token_id(x: Any) -> bool:
 
 
 def _check_prompt_shape(value: Any) -> Any:
-    """Check the prompt's shape here, so that errors read better than a 4-way union error."""
+    """The prompt's JSON shape, with its token ids as ints; a bad shape is one clear error
+    rather than pydantic's 4-way union error. Whether the prompt can run (not empty, every id
+    in the vocabulary) is the engine's rule, asked before submitting (prompts.resolve_prompts).
+    """
     if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
-        items = value
-    elif isinstance(value, list) and value and all(_is_token_id(t) for t in value):
-        items = [value]
-    elif isinstance(value, list) and value and all(
-            isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
-        items = value
-    else:
-        raise ValueError(PROMPT_SHAPE)
-    if any(len(p) == 0 for p in items):
-        raise ValueError("prompt must not be empty")
-    negative = [t for p in items if isinstance(p, list) for t in p if t < 0]
-    if negative:
-        raise ValueError(f"prompt contains token id {negative[0]} outside the vocabulary "
-                         "(token ids are >= 0)")
-    return value
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(p, str) for p in value):
+            return value
+        if all(_is_token_id(t) for t in value):
+            return [int(t) for t in value]
+        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+            return [[int(t) for t in p] for p in value]
+    raise ValueError(PROMPT_SHAPE)
 
 
 class CompletionRequest(OpenAIBaseModel):
@@ -102,7 +97,8 @@ class CompletionRequest(OpenAIBaseModel):
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
 
-    @field_validator("prompt", mode="before")
+    # The only check of `prompt` here: Prompt, the annotation, documents it in the OpenAPI doc.
+    @field_validator("prompt", mode="plain", json_schema_input_type=Prompt)
     @classmethod
     def _prompt_shape(cls, v: Any) -> Any:
         return _check_prompt_shape(v)
