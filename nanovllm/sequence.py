@@ -54,6 +54,7 @@ class Sequence:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    penalty_counts: object = None                # the sampler's PenaltyCounts, if penalised
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -58,6 +58,41 @@ def token_logprobs(logprobs_row: np.ndarray, token: int, top_n: int) -> TokenLog
     return TokenLogprobs(ids, lps, ranks)
 
 
+class PenaltyCounts:
+    """What the penalties read from one sequence: the tokens it has seen (prompt and output,
+    for repetition_penalty) and how often it generated each (for presence and frequency).
+
+    Kept on the sequence and brought up to date each step with only the tokens appended since
+    the last (a token list only grows), instead of recounting the whole sequence every step.
+    """
+
+    __slots__ = ("num_counted", "seen", "seen_ids", "output_counts")
+
+    def __init__(self) -> None:
+        self.num_counted = 0                        # how many of the sequence's tokens are in
+        self.seen: set[int] = set()
+        self.seen_ids = np.empty(0, np.int64)       # `seen` as an array, to index logits with
+        self.output_counts: dict[int, int] = {}     # generated token -> times generated
+
+    def update(self, token_ids: list[int], num_prompt_tokens: int) -> PenaltyCounts:
+        new = token_ids[self.num_counted:]
+        for token in token_ids[max(self.num_counted, num_prompt_tokens):]:
+            self.output_counts[token] = self.output_counts.get(token, 0) + 1
+        unseen = [t for t in dict.fromkeys(new) if t not in self.seen]
+        if unseen:
+            self.seen.update(unseen)
+            self.seen_ids = np.concatenate([self.seen_ids, np.array(unseen, np.int64)])
+        self.num_counted = len(token_ids)
+        return self
+
+
+def penalty_counts(seq: Sequence) -> PenaltyCounts:
+    """The sequence's PenaltyCounts, made on its first penalised step, counted up to now."""
+    if seq.penalty_counts is None:
+        seq.penalty_counts = PenaltyCounts()
+    return seq.penalty_counts.update(seq.token_ids, seq.num_prompt_tokens)
+
+
 def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None:
     """Logit bias, min_tokens and the penalties, in place on one row."""
     p = seq.params
@@ -66,17 +101,25 @@ def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None
     if seq.num_output_tokens < p.min_tokens:
         banned = p.stop_token_ids + ([] if p.ignore_eos else [eos_token_id])
         logits[banned] = -np.inf
+    if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+        _penalize_(logits, penalty_counts(seq), p)
+    np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
+    logits[np.isnan(logits)] = -np.inf
+
+
+def _penalize_(logits: np.ndarray, counts: PenaltyCounts, p) -> None:
+    """vLLM's penalties, in its order: repetition on every seen token, then frequency and
+    presence on the generated ones (only those rows change: a count of 0 subtracts nothing)."""
     if p.repetition_penalty != 1.0:
-        seen = np.unique(seq.token_ids)
+        seen = counts.seen_ids
         vals = logits[seen]
         with np.errstate(over="ignore", divide="ignore"):  # extreme penalties: clipped below
             logits[seen] = np.where(vals > 0, vals / p.repetition_penalty,
                                     vals * p.repetition_penalty)
-    if p.presence_penalty or p.frequency_penalty:
-        counts = np.bincount(seq.output_token_ids, minlength=logits.shape[0])
-        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
-    np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
-    logits[np.isnan(logits)] = -np.inf
+    if (p.presence_penalty or p.frequency_penalty) and counts.output_counts:
+        ids = np.fromiter(counts.output_counts, np.int64, len(counts.output_counts))
+        times = np.fromiter(counts.output_counts.values(), np.int64, len(ids))
+        logits[ids] -= p.frequency_penalty * times + p.presence_penalty
 
 
 def filter_probs_(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:

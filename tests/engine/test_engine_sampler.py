@@ -188,6 +188,37 @@ def test_penalties_compose_in_vllms_order():
     assert got[5] == pytest.approx(0.75)
 
 
+def penalized_by_definition(logits, token_ids, num_prompt, p: SamplingParams) -> np.ndarray:
+    """The penalties recounted from the whole sequence, as their definition reads."""
+    row = np.array(logits, np.float32)
+    seen = np.unique(token_ids)
+    with np.errstate(over="ignore", divide="ignore"):
+        row[seen] = np.where(row[seen] > 0, row[seen] / p.repetition_penalty,
+                             row[seen] * p.repetition_penalty)
+    counts = np.bincount(token_ids[num_prompt:], minlength=len(row))
+    row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+    return row
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompt=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+       steps=st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=3), max_size=8),
+       repetition=st.sampled_from([1.0, 0.5, 1.3]), presence=st.sampled_from([0.0, 0.5, -1.0]),
+       frequency=st.sampled_from([0.0, 0.25, -0.5]))
+def test_incremental_penalty_counts_match_the_definition(prompt, steps, repetition, presence,
+                                                         frequency):
+    """Counts carried from step to step (one or more tokens appended in between, as after a
+    prefill chunk) penalise exactly as counting the whole sequence afresh does."""
+    seq = make_seq(prompt, [], repetition_penalty=repetition, presence_penalty=presence,
+                   frequency_penalty=frequency)
+    for appended in [[], *steps]:
+        seq.token_ids.extend(appended)
+        got = np.array(BASE, np.float32)
+        adjust_logits_(got, seq, EOS)
+        expected = penalized_by_definition(BASE, seq.token_ids, len(prompt), seq.params)
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("temperature", [1e-3, 1e-30, 1e-45])
 def test_tiny_temperatures_sample_the_argmax(temperature):
     """Like vLLM, temperatures below 0.01 count as 0.01 (dividing by less overflows float32)."""
