@@ -95,13 +95,16 @@ class LLMEngine:
                     self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
 
     # ---- requests in -------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
+                    final_only: bool = False) -> None:
+        """Queue a request; step() returns its cumulative output after every step that adds a
+        token, or with `final_only` only once it finishes (for callers that read nothing else)."""
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_ids = self.check_request(prompt, params)
         prompt = unpack_prompt(prompt)
         request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
-                          params)
+                          params, final_only=final_only)
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None] * len(prompt_ids)
         request.seqs = [self._new_sequence(request, index) for index in range(params.n)]
@@ -159,10 +162,12 @@ class LLMEngine:
                 self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
                 touched[seq.request.request_id] = seq.request
         self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start)
-        outputs = [self._request_output(r) for r in touched.values()]
-        for out in outputs:
-            if out.finished:
-                del self.requests[out.request_id]
+        outputs = []
+        for request in touched.values():
+            if request.finished:
+                del self.requests[request.request_id]
+            if request.finished or not request.final_only:
+                outputs.append(self._request_output(request))
         return outputs
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:

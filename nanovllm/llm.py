@@ -37,7 +37,7 @@ class LLM:
         ids = [str(next(self._request_ids)) for _ in prompts]  # numbered across calls, as in vLLM
         try:
             for rid, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(rid, prompt, p)
+                self.engine.add_request(rid, prompt, p, final_only=True)  # read when finished
             results = self._run(set(ids), use_tqdm)
         finally:
             self.engine.abort_request(ids)  # a no-op for the ids that finished

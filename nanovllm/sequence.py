@@ -29,6 +29,7 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     # One entry per prompt position (the first is None), filled as prefill chunks are computed.
     prompt_logprobs: list | None = None
+    final_only: bool = False  # step() builds its RequestOutput only once it has finished
 
     @property
     def finished(self) -> bool:

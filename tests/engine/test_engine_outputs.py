@@ -146,6 +146,21 @@ def test_streamed_text_only_grows_and_ends_as_the_decoded_ids(make_engine):
     assert sum(o[-1].outputs[0].finish_reason == "stop" for o in history.values()) >= 5
 
 
+def test_final_only_requests_are_output_once_and_alike(make_engine):
+    """add_request(final_only=True) (LLM.generate's way) skips the running outputs; the
+    final one is what a cumulative request of the same seed ends with."""
+    engine = make_engine()
+    for i in range(2):
+        params = SamplingParams(n=2, seed=5, max_tokens=6, ignore_eos=True)
+        engine.add_request(f"final-{i}", [5, 6, 7], params, final_only=True)
+        engine.add_request(f"every-{i}", [5, 6, 7], params)
+    history = run_engine(engine)
+    for i in range(2):
+        [final] = history[f"final-{i}"]
+        assert final.finished and len(history[f"every-{i}"]) > 1
+        assert final.outputs == history[f"every-{i}"][-1].outputs
+
+
 def gpt2_byte_token(tok, byte: int) -> int:
     """The tiny vocabulary's token for one raw byte (GPT-2's byte-to-unicode alphabet)."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
