@@ -213,10 +213,11 @@ class LLMEngine:
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler
         # Requests, not sequences: a request with n samples counts once, as running if any runs.
-        running = {s.request.request_id for s in sched.running}
-        waiting = {s.request.request_id for s in sched.waiting} - running
+        # Every unfinished request is running or waiting (step() drops the finished ones), so
+        # only the running sequences are looked at: the server asks after every step.
+        num_running = len({s.request for s in sched.running})
         return EngineStats(
-            num_running=len(running), num_waiting=len(waiting),
+            num_running=num_running, num_waiting=len(self.requests) - num_running,
             num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks,
             kv_cache_usage=1.0 - bm.num_free_blocks / bm.num_blocks,
             prompt_tokens_total=self.prompt_tokens_total,

@@ -45,6 +45,10 @@ def check_engine_invariants(engine: LLMEngine) -> None:
     used = {b for s in sched.running for b in s.block_table}
     assert stats.num_free_blocks + len(used) == stats.num_total_blocks
     assert len(sched.running) <= engine.config.max_num_seqs
+    # Requests, counted from the queues: running if any sample runs, else waiting.
+    running = {s.request.request_id for s in sched.running}
+    waiting = {s.request.request_id for s in sched.waiting} - running
+    assert (stats.num_running, stats.num_waiting) == (len(running), len(waiting))
 
 
 def run_engine(engine: LLMEngine, max_steps: int = 10_000) -> dict[str, list[RequestOutput]]:
