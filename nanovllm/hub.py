@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-HUB_REPOS: dict[str, str] = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-}
+from model import PRESETS
+
+# The hub names are model.PRESETS' names (the one list of them); each one's repo is its
+# organisation's: openai-community's, but for distilgpt2.
+_HUB_ORGS = {"distilgpt2": "distilbert"}
+HUB_REPOS: dict[str, str] = {name: f"{_HUB_ORGS.get(name, 'openai-community')}/{name}"
+                             for name in PRESETS}
 
 # Everything serving reads, and nothing else: hub GPT-2 repos also carry TF, Flax, ONNX, tflite
 # and pytorch_model.bin copies that would multiply the download several times over.
@@ -375,7 +375,7 @@ def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
     Written to a temporary sibling and renamed, so concurrent first calls (engine and server
     tests, say) never see half a checkpoint; whichever rename lands first wins.
     """
-    from model import PRESETS, cache_root, write_dummy_checkpoint
+    from model import cache_root, write_dummy_checkpoint  # at call time: tests swap the writer
     from model.dummy import DUMMY_FORMAT_VERSION
 
     if preset not in PRESETS:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import PRESETS, GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
+from model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
 from model.dummy import random_weights
 from model.loader import build_weights
 from nanovllm.config import EngineConfig
@@ -50,8 +50,8 @@ def load_model(config: EngineConfig) -> LoadedModel:
 def preset_for(model: str) -> str | None:
     """The preset a hub name stands for (`gpt2`, or its repo id `openai-community/gpt2`), or None:
     only presets have a dummy checkpoint of the right shapes."""
-    return next((preset for preset, repo_id in HUB_REPOS.items()
-                 if model in (preset, repo_id) and preset in PRESETS), None)
+    return next((preset for preset, repo_id in HUB_REPOS.items() if model in (preset, repo_id)),
+                None)
 
 
 def _load_dummy(config: EngineConfig) -> LoadedModel:
