@@ -91,6 +91,11 @@ def default_output(name_or_repo: str) -> Path:
     return models_root() / name_or_repo
 
 
+def download_dir(name_or_repo: str, output: str | Path | None = None) -> Path:
+    """Where download_model puts a model: `output` if given, else models/<name>."""
+    return Path(output) if output is not None else default_output(name_or_repo)
+
+
 def staging_dir(output: Path) -> Path:
     return output.with_name(output.name + PARTIAL_SUFFIX)
 
@@ -287,7 +292,7 @@ def download_model(name_or_repo: str, output: str | Path | None = None,
     Raises HubUnavailableError (offline), DownloadError (repo unusable) or ValueError (bad name).
     """
     repo_id = repo_id_for(name_or_repo)
-    output = Path(output) if output is not None else default_output(name_or_repo)
+    output = download_dir(name_or_repo, output)
     marker = read_marker(output)
     if not force and _matches(marker, repo_id, revision):
         log(f"{output} already holds {repo_id} @ {marker['commit'][:10]} (--force downloads again)")

@@ -51,6 +51,14 @@ def parse_int_list(text: str) -> list[int]:
     return values
 
 
+def render_table(rows: list[list[str]]) -> str:
+    """Right-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- threads
 
 

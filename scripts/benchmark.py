@@ -51,6 +51,7 @@ from scripts.bench_utils import (
     environment,
     limit_blas_threads,
     parse_int_list,
+    render_table,
     write_json,
 )
 
@@ -301,11 +302,7 @@ def format_table(results: list[CellResult], report: dict) -> str:
     head = ["batch x prompt -> new", "prefill nanovllm"]
     head += ["prefill transformers", "ratio"] if compare else []
     head += ["decode nanovllm"] + (["decode transformers", "ratio"] if compare else [])
-    rows = [head] + [_row(r, compare) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([title, *lines])
+    return "\n".join([title, render_table([head] + [_row(r, compare) for r in results])])
 
 
 def _row(r: CellResult, compare: bool) -> list[str]:

@@ -26,7 +26,7 @@ from nanovllm.hub import (
     HUB_REPOS,
     DownloadError,
     HubUnavailableError,
-    default_output,
+    download_dir,
     download_model,
     staging_dir,
 )
@@ -63,15 +63,11 @@ def run(args: argparse.Namespace) -> int:
         _log(f"error: {e}")
         return 1
     except KeyboardInterrupt:
-        where = staging_dir(_output_for(args))
+        where = staging_dir(download_dir(args.model, args.output))
         _log(f"interrupted; the files so far are kept in {where}: rerun the command to resume")
         return 130
     print(path)
     return 0
-
-
-def _output_for(args: argparse.Namespace) -> Path:
-    return Path(args.output) if args.output else default_output(args.model)
 
 
 def _quiet_hub_logs() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scripts.bench_utils import percentile
+from scripts.bench_utils import percentile, render_table
 
 
 @dataclass(slots=True)
@@ -115,10 +115,7 @@ def format_sweep(results: list[BenchResult]) -> str:
                       f"{b.ttft.median:.0f} / {b.ttft.p99:.0f}",
                       f"{b.tpot.median:.1f} / {b.tpot.p99:.1f}",
                       f"{b.itl.median:.1f} / {b.itl.p99:.1f}"] for b in results]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(rows)
 
 
 def plot(results: list[BenchResult], path: str, title: str) -> None:
