@@ -63,14 +63,23 @@ def prompt_text(prompt: Prompt, tokenizer) -> str:
     return prompt.text
 
 
+def echoed_prompt(req: CompletionRequest, prompt: Prompt, result,
+                  tokenizer) -> tuple[str, list[int], list | None]:
+    """What echo puts before a choice's output (whole or streamed): the prompt's text, its
+    token ids and, if logprobs are asked for, their logprobs (the first is None)."""
+    logprobs = None
+    if req.logprobs is not None:
+        logprobs = list(result.prompt_logprobs or [None] * len(prompt.token_ids))
+    return prompt_text(prompt, tokenizer), list(prompt.token_ids), logprobs
+
+
 def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer) -> dict:
     text, token_ids, logprobs = out.text, list(out.token_ids), out.logprobs
     if req.echo:
-        text = prompt_text(prompt, tokenizer) + text
-        token_ids = prompt.token_ids + token_ids
-        if req.logprobs is not None:
-            prompt_lps = result.prompt_logprobs or [None] * len(prompt.token_ids)
-            logprobs = list(prompt_lps) + list(logprobs or [])
+        echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tokenizer)
+        text, token_ids = echo_text + text, echo_ids + token_ids
+        if echo_logprobs is not None:
+            logprobs = echo_logprobs + list(logprobs or [])
     lp = None
     if req.logprobs is not None:
         lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs, tokenizer, 0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
-from server.completions import engine_error, legacy_logprobs, prompt_text, usage
+from server.completions import echoed_prompt, engine_error, legacy_logprobs, usage
 from server.errors import APIError
 from server.prompts import Prompt
 from server.protocol import CompletionRequest
@@ -65,10 +65,10 @@ def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: Choice
         new_lps = list((out.logprobs or [])[st.num_tokens:st.num_tokens + len(new_ids)])
     finished = out.finish_reason is not None
     if not st.started and req.echo:
-        text = prompt_text(prompt, tok) + text
-        if req.logprobs is not None:
-            new_lps = list(result.prompt_logprobs or [None] * len(prompt.token_ids)) + new_lps
-            new_ids = prompt.token_ids + new_ids
+        echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tok)
+        text = echo_text + text
+        if echo_logprobs is not None:
+            new_lps, new_ids = echo_logprobs + new_lps, echo_ids + new_ids
     has_news = text or finished or (req.logprobs is not None and new_ids)
     if not has_news or st.finished:
         return None
