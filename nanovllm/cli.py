@@ -55,6 +55,11 @@ class _Commands(argparse._SubParsersAction):
     Options before it would be parsed as the parent's: `bench --input-len 8 serve` took 8 as the
     offline bench's input length, then serve's default overwrote it, silently; `bench --port 1
     serve` failed with a puzzling "invalid choice: '1'". Both are refused, in one line.
+
+    Private argparse API, knowingly: there is no public hook between choosing a subcommand and
+    parsing its arguments (the check must run inside parse_args), nor a public list of a
+    parser's options (`--json serve` names a file; options added through argument groups
+    bypass any add_argument override). tests/test_cli.py pins the behaviour.
     """
 
     def __init__(self, *args, **kwargs) -> None:
