@@ -13,7 +13,7 @@ import pytest
 import model.attention
 import model.gpt2
 from model import AttentionBatch, forward
-from model.attention import causal_attention, paged_decode_attention, softmax_
+from model.attention import causal_attention, causal_softmax_, paged_decode_attention, softmax_
 from model.gpt2 import gelu, layer_norm
 
 
@@ -59,6 +59,16 @@ def test_softmax_matches_float64_and_gives_masked_entries_exactly_zero():
         softmax_(f32(4, 6)[:, ::2])
 
 
+def test_causal_softmax_masks_each_query_at_its_position():
+    scores = 30 * f32(2, 5, 9)  # 5 queries, the last 5 of a 9-key context
+    masked = scores.astype(np.float64) + np.triu(np.full((5, 9), -np.inf), k=9 - 5 + 1)
+    expected = np.exp(masked - masked.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    causal_softmax_(scores, 9 - 5 + 1)
+    np.testing.assert_allclose(scores, expected, rtol=2e-6, atol=1e-12)
+    assert (scores[np.isinf(masked)] == 0).all()
+
+
 def test_softmax_and_attention_stay_float32():
     assert softmax_(f32(3, 5)).dtype == np.float32
     q, k, v = f32(6, 4, 16, seed=1), f32(9, 4, 16, seed=2), f32(9, 4, 16, seed=3)
@@ -86,8 +96,7 @@ def recorded_dtypes(monkeypatch):
     for name in ("layer_norm", "gelu", "mlp", "self_attention", "lm_head",
                  "causal_attention", "paged_attention"):
         wrap(model.gpt2, name)
-    for name in ("causal_attention", "softmax_"):
-        wrap(model.attention, name)
+    wrap(model.attention, "causal_attention")  # (its softmax is in place, on float32 scores)
     return seen
 
 
@@ -95,8 +104,8 @@ def test_full_pass_keeps_every_activation_float32(tiny_model, recorded_dtypes):
     cfg, weights = tiny_model
     logits = forward(weights, cfg, np.arange(20), np.arange(20))
     assert logits.dtype == np.float32
-    assert {"layer_norm", "gelu", "mlp", "self_attention", "lm_head", "causal_attention",
-            "softmax_"} <= set(recorded_dtypes)
+    assert {"layer_norm", "gelu", "mlp", "self_attention", "lm_head",
+            "causal_attention"} <= set(recorded_dtypes)
     assert all(dtypes == {np.dtype(np.float32)} for dtypes in recorded_dtypes.values()), recorded_dtypes
 
 
