@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nanovllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from runner.sampler import PenaltyCounts
 
 
 class SequenceStatus(Enum):
@@ -55,7 +59,7 @@ class Sequence:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    penalty_counts: object = None                # the sampler's PenaltyCounts, if penalised
+    penalty_counts: PenaltyCounts | None = None  # kept by the sampler, if penalised
 
     @property
     def num_prompt_tokens(self) -> int:
