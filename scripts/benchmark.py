@@ -25,6 +25,9 @@ Fairness. torch.set_num_threads is set to numpy's BLAS thread count (--threads c
 Before each cell both sides do a warm-up run (output capped at 8 tokens). Runs alternate
 ours/theirs, --reps times; tables show the median and [min-max], the JSON every run.
 ratio = nanovllm / transformers (above 1: nanovllm is faster).
+
+Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
+throughput targets stand (scripts/perf_targets.py).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from scripts.bench_utils import (
     render_table,
     write_json,
 )
+from scripts.perf_targets import evaluate, format_targets
 
 WARMUP_TOKENS = 8
 
@@ -250,9 +254,11 @@ def run(args: argparse.Namespace) -> int:
     print(describe_environment(report["environment"]), file=out, flush=True)
     rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
     results = [bench_cell(cell, engine, theirs, args.reps, rng, log) for cell in cells]
-    print(format_table(results, report), file=out, flush=True)
+    targets = evaluate(results, report["model"])
+    print(format_table(results, report) + format_targets(targets), file=out, flush=True)
     if args.json:
-        write_json({**report, "results": [_result_json(r) for r in results]}, args.json)
+        write_json({**report, "results": [_result_json(r) for r in results], "targets": targets},
+                   args.json)
     return 0
 
 

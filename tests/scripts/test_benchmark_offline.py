@@ -13,6 +13,7 @@ import pytest
 from nanovllm.cli import build_parser
 from scripts import benchmark, benchmark_serving
 from scripts.benchmark import Cell, CellResult, Run
+from scripts.perf_targets import GPT2_124M, evaluate, format_targets
 
 SMALL = ["--batch-sizes", "1,2", "--input-len", "8", "--output-len", "4", "--prefill-len", "32",
          "--reps", "2", "--num-kv-blocks", "64"]
@@ -66,6 +67,24 @@ def test_ratios_and_summaries():
     assert prefill_only.summary("nanovllm", "decode_tps") is None
 
 
+def test_targets_are_judged_on_gpt2_124m_shapes_only():
+    results = [  # decode batch 1: 100 tok/s but only 2x transformers; batch 64 at 500 tok/s
+        CellResult(Cell(1, 32, 128), ours=[Run(0.1, 1.27, 32, 127)], theirs=[Run(0.2, 2.54, 32, 127)]),
+        CellResult(Cell(64, 32, 128), ours=[Run(1.0, 16.256, 2048, 8128)]),
+        CellResult(Cell(1, 512, 1), ours=[Run(0.25, None, 512, 0)]),
+    ]
+    entries = evaluate(results, {**GPT2_124M, "name": "gpt2"})
+    assert [(e["target"], e["met"]) for e in entries] == [
+        ("decode, batch 1", False), ("decode, batch 64", False), ("prefill, 1 x 512", True)]
+    assert entries[0]["measured_tps"] == pytest.approx(100.0)
+    assert entries[0]["vs_transformers"] == pytest.approx(2.0)
+    assert entries[1]["measured_tps"] == pytest.approx(500.0)
+    table = format_targets(entries)
+    assert ">= 2.3x transformers" in table and "53%" in table and "not met" in table
+    assert "scripts/profile_decode.py" in table  # the targets this benchmark does not measure
+    assert evaluate(results, {**GPT2_124M, "n_layer": 2}) == [] and format_targets([]) == ""
+
+
 def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--model", str(tiny_ckpt), *SMALL, "--compare", "transformers", "--json", str(out)]
@@ -74,6 +93,7 @@ def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
     assert "prefill transformers" in table and "2 x 8 -> 4" in table and "1 x 32 -> 1" in table
     data = json.loads(out.read_text())
     assert data["model"]["dummy"] is True and data["model"]["n_layer"] == 2
+    assert data["targets"] == [] and "Performance targets" not in table  # not GPT-2 124M shapes
     env = data["environment"]
     assert env["threads"] == env["torch_threads"] and env["numpy"] and "transformers" in env
     cells = [(c["batch_size"], c["input_len"], c["output_len"]) for c in data["results"]]

@@ -1,0 +1,73 @@
+"""Where the offline benchmark's numbers stand against the project's performance targets (issue 6).
+
+The targets are set for GPT-2 124M's shapes, so they are only judged on a checkpoint of those
+shapes (random weights cost the same). Three are throughputs this benchmark measures; the other
+three come from their own scripts, which the report names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scripts.bench_utils import render_table
+
+GPT2_124M = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    cell: tuple[int, int, int]  # (batch_size, input_len, output_len) of the benchmark cell
+    metric: str                 # "prefill_tps" or "decode_tps"
+    goal: float                 # tokens/s
+    vs_transformers: float | None = None  # a ratio to transformers the target also asks for
+
+
+TARGETS = [
+    Target("decode, batch 1", (1, 32, 128), "decode_tps", 80.0, vs_transformers=2.3),
+    Target("decode, batch 64", (64, 32, 128), "decode_tps", 950.0),
+    Target("prefill, 1 x 512", (1, 512, 1), "prefill_tps", 1300.0),
+]
+
+MEASURED_ELSEWHERE = [
+    ("served at 64 clients >= 0.9 x offline", "scripts/benchmark_serving.py against a server"),
+    ("non-GEMM <= 15% of a batch-64 decode step", "scripts/profile_decode.py --batch 64"),
+    ("RSS <= 1.5 x fp32 weights + KV pool", "scripts/measure_memory.py"),
+]
+
+
+def evaluate(results, model: dict) -> list[dict]:
+    """One entry per target whose cell was run, with the median measured and whether it is met;
+    [] for a model without GPT-2 124M's shapes. `results` are benchmark.CellResult."""
+    if any(model.get(k) != v for k, v in GPT2_124M.items()):
+        return []
+    by_cell = {(r.cell.batch_size, r.cell.input_len, r.cell.output_len): r for r in results}
+    entries = []
+    for target in TARGETS:
+        result = by_cell.get(target.cell)
+        ours = result.summary("nanovllm", target.metric) if result else None
+        if ours is None:
+            continue
+        ratio = result.ratio(target.metric) if target.vs_transformers else None
+        met = ours.median >= target.goal and (ratio is None or ratio >= target.vs_transformers)
+        entries.append({"target": target.name, "goal_tps": target.goal,
+                        "goal_vs_transformers": target.vs_transformers if ratio else None,
+                        "measured_tps": ours.median, "vs_transformers": ratio, "met": met})
+    return entries
+
+
+def format_targets(entries: list[dict]) -> str:
+    if not entries:
+        return ""
+    rows = [["target", "goal", "measured (median)", "share of goal", "status"]]
+    for e in entries:
+        goal = f">= {e['goal_tps']:,.0f} tok/s"
+        measured = f"{e['measured_tps']:,.1f} tok/s"
+        if e["goal_vs_transformers"]:
+            goal += f", >= {e['goal_vs_transformers']:.1f}x transformers"
+            measured += f", {e['vs_transformers']:.2f}x"
+        share = f"{e['measured_tps'] / e['goal_tps']:.0%}"
+        rows.append([e["target"], goal, measured, share, "met" if e["met"] else "not met"])
+    elsewhere = "\n".join(f"  {name}: {script}" for name, script in MEASURED_ELSEWHERE)
+    return ("\nPerformance targets (GPT-2 124M shapes)\n" + render_table(rows)
+            + "\nMeasured by their own scripts:\n" + elsewhere)
