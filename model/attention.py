@@ -70,7 +70,8 @@ def causal_softmax_(scores, seen_by_first):
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def softmax_row_(row):
-    """Softmax of one row in place (also decode attention's, per head)."""
+    """Softmax of one row in place: softmax_rows_'s, causal_softmax_'s and decode attention's
+    (per head)."""
     top = row.max()
     total = np.float32(0.0)
     for j in range(row.shape[0]):
@@ -152,7 +153,7 @@ def write_slots(cache, slots, x):
 
 def compile_attention_kernel() -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: float32 and float16 caches, and the softmaxes'."""
+    argument types the runner passes: float32 and float16 caches, softmax_ and causal_softmax_."""
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),

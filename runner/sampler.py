@@ -76,7 +76,7 @@ class PenaltyCounts:
 
     def update(self, token_ids: list[int], num_prompt_tokens: int) -> PenaltyCounts:
         new = token_ids[self.num_counted:]
-        for token in token_ids[max(self.num_counted, num_prompt_tokens):]:
+        for token in new[max(0, num_prompt_tokens - self.num_counted):]:  # the generated ones
             self.output_counts[token] = self.output_counts.get(token, 0) + 1
         unseen = [t for t in dict.fromkeys(new) if t not in self.seen]
         if unseen:
@@ -86,7 +86,7 @@ class PenaltyCounts:
         return self
 
 
-def penalty_counts(seq: Sequence) -> PenaltyCounts:
+def updated_penalty_counts(seq: Sequence) -> PenaltyCounts:
     """The sequence's PenaltyCounts, made on its first penalised step, counted up to now."""
     if seq.penalty_counts is None:
         seq.penalty_counts = PenaltyCounts()
@@ -102,7 +102,7 @@ def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None
         banned = p.stop_token_ids + ([] if p.ignore_eos else [eos_token_id])
         logits[banned] = -np.inf
     if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-        _penalize_(logits, penalty_counts(seq), p)
+        _penalize_(logits, updated_penalty_counts(seq), p)
     np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
     logits[np.isnan(logits)] = -np.inf
 

@@ -61,7 +61,7 @@ def _check_prompt_shape(value: Any) -> Any:
             return value
         if all(_is_token_id(t) for t in value):
             return [int(t) for t in value]
-        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in value):
+        if all(isinstance(p, list) and all(_is_token_id(t) for t in p) for p in value):
             return [[int(t) for t in p] for p in value]
     raise ValueError(PROMPT_SHAPE)
 

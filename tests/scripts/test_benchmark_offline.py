@@ -83,6 +83,9 @@ def test_targets_are_judged_on_gpt2_124m_shapes_only():
     assert ">= 2.3x transformers" in table and "53%" in table and "not met" in table
     assert "scripts/profile_decode.py" in table  # the targets this benchmark does not measure
     assert evaluate(results, {**GPT2_124M, "n_layer": 2}) == [] and format_targets([]) == ""
+    fast_alone = [CellResult(Cell(1, 32, 128), ours=[Run(0.1, 1.27, 32, 127)])]  # no transformers
+    entries = evaluate(fast_alone, GPT2_124M)
+    assert entries[0]["met"] is None and "needs --compare transformers" in format_targets(entries)
 
 
 def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):

@@ -17,7 +17,7 @@ BAD_FIELDS = [
     ({"prompt": []}, "prompt", "prompt must be"),
     ({"prompt": [1.5, 2]}, "prompt", "prompt must be"),
     ({"prompt": [True, False]}, "prompt", "prompt must be"),
-    ({"prompt": [[1, 2], []]}, "prompt", "prompt must be"),
+    ({"prompt": [[1, 2], []]}, "prompt", "must not be empty"),  # as "" and ["a", ""]
     ({"prompt": [["a"]]}, "prompt", "prompt must be"),
     ({"prompt": ["ok", 3]}, "prompt", "prompt must be"),
     ({"prompt": ""}, "prompt", "must not be empty"),
