@@ -80,5 +80,5 @@ def format_targets(entries: list[dict]) -> str:
         status = {True: "met", False: "not met", None: "needs --compare transformers"}[e["met"]]
         rows.append([e["target"], goal, measured, share, status])
     elsewhere = "\n".join(f"  {name}: {script}" for name, script in MEASURED_ELSEWHERE)
-    return ("\nPerformance targets (GPT-2 124M shapes)\n" + render_table(rows)
-            + "\nMeasured by their own scripts:\n" + elsewhere)
+    return ("\n\nPerformance targets (GPT-2 124M shapes)\n" + render_table(rows)
+            + "\n\nMeasured by their own scripts:\n" + elsewhere)
