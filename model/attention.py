@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from model.exp32 import exp32
-from model.half import as_kernel_array, from_float32, to_float32
+from nanovllm.model.exp32 import exp32
+from nanovllm.model.half import as_kernel_array, from_float32, to_float32
 
 # Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
 # not allowed.

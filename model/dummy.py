@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from model.config import PRESETS, GPT2Config
-from model.loader import expected_shapes
-from model.tokenizer_files import copy_tokenizer, write_trained_tokenizer
+from nanovllm.model.config import PRESETS, GPT2Config
+from nanovllm.model.loader import expected_shapes
+from nanovllm.model.tokenizer_files import copy_tokenizer, write_trained_tokenizer
 
 DUMMY_KEY = "_nanovllm_dummy"
 DUMMY_FORMAT_VERSION = 2  # bump when the files written change: cached checkpoints are rewritten

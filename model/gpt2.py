@@ -20,16 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from model.attention import (
+from nanovllm.model.attention import (
     KERNEL_MATH,
     AttentionBatch,
     causal_attention,
     compile_attention_kernel,
     paged_attention,
 )
-from model.config import GPT2Config
-from model.exp32 import exp32
-from model.linear import compile_linear_kernel, linear
+from nanovllm.model.config import GPT2Config
+from nanovllm.model.exp32 import exp32
+from nanovllm.model.linear import compile_linear_kernel, linear
 
 
 @dataclass(slots=True)

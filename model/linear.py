@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from model.attention import KERNEL_MATH
+from nanovllm.model.attention import KERNEL_MATH
 
 # Rows up to which the kernel beat BLAS here (GPT-2 124M shapes: 1.1x at 64 rows, 1.5-2x at 8-16).
 KERNEL_MAX_ROWS = 64

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import GPT2Config
-from model.gpt2 import BlockWeights, GPT2Weights
-from model.safetensors_io import CheckpointError, read_safetensors, release_pages
+from nanovllm.model.config import GPT2Config
+from nanovllm.model.gpt2 import BlockWeights, GPT2Weights
+from nanovllm.model.safetensors_io import CheckpointError, read_safetensors, release_pages
 
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 

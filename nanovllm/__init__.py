@@ -1,17 +1,49 @@
-"""nanovllm: a readable vLLM-style GPT-2 inference engine whose model runs on numpy."""
+"""nanovllm: a readable vLLM-style GPT-2 inference engine whose model runs on numpy.
 
-import model.threads  # noqa: F401  (first: it sets up the thread pools before numpy loads)
+The names below load on first use (PEP 562), so `import nanovllm.model` or the command line's
+`--help` do not pay for the engine, and importing the package has no side effects.
+"""
 
-# isort: split
-from nanovllm.config import EngineConfig
-from nanovllm.engine import EngineStats, LLMEngine
-from nanovllm.errors import InvalidRequestError
-from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
-from nanovllm.llm import LLM
-from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
-from nanovllm.sampling_params import SamplingParams
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "LLM": "nanovllm.llm",
+    "EngineConfig": "nanovllm.config",
+    "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.engine",
+    "InvalidRequestError": "nanovllm.errors",
+    "PromptType": "nanovllm.inputs", "TextPrompt": "nanovllm.inputs",
+    "TokensPrompt": "nanovllm.inputs",
+    "CompletionOutput": "nanovllm.outputs", "Logprob": "nanovllm.outputs",
+    "RequestOutput": "nanovllm.outputs",
+    "SamplingParams": "nanovllm.sampling_params",
+}
 __all__ = ["LLM", "CompletionOutput", "EngineConfig", "EngineStats", "InvalidRequestError",
            "LLMEngine", "Logprob", "PromptType", "RequestOutput", "SamplingParams", "TextPrompt",
            "TokensPrompt", "__version__"]
+
+if TYPE_CHECKING:
+    from nanovllm.config import EngineConfig
+    from nanovllm.engine import EngineStats, LLMEngine
+    from nanovllm.errors import InvalidRequestError
+    from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
+    from nanovllm.llm import LLM
+    from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
+    from nanovllm.sampling_params import SamplingParams
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nanovllm' has no attribute {name!r}")
+    importlib.import_module("nanovllm.model.threads")  # before numpy loads: see its docstring
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -87,12 +87,12 @@ class _Commands(argparse._SubParsersAction):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanovllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, action=_Commands)
-    _add_delegated(sub, "serve", "server.cli", "serve a model over an OpenAI-compatible HTTP API")
+    _add_delegated(sub, "serve", "nanovllm.server.cli", "serve a model over an OpenAI-compatible HTTP API")
     _add_generate(sub)
-    _add_delegated(sub, "download", "scripts.download_gpt2", "download GPT-2 from the Hugging Face hub")
-    bench = _add_delegated(sub, "bench", "scripts.benchmark", "offline prefill/decode benchmark")
+    _add_delegated(sub, "download", "nanovllm.scripts.download_gpt2", "download GPT-2 from the Hugging Face hub")
+    bench = _add_delegated(sub, "bench", "nanovllm.scripts.benchmark", "offline prefill/decode benchmark")
     bench_sub = bench.add_subparsers(dest="bench_command")
-    _add_delegated(bench_sub, "serve", "scripts.benchmark_serving", "benchmark a running server")
+    _add_delegated(bench_sub, "serve", "nanovllm.scripts.benchmark_serving", "benchmark a running server")
     sub.nested["bench"] = bench_sub.choices
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
-from runner.kv_cache import KV_CACHE_DTYPES
+from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 

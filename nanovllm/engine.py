@@ -21,15 +21,15 @@ from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.runner.kv_cache import kv_bytes_per_block
+from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.sampler import TokenLogprobs
 from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.validation import RequestValidator
-from runner.kv_cache import kv_bytes_per_block
-from runner.model_runner import NativeModelRunner
-from runner.sampler import TokenLogprobs
 
 logger = logging.getLogger("nanovllm")
 

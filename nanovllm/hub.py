@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from model import PRESETS
+from nanovllm.model import PRESETS
 
 # The hub names are model.PRESETS' names (the one list of them); each one's repo is its
 # organisation's: openai-community's, but for distilgpt2.
@@ -233,7 +233,7 @@ def verify_checkpoint(model_dir: Path):
 
     Raises DownloadError naming the problem (the CheckpointError message names file and tensor).
     """
-    from model import CheckpointError, load_gpt2
+    from nanovllm.model import CheckpointError, load_gpt2
 
     model_dir = Path(model_dir)
     _check_model_type(model_dir, str(model_dir))
@@ -380,8 +380,11 @@ def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
     Written to a temporary sibling and renamed, so concurrent first calls (engine and server
     tests, say) never see half a checkpoint; whichever rename lands first wins.
     """
-    from model import cache_root, write_dummy_checkpoint  # at call time: tests swap the writer
-    from model.dummy import DUMMY_FORMAT_VERSION
+    from nanovllm.model import (  # at call time: tests swap the writer
+        cache_root,
+        write_dummy_checkpoint,
+    )
+    from nanovllm.model.dummy import DUMMY_FORMAT_VERSION
 
     if preset not in PRESETS:
         raise ValueError(f"no dummy preset {preset!r}: use one of {', '.join(PRESETS)}")

@@ -15,7 +15,7 @@ import numpy as np
 from nanovllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from runner.sampler import PenaltyCounts
+    from nanovllm.runner.sampler import PenaltyCounts
 
 
 class SequenceStatus(Enum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.config import GPT2Config
+from nanovllm.model.config import GPT2Config
 
 # `auto` is the model's compute dtype, as in vLLM.
 KV_CACHE_DTYPES = {"auto": np.float32, "float32": np.float32, "float16": np.float16}

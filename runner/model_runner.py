@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from model.gpt2 import compile_kernels
-from runner.kv_cache import KVCache
-from runner.memory import keep_freed_memory
-from runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
+from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
+from nanovllm.model.gpt2 import compile_kernels
+from nanovllm.runner.kv_cache import KVCache
+from nanovllm.runner.memory import keep_freed_memory
+from nanovllm.runner.sampler import TokenLogprobs, log_softmax, sample, token_logprobs
 
 if TYPE_CHECKING:  # the engine's types; importing them at run time would be circular
     from nanovllm.scheduler import ScheduledBatch

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.attention import softmax_
+from nanovllm.model.attention import softmax_
 
 if TYPE_CHECKING:
     from nanovllm.sequence import Sequence

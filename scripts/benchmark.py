@@ -36,18 +36,14 @@ import argparse
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
 
 # isort: split
 import numpy as np
 
-from scripts.bench_transformers import TransformersRunner
-from scripts.bench_utils import (
+from nanovllm.scripts.bench_transformers import TransformersRunner
+from nanovllm.scripts.bench_utils import (
     Summary,
     default_threads,
     describe_environment,
@@ -57,7 +53,7 @@ from scripts.bench_utils import (
     render_table,
     write_json,
 )
-from scripts.perf_targets import evaluate, format_targets
+from nanovllm.scripts.perf_targets import evaluate, format_targets
 
 WARMUP_TOKENS = 8
 

@@ -31,15 +31,11 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.bench_utils import environment, parse_int_list, write_json
-from scripts.serving_report import (
+from nanovllm.scripts.bench_utils import environment, parse_int_list, write_json
+from nanovllm.scripts.serving_report import (
     BenchResult,
     RequestResult,
     format_result,

@@ -14,10 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
 
 # isort: split
 import numpy as np

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model import PRESETS
-from scripts.bench_utils import render_table
+from nanovllm.model import PRESETS
+from nanovllm.scripts.bench_utils import render_table
 
 # The shapes the targets are set for, as the benchmark's report names them.
 GPT2_124M = {k: getattr(PRESETS["gpt2"], k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")}

@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import model.threads  # noqa: F401  (before numpy: see model/threads.py)
+import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
 
 # isort: split
 import numpy as np
 
-from runner.kv_cache import KV_CACHE_DTYPES
+from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 
 
 def alternating_medians_ms(fns, reps: int) -> list[float]:
@@ -41,7 +37,7 @@ def alternating_medians_ms(fns, reps: int) -> list[float]:
 
 def gemm_chain(weights, rows: int):
     """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
-    from model.linear import linear
+    from nanovllm.model.linear import linear
 
     x = np.ones((rows, weights.wpe.shape[1]), np.float32)
     h = np.ones((rows, weights.blocks[0].fc_w.shape[0]), np.float32)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scripts.bench_utils import percentile, render_table
+from nanovllm.scripts.bench_utils import percentile, render_table
 
 
 @dataclass(slots=True)

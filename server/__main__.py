@@ -1,7 +1,7 @@
-"""`python -m server MODEL ...` runs the same thing as `nanovllm serve MODEL ...`."""
+"""`python -m nanovllm.server MODEL ...` runs the same thing as `nanovllm serve MODEL ...`."""
 
 import sys
 
-from server.cli import main
+from nanovllm.server.cli import main
 
 sys.exit(main())

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 
 from nanovllm import __version__
-from server.context import ServerContext
-from server.engine_loop import EngineLoop
-from server.errors import error_response, install_error_handlers
-from server.metrics import ServerMetrics
-from server.routes import router
+from nanovllm.server.context import ServerContext
+from nanovllm.server.engine_loop import EngineLoop
+from nanovllm.server.errors import error_response, install_error_handlers
+from nanovllm.server.metrics import ServerMetrics
+from nanovllm.server.routes import router
 
 
 class APIKeyMiddleware:

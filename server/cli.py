@@ -59,8 +59,8 @@ class Server(uvicorn.Server):
 
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm import EngineConfig, LLMEngine
-    from server.app import build_app
-    from server.engine_loop import EngineLoop
+    from nanovllm.server.app import build_app
+    from nanovllm.server.engine_loop import EngineLoop
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
@@ -98,7 +98,7 @@ class absorb_reraised_signals:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m server ...` is `nanovllm serve ...`, one-line errors included."""
+    """`python -m nanovllm.server ...` is `nanovllm serve ...`, one-line errors included."""
     from nanovllm.cli import main as nanovllm_main
 
     return nanovllm_main(["serve", *(sys.argv[1:] if argv is None else argv)])

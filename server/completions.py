@@ -18,12 +18,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
-from server.context import ServerContext
-from server.engine_loop import EngineDeadError, RequestAborted
-from server.errors import APIError, invalid_request
-from server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
-from server.protocol import CompletionRequest
-from server.request_stream import RequestStream
+from nanovllm.server.context import ServerContext
+from nanovllm.server.engine_loop import EngineDeadError, RequestAborted
+from nanovllm.server.errors import APIError, invalid_request
+from nanovllm.server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
+from nanovllm.server.protocol import CompletionRequest
+from nanovllm.server.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.engine_loop import EngineLoop
-from server.errors import APIError
-from server.metrics import ServerMetrics
+from nanovllm.server.engine_loop import EngineLoop
+from nanovllm.server.errors import APIError
+from nanovllm.server.metrics import ServerMetrics
 
 
 @dataclass(slots=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.inputs import is_single_prompt
-from server.errors import bad_request
-from server.protocol import CompletionRequest
+from nanovllm.server.errors import bad_request
+from nanovllm.server.protocol import CompletionRequest
 
 
 @dataclass(slots=True)

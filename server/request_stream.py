@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 
 from nanovllm import SamplingParams
-from server.engine_loop import ACCEPTED, EngineLoop, OutputSink
-from server.metrics import RequestTracker
+from nanovllm.server.engine_loop import ACCEPTED, EngineLoop, OutputSink
+from nanovllm.server.metrics import RequestTracker
 
 
 class RequestStream:

@@ -10,17 +10,16 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
-from nanovllm.validation import check_token_ids
-from server.completions import complete, prepare, prompt_chars, start
-from server.context import Ctx
-from server.errors import bad_request, error_response
-from server.protocol import (
+from nanovllm.server.completions import complete, prepare, prompt_chars, start
+from nanovllm.server.context import Ctx
+from nanovllm.server.errors import bad_request, error_response
+from nanovllm.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from server.schemas import (
+from nanovllm.server.schemas import (
     ERROR_RESPONSES,
     CompletionResponse,
     DetokenizeResponse,
@@ -28,7 +27,8 @@ from server.schemas import (
     TokenizeResponse,
     VersionResponse,
 )
-from server.streaming import SSEResponse, completion_events
+from nanovllm.server.streaming import SSEResponse, completion_events
+from nanovllm.validation import check_token_ids
 
 router = APIRouter()
 

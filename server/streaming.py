@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
-from server.completions import echoed_prompt, engine_error, legacy_logprobs, usage
-from server.errors import APIError
-from server.prompts import Prompt
-from server.protocol import CompletionRequest
-from server.request_stream import RequestStream
+from nanovllm.server.completions import echoed_prompt, engine_error, legacy_logprobs, usage
+from nanovllm.server.errors import APIError
+from nanovllm.server.prompts import Prompt
+from nanovllm.server.protocol import CompletionRequest
+from nanovllm.server.request_stream import RequestStream
 
 
 def sse(obj: dict | str) -> str:

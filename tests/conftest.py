@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model import write_dummy_checkpoint
+from nanovllm.model import write_dummy_checkpoint
 
 TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1024, n_positions=256)
 

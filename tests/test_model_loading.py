@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 
-from model import CheckpointError
 from nanovllm import EngineConfig
 from nanovllm.hub import DownloadError, HubUnavailableError, dummy_checkpoint_dir
+from nanovllm.model import CheckpointError
 from nanovllm.model_loading import load_model, preset_for
 from tests.scripts.fake_hub import FakeHub
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from model.attention import causal_softmax_, paged_decode_attention, softmax_rows_, write_slots
-from model.gpt2 import gelu, layer_norm
-from model.linear import matmul_nt
 from nanovllm import LLM, SamplingParams
+from nanovllm.model.attention import (
+    causal_softmax_,
+    paged_decode_attention,
+    softmax_rows_,
+    write_slots,
+)
+from nanovllm.model.gpt2 import gelu, layer_norm
+from nanovllm.model.linear import matmul_nt
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "float16"])

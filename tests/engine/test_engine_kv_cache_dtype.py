@@ -8,7 +8,7 @@ import pytest
 from engine_checks import hf_logprobs, random_prompts
 
 from nanovllm import EngineConfig, SamplingParams
-from runner.kv_cache import kv_bytes_per_block
+from nanovllm.runner.kv_cache import kv_bytes_per_block
 
 NUM_TOKENS = 12
 

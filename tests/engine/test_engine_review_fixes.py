@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nanovllm import SamplingParams
+from nanovllm.runner.sampler import sample_from_probs
 from nanovllm.tokenizer import Tokenizer
-from runner.sampler import sample_from_probs
 
 
 def test_interrupted_generate_leaves_nothing_behind(make_llm, monkeypatch):

@@ -18,8 +18,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
+from nanovllm.runner.sampler import adjust_logits_, filter_probs_, sample, sample_from_probs
 from nanovllm.sequence import Request, Sequence
-from runner.sampler import adjust_logits_, filter_probs_, sample, sample_from_probs
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
 EOS = 9
@@ -237,7 +237,7 @@ def test_infinite_temperature_samples_uniformly_and_keeps_bans():
     assert picks == set(range(10)) - {EOS}
 
 
-@pytest.mark.parametrize("module", ["runner.sampler", "runner.model_runner"])
+@pytest.mark.parametrize("module", ["nanovllm.runner.sampler", "nanovllm.runner.model_runner"])
 def test_runner_modules_import_on_their_own(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                             text=True, timeout=60)

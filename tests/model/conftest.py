@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from model import load_gpt2
+from nanovllm.model import load_gpt2
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from model.attention import KERNEL_MATH
-from model.exp32 import exp32
+from nanovllm.model.attention import KERNEL_MATH
+from nanovllm.model.exp32 import exp32
 
 
 @njit(fastmath=KERNEL_MATH)  # a caller that allows reassociation, like every kernel

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.linear import KERNEL_MAX_ROWS, linear, matmul_nt
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt
 
 
 def reference(x, w, b):

@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-import model.dummy
-from model import (
+import nanovllm.model.dummy
+from nanovllm.model import (
     PRESETS,
     GPT2Config,
     cache_root,
@@ -70,7 +70,7 @@ def test_presets_are_the_published_gpt2_family():
 def test_every_preset_writes_config_and_tokenizer(preset, tmp_path, monkeypatch, gpt2_ckpt):
     """Weights stubbed out: the config and the 50,257-token tokenizer are what is checked here
     (gpt2_ckpt is requested so the 50,257-token tokenizer is trained, and cached, only once)."""
-    monkeypatch.setattr(model.dummy, "random_weights", lambda cfg, seed=0: {})
+    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", lambda cfg, seed=0: {})
     out = write_dummy_checkpoint(tmp_path / preset, preset)
     cfg = GPT2Config.from_json(out / "config.json")
     assert cfg == PRESETS[preset]

@@ -10,11 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import model.attention
-import model.gpt2
-from model import AttentionBatch, forward
-from model.attention import causal_attention, causal_softmax_, paged_decode_attention, softmax_
-from model.gpt2 import gelu, layer_norm
+import nanovllm.model.attention
+import nanovllm.model.gpt2
+from nanovllm.model import AttentionBatch, forward
+from nanovllm.model.attention import (
+    causal_attention,
+    causal_softmax_,
+    paged_decode_attention,
+    softmax_,
+)
+from nanovllm.model.gpt2 import gelu, layer_norm
 
 
 def f32(*shape, seed=0) -> np.ndarray:
@@ -95,8 +100,8 @@ def recorded_dtypes(monkeypatch):
 
     for name in ("layer_norm", "gelu", "mlp", "self_attention", "lm_head",
                  "causal_attention", "paged_attention"):
-        wrap(model.gpt2, name)
-    wrap(model.attention, "causal_attention")  # (its softmax is in place, on float32 scores)
+        wrap(nanovllm.model.gpt2, name)
+    wrap(nanovllm.model.attention, "causal_attention")  # (its softmax is in place, on float32 scores)
     return seen
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from model import CheckpointError, load_gpt2
+from nanovllm.model import CheckpointError, load_gpt2
 
 
 def load_error(model_dir) -> str:

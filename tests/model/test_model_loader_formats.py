@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import forward, load_gpt2
+from nanovllm.model import forward, load_gpt2
 
 IDS = np.array([5, 17, 900, 3, 3, 1023, 0, 42])
 

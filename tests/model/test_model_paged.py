@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model import AttentionBatch, forward
+from nanovllm.model import AttentionBatch, forward
 
 BLOCK = 4
 NUM_BLOCKS = 48
@@ -172,7 +172,7 @@ def test_any_split_into_chunks_and_decodes_matches_full_pass(tiny_model, chunks,
 
 @pytest.mark.slow
 def test_gpt2_124m_shapes_prefill_then_decode_matches_full_pass(gpt2_ckpt, record_property):
-    from model import load_gpt2
+    from nanovllm.model import load_gpt2
 
     paged = Paged(*load_gpt2(gpt2_ckpt))
     a, b = paged.new_seq(40), paged.new_seq(20)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from model import forward, load_gpt2
+from nanovllm.model import forward, load_gpt2
 
 TOL = 1e-4
 

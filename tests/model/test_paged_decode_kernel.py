@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.attention import paged_decode_attention, write_slots
-from model.half import as_kernel_array
+from nanovllm.model.attention import paged_decode_attention, write_slots
+from nanovllm.model.half import as_kernel_array
 
 
 def reference(q, k_cache, v_cache, tables, lens, block_size):

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from nanovllm.cli import build_parser
-from scripts import benchmark, benchmark_serving
-from scripts.benchmark import Cell, CellResult, Run
-from scripts.perf_targets import GPT2_124M, evaluate, format_targets
+from nanovllm.scripts import benchmark, benchmark_serving
+from nanovllm.scripts.benchmark import Cell, CellResult, Run
+from nanovllm.scripts.perf_targets import GPT2_124M, evaluate, format_targets
 
 SMALL = ["--batch-sizes", "1,2", "--input-len", "8", "--output-len", "4", "--prefill-len", "32",
          "--reps", "2", "--num-kv-blocks", "64"]

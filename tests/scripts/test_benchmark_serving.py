@@ -1,5 +1,5 @@
 """scripts/benchmark_serving.py (`nanovllm bench serve`): arguments, workload, metrics, and short
-real runs against a real server (`python -m server` on the tiny checkpoint, over loopback)."""
+real runs against a real server (`python -m nanovllm.server` on the tiny checkpoint, over loopback)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from scripts import benchmark_serving as bs
-from scripts.benchmark_serving import RequestResult
+from nanovllm.scripts import benchmark_serving as bs
+from nanovllm.scripts.benchmark_serving import RequestResult
 
 
 def parse(*argv: str) -> argparse.Namespace:

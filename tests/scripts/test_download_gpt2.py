@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 from fake_hub import COMMIT, FakeHub
 
-from model import write_dummy_checkpoint
-from model.dummy import DUMMY_FORMAT_VERSION
 from nanovllm import hub
 from nanovllm.hub import (
     DownloadError,
@@ -36,7 +34,9 @@ from nanovllm.hub import (
     staging_dir,
     verify_checkpoint,
 )
-from scripts import download_gpt2
+from nanovllm.model import write_dummy_checkpoint
+from nanovllm.model.dummy import DUMMY_FORMAT_VERSION
+from nanovllm.scripts import download_gpt2
 
 SCRIPT = Path(download_gpt2.__file__)
 
@@ -330,7 +330,7 @@ def test_resolve_model(fake_hub, tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_dummy_checkpoint_dir_is_written_once(tiny_ckpt, tmp_path, monkeypatch):
-    import model
+    import nanovllm.model as model
 
     calls = []
 

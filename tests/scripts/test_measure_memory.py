@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from scripts import measure_memory
+from nanovllm.scripts import measure_memory
 
 
 def test_measure_memory_reports_rss_against_weights_and_pool(tiny_ckpt, capsys):

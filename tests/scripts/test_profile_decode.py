@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from scripts import profile_decode
+from nanovllm.scripts import profile_decode
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "float16"])

@@ -14,8 +14,8 @@ import openai
 import pytest
 from server_helpers import API_KEY, MODEL, LiveServer, make_engine, serve
 
-from server.app import build_app
-from server.engine_loop import EngineLoop
+from nanovllm.server.app import build_app
+from nanovllm.server.engine_loop import EngineLoop
 
 
 @pytest.fixture(scope="session")

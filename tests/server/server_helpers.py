@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from nanovllm import EngineConfig, LLMEngine
-from server.engine_loop import EngineLoop
+from nanovllm.server.engine_loop import EngineLoop
 
 MODEL = "tiny-gpt2"
 API_KEY = "sk-test-key"

@@ -80,7 +80,7 @@ def test_unknown_route_and_wrong_method_have_the_openai_shape(http):
 
 
 def test_unknown_fields_are_accepted_and_logged(http, caplog):
-    with caplog.at_level(logging.WARNING, logger="server.completions"):
+    with caplog.at_level(logging.WARNING, logger="nanovllm.server.completions"):
         resp = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1,
                                                   "fancy_new_option": 3})
     assert resp.status_code == 200

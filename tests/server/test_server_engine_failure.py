@@ -13,7 +13,7 @@ import httpx
 import pytest
 from server_helpers import MODEL, error_of, make_engine, serve
 
-from server.app import build_app
+from nanovllm.server.app import build_app
 
 LONG = {"model": MODEL, "prompt": "A long story", "max_tokens": 230, "n": 16, "ignore_eos": True}
 

@@ -15,9 +15,9 @@ import pytest
 from server_helpers import MODEL, error_of, make_engine, serve
 
 from nanovllm import InvalidRequestError, SamplingParams
-from server.app import build_app
-from server.completions import engine_error
-from server.request_stream import RequestStream
+from nanovllm.server.app import build_app
+from nanovllm.server.completions import engine_error
+from nanovllm.server.request_stream import RequestStream
 
 SMALL_KV_BLOCKS = 4  # 64 tokens of KV cache: less than one full 256-token context
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from server_helpers import MODEL, metric
 
-from server import metrics as metrics_module
-from server.metrics import ServerMetrics
+from nanovllm.server import metrics as metrics_module
+from nanovllm.server.metrics import ServerMetrics
 
 STEP = 0.03  # seconds per engine step in the live test (4 x 0.0075 would be one shared gap)
 

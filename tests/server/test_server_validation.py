@@ -7,7 +7,7 @@ import httpx
 import pytest
 from server_helpers import MODEL, error_of, make_engine, serve
 
-from server.app import build_app
+from nanovllm.server.app import build_app
 
 SMALL_KV_BLOCKS = 4  # 64 tokens of KV cache: less than one full 256-token context
 
@@ -165,9 +165,9 @@ def test_engine_is_fine_after_all_that(http, live):
 
 def test_sampling_params_value_error_becomes_a_400_naming_the_field():
     """SamplingParams validates too; its ValueError is a 400, should a value slip past pydantic."""
-    from server.errors import APIError
-    from server.prompts import sampling_params
-    from server.protocol import CompletionRequest
+    from nanovllm.server.errors import APIError
+    from nanovllm.server.prompts import sampling_params
+    from nanovllm.server.protocol import CompletionRequest
 
     req = CompletionRequest.model_construct(**{**CompletionRequest(prompt="x").model_dump(), "n": 0})
     with pytest.raises(APIError) as info:
