@@ -95,16 +95,19 @@ def test_context_length_ends_with_length(tiny_ckpt, max_model_len, prompt_len):
 
 
 def test_min_tokens_never_pushes_past_the_context(tiny_ckpt):
-    """Either rejected up front (naming min_tokens) or ended at the context length."""
+    """A min_tokens that cannot fit after the prompt is refused up front, naming min_tokens."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=256)
     prompt = random_prompts(seed=1, count=1, low=250, high=250)[0]
     params = SamplingParams(temperature=0.0, max_tokens=None, min_tokens=10, ignore_eos=True)
-    try:
+    with pytest.raises(ValueError, match="min_tokens") as err:
         llm.engine.add_request("x", prompt, params)
-    except ValueError as err:
-        assert "min_tokens" in str(err)
-        return
-    llm.engine.abort_request("x")
+    assert err.value.param == "min_tokens" and not llm.engine.has_unfinished_requests()
+
+
+def test_min_tokens_up_to_the_context_ends_there(tiny_ckpt):
+    llm = LLM(str(tiny_ckpt), num_kv_blocks=256)
+    prompt = random_prompts(seed=1, count=1, low=250, high=250)[0]
+    params = SamplingParams(temperature=0.0, max_tokens=None, min_tokens=6, ignore_eos=True)
     out = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
     assert len(out.token_ids) == 6 and out.finish_reason == "length"
 
