@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,6 +40,24 @@ def test_the_page_loads_nothing_from_elsewhere():
     for path in STATIC_DIR.iterdir():
         urls = re.findall(r"(?:https?:)?//[\w.-]+\.\w+", path.read_text())
         assert urls == [], f"{path.name} refers to {urls}"
+
+
+def test_the_wheel_ships_the_page(tmp_path):
+    """`pip install .` must install server/static/ (setuptools package-data), not only *.py."""
+    repo, src = Path(__file__).resolve().parents[2], tmp_path / "src"
+    src.mkdir()
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy(repo / name, src / name)
+    for package in ["nanovllm", "model", "runner", "server", "scripts"]:
+        shutil.copytree(repo / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path), str(src)],
+                   check=True, capture_output=True)
+    [wheel] = tmp_path.glob("nanovllm-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    for path in STATIC_DIR.iterdir():
+        assert f"nanovllm/server/static/{path.name}" in shipped
 
 
 def test_info_says_what_is_served(open_server, tiny_ckpt):
