@@ -293,6 +293,15 @@ const tooltip = $("#tooltip");
 
 const percent = (logprob) => `${(100 * Math.exp(logprob)).toFixed(1)}%`;
 
+// The API's top_logprobs is keyed by token text, so two tokens that print alike (say, two
+// halves of UTF-8 characters, both "\ufffd") share one entry: the chosen token is put back
+// with its own logprob if its entry went to another. Most likely first.
+function alternatives(token, logprob, top) {
+  const entries = Object.entries(top ?? {});
+  if (logprob !== null && top?.[token] !== logprob) entries.push([token, logprob]);
+  return entries.sort((a, b) => b[1] - a[1]);
+}
+
 function showAlternatives(span) {
   const { token, logprob, top } = tokenDetails.get(span);
   const head = document.createElement("div");
@@ -300,10 +309,9 @@ function showAlternatives(span) {
     ? `${JSON.stringify(token)}: no logprob`
     : `${JSON.stringify(token)}: p = ${percent(logprob)} (logprob ${logprob.toFixed(3)})`;
   const table = document.createElement("table");
-  const ranked = Object.entries(top ?? {}).sort((a, b) => b[1] - a[1]);
-  for (const [alternative, lp] of ranked) {
+  for (const [alternative, lp] of alternatives(token, logprob, top)) {
     const row = table.insertRow();
-    row.classList.toggle("chosen", alternative === token);
+    row.classList.toggle("chosen", alternative === token && lp === logprob);
     row.insertCell().textContent = JSON.stringify(alternative);
     const bar = document.createElement("span");
     bar.className = "bar";

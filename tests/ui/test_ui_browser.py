@@ -57,11 +57,11 @@ def drawn_tokens(page, choice: int = 0) -> list[str]:
     return [t.replace("↵\n", "\n") for t in spans.all_text_contents()]
 
 
-def api_tokens(url: str, **body) -> list[str]:
-    """The tokens of the same request through the API, not streamed."""
+def api_logprobs(url: str, **body) -> dict:
+    """The logprobs of the same request through the API, not streamed."""
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     response.raise_for_status()
-    return response.json()["choices"][0]["logprobs"]["tokens"]
+    return response.json()["choices"][0]["logprobs"]
 
 
 def metric(url: str, name: str) -> float:
@@ -92,8 +92,8 @@ def test_a_streamed_completion_appears_token_by_token(page, open_server, shots):
     assert len(intermediate) >= 2, f"no token-by-token drawing: counts {counts}"
     assert counts == sorted(counts)  # tokens are only ever added
     # The same tokens as the API gives for the same seeded request.
-    assert tokens == api_tokens(open_server.url, prompt=PROMPT, max_tokens=120, seed=7,
-                                logprobs=5)
+    assert tokens == api_logprobs(open_server.url, prompt=PROMPT, max_tokens=120, seed=7,
+                                  logprobs=5)["tokens"]
     usage = page.locator("[data-stat=usage]").inner_text()
     assert re.fullmatch(rf"\d+ \+ {len(tokens)} = \d+", usage), usage
     assert re.fullmatch(r"\d+ ms", page.locator("[data-stat=ttft]").inner_text())
@@ -101,28 +101,43 @@ def test_a_streamed_completion_appears_token_by_token(page, open_server, shots):
     page.screenshot(path=shots / "streamed.png")
 
 
+def expected_rows(logprobs: dict, i: int) -> list[tuple[str, float]]:
+    """Token i's alternatives as the tooltip lists them: the API's top_logprobs, most likely
+    first, plus the chosen token with its own logprob if another token of the same text
+    (e.g. two halves of UTF-8 characters, both "\ufffd") took its entry."""
+    token, logprob, top = (logprobs[k][i] for k in ("tokens", "token_logprobs", "top_logprobs"))
+    rows = list(top.items()) + ([(token, logprob)] if top.get(token) != logprob else [])
+    return sorted(rows, key=lambda kv: -kv[1])
+
+
 def test_hovering_a_token_shows_its_alternatives(page, open_server, shots):
+    request = dict(prompt=PROMPT, max_tokens=24, seed=3, logprobs=5)
+    logprobs = api_logprobs(open_server.url, **request)
+    collided = [top.get(t) != lp for t, lp, top in
+                zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"])]
+    # One token whose entry is its own, one whose entry another token of the same text took.
+    hovered = [collided.index(False), collided.index(True)]
+
     open_playground(page, open_server.url)
     page.fill("#prompt", PROMPT)
-    set_controls(page, max_tokens=24, seed=3, logprobs=5)
+    set_controls(page, **{k: v for k, v in request.items() if k != "prompt"})
     generate(page)
-    expect(page.locator("#tooltip")).to_be_hidden()
-
-    token = page.locator("#choices .token").nth(4)
-    token.hover()
     tooltip = page.locator("#tooltip")
-    expect(tooltip).to_be_visible()
-    rows = tooltip.locator("tr")
-    assert 5 <= rows.count() <= 6  # the top 5 and the chosen token, if it is not among them
-    chosen = drawn_tokens(page)[4]
-    expect(tooltip.locator("tr.chosen td").first).to_have_text(json.dumps(chosen, ensure_ascii=False))
-    percents = [float(p.rstrip("%")) for p in tooltip.locator("td.num:text-matches('%$')")
-                .all_text_contents()]
-    assert percents == sorted(percents, reverse=True) and all(0 <= p <= 100 for p in percents)
-    page.screenshot(path=shots / "hover.png")
-
-    page.mouse.move(0, 0)
     expect(tooltip).to_be_hidden()
+    for i in hovered:
+        token = json.dumps(logprobs["tokens"][i], ensure_ascii=False)
+        rows = expected_rows(logprobs, i)
+        page.locator("#choices .token").nth(i).hover()
+        expect(tooltip).to_be_visible()
+        expect(tooltip).to_contain_text(f"{token}: p = ")
+        expect(tooltip.locator("tr td:first-child")).to_have_text(
+            [json.dumps(t, ensure_ascii=False) for t, _ in rows])
+        shown = [float(x) for x in tooltip.locator("tr td:last-child").all_text_contents()]
+        assert shown == pytest.approx([lp for _, lp in rows], abs=1e-3)
+        expect(tooltip.locator("tr.chosen td:first-child")).to_have_text(token)
+        page.screenshot(path=shots / f"hover-{i}.png")
+        page.mouse.move(0, 0)
+        expect(tooltip).to_be_hidden()
 
 
 def test_n_choices_are_drawn_side_by_side(page, open_server):
