@@ -203,13 +203,15 @@ class Run {
     this.showStats();
   }
 
+  // Tokens are counted from the logprobs as they arrive; the final usage counts them too
+  // (and is the only count when no logprobs were asked for).
   showStats(usage) {
     const stat = (name, value) => { $(`[data-stat=${name}]`).textContent = value; };
-    const now = performance.now();
-    if (this.firstTokenAt !== null) stat("ttft", `${(this.firstTokenAt - this.started).toFixed(0)} ms`);
-    stat("tokens", String(this.numTokens));
-    if (this.firstTokenAt !== null && now > this.firstTokenAt) {
-      stat("rate", ((this.numTokens * 1000) / (now - this.started)).toFixed(1));
+    const tokens = usage?.completion_tokens ?? this.numTokens;
+    stat("tokens", String(tokens));
+    if (this.firstTokenAt !== null) {
+      stat("ttft", `${(this.firstTokenAt - this.started).toFixed(0)} ms`);
+      stat("rate", ((tokens * 1000) / (performance.now() - this.started)).toFixed(1));
     }
     if (usage) {
       stat("usage", `${usage.prompt_tokens} + ${usage.completion_tokens} = ${usage.total_tokens}`);

@@ -151,6 +151,20 @@ def test_n_choices_are_drawn_side_by_side(page, open_server):
     expect(page.locator(".choice .finish")).to_have_text(["· finished: length"] * 3)
 
 
+def test_without_logprobs_the_text_streams_plain(page, open_server):
+    open_playground(page, open_server.url)
+    page.fill("#prompt", PROMPT)
+    set_controls(page, logprobs="", max_tokens=10, seed=2)
+    generate(page)
+    text = page.locator("#choices .choice .text")
+    expect(text.locator(".token")).to_have_count(0)
+    expected = httpx.post(f"{open_server.url}/v1/completions", timeout=60, json=dict(
+        prompt=PROMPT, max_tokens=10, seed=2)).json()
+    expect(text).to_have_text(PROMPT + expected["choices"][0]["text"])
+    expect(page.locator("[data-stat=tokens]")).to_have_text(
+        str(expected["usage"]["completion_tokens"]))
+
+
 def test_the_server_refuses_a_bad_control_and_the_page_says_why(page, open_server):
     open_playground(page, open_server.url)
     set_controls(page, top_p=5)
