@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test setup setup-dev lint clean
+.PHONY: serve test setup setup-dev browser lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,19 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.runtime-installed $@
 
 setup: $(VENV)/.runtime-installed
-setup-dev: $(VENV)/.dev-installed
+setup-dev: $(VENV)/.dev-installed browser
+
+# The browser tests (tests/ui) drive Debian's chromium through playwright; `playwright install`
+# would download a browser of its own, which fails offline. Installed with apt-get when missing
+# and apt-get exists (CI runs as root); without it those tests skip and say why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing chromium for the browser tests (apt-get)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null; } || echo "Could not install chromium: the browser tests will skip."; \
+	  else echo "No chromium: the browser tests will skip (as root: apt-get install chromium)."; fi; \
+	fi
 
 serve: setup
 	$(BIN)/nanovllm serve gpt2 --allow-dummy-fallback $(ARGS)

@@ -17,17 +17,23 @@ from nanovllm.server.engine_loop import EngineLoop
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.routes import router
+from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
+from nanovllm.server.ui import install_ui
 
 
 class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on /v1/* (vLLM protects exactly those paths)."""
+    """Requires `Authorization: Bearer <key>` on /v1/* (vLLM protects exactly those paths) and
+    on the web page's data, /ui/api/* (the page itself holds no secret: see server.ui)."""
+
+    PROTECTED = ("/v1", UI_API_PREFIX)
 
     def __init__(self, app, api_key: str) -> None:
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"].startswith("/v1"):
+        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
+                and scope["path"].startswith(self.PROTECTED)):
             got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
             if not secrets.compare_digest(got, self._expected):
                 response = error_response(
@@ -62,8 +68,9 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 
 
 def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: str | None = None,
-              api_key: str | None = None) -> FastAPI:
-    """An OpenAI-compatible app serving `engine_loop` as `served_model_name`."""
+              api_key: str | None = None, ui: bool = True) -> FastAPI:
+    """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
+    page at /ui unless `ui` is False."""
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, tokenization and metrics for a GPT-2 model.")
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
@@ -71,6 +78,8 @@ def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: st
                                   metrics)
     install_error_handlers(app)
     app.include_router(router)
+    if ui:
+        install_ui(app)
     document_vocabulary(app, engine_loop.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)

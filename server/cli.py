@@ -29,7 +29,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--api-key", default=None,
                         help="require `Authorization: Bearer KEY` on /v1/* "
-                             "(default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
+                             "and /ui/api/* (default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
+    parser.add_argument("--disable-ui", action="store_true",
+                        help="do not serve the web page at /ui (404)")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: MODEL as given)")
     parser.add_argument("--log-level", default="info",
@@ -40,9 +42,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop) -> None:
+    def __init__(self, config: uvicorn.Config, engine_loop, ui: bool = False) -> None:
         super().__init__(config)
         self._engine_loop = engine_loop
+        self._ui = ui
 
     def handle_exit(self, sig, frame) -> None:
         self._engine_loop.abort_all("The server is shutting down.")
@@ -55,6 +58,8 @@ class Server(uvicorn.Server):
                 host, port = sock.getsockname()[:2]
                 logger.info("Serving the OpenAI-compatible API at http://%s:%d/v1 "
                             "(e.g. POST http://%s:%d/v1/completions)", host, port, host, port)
+                if self._ui:
+                    logger.info("Web page at http://%s:%d/ui", host, port)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -68,10 +73,11 @@ def run_serve(args: argparse.Namespace) -> int:
     engine = LLMEngine(EngineConfig.from_cli_args(args.model, args))
     loop = EngineLoop(engine).start()
     app = build_app(loop, served_model_name=args.served_model_name or args.model,
-                    model_root=str(engine.model_path), api_key=api_key)
+                    model_root=str(engine.model_path), api_key=api_key,
+                    ui=not args.disable_ui)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False)
-    server = Server(config, loop)
+    server = Server(config, loop, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():
             server.run()

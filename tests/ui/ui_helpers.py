@@ -1,0 +1,24 @@
+"""Helpers shared by the web page's tests (imported as `ui_helpers`)."""
+
+from __future__ import annotations
+
+from tests.server.test_server_cli import ServeProcess
+
+__all__ = ["API_KEY", "CHROMIUM", "CHROMIUM_ARGS", "ServeProcess", "start_server"]
+
+API_KEY = "sk-ui-test"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; the Makefile's `browser` step installs it
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def start_server(ckpt, *args: str) -> ServeProcess:
+    """`nanovllm serve ckpt *args` in a subprocess, once it listens."""
+    server = ServeProcess(str(ckpt), "--num-kv-blocks", "256", *args)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.kill()
+        raise
+    return server
