@@ -3,7 +3,7 @@
 This is the whole model in the spirit of picoGPT: one sequence, full causal attention over it,
 no KV cache, no paging, no compiled kernels, nothing computed in place. The engine's
 `model/gpt2.py` computes the same thing faster (compiled loops, in-place updates, a paged KV
-cache); every one of its kernels is tested against the function of the same name here, and this
+cache); each of its kernels is tested against the function here that it stands for, and this
 module against Hugging Face transformers.
 
 It reads the `GPT2Weights` the engine loads: weight matrices are `[out, in]`, so a linear layer
