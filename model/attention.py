@@ -81,7 +81,7 @@ def softmax_row_(row):
 
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this
-# skips most of the masked upper triangle (a 512-token prompt does ~40% less attention work).
+# skips most of the masked upper triangle.
 CAUSAL_BLOCK = 128
 
 
@@ -103,7 +103,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
-# copy of every context, and that copy cost more than the attention itself (issue 6).
+# copy of every context, and that copy cost more than the attention itself.
 # Sequences are shared out among numba's threads, the pool the decode GEMMs run on too
 # (`model/linear.py`); it releases the GIL, so the server's event loop keeps streaming meanwhile.
 
@@ -114,7 +114,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 
     q, out: [B, H, D]; k_cache, v_cache: [num_slots, H, D] float32, or a float16 cache's bits
     (`model.half.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]. Each K/V
-    byte is read once. q should be C-contiguous (~1.7x slower if not).
+    byte is read once. q should be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
     """
     num_seqs, n_head, head_dim = q.shape
@@ -142,7 +142,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 @njit(cache=True, nogil=True)
 def write_slots(cache, slots, x):
     """cache[slots] = x, x: [n, H, D] float32, C-contiguous (or the loop does not vectorize); the
-    cache as `model.half.as_kernel_array` gives it. numpy's cast to float16 is ~8x slower. Like
+    cache as `model.half.as_kernel_array` gives it (numpy's cast to float16 is much slower). Like
     the decode kernel it does not check bounds: the runner's slots are in the pool."""
     for i in range(slots.shape[0]):
         row, new = cache[slots[i]], x[i]
@@ -164,7 +164,7 @@ def compile_attention_kernel() -> None:
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """cache[slots] as float32; np.take is ~3x faster than fancy indexing here."""
+    """cache[slots] as float32 (np.take: faster than fancy indexing here)."""
     return np.take(cache, slots, axis=0).astype(np.float32, copy=False)
 
 

@@ -1,5 +1,5 @@
 """e**x in float32, for the compiled kernels: numba calls libm's scalar expf, which does not
-vectorize (no SVML here) and made a compiled GELU 7x slower than numpy's. This one is a handful
+vectorize (no SVML here) and made a compiled GELU slower than numpy's. This one is a handful
 of multiply-adds and integer operations that vectorize, within 2 float32 ulps of exp (tested).
 
 numba's on-disk cache does not notice edits to this module in the kernels that call it

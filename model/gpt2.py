@@ -1,4 +1,11 @@
-"""GPT-2 in numpy: the forward pass as a handful of pure functions over float32 arrays.
+"""GPT-2's forward pass as the engine runs it: float32 numpy, compiled kernels, a paged KV cache.
+
+`model/reference.py` is the same model as a few pure functions, the one to read first; this
+module computes the same numbers faster, and its kernels are tested against that one. For speed
+it writes in place where no one else holds the array: `gelu` overwrites its input, `embed` adds
+the positions into its fresh gather, `forward` adds each block's output to the residual stream,
+and with a KV cache `self_attention` writes every new token's keys and values into it (see
+`paged_attention`). Everything else returns a new array and leaves its arguments alone.
 
 Weight matrices are stored `[out, in]` (a linear layer is `linear(x, w, b)` = `x @ w.T + b`, see
 `model/linear.py`); the loader transposes Hugging Face's Conv1D `[in, out]` once. The LM head is
@@ -68,10 +75,11 @@ def compile_kernels() -> None:
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def layer_norm(x, g, b, eps):
-    """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b.
+    """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b;
+    a new array (`reference.layer_norm`).
 
-    A compiled loop over rows, on numba's threads: numpy's version makes six passes over x and
-    took 4-6x longer (~4% of a batch-1 decode step).
+    A compiled loop over rows, on numba's threads: three passes over x, where numpy's version
+    makes six.
     """
     out = np.empty_like(x)
     n = x.shape[1]
@@ -103,9 +111,9 @@ GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def gelu(x):
-    """GPT-2's tanh approximation (`gelu_new`) in place on x ([n, 4E], C-contiguous), as
-    0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)). numpy's version made nine passes over x and took
-    3-5x longer (~2% of a batch-64 decode step, ~3% of a prefill)."""
+    """GPT-2's tanh approximation (`gelu_new`, `reference.gelu`) IN PLACE: overwrites x ([n, 4E],
+    C-contiguous) and returns it. Computed as 0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)), in one
+    pass over x, where numpy's version makes nine."""
     for i in prange(x.shape[0]):
         row = x[i]
         for j in range(row.shape[0]):
@@ -116,6 +124,7 @@ def gelu(x):
 
 
 def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:
+    """x [n, E] -> [n, E] (`reference.mlp`); GELU overwrites the fresh hidden layer."""
     h = linear(x, blk.fc_w, blk.fc_b)
     return linear(gelu(h), blk.fc_proj_w, blk.fc_proj_b)
 
@@ -123,6 +132,8 @@ def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:
 def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
                    kv_cache: tuple[np.ndarray, np.ndarray] | None,
                    batch: AttentionBatch | None) -> np.ndarray:
+    """x [n, E] -> [n, E] (`reference.self_attention`). With a `kv_cache`, first WRITES the new
+    tokens' keys and values into their slots of it, then attends as `batch` says."""
     n, e = x.shape
     qkv = linear(x, blk.attn_w, blk.attn_b)
     # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
@@ -135,7 +146,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
 
 
 def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Token plus position embeddings."""
+    """Token plus position embeddings: a new array (the positions are added into the gather)."""
     x = np.take(w.wte, token_ids, axis=0)
     x += w.wpe[positions]
     return x
@@ -149,10 +160,11 @@ def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: n
             kv_caches: list[tuple[np.ndarray, np.ndarray]] | None = None,
             batch: AttentionBatch | None = None,
             logit_rows: np.ndarray | slice | None = None) -> np.ndarray:
-    """Logits for `token_ids` at `positions`.
+    """Logits for `token_ids` at `positions` (`reference.forward` for one whole sequence).
 
     Without `kv_caches` the tokens are one sequence attended causally (the plain full pass).
-    With them, each token's K/V is written to its cache slot and attention follows `batch`.
+    With them, each token's K/V is written to its cache slot (the caches are updated in place)
+    and attention follows `batch`.
     `logit_rows` picks the rows that need logits: the LM head is the largest matmul of a step.
     """
     eps = cfg.layer_norm_epsilon

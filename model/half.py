@@ -3,8 +3,8 @@
 A float16 KV cache halves what decode attention reads from memory. numba has no float16 type,
 so kernels see such a cache as its uint16 bit patterns (`as_kernel_array`): `to_float32` widens
 an element as it is read and `from_float32` rounds a value as it is written, each a few integer
-instructions that vectorize. (numpy's float32 -> float16 cast does not: ~3 ns per element, 3 ms
-of a batch-64 decode step, most of what the smaller cache saves.)
+instructions that vectorize. (numpy's float32 -> float16 cast does not, and cost most of what
+the smaller cache saves.)
 
 Values beyond float16's range are stored as +-65504, its largest.
 
@@ -24,9 +24,11 @@ def as_kernel_array(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
+# Compiled, numba uses the overloads below; run as plain Python (NUMBA_DISABLE_JIT=1, to step
+# through a kernel in a debugger) these bodies do the same on numpy scalars.
 def to_float32(x):
-    """An element of `as_kernel_array(a)` as float32. Only callable inside compiled kernels."""
-    raise NotImplementedError("to_float32 is compiled into numba kernels only")
+    """An element of `as_kernel_array(a)` as float32."""
+    return float16_bits_to_float32(x) if isinstance(x, np.uint16) else x
 
 
 @overload(to_float32, inline="always")
@@ -37,8 +39,8 @@ def _to_float32(x):
 
 
 def from_float32(x, cache):
-    """float32 `x` as an element of `cache`, an `as_kernel_array(a)`. Only inside kernels."""
-    raise NotImplementedError("from_float32 is compiled into numba kernels only")
+    """float32 `x` as an element of `cache`, an `as_kernel_array(a)`."""
+    return float32_to_float16_bits(x) if cache.dtype == np.uint16 else x
 
 
 @overload(from_float32, inline="always")
@@ -58,6 +60,7 @@ def float16_bits_to_float32(x):
     # Sign to bit 31, exponent and mantissa to the top of float32's fields: that reads as the
     # value times 2**-112 (float32's exponent bias is 112 more than float16's), subnormals too,
     # and the multiply restores it exactly.
+    x = np.uint32(x)  # (numpy, unlike numba, would shift a uint16 without widening it)
     bits = np.uint32(((x & 0x8000) << 16) | ((x & 0x7FFF) << 13))
     return bits.view(np.float32) * np.float32(2.0 ** 112)
 

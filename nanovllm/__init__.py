@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nanovllm' has no attribute {name!r}")
-    importlib.import_module("nanovllm.model.threads")  # before numpy loads: see its docstring
+    from nanovllm.model.threads import configure_thread_pools
+
+    configure_thread_pools()  # before numpy loads: see model/threads.py
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value

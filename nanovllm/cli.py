@@ -7,8 +7,13 @@ import logging
 import sys
 from collections.abc import Collection
 
-from nanovllm.config import EngineConfig, add_engine_args
-from nanovllm.hub import DownloadError, HubUnavailableError
+from nanovllm.model.threads import configure_thread_pools
+
+configure_thread_pools()  # an entry point: before numpy loads (see model/threads.py)
+
+# isort: split
+from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
+from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
 
 
 def _add_generate(sub) -> None:

@@ -37,13 +37,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
+from nanovllm.model.threads import configure_thread_pools
+
+configure_thread_pools()  # before numpy loads: see model/threads.py
 
 # isort: split
-import numpy as np
+import numpy as np  # noqa: E402
 
-from nanovllm.scripts.bench_transformers import TransformersRunner
-from nanovllm.scripts.bench_utils import (
+from nanovllm.scripts.bench_transformers import TransformersRunner  # noqa: E402
+from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
     default_threads,
     describe_environment,
@@ -53,7 +55,7 @@ from nanovllm.scripts.bench_utils import (
     render_table,
     write_json,
 )
-from nanovllm.scripts.perf_targets import evaluate, format_targets
+from nanovllm.scripts.perf_targets import evaluate, format_targets  # noqa: E402
 
 WARMUP_TOKENS = 8
 

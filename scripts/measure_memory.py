@@ -14,10 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
+from nanovllm.model.threads import configure_thread_pools
+
+configure_thread_pools()  # before numpy loads: see model/threads.py
 
 # isort: split
-import numpy as np
+import numpy as np  # noqa: E402
 
 
 def resident_mib() -> float:

@@ -16,12 +16,14 @@ import argparse
 import sys
 import time
 
-import nanovllm.model.threads  # noqa: F401  (before numpy: see model/threads.py)
+from nanovllm.model.threads import configure_thread_pools
+
+configure_thread_pools()  # before numpy loads: see model/threads.py
 
 # isort: split
-import numpy as np
+import numpy as np  # noqa: E402
 
-from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
+from nanovllm.runner.kv_cache import KV_CACHE_DTYPES  # noqa: E402
 
 
 def alternating_medians_ms(fns, reps: int) -> list[float]:

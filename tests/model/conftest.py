@@ -1,4 +1,5 @@
-"""Fixtures for the model tests: the tiny checkpoint's tensors, and a writer for variant checkpoints.
+"""Fixtures for the model tests: the tiny checkpoint's tensors, a variant with random biases and
+layer norms, and a writer for variant checkpoints.
 
 Variant checkpoints (other key layouts, shards, dtypes, broken files) are built from the tensors of
 the session's `tiny_ckpt`, so every variant that loads must give exactly the tiny model back.
@@ -22,6 +23,38 @@ from nanovllm.model import load_gpt2
 def tiny_model(tiny_ckpt):
     """(config, weights) of the tiny checkpoint."""
     return load_gpt2(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def perturbed_ckpt(tiny_ckpt, tmp_path_factory):
+    """The tiny checkpoint with random biases and layer-norm parameters, and larger weights.
+
+    Dummy checkpoints have zero biases and unit layer-norm gains: without this variant a dropped
+    or mis-wired bias would go unnoticed. The embedding (also the LM head) is scaled up so that
+    logits reach real GPT-2's magnitude (tens), where float32 rounding starts to matter.
+    """
+    rng = np.random.default_rng(1)
+    tensors = load_file(str(tiny_ckpt / "model.safetensors"))
+    for name, t in tensors.items():
+        noise = rng.standard_normal(t.shape, dtype=np.float32)
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            tensors[name] = 1 + 0.2 * noise
+        elif name.endswith(".bias"):
+            tensors[name] = 0.1 * noise
+        elif name == "wte.weight":
+            tensors[name] = 20 * t
+        else:
+            tensors[name] = 3 * t
+    out = tmp_path_factory.mktemp("perturbed")
+    (out / "config.json").write_bytes((tiny_ckpt / "config.json").read_bytes())
+    save_file(tensors, str(out / "model.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def perturbed_model(perturbed_ckpt):
+    """(config, weights) of the perturbed checkpoint."""
+    return load_gpt2(perturbed_ckpt)
 
 
 @pytest.fixture

@@ -1,0 +1,157 @@
+"""Every compiled kernel against its plain-numpy function in `model/reference.py` (llm.c's rule),
+on random inputs and edge shapes: one row, odd sizes, long rows and contexts.
+
+Tolerances. The kernel and the reference do the same float32 math in different orders. For a
+float32 sum of n terms we allow Higham and Mary's probabilistic error bound, lam * sqrt(n) * u *
+sum|terms| (u = 2**-24, float32's unit roundoff; lam = 8, so that no random input of these tests
+comes near it), once for each side, plus a few u per elementwise operation. The worst-case bound
+n * u * sum|terms| would hide a dropped term of a long dot product; this one does not. exp32 and
+the float16 conversions are checked against numpy on their own (test_exp32.py, test_half.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nanovllm.model import reference as ref
+from nanovllm.model.attention import (
+    CAUSAL_BLOCK,
+    causal_attention,
+    paged_decode_attention,
+    softmax_,
+)
+from nanovllm.model.gpt2 import gelu, layer_norm
+from nanovllm.model.half import as_kernel_array
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
+
+U = 2.0 ** -24
+LAM = 8.0
+
+
+def sum_error(n: int) -> float:
+    """Two float32 sums of n terms (kernel and reference) may differ by this times sum|terms|."""
+    return 2 * LAM * math.sqrt(n) * U
+
+
+def f32(*shape, seed=0, scale=1.0) -> np.ndarray:
+    return scale * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def assert_within(kernel: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> None:
+    assert kernel.dtype == np.float32 and kernel.shape == expected.shape
+    excess = np.abs(kernel.astype(np.float64) - expected) - bound
+    assert excess.max() <= 0, f"off by up to {excess.max():.3g} beyond the bound"
+
+
+@pytest.mark.parametrize("rows, in_dim, out_dim", [
+    (1, 1, 1), (1, 3072, 769), (3, 768, 2305), (KERNEL_MAX_ROWS, 767, 33),
+    (KERNEL_MAX_ROWS + 1, 768, 31),  # (BLAS, like the reference)
+])
+def test_linear_matches_reference(rows, in_dim, out_dim):
+    x, w, b = f32(rows, in_dim, seed=1), f32(out_dim, in_dim, seed=2), f32(out_dim, seed=3)
+    expected = ref.linear(x, w, b)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64) + np.abs(b)
+    assert_within(linear(x, w, b), expected, sum_error(in_dim + 1) * magnitude)
+
+
+@pytest.mark.parametrize("rows, e", [(1, 1), (1, 768), (5, 7), (130, 1601)])
+def test_layer_norm_matches_reference(rows, e):
+    """Rows with a large mean next to a small spread, where a one-pass variance would cancel."""
+    x = 30 + f32(rows, e, seed=4, scale=3)
+    g, b = 1 + f32(e, seed=5, scale=0.3), f32(e, seed=6, scale=0.1)
+    expected = ref.layer_norm(x, g, b, 1e-5)
+    x64 = x.astype(np.float64)
+    std = np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    z = (x64 - x64.mean(-1, keepdims=True)) / std
+    # the mean's error, seen through 1/std, and the variance's, on z; then times g, plus b
+    bound = (sum_error(e) * (np.abs(x64).mean(-1, keepdims=True) / std + np.abs(z))
+             + 8 * U * np.abs(z)) * np.abs(g) + 4 * U * (np.abs(z * g) + np.abs(b))
+    assert_within(layer_norm(x, g, b, 1e-5), expected, bound)
+    read_only = g.copy()
+    read_only.flags.writeable = False  # memory-mapped weights: the kernel's other signature
+    np.testing.assert_array_equal(layer_norm(x, read_only, b, 1e-5), layer_norm(x, g, b, 1e-5))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3072), (7, 13), (65, 3072)])
+def test_gelu_matches_reference_and_works_in_place(shape):
+    x = f32(*shape, seed=7, scale=4)
+    x.flat[:6] = [-1e4, -30.0, -0.0, 1e-30, 30.0, 1e4][:x.size]
+    expected = ref.gelu(x)
+    x64 = x.astype(np.float64)
+    u = math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64 ** 3)
+    # The kernel is within 1e-5 of the exact value (test_model_float32.py). The reference's
+    # 1 + tanh(u) is off by a few u, and by the rounding of u itself (relative, a few u) times
+    # tanh's slope; times 0.5|x|.
+    bound = 1e-5 * np.abs(expected) + 0.5 * np.abs(x64) * U * (4 + 6 * np.abs(u) * (1 - np.tanh(u) ** 2))
+    out = gelu(x)
+    assert out is x  # in place, as its docstring says
+    assert_within(out, expected, bound)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 50257), (3, 7), (64, 1024)])
+def test_softmax_rows_match_reference(shape):
+    scores = f32(*shape, seed=8, scale=10)
+    if shape[1] > 1:
+        scores[:, ::3] = -np.inf  # as masked logits leave them; never a whole row
+    expected = ref.softmax(scores)
+    # exp: a few u on each side (exp32 is within 2 ulps); the sums; the scaling
+    bound = (8 * U + sum_error(shape[1])) * expected
+    assert_within(softmax_(scores.copy()), expected, bound)
+    assert (softmax_(scores.copy())[np.isinf(scores)] == 0).all()
+
+
+def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """How far two float32 computations of causal attention's last rows may differ: q [T, H, D]
+    (the last T of a context of c), k, v [c, H, D] -> [T, H, D].
+
+    A score (a dot product over D) off by s changes every probability of its row by at most 2s
+    relative; the softmax's exp, sum over c keys and scaling add theirs; then the weighted sum
+    of V over c keys. Each relative error is applied to sum_j p_j |v_j|.
+    """
+    q, k, v = (a.astype(np.float64).transpose(1, 0, 2) for a in (q, k, v))  # [H, ., D]
+    t, c, d = q.shape[1], k.shape[1], q.shape[2]
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # [H, T, c]
+    scores += np.triu(np.full((t, c), -np.inf), k=c - t + 1)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    score_error = sum_error(d) * (np.abs(q) @ np.abs(k).transpose(0, 2, 1)).max(-1) / math.sqrt(d)
+    relative = 2 * score_error + 8 * U + 2 * sum_error(c)  # [H, T]
+    return (relative[..., None] * (probs @ np.abs(v))).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("n, c", [(1, 1), (1, 300), (5, 5), (CAUSAL_BLOCK + 1, CAUSAL_BLOCK + 1),
+                                  (300, 300), (200, 777)])  # (c > n: a chunk of a longer prompt)
+def test_causal_attention_matches_reference(n, c):
+    """The engine's blocked causal attention over the last n positions of a c-token context."""
+    q, k, v = (f32(c, 3, 16, seed=s) for s in (9, 10, 11))
+    expected = ref.attention(q, k, v)[c - n:]
+    assert_within(causal_attention(q[c - n:], k, v), expected, attention_bound(q[c - n:], k, v))
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+def test_paged_decode_attention_matches_reference(lens, cache_dtype):
+    """Each decode is the last row of the reference's attention over its whole context, read
+    through a shuffled block table; float16 caches are read exactly as numpy widens them."""
+    block_size, n_head, head_dim = 16, 3, 8
+    rng = np.random.default_rng(len(lens))
+    blocks = [-(-n // block_size) for n in lens]
+    free = list(rng.permutation(sum(blocks)))
+    tables = np.zeros((len(lens), max(blocks)), np.int64)
+    for i, count in enumerate(blocks):
+        tables[i, :count] = [free.pop() for _ in range(count)]
+    k_cache, v_cache = (f32(sum(blocks) * block_size, n_head, head_dim, seed=s, scale=2)
+                        .astype(cache_dtype) for s in (12, 13))
+    queries = [f32(n, n_head, head_dim, seed=20 + i) for i, n in enumerate(lens)]
+    out = np.full((len(lens), n_head, head_dim), np.nan, np.float32)
+    paged_decode_attention(np.stack([q[-1] for q in queries]), as_kernel_array(k_cache),
+                           as_kernel_array(v_cache), tables, np.array(lens), block_size, out)
+    for i, (n, q) in enumerate(zip(lens, queries)):
+        pos = np.arange(n)
+        slots = tables[i, pos // block_size] * block_size + pos % block_size
+        k, v = k_cache[slots].astype(np.float32), v_cache[slots].astype(np.float32)
+        expected = ref.attention(q, k, v)[-1:]
+        assert_within(out[i:i + 1], expected, attention_bound(q[-1:], k, v))
