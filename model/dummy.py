@@ -5,12 +5,15 @@ loadable checkpoint directory (config, generation config, safetensors weights, t
 preset or a tiny test size. Random weights with the real shapes cost exactly what the real model
 costs, which is what benchmarks and smoke runs need. This is vLLM's `load_format="dummy"`.
 Such a config carries `"_nanovllm_dummy": true` so everything downstream can label it.
+`dummy_checkpoint_dir` keeps one such checkpoint per preset in a cache, written on first use.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,10 +22,10 @@ from safetensors.numpy import save_file
 
 from nanovllm.model.config import PRESETS, GPT2Config
 from nanovllm.model.loader import expected_shapes
-from nanovllm.model.tokenizer_files import copy_tokenizer, write_trained_tokenizer
+from nanovllm.model.tokenizer_files import copy_tokenizer, write_tokenizer
 
 DUMMY_KEY = "_nanovllm_dummy"
-DUMMY_FORMAT_VERSION = 2  # bump when the files written change: cached checkpoints are rewritten
+DUMMY_FORMAT_VERSION = 3  # bump when the files written change: cached checkpoints are rewritten
 
 
 def cache_root() -> Path:
@@ -54,8 +57,8 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
     """Writes a loadable checkpoint with random weights; returns its directory.
 
     `preset` is one of PRESETS; `config_overrides` (e.g. n_layer=2, n_embd=64, n_head=4,
-    vocab_size=1024) make tiny test models. The tokenizer is trained locally to cover the whole
-    vocabulary, or copied from `tokenizer_dir` (e.g. GPT-2's real one).
+    vocab_size=1024) make tiny test models. The tokenizer is GPT-2's own, cut to `vocab_size`
+    (see tokenizer_files), or copied from `tokenizer_dir`.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -66,7 +69,7 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), out, cfg.vocab_size)
     else:
-        write_trained_tokenizer(out, cfg.vocab_size, cfg.n_positions, cache_root() / "tokenizers")
+        write_tokenizer(out, cfg.vocab_size, cfg.n_positions, cache_root() / "tokenizers")
     save_file(random_weights(cfg, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
     config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
               "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
@@ -81,3 +84,29 @@ def is_dummy_checkpoint(model_dir: str | Path) -> bool:
         return bool(json.loads((Path(model_dir) / "config.json").read_text()).get(DUMMY_KEY))
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
+    """A random-weights checkpoint of `preset`'s shapes, written once and reused, in
+    cache_root()/dummy-v<DUMMY_FORMAT_VERSION>/<preset>.
+
+    Written to a temporary sibling and renamed, so concurrent first calls (engine and server
+    tests, say) never see half a checkpoint; whichever rename lands first wins.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"no dummy preset {preset!r}: use one of {', '.join(PRESETS)}")
+    out = cache_root() / f"dummy-v{DUMMY_FORMAT_VERSION}" / preset
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{preset}.tmp-"))
+    try:
+        write_dummy_checkpoint(tmp, preset)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanovllm.config import EngineConfig
-from nanovllm.hub import HUB_REPOS, HubUnavailableError, dummy_checkpoint_dir, resolve_model
+from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
 from nanovllm.model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
-from nanovllm.model.dummy import random_weights
+from nanovllm.model.dummy import dummy_checkpoint_dir, random_weights
 from nanovllm.model.loader import build_weights
 
 logger = logging.getLogger("nanovllm")

@@ -4,10 +4,11 @@
     nanovllm download gpt2-medium --output /data/gpt2-medium --revision main
     nanovllm download openai-community/gpt2               # any GPT-2-architecture repo id
 
-Fetches only what serving needs (config, safetensors weights, tokenizer files), shows
-huggingface_hub's progress bars, resumes an interrupted run (rerun the same command), and checks
-that the result is GPT-2 and loads before it appears under its final name. On success the
-checkpoint path is printed on stdout; progress and errors go to stderr.
+Fetches only what serving needs (config, safetensors weights, tokenizer files) with
+huggingface_hub's `snapshot_download` (and its progress bars), keeps what an interrupted run
+finished (rerun the same command), and checks that the result is GPT-2 and loads before it
+appears under its final name. On success the checkpoint path is printed on stdout; progress and
+errors go to stderr.
 
 Without network (or with HF_HUB_OFFLINE=1) it prints one line saying so and how to run on random
 weights instead (`nanovllm serve gpt2 --load-format dummy`), and exits with status 1.
@@ -16,6 +17,7 @@ weights instead (`nanovllm serve gpt2 --load-format dummy`), and exits with stat
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from nanovllm.hub import (
@@ -67,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _quiet_hub_logs() -> None:
-    """Our own one-line messages replace huggingface_hub's multi-line warnings."""
-    try:
-        from huggingface_hub.utils import logging as hf_logging
+    """Our own one-line messages replace huggingface_hub's multi-line warnings, and its HTTP
+    library's line per request (nanovllm's CLI logs at INFO)."""
+    from huggingface_hub.utils import httpx
+    from huggingface_hub.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    hf_logging.set_verbosity_error()
+    logging.getLogger(httpx.__name__).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,9 @@ import shutil
 import pytest
 
 from nanovllm import EngineConfig
-from nanovllm.hub import DownloadError, HubUnavailableError, dummy_checkpoint_dir
+from nanovllm.hub import DownloadError, HubUnavailableError
 from nanovllm.model import CheckpointError
+from nanovllm.model.dummy import dummy_checkpoint_dir
 from nanovllm.model_loading import load_model, preset_for
 from tests.scripts.fake_hub import FakeHub
 

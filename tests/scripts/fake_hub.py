@@ -1,8 +1,9 @@
 """A minimal stand-in for the Hugging Face Hub's HTTP API, serving one directory as a model repo.
 
-Enough of the API for nanovllm.hub (and huggingface_hub.snapshot_download): repo info, the file
-tree, and HEAD/GET of `resolve/<commit>/<file>` with Range requests. Every request path is recorded, so tests can check that
-only the selected files were fetched.
+Enough of the API for huggingface_hub's `model_info` and `snapshot_download` (tests point
+HF_ENDPOINT at it): repo info, the file tree, and HEAD/GET of `resolve/<commit>/<file>` with
+Range requests. Every request is recorded, so tests can check which files were fetched; a large
+GET can be made to stall mid-file, like a network that goes dark.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     def __init__(self, repo_id: str, files: dict[str, bytes]):
         self.repo_id, self.files, self.requests = repo_id, files, []
-        self.stall_after_bytes: int | None = None  # the next large GET sends this much, then hangs
-        self.ranges: list[str] = []  # Range headers received, to check that downloads resume
+        self.stall: tuple[str, int] | None = None  # (file, n): its next GET sends n bytes, hangs
         self._release = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -32,8 +32,12 @@ class FakeHub:
         files = {p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
         return cls(repo_id, {**files, **(extra or {})})
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Ends a stalled transfer (the client sees the connection end early)."""
         self._release.set()
+
+    def close(self) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
@@ -70,7 +74,7 @@ def _handler(hub: FakeHub):
             if path.startswith(prefix):
                 name = path.removeprefix(prefix).split("/", 1)[1]
                 if name in hub.files:
-                    return self._file(hub.files[name], body)
+                    return self._file(name, body)
             self.send_response(404)
             self.send_header("X-Error-Code", "EntryNotFound")
             self.send_header("Content-Length", "0")
@@ -85,11 +89,9 @@ def _handler(hub: FakeHub):
             if body:
                 self.wfile.write(data)
 
-        def _file(self, data: bytes, body: bool):
-            start = 0
+        def _file(self, name: str, body: bool):
+            data, start = hub.files[name], 0
             rng = self.headers.get("Range")
-            if rng:
-                hub.ranges.append(rng)
             if rng and rng.startswith("bytes="):
                 start = int(rng[6:].split("-")[0])
             self.send_response(206 if start else 200)
@@ -100,8 +102,8 @@ def _handler(hub: FakeHub):
             if not body:
                 return
             chunk = data[start:]
-            if hub.stall_after_bytes is not None and len(chunk) > hub.stall_after_bytes:
-                cut, hub.stall_after_bytes = hub.stall_after_bytes, None
+            if hub.stall is not None and hub.stall[0] == name:
+                (_, cut), hub.stall = hub.stall, None
                 self.wfile.write(chunk[:cut])
                 self.wfile.flush()
                 hub._release.wait()  # like a network that went dark mid-file

@@ -1,8 +1,8 @@
 """`nanovllm download` and nanovllm.hub: file selection, offline behaviour, the staging directory
-and resume, verification, resolve_model and the dummy-checkpoint cache.
+and what a rerun keeps, verification and resolve_model.
 
-Downloads run against FakeHub, a local stand-in for the hub's HTTP API, through the real
-huggingface_hub client: the real hub is unreachable in CI.
+Downloads run against FakeHub, a local stand-in for the hub's HTTP API (HF_ENDPOINT points at
+it), through the real huggingface_hub client: the real hub is unreachable in CI.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,14 +20,12 @@ from pathlib import Path
 import pytest
 from fake_hub import COMMIT, FakeHub
 
-from nanovllm import hub
 from nanovllm.hub import (
+    MARKER,
     DownloadError,
     HubUnavailableError,
     check_file_set,
     download_model,
-    dummy_checkpoint_dir,
-    is_complete,
     read_marker,
     repo_id_for,
     resolve_model,
@@ -34,8 +33,6 @@ from nanovllm.hub import (
     staging_dir,
     verify_checkpoint,
 )
-from nanovllm.model import write_dummy_checkpoint
-from nanovllm.model.dummy import DUMMY_FORMAT_VERSION
 from nanovllm.scripts import download_gpt2
 
 SCRIPT = Path(download_gpt2.__file__)
@@ -53,6 +50,10 @@ GPT2_REPO_FILES = [
 ]
 SERVING_FILES = ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
                  "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+
+
+def is_complete(model_dir: Path) -> bool:
+    return bool(read_marker(model_dir))
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
@@ -170,6 +171,7 @@ def test_download_fetches_only_serving_files(fake_hub, tmp_path):
     assert out == tmp_path / "gpt2"
     assert fake_hub.downloaded() == set(SERVING_FILES)
     assert is_complete(out) and not staging_dir(out).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*SERVING_FILES, MARKER])
     marker = read_marker(out)
     assert (marker["repo_id"], marker["revision"], marker["commit"]) == \
         ("openai-community/gpt2", "main", COMMIT)
@@ -222,55 +224,65 @@ def test_download_rejects_weights_that_do_not_load(tiny_ckpt, tmp_path, monkeypa
     assert not (tmp_path / "m").exists() and not staging_dir(tmp_path / "m").exists()
 
 
-def test_killed_download_leaves_only_staging_and_resumes(tmp_path):
-    # huggingface_hub writes in 10 MiB chunks, so the weights must be larger than that.
-    ckpt = write_dummy_checkpoint(tmp_path / "src", "gpt2", n_layer=3, n_embd=384, n_head=6,
-                                  vocab_size=1024, n_positions=256)
-    server = FakeHub.from_dir("openai-community/gpt2", ckpt)
-    cut = 12 * 2**20
-    server.stall_after_bytes = cut
-    out, env = tmp_path / "gpt2", {"HF_ENDPOINT": server.url}
-    cmd = [sys.executable, str(SCRIPT), "gpt2", "-o", str(out)]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def test_killed_download_leaves_only_staging_and_a_rerun_keeps_finished_files(fake_hub, tmp_path):
+    fake_hub.stall = ("model.safetensors", 1000)  # the weights stop arriving; the rest finish
+    out = tmp_path / "gpt2"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "gpt2", "-o", str(out)],
+                            env={**os.environ, "HF_ENDPOINT": fake_hub.url},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_partial_file(staging_dir(out), 10 * 2**20)
+        _wait_for(lambda: _small_files_done(staging_dir(out)) and _weights_requested(fake_hub))
         proc.kill()  # as hard as an interruption gets
         proc.wait()
-        assert not out.exists() and not is_complete(staging_dir(out))
-        result = run_cli("gpt2", "-o", str(out), env=env)
     finally:
         proc.kill()
-        server.close()
+    assert not out.exists() and not is_complete(staging_dir(out))
+    before = len(fake_hub.requests)
+    result = run_cli("gpt2", "-o", str(out), env={"HF_ENDPOINT": fake_hub.url})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     assert is_complete(out) and not staging_dir(out).exists()
-    assert server.ranges == [f"bytes={10 * 2**20}-"]  # continued from the first 10 MiB chunk
+    again = {p.rsplit("/", 1)[-1] for m, p in fake_hub.requests[before:] if m == "GET"
+             and "/resolve/" in p}
+    assert again == {"model.safetensors"}  # the finished files were kept
     verify_checkpoint(out)
 
 
-def _wait_for_partial_file(staging: Path, size: int) -> None:
-    deadline = time.monotonic() + 20
+def test_interrupt_is_reported_in_one_line(fake_hub, tmp_path):
+    fake_hub.stall = ("model.safetensors", 1000)
+    out = tmp_path / "gpt2"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "gpt2", "-o", str(out)],
+                            env={**os.environ, "HF_ENDPOINT": fake_hub.url,
+                                 "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _weights_requested(fake_hub))
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        fake_hub.release()  # the stalled transfer ends, so the worker thread can stop
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted;") and "rerun" in last and "gpt2.partial" in last
+    assert stdout == "" and not out.exists()
+
+
+def _small_files_done(staging: Path) -> bool:
+    return all((staging / f).is_file() for f in SERVING_FILES if f != "model.safetensors")
+
+
+def _weights_requested(hub: FakeHub) -> bool:
+    return any(m == "GET" and p.endswith("/model.safetensors") for m, p in hub.requests)
+
+
+def _wait_for(condition) -> None:
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        partial = list(staging.glob("*.incomplete"))
-        if partial and partial[0].stat().st_size >= size:
+        if condition():
             return
         time.sleep(0.05)
     raise AssertionError("the download never got under way")
-
-
-def test_interrupt_is_reported_in_one_line(monkeypatch, tmp_path, capsys):
-    def interrupted(*_args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(hub, "hub_listing", lambda *_: (COMMIT, dict.fromkeys(SERVING_FILES)))
-    monkeypatch.setattr(hub, "hub_fetch", interrupted)
-    args = download_gpt2.add_args(argparse.ArgumentParser()).parse_args(
-        ["gpt2", "-o", str(tmp_path / "gpt2")])
-    assert download_gpt2.run(args) == 130
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("interrupted;") and "rerun" in last and "gpt2.partial" in last
-    assert not (tmp_path / "gpt2").exists()
 
 
 # --------------------------------------------------------------------------- verification
@@ -327,26 +339,3 @@ def test_resolve_model(fake_hub, tiny_ckpt, tmp_path, monkeypatch):
     assert resolve_model("distilgpt2") == by_hand  # a checkpoint put there by hand is used
     with pytest.raises(HubUnavailableError):
         resolve_model("gpt2", revision="v2")  # a different revision must be downloaded
-
-
-def test_dummy_checkpoint_dir_is_written_once(tiny_ckpt, tmp_path, monkeypatch):
-    import nanovllm.model as model
-
-    calls = []
-
-    def fake_writer(out, preset):  # a copy of the tiny model instead of 500 MB of weights
-        calls.append(preset)
-        return shutil.copytree(tiny_ckpt, out, dirs_exist_ok=True)
-
-    monkeypatch.setattr(model, "write_dummy_checkpoint", fake_writer)
-    monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
-    first = dummy_checkpoint_dir("distilgpt2")
-    assert first == tmp_path / "cache" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "distilgpt2"
-    assert dummy_checkpoint_dir("distilgpt2") == first and calls == ["distilgpt2"]
-    assert model.is_dummy_checkpoint(first)
-    assert [p.name for p in first.parent.iterdir()] == ["distilgpt2"]  # no temp dirs left
-    monkeypatch.delenv("NANOVLLM_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert dummy_checkpoint_dir("gpt2") == tmp_path / "xdg" / "nanovllm" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "gpt2"
-    with pytest.raises(ValueError, match="gpt2-medium"):
-        dummy_checkpoint_dir("gpt3")
