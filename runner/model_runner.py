@@ -63,11 +63,12 @@ class NativeModelRunner:
         states = [self.states[i] for i in inputs.sample_ids]
         tokens, logprobs = sample(logits[:n], states, self.cfg.eos_token_id)
         prompt_logprobs = self._prompt_logprobs(logits[n:], inputs.prompt_rows)
-        sampled = dict(zip(inputs.sample_ids, tokens.tolist()))
-        for state, token in zip(states, sampled.values()):
-            state.token_ids.append(token)
-        return ModelRunnerOutput(
-            sampled, {i: lp for i, lp in zip(inputs.sample_ids, logprobs) if lp}, prompt_logprobs)
+        tokens = tokens.tolist()
+        for state, token in zip(states, tokens):
+            state.token_ids.append(token)  # the runner's copy of the sequence, as the engine's
+        return ModelRunnerOutput(dict(zip(inputs.sample_ids, tokens)),
+                                 {i: lp for i, lp in zip(inputs.sample_ids, logprobs) if lp},
+                                 prompt_logprobs)
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in
