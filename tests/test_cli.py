@@ -146,3 +146,12 @@ def test_a_choice_outside_the_list_is_refused_by_the_config_too():
     with pytest.raises(ValueError, match="load_format must be one of 'auto', 'safetensors', "
                                          "'dummy', got 'pickle'"):
         EngineConfig("m", load_format="pickle")
+
+
+def test_python_m_nanovllm_server_is_nanovllm_serve(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NANOVLLM_MODELS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "nanovllm.server", "no/such-dir"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "nanovllm serve: error: cannot download no/such-dir: HF_HUB_OFFLINE=1 is set")
