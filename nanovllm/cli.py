@@ -61,9 +61,11 @@ class _Parser(argparse.ArgumentParser):
 
     def _check_nested(self, rest: list[str]) -> None:
         for at, arg in enumerate(rest):
-            if arg == "serve" and at and self._is_command(rest[:at + 1]):
-                self.exit(2, f"{self.prog} bench: error: `{' '.join(rest[:at])}` must come after "
-                             f"`serve` (see: {self.prog} bench serve --help)\n")
+            if arg == "serve" and (at == 0 or self._is_command(rest[:at + 1])):
+                if at:
+                    self.exit(2, f"{self.prog} bench: error: `{' '.join(rest[:at])}` must come "
+                                 f"after `serve` (see: {self.prog} bench serve --help)\n")
+                return  # what follows the command is its own
 
     def _is_command(self, args: list[str]) -> bool:
         """Whether the last of `args` is left over by the offline bench's options, rather than

@@ -111,6 +111,8 @@ def test_serve_as_an_option_value_is_not_the_subcommand(argv):
 def test_options_in_their_place_are_honoured():
     args = build_parser().parse_args(["bench", "serve", "--input-len", "8", "--port", "8311"])
     assert (args.bench_command, args.input_len, args.port) == ("serve", 8, 8311)
+    args = build_parser().parse_args(["bench", "serve", "--model", "serve"])  # after the command
+    assert (args.bench_command, args.model) == ("serve", "serve")
     args = build_parser().parse_args(["bench", "--input-len", "8", "--reps", "2"])
     assert (args.bench_command, args.input_len, args.reps) == (None, [8], 2)
 
