@@ -31,7 +31,7 @@ class AsyncEngine:
         self.tokenizer = engine.tokenizer
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
-        self.model_path = str(engine.model_path)
+        self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()

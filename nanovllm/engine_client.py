@@ -43,6 +43,7 @@ class EngineClient(Protocol):
     max_model_len: int
     vocab_size: int           # token ids a request may use: [0, vocab_size)
     model_path: str           # where the weights came from
+    is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
     stats: EngineStats        # a snapshot, never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 
