@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from nanovllm.model.threads import configure_thread_pools
 
 _EXPORTS = {
-    "AttentionBatch": "nanovllm.model.attention",
+    "AttentionBatch": "nanovllm.model.attention", "softmax_": "nanovllm.model.attention",
     "GPT2Config": "nanovllm.model.config", "PRESETS": "nanovllm.model.config",
     "cache_root": "nanovllm.model.dummy", "is_dummy_checkpoint": "nanovllm.model.dummy",
     "write_dummy_checkpoint": "nanovllm.model.dummy",
@@ -22,10 +22,11 @@ _EXPORTS = {
     "CheckpointError": "nanovllm.model.safetensors_io",
 }
 __all__ = ["AttentionBatch", "CheckpointError", "GPT2Config", "GPT2Weights", "PRESETS",
-           "cache_root", "forward", "is_dummy_checkpoint", "load_gpt2", "write_dummy_checkpoint"]
+           "cache_root", "forward", "is_dummy_checkpoint", "load_gpt2", "softmax_",
+           "write_dummy_checkpoint"]
 
 if TYPE_CHECKING:
-    from nanovllm.model.attention import AttentionBatch
+    from nanovllm.model.attention import AttentionBatch, softmax_
     from nanovllm.model.config import PRESETS, GPT2Config
     from nanovllm.model.dummy import cache_root, is_dummy_checkpoint, write_dummy_checkpoint
     from nanovllm.model.gpt2 import GPT2Weights, forward

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LLM": "nanovllm.llm",
+    "AsyncEngine": "nanovllm.async_engine", "EngineClient": "nanovllm.engine_client",
     "EngineConfig": "nanovllm.config",
     "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.engine",
     "InvalidRequestError": "nanovllm.errors",
@@ -22,13 +23,15 @@ _EXPORTS = {
     "RequestOutput": "nanovllm.outputs",
     "SamplingParams": "nanovllm.sampling_params",
 }
-__all__ = ["LLM", "CompletionOutput", "EngineConfig", "EngineStats", "InvalidRequestError",
-           "LLMEngine", "Logprob", "PromptType", "RequestOutput", "SamplingParams", "TextPrompt",
-           "TokensPrompt", "__version__"]
+__all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
+           "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "RequestOutput",
+           "SamplingParams", "TextPrompt", "TokensPrompt", "__version__"]
 
 if TYPE_CHECKING:
+    from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
     from nanovllm.engine import EngineStats, LLMEngine
+    from nanovllm.engine_client import EngineClient
     from nanovllm.errors import InvalidRequestError
     from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.llm import LLM

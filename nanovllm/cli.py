@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Collection
 
 from nanovllm.model.threads import configure_thread_pools
 
@@ -14,6 +13,8 @@ configure_thread_pools()  # an entry point: before numpy loads (see model/thread
 # isort: split
 from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
 from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
+from nanovllm.scripts import benchmark, benchmark_serving, download_gpt2  # noqa: E402
+from nanovllm.server import cli as server_cli  # noqa: E402
 
 
 def _add_generate(sub) -> None:
@@ -32,7 +33,8 @@ def _add_generate(sub) -> None:
 
 
 def _run_generate(args) -> int:
-    from nanovllm import LLM, SamplingParams
+    from nanovllm.llm import LLM
+    from nanovllm.sampling_params import SamplingParams
 
     config = EngineConfig.from_cli_args(args.model, args)
     llm = LLM(**{f: getattr(config, f) for f in config.__slots__})
@@ -46,59 +48,59 @@ def _run_generate(args) -> int:
     return 0
 
 
-def _add_delegated(sub, name: str, module: str, help: str):
-    p = sub.add_parser(name, help=help)
-    mod = __import__(module, fromlist=["add_args"])
-    (getattr(mod, "add_serve_args", None) or mod.add_args)(p)
-    p.set_defaults(func=getattr(mod, "run_serve", None) or mod.run)
-    return p
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser; it refuses options placed before `bench serve`'s `serve`.
 
-
-class _Commands(argparse._SubParsersAction):
-    """The subcommands; a nested one (`bench serve`) must come right after its parent.
-
-    Options before it would be parsed as the parent's: `bench --input-len 8 serve` took 8 as the
-    offline bench's input length, then serve's default overwrote it, silently; `bench --port 1
-    serve` failed with a puzzling "invalid choice: '1'". Both are refused, in one line.
-
-    Private argparse API, knowingly: there is no public hook between choosing a subcommand and
-    parsing its arguments (the check must run inside parse_args), nor a public list of a
-    parser's options (`--json serve` names a file; options added through argument groups
-    bypass any add_argument override). tests/test_cli.py pins the behaviour.
+    Parsed as the offline bench's, they were wrong silently or puzzlingly: `bench --input-len 8
+    serve` took 8 as the offline bench's input length, then serve's default overwrote it;
+    `bench --port 1 serve` failed with "invalid choice: '1'". Both are refused, in one line.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.nested: dict[str, Collection[str]] = {}  # command -> the names of its subcommands
+    offline_bench: argparse.ArgumentParser  # the offline bench's options alone
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        command, rest = values[0], values[1:]
-        at = self._nested_at(command, rest)
-        if at > 0:
-            before, nested = " ".join(rest[:at]), rest[at]
-            parser.exit(2, f"{parser.prog} {command}: error: `{before}` must come after "
-                           f"`{nested}` (see: {parser.prog} {command} {nested} --help)\n")
-        super().__call__(parser, namespace, values, option_string)
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        if args[:1] == ["bench"]:
+            self._check_nested(args[1:])
+        return super().parse_known_args(args, namespace)
 
-    def _nested_at(self, command: str, rest: list[str]) -> int:
-        """Where a nested subcommand appears in `rest`, or 0; `--json serve` names a file."""
-        nested = self.nested.get(command, ())
-        takes_value = {option for action in self.choices[command]._actions if action.nargs != 0
-                       for option in action.option_strings}
-        return next((i for i, arg in enumerate(rest)
-                     if arg in nested and not (i and rest[i - 1] in takes_value)), 0)
+    def _check_nested(self, rest: list[str]) -> None:
+        for at, arg in enumerate(rest):
+            if arg == "serve" and (at == 0 or self._is_command(rest[:at + 1])):
+                if at:
+                    self.exit(2, f"{self.prog} bench: error: `{' '.join(rest[:at])}` must come "
+                                 f"after `serve` (see: {self.prog} bench serve --help)\n")
+                return  # what follows the command is its own
+
+    def _is_command(self, args: list[str]) -> bool:
+        """Whether the last of `args` is left over by the offline bench's options, rather than
+        taken as an option's value (`--json serve` names a file)."""
+        try:
+            _, extra = self.offline_bench.parse_known_args(args)
+        except argparse.ArgumentError:  # a bad value: the full parse reports it
+            return False
+        return extra[-1:] == args[-1:]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nanovllm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, action=_Commands)
-    _add_delegated(sub, "serve", "nanovllm.server.cli", "serve a model over an OpenAI-compatible HTTP API")
+    parser = _Parser(prog="nanovllm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    server_cli.add_serve_args(serve)
+    serve.set_defaults(func=server_cli.run_serve)
     _add_generate(sub)
-    _add_delegated(sub, "download", "nanovllm.scripts.download_gpt2", "download GPT-2 from the Hugging Face hub")
-    bench = _add_delegated(sub, "bench", "nanovllm.scripts.benchmark", "offline prefill/decode benchmark")
-    bench_sub = bench.add_subparsers(dest="bench_command")
-    _add_delegated(bench_sub, "serve", "nanovllm.scripts.benchmark_serving", "benchmark a running server")
-    sub.nested["bench"] = bench_sub.choices
+    download = sub.add_parser("download", help="download GPT-2 from the Hugging Face hub")
+    download_gpt2.add_args(download)
+    download.set_defaults(func=download_gpt2.run)
+    bench = sub.add_parser("bench", help="offline prefill/decode benchmark")
+    benchmark.add_args(bench)
+    bench.set_defaults(func=benchmark.run)
+    bench_serve = bench.add_subparsers(dest="bench_command").add_parser(
+        "serve", help="benchmark a running server")
+    benchmark_serving.add_args(bench_serve)
+    bench_serve.set_defaults(func=benchmark_serving.run)
+    parser.offline_bench = benchmark.add_args(
+        argparse.ArgumentParser(add_help=False, exit_on_error=False))
     return parser
 
 

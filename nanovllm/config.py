@@ -1,39 +1,55 @@
-"""Engine options, with vLLM's names, and the command-line flags that set them."""
+"""Engine options, with vLLM's names. Each is defined once, here: its default, its help and its
+choices make both the dataclass and the command-line flag (`add_engine_args`)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+
+def option(default, help: str, choices=None):
+    """A field that is also a flag: `--name-with-dashes`, documented by `help`."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str
-    load_format: str = "auto"            # "auto": real weights; "dummy": random, real shapes
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None     # default: the model's n_positions
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    kv_cache_memory_bytes: int | None = None
-    num_kv_blocks: int | None = None     # overrides kv_cache_memory_bytes
-    kv_cache_dtype: str = "auto"         # "auto" = "float32" (exact) or "float16" (half the memory)
-    tokenizer: str | None = None         # a tokenizer directory other than the model's
-    revision: str | None = None          # hub revision when the model is downloaded
-    allow_dummy_fallback: bool = False   # a preset the hub cannot deliver: random weights instead
+    model: str  # positional on the command line: the checkpoint directory or hub name
+    load_format: str = option(
+        "auto", "'dummy': random weights with the real shapes (no download)", LOAD_FORMATS)
+    block_size: int = option(16, "tokens per KV block")
+    max_num_seqs: int = option(256, "sequences per step, at most")
+    max_num_batched_tokens: int = option(
+        2048, "tokens per step, at most (long prompts are prefilled in chunks)")
+    max_model_len: int | None = option(None, "context length (default: the model's n_positions)")
+    enable_prefix_caching: bool = option(True, "reuse the KV blocks of shared prompt prefixes")
+    seed: int = option(0, "seed of unseeded requests' sampling")
+    kv_cache_memory_bytes: int | None = option(
+        None, f"KV pool size in bytes (default: {DEFAULT_KV_CACHE_BYTES})")
+    num_kv_blocks: int | None = option(
+        None, "KV pool size in blocks (overrides --kv-cache-memory-bytes)")
+    kv_cache_dtype: str = option(
+        "auto", "'auto': float32, exact; 'float16': half the memory per token and faster decode "
+                "attention, K/V rounded to float16", tuple(KV_CACHE_DTYPES))
+    tokenizer: str | None = option(None, "tokenizer directory (default: the model's)")
+    revision: str | None = option(None, "hub revision to download")
+    allow_dummy_fallback: bool = option(
+        False, "if the hub is unreachable, load a preset name (gpt2, ...) with random weights "
+               "instead of failing; says so in one line")
 
     def __post_init__(self):
-        if self.load_format not in ("auto", "safetensors", "dummy"):
-            raise ValueError(f"load_format must be 'auto', 'safetensors' or 'dummy', "
-                             f"got {self.load_format!r}")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {', '.join(map(repr, KV_CACHE_DTYPES))}, "
-                             f"got {self.kv_cache_dtype!r}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, choices))}, "
+                                 f"got {getattr(self, f.name)!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
@@ -52,24 +68,24 @@ def _positive(name: str, value) -> None:
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("engine")
-    g.add_argument("--load-format", choices=["auto", "safetensors", "dummy"], default="auto",
-                   help="'dummy': random weights with the real shapes (no download)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    g.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step, at most")
-    g.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                   help="tokens per step, at most (long prompts are prefilled in chunks)")
-    g.add_argument("--max-model-len", type=int, default=None, help="context length (default: model's)")
-    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--seed", type=int, default=0, help="seed of unseeded requests' sampling")
-    g.add_argument("--kv-cache-memory-bytes", type=int, default=None,
-                   help=f"KV pool size in bytes (default {DEFAULT_KV_CACHE_BYTES})")
-    g.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks")
-    g.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto",
-                   help="'auto': float32, exact; 'float16': half the memory per token and faster "
-                        "decode attention, K/V rounded to float16")
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
-    g.add_argument("--revision", default=None, help="hub revision to download")
-    g.add_argument("--allow-dummy-fallback", action=argparse.BooleanOptionalAction, default=False,
-                   help="if the hub is unreachable, load a preset name (gpt2, ...) with random "
-                        "weights instead of failing; says so in one line")
+    """One flag per EngineConfig option (all but `model`, which each command adds itself)."""
+    group = parser.add_argument_group("engine")
+    hints = typing.get_type_hints(EngineConfig)
+    for f in fields(EngineConfig):
+        if f.default is MISSING:
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), _scalar(hints[f.name])
+        help = f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help)
+        else:
+            group.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"],
+                               help=help)
+
+
+def _scalar(hint) -> type:
+    """int from `int | None`, str from `str`."""
+    if isinstance(hint, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint

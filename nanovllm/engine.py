@@ -14,16 +14,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.runner.batch import TokenLogprobs
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
-from nanovllm.runner.sampler import TokenLogprobs
 from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
@@ -79,10 +77,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
-                                        config.kv_cache_dtype)
+                                        config.kv_cache_dtype, config.seed)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
-        self._seeds = np.random.SeedSequence(config.seed)
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.last_step = StepStats()
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
@@ -123,10 +120,8 @@ class LLMEngine:
 
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params
-        seed = [params.seed % 2**64, index] if params.seed is not None else self._seeds.spawn(1)[0]
         with_logprobs = params.logprobs is not None
         return Sequence(next(self._seq_ids), request, index, list(request.prompt_token_ids),
-                        np.random.default_rng(seed),
                         detok=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
                         logprobs=[] if with_logprobs else None,
                         cumulative_logprob=0.0 if with_logprobs else None)
@@ -149,13 +144,17 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         start = time.perf_counter()
         batch = self.scheduler.schedule()
+        result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
         if not batch.seqs:
             return []
-        result = self.runner.run(batch)
         decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
         self.scheduler.update_after_step(batch)
-        for seq, first, lps in result.prompt_logprobs:
-            seq.request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(self._logprob_dict, lps)
+        if result.prompt_logprobs:
+            by_id = {seq.seq_id: seq for seq in batch.seqs}
+            for p in result.prompt_logprobs:
+                lps, first = p.logprobs, p.first_position
+                by_id[p.seq_id].request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(
+                    self._logprob_dict, lps)
         touched: dict[str, Request] = {}
         for seq in batch.seqs:
             if seq.seq_id in result.sampled:

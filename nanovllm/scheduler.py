@@ -6,29 +6,34 @@ served while the token budget, the sequence cap and free KV blocks allow. Long p
 split into chunks, so one long prompt never stalls everyone's decoding. When blocks run out,
 the most recently admitted sequence is preempted: its blocks are freed and it is recomputed
 later (its finished prefix blocks usually survive in the prefix cache).
+
+Each batch also carries the step for the model runner as plain values (runner/batch.py): the
+scheduled sequences by seq id, the sequences added and those retired since the last step.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nanovllm.block_manager import BlockManager
+from nanovllm.runner.batch import NewSequence, ScheduledSequence, SchedulerOutput
 from nanovllm.sequence import Sequence, SequenceStatus
 
 
 @dataclass(slots=True)
 class ScheduledBatch:
-    seqs: list[Sequence]
-    num_new_tokens: list[int]         # tokens each sequence computes this step
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
+    seqs: list[Sequence]              # the engine's view of the step
+    for_runner: SchedulerOutput       # the runner's: the same step as plain values
+    num_new_tokens: list[int] = field(default_factory=list)  # tokens each sequence computes
+    num_tokens: int = 0
 
     def add(self, seq: Sequence, num_new_tokens: int) -> None:
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
+        self.num_tokens += num_new_tokens
+        self.for_runner.scheduled.append(ScheduledSequence(
+            seq.seq_id, seq.block_table, seq.num_computed_tokens, num_new_tokens))
 
 
 class Scheduler:
@@ -41,15 +46,17 @@ class Scheduler:
         self.num_preemptions = 0
         self.prefix_cache_queries = 0          # prompt tokens looked up in the prefix cache
         self.prefix_cache_hits = 0             # of those, found
+        self._new_seqs: list[NewSequence] = []     # for the runner, in the next batch
+        self._finished_seq_ids: list[int] = []     # likewise
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
-
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.request.prompt_token_ids,
+                                          seq.params))
 
     def schedule(self) -> ScheduledBatch:
-        batch = ScheduledBatch([], [])
+        batch = ScheduledBatch([], SchedulerOutput([], self._new_seqs, self._finished_seq_ids))
+        self._new_seqs, self._finished_seq_ids = [], []
         budget = self.max_num_batched_tokens
         preempted = self._schedule_running(batch, budget)
         if not preempted:
@@ -122,3 +129,4 @@ class Scheduler:
             self.waiting.remove(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
+        self._finished_seq_ids.append(seq.seq_id)

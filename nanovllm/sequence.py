@@ -1,21 +1,16 @@
 """Requests and their sequences: the token state the scheduler and block manager work on.
 
-A request with `n` samples owns `n` sequences; each has its own tokens, KV blocks and random
-generator, and they share prompt blocks through the prefix cache.
+A request with `n` samples owns `n` sequences; each has its own tokens and KV blocks, and they
+share prompt blocks through the prefix cache. (Their random generators and penalty counts live
+in the model runner, keyed by seq id.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from nanovllm.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from nanovllm.runner.sampler import PenaltyCounts
 
 
 class SequenceStatus(Enum):
@@ -46,7 +41,6 @@ class Sequence:
     request: Request
     index: int                                   # which of the request's n samples
     token_ids: list[int]                         # prompt followed by generated tokens
-    rng: np.random.Generator
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0                 # tokens whose K/V are in the cache
     num_cached_tokens: int = 0                   # of those, reused from the prefix cache
@@ -59,7 +53,6 @@ class Sequence:
     cumulative_logprob: float | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    penalty_counts: PenaltyCounts | None = None  # kept by the sampler, if penalised
 
     @property
     def num_prompt_tokens(self) -> int:

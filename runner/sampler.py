@@ -9,14 +9,12 @@ generator (so a seeded request samples the same alone or inside any batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nanovllm.model.attention import softmax_
-
-if TYPE_CHECKING:
-    from nanovllm.sequence import Sequence
+from nanovllm.model import softmax_
+from nanovllm.runner.batch import TokenLogprobs
+from nanovllm.sampling_params import SamplingParams
 
 # Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
 # overflow to inf or collapse to NaN.
@@ -27,14 +25,6 @@ MAX_LOGIT = 1e30
 # top_p looks at this many best candidates first; only when they hold less than top_p of the
 # mass does it sort the whole vocabulary.
 TOP_P_CANDIDATES = 1024
-
-
-@dataclass(slots=True)
-class TokenLogprobs:
-    """Logprobs at one position: the chosen token first, then the top-N."""
-    token_ids: list[int]
-    logprobs: list[float]
-    ranks: list[int]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,7 +52,7 @@ class PenaltyCounts:
     """What the penalties read from one sequence: the tokens it has seen (prompt and output,
     for repetition_penalty) and how often it generated each (for presence and frequency).
 
-    Kept on the sequence and brought up to date each step with only the tokens appended since
+    Kept in the sequence's SequenceState and brought up to date each step with only the tokens appended since
     the last (a token list only grows), instead of recounting the whole sequence every step.
     """
 
@@ -86,14 +76,38 @@ class PenaltyCounts:
         return self
 
 
-def updated_penalty_counts(seq: Sequence) -> PenaltyCounts:
+@dataclass(slots=True, eq=False)
+class SequenceState:
+    """What the runner keeps about one live sequence, keyed by its seq id: created when the
+    scheduler first names it, kept while it is preempted (it resumes the same random stream),
+    dropped when it finishes."""
+    params: SamplingParams
+    index: int                          # which of its request's samples
+    token_ids: list[int]                # prompt followed by the tokens sampled so far
+    num_prompt_tokens: int
+    rng: np.random.Generator
+    penalty_counts: PenaltyCounts | None = None  # made on the first penalised step
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def scores_prompt(self) -> bool:
+        """The first sample, on its first pass over the prompt, scores every prompt token when
+        prompt logprobs were asked for (the scheduler makes it compute the whole prompt)."""
+        return (self.params.prompt_logprobs is not None and self.index == 0
+                and self.num_output_tokens == 0)
+
+
+def updated_penalty_counts(seq: SequenceState) -> PenaltyCounts:
     """The sequence's PenaltyCounts, made on its first penalised step, counted up to now."""
     if seq.penalty_counts is None:
         seq.penalty_counts = PenaltyCounts()
     return seq.penalty_counts.update(seq.token_ids, seq.num_prompt_tokens)
 
 
-def adjust_logits_(logits: np.ndarray, seq: Sequence, eos_token_id: int) -> None:
+def adjust_logits_(logits: np.ndarray, seq: SequenceState, eos_token_id: int) -> None:
     """Logit bias, min_tokens and the penalties, in place on one row."""
     p = seq.params
     for token, bias in p.logit_bias.items():
@@ -159,7 +173,7 @@ def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
+def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int
            ) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
     """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]

@@ -1,7 +1,8 @@
-"""`python -m nanovllm.server MODEL ...` runs the same thing as `nanovllm serve MODEL ...`."""
+"""`python -m nanovllm.server MODEL ...` runs the same thing as `nanovllm serve MODEL ...`,
+one-line errors included (an entry point, like nanovllm.cli: it may import the command line)."""
 
 import sys
 
-from nanovllm.server.cli import main
+from nanovllm.cli import main
 
-sys.exit(main())
+sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,7 +1,7 @@
 """build_app(engine_loop, ...): the FastAPI application, with no module-level state.
 
-The caller owns the EngineLoop (starts it before serving, shuts it down after); several
-apps may share one loop (e.g. with and without an API key), each with its own metrics.
+The caller owns the engine client (starts it before serving, shuts it down after); several
+apps may share one (e.g. with and without an API key), each with its own metrics.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 
 from nanovllm import __version__
+from nanovllm.engine_client import EngineClient
 from nanovllm.server.context import ServerContext
-from nanovllm.server.engine_loop import EngineLoop
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.routes import router
@@ -67,7 +67,7 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
-def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: str | None = None,
+def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, ui: bool = True) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
     page at /ui unless `ui` is False."""

@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 
 import uvicorn
@@ -63,18 +62,16 @@ class Server(uvicorn.Server):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nanovllm import EngineConfig, LLMEngine
+    from nanovllm.async_engine import AsyncEngine
+    from nanovllm.config import EngineConfig
     from nanovllm.server.app import build_app
-    from nanovllm.server.engine_loop import EngineLoop
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
-    engine = LLMEngine(EngineConfig.from_cli_args(args.model, args))
-    loop = EngineLoop(engine).start()
+    loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     app = build_app(loop, served_model_name=args.served_model_name or args.model,
-                    model_root=str(engine.model_path), api_key=api_key,
-                    ui=not args.disable_ui)
+                    model_root=loop.model_path, api_key=api_key, ui=not args.disable_ui)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False)
     server = Server(config, loop, ui=not args.disable_ui)
@@ -101,10 +98,3 @@ class absorb_reraised_signals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m nanovllm.server ...` is `nanovllm serve ...`, one-line errors included."""
-    from nanovllm.cli import main as nanovllm_main
-
-    return nanovllm_main(["serve", *(sys.argv[1:] if argv is None else argv)])

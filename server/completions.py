@@ -18,8 +18,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
+from nanovllm.engine_client import EngineDeadError, RequestAborted
 from nanovllm.server.context import ServerContext
-from nanovllm.server.engine_loop import EngineDeadError, RequestAborted
 from nanovllm.server.errors import APIError, invalid_request
 from nanovllm.server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
 from nanovllm.server.protocol import CompletionRequest

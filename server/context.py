@@ -8,14 +8,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from nanovllm.server.engine_loop import EngineLoop
+from nanovllm.engine_client import EngineClient
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
 
 
 @dataclass(slots=True)
 class ServerContext:
-    engine_loop: EngineLoop  # the engine thread (its LLMEngine is engine_loop.engine)
+    engine_loop: EngineClient  # the engine, as the server sees it
     model_name: str  # the name clients use in "model"
     model_root: str  # where the weights came from (the /v1/models "root")
     metrics: ServerMetrics

@@ -9,14 +9,32 @@ blocks at once.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 from nanovllm import SamplingParams
-from nanovllm.server.engine_loop import ACCEPTED, EngineLoop, OutputSink
+from nanovllm.engine_client import ACCEPTED, EngineClient
 from nanovllm.server.metrics import RequestTracker
 
 
+@dataclass(slots=True)
+class QueueSink:
+    """The OutputSink of one engine request: (tag, item) pairs into an asyncio.Queue on `loop`,
+    from whichever thread the engine delivers on."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    tag: int
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
 class RequestStream:
-    def __init__(self, engine: EngineLoop, request_id: str, num_prompts: int, n: int,
+    def __init__(self, engine: EngineClient, request_id: str, num_prompts: int, n: int,
                  tracker: RequestTracker | None = None) -> None:
         self._engine = engine
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -37,7 +55,7 @@ class RequestStream:
     async def submit(self, prompts: list[list[int]], params: SamplingParams) -> None:
         """Hand every prompt to the engine; returns once all were accepted (raises if not)."""
         for tag, (rid, prompt) in enumerate(zip(self.request_ids, prompts, strict=True)):
-            sink = OutputSink(self._loop, self._queue, tag)
+            sink = QueueSink(self._loop, self._queue, tag)
             self._engine.add_request(rid, prompt, params, sink)
         while self._unaccepted:
             self._absorb([await self._queue.get()])

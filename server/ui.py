@@ -44,8 +44,7 @@ async def page() -> FileResponse:
 @router.get(f"{API_PREFIX}/info")
 async def info(ctx: Ctx) -> dict:
     """What the page shows above the playground, and the limits its controls respect."""
-    engine = ctx.engine_loop.engine
-    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": engine.is_dummy,
+    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine_loop.is_dummy,
             "max_model_len": ctx.engine_loop.max_model_len,
             "vocab_size": ctx.engine_loop.vocab_size, "max_logprobs": MAX_LOGPROBS,
             "max_n": MAX_N, "version": __version__}

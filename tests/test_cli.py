@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
@@ -110,5 +111,49 @@ def test_serve_as_an_option_value_is_not_the_subcommand(argv):
 def test_options_in_their_place_are_honoured():
     args = build_parser().parse_args(["bench", "serve", "--input-len", "8", "--port", "8311"])
     assert (args.bench_command, args.input_len, args.port) == ("serve", 8, 8311)
+    args = build_parser().parse_args(["bench", "serve", "--model", "serve"])  # after the command
+    assert (args.bench_command, args.model) == ("serve", "serve")
     args = build_parser().parse_args(["bench", "--input-len", "8", "--reps", "2"])
     assert (args.bench_command, args.input_len, args.reps) == (None, [8], 2)
+
+
+# --------------------------------------------------------------------------- engine options
+
+
+def test_engine_flags_have_the_config_defaults():
+    """The flags are generated from EngineConfig: no default is written twice."""
+    args = build_parser().parse_args(["serve", "m"])
+    assert EngineConfig.from_cli_args("m", args) == EngineConfig("m")
+    args = build_parser().parse_args(["serve", "m", "--no-enable-prefix-caching",
+                                      "--kv-cache-dtype", "float16", "--max-model-len", "64"])
+    config = EngineConfig.from_cli_args("m", args)
+    assert (config.enable_prefix_caching, config.kv_cache_dtype, config.max_model_len) == (
+        False, "float16", 64)
+
+
+def test_every_engine_option_is_a_documented_flag(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside hyphenated flag names
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for f in fields(EngineConfig):
+        if f.name != "model":
+            assert f"--{f.name.replace('_', '-')}" in help_text
+            assert " ".join(f.metadata["help"].split()) in help_text
+    assert "--load-format {auto,safetensors,dummy}" in help_text
+    assert "tokens per KV block (default: 16)" in help_text
+
+
+def test_a_choice_outside_the_list_is_refused_by_the_config_too():
+    with pytest.raises(ValueError, match="load_format must be one of 'auto', 'safetensors', "
+                                         "'dummy', got 'pickle'"):
+        EngineConfig("m", load_format="pickle")
+
+
+def test_python_m_nanovllm_server_is_nanovllm_serve(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NANOVLLM_MODELS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "nanovllm.server", "no/such-dir"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "nanovllm serve: error: cannot download no/such-dir: HF_HUB_OFFLINE=1 is set")

@@ -18,8 +18,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
-from nanovllm.runner.sampler import adjust_logits_, filter_probs_, sample, sample_from_probs
-from nanovllm.sequence import Request, Sequence
+from nanovllm.runner.sampler import (
+    SequenceState,
+    adjust_logits_,
+    filter_probs_,
+    sample,
+    sample_from_probs,
+)
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
 EOS = 9
@@ -115,11 +120,9 @@ def test_sample_from_probs_is_the_inverse_cdf():
 
 
 # ---- adjust_logits_ ------------------------------------------------------------------------
-def make_seq(prompt: list[int], output: list[int], rng_seed: int = 0, **params) -> Sequence:
-    request = Request("r", None, prompt, SamplingParams(**params))
-    seq = Sequence(0, request, 0, prompt + output, np.random.default_rng(rng_seed))
-    request.seqs.append(seq)
-    return seq
+def make_seq(prompt: list[int], output: list[int], rng_seed: int = 0, **params) -> SequenceState:
+    return SequenceState(SamplingParams(**params), 0, prompt + output, len(prompt),
+                         np.random.default_rng(rng_seed))
 
 
 def adjusted(logits, prompt, output, **params) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import random
 
-import numpy as np
 from engine_checks import check_block_invariants
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -54,7 +53,7 @@ class FakeEngine:
         params = SamplingParams(n=n, max_tokens=max_new, prompt_logprobs=prompt_logprobs)
         request = Request(rid, None, prompt, params)
         for index in range(n):
-            seq = Sequence(next(self.ids), request, index, list(prompt), np.random.default_rng(0))
+            seq = Sequence(next(self.ids), request, index, list(prompt))
             request.seqs.append(seq)
             self.sched.add(seq)
         self.requests[rid] = (request, max_new)
@@ -124,7 +123,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if bm.blocks_for(len(prompt) + max_new) <= bm.num_blocks:
             self.engine.add(prompt, n, max_new, 1 if prompt_logprobs else None)
 
-    @precondition(lambda self: self.engine.sched.has_unfinished())
+    @precondition(lambda self: bool(self.engine.sched.waiting or self.engine.sched.running))
     @rule()
     def step(self):
         self.engine.step()
@@ -151,7 +150,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         work = sum(len(s.token_ids) + MAX_NEW for req, _ in engine.requests.values()
                    for s in req.seqs)
         steps = 0
-        while engine.sched.has_unfinished():
+        while engine.sched.waiting or engine.sched.running:
             engine.step()
             check_block_invariants(engine.bm, engine.sched.running, list(engine.sched.waiting))
             steps += 1

@@ -1,6 +1,6 @@
 """Server fixtures: a real LLMEngine on the tiny checkpoint, served by real uvicorn on 127.0.0.1.
 
-One engine thread (EngineLoop) is shared by the session; two apps are served over it, one
+One engine thread (AsyncEngine) is shared by the session; two apps are served over it, one
 open and one with an API key, each on its own free port. Tests talk to them with the real
 `openai` client and httpx. `wait_idle` is the way to assert that every KV block came back.
 """
@@ -14,12 +14,12 @@ import openai
 import pytest
 from server_helpers import API_KEY, MODEL, LiveServer, make_engine, serve
 
+from nanovllm.async_engine import AsyncEngine
 from nanovllm.server.app import build_app
-from nanovllm.server.engine_loop import EngineLoop
 
 
 @pytest.fixture(scope="session")
-def engine_loop(tiny_ckpt) -> Iterator[EngineLoop]:
+def engine_loop(tiny_ckpt) -> Iterator[AsyncEngine]:
     loop = make_engine(tiny_ckpt)
     yield loop
     loop.shutdown()

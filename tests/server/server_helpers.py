@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from nanovllm import EngineConfig, LLMEngine
-from nanovllm.server.engine_loop import EngineLoop
+from nanovllm.async_engine import AsyncEngine
 
 MODEL = "tiny-gpt2"
 API_KEY = "sk-test-key"
@@ -21,7 +21,7 @@ NUM_KV_BLOCKS = 1024
 @dataclass
 class LiveServer:
     url: str
-    engine: EngineLoop
+    engine: AsyncEngine
     server: uvicorn.Server
     thread: threading.Thread
 
@@ -30,7 +30,7 @@ class LiveServer:
         self.thread.join(10)
 
 
-def serve(app, engine: EngineLoop) -> LiveServer:
+def serve(app, engine: AsyncEngine) -> LiveServer:
     """Run `app` with uvicorn in a thread on a socket bound to a free loopback port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,12 +47,12 @@ def serve(app, engine: EngineLoop) -> LiveServer:
     return LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", engine, server, thread)
 
 
-def make_engine(ckpt, **overrides) -> EngineLoop:
+def make_engine(ckpt, **overrides) -> AsyncEngine:
     config = EngineConfig(str(ckpt), **{"num_kv_blocks": NUM_KV_BLOCKS, **overrides})
-    return EngineLoop(LLMEngine(config)).start()
+    return AsyncEngine(LLMEngine(config)).start()
 
 
-def wait_idle(engine: EngineLoop, timeout: float = 10.0):
+def wait_idle(engine: AsyncEngine, timeout: float = 10.0):
     """Wait until no request is in the engine and every KV block is free; returns the stats."""
     deadline = time.monotonic() + timeout
     while True:

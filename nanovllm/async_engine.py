@@ -1,9 +1,9 @@
-"""One background thread owns the LLMEngine and drives step(); asyncio handlers talk to it.
+"""AsyncEngine, the EngineClient of one process: a background thread owns the LLMEngine and
+drives step(); the server's asyncio handlers talk to it from their own thread.
 
-The HTTP side never touches the engine's running state: besides the tokenizer and
-check_request, which read nothing the engine thread changes, it only enqueues commands on a
-thread-safe queue, and each engine request's outputs come back through an OutputSink, i.e.
-loop.call_soon_threadsafe into that request's asyncio.Queue.
+They never touch the engine's running state: besides the tokenizer and check_request, which
+read nothing the engine thread changes, they only enqueue commands on a thread-safe queue, and
+each engine request's outputs come back through the OutputSink the server gave with it.
 When no request is unfinished the thread blocks on the queue, so an idle server does not
 spin. If step() raises, the engine is marked dead: every pending request gets an
 EngineDeadError, new requests are refused, and /health answers 503.
@@ -11,51 +11,27 @@ EngineDeadError, new requests are refused, and /health answers 503.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass
-from typing import Any
 
-from nanovllm import InvalidRequestError
+from nanovllm.config import EngineConfig
+from nanovllm.engine import LLMEngine
+from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
+from nanovllm.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
-ACCEPTED = "accepted"  # sent once the engine took a request, before any output
 
-
-class EngineDeadError(RuntimeError):
-    """The engine thread crashed; no request can be served any more."""
-
-
-class RequestAborted(RuntimeError):
-    """The server aborted the request (it is shutting down)."""
-
-
-@dataclass(slots=True)
-class OutputSink:
-    """Delivers (tag, item) pairs of one engine request into an asyncio.Queue on `loop`."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    tag: int
-
-    def put(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
-
-
-class EngineLoop:
+class AsyncEngine:
     """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
+        self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -64,8 +40,13 @@ class EngineLoop:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        """Load the model and start the engine thread."""
+        return cls(LLMEngine(config)).start()
+
     # ---- called from the HTTP side -------------------------------------------------------
-    def start(self) -> EngineLoop:
+    def start(self) -> AsyncEngine:
         self._thread.start()
         return self
 

@@ -1,0 +1,67 @@
+"""EngineClient: everything the HTTP server asks of an engine, whoever runs it and wherever.
+
+The server holds one of these and nothing else of the engine: it validates with
+`check_request`, submits with `add_request` and a sink of its own, and reads the tokenizer,
+limits and a stats snapshot. Today's implementation is a thread in this process
+(async_engine.AsyncEngine); one that forwards to engine replicas in other processes fits the
+same shape, since only values and the server's own sink cross it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
+    from nanovllm.engine import EngineStats
+    from nanovllm.inputs import PromptType
+    from nanovllm.outputs import RequestOutput
+    from nanovllm.sampling_params import SamplingParams
+    from nanovllm.tokenizer import Tokenizer
+
+ACCEPTED = "accepted"  # sent once the engine took a request, before any output
+
+
+class EngineDeadError(RuntimeError):
+    """The engine crashed; no request can be served any more."""
+
+
+class RequestAborted(RuntimeError):
+    """The server aborted the request (it is shutting down)."""
+
+
+class OutputSink(Protocol):
+    """Where one request's news goes, in order: ACCEPTED, then its cumulative RequestOutputs
+    up to the finished one; or, at any point, an exception that ends it (InvalidRequestError,
+    RequestAborted, EngineDeadError, or an engine bug's own error). An abort by `abort` ends it
+    silently. `put` must not block and may be called from any thread."""
+
+    def put(self, item: str | RequestOutput | BaseException) -> None: ...
+
+
+class EngineClient(Protocol):
+    tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
+    max_model_len: int
+    vocab_size: int           # token ids a request may use: [0, vocab_size)
+    model_path: str           # where the weights came from
+    is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
+    stats: EngineStats        # a snapshot, never older than the last output delivered
+    error: BaseException | None  # why the engine died, once it has
+
+    @property
+    def is_alive(self) -> bool: ...
+
+    def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, or InvalidRequestError naming the field; any thread."""
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    sink: OutputSink) -> None:
+        """Queue a request whose news goes to `sink`; raises EngineDeadError or RequestAborted
+        at once when the engine cannot take it."""
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""
+
+    def abort_all(self, reason: str) -> None:
+        """Withdraw every request; each sink gets RequestAborted(reason)."""
+
+    def shutdown(self, timeout: float = 10.0) -> None: ...

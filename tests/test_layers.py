@@ -1,0 +1,201 @@
+"""Imports point one way, down the layers, and never in a circle.
+
+Every import counts: module level, inside functions and under `if TYPE_CHECKING:` alike (a
+type-only import still means the lower layer knows the upper one). Each module is read with
+`ast`, not imported, so the test sees imports that never run.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIRS = {"nanovllm": "nanovllm", "nanovllm.model": "model", "nanovllm.runner": "runner",
+                "nanovllm.server": "server", "nanovllm.scripts": "scripts"}
+
+# Lowest first. A module belongs to the layer of its longest listed prefix; each layer imports
+# only its own and lower layers.
+LAYERS = [
+    ("model", ["nanovllm.model"]),                        # GPT-2 math and kernels
+    ("plain values", ["nanovllm.sampling_params", "nanovllm.errors"]),
+    ("runner", ["nanovllm.runner"]),                      # model runner, KV cache, sampler
+    ("core", ["nanovllm"]),                               # engine, scheduler, blocks, ...
+    ("server and scripts", ["nanovllm.server", "nanovllm.scripts"]),
+    ("command line", ["nanovllm.cli", "nanovllm.server.__main__"]),
+]
+PLAIN_VALUES = LAYERS[1][1]
+BARE_NAMES = {"model", "runner", "server", "scripts"}  # installed only under nanovllm.
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            modules[name] = path
+    return modules
+
+
+MODULES = project_modules()
+
+
+def layer_of(module: str) -> int:
+    best = max((prefix for _, prefixes in LAYERS for prefix in prefixes
+                if module == prefix or module.startswith(prefix + ".")), key=len)
+    return next(i for i, (_, prefixes) in enumerate(LAYERS) if best in prefixes)
+
+
+def imported_names(module: str, tree: ast.Module) -> list[tuple[str, int]]:
+    """(module name, line) of every import in the file, wherever it sits; `from a import b`
+    names a.b when that is a module, else a."""
+    package = module if MODULES[module].stem == "__init__" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append((sub if sub in MODULES else base, node.lineno))
+    return found
+
+
+def lazy_exports(tree: ast.Module) -> list[tuple[str, int]]:
+    """The modules behind a PEP 562 `_EXPORTS = {name: module}` table (nanovllm/__init__)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            return [(v.value, node.lineno) for v in node.value.values]
+    return []
+
+
+def dynamic_imports(tree: ast.Module) -> list[int]:
+    """Lines that import by a computed name (`__import__`, importlib.import_module)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name in ("__import__", "import_module"):
+                lines.append(node.lineno)
+    return lines
+
+
+def build_graph() -> dict[str, list[tuple[str, int]]]:
+    """module -> [(project module it imports, line)]."""
+    graph = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        edges = imported_names(module, tree) + lazy_exports(tree)
+        graph[module] = [(target, line) for target, line in edges
+                         if target in MODULES and target != module]
+    return graph
+
+
+GRAPH = build_graph()
+
+
+def where(module: str, line: int) -> str:
+    return f"{MODULES[module].relative_to(ROOT)}:{line}"
+
+
+def test_every_module_has_a_layer():
+    assert len(MODULES) > 40
+    for module in MODULES:
+        layer_of(module)  # raises if no prefix matches
+
+
+def test_no_import_goes_up_a_layer():
+    upward = [f"{where(m, line)}: {m} ({LAYERS[layer_of(m)][0]}) imports {target} "
+              f"({LAYERS[layer_of(target)][0]})"
+              for m, edges in GRAPH.items() for target, line in edges
+              if layer_of(target) > layer_of(m)]
+    assert upward == []
+
+
+def test_no_import_cycles():
+    cycles = [" -> ".join(c) for c in find_cycles({m: [t for t, _ in e] for m, e in GRAPH.items()})]
+    assert cycles == []
+
+
+def find_cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan)."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                cycles.append(sorted(component) + [sorted(component)[0]])
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+
+
+def test_upward_imports_are_seen_wherever_they_hide():
+    """A function-level and a TYPE_CHECKING import count like a module-level one."""
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nanovllm.engine "
+              "import LLMEngine\ndef f():\n    from ..sequence import Sequence\n")
+    found = imported_names("nanovllm.runner.sampler", ast.parse(source))
+    assert found == [("typing", 1), ("nanovllm.engine", 3), ("nanovllm.sequence", 5)]
+
+
+def test_no_import_by_computed_name():
+    """Only a package's PEP 562 __init__ imports by name, from its literal _EXPORTS table
+    (whose modules count as its imports above)."""
+    dynamic = [where(m, line) for m, path in MODULES.items()
+               if not lazy_exports(tree := ast.parse(path.read_text()))
+               for line in dynamic_imports(tree)]
+    assert dynamic == []
+    assert {t for t, _ in GRAPH["nanovllm"]} >= {"nanovllm.llm", "nanovllm.engine"}
+
+
+def test_plain_values_import_only_the_standard_library_and_numpy():
+    for module in PLAIN_VALUES:
+        tree = ast.parse(MODULES[module].read_text())
+        outside = [name for name, _ in imported_names(module, tree)
+                   if name.split(".")[0] not in sys.stdlib_module_names | {"numpy"}
+                   and name not in PLAIN_VALUES]
+        assert outside == [], module
+
+
+@pytest.mark.parametrize("folder", [*PACKAGE_DIRS.values(), "tests"])
+def test_no_bare_top_level_imports(folder):
+    """model/, runner/, ... install as nanovllm.model, ...: a bare `model` is someone else's."""
+    bare = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            bare += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names
+                     if n.split(".")[0] in BARE_NAMES]
+    assert bare == []
