@@ -13,3 +13,10 @@ class InvalidRequestError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+def quote(value, limit: int = 40) -> str:
+    """A user's value, safe to put in an error message: repr-escaped (so lone surrogates and
+    control characters cannot break the JSON or the log) and cut to about `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -32,6 +32,26 @@ def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
                                       f"[0, {vocab_size}).", param)
 
 
+def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
+                      param: str = "prompt") -> None:
+    """Refuse, before tokenizing, a text that cannot fit the context however it tokenizes (a
+    token covers at most tokenizer.max_token_chars characters) or that is not Unicode text."""
+    limit = (max_model_len - 1) * tokenizer.max_token_chars
+    if len(text) > limit:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt has {len(text)} characters, more than {max_model_len - 1} tokens of at most "
+            f"{tokenizer.max_token_chars} characters each can hold. Please reduce the length of "
+            "the prompt.", param)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(f"{param} contains a lone UTF-16 surrogate at index "
+                                      f"{exc.start}, which is not valid Unicode text.",
+                                      param) from None
+
+
 @dataclass(frozen=True, slots=True)
 class RequestValidator:
     """The engine's limits, frozen at start-up, and the checks a request must pass against them."""
@@ -57,9 +77,11 @@ class RequestValidator:
         except ValueError as exc:
             raise InvalidRequestError(str(exc), "prompt") from exc
         if isinstance(prompt, str):
+            check_prompt_text(prompt, self.tokenizer, self.max_model_len)
             ids = self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
+            self.check_context(len(ids), None, 0)  # before looking at every id of a long list
             check_token_ids(ids, self.vocab_size, "prompt")
         if not ids:
             raise InvalidRequestError("The prompt must not be empty; give at least one token.", "prompt")
