@@ -117,6 +117,9 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
+    if len(body.tokens) > ctx.engine_loop.max_model_len:  # no sequence of this model is longer
+        raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
+                          f"length of {ctx.engine_loop.max_model_len}.", "tokens")
     check_token_ids(body.tokens, ctx.engine_loop.vocab_size, "tokens")
     return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens)}
 

@@ -91,6 +91,11 @@ def test_request_size_limits(http, body, param, words):
     refused(complete(http, **body), param, *words)
 
 
+def test_detokenize_takes_at_most_a_context_of_tokens(http):
+    refused(http.post("/detokenize", json={"tokens": [1] * 257}), "tokens", "context length of 256")
+    assert http.post("/detokenize", json={"tokens": [1] * 256}).status_code == 200
+
+
 def test_the_limits_still_admit_requests_at_the_limit(http):
     ok = complete(http, prompt=["Hi"] * 4, n=64, stop=["s" * MAX_STOP_STRING_CHARS] * MAX_STOP_STRINGS,
                   logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS_ENTRIES)}, max_tokens=1)
