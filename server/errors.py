@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -102,21 +102,30 @@ def is_unicode(text: str) -> bool:
 def refuse_lone_surrogates(body: Any) -> Any:
     """A pydantic "before" validator of a whole request body: every string in it, keys and
     unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
-    fails. The error names the top-level field it was found in."""
-    stack = [(body, None)]
-    while stack:
-        value, field = stack.pop()
-        if isinstance(value, str) and not is_unicode(value):
-            raise PydanticCustomError(
-                "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), "
-                "which is not valid Unicode text", {"field": field or "body"})
-        if isinstance(value, dict):
-            for key, item in value.items():
-                here = field or (key if isinstance(key, str) and is_unicode(key) else None)
-                stack += [(key, here), (item, here)]
-        elif isinstance(value, list):
-            stack += [(item, field) for item in value]
+    fails. The error names the top-level field it was found in. Each field is checked by
+    encoding it with the C JSON encoder: no Python loop over a large body."""
+    if not isinstance(body, dict):
+        return body if _encodes(body) else _lone_surrogate("body")
+    for key, value in body.items():
+        if isinstance(key, str) and not is_unicode(key):
+            _lone_surrogate("body")  # in a field's name: there is no field to name
+        if not _encodes(value):
+            _lone_surrogate(key)
     return body
+
+
+def _lone_surrogate(field: str) -> NoReturn:
+    raise PydanticCustomError(
+        "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), which "
+        "is not valid Unicode text", {"field": field})
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -234,3 +234,17 @@ def test_tokenizing_a_long_text_lets_other_threads_run(tiny_ckpt):
         ticks_during += 1
     worker.join()
     assert ticks_during > 1000
+
+
+def test_limit_flags_come_from_server_limits(tmp_path):
+    from nanovllm.cli import build_parser
+    from nanovllm.server.cli import limits_from_args, served_name
+
+    args = build_parser().parse_args(["serve", "gpt2", "--max-prompts-per-request", "3",
+                                      "--max-request-body-bytes", "1000"])
+    assert limits_from_args(args) == ServerLimits(max_prompts_per_request=3,
+                                                  max_request_body_bytes=1000)
+    with pytest.raises(ValueError, match="--limit-concurrency"):
+        limits_from_args(build_parser().parse_args(["serve", "gpt2", "--limit-concurrency", "0"]))
+    assert served_name("gpt2") == "gpt2"
+    assert served_name(f"{tmp_path}/") == tmp_path.name
