@@ -100,7 +100,7 @@ def is_unicode(text: str) -> bool:
 
 
 def refuse_lone_surrogates(body: Any) -> Any:
-    """A pydantic "before" validator of a whole request body: every string in it, keys and
+    """Checks a whole request body (before pydantic converts it): every string in it, keys and
     unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
     fails. The error names the top-level field it was found in. Each field is checked by
     encoding it with the C JSON encoder: no Python loop over a large body."""

@@ -43,7 +43,14 @@ PROMPT_SHAPE = (
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    _no_lone_surrogates = model_validator(mode="before")(refuse_lone_surrogates)
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unicode_text_only(cls, data: Any, handler):
+        """Lone surrogates are looked for once the body is otherwise valid: a body refused for
+        its sizes costs no second pass."""
+        model = handler(data)
+        refuse_lone_surrogates(data)
+        return model
 
     def ignored_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
