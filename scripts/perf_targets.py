@@ -1,4 +1,4 @@
-"""Where the offline benchmark's numbers stand against the project's performance targets (issue 6).
+"""Where the offline benchmark's numbers stand against the project's performance targets.
 
 The targets are set for GPT-2 124M's shapes, so they are only judged on a checkpoint of those
 shapes (random weights cost the same). Three are throughputs this benchmark measures; the other
