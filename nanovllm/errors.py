@@ -13,3 +13,10 @@ class InvalidRequestError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class QueueFullError(RuntimeError):
+    """The engine's queue of waiting sequences is full: the request is fine, try it again later.
+
+    The server answers it with a 429 and Retry-After; nothing of the request was queued.
+    """

@@ -41,9 +41,13 @@ class RequestValidator:
     max_model_len: int
     block_size: int
     num_kv_blocks: int  # the whole KV pool
+    max_waiting_seqs: int  # a request's n samples must fit in the waiting queue at once
 
     def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""
+        if params.n > self.max_waiting_seqs:
+            raise InvalidRequestError(f"n={params.n} samples can never be queued: this server "
+                                      f"queues at most {self.max_waiting_seqs} sequences.", "n")
         prompt_ids = self.prompt_ids(prompt)
         self.check_context(len(prompt_ids), params.max_tokens, params.min_tokens)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)

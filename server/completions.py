@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
+from nanovllm.errors import QueueFullError
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, invalid_request
 from nanovllm.server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
@@ -27,11 +28,17 @@ from nanovllm.server.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 
+# What a client refused for a full queue is told to wait: about the time a few steps take to
+# finish some sequences; clients back off further on their own if it is still full.
+RETRY_AFTER_SECONDS = 1
+
 
 def engine_error(exc: BaseException) -> APIError:
     """Map what the engine loop pushes into a request onto an HTTP error."""
     if isinstance(exc, InvalidRequestError):
         return invalid_request(exc)
+    if isinstance(exc, QueueFullError):  # the server is busy, not broken: try again soon
+        return APIError(str(exc), 429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, (EngineDeadError, RequestAborted)):
         return APIError(str(exc), 503)
     return APIError(f"Internal error in the engine: {type(exc).__name__}: {exc}", 500)
