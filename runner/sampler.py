@@ -72,7 +72,8 @@ class PenaltyCounts:
         generated = new[max(0, num_prompt_tokens - self.num_counted):]
         fresh = [t for t in dict.fromkeys(generated) if t not in self.output_slot]
         if fresh:
-            self.output_slot.update(zip(fresh, range(len(self.output_ids), len(self.output_ids) + len(fresh))))
+            first = len(self.output_ids)
+            self.output_slot.update(zip(fresh, range(first, first + len(fresh))))
             self.output_ids = np.concatenate([self.output_ids, np.array(fresh, np.int64)])
             self.output_counts = np.concatenate([self.output_counts, np.zeros(len(fresh), np.int64)])
         if generated:
@@ -99,7 +100,7 @@ class SequenceState:
     # logit_bias as arrays, made once: a step adds every row's bias in one indexing operation.
     bias_ids: np.ndarray = field(init=False)
     bias_values: np.ndarray = field(init=False)
-    # The stop tokens min_tokens bans (with EOS, unless ignore_eos), as an array.
+    # stop_token_ids as an array: what min_tokens bans (with EOS, unless ignore_eos).
     stop_ids: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
