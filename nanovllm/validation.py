@@ -1,7 +1,8 @@
 """Whether a request can ever run on an engine: the one set of rules for LLM and the server.
 
 Every rule depends only on what is fixed when the engine starts (the tokenizer, the
-vocabulary, max_model_len, the size of the KV pool), never on what is running. So the
+vocabulary, max_model_len, the sizes of the KV pool and of the waiting queue), never on what
+is running (a full queue is the engine's QueueFullError, at add_request). So the
 server can check a request on its event-loop thread while the engine thread runs steps,
 and answer a bad request before it reaches the engine. A broken rule raises
 InvalidRequestError naming the request field to fix.
