@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
+from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
@@ -26,6 +27,13 @@ class EngineConfig:
     tokenizer: str | None = None         # a tokenizer directory other than the model's
     revision: str | None = None          # hub revision when the model is downloaded
     allow_dummy_fallback: bool = False   # a preset the hub cannot deliver: random weights instead
+    dtype: str = field(default="auto", metadata={
+        "choices": list(WEIGHT_DTYPES),
+        "help": "weights: 'auto' = float32, exact; 'bfloat16': half the bytes (sums stay float32)"})
+    quantization: str | None = field(default=None, metadata={
+        "choices": list(QUANTIZATIONS),
+        "help": "'int8': weight-only int8, a float32 scale per output channel, a quarter of the "
+                "bytes (activations and the KV cache stay as they are)"})
 
     def __post_init__(self):
         if self.load_format not in ("auto", "safetensors", "dummy"):
@@ -34,6 +42,7 @@ class EngineConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(map(repr, KV_CACHE_DTYPES))}, "
                              f"got {self.kv_cache_dtype!r}")
+        check_precision(self.dtype, self.quantization)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             _positive(name, getattr(self, name))
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
@@ -73,3 +82,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-dummy-fallback", action=argparse.BooleanOptionalAction, default=False,
                    help="if the hub is unreachable, load a preset name (gpt2, ...) with random "
                         "weights instead of failing; says so in one line")
+    for name in ("dtype", "quantization"):
+        spec = EngineConfig.__dataclass_fields__[name]
+        g.add_argument(f"--{name}", default=spec.default, **spec.metadata)
