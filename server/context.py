@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.engine_loop import EngineLoop
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
@@ -20,6 +21,8 @@ class ServerContext:
     model_root: str  # where the weights came from (the /v1/models "root")
     metrics: ServerMetrics
     created: int = field(default_factory=lambda: int(time.time()))
+    chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
+    tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
 
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""

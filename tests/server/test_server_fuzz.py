@@ -22,7 +22,7 @@ MAX_EXAMPLES = 30
 OPERATIONS = [
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
-    ("GET", "/metrics"),
+    ("GET", "/metrics"), ("GET", "/tokenizer_info"),
 ]
 
 
