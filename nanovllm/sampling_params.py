@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nanovllm.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from nanovllm.structured import GrammarConstraint
 
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
@@ -36,6 +40,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
+    structured: GrammarConstraint | None = None  # structured outputs (nanovllm.structured)
 
     def __post_init__(self):
         self.stop = [self.stop] if isinstance(self.stop, str) else _as_list("stop", self.stop)

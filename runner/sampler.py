@@ -1,7 +1,7 @@
 """Turns a batch of logits into next tokens, each row under its own request's parameters.
 
 Order, as in vLLM: logprobs are taken from the raw logits; then logit bias, min_tokens and the
-penalties adjust the logits; greedy rows take the argmax; sampled rows apply temperature, min_p,
+penalties adjust the logits, and a structured-output grammar bans the tokens it does not allow; greedy rows take the argmax; sampled rows apply temperature, min_p,
 top_k and top_p to the probabilities and draw one uniform number from their sequence's own
 generator (so a seeded request samples the same alone or inside any batch).
 """
@@ -167,6 +167,8 @@ def sample(logits: np.ndarray, seqs: list[Sequence], eos_token_id: int
     for row, seq in zip(logits, seqs):
         if seq.params.adjusts_logits:
             adjust_logits_(row, seq, eos_token_id)
+        if seq.params.structured is not None:  # a grammar: ban what it does not allow next
+            seq.params.structured.mask_logits_(row, seq.seq_id, seq.output_token_ids)
     tokens = logits.argmax(axis=-1)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if sampled:

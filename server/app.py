@@ -20,6 +20,7 @@ from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.request_id import RequestIdMiddleware
 from nanovllm.server.routes import router
 from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
+from nanovllm.structured import GrammarCompiler
 
 
 class APIKeyMiddleware:
@@ -85,7 +86,8 @@ def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: st
     info = tokenizer_info(tok_config, eos, engine_loop.max_model_len,
                           template_text if template else None) if enable_tokenizer_info else None
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
-                                  metrics, chat_template=template, tokenizer_info=info)
+                                  metrics, chat_template=template, tokenizer_info=info,
+                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
     install_error_handlers(app)
     app.include_router(router)
     document_vocabulary(app, engine_loop.vocab_size)

@@ -26,6 +26,7 @@ from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import Prompt, check_unsupported_fields, sampling_params
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
+from nanovllm.server.structured import constraint_for
 
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
@@ -122,7 +123,8 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext) -> tuple[Prompt
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-                             prompt_logprobs=None)
+                             prompt_logprobs=None,
+                             structured=constraint_for(req, ctx.grammar_compiler))
     return Prompt(ctx.engine_loop.check_request(text, params), text), params
 
 

@@ -16,8 +16,8 @@ from nanovllm.server.protocol import (
     MAX_N,
     MAX_SEED,
     NonEmptyStr,
-    OpenAIBaseModel,
     StreamOptions,
+    StructuredOutputFields,
     TokenId,
 )
 
@@ -25,7 +25,7 @@ MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's contex
 MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
 
 
-class ChatCompletionRequest(OpenAIBaseModel):
+class ChatCompletionRequest(StructuredOutputFields):
     model: str | None = None
     messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)

@@ -31,6 +31,7 @@ from nanovllm.server.prompts import (
 )
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
+from nanovllm.server.structured import constraint_for
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def prepare(req: CompletionRequest, ctx: ServerContext) -> tuple[list[Prompt], S
     check_supported(req)
     if ignored := req.ignored_fields():
         logger.warning("The following fields were present in the request but ignored: %s", ignored)
-    params = sampling_params(req)
+    params = sampling_params(req, structured=constraint_for(req, ctx.grammar_compiler))
     return resolve_prompts(req.prompt, ctx.engine_loop, params), params
 
 

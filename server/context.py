@@ -12,6 +12,7 @@ from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.engine_loop import EngineLoop
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
+from nanovllm.structured import GrammarCompiler
 
 
 @dataclass(slots=True)
@@ -23,6 +24,7 @@ class ServerContext:
     created: int = field(default_factory=lambda: int(time.time()))
     chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
     tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
+    grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
 
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""

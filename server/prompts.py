@@ -30,9 +30,8 @@ class Prompt:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
 UNSUPPORTED_FIELDS = (
     "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
-    "bad_words", "prompt_embeds", "logits_processors", "spaces_between_special_tokens",
-    "return_token_ids", "vllm_xargs", "structured_outputs", "guided_json", "guided_regex",
-    "guided_choice", "guided_grammar", "response_format",
+    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
+    "guided_whitespace_pattern", "structural_tag",
 )
 
 

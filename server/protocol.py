@@ -66,7 +66,19 @@ def _check_prompt_shape(value: Any) -> Any:
     raise ValueError(PROMPT_SHAPE)
 
 
-class CompletionRequest(OpenAIBaseModel):
+class StructuredOutputFields(OpenAIBaseModel):
+    """Structured-output fields (vLLM's and OpenAI's); server.structured checks and compiles
+    them. At most one may be set."""
+
+    structured_outputs: dict[str, Any] | None = None  # vLLM: json, regex, choice, grammar, json_object
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    response_format: dict[str, Any] | None = None  # OpenAI: text, json_object, json_schema
+
+
+class CompletionRequest(StructuredOutputFields):
     """POST /v1/completions body. Ranges are enforced here so the OpenAPI doc shows them."""
 
     model: str | None = None

@@ -29,6 +29,7 @@ from nanovllm.server.schemas import (
     VersionResponse,
 )
 from nanovllm.server.streaming import SSEResponse, completion_events
+from nanovllm.server.structured import wants_structure
 from nanovllm.validation import check_token_ids
 
 router = APIRouter()
@@ -37,10 +38,11 @@ BIG_PROMPT_CHARS = 20_000  # tokenizing more than this takes long enough to matt
 STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 
 
-async def off_loop_if_big(chars: int, fn, *args):
-    """fn(*args), in a worker thread if the prompt is big: tokenizing it would stall every
-    other request on the event loop; small prompts are cheaper to tokenize inline."""
-    if chars > BIG_PROMPT_CHARS:
+async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
+    """fn(*args), in a worker thread if the prompt is big (or the work `heavy`: compiling a
+    grammar): it would stall every other request on the event loop; small prompts are cheaper
+    to tokenize inline."""
+    if heavy or chars > BIG_PROMPT_CHARS:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
 
@@ -78,7 +80,8 @@ async def list_models(ctx: Ctx) -> dict:
              responses={**ERROR_RESPONSES, **STREAM_DOC})
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
-    prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx)
+    prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
+                                            heavy=wants_structure(body))
     stream = await start(body, ctx, prompts, params)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
@@ -90,7 +93,8 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request,
                                  ctx: Ctx) -> Response:
     """A 400 unless the server has a chat template (see server.chat)."""
     chars = sum(len(str(m.get("content", ""))) for m in body.messages)
-    prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx)
+    prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx,
+                                           heavy=wants_structure(body))
     stream = await start(body, ctx, [prompt], params, prefix="chatcmpl")
     if body.stream:
         return SSEResponse(chat_events(body, ctx, prompt, stream), on_close=stream.close)

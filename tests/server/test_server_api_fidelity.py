@@ -105,9 +105,8 @@ def test_cached_tokens_are_reported(client):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("use_beam_search", True), ("allowed_token_ids", [1, 2]), ("guided_regex", "a+"),
-    ("response_format", {"type": "json_object"}), ("truncate_prompt_tokens", 4),
-    ("bad_words", ["x"]),
+    ("use_beam_search", True), ("allowed_token_ids", [1, 2]), ("truncate_prompt_tokens", 4),
+    ("bad_words", ["x"]), ("guided_whitespace_pattern", " *"), ("logits_processors", ["f"]),
 ])
 def test_fields_that_change_the_output_and_are_not_supported_are_400s(http, field, value):
     err = error_of(http.post("/v1/completions", json={"prompt": "x", field: value}), 400)
