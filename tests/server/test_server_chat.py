@@ -3,6 +3,8 @@ real `openai` client, and the same tokens as /v1/completions on the rendered pro
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from server_helpers import MODEL, error_of
@@ -160,3 +162,23 @@ def test_load_chat_template(tmp_path):
 def test_without_template_the_openai_client_gets_a_400(client):
     with pytest.raises(openai.BadRequestError, match="no chat template"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+
+def test_benchmark_client_request_shapes(chat_http):
+    """What `vllm bench serve --backend openai-chat` and aiperf send: text parts, streaming with
+    include_usage, max_completion_tokens, ignore_eos/min_tokens; they count tokens from usage."""
+    body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Tell me"}]}],
+            "temperature": 0.0, "max_completion_tokens": 7, "ignore_eos": True, "min_tokens": 7}
+    with chat_http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert len(r.headers["x-request-id"]) == 32
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert content and all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
