@@ -13,12 +13,16 @@ from starlette.datastructures import Headers
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient
+from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
+from nanovllm.server.request_id import RequestIdMiddleware
 from nanovllm.server.routes import router
+from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
 from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui import install_ui
+from nanovllm.structured import GrammarCompiler
 
 
 class APIKeyMiddleware:
@@ -68,14 +72,28 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 
 
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
-              api_key: str | None = None, ui: bool = True) -> FastAPI:
+              api_key: str | None = None, ui: bool = True, chat_template: str | None = None,
+              enable_tokenizer_info: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
-    page at /ui unless `ui` is False."""
+    page at /ui unless `ui` is False.
+
+    `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
+    `chat_template`); with neither, /v1/chat/completions is a 400.
+    """
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
-                  description="Completions, tokenization and metrics for a GPT-2 model.")
+                  description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
+    tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
+    eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
+    template_text = chat_template or tok_config.get("chat_template")
+    template = None
+    if isinstance(template_text, str):
+        template = ChatTemplate(template_text, special_tokens(tok_config, eos))
+    info = tokenizer_info(tok_config, eos, engine_loop.max_model_len,
+                          template_text if template else None) if enable_tokenizer_info else None
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
-                                  metrics)
+                                  metrics, chat_template=template, tokenizer_info=info,
+                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
     install_error_handlers(app)
     app.include_router(router)
     if ui:
@@ -83,4 +101,5 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     document_vocabulary(app, engine_loop.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the header
     return app

@@ -22,7 +22,7 @@ MAX_EXAMPLES = 30
 OPERATIONS = [
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
-    ("GET", "/metrics"),
+    ("GET", "/metrics"), ("GET", "/tokenizer_info"),
 ]
 
 
@@ -68,3 +68,35 @@ def test_no_server_errors(api_schema, method, path, mode):
 def test_engine_survived_the_fuzzing(live):
     assert live.engine.is_alive
     wait_idle(live.engine, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chat_schema(live_chat):
+    """The document of the server with a chat template, so that chat requests really run."""
+    doc = httpx.get(f"{live_chat.url}/openapi.json").json()
+    props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    for name, ceiling in (("max_tokens", 8), ("max_completion_tokens", 8), ("n", 3)):
+        for option in props[name].get("anyOf", [props[name]]):
+            if option.get("type") == "integer":
+                option["maximum"] = ceiling
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.config.update(base_url=live_chat.url, request_timeout=30)
+    return schema
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_chat_with_a_template_has_no_server_errors(chat_schema, live_chat, mode):
+    operation = chat_schema["/v1/chat/completions"]["POST"]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case):
+        if isinstance(case.body, dict) and case.body.get("max_tokens") is None \
+                and case.body.get("max_completion_tokens") is None:
+            case.body["max_tokens"] = 8  # keep valid cases quick; "up to the context" is tested
+        response = case.call()
+        assert response.status_code < 500, (case.body, response.text)
+
+    check()
+    wait_idle(live_chat.engine, timeout=30)
