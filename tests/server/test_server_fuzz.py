@@ -14,6 +14,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from server_helpers import wait_idle
@@ -24,6 +25,9 @@ OPERATIONS = [
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
     ("GET", "/metrics"), ("GET", "/tokenizer_info"),
 ]
+# The web page's routes (server/ui.py) stay out of the OpenAPI document and take no body or
+# parameters: they are fuzzed with arbitrary query strings instead.
+UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,18 @@ def api_schema(live):
 def test_every_operation_is_fuzzed(api_schema):
     listed = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
     assert listed == set(OPERATIONS)
+
+
+@pytest.mark.parametrize(("method", "path"), UI_OPERATIONS, ids=[p for _, p in UI_OPERATIONS])
+def test_ui_routes_have_no_server_errors(live, method, path):
+    @given(query=st.dictionaries(st.text(max_size=20), st.text(max_size=80), max_size=4))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(query):
+        response = httpx.request(method, live.url + path, params=query, timeout=30)
+        assert response.status_code == 200, (query, response.text)
+
+    check()
 
 
 CASES = [(m, p, mode) for m, p in OPERATIONS for mode in GenerationMode
