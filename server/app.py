@@ -13,10 +13,12 @@ from starlette.datastructures import Headers
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient
+from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
+from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
 from nanovllm.server.request_id import RequestIdMiddleware
 from nanovllm.server.routes import router
 from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
@@ -72,10 +74,12 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 
 
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
-              api_key: str | None = None, ui: bool = True, chat_template: str | None = None,
+              api_key: str | None = None, limits: ServerLimits | None = None,
+              ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
-    page at /ui unless `ui` is False.
+    page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
+    never a local path: it is public).
 
     `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
     `chat_template`); with neither, /v1/chat/completions is a 400.
@@ -94,6 +98,7 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics, chat_template=template, tokenizer_info=info,
                                   grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
+    app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
     if ui:
@@ -101,5 +106,7 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     document_vocabulary(app, engine_loop.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the header
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
     return app

@@ -18,12 +18,18 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import SamplingParams
+from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import engine_error, token_namer, usage, wait_for_disconnect
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
-from nanovllm.server.prompts import Prompt, check_unsupported_fields, sampling_params
+from nanovllm.server.prompts import (
+    Prompt,
+    check_response_size,
+    check_unsupported_fields,
+    sampling_params,
+)
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
 from nanovllm.server.structured import constraint_for
@@ -118,14 +124,17 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
     return text
 
 
-def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext) -> tuple[Prompt, SamplingParams]:
+def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
+                 limits: ServerLimits) -> tuple[Prompt, SamplingParams]:
     ctx.check_model(req.model)
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=None,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    return Prompt(ctx.engine_loop.check_request(text, params), text), params
+    prompt = Prompt(ctx.engine_loop.check_request(text, params), text)
+    check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
+    return prompt, params
 
 
 def chat_logprobs(token_ids, steps, top_n: int, name: Callable[[int], str],

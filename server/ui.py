@@ -17,9 +17,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from nanovllm import __version__
-from nanovllm.sampling_params import MAX_LOGPROBS
+from nanovllm.limits import MAX_LOGPROBS, MAX_N
 from nanovllm.server.context import Ctx
-from nanovllm.server.protocol import MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/ui/api"  # the page's data: protected like /v1 when the server has an API key
