@@ -22,9 +22,10 @@ _EXPORTS = {
     "CompletionOutput": "nanovllm.outputs", "Logprob": "nanovllm.outputs",
     "RequestOutput": "nanovllm.outputs",
     "SamplingParams": "nanovllm.sampling_params",
+    "GrammarCompiler": "nanovllm.structured",
 }
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
-           "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "RequestOutput",
+           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "RequestOutput",
            "SamplingParams", "TextPrompt", "TokensPrompt", "__version__"]
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from nanovllm.llm import LLM
     from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
     from nanovllm.sampling_params import SamplingParams
+    from nanovllm.structured import GrammarCompiler
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ import secrets
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 
-from nanovllm import __version__
+from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
@@ -24,7 +24,6 @@ from nanovllm.server.routes import router
 from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
 from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui import install_ui
-from nanovllm.structured import GrammarCompiler
 
 
 class APIKeyMiddleware:

@@ -8,12 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from nanovllm import GrammarCompiler
 from nanovllm.engine_client import EngineClient
 from nanovllm.errors import quote
 from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
-from nanovllm.structured import GrammarCompiler
 
 
 @dataclass(slots=True)

@@ -11,11 +11,13 @@ routes run it off the event loop (`wants_structure`).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nanovllm import InvalidRequestError
+from nanovllm import GrammarCompiler, InvalidRequestError
 from nanovllm.server.errors import bad_request, invalid_request
-from nanovllm.structured import CompiledGrammar, GrammarCompiler
+
+if TYPE_CHECKING:
+    from nanovllm.runner.structured import CompiledGrammar
 
 MAX_GRAMMAR_CHARS = 64_000  # a schema, regex or grammar (as JSON text); bounds compile work
 MAX_CHOICES = 1_024
