@@ -48,6 +48,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--chat-template", default=None,
+                        help="Jinja chat template (a file, or the template itself) for "
+                             "/v1/chat/completions (default: the checkpoint's own, if any)")
+    parser.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                        help="serve GET /tokenizer_info (the tokenizer's configuration)")
     add_limit_args(parser)
     add_engine_args(parser)
 
@@ -121,9 +126,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
     from nanovllm.server.app import build_app
+    from nanovllm.server.chat_template import load_chat_template
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
+    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
     concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
@@ -133,7 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
     loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     name = args.served_model_name or served_name(args.model)
     app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
-                    ui=not args.disable_ui)
+                    ui=not args.disable_ui, chat_template=chat_template,
+                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
