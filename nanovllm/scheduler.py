@@ -119,6 +119,7 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
+        seq.num_preemptions += 1
         self.num_preemptions += 1
 
     def finish(self, seq: Sequence) -> None:
