@@ -29,7 +29,7 @@ from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
-from nanovllm.snapshot import EngineSnapshot, take_snapshot
+from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.validation import RequestValidator
@@ -53,15 +53,6 @@ class EngineStats:
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
-
-
-@dataclass(slots=True)
-class StepStats:
-    num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
-    num_decode_tokens: int = 0   # one per sequence that generated from its last token
-    seconds: float = 0.0
-    num_seqs: int = 0
-    num_preemptions: int = 0     # sequences preempted while this step was scheduled
 
 
 class LLMEngine:

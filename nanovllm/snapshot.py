@@ -15,12 +15,22 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nanovllm.block_manager import BlockManager
-    from nanovllm.engine import StepStats
     from nanovllm.scheduler import Scheduler
     from nanovllm.sequence import Sequence
 
 # Each queue lists at most this many sequences (its head); its length is always given whole.
 MAX_LISTED_SEQS = 256
+
+
+@dataclass(slots=True)
+class StepStats:
+    """One engine step (LLMEngine.last_step, and the engine view's strip of recent steps)."""
+
+    num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
+    num_decode_tokens: int = 0   # one per sequence that generated from its last token
+    seconds: float = 0.0
+    num_seqs: int = 0
+    num_preemptions: int = 0     # sequences preempted while this step was scheduled
 
 
 @dataclass(slots=True)
