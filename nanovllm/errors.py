@@ -13,3 +13,15 @@ class InvalidRequestError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+def quote(value, limit: int = 40) -> str:
+    """A user's value, safe to put in an error message: a string in backticks with its
+    unprintable characters (lone surrogates, controls) escaped, anything else by repr; either cut
+    to `limit` characters, so a message never carries a megabyte of someone's input."""
+    if isinstance(value, str):
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value[:limit])
+        more = f"... ({len(value)} characters)" if len(value) > limit else ""
+        return f"`{shown}`{more}"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -10,9 +10,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanovllm.errors import InvalidRequestError
-
-MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+from nanovllm.errors import InvalidRequestError, quote
+from nanovllm.limits import (
+    LOGIT_BIAS_RANGE,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    PENALTY_RANGE,
+)
+from nanovllm.stop_strings import StopStrings
 
 
 @dataclass(slots=True)
@@ -38,24 +49,26 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
-        self.stop = [self.stop] if isinstance(self.stop, str) else _as_list("stop", self.stop)
-        self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids)
+        self.stop = StopStrings([self.stop] if isinstance(self.stop, str)
+                                else _as_list("stop", self.stop, MAX_STOP_STRINGS))
+        self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids, MAX_STOP_TOKEN_IDS)
         self.logit_bias = _as_bias(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
         self._validate()
 
     def _validate(self) -> None:
-        _check_int("n", self.n, 1)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.0, None, low_open=True)
+        _check_int("n", self.n, 1, MAX_N)
+        _check_range("presence_penalty", self.presence_penalty, *PENALTY_RANGE)
+        _check_range("frequency_penalty", self.frequency_penalty, *PENALTY_RANGE)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.0, MAX_REPETITION_PENALTY,
+                     low_open=True)
         _check_range("temperature", self.temperature, 0.0, None)
         _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_int("top_k", self.top_k, 0, extra="(0 or -1 disables it)")
         _check_range("min_p", self.min_p, 0.0, 1.0)
         if self.seed is not None:
-            _check_int("seed", self.seed, None)
+            _check_int("seed", self.seed, -MAX_SEED, MAX_SEED)
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, 1)
         _check_int("min_tokens", self.min_tokens, 0)
@@ -65,8 +78,11 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, MAX_LOGPROBS)
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise InvalidRequestError(f"stop must be non-empty strings, got {self.stop!r}", "stop")
+        for s in self.stop:
+            if not isinstance(s, str) or not s or len(s) > MAX_STOP_STRING_CHARS:
+                raise InvalidRequestError(f"stop must be non-empty strings of at most "
+                                          f"{MAX_STOP_STRING_CHARS} characters, got {quote(s)}",
+                                          "stop")
         for i in self.stop_token_ids:
             _check_int("stop_token_ids[]", i, 0)
 
@@ -81,11 +97,13 @@ class SamplingParams:
                     or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
-def _as_list(name: str, value) -> list:
+def _as_list(name: str, value, max_len: int) -> list:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
-        raise InvalidRequestError(f"{name} must be a list, got {value!r}", name)
+        raise InvalidRequestError(f"{name} must be a list, got {quote(value)}", name)
+    if len(value) > max_len:
+        raise InvalidRequestError(f"{name} takes at most {max_len} entries, got {len(value)}", name)
     return list(value)
 
 
@@ -99,12 +117,15 @@ def _as_bias(value) -> dict[int, float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidRequestError(f"logit_bias must be a mapping of token id to bias, got {value!r}",
-                                  "logit_bias")
+        raise InvalidRequestError(f"logit_bias must be a mapping of token id to bias, got "
+                                  f"{quote(value)}", "logit_bias")
+    if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidRequestError(f"logit_bias takes at most {MAX_LOGIT_BIAS_ENTRIES} entries, "
+                                  f"got {len(value)}", "logit_bias")
     bias = {}
     for k, v in value.items():
         token = _bias_token(k)
-        _check_range(f"logit_bias[{k}]", v, -100.0, 100.0)
+        _check_range(f"logit_bias[{token}]", v, *LOGIT_BIAS_RANGE)
         bias[token] = float(v)
     return bias
 
@@ -115,7 +136,7 @@ def _bias_token(key) -> int:
         return int(key)
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
         return int(key)
-    raise InvalidRequestError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
+    raise InvalidRequestError(f"logit_bias keys must be token ids, got {quote(key)}", "logit_bias")
 
 
 def _invalid(name: str, message: str) -> InvalidRequestError:
@@ -125,7 +146,7 @@ def _invalid(name: str, message: str) -> InvalidRequestError:
 
 def _check_int(name: str, value, low: int | None, high: int | None = None, extra: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(name, f"{name} must be an integer, got {value!r}")
+        raise _invalid(name, f"{name} must be an integer, got {quote(value)}")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise _invalid(name, f"{name} must be {bounds}{' ' + extra if extra else ''}, got {value}")
@@ -133,7 +154,7 @@ def _check_int(name: str, value, low: int | None, high: int | None = None, extra
 
 def _check_range(name: str, value, low: float, high: float | None, low_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise _invalid(name, f"{name} must be a number, got {value!r}")
+        raise _invalid(name, f"{name} must be a number, got {quote(value)}")
     too_low = value <= low if low_open else value < low
     if too_low or (high is not None and value > high):
         lo = f"({low}" if low_open else f"[{low}"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from nanovllm.stop_strings import find_stop, held_back  # noqa: F401 - the engine's names
+
 
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's map from the printable stand-in characters of its vocabulary back to bytes."""
@@ -39,6 +41,9 @@ class Tokenizer:
         self.eos_token_id = eos_token_id
         self.vocab_size = self._tok.get_vocab_size()
         self.token_bytes, self.special_ids = self._byte_table()
+        # A token stands for at most this many bytes, so for at most this many characters: a
+        # text longer than max_model_len x this cannot fit the context, tokenized or not.
+        self.max_token_chars = max(map(len, self.token_bytes), default=1)
 
     def _byte_table(self) -> tuple[list[bytes], frozenset[int]]:
         """The bytes each token id stands for, and the ids of special tokens."""
@@ -54,7 +59,9 @@ class Tokenizer:
         return table, frozenset(i for i, t in added.items() if t.special)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`. Through the batch API: unlike `encode`, it releases the GIL, so a
+        long text tokenizing on a worker thread does not stall the event loop or the engine."""
+        return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -81,16 +88,3 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end: whatever is still held back, as replacement characters."""
         return self._utf8.decode(b"", final=True)
-
-
-def find_stop(text: str, stops: list[str], old_len: int) -> tuple[int, str] | None:
-    """The earliest stop string that ends after the first `old_len` characters of `text`,
-    as (index, stop)."""
-    hits = [(i, s) for s in stops if (i := text.find(s, max(0, old_len - len(s) + 1))) >= 0]
-    return min(hits) if hits else None
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still be the start of a stop string."""
-    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1)
-                if text.endswith(s[:k])), default=0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanovllm.block_manager import blocks_needed
-from nanovllm.errors import InvalidRequestError
+from nanovllm.errors import InvalidRequestError, quote
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.sampling_params import SamplingParams
 from nanovllm.tokenizer import Tokenizer
@@ -25,11 +25,31 @@ def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
     """Every id must be an integer in [0, vocab_size); `param` names the field they came in."""
     for t in ids:
         if isinstance(t, bool) or not isinstance(t, int | np.integer):
-            raise InvalidRequestError(f"{param} contains {t!r}, which is not an integer token id.",
-                                      param)
+            raise InvalidRequestError(f"{param} contains {quote(t)}, which is not an integer "
+                                      "token id.", param)
         if not 0 <= t < vocab_size:
             raise InvalidRequestError(f"{param} contains token id {t} outside the vocabulary "
                                       f"[0, {vocab_size}).", param)
+
+
+def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
+                      param: str = "prompt") -> None:
+    """Refuse, before tokenizing, a text that cannot fit the context however it tokenizes (a
+    token covers at most tokenizer.max_token_chars characters) or that is not Unicode text."""
+    limit = (max_model_len - 1) * tokenizer.max_token_chars
+    if len(text) > limit:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt has {len(text)} characters, more than {max_model_len - 1} tokens of at most "
+            f"{tokenizer.max_token_chars} characters each can hold. Please reduce the length of "
+            "the prompt.", param)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(f"{param} contains a lone UTF-16 surrogate at index "
+                                      f"{exc.start}, which is not valid Unicode text.",
+                                      param) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +64,28 @@ class RequestValidator:
 
     def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""
-        prompt_ids = self.prompt_ids(prompt)
-        self.check_context(len(prompt_ids), params.max_tokens, params.min_tokens)
+        prompt_ids = self.prompt_ids(prompt, params)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
         check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
         return prompt_ids
 
-    def prompt_ids(self, prompt: PromptType) -> list[int]:
+    def prompt_ids(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, once they are known to fit the context with `params`."""
         try:
             prompt = unpack_prompt(prompt)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), "prompt") from exc
         if isinstance(prompt, str):
+            check_prompt_text(prompt, self.tokenizer, self.max_model_len)
             ids = self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
-            check_token_ids(ids, self.vocab_size, "prompt")
         if not ids:
             raise InvalidRequestError("The prompt must not be empty; give at least one token.", "prompt")
+        self.check_context(len(ids), params.max_tokens, params.min_tokens)
+        if not isinstance(prompt, str):  # after the length: a long list is refused unread
+            check_token_ids(ids, self.vocab_size, "prompt")
         return [int(t) for t in ids]
 
     def check_context(self, n_prompt: int, max_tokens: int | None, min_tokens: int) -> None:

@@ -13,9 +13,11 @@ from starlette.datastructures import Headers
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient
+from nanovllm.limits import ServerLimits
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
+from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
 from nanovllm.server.routes import router
 from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui import install_ui
@@ -68,14 +70,17 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 
 
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
-              api_key: str | None = None, ui: bool = True) -> FastAPI:
+              api_key: str | None = None, limits: ServerLimits | None = None,
+              ui: bool = True) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
-    page at /ui unless `ui` is False."""
+    page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
+    never a local path: it is public)."""
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, tokenization and metrics for a GPT-2 model.")
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics)
+    app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
     if ui:
@@ -83,4 +88,6 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     document_vocabulary(app, engine_loop.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
+    app.add_middleware(InternalErrorMiddleware)  # added last: the outermost
     return app

@@ -14,10 +14,15 @@ import logging
 import os
 import signal
 import threading
+from dataclasses import fields
+from pathlib import Path
 
 import uvicorn
 
+from nanovllm.limits import FLAG_HELP, ServerLimits
+
 logger = logging.getLogger("nanovllm.serve")
+OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +37,54 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-ui", action="store_true",
                         help="do not serve the web page at /ui (404)")
     parser.add_argument("--served-model-name", default=None,
-                        help="model name clients use (default: MODEL as given)")
+                        help="model name clients use (default: the checkpoint directory's name, "
+                             "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    add_limit_args(parser)
     add_engine_args(parser)
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerLimits field (--max-request-body-bytes, ...), defaults from it."""
+    g = parser.add_argument_group("request limits")
+    for f in fields(ServerLimits):
+        g.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default,
+                       help=f"{FLAG_HELP[f.name]} (default {f.default})")
+
+
+def limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
+    for f in fields(ServerLimits):
+        if getattr(limits, f.name) < 1:
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a positive integer")
+    return limits
+
+
+def served_name(model: str) -> str:
+    """What clients call the model: a hub name as given (gpt2, org/name), a local checkpoint by
+    its directory's name, so that no response or metric shows the server's file system."""
+    path = Path(model)
+    return path.resolve().name if path.exists() else model
+
+
+def raise_open_file_limit(reserve: int, wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (as vLLM does): every connection is a
+    file. Returns how many connections fit, `reserve` files kept for the process itself."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - reserve))
 
 
 class Server(uvicorn.Server):
@@ -69,11 +118,19 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
+    limits = limits_from_args(args)
+    concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
+    if concurrency < limits.limit_concurrency:
+        logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
+                       limits.limit_concurrency, concurrency)
     loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
-    app = build_app(loop, served_model_name=args.served_model_name or args.model,
-                    model_root=loop.model_path, api_key=api_key, ui=not args.disable_ui)
+    name = args.served_model_name or served_name(args.model)
+    app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+                    ui=not args.disable_ui)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5, access_log=False)
+                            timeout_graceful_shutdown=5, access_log=False,
+                            limit_concurrency=concurrency,
+                            timeout_keep_alive=limits.timeout_keep_alive)
     server = Server(config, loop, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():

@@ -19,9 +19,18 @@ from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
+from nanovllm.errors import quote
+from nanovllm.limits import ServerLimits
 from nanovllm.server.context import ServerContext
-from nanovllm.server.errors import APIError, invalid_request
-from nanovllm.server.prompts import Prompt, check_supported, resolve_prompts, sampling_params
+from nanovllm.server.errors import APIError, internal_error, invalid_request
+from nanovllm.server.prompts import (
+    Prompt,
+    check_request_size,
+    check_response_size,
+    check_supported,
+    resolve_prompts,
+    sampling_params,
+)
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
 
@@ -32,9 +41,11 @@ def engine_error(exc: BaseException) -> APIError:
     """Map what the engine loop pushes into a request onto an HTTP error."""
     if isinstance(exc, InvalidRequestError):
         return invalid_request(exc)
-    if isinstance(exc, (EngineDeadError, RequestAborted)):
+    if isinstance(exc, EngineDeadError):  # its text is the engine's exception: for the log only
+        return APIError("The engine is dead; the server log says why.", 503)
+    if isinstance(exc, RequestAborted):
         return APIError(str(exc), 503)
-    return APIError(f"Internal error in the engine: {type(exc).__name__}: {exc}", 500)
+    return internal_error("the engine failed a request", exc)
 
 
 def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: int) -> dict:
@@ -111,17 +122,22 @@ def prompt_chars(prompt) -> int:
     return sum(len(p) for p in prompt if isinstance(p, str))
 
 
-def prepare(req: CompletionRequest, ctx: ServerContext) -> tuple[list[Prompt], SamplingParams]:
+def prepare(req: CompletionRequest, ctx: ServerContext,
+            limits: ServerLimits) -> tuple[list[Prompt], SamplingParams]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails.
 
     Returns the prompts (as token ids) and the sampling params they all share.
     """
     ctx.check_model(req.model)
     check_supported(req)
+    check_request_size(req, limits)
     if ignored := req.ignored_fields():
-        logger.warning("The following fields were present in the request but ignored: %s", ignored)
+        logger.warning("The following fields were present in the request but ignored: %s",
+                       quote(ignored, 200))
     params = sampling_params(req)
-    return resolve_prompts(req.prompt, ctx.engine_loop, params), params
+    prompts = resolve_prompts(req.prompt, ctx.engine_loop, params)
+    check_response_size(req, prompts, limits, ctx.engine_loop.max_model_len)
+    return prompts, params
 
 
 async def start(req, ctx: ServerContext, prompts: list[Prompt],
@@ -158,8 +174,13 @@ async def complete(raw: Request, req: CompletionRequest, ctx: ServerContext, pro
             results = work.result()
         except Exception as exc:
             raise engine_error(exc) from exc
-        body = build_response(req, ctx, stream.request_id, created, prompts, results)
-        return JSONResponse(body)
+        def render() -> JSONResponse:
+            return JSONResponse(build_response(req, ctx, stream.request_id, created, prompts,
+                                               results))
+
+        if req.echo or req.logprobs is not None:  # can be megabytes: built off the event loop
+            return await asyncio.to_thread(render)
+        return render()
     finally:
         for task in (work, gone):
             task.cancel()

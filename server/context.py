@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from nanovllm.engine_client import EngineClient
+from nanovllm.errors import quote
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
 
@@ -24,7 +25,7 @@ class ServerContext:
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""
         if model is not None and model != self.model_name:
-            raise APIError(f"The model `{model}` does not exist.", 404, "model")
+            raise APIError(f"The model {quote(model, 100)} does not exist.", 404, "model")
 
 
 def get_ctx(request: Request) -> ServerContext:

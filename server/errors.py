@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from http import HTTPStatus
+from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanovllm import InvalidRequestError
+from nanovllm.errors import InvalidRequestError, quote
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,15 @@ def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(message, 400, param)
 
 
+def internal_error(context: str, exc: BaseException | None = None) -> APIError:
+    """A 500 for `exc` (default: the one being handled), logged once with its traceback under
+    a fresh id; the client gets only that id, never the exception's class or text."""
+    request_id = f"err-{uuid.uuid4().hex[:16]}"
+    logger.error("internal error, request id %s (%s)", request_id, context,
+                 exc_info=exc if exc is not None else True)
+    return APIError(f"Internal error, request id {request_id}.", 500)
+
+
 def invalid_request(exc: InvalidRequestError) -> APIError:
     """The engine's refusal of a request: a 400 naming the field the engine says it is about."""
     return bad_request(str(exc), exc.param)
@@ -76,12 +88,55 @@ def _is_type_tag(part) -> bool:
 _BARE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"}
 
 
+def is_unicode(text: str) -> bool:
+    """False if `text` holds a lone surrogate ("\\ud800" is valid JSON but not Unicode text)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_lone_surrogates(body: Any) -> Any:
+    """Checks a whole request body (before pydantic converts it): every string in it, keys and
+    unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
+    fails. The error names the top-level field it was found in. Each field is checked by
+    encoding it with the C JSON encoder: no Python loop over a large body."""
+    if not isinstance(body, dict):
+        return body if _encodes(body) else _lone_surrogate("body")
+    for key, value in body.items():
+        if isinstance(key, str) and not is_unicode(key):
+            _lone_surrogate("body")  # in a field's name: there is no field to name
+        if not _encodes(value):
+            _lone_surrogate(key)
+    return body
+
+
+def _lone_surrogate(field: str) -> NoReturn:
+    raise PydanticCustomError(
+        "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), which "
+        "is not valid Unicode text", {"field": field})
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
     """Turn pydantic's error list into one message that names the offending field."""
     errors = exc.errors()
     if not errors:
         return "Invalid request body.", None
     first = errors[0]
+    if first.get("type") == "lone_surrogate":
+        field = first["ctx"]["field"]
+        return f"Invalid value for `{field}`: {first['msg']}", None if field == "body" else field
     loc = [p for p in first.get("loc", ()) if p != "body"]
     kind = first.get("type", "")
     if kind == "json_invalid":
@@ -123,15 +178,10 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"Not Found: {request.method} {request.url.path}"
+        detail = f"Not Found: {request.method} {quote(request.url.path, 100)}"
     elif exc.status_code == 405:
-        detail = f"Method {request.method} not allowed for {request.url.path}"
+        detail = f"Method {request.method} not allowed for {quote(request.url.path, 100)}"
     return error_response(detail, exc.status_code, None, headers=getattr(exc, "headers", None))
-
-
-async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error while serving a request", exc_info=exc)
-    return error_response(f"Internal server error: {type(exc).__name__}: {exc}", 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -139,4 +189,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequestError, _invalid_request)  # the engine's refusals
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
+    # Anything else is a 500 from middleware.InternalErrorMiddleware (logged once, with an id).

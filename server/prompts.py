@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.inputs import is_single_prompt
+from nanovllm.limits import ServerLimits
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import CompletionRequest
 
@@ -36,6 +37,37 @@ def check_supported(req: CompletionRequest) -> None:
         )
     if req.stream_options is not None and not req.stream:
         raise bad_request("`stream_options` can only be defined when `stream=True`.", "stream_options")
+
+
+def check_request_size(req: CompletionRequest, limits: ServerLimits) -> None:
+    """Prompts and sequences (prompts x n) one request may create: checked before tokenizing."""
+    count = len(split_prompts(req.prompt))
+    if count > limits.max_prompts_per_request:
+        raise bad_request(f"prompt holds {count} prompts; this server takes at most "
+                          f"{limits.max_prompts_per_request} per request.", "prompt")
+    if count * req.n > limits.max_sequences_per_request:
+        raise bad_request(f"{count} prompt(s) x n={req.n} asks for {count * req.n} sequences; this "
+                          f"server takes at most {limits.max_sequences_per_request} per request "
+                          "(lower n or send fewer prompts).", "n")
+
+
+def check_response_size(req: CompletionRequest, prompts: list[Prompt], limits: ServerLimits,
+                        max_model_len: int) -> None:
+    """With logprobs, the response carries 1 + logprobs entries for every token (echoed prompt
+    tokens included, in every choice): refuse a request whose response could pass the limit."""
+    if req.logprobs is None:
+        return
+    def most_tokens(p: Prompt) -> int:
+        new = req.max_tokens if req.max_tokens is not None else max_model_len - len(p.token_ids)
+        return new + (len(p.token_ids) if req.echo else 0)
+
+    tokens = req.n * sum(map(most_tokens, prompts))
+    entries = tokens * (1 + req.logprobs)
+    if entries > limits.max_logprob_entries_per_response:
+        raise bad_request(
+            f"This response could carry {entries} logprobs ({tokens} tokens x (1 + logprobs="
+            f"{req.logprobs})); this server sends at most {limits.max_logprob_entries_per_response}"
+            " per response. Lower logprobs, n or max_tokens, or turn off echo.", "logprobs")
 
 
 def split_prompts(raw: str | list) -> list[str | list[int]]:

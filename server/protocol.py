@@ -10,16 +10,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nanovllm.sampling_params import MAX_LOGPROBS
-
-MAX_N = 128  # bounds the work one request can ask for; vLLM has no explicit cap
-MAX_SEED = 2**63 - 1
+from nanovllm.limits import (
+    LOGIT_BIAS_RANGE,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    PENALTY_RANGE,
+)
+from nanovllm.server.errors import refuse_lone_surrogates
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+StopStr = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
 Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
           | Annotated[list[TokenId], Field(min_length=1)]
           | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
@@ -32,6 +42,15 @@ PROMPT_SHAPE = (
 
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unicode_text_only(cls, data: Any, handler):
+        """Lone surrogates are looked for once the body is otherwise valid: a body refused for
+        its sizes costs no second pass."""
+        model = handler(data)
+        refuse_lone_surrogates(data)
+        return model
 
     def ignored_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
@@ -73,14 +92,16 @@ class CompletionRequest(OpenAIBaseModel):
     prompt: Prompt
     best_of: int | None = Field(None, ge=1)
     echo: bool | None = False
-    frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None  # SamplingParams checks the keys
+    frequency_penalty: float | None = Field(0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    logit_bias: dict[str, float] | None = Field(  # SamplingParams checks the keys
+        None, max_length=MAX_LOGIT_BIAS_ENTRIES,
+        description=f"Biases are clamped to {list(LOGIT_BIAS_RANGE)}, as OpenAI does.")
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     max_tokens: int | None = Field(16, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
-    stop: NonEmptyStr | list[NonEmptyStr] | None = None
+    stop: StopStr | Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
@@ -90,10 +111,10 @@ class CompletionRequest(OpenAIBaseModel):
     # vLLM extras
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=100.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=MAX_REPETITION_PENALTY)
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(0, ge=0)
-    stop_token_ids: list[TokenId] | None = None
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
 

@@ -28,11 +28,11 @@ from nanovllm.server.schemas import (
     VersionResponse,
 )
 from nanovllm.server.streaming import SSEResponse, completion_events
-from nanovllm.validation import check_token_ids
+from nanovllm.validation import check_prompt_text, check_token_ids
 
 router = APIRouter()
 
-BIG_PROMPT_CHARS = 20_000  # tokenizing more than this takes long enough to matter
+BIG_PROMPT_CHARS = 4_000  # tokenizing more than this takes long enough to matter
 STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 
 
@@ -49,7 +49,7 @@ async def health(ctx: Ctx) -> Response:
     """200 while the engine thread is alive; 503 once it died."""
     error = ctx.engine_loop.error
     if error is not None:
-        return error_response(f"The engine is dead: {type(error).__name__}: {error}", 503)
+        return error_response("The engine is dead; the server log says why.", 503)
     if not ctx.engine_loop.is_alive:
         return error_response("The engine is not running (it was shut down).", 503)
     return Response(status_code=200)
@@ -77,7 +77,8 @@ async def list_models(ctx: Ctx) -> dict:
              responses={**ERROR_RESPONSES, **STREAM_DOC})
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
-    prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx)
+    prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
+                                            raw.app.state.limits)
     stream = await start(body, ctx, prompts, params)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
@@ -106,6 +107,7 @@ async def create_chat_completion(body: ChatCompletionRequest,
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
     tok = ctx.engine_loop.tokenizer
+    check_prompt_text(body.prompt, tok, ctx.engine_loop.max_model_len)
     ids = await off_loop_if_big(len(body.prompt), tok.encode, body.prompt)
     strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": ctx.engine_loop.max_model_len, "tokens": ids,
@@ -115,6 +117,9 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
+    if len(body.tokens) > ctx.engine_loop.max_model_len:  # no sequence of this model is longer
+        raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
+                          f"length of {ctx.engine_loop.max_model_len}.", "tokens")
     check_token_ids(body.tokens, ctx.engine_loop.vocab_size, "tokens")
     return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens)}
 

@@ -26,10 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
-from nanovllm.sampling_params import MAX_LOGPROBS
+from nanovllm.limits import MAX_LOGPROBS, MAX_N
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
-from nanovllm.server.protocol import MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/ui/api"  # the page's data: protected like /v1 when the server has an API key

@@ -35,7 +35,7 @@ INVALID = [
     ("min_tokens", dict(min_tokens=9, max_tokens=8), "9"),
     ("logprobs", dict(logprobs=21), "21"), ("logprobs", dict(logprobs=-1), "-1"),
     ("prompt_logprobs", dict(prompt_logprobs=21), "21"),
-    ("stop", dict(stop=[""]), "''"), ("stop", dict(stop=""), "''"),
+    ("stop", dict(stop=[""]), "``"), ("stop", dict(stop=""), "``"),
     ("stop", dict(stop=["ok", 3]), "3"),
     ("stop_token_ids", dict(stop_token_ids=[-1]), "-1"),
     ("stop_token_ids", dict(stop_token_ids=["x"]), "x"),

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -16,6 +21,7 @@ from nanovllm.async_engine import AsyncEngine
 MODEL = "tiny-gpt2"
 API_KEY = "sk-test-key"
 NUM_KV_BLOCKS = 1024
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -86,3 +92,63 @@ def error_of(response: httpx.Response, status: int) -> dict:
     assert set(err) == {"message", "type", "param", "code"}, err
     assert err["code"] == status and isinstance(err["message"], str) and err["message"]
     return err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Nobody listens any more, and a new server (SO_REUSEADDR, as uvicorn) can bind it."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class ServeProcess:
+    """`python -m nanovllm.cli serve ...`, with its stderr collected line by line."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        full_env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nanovllm.cli", "serve", *args, "--port", str(self.port)],
+            cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while f"API at {self.url}/v1" not in self.log:
+            assert self.proc.poll() is None, f"serve exited early:\n{self.log}"
+            assert time.monotonic() < deadline, f"serve not ready:\n{self.log}"
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

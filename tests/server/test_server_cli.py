@@ -4,79 +4,15 @@ fallback when the hub is unreachable, and clean shutdown on SIGTERM / Ctrl-C."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from server_helpers import ServeProcess, port_is_free
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """Nobody listens any more, and a new server (SO_REUSEADDR, as uvicorn) can bind it."""
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            return False
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-class ServeProcess:
-    """`python -m nanovllm.cli serve ...`, with its stderr collected line by line."""
-
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-        full_env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanovllm.cli", "serve", *args, "--port", str(self.port)],
-            cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while f"API at {self.url}/v1" not in self.log:
-            assert self.proc.poll() is None, f"serve exited early:\n{self.log}"
-            assert time.monotonic() < deadline, f"serve not ready:\n{self.log}"
-            time.sleep(0.05)
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -122,7 +58,8 @@ def test_api_key_from_the_environment(spawn, tiny_ckpt):
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.get("/v1/models").status_code == 401
         ok = c.get("/v1/models", headers={"Authorization": "Bearer sekrit"})
-        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == str(tiny_ckpt)
+        card = ok.json()["data"][0]
+        assert ok.status_code == 200 and card["id"] == card["root"] == tiny_ckpt.name
     assert srv.stop() == 0
 
 

@@ -173,7 +173,7 @@ def test_sampling_params_value_error_becomes_a_400_naming_the_field():
     with pytest.raises(APIError) as info:
         sampling_params(req)
     assert info.value.status == 400 and info.value.param == "n"
-    assert "Invalid sampling parameters: n must be >= 1" in info.value.message
+    assert "Invalid sampling parameters: n must be in [1, 128]" in info.value.message
     req = CompletionRequest.model_construct(**{**req.model_dump(), "n": 1, "top_p": 0.0})
     with pytest.raises(APIError) as info:
         sampling_params(req)

@@ -1,0 +1,58 @@
+"""Every request limit, defined once: SamplingParams, the HTTP models and `nanovllm serve` use these.
+
+Two kinds. Sampling limits bound one sampling request wherever it comes from (Python or HTTP);
+they are module constants because a value outside them is never meaningful. Server limits bound
+what one HTTP client can make the server do; an operator tunes them with `nanovllm serve` flags,
+so they live in `ServerLimits`, whose defaults are the flags' defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---- sampling limits (SamplingParams and the OpenAPI document) -------------------------------
+MAX_N = 128  # samples per prompt; vLLM has no explicit cap
+MAX_LOGPROBS = 20  # top-N logprobs per token: vLLM's default max_logprobs
+MAX_SEED = 2**63 - 1
+PENALTY_RANGE = (-2.0, 2.0)  # presence and frequency penalty, OpenAI's range
+MAX_REPETITION_PENALTY = 100.0  # above this every seen token is as good as banned
+LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; the server clamps, SamplingParams refuses
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's cap
+# OpenAI allows 4 stop strings and vLLM any number; clients written for vLLM pass a few more
+# (role markers, several newlines), and the per-step cost is a window of MAX_STOP_STRING_CHARS.
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_STOP_TOKEN_IDS = 128
+
+
+# ---- server limits (flags of `nanovllm serve`) ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one HTTP request or client may ask of the server; the defaults are the flags'."""
+
+    # The largest request that can run on GPT-2's 1,024-token context is well below this: 64
+    # prompts of 1,024 ids ("50256," is 6 bytes) is ~400 KB, one full-context text prompt at
+    # worst (\uXXXX escapes) ~800 KB. Larger bodies are refused before they are read.
+    max_request_body_bytes: int = 2 * 1024 * 1024
+    max_prompts_per_request: int = 64
+    max_sequences_per_request: int = 256  # prompts x n: one request's share of the batch
+    # Tokens with logprobs in one response (prompts x n x (echoed prompt + max_tokens)) x
+    # (1 + logprobs): each entry is ~30 bytes of JSON, so this bounds a response near 6 MB.
+    max_logprob_entries_per_response: int = 200_000
+    limit_concurrency: int = 1024  # open connections + tasks; more are answered 503
+    # uvicorn's default of 5 s closed reused connections whenever a request took the event loop
+    # for longer; nothing blocks the loop now, and a longer idle timeout is kinder to clients
+    # that pool connections.
+    timeout_keep_alive: int = 30
+
+
+FLAG_HELP = {
+    "max_request_body_bytes": "refuse larger request bodies with 413, before reading them",
+    "max_prompts_per_request": "prompts in one completions request, at most",
+    "max_sequences_per_request": "prompts x n in one completions request, at most",
+    "max_logprob_entries_per_response": "tokens x (1 + logprobs) one response may carry "
+                                        "(echo and logprobs make large responses)",
+    "limit_concurrency": "open connections and tasks, at most; more are answered 503 "
+                         "(kept below the open-file limit)",
+    "timeout_keep_alive": "seconds an idle keep-alive connection stays open",
+}
