@@ -29,6 +29,7 @@ from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.limits import MAX_LOGPROBS, MAX_N
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
+from nanovllm.validation import check_token_ids
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/ui/api"  # the page's data: protected like /v1 when the server has an API key
@@ -114,6 +115,7 @@ def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionReq
     if not 0 < len(token_ids) <= limit:
         raise bad_request(f"The attention view takes prompts of 1 to {limit} tokens; this "
                           f"prompt is {len(token_ids)} tokens.", "prompt")
+    check_token_ids(token_ids, client.vocab_size, "prompt")  # a tokenizer larger than the model
     if not busy.acquire(blocking=False):
         raise APIError("The server computes one attention map at a time and is busy with "
                        "another; try again in a moment.", 429)

@@ -127,6 +127,9 @@ export function createEngineView({ onUnauthorized }) {
     const prefilled = Math.min(seq.num_computed_tokens, prompt);
     const cached = Math.min(seq.num_cached_tokens, prefilled);
     const whole = prompt + Math.max(seq.max_tokens ?? 0, seq.num_output_tokens, 1);
+    // Generated tokens whose K/V is not in the cache: the newest (computed in the next step),
+    // or all of them after a preemption, when the sequence recomputes prompt and output alike.
+    const outComputed = Math.max(0, Math.min(seq.num_computed_tokens - prompt, seq.num_output_tokens));
     const part = (cls, n) => el("span", cls, { width: percent(n, whole) });
     const detail = `prompt ${prefilled}/${prompt}` + (cached ? ` (${cached} cached)` : "")
       + ` · out ${seq.num_output_tokens}${seq.max_tokens ? `/${seq.max_tokens}` : ""}`
@@ -135,7 +138,8 @@ export function createEngineView({ onUnauthorized }) {
       el("span", "swatch", { background: colourOf(seq.request_id) }),
       el("span", "rid", {}, shortId(seq)),
       el("span", "progress", {}, part("cached", cached), part("prefilled", prefilled - cached),
-        part("pending", prompt - prefilled), part("generated", seq.num_output_tokens)),
+        part("pending", prompt - prefilled), part("generated", outComputed),
+        part("recompute", seq.num_output_tokens - outComputed)),
       el("span", "detail", {}, detail));
     item.dataset.seq = seq.seq_id;
     if (seq.num_preemptions) item.append(el("span", "badge", {}, `preempted ×${seq.num_preemptions}`));
