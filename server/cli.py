@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from dataclasses import fields
@@ -20,6 +19,12 @@ from pathlib import Path
 import uvicorn
 
 from nanovllm.limits import FLAG_HELP, ServerLimits
+from nanovllm.server.defaults import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    api_key_from_env,
+)
 
 logger = logging.getLogger("nanovllm.serve")
 OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
@@ -29,11 +34,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     from nanovllm.config import add_engine_args
 
     parser.add_argument("model", help="checkpoint directory or hub name (e.g. gpt2)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"interface to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to bind (default {DEFAULT_PORT})")
     parser.add_argument("--api-key", default=None,
-                        help="require `Authorization: Bearer KEY` on /v1/* "
-                             "and /ui/api/* (default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
+                        help="require `Authorization: Bearer KEY` on /v1/* and /ui/api/* "
+                             f"(default: ${' or $'.join(API_KEY_ENV)})")
     parser.add_argument("--disable-ui", action="store_true",
                         help="do not serve the web page at /ui (404)")
     parser.add_argument("--served-model-name", default=None,
@@ -117,7 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
-    api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
+    api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
     concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
     if concurrency < limits.limit_concurrency:
