@@ -146,19 +146,18 @@ export function createEngineView({ onUnauthorized }) {
     return item;
   }
 
-  // A sequence whose count of preemptions grew since the last snapshot was preempted since.
+  // A sequence whose count of preemptions grew since the last snapshot (or that the first
+  // snapshot shows preempted) was preempted since.
   function logPreemptions(snapshot) {
-    if (previous) {
-      const before = new Map([...previous.running, ...previous.waiting]
-        .map((s) => [s.seq_id, s.num_preemptions]));
-      for (const seq of [...snapshot.running, ...snapshot.waiting]) {
-        if (seq.num_preemptions > (before.get(seq.seq_id) ?? 0)) {
-          events.unshift(`step ${snapshot.num_steps}: ${shortId(seq)} preempted `
-            + `(${seq.num_preemptions}×), its blocks freed; it will recompute`);
-        }
+    const before = new Map([...previous?.running ?? [], ...previous?.waiting ?? []]
+      .map((s) => [s.seq_id, s.num_preemptions]));
+    for (const seq of [...snapshot.running, ...snapshot.waiting]) {
+      if (seq.num_preemptions > (before.get(seq.seq_id) ?? 0)) {
+        events.unshift(`step ${snapshot.num_steps}: ${shortId(seq)} preempted `
+          + `(${seq.num_preemptions}×), its blocks freed; it will recompute`);
       }
-      events.length = Math.min(events.length, MAX_EVENTS);
     }
+    events.length = Math.min(events.length, MAX_EVENTS);
     const list = $("#preemptions");
     list.replaceChildren(...events.map((text) => el("li", "event", {}, text)));
     list.closest("section").querySelector(".count").textContent = `(${snapshot.num_preemptions_total})`;

@@ -78,16 +78,17 @@ def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
     try:
         page = context.new_page()
         open_view(page, server.url, "engine")
+        # Six sequences of 248 tokens at once need 96 blocks: some must give theirs back.
         threads = [complete_in_background(server.url, max_tokens=200, ignore_eos=True)
                    for _ in range(6)]
-        expect(page.locator("#preemptions .event").first).to_be_visible(timeout=60_000)
-        expect(page.locator("#preemptions .event").first).to_contain_text("preempted")
-        expect(page.locator("#running .seq").first).to_be_visible()
-        page.screenshot(path=shots / "engine-preemption.png")
+        expect(page.locator("#running .seq").first).to_be_visible(timeout=60_000)
         for thread in threads:
             thread.join()
         expect(page.locator(BUSY)).to_have_count(0, timeout=30_000)
         assert int(page.locator("[data-engine=preemptions]").inner_text()) > 0
+        # A preempted sequence stays listed, marked, until it finishes: some snapshot showed it.
+        expect(page.locator("#preemptions .event").first).to_contain_text("preempted")
+        page.screenshot(path=shots / "engine-preemption.png")
     finally:
         context.close()
         server.stop()
