@@ -7,8 +7,9 @@ each engine request's outputs come back through the OutputSink the server gave w
 When no request is unfinished the thread blocks on the queue, so an idle server does not
 spin. A snapshot for the web page is a command too: the thread takes it between two steps,
 one for everyone who asked since the last, and hands the last one out again while nothing
-has changed: however often it is asked, it costs at most one snapshot per step. If step() raises, the engine is marked dead: every pending request gets an
-EngineDeadError, new requests are refused, and /health answers 503.
+has changed: however often it is asked, it costs at most one snapshot per step. If step()
+raises, the engine is marked dead: every pending request gets an EngineDeadError, new requests
+are refused, and /health answers 503.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
-from nanovllm.errors import InvalidRequestError
+from nanovllm.errors import InvalidRequestError, QueueFullError
 from nanovllm.snapshot import EngineSnapshot
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class AsyncEngine:
     def _add(self, request_id: str, prompt, params, sink: OutputSink) -> None:
         try:
             self.engine.add_request(request_id, prompt, params)
-        except InvalidRequestError as exc:  # the client's error (caught earlier, normally)
+        except (InvalidRequestError, QueueFullError) as exc:  # the client's to handle
             sink.put(exc)
             return
         except Exception as exc:  # an engine bug for this request only: report, keep serving
