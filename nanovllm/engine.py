@@ -22,6 +22,7 @@ from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.errors import QueueFullError
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.model import reference
+from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nanovllm.runner.batch import TokenLogprobs
@@ -234,8 +235,9 @@ class LLMEngine:
         """[n_layer, n_head, T, T]: how much each token attends to each earlier one, by the
         reference path. Any thread may call it: it reads only the weights, which never change
         (the caller bounds T: this is a whole forward pass without a KV cache)."""
-        return reference.attention_weights(self.runner.weights, self.model_config,
-                                           np.asarray(token_ids))
+        # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
+        return reference.attention_weights(dequantize_weights(self.runner.weights),
+                                           self.model_config, np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler

@@ -142,6 +142,14 @@ def test_attention_weights_are_the_reference_paths(make_engine):
         engine.runner.weights, cfg, np.asarray(ids)))
 
 
+def test_attention_weights_with_int8_weights(make_engine):
+    ids = PROMPT[:10]
+    exact = make_engine().attention_weights(ids)
+    int8 = make_engine(quantization="int8").attention_weights(ids)
+    assert int8.shape == exact.shape
+    np.testing.assert_allclose(int8, exact, atol=0.05)
+
+
 # ---- AsyncEngine: the snapshot is a command answered by the engine thread ------------------
 
 def test_async_engine_answers_snapshots_idle_and_busy(make_engine):
