@@ -66,7 +66,10 @@ def build_app(engine_loop: EngineLoop, *, served_model_name: str, model_root: st
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`."""
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, tokenization and metrics for a GPT-2 model.")
-    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
+    # Several engine replicas (server/ray_client.py): their stats, one labelled series each.
+    replica_stats = getattr(engine_loop, "replica_stats", None)
+    metrics = ServerMetrics(served_model_name, (lambda: engine_loop.stats) if replica_stats is None
+                            else (lambda: replica_stats))
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics)
     install_error_handlers(app)

@@ -10,6 +10,7 @@ socket is closed, the engine thread stops.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -34,6 +35,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="model name clients use (default: MODEL as given)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--data-parallel-size", type=int, default=None, metavar="N",
+                        help="serve N engine replicas on Ray Serve behind this one endpoint "
+                             "(needs `pip install nanovllm[ray]`; default: one engine, no Ray)")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
+                             "default: $RAY_ADDRESS, else a local Ray instance)")
     add_engine_args(parser)
 
 
@@ -65,10 +72,16 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     api_key = args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
-    engine = LLMEngine(EngineConfig.from_cli_args(args.model, args))
-    loop = EngineLoop(engine).start()
+    if args.ray_address and args.data_parallel_size is None:
+        raise ValueError("--ray-address needs --data-parallel-size")
+    if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
+        loop = start_ray_replicas(args)
+        model_root = loop.model_path
+    else:
+        engine = LLMEngine(EngineConfig.from_cli_args(args.model, args))
+        loop, model_root = EngineLoop(engine).start(), str(engine.model_path)
     app = build_app(loop, served_model_name=args.served_model_name or args.model,
-                    model_root=str(engine.model_path), api_key=api_key)
+                    model_root=model_root, api_key=api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False)
     server = Server(config, loop)
@@ -79,6 +92,16 @@ def run_serve(args: argparse.Namespace) -> int:
         loop.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def start_ray_replicas(args: argparse.Namespace):
+    if args.data_parallel_size < 1:
+        raise ValueError(f"--data-parallel-size must be at least 1, got {args.data_parallel_size}")
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--data-parallel-size needs Ray: pip install 'nanovllm[ray]'")
+    from nanovllm.server.ray_client import start_replicas
+
+    return start_replicas(args)
 
 
 class absorb_reraised_signals:
