@@ -80,6 +80,7 @@ class RayEngineClient:
         self._validator = RequestValidator(self.tokenizer, info.vocab_size, info.max_model_len,
                                            info.block_size, info.num_kv_blocks)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
+        self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, 0
         self._tasks: dict[str, tuple[asyncio.Task, OutputSink]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,6 +139,8 @@ class RayEngineClient:
             self._loop.call_soon_threadsafe(self._abort_all, reason)
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        if self._closed.is_set():
+            return
         self._closed.set()
         self.abort_all("The server is shutting down.")
         self._health.join(timeout)
@@ -163,8 +166,9 @@ class RayEngineClient:
             for attempt in range(1, MAX_SUBMIT_ATTEMPTS + 1):
                 call = self._handle.options(stream=True).generate.remote(request_id, prompt, params)
                 try:
-                    async for replica, items, stats in call:
-                        self.replica_stats[replica] = stats
+                    async for replica, items, (when, stats) in call:
+                        if when > self._stats_when.get(replica, -1):
+                            self._stats_when[replica], self.replica_stats[replica] = when, stats
                         for item in items:
                             sink.put(item)
                     return

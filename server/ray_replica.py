@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ray import serve
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from nanovllm import EngineConfig, LLMEngine, SamplingParams
+from nanovllm.engine import EngineStats
 from nanovllm.server.engine_loop import ACCEPTED, EngineLoop, OutputSink
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
@@ -62,13 +64,15 @@ class EngineReplica:
 
         Exceptions travel as items, not raised, so the ingress gets the engine's own error
         types back; a cancelled call (client gone, ingress abort) aborts the engine request.
+        `stats` is (when, EngineStats): the streams of concurrent requests may arrive in
+        any order, so the ingress keeps the latest snapshot by `when`.
         """
         queue: asyncio.Queue = asyncio.Queue()
         sink = OutputSink(asyncio.get_running_loop(), queue, 0)
         try:
             self._loop.add_request(request_id, prompt_ids, params, sink)
         except Exception as exc:  # EngineDeadError, RequestAborted
-            yield self.replica_id, [exc], self._loop.stats
+            yield self.replica_id, [exc], self._stats()
             return
         finished = False
         try:
@@ -78,10 +82,13 @@ class EngineReplica:
                     items.append(queue.get_nowait()[1])
                 items = coalesce(items)
                 finished = any(is_last(item) for item in items)
-                yield self.replica_id, items, self._loop.stats
+                yield self.replica_id, items, self._stats()
         finally:
             if not finished:
                 self._loop.abort([request_id])
+
+    def _stats(self) -> tuple[int, EngineStats]:
+        return time.monotonic_ns(), self._loop.stats
 
     async def check_health(self) -> None:
         """Called by Ray Serve: a dead engine thread makes Ray replace this replica."""

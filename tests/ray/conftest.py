@@ -1,0 +1,84 @@
+"""Ray fixtures: a local Ray instance (2 CPUs, loopback, no dashboard), 2 engine replicas of the
+tiny checkpoint on Ray Serve, and the usual FastAPI app over them served by real uvicorn.
+
+Starting Ray and two replica processes is the slow part, so one deployment serves the whole
+module (tests/ray/test_ray_serve.py); its last test shuts it down and checks that no Ray
+process is left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
+from server_helpers import MODEL, LiveServer, serve  # noqa: E402
+
+from tests.conftest import TINY  # noqa: E402
+
+NUM_KV_BLOCKS = 512
+LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
+
+
+def ray_processes(session_dir: str) -> list[str]:
+    """Command lines of the live processes that belong to the Ray session in `session_dir`."""
+    name = os.path.basename(session_dir)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if name in cmdline or name in Path(f"/proc/{pid}/environ").read_bytes().decode(
+                    errors="replace"):
+                found.append(f"{pid}: {cmdline[:120]}")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return [p for p in found if not p.startswith(f"{os.getpid()}:")]
+
+
+@dataclass
+class RayDeployment:
+    live: LiveServer
+    client: object  # RayEngineClient
+    handle: object  # the engine deployment's DeploymentHandle
+    session_dir: str
+
+    def stop(self) -> None:
+        self.live.stop()
+        self.client.shutdown()
+
+
+@pytest.fixture(scope="session")
+def long_ckpt(tmp_path_factory):
+    """The tiny checkpoint with a 1,024-token context."""
+    from nanovllm.model import write_dummy_checkpoint
+
+    return write_dummy_checkpoint(tmp_path_factory.mktemp("tiny-long"), "gpt2",
+                                  **{**TINY, "n_positions": LONG_CONTEXT})
+
+
+@pytest.fixture(scope="module")
+def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
+    import ray
+
+    from nanovllm import EngineConfig
+    from nanovllm.server.app import build_app
+    from nanovllm.server.ray_client import RayEngineClient, deploy
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=80 * 2**20, log_to_driver=False)
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    try:
+        handle = deploy(EngineConfig(str(long_ckpt), num_kv_blocks=NUM_KV_BLOCKS), 2, 1)
+        client = RayEngineClient(handle, owns_ray=True)
+    except BaseException:
+        ray.shutdown()
+        raise
+    live = serve(build_app(client, served_model_name=MODEL, model_root=str(long_ckpt)), client)
+    deployment = RayDeployment(live, client, handle, session_dir)
+    yield deployment
+    deployment.stop()
