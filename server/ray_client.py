@@ -215,8 +215,10 @@ def connect(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=False)
         return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=128 * 2**20, log_to_driver=False)
+    context = ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                       _node_ip_address="127.0.0.1", object_store_memory=128 * 2**20,
+                       log_to_driver=False)
+    logger.info("Started a local Ray instance (session %s)", context.address_info["session_dir"])
     return True
 
 

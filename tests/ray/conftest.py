@@ -69,9 +69,9 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
     from nanovllm.server.app import build_app
     from nanovllm.server.ray_client import RayEngineClient, deploy
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=80 * 2**20, log_to_driver=False)
-    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       object_store_memory=80 * 2**20, log_to_driver=False)
+    session_dir = context.address_info["session_dir"]
     try:
         handle = deploy(EngineConfig(str(long_ckpt), num_kv_blocks=NUM_KV_BLOCKS), 2, 1)
         client = RayEngineClient(handle, owns_ray=True)
