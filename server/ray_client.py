@@ -17,10 +17,12 @@ Imported only when --data-parallel-size is given: it imports Ray.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -41,35 +43,52 @@ APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# model/threads.py's spin settings are read when numpy loads, which in a Ray worker is before
+# nanovllm is imported: the replicas get them from here (nanovllm set them in this process).
+SPIN_ENV = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
 
 
-def deploy(config: EngineConfig, num_replicas: int, cpus_per_replica: int, *,
-           affinity: bool = True, max_ongoing_requests: int | None = None):
-    """Start `num_replicas` engine replicas (Ray must be initialized); returns the handle.
+def engine_deployment(config: EngineConfig, num_replicas: int, cpus_per_replica: int, *,
+                      affinity: bool = True):
+    """The engine replicas as a Ray Serve application (not started).
 
     Each replica reserves `cpus_per_replica` CPUs and sizes its numba/BLAS thread pools to
     them through its runtime_env, i.e. before numpy loads in the replica's process.
     """
     threads = {name: str(cpus_per_replica) for name in THREAD_ENV}
+    threads |= {name: os.environ[name] for name in SPIN_ENV if name in os.environ}
     deployment = serve.deployment(
         EngineReplica, name="engine", num_replicas=num_replicas,
-        max_ongoing_requests=max_ongoing_requests or config.max_num_seqs,
+        max_ongoing_requests=config.max_num_seqs,
         ray_actor_options={"num_cpus": cpus_per_replica, "runtime_env": {"env_vars": threads}},
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5,
         request_router_config=RequestRouterConfig(
             request_router_class=PrefixAffinityRouter,
             request_router_kwargs={"prefix_tokens": config.block_size, "affinity": affinity}))
+    return deployment.bind(config)
+
+
+def deploy(config: EngineConfig, num_replicas: int, cpus_per_replica: int, *,
+           affinity: bool = True, app_name: str = APP_NAME):
+    """Start the engine replicas (Ray must be initialized); returns their DeploymentHandle."""
     serve.start(proxy_location="Disabled")  # the HTTP server is ours (uvicorn + build_app)
-    return serve.run(deployment.bind(config), name=APP_NAME, route_prefix=None)
+    app = engine_deployment(config, num_replicas, cpus_per_replica, affinity=affinity)
+    return serve.run(app, name=app_name, route_prefix=None)
+
+
+def cpus_per_replica(num_replicas: int) -> int:
+    """Each replica's share of the cluster's CPUs not reserved yet (at least one)."""
+    return max(1, int(ray.available_resources().get("CPU", 1)) // num_replicas)
 
 
 class RayEngineClient:
     """An EngineLoop look-alike whose engines are Ray Serve replicas (see the module doc)."""
 
-    def __init__(self, handle, *, owns_ray: bool) -> None:
+    def __init__(self, handle, info: ReplicaInfo, *,
+                 app_name: str = APP_NAME, teardown: Callable[[], None] | None = None) -> None:
         self._handle = handle
-        self._owns_ray = owns_ray  # we started Ray, so shutdown stops it
-        info: ReplicaInfo = handle.describe.remote().result()
+        self._app_name = app_name
+        self._teardown = teardown  # what shutdown() stops besides the requests (Ray, Serve)
         self._tokenizer_dir = tempfile.TemporaryDirectory(prefix="nanovllm-tokenizer-")
         for name, data in info.tokenizer_files.items():
             Path(self._tokenizer_dir.name, name).write_bytes(data)
@@ -145,11 +164,9 @@ class RayEngineClient:
         self.abort_all("The server is shutting down.")
         self._health.join(timeout)
         try:
-            serve.delete(APP_NAME)
-            if self._owns_ray:
-                serve.shutdown()
+            if self._teardown is not None:
+                self._teardown()
         finally:
-            ray.shutdown()
             self._tokenizer_dir.cleanup()
 
     # ---- internals -----------------------------------------------------------------------
@@ -197,7 +214,7 @@ class RayEngineClient:
     def _poll_health_once(self) -> None:
         """Replica counts as Ray Serve's controller sees them."""
         try:
-            app = serve.status().applications.get(APP_NAME)
+            app = serve.status().applications.get(self._app_name)
             deployment = app.deployments["engine"] if app else None
         except Exception:  # noqa: BLE001 - the controller is unreachable: report no replica
             deployment = None
@@ -226,13 +243,23 @@ def start_replicas(args) -> RayEngineClient:
     """`nanovllm serve --data-parallel-size N`: Ray up, N replicas deployed, a client for them."""
     owns_ray = connect(args.ray_address)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        per_replica = max(1, cpus // args.data_parallel_size)
+        per_replica = cpus_per_replica(args.data_parallel_size)
         logger.info("Starting %d engine replicas on Ray, %d CPU(s) and thread(s) each",
                     args.data_parallel_size, per_replica)
         handle = deploy(EngineConfig.from_cli_args(args.model, args), args.data_parallel_size,
                         per_replica)
-        return RayEngineClient(handle, owns_ray=owns_ray)
+        info = handle.describe.remote().result()
     except BaseException:
         ray.shutdown()
         raise
+    return RayEngineClient(handle, info, teardown=functools.partial(teardown, owns_ray))
+
+
+def teardown(owns_ray: bool) -> None:
+    """Remove our replicas; stop Ray if we started it, else only disconnect from it."""
+    try:
+        serve.delete(APP_NAME)
+        if owns_ray:
+            serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 from ray import serve
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
@@ -34,6 +35,7 @@ class ReplicaInfo:
 
     replica_id: str
     pid: int
+    threads: int  # numba's thread pool, sized to the replica's CPUs
     model_path: str
     max_model_len: int
     vocab_size: int
@@ -55,7 +57,8 @@ class EngineReplica:
         engine = self._engine
         tok_dir = Path(engine.config.tokenizer or engine.model_path)
         files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).exists()}
-        return ReplicaInfo(self.replica_id, os.getpid(), str(engine.model_path),
+        return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
+                           str(engine.model_path),
                            engine.max_model_len, engine.vocab_size, engine.config.block_size,
                            engine.num_kv_blocks, engine.tokenizer.eos_token_id, files)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
-from server_helpers import MODEL, LiveServer, serve  # noqa: E402
+from server_helpers import MODEL, LiveServer  # noqa: E402
+from server_helpers import serve as serve_app  # noqa: E402
+from test_server_cli import free_port  # noqa: E402
 
 from tests.conftest import TINY  # noqa: E402
 
@@ -46,6 +48,7 @@ class RayDeployment:
     client: object  # RayEngineClient
     handle: object  # the engine deployment's DeploymentHandle
     session_dir: str
+    proxy_port: int  # Ray Serve's own HTTP proxy
 
     def stop(self) -> None:
         self.live.stop()
@@ -64,21 +67,28 @@ def long_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
     import ray
+    from ray import serve
 
     from nanovllm import EngineConfig
     from nanovllm.server.app import build_app
-    from nanovllm.server.ray_client import RayEngineClient, deploy
+    from nanovllm.server.ray_client import RayEngineClient, deploy, teardown
 
-    context = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Logical CPUs: one per engine replica, one more for test_whole_serve_application's.
+    context = ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1",
                        object_store_memory=80 * 2**20, log_to_driver=False)
     session_dir = context.address_info["session_dir"]
+    proxy_port = free_port()
     try:
+        # Ray's HTTP proxy, for the whole-Serve application test (deploy() leaves it as is).
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1",
+                                                               "port": proxy_port})
         handle = deploy(EngineConfig(str(long_ckpt), num_kv_blocks=NUM_KV_BLOCKS), 2, 1)
-        client = RayEngineClient(handle, owns_ray=True)
+        client = RayEngineClient(handle, handle.describe.remote().result(),
+                                 teardown=lambda: teardown(owns_ray=True))
     except BaseException:
         ray.shutdown()
         raise
-    live = serve(build_app(client, served_model_name=MODEL, model_root=str(long_ckpt)), client)
-    deployment = RayDeployment(live, client, handle, session_dir)
+    live = serve_app(build_app(client, served_model_name=MODEL, model_root=str(long_ckpt)), client)
+    deployment = RayDeployment(live, client, handle, session_dir, proxy_port)
     yield deployment
     deployment.stop()

@@ -54,6 +54,11 @@ def test_completions_streamed_and_not_match(ray_deployment, client):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_each_replica_sizes_its_threads_to_its_cpus(ray_deployment):
+    info = ray_deployment.handle.describe.remote().result()
+    assert info.threads == 1  # deployed with one CPU per replica; the machine has more cores
+
+
 def test_the_rest_of_the_api_is_the_same_app(ray_deployment, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
     with httpx.Client(base_url=ray_deployment.live.url, timeout=30) as http:
@@ -154,6 +159,29 @@ def test_killed_replica_is_replaced_and_loses_no_request_that_had_not_started(ra
     out = client.completions.create(model=MODEL, prompt="recovered", max_tokens=3,
                                     extra_body={"ignore_eos": True})
     assert out.choices[0].finish_reason == "length"
+
+
+def test_whole_serve_application(ray_deployment, long_ckpt):
+    """nanovllm.server.ray_app:build (for `serve run`, KubeRay): the same app as a Serve ingress
+    behind Ray's HTTP proxy, streaming through it."""
+    from ray import serve
+
+    from nanovllm.server.ray_app import build
+
+    serve.run(build({"model": str(long_ckpt), "data-parallel-size": "1", "num-kv-blocks": "64",
+                     "served-model-name": MODEL}), name="whole", route_prefix="/whole")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ray_deployment.proxy_port}/whole/v1",
+                               api_key="unused", max_retries=0, timeout=120)
+        kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0.0,
+                      extra_body={"ignore_eos": True})
+        whole = client.completions.create(**kwargs)
+        chunks = [c.choices[0].text for c in client.completions.create(**kwargs, stream=True)]
+        assert len([c for c in chunks if c]) > 1 and "".join(chunks) == whole.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="maximum context length"):
+            client.completions.create(model=MODEL, prompt="x", max_tokens=100_000)
+    finally:
+        serve.delete("whole")
 
 
 def test_shutdown_leaves_no_ray_process(ray_deployment):

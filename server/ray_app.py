@@ -1,0 +1,68 @@
+"""nanovllm as a whole Ray Serve application: the OpenAI app itself runs as a Serve ingress
+deployment, behind Ray's HTTP proxy, in front of the engine replicas.
+
+`nanovllm serve --data-parallel-size N` does not need this (it serves the app with its own
+uvicorn); this is for clusters managed by Ray alone, e.g. KubeRay's RayService, or
+
+    serve run nanovllm.server.ray_app:build model=gpt2 data-parallel-size=4
+
+Arguments are `nanovllm serve`'s flags without the dashes (`load-format=dummy`,
+`num-kv-blocks=1024`, `api-key=...`); flags that take no value are given as `flag=true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ray import serve
+
+from nanovllm import EngineConfig
+from nanovllm.server.app import build_app
+from nanovllm.server.ray_client import RayEngineClient, cpus_per_replica, engine_deployment
+
+
+@serve.deployment(name="openai", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class OpenAIIngress:
+    """The single server's FastAPI app over a RayEngineClient of the engine replicas."""
+
+    def __init__(self, engines, served_model_name: str, api_key: str | None) -> None:
+        self._engines = engines
+        self._served_model_name = served_model_name
+        self._api_key = api_key
+
+    async def __serve_build_asgi_app__(self):
+        info = await self._engines.describe.remote()
+        app_name = serve.get_replica_context().app_name
+        self.client = RayEngineClient(self._engines, info, app_name=app_name)
+        return build_app(self.client, served_model_name=self._served_model_name,
+                         model_root=info.model_path, api_key=self._api_key)
+
+    def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.shutdown()
+
+
+def serve_args(cli_args: dict[str, str]) -> argparse.Namespace:
+    """`serve run` arguments parsed by `nanovllm serve`'s own parser (one set of flags)."""
+    from nanovllm.server.cli import add_serve_args
+
+    argv = [str(cli_args.get("model", ""))]
+    for key, value in cli_args.items():
+        if key == "model":
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if str(value).lower() == "true" else [flag, str(value)]
+    parser = argparse.ArgumentParser(prog="nanovllm.server.ray_app:build")
+    add_serve_args(parser)
+    return parser.parse_args(argv)
+
+
+def build(cli_args: dict[str, str]):
+    """The Serve application builder: engine replicas plus the OpenAI ingress."""
+    args = serve_args(cli_args)
+    replicas = args.data_parallel_size or 1
+    engines = engine_deployment(EngineConfig.from_cli_args(args.model, args), replicas,
+                                cpus_per_replica(replicas))
+    return OpenAIIngress.bind(engines, args.served_model_name or args.model, args.api_key)
