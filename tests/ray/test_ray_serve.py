@@ -134,6 +134,14 @@ def test_killed_replica_is_replaced_and_loses_no_request_that_had_not_started(ra
     victim = next(r for r, n in running.items() if n == 1)
     os.kill(pids[victim], signal.SIGKILL)
 
+    def health():
+        return httpx.get(f"{ray_deployment.live.url}/health", timeout=10)
+
+    # Until Ray has a new replica running, /health says so (200: the survivor serves).
+    degraded = wait_for(lambda: (r := health()).content and r, 60, "/health to say degraded")
+    assert degraded.status_code == 200
+    assert degraded.json() == {"status": "degraded", "message": "1 of 2 engine replicas running"}
+
     # New requests meanwhile: each is served (by the survivor, or resent if it had been
     # routed to the dead replica before Ray noticed).
     for i in range(6):
@@ -151,7 +159,7 @@ def test_killed_replica_is_replaced_and_loses_no_request_that_had_not_started(ra
         return len(now) == 2 and pids[victim] not in now.values()
 
     def healthy():
-        r = httpx.get(f"{ray_deployment.live.url}/health", timeout=10)
+        r = health()
         return r.status_code == 200 and not r.content
 
     wait_for(replaced, 120, "a new replica in place of the killed one")
