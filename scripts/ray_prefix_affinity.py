@@ -63,7 +63,8 @@ def measure(config: EngineConfig, args, affinity: bool) -> dict:
     # One application per policy: a handle's router is made once per deployment and process.
     name = "affinity" if affinity else "power-of-two"
     handle = deploy(config, args.replicas, 1, affinity=affinity, app_name=name)
-    client = RayEngineClient(handle, handle.describe.remote().result(), app_name=name,
+    client = RayEngineClient(handle, handle.describe.remote().result(), args.replicas,
+                             app_name=name,
                              teardown=lambda: serve.delete(name))  # Ray stays up
     try:
         asyncio.run(run_all(client, workload(args), args.concurrency))

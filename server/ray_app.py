@@ -26,15 +26,17 @@ from nanovllm.server.ray_client import RayEngineClient, cpus_per_replica, engine
 class OpenAIIngress:
     """The single server's FastAPI app over a RayEngineClient of the engine replicas."""
 
-    def __init__(self, engines, served_model_name: str, api_key: str | None) -> None:
+    def __init__(self, engines, num_replicas: int, served_model_name: str,
+                 api_key: str | None) -> None:
         self._engines = engines
+        self._num_replicas = num_replicas
         self._served_model_name = served_model_name
         self._api_key = api_key
 
     async def __serve_build_asgi_app__(self):
         info = await self._engines.describe.remote()
         app_name = serve.get_replica_context().app_name
-        self.client = RayEngineClient(self._engines, info, app_name=app_name)
+        self.client = RayEngineClient(self._engines, info, self._num_replicas, app_name=app_name)
         return build_app(self.client, served_model_name=self._served_model_name,
                          model_root=info.model_path, api_key=self._api_key)
 
@@ -65,4 +67,5 @@ def build(cli_args: dict[str, str]):
     replicas = args.data_parallel_size or 1
     engines = engine_deployment(EngineConfig.from_cli_args(args.model, args), replicas,
                                 cpus_per_replica(replicas))
-    return OpenAIIngress.bind(engines, args.served_model_name or args.model, args.api_key)
+    return OpenAIIngress.bind(engines, replicas, args.served_model_name or args.model,
+                              args.api_key)

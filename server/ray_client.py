@@ -84,7 +84,7 @@ def cpus_per_replica(num_replicas: int) -> int:
 class RayEngineClient:
     """An EngineLoop look-alike whose engines are Ray Serve replicas (see the module doc)."""
 
-    def __init__(self, handle, info: ReplicaInfo, *,
+    def __init__(self, handle, info: ReplicaInfo, num_replicas: int, *,
                  app_name: str = APP_NAME, teardown: Callable[[], None] | None = None) -> None:
         self._handle = handle
         self._app_name = app_name
@@ -94,13 +94,14 @@ class RayEngineClient:
             Path(self._tokenizer_dir.name, name).write_bytes(data)
         self.tokenizer = Tokenizer(self._tokenizer_dir.name, info.eos_token_id)
         self.model_path = info.model_path
+        self.is_dummy = info.is_dummy
         self.max_model_len: int = info.max_model_len
         self.vocab_size: int = info.vocab_size
         self._validator = RequestValidator(self.tokenizer, info.vocab_size, info.max_model_len,
                                            info.block_size, info.num_kv_blocks)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
-        self.replicas_running, self.replicas_target = 0, 0
+        self.replicas_running, self.replicas_target = 0, num_replicas
         self._tasks: dict[str, tuple[asyncio.Task, OutputSink]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
@@ -221,9 +222,7 @@ class RayEngineClient:
         if deployment is None:
             self.replicas_running = 0
             return
-        states = deployment.replica_states
-        self.replicas_running = states.get("RUNNING", 0)
-        self.replicas_target = max(sum(states.values()), self.replicas_target)
+        self.replicas_running = deployment.replica_states.get("RUNNING", 0)
 
 
 def connect(address: str | None) -> bool:
@@ -252,7 +251,8 @@ def start_replicas(args) -> RayEngineClient:
     except BaseException:
         ray.shutdown()
         raise
-    return RayEngineClient(handle, info, teardown=functools.partial(teardown, owns_ray))
+    return RayEngineClient(handle, info, args.data_parallel_size,
+                           teardown=functools.partial(teardown, owns_ray))
 
 
 def teardown(owns_ray: bool) -> None:

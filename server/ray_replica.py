@@ -37,6 +37,7 @@ class ReplicaInfo:
     pid: int
     threads: int  # numba's thread pool, sized to the replica's CPUs
     model_path: str
+    is_dummy: bool  # random weights: the text is noise
     max_model_len: int
     vocab_size: int
     block_size: int
@@ -58,7 +59,7 @@ class EngineReplica:
         tok_dir = Path(engine.config.tokenizer or engine.model_path)
         files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).exists()}
         return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
-                           str(engine.model_path),
+                           str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size, engine.config.block_size,
                            engine.num_kv_blocks, engine.tokenizer.eos_token_id, files)
 

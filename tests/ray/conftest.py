@@ -1,4 +1,4 @@
-"""Ray fixtures: a local Ray instance (2 CPUs, loopback, no dashboard), 2 engine replicas of the
+"""Ray fixtures: a local Ray instance (3 logical CPUs, loopback, no dashboard), 2 engine replicas of the
 tiny checkpoint on Ray Serve, and the usual FastAPI app over them served by real uvicorn.
 
 Starting Ray and two replica processes is the slow part, so one deployment serves the whole
@@ -8,7 +8,6 @@ process is left.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,21 +24,6 @@ from tests.conftest import TINY  # noqa: E402
 
 NUM_KV_BLOCKS = 512
 LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
-
-
-def ray_processes(session_dir: str) -> list[str]:
-    """Command lines of the live processes that belong to the Ray session in `session_dir`."""
-    name = os.path.basename(session_dir)
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if name in cmdline or name in Path(f"/proc/{pid}/environ").read_bytes().decode(
-                    errors="replace"):
-                found.append(f"{pid}: {cmdline[:120]}")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return [p for p in found if not p.startswith(f"{os.getpid()}:")]
 
 
 @dataclass
@@ -83,7 +67,7 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1",
                                                                "port": proxy_port})
         handle = deploy(EngineConfig(str(long_ckpt), num_kv_blocks=NUM_KV_BLOCKS), 2, 1)
-        client = RayEngineClient(handle, handle.describe.remote().result(),
+        client = RayEngineClient(handle, handle.describe.remote().result(), 2,
                                  teardown=lambda: teardown(owns_ray=True))
     except BaseException:
         ray.shutdown()

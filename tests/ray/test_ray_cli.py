@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import ray_processes
+from ray_helpers import ray_processes
 from test_server_cli import REPO, ServeProcess, port_is_free
 
 

@@ -15,7 +15,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import ray_processes
+from ray_helpers import ray_processes
 from server_helpers import MODEL
 
 pytestmark = pytest.mark.ray
@@ -188,6 +188,8 @@ def test_whole_serve_application(ray_deployment, long_ckpt):
         assert len([c for c in chunks if c]) > 1 and "".join(chunks) == whole.choices[0].text
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
             client.completions.create(model=MODEL, prompt="x", max_tokens=100_000)
+        health = httpx.get(f"http://127.0.0.1:{ray_deployment.proxy_port}/whole/health")
+        assert health.status_code == 200 and not health.content
     finally:
         serve.delete("whole")
 
