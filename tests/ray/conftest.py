@@ -1,5 +1,6 @@
-"""Ray fixtures: a local Ray instance (3 logical CPUs, loopback, no dashboard), 2 engine replicas of the
-tiny checkpoint on Ray Serve, and the usual FastAPI app over them served by real uvicorn.
+"""Ray fixtures: a local Ray instance (3 logical CPUs, loopback, no dashboard), 2 engine
+replicas of the tiny checkpoint on Ray Serve, and the usual FastAPI app over them served by
+real uvicorn.
 
 Starting Ray and two replica processes is the slow part, so one deployment serves the whole
 module (tests/ray/test_ray_serve.py); its last test shuts it down and checks that no Ray
