@@ -34,6 +34,8 @@ class AsyncEngine:
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
+        self.degraded: str | None = None  # one engine serves fully or not at all
+        self.replica_stats = None  # one engine: `stats` is the whole story
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, OutputSink] = {}  # touched only by the engine thread
         self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"

@@ -77,7 +77,9 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     never a local path: it is public)."""
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, tokenization and metrics for a GPT-2 model.")
-    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
+    # Several engine replicas (server/ray_client.py): their stats, one labelled series each.
+    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
+                            if engine_loop.replica_stats is None else engine_loop.replica_stats)
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics)
     app.state.limits = limits or ServerLimits()
