@@ -72,7 +72,7 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
     except BaseException:
         ray.shutdown()
         raise
-    live = serve_app(build_app(client, served_model_name=MODEL, model_root=str(long_ckpt)), client)
+    live = serve_app(build_app(client, served_model_name=MODEL), client)
     deployment = RayDeployment(live, client, handle, session_dir, proxy_port)
     yield deployment
     deployment.stop()

@@ -37,8 +37,10 @@ def test_ray_address_alone_is_refused(tiny_ckpt):
 
 @pytest.mark.ray
 def test_serve_with_two_replicas_then_sigterm(tiny_ckpt):
-    srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "256", "--served-model-name", "tiny",
-                       "--data-parallel-size", "2", env={"RAY_ADDRESS": ""})
+    srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "256", "--data-parallel-size", "2",
+                       "--max-request-body-bytes", "4096", "--disable-ui",
+                       env={"RAY_ADDRESS": ""})
+    name = tiny_ckpt.name  # the served name is the checkpoint directory's, as with one engine
     try:
         srv.wait_ready(timeout=300)
         assert "Starting 2 engine replicas on Ray" in srv.log
@@ -46,10 +48,16 @@ def test_serve_with_two_replicas_then_sigterm(tiny_ckpt):
         session = session.rsplit("(session ", 1)[1].rstrip(")")
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0,
                                timeout=120)
-        out = client.completions.create(model="tiny", prompt="hello", max_tokens=5,
+        out = client.completions.create(model=name, prompt="hello", max_tokens=5,
                                         extra_body={"ignore_eos": True})
         assert out.usage.completion_tokens == 5
-        body = {"model": "tiny", "prompt": "x", "max_tokens": 230, "n": 8, "ignore_eos": True,
+        # The single server's limits and flags hold on the Ray path too.
+        assert [(m.id, m.root) for m in client.models.list().data] == [(name, name)]
+        big = httpx.post(f"{srv.url}/v1/completions", timeout=30,
+                         json={"model": name, "prompt": "x" * 5000, "max_tokens": 1})
+        assert big.status_code == 413 and "4096 bytes" in big.json()["error"]["message"]
+        assert httpx.get(f"{srv.url}/ui", timeout=30).status_code == 404
+        body = {"model": name, "prompt": "x", "max_tokens": 230, "n": 8, "ignore_eos": True,
                 "stream": True}
         with httpx.Client(base_url=srv.url, timeout=60) as http, \
                 http.stream("POST", "/v1/completions", json=body) as r:

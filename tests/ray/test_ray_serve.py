@@ -186,18 +186,21 @@ def test_whole_serve_application(ray_deployment, long_ckpt):
     from nanovllm.server.ray_app import build
 
     serve.run(build({"model": str(long_ckpt), "data-parallel-size": "1", "num-kv-blocks": "64",
-                     "served-model-name": MODEL}), name="whole", route_prefix="/whole")
+                     "disable-ui": "true"}), name="whole", route_prefix="/whole")
+    url = f"http://127.0.0.1:{ray_deployment.proxy_port}/whole"
+    name = long_ckpt.name  # `nanovllm serve`'s rule: the directory's name, never the path
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{ray_deployment.proxy_port}/whole/v1",
-                               api_key="unused", max_retries=0, timeout=120)
-        kwargs = dict(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0.0,
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [(m.id, m.root) for m in client.models.list().data] == [(name, name)]
+        assert httpx.get(f"{url}/ui").status_code == 404
+        kwargs = dict(model=name, prompt="Once upon a time", max_tokens=8, temperature=0.0,
                       extra_body={"ignore_eos": True})
         whole = client.completions.create(**kwargs)
         chunks = [c.choices[0].text for c in client.completions.create(**kwargs, stream=True)]
         assert len([c for c in chunks if c]) > 1 and "".join(chunks) == whole.choices[0].text
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
-            client.completions.create(model=MODEL, prompt="x", max_tokens=100_000)
-        health = httpx.get(f"http://127.0.0.1:{ray_deployment.proxy_port}/whole/health")
+            client.completions.create(model=name, prompt="x", max_tokens=100_000)
+        health = httpx.get(f"{url}/health")
         assert health.status_code == 200 and not health.content
     finally:
         serve.delete("whole")
