@@ -21,7 +21,8 @@ PACKAGE_DIRS = {"nanovllm": "nanovllm", "nanovllm.model": "model", "nanovllm.run
 # only its own and lower layers.
 LAYERS = [
     ("model", ["nanovllm.model"]),                        # GPT-2 math and kernels
-    ("plain values", ["nanovllm.sampling_params", "nanovllm.errors"]),
+    ("plain values", ["nanovllm.sampling_params", "nanovllm.errors", "nanovllm.limits",
+                      "nanovllm.stop_strings"]),
     ("runner", ["nanovllm.runner"]),                      # model runner, KV cache, sampler
     ("core", ["nanovllm"]),                               # engine, scheduler, blocks, ...
     ("server and scripts", ["nanovllm.server", "nanovllm.scripts"]),

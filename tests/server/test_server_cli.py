@@ -66,7 +66,8 @@ def test_api_key_from_the_environment(spawn, tiny_ckpt):
 def test_unreachable_hub_without_fallback_exits_with_a_hint(spawn):
     srv = spawn("gpt2")
     assert srv.proc.wait(60) != 0
-    assert "--load-format dummy" in srv.log or "dummy" in srv.log
+    assert "nanovllm serve gpt2 --load-format dummy" in srv.log  # the command that works offline
+    assert "--allow-dummy-fallback" in srv.log
 
 
 @pytest.mark.slow

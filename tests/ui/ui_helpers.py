@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.server.test_server_cli import ServeProcess
+from tests.server.server_helpers import ServeProcess
 
 __all__ = ["API_KEY", "CHROMIUM", "CHROMIUM_ARGS", "ServeProcess", "start_server"]
 
