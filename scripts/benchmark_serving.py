@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,9 +42,7 @@ from nanovllm.scripts.serving_report import (
     plot,
     summarize,
 )
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-
+from nanovllm.server.defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, api_key_from_env
 
 # --------------------------------------------------------------------------- arguments
 
@@ -53,8 +50,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
     p.add_argument("--base-url", default=None, help=f"server URL (default {DEFAULT_URL})")
-    p.add_argument("--host", default="127.0.0.1", help="server host, if no --base-url")
-    p.add_argument("--port", type=int, default=8000, help="server port, if no --base-url")
+    p.add_argument("--host", default=DEFAULT_HOST, help="server host, if no --base-url")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="server port, if no --base-url")
     p.add_argument("--endpoint", default="/v1/completions", help="completions path")
     p.add_argument("--model", default=None, help="model name to request (default: the server's first)")
     p.add_argument("--api-key", default=None, help="bearer token (default $NANOVLLM_API_KEY, "
@@ -113,8 +110,7 @@ def base_url(args: argparse.Namespace) -> str:
 
 
 def api_key(args: argparse.Namespace) -> str | None:
-    return args.api_key or next((os.environ[k] for k in ("NANOVLLM_API_KEY", "VLLM_API_KEY",
-                                                          "OPENAI_API_KEY") if os.environ.get(k)), None)
+    return args.api_key or api_key_from_env("OPENAI_API_KEY")
 
 
 # --------------------------------------------------------------------------- workload

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import signal
 import threading
 from dataclasses import fields
@@ -21,6 +20,12 @@ from pathlib import Path
 import uvicorn
 
 from nanovllm.limits import FLAG_HELP, ServerLimits
+from nanovllm.server.defaults import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    api_key_from_env,
+)
 
 logger = logging.getLogger("nanovllm.serve")
 OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
@@ -30,11 +35,13 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     from nanovllm.config import add_engine_args
 
     parser.add_argument("model", help="checkpoint directory or hub name (e.g. gpt2)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"interface to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to bind (default {DEFAULT_PORT})")
     parser.add_argument("--api-key", default=None,
-                        help="require `Authorization: Bearer KEY` on /v1/* "
-                             "and /ui/api/* (default: $NANOVLLM_API_KEY or $VLLM_API_KEY)")
+                        help="require `Authorization: Bearer KEY` on /v1/* and /ui/api/* "
+                             f"(default: ${' or $'.join(API_KEY_ENV)})")
     parser.add_argument("--disable-ui", action="store_true",
                         help="do not serve the web page at /ui (404)")
     parser.add_argument("--served-model-name", default=None,
@@ -66,10 +73,6 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         if getattr(limits, f.name) < 1:
             raise ValueError(f"--{f.name.replace('_', '-')} must be a positive integer")
     return limits
-
-
-def resolve_api_key(args: argparse.Namespace) -> str | None:
-    return args.api_key or os.environ.get("NANOVLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
 
 
 def served_name(model: str) -> str:
@@ -128,7 +131,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
-    api_key = resolve_api_key(args)
+    api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
     if args.ray_address and args.data_parallel_size is None:
         raise ValueError("--ray-address needs --data-parallel-size")

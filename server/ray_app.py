@@ -22,6 +22,7 @@ from ray import serve
 from nanovllm import EngineConfig
 from nanovllm.limits import ServerLimits
 from nanovllm.server.app import build_app
+from nanovllm.server.defaults import api_key_from_env
 from nanovllm.server.ray_client import RayEngineClient, cpus_per_replica, engine_deployment
 
 
@@ -71,11 +72,12 @@ def serve_args(cli_args: dict[str, str]) -> argparse.Namespace:
 def build(cli_args: dict[str, str]):
     """The Serve application builder: engine replicas plus the OpenAI ingress, with `nanovllm
     serve`'s rules for the served name, the API key and the limits."""
-    from nanovllm.server.cli import limits_from_args, resolve_api_key, served_name
+    from nanovllm.server.cli import limits_from_args, served_name
 
     args = serve_args(cli_args)
     replicas = args.data_parallel_size or 1
     engines = engine_deployment(EngineConfig.from_cli_args(args.model, args), replicas,
                                 cpus_per_replica(replicas))
     return OpenAIIngress.bind(engines, replicas, args.served_model_name or served_name(args.model),
-                              resolve_api_key(args), limits_from_args(args), not args.disable_ui)
+                              args.api_key or api_key_from_env(), limits_from_args(args),
+                              not args.disable_ui)

@@ -23,7 +23,9 @@ from nanovllm.server.schemas import (
     ERROR_RESPONSES,
     CompletionResponse,
     DetokenizeResponse,
+    ModelCard,
     ModelList,
+    ModelPermission,
     TokenizeResponse,
     VersionResponse,
 )
@@ -64,16 +66,11 @@ async def version() -> dict:
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
-async def list_models(ctx: Ctx) -> dict:
-    permission = {"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
-                  "created": ctx.created, "allow_create_engine": False, "allow_sampling": True,
-                  "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                  "allow_fine_tuning": False, "organization": "*", "group": None,
-                  "is_blocking": False}
-    card = {"id": ctx.model_name, "object": "model", "created": ctx.created,
-            "owned_by": "nanovllm", "root": ctx.model_root, "parent": None,
-            "max_model_len": ctx.engine_loop.max_model_len, "permission": [permission]}
-    return {"object": "list", "data": [card]}
+async def list_models(ctx: Ctx) -> ModelList:
+    permission = ModelPermission(id=f"modelperm-{uuid.uuid4().hex}", created=ctx.created)
+    card = ModelCard(id=ctx.model_name, created=ctx.created, root=ctx.model_root,
+                     max_model_len=ctx.engine_loop.max_model_len, permission=[permission])
+    return ModelList(data=[card])
 
 
 @router.post("/v1/completions", response_model=CompletionResponse,
