@@ -16,7 +16,7 @@ _EXPORTS = {
     "AsyncEngine": "nanovllm.async_engine", "EngineClient": "nanovllm.engine_client",
     "EngineConfig": "nanovllm.config",
     "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.engine",
-    "InvalidRequestError": "nanovllm.errors",
+    "InvalidRequestError": "nanovllm.errors", "QueueFullError": "nanovllm.errors",
     "PromptType": "nanovllm.inputs", "TextPrompt": "nanovllm.inputs",
     "TokensPrompt": "nanovllm.inputs",
     "CompletionOutput": "nanovllm.outputs", "Logprob": "nanovllm.outputs",
@@ -24,15 +24,15 @@ _EXPORTS = {
     "SamplingParams": "nanovllm.sampling_params",
 }
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
-           "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "RequestOutput",
-           "SamplingParams", "TextPrompt", "TokensPrompt", "__version__"]
+           "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "QueueFullError",
+           "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt", "__version__"]
 
 if TYPE_CHECKING:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
     from nanovllm.engine import EngineStats, LLMEngine
     from nanovllm.engine_client import EngineClient
-    from nanovllm.errors import InvalidRequestError
+    from nanovllm.errors import InvalidRequestError, QueueFullError
     from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.llm import LLM
     from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput

@@ -18,7 +18,7 @@ import threading
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
-from nanovllm.errors import InvalidRequestError
+from nanovllm.errors import InvalidRequestError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class AsyncEngine:
     def _add(self, request_id: str, prompt, params, sink: OutputSink) -> None:
         try:
             self.engine.add_request(request_id, prompt, params)
-        except InvalidRequestError as exc:  # the client's error (caught earlier, normally)
+        except (InvalidRequestError, QueueFullError) as exc:  # the client's to handle
             sink.put(exc)
             return
         except Exception as exc:  # an engine bug for this request only: report, keep serving

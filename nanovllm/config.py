@@ -28,6 +28,9 @@ class EngineConfig:
     max_num_seqs: int = option(256, "sequences per step, at most")
     max_num_batched_tokens: int = option(
         2048, "tokens per step, at most (long prompts are prefilled in chunks)")
+    max_waiting_seqs: int = option(
+        4096, "sequences waiting to be admitted, at most: a request whose samples would queue "
+              "more is refused at once (QueueFullError; HTTP 429 with Retry-After)")
     max_model_len: int | None = option(None, "context length (default: the model's n_positions)")
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of shared prompt prefixes")
     seed: int = option(0, "seed of unseeded requests' sampling")
@@ -50,7 +53,7 @@ class EngineConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(repr, choices))}, "
                                  f"got {getattr(self, f.name)!r}")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting_seqs"):
             _positive(name, getattr(self, name))
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
             if getattr(self, name) is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.errors import QueueFullError
 from nanovllm.inputs import PromptType, unpack_prompt
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
@@ -45,6 +46,8 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_aborted_total: int
+    num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
+    num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
 
 
 @dataclass(slots=True)
@@ -71,7 +74,8 @@ class LLMEngine:
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self._validator = RequestValidator(self.tokenizer, self.vocab_size, self.max_model_len,
-                                           config.block_size, self.num_kv_blocks)
+                                           config.block_size, self.num_kv_blocks,
+                                           config.max_waiting_seqs)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -81,6 +85,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
+        self.num_steps_total = 0
         self.last_step = StepStats()
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                     "max_model_len %d)", self.model_path,
@@ -99,6 +104,11 @@ class LLMEngine:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         prompt_ids = self.check_request(prompt, params)
+        if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
+            raise QueueFullError(
+                f"The server is busy: {self.scheduler.num_waiting_seqs} sequences are waiting and "
+                f"this request's {params.n} would pass the limit of "
+                f"{self.config.max_waiting_seqs}. Please retry later.")
         prompt = unpack_prompt(prompt)
         request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
                           params, final_only=final_only)
@@ -147,6 +157,7 @@ class LLMEngine:
         result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
         if not batch.seqs:
             return []
+        self.num_steps_total += 1
         decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
         self.scheduler.update_after_step(batch)
         if result.prompt_logprobs:
@@ -224,5 +235,6 @@ class LLMEngine:
             num_preemptions_total=sched.num_preemptions,
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
-            num_aborted_total=self.num_aborted_total)
+            num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
+            num_steps_total=self.num_steps_total)
 

@@ -34,7 +34,7 @@ class RequestAborted(RuntimeError):
 class OutputSink(Protocol):
     """Where one request's news goes, in order: ACCEPTED, then its cumulative RequestOutputs
     up to the finished one; or, at any point, an exception that ends it (InvalidRequestError,
-    RequestAborted, EngineDeadError, or an engine bug's own error). An abort by `abort` ends it
+    QueueFullError, RequestAborted, EngineDeadError, or an engine bug's own error). An abort by `abort` ends it
     silently. `put` must not block and may be called from any thread."""
 
     def put(self, item: str | RequestOutput | BaseException) -> None: ...

@@ -25,3 +25,10 @@ def quote(value, limit: int = 40) -> str:
         return f"`{shown}`{more}"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class QueueFullError(RuntimeError):
+    """The engine's queue of waiting sequences is full: the request is fine, try it again later.
+
+    The server answers it with a 429 and Retry-After; nothing of the request was queued.
+    """

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Sequence as Seq
 
 from tqdm.auto import tqdm
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
+from nanovllm.errors import QueueFullError
 from nanovllm.inputs import PromptType, is_single_prompt
 from nanovllm.outputs import RequestOutput
 from nanovllm.sampling_params import SamplingParams
@@ -36,18 +38,19 @@ class LLM:
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
         ids = [str(next(self._request_ids)) for _ in prompts]  # numbered across calls, as in vLLM
         try:
-            for rid, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(rid, prompt, p, final_only=True)  # read when finished
-            results = self._run(set(ids), use_tqdm)
+            results = self._run(deque(zip(ids, prompts, params)), set(ids), use_tqdm)
         finally:
             self.engine.abort_request(ids)  # a no-op for the ids that finished
         return [results[rid] for rid in ids]
 
-    def _run(self, ids: set[str], use_tqdm: bool) -> dict[str, RequestOutput]:
+    def _run(self, pending: deque, ids: set[str], use_tqdm: bool) -> dict[str, RequestOutput]:
         engine, results, rates = self.engine, {}, _Throughput()
         with tqdm(total=len(ids), desc="Generating", disable=not use_tqdm,
                   dynamic_ncols=True) as bar:
-            while len(results) < len(ids) and engine.has_unfinished_requests():
+            while len(results) < len(ids):
+                self._add_while_room(pending)
+                if not engine.has_unfinished_requests():
+                    break
                 for out in engine.step():
                     if out.finished and out.request_id in ids:
                         results[out.request_id] = out
@@ -55,6 +58,17 @@ class LLM:
                 rates.add(engine.last_step)
                 bar.set_postfix_str(str(rates), refresh=False)
         return results
+
+    def _add_while_room(self, pending: deque) -> None:
+        """Hands the engine as many pending requests as its waiting queue takes; the rest wait
+        here for a later step (an idle engine always takes one: n is validated against it)."""
+        while pending:
+            rid, prompt, params = pending[0]
+            try:
+                self.engine.add_request(rid, prompt, params, final_only=True)  # read when finished
+            except QueueFullError:
+                return
+            pending.popleft()
 
 
 class _Throughput:

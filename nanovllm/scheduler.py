@@ -1,11 +1,22 @@
 """Continuous batching: decides, every step, which sequences compute how many tokens.
 
-Each step first serves the running sequences, oldest first (a decode is one token; a prompt
-still being prefilled gets the next chunk), then admits waiting sequences first come, first
-served while the token budget, the sequence cap and free KV blocks allow. Long prompts are
-split into chunks, so one long prompt never stalls everyone's decoding. When blocks run out,
-the most recently admitted sequence is preempted: its blocks are freed and it is recomputed
-later (its finished prefix blocks usually survive in the prefix cache).
+A step first serves the running sequences: every decode (one token each), then the prompts
+still being prefilled, chunk by chunk, oldest first, so a long prompt never holds back anyone's
+next token. Then it admits waiting sequences while the token budget, the sequence cap and free
+KV blocks allow. When blocks run out, a sequence is preempted: its blocks are freed and it is
+recomputed later (its finished prefix blocks usually survive in the prefix cache).
+
+Fair between requests (a request is one prompt with its n samples, n sequences; the server
+submits each prompt of a completion as a request of its own):
+- Admission serves requests, not sequences: those with nothing running first, oldest first;
+  then the others round-robin, one sequence each in turn.
+- A request with nothing running gets a slot even when all are taken: the request holding the
+  most running sequences gives up its newest one (if it holds at least two).
+- Preemption for blocks takes the newest sequence of the request holding the most.
+So a one-token request waits neither for a big request's queue nor for its sequences to finish.
+Inside a request nothing changes: its samples share the prompt's blocks (they wait one step for
+the first sample to compute the prompt), and its sequences are admitted in order (a
+preempted one first).
 
 Each batch also carries the step for the model runner as plain values (runner/batch.py): the
 scheduled sequences by seq id, the sequences added and those retired since the last step.
@@ -13,12 +24,12 @@ scheduled sequences by seq id, the sequences added and those retired since the l
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.runner.batch import NewSequence, ScheduledSequence, SchedulerOutput
-from nanovllm.sequence import Sequence, SequenceStatus
+from nanovllm.sequence import Request, Sequence, SequenceStatus
 
 
 @dataclass(slots=True)
@@ -41,16 +52,25 @@ class Scheduler:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []      # in admission order
+        # Waiting sequences by request, in two lanes (dicts keep their order: the front is next).
+        self.idle: dict[Request, deque[Sequence]] = {}  # requests with nothing running
+        self.busy: dict[Request, deque[Sequence]] = {}  # requests with something running
+        self.num_waiting_seqs = 0
+        self.running: list[Sequence] = []               # in admission order
+        self.num_running: Counter[Request] = Counter()  # running sequences per request
         self.num_preemptions = 0
         self.prefix_cache_queries = 0          # prompt tokens looked up in the prefix cache
         self.prefix_cache_hits = 0             # of those, found
         self._new_seqs: list[NewSequence] = []     # for the runner, in the next batch
         self._finished_seq_ids: list[int] = []     # likewise
 
+    @property
+    def waiting(self) -> list[Sequence]:
+        """Every waiting sequence, idle lane first (to look at; scheduling reads the lanes)."""
+        return [seq for lane in (self.idle, self.busy) for queue in lane.values() for seq in queue]
+
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        self._enqueue(seq)
         self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.request.prompt_token_ids,
                                           seq.params))
 
@@ -58,46 +78,70 @@ class Scheduler:
         batch = ScheduledBatch([], SchedulerOutput([], self._new_seqs, self._finished_seq_ids))
         self._new_seqs, self._finished_seq_ids = [], []
         budget = self.max_num_batched_tokens
+        self._make_room_for_idle()
         preempted = self._schedule_running(batch, budget)
         if not preempted:
             self._schedule_waiting(batch, budget - batch.num_tokens)
         return batch
 
+    def _make_room_for_idle(self) -> None:
+        """Frees a slot for each idle request the free slots do not cover, taking the newest
+        sequence of the request that holds the most, while it holds at least two."""
+        for _ in range(len(self.idle) - (self.max_num_seqs - len(self.running))):
+            if not self.num_running:
+                return
+            request, held = max(self.num_running.items(), key=lambda item: item[1])
+            if held < 2:
+                return
+            self._preempt(next(s for s in reversed(self.running) if s.request is request))
+
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> bool:
-        """Schedules running sequences; returns whether any had to be preempted."""
-        preempted, i = False, 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        """Schedules running sequences, decodes first; returns whether any had to be preempted."""
+        queue = deque(sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1))
+        preempted = False
+        while queue and budget > 0:
+            seq = queue.popleft()
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.can_append(seq, n):
-                victim = self.running.pop()  # the most recently admitted; maybe `seq` itself
+                victim = self._victim([seq, *queue])
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
-                    return preempted
-            self.block_manager.append_slots(seq, n)
-            batch.add(seq, n)
-            budget -= n
-            i += 1
+                    break
+                queue.remove(victim)
+            if seq.status is SequenceStatus.RUNNING:
+                self.block_manager.append_slots(seq, n)
+                batch.add(seq, n)
+                budget -= n
         return preempted
+
+    def _victim(self, candidates: list[Sequence]) -> Sequence:
+        """The newest sequence, among `candidates`, of the request holding the most running."""
+        admitted = {seq.seq_id: i for i, seq in enumerate(self.running)}
+        return max(candidates, key=lambda s: (self.num_running[s.request], admitted[s.seq_id]))
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         bm = self.block_manager
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        passed_over = 0  # busy requests skipped this step: their first sample is still prefilling
+        while (budget > 0 and len(self.running) < self.max_num_seqs
+               and (self.idle or passed_over < len(self.busy))):
+            lane = self.idle or self.busy
+            request, queue = next(iter(lane.items()))
+            seq = queue[0]
             if self._sibling_prefilling(seq):
-                break  # wait one step so it can reuse the sibling's prompt blocks
+                lane[request] = lane.pop(request)  # to the back: it can reuse the prompt next step
+                passed_over += 1
+                continue
             cached = [] if seq.computes_prompt_logprobs else bm.match_prefix(seq)
             n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
             if not bm.can_admit(seq, cached, n):
-                break
-            self.waiting.popleft()
+                return  # no one jumps the line for blocks: a long prompt is never starved
+            self._dequeue(seq)
             bm.admit(seq, cached)
             bm.append_slots(seq, n)
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += seq.num_cached_tokens
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            self._start_running(seq)
             batch.add(seq, n)
             budget -= n
 
@@ -116,17 +160,56 @@ class Scheduler:
             self.block_manager.register_computed(seq)
 
     def _preempt(self, seq: Sequence) -> None:
+        self._stop_running(seq)
         self.block_manager.free(seq)
-        seq.status = SequenceStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._enqueue(seq, front=True)
         self.num_preemptions += 1
 
     def finish(self, seq: Sequence) -> None:
         """Retires a sequence (finished or aborted) and returns its blocks."""
         if seq.status is SequenceStatus.RUNNING:
-            self.running.remove(seq)
+            self._stop_running(seq)
         elif seq.status is SequenceStatus.WAITING:
-            self.waiting.remove(seq)
+            self._dequeue(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         self._finished_seq_ids.append(seq.seq_id)
+
+    # ---- the queues ----------------------------------------------------------------------------
+    def _enqueue(self, seq: Sequence, front: bool = False) -> None:
+        request = seq.request
+        lane = self.busy if self.num_running[request] else self.idle
+        queue = lane.setdefault(request, deque())
+        if front:
+            queue.appendleft(seq)
+        else:
+            queue.append(seq)
+        seq.status = SequenceStatus.WAITING
+        self.num_waiting_seqs += 1
+
+    def _dequeue(self, seq: Sequence) -> None:
+        """Takes `seq` out of its request's queue; a request served moves to the lane's back."""
+        request = seq.request
+        lane = self.busy if request in self.busy else self.idle
+        queue = lane.pop(request)
+        queue.remove(seq)
+        self.num_waiting_seqs -= 1
+        if queue:
+            (self.busy if self.num_running[request] else self.idle)[request] = queue
+
+    def _start_running(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        request = seq.request
+        self.num_running[request] += 1
+        if request in self.idle:  # it runs now: the rest of it waits its turn with the busy
+            self.busy[request] = self.idle.pop(request)
+
+    def _stop_running(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        request = seq.request
+        self.num_running[request] -= 1
+        if not self.num_running[request]:
+            del self.num_running[request]
+            if request in self.busy:  # nothing of it runs any more: back to the idle lane
+                self.idle[request] = self.busy.pop(request)

@@ -1,7 +1,8 @@
 """Whether a request can ever run on an engine: the one set of rules for LLM and the server.
 
 Every rule depends only on what is fixed when the engine starts (the tokenizer, the
-vocabulary, max_model_len, the size of the KV pool), never on what is running. So the
+vocabulary, max_model_len, the sizes of the KV pool and of the waiting queue), never on what
+is running (a full queue is the engine's QueueFullError, at add_request). So the
 server can check a request on its event-loop thread while the engine thread runs steps,
 and answer a bad request before it reaches the engine. A broken rule raises
 InvalidRequestError naming the request field to fix.
@@ -61,9 +62,13 @@ class RequestValidator:
     max_model_len: int
     block_size: int
     num_kv_blocks: int  # the whole KV pool
+    max_waiting_seqs: int  # a request's n samples must fit in the waiting queue at once
 
     def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""
+        if params.n > self.max_waiting_seqs:
+            raise InvalidRequestError(f"n={params.n} samples can never be queued: this server "
+                                      f"queues at most {self.max_waiting_seqs} sequences.", "n")
         prompt_ids = self.prompt_ids(prompt, params)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
         check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")

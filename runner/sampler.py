@@ -8,7 +8,7 @@ generator (so a seeded request samples the same alone or inside any batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,22 +52,32 @@ class PenaltyCounts:
     """What the penalties read from one sequence: the tokens it has seen (prompt and output,
     for repetition_penalty) and how often it generated each (for presence and frequency).
 
-    Kept in the sequence's SequenceState and brought up to date each step with only the tokens appended since
-    the last (a token list only grows), instead of recounting the whole sequence every step.
+    Kept in the sequence's SequenceState and brought up to date each step with only the tokens
+    appended since the last (a token list only grows), as arrays the step indexes logits with:
+    no step loops over the sequence's tokens in Python.
     """
 
-    __slots__ = ("num_counted", "seen", "seen_ids", "output_counts")
+    __slots__ = ("num_counted", "seen", "seen_ids", "output_slot", "output_ids", "output_counts")
 
     def __init__(self) -> None:
         self.num_counted = 0                        # how many of the sequence's tokens are in
         self.seen: set[int] = set()
         self.seen_ids = np.empty(0, np.int64)       # `seen` as an array, to index logits with
-        self.output_counts: dict[int, int] = {}     # generated token -> times generated
+        self.output_slot: dict[int, int] = {}       # generated token -> its place in output_ids
+        self.output_ids = np.empty(0, np.int64)     # each generated token once
+        self.output_counts = np.empty(0, np.int64)  # and how often it was generated
 
     def update(self, token_ids: list[int], num_prompt_tokens: int) -> PenaltyCounts:
         new = token_ids[self.num_counted:]
-        for token in new[max(0, num_prompt_tokens - self.num_counted):]:  # the generated ones
-            self.output_counts[token] = self.output_counts.get(token, 0) + 1
+        generated = new[max(0, num_prompt_tokens - self.num_counted):]
+        fresh = [t for t in dict.fromkeys(generated) if t not in self.output_slot]
+        if fresh:
+            first = len(self.output_ids)
+            self.output_slot.update(zip(fresh, range(first, first + len(fresh))))
+            self.output_ids = np.concatenate([self.output_ids, np.array(fresh, np.int64)])
+            self.output_counts = np.concatenate([self.output_counts, np.zeros(len(fresh), np.int64)])
+        if generated:
+            np.add.at(self.output_counts, [self.output_slot[t] for t in generated], 1)
         unseen = [t for t in dict.fromkeys(new) if t not in self.seen]
         if unseen:
             self.seen.update(unseen)
@@ -87,6 +97,17 @@ class SequenceState:
     num_prompt_tokens: int
     rng: np.random.Generator
     penalty_counts: PenaltyCounts | None = None  # made on the first penalised step
+    # logit_bias as arrays, made once: a step adds every row's bias in one indexing operation.
+    bias_ids: np.ndarray = field(init=False)
+    bias_values: np.ndarray = field(init=False)
+    # stop_token_ids as an array: what min_tokens bans (with EOS, unless ignore_eos).
+    stop_ids: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        bias = self.params.logit_bias
+        self.bias_ids = np.fromiter(bias, np.int64, len(bias))
+        self.bias_values = np.fromiter(bias.values(), np.float32, len(bias))
+        self.stop_ids = np.array(self.params.stop_token_ids, np.int64)
 
     @property
     def num_output_tokens(self) -> int:
@@ -107,18 +128,30 @@ def updated_penalty_counts(seq: SequenceState) -> PenaltyCounts:
     return seq.penalty_counts.update(seq.token_ids, seq.num_prompt_tokens)
 
 
-def adjust_logits_(logits: np.ndarray, seq: SequenceState, eos_token_id: int) -> None:
-    """Logit bias, min_tokens and the penalties, in place on one row."""
-    p = seq.params
-    for token, bias in p.logit_bias.items():
-        logits[token] += bias
-    if seq.num_output_tokens < p.min_tokens:
-        banned = p.stop_token_ids + ([] if p.ignore_eos else [eos_token_id])
-        logits[banned] = -np.inf
-    if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-        _penalize_(logits, updated_penalty_counts(seq), p)
-    np.clip(logits, -np.inf, MAX_LOGIT, out=logits)
-    logits[np.isnan(logits)] = -np.inf
+def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int) -> None:
+    """Logit bias, min_tokens and the penalties, in place on the rows ([len(seqs), vocab]) of the
+    sequences that ask for any. The bias of every row is one indexing operation; the rest costs
+    each adjusted row a few array operations, however many tokens its parameters name."""
+    rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
+    _add_logit_bias_(logits, [seqs[i] for i in rows], np.array(rows, np.int64))
+    for i in rows:
+        row, seq = logits[i], seqs[i]
+        p = seq.params
+        if seq.num_output_tokens < p.min_tokens:
+            row[seq.stop_ids] = -np.inf
+            if not p.ignore_eos:
+                row[eos_token_id] = -np.inf
+        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            _penalize_(row, updated_penalty_counts(seq), p)
+        np.clip(row, -np.inf, MAX_LOGIT, out=row)
+        row[np.isnan(row)] = -np.inf
+
+
+def _add_logit_bias_(logits: np.ndarray, seqs: list[SequenceState], rows: np.ndarray) -> None:
+    counts = [len(s.bias_ids) for s in seqs]
+    if sum(counts):
+        logits[np.repeat(rows, counts), np.concatenate([s.bias_ids for s in seqs])] += (
+            np.concatenate([s.bias_values for s in seqs]))
 
 
 def _penalize_(logits: np.ndarray, counts: PenaltyCounts, p) -> None:
@@ -130,10 +163,8 @@ def _penalize_(logits: np.ndarray, counts: PenaltyCounts, p) -> None:
         with np.errstate(over="ignore", divide="ignore"):  # extreme penalties: clipped below
             logits[seen] = np.where(vals > 0, vals / p.repetition_penalty,
                                     vals * p.repetition_penalty)
-    if (p.presence_penalty or p.frequency_penalty) and counts.output_counts:
-        ids = np.fromiter(counts.output_counts, np.int64, len(counts.output_counts))
-        times = np.fromiter(counts.output_counts.values(), np.int64, len(ids))
-        logits[ids] -= p.frequency_penalty * times + p.presence_penalty
+    if (p.presence_penalty or p.frequency_penalty) and len(counts.output_ids):
+        logits[counts.output_ids] -= p.frequency_penalty * counts.output_counts + p.presence_penalty
 
 
 def filter_probs_(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
@@ -178,9 +209,7 @@ def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int
     """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
-    for row, seq in zip(logits, seqs):
-        if seq.params.adjusts_logits:
-            adjust_logits_(row, seq, eos_token_id)
+    adjust_logits_(logits, seqs, eos_token_id)
     tokens = logits.argmax(axis=-1)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if sampled:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
-from nanovllm.errors import quote
+from nanovllm.errors import QueueFullError, quote
 from nanovllm.limits import ServerLimits
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, internal_error, invalid_request
@@ -36,11 +36,17 @@ from nanovllm.server.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 
+# What a client refused for a full queue is told to wait: about the time a few steps take to
+# finish some sequences; clients back off further on their own if it is still full.
+RETRY_AFTER_SECONDS = 1
+
 
 def engine_error(exc: BaseException) -> APIError:
     """Map what the engine loop pushes into a request onto an HTTP error."""
     if isinstance(exc, InvalidRequestError):
         return invalid_request(exc)
+    if isinstance(exc, QueueFullError):  # the server is busy, not broken: try again soon
+        return APIError(str(exc), 429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, EngineDeadError):  # its text is the engine's exception: for the log only
         return APIError("The engine is dead; the server log says why.", 503)
     if isinstance(exc, RequestAborted):

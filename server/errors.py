@@ -42,11 +42,13 @@ ERROR_TYPES = {
 class APIError(Exception):
     """An error that maps one-to-one onto an HTTP status and an OpenAI error body."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
+        self.headers = headers  # e.g. Retry-After on a 429
 
     def body(self) -> dict:
         return error_body(self.message, self.status, self.param)
@@ -163,7 +165,7 @@ def _member(error: dict) -> str:
 
 
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _invalid_request(_: Request, exc: InvalidRequestError) -> JSONResponse:

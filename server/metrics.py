@@ -35,6 +35,7 @@ class EngineStatsCollector:
         ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_cache_usage"),
         ("nanovllm:num_free_kv_blocks", "Free KV-cache blocks.", "num_free_blocks"),
         ("nanovllm:num_kv_blocks", "Total KV-cache blocks.", "num_total_blocks"),
+        ("nanovllm:num_waiting_seqs", "Sequences waiting to be admitted.", "num_waiting_seqs"),
     )
     COUNTERS = (
         ("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
@@ -43,6 +44,7 @@ class EngineStatsCollector:
         ("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", "prefix_cache_queries"),
         ("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", "prefix_cache_hits"),
         ("nanovllm:num_aborted_requests", "Requests aborted in the engine.", "num_aborted_total"),
+        ("nanovllm:engine_steps", "Engine steps that ran the model.", "num_steps_total"),
     )
 
     def __init__(self, stats: Callable[[], object], model_name: str) -> None:

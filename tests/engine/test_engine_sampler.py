@@ -126,9 +126,9 @@ def make_seq(prompt: list[int], output: list[int], rng_seed: int = 0, **params) 
 
 
 def adjusted(logits, prompt, output, **params) -> np.ndarray:
-    row = np.array(logits, np.float32)
-    adjust_logits_(row, make_seq(prompt, output, **params), EOS)
-    return row
+    rows = np.array([logits], np.float32)
+    adjust_logits_(rows, [make_seq(prompt, output, **params)], EOS)
+    return rows[0]
 
 
 BASE = [2.0, -2.0, 1.0, -1.0, 0.5, 3.0, 0.0, 4.0, -4.0, 1.5]    # token 9 is EOS
@@ -216,8 +216,9 @@ def test_incremental_penalty_counts_match_the_definition(prompt, steps, repetiti
                    frequency_penalty=frequency)
     for appended in [[], *steps]:
         seq.token_ids.extend(appended)
-        got = np.array(BASE, np.float32)
-        adjust_logits_(got, seq, EOS)
+        got = np.array([BASE], np.float32)
+        adjust_logits_(got, [seq], EOS)
+        got = got[0]
         expected = penalized_by_definition(BASE, seq.token_ids, len(prompt), seq.params)
         np.testing.assert_array_equal(got, expected)
 
@@ -245,3 +246,46 @@ def test_runner_modules_import_on_their_own(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def adjusted_by_definition(logits: np.ndarray, seq: SequenceState) -> np.ndarray:
+    """One row, as the adjustments read: a Python loop over the bias, the bans, the penalties."""
+    row, p = logits.copy(), seq.params
+    for token, bias in p.logit_bias.items():
+        row[token] += bias
+    if seq.num_output_tokens < p.min_tokens:
+        for token in p.stop_token_ids + ([] if p.ignore_eos else [EOS]):
+            row[token] = -np.inf
+    if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+        row = penalized_by_definition(row, seq.token_ids, seq.num_prompt_tokens, p)
+    row = np.clip(row, -np.inf, 1e30)
+    row[np.isnan(row)] = -np.inf
+    return row
+
+
+sampling = st.fixed_dictionaries({}, optional={
+    "logit_bias": st.dictionaries(st.integers(0, 9), st.floats(-100, 100), max_size=10),
+    "min_tokens": st.integers(0, 3),
+    "stop_token_ids": st.lists(st.integers(0, 9), max_size=4),
+    "ignore_eos": st.booleans(),
+    "repetition_penalty": st.sampled_from([1.0, 0.5, 1.3]),
+    "presence_penalty": st.sampled_from([0.0, 0.5, -1.0]),
+    "frequency_penalty": st.sampled_from([0.0, 0.25, -0.5]),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(sampling, st.lists(st.integers(0, 9), min_size=1, max_size=4),
+                               st.lists(st.integers(0, 9), max_size=4),
+                               st.lists(st.floats(-50, 50, width=32), min_size=10, max_size=10)),
+                     min_size=1, max_size=6))
+def test_a_batch_is_adjusted_row_by_row_as_defined(rows):
+    """The whole batch's logit bias as one indexing operation, and the array-held counts, give
+    bit for bit what the straightforward per-row loops give; rows that ask nothing stay as they
+    were."""
+    seqs = [make_seq(prompt, output, **params) for params, prompt, output, _ in rows]
+    logits = np.array([row for *_, row in rows], np.float32)
+    expected = [adjusted_by_definition(logits[i], seq) if seq.params.adjusts_logits
+                else logits[i].copy() for i, seq in enumerate(seqs)]
+    adjust_logits_(logits, seqs, EOS)
+    np.testing.assert_array_equal(logits, np.array(expected))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 
 from engine_checks import check_block_invariants
 from hypothesis import HealthCheck, settings
@@ -65,6 +66,7 @@ class FakeEngine:
     def step(self) -> None:
         batch = self.sched.schedule()
         self.check_batch(batch)
+        self.check_fairness()
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             for pos in range(seq.num_computed_tokens, seq.num_computed_tokens + n):
                 self.kv[self.slot(seq, pos)] = tuple(seq.token_ids[:pos + 1])
@@ -88,6 +90,13 @@ class FakeEngine:
             assert seq.status is SequenceStatus.RUNNING and seq in sched.running
             assert 1 <= n <= seq.num_tokens - seq.num_computed_tokens
             assert len(seq.block_table) * self.bm.block_size >= seq.num_computed_tokens + n
+
+    def check_fairness(self) -> None:
+        """After scheduling, a request with nothing running waits for a full batch only when no
+        request holds two sequences it could have given up."""
+        sched = self.sched
+        if sched.idle and len(sched.running) >= sched.max_num_seqs:
+            assert max(sched.num_running.values()) <= 1
 
     def check_kv(self) -> None:
         for seq in self.sched.running:
@@ -137,7 +146,20 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule()
     def preempt_newest(self):
         sched = self.engine.sched
-        sched._preempt(sched.running.pop())
+        sched._preempt(sched.running[-1])
+
+    @invariant()
+    def queues_are_consistent(self):
+        """Each waiting request is in the lane its running count says, once, with only its own
+        waiting sequences; the counts agree with the lists."""
+        sched = self.engine.sched
+        assert sched.num_running == Counter(s.request for s in sched.running)
+        assert not sched.idle.keys() & sched.busy.keys()
+        for lane, runs in ((sched.idle, False), (sched.busy, True)):
+            for request, queue in lane.items():
+                assert queue and bool(sched.num_running[request]) == runs
+                assert all(s.request is request and s.status is SequenceStatus.WAITING for s in queue)
+        assert sched.num_waiting_seqs == len(sched.waiting)
 
     @invariant()
     def blocks_are_consistent(self):
