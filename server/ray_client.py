@@ -97,7 +97,8 @@ class RayEngineClient:
         self.max_model_len: int = info.max_model_len
         self.vocab_size: int = info.vocab_size
         self._validator = RequestValidator(self.tokenizer, info.vocab_size, info.max_model_len,
-                                           info.block_size, info.num_kv_blocks)
+                                           info.block_size, info.num_kv_blocks,
+                                           info.max_waiting_seqs)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas

@@ -44,6 +44,7 @@ class ReplicaInfo:
     vocab_size: int
     block_size: int
     num_kv_blocks: int
+    max_waiting_seqs: int
     eos_token_id: int
     tokenizer_files: dict[str, bytes]  # shipped: the ingress may run on another machine
 
@@ -63,7 +64,8 @@ class EngineReplica:
         return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
                            str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size, engine.config.block_size,
-                           engine.num_kv_blocks, engine.tokenizer.eos_token_id, files)
+                           engine.num_kv_blocks, engine.config.max_waiting_seqs,
+                           engine.tokenizer.eos_token_id, files)
 
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams):
         """Yields (replica_id, items, stats): ACCEPTED, RequestOutputs or one exception.
