@@ -11,7 +11,8 @@ Weight matrices are stored `[out, in]` (a linear layer is `linear(x, w, b)` = `x
 `model/linear.py`); the loader transposes Hugging Face's Conv1D `[in, out]` once. The LM head is
 the token embedding itself, `[vocab, n_embd]`, already in that layout. Every activation stays
 float32: Python float constants are "weak" scalars in NumPy 2, so they never promote an array to
-float64.
+float64. The matrices (and the embedding) may be stored as int8 or bfloat16 (`model/quant.py`);
+`linear` and `gather_rows` widen them as they read them.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
@@ -37,27 +38,28 @@ from nanovllm.model.attention import (
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.exp32 import exp32
 from nanovllm.model.linear import compile_linear_kernel, linear
+from nanovllm.model.quant import Weight, gather_rows
 
 
 @dataclass(slots=True)
 class BlockWeights:
     ln_1_g: np.ndarray
     ln_1_b: np.ndarray
-    attn_w: np.ndarray       # c_attn: [3E, E], rows are Q | K | V
+    attn_w: Weight           # c_attn: [3E, E], rows are Q | K | V
     attn_b: np.ndarray
-    attn_proj_w: np.ndarray  # [E, E]
+    attn_proj_w: Weight      # [E, E]
     attn_proj_b: np.ndarray
     ln_2_g: np.ndarray
     ln_2_b: np.ndarray
-    fc_w: np.ndarray         # [4E, E]
+    fc_w: Weight             # [4E, E]
     fc_b: np.ndarray
-    fc_proj_w: np.ndarray    # [E, 4E]
+    fc_proj_w: Weight        # [E, 4E]
     fc_proj_b: np.ndarray
 
 
 @dataclass(slots=True)
 class GPT2Weights:
-    wte: np.ndarray          # [V, E] token embedding, tied to the LM head
+    wte: Weight              # [V, E] token embedding, tied to the LM head
     wpe: np.ndarray          # [P, E]
     blocks: list[BlockWeights]
     ln_f_g: np.ndarray
@@ -147,7 +149,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
 
 def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Token plus position embeddings: a new array (the positions are added into the gather)."""
-    x = np.take(w.wte, token_ids, axis=0)
+    x = gather_rows(w.wte, token_ids)
     x += w.wpe[positions]
     return x
 

@@ -5,6 +5,12 @@ weights from memory. BLAS is slow there: its GEMM repacks the whole matrix for a
 rows. Up to `KERNEL_MAX_ROWS` rows, a small compiled kernel computes each output as a dot
 product of a contiguous weight row with each input row, reading every weight once, on all
 cores. Larger batches (prefill) go to BLAS. `reference.linear` is the plain version.
+
+Weights may also be int8 or bfloat16 (`model/quant.py`): the kernel is the same source, reading
+each weight through `widen` (identity for float32, so that path is unchanged); int8 sums are
+scaled per output column afterwards. Above `KERNEL_MAX_ROWS` rows such weights are widened
+`BLAS_CHUNK` rows at a time and handed to BLAS: a GEMM does enough work per weight that widening
+them once costs little.
 """
 
 from __future__ import annotations
@@ -13,29 +19,64 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.attention import KERNEL_MATH
+from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, widen
 
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
 # re-measure it on a new CPU).
 KERNEL_MAX_ROWS = 64
 # Output columns are split into this many chunks, shared out among the threads.
 NUM_CHUNKS = 64
+# Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
+# block at once, the LM head in a few parts.
+BLAS_CHUNK = 8192
 
 
-def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x: [M, in], w: [out, in], b: [out] -> [M, out] float32."""
+def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
+    """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32."""
     if x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        matmul_nt(np.ascontiguousarray(x), w, out)
-    else:
+        matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
+        if isinstance(w, Int8Weight):
+            out *= w.scale
+    elif isinstance(w, np.ndarray):
         out = x @ w.T
+    else:
+        out = widened_matmul(x, w)
     if b is not None:
         out += b
     return out
 
 
+def widened_matmul(x: np.ndarray, w: Int8Weight | BF16Weight) -> np.ndarray:
+    """x @ w.T through BLAS, on w widened to float32 `BLAS_CHUNK` rows at a time (one GEMM per
+    chunk: BLAS ran several narrow ones much slower than one wide one)."""
+    weights = kernel_array(w)
+    rows = np.empty((min(BLAS_CHUNK, w.shape[0]), w.shape[1]), np.float32)
+    if w.shape[0] <= BLAS_CHUNK:
+        widen_rows(weights, 0, rows)
+        out = x @ rows.T
+    else:
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
+        for start in range(0, w.shape[0], BLAS_CHUNK):
+            end = min(start + BLAS_CHUNK, w.shape[0])
+            widen_rows(weights, start, rows)
+            out[:, start:end] = x @ rows[:end - start].T
+    if isinstance(w, Int8Weight):
+        out *= w.scale
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def widen_rows(w, start, out):
+    """out[i] = widen(w[start + i]) for as many rows as w has left (at most out's)."""
+    for i in prange(min(out.shape[0], w.shape[0] - start)):
+        for k in range(w.shape[1]):
+            out[i, k] = widen(w[start + i, k])
+
+
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def matmul_nt(x, w, out):
-    """out = x @ w.T, by chunks of output columns in parallel. All arrays C-contiguous."""
+    """out = x @ widen(w).T, by chunks of output columns in parallel. All arrays C-contiguous."""
     n = w.shape[0]
     step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 3) // 4 * 4  # columns go in fours
     for chunk in prange(NUM_CHUNKS):
@@ -58,7 +99,8 @@ def dot_columns(x, w, out, start, end):
             s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
             s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
             for k in range(k_dim):
-                w0, w1, w2, w3 = w[col, k], w[col + 1, k], w[col + 2, k], w[col + 3, k]
+                w0, w1 = widen(w[col, k]), widen(w[col + 1, k])
+                w2, w3 = widen(w[col + 2, k]), widen(w[col + 3, k])
                 x0 = x[row, k]
                 s00 += x0 * w0
                 s01 += x0 * w1
@@ -96,15 +138,18 @@ def dot_each(x, w, out, row_start, row_end, col_start, col_end):
         for c in range(col_start, col_end):
             s = np.float32(0.0)
             for k in range(x.shape[1]):
-                s += x[r, k] * w[c, k]
+                s += x[r, k] * widen(w[c, k])
             out[r, c] = s
 
 
 def compile_linear_kernel() -> None:
-    """Compiles the kernel now (or loads it from numba's cache on disk), for writable weights and
-    for read-only ones (the LM head is the memory-mapped embedding: another signature)."""
+    """Compiles the kernel now (or loads it from numba's cache on disk), for writable weights,
+    read-only ones (the LM head is the memory-mapped embedding: another signature), int8 and
+    bfloat16 ones."""
     x = np.zeros((1, 1), np.float32)
     read_only = x.copy()
     read_only.flags.writeable = False
-    for w in (x, read_only):
+    for w in (x, read_only, np.zeros((1, 1), np.int8), np.zeros((1, 1), np.uint16)):
         matmul_nt(x, w, np.empty((1, 1), np.float32))
+        if w.dtype != np.float32:
+            widen_rows(w, 0, np.empty((1, 1), np.float32))

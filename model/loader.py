@@ -4,6 +4,10 @@ sharded) into `GPT2Weights`, checking every tensor against the config before any
 Accepted: keys with or without the `transformer.` prefix; the causal-mask buffers
 `h.N.attn.bias` / `h.N.attn.masked_bias` (ignored: they are not parameters, unlike
 `c_attn.bias`); an `lm_head.weight` equal to `wte.weight` (GPT-2 ties them).
+
+`dtype="bfloat16"` or `quantization="int8"` store every weight matrix and the token embedding
+(the tied LM head) that way (`model/quant.py`), converted from whatever dtype the checkpoint
+holds, one matrix at a time; biases, layer norms and the position embedding stay float32.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.gpt2 import BlockWeights, GPT2Weights
+from nanovllm.model.precision import check_precision
+from nanovllm.model.quant import convert_matrix
 from nanovllm.model.safetensors_io import CheckpointError, read_safetensors, release_pages
 
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
@@ -95,7 +101,9 @@ def _check(cfg: GPT2Config, tensors: dict, source: dict, config_path: Path) -> N
                               "wte.weight; only GPT-2's tied LM head is supported")
 
 
-def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
+def load_gpt2(model_dir: str | Path, dtype: str = "auto",
+              quantization: str | None = None) -> tuple[GPT2Config, GPT2Weights]:
+    check_precision(dtype, quantization)
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.exists():
@@ -106,23 +114,34 @@ def load_gpt2(model_dir: str | Path) -> tuple[GPT2Config, GPT2Weights]:
         raise CheckpointError(str(e)) from e
     tensors, source = read_tensors(model_dir)
     _check(cfg, tensors, source, config_path)
-    return cfg, build_weights(cfg, tensors)
+    return cfg, build_weights(cfg, tensors, dtype, quantization)
 
 
-def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray]) -> GPT2Weights:
+def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray], dtype: str = "auto",
+                  quantization: str | None = None) -> GPT2Weights:
     """Arranges checked, un-prefixed HF tensors into the model's weight structure, with weight
-    matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads."""
-    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"])
+    matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads, stored as
+    `dtype` / `quantization` ask (see `model/quant.py`)."""
+    check_precision(dtype, quantization)
+
+    def matrix(tensor: np.ndarray):
+        converted = convert_matrix(tensor, dtype, quantization)
+        if converted is not tensor:
+            release_pages(tensor)  # converted once; only the new copy stays resident
+        return converted
+
+    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"], matrix)
                               for field, (suffix, _) in BLOCK_TENSORS.items()})
               for i in range(cfg.n_layer)]
-    return GPT2Weights(wte=tensors["wte.weight"], wpe=tensors["wpe.weight"], blocks=blocks,
-                       ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
+    return GPT2Weights(wte=matrix(tensors["wte.weight"]), wpe=tensors["wpe.weight"],
+                       blocks=blocks, ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
 
 
-def _layout(tensor: np.ndarray) -> np.ndarray:
-    """A block's matrices (its only 2-D tensors) transposed to [out, in]; vectors as they are."""
+def _layout(tensor: np.ndarray, convert) -> np.ndarray:
+    """A block's matrices (its only 2-D tensors) transposed to [out, in] and converted;
+    vectors as they are."""
     if tensor.ndim != 2:
         return tensor
     transposed = np.ascontiguousarray(tensor.T)
     release_pages(tensor)  # read once; only the transposed copy stays resident
-    return transposed
+    return convert(transposed)

@@ -8,6 +8,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
+from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
@@ -46,18 +47,26 @@ class EngineConfig:
     allow_dummy_fallback: bool = option(
         False, "if the hub is unreachable, load a preset name (gpt2, ...) with random weights "
                "instead of failing; says so in one line")
+    dtype: str = option(
+        "auto", "weights: 'auto' = float32, exact; 'bfloat16': half the bytes (sums stay float32)",
+        WEIGHT_DTYPES)
+    quantization: str | None = option(
+        None, "'int8': weight-only int8, a float32 scale per output channel, a quarter of the "
+              "bytes (activations and the KV cache stay as they are)", QUANTIZATIONS)
 
     def __post_init__(self):
         for f in fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(repr, choices))}, "
-                                 f"got {getattr(self, f.name)!r}")
+                                 f"got {value!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting_seqs"):
             _positive(name, getattr(self, name))
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        check_precision(self.dtype, self.quantization)  # int8 and bfloat16 exclude each other
 
     @classmethod
     def from_cli_args(cls, model: str, args: argparse.Namespace) -> EngineConfig:

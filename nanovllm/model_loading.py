@@ -16,8 +16,10 @@ from pathlib import Path
 from nanovllm.config import EngineConfig
 from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
 from nanovllm.model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
+from nanovllm.model.cpu import kernel_path
 from nanovllm.model.dummy import dummy_checkpoint_dir, random_weights
 from nanovllm.model.loader import build_weights
+from nanovllm.model.precision import precision_name
 
 logger = logging.getLogger("nanovllm")
 
@@ -31,9 +33,15 @@ class LoadedModel:
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
-    """The checkpoint `config.model` names, or random weights (see `_load_dummy`)."""
-    if config.load_format == "dummy":
-        return _load_dummy(config)
+    """The checkpoint `config.model` names, or random weights (see `_load_dummy`), its weights
+    stored as `config.dtype` / `config.quantization` ask; logs that and the kernels' path."""
+    loaded = _load_dummy(config) if config.load_format == "dummy" else _load_checkpoint(config)
+    logger.info("weights: %s; %s", precision_name(config.dtype, config.quantization),
+                kernel_path().describe())
+    return loaded
+
+
+def _load_checkpoint(config: EngineConfig) -> LoadedModel:
     try:
         path = resolve_model(config.model, config.revision, log=logger.info)
     except HubUnavailableError as exc:
@@ -43,7 +51,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
         logger.warning("the Hugging Face hub is unreachable, so loading a dummy %s checkpoint "
                        "with RANDOM weights (%s)", preset, exc.reason)
         path = dummy_checkpoint_dir(preset)
-    cfg, weights = load_gpt2(path)
+    cfg, weights = load_gpt2(path, config.dtype, config.quantization)
     return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path))
 
 
@@ -61,8 +69,9 @@ def _load_dummy(config: EngineConfig) -> LoadedModel:
     if not path.is_dir():
         path = dummy_checkpoint_dir(config.model.rsplit("/", 1)[-1])
     if is_dummy_checkpoint(path):
-        cfg, weights = load_gpt2(path)
+        cfg, weights = load_gpt2(path, config.dtype, config.quantization)
     else:
         cfg = GPT2Config.from_json(path / "config.json")
-        weights = build_weights(cfg, random_weights(cfg, config.seed))
+        weights = build_weights(cfg, random_weights(cfg, config.seed), config.dtype,
+                                config.quantization)
     return LoadedModel(path, cfg, weights, is_dummy=True)

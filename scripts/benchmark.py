@@ -2,6 +2,8 @@
 Hugging Face transformers on the same checkpoint, prompts and threads.
 
     python scripts/benchmark.py --model gpt2 --load-format dummy --compare transformers
+    python scripts/benchmark.py --quantization int8            # or --dtype bfloat16
+    python scripts/benchmark.py --compare precisions           # float32, int8, bfloat16
     nanovllm bench --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
 
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
@@ -26,8 +28,14 @@ Before each cell both sides do a warm-up run (output capped at 8 tokens). Runs a
 ours/theirs, --reps times; tables show the median and [min-max], the JSON every run.
 ratio = nanovllm / transformers (above 1: nanovllm is faster).
 
+Precisions. --compare precisions runs three engines on the same checkpoint in one process:
+float32, int8 weights and bfloat16 weights (`--dtype` / `--quantization` are ignored then).
+Every rep runs the same prompts through each in turn, so a busy machine slows all three alike;
+ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed first.
+
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
-throughput targets stand (scripts/perf_targets.py).
+throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
+targets of the narrow weights.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
+from nanovllm.model.cpu import kernel_path  # noqa: E402
 from nanovllm.scripts.bench_transformers import TransformersRunner  # noqa: E402
 from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
@@ -55,9 +64,17 @@ from nanovllm.scripts.bench_utils import (  # noqa: E402
     render_table,
     write_json,
 )
-from nanovllm.scripts.perf_targets import evaluate, format_targets  # noqa: E402
+from nanovllm.scripts.perf_targets import (  # noqa: E402
+    evaluate,
+    evaluate_precisions,
+    format_precision_targets,
+    format_targets,
+)
 
 WARMUP_TOKENS = 8
+# --compare precisions: the engines besides float32, and the options that make them.
+NARROW = {"int8": {"quantization": "int8", "dtype": "auto"},
+          "bfloat16": {"quantization": None, "dtype": "bfloat16"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +110,17 @@ class CellResult:
     cell: Cell
     ours: list[Run] = field(default_factory=list)
     theirs: list[Run] = field(default_factory=list)
+    narrow: dict[str, list[Run]] = field(default_factory=dict)  # int8 / bfloat16 engines' runs
 
     def summary(self, side: str, metric: str) -> Summary | None:
-        runs = self.ours if side == "nanovllm" else self.theirs
+        """side: "nanovllm" (float32 under --compare precisions), "transformers", or a NARROW."""
+        runs = {"nanovllm": self.ours, "transformers": self.theirs}.get(side)
+        runs = self.narrow.get(side, []) if runs is None else runs
         return Summary.of([v for r in runs if (v := getattr(r, metric)) is not None])
 
-    def ratio(self, metric: str) -> float | None:
-        ours, theirs = self.summary("nanovllm", metric), self.summary("transformers", metric)
+    def ratio(self, metric: str, side: str = "nanovllm", base: str = "transformers") -> float | None:
+        """Median of `side` / median of `base` (default: nanovllm / transformers)."""
+        ours, theirs = self.summary(side, metric), self.summary(base, metric)
         return ours.median / theirs.median if ours and theirs and theirs.median else None
 
 
@@ -125,8 +146,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, default=3, help="timed runs per cell (default 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads for numpy and torch (default: numpy's current count)")
-    parser.add_argument("--compare", choices=["transformers"], default=None,
-                        help="also run the same workload through HF transformers generate()")
+    parser.add_argument("--compare", choices=["transformers", "precisions"], default=None,
+                        help="'transformers': also run the same workload through HF transformers "
+                             "generate(); 'precisions': float32, int8 and bfloat16 weights in turn")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                         help="write results as JSON to FILE (or stdout with no FILE: the table "
                              "then goes to stderr)")
@@ -159,11 +181,13 @@ def check_args(args: argparse.Namespace, cells: list[Cell]) -> str | None:
 # --------------------------------------------------------------------------- nanovllm
 
 
-def make_engine(args: argparse.Namespace):
-    """The engine under test (random weights for a preset the hub cannot deliver, by default)."""
+def make_engine(args: argparse.Namespace, **options):
+    """The engine under test (random weights for a preset the hub cannot deliver, by default);
+    `options` override the command line's (the precisions of --compare precisions)."""
     from nanovllm import EngineConfig, LLMEngine
 
-    return LLMEngine(EngineConfig.from_cli_args(args.model, args))
+    return LLMEngine(EngineConfig.from_cli_args(args.model, argparse.Namespace(**{
+        **vars(args), **options})))
 
 
 def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:
@@ -203,16 +227,21 @@ def random_prompts(rng: np.random.Generator, cell: Cell, vocab_size: int) -> lis
 
 
 def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
-               rng: np.random.Generator, log) -> CellResult:
-    vocab, result = engine.model_config.vocab_size, CellResult(cell)
+               rng: np.random.Generator, log, narrow: dict | None = None) -> CellResult:
+    """`narrow`: name -> engine, run after `engine` with the same prompts in every rep."""
+    vocab, result, narrow = engine.model_config.vocab_size, CellResult(cell), narrow or {}
     warm = Cell(cell.batch_size, cell.input_len, min(cell.output_len, WARMUP_TOKENS))
-    run_ours(engine, random_prompts(rng, warm, vocab), warm.output_len)
+    for e in (engine, *narrow.values()):
+        run_ours(e, random_prompts(rng, warm, vocab), warm.output_len)
     if theirs:
         theirs.run(random_prompts(rng, warm, vocab), warm.output_len)
     for rep in range(reps):
         prompts = random_prompts(rng, cell, vocab)
         result.ours.append(run_ours(engine, prompts, cell.output_len))
         log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
+        for name, e in narrow.items():
+            result.narrow.setdefault(name, []).append(run_ours(e, prompts, cell.output_len))
+            log(f"  {cell}  rep {rep + 1}/{reps}  {name}: {_fmt_run(result.narrow[name][-1])}")
         if theirs:
             prefill_s, decode_s = theirs.run(prompts, cell.output_len)
             result.theirs.append(Run(prefill_s, decode_s, cell.batch_size * cell.input_len,
@@ -233,8 +262,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = limit_blas_threads(args.threads)  # noqa: F841 - the limit lasts while this lives
     threads = args.threads or default_threads()
+    precisions = args.compare == "precisions"
     try:
-        engine = make_engine(args)
+        engine = make_engine(args, quantization=None, dtype="auto") if precisions else make_engine(args)
+        narrow = {name: make_engine(args, **options) for name, options in NARROW.items()
+                  } if precisions else {}
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -242,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        theirs = TransformersRunner(engine.model_path, threads) if args.compare else None
+        theirs = (TransformersRunner(engine.model_path, threads)
+                  if args.compare == "transformers" else None)
     except ImportError as e:  # torch and transformers come with the dev extra only
         print(f"error: --compare transformers needs torch and transformers ({e}); install them "
               "with: pip install torch==2.13.0 -e '.[dev]'", file=sys.stderr)
@@ -250,13 +283,16 @@ def run(args: argparse.Namespace) -> int:
     report = _report_header(args, engine, theirs, threads)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(report["environment"]), file=out, flush=True)
+    print(report["environment"]["kernels"], file=out, flush=True)
     rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
-    results = [bench_cell(cell, engine, theirs, args.reps, rng, log) for cell in cells]
+    results = [bench_cell(cell, engine, theirs, args.reps, rng, log, narrow) for cell in cells]
     targets = evaluate(results, report["model"])
-    print(format_table(results, report) + format_targets(targets), file=out, flush=True)
+    ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
+    print(format_table(results, report) + format_targets(targets)
+          + format_precision_targets(ratio_targets), file=out, flush=True)
     if args.json:
-        write_json({**report, "results": [_result_json(r) for r in results], "targets": targets},
-                   args.json)
+        write_json({**report, "results": [_result_json(r) for r in results], "targets": targets,
+                    "precision_targets": ratio_targets}, args.json)
     return 0
 
 
@@ -271,6 +307,7 @@ def _check_fit(engine, cells: list[Cell]) -> str | None:
 def _report_header(args, engine, theirs, threads: int) -> dict:
     cfg = engine.model_config
     env = environment(threads)
+    env["kernels"] = kernel_path().describe()
     if theirs:
         env.update(theirs.info)
     return {
@@ -294,6 +331,12 @@ def _result_json(r: CellResult) -> dict:
             entry[side]["runs"] = [asdict(run) for run in runs]
     if r.theirs:
         entry["ratio"] = {m: r.ratio(m) for m in ("prefill_tps", "decode_tps")}
+    for name, runs in r.narrow.items():
+        entry[name] = {m: (asdict(s) if (s := r.summary(name, m)) else None)
+                       for m in ("prefill_tps", "decode_tps")}
+        entry[name]["runs"] = [asdict(run) for run in runs]
+        entry[name]["vs_float32"] = {m: r.ratio(m, name, "nanovllm")
+                                     for m in ("prefill_tps", "decode_tps")}
     return entry
 
 
@@ -303,20 +346,29 @@ def format_table(results: list[CellResult], report: dict) -> str:
     title = (f"\n{model['name']} ({model['params'] / 1e6:.3g}M params, {weights}), "
              f"tokens/s, median [min-max] of {report['settings']['reps']} runs")
     compare = any(r.theirs for r in results)
-    head = ["batch x prompt -> new", "prefill nanovllm"]
-    head += ["prefill transformers", "ratio"] if compare else []
-    head += ["decode nanovllm"] + (["decode transformers", "ratio"] if compare else [])
-    return "\n".join([title, render_table([head] + [_row(r, compare) for r in results])])
+    narrow = list(dict.fromkeys(name for r in results for name in r.narrow))
+    head = ["batch x prompt -> new"]
+    for phase in ("prefill", "decode"):
+        head.append(f"{phase} {'float32' if narrow else 'nanovllm'}")
+        head += [f"{phase} transformers", "ratio"] if compare else []
+        for name in narrow:
+            head += [f"{phase} {name}", "ratio"]
+    table = render_table([head] + [_row(r, compare, narrow) for r in results])
+    if narrow:
+        title += "; ratio = each precision / float32"
+    return "\n".join([title, table])
 
 
-def _row(r: CellResult, compare: bool) -> list[str]:
+def _row(r: CellResult, compare: bool, narrow: list[str]) -> list[str]:
     row = [str(r.cell)]
     for metric in ("prefill_tps", "decode_tps"):
         ours = r.summary("nanovllm", metric)
         row.append(ours.fmt(1) if ours else "-")
-        if compare:
-            theirs, ratio = r.summary("transformers", metric), r.ratio(metric)
-            row += [theirs.fmt(1) if theirs else "-", f"{ratio:.2f}x" if ratio else "-"]
+        sides = [("transformers", "nanovllm", "transformers")] if compare else []
+        sides += [(name, name, "nanovllm") for name in narrow]
+        for side, num, den in sides:
+            other, ratio = r.summary(side, metric), r.ratio(metric, num, den)
+            row += [other.fmt(1) if other else "-", f"{ratio:.2f}x" if ratio else "-"]
     return row
 
 

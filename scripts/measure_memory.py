@@ -4,8 +4,12 @@ Starts an engine, runs `--batch` requests (32-token prompts, 128 new tokens, EOS
 then one `--long-prompt`-token prompt, and prints the process's resident set size (VmRSS) after
 each phase. The figure the project's target is about is (RSS - KV pool) / fp32 weights: what the
 process holds beyond the pool it was told to allocate, in units of the model's weights.
+`--quantization int8` / `--dtype bfloat16` store the weights narrower: the line "weights as
+stored" gives their bytes, and RSS drops by the difference (run once per precision: freed
+memory is not handed back within a process).
 
     python scripts/measure_memory.py
+    python scripts/measure_memory.py --quantization int8
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
+from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, precision_name  # noqa: E402
+
 
 def resident_mib() -> float:
     """This process's VmRSS (Linux)."""
@@ -30,20 +36,33 @@ def resident_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (not Linux?)")
 
 
+def stored_bytes(weights) -> int:
+    """Bytes of every weight array the model holds (int8 values and their scales, bf16 bits)."""
+    from dataclasses import fields
+
+    values = [weights.wte, weights.wpe, weights.ln_f_g, weights.ln_f_b]
+    values += [getattr(b, f.name) for b in weights.blocks for f in fields(b)]
+    return sum(v.nbytes for v in values)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--long-prompt", type=int, default=1000)
+    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="auto")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default=None)
     args = p.parse_args(argv)
 
     from nanovllm import LLM, SamplingParams
 
-    llm = LLM(args.model, load_format="dummy")
+    llm = LLM(args.model, load_format="dummy", dtype=args.dtype, quantization=args.quantization)
     cfg = llm.engine.model_config
     weights_mib = cfg.num_params * 4 / 2**20  # fp32; the LM head is the embedding itself
     pool_mib = llm.engine.runner.kv_cache.nbytes / 2**20
     print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
+    stored = stored_bytes(llm.engine.runner.weights) / 2**20
+    print(f"weights as stored ({precision_name(args.dtype, args.quantization)}): {stored:.2f} MiB")
     print(f"started: RSS {resident_mib():.0f} MiB")
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=128)

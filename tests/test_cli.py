@@ -17,6 +17,9 @@ from nanovllm.cli import build_parser, main
 @pytest.mark.parametrize("args, message", [
     (["--block-size", "0"], "block_size must be a positive integer, got 0"),
     (["--max-model-len", "5000"], "max_model_len=5000 exceeds the model's n_positions=256"),
+    (["--dtype", "bfloat16", "--quantization", "int8"],
+     "quantization='int8' stores the weights in int8, so dtype='bfloat16' cannot apply too "
+     "(leave dtype 'auto')"),
 ])
 def test_bad_engine_flags_are_one_line(tiny_ckpt, capsys, args, message):
     assert main(["generate", str(tiny_ckpt), "hello", *args]) == 2
@@ -37,6 +40,24 @@ def test_generate_prints_completions(tiny_ckpt, capsys):
     out = capsys.readouterr()
     assert out.out.startswith("'hello' -> ") and "[length]" in out.out
     assert "RANDOM WEIGHTS" in out.err
+
+
+@pytest.mark.parametrize("flags, options", [
+    ([], ("auto", None)), (["--quantization", "int8"], ("auto", "int8")),
+    (["--dtype", "bfloat16"], ("bfloat16", None)),
+])
+def test_precision_flags_reach_the_engine_config(flags, options):
+    for argv in (["serve", "gpt2", *flags], ["generate", "gpt2", "hi", *flags], ["bench", *flags]):
+        config = EngineConfig.from_cli_args("gpt2", build_parser().parse_args(argv))
+        assert (config.dtype, config.quantization) == options
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "gpt2", "--dtype", "float16"])  # not a choice
+
+
+def test_generate_with_int8_weights(tiny_ckpt, capsys):
+    assert main(["generate", str(tiny_ckpt), "hello", "--max-tokens", "3", "--num-kv-blocks", "64",
+                 "--quantization", "int8"]) == 0
+    assert capsys.readouterr().out.startswith("'hello' -> ")
 
 
 # --------------------------------------------------------------------------- --allow-dummy-fallback

@@ -20,7 +20,8 @@ from nanovllm.model.half import (
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [900, 8]]
 PARAMS = dict(max_tokens=4, ignore_eos=True)
-KV_CACHE_DTYPES = ("auto", "float16")
+# KV cache dtypes, and weights in int8 and bfloat16 (their widening helpers run as Python too)
+OPTIONS = ({}, {"kv_cache_dtype": "float16"}, {"quantization": "int8"}, {"dtype": "bfloat16"})
 
 # Run in a fresh interpreter: numba reads NUMBA_DISABLE_JIT once, when it is first imported.
 SCRIPT = f"""
@@ -28,27 +29,27 @@ import json, sys
 import numba
 assert numba.config.DISABLE_JIT, "the JIT is still on"
 from nanovllm import LLM, SamplingParams
-tokens = {{}}
-for dtype in {KV_CACHE_DTYPES!r}:
-    llm = LLM(sys.argv[1], num_kv_blocks=16, kv_cache_dtype=dtype)
+tokens = []
+for options in {OPTIONS!r}:
+    llm = LLM(sys.argv[1], num_kv_blocks=16, **options)
     outs = llm.generate({PROMPTS!r}, SamplingParams(**{PARAMS!r}), use_tqdm=False)
-    tokens[dtype] = [o.outputs[0].token_ids for o in outs]
+    tokens.append([o.outputs[0].token_ids for o in outs])
 print(json.dumps(tokens))
 """
 
 
 def test_generation_without_the_jit_gives_the_compiled_runs_tokens(tiny_ckpt):
-    compiled = {}
-    for dtype in KV_CACHE_DTYPES:
-        llm = LLM(str(tiny_ckpt), num_kv_blocks=16, kv_cache_dtype=dtype)
+    compiled = []
+    for options in OPTIONS:
+        llm = LLM(str(tiny_ckpt), num_kv_blocks=16, **options)
         outs = llm.generate(PROMPTS, SamplingParams(**PARAMS), use_tqdm=False)
-        compiled[dtype] = [o.outputs[0].token_ids for o in outs]
+        compiled.append([o.outputs[0].token_ids for o in outs])
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_ckpt)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.splitlines()[-1]) == compiled
-    assert all(len(ids) == PARAMS["max_tokens"] for ids in compiled["auto"])
+    assert all(len(ids) == PARAMS["max_tokens"] for ids in compiled[0])
 
 
 def test_float16_helpers_work_as_plain_python_too():

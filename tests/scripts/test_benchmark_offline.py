@@ -13,7 +13,13 @@ import pytest
 from nanovllm.cli import build_parser
 from nanovllm.scripts import benchmark, benchmark_serving
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
-from nanovllm.scripts.perf_targets import GPT2_124M, evaluate, format_targets
+from nanovllm.scripts.perf_targets import (
+    GPT2_124M,
+    evaluate,
+    evaluate_precisions,
+    format_precision_targets,
+    format_targets,
+)
 
 SMALL = ["--batch-sizes", "1,2", "--input-len", "8", "--output-len", "4", "--prefill-len", "32",
          "--reps", "2", "--num-kv-blocks", "64"]
@@ -110,6 +116,36 @@ def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
     assert decode["nanovllm"]["runs"][0]["decode_tokens"] == 2 * 3  # the first token is prefill's
     assert decode["ratio"]["decode_tps"] > 0
     assert data["results"][2]["nanovllm"]["decode_tps"] is None  # a prefill-only cell
+
+
+def test_precision_targets_are_ratios_to_float32():
+    fp32 = [Run(0.1, 1.27, 32, 127)]  # decode 100 tok/s
+    results = [CellResult(Cell(1, 32, 128), ours=fp32, narrow={
+        "int8": [Run(0.1, 0.508, 32, 127)], "bfloat16": [Run(0.1, 0.847, 32, 127)]})]
+    entries = evaluate_precisions(results, GPT2_124M)
+    assert [(e["precision"], round(e["ratio"], 2), e["met"]) for e in entries] == [
+        ("int8", 2.5, True), ("bfloat16", 1.5, False)]
+    table = format_precision_targets(entries)
+    assert ">= 2.5x" in table and "not met" in table and "W8A8" in table
+    assert evaluate_precisions(results, {**GPT2_124M, "n_embd": 64}) == []
+    assert format_precision_targets([]) == ""
+
+
+def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
+    """float32, int8 and bfloat16 engines in one process, each rep on the same prompts."""
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_ckpt), *SMALL, "--compare", "precisions", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "kernels: " in table and "decode int8" in table and "prefill bfloat16" in table
+    data = json.loads(out.read_text())
+    assert data["environment"]["kernels"].startswith("kernels: ")
+    for cell in data["results"]:
+        for side in ("nanovllm", "int8", "bfloat16"):
+            assert len(cell[side]["runs"]) == 2 and cell[side]["prefill_tps"]["median"] > 0
+        assert cell["int8"]["vs_float32"]["prefill_tps"] > 0
+    assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
+    assert data["precision_targets"] == []  # not GPT-2 124M shapes
 
 
 def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):

@@ -1,0 +1,64 @@
+"""Which vector instructions the compiled kernels run on: `kernel_path()`, read at start-up.
+
+numba compiles every kernel for the CPU it runs on (LLVM's name for it and its feature flags),
+so the same source becomes AVX-512, AVX2 + FMA or baseline SSE2 code: the loops in
+`model/linear.py` widen int8 and bfloat16 weights in vector registers on any of them. The
+machines this runs on differ from day to day, so nothing here is assumed: the features come
+from llvmlite (what LLVM will emit code for), or from numba's own override.
+
+`NUMBA_CPU_NAME=generic` (numba's variable, read when numba starts) forces the portable path:
+baseline x86-64 code that runs wherever numba runs. Its compiled kernels are cached apart from
+the host's.
+
+No kernel uses AVX512_BF16's or VNNI's dot products yet: they would take an LLVM intrinsic
+behind a check of these flags, and a machine that has them to test it on. `describe()` says
+which the CPU has, so a benchmark shows what is left on the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# LLVM's feature names, in the order a description lists them.
+VECTOR_FEATURES = ("sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                   "avx512vnni", "avxvnni", "avx512bf16")
+UNUSED_FEATURES = ("avx512vnni", "avxvnni", "avx512bf16")  # present on some CPUs, no kernel yet
+
+
+@dataclass(frozen=True, slots=True)
+class KernelPath:
+    name: str                 # "avx512", "avx2", "avx", "sse4.1" or "generic"
+    cpu: str                  # the CPU LLVM compiles for
+    features: frozenset[str]  # of VECTOR_FEATURES, those it may use
+
+    def describe(self) -> str:
+        """One line for the log and the benchmark."""
+        has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
+        line = f"kernels: {self.name} path (numba compiles for {self.cpu}: {has})"
+        unused = [f for f in UNUSED_FEATURES if f in self.features]
+        if unused:
+            line += f"; not used yet: {', '.join(unused)}"
+        return line
+
+
+def path_for(cpu: str, features: set[str] | frozenset[str]) -> KernelPath:
+    """The path code compiled for `cpu` with `features` takes."""
+    features = frozenset(f for f in features if f in VECTOR_FEATURES)
+    if cpu == "generic":
+        name = "generic"
+    else:
+        name = next((f for f in ("avx512f", "avx2", "avx", "sse4.1") if f in features), "generic")
+    return KernelPath(name.removesuffix("f") if name == "avx512f" else name, cpu, features)
+
+
+def kernel_path() -> KernelPath:
+    """The path of this process's kernels: the host CPU, or numba's NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES override."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    if config.CPU_NAME:
+        features = {f[1:] for f in (config.CPU_FEATURES or "").split(",") if f.startswith("+")}
+        return path_for(config.CPU_NAME, features)
+    host = llvm.get_host_cpu_features()
+    return path_for(llvm.get_host_cpu_name(), {name for name, on in host.items() if on})

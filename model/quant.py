@@ -1,0 +1,151 @@
+"""Weight matrices in fewer bytes: int8 with a scale per output channel, or bfloat16.
+
+A decode step reads every weight once per token, so it runs at the speed memory delivers them:
+int8 moves a quarter of float32's bytes, bfloat16 half. Only the weights shrink. Activations,
+the KV cache and every sum stay float32: the kernels widen each weight as they read it
+(`model/linear.py`), an int8 by a conversion, a bfloat16 by a 16-bit shift (its bits are the top
+half of the float32 of the same value).
+
+`Int8Weight`: each row (output channel) w[c] is stored as round(w[c] / s[c]) in [-127, 127],
+with s[c] = max|w[c]| / 127, so every element is off by at most s[c] / 2. The dot product runs
+on the integers and is scaled once at the end: x . w[c] ~ s[c] * (x . q[c]). `BF16Weight`:
+round to nearest, ties to even, as torch's `.to(torch.bfloat16)`; a relative error of at most
+2**-9 per element. Both also stand in for the token embedding, which GPT-2 ties to its LM head:
+`gather_rows` widens the rows a step looks up.
+
+`dequantize` (plain numpy) turns either back into the float32 matrix it stands for: the kernels
+are tested against `reference.linear` on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
+
+
+@dataclass(slots=True)
+class Int8Weight:
+    q: np.ndarray      # int8 [out, in]
+    scale: np.ndarray  # float32 [out]: row c stands for q[c] * scale[c]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.scale.nbytes
+
+
+@dataclass(slots=True)
+class BF16Weight:
+    bits: np.ndarray   # uint16 [out, in]: the top 16 bits of each float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bits.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes
+
+
+Weight = np.ndarray | Int8Weight | BF16Weight
+
+
+def quantize_int8(w: np.ndarray) -> Int8Weight:
+    """Per-row symmetric int8 of a float32 matrix [out, in] (an all-zero row gets scale 0)."""
+    peak = np.abs(w).max(axis=1)
+    scale = (peak / np.float32(INT8_MAX)).astype(np.float32)
+    inverse = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)
+    q = np.rint(w * inverse[:, None])  # rint: ties to even
+    return Int8Weight(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scale)
+
+
+def to_bfloat16(w: np.ndarray) -> BF16Weight:
+    """A finite float32 array rounded to the nearest bfloat16 (ties to even), as bits."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+    return BF16Weight(rounded.astype(np.uint16))
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) as float32 values, exactly."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
+    """Rows start:end of the float32 matrix `w` stands for (a float32 matrix: itself)."""
+    if isinstance(w, Int8Weight):
+        return w.q[start:end].astype(np.float32) * w.scale[start:end, None]
+    if isinstance(w, BF16Weight):
+        return bf16_to_float32(w.bits[start:end])
+    return w[start:end]
+
+
+def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
+    """table[ids] as a new float32 array (the token embedding's lookup)."""
+    if isinstance(table, Int8Weight):
+        return np.take(table.q, ids, axis=0).astype(np.float32) * table.scale[ids, None]
+    if isinstance(table, BF16Weight):
+        return bf16_to_float32(np.take(table.bits, ids, axis=0))
+    return np.take(table, ids, axis=0)
+
+
+def convert_matrix(w: np.ndarray, dtype: str = "auto", quantization: str | None = None) -> Weight:
+    """A float32 weight matrix in the storage the options ask for."""
+    if quantization == "int8":
+        return quantize_int8(w)
+    if dtype == "bfloat16":
+        return to_bfloat16(w)
+    return w
+
+
+def dequantize_weights(weights):
+    """A `GPT2Weights` with every matrix back in float32 (what the reference model runs on)."""
+    def plain(value):
+        return dequantize(value) if isinstance(value, Int8Weight | BF16Weight) else value
+
+    blocks = [replace(b, **{f.name: plain(getattr(b, f.name)) for f in fields(b)})
+              for b in weights.blocks]
+    return replace(weights, wte=plain(weights.wte), blocks=blocks)
+
+
+# --------------------------------------------------------------------------- inside kernels
+
+
+def widen(w):
+    """An element of a weight matrix, as the kernels read it, as float32: float32 as it is,
+    int8 converted, bfloat16 bits (uint16) shifted into the top of a float32. (Plain Python
+    under NUMBA_DISABLE_JIT=1; compiled, the overload below.)"""
+    if isinstance(w, np.uint16):
+        return (np.uint32(w) << np.uint32(16)).view(np.float32)
+    return np.float32(w)
+
+
+@overload(widen, inline="always")
+def _widen(w):
+    if w == types.uint16:
+        return lambda w: bf16_bits_to_float32(w)
+    if w == types.int8:
+        return lambda w: np.float32(w)
+    return lambda w: w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def bf16_bits_to_float32(x):
+    return np.uint32(np.uint32(x) << 16).view(np.float32)  # (numba widens a shift to 64 bits)
+
+
+def kernel_array(w: Weight) -> np.ndarray:
+    """The array a kernel reads for `w`: its float32 matrix, its int8 values or its bf16 bits."""
+    if isinstance(w, Int8Weight):
+        return w.q
+    if isinstance(w, BF16Weight):
+        return w.bits
+    return w

@@ -1,0 +1,96 @@
+"""The kernel path: named from the CPU's features, the host's in this process, and the portable
+one forced with NUMBA_CPU_NAME=generic, whose kernels are checked against the reference too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanovllm import LLM, SamplingParams
+from nanovllm.model.cpu import kernel_path, path_for
+
+ZEN4 = {"sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
+        "avx512bf16", "sha"}
+
+
+def test_paths_are_named_by_the_widest_vectors():
+    assert path_for("znver4", ZEN4).name == "avx512"
+    assert path_for("znver1", {"sse4.1", "avx", "avx2", "fma", "f16c"}).name == "avx2"
+    assert path_for("sandybridge", {"sse4.1", "avx"}).name == "avx"
+    assert path_for("x86-64", set()).name == "generic"
+    assert path_for("generic", ZEN4).name == "generic"  # numba's override wins
+
+
+def test_description_is_one_line_naming_unused_dot_products():
+    line = path_for("znver4", ZEN4).describe()
+    assert "\n" not in line and line.startswith("kernels: avx512 path (numba compiles for znver4")
+    assert line.endswith("not used yet: avx512vnni, avx512bf16") and "sha" not in line
+    assert "not used" not in path_for("znver1", {"avx2", "fma"}).describe()
+
+
+def cpuinfo_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    raise AssertionError("no flags line in /proc/cpuinfo")
+
+
+def test_host_path_matches_the_kernels_cpu_flags():
+    """What llvmlite reports agrees with the kernel's view of this CPU (/proc/cpuinfo)."""
+    flags, path = cpuinfo_flags(), kernel_path()
+    expected = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else path.name
+    assert path.name == expected
+    assert ("avx512bf16" in path.features) == ("avx512_bf16" in flags)
+    assert ("fma" in path.features) == ("fma" in flags)
+
+
+# Run in a fresh interpreter: numba reads NUMBA_CPU_NAME once, when it is first imported.
+GENERIC_SCRIPT = """
+import json, sys
+import numpy as np
+from nanovllm import LLM, SamplingParams
+from nanovllm.model import reference as ref
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model.linear import linear
+from nanovllm.model.quant import dequantize, quantize_int8, to_bfloat16
+rng = np.random.default_rng(0)
+errors = {}
+for name, convert in (("float32", lambda w: w), ("int8", quantize_int8), ("bfloat16", to_bfloat16)):
+    for rows in (1, 7, 70):
+        x = rng.standard_normal((rows, 300), dtype=np.float32)
+        w = convert(rng.standard_normal((129, 300), dtype=np.float32))
+        expected = ref.linear(x, dequantize(w))
+        scale = np.abs(x) @ np.abs(dequantize(w)).T
+        errors[f"{name} {rows}"] = float((np.abs(linear(x, w) - expected) / scale).max())
+tokens = {}
+for options in ({}, {"quantization": "int8"}, {"dtype": "bfloat16"}):
+    llm = LLM(sys.argv[1], num_kv_blocks=16, **options)
+    outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
+                        SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+    tokens[json.dumps(options)] = [o.outputs[0].token_ids for o in outs]
+print(json.dumps({"path": kernel_path().name, "errors": errors, "tokens": tokens}))
+"""
+
+
+@pytest.mark.slow  # compiles every kernel a second time, for the generic CPU
+def test_forced_generic_path_runs_every_precision(tiny_ckpt):
+    """NUMBA_CPU_NAME=generic: baseline x86-64 kernels, within float32 rounding of the reference,
+    and the engine's greedy tokens are the host path's."""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic"}
+    run = subprocess.run([sys.executable, "-c", GENERIC_SCRIPT, str(tiny_ckpt)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["path"] == "generic"
+    assert len(result["errors"]) == 9
+    assert max(result["errors"].values()) < 1e-5, result["errors"]  # ~ sqrt(300) * 2**-24 * 8
+    for options, generic_tokens in result["tokens"].items():
+        llm = LLM(str(tiny_ckpt), num_kv_blocks=16, **json.loads(options))
+        outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
+                            SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outs] == generic_tokens, options

@@ -1,0 +1,161 @@
+"""int8 and bfloat16 weights: the conversions against their definitions (and torch), the linear
+kernel on such weights against `reference.linear` on the float32 matrices they stand for, and
+the whole model against the reference model on those matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nanovllm import LLM, EngineConfig, SamplingParams
+from nanovllm.model import linear as linear_module
+from nanovllm.model import load_gpt2
+from nanovllm.model import reference as ref
+from nanovllm.model.gpt2 import forward
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
+from nanovllm.model.precision import check_precision
+from nanovllm.model.quant import (
+    BF16Weight,
+    Int8Weight,
+    bf16_bits_to_float32,
+    dequantize,
+    dequantize_weights,
+    gather_rows,
+    quantize_int8,
+    to_bfloat16,
+    widen,
+)
+from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
+
+
+def test_int8_rounds_each_element_to_the_nearest_step_of_its_row():
+    w = f32(50, 300, seed=1, scale=0.02)
+    w[3] = 0.0  # an all-zero row: scale 0, not a division by zero
+    w[4, 7] = -1.0  # a row with one large element
+    qw = quantize_int8(w)
+    assert qw.q.dtype == np.int8 and qw.scale.dtype == np.float32
+    assert np.abs(qw.q).max() <= 127 and (np.abs(qw.q).max(axis=1)[[0, 4]] == 127).all()
+    np.testing.assert_array_equal(qw.scale, (np.abs(w).max(axis=1) / 127).astype(np.float32))
+    error = np.abs(dequantize(qw).astype(np.float64) - w)
+    assert (error <= qw.scale[:, None] * (0.5 + 1e-5)).all()
+    assert (dequantize(qw)[3] == 0).all()
+
+
+def test_bfloat16_rounds_like_torch():
+    w = f32(1000, seed=2, scale=3) * 10.0 ** np.random.default_rng(3).integers(-30, 30, 1000)
+    # ties to even both ways, beyond bfloat16's largest (infinity, as torch), a subnormal
+    w[:6] = [0.0, -0.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.4e38, -1e-40]
+    w = w.astype(np.float32)
+    theirs = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(to_bfloat16(w).bits, theirs)
+    normal = w[6:]  # (relative error 2**-8 at most: half of a 7-bit mantissa's step)
+    assert (np.abs(dequantize(to_bfloat16(normal)) - normal) <= np.abs(normal) * 2.0 ** -8).all()
+
+
+def test_widen_plain_python_equals_compiled():
+    """What NUMBA_DISABLE_JIT=1 runs (the Python body) gives the compiled kernels' values."""
+    bits = np.random.default_rng(4).integers(0, 2**16, 2000).astype(np.uint16)
+    bits = bits[np.isfinite(bf16_bits_to_float32.py_func(bits))]
+    for b in bits[:300]:
+        assert widen(b) == bf16_bits_to_float32(b) == np.float32((np.uint32(b) << 16).view(np.float32))
+    for q in np.arange(-127, 128, dtype=np.int8):
+        assert widen(q) == np.float32(q)
+
+
+def quantized(kind: str, w: np.ndarray):
+    return quantize_int8(w) if kind == "int8" else to_bfloat16(w)
+
+
+@pytest.mark.parametrize("kind", ["int8", "bfloat16"])
+@pytest.mark.parametrize("rows, in_dim, out_dim", [
+    (1, 1, 1), (1, 768, 2305), (5, 767, 33), (KERNEL_MAX_ROWS, 64, 1030),
+    (KERNEL_MAX_ROWS + 1, 768, 31), (200, 65, 300),  # (BLAS on widened weights)
+])
+def test_linear_on_narrow_weights_matches_reference_on_their_float32(kind, rows, in_dim, out_dim):
+    x, b = f32(rows, in_dim, seed=5), f32(out_dim, seed=6)
+    w = quantized(kind, f32(out_dim, in_dim, seed=7, scale=0.02))
+    plain = dequantize(w)
+    expected = ref.linear(x, plain, b)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(plain).T.astype(np.float64) + np.abs(b)
+    # int8: the sum is scaled once at the end, one more rounding
+    assert_within(linear(x, w, b), expected, (sum_error(in_dim + 1) + 4 * 2.0**-24) * magnitude)
+
+
+@pytest.mark.parametrize("kind", ["int8", "bfloat16"])
+def test_blas_path_widens_in_chunks(monkeypatch, kind):
+    """A matrix taller than BLAS_CHUNK (the LM head) is widened a chunk at a time."""
+    monkeypatch.setattr(linear_module, "BLAS_CHUNK", 7)
+    x, w = f32(KERNEL_MAX_ROWS + 3, 40, seed=8), quantized(kind, f32(30, 40, seed=9))
+    plain = dequantize(w)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(plain).T.astype(np.float64)
+    assert_within(linear(x, w), ref.linear(x, plain), (sum_error(41) + 4 * 2.0**-24) * magnitude)
+
+
+@pytest.mark.parametrize("kind", ["int8", "bfloat16"])
+def test_embedding_rows_are_the_float32_rows(kind):
+    table = quantized(kind, f32(100, 16, seed=10))
+    ids = np.array([5, 0, 99, 5])
+    np.testing.assert_array_equal(gather_rows(table, ids), dequantize(table)[ids])
+
+
+@pytest.mark.parametrize("options", [dict(quantization="int8"), dict(dtype="bfloat16")])
+def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturbed_ckpt, options):
+    """Kernels and reference agree on the converted model to float32 rounding (the perturbed
+    model: random biases and layer norms, logits of real GPT-2's size)."""
+    cfg, weights = load_gpt2(perturbed_ckpt, **options)
+    kind = Int8Weight if "quantization" in options else BF16Weight
+    assert isinstance(weights.wte, kind) and isinstance(weights.blocks[0].fc_proj_w, kind)
+    ids = np.random.default_rng(11).integers(0, cfg.vocab_size, 90)  # >64 rows: BLAS too
+    expected = ref.forward(dequantize_weights(weights), cfg, ids)
+    got = forward(weights, cfg, ids, np.arange(len(ids)))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4 * np.abs(expected).max())
+    logits_1 = forward(weights, cfg, ids[:5], np.arange(5))  # <=64 rows: the kernel
+    np.testing.assert_allclose(logits_1, expected[:5], rtol=0, atol=2e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_quantized_from_any_checkpoint_dtype(write_checkpoint, tiny_tensors, dtype):
+    """int8 from a float16 or bfloat16 checkpoint is int8 of the float32 values it loads as."""
+    stored = {k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in tiny_tensors.items()}
+    ckpt = write_checkpoint(stored)
+    _, plain = load_gpt2(ckpt)
+    _, narrow = load_gpt2(ckpt, quantization="int8")
+    expected = quantize_int8(plain.blocks[1].attn_w)
+    np.testing.assert_array_equal(narrow.blocks[1].attn_w.q, expected.q)
+    np.testing.assert_array_equal(narrow.blocks[1].attn_w.scale, expected.scale)
+    np.testing.assert_array_equal(narrow.wte.q, quantize_int8(plain.wte).q)
+
+
+def test_float32_is_the_default_and_loads_plain_arrays(tiny_ckpt):
+    for options in ({}, dict(dtype="float32"), dict(dtype="auto")):
+        _, weights = load_gpt2(tiny_ckpt, **options)
+        assert isinstance(weights.wte, np.ndarray) and weights.blocks[0].attn_w.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype, quantization, message", [
+    ("float16", None, "dtype must be one of"), ("auto", "int4", "quantization must be"),
+    ("bfloat16", "int8", "cannot apply too"),
+])
+def test_precision_options_are_checked(tiny_ckpt, dtype, quantization, message):
+    with pytest.raises(ValueError, match=message):
+        check_precision(dtype, quantization)
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(str(tiny_ckpt), dtype=dtype, quantization=quantization)
+
+
+@pytest.mark.parametrize("options", [dict(quantization="int8"), dict(dtype="bfloat16")])
+def test_engine_generates_with_narrow_weights_and_close_logprobs(tiny_ckpt, options):
+    """End to end: greedy tokens and their logprobs next to the float32 engine's."""
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=1)
+    prompts = [[1, 2, 3, 4, 5], list(range(100, 180))]  # a decode-only and a BLAS-sized prefill
+    plain = LLM(str(tiny_ckpt), num_kv_blocks=32).generate(prompts, params, use_tqdm=False)
+    narrow = LLM(str(tiny_ckpt), num_kv_blocks=32, **options).generate(prompts, params,
+                                                                      use_tqdm=False)
+    for a, b in zip(plain, narrow):
+        assert len(b.outputs[0].token_ids) == 12
+        first = a.outputs[0].token_ids[0]
+        assert b.outputs[0].token_ids[0] == first  # (tiny's first steps are not near-ties)
+        lp_a = a.outputs[0].logprobs[0][first].logprob
+        lp_b = b.outputs[0].logprobs[0][first].logprob
+        assert abs(lp_a - lp_b) < 0.01
