@@ -44,6 +44,8 @@ class AsyncEngine:
         self.n_layer, self.n_head = engine.model_config.n_layer, engine.model_config.n_head
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
+        self.degraded: str | None = None  # one engine serves fully or not at all
+        self.replica_stats = None  # one engine: `stats` is the whole story
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, OutputSink] = {}  # touched only by the engine thread
         self._snapshot_waiters: list[Future] = []  # likewise

@@ -3,14 +3,15 @@
 The server holds one of these and nothing else of the engine: it validates with
 `check_request`, submits with `add_request` and a sink of its own, and reads the tokenizer,
 limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
-and for `attention_weights`. Today's implementation is a thread in this process
-(async_engine.AsyncEngine); one that forwards to engine replicas in other processes fits the
-same shape, since only values and the server's own sink cross it.
+and for `attention_weights`. Two implementations: a thread in this process
+(async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
+(server/ray_client.RayEngineClient); only values and the server's own sink cross it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
     from concurrent.futures import Future
@@ -32,7 +33,8 @@ class EngineDeadError(RuntimeError):
 
 
 class RequestAborted(RuntimeError):
-    """The server aborted the request (it is shutting down)."""
+    """The server gave up the request: it is shutting down, or the engine replica serving it
+    failed while others still serve. Its text is for the client."""
 
 
 class OutputSink(Protocol):
@@ -44,6 +46,7 @@ class OutputSink(Protocol):
     def put(self, item: str | RequestOutput | BaseException) -> None: ...
 
 
+@runtime_checkable  # isinstance checks that every member is there (tests do)
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
     max_model_len: int
@@ -57,6 +60,14 @@ class EngineClient(Protocol):
 
     @property
     def is_alive(self) -> bool: ...
+
+    @property
+    def degraded(self) -> str | None:
+        """Why requests are served at reduced capacity (some replicas down), else None."""
+
+    @property
+    def replica_stats(self) -> Mapping[str, EngineStats] | None:
+        """One snapshot per engine replica, by replica id, when there are several; else None."""
 
     def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, or InvalidRequestError naming the field; any thread."""

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
@@ -51,12 +51,15 @@ async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
 
 @router.get("/health", responses={503: ERROR_RESPONSES[503]})
 async def health(ctx: Ctx) -> Response:
-    """200 while the engine thread is alive; 503 once it died."""
+    """200 while the engine thread is alive; 503 once it died. With engine replicas (Ray):
+    200 while one runs, with {"status": "degraded", ...} while some do not; 503 when none does."""
     error = ctx.engine_loop.error
     if error is not None:
         return error_response("The engine is dead; the server log says why.", 503)
     if not ctx.engine_loop.is_alive:
         return error_response("The engine is not running (it was shut down).", 503)
+    if degraded := ctx.engine_loop.degraded:
+        return JSONResponse({"status": "degraded", "message": degraded})
     return Response(status_code=200)
 
 

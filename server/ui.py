@@ -121,6 +121,8 @@ def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionReq
                        "another; try again in a moment.", 429)
     try:
         probs = client.attention_weights(token_ids)[body.layer, body.head]  # [T, T]
+    except (EngineDeadError, RequestAborted) as exc:
+        raise APIError(str(exc), 503) from None
     finally:
         busy.release()
     rows = np.round(probs.astype(np.float64), 4).tolist()
