@@ -22,10 +22,12 @@ _EXPORTS = {
     "CompletionOutput": "nanovllm.outputs", "Logprob": "nanovllm.outputs",
     "RequestOutput": "nanovllm.outputs",
     "SamplingParams": "nanovllm.sampling_params",
+    "GrammarCompiler": "nanovllm.structured",
 }
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
-           "InvalidRequestError", "LLMEngine", "Logprob", "PromptType", "QueueFullError",
-           "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt", "__version__"]
+           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PromptType",
+           "QueueFullError", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
+           "__version__"]
 
 if TYPE_CHECKING:
     from nanovllm.async_engine import AsyncEngine
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from nanovllm.llm import LLM
     from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
     from nanovllm.sampling_params import SamplingParams
+    from nanovllm.structured import GrammarCompiler
 
 
 def __getattr__(name: str):

@@ -5,8 +5,11 @@ They never touch the engine's running state: besides the tokenizer and check_req
 read nothing the engine thread changes, they only enqueue commands on a thread-safe queue, and
 each engine request's outputs come back through the OutputSink the server gave with it.
 When no request is unfinished the thread blocks on the queue, so an idle server does not
-spin. If step() raises, the engine is marked dead: every pending request gets an
-EngineDeadError, new requests are refused, and /health answers 503.
+spin. A snapshot for the web page is a command too: the thread takes it between two steps,
+one for everyone who asked since the last, and hands the last one out again while nothing
+has changed: however often it is asked, it costs at most one snapshot per step. If step()
+raises, the engine is marked dead: every pending request gets an EngineDeadError, new requests
+are refused, and /health answers 503.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.errors import InvalidRequestError, QueueFullError
+from nanovllm.snapshot import EngineSnapshot
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +41,17 @@ class AsyncEngine:
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
+        self.n_layer, self.n_head = engine.model_config.n_layer, engine.model_config.n_head
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
+        self.degraded: str | None = None  # one engine serves fully or not at all
+        self.replica_stats = None  # one engine: `stats` is the whole story
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, OutputSink] = {}  # touched only by the engine thread
+        self._snapshot_waiters: list[Future] = []  # likewise
+        self._snapshot: EngineSnapshot | None = None
+        self._changes = 0  # requests added or aborted: with the step count, when to take anew
+        self._snapshot_of: tuple[int, int] | None = None  # (steps, changes) of _snapshot
         self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
@@ -70,6 +86,24 @@ class AsyncEngine:
                 raise RequestAborted("The server is shutting down.")
             self._inbox.put(("add", request_id, prompt, params, sink))
 
+    def snapshot(self) -> Future[EngineSnapshot]:
+        """The engine's blocks, queues and recent steps, as the engine thread sees them at its
+        next pause between steps (EngineDeadError or RequestAborted if it will not pause again)."""
+        future: Future[EngineSnapshot] = Future()
+        with self._lock:
+            if self.error is not None:
+                future.set_exception(EngineDeadError(f"The engine is dead: {self.error!r}"))
+            elif self._closed:
+                future.set_exception(RequestAborted("The server is shutting down."))
+            else:
+                self._inbox.put(("snapshot", future))
+        return future
+
+    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
+        """The attention of every layer and head over `token_ids` [n_layer, n_head, T, T],
+        computed on the caller's thread from the weights alone, never on the engine thread."""
+        return self.engine.attention_weights(token_ids)
+
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
             self._inbox.put(("abort", list(request_ids)))
@@ -94,11 +128,14 @@ class AsyncEngine:
                 outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
                 self.stats = self.engine.get_stats()  # before dispatch: never older than an output
                 self._dispatch(outputs)
+                self._answer_snapshots()
         except BaseException as exc:  # noqa: BLE001 - any engine failure kills the engine
             logger.exception("engine loop crashed; marking the engine dead")
             self._die(exc)
             return
-        self._drain_inbox(RequestAborted("The server is shutting down."))
+        closing = RequestAborted("The server is shutting down.")
+        self._fail_snapshots(closing)
+        self._drain_inbox(closing)
         self.stats = self.engine.get_stats()
 
     def _next_commands(self) -> list[tuple]:
@@ -112,10 +149,13 @@ class AsyncEngine:
 
     def _apply(self, cmds: list[tuple]) -> bool:
         for cmd in cmds:
+            self._changes += cmd[0] != "snapshot"
             if cmd[0] == "add":
                 self._add(*cmd[1:])
             elif cmd[0] == "abort":
                 self._abort(cmd[1])
+            elif cmd[0] == "snapshot":
+                self._snapshot_waiters.append(cmd[1])
             elif cmd[0] == "abort_all":
                 self._abort(list(self._sinks), RequestAborted(cmd[1]))
             else:  # stop
@@ -146,6 +186,17 @@ class AsyncEngine:
             if sink is not None and notify is not None:
                 sink.put(notify)
 
+    def _answer_snapshots(self) -> None:
+        if not self._snapshot_waiters:
+            return
+        state = (self.engine.num_steps, self._changes)
+        if self._snapshot_of != state:
+            self._snapshot, self._snapshot_of = self.engine.snapshot(), state
+        for future in self._snapshot_waiters:
+            if future.set_running_or_notify_cancel():  # False: the asker gave up waiting
+                future.set_result(self._snapshot)
+        self._snapshot_waiters.clear()
+
     def _dispatch(self, outputs) -> None:
         for out in outputs:
             sink = self._sinks.get(out.request_id)
@@ -171,8 +222,21 @@ class AsyncEngine:
                 return
             if cmd[0] == "add":
                 cmd[4].put(exc)
+            elif cmd[0] == "snapshot":
+                _fail_future(cmd[1], exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for sink in self._sinks.values():
             sink.put(exc)
         self._sinks.clear()
+        self._fail_snapshots(exc)
+
+    def _fail_snapshots(self, exc: BaseException) -> None:
+        for future in self._snapshot_waiters:
+            _fail_future(future, exc)
+        self._snapshot_waiters.clear()
+
+
+def _fail_future(future: Future, exc: BaseException) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_exception(exc)

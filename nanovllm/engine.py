@@ -12,12 +12,17 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.errors import QueueFullError
 from nanovllm.inputs import PromptType, unpack_prompt
+from nanovllm.model import reference
+from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
 from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nanovllm.runner.batch import TokenLogprobs
@@ -26,6 +31,7 @@ from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
+from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.validation import RequestValidator
@@ -50,11 +56,7 @@ class EngineStats:
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
 
 
-@dataclass(slots=True)
-class StepStats:
-    num_prefill_tokens: int = 0
-    num_decode_tokens: int = 0
-    seconds: float = 0.0
+STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
 
 
 class LLMEngine:
@@ -87,6 +89,8 @@ class LLMEngine:
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps_total = 0
         self.last_step = StepStats()
+        self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
+        self.num_steps = 0  # steps that ran a batch
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                     "max_model_len %d)", self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
@@ -152,7 +156,7 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        start = time.perf_counter()
+        start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
         batch = self.scheduler.schedule()
         result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
         if not batch.seqs:
@@ -171,7 +175,10 @@ class LLMEngine:
             if seq.seq_id in result.sampled:
                 self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
                 touched[seq.request.request_id] = seq.request
-        self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start)
+        self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start,
+                                   len(batch.seqs), self.scheduler.num_preemptions - preemptions)
+        self.recent_steps.append(self.last_step)
+        self.num_steps += 1
         outputs = []
         for request in touched.values():
             if request.finished:
@@ -219,6 +226,18 @@ class LLMEngine:
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
                              max(s.num_cached_tokens for s in request.seqs))
+
+    def snapshot(self) -> EngineSnapshot:
+        """Blocks, queues and recent steps as plain values; only from the thread that steps."""
+        return take_snapshot(self.scheduler, list(self.recent_steps), self.num_steps)
+
+    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
+        """[n_layer, n_head, T, T]: how much each token attends to each earlier one, by the
+        reference path. Any thread may call it: it reads only the weights, which never change
+        (the caller bounds T: this is a whole forward pass without a KV cache)."""
+        # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
+        return reference.attention_weights(dequantize_weights(self.runner.weights),
+                                           self.model_config, np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler

@@ -2,20 +2,27 @@
 
 The server holds one of these and nothing else of the engine: it validates with
 `check_request`, submits with `add_request` and a sink of its own, and reads the tokenizer,
-limits and a stats snapshot. Today's implementation is a thread in this process
-(async_engine.AsyncEngine); one that forwards to engine replicas in other processes fits the
-same shape, since only values and the server's own sink cross it.
+limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
+and for `attention_weights`. Two implementations: a thread in this process
+(async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
+(server/ray_client.RayEngineClient); only values and the server's own sink cross it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
+    from concurrent.futures import Future
+
+    import numpy as np
+
     from nanovllm.engine import EngineStats
     from nanovllm.inputs import PromptType
     from nanovllm.outputs import RequestOutput
     from nanovllm.sampling_params import SamplingParams
+    from nanovllm.snapshot import EngineSnapshot
     from nanovllm.tokenizer import Tokenizer
 
 ACCEPTED = "accepted"  # sent once the engine took a request, before any output
@@ -26,7 +33,8 @@ class EngineDeadError(RuntimeError):
 
 
 class RequestAborted(RuntimeError):
-    """The server aborted the request (it is shutting down)."""
+    """The server gave up the request: it is shutting down, or the engine replica serving it
+    failed while others still serve. Its text is for the client."""
 
 
 class OutputSink(Protocol):
@@ -38,17 +46,28 @@ class OutputSink(Protocol):
     def put(self, item: str | RequestOutput | BaseException) -> None: ...
 
 
+@runtime_checkable  # isinstance checks that every member is there (tests do)
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
     max_model_len: int
     vocab_size: int           # token ids a request may use: [0, vocab_size)
     model_path: str           # where the weights came from
     is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
+    n_layer: int              # the model's shape, for attention_weights
+    n_head: int
     stats: EngineStats        # a snapshot, never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 
     @property
     def is_alive(self) -> bool: ...
+
+    @property
+    def degraded(self) -> str | None:
+        """Why requests are served at reduced capacity (some replicas down), else None."""
+
+    @property
+    def replica_stats(self) -> Mapping[str, EngineStats] | None:
+        """One snapshot per engine replica, by replica id, when there are several; else None."""
 
     def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, or InvalidRequestError naming the field; any thread."""
@@ -57,6 +76,14 @@ class EngineClient(Protocol):
                     sink: OutputSink) -> None:
         """Queue a request whose news goes to `sink`; raises EngineDeadError or RequestAborted
         at once when the engine cannot take it."""
+
+    def snapshot(self) -> Future[EngineSnapshot]:
+        """The blocks, queues and recent steps, taken by the engine between two steps (never by
+        the caller walking engine state); fails with EngineDeadError or RequestAborted."""
+
+    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
+        """[n_layer, n_head, T, T] attention probabilities of a prompt, by the model's reference
+        path; blocks the calling thread (never the engine's) for a whole forward pass."""
 
     def abort(self, request_ids: list[str]) -> None:
         """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""

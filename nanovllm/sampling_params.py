@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
+    # Structured outputs: a grammar compiled by nanovllm.structured (a runner.structured
+    # CompiledGrammar, opaque here); None costs nothing.
+    structured: Any = None
 
     def __post_init__(self):
         self.stop = StopStrings([self.stop] if isinstance(self.stop, str)

@@ -163,6 +163,7 @@ class Scheduler:
         self._stop_running(seq)
         self.block_manager.free(seq)
         self._enqueue(seq, front=True)
+        seq.num_preemptions += 1
         self.num_preemptions += 1
 
     def finish(self, seq: Sequence) -> None:

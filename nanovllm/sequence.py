@@ -46,6 +46,7 @@ class Sequence:
     num_cached_tokens: int = 0                   # of those, reused from the prefix cache
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
+    num_preemptions: int = 0                     # times its blocks were freed to make room
     # Output state, read by the engine to build RequestOutputs.
     text: str = ""
     detok: object = None

@@ -26,7 +26,7 @@ def byte_level_alphabet() -> dict[str, int]:
 
 class Tokenizer:
     def __init__(self, model_dir: str | Path, eos_token_id: int):
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)  # where its files (and config) are
         if (model_dir / "tokenizer.json").exists():
             self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
         elif (model_dir / "vocab.json").exists() and (model_dir / "merges.txt").exists():

@@ -27,6 +27,7 @@ from nanovllm.runner.batch import (
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import SequenceState, log_softmax, sample, token_logprobs
+from nanovllm.runner.structured import GrammarMatcher
 
 
 @dataclass(slots=True)
@@ -65,7 +66,7 @@ class NativeModelRunner:
         prompt_logprobs = self._prompt_logprobs(logits[n:], inputs.prompt_rows)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
-            state.token_ids.append(token)  # the runner's copy of the sequence, as the engine's
+            state.append(token)
         return ModelRunnerOutput(dict(zip(inputs.sample_ids, tokens)),
                                  {i: lp for i, lp in zip(inputs.sample_ids, logprobs) if lp},
                                  prompt_logprobs)
@@ -75,8 +76,9 @@ class NativeModelRunner:
         any batch; the others spawn, in arrival order, from the engine's seed."""
         p = new.params
         seed = [p.seed % 2**64, new.index] if p.seed is not None else self._seeds.spawn(1)[0]
+        grammar = GrammarMatcher(p.structured, self.cfg.eos_token_id) if p.structured is not None else None
         return SequenceState(p, new.index, list(new.prompt_token_ids), len(new.prompt_token_ids),
-                             np.random.default_rng(seed))
+                             np.random.default_rng(seed), grammar=grammar)
 
     def slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
         """Cache slots of one sequence's `positions`, through its block table."""

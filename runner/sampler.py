@@ -1,9 +1,10 @@
 """Turns a batch of logits into next tokens, each row under its own request's parameters.
 
 Order, as in vLLM: logprobs are taken from the raw logits; then logit bias, min_tokens and the
-penalties adjust the logits; greedy rows take the argmax; sampled rows apply temperature, min_p,
-top_k and top_p to the probabilities and draw one uniform number from their sequence's own
-generator (so a seeded request samples the same alone or inside any batch).
+penalties adjust the logits, and a structured-output grammar bans the tokens it does not allow;
+greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and top_p to the
+probabilities and draw one uniform number from their sequence's own generator (so a seeded
+request samples the same alone or inside any batch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from nanovllm.model import softmax_
 from nanovllm.runner.batch import TokenLogprobs
+from nanovllm.runner.structured import GrammarMatcher
 from nanovllm.sampling_params import SamplingParams
 
 # Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
@@ -97,6 +99,7 @@ class SequenceState:
     num_prompt_tokens: int
     rng: np.random.Generator
     penalty_counts: PenaltyCounts | None = None  # made on the first penalised step
+    grammar: GrammarMatcher | None = None        # structured outputs: where the grammar is
     # logit_bias as arrays, made once: a step adds every row's bias in one indexing operation.
     bias_ids: np.ndarray = field(init=False)
     bias_values: np.ndarray = field(init=False)
@@ -108,6 +111,12 @@ class SequenceState:
         self.bias_ids = np.fromiter(bias, np.int64, len(bias))
         self.bias_values = np.fromiter(bias.values(), np.float32, len(bias))
         self.stop_ids = np.array(self.params.stop_token_ids, np.int64)
+
+    def append(self, token: int) -> None:
+        """The sequence took `token` (the runner's copy of it follows the engine's)."""
+        self.token_ids.append(token)
+        if self.grammar is not None:
+            self.grammar.accept(token)
 
     @property
     def num_output_tokens(self) -> int:
@@ -210,6 +219,9 @@ def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
     adjust_logits_(logits, seqs, eos_token_id)
+    for row, seq in zip(logits, seqs):
+        if seq.grammar is not None:  # ban what the grammar does not allow next
+            seq.grammar.mask_logits_(row)
     tokens = logits.argmax(axis=-1)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if sampled:

@@ -11,14 +11,17 @@ import secrets
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 
-from nanovllm import __version__
+from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.limits import ServerLimits
+from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
+from nanovllm.server.request_id import RequestIdMiddleware
 from nanovllm.server.routes import router
+from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
 from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui import install_ui
 
@@ -71,15 +74,31 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
-              ui: bool = True) -> FastAPI:
+              ui: bool = True, chat_template: str | None = None,
+              enable_tokenizer_info: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
-    never a local path: it is public)."""
+    never a local path: it is public).
+
+    `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
+    `chat_template`); with neither, /v1/chat/completions is a 400.
+    """
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
-                  description="Completions, tokenization and metrics for a GPT-2 model.")
-    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats)
+                  description="Completions, chat, tokenization and metrics for a GPT-2 model.")
+    # Several engine replicas (server/ray_client.py): their stats, one labelled series each.
+    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
+                            if engine_loop.replica_stats is None else engine_loop.replica_stats)
+    tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
+    eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
+    template_text = chat_template or tok_config.get("chat_template")
+    template = None
+    if isinstance(template_text, str):
+        template = ChatTemplate(template_text, special_tokens(tok_config, eos))
+    info = tokenizer_info(tok_config, eos, engine_loop.max_model_len,
+                          template_text if template else None) if enable_tokenizer_info else None
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
-                                  metrics)
+                                  metrics, chat_template=template, tokenizer_info=info,
+                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
     app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
@@ -89,5 +108,6 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
-    app.add_middleware(InternalErrorMiddleware)  # added last: the outermost
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
     return app

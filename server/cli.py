@@ -10,6 +10,7 @@ socket is closed, the engine thread stops.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import signal
 import threading
@@ -48,6 +49,17 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--chat-template", default=None,
+                        help="Jinja chat template (a file, or the template itself) for "
+                             "/v1/chat/completions (default: the checkpoint's own, if any)")
+    parser.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                        help="serve GET /tokenizer_info (the tokenizer's configuration)")
+    parser.add_argument("--data-parallel-size", type=int, default=None, metavar="N",
+                        help="serve N engine replicas on Ray Serve behind this one endpoint "
+                             "(needs `pip install nanovllm[ray]`; default: one engine, no Ray)")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
+                             "default: $RAY_ADDRESS, else a local Ray instance)")
     add_limit_args(parser)
     add_engine_args(parser)
 
@@ -121,19 +133,27 @@ def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
     from nanovllm.server.app import build_app
+    from nanovllm.server.chat_template import load_chat_template
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
+    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
+    if args.ray_address and args.data_parallel_size is None:
+        raise ValueError("--ray-address needs --data-parallel-size")
     concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
     if concurrency < limits.limit_concurrency:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
-    loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+    if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
+        loop = start_ray_replicas(args)
+    else:
+        loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     name = args.served_model_name or served_name(args.model)
     app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
-                    ui=not args.disable_ui)
+                    ui=not args.disable_ui, chat_template=chat_template,
+                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
@@ -146,6 +166,16 @@ def run_serve(args: argparse.Namespace) -> int:
         loop.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def start_ray_replicas(args: argparse.Namespace):
+    if args.data_parallel_size < 1:
+        raise ValueError(f"--data-parallel-size must be at least 1, got {args.data_parallel_size}")
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--data-parallel-size needs Ray: pip install 'nanovllm[ray]'")
+    from nanovllm.server.ray_client import start_replicas
+
+    return start_replicas(args)
 
 
 class absorb_reraised_signals:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -28,11 +29,13 @@ from nanovllm.server.prompts import (
     check_request_size,
     check_response_size,
     check_supported,
+    echo_only,
     resolve_prompts,
     sampling_params,
 )
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
+from nanovllm.server.structured import constraint_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +57,27 @@ def engine_error(exc: BaseException) -> APIError:
     return internal_error("the engine failed a request", exc)
 
 
-def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: int) -> dict:
+def token_namer(req, tokenizer) -> Callable[[int], str]:
+    """How logprobs name a token: its text, or vLLM's "token_id:N" when the client asks for
+    return_tokens_as_token_ids (texts of partial UTF-8 tokens are ambiguous; ids are not)."""
+    if req.return_tokens_as_token_ids:
+        return lambda tid: f"token_id:{tid}"
+    return tokenizer.decode_token
+
+
+def legacy_logprobs(token_ids, step_logprobs, num_top: int, name: Callable[[int], str],
+                    offset: int) -> dict:
     tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
     for tid, step in zip(token_ids, step_logprobs, strict=False):
+        token = name(tid)
         if step is None or tid not in step:
-            token, lp, top = tokenizer.decode_token(tid), None, None
+            lp, top = None, None
         else:
-            token, lp = step[tid].decoded_token, max(step[tid].logprob, -9999.0)
+            lp = max(step[tid].logprob, -9999.0)
             ranked = [(tid, step[tid])] + sorted(
                 ((t, p) for t, p in step.items() if t != tid), key=lambda kv: kv[1].rank)
-            top = {p.decoded_token: max(p.logprob, -9999.0)
-                   for i, (_, p) in enumerate(ranked) if i <= num_top}
+            top = {name(t): max(p.logprob, -9999.0)
+                   for i, (t, p) in enumerate(ranked) if i <= num_top}
         text_offset.append(offset)
         offset += len(token)
         tokens.append(token)
@@ -72,6 +85,16 @@ def legacy_logprobs(token_ids, step_logprobs, num_top: int, tokenizer, offset: i
         top_logprobs.append(top)
     return {"tokens": tokens, "token_logprobs": token_logprobs,
             "top_logprobs": top_logprobs, "text_offset": text_offset}
+
+
+def prompt_logprobs_field(result) -> list | None:
+    """vLLM's `prompt_logprobs`: per prompt position None or {token id: Logprob}, -inf clamped."""
+    if result.prompt_logprobs is None:
+        return None
+    return [None if step is None else
+            {str(t): {"logprob": max(p.logprob, -9999.0), "rank": p.rank,
+                      "decoded_token": p.decoded_token} for t, p in step.items()}
+            for step in result.prompt_logprobs]
 
 
 def prompt_text(prompt: Prompt, tokenizer) -> str:
@@ -90,8 +113,16 @@ def echoed_prompt(req: CompletionRequest, prompt: Prompt, result,
     return prompt_text(prompt, tokenizer), list(prompt.token_ids), logprobs
 
 
+def generated(req: CompletionRequest, out) -> tuple[str, list[int], list | None]:
+    """A choice's own text, token ids and logprobs; nothing for echo with max_tokens 0 (the
+    engine ran one step, as vLLM does, but that token is not part of the answer)."""
+    if echo_only(req):
+        return "", [], [] if req.logprobs is not None else None
+    return out.text, list(out.token_ids), out.logprobs
+
+
 def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer) -> dict:
-    text, token_ids, logprobs = out.text, list(out.token_ids), out.logprobs
+    text, token_ids, logprobs = generated(req, out)
     if req.echo:
         echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tokenizer)
         text, token_ids = echo_text + text, echo_ids + token_ids
@@ -99,16 +130,22 @@ def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer)
             logprobs = echo_logprobs + list(logprobs or [])
     lp = None
     if req.logprobs is not None:
-        lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs, tokenizer, 0)
+        lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs,
+                             token_namer(req, tokenizer), 0)
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, "prompt_logprobs": None}
+            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result)}
 
 
-def usage(prompts: list[Prompt], results: dict) -> dict:
+def usage(prompts: list[Prompt], results: dict, count_generated: bool = True) -> dict:
+    """Token counts: each prompt once, every choice's generated tokens, and (as OpenAI always
+    does) how many prompt tokens the prefix cache supplied."""
     prompt_tokens = sum(len(p.token_ids) for p in prompts)
-    completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs)
+    completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs
+                            ) if count_generated else 0
+    cached = sum(r.num_cached_tokens for r in results.values())
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": None}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def build_response(req, ctx, request_id, created, prompts, results) -> dict:
@@ -118,7 +155,8 @@ def build_response(req, ctx, request_id, created, prompts, results) -> dict:
             choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine_loop.tokenizer)
             choices.append({"index": tag * req.n + out.index, **choice})
     return {"id": request_id, "object": "text_completion", "created": created,
-            "model": ctx.model_name, "choices": choices, "usage": usage(prompts, results),
+            "model": ctx.model_name, "choices": choices,
+            "usage": usage(prompts, results, not echo_only(req)),
             "system_fingerprint": None}
 
 
@@ -140,15 +178,15 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     if ignored := req.ignored_fields():
         logger.warning("The following fields were present in the request but ignored: %s",
                        quote(ignored, 200))
-    params = sampling_params(req)
+    params = sampling_params(req, structured=constraint_for(req, ctx.grammar_compiler))
     prompts = resolve_prompts(req.prompt, ctx.engine_loop, params)
-    check_response_size(req, prompts, limits, ctx.engine_loop.max_model_len)
+    check_response_size(params, prompts, bool(req.echo), limits, ctx.engine_loop.max_model_len)
     return prompts, params
 
 
-async def start(req, ctx: ServerContext, prompts: list[Prompt],
-                params: SamplingParams) -> RequestStream:
-    request_id = f"cmpl-{uuid.uuid4().hex}"
+async def start(req, ctx: ServerContext, prompts: list[Prompt], params: SamplingParams,
+                prefix: str = "cmpl") -> RequestStream:
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
     stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n, ctx.metrics.tracker())
     try:
         await stream.submit([p.token_ids for p in prompts], params)

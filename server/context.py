@@ -8,8 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from nanovllm import GrammarCompiler
 from nanovllm.engine_client import EngineClient
 from nanovllm.errors import quote
+from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
 
@@ -21,6 +23,9 @@ class ServerContext:
     model_root: str  # where the weights came from (the /v1/models "root")
     metrics: ServerMetrics
     created: int = field(default_factory=lambda: int(time.time()))
+    chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
+    tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
+    grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
 
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""

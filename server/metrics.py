@@ -9,7 +9,7 @@ HTTP side as outputs arrive, which is what a client experiences.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,7 +23,11 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 
 
 class EngineStatsCollector:
-    """Exposes the engine's EngineStats snapshot as gauges and counters."""
+    """Exposes the engine's EngineStats snapshot as gauges and counters.
+
+    `stats` returns one EngineStats, or a mapping replica -> EngineStats when the app serves
+    several engine replicas (server/ray_client.py); each replica is then one labelled series.
+    """
 
     GAUGES = (
         ("vllm:num_requests_running", "Number of requests in model execution batches.", "num_running"),
@@ -45,18 +49,21 @@ class EngineStatsCollector:
 
     def __init__(self, stats: Callable[[], object], model_name: str) -> None:
         self._stats = stats
-        self._labels = [model_name]
+        self._model_name = model_name
 
     def collect(self):
         stats = self._stats()
-        for name, doc, attr in self.GAUGES:
-            family = GaugeMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric(self._labels, float(getattr(stats, attr)))
-            yield family
-        for name, doc, attr in self.COUNTERS:
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric(self._labels, float(getattr(stats, attr)))
-            yield family
+        if isinstance(stats, Mapping):
+            names = ["model_name", "replica"]
+            series = [([self._model_name, replica], s) for replica, s in sorted(stats.items())]
+        else:
+            names, series = ["model_name"], [([self._model_name], stats)]
+        for kind, table in ((GaugeMetricFamily, self.GAUGES), (CounterMetricFamily, self.COUNTERS)):
+            for name, doc, attr in table:
+                family = kind(name, doc, labels=names)
+                for labels, s in series:
+                    family.add_metric(labels, float(getattr(s, attr)))
+                yield family
 
 
 class ServerMetrics:

@@ -27,7 +27,40 @@ class Prompt:
     text: str | None = None
 
 
+# vLLM request fields that would change the output and that this server does not implement:
+# refused when set, never silently ignored (falsy values ask for nothing and pass).
+UNSUPPORTED_FIELDS = (
+    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
+    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
+    "guided_whitespace_pattern", "structural_tag",
+)
+
+
+def max_tokens_of(req) -> int | None:
+    """max_completion_tokens (the chat API's newer name) wins over max_tokens, as in vLLM."""
+    return req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+
+
+def echo_only(req: CompletionRequest) -> bool:
+    """echo with max_tokens 0: return the prompt (and its logprobs) without generating."""
+    return bool(req.echo) and max_tokens_of(req) == 0
+
+
+def check_unsupported_fields(req) -> None:
+    extra = req.model_extra or {}
+    for name in UNSUPPORTED_FIELDS:
+        if extra.get(name) not in (None, False, [], {}, 0, ""):
+            raise bad_request(f"`{name}` is not supported by this server.", name)
+
+
 def check_supported(req: CompletionRequest) -> None:
+    check_unsupported_fields(req)
+    if max_tokens_of(req) == 0 and not req.echo:
+        raise bad_request("max_tokens must be at least 1 (0 is allowed only with echo, to "
+                          "return the prompt and its logprobs without generating).", "max_tokens")
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("`prompt_logprobs` are not available when `stream=True`.",
+                          "prompt_logprobs")
     if req.suffix is not None:
         raise bad_request("suffix is not supported by this server.", "suffix")
     if req.best_of is not None and req.best_of != req.n:
@@ -51,23 +84,29 @@ def check_request_size(req: CompletionRequest, limits: ServerLimits) -> None:
                           "(lower n or send fewer prompts).", "n")
 
 
-def check_response_size(req: CompletionRequest, prompts: list[Prompt], limits: ServerLimits,
-                        max_model_len: int) -> None:
+def check_response_size(params: SamplingParams, prompts: list[Prompt], echo: bool,
+                        limits: ServerLimits, max_model_len: int) -> None:
     """With logprobs, the response carries 1 + logprobs entries for every token (echoed prompt
-    tokens included, in every choice): refuse a request whose response could pass the limit."""
-    if req.logprobs is None:
+    tokens included, in every choice), and with prompt_logprobs 1 + prompt_logprobs for every
+    prompt token of every choice: refuse a request whose response could pass the limit."""
+    if params.logprobs is None and params.prompt_logprobs is None:
         return
     def most_tokens(p: Prompt) -> int:
-        new = req.max_tokens if req.max_tokens is not None else max_model_len - len(p.token_ids)
-        return new + (len(p.token_ids) if req.echo else 0)
+        n_prompt = len(p.token_ids)
+        new = params.max_tokens if params.max_tokens is not None else max_model_len - n_prompt
+        return new + (n_prompt if echo else 0)
 
-    tokens = req.n * sum(map(most_tokens, prompts))
-    entries = tokens * (1 + req.logprobs)
+    entries, param = 0, "prompt_logprobs"
+    if params.prompt_logprobs is not None:
+        entries += params.n * sum(len(p.token_ids) for p in prompts) * (1 + params.prompt_logprobs)
+    if params.logprobs is not None:
+        entries += params.n * sum(map(most_tokens, prompts)) * (1 + params.logprobs)
+        param = "logprobs"
     if entries > limits.max_logprob_entries_per_response:
         raise bad_request(
-            f"This response could carry {entries} logprobs ({tokens} tokens x (1 + logprobs="
-            f"{req.logprobs})); this server sends at most {limits.max_logprob_entries_per_response}"
-            " per response. Lower logprobs, n or max_tokens, or turn off echo.", "logprobs")
+            f"This response could carry {entries} logprobs (tokens x (1 + logprobs)); this "
+            f"server sends at most {limits.max_logprob_entries_per_response} per response. Lower "
+            "logprobs, prompt_logprobs, n or max_tokens, or turn off echo.", param)
 
 
 def split_prompts(raw: str | list) -> list[str | list[int]]:
@@ -84,8 +123,9 @@ def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> lis
     return prompts
 
 
-def sampling_params(req: CompletionRequest) -> SamplingParams:
-    """Build SamplingParams; its own ValueError (engine-side validation) becomes a 400.
+def sampling_params(req, **overrides) -> SamplingParams:
+    """Build SamplingParams from a completions (or chat: `overrides` are its differences)
+    request; its own ValueError (engine-side validation) becomes a 400.
 
     max_tokens null means "up to the context limit" for the engine as for vLLM. Temperatures
     pass through unclamped: the sampler clamps tiny ones as vLLM does.
@@ -103,14 +143,16 @@ def sampling_params(req: CompletionRequest) -> SamplingParams:
         stop=req.stop,
         stop_token_ids=req.stop_token_ids or None,
         ignore_eos=bool(req.ignore_eos),
-        max_tokens=req.max_tokens,
+        max_tokens=1 if echo_only(req) else max_tokens_of(req),  # vLLM runs one step
         min_tokens=req.min_tokens or 0,
         logprobs=req.logprobs,
-        prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
+        prompt_logprobs=req.prompt_logprobs if req.prompt_logprobs is not None
+        else req.logprobs if req.echo else None,
         include_stop_str_in_output=bool(req.include_stop_str_in_output),
         skip_special_tokens=req.skip_special_tokens is not False,
         logit_bias=_clamped_logit_bias(req.logit_bias),
     )
+    kwargs.update(overrides)
     try:
         return SamplingParams(**kwargs)
     except InvalidRequestError as exc:

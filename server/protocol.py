@@ -85,7 +85,19 @@ def _check_prompt_shape(value: Any) -> Any:
     raise ValueError(PROMPT_SHAPE)
 
 
-class CompletionRequest(OpenAIBaseModel):
+class StructuredOutputFields(OpenAIBaseModel):
+    """Structured-output fields (vLLM's and OpenAI's); server.structured checks and compiles
+    them. At most one may be set."""
+
+    structured_outputs: dict[str, Any] | None = None  # vLLM: json, regex, choice, grammar, json_object
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    response_format: dict[str, Any] | None = None  # OpenAI: text, json_object, json_schema
+
+
+class CompletionRequest(StructuredOutputFields):
     """POST /v1/completions body. Ranges are enforced here so the OpenAPI doc shows them."""
 
     model: str | None = None
@@ -97,7 +109,7 @@ class CompletionRequest(OpenAIBaseModel):
         None, max_length=MAX_LOGIT_BIAS_ENTRIES,
         description=f"Biases are clamped to {list(LOGIT_BIAS_RANGE)}, as OpenAI does.")
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: score the prompt
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
@@ -117,6 +129,9 @@ class CompletionRequest(OpenAIBaseModel):
     stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    return_tokens_as_token_ids: bool | None = False
+    max_completion_tokens: int | None = Field(None, ge=1)  # chat's name; wins over max_tokens
 
     # The only check of `prompt` here: Prompt, the annotation, documents it in the OpenAPI doc.
     @field_validator("prompt", mode="plain", json_schema_input_type=Prompt)
@@ -130,13 +145,6 @@ class CompletionRequest(OpenAIBaseModel):
         if v == "" or (isinstance(v, list) and "" in v):
             raise ValueError("stop strings must not be empty")
         return v
-
-
-class ChatCompletionRequest(OpenAIBaseModel):
-    """POST /v1/chat/completions body: validated only so that errors are precise."""
-
-    model: str | None = None
-    messages: list[dict[str, Any]] = Field(..., min_length=1)
 
 
 class TokenizeRequest(OpenAIBaseModel):

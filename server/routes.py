@@ -6,15 +6,16 @@ import asyncio
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
+from nanovllm.server.chat import chat_events, complete_chat, prepare_chat
+from nanovllm.server.chat_protocol import ChatCompletionRequest
 from nanovllm.server.completions import complete, prepare, prompt_chars, start
 from nanovllm.server.context import Ctx
-from nanovllm.server.errors import bad_request, error_response
+from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.protocol import (
-    ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
@@ -30,6 +31,7 @@ from nanovllm.server.schemas import (
     VersionResponse,
 )
 from nanovllm.server.streaming import SSEResponse, completion_events
+from nanovllm.server.structured import wants_structure
 from nanovllm.validation import check_prompt_text, check_token_ids
 
 router = APIRouter()
@@ -38,22 +40,26 @@ BIG_PROMPT_CHARS = 4_000  # tokenizing more than this takes long enough to matte
 STREAM_DOC = {200: {"content": {"text/event-stream": {}}}}
 
 
-async def off_loop_if_big(chars: int, fn, *args):
-    """fn(*args), in a worker thread if the prompt is big: tokenizing it would stall every
-    other request on the event loop; small prompts are cheaper to tokenize inline."""
-    if chars > BIG_PROMPT_CHARS:
+async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
+    """fn(*args), in a worker thread if the prompt is big (or the work `heavy`: compiling a
+    grammar): it would stall every other request on the event loop; small prompts are cheaper
+    to tokenize inline."""
+    if heavy or chars > BIG_PROMPT_CHARS:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
 
 
 @router.get("/health", responses={503: ERROR_RESPONSES[503]})
 async def health(ctx: Ctx) -> Response:
-    """200 while the engine thread is alive; 503 once it died."""
+    """200 while the engine thread is alive; 503 once it died. With engine replicas (Ray):
+    200 while one runs, with {"status": "degraded", ...} while some do not; 503 when none does."""
     error = ctx.engine_loop.error
     if error is not None:
         return error_response("The engine is dead; the server log says why.", 503)
     if not ctx.engine_loop.is_alive:
         return error_response("The engine is not running (it was shut down).", 503)
+    if degraded := ctx.engine_loop.degraded:
+        return JSONResponse({"status": "degraded", "message": degraded})
     return Response(status_code=200)
 
 
@@ -75,29 +81,24 @@ async def list_models(ctx: Ctx) -> ModelList:
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
     prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
-                                            raw.app.state.limits)
+                                            raw.app.state.limits, heavy=wants_structure(body))
     stream = await start(body, ctx, prompts, params)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
     return await complete(raw, body, ctx, prompts, stream)
 
 
-@router.post("/v1/chat/completions", responses=ERROR_RESPONSES)
-async def create_chat_completion(body: ChatCompletionRequest,
+@router.post("/v1/chat/completions", responses={**ERROR_RESPONSES, **STREAM_DOC})
+async def create_chat_completion(body: ChatCompletionRequest, raw: Request,
                                  ctx: Ctx) -> Response:
-    """Always 400: GPT-2 is a base model and its tokenizer has no chat template.
-
-    Design decision: like vLLM (which refuses chat requests when the tokenizer defines no
-    chat template) we answer 400 rather than invent a plain-text "User:/Assistant:"
-    template, because GPT-2 was never trained on one: a made-up template would return
-    rambling text that looks like a working chat API. The message names /v1/completions.
-    The body is still validated, and an unknown model is still a 404.
-    """
-    ctx.check_model(body.model)
-    raise bad_request(
-        f"The model `{ctx.model_name}` is a base GPT-2 model without a chat template, so "
-        "/v1/chat/completions is not supported. Send a plain-text prompt to "
-        "POST /v1/completions instead.", "messages")
+    """A 400 unless the server has a chat template (see server.chat)."""
+    chars = sum(len(str(m.get("content", ""))) for m in body.messages)
+    prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx, raw.app.state.limits,
+                                           heavy=wants_structure(body))
+    stream = await start(body, ctx, [prompt], params, prefix="chatcmpl")
+    if body.stream:
+        return SSEResponse(chat_events(body, ctx, prompt, stream), on_close=stream.close)
+    return await complete_chat(raw, body, ctx, prompt, stream)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
@@ -118,7 +119,17 @@ async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
         raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
                           f"length of {ctx.engine_loop.max_model_len}.", "tokens")
     check_token_ids(body.tokens, ctx.engine_loop.vocab_size, "tokens")
-    return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens)}
+    # Special tokens stay in the text, as vLLM's and HF's detokenize keep them.
+    return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+
+@router.get("/tokenizer_info", responses={404: ERROR_RESPONSES[404]})
+async def get_tokenizer_info(ctx: Ctx) -> dict:
+    """vLLM's: served only with --enable-tokenizer-info-endpoint (a 404 otherwise)."""
+    if ctx.tokenizer_info is None:
+        raise APIError("Not Found: GET /tokenizer_info (start the server with "
+                       "--enable-tokenizer-info-endpoint)", 404)
+    return ctx.tokenizer_info
 
 
 @router.get("/metrics", response_class=Response,

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 from starlette.responses import StreamingResponse
 
-from nanovllm.server.completions import echoed_prompt, engine_error, legacy_logprobs, usage
+from nanovllm.server.completions import (
+    echoed_prompt,
+    engine_error,
+    generated,
+    legacy_logprobs,
+    token_namer,
+    usage,
+)
 from nanovllm.server.errors import APIError
-from nanovllm.server.prompts import Prompt
+from nanovllm.server.prompts import Prompt, echo_only
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
 
@@ -59,10 +66,11 @@ class ChoiceState:
 
 def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: ChoiceState, tok) -> dict | None:
     """The next chunk's choice for one output, or None when there is nothing new to say."""
-    text = out.text[st.text_len:]
-    new_ids, new_lps = list(out.token_ids[st.num_tokens:]), None
+    all_text, all_ids, all_lps = generated(req, out)
+    text = all_text[st.text_len:]
+    new_ids, new_lps = all_ids[st.num_tokens:], None
     if req.logprobs is not None:
-        new_lps = list((out.logprobs or [])[st.num_tokens:st.num_tokens + len(new_ids)])
+        new_lps = list((all_lps or [])[st.num_tokens:st.num_tokens + len(new_ids)])
     finished = out.finish_reason is not None
     if not st.started and req.echo:
         echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tok)
@@ -74,9 +82,10 @@ def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: Choice
         return None
     lp = None
     if req.logprobs is not None:
-        lp = legacy_logprobs(new_ids, new_lps or [None] * len(new_ids), req.logprobs, tok, st.offset)
+        lp = legacy_logprobs(new_ids, new_lps or [None] * len(new_ids), req.logprobs,
+                             token_namer(req, tok), st.offset)
         st.offset += sum(len(t) for t in lp["tokens"])
-    st.text_len, st.num_tokens = len(out.text), len(out.token_ids)
+    st.text_len, st.num_tokens = len(all_text), len(all_ids)
     st.started, st.finished = True, finished
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
             "stop_reason": out.stop_reason}
@@ -102,11 +111,11 @@ async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
                     choice = delta_choice(req, prompts[tag], batch[tag], out, st, tok)
                     if choice is not None:
                         choices.append({"index": tag * req.n + out.index, **choice})
-            running = usage(prompts, final) if continuous else None
+            running = usage(prompts, final, not echo_only(req)) if continuous else None
             for choice in choices:  # one choice per chunk, like vLLM and OpenAI
                 yield sse({**head, "choices": [choice], "usage": running})
         if options and options.include_usage:
-            yield sse({**head, "choices": [], "usage": usage(prompts, final)})
+            yield sse({**head, "choices": [], "usage": usage(prompts, final, not echo_only(req))})
     except Exception as exc:
         error = exc if isinstance(exc, APIError) else engine_error(exc)
         yield sse(error.body())

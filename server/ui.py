@@ -5,20 +5,31 @@ under /ui/api/ is data and follows the --api-key rule of /v1/* (app.APIKeyMiddle
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
-Each view of the page reads one JSON endpoint here; a new view is one more route on `router`.
+Each view of the page reads one JSON endpoint here; a new view is one more route on `router`:
+/ui/api/info (the header and the playground's limits), /ui/api/engine (the engine view, polled
+a few times a second: a snapshot the engine thread takes between two steps) and
+/ui/api/attention (one head's attention over a short prompt, computed in a worker thread,
+one prompt at a time).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nanovllm import __version__
+from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.limits import MAX_LOGPROBS, MAX_N
 from nanovllm.server.context import Ctx
+from nanovllm.server.errors import APIError, bad_request, error_response
+from nanovllm.validation import check_token_ids
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/ui/api"  # the page's data: protected like /v1 when the server has an API key
@@ -31,6 +42,12 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+
+SNAPSHOT_TIMEOUT = 10.0  # seconds a poll waits for the engine to pause between two steps
+# The attention view: a whole forward pass without a KV cache per request, and T x T numbers
+# per head on the page, so prompts stay short.
+MAX_ATTENTION_TOKENS = 64
+MAX_ATTENTION_CHARS = 4096  # checked before tokenizing
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,10 +63,79 @@ async def info(ctx: Ctx) -> dict:
     return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine_loop.is_dummy,
             "max_model_len": ctx.engine_loop.max_model_len,
             "vocab_size": ctx.engine_loop.vocab_size, "max_logprobs": MAX_LOGPROBS,
-            "max_n": MAX_N, "version": __version__}
+            "max_n": MAX_N, "n_layer": ctx.engine_loop.n_layer, "n_head": ctx.engine_loop.n_head,
+            "max_attention_tokens": _max_attention_tokens(ctx.engine_loop),
+            "version": __version__}
+
+
+@router.get(f"{API_PREFIX}/engine")
+async def engine(ctx: Ctx) -> JSONResponse:
+    """The KV block pool, the queues and the recent steps (nanovllm.snapshot.EngineSnapshot)."""
+    try:
+        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine_loop.snapshot()),
+                                          SNAPSHOT_TIMEOUT)
+    except (EngineDeadError, RequestAborted) as exc:
+        return error_response(str(exc), 503)
+    except TimeoutError:
+        return error_response(f"The engine did not pause between two steps within "
+                              f"{SNAPSHOT_TIMEOUT:g} s.", 503)
+    return JSONResponse(snapshot.to_dict())
+
+
+class AttentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_ATTENTION_CHARS)
+    layer: StrictInt = Field(0, ge=0)
+    head: StrictInt = Field(0, ge=0)
+
+
+@router.post(f"{API_PREFIX}/attention")
+async def attention(body: AttentionRequest, raw: Request, ctx: Ctx) -> JSONResponse:
+    """How much each token of `prompt` attends to each earlier one in one layer and head."""
+    client = ctx.engine_loop
+    if body.layer >= client.n_layer:
+        raise bad_request(f"layer must be below n_layer={client.n_layer}, got {body.layer}.",
+                          "layer")
+    if body.head >= client.n_head:
+        raise bad_request(f"head must be below n_head={client.n_head}, got {body.head}.", "head")
+    busy: threading.Lock = raw.app.state.attention_busy
+    return JSONResponse(await asyncio.to_thread(attention_map, client, busy, body))
+
+
+def _max_attention_tokens(client: EngineClient) -> int:
+    return min(MAX_ATTENTION_TOKENS, client.max_model_len)
+
+
+def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionRequest) -> dict:
+    """The response of /ui/api/attention, in a worker thread: neither the event loop nor the
+    engine thread computes it. One at a time per app: `busy` is held while computing, so a
+    client that hangs up does not free the slot before its thread is done."""
+    token_ids = client.tokenizer.encode(body.prompt)
+    limit = _max_attention_tokens(client)
+    if not 0 < len(token_ids) <= limit:
+        raise bad_request(f"The attention view takes prompts of 1 to {limit} tokens; this "
+                          f"prompt is {len(token_ids)} tokens.", "prompt")
+    check_token_ids(token_ids, client.vocab_size, "prompt")  # a tokenizer larger than the model
+    if not busy.acquire(blocking=False):
+        raise APIError("The server computes one attention map at a time and is busy with "
+                       "another; try again in a moment.", 429)
+    try:
+        probs = client.attention_weights(token_ids)[body.layer, body.head]  # [T, T]
+    except (EngineDeadError, RequestAborted) as exc:
+        raise APIError(str(exc), 503) from None
+    finally:
+        busy.release()
+    rows = np.round(probs.astype(np.float64), 4).tolist()
+    return {"token_ids": token_ids,
+            "tokens": [client.tokenizer.decode_token(t) for t in token_ids],
+            "layer": body.layer, "head": body.head,
+            "n_layer": client.n_layer, "n_head": client.n_head,
+            # Row i is token i's attention over tokens 0..i (causal: the rest is 0).
+            "weights": [row[:i + 1] for i, row in enumerate(rows)]}
 
 
 def install_ui(app: FastAPI) -> None:
     """Serve the page at /ui and its files at /ui/static (left out with --disable-ui)."""
+    app.state.attention_busy = threading.Lock()
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

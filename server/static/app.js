@@ -1,64 +1,15 @@
 // nanovllm's web page. Plain JavaScript, no framework, no build step: read it top to bottom.
+// This file starts the page (model info, API key, tabs) and runs the playground; the engine
+// view is engine.js, the attention view attention.js, and api.js what they all share.
 //
 // The playground is an ordinary client of POST /v1/completions: it streams server-sent
 // events with fetch() and a ReadableStream, asks for `logprobs` and draws every token
 // coloured by its probability. The page's own data comes from /ui/api/*. With --api-key
 // both need `Authorization: Bearer <key>`; the key is asked for once and kept in this tab.
 
-const $ = (selector) => document.querySelector(selector);
-const KEY_STORAGE = "nanovllm-api-key";
-
-// ---- talking to the server ------------------------------------------------------------
-
-function authHeaders() {
-  const key = sessionStorage.getItem(KEY_STORAGE);
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-class HTTPError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
-
-// The server answers every failure as {"error": {"message", ...}}; anything else (a proxy's
-// HTML page, say) is reported by its status line.
-async function errorOf(response) {
-  let message = `${response.status} ${response.statusText}`;
-  try {
-    message = (await response.json()).error.message ?? message;
-  } catch { /* not our JSON: keep the status line */ }
-  return new HTTPError(response.status, message);
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { "Content-Type": "application/json", ...authHeaders(), ...options.headers },
-  });
-  if (!response.ok) throw await errorOf(response);
-  return response;
-}
-
-// Yields the `data:` payload of each server-sent event as it arrives.
-async function* sseData(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value;
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      for (const line of event.split("\n")) {
-        if (line.startsWith("data: ")) yield line.slice("data: ".length);
-      }
-    }
-  }
-}
+import { $, api, HTTPError, KEY_STORAGE, sseData } from "./api.js";
+import { createAttentionView } from "./attention.js";
+import { createEngineView } from "./engine.js";
 
 // ---- start-up: model info, the random-weights notice, the API key ----------------------
 
@@ -81,6 +32,7 @@ function showInfo(info) {
   form.max_tokens.max = info.max_model_len;
   form.logprobs.max = info.max_logprobs;
   form.n.max = info.max_n;
+  attentionView.setup(info);
   selectTab("playground");
 }
 
@@ -108,6 +60,8 @@ $("#forget-key").addEventListener("click", () => {
 // ---- tabs ------------------------------------------------------------------------------
 
 const tabs = [...document.querySelectorAll("[role=tab]")];
+const engineView = createEngineView({ onUnauthorized: askForKey });
+const attentionView = createAttentionView({ onUnauthorized: askForKey });
 
 function selectTab(id) {
   for (const tab of tabs) {
@@ -115,6 +69,9 @@ function selectTab(id) {
     tab.setAttribute("aria-selected", String(selected));
     document.getElementById(tab.getAttribute("aria-controls")).hidden = !selected;
   }
+  // The engine view polls only while it is shown.
+  if (id === "engine") engineView.start();
+  else engineView.stop();
 }
 
 for (const tab of tabs) {

@@ -21,6 +21,8 @@ def test_async_engine_provides_the_whole_interface(make_engine):
                                  "is_alive", "error", "tokenizer", "max_model_len",
                                  "vocab_size", "shutdown"}
     assert [n for n in sorted(interface_names()) if not hasattr(client, n)] == []
+    assert isinstance(client, EngineClient)  # the same check, as the protocol makes it
+    assert client.degraded is None and client.replica_stats is None  # one engine, in one piece
 
 
 def test_the_server_uses_nothing_outside_the_interface():

@@ -8,6 +8,7 @@ open and one with an API key, each on its own free port. Tests talk to them with
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -16,6 +17,9 @@ from server_helpers import API_KEY, MODEL, LiveServer, make_engine, serve
 
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.server.app import build_app
+from nanovllm.server.chat_template import load_chat_template
+
+GPT2_CHAT_TEMPLATE = Path(__file__).parents[2] / "examples" / "chat_template_gpt2.jinja"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,28 @@ def live_auth(engine_loop) -> Iterator[LiveServer]:
     srv = serve(build_app(engine_loop, served_model_name=MODEL, api_key=API_KEY), engine_loop)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def live_chat(engine_loop, tiny_ckpt) -> Iterator[LiveServer]:
+    """Served with the example chat template and /tokenizer_info."""
+    template = load_chat_template(str(GPT2_CHAT_TEMPLATE))
+    srv = serve(build_app(engine_loop, served_model_name=MODEL, chat_template=template,
+                          enable_tokenizer_info=True), engine_loop)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def chat_client(live_chat) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_chat.url}/v1", api_key="unused", max_retries=0,
+                         timeout=60)
+
+
+@pytest.fixture
+def chat_http(live_chat) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_chat.url, timeout=60) as c:
+        yield c
 
 
 @pytest.fixture

@@ -84,3 +84,35 @@ def test_unreachable_hub_with_fallback_serves_random_weights(spawn):
         err = c.post("/v1/completions", json={"prompt": " hello" * 1100, "max_tokens": 16}).json()
         assert "maximum context length is 1024 tokens" in err["error"]["message"]
     assert srv.stop() == 0
+
+
+def test_chat_template_from_the_checkpoint_or_the_flag(spawn, tiny_ckpt, tmp_path):
+    """The checkpoint's tokenizer_config.json chat_template serves chat; --chat-template wins."""
+    import shutil
+
+    ckpt = tmp_path / "chatty"
+    shutil.copytree(tiny_ckpt, ckpt)
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    own = spawn(str(ckpt), "--num-kv-blocks", "64", "--enable-tokenizer-info-endpoint")
+    flag = spawn(str(ckpt), "--num-kv-blocks", "64", "--chat-template",
+                 str(REPO / "examples" / "chat_template_gpt2.jinja"))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    for srv, rendered in ((own, "<hi>"), (flag, "User: hi\nAssistant:")):
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            expected = c.post("/tokenize", json={"prompt": rendered}).json()["count"]
+            resp = c.post("/v1/chat/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["usage"]["prompt_tokens"] == expected
+    with httpx.Client(base_url=own.url, timeout=30) as c:
+        assert c.get("/tokenizer_info").json()["chat_template"] == config["chat_template"]
+    with httpx.Client(base_url=flag.url, timeout=30) as c:
+        assert c.get("/tokenizer_info").status_code == 404
+
+
+def test_a_chat_template_path_that_does_not_exist_is_a_one_line_error(spawn, tiny_ckpt):
+    srv = spawn(str(tiny_ckpt), "--chat-template", "no/such/template.jinja")
+    assert srv.proc.wait(60) == 2
+    assert "looks like a file path" in srv.log and "Traceback" not in srv.log

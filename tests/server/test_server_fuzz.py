@@ -14,6 +14,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from server_helpers import wait_idle
@@ -22,8 +23,11 @@ MAX_EXAMPLES = 30
 OPERATIONS = [
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
-    ("GET", "/metrics"),
+    ("GET", "/metrics"), ("GET", "/tokenizer_info"),
 ]
+# The web page's routes (server/ui.py) stay out of the OpenAPI document and take no body or
+# parameters: they are fuzzed with arbitrary query strings instead.
+UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,18 @@ def api_schema(live):
 def test_every_operation_is_fuzzed(api_schema):
     listed = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
     assert listed == set(OPERATIONS)
+
+
+@pytest.mark.parametrize(("method", "path"), UI_OPERATIONS, ids=[p for _, p in UI_OPERATIONS])
+def test_ui_routes_have_no_server_errors(live, method, path):
+    @given(query=st.dictionaries(st.text(max_size=20), st.text(max_size=80), max_size=4))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(query):
+        response = httpx.request(method, live.url + path, params=query, timeout=30)
+        assert response.status_code == 200, (query, response.text)
+
+    check()
 
 
 CASES = [(m, p, mode) for m, p in OPERATIONS for mode in GenerationMode
@@ -68,3 +84,35 @@ def test_no_server_errors(api_schema, method, path, mode):
 def test_engine_survived_the_fuzzing(live):
     assert live.engine.is_alive
     wait_idle(live.engine, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chat_schema(live_chat):
+    """The document of the server with a chat template, so that chat requests really run."""
+    doc = httpx.get(f"{live_chat.url}/openapi.json").json()
+    props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    for name, ceiling in (("max_tokens", 8), ("max_completion_tokens", 8), ("n", 3)):
+        for option in props[name].get("anyOf", [props[name]]):
+            if option.get("type") == "integer":
+                option["maximum"] = ceiling
+    schema = schemathesis.openapi.from_dict(doc)
+    schema.config.update(base_url=live_chat.url, request_timeout=30)
+    return schema
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_chat_with_a_template_has_no_server_errors(chat_schema, live_chat, mode):
+    operation = chat_schema["/v1/chat/completions"]["POST"]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case):
+        if isinstance(case.body, dict) and case.body.get("max_tokens") is None \
+                and case.body.get("max_completion_tokens") is None:
+            case.body["max_tokens"] = 8  # keep valid cases quick; "up to the context" is tested
+        response = case.call()
+        assert response.status_code < 500, (case.body, response.text)
+
+    check()
+    wait_idle(live_chat.engine, timeout=30)

@@ -37,7 +37,7 @@ BAD_FIELDS = [
     ({"repetition_penalty": 0}, "repetition_penalty", "repetition_penalty"),
     ({"n": 0}, "n", "greater than or equal to 1"),
     ({"n": 100000}, "n", "less than or equal to 128"),
-    ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ({"max_tokens": 0}, "max_tokens", "0 is allowed only with echo"),
     ({"max_tokens": -5}, "max_tokens", "max_tokens"),
     ({"max_tokens": "many"}, "max_tokens", "valid integer"),
     ({"max_tokens": 1.5}, "max_tokens", "max_tokens"),

@@ -1,0 +1,118 @@
+"""The engine at one moment between two steps, as plain values: what the web page's engine view
+draws (the KV block pool, the running and waiting queues, the recent steps).
+
+`take_snapshot` reads the scheduler and the block manager directly, so it must run on the
+thread that steps the engine (AsyncEngine calls it there, between steps, when someone asked).
+It copies compact arrays, one entry per block, and one short record per listed sequence:
+nothing that grows with the tokens in the cache, so it costs a small fraction of a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nanovllm.block_manager import BlockManager
+    from nanovllm.scheduler import Scheduler
+    from nanovllm.sequence import Sequence
+
+# Each queue lists at most this many sequences (its head); its length is always given whole.
+MAX_LISTED_SEQS = 256
+
+
+@dataclass(slots=True)
+class StepStats:
+    """One engine step (LLMEngine.last_step, and the engine view's strip of recent steps)."""
+
+    num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
+    num_decode_tokens: int = 0   # one per sequence that generated from its last token
+    seconds: float = 0.0
+    num_seqs: int = 0
+    num_preemptions: int = 0     # sequences preempted while this step was scheduled
+
+
+@dataclass(slots=True)
+class SeqView:
+    """One sequence's progress: its prompt computed in chunks, then its tokens generated."""
+
+    seq_id: int                 # the id the block pool's `owner` refers to
+    request_id: str
+    index: int                  # which of the request's n samples
+    num_prompt_tokens: int
+    num_computed_tokens: int    # tokens whose K/V are in the cache (prompt first, then output)
+    num_cached_tokens: int      # of the prompt, found in the prefix cache rather than computed
+    num_output_tokens: int
+    max_tokens: int | None      # None: up to the context length
+    num_blocks: int
+    num_preemptions: int        # times its blocks were taken back and its tokens recomputed
+
+
+@dataclass(slots=True)
+class BlockPool:
+    """The KV blocks, one entry per block id in each list."""
+
+    block_size: int
+    owner: list[int]      # seq id of the oldest running sequence holding the block; -1: free
+    ref_count: list[int]  # sequences holding it; 2 or more: shared through the prefix cache
+    cached: list[bool]    # findable in the prefix cache; a free cached block is reused as is
+
+
+@dataclass(slots=True)
+class EngineSnapshot:
+    num_steps: int                 # steps taken so far; `steps[-1]` is the last of them
+    blocks: BlockPool
+    running: list[SeqView]         # admission order
+    waiting: list[SeqView]         # queue order: the next admitted first
+    num_running: int               # sequences (a request with n samples has n)
+    num_waiting: int
+    num_preemptions_total: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    steps: list[StepStats]         # the most recent steps, oldest first
+
+    def to_dict(self) -> dict:
+        """JSON-ready, without dataclasses.asdict's deep copy of every list."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        blocks = self.blocks
+        fields["blocks"] = {"block_size": blocks.block_size, "owner": blocks.owner,
+                            "ref_count": blocks.ref_count, "cached": blocks.cached}
+        for queue in ("running", "waiting"):
+            fields[queue] = [_record(s) for s in fields[queue]]
+        fields["steps"] = [_record(s) for s in self.steps]
+        return fields
+
+
+def _record(value) -> dict:
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) -> EngineSnapshot:
+    """The engine's state now; call it only from the thread that steps the engine."""
+    bm = scheduler.block_manager
+    running, waiting = scheduler.running, scheduler.waiting
+    return EngineSnapshot(
+        num_steps=num_steps, blocks=_block_pool(bm, running),
+        running=[_seq_view(s) for s in running[:MAX_LISTED_SEQS]],
+        waiting=[_seq_view(s) for s in islice(waiting, MAX_LISTED_SEQS)],
+        num_running=len(running), num_waiting=len(waiting),
+        num_preemptions_total=scheduler.num_preemptions, max_num_seqs=scheduler.max_num_seqs,
+        max_num_batched_tokens=scheduler.max_num_batched_tokens, steps=steps)
+
+
+def _block_pool(bm: BlockManager, running: list[Sequence]) -> BlockPool:
+    owner = [-1] * bm.num_blocks
+    for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
+        for block_id in seq.block_table:
+            owner[block_id] = seq.seq_id
+    cached = [False] * bm.num_blocks
+    for block_id in bm.hash_to_block_id.values():
+        cached[block_id] = True
+    return BlockPool(bm.block_size, owner, [b.ref_count for b in bm.blocks], cached)
+
+
+def _seq_view(seq: Sequence) -> SeqView:
+    return SeqView(seq.seq_id, seq.request.request_id, seq.index, seq.num_prompt_tokens,
+                   seq.num_computed_tokens, seq.num_cached_tokens, seq.num_output_tokens,
+                   seq.params.max_tokens, len(seq.block_table), seq.num_preemptions)

@@ -1,0 +1,90 @@
+"""Structured outputs, the request side: compile and check a grammar for the engine's vocabulary.
+
+llguidance does the grammar work (JSON schema, regex, Lark/GBNF): it runs on CPU, needs no
+torch, builds each matcher lazily (no up-front automaton over the whole vocabulary) and bounds
+its own per-token work. It is an optional dependency (`pip install nanovllm[structured]`).
+
+GrammarCompiler turns a request's constraint into a CompiledGrammar (runner/structured.py),
+which travels in SamplingParams.structured; the runner gives each of the request's sequences
+its own matcher from it and bans, just before sampling, what the grammar does not allow.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import TYPE_CHECKING, Any
+
+from nanovllm.errors import InvalidRequestError
+from nanovllm.runner.structured import CompiledGrammar
+
+if TYPE_CHECKING:
+    from nanovllm.tokenizer import Tokenizer
+
+INSTALL_HINT = "structured outputs need llguidance: pip install 'nanovllm[structured]'"
+
+
+class _TokenizerAdapter:
+    """What llguidance.TokenizerWrapper reads from a tokenizer, taken from ours."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.eos_token_id = tok.eos_token_id
+        self.bos_token_id = None
+        self.tokens = tok.token_bytes
+        self.special_token_ids = sorted(tok.special_ids)
+        self._encode = tok.encode
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._encode(text)
+
+
+class GrammarCompiler:
+    """Compiles and checks grammars for one tokenizer. llguidance's view of the vocabulary is
+    built on first use (it takes a moment for GPT-2's), then shared by every request."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ll_tokenizer = None
+        self._lock = threading.Lock()
+
+    def _ll(self):
+        try:
+            import llguidance
+        except ImportError:
+            raise InvalidRequestError(INSTALL_HINT, "structured_outputs") from None
+        with self._lock:
+            if self._ll_tokenizer is None:
+                wrapper = llguidance.TokenizerWrapper(_TokenizerAdapter(self._tokenizer))
+                self._ll_tokenizer = llguidance.LLTokenizer(wrapper)
+            return self._ll_tokenizer
+
+    def compile(self, kind: str, value: Any, param: str) -> CompiledGrammar:
+        """kind: "json" (a schema), "regex", "choice" (a list of strings) or "grammar" (Lark, or
+        GBNF as llama.cpp writes it). A malformed one is an InvalidRequestError naming `param`."""
+        tokenizer = self._ll()
+        import llguidance
+
+        try:
+            grammar = _grammar_text(llguidance, kind, value)
+            error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            error = str(exc)
+        if error:
+            raise InvalidRequestError(f"Invalid {param}: {error}", param)
+        return CompiledGrammar(grammar, tokenizer)
+
+
+# Our kinds, as llguidance.grammar_from names them ("grammar": Lark, or GBNF as llama.cpp writes).
+_FORMATS = {"regex": "regex", "choice": "choice", "grammar": "grammar"}
+# JSON without optional whitespace (", " and ": " separators): a small model given the freedom
+# fills its token budget with blanks. A schema may still ask otherwise through "x-guidance".
+JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+def _grammar_text(llguidance, kind: str, value: Any) -> str:
+    if kind == "json":
+        return llguidance.LLMatcher.grammar_from_json_schema(value, defaults=JSON_OPTIONS)
+    text = value if kind != "choice" else json.dumps(value)
+    return llguidance.grammar_from(_FORMATS[kind], text)

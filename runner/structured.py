@@ -1,0 +1,76 @@
+"""Structured outputs in the runner: each constrained sequence's grammar matcher.
+
+The request side (nanovllm/structured.py) compiles and checks a grammar into a CompiledGrammar,
+which travels in SamplingParams.structured. When the runner first sees a sequence that carries
+one, it gives the sequence its own GrammarMatcher, kept in its SequenceState: the sampler asks
+it to ban what the grammar does not allow just before sampling, and the runner advances it with
+every token the sequence takes. It lives and dies with that state: kept while the sequence is
+preempted, dropped when it finishes. Once the grammar is complete llguidance allows only EOS,
+which finishes the sequence; a matcher in error (it refused a token) does the same.
+
+llguidance (the optional 'structured' extra) is imported only when a constrained sequence
+arrives: requests without a constraint never touch this module's machinery.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGrammar:
+    """One request's grammar, compiled and checked; shared by all of its sequences."""
+    grammar: str       # llguidance's serialized grammar
+    tokenizer: Any     # llguidance.LLTokenizer over the engine's vocabulary
+
+
+def apply_token_bitmask_(logits: np.ndarray, bitmask: np.ndarray) -> None:
+    """Sets, in place, the logits of the tokens whose bit is 0 in `bitmask` (llguidance's
+    packed int32 words, token i at bit i % 32 of word i // 32) to -inf. Ids past the mask's
+    end are not in the grammar's vocabulary: they are banned too."""
+    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little").view(bool)
+    n = min(len(allowed), logits.shape[-1])
+    logits[:n][~allowed[:n]] = -np.inf
+    logits[n:] = -np.inf
+
+
+class GrammarMatcher:
+    """One sequence's llguidance matcher and the bitmask buffer it fills each step."""
+
+    __slots__ = ("_matcher", "_bitmask", "_eos_token_id")
+
+    def __init__(self, grammar: CompiledGrammar, eos_token_id: int) -> None:
+        import llguidance
+        import llguidance.numpy as lnp
+
+        self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
+        self._bitmask = lnp.allocate_token_bitmask(1, grammar.tokenizer.vocab_size)
+        self._eos_token_id = eos_token_id
+
+    def mask_logits_(self, logits: np.ndarray) -> None:
+        """Bans, in place, every token the grammar does not allow next."""
+        from llguidance.numpy import fill_next_token_bitmask
+
+        if self._matcher.is_error():
+            logits[:] = -np.inf
+            logits[self._eos_token_id] = 0.0
+            return
+        fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        apply_token_bitmask_(logits, self._bitmask[0])
+
+    def accept(self, token: int) -> None:
+        """Advances past the sequence's new token (one the mask allowed, so normally fine)."""
+        if not self._matcher.consume_token(token):
+            logger.warning("grammar matcher refused token %d (%s); ending the sequence",
+                           token, self._matcher.get_error())
+
+    @property
+    def is_complete(self) -> bool:
+        """The grammar has matched a whole output and allows nothing more but EOS."""
+        return self._matcher.is_stopped()

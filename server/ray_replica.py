@@ -1,0 +1,172 @@
+"""One engine replica of a Ray Serve deployment, and the prefix-affinity router in front of them.
+
+Each replica is a Ray actor that owns one LLMEngine on its own thread, exactly as `nanovllm
+serve` does (an AsyncEngine). `generate` streams one request's outputs back through Ray as
+they come, coalesced if the caller falls behind (outputs are cumulative). Nothing here knows
+HTTP: the ingress (ray_client.RayEngineClient under the usual FastAPI app) does.
+
+Imported only when --data-parallel-size is given: it imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+from ray import serve
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from nanovllm import EngineConfig, LLMEngine, SamplingParams
+from nanovllm.async_engine import AsyncEngine
+from nanovllm.engine import EngineStats
+from nanovllm.engine_client import ACCEPTED
+from nanovllm.server.request_stream import QueueSink
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+
+
+@dataclass(slots=True)
+class ReplicaInfo:
+    """What the ingress needs to check and tokenize requests without an engine of its own."""
+
+    replica_id: str
+    pid: int
+    threads: int  # numba's thread pool, sized to the replica's CPUs
+    model_path: str
+    is_dummy: bool  # random weights: the text is noise
+    max_model_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    block_size: int
+    num_kv_blocks: int
+    max_waiting_seqs: int
+    eos_token_id: int
+    tokenizer_files: dict[str, bytes]  # shipped: the ingress may run on another machine
+
+
+class EngineReplica:
+    """The Ray Serve deployment class (wrapped by serve.deployment in ray_client.deploy)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._engine = LLMEngine(config)
+        self._loop = AsyncEngine(self._engine).start()
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+
+    def describe(self) -> ReplicaInfo:
+        engine = self._engine
+        tok_dir = Path(engine.config.tokenizer or engine.model_path)
+        files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).exists()}
+        return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
+                           str(engine.model_path), engine.is_dummy,
+                           engine.max_model_len, engine.vocab_size,
+                           engine.model_config.n_layer, engine.model_config.n_head,
+                           engine.config.block_size,
+                           engine.num_kv_blocks, engine.config.max_waiting_seqs,
+                           engine.tokenizer.eos_token_id, files)
+
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams):
+        """Yields (replica_id, items, stats): ACCEPTED, RequestOutputs or one exception.
+
+        Exceptions travel as items, not raised, so the ingress gets the engine's own error
+        types back; a cancelled call (client gone, ingress abort) aborts the engine request.
+        `stats` is (when, EngineStats): the streams of concurrent requests may arrive in
+        any order, so the ingress keeps the latest snapshot by `when`.
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+        sink = QueueSink(asyncio.get_running_loop(), queue, 0)
+        try:
+            self._loop.add_request(request_id, prompt_ids, params, sink)
+        except Exception as exc:  # EngineDeadError, RequestAborted
+            yield self.replica_id, [exc], self._stats()
+            return
+        finished = False
+        try:
+            while not finished:
+                items = [(await queue.get())[1]]
+                while not queue.empty():
+                    items.append(queue.get_nowait()[1])
+                items = coalesce(items)
+                finished = any(is_last(item) for item in items)
+                yield self.replica_id, items, self._stats()
+        finally:
+            if not finished:
+                self._loop.abort([request_id])
+
+    def _stats(self) -> tuple[int, EngineStats]:
+        return time.monotonic_ns(), self._loop.stats
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve: a dead engine thread makes Ray replace this replica."""
+        if not self._loop.is_alive:
+            raise RuntimeError(f"engine of replica {self.replica_id} is dead: {self._loop.error!r}")
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.shutdown(timeout=2.0)
+
+
+def is_last(item) -> bool:
+    return isinstance(item, BaseException) or (item is not ACCEPTED and item.finished)
+
+
+def coalesce(items: list) -> list:
+    """Outputs are cumulative: of several queued ones only the latest matters."""
+    outputs = [i for i in items if not (i is ACCEPTED or isinstance(i, BaseException))]
+    return ([i for i in items if i is ACCEPTED] + outputs[-1:]
+            + [i for i in items if isinstance(i, BaseException)])
+
+
+class PrefixAffinityRouter(RequestRouter):
+    """Requests whose prompts start with the same tokens go to the same replica (its prefix
+    cache holds them), unless that replica is busier than the least busy one by more than
+    `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
+    choices on queue length (Ray Serve's default).
+
+    The preferred replica is chosen by rendezvous hashing of the first `prefix_tokens`
+    prompt tokens (one KV block by default) over the live replicas, so when a replica dies
+    or joins only the prefixes it owned move.
+    """
+
+    def initialize_state(self, prefix_tokens: int = 16, imbalanced_threshold: int = 4,
+                         affinity: bool = True) -> None:
+        self.prefix_tokens = prefix_tokens
+        self.imbalanced_threshold = imbalanced_threshold
+        self.affinity = affinity
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None,
+                              ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        pair = random.sample(candidate_replicas, min(2, len(candidate_replicas)))
+        key = self._prefix_key(pending_request)
+        if key is None or not self.affinity:
+            return [pair]
+        preferred = max(candidate_replicas, key=lambda r: _weight(key, r.replica_id.unique_id))
+        busy = {r.replica_id: self.replica_queue_len_cache.get(r.replica_id) or 0
+                for r in candidate_replicas}
+        if busy[preferred.replica_id] > min(busy.values()) + self.imbalanced_threshold:
+            return [pair]
+        return [[preferred], pair]
+
+    def _prefix_key(self, pending_request: PendingRequest | None) -> bytes | None:
+        """The prompt's first `prefix_tokens` tokens, if it has that many (else no cache hit
+        is possible: the prefix cache shares whole blocks only)."""
+        if pending_request is None or len(pending_request.args) < 2:
+            return None
+        prompt_ids = pending_request.args[1]
+        if not isinstance(prompt_ids, list) or len(prompt_ids) < self.prefix_tokens:
+            return None
+        return repr(prompt_ids[:self.prefix_tokens]).encode()
+
+
+def _weight(key: bytes, replica: str) -> bytes:
+    return hashlib.blake2b(key + replica.encode(), digest_size=8).digest()

@@ -1,0 +1,102 @@
+// The attention view: for a short prompt, how much each token attends to each earlier token
+// in one layer and head, as a T x T heatmap (SVG, one <rect> per cell). POST
+// /ui/api/attention computes it with the model's reference path; choosing another layer or
+// head asks again.
+
+import { $, api, HTTPError } from "./api.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+const LABEL_PX = 110; // room for the token labels left of and above the cells
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+// A token as a label: spaces and newlines made visible, long ones cut.
+function label(token) {
+  const shown = token.replaceAll(" ", "·").replaceAll("\n", "↵").replaceAll("\t", "→");
+  return shown.length > 14 ? `${shown.slice(0, 13)}…` : shown;
+}
+
+function heatmap(map) {
+  const t = map.tokens.length;
+  const cell = Math.max(8, Math.min(28, Math.floor(640 / t)));
+  const size = LABEL_PX + t * cell;
+  const root = svg("svg", { width: size, height: size, viewBox: `0 0 ${size} ${size}`,
+    role: "img", "aria-label": `attention of layer ${map.layer}, head ${map.head}` });
+  const font = Math.min(12, cell - 2);
+  map.tokens.forEach((token, i) => {
+    const middle = LABEL_PX + (i + 0.5) * cell;
+    root.append(svg("text", { class: "row-label", x: LABEL_PX - 4, y: middle, "font-size": font }, label(token)));
+    root.append(svg("text", { class: "col-label", "font-size": font,
+      transform: `translate(${middle} ${LABEL_PX - 4}) rotate(-60)` }, label(token)));
+  });
+  for (let i = 0; i < t; i++) {
+    for (let j = 0; j < t; j++) {
+      const w = j <= i ? map.weights[i][j] : null; // causal: nothing above the diagonal
+      const rect = svg("rect", { x: LABEL_PX + j * cell, y: LABEL_PX + i * cell,
+        width: cell - 1, height: cell - 1, class: w === null ? "cell future" : "cell" });
+      if (w !== null) {
+        rect.setAttribute("fill-opacity", (0.04 + 0.96 * w).toFixed(3));
+        rect.dataset.weight = String(w);
+        rect.append(svg("title", {}, `${JSON.stringify(map.tokens[i])} → `
+          + `${JSON.stringify(map.tokens[j])}: ${w.toFixed(4)}`));
+      }
+      root.append(rect);
+    }
+  }
+  return root;
+}
+
+export function createAttentionView({ onUnauthorized }) {
+  const form = $("#attn-form");
+  let asked = 0; // only the latest answer is drawn
+
+  function fillSelect(select, count) {
+    select.replaceChildren(...Array.from({ length: count }, (_, i) => new Option(String(i), String(i))));
+  }
+
+  async function show() {
+    const me = ++asked;
+    const status = $("#attn-status");
+    status.textContent = "computing…";
+    status.classList.remove("error");
+    const body = { prompt: $("#attn-prompt").value, layer: Number(form.layer.value),
+      head: Number(form.head.value) };
+    try {
+      const map = await (await api("/ui/api/attention", {
+        method: "POST", body: JSON.stringify(body) })).json();
+      if (me !== asked) return;
+      $("#heatmap").replaceChildren(heatmap(map));
+      $("#heatmap").dataset.layer = map.layer;
+      $("#heatmap").dataset.head = map.head;
+      status.textContent = `${map.tokens.length} tokens · layer ${map.layer} of ${map.n_layer}, `
+        + `head ${map.head} of ${map.n_head}`;
+    } catch (err) {
+      if (me !== asked) return;
+      if (err instanceof HTTPError && err.status === 401) return onUnauthorized(err.message);
+      status.textContent = err.message;
+      status.classList.add("error");
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    show();
+  });
+  // Another layer or head redraws at once, for the same prompt.
+  for (const select of [form.layer, form.head]) {
+    select.addEventListener("change", () => { if ($("#heatmap").firstChild) show(); });
+  }
+
+  return {
+    setup(info) {
+      fillSelect(form.layer, info.n_layer);
+      fillSelect(form.head, info.n_head);
+      $("#attn-max").textContent = String(info.max_attention_tokens);
+    },
+  };
+}

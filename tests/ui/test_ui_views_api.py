@@ -1,0 +1,160 @@
+"""The JSON endpoints of the engine and attention views over real HTTP: their shapes, their
+limits (each refusal a 400 naming the field) and the API-key rule. (In a browser:
+test_ui_views_browser.py.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from ui_helpers import API_KEY
+
+from nanovllm import AsyncEngine, EngineConfig, LLMEngine
+from nanovllm.model import load_gpt2, reference
+from nanovllm.server.errors import APIError
+from nanovllm.server.ui import (
+    MAX_ATTENTION_CHARS,
+    MAX_ATTENTION_TOKENS,
+    AttentionRequest,
+    attention_map,
+)
+
+SNAPSHOT_KEYS = {"num_steps", "blocks", "running", "waiting", "num_running", "num_waiting",
+                 "num_preemptions_total", "max_num_seqs", "max_num_batched_tokens", "steps"}
+SEQ_KEYS = {"seq_id", "request_id", "index", "num_prompt_tokens", "num_computed_tokens",
+            "num_cached_tokens", "num_output_tokens", "max_tokens", "num_blocks",
+            "num_preemptions"}
+PROMPT = "The engine schedules every request in steps of tokens"
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    err = response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == status
+    return err
+
+
+def snapshot(url: str, **kwargs) -> dict:
+    response = httpx.get(f"{url}/ui/api/engine", timeout=30, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def in_use(snap: dict) -> int:
+    return sum(o >= 0 for o in snap["blocks"]["owner"])
+
+
+def snapshot_when(url: str, accept, what: str, timeout: float = 30) -> dict:
+    """The first snapshot that `accept`s (the timeout only ends a test that would hang)."""
+    deadline = time.monotonic() + timeout
+    while not accept(snap := snapshot(url)):
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.02)
+    return snap
+
+
+def test_the_engine_snapshot_follows_a_request(open_server):
+    url = open_server.url
+    idle = snapshot_when(url, lambda s: in_use(s) == 0, "an idle engine")
+    assert set(idle) == SNAPSHOT_KEYS
+    blocks = idle["blocks"]
+    assert len(blocks["owner"]) == len(blocks["ref_count"]) == len(blocks["cached"]) == 256
+    assert blocks["block_size"] == 16 and idle["running"] == [] and idle["num_running"] == 0
+
+    done = threading.Event()
+
+    def complete():
+        httpx.post(f"{url}/v1/completions", timeout=120, json=dict(
+            prompt=PROMPT, max_tokens=200, n=2, ignore_eos=True)).raise_for_status()
+        done.set()
+
+    thread = threading.Thread(target=complete)
+    thread.start()
+    busy = snapshot_when(url, lambda s: s["num_running"] == 2 or done.is_set(),
+                         "the request running")
+    assert not done.is_set(), "the request finished before any snapshot showed it"
+    [first, second] = busy["running"]
+    assert set(first) == SEQ_KEYS and first["request_id"] == second["request_id"]
+    assert (first["index"], second["index"], first["max_tokens"]) == (0, 1, 200)
+    owners = busy["blocks"]["owner"]
+    assert {o for o in owners if o >= 0} <= {first["seq_id"], second["seq_id"]}
+    assert in_use(busy) > 0
+    thread.join()
+
+    after = snapshot_when(url, lambda s: in_use(s) == 0, "all blocks free")
+    assert after["blocks"]["ref_count"] == [0] * 256 and after["running"] == []
+    assert after["num_steps"] > busy["num_steps"]
+    steps = after["steps"]
+    assert steps and set(steps[-1]) == {"num_prefill_tokens", "num_decode_tokens", "seconds",
+                                        "num_seqs", "num_preemptions"}
+    assert steps[-1]["num_decode_tokens"] >= 1
+
+
+def attention(url: str, headers=None, **body) -> httpx.Response:
+    return httpx.post(f"{url}/ui/api/attention", json=body, headers=headers, timeout=60)
+
+
+def test_attention_is_the_reference_paths(open_server, tiny_ckpt):
+    got = attention(open_server.url, prompt=PROMPT, layer=1, head=2)
+    assert got.status_code == 200, got.text
+    data = got.json()
+    ids = httpx.post(f"{open_server.url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    assert data["token_ids"] == ids and len(data["tokens"]) == len(ids)
+    assert (data["layer"], data["head"], data["n_layer"], data["n_head"]) == (1, 2, 2, 4)
+    assert [len(row) for row in data["weights"]] == list(range(1, len(ids) + 1))  # causal rows
+    cfg, weights = load_gpt2(tiny_ckpt)
+    expected = reference.attention_weights(weights, cfg, np.asarray(ids))[1, 2]
+    for i, row in enumerate(data["weights"]):
+        np.testing.assert_allclose(row, expected[i, :i + 1], atol=6e-5)
+        assert sum(row) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.parametrize("body, param, words", [
+    (dict(prompt=""), "prompt", "at least 1 character"),
+    (dict(prompt="x" * (MAX_ATTENTION_CHARS + 1)), "prompt", f"at most {MAX_ATTENTION_CHARS}"),
+    (dict(prompt=" a" * (MAX_ATTENTION_TOKENS + 1)), "prompt", f"1 to {MAX_ATTENTION_TOKENS} tokens"),
+    (dict(prompt=PROMPT, layer=2), "layer", "below n_layer=2"),
+    (dict(prompt=PROMPT, head=4), "head", "below n_head=4"),
+    (dict(prompt=PROMPT, layer=-1), "layer", "greater than or equal to 0"),
+    (dict(prompt=PROMPT, layer="1"), "layer", "valid integer"),
+    (dict(prompt=PROMPT, head=True), "head", "valid integer"),
+    (dict(prompt=PROMPT, head=1.5), "head", "valid integer"),
+    (dict(prompt=[1, 2, 3]), "prompt", "valid string"),
+    (dict(prompt=PROMPT, extra=1), "extra", "not permitted"),
+    (dict(), "prompt", "Missing required field"),
+])
+def test_attention_refuses_what_it_cannot_draw(open_server, body, param, words):
+    err = error_of(attention(open_server.url, **body), 400)
+    assert err["param"] == param and words in err["message"], err
+
+
+def test_attention_computes_one_map_at_a_time(tiny_ckpt):
+    """While a map is being computed (the lock held), another is refused with a 429."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_ckpt), num_kv_blocks=16))
+    client = AsyncEngine(engine)  # not started: attention never uses the engine thread
+    busy = threading.Lock()
+    body = AttentionRequest(prompt=PROMPT, layer=0, head=0)
+    assert len(attention_map(client, busy, body)["weights"]) > 1
+    with busy:
+        with pytest.raises(APIError) as refused:
+            attention_map(client, busy, body)
+    assert refused.value.status == 429 and "one attention map at a time" in refused.value.message
+    assert not busy.locked()
+
+
+def test_info_gives_the_views_their_limits(open_server):
+    info = httpx.get(f"{open_server.url}/ui/api/info").json()
+    assert (info["n_layer"], info["n_head"]) == (2, 4)
+    assert info["max_attention_tokens"] == MAX_ATTENTION_TOKENS
+
+
+def test_the_views_data_needs_the_api_key(auth_server):
+    url, key = auth_server.url, {"Authorization": f"Bearer {API_KEY}"}
+    error_of(httpx.get(f"{url}/ui/api/engine"), 401)
+    error_of(httpx.get(f"{url}/ui/api/engine", headers={"Authorization": "Bearer wrong"}), 401)
+    error_of(attention(url, prompt=PROMPT), 401)
+    assert set(snapshot(url, headers=key)) == SNAPSHOT_KEYS
+    assert attention(url, headers=key, prompt=PROMPT).status_code == 200

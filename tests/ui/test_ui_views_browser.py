@@ -1,0 +1,159 @@
+"""The engine view and the attention view in a real browser (Debian's chromium through
+playwright) against a real `nanovllm serve` on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from ui_helpers import API_KEY, start_server
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is missing: `make setup-dev` installs it")
+expect = sync_api.expect
+
+# 20 tokens and more: a full block (16 tokens) that the n samples of a request share.
+PROMPT = ("The engine schedules every request in steps: it computes the prompt in chunks, "
+          "then one token per step for each running sequence.")
+BUSY = "#blocks .block[data-state=used], #blocks .block[data-state=shared]"
+
+# Records, from inside the page, how many blocks each drawn snapshot showed in use: the only
+# way to see every state the grid went through.
+RECORD_BLOCKS_IN_USE = """() => {
+  window.blocksInUse = [];
+  new MutationObserver(() => {
+    window.blocksInUse.push(document.querySelectorAll(
+      '#blocks .block[data-state=used], #blocks .block[data-state=shared]').length);
+  }).observe(document.querySelector('#blocks'), {attributes: true, subtree: true, childList: true});
+}"""
+
+
+def open_view(page, url: str, tab: str) -> None:
+    page.goto(f"{url}/ui")
+    expect(page.locator("#playground")).to_be_visible()
+    page.click(f"[role=tab][aria-controls={tab}]")
+    expect(page.locator(f"#{tab}")).to_be_visible()
+
+
+def complete_in_background(url: str, **body) -> threading.Thread:
+    def run():
+        httpx.post(f"{url}/v1/completions", timeout=300, json=dict(prompt=PROMPT, **body))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_the_block_grid_follows_requests_and_returns_to_free(page, open_server, shots):
+    url = open_server.url
+    open_view(page, url, "engine")
+    expect(page.locator("#blocks .block")).to_have_count(256)
+    expect(page.locator(BUSY)).to_have_count(0)
+    page.evaluate(RECORD_BLOCKS_IN_USE)
+
+    threads = [complete_in_background(url, max_tokens=200, ignore_eos=True, n=2),
+               complete_in_background(url, max_tokens=150, ignore_eos=True)]
+    expect(page.locator("#running .seq").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#running .seq .rid").first).to_contain_text("#")
+    expect(page.locator("#blocks .block[data-state=shared]").first).to_be_visible()
+    expect(page.locator("#steps .step").first).to_be_visible()
+    page.screenshot(path=shots / "engine.png")
+    for thread in threads:
+        thread.join()
+
+    expect(page.locator(BUSY)).to_have_count(0, timeout=30_000)
+    expect(page.locator("[data-engine=used]")).to_have_text("0 / 256")
+    expect(page.locator("#running .seq")).to_have_count(0)
+    in_use = page.evaluate("window.blocksInUse")
+    assert max(in_use) > 0 and in_use[-1] == 0, in_use
+    # Full blocks computed by those requests stay findable in the prefix cache.
+    assert page.locator("#blocks .block[data-state=cached]").count() > 0
+
+
+def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
+    """A pool too small for everyone: sequences are preempted, and the page says so."""
+    server = start_server(tiny_ckpt, "--num-kv-blocks", "40", "--max-num-batched-tokens", "64")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        open_view(page, server.url, "engine")
+        # Six sequences of 248 tokens at once need 96 blocks: some must give theirs back.
+        threads = [complete_in_background(server.url, max_tokens=200, ignore_eos=True)
+                   for _ in range(6)]
+        expect(page.locator("#running .seq").first).to_be_visible(timeout=60_000)
+        for thread in threads:
+            thread.join()
+        expect(page.locator(BUSY)).to_have_count(0, timeout=30_000)
+        assert int(page.locator("[data-engine=preemptions]").inner_text()) > 0
+        # A preempted sequence stays listed, marked, until it finishes: some snapshot showed it.
+        expect(page.locator("#preemptions .event").first).to_contain_text("preempted")
+        page.screenshot(path=shots / "engine-preemption.png")
+    finally:
+        context.close()
+        server.stop()
+
+
+def attention_api(url: str, **body) -> dict:
+    response = httpx.post(f"{url}/ui/api/attention", json=body, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def cell_weights(page) -> list[float]:
+    return [float(w) for w in page.locator("#heatmap rect.cell:not(.future)").evaluate_all(
+        "cells => cells.map(c => c.dataset.weight)")]
+
+
+def test_the_attention_heatmap_draws_each_layer_and_head(page, open_server, shots):
+    url = open_server.url
+    prompt = "The cat sat on the mat because it was tired"
+    open_view(page, url, "attention")
+    expect(page.locator("#attn-layer option")).to_have_count(2)
+    expect(page.locator("#attn-head option")).to_have_count(4)
+    page.fill("#attn-prompt", prompt)
+    page.click("#attn-show")
+
+    expected = attention_api(url, prompt=prompt, layer=0, head=0)
+    t = len(expected["tokens"])
+    expect(page.locator("#heatmap svg rect")).to_have_count(t * t)
+    expect(page.locator("#heatmap rect.future")).to_have_count(t * (t - 1) // 2)
+    expect(page.locator("#heatmap .row-label")).to_have_count(t)
+    expect(page.locator("#attn-status")).to_contain_text(f"{t} tokens")
+    flat = [w for row in expected["weights"] for w in row]
+    assert cell_weights(page) == flat
+    page.screenshot(path=shots / "attention.png")
+
+    page.select_option("#attn-head", "3")
+    expect(page.locator("#heatmap")).to_have_attribute("data-head", "3")
+    other = attention_api(url, prompt=prompt, layer=0, head=3)
+    assert cell_weights(page) == [w for row in other["weights"] for w in row] != flat
+    page.select_option("#attn-layer", "1")
+    expect(page.locator("#heatmap")).to_have_attribute("data-layer", "1")
+    last = attention_api(url, prompt=prompt, layer=1, head=3)
+    assert cell_weights(page) == [w for row in last["weights"] for w in row]
+
+
+def test_a_prompt_too_long_for_the_heatmap_is_refused_clearly(page, open_server):
+    prompt = " word" * 80
+    count = httpx.post(f"{open_server.url}/tokenize", json={"prompt": prompt}).json()["count"]
+    assert count > 64
+    open_view(page, open_server.url, "attention")
+    page.fill("#attn-prompt", prompt)
+    page.click("#attn-show")
+    expect(page.locator("#attn-status")).to_contain_text(
+        f"1 to 64 tokens; this prompt is {count} tokens")
+    expect(page.locator("#attn-status")).to_have_class("status error")
+    expect(page.locator("#heatmap svg")).to_have_count(0)
+
+
+def test_with_an_api_key_the_views_use_it(page, auth_server):
+    page.goto(f"{auth_server.url}/ui")
+    page.fill("#key", API_KEY)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#playground")).to_be_visible()
+    page.click("[role=tab][aria-controls=engine]")
+    expect(page.locator("[data-engine=used]")).to_have_text("0 / 256")
+    page.click("[role=tab][aria-controls=attention]")
+    page.click("#attn-show")
+    expect(page.locator("#heatmap svg")).to_have_count(1)
