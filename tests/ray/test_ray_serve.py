@@ -81,6 +81,18 @@ def test_the_rest_of_the_api_is_the_same_app(ray_deployment, client):
         client.completions.create(model="other", prompt="x", max_tokens=1)
 
 
+def test_the_web_pages_engine_views_say_why_they_are_off(ray_deployment):
+    """The engine and attention views draw one engine; across replicas they answer 503 with
+    the reason, and the page's info still describes the model."""
+    with httpx.Client(base_url=ray_deployment.live.url, timeout=30) as http:
+        info = http.get("/ui/api/info").json()
+        assert info["n_layer"] == 2 and info["n_head"] == 4
+        for r in (http.get("/ui/api/engine"),
+                  http.post("/ui/api/attention", json={"prompt": "hello", "layer": 0, "head": 0})):
+            assert r.status_code == 503
+            assert "--data-parallel-size" in r.json()["error"]["message"]
+
+
 def test_requests_spread_over_both_replicas(ray_deployment):
     """Concurrent short prompts (no prefix to follow): power of two choices uses both."""
     before = scrape(ray_deployment, "vllm:generation_tokens_total")
