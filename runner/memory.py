@@ -1,6 +1,6 @@
 """Keeping the memory of one step's activations for the next.
 
-First touch of fresh memory is slow on small VMs (~0.4 GB/s), so glibc is asked to keep freed
+First touch of fresh memory is slow on small VMs, so glibc is asked to keep freed
 activation memory instead of returning it to the OS.
 """
 
@@ -15,8 +15,8 @@ def keep_freed_memory() -> None:
     """Asks glibc to keep the memory of freed activations for the next step.
 
     By default glibc maps large arrays afresh and returns freed memory to the OS, so every
-    step would touch new pages, and first touch is slow on small VMs: prefill of a 512-token
-    prompt runs ~20% faster with this. Arrays up to 32 MiB (glibc's maximum) then come from the
+    step would touch new pages, and first touch is slow on small VMs (long prefills pay for it
+    most; docs/performance.md has the figures). Arrays up to 32 MiB (glibc's maximum) then come from the
     heap, which is never trimmed. No-op where the C library is not glibc.
     """
     try:
