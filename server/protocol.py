@@ -97,26 +97,22 @@ class StructuredOutputFields(OpenAIBaseModel):
     response_format: dict[str, Any] | None = None  # OpenAI: text, json_object, json_schema
 
 
-class CompletionRequest(StructuredOutputFields):
-    """POST /v1/completions body. Ranges are enforced here so the OpenAPI doc shows them."""
+class SamplingFields(StructuredOutputFields):
+    """The sampling fields completions and chat completions share (OpenAI's and vLLM's names).
+    Ranges are enforced here so the OpenAPI doc shows them."""
 
     model: str | None = None
-    prompt: Prompt
-    best_of: int | None = Field(None, ge=1)
-    echo: bool | None = False
     frequency_penalty: float | None = Field(0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     logit_bias: dict[str, float] | None = Field(  # SamplingParams checks the keys
         None, max_length=MAX_LOGIT_BIAS_ENTRIES,
         description=f"Biases are clamped to {list(LOGIT_BIAS_RANGE)}, as OpenAI does.")
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: score the prompt
+    max_completion_tokens: int | None = Field(None, ge=1)  # chat's name; wins over max_tokens
     n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float | None = Field(0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
     stop: StopStr | Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    suffix: str | None = None
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
@@ -129,9 +125,19 @@ class CompletionRequest(StructuredOutputFields):
     stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
-    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     return_tokens_as_token_ids: bool | None = False
-    max_completion_tokens: int | None = Field(None, ge=1)  # chat's name; wins over max_tokens
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions body."""
+
+    prompt: Prompt
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: score the prompt
+    suffix: str | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     # The only check of `prompt` here: Prompt, the annotation, documents it in the OpenAPI doc.
     @field_validator("prompt", mode="plain", json_schema_input_type=Prompt)
