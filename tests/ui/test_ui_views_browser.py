@@ -29,6 +29,20 @@ RECORD_BLOCKS_IN_USE = """() => {
 }"""
 
 
+# Records the most of each that any drawn snapshot showed: on a fast machine a whole run can
+# fit between two of playwright's retries of an expect(), so transient states are counted in
+# the page, as they are drawn, and asserted once the requests are done.
+RECORD_MOST_SEEN = """() => {
+  const count = (selector) => document.querySelectorAll(selector).length;
+  window.mostSeen = {running: 0, shared: 0};
+  new MutationObserver(() => {
+    window.mostSeen.running = Math.max(window.mostSeen.running, count('#running .seq'));
+    window.mostSeen.shared = Math.max(window.mostSeen.shared,
+                                      count('#blocks .block[data-state=shared]'));
+  }).observe(document.querySelector('#engine'), {attributes: true, subtree: true, childList: true});
+}"""
+
+
 def open_view(page, url: str, tab: str) -> None:
     page.goto(f"{url}/ui")
     expect(page.locator("#playground")).to_be_visible()
@@ -51,16 +65,16 @@ def test_the_block_grid_follows_requests_and_returns_to_free(page, open_server, 
     expect(page.locator("#blocks .block")).to_have_count(256)
     expect(page.locator(BUSY)).to_have_count(0)
     page.evaluate(RECORD_BLOCKS_IN_USE)
+    page.evaluate(RECORD_MOST_SEEN)
 
     threads = [complete_in_background(url, max_tokens=200, ignore_eos=True, n=2),
                complete_in_background(url, max_tokens=150, ignore_eos=True)]
-    expect(page.locator("#running .seq").first).to_be_visible(timeout=30_000)
-    expect(page.locator("#running .seq .rid").first).to_contain_text("#")
-    expect(page.locator("#blocks .block[data-state=shared]").first).to_be_visible()
-    expect(page.locator("#steps .step").first).to_be_visible()
+    expect(page.locator("#steps .step").first).to_be_visible(timeout=30_000)
     page.screenshot(path=shots / "engine.png")
     for thread in threads:
         thread.join()
+    seen = page.evaluate("window.mostSeen")
+    assert seen["running"] > 0 and seen["shared"] > 0, seen  # the n=2 samples share a block
 
     expect(page.locator(BUSY)).to_have_count(0, timeout=30_000)
     expect(page.locator("[data-engine=used]")).to_have_text("0 / 256")
@@ -79,11 +93,12 @@ def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
         page = context.new_page()
         open_view(page, server.url, "engine")
         # Six sequences of 248 tokens at once need 96 blocks: some must give theirs back.
+        page.evaluate(RECORD_MOST_SEEN)
         threads = [complete_in_background(server.url, max_tokens=200, ignore_eos=True)
                    for _ in range(6)]
-        expect(page.locator("#running .seq").first).to_be_visible(timeout=60_000)
         for thread in threads:
             thread.join()
+        assert page.evaluate("window.mostSeen.running") > 0
         expect(page.locator(BUSY)).to_have_count(0, timeout=30_000)
         assert int(page.locator("[data-engine=preemptions]").inner_text()) > 0
         # A preempted sequence stays listed, marked, until it finishes: some snapshot showed it.
