@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from nanovllm.limits import MAX_LOGPROBS
 from nanovllm.server.protocol import SamplingFields
@@ -28,10 +28,3 @@ class ChatCompletionRequest(SamplingFields):
     # Fields the completions API has and chat does not (read by the shared helpers).
     echo: bool = Field(False, exclude=True)
     prompt_logprobs: int | None = Field(None, exclude=True)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _no_empty_stop(cls, v: Any) -> Any:
-        if v == "" or (isinstance(v, list) and "" in v):
-            raise ValueError("stop strings must not be empty")
-        return v

@@ -127,6 +127,13 @@ class SamplingFields(StructuredOutputFields):
     skip_special_tokens: bool | None = True
     return_tokens_as_token_ids: bool | None = False
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _no_empty_stop(cls, v: Any) -> Any:
+        if v == "" or (isinstance(v, list) and "" in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions body."""
@@ -144,13 +151,6 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _prompt_shape(cls, v: Any) -> Any:
         return _check_prompt_shape(v)
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _no_empty_stop(cls, v: Any) -> Any:
-        if v == "" or (isinstance(v, list) and "" in v):
-            raise ValueError("stop strings must not be empty")
-        return v
 
 
 class TokenizeRequest(OpenAIBaseModel):
