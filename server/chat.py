@@ -9,7 +9,6 @@ content format does); images, audio and tool calls are refused naming the field.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from nanovllm import SamplingParams
 from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
-from nanovllm.server.completions import engine_error, token_namer, usage, wait_for_disconnect
+from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import (
@@ -176,22 +175,11 @@ async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: Prompt,
                         stream: RequestStream) -> JSONResponse:
     """Non-streaming: wait for every choice, or abort at once if the client goes away."""
     created = int(time.time())
-    work = asyncio.ensure_future(stream.final_outputs())
-    gone = asyncio.ensure_future(wait_for_disconnect(raw))
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            return JSONResponse({}, status_code=499)
-        try:
-            results = work.result()
-        except Exception as exc:
-            raise engine_error(exc) from exc
-        return JSONResponse(build_chat_response(req, ctx, stream.request_id, created, prompt,
-                                                results[0]))
-    finally:
-        for task in (work, gone):
-            task.cancel()
-        stream.close()
+    results = await final_outputs(raw, stream)
+    if results is None:
+        return JSONResponse({}, status_code=499)
+    return JSONResponse(build_chat_response(req, ctx, stream.request_id, created, prompt,
+                                            results[0]))
 
 
 @dataclass(slots=True)

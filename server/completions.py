@@ -204,28 +204,38 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def complete(raw: Request, req: CompletionRequest, ctx: ServerContext, prompts, stream):
-    """Non-streaming: wait for every choice, or abort at once if the client goes away."""
-    created = int(time.time())
+async def final_outputs(raw: Request, stream) -> list | None:
+    """Every choice's final output, or None if the client went away first; either way the
+    stream is closed (an unfinished request is aborted at once). Engine errors become API
+    errors."""
     work = asyncio.ensure_future(stream.final_outputs())
     gone = asyncio.ensure_future(wait_for_disconnect(raw))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
             logger.info("client disconnected; aborting %s", stream.request_id)
-            return JSONResponse({}, status_code=499)
+            return None
         try:
-            results = work.result()
+            return work.result()
         except Exception as exc:
             raise engine_error(exc) from exc
-        def render() -> JSONResponse:
-            return JSONResponse(build_response(req, ctx, stream.request_id, created, prompts,
-                                               results))
-
-        if req.echo or req.logprobs is not None:  # can be megabytes: built off the event loop
-            return await asyncio.to_thread(render)
-        return render()
     finally:
         for task in (work, gone):
             task.cancel()
         stream.close()
+
+
+async def complete(raw: Request, req: CompletionRequest, ctx: ServerContext, prompts, stream):
+    """Non-streaming: wait for every choice, or abort at once if the client goes away."""
+    created = int(time.time())
+    results = await final_outputs(raw, stream)
+    if results is None:
+        return JSONResponse({}, status_code=499)
+
+    def render() -> JSONResponse:
+        return JSONResponse(build_response(req, ctx, stream.request_id, created, prompts,
+                                           results))
+
+    if req.echo or req.logprobs is not None:  # can be megabytes: built off the event loop
+        return await asyncio.to_thread(render)
+    return render()
