@@ -51,19 +51,19 @@ def gemm_chain(weights, rows: int):
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=96, help="context length when timing starts")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
-    args = p.parse_args(argv)
 
+
+def decoding_engine(args: argparse.Namespace, **config):
+    """An engine (random weights, `config` as EngineConfig options) whose `args.batch` greedy
+    sequences are decoding at `args.context` tokens, with at least `args.steps` steps to go."""
     from nanovllm import EngineConfig, LLMEngine, SamplingParams
 
-    engine = LLMEngine(EngineConfig(args.model, load_format="dummy",
-                                    kv_cache_dtype=args.kv_cache_dtype))
+    engine = LLMEngine(EngineConfig(args.model, load_format="dummy", **config))
     rng = np.random.default_rng(0)
     for i in range(args.batch):
         prompt = rng.integers(0, engine.model_config.vocab_size - 1, 32).tolist()
@@ -71,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                                                           max_tokens=args.context + args.steps))
     for _ in range(args.context - 32 + 1):
         engine.step()
+    return engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_decode_args(p)
+    p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
+    args = p.parse_args(argv)
+    engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype)
     step, gemm = alternating_medians_ms([engine.step, gemm_chain(engine.runner.weights, args.batch)],
                                         args.steps)
     print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "

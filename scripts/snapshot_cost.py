@@ -22,31 +22,20 @@ from nanovllm.model.threads import configure_thread_pools
 configure_thread_pools()  # before numpy loads: see model/threads.py
 
 # isort: split
-import numpy as np  # noqa: E402
 
-from nanovllm.scripts.profile_decode import alternating_medians_ms  # noqa: E402
+from nanovllm.scripts.profile_decode import (  # noqa: E402
+    add_decode_args,
+    alternating_medians_ms,
+    decoding_engine,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--context", type=int, default=96, help="context length when timing starts")
-    p.add_argument("--steps", type=int, default=20)
+    add_decode_args(p)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="default: a 1 GiB pool")
     args = p.parse_args(argv)
-
-    from nanovllm import EngineConfig, LLMEngine, SamplingParams
-
-    engine = LLMEngine(EngineConfig(args.model, load_format="dummy",
-                                    num_kv_blocks=args.num_kv_blocks))
-    rng = np.random.default_rng(0)
-    for i in range(args.batch):
-        prompt = rng.integers(0, engine.model_config.vocab_size - 1, 32).tolist()
-        engine.add_request(str(i), prompt, SamplingParams(temperature=0, ignore_eos=True,
-                                                          max_tokens=args.context + args.steps))
-    for _ in range(args.context - 32 + 1):
-        engine.step()
+    engine = decoding_engine(args, num_kv_blocks=args.num_kv_blocks)
     step, snapshot = alternating_medians_ms([engine.step, engine.snapshot], args.steps)
     [to_json] = alternating_medians_ms([lambda: json.dumps(engine.snapshot().to_dict())],
                                        args.steps)
