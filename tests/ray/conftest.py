@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
+from ray_helpers import LONG_CONTEXT  # noqa: E402
 from server_helpers import MODEL, LiveServer, free_port  # noqa: E402
 from server_helpers import serve as serve_app  # noqa: E402
 
 from tests.conftest import TINY  # noqa: E402
 
 NUM_KV_BLOCKS = 512
-LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
+
 
 def ray_processes(session_dir: str) -> list[str]:
     """Command lines of the live processes that belong to the Ray session in `session_dir`."""

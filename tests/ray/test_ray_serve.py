@@ -15,7 +15,7 @@ import time
 import httpx
 import openai
 import pytest
-from ray_helpers import ray_processes
+from ray_helpers import LONG_CONTEXT, ray_processes
 from server_helpers import MODEL
 
 pytestmark = pytest.mark.ray
@@ -205,11 +205,17 @@ def test_whole_serve_application(ray_deployment, long_ckpt):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         assert [(m.id, m.root) for m in client.models.list().data] == [(name, name)]
         assert httpx.get(f"{url}/ui").status_code == 404
-        kwargs = dict(model=name, prompt="Once upon a time", max_tokens=8, temperature=0.0,
-                      extra_body={"ignore_eos": True})
-        whole = client.completions.create(**kwargs)
-        chunks = [c.choices[0].text for c in client.completions.create(**kwargs, stream=True)]
-        assert len([c for c in chunks if c]) > 1 and "".join(chunks) == whole.choices[0].text
+        # Long enough that the first event reaches the client while the engine still decodes:
+        # a replica coalesces outputs a slow reader has not taken, so a short stream can
+        # arrive whole on a fast machine without anything buffering it.
+        kwargs = dict(model=name, prompt="Once upon a time", max_tokens=LONG_CONTEXT - 8,
+                      temperature=0.0, extra_body={"ignore_eos": True})
+        whole = client.completions.create(**kwargs).choices[0].text
+        stream = iter(client.completions.create(**kwargs, stream=True))
+        first = next(stream).choices[0]
+        assert first.finish_reason is None and len(first.text) < len(whole) / 2
+        rest = [c.choices[0].text for c in stream]
+        assert first.text + "".join(rest) == whole
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
             client.completions.create(model=name, prompt="x", max_tokens=100_000)
         health = httpx.get(f"{url}/health")
