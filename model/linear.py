@@ -78,7 +78,7 @@ def widen_rows(w, start, out):
 def matmul_nt(x, w, out):
     """out = x @ widen(w).T, by chunks of output columns in parallel. All arrays C-contiguous."""
     n = w.shape[0]
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 3) // 4 * 4  # columns go in fours
+    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 2) // 3 * 3  # columns go in threes
     for chunk in prange(NUM_CHUNKS):
         dot_columns(x, w, out, min(n, chunk * step), min(n, (chunk + 1) * step))
 
@@ -87,47 +87,44 @@ def matmul_nt(x, w, out):
 def dot_columns(x, w, out, start, end):
     """out[:, start:end] = x @ w[start:end].T.
 
-    Four rows of x by four rows of w at a time: each weight read from memory serves four rows,
-    and the sixteen sums stay in registers (each becomes a vector accumulator once the loop over
-    the shared dimension is vectorized). Leftover rows and columns are single dot products.
+    Four rows of x by three rows of w at a time: each weight read from memory serves four rows,
+    and the twelve sums stay in registers (each becomes a vector accumulator once the loop over
+    the shared dimension is vectorized). Twelve accumulators, three weights and one input fill
+    AVX2's sixteen vector registers: a larger tile spills to the stack on every iteration.
+    Leftover rows and columns are single dot products.
     """
     m_rows, k_dim = x.shape
     col = start
-    while col + 4 <= end:
+    while col + 3 <= end:
         row = 0
         while row + 4 <= m_rows:
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+            s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
+            s20 = s21 = s22 = s30 = s31 = s32 = np.float32(0.0)
             for k in range(k_dim):
-                w0, w1 = widen(w[col, k]), widen(w[col + 1, k])
-                w2, w3 = widen(w[col + 2, k]), widen(w[col + 3, k])
+                w0, w1, w2 = widen(w[col, k]), widen(w[col + 1, k]), widen(w[col + 2, k])
                 x0 = x[row, k]
                 s00 += x0 * w0
                 s01 += x0 * w1
                 s02 += x0 * w2
-                s03 += x0 * w3
                 x1 = x[row + 1, k]
                 s10 += x1 * w0
                 s11 += x1 * w1
                 s12 += x1 * w2
-                s13 += x1 * w3
                 x2 = x[row + 2, k]
                 s20 += x2 * w0
                 s21 += x2 * w1
                 s22 += x2 * w2
-                s23 += x2 * w3
                 x3 = x[row + 3, k]
                 s30 += x3 * w0
                 s31 += x3 * w1
                 s32 += x3 * w2
-                s33 += x3 * w3
-            out[row, col:col + 4] = s00, s01, s02, s03
-            out[row + 1, col:col + 4] = s10, s11, s12, s13
-            out[row + 2, col:col + 4] = s20, s21, s22, s23
-            out[row + 3, col:col + 4] = s30, s31, s32, s33
+            out[row, col:col + 3] = s00, s01, s02
+            out[row + 1, col:col + 3] = s10, s11, s12
+            out[row + 2, col:col + 3] = s20, s21, s22
+            out[row + 3, col:col + 3] = s30, s31, s32
             row += 4
-        dot_each(x, w, out, row, m_rows, col, col + 4)  # rows left over
-        col += 4
+        dot_each(x, w, out, row, m_rows, col, col + 3)  # rows left over
+        col += 3
     dot_each(x, w, out, 0, m_rows, col, end)  # columns left over
 
 
