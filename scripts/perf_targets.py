@@ -58,6 +58,16 @@ MEASURED_ELSEWHERE = [
     ("RSS <= 1.5 x fp32 weights + KV pool", "scripts/measure_memory.py"),
 ]
 
+# Against other servers, run with their own tools beside ours (docs/performance.md says how).
+PEER_TARGETS = [
+    ("float32 served >= 1.3x tuned vLLM CPU at 1, 16 and 64 clients",
+     "vllm bench serve against both servers, alternating"),
+    ("int8 or bfloat16 served >= 1.5x vLLM CPU at its best precision", "the same"),
+    ("batch-1 decode >= 1.0x llama.cpp (f32 / bf16 / q8_0)", "llama-bench -p 0 -n 128"),
+    ("decode at 32 and 64 sequences >= 1.3x llama.cpp",
+     "llama-batched-bench -npp 32 -ntg 128 -npl 32,64"),
+]
+
 
 def evaluate(results, model: dict) -> list[dict]:
     """One entry per target whose cell was run, with the median measured and whether it is met;
@@ -103,8 +113,10 @@ def format_targets(entries: list[dict]) -> str:
         status = {True: "met", False: "not met", None: "needs --compare transformers"}[e["met"]]
         rows.append([e["target"], goal, measured, share, status])
     elsewhere = "\n".join(f"  {name}: {script}" for name, script in MEASURED_ELSEWHERE)
+    peers = "\n".join(f"  {name}: {tool}" for name, tool in PEER_TARGETS)
     return ("\n\nPerformance targets (GPT-2 124M shapes)\n" + render_table(rows)
-            + "\n\nMeasured by their own scripts:\n" + elsewhere)
+            + "\n\nMeasured by their own scripts:\n" + elsewhere
+            + "\n\nAgainst other servers, with their own tools (docs/performance.md):\n" + peers)
 
 
 def evaluate_precisions(results, model: dict) -> list[dict]:
