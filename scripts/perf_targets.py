@@ -69,12 +69,18 @@ PEER_TARGETS = [
 ]
 
 
+def results_by_cell(results, model: dict) -> dict:
+    """benchmark.CellResult keyed by (batch_size, input_len, output_len); empty for a model
+    without GPT-2 124M's shapes, the only ones the targets are set for."""
+    if any(model.get(k) != v for k, v in GPT2_124M.items()):
+        return {}
+    return {(r.cell.batch_size, r.cell.input_len, r.cell.output_len): r for r in results}
+
+
 def evaluate(results, model: dict) -> list[dict]:
     """One entry per target whose cell was run, with the median measured and whether it is met;
     [] for a model without GPT-2 124M's shapes. `results` are benchmark.CellResult."""
-    if any(model.get(k) != v for k, v in GPT2_124M.items()):
-        return []
-    by_cell = {(r.cell.batch_size, r.cell.input_len, r.cell.output_len): r for r in results}
+    by_cell = results_by_cell(results, model)
     entries = []
     for target in TARGETS:
         result = by_cell.get(target.cell)
@@ -122,9 +128,7 @@ def format_targets(entries: list[dict]) -> str:
 def evaluate_precisions(results, model: dict) -> list[dict]:
     """One entry per precision target whose cell ran under --compare precisions (GPT-2 124M's
     shapes only): the ratio to float32 measured, the goal, and whether it is met."""
-    if any(model.get(k) != v for k, v in GPT2_124M.items()):
-        return []
-    by_cell = {(r.cell.batch_size, r.cell.input_len, r.cell.output_len): r for r in results}
+    by_cell = results_by_cell(results, model)
     entries = []
     for target in PRECISION_TARGETS:
         result = by_cell.get(target.cell)
