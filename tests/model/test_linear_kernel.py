@@ -21,7 +21,8 @@ def reference(x, w, b):
        in_dim=st.integers(1, 70), strided=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_linear_matches_float64_on_both_paths(rows, out_dim, in_dim, strided, seed):
     """Every shape the kernel's blocking leaves a remainder in (rows not a multiple of 4,
-    outputs not a multiple of 3, fewer outputs than chunks), and rows on both sides of the BLAS cut-over.
+    outputs not a multiple of 3, fewer outputs than chunks), and rows on both sides of the BLAS
+    cut-over.
     `strided` passes x as a column slice, as attention's output projection may get it."""
     rng = np.random.default_rng(seed)
     wide = rng.standard_normal((rows, 2 * in_dim), dtype=np.float32)

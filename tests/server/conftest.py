@@ -54,10 +54,13 @@ def live_chat(engine_loop, tiny_ckpt) -> Iterator[LiveServer]:
     srv.stop()
 
 
+def openai_client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
 @pytest.fixture
 def chat_client(live_chat) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_chat.url}/v1", api_key="unused", max_retries=0,
-                         timeout=60)
+    return openai_client(live_chat)
 
 
 @pytest.fixture
@@ -68,7 +71,7 @@ def chat_http(live_chat) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def client(live) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai_client(live)
 
 
 @pytest.fixture

@@ -30,17 +30,23 @@ OPERATIONS = [
 UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]
 
 
-@pytest.fixture(scope="module")
-def api_schema(live):
-    doc = httpx.get(f"{live.url}/openapi.json").json()
-    props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
-    for name, ceiling in (("max_tokens", 8), ("n", 3)):
+def bounded_schema(url: str, request_model: str, ceilings: dict[str, int]):
+    """The server's OpenAPI document as a schemathesis schema, with the given integer fields of
+    `request_model` capped so that generated requests stay cheap."""
+    doc = httpx.get(f"{url}/openapi.json").json()
+    props = doc["components"]["schemas"][request_model]["properties"]
+    for name, ceiling in ceilings.items():
         for option in props[name].get("anyOf", [props[name]]):
             if option.get("type") == "integer":
                 option["maximum"] = ceiling
     schema = schemathesis.openapi.from_dict(doc)
-    schema.config.update(base_url=live.url, request_timeout=30)
+    schema.config.update(base_url=url, request_timeout=30)
     return schema
+
+
+@pytest.fixture(scope="module")
+def api_schema(live):
+    return bounded_schema(live.url, "CompletionRequest", {"max_tokens": 8, "n": 3})
 
 
 def test_every_operation_is_fuzzed(api_schema):
@@ -89,15 +95,8 @@ def test_engine_survived_the_fuzzing(live):
 @pytest.fixture(scope="module")
 def chat_schema(live_chat):
     """The document of the server with a chat template, so that chat requests really run."""
-    doc = httpx.get(f"{live_chat.url}/openapi.json").json()
-    props = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
-    for name, ceiling in (("max_tokens", 8), ("max_completion_tokens", 8), ("n", 3)):
-        for option in props[name].get("anyOf", [props[name]]):
-            if option.get("type") == "integer":
-                option["maximum"] = ceiling
-    schema = schemathesis.openapi.from_dict(doc)
-    schema.config.update(base_url=live_chat.url, request_timeout=30)
-    return schema
+    return bounded_schema(live_chat.url, "ChatCompletionRequest",
+                          {"max_tokens": 8, "max_completion_tokens": 8, "n": 3})
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
