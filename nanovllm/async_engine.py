@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
-from nanovllm.errors import InvalidRequestError, QueueFullError
 from nanovllm.snapshot import EngineSnapshot
+from nanovllm.values.errors import InvalidRequestError, QueueFullError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -19,22 +19,22 @@ import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.errors import QueueFullError
-from nanovllm.inputs import PromptType, unpack_prompt
+from nanovllm.contract.step import TokenLogprobs
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
-from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
-from nanovllm.runner.batch import TokenLogprobs
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
-from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.validation import RequestValidator
+from nanovllm.values.errors import QueueFullError
+from nanovllm.values.inputs import PromptType, unpack_prompt
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.sampling_params import SamplingParams
 
 logger = logging.getLogger("nanovllm")
 

@@ -5,7 +5,7 @@ The server holds one of these and nothing else of the engine: it validates with
 limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
 and for `attention_weights`. Two implementations: a thread in this process
 (async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
-(server/ray_client.RayEngineClient); only values and the server's own sink cross it.
+(server/ray/client.RayEngineClient); only values and the server's own sink cross it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
     import numpy as np
 
     from nanovllm.engine import EngineStats
-    from nanovllm.inputs import PromptType
-    from nanovllm.outputs import RequestOutput
-    from nanovllm.sampling_params import SamplingParams
     from nanovllm.snapshot import EngineSnapshot
     from nanovllm.tokenizer import Tokenizer
+    from nanovllm.values.inputs import PromptType
+    from nanovllm.values.outputs import RequestOutput
+    from nanovllm.values.sampling_params import SamplingParams
 
 ACCEPTED = "accepted"  # sent once the engine took a request, before any output
 

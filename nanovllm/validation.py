@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanovllm.block_manager import blocks_needed
-from nanovllm.errors import InvalidRequestError, quote
-from nanovllm.inputs import PromptType, unpack_prompt
-from nanovllm.sampling_params import SamplingParams
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.errors import InvalidRequestError, quote
+from nanovllm.values.inputs import PromptType, unpack_prompt
+from nanovllm.values.sampling_params import SamplingParams
 
 
 def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:

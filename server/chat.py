@@ -17,7 +17,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import SamplingParams
-from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
@@ -32,6 +31,7 @@ from nanovllm.server.prompts import (
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
 from nanovllm.server.structured import constraint_for
+from nanovllm.values.limits import ServerLimits
 
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",

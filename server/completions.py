@@ -20,8 +20,6 @@ from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
-from nanovllm.errors import QueueFullError, quote
-from nanovllm.limits import ServerLimits
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, internal_error, invalid_request
 from nanovllm.server.prompts import (
@@ -36,6 +34,8 @@ from nanovllm.server.prompts import (
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.structured import constraint_for
+from nanovllm.values.errors import QueueFullError, quote
+from nanovllm.values.limits import ServerLimits
 
 logger = logging.getLogger(__name__)
 

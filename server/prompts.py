@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams
-from nanovllm.inputs import is_single_prompt
-from nanovllm.limits import ServerLimits
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import CompletionRequest
+from nanovllm.values.inputs import is_single_prompt
+from nanovllm.values.limits import ServerLimits
 
 
 @dataclass(slots=True)

@@ -1,8 +1,8 @@
 """Prefix-cache hit rate of N engine replicas on Ray Serve: prefix-affinity routing against
 plain power of two choices, on a shared-prefix workload.
 
-    python -m nanovllm.scripts.ray_prefix_affinity                 # tiny random model, 2 replicas
-    python -m nanovllm.scripts.ray_prefix_affinity --model gpt2 --load-format dummy
+    python -m nanovllm.scripts.lab.ray_prefix_affinity                 # tiny random model, 2 replicas
+    python -m nanovllm.scripts.lab.ray_prefix_affinity --model gpt2 --load-format dummy
 
 Workload: --groups distinct prefixes of --prefix-len tokens, --per-group requests each (the
 prefix plus --suffix-len tokens of its own), in a seeded random order, --concurrency at a time.
@@ -59,7 +59,7 @@ async def run_all(client, prompts: list[list[int]], concurrency: int) -> None:
 def measure(config: EngineConfig, args, affinity: bool) -> dict:
     from ray import serve
 
-    from nanovllm.server.ray_client import RayEngineClient, deploy
+    from nanovllm.server.ray.client import RayEngineClient, deploy
 
     # One application per policy: a handle's router is made once per deployment and process.
     name = "affinity" if affinity else "power-of-two"

@@ -3,7 +3,7 @@
 Each replica is a Ray actor that owns one LLMEngine on its own thread, exactly as `nanovllm
 serve` does (an AsyncEngine). `generate` streams one request's outputs back through Ray as
 they come, coalesced if the caller falls behind (outputs are cumulative). Nothing here knows
-HTTP: the ingress (ray_client.RayEngineClient under the usual FastAPI app) does.
+HTTP: the ingress (ray/client.RayEngineClient under the usual FastAPI app) does.
 
 Imported only when --data-parallel-size is given: it imports Ray.
 """
@@ -52,7 +52,7 @@ class ReplicaInfo:
 
 
 class EngineReplica:
-    """The Ray Serve deployment class (wrapped by serve.deployment in ray_client.deploy)."""
+    """The Ray Serve deployment class (wrapped by serve.deployment in ray/client.deploy)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self._engine = LLMEngine(config)

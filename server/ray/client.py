@@ -35,7 +35,7 @@ from nanovllm import EngineConfig
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.model.threads import thread_pool_settings
-from nanovllm.server.ray_replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
+from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.validation import RequestValidator
