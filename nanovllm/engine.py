@@ -156,25 +156,23 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule -> run -> update -> outputs of the requests that advanced."""
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
         step = self.scheduler.schedule()
         result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
         if not step.scheduled:
             return []
         seqs = self.scheduler.update_from_output(step)
-        touched = self._update(seqs, step, result)
+        advanced = self._update(seqs, step, result)
         self._record_step(step, time.perf_counter() - start,
                           self.scheduler.num_preemptions - preemptions)
-        for request in touched:
-            if request.finished:
-                del self.requests[request.request_id]
-        return [self._request_output(r) for r in touched if r.finished or not r.final_only]
+        return self._outputs(advanced)
 
     def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
                 ) -> list[Request]:
         """Maps the runner's output back to the sequences: prompt logprobs, then each sampled
         token. Returns the requests that got a token, in the step's order."""
-        touched: dict[str, Request] = {}
+        advanced: dict[str, Request] = {}
         for seq, scheduled in zip(seqs, step.scheduled):
             if scheduled.prompt_logprob_ids:
                 first = scheduled.start + 1
@@ -182,8 +180,8 @@ class LLMEngine:
                 seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
             if scheduled.sample:
                 self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
-                touched[seq.request.request_id] = seq.request
-        return list(touched.values())
+                advanced[seq.request.request_id] = seq.request
+        return list(advanced.values())
 
     def _record_step(self, step: SchedulerOutput, seconds: float, preemptions: int) -> None:
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
@@ -212,6 +210,14 @@ class LLMEngine:
         if finish is not None:
             seq.finish_reason, seq.stop_reason = finish
             self.scheduler.finish(seq)
+
+    def _outputs(self, advanced: list[Request]) -> list[RequestOutput]:
+        """Each advanced request's output (a final_only one's once it finishes); a finished
+        request leaves the engine."""
+        for request in advanced:
+            if request.finished:
+                del self.requests[request.request_id]
+        return [self._request_output(r) for r in advanced if r.finished or not r.final_only]
 
     def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
         return {t: Logprob(v, r, self.tokenizer.decode_token(t))
