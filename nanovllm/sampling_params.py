@@ -126,21 +126,32 @@ def _as_bias(value) -> dict[int, float]:
     if len(value) > MAX_LOGIT_BIAS_ENTRIES:
         raise InvalidRequestError(f"logit_bias takes at most {MAX_LOGIT_BIAS_ENTRIES} entries, "
                                   f"got {len(value)}", "logit_bias")
+    tokens = {k: _bias_token(k) for k in value}
+    if bad := [k for k, t in tokens.items() if t is None]:  # every bad key, not just the first
+        raise InvalidRequestError(f"logit_bias keys must be token ids; {len(bad)} are not: "
+                                  f"{_quote_all(bad)}", "logit_bias")
     bias = {}
     for k, v in value.items():
-        token = _bias_token(k)
-        _check_range(f"logit_bias[{token}]", v, *LOGIT_BIAS_RANGE)
-        bias[token] = float(v)
+        _check_range(f"logit_bias[{tokens[k]}]", v, *LOGIT_BIAS_RANGE)
+        bias[tokens[k]] = float(v)
     return bias
 
 
-def _bias_token(key) -> int:
-    """An integer, or a string of ASCII digits: int() alone would take "1_0", "²" or 1.5."""
+def _bias_token(key) -> int | None:
+    """An integer, or a string of ASCII digits (int() alone would take "1_0", "²" or 1.5);
+    None for any other key."""
     if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key.strip()):
         return int(key)
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
         return int(key)
-    raise InvalidRequestError(f"logit_bias keys must be token ids, got {quote(key)}", "logit_bias")
+    return None
+
+
+def _quote_all(values: list, shown: int = 10) -> str:
+    """Up to `shown` user values, quoted, comma-separated: an error names them without
+    echoing a megabyte of input."""
+    text = ", ".join(quote(v) for v in values[:shown])
+    return text + (f" and {len(values) - shown} more" if len(values) > shown else "")
 
 
 def _invalid(name: str, message: str) -> InvalidRequestError:

@@ -22,6 +22,15 @@ from nanovllm.sampling_params import SamplingParams
 from nanovllm.tokenizer import Tokenizer
 
 
+def check_bias_ids(ids: Sequence[int], vocab_size: int) -> None:
+    """logit_bias keys (ints by now) in the vocabulary; the error names every one outside."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InvalidRequestError(f"logit_bias names {len(bad)} token id(s) outside the vocabulary "
+                                  f"[0, {vocab_size}): {shown}.", "logit_bias")
+
+
 def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
     """Every id must be an integer in [0, vocab_size); `param` names the field they came in."""
     for t in ids:
@@ -71,7 +80,7 @@ class RequestValidator:
                                       f"queues at most {self.max_waiting_seqs} sequences.", "n")
         prompt_ids = self.prompt_ids(prompt, params)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
-        check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
+        check_bias_ids(list(params.logit_bias), self.vocab_size)
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
         return prompt_ids
 

@@ -26,6 +26,8 @@ from nanovllm.limits import (
 )
 from nanovllm.server.errors import refuse_lone_surrogates
 
+MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
+
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -57,7 +59,9 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool | None = True  # vLLM's default once stream_options is given
+    # OpenAI's meaning: the usage chunk only when asked for. (vLLM's model defaults this to
+    # true, so `{}` gets a chunk with no choices, which crashes clients reading choices[0].)
+    include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
 
 
@@ -154,12 +158,26 @@ class CompletionRequest(SamplingFields):
 
 
 class TokenizeRequest(OpenAIBaseModel):
+    """vLLM's two forms: a `prompt`, or chat `messages` rendered by the chat template."""
+
     model: str | None = None
-    prompt: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool = Field(
         True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
                           "tokens, so it changes nothing.")
     return_token_strs: bool | None = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        if self.add_generation_prompt and self.continue_final_message and self.messages:
+            raise ValueError("Cannot set both `continue_final_message` and "
+                             "`add_generation_prompt` to true.")
+        return self
 
 
 class DetokenizeRequest(OpenAIBaseModel):

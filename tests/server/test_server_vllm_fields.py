@@ -1,0 +1,95 @@
+"""Issue 29, what vLLM's own API tests found: each item through the real server and the real
+`openai` client, streams read chunk by chunk as a strict client reads them."""
+
+from __future__ import annotations
+
+import pytest
+from server_helpers import MODEL, error_of
+from test_server_chat import MESSAGES, RENDERED
+
+
+def strict_stream(stream) -> list:
+    """Every chunk of an openai stream, read as a strict client does: choices[0] of each."""
+    chunks = list(stream)
+    for chunk in chunks:
+        assert chunk.choices, f"a chunk with no choices: {chunk}"
+        chunk.choices[0]  # noqa: B018 - what a strict client reads
+    return chunks
+
+
+@pytest.mark.parametrize("options", [{}, {"include_usage": False},
+                                     {"include_usage": False, "continuous_usage_stats": True}])
+def test_no_usage_chunk_unless_include_usage_is_true(client, chat_client, options):
+    chunks = strict_stream(client.completions.create(
+        model=MODEL, prompt="Hi", max_tokens=3, stream=True, stream_options=options))
+    assert all(c.usage is None for c in chunks)
+    chat = strict_stream(chat_client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=3, stream=True,
+        stream_options=options))
+    assert all(c.usage is None for c in chat)
+
+
+def test_usage_chunk_when_include_usage_is_true(client):
+    *content, last = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3,
+                                               stream=True, stream_options={"include_usage": True})
+    assert last.choices == [] and last.usage.completion_tokens == 3
+    assert content and all(c.choices and c.usage is None for c in content)
+
+
+def test_logit_bias_names_every_bad_key(http):
+    err = error_of(http.post("/v1/completions", json={
+        "prompt": "x", "logit_bias": {"1": 1, "abc": 2, "1.5": 3, "²": 4}}), 400)
+    assert err["param"] == "logit_bias"
+    assert all(f"`{k}`" in err["message"] for k in ("abc", "1.5", "²")), err["message"]
+    err = error_of(http.post("/v1/completions", json={
+        "prompt": "x", "logit_bias": {"5000": 1, "7": 1, "6000": 1, "-3": 1}}), 400)
+    assert err["param"] == "logit_bias"
+    assert all(k in err["message"] for k in ("5000", "6000", "-3")), err["message"]
+
+
+def test_tokenize_token_strs_are_vocabulary_strings(http, engine_loop):
+    got = http.post("/tokenize", json={"prompt": "Paris is big", "return_token_strs": True}).json()
+    tok = engine_loop.tokenizer
+    assert got["token_strs"] == [tok._tok.id_to_token(t) for t in got["tokens"]]
+    # The vocabulary's strings ("Ġis"), not decoded text (" is").
+    assert any(s.startswith("Ġ") for s in got["token_strs"]) and " " not in "".join(got["token_strs"])
+    # ... which is what clients map back to ids.
+    vocab = tok._tok.get_vocab()
+    assert [vocab[s] for s in got["token_strs"]] == got["tokens"]
+
+
+def test_tokenize_messages_renders_the_chat_template(chat_http):
+    want = chat_http.post("/tokenize", json={"prompt": RENDERED}).json()["tokens"]
+    got = chat_http.post("/tokenize", json={"messages": MESSAGES}).json()
+    assert got["tokens"] == want and got["count"] == len(want)
+    resp = chat_http.post("/v1/chat/completions", json={"messages": MESSAGES,
+                                                        "max_completion_tokens": 1}).json()
+    assert resp["usage"]["prompt_tokens"] == got["count"]
+    bare = chat_http.post("/tokenize", json={"messages": MESSAGES,
+                                             "add_generation_prompt": False}).json()
+    assert bare["tokens"] != want and want[:len(bare["tokens"]) - 1] == bare["tokens"][:-1]
+
+
+def test_tokenize_needs_exactly_one_form(chat_http, http):
+    error_of(chat_http.post("/tokenize", json={"prompt": "x", "messages": MESSAGES}), 400)
+    error_of(chat_http.post("/tokenize", json={}), 400)
+    err = error_of(http.post("/tokenize", json={"messages": MESSAGES}), 400)  # no template
+    assert err["param"] == "messages"
+
+
+def test_invocations_routes_by_body(chat_http, chat_client):
+    plain = chat_client.completions.create(model=MODEL, prompt="Hi", max_tokens=4, temperature=0)
+    got = chat_http.post("/invocations", json={"prompt": "Hi", "max_tokens": 4,
+                                               "temperature": 0}).json()
+    assert got["object"] == "text_completion" and got["choices"][0]["text"] == plain.choices[0].text
+    chat = chat_http.post("/invocations", json={"messages": MESSAGES, "max_tokens": 2}).json()
+    assert chat["object"] == "chat.completion"
+    with chat_http.stream("POST", "/invocations", json={"prompt": "Hi", "max_tokens": 2,
+                                                         "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.read().decode().endswith("data: [DONE]\n\n")
+    err = error_of(chat_http.post("/invocations", json={"input": "Hi"}), 400)
+    assert err["param"] == "prompt"
+    err = error_of(chat_http.post("/invocations", json={"prompt": "Hi", "n": 0}), 400)
+    assert err["param"] == "n"
+    error_of(chat_http.post("/invocations", content=b"[1, 2]"), 400)
