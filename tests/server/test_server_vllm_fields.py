@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from server_helpers import MODEL, error_of
 from test_server_chat import MESSAGES, RENDERED
+
+from nanovllm.structured import ecmascript_classes
 
 
 def strict_stream(stream) -> list:
@@ -93,3 +97,28 @@ def test_invocations_routes_by_body(chat_http, chat_client):
     err = error_of(chat_http.post("/invocations", json={"prompt": "Hi", "n": 0}), 400)
     assert err["param"] == "n"
     error_of(chat_http.post("/invocations", content=b"[1, 2]"), 400)
+
+
+@pytest.mark.parametrize("regex,field", [(r"\d{4}", "guided_regex"), (r"[\d]{4}", "regex"),
+                                         (r"\w{4}", "guided_regex")])
+def test_regex_shorthands_are_ascii_as_in_ecmascript(client, engine_loop, regex, field):
+    """A bias pulls hard toward the first byte of "۳" (a Unicode digit and word character): the
+    constraint must still allow only ASCII, as JSON Schema's and vLLM's backends read `\\d`."""
+    lead = engine_loop.tokenizer.token_bytes.index("۳".encode()[:1])
+    extra = {"guided_regex": regex} if field == "guided_regex" else {
+        "structured_outputs": {"regex": regex}}
+    choices = client.completions.create(
+        model=MODEL, prompt="Number:", n=4, temperature=1.0, seed=1, max_tokens=12,
+        logit_bias={str(lead): 30}, extra_body=extra).choices
+    for choice in choices:
+        assert re.fullmatch(regex, choice.text, re.ASCII), choice.text
+        assert choice.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("regex,ascii_regex", [
+    (r"\d+", "[0-9]+"), (r"[\d.]+", "[0-9.]+"), (r"\D\W", "[^0-9][^0-9A-Za-z_]"),
+    (r"[^\d]", "[^0-9]"), (r"\\d", r"\\d"), (r"[a-z\]\d]", r"[a-z\]0-9]"), (r"[\D]", "[[^0-9]]"),
+    (r"\p{L}\.", r"\p{L}\."), (r"[]\d]\d", "[]0-9][0-9]"), (r"[a^]\w", "[a^][0-9A-Za-z_]"),
+])
+def test_ecmascript_classes(regex, ascii_regex):
+    assert ecmascript_classes(regex) == ascii_regex
