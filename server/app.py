@@ -75,7 +75,8 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
-              enable_tokenizer_info: bool = False) -> FastAPI:
+              enable_tokenizer_info: bool = False,
+              return_tokens_as_token_ids: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
@@ -98,7 +99,8 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
                           template_text if template else None) if enable_tokenizer_info else None
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
+                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer),
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids)
     app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)

@@ -20,7 +20,13 @@ from nanovllm import SamplingParams
 from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
-from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
+from nanovllm.server.completions import (
+    engine_error,
+    final_outputs,
+    token_id_fields,
+    token_namer,
+    usage,
+)
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import (
@@ -126,6 +132,7 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  limits: ServerLimits) -> tuple[Prompt, SamplingParams]:
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
@@ -164,11 +171,18 @@ def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt,
                 "message": {"role": "assistant", "content": out.text, "refusal": None,
                             "tool_calls": []},
                 "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
-                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
+                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
+                **token_id_fields(req, None, out.token_ids)}
                for out in sorted(result.outputs, key=lambda o: o.index)]
     return {"id": request_id, "object": "chat.completion", "created": created,
             "model": ctx.model_name, "choices": choices, "usage": usage([prompt], {0: result}),
-            "system_fingerprint": None, "prompt_logprobs": None}
+            "system_fingerprint": None, "prompt_logprobs": None,
+            **prompt_ids_field(req, prompt)}
+
+
+def prompt_ids_field(req, prompt: Prompt) -> dict:
+    """Chat's return_token_ids: the rendered prompt's ids, once per response (vLLM's place)."""
+    return {"prompt_token_ids": list(prompt.token_ids)} if req.return_token_ids else {}
 
 
 async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: Prompt,
@@ -196,10 +210,11 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
     if st.finished or not (text or finished or (req.logprobs and len(out.token_ids) > st.num_tokens)):
         return None
     logprobs = _choice_logprobs(req, out, st.num_tokens, len(out.token_ids), tok)
+    ids = token_id_fields(req, None, out.token_ids[st.num_tokens:])
     st.text_len, st.num_tokens, st.finished = len(out.text), len(out.token_ids), finished
     return {"index": out.index, "delta": {"content": text} if text or not finished else {},
             "logprobs": logprobs, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
 async def chat_events(req, ctx, prompt: Prompt, stream: RequestStream) -> AsyncIterator[str]:
@@ -216,8 +231,9 @@ async def chat_events(req, ctx, prompt: Prompt, stream: RequestStream) -> AsyncI
         for i in range(req.n):
             role = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None}
+            first = prompt_ids_field(req, prompt) if i == 0 else {}  # on the first chunk
             yield sse({**head, "choices": [role], "usage": usage([prompt], {}) if continuous
-                       else None})
+                       else None, **first})
         while not stream.done:
             batch = await stream.next_batch()
             final.update(batch)

@@ -133,7 +133,19 @@ def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer)
         lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs,
                              token_namer(req, tokenizer), 0)
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result)}
+            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result),
+            **token_id_fields(req, prompt.token_ids, generated(req, out)[1])}
+
+
+def token_id_fields(req, prompt_ids: list[int] | None, token_ids: list[int]) -> dict:
+    """vLLM's return_token_ids: the prompt's ids (where given) and the choice's generated ids
+    (never the echoed prompt), so a client need not tokenize again."""
+    if not req.return_token_ids:
+        return {}
+    fields = {"token_ids": list(token_ids)}
+    if prompt_ids is not None:
+        fields = {"prompt_token_ids": list(prompt_ids), **fields}
+    return fields
 
 
 def usage(prompts: list[Prompt], results: dict, count_generated: bool = True) -> dict:
@@ -173,6 +185,7 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     Returns the prompts (as token ids) and the sampling params they all share.
     """
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, limits)
     if ignored := req.ignored_fields():

@@ -31,7 +31,7 @@ class Prompt:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
 UNSUPPORTED_FIELDS = (
     "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
-    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
+    "bad_words", "prompt_embeds", "logits_processors", "vllm_xargs",
     "guided_whitespace_pattern", "structural_tag",
 )
 

@@ -130,6 +130,8 @@ class SamplingFields(StructuredOutputFields):
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
     return_tokens_as_token_ids: bool | None = False
+    # Token-in / token-out: prompt_token_ids and each choice's token_ids in the response.
+    return_token_ids: bool | None = False
 
     @field_validator("stop", mode="before")
     @classmethod

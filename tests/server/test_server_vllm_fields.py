@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
-from server_helpers import MODEL, error_of
+from conftest import openai_client
+from server_helpers import MODEL, error_of, serve
 from test_server_chat import MESSAGES, RENDERED
 
+from nanovllm.server.app import build_app
+from nanovllm.server.cli import add_serve_args
 from nanovllm.structured import ecmascript_classes
 
 
@@ -122,3 +126,89 @@ def test_regex_shorthands_are_ascii_as_in_ecmascript(client, engine_loop, regex,
 ])
 def test_ecmascript_classes(regex, ascii_regex):
     assert ecmascript_classes(regex) == ascii_regex
+
+
+def test_return_token_ids_on_completions(client, http):
+    prompts = ["Hello there", "Two"]
+    resp = client.completions.create(model=MODEL, prompt=prompts, max_tokens=5, n=2,
+                                     temperature=1.0, seed=3, echo=True,
+                                     extra_body={"return_token_ids": True})
+    for choice in resp.choices:
+        extra = choice.model_extra
+        prompt = prompts[choice.index // 2]
+        assert extra["prompt_token_ids"] == http.post("/tokenize", json={"prompt": prompt}
+                                                      ).json()["tokens"]
+        generated = choice.text[len(prompt):]  # echo: the prompt's text comes first
+        detok = http.post("/detokenize", json={"tokens": extra["token_ids"]}).json()["prompt"]
+        assert len(extra["token_ids"]) == 5 or choice.finish_reason == "stop"
+        assert detok == generated
+    assert sum(len(c.model_extra["token_ids"]) for c in resp.choices) == \
+        resp.usage.completion_tokens
+    plain = client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert "token_ids" not in plain.choices[0].model_extra
+
+
+def test_return_token_ids_streamed_on_completions(client):
+    body = dict(model=MODEL, prompt=["Hello there", "Two"], max_tokens=6, n=2, temperature=1.0,
+                seed=3, extra_body={"return_token_ids": True, "ignore_eos": True})
+    whole = client.completions.create(**body)
+    ids: dict[int, list[int]] = {}
+    prompt_ids: dict[int, list[int]] = {}
+    for chunk in strict_stream(client.completions.create(**body, stream=True)):
+        choice = chunk.choices[0]
+        extra = choice.model_extra
+        if "prompt_token_ids" in extra:  # the first chunk of each choice, only
+            assert choice.index not in prompt_ids and choice.index not in ids
+            prompt_ids[choice.index] = extra["prompt_token_ids"]
+        ids.setdefault(choice.index, []).extend(extra["token_ids"])
+    for choice in whole.choices:
+        assert ids[choice.index] == choice.model_extra["token_ids"]
+        assert prompt_ids[choice.index] == choice.model_extra["prompt_token_ids"]
+
+
+def test_return_token_ids_on_chat(chat_client, chat_http):
+    want = chat_http.post("/tokenize", json={"messages": MESSAGES}).json()["tokens"]
+    body = dict(model=MODEL, messages=MESSAGES, max_completion_tokens=6, n=2, temperature=1.0,
+                seed=4, extra_body={"return_token_ids": True, "ignore_eos": True})
+    resp = chat_client.chat.completions.create(**body)
+    assert resp.model_extra["prompt_token_ids"] == want
+    for choice in resp.choices:
+        ids = choice.model_extra["token_ids"]
+        assert len(ids) == 6
+        assert chat_http.post("/detokenize", json={"tokens": ids}).json()["prompt"] == \
+            choice.message.content
+    streamed: dict[int, list[int]] = {0: [], 1: []}
+    chunks = strict_stream(chat_client.chat.completions.create(**body, stream=True))
+    assert chunks[0].model_extra["prompt_token_ids"] == want
+    assert all("prompt_token_ids" not in c.model_extra for c in chunks[1:])
+    for chunk in chunks:
+        choice = chunk.choices[0]
+        streamed[choice.index] += choice.model_extra.get("token_ids", [])
+    assert [streamed[c.index] for c in resp.choices] == \
+        [c.model_extra["token_ids"] for c in resp.choices]
+
+
+@pytest.fixture(scope="module")
+def live_token_ids(engine_loop):
+    srv = serve(build_app(engine_loop, served_model_name=MODEL, ui=False,
+                          return_tokens_as_token_ids=True), engine_loop)
+    yield srv
+    srv.stop()
+
+
+def test_server_flag_return_tokens_as_token_ids(live_token_ids):
+    client = openai_client(live_token_ids)
+    lp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, logprobs=2,
+                                   temperature=0).choices[0].logprobs
+    assert all(t.startswith("token_id:") for t in lp.tokens)
+    assert all(k.startswith("token_id:") for top in lp.top_logprobs for k in top)
+    chunks = strict_stream(client.completions.create(model=MODEL, prompt="Hi", max_tokens=3,
+                                                     logprobs=1, stream=True))
+    assert all(t.startswith("token_id:") for c in chunks for t in c.choices[0].logprobs.tokens)
+
+
+def test_serve_has_the_flag():
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    assert parser.parse_args(["m", "--return-tokens-as-token-ids"]).return_tokens_as_token_ids
+    assert not parser.parse_args(["m"]).return_tokens_as_token_ids
