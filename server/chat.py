@@ -33,6 +33,7 @@ from nanovllm.server.prompts import (
     Prompt,
     check_response_size,
     check_unsupported_fields,
+    prompt_text_of,
     sampling_params,
 )
 from nanovllm.server.request_stream import RequestStream
@@ -138,7 +139,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=None,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = Prompt(ctx.engine_loop.check_request(text, params), text)
+    prompt = Prompt(ctx.engine_loop.check_request(text, params), prompt_text_of(text, params))
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
     return prompt, params
 

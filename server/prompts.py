@@ -30,8 +30,7 @@ class Prompt:
 # vLLM request fields that would change the output and that this server does not implement:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
 UNSUPPORTED_FIELDS = (
-    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
-    "bad_words", "prompt_embeds", "logits_processors", "vllm_xargs",
+    "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors", "vllm_xargs",
     "guided_whitespace_pattern", "structural_tag",
 )
 
@@ -119,8 +118,13 @@ def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> lis
     prompts = []
     for item in split_prompts(raw):
         token_ids = engine_loop.check_request(item, params)  # refusals become 400s (errors.py)
-        prompts.append(Prompt(token_ids, item if isinstance(item, str) else None))
+        prompts.append(Prompt(token_ids, prompt_text_of(item, params)))
     return prompts
+
+
+def prompt_text_of(item, params: SamplingParams) -> str | None:
+    """The prompt's own text, if it is one and was not truncated (else echo decodes the ids)."""
+    return item if isinstance(item, str) and params.truncate_prompt_tokens is None else None
 
 
 def sampling_params(req, **overrides) -> SamplingParams:
@@ -151,6 +155,9 @@ def sampling_params(req, **overrides) -> SamplingParams:
         include_stop_str_in_output=bool(req.include_stop_str_in_output),
         skip_special_tokens=req.skip_special_tokens is not False,
         logit_bias=_clamped_logit_bias(req.logit_bias),
+        allowed_token_ids=req.allowed_token_ids,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
+        truncation_side=req.truncation_side or "left",
     )
     kwargs.update(overrides)
     try:

@@ -8,12 +8,13 @@ Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected ever
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nanovllm.limits import (
     LOGIT_BIAS_RANGE,
+    MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
     MAX_N,
@@ -23,8 +24,9 @@ from nanovllm.limits import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
+    TRUNCATION_SIDES,
 )
-from nanovllm.server.errors import refuse_lone_surrogates
+from nanovllm.server.errors import bad_request, refuse_lone_surrogates
 
 MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
 
@@ -132,6 +134,9 @@ class SamplingFields(StructuredOutputFields):
     return_tokens_as_token_ids: bool | None = False
     # Token-in / token-out: prompt_token_ids and each choice's token_ids in the response.
     return_token_ids: bool | None = False
+    allowed_token_ids: list[TokenId] | None = Field(None, max_length=MAX_ALLOWED_TOKEN_IDS)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: the context length
+    truncation_side: Literal[TRUNCATION_SIDES] | None = None  # "left" (vLLM's default)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -172,14 +177,15 @@ class TokenizeRequest(OpenAIBaseModel):
                           "tokens, so it changes nothing.")
     return_token_strs: bool | None = False
 
-    @model_validator(mode="after")
-    def _one_form(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` and `messages`")
-        if self.add_generation_prompt and self.continue_final_message and self.messages:
-            raise ValueError("Cannot set both `continue_final_message` and "
-                             "`add_generation_prompt` to true.")
-        return self
+    def check_form(self) -> None:
+        """Exactly one of the two forms (an error naming the field to fix)."""
+        if self.prompt is None and self.messages is None:
+            raise bad_request("Give `prompt` (text) or `messages` (a chat).", "prompt")
+        if self.prompt is not None and self.messages is not None:
+            raise bad_request("Give `prompt` or `messages`, not both.", "messages")
+        if self.messages and self.add_generation_prompt and self.continue_final_message:
+            raise bad_request("Cannot set both `continue_final_message` and "
+                              "`add_generation_prompt` to true.", "continue_final_message")
 
 
 class DetokenizeRequest(OpenAIBaseModel):

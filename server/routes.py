@@ -109,6 +109,7 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     """A `prompt`, or chat `messages` as the chat template renders them (vLLM's two forms);
     `token_strs` are the vocabulary's strings ("Ġis"), which clients map back to ids."""
     ctx.check_model(body.model)
+    body.check_form()
     tok = ctx.engine_loop.tokenizer
     text = body.prompt if body.messages is None else render_prompt(body, ctx)
     param = "prompt" if body.messages is None else "messages"

@@ -212,3 +212,56 @@ def test_serve_has_the_flag():
     add_serve_args(parser)
     assert parser.parse_args(["m", "--return-tokens-as-token-ids"]).return_tokens_as_token_ids
     assert not parser.parse_args(["m"]).return_tokens_as_token_ids
+
+
+def test_allowed_token_ids(client, chat_client, http):
+    allowed = [11, 300, 901]
+    resp = client.completions.create(model=MODEL, prompt="Hi", n=3, max_tokens=8,
+                                     temperature=1.5, seed=1,
+                                     extra_body={"allowed_token_ids": allowed,
+                                                 "return_token_ids": True, "ignore_eos": True})
+    for choice in resp.choices:
+        assert set(choice.model_extra["token_ids"]) <= set(allowed)
+    chunks = strict_stream(chat_client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=8, stream=True,
+        extra_body={"allowed_token_ids": allowed, "return_token_ids": True}))
+    streamed = [t for c in chunks for t in c.choices[0].model_extra.get("token_ids", [])]
+    assert streamed and set(streamed) <= set(allowed)
+    for bad, param in (([], "allowed_token_ids"), ([5000], "allowed_token_ids")):
+        err = error_of(http.post("/v1/completions", json={"prompt": "x",
+                                                          "allowed_token_ids": bad}), 400)
+        assert err["param"] == param
+    err = error_of(http.post("/v1/completions", json={
+        "prompt": "x", "allowed_token_ids": [1], "guided_regex": "a+"}), 400)
+    assert err["param"] == "allowed_token_ids"
+
+
+def test_truncate_prompt_tokens_and_truncation_side(client, http):
+    prompt = "one two three four five six seven eight nine ten"
+    ids = http.post("/tokenize", json={"prompt": prompt}).json()["tokens"]
+    for side, kept in (("left", ids[-4:]), ("right", ids[:4]), (None, ids[-4:])):
+        extra = {"truncate_prompt_tokens": 4, **({"truncation_side": side} if side else {})}
+        resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, echo=True,
+                                         temperature=0, extra_body=extra)
+        assert resp.usage.prompt_tokens == 4
+        text = http.post("/detokenize", json={"tokens": kept}).json()["prompt"]
+        assert resp.choices[0].text.startswith(text)  # echo shows what the model read
+        same = client.completions.create(model=MODEL, prompt=kept, max_tokens=2, temperature=0)
+        assert resp.choices[0].text == text + same.choices[0].text
+    long = "word " * 2000  # longer than the context: a 400 unless truncated
+    error_of(http.post("/v1/completions", json={"prompt": long, "max_tokens": 1}), 400)
+    assert client.completions.create(model=MODEL, prompt=long, max_tokens=1, extra_body={
+        "truncate_prompt_tokens": 16}).usage.prompt_tokens == 16
+    for body, param in (({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+                        ({"truncate_prompt_tokens": 100_000}, "truncate_prompt_tokens"),
+                        ({"truncation_side": "middle"}, "truncation_side")):
+        err = error_of(http.post("/v1/completions", json={"prompt": "x", **body}), 400)
+        assert err["param"] == param
+
+
+def test_truncate_prompt_tokens_on_chat(chat_client, chat_http):
+    want = chat_http.post("/tokenize", json={"messages": MESSAGES}).json()["tokens"]
+    resp = chat_client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_completion_tokens=1,
+        extra_body={"truncate_prompt_tokens": 5, "return_token_ids": True})
+    assert resp.usage.prompt_tokens == 5 and resp.model_extra["prompt_token_ids"] == want[-5:]

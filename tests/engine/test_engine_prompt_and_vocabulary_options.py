@@ -1,0 +1,74 @@
+"""allowed_token_ids, truncate_prompt_tokens and truncation_side: SamplingParams options the
+engine honours with vLLM's meaning (the sampler bans every other token; the validator keeps
+the last, or first, N prompt tokens before any other check)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_engine_sampler import BASE, EOS, adjusted
+
+from nanovllm import InvalidRequestError, SamplingParams
+
+
+def test_allowed_token_ids_ban_every_other_token_before_the_bias():
+    got = adjusted(BASE, [0], [], allowed_token_ids=[2, 8, 2], logit_bias={2: 1.0, 3: 50.0})
+    expected = np.full(len(BASE), -np.inf, np.float32)
+    expected[2], expected[8] = BASE[2] + 1.0, BASE[8]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_allowed_token_ids_are_all_a_seeded_sampler_picks(make_llm):
+    llm = make_llm()
+    allowed = [7, 300, 901]
+    for out in llm.generate(["Hello", "x"], SamplingParams(
+            n=4, temperature=1.5, seed=2, max_tokens=12, ignore_eos=True,
+            allowed_token_ids=allowed)):
+        for o in out.outputs:
+            assert set(o.token_ids) <= set(allowed) and len(o.token_ids) == 12
+    greedy = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=4,
+                                                    allowed_token_ids=[EOS + 400]))
+    assert greedy[0].outputs[0].token_ids == [EOS + 400] * 4
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"allowed_token_ids": []}, "allowed_token_ids"),
+    ({"allowed_token_ids": [1, -2]}, "allowed_token_ids"),
+    ({"allowed_token_ids": "12"}, "allowed_token_ids"),
+    ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+    ({"truncation_side": "middle"}, "truncation_side"),
+])
+def test_bad_values_name_their_field(kwargs, param):
+    with pytest.raises(InvalidRequestError) as err:
+        SamplingParams(**kwargs)
+    assert err.value.param == param
+
+
+def test_allowed_token_ids_outside_the_vocabulary(make_engine):
+    engine = make_engine()
+    with pytest.raises(InvalidRequestError) as err:
+        engine.check_request("Hi", SamplingParams(allowed_token_ids=[1, engine.vocab_size]))
+    assert err.value.param == "allowed_token_ids"
+
+
+def test_truncate_prompt_tokens_keeps_the_end_or_the_start(make_engine):
+    engine = make_engine()
+    ids = list(range(10, 60))
+    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=8)) == ids[-8:]
+    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=8,
+                                                    truncation_side="right")) == ids[:8]
+    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=80)) == ids
+    text = "word " * 2000  # far longer than the context: refused unless truncated
+    with pytest.raises(InvalidRequestError):
+        engine.check_request(text, SamplingParams())
+    kept = engine.check_request(text, SamplingParams(truncate_prompt_tokens=16))
+    assert kept == engine.tokenizer.encode(text)[-16:]
+    with pytest.raises(InvalidRequestError) as err:
+        engine.check_request(ids, SamplingParams(truncate_prompt_tokens=engine.max_model_len + 1))
+    assert err.value.param == "truncate_prompt_tokens"
+    # -1: the context length, which leaves no room to generate: vLLM's error, about the prompt.
+    long_ids = list(range(engine.max_model_len + 5))
+    with pytest.raises(InvalidRequestError) as err:
+        engine.check_request(long_ids, SamplingParams(truncate_prompt_tokens=-1, max_tokens=None))
+    assert err.value.param == "prompt"
