@@ -23,6 +23,7 @@ from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import (
     engine_error,
     final_outputs,
+    prompt_logprobs_field,
     token_id_fields,
     token_namer,
     usage,
@@ -55,10 +56,8 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
     if extra.get("tool_choice") not in (None, "none"):
         raise bad_request("`tool_choice` is not supported by this server (no tools).",
                           "tool_choice")
-    if req.echo:
-        raise bad_request("`echo` is not supported on /v1/chat/completions.", "echo")
-    if req.prompt_logprobs is not None:
-        raise bad_request("`prompt_logprobs` is not supported on /v1/chat/completions.",
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("`prompt_logprobs` are not available when `stream=True`.",
                           "prompt_logprobs")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("`top_logprobs` needs `logprobs` set to true.", "top_logprobs")
@@ -137,7 +136,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-                             prompt_logprobs=None,
+                             prompt_logprobs=req.prompt_logprobs,
                              structured=constraint_for(req, ctx.grammar_compiler))
     prompt = Prompt(ctx.engine_loop.check_request(text, params), prompt_text_of(text, params))
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
@@ -166,10 +165,22 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
                          req.top_logprobs or 0, token_namer(req, tokenizer), tokenizer.token_bytes)
 
 
+def echoed_content(req) -> str:
+    """vLLM's chat echo: the last message's content, when the assistant wrote it (the turn a
+    continue_final_message request continues); nothing otherwise."""
+    if not req.echo:
+        return ""
+    last = req.messages[-1]
+    if last.get("role") != "assistant":
+        return ""
+    return _content_text(last.get("content"), f"messages[{len(req.messages) - 1}].content")
+
+
 def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt, result) -> dict:
     tok = ctx.engine_loop.tokenizer
+    echo = echoed_content(req)
     choices = [{"index": out.index,
-                "message": {"role": "assistant", "content": out.text, "refusal": None,
+                "message": {"role": "assistant", "content": echo + out.text, "refusal": None,
                             "tool_calls": []},
                 "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
                 "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
@@ -177,7 +188,7 @@ def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt,
                for out in sorted(result.outputs, key=lambda o: o.index)]
     return {"id": request_id, "object": "chat.completion", "created": created,
             "model": ctx.model_name, "choices": choices, "usage": usage([prompt], {0: result}),
-            "system_fingerprint": None, "prompt_logprobs": None,
+            "system_fingerprint": None, "prompt_logprobs": prompt_logprobs_field(result),
             **prompt_ids_field(req, prompt)}
 
 
@@ -235,6 +246,12 @@ async def chat_events(req, ctx, prompt: Prompt, stream: RequestStream) -> AsyncI
             first = prompt_ids_field(req, prompt) if i == 0 else {}  # on the first chunk
             yield sse({**head, "choices": [role], "usage": usage([prompt], {}) if continuous
                        else None, **first})
+        if echo := echoed_content(req):  # as vLLM: after the roles, before any new token
+            for i in range(req.n):
+                choice = {"index": i, "delta": {"content": echo}, "logprobs": None,
+                          "finish_reason": None}
+                yield sse({**head, "choices": [choice], "usage": usage([prompt], {})
+                           if continuous else None})
         while not stream.done:
             batch = await stream.next_batch()
             final.update(batch)

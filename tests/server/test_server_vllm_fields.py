@@ -265,3 +265,43 @@ def test_truncate_prompt_tokens_on_chat(chat_client, chat_http):
         model=MODEL, messages=MESSAGES, max_completion_tokens=1,
         extra_body={"truncate_prompt_tokens": 5, "return_token_ids": True})
     assert resp.usage.prompt_tokens == 5 and resp.model_extra["prompt_token_ids"] == want[-5:]
+
+
+OPEN_TURN = [*MESSAGES, {"role": "assistant", "content": "The colour is"}]
+
+
+def test_chat_echo_prepends_the_assistants_own_last_message(chat_client):
+    body = dict(model=MODEL, messages=OPEN_TURN, max_completion_tokens=4, temperature=0,
+                extra_body={"echo": True, "add_generation_prompt": False,
+                            "continue_final_message": True})
+    plain = chat_client.chat.completions.create(**{**body, "extra_body": {
+        "add_generation_prompt": False, "continue_final_message": True}})
+    echoed = chat_client.chat.completions.create(**body)
+    assert echoed.choices[0].message.content == "The colour is" + plain.choices[0].message.content
+    assert echoed.usage == plain.usage
+    chunks = strict_stream(chat_client.chat.completions.create(**body, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[1].choices[0].delta.content == "The colour is"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+        echoed.choices[0].message.content
+    # The last message is the user's: nothing to echo (vLLM's rule).
+    user_last = chat_client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                    max_completion_tokens=4, temperature=0,
+                                                    extra_body={"echo": True})
+    again = chat_client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                max_completion_tokens=4, temperature=0)
+    assert user_last.choices[0].message.content == again.choices[0].message.content
+
+
+def test_chat_prompt_logprobs(chat_client, chat_http):
+    resp = chat_client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                               max_completion_tokens=1, temperature=0,
+                                               extra_body={"prompt_logprobs": 2})
+    plain = chat_http.post("/v1/completions", json={"prompt": RENDERED, "max_tokens": 1,
+                                                    "prompt_logprobs": 2}).json()
+    assert resp.model_extra["prompt_logprobs"] == plain["choices"][0]["prompt_logprobs"]
+    assert resp.model_extra["prompt_logprobs"][0] is None
+    assert len(resp.model_extra["prompt_logprobs"]) == resp.usage.prompt_tokens
+    err = error_of(chat_http.post("/v1/chat/completions", json={
+        "messages": MESSAGES, "prompt_logprobs": 1, "stream": True}), 400)
+    assert err["param"] == "prompt_logprobs"
