@@ -88,7 +88,8 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray_client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
-                            if engine_loop.replica_stats is None else engine_loop.replica_stats)
+                            if engine_loop.replica_stats is None else engine_loop.replica_stats,
+                            engine_loop.max_model_len)
     tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
     eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
     template_text = chat_template or tok_config.get("chat_template")

@@ -200,7 +200,8 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
 async def start(req, ctx: ServerContext, prompts: list[Prompt], params: SamplingParams,
                 prefix: str = "cmpl") -> RequestStream:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
-    stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n, ctx.metrics.tracker())
+    stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n,
+                           ctx.metrics.tracker(params))
     try:
         await stream.submit([p.token_ids for p in prompts], params)
     except asyncio.CancelledError:

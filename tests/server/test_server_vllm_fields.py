@@ -305,3 +305,57 @@ def test_chat_prompt_logprobs(chat_client, chat_http):
     err = error_of(chat_http.post("/v1/chat/completions", json={
         "messages": MESSAGES, "prompt_logprobs": 1, "stream": True}), 400)
     assert err["param"] == "prompt_logprobs"
+
+
+def histogram(text: str, name: str) -> tuple[dict[str, float], float, float]:
+    """A histogram's cumulative buckets {le: count}, count and sum (model_name=MODEL)."""
+    buckets, count, total = {}, 0.0, 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or f'model_name="{MODEL}"' not in line:
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith(f"{name}_bucket{{"):
+            buckets[line.split('le="')[1].split('"')[0]] = value
+        elif line.startswith(f"{name}_count{{"):
+            count = value
+        elif line.startswith(f"{name}_sum{{"):
+            total = value
+    return buckets, count, total
+
+
+def test_vllm_request_and_iteration_metric_families(http, engine_loop):
+    before = http.get("/metrics").text
+    body = {"prompt": ["one two three", "four"], "n": 3, "max_tokens": 7, "ignore_eos": True}
+    assert http.post("/v1/completions", json=body).status_code == 200
+    after = http.get("/metrics").text
+
+    def delta(name: str) -> tuple[dict[str, float], float, float]:
+        (b0, c0, s0), (b1, c1, s1) = histogram(before, name), histogram(after, name)
+        return {k: v - b0.get(k, 0.0) for k, v in b1.items()}, c1 - c0, s1 - s0
+
+    max_len = engine_loop.max_model_len  # 256: vLLM's 1-2-5 buckets up to it
+    buckets, count, total = delta("vllm:request_prompt_tokens")
+    assert list(buckets) == ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0",
+                             "+Inf"] and max_len == 256
+    ids = [len(http.post("/tokenize", json={"prompt": p}).json()["tokens"]) for p in body["prompt"]]
+    assert count == 2 and total == sum(ids)
+    assert delta("vllm:request_generation_tokens")[1:] == (2, 2 * 3 * 7)
+    assert delta("vllm:request_params_n")[1:] == (2, 6)
+    assert list(delta("vllm:request_params_n")[0]) == ["1.0", "2.0", "5.0", "10.0", "20.0", "+Inf"]
+    assert delta("vllm:request_params_max_tokens")[1:] == (2, 14)
+    for phase in ("queue", "prefill", "decode", "inference"):
+        buckets, count, total = delta(f"vllm:request_{phase}_time_seconds")
+        assert count == 2 and total >= 0, phase
+        assert list(buckets)[:3] == ["0.3", "0.5", "0.8"] and len(buckets) == 22
+    (_, _, decode), (_, _, prefill), (_, _, inference) = (
+        delta(f"vllm:request_{p}_time_seconds") for p in ("decode", "prefill", "inference"))
+    assert inference == pytest.approx(prefill + decode)
+    buckets, count, total = delta("vllm:iteration_tokens_total")
+    assert list(buckets) == ["1.0", "8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "512.0",
+                             "1024.0", "2048.0", "4096.0", "8192.0", "16384.0", "+Inf"]
+    assert count >= 7 and total >= sum(ids) + 2 * 3 * 6  # prompts + all but the first tokens
+    assert buckets["+Inf"] == count
+    info = [line for line in after.splitlines() if line.startswith("vllm:cache_config_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0")
+    assert 'block_size="16"' in info[0] and 'num_gpu_blocks="1024"' in info[0]
+    assert 'enable_prefix_caching="True"' in info[0] and 'cache_dtype="auto"' in info[0]
