@@ -17,6 +17,7 @@ from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
+from nanovllm.server.load import LoadTrackingMiddleware, ServerLoad
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
 from nanovllm.server.request_id import RequestIdMiddleware
@@ -76,7 +77,8 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False,
-              return_tokens_as_token_ids: bool = False) -> FastAPI:
+              return_tokens_as_token_ids: bool = False,
+              enable_server_load_tracking: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
@@ -101,13 +103,16 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics, chat_template=template, tokenizer_info=info,
                                   grammar_compiler=GrammarCompiler(engine_loop.tokenizer),
-                                  return_tokens_as_token_ids=return_tokens_as_token_ids)
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids,
+                                  server_load=ServerLoad())
     app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
     if ui:
         install_ui(app)
     document_vocabulary(app, engine_loop.vocab_size)
+    if enable_server_load_tracking:  # inside the API key check: refused requests never count
+        app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)

@@ -13,6 +13,7 @@ from nanovllm.engine_client import EngineClient
 from nanovllm.errors import quote
 from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError
+from nanovllm.server.load import ServerLoad
 from nanovllm.server.metrics import ServerMetrics
 
 
@@ -28,6 +29,7 @@ class ServerContext:
     grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
     # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
     return_tokens_as_token_ids: bool = False
+    server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
 
     def apply_defaults(self, req) -> None:
         """The operator's defaults for the request fields a server flag turns on."""

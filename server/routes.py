@@ -140,6 +140,12 @@ async def get_tokenizer_info(ctx: Ctx) -> dict:
     return ctx.tokenizer_info
 
 
+@router.get("/load")
+async def load(ctx: Ctx) -> dict:
+    """vLLM's: generation requests in flight (0 unless --enable-server-load-tracking)."""
+    return {"server_load": ctx.server_load.in_flight}
+
+
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(ctx: Ctx) -> Response:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from conftest import openai_client
 from server_helpers import MODEL, error_of, serve
@@ -359,3 +363,51 @@ def test_vllm_request_and_iteration_metric_families(http, engine_loop):
     assert len(info) == 1 and info[0].endswith(" 1.0")
     assert 'block_size="16"' in info[0] and 'num_gpu_blocks="1024"' in info[0]
     assert 'enable_prefix_caching="True"' in info[0] and 'cache_dtype="auto"' in info[0]
+
+
+@pytest.fixture(scope="module")
+def live_load(engine_loop):
+    srv = serve(build_app(engine_loop, served_model_name=MODEL, ui=False,
+                          enable_server_load_tracking=True), engine_loop)
+    yield srv
+    srv.stop()
+
+
+def test_server_load_tracking(live_load, http, engine_loop, monkeypatch):
+    """Generation requests count from their start to their last byte: the engine is held
+    still while two streams are open, so both are in flight when /load is read."""
+    step, go = engine_loop.engine.step, threading.Event()
+
+    def held_step():
+        go.wait(30)
+        return step()
+
+    def stream() -> str:
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 5, "stream": True}
+        with httpx.Client(base_url=live_load.url, timeout=60) as c:
+            return c.post("/v1/completions", json=body).text
+
+    with httpx.Client(base_url=live_load.url, timeout=60) as c:
+        assert c.get("/load").json() == {"server_load": 0}
+        monkeypatch.setattr(engine_loop.engine, "step", held_step)
+        with ThreadPoolExecutor(2) as pool:
+            streams = [pool.submit(stream) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while c.get("/load").json()["server_load"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert c.get("/load").json() == {"server_load": 2}
+            c.post("/tokenize", json={"prompt": "x"})  # not a generation route: not counted
+            assert c.get("/load").json() == {"server_load": 2}
+            go.set()
+            assert all(f.result().endswith("data: [DONE]\n\n") for f in streams)
+        deadline = time.monotonic() + 10  # the count drops just after the last byte is sent
+        while c.get("/load").json()["server_load"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.get("/load").json() == {"server_load": 0}
+    assert http.get("/load").json() == {"server_load": 0}  # off by default: always 0
+
+
+def test_serve_has_the_load_tracking_flag():
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    assert parser.parse_args(["m", "--enable-server-load-tracking"]).enable_server_load_tracking
