@@ -48,7 +48,7 @@ _UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "aud
 
 
 def check_chat_supported(req: ChatCompletionRequest) -> None:
-    check_unsupported_fields(req)
+    check_unsupported_fields(req, known=(*UNSUPPORTED_CHAT_FIELDS, "tool_choice"))
     extra = req.model_extra or {}
     for name in UNSUPPORTED_CHAT_FIELDS:
         if extra.get(name) not in (None, [], {}, ""):

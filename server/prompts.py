@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm import InvalidRequestError, SamplingParams
+from nanovllm.errors import quote
 from nanovllm.inputs import is_single_prompt
 from nanovllm.limits import ServerLimits
 from nanovllm.server.errors import bad_request
-from nanovllm.server.protocol import CompletionRequest
+from nanovllm.server.protocol import IGNORED_EXTRA_FIELDS, CompletionRequest
 
 
 @dataclass(slots=True)
@@ -45,11 +46,22 @@ def echo_only(req: CompletionRequest) -> bool:
     return bool(req.echo) and max_tokens_of(req) == 0
 
 
-def check_unsupported_fields(req) -> None:
+def check_unsupported_fields(req, known: tuple[str, ...] = ()) -> None:
+    """Refuse what would change the output and is not honoured: vLLM's fields this server does
+    not implement, and any field it does not know (besides `known`, checked by the caller,
+    and the documented IGNORED_EXTRA_FIELDS). A falsy value asks for nothing and passes."""
     extra = req.model_extra or {}
     for name in UNSUPPORTED_FIELDS:
         if extra.get(name) not in (None, False, [], {}, 0, ""):
             raise bad_request(f"`{name}` is not supported by this server.", name)
+    handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
+    unknown = sorted(k for k, v in extra.items()
+                     if k not in handled and v not in (None, False, [], {}, 0, ""))
+    if unknown:
+        raise bad_request(
+            f"Unknown field(s) {quote(unknown, 200)}: this server does not know what they "
+            "would change, so it refuses them rather than ignore them (docs/api.md lists the "
+            "fields it takes).", unknown[0][:100])
 
 
 def check_supported(req: CompletionRequest) -> None:

@@ -38,6 +38,30 @@ Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
           | Annotated[list[TokenId], Field(min_length=1)]
           | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
 
+# Request fields accepted although they cannot change the output here, each with its reason
+# (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
+NO_OUTPUT_EFFECT = {
+    "model": "names the one served model; any other name is a 404",
+    "user": "an end-user id, for the operator's own tracking (OpenAI's meaning)",
+    "best_of": "accepted only equal to n (what it then means); any other value is a 400",
+    "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
+    "add_special_tokens": "GPT-2's tokenizer adds no special tokens either way",
+}
+
+# Fields outside the request models that clients send and that change nothing here: accepted
+# and logged. Any other unknown field is a 400 (it might change the output; see prompts.py).
+IGNORED_EXTRA_FIELDS = {
+    "metadata": "OpenAI's tags for stored completions; nothing is stored here",
+    "store": "OpenAI's stored completions; nothing is stored here",
+    "service_tier": "this server has one tier",
+    "parallel_tool_calls": "this server has no tools",
+    "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+    "safety_identifier": "an end-user id, like `user`",
+    "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
+    "spaces_between_special_tokens": "vLLM's detokenizer option for slow tokenizers; "
+                                     "GPT-2's byte-level decoding has no such spaces",
+}
+
 PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
     "or a list of lists of token ids"

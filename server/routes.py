@@ -152,7 +152,13 @@ async def metrics(ctx: Ctx) -> Response:
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/invocations", responses={**ERROR_RESPONSES, **STREAM_DOC})
+INVOCATIONS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [{"$ref": "#/components/schemas/CompletionRequest"},
+              {"$ref": "#/components/schemas/ChatCompletionRequest"}]}}}}}
+
+
+@router.post("/invocations", responses={**ERROR_RESPONSES, **STREAM_DOC},
+             openapi_extra=INVOCATIONS_BODY)
 async def invocations(raw: Request, ctx: Ctx) -> Response:
     """SageMaker's route, as vLLM serves it: a body with `messages` is a chat completion, one
     with `prompt` a completion; anything else is a 400."""
