@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from nanovllm.outputs import RequestMetrics
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.outputs import RequestMetrics
+from nanovllm.values.sampling_params import SamplingParams
 
 
 class SequenceStatus(Enum):

@@ -17,7 +17,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import SamplingParams
-from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import (
@@ -31,15 +30,15 @@ from nanovllm.server.completions import (
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import (
-    Prompt,
     check_response_size,
     check_unsupported_fields,
-    prompt_text_of,
     sampling_params,
 )
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
 from nanovllm.server.structured import constraint_for
+from nanovllm.values.limits import ServerLimits
+from nanovllm.values.request import EngineRequest
 
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
@@ -129,8 +128,8 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
     return text
 
 
-def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
-                 limits: ServerLimits) -> tuple[Prompt, SamplingParams]:
+def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext, limits: ServerLimits,
+                 request_id: str) -> tuple[EngineRequest, SamplingParams]:
     ctx.check_model(req.model)
     ctx.apply_defaults(req)
     check_chat_supported(req)
@@ -138,7 +137,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=req.prompt_logprobs,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = Prompt(ctx.engine_loop.check_request(text, params), prompt_text_of(text, params))
+    prompt = ctx.engine_loop.processor.process(f"{request_id}-0", text, params)
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
     return prompt, params
 
@@ -176,7 +175,8 @@ def echoed_content(req) -> str:
     return _content_text(last.get("content"), f"messages[{len(req.messages) - 1}].content")
 
 
-def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt, result) -> dict:
+def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest,
+                        result) -> dict:
     tok = ctx.engine_loop.tokenizer
     echo = echoed_content(req)
     choices = [{"index": out.index,
@@ -192,12 +192,12 @@ def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt,
             **prompt_ids_field(req, prompt)}
 
 
-def prompt_ids_field(req, prompt: Prompt) -> dict:
+def prompt_ids_field(req, prompt: EngineRequest) -> dict:
     """Chat's return_token_ids: the rendered prompt's ids, once per response (vLLM's place)."""
-    return {"prompt_token_ids": list(prompt.token_ids)} if req.return_token_ids else {}
+    return {"prompt_token_ids": list(prompt.prompt_token_ids)} if req.return_token_ids else {}
 
 
-async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: Prompt,
+async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: EngineRequest,
                         stream: RequestStream) -> JSONResponse:
     """Non-streaming: wait for every choice, or abort at once if the client goes away."""
     created = int(time.time())
@@ -229,7 +229,7 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
             "stop_reason": out.stop_reason, **ids}
 
 
-async def chat_events(req, ctx, prompt: Prompt, stream: RequestStream) -> AsyncIterator[str]:
+async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: each choice's role first, then content deltas (the last with
     its finish_reason), then, with stream_options.include_usage, one usage chunk."""
     tok = ctx.engine_loop.tokenizer

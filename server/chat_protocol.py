@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
-from nanovllm.limits import MAX_LOGPROBS
 from nanovllm.server.protocol import MAX_MESSAGES, SamplingFields
+from nanovllm.values.limits import MAX_LOGPROBS
 
 MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
 

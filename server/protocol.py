@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nanovllm.limits import (
+from nanovllm.server.errors import bad_request, refuse_lone_surrogates
+from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
@@ -26,7 +27,6 @@ from nanovllm.limits import (
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
-from nanovllm.server.errors import bad_request, refuse_lone_surrogates
 
 MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
 

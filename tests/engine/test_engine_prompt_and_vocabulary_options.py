@@ -48,27 +48,27 @@ def test_bad_values_name_their_field(kwargs, param):
 def test_allowed_token_ids_outside_the_vocabulary(make_engine):
     engine = make_engine()
     with pytest.raises(InvalidRequestError) as err:
-        engine.check_request("Hi", SamplingParams(allowed_token_ids=[1, engine.vocab_size]))
+        engine.processor.check("Hi", SamplingParams(allowed_token_ids=[1, engine.vocab_size]))
     assert err.value.param == "allowed_token_ids"
 
 
 def test_truncate_prompt_tokens_keeps_the_end_or_the_start(make_engine):
     engine = make_engine()
     ids = list(range(10, 60))
-    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=8)) == ids[-8:]
-    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=8,
+    assert engine.processor.check(ids, SamplingParams(truncate_prompt_tokens=8)) == ids[-8:]
+    assert engine.processor.check(ids, SamplingParams(truncate_prompt_tokens=8,
                                                     truncation_side="right")) == ids[:8]
-    assert engine.check_request(ids, SamplingParams(truncate_prompt_tokens=80)) == ids
+    assert engine.processor.check(ids, SamplingParams(truncate_prompt_tokens=80)) == ids
     text = "word " * 2000  # far longer than the context: refused unless truncated
     with pytest.raises(InvalidRequestError):
-        engine.check_request(text, SamplingParams())
-    kept = engine.check_request(text, SamplingParams(truncate_prompt_tokens=16))
+        engine.processor.check(text, SamplingParams())
+    kept = engine.processor.check(text, SamplingParams(truncate_prompt_tokens=16))
     assert kept == engine.tokenizer.encode(text)[-16:]
     with pytest.raises(InvalidRequestError) as err:
-        engine.check_request(ids, SamplingParams(truncate_prompt_tokens=engine.max_model_len + 1))
+        engine.processor.check(ids, SamplingParams(truncate_prompt_tokens=engine.max_model_len + 1))
     assert err.value.param == "truncate_prompt_tokens"
     # -1: the context length, which leaves no room to generate: vLLM's error, about the prompt.
     long_ids = list(range(engine.max_model_len + 5))
     with pytest.raises(InvalidRequestError) as err:
-        engine.check_request(long_ids, SamplingParams(truncate_prompt_tokens=-1, max_tokens=None))
+        engine.processor.check(long_ids, SamplingParams(truncate_prompt_tokens=-1, max_tokens=None))
     assert err.value.param == "prompt"
