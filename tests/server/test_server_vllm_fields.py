@@ -10,8 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai
 import pytest
-from conftest import openai_client
 from server_helpers import MODEL, error_of, serve
 from test_server_chat import MESSAGES, RENDERED
 
@@ -201,7 +201,7 @@ def live_token_ids(engine_loop):
 
 
 def test_server_flag_return_tokens_as_token_ids(live_token_ids):
-    client = openai_client(live_token_ids)
+    client = openai.OpenAI(base_url=f"{live_token_ids.url}/v1", api_key="unused", max_retries=0)
     lp = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, logprobs=2,
                                    temperature=0).choices[0].logprobs
     assert all(t.startswith("token_id:") for t in lp.tokens)
