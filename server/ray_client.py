@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
+GCS_PROBE_S = 1.0  # a live GCS answers in milliseconds
 ONE_ENGINE_ONLY = ("The web page's engine and attention views show a single engine; with "
                    "--data-parallel-size they are not available (the playground is).")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -178,7 +179,8 @@ class RayEngineClient:
             return
         self._closed.set()
         self.abort_all("The server is shutting down.")
-        self._health.join(timeout)
+        # The poll wakes at once; only a Ray call stuck on a dead GCS keeps it longer.
+        self._health.join(min(timeout, 2 * HEALTH_POLL_S))
         try:
             if self._teardown is not None:
                 self._teardown()
@@ -271,10 +273,37 @@ def start_replicas(args) -> EngineClient:
 
 
 def teardown(owns_ray: bool) -> None:
-    """Remove our replicas; stop Ray if we started it, else only disconnect from it."""
+    """Remove our replicas; stop Ray if we started it, else only disconnect from it.
+
+    When the stop signal reached Ray's own processes too (systemd's default
+    KillMode=control-group, `kill -TERM -PGID`), Ray is already going down: Serve's calls
+    would wait a minute for the GCS and then exit 1, so they are skipped, and the processes
+    ray.init started are killed outright instead of asked to stop a second time.
+    """
     try:
-        serve.delete(APP_NAME)
-        if owns_ray:
-            serve.shutdown()
+        if ray_is_up(owns_ray):
+            serve.delete(APP_NAME)
+            if owns_ray:
+                serve.shutdown()
+        else:
+            logger.warning("Ray is stopping already (the signal reached its processes too); "
+                           "skipping Serve's cleanup")
+            if owns_ray:
+                ray._private.worker._global_node.kill_all_processes(check_alive=False)
     finally:
         ray.shutdown()
+
+
+def ray_is_up(owns_ray: bool) -> bool:
+    """Whether the GCS answers within GCS_PROBE_S and, for a local instance we started, all
+    of its processes still run (a signalled GCS may take seconds to stop answering, while
+    the rest of them exit at once). Ray has no public call with a timeout for this."""
+    node = ray._private.worker._global_node
+    if owns_ray and node is not None and node.dead_processes():
+        return False
+    try:
+        ray._private.worker.global_worker.gcs_client.internal_kv_get(
+            b"nanovllm-probe", b"nanovllm", timeout=GCS_PROBE_S)
+    except Exception:  # noqa: BLE001 - RpcError, or any failure to reach it: not up
+        return False
+    return True
