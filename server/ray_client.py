@@ -9,6 +9,8 @@ Failures: a replica whose process dies is restarted by Ray Serve. A request that
 accepted by it yet is sent again (the router picks a live replica); one that had started ends
 with RequestAborted, i.e. an OpenAI-shaped 503 or a streamed error event saying so. /health
 stays 200 while one replica runs, saying how many of how many do, and is 503 when none does.
+A replica whose waiting queue is full refuses a request; it goes to another replica with room,
+and is answered 429 only when every replica refused it.
 
 Imported only when --data-parallel-size is given: it imports Ray.
 """
@@ -34,6 +36,7 @@ from ray.serve.config import RequestRouterConfig
 from nanovllm import EngineConfig
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
+from nanovllm.errors import QueueFullError
 from nanovllm.model.threads import thread_pool_settings
 from nanovllm.server.ray_replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
@@ -195,23 +198,35 @@ class RayEngineClient:
             task.cancel()
 
     async def _relay(self, request_id: str, prompt, params, sink: OutputSink) -> None:
-        """Forward one request's outputs from its replica into `sink`."""
-        replica = None  # the replica that took the request, once it answered
+        """Forward one request's outputs from its replica into `sink`.
+
+        A replica whose queue is full refuses the request before taking it; it is then sent
+        again, the router told to avoid the replicas that refused it, and the client sees
+        the 429 only once every replica did. A replica that died before taking it is retried
+        as well (MAX_SUBMIT_ATTEMPTS); one that died after is the client's error.
+        """
+        refused: list[str] = []  # replicas whose queue was full for this request
+        failures = 0
         try:
-            for attempt in range(1, MAX_SUBMIT_ATTEMPTS + 1):
-                call = self._handle.options(stream=True).generate.remote(request_id, prompt, params)
+            while True:
+                call = self._handle.options(stream=True).generate.remote(
+                    request_id, prompt, params, tuple(refused))
+                replica = None  # the replica that answered, once it did
                 try:
                     async for replica, items, (when, stats) in call:
-                        if when > self._stats_when.get(replica, -1):
-                            self._stats_when[replica], self.replica_stats[replica] = when, stats
+                        self._keep_stats(replica, when, stats)
+                        if self._try_another(replica, items, refused):
+                            break
                         for item in items:
                             sink.put(item)
-                    return
+                    else:
+                        return
                 except asyncio.CancelledError:
                     call.cancel()
                     raise
                 except Exception as exc:  # the replica died (or Ray could not reach it)
-                    if replica is not None or attempt == MAX_SUBMIT_ATTEMPTS:
+                    failures += 1
+                    if replica is not None or failures == MAX_SUBMIT_ATTEMPTS:
                         logger.warning("request %s lost its replica: %r", request_id, exc)
                         self.replica_stats.pop(replica, None)  # its counters died with it
                         sink.put(RequestAborted(  # not EngineDeadError: others serve
@@ -224,6 +239,21 @@ class RayEngineClient:
             entry = self._tasks.get(request_id)
             if entry is not None and entry[1] is sink:
                 del self._tasks[request_id]
+
+    def _keep_stats(self, replica: str, when: int, stats: EngineStats) -> None:
+        if when > self._stats_when.get(replica, -1):
+            self._stats_when[replica], self.replica_stats[replica] = when, stats
+
+    def _try_another(self, replica: str, items: list, refused: list[str]) -> bool:
+        """Whether `replica` refused the request for a full queue and another replica has not
+        yet (the router falls back to a refusing one only when no other runs): if so, it
+        joins `refused`."""
+        if not (items and isinstance(items[0], QueueFullError)):
+            return False
+        if replica in refused or len(refused) + 1 >= self.replicas_target:
+            return False
+        refused.append(replica)
+        return True
 
     def _poll_health(self) -> None:
         while not self._closed.wait(HEALTH_POLL_S):

@@ -71,8 +71,12 @@ class EngineReplica:
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams):
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                       avoid: tuple[str, ...] = ()):
         """Yields (replica_id, items, stats): ACCEPTED, RequestOutputs or one exception.
+
+        `avoid` is for the router (PrefixAffinityRouter): the replicas that refused this
+        request already, their queue full.
 
         Exceptions travel as items, not raised, so the ingress gets the engine's own error
         types back; a cancelled call (client gone, ingress abort) aborts the engine request.
@@ -130,6 +134,9 @@ class PrefixAffinityRouter(RequestRouter):
     `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
     choices on queue length (Ray Serve's default).
 
+    Replicas that refused the request already (a full queue; the ingress sends it again) are
+    left out while any other runs.
+
     The preferred replica is chosen by rendezvous hashing of the first `prefix_tokens`
     prompt tokens (one KV block by default) over the live replicas, so when a replica dies
     or joins only the prefixes it owned move.
@@ -144,6 +151,9 @@ class PrefixAffinityRouter(RequestRouter):
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None,
                               ) -> list[list[RunningReplica]]:
+        avoid = pending_request.args[3] if pending_request and len(pending_request.args) > 3 else ()
+        candidate_replicas = [r for r in candidate_replicas
+                              if r.replica_id.unique_id not in avoid] or candidate_replicas
         if not candidate_replicas:
             return []
         pair = random.sample(candidate_replicas, min(2, len(candidate_replicas)))
