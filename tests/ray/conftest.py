@@ -55,7 +55,7 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
 
     from nanovllm import EngineConfig
     from nanovllm.server.app import build_app
-    from nanovllm.server.ray_client import RayEngineClient, deploy, teardown
+    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
     # Logical CPUs: one per engine replica, one more for test_whole_serve_application's, two
     # for test_a_full_queue_sends_the_request_to_another_replica's.

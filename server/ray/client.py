@@ -37,11 +37,12 @@ from nanovllm import EngineConfig
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.errors import QueueFullError
+from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
-from nanovllm.server.ray_replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
+from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
-from nanovllm.validation import RequestValidator
+from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ class RayEngineClient:
         self.max_model_len: int = info.max_model_len
         self.vocab_size: int = info.vocab_size
         self.n_layer, self.n_head = info.n_layer, info.n_head
-        self._validator = RequestValidator(self.tokenizer, info.vocab_size, info.max_model_len,
-                                           info.block_size, info.num_kv_blocks,
-                                           info.max_waiting_seqs)
+        self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
+                                        info.block_size, info.num_kv_blocks,
+                                        info.max_waiting_seqs)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas
-        self._tasks: dict[str, tuple[asyncio.Task, OutputSink]] = {}
+        self._tasks: dict[str, tuple[asyncio.Task, OutputSink, Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
         self._health = threading.Thread(target=self._poll_health, name="nanovllm-ray-health",
@@ -156,19 +157,19 @@ class RayEngineClient:
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
         raise RequestAborted(ONE_ENGINE_ONLY)
 
-    def check_request(self, prompt, params) -> list[int]:
-        return self._validator.check(prompt, params)
-
-    def add_request(self, request_id: str, prompt, params, sink: OutputSink) -> None:
+    def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
+        accepted: Future[None] = Future()
         if self._closed.is_set():
-            raise RequestAborted("The server is shutting down.")
+            accepted.set_exception(RequestAborted("The server is shutting down."))
+            return accepted
         self._loop = asyncio.get_running_loop()
-        task = self._loop.create_task(self._relay(request_id, prompt, params, sink))
-        self._tasks[request_id] = (task, sink)
+        task = self._loop.create_task(self._relay(request, sink, accepted))
+        self._tasks[request.request_id] = (task, sink, accepted)
+        return accepted
 
     def abort(self, request_ids: list[str]) -> None:
         for rid in request_ids:
-            task, _ = self._tasks.pop(rid, (None, None))
+            task, _, _ = self._tasks.pop(rid, (None, None, None))
             if task is not None:
                 task.cancel()  # cancels the Ray call: the replica aborts the engine request
 
@@ -193,30 +194,38 @@ class RayEngineClient:
     # ---- internals -----------------------------------------------------------------------
     def _abort_all(self, reason: str) -> None:
         tasks, self._tasks = self._tasks, {}
-        for task, sink in tasks.values():
-            sink.put(RequestAborted(reason))
+        for task, sink, accepted in tasks.values():
+            if not _fail(accepted, RequestAborted(reason)):
+                sink.put(RequestAborted(reason))  # it was taken: its stream ends with why
             task.cancel()
 
-    async def _relay(self, request_id: str, prompt, params, sink: OutputSink) -> None:
-        """Forward one request's outputs from its replica into `sink`.
+    async def _relay(self, request: EngineRequest, sink: OutputSink,
+                     accepted: Future[None]) -> None:
+        """Settle `accepted` with the replicas' answer, then forward the request's outputs
+        from its replica into `sink`.
 
         A replica whose queue is full refuses the request before taking it; it is then sent
         again, the router told to avoid the replicas that refused it, and the client sees
         the 429 only once every replica did. A replica that died before taking it is retried
         as well (MAX_SUBMIT_ATTEMPTS); one that died after is the client's error.
         """
+        request_id = request.request_id
         refused: list[str] = []  # replicas whose queue was full for this request
         failures = 0
         try:
             while True:
-                call = self._handle.options(stream=True).generate.remote(
-                    request_id, prompt, params, tuple(refused))
+                call = self._handle.options(stream=True).generate.remote(request, tuple(refused))
                 replica = None  # the replica that answered, once it did
                 try:
                     async for replica, items, (when, stats) in call:
                         self._keep_stats(replica, when, stats)
-                        if self._try_another(replica, items, refused):
-                            break
+                        if not accepted.done():  # the replica's first answer: taken or not
+                            if items and isinstance(items[0], BaseException):
+                                if not self._try_another(replica, items[0], refused):
+                                    _fail(accepted, items[0])
+                                    return
+                                break
+                            accepted.set_result(None)
                         for item in items:
                             sink.put(item)
                     else:
@@ -229,13 +238,16 @@ class RayEngineClient:
                     if replica is not None or failures == MAX_SUBMIT_ATTEMPTS:
                         logger.warning("request %s lost its replica: %r", request_id, exc)
                         self.replica_stats.pop(replica, None)  # its counters died with it
-                        sink.put(RequestAborted(  # not EngineDeadError: others serve
+                        lost = RequestAborted(  # not EngineDeadError: others serve
                             "The engine replica serving this request failed; new requests go "
-                            "to the live replicas."))
+                            "to the live replicas.")
+                        if not _fail(accepted, lost):
+                            sink.put(lost)
                         return
                     logger.info("request %s: replica failed before accepting it; resending",
                                 request_id)
         finally:
+            _fail(accepted, RequestAborted("The request was withdrawn before an engine took it."))
             entry = self._tasks.get(request_id)
             if entry is not None and entry[1] is sink:
                 del self._tasks[request_id]
@@ -244,11 +256,11 @@ class RayEngineClient:
         if when > self._stats_when.get(replica, -1):
             self._stats_when[replica], self.replica_stats[replica] = when, stats
 
-    def _try_another(self, replica: str, items: list, refused: list[str]) -> bool:
+    def _try_another(self, replica: str, refusal: BaseException, refused: list[str]) -> bool:
         """Whether `replica` refused the request for a full queue and another replica has not
         yet (the router falls back to a refusing one only when no other runs): if so, it
         joins `refused`."""
-        if not (items and isinstance(items[0], QueueFullError)):
+        if not isinstance(refusal, QueueFullError):
             return False
         if replica in refused or len(refused) + 1 >= self.replicas_target:
             return False
@@ -336,4 +348,12 @@ def ray_is_up(owns_ray: bool) -> bool:
             b"nanovllm-probe", b"nanovllm", timeout=GCS_PROBE_S)
     except Exception:  # noqa: BLE001 - RpcError, or any failure to reach it: not up
         return False
+    return True
+
+
+def _fail(future: Future, exc: BaseException) -> bool:
+    """Fail `future` unless it is already settled; whether it did."""
+    if future.done():
+        return False
+    future.set_exception(exc)
     return True
