@@ -36,12 +36,12 @@ from ray.serve.config import RequestRouterConfig
 from nanovllm import EngineConfig
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
-from nanovllm.errors import QueueFullError
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
