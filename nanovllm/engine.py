@@ -12,11 +12,12 @@ sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -59,6 +60,18 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
+    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
+    # for larger steps), and their total.
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+    # The KV cache's configuration (vLLM's vllm:cache_config_info).
+    block_size: int = 0
+    kv_cache_dtype: str = ""
+    enable_prefix_caching: bool = False
+
+
+# vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
@@ -93,6 +106,8 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
+        self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
@@ -123,7 +138,7 @@ class LLMEngine:
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
-                        final_only=request.final_only)
+                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
@@ -164,8 +179,7 @@ class LLMEngine:
             return []
         seqs = self.scheduler.update_from_output(step)
         advanced = self._update(seqs, step, result)
-        self._record_step(step, time.perf_counter() - start,
-                          self.scheduler.num_preemptions - preemptions)
+        self._record_step(step, seqs, start, self.scheduler.num_preemptions - preemptions)
         return self._outputs(advanced)
 
     def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
@@ -183,15 +197,28 @@ class LLMEngine:
                 advanced[seq.request.request_id] = seq.request
         return list(advanced.values())
 
-    def _record_step(self, step: SchedulerOutput, seconds: float, preemptions: int) -> None:
+    def _record_step(self, step: SchedulerOutput, seqs: list[Sequence], start: float,
+                     preemptions: int) -> None:
+        """The step in the engine view's strip and the metrics: its size (in
+        vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
+        their time in the queue)."""
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
-        self.last_step = StepStats(step.num_tokens - decodes, decodes, seconds,
+        self.last_step = StepStats(step.num_tokens - decodes, decodes, time.perf_counter() - start,
                                    len(step.scheduled), preemptions)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, step.num_tokens)] += 1
+        self.iteration_tokens_sum += step.num_tokens
+        for seq in seqs:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = start
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
+        timing = seq.request.metrics
+        timing.last_token_time = time.perf_counter()
+        if timing.first_token_time is None:
+            timing.first_token_time = timing.last_token_time
         self.generation_tokens_total += 1
         if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
             self.prompt_tokens_total += seq.num_prompt_tokens
@@ -236,7 +263,8 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
-                             max(s.num_cached_tokens for s in request.seqs))
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""
@@ -266,7 +294,11 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps)
+            num_steps_total=self.num_steps,
+            iteration_tokens=tuple(self.iteration_tokens),
+            iteration_tokens_sum=self.iteration_tokens_sum,
+            block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
+            enable_prefix_caching=self.config.enable_prefix_caching)
 
 
 # ---- when a sequence is done -----------------------------------------------------------------
