@@ -1,4 +1,4 @@
-"""build_app(engine_loop, ...): the FastAPI application, with no module-level state.
+"""build_app(engine, ...): the FastAPI application, with no module-level state.
 
 The caller owns the engine client (starts it before serving, shuts it down after); several
 apps may share one (e.g. with and without an API key), each with its own metrics.
@@ -72,11 +72,11 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
-def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
+def build_app(engine: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False) -> FastAPI:
-    """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
+    """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
 
@@ -86,25 +86,25 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
-    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
-                            if engine_loop.replica_stats is None else engine_loop.replica_stats)
-    tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
-    eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
+    metrics = ServerMetrics(served_model_name, lambda: engine.stats
+                            if engine.replica_stats is None else engine.replica_stats)
+    tok_config = read_tokenizer_config(engine.tokenizer.model_dir)
+    eos = engine.tokenizer.decode_token(engine.tokenizer.eos_token_id)
     template_text = chat_template or tok_config.get("chat_template")
     template = None
     if isinstance(template_text, str):
         template = ChatTemplate(template_text, special_tokens(tok_config, eos))
-    info = tokenizer_info(tok_config, eos, engine_loop.max_model_len,
+    info = tokenizer_info(tok_config, eos, engine.max_model_len,
                           template_text if template else None) if enable_tokenizer_info else None
-    app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
+    app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
                                   metrics, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
+                                  grammar_compiler=GrammarCompiler(engine.tokenizer))
     app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
     if ui:
         install_ui(app)
-    document_vocabulary(app, engine_loop.vocab_size)
+    document_vocabulary(app, engine.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)

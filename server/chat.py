@@ -131,8 +131,8 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext, limits: ServerL
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=None,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = ctx.engine_loop.processor.process(f"{request_id}-0", text, params)
-    check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
+    prompt = ctx.engine.processor.process(f"{request_id}-0", text, params)
+    check_response_size(params, [prompt], False, limits, ctx.engine.max_model_len)
     return prompt, params
 
 
@@ -159,7 +159,7 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
 
 
 def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest, result) -> dict:
-    tok = ctx.engine_loop.tokenizer
+    tok = ctx.engine.tokenizer
     choices = [{"index": out.index,
                 "message": {"role": "assistant", "content": out.text, "refusal": None,
                             "tool_calls": []},
@@ -205,7 +205,7 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
 async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: each choice's role first, then content deltas (the last with
     its finish_reason), then, with stream_options.include_usage, one usage chunk."""
-    tok = ctx.engine_loop.tokenizer
+    tok = ctx.engine.tokenizer
     head = {"id": stream.request_id, "object": "chat.completion.chunk",
             "created": int(time.time()), "model": ctx.model_name, "system_fingerprint": None}
     options = req.stream_options

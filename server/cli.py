@@ -109,13 +109,13 @@ def raise_open_file_limit(reserve: int, wanted: int) -> int:
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop, ui: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, engine, ui: bool = False) -> None:
         super().__init__(config)
-        self._engine_loop = engine_loop
+        self._engine = engine
         self._ui = ui
 
     def handle_exit(self, sig, frame) -> None:
-        self._engine_loop.abort_all("The server is shutting down.")
+        self._engine.abort_all("The server is shutting down.")
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:

@@ -150,7 +150,7 @@ def build_response(req, ctx, request_id, created, prompts, results) -> dict:
     choices = []
     for tag in sorted(results):
         for out in sorted(results[tag].outputs, key=lambda o: o.index):
-            choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine_loop.tokenizer)
+            choice = build_choice(req, prompts[tag], results[tag], out, ctx.engine.tokenizer)
             choices.append({"index": tag * req.n + out.index, **choice})
     return {"id": request_id, "object": "text_completion", "created": created,
             "model": ctx.model_name, "choices": choices,
@@ -181,15 +181,15 @@ def prepare(req: CompletionRequest, ctx: ServerContext, limits: ServerLimits,
         logger.warning("The following fields were present in the request but ignored: %s",
                        quote(ignored, 200))
     params = sampling_params(req, structured=constraint_for(req, ctx.grammar_compiler))
-    prompts = resolve_prompts(req.prompt, ctx.engine_loop, params, request_id)
-    check_response_size(params, prompts, bool(req.echo), limits, ctx.engine_loop.max_model_len)
+    prompts = resolve_prompts(req.prompt, ctx.engine, params, request_id)
+    check_response_size(params, prompts, bool(req.echo), limits, ctx.engine.max_model_len)
     return prompts, params
 
 
 async def start(ctx: ServerContext, request_id: str, prompts: list[EngineRequest],
                 n: int) -> RequestStream:
     """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
-    stream = RequestStream(ctx.engine_loop, request_id, prompts, n, ctx.metrics.tracker())
+    stream = RequestStream(ctx.engine, request_id, prompts, n, ctx.metrics.tracker())
     try:
         await stream.submit()
     except asyncio.CancelledError:

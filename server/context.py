@@ -18,7 +18,7 @@ from nanovllm.values.errors import quote
 
 @dataclass(slots=True)
 class ServerContext:
-    engine_loop: EngineClient  # the engine, as the server sees it
+    engine: EngineClient  # the engine, as the server sees it
     model_name: str  # the name clients use in "model"
     model_root: str  # where the weights came from (the /v1/models "root")
     metrics: ServerMetrics

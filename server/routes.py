@@ -53,12 +53,12 @@ async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
 async def health(ctx: Ctx) -> Response:
     """200 while the engine thread is alive; 503 once it died. With engine replicas (Ray):
     200 while one runs, with {"status": "degraded", ...} while some do not; 503 when none does."""
-    error = ctx.engine_loop.error
+    error = ctx.engine.error
     if error is not None:
         return error_response("The engine is dead; the server log says why.", 503)
-    if not ctx.engine_loop.is_alive:
+    if not ctx.engine.is_alive:
         return error_response("The engine is not running (it was shut down).", 503)
-    if degraded := ctx.engine_loop.degraded:
+    if degraded := ctx.engine.degraded:
         return JSONResponse({"status": "degraded", "message": degraded})
     return Response(status_code=200)
 
@@ -72,7 +72,7 @@ async def version() -> dict:
 async def list_models(ctx: Ctx) -> ModelList:
     permission = ModelPermission(id=f"modelperm-{uuid.uuid4().hex}", created=ctx.created)
     card = ModelCard(id=ctx.model_name, created=ctx.created, root=ctx.model_root,
-                     max_model_len=ctx.engine_loop.max_model_len, permission=[permission])
+                     max_model_len=ctx.engine.max_model_len, permission=[permission])
     return ModelList(data=[card])
 
 
@@ -107,23 +107,23 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request,
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
-    tok = ctx.engine_loop.tokenizer
-    check_prompt_text(body.prompt, tok, ctx.engine_loop.max_model_len)
+    tok = ctx.engine.tokenizer
+    check_prompt_text(body.prompt, tok, ctx.engine.max_model_len)
     ids = await off_loop_if_big(len(body.prompt), tok.encode, body.prompt)
     strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
-    return {"count": len(ids), "max_model_len": ctx.engine_loop.max_model_len, "tokens": ids,
+    return {"count": len(ids), "max_model_len": ctx.engine.max_model_len, "tokens": ids,
             "token_strs": strs}
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     ctx.check_model(body.model)
-    if len(body.tokens) > ctx.engine_loop.max_model_len:  # no sequence of this model is longer
+    if len(body.tokens) > ctx.engine.max_model_len:  # no sequence of this model is longer
         raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
-                          f"length of {ctx.engine_loop.max_model_len}.", "tokens")
-    check_token_ids(body.tokens, ctx.engine_loop.vocab_size, "tokens")
+                          f"length of {ctx.engine.max_model_len}.", "tokens")
+    check_token_ids(body.tokens, ctx.engine.vocab_size, "tokens")
     # Special tokens stay in the text, as vLLM's and HF's detokenize keep them.
-    return {"prompt": ctx.engine_loop.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+    return {"prompt": ctx.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
 
 @router.get("/tokenizer_info", responses={404: ERROR_RESPONSES[404]})

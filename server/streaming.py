@@ -94,7 +94,7 @@ def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st:
 
 async def completion_events(req: CompletionRequest, ctx, prompts: list[EngineRequest],
                             stream: RequestStream) -> AsyncIterator[str]:
-    created, tok = int(time.time()), ctx.engine_loop.tokenizer
+    created, tok = int(time.time()), ctx.engine.tokenizer
     head = {"id": stream.request_id, "object": "text_completion", "created": created,
             "model": ctx.model_name}
     options = req.stream_options
