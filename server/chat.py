@@ -17,7 +17,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import SamplingParams
-from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
 from nanovllm.server.context import ServerContext
@@ -27,6 +26,7 @@ from nanovllm.server.prompts import (
     check_unsupported_fields,
     sampling_params,
 )
+from nanovllm.server.protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
 from nanovllm.server.structured import constraint_for

@@ -1,18 +1,22 @@
-"""Request models of the OpenAI-compatible API (pydantic), with vLLM's extra sampling fields.
+"""The OpenAI-compatible API's models (pydantic): every request body and every response.
 
-Field names, defaults and ranges follow OpenAI's legacy completions API and vLLM's
-CompletionRequest. Unknown fields are accepted (and logged by the route, as vLLM does);
-fields we cannot honour (suffix, best_of != n) are rejected with a 400 in `check_supported`.
-Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected everywhere.
+Requests: field names, defaults and ranges follow OpenAI's APIs and vLLM's CompletionRequest
+and ChatCompletionRequest. Unknown fields are accepted (and logged, as vLLM does); fields we
+cannot honour are refused with a 400 by their endpoint. Non-finite floats (NaN, Infinity, which
+Python's json accepts) and lone UTF-16 surrogates are refused everywhere.
+
+Responses: the endpoints build plain dicts; these models document them in /openapi.json.
+A new endpoint's body and answer are one more model each, here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from nanovllm.server.errors import refuse_lone_surrogates
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS_ENTRIES,
@@ -38,6 +42,47 @@ PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
     "or a list of lists of token ids"
 )
+
+
+def is_unicode(text: str) -> bool:
+    """False if `text` holds a lone surrogate ("\\ud800" is valid JSON but not Unicode text)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_lone_surrogates(body: Any) -> Any:
+    """Checks a whole request body (before pydantic converts it): every string in it, keys and
+    unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
+    fails. The error names the top-level field it was found in. Each field is checked by
+    encoding it with the C JSON encoder: no Python loop over a large body."""
+    if not isinstance(body, dict):
+        return body if _encodes(body) else _lone_surrogate("body")
+    for key, value in body.items():
+        if isinstance(key, str) and not is_unicode(key):
+            _lone_surrogate("body")  # in a field's name: there is no field to name
+        if not _encodes(value):
+            _lone_surrogate(key)
+    return body
+
+
+def _lone_surrogate(field: str) -> NoReturn:
+    raise PydanticCustomError(
+        "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), which "
+        "is not valid Unicode text", {"field": field})
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 
 class OpenAIBaseModel(BaseModel):
@@ -153,6 +198,25 @@ class CompletionRequest(SamplingFields):
         return _check_prompt_shape(v)
 
 
+MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
+MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions body. `messages` is checked by the chat endpoint, which names
+    the exact message and part at fault."""
+
+    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: int | None = Field(None, ge=1)  # None: up to the context limit (vLLM)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    # Fields the completions API has and chat refuses (naming them).
+    echo: bool = Field(False, exclude=True)
+    prompt_logprobs: int | None = Field(None, exclude=True)
+
+
 class TokenizeRequest(OpenAIBaseModel):
     model: str | None = None
     prompt: str
@@ -165,3 +229,113 @@ class TokenizeRequest(OpenAIBaseModel):
 class DetokenizeRequest(OpenAIBaseModel):
     model: str | None = None
     tokens: list[TokenId]
+
+
+# Responses (documentation of what the endpoints answer).
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class LegacyLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    # vLLM's: per prompt position, None (the first) or {token id: logprob}
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class CompletionResponse(BaseModel):
+    """Non-streaming body; with stream=true the body is text/event-stream of such chunks."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelPermission(BaseModel):
+    id: str
+    object: str = "model_permission"
+    created: int
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "nanovllm"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[ModelPermission]
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+_ERROR = {"model": ErrorResponse}
+ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}

@@ -12,22 +12,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from nanovllm import __version__
 from nanovllm.input_processor import check_prompt_text, check_token_ids
 from nanovllm.server.chat import chat_events, complete_chat, prepare_chat
-from nanovllm.server.chat_protocol import ChatCompletionRequest
 from nanovllm.server.completions import complete, new_request_id, prepare, prompt_chars, start
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.protocol import (
-    CompletionRequest,
-    DetokenizeRequest,
-    TokenizeRequest,
-)
-from nanovllm.server.schemas import (
     ERROR_RESPONSES,
+    ChatCompletionRequest,
+    CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
     DetokenizeResponse,
     ModelCard,
     ModelList,
     ModelPermission,
+    TokenizeRequest,
     TokenizeResponse,
     VersionResponse,
 )
