@@ -6,47 +6,25 @@ apps may share one (e.g. with and without an API key), each with its own metrics
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import FastAPI
-from starlette.datastructures import Headers
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
-from nanovllm.server.errors import error_response, install_error_handlers
+from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
-from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
-from nanovllm.server.request_id import RequestIdMiddleware
+from nanovllm.server.middleware import (
+    APIKeyMiddleware,
+    BodySizeLimitMiddleware,
+    InternalErrorMiddleware,
+    RequestIdMiddleware,
+)
 from nanovllm.server.routes import router
 from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits
-
-
-class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on /v1/* (vLLM protects exactly those paths) and
-    on the web page's data, /ui/api/* (the page itself holds no secret: see server.ui)."""
-
-    PROTECTED = ("/v1", UI_API_PREFIX)
-
-    def __init__(self, app, api_key: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and scope["path"].startswith(self.PROTECTED)):
-            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
-            if not secrets.compare_digest(got, self._expected):
-                response = error_response(
-                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
-                    401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def document_vocabulary(app: FastAPI, vocab_size: int) -> None:
@@ -106,7 +84,7 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
         install_ui(app)
     document_vocabulary(app, engine.vocab_size)
     if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it

@@ -1,7 +1,7 @@
 """The web page at /ui: static files (server/ui/static/) and the small JSON endpoints they read.
 
 The page itself holds no secret, so GET /ui and /ui/static/* load without a key; everything
-under /ui/api/ is data and follows the --api-key rule of /v1/* (app.APIKeyMiddleware). The page
+under /ui/api/ is data and follows the --api-key rule of /v1/* (middleware.APIKeyMiddleware). The page
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
