@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
-from nanovllm.server.context import ServerContext
+from nanovllm.server.endpoints import ROUTERS
+from nanovllm.server.endpoints.info import read_tokenizer_config, tokenizer_info
 from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
@@ -20,8 +21,7 @@ from nanovllm.server.middleware import (
     InternalErrorMiddleware,
     RequestIdMiddleware,
 )
-from nanovllm.server.routes import router
-from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
+from nanovllm.server.serving import ServerContext
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits
@@ -74,18 +74,19 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
         template = ChatTemplate(template_text, special_tokens(tok_config, eos))
     info = tokenizer_info(tok_config, eos, engine.max_model_len,
                           template_text if template else None) if enable_tokenizer_info else None
+    limits = limits or ServerLimits()
     app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
-                                  metrics, chat_template=template, tokenizer_info=info,
+                                  metrics, limits, chat_template=template, tokenizer_info=info,
                                   grammar_compiler=GrammarCompiler(engine.tokenizer))
-    app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
-    app.include_router(router)
+    for router in ROUTERS:
+        app.include_router(router)
     if ui:
         install_ui(app)
     document_vocabulary(app, engine.vocab_size)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
     return app

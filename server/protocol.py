@@ -17,6 +17,8 @@ from typing import Annotated, Any, NoReturn
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from nanovllm.server.errors import bad_request
+from nanovllm.values.errors import InvalidRequestError
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS_ENTRIES,
@@ -29,6 +31,7 @@ from nanovllm.values.limits import (
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
 )
+from nanovllm.values.sampling_params import SamplingParams
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
@@ -37,6 +40,14 @@ StopStr = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
 Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
           | Annotated[list[TokenId], Field(min_length=1)]
           | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
+
+# vLLM request fields that would change the output and that this server does not implement:
+# refused when set, never silently ignored (falsy values ask for nothing and pass).
+UNSUPPORTED_FIELDS = (
+    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
+    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
+    "guided_whitespace_pattern", "structural_tag",
+)
 
 PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
@@ -179,6 +190,59 @@ class SamplingFields(StructuredOutputFields):
             raise ValueError("stop strings must not be empty")
         return v
 
+    @property
+    def max_new_tokens(self) -> int | None:
+        """max_completion_tokens (the chat API's newer name) wins over max_tokens, as in vLLM."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+    def refuse_unsupported_fields(self) -> None:
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED_FIELDS:
+            if extra.get(name) not in (None, False, [], {}, 0, ""):
+                raise bad_request(f"`{name}` is not supported by this server.", name)
+
+    def sampling_params(self, **own) -> SamplingParams:
+        """SamplingParams from the shared fields and `own` (what each API's own fields say:
+        max_tokens, logprobs, prompt_logprobs, structured); its refusal (engine-side
+        validation) becomes a 400 naming the field.
+
+        max_tokens null means "up to the context limit" for the engine as for vLLM.
+        Temperatures pass through unclamped: the sampler clamps tiny ones as vLLM does.
+        """
+        kwargs = dict(
+            n=self.n,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty if self.repetition_penalty is not None
+            else 1.0,
+            temperature=self.temperature if self.temperature is not None else 1.0,
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            top_k=self.top_k if self.top_k is not None else 0,
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids or None,
+            ignore_eos=bool(self.ignore_eos),
+            max_tokens=self.max_new_tokens,
+            min_tokens=self.min_tokens or 0,
+            include_stop_str_in_output=bool(self.include_stop_str_in_output),
+            skip_special_tokens=self.skip_special_tokens is not False,
+            logit_bias=_clamped_logit_bias(self.logit_bias),
+        )
+        try:
+            return SamplingParams(**{**kwargs, **own})
+        except InvalidRequestError as exc:
+            raise bad_request(f"Invalid sampling parameters: {exc}", exc.param) from exc
+
+
+def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
+    """OpenAI clamps biases to [-100, 100] where the engine would refuse them; SamplingParams
+    turns the keys into token ids (or refuses them)."""
+    if not bias:
+        return None
+    return {k: min(100.0, max(-100.0, v)) for k, v in bias.items()}
+
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions body."""
@@ -196,6 +260,19 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _prompt_shape(cls, v: Any) -> Any:
         return _check_prompt_shape(v)
+
+    @property
+    def echo_only(self) -> bool:
+        """echo with max_tokens 0: return the prompt (and its logprobs) without generating."""
+        return bool(self.echo) and self.max_new_tokens == 0
+
+    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
+        """With echo, prompt_logprobs default to logprobs (the echoed prompt's); echo_only runs
+        one step, as vLLM does."""
+        return self.sampling_params(
+            max_tokens=1 if self.echo_only else self.max_new_tokens, logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs if self.prompt_logprobs is not None
+            else self.logprobs if self.echo else None, structured=structured)
 
 
 MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
@@ -215,6 +292,10 @@ class ChatCompletionRequest(SamplingFields):
     # Fields the completions API has and chat refuses (naming them).
     echo: bool = Field(False, exclude=True)
     prompt_logprobs: int | None = Field(None, exclude=True)
+
+    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
+        return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+                                    structured=structured)
 
 
 class TokenizeRequest(OpenAIBaseModel):
@@ -339,3 +420,4 @@ class VersionResponse(BaseModel):
 
 _ERROR = {"model": ErrorResponse}
 ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}}}  # with "stream": true

@@ -1,5 +1,5 @@
 """POST /v1/chat/completions: messages rendered by a chat template into one prompt, then the
-completions machinery, answered in OpenAI's chat shapes.
+shared serving, answered in OpenAI's chat shapes.
 
 Without a template (`--chat-template`, or the checkpoint's own) the endpoint is a 400, as in
 vLLM: GPT-2 is a base model, and a made-up chat format would look like a working chat API.
@@ -11,27 +11,54 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from nanovllm import SamplingParams
 from nanovllm.server.chat_template import ChatTemplateError
-from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
-from nanovllm.server.context import ServerContext
-from nanovllm.server.errors import APIError, bad_request
-from nanovllm.server.prompts import (
-    check_response_size,
-    check_unsupported_fields,
-    sampling_params,
+from nanovllm.server.errors import bad_request
+from nanovllm.server.protocol import (
+    ERROR_RESPONSES,
+    MAX_CHAT_CHARS,
+    STREAM_RESPONSE,
+    ChatCompletionRequest,
 )
-from nanovllm.server.protocol import MAX_CHAT_CHARS, ChatCompletionRequest
-from nanovllm.server.request_stream import RequestStream
-from nanovllm.server.streaming import sse
-from nanovllm.server.structured import constraint_for
-from nanovllm.values.limits import ServerLimits
+from nanovllm.server.serving import (
+    ChoiceState,
+    Ctx,
+    RequestStream,
+    ServerContext,
+    check_response_size,
+    final_response,
+    new_request_id,
+    off_loop_if_big,
+    stream_events,
+    streamed,
+    submit,
+    token_namer,
+    usage,
+)
+from nanovllm.server.structured import constraint_for, wants_structure
 from nanovllm.values.request import EngineRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", responses={**ERROR_RESPONSES, **STREAM_RESPONSE})
+async def create_chat_completion(body: ChatCompletionRequest, raw: Request, ctx: Ctx) -> Response:
+    """A 400 unless the server has a chat template (see the module's docstring)."""
+    chars = sum(len(str(m.get("content", ""))) for m in body.messages)
+    request_id = new_request_id("chatcmpl")
+    prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx, request_id,
+                                           heavy=wants_structure(body))
+    stream = await submit(ctx, request_id, [prompt], params.n)
+    if body.stream:
+        return streamed(stream, chat_events(body, ctx, stream))
+    return await final_response(
+        raw, stream, lambda created, results: build_chat_response(body, ctx, stream, created,
+                                                                  results[0]))
+
 
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
@@ -40,7 +67,7 @@ _UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "aud
 
 
 def check_chat_supported(req: ChatCompletionRequest) -> None:
-    check_unsupported_fields(req)
+    req.refuse_unsupported_fields()
     extra = req.model_extra or {}
     for name in UNSUPPORTED_CHAT_FIELDS:
         if extra.get(name) not in (None, [], {}, ""):
@@ -123,16 +150,15 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
     return text
 
 
-def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext, limits: ServerLimits,
+def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  request_id: str) -> tuple[EngineRequest, SamplingParams]:
+    """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
     ctx.check_model(req.model)
     check_chat_supported(req)
     text = render_prompt(req, ctx)
-    params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-                             prompt_logprobs=None,
-                             structured=constraint_for(req, ctx.grammar_compiler))
+    params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     prompt = ctx.engine.processor.process(f"{request_id}-0", text, params)
-    check_response_size(params, [prompt], False, limits, ctx.engine.max_model_len)
+    check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
     return prompt, params
 
 
@@ -158,7 +184,8 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
                          req.top_logprobs or 0, token_namer(req, tokenizer), tokenizer.token_bytes)
 
 
-def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest, result) -> dict:
+def build_chat_response(req: ChatCompletionRequest, ctx: ServerContext, stream: RequestStream,
+                        created: int, result) -> dict:
     tok = ctx.engine.tokenizer
     choices = [{"index": out.index,
                 "message": {"role": "assistant", "content": out.text, "refusal": None,
@@ -166,30 +193,13 @@ def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineR
                 "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
                 "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
                for out in sorted(result.outputs, key=lambda o: o.index)]
-    return {"id": request_id, "object": "chat.completion", "created": created,
-            "model": ctx.model_name, "choices": choices, "usage": usage([prompt], {0: result}),
+    return {"id": stream.request_id, "object": "chat.completion", "created": created,
+            "model": ctx.model_name, "choices": choices,
+            "usage": usage(stream.requests, {0: result}),
             "system_fingerprint": None, "prompt_logprobs": None}
 
 
-async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: EngineRequest,
-                        stream: RequestStream) -> JSONResponse:
-    """Non-streaming: wait for every choice, or abort at once if the client goes away."""
-    created = int(time.time())
-    results = await final_outputs(raw, stream)
-    if results is None:
-        return JSONResponse({}, status_code=499)
-    return JSONResponse(build_chat_response(req, ctx, stream.request_id, created, prompt,
-                                            results[0]))
-
-
-@dataclass(slots=True)
-class ChatChoiceState:
-    text_len: int = 0
-    num_tokens: int = 0
-    finished: bool = False
-
-
-def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
+def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok) -> dict | None:
     """The next chunk's choice for one output, or None when there is nothing new."""
     finished = out.finish_reason is not None
     text = out.text[st.text_len:]
@@ -197,38 +207,19 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
         return None
     logprobs = _choice_logprobs(req, out, st.num_tokens, len(out.token_ids), tok)
     st.text_len, st.num_tokens, st.finished = len(out.text), len(out.token_ids), finished
-    return {"index": out.index, "delta": {"content": text} if text or not finished else {},
+    return {"delta": {"content": text} if text or not finished else {},
             "logprobs": logprobs, "finish_reason": out.finish_reason,
             "stop_reason": out.stop_reason}
 
 
-async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) -> AsyncIterator[str]:
+def chat_events(req: ChatCompletionRequest, ctx: ServerContext,
+                stream: RequestStream) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: each choice's role first, then content deltas (the last with
     its finish_reason), then, with stream_options.include_usage, one usage chunk."""
     tok = ctx.engine.tokenizer
     head = {"id": stream.request_id, "object": "chat.completion.chunk",
             "created": int(time.time()), "model": ctx.model_name, "system_fingerprint": None}
-    options = req.stream_options
-    continuous = bool(options and options.include_usage and options.continuous_usage_stats)
-    states = [ChatChoiceState() for _ in range(req.n)]
-    final: dict = {}
-    try:
-        for i in range(req.n):
-            role = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                    "finish_reason": None}
-            yield sse({**head, "choices": [role], "usage": usage([prompt], {}) if continuous
-                       else None})
-        while not stream.done:
-            batch = await stream.next_batch()
-            final.update(batch)
-            for out in batch[0].outputs if 0 in batch else []:
-                choice = chat_delta(req, out, states[out.index], tok)
-                if choice is not None:
-                    running = usage([prompt], final) if continuous else None
-                    yield sse({**head, "choices": [choice], "usage": running})
-        if options and options.include_usage:
-            yield sse({**head, "choices": [], "usage": usage([prompt], final)})
-    except Exception as exc:
-        error = exc if isinstance(exc, APIError) else engine_error(exc)
-        yield sse(error.body())
-    yield sse("[DONE]")
+    roles = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+              "finish_reason": None} for i in range(req.n)]
+    return stream_events(stream, head, lambda _tag, _result, out, st: chat_delta(req, out, st, tok),
+                         req.stream_options, opening=roles)
