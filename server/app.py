@@ -19,6 +19,7 @@ from nanovllm.server.middleware import (
     APIKeyMiddleware,
     BodySizeLimitMiddleware,
     InternalErrorMiddleware,
+    LoadTrackingMiddleware,
     RequestIdMiddleware,
 )
 from nanovllm.server.serving import ServerContext
@@ -53,7 +54,9 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 def build_app(engine: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
-              enable_tokenizer_info: bool = False) -> FastAPI:
+              enable_tokenizer_info: bool = False,
+              return_tokens_as_token_ids: bool = False,
+              enable_server_load_tracking: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
@@ -65,7 +68,8 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine.stats
-                            if engine.replica_stats is None else engine.replica_stats)
+                            if engine.replica_stats is None else engine.replica_stats,
+                            engine.max_model_len)
     tok_config = read_tokenizer_config(engine.tokenizer.model_dir)
     eos = engine.tokenizer.decode_token(engine.tokenizer.eos_token_id)
     template_text = chat_template or tok_config.get("chat_template")
@@ -77,13 +81,16 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     limits = limits or ServerLimits()
     app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
                                   metrics, limits, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine.tokenizer))
+                                  grammar_compiler=GrammarCompiler(engine.tokenizer),
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     if ui:
         install_ui(app)
     document_vocabulary(app, engine.vocab_size)
+    if enable_server_load_tracking:  # inside the API key check: refused requests never count
+        app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)

@@ -1,5 +1,6 @@
 """Pure ASGI middleware that every request passes through: its `X-Request-Id`, the API key, a
-body size limit and a last-resort 500 (build_app stacks them).
+body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
+generation requests in flight (build_app stacks them).
 
 Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body per request.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
 
@@ -153,3 +155,33 @@ class InternalErrorMiddleware:
             error = internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
                 await error_response(error.message, 500)(scope, receive, send)
+
+
+# vLLM's server load tracking: how many generation requests are in flight, for a load balancer
+# that reads GET /load. A request counts from the moment its body starts to be handled until
+# its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it.
+# The routes that generate (vLLM counts its generation and pooling routes, not tokenize).
+TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations"})
+
+
+@dataclass(slots=True)
+class ServerLoad:
+    """The app's count of requests in flight; only the event loop's thread changes it."""
+
+    in_flight: int = 0
+
+
+class LoadTrackingMiddleware:
+    def __init__(self, app, load: ServerLoad) -> None:
+        self.app = app
+        self._load = load
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in TRACKED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        self._load.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._load.in_flight -= 1

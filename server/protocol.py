@@ -1,8 +1,8 @@
 """The OpenAI-compatible API's models (pydantic): every request body and every response.
 
 Requests: field names, defaults and ranges follow OpenAI's APIs and vLLM's CompletionRequest
-and ChatCompletionRequest. Unknown fields are accepted (and logged, as vLLM does); fields we
-cannot honour are refused with a 400 by their endpoint. Non-finite floats (NaN, Infinity, which
+and ChatCompletionRequest. Unknown fields are refused with a 400 naming them (but for the
+documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour. Non-finite floats (NaN, Infinity, which
 Python's json accepts) and lone UTF-16 surrogates are refused everywhere.
 
 Responses: the endpoints build plain dicts; these models document them in /openapi.json.
@@ -12,15 +12,16 @@ A new endpoint's body and answer are one more model each, here.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from nanovllm.server.errors import bad_request
-from nanovllm.values.errors import InvalidRequestError
+from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
+    MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
     MAX_N,
@@ -30,8 +31,12 @@ from nanovllm.values.limits import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
+    TRUNCATION_SIDES,
 )
 from nanovllm.values.sampling_params import SamplingParams
+
+MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
+MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
@@ -44,10 +49,34 @@ Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
 # vLLM request fields that would change the output and that this server does not implement:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
 UNSUPPORTED_FIELDS = (
-    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
-    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
-    "guided_whitespace_pattern", "structural_tag",
+    "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors",
+    "vllm_xargs", "guided_whitespace_pattern", "structural_tag",
 )
+
+# Request fields accepted although they cannot change the output here, each with its reason
+# (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
+NO_OUTPUT_EFFECT = {
+    "model": "names the one served model; any other name is a 404",
+    "user": "an end-user id, for the operator's own tracking (OpenAI's meaning)",
+    "best_of": "accepted only equal to n (what it then means); any other value is a 400",
+    "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
+    "add_special_tokens": "GPT-2's tokenizer adds no special tokens either way",
+}
+
+# Fields outside the request models that clients send and that change nothing here: accepted
+# and logged. Any other unknown field is a 400 (it might change the output;
+# see SamplingFields.refuse_unsupported_fields).
+IGNORED_EXTRA_FIELDS = {
+    "metadata": "OpenAI's tags for stored completions; nothing is stored here",
+    "store": "OpenAI's stored completions; nothing is stored here",
+    "service_tier": "this server has one tier",
+    "parallel_tool_calls": "this server has no tools",
+    "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+    "safety_identifier": "an end-user id, like `user`",
+    "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
+    "spaces_between_special_tokens": "vLLM's detokenizer option for slow tokenizers; "
+                                     "GPT-2's byte-level decoding has no such spaces",
+}
 
 PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
@@ -113,7 +142,9 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool | None = True  # vLLM's default once stream_options is given
+    # OpenAI's meaning: the usage chunk only when asked for. (vLLM's model defaults this to
+    # true, so `{}` gets a chunk with no choices, which crashes clients reading choices[0].)
+    include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
 
 
@@ -182,6 +213,11 @@ class SamplingFields(StructuredOutputFields):
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
     return_tokens_as_token_ids: bool | None = False
+    # Token-in / token-out: prompt_token_ids and each choice's token_ids in the response.
+    return_token_ids: bool | None = False
+    allowed_token_ids: list[TokenId] | None = Field(None, max_length=MAX_ALLOWED_TOKEN_IDS)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: the context length
+    truncation_side: Literal[TRUNCATION_SIDES] | None = None  # "left" (vLLM's default)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -196,11 +232,23 @@ class SamplingFields(StructuredOutputFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
-    def refuse_unsupported_fields(self) -> None:
+    def refuse_unsupported_fields(self, known: tuple[str, ...] = ()) -> None:
+        """Refuse what would change the output and is not honoured: vLLM's fields this server
+        does not implement, and any field it does not know (besides `known`, checked by the
+        caller, and the documented IGNORED_EXTRA_FIELDS). A falsy value asks for nothing and
+        passes."""
         extra = self.model_extra or {}
         for name in UNSUPPORTED_FIELDS:
             if extra.get(name) not in (None, False, [], {}, 0, ""):
                 raise bad_request(f"`{name}` is not supported by this server.", name)
+        handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
+        unknown = sorted(k for k, v in extra.items()
+                         if k not in handled and v not in (None, False, [], {}, 0, ""))
+        if unknown:
+            raise bad_request(
+                f"Unknown field(s) {quote(unknown, 200)}: this server does not know what they "
+                "would change, so it refuses them rather than ignore them (docs/api.md lists "
+                "the fields it takes).", unknown[0][:100])
 
     def sampling_params(self, **own) -> SamplingParams:
         """SamplingParams from the shared fields and `own` (what each API's own fields say:
@@ -229,6 +277,9 @@ class SamplingFields(StructuredOutputFields):
             include_stop_str_in_output=bool(self.include_stop_str_in_output),
             skip_special_tokens=self.skip_special_tokens is not False,
             logit_bias=_clamped_logit_bias(self.logit_bias),
+            allowed_token_ids=self.allowed_token_ids,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncation_side=self.truncation_side or "left",
         )
         try:
             return SamplingParams(**{**kwargs, **own})
@@ -275,10 +326,6 @@ class CompletionRequest(SamplingFields):
             else self.logprobs if self.echo else None, structured=structured)
 
 
-MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
-MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
-
-
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions body. `messages` is checked by the chat endpoint, which names
     the exact message and part at fault."""
@@ -289,22 +336,38 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)  # None: up to the context limit (vLLM)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    # Fields the completions API has and chat refuses (naming them).
-    echo: bool = Field(False, exclude=True)
-    prompt_logprobs: int | None = Field(None, exclude=True)
+    # vLLM's: prepend the last message's content when it is the assistant's own (the
+    # continue_final_message case), and the prompt's logprobs.
+    echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     def to_sampling_params(self, structured: Any = None) -> SamplingParams:
         return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-                                    structured=structured)
+                                    prompt_logprobs=self.prompt_logprobs, structured=structured)
 
 
 class TokenizeRequest(OpenAIBaseModel):
+    """vLLM's two forms: a `prompt`, or chat `messages` rendered by the chat template."""
+
     model: str | None = None
-    prompt: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool = Field(
         True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
                           "tokens, so it changes nothing.")
     return_token_strs: bool | None = False
+
+    def check_form(self) -> None:
+        """Exactly one of the two forms (an error naming the field to fix)."""
+        if self.prompt is None and self.messages is None:
+            raise bad_request("Give `prompt` (text) or `messages` (a chat).", "prompt")
+        if self.prompt is not None and self.messages is not None:
+            raise bad_request("Give `prompt` or `messages`, not both.", "messages")
+        if self.messages and self.add_generation_prompt and self.continue_final_message:
+            raise bad_request("Cannot set both `continue_final_message` and "
+                              "`add_generation_prompt` to true.", "continue_final_message")
 
 
 class DetokenizeRequest(OpenAIBaseModel):

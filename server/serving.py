@@ -31,6 +31,7 @@ from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
+from nanovllm.server.middleware import ServerLoad
 from nanovllm.server.protocol import StreamOptions
 from nanovllm.values.errors import QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
@@ -58,6 +59,14 @@ class ServerContext:
     chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
     tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
     grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
+    # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
+    return_tokens_as_token_ids: bool = False
+    server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
+
+    def apply_defaults(self, req) -> None:
+        """The operator's defaults for the request fields a server flag turns on."""
+        if self.return_tokens_as_token_ids:
+            req.return_tokens_as_token_ids = True
 
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""
@@ -221,7 +230,8 @@ def engine_error(exc: BaseException) -> APIError:
 async def submit(ctx: ServerContext, request_id: str, requests: list[EngineRequest],
                  n: int) -> RequestStream:
     """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
-    stream = RequestStream(ctx.engine, request_id, requests, n, ctx.metrics.tracker())
+    stream = RequestStream(ctx.engine, request_id, requests, n,
+                           ctx.metrics.tracker(requests[0].params))
     try:
         await stream.submit()
     except asyncio.CancelledError:
@@ -239,6 +249,27 @@ def token_namer(req, tokenizer) -> Callable[[int], str]:
     if req.return_tokens_as_token_ids:
         return lambda tid: f"token_id:{tid}"
     return tokenizer.decode_token
+
+
+def token_id_fields(req, prompt_ids: list[int] | None, token_ids: list[int]) -> dict:
+    """vLLM's return_token_ids: the prompt's ids (where given) and the choice's generated ids
+    (never the echoed prompt), so a client need not tokenize again."""
+    if not req.return_token_ids:
+        return {}
+    fields = {"token_ids": list(token_ids)}
+    if prompt_ids is not None:
+        fields = {"prompt_token_ids": list(prompt_ids), **fields}
+    return fields
+
+
+def prompt_logprobs_field(result) -> list | None:
+    """vLLM's `prompt_logprobs`: per prompt position None or {token id: Logprob}, -inf clamped."""
+    if result.prompt_logprobs is None:
+        return None
+    return [None if step is None else
+            {str(t): {"logprob": max(p.logprob, -9999.0), "rank": p.rank,
+                      "decoded_token": p.decoded_token} for t, p in step.items()}
+            for step in result.prompt_logprobs]
 
 
 def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> dict:
@@ -346,7 +377,8 @@ def streamed(stream: RequestStream, events: AsyncIterator[str]) -> SSEResponse:
 async def stream_events(stream: RequestStream, head: dict, delta: Delta,
                         options: StreamOptions | None, count_generated: bool = True,
                         opening: Iterable[dict] = ()) -> AsyncIterator[str]:
-    """The chunks of a streamed answer, both APIs': `opening` choices first (chat's roles), then
+    """The chunks of a streamed answer, both APIs': `opening` chunks first (chat's roles and
+    echo: {"choices": [...], and any other top-level fields}), then
     one chunk per new choice delta, index = tag * n + output index (vLLM's), and with
     stream_options.include_usage a last chunk with no choices and the usage.
 
@@ -365,8 +397,9 @@ async def stream_events(stream: RequestStream, head: dict, delta: Delta,
         return usage(stream.requests, final, count_generated) if continuous else None
 
     try:
-        for choice in opening:
-            yield sse({**head, "choices": [choice], "usage": running()})
+        for chunk in opening:
+            yield sse({**head, "choices": chunk["choices"], "usage": running(),
+                       **{k: v for k, v in chunk.items() if k != "choices"}})
         while not stream.done:
             batch = await stream.next_batch()
             final.update(batch)

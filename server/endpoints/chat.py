@@ -16,11 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from nanovllm import SamplingParams
-from nanovllm.server.chat_template import ChatTemplateError
+from nanovllm.server.chat_template import content_text, render_prompt
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import (
     ERROR_RESPONSES,
-    MAX_CHAT_CHARS,
     STREAM_RESPONSE,
     ChatCompletionRequest,
 )
@@ -33,9 +32,11 @@ from nanovllm.server.serving import (
     final_response,
     new_request_id,
     off_loop_if_big,
+    prompt_logprobs_field,
     stream_events,
     streamed,
     submit,
+    token_id_fields,
     token_namer,
     usage,
 )
@@ -63,11 +64,10 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request, ctx:
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
                            "prediction", "chat_template", "documents", "web_search_options")
-_UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "audio")
 
 
 def check_chat_supported(req: ChatCompletionRequest) -> None:
-    req.refuse_unsupported_fields()
+    req.refuse_unsupported_fields(known=(*UNSUPPORTED_CHAT_FIELDS, "tool_choice"))
     extra = req.model_extra or {}
     for name in UNSUPPORTED_CHAT_FIELDS:
         if extra.get(name) not in (None, [], {}, ""):
@@ -75,10 +75,8 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
     if extra.get("tool_choice") not in (None, "none"):
         raise bad_request("`tool_choice` is not supported by this server (no tools).",
                           "tool_choice")
-    if req.echo:
-        raise bad_request("`echo` is not supported on /v1/chat/completions.", "echo")
-    if req.prompt_logprobs is not None:
-        raise bad_request("`prompt_logprobs` is not supported on /v1/chat/completions.",
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("`prompt_logprobs` are not available when `stream=True`.",
                           "prompt_logprobs")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("`top_logprobs` needs `logprobs` set to true.", "top_logprobs")
@@ -90,72 +88,13 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
                           "stream_options")
 
 
-def _content_text(content, where: str) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise bad_request(f"{where} must be a string or a list of text parts.", "messages")
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise bad_request(f"{where}[{j}] must be a text part ({{\"type\": \"text\", \"text\": "
-                              f"...}}); got type {kind!r}: this model reads only text.", "messages")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """The messages as the template sees them: role, text content (and name); bounded."""
-    out, total = [], 0
-    for i, msg in enumerate(messages):
-        role = msg.get("role")
-        if not isinstance(role, str) or not role or len(role) > 64:
-            raise bad_request(f"messages[{i}].role must be a non-empty string.", "messages")
-        for key in _UNSUPPORTED_MESSAGE_KEYS:
-            if msg.get(key):
-                raise bad_request(f"messages[{i}].{key} is not supported by this server.",
-                                  "messages")
-        text = _content_text(msg.get("content"), f"messages[{i}].content")
-        total += len(text)
-        if total > MAX_CHAT_CHARS:
-            raise bad_request(f"The messages hold more than {MAX_CHAT_CHARS} characters.",
-                              "messages")
-        entry = {"role": role, "content": text}
-        if isinstance(msg.get("name"), str):
-            entry["name"] = msg["name"]
-        out.append(entry)
-    return out
-
-
-def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
-    if ctx.chat_template is None:
-        raise bad_request(
-            f"The model `{ctx.model_name}` has no chat template, so /v1/chat/completions is not "
-            "available: start the server with --chat-template FILE (e.g. "
-            "examples/chat_template_gpt2.jinja), or send a plain-text prompt to "
-            "POST /v1/completions.", "messages")
-    messages = normalize_messages(req.messages)
-    try:
-        text = ctx.chat_template.render(messages, req.add_generation_prompt)
-    except ChatTemplateError as exc:
-        raise bad_request(str(exc), "messages") from exc
-    if req.continue_final_message:  # end the prompt right after the last message's text
-        final = messages[-1]["content"].strip()
-        cut = text.rfind(final) if final else -1
-        if cut < 0:
-            raise bad_request("continue_final_message: the template does not contain the final "
-                              "message's text.", "continue_final_message")
-        text = text[:cut + len(final)]
-    return text
-
-
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  request_id: str) -> tuple[EngineRequest, SamplingParams]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_chat_supported(req)
-    text = render_prompt(req, ctx)
+    text = render_prompt(req, ctx.chat_template, ctx.model_name)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     prompt = ctx.engine.processor.process(f"{request_id}-0", text, params)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
@@ -184,19 +123,38 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
                          req.top_logprobs or 0, token_namer(req, tokenizer), tokenizer.token_bytes)
 
 
+def echoed_content(req: ChatCompletionRequest) -> str:
+    """vLLM's chat echo: the last message's content, when the assistant wrote it (the turn a
+    continue_final_message request continues); nothing otherwise."""
+    if not req.echo:
+        return ""
+    last = req.messages[-1]
+    if last.get("role") != "assistant":
+        return ""
+    return content_text(last.get("content"), f"messages[{len(req.messages) - 1}].content")
+
+
+def prompt_ids_field(req: ChatCompletionRequest, prompt: EngineRequest) -> dict:
+    """Chat's return_token_ids: the rendered prompt's ids, once per response (vLLM's place)."""
+    return {"prompt_token_ids": list(prompt.prompt_token_ids)} if req.return_token_ids else {}
+
+
 def build_chat_response(req: ChatCompletionRequest, ctx: ServerContext, stream: RequestStream,
                         created: int, result) -> dict:
     tok = ctx.engine.tokenizer
+    echo = echoed_content(req)
     choices = [{"index": out.index,
-                "message": {"role": "assistant", "content": out.text, "refusal": None,
+                "message": {"role": "assistant", "content": echo + out.text, "refusal": None,
                             "tool_calls": []},
                 "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
-                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
+                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
+                **token_id_fields(req, None, out.token_ids)}
                for out in sorted(result.outputs, key=lambda o: o.index)]
     return {"id": stream.request_id, "object": "chat.completion", "created": created,
             "model": ctx.model_name, "choices": choices,
             "usage": usage(stream.requests, {0: result}),
-            "system_fingerprint": None, "prompt_logprobs": None}
+            "system_fingerprint": None, "prompt_logprobs": prompt_logprobs_field(result),
+            **prompt_ids_field(req, stream.requests[0])}
 
 
 def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok) -> dict | None:
@@ -206,20 +164,28 @@ def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok) -> dict | 
     if st.finished or not (text or finished or (req.logprobs and len(out.token_ids) > st.num_tokens)):
         return None
     logprobs = _choice_logprobs(req, out, st.num_tokens, len(out.token_ids), tok)
+    ids = token_id_fields(req, None, out.token_ids[st.num_tokens:])
     st.text_len, st.num_tokens, st.finished = len(out.text), len(out.token_ids), finished
     return {"delta": {"content": text} if text or not finished else {},
             "logprobs": logprobs, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
 def chat_events(req: ChatCompletionRequest, ctx: ServerContext,
                 stream: RequestStream) -> AsyncIterator[str]:
-    """OpenAI's chunk sequence: each choice's role first, then content deltas (the last with
-    its finish_reason), then, with stream_options.include_usage, one usage chunk."""
+    """OpenAI's chunk sequence: each choice's role first (the first chunk with the prompt's
+    ids, for return_token_ids), then the echo if any (vLLM's: after the roles, before any new
+    token), then content deltas (the last with its finish_reason), then, with
+    stream_options.include_usage, one usage chunk."""
     tok = ctx.engine.tokenizer
     head = {"id": stream.request_id, "object": "chat.completion.chunk",
             "created": int(time.time()), "model": ctx.model_name, "system_fingerprint": None}
-    roles = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-              "finish_reason": None} for i in range(req.n)]
+    opening = [{"choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                             "logprobs": None, "finish_reason": None}],
+                **(prompt_ids_field(req, stream.requests[0]) if i == 0 else {})}
+               for i in range(req.n)]
+    if echo := echoed_content(req):
+        opening += [{"choices": [{"index": i, "delta": {"content": echo}, "logprobs": None,
+                                  "finish_reason": None}]} for i in range(req.n)]
     return stream_events(stream, head, lambda _tag, _result, out, st: chat_delta(req, out, st, tok),
-                         req.stream_options, opening=roles)
+                         req.stream_options, opening=opening)

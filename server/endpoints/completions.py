@@ -38,9 +38,11 @@ from nanovllm.server.serving import (
     final_response,
     new_request_id,
     off_loop_if_big,
+    prompt_logprobs_field,
     stream_events,
     streamed,
     submit,
+    token_id_fields,
     token_namer,
     usage,
 )
@@ -77,6 +79,7 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     Returns one engine request per prompt, and the sampling params they all share.
     """
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, ctx)
     if ignored := req.ignored_fields():
@@ -156,16 +159,6 @@ def legacy_logprobs(token_ids, step_logprobs, num_top: int, name: Callable[[int]
             "top_logprobs": top_logprobs, "text_offset": text_offset}
 
 
-def prompt_logprobs_field(result) -> list | None:
-    """vLLM's `prompt_logprobs`: per prompt position None or {token id: Logprob}, -inf clamped."""
-    if result.prompt_logprobs is None:
-        return None
-    return [None if step is None else
-            {str(t): {"logprob": max(p.logprob, -9999.0), "rank": p.rank,
-                      "decoded_token": p.decoded_token} for t, p in step.items()}
-            for step in result.prompt_logprobs]
-
-
 def prompt_text(prompt: EngineRequest, tokenizer) -> str:
     return prompt.prompt if prompt.prompt is not None else tokenizer.decode(prompt.prompt_token_ids)
 
@@ -200,7 +193,8 @@ def build_choice(req: CompletionRequest, prompt: EngineRequest, result, out, tok
         lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs,
                              token_namer(req, tokenizer), 0)
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result)}
+            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result),
+            **token_id_fields(req, prompt.prompt_token_ids, generated(req, out)[1])}
 
 
 def build_response(req: CompletionRequest, ctx: ServerContext, stream: RequestStream,
@@ -226,6 +220,7 @@ def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st:
     all_text, all_ids, all_lps = generated(req, out)
     text = all_text[st.text_len:]
     new_ids, new_lps = all_ids[st.num_tokens:], None
+    ids = token_id_fields(req, None if st.started else prompt.prompt_token_ids, new_ids)
     if req.logprobs is not None:
         new_lps = list((all_lps or [])[st.num_tokens:st.num_tokens + len(new_ids)])
     finished = out.finish_reason is not None
@@ -245,7 +240,7 @@ def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st:
     st.text_len, st.num_tokens = len(all_text), len(all_ids)
     st.started, st.finished = True, finished
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
 def completion_events(req: CompletionRequest, ctx: ServerContext,

@@ -1,5 +1,5 @@
-"""What the server serves and how it is: GET /v1/models, /health, /version, /metrics and
-/tokenizer_info.
+"""What the server serves and how it is: GET /v1/models, /health, /version, /load, /metrics
+and /tokenizer_info.
 
 /tokenizer_info is vLLM's, behind --enable-tokenizer-info-endpoint: the tokenizer's
 configuration, so that a client such as lm-eval's remote tokenizer can work without fetching
@@ -61,6 +61,12 @@ async def list_models(ctx: Ctx) -> ModelList:
     card = ModelCard(id=ctx.model_name, created=ctx.created, root=ctx.model_root,
                      max_model_len=ctx.engine.max_model_len, permission=[permission])
     return ModelList(data=[card])
+
+
+@router.get("/load")
+async def load(ctx: Ctx) -> dict:
+    """vLLM's: generation requests in flight (0 unless --enable-server-load-tracking)."""
+    return {"server_load": ctx.server_load.in_flight}
 
 
 @router.get("/metrics", response_class=Response,

@@ -1,11 +1,13 @@
-"""POST /tokenize and /detokenize (vLLM's): text to token ids and back, with the model's own
-tokenizer and the engine's limits (a text or id list longer than the context is a 400)."""
+"""POST /tokenize and /detokenize (vLLM's): text (or chat messages, rendered by the chat
+template) to token ids and back, with the model's own tokenizer and the engine's limits (a text
+or id list longer than the context is a 400)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from nanovllm.input_processor import check_prompt_text, check_token_ids
+from nanovllm.server.chat_template import render_prompt
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import (
     ERROR_RESPONSES,
@@ -21,11 +23,18 @@ router = APIRouter()
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
+    """A `prompt`, or chat `messages` as the chat template renders them (vLLM's two forms);
+    `token_strs` are the vocabulary's strings ("Ġis"), which clients map back to ids."""
     ctx.check_model(body.model)
+    body.check_form()
     tok = ctx.engine.tokenizer
-    check_prompt_text(body.prompt, tok, ctx.engine.max_model_len)
-    ids = await off_loop_if_big(len(body.prompt), tok.encode, body.prompt)
-    strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
+    if body.messages is None:
+        text, param = body.prompt, "prompt"
+    else:
+        text, param = render_prompt(body, ctx.chat_template, ctx.model_name), "messages"
+    check_prompt_text(text, tok, ctx.engine.max_model_len, param)
+    ids = await off_loop_if_big(len(text), tok.encode, text)
+    strs = [tok.vocab_token(t) for t in ids] if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": ctx.engine.max_model_len, "tokens": ids,
             "token_strs": strs}
 
