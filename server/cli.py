@@ -152,11 +152,11 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        loop = start_ray_replicas(args)
+        engine = start_ray_replicas(args)
     else:
-        loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     name = args.served_model_name or served_name(args.model)
-    app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
@@ -165,12 +165,12 @@ def run_serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
                             timeout_keep_alive=limits.timeout_keep_alive)
-    server = Server(config, loop, ui=not args.disable_ui)
+    server = Server(config, engine, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():
             server.run()
     finally:
-        loop.shutdown()
+        engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 
