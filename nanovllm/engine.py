@@ -4,7 +4,7 @@
 schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
 decisions, `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
-sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
+sampling know nothing of the architecture; only loading (`model_loading`) and the runner do.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.contract.step import TokenLogprobs
-from nanovllm.model import reference
+from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
@@ -91,8 +91,8 @@ class LLMEngine:
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         self.num_steps = 0  # steps that ran a batch
-        logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
-                    "max_model_len %d)", self.model_path,
+        logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                    "max_model_len %d)", loaded.architecture, self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
                     cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
                     self.max_model_len)
@@ -195,7 +195,7 @@ class LLMEngine:
         if logprobs is not None:
             seq.logprobs.append(self._logprob_dict(logprobs))
             seq.cumulative_logprob += logprobs.logprobs[0]
-        finish = finish_on_token(seq, token, self.tokenizer.eos_token_id, self.max_model_len)
+        finish = finish_on_token(seq, token, self.model_config.eos_token_ids, self.max_model_len)
         # A stop token's own text is left out, like a stop string's.
         drop_last = finish is not None and finish[0] == "stop" and not seq.params.include_stop_str_in_output
         old_len = len(seq.text)
@@ -236,8 +236,8 @@ class LLMEngine:
         reference path. Any thread may call it: it reads only the weights, which never change
         (the caller bounds T: this is a whole forward pass without a KV cache)."""
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
-        return reference.attention_weights(dequantize_weights(self.runner.weights),
-                                           self.model_config, np.asarray(token_ids))
+        return family_of(self.model_config).attention_weights(
+            dequantize_weights(self.runner.weights), self.model_config, np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler

@@ -9,13 +9,15 @@ from nanovllm.values.stop_strings import find_stop
 Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
 
 
-def finish_on_token(seq: Sequence, token: int, eos_token_id: int, max_model_len: int) -> Finish | None:
+def finish_on_token(seq: Sequence, token: int, eos_token_ids: tuple[int, ...],
+                    max_model_len: int) -> Finish | None:
+    """`eos_token_ids`: every id that ends a sequence as EOS (generation_config.json may list several)."""
     p = seq.params
     if seq.num_tokens >= max_model_len:
         return ("length", None)
     if seq.num_output_tokens < p.min_tokens:
         return None
-    if token == eos_token_id and not p.ignore_eos:
+    if token in eos_token_ids and not p.ignore_eos:
         return ("stop", None)
     if token in p.stop_token_ids:
         return ("stop", token)

@@ -1,4 +1,4 @@
-"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs GPT-2, samples.
+"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs the model, samples.
 
 It keeps each live sequence's sampling state (SequenceState), keyed by seq id, so the
 scheduler only sends what changes (nanovllm/contract/step.py): new sequences, finished ones, and each
@@ -22,8 +22,8 @@ from nanovllm.contract.step import (
     ScheduledSequence,
     SchedulerOutput,
 )
-from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from nanovllm.model.gpt2 import compile_kernels
+from nanovllm.model import AttentionBatch
+from nanovllm.model.architectures import ModelConfig, family_of
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import SequenceState, log_softmax, sample, token_logprobs
@@ -41,14 +41,15 @@ class StepInputs:
 
 
 class NativeModelRunner:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
+    def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "auto", seed: int = 0):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
+        self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        compile_kernels()
+        self.model.compile_kernels()
 
     def run(self, batch: SchedulerOutput) -> ModelRunnerOutput:
         for new in batch.new_seqs:  # first: an aborted newcomer still takes its seed, as it did
@@ -58,11 +59,11 @@ class NativeModelRunner:
         if not batch.scheduled:
             return ModelRunnerOutput({}, {}, [])
         inputs = self.prepare(batch.scheduled)
-        logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
-                         self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+        logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+                                    self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sample_ids)
         states = [self.states[i] for i in inputs.sample_ids]
-        tokens, logprobs = sample(logits[:n], states, self.cfg.eos_token_id)
+        tokens, logprobs = sample(logits[:n], states, list(self.cfg.eos_token_ids))
         prompt_logprobs = self._prompt_logprobs(logits[n:], inputs.prompt_rows)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):

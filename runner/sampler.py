@@ -137,7 +137,8 @@ def updated_penalty_counts(seq: SequenceState) -> PenaltyCounts:
     return seq.penalty_counts.update(seq.token_ids, seq.num_prompt_tokens)
 
 
-def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int) -> None:
+def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState],
+                   eos_token_id: int | list[int]) -> None:
     """Logit bias, min_tokens and the penalties, in place on the rows ([len(seqs), vocab]) of the
     sequences that ask for any. The bias of every row is one indexing operation; the rest costs
     each adjusted row a few array operations, however many tokens its parameters name."""
@@ -213,9 +214,10 @@ def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int
+def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int | list[int]
            ) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
-    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
+    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked.
+    `eos_token_id`: the model's EOS, or a list of them (each is banned before min_tokens)."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
     adjust_logits_(logits, seqs, eos_token_id)

@@ -131,7 +131,9 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=None,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = Prompt(ctx.engine_loop.check_request(text, params), text)
+    # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
+    ids = ctx.engine_loop.tokenizer.encode(text, add_special_tokens=False)
+    prompt = Prompt(ctx.engine_loop.check_request(ids, params), text)
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
     return prompt, params
 
