@@ -147,7 +147,7 @@ class LlamaConfig:
             if d.get(name) is not None:
                 fields[name] = d[name]
         fields["num_key_value_heads"] = d.get("num_key_value_heads") or fields.get(
-            "num_attention_heads", cls.num_attention_heads)
+            "num_attention_heads", cls.__dataclass_fields__["num_attention_heads"].default)
         try:
             return cls(**fields)
         except ValueError as e:
