@@ -64,6 +64,7 @@ class LLMEngine:
         self.config = config
         loaded = load_model(config)
         self.model_path, self.model_config, self.is_dummy = loaded.path, loaded.config, loaded.is_dummy
+        self.architecture = loaded.architecture  # config.json's, e.g. LlamaForCausalLM
         cfg = self.model_config
         self.tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
         self.max_model_len = config.max_model_len or cfg.n_positions

@@ -74,7 +74,7 @@ def _load_dummy(config: EngineConfig) -> LoadedModel:
     dummy checkpoint, for a directory its config with random weights in memory."""
     path = Path(config.model).expanduser()
     if not path.is_dir():
-        path = dummy_checkpoint_dir(config.model.rsplit("/", 1)[-1])
+        path = dummy_checkpoint_dir(preset_for(config.model) or config.model.rsplit("/", 1)[-1])
     architecture = architecture_of(path)
     if is_dummy_checkpoint(path):
         cfg, weights = load_checkpoint(path, config.dtype, config.quantization)
