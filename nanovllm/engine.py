@@ -1,7 +1,7 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
 
-`add_request` validates (`check_request`: the rules in `validation`) and queues, `step`
-schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
+`add` queues a request the input processor checked (`processor.process`: the rules in
+`input_processor`; `add_request` does both, as vLLM's does), `step` schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
 decisions, `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
 sampling know nothing of the architecture; only loading (`model_loading`) and the runner do.
@@ -9,17 +9,19 @@ sampling know nothing of the architecture; only loading (`model_loading`) and th
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.contract.step import TokenLogprobs
+from nanovllm.input_processor import InputProcessor
 from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
@@ -30,10 +32,10 @@ from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
-from nanovllm.validation import RequestValidator
 from nanovllm.values.errors import QueueFullError
-from nanovllm.values.inputs import PromptType, unpack_prompt
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.inputs import PromptType
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
 logger = logging.getLogger("nanovllm")
@@ -54,6 +56,18 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
+    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
+    # for larger steps), and their total.
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+    # The KV cache's configuration (vLLM's vllm:cache_config_info).
+    block_size: int = 0
+    kv_cache_dtype: str = ""
+    enable_prefix_caching: bool = False
+
+
+# vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
@@ -76,9 +90,9 @@ class LLMEngine:
                 cfg, config.block_size, config.kv_cache_dtype))
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
-        self._validator = RequestValidator(self.tokenizer, self.vocab_size, self.max_model_len,
-                                           config.block_size, self.num_kv_blocks,
-                                           config.max_waiting_seqs)
+        self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
+                                        config.block_size, self.num_kv_blocks,
+                                        config.max_waiting_seqs)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -89,6 +103,8 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps_total = 0
+        self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         self.num_steps = 0  # steps that ran a batch
@@ -104,34 +120,30 @@ class LLMEngine:
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
                     final_only: bool = False) -> None:
-        """Queue a request; step() returns its cumulative output after every step that adds a
-        token, or with `final_only` only once it finishes (for callers that read nothing else)."""
+        """Check and queue a request (vLLM's offline form): `add(processor.process(...))`."""
+        self.add(self.processor.process(request_id, prompt, params, final_only=final_only))
+
+    def add(self, request: EngineRequest) -> None:
+        """Queue a checked request; step() returns its cumulative output after every step that
+        adds a token, or with `final_only` only once it finishes. Only what depends on the
+        engine's live state is checked here: a free request id, room in the waiting queue."""
+        request_id, params = request.request_id, request.params
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        prompt_ids = self.check_request(prompt, params)
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
             raise QueueFullError(
                 f"The server is busy: {self.scheduler.num_waiting_seqs} sequences are waiting and "
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
-        prompt = unpack_prompt(prompt)
-        request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
-                          params, final_only=final_only)
+        state = Request(request_id, request.prompt, request.prompt_token_ids, params,
+                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
-            request.prompt_logprobs = [None] * len(prompt_ids)
-        request.seqs = [self._new_sequence(request, index) for index in range(params.n)]
+            state.prompt_logprobs = [None] * len(request.prompt_token_ids)
+        state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
         # Only now, with nothing left that can fail, does the request enter the engine.
-        for seq in request.seqs:
+        for seq in state.seqs:
             self.scheduler.add(seq)
-        self.requests[request_id] = request
-
-    def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
-        """The prompt's token ids if the request can ever run here, else InvalidRequestError.
-
-        Read-only: it looks only at what is fixed at start-up (tokenizer, vocabulary,
-        max_model_len, KV pool size), so any thread may call it while another runs step().
-        """
-        return self._validator.check(prompt, params)
+        self.requests[request_id] = state
 
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params
@@ -163,6 +175,7 @@ class LLMEngine:
         if not batch.seqs:
             return []
         self.num_steps_total += 1
+        self._count_step(batch, start)
         decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
         self.scheduler.update_after_step(batch)
         if result.prompt_logprobs:
@@ -188,8 +201,21 @@ class LLMEngine:
                 outputs.append(self._request_output(request))
         return outputs
 
+    def _count_step(self, batch, start: float) -> None:
+        """The step's size in vllm:iteration_tokens_total, and when its requests were first
+        scheduled (the end of their time in the queue)."""
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, batch.num_tokens)] += 1
+        self.iteration_tokens_sum += batch.num_tokens
+        for seq in batch.seqs:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = start
+
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
+        timing = seq.request.metrics
+        timing.last_token_time = time.perf_counter()
+        if timing.first_token_time is None:
+            timing.first_token_time = timing.last_token_time
         self.generation_tokens_total += 1
         if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
             self.prompt_tokens_total += seq.num_prompt_tokens
@@ -226,7 +252,8 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
-                             max(s.num_cached_tokens for s in request.seqs))
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""
@@ -256,5 +283,9 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps_total)
+            num_steps_total=self.num_steps_total,
+            iteration_tokens=tuple(self.iteration_tokens),
+            iteration_tokens_sum=self.iteration_tokens_sum,
+            block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
+            enable_prefix_caching=self.config.enable_prefix_caching)
 

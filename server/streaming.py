@@ -23,13 +23,15 @@ from nanovllm.server.completions import (
     engine_error,
     generated,
     legacy_logprobs,
+    token_id_fields,
     token_namer,
     usage,
 )
 from nanovllm.server.errors import APIError
-from nanovllm.server.prompts import Prompt, echo_only
+from nanovllm.server.prompts import echo_only
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
+from nanovllm.values.request import EngineRequest
 
 
 def sse(obj: dict | str) -> str:
@@ -64,11 +66,12 @@ class ChoiceState:
     finished: bool = False
 
 
-def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: ChoiceState, tok) -> dict | None:
+def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st: ChoiceState, tok) -> dict | None:
     """The next chunk's choice for one output, or None when there is nothing new to say."""
     all_text, all_ids, all_lps = generated(req, out)
     text = all_text[st.text_len:]
     new_ids, new_lps = all_ids[st.num_tokens:], None
+    ids = token_id_fields(req, None if st.started else prompt.prompt_token_ids, new_ids)
     if req.logprobs is not None:
         new_lps = list((all_lps or [])[st.num_tokens:st.num_tokens + len(new_ids)])
     finished = out.finish_reason is not None
@@ -88,10 +91,10 @@ def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: Choice
     st.text_len, st.num_tokens = len(all_text), len(all_ids)
     st.started, st.finished = True, finished
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
-async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
+async def completion_events(req: CompletionRequest, ctx, prompts: list[EngineRequest],
                             stream: RequestStream) -> AsyncIterator[str]:
     created, tok = int(time.time()), ctx.engine_loop.tokenizer
     head = {"id": stream.request_id, "object": "text_completion", "created": created,

@@ -20,7 +20,6 @@ import random
 import tempfile
 
 from nanovllm import EngineConfig, SamplingParams
-from nanovllm.engine_client import ACCEPTED
 from nanovllm.server.request_stream import QueueSink
 
 
@@ -36,12 +35,14 @@ def workload(args) -> list[list[int]]:
 
 async def run_one(client, request_id: str, prompt: list[int], params: SamplingParams) -> None:
     queue: asyncio.Queue = asyncio.Queue()
-    client.add_request(request_id, prompt, params, QueueSink(asyncio.get_running_loop(), queue, 0))
+    request = client.processor.process(request_id, prompt, params)
+    await asyncio.wrap_future(client.add_request(
+        request, QueueSink(asyncio.get_running_loop(), queue, 0)))
     while True:
         _, item = await queue.get()
         if isinstance(item, BaseException):
             raise item
-        if not (isinstance(item, str) and item == ACCEPTED) and item.finished:
+        if item.finished:
             return
 
 

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
+from nanovllm.input_processor import check_token_ids
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
-from nanovllm.validation import check_token_ids
 from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"

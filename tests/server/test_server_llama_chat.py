@@ -62,3 +62,16 @@ def test_completions_equal_llm_generate(llama_server, client):
                        use_tqdm=False)[0]
     assert served.choices[0].text == out.outputs[0].text
     assert served.usage.prompt_tokens == len(out.prompt_token_ids)
+
+
+def test_tokenize_adds_bos_to_a_prompt_and_not_to_rendered_messages(llama_server, client):
+    import httpx
+
+    url = f"{llama_server[0].url}/tokenize"
+    prompt = httpx.post(url, json={"prompt": "hi"}, timeout=60).json()["tokens"]
+    bare = httpx.post(url, json={"prompt": "hi", "add_special_tokens": False}, timeout=60).json()
+    assert prompt[1:] == bare["tokens"] and len(prompt) == len(bare["tokens"]) + 1
+    chat = httpx.post(url, json={"messages": MESSAGES}, timeout=60).json()
+    served = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_completion_tokens=1)
+    assert chat["count"] == served.usage.prompt_tokens
+    assert chat["tokens"].count(prompt[0]) == 1
