@@ -136,9 +136,9 @@ class ThreadRecordingTokenizer:
         self._tokenizer = tokenizer
         self.threads: list[threading.Thread] = []
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         self.threads.append(threading.current_thread())
-        return self._tokenizer.encode(text)
+        return self._tokenizer.encode(text, add_special_tokens)
 
     def __getattr__(self, name: str):
         return getattr(self._tokenizer, name)
