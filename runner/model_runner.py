@@ -1,4 +1,4 @@
-"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs GPT-2, samples.
+"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs the model, samples.
 
 Each step says everything the runner needs (nanovllm/contract/step.py): every scheduled
 sequence's new tokens, positions and block table, whether it samples and which prompt tokens it
@@ -23,8 +23,8 @@ from nanovllm.contract.step import (
     SchedulerOutput,
     TokenLogprobs,
 )
-from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from nanovllm.model.gpt2 import compile_kernels
+from nanovllm.model import AttentionBatch
+from nanovllm.model.architectures import ModelConfig, family_of
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
@@ -42,14 +42,15 @@ class StepInputs:
 
 
 class NativeModelRunner:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
+    def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "auto", seed: int = 0):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
+        self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        compile_kernels()
+        self.model.compile_kernels()
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
         for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did
@@ -59,12 +60,12 @@ class NativeModelRunner:
         if not step.scheduled:
             return ModelRunnerOutput({}, {}, {})
         inputs = self.prepare(step.scheduled)
-        logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
-                         self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+        logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+                                    self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
         states = [self.states[e.seq_id] for e in inputs.sampling]
         tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
-                                  self.cfg.eos_token_id)
+                                  list(self.cfg.eos_token_ids))
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
             took(state, token)
