@@ -32,6 +32,8 @@ from nanovllm.values.request import EngineRequest
 if TYPE_CHECKING:
     import numpy as np
 
+    from nanovllm.model.trace import ForwardTrace
+
 logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "The server is shutting down."
@@ -137,6 +139,10 @@ class AsyncEngine:
         """The attention of every layer and head over `token_ids` [n_layer, n_head, T, T],
         computed on the caller's thread from the weights alone, never on the engine thread."""
         return self.engine.attention_weights(token_ids)
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """One forward pass layer by layer (model/trace.py), on the caller's thread."""
+        return self.engine.trace_forward(token_ids)
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:

@@ -24,6 +24,7 @@ from nanovllm.contract.step import TokenLogprobs
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
+from nanovllm.model.trace import ForwardTrace, trace_forward
 from nanovllm.model_loading import load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
@@ -265,6 +266,12 @@ class LLMEngine:
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
         return reference.attention_weights(dequantize_weights(self.runner.weights),
                                            self.model_config, np.asarray(token_ids))
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """One forward pass layer by layer (model/trace.py), by the reference path, on the
+        caller's thread like attention_weights."""
+        return trace_forward(dequantize_weights(self.runner.weights), self.model_config,
+                             np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler

@@ -36,6 +36,7 @@ from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
+from nanovllm.model.trace import ForwardTrace
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
@@ -46,8 +47,9 @@ logger = logging.getLogger(__name__)
 APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
-ONE_ENGINE_ONLY = ("The web page's engine and attention views show a single engine; with "
-                   "--data-parallel-size they are not available (the playground is).")
+ONE_ENGINE_ONLY = ("The web page's engine, attention and forward-pass views show a single "
+                   "engine; with --data-parallel-size they are not available (the playground "
+                   "is).")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -152,6 +154,9 @@ class RayEngineClient:
         return future
 
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
+        raise RequestAborted(ONE_ENGINE_ONLY)
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
         raise RequestAborted(ONE_ENGINE_ONLY)
 
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
