@@ -31,6 +31,7 @@ from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
+from nanovllm.step_record import StepRecord, StepRecorder
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.values.errors import QueueFullError
@@ -108,6 +109,9 @@ class LLMEngine:
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         self.num_steps = 0  # steps that ran a batch
+        # Step-by-step mode: the next step leaves a StepRecord in last_record (then it is off).
+        self.record_next_step = False
+        self.last_record: StepRecord | None = None
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                     "max_model_len %d)", self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
@@ -170,8 +174,14 @@ class LLMEngine:
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
+        recorder = self._start_recording() if self.record_next_step else None
         batch = self.scheduler.schedule()
+        if recorder:
+            recorder.scheduled(batch.for_runner)
         result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
+        if recorder and batch.seqs:
+            self.runner.keep_last_run = False
+            recorder.ran(*self.runner.last_run)
         if not batch.seqs:
             return []
         self.num_steps_total += 1
@@ -193,6 +203,8 @@ class LLMEngine:
                                    len(batch.seqs), self.scheduler.num_preemptions - preemptions)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
+        if recorder:
+            self.last_record = recorder.finish(self.num_steps, result.sampled)
         outputs = []
         for request in touched.values():
             if request.finished:
@@ -200,6 +212,10 @@ class LLMEngine:
             if request.finished or not request.final_only:
                 outputs.append(self._request_output(request))
         return outputs
+
+    def _start_recording(self) -> StepRecorder:
+        self.record_next_step, self.runner.keep_last_run = False, True
+        return StepRecorder(self.scheduler, self.tokenizer.decode_token)
 
     def _count_step(self, batch, start: float) -> None:
         """The step's size in vllm:iteration_tokens_total, and when its requests were first

@@ -38,6 +38,7 @@ class StepInputs:
     logit_rows: np.ndarray
     sample_ids: list[int]                              # their rows come first in logit_rows
     prompt_rows: list[tuple[int, int, int]]            # (seq id, first prompt position, count)
+    seq_rows: list[tuple[int, int]]                    # (seq id, its rows), in row order
 
 
 class NativeModelRunner:
@@ -46,6 +47,8 @@ class NativeModelRunner:
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
+        self.keep_last_run = False  # set: `last_run` keeps each step's inputs and sampled logits
+        self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         compile_kernels()
@@ -61,6 +64,8 @@ class NativeModelRunner:
         logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                          self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sample_ids)
+        if self.keep_last_run:  # the step-by-step mode shows what the model was given
+            self.last_run = (inputs, logits[:n].copy())
         states = [self.states[i] for i in inputs.sample_ids]
         tokens, logprobs = sample(logits[:n], states, self.cfg.eos_token_id)
         prompt_logprobs = self._prompt_logprobs(logits[n:], inputs.prompt_rows)
@@ -90,6 +95,7 @@ class NativeModelRunner:
         decodes = [e for e in entries if e.num_new_tokens == 1]
         ids, pos, slot_parts, prefills = [], [], [], []
         sample_rows, sample_ids, prompt_rows, prompt_logit_rows = [], [], [], []
+        seq_rows = [(e.seq_id, e.num_new_tokens) for e in entries]
         row = 0
         for e in entries:
             state, start, n = self.states[e.seq_id], e.num_computed_tokens, e.num_new_tokens
@@ -113,7 +119,7 @@ class NativeModelRunner:
         return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
                           np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_logit_rows, np.int64), sample_ids,
-                          prompt_rows)
+                          prompt_rows, seq_rows)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
