@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
 
     import numpy as np
 
+    from nanovllm.async_engine import StepMode
     from nanovllm.engine import EngineStats
     from nanovllm.input_processor import InputProcessor
     from nanovllm.model.trace import ForwardTrace
@@ -86,6 +87,17 @@ class EngineClient(Protocol):
     def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
         """A prompt's forward pass layer by layer (residual norms, attention, logit lens), by
         the reference path; blocks the calling thread like attention_weights."""
+
+    step_mode_enabled: bool   # pause/step/resume are allowed (serve --enable-step-mode)
+    step_mode: StepMode       # paused or not, and the last single step's record
+
+    def pause(self, lease: float = ...) -> Future[StepMode]:
+        """Stop stepping for `lease` seconds unless renewed; requests still come in and wait."""
+
+    def step(self, lease: float = ...) -> Future[StepMode]:
+        """Pause (or renew it) and take one recorded step."""
+
+    def resume(self) -> Future[StepMode]: ...
 
     def abort(self, request_ids: list[str]) -> None:
         """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""

@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from nanovllm import EngineConfig
+from nanovllm.async_engine import DEFAULT_PAUSE_LEASE, StepMode, StepModeDisabled
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
@@ -158,6 +159,17 @@ class RayEngineClient:
 
     def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
         raise RequestAborted(ONE_ENGINE_ONLY)
+
+    step_mode_enabled = False  # one engine's steps; across replicas there is no one step
+    step_mode = StepMode(False, 0.0, None, 0)
+
+    def pause(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
+        raise StepModeDisabled(ONE_ENGINE_ONLY)
+
+    step = pause
+
+    def resume(self) -> Future[StepMode]:
+        raise StepModeDisabled(ONE_ENGINE_ONLY)
 
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
         accepted: Future[None] = Future()

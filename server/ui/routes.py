@@ -29,6 +29,7 @@ from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
+from nanovllm.server.ui.step import router as step_router
 from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -65,6 +66,7 @@ async def info(ctx: Ctx) -> dict:
             "vocab_size": ctx.engine_loop.vocab_size, "max_logprobs": MAX_LOGPROBS,
             "max_n": MAX_N, "n_layer": ctx.engine_loop.n_layer, "n_head": ctx.engine_loop.n_head,
             "max_attention_tokens": _max_attention_tokens(ctx.engine_loop),
+            "step_mode": ctx.engine_loop.step_mode_enabled,
             "version": __version__}
 
 
@@ -185,4 +187,5 @@ def install_ui(app: FastAPI) -> None:
     """Serve the page at /ui and its files at /ui/static (left out with --disable-ui)."""
     app.state.attention_busy = threading.Lock()
     app.include_router(router)
+    app.include_router(step_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

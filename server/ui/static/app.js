@@ -11,6 +11,7 @@
 import { $, api, HTTPError, KEY_STORAGE, sseData } from "./api.js";
 import { createAttentionView } from "./attention.js";
 import { createEngineView } from "./engine.js";
+import { createStepView } from "./stepview.js";
 import { createTraceView } from "./trace.js";
 
 // ---- start-up: model info, the random-weights notice, the API key ----------------------
@@ -36,6 +37,7 @@ function showInfo(info) {
   form.n.max = info.max_n;
   attentionView.setup(info);
   traceView.setup(info);
+  stepView.setup(info);
   selectTab("playground");
 }
 
@@ -66,6 +68,7 @@ const tabs = [...document.querySelectorAll("[role=tab]")];
 const engineView = createEngineView({ onUnauthorized: askForKey });
 const attentionView = createAttentionView({ onUnauthorized: askForKey });
 const traceView = createTraceView({ onUnauthorized: askForKey });
+const stepView = createStepView({ onUnauthorized: askForKey });
 
 function selectTab(id) {
   for (const tab of tabs) {
