@@ -63,6 +63,7 @@ function inputsTable(inputs) {
 
 function sampledList(sampled) {
   const list = el("ul", "sampled-list");
+  if (!sampled.length) list.append(el("li", "", "nothing: no chunk reached its sequence's end"));
   for (const s of sampled) {
     const item = el("li", "");
     item.append(el("span", "rid", `seq ${s.seq_id} (row ${s.row}) sampled `),
