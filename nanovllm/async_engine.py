@@ -27,7 +27,12 @@ from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted
 from nanovllm.snapshot import EngineSnapshot
-from nanovllm.step_record import StepRecord
+from nanovllm.step_record import (
+    DEFAULT_PAUSE_LEASE,
+    MAX_PAUSE_LEASE,
+    StepMode,
+    StepModeDisabled,
+)
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
 
@@ -90,28 +95,6 @@ class Resume:
 Command = AddRequest | Abort | AbortAll | TakeSnapshot | Stop | Pause | StepOnce | Resume
 
 
-@dataclass(frozen=True, slots=True)
-class StepMode:
-    """Whether the engine is paused, and the record of the last step taken by StepOnce."""
-    paused: bool
-    lease_left: float           # seconds until a pause nobody renews ends by itself
-    record: StepRecord | None   # None before the first single step
-    num_steps: int              # the engine's steps so far
-
-    def to_dict(self) -> dict:
-        return {"paused": self.paused, "lease_left": round(self.lease_left, 1),
-                "num_steps": self.num_steps,
-                "record": None if self.record is None else self.record.to_dict()}
-
-
-class StepModeDisabled(RuntimeError):
-    """Pausing needs AsyncEngine(enable_step_mode=True) (`nanovllm serve --enable-step-mode`)."""
-
-
-# A pause is a lease: the client that paused must renew it (the web page does while it is
-# open), so one that disappears cannot freeze the server for longer than this.
-DEFAULT_PAUSE_LEASE = 60.0
-MAX_PAUSE_LEASE = 600.0
 
 
 class AsyncEngine:

@@ -19,11 +19,11 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
 
     import numpy as np
 
-    from nanovllm.async_engine import StepMode
     from nanovllm.engine import EngineStats
     from nanovllm.input_processor import InputProcessor
     from nanovllm.model.trace import ForwardTrace
     from nanovllm.snapshot import EngineSnapshot
+    from nanovllm.step_record import StepMode
     from nanovllm.tokenizer import Tokenizer
     from nanovllm.values.outputs import RequestOutput
     from nanovllm.values.request import EngineRequest

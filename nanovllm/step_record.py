@@ -98,6 +98,30 @@ class StepRecord:
         return _plain(self)
 
 
+@dataclass(frozen=True, slots=True)
+class StepMode:
+    """Whether the engine is paused, and the record of the last step taken by StepOnce."""
+    paused: bool
+    lease_left: float           # seconds until a pause nobody renews ends by itself
+    record: StepRecord | None   # None before the first single step
+    num_steps: int              # the engine's steps so far
+
+    def to_dict(self) -> dict:
+        return {"paused": self.paused, "lease_left": round(self.lease_left, 1),
+                "num_steps": self.num_steps,
+                "record": None if self.record is None else self.record.to_dict()}
+
+
+class StepModeDisabled(RuntimeError):
+    """Pausing needs AsyncEngine(enable_step_mode=True) (`nanovllm serve --enable-step-mode`)."""
+
+
+# A pause is a lease: the client that paused must renew it (the web page does while it is
+# open), so one that disappears cannot freeze the server for longer than this.
+DEFAULT_PAUSE_LEASE = 60.0
+MAX_PAUSE_LEASE = 600.0
+
+
 def _plain(value):
     if hasattr(value, "__slots__"):
         return {name: _plain(getattr(value, name)) for name in value.__slots__}

@@ -34,7 +34,6 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from nanovllm import EngineConfig
-from nanovllm.async_engine import DEFAULT_PAUSE_LEASE, StepMode, StepModeDisabled
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
@@ -42,6 +41,7 @@ from nanovllm.model.threads import thread_pool_settings
 from nanovllm.model.trace import ForwardTrace
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
+from nanovllm.step_record import DEFAULT_PAUSE_LEASE, StepMode, StepModeDisabled
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest

@@ -15,10 +15,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nanovllm.async_engine import DEFAULT_PAUSE_LEASE, MAX_PAUSE_LEASE, StepModeDisabled
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError
+from nanovllm.step_record import DEFAULT_PAUSE_LEASE, MAX_PAUSE_LEASE, StepModeDisabled
 
 PREFIX = "/ui/api/step"
 STEP_TIMEOUT = 60.0  # seconds a command waits for the engine (a step in flight, then one more)

@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import AsyncEngine, SamplingParams
-from nanovllm.async_engine import StepModeDisabled
 from nanovllm.sequence import SequenceStatus
 from nanovllm.snapshot import pool_of
-from nanovllm.step_record import DECODE, PREEMPTED, PREFILL, TOP_K, WAITING
+from nanovllm.step_record import DECODE, PREEMPTED, PREFILL, TOP_K, WAITING, StepModeDisabled
 
 BLOCK = 4
 
