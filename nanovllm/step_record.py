@@ -165,11 +165,8 @@ class StepRecorder:
         """Right after schedule(): the step and why the rest waits."""
         self.step = step
         self.tables_scheduled = {s.seq_id: list(s.block_table) for s in step.scheduled}
-        by_id = {s.seq_id: s for s in self.before.seqs}
-        self.chunks = {}  # seq id -> (start, tokens, whether it samples), in the step's order
-        for s in step.scheduled:
-            start, n = s.num_computed_tokens, s.num_new_tokens
-            self.chunks[s.seq_id] = (start, n, start + n == by_id[s.seq_id].num_tokens)
+        # seq id -> (start, tokens, whether it samples), in the step's order
+        self.chunks = {s.seq_id: (s.start, len(s.token_ids), s.sample) for s in step.scheduled}
         self.why_waiting = self._why_waiting(sum(n for _, n, _ in self.chunks.values()))
 
     def ran(self, inputs: StepInputs, sample_logits: np.ndarray) -> None:
@@ -178,7 +175,7 @@ class StepRecorder:
         self.inputs = RunnerInputs(
             inputs.token_ids.tolist(), inputs.positions.tolist(),
             inputs.attention.slot_mapping.tolist(),
-            [seq_id for seq_id, rows in inputs.seq_rows for _ in range(rows)],
+            [e.seq_id for e in inputs.entries for _ in e.token_ids],
             inputs.logit_rows[:n].tolist())
         self.sample_logits = sample_logits
 

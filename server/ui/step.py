@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
-from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError
+from nanovllm.server.serving import Ctx
 from nanovllm.step_record import DEFAULT_PAUSE_LEASE, MAX_PAUSE_LEASE, StepModeDisabled
 
 PREFIX = "/ui/api/step"
@@ -40,26 +40,26 @@ def _enabled(client: EngineClient) -> EngineClient:
 @router.get(PREFIX)
 async def state(ctx: Ctx) -> JSONResponse:
     """Paused or not, and the record of the last single step (nanovllm.step_record)."""
-    return JSONResponse(_enabled(ctx.engine_loop).step_mode.to_dict())
+    return JSONResponse(_enabled(ctx.engine).step_mode.to_dict())
 
 
 @router.post(f"{PREFIX}/pause")
 async def pause(ctx: Ctx, body: LeaseRequest | None = None) -> JSONResponse:
     """Pause after the step in flight, or renew a pause, for `lease` seconds."""
-    client = _enabled(ctx.engine_loop)
+    client = _enabled(ctx.engine)
     return await _answer(lambda: client.pause((body or LeaseRequest()).lease))
 
 
 @router.post(f"{PREFIX}/step")
 async def step(ctx: Ctx, body: LeaseRequest | None = None) -> JSONResponse:
     """Pause (or renew the pause) and take exactly one step; answers with its record."""
-    client = _enabled(ctx.engine_loop)
+    client = _enabled(ctx.engine)
     return await _answer(lambda: client.step((body or LeaseRequest()).lease))
 
 
 @router.post(f"{PREFIX}/resume")
 async def resume(ctx: Ctx) -> JSONResponse:
-    client = _enabled(ctx.engine_loop)
+    client = _enabled(ctx.engine)
     return await _answer(client.resume)
 
 
