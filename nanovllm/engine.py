@@ -27,12 +27,14 @@ from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, TokenLogp
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
+from nanovllm.model.trace import ForwardTrace, trace_forward
 from nanovllm.model_loading import load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
+from nanovllm.step_record import StepRecord, StepRecorder
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
@@ -107,6 +109,9 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
+        # Step-by-step mode: the next step leaves a StepRecord in last_record (then it is off).
+        self.record_next_step = False
+        self.last_record: StepRecord | None = None
         self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
         self.iteration_tokens_sum = 0
         self.last_step = StepStats()
@@ -174,14 +179,25 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule -> run -> update -> outputs of the requests that advanced."""
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
+        recorder = self._start_recording() if self.record_next_step else None
         step = self.scheduler.schedule()
+        if recorder:
+            recorder.scheduled(step)
         result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
+        self.runner.keep_last_run = False
         if not step.scheduled:
             return []
         seqs = self.scheduler.update_from_output(step)
         advanced = self._update(seqs, step, result)
         self._record_step(step, seqs, start, self.scheduler.num_preemptions - preemptions)
+        if recorder:
+            recorder.ran(*self.runner.last_run)
+            self.last_record = recorder.finish(self.num_steps, result.sampled)
         return self._outputs(advanced)
+
+    def _start_recording(self) -> StepRecorder:
+        self.record_next_step, self.runner.keep_last_run = False, True
+        return StepRecorder(self.scheduler, self.tokenizer.decode_token)
 
     def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
                 ) -> list[Request]:
@@ -278,6 +294,13 @@ class LLMEngine:
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
         return family_of(self.model_config).attention_weights(
             dequantize_weights(self.runner.weights), self.model_config, np.asarray(token_ids))
+
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """One forward pass layer by layer (model/trace.py), by the reference path, on the
+        caller's thread like attention_weights."""
+        return trace_forward(dequantize_weights(self.runner.weights), self.model_config,
+                             np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler

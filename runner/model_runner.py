@@ -39,6 +39,7 @@ class StepInputs:
     logit_rows: np.ndarray
     sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
     scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
+    entries: list[ScheduledSequence]   # every chunk, in row order
 
 
 class NativeModelRunner:
@@ -48,6 +49,8 @@ class NativeModelRunner:
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
+        self.keep_last_run = False  # set: `last_run` keeps each step's inputs and sampled logits
+        self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         self.model.compile_kernels()
@@ -63,6 +66,8 @@ class NativeModelRunner:
         logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                                     self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
+        if self.keep_last_run:  # the step-by-step mode shows what the model was given
+            self.last_run = (inputs, logits[:n].copy())
         states = [self.states[e.seq_id] for e in inputs.sampling]
         tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
                                   list(self.cfg.eos_token_ids))
@@ -112,7 +117,8 @@ class NativeModelRunner:
                                    *self._decode_context(decodes), prefills)
         return StepInputs(np.fromiter((t for e in entries for t in e.token_ids), np.int64, row),
                           np.concatenate(pos), attention,
-                          np.array(sample_rows + prompt_rows, np.int64), sampling, scoring)
+                          np.array(sample_rows + prompt_rows, np.int64), sampling, scoring,
+                          entries)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
