@@ -1,0 +1,79 @@
+"""Beam search's rule, as a pure function of scores: which beams live on, which are finished.
+
+The rule is transformers' (`generate(num_beams=k, do_sample=False)` with its defaults:
+early_stopping=False, length_penalty=1.0), step for step:
+- every live beam offers its 2k best next tokens; of all the offers, the 2k with the best
+  cumulative logprob are the candidates, best first;
+- a candidate that ends in EOS, or reaches max_tokens, is finished; the first k non-finished
+  candidates are the next live beams;
+- of the first k candidates, the finished ones become hypotheses scored
+  cum_logprob / len(generated, EOS included) ** length_penalty; the k best hypotheses are kept;
+- the search ends when no beam lives, or when k hypotheses are kept and the best live beam,
+  scored at its current length, does not beat the worst of them.
+The answer is the k hypotheses, best score first.
+
+vLLM's LLM.beam_search differs, and we do not follow it there: it keeps every EOS candidate of
+every beam as a hypothesis (not only those among the k best), never stops early, and scores
+cum_logprob / len(prompt + output, EOS excluded) ** length_penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Candidate:
+    parent: int          # which live beam it extends (its index in the step's beams)
+    token: int
+    logprob: float
+    cum_logprob: float
+
+
+@dataclass(slots=True)
+class Hypothesis:
+    """A finished beam: its parent's tokens, then `last` (known once the step materialises it)."""
+    candidate: Candidate
+    score: float
+    finish_reason: str   # "stop" (EOS) or "length"
+    payload: object = None  # what the caller attaches: the beam's tokens and logprobs
+
+
+@dataclass(slots=True)
+class BeamStep:
+    live: list[Candidate]                # the next live beams, best first
+    new_hypotheses: list[Hypothesis]     # those that entered the kept set this step
+
+
+@dataclass(slots=True)
+class BeamScorer:
+    """One request's search: its kept hypotheses and whether it has ended."""
+    width: int
+    max_tokens: int
+    eos_token_id: int | None             # None: EOS is an ordinary token (ignore_eos)
+    length_penalty: float = 1.0
+    hypotheses: list[Hypothesis] = field(default_factory=list)  # at most `width`, best first
+    done: bool = False
+
+    def step(self, cum_logprobs: list[float], offers: list[tuple[list[int], list[float]]],
+             num_generated: int) -> BeamStep:
+        """One step: `cum_logprobs[b]` is live beam b's score, `offers[b]` its best next tokens
+        and their logprobs, `num_generated` how many tokens each beam has (all the same)."""
+        k, length = self.width, num_generated + 1
+        candidates = sorted(
+            (Candidate(b, t, lp, cum + lp)
+             for b, (cum, (ids, lps)) in enumerate(zip(cum_logprobs, offers))
+             for t, lp in zip(ids, lps)),
+            key=lambda c: -c.cum_logprob)[:2 * k]
+        at_limit = length >= self.max_tokens
+        finished = [at_limit or c.token == self.eos_token_id for c in candidates]
+        live = [c for c, f in zip(candidates, finished) if not f][:k]
+        new = [Hypothesis(c, c.cum_logprob / length ** self.length_penalty,
+                          "length" if at_limit and c.token != self.eos_token_id else "stop")
+               for c, f in zip(candidates[:k], finished[:k]) if f]
+        kept = sorted(self.hypotheses + new, key=lambda h: -h.score)[:k]
+        new = [h for h in new if any(h is kh for kh in kept)]
+        self.hypotheses = kept
+        self.done = not live or (
+            len(kept) == k and live[0].cum_logprob / length ** self.length_penalty <= kept[-1].score)
+        return BeamStep(live, new)
