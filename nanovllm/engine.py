@@ -9,11 +9,12 @@ sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -55,6 +56,18 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
+    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
+    # for larger steps), and their total.
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+    # The KV cache's configuration (vLLM's vllm:cache_config_info).
+    block_size: int = 0
+    kv_cache_dtype: str = ""
+    enable_prefix_caching: bool = False
+
+
+# vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
@@ -89,6 +102,8 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps_total = 0
+        self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         self.num_steps = 0  # steps that ran a batch
@@ -120,7 +135,7 @@ class LLMEngine:
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
-                        final_only=request.final_only)
+                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
@@ -159,6 +174,7 @@ class LLMEngine:
         if not batch.seqs:
             return []
         self.num_steps_total += 1
+        self._count_step(batch, start)
         decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
         self.scheduler.update_after_step(batch)
         if result.prompt_logprobs:
@@ -184,8 +200,21 @@ class LLMEngine:
                 outputs.append(self._request_output(request))
         return outputs
 
+    def _count_step(self, batch, start: float) -> None:
+        """The step's size in vllm:iteration_tokens_total, and when its requests were first
+        scheduled (the end of their time in the queue)."""
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, batch.num_tokens)] += 1
+        self.iteration_tokens_sum += batch.num_tokens
+        for seq in batch.seqs:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = start
+
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
+        timing = seq.request.metrics
+        timing.last_token_time = time.perf_counter()
+        if timing.first_token_time is None:
+            timing.first_token_time = timing.last_token_time
         self.generation_tokens_total += 1
         if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
             self.prompt_tokens_total += seq.num_prompt_tokens
@@ -222,7 +251,8 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
-                             max(s.num_cached_tokens for s in request.seqs))
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""
@@ -252,5 +282,9 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps_total)
+            num_steps_total=self.num_steps_total,
+            iteration_tokens=tuple(self.iteration_tokens),
+            iteration_tokens_sum=self.iteration_tokens_sum,
+            block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
+            enable_prefix_caching=self.config.enable_prefix_caching)
 

@@ -1,7 +1,7 @@
 """Turns a batch of logits into next tokens, each row under its own request's parameters.
 
-Order, as in vLLM: logprobs are taken from the raw logits; then logit bias, min_tokens and the
-penalties adjust the logits, and a structured-output grammar bans the tokens it does not allow;
+Order, as in vLLM: logprobs are taken from the raw logits; then allowed_token_ids bans every
+other token, logit bias, min_tokens and the penalties adjust the logits, and a structured-output grammar bans the tokens it does not allow;
 greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and top_p to the
 probabilities and draw one uniform number from their sequence's own generator (so a seeded
 request samples the same alone or inside any batch).
@@ -105,12 +105,15 @@ class SequenceState:
     bias_values: np.ndarray = field(init=False)
     # stop_token_ids as an array: what min_tokens bans (with EOS, unless ignore_eos).
     stop_ids: np.ndarray = field(init=False)
+    allowed_ids: np.ndarray | None = field(init=False)  # allowed_token_ids, if any
 
     def __post_init__(self) -> None:
         bias = self.params.logit_bias
         self.bias_ids = np.fromiter(bias, np.int64, len(bias))
         self.bias_values = np.fromiter(bias.values(), np.float32, len(bias))
         self.stop_ids = np.array(self.params.stop_token_ids, np.int64)
+        allowed = self.params.allowed_token_ids
+        self.allowed_ids = None if allowed is None else np.unique(np.array(allowed, np.int64))
 
     def append(self, token: int) -> None:
         """The sequence took `token` (the runner's copy of it follows the engine's)."""
@@ -142,6 +145,9 @@ def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: 
     sequences that ask for any. The bias of every row is one indexing operation; the rest costs
     each adjusted row a few array operations, however many tokens its parameters name."""
     rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
+    for i in rows:
+        if seqs[i].allowed_ids is not None:
+            _keep_only_(logits[i], seqs[i].allowed_ids)
     _add_logit_bias_(logits, [seqs[i] for i in rows], np.array(rows, np.int64))
     for i in rows:
         row, seq = logits[i], seqs[i]
@@ -154,6 +160,13 @@ def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: 
             _penalize_(row, updated_penalty_counts(seq), p)
         np.clip(row, -np.inf, MAX_LOGIT, out=row)
         row[np.isnan(row)] = -np.inf
+
+
+def _keep_only_(row: np.ndarray, allowed: np.ndarray) -> None:
+    """Ban, in place, every token of the row outside `allowed` (vLLM's allowed_token_ids)."""
+    kept = row[allowed]
+    row[:] = -np.inf
+    row[allowed] = kept
 
 
 def _add_logit_bias_(logits: np.ndarray, seqs: list[SequenceState], rows: np.ndarray) -> None:

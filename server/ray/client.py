@@ -122,7 +122,8 @@ class RayEngineClient:
     def stats(self) -> EngineStats:
         """All replicas' stats summed (usage: of the pooled blocks); per replica: replica_stats."""
         snapshots = list(self.replica_stats.values())
-        total = {f.name: sum(getattr(s, f.name) for s in snapshots) for f in fields(EngineStats)}
+        total = {f.name: _combined(f.name, [getattr(s, f.name) for s in snapshots])
+                 for f in fields(EngineStats)}
         blocks = total["num_total_blocks"]
         total["kv_cache_usage"] = 1.0 - total["num_free_blocks"] / blocks if blocks else 0.0
         return EngineStats(**total)
@@ -290,6 +291,19 @@ def teardown(owns_ray: bool) -> None:
             serve.shutdown()
     finally:
         ray.shutdown()
+
+
+_CONFIG_FIELDS = ("block_size", "kv_cache_dtype", "enable_prefix_caching")
+
+
+def _combined(name: str, values: list):
+    """One EngineStats field over the replicas: counts add up (histograms bucket by bucket);
+    the cache's configuration is every replica's own, so the first one's stands."""
+    if name in _CONFIG_FIELDS:
+        return values[0] if values else EngineStats.__dataclass_fields__[name].default
+    if values and isinstance(values[0], tuple):
+        return tuple(map(sum, zip(*values, strict=True)))
+    return sum(values)
 
 
 def _fail(future: Future, exc: BaseException) -> bool:
