@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanovllm.block_manager import blocks_needed
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -77,3 +79,10 @@ class BeamScorer:
         self.done = not live or (
             len(kept) == k and live[0].cum_logprob / length ** self.length_penalty <= kept[-1].score)
         return BeamStep(live, new)
+
+
+def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, block_size: int) -> int:
+    """The most KV blocks a beam search can hold at once: every beam shares the prompt's full
+    blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
+    shared = num_prompt_tokens // block_size
+    return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH
-from nanovllm.values.sampling_params import _check_int, _check_range
+from nanovllm.values.sampling_params import SamplingParams, _check_int, _check_range
 
 # |length_penalty| beyond this makes every score 0 or infinite for any but the shortest beams.
 MAX_LENGTH_PENALTY = 10.0
@@ -41,3 +41,9 @@ class BeamSearchParams:
         on even when k of the best candidates end in EOS)."""
         return 2 * self.beam_width
 
+
+    def sampling_params(self) -> SamplingParams:
+        """What the engine's rules for any request read (n sequences, max_tokens, EOS); the
+        beams' tokens themselves are chosen by the beam rule, never sampled."""
+        return SamplingParams(n=self.beam_width, max_tokens=self.max_tokens,
+                              ignore_eos=self.ignore_eos, temperature=0.0)

@@ -23,18 +23,15 @@ MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's cap
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 128
-<<<<<<< HEAD
+# allowed_token_ids may list a whole vocabulary (GPT-2's has 50,257 tokens); a step masks the
+# row once, whatever the length.
+MAX_ALLOWED_TOKEN_IDS = 65_536
+TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or the start
 # Beam search: a request of width k runs k sequences and scores 2k candidates per beam each
 # step, so both bound its cost. vLLM caps neither; 16 beams is past where transformers' users
 # go, and 512 new tokens is half of GPT-2's context (the KV pool check bounds the rest).
 MAX_BEAM_WIDTH = 16
 MAX_BEAM_TOKENS = 512
-=======
-# allowed_token_ids may list a whole vocabulary (GPT-2's has 50,257 tokens); a step masks the
-# row once, whatever the length.
-MAX_ALLOWED_TOKEN_IDS = 65_536
-TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or the start
->>>>>>> main
 
 
 # ---- server limits (flags of `nanovllm serve`) ------------------------------------------------
