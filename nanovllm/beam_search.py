@@ -22,6 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nanovllm.block_manager import blocks_needed
+from nanovllm.values.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+
+
+def hypothesis_score(cum_logprob: float, num_tokens: int, length_penalty: float) -> float:
+    """What finished beams are ranked by (transformers'): `num_tokens` generated, EOS included."""
+    return cum_logprob / num_tokens ** length_penalty
 
 
 @dataclass(slots=True)
@@ -70,14 +76,15 @@ class BeamScorer:
         at_limit = length >= self.max_tokens
         finished = [at_limit or c.token == self.eos_token_id for c in candidates]
         live = [c for c, f in zip(candidates, finished) if not f][:k]
-        new = [Hypothesis(c, c.cum_logprob / length ** self.length_penalty,
+        new = [Hypothesis(c, hypothesis_score(c.cum_logprob, length, self.length_penalty),
                           "length" if at_limit and c.token != self.eos_token_id else "stop")
                for c, f in zip(candidates[:k], finished[:k]) if f]
         kept = sorted(self.hypotheses + new, key=lambda h: -h.score)[:k]
         new = [h for h in new if any(h is kh for kh in kept)]
         self.hypotheses = kept
         self.done = not live or (
-            len(kept) == k and live[0].cum_logprob / length ** self.length_penalty <= kept[-1].score)
+            len(kept) == k
+            and hypothesis_score(live[0].cum_logprob, length, self.length_penalty) <= kept[-1].score)
         return BeamStep(live, new)
 
 
@@ -86,3 +93,13 @@ def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, bloc
     blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
     shared = num_prompt_tokens // block_size
     return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)
+
+
+def beam_search_output(out: RequestOutput, length_penalty: float) -> BeamSearchOutput:
+    """A finished beam request's output in vLLM's LLM.beam_search shape (its outputs are the
+    beams, best first)."""
+    return BeamSearchOutput([
+        BeamSearchSequence(out.prompt_token_ids + c.token_ids, c.logprobs or [],
+                           c.cumulative_logprob, c.text, c.finish_reason,
+                           hypothesis_score(c.cumulative_logprob, len(c.token_ids), length_penalty))
+        for c in out.outputs])
