@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nanovllm.block_manager import blocks_needed
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 
 
@@ -103,3 +104,37 @@ def beam_search_output(out: RequestOutput, length_penalty: float) -> BeamSearchO
                            c.cumulative_logprob, c.text, c.finish_reason,
                            hypothesis_score(c.cumulative_logprob, len(c.token_ids), length_penalty))
         for c in out.outputs])
+
+
+@dataclass(slots=True, eq=False)
+class BeamGroup:
+    """A beam request's search inside the engine. Its sequences (`Request.seqs`) are its live
+    beams, in the scorer's order; they advance together, once each has offered its candidates
+    for the current length (a beam that computed early waits for the others)."""
+    params: BeamSearchParams
+    scorer: BeamScorer
+    cum_logprobs: list[float] = field(default_factory=lambda: [0.0])
+    token_logprobs: list[list[float]] = field(default_factory=lambda: [[]])  # per live beam
+    offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # by seq id
+
+    @classmethod
+    def start(cls, params: BeamSearchParams, eos_token_id: int) -> BeamGroup:
+        return cls(params, BeamScorer(params.beam_width, params.max_tokens,
+                                      None if params.ignore_eos else eos_token_id,
+                                      params.length_penalty))
+
+    def ready(self, beams: list) -> bool:
+        return all(b.seq_id in self.offers for b in beams)
+
+    def advance(self, beams: list) -> BeamStep:
+        """Scores this round's offers; the new hypotheses carry their (tokens, logprobs)."""
+        step = self.scorer.step(self.cum_logprobs, [self.offers[b.seq_id] for b in beams],
+                                beams[0].num_output_tokens)
+        self.offers.clear()
+        for h in step.new_hypotheses:
+            c = h.candidate
+            h.payload = (beams[c.parent].output_token_ids + [c.token],
+                         self.token_logprobs[c.parent] + [c.logprob])
+        self.cum_logprobs = [c.cum_logprob for c in step.live]
+        self.token_logprobs = [self.token_logprobs[c.parent] + [c.logprob] for c in step.live]
+        return step

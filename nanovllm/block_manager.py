@@ -106,13 +106,21 @@ class BlockManager:
             seq.block_table.append(self._take_free_block())
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
-        """`child` (holding no blocks) shares all of `parent`'s blocks and computed tokens."""
-        assert not child.block_table, "fork into a sequence that holds blocks"
-        for block_id in parent.block_table:
-            self.blocks[block_id].ref_count += 1
-        child.block_table = list(parent.block_table)
-        child.num_computed_tokens = parent.num_computed_tokens
-        child.num_hashed_blocks = parent.num_hashed_blocks
+        """`child` shares all of `parent`'s blocks and computed tokens (its own are dropped)."""
+        self.refork([child], [parent])
+
+    def refork(self, beams: list[Sequence], parents: list[Sequence]) -> None:
+        """Each `beams[i]` becomes a fork of `parents[i]`, all at once (the parents may be among
+        the beams): the kept blocks gain their references before the beams' old ones are dropped,
+        so what a new beam shares survives and what only pruned beams held is freed now."""
+        forks = [(list(p.block_table), p.num_computed_tokens, p.num_hashed_blocks) for p in parents]
+        for table, _, _ in forks:
+            for block_id in table:
+                self.blocks[block_id].ref_count += 1
+        for beam in beams:
+            self._release(beam.block_table)
+        for beam, (table, computed, hashed) in zip(beams, forks):
+            beam.block_table, beam.num_computed_tokens, beam.num_hashed_blocks = table, computed, hashed
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The copies the next step must make before it writes, handed over once."""
@@ -133,14 +141,17 @@ class BlockManager:
             seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
+        self._release(seq.block_table)
+        seq.block_table.clear()
+        seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
+
+    def _release(self, table: list[int]) -> None:
         # Tail first, so that a freed chain is evicted from its end and its prefix survives longest.
-        for block_id in reversed(seq.block_table):
+        for block_id in reversed(table):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_block_ids[block_id] = None
-        seq.block_table.clear()
-        seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
 
     def _shared_in_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
         """Indices of the blocks in `seq`'s table that the next tokens go into and that another

@@ -86,6 +86,20 @@ class SharedBlocks(RuleBasedStateMachine):
         self.live[child.seq_id] = child
         return child
 
+    @precondition(lambda self: len(self.live) >= 2)
+    @rule(data=st.data())
+    def beam_step(self, data):
+        """A beam search step: some beams become forks of some of them (parents may repeat,
+        beams no one picks are pruned), all at once."""
+        pool = sorted(self.live.values(), key=lambda s: s.seq_id)
+        beams = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4, unique=True))
+        parents = data.draw(st.lists(st.sampled_from(beams), min_size=len(beams),
+                                     max_size=len(beams)))
+        tokens = [list(p.token_ids) for p in parents]
+        self.bm.refork(beams, parents)
+        for beam, t in zip(beams, tokens):
+            beam.token_ids = t
+
     @rule(seq=seqs, token=st.integers(0, 3))
     def append_token(self, seq, token):
         """A decode: copies a shared partial block on write; preempts `seq` when nothing is free."""
