@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 from nanovllm.beam_search import beam_search_output
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
+from nanovllm.input_processor import is_single_prompt
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import QueueFullError
-from nanovllm.values.inputs import PromptType, is_single_prompt
+from nanovllm.values.inputs import PromptType
 from nanovllm.values.outputs import BeamSearchOutput, RequestOutput
 from nanovllm.values.sampling_params import SamplingParams
 

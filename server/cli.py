@@ -114,13 +114,13 @@ def raise_open_file_limit(reserve: int, wanted: int) -> int:
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop, ui: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, engine, ui: bool = False) -> None:
         super().__init__(config)
-        self._engine_loop = engine_loop
+        self._engine = engine
         self._ui = ui
 
     def handle_exit(self, sig, frame) -> None:
-        self._engine_loop.abort_all("The server is shutting down.")
+        self._engine.abort_all("The server is shutting down.")
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:
@@ -152,11 +152,11 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        loop = start_ray_replicas(args)
+        engine = start_ray_replicas(args)
     else:
-        loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     name = args.served_model_name or served_name(args.model)
-    app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
@@ -165,12 +165,12 @@ def run_serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
                             timeout_keep_alive=limits.timeout_keep_alive)
-    server = Server(config, loop, ui=not args.disable_ui)
+    server = Server(config, engine, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():
             server.run()
     finally:
-        loop.shutdown()
+        engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 
