@@ -37,6 +37,7 @@ class Candidate:
     token: int
     logprob: float
     cum_logprob: float
+    rank: int = 1        # the token's rank in its beam's distribution
 
 
 @dataclass(slots=True)
@@ -70,9 +71,9 @@ class BeamScorer:
         and their logprobs, `num_generated` how many tokens each beam has (all the same)."""
         k, length = self.width, num_generated + 1
         candidates = sorted(
-            (Candidate(b, t, lp, cum + lp)
+            (Candidate(b, t, lp, cum + lp, rank)
              for b, (cum, (ids, lps)) in enumerate(zip(cum_logprobs, offers))
-             for t, lp in zip(ids, lps)),
+             for rank, (t, lp) in enumerate(zip(ids, lps), start=1)),
             key=lambda c: -c.cum_logprob)[:2 * k]
         at_limit = length >= self.max_tokens
         finished = [at_limit or c.token == self.eos_token_id for c in candidates]
@@ -114,7 +115,8 @@ class BeamGroup:
     params: BeamSearchParams
     scorer: BeamScorer
     cum_logprobs: list[float] = field(default_factory=lambda: [0.0])
-    token_logprobs: list[list[float]] = field(default_factory=lambda: [[]])  # per live beam
+    # Per live beam, (logprob, rank) of each token it generated.
+    token_logprobs: list[list[tuple[float, int]]] = field(default_factory=lambda: [[]])
     offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # by seq id
 
     @classmethod
@@ -124,7 +126,10 @@ class BeamGroup:
                                       params.length_penalty))
 
     def ready(self, beams: list) -> bool:
-        return all(b.seq_id in self.offers for b in beams)
+        """Every beam is running with all its tokens computed and has offered for them (an
+        offer made before a preemption still holds: the beam's tokens have not changed)."""
+        return all(b.seq_id in self.offers and b.num_computed_tokens == b.num_tokens
+                   and b.block_table for b in beams)
 
     def advance(self, beams: list) -> BeamStep:
         """Scores this round's offers; the new hypotheses carry their (tokens, logprobs)."""
@@ -134,7 +139,8 @@ class BeamGroup:
         for h in step.new_hypotheses:
             c = h.candidate
             h.payload = (beams[c.parent].output_token_ids + [c.token],
-                         self.token_logprobs[c.parent] + [c.logprob])
+                         self.token_logprobs[c.parent] + [(c.logprob, c.rank)])
         self.cum_logprobs = [c.cum_logprob for c in step.live]
-        self.token_logprobs = [self.token_logprobs[c.parent] + [c.logprob] for c in step.live]
+        self.token_logprobs = [self.token_logprobs[c.parent] + [(c.logprob, c.rank)]
+                               for c in step.live]
         return step

@@ -43,7 +43,8 @@ class BeamSearchParams:
 
 
     def sampling_params(self) -> SamplingParams:
-        """What the engine's rules for any request read (n sequences, max_tokens, EOS); the
-        beams' tokens themselves are chosen by the beam rule, never sampled."""
+        """What the engine's rules for any request read (n sequences, max_tokens, EOS), and the
+        temperature the runner scores beams at; beams' tokens are chosen by the beam rule,
+        never sampled."""
         return SamplingParams(n=self.beam_width, max_tokens=self.max_tokens,
-                              ignore_eos=self.ignore_eos, temperature=0.0)
+                              ignore_eos=self.ignore_eos, temperature=self.temperature)
