@@ -4,6 +4,10 @@ Every full block is identified by a hash chained over all tokens up to its end, 
 once its K/V has been computed. A new sequence reuses each cached full block of its prompt (but
 always computes at least its last token, whose logits it needs). Freed blocks keep their hash
 and stay findable until a block is actually needed: then the least recently freed one is evicted.
+Beams of a beam search share blocks too: a forked beam takes its parent's table, every block
+gaining a reference, the partly filled last one included. Before a sequence writes into a shared
+block, that block is copied (copy on write): the sequence gets a fresh block, and the copy
+(source, destination) waits in `pending_copies` for the runner to make before the step's writes.
 The block manager only does the bookkeeping; the K/V arrays live in the model runner.
 """
 
@@ -33,6 +37,13 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, block_size: int) -> int:
+    """The most KV blocks a beam search can hold at once: every beam shares the prompt's full
+    blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
+    shared = num_prompt_tokens // block_size
+    return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
@@ -41,6 +52,8 @@ class BlockManager:
         # Free blocks in the order they were freed; the front is evicted first.
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.hash_to_block_id: dict[int, int] = {}
+        self.pending_copies: list[tuple[int, int]] = []  # (src, dst) KV copies for the next step
+        self.num_copies_total = 0  # blocks copied on write, ever
 
     @property
     def num_blocks(self) -> int:
@@ -84,12 +97,42 @@ class BlockManager:
         seq.num_hashed_blocks = len(cached)
 
     def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
-        return self._blocks_missing(seq, num_new_tokens) <= self.num_free_blocks
+        return (self._blocks_missing(seq, num_new_tokens)
+                + len(self._shared_in_write(seq, num_new_tokens)) <= self.num_free_blocks)
 
     def append_slots(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Gives `seq` enough blocks to hold `num_new_tokens` more computed tokens."""
+        """Gives `seq` enough blocks of its own to hold `num_new_tokens` more computed tokens:
+        the shared ones they would be written into are copied first."""
+        for i in self._shared_in_write(seq, num_new_tokens):
+            src = seq.block_table[i]
+            self.blocks[src].ref_count -= 1  # still held by another: never 0 here
+            seq.block_table[i] = dst = self._take_free_block()
+            self.pending_copies.append((src, dst))
+            self.num_copies_total += 1
         for _ in range(self._blocks_missing(seq, num_new_tokens)):
             seq.block_table.append(self._take_free_block())
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """`child` shares all of `parent`'s blocks and computed tokens (its own are dropped)."""
+        self.refork([child], [parent])
+
+    def refork(self, beams: list[Sequence], parents: list[Sequence]) -> None:
+        """Each `beams[i]` becomes a fork of `parents[i]`, all at once (the parents may be among
+        the beams): the kept blocks gain their references before the beams' old ones are dropped,
+        so what a new beam shares survives and what only pruned beams held is freed now."""
+        forks = [(list(p.block_table), p.num_computed_tokens, p.num_hashed_blocks) for p in parents]
+        for table, _, _ in forks:
+            for block_id in table:
+                self.blocks[block_id].ref_count += 1
+        for beam in beams:
+            self._release(beam.block_table)
+        for beam, (table, computed, hashed) in zip(beams, forks):
+            beam.block_table, beam.num_computed_tokens, beam.num_hashed_blocks = table, computed, hashed
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The copies the next step must make before it writes, handed over once."""
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
 
     def register_computed(self, seq: Sequence) -> None:
         """Publishes the blocks that became full and computed, so later prompts can reuse them."""
@@ -105,14 +148,25 @@ class BlockManager:
             seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
+        self._release(seq.block_table)
+        seq.block_table.clear()
+        seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
+
+    def _release(self, table: list[int]) -> None:
         # Tail first, so that a freed chain is evicted from its end and its prefix survives longest.
-        for block_id in reversed(seq.block_table):
+        for block_id in reversed(table):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_block_ids[block_id] = None
-        seq.block_table.clear()
-        seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
+
+    def _shared_in_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
+        """Indices of the blocks in `seq`'s table that the next tokens go into and that another
+        sequence also holds (only a forked beam's partly filled last block, in practice)."""
+        bs, table = self.block_size, seq.block_table
+        first = seq.num_computed_tokens // bs
+        last = min(len(table), self.blocks_for(seq.num_computed_tokens + num_new_tokens))
+        return [i for i in range(first, last) if self.blocks[table[i]].ref_count > 1]
 
     def _blocks_missing(self, seq: Sequence, num_new_tokens: int) -> int:
         return max(0, self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table))

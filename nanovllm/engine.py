@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from nanovllm.beam_search import BeamGroup
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
@@ -145,10 +146,14 @@ class LLMEngine:
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
-                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
+                        final_only=request.final_only or request.beam is not None,
+                        metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
-        state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
+        if request.beam is not None:  # one sequence computes the prompt, then forks into beams
+            state.beam = BeamGroup.start(request.beam, self.tokenizer.eos_token_id)
+        state.seqs = [self._new_sequence(state, index)
+                      for index in range(1 if state.beam else params.n)]
         # Only now, with nothing left that can fail, does the request enter the engine.
         for seq in state.seqs:
             self.scheduler.add(seq)
@@ -205,15 +210,49 @@ class LLMEngine:
         """Maps the runner's output back to the sequences: prompt logprobs, then each sampled
         token. Returns the requests that got a token, in the step's order."""
         advanced: dict[str, Request] = {}
+        beam_groups: dict[str, Request] = {}
         for seq, scheduled in zip(seqs, step.scheduled):
             if scheduled.prompt_logprob_ids:
                 first = scheduled.start + 1
                 lps = result.prompt_logprobs[seq.seq_id]
                 seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
-            if scheduled.sample:
+            if scheduled.num_beam_candidates and scheduled.sample:
+                seq.request.beam.offers[seq.seq_id] = result.beam_offers[seq.seq_id]
+                beam_groups[seq.request.request_id] = seq.request
+            elif scheduled.sample:
                 self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
                 advanced[seq.request.request_id] = seq.request
+        for request in beam_groups.values():
+            if self._advance_beams(request):
+                advanced[request.request_id] = request
         return list(advanced.values())
+
+    def _advance_beams(self, request: Request) -> bool:
+        """Once every beam has offered: the beam rule picks the next beams, each becoming a fork
+        of its parent plus one token (blocks shared, pruned ones freed). Returns whether the
+        search ended (its sequences are then finished)."""
+        group, beams = request.beam, request.seqs
+        if not group.ready(beams):
+            return False
+        if beams[0].num_output_tokens == 0:  # the request's prompt is processed
+            self.prompt_tokens_total += request.seqs[0].num_prompt_tokens
+        self.generation_tokens_total += len(beams)
+        step = group.advance(beams)
+        if group.scorer.done:
+            for beam in beams:
+                beam.finish_reason = "length"
+                self.scheduler.finish(beam)
+            return True
+        while len(beams) < len(step.live):  # the first step: the prompt's sequence forks
+            child = self._new_sequence(request, len(beams))
+            beams.append(child)
+            self.scheduler.add_beam(child)
+        parents = [beams[c.parent] for c in step.live]
+        tokens = [p.token_ids + [c.token] for p, c in zip(parents, step.live)]
+        self.block_manager.refork(beams, parents)
+        for beam, token_ids in zip(beams, tokens):
+            beam.token_ids = token_ids
+        return False
 
     def _record_step(self, step: SchedulerOutput, seqs: list[Sequence], start: float,
                      preemptions: int) -> None:
@@ -269,6 +308,8 @@ class LLMEngine:
                 for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
 
     def _request_output(self, request: Request) -> RequestOutput:
+        if request.beam is not None:
+            return self._beam_output(request)
         outputs = []
         for seq in request.seqs:
             text = seq.text
@@ -281,6 +322,22 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
+
+    def _beam_output(self, request: Request) -> RequestOutput:
+        """A finished beam search: its hypotheses, best first, as the request's outputs (the
+        text leaves out an EOS, as vLLM's does)."""
+        eos, outputs = self.tokenizer.eos_token_id, []
+        for index, h in enumerate(request.beam.scorer.hypotheses):
+            tokens, lps = h.payload
+            text_ids = tokens[:-1] if h.finish_reason == "stop" and tokens[-1] == eos else tokens
+            logprobs = [{t: Logprob(lp, rank, self.tokenizer.decode_token(t))}
+                        for t, (lp, rank) in zip(tokens, lps)]
+            outputs.append(CompletionOutput(index, self.tokenizer.decode(text_ids), list(tokens),
+                                            h.candidate.cum_logprob, logprobs, h.finish_reason))
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, None,
+                             outputs, request.finished,
                              max(s.num_cached_tokens for s in request.seqs),
                              replace(request.metrics) if request.finished else None)
 

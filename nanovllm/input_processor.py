@@ -12,12 +12,13 @@ naming the request field to fix.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nanovllm.block_manager import blocks_needed
+from nanovllm.block_manager import beam_blocks_needed, blocks_needed
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.request import EngineRequest
@@ -112,6 +113,21 @@ class InputProcessor:
             text = None
         return EngineRequest(request_id, self.check(prompt, params, add_special_tokens), params,
                              text if isinstance(text, str) else None, final_only)
+
+    def process_beam(self, request_id: str, prompt: PromptType, beam: BeamSearchParams, *,
+                     final_only: bool = True) -> EngineRequest:
+        """A beam search, tokenized and checked, if its k beams can ever run at once."""
+        params = beam.sampling_params()
+        request = self.process(request_id, prompt, params, final_only=final_only)
+        n_prompt = len(request.prompt_token_ids)
+        needed = beam_blocks_needed(n_prompt, beam.max_tokens, beam.beam_width, self.block_size)
+        if needed > self.num_kv_blocks:
+            raise InvalidRequestError(
+                f"a beam search of width {beam.beam_width} over {n_prompt} prompt tokens and "
+                f"{beam.max_tokens} new ones may hold up to {needed} KV blocks, but the whole KV "
+                f"cache has {self.num_kv_blocks}; lower max_tokens or the beam width",
+                "max_tokens")
+        return replace(request, beam=beam)
 
     def check(self, prompt: PromptType, params: SamplingParams,
               add_special_tokens: bool = True) -> list[int]:

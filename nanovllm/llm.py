@@ -1,4 +1,5 @@
-"""The offline entry point: `LLM(model).generate(prompts, SamplingParams(...))`."""
+"""The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))` and
+`LLM(model).beam_search(prompts, BeamSearchParams(...))`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from collections.abc import Sequence as Seq
 
 from tqdm.auto import tqdm
 
+from nanovllm.beam_search import beam_search_output
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.input_processor import is_single_prompt
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import RequestOutput
+from nanovllm.values.outputs import BeamSearchOutput, RequestOutput
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -37,6 +40,19 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        return self._run_all(prompts, params, use_tqdm)
+
+    def beam_search(self, prompts: PromptType | Seq[PromptType], params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """Beam search over every prompt (vLLM's method): per prompt its `beam_width` beams,
+        best first. The beams run in the engine's steps, batched with everything else."""
+        if is_single_prompt(prompts):
+            prompts = [prompts]
+        outputs = self._run_all(prompts, [params] * len(prompts), use_tqdm)
+        return [beam_search_output(out, params.length_penalty) for out in outputs]
+
+    def _run_all(self, prompts: Seq[PromptType], params: Seq[SamplingParams | BeamSearchParams],
+                 use_tqdm: bool) -> list[RequestOutput]:
         ids = [str(next(self._request_ids)) for _ in prompts]  # numbered across calls, as in vLLM
         try:
             results = self._run(deque(zip(ids, prompts, params)), set(ids), use_tqdm)
@@ -65,8 +81,11 @@ class LLM:
         here for a later step (an idle engine always takes one: n is validated against it)."""
         while pending:
             rid, prompt, params = pending[0]
+            processor = self.engine.processor  # outputs are read when finished: final_only
             try:
-                self.engine.add_request(rid, prompt, params, final_only=True)  # read when finished
+                self.engine.add(processor.process_beam(rid, prompt, params)
+                                if isinstance(params, BeamSearchParams)
+                                else processor.process(rid, prompt, params, final_only=True))
             except QueueFullError:
                 return
             pending.popleft()

@@ -62,6 +62,13 @@ class Scheduler:
         self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
                                           seq.request.prompt_token_ids))
 
+    def add_beam(self, seq: Sequence) -> None:
+        """A beam forked from a running one: it runs at once (the engine gives it its blocks)."""
+        self.seqs[seq.seq_id] = seq
+        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
+                                          seq.request.prompt_token_ids))
+        self._start_running(seq)
+
     def schedule(self) -> SchedulerOutput:
         step = SchedulerOutput([], self._new_seqs, self._finished_seq_ids)
         self._new_seqs, self._finished_seq_ids = [], []
@@ -70,6 +77,7 @@ class Scheduler:
         preempted = self._schedule_running(step, budget)
         if not preempted:
             self._schedule_waiting(step, budget - step.num_tokens)
+        step.blocks_to_copy = self.block_manager.take_copies()
         return step
 
     @staticmethod
@@ -82,16 +90,20 @@ class Scheduler:
         step.scheduled.append(ScheduledSequence(
             seq.seq_id, seq.token_ids[start:end], start, seq.block_table,
             sample=end == seq.num_tokens,  # the chunk reaches the end of the sequence's tokens
-            num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored))
+            num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored,
+            num_beam_candidates=seq.request.beam.params.num_candidates if seq.request.beam else 0))
         step.num_tokens += n
 
     def _make_room_for_idle(self) -> None:
         """Frees a slot for each idle request the free slots do not cover, taking the newest
         sequence of the request that holds the most, while it holds at least two."""
         for _ in range(len(self.idle) - (self.max_num_seqs - len(self.running))):
-            if not self.num_running:
+            # A beam group is never split for a slot: its beams advance together, so a split
+            # group would wait while holding its slots, and two of them would wait forever.
+            holders = {r: n for r, n in self.num_running.items() if not r.beam}
+            if not holders:
                 return
-            request, held = max(self.num_running.items(), key=lambda item: item[1])
+            request, held = max(holders.items(), key=lambda item: item[1])
             if held < 2:
                 return
             self._preempt(next(s for s in reversed(self.running) if s.request is request))
@@ -103,6 +115,10 @@ class Scheduler:
         while queue and budget > 0:
             seq = queue.popleft()
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if n == 0:  # a beam that has offered, waiting for its group to advance
+                if any(s.status is SequenceStatus.WAITING for s in seq.request.seqs):
+                    self._preempt(seq)  # a split group holds no blocks while it waits
+                continue
             while not self.block_manager.can_append(seq, n):
                 victim = self._victim([seq, *queue])
                 self._preempt(victim)
@@ -129,6 +145,8 @@ class Scheduler:
             lane = self.idle or self.busy
             request, queue = next(iter(lane.items()))
             seq = queue[0]
+            if len(self.running) + self._slots_needed(seq) > self.max_num_seqs and self.running:
+                return  # a beam search's prompt waits for room for all its beams
             if self._sibling_prefilling(seq):
                 lane[request] = lane.pop(request)  # to the back: it can reuse the prompt next step
                 passed_over += 1
@@ -145,6 +163,12 @@ class Scheduler:
             self._start_running(seq)
             self._schedule(step, seq, n)
             budget -= n
+
+    @staticmethod
+    def _slots_needed(seq: Sequence) -> int:
+        """A beam search's first sequence forks into beam_width beams after its prompt."""
+        request = seq.request
+        return request.params.n if request.beam and len(request.seqs) == 1 else 1
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
         """Whether `seq` should wait for its request's first sample, which computes the prompt."""

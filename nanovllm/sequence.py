@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from nanovllm.values.outputs import RequestMetrics
 from nanovllm.values.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from nanovllm.beam_search import BeamGroup
 
 
 class SequenceStatus(Enum):
@@ -31,6 +35,7 @@ class Request:
     # One entry per prompt position (the first is None), filled as prefill chunks are computed.
     prompt_logprobs: list | None = None
     final_only: bool = False  # step() builds its RequestOutput only once it has finished
+    beam: BeamGroup | None = None  # a beam search: its sequences are its live beams
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
 
     @property

@@ -37,6 +37,17 @@ class KVCache:
             flat = (num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
             self.layers.append((k.reshape(flat), v.reshape(flat)))
 
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Block dst takes block src's keys and values, for each (src, dst): the scheduler's
+        copies on write, made before the step writes anything (so every src is as it was)."""
+        if not copies:
+            return
+        src, dst = (np.array(side, np.int64) for side in zip(*copies))
+        for k, v in self.layers:
+            for flat in (k, v):
+                blocks = flat.reshape(self.num_blocks, self.block_size, *flat.shape[1:])
+                blocks[dst] = blocks[src]
+
     @property
     def dtype(self) -> np.dtype:
         return self.layers[0][0].dtype

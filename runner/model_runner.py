@@ -25,6 +25,7 @@ from nanovllm.contract.step import (
 )
 from nanovllm.model import AttentionBatch
 from nanovllm.model.architectures import ModelConfig, family_of
+from nanovllm.runner.beam import beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
@@ -61,6 +62,7 @@ class NativeModelRunner:
             self.states[new.seq_id] = self._new_state(new)
         for seq_id in step.finished_seq_ids:
             self.states.pop(seq_id, None)
+        self.kv_cache.copy_blocks(step.blocks_to_copy)  # before anything is written
         if not step.scheduled:
             return ModelRunnerOutput({}, {}, {})
         inputs = self.prepare(step.scheduled)
@@ -69,16 +71,24 @@ class NativeModelRunner:
         n = len(inputs.sampling)
         if self.keep_last_run:  # the step-by-step mode shows what the model was given
             self.last_run = (inputs, logits[:n].copy())
-        states = [self.states[e.seq_id] for e in inputs.sampling]
-        tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
-                                  self.eos_token_ids)
+        rows = [i for i, e in enumerate(inputs.sampling) if not e.num_beam_candidates]
+        beams = [i for i, e in enumerate(inputs.sampling) if e.num_beam_candidates]
+        sampling = [inputs.sampling[i] for i in rows]
+        states = [self.states[e.seq_id] for e in sampling]
+        tokens, logprobs = sample(logits[rows] if beams else logits[:n], states,
+                                  [e.num_output_tokens for e in sampling], self.eos_token_ids)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
             took(state, token)
-        seq_ids = [e.seq_id for e in inputs.sampling]
+        seq_ids = [e.seq_id for e in sampling]
+        beam_seqs = [inputs.sampling[i] for i in beams]
+        offers = beam_offers(logits[beams], [self.states[e.seq_id].params.temperature
+                                             for e in beam_seqs],
+                             [e.num_beam_candidates for e in beam_seqs]) if beams else []
         return ModelRunnerOutput(dict(zip(seq_ids, tokens)),
                                  {i: lp for i, lp in zip(seq_ids, logprobs) if lp},
-                                 self._prompt_logprobs(logits[n:], inputs.scoring))
+                                 self._prompt_logprobs(logits[n:], inputs.scoring),
+                                 {e.seq_id: o for e, o in zip(beam_seqs, offers)})
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in

@@ -37,6 +37,8 @@ class ScheduledSequence:
     # Prompt tokens scored for prompt logprobs: row i of this chunk scores prompt position
     # start + 1 + i (its next token); empty when the chunk scores none.
     prompt_logprob_ids: list[int] = field(default_factory=list)
+    # A beam of a beam search: instead of a sample, its this-many best next tokens (its offers).
+    num_beam_candidates: int = 0
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class SchedulerOutput:
     new_seqs: list[NewSequence]         # in the order their requests arrived
     finished_seq_ids: list[int]         # finished or aborted since the last step: their state goes
     num_tokens: int = 0                 # of all scheduled sequences together
+    # Copy on write: block dst takes block src's K/V before the step writes anything.
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -60,3 +64,5 @@ class ModelRunnerOutput:
     sampled: dict[int, int]                         # seq_id -> next token, where it samples
     logprobs: dict[int, TokenLogprobs]              # seq_id -> its logprobs, where asked
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
+    # seq_id -> a beam's offers: its best next tokens and their logprobs, best first
+    beam_offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)

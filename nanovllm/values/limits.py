@@ -27,6 +27,11 @@ MAX_STOP_TOKEN_IDS = 128
 # row once, whatever the length.
 MAX_ALLOWED_TOKEN_IDS = 65_536
 TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or the start
+# Beam search: a request of width k runs k sequences and scores 2k candidates per beam each
+# step, so both bound its cost. vLLM caps neither; 16 beams is past where transformers' users
+# go, and 512 new tokens is half of GPT-2's context (the KV pool check bounds the rest).
+MAX_BEAM_WIDTH = 16
+MAX_BEAM_TOKENS = 512
 
 
 # ---- server limits (flags of `nanovllm serve`) ------------------------------------------------

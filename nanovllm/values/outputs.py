@@ -44,3 +44,20 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None  # the request's timeline, on its finished output
+
+
+@dataclass(slots=True)
+class BeamSearchSequence:
+    """One beam, as vLLM's LLM.beam_search returns it: `tokens` are the prompt's followed by
+    the beam's (its EOS too, if it ended on one); `text` is the completion alone, without EOS."""
+    tokens: list[int]
+    logprobs: list[dict[int, Logprob]]   # one entry per generated token: its own logprob
+    cum_logprob: float
+    text: str
+    finish_reason: str                   # "stop" (EOS) or "length"
+    score: float                         # what beams are ranked by: cum_logprob / len ** penalty
+
+
+@dataclass(slots=True)
+class BeamSearchOutput:
+    sequences: list[BeamSearchSequence]  # best first

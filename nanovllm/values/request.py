@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -19,3 +20,4 @@ class EngineRequest:
     params: SamplingParams           # prompt + max_tokens fit the context and the KV pool
     prompt: str | None = None        # the text, when the prompt came as text
     final_only: bool = False         # deliver only the finished output (callers that read no other)
+    beam: BeamSearchParams | None = None  # a beam search (then params.n is its width)
