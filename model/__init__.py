@@ -13,25 +13,30 @@ from typing import TYPE_CHECKING
 from nanovllm.model.threads import configure_thread_pools
 
 _EXPORTS = {
-    "AttentionBatch": "nanovllm.model.attention", "softmax_": "nanovllm.model.attention",
+    "AttentionBatch": "nanovllm.model.attention", "softmax_": "nanovllm.model.kernels",
     "GPT2Config": "nanovllm.model.config", "PRESETS": "nanovllm.model.config",
-    "cache_root": "nanovllm.model.dummy", "is_dummy_checkpoint": "nanovllm.model.dummy",
-    "write_dummy_checkpoint": "nanovllm.model.dummy",
+    "cache_root": "nanovllm.model.checkpoint.dummy", "is_dummy_checkpoint": "nanovllm.model.checkpoint.dummy",
+    "write_dummy_checkpoint": "nanovllm.model.checkpoint.dummy",
     "GPT2Weights": "nanovllm.model.gpt2", "forward": "nanovllm.model.gpt2",
-    "load_gpt2": "nanovllm.model.loader",
-    "CheckpointError": "nanovllm.model.safetensors_io",
+    "load_gpt2": "nanovllm.model.checkpoint.loader",
+    "CheckpointError": "nanovllm.model.checkpoint.safetensors_io",
 }
 __all__ = ["AttentionBatch", "CheckpointError", "GPT2Config", "GPT2Weights", "PRESETS",
            "cache_root", "forward", "is_dummy_checkpoint", "load_gpt2", "softmax_",
            "write_dummy_checkpoint"]
 
 if TYPE_CHECKING:
-    from nanovllm.model.attention import AttentionBatch, softmax_
+    from nanovllm.model.attention import AttentionBatch
+    from nanovllm.model.checkpoint.dummy import (
+        cache_root,
+        is_dummy_checkpoint,
+        write_dummy_checkpoint,
+    )
+    from nanovllm.model.checkpoint.loader import load_gpt2
+    from nanovllm.model.checkpoint.safetensors_io import CheckpointError
     from nanovllm.model.config import PRESETS, GPT2Config
-    from nanovllm.model.dummy import cache_root, is_dummy_checkpoint, write_dummy_checkpoint
     from nanovllm.model.gpt2 import GPT2Weights, forward
-    from nanovllm.model.loader import load_gpt2
-    from nanovllm.model.safetensors_io import CheckpointError
+    from nanovllm.model.kernels import softmax_
 
 
 def __getattr__(name: str):

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.exp32 import exp32
-from nanovllm.model.half import as_kernel_array, from_float32, to_float32
-
-# Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
-# not allowed.
-KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
+from nanovllm.model.kernels import (
+    KERNEL_MATH,
+    as_kernel_array,
+    from_float32,
+    softmax_,
+    softmax_row_,
+    to_float32,
+)
 
 
 @dataclass(slots=True)
@@ -39,22 +41,6 @@ class AttentionBatch:
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
 
 
-def softmax_(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in place (scores: C-contiguous float32)."""
-    if not scores.flags.c_contiguous:  # reshape would copy, and the softmax would be lost
-        raise ValueError("softmax_ needs a C-contiguous array")
-    softmax_rows_(scores.reshape(-1, scores.shape[-1]))
-    return scores
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def softmax_rows_(x):
-    """Softmax of each row of x ([n, c]) in place (the sampler's probabilities), rows shared out
-    among numba's threads: numpy made five passes over the scores, with its exp the slowest."""
-    for i in prange(x.shape[0]):
-        softmax_row_(x[i])
-
-
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def causal_softmax_(scores, seen_by_first):
     """Softmax of scores ([H, n, c]) in place under the causal mask: query i sees keys
@@ -66,18 +52,6 @@ def causal_softmax_(scores, seen_by_first):
         seen = seen_by_first + i
         softmax_row_(scores[h, i, :seen])
         scores[h, i, seen:] = 0.0
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def softmax_row_(row):
-    """Softmax of one row in place: softmax_rows_'s, causal_softmax_'s and decode attention's
-    (per head)."""
-    top = row.max()
-    total = np.float32(0.0)
-    for j in range(row.shape[0]):
-        row[j] = exp32(row[j] - top)
-        total += row[j]
-    row *= np.float32(1.0) / total
 
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this

@@ -36,7 +36,7 @@ from nanovllm.model.attention import (
     paged_attention,
 )
 from nanovllm.model.config import GPT2Config
-from nanovllm.model.exp32 import exp32
+from nanovllm.model.kernels import exp32
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.quant import Weight, gather_rows
 

@@ -16,12 +16,12 @@ _EXPORTS = {
     "AsyncEngine": "nanovllm.async_engine", "EngineClient": "nanovllm.engine_client",
     "EngineConfig": "nanovllm.config",
     "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.engine",
-    "InvalidRequestError": "nanovllm.errors", "QueueFullError": "nanovllm.errors",
-    "PromptType": "nanovllm.inputs", "TextPrompt": "nanovllm.inputs",
-    "TokensPrompt": "nanovllm.inputs",
-    "CompletionOutput": "nanovllm.outputs", "Logprob": "nanovllm.outputs",
-    "RequestOutput": "nanovllm.outputs",
-    "SamplingParams": "nanovllm.sampling_params",
+    "InvalidRequestError": "nanovllm.values.errors", "QueueFullError": "nanovllm.values.errors",
+    "PromptType": "nanovllm.values.inputs", "TextPrompt": "nanovllm.values.inputs",
+    "TokensPrompt": "nanovllm.values.inputs",
+    "CompletionOutput": "nanovllm.values.outputs", "Logprob": "nanovllm.values.outputs",
+    "RequestOutput": "nanovllm.values.outputs",
+    "SamplingParams": "nanovllm.values.sampling_params",
     "GrammarCompiler": "nanovllm.structured",
 }
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
@@ -34,12 +34,12 @@ if TYPE_CHECKING:
     from nanovllm.config import EngineConfig
     from nanovllm.engine import EngineStats, LLMEngine
     from nanovllm.engine_client import EngineClient
-    from nanovllm.errors import InvalidRequestError, QueueFullError
-    from nanovllm.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.llm import LLM
-    from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
-    from nanovllm.sampling_params import SamplingParams
     from nanovllm.structured import GrammarCompiler
+    from nanovllm.values.errors import InvalidRequestError, QueueFullError
+    from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt
+    from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+    from nanovllm.values.sampling_params import SamplingParams
 
 
 def __getattr__(name: str):

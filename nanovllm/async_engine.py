@@ -1,9 +1,10 @@
 """AsyncEngine, the EngineClient of one process: a background thread owns the LLMEngine and
 drives step(); the server's asyncio handlers talk to it from their own thread.
 
-They never touch the engine's running state: besides the tokenizer and check_request, which
-read nothing the engine thread changes, they only enqueue commands on a thread-safe queue, and
-each engine request's outputs come back through the OutputSink the server gave with it.
+They never touch the engine's running state: besides the tokenizer and the input processor,
+which read nothing the engine thread changes, they only enqueue commands (small dataclasses) on
+a thread-safe queue. Whether the engine took a request comes back as a Future, and its outputs
+through the OutputSink the server gave with it.
 When no request is unfinished the thread blocks on the queue, so an idle server does not
 spin. A snapshot for the web page is a command too: the thread takes it between two steps,
 one for everyone who asked since the last, and hands the last one out again while nothing
@@ -18,18 +19,53 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
-from nanovllm.engine_client import ACCEPTED, EngineDeadError, OutputSink, RequestAborted
-from nanovllm.errors import InvalidRequestError, QueueFullError
+from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted
 from nanovllm.snapshot import EngineSnapshot
+from nanovllm.values.errors import QueueFullError
+from nanovllm.values.request import EngineRequest
 
 if TYPE_CHECKING:
     import numpy as np
 
 logger = logging.getLogger(__name__)
+
+SHUTTING_DOWN = "The server is shutting down."
+
+
+# The commands the engine thread takes from its inbox, between two steps.
+@dataclass(slots=True)
+class AddRequest:
+    request: EngineRequest
+    sink: OutputSink
+    accepted: Future[None]  # done when the engine took it, or failed with why not
+
+
+@dataclass(slots=True)
+class Abort:
+    request_ids: list[str]
+
+
+@dataclass(slots=True)
+class AbortAll:
+    reason: str  # what each request's sink is told
+
+
+@dataclass(slots=True)
+class TakeSnapshot:
+    future: Future[EngineSnapshot]
+
+
+@dataclass(slots=True)
+class Stop:
+    pass
+
+
+Command = AddRequest | Abort | AbortAll | TakeSnapshot | Stop
 
 
 class AsyncEngine:
@@ -38,6 +74,7 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.processor = engine.processor
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
@@ -74,30 +111,27 @@ class AsyncEngine:
     def is_alive(self) -> bool:
         return self.error is None and self._thread.is_alive()
 
-    def check_request(self, prompt, params) -> list[int]:
-        """The engine's own validation (InvalidRequestError naming the field), from any thread."""
-        return self.engine.check_request(prompt, params)
-
-    def add_request(self, request_id: str, prompt, params, sink: OutputSink) -> None:
-        with self._lock:
-            if self.error is not None:
-                raise EngineDeadError(f"The engine is dead: {self.error!r}")
-            if self._closed:
-                raise RequestAborted("The server is shutting down.")
-            self._inbox.put(("add", request_id, prompt, params, sink))
+    def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
+        accepted: Future[None] = Future()
+        self._send(AddRequest(request, sink, accepted), accepted)
+        return accepted
 
     def snapshot(self) -> Future[EngineSnapshot]:
         """The engine's blocks, queues and recent steps, as the engine thread sees them at its
         next pause between steps (EngineDeadError or RequestAborted if it will not pause again)."""
         future: Future[EngineSnapshot] = Future()
+        self._send(TakeSnapshot(future), future)
+        return future
+
+    def _send(self, cmd: AddRequest | TakeSnapshot, future: Future) -> None:
+        """Queue `cmd` unless the engine is dead or closing: then its `future` fails at once."""
         with self._lock:
             if self.error is not None:
-                future.set_exception(EngineDeadError(f"The engine is dead: {self.error!r}"))
+                _fail_future(future, EngineDeadError(f"The engine is dead: {self.error!r}"))
             elif self._closed:
-                future.set_exception(RequestAborted("The server is shutting down."))
+                _fail_future(future, RequestAborted(SHUTTING_DOWN))
             else:
-                self._inbox.put(("snapshot", future))
-        return future
+                self._inbox.put(cmd)
 
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
         """The attention of every layer and head over `token_ids` [n_layer, n_head, T, T],
@@ -106,16 +140,16 @@ class AsyncEngine:
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
-            self._inbox.put(("abort", list(request_ids)))
+            self._inbox.put(Abort(list(request_ids)))
 
     def abort_all(self, reason: str) -> None:
         """Abort every in-flight request; their handlers get RequestAborted(reason)."""
-        self._inbox.put(("abort_all", reason))
+        self._inbox.put(AbortAll(reason))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._closed = True
-        self._inbox.put(("stop",))
+        self._inbox.put(Stop())
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -133,12 +167,12 @@ class AsyncEngine:
             logger.exception("engine loop crashed; marking the engine dead")
             self._die(exc)
             return
-        closing = RequestAborted("The server is shutting down.")
+        closing = RequestAborted(SHUTTING_DOWN)
         self._fail_snapshots(closing)
         self._drain_inbox(closing)
         self.stats = self.engine.get_stats()
 
-    def _next_commands(self) -> list[tuple]:
+    def _next_commands(self) -> list[Command]:
         """Block while idle; otherwise take whatever is queued without waiting."""
         cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
         while True:
@@ -147,34 +181,38 @@ class AsyncEngine:
             except queue.Empty:
                 return cmds
 
-    def _apply(self, cmds: list[tuple]) -> bool:
+    def _apply(self, cmds: list[Command]) -> bool:
+        """Carries out the commands in order; False once told to stop."""
         for cmd in cmds:
-            self._changes += cmd[0] != "snapshot"
-            if cmd[0] == "add":
-                self._add(*cmd[1:])
-            elif cmd[0] == "abort":
-                self._abort(cmd[1])
-            elif cmd[0] == "snapshot":
-                self._snapshot_waiters.append(cmd[1])
-            elif cmd[0] == "abort_all":
-                self._abort(list(self._sinks), RequestAborted(cmd[1]))
-            else:  # stop
-                self._abort(list(self._sinks), RequestAborted("The server is shutting down."))
-                return False
+            self._changes += not isinstance(cmd, TakeSnapshot)
+            match cmd:
+                case AddRequest():
+                    self._add(cmd)
+                case Abort(request_ids):
+                    self._abort(request_ids)
+                case AbortAll(reason):
+                    self._abort(list(self._sinks), RequestAborted(reason))
+                case TakeSnapshot(future):
+                    self._snapshot_waiters.append(future)
+                case Stop():
+                    self._abort(list(self._sinks), RequestAborted(SHUTTING_DOWN))
+                    return False
         return True
 
-    def _add(self, request_id: str, prompt, params, sink: OutputSink) -> None:
+    def _add(self, cmd: AddRequest) -> None:
+        if not cmd.accepted.set_running_or_notify_cancel():
+            return  # the submitter gave up before the engine got to it
         try:
-            self.engine.add_request(request_id, prompt, params)
-        except (InvalidRequestError, QueueFullError) as exc:  # the client's to handle
-            sink.put(exc)
+            self.engine.add(cmd.request)
+        except QueueFullError as exc:  # the client's to handle
+            cmd.accepted.set_exception(exc)
             return
         except Exception as exc:  # an engine bug for this request only: report, keep serving
-            logger.exception("engine.add_request failed for %s", request_id)
-            sink.put(exc)
+            logger.exception("engine.add failed for %s", cmd.request.request_id)
+            cmd.accepted.set_exception(exc)
             return
-        self._sinks[request_id] = sink
-        sink.put(ACCEPTED)
+        self._sinks[cmd.request.request_id] = cmd.sink
+        cmd.accepted.set_result(None)
 
     def _abort(self, request_ids: list[str], notify: BaseException | None = None) -> None:
         if not request_ids:
@@ -214,16 +252,15 @@ class AsyncEngine:
         self._drain_inbox(dead)
 
     def _drain_inbox(self, exc: BaseException) -> None:
-        """Answer adds queued before the lock closed the door; nobody will run them."""
+        """Answer adds and snapshots queued before the lock closed the door; nobody will run them."""
         while True:
             try:
                 cmd = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if cmd[0] == "add":
-                cmd[4].put(exc)
-            elif cmd[0] == "snapshot":
-                _fail_future(cmd[1], exc)
+            match cmd:
+                case AddRequest(accepted=future) | TakeSnapshot(future=future):
+                    _fail_future(future, exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for sink in self._sinks.values():

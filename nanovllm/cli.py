@@ -1,4 +1,4 @@
-"""The `nanovllm` command: serve, generate, download, bench (and bench serve)."""
+"""The `nanovllm` command: serve, generate, download, bench offline, bench serve."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _add_generate(sub) -> None:
 
 def _run_generate(args) -> int:
     from nanovllm.llm import LLM
-    from nanovllm.sampling_params import SamplingParams
+    from nanovllm.values.sampling_params import SamplingParams
 
     config = EngineConfig.from_cli_args(args.model, args)
     llm = LLM(**{f: getattr(config, f) for f in config.__slots__})
@@ -48,42 +48,8 @@ def _run_generate(args) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """The top-level parser; it refuses options placed before `bench serve`'s `serve`.
-
-    Parsed as the offline bench's, they were wrong silently or puzzlingly: `bench --input-len 8
-    serve` took 8 as the offline bench's input length, then serve's default overwrote it;
-    `bench --port 1 serve` failed with "invalid choice: '1'". Both are refused, in one line.
-    """
-
-    offline_bench: argparse.ArgumentParser  # the offline bench's options alone
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else list(args)
-        if args[:1] == ["bench"]:
-            self._check_nested(args[1:])
-        return super().parse_known_args(args, namespace)
-
-    def _check_nested(self, rest: list[str]) -> None:
-        for at, arg in enumerate(rest):
-            if arg == "serve" and (at == 0 or self._is_command(rest[:at + 1])):
-                if at:
-                    self.exit(2, f"{self.prog} bench: error: `{' '.join(rest[:at])}` must come "
-                                 f"after `serve` (see: {self.prog} bench serve --help)\n")
-                return  # what follows the command is its own
-
-    def _is_command(self, args: list[str]) -> bool:
-        """Whether the last of `args` is left over by the offline bench's options, rather than
-        taken as an option's value (`--json serve` names a file)."""
-        try:
-            _, extra = self.offline_bench.parse_known_args(args)
-        except argparse.ArgumentError:  # a bad value: the full parse reports it
-            return False
-        return extra[-1:] == args[-1:]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nanovllm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nanovllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     server_cli.add_serve_args(serve)
@@ -92,15 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="download GPT-2 from the Hugging Face hub")
     download_gpt2.add_args(download)
     download.set_defaults(func=download_gpt2.run)
-    bench = sub.add_parser("bench", help="offline prefill/decode benchmark")
-    benchmark.add_args(bench)
-    bench.set_defaults(func=benchmark.run)
-    bench_serve = bench.add_subparsers(dest="bench_command").add_parser(
-        "serve", help="benchmark a running server")
-    benchmark_serving.add_args(bench_serve)
-    bench_serve.set_defaults(func=benchmark_serving.run)
-    parser.offline_bench = benchmark.add_args(
-        argparse.ArgumentParser(add_help=False, exit_on_error=False))
+    bench = sub.add_parser("bench", help="benchmarks: offline (the engine) or serve (a server)")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    offline = kinds.add_parser("offline", help="offline prefill/decode tok/s of the engine")
+    benchmark.add_args(offline)
+    offline.set_defaults(func=benchmark.run)
+    serving = kinds.add_parser("serve", help="benchmark a running server")
+    benchmark_serving.add_args(serving)
+    serving.set_defaults(func=benchmark_serving.run)
     return parser
 
 

@@ -1,7 +1,7 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
 
-`add_request` validates (`check_request`: the rules in `validation`) and queues, `step`
-schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
+`add` queues a request the input processor checked (`processor.process`: the rules in
+`input_processor`; `add_request` does both, as vLLM's does), `step` schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
 decisions, `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
 sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
@@ -19,22 +19,23 @@ import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.errors import QueueFullError
-from nanovllm.inputs import PromptType, unpack_prompt
+from nanovllm.contract.step import TokenLogprobs
+from nanovllm.input_processor import InputProcessor
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model_loading import load_model
-from nanovllm.outputs import CompletionOutput, Logprob, RequestOutput
-from nanovllm.runner.batch import TokenLogprobs
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
-from nanovllm.sampling_params import SamplingParams
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.stopping import finish_on_text, finish_on_token
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
-from nanovllm.validation import RequestValidator
+from nanovllm.values.errors import QueueFullError
+from nanovllm.values.inputs import PromptType
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.request import EngineRequest
+from nanovllm.values.sampling_params import SamplingParams
 
 logger = logging.getLogger("nanovllm")
 
@@ -75,9 +76,9 @@ class LLMEngine:
                 cfg, config.block_size, config.kv_cache_dtype))
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
-        self._validator = RequestValidator(self.tokenizer, self.vocab_size, self.max_model_len,
-                                           config.block_size, self.num_kv_blocks,
-                                           config.max_waiting_seqs)
+        self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
+                                        config.block_size, self.num_kv_blocks,
+                                        config.max_waiting_seqs)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -103,34 +104,30 @@ class LLMEngine:
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
                     final_only: bool = False) -> None:
-        """Queue a request; step() returns its cumulative output after every step that adds a
-        token, or with `final_only` only once it finishes (for callers that read nothing else)."""
+        """Check and queue a request (vLLM's offline form): `add(processor.process(...))`."""
+        self.add(self.processor.process(request_id, prompt, params, final_only=final_only))
+
+    def add(self, request: EngineRequest) -> None:
+        """Queue a checked request; step() returns its cumulative output after every step that
+        adds a token, or with `final_only` only once it finishes. Only what depends on the
+        engine's live state is checked here: a free request id, room in the waiting queue."""
+        request_id, params = request.request_id, request.params
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        prompt_ids = self.check_request(prompt, params)
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
             raise QueueFullError(
                 f"The server is busy: {self.scheduler.num_waiting_seqs} sequences are waiting and "
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
-        prompt = unpack_prompt(prompt)
-        request = Request(request_id, prompt if isinstance(prompt, str) else None, prompt_ids,
-                          params, final_only=final_only)
+        state = Request(request_id, request.prompt, request.prompt_token_ids, params,
+                        final_only=request.final_only)
         if params.prompt_logprobs is not None:
-            request.prompt_logprobs = [None] * len(prompt_ids)
-        request.seqs = [self._new_sequence(request, index) for index in range(params.n)]
+            state.prompt_logprobs = [None] * len(request.prompt_token_ids)
+        state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
         # Only now, with nothing left that can fail, does the request enter the engine.
-        for seq in request.seqs:
+        for seq in state.seqs:
             self.scheduler.add(seq)
-        self.requests[request_id] = request
-
-    def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
-        """The prompt's token ids if the request can ever run here, else InvalidRequestError.
-
-        Read-only: it looks only at what is fixed at start-up (tokenizer, vocabulary,
-        max_model_len, KV pool size), so any thread may call it while another runs step().
-        """
-        return self._validator.check(prompt, params)
+        self.requests[request_id] = state
 
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params

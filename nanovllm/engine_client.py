@@ -1,11 +1,12 @@
 """EngineClient: everything the HTTP server asks of an engine, whoever runs it and wherever.
 
-The server holds one of these and nothing else of the engine: it validates with
-`check_request`, submits with `add_request` and a sink of its own, and reads the tokenizer,
+The server holds one of these and nothing else of the engine: it checks a request once with
+`processor.process` (an EngineRequest), submits that with `add_request` and a sink of its own
+(the returned Future says whether the engine took it), and reads the tokenizer,
 limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
 and for `attention_weights`. Two implementations: a thread in this process
 (async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
-(server/ray_client.RayEngineClient); only values and the server's own sink cross it.
+(server/ray/client.RayEngineClient); only values and the server's own sink cross it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
     import numpy as np
 
     from nanovllm.engine import EngineStats
-    from nanovllm.inputs import PromptType
-    from nanovllm.outputs import RequestOutput
-    from nanovllm.sampling_params import SamplingParams
+    from nanovllm.input_processor import InputProcessor
     from nanovllm.snapshot import EngineSnapshot
     from nanovllm.tokenizer import Tokenizer
-
-ACCEPTED = "accepted"  # sent once the engine took a request, before any output
+    from nanovllm.values.outputs import RequestOutput
+    from nanovllm.values.request import EngineRequest
 
 
 class EngineDeadError(RuntimeError):
@@ -38,17 +37,18 @@ class RequestAborted(RuntimeError):
 
 
 class OutputSink(Protocol):
-    """Where one request's news goes, in order: ACCEPTED, then its cumulative RequestOutputs
-    up to the finished one; or, at any point, an exception that ends it (InvalidRequestError,
-    QueueFullError, RequestAborted, EngineDeadError, or an engine bug's own error). An abort by `abort` ends it
-    silently. `put` must not block and may be called from any thread."""
+    """Where one accepted request's news goes, in order: its cumulative RequestOutputs up to the
+    finished one; or, at any point, an exception that ends it (RequestAborted, EngineDeadError,
+    or an engine bug's own error). An abort by `abort` ends it silently. `put` must not block
+    and may be called from any thread."""
 
-    def put(self, item: str | RequestOutput | BaseException) -> None: ...
+    def put(self, item: RequestOutput | BaseException) -> None: ...
 
 
 @runtime_checkable  # isinstance checks that every member is there (tests do)
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
+    processor: InputProcessor  # checks a request once, into the EngineRequest add_request takes
     max_model_len: int
     vocab_size: int           # token ids a request may use: [0, vocab_size)
     model_path: str           # where the weights came from
@@ -69,13 +69,10 @@ class EngineClient(Protocol):
     def replica_stats(self) -> Mapping[str, EngineStats] | None:
         """One snapshot per engine replica, by replica id, when there are several; else None."""
 
-    def check_request(self, prompt: PromptType, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, or InvalidRequestError naming the field; any thread."""
-
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                    sink: OutputSink) -> None:
-        """Queue a request whose news goes to `sink`; raises EngineDeadError or RequestAborted
-        at once when the engine cannot take it."""
+    def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
+        """Queue a checked request whose news goes to `sink`. The Future is done once the engine
+        took it, or failed with why it did not (QueueFullError, EngineDeadError, RequestAborted,
+        or an engine bug's own error); only a request it took ever reaches `sink`."""
 
     def snapshot(self) -> Future[EngineSnapshot]:
         """The blocks, queues and recent steps, taken by the engine between two steps (never by

@@ -10,10 +10,10 @@ from tqdm.auto import tqdm
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
-from nanovllm.errors import QueueFullError
-from nanovllm.inputs import PromptType, is_single_prompt
-from nanovllm.outputs import RequestOutput
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.errors import QueueFullError
+from nanovllm.values.inputs import PromptType, is_single_prompt
+from nanovllm.values.outputs import RequestOutput
+from nanovllm.values.sampling_params import SamplingParams
 
 
 class LLM:

@@ -16,9 +16,9 @@ from pathlib import Path
 from nanovllm.config import EngineConfig
 from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
 from nanovllm.model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
+from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir, random_weights
+from nanovllm.model.checkpoint.loader import build_weights
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.dummy import dummy_checkpoint_dir, random_weights
-from nanovllm.model.loader import build_weights
 from nanovllm.model.precision import precision_name
 
 logger = logging.getLogger("nanovllm")

@@ -18,7 +18,7 @@ Inside a request nothing changes: its samples share the prompt's blocks (they wa
 the first sample to compute the prompt), and its sequences are admitted in order (a
 preempted one first).
 
-Each batch also carries the step for the model runner as plain values (runner/batch.py): the
+Each batch also carries the step for the model runner as plain values (nanovllm/contract/step.py): the
 scheduled sequences by seq id, the sequences added and those retired since the last step.
 """
 
@@ -28,7 +28,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from nanovllm.block_manager import BlockManager
-from nanovllm.runner.batch import NewSequence, ScheduledSequence, SchedulerOutput
+from nanovllm.contract.step import NewSequence, ScheduledSequence, SchedulerOutput
 from nanovllm.sequence import Request, Sequence, SequenceStatus
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.sampling_params import SamplingParams
 
 
 class SequenceStatus(Enum):

@@ -4,7 +4,7 @@ min_tokens; then EOS (unless ignore_eos), a stop token id, a stop string, and ma
 from __future__ import annotations
 
 from nanovllm.sequence import Sequence
-from nanovllm.stop_strings import find_stop
+from nanovllm.values.stop_strings import find_stop
 
 Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
 

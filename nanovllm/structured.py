@@ -15,8 +15,8 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-from nanovllm.errors import InvalidRequestError
 from nanovllm.runner.structured import CompiledGrammar
+from nanovllm.values.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from nanovllm.tokenizer import Tokenizer

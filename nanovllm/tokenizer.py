@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from nanovllm.stop_strings import find_stop, held_back  # noqa: F401 - the engine's names
+from nanovllm.values.stop_strings import find_stop, held_back  # noqa: F401 - the engine's names
 
 
 def byte_level_alphabet() -> dict[str, int]:

@@ -1,7 +1,7 @@
 """NativeModelRunner: turns one scheduled step into flat numpy inputs, runs GPT-2, samples.
 
 It keeps each live sequence's sampling state (SequenceState), keyed by seq id, so the
-scheduler only sends what changes (runner/batch.py): new sequences, finished ones, and each
+scheduler only sends what changes (nanovllm/contract/step.py): new sequences, finished ones, and each
 scheduled sequence's block table and token counts.
 
 Every token of the step goes through each weight matrix as one matmul. Single-token sequences
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from nanovllm.model.gpt2 import compile_kernels
-from nanovllm.runner.batch import (
+from nanovllm.contract.step import (
     ModelRunnerOutput,
     NewSequence,
     PromptLogprobs,
     ScheduledSequence,
     SchedulerOutput,
 )
+from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
+from nanovllm.model.gpt2 import compile_kernels
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import SequenceState, log_softmax, sample, token_logprobs

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nanovllm.model import softmax_
-from nanovllm.runner.batch import TokenLogprobs
+from nanovllm.contract.step import TokenLogprobs
+from nanovllm.model.kernels import softmax_
 from nanovllm.runner.structured import GrammarMatcher
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.sampling_params import SamplingParams
 
 # Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
 # overflow to inf or collapse to NaN.

@@ -4,7 +4,7 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
     python scripts/benchmark.py --model gpt2 --load-format dummy --compare transformers
     python scripts/benchmark.py --quantization int8            # or --dtype bfloat16
     python scripts/benchmark.py --compare precisions           # float32, int8, bfloat16
-    nanovllm bench --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
+    nanovllm bench offline --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
 
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
 cache never hits), greedy, EOS ignored, N new tokens each. The default grid is B in 1,8,32,64

@@ -54,8 +54,8 @@ UNBUILT_TARGETS = [
 
 MEASURED_ELSEWHERE = [
     ("served at 64 clients >= 0.9 x offline", "scripts/benchmark_serving.py against a server"),
-    ("non-GEMM <= 15% of a batch-64 decode step", "scripts/profile_decode.py --batch 64"),
-    ("RSS <= 1.5 x fp32 weights + KV pool", "scripts/measure_memory.py"),
+    ("non-GEMM <= 15% of a batch-64 decode step", "scripts/lab/profile_decode.py --batch 64"),
+    ("RSS <= 1.5 x fp32 weights + KV pool", "scripts/lab/measure_memory.py"),
 ]
 
 # Against other servers, run with their own tools beside ours (docs/performance.md says how).

@@ -13,7 +13,6 @@ from starlette.datastructures import Headers
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
-from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
@@ -22,8 +21,9 @@ from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMid
 from nanovllm.server.request_id import RequestIdMiddleware
 from nanovllm.server.routes import router
 from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
-from nanovllm.server.ui import API_PREFIX as UI_API_PREFIX
-from nanovllm.server.ui import install_ui
+from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
+from nanovllm.server.ui.routes import install_ui
+from nanovllm.values.limits import ServerLimits
 
 
 class APIKeyMiddleware:
@@ -85,7 +85,7 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     """
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
-    # Several engine replicas (server/ray_client.py): their stats, one labelled series each.
+    # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
                             if engine_loop.replica_stats is None else engine_loop.replica_stats)
     tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)

@@ -17,14 +17,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from nanovllm import SamplingParams
-from nanovllm.limits import ServerLimits
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
 from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import (
-    Prompt,
     check_response_size,
     check_unsupported_fields,
     sampling_params,
@@ -32,6 +30,8 @@ from nanovllm.server.prompts import (
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.streaming import sse
 from nanovllm.server.structured import constraint_for
+from nanovllm.values.limits import ServerLimits
+from nanovllm.values.request import EngineRequest
 
 # Chat fields that would change the answer and that this server does not implement.
 UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
@@ -123,15 +123,15 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
     return text
 
 
-def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
-                 limits: ServerLimits) -> tuple[Prompt, SamplingParams]:
+def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext, limits: ServerLimits,
+                 request_id: str) -> tuple[EngineRequest, SamplingParams]:
     ctx.check_model(req.model)
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
                              prompt_logprobs=None,
                              structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = Prompt(ctx.engine_loop.check_request(text, params), text)
+    prompt = ctx.engine_loop.processor.process(f"{request_id}-0", text, params)
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
     return prompt, params
 
@@ -158,7 +158,7 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
                          req.top_logprobs or 0, token_namer(req, tokenizer), tokenizer.token_bytes)
 
 
-def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt, result) -> dict:
+def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest, result) -> dict:
     tok = ctx.engine_loop.tokenizer
     choices = [{"index": out.index,
                 "message": {"role": "assistant", "content": out.text, "refusal": None,
@@ -171,7 +171,7 @@ def build_chat_response(req, ctx, request_id: str, created: int, prompt: Prompt,
             "system_fingerprint": None, "prompt_logprobs": None}
 
 
-async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: Prompt,
+async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: EngineRequest,
                         stream: RequestStream) -> JSONResponse:
     """Non-streaming: wait for every choice, or abort at once if the client goes away."""
     created = int(time.time())
@@ -202,7 +202,7 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
             "stop_reason": out.stop_reason}
 
 
-async def chat_events(req, ctx, prompt: Prompt, stream: RequestStream) -> AsyncIterator[str]:
+async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: each choice's role first, then content deltas (the last with
     its finish_reason), then, with stream_options.include_usage, one usage chunk."""
     tok = ctx.engine_loop.tokenizer

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
-from nanovllm.limits import MAX_LOGPROBS
 from nanovllm.server.protocol import SamplingFields
+from nanovllm.values.limits import MAX_LOGPROBS
 
 MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
 MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import uvicorn
 
-from nanovllm.limits import FLAG_HELP, ServerLimits
 from nanovllm.server.defaults import (
     API_KEY_ENV,
     DEFAULT_HOST,
     DEFAULT_PORT,
     api_key_from_env,
 )
+from nanovllm.values.limits import FLAG_HELP, ServerLimits
 
 logger = logging.getLogger("nanovllm.serve")
 OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
@@ -173,7 +173,7 @@ def start_ray_replicas(args: argparse.Namespace):
         raise ValueError(f"--data-parallel-size must be at least 1, got {args.data_parallel_size}")
     if importlib.util.find_spec("ray") is None:
         raise ValueError("--data-parallel-size needs Ray: pip install 'nanovllm[ray]'")
-    from nanovllm.server.ray_client import start_replicas
+    from nanovllm.server.ray.client import start_replicas
 
     return start_replicas(args)
 

@@ -20,12 +20,9 @@ from fastapi.responses import JSONResponse
 
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
-from nanovllm.errors import QueueFullError, quote
-from nanovllm.limits import ServerLimits
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, internal_error, invalid_request
 from nanovllm.server.prompts import (
-    Prompt,
     check_request_size,
     check_response_size,
     check_supported,
@@ -36,6 +33,9 @@ from nanovllm.server.prompts import (
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
 from nanovllm.server.structured import constraint_for
+from nanovllm.values.errors import QueueFullError, quote
+from nanovllm.values.limits import ServerLimits
+from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +97,18 @@ def prompt_logprobs_field(result) -> list | None:
             for step in result.prompt_logprobs]
 
 
-def prompt_text(prompt: Prompt, tokenizer) -> str:
-    if prompt.text is None:
-        prompt.text = tokenizer.decode(prompt.token_ids)
-    return prompt.text
+def prompt_text(prompt: EngineRequest, tokenizer) -> str:
+    return prompt.prompt if prompt.prompt is not None else tokenizer.decode(prompt.prompt_token_ids)
 
 
-def echoed_prompt(req: CompletionRequest, prompt: Prompt, result,
+def echoed_prompt(req: CompletionRequest, prompt: EngineRequest, result,
                   tokenizer) -> tuple[str, list[int], list | None]:
     """What echo puts before a choice's output (whole or streamed): the prompt's text, its
     token ids and, if logprobs are asked for, their logprobs (the first is None)."""
     logprobs = None
     if req.logprobs is not None:
-        logprobs = list(result.prompt_logprobs or [None] * len(prompt.token_ids))
-    return prompt_text(prompt, tokenizer), list(prompt.token_ids), logprobs
+        logprobs = list(result.prompt_logprobs or [None] * len(prompt.prompt_token_ids))
+    return prompt_text(prompt, tokenizer), list(prompt.prompt_token_ids), logprobs
 
 
 def generated(req: CompletionRequest, out) -> tuple[str, list[int], list | None]:
@@ -121,7 +119,7 @@ def generated(req: CompletionRequest, out) -> tuple[str, list[int], list | None]
     return out.text, list(out.token_ids), out.logprobs
 
 
-def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer) -> dict:
+def build_choice(req: CompletionRequest, prompt: EngineRequest, result, out, tokenizer) -> dict:
     text, token_ids, logprobs = generated(req, out)
     if req.echo:
         echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tokenizer)
@@ -136,10 +134,10 @@ def build_choice(req: CompletionRequest, prompt: Prompt, result, out, tokenizer)
             "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result)}
 
 
-def usage(prompts: list[Prompt], results: dict, count_generated: bool = True) -> dict:
+def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> dict:
     """Token counts: each prompt once, every choice's generated tokens, and (as OpenAI always
     does) how many prompt tokens the prefix cache supplied."""
-    prompt_tokens = sum(len(p.token_ids) for p in prompts)
+    prompt_tokens = sum(len(p.prompt_token_ids) for p in prompts)
     completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs
                             ) if count_generated else 0
     cached = sum(r.num_cached_tokens for r in results.values())
@@ -166,11 +164,15 @@ def prompt_chars(prompt) -> int:
     return sum(len(p) for p in prompt if isinstance(p, str))
 
 
-def prepare(req: CompletionRequest, ctx: ServerContext,
-            limits: ServerLimits) -> tuple[list[Prompt], SamplingParams]:
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def prepare(req: CompletionRequest, ctx: ServerContext, limits: ServerLimits,
+            request_id: str) -> tuple[list[EngineRequest], SamplingParams]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails.
 
-    Returns the prompts (as token ids) and the sampling params they all share.
+    Returns one engine request per prompt, and the sampling params they all share.
     """
     ctx.check_model(req.model)
     check_supported(req)
@@ -179,17 +181,17 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
         logger.warning("The following fields were present in the request but ignored: %s",
                        quote(ignored, 200))
     params = sampling_params(req, structured=constraint_for(req, ctx.grammar_compiler))
-    prompts = resolve_prompts(req.prompt, ctx.engine_loop, params)
+    prompts = resolve_prompts(req.prompt, ctx.engine_loop, params, request_id)
     check_response_size(params, prompts, bool(req.echo), limits, ctx.engine_loop.max_model_len)
     return prompts, params
 
 
-async def start(req, ctx: ServerContext, prompts: list[Prompt], params: SamplingParams,
-                prefix: str = "cmpl") -> RequestStream:
-    request_id = f"{prefix}-{uuid.uuid4().hex}"
-    stream = RequestStream(ctx.engine_loop, request_id, len(prompts), req.n, ctx.metrics.tracker())
+async def start(ctx: ServerContext, request_id: str, prompts: list[EngineRequest],
+                n: int) -> RequestStream:
+    """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
+    stream = RequestStream(ctx.engine_loop, request_id, prompts, n, ctx.metrics.tracker())
     try:
-        await stream.submit([p.token_ids for p in prompts], params)
+        await stream.submit()
     except asyncio.CancelledError:
         stream.close()
         raise

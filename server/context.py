@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 
 from nanovllm import GrammarCompiler
 from nanovllm.engine_client import EngineClient
-from nanovllm.errors import quote
 from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError
 from nanovllm.server.metrics import ServerMetrics
+from nanovllm.values.errors import quote
 
 
 @dataclass(slots=True)

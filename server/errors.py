@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanovllm.errors import InvalidRequestError, quote
+from nanovllm.values.errors import InvalidRequestError, quote
 
 logger = logging.getLogger(__name__)
 

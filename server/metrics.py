@@ -26,7 +26,7 @@ class EngineStatsCollector:
     """Exposes the engine's EngineStats snapshot as gauges and counters.
 
     `stats` returns one EngineStats, or a mapping replica -> EngineStats when the app serves
-    several engine replicas (server/ray_client.py); each replica is then one labelled series.
+    several engine replicas (server/ray/client.py); each replica is then one labelled series.
     """
 
     GAUGES = (

@@ -1,31 +1,21 @@
 """Turn a validated CompletionRequest into engine inputs: prompts and one SamplingParams.
 
 Whether a request can run (token ids in the vocabulary, a non-empty prompt, prompt plus
-max_tokens within the context and the KV pool) is the engine's rule: `resolve_prompts`
-asks engine_loop.check_request before anything is submitted, so a bad request is a 400
-naming the field and never reaches the engine. SamplingParams checks its own ranges. Only
+max_tokens within the context and the KV pool) is the engine's rule: `resolve_prompts` has
+the engine's input processor turn each prompt into an EngineRequest, once, before anything is
+submitted, so a bad request is a 400 naming the field and never reaches the engine. SamplingParams checks its own ranges. Only
 the OpenAI API's own semantics live here: fields this server cannot honour, defaults for
 omitted fields, and clamping logit_bias to [-100, 100] as OpenAI does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nanovllm import InvalidRequestError, SamplingParams
-from nanovllm.inputs import is_single_prompt
-from nanovllm.limits import ServerLimits
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import CompletionRequest
-
-
-@dataclass(slots=True)
-class Prompt:
-    """One prompt of a request; `text` is filled lazily (only echo needs it for id prompts)."""
-
-    token_ids: list[int]
-    text: str | None = None
-
+from nanovllm.values.inputs import is_single_prompt
+from nanovllm.values.limits import ServerLimits
+from nanovllm.values.request import EngineRequest
 
 # vLLM request fields that would change the output and that this server does not implement:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
@@ -84,21 +74,21 @@ def check_request_size(req: CompletionRequest, limits: ServerLimits) -> None:
                           "(lower n or send fewer prompts).", "n")
 
 
-def check_response_size(params: SamplingParams, prompts: list[Prompt], echo: bool,
+def check_response_size(params: SamplingParams, prompts: list[EngineRequest], echo: bool,
                         limits: ServerLimits, max_model_len: int) -> None:
     """With logprobs, the response carries 1 + logprobs entries for every token (echoed prompt
     tokens included, in every choice), and with prompt_logprobs 1 + prompt_logprobs for every
     prompt token of every choice: refuse a request whose response could pass the limit."""
     if params.logprobs is None and params.prompt_logprobs is None:
         return
-    def most_tokens(p: Prompt) -> int:
-        n_prompt = len(p.token_ids)
+    def most_tokens(p: EngineRequest) -> int:
+        n_prompt = len(p.prompt_token_ids)
         new = params.max_tokens if params.max_tokens is not None else max_model_len - n_prompt
         return new + (n_prompt if echo else 0)
 
     entries, param = 0, "prompt_logprobs"
     if params.prompt_logprobs is not None:
-        entries += params.n * sum(len(p.token_ids) for p in prompts) * (1 + params.prompt_logprobs)
+        entries += params.n * sum(len(p.prompt_token_ids) for p in prompts) * (1 + params.prompt_logprobs)
     if params.logprobs is not None:
         entries += params.n * sum(map(most_tokens, prompts)) * (1 + params.logprobs)
         param = "logprobs"
@@ -114,13 +104,12 @@ def split_prompts(raw: str | list) -> list[str | list[int]]:
     return [raw] if is_single_prompt(raw) else raw
 
 
-def resolve_prompts(raw: str | list, engine_loop, params: SamplingParams) -> list[Prompt]:
-    """Each prompt's token ids, as the engine's check_request makes and validates them."""
-    prompts = []
-    for item in split_prompts(raw):
-        token_ids = engine_loop.check_request(item, params)  # refusals become 400s (errors.py)
-        prompts.append(Prompt(token_ids, item if isinstance(item, str) else None))
-    return prompts
+def resolve_prompts(raw: str | list, engine, params: SamplingParams,
+                    request_id: str) -> list[EngineRequest]:
+    """Each prompt as the engine's input processor checks it: engine request `{request_id}-{i}`
+    (refusals become 400s, errors.py)."""
+    return [engine.processor.process(f"{request_id}-{i}", item, params)
+            for i, item in enumerate(split_prompts(raw))]
 
 
 def sampling_params(req, **overrides) -> SamplingParams:

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nanovllm.limits import (
+from nanovllm.server.errors import refuse_lone_surrogates
+from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
@@ -24,7 +25,6 @@ from nanovllm.limits import (
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
 )
-from nanovllm.server.errors import refuse_lone_surrogates
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]

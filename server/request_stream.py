@@ -12,9 +12,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from nanovllm import SamplingParams
-from nanovllm.engine_client import ACCEPTED, EngineClient
+from nanovllm.engine_client import EngineClient
 from nanovllm.server.metrics import RequestTracker
+from nanovllm.values.request import EngineRequest
 
 
 @dataclass(slots=True)
@@ -34,17 +34,17 @@ class QueueSink:
 
 
 class RequestStream:
-    def __init__(self, engine: EngineClient, request_id: str, num_prompts: int, n: int,
-                 tracker: RequestTracker | None = None) -> None:
+    def __init__(self, engine: EngineClient, request_id: str, requests: list[EngineRequest],
+                 n: int, tracker: RequestTracker | None = None) -> None:
         self._engine = engine
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self.request_id = request_id
-        self.request_ids = [f"{request_id}-{i}" for i in range(num_prompts)]
+        self.requests = requests
+        self.request_ids = [r.request_id for r in requests]
         self._n = n
         self._tracker = tracker
-        self._unaccepted = set(range(num_prompts))
-        self._unfinished = set(range(num_prompts))
+        self._unfinished = set(range(len(requests)))
         self._pending: dict = {}
         self._closed = False
 
@@ -52,13 +52,13 @@ class RequestStream:
     def done(self) -> bool:
         return not self._unfinished and not self._pending
 
-    async def submit(self, prompts: list[list[int]], params: SamplingParams) -> None:
-        """Hand every prompt to the engine; returns once all were accepted (raises if not)."""
-        for tag, (rid, prompt) in enumerate(zip(self.request_ids, prompts, strict=True)):
-            sink = QueueSink(self._loop, self._queue, tag)
-            self._engine.add_request(rid, prompt, params, sink)
-        while self._unaccepted:
-            self._absorb([await self._queue.get()])
+    async def submit(self) -> None:
+        """Hand every engine request to the engine; returns once all were taken (raises why
+        one was not: the caller closes the stream, which withdraws the others)."""
+        accepted = [self._engine.add_request(r, QueueSink(self._loop, self._queue, tag))
+                    for tag, r in enumerate(self.requests)]
+        for future in accepted:
+            await asyncio.wrap_future(future)
 
     async def next_batch(self) -> dict:
         """Wait for new outputs; returns {tag: latest RequestOutput}. Raises pushed errors."""
@@ -83,9 +83,6 @@ class RequestStream:
             if isinstance(item, BaseException):
                 self._unfinished.discard(tag)
                 raise item
-            if isinstance(item, str) and item == ACCEPTED:
-                self._unaccepted.discard(tag)
-                continue
             self._pending[tag] = item
             if item.finished:
                 self._unfinished.discard(tag)

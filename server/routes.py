@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
+from nanovllm.input_processor import check_prompt_text, check_token_ids
 from nanovllm.server.chat import chat_events, complete_chat, prepare_chat
 from nanovllm.server.chat_protocol import ChatCompletionRequest
-from nanovllm.server.completions import complete, prepare, prompt_chars, start
+from nanovllm.server.completions import complete, new_request_id, prepare, prompt_chars, start
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.protocol import (
@@ -32,7 +33,6 @@ from nanovllm.server.schemas import (
 )
 from nanovllm.server.streaming import SSEResponse, completion_events
 from nanovllm.server.structured import wants_structure
-from nanovllm.validation import check_prompt_text, check_token_ids
 
 router = APIRouter()
 
@@ -80,9 +80,11 @@ async def list_models(ctx: Ctx) -> ModelList:
              responses={**ERROR_RESPONSES, **STREAM_DOC})
 async def create_completion(body: CompletionRequest, raw: Request,
                             ctx: Ctx) -> Response:
+    request_id = new_request_id("cmpl")
     prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
-                                            raw.app.state.limits, heavy=wants_structure(body))
-    stream = await start(body, ctx, prompts, params)
+                                            raw.app.state.limits, request_id,
+                                            heavy=wants_structure(body))
+    stream = await start(ctx, request_id, prompts, params.n)
     if body.stream:
         return SSEResponse(completion_events(body, ctx, prompts, stream), on_close=stream.close)
     return await complete(raw, body, ctx, prompts, stream)
@@ -93,9 +95,10 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request,
                                  ctx: Ctx) -> Response:
     """A 400 unless the server has a chat template (see server.chat)."""
     chars = sum(len(str(m.get("content", ""))) for m in body.messages)
+    request_id = new_request_id("chatcmpl")
     prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx, raw.app.state.limits,
-                                           heavy=wants_structure(body))
-    stream = await start(body, ctx, [prompt], params, prefix="chatcmpl")
+                                           request_id, heavy=wants_structure(body))
+    stream = await start(ctx, request_id, [prompt], params.n)
     if body.stream:
         return SSEResponse(chat_events(body, ctx, prompt, stream), on_close=stream.close)
     return await complete_chat(raw, body, ctx, prompt, stream)

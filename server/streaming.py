@@ -27,9 +27,10 @@ from nanovllm.server.completions import (
     usage,
 )
 from nanovllm.server.errors import APIError
-from nanovllm.server.prompts import Prompt, echo_only
+from nanovllm.server.prompts import echo_only
 from nanovllm.server.protocol import CompletionRequest
 from nanovllm.server.request_stream import RequestStream
+from nanovllm.values.request import EngineRequest
 
 
 def sse(obj: dict | str) -> str:
@@ -64,7 +65,7 @@ class ChoiceState:
     finished: bool = False
 
 
-def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: ChoiceState, tok) -> dict | None:
+def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st: ChoiceState, tok) -> dict | None:
     """The next chunk's choice for one output, or None when there is nothing new to say."""
     all_text, all_ids, all_lps = generated(req, out)
     text = all_text[st.text_len:]
@@ -91,7 +92,7 @@ def delta_choice(req: CompletionRequest, prompt: Prompt, result, out, st: Choice
             "stop_reason": out.stop_reason}
 
 
-async def completion_events(req: CompletionRequest, ctx, prompts: list[Prompt],
+async def completion_events(req: CompletionRequest, ctx, prompts: list[EngineRequest],
                             stream: RequestStream) -> AsyncIterator[str]:
     created, tok = int(time.time()), ctx.engine_loop.tokenizer
     head = {"id": stream.request_id, "object": "text_completion", "created": created,

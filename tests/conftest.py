@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nanovllm import LLM, EngineConfig, LLMEngine
 from nanovllm.model import write_dummy_checkpoint
 
 TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1024, n_positions=256)
@@ -19,3 +20,26 @@ def tiny_ckpt(tmp_path_factory):
 def gpt2_ckpt(tmp_path_factory):
     """Random weights with the exact shapes of GPT-2 124M."""
     return write_dummy_checkpoint(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+# The default KV pool is 1 GiB (262,144 blocks of the tiny model) and takes seconds to
+# allocate; unless a test sizes the pool itself, it gets this many blocks.
+DEFAULT_TEST_BLOCKS = 256
+
+
+@pytest.fixture
+def make_llm(tiny_ckpt):
+    """make_llm(**engine_options) -> a fresh LLM on the tiny checkpoint."""
+    def make(**options) -> LLM:
+        options.setdefault("num_kv_blocks", DEFAULT_TEST_BLOCKS)
+        return LLM(str(tiny_ckpt), **options)
+    return make
+
+
+@pytest.fixture
+def make_engine(tiny_ckpt):
+    """make_engine(**engine_options) -> a fresh LLMEngine on the tiny checkpoint."""
+    def make(**options) -> LLMEngine:
+        options.setdefault("num_kv_blocks", DEFAULT_TEST_BLOCKS)
+        return LLMEngine(EngineConfig(model=str(tiny_ckpt), **options))
+    return make

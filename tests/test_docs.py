@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanovllm.scripts import tour_pictures
+from nanovllm.scripts.lab import tour_pictures
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -77,7 +77,7 @@ def test_a_misnamed_function_is_caught(tmp_path):
 
 def test_the_tours_pictures_are_what_the_engine_draws_today(tmp_path):
     """The script fills every picture block of the tour, and the result is the tour as committed.
-    After a scheduling change, run `python -m nanovllm.scripts.tour_pictures` and read the tour
+    After a scheduling change, run `python -m nanovllm.scripts.lab.tour_pictures` and read the tour
     again: its prose describes these pictures."""
     tour = tmp_path / "tour.md"
     tour.write_text(re.sub(r"```text\n.*?```\n", "", TOUR.read_text(), flags=re.S))

@@ -17,27 +17,31 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = {"nanovllm": "nanovllm", "nanovllm.model": "model", "nanovllm.runner": "runner",
                 "nanovllm.server": "server", "nanovllm.scripts": "scripts"}
 
-# Lowest first. A module belongs to the layer of its longest listed prefix; each layer imports
-# only its own and lower layers.
+# Lowest first, by folder (or file) in the repository. A module belongs to the layer of the
+# longest listed path that holds it; each layer imports only its own and lower layers.
 LAYERS = [
-    ("model", ["nanovllm.model"]),                        # GPT-2 math and kernels
-    ("plain values", ["nanovllm.sampling_params", "nanovllm.errors", "nanovllm.limits",
-                      "nanovllm.stop_strings"]),
-    ("runner", ["nanovllm.runner"]),                      # model runner, KV cache, sampler
-    ("core", ["nanovllm"]),                               # engine, scheduler, blocks, ...
-    ("server and scripts", ["nanovllm.server", "nanovllm.scripts"]),
-    ("command line", ["nanovllm.cli", "nanovllm.server.__main__"]),
+    ("model", ["model"]),                        # the math and kernels; checkpoint/ reads weights
+    ("plain values", ["nanovllm/values"]),       # parameters, prompts, outputs, errors, limits
+    ("step contract", ["nanovllm/contract"]),    # what crosses between scheduler and runner
+    ("runner", ["runner"]),                      # model runner, KV cache, sampler
+    ("core", ["nanovllm"]),                      # engine, scheduler, blocks, ...
+    ("server and scripts", ["server", "scripts"]),
+    ("command line", ["nanovllm/cli.py", "server/__main__.py"]),
 ]
-PLAIN_VALUES = LAYERS[1][1]
 BARE_NAMES = {"model", "runner", "server", "scripts"}  # installed only under nanovllm.
 
 
 def project_modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name, read from the real folders (nanovllm/model,
+    nanovllm/runner, ... are symlinks to them)."""
     modules = {}
     for package, folder in PACKAGE_DIRS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            modules[name] = path
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            relative = path.relative_to(ROOT / folder)
+            if any((ROOT / folder / part).is_symlink() for part in relative.parents):
+                continue
+            parts = [*relative.parent.parts, *([] if path.stem == "__init__" else [path.stem])]
+            modules[".".join([package, *parts])] = path
     return modules
 
 
@@ -45,9 +49,15 @@ MODULES = project_modules()
 
 
 def layer_of(module: str) -> int:
+    path = MODULES[module].relative_to(ROOT).as_posix()
     best = max((prefix for _, prefixes in LAYERS for prefix in prefixes
-                if module == prefix or module.startswith(prefix + ".")), key=len)
+                if path == prefix or path.startswith(prefix + "/")), key=len)
     return next(i for i, (_, prefixes) in enumerate(LAYERS) if best in prefixes)
+
+
+def modules_in(layer: str) -> list[str]:
+    index = [name for name, _ in LAYERS].index(layer)
+    return [m for m in MODULES if layer_of(m) == index]
 
 
 def imported_names(module: str, tree: ast.Module) -> list[tuple[str, int]]:
@@ -178,13 +188,24 @@ def test_no_import_by_computed_name():
     assert {t for t, _ in GRAPH["nanovllm"]} >= {"nanovllm.llm", "nanovllm.engine"}
 
 
-def test_plain_values_import_only_the_standard_library_and_numpy():
-    for module in PLAIN_VALUES:
+@pytest.mark.parametrize("layer", ["plain values", "step contract"])
+def test_values_import_only_the_standard_library_numpy_and_values(layer):
+    """The values and the contract are what every layer above shares: they hold no machinery."""
+    allowed = set(modules_in("plain values")) | set(modules_in(layer))
+    for module in modules_in(layer):
         tree = ast.parse(MODULES[module].read_text())
         outside = [name for name, _ in imported_names(module, tree)
                    if name.split(".")[0] not in sys.stdlib_module_names | {"numpy"}
-                   and name not in PLAIN_VALUES]
+                   and name not in allowed]
         assert outside == [], module
+
+
+def test_the_layers_are_folders():
+    """Each layer's modules live in its own folders: the tree shows the layers."""
+    assert modules_in("plain values") and modules_in("step contract")
+    assert all(MODULES[m].parent.name == "values" for m in modules_in("plain values"))
+    assert all(MODULES[m].parent.name == "contract" for m in modules_in("step contract"))
+    assert "nanovllm.model.checkpoint.loader" in MODULES  # loading apart from the math
 
 
 @pytest.mark.parametrize("folder", [*PACKAGE_DIRS.values(), "tests"])

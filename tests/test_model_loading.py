@@ -16,7 +16,7 @@ import pytest
 from nanovllm import EngineConfig
 from nanovllm.hub import DownloadError, HubUnavailableError
 from nanovllm.model import CheckpointError
-from nanovllm.model.dummy import dummy_checkpoint_dir
+from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
 from nanovllm.model_loading import load_model, preset_for
 from tests.scripts.fake_hub import FakeHub
 

@@ -17,7 +17,7 @@ def interface_names() -> set[str]:
 
 def test_async_engine_provides_the_whole_interface(make_engine):
     client = AsyncEngine(make_engine())  # not started: nothing here needs the thread
-    assert interface_names() >= {"check_request", "add_request", "abort", "abort_all", "stats",
+    assert interface_names() >= {"processor", "add_request", "abort", "abort_all", "stats",
                                  "is_alive", "error", "tokenizer", "max_model_len",
                                  "vocab_size", "shutdown"}
     assert [n for n in sorted(interface_names()) if not hasattr(client, n)] == []

@@ -14,8 +14,8 @@ import pytest
 from engine_checks import check_engine_invariants
 
 from nanovllm import InvalidRequestError, SamplingParams
-from nanovllm.errors import QueueFullError
 from nanovllm.sequence import SequenceStatus
+from nanovllm.values.errors import QueueFullError
 
 BIG = SamplingParams(n=128, max_tokens=100, ignore_eos=True)  # 32 prompts of it: 4,096 sequences
 SMALL_MAX_TOKENS = 3

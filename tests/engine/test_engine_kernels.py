@@ -6,13 +6,9 @@ from __future__ import annotations
 import pytest
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.model.attention import (
-    causal_softmax_,
-    paged_decode_attention,
-    softmax_rows_,
-    write_slots,
-)
+from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
 from nanovllm.model.gpt2 import gelu, layer_norm
+from nanovllm.model.kernels import softmax_rows_
 from nanovllm.model.linear import matmul_nt
 
 

@@ -159,13 +159,14 @@ def test_async_engine_answers_snapshots_idle_and_busy(make_engine):
         assert idle.blocks.owner == [-1] * 64 and idle.num_steps == 0
         assert (client.n_layer, client.n_head) == (2, 4)
         assert client.snapshot().result(timeout=30) is idle  # nothing changed: not taken again
-        sink = _Sink()
-        client.add_request("a", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True), sink)
+        request = client.processor.process(
+            "a", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))
+        accepted = client.add_request(request, _Sink())
         # Answered after the step that follows the add (or the one after): mid-request.
         busy = client.snapshot().result(timeout=30)
         assert [s.request_id for s in busy.running] == ["a"] and busy.num_steps >= 1
         assert sum(o >= 0 for o in busy.blocks.owner) == busy.running[0].num_blocks > 0
-        assert sink.items[0] == "accepted"
+        assert accepted.result(timeout=0) is None  # taken before the snapshot was
         assert client.snapshot().result(timeout=30) is not busy  # a step later: taken anew
     finally:
         client.shutdown()
@@ -182,8 +183,8 @@ def test_async_engine_snapshot_fails_once_the_engine_is_dead(make_engine):
 
     engine.step = broken_step
     client.start()
-    sink = _Sink()
-    client.add_request("a", [1, 2, 3], SamplingParams(max_tokens=2), sink)
+    client.add_request(client.processor.process("a", [1, 2, 3], SamplingParams(max_tokens=2)),
+                       _Sink())
     client.thread.join(timeout=30)
     assert isinstance(client.error, RuntimeError)
     with pytest.raises(EngineDeadError):

@@ -1,7 +1,7 @@
 """Bad input is refused with a ValueError that says what is wrong, and the engine goes on.
 
 SamplingParams validates on construction: each message names the field and the bad value.
-LLMEngine.check_request (which add_request calls) refuses requests that can never run (too
+LLMEngine.processor (InputProcessor, which add_request calls) refuses requests that can never run (too
 long for the context or the whole KV pool, token ids outside the vocabulary, empty prompts)
 with an InvalidRequestError whose `param` names the request field; add_request also refuses
 a request id in use. A refused request leaves no trace, so the engine keeps serving.
@@ -100,7 +100,7 @@ def test_negative_seed_is_accepted_and_reproducible(make_engine):
     assert runs[0] == runs[1] and len(runs[0]) == 4
 
 
-# ---- add_request / check_request ------------------------------------------------------------
+# ---- add_request / processor.check ------------------------------------------------------------
 def rejects(engine, request_id, prompt, params, param, *fragments) -> None:
     """add_request refuses with InvalidRequestError about `param`, and leaves no trace."""
     before = engine.get_stats()
@@ -195,7 +195,7 @@ def test_check_request_names_the_field_and_changes_nothing(small_pool_engine, pr
                                                             param):
     before = small_pool_engine.get_stats()
     with pytest.raises(InvalidRequestError) as err:
-        small_pool_engine.check_request(prompt, SamplingParams(**kwargs))
+        small_pool_engine.processor.check(prompt, SamplingParams(**kwargs))
     assert err.value.param == param, str(err.value)
     assert small_pool_engine.get_stats() == before and not small_pool_engine.requests
 
@@ -204,5 +204,5 @@ def test_check_request_takes_every_prompt_form(small_pool_engine):
     ids = small_pool_engine.tokenizer.encode("Hello world")
     params = SamplingParams(max_tokens=8)
     for prompt in ("Hello world", ids, {"prompt": "Hello world"}, {"prompt_token_ids": ids}):
-        assert small_pool_engine.check_request(prompt, params) == ids, prompt
+        assert small_pool_engine.processor.check(prompt, params) == ids, prompt
     assert not small_pool_engine.requests

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
-from nanovllm.stop_strings import PrefixMatcher, StopStrings, held_back
+from nanovllm.values.stop_strings import PrefixMatcher, StopStrings, held_back
 
 
 def held_back_by_definition(text: str, stops: list[str]) -> int:

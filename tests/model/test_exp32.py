@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from nanovllm.model.attention import KERNEL_MATH
-from nanovllm.model.exp32 import exp32
+from nanovllm.model.kernels import exp32
 
 
 @njit(fastmath=KERNEL_MATH)  # a caller that allows reassociation, like every kernel

@@ -24,7 +24,7 @@ from nanovllm.model.attention import (
     softmax_,
 )
 from nanovllm.model.gpt2 import gelu, layer_norm
-from nanovllm.model.half import as_kernel_array
+from nanovllm.model.kernels import as_kernel_array
 from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
 
 U = 2.0 ** -24

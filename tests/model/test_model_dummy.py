@@ -22,7 +22,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, GPT2Tokenizer, GPT2TokenizerFast
 
-import nanovllm.model.dummy
+import nanovllm.model.checkpoint.dummy
 from nanovllm.model import (
     PRESETS,
     GPT2Config,
@@ -31,8 +31,8 @@ from nanovllm.model import (
     load_gpt2,
     write_dummy_checkpoint,
 )
-from nanovllm.model.dummy import DUMMY_FORMAT_VERSION, dummy_checkpoint_dir
-from nanovllm.model.tokenizer_files import gpt2_vocab_files
+from nanovllm.model.checkpoint.dummy import DUMMY_FORMAT_VERSION, dummy_checkpoint_dir
+from nanovllm.model.checkpoint.tokenizer_files import gpt2_vocab_files
 from nanovllm.tokenizer import Tokenizer as OurTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_presets_are_the_published_gpt2_family():
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_writes_config_and_tokenizer(preset, tmp_path, monkeypatch):
     """Weights stubbed out: the config and the 50,257-token tokenizer are what is checked here."""
-    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", lambda cfg, seed=0: {})
+    monkeypatch.setattr(nanovllm.model.checkpoint.dummy, "random_weights", lambda cfg, seed=0: {})
     out = write_dummy_checkpoint(tmp_path / preset, preset)
     cfg = GPT2Config.from_json(out / "config.json")
     assert cfg == PRESETS[preset]
@@ -175,7 +175,7 @@ def test_dummy_checkpoint_dir_is_written_once(tmp_path, monkeypatch):
         calls.append(cfg.n_layer)
         return {}
 
-    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", no_weights)
+    monkeypatch.setattr(nanovllm.model.checkpoint.dummy, "random_weights", no_weights)
     monkeypatch.setenv("NANOVLLM_CACHE", str(tmp_path / "cache"))
     first = dummy_checkpoint_dir("distilgpt2")
     assert first == tmp_path / "cache" / f"dummy-v{DUMMY_FORMAT_VERSION}" / "distilgpt2"
@@ -233,7 +233,7 @@ def test_a_smaller_vocab_is_gpt2s_first_tokens(tiny_ckpt):
 
 
 def test_a_larger_vocab_pads_after_gpt2s_tokens(tmp_path, monkeypatch):
-    monkeypatch.setattr(nanovllm.model.dummy, "random_weights", lambda cfg, seed=0: {})
+    monkeypatch.setattr(nanovllm.model.checkpoint.dummy, "random_weights", lambda cfg, seed=0: {})
     out = write_dummy_checkpoint(tmp_path, "gpt2", **GPT2_SMALL, vocab_size=50304)
     ours = OurTokenizer(out, eos_token_id=50303)
     assert ours.encode("Hello world") == [15496, 995] and ours.encode(EOT) == [50303]

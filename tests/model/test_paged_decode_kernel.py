@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanovllm.model.attention import paged_decode_attention, write_slots
-from nanovllm.model.half import as_kernel_array
+from nanovllm.model.kernels import as_kernel_array
 
 
 def reference(q, k_cache, v_cache, tables, lens, block_size):

@@ -1,6 +1,6 @@
 """int8 and bfloat16 against float32 over >= 1,000 teacher-forced positions, on GPT-2's
 initialisation (std 0.02), tiny and 124M-shaped, held to the error budget that
-`scripts/precision_accuracy.py` derives from the weights' measured error (sigma: the predicted
+`scripts/lab/precision_accuracy.py` derives from the weights' measured error (sigma: the predicted
 RMS change of the centred logits):
 - the measured RMS change is within sigma;
 - max |delta logprob| of float32's greedy token is within 12 sigma (twice a 6-sigma change);
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from nanovllm.model import PRESETS
+from nanovllm.model.checkpoint.dummy import random_weights
+from nanovllm.model.checkpoint.loader import read_tensors
 from nanovllm.model.config import GPT2Config
-from nanovllm.model.dummy import random_weights
-from nanovllm.model.loader import read_tensors
-from nanovllm.scripts.precision_accuracy import Agreement, measure, text_windows
+from nanovllm.scripts.lab.precision_accuracy import Agreement, measure, text_windows
 from tests.conftest import TINY
 
 SHARED_MODELS = Path(os.environ.get("NANOVLLM_SHARED_MODELS",

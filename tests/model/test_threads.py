@@ -63,8 +63,8 @@ def test_configure_sets_each_setting_once_and_keeps_the_users():
     "from nanovllm.model import load_gpt2",         # the model package alone
     "import nanovllm.server.app",                   # the server, through nanovllm's names
     "import nanovllm.scripts.benchmark",            # the scripts that measure
-    "import nanovllm.scripts.profile_decode",
-    "import nanovllm.scripts.measure_memory",
+    "import nanovllm.scripts.lab.profile_decode",
+    "import nanovllm.scripts.lab.measure_memory",
 ])
 def test_entry_points_configure_the_pools_before_numpy_loads(statement):
     result = probe(statement)

@@ -55,7 +55,7 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
 
     from nanovllm import EngineConfig
     from nanovllm.server.app import build_app
-    from nanovllm.server.ray_client import RayEngineClient, deploy, teardown
+    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
     # Logical CPUs: one per engine replica, one more for test_whole_serve_application's.
     context = ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1",

@@ -191,11 +191,11 @@ def test_killed_replica_is_replaced_and_loses_no_request_that_had_not_started(ra
 
 
 def test_whole_serve_application(ray_deployment, long_ckpt):
-    """nanovllm.server.ray_app:build (for `serve run`, KubeRay): the same app as a Serve ingress
+    """nanovllm.server.ray.app:build (for `serve run`, KubeRay): the same app as a Serve ingress
     behind Ray's HTTP proxy, streaming through it."""
     from ray import serve
 
-    from nanovllm.server.ray_app import build
+    from nanovllm.server.ray.app import build
 
     serve.run(build({"model": str(long_ckpt), "data-parallel-size": "1", "num-kv-blocks": "64",
                      "disable-ui": "true"}), name="whole", route_prefix="/whole")

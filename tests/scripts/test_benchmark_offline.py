@@ -51,7 +51,7 @@ def test_grid_arguments():
 
 
 def test_nanovllm_cli_delegates_bench_and_bench_serve():
-    args = build_parser().parse_args(["bench", "--batch-sizes", "4", "--reps", "1"])
+    args = build_parser().parse_args(["bench", "offline", "--batch-sizes", "4", "--reps", "1"])
     assert args.func is benchmark.run and args.batch_sizes == [4]
     args = build_parser().parse_args(["bench", "serve", "--max-concurrency", "4"])
     assert args.func is benchmark_serving.run and args.max_concurrency == 4
@@ -87,7 +87,7 @@ def test_targets_are_judged_on_gpt2_124m_shapes_only():
     assert entries[1]["measured_tps"] == pytest.approx(500.0)
     table = format_targets(entries)
     assert ">= 2.3x transformers" in table and "53%" in table and "not met" in table
-    assert "scripts/profile_decode.py" in table  # the targets this benchmark does not measure
+    assert "scripts/lab/profile_decode.py" in table  # the targets this benchmark does not measure
     assert evaluate(results, {**GPT2_124M, "n_layer": 2}) == [] and format_targets([]) == ""
     fast_alone = [CellResult(Cell(1, 32, 128), ours=[Run(0.1, 1.27, 32, 127)])]  # no transformers
     entries = evaluate(fast_alone, GPT2_124M)

@@ -1,10 +1,10 @@
-"""scripts/measure_memory.py: a short real run on the tiny checkpoint."""
+"""scripts/lab/measure_memory.py: a short real run on the tiny checkpoint."""
 
 from __future__ import annotations
 
 import re
 
-from nanovllm.scripts import measure_memory
+from nanovllm.scripts.lab import measure_memory
 
 
 def test_measure_memory_reports_rss_against_weights_and_pool(tiny_ckpt, capsys):

@@ -1,4 +1,4 @@
-"""scripts/profile_decode.py: a short real run on the tiny checkpoint."""
+"""scripts/lab/profile_decode.py: a short real run on the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from nanovllm.scripts import profile_decode
+from nanovllm.scripts.lab import profile_decode
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "float16"])

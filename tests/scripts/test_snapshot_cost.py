@@ -1,10 +1,10 @@
-"""scripts/snapshot_cost.py: a short real run on the tiny checkpoint."""
+"""scripts/lab/snapshot_cost.py: a short real run on the tiny checkpoint."""
 
 from __future__ import annotations
 
 import re
 
-from nanovllm.scripts import snapshot_cost
+from nanovllm.scripts.lab import snapshot_cost
 
 
 def test_snapshot_cost_reports_the_share_of_a_step(tiny_ckpt, capsys):

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from server_helpers import ServeProcess, error_of, serve
 
-from nanovllm.limits import (
+from nanovllm.values.limits import (
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,

@@ -17,7 +17,7 @@ import openai
 import pytest
 from server_helpers import MODEL, ServeProcess, error_of, metric
 
-from nanovllm.limits import MAX_LOGIT_BIAS_ENTRIES
+from nanovllm.values.limits import MAX_LOGIT_BIAS_ENTRIES
 
 MAX_NUM_SEQS, MAX_WAITING_SEQS = 16, 64
 BIG_TOKENS = 230  # per sequence; four waves of 16 sequences: 920 steps, first come first served

@@ -1,23 +1,18 @@
 """The engine's request rules over HTTP: each is a 400 naming its field, decided before the
 request reaches the engine loop, and the loop keeps the field when the engine refuses.
 
-The server asks LLMEngine.check_request in `prepare`; the proof that nothing is submitted is
+The server has the engine's input processor check a request once, in `prepare`; the proof that nothing is submitted is
 an engine loop that has been shut down: whatever reaches it gets a 503, so a 400 means the
 request was answered before it.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from server_helpers import MODEL, error_of, make_engine, serve
 
-from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.server.app import build_app
-from nanovllm.server.completions import engine_error
-from nanovllm.server.request_stream import RequestStream
 
 SMALL_KV_BLOCKS = 4  # 64 tokens of KV cache: less than one full 256-token context
 
@@ -55,23 +50,3 @@ def test_a_valid_request_does_reach_the_closed_engine_loop(closed_engine):
     with httpx.Client(base_url=closed_engine.url, timeout=30) as c:
         err = error_of(c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4}), 503)
         assert "shutting down" in err["message"]
-
-
-async def submit_straight_to_the_loop(engine_loop, prompt, params: SamplingParams) -> None:
-    """What `start` does, without `prepare`'s check first."""
-    stream = RequestStream(engine_loop, "cmpl-unchecked", 1, params.n)
-    try:
-        await stream.submit([prompt], params)
-    finally:
-        stream.close()
-
-
-def test_engine_loop_passes_the_refusal_on_with_its_field(engine_loop):
-    """Should a bad request get past `prepare`, add_request's refusal still names the field."""
-    with pytest.raises(InvalidRequestError) as info:
-        asyncio.run(submit_straight_to_the_loop(engine_loop, [1] * 200,
-                                                SamplingParams(max_tokens=100)))
-    error = engine_error(info.value)
-    assert (error.status, error.param) == (400, "max_tokens")
-    assert "maximum context length is 256 tokens" in error.message
-    assert engine_loop.is_alive

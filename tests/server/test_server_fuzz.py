@@ -25,7 +25,7 @@ OPERATIONS = [
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
     ("GET", "/metrics"), ("GET", "/tokenizer_info"),
 ]
-# The web page's routes (server/ui.py) stay out of the OpenAPI document and take no body or
+# The web page's routes (server/ui/routes.py) stay out of the OpenAPI document and take no body or
 # parameters: they are fuzzed with arbitrary query strings instead.
 UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from ui_helpers import API_KEY, start_server
 
-from nanovllm.server.ui import STATIC_DIR
+from nanovllm.server.ui.routes import STATIC_DIR
 
 
 def error_of(response: httpx.Response, status: int) -> dict:
@@ -47,7 +47,7 @@ def test_the_page_loads_nothing_from_elsewhere():
 
 
 def test_the_wheel_ships_the_page(tmp_path):
-    """`pip install .` must install server/static/ (setuptools package-data), not only *.py."""
+    """`pip install .` must install server/ui/static/ (setuptools package-data), not only *.py."""
     repo, src = Path(__file__).resolve().parents[2], tmp_path / "src"
     src.mkdir()
     for name in ["pyproject.toml", "README.md"]:
@@ -61,7 +61,7 @@ def test_the_wheel_ships_the_page(tmp_path):
     [wheel] = tmp_path.glob("nanovllm-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     for path in STATIC_DIR.iterdir():
-        assert f"nanovllm/server/static/{path.name}" in shipped
+        assert f"nanovllm/server/ui/static/{path.name}" in shipped
 
 
 def test_info_says_what_is_served(open_server, tiny_ckpt):

@@ -15,7 +15,7 @@ from ui_helpers import API_KEY
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
 from nanovllm.model import load_gpt2, reference
 from nanovllm.server.errors import APIError
-from nanovllm.server.ui import (
+from nanovllm.server.ui.routes import (
     MAX_ATTENTION_CHARS,
     MAX_ATTENTION_TOKENS,
     AttentionRequest,

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from nanovllm.errors import InvalidRequestError, quote
-from nanovllm.limits import (
+from nanovllm.values.errors import InvalidRequestError, quote
+from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
@@ -24,7 +24,7 @@ from nanovllm.limits import (
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
 )
-from nanovllm.stop_strings import StopStrings
+from nanovllm.values.stop_strings import StopStrings
 
 
 @dataclass(slots=True)

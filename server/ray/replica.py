@@ -3,7 +3,7 @@
 Each replica is a Ray actor that owns one LLMEngine on its own thread, exactly as `nanovllm
 serve` does (an AsyncEngine). `generate` streams one request's outputs back through Ray as
 they come, coalesced if the caller falls behind (outputs are cumulative). Nothing here knows
-HTTP: the ingress (ray_client.RayEngineClient under the usual FastAPI app) does.
+HTTP: the ingress (ray/client.RayEngineClient under the usual FastAPI app) does.
 
 Imported only when --data-parallel-size is given: it imports Ray.
 """
@@ -22,11 +22,11 @@ import numba
 from ray import serve
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from nanovllm import EngineConfig, LLMEngine, SamplingParams
+from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine import EngineStats
-from nanovllm.engine_client import ACCEPTED
 from nanovllm.server.request_stream import QueueSink
+from nanovllm.values.request import EngineRequest
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
@@ -52,7 +52,7 @@ class ReplicaInfo:
 
 
 class EngineReplica:
-    """The Ray Serve deployment class (wrapped by serve.deployment in ray_client.deploy)."""
+    """The Ray Serve deployment class (wrapped by serve.deployment in ray/client.deploy)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self._engine = LLMEngine(config)
@@ -71,8 +71,9 @@ class EngineReplica:
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams):
-        """Yields (replica_id, items, stats): ACCEPTED, RequestOutputs or one exception.
+    async def generate(self, request: EngineRequest):
+        """Yields (replica_id, items, stats): first ([], ...) once the engine took the request,
+        then RequestOutputs; or one exception, first if the engine did not take it.
 
         Exceptions travel as items, not raised, so the ingress gets the engine's own error
         types back; a cancelled call (client gone, ingress abort) aborts the engine request.
@@ -82,10 +83,11 @@ class EngineReplica:
         queue: asyncio.Queue = asyncio.Queue()
         sink = QueueSink(asyncio.get_running_loop(), queue, 0)
         try:
-            self._loop.add_request(request_id, prompt_ids, params, sink)
-        except Exception as exc:  # EngineDeadError, RequestAborted
+            await asyncio.wrap_future(self._loop.add_request(request, sink))
+        except Exception as exc:  # QueueFullError, EngineDeadError, RequestAborted
             yield self.replica_id, [exc], self._stats()
             return
+        yield self.replica_id, [], self._stats()
         finished = False
         try:
             while not finished:
@@ -97,7 +99,7 @@ class EngineReplica:
                 yield self.replica_id, items, self._stats()
         finally:
             if not finished:
-                self._loop.abort([request_id])
+                self._loop.abort([request.request_id])
 
     def _stats(self) -> tuple[int, EngineStats]:
         return time.monotonic_ns(), self._loop.stats
@@ -114,14 +116,13 @@ class EngineReplica:
 
 
 def is_last(item) -> bool:
-    return isinstance(item, BaseException) or (item is not ACCEPTED and item.finished)
+    return isinstance(item, BaseException) or item.finished
 
 
 def coalesce(items: list) -> list:
     """Outputs are cumulative: of several queued ones only the latest matters."""
-    outputs = [i for i in items if not (i is ACCEPTED or isinstance(i, BaseException))]
-    return ([i for i in items if i is ACCEPTED] + outputs[-1:]
-            + [i for i in items if isinstance(i, BaseException)])
+    outputs = [i for i in items if not isinstance(i, BaseException)]
+    return outputs[-1:] + [i for i in items if isinstance(i, BaseException)]
 
 
 class PrefixAffinityRouter(RequestRouter):

@@ -1,7 +1,7 @@
 """How far int8 and bfloat16 weights move GPT-2's next-token distributions from float32's.
 
-    python -m nanovllm.scripts.precision_accuracy --model gpt2 --sequences 4 --length 256
-    python -m nanovllm.scripts.precision_accuracy --model ../shared/models/code-6l --text FILE
+    python -m nanovllm.scripts.lab.precision_accuracy --model gpt2 --sequences 4 --length 256
+    python -m nanovllm.scripts.lab.precision_accuracy --model ../shared/models/code-6l --text FILE
 
 Both models read the same token sequences (random ids, or with --text consecutive windows of a
 text file through the checkpoint's tokenizer; teacher forcing: every position of every sequence
@@ -135,7 +135,7 @@ def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
 
 def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)."""
-    from nanovllm.model.loader import build_weights
+    from nanovllm.model.checkpoint.loader import build_weights
 
     plain = build_weights(cfg, dict(tensors))
     ref = teacher_forced_logits(plain, cfg, sequences)
@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from nanovllm.model import PRESETS
+    from nanovllm.model.checkpoint.dummy import random_weights
+    from nanovllm.model.checkpoint.loader import read_tensors
     from nanovllm.model.config import GPT2Config
-    from nanovllm.model.dummy import random_weights
-    from nanovllm.model.loader import read_tensors
 
     if args.model in PRESETS:
         cfg = PRESETS[args.model]

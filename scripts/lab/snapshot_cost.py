@@ -8,7 +8,7 @@ the queues, the recent steps). Medians of `--steps` of each; the ratio is what m
 both see the same machine. Turning the snapshot into JSON happens on the HTTP side, not on the
 engine thread; it is timed too, for reference.
 
-    python scripts/snapshot_cost.py --batch 64
+    python scripts/lab/snapshot_cost.py --batch 64
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 
 # isort: split
 
-from nanovllm.scripts.profile_decode import (  # noqa: E402
+from nanovllm.scripts.lab.profile_decode import (  # noqa: E402
     add_decode_args,
     alternating_medians_ms,
     decoding_engine,

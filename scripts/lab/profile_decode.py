@@ -7,7 +7,7 @@ weights and row count. The difference is attention, layer norm, GELU, sampling, 
 input building and detokenizing. Steps and chains alternate, so that both see the same machine
 speed (a VM's can drift within seconds); medians of `--steps` of each.
 
-    python scripts/profile_decode.py --batch 64 [--kv-cache-dtype float16]
+    python scripts/lab/profile_decode.py --batch 64 [--kv-cache-dtype float16]
 """
 
 from __future__ import annotations

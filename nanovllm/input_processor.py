@@ -1,11 +1,12 @@
-"""Whether a request can ever run on an engine: the one set of rules for LLM and the server.
+"""InputProcessor: a prompt and its SamplingParams in, a checked EngineRequest out, once.
 
-Every rule depends only on what is fixed when the engine starts (the tokenizer, the
+The one set of rules for LLM, the server and Ray replicas on whether a request can ever run on
+an engine. Every rule depends only on what is fixed when the engine starts (the tokenizer, the
 vocabulary, max_model_len, the sizes of the KV pool and of the waiting queue), never on what
-is running (a full queue is the engine's QueueFullError, at add_request). So the
-server can check a request on its event-loop thread while the engine thread runs steps,
-and answer a bad request before it reaches the engine. A broken rule raises
-InvalidRequestError naming the request field to fix.
+is running (a full queue is the engine's QueueFullError, when the request is added). So the
+server processes a request on its event-loop thread while the engine thread runs steps, and
+answers a bad request before it reaches the engine. A broken rule raises InvalidRequestError
+naming the request field to fix.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanovllm.block_manager import blocks_needed
-from nanovllm.errors import InvalidRequestError, quote
-from nanovllm.inputs import PromptType, unpack_prompt
-from nanovllm.sampling_params import SamplingParams
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.errors import InvalidRequestError, quote
+from nanovllm.values.inputs import PromptType, unpack_prompt
+from nanovllm.values.request import EngineRequest
+from nanovllm.values.sampling_params import SamplingParams
 
 
 def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
@@ -54,7 +56,7 @@ def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
 
 
 @dataclass(frozen=True, slots=True)
-class RequestValidator:
+class InputProcessor:
     """The engine's limits, frozen at start-up, and the checks a request must pass against them."""
 
     tokenizer: Tokenizer  # only encode() is used: safe from any thread
@@ -63,6 +65,13 @@ class RequestValidator:
     block_size: int
     num_kv_blocks: int  # the whole KV pool
     max_waiting_seqs: int  # a request's n samples must fit in the waiting queue at once
+
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
+                final_only: bool = False) -> EngineRequest:
+        """The request, tokenized and checked, if it can ever run; else InvalidRequestError."""
+        text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
+        return EngineRequest(request_id, self.check(prompt, params), params,
+                             text if isinstance(text, str) else None, final_only)
 
     def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""

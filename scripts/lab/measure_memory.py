@@ -8,8 +8,8 @@ process holds beyond the pool it was told to allocate, in units of the model's w
 stored" gives their bytes, and RSS drops by the difference (run once per precision: freed
 memory is not handed back within a process).
 
-    python scripts/measure_memory.py
-    python scripts/measure_memory.py --quantization int8
+    python scripts/lab/measure_memory.py
+    python scripts/lab/measure_memory.py --quantization int8
 """
 
 from __future__ import annotations

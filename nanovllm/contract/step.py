@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from nanovllm.model.checkpoint.loader import expected_shapes
+from nanovllm.model.checkpoint.tokenizer_files import copy_tokenizer, write_tokenizer
 from nanovllm.model.config import PRESETS, GPT2Config
-from nanovllm.model.loader import expected_shapes
-from nanovllm.model.tokenizer_files import copy_tokenizer, write_tokenizer
 
 DUMMY_KEY = "_nanovllm_dummy"
 DUMMY_FORMAT_VERSION = 3  # bump when the files written change: cached checkpoints are rewritten

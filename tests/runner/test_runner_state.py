@@ -1,4 +1,4 @@
-"""The runner's per-sequence state (runner/batch.py, SequenceState) follows the engine's
+"""The runner's per-sequence state (nanovllm/contract/step.py, SequenceState) follows the engine's
 sequences: made from the step a sequence is first announced in, kept through preemption,
 dropped in the step after it finishes or is aborted. Counted in engine steps."""
 

@@ -1,5 +1,5 @@
 """Replay the hostile-traffic attacks against a server while a small probe request measures what
-everyone else sees: `python -m nanovllm.scripts.hostile_traffic [--url URL | --model MODEL]`.
+everyone else sees: `python -m nanovllm.scripts.lab.hostile_traffic [--url URL | --model MODEL]`.
 
 Without --url it starts `nanovllm serve MODEL` (default: a 2-layer random-weight GPT-2 written to
 a temporary directory) on a free port. It times the probe alone (the baseline), then replays each
@@ -107,7 +107,7 @@ def replay(url: str, attack: tuple, clients: int, probes: int) -> tuple[Counter,
 
 def start_server(model: str | None, extra: list[str]) -> tuple[str, subprocess.Popen]:
     if model is None:
-        from nanovllm.model.dummy import write_dummy_checkpoint
+        from nanovllm.model.checkpoint.dummy import write_dummy_checkpoint
         model = str(write_dummy_checkpoint(tempfile.mkdtemp(prefix="hostile-"), "gpt2", n_layer=2))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""The web page at /ui: static files (server/static/) and the small JSON endpoints they read.
+"""The web page at /ui: static files (server/ui/static/) and the small JSON endpoints they read.
 
 The page itself holds no secret, so GET /ui and /ui/static/* load without a key; everything
 under /ui/api/ is data and follows the --api-key rule of /v1/* (app.APIKeyMiddleware). The page
@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
-from nanovllm.limits import MAX_LOGPROBS, MAX_N
+from nanovllm.input_processor import check_token_ids
 from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
-from nanovllm.validation import check_token_ids
+from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
 API_PREFIX = "/ui/api"  # the page's data: protected like /v1 when the server has an API key

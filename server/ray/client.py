@@ -34,11 +34,12 @@ from ray.serve.config import RequestRouterConfig
 from nanovllm import EngineConfig
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
+from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
-from nanovllm.server.ray_replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
+from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
-from nanovllm.validation import RequestValidator
+from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +103,13 @@ class RayEngineClient:
         self.max_model_len: int = info.max_model_len
         self.vocab_size: int = info.vocab_size
         self.n_layer, self.n_head = info.n_layer, info.n_head
-        self._validator = RequestValidator(self.tokenizer, info.vocab_size, info.max_model_len,
-                                           info.block_size, info.num_kv_blocks,
-                                           info.max_waiting_seqs)
+        self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
+                                        info.block_size, info.num_kv_blocks,
+                                        info.max_waiting_seqs)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas
-        self._tasks: dict[str, tuple[asyncio.Task, OutputSink]] = {}
+        self._tasks: dict[str, tuple[asyncio.Task, OutputSink, Future[None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
         self._health = threading.Thread(target=self._poll_health, name="nanovllm-ray-health",
@@ -152,19 +153,19 @@ class RayEngineClient:
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
         raise RequestAborted(ONE_ENGINE_ONLY)
 
-    def check_request(self, prompt, params) -> list[int]:
-        return self._validator.check(prompt, params)
-
-    def add_request(self, request_id: str, prompt, params, sink: OutputSink) -> None:
+    def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
+        accepted: Future[None] = Future()
         if self._closed.is_set():
-            raise RequestAborted("The server is shutting down.")
+            accepted.set_exception(RequestAborted("The server is shutting down."))
+            return accepted
         self._loop = asyncio.get_running_loop()
-        task = self._loop.create_task(self._relay(request_id, prompt, params, sink))
-        self._tasks[request_id] = (task, sink)
+        task = self._loop.create_task(self._relay(request, sink, accepted))
+        self._tasks[request.request_id] = (task, sink, accepted)
+        return accepted
 
     def abort(self, request_ids: list[str]) -> None:
         for rid in request_ids:
-            task, _ = self._tasks.pop(rid, (None, None))
+            task, _, _ = self._tasks.pop(rid, (None, None, None))
             if task is not None:
                 task.cancel()  # cancels the Ray call: the replica aborts the engine request
 
@@ -188,20 +189,28 @@ class RayEngineClient:
     # ---- internals -----------------------------------------------------------------------
     def _abort_all(self, reason: str) -> None:
         tasks, self._tasks = self._tasks, {}
-        for task, sink in tasks.values():
-            sink.put(RequestAborted(reason))
+        for task, sink, accepted in tasks.values():
+            if not _fail(accepted, RequestAborted(reason)):
+                sink.put(RequestAborted(reason))  # it was taken: its stream ends with why
             task.cancel()
 
-    async def _relay(self, request_id: str, prompt, params, sink: OutputSink) -> None:
-        """Forward one request's outputs from its replica into `sink`."""
-        replica = None  # the replica that took the request, once it answered
+    async def _relay(self, request: EngineRequest, sink: OutputSink,
+                     accepted: Future[None]) -> None:
+        """Settle `accepted` with the replica's answer, then forward the request's outputs
+        from its replica into `sink`."""
+        request_id, replica = request.request_id, None  # the replica that answered, once one did
         try:
             for attempt in range(1, MAX_SUBMIT_ATTEMPTS + 1):
-                call = self._handle.options(stream=True).generate.remote(request_id, prompt, params)
+                call = self._handle.options(stream=True).generate.remote(request)
                 try:
                     async for replica, items, (when, stats) in call:
                         if when > self._stats_when.get(replica, -1):
                             self._stats_when[replica], self.replica_stats[replica] = when, stats
+                        if not accepted.done():  # the replica's first answer: taken or not
+                            if items and isinstance(items[0], BaseException):
+                                _fail(accepted, items[0])
+                                return
+                            accepted.set_result(None)
                         for item in items:
                             sink.put(item)
                     return
@@ -212,13 +221,16 @@ class RayEngineClient:
                     if replica is not None or attempt == MAX_SUBMIT_ATTEMPTS:
                         logger.warning("request %s lost its replica: %r", request_id, exc)
                         self.replica_stats.pop(replica, None)  # its counters died with it
-                        sink.put(RequestAborted(  # not EngineDeadError: others serve
+                        lost = RequestAborted(  # not EngineDeadError: others serve
                             "The engine replica serving this request failed; new requests go "
-                            "to the live replicas."))
+                            "to the live replicas.")
+                        if not _fail(accepted, lost):
+                            sink.put(lost)
                         return
                     logger.info("request %s: replica failed before accepting it; resending",
                                 request_id)
         finally:
+            _fail(accepted, RequestAborted("The request was withdrawn before an engine took it."))
             entry = self._tasks.get(request_id)
             if entry is not None and entry[1] is sink:
                 del self._tasks[request_id]
@@ -278,3 +290,11 @@ def teardown(owns_ray: bool) -> None:
             serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def _fail(future: Future, exc: BaseException) -> bool:
+    """Fail `future` unless it is already settled; whether it did."""
+    if future.done():
+        return False
+    future.set_exception(exc)
+    return True

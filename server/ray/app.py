@@ -4,7 +4,7 @@ deployment, behind Ray's HTTP proxy, in front of the engine replicas.
 `nanovllm serve --data-parallel-size N` does not need this (it serves the app with its own
 uvicorn); this is for clusters managed by Ray alone, e.g. KubeRay's RayService, or
 
-    serve run nanovllm.server.ray_app:build model=gpt2 data-parallel-size=4
+    serve run nanovllm.server.ray.app:build model=gpt2 data-parallel-size=4
 
 Arguments are `nanovllm serve`'s flags without the dashes (`load-format=dummy`,
 `num-kv-blocks=1024`, `api-key=...`, `disable-ui=true`); flags that take no value are given as
@@ -20,10 +20,10 @@ import argparse
 from ray import serve
 
 from nanovllm import EngineConfig
-from nanovllm.limits import ServerLimits
 from nanovllm.server.app import build_app
 from nanovllm.server.defaults import api_key_from_env
-from nanovllm.server.ray_client import RayEngineClient, cpus_per_replica, engine_deployment
+from nanovllm.server.ray.client import RayEngineClient, cpus_per_replica, engine_deployment
+from nanovllm.values.limits import ServerLimits
 
 
 @serve.deployment(name="openai", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -64,7 +64,7 @@ def serve_args(cli_args: dict[str, str]) -> argparse.Namespace:
             continue
         flag = "--" + key.replace("_", "-")
         argv += [flag] if str(value).lower() == "true" else [flag, str(value)]
-    parser = argparse.ArgumentParser(prog="nanovllm.server.ray_app:build")
+    parser = argparse.ArgumentParser(prog="nanovllm.server.ray.app:build")
     add_serve_args(parser)
     return parser.parse_args(argv)
 

@@ -1,8 +1,8 @@
 """Prefix-cache hit rate of N engine replicas on Ray Serve: prefix-affinity routing against
 plain power of two choices, on a shared-prefix workload.
 
-    python -m nanovllm.scripts.ray_prefix_affinity                 # tiny random model, 2 replicas
-    python -m nanovllm.scripts.ray_prefix_affinity --model gpt2 --load-format dummy
+    python -m nanovllm.scripts.lab.ray_prefix_affinity                 # tiny random model, 2 replicas
+    python -m nanovllm.scripts.lab.ray_prefix_affinity --model gpt2 --load-format dummy
 
 Workload: --groups distinct prefixes of --prefix-len tokens, --per-group requests each (the
 prefix plus --suffix-len tokens of its own), in a seeded random order, --concurrency at a time.
@@ -20,7 +20,6 @@ import random
 import tempfile
 
 from nanovllm import EngineConfig, SamplingParams
-from nanovllm.engine_client import ACCEPTED
 from nanovllm.server.request_stream import QueueSink
 
 
@@ -36,12 +35,14 @@ def workload(args) -> list[list[int]]:
 
 async def run_one(client, request_id: str, prompt: list[int], params: SamplingParams) -> None:
     queue: asyncio.Queue = asyncio.Queue()
-    client.add_request(request_id, prompt, params, QueueSink(asyncio.get_running_loop(), queue, 0))
+    request = client.processor.process(request_id, prompt, params)
+    await asyncio.wrap_future(client.add_request(
+        request, QueueSink(asyncio.get_running_loop(), queue, 0)))
     while True:
         _, item = await queue.get()
         if isinstance(item, BaseException):
             raise item
-        if not (isinstance(item, str) and item == ACCEPTED) and item.finished:
+        if item.finished:
             return
 
 
@@ -59,7 +60,7 @@ async def run_all(client, prompts: list[list[int]], concurrency: int) -> None:
 def measure(config: EngineConfig, args, affinity: bool) -> dict:
     from ray import serve
 
-    from nanovllm.server.ray_client import RayEngineClient, deploy
+    from nanovllm.server.ray.client import RayEngineClient, deploy
 
     # One application per policy: a handle's router is made once per deployment and process.
     name = "affinity" if affinity else "power-of-two"

@@ -6,8 +6,8 @@ chunked prefill, continuous batching, a prefix-cache hit and a preemption. The s
 what the scheduler hands the model runner each step (the runner's own input, `SchedulerOutput`)
 and writes each picture into the tour between `<!-- picture:NAME -->` and `<!-- /picture -->`.
 
-    python -m nanovllm.scripts.tour_pictures            # rewrite the pictures in docs/tour.md
-    python -m nanovllm.scripts.tour_pictures --check    # exit 1 if they are out of date
+    python -m nanovllm.scripts.lab.tour_pictures            # rewrite the pictures in docs/tour.md
+    python -m nanovllm.scripts.lab.tour_pictures --check    # exit 1 if they are out of date
 
 Generated tokens are drawn as `*`: only the prompts' tokens are shown as text, so the pictures
 do not depend on what random weights happen to pick.
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanovllm.config import EngineConfig
+from nanovllm.contract.step import ModelRunnerOutput, ScheduledSequence, SchedulerOutput
 from nanovllm.engine import LLMEngine
 from nanovllm.model import write_dummy_checkpoint
-from nanovllm.runner.batch import ModelRunnerOutput, ScheduledSequence, SchedulerOutput
-from nanovllm.sampling_params import SamplingParams
+from nanovllm.values.sampling_params import SamplingParams
 
 TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour.md"
 TINY_MODEL = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if new != old:
             print(f"{args.tour}: pictures are out of date; run "
-                  "python -m nanovllm.scripts.tour_pictures", file=sys.stderr)
+                  "python -m nanovllm.scripts.lab.tour_pictures", file=sys.stderr)
             return 1
         return 0
     args.tour.write_text(new)

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from nanovllm.model.checkpoint.safetensors_io import (
+    CheckpointError,
+    read_safetensors,
+    release_pages,
+)
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.gpt2 import BlockWeights, GPT2Weights
 from nanovllm.model.precision import check_precision
 from nanovllm.model.quant import convert_matrix
-from nanovllm.model.safetensors_io import CheckpointError, read_safetensors, release_pages
 
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 

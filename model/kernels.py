@@ -1,0 +1,148 @@
+"""The pieces every compiled kernel shares: fast-math flags, e**x in float32, float16 bits and
+a row softmax.
+
+- `KERNEL_MATH`: the fast-math flags the kernels compile with.
+- `exp32`: numba calls libm's scalar expf, which does not vectorize (no SVML here) and made a
+  compiled GELU slower than numpy's. This one is a handful of multiply-adds and integer
+  operations that vectorize, within 2 float32 ulps of exp (tested).
+- `as_kernel_array`, `to_float32`, `from_float32`: float16 values inside the kernels. A float16
+  KV cache halves what decode attention reads from memory, but numba has no float16 type, so
+  kernels see such a cache as its uint16 bit patterns: `to_float32` widens an element as it is
+  read and `from_float32` rounds a value as it is written, each a few integer instructions that
+  vectorize (numpy's float32 -> float16 cast does not, and cost most of what the smaller cache
+  saves). Values beyond float16's range are stored as +-65504, its largest.
+- `softmax_`: a row softmax for attention and for the sampler's probabilities.
+
+numba's on-disk cache does not notice edits to this module in the kernels that use it
+(`model/attention.py`, `model/gpt2.py`, `model/linear.py`): after changing it, delete
+`model/__pycache__/*.nbi` and `*.nbc`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+# Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
+# not allowed.
+KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
+
+LOG2_E = np.float32(1.4426950408889634)
+LN2_HI = np.float32(0.693145751953125)  # ln 2 in two parts: n * LN2_HI is exact for |n| < 2**9,
+LN2_LO = np.float32(1.428606765330187e-06)  # so the reduced argument keeps float32 precision
+
+# No reassociation here, whatever the callers allow: it could fold the two parts of ln 2 into
+# one. (A called function keeps its flags when LLVM inlines it; numba's own inline="always"
+# would compile it with the caller's, so exp32 does not ask for that.)
+EXP_MATH = {"contract", "arcp", "nsz"}
+
+
+@njit(fastmath=EXP_MATH, cache=True, nogil=True)
+def exp32(t):
+    """e**t as 2**n * e**r, |r| <= ln(2)/2, with e**r as its Taylor polynomial of degree 7 (whose
+    error is below float32's rounding). Outside [-87, 88], where 2**n would leave float32's normal
+    range: 0 below, inf above (e**88 is 1.7e38; float32 ends at 3.4e38)."""
+    if t > np.float32(88.0):
+        return np.float32(np.inf)
+    if t < np.float32(-87.0):
+        return np.float32(0.0)
+    n = np.floor(t * LOG2_E + np.float32(0.5))
+    r = (t - n * LN2_HI) - n * LN2_LO
+    p = np.float32(1 / 5040)
+    for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
+        p = p * r + np.float32(c)
+    return p * np.uint32((np.int32(n) + 127) << 23).view(np.float32)
+
+
+def as_kernel_array(a: np.ndarray) -> np.ndarray:
+    """What a kernel can read: a float16 array as its bit patterns, anything else as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+# Compiled, numba uses the overloads below; run as plain Python (NUMBA_DISABLE_JIT=1, to step
+# through a kernel in a debugger) these bodies do the same on numpy scalars.
+def to_float32(x):
+    """An element of `as_kernel_array(a)` as float32."""
+    return float16_bits_to_float32(x) if isinstance(x, np.uint16) else x
+
+
+@overload(to_float32, inline="always")
+def _to_float32(x):
+    if x == types.uint16:
+        return lambda x: float16_bits_to_float32(x)
+    return lambda x: x
+
+
+def from_float32(x, cache):
+    """float32 `x` as an element of `cache`, an `as_kernel_array(a)`."""
+    return float32_to_float16_bits(x) if cache.dtype == np.uint16 else x
+
+
+@overload(from_float32, inline="always")
+def _from_float32(x, cache):
+    if cache.dtype == types.uint16:
+        return lambda x, cache: float32_to_float16_bits(x)
+    return lambda x, cache: x
+
+
+# Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
+# kept, so the kernel's reassociation cannot move the 2**112 onto products (into subnormals).
+@njit(cache=True, nogil=True)
+def float16_bits_to_float32(x):
+    """Finite float16 bits as the float32 of the same value, exactly (numpy's astype(float32)).
+    Exponent 31 is not special-cased: the test for it cost all the speed the float16 cache
+    gains, and `float32_to_float16_bits` never writes infinity."""
+    # Sign to bit 31, exponent and mantissa to the top of float32's fields: that reads as the
+    # value times 2**-112 (float32's exponent bias is 112 more than float16's), subnormals too,
+    # and the multiply restores it exactly.
+    x = np.uint32(x)  # (numpy, unlike numba, would shift a uint16 without widening it)
+    bits = np.uint32(((x & 0x8000) << 16) | ((x & 0x7FFF) << 13))
+    return bits.view(np.float32) * np.float32(2.0 ** 112)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def float32_to_float16_bits(x):
+    """The float16 nearest to float32 `x` (ties to even), as bits: numpy's x.astype(float16),
+    except that beyond float16's range it saturates at +-65504 instead of giving infinity, so
+    that the decode kernel and numpy read a cached value alike. NaN stays NaN."""
+    f = np.float32(x).view(np.uint32)
+    sign = f & 0x80000000
+    f = np.uint32(f ^ sign)  # |x| (numba widens integer results to 64 bits: narrow it back)
+    if f >= 0x477FF000:  # 65520 or more, which rounds to infinity: the largest float16
+        bits = 0x7E00 if f > 0x7F800000 else 0x7BFF
+    elif f < 0x38800000:  # below float16's smallest normal, 2**-14: subnormal or zero
+        # Adding 0.5 puts the float16 subnormal's bits at the bottom of the mantissa, and the
+        # addition rounds them to even.
+        bits = np.float32(f.view(np.float32) + np.float32(0.5)).view(np.uint32) - 0x3F000000
+    else:  # re-bias the exponent (127 -> 15), round the 13 dropped bits to even, drop them
+        bits = (f - 0x38000000 + 0xFFF + ((f >> 13) & 1)) >> 13
+    return np.uint16((bits & 0x7FFF) | (sign >> 16))
+
+
+def softmax_(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place (scores: C-contiguous float32)."""
+    if not scores.flags.c_contiguous:  # reshape would copy, and the softmax would be lost
+        raise ValueError("softmax_ needs a C-contiguous array")
+    softmax_rows_(scores.reshape(-1, scores.shape[-1]))
+    return scores
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def softmax_rows_(x):
+    """Softmax of each row of x ([n, c]) in place (the sampler's probabilities), rows shared out
+    among numba's threads: numpy made five passes over the scores, with its exp the slowest."""
+    for i in prange(x.shape[0]):
+        softmax_row_(x[i])
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def softmax_row_(row):
+    """Softmax of one row in place: softmax_rows_'s, causal_softmax_'s and decode attention's
+    (per head)."""
+    top = row.max()
+    total = np.float32(0.0)
+    for j in range(row.shape[0]):
+        row[j] = exp32(row[j] - top)
+        total += row[j]
+    row *= np.float32(1.0) / total

@@ -1,0 +1,21 @@
+"""EngineRequest: a request the input processor has checked, as the engine takes it.
+
+Made only by `InputProcessor.process` (nanovllm/input_processor.py), once per request: whoever
+submits one (the offline `LLM`, the server, a Ray replica) has already had it validated, so
+the engine checks only what depends on its live state (a free request id, room in the queue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nanovllm.values.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]      # never empty, every id in the vocabulary
+    params: SamplingParams           # prompt + max_tokens fit the context and the KV pool
+    prompt: str | None = None        # the text, when the prompt came as text
+    final_only: bool = False         # deliver only the finished output (callers that read no other)
