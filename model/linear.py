@@ -21,9 +21,9 @@ from functools import cache
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
+from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, widen
 
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
