@@ -127,7 +127,8 @@ def _tile_shape(isa):
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_isa(isa, xq, xs, wq, ws, wsums, out):
     """`int8_matmul` through `dot_tile` (compiled once per ISA: `isa` is a constant), columns in
-    chunks shared among the threads, rows in tiles within a chunk."""
+    chunks shared among the threads (a chunk's weights stay in cache while every row of x
+    passes over them)."""
     literally(isa)
     n = wq.shape[0]
     cols = tile_shape(isa)[2]
@@ -139,30 +140,36 @@ def matmul_isa(isa, xq, xs, wq, ws, wsums, out):
 
 @njit(cache=True, nogil=True, inline="always")
 def tile_columns(isa, xq, xs, wq, ws, wsums, out, start, end):
-    """out[:, start:end], by tiles of (rows x cols), then (1 x cols), then (1 x 1)."""
-    width, rows, cols, offset = tile_shape(isa)
-    m, k_dim = xq.shape
+    """out[:, start:end], by tiles of (rows x cols), then (1 x cols), then (1 x 1): a tile of
+    rows passes over every column, so that each row of out is written left to right."""
+    _, rows, _, _ = tile_shape(isa)
+    m = xq.shape[0]
+    t = 0
+    while t + rows <= m:
+        tile_row(isa, xq, xs, wq, ws, wsums, out, t, rows, start, end)
+        t += rows
+    for i in range(t, m):
+        tile_row(isa, xq, xs, wq, ws, wsums, out, i, 1, start, end)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_row(isa, xq, xs, wq, ws, wsums, out, t, rows, start, end):
+    """out[t:t + rows, start:end] (rows: the tile's or 1)."""
+    width, _, cols, offset = tile_shape(isa)
+    k_dim = xq.shape[1]
     k_end = k_dim - k_dim % width
-    x0, w0 = xq.ctypes.data, wq.ctypes.data
+    x0, w0 = xq.ctypes.data + t * k_dim, wq.ctypes.data
     c = start
     while c + cols <= end:
-        t = 0
-        while t + rows <= m:
-            sums = dot_tile(isa, rows, cols, x0 + t * k_dim, k_dim, w0 + c * k_dim, k_dim, k_end)
-            for i in range(rows):
-                for j in range(cols):
-                    store(xq, xs, wq, ws, wsums, out, t + i, c + j, sums[i * cols + j],
-                          k_end, offset)
-            t += rows
-        for i in range(t, m):
-            sums = dot_tile(isa, 1, cols, x0 + i * k_dim, k_dim, w0 + c * k_dim, k_dim, k_end)
+        sums = dot_tile(isa, rows, cols, x0, k_dim, w0 + c * k_dim, k_dim, k_end)
+        for i in range(rows):
             for j in range(cols):
-                store(xq, xs, wq, ws, wsums, out, i, c + j, sums[j], k_end, offset)
+                store(xq, xs, wq, ws, wsums, out, t + i, c + j, sums[i * cols + j], k_end, offset)
         c += cols
     for j in range(c, end):
-        for i in range(m):
+        for i in range(rows):
             sums = dot_tile(isa, 1, 1, x0 + i * k_dim, k_dim, w0 + j * k_dim, k_dim, k_end)
-            store(xq, xs, wq, ws, wsums, out, i, j, sums[0], k_end, offset)
+            store(xq, xs, wq, ws, wsums, out, t + i, j, sums[0], k_end, offset)
 
 
 @njit(cache=True, nogil=True, inline="always")
