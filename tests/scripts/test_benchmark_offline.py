@@ -146,6 +146,14 @@ def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
         assert cell["int8"]["vs_float32"]["prefill_tps"] > 0
     assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
     assert data["precision_targets"] == []  # not GPT-2 124M shapes
+    assert "roofs (measured): memory " in table and "weights GB/s" in table
+    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel"}
+    assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak"))
+    roofs = data["roof_cells"]
+    assert len(roofs) == 3 * len(data["results"])  # every cell, every precision
+    int8 = next(r for r in roofs if r["precision"] == "int8")
+    assert int8["of_bandwidth"] == int8["weights_bytes_per_s"] / data["roofs"]["bandwidth"]
+    assert int8["of_peak"] == int8["multiply_adds_per_s"] / data["roofs"]["int8_peak"]
 
 
 def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):
