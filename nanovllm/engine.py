@@ -1,25 +1,29 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
 
 `add` queues a request the input processor checked (`processor.process`: the rules in
-`input_processor`; `add_request` does both, as vLLM's does), `step` schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
-decisions, `abort_request` retires a request at once.
+`input_processor`; `add_request` does both, as vLLM's does). `step` is schedule -> run ->
+update -> outputs: the scheduler describes the step once (nanovllm/contract/step.py), the model
+runner runs it, and the engine maps the runner's output back to the sequences by seq id,
+appending each sampled token, turning it into text and applying the finish rules (at the end of
+this file). `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
 sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.contract.step import TokenLogprobs
+from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
@@ -29,15 +33,16 @@ from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
-from nanovllm.stopping import finish_on_text, finish_on_token
-from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
+from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
 logger = logging.getLogger("nanovllm")
+
+Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
 
 
 @dataclass(slots=True)
@@ -55,6 +60,18 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
+    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
+    # for larger steps), and their total.
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+    # The KV cache's configuration (vLLM's vllm:cache_config_info).
+    block_size: int = 0
+    kv_cache_dtype: str = ""
+    enable_prefix_caching: bool = False
+
+
+# vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
@@ -88,10 +105,11 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
-        self.num_steps_total = 0
+        self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
+        self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
-        self.num_steps = 0  # steps that ran a batch
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                     "max_model_len %d)", self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
@@ -120,7 +138,7 @@ class LLMEngine:
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
-                        final_only=request.final_only)
+                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
@@ -153,39 +171,54 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule -> run -> update -> outputs of the requests that advanced."""
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
-        batch = self.scheduler.schedule()
-        result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
-        if not batch.seqs:
+        step = self.scheduler.schedule()
+        result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
+        if not step.scheduled:
             return []
-        self.num_steps_total += 1
-        decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
-        self.scheduler.update_after_step(batch)
-        if result.prompt_logprobs:
-            by_id = {seq.seq_id: seq for seq in batch.seqs}
-            for p in result.prompt_logprobs:
-                lps, first = p.logprobs, p.first_position
-                by_id[p.seq_id].request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(
-                    self._logprob_dict, lps)
-        touched: dict[str, Request] = {}
-        for seq in batch.seqs:
-            if seq.seq_id in result.sampled:
+        seqs = self.scheduler.update_from_output(step)
+        advanced = self._update(seqs, step, result)
+        self._record_step(step, seqs, start, self.scheduler.num_preemptions - preemptions)
+        return self._outputs(advanced)
+
+    def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
+                ) -> list[Request]:
+        """Maps the runner's output back to the sequences: prompt logprobs, then each sampled
+        token. Returns the requests that got a token, in the step's order."""
+        advanced: dict[str, Request] = {}
+        for seq, scheduled in zip(seqs, step.scheduled):
+            if scheduled.prompt_logprob_ids:
+                first = scheduled.start + 1
+                lps = result.prompt_logprobs[seq.seq_id]
+                seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
+            if scheduled.sample:
                 self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
-                touched[seq.request.request_id] = seq.request
-        self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start,
-                                   len(batch.seqs), self.scheduler.num_preemptions - preemptions)
+                advanced[seq.request.request_id] = seq.request
+        return list(advanced.values())
+
+    def _record_step(self, step: SchedulerOutput, seqs: list[Sequence], start: float,
+                     preemptions: int) -> None:
+        """The step in the engine view's strip and the metrics: its size (in
+        vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
+        their time in the queue)."""
+        decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
+        self.last_step = StepStats(step.num_tokens - decodes, decodes, time.perf_counter() - start,
+                                   len(step.scheduled), preemptions)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
-        outputs = []
-        for request in touched.values():
-            if request.finished:
-                del self.requests[request.request_id]
-            if request.finished or not request.final_only:
-                outputs.append(self._request_output(request))
-        return outputs
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, step.num_tokens)] += 1
+        self.iteration_tokens_sum += step.num_tokens
+        for seq in seqs:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = start
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
+        timing = seq.request.metrics
+        timing.last_token_time = time.perf_counter()
+        if timing.first_token_time is None:
+            timing.first_token_time = timing.last_token_time
         self.generation_tokens_total += 1
         if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
             self.prompt_tokens_total += seq.num_prompt_tokens
@@ -205,6 +238,14 @@ class LLMEngine:
             seq.finish_reason, seq.stop_reason = finish
             self.scheduler.finish(seq)
 
+    def _outputs(self, advanced: list[Request]) -> list[RequestOutput]:
+        """Each advanced request's output (a final_only one's once it finishes); a finished
+        request leaves the engine."""
+        for request in advanced:
+            if request.finished:
+                del self.requests[request.request_id]
+        return [self._request_output(r) for r in advanced if r.finished or not r.final_only]
+
     def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
         return {t: Logprob(v, r, self.tokenizer.decode_token(t))
                 for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
@@ -222,7 +263,8 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
-                             max(s.num_cached_tokens for s in request.seqs))
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""
@@ -252,5 +294,40 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps_total)
+            num_steps_total=self.num_steps,
+            iteration_tokens=tuple(self.iteration_tokens),
+            iteration_tokens_sum=self.iteration_tokens_sum,
+            block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
+            enable_prefix_caching=self.config.enable_prefix_caching)
 
+
+# ---- when a sequence is done -----------------------------------------------------------------
+# In vLLM's order: the context length always; nothing else before min_tokens; then EOS (unless
+# ignore_eos), a stop token id, a stop string, and max_tokens.
+def finish_on_token(seq: Sequence, token: int, eos_token_id: int, max_model_len: int) -> Finish | None:
+    p = seq.params
+    if seq.num_tokens >= max_model_len:
+        return ("length", None)
+    if seq.num_output_tokens < p.min_tokens:
+        return None
+    if token == eos_token_id and not p.ignore_eos:
+        return ("stop", None)
+    if token in p.stop_token_ids:
+        return ("stop", token)
+    if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+        return ("length", None)
+    return None
+
+
+def finish_on_text(seq: Sequence, old_len: int) -> Finish | None:
+    """Ends `seq` at the first stop string that ends in its new text (after `old_len`
+    characters), trimming the text there."""
+    p = seq.params
+    if not p.stop or seq.num_output_tokens < p.min_tokens:
+        return None
+    hit = find_stop(seq.text, p.stop, old_len)
+    if hit is None:
+        return None
+    index, stop = hit
+    seq.text = seq.text[:index + (len(stop) if p.include_stop_str_in_output else 0)]
+    return ("stop", stop)

@@ -1,8 +1,9 @@
 """Requests and their sequences: the token state the scheduler and block manager work on.
 
 A request with `n` samples owns `n` sequences; each has its own tokens and KV blocks, and they
-share prompt blocks through the prefix cache. (Their random generators and penalty counts live
-in the model runner, keyed by seq id.)
+share prompt blocks through the prefix cache. A sequence's tokens are kept here only: each step
+hands the model runner the tokens it computes. (Random generators, penalty counts and grammar
+matchers are the runner's own, keyed by seq id: runner/seq_state.py.)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from nanovllm.values.outputs import RequestMetrics
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -29,6 +31,7 @@ class Request:
     # One entry per prompt position (the first is None), filled as prefill chunks are computed.
     prompt_logprobs: list | None = None
     final_only: bool = False  # step() builds its RequestOutput only once it has finished
+    metrics: RequestMetrics | None = None  # set by the engine when the request arrives
 
     @property
     def finished(self) -> bool:
@@ -82,6 +85,7 @@ class Sequence:
     @property
     def computes_prompt_logprobs(self) -> bool:
         """The first sample, on its first pass over the prompt, scores every prompt token (so it
-        must compute the whole prompt: cached positions produce no logits)."""
+        must compute the whole prompt: cached positions produce no logits). The scheduler reads
+        this rule to skip the prefix cache and to name the prompt tokens each chunk scores."""
         return (self.request.prompt_logprobs is not None and self.index == 0
                 and self.num_output_tokens == 0)

@@ -54,6 +54,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
     parser.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
                         help="serve GET /tokenizer_info (the tokenizer's configuration)")
+    parser.add_argument("--enable-server-load-tracking", action="store_true",
+                        help="count generation requests in flight, served at GET /load")
+    parser.add_argument("--return-tokens-as-token-ids", action="store_true",
+                        help='name every logprobs token "token_id:N" (as the request field '
+                             "return_tokens_as_token_ids does)")
     parser.add_argument("--data-parallel-size", type=int, default=None, metavar="N",
                         help="serve N engine replicas on Ray Serve behind this one endpoint "
                              "(needs `pip install nanovllm[ray]`; default: one engine, no Ray)")
@@ -109,13 +114,13 @@ def raise_open_file_limit(reserve: int, wanted: int) -> int:
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop, ui: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, engine, ui: bool = False) -> None:
         super().__init__(config)
-        self._engine_loop = engine_loop
+        self._engine = engine
         self._ui = ui
 
     def handle_exit(self, sig, frame) -> None:
-        self._engine_loop.abort_all("The server is shutting down.")
+        self._engine.abort_all("The server is shutting down.")
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:
@@ -147,23 +152,25 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        loop = start_ray_replicas(args)
+        engine = start_ray_replicas(args)
     else:
-        loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
     name = args.served_model_name or served_name(args.model)
-    app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
-                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint)
+                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
+                    return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                    enable_server_load_tracking=args.enable_server_load_tracking)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
                             timeout_keep_alive=limits.timeout_keep_alive)
-    server = Server(config, loop, ui=not args.disable_ui)
+    server = Server(config, engine, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():
             server.run()
     finally:
-        loop.shutdown()
+        engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 

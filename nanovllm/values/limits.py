@@ -23,6 +23,10 @@ MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's cap
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 128
+# allowed_token_ids may list a whole vocabulary (GPT-2's has 50,257 tokens); a step masks the
+# row once, whatever the length.
+MAX_ALLOWED_TOKEN_IDS = 65_536
+TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or the start
 
 
 # ---- server limits (flags of `nanovllm serve`) ------------------------------------------------

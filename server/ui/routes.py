@@ -1,7 +1,7 @@
 """The web page at /ui: static files (server/ui/static/) and the small JSON endpoints they read.
 
 The page itself holds no secret, so GET /ui and /ui/static/* load without a key; everything
-under /ui/api/ is data and follows the --api-key rule of /v1/* (app.APIKeyMiddleware). The page
+under /ui/api/ is data and follows the --api-key rule of /v1/* (middleware.APIKeyMiddleware). The page
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
-from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
+from nanovllm.server.serving import Ctx
 from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,11 +60,11 @@ async def page() -> FileResponse:
 @router.get(f"{API_PREFIX}/info")
 async def info(ctx: Ctx) -> dict:
     """What the page shows above the playground, and the limits its controls respect."""
-    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine_loop.is_dummy,
-            "max_model_len": ctx.engine_loop.max_model_len,
-            "vocab_size": ctx.engine_loop.vocab_size, "max_logprobs": MAX_LOGPROBS,
-            "max_n": MAX_N, "n_layer": ctx.engine_loop.n_layer, "n_head": ctx.engine_loop.n_head,
-            "max_attention_tokens": _max_attention_tokens(ctx.engine_loop),
+    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine.is_dummy,
+            "max_model_len": ctx.engine.max_model_len,
+            "vocab_size": ctx.engine.vocab_size, "max_logprobs": MAX_LOGPROBS,
+            "max_n": MAX_N, "n_layer": ctx.engine.n_layer, "n_head": ctx.engine.n_head,
+            "max_attention_tokens": _max_attention_tokens(ctx.engine),
             "version": __version__}
 
 
@@ -72,7 +72,7 @@ async def info(ctx: Ctx) -> dict:
 async def engine(ctx: Ctx) -> JSONResponse:
     """The KV block pool, the queues and the recent steps (nanovllm.snapshot.EngineSnapshot)."""
     try:
-        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine_loop.snapshot()),
+        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine.snapshot()),
                                           SNAPSHOT_TIMEOUT)
     except (EngineDeadError, RequestAborted) as exc:
         return error_response(str(exc), 503)
@@ -92,7 +92,7 @@ class AttentionRequest(BaseModel):
 @router.post(f"{API_PREFIX}/attention")
 async def attention(body: AttentionRequest, raw: Request, ctx: Ctx) -> JSONResponse:
     """How much each token of `prompt` attends to each earlier one in one layer and head."""
-    client = ctx.engine_loop
+    client = ctx.engine
     if body.layer >= client.n_layer:
         raise bad_request(f"layer must be below n_layer={client.n_layer}, got {body.layer}.",
                           "layer")

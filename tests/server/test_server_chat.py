@@ -112,7 +112,6 @@ def test_text_parts_are_joined_like_a_string(chat_client):
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
     ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": MESSAGES, "echo": True}, "echo"),
     ({"messages": MESSAGES, "chat_template": "{{ 1 }}"}, "chat_template"),
     ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, "response_format"),
     ({"messages": MESSAGES, "add_generation_prompt": True, "continue_final_message": True},
@@ -135,7 +134,7 @@ def test_continue_final_message_leaves_the_last_turn_open(chat_client):
     assert resp.choices[0].message.content == plain.choices[0].text
 
 
-def test_template_exceptions_and_failures_are_400s(engine_loop):
+def test_template_exceptions_and_failures_are_400s(engine):
     template = ChatTemplate("{% if messages[0]['role'] != 'user' %}"
                             "{{ raise_exception('first message must be from the user') }}"
                             "{% endif %}{{ bos_token }}{{ messages[0]['content'] }}",

@@ -9,7 +9,7 @@ import httpx
 from server_helpers import API_KEY, MODEL, error_of, metric
 
 import nanovllm
-from nanovllm.server import routes
+from nanovllm.server import serving
 
 
 def test_models(client, live, tiny_ckpt):
@@ -80,12 +80,16 @@ def test_unknown_route_and_wrong_method_have_the_openai_shape(http):
     assert "GET" in err["message"]
 
 
-def test_unknown_fields_are_accepted_and_logged(http, caplog):
-    with caplog.at_level(logging.WARNING, logger="nanovllm.server.completions"):
+def test_documented_extra_fields_are_accepted_and_logged(http, caplog):
+    """Unknown fields are 400s (test_server_field_audit); the documented ones that change
+    nothing here pass, and the log says they were ignored."""
+    with caplog.at_level(logging.WARNING, logger="nanovllm.server.endpoints.completions"):
         resp = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1,
-                                                  "fancy_new_option": 3})
+                                                  "service_tier": "auto"})
     assert resp.status_code == 200
-    assert any("fancy_new_option" in r.getMessage() for r in caplog.records)
+    assert any("service_tier" in r.getMessage() for r in caplog.records)
+    assert http.post("/v1/completions", json={"prompt": "x", "fancy_new_option": 3}
+                     ).status_code == 400
 
 
 def test_openapi_document_is_served(http):
@@ -145,7 +149,7 @@ def test_tokenize_moves_big_prompts_off_the_event_loop(http, live, monkeypatch):
     monkeypatch.setattr(live.engine, "tokenizer", recorder)  # what the routes tokenize with
     # The tiny model's short context refuses texts as long as the real threshold before they
     # are tokenized, so the threshold comes down for this test.
-    monkeypatch.setattr(routes, "BIG_PROMPT_CHARS", 1_000)
+    monkeypatch.setattr(serving, "BIG_PROMPT_CHARS", 1_000)
     small = http.post("/tokenize", json={"prompt": "word " * 10}).json()
     big = http.post("/tokenize", json={"prompt": "word " * 300}).json()  # under the char bound
     assert big["count"] > small["count"] > 0
