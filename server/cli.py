@@ -44,6 +44,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${' or $'.join(API_KEY_ENV)})")
     parser.add_argument("--disable-ui", action="store_true",
                         help="do not serve the web page at /ui (404)")
+    parser.add_argument("--enable-step-mode", action="store_true",
+                        help="let the web page (and /ui/api/step/*) pause the engine and step it "
+                             "one step at a time; a pause ends by itself unless renewed")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: the checkpoint directory's name, "
                              "or MODEL as given for a hub name; never a local path)")
@@ -151,10 +154,13 @@ def run_serve(args: argparse.Namespace) -> int:
     if concurrency < limits.limit_concurrency:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
+    if args.enable_step_mode and args.data_parallel_size is not None:
+        raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
     else:
-        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args),
+                                         enable_step_mode=args.enable_step_mode)
     name = args.served_model_name or served_name(args.model)
     app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,

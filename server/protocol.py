@@ -60,7 +60,8 @@ NO_OUTPUT_EFFECT = {
     "user": "an end-user id, for the operator's own tracking (OpenAI's meaning)",
     "best_of": "accepted only equal to n (what it then means); any other value is a 400",
     "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
-    "add_special_tokens": "GPT-2's tokenizer adds no special tokens either way",
+    "add_special_tokens": "honoured, but GPT-2's tokenizer adds no special tokens either way "
+                          "(a Llama's adds BOS)",
 }
 
 # Fields outside the request models that clients send and that change nothing here: accepted
@@ -354,9 +355,10 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    add_special_tokens: bool = Field(
-        True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
-                          "tokens, so it changes nothing.")
+    add_special_tokens: bool | None = Field(
+        None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
+                          "none). Default: true for `prompt`, false for `messages` (the chat "
+                          "template holds them), as vLLM's two forms.")
     return_token_strs: bool | None = False
 
     def check_form(self) -> None:

@@ -96,7 +96,9 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     check_chat_supported(req)
     text = render_prompt(req, ctx.chat_template, ctx.model_name)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
-    prompt = ctx.engine.processor.process(f"{request_id}-0", text, params)
+    # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
+    prompt = ctx.engine.processor.process(f"{request_id}-0", text, params,
+                                          add_special_tokens=False)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
     return prompt, params
 

@@ -33,7 +33,8 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     else:
         text, param = render_prompt(body, ctx.chat_template, ctx.model_name), "messages"
     check_prompt_text(text, tok, ctx.engine.max_model_len, param)
-    ids = await off_loop_if_big(len(text), tok.encode, text)
+    add = body.add_special_tokens if body.add_special_tokens is not None else body.messages is None
+    ids = await off_loop_if_big(len(text), tok.encode, text, add)
     strs = [tok.vocab_token(t) for t in ids] if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": ctx.engine.max_model_len, "tokens": ids,
             "token_strs": strs}

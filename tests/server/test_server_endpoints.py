@@ -97,7 +97,7 @@ def test_openapi_document_is_served(http):
     assert {"/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health",
             "/metrics", "/version", "/v1/chat/completions"} <= set(doc["paths"])
     flag = doc["components"]["schemas"]["TokenizeRequest"]["properties"]["add_special_tokens"]
-    assert "adds no special tokens" in flag["description"]
+    assert "special tokens the tokenizer adds" in flag["description"]
 
 
 def test_api_key_protects_v1_only(live_auth):
@@ -136,9 +136,9 @@ class ThreadRecordingTokenizer:
         self._tokenizer = tokenizer
         self.threads: list[threading.Thread] = []
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         self.threads.append(threading.current_thread())
-        return self._tokenizer.encode(text)
+        return self._tokenizer.encode(text, add_special_tokens)
 
     def __getattr__(self, name: str):
         return getattr(self._tokenizer, name)
