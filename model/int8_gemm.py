@@ -13,8 +13,8 @@ float32 one in vector width, and the weights stay a quarter of float32's bytes.
 Kernels, one per instruction set (`model/int8_dot.py` has the LLVM side), chosen by the CPU
 (`cpu.KernelPath.int8`): "avx512vnni", "avxvnni", "avx512bw", "avx2", and "portable", plain
 numba loops on int32 that run wherever numba runs (and, as plain Python, under
-NUMBA_DISABLE_JIT=1). All compute the same integers, so they agree exactly; `reference_linear`
-is the plain version (`dequantize` + `reference.linear` on the quantized activations).
+NUMBA_DISABLE_JIT=1). All compute the same integers, so they agree exactly; the plain version
+is `reference.linear` on `dequantize`d weights and activations (tests/model/test_int8_gemm.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
-from nanovllm.model import reference as ref
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_tile
-from nanovllm.model.quant import INT8_MAX, Int8Weight, dequantize
+from nanovllm.model.quant import INT8_MAX, Int8Weight
 
 # Output columns are split into this many chunks, shared out among the threads.
 NUM_CHUNKS = 64
@@ -49,11 +48,6 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     if config.DISABLE_JIT:
         kernel = PORTABLE
     MATMULS[kernel](xq, xs, w.q, w.scale, w.sums, out)
-
-
-def reference_linear(xq: np.ndarray, xs: np.ndarray, w: Int8Weight) -> np.ndarray:
-    """What `int8_matmul` stands for, in plain float32 numpy."""
-    return ref.linear(xq.astype(np.float32) * xs[:, None], dequantize(w))
 
 
 # --------------------------------------------------------------------------- activations

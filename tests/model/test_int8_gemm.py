@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nanovllm.model import reference as ref
 from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
 from nanovllm.model.int8_gemm import (
     KERNELS,
@@ -14,9 +15,8 @@ from nanovllm.model.int8_gemm import (
     int8_matmul,
     matmul_portable,
     quantize_rows,
-    reference_linear,
 )
-from nanovllm.model.quant import Int8Weight, quantize_int8
+from nanovllm.model.quant import Int8Weight, dequantize, quantize_int8
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 
 U = 2.0 ** -24
@@ -24,6 +24,11 @@ RUNNABLE = int8_kernels(kernel_path().features)
 # rows and columns left over by every tile; K a multiple of 64 and not, and below one vector
 SHAPES = [(1, 768, 2305), (1, 3072, 67), (5, 767, 33), (9, 100, 9), (64, 768, 131),
           (70, 31, 14), (1, 1, 1)]
+
+
+def reference_linear(xq: np.ndarray, xs: np.ndarray, w: Int8Weight) -> np.ndarray:
+    """What `int8_matmul` stands for, in plain float32 numpy."""
+    return ref.linear(xq.astype(np.float32) * xs[:, None], dequantize(w))
 
 
 def runnable(kernel: str) -> str:
