@@ -10,9 +10,11 @@ from llvmlite (what LLVM will emit code for), or from numba's own override.
 baseline x86-64 code that runs wherever numba runs. Its compiled kernels are cached apart from
 the host's.
 
-No kernel uses AVX512_BF16's or VNNI's dot products yet: they would take an LLVM intrinsic
-behind a check of these flags, and a machine that has them to test it on. `describe()` says
-which the CPU has, so a benchmark shows what is left on the table.
+The W8A8 kernels (`model/int8_gemm.py`) call integer dot-product instructions through LLVM
+intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
+best first, and the path uses the first (the portable one on a generic CPU). No kernel uses
+AVX512_BF16's dot products yet; `describe()` says whether the CPU has them, so a benchmark shows
+what is left on the table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,20 @@ from dataclasses import dataclass
 # LLVM's feature names, in the order a description lists them.
 VECTOR_FEATURES = ("sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
                    "avx512vnni", "avxvnni", "avx512bf16")
-UNUSED_FEATURES = ("avx512vnni", "avxvnni", "avx512bf16")  # present on some CPUs, no kernel yet
+UNUSED_FEATURES = ("avx512bf16",)  # present on some CPUs, no kernel yet
+# The W8A8 kernels, best first, with the features each needs (any one of the sets).
+INT8_KERNELS = {
+    "avx512vnni": ({"avx512f", "avx512bw", "avx512vnni"},),
+    "avxvnni": ({"avx2", "avxvnni"}, {"avx2", "avx512vl", "avx512vnni"}),
+    "avx512bw": ({"avx512f", "avx512bw"},),
+    "avx2": ({"avx2"},),
+    "portable": (set(),),
+}
+
+
+def int8_kernels(features: set[str] | frozenset[str]) -> list[str]:
+    """The W8A8 kernels code compiled with `features` can run, best first."""
+    return [name for name, needs in INT8_KERNELS.items() if any(n <= features for n in needs)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +46,16 @@ class KernelPath:
     cpu: str                  # the CPU LLVM compiles for
     features: frozenset[str]  # of VECTOR_FEATURES, those it may use
 
+    @property
+    def int8(self) -> str:
+        """The W8A8 kernel this path runs (`model/int8_gemm.py`)."""
+        return int8_kernels(self.features)[0]
+
     def describe(self) -> str:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
-        line = f"kernels: {self.name} path (numba compiles for {self.cpu}: {has})"
+        line = (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
+                f"int8 dot products: {self.int8}")
         unused = [f for f in UNUSED_FEATURES if f in self.features]
         if unused:
             line += f"; not used yet: {', '.join(unused)}"

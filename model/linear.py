@@ -6,19 +6,24 @@ rows. Up to `KERNEL_MAX_ROWS` rows, a small compiled kernel computes each output
 product of a contiguous weight row with each input row, reading every weight once, on all
 cores. Larger batches (prefill) go to BLAS. `reference.linear` is the plain version.
 
-Weights may also be int8 or bfloat16 (`model/quant.py`): the kernel is the same source, reading
-each weight through `widen` (identity for float32, so that path is unchanged); int8 sums are
-scaled per output column afterwards. Above `KERNEL_MAX_ROWS` rows such weights are widened
-`BLAS_CHUNK` rows at a time and handed to BLAS: a GEMM does enough work per weight that widening
-them once costs little.
+Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
+weight through `widen` (identity for float32, so that path is unchanged). Above
+`KERNEL_MAX_ROWS` rows such weights are widened `BLAS_CHUNK` rows at a time and handed to BLAS:
+a GEMM does enough work per weight that widening them once costs little. int8 weights go to the
+W8A8 kernels at every batch size (`model/int8_gemm.py`): int8 activations times int8 weights,
+on the kernel this CPU runs best (`host_int8_kernel`).
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.attention import KERNEL_MATH
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
+from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, widen
 
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
@@ -33,11 +38,11 @@ BLAS_CHUNK = 8192
 
 def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
     """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32."""
-    if x.shape[0] <= KERNEL_MAX_ROWS:
+    if isinstance(w, Int8Weight):
+        out = int8_linear(x, w, host_int8_kernel())
+    elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
         matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
-        if isinstance(w, Int8Weight):
-            out *= w.scale
     elif isinstance(w, np.ndarray):
         out = x @ w.T
     else:
@@ -47,7 +52,13 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def widened_matmul(x: np.ndarray, w: Int8Weight | BF16Weight) -> np.ndarray:
+@cache  # (the CPU does not change while the process runs)
+def host_int8_kernel() -> str:
+    """The W8A8 kernel for this process's CPU (`cpu.KernelPath.int8`)."""
+    return kernel_path().int8
+
+
+def widened_matmul(x: np.ndarray, w: BF16Weight) -> np.ndarray:
     """x @ w.T through BLAS, on w widened to float32 `BLAS_CHUNK` rows at a time (one GEMM per
     chunk: BLAS ran several narrow ones much slower than one wide one)."""
     weights = kernel_array(w)
@@ -61,8 +72,6 @@ def widened_matmul(x: np.ndarray, w: Int8Weight | BF16Weight) -> np.ndarray:
             end = min(start + BLAS_CHUNK, w.shape[0])
             widen_rows(weights, start, rows)
             out[:, start:end] = x @ rows[:end - start].T
-    if isinstance(w, Int8Weight):
-        out *= w.scale
     return out
 
 
@@ -140,13 +149,13 @@ def dot_each(x, w, out, row_start, row_end, col_start, col_end):
 
 
 def compile_linear_kernel() -> None:
-    """Compiles the kernel now (or loads it from numba's cache on disk), for writable weights,
-    read-only ones (the LM head is the memory-mapped embedding: another signature), int8 and
-    bfloat16 ones."""
+    """Compiles the kernels now (or loads them from numba's cache on disk), for writable weights,
+    read-only ones (the LM head is the memory-mapped embedding: another signature), bfloat16
+    ones, and the W8A8 kernel of this CPU."""
     x = np.zeros((1, 1), np.float32)
     read_only = x.copy()
     read_only.flags.writeable = False
-    for w in (x, read_only, np.zeros((1, 1), np.int8), np.zeros((1, 1), np.uint16)):
+    for w in (x, read_only, np.zeros((1, 1), np.uint16)):
         matmul_nt(x, w, np.empty((1, 1), np.float32))
-        if w.dtype != np.float32:
-            widen_rows(w, 0, np.empty((1, 1), np.float32))
+    widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
+    compile_int8_kernel(host_int8_kernel())

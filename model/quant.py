@@ -19,7 +19,7 @@ are tested against `reference.linear` on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from numba import njit, types
@@ -32,6 +32,10 @@ INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
 class Int8Weight:
     q: np.ndarray      # int8 [out, in]
     scale: np.ndarray  # float32 [out]: row c stands for q[c] * scale[c]
+    sums: np.ndarray = field(init=False)  # int32 [out]: sum(q[c]), for the W8A8 kernels' offset
+
+    def __post_init__(self):
+        self.sums = self.q.sum(axis=1, dtype=np.int32)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -39,7 +43,7 @@ class Int8Weight:
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes
+        return self.q.nbytes + self.scale.nbytes + self.sums.nbytes
 
 
 @dataclass(slots=True)

@@ -32,6 +32,10 @@ Precisions. --compare precisions runs three engines on the same checkpoint in on
 float32, int8 weights and bfloat16 weights (`--dtype` / `--quantization` are ignored then).
 Every rep runs the same prompts through each in turn, so a busy machine slows all three alike;
 ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed first.
+A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32 and int8
+multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
+streamed per second (a decode step reads each once: the figure that matters at batch 1) and the
+multiply-adds per second (at batch 64 and in prefill), each as a share of its roof.
 
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
 throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
@@ -72,6 +76,8 @@ from nanovllm.scripts.perf_targets import (  # noqa: E402
     format_precision_targets,
     format_targets,
 )
+from nanovllm.scripts.roofs import describe as describe_roofs  # noqa: E402
+from nanovllm.scripts.roofs import measure_roofs, step_cost  # noqa: E402
 
 WARMUP_TOKENS = 8
 # --compare precisions: the engines besides float32, and the options that make them.
@@ -287,16 +293,60 @@ def run(args: argparse.Namespace) -> int:
     print(describe_environment(report["environment"]), file=out, flush=True)
     print(report["environment"]["kernels"], file=out, flush=True)
     print(describe_model(report["model"]), file=out, flush=True)
+    roofs = measure_roofs() if precisions else None
+    if roofs:
+        report["roofs"] = asdict(roofs)
+        print(describe_roofs(roofs), file=out, flush=True)
     rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
     results = [bench_cell(cell, engine, theirs, args.reps, rng, log, narrow) for cell in cells]
     targets = evaluate(results, report["model"])
     ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
+    roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
     print(format_table(results, report) + format_targets(targets)
-          + format_precision_targets(ratio_targets), file=out, flush=True)
+          + format_precision_targets(ratio_targets) + format_roofs(roof_rows), file=out, flush=True)
     if args.json:
         write_json({**report, "results": [_result_json(r) for r in results], "targets": targets,
-                    "precision_targets": ratio_targets}, args.json)
+                    "precision_targets": ratio_targets, "roof_cells": roof_rows}, args.json)
     return 0
+
+
+def roof_table(results: list[CellResult], engines: dict, roofs) -> list[dict]:
+    """Per cell and precision: weight bytes streamed and multiply-adds per second, and their
+    shares of the roofs. Decode cells count steps (B tokens each); a prefill cell counts its
+    prompt's tokens through the blocks (its LM head runs for one token only)."""
+    rows = []
+    for r in results:
+        for side, engine in engines.items():
+            weights = engine.runner.weights
+            nbytes, macs = step_cost(weights)
+            prefill = r.cell.output_len == 1
+            summary = r.summary(side, "prefill_tps" if prefill else "decode_tps")
+            if not summary:
+                continue
+            tps = summary.median
+            if prefill:
+                macs -= weights.wte.shape[0] * weights.wte.shape[1]
+                streamed = nbytes * tps / r.cell.input_len  # one pass over the prompt
+            else:
+                streamed = nbytes * tps / r.cell.batch_size
+            peak = roofs.int8_peak if side == "int8" else roofs.float32_peak
+            rows.append({"cell": str(r.cell), "precision": "float32" if side == "nanovllm" else side,
+                         "weights_bytes_per_s": streamed,
+                         "of_bandwidth": streamed / roofs.bandwidth,
+                         "multiply_adds_per_s": macs * tps, "of_peak": macs * tps / peak})
+    return rows
+
+
+def format_roofs(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = ["batch x prompt -> new", "precision", "weights GB/s", "of memory",
+            "G multiply-adds/s", "of its peak"]
+    body = [[r["cell"], r["precision"], f"{r['weights_bytes_per_s'] / 1e9:.1f}",
+             f"{r['of_bandwidth']:.0%}", f"{r['multiply_adds_per_s'] / 1e9:.1f}",
+             f"{r['of_peak']:.0%}"] for r in rows]
+    return ("\n\nroofs: weights streamed (matters at batch 1) and multiply-adds (batch 64, "
+            "prefill); peak = int8's for int8, float32's otherwise\n" + render_table([head] + body))
 
 
 def _check_fit(engine, cells: list[Cell]) -> str | None:

@@ -1,13 +1,19 @@
 """How far int8 and bfloat16 weights move GPT-2's next-token distributions from float32's.
 
     python -m nanovllm.scripts.lab.precision_accuracy --model gpt2 --sequences 4 --length 256
+    python -m nanovllm.scripts.lab.precision_accuracy --model ../shared/models/code-6l --text FILE
 
-Both models read the same random token sequences (teacher forcing: every position of every
-sequence is a prediction), through the engine's forward pass. The error budget comes from the weights alone. rho is the largest relative RMS error of a weight
-matrix, ||W - W'|| / ||W||, measured after conversion (int8 rounds each element by at most half
-its row's scale, bfloat16 by at most 2**-9 relative). A matmul's output then moves by about rho
-of its size; the n = 4 * n_layer + 2 converted matrices on the way to a logit (four per block,
-the embedding, the LM head) round independently, so their changes add in quadrature:
+Both models read the same token sequences (random ids, or with --text consecutive windows of a
+text file through the checkpoint's tokenizer; teacher forcing: every position of every sequence
+is a prediction), through the engine's forward pass. The error budget comes from the measured
+rounding. rho_w is the largest relative RMS error of a weight matrix, ||W - W'|| / ||W||,
+measured after conversion (int8 rounds each element by at most half its row's scale, bfloat16 by
+at most 2**-9 relative). int8 is W8A8: each linear layer's input is rounded per token too, and
+rho_x is the largest relative RMS error that rounding gives the inputs of the float32 model's
+linear layers (measured on the same sequences through `model/reference.py`); rho is
+sqrt(rho_w**2 + rho_x**2) then, and rho_w for bfloat16. A matmul's output moves by about rho of
+its size; the n = 4 * n_layer + 2 converted matrices on the way to a logit (four per block, the
+embedding, the LM head) round independently, so their changes add in quadrature:
     sigma = sqrt(n) * rho * RMS(centred float32 logits)     (the predicted RMS logit change)
 Per precision it prints, next to sigma:
 - the measured RMS change of the centred logits (log-softmax: a shift changes nothing);
@@ -38,7 +44,8 @@ PRECISIONS = {"int8": dict(quantization="int8"), "bfloat16": dict(dtype="bfloat1
 @dataclass(slots=True)
 class Agreement:
     positions: int
-    weight_error: float            # rho
+    weight_error: float            # rho_w
+    activation_error: float        # rho_x (0 where the activations stay float32)
     sigma: float                   # predicted RMS change of the centred logits
     rms_logit_change: float        # measured
     greedy_agreement: float        # over all positions
@@ -54,9 +61,12 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def compare(ref: np.ndarray, other: np.ndarray, rho: float, n_converted: int) -> Agreement:
+def compare(ref: np.ndarray, other: np.ndarray, rho_w: float, rho_x: float,
+            n_converted: int) -> Agreement:
     """Logits [positions, vocab] of float32 (`ref`) and of another precision whose weights are
-    off by `rho` (relative RMS) in each of the `n_converted` matrices on a logit's path."""
+    off by `rho_w` (relative RMS), and the inputs by `rho_x`, in each of the `n_converted`
+    matrix products on a logit's path."""
+    rho = float(np.hypot(rho_w, rho_x))
     ref_lp, other_lp = log_softmax(ref), log_softmax(other)
     centred = ref_lp - ref_lp.mean(-1, keepdims=True)
     change = other_lp - ref_lp
@@ -67,7 +77,7 @@ def compare(ref: np.ndarray, other: np.ndarray, rho: float, n_converted: int) ->
     decided = (top2[:, 1] - top2[:, 0]) > 12 * sigma
     agree = other.argmax(-1) == greedy
     return Agreement(
-        positions=len(ref), weight_error=rho, sigma=sigma,
+        positions=len(ref), weight_error=rho_w, activation_error=rho_x, sigma=sigma,
         rms_logit_change=float(np.sqrt((change ** 2).mean())),
         greedy_agreement=float(agree.mean()), decided_positions=int(decided.sum()),
         decided_agreement=float(agree[decided].mean()) if decided.any() else float("nan"),
@@ -84,6 +94,36 @@ def weight_error(plain, converted) -> float:
         pairs += [(a.attn_w, b.attn_w), (a.attn_proj_w, b.attn_proj_w), (a.fc_w, b.fc_w),
                   (a.fc_proj_w, b.fc_proj_w)]
     return max(float(np.linalg.norm(w - dequantize(c)) / np.linalg.norm(w)) for w, c in pairs)
+
+
+def activation_error(plain, cfg, sequences: np.ndarray) -> float:
+    """rho_x: the largest ||x - x'|| / ||x|| over the inputs x of the float32 model's linear
+    layers (and its LM head), x' rounded to int8 per row as the W8A8 kernels do."""
+    from nanovllm.model import reference as ref
+    from nanovllm.model.quant import dequantize, quantize_int8
+
+    worst, eps = 0.0, cfg.layer_norm_epsilon
+
+    def note(x: np.ndarray) -> None:
+        nonlocal worst
+        x = np.ascontiguousarray(x, np.float32)
+        norm = np.linalg.norm(x)
+        if norm > 0:
+            worst = max(worst, float(np.linalg.norm(x - dequantize(quantize_int8(x))) / norm))
+
+    for seq in sequences:
+        x = ref.embed(plain, cfg, seq)
+        for blk in plain.blocks:
+            a = ref.layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps)
+            heads = ref.attention(*ref.qkv_heads(a, blk, cfg.n_head)).reshape(x.shape)
+            x = x + ref.linear(heads, blk.attn_proj_w, blk.attn_proj_b)
+            m = ref.layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps)
+            h = ref.gelu(ref.linear(m, blk.fc_w, blk.fc_b))
+            x = x + ref.linear(h, blk.fc_proj_w, blk.fc_proj_b)
+            for inputs in (a, heads, m, h):
+                note(inputs)
+        note(ref.layer_norm(x, plain.ln_f_g, plain.ln_f_b, eps))
+    return worst
 
 
 def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
@@ -103,8 +143,21 @@ def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     for name, options in PRECISIONS.items():
         converted = build_weights(cfg, dict(tensors), **options)
         logits = teacher_forced_logits(converted, cfg, sequences)
-        results[name] = compare(ref, logits, weight_error(plain, converted), 4 * cfg.n_layer + 2)
+        rho_x = activation_error(plain, cfg, sequences) if options.get("quantization") else 0.0
+        results[name] = compare(ref, logits, weight_error(plain, converted), rho_x,
+                                4 * cfg.n_layer + 2)
     return results
+
+
+def text_windows(model_dir, text: str, sequences: int, length: int) -> np.ndarray:
+    """`sequences` consecutive windows of `length` tokens of `text`, through the checkpoint's
+    tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text).ids
+    if len(ids) < sequences * length:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than {sequences} x {length}")
+    return np.array(ids[:sequences * length]).reshape(sequences, length)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequences", type=int, default=4)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="read windows of this text file (checkpoint directories only) instead of "
+                        "random token ids")
     args = p.parse_args(argv)
 
     from pathlib import Path
@@ -131,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GPT2Config.from_json(Path(args.model) / "config.json")
         tensors = read_tensors(Path(args.model))[0]
         tensors.pop("lm_head.weight", None)
-    rng = np.random.default_rng(args.seed)
-    sequences = rng.integers(0, cfg.vocab_size - 1, (args.sequences, args.length))
+    if args.text:
+        sequences = text_windows(Path(args.model), Path(args.text).read_text(), args.sequences,
+                                 args.length)
+    else:
+        rng = np.random.default_rng(args.seed)
+        sequences = rng.integers(0, cfg.vocab_size - 1, (args.sequences, args.length))
     for name, result in measure(cfg, tensors, sequences).items():
         print(name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in asdict(result).items()))

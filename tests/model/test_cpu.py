@@ -26,11 +26,14 @@ def test_paths_are_named_by_the_widest_vectors():
     assert path_for("generic", ZEN4).name == "generic"  # numba's override wins
 
 
-def test_description_is_one_line_naming_unused_dot_products():
+def test_description_is_one_line_naming_the_int8_kernel_and_unused_dot_products():
     line = path_for("znver4", ZEN4).describe()
     assert "\n" not in line and line.startswith("kernels: avx512 path (numba compiles for znver4")
-    assert line.endswith("not used yet: avx512vnni, avx512bf16") and "sha" not in line
-    assert "not used" not in path_for("znver1", {"avx2", "fma"}).describe()
+    assert "int8 dot products: avx512vnni" in line and "sha" not in line
+    assert line.endswith("not used yet: avx512bf16")
+    zen3 = path_for("znver1", {"avx2", "fma"}).describe()
+    assert "not used" not in zen3 and zen3.endswith("int8 dot products: avx2")
+    assert path_for("generic", set()).int8 == "portable"
 
 
 def cpuinfo_flags() -> set[str]:
@@ -64,6 +67,8 @@ for name, convert in (("float32", lambda w: w), ("int8", quantize_int8), ("bfloa
     for rows in (1, 7, 70):
         x = rng.standard_normal((rows, 300), dtype=np.float32)
         w = convert(rng.standard_normal((129, 300), dtype=np.float32))
+        if name == "int8":  # W8A8: the activations are quantized per row too
+            x = dequantize(quantize_int8(x))
         expected = ref.linear(x, dequantize(w))
         scale = np.abs(x) @ np.abs(dequantize(w)).T
         errors[f"{name} {rows}"] = float((np.abs(linear(x, w) - expected) / scale).max())
@@ -73,7 +78,8 @@ for options in ({}, {"quantization": "int8"}, {"dtype": "bfloat16"}):
     outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
                         SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     tokens[json.dumps(options)] = [o.outputs[0].token_ids for o in outs]
-print(json.dumps({"path": kernel_path().name, "errors": errors, "tokens": tokens}))
+print(json.dumps({"path": kernel_path().name, "int8": kernel_path().int8, "errors": errors,
+                  "tokens": tokens}))
 """
 
 
@@ -86,7 +92,7 @@ def test_forced_generic_path_runs_every_precision(tiny_ckpt):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
-    assert result["path"] == "generic"
+    assert result["path"] == "generic" and result["int8"] == "portable"
     assert len(result["errors"]) == 9
     assert max(result["errors"].values()) < 1e-5, result["errors"]  # ~ sqrt(300) * 2**-24 * 8
     for options, generic_tokens in result["tokens"].items():

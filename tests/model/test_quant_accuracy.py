@@ -6,18 +6,31 @@ RMS change of the centred logits):
 - max |delta logprob| of float32's greedy token is within 12 sigma (twice a 6-sigma change);
 - the mean KL is within sigma**2 (about half the variance of the change);
 - float32's greedy token wins wherever its lead is more than 12 sigma (not a near-tie).
+int8 is W8A8, so sigma counts the activations' measured rounding too. Random weights give flat
+distributions that hide errors: `code-6l` (a small GPT-2 trained on Python source, in
+../shared/models, or $NANOVLLM_SHARED_MODELS) is also held to the issue's bars, top-1 agreement
+>= 0.98 and mean KL <= 5e-3, on Python source it reads teacher-forced.
 """
 
 from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nanovllm.model import PRESETS
 from nanovllm.model.checkpoint.dummy import random_weights
+from nanovllm.model.checkpoint.loader import read_tensors
 from nanovllm.model.config import GPT2Config
-from nanovllm.scripts.lab.precision_accuracy import Agreement, measure
+from nanovllm.scripts.lab.precision_accuracy import Agreement, measure, text_windows
 from tests.conftest import TINY
+
+SHARED_MODELS = Path(os.environ.get("NANOVLLM_SHARED_MODELS",
+                                    Path(__file__).resolve().parents[2].parent / "shared" / "models"))
+CODE_6L = SHARED_MODELS / "code-6l"
 
 
 def check(result: Agreement, min_decided: int) -> None:
@@ -26,7 +39,8 @@ def check(result: Agreement, min_decided: int) -> None:
     assert result.rms_logit_change <= result.sigma, result
     assert result.max_delta_logprob <= 12 * result.sigma, result
     assert result.mean_kl <= result.sigma ** 2, result
-    assert result.decided_positions >= min_decided and result.decided_agreement == 1.0, result
+    assert result.decided_positions >= min_decided, result
+    assert result.decided_positions == 0 or result.decided_agreement == 1.0, result
 
 
 def run(cfg: GPT2Config, sequences: int, length: int) -> dict[str, Agreement]:
@@ -44,7 +58,25 @@ def test_tiny_model_within_the_error_budget():
 @pytest.mark.slow
 def test_124m_model_within_the_error_budget():
     """Random 124M logits are nearly flat, so most top-two gaps are within 12 sigma of each
-    other: the greedy check covers fewer positions here (the budget checks cover all)."""
+    other: the greedy check covers fewer positions here, none for W8A8's larger sigma (the
+    budget checks cover all; code-6l's test checks int8's greedy tokens)."""
     results = run(PRESETS["gpt2"], 4, 256)
-    check(results["int8"], min_decided=20)
+    check(results["int8"], min_decided=0)
     check(results["bfloat16"], min_decided=300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CODE_6L / "model.safetensors").is_file(),
+                    reason=f"{CODE_6L} is absent (../shared is not part of the repository)")
+def test_int8_on_a_trained_model_agrees_with_float32():
+    """Teacher-forced on 1,024 tokens of Python's own argparse.py (a file every Python has)."""
+    cfg = GPT2Config.from_json(CODE_6L / "config.json")
+    tensors = read_tensors(CODE_6L)[0]
+    tensors.pop("lm_head.weight", None)
+    sequences = text_windows(CODE_6L, Path(argparse.__file__).read_text(), 4, 256)
+    results = measure(cfg, tensors, sequences)
+    int8 = results["int8"]
+    check(int8, min_decided=10)
+    assert int8.activation_error > 0
+    assert int8.greedy_agreement >= 0.98 and int8.mean_kl <= 5e-3, int8
+    check(results["bfloat16"], min_decided=500)

@@ -121,12 +121,12 @@ def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
 def test_precision_targets_are_ratios_to_float32():
     fp32 = [Run(0.1, 1.27, 32, 127)]  # decode 100 tok/s
     results = [CellResult(Cell(1, 32, 128), ours=fp32, narrow={
-        "int8": [Run(0.1, 0.508, 32, 127)], "bfloat16": [Run(0.1, 0.847, 32, 127)]})]
+        "int8": [Run(0.1, 0.45, 32, 127)], "bfloat16": [Run(0.1, 0.847, 32, 127)]})]
     entries = evaluate_precisions(results, GPT2_124M)
     assert [(e["precision"], round(e["ratio"], 2), e["met"]) for e in entries] == [
-        ("int8", 2.5, True), ("bfloat16", 1.5, False)]
+        ("int8", 2.82, True), ("bfloat16", 1.5, False)]
     table = format_precision_targets(entries)
-    assert ">= 2.5x" in table and "not met" in table and "W8A8" in table
+    assert ">= 2.8x" in table and "not met" in table and "AVX512_BF16" in table
     assert evaluate_precisions(results, {**GPT2_124M, "n_embd": 64}) == []
     assert format_precision_targets([]) == ""
 
@@ -146,6 +146,14 @@ def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
         assert cell["int8"]["vs_float32"]["prefill_tps"] > 0
     assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
     assert data["precision_targets"] == []  # not GPT-2 124M shapes
+    assert "roofs (measured): memory " in table and "weights GB/s" in table
+    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel"}
+    assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak"))
+    roofs = data["roof_cells"]
+    assert len(roofs) == 3 * len(data["results"])  # every cell, every precision
+    int8 = next(r for r in roofs if r["precision"] == "int8")
+    assert int8["of_bandwidth"] == int8["weights_bytes_per_s"] / data["roofs"]["bandwidth"]
+    assert int8["of_peak"] == int8["multiply_adds_per_s"] / data["roofs"]["int8_peak"]
 
 
 def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):

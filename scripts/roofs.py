@@ -1,0 +1,88 @@
+"""This machine's limits, measured, and how near a benchmark figure comes to them.
+
+- memory bandwidth: a parallel sum over 256 MiB of float32 (far beyond any cache), best of 5;
+- float32 peak: multiply-adds per second of OpenBLAS's sgemm on 1536 x 1536 matrices, best of 5
+  (what the best float32 code on this CPU reaches, not the data sheet's figure);
+- int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs (`model/int8_gemm.py`)
+  on operands that stay in the L1 and L2 caches, best of 5.
+
+A decode step reads every weight matrix once (the LM head included), so at batch 1 the weights
+stream at (bytes of the matrices) x (steps per second), and each token costs one multiply-add per
+matrix element (attention's products, a few percent at these lengths, are left out).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+
+@dataclass(frozen=True, slots=True)
+class Roofs:
+    bandwidth: float     # bytes/s
+    float32_peak: float  # multiply-adds/s
+    int8_peak: float     # multiply-adds/s
+    int8_kernel: str
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def _sum(a):
+    total = np.float32(0.0)
+    for i in prange(a.shape[0]):
+        total += a[i]
+    return total
+
+
+def _best(fn, reps: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _bandwidth() -> float:
+    big = np.ones(64 * 2**20, np.float32)
+    return big.nbytes / _best(lambda: _sum(big))
+
+
+def measure_roofs() -> Roofs:
+    from nanovllm.model.int8_gemm import int8_linear
+    from nanovllm.model.linear import host_int8_kernel
+    from nanovllm.model.quant import quantize_int8
+
+    bandwidth = _bandwidth()
+    n = 1536
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    float32_peak = n ** 3 / _best(lambda: a @ a)
+    x = np.random.default_rng(1).standard_normal((256, 1024), dtype=np.float32)
+    w = quantize_int8(np.random.default_rng(2).standard_normal((512, 1024), dtype=np.float32))
+    kernel = host_int8_kernel()
+    int8_peak = 256 * 1024 * 512 * 8 / _best(
+        lambda: [int8_linear(x, w, kernel) for _ in range(8)])
+    return Roofs(bandwidth, float32_peak, int8_peak, kernel)
+
+
+def weight_matrices(weights) -> list:
+    """Every matrix a decode step multiplies by: four per block, and the LM head (the embedding)."""
+    mats = [weights.wte]
+    for b in weights.blocks:
+        mats += [b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w]
+    return mats
+
+
+def step_cost(weights) -> tuple[int, int]:
+    """(bytes of the weight matrices, multiply-adds per token)."""
+    mats = weight_matrices(weights)
+    return (sum(m.nbytes for m in mats), sum(m.shape[0] * m.shape[1] for m in mats))
+
+
+def describe(roofs: Roofs) -> str:
+    return (f"roofs (measured): memory {roofs.bandwidth / 1e9:.1f} GB/s; float32 "
+            f"{roofs.float32_peak / 1e9:.1f} G multiply-adds/s (OpenBLAS sgemm); int8 "
+            f"{roofs.int8_peak / 1e9:.1f} G multiply-adds/s ({roofs.int8_kernel} kernel, in cache)")

@@ -1,0 +1,136 @@
+"""The W8A8 kernels (`model/int8_gemm.py`): every kernel this CPU can run, against exact integer
+products and against the plain reference (`dequantize` + `reference.linear` on the quantized
+activations), with the bound their roundings give. The forced generic CPU is in test_cpu.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nanovllm.model import reference as ref
+from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
+from nanovllm.model.int8_gemm import (
+    KERNELS,
+    int8_linear,
+    int8_matmul,
+    matmul_portable,
+    quantize_rows,
+)
+from nanovllm.model.quant import Int8Weight, dequantize, quantize_int8
+from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
+
+U = 2.0 ** -24
+RUNNABLE = int8_kernels(kernel_path().features)
+# rows and columns left over by every tile; K a multiple of 64 and not, and below one vector
+SHAPES = [(1, 768, 2305), (1, 3072, 67), (5, 767, 33), (9, 100, 9), (64, 768, 131),
+          (70, 31, 14), (1, 1, 1)]
+
+
+def reference_linear(xq: np.ndarray, xs: np.ndarray, w: Int8Weight) -> np.ndarray:
+    """What `int8_matmul` stands for, in plain float32 numpy."""
+    return ref.linear(xq.astype(np.float32) * xs[:, None], dequantize(w))
+
+
+def runnable(kernel: str) -> str:
+    if kernel not in RUNNABLE:
+        pytest.skip(f"this CPU cannot run the {kernel} kernel")
+    return kernel
+
+
+def test_every_kernel_has_its_cpu_features():
+    assert tuple(INT8_KERNELS) == KERNELS
+    assert int8_kernels(set()) == ["portable"]
+    assert int8_kernels({"avx2", "fma"}) == ["avx2", "portable"]
+    assert int8_kernels({"avx2", "avxvnni"}) == ["avxvnni", "avx2", "portable"]
+    skylake = {"avx2", "avx512f", "avx512bw", "avx512vl"}
+    assert int8_kernels(skylake) == ["avx512bw", "avx2", "portable"]
+    assert int8_kernels(skylake | {"avx512vnni"}) == list(KERNELS)
+
+
+def test_activations_quantize_per_row_exactly_like_weights():
+    x = f32(40, 300, seed=1, scale=3)
+    x[3] = 0.0                         # scale 0, no division by zero
+    x[4, :3] = [127.0, 0.5, -2.5]      # steps of 1: ties go to even
+    x[5, 7] = 1e4                      # one outlier
+    q, scale = np.empty(x.shape, np.int8), np.empty(40, np.float32)
+    quantize_rows(x, q, scale)
+    expected = quantize_int8(x)
+    np.testing.assert_array_equal(q, expected.q)
+    np.testing.assert_array_equal(scale, expected.scale)
+    assert list(q[4, :3]) == [127, 0, -2] and (q[3] == 0).all()
+    plain_q, plain_scale = np.empty_like(q), np.empty_like(scale)
+    quantize_rows.py_func(x[:6], plain_q[:6], plain_scale[:6])  # NUMBA_DISABLE_JIT's version
+    np.testing.assert_array_equal(plain_q[:6], q[:6])
+
+
+def exact_case(rows: int, k: int, cols: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xq = rng.integers(-127, 128, (rows, k)).astype(np.int8)
+    w = Int8Weight(rng.integers(-127, 128, (cols, k)).astype(np.int8), np.ones(cols, np.float32))
+    return xq, w
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows, k, cols", SHAPES)
+def test_integer_sums_are_exact(kernel, rows, k, cols):
+    """Scales of 1: the output is the int32 sum itself (exact in float32 below 2**24)."""
+    xq, w = exact_case(rows, k, cols, seed=rows + k + cols)
+    out = np.empty((rows, cols), np.float32)
+    int8_matmul(xq, np.ones(rows, np.float32), w, out, runnable(kernel))
+    np.testing.assert_array_equal(out, xq.astype(np.int64) @ w.q.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("sign", [1, -1])
+def test_largest_products_do_not_saturate(kernel, sign):
+    """+-127 everywhere: vpmaddubsw's pairs reach 2 * 127**2, just below int16's limit, and
+    vpdpbusd's offset x reaches 255."""
+    k = 1000
+    xq = np.full((5, k), 127 * sign, np.int8)
+    xq[1] *= -1
+    wq = np.full((6, k), -127, np.int8)
+    wq[2] *= -1
+    w = Int8Weight(wq, np.ones(6, np.float32))
+    out = np.empty((5, 6), np.float32)
+    int8_matmul(xq, np.ones(5, np.float32), w, out, runnable(kernel))
+    np.testing.assert_array_equal(out, xq.astype(np.int64) @ w.q.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows, k, cols", SHAPES)
+def test_kernel_matches_reference_within_rounding(kernel, rows, k, cols):
+    """The kernel rounds the exact sum to float32 and scales it twice (3 roundings); the
+    reference rounds each dequantized element (2) and sums in float32 (`sum_error`)."""
+    x = f32(rows, k, seed=2)
+    w = quantize_int8(f32(cols, k, seed=3, scale=0.02))
+    xq, xs = np.empty(x.shape, np.int8), np.empty(rows, np.float32)
+    quantize_rows(x, xq, xs)
+    expected = reference_linear(xq, xs, w)
+    magnitude = (np.abs(xq) * xs[:, None]).astype(np.float64) @ (
+        np.abs(w.q) * w.scale[:, None]).T.astype(np.float64)
+    got = int8_linear(x, w, runnable(kernel))
+    assert_within(got, expected, (sum_error(k) + 6 * U) * magnitude)
+
+
+def test_every_kernel_gives_the_same_floats():
+    """The integer sums are exact and scaled in the same order: bit-identical outputs."""
+    x, w = f32(67, 777, seed=4), quantize_int8(f32(301, 777, seed=5))
+    outputs = {kernel: int8_linear(x, w, kernel) for kernel in RUNNABLE}
+    for kernel, out in outputs.items():
+        np.testing.assert_array_equal(out, outputs["portable"], err_msg=kernel)
+
+
+def test_portable_kernel_as_plain_python_is_the_compiled_one():
+    """What NUMBA_DISABLE_JIT=1 runs (the loops as Python) computes the same numbers."""
+    xq, w = exact_case(3, 70, 9, seed=6)
+    xs = np.array([0.5, 2.0, 0.1], np.float32)
+    compiled, plain = np.empty((3, 9), np.float32), np.empty((3, 9), np.float32)
+    matmul_portable(xq, xs, w.q, w.scale, w.sums, compiled)
+    matmul_portable.py_func(xq, xs, w.q, w.scale, w.sums, plain)
+    np.testing.assert_array_equal(plain, compiled)
+
+
+def test_host_path_runs_the_best_kernel_the_cpu_has():
+    path = kernel_path()
+    assert path.int8 == RUNNABLE[0]
+    assert f"int8 dot products: {path.int8}" in path.describe()
