@@ -24,6 +24,13 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 128
 
+# ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
+# Proposals per step and sequence: each is one more query row of the target's step; past a few
+# the chance that all agree is small on any model, and the rejection sampler's per-row work grows.
+MAX_NUM_SPECULATIVE_TOKENS = 16
+# N-gram lookup: the longest suffix matched (prompt_lookup_max) bounds a proposal's search cost.
+MAX_PROMPT_LOOKUP = 32
+
 
 # ---- server limits (flags of `nanovllm serve`) ------------------------------------------------
 @dataclass(frozen=True, slots=True)
