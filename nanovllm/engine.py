@@ -1,8 +1,11 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
 
 `add` queues a request the input processor checked (`processor.process`: the rules in
-`input_processor`; `add_request` does both, as vLLM's does), `step` schedules a batch, runs it on the model runner and turns sampled tokens into text and finish
-decisions, `abort_request` retires a request at once.
+`input_processor`; `add_request` does both, as vLLM's does). `step` is schedule -> run ->
+update -> outputs: the scheduler describes the step once (nanovllm/contract/step.py), the model
+runner runs it, and the engine maps the runner's output back to the sequences by seq id,
+appending each sampled token, turning it into text and applying the finish rules (at the end of
+this file). `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
 sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
 """
@@ -19,18 +22,19 @@ import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.contract.step import TokenLogprobs
+from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, SpecResult, TokenLogprobs
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
-from nanovllm.model_loading import load_model
+from nanovllm.model_loading import load_draft, load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
+from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
-from nanovllm.stopping import finish_on_text, finish_on_token
-from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, held_back
+from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
@@ -38,6 +42,8 @@ from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
 logger = logging.getLogger("nanovllm")
+
+Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
 
 
 @dataclass(slots=True)
@@ -71,9 +77,15 @@ class LLMEngine:
         if self.max_model_len > cfg.n_positions:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"n_positions={cfg.n_positions}")
+        spec = config.speculative_config
+        draft = (load_draft(config, loaded, self.max_model_len)
+                 if spec is not None and spec.method == "draft_model" else None)
+        # A draft's KV cache is paged under the same block tables: each block costs both.
+        bytes_per_block = sum(kv_bytes_per_block(m.config, config.block_size,
+                                                 config.kv_cache_dtype)
+                              for m in (loaded, draft) if m is not None)
         self.num_kv_blocks = config.num_kv_blocks or max(1, (
-            config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // kv_bytes_per_block(
-                cfg, config.block_size, config.kv_cache_dtype))
+            config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // bytes_per_block)
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
@@ -82,16 +94,20 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens)
+                                   config.max_num_batched_tokens,
+                                   Speculator(spec, self.max_model_len) if spec else None)
+        draft_model = None if draft is None else DraftModel(
+            draft.config, draft.weights, self.num_kv_blocks, config.block_size,
+            config.kv_cache_dtype)
         self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
-                                        config.kv_cache_dtype, config.seed)
+                                        config.kv_cache_dtype, config.seed, draft_model)
+        self.spec_stats = SpecDecodeStats()
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
-        self.num_steps_total = 0
+        self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
-        self.num_steps = 0  # steps that ran a batch
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                     "max_model_len %d)", self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
@@ -100,6 +116,13 @@ class LLMEngine:
         logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
                     self.num_kv_blocks, config.block_size, self.num_kv_blocks * config.block_size,
                     self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
+        if spec is not None:
+            logger.info("speculative decoding: %s, k=%d, off above %s sequences per step%s",
+                        "n-gram lookup" if draft is None else f"draft {draft.path}",
+                        spec.num_speculative_tokens, spec.disable_by_batch_size,
+                        "" if draft_model is None else
+                        "; the KV budget is split target %.0f MiB / draft %.0f MiB" % (
+                            self.runner.kv_cache.nbytes / 2**20, draft_model.kv_cache.nbytes / 2**20))
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
@@ -154,35 +177,59 @@ class LLMEngine:
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
-        batch = self.scheduler.schedule()
-        result = self.runner.run(batch.for_runner)  # also when empty: it learns of new/finished
-        if not batch.seqs:
+        step = self.scheduler.schedule()
+        result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
+        if not step.scheduled:
             return []
-        self.num_steps_total += 1
-        decodes = sum(n == 1 and s.num_output_tokens > 0 for s, n in zip(batch.seqs, batch.num_new_tokens))
-        self.scheduler.update_after_step(batch)
-        if result.prompt_logprobs:
-            by_id = {seq.seq_id: seq for seq in batch.seqs}
-            for p in result.prompt_logprobs:
-                lps, first = p.logprobs, p.first_position
-                by_id[p.seq_id].request.prompt_logprobs[first + 1:first + 1 + len(lps)] = map(
-                    self._logprob_dict, lps)
-        touched: dict[str, Request] = {}
-        for seq in batch.seqs:
-            if seq.seq_id in result.sampled:
-                self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
-                touched[seq.request.request_id] = seq.request
-        self.last_step = StepStats(batch.num_tokens - decodes, decodes, time.perf_counter() - start,
-                                   len(batch.seqs), self.scheduler.num_preemptions - preemptions)
-        self.recent_steps.append(self.last_step)
-        self.num_steps += 1
-        outputs = []
-        for request in touched.values():
+        seqs = self.scheduler.update_from_output(step)
+        touched = self._update(seqs, step, result)
+        self._record_step(step, result, time.perf_counter() - start,
+                          self.scheduler.num_preemptions - preemptions)
+        for request in touched:
             if request.finished:
                 del self.requests[request.request_id]
-            if request.finished or not request.final_only:
-                outputs.append(self._request_output(request))
-        return outputs
+        return [self._request_output(r) for r in touched if r.finished or not r.final_only]
+
+    def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
+                ) -> list[Request]:
+        """Maps the runner's output back to the sequences: prompt logprobs, then each sampled
+        token. Returns the requests that got a token, in the step's order."""
+        touched: dict[str, Request] = {}
+        for seq, scheduled in zip(seqs, step.scheduled):
+            if scheduled.prompt_logprob_ids:
+                first = scheduled.start + 1
+                lps = result.prompt_logprobs[seq.seq_id]
+                seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
+            if seq.seq_id in result.speculated:
+                self._append_speculated(seq, result.speculated[seq.seq_id])
+                touched[seq.request.request_id] = seq.request
+            elif scheduled.sample:
+                self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
+                touched[seq.request.request_id] = seq.request
+        return list(touched.values())
+
+    def _append_speculated(self, seq: Sequence, spec: SpecResult) -> None:
+        """Appends a speculating decode's tokens one by one, each through the finish rules (the
+        rest are dropped once one finishes the sequence), then rolls back what was rejected."""
+        for i, token in enumerate(spec.token_ids):
+            self._append_token(seq, token, spec.logprobs[i] if spec.logprobs else None)
+            if seq.is_finished:
+                break
+        num_kept = len(spec.token_ids) - 1
+        self.spec_stats.record(spec.num_proposed, num_kept)
+        if not seq.is_finished:
+            self.scheduler.update_speculated(seq, num_kept, spec.draft_computed)
+
+    def _record_step(self, step: SchedulerOutput, result: ModelRunnerOutput, seconds: float,
+                     preemptions: int) -> None:
+        decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
+        slots = sum(len(s.spec_token_ids) + s.num_draft_tokens for s in step.scheduled)
+        proposed = sum(r.num_proposed for r in result.speculated.values())
+        accepted = sum(len(r.token_ids) - 1 for r in result.speculated.values())
+        self.last_step = StepStats(step.num_tokens - decodes - slots, decodes, seconds,
+                                   len(step.scheduled), preemptions, proposed, accepted)
+        self.recent_steps.append(self.last_step)
+        self.num_steps += 1
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
@@ -252,5 +299,36 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps_total)
+            num_steps_total=self.num_steps)
 
+
+# ---- when a sequence is done -----------------------------------------------------------------
+# In vLLM's order: the context length always; nothing else before min_tokens; then EOS (unless
+# ignore_eos), a stop token id, a stop string, and max_tokens.
+def finish_on_token(seq: Sequence, token: int, eos_token_id: int, max_model_len: int) -> Finish | None:
+    p = seq.params
+    if seq.num_tokens >= max_model_len:
+        return ("length", None)
+    if seq.num_output_tokens < p.min_tokens:
+        return None
+    if token == eos_token_id and not p.ignore_eos:
+        return ("stop", None)
+    if token in p.stop_token_ids:
+        return ("stop", token)
+    if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+        return ("length", None)
+    return None
+
+
+def finish_on_text(seq: Sequence, old_len: int) -> Finish | None:
+    """Ends `seq` at the first stop string that ends in its new text (after `old_len`
+    characters), trimming the text there."""
+    p = seq.params
+    if not p.stop or seq.num_output_tokens < p.min_tokens:
+        return None
+    hit = find_stop(seq.text, p.stop, old_len)
+    if hit is None:
+        return None
+    index, stop = hit
+    seq.text = seq.text[:index + (len(stop) if p.include_stop_str_in_output else 0)]
+    return ("stop", stop)

@@ -10,8 +10,9 @@ from tqdm.auto import tqdm
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
+from nanovllm.input_processor import is_single_prompt
 from nanovllm.values.errors import QueueFullError
-from nanovllm.values.inputs import PromptType, is_single_prompt
+from nanovllm.values.inputs import PromptType
 from nanovllm.values.outputs import RequestOutput
 from nanovllm.values.sampling_params import SamplingParams
 

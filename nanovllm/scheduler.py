@@ -18,44 +18,34 @@ Inside a request nothing changes: its samples share the prompt's blocks (they wa
 the first sample to compute the prompt), and its sequences are admitted in order (a
 preempted one first).
 
-Each batch also carries the step for the model runner as plain values (nanovllm/contract/step.py): the
-scheduled sequences by seq id, the sequences added and those retired since the last step.
+A step is described once, as plain values for the model runner (nanovllm/contract/step.py):
+each scheduled sequence's new tokens and block table, whether it samples and which prompt
+tokens it scores, with the sequences added and those retired since the last step. After the
+runner has run, `update_from_output` maps the step back to the sequences by seq id.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.contract.step import NewSequence, ScheduledSequence, SchedulerOutput
 from nanovllm.sequence import Request, Sequence, SequenceStatus
-
-
-@dataclass(slots=True)
-class ScheduledBatch:
-    seqs: list[Sequence]              # the engine's view of the step
-    for_runner: SchedulerOutput       # the runner's: the same step as plain values
-    num_new_tokens: list[int] = field(default_factory=list)  # tokens each sequence computes
-    num_tokens: int = 0
-
-    def add(self, seq: Sequence, num_new_tokens: int) -> None:
-        self.seqs.append(seq)
-        self.num_new_tokens.append(num_new_tokens)
-        self.num_tokens += num_new_tokens
-        self.for_runner.scheduled.append(ScheduledSequence(
-            seq.seq_id, seq.block_table, seq.num_computed_tokens, num_new_tokens))
+from nanovllm.speculation import NO_PLAN, SpecPlan, Speculator
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 speculator: Speculator | None = None):
         self.block_manager = block_manager
+        self.speculator = speculator
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # Waiting sequences by request, in two lanes (dicts keep their order: the front is next).
         self.idle: dict[Request, deque[Sequence]] = {}  # requests with nothing running
         self.busy: dict[Request, deque[Sequence]] = {}  # requests with something running
         self.num_waiting_seqs = 0
+        self.seqs: dict[int, Sequence] = {}             # every unfinished sequence, by seq id
         self.running: list[Sequence] = []               # in admission order
         self.num_running: Counter[Request] = Counter()  # running sequences per request
         self.num_preemptions = 0
@@ -71,18 +61,34 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         self._enqueue(seq)
-        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.request.prompt_token_ids,
-                                          seq.params))
+        self.seqs[seq.seq_id] = seq
+        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
+                                          seq.request.prompt_token_ids))
 
-    def schedule(self) -> ScheduledBatch:
-        batch = ScheduledBatch([], SchedulerOutput([], self._new_seqs, self._finished_seq_ids))
+    def schedule(self) -> SchedulerOutput:
+        step = SchedulerOutput([], self._new_seqs, self._finished_seq_ids)
         self._new_seqs, self._finished_seq_ids = [], []
         budget = self.max_num_batched_tokens
         self._make_room_for_idle()
-        preempted = self._schedule_running(batch, budget)
+        preempted = self._schedule_running(step, budget)
         if not preempted:
-            self._schedule_waiting(batch, budget - batch.num_tokens)
-        return batch
+            self._schedule_waiting(step, budget - step.num_tokens)
+        return step
+
+    @staticmethod
+    def _schedule(step: SchedulerOutput, seq: Sequence, n: int, plan: SpecPlan = NO_PLAN) -> None:
+        """Adds `seq`'s next `n` tokens to the step, with what the step makes of them."""
+        start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+        scored = []
+        if seq.computes_prompt_logprobs:  # each row scores the next prompt token
+            scored = seq.token_ids[start + 1:min(end, seq.num_prompt_tokens - 1) + 1]
+        step.scheduled.append(ScheduledSequence(
+            seq.seq_id, seq.token_ids[start:end], start, seq.block_table,
+            sample=end == seq.num_tokens,  # the chunk reaches the end of the sequence's tokens
+            num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored,
+            spec_token_ids=plan.spec_token_ids, num_draft_tokens=plan.num_draft_tokens,
+            draft=plan.draft))
+        step.num_tokens += n + plan.num_slots
 
     def _make_room_for_idle(self) -> None:
         """Frees a slot for each idle request the free slots do not cover, taking the newest
@@ -95,13 +101,22 @@ class Scheduler:
                 return
             self._preempt(next(s for s in reversed(self.running) if s.request is request))
 
-    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> bool:
-        """Schedules running sequences, decodes first; returns whether any had to be preempted."""
+    def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
+        """Schedules running sequences, decodes first; returns whether any had to be preempted.
+        A decode may bring proposals to verify (speculative decoding), in slots that are free:
+        speculation never preempts anyone."""
         queue = deque(sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1))
+        speculates = self.speculator is not None and self.speculator.config.speculates(
+            len(self.running))
         preempted = False
         while queue and budget > 0:
             seq = queue.popleft()
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            plan = NO_PLAN
+            if speculates and seq.num_tokens - seq.num_computed_tokens == 1:
+                plan = self.speculator.plan(seq, budget - 1)
+                if plan.num_slots and not self.block_manager.can_append(seq, 1 + plan.num_slots):
+                    plan = NO_PLAN
             while not self.block_manager.can_append(seq, n):
                 victim = self._victim([seq, *queue])
                 self._preempt(victim)
@@ -110,9 +125,9 @@ class Scheduler:
                     break
                 queue.remove(victim)
             if seq.status is SequenceStatus.RUNNING:
-                self.block_manager.append_slots(seq, n)
-                batch.add(seq, n)
-                budget -= n
+                self.block_manager.append_slots(seq, n + plan.num_slots)
+                self._schedule(step, seq, n, plan)
+                budget -= n + plan.num_slots
         return preempted
 
     def _victim(self, candidates: list[Sequence]) -> Sequence:
@@ -120,7 +135,7 @@ class Scheduler:
         admitted = {seq.seq_id: i for i, seq in enumerate(self.running)}
         return max(candidates, key=lambda s: (self.num_running[s.request], admitted[s.seq_id]))
 
-    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+    def _schedule_waiting(self, step: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
         passed_over = 0  # busy requests skipped this step: their first sample is still prefilling
         while (budget > 0 and len(self.running) < self.max_num_seqs
@@ -142,7 +157,7 @@ class Scheduler:
             self.prefix_cache_queries += seq.num_tokens
             self.prefix_cache_hits += seq.num_cached_tokens
             self._start_running(seq)
-            batch.add(seq, n)
+            self._schedule(step, seq, n)
             budget -= n
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
@@ -153,11 +168,24 @@ class Scheduler:
         return (first.status is SequenceStatus.RUNNING
                 and first.num_computed_tokens < first.num_prompt_tokens)
 
-    def update_after_step(self, batch: ScheduledBatch) -> None:
-        """Records the tokens a step computed, publishing newly full blocks to the prefix cache."""
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
+    def update_from_output(self, step: SchedulerOutput) -> list[Sequence]:
+        """Records the tokens a step computed, publishing newly full blocks to the prefix cache;
+        returns the scheduled sequences, in the step's order."""
+        seqs = [self.seqs[scheduled.seq_id] for scheduled in step.scheduled]
+        for seq, scheduled in zip(seqs, step.scheduled):
+            seq.num_computed_tokens += len(scheduled.token_ids)
             self.block_manager.register_computed(seq)
+        return seqs
+
+    def update_speculated(self, seq: Sequence, num_kept: int, draft_computed: int) -> None:
+        """After the engine appended a speculating decode's tokens (`num_kept` proposals, then
+        the target's own): the kept proposals' K/V are valid, the rejected ones' slots are
+        rolled back and a block left holding none of the sequence's tokens is freed. Only then
+        are full blocks published, so the prefix cache never sees a rejected token."""
+        seq.num_computed_tokens += num_kept
+        seq.num_draft_computed = draft_computed
+        self.block_manager.register_computed(seq)
+        self.block_manager.trim(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self._stop_running(seq)
@@ -174,6 +202,7 @@ class Scheduler:
             self._dequeue(seq)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
+        del self.seqs[seq.seq_id]
         self._finished_seq_ids.append(seq.seq_id)
 
     # ---- the queues ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Requests and their sequences: the token state the scheduler and block manager work on.
 
 A request with `n` samples owns `n` sequences; each has its own tokens and KV blocks, and they
-share prompt blocks through the prefix cache. (Their random generators and penalty counts live
-in the model runner, keyed by seq id.)
+share prompt blocks through the prefix cache. A sequence's tokens are kept here only: each step
+hands the model runner the tokens it computes. (Random generators, penalty counts and grammar
+matchers are the runner's own, keyed by seq id: runner/seq_state.py.)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
     num_preemptions: int = 0                     # times its blocks were freed to make room
+    num_draft_computed: int = 0                  # tokens a draft model's cache holds (speculation)
     # Output state, read by the engine to build RequestOutputs.
     text: str = ""
     detok: object = None
@@ -82,6 +84,7 @@ class Sequence:
     @property
     def computes_prompt_logprobs(self) -> bool:
         """The first sample, on its first pass over the prompt, scores every prompt token (so it
-        must compute the whole prompt: cached positions produce no logits)."""
+        must compute the whole prompt: cached positions produce no logits). The scheduler reads
+        this rule to skip the prefix cache and to name the prompt tokens each chunk scores."""
         return (self.request.prompt_logprobs is not None and self.index == 0
                 and self.num_output_tokens == 0)

@@ -1,8 +1,9 @@
 """NativeModelRunner: turns one scheduled step into flat numpy inputs, runs GPT-2, samples.
 
-It keeps each live sequence's sampling state (SequenceState), keyed by seq id, so the
-scheduler only sends what changes (nanovllm/contract/step.py): new sequences, finished ones, and each
-scheduled sequence's block table and token counts.
+Each step says everything the runner needs (nanovllm/contract/step.py): every scheduled
+sequence's new tokens, positions and block table, whether it samples and which prompt tokens it
+scores, and the sequences announced and retired since the last step. The runner keeps only each
+live sequence's own sampling state (runner/seq_state.py), keyed by seq id.
 
 Every token of the step goes through each weight matrix as one matmul. Single-token sequences
 (decodes) are laid out first and attended together; multi-token chunks (prefills) follow. The
@@ -11,23 +12,26 @@ LM head runs only on rows that sample, plus prompt rows whose logprobs were aske
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from nanovllm.contract.step import (
     ModelRunnerOutput,
     NewSequence,
-    PromptLogprobs,
     ScheduledSequence,
     SchedulerOutput,
+    SpecResult,
+    TokenLogprobs,
 )
 from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
 from nanovllm.model.gpt2 import compile_kernels
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
-from nanovllm.runner.sampler import SequenceState, log_softmax, sample, token_logprobs
-from nanovllm.runner.structured import GrammarMatcher
+from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
+from nanovllm.runner.seq_state import SequenceState
+from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
+from nanovllm.runner.spec_decode.verify import verify
 
 
 @dataclass(slots=True)
@@ -36,49 +40,86 @@ class StepInputs:
     positions: np.ndarray
     attention: AttentionBatch
     logit_rows: np.ndarray
-    sample_ids: list[int]                              # their rows come first in logit_rows
-    prompt_rows: list[tuple[int, int, int]]            # (seq id, first prompt position, count)
+    sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
+    scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
+    # then these, speculating: 1 + len(spec_token_ids) rows each
+    verifying: list[ScheduledSequence] = field(default_factory=list)
 
 
 class NativeModelRunner:
     def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
-                 kv_cache_dtype: str = "auto", seed: int = 0):
-        self.cfg, self.weights, self.block_size = cfg, weights, block_size
+                 kv_cache_dtype: str = "auto", seed: int = 0, draft: DraftModel | None = None):
+        self.cfg, self.weights, self.block_size, self.draft = cfg, weights, block_size, draft
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         compile_kernels()
 
-    def run(self, batch: SchedulerOutput) -> ModelRunnerOutput:
-        for new in batch.new_seqs:  # first: an aborted newcomer still takes its seed, as it did
+    def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did
             self.states[new.seq_id] = self._new_state(new)
-        for seq_id in batch.finished_seq_ids:
+        for seq_id in step.finished_seq_ids:
             self.states.pop(seq_id, None)
-        if not batch.scheduled:
-            return ModelRunnerOutput({}, {}, [])
-        inputs = self.prepare(batch.scheduled)
+        if not step.scheduled:
+            return ModelRunnerOutput({}, {}, {})
+        scheduled, drafts = self._propose(step.scheduled)
+        inputs = self.prepare(scheduled)
         logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                          self.kv_cache.layers, inputs.attention, inputs.logit_rows)
-        n = len(inputs.sample_ids)
-        states = [self.states[i] for i in inputs.sample_ids]
-        tokens, logprobs = sample(logits[:n], states, self.cfg.eos_token_id)
-        prompt_logprobs = self._prompt_logprobs(logits[n:], inputs.prompt_rows)
+        n = len(inputs.sampling)
+        states = [self.states[e.seq_id] for e in inputs.sampling]
+        tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
+                                  self.cfg.eos_token_id)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
-            state.append(token)
-        return ModelRunnerOutput(dict(zip(inputs.sample_ids, tokens)),
-                                 {i: lp for i, lp in zip(inputs.sample_ids, logprobs) if lp},
-                                 prompt_logprobs)
+            took(state, token)
+        seq_ids = [e.seq_id for e in inputs.sampling]
+        m = n + sum(len(e.prompt_logprob_ids) for e in inputs.scoring)
+        return ModelRunnerOutput(dict(zip(seq_ids, tokens)),
+                                 {i: lp for i, lp in zip(seq_ids, logprobs) if lp},
+                                 self._prompt_logprobs(logits[n:m], inputs.scoring),
+                                 self._verify(logits[m:], inputs.verifying, drafts))
+
+    def _propose(self, scheduled: list[ScheduledSequence]
+                 ) -> tuple[list[ScheduledSequence], dict[int, Proposal]]:
+        """The draft model's proposals, as the entries' spec_token_ids (n-gram proposals came
+        with the step)."""
+        asked = [e for e in scheduled if e.num_draft_tokens]
+        if not asked:
+            return scheduled, {}
+        chunks = [ScheduledSequence(e.seq_id, e.draft.token_ids, e.draft.start, e.block_table,
+                                    True, 0) for e in asked]
+        proposals = self.draft.propose(chunks, [self.states[e.seq_id] for e in asked],
+                                       [e.num_draft_tokens for e in asked], self.prepare)
+        by_id = {e.seq_id: p for e, p in zip(asked, proposals)}
+        return [replace(e, spec_token_ids=by_id[e.seq_id].token_ids) if e.seq_id in by_id else e
+                for e in scheduled], by_id
+
+    def _verify(self, logits: np.ndarray, verifying: list[ScheduledSequence],
+                drafts: dict[int, Proposal]) -> dict[int, SpecResult]:
+        out, row = {}, 0
+        for e in verifying:
+            k = len(e.spec_token_ids)
+            state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
+            tokens, logprobs = verify(logits[row:row + k + 1], state, e.num_output_tokens,
+                                      e.spec_token_ids, draft.probs if draft else None,
+                                      self.cfg.eos_token_id)
+            for token in tokens:
+                took(state, token)
+            # The draft computed positions up to start + k - 1; those of kept tokens stay valid.
+            computed = e.start + 1 + min(len(tokens) - 1, k - 1) if draft else 0
+            out[e.seq_id] = SpecResult(tokens, logprobs, k, computed)
+            row += k + 1
+        return out
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in
         any batch; the others spawn, in arrival order, from the engine's seed."""
         p = new.params
         seed = [p.seed % 2**64, new.index] if p.seed is not None else self._seeds.spawn(1)[0]
-        grammar = GrammarMatcher(p.structured, self.cfg.eos_token_id) if p.structured is not None else None
-        return SequenceState(p, new.index, list(new.prompt_token_ids), len(new.prompt_token_ids),
-                             np.random.default_rng(seed), grammar=grammar)
+        return new_sequence_state(p, new.prompt_token_ids, np.random.default_rng(seed),
+                                  self.cfg.eos_token_id)
 
     def slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
         """Cache slots of one sequence's `positions`, through its block table."""
@@ -86,38 +127,39 @@ class NativeModelRunner:
         return blocks * self.block_size + positions % self.block_size
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
-        entries = sorted(scheduled, key=lambda e: e.num_new_tokens > 1)
-        decodes = [e for e in entries if e.num_new_tokens == 1]
-        ids, pos, slot_parts, prefills = [], [], [], []
-        sample_rows, sample_ids, prompt_rows, prompt_logit_rows = [], [], [], []
+        entries = sorted(scheduled, key=lambda e: _num_rows(e) > 1)
+        decodes = [e for e in entries if _num_rows(e) == 1]
+        pos, slot_parts, prefills = [], [], []
+        sample_rows, sampling, prompt_rows, scoring, verify_rows, verifying = [], [], [], [], [], []
         row = 0
         for e in entries:
-            state, start, n = self.states[e.seq_id], e.num_computed_tokens, e.num_new_tokens
+            start, n = e.start, _num_rows(e)
             positions = np.arange(start, start + n)
-            ids.append(state.token_ids[start:start + n])
             pos.append(positions)
             slot_parts.append(self.slots(e.block_table, positions))
             if n > 1:
                 context = self.slots(e.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
-            if start + n == len(state.token_ids):
+            if e.spec_token_ids:  # every row scores what follows it
+                verify_rows.extend(range(row, row + n))
+                verifying.append(e)
+            elif e.sample:
                 sample_rows.append(row + n - 1)
-                sample_ids.append(e.seq_id)
-            count = self._num_prompt_logprob_rows(state, start, n)
-            if count:
-                prompt_rows.append((e.seq_id, start, count))
-                prompt_logit_rows.extend(range(row, row + count))
+                sampling.append(e)
+            if e.prompt_logprob_ids:
+                prompt_rows.extend(range(row, row + len(e.prompt_logprob_ids)))
+                scoring.append(e)
             row += n
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
                                    *self._decode_context(decodes), prefills)
-        return StepInputs(np.fromiter((t for part in ids for t in part), np.int64, row),
-                          np.concatenate(pos), attention,
-                          np.array(sample_rows + prompt_logit_rows, np.int64), sample_ids,
-                          prompt_rows)
+        token_ids = (t for e in entries for part in (e.token_ids, e.spec_token_ids) for t in part)
+        return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
+                          np.array(sample_rows + prompt_rows + verify_rows, np.int64), sampling,
+                          scoring, verifying)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
-        lens = np.array([e.num_computed_tokens + 1 for e in decodes], np.int64)
+        lens = np.array([e.start + 1 for e in decodes], np.int64)
         num_blocks = -(-lens.max(initial=0) // self.block_size)
         tables = np.zeros((len(decodes), num_blocks), np.int64)
         for i, e in enumerate(decodes):
@@ -125,21 +167,17 @@ class NativeModelRunner:
             tables[i, :len(table)] = table
         return tables, lens
 
-    @staticmethod
-    def _num_prompt_logprob_rows(state: SequenceState, start: int, n: int) -> int:
-        """Rows of this chunk whose logits score the next prompt token (for prompt logprobs)."""
-        if not state.scores_prompt:
-            return 0
-        return max(0, min(start + n, state.num_prompt_tokens - 1) - start)
-
-    def _prompt_logprobs(self, logits: np.ndarray, prompt_rows) -> list[PromptLogprobs]:
-        out, row = [], 0
-        for seq_id, start, count in prompt_rows:
-            state = self.states[seq_id]
-            lps = log_softmax(logits[row:row + count])
-            nxt = state.token_ids[start + 1:start + 1 + count]
-            top_n = state.params.prompt_logprobs
-            out.append(PromptLogprobs(seq_id, start, [token_logprobs(lp, t, top_n)
-                                                      for lp, t in zip(lps, nxt)]))
+    def _prompt_logprobs(self, logits: np.ndarray, scoring: list[ScheduledSequence]
+                         ) -> dict[int, list[TokenLogprobs]]:
+        out, row = {}, 0
+        for e in scoring:
+            count = len(e.prompt_logprob_ids)
+            top_n = self.states[e.seq_id].params.prompt_logprobs
+            out[e.seq_id] = [token_logprobs(lp, t, top_n) for lp, t in
+                             zip(log_softmax(logits[row:row + count]), e.prompt_logprob_ids)]
             row += count
         return out
+
+
+def _num_rows(e: ScheduledSequence) -> int:
+    return len(e.token_ids) + len(e.spec_token_ids)

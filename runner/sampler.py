@@ -9,12 +9,11 @@ request samples the same alone or inside any batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from nanovllm.contract.step import TokenLogprobs
 from nanovllm.model.kernels import softmax_
+from nanovllm.runner.seq_state import PenaltyCounts, SequenceState
 from nanovllm.runner.structured import GrammarMatcher
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -50,108 +49,44 @@ def token_logprobs(logprobs_row: np.ndarray, token: int, top_n: int) -> TokenLog
     return TokenLogprobs(ids, lps, ranks)
 
 
-class PenaltyCounts:
-    """What the penalties read from one sequence: the tokens it has seen (prompt and output,
-    for repetition_penalty) and how often it generated each (for presence and frequency).
-
-    Kept in the sequence's SequenceState and brought up to date each step with only the tokens
-    appended since the last (a token list only grows), as arrays the step indexes logits with:
-    no step loops over the sequence's tokens in Python.
-    """
-
-    __slots__ = ("num_counted", "seen", "seen_ids", "output_slot", "output_ids", "output_counts")
-
-    def __init__(self) -> None:
-        self.num_counted = 0                        # how many of the sequence's tokens are in
-        self.seen: set[int] = set()
-        self.seen_ids = np.empty(0, np.int64)       # `seen` as an array, to index logits with
-        self.output_slot: dict[int, int] = {}       # generated token -> its place in output_ids
-        self.output_ids = np.empty(0, np.int64)     # each generated token once
-        self.output_counts = np.empty(0, np.int64)  # and how often it was generated
-
-    def update(self, token_ids: list[int], num_prompt_tokens: int) -> PenaltyCounts:
-        new = token_ids[self.num_counted:]
-        generated = new[max(0, num_prompt_tokens - self.num_counted):]
-        fresh = [t for t in dict.fromkeys(generated) if t not in self.output_slot]
-        if fresh:
-            first = len(self.output_ids)
-            self.output_slot.update(zip(fresh, range(first, first + len(fresh))))
-            self.output_ids = np.concatenate([self.output_ids, np.array(fresh, np.int64)])
-            self.output_counts = np.concatenate([self.output_counts, np.zeros(len(fresh), np.int64)])
-        if generated:
-            np.add.at(self.output_counts, [self.output_slot[t] for t in generated], 1)
-        unseen = [t for t in dict.fromkeys(new) if t not in self.seen]
-        if unseen:
-            self.seen.update(unseen)
-            self.seen_ids = np.concatenate([self.seen_ids, np.array(unseen, np.int64)])
-        self.num_counted = len(token_ids)
-        return self
+def new_sequence_state(params: SamplingParams, prompt_token_ids: list[int],
+                       rng: np.random.Generator, eos_token_id: int) -> SequenceState:
+    """What sampling keeps about a new sequence: its arrays, made once, and, where asked for,
+    penalty counts (from the prompt) and a grammar matcher."""
+    bias = params.logit_bias
+    penalised = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+    return SequenceState(
+        params, rng, np.fromiter(bias, np.int64, len(bias)),
+        np.fromiter(bias.values(), np.float32, len(bias)), np.array(params.stop_token_ids, np.int64),
+        PenaltyCounts(prompt_token_ids) if penalised else None,
+        GrammarMatcher(params.structured, eos_token_id) if params.structured is not None else None)
 
 
-@dataclass(slots=True, eq=False)
-class SequenceState:
-    """What the runner keeps about one live sequence, keyed by its seq id: created when the
-    scheduler first names it, kept while it is preempted (it resumes the same random stream),
-    dropped when it finishes."""
-    params: SamplingParams
-    index: int                          # which of its request's samples
-    token_ids: list[int]                # prompt followed by the tokens sampled so far
-    num_prompt_tokens: int
-    rng: np.random.Generator
-    penalty_counts: PenaltyCounts | None = None  # made on the first penalised step
-    grammar: GrammarMatcher | None = None        # structured outputs: where the grammar is
-    # logit_bias as arrays, made once: a step adds every row's bias in one indexing operation.
-    bias_ids: np.ndarray = field(init=False)
-    bias_values: np.ndarray = field(init=False)
-    # stop_token_ids as an array: what min_tokens bans (with EOS, unless ignore_eos).
-    stop_ids: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        bias = self.params.logit_bias
-        self.bias_ids = np.fromiter(bias, np.int64, len(bias))
-        self.bias_values = np.fromiter(bias.values(), np.float32, len(bias))
-        self.stop_ids = np.array(self.params.stop_token_ids, np.int64)
-
-    def append(self, token: int) -> None:
-        """The sequence took `token` (the runner's copy of it follows the engine's)."""
-        self.token_ids.append(token)
-        if self.grammar is not None:
-            self.grammar.accept(token)
-
-    @property
-    def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def scores_prompt(self) -> bool:
-        """The first sample, on its first pass over the prompt, scores every prompt token when
-        prompt logprobs were asked for (the scheduler makes it compute the whole prompt)."""
-        return (self.params.prompt_logprobs is not None and self.index == 0
-                and self.num_output_tokens == 0)
+def took(seq: SequenceState, token: int) -> None:
+    """The sequence took `token`: its penalty counts and grammar move past it."""
+    if seq.penalty_counts is not None:
+        seq.penalty_counts.add(token)
+    if seq.grammar is not None:
+        seq.grammar.accept(token)
 
 
-def updated_penalty_counts(seq: SequenceState) -> PenaltyCounts:
-    """The sequence's PenaltyCounts, made on its first penalised step, counted up to now."""
-    if seq.penalty_counts is None:
-        seq.penalty_counts = PenaltyCounts()
-    return seq.penalty_counts.update(seq.token_ids, seq.num_prompt_tokens)
-
-
-def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int) -> None:
+def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
+                   eos_token_id: int) -> None:
     """Logit bias, min_tokens and the penalties, in place on the rows ([len(seqs), vocab]) of the
-    sequences that ask for any. The bias of every row is one indexing operation; the rest costs
-    each adjusted row a few array operations, however many tokens its parameters name."""
+    sequences that ask for any (`num_output_tokens`: what each has generated so far). The bias of
+    every row is one indexing operation; the rest costs each adjusted row a few array operations,
+    however many tokens its parameters name."""
     rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
     _add_logit_bias_(logits, [seqs[i] for i in rows], np.array(rows, np.int64))
     for i in rows:
         row, seq = logits[i], seqs[i]
         p = seq.params
-        if seq.num_output_tokens < p.min_tokens:
+        if num_output_tokens[i] < p.min_tokens:
             row[seq.stop_ids] = -np.inf
             if not p.ignore_eos:
                 row[eos_token_id] = -np.inf
         if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            _penalize_(row, updated_penalty_counts(seq), p)
+            _penalize_(row, seq.penalty_counts, p)
         np.clip(row, -np.inf, MAX_LOGIT, out=row)
         row[np.isnan(row)] = -np.inf
 
@@ -213,12 +148,12 @@ def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def sample(logits: np.ndarray, seqs: list[SequenceState], eos_token_id: int
-           ) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
+def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
+           eos_token_id: int) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
     """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
-    adjust_logits_(logits, seqs, eos_token_id)
+    adjust_logits_(logits, seqs, num_output_tokens, eos_token_id)
     for row, seq in zip(logits, seqs):
         if seq.grammar is not None:  # ban what the grammar does not allow next
             seq.grammar.mask_logits_(row)

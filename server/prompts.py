@@ -11,9 +11,9 @@ omitted fields, and clamping logit_bias to [-100, 100] as OpenAI does.
 from __future__ import annotations
 
 from nanovllm import InvalidRequestError, SamplingParams
+from nanovllm.input_processor import is_single_prompt
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import CompletionRequest
-from nanovllm.values.inputs import is_single_prompt
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
 

@@ -1,15 +1,17 @@
 """The plain values that cross between the scheduler and the model runner, as in vLLM v1.
 
-The scheduler says which sequences compute how many tokens this step (`SchedulerOutput`); the
-runner answers with what it sampled (`ModelRunnerOutput`). Neither side sees the other's
-objects: sequences are named by their seq id, and the runner keeps what it needs to sample a
-sequence (its parameters, random generator, tokens) from the step it first appears in
-(`NewSequence`) until the scheduler reports it finished.
+The scheduler describes each step once (`SchedulerOutput`): for every scheduled sequence, the
+tokens it computes, where they go, and what the step must produce from them (a sample, prompt
+logprobs). The runner answers with what it produced (`ModelRunnerOutput`). Neither side sees the
+other's objects: sequences are named by their seq id. The tokens themselves live in the engine's
+sequences; the runner keeps only what is its own (random generators, penalty counts, grammar
+matchers), from the step a sequence is first announced in (`NewSequence`) until the scheduler
+reports it finished.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -19,24 +21,45 @@ class NewSequence:
     """A sequence the runner has not seen yet (it may be scheduled in a later step)."""
     seq_id: int
     index: int                   # which of its request's samples (seeds a seeded generator)
-    prompt_token_ids: list[int]
     params: SamplingParams
+    prompt_token_ids: list[int]  # read once, for the distinct ids repetition_penalty reads
+
+
+@dataclass(slots=True)
+class DraftWork:
+    """What a draft model computes before proposing: its own cache holds the sequence's
+    positions below `start`, so it first runs `token_ids` (positions start onwards, up to and
+    including the scheduled sequence's token)."""
+    start: int
+    token_ids: list[int]
 
 
 @dataclass(slots=True)
 class ScheduledSequence:
-    """One sequence's work in a step: positions [num_computed_tokens, + num_new_tokens)."""
+    """One sequence's work in a step: `token_ids` at positions [start, start + len(token_ids))."""
     seq_id: int
+    token_ids: list[int]         # the new tokens this step computes
+    start: int                   # the positions before it are already in the KV cache
     block_table: list[int]       # the scheduler's list, read during the step, never changed
-    num_computed_tokens: int
-    num_new_tokens: int
+    sample: bool                 # the chunk reaches the sequence's end: sample after its last
+    num_output_tokens: int       # tokens the sequence generated before this step (min_tokens)
+    # Prompt tokens scored for prompt logprobs: row i of this chunk scores prompt position
+    # start + 1 + i (its next token); empty when the chunk scores none.
+    prompt_logprob_ids: list[int] = field(default_factory=list)
+    # Speculative decoding (a decode only): proposals to verify after token_ids, one more query
+    # row each; n-gram lookup makes them in the scheduler, a draft model in the runner
+    # (`num_draft_tokens` of them, its cache caught up by `draft`). Slots are reserved for all.
+    spec_token_ids: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0
+    draft: DraftWork | None = None
 
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    scheduled: list[ScheduledSequence]
-    new_seqs: list[NewSequence]  # in the order their requests arrived
-    finished_seq_ids: list[int]  # finished or aborted since the last step: their state goes
+    scheduled: list[ScheduledSequence]  # in scheduling order
+    new_seqs: list[NewSequence]         # in the order their requests arrived
+    finished_seq_ids: list[int]         # finished or aborted since the last step: their state goes
+    num_tokens: int = 0                 # of all scheduled sequences together
 
 
 @dataclass(slots=True)
@@ -48,15 +71,17 @@ class TokenLogprobs:
 
 
 @dataclass(slots=True)
-class PromptLogprobs:
-    """Logprobs of prompt tokens first_position + 1, first_position + 2, ... of one sequence."""
-    seq_id: int
-    first_position: int
-    logprobs: list[TokenLogprobs]
+class SpecResult:
+    """A speculating sequence's step: the proposals the target kept, then one token of its own."""
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs] | None  # of each of token_ids, where asked
+    num_proposed: int
+    draft_computed: int = 0               # the draft's cache now holds positions below this
 
 
 @dataclass(slots=True)
 class ModelRunnerOutput:
-    sampled: dict[int, int]                  # seq_id -> next token
-    logprobs: dict[int, TokenLogprobs]       # seq_id -> its logprobs, where asked
-    prompt_logprobs: list[PromptLogprobs]
+    sampled: dict[int, int]                         # seq_id -> next token, where it samples
+    logprobs: dict[int, TokenLogprobs]              # seq_id -> its logprobs, where asked
+    prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
+    speculated: dict[int, SpecResult] = field(default_factory=dict)  # instead of `sampled`

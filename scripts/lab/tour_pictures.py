@@ -28,7 +28,7 @@ from nanovllm.engine import LLMEngine
 from nanovllm.model import write_dummy_checkpoint
 from nanovllm.values.sampling_params import SamplingParams
 
-TOUR = Path(__file__).resolve().parent.parent / "docs" / "tour.md"
+TOUR = Path(__file__).resolve().parents[2] / "docs" / "tour.md"
 TINY_MODEL = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128)
 BLOCK_SIZE = 4
 STEP_BUDGET = 16
@@ -42,7 +42,7 @@ class Scheduled:
     start: int                # first position computed
     count: int                # positions computed
     block_table: list[int]    # a copy: the scheduler's list keeps changing
-    sampled: bool             # whether the step sampled a token for it
+    sampled: bool             # whether the step samples a token for it
     num_cached: int           # prompt tokens it found in the prefix cache
 
 
@@ -65,14 +65,11 @@ class Watched:
         self.names: dict[int, str] = {}
         self.steps: list[Step] = []
         self._given: list[tuple[ScheduledSequence, list[int]]] = []
-        self._sampled: set[int] = set()
         run = self.engine.runner.run
 
-        def recording_run(batch: SchedulerOutput) -> ModelRunnerOutput:
-            self._given = [(e, list(e.block_table)) for e in batch.scheduled]
-            result = run(batch)
-            self._sampled = set(result.sampled)
-            return result
+        def recording_run(step: SchedulerOutput) -> ModelRunnerOutput:
+            self._given = [(e, list(e.block_table)) for e in step.scheduled]
+            return run(step)
         self.engine.runner.run = recording_run
 
     def add(self, name: str, prompt: str, max_tokens: int) -> None:
@@ -88,8 +85,8 @@ class Watched:
         preempted = [self.names[s.seq_id] for s in sched.waiting
                      if s.seq_id in seqs and s.num_output_tokens > 0]
         step = Step(len(self.steps) + 1, [
-            Scheduled(self.names[e.seq_id], e.num_computed_tokens, e.num_new_tokens, table,
-                      e.seq_id in self._sampled, seqs[e.seq_id].num_cached_tokens)
+            Scheduled(self.names[e.seq_id], e.start, len(e.token_ids), table, e.sample,
+                      seqs[e.seq_id].num_cached_tokens)
             for e, table in self._given],
             self.engine.block_manager.num_free_blocks,
             preempted if sched.num_preemptions > preemptions else [],

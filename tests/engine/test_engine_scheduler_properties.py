@@ -67,12 +67,12 @@ class FakeEngine:
         batch = self.sched.schedule()
         self.check_batch(batch)
         self.check_fairness()
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            for pos in range(seq.num_computed_tokens, seq.num_computed_tokens + n):
+        for e in batch.scheduled:
+            seq = self.sched.seqs[e.seq_id]
+            for pos in range(e.start, e.start + len(e.token_ids)):
                 self.kv[self.slot(seq, pos)] = tuple(seq.token_ids[:pos + 1])
-            seq.num_computed_tokens += n
-            self.bm.register_computed(seq)
-        for seq in batch.seqs:
+        for seq, e in zip(self.sched.update_from_output(batch), batch.scheduled):
+            assert e.sample == (seq.num_computed_tokens == seq.num_tokens)
             if seq.num_computed_tokens == seq.num_tokens:
                 seq.token_ids.append(self.rng.randrange(ALPHABET))
                 eos = self.rng.random() < 0.1
@@ -82,12 +82,16 @@ class FakeEngine:
 
     def check_batch(self, batch) -> None:
         sched = self.sched
-        assert batch.seqs, "a step with unfinished requests scheduled nothing"
+        assert batch.scheduled, "a step with unfinished requests scheduled nothing"
         assert batch.num_tokens <= sched.max_num_batched_tokens
-        assert len(batch.seqs) <= sched.max_num_seqs
-        assert len(set(map(id, batch.seqs))) == len(batch.seqs)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        assert batch.num_tokens == sum(len(e.token_ids) for e in batch.scheduled)
+        assert len(batch.scheduled) <= sched.max_num_seqs
+        assert len({e.seq_id for e in batch.scheduled}) == len(batch.scheduled)
+        for e in batch.scheduled:
+            seq, n = sched.seqs[e.seq_id], len(e.token_ids)
             assert seq.status is SequenceStatus.RUNNING and seq in sched.running
+            assert e.start == seq.num_computed_tokens
+            assert e.token_ids == seq.token_ids[e.start:e.start + n]
             assert 1 <= n <= seq.num_tokens - seq.num_computed_tokens
             assert len(seq.block_table) * self.bm.block_size >= seq.num_computed_tokens + n
 

@@ -1,8 +1,10 @@
-"""The runner's per-sequence state (nanovllm/contract/step.py, SequenceState) follows the engine's
+"""The runner's per-sequence state (runner/seq_state.py, SequenceState) follows the engine's
 sequences: made from the step a sequence is first announced in, kept through preemption,
 dropped in the step after it finishes or is aborted. Counted in engine steps."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from nanovllm import SamplingParams
 
@@ -31,11 +33,12 @@ def test_state_lives_exactly_as_long_as_its_sequence(make_engine):
     assert engine.runner.states == {}
 
 
-def test_runner_tokens_match_the_engines(make_engine):
-    """The runner keeps its own copy of each sequence's tokens; it must never drift."""
+def test_runner_penalty_counts_match_the_engines_tokens(make_engine):
+    """The runner counts, from the prompt and what it sampled, what the penalties read; the
+    counts must never drift from the engine's tokens, through preemption too."""
     engine = make_engine(num_kv_blocks=6, block_size=4)  # forces preemption
     params = SamplingParams(temperature=1.0, seed=3, max_tokens=12, ignore_eos=True,
-                            repetition_penalty=1.2)
+                            repetition_penalty=1.2, frequency_penalty=0.1)
     for i in range(4):
         engine.add_request(str(i), PROMPT[:4 + i], params)
     while engine.has_unfinished_requests():
@@ -43,7 +46,11 @@ def test_runner_tokens_match_the_engines(make_engine):
         for request in engine.requests.values():
             for seq in request.seqs:
                 if seq.seq_id in engine.runner.states:
-                    assert engine.runner.states[seq.seq_id].token_ids == seq.token_ids
+                    counts = engine.runner.states[seq.seq_id].penalty_counts
+                    assert counts.seen == set(seq.token_ids)
+                    assert sorted(counts.seen_ids.tolist()) == sorted(set(seq.token_ids))
+                    assert dict(zip(counts.output_ids.tolist(), counts.output_counts.tolist())
+                                ) == Counter(seq.output_token_ids)
     assert engine.scheduler.num_preemptions > 0
 
 
@@ -51,9 +58,7 @@ def test_a_step_announces_each_sequence_once(make_engine):
     engine = make_engine()
     engine.add_request("a", PROMPT, SamplingParams(max_tokens=3, n=2))
     first = engine.scheduler.schedule()  # the second sample may wait for the first's prompt
-    assert [s.seq_id for s in first.for_runner.new_seqs] == [
-        s.seq_id for s in engine.requests["a"].seqs]
-    engine.scheduler.update_after_step(first)
-    for seq in first.seqs:  # as the engine does with sampled tokens
+    assert [s.seq_id for s in first.new_seqs] == [s.seq_id for s in engine.requests["a"].seqs]
+    for seq in engine.scheduler.update_from_output(first):  # as the engine does with samples
         seq.token_ids.append(1)
-    assert engine.scheduler.schedule().for_runner.new_seqs == []
+    assert engine.scheduler.schedule().new_seqs == []

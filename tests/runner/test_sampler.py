@@ -19,12 +19,14 @@ from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
 from nanovllm.runner.sampler import (
-    SequenceState,
     adjust_logits_,
     filter_probs_,
+    new_sequence_state,
     sample,
     sample_from_probs,
+    took,
 )
+from nanovllm.runner.seq_state import SequenceState
 
 PROBS = [0.5, 0.2, 0.15, 0.1, 0.05]
 EOS = 9
@@ -121,13 +123,16 @@ def test_sample_from_probs_is_the_inverse_cdf():
 
 # ---- adjust_logits_ ------------------------------------------------------------------------
 def make_seq(prompt: list[int], output: list[int], rng_seed: int = 0, **params) -> SequenceState:
-    return SequenceState(SamplingParams(**params), 0, prompt + output, len(prompt),
-                         np.random.default_rng(rng_seed))
+    """A sequence's sampling state as the runner makes it, after it took `output`."""
+    seq = new_sequence_state(SamplingParams(**params), prompt, np.random.default_rng(rng_seed), EOS)
+    for token in output:
+        took(seq, token)
+    return seq
 
 
 def adjusted(logits, prompt, output, **params) -> np.ndarray:
     rows = np.array([logits], np.float32)
-    adjust_logits_(rows, [make_seq(prompt, output, **params)], EOS)
+    adjust_logits_(rows, [make_seq(prompt, output, **params)], [len(output)], EOS)
     return rows[0]
 
 
@@ -214,12 +219,15 @@ def test_incremental_penalty_counts_match_the_definition(prompt, steps, repetiti
     prefill chunk) penalise exactly as counting the whole sequence afresh does."""
     seq = make_seq(prompt, [], repetition_penalty=repetition, presence_penalty=presence,
                    frequency_penalty=frequency)
+    token_ids = list(prompt)
     for appended in [[], *steps]:
-        seq.token_ids.extend(appended)
+        for token in appended:
+            took(seq, token)
+        token_ids += appended
         got = np.array([BASE], np.float32)
-        adjust_logits_(got, [seq], EOS)
+        adjust_logits_(got, [seq], [len(token_ids) - len(prompt)], EOS)
         got = got[0]
-        expected = penalized_by_definition(BASE, seq.token_ids, len(prompt), seq.params)
+        expected = penalized_by_definition(BASE, token_ids, len(prompt), seq.params)
         np.testing.assert_array_equal(got, expected)
 
 
@@ -229,7 +237,7 @@ def test_tiny_temperatures_sample_the_argmax(temperature):
     logits = np.array([[0.0, 3.0, 2.0, -1.0]], np.float32)
     for seed in range(20):
         seq = make_seq([0], [], rng_seed=seed, temperature=temperature)
-        tokens, _ = sample(logits.copy(), [seq], EOS)
+        tokens, _ = sample(logits.copy(), [seq], [0], EOS)
         assert tokens.tolist() == [1]
 
 
@@ -237,7 +245,7 @@ def test_infinite_temperature_samples_uniformly_and_keeps_bans():
     logits = np.array([BASE], np.float32)
     seqs = [make_seq([0], [], rng_seed=s, temperature=float("inf"), min_tokens=1)
             for s in range(300)]
-    picks = {int(sample(logits.copy(), [seq], EOS)[0][0]) for seq in seqs}
+    picks = {int(sample(logits.copy(), [seq], [0], EOS)[0][0]) for seq in seqs}
     assert picks == set(range(10)) - {EOS}
 
 
@@ -248,16 +256,17 @@ def test_runner_modules_import_on_their_own(module):
     assert result.returncode == 0, result.stderr[-500:]
 
 
-def adjusted_by_definition(logits: np.ndarray, seq: SequenceState) -> np.ndarray:
+def adjusted_by_definition(logits: np.ndarray, p: SamplingParams, prompt: list[int],
+                           output: list[int]) -> np.ndarray:
     """One row, as the adjustments read: a Python loop over the bias, the bans, the penalties."""
-    row, p = logits.copy(), seq.params
+    row = logits.copy()
     for token, bias in p.logit_bias.items():
         row[token] += bias
-    if seq.num_output_tokens < p.min_tokens:
+    if len(output) < p.min_tokens:
         for token in p.stop_token_ids + ([] if p.ignore_eos else [EOS]):
             row[token] = -np.inf
     if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-        row = penalized_by_definition(row, seq.token_ids, seq.num_prompt_tokens, p)
+        row = penalized_by_definition(row, prompt + output, len(prompt), p)
     row = np.clip(row, -np.inf, 1e30)
     row[np.isnan(row)] = -np.inf
     return row
@@ -285,7 +294,8 @@ def test_a_batch_is_adjusted_row_by_row_as_defined(rows):
     were."""
     seqs = [make_seq(prompt, output, **params) for params, prompt, output, _ in rows]
     logits = np.array([row for *_, row in rows], np.float32)
-    expected = [adjusted_by_definition(logits[i], seq) if seq.params.adjusts_logits
-                else logits[i].copy() for i, seq in enumerate(seqs)]
-    adjust_logits_(logits, seqs, EOS)
+    expected = [adjusted_by_definition(logits[i], seq.params, prompt, output)
+                if seq.params.adjusts_logits else logits[i].copy()
+                for i, (seq, (_, prompt, output, _)) in enumerate(zip(seqs, rows))]
+    adjust_logits_(logits, seqs, [len(output) for _, _, output, _ in rows], EOS)
     np.testing.assert_array_equal(logits, np.array(expected))
