@@ -32,8 +32,8 @@ from nanovllm.runner.model_runner import NativeModelRunner
 from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
-from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
+from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
@@ -121,8 +121,8 @@ class LLMEngine:
                         "n-gram lookup" if draft is None else f"draft {draft.path}",
                         spec.num_speculative_tokens, spec.disable_by_batch_size,
                         "" if draft_model is None else
-                        "; the KV budget is split target %.0f MiB / draft %.0f MiB" % (
-                            self.runner.kv_cache.nbytes / 2**20, draft_model.kv_cache.nbytes / 2**20))
+                        f"; the KV budget is split target {self.runner.kv_cache.nbytes / 2**20:.0f}"
+                        f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,

@@ -42,7 +42,7 @@ class DraftModel:
         out = [Proposal([], [] if not s.params.greedy else None) for s in states]
         live = list(range(len(entries)))
         step = entries
-        for j in range(max(num_proposals, default=0)):
+        for _ in range(max(num_proposals, default=0)):
             inputs = prepare(step)
             logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                              self.kv_cache.layers, inputs.attention, inputs.logit_rows)
