@@ -12,17 +12,23 @@ sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, SpecResult, TokenLogprobs
+from nanovllm.contract.step import (
+    ModelRunnerOutput,
+    ScheduledSequence,
+    SchedulerOutput,
+    TokenLogprobs,
+)
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
@@ -37,7 +43,7 @@ from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -61,6 +67,18 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
+    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
+    # for larger steps), and their total.
+    iteration_tokens: tuple[int, ...] = ()
+    iteration_tokens_sum: int = 0
+    # The KV cache's configuration (vLLM's vllm:cache_config_info).
+    block_size: int = 0
+    kv_cache_dtype: str = ""
+    enable_prefix_caching: bool = False
+
+
+# vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
@@ -106,6 +124,8 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
+        self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
         logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
@@ -143,7 +163,7 @@ class LLMEngine:
                 f"this request's {params.n} would pass the limit of "
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
-                        final_only=request.final_only)
+                        final_only=request.final_only, metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self._new_sequence(state, index) for index in range(params.n)]
@@ -176,63 +196,73 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule -> run -> update -> outputs of the requests that advanced."""
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
         step = self.scheduler.schedule()
         result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
         if not step.scheduled:
             return []
         seqs = self.scheduler.update_from_output(step)
-        touched = self._update(seqs, step, result)
-        self._record_step(step, result, time.perf_counter() - start,
-                          self.scheduler.num_preemptions - preemptions)
-        for request in touched:
-            if request.finished:
-                del self.requests[request.request_id]
-        return [self._request_output(r) for r in touched if r.finished or not r.final_only]
+        advanced = self._update(seqs, step, result)
+        self._record_step(step, seqs, result, start, self.scheduler.num_preemptions - preemptions)
+        return self._outputs(advanced)
 
     def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
                 ) -> list[Request]:
         """Maps the runner's output back to the sequences: prompt logprobs, then each sampled
         token. Returns the requests that got a token, in the step's order."""
-        touched: dict[str, Request] = {}
+        advanced: dict[str, Request] = {}
         for seq, scheduled in zip(seqs, step.scheduled):
             if scheduled.prompt_logprob_ids:
                 first = scheduled.start + 1
                 lps = result.prompt_logprobs[seq.seq_id]
                 seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
-            if seq.seq_id in result.speculated:
-                self._append_speculated(seq, result.speculated[seq.seq_id])
-                touched[seq.request.request_id] = seq.request
-            elif scheduled.sample:
-                self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
-                touched[seq.request.request_id] = seq.request
-        return list(touched.values())
+            if scheduled.sample:
+                self._append_tokens(seq, scheduled, result.sampled[seq.seq_id],
+                                    result.logprobs.get(seq.seq_id))
+                advanced[seq.request.request_id] = seq.request
+        return list(advanced.values())
 
-    def _append_speculated(self, seq: Sequence, spec: SpecResult) -> None:
-        """Appends a speculating decode's tokens one by one, each through the finish rules (the
-        rest are dropped once one finishes the sequence), then rolls back what was rejected."""
-        for i, token in enumerate(spec.token_ids):
-            self._append_token(seq, token, spec.logprobs[i] if spec.logprobs else None)
+    def _append_tokens(self, seq: Sequence, scheduled: ScheduledSequence, tokens: list[int],
+                       logprobs: list[TokenLogprobs] | None) -> None:
+        """Appends the step's tokens one by one, each through the finish rules (the rest are
+        dropped once one finishes the sequence). A speculating decode's rejected proposals
+        are then rolled back by the scheduler."""
+        for i, token in enumerate(tokens):
+            self._append_token(seq, token, logprobs[i] if logprobs else None)
             if seq.is_finished:
                 break
-        num_kept = len(spec.token_ids) - 1
-        self.spec_stats.record(spec.num_proposed, num_kept)
-        if not seq.is_finished:
-            self.scheduler.update_speculated(seq, num_kept, spec.draft_computed)
+        if scheduled.num_proposals:
+            self.spec_stats.record(scheduled.num_proposals, len(tokens) - 1)
+            if not seq.is_finished:
+                self.scheduler.update_speculated(seq, scheduled, len(tokens) - 1)
 
-    def _record_step(self, step: SchedulerOutput, result: ModelRunnerOutput, seconds: float,
-                     preemptions: int) -> None:
+    def _record_step(self, step: SchedulerOutput, seqs: list[Sequence],
+                     result: ModelRunnerOutput, start: float, preemptions: int) -> None:
+        """The step in the engine view's strip and the metrics: its size (in
+        vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
+        their time in the queue)."""
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
-        slots = sum(len(s.spec_token_ids) + s.num_draft_tokens for s in step.scheduled)
-        proposed = sum(r.num_proposed for r in result.speculated.values())
-        accepted = sum(len(r.token_ids) - 1 for r in result.speculated.values())
-        self.last_step = StepStats(step.num_tokens - decodes - slots, decodes, seconds,
-                                   len(step.scheduled), preemptions, proposed, accepted)
+        speculating = [s for s in step.scheduled if s.num_proposals]
+        proposed = sum(s.num_proposals for s in speculating)
+        accepted = sum(len(result.sampled[s.seq_id]) - 1 for s in speculating)
+        self.last_step = StepStats(step.num_tokens - decodes - proposed, decodes,
+                                   time.perf_counter() - start, len(step.scheduled), preemptions,
+                                   proposed, accepted)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, step.num_tokens)] += 1
+        self.iteration_tokens_sum += step.num_tokens
+        for seq in seqs:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = start
 
     def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
         seq.token_ids.append(token)
+        timing = seq.request.metrics
+        timing.last_token_time = time.perf_counter()
+        if timing.first_token_time is None:
+            timing.first_token_time = timing.last_token_time
         self.generation_tokens_total += 1
         if seq.num_output_tokens == 1 and seq.index == 0:  # the request's prompt is processed
             self.prompt_tokens_total += seq.num_prompt_tokens
@@ -252,6 +282,14 @@ class LLMEngine:
             seq.finish_reason, seq.stop_reason = finish
             self.scheduler.finish(seq)
 
+    def _outputs(self, advanced: list[Request]) -> list[RequestOutput]:
+        """Each advanced request's output (a final_only one's once it finishes); a finished
+        request leaves the engine."""
+        for request in advanced:
+            if request.finished:
+                del self.requests[request.request_id]
+        return [self._request_output(r) for r in advanced if r.finished or not r.final_only]
+
     def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
         return {t: Logprob(v, r, self.tokenizer.decode_token(t))
                 for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
@@ -269,7 +307,8 @@ class LLMEngine:
         prompt_logprobs = list(request.prompt_logprobs) if request.prompt_logprobs else None
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids,
                              prompt_logprobs, outputs, request.finished,
-                             max(s.num_cached_tokens for s in request.seqs))
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""
@@ -299,7 +338,11 @@ class LLMEngine:
             prefix_cache_queries=sched.prefix_cache_queries,
             prefix_cache_hits=sched.prefix_cache_hits,
             num_aborted_total=self.num_aborted_total, num_waiting_seqs=sched.num_waiting_seqs,
-            num_steps_total=self.num_steps)
+            num_steps_total=self.num_steps,
+            iteration_tokens=tuple(self.iteration_tokens),
+            iteration_tokens_sum=self.iteration_tokens_sum,
+            block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
+            enable_prefix_caching=self.config.enable_prefix_caching)
 
 
 # ---- when a sequence is done -----------------------------------------------------------------

@@ -50,6 +50,15 @@ def is_single_prompt(prompts) -> bool:
         len(prompts) > 0 and isinstance(prompts[0], int | np.integer))
 
 
+def check_bias_ids(ids: Sequence[int], vocab_size: int) -> None:
+    """logit_bias keys (ints by now) in the vocabulary; the error names every one outside."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InvalidRequestError(f"logit_bias names {len(bad)} token id(s) outside the vocabulary "
+                                  f"[0, {vocab_size}): {shown}.", "logit_bias")
+
+
 def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
     """Every id must be an integer in [0, vocab_size); `param` names the field they came in."""
     for t in ids:
@@ -62,11 +71,12 @@ def check_token_ids(ids: Sequence, vocab_size: int, param: str) -> None:
 
 
 def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
-                      param: str = "prompt") -> None:
+                      param: str = "prompt", truncated: bool = False) -> None:
     """Refuse, before tokenizing, a text that cannot fit the context however it tokenizes (a
-    token covers at most tokenizer.max_token_chars characters) or that is not Unicode text."""
+    token covers at most tokenizer.max_token_chars characters; unless it is to be `truncated`,
+    when the request body's own limit bounds it) or that is not Unicode text."""
     limit = (max_model_len - 1) * tokenizer.max_token_chars
-    if len(text) > limit:
+    if len(text) > limit and not truncated:
         raise InvalidRequestError(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"prompt has {len(text)} characters, more than {max_model_len - 1} tokens of at most "
@@ -96,6 +106,8 @@ class InputProcessor:
                 final_only: bool = False) -> EngineRequest:
         """The request, tokenized and checked, if it can ever run; else InvalidRequestError."""
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
+        if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
+            text = None
         return EngineRequest(request_id, self.check(prompt, params), params,
                              text if isinstance(text, str) else None, final_only)
 
@@ -106,8 +118,10 @@ class InputProcessor:
                                       f"queues at most {self.max_waiting_seqs} sequences.", "n")
         prompt_ids = self.prompt_ids(prompt, params)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
-        check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
+        check_bias_ids(list(params.logit_bias), self.vocab_size)
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
+        if params.allowed_token_ids is not None:
+            check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         return prompt_ids
 
     def prompt_ids(self, prompt: PromptType, params: SamplingParams) -> list[int]:
@@ -116,17 +130,32 @@ class InputProcessor:
             prompt = unpack_prompt(prompt)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), "prompt") from exc
+        truncate = self.truncation_length(params)
         if isinstance(prompt, str):
-            check_prompt_text(prompt, self.tokenizer, self.max_model_len)
+            check_prompt_text(prompt, self.tokenizer, self.max_model_len,
+                              truncated=truncate is not None)
             ids = self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
+        if truncate is not None and len(ids) > truncate:  # vLLM truncates before any check
+            ids = ids[-truncate:] if params.truncation_side == "left" else ids[:truncate]
         if not ids:
             raise InvalidRequestError("The prompt must not be empty; give at least one token.", "prompt")
         self.check_context(len(ids), params.max_tokens, params.min_tokens)
         if not isinstance(prompt, str):  # after the length: a long list is refused unread
             check_token_ids(ids, self.vocab_size, "prompt")
         return [int(t) for t in ids]
+
+    def truncation_length(self, params: SamplingParams) -> int | None:
+        """How many prompt tokens truncate_prompt_tokens keeps (-1: the context length)."""
+        n = params.truncate_prompt_tokens
+        if n is None:
+            return None
+        if n > self.max_model_len:
+            raise InvalidRequestError(f"truncate_prompt_tokens ({n}) must be at most this model's "
+                                      f"context length of {self.max_model_len}.",
+                                      "truncate_prompt_tokens")
+        return self.max_model_len if n == -1 else n
 
     def check_context(self, n_prompt: int, max_tokens: int | None, min_tokens: int) -> None:
         """Prompt plus completion within max_model_len (vLLM's messages, and its field)."""

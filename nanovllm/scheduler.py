@@ -177,13 +177,18 @@ class Scheduler:
             self.block_manager.register_computed(seq)
         return seqs
 
-    def update_speculated(self, seq: Sequence, num_kept: int, draft_computed: int) -> None:
+    def update_speculated(self, seq: Sequence, scheduled: ScheduledSequence, num_kept: int
+                          ) -> None:
         """After the engine appended a speculating decode's tokens (`num_kept` proposals, then
         the target's own): the kept proposals' K/V are valid, the rejected ones' slots are
         rolled back and a block left holding none of the sequence's tokens is freed. Only then
         are full blocks published, so the prefix cache never sees a rejected token."""
         seq.num_computed_tokens += num_kept
-        seq.num_draft_computed = draft_computed
+        if scheduled.num_draft_tokens:
+            # The draft's cache reached the decode's position plus its k - 1 fed-back
+            # proposals; it stays valid up to the last kept one.
+            seq.num_draft_computed = scheduled.start + 1 + min(num_kept,
+                                                               scheduled.num_draft_tokens - 1)
         self.block_manager.register_computed(seq)
         self.block_manager.trim(seq)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from nanovllm.values.outputs import RequestMetrics
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -30,6 +31,7 @@ class Request:
     # One entry per prompt position (the first is None), filled as prefill chunks are computed.
     prompt_logprobs: list | None = None
     final_only: bool = False  # step() builds its RequestOutput only once it has finished
+    metrics: RequestMetrics | None = None  # set by the engine when the request arrives
 
     @property
     def finished(self) -> bool:

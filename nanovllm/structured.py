@@ -84,7 +84,41 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 
 
 def _grammar_text(llguidance, kind: str, value: Any) -> str:
-    if kind == "json":
+    if kind == "json":  # llguidance reads a schema's `pattern`s as ECMAScript already
         return llguidance.LLMatcher.grammar_from_json_schema(value, defaults=JSON_OPTIONS)
+    if kind == "regex":
+        value = ecmascript_classes(value)
     text = value if kind != "choice" else json.dumps(value)
     return llguidance.grammar_from(_FORMATS[kind], text)
+
+
+# ECMAScript's (and JSON Schema's) shorthand classes are ASCII, as vLLM's grammar backends read
+# them; llguidance's regex syntax (Rust's) makes them Unicode, so `\d` would allow "۳".
+_ASCII_CLASSES = {"d": "0-9", "w": "0-9A-Za-z_"}
+
+
+def ecmascript_classes(regex: str) -> str:
+    r"""`regex` with \d, \D, \w and \W spelled as ASCII classes (inside brackets too, where
+    a negated one becomes a nested class, which llguidance's syntax allows)."""
+    out, depth, i, body = [], 0, 0, -1  # body: where the innermost class's members start
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\" and i + 1 < len(regex):
+            nxt = regex[i + 1]
+            ascii_class = _ASCII_CLASSES.get(nxt.lower())
+            if ascii_class is None:
+                out.append(regex[i:i + 2])
+            elif nxt.islower():
+                out.append(ascii_class if depth else f"[{ascii_class}]")
+            else:
+                out.append(f"[^{ascii_class}]")
+            i += 2
+            continue
+        if c == "[":
+            depth += 1
+            body = i + 2 if regex[i + 1:i + 2] == "^" else i + 1
+        elif c == "]" and depth and i != body:  # "]" first in a class is itself
+            depth -= 1
+        out.append(c)
+        i += 1
+    return "".join(out)

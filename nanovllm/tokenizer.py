@@ -66,6 +66,10 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def vocab_token(self, token_id: int) -> str:
+        """The token's string in the vocabulary ("Ġis"), which clients map back to its id."""
+        return self._tok.id_to_token(token_id) or ""
+
     def decode_token(self, token_id: int) -> str:
         """The text of one token, as vLLM's `decoded_token` (partial UTF-8 shows as U+FFFD)."""
         return self._tok.decode([token_id], skip_special_tokens=False)

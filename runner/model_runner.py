@@ -21,7 +21,6 @@ from nanovllm.contract.step import (
     NewSequence,
     ScheduledSequence,
     SchedulerOutput,
-    SpecResult,
     TokenLogprobs,
 )
 from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
@@ -76,10 +75,11 @@ class NativeModelRunner:
             took(state, token)
         seq_ids = [e.seq_id for e in inputs.sampling]
         m = n + sum(len(e.prompt_logprob_ids) for e in inputs.scoring)
-        return ModelRunnerOutput(dict(zip(seq_ids, tokens)),
-                                 {i: lp for i, lp in zip(seq_ids, logprobs) if lp},
-                                 self._prompt_logprobs(logits[n:m], inputs.scoring),
-                                 self._verify(logits[m:], inputs.verifying, drafts))
+        out = ModelRunnerOutput({i: [t] for i, t in zip(seq_ids, tokens)},
+                                {i: [lp] for i, lp in zip(seq_ids, logprobs) if lp},
+                                self._prompt_logprobs(logits[n:m], inputs.scoring))
+        self._verify(logits[m:], inputs.verifying, drafts, out)
+        return out
 
     def _propose(self, scheduled: list[ScheduledSequence]
                  ) -> tuple[list[ScheduledSequence], dict[int, Proposal]]:
@@ -97,8 +97,9 @@ class NativeModelRunner:
                 for e in scheduled], by_id
 
     def _verify(self, logits: np.ndarray, verifying: list[ScheduledSequence],
-                drafts: dict[int, Proposal]) -> dict[int, SpecResult]:
-        out, row = {}, 0
+                drafts: dict[int, Proposal], out: ModelRunnerOutput) -> None:
+        """Each speculating decode's accepted proposals and the target's own token, into `out`."""
+        row = 0
         for e in verifying:
             k = len(e.spec_token_ids)
             state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
@@ -107,11 +108,10 @@ class NativeModelRunner:
                                       self.cfg.eos_token_id)
             for token in tokens:
                 took(state, token)
-            # The draft computed positions up to start + k - 1; those of kept tokens stay valid.
-            computed = e.start + 1 + min(len(tokens) - 1, k - 1) if draft else 0
-            out[e.seq_id] = SpecResult(tokens, logprobs, k, computed)
+            out.sampled[e.seq_id] = tokens
+            if logprobs:
+                out.logprobs[e.seq_id] = logprobs
             row += k + 1
-        return out
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in

@@ -1,7 +1,8 @@
 """Turns a batch of logits into next tokens, each row under its own request's parameters.
 
-Order, as in vLLM: logprobs are taken from the raw logits; then logit bias, min_tokens and the
-penalties adjust the logits, and a structured-output grammar bans the tokens it does not allow;
+Order, as in vLLM: logprobs are taken from the raw logits; then allowed_token_ids bans every
+other token, logit bias, min_tokens and the penalties adjust the logits, and a structured-output
+grammar bans the tokens it does not allow;
 greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and top_p to the
 probabilities and draw one uniform number from their sequence's own generator (so a seeded
 request samples the same alone or inside any batch).
@@ -53,11 +54,12 @@ def new_sequence_state(params: SamplingParams, prompt_token_ids: list[int],
                        rng: np.random.Generator, eos_token_id: int) -> SequenceState:
     """What sampling keeps about a new sequence: its arrays, made once, and, where asked for,
     penalty counts (from the prompt) and a grammar matcher."""
-    bias = params.logit_bias
+    bias, allowed = params.logit_bias, params.allowed_token_ids
     penalised = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
     return SequenceState(
         params, rng, np.fromiter(bias, np.int64, len(bias)),
         np.fromiter(bias.values(), np.float32, len(bias)), np.array(params.stop_token_ids, np.int64),
+        None if allowed is None else np.unique(np.array(allowed, np.int64)),
         PenaltyCounts(prompt_token_ids) if penalised else None,
         GrammarMatcher(params.structured, eos_token_id) if params.structured is not None else None)
 
@@ -77,6 +79,9 @@ def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], num_output_tok
     every row is one indexing operation; the rest costs each adjusted row a few array operations,
     however many tokens its parameters name."""
     rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
+    for i in rows:
+        if seqs[i].allowed_ids is not None:
+            _keep_only_(logits[i], seqs[i].allowed_ids)
     _add_logit_bias_(logits, [seqs[i] for i in rows], np.array(rows, np.int64))
     for i in rows:
         row, seq = logits[i], seqs[i]
@@ -89,6 +94,13 @@ def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], num_output_tok
             _penalize_(row, seq.penalty_counts, p)
         np.clip(row, -np.inf, MAX_LOGIT, out=row)
         row[np.isnan(row)] = -np.inf
+
+
+def _keep_only_(row: np.ndarray, allowed: np.ndarray) -> None:
+    """Ban, in place, every token of the row outside `allowed` (vLLM's allowed_token_ids)."""
+    kept = row[allowed]
+    row[:] = -np.inf
+    row[allowed] = kept
 
 
 def _add_logit_bias_(logits: np.ndarray, seqs: list[SequenceState], rows: np.ndarray) -> None:

@@ -27,6 +27,7 @@ class SequenceState:
     bias_values: np.ndarray
     # stop_token_ids as an array: what min_tokens bans (with EOS, unless ignore_eos).
     stop_ids: np.ndarray
+    allowed_ids: np.ndarray | None               # allowed_token_ids, if any
     penalty_counts: PenaltyCounts | None = None  # only where a penalty is asked for
     grammar: GrammarMatcher | None = None        # structured outputs: where the grammar is
 

@@ -16,6 +16,7 @@ from nanovllm.engine_client import EngineClient
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import error_response, install_error_handlers
+from nanovllm.server.load import LoadTrackingMiddleware, ServerLoad
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
 from nanovllm.server.request_id import RequestIdMiddleware
@@ -75,7 +76,9 @@ def _set_token_id_maximum(node, maximum: int) -> None:
 def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
-              enable_tokenizer_info: bool = False) -> FastAPI:
+              enable_tokenizer_info: bool = False,
+              return_tokens_as_token_ids: bool = False,
+              enable_server_load_tracking: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
@@ -87,7 +90,8 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
-                            if engine_loop.replica_stats is None else engine_loop.replica_stats)
+                            if engine_loop.replica_stats is None else engine_loop.replica_stats,
+                            engine_loop.max_model_len)
     tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
     eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
     template_text = chat_template or tok_config.get("chat_template")
@@ -98,13 +102,17 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
                           template_text if template else None) if enable_tokenizer_info else None
     app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
                                   metrics, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer))
+                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer),
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids,
+                                  server_load=ServerLoad())
     app.state.limits = limits or ServerLimits()
     install_error_handlers(app)
     app.include_router(router)
     if ui:
         install_ui(app)
     document_vocabulary(app, engine_loop.vocab_size)
+    if enable_server_load_tracking:  # inside the API key check: refused requests never count
+        app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)

@@ -19,7 +19,14 @@ from fastapi.responses import JSONResponse
 from nanovllm import SamplingParams
 from nanovllm.server.chat_protocol import MAX_CHAT_CHARS, ChatCompletionRequest
 from nanovllm.server.chat_template import ChatTemplateError
-from nanovllm.server.completions import engine_error, final_outputs, token_namer, usage
+from nanovllm.server.completions import (
+    engine_error,
+    final_outputs,
+    prompt_logprobs_field,
+    token_id_fields,
+    token_namer,
+    usage,
+)
 from nanovllm.server.context import ServerContext
 from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.prompts import (
@@ -40,7 +47,7 @@ _UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "aud
 
 
 def check_chat_supported(req: ChatCompletionRequest) -> None:
-    check_unsupported_fields(req)
+    check_unsupported_fields(req, known=(*UNSUPPORTED_CHAT_FIELDS, "tool_choice"))
     extra = req.model_extra or {}
     for name in UNSUPPORTED_CHAT_FIELDS:
         if extra.get(name) not in (None, [], {}, ""):
@@ -48,10 +55,8 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
     if extra.get("tool_choice") not in (None, "none"):
         raise bad_request("`tool_choice` is not supported by this server (no tools).",
                           "tool_choice")
-    if req.echo:
-        raise bad_request("`echo` is not supported on /v1/chat/completions.", "echo")
-    if req.prompt_logprobs is not None:
-        raise bad_request("`prompt_logprobs` is not supported on /v1/chat/completions.",
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("`prompt_logprobs` are not available when `stream=True`.",
                           "prompt_logprobs")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("`top_logprobs` needs `logprobs` set to true.", "top_logprobs")
@@ -126,10 +131,11 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServerContext) -> str:
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext, limits: ServerLimits,
                  request_id: str) -> tuple[EngineRequest, SamplingParams]:
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_chat_supported(req)
     text = render_prompt(req, ctx)
     params = sampling_params(req, logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-                             prompt_logprobs=None,
+                             prompt_logprobs=req.prompt_logprobs,
                              structured=constraint_for(req, ctx.grammar_compiler))
     prompt = ctx.engine_loop.processor.process(f"{request_id}-0", text, params)
     check_response_size(params, [prompt], False, limits, ctx.engine_loop.max_model_len)
@@ -158,17 +164,37 @@ def _choice_logprobs(req, out, start: int, stop: int, tokenizer) -> dict | None:
                          req.top_logprobs or 0, token_namer(req, tokenizer), tokenizer.token_bytes)
 
 
-def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest, result) -> dict:
+def echoed_content(req) -> str:
+    """vLLM's chat echo: the last message's content, when the assistant wrote it (the turn a
+    continue_final_message request continues); nothing otherwise."""
+    if not req.echo:
+        return ""
+    last = req.messages[-1]
+    if last.get("role") != "assistant":
+        return ""
+    return _content_text(last.get("content"), f"messages[{len(req.messages) - 1}].content")
+
+
+def build_chat_response(req, ctx, request_id: str, created: int, prompt: EngineRequest,
+                        result) -> dict:
     tok = ctx.engine_loop.tokenizer
+    echo = echoed_content(req)
     choices = [{"index": out.index,
-                "message": {"role": "assistant", "content": out.text, "refusal": None,
+                "message": {"role": "assistant", "content": echo + out.text, "refusal": None,
                             "tool_calls": []},
                 "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
-                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
+                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
+                **token_id_fields(req, None, out.token_ids)}
                for out in sorted(result.outputs, key=lambda o: o.index)]
     return {"id": request_id, "object": "chat.completion", "created": created,
             "model": ctx.model_name, "choices": choices, "usage": usage([prompt], {0: result}),
-            "system_fingerprint": None, "prompt_logprobs": None}
+            "system_fingerprint": None, "prompt_logprobs": prompt_logprobs_field(result),
+            **prompt_ids_field(req, prompt)}
+
+
+def prompt_ids_field(req, prompt: EngineRequest) -> dict:
+    """Chat's return_token_ids: the rendered prompt's ids, once per response (vLLM's place)."""
+    return {"prompt_token_ids": list(prompt.prompt_token_ids)} if req.return_token_ids else {}
 
 
 async def complete_chat(raw: Request, req, ctx: ServerContext, prompt: EngineRequest,
@@ -196,10 +222,11 @@ def chat_delta(req, out, st: ChatChoiceState, tok) -> dict | None:
     if st.finished or not (text or finished or (req.logprobs and len(out.token_ids) > st.num_tokens)):
         return None
     logprobs = _choice_logprobs(req, out, st.num_tokens, len(out.token_ids), tok)
+    ids = token_id_fields(req, None, out.token_ids[st.num_tokens:])
     st.text_len, st.num_tokens, st.finished = len(out.text), len(out.token_ids), finished
     return {"index": out.index, "delta": {"content": text} if text or not finished else {},
             "logprobs": logprobs, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
 async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) -> AsyncIterator[str]:
@@ -216,8 +243,15 @@ async def chat_events(req, ctx, prompt: EngineRequest, stream: RequestStream) ->
         for i in range(req.n):
             role = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None}
+            first = prompt_ids_field(req, prompt) if i == 0 else {}  # on the first chunk
             yield sse({**head, "choices": [role], "usage": usage([prompt], {}) if continuous
-                       else None})
+                       else None, **first})
+        if echo := echoed_content(req):  # as vLLM: after the roles, before any new token
+            for i in range(req.n):
+                choice = {"index": i, "delta": {"content": echo}, "logprobs": None,
+                          "finish_reason": None}
+                yield sse({**head, "choices": [choice], "usage": usage([prompt], {})
+                           if continuous else None})
         while not stream.done:
             batch = await stream.next_batch()
             final.update(batch)

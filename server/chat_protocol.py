@@ -11,10 +11,9 @@ from typing import Any
 
 from pydantic import Field
 
-from nanovllm.server.protocol import SamplingFields
+from nanovllm.server.protocol import MAX_MESSAGES, SamplingFields
 from nanovllm.values.limits import MAX_LOGPROBS
 
-MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
 MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
 
 
@@ -25,6 +24,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)  # None: up to the context limit (vLLM)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    # Fields the completions API has and chat does not (read by the shared helpers).
-    echo: bool = Field(False, exclude=True)
-    prompt_logprobs: int | None = Field(None, exclude=True)
+    # vLLM's: prepend the last message's content when it is the assistant's own (the
+    # continue_final_message case), and the prompt's logprobs.
+    echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)

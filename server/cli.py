@@ -54,6 +54,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
     parser.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
                         help="serve GET /tokenizer_info (the tokenizer's configuration)")
+    parser.add_argument("--enable-server-load-tracking", action="store_true",
+                        help="count generation requests in flight, served at GET /load")
+    parser.add_argument("--return-tokens-as-token-ids", action="store_true",
+                        help='name every logprobs token "token_id:N" (as the request field '
+                             "return_tokens_as_token_ids does)")
     parser.add_argument("--data-parallel-size", type=int, default=None, metavar="N",
                         help="serve N engine replicas on Ray Serve behind this one endpoint "
                              "(needs `pip install nanovllm[ray]`; default: one engine, no Ray)")
@@ -153,7 +158,9 @@ def run_serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or served_name(args.model)
     app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
-                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint)
+                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
+                    return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                    enable_server_load_tracking=args.enable_server_load_tracking)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,

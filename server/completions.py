@@ -131,7 +131,19 @@ def build_choice(req: CompletionRequest, prompt: EngineRequest, result, out, tok
         lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs,
                              token_namer(req, tokenizer), 0)
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result)}
+            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result),
+            **token_id_fields(req, prompt.prompt_token_ids, generated(req, out)[1])}
+
+
+def token_id_fields(req, prompt_ids: list[int] | None, token_ids: list[int]) -> dict:
+    """vLLM's return_token_ids: the prompt's ids (where given) and the choice's generated ids
+    (never the echoed prompt), so a client need not tokenize again."""
+    if not req.return_token_ids:
+        return {}
+    fields = {"token_ids": list(token_ids)}
+    if prompt_ids is not None:
+        fields = {"prompt_token_ids": list(prompt_ids), **fields}
+    return fields
 
 
 def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> dict:
@@ -175,6 +187,7 @@ def prepare(req: CompletionRequest, ctx: ServerContext, limits: ServerLimits,
     Returns one engine request per prompt, and the sampling params they all share.
     """
     ctx.check_model(req.model)
+    ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, limits)
     if ignored := req.ignored_fields():
@@ -189,7 +202,8 @@ def prepare(req: CompletionRequest, ctx: ServerContext, limits: ServerLimits,
 async def start(ctx: ServerContext, request_id: str, prompts: list[EngineRequest],
                 n: int) -> RequestStream:
     """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
-    stream = RequestStream(ctx.engine_loop, request_id, prompts, n, ctx.metrics.tracker())
+    stream = RequestStream(ctx.engine_loop, request_id, prompts, n,
+                           ctx.metrics.tracker(prompts[0].params))
     try:
         await stream.submit()
     except asyncio.CancelledError:

@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from nanovllm.engine import ITERATION_TOKENS_BUCKETS
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -20,6 +23,20 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+# vLLM's request phases (queue, prefill, decode, inference) share the end-to-end buckets.
+PHASE_BUCKETS = E2E_BUCKETS
+N_BUCKETS = (1, 2, 5, 10, 20)
+
+
+def buckets_1_2_5(max_value: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to max_value: vLLM's token-count buckets (max_model_len)."""
+    out, scale = [], 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > max_value:
+                return out
+            out.append(m * scale)
+        scale *= 10
 
 
 class EngineStatsCollector:
@@ -64,15 +81,46 @@ class EngineStatsCollector:
                 for labels, s in series:
                     family.add_metric(labels, float(getattr(s, attr)))
                 yield family
+        yield self._iteration_tokens(names, series)
+        yield self._cache_config_info(names, series)
+
+    @staticmethod
+    def _iteration_tokens(names: list[str], series) -> HistogramMetricFamily:
+        """Tokens per engine step, from the engine's per-bucket counts (vLLM's buckets)."""
+        family = HistogramMetricFamily("vllm:iteration_tokens_total",
+                                       "Histogram of number of tokens per engine_step.",
+                                       labels=names)
+        for labels, s in series:
+            counts = list(s.iteration_tokens) or [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+            bounds = [*map(floatToGoString, ITERATION_TOKENS_BUCKETS), "+Inf"]
+            cumulative = [sum(counts[:i + 1]) for i in range(len(counts))]
+            family.add_metric(labels, list(zip(bounds, cumulative, strict=True)),
+                              float(s.iteration_tokens_sum))
+        return family
+
+    @staticmethod
+    def _cache_config_info(names: list[str], series) -> GaugeMetricFamily:
+        """vLLM's info gauge (always 1) whose labels are the KV cache's configuration."""
+        keys = ["block_size", "cache_dtype", "enable_prefix_caching", "num_gpu_blocks"]
+        family = GaugeMetricFamily("vllm:cache_config_info",
+                                   "Information of the LLMEngine CacheConfig",
+                                   labels=[*names, *keys])
+        for labels, s in series:
+            values = [s.block_size, s.kv_cache_dtype, s.enable_prefix_caching,
+                      s.num_total_blocks]
+            family.add_metric([*labels, *map(str, values)], 1.0)
+        return family
 
 
 class ServerMetrics:
     """All metrics of one app; `tracker()` hands out a per-request latency recorder."""
 
-    def __init__(self, model_name: str, stats: Callable[[], object]) -> None:
+    def __init__(self, model_name: str, stats: Callable[[], object],
+                 max_model_len: int = 1024) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model_name = model_name
         labels = ["model_name"]
+        self._request_histograms(labels, max_model_len)
         self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token.",
                               labels, buckets=TTFT_BUCKETS, registry=self.registry)
         self.itl = Histogram("vllm:inter_token_latency_seconds", "Inter-token latency.",
@@ -86,8 +134,48 @@ class ServerMetrics:
         self.ttft_series, self.itl_series, self.e2e_series = (
             h.labels(model_name) for h in (self.ttft, self.itl, self.e2e))
 
-    def tracker(self) -> RequestTracker:
-        return RequestTracker(self)
+    def _request_histograms(self, labels: list[str], max_model_len: int) -> None:
+        """vLLM's per-request histograms, observed once per finished engine request."""
+        def histogram(name: str, doc: str, buckets) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets,
+                             registry=self.registry).labels(self.model_name)
+
+        tokens = buckets_1_2_5(max_model_len)
+        self.prompt_tokens = histogram("vllm:request_prompt_tokens",
+                                       "Number of prefill tokens processed.", tokens)
+        self.generation_tokens = histogram("vllm:request_generation_tokens",
+                                           "Number of generation tokens processed.", tokens)
+        self.params_n = histogram("vllm:request_params_n",
+                                  "Histogram of the n request parameter.", N_BUCKETS)
+        self.params_max_tokens = histogram("vllm:request_params_max_tokens",
+                                           "Histogram of the max_tokens request parameter.", tokens)
+        self.queue_time, self.inference_time, self.prefill_time, self.decode_time = (
+            histogram(f"vllm:request_{phase}_time_seconds",
+                      f"Histogram of time spent in {state} phase for request.", PHASE_BUCKETS)
+            for phase, state in (("queue", "WAITING"), ("inference", "RUNNING"),
+                                 ("prefill", "PREFILL"), ("decode", "DECODE")))
+        self.max_model_len = max_model_len
+
+    def observe_finished(self, output, max_tokens: int | None, n: int) -> None:
+        """A finished engine request: its sizes, its parameters and its phases' durations."""
+        num_prompt = len(output.prompt_token_ids)
+        self.prompt_tokens.observe(num_prompt)
+        self.generation_tokens.observe(sum(len(o.token_ids) for o in output.outputs))
+        self.params_n.observe(n)
+        # max_tokens null means up to the context, the number vLLM fills in for it.
+        self.params_max_tokens.observe(max_tokens if max_tokens is not None
+                                       else self.max_model_len - num_prompt)
+        t = output.metrics
+        if t is None or t.first_scheduled_time is None:
+            return
+        self.queue_time.observe(t.first_scheduled_time - t.arrival_time)
+        if t.first_token_time is not None:
+            self.prefill_time.observe(t.first_token_time - t.first_scheduled_time)
+            self.decode_time.observe(t.last_token_time - t.first_token_time)
+            self.inference_time.observe(t.last_token_time - t.first_scheduled_time)
+
+    def tracker(self, params=None) -> RequestTracker:
+        return RequestTracker(self, params)
 
 
 class RequestTracker:
@@ -98,8 +186,9 @@ class RequestTracker:
     not one step's gap shared out over the n tokens the step produced.
     """
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, params=None) -> None:
         self._m = metrics
+        self._params = params  # the request's SamplingParams: its n and max_tokens
         self._start = time.perf_counter()
         self._first_seen: set[int] = set()  # tags whose first token was observed (TTFT)
         self._last: dict[tuple[int, int], tuple[float, int]] = {}  # sample -> (time, tokens)
@@ -115,6 +204,8 @@ class RequestTracker:
         if output.finished and tag not in self._done:
             self._done.add(tag)
             self._m.e2e_series.observe(now - self._start)
+            if self._params is not None:
+                self._m.observe_finished(output, self._params.max_tokens, self._params.n)
             for o in output.outputs:
                 self._m.success.labels(self._m.model_name, o.finish_reason or "abort").inc()
 

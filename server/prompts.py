@@ -13,15 +13,15 @@ from __future__ import annotations
 from nanovllm import InvalidRequestError, SamplingParams
 from nanovllm.input_processor import is_single_prompt
 from nanovllm.server.errors import bad_request
-from nanovllm.server.protocol import CompletionRequest
+from nanovllm.server.protocol import IGNORED_EXTRA_FIELDS, CompletionRequest
+from nanovllm.values.errors import quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
 
 # vLLM request fields that would change the output and that this server does not implement:
 # refused when set, never silently ignored (falsy values ask for nothing and pass).
 UNSUPPORTED_FIELDS = (
-    "use_beam_search", "length_penalty", "truncate_prompt_tokens", "allowed_token_ids",
-    "bad_words", "prompt_embeds", "logits_processors", "return_token_ids", "vllm_xargs",
+    "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors", "vllm_xargs",
     "guided_whitespace_pattern", "structural_tag",
 )
 
@@ -36,11 +36,22 @@ def echo_only(req: CompletionRequest) -> bool:
     return bool(req.echo) and max_tokens_of(req) == 0
 
 
-def check_unsupported_fields(req) -> None:
+def check_unsupported_fields(req, known: tuple[str, ...] = ()) -> None:
+    """Refuse what would change the output and is not honoured: vLLM's fields this server does
+    not implement, and any field it does not know (besides `known`, checked by the caller,
+    and the documented IGNORED_EXTRA_FIELDS). A falsy value asks for nothing and passes."""
     extra = req.model_extra or {}
     for name in UNSUPPORTED_FIELDS:
         if extra.get(name) not in (None, False, [], {}, 0, ""):
             raise bad_request(f"`{name}` is not supported by this server.", name)
+    handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
+    unknown = sorted(k for k, v in extra.items()
+                     if k not in handled and v not in (None, False, [], {}, 0, ""))
+    if unknown:
+        raise bad_request(
+            f"Unknown field(s) {quote(unknown, 200)}: this server does not know what they "
+            "would change, so it refuses them rather than ignore them (docs/api.md lists the "
+            "fields it takes).", unknown[0][:100])
 
 
 def check_supported(req: CompletionRequest) -> None:
@@ -140,6 +151,9 @@ def sampling_params(req, **overrides) -> SamplingParams:
         include_stop_str_in_output=bool(req.include_stop_str_in_output),
         skip_special_tokens=req.skip_special_tokens is not False,
         logit_bias=_clamped_logit_bias(req.logit_bias),
+        allowed_token_ids=req.allowed_token_ids,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
+        truncation_side=req.truncation_side or "left",
     )
     kwargs.update(overrides)
     try:

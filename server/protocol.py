@@ -8,13 +8,14 @@ Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected ever
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nanovllm.server.errors import refuse_lone_surrogates
+from nanovllm.server.errors import bad_request, refuse_lone_surrogates
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
+    MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
     MAX_N,
@@ -24,7 +25,10 @@ from nanovllm.values.limits import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
+    TRUNCATION_SIDES,
 )
+
+MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
@@ -33,6 +37,30 @@ StopStr = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
 Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
           | Annotated[list[TokenId], Field(min_length=1)]
           | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
+
+# Request fields accepted although they cannot change the output here, each with its reason
+# (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
+NO_OUTPUT_EFFECT = {
+    "model": "names the one served model; any other name is a 404",
+    "user": "an end-user id, for the operator's own tracking (OpenAI's meaning)",
+    "best_of": "accepted only equal to n (what it then means); any other value is a 400",
+    "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
+    "add_special_tokens": "GPT-2's tokenizer adds no special tokens either way",
+}
+
+# Fields outside the request models that clients send and that change nothing here: accepted
+# and logged. Any other unknown field is a 400 (it might change the output; see prompts.py).
+IGNORED_EXTRA_FIELDS = {
+    "metadata": "OpenAI's tags for stored completions; nothing is stored here",
+    "store": "OpenAI's stored completions; nothing is stored here",
+    "service_tier": "this server has one tier",
+    "parallel_tool_calls": "this server has no tools",
+    "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+    "safety_identifier": "an end-user id, like `user`",
+    "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
+    "spaces_between_special_tokens": "vLLM's detokenizer option for slow tokenizers; "
+                                     "GPT-2's byte-level decoding has no such spaces",
+}
 
 PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
@@ -57,7 +85,9 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: bool | None = True  # vLLM's default once stream_options is given
+    # OpenAI's meaning: the usage chunk only when asked for. (vLLM's model defaults this to
+    # true, so `{}` gets a chunk with no choices, which crashes clients reading choices[0].)
+    include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
 
 
@@ -126,6 +156,11 @@ class SamplingFields(StructuredOutputFields):
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
     return_tokens_as_token_ids: bool | None = False
+    # Token-in / token-out: prompt_token_ids and each choice's token_ids in the response.
+    return_token_ids: bool | None = False
+    allowed_token_ids: list[TokenId] | None = Field(None, max_length=MAX_ALLOWED_TOKEN_IDS)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: the context length
+    truncation_side: Literal[TRUNCATION_SIDES] | None = None  # "left" (vLLM's default)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -154,12 +189,27 @@ class CompletionRequest(SamplingFields):
 
 
 class TokenizeRequest(OpenAIBaseModel):
+    """vLLM's two forms: a `prompt`, or chat `messages` rendered by the chat template."""
+
     model: str | None = None
-    prompt: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool = Field(
         True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
                           "tokens, so it changes nothing.")
     return_token_strs: bool | None = False
+
+    def check_form(self) -> None:
+        """Exactly one of the two forms (an error naming the field to fix)."""
+        if self.prompt is None and self.messages is None:
+            raise bad_request("Give `prompt` (text) or `messages` (a chat).", "prompt")
+        if self.prompt is not None and self.messages is not None:
+            raise bad_request("Give `prompt` or `messages`, not both.", "messages")
+        if self.messages and self.add_generation_prompt and self.continue_final_message:
+            raise bad_request("Cannot set both `continue_final_message` and "
+                              "`add_generation_prompt` to true.", "continue_final_message")
 
 
 class DetokenizeRequest(OpenAIBaseModel):

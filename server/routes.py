@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 
 from nanovllm import __version__
 from nanovllm.input_processor import check_prompt_text, check_token_ids
-from nanovllm.server.chat import chat_events, complete_chat, prepare_chat
+from nanovllm.server.chat import chat_events, complete_chat, prepare_chat, render_prompt
 from nanovllm.server.chat_protocol import ChatCompletionRequest
 from nanovllm.server.completions import complete, new_request_id, prepare, prompt_chars, start
 from nanovllm.server.context import Ctx
@@ -106,11 +109,16 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request,
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
+    """A `prompt`, or chat `messages` as the chat template renders them (vLLM's two forms);
+    `token_strs` are the vocabulary's strings ("Ġis"), which clients map back to ids."""
     ctx.check_model(body.model)
+    body.check_form()
     tok = ctx.engine_loop.tokenizer
-    check_prompt_text(body.prompt, tok, ctx.engine_loop.max_model_len)
-    ids = await off_loop_if_big(len(body.prompt), tok.encode, body.prompt)
-    strs = [tok.decode_token(t) for t in ids] if body.return_token_strs else None
+    text = body.prompt if body.messages is None else render_prompt(body, ctx)
+    param = "prompt" if body.messages is None else "messages"
+    check_prompt_text(text, tok, ctx.engine_loop.max_model_len, param)
+    ids = await off_loop_if_big(len(text), tok.encode, text)
+    strs = [tok.vocab_token(t) for t in ids] if body.return_token_strs else None
     return {"count": len(ids), "max_model_len": ctx.engine_loop.max_model_len, "tokens": ids,
             "token_strs": strs}
 
@@ -135,7 +143,51 @@ async def get_tokenizer_info(ctx: Ctx) -> dict:
     return ctx.tokenizer_info
 
 
+@router.get("/load")
+async def load(ctx: Ctx) -> dict:
+    """vLLM's: generation requests in flight (0 unless --enable-server-load-tracking)."""
+    return {"server_load": ctx.server_load.in_flight}
+
+
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(ctx: Ctx) -> Response:
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+INVOCATIONS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [{"$ref": "#/components/schemas/CompletionRequest"},
+              {"$ref": "#/components/schemas/ChatCompletionRequest"}]}}}}}
+
+
+@router.post("/invocations", responses={**ERROR_RESPONSES, **STREAM_DOC},
+             openapi_extra=INVOCATIONS_BODY)
+async def invocations(raw: Request, ctx: Ctx) -> Response:
+    """SageMaker's route, as vLLM serves it: a body with `messages` is a chat completion, one
+    with `prompt` a completion; anything else is a 400."""
+    body = await _json_object(raw)
+    if "messages" in body:
+        return await create_chat_completion(_parsed(ChatCompletionRequest, body), raw, ctx)
+    if "prompt" in body:
+        return await create_completion(_parsed(CompletionRequest, body), raw, ctx)
+    raise bad_request("/invocations needs a completions body (`prompt`) or a chat completions "
+                      "body (`messages`).", "prompt")
+
+
+async def _json_object(raw: Request) -> dict:
+    try:
+        body = json.loads(await raw.body())
+    except ValueError as exc:
+        raise bad_request(f"Malformed JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object.")
+    return body
+
+
+def _parsed(model: type[BaseModel], body: dict):
+    """The body as `model`, its errors worded as the routes' own validation errors."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None

@@ -23,6 +23,7 @@ from nanovllm.server.completions import (
     engine_error,
     generated,
     legacy_logprobs,
+    token_id_fields,
     token_namer,
     usage,
 )
@@ -70,6 +71,7 @@ def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st:
     all_text, all_ids, all_lps = generated(req, out)
     text = all_text[st.text_len:]
     new_ids, new_lps = all_ids[st.num_tokens:], None
+    ids = token_id_fields(req, None if st.started else prompt.prompt_token_ids, new_ids)
     if req.logprobs is not None:
         new_lps = list((all_lps or [])[st.num_tokens:st.num_tokens + len(new_ids)])
     finished = out.finish_reason is not None
@@ -89,7 +91,7 @@ def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st:
     st.text_len, st.num_tokens = len(all_text), len(all_ids)
     st.started, st.finished = True, finished
     return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason}
+            "stop_reason": out.stop_reason, **ids}
 
 
 async def completion_events(req: CompletionRequest, ctx, prompts: list[EngineRequest],

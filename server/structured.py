@@ -104,6 +104,9 @@ def constraint_for(req, compiler: GrammarCompiler) -> CompiledGrammar | None:
     if req.min_tokens:
         raise bad_request("min_tokens cannot be combined with a structured output constraint.",
                           "min_tokens")
+    if req.allowed_token_ids:  # the two could leave no token at all
+        raise bad_request("allowed_token_ids cannot be combined with a structured output "
+                          "constraint.", "allowed_token_ids")
     try:
         return compiler.compile(kind, value, param)
     except InvalidRequestError as exc:

@@ -1,12 +1,12 @@
 """The plain values that cross between the scheduler and the model runner, as in vLLM v1.
 
 The scheduler describes each step once (`SchedulerOutput`): for every scheduled sequence, the
-tokens it computes, where they go, and what the step must produce from them (a sample, prompt
-logprobs). The runner answers with what it produced (`ModelRunnerOutput`). Neither side sees the
-other's objects: sequences are named by their seq id. The tokens themselves live in the engine's
-sequences; the runner keeps only what is its own (random generators, penalty counts, grammar
-matchers), from the step a sequence is first announced in (`NewSequence`) until the scheduler
-reports it finished.
+tokens it computes, where they go, and what the step must produce from them (a sample, or with
+k proposals to verify up to 1 + k tokens; prompt logprobs). The runner answers with what it
+produced (`ModelRunnerOutput`). Neither side sees the other's objects: sequences are named by
+their seq id. The tokens themselves live in the engine's sequences; the runner keeps only what
+is its own (random generators, penalty counts, grammar matchers), from the step a sequence is
+first announced in (`NewSequence`) until the scheduler reports it finished.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class ScheduledSequence:
     num_draft_tokens: int = 0
     draft: DraftWork | None = None
 
+    @property
+    def num_proposals(self) -> int:
+        return len(self.spec_token_ids) + self.num_draft_tokens
+
 
 @dataclass(slots=True)
 class SchedulerOutput:
@@ -71,17 +75,9 @@ class TokenLogprobs:
 
 
 @dataclass(slots=True)
-class SpecResult:
-    """A speculating sequence's step: the proposals the target kept, then one token of its own."""
-    token_ids: list[int]
-    logprobs: list[TokenLogprobs] | None  # of each of token_ids, where asked
-    num_proposed: int
-    draft_computed: int = 0               # the draft's cache now holds positions below this
-
-
-@dataclass(slots=True)
 class ModelRunnerOutput:
-    sampled: dict[int, int]                         # seq_id -> next token, where it samples
-    logprobs: dict[int, TokenLogprobs]              # seq_id -> its logprobs, where asked
+    # seq_id -> the tokens it takes, where it samples: one, or for a speculating decode the
+    # proposals the target accepted and then one token of the target's own.
+    sampled: dict[int, list[int]]
+    logprobs: dict[int, list[TokenLogprobs]]         # seq_id -> those tokens' logprobs, where asked
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
-    speculated: dict[int, SpecResult] = field(default_factory=dict)  # instead of `sampled`

@@ -23,6 +23,10 @@ MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's cap
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 128
+# allowed_token_ids may list a whole vocabulary (GPT-2's has 50,257 tokens); a step masks the
+# row once, whatever the length.
+MAX_ALLOWED_TOKEN_IDS = 65_536
+TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or the start
 
 # ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
 # Proposals per step and sequence: each is one more query row of the target's step; past a few

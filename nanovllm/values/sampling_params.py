@@ -14,6 +14,7 @@ import numpy as np
 from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
+    MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
     MAX_N,
@@ -23,6 +24,7 @@ from nanovllm.values.limits import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     PENALTY_RANGE,
+    TRUNCATION_SIDES,
 )
 from nanovllm.values.stop_strings import StopStrings
 
@@ -48,6 +50,12 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
+    # Only these tokens may be sampled (vLLM's); None: any token.
+    allowed_token_ids: list[int] | None = None
+    # Keep only this many prompt tokens (-1: max_model_len), from the end ("left" truncation,
+    # vLLM's default) or from the start ("right").
+    truncate_prompt_tokens: int | None = None
+    truncation_side: str = "left"
     # Structured outputs: a grammar compiled by nanovllm.structured (a runner.structured
     # CompiledGrammar, opaque here); None costs nothing.
     structured: Any = None
@@ -57,6 +65,9 @@ class SamplingParams:
                                 else _as_list("stop", self.stop, MAX_STOP_STRINGS))
         self.stop_token_ids = _as_list("stop_token_ids", self.stop_token_ids, MAX_STOP_TOKEN_IDS)
         self.logit_bias = _as_bias(self.logit_bias)
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = _as_list("allowed_token_ids", self.allowed_token_ids,
+                                              MAX_ALLOWED_TOKEN_IDS)
         if self.top_k == -1:
             self.top_k = 0
         self._validate()
@@ -89,6 +100,23 @@ class SamplingParams:
                                           "stop")
         for i in self.stop_token_ids:
             _check_int("stop_token_ids[]", i, 0)
+        self._validate_prompt_and_vocabulary_options()
+
+    def _validate_prompt_and_vocabulary_options(self) -> None:
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                raise InvalidRequestError("allowed_token_ids must not be empty (leave it out to "
+                                          "allow every token)", "allowed_token_ids")
+            for i in self.allowed_token_ids:
+                _check_int("allowed_token_ids[]", i, 0)
+        if self.truncate_prompt_tokens is not None:
+            _check_int("truncate_prompt_tokens", self.truncate_prompt_tokens, -1)
+            if self.truncate_prompt_tokens == 0:
+                raise InvalidRequestError("truncate_prompt_tokens must be >= 1, or -1 for the "
+                                          "model's context length", "truncate_prompt_tokens")
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise InvalidRequestError(f"truncation_side must be one of {list(TRUNCATION_SIDES)}, "
+                                      f"got {quote(self.truncation_side)}", "truncation_side")
 
     @property
     def greedy(self) -> bool:
@@ -96,8 +124,10 @@ class SamplingParams:
 
     @property
     def adjusts_logits(self) -> bool:
-        """Whether logit bias, min_tokens or a penalty changes this request's logits."""
-        return bool(self.logit_bias or self.min_tokens or self.presence_penalty
+        """Whether allowed_token_ids, logit bias, min_tokens or a penalty changes this
+        request's logits."""
+        return bool(self.allowed_token_ids or self.logit_bias or self.min_tokens
+                    or self.presence_penalty
                     or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
@@ -126,21 +156,32 @@ def _as_bias(value) -> dict[int, float]:
     if len(value) > MAX_LOGIT_BIAS_ENTRIES:
         raise InvalidRequestError(f"logit_bias takes at most {MAX_LOGIT_BIAS_ENTRIES} entries, "
                                   f"got {len(value)}", "logit_bias")
+    tokens = {k: _bias_token(k) for k in value}
+    if bad := [k for k, t in tokens.items() if t is None]:  # every bad key, not just the first
+        raise InvalidRequestError(f"logit_bias keys must be token ids; {len(bad)} are not: "
+                                  f"{_quote_all(bad)}", "logit_bias")
     bias = {}
     for k, v in value.items():
-        token = _bias_token(k)
-        _check_range(f"logit_bias[{token}]", v, *LOGIT_BIAS_RANGE)
-        bias[token] = float(v)
+        _check_range(f"logit_bias[{tokens[k]}]", v, *LOGIT_BIAS_RANGE)
+        bias[tokens[k]] = float(v)
     return bias
 
 
-def _bias_token(key) -> int:
-    """An integer, or a string of ASCII digits: int() alone would take "1_0", "²" or 1.5."""
+def _bias_token(key) -> int | None:
+    """An integer, or a string of ASCII digits (int() alone would take "1_0", "²" or 1.5);
+    None for any other key."""
     if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key.strip()):
         return int(key)
     if isinstance(key, int | np.integer) and not isinstance(key, bool):
         return int(key)
-    raise InvalidRequestError(f"logit_bias keys must be token ids, got {quote(key)}", "logit_bias")
+    return None
+
+
+def _quote_all(values: list, shown: int = 10) -> str:
+    """Up to `shown` user values, quoted, comma-separated: an error names them without
+    echoing a megabyte of input."""
+    text = ", ".join(quote(v) for v in values[:shown])
+    return text + (f" and {len(values) - shown} more" if len(values) > shown else "")
 
 
 def _invalid(name: str, message: str) -> InvalidRequestError:

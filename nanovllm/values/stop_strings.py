@@ -13,17 +13,17 @@ from __future__ import annotations
 class StopStrings(list):
     """A request's stop strings (a plain list to everyone else) and their automaton, built once."""
 
+    # No __init__ of its own (list's does the work): the automaton is made only once a stop
+    # string needs it, so a request without stop strings runs nothing of this module.
     __slots__ = ("_matcher",)
-
-    def __init__(self, stops=()) -> None:
-        super().__init__(stops)
-        self._matcher: PrefixMatcher | None = None
 
     @property
     def matcher(self) -> PrefixMatcher:
-        if self._matcher is None:
+        try:
+            return self._matcher
+        except AttributeError:
             self._matcher = PrefixMatcher(self)
-        return self._matcher
+            return self._matcher
 
     def __reduce__(self):  # pickle the strings; the automaton is rebuilt where it is needed
         return (StopStrings, (list(self),))

@@ -9,6 +9,8 @@ Failures: a replica whose process dies is restarted by Ray Serve. A request that
 accepted by it yet is sent again (the router picks a live replica); one that had started ends
 with RequestAborted, i.e. an OpenAI-shaped 503 or a streamed error event saying so. /health
 stays 200 while one replica runs, saying how many of how many do, and is 503 when none does.
+A replica whose waiting queue is full refuses a request; it goes to another replica with room,
+and is answered 429 only when every replica refused it.
 
 Imported only when --data-parallel-size is given: it imports Ray.
 """
@@ -39,6 +41,7 @@ from nanovllm.model.threads import thread_pool_settings
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
+GCS_PROBE_S = 1.0  # a live GCS answers in milliseconds
 ONE_ENGINE_ONLY = ("The web page's engine and attention views show a single engine; with "
                    "--data-parallel-size they are not available (the playground is).")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -122,7 +126,8 @@ class RayEngineClient:
     def stats(self) -> EngineStats:
         """All replicas' stats summed (usage: of the pooled blocks); per replica: replica_stats."""
         snapshots = list(self.replica_stats.values())
-        total = {f.name: sum(getattr(s, f.name) for s in snapshots) for f in fields(EngineStats)}
+        total = {f.name: _combined(f.name, [getattr(s, f.name) for s in snapshots])
+                 for f in fields(EngineStats)}
         blocks = total["num_total_blocks"]
         total["kv_cache_usage"] = 1.0 - total["num_free_blocks"] / blocks if blocks else 0.0
         return EngineStats(**total)
@@ -179,7 +184,8 @@ class RayEngineClient:
             return
         self._closed.set()
         self.abort_all("The server is shutting down.")
-        self._health.join(timeout)
+        # The poll wakes at once; only a Ray call stuck on a dead GCS keeps it longer.
+        self._health.join(min(timeout, 2 * HEALTH_POLL_S))
         try:
             if self._teardown is not None:
                 self._teardown()
@@ -196,29 +202,41 @@ class RayEngineClient:
 
     async def _relay(self, request: EngineRequest, sink: OutputSink,
                      accepted: Future[None]) -> None:
-        """Settle `accepted` with the replica's answer, then forward the request's outputs
-        from its replica into `sink`."""
-        request_id, replica = request.request_id, None  # the replica that answered, once one did
+        """Settle `accepted` with the replicas' answer, then forward the request's outputs
+        from its replica into `sink`.
+
+        A replica whose queue is full refuses the request before taking it; it is then sent
+        again, the router told to avoid the replicas that refused it, and the client sees
+        the 429 only once every replica did. A replica that died before taking it is retried
+        as well (MAX_SUBMIT_ATTEMPTS); one that died after is the client's error.
+        """
+        request_id = request.request_id
+        refused: list[str] = []  # replicas whose queue was full for this request
+        failures = 0
         try:
-            for attempt in range(1, MAX_SUBMIT_ATTEMPTS + 1):
-                call = self._handle.options(stream=True).generate.remote(request)
+            while True:
+                call = self._handle.options(stream=True).generate.remote(request, tuple(refused))
+                replica = None  # the replica that answered, once it did
                 try:
                     async for replica, items, (when, stats) in call:
-                        if when > self._stats_when.get(replica, -1):
-                            self._stats_when[replica], self.replica_stats[replica] = when, stats
+                        self._keep_stats(replica, when, stats)
                         if not accepted.done():  # the replica's first answer: taken or not
                             if items and isinstance(items[0], BaseException):
-                                _fail(accepted, items[0])
-                                return
+                                if not self._try_another(replica, items[0], refused):
+                                    _fail(accepted, items[0])
+                                    return
+                                break
                             accepted.set_result(None)
                         for item in items:
                             sink.put(item)
-                    return
+                    else:
+                        return
                 except asyncio.CancelledError:
                     call.cancel()
                     raise
                 except Exception as exc:  # the replica died (or Ray could not reach it)
-                    if replica is not None or attempt == MAX_SUBMIT_ATTEMPTS:
+                    failures += 1
+                    if replica is not None or failures == MAX_SUBMIT_ATTEMPTS:
                         logger.warning("request %s lost its replica: %r", request_id, exc)
                         self.replica_stats.pop(replica, None)  # its counters died with it
                         lost = RequestAborted(  # not EngineDeadError: others serve
@@ -234,6 +252,21 @@ class RayEngineClient:
             entry = self._tasks.get(request_id)
             if entry is not None and entry[1] is sink:
                 del self._tasks[request_id]
+
+    def _keep_stats(self, replica: str, when: int, stats: EngineStats) -> None:
+        if when > self._stats_when.get(replica, -1):
+            self._stats_when[replica], self.replica_stats[replica] = when, stats
+
+    def _try_another(self, replica: str, refusal: BaseException, refused: list[str]) -> bool:
+        """Whether `replica` refused the request for a full queue and another replica has not
+        yet (the router falls back to a refusing one only when no other runs): if so, it
+        joins `refused`."""
+        if not isinstance(refusal, QueueFullError):
+            return False
+        if replica in refused or len(refused) + 1 >= self.replicas_target:
+            return False
+        refused.append(replica)
+        return True
 
     def _poll_health(self) -> None:
         while not self._closed.wait(HEALTH_POLL_S):
@@ -283,13 +316,53 @@ def start_replicas(args) -> EngineClient:
 
 
 def teardown(owns_ray: bool) -> None:
-    """Remove our replicas; stop Ray if we started it, else only disconnect from it."""
+    """Remove our replicas; stop Ray if we started it, else only disconnect from it.
+
+    When the stop signal reached Ray's own processes too (systemd's default
+    KillMode=control-group, `kill -TERM -PGID`), Ray is already going down: Serve's calls
+    would wait a minute for the GCS and then exit 1, so they are skipped, and the processes
+    ray.init started are killed outright instead of asked to stop a second time.
+    """
     try:
-        serve.delete(APP_NAME)
-        if owns_ray:
-            serve.shutdown()
+        if ray_is_up(owns_ray):
+            serve.delete(APP_NAME)
+            if owns_ray:
+                serve.shutdown()
+        else:
+            logger.warning("Ray is stopping already (the signal reached its processes too); "
+                           "skipping Serve's cleanup")
+            if owns_ray:
+                ray._private.worker._global_node.kill_all_processes(check_alive=False)
     finally:
         ray.shutdown()
+
+
+_CONFIG_FIELDS = ("block_size", "kv_cache_dtype", "enable_prefix_caching")
+
+
+def _combined(name: str, values: list):
+    """One EngineStats field over the replicas: counts add up (histograms bucket by bucket);
+    the cache's configuration is every replica's own, so the first one's stands."""
+    if name in _CONFIG_FIELDS:
+        return values[0] if values else EngineStats.__dataclass_fields__[name].default
+    if values and isinstance(values[0], tuple):
+        return tuple(map(sum, zip(*values, strict=True)))
+    return sum(values)
+
+
+def ray_is_up(owns_ray: bool) -> bool:
+    """Whether the GCS answers within GCS_PROBE_S and, for a local instance we started, all
+    of its processes still run (a signalled GCS may take seconds to stop answering, while
+    the rest of them exit at once). Ray has no public call with a timeout for this."""
+    node = ray._private.worker._global_node
+    if owns_ray and node is not None and node.dead_processes():
+        return False
+    try:
+        ray._private.worker.global_worker.gcs_client.internal_kv_get(
+            b"nanovllm-probe", b"nanovllm", timeout=GCS_PROBE_S)
+    except Exception:  # noqa: BLE001 - RpcError, or any failure to reach it: not up
+        return False
+    return True
 
 
 def _fail(future: Future, exc: BaseException) -> bool:

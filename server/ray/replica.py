@@ -71,9 +71,12 @@ class EngineReplica:
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)
 
-    async def generate(self, request: EngineRequest):
+    async def generate(self, request: EngineRequest, avoid: tuple[str, ...] = ()):
         """Yields (replica_id, items, stats): first ([], ...) once the engine took the request,
         then RequestOutputs; or one exception, first if the engine did not take it.
+
+        `avoid` is for the router (PrefixAffinityRouter): the replicas that refused this
+        request already, their queue full.
 
         Exceptions travel as items, not raised, so the ingress gets the engine's own error
         types back; a cancelled call (client gone, ingress abort) aborts the engine request.
@@ -131,6 +134,9 @@ class PrefixAffinityRouter(RequestRouter):
     `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
     choices on queue length (Ray Serve's default).
 
+    Replicas that refused the request already (a full queue; the ingress sends it again) are
+    left out while any other runs.
+
     The preferred replica is chosen by rendezvous hashing of the first `prefix_tokens`
     prompt tokens (one KV block by default) over the live replicas, so when a replica dies
     or joins only the prefixes it owned move.
@@ -145,6 +151,9 @@ class PrefixAffinityRouter(RequestRouter):
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None,
                               ) -> list[list[RunningReplica]]:
+        avoid = pending_request.args[1] if pending_request and len(pending_request.args) > 1 else ()
+        candidate_replicas = [r for r in candidate_replicas
+                              if r.replica_id.unique_id not in avoid] or candidate_replicas
         if not candidate_replicas:
             return []
         pair = random.sample(candidate_replicas, min(2, len(candidate_replicas)))
@@ -161,9 +170,9 @@ class PrefixAffinityRouter(RequestRouter):
     def _prefix_key(self, pending_request: PendingRequest | None) -> bytes | None:
         """The prompt's first `prefix_tokens` tokens, if it has that many (else no cache hit
         is possible: the prefix cache shares whole blocks only)."""
-        if pending_request is None or len(pending_request.args) < 2:
+        if pending_request is None or not pending_request.args:
             return None
-        prompt_ids = pending_request.args[1]
+        prompt_ids = getattr(pending_request.args[0], "prompt_token_ids", None)
         if not isinstance(prompt_ids, list) or len(prompt_ids) < self.prefix_tokens:
             return None
         return repr(prompt_ids[:self.prefix_tokens]).encode()

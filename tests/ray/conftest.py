@@ -57,8 +57,9 @@ def ray_deployment(long_ckpt) -> Iterator[RayDeployment]:
     from nanovllm.server.app import build_app
     from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
-    # Logical CPUs: one per engine replica, one more for test_whole_serve_application's.
-    context = ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Logical CPUs: one per engine replica, one more for test_whole_serve_application's, two
+    # for test_a_full_queue_sends_the_request_to_another_replica's.
+    context = ray.init(num_cpus=5, include_dashboard=False, _node_ip_address="127.0.0.1",
                        object_store_memory=80 * 2**20, log_to_driver=False)
     session_dir = context.address_info["session_dir"]
     proxy_port = free_port()

@@ -11,12 +11,14 @@ import os
 import re
 import signal
 import time
+from contextlib import ExitStack
 
 import httpx
 import openai
 import pytest
 from ray_helpers import LONG_CONTEXT, ray_processes
 from server_helpers import MODEL
+from server_helpers import serve as serve_app
 
 pytestmark = pytest.mark.ray
 
@@ -222,6 +224,42 @@ def test_whole_serve_application(ray_deployment, long_ckpt):
         assert health.status_code == 200 and not health.content
     finally:
         serve.delete("whole")
+
+
+def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, long_ckpt):
+    """Replicas that run 4 sequences and queue 4 more: requests sharing a prompt prefix all
+    prefer one replica; once its queue is full the next go to the other, and only when both
+    are full is the client told 429."""
+    from ray import serve
+
+    from nanovllm import EngineConfig
+    from nanovllm.server.app import build_app
+    from nanovllm.server.ray.client import RayEngineClient, deploy
+
+    config = EngineConfig(str(long_ckpt), num_kv_blocks=512, max_num_seqs=4,
+                          max_waiting_seqs=4)
+    handle = deploy(config, 2, 1, app_name="full")
+    client = RayEngineClient(handle, handle.describe.remote().result(), 2, app_name="full")
+    live = serve_app(build_app(client, served_model_name=MODEL), client)
+    # Seconds of decoding each: the queues stay as filled while the test looks.
+    body = {"model": MODEL, "prompt": f"{SHARED_PREFIX} go", "n": 4, "max_tokens": 900,
+            "ignore_eos": True, "stream": True}
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as http, ExitStack() as streams:
+            statuses = [streams.enter_context(http.stream("POST", "/v1/completions", json=body))
+                        .status_code for _ in range(4)]
+            # 1: runs on the preferred replica; 2: waits there (its queue is full); 3: refused
+            # there, runs on the other; 4: refused there, waits on the other.
+            assert statuses == [200] * 4
+            assert len(client.replica_stats) == 2  # both replicas took some
+            refused = http.post("/v1/completions", json=body)
+        err = refused.json()["error"]
+        assert refused.status_code == 429 and err["code"] == 429, refused.text
+        assert "busy" in err["message"] and refused.headers["retry-after"]
+    finally:
+        live.stop()
+        client.shutdown()
+        serve.delete("full")
 
 
 def test_shutdown_leaves_no_ray_process(ray_deployment):

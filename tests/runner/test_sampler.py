@@ -299,3 +299,10 @@ def test_a_batch_is_adjusted_row_by_row_as_defined(rows):
                 for i, (seq, (_, prompt, output, _)) in enumerate(zip(seqs, rows))]
     adjust_logits_(logits, seqs, [len(output) for _, _, output, _ in rows], EOS)
     np.testing.assert_array_equal(logits, np.array(expected))
+
+
+def test_allowed_token_ids_ban_every_other_token_before_the_bias():
+    got = adjusted(BASE, [0], [], allowed_token_ids=[2, 8, 2], logit_bias={2: 1.0, 3: 50.0})
+    expected = np.full(len(BASE), -np.inf, np.float32)
+    expected[2], expected[8] = BASE[2] + 1.0, BASE[8]
+    np.testing.assert_array_equal(got, expected)

@@ -117,7 +117,7 @@ def port_is_free(port: int) -> bool:
 class ServeProcess:
     """`python -m nanovllm.cli serve ...`, with its stderr collected line by line."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, new_session: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -125,7 +125,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nanovllm.cli", "serve", *args, "--port", str(self.port)],
             cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
         self.lines: list[str] = []
         threading.Thread(target=self._collect, daemon=True).start()
 

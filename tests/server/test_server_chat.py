@@ -112,7 +112,6 @@ def test_text_parts_are_joined_like_a_string(chat_client):
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
     ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": MESSAGES, "echo": True}, "echo"),
     ({"messages": MESSAGES, "chat_template": "{{ 1 }}"}, "chat_template"),
     ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, "response_format"),
     ({"messages": MESSAGES, "add_generation_prompt": True, "continue_final_message": True},

@@ -152,7 +152,7 @@ def test_vllm_extras_in_extra_body(client):
         model=MODEL, prompt="x", max_tokens=6, presence_penalty=1.5, frequency_penalty=-1.0,
         top_p=0.9, user="tester", best_of=1,
         extra_body={"min_tokens": 6, "skip_special_tokens": False, "repetition_penalty": 1.3,
-                    "some_future_field": {"a": 1}})
+                    "metadata": {"a": "1"}})  # documented: changes nothing here
     assert resp.usage.completion_tokens == 6  # min_tokens == max_tokens: EOS suppressed
 
 

@@ -23,7 +23,7 @@ MAX_EXAMPLES = 30
 OPERATIONS = [
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
-    ("GET", "/metrics"), ("GET", "/tokenizer_info"),
+    ("GET", "/metrics"), ("GET", "/tokenizer_info"), ("GET", "/load"), ("POST", "/invocations"),
 ]
 # The web page's routes (server/ui/routes.py) stay out of the OpenAPI document and take no body or
 # parameters: they are fuzzed with arbitrary query strings instead.

@@ -17,6 +17,8 @@ STEP = 0.03  # seconds per engine step in the live test (4 x 0.0075 would be one
 class ZeroStats:
     """Stands in for EngineStats: every engine gauge and counter reads 0."""
 
+    iteration_tokens = ()  # no step yet
+
     def __getattr__(self, name: str) -> int:
         return 0
 
