@@ -1,11 +1,16 @@
 """Causal multi-head attention, over the current tokens or over a paged KV cache.
 
-The paged cache is one pair of arrays per layer, `[num_slots, n_head, head_dim]`, where a slot is
+The paged cache is one pair of arrays per layer, `[num_slots, n_kv_head, head_dim]`, where a slot is
 `block_id * block_size + offset`, float32 or (to halve its memory and what decodes read) float16.
 A step's new keys and values are written to their slots first; then every sequence reads its
 whole context back through its slots. A prefill chunk gathers its context with numpy and
 attends causally; decodes, one query each, are attended by a small compiled kernel that reads
 the cache through each sequence's block table, as vLLM's does.
+
+Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `n_kv_head` heads and query
+head h reads key/value head h // (n_head // n_kv_head), as transformers' `repeat_kv` lays them
+out; GPT-2 is the case n_kv_head == n_head. A sliding `window` (Mistral) lets a query see only
+the last `window` positions, itself included; 0 means no window.
 """
 
 from __future__ import annotations
@@ -42,15 +47,18 @@ class AttentionBatch:
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def causal_softmax_(scores, seen_by_first):
+def causal_softmax_(scores, seen_by_first, window=0):
     """Softmax of scores ([H, n, c]) in place under the causal mask: query i sees keys
-    [0, seen_by_first + i) and gives the rest probability 0. Masking here, row by row, does
-    what adding a -inf triangle did, without building it or exponentiating the masked part."""
+    [0, seen_by_first + i) (only the last `window` of them if window > 0) and gives the rest
+    probability 0. Masking here, row by row, does what adding a -inf triangle did, without
+    building it or exponentiating the masked part."""
     n_head, n = scores.shape[0], scores.shape[1]
     for job in prange(n_head * n):
         h, i = job // n, job % n
         seen = seen_by_first + i
-        softmax_row_(scores[h, i, :seen])
+        first = max(0, seen - window) if window > 0 else 0
+        scores[h, i, :first] = 0.0
+        softmax_row_(scores[h, i, first:seen])
         scores[h, i, seen:] = 0.0
 
 
@@ -59,21 +67,26 @@ def causal_softmax_(scores, seen_by_first):
 CAUSAL_BLOCK = 128
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """q: [n, H, D] are the last n positions of a context k, v: [c, H, D]. Returns [n, H, D]."""
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
+    """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
+    Hkv). Returns [n, H, D]."""
     n, c = q.shape[0], k.shape[0]
     if n > CAUSAL_BLOCK:
         parts = []
         for start in range(0, n, CAUSAL_BLOCK):
             end = min(start + CAUSAL_BLOCK, n)
             seen = c - n + end  # keys visible to the block's last query
-            parts.append(causal_attention(q[start:end], k[:seen], v[:seen]))
+            first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
+            parts.append(causal_attention(q[start:end], k[first:seen], v[first:seen], window))
         return np.concatenate(parts)
+    n_head, n_kv = q.shape[1], k.shape[1]
     scale = 1.0 / float(np.sqrt(q.shape[-1]))
-    scores = np.matmul((q * scale).transpose(1, 0, 2), k.transpose(1, 2, 0))  # [H, n, c]
-    causal_softmax_(scores, c - n + 1)  # query i sits at position c - n + i
-    out = np.matmul(scores, v.transpose(1, 0, 2))  # [H, n, D]
-    return out.transpose(1, 0, 2)
+    # The query heads that share a key head are stacked as rows of one matmul: [Hkv, G*n, D].
+    grouped = (q * scale).transpose(1, 0, 2).reshape(n_kv, n_head // n_kv * n, q.shape[-1])
+    scores = np.matmul(grouped, k.transpose(1, 2, 0)).reshape(n_head, n, c)  # [H, n, c]
+    causal_softmax_(scores, c - n + 1, window)  # query i sits at position c - n + i
+    out = np.matmul(scores.reshape(n_kv, -1, c), v.transpose(1, 0, 2))  # [Hkv, G*n, D]
+    return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
@@ -83,34 +96,38 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out):
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out,
+                           window=0):
     """One query per sequence, attending to its context read straight through its block table.
 
-    q, out: [B, H, D]; k_cache, v_cache: [num_slots, H, D] float32, or a float16 cache's bits
-    (`model.half.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]. Each K/V
-    byte is read once. q should be C-contiguous (a strided q makes the dot products slow).
+    q, out: [B, H, D]; k_cache, v_cache: [num_slots, Hkv, D] float32, or a float16 cache's bits
+    (`model.half.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]; with
+    window > 0 only the last `window` positions are read. Each K/V byte is read once. q should
+    be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
     """
     num_seqs, n_head, head_dim = q.shape
+    group = n_head // k_cache.shape[1]  # query heads per key/value head
     scale = np.float32(1.0 / np.sqrt(head_dim))
     for b in prange(num_seqs):
         n = context_lens[b]
-        probs = np.empty((n_head, n), np.float32)
-        for t in range(n):  # scores, position by position: each slot's K is [H, D] contiguous
+        first = max(0, n - window) if window > 0 else 0
+        probs = np.empty((n_head, n - first), np.float32)
+        for t in range(first, n):  # scores, position by position: a slot's K is [Hkv, D]
             slot = block_tables[b, t // block_size] * block_size + t % block_size
             for h in range(n_head):
                 dot = np.float32(0.0)
                 for d in range(head_dim):
-                    dot += q[b, h, d] * to_float32(k_cache[slot, h, d])
-                probs[h, t] = dot * scale
+                    dot += q[b, h, d] * to_float32(k_cache[slot, h // group, d])
+                probs[h, t - first] = dot * scale
         for h in range(n_head):
             softmax_row_(probs[h])
         out[b] = 0.0
-        for t in range(n):
+        for t in range(first, n):
             slot = block_tables[b, t // block_size] * block_size + t % block_size
             for h in range(n_head):
                 for d in range(head_dim):
-                    out[b, h, d] += probs[h, t] * to_float32(v_cache[slot, h, d])
+                    out[b, h, d] += probs[h, t - first] * to_float32(v_cache[slot, h // group, d])
 
 
 @njit(cache=True, nogil=True)
@@ -131,10 +148,10 @@ def compile_attention_kernel() -> None:
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy())
+                               1, q.copy(), 0)
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
-    causal_softmax_(q, 1)
+    causal_softmax_(q, 1, 0)
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -143,7 +160,10 @@ def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                    kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch) -> np.ndarray:
+                    kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch,
+                    window: int = 0) -> np.ndarray:
+    """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
+    first. With a window, a prefill chunk gathers only the context its queries can see."""
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
     write_slots(k_bits, batch.slot_mapping, np.ascontiguousarray(k))
@@ -153,11 +173,13 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
         paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_bits, v_bits,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
-                               out[:batch.num_decodes])
+                               out[:batch.num_decodes], window)
     for start, end, slots in batch.prefills:
         if slots is None:
-            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end])
+            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)
         else:
+            if window:  # the chunk's first query sees window positions, itself the last
+                slots = slots[max(0, len(slots) - (end - start) - window + 1):]
             out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
-                                              gather(v_cache, slots))
+                                              gather(v_cache, slots), window)
     return out

@@ -34,6 +34,14 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
     @property
+    def num_kv_heads(self) -> int:  # the KV cache's heads: all of them (no grouped queries)
+        return self.n_head
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return (self.eos_token_id,)
+
+    @property
     def num_params(self) -> int:
         E, L = self.n_embd, self.n_layer
         per_layer = 12 * E * E + 13 * E  # c_attn, c_proj, c_fc, mlp c_proj, 2 layer norms

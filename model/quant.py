@@ -107,13 +107,18 @@ def convert_matrix(w: np.ndarray, dtype: str = "auto", quantization: str | None 
 
 
 def dequantize_weights(weights):
-    """A `GPT2Weights` with every matrix back in float32 (what the reference model runs on)."""
+    """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every matrix back in float32,
+    what the reference model runs on: the dataclass copied, its lists of layers too."""
     def plain(value):
-        return dequantize(value) if isinstance(value, Int8Weight | BF16Weight) else value
+        if isinstance(value, Int8Weight | BF16Weight):
+            return dequantize(value)
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if hasattr(value, "__dataclass_fields__"):
+            return replace(value, **{f.name: plain(getattr(value, f.name)) for f in fields(value)})
+        return value
 
-    blocks = [replace(b, **{f.name: plain(getattr(b, f.name)) for f in fields(b)})
-              for b in weights.blocks]
-    return replace(weights, wte=plain(weights.wte), blocks=blocks)
+    return plain(weights)
 
 
 # --------------------------------------------------------------------------- inside kernels

@@ -14,6 +14,7 @@ engine: Python float constants are "weak" scalars in NumPy 2 and never promote t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,8 +105,26 @@ def forward(weights: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray) -> np.
     x = embed(weights, cfg, token_ids)  # [T, E]
     for blk in weights.blocks:
         x = block(x, blk, cfg)
+    return lm_head(weights, cfg, x)
+
+
+def lm_head(weights: GPT2Weights, cfg: GPT2Config, x: np.ndarray) -> np.ndarray:
+    """The residual stream x [T, E] to logits [T, vocab]: the final layer norm, then the LM
+    head, which is the token embedding."""
     x = layer_norm(x, weights.ln_f_g, weights.ln_f_b, cfg.layer_norm_epsilon)
-    return linear(x, weights.wte)  # the LM head is the token embedding: [T, E] -> [T, vocab]
+    return linear(x, weights.wte)
+
+
+def layers(weights: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The forward pass one block at a time: yields, for each layer, its attention
+    probabilities [H, T, T] and the residual stream after it [T, E] (the blocks' `x`)."""
+    x = embed(weights, cfg, token_ids)
+    for blk in weights.blocks:
+        q, k, _ = qkv_heads(layer_norm(x, blk.ln_1_g, blk.ln_1_b, cfg.layer_norm_epsilon),
+                            blk, cfg.n_head)
+        x = block(x, blk, cfg)
+        yield attention_probs(q, k), x
 
 
 def attention_weights(weights: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray) -> np.ndarray:
@@ -114,11 +133,4 @@ def attention_weights(weights: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarr
     Entry [l, h, i, j] is how much token i attends to token j in head h of layer l (0 for j > i;
     each row sums to 1). The forward pass again, keeping what each layer's softmax gave.
     """
-    x = embed(weights, cfg, token_ids)
-    probs = []
-    for blk in weights.blocks:
-        q, k, _ = qkv_heads(layer_norm(x, blk.ln_1_g, blk.ln_1_b, cfg.layer_norm_epsilon),
-                            blk, cfg.n_head)
-        probs.append(attention_probs(q, k))  # [H, T, T]
-        x = block(x, blk, cfg)
-    return np.stack(probs)
+    return np.stack([probs for probs, _ in layers(weights, cfg, token_ids)])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,11 +27,19 @@ from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted
 from nanovllm.snapshot import EngineSnapshot
+from nanovllm.step_record import (
+    DEFAULT_PAUSE_LEASE,
+    MAX_PAUSE_LEASE,
+    StepMode,
+    StepModeDisabled,
+)
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from nanovllm.model.trace import ForwardTrace
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +74,35 @@ class Stop:
     pass
 
 
-Command = AddRequest | Abort | AbortAll | TakeSnapshot | Stop
+# Step mode (enable_step_mode): the engine stops stepping by itself and steps when told.
+@dataclass(slots=True)
+class Pause:
+    lease: float  # seconds the pause lasts unless renewed (by Pause or StepOnce again)
+    done: Future[StepMode]
+
+
+@dataclass(slots=True)
+class StepOnce:
+    lease: float  # it pauses too, or renews the pause
+    done: Future[StepMode]
+
+
+@dataclass(slots=True)
+class Resume:
+    done: Future[StepMode]
+
+
+Command = AddRequest | Abort | AbortAll | TakeSnapshot | Stop | Pause | StepOnce | Resume
+
+
 
 
 class AsyncEngine:
     """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, enable_step_mode: bool = False) -> None:
         self.engine = engine
+        self.step_mode_enabled = enable_step_mode
         self.tokenizer = engine.tokenizer
         self.processor = engine.processor
         self.max_model_len: int = engine.max_model_len
@@ -89,14 +119,16 @@ class AsyncEngine:
         self._snapshot: EngineSnapshot | None = None
         self._changes = 0  # requests added or aborted: with the step count, when to take anew
         self._snapshot_of: tuple[int, int] | None = None  # (steps, changes) of _snapshot
+        self._paused_until: float | None = None  # time.monotonic() a pause ends; None: running
+        self.step_mode = StepMode(False, 0.0, None, 0)  # replaced by the engine thread
         self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+    def from_config(cls, config: EngineConfig, enable_step_mode: bool = False) -> AsyncEngine:
         """Load the model and start the engine thread."""
-        return cls(LLMEngine(config)).start()
+        return cls(LLMEngine(config), enable_step_mode).start()
 
     # ---- called from the HTTP side -------------------------------------------------------
     def start(self) -> AsyncEngine:
@@ -123,7 +155,28 @@ class AsyncEngine:
         self._send(TakeSnapshot(future), future)
         return future
 
-    def _send(self, cmd: AddRequest | TakeSnapshot, future: Future) -> None:
+    # ---- step mode: pause, step, resume -----------------------------------------------------
+    def pause(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
+        """Stop stepping after the step in flight, for `lease` seconds unless renewed (pause or
+        step again). Requests are still taken and aborted; they wait in the queue."""
+        return self._step_command(Pause(_lease(lease), Future()))
+
+    def step(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
+        """Pause (or renew the pause) and take exactly one step, recording it (`.record`; no
+        step, and the last record again, when no request is unfinished)."""
+        return self._step_command(StepOnce(_lease(lease), Future()))
+
+    def resume(self) -> Future[StepMode]:
+        return self._step_command(Resume(Future()))
+
+    def _step_command(self, cmd: Pause | StepOnce | Resume) -> Future[StepMode]:
+        if not self.step_mode_enabled:
+            raise StepModeDisabled("Step mode is off: start the server with --enable-step-mode "
+                                   "(AsyncEngine(..., enable_step_mode=True)).")
+        self._send(cmd, cmd.done)
+        return cmd.done
+
+    def _send(self, cmd: Command, future: Future) -> None:
         """Queue `cmd` unless the engine is dead or closing: then its `future` fails at once."""
         with self._lock:
             if self.error is not None:
@@ -137,6 +190,10 @@ class AsyncEngine:
         """The attention of every layer and head over `token_ids` [n_layer, n_head, T, T],
         computed on the caller's thread from the weights alone, never on the engine thread."""
         return self.engine.attention_weights(token_ids)
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """One forward pass layer by layer (model/trace.py), on the caller's thread."""
+        return self.engine.trace_forward(token_ids)
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
@@ -159,9 +216,10 @@ class AsyncEngine:
             while True:
                 if not self._apply(self._next_commands()):
                     break
-                outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
-                self.stats = self.engine.get_stats()  # before dispatch: never older than an output
-                self._dispatch(outputs)
+                if self._paused_until is None:
+                    self._step()
+                else:
+                    self.stats = self.engine.get_stats()  # requests added while paused count
                 self._answer_snapshots()
         except BaseException as exc:  # noqa: BLE001 - any engine failure kills the engine
             logger.exception("engine loop crashed; marking the engine dead")
@@ -172,9 +230,23 @@ class AsyncEngine:
         self._drain_inbox(closing)
         self.stats = self.engine.get_stats()
 
+    def _step(self) -> None:
+        outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+        self.stats = self.engine.get_stats()  # before dispatch: never older than an output
+        self._dispatch(outputs)
+
     def _next_commands(self) -> list[Command]:
-        """Block while idle; otherwise take whatever is queued without waiting."""
-        cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
+        """Block while idle or paused (a pause until its lease ends); otherwise take whatever
+        is queued without waiting."""
+        if self._paused_until is not None:
+            try:
+                cmds = [self._inbox.get(timeout=max(0.0, self._paused_until - time.monotonic()))]
+            except queue.Empty:
+                logger.warning("step mode: nobody renewed the pause; resuming")
+                self._set_paused(None)
+                cmds = []
+        else:
+            cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
         while True:
             try:
                 cmds.append(self._inbox.get_nowait())
@@ -184,8 +256,18 @@ class AsyncEngine:
     def _apply(self, cmds: list[Command]) -> bool:
         """Carries out the commands in order; False once told to stop."""
         for cmd in cmds:
-            self._changes += not isinstance(cmd, TakeSnapshot)
+            self._changes += not isinstance(cmd, TakeSnapshot | Pause | Resume)
             match cmd:
+                case Pause(lease, done):
+                    self._set_paused(lease)
+                    _answer(done, self.step_mode)
+                case StepOnce(lease, done):
+                    self._set_paused(lease)
+                    self._step_once()
+                    _answer(done, self.step_mode)
+                case Resume(done):
+                    self._set_paused(None)
+                    _answer(done, self.step_mode)
                 case AddRequest():
                     self._add(cmd)
                 case Abort(request_ids):
@@ -198,6 +280,21 @@ class AsyncEngine:
                     self._abort(list(self._sinks), RequestAborted(SHUTTING_DOWN))
                     return False
         return True
+
+    def _set_paused(self, lease: float | None) -> None:
+        self._paused_until = None if lease is None else time.monotonic() + lease
+        self.step_mode = StepMode(lease is not None, lease or 0.0, self.step_mode.record,
+                                  self.engine.num_steps)
+
+    def _step_once(self) -> None:
+        """One recorded step, its outputs dispatched as any step's."""
+        record = self.step_mode.record
+        if self.engine.has_unfinished_requests():
+            self.engine.record_next_step = True
+            self._step()
+            record = self.engine.last_record or record
+        self.step_mode = StepMode(True, self._paused_until - time.monotonic(), record,
+                                  self.engine.num_steps)
 
     def _add(self, cmd: AddRequest) -> None:
         if not cmd.accepted.set_running_or_notify_cancel():
@@ -261,6 +358,8 @@ class AsyncEngine:
             match cmd:
                 case AddRequest(accepted=future) | TakeSnapshot(future=future):
                     _fail_future(future, exc)
+                case Pause(done=future) | StepOnce(done=future) | Resume(done=future):
+                    _fail_future(future, exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for sink in self._sinks.values():
@@ -272,6 +371,17 @@ class AsyncEngine:
         for future in self._snapshot_waiters:
             _fail_future(future, exc)
         self._snapshot_waiters.clear()
+
+
+def _lease(seconds: float) -> float:
+    if not 0 < seconds <= MAX_PAUSE_LEASE:
+        raise ValueError(f"lease must be in (0, {MAX_PAUSE_LEASE:g}] seconds, got {seconds}")
+    return float(seconds)
+
+
+def _answer(future: Future, value) -> None:
+    if future.set_running_or_notify_cancel():
+        future.set_result(value)
 
 
 def _fail_future(future: Future, exc: BaseException) -> None:

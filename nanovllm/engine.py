@@ -7,7 +7,7 @@ runner runs it, and the engine maps the runner's output back to the sequences by
 appending each sampled token, turning it into text and applying the finish rules (at the end of
 this file). `abort_request` retires a request at once.
 The engine is single-threaded; the server drives it from one thread. Scheduling, blocks and
-sampling know nothing of GPT-2; only loading (`model_loading`) and the runner do.
+sampling know nothing of the architecture; only loading (`model_loading`) and the runner do.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from nanovllm.contract.step import (
     TokenLogprobs,
 )
 from nanovllm.input_processor import InputProcessor
-from nanovllm.model import reference
+from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
+from nanovllm.model.trace import ForwardTrace, trace_forward
 from nanovllm.model_loading import load_draft, load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
@@ -40,6 +41,7 @@ from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.speculation import SpecDecodeStats, Speculator
+from nanovllm.step_record import StepRecord, StepRecorder
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
@@ -75,6 +77,11 @@ class EngineStats:
     block_size: int = 0
     kv_cache_dtype: str = ""
     enable_prefix_caching: bool = False
+    # Speculative decoding (vLLM's vllm:spec_decode_*; empty per-position counts: not configured).
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
+    spec_decode_accepted_per_position: tuple[int, ...] = ()
 
 
 # vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
@@ -89,6 +96,7 @@ class LLMEngine:
         self.config = config
         loaded = load_model(config)
         self.model_path, self.model_config, self.is_dummy = loaded.path, loaded.config, loaded.is_dummy
+        self.architecture = loaded.architecture  # config.json's, e.g. LlamaForCausalLM
         cfg = self.model_config
         self.tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
         self.max_model_len = config.max_model_len or cfg.n_positions
@@ -119,17 +127,20 @@ class LLMEngine:
             config.kv_cache_dtype)
         self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
                                         config.kv_cache_dtype, config.seed, draft_model)
-        self.spec_stats = SpecDecodeStats()
+        self.spec_stats = SpecDecodeStats([0] * (spec.num_speculative_tokens if spec else 0))
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
         self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
+        # Step-by-step mode: the next step leaves a StepRecord in last_record (then it is off).
+        self.record_next_step = False
+        self.last_record: StepRecord | None = None
         self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
         self.iteration_tokens_sum = 0
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
-        logger.info("Loaded GPT-2 from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
-                    "max_model_len %d)", self.model_path,
+        logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                    "max_model_len %d)", loaded.architecture, self.model_path,
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
                     cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
                     self.max_model_len)
@@ -198,14 +209,25 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule -> run -> update -> outputs of the requests that advanced."""
         start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
+        recorder = self._start_recording() if self.record_next_step else None
         step = self.scheduler.schedule()
+        if recorder:
+            recorder.scheduled(step)
         result = self.runner.run(step)  # also when empty: it learns of new and finished sequences
+        self.runner.keep_last_run = False
         if not step.scheduled:
             return []
         seqs = self.scheduler.update_from_output(step)
         advanced = self._update(seqs, step, result)
         self._record_step(step, seqs, result, start, self.scheduler.num_preemptions - preemptions)
+        if recorder:
+            recorder.ran(*self.runner.last_run)
+            self.last_record = recorder.finish(self.num_steps, result.sampled)
         return self._outputs(advanced)
+
+    def _start_recording(self) -> StepRecorder:
+        self.record_next_step, self.runner.keep_last_run = False, True
+        return StepRecorder(self.scheduler, self.tokenizer.decode_token)
 
     def _update(self, seqs: list[Sequence], step: SchedulerOutput, result: ModelRunnerOutput
                 ) -> list[Request]:
@@ -269,7 +291,7 @@ class LLMEngine:
         if logprobs is not None:
             seq.logprobs.append(self._logprob_dict(logprobs))
             seq.cumulative_logprob += logprobs.logprobs[0]
-        finish = finish_on_token(seq, token, self.tokenizer.eos_token_id, self.max_model_len)
+        finish = finish_on_token(seq, token, self.model_config.eos_token_ids, self.max_model_len)
         # A stop token's own text is left out, like a stop string's.
         drop_last = finish is not None and finish[0] == "stop" and not seq.params.include_stop_str_in_output
         old_len = len(seq.text)
@@ -319,11 +341,18 @@ class LLMEngine:
         reference path. Any thread may call it: it reads only the weights, which never change
         (the caller bounds T: this is a whole forward pass without a KV cache)."""
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
-        return reference.attention_weights(dequantize_weights(self.runner.weights),
-                                           self.model_config, np.asarray(token_ids))
+        return family_of(self.model_config).attention_weights(
+            dequantize_weights(self.runner.weights), self.model_config, np.asarray(token_ids))
+
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """One forward pass layer by layer (model/trace.py), by the reference path, on the
+        caller's thread like attention_weights."""
+        return trace_forward(dequantize_weights(self.runner.weights), self.model_config,
+                             np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
-        bm, sched = self.block_manager, self.scheduler
+        bm, sched, spec = self.block_manager, self.scheduler, self.spec_stats
         # Requests, not sequences: a request with n samples counts once, as running if any runs.
         # Every unfinished request is running or waiting (step() drops the finished ones), so
         # only the running sequences are looked at: the server asks after every step.
@@ -342,19 +371,25 @@ class LLMEngine:
             iteration_tokens=tuple(self.iteration_tokens),
             iteration_tokens_sum=self.iteration_tokens_sum,
             block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
-            enable_prefix_caching=self.config.enable_prefix_caching)
+            enable_prefix_caching=self.config.enable_prefix_caching,
+            spec_decode_num_drafts=spec.num_drafts,
+            spec_decode_num_draft_tokens=spec.num_draft_tokens,
+            spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
+            spec_decode_accepted_per_position=tuple(spec.accepted_per_position))
 
 
 # ---- when a sequence is done -----------------------------------------------------------------
 # In vLLM's order: the context length always; nothing else before min_tokens; then EOS (unless
 # ignore_eos), a stop token id, a stop string, and max_tokens.
-def finish_on_token(seq: Sequence, token: int, eos_token_id: int, max_model_len: int) -> Finish | None:
+def finish_on_token(seq: Sequence, token: int, eos_token_ids: tuple[int, ...],
+                    max_model_len: int) -> Finish | None:
+    """`eos_token_ids`: every id that ends a sequence as EOS (generation_config.json may list several)."""
     p = seq.params
     if seq.num_tokens >= max_model_len:
         return ("length", None)
     if seq.num_output_tokens < p.min_tokens:
         return None
-    if token == eos_token_id and not p.ignore_eos:
+    if token in eos_token_ids and not p.ignore_eos:
         return ("stop", None)
     if token in p.stop_token_ids:
         return ("stop", token)

@@ -4,7 +4,7 @@ The server holds one of these and nothing else of the engine: it checks a reques
 `processor.process` (an EngineRequest), submits that with `add_request` and a sink of its own
 (the returned Future says whether the engine took it), and reads the tokenizer,
 limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
-and for `attention_weights`. Two implementations: a thread in this process
+and for `attention_weights` and `trace_forward`. Two implementations: a thread in this process
 (async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
 (server/ray/client.RayEngineClient); only values and the server's own sink cross it.
 """
@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
 
     from nanovllm.engine import EngineStats
     from nanovllm.input_processor import InputProcessor
+    from nanovllm.model.trace import ForwardTrace
     from nanovllm.snapshot import EngineSnapshot
+    from nanovllm.step_record import StepMode
     from nanovllm.tokenizer import Tokenizer
     from nanovllm.values.outputs import RequestOutput
     from nanovllm.values.request import EngineRequest
@@ -81,6 +83,21 @@ class EngineClient(Protocol):
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
         """[n_layer, n_head, T, T] attention probabilities of a prompt, by the model's reference
         path; blocks the calling thread (never the engine's) for a whole forward pass."""
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        """A prompt's forward pass layer by layer (residual norms, attention, logit lens), by
+        the reference path; blocks the calling thread like attention_weights."""
+
+    step_mode_enabled: bool   # pause/step/resume are allowed (serve --enable-step-mode)
+    step_mode: StepMode       # paused or not, and the last single step's record
+
+    def pause(self, lease: float = ...) -> Future[StepMode]:
+        """Stop stepping for `lease` seconds unless renewed; requests still come in and wait."""
+
+    def step(self, lease: float = ...) -> Future[StepMode]:
+        """Pause (or renew it) and take one recorded step."""
+
+    def resume(self) -> Future[StepMode]: ...
 
     def abort(self, request_ids: list[str]) -> None:
         """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""

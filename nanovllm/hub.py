@@ -1,13 +1,15 @@
-"""Getting a GPT-2 checkpoint from the Hugging Face Hub onto disk, with huggingface_hub's public API.
+"""Getting a checkpoint (GPT-2 or the Llama family) from the Hugging Face Hub onto disk, with
+huggingface_hub's public API.
 
 `download_model` asks the hub for the repo's files, fetches only those serving needs with
-`snapshot_download` into a staging directory `DIR.partial`, checks that the result is a GPT-2
-checkpoint that loads, writes a marker and renames the staging directory to `DIR`. So `DIR` either
+`snapshot_download` into a staging directory `DIR.partial`, checks that the result is a checkpoint
+of a supported architecture that loads, writes a marker and renames the staging directory to `DIR`. So `DIR` either
 does not exist or is complete. A rerun after an interruption keeps the files already finished.
 
 Being offline in any form (HF_HUB_OFFLINE=1, no DNS, a refused connection, a timeout) becomes one
 `HubUnavailableError` whose message is a single line pointing at dummy weights. A hub that
-answered with an error (no such repo or revision, gated, not GPT-2) is a `DownloadError`.
+answered with an error (no such repo or revision, gated, an architecture we do not run) is a
+`DownloadError`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from nanovllm.model import PRESETS
 
 # The hub names are model.PRESETS' names; each one's repo is openai-community's, but distilgpt2's.
 _HUB_ORGS = {"distilgpt2": "distilbert"}
-HUB_REPOS: dict[str, str] = {name: f"{_HUB_ORGS.get(name, 'openai-community')}/{name}"
-                             for name in PRESETS}
+# The Llama family's presets (model.checkpoint.dummy's LLAMA_PRESETS) stand for these repos:
+# the chat models where there is one (they carry a chat template); Llama 3.2 is gated.
+LLAMA_HUB_REPOS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   "smollm2-360m": "HuggingFaceTB/SmolLM2-360M-Instruct",
+                   "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+                   "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
+                   "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
+                   "mistral-7b": "mistralai/Mistral-7B-v0.1"}
+HUB_REPOS: dict[str, str] = {**{name: f"{_HUB_ORGS.get(name, 'openai-community')}/{name}"
+                                for name in PRESETS}, **LLAMA_HUB_REPOS}
 
 # Everything serving reads, and nothing else: hub GPT-2 repos also carry TF, Flax, ONNX, tflite
 # and pytorch_model.bin copies that would multiply the download several times over.
@@ -46,7 +56,8 @@ class HubUnavailableError(RuntimeError):
 
 
 class DownloadError(RuntimeError):
-    """The hub answered, but the repo cannot be served: missing, not GPT-2, or it does not load."""
+    """The hub answered, but the repo cannot be served: missing, an architecture we do not run,
+    or it does not load."""
 
 
 def repo_id_for(name_or_repo: str) -> str:
@@ -139,27 +150,31 @@ def hub_timeout() -> float:
 
 
 def verify_checkpoint(model_dir: Path):
-    """Checks config.json says GPT-2 and that model.load_gpt2 loads the weights; returns the config.
-    Raises DownloadError naming the problem (CheckpointError's message names file and tensor)."""
-    from nanovllm.model import CheckpointError, load_gpt2
+    """Checks config.json names an architecture we run and that its weights load; returns the
+    config. Raises DownloadError naming the problem (CheckpointError's message names file and
+    tensor)."""
+    from nanovllm.model import CheckpointError
+    from nanovllm.model.architectures import load_checkpoint
 
     model_dir = Path(model_dir)
-    _check_model_type(model_dir, str(model_dir))
+    _check_architecture(model_dir, str(model_dir))
     try:
-        config, _weights = load_gpt2(model_dir)
+        config, _weights = load_checkpoint(model_dir)
     except (CheckpointError, ValueError, OSError) as e:
         raise DownloadError(f"{model_dir} does not load: {' '.join(str(e).split())}") from e
     return config
 
 
-def _check_model_type(model_dir: Path, repo_id: str) -> None:
+def _check_architecture(model_dir: Path, repo_id: str) -> None:
+    """The config alone, read as its architecture's config: an architecture we do not run, or
+    a variant of one we do not implement, is refused before any weights arrive."""
+    from nanovllm.model import CheckpointError
+    from nanovllm.model.architectures import read_config
+
     try:
-        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError) as e:
-        raise DownloadError(f"{repo_id}: config.json is unreadable ({_one_line(e)})") from e
-    if model_type != "gpt2":
-        raise DownloadError(f"{repo_id} is not a GPT-2 model (config.json model_type is "
-                            f"{model_type!r}); nanovllm serves only the GPT-2 architecture")
+        read_config(model_dir)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise DownloadError(f"{repo_id} cannot be served: {_one_line(e)}") from e
 
 
 def _matches(marker: dict, repo_id: str, revision: str | None) -> bool:
@@ -172,7 +187,7 @@ def _matches(marker: dict, repo_id: str, revision: str | None) -> bool:
 def download_model(name_or_repo: str, output: str | Path | None = None,
                    revision: str | None = None, *, force: bool = False, verify: bool = True,
                    log: Log = lambda _msg: None) -> Path:
-    """Downloads a GPT-2 checkpoint into `output` (default models/<name>) and returns that path.
+    """Downloads a checkpoint into `output` (default models/<name>) and returns that path.
 
     An existing complete download of the same repo and revision is reused unless `force`.
     Raises HubUnavailableError (offline), DownloadError (repo unusable) or ValueError (bad name).
@@ -202,7 +217,7 @@ def download_model(name_or_repo: str, output: str | Path | None = None,
 
     try:
         fetch(["config.json"])  # another architecture is refused before its weights arrive
-        _check_model_type(staging, repo_id)
+        _check_architecture(staging, repo_id)
         fetch(files)
         if verify:
             verify_checkpoint(staging)

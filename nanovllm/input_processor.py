@@ -103,20 +103,23 @@ class InputProcessor:
     max_waiting_seqs: int  # a request's n samples must fit in the waiting queue at once
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
-                final_only: bool = False) -> EngineRequest:
-        """The request, tokenized and checked, if it can ever run; else InvalidRequestError."""
+                final_only: bool = False, add_special_tokens: bool = True) -> EngineRequest:
+        """The request, tokenized and checked, if it can ever run; else InvalidRequestError.
+        A text prompt gets the special tokens its tokenizer adds (Llama's BOS) unless
+        `add_special_tokens` is False (a rendered chat template holds them already)."""
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
         if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
             text = None
-        return EngineRequest(request_id, self.check(prompt, params), params,
+        return EngineRequest(request_id, self.check(prompt, params, add_special_tokens), params,
                              text if isinstance(text, str) else None, final_only)
 
-    def check(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+    def check(self, prompt: PromptType, params: SamplingParams,
+              add_special_tokens: bool = True) -> list[int]:
         """The prompt's token ids, if the request can run; else InvalidRequestError."""
         if params.n > self.max_waiting_seqs:
             raise InvalidRequestError(f"n={params.n} samples can never be queued: this server "
                                       f"queues at most {self.max_waiting_seqs} sequences.", "n")
-        prompt_ids = self.prompt_ids(prompt, params)
+        prompt_ids = self.prompt_ids(prompt, params, add_special_tokens)
         self.check_kv_pool(len(prompt_ids), params.max_tokens)
         check_bias_ids(list(params.logit_bias), self.vocab_size)
         check_token_ids(params.stop_token_ids, self.vocab_size, "stop_token_ids")
@@ -124,7 +127,8 @@ class InputProcessor:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         return prompt_ids
 
-    def prompt_ids(self, prompt: PromptType, params: SamplingParams) -> list[int]:
+    def prompt_ids(self, prompt: PromptType, params: SamplingParams,
+                   add_special_tokens: bool = True) -> list[int]:
         """The prompt's token ids, once they are known to fit the context with `params`."""
         try:
             prompt = unpack_prompt(prompt)
@@ -134,7 +138,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             check_prompt_text(prompt, self.tokenizer, self.max_model_len,
                               truncated=truncate is not None)
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(prompt, add_special_tokens)
         else:
             ids = list(prompt)
         if truncate is not None and len(ids) > truncate:  # vLLM truncates before any check

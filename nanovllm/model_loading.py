@@ -15,9 +15,15 @@ from pathlib import Path
 
 from nanovllm.config import EngineConfig
 from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
-from nanovllm.model import GPT2Config, GPT2Weights, is_dummy_checkpoint, load_gpt2
-from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir, random_weights
-from nanovllm.model.checkpoint.loader import build_weights
+from nanovllm.model import is_dummy_checkpoint
+from nanovllm.model.architectures import (
+    ARCHITECTURES,
+    ModelConfig,
+    architecture_of,
+    load_checkpoint,
+    read_config,
+)
+from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.precision import precision_name
 
@@ -27,9 +33,10 @@ logger = logging.getLogger("nanovllm")
 @dataclass(slots=True)
 class LoadedModel:
     path: Path
-    config: GPT2Config
-    weights: GPT2Weights
+    config: ModelConfig
+    weights: object          # the architecture's weights (GPT2Weights, LlamaWeights)
     is_dummy: bool
+    architecture: str        # config.json's, e.g. "LlamaForCausalLM"
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
@@ -51,8 +58,8 @@ def _load_checkpoint(config: EngineConfig) -> LoadedModel:
         logger.warning("the Hugging Face hub is unreachable, so loading a dummy %s checkpoint "
                        "with RANDOM weights (%s)", preset, exc.reason)
         path = dummy_checkpoint_dir(preset)
-    cfg, weights = load_gpt2(path, config.dtype, config.quantization)
-    return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path))
+    cfg, weights = load_checkpoint(path, config.dtype, config.quantization)
+    return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path), architecture_of(path))
 
 
 def preset_for(model: str) -> str | None:
@@ -67,14 +74,18 @@ def _load_dummy(config: EngineConfig) -> LoadedModel:
     dummy checkpoint, for a directory its config with random weights in memory."""
     path = Path(config.model).expanduser()
     if not path.is_dir():
-        path = dummy_checkpoint_dir(config.model.rsplit("/", 1)[-1])
+        path = dummy_checkpoint_dir(preset_for(config.model) or config.model.rsplit("/", 1)[-1])
+    architecture = architecture_of(path)
     if is_dummy_checkpoint(path):
-        cfg, weights = load_gpt2(path, config.dtype, config.quantization)
+        cfg, weights = load_checkpoint(path, config.dtype, config.quantization)
     else:
-        cfg = GPT2Config.from_json(path / "config.json")
-        weights = build_weights(cfg, random_weights(cfg, config.seed), config.dtype,
-                                config.quantization)
-    return LoadedModel(path, cfg, weights, is_dummy=True)
+        family = ARCHITECTURES[architecture]
+        cfg = read_config(path)
+        weights = family.build_weights(cfg, family.random_tensors(cfg, config.seed),
+                                       config.dtype, config.quantization)
+    logger.warning("load_format='dummy': %s with RANDOM weights (the shapes of %s)",
+                   architecture, path.name)
+    return LoadedModel(path, cfg, weights, is_dummy=True, architecture=architecture)
 
 
 def load_draft(config: EngineConfig, target: LoadedModel, max_model_len: int) -> LoadedModel:
@@ -95,10 +106,10 @@ def load_draft(config: EngineConfig, target: LoadedModel, max_model_len: int) ->
     except (OSError, ValueError) as e:
         raise ValueError(f"{key}: the draft {spec.model!r} does not load: {e}") from e
     cfg, want = draft.config, target.config
-    if cfg.vocab_size != want.vocab_size or cfg.eos_token_id != want.eos_token_id:
+    if cfg.vocab_size != want.vocab_size or cfg.eos_token_ids != want.eos_token_ids:
         raise ValueError(f"{key}: the draft's vocabulary ({cfg.vocab_size} tokens, end-of-text "
-                         f"{cfg.eos_token_id}) is not the target's ({want.vocab_size}, "
-                         f"{want.eos_token_id}): it must use the same tokenizer")
+                         f"{list(cfg.eos_token_ids)}) is not the target's ({want.vocab_size}, "
+                         f"{list(want.eos_token_ids)}): it must use the same tokenizer")
     if cfg.n_positions < max_model_len:
         raise ValueError(f"{key}: the draft's context ({cfg.n_positions} positions) is shorter "
                          f"than max_model_len={max_model_len}")

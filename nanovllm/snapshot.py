@@ -95,7 +95,7 @@ def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) 
     bm = scheduler.block_manager
     running, waiting = scheduler.running, scheduler.waiting
     return EngineSnapshot(
-        num_steps=num_steps, blocks=_block_pool(bm, running),
+        num_steps=num_steps, blocks=pool_of(bm, running),
         running=[_seq_view(s) for s in running[:MAX_LISTED_SEQS]],
         waiting=[_seq_view(s) for s in islice(waiting, MAX_LISTED_SEQS)],
         num_running=len(running), num_waiting=len(waiting),
@@ -103,7 +103,8 @@ def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) 
         max_num_batched_tokens=scheduler.max_num_batched_tokens, steps=steps)
 
 
-def _block_pool(bm: BlockManager, running: list[Sequence]) -> BlockPool:
+def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
+    """Each block's holder, reference count and whether the prefix cache can find it."""
     owner = [-1] * bm.num_blocks
     for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
         for block_id in seq.block_table:

@@ -11,7 +11,7 @@ made here, from the sequence's own tokens; a draft model's in the runner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nanovllm.contract.step import DraftWork
 from nanovllm.runner.spec_decode.ngram import propose_ngram
@@ -57,18 +57,16 @@ class Speculator:
 @dataclass(slots=True)
 class SpecDecodeStats:
     """vLLM's spec-decode counters: drafts (speculating sequence-steps), proposed and accepted
-    tokens, and accepted tokens by proposal position."""
+    tokens, and accepted tokens by proposal position (one count per position up to k)."""
+    accepted_per_position: list[int]
     num_drafts: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
-    accepted_per_position: list[int] = field(default_factory=list)
 
     def record(self, num_proposed: int, num_accepted: int) -> None:
         self.num_drafts += 1
         self.num_draft_tokens += num_proposed
         self.num_accepted_tokens += num_accepted
-        if len(self.accepted_per_position) < num_proposed:
-            self.accepted_per_position += [0] * (num_proposed - len(self.accepted_per_position))
         for j in range(num_accepted):
             self.accepted_per_position[j] += 1
 

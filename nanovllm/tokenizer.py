@@ -1,14 +1,22 @@
-"""GPT-2's byte-level BPE through the `tokenizers` library, and incremental detokenizing.
+"""A checkpoint's tokenizer through the `tokenizers` library, and incremental detokenizing.
 
-Every GPT-2 token stands for a fixed string of bytes, and a character may be split across tokens
-(emoji, accented letters). So text is produced by feeding each new token's bytes to an
+Every token stands for a fixed string of bytes, and a character may be split across tokens
+(emoji, accented letters): in a byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen2) each character
+of a piece stands for a byte; in a SentencePiece vocabulary (Llama 2, TinyLlama, Mistral) `▁`
+is a space and `<0xNN>` a raw byte. So text is produced by feeding each new token's bytes to an
 incremental UTF-8 decoder: it holds back an unfinished character and replaces invalid bytes
 exactly as a full decode does. Each step costs one token, not the whole output.
+
+`encode` adds the special tokens the tokenizer's own post-processor adds, as transformers and
+vLLM do for a completion's prompt: BOS for Llama, nothing for GPT-2. A rendered chat template
+already holds them, so chat encodes with `add_special_tokens=False`.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -49,19 +57,31 @@ class Tokenizer:
         """The bytes each token id stands for, and the ids of special tokens."""
         added = self._tok.get_added_tokens_decoder()
         to_byte = byte_level_alphabet()
+        sentencepiece = self._is_sentencepiece()
         table = []
         for i in range(self.vocab_size):
             piece = added[i].content if i in added else self._tok.id_to_token(i) or ""
             try:
-                table.append(piece.encode() if i in added else bytes(to_byte[c] for c in piece))
-            except KeyError:  # not a byte-level vocabulary: fall back to the library's decode
+                if i in added:
+                    table.append(piece.encode())
+                elif sentencepiece:
+                    table.append(sentencepiece_bytes(piece))
+                else:
+                    table.append(bytes(to_byte[c] for c in piece))
+            except KeyError:  # neither: fall back to the library's decode
                 table.append(self._tok.decode([i], skip_special_tokens=False).encode())
         return table, frozenset(i for i, t in added.items() if t.special)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`. Through the batch API: unlike `encode`, it releases the GIL, so a
-        long text tokenizing on a worker thread does not stall the event loop or the engine."""
-        return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
+    def _is_sentencepiece(self) -> bool:
+        """A SentencePiece-style vocabulary: its decoder turns `▁` back into spaces."""
+        return "Metaspace" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`, with the special tokens the tokenizer adds (BOS for Llama; none for
+        GPT-2) unless `add_special_tokens` is False. Through the batch API: unlike `encode`, it
+        releases the GIL, so a long text tokenizing on a worker thread does not stall the event
+        loop or the engine."""
+        return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -73,6 +93,15 @@ class Tokenizer:
     def decode_token(self, token_id: int) -> str:
         """The text of one token, as vLLM's `decoded_token` (partial UTF-8 shows as U+FFFD)."""
         return self._tok.decode([token_id], skip_special_tokens=False)
+
+
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def sentencepiece_bytes(piece: str) -> bytes:
+    """A SentencePiece piece's bytes: `<0xNN>` is that byte, `▁` a space."""
+    byte = BYTE_PIECE.fullmatch(piece)
+    return bytes([int(byte[1], 16)]) if byte else piece.replace("\u2581", " ").encode()
 
 
 class IncrementalDetokenizer:

@@ -1,4 +1,4 @@
-"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs GPT-2, samples.
+"""NativeModelRunner: turns one scheduled step into flat numpy inputs, runs the model, samples.
 
 Each step says everything the runner needs (nanovllm/contract/step.py): every scheduled
 sequence's new tokens, positions and block table, whether it samples and which prompt tokens it
@@ -23,8 +23,8 @@ from nanovllm.contract.step import (
     SchedulerOutput,
     TokenLogprobs,
 )
-from nanovllm.model import AttentionBatch, GPT2Config, GPT2Weights, forward
-from nanovllm.model.gpt2 import compile_kernels
+from nanovllm.model import AttentionBatch
+from nanovllm.model.architectures import ModelConfig, family_of
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
@@ -41,19 +41,23 @@ class StepInputs:
     logit_rows: np.ndarray
     sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
     scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
+    entries: list[ScheduledSequence]   # every chunk, in row order
     # then these, speculating: 1 + len(spec_token_ids) rows each
     verifying: list[ScheduledSequence] = field(default_factory=list)
 
 
 class NativeModelRunner:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
+    def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "auto", seed: int = 0, draft: DraftModel | None = None):
         self.cfg, self.weights, self.block_size, self.draft = cfg, weights, block_size, draft
+        self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
+        self.keep_last_run = False  # set: `last_run` keeps each step's inputs and sampled logits
+        self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        compile_kernels()
+        self.model.compile_kernels()
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
         for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did
@@ -64,12 +68,14 @@ class NativeModelRunner:
             return ModelRunnerOutput({}, {}, {})
         scheduled, drafts = self._propose(step.scheduled)
         inputs = self.prepare(scheduled)
-        logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
-                         self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+        logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+                                    self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
+        if self.keep_last_run:  # the step-by-step mode shows what the model was given
+            self.last_run = (inputs, logits[:n].copy())
         states = [self.states[e.seq_id] for e in inputs.sampling]
         tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
-                                  self.cfg.eos_token_id)
+                                  list(self.cfg.eos_token_ids))
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
             took(state, token)
@@ -105,7 +111,7 @@ class NativeModelRunner:
             state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
             tokens, logprobs = verify(logits[row:row + k + 1], state, e.num_output_tokens,
                                       e.spec_token_ids, draft.probs if draft else None,
-                                      self.cfg.eos_token_id)
+                                      list(self.cfg.eos_token_ids))
             for token in tokens:
                 took(state, token)
             out.sampled[e.seq_id] = tokens
@@ -155,7 +161,7 @@ class NativeModelRunner:
         token_ids = (t for e in entries for part in (e.token_ids, e.spec_token_ids) for t in part)
         return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_rows + verify_rows, np.int64), sampling,
-                          scoring, verifying)
+                          scoring, entries, verifying)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""

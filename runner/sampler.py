@@ -73,7 +73,7 @@ def took(seq: SequenceState, token: int) -> None:
 
 
 def adjust_logits_(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
-                   eos_token_id: int) -> None:
+                   eos_token_id: int | list[int]) -> None:
     """Logit bias, min_tokens and the penalties, in place on the rows ([len(seqs), vocab]) of the
     sequences that ask for any (`num_output_tokens`: what each has generated so far). The bias of
     every row is one indexing operation; the rest costs each adjusted row a few array operations,
@@ -161,8 +161,9 @@ def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 
 def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
-           eos_token_id: int) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
-    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked."""
+           eos_token_id: int | list[int]) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
+    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked.
+    `eos_token_id`: the model's EOS, or a list of them (each is banned before min_tokens)."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
     adjust_logits_(logits, seqs, num_output_tokens, eos_token_id)

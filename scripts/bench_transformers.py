@@ -1,4 +1,5 @@
-"""The comparison side of scripts/benchmark.py: Hugging Face transformers' GPT-2 generate(),
+"""The comparison side of scripts/benchmark.py: Hugging Face transformers' generate() on the
+same checkpoint (GPT2LMHeadModel, LlamaForCausalLM, ... as config.json names it),
 timed from outside with the first token's moment taken from inside (a stopping criterion)."""
 
 from __future__ import annotations
@@ -8,23 +9,24 @@ from pathlib import Path
 
 
 class TransformersRunner:
-    """The same workload through transformers' GPT2LMHeadModel.generate (see scripts/benchmark.py
-    for the method)."""
+    """The same workload through transformers' generate (see scripts/benchmark.py for the
+    method)."""
 
     def __init__(self, model_dir: Path, threads: int):
         import torch
         import transformers
-        from transformers import GPT2LMHeadModel
+        from transformers import AutoModelForCausalLM
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         torch.set_num_threads(threads)
         try:
-            model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         except TypeError:  # transformers < 4.56 calls it torch_dtype
-            model = GPT2LMHeadModel.from_pretrained(model_dir, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
         self.model, self.torch = model.eval(), torch
-        self.eos = model.config.eos_token_id
+        eos = model.config.eos_token_id
+        self.eos = eos[0] if isinstance(eos, list) else eos  # (Llama 3 lists several)
         self.info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                      "transformers": transformers.__version__,
                      "attn_implementation": getattr(model.config, "_attn_implementation", None)}

@@ -64,7 +64,9 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
+from nanovllm.model.config import PRESETS  # noqa: E402
 from nanovllm.model.cpu import kernel_path  # noqa: E402
+from nanovllm.runner.kv_cache import kv_bytes_per_block  # noqa: E402
 from nanovllm.scripts.bench_transformers import TransformersRunner  # noqa: E402
 from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
@@ -328,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(report["environment"]), file=out, flush=True)
     print(report["environment"]["kernels"], file=out, flush=True)
+    print(describe_model(report["model"]), file=out, flush=True)
     rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
     results = [bench_cell(cell, engine, theirs, args.reps, rng, log, narrow) for cell in cells]
     targets = evaluate(results, report["model"])
@@ -348,6 +351,15 @@ def _check_fit(engine, cells: list[Cell]) -> str | None:
     return None
 
 
+def describe_model(model: dict) -> str:
+    """One line: the architecture, its size and what a token costs in the KV cache, beside
+    GPT-2 124M's (float32: 12 layers x 2 x 768)."""
+    gpt2 = kv_bytes_per_block(PRESETS["gpt2"], 1)
+    return (f"model: {model['architecture']}, {model['params'] / 1e6:.1f}M parameters, "
+            f"{model['n_head']} query / {model['n_kv_head']} key-value heads; KV cache "
+            f"{model['kv_bytes_per_token']:,} bytes per token (GPT-2 124M, float32: {gpt2:,})")
+
+
 def _report_header(args, engine, theirs, threads: int) -> dict:
     cfg = engine.model_config
     env = environment(threads)
@@ -357,8 +369,11 @@ def _report_header(args, engine, theirs, threads: int) -> dict:
     return {
         "environment": env,
         "model": {"name": args.model, "path": str(engine.model_path), "dummy": engine.is_dummy,
+                  "architecture": engine.architecture,
                   "params": cfg.num_params, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-                  "n_head": cfg.n_head, "vocab_size": cfg.vocab_size},
+                  "n_head": cfg.n_head, "n_kv_head": cfg.num_kv_heads,
+                  "vocab_size": cfg.vocab_size,
+                  "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.config.kv_cache_dtype)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
                      "compare": args.compare,
                      "engine": {k: getattr(engine.config, k) for k in engine.config.__slots__}},

@@ -1,4 +1,4 @@
-"""build_app(engine_loop, ...): the FastAPI application, with no module-level state.
+"""build_app(engine, ...): the FastAPI application, with no module-level state.
 
 The caller owns the engine client (starts it before serving, shuts it down after); several
 apps may share one (e.g. with and without an API key), each with its own metrics.
@@ -6,48 +6,26 @@ apps may share one (e.g. with and without an API key), each with its own metrics
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import FastAPI
-from starlette.datastructures import Headers
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
-from nanovllm.server.context import ServerContext
-from nanovllm.server.errors import error_response, install_error_handlers
-from nanovllm.server.load import LoadTrackingMiddleware, ServerLoad
+from nanovllm.server.endpoints import ROUTERS
+from nanovllm.server.endpoints.info import read_tokenizer_config, tokenizer_info
+from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
-from nanovllm.server.middleware import BodySizeLimitMiddleware, InternalErrorMiddleware
-from nanovllm.server.request_id import RequestIdMiddleware
-from nanovllm.server.routes import router
-from nanovllm.server.tokenizer_info import read_tokenizer_config, tokenizer_info
+from nanovllm.server.middleware import (
+    APIKeyMiddleware,
+    BodySizeLimitMiddleware,
+    InternalErrorMiddleware,
+    LoadTrackingMiddleware,
+    RequestIdMiddleware,
+)
+from nanovllm.server.serving import ServerContext
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits
-
-
-class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on /v1/* (vLLM protects exactly those paths) and
-    on the web page's data, /ui/api/* (the page itself holds no secret: see server.ui)."""
-
-    PROTECTED = ("/v1", UI_API_PREFIX)
-
-    def __init__(self, app, api_key: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and scope["path"].startswith(self.PROTECTED)):
-            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
-            if not secrets.compare_digest(got, self._expected):
-                response = error_response(
-                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
-                    401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def document_vocabulary(app: FastAPI, vocab_size: int) -> None:
@@ -73,13 +51,13 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
-def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: str | None = None,
+def build_app(engine: EngineClient, *, served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False,
               return_tokens_as_token_ids: bool = False,
               enable_server_load_tracking: bool = False) -> FastAPI:
-    """An OpenAI-compatible app serving `engine_loop` as `served_model_name`, with the web
+    """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
     page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
 
@@ -89,33 +67,33 @@ def build_app(engine_loop: EngineClient, *, served_model_name: str, model_root: 
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, chat, tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
-    metrics = ServerMetrics(served_model_name, lambda: engine_loop.stats
-                            if engine_loop.replica_stats is None else engine_loop.replica_stats,
-                            engine_loop.max_model_len)
-    tok_config = read_tokenizer_config(engine_loop.tokenizer.model_dir)
-    eos = engine_loop.tokenizer.decode_token(engine_loop.tokenizer.eos_token_id)
+    metrics = ServerMetrics(served_model_name, lambda: engine.stats
+                            if engine.replica_stats is None else engine.replica_stats,
+                            engine.max_model_len)
+    tok_config = read_tokenizer_config(engine.tokenizer.model_dir)
+    eos = engine.tokenizer.decode_token(engine.tokenizer.eos_token_id)
     template_text = chat_template or tok_config.get("chat_template")
     template = None
     if isinstance(template_text, str):
         template = ChatTemplate(template_text, special_tokens(tok_config, eos))
-    info = tokenizer_info(tok_config, eos, engine_loop.max_model_len,
+    info = tokenizer_info(tok_config, eos, engine.max_model_len,
                           template_text if template else None) if enable_tokenizer_info else None
-    app.state.ctx = ServerContext(engine_loop, served_model_name, model_root or served_model_name,
-                                  metrics, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine_loop.tokenizer),
-                                  return_tokens_as_token_ids=return_tokens_as_token_ids,
-                                  server_load=ServerLoad())
-    app.state.limits = limits or ServerLimits()
+    limits = limits or ServerLimits()
+    app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
+                                  metrics, limits, chat_template=template, tokenizer_info=info,
+                                  grammar_compiler=GrammarCompiler(engine.tokenizer),
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids)
     install_error_handlers(app)
-    app.include_router(router)
+    for router in ROUTERS:
+        app.include_router(router)
     if ui:
         install_ui(app)
-    document_vocabulary(app, engine_loop.vocab_size)
+    document_vocabulary(app, engine.vocab_size)
     if enable_server_load_tracking:  # inside the API key check: refused requests never count
         app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=app.state.limits.max_request_body_bytes)
+        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
     return app

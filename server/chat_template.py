@@ -5,6 +5,10 @@ or else from the checkpoint's tokenizer_config.json. It runs in jinja2's immutab
 HF's settings (trim_blocks, lstrip_blocks, loop controls) and globals (`raise_exception`,
 `strftime_now`, a `tojson` that keeps non-ASCII text), and sees `messages`,
 `add_generation_prompt` and the special tokens (`bos_token`, `eos_token`, ...).
+
+`render_prompt` turns a request's `messages` into that prompt (chat completions and /tokenize):
+content is a string or a list of text parts (joined with newlines, as vLLM's "string" content
+format does); images, audio and tool calls are refused naming the field.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from nanovllm.server.errors import bad_request
+from nanovllm.server.protocol import MAX_CHAT_CHARS
+
 _JINJA_CHARS = "{}\n"
+_UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "audio")
 
 
 class ChatTemplateError(ValueError):
@@ -89,3 +97,65 @@ def special_tokens(tokenizer_config: dict, eos_token: str) -> dict[str, str]:
         if isinstance(value, str):
             tokens[name] = value
     return tokens
+
+
+def content_text(content, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise bad_request(f"{where} must be a string or a list of text parts.", "messages")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(f"{where}[{j}] must be a text part ({{\"type\": \"text\", \"text\": "
+                              f"...}}); got type {kind!r}: this model reads only text.", "messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """The messages as the template sees them: role, text content (and name); bounded."""
+    out, total = [], 0
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if not isinstance(role, str) or not role or len(role) > 64:
+            raise bad_request(f"messages[{i}].role must be a non-empty string.", "messages")
+        for key in _UNSUPPORTED_MESSAGE_KEYS:
+            if msg.get(key):
+                raise bad_request(f"messages[{i}].{key} is not supported by this server.",
+                                  "messages")
+        text = content_text(msg.get("content"), f"messages[{i}].content")
+        total += len(text)
+        if total > MAX_CHAT_CHARS:
+            raise bad_request(f"The messages hold more than {MAX_CHAT_CHARS} characters.",
+                              "messages")
+        entry = {"role": role, "content": text}
+        if isinstance(msg.get("name"), str):
+            entry["name"] = msg["name"]
+        out.append(entry)
+    return out
+
+
+def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
+    """A chat request's (or /tokenize's) `messages` as one prompt text, rendered by `template`;
+    a 400 naming the field for anything it cannot render."""
+    if template is None:
+        raise bad_request(
+            f"The model `{model_name}` has no chat template, so /v1/chat/completions is not "
+            "available: start the server with --chat-template FILE (e.g. "
+            "examples/chat_template_gpt2.jinja), or send a plain-text prompt to "
+            "POST /v1/completions.", "messages")
+    messages = normalize_messages(req.messages)
+    try:
+        text = template.render(messages, req.add_generation_prompt)
+    except ChatTemplateError as exc:
+        raise bad_request(str(exc), "messages") from exc
+    if req.continue_final_message:  # end the prompt right after the last message's text
+        final = messages[-1]["content"].strip()
+        cut = text.rfind(final) if final else -1
+        if cut < 0:
+            raise bad_request("continue_final_message: the template does not contain the final "
+                              "message's text.", "continue_final_message")
+        text = text[:cut + len(final)]
+    return text

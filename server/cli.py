@@ -44,6 +44,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${' or $'.join(API_KEY_ENV)})")
     parser.add_argument("--disable-ui", action="store_true",
                         help="do not serve the web page at /ui (404)")
+    parser.add_argument("--enable-step-mode", action="store_true",
+                        help="let the web page (and /ui/api/step/*) pause the engine and step it "
+                             "one step at a time; a pause ends by itself unless renewed")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: the checkpoint directory's name, "
                              "or MODEL as given for a hub name; never a local path)")
@@ -114,13 +117,13 @@ def raise_open_file_limit(reserve: int, wanted: int) -> int:
 class Server(uvicorn.Server):
     """uvicorn.Server that aborts in-flight requests as soon as a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, engine_loop, ui: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, engine, ui: bool = False) -> None:
         super().__init__(config)
-        self._engine_loop = engine_loop
+        self._engine = engine
         self._ui = ui
 
     def handle_exit(self, sig, frame) -> None:
-        self._engine_loop.abort_all("The server is shutting down.")
+        self._engine.abort_all("The server is shutting down.")
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:
@@ -151,12 +154,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if concurrency < limits.limit_concurrency:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
+    if args.enable_step_mode and args.data_parallel_size is not None:
+        raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        loop = start_ray_replicas(args)
+        engine = start_ray_replicas(args)
     else:
-        loop = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args),
+                                         enable_step_mode=args.enable_step_mode)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(loop, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
@@ -165,12 +171,12 @@ def run_serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
                             timeout_keep_alive=limits.timeout_keep_alive)
-    server = Server(config, loop, ui=not args.disable_ui)
+    server = Server(config, engine, ui=not args.disable_ui)
     try:
         with absorb_reraised_signals():
             server.run()
     finally:
-        loop.shutdown()
+        engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 

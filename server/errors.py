@@ -12,12 +12,10 @@ import json
 import logging
 import uuid
 from http import HTTPStatus
-from typing import Any, NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanovllm.values.errors import InvalidRequestError, quote
@@ -88,46 +86,6 @@ def _is_type_tag(part) -> bool:
 
 
 _BARE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"}
-
-
-def is_unicode(text: str) -> bool:
-    """False if `text` holds a lone surrogate ("\\ud800" is valid JSON but not Unicode text)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def refuse_lone_surrogates(body: Any) -> Any:
-    """Checks a whole request body (before pydantic converts it): every string in it, keys and
-    unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
-    fails. The error names the top-level field it was found in. Each field is checked by
-    encoding it with the C JSON encoder: no Python loop over a large body."""
-    if not isinstance(body, dict):
-        return body if _encodes(body) else _lone_surrogate("body")
-    for key, value in body.items():
-        if isinstance(key, str) and not is_unicode(key):
-            _lone_surrogate("body")  # in a field's name: there is no field to name
-        if not _encodes(value):
-            _lone_surrogate(key)
-    return body
-
-
-def _lone_surrogate(field: str) -> NoReturn:
-    raise PydanticCustomError(
-        "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), which "
-        "is not valid Unicode text", {"field": field})
-
-
-def _encodes(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:

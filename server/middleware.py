@@ -1,13 +1,78 @@
-"""Pure ASGI middleware that guards every request: a body size limit and a last-resort 500.
+"""Pure ASGI middleware that every request passes through: its `X-Request-Id`, the API key, a
+body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
+generation requests in flight (build_app stacks them).
 
-Pure ASGI (no BaseHTTPMiddleware) so that neither adds a task or a copy of the body per request.
+Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body per request.
 """
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers, MutableHeaders
 
 from nanovllm.server.errors import error_response, internal_error
+
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+# Printable ASCII without spaces or separators that could split a header or a log line.
+_SAFE_ID = re.compile(rf"[A-Za-z0-9._:@/+=-]{{1,{MAX_REQUEST_ID_CHARS}}}")
+
+
+def response_request_id(incoming: str | None) -> str:
+    """The id to answer with: the incoming one if it is short and plain, else a new one."""
+    if incoming is not None and _SAFE_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """The `X-Request-Id` response header, as vLLM sends it: the client's own id echoed back
+    when it is a sane one (so a client or proxy can match its logs with ours), else a fresh one.
+
+    The header is only echoed: engine request ids stay the server's own, so two clients sending
+    the same id never collide inside the engine."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = response_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class APIKeyMiddleware:
+    """Requires `Authorization: Bearer <key>` on the paths under `protected` (build_app: /v1/*,
+    which vLLM protects, and the web page's data, /ui/api/*; the page itself holds no secret)."""
+
+    def __init__(self, app, api_key: str, protected: tuple[str, ...]) -> None:
+        self.app = app
+        self._expected = f"Bearer {api_key}".encode()
+        self._protected = protected
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope["type"] == "http" and scope["method"] != "OPTIONS"
+                and scope["path"].startswith(self._protected)):
+            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
+            if not secrets.compare_digest(got, self._expected):
+                response = error_response(
+                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
+                    401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -90,3 +155,33 @@ class InternalErrorMiddleware:
             error = internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
                 await error_response(error.message, 500)(scope, receive, send)
+
+
+# vLLM's server load tracking: how many generation requests are in flight, for a load balancer
+# that reads GET /load. A request counts from the moment its body starts to be handled until
+# its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it.
+# The routes that generate (vLLM counts its generation and pooling routes, not tokenize).
+TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations"})
+
+
+@dataclass(slots=True)
+class ServerLoad:
+    """The app's count of requests in flight; only the event loop's thread changes it."""
+
+    in_flight: int = 0
+
+
+class LoadTrackingMiddleware:
+    def __init__(self, app, load: ServerLoad) -> None:
+        self.app = app
+        self._load = load
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in TRACKED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        self._load.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._load.in_flight -= 1

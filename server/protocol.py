@@ -1,18 +1,24 @@
-"""Request models of the OpenAI-compatible API (pydantic), with vLLM's extra sampling fields.
+"""The OpenAI-compatible API's models (pydantic): every request body and every response.
 
-Field names, defaults and ranges follow OpenAI's legacy completions API and vLLM's
-CompletionRequest. Unknown fields are accepted (and logged by the route, as vLLM does);
-fields we cannot honour (suffix, best_of != n) are rejected with a 400 in `check_supported`.
-Non-finite floats (NaN, Infinity, which Python's json accepts) are rejected everywhere.
+Requests: field names, defaults and ranges follow OpenAI's APIs and vLLM's CompletionRequest
+and ChatCompletionRequest. Unknown fields are refused with a 400 naming them (but for the
+documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour. Non-finite floats (NaN, Infinity, which
+Python's json accepts) and lone UTF-16 surrogates are refused everywhere.
+
+Responses: the endpoints build plain dicts; these models document them in /openapi.json.
+A new endpoint's body and answer are one more model each, here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from nanovllm.server.errors import bad_request, refuse_lone_surrogates
+from nanovllm.server.errors import bad_request
+from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_ALLOWED_TOKEN_IDS,
@@ -27,8 +33,10 @@ from nanovllm.values.limits import (
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
+from nanovllm.values.sampling_params import SamplingParams
 
 MAX_MESSAGES = 1024  # a conversation longer than this cannot fit GPT-2's context anyway
+MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before rendering
 
 # A token id; build_app writes the vocabulary's upper bound into its OpenAPI document.
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
@@ -38,6 +46,13 @@ Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
           | Annotated[list[TokenId], Field(min_length=1)]
           | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
 
+# vLLM request fields that would change the output and that this server does not implement:
+# refused when set, never silently ignored (falsy values ask for nothing and pass).
+UNSUPPORTED_FIELDS = (
+    "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors",
+    "vllm_xargs", "guided_whitespace_pattern", "structural_tag",
+)
+
 # Request fields accepted although they cannot change the output here, each with its reason
 # (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
 NO_OUTPUT_EFFECT = {
@@ -45,11 +60,13 @@ NO_OUTPUT_EFFECT = {
     "user": "an end-user id, for the operator's own tracking (OpenAI's meaning)",
     "best_of": "accepted only equal to n (what it then means); any other value is a 400",
     "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
-    "add_special_tokens": "GPT-2's tokenizer adds no special tokens either way",
+    "add_special_tokens": "honoured, but GPT-2's tokenizer adds no special tokens either way "
+                          "(a Llama's adds BOS)",
 }
 
 # Fields outside the request models that clients send and that change nothing here: accepted
-# and logged. Any other unknown field is a 400 (it might change the output; see prompts.py).
+# and logged. Any other unknown field is a 400 (it might change the output;
+# see SamplingFields.refuse_unsupported_fields).
 IGNORED_EXTRA_FIELDS = {
     "metadata": "OpenAI's tags for stored completions; nothing is stored here",
     "store": "OpenAI's stored completions; nothing is stored here",
@@ -66,6 +83,47 @@ PROMPT_SHAPE = (
     "prompt must be a non-empty string, a list of strings, a list of token ids "
     "or a list of lists of token ids"
 )
+
+
+def is_unicode(text: str) -> bool:
+    """False if `text` holds a lone surrogate ("\\ud800" is valid JSON but not Unicode text)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refuse_lone_surrogates(body: Any) -> Any:
+    """Checks a whole request body (before pydantic converts it): every string in it, keys and
+    unknown fields included, must be Unicode text, or tokenizing, echoing or even logging it
+    fails. The error names the top-level field it was found in. Each field is checked by
+    encoding it with the C JSON encoder: no Python loop over a large body."""
+    if not isinstance(body, dict):
+        return body if _encodes(body) else _lone_surrogate("body")
+    for key, value in body.items():
+        if isinstance(key, str) and not is_unicode(key):
+            _lone_surrogate("body")  # in a field's name: there is no field to name
+        if not _encodes(value):
+            _lone_surrogate(key)
+    return body
+
+
+def _lone_surrogate(field: str) -> NoReturn:
+    raise PydanticCustomError(
+        "lone_surrogate", "`{field}` contains a lone UTF-16 surrogate (such as \\ud800), which "
+        "is not valid Unicode text", {"field": field})
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 
 class OpenAIBaseModel(BaseModel):
@@ -169,6 +227,74 @@ class SamplingFields(StructuredOutputFields):
             raise ValueError("stop strings must not be empty")
         return v
 
+    @property
+    def max_new_tokens(self) -> int | None:
+        """max_completion_tokens (the chat API's newer name) wins over max_tokens, as in vLLM."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+    def refuse_unsupported_fields(self, known: tuple[str, ...] = ()) -> None:
+        """Refuse what would change the output and is not honoured: vLLM's fields this server
+        does not implement, and any field it does not know (besides `known`, checked by the
+        caller, and the documented IGNORED_EXTRA_FIELDS). A falsy value asks for nothing and
+        passes."""
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED_FIELDS:
+            if extra.get(name) not in (None, False, [], {}, 0, ""):
+                raise bad_request(f"`{name}` is not supported by this server.", name)
+        handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
+        unknown = sorted(k for k, v in extra.items()
+                         if k not in handled and v not in (None, False, [], {}, 0, ""))
+        if unknown:
+            raise bad_request(
+                f"Unknown field(s) {quote(unknown, 200)}: this server does not know what they "
+                "would change, so it refuses them rather than ignore them (docs/api.md lists "
+                "the fields it takes).", unknown[0][:100])
+
+    def sampling_params(self, **own) -> SamplingParams:
+        """SamplingParams from the shared fields and `own` (what each API's own fields say:
+        max_tokens, logprobs, prompt_logprobs, structured); its refusal (engine-side
+        validation) becomes a 400 naming the field.
+
+        max_tokens null means "up to the context limit" for the engine as for vLLM.
+        Temperatures pass through unclamped: the sampler clamps tiny ones as vLLM does.
+        """
+        kwargs = dict(
+            n=self.n,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty if self.repetition_penalty is not None
+            else 1.0,
+            temperature=self.temperature if self.temperature is not None else 1.0,
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            top_k=self.top_k if self.top_k is not None else 0,
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids or None,
+            ignore_eos=bool(self.ignore_eos),
+            max_tokens=self.max_new_tokens,
+            min_tokens=self.min_tokens or 0,
+            include_stop_str_in_output=bool(self.include_stop_str_in_output),
+            skip_special_tokens=self.skip_special_tokens is not False,
+            logit_bias=_clamped_logit_bias(self.logit_bias),
+            allowed_token_ids=self.allowed_token_ids,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            truncation_side=self.truncation_side or "left",
+        )
+        try:
+            return SamplingParams(**{**kwargs, **own})
+        except InvalidRequestError as exc:
+            raise bad_request(f"Invalid sampling parameters: {exc}", exc.param) from exc
+
+
+def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | None:
+    """OpenAI clamps biases to [-100, 100] where the engine would refuse them; SamplingParams
+    turns the keys into token ids (or refuses them)."""
+    if not bias:
+        return None
+    return {k: min(100.0, max(-100.0, v)) for k, v in bias.items()}
+
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions body."""
@@ -187,6 +313,39 @@ class CompletionRequest(SamplingFields):
     def _prompt_shape(cls, v: Any) -> Any:
         return _check_prompt_shape(v)
 
+    @property
+    def echo_only(self) -> bool:
+        """echo with max_tokens 0: return the prompt (and its logprobs) without generating."""
+        return bool(self.echo) and self.max_new_tokens == 0
+
+    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
+        """With echo, prompt_logprobs default to logprobs (the echoed prompt's); echo_only runs
+        one step, as vLLM does."""
+        return self.sampling_params(
+            max_tokens=1 if self.echo_only else self.max_new_tokens, logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs if self.prompt_logprobs is not None
+            else self.logprobs if self.echo else None, structured=structured)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions body. `messages` is checked by the chat endpoint, which names
+    the exact message and part at fault."""
+
+    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: int | None = Field(None, ge=1)  # None: up to the context limit (vLLM)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    # vLLM's: prepend the last message's content when it is the assistant's own (the
+    # continue_final_message case), and the prompt's logprobs.
+    echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
+        return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+                                    prompt_logprobs=self.prompt_logprobs, structured=structured)
+
 
 class TokenizeRequest(OpenAIBaseModel):
     """vLLM's two forms: a `prompt`, or chat `messages` rendered by the chat template."""
@@ -196,9 +355,10 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    add_special_tokens: bool = Field(
-        True, description="Accepted for vLLM compatibility; GPT-2's tokenizer adds no special "
-                          "tokens, so it changes nothing.")
+    add_special_tokens: bool | None = Field(
+        None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
+                          "none). Default: true for `prompt`, false for `messages` (the chat "
+                          "template holds them), as vLLM's two forms.")
     return_token_strs: bool | None = False
 
     def check_form(self) -> None:
@@ -215,3 +375,114 @@ class TokenizeRequest(OpenAIBaseModel):
 class DetokenizeRequest(OpenAIBaseModel):
     model: str | None = None
     tokens: list[TokenId]
+
+
+# Responses (documentation of what the endpoints answer).
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class LegacyLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int
+    decoded_token: str
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    # vLLM's: per prompt position, None (the first) or {token id: logprob}
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class CompletionResponse(BaseModel):
+    """Non-streaming body; with stream=true the body is text/event-stream of such chunks."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelPermission(BaseModel):
+    id: str
+    object: str = "model_permission"
+    created: int
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "nanovllm"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[ModelPermission]
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+_ERROR = {"model": ErrorResponse}
+ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}}}  # with "stream": true

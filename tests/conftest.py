@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
 
 from nanovllm import LLM, EngineConfig, LLMEngine
 from nanovllm.model import write_dummy_checkpoint
@@ -43,3 +44,35 @@ def make_engine(tiny_ckpt):
         options.setdefault("num_kv_blocks", DEFAULT_TEST_BLOCKS)
         return LLMEngine(EngineConfig(model=str(tiny_ckpt), **options))
     return make
+
+
+# --------------------------------------------------------------------------- the Llama family
+
+
+@pytest.fixture(scope="session")
+def llama_ckpt(tmp_path_factory):
+    """llama_ckpt(variant) -> the directory of a LLAMA_VARIANTS checkpoint, written once."""
+    made = {}
+
+    def get(variant: str):
+        if variant not in made:
+            family, overrides = LLAMA_VARIANTS[variant]
+            made[variant] = write_hf_llama(tmp_path_factory.mktemp(variant), family, **overrides)
+        return made[variant]
+    return get
+
+
+@pytest.fixture(scope="session")
+def hf_llama():
+    """hf_llama(directory) -> transformers' model of a checkpoint, float32, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    made = {}
+
+    def get(model_dir):
+        if model_dir not in made:
+            made[model_dir] = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch.float32).eval()
+        return made[model_dir]
+    return get

@@ -221,3 +221,14 @@ def test_no_bare_top_level_imports(folder):
             bare += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names
                      if n.split(".")[0] in BARE_NAMES]
     assert bare == []
+
+
+def test_endpoint_modules_import_no_other_endpoint():
+    """server/endpoints/ holds one module per endpoint over the shared serving module
+    (server/serving.py): none reaches into another, or into the package that lists them all."""
+    package = "nanovllm.server.endpoints"
+    endpoints = [m for m in MODULES if m.startswith(package + ".")]
+    assert len(endpoints) >= 4
+    crossing = [f"{where(m, line)}: {m} imports {target}" for m in endpoints
+                for target, line in GRAPH[m] if target in endpoints or target == package]
+    assert crossing == []

@@ -1,4 +1,5 @@
-"""Checkpoints we make ourselves: random GPT-2 weights in the exact Hugging Face layout.
+"""Checkpoints we make ourselves: random weights in the exact Hugging Face layout, for GPT-2's
+presets and the Llama family's (`LLAMA_PRESETS`: SmolLM2, TinyLlama, Llama 3.2, Qwen2.5, Mistral).
 
 The hub is out of reach in CI and on offline machines, so the project writes a complete,
 loadable checkpoint directory (config, generation config, safetensors weights, tokenizer) for any
@@ -20,9 +21,17 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from nanovllm.model.checkpoint import llama_loader
 from nanovllm.model.checkpoint.loader import expected_shapes
-from nanovllm.model.checkpoint.tokenizer_files import copy_tokenizer, write_tokenizer
+from nanovllm.model.checkpoint.tokenizer_files import (
+    copy_tokenizer,
+    write_llama_tokenizer,
+    write_tokenizer,
+)
 from nanovllm.model.config import PRESETS, GPT2Config
+from nanovllm.model.llama_config import LLAMA_PRESETS, LlamaConfig
+
+ALL_PRESETS = (*PRESETS, *LLAMA_PRESETS)  # the names `--load-format dummy` knows
 
 DUMMY_KEY = "_nanovllm_dummy"
 DUMMY_FORMAT_VERSION = 3  # bump when the files written change: cached checkpoints are rewritten
@@ -51,6 +60,20 @@ def random_weights(cfg: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
     return tensors
 
 
+def random_llama_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """transformers' initialisation of a Llama: N(0, 0.02) matrices, unit norms, zero biases."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in llama_loader.expected_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            tensors[name] = np.ones(shape, np.float32)
+        elif name.endswith(".bias"):
+            tensors[name] = np.zeros(shape, np.float32)
+        else:
+            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    return tensors
+
+
 def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
                            tokenizer_dir: str | Path | None = None, seed: int = 0,
                            **config_overrides) -> Path:
@@ -60,8 +83,10 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
     vocab_size=1024) make tiny test models. The tokenizer is GPT-2's own, cut to `vocab_size`
     (see tokenizer_files), or copied from `tokenizer_dir`.
     """
+    if preset in LLAMA_PRESETS:
+        return write_dummy_llama(out_dir, preset, tokenizer_dir, seed, **config_overrides)
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(ALL_PRESETS)}")
     eot = config_overrides.get("vocab_size", PRESETS[preset].vocab_size) - 1
     cfg = replace(PRESETS[preset], **{"bos_token_id": eot, "eos_token_id": eot, **config_overrides})
     out = Path(out_dir)
@@ -75,6 +100,36 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
               "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return out
+
+
+def write_dummy_llama(out_dir: str | Path, preset: str, tokenizer_dir: str | Path | None,
+                      seed: int, **config_overrides) -> Path:
+    """A Llama-family preset's shapes with random weights (config overrides in LlamaConfig's
+    field names). The real model's tokenizer is not ours to ship: its tokenizer is Llama 3
+    style (`tokenizer_files.write_llama_tokenizer`: GPT-2's vocabulary cut or padded to the
+    preset's size, BOS added, a chat template), and `<|eot_id|>` and `<|endoftext|>` end a
+    sequence, as Llama 3's generation_config.json lists several."""
+    vocab_size = config_overrides.get("vocab_size", LLAMA_PRESETS[preset].vocab_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_positions = config_overrides.get("max_position_embeddings",
+                                       LLAMA_PRESETS[preset].max_position_embeddings)
+    if tokenizer_dir is not None:
+        copy_tokenizer(Path(tokenizer_dir), out, vocab_size)
+        special = {"bos_token_id": None, "eos_token_ids": (vocab_size - 1,)}
+    else:
+        ids = write_llama_tokenizer(out, vocab_size, n_positions, cache_root() / "tokenizers")
+        special = {"bos_token_id": ids["<|begin_of_text|>"],
+                   "eos_token_ids": (ids["<|eot_id|>"], ids["<|endoftext|>"])}
+    cfg = replace(LLAMA_PRESETS[preset], **{**special, **config_overrides})
+    save_file(random_llama_weights(cfg, seed), str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
+              "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids)}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return out
 
@@ -93,8 +148,8 @@ def dummy_checkpoint_dir(preset: str = "gpt2") -> Path:
     Written to a temporary sibling and renamed, so concurrent first calls (engine and server
     tests, say) never see half a checkpoint; whichever rename lands first wins.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"no dummy preset {preset!r}: use one of {', '.join(PRESETS)}")
+    if preset not in ALL_PRESETS:
+        raise ValueError(f"no dummy preset {preset!r}: use one of {', '.join(ALL_PRESETS)}")
     out = cache_root() / f"dummy-v{DUMMY_FORMAT_VERSION}" / preset
     if (out / "config.json").is_file():
         return out

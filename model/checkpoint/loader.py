@@ -72,14 +72,15 @@ def _weight_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def read_tensors(model_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+def read_tensors(model_dir: Path, prefix: str = "transformer.", skip=is_mask_buffer
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
     """Un-prefixed name -> array, and name -> the file it came from (for error messages)."""
     tensors, source = {}, {}
     for path in _weight_files(model_dir):
         if not path.exists():
             raise CheckpointError(f"{path}: shard listed in the index is missing")
-        for name, arr in read_safetensors(path, skip=is_mask_buffer).items():
-            name = name.removeprefix("transformer.")
+        for name, arr in read_safetensors(path, skip=skip).items():
+            name = name.removeprefix(prefix)
             if name in tensors:
                 raise CheckpointError(f"{path}: tensor {name} also appears in {source[name]}")
             tensors[name], source[name] = arr, path

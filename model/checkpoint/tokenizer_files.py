@@ -102,6 +102,48 @@ def copy_tokenizer(src: Path, out_dir: Path, vocab_size: int) -> None:
             shutil.copyfile(src / name, out_dir / name)
 
 
+# --------------------------------------------------------------------------- Llama 3 style
+
+# Llama 3's special tokens, last in the vocabulary: BOS, the chat headers and end of turn.
+LLAMA_SPECIALS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+# Llama 3's chat template, shortened (no tools, no date) but with what real ones use:
+# bos_token, raise_exception, trimmed contents and add_generation_prompt.
+LLAMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+
+
+def write_llama_tokenizer(out_dir: Path, vocab_size: int, n_positions: int,
+                          cache_dir: Path) -> dict[str, int]:
+    """A Llama 3 style tokenizer of `vocab_size` ids: GPT-2's byte-level BPE (`<|endoftext|>`
+    last), then `LLAMA_SPECIALS`. It adds `<|begin_of_text|>` before every text, as Llama's
+    post-processor does, and its tokenizer_config.json carries a Llama 3 chat template.
+    Returns the special tokens' ids, by name."""
+    base = vocab_size - len(LLAMA_SPECIALS)
+    write_tokenizer(out_dir, base, n_positions, cache_dir)
+    for name in ("vocab.json", "merges.txt"):  # tokenizer.json alone: these lack the specials
+        (out_dir / name).unlink(missing_ok=True)
+    tok = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA_SPECIALS])
+    ids = {t: base + i for i, t in enumerate(LLAMA_SPECIALS)} | {EOT: base - 1}
+    bos = LLAMA_SPECIALS[0]
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, ids[bos])])])
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos,
+              "eos_token": "<|eot_id|>", "model_max_length": n_positions,
+              "clean_up_tokenization_spaces": False, "chat_template": LLAMA_CHAT_TEMPLATE}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return ids
+
+
 # --------------------------------------------------------------------------- the trained fallback
 
 

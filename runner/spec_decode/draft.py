@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanovllm.contract.step import ScheduledSequence
-from nanovllm.model import GPT2Config, GPT2Weights, forward
+from nanovllm.model.architectures import ModelConfig, family_of
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.rejection_sampler import draw
@@ -30,9 +30,10 @@ class Proposal:
 
 
 class DraftModel:
-    def __init__(self, cfg: GPT2Config, weights: GPT2Weights, num_blocks: int, block_size: int,
+    def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "auto"):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
+        self.forward = family_of(cfg).forward
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
 
     def propose(self, entries: list[ScheduledSequence], states: list[SequenceState],
@@ -44,7 +45,7 @@ class DraftModel:
         step = entries
         for _ in range(max(num_proposals, default=0)):
             inputs = prepare(step)
-            logits = forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+            logits = self.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                              self.kv_cache.layers, inputs.attention, inputs.logit_rows)
             order = {id(e): r for r, e in enumerate(inputs.sampling)}
             nxt, next_live = [], []

@@ -40,7 +40,7 @@ def target_probs(logits: np.ndarray, state: SequenceState) -> np.ndarray:
 
 
 def verify(logits: np.ndarray, state: SequenceState, num_output_tokens: int,
-           proposals: list[int], draft_probs: np.ndarray | None, eos_token_id: int
+           proposals: list[int], draft_probs: np.ndarray | None, eos_token_ids: list[int]
            ) -> tuple[list[int], list[TokenLogprobs] | None]:
     """logits: [len(proposals) + 1, vocab] (changed in place); num_output_tokens: what the
     sequence generated before this step. Returns the kept tokens (at least one) and, where
@@ -50,7 +50,7 @@ def verify(logits: np.ndarray, state: SequenceState, num_output_tokens: int,
     raw = log_softmax(logits) if p.logprobs is not None else None
     k = len(proposals)
     rows = [_after(state, proposals[:j]) for j in range(k + 1)]
-    adjust_logits_(logits, rows, [num_output_tokens + j for j in range(k + 1)], eos_token_id)
+    adjust_logits_(logits, rows, [num_output_tokens + j for j in range(k + 1)], eos_token_ids)
     if p.greedy:
         tokens = accept_greedy(logits.argmax(axis=-1), proposals)
     else:

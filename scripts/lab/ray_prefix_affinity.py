@@ -20,7 +20,7 @@ import random
 import tempfile
 
 from nanovllm import EngineConfig, SamplingParams
-from nanovllm.server.request_stream import QueueSink
+from nanovllm.server.serving import QueueSink
 
 
 def workload(args) -> list[list[int]]:

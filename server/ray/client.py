@@ -38,8 +38,10 @@ from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
+from nanovllm.model.trace import ForwardTrace
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.snapshot import EngineSnapshot
+from nanovllm.step_record import DEFAULT_PAUSE_LEASE, StepMode, StepModeDisabled
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
@@ -50,8 +52,9 @@ APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
 GCS_PROBE_S = 1.0  # a live GCS answers in milliseconds
-ONE_ENGINE_ONLY = ("The web page's engine and attention views show a single engine; with "
-                   "--data-parallel-size they are not available (the playground is).")
+ONE_ENGINE_ONLY = ("The web page's engine, attention and forward-pass views show a single "
+                   "engine; with --data-parallel-size they are not available (the playground "
+                   "is).")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -157,6 +160,20 @@ class RayEngineClient:
 
     def attention_weights(self, token_ids: list[int]) -> np.ndarray:
         raise RequestAborted(ONE_ENGINE_ONLY)
+
+    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
+        raise RequestAborted(ONE_ENGINE_ONLY)
+
+    step_mode_enabled = False  # one engine's steps; across replicas there is no one step
+    step_mode = StepMode(False, 0.0, None, 0)
+
+    def pause(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
+        raise StepModeDisabled(ONE_ENGINE_ONLY)
+
+    step = pause
+
+    def resume(self) -> Future[StepMode]:
+        raise StepModeDisabled(ONE_ENGINE_ONLY)
 
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
         accepted: Future[None] = Future()

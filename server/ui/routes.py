@@ -1,15 +1,15 @@
 """The web page at /ui: static files (server/ui/static/) and the small JSON endpoints they read.
 
 The page itself holds no secret, so GET /ui and /ui/static/* load without a key; everything
-under /ui/api/ is data and follows the --api-key rule of /v1/* (app.APIKeyMiddleware). The page
+under /ui/api/ is data and follows the --api-key rule of /v1/* (middleware.APIKeyMiddleware). The page
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
 Each view of the page reads one JSON endpoint here; a new view is one more route on `router`:
 /ui/api/info (the header and the playground's limits), /ui/api/engine (the engine view, polled
 a few times a second: a snapshot the engine thread takes between two steps) and
-/ui/api/attention (one head's attention over a short prompt, computed in a worker thread,
-one prompt at a time).
+/ui/api/attention (one head's attention over a short prompt) and /ui/api/trace (a short
+prompt's forward pass layer by layer), each computed in a worker thread, one prompt at a time.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
-from nanovllm.server.context import Ctx
 from nanovllm.server.errors import APIError, bad_request, error_response
+from nanovllm.server.serving import Ctx
+from nanovllm.server.ui.step import router as step_router
 from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,11 +61,12 @@ async def page() -> FileResponse:
 @router.get(f"{API_PREFIX}/info")
 async def info(ctx: Ctx) -> dict:
     """What the page shows above the playground, and the limits its controls respect."""
-    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine_loop.is_dummy,
-            "max_model_len": ctx.engine_loop.max_model_len,
-            "vocab_size": ctx.engine_loop.vocab_size, "max_logprobs": MAX_LOGPROBS,
-            "max_n": MAX_N, "n_layer": ctx.engine_loop.n_layer, "n_head": ctx.engine_loop.n_head,
-            "max_attention_tokens": _max_attention_tokens(ctx.engine_loop),
+    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine.is_dummy,
+            "max_model_len": ctx.engine.max_model_len,
+            "vocab_size": ctx.engine.vocab_size, "max_logprobs": MAX_LOGPROBS,
+            "max_n": MAX_N, "n_layer": ctx.engine.n_layer, "n_head": ctx.engine.n_head,
+            "max_attention_tokens": _max_attention_tokens(ctx.engine),
+            "step_mode": ctx.engine.step_mode_enabled,
             "version": __version__}
 
 
@@ -72,7 +74,7 @@ async def info(ctx: Ctx) -> dict:
 async def engine(ctx: Ctx) -> JSONResponse:
     """The KV block pool, the queues and the recent steps (nanovllm.snapshot.EngineSnapshot)."""
     try:
-        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine_loop.snapshot()),
+        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine.snapshot()),
                                           SNAPSHOT_TIMEOUT)
     except (EngineDeadError, RequestAborted) as exc:
         return error_response(str(exc), 503)
@@ -92,7 +94,7 @@ class AttentionRequest(BaseModel):
 @router.post(f"{API_PREFIX}/attention")
 async def attention(body: AttentionRequest, raw: Request, ctx: Ctx) -> JSONResponse:
     """How much each token of `prompt` attends to each earlier one in one layer and head."""
-    client = ctx.engine_loop
+    client = ctx.engine
     if body.layer >= client.n_layer:
         raise bad_request(f"layer must be below n_layer={client.n_layer}, got {body.layer}.",
                           "layer")
@@ -106,36 +108,84 @@ def _max_attention_tokens(client: EngineClient) -> int:
     return min(MAX_ATTENTION_TOKENS, client.max_model_len)
 
 
-def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionRequest) -> dict:
-    """The response of /ui/api/attention, in a worker thread: neither the event loop nor the
-    engine thread computes it. One at a time per app: `busy` is held while computing, so a
-    client that hangs up does not free the slot before its thread is done."""
-    token_ids = client.tokenizer.encode(body.prompt)
+def _prompt_ids(client: EngineClient, prompt: str, view: str) -> list[int]:
+    """The prompt's token ids, refused (400, `prompt`) beyond what the views draw."""
+    token_ids = client.tokenizer.encode(prompt)
     limit = _max_attention_tokens(client)
     if not 0 < len(token_ids) <= limit:
-        raise bad_request(f"The attention view takes prompts of 1 to {limit} tokens; this "
+        raise bad_request(f"The {view} view takes prompts of 1 to {limit} tokens; this "
                           f"prompt is {len(token_ids)} tokens.", "prompt")
     check_token_ids(token_ids, client.vocab_size, "prompt")  # a tokenizer larger than the model
+    return token_ids
+
+
+def _one_at_a_time(busy: threading.Lock, compute):
+    """compute() while holding `busy`, or a 429 if another reference pass holds it. Held
+    until compute returns, so a client that hangs up does not free the slot early."""
     if not busy.acquire(blocking=False):
-        raise APIError("The server computes one attention map at a time and is busy with "
-                       "another; try again in a moment.", 429)
+        raise APIError("The server computes one attention map or forward trace at a time and "
+                       "is busy with another; try again in a moment.", 429)
     try:
-        probs = client.attention_weights(token_ids)[body.layer, body.head]  # [T, T]
+        return compute()
     except (EngineDeadError, RequestAborted) as exc:
         raise APIError(str(exc), 503) from None
     finally:
         busy.release()
-    rows = np.round(probs.astype(np.float64), 4).tolist()
-    return {"token_ids": token_ids,
-            "tokens": [client.tokenizer.decode_token(t) for t in token_ids],
+
+
+def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionRequest) -> dict:
+    """The response of /ui/api/attention, in a worker thread: neither the event loop nor the
+    engine thread computes it. One at a time per app (with the forward trace)."""
+    token_ids = _prompt_ids(client, body.prompt, "attention")
+    probs = _one_at_a_time(busy, lambda: client.attention_weights(token_ids)[body.layer, body.head])
+    return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
             "layer": body.layer, "head": body.head,
             "n_layer": client.n_layer, "n_head": client.n_head,
             # Row i is token i's attention over tokens 0..i (causal: the rest is 0).
-            "weights": [row[:i + 1] for i, row in enumerate(rows)]}
+            "weights": _causal_rows(probs)}
+
+
+def _tokens(client: EngineClient, token_ids) -> list[str]:
+    return [client.tokenizer.decode_token(int(t)) for t in token_ids]
+
+
+def _causal_rows(probs: np.ndarray) -> list[list[float]]:
+    """[T, T] -> row i's first i + 1 entries (causal: the rest is 0), rounded for the page."""
+    rows = np.round(probs.astype(np.float64), 4).tolist()
+    return [row[:i + 1] for i, row in enumerate(rows)]
+
+
+class TraceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_ATTENTION_CHARS)
+
+
+@router.post(f"{API_PREFIX}/trace")
+async def trace(body: TraceRequest, raw: Request, ctx: Ctx) -> JSONResponse:
+    """One forward pass of `prompt`, layer by layer (nanovllm.model.trace.ForwardTrace)."""
+    busy: threading.Lock = raw.app.state.attention_busy
+    return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, busy, body))
+
+
+def forward_trace(client: EngineClient, busy: threading.Lock, body: TraceRequest) -> dict:
+    """The response of /ui/api/trace, in a worker thread, one at a time (with attention maps).
+    Stage 0 is the embeddings, stage l + 1 the residual stream after layer l."""
+    token_ids = _prompt_ids(client, body.prompt, "forward-pass")
+    trace = _one_at_a_time(busy, lambda: client.trace_forward(token_ids))
+    lens_ids = trace.lens_token_ids.tolist()
+    return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
+            "n_layer": client.n_layer, "n_head": client.n_head,
+            "residual_norm": np.round(trace.residual_norm.astype(np.float64), 4).tolist(),
+            "lens_token_ids": lens_ids,
+            "lens_tokens": [[_tokens(client, ids) for ids in stage] for stage in lens_ids],
+            "lens_probs": np.round(trace.lens_probs.astype(np.float64), 4).tolist(),
+            "final_token_prob": np.round(trace.final_token_prob.astype(np.float64), 4).tolist(),
+            "attention": [[_causal_rows(head) for head in layer] for layer in trace.attention]}
 
 
 def install_ui(app: FastAPI) -> None:
     """Serve the page at /ui and its files at /ui/static (left out with --disable-ui)."""
     app.state.attention_busy = threading.Lock()
     app.include_router(router)
+    app.include_router(step_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

@@ -103,9 +103,10 @@ def test_softmax_rows_match_reference(shape):
     assert (softmax_(scores.copy())[np.isinf(scores)] == 0).all()
 
 
-def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
     """How far two float32 computations of causal attention's last rows may differ: q [T, H, D]
-    (the last T of a context of c), k, v [c, H, D] -> [T, H, D].
+    (the last T of a context of c), k, v [c, H, D] -> [T, H, D]; a query sees only the last
+    `window` keys if window > 0.
 
     A score (a dot product over D) off by s changes every probability of its row by at most 2s
     relative; the softmax's exp, sum over c keys and scaling add theirs; then the weighted sum
@@ -115,6 +116,8 @@ def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     t, c, d = q.shape[1], k.shape[1], q.shape[2]
     scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # [H, T, c]
     scores += np.triu(np.full((t, c), -np.inf), k=c - t + 1)
+    if window:
+        scores += np.tril(np.full((t, c), -np.inf), k=c - t - window)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     score_error = sum_error(d) * (np.abs(q) @ np.abs(k).transpose(0, 2, 1)).max(-1) / math.sqrt(d)

@@ -206,7 +206,7 @@ def test_download_refuses_other_architectures_before_the_weights(tiny_ckpt, tmp_
     finally:
         server.close()
     assert result.returncode == 1
-    assert "not a GPT-2 model" in result.stderr and "Traceback" not in result.stderr
+    assert "model_type 'llama' is not 'gpt2'" in result.stderr and "Traceback" not in result.stderr
     assert server.downloaded() == {"config.json"}
     assert not (tmp_path / "m").exists() and not staging_dir(tmp_path / "m").exists()
 
@@ -323,7 +323,7 @@ def test_verify_rejects_a_missing_tensor(ckpt_copy):
 def test_verify_rejects_other_architectures(ckpt_copy):
     config = json.loads((ckpt_copy / "config.json").read_text())
     (ckpt_copy / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    with pytest.raises(DownloadError, match="model_type is 'bert'"):
+    with pytest.raises(DownloadError, match="model_type 'bert' is not 'gpt2'"):
         verify_checkpoint(ckpt_copy)
 
 

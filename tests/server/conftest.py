@@ -23,33 +23,33 @@ GPT2_CHAT_TEMPLATE = Path(__file__).parents[2] / "examples" / "chat_template_gpt
 
 
 @pytest.fixture(scope="session")
-def engine_loop(tiny_ckpt) -> Iterator[AsyncEngine]:
-    loop = make_engine(tiny_ckpt)
-    yield loop
-    loop.shutdown()
+def engine(tiny_ckpt) -> Iterator[AsyncEngine]:
+    client = make_engine(tiny_ckpt)
+    yield client
+    client.shutdown()
 
 
 @pytest.fixture(scope="session")
-def live(engine_loop, tiny_ckpt) -> Iterator[LiveServer]:
-    srv = serve(build_app(engine_loop, served_model_name=MODEL, model_root=str(tiny_ckpt)),
-                engine_loop)
+def live(engine, tiny_ckpt) -> Iterator[LiveServer]:
+    srv = serve(build_app(engine, served_model_name=MODEL, model_root=str(tiny_ckpt)),
+                engine)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
-def live_auth(engine_loop) -> Iterator[LiveServer]:
-    srv = serve(build_app(engine_loop, served_model_name=MODEL, api_key=API_KEY), engine_loop)
+def live_auth(engine) -> Iterator[LiveServer]:
+    srv = serve(build_app(engine, served_model_name=MODEL, api_key=API_KEY), engine)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
-def live_chat(engine_loop, tiny_ckpt) -> Iterator[LiveServer]:
+def live_chat(engine, tiny_ckpt) -> Iterator[LiveServer]:
     """Served with the example chat template and /tokenizer_info."""
     template = load_chat_template(str(GPT2_CHAT_TEMPLATE))
-    srv = serve(build_app(engine_loop, served_model_name=MODEL, chat_template=template,
-                          enable_tokenizer_info=True), engine_loop)
+    srv = serve(build_app(engine, served_model_name=MODEL, chat_template=template,
+                          enable_tokenizer_info=True), engine)
     yield srv
     srv.stop()
 

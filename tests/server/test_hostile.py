@@ -192,16 +192,16 @@ def _gauge(text: str, name: str) -> float:
 
 
 # ---- in-process: what cannot be provoked from outside ----------------------------------------
-def test_a_500_carries_only_a_request_id_and_is_logged_once(engine_loop, caplog):
+def test_a_500_carries_only_a_request_id_and_is_logged_once(engine, caplog):
     from nanovllm.server.app import build_app
 
-    app = build_app(engine_loop, served_model_name="m")
+    app = build_app(engine, served_model_name="m")
 
     @app.get("/boom")
     async def boom():
         raise RuntimeError("secret detail")
 
-    live = serve(app, engine_loop)
+    live = serve(app, engine)
     try:
         with caplog.at_level(logging.ERROR):
             response = httpx.get(f"{live.url}/boom")

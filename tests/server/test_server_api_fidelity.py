@@ -118,8 +118,8 @@ def test_falsy_unsupported_fields_ask_for_nothing(http):
     assert http.post("/v1/completions", json=body).status_code == 200
 
 
-def test_detokenize_keeps_special_tokens(http, engine_loop):
-    tok = engine_loop.tokenizer
+def test_detokenize_keeps_special_tokens(http, engine):
+    tok = engine.tokenizer
     hello, world = tok.encode("Hello"), tok.encode(" world")
     eos = tok.eos_token_id
     text = http.post("/detokenize", json={"tokens": hello + [eos] + world}).json()["prompt"]

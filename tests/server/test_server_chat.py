@@ -134,7 +134,7 @@ def test_continue_final_message_leaves_the_last_turn_open(chat_client):
     assert resp.choices[0].message.content == plain.choices[0].text
 
 
-def test_template_exceptions_and_failures_are_400s(engine_loop):
+def test_template_exceptions_and_failures_are_400s(engine):
     template = ChatTemplate("{% if messages[0]['role'] != 'user' %}"
                             "{{ raise_exception('first message must be from the user') }}"
                             "{% endif %}{{ bos_token }}{{ messages[0]['content'] }}",

@@ -9,7 +9,7 @@ import httpx
 from server_helpers import API_KEY, MODEL, error_of, metric
 
 import nanovllm
-from nanovllm.server import routes
+from nanovllm.server import serving
 
 
 def test_models(client, live, tiny_ckpt):
@@ -83,7 +83,7 @@ def test_unknown_route_and_wrong_method_have_the_openai_shape(http):
 def test_documented_extra_fields_are_accepted_and_logged(http, caplog):
     """Unknown fields are 400s (test_server_field_audit); the documented ones that change
     nothing here pass, and the log says they were ignored."""
-    with caplog.at_level(logging.WARNING, logger="nanovllm.server.completions"):
+    with caplog.at_level(logging.WARNING, logger="nanovllm.server.endpoints.completions"):
         resp = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1,
                                                   "service_tier": "auto"})
     assert resp.status_code == 200
@@ -97,7 +97,7 @@ def test_openapi_document_is_served(http):
     assert {"/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health",
             "/metrics", "/version", "/v1/chat/completions"} <= set(doc["paths"])
     flag = doc["components"]["schemas"]["TokenizeRequest"]["properties"]["add_special_tokens"]
-    assert "adds no special tokens" in flag["description"]
+    assert "special tokens the tokenizer adds" in flag["description"]
 
 
 def test_api_key_protects_v1_only(live_auth):
@@ -136,9 +136,9 @@ class ThreadRecordingTokenizer:
         self._tokenizer = tokenizer
         self.threads: list[threading.Thread] = []
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         self.threads.append(threading.current_thread())
-        return self._tokenizer.encode(text)
+        return self._tokenizer.encode(text, add_special_tokens)
 
     def __getattr__(self, name: str):
         return getattr(self._tokenizer, name)
@@ -149,7 +149,7 @@ def test_tokenize_moves_big_prompts_off_the_event_loop(http, live, monkeypatch):
     monkeypatch.setattr(live.engine, "tokenizer", recorder)  # what the routes tokenize with
     # The tiny model's short context refuses texts as long as the real threshold before they
     # are tokenized, so the threshold comes down for this test.
-    monkeypatch.setattr(routes, "BIG_PROMPT_CHARS", 1_000)
+    monkeypatch.setattr(serving, "BIG_PROMPT_CHARS", 1_000)
     small = http.post("/tokenize", json={"prompt": "word " * 10}).json()
     big = http.post("/tokenize", json={"prompt": "word " * 300}).json()  # under the char bound
     assert big["count"] > small["count"] > 0

@@ -39,13 +39,13 @@ def closed_engine(tiny_ckpt):
 
 @pytest.mark.parametrize(("body", "param"), ENGINE_RULES,
                          ids=[f"{param}-{i}" for i, (_, param) in enumerate(ENGINE_RULES)])
-def test_engine_rule_is_a_400_before_the_engine_loop(closed_engine, body, param):
+def test_engine_rule_is_a_400_before_the_engine(closed_engine, body, param):
     with httpx.Client(base_url=closed_engine.url, timeout=30) as c:
         err = error_of(c.post("/v1/completions", json={"model": MODEL, **body}), 400)
         assert err["param"] == param and err["type"] == "BadRequestError", err
 
 
-def test_a_valid_request_does_reach_the_closed_engine_loop(closed_engine):
+def test_a_valid_request_does_reach_the_closed_engine(closed_engine):
     """What makes the 400s above mean "answered before the engine loop"."""
     with httpx.Client(base_url=closed_engine.url, timeout=30) as c:
         err = error_of(c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4}), 503)

@@ -11,10 +11,10 @@ import json
 import pytest
 from server_helpers import error_of
 
-from nanovllm.server.chat_protocol import ChatCompletionRequest
 from nanovllm.server.protocol import (
     IGNORED_EXTRA_FIELDS,
     NO_OUTPUT_EFFECT,
+    ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
@@ -122,16 +122,16 @@ def check_effects(http, path: str, model, probes: dict, base: dict, eos: int = 0
         assert without != with_it, f"{model.__name__}.{field}={value!r} changed nothing"
 
 
-def test_every_completions_field_has_an_effect_or_a_reason(http, engine_loop):
+def test_every_completions_field_has_an_effect_or_a_reason(http, engine):
     check_effects(http, "/v1/completions", CompletionRequest, COMPLETION_PROBES,
-                  {**BASE, "prompt": "The audit"}, engine_loop.tokenizer.eos_token_id)
+                  {**BASE, "prompt": "The audit"}, engine.tokenizer.eos_token_id)
 
 
-def test_every_chat_field_has_an_effect_or_a_reason(chat_http, engine_loop):
+def test_every_chat_field_has_an_effect_or_a_reason(chat_http, engine):
     base = {**BASE, "messages": [{"role": "user", "content": "Audit"},
                                  {"role": "assistant", "content": "Sure"}]}
     check_effects(chat_http, "/v1/chat/completions", ChatCompletionRequest, CHAT_PROBES, base,
-                  engine_loop.tokenizer.eos_token_id)
+                  engine.tokenizer.eos_token_id)
 
 
 def test_every_tokenize_field_has_an_effect_or_a_reason(chat_http):

@@ -115,10 +115,10 @@ def test_malformed_constraints_are_400s_before_the_engine(http, live, body, para
     wait_idle(live.engine)
 
 
-def test_without_llguidance_the_request_says_what_to_install(engine_loop, monkeypatch):
+def test_without_llguidance_the_request_says_what_to_install(engine, monkeypatch):
     monkeypatch.setitem(sys.modules, "llguidance", None)  # what an absent package looks like
     with pytest.raises(InvalidRequestError, match=r"pip install 'nanovllm\[structured\]'"):
-        GrammarCompiler(engine_loop.tokenizer).compile("regex", "a+", "guided_regex")
+        GrammarCompiler(engine.tokenizer).compile("regex", "a+", "guided_regex")
 
 
 def test_apply_token_bitmask():

@@ -166,17 +166,16 @@ def test_engine_is_fine_after_all_that(http, live):
 def test_sampling_params_value_error_becomes_a_400_naming_the_field():
     """SamplingParams validates too; its ValueError is a 400, should a value slip past pydantic."""
     from nanovllm.server.errors import APIError
-    from nanovllm.server.prompts import sampling_params
     from nanovllm.server.protocol import CompletionRequest
 
     req = CompletionRequest.model_construct(**{**CompletionRequest(prompt="x").model_dump(), "n": 0})
     with pytest.raises(APIError) as info:
-        sampling_params(req)
+        req.to_sampling_params()
     assert info.value.status == 400 and info.value.param == "n"
     assert "Invalid sampling parameters: n must be in [1, 128]" in info.value.message
     req = CompletionRequest.model_construct(**{**req.model_dump(), "n": 1, "top_p": 0.0})
     with pytest.raises(APIError) as info:
-        sampling_params(req)
+        req.to_sampling_params()
     assert info.value.param == "top_p"
 
 

@@ -59,9 +59,9 @@ def test_logit_bias_names_every_bad_key(http):
     assert all(k in err["message"] for k in ("5000", "6000", "-3")), err["message"]
 
 
-def test_tokenize_token_strs_are_vocabulary_strings(http, engine_loop):
+def test_tokenize_token_strs_are_vocabulary_strings(http, engine):
     got = http.post("/tokenize", json={"prompt": "Paris is big", "return_token_strs": True}).json()
-    tok = engine_loop.tokenizer
+    tok = engine.tokenizer
     assert got["token_strs"] == [tok._tok.id_to_token(t) for t in got["tokens"]]
     # The vocabulary's strings ("Ġis"), not decoded text (" is").
     assert any(s.startswith("Ġ") for s in got["token_strs"]) and " " not in "".join(got["token_strs"])
@@ -109,10 +109,10 @@ def test_invocations_routes_by_body(chat_http, chat_client):
 
 @pytest.mark.parametrize("regex,field", [(r"\d{4}", "guided_regex"), (r"[\d]{4}", "regex"),
                                          (r"\w{4}", "guided_regex")])
-def test_regex_shorthands_are_ascii_as_in_ecmascript(client, engine_loop, regex, field):
+def test_regex_shorthands_are_ascii_as_in_ecmascript(client, engine, regex, field):
     """A bias pulls hard toward the first byte of "۳" (a Unicode digit and word character): the
     constraint must still allow only ASCII, as JSON Schema's and vLLM's backends read `\\d`."""
-    lead = engine_loop.tokenizer.token_bytes.index("۳".encode()[:1])
+    lead = engine.tokenizer.token_bytes.index("۳".encode()[:1])
     extra = {"guided_regex": regex} if field == "guided_regex" else {
         "structured_outputs": {"regex": regex}}
     choices = client.completions.create(
@@ -193,9 +193,9 @@ def test_return_token_ids_on_chat(chat_client, chat_http):
 
 
 @pytest.fixture(scope="module")
-def live_token_ids(engine_loop):
-    srv = serve(build_app(engine_loop, served_model_name=MODEL, ui=False,
-                          return_tokens_as_token_ids=True), engine_loop)
+def live_token_ids(engine):
+    srv = serve(build_app(engine, served_model_name=MODEL, ui=False,
+                          return_tokens_as_token_ids=True), engine)
     yield srv
     srv.stop()
 
@@ -327,7 +327,7 @@ def histogram(text: str, name: str) -> tuple[dict[str, float], float, float]:
     return buckets, count, total
 
 
-def test_vllm_request_and_iteration_metric_families(http, engine_loop):
+def test_vllm_request_and_iteration_metric_families(http, engine):
     before = http.get("/metrics").text
     body = {"prompt": ["one two three", "four"], "n": 3, "max_tokens": 7, "ignore_eos": True}
     assert http.post("/v1/completions", json=body).status_code == 200
@@ -337,7 +337,7 @@ def test_vllm_request_and_iteration_metric_families(http, engine_loop):
         (b0, c0, s0), (b1, c1, s1) = histogram(before, name), histogram(after, name)
         return {k: v - b0.get(k, 0.0) for k, v in b1.items()}, c1 - c0, s1 - s0
 
-    max_len = engine_loop.max_model_len  # 256: vLLM's 1-2-5 buckets up to it
+    max_len = engine.max_model_len  # 256: vLLM's 1-2-5 buckets up to it
     buckets, count, total = delta("vllm:request_prompt_tokens")
     assert list(buckets) == ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0",
                              "+Inf"] and max_len == 256
@@ -366,17 +366,17 @@ def test_vllm_request_and_iteration_metric_families(http, engine_loop):
 
 
 @pytest.fixture(scope="module")
-def live_load(engine_loop):
-    srv = serve(build_app(engine_loop, served_model_name=MODEL, ui=False,
-                          enable_server_load_tracking=True), engine_loop)
+def live_load(engine):
+    srv = serve(build_app(engine, served_model_name=MODEL, ui=False,
+                          enable_server_load_tracking=True), engine)
     yield srv
     srv.stop()
 
 
-def test_server_load_tracking(live_load, http, engine_loop, monkeypatch):
+def test_server_load_tracking(live_load, http, engine, monkeypatch):
     """Generation requests count from their start to their last byte: the engine is held
     still while two streams are open, so both are in flight when /load is read."""
-    step, go = engine_loop.engine.step, threading.Event()
+    step, go = engine.engine.step, threading.Event()
 
     def held_step():
         go.wait(30)
@@ -389,7 +389,7 @@ def test_server_load_tracking(live_load, http, engine_loop, monkeypatch):
 
     with httpx.Client(base_url=live_load.url, timeout=60) as c:
         assert c.get("/load").json() == {"server_load": 0}
-        monkeypatch.setattr(engine_loop.engine, "step", held_step)
+        monkeypatch.setattr(engine.engine, "step", held_step)
         with ThreadPoolExecutor(2) as pool:
             streams = [pool.submit(stream) for _ in range(2)]
             deadline = time.monotonic() + 10

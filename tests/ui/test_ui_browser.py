@@ -74,7 +74,7 @@ def test_page_loads_and_says_the_weights_are_random(page, open_server, tiny_ckpt
     expect(page.locator("#dummy-notice")).to_be_visible()
     expect(page.locator("#dummy-notice")).to_contain_text("Random weights")
     expect(page.locator("#model")).to_contain_text(tiny_ckpt.name)
-    expect(page.locator("[role=tab]")).to_have_text(["Playground", "Engine", "Attention"])
+    expect(page.locator("[role=tab]")).to_have_text(["Playground", "Engine", "Attention", "Forward pass"])
     expect(page.locator("#key-form")).to_be_hidden()
     page.screenshot(path=shots / "loaded.png")
 

@@ -14,12 +14,15 @@ from ui_helpers import API_KEY
 
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
 from nanovllm.model import load_gpt2, reference
+from nanovllm.model.trace import trace_forward
 from nanovllm.server.errors import APIError
 from nanovllm.server.ui.routes import (
     MAX_ATTENTION_CHARS,
     MAX_ATTENTION_TOKENS,
     AttentionRequest,
+    TraceRequest,
     attention_map,
+    forward_trace,
 )
 
 SNAPSHOT_KEYS = {"num_steps", "blocks", "running", "waiting", "num_running", "num_waiting",
@@ -141,8 +144,49 @@ def test_attention_computes_one_map_at_a_time(tiny_ckpt):
     with busy:
         with pytest.raises(APIError) as refused:
             attention_map(client, busy, body)
-    assert refused.value.status == 429 and "one attention map at a time" in refused.value.message
+    assert refused.value.status == 429 and "one attention map or forward trace at a time" in (
+        refused.value.message)
     assert not busy.locked()
+    with busy:  # the forward trace waits for the same lock
+        with pytest.raises(APIError) as refused:
+            forward_trace(client, busy, TraceRequest(prompt=PROMPT))
+    assert refused.value.status == 429 and not busy.locked()
+
+
+def trace(url: str, headers=None, **body) -> httpx.Response:
+    return httpx.post(f"{url}/ui/api/trace", json=body, headers=headers, timeout=60)
+
+
+def test_the_forward_trace_is_model_traces(open_server, tiny_ckpt):
+    got = trace(open_server.url, prompt=PROMPT)
+    assert got.status_code == 200, got.text
+    data = got.json()
+    ids = data["token_ids"]
+    t, stages = len(ids), 3  # the embeddings, then after each of the 2 layers
+    cfg, weights = load_gpt2(tiny_ckpt)
+    expected = trace_forward(weights, cfg, np.asarray(ids))
+    assert (data["n_layer"], data["n_head"]) == (2, 4) and len(data["tokens"]) == t
+    assert data["lens_token_ids"] == expected.lens_token_ids.tolist()
+    assert [[len(ts) for ts in stage] for stage in data["lens_tokens"]] == [[5] * t] * stages
+    np.testing.assert_allclose(data["lens_probs"], expected.lens_probs, atol=6e-5)
+    np.testing.assert_allclose(data["residual_norm"], expected.residual_norm, atol=6e-5, rtol=1e-6)
+    np.testing.assert_allclose(data["final_token_prob"], expected.final_token_prob, atol=6e-5)
+    assert len(data["attention"]) == 2 and all(len(layer) == 4 for layer in data["attention"])
+    for layer, heads in enumerate(data["attention"]):
+        for head, rows in enumerate(heads):
+            assert [len(r) for r in rows] == list(range(1, t + 1))
+            np.testing.assert_allclose(rows[-1], expected.attention[layer, head, -1], atol=6e-5)
+
+
+@pytest.mark.parametrize("body, param, words", [
+    (dict(prompt=""), "prompt", "at least 1 character"),
+    (dict(prompt=" a" * (MAX_ATTENTION_TOKENS + 1)), "prompt", "forward-pass view takes prompts"),
+    (dict(prompt=PROMPT, layer=0), "layer", "not permitted"),
+    (dict(prompt=7), "prompt", "valid string"),
+])
+def test_the_forward_trace_refuses_what_it_cannot_draw(open_server, body, param, words):
+    err = error_of(trace(open_server.url, **body), 400)
+    assert err["param"] == param and words in err["message"], err
 
 
 def test_info_gives_the_views_their_limits(open_server):
@@ -156,5 +200,7 @@ def test_the_views_data_needs_the_api_key(auth_server):
     error_of(httpx.get(f"{url}/ui/api/engine"), 401)
     error_of(httpx.get(f"{url}/ui/api/engine", headers={"Authorization": "Bearer wrong"}), 401)
     error_of(attention(url, prompt=PROMPT), 401)
+    error_of(trace(url, prompt=PROMPT), 401)
+    assert trace(url, headers=key, prompt=PROMPT).status_code == 200
     assert set(snapshot(url, headers=key)) == SNAPSHOT_KEYS
     assert attention(url, headers=key, prompt=PROMPT).status_code == 200

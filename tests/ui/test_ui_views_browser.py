@@ -172,3 +172,36 @@ def test_with_an_api_key_the_views_use_it(page, auth_server):
     page.click("[role=tab][aria-controls=attention]")
     page.click("#attn-show")
     expect(page.locator("#heatmap svg")).to_have_count(1)
+
+
+def test_the_forward_pass_view_shows_every_layer(page, open_server, shots):
+    """The logit lens has a row for the embeddings and one per layer, its last row is the
+    model's output, and every layer's heads can be drawn."""
+    url = open_server.url
+    prompt = "The cat sat on the mat because it was tired"
+    open_view(page, url, "trace")
+    page.fill("#trace-prompt", prompt)
+    page.click("#trace-show")
+    response = httpx.post(f"{url}/ui/api/trace", json={"prompt": prompt}, timeout=60)
+    expected = response.json()
+    t = len(expected["tokens"])
+    expect(page.locator("#lens-table tbody tr")).to_have_count(3)  # embeddings + 2 layers
+    expect(page.locator("#lens-table th.stage")).to_have_text(
+        ["embeddings", "after layer 0", "after layer 1"])
+    expect(page.locator("#lens-table .lens-cell")).to_have_count(3 * t)
+    expect(page.locator("#trace-status")).to_contain_text(f"{t} tokens through 2 layers")
+    last = page.locator("#lens-table tbody tr[data-stage='2'] .lens-cell")
+    assert last.evaluate_all("cells => cells.map(c => c.dataset.token)") == [
+        top[0] for top in expected["lens_tokens"][2]]
+    # The last row is the model's answer: every cell of it is marked final.
+    expect(page.locator("#lens-table tbody tr[data-stage='2'] .lens-cell.final")).to_have_count(t)
+    expect(page.locator("#trace-heads figure")).to_have_count(4)
+    expect(page.locator("#trace-heads")).to_have_attribute("data-layer", "0")
+    page.screenshot(path=shots / "trace.png", full_page=True)
+    for layer in range(2):
+        page.click(f"#lens-table th.stage[data-layer='{layer}']")
+        expect(page.locator("#trace-heads")).to_have_attribute("data-layer", str(layer))
+        expect(page.locator("#trace-heads svg")).to_have_count(4)
+        weights = page.locator("#trace-heads figure").nth(3).locator("rect.cell:not(.future)")
+        flat = [float(w) for w in weights.evaluate_all("cs => cs.map(c => c.dataset.weight)")]
+        assert flat == [w for row in expected["attention"][layer][3] for w in row]

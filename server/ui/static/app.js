@@ -1,6 +1,7 @@
 // nanovllm's web page. Plain JavaScript, no framework, no build step: read it top to bottom.
 // This file starts the page (model info, API key, tabs) and runs the playground; the engine
-// view is engine.js, the attention view attention.js, and api.js what they all share.
+// view is engine.js, the attention view attention.js, the forward-pass view trace.js, and
+// api.js what they all share.
 //
 // The playground is an ordinary client of POST /v1/completions: it streams server-sent
 // events with fetch() and a ReadableStream, asks for `logprobs` and draws every token
@@ -10,6 +11,8 @@
 import { $, api, HTTPError, KEY_STORAGE, sseData } from "./api.js";
 import { createAttentionView } from "./attention.js";
 import { createEngineView } from "./engine.js";
+import { createStepView } from "./stepview.js";
+import { createTraceView } from "./trace.js";
 
 // ---- start-up: model info, the random-weights notice, the API key ----------------------
 
@@ -33,6 +36,8 @@ function showInfo(info) {
   form.logprobs.max = info.max_logprobs;
   form.n.max = info.max_n;
   attentionView.setup(info);
+  traceView.setup(info);
+  stepView.setup(info);
   selectTab("playground");
 }
 
@@ -62,6 +67,8 @@ $("#forget-key").addEventListener("click", () => {
 const tabs = [...document.querySelectorAll("[role=tab]")];
 const engineView = createEngineView({ onUnauthorized: askForKey });
 const attentionView = createAttentionView({ onUnauthorized: askForKey });
+const traceView = createTraceView({ onUnauthorized: askForKey });
+const stepView = createStepView({ onUnauthorized: askForKey });
 
 function selectTab(id) {
   for (const tab of tabs) {

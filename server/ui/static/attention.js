@@ -16,29 +16,35 @@ function svg(tag, attrs = {}, text = null) {
 }
 
 // A token as a label: spaces and newlines made visible, long ones cut.
-function label(token) {
+export function label(token) {
   const shown = token.replaceAll(" ", "·").replaceAll("\n", "↵").replaceAll("\t", "→");
   return shown.length > 14 ? `${shown.slice(0, 13)}…` : shown;
 }
 
-function heatmap(map) {
+// One head's T x T weights as an SVG. The trace view draws every head of a layer, smaller
+// and without the token labels.
+export function heatmap(map, { width = 640, labels = true } = {}) {
   const t = map.tokens.length;
-  const cell = Math.max(8, Math.min(28, Math.floor(640 / t)));
-  const size = LABEL_PX + t * cell;
+  const cell = Math.max(labels ? 8 : 3, Math.min(28, Math.floor(width / t)));
+  const pad = labels ? LABEL_PX : 0;
+  const size = pad + t * cell;
   const root = svg("svg", { width: size, height: size, viewBox: `0 0 ${size} ${size}`,
     role: "img", "aria-label": `attention of layer ${map.layer}, head ${map.head}` });
   const font = Math.min(12, cell - 2);
-  map.tokens.forEach((token, i) => {
-    const middle = LABEL_PX + (i + 0.5) * cell;
-    root.append(svg("text", { class: "row-label", x: LABEL_PX - 4, y: middle, "font-size": font }, label(token)));
-    root.append(svg("text", { class: "col-label", "font-size": font,
-      transform: `translate(${middle} ${LABEL_PX - 4}) rotate(-60)` }, label(token)));
-  });
+  if (labels) {
+    map.tokens.forEach((token, i) => {
+      const middle = pad + (i + 0.5) * cell;
+      root.append(svg("text", { class: "row-label", x: pad - 4, y: middle, "font-size": font }, label(token)));
+      root.append(svg("text", { class: "col-label", "font-size": font,
+        transform: `translate(${middle} ${pad - 4}) rotate(-60)` }, label(token)));
+    });
+  }
   for (let i = 0; i < t; i++) {
     for (let j = 0; j < t; j++) {
       const w = j <= i ? map.weights[i][j] : null; // causal: nothing above the diagonal
-      const rect = svg("rect", { x: LABEL_PX + j * cell, y: LABEL_PX + i * cell,
-        width: cell - 1, height: cell - 1, class: w === null ? "cell future" : "cell" });
+      const rect = svg("rect", { x: pad + j * cell, y: pad + i * cell,
+        width: Math.max(1, cell - 1), height: Math.max(1, cell - 1),
+        class: w === null ? "cell future" : "cell" });
       if (w !== null) {
         rect.setAttribute("fill-opacity", (0.04 + 0.96 * w).toFixed(3));
         rect.dataset.weight = String(w);

@@ -1,0 +1,68 @@
+"""One module per endpoint (or family of small ones), each with its own `router`; build_app
+includes them all (ROUTERS). They share server.serving and server.protocol and never import
+each other (tests/test_layers.py). A new endpoint is a new module here, listed in ROUTERS.
+
+/invocations (SageMaker's route, as vLLM serves it) is the one route made of two endpoints: a
+body with `messages` is a chat completion, one with `prompt` a completion. It lives here, where
+the endpoint modules are put together, so that none of them imports another.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from nanovllm.server.endpoints import chat, completions, info, tokenize
+from nanovllm.server.errors import bad_request
+from nanovllm.server.protocol import (
+    ERROR_RESPONSES,
+    STREAM_RESPONSE,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from nanovllm.server.serving import Ctx
+
+router = APIRouter()
+
+INVOCATIONS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "anyOf": [{"$ref": "#/components/schemas/CompletionRequest"},
+              {"$ref": "#/components/schemas/ChatCompletionRequest"}]}}}}}
+
+
+@router.post("/invocations", responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+             openapi_extra=INVOCATIONS_BODY)
+async def invocations(raw: Request, ctx: Ctx) -> Response:
+    """A completions body (`prompt`) or a chat completions body (`messages`); else a 400."""
+    body = await _json_object(raw)
+    if "messages" in body:
+        return await chat.create_chat_completion(_parsed(ChatCompletionRequest, body), raw, ctx)
+    if "prompt" in body:
+        return await completions.create_completion(_parsed(CompletionRequest, body), raw, ctx)
+    raise bad_request("/invocations needs a completions body (`prompt`) or a chat completions "
+                      "body (`messages`).", "prompt")
+
+
+async def _json_object(raw: Request) -> dict:
+    try:
+        body = json.loads(await raw.body())
+    except ValueError as exc:
+        raise bad_request(f"Malformed JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object.")
+    return body
+
+
+def _parsed(model: type[BaseModel], body: dict):
+    """The body as `model`, its errors worded as the routes' own validation errors."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+ROUTERS = [completions.router, chat.router, tokenize.router, info.router, router]

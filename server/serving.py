@@ -1,0 +1,422 @@
+"""What every endpoint shares between HTTP and the engine: the app's context, submitting engine
+requests, the stream of their outputs, waiting for the final ones (or the client leaving),
+engine errors as API errors, usage, and the one server-sent-events driver of both streams.
+
+An endpoint module (server/endpoints/) validates its body into engine requests, calls `submit`,
+and answers with `final_response` or `stream_events`; it only says how its own choices look.
+
+Outputs are cumulative, so when a handler falls behind, the queued outputs of an engine
+request are coalesced into the latest one. RequestStream.close() aborts whatever is still
+unfinished; every handler calls it in a `finally`, which is how a disconnected client frees its
+KV blocks at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import StreamingResponse
+
+from nanovllm import GrammarCompiler, InvalidRequestError, SamplingParams
+from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
+from nanovllm.server.chat_template import ChatTemplate
+from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
+from nanovllm.server.metrics import RequestTracker, ServerMetrics
+from nanovllm.server.middleware import ServerLoad
+from nanovllm.server.protocol import StreamOptions
+from nanovllm.values.errors import QueueFullError, quote
+from nanovllm.values.limits import ServerLimits
+from nanovllm.values.request import EngineRequest
+
+logger = logging.getLogger(__name__)
+
+BIG_PROMPT_CHARS = 4_000  # tokenizing more than this takes long enough to matter
+# What a client refused for a full queue is told to wait: about the time a few steps take to
+# finish some sequences; clients back off further on their own if it is still full.
+RETRY_AFTER_SECONDS = 1
+
+
+# The app's context: per-app state (reached through request.app.state, never a global).
+
+
+@dataclass(slots=True)
+class ServerContext:
+    engine: EngineClient  # the engine, as the server sees it
+    model_name: str  # the name clients use in "model"
+    model_root: str  # where the weights came from (the /v1/models "root")
+    metrics: ServerMetrics
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    created: int = field(default_factory=lambda: int(time.time()))
+    chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
+    tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
+    grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
+    # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
+    return_tokens_as_token_ids: bool = False
+    server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
+
+    def apply_defaults(self, req) -> None:
+        """The operator's defaults for the request fields a server flag turns on."""
+        if self.return_tokens_as_token_ids:
+            req.return_tokens_as_token_ids = True
+
+    def check_model(self, model: str | None) -> None:
+        """A request may omit "model"; naming any other model is a 404, as in vLLM."""
+        if model is not None and model != self.model_name:
+            raise APIError(f"The model {quote(model, 100)} does not exist.", 404, "model")
+
+
+def get_ctx(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ServerContext, Depends(get_ctx)]  # route parameter type: the app's context
+
+
+# Before submitting.
+
+
+async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
+    """fn(*args), in a worker thread if the prompt is big (or the work `heavy`: compiling a
+    grammar): it would stall every other request on the event loop; small prompts are cheaper
+    to tokenize inline."""
+    if heavy or chars > BIG_PROMPT_CHARS:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def check_response_size(params: SamplingParams, prompts: list[EngineRequest], echo: bool,
+                        limits: ServerLimits, max_model_len: int) -> None:
+    """With logprobs, the response carries 1 + logprobs entries for every token (echoed prompt
+    tokens included, in every choice), and with prompt_logprobs 1 + prompt_logprobs for every
+    prompt token of every choice: refuse a request whose response could pass the limit."""
+    if params.logprobs is None and params.prompt_logprobs is None:
+        return
+
+    def most_tokens(p: EngineRequest) -> int:
+        n_prompt = len(p.prompt_token_ids)
+        new = params.max_tokens if params.max_tokens is not None else max_model_len - n_prompt
+        return new + (n_prompt if echo else 0)
+
+    entries, param = 0, "prompt_logprobs"
+    if params.prompt_logprobs is not None:
+        entries += params.n * sum(len(p.prompt_token_ids) for p in prompts) * (1 + params.prompt_logprobs)
+    if params.logprobs is not None:
+        entries += params.n * sum(map(most_tokens, prompts)) * (1 + params.logprobs)
+        param = "logprobs"
+    if entries > limits.max_logprob_entries_per_response:
+        raise bad_request(
+            f"This response could carry {entries} logprobs (tokens x (1 + logprobs)); this "
+            f"server sends at most {limits.max_logprob_entries_per_response} per response. Lower "
+            "logprobs, prompt_logprobs, n or max_tokens, or turn off echo.", param)
+
+
+# Submitting, and the stream of outputs.
+
+
+@dataclass(slots=True)
+class QueueSink:
+    """The OutputSink of one engine request: (tag, item) pairs into an asyncio.Queue on `loop`,
+    from whichever thread the engine delivers on."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    tag: int
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+class RequestStream:
+    """The asyncio side of one HTTP request: its engine requests (one per prompt, `tag` is the
+    prompt's index) and their outputs."""
+
+    def __init__(self, engine: EngineClient, request_id: str, requests: list[EngineRequest],
+                 n: int, tracker: RequestTracker | None = None) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self.request_id = request_id
+        self.requests = requests
+        self.request_ids = [r.request_id for r in requests]
+        self.n = n  # choices per prompt
+        self._tracker = tracker
+        self._unfinished = set(range(len(requests)))
+        self._pending: dict = {}
+        self._closed = False
+
+    @property
+    def done(self) -> bool:
+        return not self._unfinished and not self._pending
+
+    async def submit(self) -> None:
+        """Hand every engine request to the engine; returns once all were taken (raises why
+        one was not: the caller closes the stream, which withdraws the others)."""
+        accepted = [self._engine.add_request(r, QueueSink(self._loop, self._queue, tag))
+                    for tag, r in enumerate(self.requests)]
+        for future in accepted:
+            await asyncio.wrap_future(future)
+
+    async def next_batch(self) -> dict:
+        """Wait for new outputs; returns {tag: latest RequestOutput}. Raises pushed errors."""
+        if not self._pending:
+            self._absorb([await self._queue.get()])
+        items = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        self._absorb(items)
+        batch, self._pending = self._pending, {}
+        return batch
+
+    async def final_outputs(self) -> dict:
+        """Wait until every engine request finished; returns {tag: final RequestOutput}."""
+        final = {}
+        while not self.done:
+            final.update(await self.next_batch())
+        return final
+
+    def _absorb(self, items: list) -> None:
+        for tag, item in items:
+            if isinstance(item, BaseException):
+                self._unfinished.discard(tag)
+                raise item
+            self._pending[tag] = item
+            if item.finished:
+                self._unfinished.discard(tag)
+            if self._tracker is not None:
+                self._tracker.observe(tag, item)
+
+    def close(self) -> None:
+        """Abort every unfinished engine request (idempotent; safe after errors)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._unfinished:
+            self._engine.abort([self.request_ids[t] for t in sorted(self._unfinished)])
+            if self._tracker is not None:
+                for tag in self._unfinished:
+                    self._tracker.aborted(tag, self.n)
+            self._unfinished.clear()
+
+
+def engine_error(exc: BaseException) -> APIError:
+    """Map what the engine pushes into a request onto an HTTP error."""
+    if isinstance(exc, InvalidRequestError):
+        return invalid_request(exc)
+    if isinstance(exc, QueueFullError):  # the server is busy, not broken: try again soon
+        return APIError(str(exc), 429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, EngineDeadError):  # its text is the engine's exception: for the log only
+        return APIError("The engine is dead; the server log says why.", 503)
+    if isinstance(exc, RequestAborted):
+        return APIError(str(exc), 503)
+    return internal_error("the engine failed a request", exc)
+
+
+async def submit(ctx: ServerContext, request_id: str, requests: list[EngineRequest],
+                 n: int) -> RequestStream:
+    """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
+    stream = RequestStream(ctx.engine, request_id, requests, n,
+                           ctx.metrics.tracker(requests[0].params))
+    try:
+        await stream.submit()
+    except asyncio.CancelledError:
+        stream.close()
+        raise
+    except Exception as exc:
+        stream.close()
+        raise engine_error(exc) from exc
+    return stream
+
+
+def token_namer(req, tokenizer) -> Callable[[int], str]:
+    """How logprobs name a token: its text, or vLLM's "token_id:N" when the client asks for
+    return_tokens_as_token_ids (texts of partial UTF-8 tokens are ambiguous; ids are not)."""
+    if req.return_tokens_as_token_ids:
+        return lambda tid: f"token_id:{tid}"
+    return tokenizer.decode_token
+
+
+def token_id_fields(req, prompt_ids: list[int] | None, token_ids: list[int]) -> dict:
+    """vLLM's return_token_ids: the prompt's ids (where given) and the choice's generated ids
+    (never the echoed prompt), so a client need not tokenize again."""
+    if not req.return_token_ids:
+        return {}
+    fields = {"token_ids": list(token_ids)}
+    if prompt_ids is not None:
+        fields = {"prompt_token_ids": list(prompt_ids), **fields}
+    return fields
+
+
+def prompt_logprobs_field(result) -> list | None:
+    """vLLM's `prompt_logprobs`: per prompt position None or {token id: Logprob}, -inf clamped."""
+    if result.prompt_logprobs is None:
+        return None
+    return [None if step is None else
+            {str(t): {"logprob": max(p.logprob, -9999.0), "rank": p.rank,
+                      "decoded_token": p.decoded_token} for t, p in step.items()}
+            for step in result.prompt_logprobs]
+
+
+def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> dict:
+    """Token counts: each prompt once, every choice's generated tokens, and (as OpenAI always
+    does) how many prompt tokens the prefix cache supplied."""
+    prompt_tokens = sum(len(p.prompt_token_ids) for p in prompts)
+    completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs
+                            ) if count_generated else 0
+    cached = sum(r.num_cached_tokens for r in results.values())
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+# A whole answer at once.
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def final_outputs(raw: Request, stream: RequestStream) -> dict | None:
+    """Every engine request's final output, or None if the client went away first; either way
+    the stream is closed (an unfinished request is aborted at once). Engine errors become API
+    errors."""
+    work = asyncio.ensure_future(stream.final_outputs())
+    gone = asyncio.ensure_future(wait_for_disconnect(raw))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            logger.info("client disconnected; aborting %s", stream.request_id)
+            return None
+        try:
+            return work.result()
+        except Exception as exc:
+            raise engine_error(exc) from exc
+    finally:
+        for task in (work, gone):
+            task.cancel()
+        stream.close()
+
+
+async def final_response(raw: Request, stream: RequestStream,
+                         build: Callable[[int, dict], dict], off_loop: bool = False) -> JSONResponse:
+    """Non-streaming: wait for every choice (or abort at once if the client goes away: 499),
+    then answer `build(created, {tag: final output})`, off the event loop if `off_loop` (a
+    body with logprobs can be megabytes)."""
+    created = int(time.time())
+    results = await final_outputs(raw, stream)
+    if results is None:
+        return JSONResponse({}, status_code=499)
+
+    def render() -> JSONResponse:
+        return JSONResponse(build(created, results))
+
+    return await asyncio.to_thread(render) if off_loop else render()
+
+
+# Server-sent events: `data: {json}\n\n` ... `data: [DONE]\n\n`.
+
+
+def sse(obj: dict | str) -> str:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+class SSEResponse(StreamingResponse):
+    """A StreamingResponse that runs `on_close` however the stream ends (done, error, gone)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(content, headers={"Cache-Control": "no-cache"})
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    """What was already sent for one streamed choice."""
+
+    text_len: int = 0  # of the engine's text (an echoed prompt not included)
+    num_tokens: int = 0
+    offset: int = 0  # the completions API's text_offset of the next logprobs token
+    started: bool = False
+    finished: bool = False
+
+
+# An endpoint's next choice for one output (tag, its RequestOutput, the CompletionOutput, what
+# was sent of it), without "index"; None when there is nothing new to say.
+Delta = Callable[[int, Any, Any, ChoiceState], "dict | None"]
+
+
+def streamed(stream: RequestStream, events: AsyncIterator[str]) -> SSEResponse:
+    """The response of a streamed request: its events; leaving early aborts it at once."""
+    return SSEResponse(events, on_close=stream.close)
+
+
+async def stream_events(stream: RequestStream, head: dict, delta: Delta,
+                        options: StreamOptions | None, count_generated: bool = True,
+                        opening: Iterable[dict] = ()) -> AsyncIterator[str]:
+    """The chunks of a streamed answer, both APIs': `opening` chunks first (chat's roles and
+    echo: {"choices": [...], and any other top-level fields}), then
+    one chunk per new choice delta, index = tag * n + output index (vLLM's), and with
+    stream_options.include_usage a last chunk with no choices and the usage.
+
+    Each chunk carries "usage": null (as vLLM's do), or with vLLM's continuous_usage_stats the
+    usage so far. The engine's running text never ends in a partial UTF-8 character nor in a
+    prefix of a stop string, so a delta is simply the new suffix of the cumulative text. An
+    error after the stream started is sent as one `data: {"error": {...}}` event, then [DONE].
+    If the client goes away, Starlette cancels this generator and SSEResponse's `finally`
+    aborts the engine requests at once.
+    """
+    continuous = bool(options and options.include_usage and options.continuous_usage_stats)
+    states: dict[tuple[int, int], ChoiceState] = {}
+    final: dict = {}
+
+    def running() -> dict | None:
+        return usage(stream.requests, final, count_generated) if continuous else None
+
+    try:
+        for chunk in opening:
+            yield sse({**head, "choices": chunk["choices"], "usage": running(),
+                       **{k: v for k, v in chunk.items() if k != "choices"}})
+        while not stream.done:
+            batch = await stream.next_batch()
+            final.update(batch)
+            choices = []
+            for tag in sorted(batch):
+                for out in batch[tag].outputs:
+                    st = states.setdefault((tag, out.index), ChoiceState())
+                    choice = delta(tag, batch[tag], out, st)
+                    if choice is not None:
+                        choices.append({"index": tag * stream.n + out.index, **choice})
+            so_far = running()
+            for choice in choices:  # one choice per chunk, like vLLM and OpenAI
+                yield sse({**head, "choices": [choice], "usage": so_far})
+        if options and options.include_usage:
+            yield sse({**head, "choices": [], "usage": usage(stream.requests, final,
+                                                             count_generated)})
+    except Exception as exc:
+        error = exc if isinstance(exc, APIError) else engine_error(exc)
+        yield sse(error.body())
+    yield sse("[DONE]")

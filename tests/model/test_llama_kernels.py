@@ -1,0 +1,120 @@
+"""The Llama family's kernels against `model/reference_llama.py` (llm.c's rule), with the error
+bounds of test_kernels_vs_reference.py: RMSNorm, SwiGLU's gate, rotary positions, and the
+grouped-query attention (causal and paged decode) with and without a sliding window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_kernels_vs_reference import U, assert_within, attention_bound, f32, sum_error
+
+from nanovllm.model import reference_llama as ref
+from nanovllm.model.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
+from nanovllm.model.kernels import as_kernel_array
+from nanovllm.model.llama import rms_norm, rotate_, silu_mul
+from nanovllm.model.rotary import cos_sin, inv_frequencies
+
+
+@pytest.mark.parametrize("rows, e", [(1, 1), (1, 576), (5, 7), (130, 2049)])
+def test_rms_norm_matches_reference(rows, e):
+    x, g = f32(rows, e, seed=1, scale=3), 1 + f32(e, seed=2, scale=0.3)
+    expected = ref.rms_norm(x, g, 1e-5)
+    # the mean square's sum, halved by the square root; then a few roundings per element
+    bound = (sum_error(e) + 8 * U) * np.abs(expected.astype(np.float64))
+    assert_within(rms_norm(x, g, 1e-5), expected, bound)
+    read_only = g.copy()
+    read_only.flags.writeable = False  # memory-mapped weights: the kernel's other signature
+    np.testing.assert_array_equal(rms_norm(x, read_only, 1e-5), rms_norm(x, g, 1e-5))
+
+
+@pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (65, 97)])
+def test_silu_mul_matches_reference(rows, i):
+    h = f32(rows, 2 * i, seed=3, scale=4)
+    h[0, :min(4, i)] = [-100.0, -0.0, 30.0, 88.5][:min(4, i)]
+    gate, up = h[:, :i], h[:, i:]
+    with np.errstate(over="ignore"):  # e**100: silu(-100) is 0, as it should be
+        expected = ref.silu(gate) * up
+    # exp32 within 2 ulps, then a division and a product: relative, a few u each
+    bound = 12 * U * np.abs(expected.astype(np.float64))
+    assert_within(silu_mul(h), expected.astype(np.float32), bound)
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 64}])
+def test_rotate_matches_reference_in_place_on_strided_views(scaling):
+    """On column slices of a fused projection (the forward pass's views), at far positions."""
+    n, heads, d = 9, 3, 64
+    qkv = f32(n, 2 * heads * d, seed=4)
+    positions = np.array([0, 1, 2, 7, 100, 1000, 8191, 30000, 131071])
+    inv_freq = inv_frequencies(d, 500000.0, scaling)
+    view = qkv[:, heads * d:].reshape(n, heads, d)
+    expected = ref.rotate(view.copy(), positions, inv_freq)
+    before = qkv[:, :heads * d].copy()
+    out = rotate_(view, *cos_sin(inv_freq, positions))
+    assert np.shares_memory(out, qkv)
+    np.testing.assert_array_equal(qkv[:, :heads * d], before)  # its neighbour untouched
+    assert_within(view, expected, 8 * U * (np.abs(view) + np.abs(expected)).astype(np.float64) + 1e-7)
+
+
+def test_llama3_scaling_keeps_short_wavelengths_and_stretches_long_ones():
+    plain = inv_frequencies(64, 500000.0, None)
+    scaled = inv_frequencies(64, 500000.0, {"rope_type": "llama3", "factor": 8.0,
+                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                            "original_max_position_embeddings": 8192})
+    wavelen = 2 * np.pi / plain
+    assert np.array_equal(scaled[wavelen < 8192 / 4], plain[wavelen < 8192 / 4])
+    np.testing.assert_allclose(scaled[wavelen > 8192], plain[wavelen > 8192] / 8, rtol=1e-6)
+    middle = (wavelen >= 2048) & (wavelen <= 8192)
+    assert middle.any() and (scaled[middle] < plain[middle]).all()
+    assert (scaled[middle] > plain[middle] / 8).all()
+
+
+def repeat_kv(k: np.ndarray, n_head: int) -> np.ndarray:
+    return np.repeat(k, n_head // k.shape[1], axis=1)
+
+
+@pytest.mark.parametrize("window", [0, 1, 5, 40])
+@pytest.mark.parametrize("n, c", [(1, 1), (1, 300), (5, 5), (CAUSAL_BLOCK + 1, CAUSAL_BLOCK + 1),
+                                  (300, 300), (200, 777)])
+def test_grouped_causal_attention_matches_reference(n, c, window):
+    """6 query heads over 2 key/value heads, the last n positions of a c-token context."""
+    q, k, v = f32(c, 6, 16, seed=9), f32(c, 2, 16, seed=10), f32(c, 2, 16, seed=11)
+    expected = ref.attention(q, k, v, window)[c - n:]
+    bound = attention_bound(q[c - n:], repeat_kv(k, 6), repeat_kv(v, 6), window)
+    assert_within(causal_attention(q[c - n:], k, v, window), expected, bound)
+
+
+@pytest.mark.parametrize("window", [0, 1, 7, 100])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, window):
+    """Each decode is the last row of the reference's attention over its context, read through
+    a shuffled block table; positions before the window are poisoned with NaN: never read."""
+    block_size, n_head, n_kv, head_dim = 16, 6, 2, 8
+    rng = np.random.default_rng(len(lens))
+    blocks = [-(-n // block_size) for n in lens]
+    free = list(rng.permutation(sum(blocks)))
+    tables = np.zeros((len(lens), max(blocks)), np.int64)
+    for i, count in enumerate(blocks):
+        tables[i, :count] = [free.pop() for _ in range(count)]
+    k_cache, v_cache = (f32(sum(blocks) * block_size, n_kv, head_dim, seed=s, scale=2)
+                        .astype(cache_dtype) for s in (12, 13))
+    queries = [f32(n, n_head, head_dim, seed=20 + i) for i, n in enumerate(lens)]
+    slots = [tables[i, np.arange(n) // block_size] * block_size + np.arange(n) % block_size
+             for i, n in enumerate(lens)]
+    k_seen, v_seen = [k_cache[s].astype(np.float32) for s in slots], [v_cache[s].astype(np.float32)
+                                                                     for s in slots]
+    if window:
+        for s, n in zip(slots, lens):
+            k_cache[s[:max(0, n - window)]] = np.nan
+            v_cache[s[:max(0, n - window)]] = np.nan
+    out = np.full((len(lens), n_head, head_dim), np.nan, np.float32)
+    paged_decode_attention(np.stack([q[-1] for q in queries]), as_kernel_array(k_cache),
+                           as_kernel_array(v_cache), tables, np.array(lens), block_size, out,
+                           window)
+    for i, (q, k, v) in enumerate(zip(queries, k_seen, v_seen)):
+        expected = ref.attention(q, k, v, window)[-1:]
+        bound = attention_bound(q[-1:], repeat_kv(k, n_head), repeat_kv(v, n_head), window)
+        assert_within(out[i:i + 1], expected, bound)
