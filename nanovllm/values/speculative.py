@@ -20,7 +20,9 @@ DRAFT_QUANTIZATIONS = ("int8",)
 # vLLM's default lookup when neither length is given.
 DEFAULT_PROMPT_LOOKUP = 5
 # Steps with more sequences than this do not speculate: at that batch size the step is compute-
-# bound and verifying proposals only adds work (measured: docs/speculative.md).
+# bound and verifying proposals only adds work. 8 is a first choice, not a measurement yet:
+# `scripts/benchmark.py --batch-sizes 1,2,4,8,16 --speculative-config` with a large
+# "disable_by_batch_size" measures where speculation stops paying.
 DEFAULT_DISABLE_BY_BATCH_SIZE = 8
 
 
