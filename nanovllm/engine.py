@@ -100,6 +100,7 @@ class LLMEngine:
         cfg = self.model_config
         self.tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
         self.max_model_len = config.max_model_len or cfg.n_positions
+        self.eos_token_ids = cfg.eos_token_ids  # each ends a sequence (generation_config may list several)
         if self.max_model_len > cfg.n_positions:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"n_positions={cfg.n_positions}")
@@ -291,7 +292,7 @@ class LLMEngine:
         if logprobs is not None:
             seq.logprobs.append(self._logprob_dict(logprobs))
             seq.cumulative_logprob += logprobs.logprobs[0]
-        finish = finish_on_token(seq, token, self.model_config.eos_token_ids, self.max_model_len)
+        finish = finish_on_token(seq, token, self.eos_token_ids, self.max_model_len)
         # A stop token's own text is left out, like a stop string's.
         drop_last = finish is not None and finish[0] == "stop" and not seq.params.include_stop_str_in_output
         old_len = len(seq.text)

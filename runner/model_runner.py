@@ -50,6 +50,7 @@ class NativeModelRunner:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "auto", seed: int = 0, draft: DraftModel | None = None):
         self.cfg, self.weights, self.block_size, self.draft = cfg, weights, block_size, draft
+        self.eos_token_ids = list(cfg.eos_token_ids)  # what min_tokens bans, read every step
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
@@ -75,7 +76,7 @@ class NativeModelRunner:
             self.last_run = (inputs, logits[:n].copy())
         states = [self.states[e.seq_id] for e in inputs.sampling]
         tokens, logprobs = sample(logits[:n], states, [e.num_output_tokens for e in inputs.sampling],
-                                  list(self.cfg.eos_token_ids))
+                                  self.eos_token_ids)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
             took(state, token)
@@ -111,7 +112,7 @@ class NativeModelRunner:
             state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
             tokens, logprobs = verify(logits[row:row + k + 1], state, e.num_output_tokens,
                                       e.spec_token_ids, draft.probs if draft else None,
-                                      list(self.cfg.eos_token_ids))
+                                      self.eos_token_ids)
             for token in tokens:
                 took(state, token)
             out.sampled[e.seq_id] = tokens

@@ -1,0 +1,18 @@
+"""scripts/lab/trace_request.py: the files one streamed completion runs, from HTTP to a sampled
+token, stay few enough for a reader to follow (the core redesign's bound: 22 in all, 7 of them
+in the server), and the instrument sees every layer of the path."""
+
+from __future__ import annotations
+
+from nanovllm.scripts.lab import trace_request
+
+MOST_FILES, MOST_SERVER_FILES = 22, 7
+
+
+def test_one_streamed_completion_runs_few_files(tiny_ckpt):
+    files = trace_request.trace(str(tiny_ckpt), max_tokens=4)
+    groups = trace_request.by_folder(files)
+    assert {"server", "nanovllm", "runner", "model"} <= set(groups), files  # it sees the path
+    assert "nanovllm/engine.py" in files and "runner/sampler.py" in files
+    assert len(groups["server"]) <= MOST_SERVER_FILES, groups["server"]
+    assert len(files) <= MOST_FILES, files
