@@ -151,6 +151,17 @@ class BlockManager:
         self._release(seq.block_table)
         seq.block_table.clear()
         seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
+        seq.num_draft_computed = 0  # a draft model's cache lived in these blocks too
+
+    def trim(self, seq: Sequence) -> None:
+        """Frees the blocks past the sequence's tokens (they held only rejected proposals)."""
+        keep = max(self.blocks_for(seq.num_tokens), seq.num_hashed_blocks)
+        while len(seq.block_table) > keep:
+            block_id = seq.block_table.pop()
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_block_ids[block_id] = None
 
     def _release(self, table: list[int]) -> None:
         # Tail first, so that a freed chain is evicted from its end and its prefix survives longest.

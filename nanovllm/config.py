@@ -10,14 +10,17 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
+from nanovllm.values.speculative import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 
 
-def option(default, help: str, choices=None):
-    """A field that is also a flag: `--name-with-dashes`, documented by `help`."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices=None, flag_type=None):
+    """A field that is also a flag: `--name-with-dashes`, documented by `help` (its value
+    parsed as `flag_type`, by default the field's type)."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "flag_type": flag_type})
 
 
 @dataclass(slots=True)
@@ -53,6 +56,11 @@ class EngineConfig:
     quantization: str | None = option(
         None, "'int8': weight-only int8, a float32 scale per output channel, a quarter of the "
               "bytes (activations and the KV cache stay as they are)", QUANTIZATIONS)
+    speculative_config: SpeculativeConfig | dict | str | None = option(
+        None, "speculative decoding, vLLM's JSON: '{\"method\": \"ngram\", "
+              "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or '{\"model\": "
+              "\"DRAFT_DIR\", \"num_speculative_tokens\": 4, \"quantization\": \"int8\"}'",
+        flag_type=str)
 
     def __post_init__(self):
         for f in fields(self):
@@ -67,6 +75,8 @@ class EngineConfig:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         check_precision(self.dtype, self.quantization)  # int8 and bfloat16 exclude each other
+        if self.speculative_config is not None:
+            self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
     @classmethod
     def from_cli_args(cls, model: str, args: argparse.Namespace) -> EngineConfig:
@@ -86,7 +96,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     for f in fields(EngineConfig):
         if f.default is MISSING:
             continue
-        flag, kind = "--" + f.name.replace("_", "-"), _scalar(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.metadata["flag_type"] or _scalar(hints[f.name])
         help = f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)")
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,

@@ -24,17 +24,24 @@ import numpy as np
 from nanovllm.beam_search import BeamGroup
 from nanovllm.block_manager import BlockManager
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
-from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from nanovllm.contract.step import (
+    ModelRunnerOutput,
+    ScheduledSequence,
+    SchedulerOutput,
+    TokenLogprobs,
+)
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model.trace import ForwardTrace, trace_forward
-from nanovllm.model_loading import load_model
+from nanovllm.model_loading import load_draft, load_model
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
+from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.step_record import StepRecord, StepRecorder
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.errors import QueueFullError
@@ -71,6 +78,11 @@ class EngineStats:
     block_size: int = 0
     kv_cache_dtype: str = ""
     enable_prefix_caching: bool = False
+    # Speculative decoding (vLLM's vllm:spec_decode_*; empty per-position counts: not configured).
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
+    spec_decode_accepted_per_position: tuple[int, ...] = ()
 
 
 # vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
@@ -93,9 +105,15 @@ class LLMEngine:
         if self.max_model_len > cfg.n_positions:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
                              f"n_positions={cfg.n_positions}")
+        spec = config.speculative_config
+        draft = (load_draft(config, loaded, self.max_model_len)
+                 if spec is not None and spec.method == "draft_model" else None)
+        # A draft's KV cache is paged under the same block tables: each block costs both.
+        bytes_per_block = sum(kv_bytes_per_block(m.config, config.block_size,
+                                                 config.kv_cache_dtype)
+                              for m in (loaded, draft) if m is not None)
         self.num_kv_blocks = config.num_kv_blocks or max(1, (
-            config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // kv_bytes_per_block(
-                cfg, config.block_size, config.kv_cache_dtype))
+            config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // bytes_per_block)
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
@@ -104,9 +122,14 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens)
+                                   config.max_num_batched_tokens,
+                                   Speculator(spec, self.max_model_len) if spec else None)
+        draft_model = None if draft is None else DraftModel(
+            draft.config, draft.weights, self.num_kv_blocks, config.block_size,
+            config.kv_cache_dtype)
         self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
-                                        config.kv_cache_dtype, config.seed)
+                                        config.kv_cache_dtype, config.seed, draft_model)
+        self.spec_stats = SpecDecodeStats([0] * (spec.num_speculative_tokens if spec else 0))
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self.prompt_tokens_total = self.generation_tokens_total = self.num_aborted_total = 0
@@ -126,6 +149,13 @@ class LLMEngine:
         logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
                     self.num_kv_blocks, config.block_size, self.num_kv_blocks * config.block_size,
                     self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
+        if spec is not None:
+            logger.info("speculative decoding: %s, k=%d, off above %s sequences per step%s",
+                        "n-gram lookup" if draft is None else f"draft {draft.path}",
+                        spec.num_speculative_tokens, spec.disable_by_batch_size,
+                        "" if draft_model is None else
+                        f"; the KV budget is split target {self.runner.kv_cache.nbytes / 2**20:.0f}"
+                        f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
@@ -195,7 +225,7 @@ class LLMEngine:
             return []
         seqs = self.scheduler.update_from_output(step)
         advanced = self._update(seqs, step, result)
-        self._record_step(step, seqs, start, self.scheduler.num_preemptions - preemptions)
+        self._record_step(step, seqs, result, start, self.scheduler.num_preemptions - preemptions)
         if recorder:
             recorder.ran(*self.runner.last_run)
             self.last_record = recorder.finish(self.num_steps, result.sampled)
@@ -220,7 +250,8 @@ class LLMEngine:
                 seq.request.beam.offers[seq.seq_id] = result.beam_offers[seq.seq_id]
                 beam_groups[seq.request.request_id] = seq.request
             elif scheduled.sample:
-                self._append_token(seq, result.sampled[seq.seq_id], result.logprobs.get(seq.seq_id))
+                self._append_tokens(seq, scheduled, result.sampled[seq.seq_id],
+                                    result.logprobs.get(seq.seq_id))
                 advanced[seq.request.request_id] = seq.request
         for request in beam_groups.values():
             if self._advance_beams(request):
@@ -254,14 +285,32 @@ class LLMEngine:
             beam.token_ids = token_ids
         return False
 
-    def _record_step(self, step: SchedulerOutput, seqs: list[Sequence], start: float,
-                     preemptions: int) -> None:
+    def _append_tokens(self, seq: Sequence, scheduled: ScheduledSequence, tokens: list[int],
+                       logprobs: list[TokenLogprobs] | None) -> None:
+        """Appends the step's tokens one by one, each through the finish rules (the rest are
+        dropped once one finishes the sequence). A speculating decode's rejected proposals
+        are then rolled back by the scheduler."""
+        for i, token in enumerate(tokens):
+            self._append_token(seq, token, logprobs[i] if logprobs else None)
+            if seq.is_finished:
+                break
+        if scheduled.num_proposals:
+            self.spec_stats.record(scheduled.num_proposals, len(tokens) - 1)
+            if not seq.is_finished:
+                self.scheduler.update_speculated(seq, scheduled, len(tokens) - 1)
+
+    def _record_step(self, step: SchedulerOutput, seqs: list[Sequence],
+                     result: ModelRunnerOutput, start: float, preemptions: int) -> None:
         """The step in the engine view's strip and the metrics: its size (in
         vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
         their time in the queue)."""
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
-        self.last_step = StepStats(step.num_tokens - decodes, decodes, time.perf_counter() - start,
-                                   len(step.scheduled), preemptions)
+        speculating = [s for s in step.scheduled if s.num_proposals]
+        proposed = sum(s.num_proposals for s in speculating)
+        accepted = sum(len(result.sampled[s.seq_id]) - 1 for s in speculating)
+        self.last_step = StepStats(step.num_tokens - decodes - proposed, decodes,
+                                   time.perf_counter() - start, len(step.scheduled), preemptions,
+                                   proposed, accepted)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
         self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, step.num_tokens)] += 1
@@ -361,7 +410,7 @@ class LLMEngine:
                              np.asarray(token_ids))
 
     def get_stats(self) -> EngineStats:
-        bm, sched = self.block_manager, self.scheduler
+        bm, sched, spec = self.block_manager, self.scheduler, self.spec_stats
         # Requests, not sequences: a request with n samples counts once, as running if any runs.
         # Every unfinished request is running or waiting (step() drops the finished ones), so
         # only the running sequences are looked at: the server asks after every step.
@@ -380,7 +429,11 @@ class LLMEngine:
             iteration_tokens=tuple(self.iteration_tokens),
             iteration_tokens_sum=self.iteration_tokens_sum,
             block_size=self.config.block_size, kv_cache_dtype=self.config.kv_cache_dtype,
-            enable_prefix_caching=self.config.enable_prefix_caching)
+            enable_prefix_caching=self.config.enable_prefix_caching,
+            spec_decode_num_drafts=spec.num_drafts,
+            spec_decode_num_draft_tokens=spec.num_draft_tokens,
+            spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
+            spec_decode_accepted_per_position=tuple(spec.accepted_per_position))
 
 
 # ---- when a sequence is done -----------------------------------------------------------------

@@ -10,7 +10,7 @@ with an error, not a checkpoint that does not load.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nanovllm.config import EngineConfig
@@ -86,3 +86,31 @@ def _load_dummy(config: EngineConfig) -> LoadedModel:
     logger.warning("load_format='dummy': %s with RANDOM weights (the shapes of %s)",
                    architecture, path.name)
     return LoadedModel(path, cfg, weights, is_dummy=True, architecture=architecture)
+
+
+def load_draft(config: EngineConfig, target: LoadedModel, max_model_len: int) -> LoadedModel:
+    """The draft checkpoint of `speculative_config` (method "draft_model"), loaded as the target
+    is (`load_format` too: a dummy target gets a dummy draft from the same seed, so the same
+    directory gives the same weights) with the draft's own `quantization`. Refused at start-up,
+    naming the key, if it is missing or cannot stand in for the target: another vocabulary or
+    end-of-text token, or a context shorter than max_model_len."""
+    spec = config.speculative_config
+    key = "speculative_config.model"
+    if config.load_format != "dummy" and not Path(spec.model).expanduser().is_dir() and (
+            preset_for(spec.model) is None):
+        raise ValueError(f"{key}: no checkpoint directory at {spec.model!r}")
+    draft_config = replace(config, model=spec.model, dtype="auto", quantization=spec.quantization,
+                           revision=None, speculative_config=None)
+    try:
+        draft = load_model(draft_config)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{key}: the draft {spec.model!r} does not load: {e}") from e
+    cfg, want = draft.config, target.config
+    if cfg.vocab_size != want.vocab_size or cfg.eos_token_ids != want.eos_token_ids:
+        raise ValueError(f"{key}: the draft's vocabulary ({cfg.vocab_size} tokens, end-of-text "
+                         f"{list(cfg.eos_token_ids)}) is not the target's ({want.vocab_size}, "
+                         f"{list(want.eos_token_ids)}): it must use the same tokenizer")
+    if cfg.n_positions < max_model_len:
+        raise ValueError(f"{key}: the draft's context ({cfg.n_positions} positions) is shorter "
+                         f"than max_model_len={max_model_len}")
+    return draft

@@ -31,11 +31,14 @@ from collections import Counter, deque
 from nanovllm.block_manager import BlockManager
 from nanovllm.contract.step import NewSequence, ScheduledSequence, SchedulerOutput
 from nanovllm.sequence import Request, Sequence, SequenceStatus
+from nanovllm.speculation import NO_PLAN, SpecPlan, Speculator
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 speculator: Speculator | None = None):
         self.block_manager = block_manager
+        self.speculator = speculator
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # Waiting sequences by request, in two lanes (dicts keep their order: the front is next).
@@ -81,7 +84,7 @@ class Scheduler:
         return step
 
     @staticmethod
-    def _schedule(step: SchedulerOutput, seq: Sequence, n: int) -> None:
+    def _schedule(step: SchedulerOutput, seq: Sequence, n: int, plan: SpecPlan = NO_PLAN) -> None:
         """Adds `seq`'s next `n` tokens to the step, with what the step makes of them."""
         start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
         scored = []
@@ -91,8 +94,10 @@ class Scheduler:
             seq.seq_id, seq.token_ids[start:end], start, seq.block_table,
             sample=end == seq.num_tokens,  # the chunk reaches the end of the sequence's tokens
             num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored,
-            num_beam_candidates=seq.request.beam.params.num_candidates if seq.request.beam else 0))
-        step.num_tokens += n
+            num_beam_candidates=seq.request.beam.params.num_candidates if seq.request.beam else 0,
+            spec_token_ids=plan.spec_token_ids, num_draft_tokens=plan.num_draft_tokens,
+            draft=plan.draft, num_proposals=plan.num_slots))
+        step.num_tokens += n + plan.num_slots
 
     def _make_room_for_idle(self) -> None:
         """Frees a slot for each idle request the free slots do not cover, taking the newest
@@ -109,8 +114,12 @@ class Scheduler:
             self._preempt(next(s for s in reversed(self.running) if s.request is request))
 
     def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
-        """Schedules running sequences, decodes first; returns whether any had to be preempted."""
+        """Schedules running sequences, decodes first; returns whether any had to be preempted.
+        A decode may bring proposals to verify (speculative decoding), in slots that are free:
+        speculation never preempts anyone."""
         queue = deque(sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1))
+        speculates = self.speculator is not None and self.speculator.config.speculates(
+            len(self.running))
         preempted = False
         while queue and budget > 0:
             seq = queue.popleft()
@@ -119,6 +128,12 @@ class Scheduler:
                 if any(s.status is SequenceStatus.WAITING for s in seq.request.seqs):
                     self._preempt(seq)  # a split group holds no blocks while it waits
                 continue
+            plan = NO_PLAN
+            if (speculates and seq.request.beam is None  # beams never speculate
+                    and seq.num_tokens - seq.num_computed_tokens == 1):
+                plan = self.speculator.plan(seq, budget - 1)
+                if plan.num_slots and not self.block_manager.can_append(seq, 1 + plan.num_slots):
+                    plan = NO_PLAN
             while not self.block_manager.can_append(seq, n):
                 victim = self._victim([seq, *queue])
                 self._preempt(victim)
@@ -127,9 +142,9 @@ class Scheduler:
                     break
                 queue.remove(victim)
             if seq.status is SequenceStatus.RUNNING:
-                self.block_manager.append_slots(seq, n)
-                self._schedule(step, seq, n)
-                budget -= n
+                self.block_manager.append_slots(seq, n + plan.num_slots)
+                self._schedule(step, seq, n, plan)
+                budget -= n + plan.num_slots
         return preempted
 
     def _victim(self, candidates: list[Sequence]) -> Sequence:
@@ -186,6 +201,21 @@ class Scheduler:
             seq.num_computed_tokens += len(scheduled.token_ids)
             self.block_manager.register_computed(seq)
         return seqs
+
+    def update_speculated(self, seq: Sequence, scheduled: ScheduledSequence, num_kept: int
+                          ) -> None:
+        """After the engine appended a speculating decode's tokens (`num_kept` proposals, then
+        the target's own): the kept proposals' K/V are valid, the rejected ones' slots are
+        rolled back and a block left holding none of the sequence's tokens is freed. Only then
+        are full blocks published, so the prefix cache never sees a rejected token."""
+        seq.num_computed_tokens += num_kept
+        if scheduled.num_draft_tokens:
+            # The draft's cache reached the decode's position plus its k - 1 fed-back
+            # proposals; it stays valid up to the last kept one.
+            seq.num_draft_computed = scheduled.start + 1 + min(num_kept,
+                                                               scheduled.num_draft_tokens - 1)
+        self.block_manager.register_computed(seq)
+        self.block_manager.trim(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self._stop_running(seq)

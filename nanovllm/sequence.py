@@ -55,6 +55,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
     num_preemptions: int = 0                     # times its blocks were freed to make room
+    num_draft_computed: int = 0                  # tokens a draft model's cache holds (speculation)
     # Output state, read by the engine to build RequestOutputs.
     text: str = ""
     detok: object = None

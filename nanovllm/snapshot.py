@@ -31,6 +31,8 @@ class StepStats:
     seconds: float = 0.0
     num_seqs: int = 0
     num_preemptions: int = 0     # sequences preempted while this step was scheduled
+    num_proposed: int = 0        # speculative decoding: proposals verified this step
+    num_accepted: int = 0        # and kept (the rest were rejected)
 
 
 @dataclass(slots=True)

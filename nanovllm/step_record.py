@@ -175,11 +175,11 @@ class StepRecorder:
         self.inputs = RunnerInputs(
             inputs.token_ids.tolist(), inputs.positions.tolist(),
             inputs.attention.slot_mapping.tolist(),
-            [e.seq_id for e in inputs.entries for _ in e.token_ids],
+            [e.seq_id for e in inputs.entries for _ in (*e.token_ids, *e.spec_token_ids)],
             inputs.logit_rows[:n].tolist())
         self.sample_logits = sample_logits
 
-    def finish(self, num_step: int, sampled: dict[int, int]) -> StepRecord:
+    def finish(self, num_step: int, sampled: dict[int, list[int]]) -> StepRecord:
         sched, before = self.scheduler, self.before
         after = _state(sched)
         order = {seq_id: i for i, seq_id in enumerate(self.chunks)}
@@ -238,7 +238,7 @@ class StepRecorder:
         freed = {b for b in lost if after.ref_count[b] == 0 or b in allocated}
         return BlockChanges(sorted(allocated), sorted(shared), sorted(freed), sorted(evicted))
 
-    def _sampled(self, sampled: dict[int, int]) -> list[SampledRow]:
+    def _sampled(self, sampled: dict[int, list[int]]) -> list[SampledRow]:
         rows = self.inputs.sample_rows
         if not rows:
             return []
@@ -250,7 +250,7 @@ class StepRecorder:
         out = []
         for i, row in enumerate(rows):
             seq_id = self.inputs.row_seq_ids[row]
-            token = sampled[seq_id]
+            token = sampled[seq_id][0]  # a sample row's one token (speculating rows are not here)
             ids = top[i].tolist()
             out.append(SampledRow(seq_id, row, token, self.decode_token(token), ids,
                                   [self.decode_token(t) for t in ids],

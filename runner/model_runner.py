@@ -12,7 +12,7 @@ LM head runs only on rows that sample, plus prompt rows whose logprobs were aske
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
 from nanovllm.runner.seq_state import SequenceState
+from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
+from nanovllm.runner.spec_decode.verify import verify
 
 
 @dataclass(slots=True)
@@ -41,12 +43,14 @@ class StepInputs:
     sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
     scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
     entries: list[ScheduledSequence]   # every chunk, in row order
+    # then these, speculating: 1 + len(spec_token_ids) rows each
+    verifying: list[ScheduledSequence] = field(default_factory=list)
 
 
 class NativeModelRunner:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
-                 kv_cache_dtype: str = "auto", seed: int = 0):
-        self.cfg, self.weights, self.block_size = cfg, weights, block_size
+                 kv_cache_dtype: str = "auto", seed: int = 0, draft: DraftModel | None = None):
+        self.cfg, self.weights, self.block_size, self.draft = cfg, weights, block_size, draft
         self.eos_token_ids = list(cfg.eos_token_ids)  # what min_tokens bans, read every step
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
@@ -62,10 +66,12 @@ class NativeModelRunner:
             self.states[new.seq_id] = self._new_state(new)
         for seq_id in step.finished_seq_ids:
             self.states.pop(seq_id, None)
-        self.kv_cache.copy_blocks(step.blocks_to_copy)  # before anything is written
+        if step.blocks_to_copy:  # forked beams' shared blocks, before anything is written
+            self.kv_cache.copy_blocks(step.blocks_to_copy)
         if not step.scheduled:
             return ModelRunnerOutput({}, {}, {})
-        inputs = self.prepare(step.scheduled)
+        scheduled, drafts = self._propose(step.scheduled)
+        inputs = self.prepare(scheduled)
         logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                                     self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
@@ -85,10 +91,45 @@ class NativeModelRunner:
         offers = beam_offers(logits[beams], [self.states[e.seq_id].params.temperature
                                              for e in beam_seqs],
                              [e.num_beam_candidates for e in beam_seqs]) if beams else []
-        return ModelRunnerOutput(dict(zip(seq_ids, tokens)),
-                                 {i: lp for i, lp in zip(seq_ids, logprobs) if lp},
-                                 self._prompt_logprobs(logits[n:], inputs.scoring),
-                                 {e.seq_id: o for e, o in zip(beam_seqs, offers)})
+        m = n + sum(len(e.prompt_logprob_ids) for e in inputs.scoring)
+        out = ModelRunnerOutput({i: [t] for i, t in zip(seq_ids, tokens)},
+                                {i: [lp] for i, lp in zip(seq_ids, logprobs) if lp},
+                                self._prompt_logprobs(logits[n:m], inputs.scoring),
+                                {e.seq_id: o for e, o in zip(beam_seqs, offers)})
+        self._verify(logits[m:], inputs.verifying, drafts, out)
+        return out
+
+    def _propose(self, scheduled: list[ScheduledSequence]
+                 ) -> tuple[list[ScheduledSequence], dict[int, Proposal]]:
+        """The draft model's proposals, as the entries' spec_token_ids (n-gram proposals came
+        with the step)."""
+        asked = [e for e in scheduled if e.num_draft_tokens]
+        if not asked:
+            return scheduled, {}
+        chunks = [ScheduledSequence(e.seq_id, e.draft.token_ids, e.draft.start, e.block_table,
+                                    True, 0) for e in asked]
+        proposals = self.draft.propose(chunks, [self.states[e.seq_id] for e in asked],
+                                       [e.num_draft_tokens for e in asked], self.prepare)
+        by_id = {e.seq_id: p for e, p in zip(asked, proposals)}
+        return [replace(e, spec_token_ids=by_id[e.seq_id].token_ids) if e.seq_id in by_id else e
+                for e in scheduled], by_id
+
+    def _verify(self, logits: np.ndarray, verifying: list[ScheduledSequence],
+                drafts: dict[int, Proposal], out: ModelRunnerOutput) -> None:
+        """Each speculating decode's accepted proposals and the target's own token, into `out`."""
+        row = 0
+        for e in verifying:
+            k = len(e.spec_token_ids)
+            state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
+            tokens, logprobs = verify(logits[row:row + k + 1], state, e.num_output_tokens,
+                                      e.spec_token_ids, draft.probs if draft else None,
+                                      self.eos_token_ids)
+            for token in tokens:
+                took(state, token)
+            out.sampled[e.seq_id] = tokens
+            if logprobs:
+                out.logprobs[e.seq_id] = logprobs
+            row += k + 1
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in
@@ -104,20 +145,23 @@ class NativeModelRunner:
         return blocks * self.block_size + positions % self.block_size
 
     def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
-        entries = sorted(scheduled, key=lambda e: len(e.token_ids) > 1)
-        decodes = [e for e in entries if len(e.token_ids) == 1]
+        entries = sorted(scheduled, key=lambda e: _num_rows(e) > 1)
+        decodes = [e for e in entries if _num_rows(e) == 1]
         pos, slot_parts, prefills = [], [], []
-        sample_rows, sampling, prompt_rows, scoring = [], [], [], []
+        sample_rows, sampling, prompt_rows, scoring, verify_rows, verifying = [], [], [], [], [], []
         row = 0
         for e in entries:
-            start, n = e.start, len(e.token_ids)
+            start, n = e.start, _num_rows(e)
             positions = np.arange(start, start + n)
             pos.append(positions)
             slot_parts.append(self.slots(e.block_table, positions))
             if n > 1:
                 context = self.slots(e.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
-            if e.sample:
+            if e.spec_token_ids:  # every row scores what follows it
+                verify_rows.extend(range(row, row + n))
+                verifying.append(e)
+            elif e.sample:
                 sample_rows.append(row + n - 1)
                 sampling.append(e)
             if e.prompt_logprob_ids:
@@ -126,10 +170,10 @@ class NativeModelRunner:
             row += n
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
                                    *self._decode_context(decodes), prefills)
-        return StepInputs(np.fromiter((t for e in entries for t in e.token_ids), np.int64, row),
-                          np.concatenate(pos), attention,
-                          np.array(sample_rows + prompt_rows, np.int64), sampling, scoring,
-                          entries)
+        token_ids = (t for e in entries for part in (e.token_ids, e.spec_token_ids) for t in part)
+        return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
+                          np.array(sample_rows + prompt_rows + verify_rows, np.int64), sampling,
+                          scoring, entries, verifying)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
@@ -151,3 +195,7 @@ class NativeModelRunner:
                              zip(log_softmax(logits[row:row + count]), e.prompt_logprob_ids)]
             row += count
         return out
+
+
+def _num_rows(e: ScheduledSequence) -> int:
+    return len(e.token_ids) + len(e.spec_token_ids)

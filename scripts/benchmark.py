@@ -5,6 +5,8 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
     python scripts/benchmark.py --quantization int8            # or --dtype bfloat16
     python scripts/benchmark.py --compare precisions           # float32, int8, bfloat16
     nanovllm bench offline --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
+    python scripts/benchmark.py --batch-sizes 1,64 --speculative-config \
+        '{"model": "DIR", "quantization": "int8", "num_speculative_tokens": 4}'
 
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
 cache never hits), greedy, EOS ignored, N new tokens each. The default grid is B in 1,8,32,64
@@ -29,13 +31,21 @@ ours/theirs, --reps times; tables show the median and [min-max], the JSON every 
 ratio = nanovllm / transformers (above 1: nanovllm is faster).
 
 Precisions. --compare precisions runs three engines on the same checkpoint in one process:
-float32, int8 weights and bfloat16 weights (`--dtype` / `--quantization` are ignored then).
+float32, int8 weights and bfloat16 weights (`--dtype`, `--quantization` and
+--speculative-config are ignored then).
 Every rep runs the same prompts through each in turn, so a busy machine slows all three alike;
 ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed first.
 A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32 and int8
 multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
 streamed per second (a decode step reads each once: the figure that matters at batch 1) and the
 multiply-adds per second (at batch 64 and in prefill), each as a share of its roof.
+
+Speculation. With --speculative-config, every rep runs the same prompts with speculation off,
+then on (two engines in one process, so a busy machine slows both alike); ratio = on / off.
+A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
+proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
+acceptance rate by proposal position), and whether every greedy output was identical to the
+one with speculation off. Random prompts repeat nothing, so n-gram lookup rarely proposes.
 
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
 throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
@@ -45,6 +55,8 @@ targets of the narrow weights.
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,6 +95,7 @@ WARMUP_TOKENS = 8
 # --compare precisions: the engines besides float32, and the options that make them.
 NARROW = {"int8": {"quantization": "int8", "dtype": "auto"},
           "bfloat16": {"quantization": None, "dtype": "bfloat16"}}
+SPECULATIVE = "speculative"  # --speculative-config: the engine that speculates
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +132,7 @@ class CellResult:
     ours: list[Run] = field(default_factory=list)
     theirs: list[Run] = field(default_factory=list)
     narrow: dict[str, list[Run]] = field(default_factory=dict)  # int8 / bfloat16 engines' runs
+    spec: dict | None = None  # --speculative-config: acceptance over the timed runs
 
     def summary(self, side: str, metric: str) -> Summary | None:
         """side: "nanovllm" (float32 under --compare precisions), "transformers", or a NARROW."""
@@ -198,13 +212,15 @@ def make_engine(args: argparse.Namespace, **options):
         **vars(args), **options})))
 
 
-def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:
+def run_ours(engine, prompts: list[list[int]], output_len: int,
+             outputs: list[list[int]] | None = None) -> Run:
+    """One timed run; `outputs`, if given, receives each request's tokens in prompt order."""
     from nanovllm import SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0)
     ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
     preempted = engine.get_stats().num_preemptions_total
-    waiting_first, generated = set(ids), 0
+    waiting_first, generated, finished = set(ids), 0, {}
     t0 = time.perf_counter()
     for rid, prompt in zip(ids, prompts):
         engine.add_request(rid, prompt, params)
@@ -215,12 +231,15 @@ def run_ours(engine, prompts: list[list[int]], output_len: int) -> Run:
                 waiting_first.discard(out.request_id)
             if out.finished:
                 generated += len(out.outputs[0].token_ids)
+                finished[out.request_id] = out.outputs[0].token_ids
         if t_first is None and not waiting_first:
             t_first = time.perf_counter()
     t_end = time.perf_counter()
     expected = len(prompts) * output_len
     if generated != expected:
         raise RuntimeError(f"the engine generated {generated} tokens, expected {expected}")
+    if outputs is not None:
+        outputs += [finished[rid] for rid in ids]
     decode = t_end - t_first if output_len > 1 else None
     return Run(t_first - t0, decode, len(prompts) * len(prompts[0]),
                len(prompts) * (output_len - 1), engine.get_stats().num_preemptions_total - preempted)
@@ -243,19 +262,38 @@ def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
         run_ours(e, random_prompts(rng, warm, vocab), warm.output_len)
     if theirs:
         theirs.run(random_prompts(rng, warm, vocab), warm.output_len)
+    spec = narrow.get(SPECULATIVE)
+    before, identical = spec and copy.deepcopy(spec.spec_stats), True
     for rep in range(reps):
         prompts = random_prompts(rng, cell, vocab)
-        result.ours.append(run_ours(engine, prompts, cell.output_len))
+        base_out: list[list[int]] = []
+        result.ours.append(run_ours(engine, prompts, cell.output_len, base_out))
         log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
         for name, e in narrow.items():
-            result.narrow.setdefault(name, []).append(run_ours(e, prompts, cell.output_len))
+            out: list[list[int]] = []
+            result.narrow.setdefault(name, []).append(run_ours(e, prompts, cell.output_len, out))
             log(f"  {cell}  rep {rep + 1}/{reps}  {name}: {_fmt_run(result.narrow[name][-1])}")
+            identical = identical and (name != SPECULATIVE or out == base_out)
         if theirs:
             prefill_s, decode_s = theirs.run(prompts, cell.output_len)
             result.theirs.append(Run(prefill_s, decode_s, cell.batch_size * cell.input_len,
                                      cell.batch_size * (cell.output_len - 1)))
             log(f"  {cell}  rep {rep + 1}/{reps}  transformers: {_fmt_run(result.theirs[-1])}")
+    if spec:
+        result.spec = acceptance(before, spec.spec_stats) | {"identical": identical}
     return result
+
+
+def acceptance(before, after) -> dict:
+    """The speculating engine's counters between two copies of its SpecDecodeStats."""
+    drafts = after.num_drafts - before.num_drafts
+    proposed = after.num_draft_tokens - before.num_draft_tokens
+    accepted = after.num_accepted_tokens - before.num_accepted_tokens
+    by_position = [a - b for a, b in itertools.zip_longest(
+        after.accepted_per_position, before.accepted_per_position, fillvalue=0)]
+    return {"drafts": drafts, "proposed": proposed, "accepted": accepted,
+            "mean_acceptance_length": 1 + accepted / drafts if drafts else None,
+            "acceptance_by_position": [a / drafts for a in by_position] if drafts else []}
 
 
 def _fmt_run(run: Run) -> str:
@@ -272,9 +310,15 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     precisions = args.compare == "precisions"
     try:
-        engine = make_engine(args, quantization=None, dtype="auto") if precisions else make_engine(args)
-        narrow = {name: make_engine(args, **options) for name, options in NARROW.items()
-                  } if precisions else {}
+        if precisions:
+            engine = make_engine(args, quantization=None, dtype="auto", speculative_config=None)
+            narrow = {name: make_engine(args, speculative_config=None, **options)
+                      for name, options in NARROW.items()}
+        elif args.speculative_config:
+            engine = make_engine(args, speculative_config=None)
+            narrow = {SPECULATIVE: make_engine(args)}
+        else:
+            engine, narrow = make_engine(args), {}
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -302,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     targets = evaluate(results, report["model"])
     ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
     roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
-    print(format_table(results, report) + format_targets(targets)
+    print(format_table(results, report) + format_acceptance(results) + format_targets(targets)
           + format_precision_targets(ratio_targets) + format_roofs(roof_rows), file=out, flush=True)
     if args.json:
         write_json({**report, "results": [_result_json(r) for r in results], "targets": targets,
@@ -400,8 +444,10 @@ def _result_json(r: CellResult) -> dict:
         entry[name] = {m: (asdict(s) if (s := r.summary(name, m)) else None)
                        for m in ("prefill_tps", "decode_tps")}
         entry[name]["runs"] = [asdict(run) for run in runs]
-        entry[name]["vs_float32"] = {m: r.ratio(m, name, "nanovllm")
-                                     for m in ("prefill_tps", "decode_tps")}
+        entry[name]["vs_float32" if name in NARROW else "vs_off"] = {
+            m: r.ratio(m, name, "nanovllm") for m in ("prefill_tps", "decode_tps")}
+    if r.spec:
+        entry["acceptance"] = r.spec
     return entry
 
 
@@ -413,15 +459,35 @@ def format_table(results: list[CellResult], report: dict) -> str:
     compare = any(r.theirs for r in results)
     narrow = list(dict.fromkeys(name for r in results for name in r.narrow))
     head = ["batch x prompt -> new"]
+    base = "off" if SPECULATIVE in narrow else "float32" if narrow else "nanovllm"
     for phase in ("prefill", "decode"):
-        head.append(f"{phase} {'float32' if narrow else 'nanovllm'}")
+        head.append(f"{phase} {base}")
         head += [f"{phase} transformers", "ratio"] if compare else []
         for name in narrow:
             head += [f"{phase} {name}", "ratio"]
     table = render_table([head] + [_row(r, compare, narrow) for r in results])
-    if narrow:
+    if SPECULATIVE in narrow:
+        title += "; ratio = speculation on / off"
+    elif narrow:
         title += "; ratio = each precision / float32"
     return "\n".join([title, table])
+
+
+def format_acceptance(results: list[CellResult]) -> str:
+    rows = [r for r in results if r.spec]
+    if not rows:
+        return ""
+    table = [["batch x prompt -> new", "proposed", "accepted", "rate", "mean length",
+              "rate by position", "output identical"]]
+    for r in rows:
+        a = r.spec
+        rate = f"{a['accepted'] / a['proposed']:.2f}" if a["proposed"] else "-"
+        length = f"{a['mean_acceptance_length']:.2f}" if a["mean_acceptance_length"] else "-"
+        table.append([str(r.cell), str(a["proposed"]), str(a["accepted"]), rate, length,
+                      " ".join(f"{x:.2f}" for x in a["acceptance_by_position"]) or "-",
+                      "yes" if a["identical"] else "NO"])
+    return ("\n\nSpeculation: acceptance over the timed runs (mean length = tokens per "
+            "speculating step)\n" + render_table(table))
 
 
 def _row(r: CellResult, compare: bool, narrow: list[str]) -> list[str]:

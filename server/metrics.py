@@ -83,6 +83,7 @@ class EngineStatsCollector:
                 yield family
         yield self._iteration_tokens(names, series)
         yield self._cache_config_info(names, series)
+        yield from self._spec_decode(names, series)
 
     @staticmethod
     def _iteration_tokens(names: list[str], series) -> HistogramMetricFamily:
@@ -97,6 +98,34 @@ class EngineStatsCollector:
             family.add_metric(labels, list(zip(bounds, cumulative, strict=True)),
                               float(s.iteration_tokens_sum))
         return family
+
+    SPEC_DECODE = (
+        ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.",
+         "spec_decode_num_drafts"),
+        ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.",
+         "spec_decode_num_draft_tokens"),
+        ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.",
+         "spec_decode_num_accepted_tokens"),
+    )
+
+    @classmethod
+    def _spec_decode(cls, names: list[str], series):
+        """vLLM's spec-decode counters, only where speculation is configured (as vLLM)."""
+        series = [(labels, s) for labels, s in series if s.spec_decode_accepted_per_position]
+        if not series:
+            return
+        for name, doc, attr in cls.SPEC_DECODE:
+            family = CounterMetricFamily(name, doc, labels=names)
+            for labels, s in series:
+                family.add_metric(labels, float(getattr(s, attr)))
+            yield family
+        family = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                     "Accepted tokens per draft position.",
+                                     labels=[*names, "position"])
+        for labels, s in series:
+            for position, count in enumerate(s.spec_decode_accepted_per_position):
+                family.add_metric([*labels, str(position)], float(count))
+        yield family
 
     @staticmethod
     def _cache_config_info(names: list[str], series) -> GaugeMetricFamily:

@@ -1,12 +1,12 @@
 """The plain values that cross between the scheduler and the model runner, as in vLLM v1.
 
 The scheduler describes each step once (`SchedulerOutput`): for every scheduled sequence, the
-tokens it computes, where they go, and what the step must produce from them (a sample, prompt
-logprobs). The runner answers with what it produced (`ModelRunnerOutput`). Neither side sees the
-other's objects: sequences are named by their seq id. The tokens themselves live in the engine's
-sequences; the runner keeps only what is its own (random generators, penalty counts, grammar
-matchers), from the step a sequence is first announced in (`NewSequence`) until the scheduler
-reports it finished.
+tokens it computes, where they go, and what the step must produce from them (a sample, or with
+k proposals to verify up to 1 + k tokens; prompt logprobs). The runner answers with what it
+produced (`ModelRunnerOutput`). Neither side sees the other's objects: sequences are named by
+their seq id. The tokens themselves live in the engine's sequences; the runner keeps only what
+is its own (random generators, penalty counts, grammar matchers), from the step a sequence is
+first announced in (`NewSequence`) until the scheduler reports it finished.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ class NewSequence:
 
 
 @dataclass(slots=True)
+class DraftWork:
+    """What a draft model computes before proposing: its own cache holds the sequence's
+    positions below `start`, so it first runs `token_ids` (positions start onwards, up to and
+    including the scheduled sequence's token)."""
+    start: int
+    token_ids: list[int]
+
+
+@dataclass(slots=True)
 class ScheduledSequence:
     """One sequence's work in a step: `token_ids` at positions [start, start + len(token_ids))."""
     seq_id: int
@@ -39,6 +48,13 @@ class ScheduledSequence:
     prompt_logprob_ids: list[int] = field(default_factory=list)
     # A beam of a beam search: instead of a sample, its this-many best next tokens (its offers).
     num_beam_candidates: int = 0
+    # Speculative decoding (a decode only): proposals to verify after token_ids, one more query
+    # row each; n-gram lookup makes them in the scheduler, a draft model in the runner
+    # (`num_draft_tokens` of them, its cache caught up by `draft`). Slots are reserved for all.
+    spec_token_ids: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0
+    draft: DraftWork | None = None
+    num_proposals: int = 0  # len(spec_token_ids) + num_draft_tokens: the rows it verifies
 
 
 @dataclass(slots=True)
@@ -61,8 +77,10 @@ class TokenLogprobs:
 
 @dataclass(slots=True)
 class ModelRunnerOutput:
-    sampled: dict[int, int]                         # seq_id -> next token, where it samples
-    logprobs: dict[int, TokenLogprobs]              # seq_id -> its logprobs, where asked
+    # seq_id -> the tokens it takes, where it samples: one, or for a speculating decode the
+    # proposals the target accepted and then one token of the target's own.
+    sampled: dict[int, list[int]]
+    logprobs: dict[int, list[TokenLogprobs]]         # seq_id -> those tokens' logprobs, where asked
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
     # seq_id -> a beam's offers: its best next tokens and their logprobs, best first
     beam_offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)

@@ -33,6 +33,13 @@ TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or
 MAX_BEAM_WIDTH = 16
 MAX_BEAM_TOKENS = 512
 
+# ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
+# Proposals per step and sequence: each is one more query row of the target's step; past a few
+# the chance that all agree is small on any model, and the rejection sampler's per-row work grows.
+MAX_NUM_SPECULATIVE_TOKENS = 16
+# N-gram lookup: the longest suffix matched (prompt_lookup_max) bounds a proposal's search cost.
+MAX_PROMPT_LOOKUP = 32
+
 
 # ---- server limits (flags of `nanovllm serve`) ------------------------------------------------
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,9 @@ def test_the_engine_snapshot_follows_a_request(open_server):
     assert after["num_steps"] > busy["num_steps"]
     steps = after["steps"]
     assert steps and set(steps[-1]) == {"num_prefill_tokens", "num_decode_tokens", "seconds",
-                                        "num_seqs", "num_preemptions"}
-    assert steps[-1]["num_decode_tokens"] >= 1
+                                        "num_seqs", "num_preemptions", "num_proposed",
+                                        "num_accepted"}
+    assert steps[-1]["num_decode_tokens"] >= 1 and steps[-1]["num_proposed"] == 0
 
 
 def attention(url: str, headers=None, **body) -> httpx.Response:

@@ -109,6 +109,27 @@ def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
         server.stop()
 
 
+def test_speculation_shows_in_the_engine_view(browser, tiny_ckpt, shots):
+    """`nanovllm serve --speculative-config`: the strip of steps shows proposals accepted and
+    rejected, and the caption counts them (a draft identical to the target: none rejected)."""
+    spec = f'{{"model": "{tiny_ckpt}", "num_speculative_tokens": 3}}'
+    server = start_server(tiny_ckpt, "--speculative-config", spec)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        open_view(page, server.url, "engine")
+        complete_in_background(server.url, max_tokens=60, ignore_eos=True,
+                               temperature=0).join()
+        caption = page.locator("#steps-caption")
+        expect(caption).to_contain_text("speculation:", timeout=30_000)
+        expect(caption).to_contain_text(" 0 rejected")
+        assert page.locator("#steps .accepted").count() > 0
+        page.screenshot(path=shots / "engine-speculation.png")
+    finally:
+        context.close()
+        server.stop()
+
+
 def attention_api(url: str, **body) -> dict:
     response = httpx.post(f"{url}/ui/api/attention", json=body, timeout=60)
     response.raise_for_status()

@@ -163,28 +163,39 @@ export function createEngineView({ onUnauthorized }) {
     list.closest("section").querySelector(".count").textContent = `(${snapshot.num_preemptions_total})`;
   }
 
-  // ---- the recent steps: tokens per step (prefill over decode) and step time --------------
+  // ---- the recent steps: tokens per step (prefill, decode, speculative proposals accepted and
+  // rejected) and step time -------------------------------------------------------------------
   function drawSteps(snapshot) {
     const steps = snapshot.steps;
-    const maxTokens = Math.max(1, ...steps.map((s) => s.num_prefill_tokens + s.num_decode_tokens));
+    const total = (s) => s.num_prefill_tokens + s.num_decode_tokens + s.num_proposed;
+    const maxTokens = Math.max(1, ...steps.map(total));
     const maxSeconds = Math.max(1e-6, ...steps.map((s) => s.seconds));
     const first = snapshot.num_steps - steps.length + 1;
     const bars = steps.map((s, i) => {
-      const tokens = s.num_prefill_tokens + s.num_decode_tokens;
+      const rejected = s.num_proposed - s.num_accepted;
       const bar = el("span", "step" + (s.num_preemptions ? " preempted" : ""), {},
-        el("span", "tokens", { height: percent(tokens, maxTokens) },
+        el("span", "tokens", { height: percent(total(s), maxTokens) },
+          el("span", "rejected", { flexGrow: rejected }),
+          el("span", "accepted", { flexGrow: s.num_accepted }),
           el("span", "prefill", { flexGrow: s.num_prefill_tokens }),
           el("span", "decode", { flexGrow: s.num_decode_tokens })),
         el("span", "time", { height: percent(s.seconds, maxSeconds) }));
       bar.title = `step ${first + i}: ${s.num_prefill_tokens} prefill + ${s.num_decode_tokens} `
         + `decode tokens, ${s.num_seqs} sequences, ${(1000 * s.seconds).toFixed(1)} ms`
+        + (s.num_proposed ? `; speculation: ${s.num_proposed} proposed, ${s.num_accepted} `
+          + `accepted, ${rejected} rejected` : "")
         + (s.num_preemptions ? `, ${s.num_preemptions} preempted` : "");
       return bar;
     });
     $("#steps").replaceChildren(...bars);
+    const proposed = steps.reduce((n, s) => n + s.num_proposed, 0);
+    const accepted = steps.reduce((n, s) => n + s.num_accepted, 0);
     $("#steps-caption").textContent = steps.length
       ? `steps ${first}–${snapshot.num_steps} · tallest: ${maxTokens} tokens, `
-        + `${(1000 * maxSeconds).toFixed(1)} ms` : "no step yet";
+        + `${(1000 * maxSeconds).toFixed(1)} ms`
+        + (proposed ? ` · speculation: ${proposed} proposed, ${accepted} accepted, `
+          + `${proposed - accepted} rejected` : "")
+      : "no step yet";
   }
 
   return {

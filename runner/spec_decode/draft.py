@@ -1,0 +1,77 @@
+"""A draft model (vLLM's `"model": PATH` speculative method): a smaller or cheaper checkpoint with
+the target's tokenizer proposes k tokens, one forward pass each, for the target to verify.
+
+Its KV cache is its own, paged under the target's block tables (the same block ids, the same
+slots): the block manager allocates once for both. `DraftWork.start` says where the draft's
+cache stops being valid for the sequence (the engine tracks it; it falls back to 0 whenever the
+sequence's blocks are freed), so each step first catches the draft up on the tokens it has not
+seen — the whole prompt on the first step, then the one or two tokens the target added — and
+samples the first proposal at the end of that chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanovllm.contract.step import ScheduledSequence
+from nanovllm.model.architectures import ModelConfig, family_of
+from nanovllm.runner.kv_cache import KVCache
+from nanovllm.runner.seq_state import SequenceState
+from nanovllm.runner.spec_decode.rejection_sampler import draw
+from nanovllm.runner.spec_decode.verify import target_probs
+
+
+@dataclass(slots=True)
+class Proposal:
+    token_ids: list[int]
+    probs: np.ndarray | None  # [len(token_ids), vocab] the draft sampled from; None if greedy
+
+
+class DraftModel:
+    def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
+                 kv_cache_dtype: str = "auto"):
+        self.cfg, self.weights, self.block_size = cfg, weights, block_size
+        self.forward = family_of(cfg).forward
+        self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
+
+    def propose(self, entries: list[ScheduledSequence], states: list[SequenceState],
+                num_proposals: list[int], prepare) -> list[Proposal]:
+        """k = num_proposals[i] tokens for each entry (whose token_ids are the draft's catch-up
+        chunk, from the draft's `start`); `prepare` lays a step out as the target's runner does."""
+        out = [Proposal([], [] if not s.params.greedy else None) for s in states]
+        live = list(range(len(entries)))
+        step = entries
+        for _ in range(max(num_proposals, default=0)):
+            inputs = prepare(step)
+            logits = self.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+                             self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+            order = {id(e): r for r, e in enumerate(inputs.sampling)}
+            nxt, next_live = [], []
+            for i, e in zip(live, step):
+                row = logits[order[id(e)]]
+                token = self._choose(row, states[i], out[i])
+                out[i].token_ids.append(token)
+                if len(out[i].token_ids) < num_proposals[i]:
+                    nxt.append(ScheduledSequence(e.seq_id, [token], e.start + len(e.token_ids),
+                                                 e.block_table, True, 0))
+                    next_live.append(i)
+            live, step = next_live, nxt
+            if not step:
+                break
+        for p in out:
+            if p.probs is not None:
+                p.probs = np.stack(p.probs) if p.probs else None
+        return out
+
+    @staticmethod
+    def _choose(logits: np.ndarray, state: SequenceState, proposal: Proposal) -> int:
+        """Greedy requests get the draft's argmax; sampled ones a draw from the draft's own
+        distribution (temperature and filters as the request asks), kept for the acceptance
+        rule, from the sequence's generator."""
+        if state.params.greedy:
+            return int(logits.argmax())
+        probs = target_probs(logits[None, :].copy(), state)[0]
+        proposal.probs.append(probs)
+        return draw(probs, state.rng)
