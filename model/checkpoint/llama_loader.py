@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanovllm.model.checkpoint.loader import read_tensors
+from nanovllm.model.checkpoint.loader import check_shapes, read_tensors
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
 from nanovllm.model.llama import LayerWeights, LlamaWeights
 from nanovllm.model.llama_config import LlamaConfig
@@ -72,18 +72,7 @@ def load_llama(model_dir: str | Path, dtype: str = "auto",
 def check_tensors(cfg: LlamaConfig, tensors: dict, source: dict, config_path: Path) -> None:
     if cfg.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # a tied copy some checkpoints still carry
-    want = expected_shapes(cfg)
-    for name, shape in want.items():
-        if name not in tensors:
-            files = ", ".join(sorted({str(p) for p in source.values()}))
-            raise CheckpointError(f"{files}: missing tensor {name} (expected by {config_path})")
-        if tensors[name].shape != shape:
-            raise CheckpointError(f"{source[name]}: tensor {name} has shape {tensors[name].shape}, "
-                                  f"but {config_path} implies {shape}")
-    for name in tensors:
-        if name not in want:
-            raise CheckpointError(f"{source[name]}: unexpected tensor {name} (not part of a "
-                                  f"{cfg.architecture} with the shapes in {config_path})")
+    check_shapes(tensors, expected_shapes(cfg), source, config_path, cfg.architecture)
 
 
 def build_weights(cfg: LlamaConfig, tensors: dict[str, np.ndarray], dtype: str = "auto",

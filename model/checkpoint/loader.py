@@ -87,9 +87,9 @@ def read_tensors(model_dir: Path, prefix: str = "transformer.", skip=is_mask_buf
     return tensors, source
 
 
-def _check(cfg: GPT2Config, tensors: dict, source: dict, config_path: Path) -> None:
-    lm_head = tensors.pop("lm_head.weight", None)
-    want = expected_shapes(cfg)
+def check_shapes(tensors: dict, want: dict, source: dict, config_path: Path, model: str) -> None:
+    """Every tensor `want`s names is there with its shape, and nothing else is (`source`: the file
+    each came from; `model` names the architecture in the message). Shared by every loader."""
     for name, shape in want.items():
         if name not in tensors:
             files = ", ".join(sorted({str(p) for p in source.values()}))
@@ -100,7 +100,12 @@ def _check(cfg: GPT2Config, tensors: dict, source: dict, config_path: Path) -> N
     for name in tensors:
         if name not in want:
             raise CheckpointError(f"{source[name]}: unexpected tensor {name} "
-                                  f"(not part of a GPT-2 with the shapes in {config_path})")
+                                  f"(not part of a {model} with the shapes in {config_path})")
+
+
+def _check(cfg: GPT2Config, tensors: dict, source: dict, config_path: Path) -> None:
+    lm_head = tensors.pop("lm_head.weight", None)
+    check_shapes(tensors, expected_shapes(cfg), source, config_path, "GPT-2")
     if lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):
         raise CheckpointError(f"{source['lm_head.weight']}: tensor lm_head.weight differs from "
                               "wte.weight; only GPT-2's tied LM head is supported")
