@@ -20,13 +20,12 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.attention import (
-    KERNEL_MATH,
     AttentionBatch,
     causal_attention,
     compile_attention_kernel,
     paged_attention,
 )
-from nanovllm.model.kernels import exp32
+from nanovllm.model.kernels import KERNEL_MATH, exp32
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.llama_config import LlamaConfig
 from nanovllm.model.quant import Weight, gather_rows

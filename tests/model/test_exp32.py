@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from nanovllm.model.attention import KERNEL_MATH
-from nanovllm.model.kernels import exp32
+from nanovllm.model.kernels import KERNEL_MATH, exp32
 
 
 @njit(fastmath=KERNEL_MATH)  # a caller that allows reassociation, like every kernel

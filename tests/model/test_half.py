@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 from numba import njit
 
-from nanovllm.model.attention import KERNEL_MATH
-from nanovllm.model.kernels import as_kernel_array, float32_to_float16_bits, to_float32
+from nanovllm.model.kernels import KERNEL_MATH, as_kernel_array, float32_to_float16_bits, to_float32
 
 
 @njit(fastmath=KERNEL_MATH)  # the flags the attention kernel compiles it with
