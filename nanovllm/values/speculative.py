@@ -65,8 +65,8 @@ class SpeculativeConfig:
         if self.method not in METHODS:
             raise ValueError(f"speculative_config.method must be one of "
                              f"{', '.join(map(repr, METHODS))}, got {self.method!r}")
-        if self.disable_by_batch_size is not None:
-            _int("disable_by_batch_size", self.disable_by_batch_size, 1, None)
+        if self.disable_by_batch_size is not None:  # 1 would never speculate: vLLM refuses it
+            _int("disable_by_batch_size", self.disable_by_batch_size, 2, None)
         if self.method == "ngram":
             for key in ("model", "quantization"):
                 if getattr(self, key) is not None:
@@ -97,8 +97,9 @@ class SpeculativeConfig:
                                  f"got {self.quantization!r}")
 
     def speculates(self, batch_size: int) -> bool:
-        """Whether a step of `batch_size` sequences speculates (vLLM's disable_by_batch_size)."""
-        return self.disable_by_batch_size is None or batch_size <= self.disable_by_batch_size
+        """Whether a step of `batch_size` running sequences speculates: vLLM switches speculation
+        off once the running requests reach disable_by_batch_size."""
+        return self.disable_by_batch_size is None or batch_size < self.disable_by_batch_size
 
 
 def _int(key: str, value, lo: int, hi: int | None) -> None:

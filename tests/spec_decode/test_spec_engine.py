@@ -82,8 +82,8 @@ def test_structured_requests_do_not_speculate(make_llm):
     assert llm.engine.spec_stats.num_drafts == 0
 
 
-def test_switches_off_above_the_batch_size(make_llm):
-    llm = make_llm(speculative_config={**NGRAM, "disable_by_batch_size": 2})
+def test_switches_off_from_the_batch_size_on(make_llm):
+    llm = make_llm(speculative_config={**NGRAM, "disable_by_batch_size": 3})
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     llm.generate(REPEATS, params, use_tqdm=False)  # three sequences: never speculates
     assert llm.engine.spec_stats.num_drafts == 0

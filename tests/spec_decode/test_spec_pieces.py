@@ -43,7 +43,7 @@ def test_config_parses_vllm_shapes():
     ({"num_speculative_tokens": 2, "model": "/x", "quantization": "fp8"}, "quantization"),
     ({"num_speculative_tokens": 2, "model": "/x", "prompt_lookup_max": 2}, "prompt_lookup_max"),
     ({"num_speculative_tokens": 2, "quantization": "int8"}, "quantization"),
-    ({"num_speculative_tokens": 2, "disable_by_batch_size": 0}, "disable_by_batch_size"),
+    ({"num_speculative_tokens": 2, "disable_by_batch_size": 1}, "disable_by_batch_size"),
     ("{not json", "JSON"),
     ("[1]", "object"),
 ])
@@ -54,7 +54,7 @@ def test_config_errors_name_the_key(value, key):
 
 def test_disable_by_batch_size():
     c = SpeculativeConfig.parse({"num_speculative_tokens": 2, "disable_by_batch_size": 4})
-    assert c.speculates(4) and not c.speculates(5)
+    assert c.speculates(3) and not c.speculates(4)  # vLLM: off from the value on
     assert SpeculativeConfig.parse({"num_speculative_tokens": 2, "disable_by_batch_size": None}
                                    ).speculates(10**6)
 
