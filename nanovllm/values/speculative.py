@@ -19,11 +19,10 @@ METHODS = ("ngram", "draft_model")
 DRAFT_QUANTIZATIONS = ("int8",)
 # vLLM's default lookup when neither length is given.
 DEFAULT_PROMPT_LOOKUP = 5
-# Steps with more sequences than this do not speculate: at that batch size the step is compute-
-# bound and verifying proposals only adds work. 8 is a first choice, not a measurement yet:
-# `scripts/benchmark.py --batch-sizes 1,2,4,8,16 --speculative-config` with a large
-# "disable_by_batch_size" measures where speculation stops paying.
-DEFAULT_DISABLE_BY_BATCH_SIZE = 8
+# From this many running sequences on, a step does not speculate (vLLM's disable_by_batch_size):
+# where speculation stopped paying in the benchmark's batch sweep (docs/performance.md). A draft
+# costs k passes of its own per step, n-gram proposals nothing, so n-gram pays longer.
+DEFAULT_DISABLE_BY_BATCH_SIZE = {"ngram": 16, "draft_model": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int | None = None
     model: str | None = None              # the draft checkpoint (method "draft_model")
     quantization: str | None = None       # the draft's weights: None (as stored) or "int8"
-    disable_by_batch_size: int | None = DEFAULT_DISABLE_BY_BATCH_SIZE
+    disable_by_batch_size: int | None = None  # null: never off; parse() gives the method's default
 
     @classmethod
     def parse(cls, value: SpeculativeConfig | dict | str) -> SpeculativeConfig:
@@ -58,6 +57,8 @@ class SpeculativeConfig:
         options = dict(value)
         # vLLM: a draft model implies the method; "ngram" needs none.
         options.setdefault("method", "draft_model" if options.get("model") else "ngram")
+        options.setdefault("disable_by_batch_size",
+                           DEFAULT_DISABLE_BY_BATCH_SIZE.get(options["method"]))
         return cls(**options)
 
     def __post_init__(self) -> None:
