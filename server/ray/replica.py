@@ -25,7 +25,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine import EngineStats
-from nanovllm.server.serving import QueueSink
+from nanovllm.engine_client import QueueSink
 from nanovllm.values.request import EngineRequest
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
