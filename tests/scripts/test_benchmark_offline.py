@@ -242,7 +242,8 @@ def test_speculation_on_a_dataset(tiny_ckpt, tmp_path, capsys):
     out, prompts = tmp_path / "bench.json", tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
         "def f(x):\n    return x\n", "import os\nimport sys\n", "class A:\n    pass\n")))
-    spec = json.dumps({"model": str(tiny_ckpt), "num_speculative_tokens": 3})
+    spec = json.dumps({"model": str(tiny_ckpt), "num_speculative_tokens": 3,
+                       "disable_by_batch_size": None})  # batch 2 speculates too
     argv = ["--model", str(tiny_ckpt), "--dataset-name", "custom", "--dataset-path",
             str(prompts), "--batch-sizes", "1,2", "--output-len", "8", "--prefill-len", "",
             "--reps", "2", "--num-kv-blocks", "128", "--speculative-config", spec,
