@@ -44,6 +44,7 @@ class ReplicaInfo:
     vocab_size: int
     n_layer: int
     n_head: int
+    n_kv_head: int
     block_size: int
     num_kv_blocks: int
     max_waiting_seqs: int
@@ -67,6 +68,7 @@ class EngineReplica:
                            str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size,
                            engine.model_config.n_layer, engine.model_config.n_head,
+                           engine.model_config.num_kv_heads,
                            engine.config.block_size,
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)
