@@ -28,7 +28,8 @@ from nanovllm.engine import EngineStats
 from nanovllm.server.serving import QueueSink
 from nanovllm.values.request import EngineRequest
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+# tokenizer_config.json: the chat template, special tokens and BOS rule the ingress renders with.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 
 
 @dataclass(slots=True)
