@@ -165,17 +165,18 @@ def test_n_samples_share_prompt_blocks_and_equal_unshared_ones(llama_ckpt, hf_ll
 def test_prefix_cache_across_the_sliding_window_equals_transformers(llama_ckpt, hf_llama):
     """Mistral's window (12) is shorter than the shared prefix (30), the prompts and the
     generation. Requests reuse cached blocks both beside a running one and after it finished,
-    under chunked prefill and a 40-block pool that preempts: every continuation is transformers'
-    for that prompt alone."""
+    under chunked prefill and a 24-block pool that preempts (three requests share the prefix's 7
+    blocks and need 7 more each): every continuation is transformers' for that prompt alone."""
     model = llama_ckpt("mistral-window")
     suffixes = random_prompts(seed=22, count=6, low=1, high=11)
     prompts = [PREFIX + s for s in suffixes]
-    llm = LLM(str(model), block_size=4, num_kv_blocks=40, max_num_batched_tokens=9)
+    llm = LLM(str(model), block_size=4, num_kv_blocks=24, max_num_batched_tokens=9)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     outputs = llm.generate(prompts[:3], params, use_tqdm=False)  # running beside each other
     outputs += llm.generate(prompts[3:], params, use_tqdm=False)  # after the first ones ended
     stats = llm.engine.get_stats()
     assert stats.prefix_cache_hits >= 5 * 4 * 4, "later prompts were meant to hit the cache"
+    assert stats.num_preemptions_total > 0, "the pool was meant to force preemption"
     assert outputs[-1].num_cached_tokens >= 4 * 4
     hf = hf_llama(model)
     for prompt, out in zip(prompts, outputs):
