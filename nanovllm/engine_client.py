@@ -11,8 +11,10 @@ and for `attention_weights` and `trace_forward`. Two implementations: a thread i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
     from concurrent.futures import Future
@@ -45,6 +47,22 @@ class OutputSink(Protocol):
     and may be called from any thread."""
 
     def put(self, item: RequestOutput | BaseException) -> None: ...
+
+
+@dataclass(slots=True)
+class QueueSink:
+    """The OutputSink of one engine request: (tag, item) pairs into an asyncio.Queue on `loop`,
+    from whichever thread the engine delivers on."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    tag: int
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
 
 
 @runtime_checkable  # isinstance checks that every member is there (tests do)

@@ -25,7 +25,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine import EngineStats
-from nanovllm.server.serving import QueueSink
+from nanovllm.engine_client import QueueSink
 from nanovllm.values.request import EngineRequest
 
 # tokenizer_config.json: the chat template, special tokens and BOS rule the ingress renders with.
