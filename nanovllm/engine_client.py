@@ -74,7 +74,8 @@ class EngineClient(Protocol):
     model_path: str           # where the weights came from
     is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
     n_layer: int              # the model's shape, for attention_weights
-    n_head: int
+    n_head: int               # query heads
+    n_kv_head: int            # key/value heads: query head h reads h // (n_head // n_kv_head)
     stats: EngineStats        # a snapshot, never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 
