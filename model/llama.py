@@ -129,8 +129,8 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
     q = qkv[:, :h * d].reshape(n, h, d)
     k = qkv[:, h * d:(h + kv) * d].reshape(n, kv, d)
     v = qkv[:, (h + kv) * d:].reshape(n, kv, d)
-    rotate_(q, cos, sin)
-    rotate_(k, cos, sin)
+    # Queries and keys are adjacent columns: one kernel call turns both, heads [0, h + kv).
+    rotate_(qkv[:, :(h + kv) * d].reshape(n, h + kv, d), cos, sin)
     if kv_cache is None:
         heads = causal_attention(q, k, v, cfg.sliding_window)
     else:
