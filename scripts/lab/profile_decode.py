@@ -1,4 +1,4 @@
-"""How much of a decode step is not weight GEMMs.
+"""How much of a decode step is not weight GEMMs (GPT-2 or the Llama family).
 
 Runs `batch` greedy requests (32-token prompts, EOS ignored) until their context reaches
 `--context`. It then times engine steps, and in the same process the bare chain of weight
