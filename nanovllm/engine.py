@@ -150,9 +150,11 @@ class LLMEngine:
                     self.num_kv_blocks, config.block_size, self.num_kv_blocks * config.block_size,
                     self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
         if spec is not None:
-            logger.info("speculative decoding: %s, k=%d, off above %s sequences per step%s",
+            off = spec.disable_by_batch_size
+            logger.info("speculative decoding: %s, k=%d, %s%s",
                         "n-gram lookup" if draft is None else f"draft {draft.path}",
-                        spec.num_speculative_tokens, spec.disable_by_batch_size,
+                        spec.num_speculative_tokens,
+                        f"off from {off} running sequences on" if off else "never switched off",
                         "" if draft_model is None else
                         f"; the KV budget is split target {self.runner.kv_cache.nbytes / 2**20:.0f}"
                         f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")

@@ -1,10 +1,10 @@
 """Speculative decoding's engine side: which decodes speculate, how many proposals each may
 have, and the counters vLLM's spec-decode metrics report.
 
-A step speculates only while it holds at most `disable_by_batch_size` sequences (above that a
-step is compute-bound and verifying proposals only adds work). A decode then gets up to k
-proposals, never more than its request can still use (max_tokens, the context length) nor
-than the step's token budget leaves. Structured-output requests never speculate: their
+A step speculates only while fewer than `disable_by_batch_size` sequences are running (vLLM's
+rule; from there on a step is compute-bound and verifying proposals only adds work). A decode
+then gets up to k proposals, never more than its request can still use (max_tokens, the
+context length) nor than the step's token budget leaves. Structured-output requests never speculate: their
 grammar would have to walk every proposal, and roll back on rejection. N-gram proposals are
 made here, from the sequence's own tokens; a draft model's in the runner.
 """

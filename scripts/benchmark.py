@@ -7,10 +7,16 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
     nanovllm bench offline --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
     python scripts/benchmark.py --batch-sizes 1,64 --speculative-config \
         '{"model": "DIR", "quantization": "int8", "num_speculative_tokens": 4}'
+    python scripts/benchmark.py --model DIR --dataset-name custom --dataset-path prompts.jsonl
 
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
 cache never hits), greedy, EOS ignored, N new tokens each. The default grid is B in 1,8,32,64
 with L=32, N=128 (decode), plus one prefill cell: 1 prompt of 512 tokens, N=1.
+With --dataset-name custom (vLLM bench's name) the decode cells' prompts are real text instead:
+--dataset-path is a JSON Lines file, one {"prompt": "..."} a line, tokenized by the model's
+tokenizer; each run takes the next B prompts in file order (from the top again when the file
+runs out, so the prefix cache may then hit: a long enough file keeps prefill honest), and the
+cell reads "B x dataset -> N". The prefill cells stay random.
 
 nanovllm. All B requests go into an LLMEngine at t0, then step() runs until they finish. t_first
 is the end of the step after which every request has its first token, t_end the end of the last.
@@ -45,7 +51,8 @@ then on (two engines in one process, so a busy machine slows both alike); ratio 
 A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
 proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
 acceptance rate by proposal position), and whether every greedy output was identical to the
-one with speculation off. Random prompts repeat nothing, so n-gram lookup rarely proposes.
+one with speculation off. Random prompts repeat nothing, so n-gram lookup rarely proposes and a
+draft of a trained model has nothing to agree on: measure acceptance on a dataset of text.
 
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
 throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
@@ -56,7 +63,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -92,6 +101,8 @@ from nanovllm.scripts.roofs import describe as describe_roofs  # noqa: E402
 from nanovllm.scripts.roofs import measure_roofs, step_cost  # noqa: E402
 
 WARMUP_TOKENS = 8
+DATASETS = ("random", "custom")  # vLLM bench's --dataset-name for random ids and a JSON Lines file
+WARMUP_INPUT_LEN = 32  # the random prompts warming up a dataset cell (the dataset's stay unseen)
 # --compare precisions: the engines besides float32, and the options that make them.
 NARROW = {"int8": {"quantization": "int8", "dtype": "auto"},
           "bfloat16": {"quantization": None, "dtype": "bfloat16"}}
@@ -101,11 +112,12 @@ SPECULATIVE = "speculative"  # --speculative-config: the engine that speculates
 @dataclass(frozen=True, slots=True)
 class Cell:
     batch_size: int
-    input_len: int
+    input_len: int | None  # None: the dataset's prompts, whatever their lengths
     output_len: int
 
     def __str__(self) -> str:
-        return f"{self.batch_size} x {self.input_len} -> {self.output_len}"
+        prompt = "dataset" if self.input_len is None else self.input_len
+        return f"{self.batch_size} x {prompt} -> {self.output_len}"
 
 
 @dataclass(slots=True)
@@ -175,6 +187,11 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="write results as JSON to FILE (or stdout with no FILE: the table "
                              "then goes to stderr)")
     parser.add_argument("--bench-seed", type=int, default=0, help="seed of the random prompts")
+    parser.add_argument("--dataset-name", choices=DATASETS, default="random",
+                        help="the decode cells' prompts: 'random' token ids of --input-len "
+                             "(default), or 'custom': the texts of --dataset-path")
+    parser.add_argument("--dataset-path", default=None, metavar="FILE.jsonl",
+                        help="--dataset-name custom: JSON Lines, one {\"prompt\": \"...\"} a line")
     add_engine_args(parser)
     # Random weights cost the same compute as real ones, so a benchmark can always run;
     # --no-allow-dummy-fallback insists on the real checkpoint.
@@ -183,7 +200,8 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def grid(args: argparse.Namespace) -> list[Cell]:
-    cells = [Cell(b, i, o) for i in args.input_len for o in args.output_len
+    input_lens = [None] if args.dataset_name == "custom" else args.input_len
+    cells = [Cell(b, i, o) for i in input_lens for o in args.output_len
              for b in args.batch_sizes]
     return cells + [Cell(1, p, 1) for p in args.prefill_len]
 
@@ -196,8 +214,32 @@ def check_args(args: argparse.Namespace, cells: list[Cell]) -> str | None:
         return "--threads must be at least 1"
     if not cells:
         return "nothing to run: give --batch-sizes and lengths, or --prefill-len"
-    bad = [c for c in cells if min(c.batch_size, c.input_len, c.output_len) < 1]
+    if (args.dataset_name == "custom") != (args.dataset_path is not None):
+        return "--dataset-name custom and --dataset-path go together"
+    if args.dataset_path and args.compare == "transformers":
+        return "--compare transformers runs prompts of one length: not with --dataset-name custom"
+    bad = [c for c in cells if min(c.batch_size, c.input_len or 1, c.output_len) < 1]
     return f"cell {bad[0]}: batch size and lengths must be positive" if bad else None
+
+
+def load_dataset(path: str, tokenizer) -> list[list[int]]:
+    """The token ids of a JSON Lines file's prompts, in file order (vLLM bench's custom dataset:
+    one object a line with a "prompt" string; blank lines are skipped)."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line).get("prompt")
+            except (json.JSONDecodeError, AttributeError):
+                text = None
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{path}, line {number}: expected {{\"prompt\": \"text\"}}")
+            prompts.append(tokenizer.encode(text))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
 
 
 # --------------------------------------------------------------------------- nanovllm
@@ -241,31 +283,45 @@ def run_ours(engine, prompts: list[list[int]], output_len: int,
     if outputs is not None:
         outputs += [finished[rid] for rid in ids]
     decode = t_end - t_first if output_len > 1 else None
-    return Run(t_first - t0, decode, len(prompts) * len(prompts[0]),
+    return Run(t_first - t0, decode, sum(map(len, prompts)),
                len(prompts) * (output_len - 1), engine.get_stats().num_preemptions_total - preempted)
 
 
 # --------------------------------------------------------------------------- the benchmark
 
 
-def random_prompts(rng: np.random.Generator, cell: Cell, vocab_size: int) -> list[list[int]]:
-    # The last id is GPT-2's <|endoftext|>; keep special tokens out of the prompts.
-    return rng.integers(0, vocab_size - 1, (cell.batch_size, cell.input_len)).tolist()
+class Prompts:
+    """A cell's prompts: fresh random ids every time (the prefix cache never hits), or for a
+    dataset cell the dataset's next prompts, in file order, from the top again at its end."""
+
+    def __init__(self, rng: np.random.Generator, vocab_size: int,
+                 dataset: list[list[int]] | None = None) -> None:
+        self.rng, self.vocab_size, self.dataset, self.next = rng, vocab_size, dataset or [], 0
+
+    def take(self, cell: Cell) -> list[list[int]]:
+        if cell.input_len is None:
+            ids = [self.dataset[(self.next + i) % len(self.dataset)]
+                   for i in range(cell.batch_size)]
+            self.next += cell.batch_size
+            return ids
+        # The last id is GPT-2's <|endoftext|>; keep special tokens out of the prompts.
+        return self.rng.integers(0, self.vocab_size - 1, (cell.batch_size, cell.input_len)).tolist()
 
 
 def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
-               rng: np.random.Generator, log, narrow: dict | None = None) -> CellResult:
+               prompt_source: Prompts, log, narrow: dict | None = None) -> CellResult:
     """`narrow`: name -> engine, run after `engine` with the same prompts in every rep."""
-    vocab, result, narrow = engine.model_config.vocab_size, CellResult(cell), narrow or {}
-    warm = Cell(cell.batch_size, cell.input_len, min(cell.output_len, WARMUP_TOKENS))
+    result, narrow = CellResult(cell), narrow or {}
+    warm = Cell(cell.batch_size, cell.input_len or WARMUP_INPUT_LEN,
+                min(cell.output_len, WARMUP_TOKENS))
     for e in (engine, *narrow.values()):
-        run_ours(e, random_prompts(rng, warm, vocab), warm.output_len)
+        run_ours(e, prompt_source.take(warm), warm.output_len)
     if theirs:
-        theirs.run(random_prompts(rng, warm, vocab), warm.output_len)
+        theirs.run(prompt_source.take(warm), warm.output_len)
     spec = narrow.get(SPECULATIVE)
     before, identical = spec and copy.deepcopy(spec.spec_stats), True
     for rep in range(reps):
-        prompts = random_prompts(rng, cell, vocab)
+        prompts = prompt_source.take(cell)
         base_out: list[list[int]] = []
         result.ours.append(run_ours(engine, prompts, cell.output_len, base_out))
         log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
@@ -322,7 +378,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    if problem := _check_fit(engine, cells):
+    try:
+        dataset = load_dataset(args.dataset_path, engine.tokenizer) if args.dataset_path else None
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if problem := _check_fit(engine, cells, dataset):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
@@ -332,17 +393,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --compare transformers needs torch and transformers ({e}); install them "
               "with: pip install torch==2.13.0 -e '.[dev]'", file=sys.stderr)
         return 2
-    report = _report_header(args, engine, theirs, threads)
+    report = _report_header(args, engine, theirs, threads, dataset)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(report["environment"]), file=out, flush=True)
     print(report["environment"]["kernels"], file=out, flush=True)
     print(describe_model(report["model"]), file=out, flush=True)
+    if dataset:
+        print(describe_dataset(report["settings"]["dataset"]), file=out, flush=True)
     roofs = measure_roofs() if precisions else None
     if roofs:
         report["roofs"] = asdict(roofs)
         print(describe_roofs(roofs), file=out, flush=True)
-    rng, log = np.random.default_rng(args.bench_seed), lambda m: print(m, file=sys.stderr, flush=True)
-    results = [bench_cell(cell, engine, theirs, args.reps, rng, log, narrow) for cell in cells]
+    log = functools.partial(print, file=sys.stderr, flush=True)
+    source = Prompts(np.random.default_rng(args.bench_seed), engine.model_config.vocab_size,
+                     dataset)
+    results = [bench_cell(cell, engine, theirs, args.reps, source, log, narrow) for cell in cells]
     targets = evaluate(results, report["model"])
     ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
     roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
@@ -364,6 +429,8 @@ def roof_table(results: list[CellResult], engines: dict, roofs) -> list[dict]:
             weights = engine.runner.weights
             nbytes, macs = step_cost(weights)
             prefill = r.cell.output_len == 1
+            if prefill and r.cell.input_len is None:
+                continue  # a dataset's prompts have no one length to divide by
             summary = r.summary(side, "prefill_tps" if prefill else "decode_tps")
             if not summary:
                 continue
@@ -393,11 +460,12 @@ def format_roofs(rows: list[dict]) -> str:
             "prefill); peak = int8's for int8, float32's otherwise\n" + render_table([head] + body))
 
 
-def _check_fit(engine, cells: list[Cell]) -> str | None:
+def _check_fit(engine, cells: list[Cell], dataset: list[list[int]] | None) -> str | None:
+    longest = max(map(len, dataset)) if dataset else 0
     for cell in cells:
-        if cell.input_len + cell.output_len > engine.max_model_len:
-            return (f"cell {cell} needs {cell.input_len + cell.output_len} tokens of context, but "
-                    f"max_model_len is {engine.max_model_len}")
+        if (cell.input_len or longest) + cell.output_len > engine.max_model_len:
+            return (f"cell {cell} needs {(cell.input_len or longest) + cell.output_len} tokens "
+                    f"of context, but max_model_len is {engine.max_model_len}")
     return None
 
 
@@ -410,7 +478,7 @@ def describe_model(model: dict) -> str:
             f"{model['kv_bytes_per_token']:,} bytes per token (GPT-2 124M, float32: {gpt2:,})")
 
 
-def _report_header(args, engine, theirs, threads: int) -> dict:
+def _report_header(args, engine, theirs, threads: int, dataset: list[list[int]] | None) -> dict:
     cfg = engine.model_config
     env = environment(threads)
     env["kernels"] = kernel_path().describe()
@@ -425,10 +493,25 @@ def _report_header(args, engine, theirs, threads: int) -> dict:
                   "vocab_size": cfg.vocab_size,
                   "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.config.kv_cache_dtype)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
-                     "compare": args.compare,
+                     "compare": args.compare, "dataset": _dataset_settings(args, dataset),
                      "engine": {k: getattr(engine.config, k) for k in engine.config.__slots__}},
         "method": __doc__.split("\n\n", 2)[2].strip(),
     }
+
+
+def describe_dataset(dataset: dict) -> str:
+    tokens = dataset["prompt_tokens"]
+    return (f"prompts: {dataset['prompts']} from {dataset['path']}, {tokens['min']}-"
+            f"{tokens['max']} tokens (mean {tokens['mean']:.0f})")
+
+
+def _dataset_settings(args, dataset: list[list[int]] | None) -> dict:
+    if not dataset:
+        return {"name": "random"}
+    lengths = [len(p) for p in dataset]
+    return {"name": args.dataset_name, "path": args.dataset_path, "prompts": len(dataset),
+            "prompt_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths),
+                              "max": max(lengths)}}
 
 
 def _result_json(r: CellResult) -> dict:

@@ -19,11 +19,10 @@ METHODS = ("ngram", "draft_model")
 DRAFT_QUANTIZATIONS = ("int8",)
 # vLLM's default lookup when neither length is given.
 DEFAULT_PROMPT_LOOKUP = 5
-# Steps with more sequences than this do not speculate: at that batch size the step is compute-
-# bound and verifying proposals only adds work. 8 is a first choice, not a measurement yet:
-# `scripts/benchmark.py --batch-sizes 1,2,4,8,16 --speculative-config` with a large
-# "disable_by_batch_size" measures where speculation stops paying.
-DEFAULT_DISABLE_BY_BATCH_SIZE = 8
+# From this many running sequences on, a step does not speculate (vLLM's disable_by_batch_size):
+# where on / off fell to ~1.0 in the benchmark's batch sweep on GPT-2 124M (docs/performance.md).
+# A draft costs k passes of its own per step, n-gram proposals nothing, so n-gram pays longer.
+DEFAULT_DISABLE_BY_BATCH_SIZE = {"ngram": 12, "draft_model": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int | None = None
     model: str | None = None              # the draft checkpoint (method "draft_model")
     quantization: str | None = None       # the draft's weights: None (as stored) or "int8"
-    disable_by_batch_size: int | None = DEFAULT_DISABLE_BY_BATCH_SIZE
+    disable_by_batch_size: int | None = None  # null: never off; parse() gives the method's default
 
     @classmethod
     def parse(cls, value: SpeculativeConfig | dict | str) -> SpeculativeConfig:
@@ -58,6 +57,8 @@ class SpeculativeConfig:
         options = dict(value)
         # vLLM: a draft model implies the method; "ngram" needs none.
         options.setdefault("method", "draft_model" if options.get("model") else "ngram")
+        options.setdefault("disable_by_batch_size",
+                           DEFAULT_DISABLE_BY_BATCH_SIZE.get(options["method"]))
         return cls(**options)
 
     def __post_init__(self) -> None:
@@ -65,8 +66,8 @@ class SpeculativeConfig:
         if self.method not in METHODS:
             raise ValueError(f"speculative_config.method must be one of "
                              f"{', '.join(map(repr, METHODS))}, got {self.method!r}")
-        if self.disable_by_batch_size is not None:
-            _int("disable_by_batch_size", self.disable_by_batch_size, 1, None)
+        if self.disable_by_batch_size is not None:  # 1 would never speculate: vLLM refuses it
+            _int("disable_by_batch_size", self.disable_by_batch_size, 2, None)
         if self.method == "ngram":
             for key in ("model", "quantization"):
                 if getattr(self, key) is not None:
@@ -97,8 +98,9 @@ class SpeculativeConfig:
                                  f"got {self.quantization!r}")
 
     def speculates(self, batch_size: int) -> bool:
-        """Whether a step of `batch_size` sequences speculates (vLLM's disable_by_batch_size)."""
-        return self.disable_by_batch_size is None or batch_size <= self.disable_by_batch_size
+        """Whether a step of `batch_size` running sequences speculates: vLLM switches speculation
+        off once the running requests reach disable_by_batch_size."""
+        return self.disable_by_batch_size is None or batch_size < self.disable_by_batch_size
 
 
 def _int(key: str, value, lo: int, hi: int | None) -> None:

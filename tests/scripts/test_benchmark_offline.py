@@ -7,6 +7,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,11 @@ from nanovllm.scripts.perf_targets import (
 
 SMALL = ["--batch-sizes", "1,2", "--input-len", "8", "--output-len", "4", "--prefill-len", "32",
          "--reps", "2", "--num-kv-blocks", "64"]
+REPO = Path(__file__).resolve().parents[2]
+CODE_PROMPTS = REPO / "examples" / "code_prompts.jsonl"
+# ../shared/models beside the checkout (a worktree of it sits one level deeper).
+MODELS = next((p / "shared" / "models" for p in REPO.parents[:3]
+               if (p / "shared" / "models").is_dir()), Path("/nonexistent"))
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -193,3 +199,93 @@ def test_offline_without_the_fallback_fails_in_one_line(monkeypatch, tmp_path, c
     assert benchmark.main(["--no-allow-dummy-fallback", "--reps", "1"]) == 1
     [err] = capsys.readouterr().err.strip().splitlines()
     assert err.startswith("error: cannot download gpt2: HF_HUB_OFFLINE=1 is set;")
+
+
+def test_dataset_arguments():
+    args = parse("--dataset-name", "custom", "--dataset-path", "p.jsonl", "--batch-sizes", "1,4",
+                 "--output-len", "8", "--prefill-len", "16")
+    assert benchmark.grid(args) == [Cell(1, None, 8), Cell(4, None, 8), Cell(1, 16, 1)]
+    assert str(Cell(4, None, 8)) == "4 x dataset -> 8"
+    assert benchmark.check_args(args, benchmark.grid(args)) is None
+    for bad in (parse("--dataset-name", "custom"), parse("--dataset-path", "p.jsonl"),
+                parse("--dataset-name", "custom", "--dataset-path", "p.jsonl", "--compare",
+                      "transformers")):
+        assert "--dataset" in benchmark.check_args(bad, benchmark.grid(bad))
+    with pytest.raises(SystemExit):
+        parse("--dataset-name", "sharegpt")
+
+
+def test_a_dataset_is_read_in_file_order_and_cycled(tiny_ckpt, tmp_path):
+    from nanovllm.tokenizer import Tokenizer
+
+    tok = Tokenizer(tiny_ckpt, None)
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "def f(x):"}\n\n{"prompt": "return x", "note": 1}\n')
+    dataset = benchmark.load_dataset(str(path), tok)
+    assert dataset == [tok.encode("def f(x):"), tok.encode("return x")]
+    source = benchmark.Prompts(None, 0, dataset)
+    cell = Cell(3, None, 4)
+    assert source.take(cell) == [dataset[0], dataset[1], dataset[0]]
+    assert source.take(cell) == [dataset[1], dataset[0], dataset[1]]
+    for text, line in (('{"prompt": "a"}\nnot json\n', 2), ('{"text": "a"}\n', 1),
+                       ('["a"]\n', 1), ('{"prompt": ""}\n', 1)):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"line {line}: expected"):
+            benchmark.load_dataset(str(path), tok)
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        benchmark.load_dataset(str(path), tok)
+
+
+def test_speculation_on_a_dataset(tiny_ckpt, tmp_path, capsys):
+    """The draft is the target itself: every greedy proposal is accepted, the output unchanged."""
+    out, prompts = tmp_path / "bench.json", tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
+        "def f(x):\n    return x\n", "import os\nimport sys\n", "class A:\n    pass\n")))
+    spec = json.dumps({"model": str(tiny_ckpt), "num_speculative_tokens": 3,
+                       "disable_by_batch_size": None})  # batch 2 speculates too
+    argv = ["--model", str(tiny_ckpt), "--dataset-name", "custom", "--dataset-path",
+            str(prompts), "--batch-sizes", "1,2", "--output-len", "8", "--prefill-len", "",
+            "--reps", "2", "--num-kv-blocks", "128", "--speculative-config", spec,
+            "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "prompts: 3 from " in table and "2 x dataset -> 8" in table
+    data = json.loads(out.read_text())
+    assert data["settings"]["dataset"]["prompts"] == 3
+    for cell in data["results"]:
+        a = cell["acceptance"]
+        assert a["identical"] and a["proposed"] > 0 and a["accepted"] == a["proposed"]
+        runs = cell["nanovllm"]["runs"]
+        assert len(runs) == 2 and runs[0]["prompt_tokens"] != runs[1]["prompt_tokens"]
+
+
+def test_a_dataset_prompt_longer_than_the_context_is_refused(tiny_ckpt, tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "x = 1\n" * 200}) + "\n")
+    argv = ["--model", str(tiny_ckpt), "--dataset-name", "custom", "--dataset-path", str(path),
+            "--batch-sizes", "1", "--output-len", "8", "--prefill-len", "", "--num-kv-blocks", "64"]
+    assert benchmark.main(argv) == 2
+    assert "max_model_len is 256" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MODELS / "code-6l").is_dir() or not (MODELS / "code-2l").is_dir(),
+                    reason="../shared/models/code-6l and code-2l are absent")
+@pytest.mark.parametrize("spec", [
+    {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
+     "prompt_lookup_min": 1},
+    {"model": str(MODELS / "code-2l"), "num_speculative_tokens": 4}])
+def test_code_models_accept_on_code_that_repeats(spec, tmp_path, capsys):
+    """The trained pair on the prompts the docs' acceptance table uses: real acceptance (some
+    proposals rejected, many kept), the greedy output unchanged."""
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(MODELS / "code-6l"), "--dataset-name", "custom", "--dataset-path",
+            str(CODE_PROMPTS), "--batch-sizes", "1", "--output-len", "16", "--prefill-len", "",
+            "--reps", "2", "--num-kv-blocks", "128", "--speculative-config", json.dumps(spec),
+            "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    [cell] = json.loads(out.read_text())["results"]
+    a = cell["acceptance"]
+    assert a["identical"] and 0 < a["accepted"] < a["proposed"]
+    assert a["mean_acceptance_length"] > 1.5

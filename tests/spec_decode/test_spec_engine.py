@@ -16,13 +16,15 @@ from test_spec_pieces import assert_distribution
 from nanovllm import LLM, EngineConfig, LLMEngine, SamplingParams
 from nanovllm.model import write_dummy_checkpoint
 
+# These tests are about verification at any batch size: speculation never switches off here.
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
-         "prompt_lookup_min": 1}
+         "prompt_lookup_min": 1, "disable_by_batch_size": None}
 REPEATS = [[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3], [7, 8, 9, 7, 8, 9, 7, 8], [40, 41, 42, 43]]
 
 
 def draft_config(ckpt, **extra) -> dict:
-    return {"model": str(ckpt), "num_speculative_tokens": 3, **extra}
+    return {"model": str(ckpt), "num_speculative_tokens": 3, "disable_by_batch_size": None,
+            **extra}
 
 
 def outputs(llm: LLM, prompts, params):
@@ -82,8 +84,8 @@ def test_structured_requests_do_not_speculate(make_llm):
     assert llm.engine.spec_stats.num_drafts == 0
 
 
-def test_switches_off_above_the_batch_size(make_llm):
-    llm = make_llm(speculative_config={**NGRAM, "disable_by_batch_size": 2})
+def test_switches_off_from_the_batch_size_on(make_llm):
+    llm = make_llm(speculative_config={**NGRAM, "disable_by_batch_size": 3})
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     llm.generate(REPEATS, params, use_tqdm=False)  # three sequences: never speculates
     assert llm.engine.spec_stats.num_drafts == 0

@@ -12,7 +12,11 @@ from scipy.stats import chisquare
 from nanovllm.runner.spec_decode.ngram import propose_ngram
 from nanovllm.runner.spec_decode.rejection_sampler import accept_greedy, accept_sampled
 from nanovllm.values.limits import MAX_NUM_SPECULATIVE_TOKENS, MAX_PROMPT_LOOKUP
-from nanovllm.values.speculative import DEFAULT_PROMPT_LOOKUP, SpeculativeConfig
+from nanovllm.values.speculative import (
+    DEFAULT_DISABLE_BY_BATCH_SIZE,
+    DEFAULT_PROMPT_LOOKUP,
+    SpeculativeConfig,
+)
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -43,7 +47,7 @@ def test_config_parses_vllm_shapes():
     ({"num_speculative_tokens": 2, "model": "/x", "quantization": "fp8"}, "quantization"),
     ({"num_speculative_tokens": 2, "model": "/x", "prompt_lookup_max": 2}, "prompt_lookup_max"),
     ({"num_speculative_tokens": 2, "quantization": "int8"}, "quantization"),
-    ({"num_speculative_tokens": 2, "disable_by_batch_size": 0}, "disable_by_batch_size"),
+    ({"num_speculative_tokens": 2, "disable_by_batch_size": 1}, "disable_by_batch_size"),
     ("{not json", "JSON"),
     ("[1]", "object"),
 ])
@@ -54,9 +58,15 @@ def test_config_errors_name_the_key(value, key):
 
 def test_disable_by_batch_size():
     c = SpeculativeConfig.parse({"num_speculative_tokens": 2, "disable_by_batch_size": 4})
-    assert c.speculates(4) and not c.speculates(5)
+    assert c.speculates(3) and not c.speculates(4)  # vLLM: off from the value on
     assert SpeculativeConfig.parse({"num_speculative_tokens": 2, "disable_by_batch_size": None}
                                    ).speculates(10**6)
+    # Unset, each method gets its measured default: a draft's k passes stop paying sooner.
+    ngram = SpeculativeConfig.parse({"num_speculative_tokens": 2})
+    draft = SpeculativeConfig.parse({"num_speculative_tokens": 2, "model": "/x"})
+    assert ngram.disable_by_batch_size == DEFAULT_DISABLE_BY_BATCH_SIZE["ngram"]
+    assert draft.disable_by_batch_size == DEFAULT_DISABLE_BY_BATCH_SIZE["draft_model"]
+    assert draft.speculates(1) and not draft.speculates(ngram.disable_by_batch_size - 1)
 
 
 # ---- n-gram lookup -----------------------------------------------------------------------------
