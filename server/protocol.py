@@ -18,13 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from nanovllm.server.errors import bad_request
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import InvalidRequestError, quote
-from nanovllm.values.beam_search_params import MAX_LENGTH_PENALTY, BeamSearchParams
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_ALLOWED_TOKEN_IDS,
     MAX_BEAM_TOKENS,
     MAX_BEAM_WIDTH,
+    MAX_LENGTH_PENALTY,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_LOGPROBS,
     MAX_N,

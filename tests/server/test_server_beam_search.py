@@ -11,8 +11,8 @@ import pytest
 from server_helpers import MODEL, error_of, make_engine, metric, serve, wait_idle
 
 from nanovllm.server.app import build_app
-from nanovllm.values.beam_search_params import MAX_LENGTH_PENALTY, BeamSearchParams
-from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH
+from nanovllm.values.beam_search_params import BeamSearchParams
+from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH, MAX_LENGTH_PENALTY
 
 EOS = 1023  # the tiny checkpoint's; a prompt of EOS makes the model end beams on EOS early
 TEXTS = ["The quick brown fox", "def f(x):"]
