@@ -231,8 +231,10 @@ class Scheduler:
         return self.max_num_seqs - len(self.running) - reserved
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
-        """Whether `seq` should wait for its request's first sample, which computes the prompt."""
-        if not self.block_manager.enable_prefix_caching or seq.index == 0:
+        """Whether `seq` should wait for its request's first sample, which computes the prompt.
+        Never a beam: the beams of a split search are admitted together, or the first would
+        offer, wait for the others, and be preempted for them again and again."""
+        if not self.block_manager.enable_prefix_caching or seq.index == 0 or seq.request.beam:
             return False
         first = seq.request.seqs[0]
         return (first.status is SequenceStatus.RUNNING
