@@ -399,7 +399,7 @@ class LLMEngine:
         reference path. Any thread may call it: it reads only the weights, which never change
         (the caller bounds T: this is a whole forward pass without a KV cache)."""
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
-        return family_of(self.model_config).attention_weights(
+        return family_of(self.model_config).reference.attention_weights(
             dequantize_weights(self.runner.weights), self.model_config, np.asarray(token_ids))
 
 
@@ -407,7 +407,7 @@ class LLMEngine:
         """One forward pass layer by layer (model/trace.py), by the reference path, on the
         caller's thread like attention_weights."""
         return trace_forward(dequantize_weights(self.runner.weights), self.model_config,
-                             np.asarray(token_ids))
+                             np.asarray(token_ids), ref=family_of(self.model_config).reference)
 
     def get_stats(self) -> EngineStats:
         bm, sched, spec = self.block_manager, self.scheduler, self.spec_stats
