@@ -253,6 +253,8 @@ class StepRecorder:
         out = []
         for i, row in enumerate(rows):
             seq_id = self.inputs.row_seq_ids[row]
+            if seq_id not in sampled:  # a beam's row offers candidates; the beam rule picks
+                continue
             token = sampled[seq_id][0]  # a sample row's one token (speculating rows are not here)
             ids = top[i].tolist()
             out.append(SampledRow(seq_id, row, token, self.decode_token(token), ids,
