@@ -145,7 +145,7 @@ def test_a_logit_bias_on_many_ids_is_served(srv):
 
 
 
-BEAM_TOKENS = 100  # per beam: with EOS out of play, each search lasts exactly this many steps
+BEAM_TOKENS = 200  # per beam: with EOS out of play, each search lasts exactly this many steps
 # The widest beams the limits allow, on 4 prompts: 4 searches of 16 beams, each filling the
 # batch; first come first served, they would run in 4 waves of BEAM_TOKENS steps.
 BEAMS = {"model": MODEL, "prompt": ["Hi"] * 4, "n": 16, "max_tokens": BEAM_TOKENS,
@@ -165,7 +165,7 @@ def test_a_small_request_is_served_while_wide_beam_searches_run(srv):
             break
         threading.Event().wait(0.05)
     assert engine_stat(srv, "vllm:num_requests_running") == 1
-    assert engine_stat(srv, "nanovllm:num_waiting_seqs") == 3  # a search's prompt sequence each
+    assert engine_stat(srv, "nanovllm:num_waiting_seqs") >= 1  # searches wait for the first
     before = engine_stat(srv, "nanovllm:engine_steps_total")
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0)
     small = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
