@@ -68,33 +68,56 @@ def compile_kernels() -> None:
     rotate_(np.zeros((1, 4), np.float32)[:, :2].reshape(1, 1, 2), cos, cos)  # a strided view
 
 
+# Starting and joining a parallel region costs microseconds, more than normalizing, gating or
+# rotating a few rows (a decode step at batch 1 has one), and under load it waits for a thread
+# the OS has parked: below this many rows those kernels run on the calling thread.
+PARALLEL_MIN_ROWS = 8
+
+
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def rms_norm(x, g, eps):
     """Each row of x ([n, E], C-contiguous) divided by its root mean square, times g: a new
     array (`reference_llama.rms_norm`). Layer norm without the mean and the shift."""
     out = np.empty_like(x)
-    n = x.shape[1]
-    for i in prange(x.shape[0]):
-        sq = np.float32(0.0)
-        for j in range(n):
-            sq += x[i, j] * x[i, j]
-        inv_rms = np.float32(1.0 / np.sqrt(sq / n + eps))
-        for j in range(n):
-            out[i, j] = g[j] * (x[i, j] * inv_rms)
+    if x.shape[0] < PARALLEL_MIN_ROWS:
+        for i in range(x.shape[0]):
+            rms_norm_row(x[i], g, eps, out[i])
+    else:
+        for i in prange(x.shape[0]):
+            rms_norm_row(x[i], g, eps, out[i])
     return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def rms_norm_row(x, g, eps, out):
+    sq = np.float32(0.0)
+    for j in range(x.shape[0]):
+        sq += x[j] * x[j]
+    inv_rms = np.float32(1.0 / np.sqrt(sq / x.shape[0] + eps))
+    for j in range(x.shape[0]):
+        out[j] = g[j] * (x[j] * inv_rms)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def silu_mul(h):
     """SwiGLU's gate: h ([n, 2I], rows gate | up) -> silu(gate) * up, [n, I], a new array
     (`reference_llama.swiglu`); silu(g) = g / (1 + e**-g)."""
-    half = h.shape[1] // 2
-    out = np.empty((h.shape[0], half), np.float32)
-    for i in prange(h.shape[0]):
-        for j in range(half):
-            g = h[i, j]
-            out[i, j] = g / (np.float32(1.0) + exp32(-g)) * h[i, half + j]
+    out = np.empty((h.shape[0], h.shape[1] // 2), np.float32)
+    if h.shape[0] < PARALLEL_MIN_ROWS:
+        for i in range(h.shape[0]):
+            silu_mul_row(h[i], out[i])
+    else:
+        for i in prange(h.shape[0]):
+            silu_mul_row(h[i], out[i])
     return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def silu_mul_row(h, out):
+    half = out.shape[0]
+    for j in range(half):
+        g = h[j]
+        out[j] = g / (np.float32(1.0) + exp32(-g)) * h[half + j]
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -102,14 +125,23 @@ def rotate_(x, cos, sin):
     """Rotary positions IN PLACE (`reference_llama.rotate`): x ([n, heads, D], any strides)
     turned by each row's angles (cos, sin: [n, D/2], `rotary.cos_sin`): each pair
     (x[.., i], x[.., i + D/2]) = (a, b) becomes (a cos - b sin, b cos + a sin)."""
-    half = x.shape[2] // 2
-    for t in prange(x.shape[0]):
-        for h in range(x.shape[1]):
-            for i in range(half):
-                a, b = x[t, h, i], x[t, h, i + half]
-                x[t, h, i] = a * cos[t, i] - b * sin[t, i]
-                x[t, h, i + half] = b * cos[t, i] + a * sin[t, i]
+    if x.shape[0] < PARALLEL_MIN_ROWS:
+        for t in range(x.shape[0]):
+            rotate_row_(x[t], cos[t], sin[t])
+    else:
+        for t in prange(x.shape[0]):
+            rotate_row_(x[t], cos[t], sin[t])
     return x
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def rotate_row_(x, cos, sin):
+    half = x.shape[1] // 2
+    for h in range(x.shape[0]):
+        for i in range(half):
+            a, b = x[h, i], x[h, i + half]
+            x[h, i] = a * cos[i] - b * sin[i]
+            x[h, i + half] = b * cos[i] + a * sin[i]
 
 
 def mlp(x: np.ndarray, layer: LayerWeights) -> np.ndarray:
@@ -129,8 +161,8 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
     q = qkv[:, :h * d].reshape(n, h, d)
     k = qkv[:, h * d:(h + kv) * d].reshape(n, kv, d)
     v = qkv[:, (h + kv) * d:].reshape(n, kv, d)
-    rotate_(q, cos, sin)
-    rotate_(k, cos, sin)
+    # Queries and keys are adjacent columns: one kernel call turns both, heads [0, h + kv).
+    rotate_(qkv[:, :(h + kv) * d].reshape(n, h + kv, d), cos, sin)
     if kv_cache is None:
         heads = causal_attention(q, k, v, cfg.sliding_window)
     else:

@@ -4,7 +4,7 @@ read by EngineConfig, the CLI and the loader; see `model/quant.py` for what they
 from __future__ import annotations
 
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16")  # "auto": float32, the checkpoint's values exactly
-QUANTIZATIONS = ("int8",)                        # weight-only, a scale per output channel
+QUANTIZATIONS = ("int8",)                        # W8A8: a scale per output channel, per token
 
 
 def check_precision(dtype: str, quantization: str | None) -> None:

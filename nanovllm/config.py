@@ -54,8 +54,9 @@ class EngineConfig:
         "auto", "weights: 'auto' = float32, exact; 'bfloat16': half the bytes (sums stay float32)",
         WEIGHT_DTYPES)
     quantization: str | None = option(
-        None, "'int8': weight-only int8, a float32 scale per output channel, a quarter of the "
-              "bytes (activations and the KV cache stay as they are)", QUANTIZATIONS)
+        None, "'int8': W8A8, int8 weights (a float32 scale per output channel, a quarter of "
+              "the bytes) times activations quantized to int8 per token; the KV cache stays as "
+              "it is", QUANTIZATIONS)
     speculative_config: SpeculativeConfig | dict | str | None = option(
         None, "speculative decoding, vLLM's JSON: '{\"method\": \"ngram\", "
               "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or '{\"model\": "

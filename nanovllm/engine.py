@@ -181,7 +181,7 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         if request.beam is not None:  # one sequence computes the prompt, then forks into beams
-            state.beam = BeamGroup.start(request.beam, self.tokenizer.eos_token_id)
+            state.beam = BeamGroup.start(request.beam, self.eos_token_ids)
         state.seqs = [self._new_sequence(state, index)
                       for index in range(1 if state.beam else params.n)]
         # Only now, with nothing left that can fail, does the request enter the engine.
@@ -377,10 +377,11 @@ class LLMEngine:
     def _beam_output(self, request: Request) -> RequestOutput:
         """A finished beam search: its hypotheses, best first, as the request's outputs (the
         text leaves out an EOS, as vLLM's does)."""
-        eos, outputs = self.tokenizer.eos_token_id, []
+        outputs = []
         for index, h in enumerate(request.beam.scorer.hypotheses):
             tokens, lps = h.payload
-            text_ids = tokens[:-1] if h.finish_reason == "stop" and tokens[-1] == eos else tokens
+            ended_on_eos = h.finish_reason == "stop" and tokens[-1] in self.eos_token_ids
+            text_ids = tokens[:-1] if ended_on_eos else tokens
             logprobs = [{t: Logprob(lp, rank, self.tokenizer.decode_token(t))}
                         for t, (lp, rank) in zip(tokens, lps)]
             outputs.append(CompletionOutput(index, self.tokenizer.decode(text_ids), list(tokens),

@@ -1,4 +1,4 @@
-"""How much of a decode step is not weight GEMMs.
+"""How much of a decode step is not weight GEMMs (GPT-2 or the Llama family).
 
 Runs `batch` greedy requests (32-token prompts, EOS ignored) until their context reaches
 `--context`. It then times engine steps, and in the same process the bare chain of weight
@@ -38,16 +38,24 @@ def alternating_medians_ms(fns, reps: int) -> list[float]:
 
 
 def gemm_chain(weights, rows: int):
-    """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
+    """The weight matmuls of one decode step over `rows` tokens, and nothing else: GPT-2's four
+    per block or Llama's four per layer (fused q/k/v, o, fused gate/up, down), and the LM head."""
     from nanovllm.model.linear import linear
 
-    x = np.ones((rows, weights.wpe.shape[1]), np.float32)
-    h = np.ones((rows, weights.blocks[0].fc_w.shape[0]), np.float32)
+    if hasattr(weights, "blocks"):  # GPT-2
+        mats = [(b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w) for b in weights.blocks]
+        head = weights.wte
+    else:  # the Llama family
+        mats = [(layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w) for layer in weights.layers]
+        head = weights.lm_head
+    # Each matrix's input, by its width: the model's (and attention's) width or the MLP's.
+    inputs = {m.shape[1]: np.ones((rows, m.shape[1]), np.float32) for ms in mats for m in ms}
 
     def run():
-        for b in weights.blocks:
-            linear(x, b.attn_w), linear(x, b.attn_proj_w), linear(x, b.fc_w), linear(h, b.fc_proj_w)
-        linear(x, weights.wte)
+        for ms in mats:
+            for m in ms:
+                linear(inputs[m.shape[1]], m)
+        linear(inputs[head.shape[1]], head)
     return run
 
 

@@ -11,10 +11,11 @@ from test_kernels_vs_reference import U, assert_within, attention_bound, f32, su
 from nanovllm.model import reference_llama as ref
 from nanovllm.model.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
 from nanovllm.model.kernels import as_kernel_array
-from nanovllm.model.llama import rms_norm, rotate_, silu_mul
+from nanovllm.model.llama import PARALLEL_MIN_ROWS, rms_norm, rotate_, silu_mul
 from nanovllm.model.rotary import cos_sin, inv_frequencies
 
 
+# Row counts on both sides of PARALLEL_MIN_ROWS: the calling thread's loop and the parallel one.
 @pytest.mark.parametrize("rows, e", [(1, 1), (1, 576), (5, 7), (130, 2049)])
 def test_rms_norm_matches_reference(rows, e):
     x, g = f32(rows, e, seed=1, scale=3), 1 + f32(e, seed=2, scale=0.3)
@@ -43,11 +44,12 @@ def test_silu_mul_matches_reference(rows, i):
                                      {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0,
                                       "original_max_position_embeddings": 64}])
-def test_rotate_matches_reference_in_place_on_strided_views(scaling):
+@pytest.mark.parametrize("n", [1, PARALLEL_MIN_ROWS + 1])  # on the calling thread, and parallel
+def test_rotate_matches_reference_in_place_on_strided_views(scaling, n):
     """On column slices of a fused projection (the forward pass's views), at far positions."""
-    n, heads, d = 9, 3, 64
+    heads, d = 3, 64
     qkv = f32(n, 2 * heads * d, seed=4)
-    positions = np.array([0, 1, 2, 7, 100, 1000, 8191, 30000, 131071])
+    positions = np.resize([131071, 0, 1, 2, 7, 100, 1000, 8191, 30000], n)
     inv_freq = inv_frequencies(d, 500000.0, scaling)
     view = qkv[:, heads * d:].reshape(n, heads, d)
     expected = ref.rotate(view.copy(), positions, inv_freq)

@@ -16,3 +16,11 @@ def test_profile_decode_reports_the_non_gemm_share(tiny_ckpt, capsys, kv_cache_d
     line = capsys.readouterr().out
     assert re.search(r"batch 3, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms", line)
     assert re.search(r"= -?\d+% of the step", line)
+
+
+def test_profile_decode_times_a_llama_checkpoint(llama_ckpt, capsys):
+    """The weight-GEMM chain of the Llama family: fused q/k/v, o, fused gate/up, down, LM head."""
+    assert profile_decode.main(["--model", str(llama_ckpt("llama-gqa")), "--batch", "2",
+                                "--context", "40", "--steps", "2"]) == 0
+    assert re.search(r"batch 2, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms",
+                     capsys.readouterr().out)
