@@ -26,6 +26,7 @@ class Block:
     ref_count: int = 0
     hash: int | None = None
     token_ids: tuple[int, ...] = ()
+    copied: bool = False  # its K/V came from a block a beam still holds (for the engine view)
 
 
 def chain_hash(token_ids: Seq[int], prefix_hash: int | None) -> int:
@@ -107,6 +108,7 @@ class BlockManager:
             src = seq.block_table[i]
             self.blocks[src].ref_count -= 1  # still held by another: never 0 here
             seq.block_table[i] = dst = self._take_free_block()
+            self.blocks[dst].copied = True
             self.pending_copies.append((src, dst))
             self.num_copies_total += 1
         for _ in range(self._blocks_missing(seq, num_new_tokens)):
@@ -187,5 +189,5 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
             del self.hash_to_block_id[block.hash]  # evict: its contents are about to be overwritten
-        block.hash, block.token_ids, block.ref_count = None, (), 1
+        block.hash, block.token_ids, block.ref_count, block.copied = None, (), 1, False
         return block_id

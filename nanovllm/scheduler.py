@@ -12,6 +12,10 @@ submits each prompt of a completion as a request of its own):
   then the others round-robin, one sequence each in turn.
 - A request with nothing running gets a slot even when all are taken: the request holding the
   most running sequences gives up its newest one (if it holds at least two).
+- A beam search of width k needs k slots at once (its beams advance together): it waits for
+  them, reserves them when admitted, and gives them up whole when it is the request holding
+  the most. Requests needing one slot are never held behind a search that cannot start; the
+  others wait behind it, so it is not starved.
 - Preemption for blocks takes the newest sequence of the request holding the most.
 So a one-token request waits neither for a big request's queue nor for its sequences to finish.
 Inside a request nothing changes: its samples share the prompt's blocks (they wait one step for
@@ -100,18 +104,22 @@ class Scheduler:
         step.num_tokens += n + plan.num_slots
 
     def _make_room_for_idle(self) -> None:
-        """Frees a slot for each idle request the free slots do not cover, taking the newest
-        sequence of the request that holds the most, while it holds at least two."""
-        for _ in range(len(self.idle) - (self.max_num_seqs - len(self.running))):
-            # A beam group is never split for a slot: its beams advance together, so a split
-            # group would wait while holding its slots, and two of them would wait forever.
-            holders = {r: n for r, n in self.num_running.items() if not r.beam}
-            if not holders:
+        """Frees a slot for each idle request needing one that the free slots do not cover,
+        taking the newest sequence of the request that holds the most, while it holds at least
+        two. A beam search gives up its slots whole: its beams advance together, so a split
+        group would wait while holding slots (it recomputes later; its full blocks stay in the
+        prefix cache). Beam searches never make room for each other: they would take turns
+        preempting one another."""
+        newcomers = sum(self._slots_needed(r) == 1 for r in self.idle)
+        while newcomers > self._free_slots():
+            held = {r: self._slots_held(r) for r in self.num_running}
+            request = max(held, key=held.__getitem__, default=None)
+            if request is None or held[request] < 2:
                 return
-            request, held = max(holders.items(), key=lambda item: item[1])
-            if held < 2:
-                return
-            self._preempt(next(s for s in reversed(self.running) if s.request is request))
+            for seq in [s for s in reversed(self.running) if s.request is request]:
+                self._preempt(seq)
+                if not request.beam:
+                    break
 
     def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
         """Schedules running sequences, decodes first; returns whether any had to be preempted.
@@ -154,17 +162,16 @@ class Scheduler:
 
     def _schedule_waiting(self, step: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
-        passed_over = 0  # busy requests skipped this step: their first sample is still prefilling
-        while (budget > 0 and len(self.running) < self.max_num_seqs
-               and (self.idle or passed_over < len(self.busy))):
-            lane = self.idle or self.busy
-            request, queue = next(iter(lane.items()))
-            seq = queue[0]
-            if len(self.running) + self._slots_needed(seq) > self.max_num_seqs and self.running:
-                return  # a beam search's prompt waits for room for all its beams
+        skipped: set[Request] = set()  # busy requests whose first sample is still prefilling
+        while budget > 0 and len(self.running) < self.max_num_seqs:
+            pick = self._next_waiting(skipped)
+            if pick is None:
+                return
+            lane, request = pick
+            seq = lane[request][0]
             if self._sibling_prefilling(seq):
                 lane[request] = lane.pop(request)  # to the back: it can reuse the prompt next step
-                passed_over += 1
+                skipped.add(request)
                 continue
             cached = [] if seq.computes_prompt_logprobs else bm.match_prefix(seq)
             n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
@@ -179,15 +186,55 @@ class Scheduler:
             self._schedule(step, seq, n)
             budget -= n
 
+    def _next_waiting(self, skipped: set[Request]) -> tuple[dict, Request] | None:
+        """Whose next sequence is admitted (its lane and request), or None: the beams of a
+        running beam search first (their slots are reserved), then the idle lane, then the
+        busy lane in turn."""
+        for request in self.busy:
+            if request.beam and request not in skipped:
+                return self.busy, request
+        if self.idle:
+            request = self._next_idle()
+            return None if request is None else (self.idle, request)
+        request = next((r for r in self.busy if r not in skipped), None)
+        return None if request is None or self._free_slots() < 1 else (self.busy, request)
+
+    def _next_idle(self) -> Request | None:
+        """The idle request to admit next: the oldest needing one slot, else the oldest beam
+        search if there is room for all its beams. A newcomer never waits behind a search that
+        cannot start yet; the busy lane does, so the search is not starved of slots."""
+        free = self._free_slots()
+        needing_one = next((r for r in self.idle if self._slots_needed(r) == 1), None)
+        if needing_one is not None:
+            return needing_one if free >= 1 else None
+        search = next(iter(self.idle))
+        return search if self._slots_needed(search) <= free else None
+
+    def _slots_needed(self, request: Request) -> int:
+        """Slots a waiting request takes when one of its sequences is admitted: a beam search
+        with nothing running takes room for all its beams at once (a prompt not yet forked,
+        for beam_width), one that runs has them reserved."""
+        if not request.beam:
+            return 1
+        return 0 if self.num_running[request] else self._beam_slots(request)
+
     @staticmethod
-    def _slots_needed(seq: Sequence) -> int:
-        """A beam search's first sequence forks into beam_width beams after its prompt."""
-        request = seq.request
-        return request.params.n if request.beam and len(request.seqs) == 1 else 1
+    def _beam_slots(request: Request) -> int:
+        return request.params.n if len(request.seqs) == 1 else len(request.seqs)
+
+    def _slots_held(self, request: Request) -> int:
+        """Running sequences, and for a beam search the slots its beams have reserved."""
+        return self._beam_slots(request) if request.beam else self.num_running[request]
+
+    def _free_slots(self) -> int:
+        reserved = sum(self._beam_slots(r) - n for r, n in self.num_running.items() if r.beam)
+        return self.max_num_seqs - len(self.running) - reserved
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
-        """Whether `seq` should wait for its request's first sample, which computes the prompt."""
-        if not self.block_manager.enable_prefix_caching or seq.index == 0:
+        """Whether `seq` should wait for its request's first sample, which computes the prompt.
+        Never a beam: the beams of a split search are admitted together, or the first would
+        offer, wait for the others, and be preempted for them again and again."""
+        if not self.block_manager.enable_prefix_caching or seq.index == 0 or seq.request.beam:
             return False
         first = seq.request.seqs[0]
         return (first.status is SequenceStatus.RUNNING

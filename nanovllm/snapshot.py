@@ -59,6 +59,8 @@ class BlockPool:
     owner: list[int]      # seq id of the oldest running sequence holding the block; -1: free
     ref_count: list[int]  # sequences holding it; 2 or more: shared through the prefix cache
     cached: list[bool]    # findable in the prefix cache; a free cached block is reused as is
+    beams: list[bool]     # held by two or more beams of one beam search (forked, not copied)
+    copied: list[bool]    # a copy, made when a beam was about to write into a shared block
 
 
 @dataclass(slots=True)
@@ -79,7 +81,8 @@ class EngineSnapshot:
         fields = {name: getattr(self, name) for name in self.__slots__}
         blocks = self.blocks
         fields["blocks"] = {"block_size": blocks.block_size, "owner": blocks.owner,
-                            "ref_count": blocks.ref_count, "cached": blocks.cached}
+                            "ref_count": blocks.ref_count, "cached": blocks.cached,
+                            "beams": blocks.beams, "copied": blocks.copied}
         for queue in ("running", "waiting"):
             fields[queue] = [_record(s) for s in fields[queue]]
         fields["steps"] = [_record(s) for s in self.steps]
@@ -104,15 +107,22 @@ def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) 
 
 
 def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
-    """Each block's holder, reference count and whether the prefix cache can find it."""
-    owner = [-1] * bm.num_blocks
+    """Each block's holder, reference count, whether the prefix cache can find it, whether
+    beams of one search share it and whether it was copied on write."""
+    owner, beams = [-1] * bm.num_blocks, [False] * bm.num_blocks
+    held_by_beams: set[tuple[int, str]] = set()  # (block id, beam search's request id)
     for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
         for block_id in seq.block_table:
             owner[block_id] = seq.seq_id
+            if seq.request.beam is not None:
+                key = (block_id, seq.request.request_id)
+                beams[block_id] |= key in held_by_beams
+                held_by_beams.add(key)
     cached = [False] * bm.num_blocks
     for block_id in bm.hash_to_block_id.values():
         cached[block_id] = True
-    return BlockPool(bm.block_size, owner, [b.ref_count for b in bm.blocks], cached)
+    return BlockPool(bm.block_size, owner, [b.ref_count for b in bm.blocks], cached, beams,
+                     [b.copied and b.ref_count > 0 for b in bm.blocks])
 
 
 def _seq_view(seq: Sequence) -> SeqView:

@@ -59,6 +59,7 @@ class BlockChanges:
     shared: list[int]     # found in the prefix cache and taken as is (no compute)
     freed: list[int]      # their last holder let go (they stay findable until evicted)
     evicted: list[int]    # dropped from the prefix cache: their K/V is about to be overwritten
+    copied: list[int]     # copied on write: a beam's copy of a block another beam still holds
 
 
 @dataclass(slots=True)
@@ -236,7 +237,9 @@ class StepRecorder:
             lost |= (had | mid) - set(after.tables.get(seq_id, []))
         # Let go by its last holder: free now, or reused by another sequence within the step.
         freed = {b for b in lost if after.ref_count[b] == 0 or b in allocated}
-        return BlockChanges(sorted(allocated), sorted(shared), sorted(freed), sorted(evicted))
+        copied = {dst for _, dst in self.step.blocks_to_copy} if self.step else set()
+        return BlockChanges(sorted(allocated - copied), sorted(shared), sorted(freed),
+                            sorted(evicted), sorted(copied))
 
     def _sampled(self, sampled: dict[int, list[int]]) -> list[SampledRow]:
         rows = self.inputs.sample_rows
@@ -250,6 +253,8 @@ class StepRecorder:
         out = []
         for i, row in enumerate(rows):
             seq_id = self.inputs.row_seq_ids[row]
+            if seq_id not in sampled:  # a beam's row offers candidates; the beam rule picks
+                continue
             token = sampled[seq_id][0]  # a sample row's one token (speculating rows are not here)
             ids = top[i].tolist()
             out.append(SampledRow(seq_id, row, token, self.decode_token(token), ids,

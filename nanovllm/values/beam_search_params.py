@@ -9,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm.values.errors import InvalidRequestError, quote
-from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH
+from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH, MAX_LENGTH_PENALTY
 from nanovllm.values.sampling_params import SamplingParams, _check_int, _check_range
-
-# |length_penalty| beyond this makes every score 0 or infinite for any but the shortest beams.
-MAX_LENGTH_PENALTY = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ TRUNCATION_SIDES = ("left", "right")  # truncate_prompt_tokens keeps the end, or
 # go, and 512 new tokens is half of GPT-2's context (the KV pool check bounds the rest).
 MAX_BEAM_WIDTH = 16
 MAX_BEAM_TOKENS = 512
+# |length_penalty| beyond this makes every score 0 or infinite for any but the shortest beams.
+MAX_LENGTH_PENALTY = 10.0
 
 # ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
 # Proposals per step and sequence: each is one more query row of the target's step; past a few

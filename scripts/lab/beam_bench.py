@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--widths", default="4,8")
-    ap.add_argument("--long-prompt", type=int, default=512)
+    ap.add_argument("--long-prompt", type=int, default=512,
+                    help="prompt tokens of the block-sharing table; 0 skips it")
     args = ap.parse_args()
 
     import torch
@@ -62,8 +63,9 @@ def main() -> None:
         rows.append([str(width), str(beam_tokens), f"{ours:.2f}", f"{theirs:.2f}",
                      f"{theirs / ours:.2f}x"])
     print(render_table(rows))
-    print()
-    print(render_table(block_rows(llm, args.long_prompt, args.tokens)))
+    if args.long_prompt > 0:
+        print()
+        print(render_table(block_rows(llm, args.long_prompt, args.tokens)))
 
 
 def block_rows(llm, prompt_len: int, tokens: int) -> list[list[str]]:

@@ -56,6 +56,10 @@ def attacks() -> list[tuple[str, str, str, bytes, bool]]:
         ("7", "lone surrogate prompt", c, b'{"prompt": "\\ud800"}', False),
         ("7", "lone surrogate model", c, b'{"prompt": "a", "model": "\\ud800"}', False),
         ("7", "lone surrogate, /tokenize", t, b'{"prompt": "\\ud800"}', False),
+        # The widest beam searches the limits allow, 4 at a time: each holds k slots at once.
+        ("8", "beam search: 4 prompts x width 16, 240 tokens", c,
+         completion(prompt=["Hi there"] * 4, n=16, max_tokens=240, use_beam_search=True,
+                    ignore_eos=True), False),
     ]
 
 

@@ -26,6 +26,7 @@ from nanovllm.config import EngineConfig
 from nanovllm.contract.step import ModelRunnerOutput, ScheduledSequence, SchedulerOutput
 from nanovllm.engine import LLMEngine
 from nanovllm.model import write_dummy_checkpoint
+from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.sampling_params import SamplingParams
 
 TOUR = Path(__file__).resolve().parents[2] / "docs" / "tour.md"
@@ -53,6 +54,8 @@ class Step:
     num_free_blocks: int
     preempted: list[str]
     waiting: list[str]
+    copies: list[tuple[int, int]]   # (source, destination) blocks copied on write first
+    tables: dict[str, list[int]]    # every unfinished sequence's block table after the step
 
 
 class Watched:
@@ -65,10 +68,12 @@ class Watched:
         self.names: dict[int, str] = {}
         self.steps: list[Step] = []
         self._given: list[tuple[ScheduledSequence, list[int]]] = []
+        self._copies: list[tuple[int, int]] = []
         run = self.engine.runner.run
 
         def recording_run(step: SchedulerOutput) -> ModelRunnerOutput:
             self._given = [(e, list(e.block_table)) for e in step.scheduled]
+            self._copies = list(step.blocks_to_copy)
             return run(step)
         self.engine.runner.run = recording_run
 
@@ -77,11 +82,20 @@ class Watched:
         self.engine.add_request(name, prompt, params)
         self.names[self.engine.requests[name].seqs[0].seq_id] = name
 
+    def add_beam_search(self, name: str, prompt: str, width: int, max_tokens: int) -> None:
+        """A beam search; its beams are named NAME0, NAME1, ... by their index."""
+        params = BeamSearchParams(width, max_tokens, ignore_eos=True)
+        self.engine.add(self.engine.processor.process_beam(name, prompt, params))
+        self.names[self.engine.requests[name].seqs[0].seq_id] = f"{name}0"
+
     def step(self) -> Step:
         sched = self.engine.scheduler
         seqs = {s.seq_id: s for r in self.engine.requests.values() for s in r.seqs}
         preemptions = sched.num_preemptions
         self.engine.step()
+        for request_id, request in self.engine.requests.items():  # beams forked in the step
+            for seq in request.seqs:
+                self.names.setdefault(seq.seq_id, f"{request_id}{seq.index}")
         preempted = [self.names[s.seq_id] for s in sched.waiting
                      if s.seq_id in seqs and s.num_output_tokens > 0]
         step = Step(len(self.steps) + 1, [
@@ -90,7 +104,9 @@ class Watched:
             for e, table in self._given],
             self.engine.block_manager.num_free_blocks,
             preempted if sched.num_preemptions > preemptions else [],
-            [self.names[s.seq_id] for s in sched.waiting])
+            [self.names[s.seq_id] for s in sched.waiting], self._copies,
+            {self.names[s.seq_id]: list(s.block_table)
+             for r in self.engine.requests.values() for s in r.seqs})
         self.steps.append(step)
         return step
 
@@ -181,6 +197,40 @@ def preemption_picture(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def beams_picture(w: Watched) -> str:
+    """Per step: the copies made before it (copy on write), what each beam computed in which
+    blocks, and the beams' tables once the beam rule has picked the next beams (each a fork of
+    its parent), with the blocks they share."""
+    lines = []
+    for step in w.steps:
+        copies = ", ".join(f"{src} -> {dst}" for src, dst in step.copies) or "none"
+        lines.append(f"step {step.number}: copied on write first: {copies}")
+        lines += [f"    {s.name} computes positions {s.start}..{s.start + s.count - 1} in "
+                  f"blocks {s.block_table}" for s in step.scheduled]
+        if not step.tables:
+            lines.append("    the search ends: its best beams are the answer, every block freed")
+            continue
+        refs: dict[int, int] = {}
+        for table in step.tables.values():
+            for block_id in table:
+                refs[block_id] = refs.get(block_id, 0) + 1
+        shared = ", ".join(f"{b} ({n} beams)" for b, n in sorted(refs.items()) if n > 1)
+        tables = "  ".join(f"{name} {table}" for name, table in step.tables.items())
+        lines.append(f"    next beams: {tables}")
+        lines.append(f"    shared: {shared or 'none'}")
+    return "\n".join(lines)
+
+
+def beams_scenario(ckpt: Path) -> dict[str, str]:
+    """A beam search of width 3: the beams fork from the prompt's sequence, share its blocks,
+    and copy the partly filled block the first time each writes into it."""
+    w = Watched(ckpt, num_kv_blocks=16)
+    w.add_beam_search("K", "The capital of France is", width=3, max_tokens=4)
+    while w.engine.has_unfinished_requests():
+        w.step()
+    return {"beams": beams_picture(w)}
+
+
 def batching_scenario(ckpt: Path) -> dict[str, str]:
     """A long prompt prefilled in chunks, a short one joining, then a prompt sharing A's prefix."""
     w = Watched(ckpt, num_kv_blocks=24)
@@ -217,7 +267,7 @@ def preemption_scenario(ckpt: Path) -> dict[str, str]:
 def draw_pictures() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_dummy_checkpoint(Path(tmp) / "tour-gpt2", "gpt2", **TINY_MODEL)
-        return {**batching_scenario(ckpt), **preemption_scenario(ckpt)}
+        return {**batching_scenario(ckpt), **preemption_scenario(ckpt), **beams_scenario(ckpt)}
 
 
 def fill(tour: str, pictures: dict[str, str]) -> str:

@@ -10,6 +10,10 @@ and every choice's generated tokens. Legacy logprobs follow vLLM: tokens, token_
 top_logprobs (sampled token first, then the top-N, keyed by decoded text) and text_offset;
 -inf becomes -9999.0 so the JSON stays valid. With echo the prompt text is prepended and,
 with logprobs, the prompt's logprobs too (the first one is None: nothing precedes it).
+
+With vLLM's `use_beam_search`, each prompt is one beam search of width n, whose n beams are
+the choices, best first (their token ids end with the EOS that finished them, as vLLM's do);
+it is never streamed, and what beams cannot honour is refused (CompletionRequest).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -85,6 +90,8 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     if ignored := req.ignored_fields():
         logger.warning("The following fields were present in the request but ignored: %s",
                        quote(ignored, 200))
+    if req.use_beam_search:
+        return prepare_beams(req, ctx, request_id)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params)
                for i, item in enumerate(split_prompts(req.prompt))]
@@ -92,8 +99,22 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     return prompts, params
 
 
+def prepare_beams(req: CompletionRequest, ctx: ServerContext,
+                  request_id: str) -> tuple[list[EngineRequest], SamplingParams]:
+    """A beam search per prompt; the engine refuses one whose beams could never fit the KV pool.
+    Every beam carries its tokens' logprobs: `logprobs: 0` sizes the response as any request's."""
+    beam = req.to_beam_search_params()
+    prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam)
+               for i, item in enumerate(split_prompts(req.prompt))]
+    params = prompts[0].params
+    check_response_size(replace(params, logprobs=req.logprobs), prompts, False, ctx.limits,
+                        ctx.engine.max_model_len)
+    return prompts, params
+
+
 def check_supported(req: CompletionRequest) -> None:
     req.refuse_unsupported_fields()
+    req.refuse_what_beams_cannot_honour()
     if req.max_new_tokens == 0 and not req.echo:
         raise bad_request("max_tokens must be at least 1 (0 is allowed only with echo, to "
                           "return the prompt and its logprobs without generating).", "max_tokens")

@@ -130,3 +130,30 @@ def test_abort_frees_the_whole_group(make_engine):
     engine.step()
     stats = engine.get_stats()
     assert stats.num_free_blocks == stats.num_total_blocks and not engine.scheduler.running
+
+
+def test_the_engine_view_sees_beams_share_and_copy_blocks(make_engine):
+    """The snapshot marks the blocks beams share and their copies; the step record lists each
+    step's copies; the step history counts beams like any sequence (one decode each)."""
+    engine = make_engine(block_size=4)
+    engine.add(engine.processor.process_beam("b", PROMPTS[1], BeamSearchParams(4, 12,
+                                                                             ignore_eos=True)))
+    seen_beams = seen_copied = recorded_copies = 0
+    while engine.has_unfinished_requests():
+        engine.record_next_step = True
+        made = engine.block_manager.num_copies_total
+        engine.step()
+        pool, tables = engine.snapshot().blocks, [s.block_table for s in engine.scheduler.running]
+        for block_id, (beams, refs) in enumerate(zip(pool.beams, pool.ref_count)):
+            holders = sum(block_id in t for t in tables)
+            assert beams == (holders > 1) and refs >= holders
+        seen_beams += sum(pool.beams)
+        seen_copied += sum(pool.copied)
+        copies = engine.last_record.blocks.copied
+        recorded_copies += len(copies)
+        assert len(copies) == engine.block_manager.num_copies_total - made
+    assert seen_beams and seen_copied and recorded_copies
+    steps = engine.snapshot().steps
+    assert [s.num_seqs for s in steps] == [1] + [4] * 11
+    assert [s.num_decode_tokens for s in steps] == [0] + [4] * 11
+    assert engine.generation_tokens_total == 1 + 4 * 11

@@ -127,7 +127,8 @@ def test_to_dict_is_plain_json(make_engine):
     assert set(data) == {"num_steps", "blocks", "running", "waiting", "num_running",
                          "num_waiting", "num_preemptions_total", "max_num_seqs",
                          "max_num_batched_tokens", "steps"}
-    assert set(data["blocks"]) == {"block_size", "owner", "ref_count", "cached"}
+    assert set(data["blocks"]) == {"block_size", "owner", "ref_count", "cached", "beams",
+                                   "copied"}
     assert len(data["blocks"]["owner"]) == 16
     assert data["running"][0]["request_id"] == "a" and data["steps"][0]["num_prefill_tokens"] == 22
 

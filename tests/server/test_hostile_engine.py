@@ -2,7 +2,7 @@
 sequences does not starve a small one (row 4 of the hostile-traffic table), a full queue answers
 429 with Retry-After, and a logit_bias on many ids is served (row 6).
 
-Scheduling is asserted in engine steps, read from /metrics (`nanovllm:engine_steps`), never in
+Scheduling is asserted in engine steps, read from /metrics (`nanovllm:engine_steps_total`), never in
 seconds. The server is small on purpose: 16 sequences per step and a queue of 64, so that one
 streamed request of 4 prompts x n=16 fills both.
 """
@@ -93,11 +93,11 @@ def test_a_small_request_is_served_while_a_big_one_runs(srv, big):
     ahead of it, three waves of BIG_TOKENS steps; fairly, it is admitted in its first step and
     done in max_tokens steps (plus the steps the HTTP round trips take)."""
     assert engine_stat(srv, "nanovllm:num_waiting_seqs") > 0
-    before = engine_stat(srv, "nanovllm:engine_steps")
+    before = engine_stat(srv, "nanovllm:engine_steps_total")
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0)
     small = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
                                       extra_body={"ignore_eos": True})
-    steps = engine_stat(srv, "nanovllm:engine_steps") - before
+    steps = engine_stat(srv, "nanovllm:engine_steps_total") - before
     assert small.choices[0].finish_reason == "length" and small.usage.completion_tokens == 4
     assert not big.done.is_set()
     assert steps < BIG_TOKENS, f"the small request took {steps} engine steps"
@@ -142,3 +142,40 @@ def test_a_logit_bias_on_many_ids_is_served(srv):
     tokens = {t for c in out.choices for t in c.logprobs.tokens}
     tokenizer_piece = httpx.post(f"{srv.url}/detokenize", json={"tokens": [7]}).json()["prompt"]
     assert tokens == {tokenizer_piece}
+
+
+
+BEAM_TOKENS = 200  # per beam: with EOS out of play, each search lasts exactly this many steps
+# The widest beams the limits allow, on 4 prompts: 4 searches of 16 beams, each filling the
+# batch; first come first served, they would run in 4 waves of BEAM_TOKENS steps.
+BEAMS = {"model": MODEL, "prompt": ["Hi"] * 4, "n": 16, "max_tokens": BEAM_TOKENS,
+         "use_beam_search": True, "ignore_eos": True}
+
+
+def test_a_small_request_is_served_while_wide_beam_searches_run(srv):
+    """The beam attack does not starve a small request: it is done in fewer steps than one
+    search takes, and every beam search still finishes whole."""
+    answers: list[httpx.Response] = []
+    start = engine_stat(srv, "nanovllm:engine_steps_total")
+    attacker = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{srv.url}/v1/completions", json=BEAMS, timeout=600)), daemon=True)
+    attacker.start()
+    for _ in range(1200):  # until the first search has forked its beams and the others wait
+        if engine_stat(srv, "nanovllm:engine_steps_total") > start + 2:
+            break
+        threading.Event().wait(0.05)
+    assert engine_stat(srv, "vllm:num_requests_running") == 1
+    assert engine_stat(srv, "nanovllm:num_waiting_seqs") >= 1  # searches wait for the first
+    before = engine_stat(srv, "nanovllm:engine_steps_total")
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0)
+    small = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    steps = engine_stat(srv, "nanovllm:engine_steps_total") - before
+    assert small.usage.completion_tokens == 4
+    assert steps < BEAM_TOKENS, f"the small request took {steps} engine steps"
+    assert not answers, "the beam searches ended before the small request was measured"
+    attacker.join(600)
+    (r,) = answers
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == list(range(4 * 16))
+    assert_idle(srv)

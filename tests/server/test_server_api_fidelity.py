@@ -105,7 +105,6 @@ def test_cached_tokens_are_reported(client):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("use_beam_search", True),
     ("bad_words", ["x"]), ("guided_whitespace_pattern", " *"), ("logits_processors", ["f"]),
 ])
 def test_fields_that_change_the_output_and_are_not_supported_are_400s(http, field, value):

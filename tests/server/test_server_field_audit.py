@@ -65,6 +65,10 @@ COMPLETION_PROBES = {
     "max_tokens": ({"ignore_eos": True}, 2),
     "prompt_logprobs": ({}, 1),
     "return_tokens_as_token_ids": ({"logprobs": 1}, True),
+    "use_beam_search": ({}, True),
+    # Beams over a prompt of EOS end on EOS at once; a negative penalty ranks that one first.
+    "length_penalty": ({"use_beam_search": True, "n": 2,
+                        "prompt": ["EOS_ID", "EOS_ID", "EOS_ID"]}, -2.0),
 }
 CHAT_PROBES = {
     **SAMPLING_PROBES,
@@ -110,7 +114,8 @@ def check_effects(http, path: str, model, probes: dict, base: dict, eos: int = 0
         f"{model.__name__}: fields with neither a probe nor a documented reason: "
         f"{sorted(fields - set(probes) - set(NO_OUTPUT_EFFECT))}")
     for field, (context, value) in probes.items():
-        body = json.loads(json.dumps({**base, **context}).replace('"EOS"', f'"{eos}"'))
+        body = json.loads(json.dumps({**base, **context}).replace('"EOS"', f'"{eos}"')
+                          .replace('"EOS_ID"', str(eos)))
         if field == "stop":  # a piece of what the request writes without it
             choice = answer(http, path, body)["choices"][0]
             text = choice["text"] if "text" in choice else choice["message"]["content"]

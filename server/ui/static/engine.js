@@ -32,9 +32,11 @@ const percent = (part, whole) => `${(100 * part / whole).toFixed(2)}%`;
 // "cmpl-1f2e…9a-0" is long; its tail tells requests apart. `#i` is the sample of n.
 const shortId = (seq) => `…${seq.request_id.slice(-8)} #${seq.index}`;
 
+// Held blocks: "beams" when beams of one search share it (forked), "shared" when sequences
+// share it through the prefix cache, else "used".
 function blockState(snapshot, i) {
-  const { owner, ref_count: refs, cached } = snapshot.blocks;
-  if (owner[i] >= 0) return refs[i] > 1 ? "shared" : "used";
+  const { owner, ref_count: refs, cached, beams } = snapshot.blocks;
+  if (owner[i] >= 0) return beams[i] ? "beams" : refs[i] > 1 ? "shared" : "used";
   return cached[i] ? "cached" : "free";
 }
 
@@ -82,18 +84,22 @@ export function createEngineView({ onUnauthorized }) {
     if (grid.children.length !== n) {
       grid.replaceChildren(...Array.from({ length: n }, () => el("span", "block")));
     }
-    const counts = { free: 0, cached: 0, used: 0, shared: 0 };
+    const counts = { free: 0, cached: 0, used: 0, shared: 0, beams: 0, copied: 0 };
     for (let i = 0; i < n; i++) {
       const state = blockState(snapshot, i);
+      const copied = snapshot.blocks.copied[i];
       counts[state]++;
+      counts.copied += copied;
       const seq = seqs.get(snapshot.blocks.owner[i]);
       const colour = seq ? colourOf(seq.request_id) : "";
       const title = `block ${i}: ${state}` + (seq ? ` · ${shortId(seq)}` : "")
         + (snapshot.blocks.ref_count[i] > 1 ? ` · held by ${snapshot.blocks.ref_count[i]}` : "")
-        + (snapshot.blocks.cached[i] ? " · in the prefix cache" : "");
+        + (snapshot.blocks.cached[i] ? " · in the prefix cache" : "")
+        + (copied ? " · copied on write (a beam wrote into a block it shared)" : "");
       const cell = grid.children[i];
       if (cell.dataset.state !== state || cell.title !== title) {
         cell.dataset.state = state;
+        cell.dataset.copied = String(copied);
         cell.style.background = colour;
         cell.title = title;
       }
@@ -108,8 +114,9 @@ export function createEngineView({ onUnauthorized }) {
     stat("step", String(snapshot.num_steps));
     stat("running", `${snapshot.num_running} / ${snapshot.max_num_seqs}`);
     stat("waiting", String(snapshot.num_waiting));
-    stat("used", `${counts.used + counts.shared} / ${snapshot.blocks.owner.length}`);
+    stat("used", `${counts.used + counts.shared + counts.beams} / ${snapshot.blocks.owner.length}`);
     stat("shared", String(counts.shared));
+    stat("beams", `${counts.beams} · ${counts.copied} copied`);
     stat("cached", String(counts.cached));
     stat("preemptions", String(snapshot.num_preemptions_total));
   }

@@ -82,7 +82,7 @@ function sampledList(sampled) {
 function markBlocks(record) {
   const cells = $("#blocks").children;
   for (const cell of cells) delete cell.dataset.change;
-  for (const change of ["freed", "evicted", "shared", "allocated"]) {
+  for (const change of ["freed", "evicted", "shared", "allocated", "copied"]) {
     for (const id of record?.blocks[change] ?? []) if (cells[id]) cells[id].dataset.change = change;
   }
 }
@@ -107,7 +107,8 @@ export function createStepView({ onUnauthorized }) {
     $("#record-step").textContent = String(record.step);
     $("#record-summary").textContent = `${record.inputs.token_ids.length} tokens computed · `
       + `blocks: ${record.blocks.allocated.length} allocated, ${record.blocks.shared.length} `
-      + `shared (prefix cache), ${record.blocks.freed.length} freed, `
+      + `shared (prefix cache), ${record.blocks.copied.length} copied on write, `
+      + `${record.blocks.freed.length} freed, `
       + `${record.blocks.evicted.length} evicted · ${record.num_preemptions} preempted`;
     $("#record-seqs").replaceChildren(seqTable(record));
     $("#record-inputs").replaceChildren(inputsTable(record.inputs));
