@@ -26,6 +26,10 @@ from numba import njit, types
 from numba.extending import overload
 
 INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
+# The W8A8 kernels' layout of an int8 matrix (`pack_int8`): blocks of BLOCK output columns,
+# each a run of groups of GROUP consecutive k for all its columns (BLOCK_BYTES bytes a group).
+BLOCK, GROUP = 16, 4
+BLOCK_BYTES = BLOCK * GROUP
 
 
 @dataclass(slots=True)
@@ -33,9 +37,11 @@ class Int8Weight:
     q: np.ndarray      # int8 [out, in]
     scale: np.ndarray  # float32 [out]: row c stands for q[c] * scale[c]
     sums: np.ndarray = field(init=False)  # int32 [out]: sum(q[c]), for the W8A8 kernels' offset
+    packed: np.ndarray = field(init=False)  # int8: q laid out for the W8A8 kernels (`pack_int8`)
 
     def __post_init__(self):
         self.sums = self.q.sum(axis=1, dtype=np.int32)
+        self.packed = pack_int8(self.q)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,7 +49,7 @@ class Int8Weight:
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + self.sums.nbytes
+        return self.q.nbytes + self.scale.nbytes + self.sums.nbytes + self.packed.nbytes
 
 
 @dataclass(slots=True)
@@ -69,6 +75,17 @@ def quantize_int8(w: np.ndarray) -> Int8Weight:
     inverse = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)
     q = np.rint(w * inverse[:, None])  # rint: ties to even
     return Int8Weight(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scale)
+
+
+def pack_int8(q: np.ndarray) -> np.ndarray:
+    """q [out, in] as int8 [blocks, groups, BLOCK, GROUP]: packed[b, g, j, i] = q[BLOCK * b + j,
+    GROUP * g + i], zero beyond q's edges. One group of a block is what a vector dot-product
+    instruction multiplies by GROUP bytes of x broadcast to all lanes (`model/int8_dot.py`)."""
+    n, k = q.shape
+    blocks, groups = -(-n // BLOCK), -(-k // GROUP)
+    padded = np.zeros((blocks * BLOCK, groups * GROUP), np.int8)
+    padded[:n, :k] = q
+    return np.ascontiguousarray(padded.reshape(blocks, BLOCK, groups, GROUP).transpose(0, 2, 1, 3))
 
 
 def to_bfloat16(w: np.ndarray) -> BF16Weight:
