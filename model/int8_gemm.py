@@ -55,9 +55,6 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     [M, K], or [M, K'] with zeros up to w.packed's padded K'."""
     if config.DISABLE_JIT:
         kernel = PORTABLE
-    if kernel == PORTABLE:
-        matmul_portable(xq, xs, w.q, w.scale, w.sums, out)
-        return
     padded = w.packed.shape[1] * GROUP
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
@@ -100,33 +97,22 @@ def quantize_row(x, q, scale, t):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_portable(xq, xs, wq, ws, wsums, out):
-    """`int8_matmul` in plain loops: four weight rows per row of x, each x element read once
-    for the four (LLVM vectorizes the sums as it can, e.g. into pmaddwd)."""
-    n, k_dim = wq.shape  # (xq may be wider, padded with zeros)
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 3) // 4 * 4
+def matmul_portable(xq, xs, packed, ws, wsums, out):
+    """`int8_matmul` in plain loops on the packed weights: each x element read once for the 16
+    columns of a block (LLVM vectorizes the loop over them as it can, e.g. into pmaddwd)."""
+    n_blocks, groups = packed.shape[0], packed.shape[1]
+    step = (n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS
     for chunk in prange(NUM_CHUNKS):
-        start, end = min(n, chunk * step), min(n, (chunk + 1) * step)
-        for t in range(xq.shape[0]):
-            c = start
-            while c + 4 <= end:
-                s0 = s1 = s2 = s3 = np.int32(0)
-                for k in range(k_dim):
-                    v = np.int32(xq[t, k])
-                    s0 += v * np.int32(wq[c, k])
-                    s1 += v * np.int32(wq[c + 1, k])
-                    s2 += v * np.int32(wq[c + 2, k])
-                    s3 += v * np.int32(wq[c + 3, k])
-                out[t, c] = np.float32(s0) * xs[t] * ws[c]
-                out[t, c + 1] = np.float32(s1) * xs[t] * ws[c + 1]
-                out[t, c + 2] = np.float32(s2) * xs[t] * ws[c + 2]
-                out[t, c + 3] = np.float32(s3) * xs[t] * ws[c + 3]
-                c += 4
-            for j in range(c, end):
-                s = np.int32(0)
-                for k in range(k_dim):
-                    s += np.int32(xq[t, k]) * np.int32(wq[j, k])
-                out[t, j] = np.float32(s) * xs[t] * ws[j]
+        for b in range(chunk * step, min(n_blocks, (chunk + 1) * step)):
+            for t in range(xq.shape[0]):
+                acc = np.zeros(BLOCK, np.int32)
+                for g in range(groups):
+                    for i in range(GROUP):
+                        v = np.int32(xq[t, g * GROUP + i])
+                        for j in range(BLOCK):
+                            acc[j] += v * np.int32(packed[b, g, j, i])
+                for c in range(b * BLOCK, min(out.shape[1], (b + 1) * BLOCK)):
+                    out[t, c] = np.float32(acc[c - b * BLOCK]) * xs[t] * ws[c]
 
 
 # --------------------------------------------------------------------------- by instruction set
@@ -244,5 +230,5 @@ MATMULS = {"avx512vnni": matmul_avx512vnni, "avxvnni": matmul_avxvnni,
 def compile_int8_kernel(kernel: str) -> None:
     """Compiles (or loads from numba's cache) the activations' quantizer and `kernel`."""
     x = np.zeros((1, 1), np.float32)
-    w = Int8Weight(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
+    w = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     int8_linear(x, w, kernel)

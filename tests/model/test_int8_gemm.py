@@ -77,12 +77,17 @@ def test_packed_weights_hold_every_element_once_in_blocks_of_groups():
     inside = (rows < 37) & (cols < 10)
     np.testing.assert_array_equal(packed[inside], q[rows[inside], cols[inside]])
     assert (packed[~inside] == 0).all()
+    w = Int8Weight.from_rows(q, np.ones(37, np.float32))
+    np.testing.assert_array_equal(w.q, q)
+    np.testing.assert_array_equal(w.take(np.array([36, 0, 17, 17])), q[[36, 0, 17, 17]])
+    np.testing.assert_array_equal(w.sums, q.sum(axis=1))
 
 
 def exact_case(rows: int, k: int, cols: int, seed: int):
     rng = np.random.default_rng(seed)
     xq = rng.integers(-127, 128, (rows, k)).astype(np.int8)
-    w = Int8Weight(rng.integers(-127, 128, (cols, k)).astype(np.int8), np.ones(cols, np.float32))
+    w = Int8Weight.from_rows(rng.integers(-127, 128, (cols, k)).astype(np.int8),
+                             np.ones(cols, np.float32))
     return xq, w
 
 
@@ -106,7 +111,7 @@ def test_largest_products_do_not_saturate(kernel, sign):
     xq[1] *= -1
     wq = np.full((6, k), -127, np.int8)
     wq[2] *= -1
-    w = Int8Weight(wq, np.ones(6, np.float32))
+    w = Int8Weight.from_rows(wq, np.ones(6, np.float32))
     out = np.empty((5, 6), np.float32)
     int8_matmul(xq, np.ones(5, np.float32), w, out, runnable(kernel))
     np.testing.assert_array_equal(out, xq.astype(np.int64) @ w.q.T.astype(np.int64))
@@ -141,8 +146,9 @@ def test_portable_kernel_as_plain_python_is_the_compiled_one():
     xq, w = exact_case(3, 70, 9, seed=6)
     xs = np.array([0.5, 2.0, 0.1], np.float32)
     compiled, plain = np.empty((3, 9), np.float32), np.empty((3, 9), np.float32)
-    matmul_portable(xq, xs, w.q, w.scale, w.sums, compiled)
-    matmul_portable.py_func(xq, xs, w.q, w.scale, w.sums, plain)
+    xq = np.pad(xq, ((0, 0), (0, 2)))  # K padded to the packed groups, as int8_matmul does
+    matmul_portable(xq, xs, w.packed, w.scale, w.sums, compiled)
+    matmul_portable.py_func(xq, xs, w.packed, w.scale, w.sums, plain)
     np.testing.assert_array_equal(plain, compiled)
 
 
