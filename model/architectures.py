@@ -1,7 +1,7 @@
 """Which model a checkpoint is, from config.json's `architectures`, and that model's functions.
 
 One `ModelFamily` per model file (`model/gpt2.py`, `model/llama.py`): its fast forward pass and
-kernels, its plain-numpy reference, its loader and its random-weights builder. The runner and
+kernels, its plain-numpy reference module, its loader and its random-weights builder. The runner and
 the engine call a family's functions and never name an architecture; a checkpoint whose
 architecture is not listed here is refused at load, naming it and the ones we run.
 """
@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from nanovllm.model import gpt2, llama, reference, reference_llama
 from nanovllm.model.checkpoint import dummy, llama_loader, loader
@@ -27,19 +28,20 @@ class ModelFamily:
     config_class: type
     forward: Callable                # (weights, cfg, token_ids, positions, kv_caches, batch, rows)
     compile_kernels: Callable[[], None]
-    reference_forward: Callable      # (weights, cfg, token_ids) -> logits, plain numpy
-    attention_weights: Callable      # (weights, cfg, token_ids) -> [n_layer, n_head, T, T]
+    # The plain-numpy path (model/reference*.py). The same functions in each: forward
+    # (logits), attention_weights ([n_layer, n_head, T, T]), and embed, layers, lm_head and
+    # softmax, which the forward trace (model/trace.py) steps through.
+    reference: ModuleType
     load: Callable                   # (model_dir, dtype, quantization) -> (cfg, weights)
     random_tensors: Callable         # (cfg, seed) -> HF-named tensors of random weights
     build_weights: Callable          # (cfg, tensors, dtype, quantization) -> weights
 
 
-GPT2 = ModelFamily(GPT2Config, gpt2.forward, gpt2.compile_kernels, reference.forward,
-                   reference.attention_weights, loader.load_gpt2, dummy.random_weights,
-                   loader.build_weights)
-LLAMA = ModelFamily(LlamaConfig, llama.forward, llama.compile_kernels, reference_llama.forward,
-                    reference_llama.attention_weights, llama_loader.load_llama,
-                    dummy.random_llama_weights, llama_loader.build_weights)
+GPT2 = ModelFamily(GPT2Config, gpt2.forward, gpt2.compile_kernels, reference, loader.load_gpt2,
+                   dummy.random_weights, loader.build_weights)
+LLAMA = ModelFamily(LlamaConfig, llama.forward, llama.compile_kernels, reference_llama,
+                    llama_loader.load_llama, dummy.random_llama_weights,
+                    llama_loader.build_weights)
 
 ARCHITECTURES: dict[str, ModelFamily] = {"GPT2LMHeadModel": GPT2,
                                          **{name: LLAMA for name in LLAMA_ARCHITECTURES}}

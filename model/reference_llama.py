@@ -19,6 +19,7 @@ the function here it stands for, and this module against transformers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -101,22 +102,33 @@ def embed(weights: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray) -> np.
     return weights.embed[token_ids]
 
 
+def lm_head(weights: LlamaWeights, cfg: LlamaConfig, x: np.ndarray) -> np.ndarray:
+    """The residual stream x [T, E] to logits [T, vocab]: the final RMS norm, then the LM head
+    (the token embedding when the checkpoint ties them)."""
+    return linear(rms_norm(x, weights.norm, cfg.rms_norm_eps), weights.lm_head)
+
+
+def layers(weights: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The forward pass one block at a time: yields, for each layer, the attention
+    probabilities of its query heads [H, T, T] and the residual stream after it [T, E]
+    (query heads of one group read the same keys, with their own queries)."""
+    x = embed(weights, cfg, token_ids)
+    for layer in weights.layers:
+        q, k, _ = qkv_heads(rms_norm(x, layer.input_norm, cfg.rms_norm_eps), layer, cfg,
+                            np.arange(len(x)))
+        x = block(x, layer, cfg)
+        yield attention_probs(q, k, cfg.sliding_window), x
+
+
 def forward(weights: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray) -> np.ndarray:
     """The logits [T, vocab] of the next token after each prefix of token_ids [T]."""
     x = embed(weights, cfg, token_ids)
     for layer in weights.layers:
         x = block(x, layer, cfg)
-    return linear(rms_norm(x, weights.norm, cfg.rms_norm_eps), weights.lm_head)
+    return lm_head(weights, cfg, x)
 
 
 def attention_weights(weights: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray) -> np.ndarray:
-    """The attention probabilities of every layer and query head: [n_layer, n_head, T, T]
-    (query heads of one group read the same keys, with their own queries)."""
-    x = embed(weights, cfg, token_ids)
-    probs = []
-    for layer in weights.layers:
-        q, k, _ = qkv_heads(rms_norm(x, layer.input_norm, cfg.rms_norm_eps), layer, cfg,
-                            np.arange(len(x)))
-        probs.append(attention_probs(q, k, cfg.sliding_window))
-        x = block(x, layer, cfg)
-    return np.stack(probs)
+    """The attention probabilities of every layer and query head: [n_layer, n_head, T, T]."""
+    return np.stack([probs for probs, _ in layers(weights, cfg, token_ids)])

@@ -1,16 +1,18 @@
 """Inside one forward pass: what each layer of the reference path did to a prompt.
 
 For every layer, the trace keeps the size of the residual stream, each head's attention, and
-the "logit lens": the residual stream read out through the model's own final layer norm and LM
+the "logit lens": the residual stream read out through the model's own final norm and LM
 head, as if the model stopped there. Row 0 is the embeddings alone, row l + 1 the stream after
 layer l, so the last row is exactly the model's output and a learner watches the prediction at
-each position form layer by layer. Everything is computed by `reference.py`'s functions and
-returned as plain numpy arrays.
+each position form layer by layer. Everything is computed by the architecture's reference
+module (`reference.py` for GPT-2, `reference_llama.py` for the Llama family: each has `embed`,
+`layers`, `lm_head` and `softmax`) and returned as plain numpy arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +33,7 @@ class ForwardTrace:
 
     token_ids: np.ndarray      # [T] the prompt
     residual_norm: np.ndarray  # [S, T] L2 norm of the residual stream at each stage
-    attention: np.ndarray      # [L, H, T, T] attention probabilities (reference.attention_weights)
+    attention: np.ndarray      # [L, H, T, T] attention probabilities (of every query head)
     lens_token_ids: np.ndarray  # [S, T, k] the lens's top tokens, most likely first
     lens_probs: np.ndarray     # [S, T, k] their probabilities
     final_token_prob: np.ndarray  # [S, T] probability each stage gives the model's final top token
@@ -42,16 +44,17 @@ class ForwardTrace:
 
 
 def trace_forward(weights: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray,
-                  top_k: int = LENS_TOP_K) -> ForwardTrace:
-    """The forward pass of `token_ids` [T], layer by layer (a whole pass without a KV cache, and
-    S x T x vocab logits for the lens: the caller keeps T short)."""
+                  top_k: int = LENS_TOP_K, ref: ModuleType = reference) -> ForwardTrace:
+    """The forward pass of `token_ids` [T], layer by layer, through the reference module `ref`
+    of the weights' architecture (a whole pass without a KV cache, and S x T x vocab logits for
+    the lens: the caller keeps T short)."""
     token_ids = np.asarray(token_ids)
-    streams = [reference.embed(weights, cfg, token_ids)]  # [T, E] each
+    streams = [ref.embed(weights, cfg, token_ids)]  # [T, E] each
     attention = []
-    for probs, x in reference.layers(weights, cfg, token_ids):
+    for probs, x in ref.layers(weights, cfg, token_ids):
         attention.append(probs)
         streams.append(x)
-    lens = [reference.softmax(reference.lm_head(weights, cfg, x)) for x in streams]  # [T, V] each
+    lens = [ref.softmax(ref.lm_head(weights, cfg, x)) for x in streams]  # [T, V] each
     final_top = lens[-1].argmax(axis=-1)                                            # [T]
     top = np.stack([_top_k(p, top_k) for p in lens])                                # [S, T, k]
     positions = np.arange(len(token_ids))

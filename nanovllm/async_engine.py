@@ -108,7 +108,8 @@ class AsyncEngine:
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
-        self.n_layer, self.n_head = engine.model_config.n_layer, engine.model_config.n_head
+        cfg = engine.model_config
+        self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.num_kv_heads
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
         self.degraded: str | None = None  # one engine serves fully or not at all

@@ -59,7 +59,7 @@ class BeamScorer:
     """One request's search: its kept hypotheses and whether it has ended."""
     width: int
     max_tokens: int
-    eos_token_id: int | None             # None: EOS is an ordinary token (ignore_eos)
+    eos_token_ids: tuple[int, ...]       # each ends a beam; () with ignore_eos
     length_penalty: float = 1.0
     hypotheses: list[Hypothesis] = field(default_factory=list)  # at most `width`, best first
     done: bool = False
@@ -75,10 +75,10 @@ class BeamScorer:
              for rank, (t, lp) in enumerate(zip(ids, lps), start=1)),
             key=lambda c: -c.cum_logprob)[:2 * k]
         at_limit = length >= self.max_tokens
-        finished = [at_limit or c.token == self.eos_token_id for c in candidates]
+        finished = [at_limit or c.token in self.eos_token_ids for c in candidates]
         live = [c for c, f in zip(candidates, finished) if not f][:k]
         new = [Hypothesis(c, hypothesis_score(c.cum_logprob, length, self.length_penalty),
-                          "length" if at_limit and c.token != self.eos_token_id else "stop")
+                          "length" if at_limit and c.token not in self.eos_token_ids else "stop")
                for c, f in zip(candidates[:k], finished[:k]) if f]
         kept = sorted(self.hypotheses + new, key=lambda h: -h.score)[:k]
         new = [h for h in new if any(h is kh for kh in kept)]
@@ -112,9 +112,9 @@ class BeamGroup:
     offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # by seq id
 
     @classmethod
-    def start(cls, params: BeamSearchParams, eos_token_id: int) -> BeamGroup:
+    def start(cls, params: BeamSearchParams, eos_token_ids: tuple[int, ...]) -> BeamGroup:
         return cls(params, BeamScorer(params.beam_width, params.max_tokens,
-                                      None if params.ignore_eos else eos_token_id,
+                                      () if params.ignore_eos else eos_token_ids,
                                       params.length_penalty))
 
     def ready(self, beams: list) -> bool:

@@ -181,7 +181,7 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         if request.beam is not None:  # one sequence computes the prompt, then forks into beams
-            state.beam = BeamGroup.start(request.beam, self.tokenizer.eos_token_id)
+            state.beam = BeamGroup.start(request.beam, self.eos_token_ids)
         state.seqs = [self._new_sequence(state, index)
                       for index in range(1 if state.beam else params.n)]
         # Only now, with nothing left that can fail, does the request enter the engine.
@@ -377,10 +377,11 @@ class LLMEngine:
     def _beam_output(self, request: Request) -> RequestOutput:
         """A finished beam search: its hypotheses, best first, as the request's outputs (the
         text leaves out an EOS, as vLLM's does)."""
-        eos, outputs = self.tokenizer.eos_token_id, []
+        outputs = []
         for index, h in enumerate(request.beam.scorer.hypotheses):
             tokens, lps = h.payload
-            text_ids = tokens[:-1] if h.finish_reason == "stop" and tokens[-1] == eos else tokens
+            ended_on_eos = h.finish_reason == "stop" and tokens[-1] in self.eos_token_ids
+            text_ids = tokens[:-1] if ended_on_eos else tokens
             logprobs = [{t: Logprob(lp, rank, self.tokenizer.decode_token(t))}
                         for t, (lp, rank) in zip(tokens, lps)]
             outputs.append(CompletionOutput(index, self.tokenizer.decode(text_ids), list(tokens),
@@ -399,7 +400,7 @@ class LLMEngine:
         reference path. Any thread may call it: it reads only the weights, which never change
         (the caller bounds T: this is a whole forward pass without a KV cache)."""
         # int8/bfloat16 weights are widened for the call (float32 ones pass through as they are).
-        return family_of(self.model_config).attention_weights(
+        return family_of(self.model_config).reference.attention_weights(
             dequantize_weights(self.runner.weights), self.model_config, np.asarray(token_ids))
 
 
@@ -407,7 +408,7 @@ class LLMEngine:
         """One forward pass layer by layer (model/trace.py), by the reference path, on the
         caller's thread like attention_weights."""
         return trace_forward(dequantize_weights(self.runner.weights), self.model_config,
-                             np.asarray(token_ids))
+                             np.asarray(token_ids), ref=family_of(self.model_config).reference)
 
     def get_stats(self) -> EngineStats:
         bm, sched, spec = self.block_manager, self.scheduler, self.spec_stats

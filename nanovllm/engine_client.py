@@ -11,8 +11,10 @@ and for `attention_weights` and `trace_forward`. Two implementations: a thread i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
     from concurrent.futures import Future
@@ -47,6 +49,22 @@ class OutputSink(Protocol):
     def put(self, item: RequestOutput | BaseException) -> None: ...
 
 
+@dataclass(slots=True)
+class QueueSink:
+    """The OutputSink of one engine request: (tag, item) pairs into an asyncio.Queue on `loop`,
+    from whichever thread the engine delivers on."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    tag: int
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
 @runtime_checkable  # isinstance checks that every member is there (tests do)
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
@@ -56,7 +74,8 @@ class EngineClient(Protocol):
     model_path: str           # where the weights came from
     is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
     n_layer: int              # the model's shape, for attention_weights
-    n_head: int
+    n_head: int               # query heads
+    n_kv_head: int            # key/value heads: query head h reads h // (n_head // n_kv_head)
     stats: EngineStats        # a snapshot, never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 

@@ -35,9 +35,11 @@ class _TokenizerAdapter:
         self._encode = tok.encode
 
     def __call__(self, text: str | bytes) -> list[int]:
+        """The tokens of a piece of output text: never a BOS (a Llama tokenizer adds one to a
+        prompt), or the grammar would force it into the output."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
-        return self._encode(text)
+        return self._encode(text, add_special_tokens=False)
 
 
 class GrammarCompiler:

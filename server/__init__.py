@@ -1,6 +1,9 @@
-"""nanovllm's OpenAI-compatible HTTP server (FastAPI + one engine thread).
+"""nanovllm's OpenAI-compatible HTTP server (FastAPI over an EngineClient, see
+nanovllm/engine_client.py: an engine thread, or replicas on Ray Serve).
 
-Layout: protocol (request models), prompts (validation and SamplingParams), request_stream
-(per-request output queue; the engine is an EngineClient, see nanovllm/engine_client.py), completions and streaming
-(response building), routes, app (build_app), metrics, errors, cli (`nanovllm serve`).
+Layout, by role: cli (`nanovllm serve`) and app (build_app); middleware (request id, API key,
+body limit); protocol (request and response models), structured and chat_template (fields
+checked before the engine); endpoints/ (one module per endpoint); serving (what they share:
+submitting engine requests, the output stream, the one SSE driver); errors, metrics; ui/ (the
+web page); ray/ (scale-out).
 """

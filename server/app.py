@@ -12,7 +12,7 @@ from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.endpoints import ROUTERS
-from nanovllm.server.endpoints.info import read_tokenizer_config, tokenizer_info
+from nanovllm.server.endpoints.info import model_type, read_tokenizer_config, tokenizer_info
 from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
@@ -77,7 +77,8 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     if isinstance(template_text, str):
         template = ChatTemplate(template_text, special_tokens(tok_config, eos))
     info = tokenizer_info(tok_config, eos, engine.max_model_len,
-                          template_text if template else None) if enable_tokenizer_info else None
+                          template_text if template else None,
+                          model_type(engine.tokenizer.model_dir)) if enable_tokenizer_info else None
     limits = limits or ServerLimits()
     app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
                                   metrics, limits, chat_template=template, tokenizer_info=info,

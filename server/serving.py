@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import StreamingResponse
 
 from nanovllm import GrammarCompiler, InvalidRequestError, SamplingParams
-from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
+from nanovllm.engine_client import EngineClient, EngineDeadError, QueueSink, RequestAborted
 from nanovllm.server.chat_template import ChatTemplate
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
@@ -124,22 +124,6 @@ def check_response_size(params: SamplingParams, prompts: list[EngineRequest], ec
 
 
 # Submitting, and the stream of outputs.
-
-
-@dataclass(slots=True)
-class QueueSink:
-    """The OutputSink of one engine request: (tag, item) pairs into an asyncio.Queue on `loop`,
-    from whichever thread the engine delivers on."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    tag: int
-
-    def put(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.tag, item))
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
 
 class RequestStream:

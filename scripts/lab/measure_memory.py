@@ -10,6 +10,11 @@ memory is not handed back within a process).
 
     python scripts/lab/measure_memory.py
     python scripts/lab/measure_memory.py --quantization int8
+    python scripts/lab/measure_memory.py --model smollm2-135m --batch 16
+
+Any architecture's preset or checkpoint; the first line also gives the KV cache's bytes per
+token (2 x layers x key/value heads x head size x 4 bytes: grouped-query models hold only their
+key/value heads) next to GPT-2 124M's.
 """
 
 from __future__ import annotations
@@ -37,12 +42,24 @@ def resident_mib() -> float:
 
 
 def stored_bytes(weights) -> int:
-    """Bytes of every weight array the model holds (int8 values and their scales, bf16 bits)."""
-    from dataclasses import fields
+    """Bytes of every weight array any model holds (int8 values, scales and row sums, bf16
+    bits), each counted once: a tied LM head is the embedding itself."""
+    from dataclasses import fields, is_dataclass
 
-    values = [weights.wte, weights.wpe, weights.ln_f_g, weights.ln_f_b]
-    values += [getattr(b, f.name) for b in weights.blocks for f in fields(b)]
-    return sum(v.nbytes for v in values)
+    seen: dict[int, int] = {}
+
+    def walk(value) -> None:
+        if isinstance(value, np.ndarray):
+            seen[id(value)] = value.nbytes
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif is_dataclass(value):
+            for f in fields(value):
+                walk(getattr(value, f.name))
+
+    walk(weights)
+    return sum(seen.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from nanovllm import LLM, SamplingParams
+    from nanovllm.model import PRESETS
+    from nanovllm.runner.kv_cache import kv_bytes_per_block
 
     llm = LLM(args.model, load_format="dummy", dtype=args.dtype, quantization=args.quantization)
     cfg = llm.engine.model_config
-    weights_mib = cfg.num_params * 4 / 2**20  # fp32; the LM head is the embedding itself
+    weights_mib = cfg.num_params * 4 / 2**20  # fp32; a tied LM head is the embedding itself
     pool_mib = llm.engine.runner.kv_cache.nbytes / 2**20
     print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
+    per_token = kv_bytes_per_block(cfg, 1, llm.engine.config.kv_cache_dtype)
+    print(f"KV cache {per_token:,} bytes per token ({cfg.n_layer} layers x {cfg.num_kv_heads} "
+          f"key/value heads x {cfg.head_dim}); GPT-2 124M's: "
+          f"{kv_bytes_per_block(PRESETS['gpt2'], 1, llm.engine.config.kv_cache_dtype):,}")
     stored = stored_bytes(llm.engine.runner.weights) / 2**20
     print(f"weights as stored ({precision_name(args.dtype, args.quantization)}): {stored:.2f} MiB")
     print(f"started: RSS {resident_mib():.0f} MiB")

@@ -1,6 +1,7 @@
-"""How far int8 and bfloat16 weights move GPT-2's next-token distributions from float32's.
+"""How far int8 and bfloat16 weights move a model's next-token distributions from float32's.
 
     python -m nanovllm.scripts.lab.precision_accuracy --model gpt2 --sequences 4 --length 256
+    python -m nanovllm.scripts.lab.precision_accuracy --model smollm2-135m --sequences 2
     python -m nanovllm.scripts.lab.precision_accuracy --model ../shared/models/code-6l --text FILE
 
 Both models read the same token sequences (random ids, or with --text consecutive windows of a
@@ -12,8 +13,9 @@ at most 2**-9 relative). int8 is W8A8: each linear layer's input is rounded per 
 rho_x is the largest relative RMS error that rounding gives the inputs of the float32 model's
 linear layers (measured on the same sequences through `model/reference.py`); rho is
 sqrt(rho_w**2 + rho_x**2) then, and rho_w for bfloat16. A matmul's output moves by about rho of
-its size; the n = 4 * n_layer + 2 converted matrices on the way to a logit (four per block, the
-embedding, the LM head) round independently, so their changes add in quadrature:
+its size; the n converted matrices on the way to a logit round independently, so their changes
+add in quadrature. n = 4 * n_layer + 2 for GPT-2 (four per block, the embedding, the LM head)
+and 5 * n_layer + 2 for the Llama family (its MLP multiplies two projections, gate and up):
     sigma = sqrt(n) * rho * RMS(centred float32 logits)     (the predicted RMS logit change)
 Per precision it prints, next to sigma:
 - the measured RMS change of the centred logits (log-softmax: a shift changes nothing);
@@ -22,13 +24,15 @@ Per precision it prints, next to sigma:
 - max |delta logprob| of float32's greedy token (at most twice the largest logit change), and
   the mean KL(float32 || other) (about half the p-weighted variance of the change, ~sigma**2 / 2).
 
-A random checkpoint with GPT-2's initialisation (std 0.02) is used when `--model` is a preset.
+A random checkpoint with transformers' initialisation (std 0.02) is used when `--model` is a
+preset (GPT-2's or the Llama family's).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from nanovllm.model.threads import configure_thread_pools
@@ -85,58 +89,105 @@ def compare(ref: np.ndarray, other: np.ndarray, rho_w: float, rho_x: float,
         mean_kl=float((np.exp(ref_lp) * (ref_lp - other_lp)).sum(-1).mean()))
 
 
+def converted_pairs(plain, converted) -> list[tuple[np.ndarray, object]]:
+    """(float32 matrix, its int8 or bfloat16 form) for every matrix either model converts,
+    found by walking the two weight dataclasses side by side."""
+    from dataclasses import fields, is_dataclass
+
+    from nanovllm.model.quant import BF16Weight, Int8Weight
+
+    if isinstance(converted, Int8Weight | BF16Weight):
+        return [(plain, converted)]
+    if isinstance(plain, list):
+        return [p for a, b in zip(plain, converted) for p in converted_pairs(a, b)]
+    if is_dataclass(plain):
+        return [p for f in fields(plain)
+                for p in converted_pairs(getattr(plain, f.name), getattr(converted, f.name))]
+    return []
+
+
 def weight_error(plain, converted) -> float:
     """rho: the largest ||W - W'|| / ||W|| over the weight matrices and the embedding."""
     from nanovllm.model.quant import dequantize
 
-    pairs = [(plain.wte, converted.wte)]
-    for a, b in zip(plain.blocks, converted.blocks):
-        pairs += [(a.attn_w, b.attn_w), (a.attn_proj_w, b.attn_proj_w), (a.fc_w, b.fc_w),
-                  (a.fc_proj_w, b.fc_proj_w)]
-    return max(float(np.linalg.norm(w - dequantize(c)) / np.linalg.norm(w)) for w, c in pairs)
+    return max(float(np.linalg.norm(w - dequantize(c)) / np.linalg.norm(w))
+               for w, c in converted_pairs(plain, converted))
+
+
+def gpt2_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
+    """The inputs of GPT-2's linear layers (and its LM head) on one sequence, float32 model."""
+    from nanovllm.model import reference as ref
+
+    eps = cfg.layer_norm_epsilon
+    x = ref.embed(plain, cfg, seq)
+    for blk in plain.blocks:
+        a = ref.layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps)
+        heads = ref.attention(*ref.qkv_heads(a, blk, cfg.n_head)).reshape(x.shape)
+        x = x + ref.linear(heads, blk.attn_proj_w, blk.attn_proj_b)
+        m = ref.layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps)
+        h = ref.gelu(ref.linear(m, blk.fc_w, blk.fc_b))
+        x = x + ref.linear(h, blk.fc_proj_w, blk.fc_proj_b)
+        yield from (a, heads, m, h)
+    yield ref.layer_norm(x, plain.ln_f_g, plain.ln_f_b, eps)
+
+
+def llama_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
+    """The same for the Llama family (model/reference_llama.py's block, step by step)."""
+    from nanovllm.model import reference_llama as ref
+
+    eps, positions = cfg.rms_norm_eps, np.arange(len(seq))
+    x = ref.embed(plain, cfg, seq)
+    for layer in plain.layers:
+        a = ref.rms_norm(x, layer.input_norm, eps)
+        heads = ref.attention(*ref.qkv_heads(a, layer, cfg, positions),
+                              window=cfg.sliding_window).reshape(len(x), -1)
+        x = x + ref.linear(heads, layer.o_w, layer.o_b)
+        m = ref.rms_norm(x, layer.post_norm, eps)
+        gate_w, up_w = np.split(layer.gate_up_w, 2)
+        h = ref.silu(ref.linear(m, gate_w)) * ref.linear(m, up_w)
+        x = x + ref.linear(h, layer.down_w)
+        yield from (a, heads, m, h)
+    yield ref.rms_norm(x, plain.norm, eps)
 
 
 def activation_error(plain, cfg, sequences: np.ndarray) -> float:
     """rho_x: the largest ||x - x'|| / ||x|| over the inputs x of the float32 model's linear
     layers (and its LM head), x' rounded to int8 per row as the W8A8 kernels do."""
-    from nanovllm.model import reference as ref
+    from nanovllm.model.config import GPT2Config
     from nanovllm.model.quant import dequantize, quantize_int8
 
-    worst, eps = 0.0, cfg.layer_norm_epsilon
-
-    def note(x: np.ndarray) -> None:
-        nonlocal worst
-        x = np.ascontiguousarray(x, np.float32)
-        norm = np.linalg.norm(x)
-        if norm > 0:
-            worst = max(worst, float(np.linalg.norm(x - dequantize(quantize_int8(x))) / norm))
-
+    inputs = gpt2_linear_inputs if isinstance(cfg, GPT2Config) else llama_linear_inputs
+    worst = 0.0
     for seq in sequences:
-        x = ref.embed(plain, cfg, seq)
-        for blk in plain.blocks:
-            a = ref.layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps)
-            heads = ref.attention(*ref.qkv_heads(a, blk, cfg.n_head)).reshape(x.shape)
-            x = x + ref.linear(heads, blk.attn_proj_w, blk.attn_proj_b)
-            m = ref.layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps)
-            h = ref.gelu(ref.linear(m, blk.fc_w, blk.fc_b))
-            x = x + ref.linear(h, blk.fc_proj_w, blk.fc_proj_b)
-            for inputs in (a, heads, m, h):
-                note(inputs)
-        note(ref.layer_norm(x, plain.ln_f_g, plain.ln_f_b, eps))
+        for x in inputs(plain, cfg, seq):
+            x = np.ascontiguousarray(x, np.float32)
+            norm = np.linalg.norm(x)
+            if norm > 0:
+                worst = max(worst, float(np.linalg.norm(x - dequantize(quantize_int8(x))) / norm))
     return worst
 
 
 def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
     """Logits at every position of each sequence [n, T] (the engine's plain forward pass)."""
-    from nanovllm.model.gpt2 import forward
+    from nanovllm.model.architectures import family_of
 
+    forward = family_of(cfg).forward
     return np.concatenate([forward(weights, cfg, seq, np.arange(len(seq))) for seq in sequences])
 
 
-def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
-    """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)."""
-    from nanovllm.model.checkpoint.loader import build_weights
+def converted_on_the_path(cfg) -> int:
+    """How many converted matrices a logit's value goes through (see the module's doc)."""
+    from nanovllm.model.config import GPT2Config
 
+    return (4 if isinstance(cfg, GPT2Config) else 5) * cfg.n_layer + 2
+
+
+def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
+    """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)
+    of any architecture."""
+    from nanovllm.model.architectures import family_of
+
+    build_weights = family_of(cfg).build_weights
     plain = build_weights(cfg, dict(tensors))
     ref = teacher_forced_logits(plain, cfg, sequences)
     results = {}
@@ -145,7 +196,7 @@ def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
         logits = teacher_forced_logits(converted, cfg, sequences)
         rho_x = activation_error(plain, cfg, sequences) if options.get("quantization") else 0.0
         results[name] = compare(ref, logits, weight_error(plain, converted), rho_x,
-                                4 * cfg.n_layer + 2)
+                                converted_on_the_path(cfg))
     return results
 
 
@@ -164,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint dir")
+    p.add_argument("--model", default="gpt2",
+                   help="preset of any architecture (random weights) or GPT-2 checkpoint dir")
     p.add_argument("--sequences", type=int, default=4)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -176,14 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from nanovllm.model import PRESETS
-    from nanovllm.model.checkpoint.dummy import random_weights
+    from nanovllm.model.architectures import family_of
     from nanovllm.model.checkpoint.loader import read_tensors
     from nanovllm.model.config import GPT2Config
+    from nanovllm.model.llama_config import LLAMA_PRESETS
 
-    if args.model in PRESETS:
-        cfg = PRESETS[args.model]
-        tensors = random_weights(cfg, args.seed)
-    else:
+    presets = {**PRESETS, **LLAMA_PRESETS}
+    if args.model in presets:
+        cfg = presets[args.model]
+        tensors = family_of(cfg).random_tensors(cfg, args.seed)
+    else:  # a GPT-2 checkpoint directory
         cfg = GPT2Config.from_json(Path(args.model) / "config.json")
         tensors = read_tensors(Path(args.model))[0]
         tensors.pop("lm_head.weight", None)

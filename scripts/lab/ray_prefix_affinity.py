@@ -20,7 +20,7 @@ import random
 import tempfile
 
 from nanovllm import EngineConfig, SamplingParams
-from nanovllm.server.serving import QueueSink
+from nanovllm.engine_client import QueueSink
 
 
 def workload(args) -> list[list[int]]:

@@ -109,7 +109,7 @@ class RayEngineClient:
         self.is_dummy = info.is_dummy
         self.max_model_len: int = info.max_model_len
         self.vocab_size: int = info.vocab_size
-        self.n_layer, self.n_head = info.n_layer, info.n_head
+        self.n_layer, self.n_head, self.n_kv_head = info.n_layer, info.n_head, info.n_kv_head
         self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
                                         info.block_size, info.num_kv_blocks,
                                         info.max_waiting_seqs)

@@ -25,10 +25,11 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine import EngineStats
-from nanovllm.server.serving import QueueSink
+from nanovllm.engine_client import QueueSink
 from nanovllm.values.request import EngineRequest
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+# tokenizer_config.json: the chat template, special tokens and BOS rule the ingress renders with.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class ReplicaInfo:
     vocab_size: int
     n_layer: int
     n_head: int
+    n_kv_head: int
     block_size: int
     num_kv_blocks: int
     max_waiting_seqs: int
@@ -67,6 +69,7 @@ class EngineReplica:
                            str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size,
                            engine.model_config.n_layer, engine.model_config.n_head,
+                           engine.model_config.num_kv_heads,
                            engine.config.block_size,
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)

@@ -8,7 +8,8 @@ asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and 
 Each view of the page reads one JSON endpoint here; a new view is one more route on `router`:
 /ui/api/info (the header and the playground's limits), /ui/api/engine (the engine view, polled
 a few times a second: a snapshot the engine thread takes between two steps) and
-/ui/api/attention (one head's attention over a short prompt) and /ui/api/trace (a short
+/ui/api/attention (one query head's attention over a short prompt, and which key/value head
+it reads: grouped-query models share one among several query heads) and /ui/api/trace (a short
 prompt's forward pass layer by layer), each computed in a worker thread, one prompt at a time.
 """
 
@@ -65,6 +66,7 @@ async def info(ctx: Ctx) -> dict:
             "max_model_len": ctx.engine.max_model_len,
             "vocab_size": ctx.engine.vocab_size, "max_logprobs": MAX_LOGPROBS,
             "max_n": MAX_N, "n_layer": ctx.engine.n_layer, "n_head": ctx.engine.n_head,
+            "n_kv_head": ctx.engine.n_kv_head,
             "max_attention_tokens": _max_attention_tokens(ctx.engine),
             "step_mode": ctx.engine.step_mode_enabled,
             "version": __version__}
@@ -139,10 +141,16 @@ def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionReq
     token_ids = _prompt_ids(client, body.prompt, "attention")
     probs = _one_at_a_time(busy, lambda: client.attention_weights(token_ids)[body.layer, body.head])
     return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
-            "layer": body.layer, "head": body.head,
-            "n_layer": client.n_layer, "n_head": client.n_head,
+            "layer": body.layer, "head": body.head, "kv_head": kv_head_of(client, body.head),
+            "n_layer": client.n_layer, "n_head": client.n_head, "n_kv_head": client.n_kv_head,
             # Row i is token i's attention over tokens 0..i (causal: the rest is 0).
             "weights": _causal_rows(probs)}
+
+
+def kv_head_of(client: EngineClient, head: int) -> int:
+    """The key/value head query head `head` reads: consecutive query heads share one (GPT-2:
+    each its own)."""
+    return head // (client.n_head // client.n_kv_head)
 
 
 def _tokens(client: EngineClient, token_ids) -> list[str]:
@@ -174,7 +182,7 @@ def forward_trace(client: EngineClient, busy: threading.Lock, body: TraceRequest
     trace = _one_at_a_time(busy, lambda: client.trace_forward(token_ids))
     lens_ids = trace.lens_token_ids.tolist()
     return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
-            "n_layer": client.n_layer, "n_head": client.n_head,
+            "n_layer": client.n_layer, "n_head": client.n_head, "n_kv_head": client.n_kv_head,
             "residual_norm": np.round(trace.residual_norm.astype(np.float64), 4).tolist(),
             "lens_token_ids": lens_ids,
             "lens_tokens": [[_tokens(client, ids) for ids in stage] for stage in lens_ids],

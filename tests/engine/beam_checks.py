@@ -19,21 +19,24 @@ class RefBeam:
 
 
 def hf_beams(hf, prompt: list[int], width: int, max_tokens: int, length_penalty: float = 1.0,
-             eos_token_id: int | None = None) -> list[RefBeam]:
+             eos_token_id: int | list[int] | None = None) -> list[RefBeam]:
     """`generate(num_beams=width, num_return_sequences=width, do_sample=False)`, best first.
-    `eos_token_id` overrides the checkpoint's (to put a frequent token in EOS's place)."""
+    `eos_token_id` overrides the checkpoint's (to put a frequent token in EOS's place); a list
+    (as a Llama generation_config.json gives) ends a beam on any of its ids."""
     eos = hf.config.eos_token_id if eos_token_id is None else eos_token_id
+    eos_ids = eos if isinstance(eos, list) else [eos]
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]),
                           attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                           num_beams=width, num_return_sequences=width, do_sample=False,
                           max_new_tokens=max_tokens, length_penalty=length_penalty,
-                          eos_token_id=eos, pad_token_id=eos, early_stopping=False,
+                          eos_token_id=eos, pad_token_id=eos_ids[0], early_stopping=False,
                           output_scores=True, return_dict_in_generate=True)
     if width == 1:  # transformers decodes greedily: score its one sequence from its logits
         tokens = out.sequences[0, len(prompt):].tolist()
-        if eos in tokens:
-            tokens = tokens[:tokens.index(eos) + 1]
+        ends = [i for i, t in enumerate(tokens) if t in eos_ids]
+        if ends:
+            tokens = tokens[:ends[0] + 1]
         cum = sum(float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(out.scores, tokens))
         return [RefBeam(tokens, cum, cum / len(tokens) ** length_penalty)]
     beams = []
@@ -48,7 +51,8 @@ def scorer_beams(hf, prompt: list[int], width: int, max_tokens: int, length_pena
                  eos_token_id: int | None = None) -> list[RefBeam]:
     """Our BeamScorer, fed transformers' logprobs by a full forward pass per beam per step."""
     eos = hf.config.eos_token_id if eos_token_id is None else eos_token_id
-    scorer = BeamScorer(width, max_tokens, eos, length_penalty)
+    scorer = BeamScorer(width, max_tokens, tuple(eos) if isinstance(eos, list) else (eos,),
+                        length_penalty)
     beams: list[tuple[list[int], float]] = [([], 0.0)]  # (generated tokens, cum logprob)
     finished: dict[int, list[int]] = {}
     while not scorer.done:

@@ -46,7 +46,7 @@ def frequent_tokens(hf, prompt: list[int], count: int) -> list[int]:
 def test_scorer_rules_by_hand():
     """Width 2, EOS = 0: the best candidate ends (a hypothesis), the live beams are the next
     two; the search stops once 2 hypotheses beat the best live beam at its length."""
-    scorer = BeamScorer(width=2, max_tokens=10, eos_token_id=0, length_penalty=1.0)
+    scorer = BeamScorer(width=2, max_tokens=10, eos_token_ids=(0,), length_penalty=1.0)
     step = scorer.step([0.0], [([0, 1, 2, 3], [-0.1, -0.5, -1.0, -3.0])], 0)
     assert [(c.parent, c.token) for c in step.live] == [(0, 1), (0, 2)]
     assert [(h.candidate.token, h.score) for h in step.new_hypotheses] == [(0, -0.1)]
@@ -62,7 +62,7 @@ def test_scorer_rules_by_hand():
 
 
 def test_scorer_length_limit_finishes_the_best_k():
-    scorer = BeamScorer(width=2, max_tokens=1, eos_token_id=None)
+    scorer = BeamScorer(width=2, max_tokens=1, eos_token_ids=())
     step = scorer.step([0.0], [([5, 6, 7, 8], [-0.1, -0.2, -0.3, -0.4])], 0)
     assert step.live == [] and scorer.done
     assert [(h.candidate.token, h.finish_reason) for h in scorer.hypotheses] == [(5, "length"),

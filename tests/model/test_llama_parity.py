@@ -25,7 +25,7 @@ def max_diff(model_dir, hf, n: int, path: str, dtype: str = "auto") -> float:
     if path == "engine":
         ours = family.forward(weights, cfg, ids, np.arange(n))
     else:
-        ours = family.reference_forward(weights, cfg, ids)
+        ours = family.reference.forward(weights, cfg, ids)
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)[None]).logits[0].numpy()
     assert ours.shape == theirs.shape == (n, cfg.vocab_size) and ours.dtype == np.float32

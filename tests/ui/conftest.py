@@ -58,3 +58,11 @@ def page(browser):
 def shots(tmp_path_factory) -> Path:
     """Where the tests leave their screenshots (a temporary directory, never committed)."""
     return tmp_path_factory.mktemp("ui-screenshots")
+
+
+@pytest.fixture(scope="session")
+def llama_server(llama_ckpt) -> Iterator[ServeProcess]:
+    """A grouped-query Llama (4 query heads reading 2 key/value heads)."""
+    server = start_server(llama_ckpt("llama-gqa"))
+    yield server
+    server.stop()

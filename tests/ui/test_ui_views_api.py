@@ -4,6 +4,7 @@ test_ui_views_browser.py.)"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -13,7 +14,8 @@ import pytest
 from ui_helpers import API_KEY
 
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
-from nanovllm.model import load_gpt2, reference
+from nanovllm.model import load_gpt2, reference, reference_llama
+from nanovllm.model.architectures import load_checkpoint
 from nanovllm.model.trace import trace_forward
 from nanovllm.server.errors import APIError
 from nanovllm.server.ui.routes import (
@@ -108,12 +110,44 @@ def test_attention_is_the_reference_paths(open_server, tiny_ckpt):
     ids = httpx.post(f"{open_server.url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
     assert data["token_ids"] == ids and len(data["tokens"]) == len(ids)
     assert (data["layer"], data["head"], data["n_layer"], data["n_head"]) == (1, 2, 2, 4)
+    assert (data["kv_head"], data["n_kv_head"]) == (2, 4)  # GPT-2: every head its own
     assert [len(row) for row in data["weights"]] == list(range(1, len(ids) + 1))  # causal rows
     cfg, weights = load_gpt2(tiny_ckpt)
     expected = reference.attention_weights(weights, cfg, np.asarray(ids))[1, 2]
     for i, row in enumerate(data["weights"]):
         np.testing.assert_allclose(row, expected[i, :i + 1], atol=6e-5)
         assert sum(row) == pytest.approx(1, abs=1e-3)
+
+
+def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
+    """A grouped-query Llama: each query head's map is the Llama reference's, the answer names
+    the key/value head it reads, and heads sharing one still differ (their own queries)."""
+    url = llama_server.url
+    info = httpx.get(f"{url}/ui/api/info").json()
+    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 2)
+    cfg, weights = load_checkpoint(llama_ckpt("llama-gqa"))
+    maps = []
+    for head in range(4):
+        got = attention(url, prompt=PROMPT, layer=1, head=head)
+        assert got.status_code == 200, got.text
+        data = got.json()
+        assert (data["head"], data["kv_head"], data["n_kv_head"]) == (head, head // 2, 2)
+        maps.append(data["weights"])
+    ids = data["token_ids"]
+    assert ids == httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
+    config = json.loads((llama_ckpt("llama-gqa") / "config.json").read_text())
+    assert ids[0] == config["bos_token_id"]  # the tokenizer's own BOS, attended to like a token
+    expected = reference_llama.attention_weights(weights, cfg, np.asarray(ids))[1]
+    for head, rows in enumerate(maps):
+        for i, row in enumerate(rows):
+            np.testing.assert_allclose(row, expected[head, i, :i + 1], atol=6e-5)
+    assert maps[2] != maps[3], "query heads of one group have their own queries"
+
+    trace_data = trace(url, prompt=PROMPT).json()
+    assert (trace_data["n_head"], trace_data["n_kv_head"]) == (4, 2)
+    assert trace_data["attention"][1] == maps
+    final = reference_llama.forward(weights, cfg, np.asarray(ids)).argmax(-1)
+    assert [top[0] for top in trace_data["lens_token_ids"][-1]] == final.tolist()
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -192,7 +226,7 @@ def test_the_forward_trace_refuses_what_it_cannot_draw(open_server, body, param,
 
 def test_info_gives_the_views_their_limits(open_server):
     info = httpx.get(f"{open_server.url}/ui/api/info").json()
-    assert (info["n_layer"], info["n_head"]) == (2, 4)
+    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 4)
     assert info["max_attention_tokens"] == MAX_ATTENTION_TOKENS
 
 

@@ -1,5 +1,6 @@
 """The engine view and the attention view in a real browser (Debian's chromium through
-playwright) against a real `nanovllm serve` on the tiny checkpoint."""
+playwright) against a real `nanovllm serve` on the tiny checkpoint (and a tiny grouped-query
+Llama for the grouped heads)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,44 @@ def test_the_attention_heatmap_draws_each_layer_and_head(page, open_server, shot
     expect(page.locator("#heatmap")).to_have_attribute("data-layer", "1")
     last = attention_api(url, prompt=prompt, layer=1, head=3)
     assert cell_weights(page) == [w for row in last["weights"] for w in row]
+
+
+def test_grouped_query_heads_are_shown_under_their_key_value_head(page, llama_server, shots):
+    """A Llama with 4 query heads reading 2 key/value heads: the head menu lists the query
+    heads under the key/value head they share, the status names it, and the forward-pass view
+    boxes each layer's heads by group."""
+    url = llama_server.url
+    prompt = "The cat sat on the mat because it was tired"
+    open_view(page, url, "attention")
+    groups = page.locator("#attn-head optgroup")
+    expect(groups).to_have_count(2)
+    assert groups.evaluate_all("gs => gs.map(g => g.label)") == [
+        "KV head 0 (query heads 0–1)", "KV head 1 (query heads 2–3)"]
+    assert groups.nth(1).locator("option").evaluate_all("os => os.map(o => o.value)") == ["2", "3"]
+    page.fill("#attn-prompt", prompt)
+    page.select_option("#attn-layer", "1")
+    page.click("#attn-show")
+    expect(page.locator("#heatmap svg")).to_have_count(1)
+    page.select_option("#attn-head", "3")
+    expect(page.locator("#heatmap")).to_have_attribute("data-head", "3")
+    expect(page.locator("#heatmap")).to_have_attribute("data-kv-head", "1")
+    expect(page.locator("#attn-status")).to_contain_text(
+        "head 3 of 4 · reads key/value head 1 of 2, shared by query heads 2, 3")
+    expected = attention_api(url, prompt=prompt, layer=1, head=3)
+    assert cell_weights(page) == [w for row in expected["weights"] for w in row]
+    page.screenshot(path=shots / "attention-grouped.png")
+
+    open_view(page, url, "trace")
+    page.fill("#trace-prompt", prompt)
+    page.click("#trace-show")
+    boxes = page.locator("#trace-heads .kv-group")
+    expect(boxes).to_have_count(2)
+    expect(boxes.locator("h3")).to_have_text(["KV head 0 (query heads 0–1)",
+                                              "KV head 1 (query heads 2–3)"])
+    for g in range(2):
+        assert boxes.nth(g).locator("figure").evaluate_all(
+            "fs => fs.map(f => f.dataset.head)") == [str(2 * g), str(2 * g + 1)]
+    page.screenshot(path=shots / "trace-grouped.png", full_page=True)
 
 
 def test_a_prompt_too_long_for_the_heatmap_is_refused_clearly(page, open_server):

@@ -1,7 +1,8 @@
 // The attention view: for a short prompt, how much each token attends to each earlier token
 // in one layer and head, as a T x T heatmap (SVG, one <rect> per cell). POST
 // /ui/api/attention computes it with the model's reference path; choosing another layer or
-// head asks again.
+// head asks again. In a grouped-query model (Llama's num_key_value_heads < its query heads)
+// several query heads read one key/value head: the head menu lists them under it.
 
 import { $, api, HTTPError } from "./api.js";
 
@@ -57,12 +58,48 @@ export function heatmap(map, { width = 640, labels = true } = {}) {
   return root;
 }
 
+// The query heads that share each key/value head, in order: [[0, 1, 2], [3, 4, 5], ...] for
+// 6 query heads reading 2; one head per group where every head has its own (GPT-2).
+export function headGroups(nHead, nKvHead) {
+  const size = nHead / nKvHead;
+  return Array.from({ length: nKvHead }, (_, g) => Array.from({ length: size }, (_, i) => g * size + i));
+}
+
+export const isGrouped = (info) => info.n_kv_head < info.n_head;
+
+// "KV head 1 (query heads 3–5)": what a group of query heads shares.
+export function groupName(group, kvHead) {
+  return `KV head ${kvHead} (query heads ${group[0]}–${group.at(-1)})`;
+}
+
 export function createAttentionView({ onUnauthorized }) {
   const form = $("#attn-form");
   let asked = 0; // only the latest answer is drawn
 
+  const option = (i) => new Option(String(i), String(i));
+
   function fillSelect(select, count) {
-    select.replaceChildren(...Array.from({ length: count }, (_, i) => new Option(String(i), String(i))));
+    select.replaceChildren(...Array.from({ length: count }, (_, i) => option(i)));
+  }
+
+  // Query heads under the key/value head they read, when they share one.
+  function fillHeads(select, info) {
+    if (!isGrouped(info)) return fillSelect(select, info.n_head);
+    select.replaceChildren(...headGroups(info.n_head, info.n_kv_head).map((group, g) => {
+      const optgroup = document.createElement("optgroup");
+      optgroup.label = groupName(group, g);
+      optgroup.append(...group.map(option));
+      return optgroup;
+    }));
+  }
+
+  function describe(map) {
+    const text = `${map.tokens.length} tokens · layer ${map.layer} of ${map.n_layer}, `
+      + `head ${map.head} of ${map.n_head}`;
+    if (map.n_kv_head === map.n_head) return text;
+    const group = headGroups(map.n_head, map.n_kv_head)[map.kv_head];
+    return `${text} · reads key/value head ${map.kv_head} of ${map.n_kv_head}, `
+      + `shared by query heads ${group.join(", ")}`;
   }
 
   async function show() {
@@ -79,8 +116,8 @@ export function createAttentionView({ onUnauthorized }) {
       $("#heatmap").replaceChildren(heatmap(map));
       $("#heatmap").dataset.layer = map.layer;
       $("#heatmap").dataset.head = map.head;
-      status.textContent = `${map.tokens.length} tokens · layer ${map.layer} of ${map.n_layer}, `
-        + `head ${map.head} of ${map.n_head}`;
+      $("#heatmap").dataset.kvHead = map.kv_head;
+      status.textContent = describe(map);
     } catch (err) {
       if (me !== asked) return;
       if (err instanceof HTTPError && err.status === 401) return onUnauthorized(err.message);
@@ -101,7 +138,7 @@ export function createAttentionView({ onUnauthorized }) {
   return {
     setup(info) {
       fillSelect(form.layer, info.n_layer);
-      fillSelect(form.head, info.n_head);
+      fillHeads(form.head, info);
       $("#attn-max").textContent = String(info.max_attention_tokens);
     },
   };

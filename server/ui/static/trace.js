@@ -9,7 +9,7 @@
 // (L2 norm) of the residual stream. Below, every head's attention in the chosen layer.
 
 import { $, api, HTTPError } from "./api.js";
-import { heatmap, label } from "./attention.js";
+import { groupName, headGroups, heatmap, isGrouped, label } from "./attention.js";
 
 function el(tag, className, text = null) {
   const node = document.createElement(tag);
@@ -55,12 +55,24 @@ function lensTable(trace) {
   return table;
 }
 
+function headMap(trace, layer, h) {
+  const figure = el("figure", "head");
+  figure.dataset.head = h;
+  figure.append(heatmap({ tokens: trace.tokens, weights: trace.attention[layer][h], layer, head: h },
+    { width: 180, labels: false }), el("figcaption", "", `head ${h}`));
+  return figure;
+}
+
+// Every query head of a layer; in a grouped-query model, boxed by the key/value head they share.
 function headMaps(trace, layer) {
-  return trace.attention[layer].map((weights, h) => {
-    const figure = el("figure", "head");
-    figure.append(heatmap({ tokens: trace.tokens, weights, layer, head: h },
-      { width: 180, labels: false }), el("figcaption", "", `head ${h}`));
-    return figure;
+  const heads = trace.attention[layer].map((_, h) => headMap(trace, layer, h));
+  if (!isGrouped(trace)) return heads;
+  return headGroups(trace.n_head, trace.n_kv_head).map((group, g) => {
+    const box = el("section", "kv-group");
+    box.dataset.kvHead = g;
+    box.setAttribute("aria-label", groupName(group, g));
+    box.append(el("h3", "", groupName(group, g)), ...group.map((h) => heads[h]));
+    return box;
   });
 }
 

@@ -1,0 +1,84 @@
+"""A Ray Serve engine replica serving a tiny grouped-query Llama behind the OpenAI endpoint:
+the ingress tokenizes, renders the checkpoint's own chat template and checks requests
+without an engine of its own, from what the replica ships it (server/ray/replica.py).
+
+One replica is enough for what depends on the architecture; spreading, affinity and failures
+are test_ray_serve.py's, on GPT-2.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from server_helpers import serve as serve_app
+
+from nanovllm import LLM, SamplingParams
+
+pytestmark = pytest.mark.ray
+
+MODEL = "tiny-llama-ray"
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def llama_replica(llama_ckpt):
+    import ray
+
+    from nanovllm import EngineConfig
+    from nanovllm.server.app import build_app
+    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
+
+    model_dir = llama_ckpt("llama-gqa")
+    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=80 * 2**20, log_to_driver=False)
+    try:
+        handle = deploy(EngineConfig(str(model_dir), num_kv_blocks=128), 1, 1)
+        client = RayEngineClient(handle, handle.describe.remote().result(), 1,
+                                 teardown=lambda: teardown(owns_ray=True))
+    except BaseException:
+        ray.shutdown()
+        raise
+    live = serve_app(build_app(client, served_model_name=MODEL, model_root=str(model_dir)),
+                     client)
+    yield live, model_dir
+    live.stop()
+    client.shutdown()
+
+
+@pytest.fixture
+def client(llama_replica):
+    return openai.OpenAI(base_url=f"{llama_replica[0].url}/v1", api_key="unused",
+                         max_retries=0, timeout=120)
+
+
+def test_completions_equal_llm_generate(llama_replica, client):
+    """Greedy text and token counts as a local engine on the same checkpoint gives them (the
+    prompt gets the tokenizer's BOS on the ingress, as it does locally)."""
+    prompt = "def add(a, b):"
+    served = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8,
+                                       extra_body={"ignore_eos": True})
+    local = LLM(str(llama_replica[1]), num_kv_blocks=64).generate(
+        [prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+        use_tqdm=False)[0]
+    assert served.choices[0].text == local.outputs[0].text
+    assert served.usage.prompt_tokens == len(local.prompt_token_ids)
+
+
+def test_chat_uses_the_checkpoints_template(llama_replica, client):
+    """The ingress renders the template in the checkpoint's tokenizer_config.json: the prompt
+    is transformers' apply_chat_template(..., add_generation_prompt=True)."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(llama_replica[1])
+    expected = hf.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                      return_dict=True)["input_ids"]
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                          max_completion_tokens=2)
+    assert chat.usage.prompt_tokens == len(expected)
+
+
+def test_the_page_describes_the_grouped_heads(llama_replica):
+    import httpx
+
+    info = httpx.get(f"{llama_replica[0].url}/ui/api/info", timeout=30).json()
+    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 2)
