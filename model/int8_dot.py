@@ -1,11 +1,13 @@
 """Integer dot products in vector registers, written as LLVM IR: the inner loop of the W8A8
 kernels (`model/int8_gemm.py`).
 
-numba emits no int8 x int8 dot-product instruction by itself, so `dot_tile` writes the loop in
-LLVM IR, calling the instructions by their LLVM intrinsic names. It computes a tile of
-`rows` x `cols` int32 dot products at once, of int8 rows of x against int8 rows of w, one vector
-of `width` bytes of each per step: every x vector loaded serves `cols` outputs, every w vector
-`rows` of them, and the tile's sums stay in registers until the end.
+numba emits no int8 x int8 dot-product instruction by itself, so `dot_panel` writes the loop in
+LLVM IR, calling the instructions by their LLVM intrinsic names. The weights are re-laid out at
+load time (`quant.pack_int8`): blocks of 16 output columns, each stored as groups of 4 k for
+all 16 columns (64 bytes). That is the shape the instructions below consume: 4 bytes of x
+broadcast to every lane times one group gives, in lane j, column j's four products. A panel of
+`rows` x `blocks` keeps its accumulators in registers: every weight vector loaded serves `rows`
+rows of x, every x broadcast `blocks` blocks, and no lane ever needs a horizontal sum.
 
 The instruction sets ("ISAs") and how each multiplies int8 by int8:
 
@@ -19,8 +21,7 @@ The instruction sets ("ISAs") and how each multiplies int8 by int8:
   per pair, below 2**15; `vpmaddwd` by ones then adds the pairs into int32 lanes.
 
 Each ISA's IR is generated only when a kernel is compiled for it: the caller picks one this CPU
-has (`model/cpu.py`). `k_end` bytes of each row are covered (a multiple of `width`); the caller
-adds the rest.
+has (`model/cpu.py`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# ISA -> (vector bytes, tile rows, tile columns). The tiles keep accumulators and operands
-# within the register file: 32 vector registers with AVX-512, 16 with AVX2 / AVX-VNNI.
-TILES = {"avx512vnni": (64, 4, 4), "avxvnni": (32, 4, 2),
-         "avx512bw": (64, 4, 3), "avx2": (32, 4, 2)}
+from nanovllm.model.quant import BLOCK_BYTES
+
+# ISA -> (vector bytes, rows, blocks of a panel, blocks of a one-row panel). The panels keep
+# accumulators and weights within the register file (32 vector registers with AVX-512, 16
+# with AVX2 / AVX-VNNI), with enough independent sums to hide the instructions' latency; a
+# single row (batch-1 decode) takes more blocks at once, for as many sums and memory streams.
+TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
+         "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 1, 2)}
 # What the caller subtracts per output, times sum(w): the offset x carries into the product.
 OFFSET = {"avx512vnni": 128, "avxvnni": 128, "avx512bw": 0, "avx2": 0}
 ISAS = tuple(TILES)
@@ -71,9 +76,10 @@ class _Multiply:
                                    [self.words, self.words])
 
     def prepare_x(self, x):
-        """vpdpbusd: x + 128 as unsigned bytes (flipping the top bit adds 128 modulo 256)."""
+        """vpdpbusd: 4 bytes of x (an i32) + 128 each, as unsigned bytes (flipping the top bit
+        adds 128 modulo 256)."""
         if OFFSET[self.isa]:
-            return self.builder.xor(x, ir.Constant(self.bytes, [0x80] * self.bytes.count))
+            return self.builder.xor(x, ir.Constant(I32, 0x80808080))
         return x
 
     def prepare_w(self, w):
@@ -96,60 +102,87 @@ class _Multiply:
 
 
 @intrinsic
-def dot_tile(typingctx, isa, rows, cols, x_ptr, x_stride, w_ptr, w_stride, k_end):
-    """(rows * cols) int32 sums, row-major: sum over k < k_end of x[i, k] * w[j, k] (plus
-    OFFSET[isa] * w[j, k]), where x[i] starts at x_ptr + i * x_stride, w[j] at w_ptr + j *
-    w_stride (byte addresses of int8 rows). isa, rows and cols are compile-time constants."""
-    if not all(isinstance(t, types.Literal) for t in (isa, rows, cols)):
+def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, groups,
+              acc_ptr):
+    """int32 sums of `rows` rows of x against `blocks` packed blocks of 16 weight rows
+    (`quant.pack_int8`), over `groups` groups of 4 k: acc[i, b, j] = sum over k of x[i, k] *
+    w[16 b + j, k] (plus OFFSET[isa] * w[16 b + j, k]), stored at acc_ptr as int32
+    [rows, blocks, 16]. x[i] starts at x_ptr + i * x_stride, block b at p_ptr + b *
+    block_stride (byte addresses). isa, rows and blocks are compile-time constants.
+
+    Each step broadcasts 4 bytes of each x row to every lane and multiplies them by one group of
+    a block: 16 output columns x 4 k (64 bytes, one or two vectors). Every lane adds up its
+    own column, so no horizontal sum is needed, and each block is read as one sequential
+    stream."""
+    if not all(isinstance(t, types.Literal) for t in (isa, rows, blocks)):
         return None
-    name, n_rows, n_cols = isa.literal_value, rows.literal_value, cols.literal_value
+    name, n_rows, n_blocks = isa.literal_value, rows.literal_value, blocks.literal_value
     if name not in TILES:
         raise ValueError(f"no int8 dot product for ISA {name!r}")
     width = TILES[name][0]
-    sig = types.UniTuple(types.int32, n_rows * n_cols)(
-        isa, rows, cols, types.intp, types.intp, types.intp, types.intp, types.intp)
+    halves = BLOCK_BYTES // width  # vectors per block and group
+    sig = types.none(isa, rows, blocks, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, _, x_ptr, x_stride, w_ptr, w_stride, k_end = args
+        _, _, _, x_ptr, x_stride, p_ptr, block_stride, groups, acc_ptr = args
         mul = _Multiply(name, builder)
         intp = x_ptr.type
+        quads = ir.VectorType(I32, width // 4)
         zero = ir.Constant(mul.lanes, None)
         entry = builder.block
-        loop = builder.append_basic_block("int8_dot_loop")
-        done = builder.append_basic_block("int8_dot_done")
-        builder.cbranch(builder.icmp_signed(">", k_end, ir.Constant(intp, 0)), loop, done)
+        loop = builder.append_basic_block("int8_panel_loop")
+        done = builder.append_basic_block("int8_panel_done")
+        builder.cbranch(builder.icmp_signed(">", groups, ir.Constant(intp, 0)), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(intp)
-        k.add_incoming(ir.Constant(intp, 0), entry)
-        accs = [builder.phi(mul.lanes) for _ in range(n_rows * n_cols)]
+        g = builder.phi(intp)
+        g.add_incoming(ir.Constant(intp, 0), entry)
+        accs = [builder.phi(mul.lanes) for _ in range(n_rows * n_blocks * halves)]
         for acc in accs:
             acc.add_incoming(zero, entry)
 
-        def load(base, stride, i):
-            address = builder.add(builder.add(base, builder.mul(stride, ir.Constant(intp, i))), k)
-            return builder.load(builder.inttoptr(address, mul.bytes.as_pointer()), align=1)
+        def address(base, offset):
+            return builder.add(base, ir.Constant(intp, offset))
 
-        xs = [mul.prepare_x(load(x_ptr, x_stride, i)) for i in range(n_rows)]
-        ws = [mul.prepare_w(load(w_ptr, w_stride, j)) for j in range(n_cols)]
-        sums = [mul.add(accs[i * n_cols + j], xs[i], ws[j])
-                for i in range(n_rows) for j in range(n_cols)]
-        k_next = builder.add(k, ir.Constant(intp, width))
-        k.add_incoming(k_next, loop)
+        def broadcast_x(i):
+            """4 bytes of x row i (k = 4 g .. 4 g + 3), repeated across the vector."""
+            at = builder.add(address(x_ptr, 0), builder.mul(x_stride, ir.Constant(intp, i)))
+            at = builder.add(at, builder.mul(g, ir.Constant(intp, 4)))
+            word = mul.prepare_x(builder.load(builder.inttoptr(at, I32.as_pointer()), align=1))
+            one = builder.insert_element(ir.Constant(quads, None), word, ir.Constant(I32, 0))
+            splat = builder.shuffle_vector(one, one, ir.Constant(quads, [0] * quads.count))
+            return builder.bitcast(splat, mul.bytes)
+
+        def load_w(b, h):
+            at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))
+            at = builder.add(at, builder.mul(g, ir.Constant(intp, BLOCK_BYTES)))
+            at = address(at, h * width)
+            return mul.prepare_w(builder.load(builder.inttoptr(at, mul.bytes.as_pointer()),
+                                              align=1))
+
+        ws = [[load_w(b, h) for h in range(halves)] for b in range(n_blocks)]
+        sums = []
+        for i in range(n_rows):
+            x = broadcast_x(i)
+            for b in range(n_blocks):
+                for h in range(halves):
+                    sums.append(mul.add(accs[(i * n_blocks + b) * halves + h], x, ws[b][h]))
+        g_next = builder.add(g, ir.Constant(intp, 1))
+        g.add_incoming(g_next, loop)
         for acc, s in zip(accs, sums):
             acc.add_incoming(s, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, k_end), loop, done)
+        builder.cbranch(builder.icmp_signed("<", g_next, groups), loop, done)
 
         builder.position_at_end(done)
-        reduce = _function(builder, f"llvm.vector.reduce.add.v{mul.lanes.count}i32", I32,
-                           [mul.lanes])
-        out = []
+        finals = []
         for s in sums:
-            final = builder.phi(mul.lanes)
-            final.add_incoming(zero, entry)
-            final.add_incoming(s, loop)
-            out.append(final)
-        return context.make_tuple(builder, signature.return_type,
-                                  [builder.call(reduce, [v]) for v in out])
+            finals.append(builder.phi(mul.lanes))
+            finals[-1].add_incoming(zero, entry)
+            finals[-1].add_incoming(s, loop)
+        for n, final in enumerate(finals):  # (i, b, h) in order: 16 int32 per row and block
+            at = address(acc_ptr, n * width)
+            builder.store(final, builder.inttoptr(at, mul.lanes.as_pointer()), align=4)
+        return context.get_dummy_value()
 
     return sig, codegen

@@ -23,20 +23,27 @@ import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
-from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_tile
-from nanovllm.model.quant import INT8_MAX, Int8Weight
+from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
+from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
-# Output columns are split into this many chunks, shared out among the threads.
+# Output columns are split into at most this many chunks, shared out among the threads.
 NUM_CHUNKS = 64
+# From this many rows on, the activations are quantized on all threads (below, waking the
+# threads costs more than the work).
+PARALLEL_QUANTIZE_ROWS = 16
 PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
 
 
 def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str) -> np.ndarray:
     """x [M, K] float32 quantized per row, times w [N, K] -> [M, N] float32, on `kernel`."""
-    xq = np.empty(x.shape, np.int8)
+    xq = np.zeros((x.shape[0], w.packed.shape[1] * GROUP), np.int8)  # K padded, as w.packed
     xs = np.empty(x.shape[0], np.float32)
-    quantize_rows(np.ascontiguousarray(x), xq, xs)
+    x = np.ascontiguousarray(x)
+    if x.shape[0] >= PARALLEL_QUANTIZE_ROWS:
+        quantize_rows_parallel(x, xq, xs)
+    else:
+        quantize_rows(x, xq, xs)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     int8_matmul(xq, xs, w, out, kernel)
     return out
@@ -44,69 +51,76 @@ def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str) -> np.ndarray:
 
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
                 kernel: str) -> None:
-    """out = (xq * xs[:, None]) @ dequantize(w).T, on int32 sums. All arrays C-contiguous."""
+    """out = (xq * xs[:, None]) @ dequantize(w).T, on int32 sums. All arrays C-contiguous; xq
+    [M, K], or [M, K'] with zeros up to w.packed's padded K'."""
     if config.DISABLE_JIT:
         kernel = PORTABLE
-    MATMULS[kernel](xq, xs, w.q, w.scale, w.sums, out)
+    padded = w.packed.shape[1] * GROUP
+    if xq.shape[1] != padded:
+        xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
+    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, out)
 
 
 # --------------------------------------------------------------------------- activations
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def quantize_rows(x, q, scale):
     """q[t], scale[t] = `quant.quantize_int8` of row t of x, exactly (the same float32 steps):
-    scale = max|x[t]| / 127, q = round(x[t] / scale), ties to even."""
+    scale = max|x[t]| / 127, q = round(x[t] / scale), ties to even. q may be wider than x (its
+    padding is left as it is)."""
+    for t in range(x.shape[0]):
+        quantize_row(x, q, scale, t)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def quantize_rows_parallel(x, q, scale):
+    """`quantize_rows` on all threads."""
     for t in prange(x.shape[0]):
-        peak = np.float32(0.0)
-        for k in range(x.shape[1]):
-            peak = max(peak, abs(x[t, k]))
-        s = np.float32(peak / np.float32(INT8_MAX))
-        inverse = np.float32(np.float32(1.0) / s) if s > 0 else np.float32(0.0)
-        for k in range(x.shape[1]):
-            v = np.rint(np.float32(x[t, k] * inverse))
-            q[t, k] = np.int8(min(max(v, -INT8_MAX), INT8_MAX))
-        scale[t] = s
+        quantize_row(x, q, scale, t)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def quantize_row(x, q, scale, t):
+    peak = np.float32(0.0)
+    for k in range(x.shape[1]):
+        peak = max(peak, abs(x[t, k]))
+    s = np.float32(peak / np.float32(INT8_MAX))
+    inverse = np.float32(np.float32(1.0) / s) if s > 0 else np.float32(0.0)
+    for k in range(x.shape[1]):
+        v = np.rint(np.float32(x[t, k] * inverse))
+        q[t, k] = np.int8(min(max(v, -INT8_MAX), INT8_MAX))
+    scale[t] = s
 
 
 # --------------------------------------------------------------------------- portable
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_portable(xq, xs, wq, ws, wsums, out):
-    """`int8_matmul` in plain loops: four weight rows per row of x, each x element read once
-    for the four (LLVM vectorizes the sums as it can, e.g. into pmaddwd)."""
-    n = wq.shape[0]
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 3) // 4 * 4
+def matmul_portable(xq, xs, packed, ws, wsums, out):
+    """`int8_matmul` in plain loops on the packed weights: each x element read once for the 16
+    columns of a block (LLVM vectorizes the loop over them as it can, e.g. into pmaddwd)."""
+    n_blocks, groups = packed.shape[0], packed.shape[1]
+    step = (n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS
     for chunk in prange(NUM_CHUNKS):
-        start, end = min(n, chunk * step), min(n, (chunk + 1) * step)
-        for t in range(xq.shape[0]):
-            c = start
-            while c + 4 <= end:
-                s0 = s1 = s2 = s3 = np.int32(0)
-                for k in range(xq.shape[1]):
-                    v = np.int32(xq[t, k])
-                    s0 += v * np.int32(wq[c, k])
-                    s1 += v * np.int32(wq[c + 1, k])
-                    s2 += v * np.int32(wq[c + 2, k])
-                    s3 += v * np.int32(wq[c + 3, k])
-                out[t, c] = np.float32(s0) * xs[t] * ws[c]
-                out[t, c + 1] = np.float32(s1) * xs[t] * ws[c + 1]
-                out[t, c + 2] = np.float32(s2) * xs[t] * ws[c + 2]
-                out[t, c + 3] = np.float32(s3) * xs[t] * ws[c + 3]
-                c += 4
-            for j in range(c, end):
-                s = np.int32(0)
-                for k in range(xq.shape[1]):
-                    s += np.int32(xq[t, k]) * np.int32(wq[j, k])
-                out[t, j] = np.float32(s) * xs[t] * ws[j]
+        for b in range(chunk * step, min(n_blocks, (chunk + 1) * step)):
+            for t in range(xq.shape[0]):
+                acc = np.zeros(BLOCK, np.int32)
+                for g in range(groups):
+                    for i in range(GROUP):
+                        v = np.int32(xq[t, g * GROUP + i])
+                        for j in range(BLOCK):
+                            acc[j] += v * np.int32(packed[b, g, j, i])
+                for c in range(b * BLOCK, min(out.shape[1], (b + 1) * BLOCK)):
+                    out[t, c] = np.float32(acc[c - b * BLOCK]) * xs[t] * ws[c]
 
 
 # --------------------------------------------------------------------------- by instruction set
 
 
 def tile_shape(isa):
-    """(vector bytes, tile rows, tile columns, x offset) of an ISA (`int8_dot.TILES`)."""
+    """(vector bytes, panel rows, panel blocks, one-row panel blocks, x offset) of an ISA
+    (`int8_dot.TILES`)."""
     return (*TILES[isa], OFFSET[isa])
 
 
@@ -119,62 +133,72 @@ def _tile_shape(isa):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_isa(isa, xq, xs, wq, ws, wsums, out):
-    """`int8_matmul` through `dot_tile` (compiled once per ISA: `isa` is a constant), columns in
-    chunks shared among the threads (a chunk's weights stay in cache while every row of x
-    passes over them)."""
+def matmul_isa(isa, xq, xs, packed, ws, wsums, out):
+    """`int8_matmul` through `dot_panel` (compiled once per ISA: `isa` is a constant) on the
+    packed weights, their blocks in chunks shared among the threads. Within a chunk, each
+    panel of blocks is read from memory once while every row of x passes over it (x, a few
+    rows, or a prefill's, stays in cache)."""
     literally(isa)
-    n = wq.shape[0]
-    cols = tile_shape(isa)[2]
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + cols - 1) // cols * cols
-    for chunk in prange(NUM_CHUNKS):
-        tile_columns(isa, xq, xs, wq, ws, wsums, out, min(n, chunk * step),
-                     min(n, (chunk + 1) * step))
+    _, _, blocks, one_row_blocks, _ = tile_shape(isa)
+    n_blocks = packed.shape[0]
+    per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
+    panels = (n_blocks + per_panel - 1) // per_panel
+    chunks = min(NUM_CHUNKS, panels)
+    step = (panels + chunks - 1) // chunks * per_panel
+    for chunk in prange(chunks):
+        panel_columns(isa, xq, xs, packed, ws, wsums, out, min(n_blocks, chunk * step),
+                      min(n_blocks, (chunk + 1) * step))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def tile_columns(isa, xq, xs, wq, ws, wsums, out, start, end):
-    """out[:, start:end], by tiles of (rows x cols), then (1 x cols), then (1 x 1): a tile of
-    rows passes over every column, so that each row of out is written left to right."""
-    _, rows, _, _ = tile_shape(isa)
-    m = xq.shape[0]
+@njit(cache=True, nogil=True)
+def panel_columns(isa, xq, xs, packed, ws, wsums, out, start, end):
+    """Blocks start:end of the output columns (BLOCK columns each), by panels of blocks: a
+    single row of x takes the one-row panel's width, more rows the panel's, then one block."""
+    _, rows, blocks, one_row_blocks, _ = tile_shape(isa)
+    acc = np.empty(rows * max(blocks, one_row_blocks) * BLOCK, np.int32)
+    b = start
+    if xq.shape[0] == 1:
+        while b + one_row_blocks <= end:
+            panel(isa, 1, one_row_blocks, xq, xs, packed, ws, wsums, out, 0, b, acc)
+            b += one_row_blocks
+    else:
+        while b + blocks <= end:
+            panel_rows(isa, blocks, xq, xs, packed, ws, wsums, out, b, acc)
+            b += blocks
+    for left in range(b, end):
+        panel_rows(isa, 1, xq, xs, packed, ws, wsums, out, left, acc)
+
+
+@njit(cache=True, nogil=True)
+def panel_rows(isa, n_blocks, xq, xs, packed, ws, wsums, out, b, acc):
+    """Every row of x against blocks b:b + n_blocks: panels of rows, then one row at a time."""
+    _, rows, _, _, _ = tile_shape(isa)
     t = 0
-    while t + rows <= m:
-        tile_row(isa, xq, xs, wq, ws, wsums, out, t, rows, start, end)
+    while t + rows <= xq.shape[0]:
+        panel(isa, rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc)
         t += rows
-    for i in range(t, m):
-        tile_row(isa, xq, xs, wq, ws, wsums, out, i, 1, start, end)
+    for i in range(t, xq.shape[0]):
+        panel(isa, 1, n_blocks, xq, xs, packed, ws, wsums, out, i, b, acc)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def tile_row(isa, xq, xs, wq, ws, wsums, out, t, rows, start, end):
-    """out[t:t + rows, start:end] (rows: the tile's or 1)."""
-    width, _, cols, offset = tile_shape(isa)
-    k_dim = xq.shape[1]
-    k_end = k_dim - k_dim % width
-    x0, w0 = xq.ctypes.data + t * k_dim, wq.ctypes.data
-    c = start
-    while c + cols <= end:
-        sums = dot_tile(isa, rows, cols, x0, k_dim, w0 + c * k_dim, k_dim, k_end)
-        for i in range(rows):
-            for j in range(cols):
-                store(xq, xs, wq, ws, wsums, out, t + i, c + j, sums[i * cols + j], k_end, offset)
-        c += cols
-    for j in range(c, end):
-        for i in range(rows):
-            sums = dot_tile(isa, 1, 1, x0 + i * k_dim, k_dim, w0 + j * k_dim, k_dim, k_end)
-            store(xq, xs, wq, ws, wsums, out, t + i, j, sums[0], k_end, offset)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def store(xq, xs, wq, ws, wsums, out, t, c, vector_sum, k_end, offset):
-    """out[t, c] from the vector part of the sum: adds the rest of the row (k >= k_end) with
-    the same offset, takes the offset's share out (offset * sum(w[c])), and scales."""
-    s = np.int32(vector_sum)
-    for k in range(k_end, xq.shape[1]):
-        s += (np.int32(xq[t, k]) + np.int32(offset)) * np.int32(wq[c, k])
-    s -= np.int32(offset) * wsums[c]
-    out[t, c] = np.float32(s) * xs[t] * ws[c]
+@njit(cache=True, nogil=True)
+def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
+    """out[t:t + n_rows, BLOCK b:BLOCK (b + n_blocks)]: the integer sums (`dot_panel`), less
+    the offset's share (offset * sum(w[c])), scaled per row and per column; the columns past
+    out's edge (the packing's zeros) are dropped."""
+    _, _, _, _, offset = tile_shape(isa)
+    groups = packed.shape[1]
+    dot_panel(isa, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1], xq.shape[1],
+              packed.ctypes.data + b * groups * BLOCK_BYTES, groups * BLOCK_BYTES, groups,
+              acc.ctypes.data)
+    n = out.shape[1]
+    for i in range(n_rows):
+        for j in range(n_blocks):
+            c0 = (b + j) * BLOCK
+            sums = acc[(i * n_blocks + j) * BLOCK:]
+            for c in range(c0, min(n, c0 + BLOCK)):
+                s = sums[c - c0] - np.int32(offset) * wsums[c]
+                out[t + i, c] = np.float32(s) * xs[t + i] * ws[c]
 
 
 # One entry point per ISA, so that each is compiled for its ISA as a constant (and called from
@@ -206,5 +230,5 @@ MATMULS = {"avx512vnni": matmul_avx512vnni, "avxvnni": matmul_avxvnni,
 def compile_int8_kernel(kernel: str) -> None:
     """Compiles (or loads from numba's cache) the activations' quantizer and `kernel`."""
     x = np.zeros((1, 1), np.float32)
-    w = Int8Weight(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
+    w = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     int8_linear(x, w, kernel)

@@ -26,24 +26,43 @@ from numba import njit, types
 from numba.extending import overload
 
 INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
+# The W8A8 kernels' layout of an int8 matrix (`pack_int8`): blocks of BLOCK output columns,
+# each a run of groups of GROUP consecutive k for all its columns (BLOCK_BYTES bytes a group).
+BLOCK, GROUP = 16, 4
+BLOCK_BYTES = BLOCK * GROUP
 
 
 @dataclass(slots=True)
 class Int8Weight:
-    q: np.ndarray      # int8 [out, in]
-    scale: np.ndarray  # float32 [out]: row c stands for q[c] * scale[c]
+    packed: np.ndarray  # int8 [blocks, groups, BLOCK, GROUP]: the rows q as `pack_int8` lays them
+    scale: np.ndarray   # float32 [out]: row c stands for q[c] * scale[c]
+    shape: tuple[int, int]  # (out, in) of q
     sums: np.ndarray = field(init=False)  # int32 [out]: sum(q[c]), for the W8A8 kernels' offset
 
     def __post_init__(self):
-        self.sums = self.q.sum(axis=1, dtype=np.int32)
+        self.sums = self.packed.sum(axis=(1, 3), dtype=np.int32).reshape(-1)[:self.shape[0]]
+
+    @classmethod
+    def from_rows(cls, q: np.ndarray, scale: np.ndarray) -> Int8Weight:
+        """The weight whose rows are q [out, in] (int8), scaled by scale [out]."""
+        return cls(pack_int8(q), scale, q.shape)
+
+    def rows(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """q[start:end], the int8 rows, as a new array."""
+        return self.take(np.arange(self.shape[0])[start:end])
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """q[ids], the int8 rows, as a new array (the packed blocks read in place)."""
+        picked = self.packed[ids // BLOCK, :, ids % BLOCK, :]  # [len(ids), groups, GROUP]
+        return picked.reshape(len(ids), picked.shape[1] * GROUP)[:, :self.shape[1]]
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.q.shape
+    def q(self) -> np.ndarray:
+        return self.rows()
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + self.sums.nbytes
+        return self.packed.nbytes + self.scale.nbytes + self.sums.nbytes
 
 
 @dataclass(slots=True)
@@ -68,7 +87,18 @@ def quantize_int8(w: np.ndarray) -> Int8Weight:
     scale = (peak / np.float32(INT8_MAX)).astype(np.float32)
     inverse = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)
     q = np.rint(w * inverse[:, None])  # rint: ties to even
-    return Int8Weight(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scale)
+    return Int8Weight.from_rows(np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8), scale)
+
+
+def pack_int8(q: np.ndarray) -> np.ndarray:
+    """q [out, in] as int8 [blocks, groups, BLOCK, GROUP]: packed[b, g, j, i] = q[BLOCK * b + j,
+    GROUP * g + i], zero beyond q's edges. One group of a block is what a vector dot-product
+    instruction multiplies by GROUP bytes of x broadcast to all lanes (`model/int8_dot.py`)."""
+    n, k = q.shape
+    blocks, groups = -(-n // BLOCK), -(-k // GROUP)
+    padded = np.zeros((blocks * BLOCK, groups * GROUP), np.int8)
+    padded[:n, :k] = q
+    return np.ascontiguousarray(padded.reshape(blocks, BLOCK, groups, GROUP).transpose(0, 2, 1, 3))
 
 
 def to_bfloat16(w: np.ndarray) -> BF16Weight:
@@ -86,7 +116,7 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
 def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
     """Rows start:end of the float32 matrix `w` stands for (a float32 matrix: itself)."""
     if isinstance(w, Int8Weight):
-        return w.q[start:end].astype(np.float32) * w.scale[start:end, None]
+        return w.rows(start, end).astype(np.float32) * w.scale[start:end, None]
     if isinstance(w, BF16Weight):
         return bf16_to_float32(w.bits[start:end])
     return w[start:end]
@@ -95,7 +125,7 @@ def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
 def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
     """table[ids] as a new float32 array (the token embedding's lookup)."""
     if isinstance(table, Int8Weight):
-        return np.take(table.q, ids, axis=0).astype(np.float32) * table.scale[ids, None]
+        return table.take(np.asarray(ids)).astype(np.float32) * table.scale[ids, None]
     if isinstance(table, BF16Weight):
         return bf16_to_float32(np.take(table.bits, ids, axis=0))
     return np.take(table, ids, axis=0)

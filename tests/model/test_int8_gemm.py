@@ -15,15 +15,16 @@ from nanovllm.model.int8_gemm import (
     int8_matmul,
     matmul_portable,
     quantize_rows,
+    quantize_rows_parallel,
 )
-from nanovllm.model.quant import Int8Weight, dequantize, quantize_int8
+from nanovllm.model.quant import BLOCK, GROUP, Int8Weight, dequantize, pack_int8, quantize_int8
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 
 U = 2.0 ** -24
 RUNNABLE = int8_kernels(kernel_path().features)
 # rows and columns left over by every tile; K a multiple of 64 and not, and below one vector
 SHAPES = [(1, 768, 2305), (1, 3072, 67), (5, 767, 33), (9, 100, 9), (64, 768, 131),
-          (70, 31, 14), (1, 1, 1)]
+          (70, 31, 14), (1, 1, 1), (3, 66, 200), (8, 768, 300)]
 
 
 def reference_linear(xq: np.ndarray, xs: np.ndarray, w: Int8Weight) -> np.ndarray:
@@ -58,15 +59,35 @@ def test_activations_quantize_per_row_exactly_like_weights():
     np.testing.assert_array_equal(q, expected.q)
     np.testing.assert_array_equal(scale, expected.scale)
     assert list(q[4, :3]) == [127, 0, -2] and (q[3] == 0).all()
+    on_threads, on_threads_scale = np.empty_like(q), np.empty_like(scale)
+    quantize_rows_parallel(x, on_threads, on_threads_scale)
+    np.testing.assert_array_equal(on_threads, q)
+    np.testing.assert_array_equal(on_threads_scale, scale)
     plain_q, plain_scale = np.empty_like(q), np.empty_like(scale)
     quantize_rows.py_func(x[:6], plain_q[:6], plain_scale[:6])  # NUMBA_DISABLE_JIT's version
     np.testing.assert_array_equal(plain_q[:6], q[:6])
 
 
+def test_packed_weights_hold_every_element_once_in_blocks_of_groups():
+    q = np.random.default_rng(7).integers(-127, 128, (37, 10)).astype(np.int8)
+    packed = pack_int8(q)
+    assert packed.shape == (3, 3, BLOCK, GROUP) and packed.flags.c_contiguous
+    b, g, j, i = np.indices(packed.shape)
+    rows, cols = BLOCK * b + j, GROUP * g + i
+    inside = (rows < 37) & (cols < 10)
+    np.testing.assert_array_equal(packed[inside], q[rows[inside], cols[inside]])
+    assert (packed[~inside] == 0).all()
+    w = Int8Weight.from_rows(q, np.ones(37, np.float32))
+    np.testing.assert_array_equal(w.q, q)
+    np.testing.assert_array_equal(w.take(np.array([36, 0, 17, 17])), q[[36, 0, 17, 17]])
+    np.testing.assert_array_equal(w.sums, q.sum(axis=1))
+
+
 def exact_case(rows: int, k: int, cols: int, seed: int):
     rng = np.random.default_rng(seed)
     xq = rng.integers(-127, 128, (rows, k)).astype(np.int8)
-    w = Int8Weight(rng.integers(-127, 128, (cols, k)).astype(np.int8), np.ones(cols, np.float32))
+    w = Int8Weight.from_rows(rng.integers(-127, 128, (cols, k)).astype(np.int8),
+                             np.ones(cols, np.float32))
     return xq, w
 
 
@@ -90,7 +111,7 @@ def test_largest_products_do_not_saturate(kernel, sign):
     xq[1] *= -1
     wq = np.full((6, k), -127, np.int8)
     wq[2] *= -1
-    w = Int8Weight(wq, np.ones(6, np.float32))
+    w = Int8Weight.from_rows(wq, np.ones(6, np.float32))
     out = np.empty((5, 6), np.float32)
     int8_matmul(xq, np.ones(5, np.float32), w, out, runnable(kernel))
     np.testing.assert_array_equal(out, xq.astype(np.int64) @ w.q.T.astype(np.int64))
@@ -125,8 +146,9 @@ def test_portable_kernel_as_plain_python_is_the_compiled_one():
     xq, w = exact_case(3, 70, 9, seed=6)
     xs = np.array([0.5, 2.0, 0.1], np.float32)
     compiled, plain = np.empty((3, 9), np.float32), np.empty((3, 9), np.float32)
-    matmul_portable(xq, xs, w.q, w.scale, w.sums, compiled)
-    matmul_portable.py_func(xq, xs, w.q, w.scale, w.sums, plain)
+    xq = np.pad(xq, ((0, 0), (0, 2)))  # K padded to the packed groups, as int8_matmul does
+    matmul_portable(xq, xs, w.packed, w.scale, w.sums, compiled)
+    matmul_portable.py_func(xq, xs, w.packed, w.scale, w.sums, plain)
     np.testing.assert_array_equal(plain, compiled)
 
 
