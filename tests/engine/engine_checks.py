@@ -91,3 +91,18 @@ def hf_logprobs(hf, token_ids: list[int]) -> np.ndarray:
     with torch.no_grad():
         logits = hf(torch.tensor([token_ids])).logits[0]
     return torch.log_softmax(logits.double(), dim=-1).numpy()
+
+
+def worst_logprob_error(hf, prompts: list[list[int]], outputs: list[RequestOutput]) -> float:
+    """The largest |logprob - transformers' logprob| over every sampled token and every scored
+    prompt token of `outputs` (requests with logprobs and prompt_logprobs on)."""
+    worst = 0.0
+    for prompt, out in zip(prompts, outputs):
+        tokens = out.outputs[0].token_ids
+        ref = hf_logprobs(hf, prompt + tokens)
+        for i, (token, entry) in enumerate(zip(tokens, out.outputs[0].logprobs)):
+            worst = max(worst, abs(entry[token].logprob - ref[len(prompt) - 1 + i, token]))
+        for pos in range(1, len(prompt)):
+            worst = max(worst, abs(out.prompt_logprobs[pos][prompt[pos]].logprob
+                                   - ref[pos - 1, prompt[pos]]))
+    return worst

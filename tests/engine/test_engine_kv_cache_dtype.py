@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_checks import hf_logprobs, random_prompts
+from engine_checks import random_prompts, worst_logprob_error
 
 from nanovllm import EngineConfig, SamplingParams
 from nanovllm.runner.kv_cache import kv_bytes_per_block
@@ -37,15 +37,7 @@ def test_float16_cache_logprobs_stay_close_to_transformers(make_llm, hf_tiny, op
     exact = make_llm(block_size=4, **options).generate(prompts, params, use_tqdm=False)
     assert any(a.outputs[0].cumulative_logprob != b.outputs[0].cumulative_logprob
                for a, b in zip(outputs, exact)), "float16 rounding should show somewhere"
-    worst = 0.0
-    for prompt, out in zip(prompts, outputs):
-        tokens = out.outputs[0].token_ids
-        ref = hf_logprobs(hf_tiny, prompt + tokens)
-        for i, (token, entry) in enumerate(zip(tokens, out.outputs[0].logprobs)):
-            worst = max(worst, abs(entry[token].logprob - ref[len(prompt) - 1 + i, token]))
-        for pos in range(1, len(prompt)):
-            worst = max(worst, abs(out.prompt_logprobs[pos][prompt[pos]].logprob
-                                   - ref[pos - 1, prompt[pos]]))
+    worst = worst_logprob_error(hf_tiny, prompts, outputs)
     assert worst < 1e-3  # the tolerance float32 caches are held to (test_engine_logprobs)
 
 

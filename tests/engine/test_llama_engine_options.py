@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_checks import check_engine_invariants, hf_greedy, hf_logprobs, random_prompts
+from engine_checks import (
+    check_engine_invariants,
+    hf_greedy,
+    random_prompts,
+    worst_logprob_error,
+)
 from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
 
 from nanovllm import LLM, EngineConfig, LLMEngine, SamplingParams
@@ -111,15 +116,7 @@ def test_float16_cache_logprobs_stay_close_to_transformers(gpt2_init, hf_llama, 
     assert llm.engine.runner.kv_cache.dtype == np.float16
     outputs = llm.generate(prompts, params, use_tqdm=False)
     assert llm.engine.get_stats().num_preemptions_total > 0
-    hf, worst = hf_llama(gpt2_init(variant)), 0.0
-    for prompt, out in zip(prompts, outputs):
-        tokens = out.outputs[0].token_ids
-        ref = hf_logprobs(hf, prompt + tokens)
-        for i, (token, entry) in enumerate(zip(tokens, out.outputs[0].logprobs)):
-            worst = max(worst, abs(entry[token].logprob - ref[len(prompt) - 1 + i, token]))
-        for pos in range(1, len(prompt)):
-            worst = max(worst, abs(out.prompt_logprobs[pos][prompt[pos]].logprob
-                                   - ref[pos - 1, prompt[pos]]))
+    worst = worst_logprob_error(hf_llama(gpt2_init(variant)), prompts, outputs)
     assert 0 < worst < 1e-3
 
 

@@ -134,19 +134,26 @@ def test_causal_attention_matches_reference(n, c):
     assert_within(causal_attention(q[c - n:], k, v), expected, attention_bound(q[c - n:], k, v))
 
 
-@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
-def test_paged_decode_attention_matches_reference(lens, cache_dtype):
-    """Each decode is the last row of the reference's attention over its whole context, read
-    through a shuffled block table; float16 caches are read exactly as numpy widens them."""
-    block_size, n_head, head_dim = 16, 3, 8
+def shuffled_block_tables(lens: list[int], block_size: int) -> tuple[int, np.ndarray]:
+    """(blocks in the pool, one table per sequence): every sequence's blocks drawn from a
+    shuffled pool, so that no table is contiguous by luck."""
     rng = np.random.default_rng(len(lens))
     blocks = [-(-n // block_size) for n in lens]
     free = list(rng.permutation(sum(blocks)))
     tables = np.zeros((len(lens), max(blocks)), np.int64)
     for i, count in enumerate(blocks):
         tables[i, :count] = [free.pop() for _ in range(count)]
-    k_cache, v_cache = (f32(sum(blocks) * block_size, n_head, head_dim, seed=s, scale=2)
+    return sum(blocks), tables
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+def test_paged_decode_attention_matches_reference(lens, cache_dtype):
+    """Each decode is the last row of the reference's attention over its whole context, read
+    through a shuffled block table; float16 caches are read exactly as numpy widens them."""
+    block_size, n_head, head_dim = 16, 3, 8
+    num_blocks, tables = shuffled_block_tables(lens, block_size)
+    k_cache, v_cache = (f32(num_blocks * block_size, n_head, head_dim, seed=s, scale=2)
                         .astype(cache_dtype) for s in (12, 13))
     queries = [f32(n, n_head, head_dim, seed=20 + i) for i, n in enumerate(lens)]
     out = np.full((len(lens), n_head, head_dim), np.nan, np.float32)

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_kernels_vs_reference import U, assert_within, attention_bound, f32, sum_error
+from test_kernels_vs_reference import (
+    U,
+    assert_within,
+    attention_bound,
+    f32,
+    shuffled_block_tables,
+    sum_error,
+)
 
 from nanovllm.model import reference_llama as ref
 from nanovllm.model.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
@@ -95,13 +102,8 @@ def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, win
     """Each decode is the last row of the reference's attention over its context, read through
     a shuffled block table; positions before the window are poisoned with NaN: never read."""
     block_size, n_head, n_kv, head_dim = 16, 6, 2, 8
-    rng = np.random.default_rng(len(lens))
-    blocks = [-(-n // block_size) for n in lens]
-    free = list(rng.permutation(sum(blocks)))
-    tables = np.zeros((len(lens), max(blocks)), np.int64)
-    for i, count in enumerate(blocks):
-        tables[i, :count] = [free.pop() for _ in range(count)]
-    k_cache, v_cache = (f32(sum(blocks) * block_size, n_kv, head_dim, seed=s, scale=2)
+    num_blocks, tables = shuffled_block_tables(lens, block_size)
+    k_cache, v_cache = (f32(num_blocks * block_size, n_kv, head_dim, seed=s, scale=2)
                         .astype(cache_dtype) for s in (12, 13))
     queries = [f32(n, n_head, head_dim, seed=20 + i) for i, n in enumerate(lens)]
     slots = [tables[i, np.arange(n) // block_size] * block_size + np.arange(n) % block_size
