@@ -59,7 +59,7 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
         out = int8_linear(x, w, host_int8_kernel())
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        if isinstance(w, np.ndarray) and x.shape[0] >= PANEL_MIN_ROWS and host_has_panels():
+        if x.shape[0] >= PANEL_MIN_ROWS and host_has_panels() and panel_ready(w):
             matmul_panels(np.ascontiguousarray(x), w, out)
         else:
             matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
@@ -82,6 +82,11 @@ def host_int8_kernel() -> str:
 def host_has_panels() -> bool:
     """Whether this process runs `matmul_panels` (compiled, on a path that has it)."""
     return not config.DISABLE_JIT and kernel_path().name in PANEL_PATHS
+
+
+def panel_ready(w: Weight) -> bool:
+    """Whether `matmul_panels` can read w: float32 rows at a fixed stride (it addresses them)."""
+    return isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous
 
 
 def widened_matmul(x: np.ndarray, w: BF16Weight) -> np.ndarray:
