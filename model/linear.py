@@ -187,8 +187,8 @@ def matmul_panels(x, w, out):
     m, k_dim = x.shape
     n = w.shape[0]
     xt = np.zeros((k_dim, (m + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH), np.float32)
-    for r in range(m):
-        for k in range(k_dim):
+    for k in range(k_dim):  # (xt written in order; the few rows of x read stay in L1)
+        for r in range(m):
             xt[k, r] = x[r, k]
     step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 23) // 24 * 24  # whole panels of 6, 8 or 12
     for chunk in prange((n + step - 1) // step):
