@@ -9,6 +9,9 @@ rows each) and broadcasts one weight of each of `cols` weight rows to every lane
 multiply-add per pair adds w[c, k] * x[rows, k] into lane r of accumulator (c, v). The weights
 are read in their `[out, in]` rows, one scalar per row and step, so they need no repacking;
 each broadcast serves `vectors` vectors of rows, and each x vector `cols` columns.
+
+numba's on-disk cache does not notice edits to this module in the kernels that call it: after
+changing it, delete `model/__pycache__/linear*.nbi` and `*.nbc`.
 """
 
 from __future__ import annotations
