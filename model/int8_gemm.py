@@ -58,7 +58,10 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     padded = w.packed.shape[1] * GROUP
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
-    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, out)
+    # The compiled kernels read these through raw pointers: contiguous, of their dtypes.
+    scale, sums = np.ascontiguousarray(w.scale, np.float32), np.ascontiguousarray(w.sums, np.int32)
+    xs = np.ascontiguousarray(xs, np.float32)
+    MATMULS[kernel](xq, xs, w.packed, scale, sums, out)
 
 
 # --------------------------------------------------------------------------- activations
@@ -188,10 +191,15 @@ def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
     out's edge (the packing's zeros) are dropped."""
     _, _, _, _, offset = tile_shape(isa)
     groups = packed.shape[1]
+    n = out.shape[1]
+    whole = (b + n_blocks) * BLOCK <= n  # no column past out's edge: scaled in `dot_panel`
     dot_panel(isa, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1], xq.shape[1],
               packed.ctypes.data + b * groups * BLOCK_BYTES, groups * BLOCK_BYTES, groups,
-              acc.ctypes.data)
-    n = out.shape[1]
+              acc.ctypes.data, whole, wsums.ctypes.data + 4 * b * BLOCK,
+              ws.ctypes.data + 4 * b * BLOCK, xs.ctypes.data + 4 * t,
+              out.ctypes.data + 4 * (t * n + b * BLOCK), 4 * n)
+    if whole:
+        return
     for i in range(n_rows):
         for j in range(n_blocks):
             c0 = (b + j) * BLOCK
