@@ -103,12 +103,18 @@ class _Multiply:
 
 @intrinsic
 def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, groups,
-              acc_ptr):
+              acc_ptr, scaled, wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride):
     """int32 sums of `rows` rows of x against `blocks` packed blocks of 16 weight rows
     (`quant.pack_int8`), over `groups` groups of 4 k: acc[i, b, j] = sum over k of x[i, k] *
     w[16 b + j, k] (plus OFFSET[isa] * w[16 b + j, k]), stored at acc_ptr as int32
     [rows, blocks, 16]. x[i] starts at x_ptr + i * x_stride, block b at p_ptr + b *
     block_stride (byte addresses). isa, rows and blocks are compile-time constants.
+
+    If `scaled`, the sums are instead finished here, in vector registers, and stored as float32
+    out[i, c] = float32(acc[i, c] - OFFSET[isa] * wsums[c]) * xs[i] * ws[c] for the 16 `blocks`
+    columns c (out[i] at out_ptr + i * out_stride; wsums int32, ws and xs float32, from the
+    panel's first column and row), what the caller would do with acc: a scalar loop over
+    them cost more than the dot products (the caller keeps it for the edge of the matrix).
 
     Each step broadcasts 4 bytes of each x row to every lane and multiplies them by one group of
     a block: 16 output columns x 4 k (64 bytes, one or two vectors). Every lane adds up its
@@ -122,10 +128,12 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
     width = TILES[name][0]
     halves = BLOCK_BYTES // width  # vectors per block and group
     sig = types.none(isa, rows, blocks, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.intp, types.boolean, types.intp, types.intp, types.intp,
                      types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, _, x_ptr, x_stride, p_ptr, block_stride, groups, acc_ptr = args
+        (_, _, _, x_ptr, x_stride, p_ptr, block_stride, groups, acc_ptr, scaled, wsums_ptr,
+         ws_ptr, xs_ptr, out_ptr, out_stride) = args
         mul = _Multiply(name, builder)
         intp = x_ptr.type
         quads = ir.VectorType(I32, width // 4)
@@ -180,9 +188,45 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             finals.append(builder.phi(mul.lanes))
             finals[-1].add_incoming(zero, entry)
             finals[-1].add_incoming(s, loop)
-        for n, final in enumerate(finals):  # (i, b, h) in order: 16 int32 per row and block
-            at = address(acc_ptr, n * width)
-            builder.store(final, builder.inttoptr(at, mul.lanes.as_pointer()), align=4)
+        with builder.if_else(context.cast(builder, scaled, types.boolean, types.boolean)) \
+                as (finish, keep):
+            with finish:
+                _scale(builder, finals, mul.lanes, n_rows, n_blocks * halves, OFFSET[name],
+                       wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride)
+            with keep:
+                for n, final in enumerate(finals):  # (i, b, h): 16 int32 per row and block
+                    at = address(acc_ptr, n * width)
+                    builder.store(final, builder.inttoptr(at, mul.lanes.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _scale(builder, finals, lanes, n_rows, n_vectors, offset, wsums_ptr, ws_ptr, xs_ptr,
+           out_ptr, out_stride):
+    """`dot_panel`'s epilogue: finals (vectors of int32 sums, row by row) less offset * wsums,
+    converted to float32 and scaled by the row's xs, then by the column's ws (in that order,
+    as the scalar loop does), stored to out."""
+    floats = ir.VectorType(ir.FloatType(), lanes.count)
+    step = lanes.count * 4  # bytes of one vector of int32 or float32
+
+    def load(base, n, vector):
+        at = builder.add(base, ir.Constant(base.type, n * step))
+        return builder.load(builder.inttoptr(at, vector.as_pointer()), align=4)
+
+    ws = [load(ws_ptr, n, floats) for n in range(n_vectors)]
+    shares = [builder.mul(load(wsums_ptr, n, lanes), ir.Constant(lanes, [offset] * lanes.count))
+              for n in range(n_vectors)] if offset else None
+    for i in range(n_rows):
+        at = builder.add(xs_ptr, ir.Constant(xs_ptr.type, 4 * i))
+        x_scale = builder.load(builder.inttoptr(at, ir.FloatType().as_pointer()), align=4)
+        one = builder.insert_element(ir.Constant(floats, None), x_scale, ir.Constant(I32, 0))
+        x_scales = builder.shuffle_vector(one, one, ir.Constant(lanes, [0] * lanes.count))
+        row = builder.add(out_ptr, builder.mul(out_stride, ir.Constant(out_stride.type, i)))
+        for n in range(n_vectors):
+            total = finals[i * n_vectors + n]
+            if offset:
+                total = builder.sub(total, shares[n])
+            value = builder.fmul(builder.fmul(builder.sitofp(total, floats), x_scales), ws[n])
+            at = builder.add(row, ir.Constant(row.type, n * step))
+            builder.store(value, builder.inttoptr(at, floats.as_pointer()), align=4)

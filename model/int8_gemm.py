@@ -58,7 +58,10 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     padded = w.packed.shape[1] * GROUP
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
-    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, out)
+    # The compiled kernels read these through raw pointers: contiguous, of their dtypes.
+    scale, sums = np.ascontiguousarray(w.scale, np.float32), np.ascontiguousarray(w.sums, np.int32)
+    xs = np.ascontiguousarray(xs, np.float32)
+    MATMULS[kernel](xq, xs, w.packed, scale, sums, out)
 
 
 # --------------------------------------------------------------------------- activations
@@ -82,15 +85,27 @@ def quantize_rows_parallel(x, q, scale):
 
 @njit(cache=True, nogil=True, inline="always")
 def quantize_row(x, q, scale, t):
-    peak = np.float32(0.0)
-    for k in range(x.shape[1]):
-        peak = max(peak, abs(x[t, k]))
-    s = np.float32(peak / np.float32(INT8_MAX))
+    row, out = x[t], q[t]
+    s = np.float32(row_peak(row) / np.float32(INT8_MAX))
     inverse = np.float32(np.float32(1.0) / s) if s > 0 else np.float32(0.0)
-    for k in range(x.shape[1]):
-        v = np.rint(np.float32(x[t, k] * inverse))
-        q[t, k] = np.int8(min(max(v, -INT8_MAX), INT8_MAX))
+    top = np.float32(INT8_MAX)
+    for k in range(row.shape[0]):  # float32 throughout, 1-d: LLVM vectorizes it
+        v = np.rint(np.float32(row[k] * inverse))
+        out[k] = np.int8(min(max(v, -top), top))
     scale[t] = s
+
+
+@njit(cache=True, nogil=True)
+def row_peak(row):
+    """max |row| (float32, contiguous), taken on the bits: without the sign bit, a finite
+    float32's bits order as integers as the float does, and an integer maximum is a vector one
+    (LLVM takes a float maximum one element at a time). A NaN wins, and makes the row's scale
+    NaN."""
+    bits = row.view(np.int32)
+    peak = np.int32(0)
+    for k in range(bits.shape[0]):
+        peak = max(peak, np.int32(bits[k] & np.int32(0x7FFFFFFF)))
+    return np.int32(peak).view(np.float32)
 
 
 # --------------------------------------------------------------------------- portable
@@ -188,10 +203,15 @@ def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
     out's edge (the packing's zeros) are dropped."""
     _, _, _, _, offset = tile_shape(isa)
     groups = packed.shape[1]
+    n = out.shape[1]
+    whole = (b + n_blocks) * BLOCK <= n  # no column past out's edge: scaled in `dot_panel`
     dot_panel(isa, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1], xq.shape[1],
               packed.ctypes.data + b * groups * BLOCK_BYTES, groups * BLOCK_BYTES, groups,
-              acc.ctypes.data)
-    n = out.shape[1]
+              acc.ctypes.data, whole, wsums.ctypes.data + 4 * b * BLOCK,
+              ws.ctypes.data + 4 * b * BLOCK, xs.ctypes.data + 4 * t,
+              out.ctypes.data + 4 * (t * n + b * BLOCK), 4 * n)
+    if whole:
+        return
     for i in range(n_rows):
         for j in range(n_blocks):
             c0 = (b + j) * BLOCK

@@ -40,7 +40,11 @@ class Int8Weight:
     sums: np.ndarray = field(init=False)  # int32 [out]: sum(q[c]), for the W8A8 kernels' offset
 
     def __post_init__(self):
-        self.sums = self.packed.sum(axis=(1, 3), dtype=np.int32).reshape(-1)[:self.shape[0]]
+        # The W8A8 kernels read packed, scale and sums through raw pointers: contiguous.
+        self.packed = np.ascontiguousarray(self.packed, np.int8)
+        self.scale = np.ascontiguousarray(self.scale, np.float32)
+        self.sums = np.ascontiguousarray(
+            self.packed.sum(axis=(1, 3), dtype=np.int32).reshape(-1)[:self.shape[0]])
 
     @classmethod
     def from_rows(cls, q: np.ndarray, scale: np.ndarray) -> Int8Weight:

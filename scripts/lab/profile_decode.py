@@ -7,7 +7,7 @@ weights and row count. The difference is attention, layer norm, GELU, sampling, 
 input building and detokenizing. Steps and chains alternate, so that both see the same machine
 speed (a VM's can drift within seconds); medians of `--steps` of each.
 
-    python scripts/lab/profile_decode.py --batch 64 [--kv-cache-dtype float16]
+    python scripts/lab/profile_decode.py --batch 64 [--kv-cache-dtype float16] [--quantization int8]
 """
 
 from __future__ import annotations
@@ -86,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_decode_args(p)
     p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
+    p.add_argument("--quantization", choices=["int8"], default=None,
+                   help="int8: the W8A8 weights (model/int8_gemm.py), in the step and the chain")
     args = p.parse_args(argv)
-    engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype)
+    engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype,
+                             quantization=args.quantization)
     step, gemm = alternating_medians_ms([engine.step, gemm_chain(engine.runner.weights, args.batch)],
                                         args.steps)
     print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "

@@ -68,6 +68,16 @@ def test_activations_quantize_per_row_exactly_like_weights():
     np.testing.assert_array_equal(plain_q[:6], q[:6])
 
 
+def test_a_nan_in_a_row_makes_its_scale_nan_not_its_neighbours():
+    """The peak is taken on the float32 bits (`row_peak`): a NaN is the largest, never skipped."""
+    x = f32(3, 40, seed=8)
+    x[1, 17] = np.nan
+    q, scale = np.empty(x.shape, np.int8), np.empty(3, np.float32)
+    quantize_rows(x, q, scale)
+    assert np.isnan(scale[1]) and not np.isnan(scale[[0, 2]]).any()
+    np.testing.assert_array_equal(q[[0, 2]], quantize_int8(x[[0, 2]]).q)
+
+
 def test_packed_weights_hold_every_element_once_in_blocks_of_groups():
     q = np.random.default_rng(7).integers(-127, 128, (37, 10)).astype(np.int8)
     packed = pack_int8(q)

@@ -24,3 +24,11 @@ def test_profile_decode_times_a_llama_checkpoint(llama_ckpt, capsys):
                                 "--context", "40", "--steps", "2"]) == 0
     assert re.search(r"batch 2, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms",
                      capsys.readouterr().out)
+
+
+def test_profile_decode_times_the_int8_weights(tiny_ckpt, capsys):
+    """--quantization int8: the step and the chain both on the W8A8 weights."""
+    assert profile_decode.main(["--model", str(tiny_ckpt), "--batch", "1", "--context", "40",
+                                "--steps", "2", "--quantization", "int8"]) == 0
+    assert re.search(r"batch 1, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms",
+                     capsys.readouterr().out)
