@@ -3,8 +3,8 @@
 Scored from log_softmax(logits / temperature) (temperature 0: the model's own distribution),
 as transformers scores a beam: no penalties, bias or grammar apply to beams.
 
-`beam_offers` is a compiled pass per row: it keeps the row's best tokens as it looks for the
-maximum, then sums the exponentials once, and takes the logprobs of the kept tokens only; no
+`beam_offers` is two compiled passes per row: it keeps the row's best tokens (the best is the
+maximum), then sums the exponentials once, and takes the logprobs of the kept tokens only; no
 vocabulary-sized temporary is made. `reference_beam_offers` is the plain numpy version (a full
 log_softmax, then a partition), which it is tested against.
 """
@@ -45,17 +45,9 @@ def top_logprobs_(logits, scales, counts, ids, lps):
     for r in range(logits.shape[0]):
         row, scale, n = logits[r], scales[r], counts[r]
         top_ids, top_vals = ids[r], lps[r]
-        # Three passes, the first two vectorized: the maximum, the sum of exponentials, and the
-        # best n (scaling by a positive number keeps the order, and so the maximum).
-        best = np.float32(-np.inf)
-        for j in range(row.shape[0]):
-            best = max(best, row[j])
-        best *= scale
-        total = 0.0
-        for j in range(row.shape[0]):
-            total += exp32(row[j] * scale - best)
-        log_total = best + math.log(total)
-        kept, worst = 0, -np.inf  # worst: the n-th best value so far, once n are kept
+        # The best n first (scalar, but rarely past its first test): the best of them is the
+        # row's maximum. Scaling by a positive number keeps the order.
+        kept, worst = 0, np.float32(-np.inf)  # worst: the n-th best value so far, once n are kept
         for j in range(row.shape[0]):
             v = row[j] * scale
             if v > worst or kept < n:
@@ -66,7 +58,13 @@ def top_logprobs_(logits, scales, counts, ids, lps):
                 top_vals[i], top_ids[i] = v, j
                 kept = min(kept + 1, n)
                 if kept == n:
-                    worst = top_vals[n - 1]
+                    worst = np.float32(top_vals[n - 1])
+        # Then the sum of exponentials (vectorized; in float64, which costs little here).
+        best = np.float32(top_vals[0])
+        total = 0.0
+        for j in range(row.shape[0]):
+            total += exp32(row[j] * scale - best)
+        log_total = best + math.log(total)
         for i in range(n):
             top_vals[i] -= log_total
 
