@@ -36,6 +36,11 @@ def beam_offers(logits: np.ndarray, temperatures: list[float], num_candidates: l
     return [(ids[r, :n].tolist(), lps[r, :n].tolist()) for r, n in enumerate(num_candidates)]
 
 
+def compile_beam_offers() -> None:
+    """Compiles `top_logprobs_` now (or loads it from numba's cache), at engine start."""
+    beam_offers(np.zeros((1, 2), np.float32), [0.0], [1])
+
+
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def top_logprobs_(logits, scales, counts, ids, lps):
     """Row r's counts[r] best tokens of log_softmax(logits[r] * scales[r]) into ids[r], lps[r].
