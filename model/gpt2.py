@@ -75,10 +75,10 @@ def compile_kernels() -> None:
         gelu(np.zeros((rows, 1), np.float32))
 
 
-# Up to this many rows (a decode step's), layer norm and GELU run on the calling thread: their
-# work is microseconds, less than a parallel region's start, which on a busy machine waits for
-# a descheduled thread.
-SERIAL_MAX_ROWS = 64
+# Up to this many rows (a small decode step's: beams, a few requests), layer norm and GELU run
+# on the calling thread: their work is microseconds, less than a parallel region's start, which
+# on a busy machine waits for a descheduled thread. Larger batches share them out.
+SERIAL_MAX_ROWS = 32
 
 
 def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
