@@ -71,57 +71,98 @@ def compile_kernels() -> None:
     compile_attention_kernel()
     compile_linear_kernel()
     compile_layer_norm()
-    gelu(np.zeros((1, 1), np.float32))
+    for rows in (1, SERIAL_MAX_ROWS + 1):
+        gelu(np.zeros((rows, 1), np.float32))
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def layer_norm(x, g, b, eps):
+# Up to this many rows (a small decode step's: beams, a few requests), layer norm and GELU run
+# on the calling thread: their work is microseconds, less than a parallel region's start, which
+# on a busy machine waits for a descheduled thread. Larger batches share them out.
+SERIAL_MAX_ROWS = 32
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b;
-    a new array (`reference.layer_norm`).
-
-    A compiled loop over rows, on numba's threads: three passes over x, where numpy's version
-    makes six.
-    """
+    a new array (`reference.layer_norm`). A compiled loop over rows, on numba's threads above
+    `SERIAL_MAX_ROWS` rows: three passes over x, where numpy's version makes six."""
     out = np.empty_like(x)
-    n = x.shape[1]
-    for i in prange(x.shape[0]):
-        mean = np.float32(0.0)
-        for j in range(n):
-            mean += x[i, j]
-        mean /= n
-        var = np.float32(0.0)
-        for j in range(n):
-            var += (x[i, j] - mean) * (x[i, j] - mean)
-        inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
-        for j in range(n):
-            out[i, j] = (x[i, j] - mean) * inv_std * g[j] + b[j]
+    if x.shape[0] <= SERIAL_MAX_ROWS:
+        layer_norm_rows_(x, g, b, eps, out)
+    else:
+        layer_norm_parallel_(x, g, b, eps, out)
     return out
 
 
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def layer_norm_rows_(x, g, b, eps, out):
+    for i in range(x.shape[0]):
+        layer_norm_row_(x[i], g, b, eps, out[i])
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def layer_norm_parallel_(x, g, b, eps, out):
+    for i in prange(x.shape[0]):
+        layer_norm_row_(x[i], g, b, eps, out[i])
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def layer_norm_row_(x, g, b, eps, out):
+    n = x.shape[0]
+    mean = np.float32(0.0)
+    for j in range(n):
+        mean += x[j]
+    mean /= n
+    var = np.float32(0.0)
+    for j in range(n):
+        var += (x[j] - mean) * (x[j] - mean)
+    inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
+    for j in range(n):
+        out[j] = (x[j] - mean) * inv_std * g[j] + b[j]
+
+
 def compile_layer_norm() -> None:
-    """For writable and for read-only (memory-mapped) g and b: two signatures."""
-    x = np.zeros((1, 1), np.float32)
+    """For writable and for read-only (memory-mapped) g and b: two signatures, serial and
+    parallel."""
     read_only = np.zeros(1, np.float32)
     read_only.flags.writeable = False
-    for v in (x[0], read_only):
-        layer_norm(x, v, v, 1e-5)
+    for x in (np.zeros((1, 1), np.float32), np.zeros((SERIAL_MAX_ROWS + 1, 1), np.float32)):
+        for v in (x[0], read_only):
+            layer_norm(x, v, v, 1e-5)
 
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def gelu(x):
+def gelu(x: np.ndarray) -> np.ndarray:
     """GPT-2's tanh approximation (`gelu_new`, `reference.gelu`) IN PLACE: overwrites x ([n, 4E],
     C-contiguous) and returns it. Computed as 0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)), in one
-    pass over x, where numpy's version makes nine."""
-    for i in prange(x.shape[0]):
-        row = x[i]
-        for j in range(row.shape[0]):
-            v = row[j]
-            u = GELU_C * (v + np.float32(0.044715) * v * v * v)
-            row[j] = v / (np.float32(1.0) + exp32(np.float32(-2.0) * u))
+    pass over x, where numpy's version makes nine; on numba's threads above `SERIAL_MAX_ROWS`."""
+    (gelu_rows_ if x.shape[0] <= SERIAL_MAX_ROWS else gelu_parallel_)(x)
     return x
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def gelu_rows_(x):
+    e = np.empty(x.shape[1], np.float32)
+    for i in range(x.shape[0]):
+        gelu_row_(x[i], e)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def gelu_parallel_(x):
+    for i in prange(x.shape[0]):
+        gelu_row_(x[i], np.empty(x.shape[1], np.float32))
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def gelu_row_(row, e):
+    """Two passes through the scratch row e: the exponentials, then the divisions. (In one
+    loop LLVM vectorized neither, and it ran four times slower.)"""
+    for j in range(row.shape[0]):
+        v = row[j]
+        e[j] = exp32(np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v))
+    for j in range(row.shape[0]):
+        row[j] = row[j] / (np.float32(1.0) + e[j])
 
 
 def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:

@@ -25,7 +25,7 @@ from nanovllm.contract.step import (
 )
 from nanovllm.model import AttentionBatch
 from nanovllm.model.architectures import ModelConfig, family_of
-from nanovllm.runner.beam import beam_offers
+from nanovllm.runner.beam import beam_offers, compile_beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
@@ -60,6 +60,7 @@ class NativeModelRunner:
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         self.model.compile_kernels()
+        compile_beam_offers()
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
         for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did

@@ -1,14 +1,16 @@
 """Beam search throughput against transformers', and the KV blocks beams share:
-`python -m nanovllm.scripts.lab.beam_bench [--prompts 8] [--prompt-len 64] [--tokens 32]`.
+`python -m nanovllm.scripts.lab.beam_bench [--prompts 8] [--prompt-len 64] [--tokens 32]
+[--repeat 3]`.
 
 Both sides run in this process on the same random-weight checkpoint with GPT-2 124M's shapes,
-the same token-id prompts and beam widths, EOS kept out of play on our side (ignore_eos) and
+the same token-id prompts (new ones for each run, so that our prefix cache never serves a
+previous run's prompt) and beam widths, EOS kept out of play on our side (ignore_eos) and
 unlikely on theirs (random weights): transformers' `generate(num_beams=k,
 num_return_sequences=k, do_sample=False)` one prompt batch at a time, ours
-`LLM.beam_search` over all prompts at once. Throughput is generated beam tokens (prompts x
-width x tokens) per second. Then one beam-8 request over a long prompt, stepped alone: the
-KV blocks it holds at its peak, against 8 sequences of the same length (n=8 with and without
-the prefix cache, and 8 with nothing shared). Timings depend on the machine and what else runs.
+`LLM.beam_search` over all prompts at once; each side is warmed up once first. The times are
+each side's median over --repeat runs, A and B alternating. Then one beam-8 request over a long
+prompt, stepped alone: the KV blocks it holds at its peak, against 8 sequences of the same
+length (n=8 with and without the prefix cache, and 8 with nothing shared). Timings depend on the machine and what else runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--widths", default="4,8")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each side per width, alternating; the medians are compared")
     ap.add_argument("--long-prompt", type=int, default=512,
                     help="prompt tokens of the block-sharing table; 0 skips it")
     args = ap.parse_args()
@@ -42,30 +46,43 @@ def main() -> None:
     env = environment()
     print(describe_environment(env))
     rng = np.random.default_rng(0)
-    prompts = rng.integers(0, 50000, (args.prompts, args.prompt_len)).tolist()
     llm = LLM(str(ckpt), kv_cache_memory_bytes=2 << 30)
     hf = GPT2LMHeadModel.from_pretrained(ckpt, dtype=torch.float32).eval()
-    llm.beam_search(prompts[:1], BeamSearchParams(2, 2, ignore_eos=True))  # warm-up
+    warm_up = rng.integers(0, 50000, (1, args.prompt_len)).tolist()
+    llm.beam_search(warm_up, BeamSearchParams(2, 2, ignore_eos=True))
+    generate(hf, warm_up, 2, 2)
     rows = [["width", "beam tokens", "nanovllm s", "transformers s", "ratio"]]
     for width in (int(w) for w in args.widths.split(",")):
-        beam_tokens = args.prompts * width * args.tokens
-        t0 = time.perf_counter()
-        llm.beam_search(prompts, BeamSearchParams(width, args.tokens, ignore_eos=True))
-        ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            ids = torch.tensor(prompts)
-            hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=width,
-                        num_return_sequences=width, do_sample=False, early_stopping=False,
-                        max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                        pad_token_id=hf.config.eos_token_id)
-        theirs = time.perf_counter() - t0
-        rows.append([str(width), str(beam_tokens), f"{ours:.2f}", f"{theirs:.2f}",
-                     f"{theirs / ours:.2f}x"])
+        ours, theirs = [], []
+        for _ in range(args.repeat):
+            # Prompts of their own for each run: our prefix cache must not serve a previous
+            # run's prompt blocks (transformers has none).
+            prompts = rng.integers(0, 50000, (args.prompts, args.prompt_len)).tolist()
+            t0 = time.perf_counter()
+            llm.beam_search(prompts, BeamSearchParams(width, args.tokens, ignore_eos=True))
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            generate(hf, prompts, width, args.tokens)
+            theirs.append(time.perf_counter() - t0)
+        ours_s, theirs_s = float(np.median(ours)), float(np.median(theirs))
+        rows.append([str(width), str(args.prompts * width * args.tokens), f"{ours_s:.2f}",
+                     f"{theirs_s:.2f}", f"{theirs_s / ours_s:.2f}x"])
     print(render_table(rows))
     if args.long_prompt > 0:
         print()
         print(render_table(block_rows(llm, args.long_prompt, args.tokens)))
+
+
+def generate(hf, prompts: list[list[int]], width: int, tokens: int) -> None:
+    """transformers' beam search over `prompts`, `tokens` new tokens each (EOS not ending it)."""
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor(prompts)
+        hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=width,
+                    num_return_sequences=width, do_sample=False, early_stopping=False,
+                    max_new_tokens=tokens, min_new_tokens=tokens,
+                    pad_token_id=hf.config.eos_token_id)
 
 
 def block_rows(llm, prompt_len: int, tokens: int) -> list[list[str]]:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from numba import config
 
+from nanovllm.model import gpt2
 from nanovllm.model import linear as linear_module
 from nanovllm.model import reference as ref
 from nanovllm.model.attention import (
@@ -182,3 +183,18 @@ def test_paged_decode_attention_matches_reference(lens, cache_dtype):
         k, v = k_cache[slots].astype(np.float32), v_cache[slots].astype(np.float32)
         expected = ref.attention(q, k, v)[-1:]
         assert_within(out[i:i + 1], expected, attention_bound(q[-1:], k, v))
+
+
+def test_layer_norm_and_gelu_give_the_same_bits_serial_and_on_threads():
+    """Small batches run on the calling thread, large ones on numba's: one row's arithmetic."""
+    x = 30 + f32(9, 768, seed=8, scale=3)
+    g, b = 1 + f32(768, seed=5, scale=0.3), f32(768, seed=6, scale=0.1)
+    serial, threaded = np.empty_like(x), np.empty_like(x)
+    gpt2.layer_norm_rows_(x, g, b, 1e-5, serial)
+    gpt2.layer_norm_parallel_(x, g, b, 1e-5, threaded)
+    np.testing.assert_array_equal(serial, threaded)
+    h = f32(9, 3072, seed=9, scale=4)
+    serial, threaded = h.copy(), h.copy()
+    gpt2.gelu_rows_(serial)
+    gpt2.gelu_parallel_(threaded)
+    np.testing.assert_array_equal(serial, threaded)
