@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_kernels_vs_reference import (
+    MANY_CONTEXTS,
     U,
     assert_within,
     attention_bound,
@@ -98,7 +99,7 @@ def test_grouped_causal_attention_matches_reference(n, c, window):
 
 @pytest.mark.parametrize("window", [0, 1, 7, 100])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64], MANY_CONTEXTS])
 def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, window):
     """Each decode is the last row of the reference's attention over its context, read through
     a shuffled block table; positions before the window are poisoned with NaN: never read."""
