@@ -113,7 +113,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     Like any compiled kernel it does not check bounds: the tables must cover each context.
     """
     num_seqs, n_head, head_dim = q.shape
-    if context_lens.sum() * n_head * head_dim < DECODE_PARALLEL_MIN_WORK:
+    work = 0
+    for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
+        work += context_lens[b] * n_head * head_dim
+    if work < DECODE_PARALLEL_MIN_WORK:
         for b in range(num_seqs):
             decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
                         out[b], window)
@@ -125,27 +128,36 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
-    """paged_decode_attention for one sequence: q, out [H, D], its block table and length."""
+    """paged_decode_attention for one sequence: q, out [H, D], its block table and length.
+    The slots are looked up once, and each query head h = g * group + j reads key/value head g:
+    a division per position and head (h // group) cost a sixth of the kernel's time."""
     n_head, head_dim = q.shape
-    group = n_head // k_cache.shape[1]  # query heads per key/value head
+    n_kv = k_cache.shape[1]
+    group = n_head // n_kv  # query heads per key/value head
     scale = np.float32(1.0 / np.sqrt(head_dim))
     first = max(0, n - window) if window > 0 else 0
+    slots = np.empty(n - first, np.int64)
+    for t in range(first, n):
+        slots[t - first] = block_table[t // block_size] * block_size + t % block_size
     probs = np.empty((n_head, n - first), np.float32)
-    for t in range(first, n):  # scores, position by position: a slot's K is [Hkv, D]
-        slot = block_table[t // block_size] * block_size + t % block_size
-        for h in range(n_head):
-            dot = np.float32(0.0)
-            for d in range(head_dim):
-                dot += q[h, d] * to_float32(k_cache[slot, h // group, d])
-            probs[h, t - first] = dot * scale
+    for i in range(slots.shape[0]):  # scores, position by position: a slot's K is [Hkv, D]
+        slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
+        for g in range(n_kv):
+            for h in range(g * group, (g + 1) * group):
+                dot = np.float32(0.0)
+                for d in range(head_dim):
+                    dot += q[h, d] * to_float32(k_cache[slot, g, d])
+                probs[h, i] = dot * scale
     for h in range(n_head):
         softmax_row_(probs[h])
     out[:] = 0.0
-    for t in range(first, n):
-        slot = block_table[t // block_size] * block_size + t % block_size
-        for h in range(n_head):
-            for d in range(head_dim):
-                out[h, d] += probs[h, t - first] * to_float32(v_cache[slot, h // group, d])
+    for i in range(slots.shape[0]):
+        slot = slots[i]
+        for g in range(n_kv):
+            for h in range(g * group, (g + 1) * group):
+                p = probs[h, i]
+                for d in range(head_dim):
+                    out[h, d] += p * to_float32(v_cache[slot, g, d])
 
 
 @njit(cache=True, nogil=True)
