@@ -91,8 +91,9 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
 # copy of every context, and that copy cost more than the attention itself.
-# Sequences are shared out among numba's threads, the pool the decode GEMMs run on too
-# (`model/linear.py`); it releases the GIL, so the server's event loop keeps streaming meanwhile.
+# Sequences are shared out among numba's threads when there is enough work, the pool the decode
+# GEMMs run on too (`model/linear.py`); it releases the GIL, so the server's event loop keeps
+# streaming meanwhile.
 
 
 # Below this many query-key multiply-adds a step's decodes are attended on the calling thread:
@@ -129,8 +130,9 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
     """paged_decode_attention for one sequence: q, out [H, D], its block table and length.
-    The slots are looked up once, and each query head h = g * group + j reads key/value head g:
-    a division per position and head (h // group) cost a sixth of the kernel's time."""
+    The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
+    key/value head g: a division per position and head (h // group) and a table lookup per
+    position and pass cost about a quarter of the kernel's time."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv  # query heads per key/value head
