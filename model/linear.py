@@ -2,9 +2,16 @@
 
 A decode step multiplies a few rows by every weight matrix, so it is bound by reading the
 weights from memory. BLAS is slow there: its GEMM repacks the whole matrix for a handful of
-rows. Up to `KERNEL_MAX_ROWS` rows, a small compiled kernel computes each output as a dot
-product of a contiguous weight row with each input row, reading every weight once, on all
-cores. Larger batches (prefill) go to BLAS. `reference.linear` is the plain version.
+rows. Up to `KERNEL_MAX_ROWS` rows, small compiled kernels read every weight once, on all
+cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain version. Two kernels:
+
+- `matmul_nt`, on every CPU path: each output a dot product of a contiguous weight row with
+  each input row, vectorized along k by LLVM (at the width it prefers: 256 bits on AVX-512
+  CPUs too), each ending in a horizontal sum.
+- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows: x transposed once, and a
+  tile of outputs held in 16-lane registers, each weight broadcast to every lane and multiplied
+  by 16 rows of x at once (`model/f32_dot.py`); the weights stay in their `[out, in]` rows.
+  Below `PANEL_MIN_ROWS` rows most of its lanes would multiply padding.
 
 Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
 weight through `widen` (identity for float32, so that path is unchanged). Above
@@ -19,9 +26,11 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange, types
+from numba.extending import overload
 
 from nanovllm.model.cpu import kernel_path
+from nanovllm.model.f32_dot import broadcast_panel
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, widen
@@ -31,6 +40,14 @@ from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, w
 KERNEL_MAX_ROWS = 64
 # Output columns are split into this many chunks, shared out among the threads.
 NUM_CHUNKS = 64
+# The panel kernel: float32 lanes of a vector, the CPU paths that run it, and the fewest rows it
+# takes (measured cut-overs: re-measure them on a new CPU).
+PANEL_WIDTH = 16
+PANEL_PATHS = ("avx512",)
+PANEL_MIN_ROWS = 16
+# Weight rows of a panel, by the number of PANEL_WIDTH-row vectors of x it holds (1 to 4): the
+# accumulators (rows x vectors) and the x vectors fill AVX-512's 32 registers.
+PANEL_COLS = (12, 12, 8, 6)
 # Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
 # block at once, the LM head in a few parts.
 BLAS_CHUNK = 8192
@@ -42,7 +59,10 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
         out = int8_linear(x, w, host_int8_kernel())
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
+        if x.shape[0] >= PANEL_MIN_ROWS and host_has_panels() and panel_ready(w):
+            matmul_panels(np.ascontiguousarray(x), w, out)
+        else:
+            matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
     elif isinstance(w, np.ndarray):
         out = x @ w.T
     else:
@@ -56,6 +76,17 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
 def host_int8_kernel() -> str:
     """The W8A8 kernel for this process's CPU (`cpu.KernelPath.int8`)."""
     return kernel_path().int8
+
+
+@cache
+def host_has_panels() -> bool:
+    """Whether this process runs `matmul_panels` (compiled, on a path that has it)."""
+    return not config.DISABLE_JIT and kernel_path().name in PANEL_PATHS
+
+
+def panel_ready(w: Weight) -> bool:
+    """Whether `matmul_panels` can read w: float32 rows at a fixed stride (it addresses them)."""
+    return isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous
 
 
 def widened_matmul(x: np.ndarray, w: BF16Weight) -> np.ndarray:
@@ -148,6 +179,79 @@ def dot_each(x, w, out, row_start, row_end, col_start, col_end):
             out[r, c] = s
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def matmul_panels(x, w, out):
+    """out = x @ w.T (float32) by panels (`f32_dot.broadcast_panel`): x transposed into xt
+    [K, rows padded to PANEL_WIDTH], then chunks of output columns in parallel. All arrays
+    C-contiguous."""
+    m, k_dim = x.shape
+    n = w.shape[0]
+    xt = np.zeros((k_dim, (m + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH), np.float32)
+    for k in range(k_dim):  # (xt written in order; the few rows of x read stay in L1)
+        for r in range(m):
+            xt[k, r] = x[r, k]
+    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 23) // 24 * 24  # whole panels of 6, 8 or 12
+    for chunk in prange((n + step - 1) // step):
+        panel_columns(xt, w, out, chunk * step, min(n, (chunk + 1) * step))
+
+
+@njit(cache=True, nogil=True)
+def panel_columns(xt, w, out, start, end):
+    """out[:, start:end], 4 PANEL_WIDTH-row vectors of x (64 rows) at a time, then the rest."""
+    acc = np.empty(max(PANEL_COLS) * len(PANEL_COLS) * PANEL_WIDTH, np.float32)
+    m = out.shape[0]
+    row = 0
+    while row < m:
+        vectors = min(len(PANEL_COLS), (m - row + PANEL_WIDTH - 1) // PANEL_WIDTH)
+        if vectors == 4:  # (constants for the kernel's tile, one branch each)
+            panels(4, xt, w, out, row, start, end, acc)
+        elif vectors == 3:
+            panels(3, xt, w, out, row, start, end, acc)
+        elif vectors == 2:
+            panels(2, xt, w, out, row, start, end, acc)
+        else:
+            panels(1, xt, w, out, row, start, end, acc)
+        row += vectors * PANEL_WIDTH
+
+
+def panel_cols(vectors):
+    """Weight rows of a panel of `vectors` vectors (PANEL_COLS)."""
+    return PANEL_COLS[vectors - 1]
+
+
+@overload(panel_cols)
+def _panel_cols(vectors):
+    if not isinstance(vectors, types.Literal):
+        return None
+    cols = panel_cols(vectors.literal_value)
+    return lambda vectors: cols
+
+
+@njit(cache=True, nogil=True)
+def panels(vectors, xt, w, out, row, start, end, acc):
+    """out[row:row + vectors * PANEL_WIDTH, start:end] by panels, then one column at a time."""
+    cols = panel_cols(vectors)
+    c = start
+    while c + cols <= end:
+        panel(cols, vectors, xt, w, out, row, c, acc)
+        c += cols
+    while c < end:
+        panel(1, vectors, xt, w, out, row, c, acc)
+        c += 1
+
+
+@njit(cache=True, nogil=True)
+def panel(cols, vectors, xt, w, out, row, c, acc):
+    """out[row:row + vectors * PANEL_WIDTH, c:c + cols] (the rows that exist) through acc."""
+    k_dim = w.shape[1]
+    broadcast_panel(PANEL_WIDTH, cols, vectors, xt.ctypes.data + row * 4, xt.shape[1] * 4,
+                    w.ctypes.data + c * k_dim * 4, k_dim * 4, k_dim, acc.ctypes.data)
+    rows = min(vectors * PANEL_WIDTH, out.shape[0] - row)
+    for j in range(cols):
+        for r in range(rows):
+            out[row + r, c + j] = acc[j * vectors * PANEL_WIDTH + r]
+
+
 def compile_linear_kernel() -> None:
     """Compiles the kernels now (or loads them from numba's cache on disk), for writable weights,
     read-only ones (the LM head is the memory-mapped embedding: another signature), bfloat16
@@ -157,5 +261,8 @@ def compile_linear_kernel() -> None:
     read_only.flags.writeable = False
     for w in (x, read_only, np.zeros((1, 1), np.uint16)):
         matmul_nt(x, w, np.empty((1, 1), np.float32))
+    if host_has_panels():
+        for w in (x, read_only):
+            matmul_panels(x, w, np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
     compile_int8_kernel(host_int8_kernel())

@@ -9,7 +9,7 @@ from nanovllm import LLM, SamplingParams
 from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
 from nanovllm.model.gpt2 import gelu, layer_norm
 from nanovllm.model.kernels import softmax_rows_
-from nanovllm.model.linear import matmul_nt
+from nanovllm.model.linear import matmul_nt, matmul_panels
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "float16"])
@@ -19,7 +19,7 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
     (its F32 biases stay read-only views of the file)."""
     llm = LLM(str(request.getfixturevalue(checkpoint)), num_kv_blocks=64,
               kv_cache_dtype=kv_cache_dtype)
-    kernels = (matmul_nt, paged_decode_attention, layer_norm, gelu, write_slots, softmax_rows_,
+    kernels = (matmul_nt, matmul_panels, paged_decode_attention, layer_norm, gelu, write_slots, softmax_rows_,
                causal_softmax_)
     before = [list(k.signatures) for k in kernels]
     llm.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))

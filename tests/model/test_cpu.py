@@ -100,3 +100,49 @@ def test_forced_generic_path_runs_every_precision(tiny_ckpt):
         outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
                             SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
         assert [o.outputs[0].token_ids for o in outs] == generic_tokens, options
+
+
+AVX2_SCRIPT = """
+import json
+import numpy as np
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model.linear import host_has_panels, linear, matmul_panels
+rng = np.random.default_rng(0)
+errors = {}
+for rows in (1, 20, 64):
+    x = rng.standard_normal((rows, 300), dtype=np.float32)
+    w = rng.standard_normal((129, 300), dtype=np.float32)
+    expected = x.astype(np.float64) @ w.T.astype(np.float64)
+    scale = np.abs(x) @ np.abs(w).T
+    panels = np.empty((rows, 129), np.float32)
+    matmul_panels(x, w, panels)  # not this path's choice, but it must run here too
+    for name, out in (("linear", linear(x, w)), ("panels", panels)):
+        errors[f"{name} {rows}"] = float((np.abs(out - expected) / scale).max())
+print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(), "errors": errors}))
+"""
+
+
+def test_forced_avx2_path_runs_the_float32_kernels():
+    """NUMBA_CPU_NAME=haswell on an AVX-512 host: the AVX2 path (16 vector registers) keeps the
+    dot-product kernel; the panel kernel, which LLVM then splits into 8-lane vectors, is still
+    correct there."""
+    if "avx2" not in cpuinfo_flags():
+        pytest.skip("this CPU has no AVX2")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell",
+           "NUMBA_CPU_FEATURES": "+sse4.1,+avx,+avx2,+fma,+f16c"}
+    run = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["path"] == "avx2" and result["panels"] is False
+    assert len(result["errors"]) == 6
+    assert max(result["errors"].values()) < 1e-5, result["errors"]
+
+
+def test_linear_takes_the_panel_kernel_on_the_avx512_path_only():
+    from numba import config
+
+    from nanovllm.model.linear import PANEL_PATHS, host_has_panels
+
+    assert PANEL_PATHS == ("avx512",)
+    assert host_has_panels() == (kernel_path().name == "avx512" and not config.DISABLE_JIT)

@@ -15,7 +15,9 @@ import math
 
 import numpy as np
 import pytest
+from numba import config
 
+from nanovllm.model import linear as linear_module
 from nanovllm.model import reference as ref
 from nanovllm.model.attention import (
     CAUSAL_BLOCK,
@@ -56,6 +58,21 @@ def test_linear_matches_reference(rows, in_dim, out_dim):
     expected = ref.linear(x, w, b)
     magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64) + np.abs(b)
     assert_within(linear(x, w, b), expected, sum_error(in_dim + 1) * magnitude)
+
+
+@pytest.mark.parametrize("kernel", ["matmul_nt", "matmul_panels"])
+@pytest.mark.parametrize("rows, in_dim, out_dim", [
+    (1, 1, 1), (16, 768, 2305), (17, 5, 13), (KERNEL_MAX_ROWS, 767, 33), (50, 1536, 577),
+])
+def test_linear_kernels_match_reference(kernel, rows, in_dim, out_dim):
+    """Both small-batch kernels, whichever `linear` takes on this CPU."""
+    if kernel == "matmul_panels" and config.DISABLE_JIT:
+        pytest.skip("LLVM IR: compiled only")
+    x, w = f32(rows, in_dim, seed=1), f32(out_dim, in_dim, seed=2)
+    out = np.empty((rows, out_dim), np.float32)
+    getattr(linear_module, kernel)(x, w, out)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    assert_within(out, ref.linear(x, w, None), sum_error(in_dim) * magnitude)
 
 
 @pytest.mark.parametrize("rows, e", [(1, 1), (1, 768), (5, 7), (130, 1601)])

@@ -1,4 +1,4 @@
-"""`linear` (x @ w.T + b) on both of its paths, the small-batch kernel and BLAS, against float64."""
+"""`linear` (x @ w.T + b) on its paths, the small-batch kernels and BLAS, against float64."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import config
 
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_panels
+
+# The panel kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
+# its 16-lane vectors where they are wider than the CPU's), though only the AVX-512 path takes it.
+KERNELS = [matmul_nt] + ([] if config.DISABLE_JIT else [matmul_panels])
 
 
 def reference(x, w, b):
@@ -34,6 +40,23 @@ def test_linear_matches_float64_on_both_paths(rows, out_dim, in_dim, strided, se
     np.testing.assert_allclose(out, reference(x, w, b), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
 
 
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, KERNEL_MAX_ROWS + 20), out_dim=st.integers(1, 60),
+       in_dim=st.integers(1, 70), read_only=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_each_kernel_matches_float64(kernel, rows, out_dim, in_dim, read_only, seed):
+    """Each kernel called directly, whichever this CPU's `linear` picks: row counts that leave
+    part of a 16-row vector (or a 4-row tile) empty, and more than one vector group; outputs
+    that leave a partial panel; read-only weights (the memory-mapped LM head)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, in_dim), dtype=np.float32)
+    w = rng.standard_normal((out_dim, in_dim), dtype=np.float32)
+    w.flags.writeable = not read_only
+    out = np.full((rows, out_dim), np.nan, np.float32)
+    kernel(x, w, out)
+    np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
 def test_kernel_and_blas_agree_at_the_cut_over():
     """The same rows give the same outputs whichever path a batch size takes (to float32
     rounding): a sequence's logits must not depend on how many others share its step."""
@@ -45,15 +68,16 @@ def test_kernel_and_blas_agree_at_the_cut_over():
     np.testing.assert_allclose(kernel, blas[:KERNEL_MAX_ROWS], rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_kernel_releases_the_gil_so_other_threads_run_meanwhile(kernel):
     """The server's event loop must keep running while the engine thread is in the kernel. A
     long call runs in a thread; this thread counts how often it gets to run meanwhile."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((KERNEL_MAX_ROWS, 4096), dtype=np.float32)
     w = rng.standard_normal((16384, 4096), dtype=np.float32)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    matmul_nt(x[:1], w[:2], out[:1, :2])  # compiled before timing anything
-    worker = threading.Thread(target=matmul_nt, args=(x, w, out))
+    kernel(x[:1], w[:2], out[:1, :2])  # compiled before timing anything
+    worker = threading.Thread(target=kernel, args=(x, w, out))
     worker.start()
     turns = 0
     while worker.is_alive():
