@@ -91,8 +91,15 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
 # copy of every context, and that copy cost more than the attention itself.
-# Sequences are shared out among numba's threads, the pool the decode GEMMs run on too
-# (`model/linear.py`); it releases the GIL, so the server's event loop keeps streaming meanwhile.
+# Sequences are shared out among numba's threads when there is enough work, the pool the decode
+# GEMMs run on too (`model/linear.py`); it releases the GIL, so the server's event loop keeps
+# streaming meanwhile.
+
+
+# Below this many query-key multiply-adds a step's decodes are attended on the calling thread:
+# a parallel region costs more than a few short contexts' work, and under load it waits for a
+# thread the OS has parked (batch 1, whose one sequence nothing could share, paid ~0.3 ms a layer).
+DECODE_PARALLEL_MIN_WORK = 1 << 17
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -107,27 +114,52 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     Like any compiled kernel it does not check bounds: the tables must cover each context.
     """
     num_seqs, n_head, head_dim = q.shape
-    group = n_head // k_cache.shape[1]  # query heads per key/value head
+    work = 0
+    for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
+        work += context_lens[b] * n_head * head_dim
+    if work < DECODE_PARALLEL_MIN_WORK:
+        for b in range(num_seqs):
+            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window)
+    else:
+        for b in prange(num_seqs):
+            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
+    """paged_decode_attention for one sequence: q, out [H, D], its block table and length.
+    The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
+    key/value head g: a division per position and head (h // group) and a table lookup per
+    position and pass cost about a quarter of the kernel's time."""
+    n_head, head_dim = q.shape
+    n_kv = k_cache.shape[1]
+    group = n_head // n_kv  # query heads per key/value head
     scale = np.float32(1.0 / np.sqrt(head_dim))
-    for b in prange(num_seqs):
-        n = context_lens[b]
-        first = max(0, n - window) if window > 0 else 0
-        probs = np.empty((n_head, n - first), np.float32)
-        for t in range(first, n):  # scores, position by position: a slot's K is [Hkv, D]
-            slot = block_tables[b, t // block_size] * block_size + t % block_size
-            for h in range(n_head):
+    first = max(0, n - window) if window > 0 else 0
+    slots = np.empty(n - first, np.int64)
+    for t in range(first, n):
+        slots[t - first] = block_table[t // block_size] * block_size + t % block_size
+    probs = np.empty((n_head, n - first), np.float32)
+    for i in range(slots.shape[0]):  # scores, position by position: a slot's K is [Hkv, D]
+        slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
+        for g in range(n_kv):
+            for h in range(g * group, (g + 1) * group):
                 dot = np.float32(0.0)
                 for d in range(head_dim):
-                    dot += q[b, h, d] * to_float32(k_cache[slot, h // group, d])
-                probs[h, t - first] = dot * scale
-        for h in range(n_head):
-            softmax_row_(probs[h])
-        out[b] = 0.0
-        for t in range(first, n):
-            slot = block_tables[b, t // block_size] * block_size + t % block_size
-            for h in range(n_head):
+                    dot += q[h, d] * to_float32(k_cache[slot, g, d])
+                probs[h, i] = dot * scale
+    for h in range(n_head):
+        softmax_row_(probs[h])
+    out[:] = 0.0
+    for i in range(slots.shape[0]):
+        slot = slots[i]
+        for g in range(n_kv):
+            for h in range(g * group, (g + 1) * group):
+                p = probs[h, i]
                 for d in range(head_dim):
-                    out[b, h, d] += probs[h, t - first] * to_float32(v_cache[slot, h // group, d])
+                    out[h, d] += p * to_float32(v_cache[slot, g, d])
 
 
 @njit(cache=True, nogil=True)

@@ -68,10 +68,11 @@ def compile_kernels() -> None:
     rotate_(np.zeros((1, 4), np.float32)[:, :2].reshape(1, 1, 2), cos, cos)  # a strided view
 
 
-# Starting and joining a parallel region costs microseconds, more than normalizing, gating or
-# rotating a few rows (a decode step at batch 1 has one), and under load it waits for a thread
-# the OS has parked: below this many rows those kernels run on the calling thread.
-PARALLEL_MIN_ROWS = 8
+# Starting and joining a parallel region costs microseconds, and under load it waits for a
+# thread the OS has parked (hundreds of microseconds); normalizing, gating or rotating a decode
+# step's rows, even at batch 64, is tens of microseconds on one thread. Below this many output
+# elements those kernels run on the calling thread; a long prefill's rows are shared out.
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -79,7 +80,7 @@ def rms_norm(x, g, eps):
     """Each row of x ([n, E], C-contiguous) divided by its root mean square, times g: a new
     array (`reference_llama.rms_norm`). Layer norm without the mean and the shift."""
     out = np.empty_like(x)
-    if x.shape[0] < PARALLEL_MIN_ROWS:
+    if x.size < PARALLEL_MIN_ELEMENTS:
         for i in range(x.shape[0]):
             rms_norm_row(x[i], g, eps, out[i])
     else:
@@ -103,7 +104,7 @@ def silu_mul(h):
     """SwiGLU's gate: h ([n, 2I], rows gate | up) -> silu(gate) * up, [n, I], a new array
     (`reference_llama.swiglu`); silu(g) = g / (1 + e**-g)."""
     out = np.empty((h.shape[0], h.shape[1] // 2), np.float32)
-    if h.shape[0] < PARALLEL_MIN_ROWS:
+    if out.size < PARALLEL_MIN_ELEMENTS:
         for i in range(h.shape[0]):
             silu_mul_row(h[i], out[i])
     else:
@@ -112,7 +113,9 @@ def silu_mul(h):
     return out
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+# error_model="numpy": with Python's, every division checks its divisor for zero and may raise,
+# and that branch kept the loop from vectorizing (1 + e**-g is never 0 anyway).
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, error_model="numpy")
 def silu_mul_row(h, out):
     half = out.shape[0]
     for j in range(half):
@@ -125,7 +128,7 @@ def rotate_(x, cos, sin):
     """Rotary positions IN PLACE (`reference_llama.rotate`): x ([n, heads, D], any strides)
     turned by each row's angles (cos, sin: [n, D/2], `rotary.cos_sin`): each pair
     (x[.., i], x[.., i + D/2]) = (a, b) becomes (a cos - b sin, b cos + a sin)."""
-    if x.shape[0] < PARALLEL_MIN_ROWS:
+    if x.size < PARALLEL_MIN_ELEMENTS:
         for t in range(x.shape[0]):
             rotate_row_(x[t], cos[t], sin[t])
     else:

@@ -37,17 +37,20 @@ def alternating_medians_ms(fns, reps: int) -> list[float]:
     return [float(np.median(spent)) * 1e3 for spent in times]
 
 
+def step_matrices(weights) -> tuple[list[tuple], object]:
+    """The weight matrices of a decode step: GPT-2's four per block or Llama's four per layer
+    (fused q/k/v, o, fused gate/up, down), and the LM head."""
+    if hasattr(weights, "blocks"):  # GPT-2
+        return [(b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w) for b in weights.blocks], weights.wte
+    return ([(layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w) for layer in weights.layers],
+            weights.lm_head)
+
+
 def gemm_chain(weights, rows: int):
-    """The weight matmuls of one decode step over `rows` tokens, and nothing else: GPT-2's four
-    per block or Llama's four per layer (fused q/k/v, o, fused gate/up, down), and the LM head."""
+    """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
     from nanovllm.model.linear import linear
 
-    if hasattr(weights, "blocks"):  # GPT-2
-        mats = [(b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w) for b in weights.blocks]
-        head = weights.wte
-    else:  # the Llama family
-        mats = [(layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w) for layer in weights.layers]
-        head = weights.lm_head
+    mats, head = step_matrices(weights)
     # Each matrix's input, by its width: the model's (and attention's) width or the MLP's.
     inputs = {m.shape[1]: np.ones((rows, m.shape[1]), np.float32) for ms in mats for m in ms}
 
@@ -88,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
     p.add_argument("--quantization", choices=["int8"], default=None,
                    help="int8: the W8A8 weights (model/int8_gemm.py), in the step and the chain")
+    p.add_argument("--roof", action="store_true",
+                   help="also measure the memory bandwidth (scripts/roofs.py) and say how fast "
+                        "the step streams its weights against it (the bound at batch 1)")
     args = p.parse_args(argv)
     engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype,
                              quantization=args.quantization)
@@ -96,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "
           f"({args.batch / step * 1e3:.0f} tok/s); weight GEMMs alone {gemm:.1f} ms; "
           f"everything else {step - gemm:.1f} ms = {100 * (1 - gemm / step):.0f}% of the step")
+    if args.roof:
+        from nanovllm.scripts.roofs import measure_roofs
+
+        mats, head = step_matrices(engine.runner.weights)
+        nbytes = sum(m.nbytes for ms in mats for m in ms) + head.nbytes
+        bandwidth = measure_roofs().bandwidth
+        print(f"weights {nbytes / 1e6:.0f} MB a step: streamed at {nbytes / step / 1e6:.1f} GB/s "
+              f"in the step, {nbytes / gemm / 1e6:.1f} GB/s in the GEMMs alone; memory roof "
+              f"{bandwidth / 1e9:.1f} GB/s (measured now): at most "
+              f"{bandwidth / nbytes:.1f} steps/s")
     return 0
 
 

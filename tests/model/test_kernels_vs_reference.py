@@ -22,6 +22,7 @@ from nanovllm.model import linear as linear_module
 from nanovllm.model import reference as ref
 from nanovllm.model.attention import (
     CAUSAL_BLOCK,
+    DECODE_PARALLEL_MIN_WORK,
     causal_attention,
     paged_decode_attention,
     softmax_,
@@ -164,12 +165,18 @@ def shuffled_block_tables(lens: list[int], block_size: int) -> tuple[int, np.nda
     return sum(blocks), tables
 
 
+# 64 contexts of 1-200 tokens: enough work for the parallel loop (DECODE_PARALLEL_MIN_WORK), the
+# others run on the calling thread.
+MANY_CONTEXTS = [(37 * i) % 200 + 1 for i in range(64)]
+
+
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64], MANY_CONTEXTS])
 def test_paged_decode_attention_matches_reference(lens, cache_dtype):
     """Each decode is the last row of the reference's attention over its whole context, read
     through a shuffled block table; float16 caches are read exactly as numpy widens them."""
     block_size, n_head, head_dim = 16, 3, 8
+    assert (sum(lens) * n_head * head_dim >= DECODE_PARALLEL_MIN_WORK) == (lens is MANY_CONTEXTS)
     num_blocks, tables = shuffled_block_tables(lens, block_size)
     k_cache, v_cache = (f32(num_blocks * block_size, n_head, head_dim, seed=s, scale=2)
                         .astype(cache_dtype) for s in (12, 13))

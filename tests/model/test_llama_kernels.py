@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_kernels_vs_reference import (
+    MANY_CONTEXTS,
     U,
     assert_within,
     attention_bound,
@@ -18,12 +19,12 @@ from test_kernels_vs_reference import (
 from nanovllm.model import reference_llama as ref
 from nanovllm.model.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
 from nanovllm.model.kernels import as_kernel_array
-from nanovllm.model.llama import PARALLEL_MIN_ROWS, rms_norm, rotate_, silu_mul
+from nanovllm.model.llama import PARALLEL_MIN_ELEMENTS, rms_norm, rotate_, silu_mul
 from nanovllm.model.rotary import cos_sin, inv_frequencies
 
 
-# Row counts on both sides of PARALLEL_MIN_ROWS: the calling thread's loop and the parallel one.
-@pytest.mark.parametrize("rows, e", [(1, 1), (1, 576), (5, 7), (130, 2049)])
+# Sizes on both sides of PARALLEL_MIN_ELEMENTS: the calling thread's loop and the parallel one.
+@pytest.mark.parametrize("rows, e", [(1, 1), (1, 576), (64, 576), (130, 2049)])
 def test_rms_norm_matches_reference(rows, e):
     x, g = f32(rows, e, seed=1, scale=3), 1 + f32(e, seed=2, scale=0.3)
     expected = ref.rms_norm(x, g, 1e-5)
@@ -35,7 +36,7 @@ def test_rms_norm_matches_reference(rows, e):
     np.testing.assert_array_equal(rms_norm(x, read_only, 1e-5), rms_norm(x, g, 1e-5))
 
 
-@pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (65, 97)])
+@pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (65, 97), (90, 1537)])
 def test_silu_mul_matches_reference(rows, i):
     h = f32(rows, 2 * i, seed=3, scale=4)
     h[0, :min(4, i)] = [-100.0, -0.0, 30.0, 88.5][:min(4, i)]
@@ -51,7 +52,8 @@ def test_silu_mul_matches_reference(rows, i):
                                      {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0,
                                       "original_max_position_embeddings": 64}])
-@pytest.mark.parametrize("n", [1, PARALLEL_MIN_ROWS + 1])  # on the calling thread, and parallel
+# On the calling thread, and parallel (n * 3 heads * 64 >= PARALLEL_MIN_ELEMENTS).
+@pytest.mark.parametrize("n", [1, PARALLEL_MIN_ELEMENTS // (3 * 64) + 1])
 def test_rotate_matches_reference_in_place_on_strided_views(scaling, n):
     """On column slices of a fused projection (the forward pass's views), at far positions."""
     heads, d = 3, 64
@@ -97,7 +99,7 @@ def test_grouped_causal_attention_matches_reference(n, c, window):
 
 @pytest.mark.parametrize("window", [0, 1, 7, 100])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64]])
+@pytest.mark.parametrize("lens", [[1], [1000], [17, 1, 300, 64], MANY_CONTEXTS])
 def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, window):
     """Each decode is the last row of the reference's attention over its context, read through
     a shuffled block table; positions before the window are poisoned with NaN: never read."""

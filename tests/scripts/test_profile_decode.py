@@ -21,9 +21,11 @@ def test_profile_decode_reports_the_non_gemm_share(tiny_ckpt, capsys, kv_cache_d
 def test_profile_decode_times_a_llama_checkpoint(llama_ckpt, capsys):
     """The weight-GEMM chain of the Llama family: fused q/k/v, o, fused gate/up, down, LM head."""
     assert profile_decode.main(["--model", str(llama_ckpt("llama-gqa")), "--batch", "2",
-                                "--context", "40", "--steps", "2"]) == 0
-    assert re.search(r"batch 2, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms",
-                     capsys.readouterr().out)
+                                "--context", "40", "--steps", "2", "--roof"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"batch 2, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms", out)
+    assert re.search(r"weights [\d.]+ MB a step: streamed at [\d.]+ GB/s .* memory roof "
+                     r"[\d.]+ GB/s", out)
 
 
 def test_profile_decode_times_the_int8_weights(tiny_ckpt, capsys):
