@@ -51,17 +51,15 @@ def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str) -> np.ndarray:
 
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
                 kernel: str) -> None:
-    """out = (xq * xs[:, None]) @ dequantize(w).T, on int32 sums. All arrays C-contiguous; xq
-    [M, K], or [M, K'] with zeros up to w.packed's padded K'."""
+    """out = (xq * xs[:, None]) @ dequantize(w).T, on int32 sums. All arrays C-contiguous (the
+    compiled kernels read them through raw pointers; `Int8Weight` keeps its own so); xq [M, K],
+    or [M, K'] with zeros up to w.packed's padded K'."""
     if config.DISABLE_JIT:
         kernel = PORTABLE
     padded = w.packed.shape[1] * GROUP
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
-    # The compiled kernels read these through raw pointers: contiguous, of their dtypes.
-    scale, sums = np.ascontiguousarray(w.scale, np.float32), np.ascontiguousarray(w.sums, np.int32)
-    xs = np.ascontiguousarray(xs, np.float32)
-    MATMULS[kernel](xq, xs, w.packed, scale, sums, out)
+    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, out)
 
 
 # --------------------------------------------------------------------------- activations
