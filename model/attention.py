@@ -98,7 +98,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 # Below this many query-key multiply-adds a step's decodes are attended on the calling thread:
 # a parallel region costs more than a few short contexts' work, and under load it waits for a
-# thread the OS has parked (batch 1, whose one sequence nothing could share, paid ~0.3 ms a layer).
+# thread the OS has parked (batch 1 paid it every layer for one sequence nothing could share).
 DECODE_PARALLEL_MIN_WORK = 1 << 17
 
 
@@ -131,8 +131,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
 def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
     """paged_decode_attention for one sequence: q, out [H, D], its block table and length.
     The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
-    key/value head g: a division per position and head (h // group) and a table lookup per
-    position and pass cost about a quarter of the kernel's time."""
+    key/value head g: no division per position and head (h // group), and no table lookup per
+    position in each pass."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv  # query heads per key/value head

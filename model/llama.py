@@ -68,10 +68,10 @@ def compile_kernels() -> None:
     rotate_(np.zeros((1, 4), np.float32)[:, :2].reshape(1, 1, 2), cos, cos)  # a strided view
 
 
-# Starting and joining a parallel region costs microseconds, and under load it waits for a
-# thread the OS has parked (hundreds of microseconds); normalizing, gating or rotating a decode
-# step's rows, even at batch 64, is tens of microseconds on one thread. Below this many output
-# elements those kernels run on the calling thread; a long prefill's rows are shared out.
+# Starting and joining a parallel region costs more than normalizing, gating or rotating a
+# decode step's rows (even at batch 64), and under load it waits for a thread the OS has parked.
+# Below this many output elements those kernels run on the calling thread; a long prefill's rows
+# are shared out.
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
 

@@ -45,8 +45,8 @@ def compile_beam_offers() -> None:
 def top_logprobs_(logits, scales, counts, ids, lps):
     """Row r's counts[r] best tokens of log_softmax(logits[r] * scales[r]) into ids[r], lps[r].
 
-    Serial on purpose: a few rows of a decode step are a millisecond of work, less than what
-    waking numba's threads for a parallel region costs on a busy machine."""
+    Serial on purpose: a decode step's few rows are less work than what waking numba's threads
+    for a parallel region costs on a busy machine."""
     for r in range(logits.shape[0]):
         row, scale, n = logits[r], scales[r], counts[r]
         top_ids, top_vals = ids[r], lps[r]
