@@ -5,7 +5,8 @@ The paged cache is one pair of arrays per layer, `[num_slots, n_kv_head, head_di
 A step's new keys and values are written to their slots first; then every sequence reads its
 whole context back through its slots. A prefill chunk gathers its context with numpy and
 attends causally; decodes, one query each, are attended by a small compiled kernel that reads
-the cache through each sequence's block table, as vLLM's does.
+the cache through each sequence's block table, as vLLM's does. On AVX-512, the Llama family's
+decodes take a register-tile version of that kernel (`decode_tiles_`, `model/attention_dot.py`).
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `n_kv_head` heads and query
 head h reads key/value head h // (n_head // n_kv_head), as transformers' `repeat_kv` lays them
@@ -18,8 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
+from nanovllm.model.attention_dot import dot_rows, prefetch
+from nanovllm.model.f32_dot import broadcast_panel
 from nanovllm.model.kernels import (
     KERNEL_MATH,
     as_kernel_array,
@@ -28,6 +32,7 @@ from nanovllm.model.kernels import (
     softmax_row_,
     to_float32,
 )
+from nanovllm.model.linear import host_has_panels
 
 
 @dataclass(slots=True)
@@ -104,7 +109,7 @@ DECODE_PARALLEL_MIN_WORK = 1 << 17
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out,
-                           window=0):
+                           window=0, tiles=False):
     """One query per sequence, attending to its context read straight through its block table.
 
     q, out: [B, H, D]; k_cache, v_cache: [num_slots, Hkv, D] float32, or a float16 cache's bits
@@ -112,19 +117,30 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     window > 0 only the last `window` positions are read. Each K/V byte is read once. q should
     be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
+    With `tiles` (compiled only), float32 caches of heads of `TILE_HEAD_DIM` take the
+    register-tile path (`decode_tiles_`).
     """
     num_seqs, n_head, head_dim = q.shape
     work = 0
     for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
         work += context_lens[b] * n_head * head_dim
+    tiles = tiles and head_dim == TILE_HEAD_DIM and holds_float32(k_cache)
     if work < DECODE_PARALLEL_MIN_WORK:
         for b in range(num_seqs):
-            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window)
+            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, tiles)
     else:
         for b in prange(num_seqs):
-            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window)
+            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, tiles)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
+def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, tiles):
+    if tiles:
+        decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window)
+    else:
+        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -162,6 +178,103 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
                     out[h, d] += p * to_float32(v_cache[slot, g, d])
 
 
+# The register-tile path: head_dim 64 (every Llama preset but Mistral's 128, and GPT-2), as
+# TILE_VECTORS vectors of TILE_WIDTH float32 lanes; up to TILE_HEADS query heads of one key/value
+# head at a time, so that their accumulators (TILE_HEADS x TILE_VECTORS) and a cached row's vectors
+# stay in AVX-512's 32 registers.
+TILE_WIDTH = 16
+TILE_VECTORS = 4
+TILE_HEAD_DIM = TILE_WIDTH * TILE_VECTORS
+TILE_HEADS = 3
+
+
+def holds_float32(a) -> bool:
+    """Whether a's elements are float32 (a float16 cache's are its bits, `as_kernel_array`)."""
+    return a.dtype == np.float32
+
+
+@overload(holds_float32)
+def _holds_float32(a):
+    answer = a.dtype == types.float32
+    return lambda a: answer
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window):
+    """decode_one_ for a float32 cache of TILE_HEAD_DIM-wide heads, run by run of consecutive
+    slots (a block, or the part of it in the window): the scores of up to TILE_HEADS query
+    heads against a run's keys (`attention_dot.dot_rows`), then their probabilities times the
+    run's values (`f32_dot.broadcast_panel`), the heads' sums held in registers over the run.
+    The next run's rows are prefetched: its block is elsewhere in the cache, where the
+    hardware's prefetcher does not look."""
+    n_head, head_dim = q.shape
+    n_kv = k_cache.shape[1]
+    group = n_head // n_kv
+    scale = np.float32(1.0 / np.sqrt(head_dim))
+    first = max(0, n - window) if window > 0 else 0
+    m = n - first
+    qs = np.empty((n_head, head_dim), np.float32)  # (q may be a strided view)
+    qs[:] = q
+    probs = np.empty((n_head, m), np.float32)
+    acc = np.empty(TILE_HEADS * head_dim, np.float32)
+    row_bytes = n_kv * head_dim * 4  # from one slot to the next
+    for values in (False, True):
+        if values:
+            for h in range(n_head):
+                softmax_row_(probs[h])
+            out[:] = 0.0
+        cache = v_cache if values else k_cache
+        t = first
+        while t < n:
+            run = min(block_size - t % block_size, n - t)
+            slot = block_table[t // block_size] * block_size + t % block_size
+            if t + run < n:  # ask for the next run's rows while this one's are used
+                after = t + run
+                nxt = block_table[after // block_size] * block_size + after % block_size
+                nbytes = min(block_size - after % block_size, n - after) * row_bytes
+                for line in range(0, nbytes, 64):
+                    prefetch(cache.ctypes.data + nxt * row_bytes + line)
+            for g in range(n_kv):
+                at = cache.ctypes.data + (slot * n_kv + g) * head_dim * 4
+                h = g * group
+                while h < (g + 1) * group:
+                    heads = min(TILE_HEADS, (g + 1) * group - h)
+                    p_at = probs.ctypes.data + (h * m + t - first) * 4
+                    if values:
+                        tile_values(heads, at, row_bytes, run, p_at, m * 4, acc)
+                        for c in range(heads):
+                            for d in range(head_dim):
+                                out[h + c, d] += acc[c * head_dim + d]
+                    else:
+                        tile_scores(heads, qs.ctypes.data + h * head_dim * 4, at, row_bytes, run,
+                                    scale, p_at, m * 4)
+                    h += heads
+            t += run
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_scores(heads, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+    """dot_rows for 1 to TILE_HEADS heads (the count a compile-time constant, one branch each)."""
+    if heads == 3:
+        dot_rows(TILE_WIDTH, TILE_VECTORS, 3, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+    elif heads == 2:
+        dot_rows(TILE_WIDTH, TILE_VECTORS, 2, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+    else:
+        dot_rows(TILE_WIDTH, TILE_VECTORS, 1, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_values(heads, v_at, v_stride, count, p_at, p_stride, acc):
+    """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to TILE_HEADS heads."""
+    a = acc.ctypes.data
+    if heads == 3:
+        broadcast_panel(TILE_WIDTH, 3, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+    elif heads == 2:
+        broadcast_panel(TILE_WIDTH, 2, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+    else:
+        broadcast_panel(TILE_WIDTH, 1, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+
+
 @njit(cache=True, nogil=True)
 def write_slots(cache, slots, x):
     """cache[slots] = x, x: [n, H, D] float32, C-contiguous (or the loop does not vectorize); the
@@ -180,7 +293,7 @@ def compile_attention_kernel() -> None:
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy(), 0)
+                               1, q.copy(), 0, host_has_panels())
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
     causal_softmax_(q, 1, 0)
@@ -193,9 +306,10 @@ def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch,
-                    window: int = 0) -> np.ndarray:
+                    window: int = 0, tiles: bool = False) -> np.ndarray:
     """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
-    first. With a window, a prefill chunk gathers only the context its queries can see."""
+    first. With a window, a prefill chunk gathers only the context its queries can see. `tiles`:
+    decodes may take the register-tile path (`paged_decode_attention`) where this CPU runs it."""
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
     write_slots(k_bits, batch.slot_mapping, np.ascontiguousarray(k))
@@ -205,7 +319,7 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
         paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_bits, v_bits,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
-                               out[:batch.num_decodes], window)
+                               out[:batch.num_decodes], window, tiles and host_has_panels())
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)

@@ -1,0 +1,102 @@
+"""Decode attention's scores in vector registers, written as LLVM IR: `dot_rows`, the query-key
+half of `model/attention.py`'s register-tile path (the value half is `f32_dot.broadcast_panel`).
+
+Compiled from numba's loops, each score was a dot product of a runtime length, reloaded its
+query head from memory and ended in a horizontal sum inside a loop that spilled its counters:
+hundreds of instructions per cached position. `dot_rows` keeps the few query heads that share a
+key/value head in registers for a whole run of cached positions, loads each key row once for all
+of them, and reduces each score with a fixed tree of shuffles.
+
+numba's on-disk cache does not notice edits to this module in the kernels that call it: after
+changing it, delete `model/__pycache__/attention*.nbi` and `*.nbc`.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+F32, I32 = ir.FloatType(), ir.IntType(32)
+
+
+def horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
+    """The sum of v's lanes: the upper half added onto the lower, until one lane is left."""
+    while lanes > 1:
+        lanes //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, lanes),
+                                                      list(range(lanes, 2 * lanes))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+@intrinsic
+def dot_rows(typingctx, width, vectors, heads, q_ptr, k_ptr, k_stride, count, scale, s_ptr,
+             s_stride):
+    """s[c, j] = scale * (q[c] . k[j]) for c < heads and j < count, each row `vectors * width`
+    float32s: q's rows contiguous from q_ptr, key row j at k_ptr + j * k_stride, s[c, j] stored
+    at s_ptr + c * s_stride + 4 * j (byte addresses). width, vectors and heads are compile-time
+    constants."""
+    if not all(isinstance(t, types.Literal) for t in (width, vectors, heads)):
+        return None
+    lanes, n_vecs, n_heads = width.literal_value, vectors.literal_value, heads.literal_value
+    sig = types.none(width, vectors, heads, types.intp, types.intp, types.intp, types.intp,
+                     types.float32, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        _, _, _, q_ptr, k_ptr, k_stride, count, scale, s_ptr, s_stride = args
+        intp = q_ptr.type
+        vec = ir.VectorType(F32, lanes)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+
+        def load(base, byte_offset):
+            at = builder.add(base, ir.Constant(intp, byte_offset))
+            return builder.load(builder.inttoptr(at, vec.as_pointer()), align=4)
+
+        qs = [[load(q_ptr, 4 * lanes * (c * n_vecs + v)) for v in range(n_vecs)]
+              for c in range(n_heads)]
+        entry = builder.block
+        loop = builder.append_basic_block("dot_rows_loop")
+        done = builder.append_basic_block("dot_rows_done")
+        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(intp, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        j = builder.phi(intp)
+        j.add_incoming(ir.Constant(intp, 0), entry)
+        k_row = builder.add(k_ptr, builder.mul(j, k_stride))
+        ks = [load(k_row, 4 * lanes * v) for v in range(n_vecs)]
+        s_at = builder.add(s_ptr, builder.mul(j, ir.Constant(intp, 4)))
+        for c in range(n_heads):
+            acc = builder.fmul(qs[c][0], ks[0])
+            for v in range(1, n_vecs):
+                acc = builder.call(fma, [qs[c][v], ks[v], acc])
+            score = builder.fmul(horizontal_sum(builder, acc, lanes), scale)
+            at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, c)))
+            builder.store(score, builder.inttoptr(at, F32.as_pointer()), align=4)
+        j_next = builder.add(j, ir.Constant(intp, 1))
+        j.add_incoming(j_next, loop)
+        builder.cbranch(builder.icmp_signed("<", j_next, count), loop, done)
+
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, address):
+    """Asks for the cache line at `address` (bytes) to be brought towards L1 (a hint: never faults)."""
+    sig = types.none(types.intp)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]), "llvm.prefetch.p0")
+        builder.call(fn, [builder.inttoptr(args[0], i8p), ir.Constant(I32, 0),
+                          ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
