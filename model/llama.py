@@ -4,7 +4,8 @@ and Qwen2, one model whose config says which (`model/llama_config.py`).
 `model/reference_llama.py` is the same model as a few pure functions, the one to read first;
 this module computes the same numbers with the engine's kernels, shared with GPT-2
 (`linear`, the paged attention of `model/attention.py`), plus the three this family adds, each
-tested against its reference: `rms_norm`, `silu_mul` (SwiGLU) and `rotate_`.
+tested against its reference: `rms_norm` (and `add_rms_norm_`, the residual add fused into it),
+`silu_mul` (SwiGLU) and `rotate_`.
 
 Hugging Face stores Llama's linear layers as nn.Linear, already `[out, in]`. The loader fuses
 q/k/v into one matrix (rows Q | K | V, K and V with `num_key_value_heads` heads each) and
@@ -62,6 +63,7 @@ def compile_kernels() -> None:
     read_only.flags.writeable = False
     for g in (x[0], read_only):
         rms_norm(x, g, 1e-5)
+        add_rms_norm_(x, x.copy(), g, 1e-5)
     silu_mul(x)
     cos = np.ones((1, 1), np.float32)
     rotate_(x.reshape(1, 1, 2), cos, cos)
@@ -87,6 +89,29 @@ def rms_norm(x, g, eps):
         for i in prange(x.shape[0]):
             rms_norm_row(x[i], g, eps, out[i])
     return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def add_rms_norm_(x, delta, g, eps):
+    """x += delta IN PLACE (the residual stream, both [n, E] C-contiguous), and returns the new
+    x's rms_norm: one pass over the rows instead of numpy's add and then the norm's (vLLM's
+    fused_add_rms_norm)."""
+    out = np.empty_like(x)
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        for i in range(x.shape[0]):
+            add_row_(x[i], delta[i])
+            rms_norm_row(x[i], g, eps, out[i])
+    else:
+        for i in prange(x.shape[0]):
+            add_row_(x[i], delta[i])
+            rms_norm_row(x[i], g, eps, out[i])
+    return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def add_row_(x, delta):
+    for j in range(x.shape[0]):
+        x[j] += delta[j]
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -184,10 +209,16 @@ def forward(w: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray, positions:
     cos, sin = cos_sin(inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
                        positions)
     x = gather_rows(w.embed, token_ids)
+    h = rms_norm(x, w.layers[0].input_norm, eps)
     for i, layer in enumerate(w.layers):
         cache = kv_caches[i] if kv_caches is not None else None
-        x += self_attention(rms_norm(x, layer.input_norm, eps), layer, cfg, cos, sin, cache, batch)
-        x += mlp(rms_norm(x, layer.post_norm, eps), layer)
+        # Each residual add is fused with the norm that reads its result next.
+        h = add_rms_norm_(x, self_attention(h, layer, cfg, cos, sin, cache, batch),
+                          layer.post_norm, eps)
+        if i + 1 < len(w.layers):
+            h = add_rms_norm_(x, mlp(h, layer), w.layers[i + 1].input_norm, eps)
+        else:  # (the final norm reads only the rows whose logits are wanted)
+            x += mlp(h, layer)
     if logit_rows is not None:
         x = x[logit_rows]
     return linear(rms_norm(np.ascontiguousarray(x), w.norm, eps), w.lm_head)

@@ -25,7 +25,13 @@ from nanovllm.model.attention import (
     paged_decode_attention,
 )
 from nanovllm.model.kernels import as_kernel_array
-from nanovllm.model.llama import PARALLEL_MIN_ELEMENTS, rms_norm, rotate_, silu_mul
+from nanovllm.model.llama import (
+    PARALLEL_MIN_ELEMENTS,
+    add_rms_norm_,
+    rms_norm,
+    rotate_,
+    silu_mul,
+)
 from nanovllm.model.rotary import cos_sin, inv_frequencies
 
 
@@ -40,6 +46,21 @@ def test_rms_norm_matches_reference(rows, e):
     read_only = g.copy()
     read_only.flags.writeable = False  # memory-mapped weights: the kernel's other signature
     np.testing.assert_array_equal(rms_norm(x, read_only, 1e-5), rms_norm(x, g, 1e-5))
+
+
+@pytest.mark.parametrize("rows, e", [(1, 1), (64, 576), (130, 2049)])
+def test_add_rms_norm_adds_in_place_and_normalizes_like_the_two_steps(rows, e):
+    """The fused residual add: x becomes x + delta, the same bits as numpy's add, and the result
+    is rms_norm of it, bit for bit (the same row kernel), within the reference's bound."""
+    x, delta = f32(rows, e, seed=1, scale=3), f32(rows, e, seed=7, scale=2)
+    g = 1 + f32(e, seed=2, scale=0.3)
+    added = x + delta
+    out = add_rms_norm_(x, delta, g, 1e-5)
+    np.testing.assert_array_equal(x, added)
+    np.testing.assert_array_equal(out, rms_norm(added, g, 1e-5))
+    expected = ref.rms_norm(added, g, 1e-5)
+    bound = (sum_error(e) + 8 * U) * np.abs(expected.astype(np.float64))
+    assert_within(out, expected, bound)
 
 
 @pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (65, 97), (90, 1537)])
