@@ -7,11 +7,12 @@ greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and to
 probabilities and draw one uniform number from their sequence's own generator (so a seeded
 request samples the same alone or inside any batch).
 
-The draw is `draw_`, compiled: each row's running sum is walked block by block (the block sums
-vectorize), then token by token inside the one block where it passes the target. The plain
-numpy inverse CDF, `sample_from_probs`, is its reference: one `cumsum` is a sequential chain of
-float32 additions over the vocabulary, and with the comparison and count after it, it made
-random sampling of a decode batch cost as much as a tenth of the step.
+Sampled rows become their probabilities in place and in one compiled pass (`weights_`: the
+temperature and the exponentials; no normalisation, which neither the filters nor the draw
+need). The draw is `draw`, compiled: each row's running sum is walked block by block (the block
+sums vectorize), then token by token inside the one block where it passes the target. The
+plain numpy inverse CDF, `sample_from_probs`, is its reference: a cumsum (a chain of additions
+that cannot vectorize), a comparison and a count, three passes over a batch's probabilities.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.contract.step import TokenLogprobs
-from nanovllm.model.kernels import KERNEL_MATH, softmax_
+from nanovllm.model.kernels import KERNEL_MATH, exp32
 from nanovllm.runner.seq_state import PenaltyCounts, SequenceState
 from nanovllm.runner.structured import GrammarMatcher
 from nanovllm.values.sampling_params import SamplingParams
@@ -161,6 +162,23 @@ def _top_p_(probs: np.ndarray, top_p: float) -> None:
     probs[kept] = saved
 
 
+def weights_(logits: np.ndarray, maxima: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Each row r of `logits` ([rows, vocab], float32, C-contiguous), in place, to
+    exp((logits[r] - maxima[r]) / temperatures[r]) with maxima[r] the row's maximum: its softmax
+    at that temperature times a factor, which neither the filters nor the draw need removed.
+    (numpy's max vectorizes where numba's does not.)"""
+    exp_rows_(logits, maxima, temperatures)
+    return logits
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def exp_rows_(x, maxima, temperatures):
+    for r in prange(x.shape[0]):
+        row, top, t = x[r], maxima[r], temperatures[r]
+        for j in range(row.shape[0]):
+            row[j] = exp32((row[j] - top) / t)
+
+
 def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token. (The
     plain numpy reference of `draw`, which the sampler uses.)"""
@@ -230,8 +248,10 @@ def block_sum(block):
 
 
 def compile_draw() -> None:
-    """Compiles `draw_` for float32 rows now (or loads it from numba's cache), at engine start."""
-    draw(np.ones((1, 2), np.float32), np.zeros(1))
+    """Compiles the sampler's kernels for float32 rows now (or loads them from numba's cache),
+    at engine start."""
+    probs = weights_(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.ones(1, np.float32))
+    draw(probs, np.zeros(1))
 
 
 def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
@@ -253,10 +273,9 @@ def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: lis
     if sampled:
         temps = np.clip([seqs[i].params.temperature for i in sampled],
                         MIN_TEMPERATURE, MAX_TEMPERATURE).astype(np.float32)
-        if not greedy and logits.flags.c_contiguous:  # the logits become the probabilities
-            probs = softmax_(np.divide(logits, temps[:, None], out=logits))
-        else:
-            probs = softmax_(logits[sampled] / temps[:, None])  # the division made a fresh array
+        # The logits become the probabilities (a copy only in a mixed batch).
+        probs = logits if not greedy and logits.flags.c_contiguous else logits[sampled]
+        probs = weights_(probs, probs.max(axis=-1), temps)
         for row, i in zip(probs, sampled):
             p = seqs[i].params
             filter_probs_(row, p.top_k, p.top_p, p.min_p)

@@ -19,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
+from nanovllm.model import reference as ref
 from nanovllm.runner.sampler import (
     adjust_logits_,
     draw,
@@ -27,6 +28,7 @@ from nanovllm.runner.sampler import (
     sample,
     sample_from_probs,
     took,
+    weights_,
 )
 from nanovllm.runner.seq_state import SequenceState
 
@@ -152,6 +154,19 @@ def test_draw_picks_the_tokens_of_the_reference(vocab, rows, zeros, peak, seed):
     # Rounding decides where the target lies at the top of a row (a tail of tokens too small
     # to move a float64 sum), almost never elsewhere.
     assert (draw(probs, uniforms)[1:] == expected[1:]).all()
+
+
+@pytest.mark.parametrize("temperature", [1e-2, 0.7, 1.0, 5.0, 1e30])
+def test_weights_are_the_softmax_at_the_temperature_up_to_a_factor(temperature):
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((3, 1000)) * 5).astype(np.float32)
+    logits[:, ::7] = -np.inf  # banned tokens
+    expected = ref.softmax(logits / np.float32(temperature))
+    temps = np.full(3, temperature, np.float32)
+    weights = weights_(logits.copy(), logits.max(axis=-1), temps)
+    assert (weights[:, ::7] == 0).all() and weights.max(axis=-1).tolist() == [1.0] * 3
+    np.testing.assert_allclose(weights / weights.sum(axis=-1, keepdims=True), expected,
+                               rtol=1e-4, atol=1e-30)
 
 
 def test_draw_of_a_row_of_zeros_is_the_last_token_as_in_the_reference():
