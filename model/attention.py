@@ -19,15 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
-from nanovllm.model.attention_dot import dot_rows, prefetch
+from nanovllm.model.attention_dot import dot_rows
 from nanovllm.model.f32_dot import broadcast_panel
 from nanovllm.model.kernels import (
     KERNEL_MATH,
     as_kernel_array,
     from_float32,
+    prefetch_lines,
     softmax_,
     softmax_row_,
     to_float32,
@@ -101,15 +102,17 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 # streaming meanwhile.
 
 
-# Below this many query-key multiply-adds a step's decodes are attended on the calling thread:
-# a parallel region costs more than a few short contexts' work, and under load it waits for a
-# thread the OS has parked (batch 1 paid it every layer for one sequence nothing could share).
+# Below this many query-key multiply-adds a step's decodes, when there are at least as many
+# as threads, are attended on the calling thread: a parallel region costs more than a few
+# short contexts' work, and under load it waits for a thread the OS has parked.
 DECODE_PARALLEL_MIN_WORK = 1 << 17
+# How many positions ahead decode attention asks for the K/V lines it will read.
+PREFETCH_AHEAD = 2
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out,
-                           window=0, tiles=False):
+                           window=0, threads=1, tiles=False):
     """One query per sequence, attending to its context read straight through its block table.
 
     q, out: [B, H, D]; k_cache, v_cache: [num_slots, Hkv, D] float32, or a float16 cache's bits
@@ -117,10 +120,23 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     window > 0 only the last `window` positions are read. Each K/V byte is read once. q should
     be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
-    With `tiles` (compiled only), float32 caches of heads of `TILE_HEAD_DIM` take the
-    register-tile path (`decode_tiles_`).
+
+    With fewer sequences than `threads` (numba's, for the caller to say: the kernel asking
+    could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
+    them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
+    miss), and the GEMMs' threads stay awake for the next layer. Otherwise, with `tiles`
+    (compiled only), float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path
+    (`decode_tiles_`).
     """
     num_seqs, n_head, head_dim = q.shape
+    n_kv = k_cache.shape[1]
+    parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
+    if parts > 1:
+        for job in prange(num_seqs * parts):
+            b, part = job // parts, job % parts
+            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, part * n_kv // parts, (part + 1) * n_kv // parts)
+        return
     work = 0
     for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
         work += context_lens[b] * n_head * head_dim
@@ -140,40 +156,58 @@ def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, ti
     if tiles:
         decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window)
     else:
-        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window)
+        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, 0,
+                    k_cache.shape[1])
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
-    """paged_decode_attention for one sequence: q, out [H, D], its block table and length.
+def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
+    """paged_decode_attention for one sequence: q, out [H, D], its block table and length; the
+    query heads of key/value heads g0 ... g1 - 1 (out's other rows are left as they are).
     The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
     key/value head g: no division per position and head (h // group), and no table lookup per
     position in each pass."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv  # query heads per key/value head
+    h0, h1 = g0 * group, g1 * group
     scale = np.float32(1.0 / np.sqrt(head_dim))
     first = max(0, n - window) if window > 0 else 0
     slots = np.empty(n - first, np.int64)
     for t in range(first, n):
         slots[t - first] = block_table[t // block_size] * block_size + t % block_size
-    probs = np.empty((n_head, n - first), np.float32)
-    for i in range(slots.shape[0]):  # scores, position by position: a slot's K is [Hkv, D]
+    probs = np.empty((h1 - h0, n - first), np.float32)  # row h - h0: query head h
+    # The rows (slots) come in a table's order, so the CPU cannot see them coming: each pass
+    # asks for the K (V) lines of the position PREFETCH_AHEAD on while it works on this one.
+    m = slots.shape[0]
+    row, part = k_cache.strides[0], k_cache.strides[1] * (g1 - g0)
+    k_at = k_cache.ctypes.data + g0 * k_cache.strides[1]
+    v_at = v_cache.ctypes.data + g0 * v_cache.strides[1]
+    for i in range(min(PREFETCH_AHEAD, m)):
+        prefetch_lines(k_at + slots[i] * row, part)
+    for i in range(m):  # scores, position by position: a slot's K is [Hkv, D]
         slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
-        for g in range(n_kv):
+        ahead = i + PREFETCH_AHEAD
+        if ahead < m:
+            prefetch_lines(k_at + slots[ahead] * row, part)
+        elif ahead - m < m:  # the first rows of V, for the second pass
+            prefetch_lines(v_at + slots[ahead - m] * row, part)
+        for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 dot = np.float32(0.0)
                 for d in range(head_dim):
                     dot += q[h, d] * to_float32(k_cache[slot, g, d])
-                probs[h, i] = dot * scale
-    for h in range(n_head):
-        softmax_row_(probs[h])
-    out[:] = 0.0
-    for i in range(slots.shape[0]):
+                probs[h - h0, i] = dot * scale
+    for h in range(h0, h1):
+        softmax_row_(probs[h - h0])
+        out[h] = 0.0
+    for i in range(m):
         slot = slots[i]
-        for g in range(n_kv):
+        if i + PREFETCH_AHEAD < m:
+            prefetch_lines(v_at + slots[i + PREFETCH_AHEAD] * row, part)
+        for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
-                p = probs[h, i]
+                p = probs[h - h0, i]
                 for d in range(head_dim):
                     out[h, d] += p * to_float32(v_cache[slot, g, d])
 
@@ -231,9 +265,8 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window):
             if t + run < n:  # ask for the next run's rows while this one's are used
                 after = t + run
                 nxt = block_table[after // block_size] * block_size + after % block_size
-                nbytes = min(block_size - after % block_size, n - after) * row_bytes
-                for line in range(0, nbytes, 64):
-                    prefetch(cache.ctypes.data + nxt * row_bytes + line)
+                prefetch_lines(cache.ctypes.data + nxt * row_bytes,
+                               min(block_size - after % block_size, n - after) * row_bytes)
             for g in range(n_kv):
                 at = cache.ctypes.data + (slot * n_kv + g) * head_dim * 4
                 h = g * group
@@ -293,7 +326,7 @@ def compile_attention_kernel() -> None:
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy(), 0, host_has_panels())
+                               1, q.copy(), 0, 1, host_has_panels())
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
     causal_softmax_(q, 1, 0)
@@ -319,7 +352,8 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
         paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_bits, v_bits,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
-                               out[:batch.num_decodes], window, tiles and host_has_panels())
+                               out[:batch.num_decodes], window, get_num_threads(),
+                               tiles and host_has_panels())
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)

@@ -85,18 +85,3 @@ def dot_rows(typingctx, width, vectors, heads, q_ptr, k_ptr, k_stride, count, sc
 
     return sig, codegen
 
-
-@intrinsic
-def prefetch(typingctx, address):
-    """Asks for the cache line at `address` (bytes) to be brought towards L1 (a hint: never faults)."""
-    sig = types.none(types.intp)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]), "llvm.prefetch.p0")
-        builder.call(fn, [builder.inttoptr(args[0], i8p), ir.Constant(I32, 0),
-                          ir.Constant(I32, 3), ir.Constant(I32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen

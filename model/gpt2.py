@@ -165,17 +165,20 @@ def gelu_row_(row, e):
         row[j] = row[j] / (np.float32(1.0) + e[j])
 
 
-def mlp(x: np.ndarray, blk: BlockWeights) -> np.ndarray:
-    """x [n, E] -> [n, E] (`reference.mlp`); GELU overwrites the fresh hidden layer."""
+def mlp(x: np.ndarray, blk: BlockWeights, residual: np.ndarray | None = None) -> np.ndarray:
+    """x [n, E] -> [n, E] (`reference.mlp`); GELU overwrites the fresh hidden layer. With
+    `residual` [n, E], the output is added into it (in place) and it is returned."""
     h = linear(x, blk.fc_w, blk.fc_b)
-    return linear(gelu(h), blk.fc_proj_w, blk.fc_proj_b)
+    return linear(gelu(h), blk.fc_proj_w, blk.fc_proj_b, residual)
 
 
 def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
                    kv_cache: tuple[np.ndarray, np.ndarray] | None,
-                   batch: AttentionBatch | None) -> np.ndarray:
+                   batch: AttentionBatch | None,
+                   residual: np.ndarray | None = None) -> np.ndarray:
     """x [n, E] -> [n, E] (`reference.self_attention`). With a `kv_cache`, first WRITES the new
-    tokens' keys and values into their slots of it, then attends as `batch` says."""
+    tokens' keys and values into their slots of it, then attends as `batch` says. With
+    `residual` [n, E], the output is added into it (in place) and it is returned."""
     n, e = x.shape
     qkv = linear(x, blk.attn_w, blk.attn_b)
     # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
@@ -184,7 +187,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
         heads = causal_attention(q, k, v)
     else:
         heads = paged_attention(q, k, v, kv_cache, batch)
-    return linear(heads.reshape(n, e), blk.attn_proj_w, blk.attn_proj_b)
+    return linear(heads.reshape(n, e), blk.attn_proj_w, blk.attn_proj_b, residual)
 
 
 def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -213,8 +216,10 @@ def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: n
     x = embed(w, token_ids, positions)
     for i, blk in enumerate(w.blocks):
         cache = kv_caches[i] if kv_caches is not None else None
-        x += self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps), blk, cfg.n_head, cache, batch)
-        x += mlp(layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps), blk)
+        # Each sub-layer adds its output into x, the residual stream, in place.
+        x = self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps), blk, cfg.n_head, cache,
+                           batch, residual=x)
+        x = mlp(layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps), blk, residual=x)
     if logit_rows is not None:
         x = x[logit_rows]
     return lm_head(x, w, eps)

@@ -103,7 +103,8 @@ class _Multiply:
 
 @intrinsic
 def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, groups,
-              acc_ptr, scaled, wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride):
+              acc_ptr, scaled, wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride, bias_ptr,
+              has_bias, accumulate):
     """int32 sums of `rows` rows of x against `blocks` packed blocks of 16 weight rows
     (`quant.pack_int8`), over `groups` groups of 4 k: acc[i, b, j] = sum over k of x[i, k] *
     w[16 b + j, k] (plus OFFSET[isa] * w[16 b + j, k]), stored at acc_ptr as int32
@@ -115,6 +116,9 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
     columns c (out[i] at out_ptr + i * out_stride; wsums int32, ws and xs float32, from the
     panel's first column and row), what the caller would do with acc: a scalar loop over
     them cost more than the dot products (the caller keeps it for the edge of the matrix).
+    Then, if `has_bias`, plus bias[c] (float32 at bias_ptr, from the panel's first column);
+    if `accumulate`, added into out[i, c] rather than stored over it (a residual stream):
+    the bias add and the residual add cost a pass over the output each when done apart.
 
     Each step broadcasts 4 bytes of each x row to every lane and multiplies them by one group of
     a block: 16 output columns x 4 k (64 bytes, one or two vectors). Every lane adds up its
@@ -129,11 +133,11 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
     halves = BLOCK_BYTES // width  # vectors per block and group
     sig = types.none(isa, rows, blocks, types.intp, types.intp, types.intp, types.intp,
                      types.intp, types.intp, types.boolean, types.intp, types.intp, types.intp,
-                     types.intp, types.intp)
+                     types.intp, types.intp, types.intp, types.boolean, types.boolean)
 
     def codegen(context, builder, signature, args):
         (_, _, _, x_ptr, x_stride, p_ptr, block_stride, groups, acc_ptr, scaled, wsums_ptr,
-         ws_ptr, xs_ptr, out_ptr, out_stride) = args
+         ws_ptr, xs_ptr, out_ptr, out_stride, bias_ptr, has_bias, accumulate) = args
         mul = _Multiply(name, builder)
         intp = x_ptr.type
         quads = ir.VectorType(I32, width // 4)
@@ -192,7 +196,8 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
                 as (finish, keep):
             with finish:
                 _scale(builder, finals, mul.lanes, n_rows, n_blocks * halves, OFFSET[name],
-                       wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride)
+                       wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride, bias_ptr, has_bias,
+                       accumulate)
             with keep:
                 for n, final in enumerate(finals):  # (i, b, h): 16 int32 per row and block
                     at = address(acc_ptr, n * width)
@@ -203,30 +208,54 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
 
 
 def _scale(builder, finals, lanes, n_rows, n_vectors, offset, wsums_ptr, ws_ptr, xs_ptr,
-           out_ptr, out_stride):
+           out_ptr, out_stride, bias_ptr, has_bias, accumulate):
     """`dot_panel`'s epilogue: finals (vectors of int32 sums, row by row) less offset * wsums,
     converted to float32 and scaled by the row's xs, then by the column's ws (in that order,
-    as the scalar loop does), stored to out."""
+    as the scalar loop does), plus the bias, added into or stored to out. One copy of the
+    stores per (has_bias, accumulate), so that each adds exactly what the flags say."""
     floats = ir.VectorType(ir.FloatType(), lanes.count)
     step = lanes.count * 4  # bytes of one vector of int32 or float32
 
+    def at(base, offset, vector=floats):
+        return builder.inttoptr(builder.add(base, ir.Constant(base.type, offset)),
+                                vector.as_pointer())
+
     def load(base, n, vector):
-        at = builder.add(base, ir.Constant(base.type, n * step))
-        return builder.load(builder.inttoptr(at, vector.as_pointer()), align=4)
+        return builder.load(at(base, n * step, vector), align=4)
 
     ws = [load(ws_ptr, n, floats) for n in range(n_vectors)]
     shares = [builder.mul(load(wsums_ptr, n, lanes), ir.Constant(lanes, [offset] * lanes.count))
               for n in range(n_vectors)] if offset else None
+    values = []  # [row][vector]: float32 s * xs * ws
+    rows = []
     for i in range(n_rows):
-        at = builder.add(xs_ptr, ir.Constant(xs_ptr.type, 4 * i))
-        x_scale = builder.load(builder.inttoptr(at, ir.FloatType().as_pointer()), align=4)
+        x_scale = builder.load(at(xs_ptr, 4 * i, ir.FloatType()), align=4)
         one = builder.insert_element(ir.Constant(floats, None), x_scale, ir.Constant(I32, 0))
         x_scales = builder.shuffle_vector(one, one, ir.Constant(lanes, [0] * lanes.count))
-        row = builder.add(out_ptr, builder.mul(out_stride, ir.Constant(out_stride.type, i)))
+        rows.append(builder.add(out_ptr, builder.mul(out_stride, ir.Constant(out_stride.type, i))))
+        row = []
         for n in range(n_vectors):
             total = finals[i * n_vectors + n]
             if offset:
                 total = builder.sub(total, shares[n])
-            value = builder.fmul(builder.fmul(builder.sitofp(total, floats), x_scales), ws[n])
-            at = builder.add(row, ir.Constant(row.type, n * step))
-            builder.store(value, builder.inttoptr(at, floats.as_pointer()), align=4)
+            row.append(builder.fmul(builder.fmul(builder.sitofp(total, floats), x_scales), ws[n]))
+        values.append(row)
+
+    def store(with_bias, add_into):
+        biases = [load(bias_ptr, n, floats) for n in range(n_vectors)] if with_bias else None
+        for i, row in enumerate(values):
+            for n, value in enumerate(row):
+                if with_bias:
+                    value = builder.fadd(value, biases[n])
+                if add_into:  # out + (value + bias): the order of `out += (x @ w.T + b)`
+                    value = builder.fadd(load(rows[i], n, floats), value)
+                builder.store(value, at(rows[i], n * step), align=4)
+
+    with builder.if_else(has_bias) as (biased, plain):
+        for with_bias, branch in ((True, biased), (False, plain)):
+            with branch:
+                with builder.if_else(accumulate) as (into, over):
+                    with into:
+                        store(with_bias, True)
+                    with over:
+                        store(with_bias, False)

@@ -35,8 +35,11 @@ PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
 
 
-def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str) -> np.ndarray:
-    """x [M, K] float32 quantized per row, times w [N, K] -> [M, N] float32, on `kernel`."""
+def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str, bias: np.ndarray | None = None,
+                residual: np.ndarray | None = None) -> np.ndarray:
+    """x [M, K] float32 quantized per row, times w [N, K], plus bias [N] -> [M, N] float32, on
+    `kernel`. With `residual` ([M, N] float32, C-contiguous) the result is added into it in
+    place, and it is returned: `residual += x @ w.T + bias` in one pass."""
     xq = np.zeros((x.shape[0], w.packed.shape[1] * GROUP), np.int8)  # K padded, as w.packed
     xs = np.empty(x.shape[0], np.float32)
     x = np.ascontiguousarray(x)
@@ -44,22 +47,52 @@ def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str) -> np.ndarray:
         quantize_rows_parallel(x, xq, xs)
     else:
         quantize_rows(x, xq, xs)
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    int8_matmul(xq, xs, w, out, kernel)
-    return out
+    if residual is None:
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
+        int8_matmul(xq, xs, w, out, kernel, bias)
+        return out
+    int8_matmul(xq, xs, w, residual, kernel, bias, accumulate=True)
+    return residual
 
 
 def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
-                kernel: str) -> None:
-    """out = (xq * xs[:, None]) @ dequantize(w).T, on int32 sums. All arrays C-contiguous (the
-    compiled kernels read them through raw pointers; `Int8Weight` keeps its own so); xq [M, K],
-    or [M, K'] with zeros up to w.packed's padded K'."""
+                kernel: str, bias: np.ndarray | None = None, accumulate: bool = False) -> None:
+    """out = (xq * xs[:, None]) @ dequantize(w).T + bias, on int32 sums; with `accumulate`,
+    out += that. All arrays C-contiguous (the compiled kernels read them through raw pointers;
+    `Int8Weight` keeps its own so); xq [M, K], or [M, K'] with zeros up to w.packed's padded
+    K'."""
     if config.DISABLE_JIT:
         kernel = PORTABLE
     padded = w.packed.shape[1] * GROUP
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
-    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, out)
+    MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, as_bias(bias), accumulate, out)
+
+
+# "No bias", and the one array type the kernels take for a bias (read-only, so that a
+# checkpoint's memory-mapped bias and a computed one share one compiled signature).
+NO_BIAS = np.zeros(0, np.float32)
+NO_BIAS.flags.writeable = False
+
+
+def as_bias(bias: np.ndarray | None) -> np.ndarray:
+    """bias ([N] float32, contiguous) as a read-only view, or `NO_BIAS`."""
+    if bias is None:
+        return NO_BIAS
+    if bias.flags.writeable:
+        bias = bias.view()
+        bias.flags.writeable = False
+    return bias
+
+
+@njit(cache=True, nogil=True, inline="always")
+def finish(out, t, c, value, bias, accumulate):
+    """out[t, c] = value + bias[c] (if there is a bias), or added into out[t, c]."""
+    if bias.shape[0]:
+        value = value + bias[c]
+    if accumulate:
+        value = out[t, c] + value
+    out[t, c] = value
 
 
 # --------------------------------------------------------------------------- activations
@@ -110,7 +143,7 @@ def row_peak(row):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_portable(xq, xs, packed, ws, wsums, out):
+def matmul_portable(xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` in plain loops on the packed weights: each x element read once for the 16
     columns of a block (LLVM vectorizes the loop over them as it can, e.g. into pmaddwd)."""
     n_blocks, groups = packed.shape[0], packed.shape[1]
@@ -125,7 +158,8 @@ def matmul_portable(xq, xs, packed, ws, wsums, out):
                         for j in range(BLOCK):
                             acc[j] += v * np.int32(packed[b, g, j, i])
                 for c in range(b * BLOCK, min(out.shape[1], (b + 1) * BLOCK)):
-                    out[t, c] = np.float32(acc[c - b * BLOCK]) * xs[t] * ws[c]
+                    finish(out, t, c, np.float32(acc[c - b * BLOCK]) * xs[t] * ws[c], bias,
+                           accumulate)
 
 
 # --------------------------------------------------------------------------- by instruction set
@@ -146,7 +180,7 @@ def _tile_shape(isa):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_isa(isa, xq, xs, packed, ws, wsums, out):
+def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` through `dot_panel` (compiled once per ISA: `isa` is a constant) on the
     packed weights, their blocks in chunks shared among the threads. Within a chunk, each
     panel of blocks is read from memory once while every row of x passes over it (x, a few
@@ -159,12 +193,12 @@ def matmul_isa(isa, xq, xs, packed, ws, wsums, out):
     chunks = min(NUM_CHUNKS, panels)
     step = (panels + chunks - 1) // chunks * per_panel
     for chunk in prange(chunks):
-        panel_columns(isa, xq, xs, packed, ws, wsums, out, min(n_blocks, chunk * step),
-                      min(n_blocks, (chunk + 1) * step))
+        panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out,
+                      min(n_blocks, chunk * step), min(n_blocks, (chunk + 1) * step))
 
 
 @njit(cache=True, nogil=True)
-def panel_columns(isa, xq, xs, packed, ws, wsums, out, start, end):
+def panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out, start, end):
     """Blocks start:end of the output columns (BLOCK columns each), by panels of blocks: a
     single row of x takes the one-row panel's width, more rows the panel's, then one block."""
     _, rows, blocks, one_row_blocks, _ = tile_shape(isa)
@@ -172,33 +206,34 @@ def panel_columns(isa, xq, xs, packed, ws, wsums, out, start, end):
     b = start
     if xq.shape[0] == 1:
         while b + one_row_blocks <= end:
-            panel(isa, 1, one_row_blocks, xq, xs, packed, ws, wsums, out, 0, b, acc)
+            panel(isa, 1, one_row_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, 0,
+                  b, acc)
             b += one_row_blocks
     else:
         while b + blocks <= end:
-            panel_rows(isa, blocks, xq, xs, packed, ws, wsums, out, b, acc)
+            panel_rows(isa, blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, b, acc)
             b += blocks
     for left in range(b, end):
-        panel_rows(isa, 1, xq, xs, packed, ws, wsums, out, left, acc)
+        panel_rows(isa, 1, xq, xs, packed, ws, wsums, bias, accumulate, out, left, acc)
 
 
 @njit(cache=True, nogil=True)
-def panel_rows(isa, n_blocks, xq, xs, packed, ws, wsums, out, b, acc):
+def panel_rows(isa, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, b, acc):
     """Every row of x against blocks b:b + n_blocks: panels of rows, then one row at a time."""
     _, rows, _, _, _ = tile_shape(isa)
     t = 0
     while t + rows <= xq.shape[0]:
-        panel(isa, rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc)
+        panel(isa, rows, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, t, b, acc)
         t += rows
     for i in range(t, xq.shape[0]):
-        panel(isa, 1, n_blocks, xq, xs, packed, ws, wsums, out, i, b, acc)
+        panel(isa, 1, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, i, b, acc)
 
 
 @njit(cache=True, nogil=True)
-def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
+def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, t, b, acc):
     """out[t:t + n_rows, BLOCK b:BLOCK (b + n_blocks)]: the integer sums (`dot_panel`), less
-    the offset's share (offset * sum(w[c])), scaled per row and per column; the columns past
-    out's edge (the packing's zeros) are dropped."""
+    the offset's share (offset * sum(w[c])), scaled per row and per column, plus the bias (or
+    added into out: `finish`); the columns past out's edge (the packing's zeros) are dropped."""
     _, _, _, _, offset = tile_shape(isa)
     groups = packed.shape[1]
     n = out.shape[1]
@@ -207,7 +242,8 @@ def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
               packed.ctypes.data + b * groups * BLOCK_BYTES, groups * BLOCK_BYTES, groups,
               acc.ctypes.data, whole, wsums.ctypes.data + 4 * b * BLOCK,
               ws.ctypes.data + 4 * b * BLOCK, xs.ctypes.data + 4 * t,
-              out.ctypes.data + 4 * (t * n + b * BLOCK), 4 * n)
+              out.ctypes.data + 4 * (t * n + b * BLOCK), 4 * n,
+              bias.ctypes.data + 4 * b * BLOCK, bias.shape[0] > 0, accumulate)
     if whole:
         return
     for i in range(n_rows):
@@ -216,29 +252,29 @@ def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, out, t, b, acc):
             sums = acc[(i * n_blocks + j) * BLOCK:]
             for c in range(c0, min(n, c0 + BLOCK)):
                 s = sums[c - c0] - np.int32(offset) * wsums[c]
-                out[t + i, c] = np.float32(s) * xs[t + i] * ws[c]
+                finish(out, t + i, c, np.float32(s) * xs[t + i] * ws[c], bias, accumulate)
 
 
 # One entry point per ISA, so that each is compiled for its ISA as a constant (and called from
 # Python without numba re-typing a string argument on every call).
 @njit(cache=True, nogil=True)
-def matmul_avx512vnni(xq, xs, wq, ws, wsums, out):
-    matmul_isa("avx512vnni", xq, xs, wq, ws, wsums, out)
+def matmul_avx512vnni(xq, xs, wq, ws, wsums, bias, accumulate, out):
+    matmul_isa("avx512vnni", xq, xs, wq, ws, wsums, bias, accumulate, out)
 
 
 @njit(cache=True, nogil=True)
-def matmul_avxvnni(xq, xs, wq, ws, wsums, out):
-    matmul_isa("avxvnni", xq, xs, wq, ws, wsums, out)
+def matmul_avxvnni(xq, xs, wq, ws, wsums, bias, accumulate, out):
+    matmul_isa("avxvnni", xq, xs, wq, ws, wsums, bias, accumulate, out)
 
 
 @njit(cache=True, nogil=True)
-def matmul_avx512bw(xq, xs, wq, ws, wsums, out):
-    matmul_isa("avx512bw", xq, xs, wq, ws, wsums, out)
+def matmul_avx512bw(xq, xs, wq, ws, wsums, bias, accumulate, out):
+    matmul_isa("avx512bw", xq, xs, wq, ws, wsums, bias, accumulate, out)
 
 
 @njit(cache=True, nogil=True)
-def matmul_avx2(xq, xs, wq, ws, wsums, out):
-    matmul_isa("avx2", xq, xs, wq, ws, wsums, out)
+def matmul_avx2(xq, xs, wq, ws, wsums, bias, accumulate, out):
+    matmul_isa("avx2", xq, xs, wq, ws, wsums, bias, accumulate, out)
 
 
 MATMULS = {"avx512vnni": matmul_avx512vnni, "avxvnni": matmul_avxvnni,
@@ -249,4 +285,4 @@ def compile_int8_kernel(kernel: str) -> None:
     """Compiles (or loads from numba's cache) the activations' quantizer and `kernel`."""
     x = np.zeros((1, 1), np.float32)
     w = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
-    int8_linear(x, w, kernel)
+    int8_linear(x, w, kernel, residual=int8_linear(x, w, kernel, np.zeros(1, np.float32)))

@@ -12,6 +12,9 @@ a row softmax.
   vectorize (numpy's float32 -> float16 cast does not, and cost most of what the smaller cache
   saves). Values beyond float16's range are stored as +-65504, its largest.
 - `softmax_`: a row softmax for attention and for the sampler's probabilities.
+- `prefetch_lines`: asks the CPU for some memory a little before a kernel reads it (LLVM's
+  prefetch: the core goes on while the lines come), where the hardware's own prefetcher does
+  not see the pattern coming, e.g. a KV cache's rows read through a block table.
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it
 (`model/attention.py`, `model/gpt2.py`, `model/linear.py`): after changing it, delete
@@ -21,8 +24,10 @@ numba's on-disk cache does not notice edits to this module in the kernels that u
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 # Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
 # not allowed.
@@ -84,6 +89,37 @@ def _from_float32(x, cache):
     if cache.dtype == types.uint16:
         return lambda x, cache: float32_to_float16_bits(x)
     return lambda x, cache: x
+
+
+def prefetch_lines(address, nbytes):
+    """Asks for the cache lines of bytes address ... address + nbytes - 1 (for reading, into
+    every level), and returns at once. As plain Python: nothing to do."""
+
+
+@overload(prefetch_lines, inline="always")
+def _prefetch_lines(address, nbytes):
+    def impl(address, nbytes):
+        for offset in range(0, nbytes, CACHE_LINE):
+            prefetch_(address + offset)
+    return impl
+
+
+CACHE_LINE = 64
+
+
+@intrinsic
+def prefetch_(typingctx, address):
+    """`llvm.prefetch` of the byte at `address` (an integer): read, keep in all cache levels."""
+    def codegen(context, builder, signature, args):
+        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        # (read = 0, locality 3 = keep in every level, 1 = data)
+        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), ir.Constant(i32, 0),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(types.intp), codegen
 
 
 # Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags

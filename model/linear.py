@@ -53,11 +53,14 @@ PANEL_COLS = (12, 12, 8, 6)
 BLAS_CHUNK = 8192
 
 
-def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
-    """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32."""
+def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None,
+           residual: np.ndarray | None = None) -> np.ndarray:
+    """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32.
+    With `residual` ([M, out] float32, C-contiguous) the result is added into it in place and
+    it is returned (the W8A8 kernels add the bias and the residual as they store)."""
     if isinstance(w, Int8Weight):
-        out = int8_linear(x, w, host_int8_kernel())
-    elif x.shape[0] <= KERNEL_MAX_ROWS:
+        return int8_linear(x, w, host_int8_kernel(), b, residual)
+    if x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
         if x.shape[0] >= PANEL_MIN_ROWS and host_has_panels() and panel_ready(w):
             matmul_panels(np.ascontiguousarray(x), w, out)
@@ -69,6 +72,9 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None) -> np.ndarray:
         out = widened_matmul(x, w)
     if b is not None:
         out += b
+    if residual is not None:
+        residual += out
+        return residual
     return out
 
 

@@ -4,7 +4,8 @@ drives step(); the server's asyncio handlers talk to it from their own thread.
 They never touch the engine's running state: besides the tokenizer and the input processor,
 which read nothing the engine thread changes, they only enqueue commands (small dataclasses) on
 a thread-safe queue. Whether the engine took a request comes back as a Future, and its outputs
-through the OutputSink the server gave with it.
+through the OutputSink the server gave with it (a step's outputs in one callback per event loop:
+engine_client.deliver).
 When no request is unfinished the thread blocks on the queue, so an idle server does not
 spin. A snapshot for the web page is a command too: the thread takes it between two steps,
 one for everyone who asked since the last, and hands the last one out again while nothing
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
-from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted
+from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted, deliver
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.step_record import (
     DEFAULT_PAUSE_LEASE,
@@ -334,13 +335,15 @@ class AsyncEngine:
         self._snapshot_waiters.clear()
 
     def _dispatch(self, outputs) -> None:
+        deliveries = []
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if sink is None:
                 continue
             if out.finished:
                 del self._sinks[out.request_id]
-            sink.put(out)
+            deliveries.append((sink, out))
+        deliver(deliveries)
 
     def _die(self, exc: BaseException) -> None:
         with self._lock:

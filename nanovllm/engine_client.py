@@ -65,6 +65,27 @@ class QueueSink:
             pass
 
 
+def deliver(items: list[tuple[OutputSink, Any]]) -> None:
+    """Puts each item into its sink, in order: the QueueSinks of one event loop in one callback
+    on it, so that a step's outputs wake the loop once rather than once per request."""
+    batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, tuple]]] = {}
+    for sink, item in items:
+        if isinstance(sink, QueueSink):
+            batches.setdefault(sink.loop, []).append((sink.queue, (sink.tag, item)))
+        else:
+            sink.put(item)
+    for loop, puts in batches.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, puts)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _put_all(puts: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for queue, entry in puts:
+        queue.put_nowait(entry)
+
+
 @runtime_checkable  # isinstance checks that every member is there (tests do)
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding

@@ -28,7 +28,14 @@ from nanovllm.model.architectures import ModelConfig, family_of
 from nanovllm.runner.beam import beam_offers, compile_beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
-from nanovllm.runner.sampler import log_softmax, new_sequence_state, sample, token_logprobs, took
+from nanovllm.runner.sampler import (
+    compile_draw,
+    log_softmax,
+    new_sequence_state,
+    sample,
+    token_logprobs,
+    took,
+)
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
 from nanovllm.runner.spec_decode.verify import verify
@@ -61,6 +68,7 @@ class NativeModelRunner:
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         self.model.compile_kernels()
         compile_beam_offers()
+        compile_draw()
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
         for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did

@@ -6,14 +6,22 @@ grammar bans the tokens it does not allow;
 greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and top_p to the
 probabilities and draw one uniform number from their sequence's own generator (so a seeded
 request samples the same alone or inside any batch).
+
+Sampled rows become their probabilities in place and in one compiled pass (`weights_`: the
+temperature and the exponentials; no normalisation, which neither the filters nor the draw
+need). The draw is `draw`, compiled: each row's running sum is walked block by block (the block
+sums vectorize), then token by token inside the one block where it passes the target. The
+plain numpy inverse CDF, `sample_from_probs`, is its reference: a cumsum (a chain of additions
+that cannot vectorize), a comparison and a count, three passes over a batch's probabilities.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from nanovllm.contract.step import TokenLogprobs
-from nanovllm.model.kernels import softmax_
+from nanovllm.model.kernels import KERNEL_MATH, exp32
 from nanovllm.runner.seq_state import PenaltyCounts, SequenceState
 from nanovllm.runner.structured import GrammarMatcher
 from nanovllm.values.sampling_params import SamplingParams
@@ -27,6 +35,9 @@ MAX_LOGIT = 1e30
 # top_p looks at this many best candidates first; only when they hold less than top_p of the
 # mass does it sort the whole vocabulary.
 TOP_P_CANDIDATES = 1024
+
+# draw_ sums the probabilities in blocks of this many tokens, then walks one block token by token.
+DRAW_BLOCK = 256
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -151,36 +162,125 @@ def _top_p_(probs: np.ndarray, top_p: float) -> None:
     probs[kept] = saved
 
 
+def weights_(logits: np.ndarray, maxima: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Each row r of `logits` ([rows, vocab], float32, C-contiguous), in place, to
+    exp((logits[r] - maxima[r]) / temperatures[r]) with maxima[r] the row's maximum: its softmax
+    at that temperature times a factor, which neither the filters nor the draw need removed.
+    (numpy's max vectorizes where numba's does not.)"""
+    exp_rows_(logits, maxima, temperatures)
+    return logits
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def exp_rows_(x, maxima, temperatures):
+    for r in prange(x.shape[0]):
+        row, top, t = x[r], maxima[r], temperatures[r]
+        for j in range(row.shape[0]):
+            row[j] = exp32((row[j] - top) / t)
+
+
 def sample_from_probs(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token."""
-    cdf = np.cumsum(probs, axis=-1)
+    """Inverse-CDF sampling, one uniform per row; never picks a zero-probability token. (The
+    plain numpy reference of `draw`, which the sampler uses.)"""
+    cdf = np.cumsum(probs, axis=-1, dtype=np.float64)
     # Rounding can put a target at the very top of the CDF, past every token: keep it just below,
     # so it lands where the CDF last rises (a token whose probability is not zero).
-    targets = np.minimum(uniforms * cdf[:, -1], np.nextafter(cdf[:, -1], np.float32(0)))
+    targets = np.minimum(uniforms * cdf[:, -1], np.nextafter(cdf[:, -1], 0.0))
     return np.minimum((cdf <= targets[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def draw(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """`sample_from_probs`, compiled: for each row of `probs` ([rows, vocab], >= 0, any total),
+    the first token whose running sum passes uniforms[row] * the row's total; never a
+    zero-probability token. Sums in float64, so it can part from the reference only where a
+    target lies within rounding of where the running sum passes it."""
+    out = np.empty(probs.shape[0], np.int64)
+    draw_(probs, np.asarray(uniforms, np.float64), out)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def draw_(probs, uniforms, out):
+    for r in prange(probs.shape[0]):
+        out[r] = draw_row(probs[r], uniforms[r])
+
+
+@njit(cache=True, nogil=True)
+def draw_row(p, u):
+    v = p.shape[0]
+    sums = np.empty((v + DRAW_BLOCK - 1) // DRAW_BLOCK)
+    total = 0.0
+    for b in range(sums.shape[0]):
+        sums[b] = block_sum(p[b * DRAW_BLOCK:(b + 1) * DRAW_BLOCK])
+        total += sums[b]
+    target = u * total
+    # The block where the running sum passes the target; if rounding put the target at the top
+    # (or the row is all zeros), the last block that holds any probability.
+    below, last = 0.0, -1
+    for b in range(sums.shape[0]):
+        if sums[b] > 0:
+            last = b
+        if below + sums[b] > target:
+            break
+        below += sums[b]
+    if last < 0:
+        return v - 1
+    # Token by token inside it: a running sum that passes the target has just added a token
+    # whose probability is not zero; if the block's own rounding never passes it, its last such.
+    start = last * DRAW_BLOCK
+    running, nonzero = below, -1
+    for j, q in enumerate(p[start:start + DRAW_BLOCK]):
+        if q > 0:
+            nonzero = j
+            running += q
+            if running > target:
+                break
+    return start + nonzero
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def block_sum(block):
+    """(A slice, not bounds into the row: indexing from zero is what lets the sum vectorize.)"""
+    s = 0.0
+    for q in block:
+        s += q
+    return s
+
+
+def compile_draw() -> None:
+    """Compiles the sampler's kernels for float32 rows now (or loads them from numba's cache),
+    at engine start."""
+    probs = weights_(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.ones(1, np.float32))
+    draw(probs, np.zeros(1))
 
 
 def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
            eos_token_id: int | list[int]) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
-    """Next token for each row of `logits` ([len(seqs), vocab]), and logprobs where asked.
-    `eos_token_id`: the model's EOS, or a list of them (each is banned before min_tokens)."""
+    """Next token for each row of `logits` ([len(seqs), vocab], overwritten), and logprobs
+    where asked. `eos_token_id`: the model's EOS, or a list of them (each is banned before
+    min_tokens)."""
     want_logprobs = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     raw_logprobs = log_softmax(logits[want_logprobs]) if want_logprobs else None
     adjust_logits_(logits, seqs, num_output_tokens, eos_token_id)
     for row, seq in zip(logits, seqs):
         if seq.grammar is not None:  # ban what the grammar does not allow next
             seq.grammar.mask_logits_(row)
-    tokens = logits.argmax(axis=-1)
+    greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    tokens = np.zeros(len(seqs), np.int64)
+    if greedy:  # (a batch of one kind is taken whole: indexing rows would copy them)
+        tokens[greedy] = (logits if not sampled else logits[greedy]).argmax(axis=-1)
     if sampled:
         temps = np.clip([seqs[i].params.temperature for i in sampled],
                         MIN_TEMPERATURE, MAX_TEMPERATURE).astype(np.float32)
-        probs = softmax_(logits[sampled] / temps[:, None])  # the division made a fresh array
+        # The logits become the probabilities (a copy only in a mixed batch).
+        probs = logits if not greedy and logits.flags.c_contiguous else logits[sampled]
+        probs = weights_(probs, probs.max(axis=-1), temps)
         for row, i in zip(probs, sampled):
             p = seqs[i].params
             filter_probs_(row, p.top_k, p.top_p, p.min_p)
         uniforms = np.array([seqs[i].rng.random() for i in sampled])
-        tokens[sampled] = sample_from_probs(probs, uniforms)
+        tokens[sampled] = draw(probs, uniforms)
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
     for j, i in enumerate(want_logprobs):
         logprobs[i] = token_logprobs(raw_logprobs[j], int(tokens[i]), seqs[i].params.logprobs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from pathlib import Path
 
 from nanovllm import AsyncEngine, EngineClient
+from nanovllm.engine_client import QueueSink, deliver
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 
@@ -31,3 +34,37 @@ def test_the_server_uses_nothing_outside_the_interface():
     for path in [p for p in SERVER.rglob("*.py") if "ray" not in p.relative_to(SERVER).parts]:
         used |= set(re.findall(r"(?<![\w.])(?:ctx\.|self\._)?engine\.(\w+)", path.read_text()))
     assert used and used <= interface_names(), used - interface_names()
+
+
+def test_deliver_wakes_each_event_loop_once_per_step_and_keeps_each_sinks_order():
+    """A step's outputs reach the QueueSinks of one loop in one callback (not one per request),
+    in order; any other sink gets its own put; a closed loop is skipped without an error."""
+    loop = asyncio.new_event_loop()
+    woken = []
+    schedule = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *args: (woken.append(args[0]), schedule(*args))[1]
+    queue: asyncio.Queue = asyncio.Queue()
+    first, second = QueueSink(loop, queue, 0), QueueSink(loop, queue, 1)
+
+    class Listed(list):
+        def put(self, item):
+            self.append(item)
+
+    other = Listed()
+    closed = asyncio.new_event_loop()
+    closed.close()
+    step = [(first, "a1"), (second, "b1"), (other, "c1"), (QueueSink(closed, queue, 2), "lost")]
+    for items in (step, [(second, "b2"), (first, "a2")]):  # two steps, on the engine's thread
+        engine_thread = threading.Thread(target=deliver, args=(items,))
+        engine_thread.start()
+        engine_thread.join()
+
+    async def take(n):
+        return [await queue.get() for _ in range(n)]
+
+    got = loop.run_until_complete(asyncio.wait_for(take(4), 5))
+    loop.close()
+    assert len(woken) == 2  # one per step
+    assert [x for x in got if x[0] == 0] == [(0, "a1"), (0, "a2")]
+    assert [x for x in got if x[0] == 1] == [(1, "b1"), (1, "b2")]
+    assert other == ["c1"]

@@ -11,6 +11,8 @@ from nanovllm.model import reference as ref
 from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
 from nanovllm.model.int8_gemm import (
     KERNELS,
+    NO_BIAS,
+    as_bias,
     int8_linear,
     int8_matmul,
     matmul_portable,
@@ -155,11 +157,47 @@ def test_portable_kernel_as_plain_python_is_the_compiled_one():
     """What NUMBA_DISABLE_JIT=1 runs (the loops as Python) computes the same numbers."""
     xq, w = exact_case(3, 70, 9, seed=6)
     xs = np.array([0.5, 2.0, 0.1], np.float32)
-    compiled, plain = np.empty((3, 9), np.float32), np.empty((3, 9), np.float32)
     xq = np.pad(xq, ((0, 0), (0, 2)))  # K padded to the packed groups, as int8_matmul does
-    matmul_portable(xq, xs, w.packed, w.scale, w.sums, compiled)
-    matmul_portable.py_func(xq, xs, w.packed, w.scale, w.sums, plain)
-    np.testing.assert_array_equal(plain, compiled)
+    bias = as_bias(f32(9, seed=7))
+    for b, accumulate in ((NO_BIAS, False), (bias, False), (bias, True)):
+        compiled = f32(3, 9, seed=8)
+        plain = compiled.copy()
+        matmul_portable(xq, xs, w.packed, w.scale, w.sums, b, accumulate, compiled)
+        matmul_portable.py_func(xq, xs, w.packed, w.scale, w.sums, b, accumulate, plain)
+        np.testing.assert_array_equal(plain, compiled)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows, k, cols", SHAPES)
+def test_bias_and_residual_are_added_as_the_outputs_are_stored(kernel, rows, k, cols):
+    """`out = x @ w.T + b` and `residual += x @ w.T + b` in the kernel's epilogue: exactly the
+    floats of the separate passes (the same additions in the same order), on the panels and
+    on the matrix's edge; the reference is `reference.linear` with the bias."""
+    kernel = runnable(kernel)
+    x = f32(rows, k, seed=9)
+    w = quantize_int8(f32(cols, k, seed=10, scale=0.02))
+    bias, residual = f32(cols, seed=11), f32(rows, cols, seed=12)
+    plain = int8_linear(x, w, kernel)
+    with_bias = int8_linear(x, w, kernel, bias)
+    np.testing.assert_array_equal(with_bias, plain + bias)
+    added = residual.copy()
+    assert int8_linear(x, w, kernel, bias, residual=added) is added
+    np.testing.assert_array_equal(added, residual + (plain + bias))
+    unbiased = residual.copy()
+    int8_linear(x, w, kernel, residual=unbiased)
+    np.testing.assert_array_equal(unbiased, residual + plain)
+    read_only = bias.copy()
+    read_only.flags.writeable = False  # a memory-mapped checkpoint's
+    np.testing.assert_array_equal(int8_linear(x, w, kernel, read_only), with_bias)
+    xq, xs = np.empty(x.shape, np.int8), np.empty(rows, np.float32)
+    quantize_rows(x, xq, xs)
+    expected = ref.linear(xq.astype(np.float32) * xs[:, None], dequantize(w), bias)
+    magnitude = (np.abs(xq) * xs[:, None]).astype(np.float64) @ (
+        np.abs(w.q) * w.scale[:, None]).T.astype(np.float64)
+    # the bound of test_kernel_matches_reference_within_rounding, and one rounding of the sum
+    # with the bias on each side
+    bound = (sum_error(k) + 6 * U) * magnitude + 2 * U * (magnitude + np.abs(bias))
+    assert_within(with_bias, expected, bound)
 
 
 def test_host_path_runs_the_best_kernel_the_cpu_has():

@@ -180,7 +180,7 @@ def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, w
     q[:] = np.stack([q[-1] for q in queries])
     out = np.full(q.shape, np.nan, np.float32)
     paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out, window,
-                           True)
+                           1, True)
     for i, (qs, k, v) in enumerate(zip(queries, k_seen, v_seen)):
         expected = ref.attention(qs, k, v, window)[-1:]
         bound = attention_bound(qs[-1:], repeat_kv(k, n_head), repeat_kv(v, n_head), window)
@@ -199,5 +199,5 @@ def test_register_tiles_leave_other_caches_to_the_plain_loop():
         plain, tiled = np.empty_like(q), np.empty_like(q)
         for tiles, out in ((False, plain), (True, tiled)):
             paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out,
-                                   0, tiles)
+                                   0, 1, tiles)
         np.testing.assert_array_equal(tiled, plain)

@@ -104,3 +104,32 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
     worker.join()
     assert seen_midway, "never saw the first sequence done while the last had not started"
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([70, 9], 6, 3),
+                                                ([33], 9, 3)])
+@pytest.mark.parametrize("window", [0, 20])
+def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window):
+    """Fewer sequences than threads (batch 1): each sequence's key/value heads are split among
+    them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
+    up to 8 threads, also more than the heads there are."""
+    rng = np.random.default_rng(len(lens) + n_head)
+    block_size, head_dim = 16, 64
+    counts = [-(-n // block_size) for n in lens]
+    blocks = sum(counts)
+    free = list(rng.permutation(blocks))
+    tables = np.zeros((len(lens), max(counts)), np.int64)
+    for b, count in enumerate(counts):
+        tables[b, :count] = [free.pop() for _ in range(count)]
+    k_cache, v_cache = (rng.standard_normal((blocks * block_size, n_kv, head_dim),
+                                            dtype=np.float32) for _ in range(2))
+    q = rng.standard_normal((len(lens), n_head, head_dim), dtype=np.float32)
+    outputs = []
+    for threads in (1, 2, 3, 8):
+        out = np.full(q.shape, np.nan, np.float32)
+        paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out,
+                               window, threads)
+        outputs.append(out)
+    assert not np.isnan(outputs[0]).any()
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])

@@ -1,7 +1,8 @@
 """The sampler's pieces on hand-made inputs: filters, inverse-CDF draws, logit adjustments.
 
 filter_probs_ applies min_p, then top_k, then top_p (on what is left, renormalised), keeping
-the token that crosses top_p; sample_from_probs never returns a zero-probability token;
+the token that crosses top_p; sample_from_probs never returns a zero-probability token, nor
+does draw, its compiled version, which picks the same tokens;
 adjust_logits_ follows vLLM: logit_bias is added, min_tokens bans EOS and stop tokens,
 repetition_penalty divides positive / multiplies negative logits of every seen token, then
 frequency and presence penalties subtract from the logits of generated tokens.
@@ -18,13 +19,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
+from nanovllm.model import reference as ref
 from nanovllm.runner.sampler import (
     adjust_logits_,
+    draw,
     filter_probs_,
     new_sequence_state,
     sample,
     sample_from_probs,
     took,
+    weights_,
 )
 from nanovllm.runner.seq_state import SequenceState
 
@@ -100,6 +104,10 @@ def test_top_p_on_a_large_vocabulary_matches_a_full_sort(shape):
         assert len(expected) > 1024
 
 
+DRAWS = pytest.mark.parametrize("draw_tokens", [sample_from_probs, draw], ids=["numpy", "compiled"])
+
+
+@DRAWS
 @settings(max_examples=200, deadline=None)
 @given(probs=st.lists(st.sampled_from([0.0, 0.0, 1e-6, 0.01, 0.1, 0.3, 1.0]), min_size=1,
                       max_size=12).filter(any),
@@ -107,18 +115,64 @@ def test_top_p_on_a_large_vocabulary_matches_a_full_sort(shape):
        | st.floats(0.0, 1.0, exclude_max=True))
 @example(probs=[0.5, 0.5, 0.0, 0.0], u=float(np.nextafter(1.0, 0.0)))
 @example(probs=[0.0, 0.0, 1.0], u=0.0)
-def test_sample_from_probs_never_picks_a_zero_probability_token(probs, u):
+def test_sample_from_probs_never_picks_a_zero_probability_token(draw_tokens, probs, u):
     row = np.array(probs, np.float32)
-    token = int(sample_from_probs(row[None], np.array([u]))[0])
+    token = int(draw_tokens(row[None], np.array([u]))[0])
     assert row[token] > 0
 
 
-def test_sample_from_probs_is_the_inverse_cdf():
+@DRAWS
+def test_sample_from_probs_is_the_inverse_cdf(draw_tokens):
     row = np.array([[0.25, 0.0, 0.5, 0.25]], np.float32)
-    picks = [int(sample_from_probs(row, np.array([u]))[0]) for u in (0.0, 0.24, 0.25, 0.74, 0.75, 0.99)]
+    picks = [int(draw_tokens(row, np.array([u]))[0]) for u in (0.0, 0.24, 0.25, 0.74, 0.75, 0.99)]
     assert picks == [0, 0, 2, 2, 3, 3]
     # Unnormalised rows (after filtering) are scaled by their total.
-    assert int(sample_from_probs(np.array([[0.0, 0.2, 0.2]]), np.array([0.6]))[0]) == 2
+    assert int(draw_tokens(np.array([[0.0, 0.2, 0.2]]), np.array([0.6]))[0]) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab=st.sampled_from([1, 2, 255, 256, 257, 1000, 50257]), rows=st.integers(1, 5),
+       zeros=st.sampled_from([0.0, 0.5, 0.99]), peak=st.sampled_from([0.1, 3.0, 30.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_draw_picks_the_tokens_of_the_reference(vocab, rows, zeros, peak, seed):
+    """Softmax-like rows, peaked or flat, with zeros (filtered tokens) across the blocks the
+    compiled walk steps over; the edges of [0, 1) among the uniforms."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((rows, vocab)) * peak
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True)).astype(np.float32)
+    probs[rng.random((rows, vocab)) < zeros] = 0.0
+    probs[np.arange(rows), logits.argmax(axis=-1)] = 1.0  # never a row of zeros only
+    uniforms = rng.random(rows)
+    uniforms[0] = rng.choice([0.0, float(np.nextafter(1.0, 0.0)), uniforms[0]])
+    expected = sample_from_probs(probs, uniforms)
+    for row, u, token, want in zip(probs, uniforms, draw(probs, uniforms), expected):
+        if token != want:  # only where the target is within rounding of the running sums
+            cdf = np.cumsum(row, dtype=np.float64)
+            target, slack = u * cdf[-1], 1e-12 * cdf[-1]
+            assert row[token] > 0
+            assert (token == 0 or cdf[token - 1] <= target + slack) and cdf[token] > target - slack
+    # Rounding decides where the target lies at the top of a row (a tail of tokens too small
+    # to move a float64 sum), almost never elsewhere.
+    assert (draw(probs, uniforms)[1:] == expected[1:]).all()
+
+
+@pytest.mark.parametrize("temperature", [1e-2, 0.7, 1.0, 5.0, 1e30])
+def test_weights_are_the_softmax_at_the_temperature_up_to_a_factor(temperature):
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((3, 1000)) * 5).astype(np.float32)
+    logits[:, ::7] = -np.inf  # banned tokens
+    expected = ref.softmax(logits / np.float32(temperature))
+    temps = np.full(3, temperature, np.float32)
+    weights = weights_(logits.copy(), logits.max(axis=-1), temps)
+    assert (weights[:, ::7] == 0).all() and weights.max(axis=-1).tolist() == [1.0] * 3
+    np.testing.assert_allclose(weights / weights.sum(axis=-1, keepdims=True), expected,
+                               rtol=1e-4, atol=1e-30)
+
+
+def test_draw_of_a_row_of_zeros_is_the_last_token_as_in_the_reference():
+    probs = np.zeros((2, 300), np.float32)
+    for tokens in (draw(probs, np.array([0.0, 0.5])), sample_from_probs(probs, np.array([0.0, 0.5]))):
+        assert tokens.tolist() == [299, 299]
 
 
 # ---- adjust_logits_ ------------------------------------------------------------------------
