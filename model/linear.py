@@ -48,9 +48,6 @@ PANEL_MIN_ROWS = 16
 # Weight rows of a panel, by the number of PANEL_WIDTH-row vectors of x it holds (1 to 4): the
 # accumulators (rows x vectors) and the x vectors fill AVX-512's 32 registers.
 PANEL_COLS = (12, 12, 8, 6)
-# A single vector of rows (16 rows) runs as two of half the width: the same multiply-adds per
-# weight loaded, in 256-bit instructions, measured faster on the AVX-512 CPU (not above 16 rows).
-HALF_WIDTH = PANEL_WIDTH // 2
 # Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
 # block at once, the LM head in a few parts.
 BLAS_CHUNK = 8192
@@ -247,13 +244,8 @@ def panels(vectors, xt, w, out, row, start, end, acc):
 def panel(cols, vectors, xt, w, out, row, c, acc):
     """out[row:row + vectors * PANEL_WIDTH, c:c + cols] (the rows that exist) through acc."""
     k_dim = w.shape[1]
-    x_at, w_at = xt.ctypes.data + row * 4, w.ctypes.data + c * k_dim * 4
-    if vectors == 1:  # the same rows, and the same acc layout, as two HALF_WIDTH vectors
-        broadcast_panel(HALF_WIDTH, cols, 2, x_at, xt.shape[1] * 4, w_at, k_dim * 4, k_dim,
-                        acc.ctypes.data)
-    else:
-        broadcast_panel(PANEL_WIDTH, cols, vectors, x_at, xt.shape[1] * 4, w_at, k_dim * 4,
-                        k_dim, acc.ctypes.data)
+    broadcast_panel(PANEL_WIDTH, cols, vectors, xt.ctypes.data + row * 4, xt.shape[1] * 4,
+                    w.ctypes.data + c * k_dim * 4, k_dim * 4, k_dim, acc.ctypes.data)
     rows = min(vectors * PANEL_WIDTH, out.shape[0] - row)
     for j in range(cols):
         for r in range(rows):
