@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanovllm.runner.sampler import sample_from_probs
+
 
 def accept_greedy(target_argmax: np.ndarray, proposals: list[int]) -> list[int]:
     """target_argmax: [k + 1] tokens; returns the kept proposals followed by one target token."""
@@ -62,7 +64,6 @@ def residual_probs(p: np.ndarray, token: int, q: np.ndarray | None) -> np.ndarra
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
-    """One token by inverse CDF from one uniform; never a zero-probability token."""
-    cdf = np.cumsum(probs, dtype=np.float64)
-    target = min(rng.random() * cdf[-1], np.nextafter(cdf[-1], 0.0))
-    return int(min(np.searchsorted(cdf, target, side="right"), len(probs) - 1))
+    """One token by inverse CDF from one uniform; never a zero-probability token (the sampler's
+    rule, `sample_from_probs`, for one row)."""
+    return int(sample_from_probs(probs[None, :], np.array([rng.random()]))[0])
