@@ -11,6 +11,12 @@ num_return_sequences=k, do_sample=False)` one prompt batch at a time, ours
 each side's median over --repeat runs, A and B alternating. Then one beam-8 request over a long
 prompt, stepped alone: the KV blocks it holds at its peak, against 8 sequences of the same
 length (n=8 with and without the prefix cache, and 8 with nothing shared). Timings depend on the machine and what else runs.
+
+The thread pools are configured before numpy and torch load, as the `nanovllm` command and
+`scripts/benchmark.py` do (both sides get the settings): without it, numpy's OpenBLAS workers
+spin long after each GEMM and take a core from numba's kernels (and the other way round), which
+slows every step that alternates the two (a prefill) far more than the engine is slowed when
+it is started as shipped.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
+from nanovllm.model.threads import configure_thread_pools
 
-from nanovllm.scripts.bench_utils import describe_environment, environment, render_table
+configure_thread_pools()  # before numpy and torch load: see model/threads.py
+
+# isort: split
+import numpy as np  # noqa: E402
+
+from nanovllm.scripts.bench_utils import describe_environment, environment, render_table  # noqa: E402
 
 
 def main() -> None:
