@@ -18,7 +18,8 @@ idle worker of either pool spins before it sleeps, keeping a core from the other
 
 Each pool reads its setting once, when it starts (OpenBLAS when numpy loads), so the entry
 points call `configure_thread_pools()` before numpy loads: `nanovllm`'s and `nanovllm.model`'s
-lazy attributes, and the scripts. Importing this module changes nothing.
+lazy attributes, and the scripts. Importing this module changes nothing. A program that loads
+numpy or torch before `nanovllm` leaves them their defaults: `nanovllm` then logs a warning.
 """
 
 import os
@@ -33,8 +34,16 @@ def thread_pool_settings() -> dict[str, str]:
     return settings
 
 
-def configure_thread_pools() -> None:
+# Modules that start a pool as they load (numpy: OpenBLAS; torch: its own OpenBLAS and the
+# GNU OpenMP that numba's kernels then share): a setting made after them does not reach it.
+POOL_LOADERS = ("numpy", "torch")
+
+
+def configure_thread_pools() -> list[str]:
     """Sets the pools' spin times in os.environ, keeping any value the user set. Idempotent;
-    effective only before numpy (OpenBLAS) and numba's first parallel kernel (OpenMP) start."""
-    for name, value in thread_pool_settings().items():
-        os.environ.setdefault(name, value)
+    effective only before numpy (OpenBLAS) and numba's first parallel kernel (OpenMP) start.
+    Returns the modules of `POOL_LOADERS` that had loaded before it set anything (their pools
+    keep their defaults); a later call sets nothing and returns []."""
+    unset = {k: v for k, v in thread_pool_settings().items() if k not in os.environ}
+    os.environ.update(unset)
+    return [m for m in POOL_LOADERS if m in sys.modules] if unset else []

@@ -7,6 +7,7 @@ The names below load on first use (PEP 562), so `import nanovllm.model` or the c
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -45,9 +46,14 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nanovllm' has no attribute {name!r}")
-    from nanovllm.model.threads import configure_thread_pools
+    from nanovllm.model.threads import configure_thread_pools, thread_pool_settings
 
-    configure_thread_pools()  # before numpy loads: see model/threads.py
+    late = configure_thread_pools()  # before numpy loads: see model/threads.py
+    if late:
+        logging.getLogger("nanovllm").warning(
+            "%s loaded before nanovllm: its thread pools spin by their defaults and slow the "
+            "engine's kernels (prefill most). Import nanovllm first, or set %s.",
+            " and ".join(late), " ".join(f"{k}={v}" for k, v in thread_pool_settings().items()))
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value

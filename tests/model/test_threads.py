@@ -65,8 +65,20 @@ def test_configure_sets_each_setting_once_and_keeps_the_users():
     "import nanovllm.scripts.benchmark",            # the scripts that measure
     "import nanovllm.scripts.lab.profile_decode",
     "import nanovllm.scripts.lab.measure_memory",
+    "import nanovllm.scripts.lab.beam_bench",       # it loads torch too
 ])
 def test_entry_points_configure_the_pools_before_numpy_loads(statement):
     result = probe(statement)
     assert result["numpy_loaded"]
     assert result["at_numpy"] == SETTINGS
+
+
+@pytest.mark.parametrize("first, warned", [("", False), ("import numpy\n", True)])
+def test_the_library_warns_when_numpy_loaded_first(first, warned):
+    """Too late for OpenBLAS: the settings cannot reach it, so the user is told how to fix it."""
+    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    run = subprocess.run([sys.executable, "-c", first + "from nanovllm import SamplingParams"],
+                         env=clean, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert ("numpy loaded before nanovllm" in run.stderr) == warned, run.stderr
+    assert ("OPENBLAS_THREAD_TIMEOUT=16" in run.stderr) == warned
