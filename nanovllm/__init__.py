@@ -51,7 +51,7 @@ def __getattr__(name: str):
     late = configure_thread_pools()  # before numpy loads: see model/threads.py
     if late:
         logging.getLogger("nanovllm").warning(
-            "%s loaded before nanovllm: its thread pools spin by their defaults and slow the "
+            "%s loaded before nanovllm: the thread pools started then spin by their defaults, slowing the "
             "engine's kernels (prefill most). Import nanovllm first, or set %s.",
             " and ".join(late), " ".join(f"{k}={v}" for k, v in thread_pool_settings().items()))
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
