@@ -31,16 +31,20 @@ class TransformersRunner:
                      "transformers": transformers.__version__,
                      "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
-    def run(self, prompts: list[list[int]], output_len: int) -> tuple[float, float | None]:
-        """(prefill seconds, decode seconds or None when output_len is 1) of one generate()."""
+    def run(self, prompts: list[list[int]], output_len: int,
+            temperature: float = 0.0) -> tuple[float, float | None]:
+        """(prefill seconds, decode seconds or None when output_len is 1) of one generate(),
+        greedy or sampled at `temperature` from the whole distribution (no top-k, no top-p)."""
         from transformers import StoppingCriteriaList
 
         torch = self.torch
         ids = torch.tensor(prompts, dtype=torch.long)
         clock = _FirstTokenClock(torch)
+        sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                    if temperature else {"do_sample": False})
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **sampling,
                                       max_new_tokens=output_len, min_new_tokens=output_len,
                                       pad_token_id=self.eos, use_cache=True,
                                       stopping_criteria=StoppingCriteriaList([clock]))

@@ -5,12 +5,15 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
     python scripts/benchmark.py --quantization int8            # or --dtype bfloat16
     python scripts/benchmark.py --compare precisions           # float32, int8, bfloat16
     nanovllm bench offline --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
+    python scripts/benchmark.py --quantization int8 --temperature 1   # the sampler served traffic pays
     python scripts/benchmark.py --batch-sizes 1,64 --speculative-config \
         '{"model": "DIR", "quantization": "int8", "num_speculative_tokens": 4}'
     python scripts/benchmark.py --model DIR --dataset-name custom --dataset-path prompts.jsonl
 
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
-cache never hits), greedy, EOS ignored, N new tokens each. The default grid is B in 1,8,32,64
+cache never hits), greedy, EOS ignored, N new tokens each. --temperature T samples instead (no
+top-k, top-p or min-p): served requests that send no temperature sample at 1.0, as vLLM's
+`bench serve` and `bench throughput` requests do, and the sampler is part of their cost. The default grid is B in 1,8,32,64
 with L=32, N=128 (decode), plus one prefill cell: 1 prompt of 512 tokens, N=1.
 With --dataset-name custom (vLLM bench's name) the decode cells' prompts are real text instead:
 --dataset-path is a JSON Lines file, one {"prompt": "..."} a line, tokenized by the model's
@@ -25,7 +28,8 @@ is the end of the step after which every request has its first token, t_end the 
 
 transformers. GPT2LMHeadModel.from_pretrained(same dir), fp32, eval, inference_mode, its default
 attention, KV cache on, do_sample=False, min_new_tokens=max_new_tokens (EOS ignored), the same
-token ids as one batch (equal lengths: no padding). generate() hides its steps, but it calls its
+token ids as one batch (equal lengths: no padding); with --temperature, do_sample=True at that
+temperature with top_k=0 and top_p=1.0 (the same distribution as ours). generate() hides its steps, but it calls its
 stopping criteria after every step: one that never stops timestamps the first call, which is
 t_first (prefill + first token) of that very run; the formulas are then the same as ours.
 (Timing generate(max_new_tokens=1) and subtracting it from generate(N) needs two runs, and on
@@ -51,7 +55,7 @@ then on (two engines in one process, so a busy machine slows both alike); ratio 
 A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
 proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
 acceptance rate by proposal position), and whether every greedy output was identical to the
-one with speculation off. Random prompts repeat nothing, so n-gram lookup rarely proposes and a
+one with speculation off (with --temperature the outputs are samples: not compared). Random prompts repeat nothing, so n-gram lookup rarely proposes and a
 draft of a trained model has nothing to agree on: measure acceptance on a dataset of text.
 
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
@@ -187,6 +191,10 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="write results as JSON to FILE (or stdout with no FILE: the table "
                              "then goes to stderr)")
     parser.add_argument("--bench-seed", type=int, default=0, help="seed of the random prompts")
+    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                        help="every request's sampling temperature (default 0: greedy, as this "
+                             "benchmark has always measured; served requests that send none "
+                             "sample at 1.0, so use 1 to include the sampler they pay for)")
     parser.add_argument("--dataset-name", choices=DATASETS, default="random",
                         help="the decode cells' prompts: 'random' token ids of --input-len "
                              "(default), or 'custom': the texts of --dataset-path")
@@ -212,6 +220,8 @@ def check_args(args: argparse.Namespace, cells: list[Cell]) -> str | None:
         return "--reps must be at least 1"
     if args.threads is not None and args.threads < 1:
         return "--threads must be at least 1"
+    if not args.temperature >= 0.0:  # (NaN too)
+        return "--temperature must be at least 0"
     if not cells:
         return "nothing to run: give --batch-sizes and lengths, or --prefill-len"
     if (args.dataset_name == "custom") != (args.dataset_path is not None):
@@ -255,11 +265,12 @@ def make_engine(args: argparse.Namespace, **options):
 
 
 def run_ours(engine, prompts: list[list[int]], output_len: int,
-             outputs: list[list[int]] | None = None) -> Run:
-    """One timed run; `outputs`, if given, receives each request's tokens in prompt order."""
+             outputs: list[list[int]] | None = None, temperature: float = 0.0) -> Run:
+    """One timed run, greedy or sampled at `temperature`; `outputs`, if given, receives each
+    request's tokens in prompt order."""
     from nanovllm import SamplingParams
 
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0)
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=temperature)
     ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
     preempted = engine.get_stats().num_preemptions_total
     waiting_first, generated, finished = set(ids), 0, {}
@@ -309,29 +320,33 @@ class Prompts:
 
 
 def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
-               prompt_source: Prompts, log, narrow: dict | None = None) -> CellResult:
+               prompt_source: Prompts, log, narrow: dict | None = None,
+               temperature: float = 0.0) -> CellResult:
     """`narrow`: name -> engine, run after `engine` with the same prompts in every rep."""
     result, narrow = CellResult(cell), narrow or {}
     warm = Cell(cell.batch_size, cell.input_len or WARMUP_INPUT_LEN,
                 min(cell.output_len, WARMUP_TOKENS))
     for e in (engine, *narrow.values()):
-        run_ours(e, prompt_source.take(warm), warm.output_len)
+        run_ours(e, prompt_source.take(warm), warm.output_len, temperature=temperature)
     if theirs:
-        theirs.run(prompt_source.take(warm), warm.output_len)
+        theirs.run(prompt_source.take(warm), warm.output_len, temperature)
     spec = narrow.get(SPECULATIVE)
-    before, identical = spec and copy.deepcopy(spec.spec_stats), True
+    # Samples of two engines differ even where their distributions agree: only greedy compares.
+    before, identical = spec and copy.deepcopy(spec.spec_stats), (True if not temperature else None)
     for rep in range(reps):
         prompts = prompt_source.take(cell)
         base_out: list[list[int]] = []
-        result.ours.append(run_ours(engine, prompts, cell.output_len, base_out))
+        result.ours.append(run_ours(engine, prompts, cell.output_len, base_out, temperature))
         log(f"  {cell}  rep {rep + 1}/{reps}  nanovllm: {_fmt_run(result.ours[-1])}")
         for name, e in narrow.items():
             out: list[list[int]] = []
-            result.narrow.setdefault(name, []).append(run_ours(e, prompts, cell.output_len, out))
+            result.narrow.setdefault(name, []).append(
+                run_ours(e, prompts, cell.output_len, out, temperature))
             log(f"  {cell}  rep {rep + 1}/{reps}  {name}: {_fmt_run(result.narrow[name][-1])}")
-            identical = identical and (name != SPECULATIVE or out == base_out)
+            if identical is not None:
+                identical = identical and (name != SPECULATIVE or out == base_out)
         if theirs:
-            prefill_s, decode_s = theirs.run(prompts, cell.output_len)
+            prefill_s, decode_s = theirs.run(prompts, cell.output_len, temperature)
             result.theirs.append(Run(prefill_s, decode_s, cell.batch_size * cell.input_len,
                                      cell.batch_size * (cell.output_len - 1)))
             log(f"  {cell}  rep {rep + 1}/{reps}  transformers: {_fmt_run(result.theirs[-1])}")
@@ -407,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
     log = functools.partial(print, file=sys.stderr, flush=True)
     source = Prompts(np.random.default_rng(args.bench_seed), engine.model_config.vocab_size,
                      dataset)
-    results = [bench_cell(cell, engine, theirs, args.reps, source, log, narrow) for cell in cells]
+    results = [bench_cell(cell, engine, theirs, args.reps, source, log, narrow, args.temperature)
+               for cell in cells]
     targets = evaluate(results, report["model"])
     ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
     roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
@@ -493,7 +509,7 @@ def _report_header(args, engine, theirs, threads: int, dataset: list[list[int]] 
                   "vocab_size": cfg.vocab_size,
                   "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.config.kv_cache_dtype)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
-                     "compare": args.compare, "dataset": _dataset_settings(args, dataset),
+                     "temperature": args.temperature, "compare": args.compare, "dataset": _dataset_settings(args, dataset),
                      "engine": {k: getattr(engine.config, k) for k in engine.config.__slots__}},
         "method": __doc__.split("\n\n", 2)[2].strip(),
     }
@@ -537,7 +553,9 @@ def _result_json(r: CellResult) -> dict:
 def format_table(results: list[CellResult], report: dict) -> str:
     model = report["model"]
     weights = "random weights" if model["dummy"] else "pretrained weights"
-    title = (f"\n{model['name']} ({model['params'] / 1e6:.3g}M params, {weights}), "
+    temperature = report["settings"]["temperature"]
+    sampler = f"sampled at temperature {temperature:g}" if temperature else "greedy"
+    title = (f"\n{model['name']} ({model['params'] / 1e6:.3g}M params, {weights}), {sampler}, "
              f"tokens/s, median [min-max] of {report['settings']['reps']} runs")
     compare = any(r.theirs for r in results)
     narrow = list(dict.fromkeys(name for r in results for name in r.narrow))
@@ -568,7 +586,7 @@ def format_acceptance(results: list[CellResult]) -> str:
         length = f"{a['mean_acceptance_length']:.2f}" if a["mean_acceptance_length"] else "-"
         table.append([str(r.cell), str(a["proposed"]), str(a["accepted"]), rate, length,
                       " ".join(f"{x:.2f}" for x in a["acceptance_by_position"]) or "-",
-                      "yes" if a["identical"] else "NO"])
+                      "-" if a["identical"] is None else "yes" if a["identical"] else "NO"])
     return ("\n\nSpeculation: acceptance over the timed runs (mean length = tokens per "
             "speculating step)\n" + render_table(table))
 

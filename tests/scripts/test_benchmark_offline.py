@@ -106,6 +106,7 @@ def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
     assert benchmark.main(argv) == 0
     table = capsys.readouterr().out
     assert "prefill transformers" in table and "2 x 8 -> 4" in table and "1 x 32 -> 1" in table
+    assert "random weights), greedy, tokens/s" in table
     data = json.loads(out.read_text())
     assert data["model"]["dummy"] is True and data["model"]["n_layer"] == 2
     assert data["targets"] == [] and "Performance targets" not in table  # not GPT-2 124M shapes
@@ -122,6 +123,41 @@ def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
     assert decode["nanovllm"]["runs"][0]["decode_tokens"] == 2 * 3  # the first token is prefill's
     assert decode["ratio"]["decode_tps"] > 0
     assert data["results"][2]["nanovllm"]["decode_tps"] is None  # a prefill-only cell
+
+
+def test_temperature_defaults_to_greedy_and_is_checked():
+    assert parse().temperature == 0.0 and parse("--temperature", "0.7").temperature == 0.7
+    for bad in ("-1", "nan"):
+        args = parse("--temperature", bad)
+        assert "--temperature" in benchmark.check_args(args, benchmark.grid(args))
+    help_text = benchmark.add_args(argparse.ArgumentParser()).format_help()
+    assert "default 0: greedy" in " ".join(help_text.split())
+
+
+def test_run_ours_samples_at_the_temperature_it_is_given(tiny_ckpt):
+    """Greedy twice is the same text; sampling at 1 on random weights (a nearly flat
+    distribution over 1,024 tokens) parts from it."""
+    engine = benchmark.make_engine(parse("--model", str(tiny_ckpt), "--num-kv-blocks", "64"))
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    greedy, again, sampled = [], [], []
+    benchmark.run_ours(engine, prompts, 16, greedy)
+    benchmark.run_ours(engine, prompts, 16, again, temperature=0.0)
+    benchmark.run_ours(engine, prompts, 16, sampled, temperature=1.0)
+    assert greedy == again and sampled != greedy
+    assert [len(t) for t in sampled] == [16, 16]
+
+
+def test_real_run_sampled_against_transformers_sampling(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_ckpt), "--batch-sizes", "2", "--input-len", "8", "--output-len",
+            "4", "--prefill-len", "", "--reps", "1", "--num-kv-blocks", "64", "--compare",
+            "transformers", "--temperature", "1", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    assert "sampled at temperature 1," in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["settings"]["temperature"] == 1.0
+    [cell] = data["results"]
+    assert cell["transformers"]["decode_tps"]["median"] > 0 and cell["ratio"]["decode_tps"] > 0
 
 
 def test_precision_targets_are_ratios_to_float32():
