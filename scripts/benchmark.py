@@ -13,8 +13,9 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
 Workload. A cell is B prompts of L random token ids each (fresh ids every run, so the prefix
 cache never hits), greedy, EOS ignored, N new tokens each. --temperature T samples instead (no
 top-k, top-p or min-p): served requests that send no temperature sample at 1.0, as vLLM's
-`bench serve` and `bench throughput` requests do, and the sampler is part of their cost. The default grid is B in 1,8,32,64
-with L=32, N=128 (decode), plus one prefill cell: 1 prompt of 512 tokens, N=1.
+`bench serve` and `bench throughput` requests do, and the sampler is part of their cost. The
+default grid is B in 1,8,32,64 with L=32, N=128 (decode), plus one prefill cell: 1 prompt of
+512 tokens, N=1.
 With --dataset-name custom (vLLM bench's name) the decode cells' prompts are real text instead:
 --dataset-path is a JSON Lines file, one {"prompt": "..."} a line, tokenized by the model's
 tokenizer; each run takes the next B prompts in file order (from the top again when the file
@@ -29,9 +30,10 @@ is the end of the step after which every request has its first token, t_end the 
 transformers. GPT2LMHeadModel.from_pretrained(same dir), fp32, eval, inference_mode, its default
 attention, KV cache on, do_sample=False, min_new_tokens=max_new_tokens (EOS ignored), the same
 token ids as one batch (equal lengths: no padding); with --temperature, do_sample=True at that
-temperature with top_k=0 and top_p=1.0 (the same distribution as ours). generate() hides its steps, but it calls its
-stopping criteria after every step: one that never stops timestamps the first call, which is
-t_first (prefill + first token) of that very run; the formulas are then the same as ours.
+temperature with top_k=0 and top_p=1.0 (the same distribution as ours). generate() hides its
+steps, but it calls its stopping criteria after every step: one that never stops timestamps the
+first call, which is t_first (prefill + first token) of that very run; the formulas are then the
+same as ours.
 (Timing generate(max_new_tokens=1) and subtracting it from generate(N) needs two runs, and on
 a busy machine their noise can make the difference meaningless, even negative.)
 
@@ -55,8 +57,9 @@ then on (two engines in one process, so a busy machine slows both alike); ratio 
 A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
 proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
 acceptance rate by proposal position), and whether every greedy output was identical to the
-one with speculation off (with --temperature the outputs are samples: not compared). Random prompts repeat nothing, so n-gram lookup rarely proposes and a
-draft of a trained model has nothing to agree on: measure acceptance on a dataset of text.
+one with speculation off (with --temperature the outputs are samples: not compared). Random
+prompts repeat nothing, so n-gram lookup rarely proposes and a draft of a trained model has
+nothing to agree on: measure acceptance on a dataset of text.
 
 Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
 throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
@@ -509,7 +512,8 @@ def _report_header(args, engine, theirs, threads: int, dataset: list[list[int]] 
                   "vocab_size": cfg.vocab_size,
                   "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.config.kv_cache_dtype)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
-                     "temperature": args.temperature, "compare": args.compare, "dataset": _dataset_settings(args, dataset),
+                     "temperature": args.temperature, "compare": args.compare,
+                     "dataset": _dataset_settings(args, dataset),
                      "engine": {k: getattr(engine.config, k) for k in engine.config.__slots__}},
         "method": __doc__.split("\n\n", 2)[2].strip(),
     }
