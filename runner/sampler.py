@@ -273,8 +273,8 @@ def sample_softmax(logits: np.ndarray, maxima: np.ndarray, temperatures: np.ndar
     """`draw(weights_(logits, maxima, temperatures), uniforms)` for rows no filter changes, in
     one compiled pass that reads each row once and writes nothing back: the block sums of the
     weights (each block's weights in a small buffer), then the weights of the one block where
-    the running sum passes the target, computed again. The same tokens as those two passes. (Two passes fewer over a batch's logits, which a large batch reads from
-    memory, not cache; `logits` is left as it was.)"""
+    the running sum passes the target, computed again: two passes fewer over a batch's logits,
+    which a large batch reads from memory, not cache. `logits` is left as it was."""
     out = np.empty(logits.shape[0], np.int64)
     sample_softmax_(logits, maxima, temperatures, np.asarray(uniforms, np.float64), out)
     return out
