@@ -186,8 +186,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def freeze_startup_heap() -> int:
     """Moves every object alive now (the model's, the tokenizer's, the libraries': they live as
     long as the server) out of the collector's reach, as vLLM does. A full collection while
-    serving then walks only what serving allocated, instead of holding the GIL, and with it the
-    engine thread, for 0.1-0.25 s. Returns how many objects it froze."""
+    serving then walks only what serving allocated, rather than holding the GIL (and with it
+    the engine thread) while it walks the whole start-up heap. Returns how many it froze."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
