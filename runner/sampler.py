@@ -7,12 +7,14 @@ greedy rows take the argmax; sampled rows apply temperature, min_p, top_k and to
 probabilities and draw one uniform number from their sequence's own generator (so a seeded
 request samples the same alone or inside any batch).
 
-Sampled rows become their probabilities in place and in one compiled pass (`weights_`: the
-temperature and the exponentials; no normalisation, which neither the filters nor the draw
-need). The draw is `draw`, compiled: each row's running sum is walked block by block (the block
-sums vectorize), then token by token inside the one block where it passes the target. The
-plain numpy inverse CDF, `sample_from_probs`, is its reference: a cumsum (a chain of additions
-that cannot vectorize), a comparison and a count, three passes over a batch's probabilities.
+Sampled rows that a filter (min_p, top_k, top_p) changes become their probabilities in place
+and in one compiled pass (`weights_`: the temperature and the exponentials; no normalisation,
+which neither the filters nor the draw need). The draw is `draw`, compiled: each row's running
+sum is walked block by block (the block sums vectorize), then token by token inside the one
+block where it passes the target. The plain numpy inverse CDF, `sample_from_probs`, is its
+reference: a cumsum (a chain of additions that cannot vectorize), a comparison and a count,
+three passes over a batch's probabilities. When no row is filtered (what a request that sets
+only a temperature asks), `sample_softmax` does both in one pass that only reads the logits.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ def _penalize_(logits: np.ndarray, counts: PenaltyCounts, p) -> None:
         logits[counts.output_ids] -= p.frequency_penalty * counts.output_counts + p.presence_penalty
 
 
+def filters_probs(p: SamplingParams) -> bool:
+    """Whether min_p, top_k or top_p can drop a token of this request's probabilities."""
+    return p.min_p > 0.0 or p.top_k > 0 or p.top_p < 1.0
+
+
 def filter_probs_(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
     """Zeroes, in place, the tokens that min_p, top_k and top_p drop from one row of probs."""
     if min_p > 0.0:
@@ -209,13 +216,24 @@ def draw_(probs, uniforms, out):
 def draw_row(p, u):
     v = p.shape[0]
     sums = np.empty((v + DRAW_BLOCK - 1) // DRAW_BLOCK)
-    total = 0.0
     for b in range(sums.shape[0]):
         sums[b] = block_sum(p[b * DRAW_BLOCK:(b + 1) * DRAW_BLOCK])
-        total += sums[b]
+    block, below, target = find_block(sums, u)
+    if block < 0:
+        return v - 1
+    start = block * DRAW_BLOCK
+    return start + find_token(p[start:start + DRAW_BLOCK], below, target)
+
+
+@njit(cache=True, nogil=True)
+def find_block(sums, u):
+    """(block, running sum before it, target): the block where the running sum of `sums`
+    passes u * their total; if rounding put the target at the top, the last block that holds
+    any probability; block -1 if none does."""
+    total = 0.0
+    for s in sums:
+        total += s
     target = u * total
-    # The block where the running sum passes the target; if rounding put the target at the top
-    # (or the row is all zeros), the last block that holds any probability.
     below, last = 0.0, -1
     for b in range(sums.shape[0]):
         if sums[b] > 0:
@@ -223,19 +241,22 @@ def draw_row(p, u):
         if below + sums[b] > target:
             break
         below += sums[b]
-    if last < 0:
-        return v - 1
-    # Token by token inside it: a running sum that passes the target has just added a token
-    # whose probability is not zero; if the block's own rounding never passes it, its last such.
-    start = last * DRAW_BLOCK
+    return last, below, target
+
+
+@njit(cache=True, nogil=True)
+def find_token(block, below, target):
+    """Token by token inside the block: a running sum that passes the target has just added a
+    token whose probability is not zero; if the block's own rounding never passes it, its last
+    such."""
     running, nonzero = below, -1
-    for j, q in enumerate(p[start:start + DRAW_BLOCK]):
+    for j, q in enumerate(block):
         if q > 0:
             nonzero = j
             running += q
             if running > target:
                 break
-    return start + nonzero
+    return nonzero
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -247,11 +268,55 @@ def block_sum(block):
     return s
 
 
+def sample_softmax(logits: np.ndarray, maxima: np.ndarray, temperatures: np.ndarray,
+                   uniforms: np.ndarray) -> np.ndarray:
+    """`draw(weights_(logits, maxima, temperatures), uniforms)` for rows no filter changes, in
+    one compiled pass that reads each row once and writes nothing back: the block sums of the
+    weights (each block's weights in a small buffer), then the weights of the one block where
+    the running sum passes the target, computed again: two passes fewer over a batch's logits,
+    which a large batch reads from memory, not cache. `logits` is left as it was."""
+    out = np.empty(logits.shape[0], np.int64)
+    sample_softmax_(logits, maxima, temperatures, np.asarray(uniforms, np.float64), out)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sample_softmax_(x, maxima, temperatures, uniforms, out):
+    for r in prange(x.shape[0]):
+        out[r] = sample_softmax_row(x[r], maxima[r], temperatures[r], uniforms[r])
+
+
+@njit(cache=True, nogil=True)
+def sample_softmax_row(row, top, t, u):
+    v = row.shape[0]
+    sums = np.empty((v + DRAW_BLOCK - 1) // DRAW_BLOCK)
+    weights = np.empty(DRAW_BLOCK, np.float32)  # one block's, in L1: the loops vectorize
+    for b in range(sums.shape[0]):
+        block = row[b * DRAW_BLOCK:(b + 1) * DRAW_BLOCK]
+        exp_into(block, top, t, weights)
+        sums[b] = block_sum(weights[:block.shape[0]])
+    block, below, target = find_block(sums, u)
+    if block < 0:
+        return v - 1
+    start = block * DRAW_BLOCK
+    n = exp_into(row[start:start + DRAW_BLOCK], top, t, weights)
+    return start + find_token(weights[:n], below, target)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def exp_into(block, top, t, out):
+    """exp_rows_'s weights of a slice into out[:len(block)]; returns len(block)."""
+    for j in range(block.shape[0]):
+        out[j] = exp32((block[j] - top) / t)
+    return block.shape[0]
+
+
 def compile_draw() -> None:
     """Compiles the sampler's kernels for float32 rows now (or loads them from numba's cache),
     at engine start."""
-    probs = weights_(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.ones(1, np.float32))
-    draw(probs, np.zeros(1))
+    logits, maxima, temps = np.zeros((1, 2), np.float32), np.zeros(1, np.float32), np.ones(1, np.float32)
+    sample_softmax(logits, maxima, temps, np.zeros(1))
+    draw(weights_(logits, maxima, temps), np.zeros(1))
 
 
 def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: list[int],
@@ -273,14 +338,17 @@ def sample(logits: np.ndarray, seqs: list[SequenceState], num_output_tokens: lis
     if sampled:
         temps = np.clip([seqs[i].params.temperature for i in sampled],
                         MIN_TEMPERATURE, MAX_TEMPERATURE).astype(np.float32)
-        # The logits become the probabilities (a copy only in a mixed batch).
-        probs = logits if not greedy and logits.flags.c_contiguous else logits[sampled]
-        probs = weights_(probs, probs.max(axis=-1), temps)
-        for row, i in zip(probs, sampled):
-            p = seqs[i].params
-            filter_probs_(row, p.top_k, p.top_p, p.min_p)
+        rows = logits if not greedy and logits.flags.c_contiguous else logits[sampled]
+        maxima = rows.max(axis=-1)
         uniforms = np.array([seqs[i].rng.random() for i in sampled])
-        tokens[sampled] = draw(probs, uniforms)
+        if not any(filters_probs(seqs[i].params) for i in sampled):
+            tokens[sampled] = sample_softmax(rows, maxima, temps, uniforms)
+        else:  # the rows become their probabilities, filtered (a copy only in a mixed batch)
+            probs = weights_(rows, maxima, temps)
+            for row, i in zip(probs, sampled):
+                p = seqs[i].params
+                filter_probs_(row, p.top_k, p.top_p, p.min_p)
+            tokens[sampled] = draw(probs, uniforms)
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
     for j, i in enumerate(want_logprobs):
         logprobs[i] = token_logprobs(raw_logprobs[j], int(tokens[i]), seqs[i].params.logprobs)

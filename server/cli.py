@@ -10,6 +10,7 @@ socket is closed, the engine thread stops.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import logging
 import signal
@@ -172,6 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
                             limit_concurrency=concurrency,
                             timeout_keep_alive=limits.timeout_keep_alive)
     server = Server(config, engine, ui=not args.disable_ui)
+    logger.info("%d start-up objects frozen out of the garbage collector's way", freeze_startup_heap())
     try:
         with absorb_reraised_signals():
             server.run()
@@ -179,6 +181,16 @@ def run_serve(args: argparse.Namespace) -> int:
         engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def freeze_startup_heap() -> int:
+    """Moves every object alive now (the model's, the tokenizer's, the libraries': they live as
+    long as the server) out of the collector's reach, as vLLM does. A full collection while
+    serving then walks only what serving allocated, rather than holding the GIL (and with it
+    the engine thread) while it walks the whole start-up heap. Returns how many it froze."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def start_ray_replicas(args: argparse.Namespace):

@@ -2,7 +2,8 @@
 
 filter_probs_ applies min_p, then top_k, then top_p (on what is left, renormalised), keeping
 the token that crosses top_p; sample_from_probs never returns a zero-probability token, nor
-does draw, its compiled version, which picks the same tokens;
+does draw, its compiled version, which picks the same tokens, nor sample_softmax, which draws
+from the softmax of unfiltered logits in one pass (the same tokens as draw of weights_);
 adjust_logits_ follows vLLM: logit_bias is added, min_tokens bans EOS and stop tokens,
 repetition_penalty divides positive / multiplies negative logits of every seen token, then
 frequency and presence penalties subtract from the logits of generated tokens.
@@ -27,6 +28,7 @@ from nanovllm.runner.sampler import (
     new_sequence_state,
     sample,
     sample_from_probs,
+    sample_softmax,
     took,
     weights_,
 )
@@ -167,6 +169,56 @@ def test_weights_are_the_softmax_at_the_temperature_up_to_a_factor(temperature):
     assert (weights[:, ::7] == 0).all() and weights.max(axis=-1).tolist() == [1.0] * 3
     np.testing.assert_allclose(weights / weights.sum(axis=-1, keepdims=True), expected,
                                rtol=1e-4, atol=1e-30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vocab=st.sampled_from([1, 2, 255, 256, 257, 1000, 50257]), rows=st.integers(1, 5),
+       banned=st.sampled_from([0.0, 0.5, 0.99]), peak=st.sampled_from([0.1, 3.0, 30.0]),
+       temperature=st.sampled_from([1e-2, 0.7, 1.0, 5.0]), seed=st.integers(0, 2**32 - 1))
+def test_sample_softmax_picks_the_tokens_of_the_reference(vocab, rows, banned, peak, temperature,
+                                                          seed):
+    """The reference is sample_from_probs of reference.softmax at the temperature; banned
+    tokens (-inf) across the blocks; the edges of [0, 1) among the uniforms. The logits are
+    left as they were."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((rows, vocab)) * peak).astype(np.float32)
+    logits[rng.random((rows, vocab)) < banned] = -np.inf
+    logits[np.arange(rows), rng.integers(0, vocab, rows)] = peak  # never a row of bans only
+    uniforms = rng.random(rows)
+    uniforms[0] = rng.choice([0.0, float(np.nextafter(1.0, 0.0)), uniforms[0]])
+    temps = np.full(rows, temperature, np.float32)
+    given_logits = logits.copy()
+    tokens = sample_softmax(logits, logits.max(axis=-1), temps, uniforms)
+    np.testing.assert_array_equal(logits, given_logits)
+    probs = ref.softmax(logits / np.float32(temperature))
+    expected = sample_from_probs(probs, uniforms)
+    for row, u, token, want in zip(probs, uniforms, tokens, expected):
+        assert row[token] > 0
+        if token != want:  # only where the target is within float32 rounding of the sums
+            cdf = np.cumsum(row, dtype=np.float64)
+            target, slack = u * cdf[-1], 1e-5 * cdf[-1]
+            assert (token == 0 or cdf[token - 1] <= target + slack) and cdf[token] > target - slack
+    # and the tokens of the two passes it replaces (the same weights, in sums that may round
+    # apart only where the target lies at the top of a row, as in the draw test above)
+    weights = weights_(logits.copy(), logits.max(axis=-1), temps)
+    np.testing.assert_array_equal(tokens[1:], draw(weights, uniforms)[1:])
+
+
+def test_sample_takes_the_one_pass_draw_only_without_filters():
+    """Rows without min_p, top_k or top_p draw from the softmax in one pass; a batch with one
+    filtered row filters that row (here top_k=1: its argmax) and draws the others as before."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 1000)).astype(np.float32)
+    plain = [make_seq([0], [], rng_seed=s, temperature=0.8) for s in range(4)]
+    mixed = [make_seq([0], [], rng_seed=s, temperature=0.8, top_k=1 if s == 3 else 0)
+             for s in range(4)]
+    uniforms = np.array([np.random.default_rng(s).random() for s in range(4)])
+    expected = draw(weights_(logits.copy(), logits.max(axis=-1), np.full(4, 0.8, np.float32)),
+                    uniforms)
+    tokens, _ = sample(logits.copy(), plain, [0] * 4, EOS)
+    assert tokens.tolist() == expected.tolist()
+    tokens, _ = sample(logits.copy(), mixed, [0] * 4, EOS)
+    assert tokens.tolist() == expected[:3].tolist() + [int(logits[3].argmax())]
 
 
 def test_draw_of_a_row_of_zeros_is_the_last_token_as_in_the_reference():

@@ -3,7 +3,9 @@ fallback when the hub is unreachable, and clean shutdown on SIGTERM / Ctrl-C."""
 
 from __future__ import annotations
 
+import gc
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -34,6 +36,8 @@ def test_serve_logs_and_shuts_down_cleanly(spawn, tiny_ckpt, sig):
     srv.wait_ready()
     assert str(tiny_ckpt) in srv.log and "RANDOM weights" in srv.log
     assert "parameters" in srv.log and "KV cache: 256 blocks of 16 tokens" in srv.log
+    frozen = re.search(r"(\d+) start-up objects frozen", srv.log)
+    assert frozen and int(frozen[1]) > 10_000  # the libraries' and the model's objects
     body = {"model": "tiny", "prompt": "x", "max_tokens": 230, "n": 16, "ignore_eos": True,
             "stream": True}
     with httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -50,6 +54,24 @@ def test_serve_logs_and_shuts_down_cleanly(spawn, tiny_ckpt, sig):
     assert time.monotonic() - t < 10
     assert "Server stopped." in srv.log
     assert port_is_free(srv.port)
+
+
+def test_start_up_objects_are_frozen_out_of_every_collection():
+    """What lived before serving is never walked by a collection again (gc.freeze); what
+    serving allocates later still is."""
+    from nanovllm.server.cli import freeze_startup_heap
+
+    def tracked(obj) -> bool:
+        return any(o is obj for generation in range(3) for o in gc.get_objects(generation))
+
+    old = {"start-up": []}
+    try:
+        assert freeze_startup_heap() >= 1
+        new = {"serving": []}
+        assert not tracked(old) and tracked(new)
+    finally:
+        gc.unfreeze()
+    assert tracked(old)
 
 
 def test_api_key_from_the_environment(spawn, tiny_ckpt):
