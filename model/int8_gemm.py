@@ -282,7 +282,10 @@ MATMULS = {"avx512vnni": matmul_avx512vnni, "avxvnni": matmul_avxvnni,
 
 
 def compile_int8_kernel(kernel: str) -> None:
-    """Compiles (or loads from numba's cache) the activations' quantizer and `kernel`."""
+    """Compiles (or loads from numba's cache) the activations' quantizers (one row, and the
+    threads' for a prefill's many) and `kernel`."""
     x = np.zeros((1, 1), np.float32)
     w = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     int8_linear(x, w, kernel, residual=int8_linear(x, w, kernel, np.zeros(1, np.float32)))
+    rows = np.zeros((PARALLEL_QUANTIZE_ROWS, 1), np.float32)
+    int8_linear(rows, w, kernel, np.zeros(1, np.float32))

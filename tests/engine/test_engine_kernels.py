@@ -13,8 +13,9 @@ from nanovllm.model.gpt2 import (
     layer_norm_parallel_,
     layer_norm_rows_,
 )
+from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels import softmax_rows_
-from nanovllm.model.linear import matmul_nt, matmul_panels
+from nanovllm.model.linear import host_int8_kernel, matmul_nt, matmul_panels
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
@@ -32,4 +33,16 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
     before = [list(k.signatures) for k in kernels]
     llm.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     llm.beam_search([[1, 2, 3]], BeamSearchParams(2, 3, ignore_eos=True))
+    assert [list(k.signatures) for k in kernels] == before
+
+
+def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
+    """W8A8: a prefill of at least PARALLEL_QUANTIZE_ROWS tokens quantizes its activations on the
+    threads; start-up compiled that quantizer too, not only the one-row one decodes use."""
+    llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
+    kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],
+               paged_decode_attention, layer_norm_rows_, layer_norm_parallel_, gelu_rows_,
+               gelu_parallel_, write_slots, causal_softmax_)
+    before = [list(k.signatures) for k in kernels]
+    llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert [list(k.signatures) for k in kernels] == before
