@@ -1,17 +1,22 @@
-"""Linear layers, `x @ w.T + b`, with weights stored `[out, in]` (PyTorch's nn.Linear layout).
+"""Linear layers, `x @ w.T + b`, with weights `[out, in]` (PyTorch's nn.Linear layout), or packed.
 
 A decode step multiplies a few rows by every weight matrix, so it is bound by reading the
 weights from memory. BLAS is slow there: its GEMM repacks the whole matrix for a handful of
 rows. Up to `KERNEL_MAX_ROWS` rows, small compiled kernels read every weight once, on all
-cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain version. Two kernels:
+cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain version. Kernels:
 
 - `matmul_nt`, on every CPU path: each output a dot product of a contiguous weight row with
   each input row, vectorized along k by LLVM (at the width it prefers: 256 bits on AVX-512
   CPUs too), each ending in a horizontal sum.
-- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows: x transposed once, and a
-  tile of outputs held in 16-lane registers, each weight broadcast to every lane and multiplied
-  by 16 rows of x at once (`model/f32_dot.py`); the weights stay in their `[out, in]` rows.
-  Below `PANEL_MIN_ROWS` rows most of its lanes would multiply padding.
+- `matmul_packed`, on the AVX-512 path, where the engine's loader stores float32 matrices packed
+  once (`quant.PackedF32Weight`: blocks of 16 outputs, k-major inside a block, replacing the
+  `[out, in]` matrix; `host_packs_float32`): each step loads 16 outputs' weights as one vector
+  per block and broadcasts one x per row, a tile of 8 rows x 3 blocks held in 16-lane registers
+  (`model/f32_dot.py` `packed_tile`); x is read in its own rows. It takes every row count up to
+  `PACKED_MAX_ROWS`; above, BLAS multiplies the matrix unpacked a chunk of rows at a time.
+- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows for float32 weights left
+  `[out, in]` (the loaders' own arrays, outside the engine): x transposed once, each weight
+  broadcast to every lane and multiplied by 16 rows of x at once.
 
 Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
 weight through `widen` (identity for float32, so that path is unchanged). Above
