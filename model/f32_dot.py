@@ -87,3 +87,70 @@ def broadcast_panel(typingctx, width, cols, vectors, x_ptr, x_stride, w_ptr, w_s
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def packed_tile(typingctx, width, rows, blocks, x_ptr, x_stride, w_ptr, w_stride, k_count,
+                acc_ptr):
+    """acc[r, b * width + j] = sum over k < k_count of x[r, k] * wp[b, k, j], for r < rows,
+    b < blocks, j < width, stored at acc_ptr as float32 [rows, blocks * width]. Row r of x starts
+    at x_ptr + r * x_stride, packed block b (`quant.pack_float32`: k-major, `width` outputs per
+    k) at w_ptr + b * w_stride (byte addresses; 4-byte aligned). Each step loads one vector of
+    `width` outputs' weights per block and broadcasts one x per row: rows x blocks fused
+    multiply-adds for rows + blocks loads. width, rows and blocks are compile-time constants."""
+    if not all(isinstance(t, types.Literal) for t in (width, rows, blocks)):
+        return None
+    lanes, n_rows, n_blocks = width.literal_value, rows.literal_value, blocks.literal_value
+    sig = types.none(width, rows, blocks, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        _, _, _, x_ptr, x_stride, w_ptr, w_stride, k_count, acc_ptr = args
+        intp = x_ptr.type
+        vec = ir.VectorType(F32, lanes)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+        zero = ir.Constant(vec, None)
+        entry = builder.block
+        loop = builder.append_basic_block("f32_packed_loop")
+        done = builder.append_basic_block("f32_packed_done")
+        builder.cbranch(builder.icmp_signed(">", k_count, ir.Constant(intp, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(intp)
+        k.add_incoming(ir.Constant(intp, 0), entry)
+        accs = [builder.phi(vec) for _ in range(n_rows * n_blocks)]
+        for acc in accs:
+            acc.add_incoming(zero, entry)
+        w_at = builder.add(w_ptr, builder.mul(k, ir.Constant(intp, 4 * lanes)))
+        ws = [builder.load(builder.inttoptr(builder.add(w_at, builder.mul(
+            w_stride, ir.Constant(intp, b))), vec.as_pointer()), align=4)
+              for b in range(n_blocks)]
+        x_at = builder.add(x_ptr, builder.mul(k, ir.Constant(intp, 4)))
+        sums = []
+        for r in range(n_rows):
+            at = builder.add(x_at, builder.mul(x_stride, ir.Constant(intp, r)))
+            one = builder.load(builder.inttoptr(at, F32.as_pointer()), align=4)
+            splat = builder.insert_element(ir.Constant(vec, None), one, ir.Constant(I32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(I32, lanes),
+                                                                     [0] * lanes))
+            for b in range(n_blocks):
+                sums.append(builder.call(fma, [splat, ws[b], accs[r * n_blocks + b]]))
+        k_next = builder.add(k, ir.Constant(intp, 1))
+        k.add_incoming(k_next, loop)
+        for acc, s in zip(accs, sums):
+            acc.add_incoming(s, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for s in sums:
+            finals.append(builder.phi(vec))
+            finals[-1].add_incoming(zero, entry)
+            finals[-1].add_incoming(s, loop)
+        for n, final in enumerate(finals):  # (r, b) in order: `blocks * width` per row
+            at = builder.add(acc_ptr, ir.Constant(intp, 4 * lanes * n))
+            builder.store(final, builder.inttoptr(at, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

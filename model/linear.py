@@ -1,17 +1,22 @@
-"""Linear layers, `x @ w.T + b`, with weights stored `[out, in]` (PyTorch's nn.Linear layout).
+"""Linear layers, `x @ w.T + b`, with weights `[out, in]` (PyTorch's nn.Linear layout), or packed.
 
 A decode step multiplies a few rows by every weight matrix, so it is bound by reading the
 weights from memory. BLAS is slow there: its GEMM repacks the whole matrix for a handful of
 rows. Up to `KERNEL_MAX_ROWS` rows, small compiled kernels read every weight once, on all
-cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain version. Two kernels:
+cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain version. Kernels:
 
 - `matmul_nt`, on every CPU path: each output a dot product of a contiguous weight row with
   each input row, vectorized along k by LLVM (at the width it prefers: 256 bits on AVX-512
   CPUs too), each ending in a horizontal sum.
-- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows: x transposed once, and a
-  tile of outputs held in 16-lane registers, each weight broadcast to every lane and multiplied
-  by 16 rows of x at once (`model/f32_dot.py`); the weights stay in their `[out, in]` rows.
-  Below `PANEL_MIN_ROWS` rows most of its lanes would multiply padding.
+- `matmul_packed`, on the AVX-512 path, where the engine's loader stores float32 matrices packed
+  once (`quant.PackedF32Weight`: blocks of 16 outputs, k-major inside a block, replacing the
+  `[out, in]` matrix; `host_packs_float32`): each step loads 16 outputs' weights as one vector
+  per block and broadcasts one x per row, a tile of 8 rows x 3 blocks held in 16-lane registers
+  (`model/f32_dot.py` `packed_tile`); x is read in its own rows. It takes every row count up to
+  `PACKED_MAX_ROWS`; above, BLAS multiplies the matrix unpacked a chunk of rows at a time.
+- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows for float32 weights left
+  `[out, in]` (the loaders' own arrays, outside the engine): x transposed once, each weight
+  broadcast to every lane and multiplied by 16 rows of x at once.
 
 Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
 weight through `widen` (identity for float32, so that path is unchanged). Above
@@ -30,10 +35,17 @@ from numba import config, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.f32_dot import broadcast_panel
+from nanovllm.model.f32_dot import broadcast_panel, packed_tile
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
-from nanovllm.model.quant import BF16Weight, Int8Weight, Weight, kernel_array, widen
+from nanovllm.model.quant import (
+    BF16Weight,
+    Int8Weight,
+    PackedF32Weight,
+    Weight,
+    kernel_array,
+    widen,
+)
 
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
 # re-measure it on a new CPU).
@@ -48,6 +60,9 @@ PANEL_MIN_ROWS = 16
 # Weight rows of a panel, by the number of PANEL_WIDTH-row vectors of x it holds (1 to 4): the
 # accumulators (rows x vectors) and the x vectors fill AVX-512's 32 registers.
 PANEL_COLS = (12, 12, 8, 6)
+# The most rows `matmul_packed` takes on packed float32 weights (a measured cut-over: it beat
+# BLAS on GPT-2's and SmolLM2's shapes at 512 rows, not at 2048).
+PACKED_MAX_ROWS = 512
 # Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
 # block at once, the LM head in a few parts.
 BLAS_CHUNK = 8192
@@ -60,7 +75,9 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None,
     it is returned (the W8A8 kernels add the bias and the residual as they store)."""
     if isinstance(w, Int8Weight):
         return int8_linear(x, w, host_int8_kernel(), b, residual)
-    if x.shape[0] <= KERNEL_MAX_ROWS:
+    if isinstance(w, PackedF32Weight):
+        out = packed_linear(x, w)
+    elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
         if x.shape[0] >= PANEL_MIN_ROWS and host_has_panels() and panel_ready(w):
             matmul_panels(np.ascontiguousarray(x), w, out)
@@ -88,6 +105,26 @@ def host_int8_kernel() -> str:
 def host_has_panels() -> bool:
     """Whether this process runs `matmul_panels` (compiled, on a path that has it)."""
     return not config.DISABLE_JIT and kernel_path().name in PANEL_PATHS
+
+
+@cache
+def host_packs_float32() -> bool:
+    """Whether the loaders store float32 matrices packed (`quant.PackedF32Weight`) for
+    `matmul_packed`: where it is compiled and the panels' 16-lane vectors are native."""
+    return host_has_panels()
+
+
+def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
+    """x @ w.T: `matmul_packed` up to PACKED_MAX_ROWS rows (compiled), else BLAS on the matrix
+    unpacked to `[out, in]` rows `BLAS_CHUNK` outputs at a time."""
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    if x.shape[0] <= PACKED_MAX_ROWS and not config.DISABLE_JIT:
+        matmul_packed(np.ascontiguousarray(x), w.packed, out)
+        return out
+    for start in range(0, w.shape[0], BLAS_CHUNK):
+        end = min(w.shape[0], start + BLAS_CHUNK)
+        out[:, start:end] = x @ w.rows(start, end).T
+    return out
 
 
 def panel_ready(w: Weight) -> bool:
@@ -258,6 +295,69 @@ def panel(cols, vectors, xt, w, out, row, c, acc):
             out[row + r, c + j] = acc[j * vectors * PANEL_WIDTH + r]
 
 
+# The packed kernel's register tile: rows of x by blocks of PACK_WIDTH outputs (accumulators
+# rows x blocks, plus one weight vector a block and a broadcast x, within AVX-512's 32).
+PACK_WIDTH = 16
+TILE_ROWS = 8
+TILE_BLOCKS = 3
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def matmul_packed(x, wp, out):
+    """out = x @ w.T, w packed as wp [blocks, K, PACK_WIDTH] (`quant.pack_float32`), by chunks
+    of TILE_BLOCKS blocks in parallel. x and wp C-contiguous; out [M, N] with N <= blocks *
+    PACK_WIDTH."""
+    n_blocks = wp.shape[0]
+    step = ((n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS + TILE_BLOCKS - 1) // TILE_BLOCKS * TILE_BLOCKS
+    for chunk in prange((n_blocks + step - 1) // step):
+        packed_blocks(x, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step))
+
+
+@njit(cache=True, nogil=True)
+def packed_blocks(x, wp, out, start, end):
+    """out[:, blocks start:end], TILE_BLOCKS blocks at a time, then one at a time."""
+    acc = np.empty(TILE_ROWS * TILE_BLOCKS * PACK_WIDTH, np.float32)
+    b = start
+    while b + TILE_BLOCKS <= end:
+        packed_rows(TILE_BLOCKS, x, wp, out, b, acc)
+        b += TILE_BLOCKS
+    while b < end:
+        packed_rows(1, x, wp, out, b, acc)
+        b += 1
+
+
+@njit(cache=True, nogil=True)
+def packed_rows(blocks, x, wp, out, b, acc):
+    """out[:, blocks b:b + blocks], TILE_ROWS rows at a time, then 4, 2 and 1."""
+    m = x.shape[0]
+    r = 0
+    while r + TILE_ROWS <= m:
+        packed_at(TILE_ROWS, blocks, x, wp, out, r, b, acc)
+        r += TILE_ROWS
+    if r + 4 <= m:
+        packed_at(4, blocks, x, wp, out, r, b, acc)
+        r += 4
+    if r + 2 <= m:
+        packed_at(2, blocks, x, wp, out, r, b, acc)
+        r += 2
+    if r < m:
+        packed_at(1, blocks, x, wp, out, r, b, acc)
+
+
+@njit(cache=True, nogil=True)
+def packed_at(rows, blocks, x, wp, out, r, b, acc):
+    """out[r:r + rows, the outputs of blocks b:b + blocks that exist] through acc."""
+    k_dim = x.shape[1]
+    packed_tile(PACK_WIDTH, rows, blocks, x.ctypes.data + r * k_dim * 4, k_dim * 4,
+                wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, k_dim * PACK_WIDTH * 4, k_dim,
+                acc.ctypes.data)
+    first = b * PACK_WIDTH
+    cols = min(blocks * PACK_WIDTH, out.shape[1] - first)
+    for i in range(rows):
+        for j in range(cols):
+            out[r + i, first + j] = acc[i * blocks * PACK_WIDTH + j]
+
+
 def compile_linear_kernel() -> None:
     """Compiles the kernels now (or loads them from numba's cache on disk), for writable weights,
     read-only ones (the LM head is the memory-mapped embedding: another signature), bfloat16
@@ -270,5 +370,6 @@ def compile_linear_kernel() -> None:
     if host_has_panels():
         for w in (x, read_only):
             matmul_panels(x, w, np.empty((1, 1), np.float32))
+        matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
     compile_int8_kernel(host_int8_kernel())

@@ -13,7 +13,11 @@ round to nearest, ties to even, as torch's `.to(torch.bfloat16)`; a relative err
 2**-9 per element. Both also stand in for the token embedding, which GPT-2 ties to its LM head:
 `gather_rows` widens the rows a step looks up.
 
-`dequantize` (plain numpy) turns either back into the float32 matrix it stands for: the kernels
+`PackedF32Weight` is float32 itself, only re-laid out (`pack_float32`) for the AVX-512 kernel
+that reads 16 outputs' weights as one vector (`model/linear.py`); it replaces the `[out, in]`
+matrix, never sits beside it.
+
+`dequantize` (plain numpy) turns any of them back into the float32 matrix it stands for: the kernels
 are tested against `reference.linear` on it.
 """
 
@@ -82,7 +86,34 @@ class BF16Weight:
         return self.bits.nbytes
 
 
-Weight = np.ndarray | Int8Weight | BF16Weight
+@dataclass(slots=True)
+class PackedF32Weight:
+    packed: np.ndarray  # float32 [blocks, in, BLOCK]: the rows as `pack_float32` lays them
+    shape: tuple[int, int]  # (out, in)
+
+    @classmethod
+    def from_rows(cls, w: np.ndarray) -> PackedF32Weight:
+        """The weight whose rows are w [out, in] (float32)."""
+        return cls(pack_float32(w), w.shape)
+
+    def rows(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """w[start:end], float32, as a new array."""
+        end = self.shape[0] if end is None else min(end, self.shape[0])
+        first, last = start // BLOCK, -(-end // BLOCK)
+        blocks = self.packed[first:last].transpose(0, 2, 1).reshape(-1, self.shape[1])
+        return blocks[start - first * BLOCK:end - first * BLOCK]
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """w[ids], float32, as a new array (the packed blocks read in place)."""
+        ids = np.asarray(ids)
+        return self.packed[ids // BLOCK, :, ids % BLOCK]
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes
+
+
+Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight
 
 
 def quantize_int8(w: np.ndarray) -> Int8Weight:
@@ -105,6 +136,19 @@ def pack_int8(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, BLOCK, groups, GROUP).transpose(0, 2, 1, 3))
 
 
+def pack_float32(w: np.ndarray) -> np.ndarray:
+    """w [out, in] as float32 [blocks, in, BLOCK]: packed[b, k, j] = w[BLOCK * b + j, k], zero
+    beyond w's last row. One k of a block is the vector of BLOCK outputs' weights the packed
+    kernel multiplies by one x broadcast to every lane (`model/f32_dot.py` `packed_tile`)."""
+    n, k = w.shape
+    blocks = -(-n // BLOCK)
+    packed = np.zeros((blocks, k, BLOCK), np.float32)
+    for b in range(blocks):  # (a block at a time: no second full-size copy)
+        part = w[BLOCK * b:BLOCK * (b + 1)]
+        packed[b, :, :part.shape[0]] = part.T
+    return packed
+
+
 def to_bfloat16(w: np.ndarray) -> BF16Weight:
     """A finite float32 array rounded to the nearest bfloat16 (ties to even), as bits."""
     bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
@@ -123,6 +167,8 @@ def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
         return w.rows(start, end).astype(np.float32) * w.scale[start:end, None]
     if isinstance(w, BF16Weight):
         return bf16_to_float32(w.bits[start:end])
+    if isinstance(w, PackedF32Weight):
+        return w.rows(start, end)
     return w[start:end]
 
 
@@ -132,6 +178,8 @@ def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
         return table.take(np.asarray(ids)).astype(np.float32) * table.scale[ids, None]
     if isinstance(table, BF16Weight):
         return bf16_to_float32(np.take(table.bits, ids, axis=0))
+    if isinstance(table, PackedF32Weight):
+        return table.take(ids)
     return np.take(table, ids, axis=0)
 
 
@@ -144,11 +192,34 @@ def convert_matrix(w: np.ndarray, dtype: str = "auto", quantization: str | None 
     return w
 
 
+def pack_float32_weights(weights, packed_one=lambda w: None):
+    """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every float32 matrix (a field
+    typed `Weight`) replaced by its `PackedF32Weight`, in place; a tied matrix stays one object.
+    `packed_one(w)` is called on each matrix once it is packed (to release its pages)."""
+    done = {}
+
+    def pack(value):
+        if hasattr(value, "__dataclass_fields__"):
+            for f in fields(value):
+                item = getattr(value, f.name)
+                if f.type == "Weight" and isinstance(item, np.ndarray) and item.dtype == np.float32:
+                    if id(item) not in done:
+                        done[id(item)] = PackedF32Weight.from_rows(item)
+                        packed_one(item)
+                    setattr(value, f.name, done[id(item)])
+                elif isinstance(item, list):
+                    for part in item:
+                        pack(part)
+        return value
+
+    return pack(weights)
+
+
 def dequantize_weights(weights):
     """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every matrix back in float32,
     what the reference model runs on: the dataclass copied, its lists of layers too."""
     def plain(value):
-        if isinstance(value, Int8Weight | BF16Weight):
+        if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight):
             return dequantize(value)
         if isinstance(value, list):
             return [plain(v) for v in value]
@@ -191,4 +262,6 @@ def kernel_array(w: Weight) -> np.ndarray:
         return w.q
     if isinstance(w, BF16Weight):
         return w.bits
+    if isinstance(w, PackedF32Weight):
+        return w.rows()
     return w

@@ -15,6 +15,7 @@ from nanovllm import AsyncEngine, SamplingParams
 from nanovllm.engine import STEP_HISTORY
 from nanovllm.engine_client import EngineDeadError, RequestAborted
 from nanovllm.model import reference
+from nanovllm.model.quant import dequantize_weights
 from nanovllm.snapshot import MAX_LISTED_SEQS
 
 BLOCK = 4
@@ -139,8 +140,8 @@ def test_attention_weights_are_the_reference_paths(make_engine):
     probs = engine.attention_weights(ids)
     cfg = engine.model_config
     assert probs.shape == (cfg.n_layer, cfg.n_head, 10, 10)
-    np.testing.assert_array_equal(probs, reference.attention_weights(
-        engine.runner.weights, cfg, np.asarray(ids)))
+    np.testing.assert_array_equal(probs, reference.attention_weights(  # (float32, maybe packed)
+        dequantize_weights(engine.runner.weights), cfg, np.asarray(ids)))
 
 
 def test_attention_weights_with_int8_weights(make_engine):

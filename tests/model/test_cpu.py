@@ -106,7 +106,9 @@ AVX2_SCRIPT = """
 import json
 import numpy as np
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.linear import host_has_panels, linear, matmul_panels
+from nanovllm.model.linear import host_has_panels, host_packs_float32, linear, matmul_packed
+from nanovllm.model.linear import matmul_panels
+from nanovllm.model.quant import pack_float32
 rng = np.random.default_rng(0)
 errors = {}
 for rows in (1, 20, 64):
@@ -116,16 +118,19 @@ for rows in (1, 20, 64):
     scale = np.abs(x) @ np.abs(w).T
     panels = np.empty((rows, 129), np.float32)
     matmul_panels(x, w, panels)  # not this path's choice, but it must run here too
-    for name, out in (("linear", linear(x, w)), ("panels", panels)):
+    packed = np.empty((rows, 129), np.float32)
+    matmul_packed(x, pack_float32(w), packed)  # (nor this one)
+    for name, out in (("linear", linear(x, w)), ("panels", panels), ("packed", packed)):
         errors[f"{name} {rows}"] = float((np.abs(out - expected) / scale).max())
-print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(), "errors": errors}))
+print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(),
+                  "packs": host_packs_float32(), "errors": errors}))
 """
 
 
 def test_forced_avx2_path_runs_the_float32_kernels():
     """NUMBA_CPU_NAME=haswell on an AVX-512 host: the AVX2 path (16 vector registers) keeps the
-    dot-product kernel; the panel kernel, which LLVM then splits into 8-lane vectors, is still
-    correct there."""
+    dot-product kernel and `[out, in]` weights; the panel and packed kernels, which LLVM then
+    splits into 8-lane vectors, are still correct there."""
     if "avx2" not in cpuinfo_flags():
         pytest.skip("this CPU has no AVX2")
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell",
@@ -134,8 +139,8 @@ def test_forced_avx2_path_runs_the_float32_kernels():
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
-    assert result["path"] == "avx2" and result["panels"] is False
-    assert len(result["errors"]) == 6
+    assert result["path"] == "avx2" and result["panels"] is False and result["packs"] is False
+    assert len(result["errors"]) == 9
     assert max(result["errors"].values()) < 1e-5, result["errors"]
 
 
@@ -146,3 +151,19 @@ def test_linear_takes_the_panel_kernel_on_the_avx512_path_only():
 
     assert PANEL_PATHS == ("avx512",)
     assert host_has_panels() == (kernel_path().name == "avx512" and not config.DISABLE_JIT)
+
+
+def test_engine_packs_float32_weights_on_the_avx512_path_only(tiny_ckpt):
+    import numpy as np
+    from numba import config
+
+    from nanovllm.config import EngineConfig
+    from nanovllm.model.quant import PackedF32Weight
+    from nanovllm.model_loading import load_model
+
+    packs = kernel_path().name == "avx512" and not config.DISABLE_JIT
+    weights = load_model(EngineConfig(str(tiny_ckpt))).weights
+    for w in (weights.wte, weights.blocks[0].attn_w, weights.blocks[-1].fc_proj_w):
+        assert isinstance(w, PackedF32Weight) == packs
+        assert isinstance(w, np.ndarray) != packs
+    assert isinstance(weights.wpe, np.ndarray)  # (looked up by position, not a linear layer)

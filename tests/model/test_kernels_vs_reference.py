@@ -30,6 +30,7 @@ from nanovllm.model.attention import (
 from nanovllm.model.gpt2 import gelu, layer_norm
 from nanovllm.model.kernels import as_kernel_array
 from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
+from nanovllm.model.quant import pack_float32
 
 U = 2.0 ** -24
 LAM = 8.0
@@ -61,17 +62,19 @@ def test_linear_matches_reference(rows, in_dim, out_dim):
     assert_within(linear(x, w, b), expected, sum_error(in_dim + 1) * magnitude)
 
 
-@pytest.mark.parametrize("kernel", ["matmul_nt", "matmul_panels"])
+@pytest.mark.parametrize("kernel", ["matmul_nt", "matmul_panels", "matmul_packed"])
 @pytest.mark.parametrize("rows, in_dim, out_dim", [
     (1, 1, 1), (16, 768, 2305), (17, 5, 13), (KERNEL_MAX_ROWS, 767, 33), (50, 1536, 577),
 ])
 def test_linear_kernels_match_reference(kernel, rows, in_dim, out_dim):
-    """Both small-batch kernels, whichever `linear` takes on this CPU."""
-    if kernel == "matmul_panels" and config.DISABLE_JIT:
+    """The small-batch kernels, whichever `linear` takes on this CPU (`matmul_packed` on the
+    weights packed as the AVX-512 path's loaders store them)."""
+    if kernel != "matmul_nt" and config.DISABLE_JIT:
         pytest.skip("LLVM IR: compiled only")
     x, w = f32(rows, in_dim, seed=1), f32(out_dim, in_dim, seed=2)
     out = np.empty((rows, out_dim), np.float32)
-    getattr(linear_module, kernel)(x, w, out)
+    weights = pack_float32(w) if kernel == "matmul_packed" else w
+    getattr(linear_module, kernel)(x, weights, out)
     magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
     assert_within(out, ref.linear(x, w, None), sum_error(in_dim) * magnitude)
 

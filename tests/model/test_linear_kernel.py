@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_panels
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_packed, matmul_panels
+from nanovllm.model.quant import PackedF32Weight, pack_float32
 
 # The panel kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
 # its 16-lane vectors where they are wider than the CPU's), though only the AVX-512 path takes it.
@@ -55,6 +56,51 @@ def test_each_kernel_matches_float64(kernel, rows, out_dim, in_dim, read_only, s
     out = np.full((rows, out_dim), np.nan, np.float32)
     kernel(x, w, out)
     np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
+@pytest.mark.skipif(config.DISABLE_JIT, reason="LLVM IR: compiled only")
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 80), out_dim=st.integers(1, 70), in_dim=st.integers(1, 70),
+       read_only=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_packed_kernel_matches_float64(rows, out_dim, in_dim, read_only, seed):
+    """`matmul_packed` called directly, whichever this CPU's loaders pick: row counts that leave
+    every remainder tile (8, 4, 2, 1 rows), outputs that leave a partial block of 16 and a
+    partial group of blocks, read-only arrays."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, in_dim), dtype=np.float32)
+    w = rng.standard_normal((out_dim, in_dim), dtype=np.float32)
+    packed = pack_float32(w)
+    x.flags.writeable = packed.flags.writeable = not read_only
+    out = np.full((rows, out_dim), np.nan, np.float32)
+    matmul_packed(x, packed, out)
+    np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, KERNEL_MAX_ROWS + 20), out_dim=st.integers(1, 40),
+       in_dim=st.integers(1, 50), seed=st.integers(0, 2**32 - 1))
+def test_linear_on_packed_weights_matches_float64(rows, out_dim, in_dim, seed):
+    """A packed matrix through `linear`: the packed kernel up to KERNEL_MAX_ROWS rows (compiled),
+    BLAS on the unpacked matrix above (and under NUMBA_DISABLE_JIT=1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, in_dim), dtype=np.float32)
+    w = rng.standard_normal((out_dim, in_dim), dtype=np.float32)
+    b = rng.standard_normal(out_dim, dtype=np.float32)
+    out = linear(x, PackedF32Weight.from_rows(w), b)
+    assert out.dtype == np.float32 and out.shape == (rows, out_dim)
+    np.testing.assert_allclose(out, reference(x, w, b), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
+def test_packed_linear_unpacks_in_chunks_for_blas(monkeypatch):
+    """More outputs than one BLAS chunk: every chunk lands in its own columns."""
+    from nanovllm.model import linear as linear_module
+
+    monkeypatch.setattr(linear_module, "BLAS_CHUNK", 32)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((KERNEL_MAX_ROWS + 3, 24), dtype=np.float32)
+    w = rng.standard_normal((101, 24), dtype=np.float32)
+    out = linear(x, PackedF32Weight.from_rows(w))
+    np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(24))
 
 
 def test_kernel_and_blas_agree_at_the_cut_over():

@@ -18,10 +18,12 @@ from nanovllm.model.precision import check_precision
 from nanovllm.model.quant import (
     BF16Weight,
     Int8Weight,
+    PackedF32Weight,
     bf16_bits_to_float32,
     dequantize,
     dequantize_weights,
     gather_rows,
+    pack_float32_weights,
     quantize_int8,
     to_bfloat16,
     widen,
@@ -140,6 +142,44 @@ def test_float32_is_the_default_and_loads_plain_arrays(tiny_ckpt):
     for options in ({}, dict(dtype="float32"), dict(dtype="auto")):
         _, weights = load_gpt2(tiny_ckpt, **options)
         assert isinstance(weights.wte, np.ndarray) and weights.blocks[0].attn_w.dtype == np.float32
+
+
+def test_packed_float32_keeps_every_row():
+    """`PackedF32Weight`: rows, take and the lookup give w's rows back exactly, outputs not a
+    multiple of the block included; only the last block's padding is added."""
+    w = np.random.default_rng(3).standard_normal((37, 5), dtype=np.float32)
+    packed = PackedF32Weight.from_rows(w)
+    assert packed.shape == (37, 5) and packed.nbytes == 48 * 5 * 4
+    np.testing.assert_array_equal(dequantize(packed), w)
+    for start, end in ((0, None), (3, 20), (16, 32), (17, 37), (36, 37), (5, 5)):
+        np.testing.assert_array_equal(packed.rows(start, end), w[start:end])
+    ids = np.array([36, 0, 16, 16, 15])
+    np.testing.assert_array_equal(gather_rows(packed, ids), w[ids])
+    assert gather_rows(packed, ids).flags.writeable
+
+
+@pytest.mark.parametrize("checkpoint, variant", [("tiny_ckpt", None), ("llama_ckpt", "llama3-tied"),
+                                                 ("llama_ckpt", "llama-gqa")])
+def test_packed_weights_give_the_reference_logits(request, checkpoint, variant):
+    """Every float32 matrix packed (as the AVX-512 path's engine stores them), a tied LM head
+    still one object with the embedding: the model's logits close to the reference's, for a
+    prompt and for one token (the packed kernel, or BLAS on the unpacked rows without the JIT)."""
+    from nanovllm.model.architectures import ARCHITECTURES, architecture_of, load_checkpoint
+
+    path = request.getfixturevalue(checkpoint)
+    path = path(variant) if variant else path
+    cfg, weights = load_checkpoint(path)
+    family = ARCHITECTURES[architecture_of(path)]
+    packed = pack_float32_weights(load_checkpoint(path)[1])
+    matrices = [getattr(packed, name) for name in ("wte", "embed", "lm_head") if hasattr(packed, name)]
+    assert all(isinstance(m, PackedF32Weight) for m in matrices)
+    if hasattr(packed, "lm_head"):
+        assert (packed.lm_head is packed.embed) == (weights.lm_head is weights.embed)
+    ids = np.arange(1, 40) % cfg.vocab_size
+    for tokens in (ids, ids[:1]):
+        expected = family.reference.forward(weights, cfg, tokens)
+        got = family.forward(packed, cfg, tokens, np.arange(len(tokens)))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype, quantization, message", [
