@@ -1,5 +1,6 @@
-"""float32 products in vector registers, written as LLVM IR: the inner loop of the linear
-layers' panel kernel (`model/linear.py` `matmul_panels`).
+"""float32 products in vector registers, written as LLVM IR: the inner loops of the linear
+layers' packed kernel (`model/linear.py` `matmul_packed`: `packed_tile`) and of attention's
+register tiles (`model/attention.py`: `broadcast_panel`).
 
 LLVM vectorizes numba's dot-product loops along k at the width it prefers, which on AVX-512
 CPUs is 256 bits, and every output then ends in a horizontal sum. `broadcast_panel` instead

@@ -14,9 +14,6 @@ cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain vers
   per block and broadcasts one x per row, a tile of 8 rows x 3 blocks held in 16-lane registers
   (`model/f32_dot.py` `packed_tile`); x is read in its own rows. It takes every row count up to
   `PACKED_MAX_ROWS`; above, BLAS multiplies the matrix unpacked a chunk of rows at a time.
-- `matmul_panels`, on the AVX-512 path from `PANEL_MIN_ROWS` rows for float32 weights left
-  `[out, in]` (the loaders' own arrays, outside the engine): x transposed once, each weight
-  broadcast to every lane and multiplied by 16 rows of x at once.
 
 Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
 weight through `widen` (identity for float32, so that path is unchanged). Above
@@ -31,11 +28,10 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-from numba import config, njit, prange, types
-from numba.extending import overload
+from numba import config, njit, prange
 
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.f32_dot import broadcast_panel, packed_tile
+from nanovllm.model.f32_dot import packed_tile
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import (
@@ -52,14 +48,9 @@ from nanovllm.model.quant import (
 KERNEL_MAX_ROWS = 64
 # Output columns are split into this many chunks, shared out among the threads.
 NUM_CHUNKS = 64
-# The panel kernel: float32 lanes of a vector, the CPU paths that run it, and the fewest rows it
-# takes (measured cut-overs: re-measure them on a new CPU).
-PANEL_WIDTH = 16
+# The CPU paths that run the 16-lane register kernels (`model/f32_dot.py`): `matmul_packed` and
+# attention's register tiles.
 PANEL_PATHS = ("avx512",)
-PANEL_MIN_ROWS = 16
-# Weight rows of a panel, by the number of PANEL_WIDTH-row vectors of x it holds (1 to 4): the
-# accumulators (rows x vectors) and the x vectors fill AVX-512's 32 registers.
-PANEL_COLS = (12, 12, 8, 6)
 # The most rows `matmul_packed` takes on packed float32 weights (a measured cut-over: it beat
 # BLAS on GPT-2's and SmolLM2's shapes at 512 rows, not at 2048).
 PACKED_MAX_ROWS = 512
@@ -79,10 +70,7 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None,
         out = packed_linear(x, w)
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        if x.shape[0] >= PANEL_MIN_ROWS and host_has_panels() and panel_ready(w):
-            matmul_panels(np.ascontiguousarray(x), w, out)
-        else:
-            matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
+        matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
     elif isinstance(w, np.ndarray):
         out = x @ w.T
     else:
@@ -103,7 +91,8 @@ def host_int8_kernel() -> str:
 
 @cache
 def host_has_panels() -> bool:
-    """Whether this process runs `matmul_panels` (compiled, on a path that has it)."""
+    """Whether this process runs the 16-lane register kernels (compiled, on a path that has
+    them)."""
     return not config.DISABLE_JIT and kernel_path().name in PANEL_PATHS
 
 
@@ -125,11 +114,6 @@ def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
         end = min(w.shape[0], start + BLAS_CHUNK)
         out[:, start:end] = x @ w.rows(start, end).T
     return out
-
-
-def panel_ready(w: Weight) -> bool:
-    """Whether `matmul_panels` can read w: float32 rows at a fixed stride (it addresses them)."""
-    return isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous
 
 
 def widened_matmul(x: np.ndarray, w: BF16Weight) -> np.ndarray:
@@ -222,79 +206,6 @@ def dot_each(x, w, out, row_start, row_end, col_start, col_end):
             out[r, c] = s
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def matmul_panels(x, w, out):
-    """out = x @ w.T (float32) by panels (`f32_dot.broadcast_panel`): x transposed into xt
-    [K, rows padded to PANEL_WIDTH], then chunks of output columns in parallel. All arrays
-    C-contiguous."""
-    m, k_dim = x.shape
-    n = w.shape[0]
-    xt = np.zeros((k_dim, (m + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH), np.float32)
-    for k in range(k_dim):  # (xt written in order; the few rows of x read stay in L1)
-        for r in range(m):
-            xt[k, r] = x[r, k]
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 23) // 24 * 24  # whole panels of 6, 8 or 12
-    for chunk in prange((n + step - 1) // step):
-        panel_columns(xt, w, out, chunk * step, min(n, (chunk + 1) * step))
-
-
-@njit(cache=True, nogil=True)
-def panel_columns(xt, w, out, start, end):
-    """out[:, start:end], 4 PANEL_WIDTH-row vectors of x (64 rows) at a time, then the rest."""
-    acc = np.empty(max(PANEL_COLS) * len(PANEL_COLS) * PANEL_WIDTH, np.float32)
-    m = out.shape[0]
-    row = 0
-    while row < m:
-        vectors = min(len(PANEL_COLS), (m - row + PANEL_WIDTH - 1) // PANEL_WIDTH)
-        if vectors == 4:  # (constants for the kernel's tile, one branch each)
-            panels(4, xt, w, out, row, start, end, acc)
-        elif vectors == 3:
-            panels(3, xt, w, out, row, start, end, acc)
-        elif vectors == 2:
-            panels(2, xt, w, out, row, start, end, acc)
-        else:
-            panels(1, xt, w, out, row, start, end, acc)
-        row += vectors * PANEL_WIDTH
-
-
-def panel_cols(vectors):
-    """Weight rows of a panel of `vectors` vectors (PANEL_COLS)."""
-    return PANEL_COLS[vectors - 1]
-
-
-@overload(panel_cols)
-def _panel_cols(vectors):
-    if not isinstance(vectors, types.Literal):
-        return None
-    cols = panel_cols(vectors.literal_value)
-    return lambda vectors: cols
-
-
-@njit(cache=True, nogil=True)
-def panels(vectors, xt, w, out, row, start, end, acc):
-    """out[row:row + vectors * PANEL_WIDTH, start:end] by panels, then one column at a time."""
-    cols = panel_cols(vectors)
-    c = start
-    while c + cols <= end:
-        panel(cols, vectors, xt, w, out, row, c, acc)
-        c += cols
-    while c < end:
-        panel(1, vectors, xt, w, out, row, c, acc)
-        c += 1
-
-
-@njit(cache=True, nogil=True)
-def panel(cols, vectors, xt, w, out, row, c, acc):
-    """out[row:row + vectors * PANEL_WIDTH, c:c + cols] (the rows that exist) through acc."""
-    k_dim = w.shape[1]
-    broadcast_panel(PANEL_WIDTH, cols, vectors, xt.ctypes.data + row * 4, xt.shape[1] * 4,
-                    w.ctypes.data + c * k_dim * 4, k_dim * 4, k_dim, acc.ctypes.data)
-    rows = min(vectors * PANEL_WIDTH, out.shape[0] - row)
-    for j in range(cols):
-        for r in range(rows):
-            out[row + r, c + j] = acc[j * vectors * PANEL_WIDTH + r]
-
-
 # The packed kernel's register tile: rows of x by blocks of PACK_WIDTH outputs (accumulators
 # rows x blocks, plus one weight vector a block and a broadcast x, within AVX-512's 32).
 PACK_WIDTH = 16
@@ -367,9 +278,7 @@ def compile_linear_kernel() -> None:
     read_only.flags.writeable = False
     for w in (x, read_only, np.zeros((1, 1), np.uint16)):
         matmul_nt(x, w, np.empty((1, 1), np.float32))
-    if host_has_panels():
-        for w in (x, read_only):
-            matmul_panels(x, w, np.empty((1, 1), np.float32))
+    if host_packs_float32():
         matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
     compile_int8_kernel(host_int8_kernel())

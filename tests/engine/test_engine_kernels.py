@@ -15,7 +15,7 @@ from nanovllm.model.gpt2 import (
 )
 from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels import softmax_rows_
-from nanovllm.model.linear import host_int8_kernel, matmul_nt, matmul_packed, matmul_panels
+from nanovllm.model.linear import host_int8_kernel, matmul_nt, matmul_packed
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
@@ -27,7 +27,7 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
     (its F32 biases stay read-only views of the file)."""
     llm = LLM(str(request.getfixturevalue(checkpoint)), num_kv_blocks=64,
               kv_cache_dtype=kv_cache_dtype)
-    kernels = (matmul_nt, matmul_panels, matmul_packed, paged_decode_attention, layer_norm_rows_,
+    kernels = (matmul_nt, matmul_packed, paged_decode_attention, layer_norm_rows_,
                layer_norm_parallel_, gelu_rows_, gelu_parallel_, write_slots, softmax_rows_,
                causal_softmax_, top_logprobs_)
     before = [list(k.signatures) for k in kernels]

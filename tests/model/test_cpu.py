@@ -107,7 +107,6 @@ import json
 import numpy as np
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.linear import host_has_panels, host_packs_float32, linear, matmul_packed
-from nanovllm.model.linear import matmul_panels
 from nanovllm.model.quant import pack_float32
 rng = np.random.default_rng(0)
 errors = {}
@@ -116,11 +115,9 @@ for rows in (1, 20, 64):
     w = rng.standard_normal((129, 300), dtype=np.float32)
     expected = x.astype(np.float64) @ w.T.astype(np.float64)
     scale = np.abs(x) @ np.abs(w).T
-    panels = np.empty((rows, 129), np.float32)
-    matmul_panels(x, w, panels)  # not this path's choice, but it must run here too
     packed = np.empty((rows, 129), np.float32)
-    matmul_packed(x, pack_float32(w), packed)  # (nor this one)
-    for name, out in (("linear", linear(x, w)), ("panels", panels), ("packed", packed)):
+    matmul_packed(x, pack_float32(w), packed)  # not this path's choice, but it must run here too
+    for name, out in (("linear", linear(x, w)), ("packed", packed)):
         errors[f"{name} {rows}"] = float((np.abs(out - expected) / scale).max())
 print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(),
                   "packs": host_packs_float32(), "errors": errors}))
@@ -129,8 +126,8 @@ print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(),
 
 def test_forced_avx2_path_runs_the_float32_kernels():
     """NUMBA_CPU_NAME=haswell on an AVX-512 host: the AVX2 path (16 vector registers) keeps the
-    dot-product kernel and `[out, in]` weights; the panel and packed kernels, which LLVM then
-    splits into 8-lane vectors, are still correct there."""
+    dot-product kernel and `[out, in]` weights; the packed kernel, which LLVM then splits into
+    8-lane vectors, is still correct there."""
     if "avx2" not in cpuinfo_flags():
         pytest.skip("this CPU has no AVX2")
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell",
@@ -140,7 +137,7 @@ def test_forced_avx2_path_runs_the_float32_kernels():
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["path"] == "avx2" and result["panels"] is False and result["packs"] is False
-    assert len(result["errors"]) == 9
+    assert len(result["errors"]) == 6
     assert max(result["errors"].values()) < 1e-5, result["errors"]
 
 

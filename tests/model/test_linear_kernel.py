@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_packed, matmul_panels
+from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_packed
 from nanovllm.model.quant import PackedF32Weight, pack_float32
 
-# The panel kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
+# The packed kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
 # its 16-lane vectors where they are wider than the CPU's), though only the AVX-512 path takes it.
-KERNELS = [matmul_nt] + ([] if config.DISABLE_JIT else [matmul_panels])
+KERNELS = [matmul_nt] + ([] if config.DISABLE_JIT else [matmul_packed])
 
 
 def reference(x, w, b):
@@ -41,20 +41,19 @@ def test_linear_matches_float64_on_both_paths(rows, out_dim, in_dim, strided, se
     np.testing.assert_allclose(out, reference(x, w, b), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
 
 
-@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, KERNEL_MAX_ROWS + 20), out_dim=st.integers(1, 60),
        in_dim=st.integers(1, 70), read_only=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_each_kernel_matches_float64(kernel, rows, out_dim, in_dim, read_only, seed):
-    """Each kernel called directly, whichever this CPU's `linear` picks: row counts that leave
-    part of a 16-row vector (or a 4-row tile) empty, and more than one vector group; outputs
-    that leave a partial panel; read-only weights (the memory-mapped LM head)."""
+def test_dot_product_kernel_matches_float64(rows, out_dim, in_dim, read_only, seed):
+    """`matmul_nt` called directly, whichever this CPU's `linear` picks: row counts that leave
+    part of a 4-row tile empty; outputs that leave a partial tile; read-only weights (the
+    memory-mapped LM head)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, in_dim), dtype=np.float32)
     w = rng.standard_normal((out_dim, in_dim), dtype=np.float32)
     w.flags.writeable = not read_only
     out = np.full((rows, out_dim), np.nan, np.float32)
-    kernel(x, w, out)
+    matmul_nt(x, w, out)
     np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
 
 
@@ -121,9 +120,10 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile(kernel):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((KERNEL_MAX_ROWS, 4096), dtype=np.float32)
     w = rng.standard_normal((16384, 4096), dtype=np.float32)
+    weights = pack_float32(w) if kernel is matmul_packed else w  # (as its loaders store them)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    kernel(x[:1], w[:2], out[:1, :2])  # compiled before timing anything
-    worker = threading.Thread(target=kernel, args=(x, w, out))
+    kernel(x[:1], weights, out[:1])  # compiled before timing anything
+    worker = threading.Thread(target=kernel, args=(x, weights, out))
     worker.start()
     turns = 0
     while worker.is_alive():
