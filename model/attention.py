@@ -23,7 +23,7 @@ from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
-from nanovllm.model.f32_dot import broadcast_panel
+from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
     as_kernel_array,
@@ -319,7 +319,7 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window):
     """decode_one_ for a float32 cache of TILE_HEAD_DIM-wide heads, run by run of consecutive
     slots (a block, or the part of it in the window): the scores of up to TILE_HEADS query
     heads against a run's keys (`attention_dot.dot_rows`), then their probabilities times the
-    run's values (`f32_dot.broadcast_panel`), the heads' sums held in registers over the run.
+    run's values (`f32_dot.broadcast_tile`), the heads' sums held in registers over the run.
     The next run's rows are prefetched: its block is elsewhere in the cache, where the
     hardware's prefetcher does not look."""
     n_head, head_dim = q.shape
@@ -382,11 +382,14 @@ def tile_values(heads, v_at, v_stride, count, p_at, p_stride, acc):
     """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to TILE_HEADS heads."""
     a = acc.ctypes.data
     if heads == 3:
-        broadcast_panel(TILE_WIDTH, 3, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+        broadcast_tile(TILE_WIDTH, 3, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
+                       4 * TILE_WIDTH, count, a)
     elif heads == 2:
-        broadcast_panel(TILE_WIDTH, 2, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+        broadcast_tile(TILE_WIDTH, 2, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
+                       4 * TILE_WIDTH, count, a)
     else:
-        broadcast_panel(TILE_WIDTH, 1, TILE_VECTORS, v_at, v_stride, p_at, p_stride, count, a)
+        broadcast_tile(TILE_WIDTH, 1, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
+                       4 * TILE_WIDTH, count, a)
 
 
 @njit(cache=True, nogil=True)

@@ -1,5 +1,5 @@
 """Decode attention's scores in vector registers, written as LLVM IR: `dot_rows`, the query-key
-half of `model/attention.py`'s register-tile path (the value half is `f32_dot.broadcast_panel`).
+half of `model/attention.py`'s register-tile path (the value half is `f32_dot.broadcast_tile`).
 
 Compiled from numba's loops, each score was a dot product of a runtime length, reloaded its
 query head from memory and ended in a horizontal sum inside a loop that spilled its counters:

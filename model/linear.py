@@ -12,7 +12,7 @@ cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain vers
   once (`quant.PackedF32Weight`: blocks of 16 outputs, k-major inside a block, replacing the
   `[out, in]` matrix; `host_packs_float32`): each step loads 16 outputs' weights as one vector
   per block and broadcasts one x per row, a tile of 8 rows x 3 blocks held in 16-lane registers
-  (`model/f32_dot.py` `packed_tile`); x is read in its own rows. It takes every row count up to
+  (`model/f32_dot.py` `broadcast_tile`); x is read in its own rows. It takes every row count up to
   `PACKED_MAX_ROWS`; above, BLAS multiplies the matrix unpacked a chunk of rows at a time.
 
 Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
@@ -31,7 +31,7 @@ import numpy as np
 from numba import config, njit, prange
 
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.f32_dot import packed_tile
+from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import (
@@ -259,9 +259,9 @@ def packed_rows(blocks, x, wp, out, b, acc):
 def packed_at(rows, blocks, x, wp, out, r, b, acc):
     """out[r:r + rows, the outputs of blocks b:b + blocks that exist] through acc."""
     k_dim = x.shape[1]
-    packed_tile(PACK_WIDTH, rows, blocks, x.ctypes.data + r * k_dim * 4, k_dim * 4,
-                wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, k_dim * PACK_WIDTH * 4, k_dim,
-                acc.ctypes.data)
+    broadcast_tile(PACK_WIDTH, rows, blocks, x.ctypes.data + r * k_dim * 4, k_dim * 4,
+                   wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, PACK_WIDTH * 4,
+                   k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data)
     first = b * PACK_WIDTH
     cols = min(blocks * PACK_WIDTH, out.shape[1] - first)
     for i in range(rows):

@@ -139,7 +139,7 @@ def pack_int8(q: np.ndarray) -> np.ndarray:
 def pack_float32(w: np.ndarray) -> np.ndarray:
     """w [out, in] as float32 [blocks, in, BLOCK]: packed[b, k, j] = w[BLOCK * b + j, k], zero
     beyond w's last row. One k of a block is the vector of BLOCK outputs' weights the packed
-    kernel multiplies by one x broadcast to every lane (`model/f32_dot.py` `packed_tile`)."""
+    kernel multiplies by one x broadcast to every lane (`model/f32_dot.py` `broadcast_tile`)."""
     n, k = w.shape
     blocks = -(-n // BLOCK)
     packed = np.zeros((blocks, k, BLOCK), np.float32)
