@@ -27,7 +27,6 @@ from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
     as_kernel_array,
-    exp32,
     from_float32,
     prefetch_lines,
     softmax_,
@@ -123,27 +122,20 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     Like any compiled kernel it does not check bounds: the tables must cover each context.
 
     With fewer sequences than `threads` (numba's, for the caller to say: the kernel asking
-    could not be cached), e.g. batch 1, each sequence's context is split among them by
-    positions, whole blocks each, and their partial softmaxes merged (`merge_runs_`): one
-    core alone waits on the cache's lines (it reads a few GB/s of them, each line a miss), and
-    the GEMMs' threads stay awake for the next layer. Otherwise, with `tiles` (compiled only),
-    float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`).
+    could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
+    them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
+    miss), and the GEMMs' threads stay awake for the next layer. Otherwise, with `tiles`
+    (compiled only), float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path
+    (`decode_tiles_`).
     """
     num_seqs, n_head, head_dim = q.shape
-    parts = threads // num_seqs  # of each sequence's positions
-    if parts > 1:  # (split-K, as flash-decoding does)
-        tops = np.empty((num_seqs, parts, n_head), np.float32)
-        totals = np.zeros((num_seqs, parts, n_head), np.float32)
-        accs = np.empty((num_seqs, parts, n_head, head_dim), np.float32)
+    n_kv = k_cache.shape[1]
+    parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
+    if parts > 1:
         for job in prange(num_seqs * parts):
             b, part = job // parts, job % parts
-            n = context_lens[b]
-            t0 = split_point(n, window, block_size, parts, part)
-            t1 = split_point(n, window, block_size, parts, part + 1)
-            if t1 > t0:
-                decode_run_(q[b], k_cache, v_cache, block_tables[b], t0, t1, block_size,
-                            tops[b, part], totals[b, part], accs[b, part])
-        merge_runs_(tops, totals, accs, out)
+            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, part * n_kv // parts, (part + 1) * n_kv // parts)
         return
     work = 0
     for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
@@ -164,131 +156,58 @@ def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, ti
     if tiles:
         decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window)
     else:
-        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window)
+        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, 0,
+                    k_cache.shape[1])
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def merge_runs_(tops, totals, accs, out):
-    """out[b, h] from the partial softmaxes of its context's runs (`decode_run_`; runs left
-    empty have total 0): sum_r e^(top_r - top) acc_r / sum_r e^(top_r - top) total_r."""
-    num_seqs, parts, n_head, head_dim = accs.shape
-    for b in range(num_seqs):
-        for h in range(n_head):
-            top = np.float32(-np.inf)  # (runs left empty have total 0 and are skipped)
-            for part in range(parts):
-                if totals[b, part, h] > 0:
-                    top = max(top, tops[b, part, h])
-            total = np.float32(0.0)
-            out[b, h] = 0.0
-            for part in range(parts):
-                if totals[b, part, h] > 0:
-                    w = exp32(tops[b, part, h] - top)
-                    total += w * totals[b, part, h]
-                    for d in range(head_dim):
-                        out[b, h, d] += w * accs[b, part, h, d]
-            out[b, h] *= np.float32(1.0) / total
-
-
-@njit(cache=True, nogil=True, inline="always")
-def split_point(n, window, block_size, parts, part):
-    """Where run `part` of a context's positions first ... n - 1 starts (part == parts: n): at
-    the block edge nearest an even share, so that each run reads whole blocks."""
-    first = max(0, n - window) if window > 0 else 0
-    if part == 0:
-        return first
-    if part == parts:
-        return n
-    even = first + (n - first) * part // parts
-    return min(max((even + block_size // 2) // block_size * block_size, first), n)
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window):
-    """paged_decode_attention for one sequence: q, out [H, D], its block table and length."""
-    first = max(0, n - window) if window > 0 else 0
-    slots = context_slots(block_table, first, n, block_size)
-    probs = np.empty((q.shape[0], n - first), np.float32)  # row h: query head h
-    scores_(q, k_cache, v_cache, slots, probs)
-    for h in range(q.shape[0]):
-        softmax_row_(probs[h])
-    out[:] = 0.0
-    weigh_values_(probs, v_cache, slots, out)
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def decode_run_(q, k_cache, v_cache, block_table, t0, t1, block_size, top, total, acc):
-    """The partial softmax of one sequence's positions t0 ... t1 - 1 (t1 > t0), per head h: the
-    largest score top[h], total[h] = sum_t e^(score_t - top[h]) and acc[h] = the same sum of
-    e^(score_t - top[h]) v_t (`merge_runs_` merges the runs)."""
-    slots = context_slots(block_table, t0, t1, block_size)
-    probs = np.empty((q.shape[0], t1 - t0), np.float32)
-    scores_(q, k_cache, v_cache, slots, probs)
-    for h in range(q.shape[0]):
-        row = probs[h]
-        top[h] = row.max()
-        s = np.float32(0.0)
-        for j in range(row.shape[0]):
-            row[j] = exp32(row[j] - top[h])
-            s += row[j]
-        total[h] = s
-    acc[:] = 0.0
-    weigh_values_(probs, v_cache, slots, acc)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def context_slots(block_table, t0, t1, block_size):
-    """The cache slots of positions t0 ... t1 - 1, looked up once for both passes."""
-    slots = np.empty(t1 - t0, np.int64)
-    for t in range(t0, t1):
-        slots[t - t0] = block_table[t // block_size] * block_size + t % block_size
-    return slots
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
-def scores_(q, k_cache, v_cache, slots, probs):
-    """probs[h, i] = q[h] . k[slots[i], h // group] / sqrt(D). Query heads g * group ...
-    (g + 1) * group - 1 read key/value head g: no division per position and head.
-    The rows (slots) come in a table's order, so the CPU cannot see them coming: each pass asks
-    for the K (V) lines of the position PREFETCH_AHEAD on while it works on this one; the end of
-    this one asks for the first rows of V."""
+def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
+    """paged_decode_attention for one sequence: q, out [H, D], its block table and length; the
+    query heads of key/value heads g0 ... g1 - 1 (out's other rows are left as they are).
+    The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
+    key/value head g: no division per position and head (h // group), and no table lookup per
+    position in each pass."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv  # query heads per key/value head
+    h0, h1 = g0 * group, g1 * group
     scale = np.float32(1.0 / np.sqrt(head_dim))
-    m, row = slots.shape[0], k_cache.strides[0]
-    part = k_cache.strides[1] * n_kv
+    first = max(0, n - window) if window > 0 else 0
+    slots = np.empty(n - first, np.int64)
+    for t in range(first, n):
+        slots[t - first] = block_table[t // block_size] * block_size + t % block_size
+    probs = np.empty((h1 - h0, n - first), np.float32)  # row h - h0: query head h
+    # The rows (slots) come in a table's order, so the CPU cannot see them coming: each pass
+    # asks for the K (V) lines of the position PREFETCH_AHEAD on while it works on this one.
+    m = slots.shape[0]
+    row, part = k_cache.strides[0], k_cache.strides[1] * (g1 - g0)
+    k_at = k_cache.ctypes.data + g0 * k_cache.strides[1]
+    v_at = v_cache.ctypes.data + g0 * v_cache.strides[1]
     for i in range(min(PREFETCH_AHEAD, m)):
-        prefetch_lines(k_cache.ctypes.data + slots[i] * row, part)
-    for i in range(m):  # position by position: a slot's K is [Hkv, D]
+        prefetch_lines(k_at + slots[i] * row, part)
+    for i in range(m):  # scores, position by position: a slot's K is [Hkv, D]
         slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
         ahead = i + PREFETCH_AHEAD
         if ahead < m:
-            prefetch_lines(k_cache.ctypes.data + slots[ahead] * row, part)
+            prefetch_lines(k_at + slots[ahead] * row, part)
         elif ahead - m < m:  # the first rows of V, for the second pass
-            prefetch_lines(v_cache.ctypes.data + slots[ahead - m] * row, part)
-        for g in range(n_kv):
+            prefetch_lines(v_at + slots[ahead - m] * row, part)
+        for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 dot = np.float32(0.0)
                 for d in range(head_dim):
                     dot += q[h, d] * to_float32(k_cache[slot, g, d])
-                probs[h, i] = dot * scale
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
-def weigh_values_(probs, v_cache, slots, out):
-    """out[h] += sum_i probs[h, i] v[slots[i], h // group]."""
-    n_head, head_dim = out.shape
-    n_kv = v_cache.shape[1]
-    group = n_head // n_kv
-    m, row = slots.shape[0], v_cache.strides[0]
-    part = v_cache.strides[1] * n_kv
+                probs[h - h0, i] = dot * scale
+    for h in range(h0, h1):
+        softmax_row_(probs[h - h0])
+        out[h] = 0.0
     for i in range(m):
         slot = slots[i]
         if i + PREFETCH_AHEAD < m:
-            prefetch_lines(v_cache.ctypes.data + slots[i + PREFETCH_AHEAD] * row, part)
-        for g in range(n_kv):
+            prefetch_lines(v_at + slots[i + PREFETCH_AHEAD] * row, part)
+        for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
-                p = probs[h, i]
+                p = probs[h - h0, i]
                 for d in range(head_dim):
                     out[h, d] += p * to_float32(v_cache[slot, g, d])
 

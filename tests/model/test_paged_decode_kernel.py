@@ -106,52 +106,30 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
     assert np.isfinite(out).all()
 
 
-def windowed_reference(q, k_cache, v_cache, tables, lens, block_size, window):
-    """reference() over each context's last `window` positions (all with 0), key/value head g
-    read by query heads g * group ... (g + 1) * group - 1."""
-    group = q.shape[1] // k_cache.shape[1]
-    out = np.empty(q.shape, np.float64)
-    for b, n in enumerate(lens):
-        t = np.arange(max(0, n - window) if window else 0, n)
-        slots = tables[b, t // block_size] * block_size + t % block_size
-        k, v = (np.repeat(c[slots].astype(np.float64), group, axis=1) for c in (k_cache, v_cache))
-        scores = np.einsum("hd,thd->ht", q[b], k) / np.sqrt(q.shape[-1])
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        out[b] = np.einsum("ht,thd->hd", probs / probs.sum(-1, keepdims=True), v)
-    return out
-
-
-@settings(max_examples=60, deadline=None)
-@given(lens=st.lists(st.one_of(st.integers(1, 300), st.sampled_from([15, 16, 17, 31, 32, 33])),
-                     min_size=1, max_size=3),
-       heads=st.sampled_from([(12, 12), (4, 4), (6, 3), (9, 3), (4, 1)]),
-       block_size=st.sampled_from([1, 4, 16]), window=st.sampled_from([0, 5, 20]),
-       threads=st.integers(2, 8), seed=st.integers(0, 2**32 - 1),
-       cache_dtype=st.sampled_from([np.float32, np.float16]))
-def test_contexts_split_among_threads_match_attention(lens, heads, block_size, window, threads,
-                                                      seed, cache_dtype):
-    """Fewer sequences than threads (batch 1): each context is split by positions into runs of
-    whole blocks, one a thread (some runs empty, odd counts of runs, windows starting inside a
-    block), each run's partial softmax merged: the same attention as numpy's, and as one
-    thread's to float32 rounding."""
-    rng = np.random.default_rng(seed)
-    (n_head, n_kv), head_dim = heads, 64
+@pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([70, 9], 6, 3),
+                                                ([33], 9, 3)])
+@pytest.mark.parametrize("window", [0, 20])
+def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window):
+    """Fewer sequences than threads (batch 1): each sequence's key/value heads are split among
+    them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
+    up to 8 threads, also more than the heads there are."""
+    rng = np.random.default_rng(len(lens) + n_head)
+    block_size, head_dim = 16, 64
     counts = [-(-n // block_size) for n in lens]
-    free = list(rng.permutation(sum(counts) + 2))
+    blocks = sum(counts)
+    free = list(rng.permutation(blocks))
     tables = np.zeros((len(lens), max(counts)), np.int64)
     for b, count in enumerate(counts):
         tables[b, :count] = [free.pop() for _ in range(count)]
-    k_cache, v_cache = ((3 * rng.standard_normal(((sum(counts) + 2) * block_size, n_kv, head_dim),
-                                                 dtype=np.float32)).astype(cache_dtype)
-                        for _ in range(2))
+    k_cache, v_cache = (rng.standard_normal((blocks * block_size, n_kv, head_dim),
+                                            dtype=np.float32) for _ in range(2))
     q = rng.standard_normal((len(lens), n_head, head_dim), dtype=np.float32)
     outputs = []
-    for n_threads in (1, threads):
+    for threads in (1, 2, 3, 8):
         out = np.full(q.shape, np.nan, np.float32)
-        paged_decode_attention(q, as_kernel_array(k_cache), as_kernel_array(v_cache), tables,
-                               np.array(lens), block_size, out, window, n_threads)
+        paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out,
+                               window, threads)
         outputs.append(out)
-    expected = windowed_reference(q, k_cache, v_cache, tables, lens, block_size, window)
-    for out in outputs:
-        np.testing.assert_allclose(out, expected, atol=2e-5, rtol=1e-5)
-    np.testing.assert_allclose(outputs[1], outputs[0], atol=2e-6, rtol=1e-6)
+    assert not np.isnan(outputs[0]).any()
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
