@@ -35,6 +35,7 @@ from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import (
+    BLOCK,
     BF16Weight,
     Int8Weight,
     PackedF32Weight,
@@ -99,7 +100,7 @@ def host_has_panels() -> bool:
 @cache
 def host_packs_float32() -> bool:
     """Whether the loaders store float32 matrices packed (`quant.PackedF32Weight`) for
-    `matmul_packed`: where it is compiled and the panels' 16-lane vectors are native."""
+    `matmul_packed`: where the 16-lane register kernels run (`host_has_panels`)."""
     return host_has_panels()
 
 
@@ -207,8 +208,9 @@ def dot_each(x, w, out, row_start, row_end, col_start, col_end):
 
 
 # The packed kernel's register tile: rows of x by blocks of PACK_WIDTH outputs (accumulators
-# rows x blocks, plus one weight vector a block and a broadcast x, within AVX-512's 32).
-PACK_WIDTH = 16
+# rows x blocks, plus one weight vector a block and a broadcast x, within AVX-512's 32). The
+# block is the packed layout's (`quant.pack_float32`), defined there.
+PACK_WIDTH = BLOCK
 TILE_ROWS = 8
 TILE_BLOCKS = 3
 
