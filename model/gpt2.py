@@ -35,7 +35,7 @@ from nanovllm.model.attention import (
     paged_attention,
 )
 from nanovllm.model.config import GPT2Config
-from nanovllm.model.kernels import KERNEL_MATH, exp32
+from nanovllm.model.kernels import KERNEL_MATH, exp32_within
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.quant import Weight, gather_rows
 
@@ -141,28 +141,31 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return x
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
 def gelu_rows_(x):
-    e = np.empty(x.shape[1], np.float32)
     for i in range(x.shape[0]):
-        gelu_row_(x[i], e)
+        gelu_row_(x[i])
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, parallel=True)
 def gelu_parallel_(x):
     for i in prange(x.shape[0]):
-        gelu_row_(x[i], np.empty(x.shape[1], np.float32))
+        gelu_row_(x[i])
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def gelu_row_(row, e):
-    """Two passes through the scratch row e: the exponentials, then the divisions. (In one
-    loop LLVM vectorized neither.)"""
+# Beyond these bounds of e**(-2u), x / (1 + e**(-2u)) is x or 0 (below float32's precision).
+GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(88.0)
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
+def gelu_row_(row):
+    """One vectorized pass: the exponent bounded so that `exp32_within` needs no branch, and
+    numpy's error model so that the division has no zero test (1 + e**t >= 1)."""
     for j in range(row.shape[0]):
         v = row[j]
-        e[j] = exp32(np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v))
-    for j in range(row.shape[0]):
-        row[j] = row[j] / (np.float32(1.0) + e[j])
+        t = np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v)
+        t = min(max(t, GELU_EXP_MIN), GELU_EXP_MAX)
+        row[j] = v / (np.float32(1.0) + exp32_within(t))
 
 
 def mlp(x: np.ndarray, blk: BlockWeights, residual: np.ndarray | None = None) -> np.ndarray:

@@ -52,6 +52,13 @@ def exp32(t):
         return np.float32(np.inf)
     if t < np.float32(-87.0):
         return np.float32(0.0)
+    return exp32_within(t)
+
+
+@njit(fastmath=EXP_MATH, cache=True, nogil=True)
+def exp32_within(t):
+    """`exp32` for t in [-87, 88] (the caller bounds it): no branch, so that a loop calling it
+    vectorizes with no help (a loop through `exp32` needed its own pass for the exponentials)."""
     n = np.floor(t * LOG2_E + np.float32(0.5))
     r = (t - n * LN2_HI) - n * LN2_LO
     p = np.float32(1 / 5040)
