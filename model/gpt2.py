@@ -208,8 +208,9 @@ def gelu_parallel_(x):
         gelu_row_(x[i])
 
 
-# Beyond these bounds of e**(-2u), x / (1 + e**(-2u)) is x or 0 (below float32's precision).
-GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(88.0)
+# The exponent -2u bounded to where `exp32_within` is exact or infinite: below, 1 + e**(-2u)
+# is 1 in float32, so x / (1 + e**(-2u)) is x; at the top it is inf, so the result is +-0.
+GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(89.0)
 
 
 @njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
