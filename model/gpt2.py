@@ -17,7 +17,9 @@ float64. The matrices (and the embedding) may be stored as int8 or bfloat16 (`mo
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
 Layer norm and GELU, like the small-batch linear layers and decode attention, are short numba
-loops compiled at engine start (`compile_kernels`); the rest is numpy.
+loops compiled at engine start (`compile_kernels`); the rest is numpy. Told which weight their
+output feeds (`feeds=`), they hand an int8 layer its input already quantized, row by row as they
+make it (`int8_gemm.Int8Rows`), where a separate pass would read the float32 rows back.
 """
 
 from __future__ import annotations
