@@ -17,7 +17,9 @@ float64. The matrices (and the embedding) may be stored as int8 or bfloat16 (`mo
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
 Layer norm and GELU, like the small-batch linear layers and decode attention, are short numba
-loops compiled at engine start (`compile_kernels`); the rest is numpy.
+loops compiled at engine start (`compile_kernels`); the rest is numpy. Told which weight their
+output feeds (`feeds=`), they hand an int8 layer its input already quantized, row by row as they
+make it (`int8_gemm.Int8Rows`), where a separate pass would read the float32 rows back.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from nanovllm.model.attention import (
     paged_attention,
 )
 from nanovllm.model.config import GPT2Config
-from nanovllm.model.kernels import KERNEL_MATH, exp32
-from nanovllm.model.linear import compile_linear_kernel, linear
-from nanovllm.model.quant import Weight, gather_rows
+from nanovllm.model.int8_gemm import Int8Rows, quantize_vector
+from nanovllm.model.kernels import KERNEL_MATH, exp32_within
+from nanovllm.model.linear import compile_linear_kernel, linear, takes_int8
+from nanovllm.model.quant import Int8Weight, Weight, gather_rows
 
 
 @dataclass(slots=True)
@@ -71,8 +74,10 @@ def compile_kernels() -> None:
     compile_attention_kernel()
     compile_linear_kernel()
     compile_layer_norm()
+    int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     for rows in (1, SERIAL_MAX_ROWS + 1):
-        gelu(np.zeros((rows, 1), np.float32))
+        for feeds in (None, int8):
+            gelu(np.zeros((rows, 1), np.float32), feeds)
 
 
 # Up to this many rows (a small decode step's: beams, a few requests), layer norm and GELU run
@@ -81,15 +86,23 @@ def compile_kernels() -> None:
 SERIAL_MAX_ROWS = 32
 
 
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
+               feeds: Weight | None = None) -> np.ndarray | Int8Rows:
     """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b;
     a new array (`reference.layer_norm`). A compiled loop over rows, on numba's threads above
-    `SERIAL_MAX_ROWS` rows: three passes over x, where numpy's version makes six."""
+    `SERIAL_MAX_ROWS` rows: three passes over x, where numpy's version makes six.
+
+    `feeds` is the weight of the linear layer the result goes into: where that layer takes int8
+    activations, each row is quantized for it as soon as it is made (`Int8Rows`), and the
+    float32 rows are never written out."""
+    serial = x.shape[0] <= SERIAL_MAX_ROWS
+    if feeds is not None and takes_int8(feeds):
+        rows = Int8Rows.empty(*x.shape)
+        (layer_norm_int8_ if serial else layer_norm_int8_parallel_)(x, g, b, eps, rows.q,
+                                                                    rows.scale)
+        return rows
     out = np.empty_like(x)
-    if x.shape[0] <= SERIAL_MAX_ROWS:
-        layer_norm_rows_(x, g, b, eps, out)
-    else:
-        layer_norm_parallel_(x, g, b, eps, out)
+    (layer_norm_rows_ if serial else layer_norm_parallel_)(x, g, b, eps, out)
     return out
 
 
@@ -120,56 +133,104 @@ def layer_norm_row_(x, g, b, eps, out):
         out[j] = (x[j] - mean) * inv_std * g[j] + b[j]
 
 
+# The fused kernels compile without fast-math: `quantize_vector` is inlined into them and must
+# round as `quantize_rows` does; the layer norm and GELU rows keep their own flags.
+@njit(cache=True, nogil=True)
+def layer_norm_int8_(x, g, b, eps, q, scale):
+    """q[i], scale[i] = `quantize_rows` of `layer_norm_rows_`'s row i, through one row of
+    scratch (in cache)."""
+    row = np.empty(x.shape[1], np.float32)
+    for i in range(x.shape[0]):
+        layer_norm_row_(x[i], g, b, eps, row)
+        scale[i] = quantize_vector(row, q[i])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def layer_norm_int8_parallel_(x, g, b, eps, q, scale):
+    for i in prange(x.shape[0]):
+        row = np.empty(x.shape[1], np.float32)
+        layer_norm_row_(x[i], g, b, eps, row)
+        scale[i] = quantize_vector(row, q[i])
+
+
 def compile_layer_norm() -> None:
     """For writable and for read-only (memory-mapped) g and b: two signatures, serial and
-    parallel."""
+    parallel, float32 and quantized."""
     read_only = np.zeros(1, np.float32)
     read_only.flags.writeable = False
+    int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     for x in (np.zeros((1, 1), np.float32), np.zeros((SERIAL_MAX_ROWS + 1, 1), np.float32)):
         for v in (x[0], read_only):
-            layer_norm(x, v, v, 1e-5)
+            for feeds in (None, int8):
+                layer_norm(x, v, v, 1e-5, feeds)
 
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray, feeds: Weight | None = None) -> np.ndarray | Int8Rows:
     """GPT-2's tanh approximation (`gelu_new`, `reference.gelu`) IN PLACE: overwrites x ([n, 4E],
     C-contiguous) and returns it. Computed as 0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)), in one
-    pass over x, where numpy's version makes nine; on numba's threads above `SERIAL_MAX_ROWS`."""
-    (gelu_rows_ if x.shape[0] <= SERIAL_MAX_ROWS else gelu_parallel_)(x)
+    pass over x, where numpy's version makes nine; on numba's threads above `SERIAL_MAX_ROWS`.
+    With `feeds` as in `layer_norm`: also quantizes each row while it is in cache, and returns
+    those (`Int8Rows`)."""
+    serial = x.shape[0] <= SERIAL_MAX_ROWS
+    if feeds is not None and takes_int8(feeds):
+        rows = Int8Rows.empty(*x.shape)
+        (gelu_int8_ if serial else gelu_int8_parallel_)(x, rows.q, rows.scale)
+        return rows
+    (gelu_rows_ if serial else gelu_parallel_)(x)
     return x
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def gelu_rows_(x):
-    e = np.empty(x.shape[1], np.float32)
+@njit(cache=True, nogil=True)
+def gelu_int8_(x, q, scale):
+    """`gelu_rows_`, then each row quantized (`quantize_rows`) while it is in cache."""
     for i in range(x.shape[0]):
-        gelu_row_(x[i], e)
+        gelu_row_(x[i])
+        scale[i] = quantize_vector(x[i], q[i])
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
+def gelu_int8_parallel_(x, q, scale):
+    for i in prange(x.shape[0]):
+        gelu_row_(x[i])
+        scale[i] = quantize_vector(x[i], q[i])
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
+def gelu_rows_(x):
+    for i in range(x.shape[0]):
+        gelu_row_(x[i])
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, parallel=True)
 def gelu_parallel_(x):
     for i in prange(x.shape[0]):
-        gelu_row_(x[i], np.empty(x.shape[1], np.float32))
+        gelu_row_(x[i])
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def gelu_row_(row, e):
-    """Two passes through the scratch row e: the exponentials, then the divisions. (In one
-    loop LLVM vectorized neither.)"""
+# The exponent -2u bounded to where `exp32_within` is exact or infinite: below, 1 + e**(-2u)
+# is 1 in float32, so x / (1 + e**(-2u)) is x; at the top it is inf, so the result is +-0.
+GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(89.0)
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
+def gelu_row_(row):
+    """One vectorized pass: the exponent bounded so that `exp32_within` needs no branch, and
+    numpy's error model so that the division has no zero test (1 + e**t >= 1)."""
     for j in range(row.shape[0]):
         v = row[j]
-        e[j] = exp32(np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v))
-    for j in range(row.shape[0]):
-        row[j] = row[j] / (np.float32(1.0) + e[j])
+        t = np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v)
+        t = min(max(t, GELU_EXP_MIN), GELU_EXP_MAX)
+        row[j] = v / (np.float32(1.0) + exp32_within(t))
 
 
 def mlp(x: np.ndarray, blk: BlockWeights, residual: np.ndarray | None = None) -> np.ndarray:
     """x [n, E] -> [n, E] (`reference.mlp`); GELU overwrites the fresh hidden layer. With
     `residual` [n, E], the output is added into it (in place) and it is returned."""
     h = linear(x, blk.fc_w, blk.fc_b)
-    return linear(gelu(h), blk.fc_proj_w, blk.fc_proj_b, residual)
+    return linear(gelu(h, feeds=blk.fc_proj_w), blk.fc_proj_w, blk.fc_proj_b, residual)
 
 
 def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
@@ -198,7 +259,7 @@ def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.nd
 
 
 def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
-    return linear(layer_norm(x, w.ln_f_g, w.ln_f_b, eps), w.wte)
+    return linear(layer_norm(x, w.ln_f_g, w.ln_f_b, eps, feeds=w.wte), w.wte)
 
 
 def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: np.ndarray,
@@ -217,9 +278,9 @@ def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: n
     for i, blk in enumerate(w.blocks):
         cache = kv_caches[i] if kv_caches is not None else None
         # Each sub-layer adds its output into x, the residual stream, in place.
-        x = self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps), blk, cfg.n_head, cache,
-                           batch, residual=x)
-        x = mlp(layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps), blk, residual=x)
+        x = self_attention(layer_norm(x, blk.ln_1_g, blk.ln_1_b, eps, feeds=blk.attn_w), blk,
+                           cfg.n_head, cache, batch, residual=x)
+        x = mlp(layer_norm(x, blk.ln_2_g, blk.ln_2_b, eps, feeds=blk.fc_w), blk, residual=x)
     if logit_rows is not None:
         x = x[logit_rows]
     return lm_head(x, w, eps)

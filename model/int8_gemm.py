@@ -19,6 +19,8 @@ is `reference.linear` on `dequantize`d weights and activations (tests/model/test
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
@@ -35,23 +37,52 @@ PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
 
 
-def int8_linear(x: np.ndarray, w: Int8Weight, kernel: str, bias: np.ndarray | None = None,
-                residual: np.ndarray | None = None) -> np.ndarray:
-    """x [M, K] float32 quantized per row, times w [N, K], plus bias [N] -> [M, N] float32, on
-    `kernel`. With `residual` ([M, N] float32, C-contiguous) the result is added into it in
-    place, and it is returned: `residual += x @ w.T + bias` in one pass."""
-    xq = np.zeros((x.shape[0], w.packed.shape[1] * GROUP), np.int8)  # K padded, as w.packed
-    xs = np.empty(x.shape[0], np.float32)
+@dataclass(slots=True)
+class Int8Rows:
+    """Activations already quantized per row (`quantize_rows`), for `int8_linear` to take as
+    they are: row t stands for q[t] * scale[t]. A kernel that makes the float32 rows (a layer
+    norm, GELU) can quantize each while it is in cache, instead of writing it out for
+    `int8_linear` to read back."""
+    q: np.ndarray      # int8 [M, K'], K' = K rounded up to GROUP, zeros past K
+    scale: np.ndarray  # float32 [M]
+    width: int         # K
+
+    @classmethod
+    def empty(cls, rows: int, width: int) -> Int8Rows:
+        padded = -(-width // GROUP) * GROUP
+        q = (np.empty if padded == width else np.zeros)((rows, padded), np.int8)
+        return cls(q, np.empty(rows, np.float32), width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape[0], self.width
+
+
+def quantize_activations(x: np.ndarray) -> Int8Rows:
+    """x [M, K] float32 quantized per row (`quantize_rows`; on all threads from
+    PARALLEL_QUANTIZE_ROWS rows)."""
+    rows = Int8Rows.empty(*x.shape)
     x = np.ascontiguousarray(x)
     if x.shape[0] >= PARALLEL_QUANTIZE_ROWS:
-        quantize_rows_parallel(x, xq, xs)
+        quantize_rows_parallel(x, rows.q, rows.scale)
     else:
-        quantize_rows(x, xq, xs)
+        quantize_rows(x, rows.q, rows.scale)
+    return rows
+
+
+def int8_linear(x: np.ndarray | Int8Rows, w: Int8Weight, kernel: str,
+                bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """x [M, K] float32 quantized per row (or already quantized, `Int8Rows`), times w [N, K],
+    plus bias [N] -> [M, N] float32, on `kernel`. With `residual` ([M, N] float32,
+    C-contiguous) the result is added into it in place, and it is returned: `residual += x @
+    w.T + bias` in one pass."""
+    if not isinstance(x, Int8Rows):
+        x = quantize_activations(x)
     if residual is None:
-        out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        int8_matmul(xq, xs, w, out, kernel, bias)
+        out = np.empty((x.q.shape[0], w.shape[0]), np.float32)
+        int8_matmul(x.q, x.scale, w, out, kernel, bias)
         return out
-    int8_matmul(xq, xs, w, residual, kernel, bias, accumulate=True)
+    int8_matmul(x.q, x.scale, w, residual, kernel, bias, accumulate=True)
     return residual
 
 
@@ -116,14 +147,19 @@ def quantize_rows_parallel(x, q, scale):
 
 @njit(cache=True, nogil=True, inline="always")
 def quantize_row(x, q, scale, t):
-    row, out = x[t], q[t]
+    scale[t] = quantize_vector(x[t], q[t])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def quantize_vector(row, out):
+    """out[:len(row)] = row quantized (`quantize_rows`' steps); returns its scale."""
     s = np.float32(row_peak(row) / np.float32(INT8_MAX))
     inverse = np.float32(np.float32(1.0) / s) if s > 0 else np.float32(0.0)
     top = np.float32(INT8_MAX)
     for k in range(row.shape[0]):  # float32 throughout, 1-d: LLVM vectorizes it
         v = np.rint(np.float32(row[k] * inverse))
         out[k] = np.int8(min(max(v, -top), top))
-    scale[t] = s
+    return s
 
 
 @njit(cache=True, nogil=True)

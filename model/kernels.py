@@ -52,6 +52,14 @@ def exp32(t):
         return np.float32(np.inf)
     if t < np.float32(-87.0):
         return np.float32(0.0)
+    return exp32_within(t)
+
+
+@njit(fastmath=EXP_MATH, cache=True, nogil=True)
+def exp32_within(t):
+    """`exp32` for t in [-87, 89] (the caller bounds it), with no branch, so that a loop calling
+    it vectorizes (a loop through `exp32` needed a pass of its own for the exponentials). From
+    t = 88.4 on, 2**n is 2**128, whose bits are infinity's: the result is inf, as exp32's."""
     n = np.floor(t * LOG2_E + np.float32(0.5))
     r = (t - n * LN2_HI) - n * LN2_LO
     p = np.float32(1 / 5040)

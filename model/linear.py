@@ -32,7 +32,7 @@ from numba import config, njit, prange
 
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
-from nanovllm.model.int8_gemm import compile_int8_kernel, int8_linear
+from nanovllm.model.int8_gemm import Int8Rows, compile_int8_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH
 from nanovllm.model.quant import (
     BLOCK,
@@ -60,9 +60,10 @@ PACKED_MAX_ROWS = 512
 BLAS_CHUNK = 8192
 
 
-def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None,
+def linear(x: np.ndarray | Int8Rows, w: Weight, b: np.ndarray | None = None,
            residual: np.ndarray | None = None) -> np.ndarray:
-    """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32.
+    """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32. For
+    int8 weights x may come quantized already (`Int8Rows`, see `takes_int8`).
     With `residual` ([M, out] float32, C-contiguous) the result is added into it in place and
     it is returned (the W8A8 kernels add the bias and the residual as they store)."""
     if isinstance(w, Int8Weight):
@@ -82,6 +83,12 @@ def linear(x: np.ndarray, w: Weight, b: np.ndarray | None = None,
         residual += out
         return residual
     return out
+
+
+def takes_int8(w: Weight) -> bool:
+    """Whether `linear` on w multiplies int8 activations (and so takes them pre-quantized:
+    `int8_gemm.Int8Rows`)."""
+    return isinstance(w, Int8Weight)
 
 
 @cache  # (the CPU does not change while the process runs)

@@ -158,13 +158,19 @@ class NativeModelRunner:
         decodes = [e for e in entries if _num_rows(e) == 1]
         pos, slot_parts, prefills = [], [], []
         sample_rows, sampling, prompt_rows, scoring, verify_rows, verifying = [], [], [], [], [], []
+        # A decode's one position and slot in Python's integers: numpy's per-call cost, paid
+        # for each of a large batch's sequences, was most of this function's time.
+        size = self.block_size
+        pos.append(np.array([e.start for e in decodes], np.int64))
+        slot_parts.append(np.array([e.block_table[e.start // size] * size + e.start % size
+                                    for e in decodes], np.int64))
         row = 0
         for e in entries:
             start, n = e.start, _num_rows(e)
-            positions = np.arange(start, start + n)
-            pos.append(positions)
-            slot_parts.append(self.slots(e.block_table, positions))
             if n > 1:
+                positions = np.arange(start, start + n)
+                pos.append(positions)
+                slot_parts.append(self.slots(e.block_table, positions))
                 context = self.slots(e.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
             if e.spec_token_ids:  # every row scores what follows it
@@ -188,10 +194,8 @@ class NativeModelRunner:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
         lens = np.array([e.start + 1 for e in decodes], np.int64)
         num_blocks = -(-lens.max(initial=0) // self.block_size)
-        tables = np.zeros((len(decodes), num_blocks), np.int64)
-        for i, e in enumerate(decodes):
-            table = e.block_table[:num_blocks]
-            tables[i, :len(table)] = table
+        tables = np.array([e.block_table[:num_blocks] + [0] * (num_blocks - len(e.block_table))
+                           for e in decodes], np.int64).reshape(len(decodes), num_blocks)
         return tables, lens
 
     def _prompt_logprobs(self, logits: np.ndarray, scoring: list[ScheduledSequence]

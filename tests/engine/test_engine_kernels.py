@@ -8,8 +8,12 @@ import pytest
 from nanovllm import LLM, SamplingParams
 from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
 from nanovllm.model.gpt2 import (
+    gelu_int8_,
+    gelu_int8_parallel_,
     gelu_parallel_,
     gelu_rows_,
+    layer_norm_int8_,
+    layer_norm_int8_parallel_,
     layer_norm_parallel_,
     layer_norm_rows_,
 )
@@ -41,8 +45,9 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
     threads; start-up compiled that quantizer too, not only the one-row one decodes use."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
     kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],
-               paged_decode_attention, layer_norm_rows_, layer_norm_parallel_, gelu_rows_,
-               gelu_parallel_, write_slots, causal_softmax_)
+               paged_decode_attention, layer_norm_int8_, layer_norm_int8_parallel_, gelu_int8_,
+               gelu_int8_parallel_, write_slots, causal_softmax_)
     before = [list(k.signatures) for k in kernels]
     llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    assert all(before)  # start-up compiled each, the fused layer norm and GELU included
     assert [list(k.signatures) for k in kernels] == before

@@ -28,9 +28,10 @@ from nanovllm.model.attention import (
     softmax_,
 )
 from nanovllm.model.gpt2 import gelu, layer_norm
+from nanovllm.model.int8_gemm import Int8Rows, quantize_activations
 from nanovllm.model.kernels import as_kernel_array
 from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
-from nanovllm.model.quant import pack_float32
+from nanovllm.model.quant import Int8Weight, pack_float32
 
 U = 2.0 ** -24
 LAM = 8.0
@@ -193,6 +194,28 @@ def test_paged_decode_attention_matches_reference(lens, cache_dtype):
         k, v = k_cache[slots].astype(np.float32), v_cache[slots].astype(np.float32)
         expected = ref.attention(q, k, v)[-1:]
         assert_within(out[i:i + 1], expected, attention_bound(q[-1:], k, v))
+
+
+@pytest.mark.parametrize("rows, e", [(1, 768), (5, 7), (gpt2.SERIAL_MAX_ROWS + 1, 3072), (40, 6)])
+def test_layer_norm_and_gelu_quantize_as_int8_linear_would(rows, e):
+    """Fed to an int8 layer, layer norm and GELU quantize each row as they make it: the very
+    bits of `int8_gemm.quantize_rows` on their float32 output (serial and on threads; the
+    padding of a width that is not a multiple of GROUP stays zero)."""
+    int8 = Int8Weight.from_rows(np.ones((1, e), np.int8), np.ones(1, np.float32))
+    x = 30 + f32(rows, e, seed=4, scale=3)
+    g, b = 1 + f32(e, seed=5, scale=0.3), f32(e, seed=6, scale=0.1)
+    h = f32(rows, e, seed=7, scale=4)
+    h[0, :2] = [0.0, -1e4]
+    for got, float_rows in ((layer_norm(x, g, b, 1e-5, feeds=int8), layer_norm(x, g, b, 1e-5)),
+                            (gelu(h.copy(), feeds=int8), gelu(h.copy()))):
+        expected = quantize_activations(float_rows)
+        assert isinstance(got, Int8Rows) and got.shape == (rows, e)
+        np.testing.assert_array_equal(got.q, expected.q)
+        np.testing.assert_array_equal(got.scale, expected.scale)
+    assert layer_norm(x, g, b, 1e-5, feeds=np.ones((1, e), np.float32)).dtype == np.float32
+    in_place = h.copy()
+    gelu(in_place, feeds=int8)
+    np.testing.assert_array_equal(in_place, gelu(h.copy()))  # still GELU in place
 
 
 def test_layer_norm_and_gelu_give_the_same_bits_serial_and_on_threads():
