@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from ui_helpers import API_KEY
+from ui_helpers import API_KEY, metric
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is missing: `make setup-dev` installs it")
@@ -62,11 +62,6 @@ def api_logprobs(url: str, **body) -> dict:
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     response.raise_for_status()
     return response.json()["choices"][0]["logprobs"]
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return float(re.search(rf"^{re.escape(name)}{{[^}}]*}} (\S+)$", text, re.M).group(1))
 
 
 def test_page_loads_and_says_the_weights_are_random(page, open_server, tiny_ckpt, shots):
