@@ -115,16 +115,27 @@ def test_the_block_grid_follows_requests_and_returns_to_free(page, steppable_ser
 
 
 def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
-    """A pool too small for everyone: sequences are preempted, and the page says so."""
-    server = start_server(tiny_ckpt, "--num-kv-blocks", "40", "--max-num-batched-tokens", "64")
+    """A pool too small for everyone: sequences are preempted, and the page says so. Stepped
+    until the first preemption and paused there, so the page sees it (unpaused, the tiny
+    model can get past it between two of the page's polls)."""
+    server = start_server(tiny_ckpt, "--num-kv-blocks", "40", "--max-num-batched-tokens", "64",
+                          "--enable-step-mode")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
+    url = server.url
     try:
         page = context.new_page()
-        open_view(page, server.url, "engine")
+        open_view(page, url, "engine")
         # Six sequences of 248 tokens at once need 96 blocks: some must give theirs back.
         page.evaluate(RECORD_MOST_SEEN)
-        threads = [complete_in_background(server.url, max_tokens=200, ignore_eos=True)
-                   for _ in range(6)]
+        httpx.post(f"{url}/ui/api/step/pause", json={"lease": 120}).raise_for_status()
+        try:
+            threads = [complete_in_background(url, max_tokens=200, ignore_eos=True)
+                       for _ in range(6)]
+            step_until(url, lambda: metric(url, "vllm:num_preemptions_total") > 0,
+                       "a preemption")
+            expect(page.locator("#preemptions .event").first).to_be_visible(timeout=30_000)
+        finally:
+            httpx.post(f"{url}/ui/api/step/resume").raise_for_status()
         for thread in threads:
             thread.join()
         assert page.evaluate("window.mostSeen.running") > 0
