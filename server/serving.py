@@ -391,7 +391,7 @@ async def stream_events(stream: RequestStream, head: dict, delta: Delta,
     usage so far. The engine's running text never ends in a partial UTF-8 character nor in a
     prefix of a stop string, so a delta is simply the new suffix of the cumulative text. An
     error after the stream started is sent as one `data: {"error": {...}}` event, then [DONE].
-    If the client goes away, Starlette cancels this generator and SSEResponse's `finally`
+    If the client goes away, SSEResponse cancels this generator and its `finally`
     aborts the engine requests at once.
     """
     continuous = bool(options and options.include_usage and options.continuous_usage_stats)
