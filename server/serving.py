@@ -18,13 +18,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from nanovllm import GrammarCompiler, InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineClient, EngineDeadError, QueueSink, RequestAborted
@@ -271,29 +272,40 @@ def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = T
 # A whole answer at once.
 
 
-async def wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable) -> asyncio.Future | None:
+    """Run `work` until it is done or the client disconnects, whichever comes first: its done
+    task (`result()` gives its value or raises its error), or None once the client left (the
+    work is then cancelled). The disconnect is heard while the work waits for the engine, not
+    at its next write."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return task if task.done() else None
+    finally:
+        task.cancel()
+        gone.cancel()
 
 
 async def final_outputs(raw: Request, stream: RequestStream) -> dict | None:
     """Every engine request's final output, or None if the client went away first; either way
     the stream is closed (an unfinished request is aborted at once). Engine errors become API
     errors."""
-    work = asyncio.ensure_future(stream.final_outputs())
-    gone = asyncio.ensure_future(wait_for_disconnect(raw))
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
+        done = await unless_disconnected(raw.receive, stream.final_outputs())
+        if done is None:
             logger.info("client disconnected; aborting %s", stream.request_id)
             return None
         try:
-            return work.result()
+            return done.result()
         except Exception as exc:
             raise engine_error(exc) from exc
     finally:
-        for task in (work, gone):
-            task.cancel()
         stream.close()
 
 
@@ -322,7 +334,12 @@ def sse(obj: dict | str) -> str:
 
 
 class SSEResponse(StreamingResponse):
-    """A StreamingResponse that runs `on_close` however the stream ends (done, error, gone)."""
+    """A StreamingResponse that stops as soon as the client leaves, even while it waits for
+    the engine's next output, and runs `on_close` however the stream ends (done, error, gone).
+
+    Starlette itself listens for the disconnect only under ASGI servers older than spec 2.4;
+    under newer ones a stream would notice a closed connection at its next write, which a
+    request queued behind others or a paused engine does not make."""
 
     media_type = "text/event-stream"
 
@@ -330,9 +347,13 @@ class SSEResponse(StreamingResponse):
         super().__init__(content, headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            done = await unless_disconnected(receive, self.stream_response(send))
+            if done is not None:
+                done.result()  # the stream's own error, if any
+        except OSError:  # an ASGI 2.4 server's word for a closed connection at a write
+            pass
         finally:
             self._on_close()
 
@@ -370,7 +391,7 @@ async def stream_events(stream: RequestStream, head: dict, delta: Delta,
     usage so far. The engine's running text never ends in a partial UTF-8 character nor in a
     prefix of a stop string, so a delta is simply the new suffix of the cumulative text. An
     error after the stream started is sent as one `data: {"error": {...}}` event, then [DONE].
-    If the client goes away, Starlette cancels this generator and SSEResponse's `finally`
+    If the client goes away, SSEResponse cancels this generator and its `finally`
     aborts the engine requests at once.
     """
     continuous = bool(options and options.include_usage and options.continuous_usage_stats)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
-from ray_helpers import LONG_CONTEXT  # noqa: E402
+from ray_helpers import ENDLESS_CONTEXT, LONG_CONTEXT  # noqa: E402
 from server_helpers import MODEL, LiveServer, free_port  # noqa: E402
 from server_helpers import serve as serve_app  # noqa: E402
 
@@ -46,6 +46,15 @@ def long_ckpt(tmp_path_factory):
 
     return write_dummy_checkpoint(tmp_path_factory.mktemp("tiny-long"), "gpt2",
                                   **{**TINY, "n_positions": LONG_CONTEXT})
+
+
+@pytest.fixture(scope="session")
+def endless_ckpt(tmp_path_factory):
+    """The tiny checkpoint with an 8,192-token context."""
+    from nanovllm.model import write_dummy_checkpoint
+
+    return write_dummy_checkpoint(tmp_path_factory.mktemp("tiny-endless"), "gpt2",
+                                  **{**TINY, "n_positions": ENDLESS_CONTEXT})
 
 
 @pytest.fixture(scope="module")

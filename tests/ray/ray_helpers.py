@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
+# Room for a request that outlives any test's look at it: decoding 7,000 tokens takes the
+# tiny model tens of seconds on an idle machine, minutes on a loaded one.
+ENDLESS_CONTEXT = 8192
 
 
 def ray_processes(session_dir: str) -> list[str]:

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 import httpx
 import openai
 import pytest
-from ray_helpers import LONG_CONTEXT, ray_processes
+from ray_helpers import ENDLESS_CONTEXT, LONG_CONTEXT, ray_processes
 from server_helpers import MODEL
 from server_helpers import serve as serve_app
 
@@ -226,7 +226,7 @@ def test_whole_serve_application(ray_deployment, long_ckpt):
         serve.delete("whole")
 
 
-def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, long_ckpt):
+def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, endless_ckpt):
     """Replicas that run 4 sequences and queue 4 more: requests sharing a prompt prefix all
     prefer one replica; once its queue is full the next go to the other, and only when both
     are full is the client told 429."""
@@ -236,14 +236,16 @@ def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, long_
     from nanovllm.server.app import build_app
     from nanovllm.server.ray.client import RayEngineClient, deploy
 
-    config = EngineConfig(str(long_ckpt), num_kv_blocks=512, max_num_seqs=4,
+    config = EngineConfig(str(endless_ckpt), num_kv_blocks=2048, max_num_seqs=4,
                           max_waiting_seqs=4)
     handle = deploy(config, 2, 1, app_name="full")
     client = RayEngineClient(handle, handle.describe.remote().result(), 2, app_name="full")
     live = serve_app(build_app(client, served_model_name=MODEL), client)
-    # Seconds of decoding each: the queues stay as filled while the test looks.
-    body = {"model": MODEL, "prompt": f"{SHARED_PREFIX} go", "n": 4, "max_tokens": 900,
-            "ignore_eos": True, "stream": True}
+    # The queues must stay as filled while the test looks, so no request may finish: with the
+    # old 900 tokens (1-5 s of decoding) a loaded machine's five trips through Ray could take
+    # longer. The streams are closed (aborted) at the end, so their length costs nothing.
+    body = {"model": MODEL, "prompt": f"{SHARED_PREFIX} go", "n": 4,
+            "max_tokens": ENDLESS_CONTEXT - 1000, "ignore_eos": True, "stream": True}
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http, ExitStack() as streams:
             statuses = [streams.enter_context(http.stream("POST", "/v1/completions", json=body))
@@ -251,7 +253,11 @@ def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, long_
             # 1: runs on the preferred replica; 2: waits there (its queue is full); 3: refused
             # there, runs on the other; 4: refused there, waits on the other.
             assert statuses == [200] * 4
-            assert len(client.replica_stats) == 2  # both replicas took some
+            # Each replica holds two requests and its queue is full (4 sequences waiting); the
+            # running ones' outputs bring its stats every step, so 30 s only bounds a hang.
+            wait_for(lambda: sorted((s.num_running + s.num_waiting, s.num_waiting_seqs)
+                                    for s in client.replica_stats.values()) == [(2, 4)] * 2,
+                     30, "two requests on each replica, four sequences waiting")
             refused = http.post("/v1/completions", json=body)
         err = refused.json()["error"]
         assert refused.status_code == 429 and err["code"] == 429, refused.text

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import httpx
-from server_helpers import MODEL, metric, wait_idle
+import pytest
+from server_helpers import MODEL, NUM_KV_BLOCKS, metric, serve, wait_idle
+
+from nanovllm import EngineConfig, LLMEngine
+from nanovllm.async_engine import AsyncEngine
+from nanovllm.server.app import build_app
 
 CLIENTS = 64
 
@@ -96,6 +102,62 @@ def test_client_disconnecting_while_waiting_for_a_full_response_aborts(live):
             pass
     wait_idle(live.engine)
     assert aborted(live)[0] - engine_before == 1  # counted only if it was still running
+
+
+@pytest.fixture(scope="module")
+def paused_engine(tiny_ckpt) -> Iterator[AsyncEngine]:
+    """An engine that steps only when told (step mode), so a request can wait in it for as
+    long as a test likes: nothing but an abort takes it out."""
+    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)),
+                         enable_step_mode=True).start()
+    yield engine
+    engine.shutdown()
+
+
+def claiming(app, spec_version: str):
+    """`app` called as an ASGI server of `spec_version` calls it: uvicorn says 2.3, and from
+    2.4 on Starlette no longer listens for the client leaving a stream (only a write fails)."""
+    async def asgi(scope, receive, send):
+        if scope["type"] == "http":
+            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": spec_version}}
+        await app(scope, receive, send)
+    return asgi
+
+
+# The path from a closed socket to the engine is event-driven (the disconnect is heard, the
+# abort wakes the paused engine thread): this bounds a hang, not a speed.
+ABORT_DEADLINE = 30
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_version,
+                                                            stream):
+    """No output is coming (the engine is paused), so the server must hear the disconnect
+    itself, not at its next write."""
+    engine = paused_engine
+    srv = serve(claiming(build_app(engine, served_model_name=MODEL), spec_version), engine)
+    body = {"model": MODEL, "prompt": "Nobody will read this", "max_tokens": 8,
+            "stream": stream}
+    engine.pause(lease=2 * ABORT_DEADLINE).result(timeout=60)
+    try:
+        before = engine.stats.num_aborted_total
+        with httpx.Client(base_url=srv.url, timeout=httpx.Timeout(60, read=0.5)) as c:
+            if stream:
+                with c.stream("POST", "/v1/completions", json=body) as r:
+                    assert r.status_code == 200  # the engine took it: the stream has begun
+                    assert engine.stats.num_waiting == 1
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    c.post("/v1/completions", json=body)
+        deadline = time.monotonic() + ABORT_DEADLINE
+        while engine.stats.num_aborted_total == before:
+            assert time.monotonic() < deadline, "the waiting request was not aborted"
+            time.sleep(0.01)
+        assert engine.stats.num_waiting == engine.stats.num_running == 0
+    finally:
+        engine.resume().result(timeout=60)
+        srv.stop()
 
 
 def test_idle_server_does_not_spin(live):

@@ -27,6 +27,15 @@ def auth_server(tiny_ckpt) -> Iterator[ServeProcess]:
 
 
 @pytest.fixture(scope="session")
+def steppable_server(tiny_ckpt) -> Iterator[ServeProcess]:
+    """With --enable-step-mode: a test can pause the engine and step it (the step-mode tests
+    have their own, whose step count they read)."""
+    server = start_server(tiny_ckpt, "--enable-step-mode")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no browser: {CHROMIUM} is missing (`make setup-dev` installs Debian's "

@@ -5,10 +5,11 @@ Llama for the grouped heads)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
-from ui_helpers import API_KEY, start_server
+from ui_helpers import API_KEY, metric, start_server
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is missing: `make setup-dev` installs it")
@@ -60,18 +61,45 @@ def complete_in_background(url: str, **body) -> threading.Thread:
     return thread
 
 
-def test_the_block_grid_follows_requests_and_returns_to_free(page, open_server, shots):
-    url = open_server.url
+def drawn_soon(locator) -> bool:
+    """Whether the page draws `locator` within a second (a poll or two of the snapshot)."""
+    try:
+        expect(locator.first).to_be_visible(timeout=1_000)
+    except AssertionError:
+        return False
+    return True
+
+
+def step_until(url: str, condition, what: str) -> None:
+    """Step the paused engine until `condition()` holds."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        httpx.post(f"{url}/ui/api/step/step", json={"lease": 120}, timeout=60).raise_for_status()
+
+
+def test_the_block_grid_follows_requests_and_returns_to_free(page, steppable_server, shots):
+    """The engine paused and stepped until both requests run, so the page sees them running
+    (unpaused, the tiny model can finish them between two of the page's polls)."""
+    url = steppable_server.url
     open_view(page, url, "engine")
     expect(page.locator("#blocks .block")).to_have_count(256)
     expect(page.locator(BUSY)).to_have_count(0)
     page.evaluate(RECORD_BLOCKS_IN_USE)
     page.evaluate(RECORD_MOST_SEEN)
 
-    threads = [complete_in_background(url, max_tokens=200, ignore_eos=True, n=2),
-               complete_in_background(url, max_tokens=150, ignore_eos=True)]
-    expect(page.locator("#steps .step").first).to_be_visible(timeout=30_000)
-    page.screenshot(path=shots / "engine.png")
+    httpx.post(f"{url}/ui/api/step/pause", json={"lease": 120}).raise_for_status()
+    try:
+        threads = [complete_in_background(url, max_tokens=200, ignore_eos=True, n=2),
+                   complete_in_background(url, max_tokens=150, ignore_eos=True)]
+        step_until(url, lambda: metric(url, "vllm:num_requests_running") == 2, "both run")
+        expect(page.locator("#running .seq")).to_have_count(2, timeout=30_000)  # one a request
+        shared = page.locator("#blocks .block[data-state=shared]")
+        step_until(url, lambda: drawn_soon(shared), "a shared block")
+        expect(page.locator("#steps .step").first).to_be_visible()
+        page.screenshot(path=shots / "engine.png")
+    finally:
+        httpx.post(f"{url}/ui/api/step/resume").raise_for_status()
     for thread in threads:
         thread.join()
     seen = page.evaluate("window.mostSeen")
@@ -87,16 +115,27 @@ def test_the_block_grid_follows_requests_and_returns_to_free(page, open_server, 
 
 
 def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
-    """A pool too small for everyone: sequences are preempted, and the page says so."""
-    server = start_server(tiny_ckpt, "--num-kv-blocks", "40", "--max-num-batched-tokens", "64")
+    """A pool too small for everyone: sequences are preempted, and the page says so. Stepped
+    until the first preemption and paused there, so the page sees it (unpaused, the tiny
+    model can get past it between two of the page's polls)."""
+    server = start_server(tiny_ckpt, "--num-kv-blocks", "40", "--max-num-batched-tokens", "64",
+                          "--enable-step-mode")
     context = browser.new_context(viewport={"width": 1280, "height": 800})
+    url = server.url
     try:
         page = context.new_page()
-        open_view(page, server.url, "engine")
+        open_view(page, url, "engine")
         # Six sequences of 248 tokens at once need 96 blocks: some must give theirs back.
         page.evaluate(RECORD_MOST_SEEN)
-        threads = [complete_in_background(server.url, max_tokens=200, ignore_eos=True)
-                   for _ in range(6)]
+        httpx.post(f"{url}/ui/api/step/pause", json={"lease": 120}).raise_for_status()
+        try:
+            threads = [complete_in_background(url, max_tokens=200, ignore_eos=True)
+                       for _ in range(6)]
+            step_until(url, lambda: metric(url, "vllm:num_preemptions_total") > 0,
+                       "a preemption")
+            expect(page.locator("#preemptions .event").first).to_be_visible(timeout=30_000)
+        finally:
+            httpx.post(f"{url}/ui/api/step/resume").raise_for_status()
         for thread in threads:
             thread.join()
         assert page.evaluate("window.mostSeen.running") > 0

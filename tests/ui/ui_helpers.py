@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+import httpx
+
 from tests.server.server_helpers import ServeProcess
 
-__all__ = ["API_KEY", "CHROMIUM", "CHROMIUM_ARGS", "ServeProcess", "start_server"]
+__all__ = ["API_KEY", "CHROMIUM", "CHROMIUM_ARGS", "ServeProcess", "metric", "start_server"]
 
 API_KEY = "sk-ui-test"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; the Makefile's `browser` step installs it
@@ -22,3 +26,9 @@ def start_server(ckpt, *args: str) -> ServeProcess:
         server.kill()
         raise
     return server
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of the server's /metrics (the first series of `name`)."""
+    text = httpx.get(f"{url}/metrics").text
+    return float(re.search(rf"^{re.escape(name)}{{[^}}]*}} (\S+)$", text, re.M).group(1))
