@@ -202,8 +202,8 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
 
 
 def rotary_frequencies(cfg: LlamaConfig) -> np.ndarray:
-    """`rotary.inv_frequencies` of this config, computed once (a step would redo it for nothing;
-    at batch 1 that was as long as a layer's norms)."""
+    """`rotary.inv_frequencies` of this config, computed once: every step would otherwise redo
+    the same numpy work. Read-only, shared by the steps."""
     return _frequencies(cfg.head_dim, cfg.rope_theta, json.dumps(cfg.rope_scaling, sort_keys=True))
 
 
