@@ -15,9 +15,7 @@ when the config ties them (SmolLM2, Llama 3.2, Qwen2.5), `lm_head.weight` otherw
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from numba import njit, prange
@@ -201,19 +199,6 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
     return linear(heads.reshape(n, h * d), layer.o_w, layer.o_b)
 
 
-def rotary_frequencies(cfg: LlamaConfig) -> np.ndarray:
-    """`rotary.inv_frequencies` of this config, computed once: every step would otherwise redo
-    the same numpy work. Read-only, shared by the steps."""
-    return _frequencies(cfg.head_dim, cfg.rope_theta, json.dumps(cfg.rope_scaling, sort_keys=True))
-
-
-@cache  # (keyed by the scaling's JSON: a dict is not hashable)
-def _frequencies(head_dim: int, theta: float, scaling: str) -> np.ndarray:
-    inv_freq = inv_frequencies(head_dim, theta, json.loads(scaling))
-    inv_freq.flags.writeable = False  # (shared by every later step)
-    return inv_freq
-
-
 def forward(w: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray, positions: np.ndarray,
             kv_caches: list[tuple[np.ndarray, np.ndarray]] | None = None,
             batch: AttentionBatch | None = None,
@@ -221,7 +206,8 @@ def forward(w: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray, positions:
     """Logits for `token_ids` at `positions`: GPT-2's `forward` contract (`model/gpt2.py`),
     and `reference_llama.forward` for one whole sequence."""
     eps = cfg.rms_norm_eps
-    cos, sin = cos_sin(rotary_frequencies(cfg), positions)
+    cos, sin = cos_sin(inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
+                       positions)
     x = gather_rows(w.embed, token_ids)
     h = rms_norm(x, w.layers[0].input_norm, eps)
     for i, layer in enumerate(w.layers):

@@ -29,11 +29,9 @@ from nanovllm.model.llama import (
     PARALLEL_MIN_ELEMENTS,
     add_rms_norm_,
     rms_norm,
-    rotary_frequencies,
     rotate_,
     silu_mul,
 )
-from nanovllm.model.llama_config import LlamaConfig
 from nanovllm.model.rotary import cos_sin, inv_frequencies
 
 
@@ -109,19 +107,6 @@ def test_llama3_scaling_keeps_short_wavelengths_and_stretches_long_ones():
     middle = (wavelen >= 2048) & (wavelen <= 8192)
     assert middle.any() and (scaled[middle] < plain[middle]).all()
     assert (scaled[middle] > plain[middle] / 8).all()
-
-
-@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 4.0}])
-def test_the_forward_pass_computes_each_configs_frequencies_once(scaling):
-    """rotary_frequencies: inv_frequencies' values, the same read-only array on every step, and
-    another array for another config."""
-    shape = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)  # head_dim 64
-    cfg = LlamaConfig(**shape, rope_theta=500000.0, rope_scaling=scaling)
-    first = rotary_frequencies(cfg)
-    np.testing.assert_array_equal(first, inv_frequencies(64, 500000.0, scaling))
-    assert rotary_frequencies(cfg) is first and not first.flags.writeable
-    other = LlamaConfig(**shape, rope_theta=10000.0, rope_scaling=scaling)
-    assert not np.array_equal(rotary_frequencies(other), first)
 
 
 def repeat_kv(k: np.ndarray, n_head: int) -> np.ndarray:
