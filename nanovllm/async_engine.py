@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "The server is shutting down."
+ENGINE_THREAD = "nanovllm-engine"  # the thread that owns the LLMEngine and steps it
 
 
 # The commands the engine thread takes from its inbox, between two steps.
@@ -125,12 +126,31 @@ class AsyncEngine:
         self.step_mode = StepMode(False, 0.0, None, 0)  # replaced by the engine thread
         self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD, daemon=True)
 
     @classmethod
     def from_config(cls, config: EngineConfig, enable_step_mode: bool = False) -> AsyncEngine:
-        """Load the model and start the engine thread."""
-        return cls(LLMEngine(config), enable_step_mode).start()
+        """Load the model on the engine thread and start stepping there; returns once it is
+        loaded (or raises what loading raised).
+
+        Loading compiles and first runs the parallel kernels, and GNU OpenMP gives each thread
+        that starts parallel work a team of worker threads of its own: a model loaded on the
+        caller's thread and stepped on another left two teams on the same cores, and every
+        step of the engine thread ran slower for it (docs/performance.md, session 16)."""
+        loaded: Future[AsyncEngine] = Future()
+
+        def load_and_run() -> None:
+            try:
+                client = cls(LLMEngine(config), enable_step_mode)
+            except BaseException as exc:  # noqa: BLE001 - the caller's to handle
+                loaded.set_exception(exc)
+                return
+            client._thread = threading.current_thread()  # the engine thread: no start()
+            loaded.set_result(client)
+            client._run()
+
+        threading.Thread(target=load_and_run, name=ENGINE_THREAD, daemon=True).start()
+        return loaded.result()
 
     # ---- called from the HTTP side -------------------------------------------------------
     def start(self) -> AsyncEngine:

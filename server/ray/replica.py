@@ -22,7 +22,7 @@ import numba
 from ray import serve
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from nanovllm import EngineConfig, LLMEngine
+from nanovllm import EngineConfig
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine import EngineStats
 from nanovllm.engine_client import QueueSink
@@ -57,8 +57,8 @@ class EngineReplica:
     """The Ray Serve deployment class (wrapped by serve.deployment in ray/client.deploy)."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self._engine = LLMEngine(config)
-        self._loop = AsyncEngine(self._engine).start()
+        self._loop = AsyncEngine.from_config(config)  # loaded on the thread that steps it
+        self._engine = self._loop.engine
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     def describe(self) -> ReplicaInfo:

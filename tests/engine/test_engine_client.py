@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import threading
 from pathlib import Path
 
-from nanovllm import AsyncEngine, EngineClient
+import pytest
+
+from nanovllm import AsyncEngine, EngineClient, EngineConfig, LLMEngine, SamplingParams
+from nanovllm.async_engine import ENGINE_THREAD
 from nanovllm.engine_client import QueueSink, deliver
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
@@ -68,3 +72,42 @@ def test_deliver_wakes_each_event_loop_once_per_step_and_keeps_each_sinks_order(
     assert [x for x in got if x[0] == 0] == [(0, "a1"), (0, "a2")]
     assert [x for x in got if x[0] == 1] == [(1, "b1"), (1, "b2")]
     assert other == ["c1"]
+
+
+def test_from_config_loads_the_model_on_the_thread_that_steps_it(tiny_ckpt, monkeypatch):
+    """Loading compiles and first runs the parallel kernels, and each thread that starts parallel
+    work gets an OpenMP team of its own: the engine thread loads the model it steps, so that
+    the server's cores hold one team."""
+    loaded_on = []
+    load = LLMEngine.__init__
+
+    def recording_load(self, config):  # the real load, its thread noted
+        loaded_on.append(threading.current_thread())
+        load(self, config)
+
+    monkeypatch.setattr(LLMEngine, "__init__", recording_load)
+    client = AsyncEngine.from_config(EngineConfig(model=str(tiny_ckpt), num_kv_blocks=64))
+    try:
+        assert loaded_on == [client.thread] and client.thread is not threading.current_thread()
+        assert client.thread.name == ENGINE_THREAD and client.is_alive
+        outputs: queue.SimpleQueue = queue.SimpleQueue()
+        params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+        client.add_request(client.processor.process("r", [1, 2, 3], params), outputs).result(30)
+        while not (out := outputs.get(timeout=30)).finished:
+            pass
+        assert len(out.outputs[0].token_ids) == 5
+    finally:
+        client.shutdown()
+    assert not client.thread.is_alive()
+
+
+def test_from_config_raises_what_loading_raised(tmp_path):
+    before = set(threading.enumerate())
+    with pytest.raises(Exception) as raised:
+        LLMEngine(EngineConfig(model=str(tmp_path / "missing")))
+    with pytest.raises(type(raised.value), match=re.escape(str(raised.value))):
+        AsyncEngine.from_config(EngineConfig(model=str(tmp_path / "missing")))
+    leftover = [t for t in set(threading.enumerate()) - before if t.name == ENGINE_THREAD]
+    for t in leftover:
+        t.join(5)
+    assert not any(t.is_alive() for t in leftover)  # the loader's thread ended with the error
