@@ -10,8 +10,9 @@ idle worker of either pool spins before it sleeps, keeping a core from the other
   cores, which happens as soon as a second thread runs kernels: each such thread gets a team of
   workers of its own (the server loads its model on the engine thread for that reason, but the
   web page's attention view runs kernels on a worker thread). The workers then sleep between
-  kernels and every kernel waits for them to wake. `OMP_WAIT_POLICY=ACTIVE` keeps the 10,000-round spin in
-  that case too; with the count set it does not spin forever, and an idle process uses no CPU.
+  kernels and every kernel waits for them to wake. `OMP_WAIT_POLICY=ACTIVE` keeps the
+  10,000-round spin in that case too; with the count set it does not spin forever, and an idle
+  process uses no CPU.
   That holds for GNU OpenMP only, which numba uses on Linux: other OpenMP runtimes read ACTIVE
   as "spin forever", so it is set on Linux only.
 - OpenBLAS spins 2^28 cycles by default: a parallel kernel right after a GEMM ran at the speed
