@@ -11,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from ui_helpers import API_KEY
+from ui_helpers import API_KEY, snapshot
 
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
 from nanovllm.model import load_gpt2, reference, reference_llama
@@ -40,12 +40,6 @@ def error_of(response: httpx.Response, status: int) -> dict:
     err = response.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == status
     return err
-
-
-def snapshot(url: str, **kwargs) -> dict:
-    response = httpx.get(f"{url}/ui/api/engine", timeout=30, **kwargs)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def in_use(snap: dict) -> int:

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from ui_helpers import API_KEY, metric, start_server
+from ui_helpers import API_KEY, metric, snapshot, start_server
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is missing: `make setup-dev` installs it")
@@ -92,8 +92,12 @@ def test_the_block_grid_follows_requests_and_returns_to_free(page, steppable_ser
     try:
         threads = [complete_in_background(url, max_tokens=200, ignore_eos=True, n=2),
                    complete_in_background(url, max_tokens=150, ignore_eos=True)]
-        step_until(url, lambda: metric(url, "vllm:num_requests_running") == 2, "both run")
-        expect(page.locator("#running .seq")).to_have_count(2, timeout=30_000)  # one a request
+        # Three sequences: the n=2 request's two samples and the other request. Whether the
+        # second sample runs in the same step as the others depends on which request the server
+        # got first, so step until all three run (waiting for two requests failed CI once).
+        step_until(url, lambda: snapshot(url)["num_running"] == 3, "all three sequences run")
+        assert metric(url, "vllm:num_requests_running") == 2
+        expect(page.locator("#running .seq")).to_have_count(3, timeout=30_000)
         shared = page.locator("#blocks .block[data-state=shared]")
         step_until(url, lambda: drawn_soon(shared), "a shared block")
         expect(page.locator("#steps .step").first).to_be_visible()
