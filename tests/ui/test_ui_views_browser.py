@@ -191,10 +191,11 @@ def test_the_attention_heatmap_draws_each_layer_and_head(page, open_server, shot
     open_view(page, url, "attention")
     expect(page.locator("#attn-layer option")).to_have_count(2)
     expect(page.locator("#attn-head option")).to_have_count(4)
+    # The expected map first: the server computes one at a time and answers a second with a
+    # 429, so asking while the page's own request runs can fail either of them.
+    expected = attention_api(url, prompt=prompt, layer=0, head=0)
     page.fill("#attn-prompt", prompt)
     page.click("#attn-show")
-
-    expected = attention_api(url, prompt=prompt, layer=0, head=0)
     t = len(expected["tokens"])
     expect(page.locator("#heatmap svg rect")).to_have_count(t * t)
     expect(page.locator("#heatmap rect.future")).to_have_count(t * (t - 1) // 2)
@@ -283,10 +284,11 @@ def test_the_forward_pass_view_shows_every_layer(page, open_server, shots):
     url = open_server.url
     prompt = "The cat sat on the mat because it was tired"
     open_view(page, url, "trace")
+    response = httpx.post(f"{url}/ui/api/trace", json={"prompt": prompt}, timeout=60)
+    assert response.status_code == 200, response.text  # (before the page asks: one at a time)
+    expected = response.json()
     page.fill("#trace-prompt", prompt)
     page.click("#trace-show")
-    response = httpx.post(f"{url}/ui/api/trace", json={"prompt": prompt}, timeout=60)
-    expected = response.json()
     t = len(expected["tokens"])
     expect(page.locator("#lens-table tbody tr")).to_have_count(3)  # embeddings + 2 layers
     expect(page.locator("#lens-table th.stage")).to_have_text(
