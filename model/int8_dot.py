@@ -17,8 +17,11 @@ The instruction sets ("ISAs") and how each multiplies int8 by int8:
   128 * sum(w) per output (`OFFSET`).
 - "avx512bw" (64 bytes) and "avx2" (32 bytes): `vpmaddubsw` multiplies unsigned by signed bytes
   and adds pairs into int16 lanes, saturating. Offset x (up to 255) by w (up to 127) could
-  saturate a pair, so these use the sign trick: |w| times x with w's sign, at most 2 * 127 * 127
-  per pair, below 2**15; `vpmaddwd` by ones then adds the pairs into int32 lanes.
+  saturate a pair, so these use the sign trick, at most 2 * 127 * 127 per pair, below 2**15;
+  `vpmaddwd` by ones then adds the pairs into int32 lanes. "avx2" multiplies |x| by w with x's
+  sign (`vpsignb`, as llama.cpp's q8_0 does): |x| is made once per row and step, and each
+  weight vector costs one instruction more than its products. "avx512bw", which has no
+  `vpsignb`, multiplies |w| by x with w's sign.
 
 Each ISA's IR is generated only when a kernel is compiled for it: the caller picks one this CPU
 has (`model/cpu.py`).
@@ -74,29 +77,38 @@ class _Multiply:
                                    [self.bytes, self.bytes])
             self.quads = _function(builder, "llvm.x86.avx2.pmadd.wd", self.lanes,
                                    [self.words, self.words])
+            self.sign = _function(builder, "llvm.x86.avx2.psign.b", self.bytes,
+                                  [self.bytes, self.bytes])
 
     def prepare_x(self, x):
-        """vpdpbusd: 4 bytes of x (an i32) + 128 each, as unsigned bytes (flipping the top bit
-        adds 128 modulo 256)."""
+        """x broadcast (bytes). vpdpbusd: each byte + 128, as unsigned (flipping the top bit
+        adds 128 modulo 256). avx2: (x, |x|)."""
+        b = self.builder
         if OFFSET[self.isa]:
-            return self.builder.xor(x, ir.Constant(I32, 0x80808080))
+            return b.xor(x, ir.Constant(self.bytes, [0x80] * self.bytes.count))
+        if self.isa == "avx2":
+            return x, b.select(b.icmp_signed("<", x, self.zero_bytes), b.neg(x), x)
         return x
 
     def prepare_w(self, w):
-        """The sign trick: (w, |w|, w < 0)."""
-        if OFFSET[self.isa]:
+        """avx512bw: (|w|, w < 0)."""
+        if OFFSET[self.isa] or self.isa == "avx2":
             return w
         b = self.builder
         negative = b.icmp_signed("<", w, self.zero_bytes)
-        return w, b.select(negative, b.neg(w), w), negative
+        return b.select(negative, b.neg(w), w), negative
 
     def add(self, acc, x, w):
         b = self.builder
         if OFFSET[self.isa]:
             return b.call(self.dot, [acc, x, w])
-        _, magnitude, negative = w
-        signed_x = b.select(negative, b.neg(x), x)  # x * sign(w); where w = 0, |w| is 0 anyway
-        pairs = b.call(self.pairs, [magnitude, signed_x])  # unsigned |w| x signed x
+        if self.isa == "avx2":
+            x, magnitude = x
+            signed = b.call(self.sign, [w, x])  # w * sign(x), 0 where x = 0 (|x| is 0 there)
+        else:
+            magnitude, negative = w
+            signed = b.select(negative, b.neg(x), x)  # x * sign(w); where w = 0, |w| is 0
+        pairs = b.call(self.pairs, [magnitude, signed])  # unsigned magnitude x signed bytes
         ones = ir.Constant(self.words, [1] * self.words.count)
         return b.add(acc, b.call(self.quads, [pairs, ones]))
 
@@ -161,10 +173,10 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             """4 bytes of x row i (k = 4 g .. 4 g + 3), repeated across the vector."""
             at = builder.add(address(x_ptr, 0), builder.mul(x_stride, ir.Constant(intp, i)))
             at = builder.add(at, builder.mul(g, ir.Constant(intp, 4)))
-            word = mul.prepare_x(builder.load(builder.inttoptr(at, I32.as_pointer()), align=1))
+            word = builder.load(builder.inttoptr(at, I32.as_pointer()), align=1)
             one = builder.insert_element(ir.Constant(quads, None), word, ir.Constant(I32, 0))
             splat = builder.shuffle_vector(one, one, ir.Constant(quads, [0] * quads.count))
-            return builder.bitcast(splat, mul.bytes)
+            return mul.prepare_x(builder.bitcast(splat, mul.bytes))
 
         def load_w(b, h):
             at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))

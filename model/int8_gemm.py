@@ -175,6 +175,14 @@ def row_peak(row):
     return np.int32(peak).view(np.float32)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def count_chunks(n_blocks, step):
+    """How many chunks of `step` blocks cover n_blocks, none of them empty: prange shares out
+    its iterations, not their work, evenly among the threads, so an empty chunk at the end is
+    a thread left idle (up to a third of a matrix's blocks went to one thread so)."""
+    return (n_blocks + step - 1) // step if step else 0
+
+
 # --------------------------------------------------------------------------- portable
 
 
@@ -184,7 +192,7 @@ def matmul_portable(xq, xs, packed, ws, wsums, bias, accumulate, out):
     columns of a block (LLVM vectorizes the loop over them as it can, e.g. into pmaddwd)."""
     n_blocks, groups = packed.shape[0], packed.shape[1]
     step = (n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS
-    for chunk in prange(NUM_CHUNKS):
+    for chunk in prange(count_chunks(n_blocks, step)):
         for b in range(chunk * step, min(n_blocks, (chunk + 1) * step)):
             for t in range(xq.shape[0]):
                 acc = np.zeros(BLOCK, np.int32)
@@ -226,11 +234,10 @@ def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     n_blocks = packed.shape[0]
     per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
     panels = (n_blocks + per_panel - 1) // per_panel
-    chunks = min(NUM_CHUNKS, panels)
-    step = (panels + chunks - 1) // chunks * per_panel
-    for chunk in prange(chunks):
+    step = (panels + NUM_CHUNKS - 1) // NUM_CHUNKS * per_panel  # blocks
+    for chunk in prange(count_chunks(n_blocks, step)):
         panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out,
-                      min(n_blocks, chunk * step), min(n_blocks, (chunk + 1) * step))
+                      chunk * step, min(n_blocks, (chunk + 1) * step))
 
 
 @njit(cache=True, nogil=True)
