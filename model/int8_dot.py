@@ -80,13 +80,17 @@ class _Multiply:
             self.sign = _function(builder, "llvm.x86.avx2.psign.b", self.bytes,
                                   [self.bytes, self.bytes])
 
-    def prepare_x(self, x):
-        """x broadcast (bytes). vpdpbusd: each byte + 128, as unsigned (flipping the top bit
-        adds 128 modulo 256). avx2: (x, |x|)."""
-        b = self.builder
+    def prepare_word(self, word):
+        """vpdpbusd: 4 bytes of x (an i32) + 128 each, as unsigned bytes (flipping the top bit
+        adds 128 modulo 256)."""
         if OFFSET[self.isa]:
-            return b.xor(x, ir.Constant(self.bytes, [0x80] * self.bytes.count))
+            return self.builder.xor(word, ir.Constant(I32, 0x80808080))
+        return word
+
+    def prepare_x(self, x):
+        """x broadcast to every lane (bytes). avx2: (x, |x|)."""
         if self.isa == "avx2":
+            b = self.builder
             return x, b.select(b.icmp_signed("<", x, self.zero_bytes), b.neg(x), x)
         return x
 
@@ -173,7 +177,8 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             """4 bytes of x row i (k = 4 g .. 4 g + 3), repeated across the vector."""
             at = builder.add(address(x_ptr, 0), builder.mul(x_stride, ir.Constant(intp, i)))
             at = builder.add(at, builder.mul(g, ir.Constant(intp, 4)))
-            word = builder.load(builder.inttoptr(at, I32.as_pointer()), align=1)
+            word = mul.prepare_word(builder.load(builder.inttoptr(at, I32.as_pointer()),
+                                                 align=1))
             one = builder.insert_element(ir.Constant(quads, None), word, ir.Constant(I32, 0))
             splat = builder.shuffle_vector(one, one, ir.Constant(quads, [0] * quads.count))
             return mul.prepare_x(builder.bitcast(splat, mul.bytes))

@@ -178,8 +178,8 @@ def row_peak(row):
 @njit(cache=True, nogil=True, inline="always")
 def count_chunks(n_blocks, step):
     """How many chunks of `step` blocks cover n_blocks, none of them empty: prange shares out
-    its iterations, not their work, evenly among the threads, so an empty chunk at the end is
-    a thread left idle (up to a third of a matrix's blocks went to one thread so)."""
+    its iterations, not their work, evenly among the threads, so empty chunks at the end would
+    leave the last thread idle while the first works through its share."""
     return (n_blocks + step - 1) // step if step else 0
 
 
