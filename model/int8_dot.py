@@ -63,6 +63,9 @@ class _Multiply:
         self.words = ir.VectorType(I16, width // 2)
         self.lanes = ir.VectorType(I32, width // 4)
         self.zero_bytes = ir.Constant(self.bytes, None)
+        # Where `vpsignb` exists (AVX2; AVX-512 has none), x's sign goes on w and |x| is made
+        # once per row; avx512bw puts w's sign on x (the VNNI kernels need no sign trick).
+        self.sign_on_w = isa == "avx2"
         suffix = "512" if width == 64 else "256"
         if OFFSET[isa]:
             self.dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
@@ -88,15 +91,15 @@ class _Multiply:
         return word
 
     def prepare_x(self, x):
-        """x broadcast to every lane (bytes). avx2: (x, |x|)."""
-        if self.isa == "avx2":
+        """x broadcast to every lane (bytes); with `sign_on_w`: (x, |x|)."""
+        if self.sign_on_w:
             b = self.builder
             return x, b.select(b.icmp_signed("<", x, self.zero_bytes), b.neg(x), x)
         return x
 
     def prepare_w(self, w):
-        """avx512bw: (|w|, w < 0)."""
-        if OFFSET[self.isa] or self.isa == "avx2":
+        """The sign trick without `sign_on_w` (avx512bw): (|w|, w < 0)."""
+        if OFFSET[self.isa] or self.sign_on_w:
             return w
         b = self.builder
         negative = b.icmp_signed("<", w, self.zero_bytes)
@@ -106,7 +109,7 @@ class _Multiply:
         b = self.builder
         if OFFSET[self.isa]:
             return b.call(self.dot, [acc, x, w])
-        if self.isa == "avx2":
+        if self.sign_on_w:
             x, magnitude = x
             signed = b.call(self.sign, [w, x])  # w * sign(x), 0 where x = 0 (|x| is 0 there)
         else:
