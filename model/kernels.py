@@ -119,15 +119,20 @@ CACHE_LINE = 64
 def prefetch_(typingctx, address):
     """`llvm.prefetch` of the byte at `address` (an integer): read, keep in all cache levels."""
     def codegen(context, builder, signature, args):
-        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-            "llvm.prefetch.p0i8")
-        # (read = 0, locality 3 = keep in every level, 1 = data)
-        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), ir.Constant(i32, 0),
-                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        emit_prefetch(builder, args[0])
         return context.get_dummy_value()
     return types.none(types.intp), codegen
+
+
+def emit_prefetch(builder: ir.IRBuilder, address: ir.Value) -> None:
+    """`prefetch_` in IR, for kernels written in LLVM IR: address an integer (a byte's)."""
+    byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+        "llvm.prefetch.p0i8")
+    # (read = 0, locality 3 = keep in every level, 1 = data)
+    builder.call(fn, [builder.inttoptr(address, byte_ptr), ir.Constant(i32, 0),
+                      ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 # Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
