@@ -17,7 +17,8 @@ a row softmax.
   not see the pattern coming, e.g. a KV cache's rows read through a block table.
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it
-(`model/attention.py`, `model/gpt2.py`, `model/linear.py`): after changing it, delete
+(`model/attention.py`, `model/gpt2.py`, `model/linear.py`, the W8A8 kernels through
+`emit_prefetch`): after changing it, delete
 `model/__pycache__/*.nbi` and `*.nbc`.
 """
 
