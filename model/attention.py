@@ -16,7 +16,7 @@ the last `window` positions, itself included; 0 means no window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import get_num_threads, njit, prange, types
@@ -50,6 +50,9 @@ class AttentionBatch:
     decode_context_lens: np.ndarray    # [num_decodes] tokens each decode attends to, itself included
     prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
+    # numba's threads for the decode kernel, asked once a step rather than once a layer: the
+    # call into numba's runtime is slow after the weights have streamed through the caches.
+    threads: int = field(default_factory=get_num_threads)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -355,7 +358,7 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
         paged_decode_attention(np.ascontiguousarray(q[:batch.num_decodes]), k_bits, v_bits,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
-                               out[:batch.num_decodes], window, get_num_threads(),
+                               out[:batch.num_decodes], window, batch.threads,
                                tiles and host_has_panels())
     for start, end, slots in batch.prefills:
         if slots is None:
