@@ -5,8 +5,9 @@ The paged cache is one pair of arrays per layer, `[num_slots, n_kv_head, head_di
 A step's new keys and values are written to their slots first; then every sequence reads its
 whole context back through its slots. A prefill chunk gathers its context with numpy and
 attends causally; decodes, one query each, are attended by a small compiled kernel that reads
-the cache through each sequence's block table, as vLLM's does. On AVX-512, the Llama family's
-decodes take a register-tile version of that kernel (`decode_tiles_`, `model/attention_dot.py`).
+the cache through each sequence's block table, as vLLM's does. Where the CPU's registers hold
+them, decodes take a register-tile version of that kernel (`decode_tiles_`,
+`model/attention_dot.py`; `host_decode_tiles`).
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `n_kv_head` heads and query
 head h reads key/value head h // (n_head // n_kv_head), as transformers' `repeat_kv` lays them
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import get_num_threads, njit, prange, types
+from numba import config, get_num_threads, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
@@ -127,40 +128,40 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     With fewer sequences than `threads` (numba's, for the caller to say: the kernel asking
     could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
     them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
-    miss), and the GEMMs' threads stay awake for the next layer. Otherwise, with `tiles`
-    (compiled only), float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path
-    (`decode_tiles_`).
+    miss), and the GEMMs' threads stay awake for the next layer. With `tiles` (compiled only),
+    float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`),
+    split among threads the same way.
     """
     num_seqs, n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
+    tiles = tiles and head_dim == TILE_HEAD_DIM and holds_float32(k_cache)
     parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
     if parts > 1:
         for job in prange(num_seqs * parts):
             b, part = job // parts, job % parts
-            decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, part * n_kv // parts, (part + 1) * n_kv // parts)
+            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, tiles, part * n_kv // parts, (part + 1) * n_kv // parts)
         return
     work = 0
     for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
         work += context_lens[b] * n_head * head_dim
-    tiles = tiles and head_dim == TILE_HEAD_DIM and holds_float32(k_cache)
     if work < DECODE_PARALLEL_MIN_WORK:
         for b in range(num_seqs):
             decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles)
+                        out[b], window, tiles, 0, n_kv)
     else:
         for b in prange(num_seqs):
             decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles)
+                        out[b], window, tiles, 0, n_kv)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
-def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, tiles):
+def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, tiles, g0, g1):
+    """One sequence's query heads of key/value heads g0 ... g1 - 1 (`decode_one_`)."""
     if tiles:
-        decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window)
+        decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1)
     else:
-        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, 0,
-                    k_cache.shape[1])
+        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -225,6 +226,15 @@ TILE_HEAD_DIM = TILE_WIDTH * TILE_VECTORS
 TILE_HEADS = 3
 
 
+def host_decode_tiles(n_head: int, n_kv: int) -> bool:
+    """Whether decode attention takes the register tiles here (compiled only: they are LLVM IR).
+    A tile's sums, up to TILE_HEADS heads x TILE_VECTORS vectors, fit AVX-512's 32 registers
+    (`linear.host_has_panels`); AVX2's 16 hold one head's, so there they serve models whose
+    key/value heads each serve one query head (GPT-2): grouped-query models spilled their tiles
+    there and read a cold cache more slowly than the plain loop."""
+    return not config.DISABLE_JIT and (n_head == n_kv or host_has_panels())
+
+
 def holds_float32(a) -> bool:
     """Whether a's elements are float32 (a float16 cache's are its bits, `as_kernel_array`)."""
     return a.dtype == np.float32
@@ -237,29 +247,31 @@ def _holds_float32(a):
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window):
-    """decode_one_ for a float32 cache of TILE_HEAD_DIM-wide heads, run by run of consecutive
-    slots (a block, or the part of it in the window): the scores of up to TILE_HEADS query
-    heads against a run's keys (`attention_dot.dot_rows`), then their probabilities times the
-    run's values (`f32_dot.broadcast_tile`), the heads' sums held in registers over the run.
-    The next run's rows are prefetched: its block is elsewhere in the cache, where the
-    hardware's prefetcher does not look."""
+def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
+    """decode_one_ (key/value heads g0 ... g1 - 1) for a float32 cache of TILE_HEAD_DIM-wide
+    heads, run by run of consecutive slots (a block, or the part of it in the window): the
+    scores of up to TILE_HEADS query heads against a run's keys (`attention_dot.dot_rows`), then
+    their probabilities times the run's values (`f32_dot.broadcast_tile`), the heads' sums held
+    in registers over the run. The next run's rows (their part in g0 ... g1 - 1) are prefetched:
+    its block is elsewhere in the cache, where the hardware's prefetcher does not look."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv
+    h0, h1 = g0 * group, g1 * group
     scale = np.float32(1.0 / np.sqrt(head_dim))
     first = max(0, n - window) if window > 0 else 0
     m = n - first
-    qs = np.empty((n_head, head_dim), np.float32)  # (q may be a strided view)
-    qs[:] = q
-    probs = np.empty((n_head, m), np.float32)
+    qs = np.empty((h1 - h0, head_dim), np.float32)  # row h - h0: query head h (q may be strided)
+    qs[:] = q[h0:h1]
+    probs = np.empty((h1 - h0, m), np.float32)
     acc = np.empty(TILE_HEADS * head_dim, np.float32)
     row_bytes = n_kv * head_dim * 4  # from one slot to the next
+    part_at, part_bytes = g0 * head_dim * 4, (g1 - g0) * head_dim * 4  # g0 ... g1 - 1 in a row
     for values in (False, True):
         if values:
-            for h in range(n_head):
+            for h in range(h1 - h0):
                 softmax_row_(probs[h])
-            out[:] = 0.0
+            out[h0:h1] = 0.0
         cache = v_cache if values else k_cache
         t = first
         while t < n:
@@ -268,22 +280,23 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window):
             if t + run < n:  # ask for the next run's rows while this one's are used
                 after = t + run
                 nxt = block_table[after // block_size] * block_size + after % block_size
-                prefetch_lines(cache.ctypes.data + nxt * row_bytes,
-                               min(block_size - after % block_size, n - after) * row_bytes)
-            for g in range(n_kv):
+                for r in range(min(block_size - after % block_size, n - after)):
+                    prefetch_lines(cache.ctypes.data + (nxt + r) * row_bytes + part_at,
+                                   part_bytes)
+            for g in range(g0, g1):
                 at = cache.ctypes.data + (slot * n_kv + g) * head_dim * 4
                 h = g * group
                 while h < (g + 1) * group:
                     heads = min(TILE_HEADS, (g + 1) * group - h)
-                    p_at = probs.ctypes.data + (h * m + t - first) * 4
+                    p_at = probs.ctypes.data + ((h - h0) * m + t - first) * 4
                     if values:
                         tile_values(heads, at, row_bytes, run, p_at, m * 4, acc)
                         for c in range(heads):
                             for d in range(head_dim):
                                 out[h + c, d] += acc[c * head_dim + d]
                     else:
-                        tile_scores(heads, qs.ctypes.data + h * head_dim * 4, at, row_bytes, run,
-                                    scale, p_at, m * 4)
+                        tile_scores(heads, qs.ctypes.data + (h - h0) * head_dim * 4, at,
+                                    row_bytes, run, scale, p_at, m * 4)
                     h += heads
             t += run
 
@@ -332,7 +345,7 @@ def compile_attention_kernel() -> None:
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy(), 0, 1, host_has_panels())
+                               1, q.copy(), 0, 1, True)
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
     causal_softmax_(q, 1, 0)
@@ -345,10 +358,11 @@ def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch,
-                    window: int = 0, tiles: bool = False) -> np.ndarray:
+                    window: int = 0) -> np.ndarray:
     """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
-    first. With a window, a prefill chunk gathers only the context its queries can see. `tiles`:
-    decodes may take the register-tile path (`paged_decode_attention`) where this CPU runs it."""
+    first. With a window, a prefill chunk gathers only the context its queries can see. Decodes
+    take the register tiles (`paged_decode_attention`) where they fit this CPU
+    (`host_decode_tiles`)."""
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
     write_slots(k_bits, batch.slot_mapping, np.ascontiguousarray(k))
@@ -359,7 +373,7 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                                batch.decode_block_tables,
                                batch.decode_context_lens, batch.block_size,
                                out[:batch.num_decodes], window, batch.threads,
-                               tiles and host_has_panels())
+                               host_decode_tiles(q.shape[1], k.shape[1]))
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)

@@ -194,8 +194,7 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
     if kv_cache is None:
         heads = causal_attention(q, k, v, cfg.sliding_window)
     else:
-        # (the register tiles: GPT-2 does not ask for them, so its outputs keep their bits)
-        heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window, tiles=True)
+        heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window)
     return linear(heads.reshape(n, h * d), layer.o_w, layer.o_b)
 
 

@@ -150,6 +150,18 @@ def test_linear_takes_the_panel_kernel_on_the_avx512_path_only():
     assert host_has_panels() == (kernel_path().name == "avx512" and not config.DISABLE_JIT)
 
 
+def test_decode_attention_takes_the_register_tiles_where_they_fit_the_registers():
+    """GPT-2's one query head per key/value head fits a tile in AVX2's registers too; grouped
+    heads' tiles only in AVX-512's (the panel path); none under NUMBA_DISABLE_JIT."""
+    from numba import config
+
+    from nanovllm.model.attention import host_decode_tiles
+
+    compiled = not config.DISABLE_JIT
+    assert host_decode_tiles(12, 12) is compiled
+    assert host_decode_tiles(9, 3) is (compiled and kernel_path().name == "avx512")
+
+
 def test_engine_packs_float32_weights_on_the_avx512_path_only(tiny_ckpt):
     import numpy as np
     from numba import config

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import config
 
 from nanovllm.model.attention import paged_decode_attention, write_slots
 from nanovllm.model.kernels import as_kernel_array
@@ -106,13 +107,17 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
     assert np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("tiles", [False, pytest.param(True, marks=pytest.mark.skipif(
+    config.DISABLE_JIT, reason="the register tiles are LLVM IR: compiled only"))])
 @pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([70, 9], 6, 3),
                                                 ([33], 9, 3)])
 @pytest.mark.parametrize("window", [0, 20])
-def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window):
+def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window,
+                                                                tiles):
     """Fewer sequences than threads (batch 1): each sequence's key/value heads are split among
     them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
-    up to 8 threads, also more than the heads there are."""
+    up to 8 threads, also more than the heads there are. The same on the register tiles (64-wide
+    float32 heads), whose unsplit output `test_llama_kernels` checks against the reference."""
     rng = np.random.default_rng(len(lens) + n_head)
     block_size, head_dim = 16, 64
     counts = [-(-n // block_size) for n in lens]
@@ -128,7 +133,7 @@ def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_
     for threads in (1, 2, 3, 8):
         out = np.full(q.shape, np.nan, np.float32)
         paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out,
-                               window, threads)
+                               window, threads, tiles)
         outputs.append(out)
     assert not np.isnan(outputs[0]).any()
     for out in outputs[1:]:
