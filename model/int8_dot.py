@@ -34,7 +34,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nanovllm.model.kernels import emit_prefetch
+from nanovllm.model.kernels import NON_TEMPORAL, emit_prefetch
 from nanovllm.model.quant import BLOCK_BYTES
 
 # ISA -> (vector bytes, rows, blocks of a panel, blocks of a one-row panel). The panels keep
@@ -43,11 +43,14 @@ from nanovllm.model.quant import BLOCK_BYTES
 # single row (batch-1 decode) takes more blocks at once, for as many sums and memory streams.
 TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
          "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 1, 2)}
-# Bytes ahead of each weight stream a one-row panel asks for (`kernels.emit_prefetch`). A
-# single row of x reads every weight once, and on the AVX2 CPU we measured (Zen 1) the
-# hardware's prefetcher alone left each core waiting on memory between its multiplies; 0 where
-# no gain was measured (the AVX-512 CPU's one-row chain already streamed at its memory's speed).
-ONE_ROW_PREFETCH = {"avx512vnni": 0, "avxvnni": 0, "avx512bw": 0, "avx2": 512}
+# Bytes ahead of each weight stream a panel asks for, non-temporally (`kernels.emit_prefetch`).
+# A step reads each weight from memory once. On the AVX2 CPU we measured (Zen 1) the hardware's
+# prefetcher alone left a single row's panels waiting on memory between their multiplies, and
+# weights fetched to stay in every cache level pushed the rest of the step (activations, the KV
+# cache, the interpreter's own data) out to memory; non-temporal lines pass through without
+# that. 0 where no gain was measured (the AVX-512 CPU's one-row chain already streamed at its
+# memory's speed).
+WEIGHT_PREFETCH = {"avx512vnni": 0, "avxvnni": 0, "avx512bw": 0, "avx2": 512}
 # What the caller subtracts per output, times sum(w): the offset x carries into the product.
 OFFSET = {"avx512vnni": 128, "avxvnni": 128, "avx512bw": 0, "avx2": 0}
 ISAS = tuple(TILES)
@@ -192,13 +195,13 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             splat = builder.shuffle_vector(one, one, ir.Constant(quads, [0] * quads.count))
             return mul.prepare_x(builder.bitcast(splat, mul.bytes))
 
-        ahead = ONE_ROW_PREFETCH[name] if n_rows == 1 else 0
+        ahead = WEIGHT_PREFETCH[name]
 
         def load_w(b, h):
             at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))
             at = builder.add(at, builder.mul(g, ir.Constant(intp, BLOCK_BYTES)))
             if ahead and h == 0:  # (a step reads one 64-byte line of each block)
-                emit_prefetch(builder, address(at, ahead))
+                emit_prefetch(builder, address(at, ahead), NON_TEMPORAL)
             at = address(at, h * width)
             return mul.prepare_w(builder.load(builder.inttoptr(at, mul.bytes.as_pointer()),
                                               align=1))

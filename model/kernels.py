@@ -125,15 +125,21 @@ def prefetch_(typingctx, address):
     return types.none(types.intp), codegen
 
 
-def emit_prefetch(builder: ir.IRBuilder, address: ir.Value) -> None:
+# `llvm.prefetch`'s locality: 3 keeps the line in every cache level (x86 `prefetcht0`); 0 marks
+# it non-temporal (`prefetchnta`), for data read once, so that it displaces little of what the
+# caches hold.
+KEEP, NON_TEMPORAL = 3, 0
+
+
+def emit_prefetch(builder: ir.IRBuilder, address: ir.Value, locality: int = KEEP) -> None:
     """`prefetch_` in IR, for kernels written in LLVM IR: address an integer (a byte's)."""
     byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
         "llvm.prefetch.p0i8")
-    # (read = 0, locality 3 = keep in every level, 1 = data)
+    # (read = 0, the locality, 1 = data)
     builder.call(fn, [builder.inttoptr(address, byte_ptr), ir.Constant(i32, 0),
-                      ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                      ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
 # Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
