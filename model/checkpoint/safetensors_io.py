@@ -70,7 +70,9 @@ def read_safetensors(path: str | Path, skip=lambda name: False) -> dict[str, np.
     path = Path(path)
     header, data_start = _read_header(path)
     data_len = path.stat().st_size - data_start
-    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=data_start) if data_len
+    # Plain ndarray views of the mapping, not np.memmap ones: numba types an ndarray subclass on
+    # a slow path, a few microseconds per argument on every kernel call a weight is passed to.
+    data = (np.asarray(np.memmap(path, dtype=np.uint8, mode="r", offset=data_start)) if data_len
             else np.empty(0, np.uint8))
     tensors = {}
     for name, info in header.items():
@@ -94,13 +96,20 @@ def release_pages(arr: np.ndarray) -> None:
     """Lets the kernel drop the resident pages of a memory-mapped tensor that was read once and
     copied (they would otherwise count twice in RSS). Reading it again faults pages back in
     from the file. Arrays that are not file mappings are left alone."""
-    base = arr
-    while base is not None and getattr(base, "_mmap", None) is None:
-        base = base.base
-    if base is None:
+    mapping = file_mapping(arr)
+    if mapping is None:
         return
-    start = arr.ctypes.data - np.frombuffer(base._mmap, np.uint8).ctypes.data
+    start = arr.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
     first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours stay
     last = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
-        base._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def file_mapping(arr: np.ndarray) -> mmap.mmap | None:
+    """The file mapping arr is a view of (`read_safetensors`' np.memmap, found through the
+    views' bases), or None."""
+    base = arr
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = base.base
+    return None if base is None else base._mmap

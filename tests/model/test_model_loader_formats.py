@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from nanovllm.model import forward, load_gpt2
+from nanovllm.model.checkpoint.safetensors_io import file_mapping
 
 IDS = np.array([5, 17, 900, 3, 3, 1023, 0, 42])
 
@@ -59,6 +60,20 @@ def test_tiny_checkpoint_loads_with_its_config(tiny_model):
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_positions) == (2, 64, 4, 1024, 256)
     assert len(weights.blocks) == 2
     assert weights.wte.shape == (1024, 64) and weights.wpe.shape == (256, 64)
+
+
+def test_loaded_arrays_are_plain_ndarrays_still_mapped_from_the_file(tiny_model):
+    """No np.memmap reaches the kernels (numba types an ndarray subclass on a slow path, on every
+    call), yet the tensors read in place are still views of the file mapping, so that
+    `release_pages` finds it for the ones the loader copies."""
+    _, weights = tiny_model
+    arrays = [weights.wpe, weights.ln_f_g, weights.ln_f_b]
+    for blk in weights.blocks:
+        arrays += [getattr(blk, name) for name in blk.__slots__ if name.startswith("ln_")
+                   or name.endswith("_b")]
+    assert all(type(a) is np.ndarray for a in arrays)
+    assert all(file_mapping(a) is not None for a in arrays)
+    assert file_mapping(np.ones(3)) is None
 
 
 def test_unprefixed_rewrite_is_the_same_model(tiny_model, tiny_tensors, write_checkpoint):
