@@ -7,7 +7,7 @@ whole context back through its slots. A prefill chunk gathers its context with n
 attends causally; decodes, one query each, are attended by a small compiled kernel that reads
 the cache through each sequence's block table, as vLLM's does. Where the CPU's registers hold
 them, decodes take a register-tile version of that kernel (`decode_tiles_`,
-`model/attention_dot.py`; `host_decode_tiles`).
+`model/attention_dot.py`; `host_decode_tiles`), float32 and float16 caches alike.
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `n_kv_head` heads and query
 head h reads key/value head h // (n_head // n_kv_head), as transformers' `repeat_kv` lays them
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import config, get_num_threads, njit, prange, types
+from numba import config, get_num_threads, njit, prange
 from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
@@ -129,12 +129,12 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
     them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
     miss), and the GEMMs' threads stay awake for the next layer. With `tiles` (compiled only),
-    float32 caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`),
-    split among threads the same way.
+    caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`), split
+    among threads the same way.
     """
     num_seqs, n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
-    tiles = tiles and head_dim == TILE_HEAD_DIM and holds_float32(k_cache)
+    tiles = tiles and head_dim == TILE_HEAD_DIM
     parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
     if parts > 1:
         for job in prange(num_seqs * parts):
@@ -235,25 +235,15 @@ def host_decode_tiles(n_head: int, n_kv: int) -> bool:
     return not config.DISABLE_JIT and (n_head == n_kv or host_has_panels())
 
 
-def holds_float32(a) -> bool:
-    """Whether a's elements are float32 (a float16 cache's are its bits, `as_kernel_array`)."""
-    return a.dtype == np.float32
-
-
-@overload(holds_float32)
-def _holds_float32(a):
-    answer = a.dtype == types.float32
-    return lambda a: answer
-
-
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
-    """decode_one_ (key/value heads g0 ... g1 - 1) for a float32 cache of TILE_HEAD_DIM-wide
-    heads, run by run of consecutive slots (a block, or the part of it in the window): the
-    scores of up to TILE_HEADS query heads against a run's keys (`attention_dot.dot_rows`), then
-    their probabilities times the run's values (`f32_dot.broadcast_tile`), the heads' sums held
-    in registers over the run. The next run's rows (their part in g0 ... g1 - 1) are prefetched:
-    its block is elsewhere in the cache, where the hardware's prefetcher does not look."""
+    """decode_one_ (key/value heads g0 ... g1 - 1) for a cache of TILE_HEAD_DIM-wide heads
+    (float32, or float16 bits widened as they are loaded), run by run of consecutive slots (a
+    block, or the part of it in the window): the scores of up to TILE_HEADS query heads against
+    a run's keys (`attention_dot.dot_rows`), then their probabilities times the run's values
+    (`f32_dot.broadcast_tile`), the heads' sums held in registers over the run. The next run's
+    rows (their part in g0 ... g1 - 1) are prefetched: its block is elsewhere in the cache,
+    where the hardware's prefetcher does not look."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv
@@ -265,8 +255,9 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     qs[:] = q[h0:h1]
     probs = np.empty((h1 - h0, m), np.float32)
     acc = np.empty(TILE_HEADS * head_dim, np.float32)
-    row_bytes = n_kv * head_dim * 4  # from one slot to the next
-    part_at, part_bytes = g0 * head_dim * 4, (g1 - g0) * head_dim * 4  # g0 ... g1 - 1 in a row
+    size = k_cache.itemsize
+    row_bytes = n_kv * head_dim * size  # from one slot to the next
+    part_at, part_bytes = g0 * head_dim * size, (g1 - g0) * head_dim * size  # g0 ... g1 - 1
     for values in (False, True):
         if values:
             for h in range(h1 - h0):
@@ -284,47 +275,68 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
                     prefetch_lines(cache.ctypes.data + (nxt + r) * row_bytes + part_at,
                                    part_bytes)
             for g in range(g0, g1):
-                at = cache.ctypes.data + (slot * n_kv + g) * head_dim * 4
+                at = cache.ctypes.data + (slot * n_kv + g) * head_dim * size
                 h = g * group
                 while h < (g + 1) * group:
                     heads = min(TILE_HEADS, (g + 1) * group - h)
                     p_at = probs.ctypes.data + ((h - h0) * m + t - first) * 4
                     if values:
-                        tile_values(heads, at, row_bytes, run, p_at, m * 4, acc)
+                        tile_values(heads, cache, at, row_bytes, run, p_at, m * 4, acc)
                         for c in range(heads):
                             for d in range(head_dim):
                                 out[h + c, d] += acc[c * head_dim + d]
                     else:
-                        tile_scores(heads, qs.ctypes.data + (h - h0) * head_dim * 4, at,
-                                    row_bytes, run, scale, p_at, m * 4)
+                        tile_scores(heads, cache, qs.ctypes.data + (h - h0) * head_dim * 4,
+                                    at, row_bytes, run, scale, p_at, m * 4)
                     h += heads
             t += run
 
 
-@njit(cache=True, nogil=True, inline="always")
-def tile_scores(heads, q_at, k_at, k_stride, count, scale, s_at, s_stride):
-    """dot_rows for 1 to TILE_HEADS heads (the count a compile-time constant, one branch each)."""
-    if heads == 3:
-        dot_rows(TILE_WIDTH, TILE_VECTORS, 3, q_at, k_at, k_stride, count, scale, s_at, s_stride)
-    elif heads == 2:
-        dot_rows(TILE_WIDTH, TILE_VECTORS, 2, q_at, k_at, k_stride, count, scale, s_at, s_stride)
-    else:
-        dot_rows(TILE_WIDTH, TILE_VECTORS, 1, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+def tile_scores(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+    """dot_rows for 1 to TILE_HEADS heads (the count a compile-time constant, one branch each)
+    of keys in `cache` (an `as_kernel_array`: its element type is the IR's). Compiled only."""
+    raise NotImplementedError("the register tiles are LLVM IR: compiled only")
 
 
-@njit(cache=True, nogil=True, inline="always")
-def tile_values(heads, v_at, v_stride, count, p_at, p_stride, acc):
-    """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to TILE_HEADS heads."""
-    a = acc.ctypes.data
-    if heads == 3:
-        broadcast_tile(TILE_WIDTH, 3, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
-                       4 * TILE_WIDTH, count, a)
-    elif heads == 2:
-        broadcast_tile(TILE_WIDTH, 2, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
-                       4 * TILE_WIDTH, count, a)
-    else:
-        broadcast_tile(TILE_WIDTH, 1, TILE_VECTORS, p_at, p_stride, v_at, v_stride,
-                       4 * TILE_WIDTH, count, a)
+@overload(tile_scores, inline="always")
+def _tile_scores(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+    size = cache.dtype.bitwidth // 8  # 4 (float32) or 2 (float16 bits): a constant of the IR
+
+    def impl(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+        if heads == 3:
+            dot_rows(TILE_WIDTH, TILE_VECTORS, 3, size, q_at, k_at, k_stride, count, scale, s_at,
+                     s_stride)
+        elif heads == 2:
+            dot_rows(TILE_WIDTH, TILE_VECTORS, 2, size, q_at, k_at, k_stride, count, scale, s_at,
+                     s_stride)
+        else:
+            dot_rows(TILE_WIDTH, TILE_VECTORS, 1, size, q_at, k_at, k_stride, count, scale, s_at,
+                     s_stride)
+    return impl
+
+
+def tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
+    """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to TILE_HEADS heads, v in `cache`
+    (as tile_scores). Compiled only."""
+    raise NotImplementedError("the register tiles are LLVM IR: compiled only")
+
+
+@overload(tile_values, inline="always")
+def _tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
+    size = cache.dtype.bitwidth // 8
+
+    def impl(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
+        a, step = acc.ctypes.data, size * TILE_WIDTH  # from one vector of a row to the next
+        if heads == 3:
+            broadcast_tile(TILE_WIDTH, 3, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
+                           step, count, a)
+        elif heads == 2:
+            broadcast_tile(TILE_WIDTH, 2, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
+                           step, count, a)
+        else:
+            broadcast_tile(TILE_WIDTH, 1, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
+                           step, count, a)
+    return impl
 
 
 @njit(cache=True, nogil=True)

@@ -18,6 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.kernels import emit_load_floats
+
 F32, I32 = ir.FloatType(), ir.IntType(32)
 
 
@@ -33,30 +35,32 @@ def horizontal_sum(builder: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
 
 
 @intrinsic
-def dot_rows(typingctx, width, vectors, heads, q_ptr, k_ptr, k_stride, count, scale, s_ptr,
-             s_stride):
+def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, count, scale,
+             s_ptr, s_stride):
     """s[c, j] = scale * (q[c] . k[j]) for c < heads and j < count, each row `vectors * width`
-    float32s: q's rows contiguous from q_ptr, key row j at k_ptr + j * k_stride, s[c, j] stored
-    at s_ptr + c * s_stride + 4 * j (byte addresses). width, vectors and heads are compile-time
-    constants."""
-    if not all(isinstance(t, types.Literal) for t in (width, vectors, heads)):
+    elements: q's rows float32s contiguous from q_ptr, key row j at k_ptr + j * k_stride, its
+    elements float32 (k_bytes 4) or float16 bits (2, `kernels.emit_load_floats`), s[c, j] stored at
+    s_ptr + c * s_stride + 4 * j (byte addresses). width, vectors, heads and k_bytes are
+    compile-time constants."""
+    if not all(isinstance(t, types.Literal) for t in (width, vectors, heads, k_bytes)):
         return None
     lanes, n_vecs, n_heads = width.literal_value, vectors.literal_value, heads.literal_value
-    sig = types.none(width, vectors, heads, types.intp, types.intp, types.intp, types.intp,
-                     types.float32, types.intp, types.intp)
+    element_bytes = k_bytes.literal_value
+    sig = types.none(width, vectors, heads, k_bytes, types.intp, types.intp, types.intp,
+                     types.intp, types.float32, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, _, q_ptr, k_ptr, k_stride, count, scale, s_ptr, s_stride = args
+        _, _, _, _, q_ptr, k_ptr, k_stride, count, scale, s_ptr, s_stride = args
         intp = q_ptr.type
         vec = ir.VectorType(F32, lanes)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
 
-        def load(base, byte_offset):
-            at = builder.add(base, ir.Constant(intp, byte_offset))
-            return builder.load(builder.inttoptr(at, vec.as_pointer()), align=4)
+        def load(base, byte_offset, element_bytes):
+            return emit_load_floats(builder, builder.add(base, ir.Constant(intp, byte_offset)),
+                                    lanes, element_bytes)
 
-        qs = [[load(q_ptr, 4 * lanes * (c * n_vecs + v)) for v in range(n_vecs)]
+        qs = [[load(q_ptr, 4 * lanes * (c * n_vecs + v), 4) for v in range(n_vecs)]
               for c in range(n_heads)]
         entry = builder.block
         loop = builder.append_basic_block("dot_rows_loop")
@@ -67,7 +71,7 @@ def dot_rows(typingctx, width, vectors, heads, q_ptr, k_ptr, k_stride, count, sc
         j = builder.phi(intp)
         j.add_incoming(ir.Constant(intp, 0), entry)
         k_row = builder.add(k_ptr, builder.mul(j, k_stride))
-        ks = [load(k_row, 4 * lanes * v) for v in range(n_vecs)]
+        ks = [load(k_row, element_bytes * lanes * v, element_bytes) for v in range(n_vecs)]
         s_at = builder.add(s_ptr, builder.mul(j, ir.Constant(intp, 4)))
         for c in range(n_heads):
             acc = builder.fmul(qs[c][0], ks[0])

@@ -1,6 +1,7 @@
 """float32 products in vector registers, written as LLVM IR: the inner loop of the linear
 layers' packed kernel (`model/linear.py` `matmul_packed`) and of attention's register tiles
-(`model/attention.py` `tile_values`).
+(`model/attention.py` `tile_values`), whose value rows may be a float16 cache's bits, widened
+to float32 as they are loaded (`kernels.emit_load_floats`).
 
 LLVM vectorizes numba's dot-product loops along k at the width it prefers, which on AVX-512
 CPUs is 256 bits, and every output then ends in a horizontal sum. `broadcast_tile` instead
@@ -21,26 +22,30 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.kernels import emit_load_floats
+
 F32, I32 = ir.FloatType(), ir.IntType(32)
 
 
 @intrinsic
-def broadcast_tile(typingctx, width, scalars, vectors, s_ptr, s_stride, v_ptr, v_step, v_stride,
-                   k_count, acc_ptr):
+def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride, v_ptr, v_step,
+                   v_stride, k_count, acc_ptr):
     """acc[i, j] = sum over k < k_count of s[i, k] * v[k, j], for i < scalars and j < vectors *
     width, stored at acc_ptr as float32 [scalars, vectors * width]. Row i of s starts at s_ptr +
     i * s_stride (its elements 4 bytes apart); at step k, vector u (v[k, u * width:(u + 1) *
-    width]) starts at v_ptr + k * v_step + u * v_stride (byte addresses, 4-byte aligned). Each
-    step makes scalars x vectors fused multiply-adds for scalars + vectors loads. width, scalars
-    and vectors are compile-time constants."""
-    if not all(isinstance(t, types.Literal) for t in (width, scalars, vectors)):
+    width]) starts at v_ptr + k * v_step + u * v_stride (byte addresses, aligned to an element),
+    its elements float32 (v_bytes 4) or float16 bits (2, `kernels.emit_load_floats`). Each
+    step makes scalars x vectors fused multiply-adds for scalars + vectors loads. width,
+    scalars, vectors and v_bytes are compile-time constants."""
+    if not all(isinstance(t, types.Literal) for t in (width, scalars, vectors, v_bytes)):
         return None
     lanes, n_rows, n_vecs = width.literal_value, scalars.literal_value, vectors.literal_value
-    sig = types.none(width, scalars, vectors, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.intp, types.intp)
+    element_bytes = v_bytes.literal_value
+    sig = types.none(width, scalars, vectors, v_bytes, types.intp, types.intp, types.intp,
+                     types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr = args
+        _, _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr = args
         intp = s_ptr.type
         vec = ir.VectorType(F32, lanes)
         fma = cgutils.get_or_insert_function(
@@ -58,9 +63,8 @@ def broadcast_tile(typingctx, width, scalars, vectors, s_ptr, s_stride, v_ptr, v
         for acc in accs:
             acc.add_incoming(zero, entry)
         v_at = builder.add(v_ptr, builder.mul(k, v_step))
-        vs = [builder.load(builder.inttoptr(builder.add(v_at, builder.mul(
-            v_stride, ir.Constant(intp, u))), vec.as_pointer()), align=4)
-              for u in range(n_vecs)]
+        vs = [emit_load_floats(builder, builder.add(v_at, builder.mul(v_stride, ir.Constant(
+            intp, u))), lanes, element_bytes) for u in range(n_vecs)]
         s_at = builder.add(s_ptr, builder.mul(k, ir.Constant(intp, 4)))
         sums = []
         for i in range(n_rows):

@@ -10,7 +10,8 @@ a row softmax.
   kernels see such a cache as its uint16 bit patterns: `to_float32` widens an element as it is
   read and `from_float32` rounds a value as it is written, each a few integer instructions that
   vectorize (numpy's float32 -> float16 cast does not, and cost most of what the smaller cache
-  saves). Values beyond float16's range are stored as +-65504, its largest.
+  saves). Values beyond float16's range are stored as +-65504, its largest. Kernels written in
+  LLVM IR widen whole vectors of such bits as they load them (`emit_load_floats`).
 - `softmax_`: a row softmax for attention and for the sampler's probabilities.
 - `prefetch_lines`: asks the CPU for some memory a little before a kernel reads it (LLVM's
   prefetch: the core goes on while the lines come), where the hardware's own prefetcher does
@@ -18,8 +19,8 @@ a row softmax.
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it
 (`model/attention.py`, `model/gpt2.py`, `model/linear.py`, the W8A8 kernels through
-`emit_prefetch`): after changing it, delete
-`model/__pycache__/*.nbi` and `*.nbc`.
+`emit_prefetch`, `f32_dot` and `attention_dot` through `emit_load_floats`): after changing it,
+delete `model/__pycache__/*.nbi` and `*.nbc`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+
+from nanovllm.model.cpu import kernel_path
 
 # Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
 # not allowed.
@@ -142,6 +145,11 @@ def emit_prefetch(builder: ir.IRBuilder, address: ir.Value, locality: int = KEEP
                       ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
+# float32's exponent bias less float16's, as a factor: float16 bits moved to the top of float32's
+# fields read as the value times 2**-112, subnormals too.
+HALF_TO_FLOAT = 2.0 ** 112
+
+
 # Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
 # kept, so the kernel's reassociation cannot move the 2**112 onto products (into subnormals).
 @njit(cache=True, nogil=True)
@@ -154,7 +162,28 @@ def float16_bits_to_float32(x):
     # and the multiply restores it exactly.
     x = np.uint32(x)  # (numpy, unlike numba, would shift a uint16 without widening it)
     bits = np.uint32(((x & 0x8000) << 16) | ((x & 0x7FFF) << 13))
-    return bits.view(np.float32) * np.float32(2.0 ** 112)
+    return bits.view(np.float32) * np.float32(HALF_TO_FLOAT)
+
+
+def emit_load_floats(builder: ir.IRBuilder, address: ir.Value, lanes: int, element_bytes: int):
+    """In IR: `lanes` float32s from the byte address `address` (an integer), whose elements are
+    float32 (element_bytes 4) or float16 bits (2), widened exactly, finite values as
+    `float16_bits_to_float32` gives them. Widening is one instruction where the CPU has F16C
+    (`vcvtph2ps`); elsewhere LLVM would call a runtime function numba's JIT does not link, so
+    there the bits are moved into place as float16_bits_to_float32 moves them."""
+    vec = ir.VectorType(ir.FloatType(), lanes)
+    if element_bytes == 4:
+        return builder.load(builder.inttoptr(address, vec.as_pointer()), align=4)
+    bits = builder.load(builder.inttoptr(address, ir.VectorType(ir.IntType(16), lanes)
+                                         .as_pointer()), align=2)
+    if "f16c" in kernel_path().features:
+        return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), lanes)), vec)
+    wide = ir.VectorType(ir.IntType(32), lanes)
+    x = builder.zext(bits, wide)
+    sign = builder.shl(builder.and_(x, ir.Constant(wide, 0x8000)), ir.Constant(wide, 16))
+    rest = builder.shl(builder.and_(x, ir.Constant(wide, 0x7FFF)), ir.Constant(wide, 13))
+    return builder.fmul(builder.bitcast(builder.or_(sign, rest), vec),
+                        ir.Constant(vec, [HALF_TO_FLOAT] * lanes))
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -268,7 +268,7 @@ def packed_rows(blocks, x, wp, out, b, acc):
 def packed_at(rows, blocks, x, wp, out, r, b, acc):
     """out[r:r + rows, the outputs of blocks b:b + blocks that exist] through acc."""
     k_dim = x.shape[1]
-    broadcast_tile(PACK_WIDTH, rows, blocks, x.ctypes.data + r * k_dim * 4, k_dim * 4,
+    broadcast_tile(PACK_WIDTH, rows, blocks, 4, x.ctypes.data + r * k_dim * 4, k_dim * 4,
                    wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, PACK_WIDTH * 4,
                    k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data)
     first = b * PACK_WIDTH

@@ -58,7 +58,9 @@ import json, sys
 import numpy as np
 from nanovllm import LLM, SamplingParams
 from nanovllm.model import reference as ref
+from nanovllm.model.attention import TILE_HEAD_DIM, paged_decode_attention
 from nanovllm.model.cpu import kernel_path
+from nanovllm.model.kernels import as_kernel_array
 from nanovllm.model.linear import linear
 from nanovllm.model.quant import dequantize, quantize_int8, to_bfloat16
 rng = np.random.default_rng(0)
@@ -72,6 +74,16 @@ for name, convert in (("float32", lambda w: w), ("int8", quantize_int8), ("bfloa
         expected = ref.linear(x, dequantize(w))
         scale = np.abs(x) @ np.abs(dequantize(w)).T
         errors[f"{name} {rows}"] = float((np.abs(linear(x, w) - expected) / scale).max())
+for dtype in ("float32", "float16"):  # the register tiles: no F16C here to widen float16 with
+    k, v = (rng.standard_normal((64, 3, TILE_HEAD_DIM)).astype(dtype) for _ in range(2))
+    q = rng.standard_normal((1, 3, TILE_HEAD_DIM), dtype=np.float32)
+    out = np.empty_like(q)
+    paged_decode_attention(q, as_kernel_array(k), as_kernel_array(v), np.arange(4)[None],
+                           np.array([64]), 16, out, 0, 1, True)
+    scores = np.einsum("hd,thd->ht", q[0], k.astype(np.float64)) / np.sqrt(TILE_HEAD_DIM)
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    expected = np.einsum("ht,thd->hd", p / p.sum(axis=1, keepdims=True), v.astype(np.float64))
+    errors[f"tiles {dtype}"] = float(np.abs(out[0] - expected).max())  # |v| ~ 1
 tokens = {}
 for options in ({}, {"quantization": "int8"}, {"dtype": "bfloat16"}):
     llm = LLM(sys.argv[1], num_kv_blocks=16, **options)
@@ -85,15 +97,16 @@ print(json.dumps({"path": kernel_path().name, "int8": kernel_path().int8, "error
 
 @pytest.mark.slow  # compiles every kernel a second time, for the generic CPU
 def test_forced_generic_path_runs_every_precision(tiny_ckpt):
-    """NUMBA_CPU_NAME=generic: baseline x86-64 kernels, within float32 rounding of the reference,
-    and the engine's greedy tokens are the host path's."""
+    """NUMBA_CPU_NAME=generic: baseline x86-64 kernels (the linear layers in every precision,
+    decode attention's register tiles on float32 and float16 caches), within float32 rounding
+    of the reference, and the engine's greedy tokens are the host path's."""
     env = {**os.environ, "NUMBA_CPU_NAME": "generic"}
     run = subprocess.run([sys.executable, "-c", GENERIC_SCRIPT, str(tiny_ckpt)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["path"] == "generic" and result["int8"] == "portable"
-    assert len(result["errors"]) == 9
+    assert len(result["errors"]) == 11
     assert max(result["errors"].values()) < 1e-5, result["errors"]  # ~ sqrt(300) * 2**-24 * 8
     for options, generic_tokens in result["tokens"].items():
         llm = LLM(str(tiny_ckpt), num_kv_blocks=16, **json.loads(options))

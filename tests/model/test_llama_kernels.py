@@ -159,18 +159,22 @@ def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, win
 # Query heads per key/value head: 1 (GPT-2), 3 (SmolLM2), 4 (Llama 3.2), 7 (Qwen2.5), 8
 # (TinyLlama): chunks of TILE_HEADS, 2 and 1 heads.
 @pytest.mark.parametrize("n_head, n_kv", [(2, 2), (9, 3), (8, 2), (14, 2), (8, 1)])
-def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, window):
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, window,
+                                                      cache_dtype):
     """`tiles` on every CPU that compiles them (their width is LLVM's to split): the scores and
     weighted values of each run of slots against the reference, on shuffled block tables;
-    positions before the window are NaN, never read."""
+    positions before the window are NaN, never read. A float16 cache's keys and values are
+    widened as they are loaded, against the reference on the same float16 values."""
     lens, head_dim = MANY_CONTEXTS[:9] + [1, 300], TILE_HEAD_DIM
     num_blocks, tables = shuffled_block_tables(lens, block_size)
     k_cache, v_cache = (f32(num_blocks * block_size, n_kv, head_dim, seed=s, scale=2)
-                        for s in (12, 13))
+                        .astype(cache_dtype) for s in (12, 13))
     queries = [f32(n, n_head, head_dim, seed=20 + i) for i, n in enumerate(lens)]
     slots = [tables[i, np.arange(n) // block_size] * block_size + np.arange(n) % block_size
              for i, n in enumerate(lens)]
-    k_seen, v_seen = [k_cache[s].copy() for s in slots], [v_cache[s].copy() for s in slots]
+    k_seen = [k_cache[s].astype(np.float32) for s in slots]
+    v_seen = [v_cache[s].astype(np.float32) for s in slots]
     for s, n in zip(slots, lens):
         if window:
             k_cache[s[:max(0, n - window)]] = np.nan
@@ -179,20 +183,20 @@ def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, w
     q = qkv[:, :n_head * head_dim].reshape(len(lens), n_head, head_dim)
     q[:] = np.stack([q[-1] for q in queries])
     out = np.full(q.shape, np.nan, np.float32)
-    paged_decode_attention(q, k_cache, v_cache, tables, np.array(lens), block_size, out, window,
-                           1, True)
+    paged_decode_attention(q, as_kernel_array(k_cache), as_kernel_array(v_cache), tables,
+                           np.array(lens), block_size, out, window, 1, True)
     for i, (qs, k, v) in enumerate(zip(queries, k_seen, v_seen)):
         expected = ref.attention(qs, k, v, window)[-1:]
         bound = attention_bound(qs[-1:], repeat_kv(k, n_head), repeat_kv(v, n_head), window)
         assert_within(out[i:i + 1], expected, bound)
 
 
-def test_register_tiles_leave_other_caches_to_the_plain_loop():
-    """float16 caches and heads of another width run decode_one_ whatever `tiles` says: the
-    same bits either way."""
+def test_register_tiles_leave_other_head_widths_to_the_plain_loop():
+    """Heads of another width than TILE_HEAD_DIM run decode_one_ whatever `tiles` says, in a
+    float32 or a float16 cache: the same bits either way."""
     lens, block_size = [17, 40], 16
     num_blocks, tables = shuffled_block_tables(lens, block_size)
-    for dtype, head_dim in [(np.float16, TILE_HEAD_DIM), (np.float32, 32), (np.float32, 128)]:
+    for dtype, head_dim in [(np.float16, 32), (np.float32, 32), (np.float32, 128)]:
         k_cache, v_cache = (as_kernel_array(f32(num_blocks * block_size, 2, head_dim, seed=s)
                                             .astype(dtype)) for s in (4, 5))
         q = f32(len(lens), 6, head_dim, seed=6)

@@ -112,12 +112,14 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
 @pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([70, 9], 6, 3),
                                                 ([33], 9, 3)])
 @pytest.mark.parametrize("window", [0, 20])
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
 def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window,
-                                                                tiles):
+                                                                tiles, cache_dtype):
     """Fewer sequences than threads (batch 1): each sequence's key/value heads are split among
     them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
     up to 8 threads, also more than the heads there are. The same on the register tiles (64-wide
-    float32 heads), whose unsplit output `test_llama_kernels` checks against the reference."""
+    heads), whose unsplit output `test_llama_kernels` checks against the reference, and in a
+    float16 cache."""
     rng = np.random.default_rng(len(lens) + n_head)
     block_size, head_dim = 16, 64
     counts = [-(-n // block_size) for n in lens]
@@ -126,8 +128,9 @@ def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_
     tables = np.zeros((len(lens), max(counts)), np.int64)
     for b, count in enumerate(counts):
         tables[b, :count] = [free.pop() for _ in range(count)]
-    k_cache, v_cache = (rng.standard_normal((blocks * block_size, n_kv, head_dim),
-                                            dtype=np.float32) for _ in range(2))
+    k_cache, v_cache = (as_kernel_array(rng.standard_normal(
+        (blocks * block_size, n_kv, head_dim), dtype=np.float32).astype(cache_dtype))
+                        for _ in range(2))
     q = rng.standard_normal((len(lens), n_head, head_dim), dtype=np.float32)
     outputs = []
     for threads in (1, 2, 3, 8):
