@@ -56,9 +56,9 @@ def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, 
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
 
-        def load(base, byte_offset, element_bytes):
+        def load(base, byte_offset, size):  # size: bytes of an element
             return emit_load_floats(builder, builder.add(base, ir.Constant(intp, byte_offset)),
-                                    lanes, element_bytes)
+                                    lanes, size)
 
         qs = [[load(q_ptr, 4 * lanes * (c * n_vecs + v), 4) for v in range(n_vecs)]
               for c in range(n_heads)]
