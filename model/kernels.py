@@ -145,9 +145,7 @@ def emit_prefetch(builder: ir.IRBuilder, address: ir.Value, locality: int = KEEP
                       ir.Constant(i32, locality), ir.Constant(i32, 1)])
 
 
-# float32's exponent bias less float16's, as a factor: float16 bits moved to the top of float32's
-# fields read as the value times 2**-112, subnormals too.
-HALF_TO_FLOAT = 2.0 ** 112
+HALF_TO_FLOAT = 2.0 ** 112  # what float16 bits moved into float32's fields are multiplied by
 
 
 # Its own function without fast-math flags: numba calls it and LLVM inlines it with its flags
