@@ -41,8 +41,10 @@ from nanovllm.model.quant import BLOCK_BYTES
 # accumulators and weights within the register file (32 vector registers with AVX-512, 16
 # with AVX2 / AVX-VNNI), with enough independent sums to hide the instructions' latency; a
 # single row (batch-1 decode) takes more blocks at once, for as many sums and memory streams.
+# AVX2's 2 x 2 panel holds 8 sums and 4 weight vectors: each x broadcast and its |x| serve
+# four products, each weight vector two rows, so fewer instructions go to anything but products.
 TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
-         "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 1, 2)}
+         "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 2, 2)}
 # Bytes ahead of each weight stream a panel asks for, non-temporally (`kernels.emit_prefetch`).
 # A step reads each weight from memory once. On the AVX2 CPU we measured (Zen 1) the hardware's
 # prefetcher alone left a single row's panels waiting on memory between their multiplies, and

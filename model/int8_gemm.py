@@ -260,7 +260,9 @@ def panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out, start, 
         panel_rows(isa, 1, xq, xs, packed, ws, wsums, bias, accumulate, out, left, acc)
 
 
-@njit(cache=True, nogil=True)
+# `panel_rows` and `panel` are inlined into `panel_columns`: as calls, each panel paid for
+# passing and reference-counting a dozen arrays, a large share of a small panel's work.
+@njit(cache=True, nogil=True, inline="always")
 def panel_rows(isa, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, b, acc):
     """Every row of x against blocks b:b + n_blocks: panels of rows, then one row at a time."""
     _, rows, _, _, _ = tile_shape(isa)
@@ -272,7 +274,7 @@ def panel_rows(isa, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, 
         panel(isa, 1, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, i, b, acc)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def panel(isa, n_rows, n_blocks, xq, xs, packed, ws, wsums, bias, accumulate, out, t, b, acc):
     """out[t:t + n_rows, BLOCK b:BLOCK (b + n_blocks)]: the integer sums (`dot_panel`), less
     the offset's share (offset * sum(w[c])), scaled per row and per column, plus the bias (or
