@@ -43,8 +43,9 @@ from nanovllm.model.quant import BLOCK_BYTES
 # single row (batch-1 decode) takes more blocks at once, for as many sums and memory streams.
 # AVX2's 2 x 2 panel holds 8 sums and 4 weight vectors: each x broadcast and its |x| serve
 # four products, each weight vector two rows, so fewer instructions go to anything but products.
+# Its one-row panel uses each weight vector once, so 4 blocks' 8 sums still fit.
 TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
-         "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 2, 2)}
+         "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 2, 4)}
 # Bytes ahead of each weight stream a panel asks for, non-temporally (`kernels.emit_prefetch`).
 # A step reads each weight from memory once. On the AVX2 CPU we measured (Zen 1) the hardware's
 # prefetcher alone left a single row's panels waiting on memory between their multiplies, and
