@@ -44,6 +44,7 @@ from nanovllm.model.quant import BLOCK_BYTES
 # AVX2's 2 x 2 panel holds 8 sums and 4 weight vectors: each x broadcast and its |x| serve
 # four products, each weight vector two rows, so fewer instructions go to anything but products.
 # Its one-row panel uses each weight vector once, so 4 blocks' 8 sums still fit.
+# numba caches the kernels by int8_gemm.py's source: after changing a tile, touch that file.
 TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
          "avx512bw": (64, 4, 2, 4), "avx2": (32, 2, 2, 4)}
 # Bytes ahead of each weight stream a panel asks for, non-temporally (`kernels.emit_prefetch`).
