@@ -7,8 +7,10 @@ At run time each row of x (a token) is quantized the same way, x[t] ~ p[t] * r[t
     x[t] . w[c] ~ r[t] * s[c] * (p[t] . q[c])
 
 where the dot product of integers is exact in int32 (|p . q| <= K * 127 * 127 < 2**31 for any
-K below 133,000) and is scaled once per output. An int8 multiply-add costs a quarter of a
-float32 one in vector width, and the weights stay a quarter of float32's bytes.
+K below 133,000) and is scaled once per output. A vector holds four times as many int8 lanes
+as float32 ones, but without VNNI one product of them takes four instructions (`int8_dot`), so
+the gain in multiply-adds a cycle is well short of 4x (docs/performance.md measures it); the
+weights stay a quarter of float32's bytes, which is what batch-1 decoding reads.
 
 Kernels, one per instruction set (`model/int8_dot.py` has the LLVM side), chosen by the CPU
 (`cpu.KernelPath.int8`): "avx512vnni", "avxvnni", "avx512bw", "avx2", and "portable", plain
