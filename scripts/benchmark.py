@@ -50,7 +50,9 @@ ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed 
 A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32 and int8
 multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
 streamed per second (a decode step reads each once: the figure that matters at batch 1) and the
-multiply-adds per second (at batch 64 and in prefill), each as a share of its roof.
+multiply-adds per second (at batch 64 and in prefill), each as a share of its roof. The roofs
+line also gives one thread's int8 product instruction against float32's FMA (scripts/isa_peaks.py):
+where multiply-adds bind, no int8 / float32 ratio can exceed it.
 
 Speculation. With --speculative-config, every rep runs the same prompts with speculation off,
 then on (two engines in one process, so a busy machine slows both alike); ratio = on / off.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nanovllm.cli import build_parser
-from nanovllm.scripts import benchmark, benchmark_serving
+from nanovllm.scripts import benchmark, benchmark_serving, isa_peaks
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
 from nanovllm.scripts.perf_targets import (
     GPT2_124M,
@@ -189,7 +189,13 @@ def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
     assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
     assert data["precision_targets"] == []  # not GPT-2 124M shapes
     assert "roofs (measured): memory " in table and "weights GB/s" in table
-    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel"}
+    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel",
+                                  "int8_instructions"}
+    ratio = data["roofs"]["int8_instructions"]
+    if data["roofs"]["int8_kernel"] in isa_peaks.KERNEL_PROBES:  # a product with a probe
+        assert ratio > 0 and f"int8 product {ratio:.2f}x float32's FMA" in table
+    else:
+        assert ratio is None and "instruction peaks" not in table
     assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak"))
     roofs = data["roof_cells"]
     assert len(roofs) == 3 * len(data["results"])  # every cell, every precision

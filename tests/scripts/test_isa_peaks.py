@@ -1,4 +1,4 @@
-"""scripts/lab/isa_peaks.py: each product loop this CPU runs does the work it counts."""
+"""scripts/isa_peaks.py: each product loop this CPU runs does the work it counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from nanovllm.scripts.lab import isa_peaks
+from nanovllm.scripts import isa_peaks
 
 RUNNABLE = [p for p in isa_peaks.PROBES if isa_peaks.runnable(p, isa_peaks.host_features())]
 

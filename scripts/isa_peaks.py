@@ -8,7 +8,7 @@ then neither merge two products (a probe whose products share their operands mea
 them than it counts) nor hoist any out of the loop. The sums are checked against numpy after
 each run, so a loop that skipped work would fail, not look fast. One thread; the best of `--reps`.
 
-    python -m nanovllm.scripts.lab.isa_peaks
+    python -m nanovllm.scripts.isa_peaks
 
 Rows: "avx2" is the AVX2 W8A8 kernel's product (`vpsignb`, `vpmaddubsw`, `vpmaddwd`, `vpaddd`:
 32 int8 multiply-adds, `model/int8_dot.py`); "avx2-unsigned" the same without `vpsignb` (x
@@ -188,6 +188,23 @@ def measure(compiled: Compiled, probe: Probe, reps: int, seconds: float) -> floa
         n *= 2
     best = min(run(fn, probe, n, w, x)[0] for _ in range(reps))
     return n * probe.sums * probe.macs / best / 1e9
+
+
+# The probe of each W8A8 kernel's product (`model/int8_gemm.py`); avx512bw and portable have none.
+KERNEL_PROBES = {"avx2": "avx2", "avxvnni": "vnni256", "avx512vnni": "vnni512"}
+
+
+def int8_over_float32(int8_kernel: str, reps: int = 3, seconds: float = 0.1) -> float | None:
+    """One thread's multiply-adds a second through `int8_kernel`'s product over those through
+    the widest float32 FMA this CPU has; None if that kernel's product has no probe here."""
+    features = host_features()
+    by_name = {p.name: p for p in PROBES if runnable(p, features)}
+    int8 = by_name.get(KERNEL_PROBES.get(int8_kernel, ""))
+    fma = by_name.get("fma512") or by_name.get("fma256")
+    if int8 is None or fma is None:
+        return None
+    compiled = Compiled()
+    return measure(compiled, int8, reps, seconds) / measure(compiled, fma, reps, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
