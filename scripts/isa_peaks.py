@@ -28,6 +28,8 @@ import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 
+from nanovllm.model.cpu import INT8_KERNELS
+
 SUMS = 6     # int8 accumulators: with their weights, x and |x| they fill 15 of AVX2's 16 registers
 FMA_SUMS = 10  # FMA's latency x its two ports: fewer sums would measure latency, not throughput
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -36,19 +38,20 @@ I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntTy
 @dataclass(frozen=True, slots=True)
 class Probe:
     name: str
-    needs: tuple[frozenset[str], ...]  # any one of these feature sets
+    needs: tuple[set[str], ...]  # any one of these feature sets
     lanes: int                         # int32 (or float32) lanes of a vector
     macs: int                          # multiply-adds of one product
     sums: int
 
 
+# The int8 probes need what the W8A8 kernel of the same product needs (`model/cpu.py`).
 PROBES = (
-    Probe("avx2", (frozenset({"avx2"}),), 8, 32, SUMS),
-    Probe("avx2-unsigned", (frozenset({"avx2"}),), 8, 32, SUMS),
-    Probe("vnni256", (frozenset({"avxvnni"}), frozenset({"avx512vnni", "avx512vl"})), 8, 32, SUMS),
-    Probe("vnni512", (frozenset({"avx512vnni"}),), 16, 64, SUMS),
-    Probe("fma256", (frozenset({"fma"}),), 8, 8, FMA_SUMS),
-    Probe("fma512", (frozenset({"avx512f"}),), 16, 16, FMA_SUMS),
+    Probe("avx2", INT8_KERNELS["avx2"], 8, 32, SUMS),
+    Probe("avx2-unsigned", INT8_KERNELS["avx2"], 8, 32, SUMS),
+    Probe("vnni256", INT8_KERNELS["avxvnni"], 8, 32, SUMS),
+    Probe("vnni512", INT8_KERNELS["avx512vnni"], 16, 64, SUMS),
+    Probe("fma256", ({"fma"},), 8, 8, FMA_SUMS),
+    Probe("fma512", ({"avx512f"},), 16, 16, FMA_SUMS),
 )
 
 
