@@ -66,7 +66,7 @@ def _function(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-class _Multiply:
+class Multiply:
     """One ISA's step: prepare the loaded x and w vectors, then add x . w into an accumulator."""
 
     def __init__(self, isa: str, builder: ir.IRBuilder):
@@ -170,7 +170,7 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
     def codegen(context, builder, signature, args):
         (_, _, _, x_ptr, x_stride, p_ptr, block_stride, groups, acc_ptr, scaled, wsums_ptr,
          ws_ptr, xs_ptr, out_ptr, out_stride, bias_ptr, has_bias, accumulate) = args
-        mul = _Multiply(name, builder)
+        mul = Multiply(name, builder)
         intp = x_ptr.type
         quads = ir.VectorType(I32, width // 4)
         zero = ir.Constant(mul.lanes, None)

@@ -11,8 +11,9 @@ each run, so a loop that skipped work would fail, not look fast. One thread; the
     python -m nanovllm.scripts.isa_peaks
 
 Rows: "avx2" is the AVX2 W8A8 kernel's product (`vpsignb`, `vpmaddubsw`, `vpmaddwd`, `vpaddd`:
-32 int8 multiply-adds, `model/int8_dot.py`); "avx2-unsigned" the same without `vpsignb` (x
-taken as unsigned bytes); "vnni256" / "vnni512" are `vpdpbusd` (AVX-VNNI or AVX512-VNNI); "fma256"
+32 int8 multiply-adds), built by the kernel's own `int8_dot.Multiply`; "avx2-unsigned" the same
+without `vpsignb` (x taken as unsigned bytes); "vnni256" / "vnni512" are the VNNI kernels'
+`vpdpbusd` (AVX-VNNI or AVX512-VNNI); "fma256"
 / "fma512" are float32 FMAs (8 / 16 multiply-adds) with enough sums to hide their latency.
 """
 
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
+from numba.core.cgutils import get_or_insert_function
 
 from nanovllm.model.cpu import INT8_KERNELS
+from nanovllm.model.int8_dot import Multiply
 
 SUMS = 6     # int8 accumulators: with their weights, x and |x| they fill 15 of AVX2's 16 registers
 FMA_SUMS = 10  # FMA's latency x its two ports: fewer sums would measure latency, not throughput
@@ -42,6 +45,11 @@ class Probe:
     lanes: int                         # int32 (or float32) lanes of a vector
     macs: int                          # multiply-adds of one product
     sums: int
+
+    @property
+    def floats(self) -> bool:
+        """float32 FMAs (else int8 products into int32 lanes)."""
+        return self.name.startswith("fma")
 
 
 # The int8 probes need what the W8A8 kernel of the same product needs (`model/cpu.py`).
@@ -63,18 +71,13 @@ def runnable(probe: Probe, features: set[str]) -> bool:
     return any(needs <= features for needs in probe.needs)
 
 
-def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
-
-
 def build(probe: Probe) -> ir.Module:
     """`void probe(i64 n, ptr w, ptr x, ptr out)`: `sums` accumulators (i32 or float32 lanes),
     each adding one product of its weight vector w[i] and the broadcast x per iteration, n
     iterations; the sums are stored to out [sums, lanes]."""
     module = ir.Module(name=probe.name)
-    floats = probe.name.startswith("fma")
-    acc_t = ir.VectorType(F32 if floats else I32, probe.lanes)
-    w_t = acc_t if floats else ir.VectorType(I8, probe.lanes * 4)
+    acc_t = ir.VectorType(F32 if probe.floats else I32, probe.lanes)
+    w_t = acc_t if probe.floats else ir.VectorType(I8, probe.lanes * 4)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, w_t.as_pointer(),
                                                               w_t.as_pointer(),
                                                               acc_t.as_pointer()]), "probe")
@@ -82,8 +85,9 @@ def build(probe: Probe) -> ir.Module:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     weights = [b.load(b.gep(w_ptr, [ir.Constant(I32, i)]), align=1) for i in range(probe.sums)]
     x = b.load(x_ptr, align=1)
-    magnitude = b.select(b.icmp_signed("<", x, ir.Constant(w_t, None)), b.neg(x), x) \
-        if probe.name == "avx2" else x
+    mul = None if probe.floats else Multiply(KERNEL_ISAS[probe.name], b)
+    if probe.name == "avx2":
+        x = mul.prepare_x(x)  # (x, |x|), once: the kernel makes |x| once per row and group too
     entry, loop, done = b.block, fn.append_basic_block("loop"), fn.append_basic_block("done")
     b.branch(loop)
     b.position_at_end(loop)
@@ -93,7 +97,7 @@ def build(probe: Probe) -> ir.Module:
     for acc in accs:
         acc.add_incoming(ir.Constant(acc_t, None), entry)
     opaque = ir.InlineAsm(ir.FunctionType(w_t, [w_t]), "", "=v,0", side_effect=True)
-    new = [product(b, probe, acc, b.call(opaque, [w]), x, magnitude)
+    new = [product(b, probe, mul, acc, b.call(opaque, [w]), x)
            for acc, w in zip(accs, weights, strict=True)]
     for acc, value in zip(accs, new, strict=True):
         acc.add_incoming(value, loop)
@@ -107,29 +111,27 @@ def build(probe: Probe) -> ir.Module:
     return module
 
 
-def product(b: ir.IRBuilder, probe: Probe, acc, w, x, magnitude):
-    """acc plus one product of w and x, by `probe`'s instructions."""
-    m = b.module
-    if probe.name.startswith("fma"):
-        fma = _declare(m, f"llvm.fma.v{probe.lanes}f32", acc.type, [acc.type] * 3)
+# The W8A8 kernel ISA whose product (`int8_dot.Multiply`) each int8 probe runs.
+KERNEL_ISAS = {"avx2": "avx2", "avx2-unsigned": "avx2", "vnni256": "avxvnni",
+               "vnni512": "avx512vnni"}
+
+
+def product(b: ir.IRBuilder, probe: Probe, mul: Multiply | None, acc, w, x):
+    """acc plus one product of w and x: the kernel's own instructions (`mul`), or, for
+    "avx2-unsigned", its pairs and quads without the sign, or a float32 FMA."""
+    if probe.floats:
+        fma = get_or_insert_function(b.module, ir.FunctionType(acc.type, [acc.type] * 3),
+                                     f"llvm.fma.v{probe.lanes}f32")
         return b.call(fma, [x, w, acc])
-    if probe.name.startswith("vnni"):
-        dot = _declare(m, f"llvm.x86.avx512.vpdpbusd.{probe.lanes * 32}", acc.type,
-                       [acc.type, w.type, w.type])
-        return b.call(dot, [acc, x, w])
-    words = ir.VectorType(I16, 16)
-    pairs = _declare(m, "llvm.x86.avx2.pmadd.ub.sw", words, [w.type, w.type])
-    quads = _declare(m, "llvm.x86.avx2.pmadd.wd", acc.type, [words, words])
-    if probe.name == "avx2":  # |x| times w with x's sign, as the AVX2 kernel does
-        sign = _declare(m, "llvm.x86.avx2.psign.b", w.type, [w.type, w.type])
-        w = b.call(sign, [w, x])
-    ones = ir.Constant(words, [1] * 16)
-    return b.add(acc, b.call(quads, [b.call(pairs, [magnitude, w]), ones]))
+    if probe.name != "avx2-unsigned":
+        return mul.add(acc, x, w)
+    ones = ir.Constant(mul.words, [1] * mul.words.count)
+    return b.add(acc, b.call(mul.quads, [b.call(mul.pairs, [x, w]), ones]))
 
 
 def reference(probe: Probe, n: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """What the loop's sums should be after n iterations, in numpy."""
-    if probe.name.startswith("fma"):
+    if probe.floats:
         return (n * (x * w)).astype(np.float32)
     xs = (x if probe.name == "avx2" else x.view(np.uint8)).astype(np.int64)  # else unsigned
     per = (xs * w.astype(np.int64)).reshape(probe.sums, probe.lanes, 4).sum(-1)
@@ -144,8 +146,15 @@ class Compiled:
         llvm.initialize_native_asmprinter()
         self.features = host_features()
         self.engines = []
+        self.functions = {}
 
     def function(self, probe: Probe):
+        """`probe`'s loop as a ctypes function, compiled once."""
+        if probe.name not in self.functions:
+            self.functions[probe.name] = self._compile(probe)
+        return self.functions[probe.name]
+
+    def _compile(self, probe: Probe):
         # A machine per engine: the engine owns it (sharing one freed it twice at exit).
         machine = llvm.Target.from_default_triple().create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=",".join(f"+{f}" for f in self.features),
@@ -162,7 +171,7 @@ class Compiled:
 
 def operands(probe: Probe, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Weights [sums, vector] and one x vector: small integers (exact in float32 too)."""
-    if probe.name.startswith("fma"):
+    if probe.floats:
         w = rng.integers(-4, 5, (probe.sums, probe.lanes)).astype(np.float32)
         return w, rng.integers(-4, 5, probe.lanes).astype(np.float32)
     w = rng.integers(-127, 128, (probe.sums, probe.lanes * 4), dtype=np.int8)
@@ -172,8 +181,7 @@ def operands(probe: Probe, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def run(fn, probe: Probe, n: int, w: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
-    out = np.zeros((probe.sums, probe.lanes), np.float32 if probe.name.startswith("fma")
-                   else np.int32)
+    out = np.zeros((probe.sums, probe.lanes), np.float32 if probe.floats else np.int32)
     start = time.perf_counter()
     fn(n, w.ctypes.data, x.ctypes.data, out.ctypes.data)
     return time.perf_counter() - start, out
@@ -194,7 +202,7 @@ def measure(compiled: Compiled, probe: Probe, reps: int, seconds: float) -> floa
 
 
 # The probe of each W8A8 kernel's product (`model/int8_gemm.py`); avx512bw and portable have none.
-KERNEL_PROBES = {"avx2": "avx2", "avxvnni": "vnni256", "avx512vnni": "vnni512"}
+KERNEL_PROBES = {isa: name for name, isa in KERNEL_ISAS.items() if name != "avx2-unsigned"}
 
 
 def int8_over_float32(int8_kernel: str, reps: int = 3, seconds: float = 0.1) -> float | None:
