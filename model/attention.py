@@ -120,7 +120,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     """One query per sequence, attending to its context read straight through its block table.
 
     q, out: [B, H, D]; k_cache, v_cache: [num_slots, Hkv, D] float32, or a float16 cache's bits
-    (`model.half.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]; with
+    (`kernels.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]; with
     window > 0 only the last `window` positions are read. Each K/V byte is read once. q should
     be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
@@ -342,7 +342,7 @@ def _tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
 @njit(cache=True, nogil=True)
 def write_slots(cache, slots, x):
     """cache[slots] = x, x: [n, H, D] float32, C-contiguous (or the loop does not vectorize); the
-    cache as `model.half.as_kernel_array` gives it (numpy's cast to float16 is much slower). Like
+    cache as `kernels.as_kernel_array` gives it (numpy's cast to float16 is much slower). Like
     the decode kernel it does not check bounds: the runner's slots are in the pool."""
     for i in range(slots.shape[0]):
         row, new = cache[slots[i]], x[i]
