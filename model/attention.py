@@ -28,6 +28,7 @@ from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
     as_kernel_array,
+    claim,
     from_float32,
     prefetch_lines,
     softmax_,
@@ -101,9 +102,10 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
 # copy of every context, and that copy cost more than the attention itself.
-# Sequences are shared out among numba's threads when there is enough work, the pool the decode
-# GEMMs run on too (`model/linear.py`); it releases the GIL, so the server's event loop keeps
-# streaming meanwhile.
+# Sequences are shared out among numba's threads when there is enough work, each thread claiming
+# the next as it finishes one (contexts differ in length), on the pool the decode GEMMs run on
+# too (`model/linear.py`); it releases the GIL, so the server's event loop keeps streaming
+# meanwhile.
 
 
 # Below this many query-key multiply-adds a step's decodes, when there are at least as many
@@ -137,10 +139,16 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     tiles = tiles and head_dim == TILE_HEAD_DIM
     parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
     if parts > 1:
-        for job in prange(num_seqs * parts):
-            b, part = job // parts, job % parts
-            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles, part * n_kv // parts, (part + 1) * n_kv // parts)
+        jobs = num_seqs * parts
+        taken = np.zeros(1, np.intp)
+        for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
+            job = claim(taken)
+            while job < jobs:
+                b, part = job // parts, job % parts
+                decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                            block_size, out[b], window, tiles, part * n_kv // parts,
+                            (part + 1) * n_kv // parts)
+                job = claim(taken)
         return
     work = 0
     for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
@@ -150,9 +158,13 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
             decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
                         out[b], window, tiles, 0, n_kv)
     else:
-        for b in prange(num_seqs):
-            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles, 0, n_kv)
+        taken = np.zeros(1, np.intp)
+        for _ in prange(num_seqs):  # each thread claims sequences while any are left
+            b = claim(taken)
+            while b < num_seqs:
+                decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                            block_size, out[b], window, tiles, 0, n_kv)
+                b = claim(taken)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")

@@ -28,10 +28,9 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
+from nanovllm.model.kernels import NUM_CHUNKS, claim, count_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
-# Output columns are split into at most this many chunks, shared out among the threads.
-NUM_CHUNKS = 64
 # From this many rows on, the activations are quantized on all threads (below, waking the
 # threads costs more than the work).
 PARALLEL_QUANTIZE_ROWS = 16
@@ -177,14 +176,6 @@ def row_peak(row):
     return np.int32(peak).view(np.float32)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def count_chunks(n_blocks, step):
-    """How many chunks of `step` blocks cover n_blocks, none of them empty: prange shares out
-    its iterations, not their work, evenly among the threads, so empty chunks at the end would
-    leave the last thread idle while the first works through its share."""
-    return (n_blocks + step - 1) // step if step else 0
-
-
 # --------------------------------------------------------------------------- portable
 
 
@@ -228,7 +219,7 @@ def _tile_shape(isa):
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` through `dot_panel` (compiled once per ISA: `isa` is a constant) on the
-    packed weights, their blocks in chunks shared among the threads. Within a chunk, each
+    packed weights, their blocks in chunks the threads claim as they go (`kernels.claim`). Within a chunk, each
     panel of blocks is read from memory once while every row of x passes over it (x, a few
     rows, or a prefill's, stays in cache)."""
     literally(isa)
@@ -237,9 +228,14 @@ def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
     panels = (n_blocks + per_panel - 1) // per_panel
     step = (panels + NUM_CHUNKS - 1) // NUM_CHUNKS * per_panel  # blocks
-    for chunk in prange(count_chunks(n_blocks, step)):
-        panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out,
-                      chunk * step, min(n_blocks, (chunk + 1) * step))
+    chunks = count_chunks(n_blocks, step)
+    taken = np.zeros(1, np.intp)
+    for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
+        chunk = claim(taken)
+        while chunk < chunks:
+            panel_columns(isa, xq, xs, packed, ws, wsums, bias, accumulate, out,
+                          chunk * step, min(n_blocks, (chunk + 1) * step))
+            chunk = claim(taken)
 
 
 @njit(cache=True, nogil=True)

@@ -33,7 +33,7 @@ from numba import config, njit, prange
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import Int8Rows, compile_int8_kernel, int8_linear
-from nanovllm.model.kernels import KERNEL_MATH
+from nanovllm.model.kernels import KERNEL_MATH, NUM_CHUNKS, claim, count_chunks
 from nanovllm.model.quant import (
     BLOCK,
     BF16Weight,
@@ -47,8 +47,6 @@ from nanovllm.model.quant import (
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
 # re-measure it on a new CPU).
 KERNEL_MAX_ROWS = 64
-# Output columns are split into this many chunks, shared out among the threads.
-NUM_CHUNKS = 64
 # The CPU paths that run the 16-lane register kernels (`model/f32_dot.py`): `matmul_packed` and
 # attention's register tiles.
 PANEL_PATHS = ("avx512",)
@@ -154,8 +152,13 @@ def matmul_nt(x, w, out):
     """out = x @ widen(w).T, by chunks of output columns in parallel. All arrays C-contiguous."""
     n = w.shape[0]
     step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 2) // 3 * 3  # columns go in threes
-    for chunk in prange(NUM_CHUNKS):
-        dot_columns(x, w, out, min(n, chunk * step), min(n, (chunk + 1) * step))
+    chunks = count_chunks(n, step)
+    taken = np.zeros(1, np.intp)
+    for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
+        chunk = claim(taken)
+        while chunk < chunks:
+            dot_columns(x, w, out, chunk * step, min(n, (chunk + 1) * step))
+            chunk = claim(taken)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -229,8 +232,13 @@ def matmul_packed(x, wp, out):
     PACK_WIDTH."""
     n_blocks = wp.shape[0]
     step = ((n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS + TILE_BLOCKS - 1) // TILE_BLOCKS * TILE_BLOCKS
-    for chunk in prange((n_blocks + step - 1) // step):
-        packed_blocks(x, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step))
+    chunks = count_chunks(n_blocks, step)
+    taken = np.zeros(1, np.intp)
+    for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
+        chunk = claim(taken)
+        while chunk < chunks:
+            packed_blocks(x, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step))
+            chunk = claim(taken)
 
 
 @njit(cache=True, nogil=True)

@@ -1,0 +1,64 @@
+"""Work shared among numba's threads (`model/kernels.py`): `count_chunks` and `claim`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import config, get_num_threads, get_thread_id, njit, prange
+
+from nanovllm.model.kernels import claim, count_chunks
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3, 48, 144, 192, 3142])
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 8, 50])
+def test_chunks_cover_the_blocks_and_none_is_empty(n_blocks, step):
+    """prange shares out chunks evenly, not their work: an empty chunk is an idle thread."""
+    chunks = count_chunks(n_blocks, step)
+    assert (chunks - 1) * step < n_blocks <= chunks * step
+
+
+@njit(parallel=True, nogil=True)
+def claimed_by(chunks, slow_chunk, spins):
+    """Which thread did each chunk, and how often each was done, the kernels' way (`claim`);
+    chunk `slow_chunk` costs `spins` rounds of arithmetic, the others one round."""
+    thread = np.full(chunks, -1, np.intp)
+    done = np.zeros(chunks, np.intp)
+    sums = np.zeros(chunks)
+    taken = np.zeros(1, np.intp)
+    for _ in prange(chunks):
+        chunk = claim(taken)
+        while chunk < chunks:
+            s = 0.0
+            for i in range(spins if chunk == slow_chunk else 1000):
+                s = s * 0.999 + i
+            sums[chunk] = s
+            thread[chunk] = get_thread_id()
+            done[chunk] += 1
+            chunk = claim(taken)
+    return thread, done, sums
+
+
+@settings(max_examples=30, deadline=None)
+@given(chunks=st.integers(0, 300))
+def test_every_chunk_is_claimed_once(chunks):
+    _, done, _ = claimed_by(chunks, -1, 0)
+    assert done.tolist() == [1] * chunks
+
+
+def test_claim_as_plain_python_counts_up():
+    taken = np.zeros(1, np.intp)
+    assert [claim(taken) for _ in range(3)] == [0, 1, 2] and taken[0] == 3
+
+
+@pytest.mark.skipif(get_num_threads() < 2 or config.DISABLE_JIT, reason="needs two compiled threads")
+def test_one_slow_chunk_does_not_hold_back_the_rest():
+    """The thread on a chunk costing 2,000x all the others together (a quarter of a second:
+    longer than the OS keeps a thread waiting) does no other chunk but the few it claimed
+    before the others ran: prange's fixed halves would leave it 31 of them, the other thread
+    idle nearly all the time."""
+    chunks = 64
+    thread, done, _ = claimed_by(chunks, 0, 1000 * chunks * 2000)
+    assert done.tolist() == [1] * chunks
+    assert (thread == thread[0]).sum() <= 4
