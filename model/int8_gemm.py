@@ -28,7 +28,7 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels import NUM_CHUNKS, claim, count_chunks
+from nanovllm.model.kernels import claim, split_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
 # From this many rows on, the activations are quantized on all threads (below, waking the
@@ -184,8 +184,8 @@ def matmul_portable(xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` in plain loops on the packed weights: each x element read once for the 16
     columns of a block (LLVM vectorizes the loop over them as it can, e.g. into pmaddwd)."""
     n_blocks, groups = packed.shape[0], packed.shape[1]
-    step = (n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS
-    for chunk in prange(count_chunks(n_blocks, step)):
+    step, chunks = split_chunks(n_blocks, 1)
+    for chunk in prange(chunks):
         for b in range(chunk * step, min(n_blocks, (chunk + 1) * step)):
             for t in range(xq.shape[0]):
                 acc = np.zeros(BLOCK, np.int32)
@@ -226,9 +226,7 @@ def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     _, _, blocks, one_row_blocks, _ = tile_shape(isa)
     n_blocks = packed.shape[0]
     per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
-    panels = (n_blocks + per_panel - 1) // per_panel
-    step = (panels + NUM_CHUNKS - 1) // NUM_CHUNKS * per_panel  # blocks
-    chunks = count_chunks(n_blocks, step)
+    step, chunks = split_chunks(n_blocks, per_panel)  # whole panels of blocks
     taken = np.zeros(1, np.intp)
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)

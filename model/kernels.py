@@ -16,7 +16,7 @@ a row softmax.
 - `prefetch_lines`: asks the CPU for some memory a little before a kernel reads it (LLVM's
   prefetch: the core goes on while the lines come), where the hardware's own prefetcher does
   not see the pattern coming, e.g. a KV cache's rows read through a block table.
-- `claim`, `NUM_CHUNKS`: a parallel kernel's chunks handed to the threads as they ask for them.
+- `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them.
   numba's OpenMP threads split a `prange` into fixed equal halves, so one thread the OS keeps
   off its core for a while (a client on the same machine, the server's event loop) or one
   half that costs more made the other wait at the end of every kernel.
@@ -135,6 +135,14 @@ def count_chunks(n, step):
     chunks at the end would leave the last thread idle while the first works through its
     share."""
     return (n + step - 1) // step if step else 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def split_chunks(n, multiple):
+    """(step, chunks): n items cut into about NUM_CHUNKS chunks of `step` items, step a
+    multiple of `multiple` (a kernel's tile), the last chunk possibly shorter."""
+    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + multiple - 1) // multiple * multiple
+    return step, count_chunks(n, step)
 
 
 def claim(taken):

@@ -33,7 +33,7 @@ from numba import config, njit, prange
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import Int8Rows, compile_int8_kernel, int8_linear
-from nanovllm.model.kernels import KERNEL_MATH, NUM_CHUNKS, claim, count_chunks
+from nanovllm.model.kernels import KERNEL_MATH, claim, split_chunks
 from nanovllm.model.quant import (
     BLOCK,
     BF16Weight,
@@ -151,8 +151,7 @@ def widen_rows(w, start, out):
 def matmul_nt(x, w, out):
     """out = x @ widen(w).T, by chunks of output columns in parallel. All arrays C-contiguous."""
     n = w.shape[0]
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + 2) // 3 * 3  # columns go in threes
-    chunks = count_chunks(n, step)
+    step, chunks = split_chunks(n, 3)  # columns go in threes
     taken = np.zeros(1, np.intp)
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
@@ -231,8 +230,7 @@ def matmul_packed(x, wp, out):
     of TILE_BLOCKS blocks in parallel. x and wp C-contiguous; out [M, N] with N <= blocks *
     PACK_WIDTH."""
     n_blocks = wp.shape[0]
-    step = ((n_blocks + NUM_CHUNKS - 1) // NUM_CHUNKS + TILE_BLOCKS - 1) // TILE_BLOCKS * TILE_BLOCKS
-    chunks = count_chunks(n_blocks, step)
+    step, chunks = split_chunks(n_blocks, TILE_BLOCKS)
     taken = np.zeros(1, np.intp)
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
-from nanovllm.model.kernels import claim, count_chunks
+from nanovllm.model.kernels import NUM_CHUNKS, claim, count_chunks, split_chunks
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3, 48, 144, 192, 3142])
@@ -17,6 +17,14 @@ def test_chunks_cover_the_blocks_and_none_is_empty(n_blocks, step):
     """prange shares out chunks evenly, not their work: an empty chunk is an idle thread."""
     chunks = count_chunks(n_blocks, step)
     assert (chunks - 1) * step < n_blocks <= chunks * step
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 100_000), multiple=st.integers(1, 8))
+def test_split_chunks_cover_n_in_whole_tiles(n, multiple):
+    step, chunks = split_chunks(n, multiple)
+    assert step % multiple == 0 and (chunks - 1) * step < n <= chunks * step
+    assert chunks <= NUM_CHUNKS
 
 
 @njit(parallel=True, nogil=True)
