@@ -251,10 +251,13 @@ def test_killed_download_leaves_only_staging_and_a_rerun_keeps_finished_files(fa
 def test_interrupt_is_reported_in_one_line(fake_hub, tmp_path):
     fake_hub.stall = ("model.safetensors", 1000)
     out = tmp_path / "gpt2"
+    # Ctrl-C as a terminal delivers it, whatever started the tests: a shell's background job
+    # (`cmd &` without job control) passes SIGINT on ignored, and Python then keeps ignoring it.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "gpt2", "-o", str(out)],
                             env={**os.environ, "HF_ENDPOINT": fake_hub.url,
                                  "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: _weights_requested(fake_hub))
         proc.send_signal(signal.SIGINT)  # Ctrl-C
