@@ -137,34 +137,25 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     num_seqs, n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     tiles = tiles and head_dim == TILE_HEAD_DIM
-    parts = min(n_kv, threads // num_seqs)  # of each sequence's key/value heads
-    if parts > 1:
-        jobs = num_seqs * parts
-        taken = np.zeros(1, np.intp)
-        for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
-            job = claim(taken)
-            while job < jobs:
-                b, part = job // parts, job % parts
-                decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
-                            block_size, out[b], window, tiles, part * n_kv // parts,
-                            (part + 1) * n_kv // parts)
-                job = claim(taken)
-        return
-    work = 0
-    for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares that out too)
-        work += context_lens[b] * n_head * head_dim
-    if work < DECODE_PARALLEL_MIN_WORK:
-        for b in range(num_seqs):
-            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles, 0, n_kv)
-    else:
-        taken = np.zeros(1, np.intp)
-        for _ in prange(num_seqs):  # each thread claims sequences while any are left
-            b = claim(taken)
-            while b < num_seqs:
+    parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
+    if parts == 1:
+        work = 0
+        for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it out)
+            work += context_lens[b] * n_head * head_dim
+        if work < DECODE_PARALLEL_MIN_WORK:
+            for b in range(num_seqs):
                 decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
                             block_size, out[b], window, tiles, 0, n_kv)
-                b = claim(taken)
+            return
+    jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
+    taken = np.zeros(1, np.intp)
+    for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
+        job = claim(taken)
+        while job < jobs:
+            b, part = job // parts, job % parts
+            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
+                        out[b], window, tiles, part * n_kv // parts, (part + 1) * n_kv // parts)
+            job = claim(taken)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")

@@ -219,9 +219,9 @@ def _tile_shape(isa):
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` through `dot_panel` (compiled once per ISA: `isa` is a constant) on the
-    packed weights, their blocks in chunks the threads claim as they go (`kernels.claim`). Within a chunk, each
-    panel of blocks is read from memory once while every row of x passes over it (x, a few
-    rows, or a prefill's, stays in cache)."""
+    packed weights, their blocks in chunks the threads claim as they go (`kernels.claim`).
+    Within a chunk, each panel of blocks is read from memory once while every row of x passes
+    over it (x, a few rows, or a prefill's, stays in cache)."""
     literally(isa)
     _, _, blocks, one_row_blocks, _ = tile_shape(isa)
     n_blocks = packed.shape[0]

@@ -1,4 +1,5 @@
-"""Work shared among numba's threads (`model/kernels.py`): `count_chunks` and `claim`."""
+"""Work shared among numba's threads (`model/kernels.py`): `count_chunks`, `split_chunks` and
+`claim`."""
 
 from __future__ import annotations
 
