@@ -246,18 +246,27 @@ def test_a_full_queue_sends_the_request_to_another_replica(ray_deployment, endle
     # longer. The streams are closed (aborted) at the end, so their length costs nothing.
     body = {"model": MODEL, "prompt": f"{SHARED_PREFIX} go", "n": 4,
             "max_tokens": ENDLESS_CONTEXT - 1000, "ignore_eos": True, "stream": True}
+    # 1: runs on the preferred replica; 2: waits there (its queue is full); 3: refused there,
+    # runs on the other; 4: refused there, waits on the other. The replicas as each request
+    # leaves them, (requests held, sequences waiting) of each busy one: a request is taken
+    # into the waiting queue before the replica's next step runs it, so the next request is
+    # sent only once the state is reached (else it can find a queue full for a moment).
+    after = [[(1, 0)], [(2, 4)], [(1, 0), (2, 4)], [(2, 4), (2, 4)]]
+
+    def busy_replicas():
+        return sorted(t for s in client.replica_stats.values()
+                      if (t := (s.num_running + s.num_waiting, s.num_waiting_seqs)) != (0, 0))
+
     try:
         with httpx.Client(base_url=live.url, timeout=60) as http, ExitStack() as streams:
-            statuses = [streams.enter_context(http.stream("POST", "/v1/completions", json=body))
-                        .status_code for _ in range(4)]
-            # 1: runs on the preferred replica; 2: waits there (its queue is full); 3: refused
-            # there, runs on the other; 4: refused there, waits on the other.
-            assert statuses == [200] * 4
-            # Each replica holds two requests and its queue is full (4 sequences waiting); the
-            # running ones' outputs bring its stats every step, so 30 s only bounds a hang.
-            wait_for(lambda: sorted((s.num_running + s.num_waiting, s.num_waiting_seqs)
-                                    for s in client.replica_stats.values()) == [(2, 4)] * 2,
-                     30, "two requests on each replica, four sequences waiting")
+            for expected in after:
+                response = streams.enter_context(http.stream("POST", "/v1/completions",
+                                                             json=body))
+                assert response.status_code == 200, response.read()
+                # The running requests' outputs bring their replica's stats every step, so
+                # 30 s only bounds a hang.
+                wait_for(lambda want=expected: busy_replicas() == want, 30,
+                         f"the replicas at {expected}")
             refused = http.post("/v1/completions", json=body)
         err = refused.json()["error"]
         assert refused.status_code == 429 and err["code"] == 429, refused.text
