@@ -92,10 +92,10 @@ class StatsCollector:
         vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
         their time in the queue)."""
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
-        ahead = [s for s in step.scheduled if s.num_lookahead]
-        proposed = sum(s.num_lookahead for s in ahead)
-        accepted = sum(len(result.sampled[s.seq_id]) - 1 for s in ahead)
-        self.last_step = StepStats(step.num_tokens - decodes - proposed, decodes,
+        reserved = sum(s.num_lookahead for s in step.scheduled)
+        proposed = sum(result.lookahead_filled.values())
+        accepted = sum(len(result.sampled[i]) - 1 for i in result.lookahead_filled)
+        self.last_step = StepStats(step.num_tokens - decodes - reserved, decodes,
                                    time.perf_counter() - start, len(step.scheduled), preemptions,
                                    proposed, accepted)
         self.recent_steps.append(self.last_step)

@@ -74,3 +74,5 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
     # seq_id -> its num_candidates most likely next tokens and their logprobs, best first
     candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # seq_id -> the lookahead slots the runner filled and verified (may be fewer than reserved)
+    lookahead_filled: dict[int, int] = field(default_factory=dict)

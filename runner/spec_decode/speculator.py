@@ -119,6 +119,7 @@ class Speculator:
             out.sampled[e.seq_id] = tokens
             if logprobs:
                 out.logprobs[e.seq_id] = logprobs
+            out.lookahead_filled[e.seq_id] = k
             self.stats.record(k, len(tokens) - 1)
             if self.draft is not None:
                 # The draft's cache reached the decode's position plus its k - 1 fed-back
