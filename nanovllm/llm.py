@@ -1,4 +1,5 @@
-"""The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))` and
+"""The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))`,
+`LLM(model).chat(messages, SamplingParams(...), tools=...)` and
 `LLM(model).beam_search(prompts, BeamSearchParams(...))`."""
 
 from __future__ import annotations
@@ -41,6 +42,30 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
         return self._run_all(prompts, params, use_tqdm)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """vLLM's LLM.chat: each conversation (one, or a list of them) rendered by the chat
+        template (`chat_template`, else the checkpoint's own) with `tools` and
+        `chat_template_kwargs`, as the server's chat completions render them, then generated.
+        The outputs are the model's text; reading calls out of it is the server's (or
+        nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
+        from nanovllm.server.chat_template import render_conversation
+
+        conversations = [messages] if not messages or isinstance(messages[0], dict) else messages
+        tokenizer = self.engine.tokenizer
+        prompts = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+                   for text in (render_conversation(
+                       tokenizer, conversation, chat_template=chat_template, tools=tools,
+                       add_generation_prompt=add_generation_prompt,
+                       continue_final_message=continue_final_message,
+                       chat_template_kwargs=chat_template_kwargs)
+                       for conversation in conversations)]
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def beam_search(self, prompts: PromptType | Seq[PromptType], params: BeamSearchParams,
                     use_tqdm: bool = False) -> list[BeamSearchOutput]:

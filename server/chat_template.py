@@ -6,9 +6,11 @@ HF's settings (trim_blocks, lstrip_blocks, loop controls) and globals (`raise_ex
 `strftime_now`, a `tojson` that keeps non-ASCII text), and sees `messages`,
 `add_generation_prompt` and the special tokens (`bos_token`, `eos_token`, ...).
 
-`render_prompt` turns a request's `messages` into that prompt (chat completions and /tokenize):
-content is a string or a list of text parts (joined with newlines, as vLLM's "string" content
-format does); images, audio and tool calls are refused naming the field.
+`render_prompt` turns a request's `messages` (and `tools`) into that prompt (chat completions and
+/tokenize), as transformers' apply_chat_template does: the template sees `tools` (None without),
+`documents` (None), the conversation's tool calls and results, and the request's
+`chat_template_kwargs`. Content is a string or a list of text parts (joined with newlines, as
+vLLM's "string" content format does); images and audio are refused naming the field.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import MAX_CHAT_CHARS
+from nanovllm.server.tool_calls.request import template_message_fields
+from nanovllm.values.limits import MAX_CHAT_TEMPLATE_KWARGS_CHARS
 
 _JINJA_CHARS = "{}\n"
-_UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "audio")
+_UNSUPPORTED_MESSAGE_KEYS = ("function_call", "audio")
+# What the server itself gives the template: chat_template_kwargs may not replace them.
+_RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "documents", "add_generation_prompt")
 
 
 class ChatTemplateError(ValueError):
@@ -80,7 +87,7 @@ class ChatTemplate:
         try:
             return self._compiled.render(messages=messages,
                                          add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens, **(extra or {}))
+                                         **{**self.special_tokens, **(extra or {})})
         except ChatTemplateError:
             raise
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -133,13 +140,31 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
         entry = {"role": role, "content": text}
         if isinstance(msg.get("name"), str):
             entry["name"] = msg["name"]
+        entry.update(template_message_fields(msg, f"messages[{i}]"))
         out.append(entry)
     return out
 
 
-def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
-    """A chat request's (or /tokenize's) `messages` as one prompt text, rendered by `template`;
-    a 400 naming the field for anything it cannot render."""
+def template_kwargs(kwargs) -> dict:
+    """`chat_template_kwargs`, checked: a bounded mapping that replaces none of the variables
+    the server sets itself."""
+    if not kwargs:
+        return {}
+    if len(json.dumps(kwargs)) > MAX_CHAT_TEMPLATE_KWARGS_CHARS:
+        raise bad_request(f"chat_template_kwargs is longer than {MAX_CHAT_TEMPLATE_KWARGS_CHARS} "
+                          "characters as JSON.", "chat_template_kwargs")
+    for name in _RESERVED_TEMPLATE_VARIABLES:
+        if name in kwargs:
+            raise bad_request(f"chat_template_kwargs may not set `{name}`: it is the request's "
+                              "own field.", "chat_template_kwargs")
+    return dict(kwargs)
+
+
+def render_prompt(req, template: ChatTemplate | None, model_name: str,
+                  tools: list[dict] | None = None, generation_prompt: bool | None = None) -> str:
+    """A chat request's (or /tokenize's) `messages` and checked `tools` as one prompt text,
+    rendered by `template`; a 400 naming the field for anything it cannot render.
+    `generation_prompt` overrides the request's add_generation_prompt."""
     if template is None:
         raise bad_request(
             f"The model `{model_name}` has no chat template, so /v1/chat/completions is not "
@@ -147,8 +172,11 @@ def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
             "examples/chat_template_gpt2.jinja), or send a plain-text prompt to "
             "POST /v1/completions.", "messages")
     messages = normalize_messages(req.messages)
+    extra = {**template_kwargs(getattr(req, "chat_template_kwargs", None)),
+             "tools": tools, "documents": None}
+    add = req.add_generation_prompt if generation_prompt is None else generation_prompt
     try:
-        text = template.render(messages, req.add_generation_prompt)
+        text = template.render(messages, add, extra)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), "messages") from exc
     if req.continue_final_message:  # end the prompt right after the last message's text
@@ -159,3 +187,29 @@ def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
                               "message's text.", "continue_final_message")
         text = text[:cut + len(final)]
     return text
+
+
+def render_conversation(tokenizer, messages: list[dict], *, chat_template: str | None = None,
+                        tools: list[dict] | None = None, add_generation_prompt: bool = True,
+                        continue_final_message: bool = False,
+                        chat_template_kwargs: dict | None = None) -> str:
+    """One conversation as the prompt chat completions would render (LLM.chat's): with
+    `chat_template` (a file or the template text), else the checkpoint's own. A ValueError
+    says what cannot be rendered."""
+    from nanovllm.server.endpoints.info import read_tokenizer_config
+    from nanovllm.server.errors import APIError
+    from nanovllm.server.tool_calls.request import check_tools
+
+    config = read_tokenizer_config(tokenizer.model_dir)
+    source = load_chat_template(chat_template) if chat_template else config.get("chat_template")
+    if not isinstance(source, str):
+        raise ValueError("this checkpoint has no chat template: pass chat_template=...")
+    template = ChatTemplate(source, special_tokens(config,
+                                                   tokenizer.decode_token(tokenizer.eos_token_id)))
+    request = SimpleNamespace(messages=messages, add_generation_prompt=add_generation_prompt,
+                              continue_final_message=continue_final_message,
+                              chat_template_kwargs=chat_template_kwargs)
+    try:
+        return render_prompt(request, template, "", check_tools(tools))
+    except APIError as exc:
+        raise ValueError(str(exc)) from exc
