@@ -21,8 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from nanovllm import SamplingParams
-from nanovllm.server.errors import APIError, describe_validation_error
+from nanovllm import InvalidRequestError, SamplingParams
+from nanovllm.server.errors import APIError, describe_validation_error, invalid_request
 from nanovllm.server.protocol import ChatCompletionRequest
 from nanovllm.server.serving import ServerContext, new_request_id
 from nanovllm.values.request import EngineRequest
@@ -56,7 +56,7 @@ async def ask_chat(chat: ChatPath, req: ChatCompletionRequest, raw: Request,
     Its refusals name the front end's field."""
     try:
         return await chat.respond(req, raw, ctx)
-    except APIError as exc:
+    except (APIError, InvalidRequestError) as exc:
         raise renamed(exc, names) from exc
 
 
@@ -66,12 +66,15 @@ async def prompt_tokens(chat: ChatPath, req: ChatCompletionRequest, ctx: ServerC
     try:
         # Off the event loop: the preparation may compile a tool call's grammar.
         prompt, _ = await asyncio.to_thread(chat.prepare, req, ctx, new_request_id("count"))
-    except APIError as exc:
+    except (APIError, InvalidRequestError) as exc:
         raise renamed(exc, names) from exc
     return len(prompt.prompt_token_ids)
 
 
-def renamed(exc: APIError, names: dict[str, str]) -> APIError:
+def renamed(exc: APIError | InvalidRequestError, names: dict[str, str]) -> APIError:
+    """The chat path's refusal (its own, or the engine's) naming the front end's field."""
+    if isinstance(exc, InvalidRequestError):
+        exc = invalid_request(exc)
     return APIError(exc.message, exc.status, names.get(exc.param, exc.param), exc.headers)
 
 

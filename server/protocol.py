@@ -526,9 +526,18 @@ class AnthropicRequestFields(FrontEndRequest):
 class MessagesRequest(AnthropicRequestFields):
     """POST /v1/messages body (Anthropic's Messages API)."""
 
-    IGNORED: ClassVar[dict[str, str]] = {"service_tier": "this server has one tier"}
+    IGNORED: ClassVar[dict[str, str]] = {
+        "service_tier": "this server has one tier",
+        "speed": "this server has one speed",
+        "inference_geo": "this server runs where it runs",
+        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
+        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
+        "user_profile_id": "an account id, for the operator's own tracking",
+        "workspace_id": "an account id, for the operator's own tracking",
+    }
 
     max_tokens: int = Field(..., ge=1)
+    output_config: dict[str, Any] | None = None  # {"format": {"type": "json_schema", ...}}
     stop_sequences: Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool | None = False
     temperature: float | None = Field(None, ge=0.0, le=1.0)

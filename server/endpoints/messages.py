@@ -41,7 +41,8 @@ from nanovllm.server.serving import Ctx
 from nanovllm.values.errors import quote
 
 # The chat request's fields, as this API calls them (for the errors the chat path raises).
-CHAT_NAMES = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences"}
+CHAT_NAMES = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences",
+              "response_format": "output_config"}
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # and "tool": named
 SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # earlier reasoning is not shown again
 
@@ -88,12 +89,28 @@ def prompt_fields(body: AnthropicRequestFields) -> dict:
 
 def chat_fields(body: MessagesRequest) -> dict:
     return {**prompt_fields(body), "max_completion_tokens": body.max_tokens,
+            "response_format": response_format(body.output_config),
             "stop": body.stop_sequences, "temperature": body.temperature, "top_p": body.top_p,
             "top_k": body.top_k, "user": (body.metadata or {}).get("user_id"),
             "stream": body.stream,
             # Every chunk's usage: the prompt's is known at once, the final one at the end.
             "stream_options": {"include_usage": True, "continuous_usage_stats": True}
             if body.stream else None}
+
+
+def response_format(config: dict | None) -> dict | None:
+    """output_config.format (a JSON schema) as the chat API's response_format: a structured
+    output."""
+    config = config or {}
+    if unknown := sorted(k for k, v in config.items() if k != "format" and v is not None):
+        raise bad_request(f"output_config.{unknown[0]} is not supported by this server.",
+                          "output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise bad_request("output_config.format.type must be json_schema.", "output_config")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.get("schema")}}
 
 
 def chat_messages(system, messages: list[dict]) -> list[dict]:

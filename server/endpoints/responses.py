@@ -39,6 +39,7 @@ from nanovllm.values.errors import quote
 
 # The chat request's fields, as this API calls them (for the errors the chat path raises).
 CHAT_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens",
+              "max_tokens": "max_output_tokens",
               "response_format": "text"}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system",
          "developer": "system"}  # chat templates know system, not OpenAI's newer developer
@@ -314,7 +315,8 @@ def response_object(body: ResponsesRequest, ctx: ServerContext, answer: ChatAnsw
         "top_p": 1.0 if body.top_p is None else body.top_p, "truncation": "disabled",
         "usage": None if status == "in_progress" else {
             "input_tokens": usage.get("prompt_tokens", 0),
-            "input_tokens_details": {"cached_tokens": answer.cached_tokens},
+            "input_tokens_details": {"cached_tokens": answer.cached_tokens,
+                                     "cache_write_tokens": 0},
             "output_tokens": usage.get("completion_tokens", 0),
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage.get("total_tokens", 0)},
