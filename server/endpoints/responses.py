@@ -173,7 +173,9 @@ def chat_messages(instructions: str | None, items: list[dict]) -> list[dict]:
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": _text(item, "call_id", where),
                              "content": text_parts(item.get("output"), f"{where}.output")})
-        elif kind != "reasoning":  # earlier reasoning is not shown again (as chat templates do)
+        elif kind == "reasoning":  # earlier reasoning is not shown again (as chat templates do)
+            continue
+        else:
             raise bad_request(f"{where}.type {quote(kind, 50)} is not supported: input items are "
                               "messages, function_call, function_call_output and reasoning.",
                               "input")
