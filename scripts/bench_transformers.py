@@ -15,10 +15,10 @@ INSTALL_REFERENCE = ("pip install torch==2.13.0 --index-url https://download.pyt
 
 
 def missing_reference() -> str | None:
-    """"torch", "transformers" or both when they are not installed; checked before anything
-    is loaded, so the user learns it at once."""
+    """"torch", "transformers" or both ("torch, transformers") when they are not installed;
+    checked before anything is loaded, so the user learns it at once."""
     missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-    return " and ".join(missing) or None
+    return ", ".join(missing) or None
 
 
 class TransformersRunner:

@@ -378,8 +378,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     precisions = args.compare == "precisions"
     if args.compare == "transformers" and (missing := missing_reference()):
-        print(f"error: --compare transformers needs {missing}, which is not installed; the CPU "
-              f"build: {INSTALL_REFERENCE}", file=sys.stderr)
+        print(f"error: --compare transformers needs torch and transformers (not installed: "
+              f"{missing}); install the CPU build: {INSTALL_REFERENCE}", file=sys.stderr)
         return 2
     try:
         if precisions:

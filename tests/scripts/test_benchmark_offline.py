@@ -82,7 +82,8 @@ def test_compare_transformers_without_torch_says_so_before_loading(tiny_ckpt):
                             timeout=120)
     assert result.returncode == 2
     [err] = result.stderr.strip().splitlines()  # nothing loaded before it
-    assert err.startswith("error: --compare transformers needs torch, which is not installed")
+    assert err.startswith("error: --compare transformers needs torch and transformers "
+                          "(not installed: torch)")
     assert "--index-url https://download.pytorch.org/whl/cpu" in err
 
 
