@@ -11,6 +11,7 @@ from collections.abc import Sequence as Seq
 from tqdm.auto import tqdm
 
 from nanovllm.beam_search import beam_search_output
+from nanovllm.chat_template import checkpoint_template, template_messages
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.input_processor import is_single_prompt
@@ -54,17 +55,20 @@ class LLM:
         `chat_template_kwargs`, as the server's chat completions render them, then generated.
         The outputs are the model's text; reading calls out of it is the server's (or
         nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
-        from nanovllm.server.chat_template import render_conversation
-
-        conversations = [messages] if not messages or isinstance(messages[0], dict) else messages
         tokenizer = self.engine.tokenizer
-        prompts = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
-                   for text in (render_conversation(
-                       tokenizer, conversation, chat_template=chat_template, tools=tools,
-                       add_generation_prompt=add_generation_prompt,
-                       continue_final_message=continue_final_message,
-                       chat_template_kwargs=chat_template_kwargs)
-                       for conversation in conversations)]
+        template = checkpoint_template(tokenizer.model_dir, chat_template,
+                                       tokenizer.decode_token(tokenizer.eos_token_id))
+        if template is None:
+            raise ValueError("this checkpoint has no chat template: pass chat_template=...")
+        conversations = [messages] if not messages or isinstance(messages[0], dict) else messages
+        extra = {**(chat_template_kwargs or {}), "tools": tools or None, "documents": None}
+        prompts = []
+        for conversation in conversations:
+            text = template.render(template_messages(conversation), add_generation_prompt, extra)
+            if continue_final_message:  # end right after the last message's text
+                final = template_messages(conversation)[-1]["content"].strip()
+                text = text[:text.rfind(final) + len(final)] if final in text else text
+            prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def beam_search(self, prompts: PromptType | Seq[PromptType], params: BeamSearchParams,

@@ -364,5 +364,3 @@ def test_llm_chat_renders_tools_and_kwargs_as_transformers_does(hermes_dir):
     expected = hf.apply_chat_template(ASK, add_generation_prompt=True, enable_thinking=False,
                                       tokenize=True, return_dict=True)["input_ids"]
     assert [o.prompt_token_ids for o in both] == [expected, expected]
-    with pytest.raises(ValueError, match="tools"):
-        llm.chat(ASK, params, tools=[{"type": "function"}])
