@@ -29,6 +29,7 @@ from nanovllm.server.serving import (
     RequestStream,
     ServerContext,
     check_response_size,
+    context_length_in_terms_of,
     final_response,
     new_request_id,
     off_loop_if_big,
@@ -97,8 +98,9 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     text = render_prompt(req, ctx.chat_template, ctx.model_name)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
-    prompt = ctx.engine.processor.process(f"{request_id}-0", text, params,
-                                          add_special_tokens=False)
+    with context_length_in_terms_of("messages", req.length_field):
+        prompt = ctx.engine.processor.process(f"{request_id}-0", text, params,
+                                              add_special_tokens=False)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
     return prompt, params
 
