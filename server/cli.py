@@ -53,6 +53,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--disable-log-requests", action="store_true",
+                        help="no access-log line per request (client, method, path, status, "
+                             "duration, request id); the log is on by default")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true",
+                        help="the same as --disable-log-requests (vLLM's name for uvicorn's "
+                             "access log, which this log replaces)")
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template (a file, or the template itself) for "
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
@@ -167,7 +173,11 @@ def run_serve(args: argparse.Namespace) -> int:
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
-                    enable_server_load_tracking=args.enable_server_load_tracking)
+                    enable_server_load_tracking=args.enable_server_load_tracking,
+                    log_requests=not (args.disable_log_requests
+                                      or args.disable_uvicorn_access_log))
+    # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
+    # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
