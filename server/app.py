@@ -25,6 +25,7 @@ from nanovllm.server.middleware import (
     InternalErrorMiddleware,
     JSONContentTypeMiddleware,
     LoadTrackingMiddleware,
+    RequestCountMiddleware,
     RequestIdMiddleware,
 )
 from nanovllm.server.serving import ServerContext
@@ -76,8 +77,9 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     # /docs (Swagger UI) and /redoc from the package's own copies of their scripts, not a CDN:
     # the page that documents the limits must work offline too.
     app = FastAPIOffline(title="nanovllm OpenAI-compatible server", version=__version__,
-                         description="Completions, chat, tokenization and metrics for a GPT-2 "
-                                     "or Llama-family model.",
+                         description="Completions, chat (also as OpenAI's Responses and "
+                                     "Anthropic's Messages), tokenization and metrics for a "
+                                     "GPT-2 or Llama-family model.",
                          static_url=DOCS_STATIC_URL,
                          swagger_ui_parameters={"validatorUrl": None})  # (no call to swagger.io)
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
@@ -111,6 +113,7 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
         app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestCountMiddleware, count=metrics.count_http_request)
     app.add_middleware(RequestIdMiddleware)  # every answer, a 413 or 500 too, has it
     if log_requests:  # outermost: every answer is logged, with the id it was given
         app.add_middleware(AccessLogMiddleware, logger=logging.getLogger("nanovllm.access"))
