@@ -140,8 +140,7 @@ def context_length_message(exc: ContextLengthError, prompt_field: str,
             return (f"{head}{prompt} {n} tokens, and the default completion length of {most} "
                     f"tokens (`max_tokens` was not set) would make {n + most}. {shorten}, or set "
                     f"`max_tokens` to at most {exc.limit - n}.", prompt_field)
-        where = "prompt" if prompt_field == "prompt" else prompt_field
-        return (f"{head}you requested {n + most} tokens ({n} in the {where}, {most} in the "
+        return (f"{head}you requested {n + most} tokens ({n} in the {prompt_field}, {most} in the "
                 f"completion). {shorten} or `{length_field}` (at most {exc.limit - n}).",
                 length_field)
     return (f"{head}`min_tokens` {exc.min_tokens} after {n} tokens of {prompt_field} needs "
