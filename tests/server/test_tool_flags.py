@@ -28,3 +28,11 @@ def test_the_parsers_are_choices():
     assert (args.tool_call_parser, args.reasoning_parser) == ("pythonic", "qwen3")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "m", "--tool-call-parser", "nope"])
+
+
+def test_the_ray_ingress_refuses_what_it_does_not_serve():
+    pytest.importorskip("ray")
+    from nanovllm.server.ray.app import build
+
+    with pytest.raises(ValueError, match="--data-parallel-size"):
+        build({"model": "gpt2", "reasoning-parser": "qwen3"})
