@@ -34,6 +34,7 @@ from nanovllm.values.limits import (
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
+    MAX_TOOLS,
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
@@ -57,6 +58,8 @@ UNSUPPORTED_FIELDS = (
     "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors",
     "vllm_xargs", "guided_whitespace_pattern", "structural_tag",
 )
+# Of those, the ones another endpoint of this server serves: its refusal says where.
+SERVED_ELSEWHERE = {"use_beam_search": "/v1/completions", "length_penalty": "/v1/completions"}
 
 # Request fields accepted although they cannot change the output here, each with its reason
 # (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
@@ -76,7 +79,6 @@ IGNORED_EXTRA_FIELDS = {
     "metadata": "OpenAI's tags for stored completions; nothing is stored here",
     "store": "OpenAI's stored completions; nothing is stored here",
     "service_tier": "this server has one tier",
-    "parallel_tool_calls": "this server has no tools",
     "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
     "safety_identifier": "an end-user id, like `user`",
     "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
@@ -238,6 +240,14 @@ class SamplingFields(StructuredOutputFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    @property
+    def length_field(self) -> str | None:
+        """The field the client set the completion's length with; None where the API's default
+        applies (a client that never sent max_tokens did not ask for 16 tokens)."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return "max_tokens" if "max_tokens" in self.model_fields_set else None
+
     def refuse_unsupported_fields(self, known: tuple[str, ...] = ()) -> None:
         """Refuse what would change the output and is not honoured: vLLM's fields this server
         does not implement, and any field it does not know (besides `known`, checked by the
@@ -246,6 +256,9 @@ class SamplingFields(StructuredOutputFields):
         extra = self.model_extra or {}
         for name in UNSUPPORTED_FIELDS:
             if extra.get(name) not in (None, False, [], {}, 0, ""):
+                if name in SERVED_ELSEWHERE:
+                    raise bad_request(f"`{name}` is not supported on this endpoint; this server "
+                                      f"serves it on {SERVED_ELSEWHERE[name]}.", name)
                 raise bad_request(f"`{name}` is not supported by this server.", name)
         handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
         unknown = sorted(k for k, v in extra.items()
@@ -412,6 +425,18 @@ class ChatCompletionRequest(SamplingFields):
     # continue_final_message case), and the prompt's logprobs.
     echo: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Tool calling (server/tool_calls/ checks them, naming the field at fault).
+    tools: list[Any] | None = Field(None, description=f"Function tools, at most {MAX_TOOLS}; "
+                                    "rendered by the chat template.")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='"none", "auto" (the default with tools; needs '
+                          '--enable-auto-tool-choice), "required", or {"type": "function", '
+                          '"function": {"name": ...}}; the last two are enforced by the grammar '
+                          "engine.")
+    parallel_tool_calls: bool | None = True
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='Extra variables for the chat template (e.g. {"enable_thinking": '
+                          "false}).")
 
     def to_sampling_params(self, structured: Any = None) -> SamplingParams:
         return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
@@ -426,6 +451,8 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: list[Any] | None = None  # rendered into the prompt as chat completions renders them
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool | None = Field(
         None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
                           "none). Default: true for `prompt`, false for `messages` (the chat "
@@ -642,6 +669,10 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
     permission: list[ModelPermission]
+    # Not OpenAI's or vLLM's: true when the checkpoint has random weights (a dummy one, written
+    # by nanovllm or loaded with --load-format dummy), so an API-only client can tell its text
+    # is noise.
+    random_weights: bool = False
 
 
 class ModelList(BaseModel):
