@@ -39,10 +39,17 @@ CASES = [
                 '[TOOL_CALLS]get_time[ARGS]{"zone": "CET"}',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("mistral", 'Plain [TOOL answer', 'Plain [TOOL answer', []),
+    ("mistral", 'Checking. [TOOL_CALLS] [ {"name": "get_time", "arguments": {"zone": "CET"}} ]',
+     "Checking.", [("get_time", {"zone": "CET"})]),
     ("pythonic", '[get_weather(city="Paris", unit="celsius"), get_time(zone=\'CET\')]',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("pythonic", '<|python_start|>[get_weather(city="Paris", unit="celsius")]<|python_end|>',
      None, [("get_weather", WEATHER)]),
+    ("pythonic", '[get_weather(city="San Francisco", metric="celsius"), search(query="a, b)", '
+                 'filters={"tags": ["x", "y"], "limit": 3, "exact": True, "since": None})]',
+     None, [("get_weather", {"city": "San Francisco", "metric": "celsius"}),
+            ("search", {"query": "a, b)", "filters": {"tags": ["x", "y"], "limit": 3,
+                                                      "exact": True, "since": None}})]),
     ("pythonic", '[1, 2, 3] are numbers', '[1, 2, 3] are numbers', []),
     ("pythonic", 'Call f(x) later.', 'Call f(x) later.', []),
 ]
