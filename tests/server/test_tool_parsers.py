@@ -23,6 +23,8 @@ CASES = [
                '{"zone": "CET"}}\n</tool_call>',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("hermes", '<tool_call>\n{"name": "ping", "arguments": {}}', None, [("ping", {})]),
+    ("hermes", '<tool_call>\n{"name": "say", "arguments": {"s": "</tool_call> }"}}\n</tool_call>',
+     None, [("say", {"s": "</tool_call> }"})]),
     ("hermes", 'x < y and <tool yes', 'x < y and <tool yes', []),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": '
                     '"celsius"}}', None, [("get_weather", WEATHER)]),
@@ -126,3 +128,32 @@ def test_no_partial_tag_is_sent_as_content():
         sent += streamer.update(text, final=False)[0]
         assert "<" not in sent
     assert sent == "Hi"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3), max_leaves=8)
+WRITERS = {  # how each family writes one call with these arguments
+    "hermes": lambda name, args: f'<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n'
+                                 "</tool_call>",
+    "llama3_json": lambda name, args: f'{{"name": "{name}", "parameters": {args}}}',
+    "mistral": lambda name, args: f'[TOOL_CALLS][{{"name": "{name}", "arguments": {args}}}]',
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), parser=st.sampled_from(sorted(WRITERS)),
+       args=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4),
+       ensure_ascii=st.booleans())
+def test_any_arguments_survive_any_split(data, parser, args, ensure_ascii):
+    """Strings holding braces, quotes, escapes, tags or any Unicode: the arguments come back
+    exactly as written, whole and streamed."""
+    written = json.dumps(args, ensure_ascii=ensure_ascii)
+    text = WRITERS[parser]("f", written)
+    [call] = extract(PARSERS[parser](), text)[1]
+    assert call.arguments == written
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    content, calls = stream(parser, pieces, None)
+    assert content == "" and [(c["name"], c["arguments"]) for c in calls] == [("f", written)]
