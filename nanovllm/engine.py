@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from copy import copy
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,6 +32,8 @@ from nanovllm.contract.step import (
     TokenLogprobs,
 )
 from nanovllm.input_processor import InputProcessor
+from nanovllm.kv_disk.store import DiskStats
+from nanovllm.kv_disk.tier import disk_tier_for
 from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model.trace import ForwardTrace, trace_forward
@@ -83,6 +86,7 @@ class EngineStats:
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_accepted_per_position: tuple[int, ...] = ()
+    prefix_cache_disk: DiskStats | None = None  # the prefix cache directory's (if configured)
 
 
 # vLLM's bounds for vllm:iteration_tokens_total (tokens per engine step).
@@ -129,6 +133,8 @@ class LLMEngine:
             config.kv_cache_dtype)
         self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
                                         config.kv_cache_dtype, config.seed, draft_model)
+        if config.prefix_cache_dir is not None:
+            self.block_manager.lower_tier = disk_tier_for(config, loaded, self.runner.kv_cache)
         self.spec_stats = SpecDecodeStats([0] * (spec.num_speculative_tokens if spec else 0))
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
@@ -436,7 +442,8 @@ class LLMEngine:
             spec_decode_num_drafts=spec.num_drafts,
             spec_decode_num_draft_tokens=spec.num_draft_tokens,
             spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
-            spec_decode_accepted_per_position=tuple(spec.accepted_per_position))
+            spec_decode_accepted_per_position=tuple(spec.accepted_per_position),
+            prefix_cache_disk=copy(bm.lower_tier.stats) if bm.lower_tier else None)
 
 
 # ---- when a sequence is done -----------------------------------------------------------------

@@ -34,6 +34,7 @@ HEADER = struct.Struct("<8s32s16sIQ")  # magic, fingerprint, key, number of toke
 CHECKSUM_BYTES = 16
 SUFFIX, TEMP_SUFFIX = ".kvb", ".tmp"
 STALE_TEMP_SECONDS = 600  # a temporary file this old belongs to a writer that died
+IDLE_POLL_SECONDS = 0.5  # how soon an idle writer notices the interpreter exiting
 RESCAN_EVERY = 64  # writes between two looks at the whole directory (other processes write too)
 EVICT_TO = 0.9  # an eviction pass frees down to this share of the bound, not one file at a time
 
@@ -75,8 +76,7 @@ class DiskBlockStore:
         self._queue: queue.Queue = queue.Queue(max(1, queue_bytes // max(1, payload_bytes)))
         self._size = self._scan()[0]  # this process's estimate; rescans correct it
         self._since_scan = 0
-        self._writer = threading.Thread(target=self._write_loop, name="kv-disk-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="kv-disk-writer")
         self._writer.start()
 
     # ---- the caller's side ---------------------------------------------------------------------
@@ -168,8 +168,15 @@ class DiskBlockStore:
 
     # ---- the writer thread ---------------------------------------------------------------------
     def _write_loop(self) -> None:
+        """Writes queued blocks until closed, or until the main thread has ended and the queue
+        is empty: a script's last blocks still reach the disk as the interpreter exits."""
         while True:
-            key, token_ids, payload = self._queue.get()
+            try:
+                key, token_ids, payload = self._queue.get(timeout=IDLE_POLL_SECONDS)
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    return
+                continue
             try:
                 if key is None:
                     return
@@ -183,13 +190,13 @@ class DiskBlockStore:
 
     def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> None:
         path = self.path_of(key)
-        if path.exists():
-            try:
-                os.utime(path)
-            except OSError:
-                pass
-            return
         data = self.encode(key, token_ids, payload)
+        try:
+            if path.stat().st_size == len(data):  # written already (by anyone): now recently used
+                os.utime(path)
+                return
+        except OSError:
+            pass  # absent (or just evicted): written below
         self._count += 1
         temp = path.with_name(f"{path.name}.{self._unique}.{self._count}{TEMP_SUFFIX}")
         try:

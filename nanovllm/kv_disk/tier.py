@@ -14,8 +14,11 @@ from collections import OrderedDict
 import numpy as np
 
 from nanovllm.block_manager import HASH_BYTES
+from nanovllm.config import EngineConfig
 from nanovllm.kv_disk.fingerprint import checkpoint_digest, fingerprint
 from nanovllm.kv_disk.store import DiskBlockStore, DiskStats
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model_loading import LoadedModel
 from nanovllm.runner.kv_cache import KVCache
 
 GIB = 1 << 30
@@ -80,7 +83,7 @@ def payload_bytes(kv_cache: KVCache) -> int:
 def open_disk_tier(directory: str, max_gb: float, kv_cache: KVCache, identity: dict
                    ) -> DiskTier:
     """The tier over `directory` for a pool laid out as `kv_cache`, for the model `identity`
-    names (its weights and their precision: see `model_identity`). Raises ValueError if the
+    names (its weights and their precision: see `disk_tier_for`). Raises ValueError if the
     directory cannot be used."""
     k = kv_cache.layers[0][0]
     layout = {"kv_dtype": str(k.dtype), "block_size": kv_cache.block_size,
@@ -91,14 +94,19 @@ def open_disk_tier(directory: str, max_gb: float, kv_cache: KVCache, identity: d
     return DiskTier(store, kv_cache)
 
 
-def model_identity(directory: str, model_dir: str | os.PathLike, is_generated: bool, seed: int,
-                   architecture: str, dtype: str, quantization: str | None, kernels: str) -> dict:
-    """What the weights are: the checkpoint's contents (or, for random weights made in
-    memory, its config and the seed), their precision and the kernels computing K/V."""
-    checkpoint = checkpoint_digest(model_dir, os.path.join(directory, "checkpoints"))
-    return {"checkpoint": checkpoint, "random_weights_seed": seed if is_generated else None,
-            "architecture": architecture, "dtype": dtype, "quantization": quantization,
-            "kernels": kernels}
+def disk_tier_for(config: EngineConfig, loaded: LoadedModel, kv_cache: KVCache) -> DiskTier:
+    """The tier `config.prefix_cache_dir` names, for the model `loaded` and its pool."""
+    directory = config.prefix_cache_dir
+    path = kernel_path()
+    identity = {
+        # The weights: the checkpoint's contents; dummy weights may also come from the seed.
+        "checkpoint": checkpoint_digest(loaded.path, os.path.join(directory, "checkpoints")),
+        "random_weights_seed": config.seed if config.load_format == "dummy" else None,
+        "architecture": loaded.architecture, "dtype": config.dtype,
+        "quantization": config.quantization,
+        # Another kernel path may round differently: its blocks would not be bit-for-bit ours.
+        "kernels": [path.name, path.int8]}
+    return open_disk_tier(directory, config.prefix_cache_dir_max_gb, kv_cache, identity)
 
 
 def _key_bytes(key: int) -> bytes:
