@@ -17,13 +17,13 @@ bound by evicting the least recently used files: a read touches a file's modific
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import queue
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ logger = logging.getLogger("nanovllm")
 
 MAGIC = b"NVKVBLK1"
 HEADER = struct.Struct("<8s32s16sIQ")  # magic, fingerprint, key, number of tokens, payload bytes
-CHECKSUM_BYTES = 16
+CHECKSUM = struct.Struct("<I")  # CRC-32 of everything before it: catches torn and flipped bytes
 SUFFIX, TEMP_SUFFIX = ".kvb", ".tmp"
 STALE_TEMP_SECONDS = 600  # a temporary file this old belongs to a writer that died
 IDLE_POLL_SECONDS = 0.5  # how soon an idle writer notices the interpreter exiting
@@ -80,7 +80,7 @@ class DiskBlockStore:
         self._writer.start()
 
     # ---- the caller's side ---------------------------------------------------------------------
-    def get(self, key: bytes, token_ids: tuple[int, ...]) -> bytes | None:
+    def get(self, key: bytes, token_ids: tuple[int, ...]) -> memoryview | None:
         """The payload stored for `key` holding `token_ids`, or None (absent or not valid)."""
         path = self.path_of(key)
         with self._lock:
@@ -139,16 +139,17 @@ class DiskBlockStore:
     def encode(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> bytes:
         head = HEADER.pack(MAGIC, self.fingerprint, key, len(token_ids), len(payload))
         body = head + struct.pack(f"<{len(token_ids)}q", *token_ids) + payload
-        return body + hashlib.blake2b(body, digest_size=CHECKSUM_BYTES).digest()
+        return body + CHECKSUM.pack(zlib.crc32(body))
 
-    def _parse(self, data: bytes, key: bytes, token_ids: tuple[int, ...]) -> bytes | None:
-        """The payload of a whole, uncorrupted file written for this fingerprint, key and tokens."""
+    def _parse(self, data: bytes, key: bytes, token_ids: tuple[int, ...]) -> memoryview | None:
+        """The payload of a whole, uncorrupted file written for this fingerprint, key and tokens
+        (a view of `data`: a block is a megabyte or so, not copied again)."""
         n = len(token_ids)
-        expected = HEADER.size + 8 * n + self.payload_bytes + CHECKSUM_BYTES
+        expected = HEADER.size + 8 * n + self.payload_bytes + CHECKSUM.size
         if len(data) != expected:
             return None
-        body, checksum = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
-        if hashlib.blake2b(body, digest_size=CHECKSUM_BYTES).digest() != checksum:
+        body = memoryview(data)[:-CHECKSUM.size]
+        if zlib.crc32(body) != CHECKSUM.unpack_from(data, len(body))[0]:
             return None
         if HEADER.unpack_from(body) != (MAGIC, self.fingerprint, key, n, self.payload_bytes):
             return None

@@ -41,14 +41,14 @@ class DiskTier:
             return
         self.store.put(_key_bytes(key), token_ids, self._gather(block_id))
 
-    def find(self, key: int, token_ids: tuple[int, ...]) -> bytes | None:
+    def find(self, key: int, token_ids: tuple[int, ...]) -> memoryview | None:
         """The K/V stored for the block `key` holding `token_ids`, or None."""
         payload = self.store.get(_key_bytes(key), token_ids)
         if payload is not None:
             self._remember(key)
         return payload
 
-    def load(self, payload: bytes, block_id: int) -> None:
+    def load(self, payload: memoryview, block_id: int) -> None:
         """Writes a found block's K/V into block `block_id` of the pool."""
         cache = self.kv_cache
         blocks = np.frombuffer(payload, cache.dtype).reshape(len(cache.layers), 2, cache.block_size,
