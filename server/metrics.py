@@ -151,8 +151,7 @@ class EngineStatsCollector:
     @classmethod
     def _prefix_cache_disk(cls, names: list[str], series):
         """The prefix cache directory's counters, only where one is configured."""
-        series = [(labels, s.prefix_cache_disk) for labels, s in series
-                  if getattr(s, "prefix_cache_disk", None) is not None]
+        series = [(labels, s.prefix_cache_disk) for labels, s in series if s.prefix_cache_disk]
         if not series:
             return
         for name, doc, attr in cls.PREFIX_CACHE_DISK:
