@@ -88,3 +88,18 @@ def test_a_damaged_directory_costs_a_recomputation_and_one_warning(serve, tmp_pa
     assert disk_metric(second, "invalid") == 1  # the first block: nothing past it is read
     assert second.log.count("truncated, corrupted or not this model's") == 1
     assert second.stop() == 0, second.log
+
+
+def test_an_unusable_directory_stops_the_server_at_start(tiny_ckpt, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "64",
+                       "--prefix-cache-dir", str(tmp_path / "a-file"))
+    try:
+        assert srv.proc.wait(120) == 2
+    finally:
+        srv.kill()
+    message = f"prefix_cache_dir: {tmp_path / 'a-file'} is not a directory"
+    deadline = time.monotonic() + 10  # its last lines may still be on their way to the log
+    while message not in srv.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert message in srv.log, srv.log
