@@ -37,14 +37,18 @@ class DiskTier:
 
     def publish(self, block_id: int, key: int, token_ids: tuple[int, ...]) -> None:
         """Queues the block's K/V for the disk, unless it is known to be there already."""
-        if self._remember(key):
+        if key in self._known:
+            self._remember(key)
             return
-        self.store.put(_key_bytes(key), token_ids, self._gather(block_id))
+        if self.store.put(_key_bytes(key), token_ids, self._gather(block_id)):
+            self._remember(key)
 
     def find(self, key: int, token_ids: tuple[int, ...]) -> memoryview | None:
         """The K/V stored for the block `key` holding `token_ids`, or None."""
         payload = self.store.get(_key_bytes(key), token_ids)
-        if payload is not None:
+        if payload is None:
+            self._known.pop(key, None)  # evicted (or bad) since: written again once computed
+        else:
             self._remember(key)
         return payload
 
@@ -65,14 +69,12 @@ class DiskTier:
         slots = slice(block_id * bs, (block_id + 1) * bs)  # a block's slots are contiguous
         return b"".join(part[slots].tobytes() for kv in self.kv_cache.layers for part in kv)
 
-    def _remember(self, key: int) -> bool:
-        """Marks `key` as on disk; whether it was already."""
-        known = key in self._known
+    def _remember(self, key: int) -> None:
+        """Marks `key` as on disk (or on its way there), the most recently seen."""
         self._known[key] = None
         self._known.move_to_end(key)
         if len(self._known) > KNOWN_KEYS:
             self._known.popitem(last=False)
-        return known
 
 
 def payload_bytes(kv_cache: KVCache) -> int:
