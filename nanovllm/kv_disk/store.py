@@ -109,7 +109,7 @@ class DiskBlockStore:
     def contains(self, key: bytes) -> bool:
         return self.path_of(key).exists()
 
-    def put(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> bool:
+    def put(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> bool:
         """Queues a block to be written; False if it was dropped (queue full, writing off)."""
         if self._writing:
             try:
@@ -136,9 +136,10 @@ class DiskBlockStore:
         return self.folder / name[:2] / (name + SUFFIX)
 
     # ---- the file format -----------------------------------------------------------------------
-    def encode(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> bytes:
+    def encode(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> bytes:
+        payload = memoryview(payload).cast("B")  # its length in bytes, whatever its item size
         head = HEADER.pack(MAGIC, self.fingerprint, key, len(token_ids), len(payload))
-        body = head + struct.pack(f"<{len(token_ids)}q", *token_ids) + payload
+        body = b"".join((head, struct.pack(f"<{len(token_ids)}q", *token_ids), payload))
         return body + CHECKSUM.pack(zlib.crc32(body))
 
     def _parse(self, data: bytes, key: bytes, token_ids: tuple[int, ...]) -> memoryview | None:
@@ -189,7 +190,7 @@ class DiskBlockStore:
             finally:
                 self._queue.task_done()
 
-    def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> None:
+    def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> None:
         path = self.path_of(key)
         data = self.encode(key, token_ids, payload)
         try:

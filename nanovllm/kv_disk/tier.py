@@ -40,7 +40,7 @@ class DiskTier:
         if key in self._known:
             self._remember(key)
             return
-        if self.store.put(_key_bytes(key), token_ids, self._gather(block_id)):
+        if self.store.put(_key_bytes(key), token_ids, memoryview(self._gather(block_id))):
             self._remember(key)
 
     def find(self, key: int, token_ids: tuple[int, ...]) -> memoryview | None:
@@ -64,10 +64,15 @@ class DiskTier:
     def close(self) -> None:
         self.store.close()
 
-    def _gather(self, block_id: int) -> bytes:
-        bs = self.kv_cache.block_size
+    def _gather(self, block_id: int) -> np.ndarray:
+        """A copy of the block's K/V: [layers, 2, block size, key/value heads, head size]."""
+        cache = self.kv_cache
+        bs = cache.block_size
         slots = slice(block_id * bs, (block_id + 1) * bs)  # a block's slots are contiguous
-        return b"".join(part[slots].tobytes() for kv in self.kv_cache.layers for part in kv)
+        out = np.empty((len(cache.layers), 2, bs, *cache.layers[0][0].shape[1:]), cache.dtype)
+        for layer, (k, v) in zip(out, cache.layers):
+            layer[0], layer[1] = k[slots], v[slots]
+        return out
 
     def _remember(self, key: int) -> None:
         """Marks `key` as on disk (or on its way there), the most recently seen."""
