@@ -101,9 +101,13 @@ def open_disk_tier(directory: str, max_gb: float, kv_cache: KVCache, identity: d
     return DiskTier(store, kv_cache)
 
 
-def disk_tier_for(config: EngineConfig, loaded: LoadedModel, kv_cache: KVCache) -> DiskTier:
-    """The tier `config.prefix_cache_dir` names, for the model `loaded` and its pool."""
+def disk_tier_for(config: EngineConfig, loaded: LoadedModel, kv_cache: KVCache
+                  ) -> DiskTier | None:
+    """The tier `config.prefix_cache_dir` names (None if it names none), for the model
+    `loaded` and its pool."""
     directory = config.prefix_cache_dir
+    if directory is None:
+        return None
     path = kernel_path()
     identity = {
         # The weights: the checkpoint's contents; dummy weights may also come from the seed.

@@ -232,9 +232,11 @@ def chat_tools(tools: list[dict] | None) -> list[dict] | None:
             raise bad_request(f"tools[{i}]: tools of type {quote(kind, 50)} are not supported "
                               "here (client tools are: name, description, input_schema).",
                               "tools")
-        function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
-        if tool.get("description") is not None:
-            function["description"] = tool["description"]
+        # In the chat API's order: a template writes the tools as JSON, keys in this order.
+        function = {"name": tool.get("name"), "description": tool.get("description"),
+                    "parameters": tool.get("input_schema")}
+        if function["description"] is None:
+            del function["description"]
         out.append({"type": "function", "function": function})
     return out
 
