@@ -264,3 +264,10 @@ def test_an_unknown_tool_name_is_an_anthropic_400(http):
         "tool_choice": {"type": "tool", "name": "nope"},
         "messages": [{"role": "user", "content": ASK}]})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_thinking_disabled_reaches_the_template(claude):
+    """Qwen3's switch: the template closes an empty <think> block in the prompt."""
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": ASK}])
+    default = claude.messages.count_tokens(**kw).input_tokens
+    assert claude.messages.count_tokens(thinking={"type": "disabled"}, **kw).input_tokens > default

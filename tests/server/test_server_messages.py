@@ -19,6 +19,7 @@ from server_helpers import API_KEY, MODEL, NUM_KV_BLOCKS, REPO, serve, wait_idle
 
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
+from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
 from nanovllm.server.chat_template import load_chat_template
 
@@ -200,9 +201,9 @@ def test_the_sdks_errors(claude):
 
 @pytest.fixture(scope="module")
 def paused_queue(tiny_ckpt) -> Iterator[tuple[str, AsyncEngine]]:
-    """An engine whose queue holds one sequence, in step mode so that a test can pause it."""
+    """An engine whose queue holds one sequence (a test pauses it, as step mode does)."""
     config = EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS, max_waiting_seqs=1)
-    engine = AsyncEngine(LLMEngine(config), enable_step_mode=True).start()
+    engine = AsyncEngine(LLMEngine(config)).start()
     srv = serve(build_app(engine, served_model_name=MODEL, chat_template=TEMPLATE), engine)
     yield srv.url, engine
     srv.stop()
@@ -213,7 +214,8 @@ def test_a_full_queue_is_a_529_overloaded_error(paused_queue):
     """The engine paused, one waiting request fills the queue: a message is refused at once
     with Anthropic's overloaded_error, and the SDK sees status 529."""
     url, engine = paused_queue
-    engine.pause(60).result(30)
+    stepper = Inspector(engine, enable_step_mode=True)
+    stepper.pause(60).result(30)
     waiting = threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",), kwargs={
         "json": {"model": MODEL, "prompt": "Hi", "max_tokens": 2}, "timeout": 120})
     try:
@@ -232,7 +234,7 @@ def test_a_full_queue_is_a_529_overloaded_error(paused_queue):
             client.messages.create(model=MODEL, max_tokens=4, messages=MESSAGES)
         assert info.value.status_code == 529
     finally:
-        engine.resume().result(30)
+        stepper.resume().result(30)
         waiting.join(120)
     wait_idle(engine)
 

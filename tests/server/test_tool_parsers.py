@@ -59,6 +59,9 @@ BROKEN = [("hermes", '<tool_call>\n{"name": "f", "arguments": {"a": 1}\n</tool_c
           ("hermes", '<tool_call>\n{"name": 7, "arguments": {}}\n</tool_call>'),
           ("llama3_json", '{"name": "f", "parameters": [1]}'),
           ("mistral", '[TOOL_CALLS]f[ARGS]{"a": }'),
+          ("hermes", '<tool_call>\n{"na\\qme": "f", "arguments": {}}\n</tool_call>'),
+          ("hermes", '<tool_call>\n{"name": "f" "arguments": {}}\n</tool_call>'),
+          ("llama3_json", '{, "name": "f", "parameters": {}}'),
           ("pythonic", '[f(a=open("x"))]')]
 
 
@@ -164,3 +167,25 @@ def test_any_arguments_survive_any_split(data, parser, args, ensure_ascii):
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     content, calls = stream(parser, pieces, None)
     assert content == "" and [(c["name"], c["arguments"]) for c in calls] == [("f", written)]
+
+
+PIECES = st.sampled_from(['<tool_call>', '</tool_call>', '[TOOL_CALLS]', '[ARGS]', '<|python_tag|>',
+                          '{', '}', '[', ']', '(', ')', '"', '\\', ',', ';', ':', '=', ' ', '\n',
+                          '"name"', '"arguments"', '"parameters"', 'f', '1', 'null', "'"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), parser=st.sampled_from(sorted(PARSERS)),
+       text=st.lists(PIECES, max_size=30).map("".join))
+def test_any_text_is_read_without_error(data, parser, text):
+    """Whatever a model writes, every parser answers: calls that are JSON objects, or content."""
+    content, calls = extract(PARSERS[parser](), text)
+    assert all(isinstance(json.loads(c.arguments), dict) for c in calls)
+    assert calls or content == text
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    streamer = ToolCallStreamer(PARSERS[parser]())
+    so_far = ""
+    for i, piece in enumerate(pieces):
+        so_far += piece
+        streamer.update(so_far, final=i == len(pieces) - 1)
