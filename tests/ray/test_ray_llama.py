@@ -77,8 +77,12 @@ def test_chat_uses_the_checkpoints_template(llama_replica, client):
     assert chat.usage.prompt_tokens == len(expected)
 
 
-def test_the_page_describes_the_grouped_heads(llama_replica):
+def test_the_pages_views_of_one_engine_are_off_across_replicas(llama_replica):
+    """No inspector across replicas: the page's info says so (no model shape to draw), and the
+    forward-pass view answers 503 with the reason (tests/ui covers grouped heads on one engine)."""
     import httpx
 
     info = httpx.get(f"{llama_replica[0].url}/ui/api/info", timeout=30).json()
-    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 2)
+    assert info["inspection"] is False and "num_kv_heads" not in info
+    r = httpx.post(f"{llama_replica[0].url}/ui/api/trace", json={"prompt": "hello"}, timeout=30)
+    assert r.status_code == 503 and "--data-parallel-size" in r.json()["error"]["message"]
