@@ -35,8 +35,11 @@ from nanovllm.model.architectures import family_of
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.model.trace import ForwardTrace, trace_forward
 from nanovllm.model_loading import load_draft, load_model
+from nanovllm.pooling import pooling_config_of
+from nanovllm.pooling_input import PoolingInput
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.pooling_runner import PoolingRunner
 from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
@@ -44,9 +47,16 @@ from nanovllm.snapshot import EngineSnapshot, StepStats, take_snapshot
 from nanovllm.speculation import SpecDecodeStats, Speculator
 from nanovllm.step_record import StepRecord, StepRecorder
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
-from nanovllm.values.errors import QueueFullError
+from nanovllm.values.errors import InvalidRequestError, QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from nanovllm.values.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestMetrics,
+    RequestOutput,
+)
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
@@ -100,7 +110,11 @@ class LLMEngine:
         self.architecture = loaded.architecture  # config.json's, e.g. LlamaForCausalLM
         cfg = self.model_config
         self.tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
+        # A pooling model (embeddings, scores) instead of a generating one: see pooling.py.
+        self.pooling = pooling_config_of(config, loaded)
         self.max_model_len = config.max_model_len or cfg.n_positions
+        if self.pooling is not None and self.pooling.max_seq_length:
+            self.max_model_len = min(self.max_model_len, self.pooling.max_seq_length)
         self.eos_token_ids = cfg.eos_token_ids  # each ends a sequence (generation_config may list several)
         if self.max_model_len > cfg.n_positions:
             raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
@@ -114,6 +128,9 @@ class LLMEngine:
                               for m in (loaded, draft) if m is not None)
         self.num_kv_blocks = config.num_kv_blocks or max(1, (
             config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // bytes_per_block)
+        if self.pooling is not None:  # blocks only count its sequences: it keeps no KV
+            self.num_kv_blocks = config.num_kv_blocks or config.max_num_seqs * (
+                -(-self.max_model_len // config.block_size))
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
@@ -122,13 +139,22 @@ class LLMEngine:
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens,
+                                   # a pooling sequence is computed whole: one always fits
+                                   max(config.max_num_batched_tokens, self.max_model_len
+                                       if self.pooling else 0),
                                    Speculator(spec, self.max_model_len) if spec else None)
         draft_model = None if draft is None else DraftModel(
             draft.config, draft.weights, self.num_kv_blocks, config.block_size,
             config.kv_cache_dtype)
-        self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks, config.block_size,
-                                        config.kv_cache_dtype, config.seed, draft_model)
+        self.pooling_input = None
+        if self.pooling is not None:
+            self.runner = PoolingRunner(cfg, loaded.weights, self.pooling)
+            self.pooling_input = PoolingInput(self.processor, self.pooling, cfg.n_embd,
+                                              getattr(cfg, "is_classifier", False))
+        else:
+            self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks,
+                                            config.block_size, config.kv_cache_dtype, config.seed,
+                                            draft_model)
         self.spec_stats = SpecDecodeStats([0] * (spec.num_speculative_tokens if spec else 0))
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
@@ -146,9 +172,15 @@ class LLMEngine:
                     "RANDOM weights (dummy checkpoint)" if self.is_dummy else "pretrained weights",
                     cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size,
                     self.max_model_len)
-        logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
-                    self.num_kv_blocks, config.block_size, self.num_kv_blocks * config.block_size,
-                    self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
+        if self.pooling is not None:
+            logger.info("pooling model: %s pooling%s, no KV cache",
+                        "+".join(self.pooling.modes),
+                        ", normalized" if self.pooling.normalize else "")
+        else:
+            logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
+                        self.num_kv_blocks, config.block_size,
+                        self.num_kv_blocks * config.block_size,
+                        self.runner.kv_cache.nbytes / 2**20, self.runner.kv_cache.dtype)
         if spec is not None:
             off = spec.disable_by_batch_size
             logger.info("speculative decoding: %s, k=%d, %s%s",
@@ -170,6 +202,11 @@ class LLMEngine:
         adds a token, or with `final_only` only once it finishes. Only what depends on the
         engine's live state is checked here: a free request id, room in the waiting queue."""
         request_id, params = request.request_id, request.params
+        if (request.pooling is None) != (self.pooling is None):
+            raise InvalidRequestError(
+                "This model is served for embeddings and scores: it does not generate text."
+                if self.pooling else "This model generates text; it makes no embeddings or "
+                "scores unless started with --runner pooling.", "model")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
@@ -179,6 +216,7 @@ class LLMEngine:
                 f"{self.config.max_waiting_seqs}. Please retry later.")
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
                         final_only=request.final_only or request.beam is not None,
+                        pooling=request.pooling, token_type_ids=request.token_type_ids,
                         metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
@@ -248,7 +286,10 @@ class LLMEngine:
                 first = scheduled.start + 1
                 lps = result.prompt_logprobs[seq.seq_id]
                 seq.request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
-            if scheduled.num_beam_candidates and scheduled.sample:
+            if seq.seq_id in result.pooled:  # computed whole: done
+                self._finish_pooled(seq, result.pooled[seq.seq_id])
+                advanced[seq.request.request_id] = seq.request
+            elif scheduled.num_beam_candidates and scheduled.sample:
                 seq.request.beam.offers[seq.seq_id] = result.beam_offers[seq.seq_id]
                 beam_groups[seq.request.request_id] = seq.request
             elif scheduled.sample:
@@ -259,6 +300,14 @@ class LLMEngine:
             if self._advance_beams(request):
                 advanced[request.request_id] = request
         return list(advanced.values())
+
+    def _finish_pooled(self, seq: Sequence, pooled: np.ndarray) -> None:
+        seq.request.pooled = pooled
+        seq.request.metrics.first_token_time = seq.request.metrics.last_token_time = (
+            time.perf_counter())
+        self.prompt_tokens_total += seq.num_prompt_tokens
+        seq.finish_reason = "stop"
+        self.scheduler.finish(seq)
 
     def _advance_beams(self, request: Request) -> bool:
         """Once every beam has offered: the beam rule picks the next beams, each becoming a fork
@@ -358,7 +407,10 @@ class LLMEngine:
         return {t: Logprob(v, r, self.tokenizer.decode_token(t))
                 for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
 
-    def _request_output(self, request: Request) -> RequestOutput:
+    def _request_output(self, request: Request) -> RequestOutput | PoolingRequestOutput:
+        if request.pooling is not None:
+            return PoolingRequestOutput(request.request_id, PoolingOutput(request.pooled),
+                                        request.prompt_token_ids, True, replace(request.metrics))
         if request.beam is not None:
             return self._beam_output(request)
         outputs = []

@@ -144,3 +144,24 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     if activation == "tanh":
         return np.tanh(logits)
     return logits
+
+
+def pooling_config_of(config, loaded) -> PoolingConfig | None:
+    """How an engine (`EngineConfig`, `model_loading.LoadedModel`) pools, or None if it
+    generates: an encoder always pools; a decoder of the Llama family when started with
+    `runner="pooling"` (vLLM's `--runner pooling`)."""
+    from nanovllm.model.bert_config import BertConfig
+    from nanovllm.model.llama_config import LlamaConfig
+
+    cfg, name = loaded.config, loaded.architecture
+    is_encoder = isinstance(cfg, BertConfig)
+    if is_encoder and config.runner == "generate":
+        raise ValueError(f"runner='generate': {name} is an encoder, which makes embeddings and "
+                         "scores, not text")
+    if not is_encoder and config.runner != "pooling":
+        return None
+    if not (is_encoder or isinstance(cfg, LlamaConfig)):
+        raise ValueError(f"runner='pooling' runs BERT encoders and the Llama family, not {name}")
+    if config.speculative_config is not None:
+        raise ValueError("speculative_config: a pooling model generates no tokens to speculate")
+    return read_pooling_config(loaded.path, is_encoder, getattr(cfg, "num_labels", 0))

@@ -66,14 +66,12 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self._enqueue(seq)
         self.seqs[seq.seq_id] = seq
-        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
-                                          seq.request.prompt_token_ids))
+        self._new_seqs.append(seq.announce())
 
     def add_beam(self, seq: Sequence) -> None:
         """A beam forked from a running one: it runs at once (the engine gives it its blocks)."""
         self.seqs[seq.seq_id] = seq
-        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
-                                          seq.request.prompt_token_ids))
+        self._new_seqs.append(seq.announce())
         self._start_running(seq)
 
     def schedule(self) -> SchedulerOutput:
@@ -173,9 +171,10 @@ class Scheduler:
                 lane[request] = lane.pop(request)  # to the back: it can reuse the prompt next step
                 skipped.add(request)
                 continue
-            cached = [] if seq.computes_prompt_logprobs else bm.match_prefix(seq)
+            whole = seq.prefill_only  # all of it in this step, or it waits for one with room
+            cached = [] if seq.computes_prompt_logprobs or whole else bm.match_prefix(seq)
             n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
-            if not bm.can_admit(seq, cached, n):
+            if (whole and n < seq.num_tokens) or not bm.can_admit(seq, cached, n):
                 return  # no one jumps the line for blocks: a long prompt is never starved
             self._dequeue(seq)
             bm.admit(seq, cached)
@@ -246,7 +245,8 @@ class Scheduler:
         seqs = [self.seqs[scheduled.seq_id] for scheduled in step.scheduled]
         for seq, scheduled in zip(seqs, step.scheduled):
             seq.num_computed_tokens += len(scheduled.token_ids)
-            self.block_manager.register_computed(seq)
+            if not seq.prefill_only:  # (which keeps nothing to reuse)
+                self.block_manager.register_computed(seq)
         return seqs
 
     def update_speculated(self, seq: Sequence, scheduled: ScheduledSequence, num_kept: int

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from nanovllm.values.pooling_params import PoolingParams
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -23,6 +26,9 @@ class NewSequence:
     index: int                   # which of its request's samples (seeds a seeded generator)
     params: SamplingParams
     prompt_token_ids: list[int]  # read once, for the distinct ids repetition_penalty reads
+    # A sequence computed whole in one step for a pooled result instead of a sample.
+    pooling: PoolingParams | None = None
+    token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
 
 
 @dataclass(slots=True)
@@ -84,3 +90,5 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
     # seq_id -> a beam's offers: its best next tokens and their logprobs, best first
     beam_offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # seq_id -> a pooling sequence's result: its embedding, or its scores
+    pooled: dict[int, np.ndarray] = field(default_factory=dict)
