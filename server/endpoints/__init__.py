@@ -16,7 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from nanovllm.server.endpoints import chat, completions, info, tokenize
+from nanovllm.server.endpoints import (
+    chat,
+    completions,
+    embeddings,
+    info,
+    rerank,
+    score,
+    tokenize,
+)
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import (
     ERROR_RESPONSES,
@@ -65,4 +73,5 @@ def _parsed(model: type[BaseModel], body: dict):
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-ROUTERS = [completions.router, chat.router, tokenize.router, info.router, router]
+ROUTERS = [completions.router, chat.router, embeddings.router, score.router, rerank.router,
+           tokenize.router, info.router, router]
