@@ -4,7 +4,6 @@ sentence-transformers: an embedding model and a cross-encoder."""
 from __future__ import annotations
 
 import pytest
-
 from bert_checkpoints import write_hf_bert, write_st_embedder
 
 

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from bert_checkpoints import PAIRS, TEXTS
+
 from nanovllm import LLM
 from nanovllm.values.errors import InvalidRequestError
 from nanovllm.values.pooling_params import PoolingParams

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from bert_checkpoints import PAIRS, TEXTS, write_hf_bert, write_st_embedder
 from server_helpers import MODEL, error_of, make_engine, metric, serve, wait_idle
 
-from bert_checkpoints import PAIRS, TEXTS, write_hf_bert, write_st_embedder
 from nanovllm.server.app import build_app
 from nanovllm.values.limits import ServerLimits
 
