@@ -13,7 +13,12 @@ configure_thread_pools()  # an entry point: before numpy loads (see model/thread
 # isort: split
 from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
 from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
-from nanovllm.scripts import benchmark, benchmark_serving, download_gpt2  # noqa: E402
+from nanovllm.scripts import (  # noqa: E402
+    benchmark,
+    benchmark_embeddings,
+    benchmark_serving,
+    download_gpt2,
+)
 from nanovllm.server import cli as server_cli  # noqa: E402
 
 
@@ -63,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     offline = kinds.add_parser("offline", help="offline prefill/decode tok/s of the engine")
     benchmark.add_args(offline)
     offline.set_defaults(func=benchmark.run)
+    embeddings = kinds.add_parser("embeddings", help="texts/s of embeddings, against "
+                                                     "sentence-transformers")
+    benchmark_embeddings.add_args(embeddings)
+    embeddings.set_defaults(func=benchmark_embeddings.run)
     serving = kinds.add_parser("serve", help="benchmark a running server")
     benchmark_serving.add_args(serving)
     serving.set_defaults(func=benchmark_serving.run)
