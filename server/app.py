@@ -20,6 +20,7 @@ from nanovllm.server.middleware import (
     BodySizeLimitMiddleware,
     InternalErrorMiddleware,
     LoadTrackingMiddleware,
+    RequestCountMiddleware,
     RequestIdMiddleware,
 )
 from nanovllm.server.serving import ServerContext
@@ -65,7 +66,8 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     `chat_template`); with neither, /v1/chat/completions is a 400.
     """
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
-                  description="Completions, chat, tokenization and metrics for a GPT-2 model.")
+                  description="Completions, chat (also as OpenAI's Responses and Anthropic's "
+                              "Messages), tokenization and metrics for a GPT-2 model.")
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine.stats
                             if engine.replica_stats is None else engine.replica_stats,
@@ -97,5 +99,6 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
         app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(RequestCountMiddleware, count=metrics.count_http_request)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
     return app

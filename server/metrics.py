@@ -163,6 +163,10 @@ class ServerMetrics:
                                         "Finished pooling requests (texts embedded, pairs "
                                         "scored), by task.", ["model_name", "task"],
                                         registry=self.registry)
+        # Per endpoint: what vLLM's instrumentator exports (server/middleware.py counts).
+        self.http_requests = Counter("http_requests", "Requests answered, by route (handler), "
+                                     "method and status class.", ["handler", "method", "status"],
+                                     registry=self.registry)
         self.registry.register(EngineStatsCollector(stats, model_name))
         # This app's series, looked up once: RequestTracker observes them per token.
         self.ttft_series, self.itl_series, self.e2e_series = (
@@ -219,6 +223,8 @@ class ServerMetrics:
             self.queue_time.observe(t.first_scheduled_time - t.arrival_time)
             self.inference_time.observe(t.last_token_time - t.first_scheduled_time)
             self.prefill_time.observe(t.last_token_time - t.first_scheduled_time)
+    def count_http_request(self, handler: str, method: str, status: str) -> None:
+        self.http_requests.labels(handler, method, status).inc()
 
     def tracker(self, params=None) -> RequestTracker:
         return RequestTracker(self, params)

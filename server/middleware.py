@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -54,25 +55,61 @@ class RequestIdMiddleware:
 
 
 class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on the paths under `protected` (build_app: /v1/*,
-    which vLLM protects, and the web page's data, /ui/api/*; the page itself holds no secret)."""
+    """Requires the key on the paths under `protected` (build_app: /v1/*, which vLLM protects,
+    and the web page's data, /ui/api/*; the page itself holds no secret): as
+    `Authorization: Bearer <key>` (OpenAI's clients) or `x-api-key: <key>` (Anthropic's)."""
 
     def __init__(self, app, api_key: str, protected: tuple[str, ...]) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._bearer = f"Bearer {api_key}".encode()
+        self._key = api_key.encode()
         self._protected = protected
+
+    def _authorized(self, headers: Headers) -> bool:
+        bearer = headers.get("authorization", "").encode("latin-1", "replace")
+        key = headers.get("x-api-key", "").encode("latin-1", "replace")
+        # Both compared, always: the time taken says nothing about which header was close.
+        return secrets.compare_digest(bearer, self._bearer) | secrets.compare_digest(key, self._key)
 
     async def __call__(self, scope, receive, send) -> None:
         if (scope["type"] == "http" and scope["method"] != "OPTIONS"
                 and scope["path"].startswith(self._protected)):
-            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
-            if not secrets.compare_digest(got, self._expected):
+            if not self._authorized(Headers(scope=scope)):
                 response = error_response(
-                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
-                    401, headers={"WWW-Authenticate": "Bearer"})
+                    "Invalid or missing API key: send the header `Authorization: Bearer <key>` "
+                    "(or `x-api-key: <key>`).", 401, headers={"WWW-Authenticate": "Bearer"},
+                    path=scope["path"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequestCountMiddleware:
+    """Counts every answer by its route (the path template, `/v1/responses/{response_id}`;
+    "none" when no route matched), method and status class, as vLLM's http_requests_total:
+    the requests each endpoint served and refused."""
+
+    def __init__(self, app, count: Callable[[str, str, str], None]) -> None:
+        self.app = app
+        self._count = count
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if nothing answers (InternalErrorMiddleware)
+
+        async def recording_send(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            self._count(getattr(route, "path", "none"), scope["method"], f"{status // 100}xx")
 
 
 class BodyTooLarge(Exception):
@@ -126,7 +163,8 @@ class BodySizeLimitMiddleware:
     async def _refuse(self, scope, receive, send) -> None:
         response = error_response(
             f"The request body is larger than this server's limit of {self.max_bytes} bytes "
-            "(--max-request-body-bytes).", 413, headers={"Connection": "close"})
+            "(--max-request-body-bytes).", 413, headers={"Connection": "close"},
+            path=scope["path"])
         await response(scope, receive, send)
 
 
@@ -154,14 +192,15 @@ class InternalErrorMiddleware:
         except Exception:
             error = internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
-                await error_response(error.message, 500)(scope, receive, send)
+                await error_response(error.message, 500, path=scope["path"])(scope, receive, send)
 
 
 # vLLM's server load tracking: how many generation requests are in flight, for a load balancer
 # that reads GET /load. A request counts from the moment its body starts to be handled until
 # its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it.
 # The routes that generate (vLLM counts its generation and pooling routes, not tokenize).
-TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations"})
+TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations",
+                           "/v1/responses", "/v1/messages"})
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ A new endpoint's body and answer are one more model each, here.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -448,6 +448,115 @@ class DetokenizeRequest(OpenAIBaseModel):
     tokens: list[TokenId]
 
 
+# Other APIs' requests, answered by front ends over the chat path (server/endpoints/responses.py,
+# server/endpoints/messages.py). Their items and content blocks are checked by the front end,
+# which names the exact item at fault.
+
+MAX_RESPONSE_ID_CHARS = 128
+MetadataKey = Annotated[str, Field(max_length=64)]
+
+
+class FrontEndRequest(OpenAIBaseModel):
+    """A body of another API's shape, converted into one chat request. IGNORED: the fields its
+    clients send that change nothing here (docs/api.md says why); any other unknown field
+    with a value is a 400, as on the chat path."""
+
+    IGNORED: ClassVar[dict[str, str]] = {}
+
+    def refuse_unknown_fields(self) -> None:
+        extra = self.model_extra or {}
+        unknown = sorted(k for k, v in extra.items()
+                         if k not in self.IGNORED and v not in (None, False, [], {}, 0, ""))
+        if unknown:
+            raise bad_request(
+                f"Unknown or unsupported field(s) {quote(unknown, 200)}: this server does not "
+                "implement what they would change, so it refuses them rather than ignore them "
+                "(docs/api.md lists the fields it takes).", unknown[0][:100])
+
+
+class ResponsesRequest(FrontEndRequest):
+    """POST /v1/responses body (OpenAI's Responses API)."""
+
+    IGNORED: ClassVar[dict[str, str]] = {
+        "service_tier": "this server has one tier",
+        "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+        "prompt_cache_retention": "the prefix cache keeps what fits, however long",
+        "safety_identifier": "an end-user id, like `user`",
+        "stream_options": "`include_obfuscation` pads events against length side channels; "
+                          "this server adds no padding, and the text is the same",
+    }
+
+    model: str | None = None
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1,
+                                             max_length=MAX_RESPONSE_ID_CHARS)
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None  # {"format": {...}}: structured output
+    store: bool | None = True
+    stream: bool | None = False
+    metadata: dict[MetadataKey, Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16)
+    user: str | None = None
+    # Honoured only with the values that ask for what this server does (the endpoint says why).
+    truncation: Literal["auto", "disabled"] | None = None
+    background: bool | None = None
+    include: list[str] | None = Field(None, max_length=16)
+    reasoning: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tool_calls: int | None = Field(None, ge=1)
+
+
+class AnthropicRequestFields(FrontEndRequest):
+    """What POST /v1/messages and /v1/messages/count_tokens share (Anthropic's shapes)."""
+
+    model: str
+    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None  # only {"type": "disabled"}
+
+
+class MessagesRequest(AnthropicRequestFields):
+    """POST /v1/messages body (Anthropic's Messages API)."""
+
+    IGNORED: ClassVar[dict[str, str]] = {
+        "service_tier": "this server has one tier",
+        "speed": "this server has one speed",
+        "inference_geo": "this server runs where it runs",
+        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
+        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
+        "user_profile_id": "an account id, for the operator's own tracking",
+        "workspace_id": "an account id, for the operator's own tracking",
+    }
+
+    max_tokens: int = Field(..., ge=1)
+    output_config: dict[str, Any] | None = None  # {"format": {"type": "json_schema", ...}}
+    stop_sequences: Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stream: bool | None = False
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    metadata: dict[str, Annotated[str | None, Field(max_length=256)]] | None = None
+
+    @field_validator("stop_sequences", mode="before")
+    @classmethod
+    def _no_empty_stop(cls, v: Any) -> Any:
+        if isinstance(v, list) and "" in v:
+            raise ValueError("stop sequences must not be empty")
+        return v
+
+
+class CountTokensRequest(AnthropicRequestFields):
+    """POST /v1/messages/count_tokens body: the prompt's fields of a messages request."""
+
+
 # Responses (documentation of what the endpoints answer).
 
 
@@ -553,6 +662,20 @@ class DetokenizeResponse(BaseModel):
 
 class VersionResponse(BaseModel):
     version: str
+
+
+class AnthropicErrorInfo(BaseModel):
+    type: str  # invalid_request_error, authentication_error, not_found_error, overloaded_error...
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    type: Literal["error"] = "error"
+    error: AnthropicErrorInfo
+
+
+class CountTokensResponse(BaseModel):
+    input_tokens: int
 
 
 # Pooling: embeddings (OpenAI's), score (vLLM's) and rerank (Jina's and Cohere's).
@@ -664,5 +787,8 @@ class RerankResponse(BaseModel):
 
 
 _ERROR = {"model": ErrorResponse}
+_ANTHROPIC_ERROR = {"model": AnthropicErrorResponse}
+ANTHROPIC_ERROR_RESPONSES = {400: _ANTHROPIC_ERROR, 401: _ANTHROPIC_ERROR, 404: _ANTHROPIC_ERROR,
+                             500: _ANTHROPIC_ERROR, 529: _ANTHROPIC_ERROR}
 ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}}}  # with "stream": true

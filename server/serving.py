@@ -34,6 +34,7 @@ from nanovllm.server.errors import APIError, bad_request, internal_error, invali
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
 from nanovllm.server.protocol import StreamOptions
+from nanovllm.server.response_store import ResponseStore
 from nanovllm.values.errors import QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
@@ -63,6 +64,14 @@ class ServerContext:
     # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
     return_tokens_as_token_ids: bool = False
     server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
+    # POST /v1/responses with store: what previous_response_id and GET /v1/responses/{id} read
+    # (sized by `limits` unless given).
+    response_store: ResponseStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.response_store is None:
+            self.response_store = ResponseStore(self.limits.max_stored_responses,
+                                                self.limits.max_stored_response_bytes)
 
     def apply_defaults(self, req) -> None:
         """The operator's defaults for the request fields a server flag turns on."""
@@ -346,6 +355,12 @@ class SSEResponse(StreamingResponse):
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
+
+    def translated(self, translate: Callable[[AsyncIterator[str]], AsyncIterator[str]]
+                   ) -> SSEResponse:
+        """The same stream in another protocol's events (the Responses and Anthropic front
+        ends over chat's): `translate` reads this one's events; closing still aborts it."""
+        return SSEResponse(translate(self.body_iterator), self._on_close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

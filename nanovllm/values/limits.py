@@ -66,6 +66,10 @@ class ServerLimits:
     # for longer; nothing blocks the loop now, and a longer idle timeout is kinder to clients
     # that pool connections.
     timeout_keep_alive: int = 30
+    # POST /v1/responses with store (OpenAI's default): kept in memory for previous_response_id
+    # and GET /v1/responses/{id}, oldest evicted first once either bound is passed.
+    max_stored_responses: int = 1024
+    max_stored_response_bytes: int = 256 * 1024 * 1024
 
 
 FLAG_HELP = {
@@ -79,4 +83,8 @@ FLAG_HELP = {
     "limit_concurrency": "open connections and tasks, at most; more are answered 503 "
                          "(kept below the open-file limit)",
     "timeout_keep_alive": "seconds an idle keep-alive connection stays open",
+    "max_stored_responses": "stored /v1/responses kept in memory, at most; the oldest are "
+                            "evicted first",
+    "max_stored_response_bytes": "bytes of stored /v1/responses (their context and answer "
+                                 "as JSON) kept in memory, at most",
 }
