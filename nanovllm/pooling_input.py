@@ -19,7 +19,7 @@ from nanovllm.input_processor import (
     is_id_sequence,
     unpack_prompt,
 )
-from nanovllm.pooling import PoolingConfig
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.values.errors import InvalidRequestError
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.pooling_params import PoolingParams

@@ -4,7 +4,7 @@ A pooling sequence is computed once, whole, and keeps nothing: no KV cache, no s
 encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); a decoder started
 with `--runner pooling` (the Llama family) runs each text through its forward pass without a
 cache, its LM head replaced by the identity so that the "logits" are the final hidden states
-(after the final norm, as transformers' `last_hidden_state`). Then `nanovllm/pooling.py` pools
+(after the final norm, as transformers' `last_hidden_state`). Then `model/pooling.py` pools
 them as the checkpoint says, cuts Matryoshka dimensions and normalizes; a cross-encoder's
 classifier and activation make a score instead.
 """
@@ -19,7 +19,8 @@ from nanovllm.contract.step import ModelRunnerOutput, NewSequence, SchedulerOutp
 from nanovllm.model import bert
 from nanovllm.model.architectures import family_of
 from nanovllm.model.bert_config import BertConfig
-from nanovllm.pooling import PoolingConfig, activate, normalize, pool
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
+from nanovllm.model.pooling import activate, normalize, pool
 from nanovllm.values.pooling_params import PoolingParams
 
 

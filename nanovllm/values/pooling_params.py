@@ -1,5 +1,5 @@
 """PoolingParams: what a pooling request (an embedding, or a cross-encoder's score) asks for,
-as vLLM's. The checkpoint decides how a text becomes a vector (`nanovllm/pooling.py`); these
+as vLLM's. The checkpoint decides how a text becomes a vector (`model/checkpoint/pooling_config.py`); these
 are what a request may change about it."""
 
 from __future__ import annotations
