@@ -13,7 +13,10 @@ import numpy as np
 import openai
 import pytest
 from bert_checkpoints import PAIRS, TEXTS, write_hf_bert, write_st_embedder
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from server_helpers import MODEL, error_of, make_engine, metric, serve, wait_idle
+from test_server_fuzz import MAX_EXAMPLES, POOLING_OPERATIONS, bounded_schema
 
 from nanovllm.server.app import build_app
 from nanovllm.values.limits import ServerLimits
@@ -165,3 +168,22 @@ def test_a_generation_model_refuses_pooling_requests(live):
                            ("/v1/rerank", {"query": "a", "documents": ["b"]})):
             err = error_of(http.post(path, json=body), 400)
             assert err["param"] == "model" and "--runner pooling" in err["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), POOLING_OPERATIONS, ids=[p for _, p in POOLING_OPERATIONS])
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_fuzzed_pooling_requests_get_no_server_errors(embedder, reranker, method, path, mode):
+    for srv, _ in (embedder, reranker):
+        schema = bounded_schema(srv.url, "EmbeddingRequest", {"dimensions": 64})
+        operation = schema[path][method]
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=MAX_EXAMPLES // 2, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            response = case.call()
+            assert response.status_code < 500, (case.body, response.text)
+
+        check()
+        assert srv.engine.is_alive
+        wait_idle(srv.engine, timeout=30)
