@@ -135,7 +135,7 @@ class LLMEngine:
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
                                         config.block_size, self.num_kv_blocks,
-                                        config.max_waiting_seqs)
+                                        config.max_waiting_seqs, self.pooling is None)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
