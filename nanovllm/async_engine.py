@@ -107,7 +107,6 @@ class AsyncEngine:
         self.step_mode_enabled = enable_step_mode
         self.tokenizer = engine.tokenizer
         self.processor = engine.processor
-        self.pooling_input = engine.pooling_input
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy

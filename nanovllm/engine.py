@@ -133,9 +133,12 @@ class LLMEngine:
                 -(-self.max_model_len // config.block_size))
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
+        pooling_input = None if self.pooling is None else PoolingInput(
+            self.tokenizer, self.vocab_size, self.max_model_len, self.pooling, cfg.n_embd,
+            getattr(cfg, "is_classifier", False))
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
                                         config.block_size, self.num_kv_blocks,
-                                        config.max_waiting_seqs, self.pooling is None)
+                                        config.max_waiting_seqs, pooling_input)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -146,11 +149,8 @@ class LLMEngine:
         draft_model = None if draft is None else DraftModel(
             draft.config, draft.weights, self.num_kv_blocks, config.block_size,
             config.kv_cache_dtype)
-        self.pooling_input = None
         if self.pooling is not None:
             self.runner = PoolingRunner(cfg, loaded.weights, self.pooling)
-            self.pooling_input = PoolingInput(self.processor, self.pooling, cfg.n_embd,
-                                              getattr(cfg, "is_classifier", False))
         else:
             self.runner = NativeModelRunner(cfg, loaded.weights, self.num_kv_blocks,
                                             config.block_size, config.kv_cache_dtype, config.seed,

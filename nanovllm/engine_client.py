@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
     from nanovllm.engine import EngineStats
     from nanovllm.input_processor import InputProcessor
     from nanovllm.model.trace import ForwardTrace
-    from nanovllm.pooling_input import PoolingInput
     from nanovllm.snapshot import EngineSnapshot
     from nanovllm.step_record import StepMode
     from nanovllm.tokenizer import Tokenizer
@@ -91,7 +90,6 @@ def _put_all(puts: list[tuple[asyncio.Queue, tuple]]) -> None:
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
     processor: InputProcessor  # checks a request once, into the EngineRequest add_request takes
-    pooling_input: PoolingInput | None  # likewise for embeddings and scores; None: it generates
     max_model_len: int
     vocab_size: int           # token ids a request may use: [0, vocab_size)
     model_path: str           # where the weights came from

@@ -142,10 +142,10 @@ class LLM:
                                      o.prompt_token_ids) for o in outputs]
 
     def _pooling_input(self) -> PoolingInput:
-        if self.engine.pooling_input is None:
+        if self.engine.processor.pooling is None:
             raise ValueError(f"{self.engine.architecture} generates text; start it with "
                              "runner='pooling' for embeddings")
-        return self.engine.pooling_input
+        return self.engine.processor.pooling
 
     @staticmethod
     def _pooling_params(params: PoolingParams | None, task: str,

@@ -5,7 +5,8 @@ A pooling sequence is computed whole in one step, so its tokens must fit the con
 (`max_model_len`, which for a sentence-transformers checkpoint is at most its
 `max_seq_length`) unless `truncate_prompt_tokens` cuts it; then a text loses its own tokens from
 the end and keeps its special tokens, as sentence-transformers' tokenizer truncates. A broken
-rule raises InvalidRequestError naming `param`, the field the input came in.
+rule raises InvalidRequestError naming `param`, the field the input came in. A pooling engine's
+`InputProcessor` holds one (`processor.pooling`), so LLM and the server check alike.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm.input_processor import (
-    InputProcessor,
     check_prompt_text,
     check_token_ids,
     is_id_sequence,
     unpack_prompt,
 )
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
+from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.errors import InvalidRequestError
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.pooling_params import PoolingParams
@@ -32,7 +33,9 @@ NO_SAMPLING = SamplingParams(max_tokens=1)
 
 @dataclass(frozen=True, slots=True)
 class PoolingInput:
-    processor: InputProcessor  # the tokenizer, vocabulary and context the engine started with
+    tokenizer: Tokenizer       # the engine's, and its limits:
+    vocab_size: int
+    max_model_len: int
     pooling: PoolingConfig
     hidden_size: int
     is_cross_encoder: bool     # scores pairs; embeds nothing
@@ -51,11 +54,11 @@ class PoolingInput:
         limit = self.truncation(params)
         if isinstance(prompt, str):
             self.check_text(prompt, param, limit is not None)
-            ids, _ = self.processor.tokenizer.encode_pair(prompt, None, limit)
+            ids, _ = self.tokenizer.encode_pair(prompt, None, limit)
         elif is_id_sequence(prompt):
             ids = list(prompt)[:limit] if limit is not None else list(prompt)
             self.check_length(len(ids), param)
-            check_token_ids(ids, self.processor.vocab_size, param)
+            check_token_ids(ids, self.vocab_size, param)
         else:
             raise InvalidRequestError(f"{param} must be a text or a list of token ids.", param)
         self.check_length(len(ids), param)
@@ -73,7 +76,7 @@ class PoolingInput:
             if not isinstance(text, str):
                 raise InvalidRequestError(f"{name} must be a text.", name)
             self.check_text(text, name, params.truncate_prompt_tokens is not None)
-        ids, types = self.processor.tokenizer.encode_pair(first, second, self.truncation(params))
+        ids, types = self.tokenizer.encode_pair(first, second, self.truncation(params))
         self.check_length(len(ids), param)
         return EngineRequest(request_id, ids, NO_SAMPLING, None, final_only=True,
                              pooling=params, token_type_ids=types)
@@ -95,11 +98,11 @@ class PoolingInput:
     def check_text(self, text: str, param: str, truncated: bool) -> None:
         if not text:
             raise InvalidRequestError(f"{param} must not be an empty text.", param)
-        check_prompt_text(text, self.processor.tokenizer, self.processor.max_model_len + 1,
+        check_prompt_text(text, self.tokenizer, self.max_model_len + 1,
                           param, truncated)
 
     def truncation(self, params: PoolingParams) -> int | None:
-        n, limit = params.truncate_prompt_tokens, self.processor.max_model_len
+        n, limit = params.truncate_prompt_tokens, self.max_model_len
         if n is None:
             return None
         if n > limit:
@@ -111,7 +114,7 @@ class PoolingInput:
         if n == 0:
             raise InvalidRequestError(f"{param} must not be empty; give at least one token.",
                                       param)
-        limit = self.processor.max_model_len
+        limit = self.max_model_len
         if n > limit:
             raise InvalidRequestError(
                 f"This model's maximum context length is {limit} tokens. However, {param} has "

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     engine = llm.engine
-    if engine.pooling_input is None or engine.pooling_input.is_cross_encoder:
+    pooling = engine.processor.pooling
+    if pooling is None or pooling.is_cross_encoder:
         print(f"error: {args.model} is not an embedding model (an encoder, or a decoder with "
               "--runner pooling)", file=sys.stderr)
         return 2

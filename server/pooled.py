@@ -28,11 +28,11 @@ class ClientGone(Exception):
 
 def pooling_input(ctx: ServerContext) -> PoolingInput:
     """The engine's checks of pooling requests; a 400 if the model only generates."""
-    if ctx.engine.pooling_input is None:
+    if ctx.engine.processor.pooling is None:
         raise bad_request("This model generates text: it makes no embeddings or scores. Start "
                           "the server with --runner pooling to serve a decoder for embeddings.",
                           "model")
-    return ctx.engine.pooling_input
+    return ctx.engine.processor.pooling
 
 
 def check_count(n: int, ctx: ServerContext, param: str) -> None:

@@ -113,7 +113,6 @@ class RayEngineClient:
         self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
                                         info.block_size, info.num_kv_blocks,
                                         info.max_waiting_seqs)
-        self.pooling_input = None  # replicas serve generation only
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas
