@@ -4,11 +4,20 @@ Every full block is identified by a hash chained over all tokens up to its end, 
 once its K/V has been computed. A new sequence reuses each cached full block of its prompt (but
 always computes at least its last token, whose logits it needs). Freed blocks keep their hash
 and stay findable until a block is actually needed: then the least recently freed one is evicted.
-Beams of a beam search share blocks too: a forked beam takes its parent's table, every block
-gaining a reference, the partly filled last one included. Before a sequence writes into a shared
-block, that block is copied (copy on write): the sequence gets a fresh block, and the copy
-(source, destination) waits in `pending_copies` for the runner to make before the step's writes.
-The block manager only does the bookkeeping; the K/V arrays live in the model runner.
+
+Three operations serve whatever runs on top (none knows why it is asked):
+- `share`: sequences take other sequences' tables, every block gaining a reference, the partly
+  filled last one included. Before a sequence writes into a shared block, that block is copied
+  (copy on write): the sequence gets a fresh block, and the copy (source, destination) waits in
+  `pending_copies` for the runner to make before the step's writes.
+- `append_slots(seq, n)` reserves slots past the tokens a step computes (lookahead), and
+  `trim` frees the blocks past a sequence's tokens once the step said how many it kept.
+- `commit` counts a step's computed tokens and publishes the blocks they filled.
+A slower cache may sit beneath this one (`LowerTier`, e.g. the disk): it is offered every block
+published, and asked for the next block of a prompt on a miss; a block it fills is cached here
+like any other. The block manager only does the bookkeeping, and is the only writer of a
+sequence's KV state (its block table and its computed, cached and hashed counts); the K/V
+arrays live in the model runner (and the lower tier reads and writes them there).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import Protocol
 
 from nanovllm.sequence import Sequence
 
@@ -28,7 +38,21 @@ class Block:
     ref_count: int = 0
     hash: int | None = None
     token_ids: tuple[int, ...] = ()
-    copied: bool = False  # its K/V came from a block a beam still holds (for the engine view)
+    copied: bool = False  # its K/V was copied on write from a block another sequence holds
+    loaded: bool = False  # its K/V was read from the lower tier (for the engine view)
+
+
+class LowerTier(Protocol):
+    stats: object  # its counters, which EngineStats carries to /metrics
+
+    def publish(self, block_id: int, key: int, token_ids: tuple[int, ...]) -> None:
+        """Block `block_id`, just computed and published as `key`, is offered to the tier."""
+
+    def find(self, key: int, token_ids: tuple[int, ...]) -> object | None:
+        """What the tier holds for the block `key` of `token_ids`, or None."""
+
+    def load(self, found: object, block_id: int) -> None:
+        """Writes what `find` found into block `block_id`'s K/V."""
 
 
 HASH_BYTES = 16  # a block key's size: 128 bits make a collision between two prefixes implausible
@@ -49,17 +73,12 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
-def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, block_size: int) -> int:
-    """The most KV blocks a beam search can hold at once: every beam shares the prompt's full
-    blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
-    shared = num_prompt_tokens // block_size
-    return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)
-
-
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 lower_tier: LowerTier | None = None):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.lower_tier = lower_tier
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks in the order they were freed; the front is evicted first.
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
@@ -79,7 +98,8 @@ class BlockManager:
         return blocks_needed(num_tokens, self.block_size)
 
     def match_prefix(self, seq: Sequence) -> list[int]:
-        """Ids of the cached blocks that hold a prefix of `seq`'s tokens (all but its last token)."""
+        """Ids of the cached blocks that hold a prefix of `seq`'s tokens (all but its last token);
+        past the last one cached here, those the lower tier has, loaded into free blocks."""
         if not self.enable_prefix_caching:
             return []
         bs, h, matched = self.block_size, None, []
@@ -88,7 +108,9 @@ class BlockManager:
             h = chain_hash(tokens, h)
             block_id = self.hash_to_block_id.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
-                break
+                block_id = self._load_from_lower_tier(h, tokens, matched)
+                if block_id is None:
+                    break
             matched.append(block_id)
         return matched
 
@@ -125,50 +147,56 @@ class BlockManager:
         for _ in range(self._blocks_missing(seq, num_new_tokens)):
             seq.block_table.append(self._take_free_block())
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """`child` shares all of `parent`'s blocks and computed tokens (its own are dropped)."""
-        self.refork([child], [parent])
-
-    def refork(self, beams: list[Sequence], parents: list[Sequence]) -> None:
-        """Each `beams[i]` becomes a fork of `parents[i]`, all at once (the parents may be among
-        the beams): the kept blocks gain their references before the beams' old ones are dropped,
-        so what a new beam shares survives and what only pruned beams held is freed now."""
-        forks = [(list(p.block_table), p.num_computed_tokens, p.num_hashed_blocks) for p in parents]
-        for table, _, _ in forks:
+    def share(self, seqs: list[Sequence], sources: list[Sequence]) -> None:
+        """Each `seqs[i]` takes `sources[i]`'s blocks and computed tokens (its own are dropped),
+        all at once (the sources may be among `seqs`): the shared blocks gain their references
+        before the old ones are dropped, so what someone still shares survives and what only
+        the dropped tables held is freed now. Writes into a shared block copy it first."""
+        taken = [(list(s.block_table), s.num_computed_tokens, s.num_hashed_blocks) for s in sources]
+        for table, _, _ in taken:
             for block_id in table:
                 self.blocks[block_id].ref_count += 1
-        for beam in beams:
-            self._release(beam.block_table)
-        for beam, (table, computed, hashed) in zip(beams, forks):
-            beam.block_table, beam.num_computed_tokens, beam.num_hashed_blocks = table, computed, hashed
+        for seq in seqs:
+            self._release(seq.block_table)
+        for seq, (table, computed, hashed) in zip(seqs, taken):
+            seq.block_table, seq.num_computed_tokens, seq.num_hashed_blocks = table, computed, hashed
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The copies the next step must make before it writes, handed over once."""
         copies, self.pending_copies = self.pending_copies, []
         return copies
 
+    def commit(self, seq: Sequence, num_tokens: int) -> None:
+        """`num_tokens` more of `seq`'s tokens have their K/V in the cache."""
+        seq.num_computed_tokens += num_tokens
+        self.register_computed(seq)
+
     def register_computed(self, seq: Sequence) -> None:
-        """Publishes the blocks that became full and computed, so later prompts can reuse them."""
+        """Publishes the blocks that became full and computed, so later prompts can reuse them
+        (only blocks whose tokens the sequence already holds: a kept lookahead token is
+        published once it is appended)."""
         if not self.enable_prefix_caching:
             return
         bs, table = self.block_size, seq.block_table
-        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+        for i in range(seq.num_hashed_blocks, min(seq.num_computed_tokens, seq.num_tokens) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             prefix_hash = self.blocks[table[i - 1]].hash if i else None
             block = self.blocks[table[i]]
             block.hash, block.token_ids = chain_hash(tokens, prefix_hash), tokens
-            self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            published = self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            if self.lower_tier is not None and published == block.block_id:
+                self.lower_tier.publish(block.block_id, block.hash, tokens)
             seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
+        self.register_computed(seq)  # what it computed stays findable
         self._release(seq.block_table)
         seq.block_table.clear()
         seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
-        seq.num_draft_computed = 0  # a draft model's cache lived in these blocks too
 
-    def trim(self, seq: Sequence) -> None:
-        """Frees the blocks past the sequence's tokens (they held only rejected proposals)."""
-        keep = max(self.blocks_for(seq.num_tokens), seq.num_hashed_blocks)
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Frees the blocks past the first `num_tokens` tokens (slots reserved and not kept)."""
+        keep = max(self.blocks_for(num_tokens), seq.num_hashed_blocks)
         while len(seq.block_table) > keep:
             block_id = seq.block_table.pop()
             block = self.blocks[block_id]
@@ -186,7 +214,7 @@ class BlockManager:
 
     def _shared_in_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
         """Indices of the blocks in `seq`'s table that the next tokens go into and that another
-        sequence also holds (only a forked beam's partly filled last block, in practice)."""
+        sequence also holds (in practice, the partly filled last block of a shared table)."""
         bs, table = self.block_size, seq.block_table
         first = seq.num_computed_tokens // bs
         last = min(len(table), self.blocks_for(seq.num_computed_tokens + num_new_tokens))
@@ -195,10 +223,36 @@ class BlockManager:
     def _blocks_missing(self, seq: Sequence, num_new_tokens: int) -> int:
         return max(0, self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table))
 
-    def _take_free_block(self) -> int:
-        block_id, _ = self.free_block_ids.popitem(last=False)
+    def _take_free_block(self, block_id: int | None = None) -> int:
+        """Takes `block_id`, by default the least recently freed block, evicting its contents."""
+        if block_id is None:
+            block_id, _ = self.free_block_ids.popitem(last=False)
+        else:
+            del self.free_block_ids[block_id]
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
             del self.hash_to_block_id[block.hash]  # evict: its contents are about to be overwritten
         block.hash, block.token_ids, block.ref_count, block.copied = None, (), 1, False
+        block.loaded = False
+        return block_id
+
+    def _load_from_lower_tier(self, key: int, tokens: tuple[int, ...], matched: list[int]
+                              ) -> int | None:
+        """A free block holding the lower tier's copy of block `key`, cached here (still free,
+        the most recently freed), or None. The free block taken is never one of `matched`."""
+        if self.lower_tier is None:
+            return None
+        keep = set(matched)
+        block_id = next((b for b in self.free_block_ids if b not in keep), None)
+        if block_id is None:
+            return None
+        found = self.lower_tier.find(key, tokens)
+        if found is None:
+            return None
+        self._take_free_block(block_id)
+        self.lower_tier.load(found, block_id)
+        block = self.blocks[block_id]
+        block.hash, block.token_ids, block.ref_count, block.loaded = key, tokens, 0, True
+        self.hash_to_block_id[key] = block_id
+        self.free_block_ids[block_id] = None
         return block_id

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from nanovllm.stats import StepStats
+
 if TYPE_CHECKING:
     from nanovllm.block_manager import BlockManager
     from nanovllm.scheduler import Scheduler
@@ -20,19 +22,6 @@ if TYPE_CHECKING:
 
 # Each queue lists at most this many sequences (its head); its length is always given whole.
 MAX_LISTED_SEQS = 256
-
-
-@dataclass(slots=True)
-class StepStats:
-    """One engine step (LLMEngine.last_step, and the engine view's strip of recent steps)."""
-
-    num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
-    num_decode_tokens: int = 0   # one per sequence that generated from its last token
-    seconds: float = 0.0
-    num_seqs: int = 0
-    num_preemptions: int = 0     # sequences preempted while this step was scheduled
-    num_proposed: int = 0        # speculative decoding: proposals verified this step
-    num_accepted: int = 0        # and kept (the rest were rejected)
 
 
 @dataclass(slots=True)
@@ -61,6 +50,7 @@ class BlockPool:
     cached: list[bool]    # findable in the prefix cache; a free cached block is reused as is
     beams: list[bool]     # held by two or more beams of one beam search (forked, not copied)
     copied: list[bool]    # a copy, made when a beam was about to write into a shared block
+    loaded: list[bool]    # its K/V was read from the prefix cache directory
 
 
 @dataclass(slots=True)
@@ -82,7 +72,8 @@ class EngineSnapshot:
         blocks = self.blocks
         fields["blocks"] = {"block_size": blocks.block_size, "owner": blocks.owner,
                             "ref_count": blocks.ref_count, "cached": blocks.cached,
-                            "beams": blocks.beams, "copied": blocks.copied}
+                            "beams": blocks.beams, "copied": blocks.copied,
+                            "loaded": blocks.loaded}
         for queue in ("running", "waiting"):
             fields[queue] = [_record(s) for s in fields[queue]]
         fields["steps"] = [_record(s) for s in self.steps]
@@ -108,13 +99,14 @@ def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) 
 
 def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
     """Each block's holder, reference count, whether the prefix cache can find it, whether
-    beams of one search share it and whether it was copied on write."""
+    beams of one search share it, whether it was copied on write and whether it was read
+    from disk."""
     owner, beams = [-1] * bm.num_blocks, [False] * bm.num_blocks
     held_by_beams: set[tuple[int, str]] = set()  # (block id, beam search's request id)
     for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
         for block_id in seq.block_table:
             owner[block_id] = seq.seq_id
-            if seq.request.beam is not None:
+            if seq.request.group is not None:
                 key = (block_id, seq.request.request_id)
                 beams[block_id] |= key in held_by_beams
                 held_by_beams.add(key)
@@ -122,7 +114,8 @@ def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
     for block_id in bm.hash_to_block_id.values():
         cached[block_id] = True
     return BlockPool(bm.block_size, owner, [b.ref_count for b in bm.blocks], cached, beams,
-                     [b.copied and b.ref_count > 0 for b in bm.blocks])
+                     [b.copied and b.ref_count > 0 for b in bm.blocks],
+                     [b.loaded for b in bm.blocks])
 
 
 def _seq_view(seq: Sequence) -> SeqView:

@@ -33,6 +33,7 @@ class PoolingWork:
 
 
 class PoolingRunner:
+    speculator = None  # (a pooling sequence generates no tokens to speculate on)
     def __init__(self, cfg, weights, pooling: PoolingConfig):
         self.cfg, self.pooling = cfg, pooling
         self.is_encoder = isinstance(cfg, BertConfig)

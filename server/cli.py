@@ -54,6 +54,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--disable-log-requests", action="store_true",
+                        help="no access-log line per request (client, method, path, status, "
+                             "duration, request id); the log is on by default")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true",
+                        help="the same as --disable-log-requests (vLLM's name for uvicorn's "
+                             "access log, which this log replaces)")
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template (a file, or the template itself) for "
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
@@ -179,6 +185,7 @@ class Server(uvicorn.Server):
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
+    from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat_template import load_chat_template
 
@@ -198,20 +205,26 @@ def run_serve(args: argparse.Namespace) -> int:
                        limits.limit_concurrency, concurrency)
     if args.enable_step_mode and args.data_parallel_size is not None:
         raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
+    inspector = None  # the web page's views of one engine: not across replicas
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
     else:
-        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args),
-                                         enable_step_mode=args.enable_step_mode)
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
+                    api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                     enable_server_load_tracking=args.enable_server_load_tracking,
                     tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
                     else None, reasoning_parser=args.reasoning_parser,
-                    structured_in_reasoning=in_reasoning)
+                    structured_in_reasoning=in_reasoning,
+                    log_requests=not (args.disable_log_requests
+                                      or args.disable_uvicorn_access_log))
+    # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
+    # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,
