@@ -1,10 +1,12 @@
-"""Activation kernels: GPT-2's GELU (tanh approximation) and SwiGLU's gate, silu(gate) * up.
+"""Activation kernels: GPT-2's GELU (tanh approximation), BERT's exact (erf) GELU and SwiGLU's
+gate, silu(gate) * up.
 
 Each is a compiled loop over rows, on numba's threads when a step has enough of them
 (`kernels.on_threads`), tested against its plain function: `reference.gelu`,
-`reference_llama.silu`. Both compute e**x with `kernels.exp32`, which vectorizes where libm's
-expf does not: one pass over the rows, where numpy's versions make up to nine. Like
-`norms.layer_norm`, `gelu` quantizes its rows for an int8 layer it feeds (`feeds=`).
+`reference_bert.gelu`, `reference_llama.silu`. They compute e**x with `kernels.exp32`, which
+vectorizes where libm's expf does not: one pass over the rows, where numpy's versions make up
+to nine. Like `norms.layer_norm`, `gelu` quantizes its rows for an int8 layer it feeds
+(`feeds=`).
 """
 
 from __future__ import annotations
@@ -81,6 +83,45 @@ def compile_gelu() -> None:
     int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     for feeds in (None, int8):
         gelu(np.zeros((1, 1), np.float32), feeds)
+
+
+# Exact GELU's erf is Abramowitz and Stegun's 7.1.26, a degree-5 polynomial in 1 / (1 + p|z|)
+# times e**-z**2, within 1.5e-7 of erf everywhere (below float32's resolution of the values GELU
+# adds it to): with `exp32_within`, a few multiply-adds and no branch, so the loop vectorizes
+# (numba calls libm's scalar erf, which does not).
+INV_SQRT2 = np.float32(0.7071067811865476)
+ERF_P = np.float32(0.3275911)
+ERF_A1, ERF_A2, ERF_A3 = np.float32(0.254829592), np.float32(-0.284496736), np.float32(1.421413741)
+ERF_A4, ERF_A5 = np.float32(-1.453152027), np.float32(1.061405429)
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, parallel=True)
+def gelu_erf_(x):
+    """x * Phi(x) IN PLACE (x: [n, I], C-contiguous float32; `reference_bert.gelu`); returns x."""
+    if on_threads(x.size):
+        for i in prange(x.shape[0]):
+            gelu_erf_row_(x[i])
+    else:
+        for i in range(x.shape[0]):
+            gelu_erf_row_(x[i])
+    return x
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
+def gelu_erf_row_(row):
+    """Phi(v) = (1 + erf(v / sqrt 2)) / 2, and 1 - erf(|z|) = poly(t) e**-z**2: so Phi is
+    1 - tail / 2 for v >= 0 and tail / 2 below, a select rather than a branch."""
+    for j in range(row.shape[0]):
+        v = row[j]
+        z = abs(v) * INV_SQRT2
+        t = np.float32(1.0) / (np.float32(1.0) + ERF_P * z)
+        poly = t * (ERF_A1 + t * (ERF_A2 + t * (ERF_A3 + t * (ERF_A4 + t * ERF_A5))))
+        half_tail = np.float32(0.5) * poly * exp32_within(max(-z * z, np.float32(-87.0)))
+        row[j] = v * (np.float32(1.0) - half_tail if v >= 0 else half_tail)
+
+
+def compile_gelu_erf() -> None:
+    gelu_erf_(np.zeros((1, 2), np.float32))
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)

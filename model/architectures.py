@@ -1,7 +1,7 @@
 """Which model a checkpoint is, from config.json's `architectures`, and that model's functions.
 
-One `ModelFamily` per model file (`model/gpt2.py`, `model/llama.py`, `model/qwen3.py`): its
-fast forward pass and kernels, its plain-numpy reference module, its loader and its
+One `ModelFamily` per model file (`model/gpt2.py`, `model/llama.py`, `model/qwen3.py`,
+`model/bert.py`): its fast forward pass and kernels, its plain-numpy reference module, its loader and its
 random-weights builder. The runner and the engine call a family's functions and never name an
 architecture; a checkpoint whose architecture is not listed here is refused at load, naming it
 and the ones we run.
@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from nanovllm.model import gpt2, llama, qwen3, reference, reference_llama
-from nanovllm.model.checkpoint import dummy, llama_loader, loader
+from nanovllm.model import bert, gpt2, llama, qwen3, reference, reference_bert, reference_llama
+from nanovllm.model.bert_config import BERT_ARCHITECTURES, BertConfig
+from nanovllm.model.checkpoint import bert_loader, dummy, llama_loader, loader
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.llama_config import LLAMA_ARCHITECTURES, LlamaConfig
 
-ModelConfig = GPT2Config | LlamaConfig  # what the engine reads of either: see llama_config.py
+ModelConfig = GPT2Config | LlamaConfig | BertConfig  # what the engine reads of each: see llama_config.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +47,18 @@ LLAMA = ModelFamily(LlamaConfig, llama.forward, llama.compile_kernels, reference
 QWEN3 = ModelFamily(LlamaConfig, qwen3.forward, qwen3.compile_kernels, reference_llama,
                     llama_loader.load_llama, dummy.random_llama_weights,
                     llama_loader.build_weights)
+# An encoder: its forward pass is `bert.encode` over whole texts, with no KV cache.
+BERT = ModelFamily(BertConfig, bert.encode, bert.compile_kernels, reference_bert,
+                   bert_loader.load_bert, bert_loader.random_bert_weights,
+                   bert_loader.build_weights)
 
 ARCHITECTURES: dict[str, ModelFamily] = {"GPT2LMHeadModel": GPT2,
                                          **{name: LLAMA for name in LLAMA_ARCHITECTURES},
-                                         "Qwen3ForCausalLM": QWEN3}
+                                         "Qwen3ForCausalLM": QWEN3,
+                                         **{name: BERT for name in BERT_ARCHITECTURES}}
 # Old configs without `architectures` still say what they are in `model_type`.
-MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", **{v: k for k, v in LLAMA_ARCHITECTURES.items()}}
+MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel",
+               **{v: k for k, v in LLAMA_ARCHITECTURES.items()}}
 
 
 def family_of(cfg: ModelConfig) -> ModelFamily:
@@ -82,7 +89,10 @@ def architecture_of(model_dir: str | Path) -> str:
 def read_config(model_dir: str | Path) -> ModelConfig:
     """The config of a checkpoint directory, of its architecture's class."""
     model_dir = Path(model_dir)
-    if ARCHITECTURES[architecture_of(model_dir)] is GPT2:
+    family = ARCHITECTURES[architecture_of(model_dir)]
+    if family is BERT:
+        return bert_loader.read_config(model_dir)
+    if family is GPT2:
         try:
             return GPT2Config.from_json(model_dir / "config.json")
         except ValueError as e:

@@ -53,7 +53,7 @@ TILES = {"avx512vnni": (64, 4, 4, 8), "avxvnni": (32, 4, 1, 4),
 # weights fetched to stay in every cache level pushed the rest of the step (activations, the KV
 # cache, the interpreter's own data) out to memory; non-temporal lines pass through without
 # that. 0 on the AVX-512 paths: on the Xeon we measured, the one-row chain already streamed at
-# the memory's speed, and non-temporal prefetches slowed it (docs/performance.md).
+# the memory's speed, and non-temporal prefetches slowed it.
 WEIGHT_PREFETCH = {"avx512vnni": 0, "avxvnni": 0, "avx512bw": 0, "avx2": 512}
 # What the caller subtracts per output, times sum(w): the offset x carries into the product.
 OFFSET = {"avx512vnni": 128, "avxvnni": 128, "avx512bw": 0, "avx2": 0}

@@ -9,7 +9,7 @@ At run time each row of x (a token) is quantized the same way, x[t] ~ p[t] * r[t
 where the dot product of integers is exact in int32 (|p . q| <= K * 127 * 127 < 2**31 for any
 K below 133,000) and is scaled once per output. A vector holds four times as many int8 lanes
 as float32 ones, but without VNNI one product of them takes four instructions (`int8_dot`), so
-the gain in multiply-adds a cycle is well short of 4x (docs/performance.md measures it); the
+the gain in multiply-adds a cycle is well short of 4x (docs/performance.md#limits); the
 weights stay a quarter of float32's bytes, which is what batch-1 decoding reads.
 
 Kernels, one per instruction set (`model/int8_dot.py` has the LLVM side), chosen by the CPU

@@ -136,7 +136,7 @@ class AsyncEngine:
         Loading compiles and first runs the parallel kernels, and GNU OpenMP gives each thread
         that starts parallel work a team of worker threads of its own: a model loaded on the
         caller's thread and stepped on another left two teams on the same cores, and every
-        step of the engine thread ran slower for it (docs/performance.md, session 16)."""
+        step of the engine thread ran slower for it."""
         loaded: Future[AsyncEngine] = Future()
 
         def load_and_run() -> None:

@@ -13,6 +13,8 @@ The block manager only does the bookkeeping; the K/V arrays live in the model ru
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -29,8 +31,17 @@ class Block:
     copied: bool = False  # its K/V came from a block a beam still holds (for the engine view)
 
 
+HASH_BYTES = 16  # a block key's size: 128 bits make a collision between two prefixes implausible
+
+
 def chain_hash(token_ids: Seq[int], prefix_hash: int | None) -> int:
-    return hash((prefix_hash, tuple(token_ids)))
+    """The key of a block holding `token_ids` after the prefix keyed `prefix_hash` (None: the
+    first block). Built from bytes alone, so every process, on every run, computes the same key
+    (Python's own `hash` of None or a str changes from run to run)."""
+    parent = (prefix_hash or 0).to_bytes(HASH_BYTES, "little")
+    tokens = struct.pack(f"<{len(token_ids)}q", *token_ids)
+    digest = hashlib.blake2b(parent + tokens, digest_size=HASH_BYTES).digest()
+    return int.from_bytes(digest, "little")
 
 
 def blocks_needed(num_tokens: int, block_size: int) -> int:

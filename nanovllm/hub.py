@@ -35,14 +35,20 @@ LLAMA_HUB_REPOS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
                    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
                    "qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
                    "mistral-7b": "mistralai/Mistral-7B-v0.1"}
+# The encoders' presets (BERT_PRESETS): two embedding models and a cross-encoder.
+BERT_HUB_REPOS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                  "bge-small-en-v1.5": "BAAI/bge-small-en-v1.5",
+                  "ms-marco-minilm-l6-v2": "cross-encoder/ms-marco-MiniLM-L6-v2"}
 HUB_REPOS: dict[str, str] = {**{name: f"{_HUB_ORGS.get(name, 'openai-community')}/{name}"
-                                for name in PRESETS}, **LLAMA_HUB_REPOS}
+                                for name in PRESETS}, **LLAMA_HUB_REPOS, **BERT_HUB_REPOS}
 
 # Everything serving reads, and nothing else: hub GPT-2 repos also carry TF, Flax, ONNX, tflite
 # and pytorch_model.bin copies that would multiply the download several times over.
 ALLOW_PATTERNS = ("config.json", "generation_config.json", "*.safetensors",
                   "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
-                  "tokenizer_config.json")
+                  "tokenizer_config.json", "vocab.txt",
+                  # sentence-transformers' pooling files (nanovllm/pooling.py)
+                  "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 MARKER = ".nanovllm-download.json"  # written last, inside the staging dir, before the rename
 DEFAULT_HUB_TIMEOUT = 5.0  # seconds per hub call; huggingface_hub's 10 s adds up when the network is dark
 Log = Callable[[str], None]
@@ -90,9 +96,11 @@ def read_marker(model_dir: Path) -> dict:
 
 
 def select_files(repo_files: Iterable[str]) -> list[str]:
-    """The repo files to fetch: top-level only, as repos keep second copies under `onnx/` etc."""
+    """The repo files to fetch: top-level only, as repos keep second copies under `onnx/` etc.
+    (but the pooling module's config, which sentence-transformers keeps in `1_Pooling/`)."""
     return sorted(f for f in repo_files
-                  if "/" not in f and any(fnmatch.fnmatchcase(f, p) for p in ALLOW_PATTERNS))
+                  if ("/" not in f or f in ALLOW_PATTERNS)
+                  and any(fnmatch.fnmatchcase(f, p) for p in ALLOW_PATTERNS))
 
 
 def check_file_set(files: list[str], repo_id: str) -> None:

@@ -83,6 +83,13 @@ class Tokenizer:
         loop or the engine."""
         return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
+    def encode_pair(self, first: str, second: str) -> tuple[list[int], list[int]]:
+        """A pair of texts as one sequence, as a cross-encoder reads it (`[CLS] A [SEP] B [SEP]`
+        for BERT): its token ids and token type ids (0 for the first text's, 1 for the
+        second's), from the tokenizer's own post-processor."""
+        encoding = self._tok.encode_batch([(first, second)])[0]
+        return encoding.ids, encoding.type_ids
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 

@@ -16,8 +16,8 @@ def keep_freed_memory() -> None:
 
     By default glibc maps large arrays afresh and returns freed memory to the OS, so every
     step would touch new pages, and first touch is slow on small VMs (long prefills pay for it
-    most; docs/performance.md has the figures). Arrays up to 32 MiB (glibc's maximum) then come from the
-    heap, which is never trimmed. No-op where the C library is not glibc.
+    most). Arrays up to 32 MiB (glibc's maximum) then come from the heap, which is never
+    trimmed. No-op where the C library is not glibc.
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -4,8 +4,21 @@ timed from outside with the first token's moment taken from inside (a stopping c
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
+
+# torch and transformers are not runtime dependencies; pip's default torch is the multi-GB CUDA
+# build, so the hint names the CPU one (torch pinned as in the dev extra).
+INSTALL_REFERENCE = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+                     " && pip install transformers")
+
+
+def missing_reference() -> str | None:
+    """"torch", "transformers" or both ("torch, transformers") when they are not installed;
+    checked before anything is loaded, so the user learns it at once."""
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    return ", ".join(missing) or None
 
 
 class TransformersRunner:

@@ -50,9 +50,7 @@ ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed 
 A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32 and int8
 multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
 streamed per second (a decode step reads each once: the figure that matters at batch 1) and the
-multiply-adds per second (at batch 64 and in prefill), each as a share of its roof. The roofs
-line also gives one thread's int8 product instruction against float32's FMA (scripts/isa_peaks.py):
-where multiply-adds bind, no int8 / float32 ratio can exceed it.
+multiply-adds per second (at batch 64 and in prefill), each as a share of its roof.
 
 Speculation. With --speculative-config, every rep runs the same prompts with speculation off,
 then on (two engines in one process, so a busy machine slows both alike); ratio = on / off.
@@ -62,10 +60,6 @@ acceptance rate by proposal position), and whether every greedy output was ident
 one with speculation off (with --temperature the outputs are samples: not compared). Random
 prompts repeat nothing, so n-gram lookup rarely proposes and a draft of a trained model has
 nothing to agree on: measure acceptance on a dataset of text.
-
-Targets. On a checkpoint of GPT-2 124M's shapes, a last table says where the project's
-throughput targets stand (scripts/perf_targets.py), and with --compare precisions the ratio
-targets of the narrow weights.
 """
 
 from __future__ import annotations
@@ -89,7 +83,11 @@ import numpy as np  # noqa: E402
 from nanovllm.model.config import PRESETS  # noqa: E402
 from nanovllm.model.cpu import kernel_path  # noqa: E402
 from nanovllm.runner.kv_cache import kv_bytes_per_block  # noqa: E402
-from nanovllm.scripts.bench_transformers import TransformersRunner  # noqa: E402
+from nanovllm.scripts.bench_transformers import (  # noqa: E402
+    INSTALL_REFERENCE,
+    TransformersRunner,
+    missing_reference,
+)
 from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
     default_threads,
@@ -99,12 +97,6 @@ from nanovllm.scripts.bench_utils import (  # noqa: E402
     parse_int_list,
     render_table,
     write_json,
-)
-from nanovllm.scripts.perf_targets import (  # noqa: E402
-    evaluate,
-    evaluate_precisions,
-    format_precision_targets,
-    format_targets,
 )
 from nanovllm.scripts.roofs import describe as describe_roofs  # noqa: E402
 from nanovllm.scripts.roofs import measure_roofs, step_cost  # noqa: E402
@@ -385,6 +377,10 @@ def run(args: argparse.Namespace) -> int:
     limits = limit_blas_threads(args.threads)  # noqa: F841 - the limit lasts while this lives
     threads = args.threads or default_threads()
     precisions = args.compare == "precisions"
+    if args.compare == "transformers" and (missing := missing_reference()):
+        print(f"error: --compare transformers needs torch and transformers (not installed: "
+              f"{missing}); install the CPU build: {INSTALL_REFERENCE}", file=sys.stderr)
+        return 2
     try:
         if precisions:
             engine = make_engine(args, quantization=None, dtype="auto", speculative_config=None)
@@ -406,13 +402,8 @@ def run(args: argparse.Namespace) -> int:
     if problem := _check_fit(engine, cells, dataset):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    try:
-        theirs = (TransformersRunner(engine.model_path, threads)
-                  if args.compare == "transformers" else None)
-    except ImportError as e:  # torch and transformers come with the dev extra only
-        print(f"error: --compare transformers needs torch and transformers ({e}); install them "
-              "with: pip install torch==2.13.0 -e '.[dev]'", file=sys.stderr)
-        return 2
+    theirs = TransformersRunner(engine.model_path, threads) if args.compare == "transformers" \
+        else None
     report = _report_header(args, engine, theirs, threads, dataset)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(report["environment"]), file=out, flush=True)
@@ -429,14 +420,12 @@ def run(args: argparse.Namespace) -> int:
                      dataset)
     results = [bench_cell(cell, engine, theirs, args.reps, source, log, narrow, args.temperature)
                for cell in cells]
-    targets = evaluate(results, report["model"])
-    ratio_targets = evaluate_precisions(results, report["model"]) if precisions else []
     roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
-    print(format_table(results, report) + format_acceptance(results) + format_targets(targets)
-          + format_precision_targets(ratio_targets) + format_roofs(roof_rows), file=out, flush=True)
+    print(format_table(results, report) + format_acceptance(results) + format_roofs(roof_rows),
+          file=out, flush=True)
     if args.json:
-        write_json({**report, "results": [_result_json(r) for r in results], "targets": targets,
-                    "precision_targets": ratio_targets, "roof_cells": roof_rows}, args.json)
+        write_json({**report, "results": [_result_json(r) for r in results],
+                    "roof_cells": roof_rows}, args.json)
     return 0
 
 

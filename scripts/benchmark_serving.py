@@ -8,8 +8,10 @@
 
 Requests are streamed /v1/completions calls whose prompts are random token ids (so lengths are
 exact, and no two prompts share a prefix the server could cache), with `ignore_eos` so every
-request generates exactly its output length. Lengths are --input-len / --output-len, or uniform
-in [len*(1-r), len*(1+r)] with --random-range-ratio r. Load is a fixed number of clients
+request generates exactly its output length. The ids are drawn from the served model's
+vocabulary, which /v1/models reports (`vocab_size`; --vocab-size for a server that does not).
+Lengths are --input-len / --output-len, or uniform in [len*(1-r), len*(1+r)] with
+--random-range-ratio r. Load is a fixed number of clients
 (--max-concurrency), a Poisson request rate (--request-rate), both, or neither (all at once).
 --num-prompts bounds the requests; --max-seconds stops sending new ones after that long (those
 in flight finish and count).
@@ -17,7 +19,8 @@ in flight finish and count).
 Metrics, as vLLM defines them: TTFT = time to the first streamed chunk; TPOT = (latency - TTFT)
 / (output tokens - 1) per request; ITL = the gaps between successive chunks; E2EL = latency.
 Throughputs divide completed requests' tokens by the wall time of the whole run. Output token
-counts come from the final usage chunk (stream_options.include_usage).
+counts come from the final usage chunk (stream_options.include_usage). A failed request is
+counted, its reason printed, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from nanovllm.scripts.serving_report import (
     summarize,
 )
 from nanovllm.server.defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, api_key_from_env
+
+GPT2_VOCAB = 50257  # prompt ids for a server that does not report its vocabulary
 
 # --------------------------------------------------------------------------- arguments
 
@@ -71,8 +76,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="tokens to generate per request (default 128)")
     p.add_argument("--random-range-ratio", type=float, default=0.0,
                    help="lengths uniform in [len*(1-r), len*(1+r)] (default 0: fixed)")
-    p.add_argument("--vocab-size", type=int, default=50257,
-                   help="prompt ids are drawn below this, the last id excluded (default 50257)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="prompt ids are drawn below this, the last id excluded (default: the "
+                        f"server's vocabulary from /v1/models, else GPT-2's {GPT2_VOCAB})")
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="ask the server to ignore EOS (vLLM's extra field; default on)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
@@ -100,7 +106,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--concurrency-sweep needs positive integers, e.g. 1,16,64"
     if args.max_seconds is not None and args.max_seconds <= 0:
         return "--max-seconds must be positive"
-    if args.vocab_size < 2:
+    if args.vocab_size is not None and args.vocab_size < 2:
         return "--vocab-size must be at least 2"
     return None
 
@@ -123,7 +129,8 @@ class Prompt:
 
 
 def make_prompts(args: argparse.Namespace, stream: int, count: int | None = None) -> list[Prompt]:
-    """`count` (default --num-prompts) prompts; each `stream` gives different ones."""
+    """`count` (default --num-prompts) prompts of ids below --vocab-size (resolved by then);
+    each `stream` gives different ones."""
     rng = np.random.default_rng([args.seed, stream])
     count = count or args.num_prompts
     r = args.random_range_ratio
@@ -148,9 +155,17 @@ def request_body(args: argparse.Namespace, model: str, prompt: Prompt) -> dict:
 # --------------------------------------------------------------------------- one request
 
 
+def http_client():
+    """The HTTP client module of the base install: huggingface_hub's (httpx, or its successor
+    under the name huggingface_hub keeps for it), so this command needs no extra."""
+    from huggingface_hub.utils import httpx
+
+    return httpx
+
+
 async def send_request(client, url: str, body: dict, headers: dict) -> RequestResult:
     """Streams one completion, timestamping every chunk."""
-    import httpx
+    httpx = http_client()
 
     result = RequestResult(ok=False, prompt_len=len(body["prompt"]))
     start = last = time.perf_counter()
@@ -246,7 +261,7 @@ class SetupError(Exception):
 
 async def preflight(client, url: str, headers: dict, args: argparse.Namespace) -> dict:
     """The server's model card; checks that the requested lengths fit its context."""
-    import httpx
+    httpx = http_client()
 
     try:
         response = await client.get(f"{url}/v1/models", headers=headers)
@@ -269,9 +284,21 @@ async def preflight(client, url: str, headers: dict, args: argparse.Namespace) -
     return card
 
 
-async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
-    import httpx
+def vocabulary(args: argparse.Namespace, card: dict) -> int:
+    """Prompt ids are drawn below this: --vocab-size, else the server's, else GPT-2's."""
+    if args.vocab_size:
+        return args.vocab_size
+    served = card.get("vocab_size")
+    if isinstance(served, int) and served >= 2:
+        return served
+    print(f"note: the server does not report its vocabulary (vocab_size in /v1/models); prompt "
+          f"ids are drawn below GPT-2's {GPT2_VOCAB:,} (--vocab-size to change it)",
+          file=sys.stderr)
+    return GPT2_VOCAB
 
+
+async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
+    httpx = http_client()
     url = base_url(args)
     headers = {"Authorization": f"Bearer {key}"} if (key := api_key(args)) else {}
     timeout = httpx.Timeout(args.timeout, connect=10.0)
@@ -279,6 +306,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         card = await preflight(client, url, headers, args)
         model = args.model or card["id"]
+        args = argparse.Namespace(**{**vars(args), "vocab_size": vocabulary(args, card)})
         # One request first, like vLLM: a setup problem is one clear error, not N failures.
         test = make_prompts(args, stream=0, count=1)
         probe = await send_request(client, url + args.endpoint,
@@ -291,7 +319,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
             results.append(await _one_level(client, url + args.endpoint, headers, args, model,
                                             concurrency, stream=i + 1))
     server = {"url": url, "model": model, "root": card.get("root"),
-              "max_model_len": card.get("max_model_len")}
+              "max_model_len": card.get("max_model_len"), "vocab_size": args.vocab_size}
     return server, results
 
 
@@ -317,8 +345,8 @@ def run(args: argparse.Namespace) -> int:
     if problem := check_args(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    # `nanovllm` logs at INFO; httpx would log one line per request.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # `nanovllm` logs at INFO; the HTTP client would log one line per request.
+    logging.getLogger(http_client().__name__).setLevel(logging.WARNING)
     if args.plot and not _have_matplotlib():
         print("error: --plot needs matplotlib, which is not installed: "
               "pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)
@@ -337,7 +365,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         _write_json(args, server, results)
-    return 0 if all(b.completed for b in results) else 1
+    if failed := sum(b.failed for b in results):
+        sent = sum(b.completed + b.failed for b in results)
+        print(f"error: {failed} of {sent} requests failed: {why_failed(results)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def why_failed(results: list[BenchResult]) -> str:
+    """The failures' reasons, most frequent first, each with its count."""
+    errors: dict[str, int] = {}
+    for b in results:
+        for error, n in b.errors.items():
+            errors[error] = errors.get(error, 0) + n
+    ranked = sorted(errors.items(), key=lambda e: -e[1])
+    return "; ".join(f"{n} x {error.rstrip('.')}" for error, n in ranked[:3]) + \
+        (f"; and {len(ranked) - 3} other reasons" if len(ranked) > 3 else "")
 
 
 def _have_matplotlib() -> bool:

@@ -4,9 +4,7 @@
 - float32 peak: multiply-adds per second of OpenBLAS's sgemm on 1536 x 1536 matrices, best of 5
   (what the best float32 code on this CPU reaches, not the data sheet's figure);
 - int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs (`model/int8_gemm.py`)
-  on operands that stay in the L1 and L2 caches, best of 5;
-- and what bounds the ratio of the two: one thread's multiply-adds per second through that
-  kernel's product instruction over those through float32's FMAs (`scripts/isa_peaks.py`).
+  on operands that stay in the L1 and L2 caches, best of 5.
 
 A decode step reads every weight matrix once (the LM head included), so at batch 1 the weights
 stream at (bytes of the matrices) x (steps per second), and each token costs one multiply-add per
@@ -28,7 +26,6 @@ class Roofs:
     float32_peak: float  # multiply-adds/s
     int8_peak: float     # multiply-adds/s
     int8_kernel: str
-    int8_instructions: float | None  # int8's product over float32's FMA, in instruction peaks
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -58,7 +55,6 @@ def measure_roofs() -> Roofs:
     from nanovllm.model.int8_gemm import int8_linear
     from nanovllm.model.linear import host_int8_kernel
     from nanovllm.model.quant import quantize_int8
-    from nanovllm.scripts.isa_peaks import int8_over_float32
 
     bandwidth = _bandwidth()
     n = 1536
@@ -69,7 +65,7 @@ def measure_roofs() -> Roofs:
     kernel = host_int8_kernel()
     int8_peak = 256 * 1024 * 512 * 8 / _best(
         lambda: [int8_linear(x, w, kernel) for _ in range(8)])
-    return Roofs(bandwidth, float32_peak, int8_peak, kernel, int8_over_float32(kernel))
+    return Roofs(bandwidth, float32_peak, int8_peak, kernel)
 
 
 def weight_matrices(weights) -> list:
@@ -87,11 +83,6 @@ def step_cost(weights) -> tuple[int, int]:
 
 
 def describe(roofs: Roofs) -> str:
-    line = (f"roofs (measured): memory {roofs.bandwidth / 1e9:.1f} GB/s; float32 "
+    return (f"roofs (measured): memory {roofs.bandwidth / 1e9:.1f} GB/s; float32 "
             f"{roofs.float32_peak / 1e9:.1f} G multiply-adds/s (OpenBLAS sgemm); int8 "
             f"{roofs.int8_peak / 1e9:.1f} G multiply-adds/s ({roofs.int8_kernel} kernel, in cache)")
-    if roofs.int8_instructions is not None:
-        line += (f"; instruction peaks, one thread: {roofs.int8_kernel}'s int8 product "
-                 f"{roofs.int8_instructions:.2f}x float32's FMA (the bound on int8 / float32 "
-                 "where multiply-adds bind: batch 64, prefill; scripts/isa_peaks.py)")
-    return line

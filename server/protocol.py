@@ -531,6 +531,7 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
     permission: list[ModelPermission]
 
 

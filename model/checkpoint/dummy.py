@@ -1,5 +1,7 @@
 """Checkpoints we make ourselves: random weights in the exact Hugging Face layout, for GPT-2's
-presets and the Llama family's (`LLAMA_PRESETS`: SmolLM2, TinyLlama, Llama 3.2, Qwen2.5, Mistral).
+presets, the Llama family's (`LLAMA_PRESETS`: SmolLM2, TinyLlama, Llama 3.2, Qwen2.5, Mistral)
+and BERT encoders' (`BERT_PRESETS`: all-MiniLM-L6-v2, bge-small-en-v1.5, the ms-marco
+cross-encoder), each of those with sentence-transformers' pooling files as the real one has.
 
 The hub is out of reach in CI and on offline machines, so the project writes a complete,
 loadable checkpoint directory (config, generation config, safetensors weights, tokenizer) for any
@@ -21,17 +23,20 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from nanovllm.model.bert_config import BERT_PRESETS, BertConfig
 from nanovllm.model.checkpoint import llama_loader
+from nanovllm.model.checkpoint.bert_loader import random_bert_weights
 from nanovllm.model.checkpoint.loader import expected_shapes
 from nanovllm.model.checkpoint.tokenizer_files import (
     copy_tokenizer,
     write_llama_tokenizer,
     write_tokenizer,
 )
+from nanovllm.model.checkpoint.wordpiece import write_wordpiece_tokenizer
 from nanovllm.model.config import PRESETS, GPT2Config
 from nanovllm.model.llama_config import LLAMA_PRESETS, LlamaConfig
 
-ALL_PRESETS = (*PRESETS, *LLAMA_PRESETS)  # the names `--load-format dummy` knows
+ALL_PRESETS = (*PRESETS, *LLAMA_PRESETS, *BERT_PRESETS)  # the names `--load-format dummy` knows
 
 DUMMY_KEY = "_nanovllm_dummy"
 DUMMY_FORMAT_VERSION = 3  # bump when the files written change: cached checkpoints are rewritten
@@ -85,6 +90,8 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
     """
     if preset in LLAMA_PRESETS:
         return write_dummy_llama(out_dir, preset, tokenizer_dir, seed, **config_overrides)
+    if preset in BERT_PRESETS:
+        return write_dummy_bert(out_dir, preset, tokenizer_dir, seed, **config_overrides)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(ALL_PRESETS)}")
     eot = config_overrides.get("vocab_size", PRESETS[preset].vocab_size) - 1
@@ -131,6 +138,47 @@ def write_dummy_llama(out_dir: str | Path, preset: str, tokenizer_dir: str | Pat
     (out / "config.json").write_text(json.dumps(config, indent=2))
     generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids)}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return out
+
+
+# How the real embedding models pool (their 1_Pooling/config.json) and how long a text their
+# sentence_bert_config.json lets through.
+BERT_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512)}
+
+
+def write_dummy_bert(out_dir: str | Path, preset: str, tokenizer_dir: str | Path | None,
+                     seed: int, **config_overrides) -> Path:
+    """A BERT preset's shapes with random weights and a WordPiece tokenizer
+    (`wordpiece.py`); an embedding model also gets sentence-transformers' files (modules.json:
+    Transformer, Pooling, Normalize), a cross-encoder its sigmoid activation."""
+    cfg: BertConfig = replace(BERT_PRESETS[preset], **config_overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is not None:
+        copy_tokenizer(Path(tokenizer_dir), out, cfg.vocab_size)
+    else:
+        write_wordpiece_tokenizer(out, cfg.vocab_size, cfg.max_position_embeddings)
+    save_file(random_bert_weights(cfg, seed), str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
+              "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
+    if cfg.is_classifier:
+        config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if preset in BERT_POOLING:
+        mode, max_len = BERT_POOLING[preset]
+        modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
+        (out / "modules.json").write_text(json.dumps(
+            [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+             for i, (kind, path) in enumerate(modules)], indent=2))
+        for _, path in modules[1:]:
+            (out / path).mkdir(exist_ok=True)
+        (out / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"embedding_dimension": cfg.hidden_size, "pooling_mode": mode,
+             "include_prompt": True}, indent=2))
+        (out / "2_Normalize" / "config.json").write_text("{}")
+        (out / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": max_len, "do_lower_case": False}, indent=2))
     return out
 
 

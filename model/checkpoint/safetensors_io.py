@@ -71,7 +71,7 @@ def read_safetensors(path: str | Path, skip=lambda name: False) -> dict[str, np.
     header, data_start = _read_header(path)
     data_len = path.stat().st_size - data_start
     # Plain ndarray views of the mapping, not np.memmap ones: numba types an ndarray subclass on
-    # a slow path, on every kernel call a weight is passed to (docs/performance.md, session 20).
+    # a slow path, on every kernel call a weight is passed to (microseconds per argument).
     data = (np.asarray(np.memmap(path, dtype=np.uint8, mode="r", offset=data_start)) if data_len
             else np.empty(0, np.uint8))
     tensors = {}

@@ -20,7 +20,8 @@ DRAFT_QUANTIZATIONS = ("int8",)
 # vLLM's default lookup when neither length is given.
 DEFAULT_PROMPT_LOOKUP = 5
 # From this many running sequences on, a step does not speculate (vLLM's disable_by_batch_size):
-# where on / off fell to ~1.0 in the benchmark's batch sweep on GPT-2 124M (docs/performance.md).
+# where on / off fell to ~1.0 in the benchmark's batch sweep on GPT-2 124M
+# (docs/performance.md#speculative-decoding).
 # A draft costs k passes of its own per step, n-gram proposals nothing, so n-gram pays longer.
 DEFAULT_DISABLE_BY_BATCH_SIZE = {"ngram": 12, "draft_model": 2}
 

@@ -59,7 +59,8 @@ async def version() -> dict:
 async def list_models(ctx: Ctx) -> ModelList:
     permission = ModelPermission(id=f"modelperm-{uuid.uuid4().hex}", created=ctx.created)
     card = ModelCard(id=ctx.model_name, created=ctx.created, root=ctx.model_root,
-                     max_model_len=ctx.engine.max_model_len, permission=[permission])
+                     max_model_len=ctx.engine.max_model_len, vocab_size=ctx.engine.vocab_size,
+                     permission=[permission])
     return ModelList(data=[card])
 
 
@@ -100,7 +101,8 @@ def read_tokenizer_config(tokenizer_dir: str | Path) -> dict:
 # The fast class transformers' AutoTokenizer (vLLM's loader) picks from config.json's model_type
 # when tokenizer_config.json names no class, for the architectures we serve.
 _CLASS_BY_MODEL_TYPE = {"gpt2": "GPT2TokenizerFast", "llama": "LlamaTokenizerFast",
-                        "mistral": "LlamaTokenizerFast", "qwen2": "Qwen2TokenizerFast"}
+                        "mistral": "LlamaTokenizerFast", "qwen2": "Qwen2TokenizerFast",
+                        "qwen3": "Qwen2TokenizerFast"}
 
 
 def tokenizer_class(config: dict, model_type: str | None) -> str:

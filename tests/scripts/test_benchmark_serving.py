@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def test_prompts_have_exact_or_bounded_lengths():
     assert all(0 <= t < 99 for p in prompts for t in p.token_ids)  # the last id (EOS) left out
     assert bs.make_prompts(args, stream=1) == prompts
     assert bs.make_prompts(args, stream=2) != prompts  # no prefix-cache hits across levels
-    ranged = bs.make_prompts(parse("--input-len", "20", "--random-range-ratio", "0.5"), 1)
+    ranged = bs.make_prompts(parse("--input-len", "20", "--random-range-ratio", "0.5",
+                                   "--vocab-size", "100"), 1)
     lengths = {len(p.token_ids) for p in ranged}
     assert min(lengths) >= 10 and max(lengths) <= 30 and len(lengths) > 3
 
@@ -82,6 +84,22 @@ def test_metrics_are_computed_like_vllm():
     assert b.errors == {"HTTP 400: bad": 1}
     report = bs.format_result(b)
     assert "Successful requests:" in report and "P99 ITL (ms):" in report and "HTTP 400" in report
+
+
+def test_the_vocabulary_is_the_flag_the_servers_or_gpt2s(capsys):
+    assert bs.vocabulary(parse("--vocab-size", "7"), {"vocab_size": 1024}) == 7
+    assert bs.vocabulary(parse(), {"vocab_size": 1024}) == 1024
+    assert capsys.readouterr().err == ""
+    assert bs.vocabulary(parse(), {"id": "vllm-model"}) == 50257  # a server that does not say
+    assert "does not report its vocabulary" in capsys.readouterr().err
+
+
+def test_failures_are_summed_with_their_reasons():
+    ok = RequestResult(True, 4, output_tokens=2, ttft=0.1, latency=0.2, itl=[0.1])
+    bad, worse = RequestResult(False, 4, error="HTTP 400: a"), RequestResult(False, 4, error="b")
+    levels = [bs.summarize([ok, bad, bad], 1.0, 1, math.inf),
+              bs.summarize([bad, worse], 1.0, 4, math.inf)]
+    assert bs.why_failed(levels) == "3 x HTTP 400: a; 1 x b"
 
 
 def test_no_server_is_one_clear_line(capsys):
@@ -139,7 +157,7 @@ def _wait_until_healthy(url: str, proc: subprocess.Popen) -> None:
 
 def test_concurrency_sweep_against_a_real_server(server, tmp_path, capsys):
     out, png = tmp_path / "serve.json", tmp_path / "serve.png"
-    argv = ["--base-url", server, "--vocab-size", "1024", "--num-prompts", "8",
+    argv = ["--base-url", server, "--num-prompts", "8",
             "--input-len", "8", "--output-len", "6", "--concurrency-sweep", "1,4",
             "--json", str(out), "--plot", str(png)]
     assert bs.main(argv) == 0
@@ -147,6 +165,7 @@ def test_concurrency_sweep_against_a_real_server(server, tmp_path, capsys):
     assert printed.count("Serving Benchmark Result") == 2 and "TTFT med/p99" in printed
     data = json.loads(out.read_text())
     assert data["server"]["max_model_len"] == 256
+    assert data["server"]["vocab_size"] == 1024  # the prompts' ids, from /v1/models
     assert [r["max_concurrency"] for r in data["results"]] == [1, 4]
     for r in data["results"]:
         assert (r["completed"], r["failed"]) == (8, 0)
@@ -174,3 +193,40 @@ def test_a_bad_workload_fails_on_the_test_request(server, capsys):
     assert bs.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: the test request failed: HTTP 400")
+
+
+def _seed_with_partial_failures(args: argparse.Namespace, vocab: int) -> int:
+    """A seed whose test request fits the vocabulary and whose run has requests that do not."""
+    for seed in range(100):
+        args.seed = seed
+        fits = [max(p.token_ids) < vocab for p in bs.make_prompts(args, stream=1)]
+        if max(bs.make_prompts(args, stream=0, count=1)[0].token_ids) < vocab and \
+                any(fits) and not all(fits):
+            return seed
+    raise AssertionError("no such seed")
+
+
+def test_requests_that_fail_are_explained_and_fail_the_command(server, capsys):
+    """Prompt ids beyond the tiny model's 1,024 tokens (a workload made for a larger vocabulary):
+    the requests that hold one get 400s; the report says why, and the command exits 1."""
+    argv = ["--base-url", server, "--vocab-size", "1100", "--num-prompts", "8",
+            "--input-len", "8", "--output-len", "2", "--max-concurrency", "4"]
+    seed = _seed_with_partial_failures(parse(*argv), 1024)
+    assert bs.main([*argv, "--seed", str(seed)]) == 1
+    captured = capsys.readouterr()
+    assert "Failed requests:" in captured.out and "failed: HTTP 400" in captured.out
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and " of 8 requests failed: " in last
+    assert "x HTTP 400: " in last
+
+
+def test_bench_serve_runs_in_the_base_install(server):
+    """httpx is a dev dependency: `nanovllm bench serve` runs on the base install's client."""
+    code = ("import sys; sys.modules['httpx'] = None\n"  # import httpx now fails
+            "from nanovllm.cli import main\n"
+            f"sys.exit(main(['bench', 'serve', '--base-url', {server!r}, '--num-prompts', '2',"
+            " '--input-len', '4', '--output-len', '2']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"Successful requests: +2\n", result.stdout)

@@ -1,4 +1,4 @@
-"""scripts/isa_peaks.py: each product loop this CPU runs does the work it counts."""
+"""scripts/lab/isa_peaks.py: each product loop this CPU runs does the work it counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from nanovllm.scripts import isa_peaks
+from nanovllm.scripts.lab import isa_peaks
 
 RUNNABLE = [p for p in isa_peaks.PROBES if isa_peaks.runnable(p, isa_peaks.host_features())]
 
@@ -45,3 +45,6 @@ def test_main_reports_every_probe(capsys):
             assert re.search(rf"{probe.name}: +[\d.]+ G multiply-adds/s", out), probe.name
         else:
             assert f"{probe.name}: not on this CPU" in out
+    kernel = isa_peaks.host_int8_kernel()
+    if isa_peaks.KERNEL_PROBES.get(kernel) in {p.name for p in RUNNABLE}:
+        assert f"this CPU's W8A8 kernel: {kernel}" in out  # the bound on int8 / float32

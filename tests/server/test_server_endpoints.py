@@ -17,6 +17,7 @@ def test_models(client, live, tiny_ckpt):
     assert card.id == MODEL and card.object == "model" and card.owned_by == "nanovllm"
     extra = card.model_extra
     assert extra["root"] == str(tiny_ckpt) and extra["max_model_len"] == 256
+    assert extra["vocab_size"] == 1024  # the ids a prompt may hold (nanovllm bench serve's)
     (perm,) = extra["permission"]
     assert perm["object"] == "model_permission" and perm["allow_sampling"] is True
 

@@ -188,7 +188,7 @@ def step_until_a_token(url: str) -> None:
 def test_stop_aborts_the_stream_and_the_engine_request(page, steppable_server):
     """Stop at the first token, the engine paused: unpaused, the tiny model's 200 tokens take
     less time than a loaded machine's browser takes to draw a token and click, and a request
-    that finished first cannot be aborted (the flaky CI failure of session 14)."""
+    that finished first cannot be aborted (a test that did not pause it failed in CI)."""
     url = steppable_server.url
     aborted_before = metric(url, "nanovllm:num_aborted_requests_total")
     open_playground(page, url)

@@ -8,7 +8,7 @@ then neither merge two products (a probe whose products share their operands mea
 them than it counts) nor hoist any out of the loop. The sums are checked against numpy after
 each run, so a loop that skipped work would fail, not look fast. One thread; the best of `--reps`.
 
-    python -m nanovllm.scripts.isa_peaks
+    python -m nanovllm.scripts.lab.isa_peaks
 
 Rows: "avx2" is the AVX2 W8A8 kernel's product (`vpsignb`, `vpmaddubsw`, `vpmaddwd`, `vpaddd`:
 32 int8 multiply-adds), built by the kernel's own `int8_dot.Multiply`; "avx2-unsigned" the same
@@ -32,6 +32,7 @@ from numba.core.cgutils import get_or_insert_function
 
 from nanovllm.model.cpu import INT8_KERNELS
 from nanovllm.model.int8_dot import Multiply
+from nanovllm.model.linear import host_int8_kernel
 
 SUMS = 6     # int8 accumulators: with their weights, x and |x| they fill 15 of AVX2's 16 registers
 FMA_SUMS = 10  # FMA's latency x its two ports: fewer sums would measure latency, not throughput
@@ -205,19 +206,6 @@ def measure(compiled: Compiled, probe: Probe, reps: int, seconds: float) -> floa
 KERNEL_PROBES = {isa: name for name, isa in KERNEL_ISAS.items() if name != "avx2-unsigned"}
 
 
-def int8_over_float32(int8_kernel: str, reps: int = 3, seconds: float = 0.1) -> float | None:
-    """One thread's multiply-adds a second through `int8_kernel`'s product over those through
-    the widest float32 FMA this CPU has; None if that kernel's product has no probe here."""
-    features = host_features()
-    by_name = {p.name: p for p in PROBES if runnable(p, features)}
-    int8 = by_name.get(KERNEL_PROBES.get(int8_kernel, ""))
-    fma = by_name.get("fma512") or by_name.get("fma256")
-    if int8 is None or fma is None:
-        return None
-    compiled = Compiled()
-    return measure(compiled, int8, reps, seconds) / measure(compiled, fma, reps, seconds)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -235,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = f"  {rate / base:.2f}x float32's widest FMAs" if base else ""
         print(f"{probe.name:>14}: {rate:7.1f} G multiply-adds/s{ratio}")
+    kernel = host_int8_kernel()
+    if base and (probe := KERNEL_PROBES.get(kernel)) in rates:
+        # Where multiply-adds bind (batch 64, prefill), no int8 / float32 ratio can pass this.
+        print(f"this CPU's W8A8 kernel: {kernel} ({probe}), at most "
+              f"{rates[probe] / base:.2f}x float32 where multiply-adds bind")
     return 0
 
 

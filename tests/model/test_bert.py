@@ -1,0 +1,118 @@
+"""BERT: the plain reference against transformers, the engine's fast path against the
+reference (every piece: GELU, attention over a batch of texts, the whole encoder, the
+cross-encoder's head), and loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from bert_checkpoints import PAIRS, TEXTS, write_hf_bert
+
+from nanovllm.model import bert, reference_bert
+from nanovllm.model.activations import gelu_erf_
+from nanovllm.model.architectures import load_checkpoint
+from nanovllm.model.checkpoint.safetensors_io import CheckpointError
+from nanovllm.model.encoder_attention import encoder_attention
+from nanovllm.tokenizer import Tokenizer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    return write_hf_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory):
+    return write_hf_bert(tmp_path_factory.mktemp("bert-ce"), classifier_labels=1, seed=1)
+
+
+def batch(tokenizer, texts):
+    """The texts' ids laid end to end, their positions, token types and row offsets."""
+    ids = [tokenizer.encode(t) for t in texts]
+    starts = np.cumsum([0, *map(len, ids)])
+    positions = np.concatenate([np.arange(len(i)) for i in ids])
+    return np.concatenate(ids), positions, np.zeros_like(positions), starts
+
+
+@pytest.mark.parametrize("rows", [40, 500])  # on the calling thread, and on numba's
+def test_gelu_matches_the_reference(rows):
+    x = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32) * 4
+    x[0, :6] = [0, -0.0, 30, -30, 1e-8, -9]
+    # erf within 1.5e-7 (A&S 7.1.26): GELU within 0.75e-7 |x| where the tail is not 0.
+    np.testing.assert_allclose(gelu_erf_(x.copy()), reference_bert.gelu(x), atol=5e-7, rtol=1e-6)
+
+
+def test_encoder_attention_matches_the_reference_per_text():
+    rng = np.random.default_rng(1)
+    lengths = [5, 5, 5, 1, 9, 9, 3]
+    starts = np.cumsum([0, *lengths])
+    q, k, v = (rng.standard_normal((starts[-1], 4, 8)).astype(np.float32) for _ in range(3))
+    out = encoder_attention(q, k, v, starts)
+    for a, b in zip(starts[:-1], starts[1:]):
+        probs = reference_bert.attention_probs(q[a:b], k[a:b])
+        want = (probs @ v[a:b].transpose(1, 0, 2)).transpose(1, 0, 2)
+        np.testing.assert_allclose(out[a:b], want, atol=1e-5)
+
+
+def test_reference_matches_transformers(embedder):
+    cfg, weights = load_checkpoint(embedder)
+    model = transformers.BertModel.from_pretrained(embedder).eval()
+    tok = Tokenizer(embedder, None)
+    ids, types = tok.encode_pair(*PAIRS[0])
+    assert set(types) == {0, 1}
+    with torch.no_grad():
+        want = model(torch.tensor([ids]), token_type_ids=torch.tensor([types])).last_hidden_state
+    got = reference_bert.encode(weights, cfg, np.array(ids), np.array(types))
+    np.testing.assert_allclose(got, want[0].numpy(), atol=2e-5)
+
+
+def test_fast_path_matches_the_reference_on_a_batch(embedder):
+    cfg, weights = load_checkpoint(embedder)
+    tok = Tokenizer(embedder, None)
+    ids, positions, types, starts = batch(tok, TEXTS)
+    got = bert.encode(weights, cfg, ids, positions, types, starts)
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        want = reference_bert.encode(weights, cfg, ids[a:b])
+        np.testing.assert_allclose(got[a:b], want, atol=2e-5, err_msg=TEXTS[i])
+
+
+def test_cross_encoder_head_matches_transformers(cross_encoder):
+    cfg, weights = load_checkpoint(cross_encoder)
+    assert cfg.is_classifier and cfg.num_labels == 1
+    model = transformers.BertForSequenceClassification.from_pretrained(cross_encoder).eval()
+    tok = Tokenizer(cross_encoder, None)
+    pairs = [tok.encode_pair(a, b) for a, b in PAIRS]
+    starts = np.cumsum([0, *(len(i) for i, _ in pairs)])
+    ids = np.concatenate([i for i, _ in pairs])
+    types = np.concatenate([t for _, t in pairs])
+    positions = np.concatenate([np.arange(len(i)) for i, _ in pairs])
+    fast = bert.classify(weights, bert.encode(weights, cfg, ids, positions, types, starts), starts)
+    for (i, t), row in zip(pairs, fast):
+        with torch.no_grad():
+            want = model(torch.tensor([i]), token_type_ids=torch.tensor([t])).logits[0].numpy()
+        ref = reference_bert.forward(weights, cfg, np.array(i), np.array(t))
+        np.testing.assert_allclose(ref, want, atol=2e-5)
+        np.testing.assert_allclose(row, want, atol=2e-5)
+
+
+def test_attention_weights_are_bidirectional(embedder):
+    cfg, weights = load_checkpoint(embedder)
+    probs = reference_bert.attention_weights(weights, cfg, np.array([101, 200, 300, 102]))
+    assert probs.shape == (2, 4, 4, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)
+    assert (probs[..., 0, 1:] > 0).all()  # the first token sees the ones after it
+
+
+def test_a_config_we_do_not_run_is_refused_by_name(embedder, tmp_path):
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_bytes((embedder / name).read_bytes())
+    config = json.loads((embedder / "config.json").read_text())
+    for key, value in (("hidden_act", "relu"), ("position_embedding_type", "relative_key")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(CheckpointError, match=key):
+            load_checkpoint(tmp_path)
