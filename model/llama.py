@@ -1,5 +1,6 @@
 """The Llama family's forward pass as the engine runs it: Llama 2/3, SmolLM2, TinyLlama, Mistral
-and Qwen2, one model whose config says which (`model/llama_config.py`).
+and Qwen2, one model whose config says which (`model/llama_config.py`); Qwen3 reuses it with
+its own attention (`model/qwen3.py`).
 
 `model/reference_llama.py` is the same model as a few pure functions, the one to read first;
 this module computes the same numbers with the engine's kernels, shared with GPT-2
@@ -41,7 +42,7 @@ class LayerWeights:
     qkv_w: Weight                 # [(H + 2 Hkv) D, E]: rows Q | K | V
     qkv_b: np.ndarray | None      # Qwen2's q/k/v biases
     o_w: Weight                   # [E, H D]
-    o_b: np.ndarray | None        # Llama with attention_bias only
+    o_b: np.ndarray | None        # Llama (or Qwen3) with attention_bias only
     post_norm: np.ndarray         # [E] RMSNorm gain before the MLP
     gate_up_w: Weight             # [2 I, E]: rows gate | up
     down_w: Weight                # [E, I]
