@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import logging
 import signal
 import threading
@@ -53,6 +54,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--disable-log-requests", action="store_true",
+                        help="no access-log line per request (client, method, path, status, "
+                             "duration, request id); the log is on by default")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true",
+                        help="the same as --disable-log-requests (vLLM's name for uvicorn's "
+                             "access log, which this log replaces)")
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template (a file, or the template itself) for "
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
@@ -69,8 +76,45 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
                              "default: $RAY_ADDRESS, else a local Ray instance)")
+    add_tool_args(parser)
     add_limit_args(parser)
     add_engine_args(parser)
+
+
+def add_tool_args(parser: argparse.ArgumentParser) -> None:
+    """vLLM's flags for tool calling and reasoning output."""
+    from nanovllm.server.reasoning import REASONING_PARSERS
+    from nanovllm.server.tool_calls import PARSERS
+
+    g = parser.add_argument_group("tool calling and reasoning")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='serve tool_choice "auto" (the default with tools): the model\'s own '
+                        "calls, read by --tool-call-parser")
+    g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
+                   help="how the model writes tool calls (docs/api.md lists the families)")
+    g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+                   help="split <think>...</think> into message.reasoning_content")
+    g.add_argument("--structured-outputs-config", default=None, metavar="JSON",
+                   help='e.g. \'{"enable_in_reasoning": true}\': grammars hold the reasoning '
+                        "too (by default they hold the answer after it)")
+
+
+def structured_in_reasoning(args: argparse.Namespace) -> bool:
+    """--structured-outputs-config: vLLM's JSON; only enable_in_reasoning (and the backend
+    "guidance", this server's one) can be honoured."""
+    if args.structured_outputs_config is None:
+        return False
+    config = json.loads(args.structured_outputs_config)
+    if not isinstance(config, dict):
+        raise ValueError("--structured-outputs-config must be a JSON object")
+    unknown = sorted(set(config) - {"enable_in_reasoning", "backend"})
+    if unknown:
+        raise ValueError(f"--structured-outputs-config: {unknown[0]!r} is not supported "
+                         "(only enable_in_reasoning)")
+    if config.get("backend", "guidance") not in ("auto", "guidance"):
+        raise ValueError("--structured-outputs-config: this server's grammar backend is "
+                         "llguidance (\"guidance\")")
+    return bool(config.get("enable_in_reasoning", False))
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +191,9 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     chat_template = load_chat_template(args.chat_template) if args.chat_template else None
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    in_reasoning = structured_in_reasoning(args)
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
     if args.ray_address and args.data_parallel_size is None:
@@ -167,7 +214,14 @@ def run_serve(args: argparse.Namespace) -> int:
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
-                    enable_server_load_tracking=args.enable_server_load_tracking)
+                    enable_server_load_tracking=args.enable_server_load_tracking,
+                    tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
+                    else None, reasoning_parser=args.reasoning_parser,
+                    structured_in_reasoning=in_reasoning,
+                    log_requests=not (args.disable_log_requests
+                                      or args.disable_uvicorn_access_log))
+    # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
+    # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,

@@ -1,8 +1,10 @@
-"""OpenAI-shaped errors: {"error": {"message", "type", "param", "code"}} for every failure.
+"""Errors in the shape of the API a path belongs to: OpenAI's {"error": {"message", "type",
+"param", "code"}} everywhere but under /v1/messages, which answers in Anthropic's
+{"type": "error", "error": {"type", "message"}}.
 
 Every status the server can answer with goes through here, including FastAPI's own 404/405
 and request-validation failures (which OpenAI and vLLM report as 400, not FastAPI's 422).
-The `type` names follow vLLM (BadRequestError, NotFoundError, ...), which are also the
+The OpenAI `type` names follow vLLM (BadRequestError, NotFoundError, ...), which are also the
 exception classes the `openai` client raises for those statuses.
 """
 
@@ -35,6 +37,21 @@ ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
+
+# Anthropic's error types by status. A full queue is its 529 overloaded_error (a 429 is an
+# account's rate limit there); anything else a server may answer is its api_error.
+ANTHROPIC_PATH = "/v1/messages"
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_STATUS = {429: 529}
 
 
 class APIError(Exception):
@@ -75,7 +92,23 @@ def error_body(message: str, status: int, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
-def error_response(message: str, status: int, param: str | None = None, headers=None) -> JSONResponse:
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def anthropic_error(message: str, status: int) -> tuple[int, dict]:
+    """Anthropic's status and body for one of our errors (a full queue: 529 overloaded)."""
+    status = ANTHROPIC_STATUS.get(status, status)
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return status, {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_response(message: str, status: int, param: str | None = None, headers=None,
+                   path: str = "") -> JSONResponse:
+    """The error as the API of `path` shapes it (OpenAI's unless under /v1/messages)."""
+    if is_anthropic_path(path):
+        status, body = anthropic_error(message, status)
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
 
 
@@ -122,17 +155,17 @@ def _member(error: dict) -> str:
     return tag.replace("constrained-", "")
 
 
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc.message, exc.status, exc.param, exc.headers, request.url.path)
 
 
-async def _invalid_request(_: Request, exc: InvalidRequestError) -> JSONResponse:
-    return JSONResponse(invalid_request(exc).body(), status_code=400)
+async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
+    return error_response(str(exc), 400, exc.param, path=request.url.path)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = describe_validation_error(exc)
-    return error_response(message, 400, param)
+    return error_response(message, 400, param, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -141,7 +174,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         detail = f"Not Found: {request.method} {quote(request.url.path, 100)}"
     elif exc.status_code == 405:
         detail = f"Method {request.method} not allowed for {quote(request.url.path, 100)}"
-    return error_response(detail, exc.status_code, None, headers=getattr(exc, "headers", None))
+    return error_response(detail, exc.status_code, None, headers=getattr(exc, "headers", None),
+                          path=request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -158,6 +158,10 @@ class ServerMetrics:
                              labels, buckets=E2E_BUCKETS, registry=self.registry)
         self.success = Counter("vllm:request_success", "Count of finished requests.",
                                ["model_name", "finished_reason"], registry=self.registry)
+        # Per endpoint: what vLLM's instrumentator exports (server/middleware.py counts).
+        self.http_requests = Counter("http_requests", "Requests answered, by route (handler), "
+                                     "method and status class.", ["handler", "method", "status"],
+                                     registry=self.registry)
         self.registry.register(EngineStatsCollector(stats, model_name))
         # This app's series, looked up once: RequestTracker observes them per token.
         self.ttft_series, self.itl_series, self.e2e_series = (
@@ -202,6 +206,9 @@ class ServerMetrics:
             self.prefill_time.observe(t.first_token_time - t.first_scheduled_time)
             self.decode_time.observe(t.last_token_time - t.first_token_time)
             self.inference_time.observe(t.last_token_time - t.first_scheduled_time)
+
+    def count_http_request(self, handler: str, method: str, status: str) -> None:
+        self.http_requests.labels(handler, method, status).inc()
 
     def tracker(self, params=None) -> RequestTracker:
         return RequestTracker(self, params)

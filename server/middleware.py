@@ -1,5 +1,5 @@
-"""Pure ASGI middleware that every request passes through: its `X-Request-Id`, the API key, a
-body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
+"""Pure ASGI middleware that every request passes through: the access log, its `X-Request-Id`,
+the API key, a JSON Content-Type, a body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
 generation requests in flight (build_app stacks them).
 
 Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body per request.
@@ -7,14 +7,18 @@ Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
 
 from nanovllm.server.errors import error_response, internal_error
+from nanovllm.values.errors import quote
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
@@ -53,26 +57,103 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class AccessLogMiddleware:
+    """One log line per request once it is answered (a stream: once its last event is sent):
+    client, method, path, status, duration and the request id, the `X-Request-Id` the client
+    got, so that a client's log and ours can be matched. Outside RequestIdMiddleware, whose
+    header it reads. Off with --disable-log-requests (or --disable-uvicorn-access-log)."""
+
+    def __init__(self, app, logger: logging.Logger) -> None:
+        self.app = app
+        self._logger = logger
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status, request_id = 0, "-"  # 0: no response was started (the client left first)
+
+        async def noting_send(message) -> None:
+            nonlocal status, request_id
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                request_id = Headers(raw=message.get("headers", [])).get(REQUEST_ID_HEADER, "-")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            client = scope.get("client")
+            self._logger.info('%s "%s %s" %d %.1f ms request_id=%s',
+                              f"{client[0]}:{client[1]}" if client else "-", scope["method"],
+                              printable(scope["path"]), status,
+                              (time.perf_counter() - start) * 1e3, request_id)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A client's text, safe in a log line: unprintable characters escaped (a newline in a
+    percent-decoded path must not start a fake line), cut to `limit` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
 class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on the paths under `protected` (build_app: /v1/*,
-    which vLLM protects, and the web page's data, /ui/api/*; the page itself holds no secret)."""
+    """Requires the key on the paths under `protected` (build_app: /v1/*, which vLLM protects,
+    and the web page's data, /ui/api/*; the page itself holds no secret): as
+    `Authorization: Bearer <key>` (OpenAI's clients) or `x-api-key: <key>` (Anthropic's)."""
 
     def __init__(self, app, api_key: str, protected: tuple[str, ...]) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._bearer = f"Bearer {api_key}".encode()
+        self._key = api_key.encode()
         self._protected = protected
+
+    def _authorized(self, headers: Headers) -> bool:
+        bearer = headers.get("authorization", "").encode("latin-1", "replace")
+        key = headers.get("x-api-key", "").encode("latin-1", "replace")
+        # Both compared, always: the time taken says nothing about which header was close.
+        return secrets.compare_digest(bearer, self._bearer) | secrets.compare_digest(key, self._key)
 
     async def __call__(self, scope, receive, send) -> None:
         if (scope["type"] == "http" and scope["method"] != "OPTIONS"
                 and scope["path"].startswith(self._protected)):
-            got = Headers(scope=scope).get("authorization", "").encode("latin-1", "replace")
-            if not secrets.compare_digest(got, self._expected):
+            if not self._authorized(Headers(scope=scope)):
                 response = error_response(
-                    "Invalid or missing API key: send the header `Authorization: Bearer <key>`.",
-                    401, headers={"WWW-Authenticate": "Bearer"})
+                    "Invalid or missing API key: send the header `Authorization: Bearer <key>` "
+                    "(or `x-api-key: <key>`).", 401, headers={"WWW-Authenticate": "Bearer"},
+                    path=scope["path"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequestCountMiddleware:
+    """Counts every answer by its route (the path template, `/v1/responses/{response_id}`;
+    "none" when no route matched), method and status class, as vLLM's http_requests_total:
+    the requests each endpoint served and refused."""
+
+    def __init__(self, app, count: Callable[[str, str, str], None]) -> None:
+        self.app = app
+        self._count = count
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if nothing answers (InternalErrorMiddleware)
+
+        async def recording_send(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            self._count(getattr(route, "path", "none"), scope["method"], f"{status // 100}xx")
 
 
 class BodyTooLarge(Exception):
@@ -126,8 +207,47 @@ class BodySizeLimitMiddleware:
     async def _refuse(self, scope, receive, send) -> None:
         response = error_response(
             f"The request body is larger than this server's limit of {self.max_bytes} bytes "
-            "(--max-request-body-bytes).", 413, headers={"Connection": "close"})
+            "(--max-request-body-bytes).", 413, headers={"Connection": "close"},
+            path=scope["path"])
         await response(scope, receive, send)
+
+
+JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """application/json or application/*+json, whatever its parameters (charset=utf-8)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
+class JSONContentTypeMiddleware:
+    """Every body this server takes is JSON: a body sent as another type, or with no type, is a
+    415 that names the header to send. FastAPI would read it as bytes and call it "not a JSON
+    object", though `curl -d '{...}'` sends a JSON object (as application/x-www-form-urlencoded,
+    unless told otherwise). Taking it as JSON instead would let any web page post to a local
+    server without the CORS preflight a JSON request needs."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in JSON_METHODS:
+            headers = Headers(scope=scope)
+            content_type = headers.get("content-type")
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            if has_body and not (content_type and is_json_media_type(content_type)):
+                sent = f"Content-Type {quote(content_type, 100)}" if content_type \
+                    else "no Content-Type"
+                response = error_response(
+                    f"Unsupported media type: the body was sent with {sent}, and must be JSON, "
+                    "sent with the header `Content-Type: application/json` (curl: add -H "
+                    "'Content-Type: application/json'; -d alone sends a form).", 415,
+                    path=scope["path"])
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class InternalErrorMiddleware:
@@ -154,14 +274,15 @@ class InternalErrorMiddleware:
         except Exception:
             error = internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
-                await error_response(error.message, 500)(scope, receive, send)
+                await error_response(error.message, 500, path=scope["path"])(scope, receive, send)
 
 
 # vLLM's server load tracking: how many generation requests are in flight, for a load balancer
 # that reads GET /load. A request counts from the moment its body starts to be handled until
 # its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it.
 # The routes that generate (vLLM counts its generation and pooling routes, not tokenize).
-TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations"})
+TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations",
+                           "/v1/responses", "/v1/messages"})
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ A new endpoint's body and answer are one more model each, here.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -34,6 +34,7 @@ from nanovllm.values.limits import (
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
+    MAX_TOOLS,
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
@@ -57,6 +58,8 @@ UNSUPPORTED_FIELDS = (
     "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors",
     "vllm_xargs", "guided_whitespace_pattern", "structural_tag",
 )
+# Of those, the ones another endpoint of this server serves: its refusal says where.
+SERVED_ELSEWHERE = {"use_beam_search": "/v1/completions", "length_penalty": "/v1/completions"}
 
 # Request fields accepted although they cannot change the output here, each with its reason
 # (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
@@ -76,7 +79,6 @@ IGNORED_EXTRA_FIELDS = {
     "metadata": "OpenAI's tags for stored completions; nothing is stored here",
     "store": "OpenAI's stored completions; nothing is stored here",
     "service_tier": "this server has one tier",
-    "parallel_tool_calls": "this server has no tools",
     "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
     "safety_identifier": "an end-user id, like `user`",
     "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
@@ -238,6 +240,14 @@ class SamplingFields(StructuredOutputFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    @property
+    def length_field(self) -> str | None:
+        """The field the client set the completion's length with; None where the API's default
+        applies (a client that never sent max_tokens did not ask for 16 tokens)."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return "max_tokens" if "max_tokens" in self.model_fields_set else None
+
     def refuse_unsupported_fields(self, known: tuple[str, ...] = ()) -> None:
         """Refuse what would change the output and is not honoured: vLLM's fields this server
         does not implement, and any field it does not know (besides `known`, checked by the
@@ -246,6 +256,9 @@ class SamplingFields(StructuredOutputFields):
         extra = self.model_extra or {}
         for name in UNSUPPORTED_FIELDS:
             if extra.get(name) not in (None, False, [], {}, 0, ""):
+                if name in SERVED_ELSEWHERE:
+                    raise bad_request(f"`{name}` is not supported on this endpoint; this server "
+                                      f"serves it on {SERVED_ELSEWHERE[name]}.", name)
                 raise bad_request(f"`{name}` is not supported by this server.", name)
         handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
         unknown = sorted(k for k, v in extra.items()
@@ -412,6 +425,18 @@ class ChatCompletionRequest(SamplingFields):
     # continue_final_message case), and the prompt's logprobs.
     echo: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Tool calling (server/tool_calls/ checks them, naming the field at fault).
+    tools: list[Any] | None = Field(None, description=f"Function tools, at most {MAX_TOOLS}; "
+                                    "rendered by the chat template.")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='"none", "auto" (the default with tools; needs '
+                          '--enable-auto-tool-choice), "required", or {"type": "function", '
+                          '"function": {"name": ...}}; the last two are enforced by the grammar '
+                          "engine.")
+    parallel_tool_calls: bool | None = True
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='Extra variables for the chat template (e.g. {"enable_thinking": '
+                          "false}).")
 
     def to_sampling_params(self, structured: Any = None) -> SamplingParams:
         return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
@@ -426,6 +451,8 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: list[Any] | None = None  # rendered into the prompt as chat completions renders them
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool | None = Field(
         None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
                           "none). Default: true for `prompt`, false for `messages` (the chat "
@@ -446,6 +473,115 @@ class TokenizeRequest(OpenAIBaseModel):
 class DetokenizeRequest(OpenAIBaseModel):
     model: str | None = None
     tokens: list[TokenId]
+
+
+# Other APIs' requests, answered by front ends over the chat path (server/endpoints/responses.py,
+# server/endpoints/messages.py). Their items and content blocks are checked by the front end,
+# which names the exact item at fault.
+
+MAX_RESPONSE_ID_CHARS = 128
+MetadataKey = Annotated[str, Field(max_length=64)]
+
+
+class FrontEndRequest(OpenAIBaseModel):
+    """A body of another API's shape, converted into one chat request. IGNORED: the fields its
+    clients send that change nothing here (docs/api.md says why); any other unknown field
+    with a value is a 400, as on the chat path."""
+
+    IGNORED: ClassVar[dict[str, str]] = {}
+
+    def refuse_unknown_fields(self) -> None:
+        extra = self.model_extra or {}
+        unknown = sorted(k for k, v in extra.items()
+                         if k not in self.IGNORED and v not in (None, False, [], {}, 0, ""))
+        if unknown:
+            raise bad_request(
+                f"Unknown or unsupported field(s) {quote(unknown, 200)}: this server does not "
+                "implement what they would change, so it refuses them rather than ignore them "
+                "(docs/api.md lists the fields it takes).", unknown[0][:100])
+
+
+class ResponsesRequest(FrontEndRequest):
+    """POST /v1/responses body (OpenAI's Responses API)."""
+
+    IGNORED: ClassVar[dict[str, str]] = {
+        "service_tier": "this server has one tier",
+        "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+        "prompt_cache_retention": "the prefix cache keeps what fits, however long",
+        "safety_identifier": "an end-user id, like `user`",
+        "stream_options": "`include_obfuscation` pads events against length side channels; "
+                          "this server adds no padding, and the text is the same",
+    }
+
+    model: str | None = None
+    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1,
+                                             max_length=MAX_RESPONSE_ID_CHARS)
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None  # {"format": {...}}: structured output
+    store: bool | None = True
+    stream: bool | None = False
+    metadata: dict[MetadataKey, Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16)
+    user: str | None = None
+    # Honoured only with the values that ask for what this server does (the endpoint says why).
+    truncation: Literal["auto", "disabled"] | None = None
+    background: bool | None = None
+    include: list[str] | None = Field(None, max_length=16)
+    reasoning: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tool_calls: int | None = Field(None, ge=1)
+
+
+class AnthropicRequestFields(FrontEndRequest):
+    """What POST /v1/messages and /v1/messages/count_tokens share (Anthropic's shapes)."""
+
+    model: str
+    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None  # only {"type": "disabled"}
+
+
+class MessagesRequest(AnthropicRequestFields):
+    """POST /v1/messages body (Anthropic's Messages API)."""
+
+    IGNORED: ClassVar[dict[str, str]] = {
+        "service_tier": "this server has one tier",
+        "speed": "this server has one speed",
+        "inference_geo": "this server runs where it runs",
+        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
+        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
+        "user_profile_id": "an account id, for the operator's own tracking",
+        "workspace_id": "an account id, for the operator's own tracking",
+    }
+
+    max_tokens: int = Field(..., ge=1)
+    output_config: dict[str, Any] | None = None  # {"format": {"type": "json_schema", ...}}
+    stop_sequences: Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stream: bool | None = False
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    metadata: dict[str, Annotated[str | None, Field(max_length=256)]] | None = None
+
+    @field_validator("stop_sequences", mode="before")
+    @classmethod
+    def _no_empty_stop(cls, v: Any) -> Any:
+        if isinstance(v, list) and "" in v:
+            raise ValueError("stop sequences must not be empty")
+        return v
+
+
+class CountTokensRequest(AnthropicRequestFields):
+    """POST /v1/messages/count_tokens body: the prompt's fields of a messages request."""
 
 
 # Responses (documentation of what the endpoints answer).
@@ -533,6 +669,10 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
     permission: list[ModelPermission]
+    # Not OpenAI's or vLLM's: true when the checkpoint has random weights (a dummy one, written
+    # by nanovllm or loaded with --load-format dummy), so an API-only client can tell its text
+    # is noise.
+    random_weights: bool = False
 
 
 class ModelList(BaseModel):
@@ -555,6 +695,23 @@ class VersionResponse(BaseModel):
     version: str
 
 
+class AnthropicErrorInfo(BaseModel):
+    type: str  # invalid_request_error, authentication_error, not_found_error, overloaded_error...
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    type: Literal["error"] = "error"
+    error: AnthropicErrorInfo
+
+
+class CountTokensResponse(BaseModel):
+    input_tokens: int
+
+
 _ERROR = {"model": ErrorResponse}
+_ANTHROPIC_ERROR = {"model": AnthropicErrorResponse}
+ANTHROPIC_ERROR_RESPONSES = {400: _ANTHROPIC_ERROR, 401: _ANTHROPIC_ERROR, 404: _ANTHROPIC_ERROR,
+                             500: _ANTHROPIC_ERROR, 529: _ANTHROPIC_ERROR}
 ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}}}  # with "stream": true

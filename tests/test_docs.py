@@ -92,8 +92,9 @@ DIARY_REFERENCE = re.compile(r"\b(sessions? \d+|entry \d+)|performance\.md ?§",
 
 
 def test_nothing_points_at_a_diary_entry():
-    files = [p for p in ROOT.rglob("*") if p.suffix in {".py", ".md", ".toml", ".js", ".html"}
-             and not {".venv", ".git", "node_modules"} & set(p.parts) and p.is_file()]
+    kinds = {".py", ".md", ".toml", ".js", ".html", ".ipynb"}
+    files = [p for p in ROOT.rglob("*") if p.suffix in kinds and p.is_file()
+             and not {".venv", ".git", "node_modules"} & set(p.parts)]
     found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files
              for m in DIARY_REFERENCE.finditer(p.read_text(errors="replace"))
              if p != Path(__file__)]

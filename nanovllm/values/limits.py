@@ -35,6 +35,12 @@ MAX_BEAM_TOKENS = 512
 # |length_penalty| beyond this makes every score 0 or infinite for any but the shortest beams.
 MAX_LENGTH_PENALTY = 10.0
 
+# ---- tool calling and chat templates (the chat request's fields) ------------------------------
+MAX_TOOLS = 128  # OpenAI's cap on `tools`
+MAX_TOOL_SCHEMA_CHARS = 64_000  # one tool's `parameters` as JSON text: it may become a grammar
+MAX_TOOLS_CHARS = 512_000  # all of `tools` as JSON text, rendered into every prompt
+MAX_CHAT_TEMPLATE_KWARGS_CHARS = 16_000  # `chat_template_kwargs` as JSON text
+
 # ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
 # Proposals per step and sequence: each is one more query row of the target's step; past a few
 # the chance that all agree is small on any model, and the rejection sampler's per-row work grows.
@@ -62,6 +68,10 @@ class ServerLimits:
     # for longer; nothing blocks the loop now, and a longer idle timeout is kinder to clients
     # that pool connections.
     timeout_keep_alive: int = 30
+    # POST /v1/responses with store (OpenAI's default): kept in memory for previous_response_id
+    # and GET /v1/responses/{id}, oldest evicted first once either bound is passed.
+    max_stored_responses: int = 1024
+    max_stored_response_bytes: int = 256 * 1024 * 1024
 
 
 FLAG_HELP = {
@@ -73,4 +83,8 @@ FLAG_HELP = {
     "limit_concurrency": "open connections and tasks, at most; more are answered 503 "
                          "(kept below the open-file limit)",
     "timeout_keep_alive": "seconds an idle keep-alive connection stays open",
+    "max_stored_responses": "stored /v1/responses kept in memory, at most; the oldest are "
+                            "evicted first",
+    "max_stored_response_bytes": "bytes of stored /v1/responses (their context and answer "
+                                 "as JSON) kept in memory, at most",
 }

@@ -4,7 +4,9 @@ each other (tests/test_layers.py). A new endpoint is a new module here, listed i
 
 /invocations (SageMaker's route, as vLLM serves it) is the one route made of two endpoints: a
 body with `messages` is a chat completion, one with `prompt` a completion. It lives here, where
-the endpoint modules are put together, so that none of them imports another.
+the endpoint modules are put together, so that none of them imports another. For the same
+reason the front ends of other APIs (responses: OpenAI's Responses; messages: Anthropic's) are
+handed the chat endpoint here, as a ChatPath.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from nanovllm.server.endpoints import chat, completions, info, tokenize
+from nanovllm.server.endpoints import chat, completions, info, messages, responses, tokenize
 from nanovllm.server.errors import bad_request
+from nanovllm.server.front_end import ChatPath
 from nanovllm.server.protocol import (
     ERROR_RESPONSES,
     STREAM_RESPONSE,
@@ -65,4 +68,6 @@ def _parsed(model: type[BaseModel], body: dict):
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-ROUTERS = [completions.router, chat.router, tokenize.router, info.router, router]
+CHAT_PATH = ChatPath(chat.create_chat_completion, chat.prepare_chat)
+ROUTERS = [completions.router, chat.router, tokenize.router, info.router, router,
+           responses.build_router(CHAT_PATH), messages.build_router(CHAT_PATH)]

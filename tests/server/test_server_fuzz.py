@@ -24,6 +24,9 @@ OPERATIONS = [
     ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("GET", "/health"), ("GET", "/version"),
     ("GET", "/metrics"), ("GET", "/tokenizer_info"), ("GET", "/load"), ("POST", "/invocations"),
+    ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"), ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
 ]
 # The web page's routes (server/ui/routes.py) stay out of the OpenAPI document and take no body or
 # parameters: they are fuzzed with arbitrary query strings instead.
