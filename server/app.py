@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
+from nanovllm.inspection import EngineInspector
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.endpoints import ROUTERS
 from nanovllm.server.endpoints.info import model_type, read_tokenizer_config, tokenizer_info
@@ -69,7 +70,8 @@ def _named(registry: dict, name: str | None, what: str):
     return registry[name]
 
 
-def build_app(engine: EngineClient, *, served_model_name: str, model_root: str | None = None,
+def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
+              served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False,
@@ -78,7 +80,8 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
               tool_call_parser: str | None = None, reasoning_parser: str | None = None,
               structured_in_reasoning: bool = False, log_requests: bool = True) -> FastAPI:
     """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
-    page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
+    page at /ui unless `ui` is False (its engine, attention, forward-pass and step views need
+    an `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
 
     `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
@@ -122,8 +125,8 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     for router in ROUTERS:
         app.include_router(router)
     if ui:
-        install_ui(app)
-    document_vocabulary(app, engine.vocab_size)
+        install_ui(app, inspector)
+    document_vocabulary(app, engine.processor.vocab_size)
     app.add_middleware(JSONContentTypeMiddleware)  # innermost: a 415 neither counts nor passes auth
     if enable_server_load_tracking:  # inside the API key check: refused requests never count
         app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)

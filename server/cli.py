@@ -185,6 +185,7 @@ class Server(uvicorn.Server):
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
+    from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat_template import load_chat_template
 
@@ -204,13 +205,15 @@ def run_serve(args: argparse.Namespace) -> int:
                        limits.limit_concurrency, concurrency)
     if args.enable_step_mode and args.data_parallel_size is not None:
         raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
+    inspector = None  # the web page's views of one engine: not across replicas
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
     else:
-        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args),
-                                         enable_step_mode=args.enable_step_mode)
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
+                    api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,

@@ -48,6 +48,6 @@ async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     if len(body.tokens) > ctx.engine.max_model_len:  # no sequence of this model is longer
         raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
                           f"length of {ctx.engine.max_model_len}.", "tokens")
-    check_token_ids(body.tokens, ctx.engine.vocab_size, "tokens")
+    check_token_ids(body.tokens, ctx.engine.processor.vocab_size, "tokens")
     # Special tokens stay in the text, as vLLM's and HF's detokenize keep them.
     return {"prompt": ctx.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}

@@ -14,6 +14,7 @@ from server_helpers import MODEL, NUM_KV_BLOCKS, LiveServer, metric, serve, wait
 
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
+from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
 
 CLIENTS = 64
@@ -72,13 +73,17 @@ LONG_BODY = {"model": MODEL, "prompt": "Tell me a very long story", "max_tokens"
 
 @pytest.fixture(scope="module")
 def paused_engine(tiny_ckpt) -> Iterator[AsyncEngine]:
-    """An engine that steps only when told (step mode), so a request can wait in it, or stay
-    running between two steps, for as long as a test likes, however fast the machine: nothing
-    but an abort takes it out."""
-    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)),
-                         enable_step_mode=True).start()
-    yield engine
+    """An engine that steps only when told (step mode, through its inspector), so a request can
+    wait in it, or stay running between two steps, for as long as a test likes, however fast
+    the machine: nothing but an abort takes it out."""
+    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)))
+    yield engine.start()
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stepper(paused_engine) -> Inspector:
+    return Inspector(paused_engine, enable_step_mode=True)
 
 
 # The path from a closed socket to the engine is event-driven (the disconnect is heard, the
@@ -94,12 +99,12 @@ def wait_for(condition, what: str) -> None:
 
 
 @pytest.fixture
-def paused_server(paused_engine) -> Iterator[LiveServer]:
+def paused_server(paused_engine, stepper) -> Iterator[LiveServer]:
     """A server over the paused engine; the engine resumes after the test."""
     srv = serve(build_app(paused_engine, served_model_name=MODEL), paused_engine)
-    paused_engine.pause(lease=4 * ABORT_DEADLINE).result(timeout=60)
+    stepper.pause(lease=4 * ABORT_DEADLINE).result(timeout=60)
     yield srv
-    paused_engine.resume().result(timeout=60)
+    stepper.resume().result(timeout=60)
     srv.stop()
 
 
@@ -109,7 +114,7 @@ def aborted(srv) -> tuple[int, float]:
                                                       finished_reason="abort")
 
 
-def test_client_disconnecting_mid_stream_aborts_its_request(paused_server):
+def test_client_disconnecting_mid_stream_aborts_its_request(paused_server, stepper):
     """A running request (one step taken: its first tokens streamed, its blocks held) whose
     client leaves is aborted; the engine steps only when told, so it cannot finish first."""
     srv, engine = paused_server, paused_server.engine
@@ -118,10 +123,10 @@ def test_client_disconnecting_mid_stream_aborts_its_request(paused_server):
         for i in range(3):
             with c.stream("POST", "/v1/completions", json={**LONG_BODY, "stream": True}) as r:
                 assert r.status_code == 200  # the engine took it
-                engine.step().result(timeout=60)  # the prefill, and a first token each
+                stepper.step().result(timeout=60)  # the prefill, and a first token each
                 lines = r.iter_lines()
                 assert next(line for line in lines if line.startswith("data: {"))
-                assert engine.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
+                assert stepper.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
             # leaving the block closes the connection mid-stream
             wait_for(lambda i=i: engine.stats.num_aborted_total == engine_before + i + 1,
                      "the streamed request was not aborted")
@@ -132,7 +137,7 @@ def test_client_disconnecting_mid_stream_aborts_its_request(paused_server):
     assert stats.num_free_blocks == stats.num_total_blocks
 
 
-def test_client_disconnecting_while_waiting_for_a_full_response_aborts(paused_server):
+def test_client_disconnecting_while_waiting_for_a_full_response_aborts(paused_server, stepper):
     """The same for a client waiting for a whole response: no output is written until the end,
     so the server must hear the disconnect itself. (A raw socket: the client leaves when the
     test says, not when a timeout says.)"""
@@ -144,8 +149,8 @@ def test_client_disconnecting_while_waiting_for_a_full_response_aborts(paused_se
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(body), body))
         wait_for(lambda: engine.stats.num_waiting == 1, "the request did not reach the engine")
-        engine.step().result(timeout=60)
-        assert engine.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
+        stepper.step().result(timeout=60)
+        assert stepper.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
     wait_for(lambda: engine.stats.num_aborted_total == engine_before + 1,
              "the running request was not aborted")
     stats = wait_idle(engine)
@@ -164,7 +169,7 @@ def claiming(app, spec_version: str):
 
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
-def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_version,
+def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, stepper, spec_version,
                                                             stream):
     """No output is coming (the engine is paused), so the server must hear the disconnect
     itself, not at its next write."""
@@ -172,7 +177,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
     srv = serve(claiming(build_app(engine, served_model_name=MODEL), spec_version), engine)
     body = {"model": MODEL, "prompt": "Nobody will read this", "max_tokens": 8,
             "stream": stream}
-    engine.pause(lease=2 * ABORT_DEADLINE).result(timeout=60)
+    stepper.pause(lease=2 * ABORT_DEADLINE).result(timeout=60)
     try:
         before = engine.stats.num_aborted_total
         with httpx.Client(base_url=srv.url, timeout=httpx.Timeout(60, read=0.5)) as c:
@@ -189,7 +194,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
             time.sleep(0.01)
         assert engine.stats.num_waiting == engine.stats.num_running == 0
     finally:
-        engine.resume().result(timeout=60)
+        stepper.resume().result(timeout=60)
         srv.stop()
 
 

@@ -13,8 +13,7 @@ import json
 import httpx
 import openai
 import pytest
-from chat_checkpoints import with_chat_template
-from llama_checkpoints import write_hf_llama
+from chat_checkpoints import write_hermes_llama
 from server_helpers import error_of, make_engine, serve, wait_idle
 
 from nanovllm.server.app import build_app
@@ -48,9 +47,7 @@ def check_call(call, names=("get_weather", "get_time")) -> dict:
 
 @pytest.fixture(scope="module")
 def hermes_dir(tmp_path_factory):
-    """A grouped-query Llama with a context long enough for a prompt that lists tools."""
-    model = write_hf_llama(tmp_path_factory.mktemp("llama"), "Llama", max_position_embeddings=2048)
-    return with_chat_template(model, tmp_path_factory.mktemp("hermes"))
+    return write_hermes_llama(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +361,19 @@ def test_llm_chat_renders_tools_and_kwargs_as_transformers_does(hermes_dir):
     expected = hf.apply_chat_template(ASK, add_generation_prompt=True, enable_thinking=False,
                                       tokenize=True, return_dict=True)["input_ids"]
     assert [o.prompt_token_ids for o in both] == [expected, expected]
+
+
+def test_each_streamed_choice_has_its_own_calls(client):
+    kwargs = dict(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", n=3, seed=21,
+                  temperature=1.0, max_completion_tokens=200)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True,
+                                                 stream_options={"include_usage": True}))
+    for choice in whole.choices:
+        mine = [c.model_copy(update={"choices": [ch for ch in c.choices
+                                                 if ch.index == choice.index]}) for c in chunks]
+        content, calls, reasons = assemble(mine)
+        assert content == "" and reasons[-1] == "tool_calls"
+        assert [(c["name"], c["arguments"]) for c in calls] == \
+            [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
