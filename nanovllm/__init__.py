@@ -16,7 +16,7 @@ _EXPORTS = {
     "LLM": "nanovllm.llm",
     "AsyncEngine": "nanovllm.async_engine", "EngineClient": "nanovllm.engine_client",
     "EngineConfig": "nanovllm.config",
-    "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.engine",
+    "LLMEngine": "nanovllm.engine", "EngineStats": "nanovllm.stats",
     "InvalidRequestError": "nanovllm.values.errors", "QueueFullError": "nanovllm.values.errors",
     "PromptType": "nanovllm.values.inputs", "TextPrompt": "nanovllm.values.inputs",
     "TokensPrompt": "nanovllm.values.inputs",
@@ -33,9 +33,10 @@ __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConf
 if TYPE_CHECKING:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
-    from nanovllm.engine import EngineStats, LLMEngine
+    from nanovllm.engine import LLMEngine
     from nanovllm.engine_client import EngineClient
     from nanovllm.llm import LLM
+    from nanovllm.stats import EngineStats
     from nanovllm.structured import GrammarCompiler
     from nanovllm.values.errors import InvalidRequestError, QueueFullError
     from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt

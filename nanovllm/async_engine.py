@@ -7,9 +7,9 @@ a thread-safe queue. Whether the engine took a request comes back as a Future, a
 through the OutputSink the server gave with it (a step's outputs in one callback per event loop:
 engine_client.deliver).
 When no request is unfinished the thread blocks on the queue, so an idle server does not
-spin. A snapshot for the web page is a command too: the thread takes it between two steps,
-one for everyone who asked since the last, and hands the last one out again while nothing
-has changed: however often it is asked, it costs at most one snapshot per step. If step()
+spin. Two general commands serve whoever watches the engine (the web page's inspection.py):
+`call` runs a function on the engine thread after its next step (or at once while idle), and
+`hold` stops the thread stepping until a deadline, while requests still come in. If step()
 raises, the engine is marked dead: every pending request gets an EngineDeadError, new requests
 are refused, and /health answers 503.
 """
@@ -20,27 +20,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted, deliver
-from nanovllm.snapshot import EngineSnapshot
-from nanovllm.step_record import (
-    DEFAULT_PAUSE_LEASE,
-    MAX_PAUSE_LEASE,
-    StepMode,
-    StepModeDisabled,
-)
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from nanovllm.model.trace import ForwardTrace
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +55,9 @@ class AbortAll:
 
 
 @dataclass(slots=True)
-class TakeSnapshot:
-    future: Future[EngineSnapshot]
+class Call:
+    fn: Callable[[], object]  # run on the engine thread after its next step
+    future: Future
 
 
 @dataclass(slots=True)
@@ -76,60 +65,32 @@ class Stop:
     pass
 
 
-# Step mode (enable_step_mode): the engine stops stepping by itself and steps when told.
-@dataclass(slots=True)
-class Pause:
-    lease: float  # seconds the pause lasts unless renewed (by Pause or StepOnce again)
-    done: Future[StepMode]
-
-
-@dataclass(slots=True)
-class StepOnce:
-    lease: float  # it pauses too, or renews the pause
-    done: Future[StepMode]
-
-
-@dataclass(slots=True)
-class Resume:
-    done: Future[StepMode]
-
-
-Command = AddRequest | Abort | AbortAll | TakeSnapshot | Stop | Pause | StepOnce | Resume
-
-
+Command = AddRequest | Abort | AbortAll | Call | Stop
 
 
 class AsyncEngine:
     """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
 
-    def __init__(self, engine: LLMEngine, enable_step_mode: bool = False) -> None:
+    def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
-        self.step_mode_enabled = enable_step_mode
         self.tokenizer = engine.tokenizer
         self.processor = engine.processor
         self.max_model_len: int = engine.max_model_len
-        self.vocab_size: int = engine.vocab_size
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
-        cfg = engine.model_config
-        self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.num_kv_heads
         self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
         self.error: BaseException | None = None
         self.degraded: str | None = None  # one engine serves fully or not at all
         self.replica_stats = None  # one engine: `stats` is the whole story
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, OutputSink] = {}  # touched only by the engine thread
-        self._snapshot_waiters: list[Future] = []  # likewise
-        self._snapshot: EngineSnapshot | None = None
-        self._changes = 0  # requests added or aborted: with the step count, when to take anew
-        self._snapshot_of: tuple[int, int] | None = None  # (steps, changes) of _snapshot
-        self._paused_until: float | None = None  # time.monotonic() a pause ends; None: running
-        self.step_mode = StepMode(False, 0.0, None, 0)  # replaced by the engine thread
+        self._calls: list[Call] = []  # likewise: to run after the next step
+        self.held_until: float | None = None  # time.monotonic() a hold ends; None: stepping
         self._lock = threading.Lock()  # orders "refuse new work" against "enqueue work"
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD, daemon=True)
 
     @classmethod
-    def from_config(cls, config: EngineConfig, enable_step_mode: bool = False) -> AsyncEngine:
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
         """Load the model on the engine thread and start stepping there; returns once it is
         loaded (or raises what loading raised).
 
@@ -141,7 +102,7 @@ class AsyncEngine:
 
         def load_and_run() -> None:
             try:
-                client = cls(LLMEngine(config), enable_step_mode)
+                client = cls(LLMEngine(config))
             except BaseException as exc:  # noqa: BLE001 - the caller's to handle
                 loaded.set_exception(exc)
                 return
@@ -170,33 +131,18 @@ class AsyncEngine:
         self._send(AddRequest(request, sink, accepted), accepted)
         return accepted
 
-    def snapshot(self) -> Future[EngineSnapshot]:
-        """The engine's blocks, queues and recent steps, as the engine thread sees them at its
-        next pause between steps (EngineDeadError or RequestAborted if it will not pause again)."""
-        future: Future[EngineSnapshot] = Future()
-        self._send(TakeSnapshot(future), future)
+    def call(self, fn: Callable[[], object]) -> Future:
+        """fn() on the engine thread, between its next step and the one after (at once while
+        idle or held); its result or exception in the Future (EngineDeadError or
+        RequestAborted if the thread will not get to it)."""
+        future: Future = Future()
+        self._send(Call(fn, future), future)
         return future
 
-    # ---- step mode: pause, step, resume -----------------------------------------------------
-    def pause(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
-        """Stop stepping after the step in flight, for `lease` seconds unless renewed (pause or
-        step again). Requests are still taken and aborted; they wait in the queue."""
-        return self._step_command(Pause(_lease(lease), Future()))
-
-    def step(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
-        """Pause (or renew the pause) and take exactly one step, recording it (`.record`; no
-        step, and the last record again, when no request is unfinished)."""
-        return self._step_command(StepOnce(_lease(lease), Future()))
-
-    def resume(self) -> Future[StepMode]:
-        return self._step_command(Resume(Future()))
-
-    def _step_command(self, cmd: Pause | StepOnce | Resume) -> Future[StepMode]:
-        if not self.step_mode_enabled:
-            raise StepModeDisabled("Step mode is off: start the server with --enable-step-mode "
-                                   "(AsyncEngine(..., enable_step_mode=True)).")
-        self._send(cmd, cmd.done)
-        return cmd.done
+    def hold(self, seconds: float | None) -> None:
+        """Engine thread only (from a `call`): stop stepping for `seconds` (renewed by holding
+        again), or step again (None). Requests are still taken and aborted; they wait."""
+        self.held_until = None if seconds is None else time.monotonic() + seconds
 
     def _send(self, cmd: Command, future: Future) -> None:
         """Queue `cmd` unless the engine is dead or closing: then its `future` fails at once."""
@@ -207,15 +153,6 @@ class AsyncEngine:
                 _fail_future(future, RequestAborted(SHUTTING_DOWN))
             else:
                 self._inbox.put(cmd)
-
-    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
-        """The attention of every layer and head over `token_ids` [n_layer, n_head, T, T],
-        computed on the caller's thread from the weights alone, never on the engine thread."""
-        return self.engine.attention_weights(token_ids)
-
-    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
-        """One forward pass layer by layer (model/trace.py), on the caller's thread."""
-        return self.engine.trace_forward(token_ids)
 
     def abort(self, request_ids: list[str]) -> None:
         if request_ids:
@@ -238,34 +175,35 @@ class AsyncEngine:
             while True:
                 if not self._apply(self._next_commands()):
                     break
-                if self._paused_until is None:
-                    self._step()
+                if self.held_until is None:
+                    self.run_step()
                 else:
-                    self.stats = self.engine.get_stats()  # requests added while paused count
-                self._answer_snapshots()
+                    self.stats = self.engine.get_stats()  # requests added while held count
+                self._run_calls()
         except BaseException as exc:  # noqa: BLE001 - any engine failure kills the engine
             logger.exception("engine loop crashed; marking the engine dead")
             self._die(exc)
             return
         closing = RequestAborted(SHUTTING_DOWN)
-        self._fail_snapshots(closing)
+        self._fail_calls(closing)
         self._drain_inbox(closing)
         self.stats = self.engine.get_stats()
 
-    def _step(self) -> None:
+    def run_step(self) -> None:
+        """One step, its outputs dispatched (engine thread only)."""
         outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
         self.stats = self.engine.get_stats()  # before dispatch: never older than an output
         self._dispatch(outputs)
 
     def _next_commands(self) -> list[Command]:
-        """Block while idle or paused (a pause until its lease ends); otherwise take whatever
-        is queued without waiting."""
-        if self._paused_until is not None:
+        """Block while idle or held (a hold until its deadline); otherwise take whatever is
+        queued without waiting."""
+        if self.held_until is not None:
             try:
-                cmds = [self._inbox.get(timeout=max(0.0, self._paused_until - time.monotonic()))]
+                cmds = [self._inbox.get(timeout=max(0.0, self.held_until - time.monotonic()))]
             except queue.Empty:
-                logger.warning("step mode: nobody renewed the pause; resuming")
-                self._set_paused(None)
+                logger.warning("nobody renewed the hold on the engine; stepping again")
+                self.held_until = None
                 cmds = []
         else:
             cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
@@ -278,45 +216,19 @@ class AsyncEngine:
     def _apply(self, cmds: list[Command]) -> bool:
         """Carries out the commands in order; False once told to stop."""
         for cmd in cmds:
-            self._changes += not isinstance(cmd, TakeSnapshot | Pause | Resume)
             match cmd:
-                case Pause(lease, done):
-                    self._set_paused(lease)
-                    _answer(done, self.step_mode)
-                case StepOnce(lease, done):
-                    self._set_paused(lease)
-                    self._step_once()
-                    _answer(done, self.step_mode)
-                case Resume(done):
-                    self._set_paused(None)
-                    _answer(done, self.step_mode)
                 case AddRequest():
                     self._add(cmd)
                 case Abort(request_ids):
                     self._abort(request_ids)
                 case AbortAll(reason):
                     self._abort(list(self._sinks), RequestAborted(reason))
-                case TakeSnapshot(future):
-                    self._snapshot_waiters.append(future)
+                case Call():
+                    self._calls.append(cmd)
                 case Stop():
                     self._abort(list(self._sinks), RequestAborted(SHUTTING_DOWN))
                     return False
         return True
-
-    def _set_paused(self, lease: float | None) -> None:
-        self._paused_until = None if lease is None else time.monotonic() + lease
-        self.step_mode = StepMode(lease is not None, lease or 0.0, self.step_mode.record,
-                                  self.engine.num_steps)
-
-    def _step_once(self) -> None:
-        """One recorded step, its outputs dispatched as any step's."""
-        record = self.step_mode.record
-        if self.engine.has_unfinished_requests():
-            self.engine.record_next_step = True
-            self._step()
-            record = self.engine.last_record or record
-        self.step_mode = StepMode(True, self._paused_until - time.monotonic(), record,
-                                  self.engine.num_steps)
 
     def _add(self, cmd: AddRequest) -> None:
         if not cmd.accepted.set_running_or_notify_cancel():
@@ -343,16 +255,17 @@ class AsyncEngine:
             if sink is not None and notify is not None:
                 sink.put(notify)
 
-    def _answer_snapshots(self) -> None:
-        if not self._snapshot_waiters:
-            return
-        state = (self.engine.num_steps, self._changes)
-        if self._snapshot_of != state:
-            self._snapshot, self._snapshot_of = self.engine.snapshot(), state
-        for future in self._snapshot_waiters:
-            if future.set_running_or_notify_cancel():  # False: the asker gave up waiting
-                future.set_result(self._snapshot)
-        self._snapshot_waiters.clear()
+    def _run_calls(self) -> None:
+        calls, self._calls = self._calls, []
+        for call in calls:
+            if not call.future.set_running_or_notify_cancel():  # the asker gave up waiting
+                continue
+            try:
+                result = call.fn()
+            except BaseException as exc:  # the caller learns why; the engine dies of it too
+                call.future.set_exception(exc)
+                raise
+            call.future.set_result(result)
 
     def _dispatch(self, outputs) -> None:
         deliveries = []
@@ -373,39 +286,26 @@ class AsyncEngine:
         self._drain_inbox(dead)
 
     def _drain_inbox(self, exc: BaseException) -> None:
-        """Answer adds and snapshots queued before the lock closed the door; nobody will run them."""
+        """Answer adds and calls queued before the lock closed the door; nobody will run them."""
         while True:
             try:
                 cmd = self._inbox.get_nowait()
             except queue.Empty:
                 return
             match cmd:
-                case AddRequest(accepted=future) | TakeSnapshot(future=future):
-                    _fail_future(future, exc)
-                case Pause(done=future) | StepOnce(done=future) | Resume(done=future):
+                case AddRequest(accepted=future) | Call(future=future):
                     _fail_future(future, exc)
 
     def _fail_all(self, exc: BaseException) -> None:
         for sink in self._sinks.values():
             sink.put(exc)
         self._sinks.clear()
-        self._fail_snapshots(exc)
+        self._fail_calls(exc)
 
-    def _fail_snapshots(self, exc: BaseException) -> None:
-        for future in self._snapshot_waiters:
-            _fail_future(future, exc)
-        self._snapshot_waiters.clear()
-
-
-def _lease(seconds: float) -> float:
-    if not 0 < seconds <= MAX_PAUSE_LEASE:
-        raise ValueError(f"lease must be in (0, {MAX_PAUSE_LEASE:g}] seconds, got {seconds}")
-    return float(seconds)
-
-
-def _answer(future: Future, value) -> None:
-    if future.set_running_or_notify_cancel():
-        future.set_result(value)
+    def _fail_calls(self, exc: BaseException) -> None:
+        for call in self._calls:
+            _fail_future(call.future, exc)
+        self._calls.clear()
 
 
 def _fail_future(future: Future, exc: BaseException) -> None:

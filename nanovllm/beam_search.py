@@ -1,4 +1,15 @@
-"""Beam search's rule, as a pure function of scores: which beams live on, which are finished.
+"""Beam search: its rule, and its policy inside the engine.
+
+A beam search runs inside continuous batching as a group of sequences (sequence.SequenceGroup):
+its live beams are its request's sequences, each a decode of its own in the step, sharing their
+blocks copy-on-write. Each step every beam offers its 2k most likely next tokens (the runner's
+`candidates`, scored as transformers scores a beam); once all have offered, `BeamGroup.advance`
+applies the rule below and says which parent each next beam forks from and with which token;
+the output processor makes the forks (the block manager shares the parents' blocks). The
+scheduler runs a group's beams all or none. Finished, the request's outputs are its kept
+hypotheses (`BeamGroup.output`).
+
+The rule, as a pure function of scores: which beams live on, which are finished.
 
 The rule is transformers' (`generate(num_beams=k, do_sample=False)` with its defaults:
 early_stopping=False, length_penalty=1.0), step for step:
@@ -19,10 +30,24 @@ cum_logprob / len(prompt + output, EOS excluded) ** length_penalty.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from nanovllm.block_manager import blocks_needed
 from nanovllm.values.beam_search_params import BeamSearchParams
-from nanovllm.values.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from nanovllm.values.outputs import (
+    BeamSearchOutput,
+    BeamSearchSequence,
+    CompletionOutput,
+    Logprob,
+    RequestOutput,
+)
+
+
+def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, block_size: int) -> int:
+    """The most KV blocks a beam search can hold at once: every beam shares the prompt's full
+    blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
+    shared = num_prompt_tokens // block_size
+    return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)
 
 
 def hypothesis_score(cum_logprob: float, num_tokens: int, length_penalty: float) -> float:
@@ -101,11 +126,13 @@ def beam_search_output(out: RequestOutput, length_penalty: float) -> BeamSearchO
 
 @dataclass(slots=True, eq=False)
 class BeamGroup:
-    """A beam request's search inside the engine. Its sequences (`Request.seqs`) are its live
-    beams, in the scorer's order; they advance together, once each has offered its candidates
-    for the current length (a beam that computed early waits for the others)."""
+    """A beam request's search inside the engine (a sequence.SequenceGroup). Its sequences
+    (`Request.seqs`) are its live beams, in the scorer's order; they advance together, once each
+    has offered its candidates for the current length (a beam that computed early waits for
+    the others)."""
     params: BeamSearchParams
     scorer: BeamScorer
+    eos_token_ids: tuple[int, ...]
     cum_logprobs: list[float] = field(default_factory=lambda: [0.0])
     # Per live beam, (logprob, rank) of each token it generated.
     token_logprobs: list[list[tuple[float, int]]] = field(default_factory=lambda: [[]])
@@ -115,7 +142,18 @@ class BeamGroup:
     def start(cls, params: BeamSearchParams, eos_token_ids: tuple[int, ...]) -> BeamGroup:
         return cls(params, BeamScorer(params.beam_width, params.max_tokens,
                                       () if params.ignore_eos else eos_token_ids,
-                                      params.length_penalty))
+                                      params.length_penalty), eos_token_ids)
+
+    @property
+    def width(self) -> int:
+        return self.params.beam_width
+
+    @property
+    def num_candidates(self) -> int:
+        return self.params.num_candidates
+
+    def offer(self, seq, candidates: tuple[list[int], list[float]]) -> None:
+        self.offers[seq.seq_id] = candidates
 
     def ready(self, beams: list) -> bool:
         """Every beam is running with all its tokens computed and has offered for them (an
@@ -123,7 +161,13 @@ class BeamGroup:
         return all(b.seq_id in self.offers and b.num_computed_tokens == b.num_tokens
                    and b.block_table for b in beams)
 
-    def advance(self, beams: list) -> BeamStep:
+    def advance(self, beams: list) -> list[tuple[int, int]] | None:
+        """The next beams, each as (its parent's index in `beams`, its token), best first; or
+        None when the search has ended."""
+        step = self._score(beams)
+        return None if self.scorer.done else [(c.parent, c.token) for c in step.live]
+
+    def _score(self, beams: list) -> BeamStep:
         """Scores this round's offers; the new hypotheses carry their (tokens, logprobs)."""
         step = self.scorer.step(self.cum_logprobs, [self.offers[b.seq_id] for b in beams],
                                 beams[0].num_output_tokens)
@@ -136,3 +180,20 @@ class BeamGroup:
         self.token_logprobs = [self.token_logprobs[c.parent] + [(c.logprob, c.rank)]
                                for c in step.live]
         return step
+
+    def output(self, request, decode, decode_token) -> RequestOutput:
+        """The search's hypotheses, best first, as the request's outputs (the text leaves out an
+        EOS, as vLLM's does); `decode`, `decode_token`: the tokenizer's."""
+        outputs = []
+        for index, h in enumerate(self.scorer.hypotheses):
+            tokens, lps = h.payload
+            ended_on_eos = h.finish_reason == "stop" and tokens[-1] in self.eos_token_ids
+            logprobs = [{t: Logprob(lp, rank, decode_token(t))}
+                        for t, (lp, rank) in zip(tokens, lps)]
+            outputs.append(CompletionOutput(index, decode(tokens[:-1] if ended_on_eos else tokens),
+                                            list(tokens), h.candidate.cum_logprob, logprobs,
+                                            h.finish_reason))
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, None,
+                             outputs, request.finished,
+                             max(s.num_cached_tokens for s in request.seqs),
+                             replace(request.metrics) if request.finished else None)

@@ -4,11 +4,18 @@ Every full block is identified by a hash chained over all tokens up to its end, 
 once its K/V has been computed. A new sequence reuses each cached full block of its prompt (but
 always computes at least its last token, whose logits it needs). Freed blocks keep their hash
 and stay findable until a block is actually needed: then the least recently freed one is evicted.
-Beams of a beam search share blocks too: a forked beam takes its parent's table, every block
-gaining a reference, the partly filled last one included. Before a sequence writes into a shared
-block, that block is copied (copy on write): the sequence gets a fresh block, and the copy
-(source, destination) waits in `pending_copies` for the runner to make before the step's writes.
-The block manager only does the bookkeeping; the K/V arrays live in the model runner.
+
+Three operations serve whatever runs on top (none knows why it is asked):
+- `share`: sequences take other sequences' tables, every block gaining a reference, the partly
+  filled last one included. Before a sequence writes into a shared block, that block is copied
+  (copy on write): the sequence gets a fresh block, and the copy (source, destination) waits in
+  `pending_copies` for the runner to make before the step's writes.
+- `append_slots(seq, n)` reserves slots past the tokens a step computes (lookahead), and
+  `trim` frees the blocks past a sequence's tokens once the step said how many it kept.
+- `commit` counts a step's computed tokens and publishes the blocks they filled.
+The block manager only does the bookkeeping, and is the only writer of a sequence's KV state
+(its block table and its computed, cached and hashed counts); the K/V arrays live in the model
+runner.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ class Block:
     ref_count: int = 0
     hash: int | None = None
     token_ids: tuple[int, ...] = ()
-    copied: bool = False  # its K/V came from a block a beam still holds (for the engine view)
+    copied: bool = False  # its K/V was copied on write from a block another sequence holds
 
 
 HASH_BYTES = 16  # a block key's size: 128 bits make a collision between two prefixes implausible
@@ -47,13 +54,6 @@ def chain_hash(token_ids: Seq[int], prefix_hash: int | None) -> int:
 def blocks_needed(num_tokens: int, block_size: int) -> int:
     """Blocks that hold `num_tokens` tokens (the last one possibly partly filled)."""
     return -(-num_tokens // block_size)
-
-
-def beam_blocks_needed(num_prompt_tokens: int, max_tokens: int, width: int, block_size: int) -> int:
-    """The most KV blocks a beam search can hold at once: every beam shares the prompt's full
-    blocks; past them, in the worst case, the k beams hold blocks of their own to the end."""
-    shared = num_prompt_tokens // block_size
-    return shared + width * (blocks_needed(num_prompt_tokens + max_tokens, block_size) - shared)
 
 
 class BlockManager:
@@ -125,34 +125,38 @@ class BlockManager:
         for _ in range(self._blocks_missing(seq, num_new_tokens)):
             seq.block_table.append(self._take_free_block())
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """`child` shares all of `parent`'s blocks and computed tokens (its own are dropped)."""
-        self.refork([child], [parent])
-
-    def refork(self, beams: list[Sequence], parents: list[Sequence]) -> None:
-        """Each `beams[i]` becomes a fork of `parents[i]`, all at once (the parents may be among
-        the beams): the kept blocks gain their references before the beams' old ones are dropped,
-        so what a new beam shares survives and what only pruned beams held is freed now."""
-        forks = [(list(p.block_table), p.num_computed_tokens, p.num_hashed_blocks) for p in parents]
-        for table, _, _ in forks:
+    def share(self, seqs: list[Sequence], sources: list[Sequence]) -> None:
+        """Each `seqs[i]` takes `sources[i]`'s blocks and computed tokens (its own are dropped),
+        all at once (the sources may be among `seqs`): the shared blocks gain their references
+        before the old ones are dropped, so what someone still shares survives and what only
+        the dropped tables held is freed now. Writes into a shared block copy it first."""
+        taken = [(list(s.block_table), s.num_computed_tokens, s.num_hashed_blocks) for s in sources]
+        for table, _, _ in taken:
             for block_id in table:
                 self.blocks[block_id].ref_count += 1
-        for beam in beams:
-            self._release(beam.block_table)
-        for beam, (table, computed, hashed) in zip(beams, forks):
-            beam.block_table, beam.num_computed_tokens, beam.num_hashed_blocks = table, computed, hashed
+        for seq in seqs:
+            self._release(seq.block_table)
+        for seq, (table, computed, hashed) in zip(seqs, taken):
+            seq.block_table, seq.num_computed_tokens, seq.num_hashed_blocks = table, computed, hashed
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The copies the next step must make before it writes, handed over once."""
         copies, self.pending_copies = self.pending_copies, []
         return copies
 
+    def commit(self, seq: Sequence, num_tokens: int) -> None:
+        """`num_tokens` more of `seq`'s tokens have their K/V in the cache."""
+        seq.num_computed_tokens += num_tokens
+        self.register_computed(seq)
+
     def register_computed(self, seq: Sequence) -> None:
-        """Publishes the blocks that became full and computed, so later prompts can reuse them."""
+        """Publishes the blocks that became full and computed, so later prompts can reuse them
+        (only blocks whose tokens the sequence already holds: a kept lookahead token is
+        published once it is appended)."""
         if not self.enable_prefix_caching:
             return
         bs, table = self.block_size, seq.block_table
-        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+        for i in range(seq.num_hashed_blocks, min(seq.num_computed_tokens, seq.num_tokens) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             prefix_hash = self.blocks[table[i - 1]].hash if i else None
             block = self.blocks[table[i]]
@@ -161,14 +165,14 @@ class BlockManager:
             seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
+        self.register_computed(seq)  # what it computed stays findable
         self._release(seq.block_table)
         seq.block_table.clear()
         seq.num_computed_tokens = seq.num_hashed_blocks = 0  # num_cached_tokens stays: reported
-        seq.num_draft_computed = 0  # a draft model's cache lived in these blocks too
 
-    def trim(self, seq: Sequence) -> None:
-        """Frees the blocks past the sequence's tokens (they held only rejected proposals)."""
-        keep = max(self.blocks_for(seq.num_tokens), seq.num_hashed_blocks)
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Frees the blocks past the first `num_tokens` tokens (slots reserved and not kept)."""
+        keep = max(self.blocks_for(num_tokens), seq.num_hashed_blocks)
         while len(seq.block_table) > keep:
             block_id = seq.block_table.pop()
             block = self.blocks[block_id]
@@ -186,7 +190,7 @@ class BlockManager:
 
     def _shared_in_write(self, seq: Sequence, num_new_tokens: int) -> list[int]:
         """Indices of the blocks in `seq`'s table that the next tokens go into and that another
-        sequence also holds (only a forked beam's partly filled last block, in practice)."""
+        sequence also holds (in practice, the partly filled last block of a shared table)."""
         bs, table = self.block_size, seq.block_table
         first = seq.num_computed_tokens // bs
         last = min(len(table), self.blocks_for(seq.num_computed_tokens + num_new_tokens))

@@ -1,12 +1,12 @@
 """EngineClient: everything the HTTP server asks of an engine, whoever runs it and wherever.
 
-The server holds one of these and nothing else of the engine: it checks a request once with
-`processor.process` (an EngineRequest), submits that with `add_request` and a sink of its own
-(the returned Future says whether the engine took it), and reads the tokenizer,
-limits and a stats snapshot; the web page also asks for a `snapshot` of the blocks and queues
-and for `attention_weights` and `trace_forward`. Two implementations: a thread in this process
-(async_engine.AsyncEngine), and one that forwards to engine replicas on Ray Serve
-(server/ray/client.RayEngineClient); only values and the server's own sink cross it.
+The server holds one of these for serving: it checks a request once with `processor.process`
+(an EngineRequest), submits that with `add_request` and a sink of its own (the returned Future
+says whether the engine took it), and reads the tokenizer, limits and a stats snapshot. Two
+implementations: a thread in this process (async_engine.AsyncEngine), and one that forwards to
+engine replicas on Ray Serve (server/ray/client.RayEngineClient); only values and the server's
+own sink cross it. The web page's views of one engine are another interface, beside this one
+(inspection.EngineInspector).
 """
 
 from __future__ import annotations
@@ -19,13 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:  # for annotations only: the server imports this module before any engine
     from concurrent.futures import Future
 
-    import numpy as np
-
-    from nanovllm.engine import EngineStats
     from nanovllm.input_processor import InputProcessor
-    from nanovllm.model.trace import ForwardTrace
-    from nanovllm.snapshot import EngineSnapshot
-    from nanovllm.step_record import StepMode
+    from nanovllm.stats import EngineStats
     from nanovllm.tokenizer import Tokenizer
     from nanovllm.values.outputs import RequestOutput
     from nanovllm.values.request import EngineRequest
@@ -90,13 +85,9 @@ def _put_all(puts: list[tuple[asyncio.Queue, tuple]]) -> None:
 class EngineClient(Protocol):
     tokenizer: Tokenizer      # the engine's, for the server's own encoding and decoding
     processor: InputProcessor  # checks a request once, into the EngineRequest add_request takes
-    max_model_len: int
-    vocab_size: int           # token ids a request may use: [0, vocab_size)
+    max_model_len: int        # (the processor's other limits: processor.vocab_size, ...)
     model_path: str           # where the weights came from
     is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
-    n_layer: int              # the model's shape, for attention_weights
-    n_head: int               # query heads
-    n_kv_head: int            # key/value heads: query head h reads h // (n_head // n_kv_head)
     stats: EngineStats        # a snapshot, never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 
@@ -115,29 +106,6 @@ class EngineClient(Protocol):
         """Queue a checked request whose news goes to `sink`. The Future is done once the engine
         took it, or failed with why it did not (QueueFullError, EngineDeadError, RequestAborted,
         or an engine bug's own error); only a request it took ever reaches `sink`."""
-
-    def snapshot(self) -> Future[EngineSnapshot]:
-        """The blocks, queues and recent steps, taken by the engine between two steps (never by
-        the caller walking engine state); fails with EngineDeadError or RequestAborted."""
-
-    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
-        """[n_layer, n_head, T, T] attention probabilities of a prompt, by the model's reference
-        path; blocks the calling thread (never the engine's) for a whole forward pass."""
-
-    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
-        """A prompt's forward pass layer by layer (residual norms, attention, logit lens), by
-        the reference path; blocks the calling thread like attention_weights."""
-
-    step_mode_enabled: bool   # pause/step/resume are allowed (serve --enable-step-mode)
-    step_mode: StepMode       # paused or not, and the last single step's record
-
-    def pause(self, lease: float = ...) -> Future[StepMode]:
-        """Stop stepping for `lease` seconds unless renewed; requests still come in and wait."""
-
-    def step(self, lease: float = ...) -> Future[StepMode]:
-        """Pause (or renew it) and take one recorded step."""
-
-    def resume(self) -> Future[StepMode]: ...
 
     def abort(self, request_ids: list[str]) -> None:
         """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""

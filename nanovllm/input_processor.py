@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nanovllm.block_manager import beam_blocks_needed, blocks_needed
+from nanovllm.beam_search import beam_blocks_needed
+from nanovllm.block_manager import blocks_needed
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import InvalidRequestError, quote

@@ -1,4 +1,5 @@
-"""The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))` and
+"""The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))`,
+`LLM(model).chat(messages, SamplingParams(...), tools=...)` and
 `LLM(model).beam_search(prompts, BeamSearchParams(...))`."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence as Seq
 from tqdm.auto import tqdm
 
 from nanovllm.beam_search import beam_search_output
+from nanovllm.chat_template import checkpoint_template, template_messages
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.input_processor import is_single_prompt
@@ -41,6 +43,33 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
         return self._run_all(prompts, params, use_tqdm)
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """vLLM's LLM.chat: each conversation (one, or a list of them) rendered by the chat
+        template (`chat_template`, else the checkpoint's own) with `tools` and
+        `chat_template_kwargs`, as the server's chat completions render them, then generated.
+        The outputs are the model's text; reading calls out of it is the server's (or
+        nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
+        tokenizer = self.engine.tokenizer
+        template = checkpoint_template(tokenizer.model_dir, chat_template,
+                                       tokenizer.decode_token(tokenizer.eos_token_id))
+        if template is None:
+            raise ValueError("this checkpoint has no chat template: pass chat_template=...")
+        conversations = [messages] if not messages or isinstance(messages[0], dict) else messages
+        extra = {**(chat_template_kwargs or {}), "tools": tools or None, "documents": None}
+        prompts = []
+        for conversation in conversations:
+            text = template.render(template_messages(conversation), add_generation_prompt, extra)
+            if continue_final_message:  # end right after the last message's text
+                final = template_messages(conversation)[-1]["content"].strip()
+                text = text[:text.rfind(final) + len(final)] if final in text else text
+            prompts.append({"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def beam_search(self, prompts: PromptType | Seq[PromptType], params: BeamSearchParams,
                     use_tqdm: bool = False) -> list[BeamSearchOutput]:

@@ -12,37 +12,49 @@ submits each prompt of a completion as a request of its own):
   then the others round-robin, one sequence each in turn.
 - A request with nothing running gets a slot even when all are taken: the request holding the
   most running sequences gives up its newest one (if it holds at least two).
-- A beam search of width k needs k slots at once (its beams advance together): it waits for
-  them, reserves them when admitted, and gives them up whole when it is the request holding
-  the most. Requests needing one slot are never held behind a search that cannot start; the
-  others wait behind it, so it is not starved.
+- A group of width k (a request whose sequences advance together: `Request.group`) needs k
+  slots at once: it waits for them, reserves them when admitted, and gives them up whole when
+  it is the request holding the most. Requests needing one slot are never held behind a group
+  that cannot start; the others wait behind it, so it is not starved.
 - Preemption for blocks takes the newest sequence of the request holding the most.
 So a one-token request waits neither for a big request's queue nor for its sequences to finish.
 Inside a request nothing changes: its samples share the prompt's blocks (they wait one step for
 the first sample to compute the prompt), and its sequences are admitted in order (a
 preempted one first).
 
+A decode may also reserve k lookahead slots past its token, as many as the `lookahead` rule
+it was built with allows (and only in free blocks: lookahead never preempts anyone); the runner
+may compute tokens in them, keeping those the model agrees with.
+
 A step is described once, as plain values for the model runner (nanovllm/contract/step.py):
 each scheduled sequence's new tokens and block table, whether it samples and which prompt
-tokens it scores, with the sequences added and those retired since the last step. After the
-runner has run, `update_from_output` maps the step back to the sequences by seq id.
+tokens it scores, with the sequences added, preempted and retired since the last step. After
+the runner has run, `update_from_output` records what the step computed.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 
 from nanovllm.block_manager import BlockManager
-from nanovllm.contract.step import NewSequence, ScheduledSequence, SchedulerOutput
+from nanovllm.contract.step import (
+    ModelRunnerOutput,
+    NewSequence,
+    ScheduledSequence,
+    SchedulerOutput,
+)
 from nanovllm.sequence import Request, Sequence, SequenceStatus
-from nanovllm.speculation import NO_PLAN, SpecPlan, Speculator
+
+# (a decode's sequence, sequences running, tokens left in the step) -> lookahead slots it takes
+LookaheadRule = Callable[[Sequence, int, int], int]
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 speculator: Speculator | None = None):
+                 lookahead: LookaheadRule | None = None):
         self.block_manager = block_manager
-        self.speculator = speculator
+        self.lookahead = lookahead
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # Waiting sequences by request, in two lanes (dicts keep their order: the front is next).
@@ -57,6 +69,7 @@ class Scheduler:
         self.prefix_cache_hits = 0             # of those, found
         self._new_seqs: list[NewSequence] = []     # for the runner, in the next batch
         self._finished_seq_ids: list[int] = []     # likewise
+        self._preempted_seq_ids: list[int] = []    # likewise
 
     @property
     def waiting(self) -> list[Sequence]:
@@ -69,16 +82,17 @@ class Scheduler:
         self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
                                           seq.request.prompt_token_ids))
 
-    def add_beam(self, seq: Sequence) -> None:
-        """A beam forked from a running one: it runs at once (the engine gives it its blocks)."""
+    def add_fork(self, seq: Sequence) -> None:
+        """A group member forked from a running one: it runs at once (it shares its blocks)."""
         self.seqs[seq.seq_id] = seq
         self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
                                           seq.request.prompt_token_ids))
         self._start_running(seq)
 
     def schedule(self) -> SchedulerOutput:
-        step = SchedulerOutput([], self._new_seqs, self._finished_seq_ids)
-        self._new_seqs, self._finished_seq_ids = [], []
+        step = SchedulerOutput([], self._new_seqs, self._finished_seq_ids,
+                               self._preempted_seq_ids)
+        self._new_seqs, self._finished_seq_ids, self._preempted_seq_ids = [], [], []
         budget = self.max_num_batched_tokens
         self._make_room_for_idle()
         preempted = self._schedule_running(step, budget)
@@ -88,7 +102,7 @@ class Scheduler:
         return step
 
     @staticmethod
-    def _schedule(step: SchedulerOutput, seq: Sequence, n: int, plan: SpecPlan = NO_PLAN) -> None:
+    def _schedule(step: SchedulerOutput, seq: Sequence, n: int, lookahead: int = 0) -> None:
         """Adds `seq`'s next `n` tokens to the step, with what the step makes of them."""
         start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
         scored = []
@@ -98,18 +112,17 @@ class Scheduler:
             seq.seq_id, seq.token_ids[start:end], start, seq.block_table,
             sample=end == seq.num_tokens,  # the chunk reaches the end of the sequence's tokens
             num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored,
-            num_beam_candidates=seq.request.beam.params.num_candidates if seq.request.beam else 0,
-            spec_token_ids=plan.spec_token_ids, num_draft_tokens=plan.num_draft_tokens,
-            draft=plan.draft, num_proposals=plan.num_slots))
-        step.num_tokens += n + plan.num_slots
+            num_candidates=seq.request.group.num_candidates if seq.request.group else 0,
+            num_lookahead=lookahead))
+        step.num_tokens += n + lookahead
 
     def _make_room_for_idle(self) -> None:
         """Frees a slot for each idle request needing one that the free slots do not cover,
         taking the newest sequence of the request that holds the most, while it holds at least
-        two. A beam search gives up its slots whole: its beams advance together, so a split
-        group would wait while holding slots (it recomputes later; its full blocks stay in the
-        prefix cache). Beam searches never make room for each other: they would take turns
-        preempting one another."""
+        two. A group gives up its slots whole: its members advance together, so a split group
+        would wait while holding slots (it recomputes later; its full blocks stay in the prefix
+        cache). Groups never make room for each other: they would take turns preempting one
+        another."""
         newcomers = sum(self._slots_needed(r) == 1 for r in self.idle)
         while newcomers > self._free_slots():
             held = {r: self._slots_held(r) for r in self.num_running}
@@ -118,30 +131,27 @@ class Scheduler:
                 return
             for seq in [s for s in reversed(self.running) if s.request is request]:
                 self._preempt(seq)
-                if not request.beam:
+                if not request.group:
                     break
 
     def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
         """Schedules running sequences, decodes first; returns whether any had to be preempted.
-        A decode may bring proposals to verify (speculative decoding), in slots that are free:
-        speculation never preempts anyone."""
+        A decode may take lookahead slots, only free ones: lookahead never preempts anyone."""
         queue = deque(sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1))
-        speculates = self.speculator is not None and self.speculator.config.speculates(
-            len(self.running))
+        num_running = len(self.running)
         preempted = False
         while queue and budget > 0:
             seq = queue.popleft()
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if n == 0:  # a beam that has offered, waiting for its group to advance
+            if n == 0:  # a group member that has offered, waiting for its group to advance
                 if any(s.status is SequenceStatus.WAITING for s in seq.request.seqs):
                     self._preempt(seq)  # a split group holds no blocks while it waits
                 continue
-            plan = NO_PLAN
-            if (speculates and seq.request.beam is None  # beams never speculate
-                    and seq.num_tokens - seq.num_computed_tokens == 1):
-                plan = self.speculator.plan(seq, budget - 1)
-                if plan.num_slots and not self.block_manager.can_append(seq, 1 + plan.num_slots):
-                    plan = NO_PLAN
+            k = 0
+            if self.lookahead and not seq.request.group and n == seq.num_tokens - seq.num_computed_tokens == 1:
+                k = self.lookahead(seq, num_running, budget - 1)
+                if k and not self.block_manager.can_append(seq, 1 + k):
+                    k = 0
             while not self.block_manager.can_append(seq, n):
                 victim = self._victim([seq, *queue])
                 self._preempt(victim)
@@ -150,9 +160,9 @@ class Scheduler:
                     break
                 queue.remove(victim)
             if seq.status is SequenceStatus.RUNNING:
-                self.block_manager.append_slots(seq, n + plan.num_slots)
-                self._schedule(step, seq, n, plan)
-                budget -= n + plan.num_slots
+                self.block_manager.append_slots(seq, n + k)
+                self._schedule(step, seq, n, k)
+                budget -= n + k
         return preempted
 
     def _victim(self, candidates: list[Sequence]) -> Sequence:
@@ -187,11 +197,11 @@ class Scheduler:
             budget -= n
 
     def _next_waiting(self, skipped: set[Request]) -> tuple[dict, Request] | None:
-        """Whose next sequence is admitted (its lane and request), or None: the beams of a
-        running beam search first (their slots are reserved), then the idle lane, then the
-        busy lane in turn."""
+        """Whose next sequence is admitted (its lane and request), or None: the members of a
+        running group first (their slots are reserved), then the idle lane, then the busy lane
+        in turn."""
         for request in self.busy:
-            if request.beam and request not in skipped:
+            if request.group and request not in skipped:
                 return self.busy, request
         if self.idle:
             request = self._next_idle()
@@ -200,69 +210,62 @@ class Scheduler:
         return None if request is None or self._free_slots() < 1 else (self.busy, request)
 
     def _next_idle(self) -> Request | None:
-        """The idle request to admit next: the oldest needing one slot, else the oldest beam
-        search if there is room for all its beams. A newcomer never waits behind a search that
-        cannot start yet; the busy lane does, so the search is not starved of slots."""
+        """The idle request to admit next: the oldest needing one slot, else the oldest group
+        if there is room for all its members. A newcomer never waits behind a group that cannot
+        start yet; the busy lane does, so the group is not starved of slots."""
         free = self._free_slots()
         needing_one = next((r for r in self.idle if self._slots_needed(r) == 1), None)
         if needing_one is not None:
             return needing_one if free >= 1 else None
-        search = next(iter(self.idle))
-        return search if self._slots_needed(search) <= free else None
+        group = next(iter(self.idle))
+        return group if self._slots_needed(group) <= free else None
 
     def _slots_needed(self, request: Request) -> int:
-        """Slots a waiting request takes when one of its sequences is admitted: a beam search
-        with nothing running takes room for all its beams at once (a prompt not yet forked,
-        for beam_width), one that runs has them reserved."""
-        if not request.beam:
+        """Slots a waiting request takes when one of its sequences is admitted: a group with
+        nothing running takes room for all its members at once, one that runs has them
+        reserved."""
+        if not request.group:
             return 1
-        return 0 if self.num_running[request] else self._beam_slots(request)
+        return 0 if self.num_running[request] else self._group_slots(request)
 
     @staticmethod
-    def _beam_slots(request: Request) -> int:
-        return request.params.n if len(request.seqs) == 1 else len(request.seqs)
+    def _group_slots(request: Request) -> int:
+        """A group's width until its first sequence forks, then its members."""
+        return request.group.width if len(request.seqs) == 1 else len(request.seqs)
 
     def _slots_held(self, request: Request) -> int:
-        """Running sequences, and for a beam search the slots its beams have reserved."""
-        return self._beam_slots(request) if request.beam else self.num_running[request]
+        """Running sequences, and for a group the slots its members have reserved."""
+        return self._group_slots(request) if request.group else self.num_running[request]
 
     def _free_slots(self) -> int:
-        reserved = sum(self._beam_slots(r) - n for r, n in self.num_running.items() if r.beam)
+        reserved = sum(self._group_slots(r) - n for r, n in self.num_running.items() if r.group)
         return self.max_num_seqs - len(self.running) - reserved
 
     def _sibling_prefilling(self, seq: Sequence) -> bool:
         """Whether `seq` should wait for its request's first sample, which computes the prompt.
-        Never a beam: the beams of a split search are admitted together, or the first would
+        Never a group member: a split group's members are admitted together, or the first would
         offer, wait for the others, and be preempted for them again and again."""
-        if not self.block_manager.enable_prefix_caching or seq.index == 0 or seq.request.beam:
+        if not self.block_manager.enable_prefix_caching or seq.index == 0 or seq.request.group:
             return False
         first = seq.request.seqs[0]
         return (first.status is SequenceStatus.RUNNING
                 and first.num_computed_tokens < first.num_prompt_tokens)
 
-    def update_from_output(self, step: SchedulerOutput) -> list[Sequence]:
-        """Records the tokens a step computed, publishing newly full blocks to the prefix cache;
-        returns the scheduled sequences, in the step's order."""
+    def update_from_output(self, step: SchedulerOutput, result: ModelRunnerOutput
+                           ) -> list[Sequence]:
+        """Records the tokens a step computed: each chunk's, and the tokens kept in lookahead
+        slots (every sampled token but the last); the slots not kept are given back. Returns
+        the scheduled sequences, in the step's order."""
         seqs = [self.seqs[scheduled.seq_id] for scheduled in step.scheduled]
+        bm = self.block_manager
         for seq, scheduled in zip(seqs, step.scheduled):
-            seq.num_computed_tokens += len(scheduled.token_ids)
-            self.block_manager.register_computed(seq)
+            if not scheduled.num_lookahead:
+                bm.commit(seq, len(scheduled.token_ids))
+                continue
+            tokens = result.sampled.get(seq.seq_id, ())
+            bm.commit(seq, len(scheduled.token_ids) + max(0, len(tokens) - 1))
+            bm.trim(seq, seq.num_tokens + len(tokens))
         return seqs
-
-    def update_speculated(self, seq: Sequence, scheduled: ScheduledSequence, num_kept: int
-                          ) -> None:
-        """After the engine appended a speculating decode's tokens (`num_kept` proposals, then
-        the target's own): the kept proposals' K/V are valid, the rejected ones' slots are
-        rolled back and a block left holding none of the sequence's tokens is freed. Only then
-        are full blocks published, so the prefix cache never sees a rejected token."""
-        seq.num_computed_tokens += num_kept
-        if scheduled.num_draft_tokens:
-            # The draft's cache reached the decode's position plus its k - 1 fed-back
-            # proposals; it stays valid up to the last kept one.
-            seq.num_draft_computed = scheduled.start + 1 + min(num_kept,
-                                                               scheduled.num_draft_tokens - 1)
-        self.block_manager.register_computed(seq)
-        self.block_manager.trim(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self._stop_running(seq)
@@ -270,6 +273,7 @@ class Scheduler:
         self._enqueue(seq, front=True)
         seq.num_preemptions += 1
         self.num_preemptions += 1
+        self._preempted_seq_ids.append(seq.seq_id)
 
     def finish(self, seq: Sequence) -> None:
         """Retires a sequence (finished or aborted) and returns its blocks."""

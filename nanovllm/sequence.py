@@ -1,28 +1,46 @@
 """Requests and their sequences: the token state the scheduler and block manager work on.
 
 A request with `n` samples owns `n` sequences; each has its own tokens and KV blocks, and they
-share prompt blocks through the prefix cache. A sequence's tokens are kept here only: each step
-hands the model runner the tokens it computes. (Random generators, penalty counts and grammar
-matchers are the runner's own, keyed by seq id: runner/seq_state.py.)
+share prompt blocks through the prefix cache. A request may instead own a group of sequences
+that advance together (`Request.group`: a beam search's beams), sharing blocks copy-on-write.
+A sequence's tokens are kept here only: each step hands the model runner the tokens it
+computes. (Random generators, penalty counts and grammar matchers are the runner's own, keyed
+by seq id: runner/seq_state.py.)
+
+Each piece of a sequence's state has one writer: its status and preemption count the
+scheduler; its KV state (block table, computed, cached and hashed counts) the block manager;
+its tokens and output (text, logprobs, finish) the output processor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from nanovllm.values.outputs import RequestMetrics
+from nanovllm.values.outputs import RequestMetrics, RequestOutput
 from nanovllm.values.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from nanovllm.beam_search import BeamGroup
 
 
 class SequenceStatus(Enum):
     WAITING = auto()
     RUNNING = auto()
     FINISHED = auto()
+
+
+class SequenceGroup(Protocol):
+    """A policy for sequences that advance together (beam_search.BeamGroup): each step every
+    member offers its `num_candidates` most likely next tokens; once all have (`ready`), the
+    policy picks the next members, each a parent's tokens plus one (`advance`: (parent index,
+    token) pairs, or None when the group is done). The scheduler runs a group's members all or
+    none, in `width` slots."""
+    width: int
+    num_candidates: int
+
+    def offer(self, seq: Sequence, candidates: tuple[list[int], list[float]]) -> None: ...
+    def ready(self, seqs: list[Sequence]) -> bool: ...
+    def advance(self, seqs: list[Sequence]) -> list[tuple[int, int]] | None: ...
+    def output(self, request: Request, decode, decode_token) -> RequestOutput: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -35,12 +53,12 @@ class Request:
     # One entry per prompt position (the first is None), filled as prefill chunks are computed.
     prompt_logprobs: list | None = None
     final_only: bool = False  # step() builds its RequestOutput only once it has finished
-    beam: BeamGroup | None = None  # a beam search: its sequences are its live beams
+    group: SequenceGroup | None = None  # its sequences advance together (a beam search)
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
 
     @property
     def finished(self) -> bool:
-        return all(s.status is SequenceStatus.FINISHED for s in self.seqs)
+        return all(s.finish_reason is not None for s in self.seqs)
 
 
 @dataclass(slots=True, eq=False)
@@ -55,8 +73,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
     num_preemptions: int = 0                     # times its blocks were freed to make room
-    num_draft_computed: int = 0                  # tokens a draft model's cache holds (speculation)
-    # Output state, read by the engine to build RequestOutputs.
+    # Output state, read by the output processor to build RequestOutputs.
     text: str = ""
     detok: object = None
     logprobs: list | None = None
@@ -86,7 +103,8 @@ class Sequence:
 
     @property
     def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
+        """A finish rule ended it (or it was aborted); the scheduler retires it in the same step."""
+        return self.finish_reason is not None
 
     @property
     def computes_prompt_logprobs(self) -> bool:

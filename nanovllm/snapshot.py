@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from nanovllm.stats import StepStats
+
 if TYPE_CHECKING:
     from nanovllm.block_manager import BlockManager
     from nanovllm.scheduler import Scheduler
@@ -20,19 +22,6 @@ if TYPE_CHECKING:
 
 # Each queue lists at most this many sequences (its head); its length is always given whole.
 MAX_LISTED_SEQS = 256
-
-
-@dataclass(slots=True)
-class StepStats:
-    """One engine step (LLMEngine.last_step, and the engine view's strip of recent steps)."""
-
-    num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
-    num_decode_tokens: int = 0   # one per sequence that generated from its last token
-    seconds: float = 0.0
-    num_seqs: int = 0
-    num_preemptions: int = 0     # sequences preempted while this step was scheduled
-    num_proposed: int = 0        # speculative decoding: proposals verified this step
-    num_accepted: int = 0        # and kept (the rest were rejected)
 
 
 @dataclass(slots=True)
@@ -114,7 +103,7 @@ def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
     for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
         for block_id in seq.block_table:
             owner[block_id] = seq.seq_id
-            if seq.request.beam is not None:
+            if seq.request.group is not None:
                 key = (block_id, seq.request.request_id)
                 beams[block_id] |= key in held_by_beams
                 held_by_beams.add(key)

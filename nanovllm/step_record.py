@@ -2,14 +2,16 @@
 model runner was given and what it sampled. The step-by-step mode (AsyncEngine.pause/step,
 the web page's step view, docs/step_by_step.ipynb) shows one of these per step.
 
-`StepRecorder` watches one LLMEngine.step from the outside: it copies the scheduler's and
-block manager's state before the step, reads the step the scheduler described and the runner's
-flat inputs and logits during it, and compares after. It runs only when asked
-(`LLMEngine.record_next_step`): a free-running engine never pays for it.
+`StepRecorder` watches one LLMEngine.step from the outside, as the engine's `hook`: it copies
+the scheduler's and block manager's state before the step, reads the step the scheduler
+described and the runner's flat inputs and logits during it, and compares after. It runs only
+when asked (`record_step(engine)`): a free-running engine never pays for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,10 +21,12 @@ from nanovllm.sequence import SequenceStatus
 from nanovllm.snapshot import BlockPool, pool_of
 
 if TYPE_CHECKING:
-    from nanovllm.contract.step import SchedulerOutput
+    from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
+    from nanovllm.engine import LLMEngine
     from nanovllm.runner.model_runner import StepInputs
     from nanovllm.scheduler import Scheduler
     from nanovllm.sequence import Sequence
+    from nanovllm.values.outputs import RequestOutput
 
 TOP_K = 5  # probabilities kept for each sampled row
 
@@ -59,7 +63,7 @@ class BlockChanges:
     shared: list[int]     # found in the prefix cache and taken as is (no compute)
     freed: list[int]      # their last holder let go (they stay findable until evicted)
     evicted: list[int]    # dropped from the prefix cache: their K/V is about to be overwritten
-    copied: list[int]     # copied on write: a beam's copy of a block another beam still holds
+    copied: list[int]     # copied on write: a copy of a block another sequence still holds
 
 
 @dataclass(slots=True)
@@ -114,7 +118,7 @@ class StepMode:
 
 
 class StepModeDisabled(RuntimeError):
-    """Pausing needs AsyncEngine(enable_step_mode=True) (`nanovllm serve --enable-step-mode`)."""
+    """Pausing needs Inspector(client, enable_step_mode=True) (`serve --enable-step-mode`)."""
 
 
 # A pause is a lease: the client that paused must renew it (the web page does while it is
@@ -147,20 +151,50 @@ def _state(scheduler: Scheduler) -> _State:
                   {block_id: h for h, block_id in bm.hash_to_block_id.items()})
 
 
-class StepRecorder:
-    """Records one step: `start` before scheduling, `scheduled` once the step is described,
-    `ran` with the runner's inputs and logits, `finish` after the engine's update."""
+def record_step(engine: LLMEngine) -> tuple[list[RequestOutput], StepRecord | None]:
+    """One engine step, recorded (None: nothing was scheduled, so no step ran)."""
+    with recording(engine) as recorder:
+        outputs = engine.step()
+    return outputs, recorder.record
 
-    def __init__(self, scheduler: Scheduler, decode_token) -> None:
-        self.scheduler, self.decode_token = scheduler, decode_token
-        self.before = _state(scheduler)
-        self.preemptions = scheduler.num_preemptions
+
+@contextmanager
+def recording(engine: LLMEngine) -> Iterator[StepRecorder]:
+    """The engine's steps inside the block are recorded (the last one's in `.record`)."""
+    recorder = StepRecorder()
+    engine.hook = recorder
+    try:
+        yield recorder
+    finally:
+        engine.hook = None
+        engine.runner.keep_last_run = False
+
+
+class StepRecorder:
+    """Records one step as the engine's hook (engine.StepHook): `before` scheduling,
+    `scheduled` once the step is described, `after` the engine processed its outputs (with the
+    runner's inputs and logits, which it keeps for the step: `keep_last_run`)."""
+
+    def __init__(self) -> None:
+        self.record: StepRecord | None = None
         self.step: SchedulerOutput | None = None
         self.chunks: dict[int, tuple[int, int, bool]] = {}
         self.tables_scheduled: dict[int, list[int]] = {}
         self.why_waiting = ""
         self.inputs = RunnerInputs([], [], [], [], [])
         self.sample_logits = np.zeros((0, 0), np.float32)
+
+    def before(self, engine: LLMEngine) -> None:
+        self.scheduler, self.decode_token = engine.scheduler, engine.tokenizer.decode_token
+        self.before_state = _state(engine.scheduler)
+        self.preemptions = engine.scheduler.num_preemptions
+        engine.runner.keep_last_run = True
+
+    def after(self, engine: LLMEngine, step: SchedulerOutput, result: ModelRunnerOutput
+              ) -> None:
+        self._ran(*engine.runner.last_run)
+        engine.runner.keep_last_run = False
+        self.record = self._finish(engine.num_steps, result.sampled)
 
     def scheduled(self, step: SchedulerOutput) -> None:
         """Right after schedule(): the step and why the rest waits."""
@@ -170,18 +204,21 @@ class StepRecorder:
         self.chunks = {s.seq_id: (s.start, len(s.token_ids), s.sample) for s in step.scheduled}
         self.why_waiting = self._why_waiting(sum(n for _, n, _ in self.chunks.values()))
 
-    def ran(self, inputs: StepInputs, sample_logits: np.ndarray) -> None:
+    def _ran(self, inputs: StepInputs, sample_logits: np.ndarray) -> None:
         """The runner's flat inputs and the logits of its sampled rows (NativeModelRunner.last_run)."""
         n = len(sample_logits)
+        proposed = inputs.proposals
         self.inputs = RunnerInputs(
             inputs.token_ids.tolist(), inputs.positions.tolist(),
             inputs.attention.slot_mapping.tolist(),
-            [e.seq_id for e in inputs.entries for _ in (*e.token_ids, *e.spec_token_ids)],
+            [e.seq_id for e in inputs.entries
+             for _ in range(len(e.token_ids) + len(proposed[e.seq_id].token_ids
+                                                    if e.seq_id in proposed else ()))],
             inputs.logit_rows[:n].tolist())
         self.sample_logits = sample_logits
 
-    def finish(self, num_step: int, sampled: dict[int, list[int]]) -> StepRecord:
-        sched, before = self.scheduler, self.before
+    def _finish(self, num_step: int, sampled: dict[int, list[int]]) -> StepRecord:
+        sched, before = self.scheduler, self.before_state
         after = _state(sched)
         order = {seq_id: i for i, seq_id in enumerate(self.chunks)}
         seqs = sorted(before.seqs, key=lambda s: order.get(s.seq_id, len(order)))
@@ -191,7 +228,7 @@ class StepRecorder:
                           self._sampled(sampled), sched.num_preemptions - self.preemptions)
 
     def _seq_step(self, seq: Sequence, chunk, after: _State) -> SeqStep:
-        before = self.before.tables.get(seq.seq_id, [])
+        before = self.before_state.tables.get(seq.seq_id, [])
         blocks_after = after.tables.get(seq.seq_id, [])
         finished = seq.status is SequenceStatus.FINISHED
         was_running = bool(before) or seq.seq_id in self.tables_scheduled
@@ -225,7 +262,7 @@ class StepRecorder:
                 "prompt it shares)")
 
     def _block_changes(self, after: _State) -> BlockChanges:
-        before = self.before
+        before = self.before_state
         allocated, shared = set(), set()
         evicted = {b for b, h in before.cached.items() if after.cached.get(b) != h}
         lost = set()
@@ -253,7 +290,7 @@ class StepRecorder:
         out = []
         for i, row in enumerate(rows):
             seq_id = self.inputs.row_seq_ids[row]
-            if seq_id not in sampled:  # a beam's row offers candidates; the beam rule picks
+            if seq_id not in sampled:  # a row that gave its candidates instead of a sample
                 continue
             token = sampled[seq_id][0]  # a sample row's one token (speculating rows are not here)
             ids = top[i].tolist()

@@ -1,9 +1,12 @@
 """NativeModelRunner: turns one scheduled step into flat numpy inputs, runs the model, samples.
 
 Each step says everything the runner needs (nanovllm/contract/step.py): every scheduled
-sequence's new tokens, positions and block table, whether it samples and which prompt tokens it
-scores, and the sequences announced and retired since the last step. The runner keeps only each
-live sequence's own sampling state (runner/seq_state.py), keyed by seq id.
+sequence's new tokens, positions and block table, whether it samples (or gives its most likely
+next tokens) and which prompt tokens it scores, and the sequences announced and retired since
+the last step. The runner keeps only each live sequence's own sampling state
+(runner/seq_state.py), keyed by seq id. Lookahead slots are the `Speculator`'s to fill
+(runner/spec_decode/): it proposes tokens for them before the forward pass and verifies them
+after, each proposal one more row of its sequence.
 
 Every token of the step goes through each weight matrix as one matmul. Single-token sequences
 (decodes) are laid out first and attended together; multi-token chunks (prefills) follow. The
@@ -12,7 +15,7 @@ LM head runs only on rows that sample, plus prompt rows whose logprobs were aske
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,8 +40,7 @@ from nanovllm.runner.sampler import (
     took,
 )
 from nanovllm.runner.seq_state import SequenceState
-from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
-from nanovllm.runner.spec_decode.verify import verify
+from nanovllm.runner.spec_decode.speculator import Speculator
 
 
 @dataclass(slots=True)
@@ -50,14 +52,17 @@ class StepInputs:
     sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
     scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
     entries: list[ScheduledSequence]   # every chunk, in row order
-    # then these, speculating: 1 + len(spec_token_ids) rows each
+    # then these, with proposals to verify: 1 + len(proposal) rows each
     verifying: list[ScheduledSequence] = field(default_factory=list)
+    proposals: dict = field(default_factory=dict)  # seq id -> its proposal (after its tokens)
 
 
 class NativeModelRunner:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
-                 kv_cache_dtype: str = "auto", seed: int = 0, draft: DraftModel | None = None):
-        self.cfg, self.weights, self.block_size, self.draft = cfg, weights, block_size, draft
+                 kv_cache_dtype: str = "auto", seed: int = 0,
+                 speculator: Speculator | None = None):
+        self.cfg, self.weights, self.block_size = cfg, weights, block_size
+        self.speculator = speculator
         self.eos_token_ids = list(cfg.eos_token_ids)  # what min_tokens bans, read every step
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
@@ -75,70 +80,51 @@ class NativeModelRunner:
             self.states[new.seq_id] = self._new_state(new)
         for seq_id in step.finished_seq_ids:
             self.states.pop(seq_id, None)
-        if step.blocks_to_copy:  # forked beams' shared blocks, before anything is written
+        if step.blocks_to_copy:  # shared blocks copied on write, before anything is written
             self.kv_cache.copy_blocks(step.blocks_to_copy)
+        if self.speculator:
+            self.speculator.start(step)
         if not step.scheduled:
             return ModelRunnerOutput({}, {}, {})
-        scheduled, drafts = self._propose(step.scheduled)
-        inputs = self.prepare(scheduled)
+        proposals = (self.speculator.propose(step.scheduled, self.states, self.prepare)
+                     if self.speculator else {})
+        inputs = self.prepare(step.scheduled, proposals)
         logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                                     self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
         if self.keep_last_run:  # the step-by-step mode shows what the model was given
             self.last_run = (inputs, logits[:n].copy())
-        rows = [i for i, e in enumerate(inputs.sampling) if not e.num_beam_candidates]
-        beams = [i for i, e in enumerate(inputs.sampling) if e.num_beam_candidates]
+        rows = [i for i, e in enumerate(inputs.sampling) if not e.num_candidates]
+        ranked = [inputs.sampling[i] for i, e in enumerate(inputs.sampling) if e.num_candidates]
         sampling = [inputs.sampling[i] for i in rows]
         states = [self.states[e.seq_id] for e in sampling]
-        tokens, logprobs = sample(logits[rows] if beams else logits[:n], states,
+        tokens, logprobs = sample(logits[rows] if ranked else logits[:n], states,
                                   [e.num_output_tokens for e in sampling], self.eos_token_ids)
         tokens = tokens.tolist()
         for state, token in zip(states, tokens):
             took(state, token)
         seq_ids = [e.seq_id for e in sampling]
-        beam_seqs = [inputs.sampling[i] for i in beams]
-        offers = beam_offers(logits[beams], [self.states[e.seq_id].params.temperature
-                                             for e in beam_seqs],
-                             [e.num_beam_candidates for e in beam_seqs]) if beams else []
         m = n + sum(len(e.prompt_logprob_ids) for e in inputs.scoring)
         out = ModelRunnerOutput({i: [t] for i, t in zip(seq_ids, tokens)},
                                 {i: [lp] for i, lp in zip(seq_ids, logprobs) if lp},
                                 self._prompt_logprobs(logits[n:m], inputs.scoring),
-                                {e.seq_id: o for e, o in zip(beam_seqs, offers)})
-        self._verify(logits[m:], inputs.verifying, drafts, out)
+                                self._candidates(logits[:n], inputs.sampling, ranked))
+        if self.speculator:
+            self.speculator.verify(logits[m:], inputs.verifying, proposals, self.states,
+                                   self.eos_token_ids, out)
+            self.speculator.took(out)
         return out
 
-    def _propose(self, scheduled: list[ScheduledSequence]
-                 ) -> tuple[list[ScheduledSequence], dict[int, Proposal]]:
-        """The draft model's proposals, as the entries' spec_token_ids (n-gram proposals came
-        with the step)."""
-        asked = [e for e in scheduled if e.num_draft_tokens]
-        if not asked:
-            return scheduled, {}
-        chunks = [ScheduledSequence(e.seq_id, e.draft.token_ids, e.draft.start, e.block_table,
-                                    True, 0) for e in asked]
-        proposals = self.draft.propose(chunks, [self.states[e.seq_id] for e in asked],
-                                       [e.num_draft_tokens for e in asked], self.prepare)
-        by_id = {e.seq_id: p for e, p in zip(asked, proposals)}
-        return [replace(e, spec_token_ids=by_id[e.seq_id].token_ids) if e.seq_id in by_id else e
-                for e in scheduled], by_id
-
-    def _verify(self, logits: np.ndarray, verifying: list[ScheduledSequence],
-                drafts: dict[int, Proposal], out: ModelRunnerOutput) -> None:
-        """Each speculating decode's accepted proposals and the target's own token, into `out`."""
-        row = 0
-        for e in verifying:
-            k = len(e.spec_token_ids)
-            state, draft = self.states[e.seq_id], drafts.get(e.seq_id)
-            tokens, logprobs = verify(logits[row:row + k + 1], state, e.num_output_tokens,
-                                      e.spec_token_ids, draft.probs if draft else None,
-                                      self.eos_token_ids)
-            for token in tokens:
-                took(state, token)
-            out.sampled[e.seq_id] = tokens
-            if logprobs:
-                out.logprobs[e.seq_id] = logprobs
-            row += k + 1
+    def _candidates(self, logits: np.ndarray, sampling: list[ScheduledSequence],
+                    ranked: list[ScheduledSequence]) -> dict[int, tuple[list[int], list[float]]]:
+        """The most likely next tokens of the rows that asked for them instead of a sample,
+        scored from log_softmax(logits / temperature) without penalties (runner/beam.py)."""
+        if not ranked:
+            return {}
+        rows = [i for i, e in enumerate(sampling) if e.num_candidates]
+        found = beam_offers(logits[rows], [self.states[e.seq_id].params.temperature for e in ranked],
+                            [e.num_candidates for e in ranked])
+        return {e.seq_id: c for e, c in zip(ranked, found)}
 
     def _new_state(self, new: NewSequence) -> SequenceState:
         """A seeded request's sample i draws from [seed, i], so it samples the same alone or in
@@ -153,9 +139,17 @@ class NativeModelRunner:
         blocks = np.take(block_table, positions // self.block_size)
         return blocks * self.block_size + positions % self.block_size
 
-    def prepare(self, scheduled: list[ScheduledSequence]) -> StepInputs:
-        entries = sorted(scheduled, key=lambda e: _num_rows(e) > 1)
-        decodes = [e for e in entries if _num_rows(e) == 1]
+    def prepare(self, scheduled: list[ScheduledSequence], proposals: dict | None = None
+                ) -> StepInputs:
+        """The step's flat inputs; `proposals` (seq id -> Proposal) add rows after their
+        sequences' tokens, each scored to verify it."""
+        proposed = {seq_id: p.token_ids for seq_id, p in (proposals or {}).items()}
+
+        def num_rows(e: ScheduledSequence) -> int:
+            return len(e.token_ids) + len(proposed.get(e.seq_id, ()))
+
+        entries = sorted(scheduled, key=lambda e: num_rows(e) > 1)
+        decodes = [e for e in entries if num_rows(e) == 1]
         pos, slot_parts, prefills = [], [], []
         sample_rows, sampling, prompt_rows, scoring, verify_rows, verifying = [], [], [], [], [], []
         # A decode's one position and slot in Python's integers: numpy's per-call cost, paid
@@ -166,14 +160,14 @@ class NativeModelRunner:
                                     for e in decodes], np.int64))
         row = 0
         for e in entries:
-            start, n = e.start, _num_rows(e)
+            start, n = e.start, num_rows(e)
             if n > 1:
                 positions = np.arange(start, start + n)
                 pos.append(positions)
                 slot_parts.append(self.slots(e.block_table, positions))
                 context = self.slots(e.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
-            if e.spec_token_ids:  # every row scores what follows it
+            if e.seq_id in proposed:  # every row scores what follows it
                 verify_rows.extend(range(row, row + n))
                 verifying.append(e)
             elif e.sample:
@@ -185,10 +179,11 @@ class NativeModelRunner:
             row += n
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
                                    *self._decode_context(decodes), prefills)
-        token_ids = (t for e in entries for part in (e.token_ids, e.spec_token_ids) for t in part)
+        token_ids = (t for e in entries
+                     for part in (e.token_ids, proposed.get(e.seq_id, ())) for t in part)
         return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_rows + verify_rows, np.int64), sampling,
-                          scoring, entries, verifying)
+                          scoring, entries, verifying, proposals or {})
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
@@ -209,6 +204,3 @@ class NativeModelRunner:
             row += count
         return out
 
-
-def _num_rows(e: ScheduledSequence) -> int:
-    return len(e.token_ids) + len(e.spec_token_ids)

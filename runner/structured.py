@@ -8,6 +8,10 @@ every token the sequence takes. It lives and dies with that state: kept while th
 preempted, dropped when it finishes. Once the grammar is complete llguidance allows only EOS,
 which finishes the sequence; a matcher in error (it refused a token) does the same.
 
+A grammar may start only after a text (`starts_after`: a reasoning model's `</think>`): until
+the sequence has written it, the matcher masks nothing and reads tokens only as text, so a tag
+of several tokens is found like one of a single token.
+
 llguidance (the optional 'structured' extra) is imported only when a constrained sequence
 arrives: requests without a constraint never touch this module's machinery.
 """
@@ -28,6 +32,7 @@ class CompiledGrammar:
     """One request's grammar, compiled and checked; shared by all of its sequences."""
     grammar: str       # llguidance's serialized grammar
     tokenizer: Any     # llguidance.LLTokenizer over the engine's vocabulary
+    starts_after: bytes = b""  # the grammar applies once the output holds this text
 
 
 def apply_token_bitmask_(logits: np.ndarray, bitmask: np.ndarray) -> None:
@@ -43,7 +48,7 @@ def apply_token_bitmask_(logits: np.ndarray, bitmask: np.ndarray) -> None:
 class GrammarMatcher:
     """One sequence's llguidance matcher and the bitmask buffer it fills each step."""
 
-    __slots__ = ("_matcher", "_bitmask", "_eos_token_id")
+    __slots__ = ("_matcher", "_bitmask", "_eos_token_id", "_tokenizer", "_waiting_for", "_tail")
 
     def __init__(self, grammar: CompiledGrammar, eos_token_id: int) -> None:
         import llguidance
@@ -52,11 +57,16 @@ class GrammarMatcher:
         self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
         self._bitmask = lnp.allocate_token_bitmask(1, grammar.tokenizer.vocab_size)
         self._eos_token_id = eos_token_id
+        self._tokenizer = grammar.tokenizer
+        self._waiting_for = grammar.starts_after  # b"" once the grammar applies
+        self._tail = b""  # the output's last bytes while waiting
 
     def mask_logits_(self, logits: np.ndarray) -> None:
         """Bans, in place, every token the grammar does not allow next."""
         from llguidance.numpy import fill_next_token_bitmask
 
+        if self._waiting_for:
+            return
         if self._matcher.is_error():
             logits[:] = -np.inf
             logits[self._eos_token_id] = 0.0
@@ -66,6 +76,12 @@ class GrammarMatcher:
 
     def accept(self, token: int) -> None:
         """Advances past the sequence's new token (one the mask allowed, so normally fine)."""
+        if self._waiting_for:
+            self._tail = self._tail[-len(self._waiting_for):] + \
+                self._tokenizer.decode_bytes([token])
+            if self._waiting_for in self._tail:
+                self._waiting_for = b""
+            return
         if not self._matcher.consume_token(token):
             logger.warning("grammar matcher refused token %d (%s); ending the sequence",
                            token, self._matcher.get_error())
@@ -73,4 +89,4 @@ class GrammarMatcher:
     @property
     def is_complete(self) -> bool:
         """The grammar has matched a whole output and allows nothing more but EOS."""
-        return self._matcher.is_stopped()
+        return not self._waiting_for and self._matcher.is_stopped()

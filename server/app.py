@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
+from nanovllm.inspection import EngineInspector
 from nanovllm.server.chat_template import ChatTemplate, special_tokens
 from nanovllm.server.endpoints import ROUTERS
 from nanovllm.server.endpoints.info import model_type, read_tokenizer_config, tokenizer_info
@@ -23,7 +24,9 @@ from nanovllm.server.middleware import (
     RequestCountMiddleware,
     RequestIdMiddleware,
 )
+from nanovllm.server.reasoning import REASONING_PARSERS
 from nanovllm.server.serving import ServerContext
+from nanovllm.server.tool_calls import PARSERS
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits
@@ -52,18 +55,33 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
-def build_app(engine: EngineClient, *, served_model_name: str, model_root: str | None = None,
+def _named(registry: dict, name: str | None, what: str):
+    if name is None:
+        return None
+    if name not in registry:
+        raise ValueError(f"unknown {what} parser {name!r}; known: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
+              served_model_name: str, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False,
               return_tokens_as_token_ids: bool = False,
-              enable_server_load_tracking: bool = False) -> FastAPI:
+              enable_server_load_tracking: bool = False,
+              tool_call_parser: str | None = None, reasoning_parser: str | None = None,
+              structured_in_reasoning: bool = False) -> FastAPI:
     """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
-    page at /ui unless `ui` is False; `model_root` is what /v1/models shows as "root" (a name,
+    page at /ui unless `ui` is False (its engine, attention, forward-pass and step views need
+    an `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name,
     never a local path: it is public).
 
     `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
-    `chat_template`); with neither, /v1/chat/completions is a 400.
+    `chat_template`); with neither, /v1/chat/completions is a 400. `tool_call_parser` (a name
+    in tool_calls.PARSERS) turns tool_choice "auto" on; `reasoning_parser` (a name in
+    REASONING_PARSERS) splits reasoning from the answer, which is all a grammar holds unless
+    `structured_in_reasoning`.
     """
     app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
                   description="Completions, chat (also as OpenAI's Responses and Anthropic's "
@@ -85,13 +103,17 @@ def build_app(engine: EngineClient, *, served_model_name: str, model_root: str |
     app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
                                   metrics, limits, chat_template=template, tokenizer_info=info,
                                   grammar_compiler=GrammarCompiler(engine.tokenizer),
-                                  return_tokens_as_token_ids=return_tokens_as_token_ids)
+                                  return_tokens_as_token_ids=return_tokens_as_token_ids,
+                                  tool_parser=_named(PARSERS, tool_call_parser, "tool call"),
+                                  reasoning_parser=_named(REASONING_PARSERS, reasoning_parser,
+                                                          "reasoning"),
+                                  structured_in_reasoning=structured_in_reasoning)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     if ui:
-        install_ui(app)
-    document_vocabulary(app, engine.vocab_size)
+        install_ui(app, inspector)
+    document_vocabulary(app, engine.processor.vocab_size)
     if enable_server_load_tracking:  # inside the API key check: refused requests never count
         app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:

@@ -1,102 +1,31 @@
-"""Chat templates: Jinja rendered the way Hugging Face renders a tokenizer's `chat_template`.
+"""A chat request's messages and tools rendered by the chat template (nanovllm/chat_template.py:
+Jinja as Hugging Face renders it).
 
-The template comes from `--chat-template` (a file, or the template itself, as vLLM takes it)
-or else from the checkpoint's tokenizer_config.json. It runs in jinja2's immutable sandbox with
-HF's settings (trim_blocks, lstrip_blocks, loop controls) and globals (`raise_exception`,
-`strftime_now`, a `tojson` that keeps non-ASCII text), and sees `messages`,
-`add_generation_prompt` and the special tokens (`bos_token`, `eos_token`, ...).
-
-`render_prompt` turns a request's `messages` into that prompt (chat completions and /tokenize):
-content is a string or a list of text parts (joined with newlines, as vLLM's "string" content
-format does); images, audio and tool calls are refused naming the field.
+`render_prompt` turns a request's `messages` (and `tools`) into that prompt (chat completions and
+/tokenize), as transformers' apply_chat_template does: the template sees `tools` (None without),
+`documents` (None), the conversation's tool calls and results, and the request's
+`chat_template_kwargs`. Content is a string or a list of text parts (joined with newlines, as
+vLLM's "string" content format does); images and audio are refused naming the field.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from nanovllm.chat_template import (  # noqa: F401  (the server's names for them)
+    ChatTemplate,
+    ChatTemplateError,
+    load_chat_template,
+    special_tokens,
+)
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import MAX_CHAT_CHARS
+from nanovllm.server.tool_calls.request import template_message_fields
+from nanovllm.values.limits import MAX_CHAT_TEMPLATE_KWARGS_CHARS
 
-_JINJA_CHARS = "{}\n"
-_UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "function_call", "audio")
-
-
-class ChatTemplateError(ValueError):
-    """The template refused the conversation (raise_exception) or failed while rendering."""
-
-
-def load_chat_template(value: str) -> str:
-    """`--chat-template`: a path to a file, else the template text itself (vLLM's rule: text
-    without any of `{`, `}` or a newline was meant as a path, so a missing file is an error)."""
-    try:
-        return Path(value).read_text(encoding="utf-8")
-    except OSError as exc:
-        if not any(c in value for c in _JINJA_CHARS):
-            raise ValueError(f"--chat-template {value!r} looks like a file path, but it could "
-                             f"not be read: {exc}") from exc
-        return codecs.decode(value, "unicode_escape")  # so "\n" typed in a shell is a newline
-
-
-def _raise_exception(message: str):
-    raise ChatTemplateError(message)
-
-
-def _tojson(value, indent=None, ensure_ascii=False, separators=None, sort_keys=False) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, separators=separators,
-                      sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-@dataclass(slots=True)
-class ChatTemplate:
-    source: str
-    special_tokens: dict[str, str]  # bos_token, eos_token, ... as the template sees them
-    _compiled: jinja2.Template | None = None
-
-    def __post_init__(self) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        try:
-            self._compiled = env.from_string(self.source)
-        except jinja2.TemplateSyntaxError as exc:
-            raise ValueError(f"the chat template is not valid Jinja: {exc}") from exc
-
-    def render(self, messages: list[dict], add_generation_prompt: bool,
-               extra: dict | None = None) -> str:
-        try:
-            return self._compiled.render(messages=messages,
-                                         add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens, **(extra or {}))
-        except ChatTemplateError:
-            raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ChatTemplateError(f"the chat template failed on these messages: {exc}") from exc
-
-
-def special_tokens(tokenizer_config: dict, eos_token: str) -> dict[str, str]:
-    """The special-token variables HF passes to templates; GPT-2's one token is bos and eos."""
-    tokens = {"bos_token": eos_token, "eos_token": eos_token}
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        value = tokenizer_config.get(name)
-        if isinstance(value, dict):  # an AddedToken written out in full
-            value = value.get("content")
-        if isinstance(value, str):
-            tokens[name] = value
-    return tokens
+_UNSUPPORTED_MESSAGE_KEYS = ("function_call", "audio")
+# What the server itself gives the template: chat_template_kwargs may not replace them.
+_RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "documents", "add_generation_prompt")
 
 
 def content_text(content, where: str) -> str:
@@ -133,13 +62,31 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
         entry = {"role": role, "content": text}
         if isinstance(msg.get("name"), str):
             entry["name"] = msg["name"]
+        entry.update(template_message_fields(msg, f"messages[{i}]"))
         out.append(entry)
     return out
 
 
-def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
-    """A chat request's (or /tokenize's) `messages` as one prompt text, rendered by `template`;
-    a 400 naming the field for anything it cannot render."""
+def template_kwargs(kwargs) -> dict:
+    """`chat_template_kwargs`, checked: a bounded mapping that replaces none of the variables
+    the server sets itself."""
+    if not kwargs:
+        return {}
+    if len(json.dumps(kwargs)) > MAX_CHAT_TEMPLATE_KWARGS_CHARS:
+        raise bad_request(f"chat_template_kwargs is longer than {MAX_CHAT_TEMPLATE_KWARGS_CHARS} "
+                          "characters as JSON.", "chat_template_kwargs")
+    for name in _RESERVED_TEMPLATE_VARIABLES:
+        if name in kwargs:
+            raise bad_request(f"chat_template_kwargs may not set `{name}`: it is the request's "
+                              "own field.", "chat_template_kwargs")
+    return dict(kwargs)
+
+
+def render_prompt(req, template: ChatTemplate | None, model_name: str,
+                  tools: list[dict] | None = None, generation_prompt: bool | None = None) -> str:
+    """A chat request's (or /tokenize's) `messages` and checked `tools` as one prompt text,
+    rendered by `template`; a 400 naming the field for anything it cannot render.
+    `generation_prompt` overrides the request's add_generation_prompt."""
     if template is None:
         raise bad_request(
             f"The model `{model_name}` has no chat template, so /v1/chat/completions is not "
@@ -147,8 +94,11 @@ def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
             "examples/chat_template_gpt2.jinja), or send a plain-text prompt to "
             "POST /v1/completions.", "messages")
     messages = normalize_messages(req.messages)
+    extra = {**template_kwargs(getattr(req, "chat_template_kwargs", None)),
+             "tools": tools, "documents": None}
+    add = req.add_generation_prompt if generation_prompt is None else generation_prompt
     try:
-        text = template.render(messages, req.add_generation_prompt)
+        text = template.render(messages, add, extra)
     except ChatTemplateError as exc:
         raise bad_request(str(exc), "messages") from exc
     if req.continue_final_message:  # end the prompt right after the last message's text
@@ -159,3 +109,4 @@ def render_prompt(req, template: ChatTemplate | None, model_name: str) -> str:
                               "message's text.", "continue_final_message")
         text = text[:cut + len(final)]
     return text
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import logging
 import signal
 import threading
@@ -69,8 +70,45 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
                              "default: $RAY_ADDRESS, else a local Ray instance)")
+    add_tool_args(parser)
     add_limit_args(parser)
     add_engine_args(parser)
+
+
+def add_tool_args(parser: argparse.ArgumentParser) -> None:
+    """vLLM's flags for tool calling and reasoning output."""
+    from nanovllm.server.reasoning import REASONING_PARSERS
+    from nanovllm.server.tool_calls import PARSERS
+
+    g = parser.add_argument_group("tool calling and reasoning")
+    g.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='serve tool_choice "auto" (the default with tools): the model\'s own '
+                        "calls, read by --tool-call-parser")
+    g.add_argument("--tool-call-parser", choices=sorted(PARSERS), default=None,
+                   help="how the model writes tool calls (docs/api.md lists the families)")
+    g.add_argument("--reasoning-parser", choices=sorted(REASONING_PARSERS), default=None,
+                   help="split <think>...</think> into message.reasoning_content")
+    g.add_argument("--structured-outputs-config", default=None, metavar="JSON",
+                   help='e.g. \'{"enable_in_reasoning": true}\': grammars hold the reasoning '
+                        "too (by default they hold the answer after it)")
+
+
+def structured_in_reasoning(args: argparse.Namespace) -> bool:
+    """--structured-outputs-config: vLLM's JSON; only enable_in_reasoning (and the backend
+    "guidance", this server's one) can be honoured."""
+    if args.structured_outputs_config is None:
+        return False
+    config = json.loads(args.structured_outputs_config)
+    if not isinstance(config, dict):
+        raise ValueError("--structured-outputs-config must be a JSON object")
+    unknown = sorted(set(config) - {"enable_in_reasoning", "backend"})
+    if unknown:
+        raise ValueError(f"--structured-outputs-config: {unknown[0]!r} is not supported "
+                         "(only enable_in_reasoning)")
+    if config.get("backend", "guidance") not in ("auto", "guidance"):
+        raise ValueError("--structured-outputs-config: this server's grammar backend is "
+                         "llguidance (\"guidance\")")
+    return bool(config.get("enable_in_reasoning", False))
 
 
 def add_limit_args(parser: argparse.ArgumentParser) -> None:
@@ -141,12 +179,16 @@ class Server(uvicorn.Server):
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
+    from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat_template import load_chat_template
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
     chat_template = load_chat_template(args.chat_template) if args.chat_template else None
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    in_reasoning = structured_in_reasoning(args)
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
     if args.ray_address and args.data_parallel_size is None:
@@ -157,17 +199,22 @@ def run_serve(args: argparse.Namespace) -> int:
                        limits.limit_concurrency, concurrency)
     if args.enable_step_mode and args.data_parallel_size is not None:
         raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
+    inspector = None  # the web page's views of one engine: not across replicas
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
     else:
-        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args),
-                                         enable_step_mode=args.enable_step_mode)
+        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
+        inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, served_model_name=name, model_root=name, api_key=api_key, limits=limits,
+    app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
+                    api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
-                    enable_server_load_tracking=args.enable_server_load_tracking)
+                    enable_server_load_tracking=args.enable_server_load_tracking,
+                    tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
+                    else None, reasoning_parser=args.reasoning_parser,
+                    structured_in_reasoning=in_reasoning)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,

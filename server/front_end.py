@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from nanovllm import InvalidRequestError, SamplingParams
+from nanovllm.server.chat_output import OutputRules
 from nanovllm.server.errors import APIError, describe_validation_error, invalid_request
 from nanovllm.server.protocol import ChatCompletionRequest
 from nanovllm.server.serving import ServerContext, new_request_id
@@ -32,11 +33,12 @@ from nanovllm.values.request import EngineRequest
 class ChatPath:
     """The chat endpoint's two entries: its handler (body, raw request, context -> its HTTP
     answer), and its preparation (body, context, request id -> the checked engine request
-    and sampling parameters, nothing submitted): what a token count needs."""
+    first, then its sampling parameters and how its answer is read; nothing submitted): what a
+    token count needs."""
 
     respond: Callable[[ChatCompletionRequest, Request, ServerContext], Awaitable[Response]]
     prepare: Callable[[ChatCompletionRequest, ServerContext, str],
-                      tuple[EngineRequest, SamplingParams]]
+                      tuple[EngineRequest, SamplingParams, OutputRules]]
 
 
 def chat_request(fields: dict, names: dict[str, str]) -> ChatCompletionRequest:
@@ -65,7 +67,7 @@ async def prompt_tokens(chat: ChatPath, req: ChatCompletionRequest, ctx: ServerC
     """How many tokens the chat path's prompt for `req` has (checked as if it were to run)."""
     try:
         # Off the event loop: the preparation may compile a tool call's grammar.
-        prompt, _ = await asyncio.to_thread(chat.prepare, req, ctx, new_request_id("count"))
+        prompt, *_ = await asyncio.to_thread(chat.prepare, req, ctx, new_request_id("count"))
     except (APIError, InvalidRequestError) as exc:
         raise renamed(exc, names) from exc
     return len(prompt.prompt_token_ids)

@@ -34,6 +34,7 @@ from nanovllm.values.limits import (
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
+    MAX_TOOLS,
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
@@ -76,7 +77,6 @@ IGNORED_EXTRA_FIELDS = {
     "metadata": "OpenAI's tags for stored completions; nothing is stored here",
     "store": "OpenAI's stored completions; nothing is stored here",
     "service_tier": "this server has one tier",
-    "parallel_tool_calls": "this server has no tools",
     "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
     "safety_identifier": "an end-user id, like `user`",
     "request_id": "vLLM's caller-chosen id; this server names requests itself (X-Request-Id)",
@@ -412,6 +412,18 @@ class ChatCompletionRequest(SamplingFields):
     # continue_final_message case), and the prompt's logprobs.
     echo: bool = False
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Tool calling (server/tool_calls/ checks them, naming the field at fault).
+    tools: list[Any] | None = Field(None, description=f"Function tools, at most {MAX_TOOLS}; "
+                                    "rendered by the chat template.")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='"none", "auto" (the default with tools; needs '
+                          '--enable-auto-tool-choice), "required", or {"type": "function", '
+                          '"function": {"name": ...}}; the last two are enforced by the grammar '
+                          "engine.")
+    parallel_tool_calls: bool | None = True
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='Extra variables for the chat template (e.g. {"enable_thinking": '
+                          "false}).")
 
     def to_sampling_params(self, structured: Any = None) -> SamplingParams:
         return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
@@ -426,6 +438,8 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    tools: list[Any] | None = None  # rendered into the prompt as chat completions renders them
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool | None = Field(
         None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
                           "none). Default: true for `prompt`, false for `messages` (the chat "

@@ -34,7 +34,9 @@ from nanovllm.server.errors import APIError, bad_request, internal_error, invali
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
 from nanovllm.server.protocol import StreamOptions
+from nanovllm.server.reasoning import ReasoningParser
 from nanovllm.server.response_store import ResponseStore
+from nanovllm.server.tool_calls import ToolParser
 from nanovllm.values.errors import QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
@@ -64,6 +66,11 @@ class ServerContext:
     # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
     return_tokens_as_token_ids: bool = False
     server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
+    # --enable-auto-tool-choice --tool-call-parser: the parser of tool_choice "auto" (None: off)
+    tool_parser: type[ToolParser] | None = None
+    reasoning_parser: ReasoningParser | None = None  # --reasoning-parser
+    # --structured-outputs-config '{"enable_in_reasoning": true}': grammars hold the reasoning too
+    structured_in_reasoning: bool = False
     # POST /v1/responses with store: what previous_response_id and GET /v1/responses/{id} read
     # (sized by `limits` unless given).
     response_store: ResponseStore | None = None

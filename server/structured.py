@@ -97,6 +97,12 @@ def constraint_for(req, compiler: GrammarCompiler) -> CompiledGrammar | None:
                           fields[-1])
     kind, value, param = found[0]
     _check_value(kind, value, param)
+    return compile_constraint(req, compiler, kind, value, param)
+
+
+def compile_constraint(req, compiler: GrammarCompiler, kind: str, value: Any,
+                       param: str) -> CompiledGrammar:
+    """One checked constraint compiled for `req`; any problem is a 400 naming `param`."""
     # A grammar ends by allowing only EOS; these would forbid or ignore that end.
     if req.ignore_eos:
         raise bad_request("ignore_eos cannot be combined with a structured output constraint.",

@@ -1,9 +1,10 @@
 """The plain values that cross between the scheduler and the model runner, as in vLLM v1.
 
 The scheduler describes each step once (`SchedulerOutput`): for every scheduled sequence, the
-tokens it computes, where they go, and what the step must produce from them (a sample, or with
-k proposals to verify up to 1 + k tokens; prompt logprobs). The runner answers with what it
-produced (`ModelRunnerOutput`). Neither side sees the other's objects: sequences are named by
+tokens it computes, where they go, and what the step must produce from them (a sample, or its
+most likely next tokens; prompt logprobs), and the lookahead slots it may fill with proposed
+tokens and verify in the same step. The runner answers with what it produced
+(`ModelRunnerOutput`). Neither side sees the other's objects: sequences are named by
 their seq id. The tokens themselves live in the engine's sequences; the runner keeps only what
 is its own (random generators, penalty counts, grammar matchers), from the step a sequence is
 first announced in (`NewSequence`) until the scheduler reports it finished.
@@ -26,15 +27,6 @@ class NewSequence:
 
 
 @dataclass(slots=True)
-class DraftWork:
-    """What a draft model computes before proposing: its own cache holds the sequence's
-    positions below `start`, so it first runs `token_ids` (positions start onwards, up to and
-    including the scheduled sequence's token)."""
-    start: int
-    token_ids: list[int]
-
-
-@dataclass(slots=True)
 class ScheduledSequence:
     """One sequence's work in a step: `token_ids` at positions [start, start + len(token_ids))."""
     seq_id: int
@@ -46,15 +38,11 @@ class ScheduledSequence:
     # Prompt tokens scored for prompt logprobs: row i of this chunk scores prompt position
     # start + 1 + i (its next token); empty when the chunk scores none.
     prompt_logprob_ids: list[int] = field(default_factory=list)
-    # A beam of a beam search: instead of a sample, its this-many best next tokens (its offers).
-    num_beam_candidates: int = 0
-    # Speculative decoding (a decode only): proposals to verify after token_ids, one more query
-    # row each; n-gram lookup makes them in the scheduler, a draft model in the runner
-    # (`num_draft_tokens` of them, its cache caught up by `draft`). Slots are reserved for all.
-    spec_token_ids: list[int] = field(default_factory=list)
-    num_draft_tokens: int = 0
-    draft: DraftWork | None = None
-    num_proposals: int = 0  # len(spec_token_ids) + num_draft_tokens: the rows it verifies
+    # Instead of a sample, its this-many most likely next tokens and their logprobs.
+    num_candidates: int = 0
+    # A decode only: KV slots reserved after token_ids for up to this many proposed tokens,
+    # which the runner may verify in this step (each kept one is a token computed).
+    num_lookahead: int = 0
 
 
 @dataclass(slots=True)
@@ -62,6 +50,8 @@ class SchedulerOutput:
     scheduled: list[ScheduledSequence]  # in scheduling order
     new_seqs: list[NewSequence]         # in the order their requests arrived
     finished_seq_ids: list[int]         # finished or aborted since the last step: their state goes
+    # Preempted since the last step: whatever a runner kept in their KV blocks is gone.
+    preempted_seq_ids: list[int] = field(default_factory=list)
     num_tokens: int = 0                 # of all scheduled sequences together
     # Copy on write: block dst takes block src's K/V before the step writes anything.
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
@@ -77,10 +67,12 @@ class TokenLogprobs:
 
 @dataclass(slots=True)
 class ModelRunnerOutput:
-    # seq_id -> the tokens it takes, where it samples: one, or for a speculating decode the
-    # proposals the target accepted and then one token of the target's own.
+    # seq_id -> the tokens it takes, where it samples: one, or after lookahead the proposed
+    # tokens the model kept (their K/V computed in this step) and then one of its own.
     sampled: dict[int, list[int]]
     logprobs: dict[int, list[TokenLogprobs]]         # seq_id -> those tokens' logprobs, where asked
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
-    # seq_id -> a beam's offers: its best next tokens and their logprobs, best first
-    beam_offers: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # seq_id -> its num_candidates most likely next tokens and their logprobs, best first
+    candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # seq_id -> the lookahead slots the runner filled and verified (may be fewer than reserved)
+    lookahead_filled: dict[int, int] = field(default_factory=dict)

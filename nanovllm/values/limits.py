@@ -35,6 +35,12 @@ MAX_BEAM_TOKENS = 512
 # |length_penalty| beyond this makes every score 0 or infinite for any but the shortest beams.
 MAX_LENGTH_PENALTY = 10.0
 
+# ---- tool calling and chat templates (the chat request's fields) ------------------------------
+MAX_TOOLS = 128  # OpenAI's cap on `tools`
+MAX_TOOL_SCHEMA_CHARS = 64_000  # one tool's `parameters` as JSON text: it may become a grammar
+MAX_TOOLS_CHARS = 512_000  # all of `tools` as JSON text, rendered into every prompt
+MAX_CHAT_TEMPLATE_KWARGS_CHARS = 16_000  # `chat_template_kwargs` as JSON text
+
 # ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
 # Proposals per step and sequence: each is one more query row of the target's step; past a few
 # the chance that all agree is small on any model, and the rejection sampler's per-row work grows.

@@ -2,9 +2,9 @@
 the target's tokenizer proposes k tokens, one forward pass each, for the target to verify.
 
 Its KV cache is its own, paged under the target's block tables (the same block ids, the same
-slots): the block manager allocates once for both. `DraftWork.start` says where the draft's
-cache stops being valid for the sequence (the engine tracks it; it falls back to 0 whenever the
-sequence's blocks are freed), so each step first catches the draft up on the tokens it has not
+slots): the block manager allocates once for both. Each entry's chunk starts where the draft's
+cache stops being valid for the sequence (the Speculator tracks it; it falls back to 0 whenever
+the sequence is preempted), so each step first catches the draft up on the tokens it has not
 seen — the whole prompt on the first step, then the one or two tokens the target added — and
 samples the first proposal at the end of that chunk.
 """

@@ -4,7 +4,9 @@ shared serving, answered in OpenAI's chat shapes.
 Without a template (`--chat-template`, or the checkpoint's own) the endpoint is a 400, as in
 vLLM: GPT-2 is a base model, and a made-up chat format would look like a working chat API.
 Message content is a string or a list of text parts (joined with newlines, as vLLM's "string"
-content format does); images, audio and tool calls are refused naming the field.
+content format does); images and audio are refused naming the field. Tools, tool calls and
+reasoning output are the chat path's shared pieces (chat_plan.py decides, chat_output.py reads
+the answer back); this module only shapes OpenAI's answer from them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from nanovllm import SamplingParams
-from nanovllm.server.chat_template import content_text, render_prompt
+from nanovllm.server.chat_output import MessageStream, OutputRules, parse_message
+from nanovllm.server.chat_plan import plan_chat
+from nanovllm.server.chat_template import content_text
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import (
     ERROR_RESPONSES,
@@ -40,7 +44,7 @@ from nanovllm.server.serving import (
     token_namer,
     usage,
 )
-from nanovllm.server.structured import constraint_for, wants_structure
+from nanovllm.server.structured import wants_structure
 from nanovllm.values.request import EngineRequest
 
 router = APIRouter()
@@ -51,30 +55,28 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request, ctx:
     """A 400 unless the server has a chat template (see the module's docstring)."""
     chars = sum(len(str(m.get("content", ""))) for m in body.messages)
     request_id = new_request_id("chatcmpl")
-    prompt, params = await off_loop_if_big(chars, prepare_chat, body, ctx, request_id,
-                                           heavy=wants_structure(body))
+    prompt, params, rules = await off_loop_if_big(
+        chars, prepare_chat, body, ctx, request_id,
+        heavy=wants_structure(body) or bool(body.tools))
     stream = await submit(ctx, request_id, [prompt], params.n)
     if body.stream:
-        return streamed(stream, chat_events(body, ctx, stream))
+        return streamed(stream, chat_events(body, ctx, stream, rules))
     return await final_response(
         raw, stream, lambda created, results: build_chat_response(body, ctx, stream, created,
-                                                                  results[0]))
+                                                                  results[0], rules))
 
 
 # Chat fields that would change the answer and that this server does not implement.
-UNSUPPORTED_CHAT_FIELDS = ("tools", "functions", "function_call", "audio", "modalities",
+UNSUPPORTED_CHAT_FIELDS = ("functions", "function_call", "audio", "modalities",
                            "prediction", "chat_template", "documents", "web_search_options")
 
 
 def check_chat_supported(req: ChatCompletionRequest) -> None:
-    req.refuse_unsupported_fields(known=(*UNSUPPORTED_CHAT_FIELDS, "tool_choice"))
+    req.refuse_unsupported_fields(known=UNSUPPORTED_CHAT_FIELDS)
     extra = req.model_extra or {}
     for name in UNSUPPORTED_CHAT_FIELDS:
         if extra.get(name) not in (None, [], {}, ""):
             raise bad_request(f"`{name}` is not supported by this server.", name)
-    if extra.get("tool_choice") not in (None, "none"):
-        raise bad_request("`tool_choice` is not supported by this server (no tools).",
-                          "tool_choice")
     if req.prompt_logprobs is not None and req.stream:
         raise bad_request("`prompt_logprobs` are not available when `stream=True`.",
                           "prompt_logprobs")
@@ -89,18 +91,20 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
 
 
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
-                 request_id: str) -> tuple[EngineRequest, SamplingParams]:
+                 request_id: str) -> tuple[EngineRequest, SamplingParams, OutputRules]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
     ctx.check_model(req.model)
     ctx.apply_defaults(req)
     check_chat_supported(req)
-    text = render_prompt(req, ctx.chat_template, ctx.model_name)
-    params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
+    plan = plan_chat(req, ctx)
+    if plan.keep_special_tokens:  # the parser reads its tag, a special token, in the text
+        req.skip_special_tokens = False
+    params = req.to_sampling_params(structured=plan.structured)
     # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
-    prompt = ctx.engine.processor.process(f"{request_id}-0", text, params,
+    prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
                                           add_special_tokens=False)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
-    return prompt, params
+    return prompt, params, plan.rules
 
 
 def chat_logprobs(token_ids, steps, top_n: int, name: Callable[[int], str],
@@ -141,17 +145,37 @@ def prompt_ids_field(req: ChatCompletionRequest, prompt: EngineRequest) -> dict:
     return {"prompt_token_ids": list(prompt.prompt_token_ids)} if req.return_token_ids else {}
 
 
+def chat_message(rules: OutputRules, text: str, echo: str) -> tuple[dict, bool]:
+    """OpenAI's assistant message for an answer's text, and whether it calls tools."""
+    if rules.plain:
+        return {"role": "assistant", "content": echo + text, "refusal": None,
+                "tool_calls": []}, False
+    msg = parse_message(rules, text)
+    content = echo + (msg.content or "") if echo else msg.content
+    message = {"role": "assistant", "content": content or (None if msg.tool_calls else content),
+               "refusal": None, "tool_calls": [c.to_openai() for c in msg.tool_calls]}
+    if rules.reasoning is not None:
+        message["reasoning_content"] = msg.reasoning_content
+    return message, bool(msg.tool_calls)
+
+
+def finish_reason(reason: str | None, called: bool) -> str | None:
+    """OpenAI's: "tool_calls" when an answer that ended by itself called tools."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
 def build_chat_response(req: ChatCompletionRequest, ctx: ServerContext, stream: RequestStream,
-                        created: int, result) -> dict:
+                        created: int, result, rules: OutputRules) -> dict:
     tok = ctx.engine.tokenizer
     echo = echoed_content(req)
-    choices = [{"index": out.index,
-                "message": {"role": "assistant", "content": echo + out.text, "refusal": None,
-                            "tool_calls": []},
-                "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
-                "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
-                **token_id_fields(req, None, out.token_ids)}
-               for out in sorted(result.outputs, key=lambda o: o.index)]
+    choices = []
+    for out in sorted(result.outputs, key=lambda o: o.index):
+        message, called = chat_message(rules, out.text, echo)
+        choices.append({"index": out.index, "message": message,
+                        "logprobs": _choice_logprobs(req, out, 0, len(out.token_ids), tok),
+                        "finish_reason": finish_reason(out.finish_reason, called),
+                        "stop_reason": out.stop_reason,
+                        **token_id_fields(req, None, out.token_ids)})
     return {"id": stream.request_id, "object": "chat.completion", "created": created,
             "model": ctx.model_name, "choices": choices,
             "usage": usage(stream.requests, {0: result}),
@@ -159,8 +183,10 @@ def build_chat_response(req: ChatCompletionRequest, ctx: ServerContext, stream: 
             **prompt_ids_field(req, stream.requests[0])}
 
 
-def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok) -> dict | None:
-    """The next chunk's choice for one output, or None when there is nothing new."""
+def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok,
+               parser: MessageStream | None = None) -> dict | None:
+    """The next chunk's choice for one output, or None when there is nothing new. With a
+    `parser` (reasoning or tools), the delta holds what it read from the new text."""
     finished = out.finish_reason is not None
     text = out.text[st.text_len:]
     if st.finished or not (text or finished or (req.logprobs and len(out.token_ids) > st.num_tokens)):
@@ -168,13 +194,20 @@ def chat_delta(req: ChatCompletionRequest, out, st: ChoiceState, tok) -> dict | 
     logprobs = _choice_logprobs(req, out, st.num_tokens, len(out.token_ids), tok)
     ids = token_id_fields(req, None, out.token_ids[st.num_tokens:])
     st.text_len, st.num_tokens, st.finished = len(out.text), len(out.token_ids), finished
-    return {"delta": {"content": text} if text or not finished else {},
-            "logprobs": logprobs, "finish_reason": out.finish_reason,
+    reason = out.finish_reason
+    if parser is None:
+        delta = {"content": text} if text or not finished else {}
+    else:
+        delta = parser.update(out.text, finished)
+        reason = finish_reason(reason, bool(parser.calls))
+        if not (delta or finished or logprobs):
+            return None
+    return {"delta": delta, "logprobs": logprobs, "finish_reason": reason,
             "stop_reason": out.stop_reason, **ids}
 
 
 def chat_events(req: ChatCompletionRequest, ctx: ServerContext,
-                stream: RequestStream) -> AsyncIterator[str]:
+                stream: RequestStream, rules: OutputRules) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: each choice's role first (the first chunk with the prompt's
     ids, for return_token_ids), then the echo if any (vLLM's: after the roles, before any new
     token), then content deltas (the last with its finish_reason), then, with
@@ -189,5 +222,10 @@ def chat_events(req: ChatCompletionRequest, ctx: ServerContext,
     if echo := echoed_content(req):
         opening += [{"choices": [{"index": i, "delta": {"content": echo}, "logprobs": None,
                                   "finish_reason": None}]} for i in range(req.n)]
-    return stream_events(stream, head, lambda _tag, _result, out, st: chat_delta(req, out, st, tok),
-                         req.stream_options, opening=opening)
+    parsers: dict[int, MessageStream] = {}
+
+    def delta(_tag, _result, out, st):
+        parser = None if rules.plain else parsers.setdefault(out.index, MessageStream(rules))
+        return chat_delta(req, out, st, tok, parser)
+
+    return stream_events(stream, head, delta, req.stream_options, opening=opening)

@@ -1,5 +1,5 @@
-"""POST /tokenize and /detokenize (vLLM's): text (or chat messages, rendered by the chat
-template) to token ids and back, with the model's own tokenizer and the engine's limits (a text
+"""POST /tokenize and /detokenize (vLLM's): text (or chat messages and tools, rendered by the
+chat template) to token ids and back, with the model's own tokenizer and the engine's limits (a text
 or id list longer than the context is a 400)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from nanovllm.server.protocol import (
     TokenizeResponse,
 )
 from nanovllm.server.serving import Ctx, off_loop_if_big
+from nanovllm.server.tool_calls.request import check_tools
 
 router = APIRouter()
 
@@ -31,7 +32,8 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     if body.messages is None:
         text, param = body.prompt, "prompt"
     else:
-        text, param = render_prompt(body, ctx.chat_template, ctx.model_name), "messages"
+        text = render_prompt(body, ctx.chat_template, ctx.model_name, check_tools(body.tools))
+        param = "messages"
     check_prompt_text(text, tok, ctx.engine.max_model_len, param)
     add = body.add_special_tokens if body.add_special_tokens is not None else body.messages is None
     ids = await off_loop_if_big(len(text), tok.encode, text, add)
@@ -46,6 +48,6 @@ async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     if len(body.tokens) > ctx.engine.max_model_len:  # no sequence of this model is longer
         raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
                           f"length of {ctx.engine.max_model_len}.", "tokens")
-    check_token_ids(body.tokens, ctx.engine.vocab_size, "tokens")
+    check_token_ids(body.tokens, ctx.engine.processor.vocab_size, "tokens")
     # Special tokens stay in the text, as vLLM's and HF's detokenize keep them.
     return {"prompt": ctx.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}

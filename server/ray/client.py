@@ -28,20 +28,16 @@ from concurrent.futures import Future
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from nanovllm import EngineConfig
-from nanovllm.engine import EngineStats
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
-from nanovllm.model.trace import ForwardTrace
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
-from nanovllm.snapshot import EngineSnapshot
-from nanovllm.step_record import DEFAULT_PAUSE_LEASE, StepMode, StepModeDisabled
+from nanovllm.stats import EngineStats
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.request import EngineRequest
@@ -52,9 +48,6 @@ APP_NAME = "nanovllm"
 MAX_SUBMIT_ATTEMPTS = 3  # a request not yet accepted by a dying replica is sent again
 HEALTH_POLL_S = 1.0
 GCS_PROBE_S = 1.0  # a live GCS answers in milliseconds
-ONE_ENGINE_ONLY = ("The web page's engine, attention and forward-pass views show a single "
-                   "engine; with --data-parallel-size they are not available (the playground "
-                   "is).")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -108,8 +101,6 @@ class RayEngineClient:
         self.model_path = info.model_path
         self.is_dummy = info.is_dummy
         self.max_model_len: int = info.max_model_len
-        self.vocab_size: int = info.vocab_size
-        self.n_layer, self.n_head, self.n_kv_head = info.n_layer, info.n_head, info.n_kv_head
         self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
                                         info.block_size, info.num_kv_blocks,
                                         info.max_waiting_seqs)
@@ -151,29 +142,6 @@ class RayEngineClient:
         if 0 < self.replicas_running < self.replicas_target:
             return f"{self.replicas_running} of {self.replicas_target} engine replicas running"
         return None
-
-    def snapshot(self) -> Future[EngineSnapshot]:
-        """The web page's engine view draws one engine's pool; across replicas there is none."""
-        future: Future[EngineSnapshot] = Future()
-        future.set_exception(RequestAborted(ONE_ENGINE_ONLY))
-        return future
-
-    def attention_weights(self, token_ids: list[int]) -> np.ndarray:
-        raise RequestAborted(ONE_ENGINE_ONLY)
-
-    def trace_forward(self, token_ids: list[int]) -> ForwardTrace:
-        raise RequestAborted(ONE_ENGINE_ONLY)
-
-    step_mode_enabled = False  # one engine's steps; across replicas there is no one step
-    step_mode = StepMode(False, 0.0, None, 0)
-
-    def pause(self, lease: float = DEFAULT_PAUSE_LEASE) -> Future[StepMode]:
-        raise StepModeDisabled(ONE_ENGINE_ONLY)
-
-    step = pause
-
-    def resume(self) -> Future[StepMode]:
-        raise StepModeDisabled(ONE_ENGINE_ONLY)
 
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
         accepted: Future[None] = Future()

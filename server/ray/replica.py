@@ -24,8 +24,8 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 from nanovllm import EngineConfig
 from nanovllm.async_engine import AsyncEngine
-from nanovllm.engine import EngineStats
 from nanovllm.engine_client import QueueSink
+from nanovllm.stats import EngineStats
 from nanovllm.values.request import EngineRequest
 
 # tokenizer_config.json: the chat template, special tokens and BOS rule the ingress renders with.
@@ -43,9 +43,6 @@ class ReplicaInfo:
     is_dummy: bool  # random weights: the text is noise
     max_model_len: int
     vocab_size: int
-    n_layer: int
-    n_head: int
-    n_kv_head: int
     block_size: int
     num_kv_blocks: int
     max_waiting_seqs: int
@@ -67,10 +64,7 @@ class EngineReplica:
         files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).exists()}
         return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
                            str(engine.model_path), engine.is_dummy,
-                           engine.max_model_len, engine.vocab_size,
-                           engine.model_config.n_layer, engine.model_config.n_head,
-                           engine.model_config.num_kv_heads,
-                           engine.config.block_size,
+                           engine.max_model_len, engine.vocab_size, engine.config.block_size,
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files)
 

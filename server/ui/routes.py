@@ -5,7 +5,10 @@ under /ui/api/ is data and follows the --api-key rule of /v1/* (middleware.APIKe
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
-Each view of the page reads one JSON endpoint here; a new view is one more route on `router`:
+The engine, attention and forward-pass views (and the step view, ui/step.py) look at one engine
+through its inspector (nanovllm/inspection.py); a server without one (engine replicas on Ray
+Serve) answers them 503, saying why. Each view of the page reads one JSON endpoint here; a new
+view is one more route on `router`:
 /ui/api/info (the header and the playground's limits), /ui/api/engine (the engine view, polled
 a few times a second: a snapshot the engine thread takes between two steps) and
 /ui/api/attention (one query head's attention over a short prompt, and which key/value head
@@ -18,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -28,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
+from nanovllm.inspection import EngineInspector
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.serving import Ctx
 from nanovllm.server.ui.step import router as step_router
@@ -51,7 +56,20 @@ SNAPSHOT_TIMEOUT = 10.0  # seconds a poll waits for the engine to pause between 
 MAX_ATTENTION_TOKENS = 64
 MAX_ATTENTION_CHARS = 4096  # checked before tokenizing
 
+NO_INSPECTOR = ("The web page's engine, attention and forward-pass views show a single engine; "
+                "with --data-parallel-size they are not available (the playground is).")
+
 router = APIRouter(include_in_schema=False)
+
+
+def get_inspector(request: Request) -> EngineInspector:
+    inspector = request.app.state.inspector
+    if inspector is None:
+        raise APIError(NO_INSPECTOR, 503)
+    return inspector
+
+
+Inspection = Annotated[EngineInspector, Depends(get_inspector)]  # route parameter: 503 if none
 
 
 @router.get("/ui")
@@ -60,23 +78,27 @@ async def page() -> FileResponse:
 
 
 @router.get(f"{API_PREFIX}/info")
-async def info(ctx: Ctx) -> dict:
-    """What the page shows above the playground, and the limits its controls respect."""
+async def info(ctx: Ctx, raw: Request) -> dict:
+    """What the page shows above the playground, and the limits its controls respect (the
+    model's shape only where its views can look at the engine)."""
+    inspector: EngineInspector | None = raw.app.state.inspector
+    shape = {} if inspector is None else {
+        "n_layer": inspector.n_layer, "n_head": inspector.n_head,
+        "num_kv_heads": inspector.num_kv_heads}
     return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine.is_dummy,
             "max_model_len": ctx.engine.max_model_len,
-            "vocab_size": ctx.engine.vocab_size, "max_logprobs": MAX_LOGPROBS,
-            "max_n": MAX_N, "n_layer": ctx.engine.n_layer, "n_head": ctx.engine.n_head,
-            "n_kv_head": ctx.engine.n_kv_head,
+            "vocab_size": ctx.engine.processor.vocab_size, "max_logprobs": MAX_LOGPROBS,
+            "max_n": MAX_N, **shape, "inspection": inspector is not None,
             "max_attention_tokens": _max_attention_tokens(ctx.engine),
-            "step_mode": ctx.engine.step_mode_enabled,
+            "step_mode": inspector is not None and inspector.step_mode_enabled,
             "version": __version__}
 
 
 @router.get(f"{API_PREFIX}/engine")
-async def engine(ctx: Ctx) -> JSONResponse:
+async def engine(inspector: Inspection) -> JSONResponse:
     """The KV block pool, the queues and the recent steps (nanovllm.snapshot.EngineSnapshot)."""
     try:
-        snapshot = await asyncio.wait_for(asyncio.wrap_future(ctx.engine.snapshot()),
+        snapshot = await asyncio.wait_for(asyncio.wrap_future(inspector.snapshot()),
                                           SNAPSHOT_TIMEOUT)
     except (EngineDeadError, RequestAborted) as exc:
         return error_response(str(exc), 503)
@@ -94,16 +116,18 @@ class AttentionRequest(BaseModel):
 
 
 @router.post(f"{API_PREFIX}/attention")
-async def attention(body: AttentionRequest, raw: Request, ctx: Ctx) -> JSONResponse:
+async def attention(body: AttentionRequest, raw: Request, ctx: Ctx,
+                    inspector: Inspection) -> JSONResponse:
     """How much each token of `prompt` attends to each earlier one in one layer and head."""
-    client = ctx.engine
-    if body.layer >= client.n_layer:
-        raise bad_request(f"layer must be below n_layer={client.n_layer}, got {body.layer}.",
+    if body.layer >= inspector.n_layer:
+        raise bad_request(f"layer must be below n_layer={inspector.n_layer}, got {body.layer}.",
                           "layer")
-    if body.head >= client.n_head:
-        raise bad_request(f"head must be below n_head={client.n_head}, got {body.head}.", "head")
+    if body.head >= inspector.n_head:
+        raise bad_request(f"head must be below n_head={inspector.n_head}, got {body.head}.",
+                          "head")
     busy: threading.Lock = raw.app.state.attention_busy
-    return JSONResponse(await asyncio.to_thread(attention_map, client, busy, body))
+    return JSONResponse(await asyncio.to_thread(attention_map, ctx.engine, inspector, busy,
+                                                body))
 
 
 def _max_attention_tokens(client: EngineClient) -> int:
@@ -117,7 +141,7 @@ def _prompt_ids(client: EngineClient, prompt: str, view: str) -> list[int]:
     if not 0 < len(token_ids) <= limit:
         raise bad_request(f"The {view} view takes prompts of 1 to {limit} tokens; this "
                           f"prompt is {len(token_ids)} tokens.", "prompt")
-    check_token_ids(token_ids, client.vocab_size, "prompt")  # a tokenizer larger than the model
+    check_token_ids(token_ids, client.processor.vocab_size, "prompt")  # a tokenizer larger than the model
     return token_ids
 
 
@@ -135,22 +159,29 @@ def _one_at_a_time(busy: threading.Lock, compute):
         busy.release()
 
 
-def attention_map(client: EngineClient, busy: threading.Lock, body: AttentionRequest) -> dict:
+def attention_map(client: EngineClient, inspector: EngineInspector, busy: threading.Lock,
+                  body: AttentionRequest) -> dict:
     """The response of /ui/api/attention, in a worker thread: neither the event loop nor the
     engine thread computes it. One at a time per app (with the forward trace)."""
     token_ids = _prompt_ids(client, body.prompt, "attention")
-    probs = _one_at_a_time(busy, lambda: client.attention_weights(token_ids)[body.layer, body.head])
+    probs = _one_at_a_time(
+        busy, lambda: inspector.attention_weights(token_ids)[body.layer, body.head])
     return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
-            "layer": body.layer, "head": body.head, "kv_head": kv_head_of(client, body.head),
-            "n_layer": client.n_layer, "n_head": client.n_head, "n_kv_head": client.n_kv_head,
+            "layer": body.layer, "head": body.head, "kv_head": kv_head_of(inspector, body.head),
+            **_shape(inspector),
             # Row i is token i's attention over tokens 0..i (causal: the rest is 0).
             "weights": _causal_rows(probs)}
 
 
-def kv_head_of(client: EngineClient, head: int) -> int:
+def _shape(inspector: EngineInspector) -> dict:
+    return {"n_layer": inspector.n_layer, "n_head": inspector.n_head,
+            "num_kv_heads": inspector.num_kv_heads}
+
+
+def kv_head_of(inspector: EngineInspector, head: int) -> int:
     """The key/value head query head `head` reads: consecutive query heads share one (GPT-2:
     each its own)."""
-    return head // (client.n_head // client.n_kv_head)
+    return head // (inspector.n_head // inspector.num_kv_heads)
 
 
 def _tokens(client: EngineClient, token_ids) -> list[str]:
@@ -169,20 +200,22 @@ class TraceRequest(BaseModel):
 
 
 @router.post(f"{API_PREFIX}/trace")
-async def trace(body: TraceRequest, raw: Request, ctx: Ctx) -> JSONResponse:
+async def trace(body: TraceRequest, raw: Request, ctx: Ctx, inspector: Inspection
+                ) -> JSONResponse:
     """One forward pass of `prompt`, layer by layer (nanovllm.model.trace.ForwardTrace)."""
     busy: threading.Lock = raw.app.state.attention_busy
-    return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, busy, body))
+    return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, inspector, busy,
+                                                body))
 
 
-def forward_trace(client: EngineClient, busy: threading.Lock, body: TraceRequest) -> dict:
+def forward_trace(client: EngineClient, inspector: EngineInspector, busy: threading.Lock,
+                  body: TraceRequest) -> dict:
     """The response of /ui/api/trace, in a worker thread, one at a time (with attention maps).
     Stage 0 is the embeddings, stage l + 1 the residual stream after layer l."""
     token_ids = _prompt_ids(client, body.prompt, "forward-pass")
-    trace = _one_at_a_time(busy, lambda: client.trace_forward(token_ids))
+    trace = _one_at_a_time(busy, lambda: inspector.trace_forward(token_ids))
     lens_ids = trace.lens_token_ids.tolist()
-    return {"token_ids": token_ids, "tokens": _tokens(client, token_ids),
-            "n_layer": client.n_layer, "n_head": client.n_head, "n_kv_head": client.n_kv_head,
+    return {"token_ids": token_ids, "tokens": _tokens(client, token_ids), **_shape(inspector),
             "residual_norm": np.round(trace.residual_norm.astype(np.float64), 4).tolist(),
             "lens_token_ids": lens_ids,
             "lens_tokens": [[_tokens(client, ids) for ids in stage] for stage in lens_ids],
@@ -191,9 +224,11 @@ def forward_trace(client: EngineClient, busy: threading.Lock, body: TraceRequest
             "attention": [[_causal_rows(head) for head in layer] for layer in trace.attention]}
 
 
-def install_ui(app: FastAPI) -> None:
-    """Serve the page at /ui and its files at /ui/static (left out with --disable-ui)."""
+def install_ui(app: FastAPI, inspector: EngineInspector | None) -> None:
+    """Serve the page at /ui and its files at /ui/static (left out with --disable-ui); its
+    views of the engine look through `inspector` (None: they answer 503)."""
     app.state.attention_busy = threading.Lock()
+    app.state.inspector = inspector
     app.include_router(router)
     app.include_router(step_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

@@ -35,7 +35,7 @@ def check_block_invariants(bm: BlockManager, running: list[Sequence], waiting: l
         for i, block_id in enumerate(seq.block_table):
             if owners[block_id] > 1:
                 block = bm.blocks[block_id]
-                if seq.request.beam is not None and holders[block_id] == {seq.request.request_id}:
+                if seq.request.group is not None and holders[block_id] == {seq.request.request_id}:
                     # Beams of one search share what their parent held, the partly filled last
                     # block too (until one writes into it: then it is copied).
                     assert (i + 1) * bs <= seq.num_computed_tokens or i == len(seq.block_table) - 1

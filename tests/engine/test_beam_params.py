@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nanovllm import InvalidRequestError
-from nanovllm.block_manager import beam_blocks_needed
+from nanovllm.beam_search import beam_blocks_needed
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.limits import MAX_BEAM_TOKENS, MAX_BEAM_WIDTH
 

@@ -82,7 +82,7 @@ class SharedBlocks(RuleBasedStateMachine):
         parent = data.draw(st.sampled_from(sorted(self.live.values(), key=lambda s: s.seq_id)))
         child = new_seq(self.next_id, parent.token_ids)
         self.next_id += 1
-        self.bm.fork(parent, child)
+        self.bm.share([child], [parent])
         self.live[child.seq_id] = child
         return child
 
@@ -96,7 +96,7 @@ class SharedBlocks(RuleBasedStateMachine):
         parents = data.draw(st.lists(st.sampled_from(beams), min_size=len(beams),
                                      max_size=len(beams)))
         tokens = [list(p.token_ids) for p in parents]
-        self.bm.refork(beams, parents)
+        self.bm.share(beams, parents)
         for beam, t in zip(beams, tokens):
             beam.token_ids = t
 
@@ -169,7 +169,7 @@ def test_fork_then_copy_on_write_by_hand():
     bm.append_slots(parent, 6)
     parent.num_computed_tokens = 6
     child = new_seq(1, parent.token_ids)
-    bm.fork(parent, child)
+    bm.share([child], [parent])
     assert child.block_table == parent.block_table
     assert [bm.blocks[b].ref_count for b in parent.block_table] == [2, 2]
     assert bm.num_free_blocks == 6

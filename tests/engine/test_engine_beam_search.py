@@ -15,6 +15,7 @@ from beam_checks import RefBeam, assert_same_beams, hf_beams
 from engine_checks import check_engine_invariants, hf_greedy, random_prompts
 
 from nanovllm import SamplingParams
+from nanovllm.step_record import record_step
 from nanovllm.values.beam_search_params import BeamSearchParams
 
 PROMPTS = random_prompts(seed=7, count=4, low=3, high=60)
@@ -140,20 +141,19 @@ def test_the_engine_view_sees_beams_share_and_copy_blocks(make_engine):
                                                                              ignore_eos=True)))
     seen_beams = seen_copied = recorded_copies = 0
     while engine.has_unfinished_requests():
-        engine.record_next_step = True
         made = engine.block_manager.num_copies_total
-        engine.step()
+        _, record = record_step(engine)
         pool, tables = engine.snapshot().blocks, [s.block_table for s in engine.scheduler.running]
         for block_id, (beams, refs) in enumerate(zip(pool.beams, pool.ref_count)):
             holders = sum(block_id in t for t in tables)
             assert beams == (holders > 1) and refs >= holders
         seen_beams += sum(pool.beams)
         seen_copied += sum(pool.copied)
-        copies = engine.last_record.blocks.copied
+        copies = record.blocks.copied
         recorded_copies += len(copies)
         assert len(copies) == engine.block_manager.num_copies_total - made
     assert seen_beams and seen_copied and recorded_copies
     steps = engine.snapshot().steps
     assert [s.num_seqs for s in steps] == [1] + [4] * 11
     assert [s.num_decode_tokens for s in steps] == [0] + [4] * 11
-    assert engine.generation_tokens_total == 1 + 4 * 11
+    assert engine.stats.generation_tokens_total == 1 + 4 * 11

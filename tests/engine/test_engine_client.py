@@ -13,6 +13,7 @@ import pytest
 from nanovllm import AsyncEngine, EngineClient, EngineConfig, LLMEngine, SamplingParams
 from nanovllm.async_engine import ENGINE_THREAD
 from nanovllm.engine_client import QueueSink, deliver
+from nanovllm.inspection import EngineInspector, Inspector
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 
@@ -25,11 +26,24 @@ def interface_names() -> set[str]:
 def test_async_engine_provides_the_whole_interface(make_engine):
     client = AsyncEngine(make_engine())  # not started: nothing here needs the thread
     assert interface_names() >= {"processor", "add_request", "abort", "abort_all", "stats",
-                                 "is_alive", "error", "tokenizer", "max_model_len",
-                                 "vocab_size", "shutdown"}
+                                 "is_alive", "error", "tokenizer", "max_model_len", "shutdown"}
     assert [n for n in sorted(interface_names()) if not hasattr(client, n)] == []
     assert isinstance(client, EngineClient)  # the same check, as the protocol makes it
     assert client.degraded is None and client.replica_stats is None  # one engine, in one piece
+
+
+def test_the_interface_holds_only_what_serving_needs():
+    """The web page's views of one engine are an interface of their own (inspection.py)."""
+    inspection = {n for n in vars(EngineInspector) if not n.startswith("_")} | set(
+        EngineInspector.__annotations__)
+    assert len(interface_names()) <= 14 and not interface_names() & inspection
+
+
+def test_the_inspector_provides_the_whole_inspection_interface(make_engine):
+    inspector = Inspector(AsyncEngine(make_engine()))
+    assert isinstance(inspector, EngineInspector)
+    assert (inspector.n_layer, inspector.n_head, inspector.num_kv_heads) == (2, 4, 4)
+    assert not inspector.step_mode.paused and not inspector.step_mode_enabled
 
 
 def test_the_server_uses_nothing_outside_the_interface():

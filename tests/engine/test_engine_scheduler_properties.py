@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 
 from nanovllm import SamplingParams
 from nanovllm.block_manager import BlockManager
+from nanovllm.contract.step import ModelRunnerOutput
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence, SequenceStatus
 
@@ -71,12 +72,14 @@ class FakeEngine:
             seq = self.sched.seqs[e.seq_id]
             for pos in range(e.start, e.start + len(e.token_ids)):
                 self.kv[self.slot(seq, pos)] = tuple(seq.token_ids[:pos + 1])
-        for seq, e in zip(self.sched.update_from_output(batch), batch.scheduled):
+        done = ModelRunnerOutput({}, {}, {})  # what it sampled is drawn here, below
+        for seq, e in zip(self.sched.update_from_output(batch, done), batch.scheduled):
             assert e.sample == (seq.num_computed_tokens == seq.num_tokens)
             if seq.num_computed_tokens == seq.num_tokens:
                 seq.token_ids.append(self.rng.randrange(ALPHABET))
                 eos = self.rng.random() < 0.1
                 if eos or seq.num_output_tokens >= self.requests[seq.request.request_id][1]:
+                    seq.finish_reason = "stop"
                     self.sched.finish(seq)
         self.check_kv()
 
@@ -115,6 +118,7 @@ class FakeEngine:
     def abort(self, rid: str) -> None:
         for seq in self.requests[rid][0].seqs:
             if not seq.is_finished:
+                seq.finish_reason = "abort"
                 self.sched.finish(seq)
 
 

@@ -1,5 +1,5 @@
 """The engine view's snapshot (nanovllm/snapshot.py) tells the truth about the blocks, queues
-and steps, step by step; AsyncEngine hands it out from its own thread; attention_weights is
+and steps, step by step; the Inspector has AsyncEngine's thread take it; attention_weights is
 the reference path's."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 from engine_checks import random_prompts
 
 from nanovllm import AsyncEngine, SamplingParams
-from nanovllm.engine import STEP_HISTORY
 from nanovllm.engine_client import EngineDeadError, RequestAborted
+from nanovllm.inspection import Inspector, attention_weights
 from nanovllm.model import reference
 from nanovllm.model.quant import dequantize_weights
 from nanovllm.snapshot import MAX_LISTED_SEQS
+from nanovllm.stats import STEP_HISTORY
 
 BLOCK = 4
 PROMPT = random_prompts(seed=5, count=1, low=22, high=22)[0]  # 5 full blocks and 2 tokens
@@ -137,7 +138,7 @@ def test_to_dict_is_plain_json(make_engine):
 def test_attention_weights_are_the_reference_paths(make_engine):
     engine = make_engine()
     ids = PROMPT[:10]
-    probs = engine.attention_weights(ids)
+    probs = attention_weights(engine, ids)
     cfg = engine.model_config
     assert probs.shape == (cfg.n_layer, cfg.n_head, 10, 10)
     np.testing.assert_array_equal(probs, reference.attention_weights(  # (float32, maybe packed)
@@ -146,8 +147,8 @@ def test_attention_weights_are_the_reference_paths(make_engine):
 
 def test_attention_weights_with_int8_weights(make_engine):
     ids = PROMPT[:10]
-    exact = make_engine().attention_weights(ids)
-    int8 = make_engine(quantization="int8").attention_weights(ids)
+    exact = attention_weights(make_engine(), ids)
+    int8 = attention_weights(make_engine(quantization="int8"), ids)
     assert int8.shape == exact.shape
     np.testing.assert_allclose(int8, exact, atol=0.05)
 
@@ -156,24 +157,25 @@ def test_attention_weights_with_int8_weights(make_engine):
 
 def test_async_engine_answers_snapshots_idle_and_busy(make_engine):
     client = AsyncEngine(make_engine(block_size=BLOCK, num_kv_blocks=64)).start()
+    inspector = Inspector(client)
     try:
-        idle = client.snapshot().result(timeout=30)
+        idle = inspector.snapshot().result(timeout=30)
         assert idle.blocks.owner == [-1] * 64 and idle.num_steps == 0
-        assert (client.n_layer, client.n_head) == (2, 4)
-        assert client.snapshot().result(timeout=30) is idle  # nothing changed: not taken again
+        assert (inspector.n_layer, inspector.n_head) == (2, 4)
+        assert inspector.snapshot().result(timeout=30) is idle  # nothing changed: not taken again
         request = client.processor.process(
             "a", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))
         accepted = client.add_request(request, _Sink())
         # Answered after the step that follows the add (or the one after): mid-request.
-        busy = client.snapshot().result(timeout=30)
+        busy = inspector.snapshot().result(timeout=30)
         assert [s.request_id for s in busy.running] == ["a"] and busy.num_steps >= 1
         assert sum(o >= 0 for o in busy.blocks.owner) == busy.running[0].num_blocks > 0
         assert accepted.result(timeout=0) is None  # taken before the snapshot was
-        assert client.snapshot().result(timeout=30) is not busy  # a step later: taken anew
+        assert inspector.snapshot().result(timeout=30) is not busy  # a step later: taken anew
     finally:
         client.shutdown()
     with pytest.raises(RequestAborted):
-        client.snapshot().result(timeout=30)
+        inspector.snapshot().result(timeout=30)
 
 
 def test_async_engine_snapshot_fails_once_the_engine_is_dead(make_engine):
@@ -190,12 +192,13 @@ def test_async_engine_snapshot_fails_once_the_engine_is_dead(make_engine):
     client.thread.join(timeout=30)
     assert isinstance(client.error, RuntimeError)
     with pytest.raises(EngineDeadError):
-        client.snapshot().result(timeout=30)
+        Inspector(client).snapshot().result(timeout=30)
 
 
 def test_a_cancelled_snapshot_is_skipped(make_engine):
     client = AsyncEngine(make_engine())
-    cancelled, kept = client.snapshot(), client.snapshot()  # queued before the thread runs
+    inspector = Inspector(client)
+    cancelled, kept = inspector.snapshot(), inspector.snapshot()  # queued before the thread runs
     assert cancelled.cancel()
     client.start()
     try:

@@ -14,9 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import AsyncEngine, SamplingParams
+from nanovllm.inspection import Inspector
 from nanovllm.sequence import SequenceStatus
 from nanovllm.snapshot import pool_of
-from nanovllm.step_record import DECODE, PREEMPTED, PREFILL, TOP_K, WAITING, StepModeDisabled
+from nanovllm.step_record import (
+    DECODE,
+    PREEMPTED,
+    PREFILL,
+    TOP_K,
+    WAITING,
+    StepModeDisabled,
+    record_step,
+)
 
 BLOCK = 4
 
@@ -102,9 +111,7 @@ def test_records_match_the_block_manager_under_random_traffic(make_engine, data)
             engine.abort_request(data.draw(st.sampled_from(sorted(engine.requests))))
         if not engine.has_unfinished_requests():
             continue
-        engine.record_next_step = True
-        engine.step()
-        record = engine.last_record
+        _, record = record_step(engine)
         assert record is not None and record.step == engine.num_steps
         check_record(engine, record)
         check_engine_invariants(engine)
@@ -114,17 +121,13 @@ def test_a_step_record_shows_prefill_decode_a_prefix_hit_and_a_preemption(make_e
     engine = make_engine(block_size=BLOCK, num_kv_blocks=8, max_num_batched_tokens=16)
     prompt = list(range(10, 22))  # 12 tokens: 3 blocks
     engine.add_request("a", prompt, SamplingParams(max_tokens=4, ignore_eos=True, temperature=0))
-    engine.record_next_step = True
-    engine.step()
-    first = engine.last_record
+    _, first = record_step(engine)
     [a] = first.seqs
     assert (a.action, a.start, a.num_tokens, a.samples) == (PREFILL, 0, 12, True)
     assert first.blocks.allocated == sorted(a.blocks_after) and len(a.blocks_after) == 3
     assert first.inputs.token_ids == prompt and first.inputs.positions == list(range(12))
     engine.add_request("b", prompt + [99], SamplingParams(max_tokens=4, ignore_eos=True))
-    engine.record_next_step = True
-    engine.step()
-    second = engine.last_record
+    _, second = record_step(engine)
     by_id = {s.request_id: s for s in second.seqs}
     assert by_id["a"].action == DECODE and by_id["a"].num_tokens == 1
     assert by_id["b"].action == PREFILL and by_id["b"].start == 12  # 3 blocks from the cache
@@ -133,10 +136,9 @@ def test_a_step_record_shows_prefill_decode_a_prefix_hit_and_a_preemption(make_e
     engine.add_request("c", list(range(200, 216)), SamplingParams(max_tokens=8, ignore_eos=True))
     actions = set()
     while engine.has_unfinished_requests():
-        engine.record_next_step = True
-        engine.step()
-        actions |= {s.action for s in engine.last_record.seqs}
-        check_record(engine, engine.last_record)
+        _, record = record_step(engine)
+        actions |= {s.action for s in record.seqs}
+        check_record(engine, record)
     assert {PREFILL, DECODE} <= actions and (PREEMPTED in actions or WAITING in actions)
 
 
@@ -156,42 +158,43 @@ def run_free(make_engine, prompts, params) -> list[list[int]]:
 def test_stepping_one_step_at_a_time_gives_the_same_tokens(make_engine, params):
     prompts = random_prompts(3, 3, 5, 30)
     free = run_free(make_engine, prompts, params)
-    client = AsyncEngine(make_engine(block_size=BLOCK, num_kv_blocks=64),
-                         enable_step_mode=True).start()
+    client = AsyncEngine(make_engine(block_size=BLOCK, num_kv_blocks=64)).start()
+    inspector = Inspector(client, enable_step_mode=True)
     try:
-        client.pause().result(timeout=30)
+        inspector.pause().result(timeout=30)
         sinks = [Sink() for _ in prompts]
         for i, (prompt, sink) in enumerate(zip(prompts, sinks)):
             client.add_request(client.processor.process(f"r{i}", prompt, params), sink)
         time.sleep(0.2)
-        mode = client.step_mode
+        mode = inspector.step_mode
         assert mode.paused and mode.num_steps == 0  # requests wait while paused
-        snap = client.snapshot().result(timeout=30)  # a paused engine still answers
+        snap = inspector.snapshot().result(timeout=30)  # a paused engine still answers
         assert snap.num_waiting == len(prompts) * params.n and snap.num_running == 0
         assert client.stats.num_waiting == len(prompts)
         steps = 0
         while True:  # until a step finds nothing to do
-            mode = client.step().result(timeout=30)
+            mode = inspector.step().result(timeout=30)
             if mode.num_steps == steps:
                 break  # nothing left to step
             steps = mode.num_steps
             assert mode.record.step == steps and mode.paused
         stepped = [[o.token_ids for o in s.final().outputs] for s in sinks]
         assert stepped == free
-        assert not client.resume().result(timeout=30).paused
+        assert not inspector.resume().result(timeout=30).paused
     finally:
         client.shutdown()
 
 
 def test_a_pause_nobody_renews_ends_by_itself(make_engine):
-    client = AsyncEngine(make_engine(), enable_step_mode=True).start()
+    client = AsyncEngine(make_engine()).start()
+    inspector = Inspector(client, enable_step_mode=True)
     try:
-        client.pause(lease=0.5).result(timeout=30)
+        inspector.pause(lease=0.5).result(timeout=30)
         sink = Sink()
         client.add_request(client.processor.process(
             "a", [1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True)), sink)
         assert len(sink.final(timeout=30).outputs[0].token_ids) == 3  # resumed after 0.5 s
-        assert not client.step_mode.paused
+        assert not inspector.step_mode.paused
     finally:
         client.shutdown()
 
@@ -199,15 +202,15 @@ def test_a_pause_nobody_renews_ends_by_itself(make_engine):
 def test_step_mode_is_off_unless_enabled(make_engine):
     client = AsyncEngine(make_engine())
     with pytest.raises(StepModeDisabled):
-        client.pause()
-    enabled = AsyncEngine(make_engine(), enable_step_mode=True)
+        Inspector(client).pause()
+    enabled = Inspector(AsyncEngine(make_engine()), enable_step_mode=True)
     with pytest.raises(ValueError, match="lease"):
         enabled.pause(lease=0)
 
 
 def test_shutdown_while_paused_aborts_cleanly(make_engine):
-    client = AsyncEngine(make_engine(), enable_step_mode=True).start()
-    client.pause().result(timeout=30)
+    client = AsyncEngine(make_engine()).start()
+    Inspector(client, enable_step_mode=True).pause().result(timeout=30)
     sink = Sink()
     client.add_request(client.processor.process("a", [1, 2, 3], SamplingParams(max_tokens=3)),
                        sink)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields, replace
 
-from nanovllm.engine import ITERATION_TOKENS_BUCKETS, EngineStats
 from nanovllm.server.ray.client import _combined
+from nanovllm.stats import ITERATION_TOKENS_BUCKETS, EngineStats
 
 
 def stats(**kw) -> EngineStats:

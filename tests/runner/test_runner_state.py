@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from nanovllm import SamplingParams
+from nanovllm.contract.step import ModelRunnerOutput
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11, 12]
 
@@ -59,6 +60,7 @@ def test_a_step_announces_each_sequence_once(make_engine):
     engine.add_request("a", PROMPT, SamplingParams(max_tokens=3, n=2))
     first = engine.scheduler.schedule()  # the second sample may wait for the first's prompt
     assert [s.seq_id for s in first.new_seqs] == [s.seq_id for s in engine.requests["a"].seqs]
-    for seq in engine.scheduler.update_from_output(first):  # as the engine does with samples
+    done = ModelRunnerOutput({}, {}, {})
+    for seq in engine.scheduler.update_from_output(first, done):  # as the engine does with samples
         seq.token_ids.append(1)
     assert engine.scheduler.schedule().new_seqs == []

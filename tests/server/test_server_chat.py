@@ -109,7 +109,9 @@ def test_text_parts_are_joined_like_a_string(chat_client):
     ({"messages": [{"content": "no role"}]}, "messages"),
     ({"messages": [{"role": "assistant", "content": None,
                     "tool_calls": [{"id": "1", "type": "function"}]}]}, "messages"),
-    ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    # tools default to tool_choice "auto", which needs --enable-auto-tool-choice
+    ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "tool_choice"),
     ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice"),
     ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
     ({"messages": MESSAGES, "chat_template": "{{ 1 }}"}, "chat_template"),

@@ -106,11 +106,10 @@ def test_client_disconnecting_while_waiting_for_a_full_response_aborts(live):
 
 @pytest.fixture(scope="module")
 def paused_engine(tiny_ckpt) -> Iterator[AsyncEngine]:
-    """An engine that steps only when told (step mode), so a request can wait in it for as
-    long as a test likes: nothing but an abort takes it out."""
-    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)),
-                         enable_step_mode=True).start()
-    yield engine
+    """An engine that can be held (not stepping), so a request can wait in it for as long as a
+    test likes: nothing but an abort takes it out."""
+    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)))
+    yield engine.start()
     engine.shutdown()
 
 
@@ -139,7 +138,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
     srv = serve(claiming(build_app(engine, served_model_name=MODEL), spec_version), engine)
     body = {"model": MODEL, "prompt": "Nobody will read this", "max_tokens": 8,
             "stream": stream}
-    engine.pause(lease=2 * ABORT_DEADLINE).result(timeout=60)
+    engine.call(lambda: engine.hold(2 * ABORT_DEADLINE)).result(timeout=60)
     try:
         before = engine.stats.num_aborted_total
         with httpx.Client(base_url=srv.url, timeout=httpx.Timeout(60, read=0.5)) as c:
@@ -156,7 +155,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
             time.sleep(0.01)
         assert engine.stats.num_waiting == engine.stats.num_running == 0
     finally:
-        engine.resume().result(timeout=60)
+        engine.call(lambda: engine.hold(None)).result(timeout=60)
         srv.stop()
 
 

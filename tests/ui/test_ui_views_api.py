@@ -14,6 +14,7 @@ import pytest
 from ui_helpers import API_KEY, snapshot
 
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
+from nanovllm.inspection import Inspector
 from nanovllm.model import load_gpt2, reference, reference_llama
 from nanovllm.model.architectures import load_checkpoint
 from nanovllm.model.trace import trace_forward
@@ -104,7 +105,7 @@ def test_attention_is_the_reference_paths(open_server, tiny_ckpt):
     ids = httpx.post(f"{open_server.url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
     assert data["token_ids"] == ids and len(data["tokens"]) == len(ids)
     assert (data["layer"], data["head"], data["n_layer"], data["n_head"]) == (1, 2, 2, 4)
-    assert (data["kv_head"], data["n_kv_head"]) == (2, 4)  # GPT-2: every head its own
+    assert (data["kv_head"], data["num_kv_heads"]) == (2, 4)  # GPT-2: every head its own
     assert [len(row) for row in data["weights"]] == list(range(1, len(ids) + 1))  # causal rows
     cfg, weights = load_gpt2(tiny_ckpt)
     expected = reference.attention_weights(weights, cfg, np.asarray(ids))[1, 2]
@@ -118,14 +119,14 @@ def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
     the key/value head it reads, and heads sharing one still differ (their own queries)."""
     url = llama_server.url
     info = httpx.get(f"{url}/ui/api/info").json()
-    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 2)
+    assert (info["n_layer"], info["n_head"], info["num_kv_heads"]) == (2, 4, 2)
     cfg, weights = load_checkpoint(llama_ckpt("llama-gqa"))
     maps = []
     for head in range(4):
         got = attention(url, prompt=PROMPT, layer=1, head=head)
         assert got.status_code == 200, got.text
         data = got.json()
-        assert (data["head"], data["kv_head"], data["n_kv_head"]) == (head, head // 2, 2)
+        assert (data["head"], data["kv_head"], data["num_kv_heads"]) == (head, head // 2, 2)
         maps.append(data["weights"])
     ids = data["token_ids"]
     assert ids == httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
@@ -138,7 +139,7 @@ def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
     assert maps[2] != maps[3], "query heads of one group have their own queries"
 
     trace_data = trace(url, prompt=PROMPT).json()
-    assert (trace_data["n_head"], trace_data["n_kv_head"]) == (4, 2)
+    assert (trace_data["n_head"], trace_data["num_kv_heads"]) == (4, 2)
     assert trace_data["attention"][1] == maps
     final = reference_llama.forward(weights, cfg, np.asarray(ids)).argmax(-1)
     assert [top[0] for top in trace_data["lens_token_ids"][-1]] == final.tolist()
@@ -167,18 +168,19 @@ def test_attention_computes_one_map_at_a_time(tiny_ckpt):
     """While a map is being computed (the lock held), another is refused with a 429."""
     engine = LLMEngine(EngineConfig(model=str(tiny_ckpt), num_kv_blocks=16))
     client = AsyncEngine(engine)  # not started: attention never uses the engine thread
+    inspector = Inspector(client)
     busy = threading.Lock()
     body = AttentionRequest(prompt=PROMPT, layer=0, head=0)
-    assert len(attention_map(client, busy, body)["weights"]) > 1
+    assert len(attention_map(client, inspector, busy, body)["weights"]) > 1
     with busy:
         with pytest.raises(APIError) as refused:
-            attention_map(client, busy, body)
+            attention_map(client, inspector, busy, body)
     assert refused.value.status == 429 and "one attention map or forward trace at a time" in (
         refused.value.message)
     assert not busy.locked()
     with busy:  # the forward trace waits for the same lock
         with pytest.raises(APIError) as refused:
-            forward_trace(client, busy, TraceRequest(prompt=PROMPT))
+            forward_trace(client, inspector, busy, TraceRequest(prompt=PROMPT))
     assert refused.value.status == 429 and not busy.locked()
 
 
@@ -220,7 +222,7 @@ def test_the_forward_trace_refuses_what_it_cannot_draw(open_server, body, param,
 
 def test_info_gives_the_views_their_limits(open_server):
     info = httpx.get(f"{open_server.url}/ui/api/info").json()
-    assert (info["n_layer"], info["n_head"], info["n_kv_head"]) == (2, 4, 4)
+    assert (info["n_layer"], info["n_head"], info["num_kv_heads"]) == (2, 4, 4)
     assert info["max_attention_tokens"] == MAX_ATTENTION_TOKENS
 
 

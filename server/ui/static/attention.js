@@ -1,7 +1,7 @@
 // The attention view: for a short prompt, how much each token attends to each earlier token
 // in one layer and head, as a T x T heatmap (SVG, one <rect> per cell). POST
 // /ui/api/attention computes it with the model's reference path; choosing another layer or
-// head asks again. In a grouped-query model (Llama's num_key_value_heads < its query heads)
+// head asks again. In a grouped-query model (fewer key/value heads than query heads)
 // several query heads read one key/value head: the head menu lists them under it.
 
 import { $, api, HTTPError } from "./api.js";
@@ -65,7 +65,7 @@ export function headGroups(nHead, nKvHead) {
   return Array.from({ length: nKvHead }, (_, g) => Array.from({ length: size }, (_, i) => g * size + i));
 }
 
-export const isGrouped = (info) => info.n_kv_head < info.n_head;
+export const isGrouped = (info) => info.num_kv_heads < info.n_head;
 
 // "KV head 1 (query heads 3–5)": what a group of query heads shares.
 export function groupName(group, kvHead) {
@@ -85,7 +85,7 @@ export function createAttentionView({ onUnauthorized }) {
   // Query heads under the key/value head they read, when they share one.
   function fillHeads(select, info) {
     if (!isGrouped(info)) return fillSelect(select, info.n_head);
-    select.replaceChildren(...headGroups(info.n_head, info.n_kv_head).map((group, g) => {
+    select.replaceChildren(...headGroups(info.n_head, info.num_kv_heads).map((group, g) => {
       const optgroup = document.createElement("optgroup");
       optgroup.label = groupName(group, g);
       optgroup.append(...group.map(option));
@@ -96,9 +96,9 @@ export function createAttentionView({ onUnauthorized }) {
   function describe(map) {
     const text = `${map.tokens.length} tokens · layer ${map.layer} of ${map.n_layer}, `
       + `head ${map.head} of ${map.n_head}`;
-    if (map.n_kv_head === map.n_head) return text;
-    const group = headGroups(map.n_head, map.n_kv_head)[map.kv_head];
-    return `${text} · reads key/value head ${map.kv_head} of ${map.n_kv_head}, `
+    if (map.num_kv_heads === map.n_head) return text;
+    const group = headGroups(map.n_head, map.num_kv_heads)[map.kv_head];
+    return `${text} · reads key/value head ${map.kv_head} of ${map.num_kv_heads}, `
       + `shared by query heads ${group.join(", ")}`;
   }
 

@@ -67,7 +67,7 @@ function headMap(trace, layer, h) {
 function headMaps(trace, layer) {
   const heads = trace.attention[layer].map((_, h) => headMap(trace, layer, h));
   if (!isGrouped(trace)) return heads;
-  return headGroups(trace.n_head, trace.n_kv_head).map((group, g) => {
+  return headGroups(trace.n_head, trace.num_kv_heads).map((group, g) => {
     const box = el("section", "kv-group");
     box.dataset.kvHead = g;
     box.setAttribute("aria-label", groupName(group, g));

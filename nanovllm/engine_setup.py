@@ -1,0 +1,75 @@
+"""An engine's parts, built from its config: the model and its tokenizer, the context length, the
+KV cache's size in blocks, and the model runner (with speculative decoding's Speculator when
+`speculative_config` asks for it, and its draft model).
+
+The KV cache gets `kv_cache_memory_bytes` (or `num_kv_blocks` blocks): a draft's cache is paged
+under the same block tables, so each block costs both models' bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.model_loading import LoadedModel, load_draft, load_model
+from nanovllm.runner.kv_cache import kv_bytes_per_block
+from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.spec_decode.draft import DraftModel
+from nanovllm.runner.spec_decode.speculator import Speculator
+from nanovllm.tokenizer import Tokenizer
+
+logger = logging.getLogger("nanovllm")
+
+
+@dataclass(slots=True)
+class EngineParts:
+    loaded: LoadedModel
+    tokenizer: Tokenizer
+    max_model_len: int
+    num_kv_blocks: int
+    runner: NativeModelRunner
+
+
+def build_parts(config: EngineConfig) -> EngineParts:
+    loaded = load_model(config)
+    cfg = loaded.config
+    tokenizer = Tokenizer(config.tokenizer or loaded.path, cfg.eos_token_id)
+    max_model_len = config.max_model_len or cfg.n_positions
+    if max_model_len > cfg.n_positions:
+        raise ValueError(f"max_model_len={max_model_len} exceeds the model's "
+                         f"n_positions={cfg.n_positions}")
+    spec = config.speculative_config
+    draft = (load_draft(config, loaded, max_model_len)
+             if spec is not None and spec.method == "draft_model" else None)
+    num_kv_blocks = kv_blocks(config, [m for m in (loaded, draft) if m is not None])
+    draft_model = None if draft is None else DraftModel(
+        draft.config, draft.weights, num_kv_blocks, config.block_size, config.kv_cache_dtype)
+    speculator = None if spec is None else Speculator(spec, max_model_len, draft_model)
+    runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
+                               config.kv_cache_dtype, config.seed, speculator)
+    logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                "max_model_len %d)", loaded.architecture, loaded.path,
+                "RANDOM weights (dummy checkpoint)" if loaded.is_dummy else "pretrained weights",
+                cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size, max_model_len)
+    logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
+                num_kv_blocks, config.block_size, num_kv_blocks * config.block_size,
+                runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype)
+    if spec is not None:
+        off = spec.disable_by_batch_size
+        logger.info("speculative decoding: %s, k=%d, %s%s",
+                    "n-gram lookup" if draft is None else f"draft {draft.path}",
+                    spec.num_speculative_tokens,
+                    f"off from {off} running sequences on" if off else "never switched off",
+                    "" if draft_model is None else
+                    f"; the KV budget is split target {runner.kv_cache.nbytes / 2**20:.0f}"
+                    f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")
+    return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks, runner)
+
+
+def kv_blocks(config: EngineConfig, models: list[LoadedModel]) -> int:
+    """KV blocks in the cache: `num_kv_blocks`, or as many as the memory budget pays for."""
+    bytes_per_block = sum(kv_bytes_per_block(m.config, config.block_size, config.kv_cache_dtype)
+                          for m in models)
+    return config.num_kv_blocks or max(1, (
+        config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // bytes_per_block)
