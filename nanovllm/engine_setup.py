@@ -9,7 +9,9 @@ under the same block tables, so each block costs both models' bytes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+
+import numpy as np
 
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
 from nanovllm.model_loading import LoadedModel, load_draft, load_model
@@ -45,7 +47,9 @@ def build_parts(config: EngineConfig) -> EngineParts:
     num_kv_blocks = kv_blocks(config, [m for m in (loaded, draft) if m is not None])
     draft_model = None if draft is None else DraftModel(
         draft.config, draft.weights, num_kv_blocks, config.block_size, config.kv_cache_dtype)
-    speculator = None if spec is None else Speculator(spec, max_model_len, draft_model)
+    speculator = None if spec is None else Speculator(
+        spec, max_model_len, draft_model,
+        0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
                                config.kv_cache_dtype, config.seed, speculator)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
@@ -57,14 +61,28 @@ def build_parts(config: EngineConfig) -> EngineParts:
                 runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype)
     if spec is not None:
         off = spec.disable_by_batch_size
-        logger.info("speculative decoding: %s, k=%d, %s%s",
+        logger.info("speculative decoding: %s, %s, %s%s",
                     "n-gram lookup" if draft is None else f"draft {draft.path}",
-                    spec.num_speculative_tokens,
+                    f"k per request up to {spec.num_speculative_tokens}, from measured acceptance"
+                    " and costs" if spec.adaptive else f"k={spec.num_speculative_tokens}",
                     f"off from {off} running sequences on" if off else "never switched off",
                     "" if draft_model is None else
                     f"; the KV budget is split target {runner.kv_cache.nbytes / 2**20:.0f}"
                     f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")
     return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks, runner)
+
+
+def weight_bytes(weights) -> int:
+    """Bytes of a model's arrays, found through its dataclasses, lists and dicts."""
+    if isinstance(weights, np.ndarray):
+        return weights.nbytes
+    if is_dataclass(weights):
+        return sum(weight_bytes(getattr(weights, f.name)) for f in fields(weights))
+    if isinstance(weights, (list, tuple)):
+        return sum(weight_bytes(w) for w in weights)
+    if isinstance(weights, dict):
+        return sum(weight_bytes(w) for w in weights.values())
+    return 0
 
 
 def kv_blocks(config: EngineConfig, models: list[LoadedModel]) -> int:

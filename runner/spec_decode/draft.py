@@ -11,6 +11,7 @@ samples the first proposal at the end of that chunk.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,19 +38,26 @@ class DraftModel:
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
 
     def propose(self, entries: list[ScheduledSequence], states: list[SequenceState],
-                num_proposals: list[int], prepare) -> list[Proposal]:
+                num_proposals: list[int], prepare, timed=None) -> list[Proposal]:
         """k = num_proposals[i] tokens for each entry (whose token_ids are the draft's catch-up
-        chunk, from the draft's `start`); `prepare` lays a step out as the target's runner does."""
+        chunk, from the draft's `start`; one of k = 0 only computes its chunk, and does not
+        sample); `prepare` lays a step out as the target's runner does; `timed(rows, seconds)`
+        hears of each pass."""
         out = [Proposal([], [] if not s.params.greedy else None) for s in states]
         live = list(range(len(entries)))
         step = entries
-        for _ in range(max(num_proposals, default=0)):
+        for _ in range(max([1, *num_proposals])):
             inputs = prepare(step)
+            clock = time.perf_counter()
             logits = self.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
-                             self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+                                  self.kv_cache.layers, inputs.attention, inputs.logit_rows)
+            if timed:
+                timed(len(inputs.token_ids), time.perf_counter() - clock)
             order = {id(e): r for r, e in enumerate(inputs.sampling)}
             nxt, next_live = [], []
             for i, e in zip(live, step):
+                if not num_proposals[i]:
+                    continue
                 row = logits[order[id(e)]]
                 token = self._choose(row, states[i], out[i])
                 out[i].token_ids.append(token)

@@ -208,3 +208,13 @@ def test_adaptive_k_keeps_the_target_distribution():
     assert len(chosen) >= 3  # the choice did move with what was seen
     for j in range(length):
         assert_distribution(tokens[:, j], p)
+
+
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), max_size=30), alphas)
+def test_optimism_is_a_bonus_that_evidence_narrows(steps, prior):
+    a = Acceptance()
+    for proposed, kept in steps:
+        a.record(proposed, min(kept, proposed))
+        assert a.rate(prior) - 1e-12 <= a.optimistic(prior) <= 1.0
+        # at most half a standard error's numerator over the evidence's root
+        assert a.optimistic(prior) - a.rate(prior) <= 0.5 / math.sqrt(a.decided + 2) + 1e-12
