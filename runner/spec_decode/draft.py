@@ -1,12 +1,12 @@
 """A draft model (vLLM's `"model": PATH` speculative method): a smaller or cheaper checkpoint with
 the target's tokenizer proposes k tokens, one forward pass each, for the target to verify.
 
-Its KV cache is its own, paged under the target's block tables (the same block ids, the same
-slots): the block manager allocates once for both. Each entry's chunk starts where the draft's
-cache stops being valid for the sequence (the Speculator tracks it; it falls back to 0 whenever
-the sequence is preempted), so each step first catches the draft up on the tokens it has not
-seen — the whole prompt on the first step, then the one or two tokens the target added — and
-samples the first proposal at the end of that chunk.
+Its KV cache is its own, paged in blocks of its own: a sequence gets draft blocks only when it
+starts speculating (`reserve`), and gives them back when it finishes or is preempted
+(`release`), so sequences that never speculate take none of its memory. Each entry's chunk
+starts where the draft's cache stops being valid for the sequence (the Speculator tracks it),
+so each step first catches the draft up on the tokens it has not seen and samples the first
+proposal at the end of that chunk.
 """
 
 from __future__ import annotations
@@ -36,6 +36,22 @@ class DraftModel:
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.forward = family_of(cfg).forward
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
+        self.free_blocks = list(range(num_blocks - 1, -1, -1))  # popped from the end
+        self.tables: dict[int, list[int]] = {}  # seq id -> its draft blocks, in position order
+
+    def reserve(self, seq_id: int, num_positions: int) -> bool:
+        """Blocks for the sequence's first `num_positions` positions; False (nothing taken)
+        when the free blocks cannot cover them."""
+        table = self.tables.get(seq_id, [])
+        need = -(-num_positions // self.block_size) - len(table)
+        if need > len(self.free_blocks):
+            return False
+        if need > 0:
+            self.tables[seq_id] = table + [self.free_blocks.pop() for _ in range(need)]
+        return True
+
+    def release(self, seq_id: int) -> None:
+        self.free_blocks.extend(reversed(self.tables.pop(seq_id, [])))
 
     def propose(self, entries: list[ScheduledSequence], states: list[SequenceState],
                 num_proposals: list[int], prepare, timed=None) -> list[Proposal]:

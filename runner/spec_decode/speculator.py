@@ -14,12 +14,13 @@ bytes only, never from timings: its k, and so its samples, repeat from run to ru
 
 Proposals come from n-gram lookup in the sequence's own tokens (ngram.py) or from a draft model
 (draft.py); both read the tokens this module keeps for each live sequence (its prompt, then
-every token the runner produced for it). A draft model's cache is paged under the target's
-block tables and filled lazily: it holds each sequence's positions below `draft_valid[seq_id]`
-(nothing before the sequence first speculates, nothing once it is preempted). A sequence that
-does not speculate costs the draft nothing; one that starts first has the draft compute what its
-cache lacks, in chunks that share the step's token budget (a step of catching up proposes
-nothing), and only where the tokens the request may still make repay it. Counters are vLLM's
+every token the runner produced for it). A draft model's cache is filled lazily: it holds each
+sequence's positions below `draft_valid[seq_id]`, in blocks of its own taken when the sequence
+starts speculating (nothing before, nothing once it is preempted or done). A sequence that does
+not speculate costs the draft nothing, neither passes nor memory; one that starts first has the
+draft compute what its cache lacks, in chunks that share the step's token budget (a step of
+catching up proposes nothing), and only where the tokens the request may still make repay it
+and the draft's blocks have room. Counters are vLLM's
 spec-decode metrics, with the decisions (`chosen`: decodes that chose each k).
 """
 
@@ -121,6 +122,8 @@ class Speculator:
         """k, or 0 when the draft's cache must first catch up on this sequence and cannot in
         this step's budget (it computes a chunk now, without proposing) or, `judged` (alpha,
         cost, tokens the request may still make, running), those tokens would not repay it."""
+        if not self.draft.reserve(seq.seq_id, seq.num_tokens + k):
+            return 0
         missing = seq.num_tokens - self.draft_valid.get(seq.seq_id, 0)  # the decode's included
         if missing <= 2:  # the usual: its last token, and the last kept proposal
             return k
@@ -148,13 +151,18 @@ class Speculator:
         for new in step.new_seqs:
             self.tokens[new.seq_id] = list(new.prompt_token_ids)
         for seq_id in step.preempted_seq_ids:
-            self.draft_valid.pop(seq_id, None)
+            self._drop_draft(seq_id)
         for seq_id in step.finished_seq_ids:
             self.tokens.pop(seq_id, None)
-            self.draft_valid.pop(seq_id, None)
             self.acceptance.pop(seq_id, None)
+            self._drop_draft(seq_id)
         if not step.scheduled:
             self._end_catch_up()
+
+    def _drop_draft(self, seq_id: int) -> None:
+        self.draft_valid.pop(seq_id, None)
+        if self.draft is not None:
+            self.draft.release(seq_id)
 
     def propose(self, scheduled: list[ScheduledSequence], states: dict[int, SequenceState],
                 prepare) -> dict[int, Proposal]:
@@ -181,16 +189,16 @@ class Speculator:
                states: dict[int, SequenceState], prepare) -> dict[int, Proposal]:
         """The draft's proposals for `asked`, each after the draft computed what its cache lacks
         up to the decode's token; `catching_up` only computes this step's chunk."""
-        chunks = []
+        chunks, tables = [], self.draft.tables
         for e in asked:
             start = self.draft_valid.get(e.seq_id, 0)
             chunks.append(ScheduledSequence(e.seq_id, self.tokens[e.seq_id][start:e.start + 1],
-                                            start, e.block_table, True, 0))
+                                            start, tables[e.seq_id], True, 0))
         for e in catching_up:
             start = self.draft_valid.get(e.seq_id, 0)
             end = start + self._catch_up[e.seq_id]
             chunks.append(ScheduledSequence(e.seq_id, self.tokens[e.seq_id][start:end], start,
-                                            e.block_table, False, 0))
+                                            tables[e.seq_id], False, 0))
             self.draft_valid[e.seq_id] = end
         self._end_catch_up()
         everyone = asked + catching_up

@@ -31,7 +31,21 @@ def test_a_sequence_that_does_not_speculate_costs_the_draft_nothing(make_engine,
     _run(engine, {str(i): (p, GREEDY) for i, p in enumerate(REPEATS)})
     speculator = engine.runner.speculator
     assert not speculator.costs.draft.measured and not speculator.draft_valid
+    assert not speculator.draft.tables  # nor its memory
     assert engine.spec_stats.num_drafts == 0
+
+
+def test_the_draft_takes_a_share_of_the_kv_budget_not_the_pool(tiny_ckpt):
+    """The target keeps all but DRAFT_KV_SHARE of the budget: its blocks are not halved by a
+    draft of its own size."""
+    from nanovllm.engine_setup import DRAFT_KV_SHARE
+    budget = dict(kv_cache_memory_bytes=8 << 20)
+    off = LLMEngine(EngineConfig(str(tiny_ckpt), **budget))
+    on = LLMEngine(EngineConfig(str(tiny_ckpt), speculative_config=draft_config(tiny_ckpt),
+                                **budget))
+    assert on.num_kv_blocks == int(off.num_kv_blocks * (1 - DRAFT_KV_SHARE))
+    assert on.runner.speculator.draft.kv_cache.num_blocks == int(
+        off.num_kv_blocks * DRAFT_KV_SHARE)
 
 
 def test_the_draft_catches_up_in_chunks_once_a_sequence_speculates(make_engine, tiny_ckpt):
@@ -109,4 +123,7 @@ def test_engine_with_lazy_draft_under_pressure(tiny_ckpt):
                 for i, (p, m) in enumerate(zip(REPEATS * 2, (16, 4, 9, 12, 3, 7)))}
     assert _run(on, requests) == _run(off, requests)
     assert on.block_manager.num_free_blocks == on.num_kv_blocks
+    on.step()  # the runner hears of the last finished sequences with the next step
+    draft = on.runner.speculator.draft
+    assert not draft.tables and len(draft.free_blocks) == draft.kv_cache.num_blocks
     assert on.spec_stats.num_drafts > 0
