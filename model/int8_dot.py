@@ -24,11 +24,16 @@ The instruction sets ("ISAs") and how each multiplies int8 by int8:
   `vpsignb`, multiplies |w| by x with w's sign.
 
 Each ISA's IR is generated only when a kernel is compiled for it: the caller picks one this CPU
-has (`model/cpu.py`).
+has (`model/cpu.py`). LLVM changed `vpdpbusd`'s signature: older versions take the multiplied
+bytes as vectors of int32 lanes, newer ones as vectors of bytes. `vnni_takes_bytes` asks the
+LLVM in use which, so every numba the project allows compiles the same kernel.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -62,6 +67,25 @@ ISAS = tuple(TILES)
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 
 
+@cache
+def vnni_takes_bytes() -> bool:
+    """Whether this LLVM's `vpdpbusd` intrinsics take the multiplied bytes as byte vectors
+    (<64 x i8>) rather than as int32 lanes (<16 x i32>, older LLVMs): a module calling it the
+    first way, verified by LLVM itself."""
+    module = ir.Module("vnni_probe")
+    lanes, data = ir.VectorType(I32, 16), ir.VectorType(I8, 64)
+    dot = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]),
+                      "llvm.x86.avx512.vpdpbusd.512")
+    probe = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]), "probe")
+    builder = ir.IRBuilder(probe.append_basic_block())
+    builder.ret(builder.call(dot, list(probe.args)))
+    try:
+        llvm.parse_assembly(str(module)).verify()
+    except RuntimeError:  # "Intrinsic has incorrect argument type!"
+        return False
+    return True
+
+
 def _function(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
@@ -81,8 +105,9 @@ class Multiply:
         self.sign_on_w = isa == "avx2"
         suffix = "512" if width == 64 else "256"
         if OFFSET[isa]:
+            self.dot_operand = self.bytes if vnni_takes_bytes() else self.lanes
             self.dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
-                                 [self.lanes, self.bytes, self.bytes])
+                                 [self.lanes, self.dot_operand, self.dot_operand])
         elif width == 64:
             self.pairs = _function(builder, "llvm.x86.avx512.pmaddubs.w.512", self.words,
                                    [self.bytes, self.bytes])
@@ -120,8 +145,9 @@ class Multiply:
 
     def add(self, acc, x, w):
         b = self.builder
-        if OFFSET[self.isa]:
-            return b.call(self.dot, [acc, x, w])
+        if OFFSET[self.isa]:  # (a bitcast to int32 lanes is a no-op for the instruction)
+            return b.call(self.dot, [acc, b.bitcast(x, self.dot_operand),
+                                     b.bitcast(w, self.dot_operand)])
         if self.sign_on_w:
             x, magnitude = x
             signed = b.call(self.sign, [w, x])  # w * sign(x), 0 where x = 0 (|x| is 0 there)

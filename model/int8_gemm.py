@@ -21,6 +21,7 @@ is `reference.linear` on `dequantize`d weights and activations (tests/model/test
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,8 @@ from numba.extending import overload
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
 from nanovllm.model.kernels import claim, split_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
+
+logger = logging.getLogger("nanovllm")
 
 # From this many rows on, the activations are quantized on all threads (below, waking the
 # threads costs more than the work).
@@ -330,3 +333,27 @@ def compile_int8_kernel(kernel: str) -> None:
     int8_linear(x, w, kernel, residual=int8_linear(x, w, kernel, np.zeros(1, np.float32)))
     rows = np.zeros((PARALLEL_QUANTIZE_ROWS, 1), np.float32)
     int8_linear(rows, w, kernel, np.zeros(1, np.float32))
+
+
+def first_compiling_kernel(kernels: list[str]) -> str:
+    """The first of `kernels` (best first; the last, "portable", is plain numba) that compiles
+    here, compiled. Those that do not (an LLVM that refuses an instruction's intrinsic: the
+    W8A8 kernels must never stop a server, most of which do not even use them) are passed over,
+    with one warning line."""
+    failed: list[str] = []
+    reason = ""
+    for kernel in kernels:
+        try:
+            compile_int8_kernel(kernel)
+        except Exception as exc:  # numba's or LLVM's refusal, whatever its type
+            if kernel == kernels[-1]:
+                raise
+            failed.append(kernel)
+            reason = reason or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            continue
+        if failed:
+            logger.warning("int8 dot products: the %s kernel(s) do not compile with this numba "
+                           "and LLVM (%s); running %s instead", ", ".join(failed), reason[:200],
+                           kernel)
+        return kernel
+    raise ValueError("no int8 kernel to compile")

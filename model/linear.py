@@ -30,9 +30,9 @@ from functools import cache
 import numpy as np
 from numba import config, njit, prange
 
-from nanovllm.model.cpu import kernel_path
+from nanovllm.model.cpu import int8_kernels, kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
-from nanovllm.model.int8_gemm import Int8Rows, compile_int8_kernel, int8_linear
+from nanovllm.model.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
 from nanovllm.model.kernels import KERNEL_MATH, claim, split_chunks
 from nanovllm.model.quant import (
     BLOCK,
@@ -91,8 +91,9 @@ def takes_int8(w: Weight) -> bool:
 
 @cache  # (the CPU does not change while the process runs)
 def host_int8_kernel() -> str:
-    """The W8A8 kernel for this process's CPU (`cpu.KernelPath.int8`)."""
-    return kernel_path().int8
+    """The W8A8 kernel for this process's CPU: the best it has (`cpu.KernelPath.int8`) that
+    compiles here, compiled (`int8_gemm.first_compiling_kernel`)."""
+    return first_compiling_kernel(int8_kernels(kernel_path().features))
 
 
 @cache
@@ -296,4 +297,4 @@ def compile_linear_kernel() -> None:
     if host_packs_float32():
         matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
-    compile_int8_kernel(host_int8_kernel())
+    host_int8_kernel()  # (compiles it)

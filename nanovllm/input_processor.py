@@ -20,7 +20,7 @@ from nanovllm.beam_search import beam_blocks_needed
 from nanovllm.block_manager import blocks_needed
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.beam_search_params import BeamSearchParams
-from nanovllm.values.errors import InvalidRequestError, quote
+from nanovllm.values.errors import ContextLengthError, InvalidRequestError, quote
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
@@ -79,11 +79,12 @@ def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
     when the request body's own limit bounds it) or that is not Unicode text."""
     limit = (max_model_len - 1) * tokenizer.max_token_chars
     if len(text) > limit and not truncated:
-        raise InvalidRequestError(
+        raise ContextLengthError(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"prompt has {len(text)} characters, more than {max_model_len - 1} tokens of at most "
             f"{tokenizer.max_token_chars} characters each can hold. Please reduce the length of "
-            "the prompt.", param)
+            "the prompt.", param, limit=max_model_len, prompt_chars=len(text),
+            token_chars=tokenizer.max_token_chars)
     if not text.isascii():
         try:
             text.encode("utf-8")
@@ -181,21 +182,24 @@ class InputProcessor:
     def check_context(self, n_prompt: int, max_tokens: int | None, min_tokens: int) -> None:
         """Prompt plus completion within max_model_len (vLLM's messages, and its field)."""
         limit = self.max_model_len
+        numbers = {"limit": limit, "prompt_tokens": n_prompt, "max_tokens": max_tokens,
+                   "min_tokens": min_tokens}
         if max_tokens is not None and n_prompt + max_tokens > limit:
-            raise InvalidRequestError(
+            raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} in the "
-                "completion). Please reduce the length of the prompt or completion.", "max_tokens")
+                "completion). Please reduce the length of the prompt or completion.", "max_tokens",
+                **numbers)
         if n_prompt >= limit:
-            raise InvalidRequestError(
+            raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, your prompt "
                 f"has {n_prompt} tokens, which leaves no room for a completion. Please reduce "
-                "the length of the prompt.", "prompt")
+                "the length of the prompt.", "prompt", **numbers)
         if n_prompt + min_tokens > limit:  # only possible with max_tokens None (up to the limit)
-            raise InvalidRequestError(
+            raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, min_tokens "
                 f"{min_tokens} after a prompt of {n_prompt} tokens needs {n_prompt + min_tokens}. "
-                "Please reduce min_tokens or the length of the prompt.", "min_tokens")
+                "Please reduce min_tokens or the length of the prompt.", "min_tokens", **numbers)
 
     def check_kv_pool(self, n_prompt: int, max_tokens: int | None) -> None:
         """The longest the request can grow must fit in the whole KV pool, or it never could run."""

@@ -64,6 +64,10 @@ def _load_checkpoint(config: EngineConfig) -> LoadedModel:
         logger.warning("the Hugging Face hub is unreachable, so loading a dummy %s checkpoint "
                        "with RANDOM weights (%s)", preset, exc.reason)
         path = dummy_checkpoint_dir(preset)
+    else:
+        if is_dummy_checkpoint(path):  # (the fallback above has said so already)
+            logger.warning("%s is a checkpoint with RANDOM weights, written by nanovllm: its "
+                           "text is noise", path)
     cfg, weights = load_checkpoint(path, config.dtype, config.quantization)
     return LoadedModel(path, cfg, weights, is_dummy_checkpoint(path), architecture_of(path))
 

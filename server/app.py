@@ -6,7 +6,10 @@ apps may share one (e.g. with and without an API key), each with its own metrics
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
@@ -17,9 +20,11 @@ from nanovllm.server.endpoints.info import model_type, read_tokenizer_config, to
 from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
+    AccessLogMiddleware,
     APIKeyMiddleware,
     BodySizeLimitMiddleware,
     InternalErrorMiddleware,
+    JSONContentTypeMiddleware,
     LoadTrackingMiddleware,
     RequestCountMiddleware,
     RequestIdMiddleware,
@@ -30,6 +35,8 @@ from nanovllm.server.tool_calls import PARSERS
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits
+
+DOCS_STATIC_URL = "/docs/static"  # Swagger UI's and ReDoc's scripts, styles and icon
 
 
 def document_vocabulary(app: FastAPI, vocab_size: int) -> None:
@@ -71,7 +78,7 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
               return_tokens_as_token_ids: bool = False,
               enable_server_load_tracking: bool = False,
               tool_call_parser: str | None = None, reasoning_parser: str | None = None,
-              structured_in_reasoning: bool = False) -> FastAPI:
+              structured_in_reasoning: bool = False, log_requests: bool = True) -> FastAPI:
     """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
     page at /ui unless `ui` is False (its engine, attention, forward-pass and step views need
     an `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name,
@@ -81,11 +88,17 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
     `chat_template`); with neither, /v1/chat/completions is a 400. `tool_call_parser` (a name
     in tool_calls.PARSERS) turns tool_choice "auto" on; `reasoning_parser` (a name in
     REASONING_PARSERS) splits reasoning from the answer, which is all a grammar holds unless
-    `structured_in_reasoning`.
+    `structured_in_reasoning`. `log_requests`: one line per request in the log (the logger
+    "nanovllm.access").
     """
-    app = FastAPI(title="nanovllm OpenAI-compatible server", version=__version__,
-                  description="Completions, chat (also as OpenAI's Responses and Anthropic's "
-                              "Messages), tokenization and metrics for a GPT-2 model.")
+    # /docs (Swagger UI) and /redoc from the package's own copies of their scripts, not a CDN:
+    # the page that documents the limits must work offline too.
+    app = FastAPIOffline(title="nanovllm OpenAI-compatible server", version=__version__,
+                         description="Completions, chat (also as OpenAI's Responses and "
+                                     "Anthropic's Messages), tokenization and metrics for a "
+                                     "GPT-2 or Llama-family model.",
+                         static_url=DOCS_STATIC_URL,
+                         swagger_ui_parameters={"validatorUrl": None})  # (no call to swagger.io)
     # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
     metrics = ServerMetrics(served_model_name, lambda: engine.stats
                             if engine.replica_stats is None else engine.replica_stats,
@@ -114,6 +127,7 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
     if ui:
         install_ui(app, inspector)
     document_vocabulary(app, engine.processor.vocab_size)
+    app.add_middleware(JSONContentTypeMiddleware)  # innermost: a 415 neither counts nor passes auth
     if enable_server_load_tracking:  # inside the API key check: refused requests never count
         app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
     if api_key:
@@ -121,5 +135,7 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestCountMiddleware, count=metrics.count_http_request)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, a 413 or 500 too, has it
+    app.add_middleware(RequestIdMiddleware)  # every answer, a 413 or 500 too, has it
+    if log_requests:  # outermost: every answer is logged, with the id it was given
+        app.add_middleware(AccessLogMiddleware, logger=logging.getLogger("nanovllm.access"))
     return app

@@ -54,6 +54,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                              "or MODEL as given for a hub name; never a local path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--disable-log-requests", action="store_true",
+                        help="no access-log line per request (client, method, path, status, "
+                             "duration, request id); the log is on by default")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true",
+                        help="the same as --disable-log-requests (vLLM's name for uvicorn's "
+                             "access log, which this log replaces)")
     parser.add_argument("--chat-template", default=None,
                         help="Jinja chat template (a file, or the template itself) for "
                              "/v1/chat/completions (default: the checkpoint's own, if any)")
@@ -214,7 +220,11 @@ def run_serve(args: argparse.Namespace) -> int:
                     enable_server_load_tracking=args.enable_server_load_tracking,
                     tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
                     else None, reasoning_parser=args.reasoning_parser,
-                    structured_in_reasoning=in_reasoning)
+                    structured_in_reasoning=in_reasoning,
+                    log_requests=not (args.disable_log_requests
+                                      or args.disable_uvicorn_access_log))
+    # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
+    # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False,
                             limit_concurrency=concurrency,

@@ -48,6 +48,7 @@ ANTHROPIC_ERROR_TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     529: "overloaded_error",
 }
 ANTHROPIC_STATUS = {429: 529}

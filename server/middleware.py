@@ -1,5 +1,5 @@
-"""Pure ASGI middleware that every request passes through: its `X-Request-Id`, the API key, a
-body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
+"""Pure ASGI middleware that every request passes through: the access log, its `X-Request-Id`,
+the API key, a JSON Content-Type, a body size limit, a last-resort 500 and, with --enable-server-load-tracking, the count of
 generation requests in flight (build_app stacks them).
 
 Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body per request.
@@ -7,8 +7,10 @@ Pure ASGI (no BaseHTTPMiddleware) so that none adds a task or a copy of the body
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers, MutableHeaders
 
 from nanovllm.server.errors import error_response, internal_error
+from nanovllm.values.errors import quote
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
@@ -52,6 +55,47 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class AccessLogMiddleware:
+    """One log line per request once it is answered (a stream: once its last event is sent):
+    client, method, path, status, duration and the request id, the `X-Request-Id` the client
+    got, so that a client's log and ours can be matched. Outside RequestIdMiddleware, whose
+    header it reads. Off with --disable-log-requests (or --disable-uvicorn-access-log)."""
+
+    def __init__(self, app, logger: logging.Logger) -> None:
+        self.app = app
+        self._logger = logger
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status, request_id = 0, "-"  # 0: no response was started (the client left first)
+
+        async def noting_send(message) -> None:
+            nonlocal status, request_id
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                request_id = Headers(raw=message.get("headers", [])).get(REQUEST_ID_HEADER, "-")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            client = scope.get("client")
+            self._logger.info('%s "%s %s" %d %.1f ms request_id=%s',
+                              f"{client[0]}:{client[1]}" if client else "-", scope["method"],
+                              printable(scope["path"]), status,
+                              (time.perf_counter() - start) * 1e3, request_id)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A client's text, safe in a log line: unprintable characters escaped (a newline in a
+    percent-decoded path must not start a fake line), cut to `limit` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 class APIKeyMiddleware:
@@ -166,6 +210,44 @@ class BodySizeLimitMiddleware:
             "(--max-request-body-bytes).", 413, headers={"Connection": "close"},
             path=scope["path"])
         await response(scope, receive, send)
+
+
+JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """application/json or application/*+json, whatever its parameters (charset=utf-8)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
+class JSONContentTypeMiddleware:
+    """Every body this server takes is JSON: a body sent as another type, or with no type, is a
+    415 that names the header to send. FastAPI would read it as bytes and call it "not a JSON
+    object", though `curl -d '{...}'` sends a JSON object (as application/x-www-form-urlencoded,
+    unless told otherwise). Taking it as JSON instead would let any web page post to a local
+    server without the CORS preflight a JSON request needs."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in JSON_METHODS:
+            headers = Headers(scope=scope)
+            content_type = headers.get("content-type")
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            if has_body and not (content_type and is_json_media_type(content_type)):
+                sent = f"Content-Type {quote(content_type, 100)}" if content_type \
+                    else "no Content-Type"
+                response = error_response(
+                    f"Unsupported media type: the body was sent with {sent}, and must be JSON, "
+                    "sent with the header `Content-Type: application/json` (curl: add -H "
+                    "'Content-Type: application/json'; -d alone sends a form).", 415,
+                    path=scope["path"])
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class InternalErrorMiddleware:

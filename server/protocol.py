@@ -58,6 +58,8 @@ UNSUPPORTED_FIELDS = (
     "use_beam_search", "length_penalty", "bad_words", "prompt_embeds", "logits_processors",
     "vllm_xargs", "guided_whitespace_pattern", "structural_tag",
 )
+# Of those, the ones another endpoint of this server serves: its refusal says where.
+SERVED_ELSEWHERE = {"use_beam_search": "/v1/completions", "length_penalty": "/v1/completions"}
 
 # Request fields accepted although they cannot change the output here, each with its reason
 # (docs/api.md's table); tests/server/test_field_audit.py shows every other field has an effect.
@@ -238,6 +240,14 @@ class SamplingFields(StructuredOutputFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    @property
+    def length_field(self) -> str | None:
+        """The field the client set the completion's length with; None where the API's default
+        applies (a client that never sent max_tokens did not ask for 16 tokens)."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return "max_tokens" if "max_tokens" in self.model_fields_set else None
+
     def refuse_unsupported_fields(self, known: tuple[str, ...] = ()) -> None:
         """Refuse what would change the output and is not honoured: vLLM's fields this server
         does not implement, and any field it does not know (besides `known`, checked by the
@@ -246,6 +256,9 @@ class SamplingFields(StructuredOutputFields):
         extra = self.model_extra or {}
         for name in UNSUPPORTED_FIELDS:
             if extra.get(name) not in (None, False, [], {}, 0, ""):
+                if name in SERVED_ELSEWHERE:
+                    raise bad_request(f"`{name}` is not supported on this endpoint; this server "
+                                      f"serves it on {SERVED_ELSEWHERE[name]}.", name)
                 raise bad_request(f"`{name}` is not supported by this server.", name)
         handled = {*UNSUPPORTED_FIELDS, *known, *IGNORED_EXTRA_FIELDS}
         unknown = sorted(k for k, v in extra.items()
@@ -656,6 +669,10 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
     permission: list[ModelPermission]
+    # Not OpenAI's or vLLM's: true when the checkpoint has random weights (a dummy one, written
+    # by nanovllm or loaded with --load-format dummy), so an API-only client can tell its text
+    # is noise.
+    random_weights: bool = False
 
 
 class ModelList(BaseModel):

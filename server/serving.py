@@ -18,7 +18,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -37,7 +38,7 @@ from nanovllm.server.protocol import StreamOptions
 from nanovllm.server.reasoning import ReasoningParser
 from nanovllm.server.response_store import ResponseStore
 from nanovllm.server.tool_calls import ToolParser
-from nanovllm.values.errors import QueueFullError, quote
+from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
 
@@ -88,7 +89,8 @@ class ServerContext:
     def check_model(self, model: str | None) -> None:
         """A request may omit "model"; naming any other model is a 404, as in vLLM."""
         if model is not None and model != self.model_name:
-            raise APIError(f"The model {quote(model, 100)} does not exist.", 404, "model")
+            raise APIError(f"The model {quote(model, 100)} does not exist: this server serves "
+                           f"{quote(self.model_name, 100)} (GET /v1/models).", 404, "model")
 
 
 def get_ctx(request: Request) -> ServerContext:
@@ -112,6 +114,45 @@ async def off_loop_if_big(chars: int, fn, *args, heavy: bool = False):
 
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@contextmanager
+def context_length_in_terms_of(prompt_field: str, length_field: str | None) -> Iterator[None]:
+    """The engine's ContextLengthError said in the API's own fields: its prompt is
+    `prompt_field` ("prompt", chat's "messages"), and the completion's length the field the
+    client set it with (`length_field`), or, when it set none, the API's default."""
+    try:
+        yield
+    except ContextLengthError as exc:
+        message, param = context_length_message(exc, prompt_field, length_field)
+        raise bad_request(message, param) from None
+
+
+def context_length_message(exc: ContextLengthError, prompt_field: str,
+                           length_field: str | None) -> tuple[str, str]:
+    """(message, param) of a too-long request, naming only fields the client sent."""
+    head = f"This model's maximum context length is {exc.limit} tokens. However, "
+    prompt = "your prompt has" if prompt_field == "prompt" else \
+        f"your `{prompt_field}` (as the chat template renders them) have"
+    shorten = f"Please reduce the length of the {prompt_field}"
+    if exc.prompt_chars is not None:
+        return (f"{head}{prompt} {exc.prompt_chars} characters, more than {exc.limit - 1} tokens "
+                f"of at most {exc.token_chars} characters each can hold. {shorten}.", prompt_field)
+    n, most = exc.prompt_tokens, exc.max_tokens
+    if n >= exc.limit:
+        return f"{head}{prompt} {n} tokens, which leaves no room for a completion. {shorten}.", \
+            prompt_field
+    if most is not None and n + most > exc.limit:
+        if length_field is None:  # the API's default (completions: 16), not the client's request
+            return (f"{head}{prompt} {n} tokens, and the default completion length of {most} "
+                    f"tokens (`max_tokens` was not set) would make {n + most}. {shorten}, or set "
+                    f"`max_tokens` to at most {exc.limit - n}.", prompt_field)
+        return (f"{head}you requested {n + most} tokens ({n} in the {prompt_field}, {most} in the "
+                f"completion). {shorten} or `{length_field}` (at most {exc.limit - n}).",
+                length_field)
+    return (f"{head}`min_tokens` {exc.min_tokens} after {n} tokens of {prompt_field} needs "
+            f"{n + exc.min_tokens}. Please reduce min_tokens or the length of the {prompt_field}.",
+            "min_tokens")
 
 
 def check_response_size(params: SamplingParams, prompts: list[EngineRequest], echo: bool,

@@ -71,3 +71,12 @@ def with_chat_template(model_dir: Path, out: Path, template: str = HERMES_TEMPLA
     config["chat_template"] = template
     config_path.write_text(json.dumps(config, indent=2))
     return out
+
+
+def write_hermes_llama(tmp_path_factory) -> Path:
+    """A random grouped-query Llama whose template lists tools (HERMES_TEMPLATE), with a
+    context long enough for a prompt that does."""
+    from llama_checkpoints import write_hf_llama
+
+    model = write_hf_llama(tmp_path_factory.mktemp("llama"), "Llama", max_position_embeddings=2048)
+    return with_chat_template(model, tmp_path_factory.mktemp("hermes"))

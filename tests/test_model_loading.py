@@ -8,6 +8,7 @@ then about a second to load); every refusal fails before anything is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -16,7 +17,7 @@ import pytest
 from nanovllm import EngineConfig
 from nanovllm.hub import DownloadError, HubUnavailableError
 from nanovllm.model import CheckpointError
-from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
+from nanovllm.model.checkpoint.dummy import DUMMY_KEY, dummy_checkpoint_dir
 from nanovllm.model_loading import load_model, preset_for
 from tests.scripts.fake_hub import FakeHub
 
@@ -86,7 +87,8 @@ def test_a_local_directory_is_loaded_as_is(hub, tiny_ckpt, caplog):
     hub(OFFLINE)
     loaded = load_model(EngineConfig(str(tiny_ckpt), allow_dummy_fallback=True))
     assert loaded.path == tiny_ckpt and loaded.config.n_layer == 2
-    assert warnings(caplog) == []
+    [note] = warnings(caplog)  # no fallback; only that the checkpoint's weights are random
+    assert note.startswith(f"{tiny_ckpt} is a checkpoint with RANDOM weights")
 
 
 def test_a_hub_that_answers_with_an_error_is_not_unreachable(hub, tiny_ckpt, caplog):
@@ -106,3 +108,19 @@ def test_a_broken_checkpoint_fails_loudly(hub, tiny_ckpt, tmp_path):
     (by_hand / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError):
         load_model(EngineConfig("gpt2", allow_dummy_fallback=True))
+
+
+def test_a_random_weight_checkpoint_nanovllm_wrote_is_loaded_with_one_warning(tiny_ckpt, tmp_path,
+                                                                           caplog):
+    """LLM(dir) on a dummy checkpoint says the weights are random; a trained one loads quietly."""
+    loaded = load_model(EngineConfig(str(tiny_ckpt)))
+    [note] = warnings(caplog)
+    assert loaded.is_dummy and note == (f"{tiny_ckpt} is a checkpoint with RANDOM weights, "
+                                        "written by nanovllm: its text is noise")
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_ckpt, trained)
+    config = json.loads((trained / "config.json").read_text())
+    del config[DUMMY_KEY]  # what a checkpoint from the hub, or saved by transformers, looks like
+    (trained / "config.json").write_text(json.dumps(config))
+    caplog.clear()
+    assert not load_model(EngineConfig(str(trained))).is_dummy and warnings(caplog) == []

@@ -15,6 +15,21 @@ class InvalidRequestError(ValueError):
         self.param = param
 
 
+class ContextLengthError(InvalidRequestError):
+    """A prompt too long for the context, alone or with the completion it asks for. It carries
+    the numbers, so that a front end can say it in its own fields (chat's prompt is `messages`,
+    and a `max_tokens` the client never sent is the API's default, not a request)."""
+
+    def __init__(self, message: str, param: str, *, limit: int, prompt_tokens: int | None = None,
+                 prompt_chars: int | None = None, token_chars: int | None = None,
+                 max_tokens: int | None = None, min_tokens: int = 0) -> None:
+        super().__init__(message, param)
+        self.limit, self.prompt_tokens, self.max_tokens, self.min_tokens = (
+            limit, prompt_tokens, max_tokens, min_tokens)
+        # A text refused before tokenizing: its characters, and the most one token covers.
+        self.prompt_chars, self.token_chars = prompt_chars, token_chars
+
+
 def quote(value, limit: int = 40) -> str:
     """A user's value, safe to put in an error message: a string in backticks with its
     unprintable characters (lone surrogates, controls) escaped, anything else by repr; either cut

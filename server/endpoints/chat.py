@@ -33,6 +33,7 @@ from nanovllm.server.serving import (
     RequestStream,
     ServerContext,
     check_response_size,
+    context_length_in_terms_of,
     final_response,
     new_request_id,
     off_loop_if_big,
@@ -101,8 +102,9 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
         req.skip_special_tokens = False
     params = req.to_sampling_params(structured=plan.structured)
     # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
-    prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
-                                          add_special_tokens=False)
+    with context_length_in_terms_of("messages", req.length_field):
+        prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
+                                              add_special_tokens=False)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
     return prompt, params, plan.rules
 

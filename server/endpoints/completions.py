@@ -41,6 +41,7 @@ from nanovllm.server.serving import (
     RequestStream,
     ServerContext,
     check_response_size,
+    context_length_in_terms_of,
     final_response,
     new_request_id,
     off_loop_if_big,
@@ -93,8 +94,9 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
     if req.use_beam_search:
         return prepare_beams(req, ctx, request_id)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
-    prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params)
-               for i, item in enumerate(split_prompts(req.prompt))]
+    with context_length_in_terms_of("prompt", req.length_field):
+        prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params)
+                   for i, item in enumerate(split_prompts(req.prompt))]
     check_response_size(params, prompts, bool(req.echo), ctx.limits, ctx.engine.max_model_len)
     return prompts, params
 
@@ -104,8 +106,9 @@ def prepare_beams(req: CompletionRequest, ctx: ServerContext,
     """A beam search per prompt; the engine refuses one whose beams could never fit the KV pool.
     Every beam carries its tokens' logprobs: `logprobs: 0` sizes the response as any request's."""
     beam = req.to_beam_search_params()
-    prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam)
-               for i, item in enumerate(split_prompts(req.prompt))]
+    with context_length_in_terms_of("prompt", req.length_field):
+        prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam)
+                   for i, item in enumerate(split_prompts(req.prompt))]
     params = prompts[0].params
     check_response_size(replace(params, logprobs=req.logprobs), prompts, False, ctx.limits,
                         ctx.engine.max_model_len)

@@ -59,8 +59,9 @@ async def version() -> dict:
 async def list_models(ctx: Ctx) -> ModelList:
     permission = ModelPermission(id=f"modelperm-{uuid.uuid4().hex}", created=ctx.created)
     card = ModelCard(id=ctx.model_name, created=ctx.created, root=ctx.model_root,
-                     max_model_len=ctx.engine.max_model_len, vocab_size=ctx.engine.processor.vocab_size,
-                     permission=[permission])
+                     max_model_len=ctx.engine.max_model_len,
+                     vocab_size=ctx.engine.processor.vocab_size,
+                     permission=[permission], random_weights=ctx.engine.is_dummy)
     return ModelList(data=[card])
 
 

@@ -33,6 +33,7 @@ from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
 from nanovllm.inspection import EngineInspector
+from nanovllm.model.architectures import architecture_of
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.serving import Ctx
 from nanovllm.server.ui.step import router as step_router
@@ -86,12 +87,22 @@ async def info(ctx: Ctx, raw: Request) -> dict:
         "n_layer": inspector.n_layer, "n_head": inspector.n_head,
         "num_kv_heads": inspector.num_kv_heads}
     return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine.is_dummy,
+            "architecture": _architecture(ctx.engine.model_path),
             "max_model_len": ctx.engine.max_model_len,
             "vocab_size": ctx.engine.processor.vocab_size, "max_logprobs": MAX_LOGPROBS,
             "max_n": MAX_N, **shape, "inspection": inspector is not None,
             "max_attention_tokens": _max_attention_tokens(ctx.engine),
             "step_mode": inspector is not None and inspector.step_mode_enabled,
             "version": __version__}
+
+
+def _architecture(model_path: str) -> str | None:
+    """config.json's architecture (LlamaForCausalLM, ...), for the random-weights notice; None
+    where the checkpoint is not on this machine (a Ray replica's)."""
+    try:
+        return architecture_of(model_path)
+    except (OSError, ValueError):
+        return None
 
 
 @router.get(f"{API_PREFIX}/engine")

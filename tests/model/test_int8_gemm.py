@@ -4,6 +4,8 @@ activations), with the bound their roundings give. The forced generic CPU is in 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -12,13 +14,16 @@ from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
 from nanovllm.model.int8_gemm import (
     KERNELS,
     NO_BIAS,
+    PORTABLE,
     as_bias,
+    first_compiling_kernel,
     int8_linear,
     int8_matmul,
     matmul_portable,
     quantize_rows,
     quantize_rows_parallel,
 )
+from nanovllm.model.linear import host_int8_kernel
 from nanovllm.model.quant import BLOCK, GROUP, Int8Weight, dequantize, pack_int8, quantize_int8
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 
@@ -204,3 +209,17 @@ def test_host_path_runs_the_best_kernel_the_cpu_has():
     path = kernel_path()
     assert path.int8 == RUNNABLE[0]
     assert f"int8 dot products: {path.int8}" in path.describe()
+
+
+def test_the_best_kernel_compiles_with_this_numba():
+    """What the process runs is the best kernel the CPU has: with every numba and LLVM the
+    project allows (CI runs these tests on the lowest too), no kernel falls back."""
+    assert host_int8_kernel() == RUNNABLE[0]
+
+
+def test_a_kernel_that_does_not_compile_is_passed_over_with_one_warning(caplog):
+    assert first_compiling_kernel(["no-such-isa", "nor-this", PORTABLE]) == PORTABLE
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.startswith("int8 dot products: the no-such-isa, nor-this kernel(s) do not "
+                           "compile with this numba and LLVM (")
+    assert line.endswith("); running portable instead")

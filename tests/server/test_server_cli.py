@@ -54,6 +54,10 @@ def test_serve_logs_and_shuts_down_cleanly(spawn, tiny_ckpt, sig):
     assert time.monotonic() - t < 10
     assert "Server stopped." in srv.log
     assert port_is_free(srv.port)
+    # The access log, on by default: one line per request, the stream's once it ended.
+    assert re.search(r'nanovllm\.access: 127\.0\.0\.1:\d+ "GET /v1/models" 200 [\d.]+ ms '
+                     r"request_id=[0-9a-f]{32}$", srv.log, re.M), srv.log
+    assert len(re.findall(r'"POST /v1/completions" 200 ', srv.log)) == 1
 
 
 def test_start_up_objects_are_frozen_out_of_every_collection():
@@ -75,14 +79,17 @@ def test_start_up_objects_are_frozen_out_of_every_collection():
 
 
 def test_api_key_from_the_environment(spawn, tiny_ckpt):
-    srv = spawn(str(tiny_ckpt), "--num-kv-blocks", "64", env={"NANOVLLM_API_KEY": "sekrit"})
+    srv = spawn(str(tiny_ckpt), "--num-kv-blocks", "64", "--disable-log-requests",
+                env={"NANOVLLM_API_KEY": "sekrit"})
     srv.wait_ready()
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.get("/v1/models").status_code == 401
         ok = c.get("/v1/models", headers={"Authorization": "Bearer sekrit"})
         card = ok.json()["data"][0]
         assert ok.status_code == 200 and card["id"] == card["root"] == tiny_ckpt.name
+        assert card["random_weights"] is True
     assert srv.stop() == 0
+    assert "nanovllm.access" not in srv.log and "/v1/models" not in srv.log  # no access log
 
 
 def test_unreachable_hub_without_fallback_exits_with_a_hint(spawn):
@@ -100,7 +107,8 @@ def test_unreachable_hub_with_fallback_serves_random_weights(spawn):
     assert len(notes) == 1 and "RANDOM weights" in notes[0] and "gpt2" in notes[0]
     assert "124.4M parameters" in srv.log
     with httpx.Client(base_url=srv.url, timeout=60) as c:
-        assert c.get("/v1/models").json()["data"][0]["id"] == "gpt2"
+        [card] = c.get("/v1/models").json()["data"]
+        assert card["id"] == "gpt2" and card["random_weights"] is True
         resp = c.post("/v1/completions", json={"model": "gpt2", "prompt": "Hello", "max_tokens": 2})
         assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] >= 1
         err = c.post("/v1/completions", json={"prompt": " hello" * 1100, "max_tokens": 16}).json()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from server_helpers import MODEL, NUM_KV_BLOCKS, metric, serve, wait_idle
+from server_helpers import MODEL, NUM_KV_BLOCKS, LiveServer, metric, serve, wait_idle
 
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
+from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
 
 CLIENTS = 64
@@ -65,52 +68,93 @@ def test_64_concurrent_streams_complete_and_free_every_block(aclient, client, li
 
 
 LONG_BODY = {"model": MODEL, "prompt": "Tell me a very long story", "max_tokens": 230,
-             "n": 16, "ignore_eos": True}  # ~1 s of work: far longer than the clients wait
+             "n": 4, "ignore_eos": True}
 
 
-def aborted(live) -> tuple[int, float]:
-    text = httpx.get(f"{live.url}/metrics").text
-    return live.engine.stats.num_aborted_total, metric(text, "vllm:request_success_total",
-                                                       finished_reason="abort")
+@pytest.fixture(scope="module")
+def paused_engine(tiny_ckpt) -> Iterator[AsyncEngine]:
+    """An engine that steps only when told (step mode, through its inspector), so a request can
+    wait in it, or stay running between two steps, for as long as a test likes, however fast
+    the machine: nothing but an abort takes it out."""
+    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)))
+    yield engine.start()
+    engine.shutdown()
 
 
-def test_client_disconnecting_mid_stream_aborts_its_request(live):
-    wait_idle(live.engine)
-    engine_before, metric_before = aborted(live)
-    with httpx.Client(base_url=live.url, timeout=30) as c:
-        for _ in range(3):
+@pytest.fixture(scope="module")
+def stepper(paused_engine) -> Inspector:
+    return Inspector(paused_engine, enable_step_mode=True)
+
+
+# The path from a closed socket to the engine is event-driven (the disconnect is heard, the
+# abort wakes the paused engine thread): this bounds a hang, not a speed.
+ABORT_DEADLINE = 30
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + ABORT_DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def paused_server(paused_engine, stepper) -> Iterator[LiveServer]:
+    """A server over the paused engine; the engine resumes after the test."""
+    srv = serve(build_app(paused_engine, served_model_name=MODEL), paused_engine)
+    stepper.pause(lease=4 * ABORT_DEADLINE).result(timeout=60)
+    yield srv
+    stepper.resume().result(timeout=60)
+    srv.stop()
+
+
+def aborted(srv) -> tuple[int, float]:
+    text = httpx.get(f"{srv.url}/metrics").text
+    return srv.engine.stats.num_aborted_total, metric(text, "vllm:request_success_total",
+                                                      finished_reason="abort")
+
+
+def test_client_disconnecting_mid_stream_aborts_its_request(paused_server, stepper):
+    """A running request (one step taken: its first tokens streamed, its blocks held) whose
+    client leaves is aborted; the engine steps only when told, so it cannot finish first."""
+    srv, engine = paused_server, paused_server.engine
+    engine_before, metric_before = aborted(srv)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for i in range(3):
             with c.stream("POST", "/v1/completions", json={**LONG_BODY, "stream": True}) as r:
+                assert r.status_code == 200  # the engine took it
+                stepper.step().result(timeout=60)  # the prefill, and a first token each
                 lines = r.iter_lines()
                 assert next(line for line in lines if line.startswith("data: {"))
-                assert live.engine.stats.num_free_blocks < live.engine.stats.num_total_blocks
+                assert stepper.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
             # leaving the block closes the connection mid-stream
-    stats = wait_idle(live.engine)
-    engine_after, metric_after = aborted(live)
+            wait_for(lambda i=i: engine.stats.num_aborted_total == engine_before + i + 1,
+                     "the streamed request was not aborted")
+    stats = wait_idle(engine)
+    engine_after, metric_after = aborted(srv)
     assert engine_after - engine_before == 3
     assert metric_after - metric_before == 3 * LONG_BODY["n"]  # one per choice
     assert stats.num_free_blocks == stats.num_total_blocks
 
 
-def test_client_disconnecting_while_waiting_for_a_full_response_aborts(live):
-    wait_idle(live.engine)
-    engine_before, _ = aborted(live)
-    with httpx.Client(base_url=live.url, timeout=httpx.Timeout(30, read=0.2)) as c:
-        try:
-            c.post("/v1/completions", json=LONG_BODY)
-            raise AssertionError("the request should have outlived the client's timeout")
-        except httpx.ReadTimeout:
-            pass
-    wait_idle(live.engine)
-    assert aborted(live)[0] - engine_before == 1  # counted only if it was still running
-
-
-@pytest.fixture(scope="module")
-def paused_engine(tiny_ckpt) -> Iterator[AsyncEngine]:
-    """An engine that can be held (not stepping), so a request can wait in it for as long as a
-    test likes: nothing but an abort takes it out."""
-    engine = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)))
-    yield engine.start()
-    engine.shutdown()
+def test_client_disconnecting_while_waiting_for_a_full_response_aborts(paused_server, stepper):
+    """The same for a client waiting for a whole response: no output is written until the end,
+    so the server must hear the disconnect itself. (A raw socket: the client leaves when the
+    test says, not when a timeout says.)"""
+    srv, engine = paused_server, paused_server.engine
+    engine_before, _ = aborted(srv)
+    body = json.dumps(LONG_BODY).encode()
+    with socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        wait_for(lambda: engine.stats.num_waiting == 1, "the request did not reach the engine")
+        stepper.step().result(timeout=60)
+        assert stepper.snapshot().result(timeout=60).num_running >= 1  # (its first sample)
+    wait_for(lambda: engine.stats.num_aborted_total == engine_before + 1,
+             "the running request was not aborted")
+    stats = wait_idle(engine)
+    assert stats.num_free_blocks == stats.num_total_blocks
 
 
 def claiming(app, spec_version: str):
@@ -123,14 +167,9 @@ def claiming(app, spec_version: str):
     return asgi
 
 
-# The path from a closed socket to the engine is event-driven (the disconnect is heard, the
-# abort wakes the paused engine thread): this bounds a hang, not a speed.
-ABORT_DEADLINE = 30
-
-
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
-def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_version,
+def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, stepper, spec_version,
                                                             stream):
     """No output is coming (the engine is paused), so the server must hear the disconnect
     itself, not at its next write."""
@@ -138,7 +177,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
     srv = serve(claiming(build_app(engine, served_model_name=MODEL), spec_version), engine)
     body = {"model": MODEL, "prompt": "Nobody will read this", "max_tokens": 8,
             "stream": stream}
-    engine.call(lambda: engine.hold(2 * ABORT_DEADLINE)).result(timeout=60)
+    stepper.pause(lease=2 * ABORT_DEADLINE).result(timeout=60)
     try:
         before = engine.stats.num_aborted_total
         with httpx.Client(base_url=srv.url, timeout=httpx.Timeout(60, read=0.5)) as c:
@@ -155,7 +194,7 @@ def test_a_client_leaving_while_its_request_waits_aborts_it(paused_engine, spec_
             time.sleep(0.01)
         assert engine.stats.num_waiting == engine.stats.num_running == 0
     finally:
-        engine.call(lambda: engine.hold(None)).result(timeout=60)
+        stepper.resume().result(timeout=60)
         srv.stop()
 
 

@@ -13,8 +13,7 @@ import json
 import httpx
 import openai
 import pytest
-from chat_checkpoints import with_chat_template
-from llama_checkpoints import write_hf_llama
+from chat_checkpoints import write_hermes_llama
 from server_helpers import error_of, make_engine, serve, wait_idle
 
 from nanovllm.server.app import build_app
@@ -48,9 +47,7 @@ def check_call(call, names=("get_weather", "get_time")) -> dict:
 
 @pytest.fixture(scope="module")
 def hermes_dir(tmp_path_factory):
-    """A grouped-query Llama with a context long enough for a prompt that lists tools."""
-    model = write_hf_llama(tmp_path_factory.mktemp("llama"), "Llama", max_position_embeddings=2048)
-    return with_chat_template(model, tmp_path_factory.mktemp("hermes"))
+    return write_hermes_llama(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

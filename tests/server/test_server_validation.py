@@ -105,9 +105,18 @@ def test_missing_prompt(http):
     assert err["param"] == "prompt" and "Missing required field `prompt`" in err["message"]
 
 
-def test_form_body_is_rejected(http):
-    resp = http.post("/v1/completions", data={"prompt": "x"})
-    assert error_of(resp, 400)["message"]
+def test_a_body_not_sent_as_json_is_a_415_naming_the_header_to_send(http):
+    """curl -d without -H sends application/x-www-form-urlencoded: say so, not "not JSON"."""
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        err = error_of(http.post("/v1/completions", content=body, headers=headers), 415)
+        assert (content_type or "no Content-Type") in err["message"]
+        assert "`Content-Type: application/json`" in err["message"]
+        assert err["type"] == "UnsupportedMediaTypeError"
+    for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        resp = http.post("/v1/completions", content=body, headers={"Content-Type": content_type})
+        assert resp.status_code == 200, resp.text
 
 
 def test_context_overflow_message_has_the_numbers(http):
@@ -116,16 +125,28 @@ def test_context_overflow_message_has_the_numbers(http):
     assert err["param"] == "max_tokens"
     assert "maximum context length is 256 tokens" in err["message"]
     assert "300 tokens (200 in the prompt, 100 in the completion)" in err["message"]
-    assert "reduce the length of the prompt or completion" in err["message"]
+    assert "reduce the length of the prompt or `max_tokens` (at most 56)" in err["message"]
     err = error_of(http.post("/v1/completions", json={"prompt": [[1], ids], "max_tokens": 60}), 400)
     assert "260 tokens" in err["message"]
+    body = {"prompt": ids, "max_completion_tokens": 100}  # the field sent is the one named
+    err = error_of(http.post("/v1/completions", json=body), 400)
+    assert err["param"] == "max_completion_tokens" and "`max_completion_tokens`" in err["message"]
 
 
-def test_prompt_filling_the_context_with_default_max_tokens_blames_max_tokens(http):
-    """As vLLM: with max_tokens given (here OpenAI's default 16), the sum is what overflows."""
-    err = error_of(http.post("/v1/completions", json={"prompt": [1] * 256}), 400)
-    assert err["param"] == "max_tokens"
-    assert "272 tokens (256 in the prompt, 16 in the completion)" in err["message"]
+def test_an_overflow_by_the_default_max_tokens_does_not_say_the_client_asked_for_it(http):
+    """max_tokens was never sent: the message says the 16 is the default, and blames the prompt."""
+    err = error_of(http.post("/v1/completions", json={"prompt": [1] * 250}), 400)
+    assert err["param"] == "prompt"
+    assert "you requested" not in err["message"]
+    assert ("your prompt has 250 tokens, and the default completion length of 16 tokens "
+            "(`max_tokens` was not set) would make 266") in err["message"]
+    assert "or set `max_tokens` to at most 6" in err["message"]
+
+
+def test_a_prompt_filling_the_context_is_blamed_whatever_max_tokens_says(http):
+    for extra in ({}, {"max_tokens": 5}):
+        err = error_of(http.post("/v1/completions", json={"prompt": [1] * 256, **extra}), 400)
+        assert err["param"] == "prompt" and "leaves no room for a completion" in err["message"]
 
 
 def test_min_tokens_beyond_the_context_is_refused_when_max_tokens_is_null(http):
@@ -145,7 +166,8 @@ def test_prompt_filling_the_context_leaves_no_room(http):
 def test_unknown_model_is_404(http):
     err = error_of(http.post("/v1/completions", json={"model": "gpt-4", "prompt": "x"}), 404)
     assert err["type"] == "NotFoundError" and err["param"] == "model"
-    assert err["message"] == "The model `gpt-4` does not exist."
+    assert err["message"] == ("The model `gpt-4` does not exist: this server serves "
+                              f"`{MODEL}` (GET /v1/models).")
 
 
 def test_tokenize_and_detokenize_validation(http):

@@ -68,6 +68,7 @@ def test_page_loads_and_says_the_weights_are_random(page, open_server, tiny_ckpt
     open_playground(page, open_server.url)
     expect(page.locator("#dummy-notice")).to_be_visible()
     expect(page.locator("#dummy-notice")).to_contain_text("Random weights")
+    expect(page.locator("#dummy-notice")).to_contain_text("the same GPT2LMHeadModel")
     expect(page.locator("#model")).to_contain_text(tiny_ckpt.name)
     expect(page.locator("[role=tab]")).to_have_text(["Playground", "Engine", "Attention", "Forward pass"])
     expect(page.locator("#key-form")).to_be_hidden()
@@ -234,3 +235,24 @@ def test_with_an_api_key_the_page_asks_for_it(page, auth_server, shots):
     expect(page.locator("#playground")).to_be_visible()
     page.click("#forget-key")
     expect(page.locator("#key-form")).to_be_visible()
+
+
+@pytest.mark.parametrize("path, rendered", [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
+def test_the_api_docs_render_with_no_other_host(page, open_server, path, rendered):
+    """Swagger UI and ReDoc draw the API's operations with every request to another host
+    refused, as on a machine without internet. (ReDoc's own logo, at the foot of its menu, is
+    the one thing it asks of another host.)"""
+    outside = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(open_server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(f"{open_server.url}{path}")
+    expect(page.locator(rendered).first).to_be_visible(timeout=30_000)
+    assert page.locator(rendered).count() >= 5
+    assert [url for url in outside if not url.startswith("https://cdn.redoc.ly/redoc/logo")] == []

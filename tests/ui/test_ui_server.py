@@ -68,6 +68,7 @@ def test_info_says_what_is_served(open_server, tiny_ckpt):
     info = httpx.get(f"{open_server.url}/ui/api/info").json()
     assert info["model"] == info["root"] == tiny_ckpt.name  # a name, never the local path
     assert info["is_dummy"] is True  # the tiny checkpoint has random weights
+    assert info["architecture"] == "GPT2LMHeadModel"
     assert info["max_model_len"] == 256 and info["vocab_size"] == 1024
     assert info["max_logprobs"] == 20 and info["max_n"] >= 1
 

@@ -120,6 +120,7 @@ def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
     url = llama_server.url
     info = httpx.get(f"{url}/ui/api/info").json()
     assert (info["n_layer"], info["n_head"], info["num_kv_heads"]) == (2, 4, 2)
+    assert info["architecture"] == "LlamaForCausalLM"  # what a random-weights notice names
     cfg, weights = load_checkpoint(llama_ckpt("llama-gqa"))
     maps = []
     for head in range(4):

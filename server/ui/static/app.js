@@ -31,6 +31,7 @@ function showInfo(info) {
   $("#forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
   $("#model").textContent = `${info.model} · context ${info.max_model_len} · v${info.version}`;
   $("#dummy-notice").hidden = !info.is_dummy;
+  $("#dummy-architecture").textContent = info.architecture ?? "model";
   const form = $("#gen-form");
   form.max_tokens.max = info.max_model_len;
   form.logprobs.max = info.max_logprobs;
