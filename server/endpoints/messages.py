@@ -84,7 +84,9 @@ def prompt_fields(body: AnthropicRequestFields) -> dict:
     tool_choice = body.tool_choice or {}
     return {"model": body.model, "messages": chat_messages(body.system, body.messages),
             "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
-            "parallel_tool_calls": False if tool_choice.get("disable_parallel_tool_use") else None}
+            "parallel_tool_calls": False if tool_choice.get("disable_parallel_tool_use") else None,
+            # Thinking off, as the templates of models that think (Qwen3's) are told it.
+            "chat_template_kwargs": {"enable_thinking": False} if body.thinking else None}
 
 
 def chat_fields(body: MessagesRequest) -> dict:
@@ -232,9 +234,11 @@ def chat_tools(tools: list[dict] | None) -> list[dict] | None:
             raise bad_request(f"tools[{i}]: tools of type {quote(kind, 50)} are not supported "
                               "here (client tools are: name, description, input_schema).",
                               "tools")
-        function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
-        if tool.get("description") is not None:
-            function["description"] = tool["description"]
+        # In the chat API's order: a template writes the tools as JSON, keys in this order.
+        function = {"name": tool.get("name"), "description": tool.get("description"),
+                    "parameters": tool.get("input_schema")}
+        if function["description"] is None:
+            del function["description"]
         out.append({"type": "function", "function": function})
     return out
 
@@ -266,8 +270,8 @@ def stop_reason(answer: ChatAnswer) -> tuple[str, str | None]:
 
 
 def tool_input(arguments: str) -> dict:
-    """A call's arguments as the object Anthropic's `input` is (the chat path writes JSON
-    objects; anything else is no argument at all)."""
+    """A call's arguments as the object Anthropic's `input` is (the chat path's tool parsers
+    hand over only calls whose arguments are a JSON object)."""
     try:
         value = json.loads(arguments or "{}")
     except ValueError:

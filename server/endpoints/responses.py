@@ -147,7 +147,15 @@ def chat_fields(body: ResponsesRequest, items: list[dict]) -> dict:
             if body.stream else None,
             "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
             "parallel_tool_calls": body.parallel_tool_calls,
-            "response_format": response_format((body.text or {}).get("format"))}
+            "response_format": None if calls_only(body.tool_choice)
+            else response_format((body.text or {}).get("format"))}
+
+
+def calls_only(tool_choice) -> bool:
+    """Whether the answer can only be tool calls (`required`, or a named function): then it
+    has no message for `text.format` to shape (the Agents SDK sends both, with an output
+    type), and the chat path, which refuses the two together, gets only the choice."""
+    return tool_choice == "required" or isinstance(tool_choice, dict)
 
 
 def chat_messages(instructions: str | None, items: list[dict]) -> list[dict]:

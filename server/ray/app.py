@@ -75,6 +75,9 @@ def build(cli_args: dict[str, str]):
     from nanovllm.server.cli import limits_from_args, served_name
 
     args = serve_args(cli_args)
+    if args.enable_auto_tool_choice or args.reasoning_parser or args.structured_outputs_config:
+        raise ValueError("tool calling and reasoning flags are served by `nanovllm serve "
+                         "--data-parallel-size N`, not yet by this Ray Serve ingress")
     replicas = args.data_parallel_size or 1
     engines = engine_deployment(EngineConfig.from_cli_args(args.model, args), replicas,
                                 cpus_per_replica(replicas))

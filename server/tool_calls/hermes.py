@@ -1,6 +1,7 @@
 """Hermes (Qwen2.5, Qwen3, Hermes 2/3, ...): each call is JSON in tags,
 `<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>`, after any
-text the model writes first. A last call missing its closing tag at the end still counts."""
+text the model writes first. A call ends where its JSON does (a string may hold the tag); a last
+call missing its closing tag at the end still counts."""
 
 from __future__ import annotations
 
@@ -29,14 +30,19 @@ class HermesParser(ToolParser):
                 return out
             out.content += text[pos:start]
             body = skip_ws(text, start + len(OPEN))
-            close = text.find(CLOSE, body)
-            segment = text[:close] if close >= 0 else text
-            if body < len(segment) and segment[body] != "{":
+            if body < len(text) and text[body] != "{":
                 return Parsed(text) if final else out
-            call = call_from_object(segment, scan_object(segment, body), final or close >= 0)
+            scan = scan_object(text, body)  # its end, not the next tag: a string may hold one
+            call = call_from_object(text, scan, final)
             if call is None:
                 return Parsed(text) if final else out
             out.calls.append(call)
-            if close < 0:
+            if scan.end is None:
                 return out
-            pos = close + len(CLOSE)
+            after = skip_ws(text, scan.end)
+            if text.startswith(CLOSE, after):
+                pos = after + len(CLOSE)
+            elif after >= len(text) or not final and CLOSE.startswith(text[after:]):
+                return out  # the closing tag is still to come (or never came)
+            else:
+                return Parsed(text) if final else out

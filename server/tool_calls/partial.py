@@ -128,6 +128,7 @@ class ObjectScan:
     members: dict[str, tuple[int, int | None]]
     end: int | None  # after the closing brace, once complete
     broken: bool = False  # not an object at all (a parse error, not just an unfinished one)
+    start: int = 0  # its opening brace
 
 
 def scan_object(text: str, i: int) -> ObjectScan:
@@ -136,7 +137,7 @@ def scan_object(text: str, i: int) -> ObjectScan:
     j = skip_ws(text, i + 1)
     while j < len(text):
         if text[j] == "}":
-            return ObjectScan(members, j + 1)
+            return ObjectScan(members, j + 1, start=i)
         if text[j] == ",":
             j = skip_ws(text, j + 1)
             continue
@@ -145,7 +146,9 @@ def scan_object(text: str, i: int) -> ObjectScan:
         key_end = _string_end(text, j)
         if key_end is None:
             break
-        key = json.loads(text[j:key_end])
+        key = _loads(text[j:key_end])
+        if key is _BAD:  # an invalid escape
+            return ObjectScan(members, None, broken=True)
         j = skip_ws(text, key_end)
         if j >= len(text):
             break
@@ -159,6 +162,8 @@ def scan_object(text: str, i: int) -> ObjectScan:
         if end is None:
             break
         j = skip_ws(text, end)
+        if j < len(text) and text[j] not in ",}":
+            return ObjectScan(members, None, broken=True)
     return ObjectScan(members, None)
 
 
@@ -170,6 +175,8 @@ def call_from_object(text: str, scan: ObjectScan, final: bool,
     The arguments are the model's own JSON text of the object, so the fragments a stream sends
     add up to exactly the final arguments; arguments written as a JSON string holding an object
     are decoded once complete."""
+    if scan.broken:
+        return None
     name = None
     span = scan.members.get("name")
     if span is not None and span[1] is not None:
@@ -187,8 +194,8 @@ def call_from_object(text: str, scan: ObjectScan, final: bool,
             arguments = decoded if isinstance(decoded, str) else ""
     if scan.end is None and not final:
         return PartialCall(name, arguments)
-    if scan.end is None or name is None:
-        return None
+    if scan.end is None or name is None or not is_object(text[scan.start:scan.end]):
+        return None  # the scan is lenient; a finished call must be JSON
     if args_span is None:
         arguments = "{}"
     if not isinstance(_loads(arguments), dict):

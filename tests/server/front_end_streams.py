@@ -35,8 +35,12 @@ def validate(models: dict, data: dict) -> None:
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
     """(event name, data) of every event; each has both lines, and nothing else is sent."""
     assert response.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(response.iter_lines())
+
+
+def parse_sse(lines) -> list[tuple[str, dict]]:
     events, name, data = [], None, None
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith("event: "):
             assert name is None, line
             name = line.removeprefix("event: ")

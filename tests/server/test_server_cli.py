@@ -32,7 +32,8 @@ def spawn():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_serve_logs_and_shuts_down_cleanly(spawn, tiny_ckpt, sig):
-    srv = spawn(str(tiny_ckpt), "--num-kv-blocks", "256", "--served-model-name", "tiny")
+    srv = spawn(str(tiny_ckpt), "--num-kv-blocks", "256", "--served-model-name", "tiny",
+                "--enable-step-mode")  # the request stays in flight, however fast the machine
     srv.wait_ready()
     assert str(tiny_ckpt) in srv.log and "RANDOM weights" in srv.log
     assert "parameters" in srv.log and "KV cache: 256 blocks of 16 tokens" in srv.log
@@ -42,7 +43,9 @@ def test_serve_logs_and_shuts_down_cleanly(spawn, tiny_ckpt, sig):
             "stream": True}
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.get("/v1/models").json()["data"][0]["id"] == "tiny"
+        assert c.post("/ui/api/step/pause").status_code == 200
         with c.stream("POST", "/v1/completions", json=body) as r:
+            assert c.post("/ui/api/step/step").status_code == 200  # its first tokens
             events = (line for line in r.iter_lines() if line.startswith("data: "))
             next(events)
             t = time.monotonic()

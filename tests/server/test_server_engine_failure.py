@@ -11,8 +11,11 @@ import threading
 
 import httpx
 import pytest
-from server_helpers import MODEL, error_of, make_engine, serve
+from server_helpers import MODEL, NUM_KV_BLOCKS, error_of, serve
 
+from nanovllm import EngineConfig, LLMEngine
+from nanovllm.async_engine import AsyncEngine
+from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
 
 LONG = {"model": MODEL, "prompt": "A long story", "max_tokens": 230, "n": 16, "ignore_eos": True}
@@ -20,15 +23,24 @@ LONG = {"model": MODEL, "prompt": "A long story", "max_tokens": 230, "n": 16, "i
 
 @pytest.fixture
 def doomed(tiny_ckpt):
-    loop = make_engine(tiny_ckpt)
+    """A server whose engine steps only when told (step mode, through its inspector), paused:
+    a request is in flight for as long as the test likes, however fast the machine."""
+    loop = AsyncEngine(LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS)))
+    loop.start()
+    stepper = Inspector(loop, enable_step_mode=True)
+    stepper.pause(lease=600).result(timeout=60)
     srv = serve(build_app(loop, served_model_name=MODEL), loop)
+    srv.stepper = stepper
     yield srv
     srv.stop()
     loop.shutdown()
 
 
-def first_event_then_rest(c: httpx.Client, on_first) -> list[str]:
+def first_event_then_rest(c: httpx.Client, stepper: Inspector, on_first) -> list[str]:
+    """A stream's first event (one step taken), then `on_first()` while the request runs, and
+    the rest of the stream."""
     with c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
+        stepper.step().result(timeout=60)
         lines = (line for line in r.iter_lines() if line.startswith("data: "))
         first = next(lines)
         on_first()
@@ -42,7 +54,13 @@ def test_engine_crash_fails_pending_requests_and_health(doomed):
     with httpx.Client(base_url=doomed.url, timeout=30) as c:
         pending: dict = {}
         waiter = threading.Thread(target=lambda: pending.update(r=c.post("/v1/completions", json=LONG)))
-        events = first_event_then_rest(c, lambda: (waiter.start(), setattr(doomed.engine.engine, "step", boom)))
+
+        def crash_on_the_next_step():
+            waiter.start()
+            doomed.engine.engine.step = boom
+            doomed.stepper.resume()  # (the step it takes raises: the engine dies)
+
+        events = first_event_then_rest(c, doomed.stepper, crash_on_the_next_step)
         waiter.join(30)
         error = json.loads(events[-2][len("data: "):])
         assert events[-1] == "data: [DONE]"
@@ -59,7 +77,8 @@ def test_engine_crash_fails_pending_requests_and_health(doomed):
 
 def test_shutdown_aborts_in_flight_streams(doomed):
     with httpx.Client(base_url=doomed.url, timeout=30) as c:
-        events = first_event_then_rest(c, lambda: doomed.engine.abort_all("The server is shutting down."))
+        events = first_event_then_rest(c, doomed.stepper,
+                                       lambda: doomed.engine.abort_all("The server is shutting down."))
         assert events[-1] == "data: [DONE]"
         error = json.loads(events[-2][len("data: "):])["error"]
         assert error["code"] == 503 and "shutting down" in error["message"]

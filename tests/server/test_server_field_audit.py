@@ -101,6 +101,14 @@ PROBED_WITH_A_TOOL_TEMPLATE = {
 }
 
 
+def test_the_tool_template_probes_exist():
+    from pathlib import Path
+
+    source = (Path(__file__).parent / TOOLS_TEST.removesuffix("::")).read_text()
+    for test in PROBED_WITH_A_TOOL_TEMPLATE.values():
+        assert f"def {test.removeprefix(TOOLS_TEST)}(" in source, test
+
+
 def answer(http, path: str, body: dict, must_succeed: bool = True):
     """The response without what differs between any two calls (ids, times)."""
     body = {k: v for k, v in body.items() if v is not None}

@@ -15,8 +15,11 @@ import httpx
 import pytest
 from front_end_streams import messages_stream, sse_events
 from pydantic import BaseModel
-from server_helpers import API_KEY, MODEL, REPO, make_engine, serve, wait_idle
+from server_helpers import API_KEY, MODEL, NUM_KV_BLOCKS, REPO, serve, wait_idle
 
+from nanovllm import EngineConfig, LLMEngine
+from nanovllm.async_engine import AsyncEngine
+from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
 from nanovllm.server.chat_template import load_chat_template
 
@@ -197,33 +200,28 @@ def test_the_sdks_errors(claude):
 
 
 @pytest.fixture(scope="module")
-def tiny_queue(tiny_ckpt) -> Iterator[str]:
-    """One sequence runs and one waits: a third request finds the queue full."""
-    engine = make_engine(tiny_ckpt, max_num_seqs=1, max_waiting_seqs=1)
+def paused_queue(tiny_ckpt) -> Iterator[tuple[str, AsyncEngine]]:
+    """An engine whose queue holds one sequence (a test pauses it, as step mode does)."""
+    config = EngineConfig(str(tiny_ckpt), num_kv_blocks=NUM_KV_BLOCKS, max_waiting_seqs=1)
+    engine = AsyncEngine(LLMEngine(config)).start()
     srv = serve(build_app(engine, served_model_name=MODEL, chat_template=TEMPLATE), engine)
     yield srv.url, engine
     srv.stop()
     engine.shutdown()
 
 
-def test_a_full_queue_is_a_529_overloaded_error(tiny_queue):
-    url, engine = tiny_queue
-    stop = threading.Event()
-
-    def hold() -> None:  # a streamed request that runs until told to leave
-        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 200, "ignore_eos": True,
-                "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
-            for _ in r.iter_lines():
-                if stop.is_set():
-                    return
-
-    holders = [threading.Thread(target=hold, daemon=True) for _ in range(2)]
+def test_a_full_queue_is_a_529_overloaded_error(paused_queue):
+    """The engine paused, one waiting request fills the queue: a message is refused at once
+    with Anthropic's overloaded_error, and the SDK sees status 529."""
+    url, engine = paused_queue
+    stepper = Inspector(engine, enable_step_mode=True)
+    stepper.pause(60).result(30)
+    waiting = threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",), kwargs={
+        "json": {"model": MODEL, "prompt": "Hi", "max_tokens": 2}, "timeout": 120})
     try:
-        for t in holders:
-            t.start()
-        for _ in range(2000):
-            if engine.stats.num_running == 1 and engine.stats.num_waiting == 1:
+        waiting.start()
+        for _ in range(3000):
+            if engine.stats.num_waiting == 1:
                 break
             threading.Event().wait(0.01)
         assert engine.stats.num_waiting == 1
@@ -236,9 +234,8 @@ def test_a_full_queue_is_a_529_overloaded_error(tiny_queue):
             client.messages.create(model=MODEL, max_tokens=4, messages=MESSAGES)
         assert info.value.status_code == 529
     finally:
-        stop.set()
-        for t in holders:
-            t.join(120)
+        stepper.resume().result(30)
+        waiting.join(120)
     wait_idle(engine)
 
 

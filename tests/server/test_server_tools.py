@@ -361,3 +361,19 @@ def test_llm_chat_renders_tools_and_kwargs_as_transformers_does(hermes_dir):
     expected = hf.apply_chat_template(ASK, add_generation_prompt=True, enable_thinking=False,
                                       tokenize=True, return_dict=True)["input_ids"]
     assert [o.prompt_token_ids for o in both] == [expected, expected]
+
+
+def test_each_streamed_choice_has_its_own_calls(client):
+    kwargs = dict(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", n=3, seed=21,
+                  temperature=1.0, max_completion_tokens=200)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True,
+                                                 stream_options={"include_usage": True}))
+    for choice in whole.choices:
+        mine = [c.model_copy(update={"choices": [ch for ch in c.choices
+                                                 if ch.index == choice.index]}) for c in chunks]
+        content, calls, reasons = assemble(mine)
+        assert content == "" and reasons[-1] == "tool_calls"
+        assert [(c["name"], c["arguments"]) for c in calls] == \
+            [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens

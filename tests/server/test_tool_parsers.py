@@ -23,6 +23,8 @@ CASES = [
                '{"zone": "CET"}}\n</tool_call>',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("hermes", '<tool_call>\n{"name": "ping", "arguments": {}}', None, [("ping", {})]),
+    ("hermes", '<tool_call>\n{"name": "say", "arguments": {"s": "</tool_call> }"}}\n</tool_call>',
+     None, [("say", {"s": "</tool_call> }"})]),
     ("hermes", 'x < y and <tool yes', 'x < y and <tool yes', []),
     ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris", "unit": '
                     '"celsius"}}', None, [("get_weather", WEATHER)]),
@@ -37,10 +39,17 @@ CASES = [
                 '[TOOL_CALLS]get_time[ARGS]{"zone": "CET"}',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("mistral", 'Plain [TOOL answer', 'Plain [TOOL answer', []),
+    ("mistral", 'Checking. [TOOL_CALLS] [ {"name": "get_time", "arguments": {"zone": "CET"}} ]',
+     "Checking.", [("get_time", {"zone": "CET"})]),
     ("pythonic", '[get_weather(city="Paris", unit="celsius"), get_time(zone=\'CET\')]',
      None, [("get_weather", WEATHER), ("get_time", {"zone": "CET"})]),
     ("pythonic", '<|python_start|>[get_weather(city="Paris", unit="celsius")]<|python_end|>',
      None, [("get_weather", WEATHER)]),
+    ("pythonic", '[get_weather(city="San Francisco", metric="celsius"), search(query="a, b)", '
+                 'filters={"tags": ["x", "y"], "limit": 3, "exact": True, "since": None})]',
+     None, [("get_weather", {"city": "San Francisco", "metric": "celsius"}),
+            ("search", {"query": "a, b)", "filters": {"tags": ["x", "y"], "limit": 3,
+                                                      "exact": True, "since": None}})]),
     ("pythonic", '[1, 2, 3] are numbers', '[1, 2, 3] are numbers', []),
     ("pythonic", 'Call f(x) later.', 'Call f(x) later.', []),
 ]
@@ -50,6 +59,9 @@ BROKEN = [("hermes", '<tool_call>\n{"name": "f", "arguments": {"a": 1}\n</tool_c
           ("hermes", '<tool_call>\n{"name": 7, "arguments": {}}\n</tool_call>'),
           ("llama3_json", '{"name": "f", "parameters": [1]}'),
           ("mistral", '[TOOL_CALLS]f[ARGS]{"a": }'),
+          ("hermes", '<tool_call>\n{"na\\qme": "f", "arguments": {}}\n</tool_call>'),
+          ("hermes", '<tool_call>\n{"name": "f" "arguments": {}}\n</tool_call>'),
+          ("llama3_json", '{, "name": "f", "parameters": {}}'),
           ("pythonic", '[f(a=open("x"))]')]
 
 
@@ -126,3 +138,54 @@ def test_no_partial_tag_is_sent_as_content():
         sent += streamer.update(text, final=False)[0]
         assert "<" not in sent
     assert sent == "Hi"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3), max_leaves=8)
+WRITERS = {  # how each family writes one call with these arguments
+    "hermes": lambda name, args: f'<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n'
+                                 "</tool_call>",
+    "llama3_json": lambda name, args: f'{{"name": "{name}", "parameters": {args}}}',
+    "mistral": lambda name, args: f'[TOOL_CALLS][{{"name": "{name}", "arguments": {args}}}]',
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), parser=st.sampled_from(sorted(WRITERS)),
+       args=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4),
+       ensure_ascii=st.booleans())
+def test_any_arguments_survive_any_split(data, parser, args, ensure_ascii):
+    """Strings holding braces, quotes, escapes, tags or any Unicode: the arguments come back
+    exactly as written, whole and streamed."""
+    written = json.dumps(args, ensure_ascii=ensure_ascii)
+    text = WRITERS[parser]("f", written)
+    [call] = extract(PARSERS[parser](), text)[1]
+    assert call.arguments == written
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    content, calls = stream(parser, pieces, None)
+    assert content == "" and [(c["name"], c["arguments"]) for c in calls] == [("f", written)]
+
+
+PIECES = st.sampled_from(['<tool_call>', '</tool_call>', '[TOOL_CALLS]', '[ARGS]', '<|python_tag|>',
+                          '{', '}', '[', ']', '(', ')', '"', '\\', ',', ';', ':', '=', ' ', '\n',
+                          '"name"', '"arguments"', '"parameters"', 'f', '1', 'null', "'"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), parser=st.sampled_from(sorted(PARSERS)),
+       text=st.lists(PIECES, max_size=30).map("".join))
+def test_any_text_is_read_without_error(data, parser, text):
+    """Whatever a model writes, every parser answers: calls that are JSON objects, or content."""
+    content, calls = extract(PARSERS[parser](), text)
+    assert all(isinstance(json.loads(c.arguments), dict) for c in calls)
+    assert calls or content == text
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=4)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    streamer = ToolCallStreamer(PARSERS[parser]())
+    so_far = ""
+    for i, piece in enumerate(pieces):
+        so_far += piece
+        streamer.update(so_far, final=i == len(pieces) - 1)

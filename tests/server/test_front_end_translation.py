@@ -1,0 +1,109 @@
+"""The two front ends' stream translators fed chat streams that the random-weight models cannot
+be made to write through them: reasoning, then text, then two tool calls, cut into deltas of
+every size. The events must read as each protocol's strict client reads them, and build the
+same answer as the unstreamed conversion of the same chat answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from front_end_streams import messages_stream, parse_sse, responses_stream
+
+from nanovllm.server.endpoints.messages import content_blocks, message_events, stop_reason
+from nanovllm.server.endpoints.responses import output_items, response_events
+from nanovllm.server.front_end import ChatAnswer, ToolCall
+from nanovllm.server.protocol import ResponsesRequest
+from nanovllm.server.serving import ServerContext
+
+REASONING, TEXT = "The user wants the weather.", "Let me look."
+CALLS = [ToolCall("call_1", "get_weather", '{"city": "Paris", "days": 2}'),
+         ToolCall("call_2", "get_time", '{"zone": "CET"}')]
+USAGE = {"prompt_tokens": 7, "completion_tokens": 30, "total_tokens": 37,
+         "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+def pieces(text: str, size: int) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def chat_stream(size: int, finish_reason: str = "tool_calls") -> list[str]:
+    """What the chat endpoint streams (with continuous usage) for the answer above."""
+    head = {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+
+    def chunk(delta: dict, reason: str | None = None) -> str:
+        body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                     "finish_reason": reason, "stop_reason": None}],
+                "usage": USAGE}
+        return f"data: {json.dumps(body)}\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"reasoning_content": p}) for p in pieces(REASONING, size)]
+    events += [chunk({"content": p}) for p in pieces(TEXT, size)]
+    for i, call in enumerate(CALLS):
+        events.append(chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function",
+                                             "function": {"name": call.name, "arguments": ""}}]}))
+        events += [chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]})
+                   for p in pieces(call.arguments, size)]
+    events.append(chunk({}, finish_reason))
+    events.append(f"data: {json.dumps({**head, 'choices': [], 'usage': USAGE})}\n\n")
+    return [*events, "data: [DONE]\n\n"]
+
+
+def translated(translator, events: list[str]) -> list[tuple[str, dict]]:
+    async def source():
+        for event in events:
+            yield event
+
+    async def run() -> list[str]:
+        return [e async for e in translator(source())]
+
+    return parse_sse("".join(asyncio.run(run())).splitlines())
+
+
+ANSWER = ChatAnswer("chatcmpl-abc", REASONING, TEXT, CALLS, "tool_calls", None, USAGE)
+
+
+def without_ids(items: list[dict]) -> list[dict]:
+    return [{k: v for k, v in item.items() if k != "id"} for item in items]
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_responses_events_build_the_unstreamed_output(size):
+    ctx = ServerContext(None, "m", "m", None)
+    body = ResponsesRequest(input="x", stream=True)
+    events = translated(lambda e: response_events(body, ctx, [], 0, e), chat_stream(size))
+    final = responses_stream(events)
+    assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call",
+                                                    "function_call"]
+    assert without_ids(final["output"]) == without_ids(output_items(ANSWER))
+    assert final["status"] == "completed" and final["usage"]["output_tokens"] == 30
+    assert ctx.response_store.get(final["id"]).response == final  # stored, as store says
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_messages_events_build_the_unstreamed_content(size):
+    events = translated(lambda e: message_events("m", e), chat_stream(size))
+    message = messages_stream(events)
+    assert [b["type"] for b in message["content"]] == ["thinking", "text", "tool_use",
+                                                       "tool_use"]
+    assert message["content"] == content_blocks(ANSWER)
+    assert (message["stop_reason"], message["stop_sequence"]) == stop_reason(ANSWER) == \
+        ("tool_use", None)
+    assert message["usage"] == {"input_tokens": 7, "output_tokens": 30}
+
+
+def test_an_error_in_the_chat_stream_ends_each_protocols_stream():
+    head = chat_stream(1000)[:3]
+    error = 'data: {"error": {"message": "The engine is dead.", "type": "x", "param": null, ' \
+            '"code": 503}}\n\n'
+    events = translated(lambda e: response_events(ResponsesRequest(input="x"),
+                                                  ServerContext(None, "m", "m", None), [], 0, e),
+                        [*head, error, "data: [DONE]\n\n"])
+    names = [n for n, _ in events]
+    assert names[-2:] == ["error", "response.failed"]
+    assert events[-1][1]["response"]["error"]["message"] == "The engine is dead."
+    events = translated(lambda e: message_events("m", e), [*head, error, "data: [DONE]\n\n"])
+    assert events[-1] == ("error", {"type": "error", "error": {
+        "type": "api_error", "message": "The engine is dead."}})
