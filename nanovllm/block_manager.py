@@ -13,9 +13,11 @@ Three operations serve whatever runs on top (none knows why it is asked):
 - `append_slots(seq, n)` reserves slots past the tokens a step computes (lookahead), and
   `trim` frees the blocks past a sequence's tokens once the step said how many it kept.
 - `commit` counts a step's computed tokens and publishes the blocks they filled.
-The block manager only does the bookkeeping, and is the only writer of a sequence's KV state
-(its block table and its computed, cached and hashed counts); the K/V arrays live in the model
-runner.
+A slower cache may sit beneath this one (`LowerTier`, e.g. the disk): it is offered every block
+published, and asked for the next block of a prompt on a miss; a block it fills is cached here
+like any other. The block manager only does the bookkeeping, and is the only writer of a
+sequence's KV state (its block table and its computed, cached and hashed counts); the K/V
+arrays live in the model runner (and the lower tier reads and writes them there).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import Protocol
 
 from nanovllm.sequence import Sequence
 
@@ -36,6 +39,20 @@ class Block:
     hash: int | None = None
     token_ids: tuple[int, ...] = ()
     copied: bool = False  # its K/V was copied on write from a block another sequence holds
+    loaded: bool = False  # its K/V was read from the lower tier (for the engine view)
+
+
+class LowerTier(Protocol):
+    stats: object  # its counters, which EngineStats carries to /metrics
+
+    def publish(self, block_id: int, key: int, token_ids: tuple[int, ...]) -> None:
+        """Block `block_id`, just computed and published as `key`, is offered to the tier."""
+
+    def find(self, key: int, token_ids: tuple[int, ...]) -> object | None:
+        """What the tier holds for the block `key` of `token_ids`, or None."""
+
+    def load(self, found: object, block_id: int) -> None:
+        """Writes what `find` found into block `block_id`'s K/V."""
 
 
 HASH_BYTES = 16  # a block key's size: 128 bits make a collision between two prefixes implausible
@@ -57,9 +74,11 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 lower_tier: LowerTier | None = None):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.lower_tier = lower_tier
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks in the order they were freed; the front is evicted first.
         self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
@@ -79,7 +98,8 @@ class BlockManager:
         return blocks_needed(num_tokens, self.block_size)
 
     def match_prefix(self, seq: Sequence) -> list[int]:
-        """Ids of the cached blocks that hold a prefix of `seq`'s tokens (all but its last token)."""
+        """Ids of the cached blocks that hold a prefix of `seq`'s tokens (all but its last token);
+        past the last one cached here, those the lower tier has, loaded into free blocks."""
         if not self.enable_prefix_caching:
             return []
         bs, h, matched = self.block_size, None, []
@@ -88,7 +108,9 @@ class BlockManager:
             h = chain_hash(tokens, h)
             block_id = self.hash_to_block_id.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
-                break
+                block_id = self._load_from_lower_tier(h, tokens, matched)
+                if block_id is None:
+                    break
             matched.append(block_id)
         return matched
 
@@ -161,7 +183,9 @@ class BlockManager:
             prefix_hash = self.blocks[table[i - 1]].hash if i else None
             block = self.blocks[table[i]]
             block.hash, block.token_ids = chain_hash(tokens, prefix_hash), tokens
-            self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            published = self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            if self.lower_tier is not None and published == block.block_id:
+                self.lower_tier.publish(block.block_id, block.hash, tokens)
             seq.num_hashed_blocks = i + 1
 
     def free(self, seq: Sequence) -> None:
@@ -199,10 +223,36 @@ class BlockManager:
     def _blocks_missing(self, seq: Sequence, num_new_tokens: int) -> int:
         return max(0, self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table))
 
-    def _take_free_block(self) -> int:
-        block_id, _ = self.free_block_ids.popitem(last=False)
+    def _take_free_block(self, block_id: int | None = None) -> int:
+        """Takes `block_id`, by default the least recently freed block, evicting its contents."""
+        if block_id is None:
+            block_id, _ = self.free_block_ids.popitem(last=False)
+        else:
+            del self.free_block_ids[block_id]
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
             del self.hash_to_block_id[block.hash]  # evict: its contents are about to be overwritten
         block.hash, block.token_ids, block.ref_count, block.copied = None, (), 1, False
+        block.loaded = False
+        return block_id
+
+    def _load_from_lower_tier(self, key: int, tokens: tuple[int, ...], matched: list[int]
+                              ) -> int | None:
+        """A free block holding the lower tier's copy of block `key`, cached here (still free,
+        the most recently freed), or None. The free block taken is never one of `matched`."""
+        if self.lower_tier is None:
+            return None
+        keep = set(matched)
+        block_id = next((b for b in self.free_block_ids if b not in keep), None)
+        if block_id is None:
+            return None
+        found = self.lower_tier.find(key, tokens)
+        if found is None:
+            return None
+        self._take_free_block(block_id)
+        self.lower_tier.load(found, block_id)
+        block = self.blocks[block_id]
+        block.hash, block.token_ids, block.ref_count, block.loaded = key, tokens, 0, True
+        self.hash_to_block_id[key] = block_id
+        self.free_block_ids[block_id] = None
         return block_id

@@ -1,4 +1,5 @@
-"""The `nanovllm` command: serve, generate, download, bench offline, bench serve."""
+"""The `nanovllm` command: serve, generate, download, bench offline, bench serve, bench
+prefix-cache-dir."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ configure_thread_pools()  # an entry point: before numpy loads (see model/thread
 # isort: split
 from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
 from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
-from nanovllm.scripts import benchmark, benchmark_serving, download_gpt2  # noqa: E402
+from nanovllm.scripts import (  # noqa: E402
+    bench_prefix_cache_dir,
+    benchmark,
+    benchmark_serving,
+    download_gpt2,
+)
 from nanovllm.server import cli as server_cli  # noqa: E402
 
 
@@ -66,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     serving = kinds.add_parser("serve", help="benchmark a running server")
     benchmark_serving.add_args(serving)
     serving.set_defaults(func=benchmark_serving.run)
+    disk = kinds.add_parser("prefix-cache-dir", help="time to first token of a long prefix "
+                                                     "after a restart: from disk, or computed")
+    bench_prefix_cache_dir.add_args(disk)
+    disk.set_defaults(func=bench_prefix_cache_dir.run)
     return parser
 
 

@@ -37,6 +37,11 @@ class EngineConfig:
               "more is refused at once (QueueFullError; HTTP 429 with Retry-After)")
     max_model_len: int | None = option(None, "context length (default: the model's n_positions)")
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of shared prompt prefixes")
+    prefix_cache_dir: str | None = option(
+        None, "also keep the prefix cache's blocks in this directory, found again after a "
+              "restart and shared by every server using it (docs/operations.md)")
+    prefix_cache_dir_max_gb: float = option(
+        10.0, "the prefix cache directory's size bound in GiB: least recently used blocks go first")
     seed: int = option(0, "seed of unseeded requests' sampling")
     kv_cache_memory_bytes: int | None = option(
         None, f"KV pool size in bytes (default: {DEFAULT_KV_CACHE_BYTES})")
@@ -76,6 +81,12 @@ class EngineConfig:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         check_precision(self.dtype, self.quantization)  # int8 and bfloat16 exclude each other
+        if not self.prefix_cache_dir_max_gb > 0:
+            raise ValueError(f"prefix_cache_dir_max_gb must be positive, got "
+                             f"{self.prefix_cache_dir_max_gb!r}")
+        if self.prefix_cache_dir is not None and not self.enable_prefix_caching:
+            raise ValueError("prefix_cache_dir keeps the prefix cache's blocks: it needs "
+                             "enable_prefix_caching")
         if self.speculative_config is not None:
             self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 

@@ -26,6 +26,7 @@ from nanovllm.config import EngineConfig
 from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
 from nanovllm.engine_setup import EngineParts, build_parts
 from nanovllm.input_processor import InputProcessor
+from nanovllm.kv_disk.tier import disk_tier_for
 from nanovllm.output_processor import OutputProcessor
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request
@@ -67,7 +68,8 @@ class LLMEngine:
                                         config.block_size, self.num_kv_blocks,
                                         config.max_waiting_seqs)
         self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
-                                          config.enable_prefix_caching)
+                                          config.enable_prefix_caching,
+                                          disk_tier_for(config, loaded, self.runner.kv_cache))
         speculator = self.runner.speculator
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens,

@@ -50,6 +50,7 @@ class BlockPool:
     cached: list[bool]    # findable in the prefix cache; a free cached block is reused as is
     beams: list[bool]     # held by two or more beams of one beam search (forked, not copied)
     copied: list[bool]    # a copy, made when a beam was about to write into a shared block
+    loaded: list[bool]    # its K/V was read from the prefix cache directory
 
 
 @dataclass(slots=True)
@@ -71,7 +72,8 @@ class EngineSnapshot:
         blocks = self.blocks
         fields["blocks"] = {"block_size": blocks.block_size, "owner": blocks.owner,
                             "ref_count": blocks.ref_count, "cached": blocks.cached,
-                            "beams": blocks.beams, "copied": blocks.copied}
+                            "beams": blocks.beams, "copied": blocks.copied,
+                            "loaded": blocks.loaded}
         for queue in ("running", "waiting"):
             fields[queue] = [_record(s) for s in fields[queue]]
         fields["steps"] = [_record(s) for s in self.steps]
@@ -97,7 +99,8 @@ def take_snapshot(scheduler: Scheduler, steps: list[StepStats], num_steps: int) 
 
 def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
     """Each block's holder, reference count, whether the prefix cache can find it, whether
-    beams of one search share it and whether it was copied on write."""
+    beams of one search share it, whether it was copied on write and whether it was read
+    from disk."""
     owner, beams = [-1] * bm.num_blocks, [False] * bm.num_blocks
     held_by_beams: set[tuple[int, str]] = set()  # (block id, beam search's request id)
     for seq in reversed(running):  # waiting sequences hold no blocks; the oldest holder wins
@@ -111,7 +114,8 @@ def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
     for block_id in bm.hash_to_block_id.values():
         cached[block_id] = True
     return BlockPool(bm.block_size, owner, [b.ref_count for b in bm.blocks], cached, beams,
-                     [b.copied and b.ref_count > 0 for b in bm.blocks])
+                     [b.copied and b.ref_count > 0 for b in bm.blocks],
+                     [b.loaded for b in bm.blocks])
 
 
 def _seq_view(seq: Sequence) -> SeqView:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
+from copy import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
 
 if TYPE_CHECKING:
     from nanovllm.config import EngineConfig
+    from nanovllm.kv_disk.store import DiskStats
     from nanovllm.scheduler import Scheduler
     from nanovllm.sequence import Sequence
 
@@ -56,6 +58,7 @@ class EngineStats:
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_accepted_per_position: tuple[int, ...] = ()
+    prefix_cache_disk: DiskStats | None = None  # the prefix cache directory's (if configured)
 
 
 @dataclass(slots=True)
@@ -132,4 +135,5 @@ class StatsCollector:
             iteration_tokens=tuple(self.iteration_tokens),
             iteration_tokens_sum=self.iteration_tokens_sum,
             block_size=config.block_size, kv_cache_dtype=config.kv_cache_dtype,
-            enable_prefix_caching=config.enable_prefix_caching, **counts)
+            enable_prefix_caching=config.enable_prefix_caching,
+            prefix_cache_disk=copy(bm.lower_tier.stats) if bm.lower_tier else None, **counts)

@@ -84,6 +84,7 @@ class EngineStatsCollector:
         yield self._iteration_tokens(names, series)
         yield self._cache_config_info(names, series)
         yield from self._spec_decode(names, series)
+        yield from self._prefix_cache_disk(names, series)
 
     @staticmethod
     def _iteration_tokens(names: list[str], series) -> HistogramMetricFamily:
@@ -126,6 +127,38 @@ class EngineStatsCollector:
             for position, count in enumerate(s.spec_decode_accepted_per_position):
                 family.add_metric([*labels, str(position)], float(count))
         yield family
+
+    PREFIX_CACHE_DISK = (
+        ("nanovllm:prefix_cache_disk_lookups", "Blocks looked for in the prefix cache directory.",
+         "lookups"),
+        ("nanovllm:prefix_cache_disk_hits", "Blocks read back from the prefix cache directory.",
+         "hits"),
+        ("nanovllm:prefix_cache_disk_writes", "Blocks written to the prefix cache directory.",
+         "writes"),
+        ("nanovllm:prefix_cache_disk_dropped",
+         "Blocks not written to the prefix cache directory (writer behind, or writing off).",
+         "dropped"),
+        ("nanovllm:prefix_cache_disk_evictions",
+         "Block files removed to keep the prefix cache directory within its bound.", "evictions"),
+        ("nanovllm:prefix_cache_disk_invalid",
+         "Block files found truncated, corrupted or foreign, and skipped.", "invalid"),
+        ("nanovllm:prefix_cache_disk_read_bytes", "Bytes read from the prefix cache directory.",
+         "bytes_read"),
+        ("nanovllm:prefix_cache_disk_written_bytes", "Bytes written to the prefix cache directory.",
+         "bytes_written"),
+    )
+
+    @classmethod
+    def _prefix_cache_disk(cls, names: list[str], series):
+        """The prefix cache directory's counters, only where one is configured."""
+        series = [(labels, s.prefix_cache_disk) for labels, s in series if s.prefix_cache_disk]
+        if not series:
+            return
+        for name, doc, attr in cls.PREFIX_CACHE_DISK:
+            family = CounterMetricFamily(name, doc, labels=names)
+            for labels, disk in series:
+                family.add_metric(labels, float(getattr(disk, attr)))
+            yield family
 
     @staticmethod
     def _cache_config_info(names: list[str], series) -> GaugeMetricFamily:

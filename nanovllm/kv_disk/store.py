@@ -17,13 +17,13 @@ bound by evicting the least recently used files: a read touches a file's modific
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import queue
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,10 @@ logger = logging.getLogger("nanovllm")
 
 MAGIC = b"NVKVBLK1"
 HEADER = struct.Struct("<8s32s16sIQ")  # magic, fingerprint, key, number of tokens, payload bytes
-CHECKSUM_BYTES = 16
+CHECKSUM = struct.Struct("<I")  # CRC-32 of everything before it: catches torn and flipped bytes
 SUFFIX, TEMP_SUFFIX = ".kvb", ".tmp"
 STALE_TEMP_SECONDS = 600  # a temporary file this old belongs to a writer that died
+IDLE_POLL_SECONDS = 0.5  # how soon an idle writer notices the interpreter exiting
 RESCAN_EVERY = 64  # writes between two looks at the whole directory (other processes write too)
 EVICT_TO = 0.9  # an eviction pass frees down to this share of the bound, not one file at a time
 
@@ -75,12 +76,11 @@ class DiskBlockStore:
         self._queue: queue.Queue = queue.Queue(max(1, queue_bytes // max(1, payload_bytes)))
         self._size = self._scan()[0]  # this process's estimate; rescans correct it
         self._since_scan = 0
-        self._writer = threading.Thread(target=self._write_loop, name="kv-disk-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="kv-disk-writer")
         self._writer.start()
 
     # ---- the caller's side ---------------------------------------------------------------------
-    def get(self, key: bytes, token_ids: tuple[int, ...]) -> bytes | None:
+    def get(self, key: bytes, token_ids: tuple[int, ...]) -> memoryview | None:
         """The payload stored for `key` holding `token_ids`, or None (absent or not valid)."""
         path = self.path_of(key)
         with self._lock:
@@ -109,7 +109,7 @@ class DiskBlockStore:
     def contains(self, key: bytes) -> bool:
         return self.path_of(key).exists()
 
-    def put(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> bool:
+    def put(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> bool:
         """Queues a block to be written; False if it was dropped (queue full, writing off)."""
         if self._writing:
             try:
@@ -136,19 +136,21 @@ class DiskBlockStore:
         return self.folder / name[:2] / (name + SUFFIX)
 
     # ---- the file format -----------------------------------------------------------------------
-    def encode(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> bytes:
+    def encode(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> bytes:
+        payload = memoryview(payload).cast("B")  # its length in bytes, whatever its item size
         head = HEADER.pack(MAGIC, self.fingerprint, key, len(token_ids), len(payload))
-        body = head + struct.pack(f"<{len(token_ids)}q", *token_ids) + payload
-        return body + hashlib.blake2b(body, digest_size=CHECKSUM_BYTES).digest()
+        body = b"".join((head, struct.pack(f"<{len(token_ids)}q", *token_ids), payload))
+        return body + CHECKSUM.pack(zlib.crc32(body))
 
-    def _parse(self, data: bytes, key: bytes, token_ids: tuple[int, ...]) -> bytes | None:
-        """The payload of a whole, uncorrupted file written for this fingerprint, key and tokens."""
+    def _parse(self, data: bytes, key: bytes, token_ids: tuple[int, ...]) -> memoryview | None:
+        """The payload of a whole, uncorrupted file written for this fingerprint, key and tokens
+        (a view of `data`: a block is a megabyte or so, not copied again)."""
         n = len(token_ids)
-        expected = HEADER.size + 8 * n + self.payload_bytes + CHECKSUM_BYTES
+        expected = HEADER.size + 8 * n + self.payload_bytes + CHECKSUM.size
         if len(data) != expected:
             return None
-        body, checksum = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
-        if hashlib.blake2b(body, digest_size=CHECKSUM_BYTES).digest() != checksum:
+        body = memoryview(data)[:-CHECKSUM.size]
+        if zlib.crc32(body) != CHECKSUM.unpack_from(data, len(body))[0]:
             return None
         if HEADER.unpack_from(body) != (MAGIC, self.fingerprint, key, n, self.payload_bytes):
             return None
@@ -168,8 +170,15 @@ class DiskBlockStore:
 
     # ---- the writer thread ---------------------------------------------------------------------
     def _write_loop(self) -> None:
+        """Writes queued blocks until closed, or until the main thread has ended and the queue
+        is empty: a script's last blocks still reach the disk as the interpreter exits."""
         while True:
-            key, token_ids, payload = self._queue.get()
+            try:
+                key, token_ids, payload = self._queue.get(timeout=IDLE_POLL_SECONDS)
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    return
+                continue
             try:
                 if key is None:
                     return
@@ -181,15 +190,15 @@ class DiskBlockStore:
             finally:
                 self._queue.task_done()
 
-    def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes) -> None:
+    def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> None:
         path = self.path_of(key)
-        if path.exists():
-            try:
-                os.utime(path)
-            except OSError:
-                pass
-            return
         data = self.encode(key, token_ids, payload)
+        try:
+            if path.stat().st_size == len(data):  # written already (by anyone): now recently used
+                os.utime(path)
+                return
+        except OSError:
+            pass  # absent (or just evicted): written below
         self._count += 1
         temp = path.with_name(f"{path.name}.{self._unique}.{self._count}{TEMP_SUFFIX}")
         try:

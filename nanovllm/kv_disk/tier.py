@@ -14,8 +14,11 @@ from collections import OrderedDict
 import numpy as np
 
 from nanovllm.block_manager import HASH_BYTES
+from nanovllm.config import EngineConfig
 from nanovllm.kv_disk.fingerprint import checkpoint_digest, fingerprint
 from nanovllm.kv_disk.store import DiskBlockStore, DiskStats
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model_loading import LoadedModel
 from nanovllm.runner.kv_cache import KVCache
 
 GIB = 1 << 30
@@ -34,18 +37,22 @@ class DiskTier:
 
     def publish(self, block_id: int, key: int, token_ids: tuple[int, ...]) -> None:
         """Queues the block's K/V for the disk, unless it is known to be there already."""
-        if self._remember(key):
+        if key in self._known:
+            self._remember(key)
             return
-        self.store.put(_key_bytes(key), token_ids, self._gather(block_id))
+        if self.store.put(_key_bytes(key), token_ids, memoryview(self._gather(block_id))):
+            self._remember(key)
 
-    def find(self, key: int, token_ids: tuple[int, ...]) -> bytes | None:
+    def find(self, key: int, token_ids: tuple[int, ...]) -> memoryview | None:
         """The K/V stored for the block `key` holding `token_ids`, or None."""
         payload = self.store.get(_key_bytes(key), token_ids)
-        if payload is not None:
+        if payload is None:
+            self._known.pop(key, None)  # evicted (or bad) since: written again once computed
+        else:
             self._remember(key)
         return payload
 
-    def load(self, payload: bytes, block_id: int) -> None:
+    def load(self, payload: memoryview, block_id: int) -> None:
         """Writes a found block's K/V into block `block_id` of the pool."""
         cache = self.kv_cache
         blocks = np.frombuffer(payload, cache.dtype).reshape(len(cache.layers), 2, cache.block_size,
@@ -57,19 +64,22 @@ class DiskTier:
     def close(self) -> None:
         self.store.close()
 
-    def _gather(self, block_id: int) -> bytes:
-        bs = self.kv_cache.block_size
+    def _gather(self, block_id: int) -> np.ndarray:
+        """A copy of the block's K/V: [layers, 2, block size, key/value heads, head size]."""
+        cache = self.kv_cache
+        bs = cache.block_size
         slots = slice(block_id * bs, (block_id + 1) * bs)  # a block's slots are contiguous
-        return b"".join(part[slots].tobytes() for kv in self.kv_cache.layers for part in kv)
+        out = np.empty((len(cache.layers), 2, bs, *cache.layers[0][0].shape[1:]), cache.dtype)
+        for layer, (k, v) in zip(out, cache.layers):
+            layer[0], layer[1] = k[slots], v[slots]
+        return out
 
-    def _remember(self, key: int) -> bool:
-        """Marks `key` as on disk; whether it was already."""
-        known = key in self._known
+    def _remember(self, key: int) -> None:
+        """Marks `key` as on disk (or on its way there), the most recently seen."""
         self._known[key] = None
         self._known.move_to_end(key)
         if len(self._known) > KNOWN_KEYS:
             self._known.popitem(last=False)
-        return known
 
 
 def payload_bytes(kv_cache: KVCache) -> int:
@@ -80,7 +90,7 @@ def payload_bytes(kv_cache: KVCache) -> int:
 def open_disk_tier(directory: str, max_gb: float, kv_cache: KVCache, identity: dict
                    ) -> DiskTier:
     """The tier over `directory` for a pool laid out as `kv_cache`, for the model `identity`
-    names (its weights and their precision: see `model_identity`). Raises ValueError if the
+    names (its weights and their precision: see `disk_tier_for`). Raises ValueError if the
     directory cannot be used."""
     k = kv_cache.layers[0][0]
     layout = {"kv_dtype": str(k.dtype), "block_size": kv_cache.block_size,
@@ -91,14 +101,23 @@ def open_disk_tier(directory: str, max_gb: float, kv_cache: KVCache, identity: d
     return DiskTier(store, kv_cache)
 
 
-def model_identity(directory: str, model_dir: str | os.PathLike, is_generated: bool, seed: int,
-                   architecture: str, dtype: str, quantization: str | None, kernels: str) -> dict:
-    """What the weights are: the checkpoint's contents (or, for random weights made in
-    memory, its config and the seed), their precision and the kernels computing K/V."""
-    checkpoint = checkpoint_digest(model_dir, os.path.join(directory, "checkpoints"))
-    return {"checkpoint": checkpoint, "random_weights_seed": seed if is_generated else None,
-            "architecture": architecture, "dtype": dtype, "quantization": quantization,
-            "kernels": kernels}
+def disk_tier_for(config: EngineConfig, loaded: LoadedModel, kv_cache: KVCache
+                  ) -> DiskTier | None:
+    """The tier `config.prefix_cache_dir` names (None if it names none), for the model
+    `loaded` and its pool."""
+    directory = config.prefix_cache_dir
+    if directory is None:
+        return None
+    path = kernel_path()
+    identity = {
+        # The weights: the checkpoint's contents; dummy weights may also come from the seed.
+        "checkpoint": checkpoint_digest(loaded.path, os.path.join(directory, "checkpoints")),
+        "random_weights_seed": config.seed if config.load_format == "dummy" else None,
+        "architecture": loaded.architecture, "dtype": config.dtype,
+        "quantization": config.quantization,
+        # Another kernel path may round differently: its blocks would not be bit-for-bit ours.
+        "kernels": [path.name, path.int8]}
+    return open_disk_tier(directory, config.prefix_cache_dir_max_gb, kv_cache, identity)
 
 
 def _key_bytes(key: int) -> bytes:

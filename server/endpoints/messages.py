@@ -55,12 +55,12 @@ def build_router(chat: ChatPath) -> APIRouter:
         """Anthropic's Messages API over the chat path (see the module's docstring)."""
         body.refuse_unknown_fields()
         req = chat_request(chat_fields(body), CHAT_NAMES)
-        answer = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)
+        reply = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)  # chat's own HTTP answer
         if body.stream:
-            return answer.translated(lambda events: message_events(ctx.model_name, events))
-        if answer.status_code != 200:  # the client left (499)
-            return answer
-        return JSONResponse(message_object(ctx.model_name, chat_answer(answer)))
+            return reply.translated(lambda events: message_events(ctx.model_name, events))
+        if reply.status_code != 200:  # the client left (499)
+            return reply
+        return JSONResponse(message_object(ctx.model_name, chat_answer(reply)))
 
     @router.post("/v1/messages/count_tokens", response_model=CountTokensResponse,
                  responses=ANTHROPIC_ERROR_RESPONSES)

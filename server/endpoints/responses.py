@@ -33,7 +33,7 @@ from nanovllm.server.front_end import (
     named_event,
 )
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE, ResponsesRequest
-from nanovllm.server.response_store import ResponseStore
+from nanovllm.server.response_store import ResponseStore, StoredResponse
 from nanovllm.server.serving import Ctx, ServerContext
 from nanovllm.values.errors import quote
 
@@ -68,7 +68,7 @@ def build_router(chat: ChatPath) -> APIRouter:
     return router
 
 
-def stored(store: ResponseStore, response_id: str, param: str):
+def stored(store: ResponseStore, response_id: str, param: str) -> StoredResponse:
     found = store.get(response_id)
     if found is None:
         raise APIError(f"No response with id {quote(response_id, 100)} is stored here (it was "
@@ -84,13 +84,13 @@ async def respond(chat: ChatPath, body: ResponsesRequest, raw: Request,
     created = int(time.time())
     context = conversation(body, ctx.response_store)
     req = chat_request(chat_fields(body, context), CHAT_NAMES)
-    answer = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)
+    reply = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)  # chat's own HTTP answer
     if body.stream:
-        return answer.translated(lambda events: response_events(body, ctx, context, created,
-                                                                events))
-    if answer.status_code != 200:  # the client left (499)
-        return answer
-    result = chat_answer(answer)
+        return reply.translated(lambda events: response_events(body, ctx, context, created,
+                                                               events))
+    if reply.status_code != 200:  # the client left (499)
+        return reply
+    result = chat_answer(reply)
     obj = response_object(body, ctx, result, created, output_items(result))
     if body.store:
         ctx.response_store.put(obj, context)

@@ -130,7 +130,7 @@ def test_to_dict_is_plain_json(make_engine):
                          "num_waiting", "num_preemptions_total", "max_num_seqs",
                          "max_num_batched_tokens", "steps"}
     assert set(data["blocks"]) == {"block_size", "owner", "ref_count", "cached", "beams",
-                                   "copied"}
+                                   "copied", "loaded"}
     assert len(data["blocks"]["owner"]) == 16
     assert data["running"][0]["request_id"] == "a" and data["steps"][0]["num_prefill_tokens"] == 22
 

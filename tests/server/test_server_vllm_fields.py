@@ -104,7 +104,8 @@ def test_invocations_routes_by_body(chat_http, chat_client):
     assert err["param"] == "prompt"
     err = error_of(chat_http.post("/invocations", json={"prompt": "Hi", "n": 0}), 400)
     assert err["param"] == "n"
-    error_of(chat_http.post("/invocations", content=b"[1, 2]"), 400)
+    error_of(chat_http.post("/invocations", content=b"[1, 2]",
+                           headers={"Content-Type": "application/json"}), 400)
 
 
 @pytest.mark.parametrize("regex,field", [(r"\d{4}", "guided_regex"), (r"[\d]{4}", "regex"),

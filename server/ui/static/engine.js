@@ -84,22 +84,26 @@ export function createEngineView({ onUnauthorized }) {
     if (grid.children.length !== n) {
       grid.replaceChildren(...Array.from({ length: n }, () => el("span", "block")));
     }
-    const counts = { free: 0, cached: 0, used: 0, shared: 0, beams: 0, copied: 0 };
+    const counts = { free: 0, cached: 0, used: 0, shared: 0, beams: 0, copied: 0, loaded: 0 };
     for (let i = 0; i < n; i++) {
       const state = blockState(snapshot, i);
       const copied = snapshot.blocks.copied[i];
+      const loaded = Boolean(snapshot.blocks.loaded && snapshot.blocks.loaded[i]);
       counts[state]++;
       counts.copied += copied;
+      counts.loaded += loaded;
       const seq = seqs.get(snapshot.blocks.owner[i]);
       const colour = seq ? colourOf(seq.request_id) : "";
       const title = `block ${i}: ${state}` + (seq ? ` · ${shortId(seq)}` : "")
         + (snapshot.blocks.ref_count[i] > 1 ? ` · held by ${snapshot.blocks.ref_count[i]}` : "")
         + (snapshot.blocks.cached[i] ? " · in the prefix cache" : "")
-        + (copied ? " · copied on write (a beam wrote into a block it shared)" : "");
+        + (copied ? " · copied on write (a beam wrote into a block it shared)" : "")
+        + (loaded ? " · read from the prefix cache directory" : "");
       const cell = grid.children[i];
       if (cell.dataset.state !== state || cell.title !== title) {
         cell.dataset.state = state;
         cell.dataset.copied = String(copied);
+        cell.dataset.loaded = String(loaded);
         cell.style.background = colour;
         cell.title = title;
       }
@@ -117,7 +121,8 @@ export function createEngineView({ onUnauthorized }) {
     stat("used", `${counts.used + counts.shared + counts.beams} / ${snapshot.blocks.owner.length}`);
     stat("shared", String(counts.shared));
     stat("beams", `${counts.beams} · ${counts.copied} copied`);
-    stat("cached", String(counts.cached));
+    stat("cached", counts.loaded ? `${counts.cached} · ${counts.loaded} read from disk`
+      : String(counts.cached));
     stat("preemptions", String(snapshot.num_preemptions_total));
   }
 
