@@ -106,13 +106,13 @@ class Speculator:
         judged = None  # what says whether catching the draft up pays, when adaptive
         if c.adaptive:
             own = self.acceptance.get(seq.seq_id) or Acceptance()
-            if p.seed is not None and not p.greedy:
-                alpha, cost = own.optimistic(PRIOR_ALPHA), self.costs.draft_share
+            if p.seed is not None and not p.greedy:  # nothing timed: its k must repeat
+                k = choose_k(own.optimistic(PRIOR_ALPHA), self.costs.draft_share, k)
             else:
                 alpha = own.optimistic(self.pooled.rate(PRIOR_ALPHA))
                 cost = sum(self.costs.ratio(num_running))
-            k = choose_k(alpha, cost, k)
-            judged = (alpha, cost, remaining, num_running)
+                k = choose_k(alpha, cost, k)
+                judged = (alpha, cost, remaining, num_running)
         if k and self.draft is not None:
             k = self._catch_up_first(seq, k, budget, judged)
         self.chosen[k] += 1
