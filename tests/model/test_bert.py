@@ -11,10 +11,10 @@ import pytest
 from bert_checkpoints import PAIRS, TEXTS, write_hf_bert
 
 from nanovllm.model import bert, reference_bert
+from nanovllm.model.activations import gelu_erf_
 from nanovllm.model.architectures import load_checkpoint
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 from nanovllm.model.encoder_attention import encoder_attention
-from nanovllm.model.gelu_erf import gelu_erf_
 from nanovllm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -39,8 +39,9 @@ def batch(tokenizer, texts):
     return np.concatenate(ids), positions, np.zeros_like(positions), starts
 
 
-def test_gelu_matches_the_reference():
-    x = np.random.default_rng(0).standard_normal((40, 300)).astype(np.float32) * 4
+@pytest.mark.parametrize("rows", [40, 500])  # on the calling thread, and on numba's
+def test_gelu_matches_the_reference(rows):
+    x = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32) * 4
     x[0, :6] = [0, -0.0, 30, -30, 1e-8, -9]
     # erf within 1.5e-7 (A&S 7.1.26): GELU within 0.75e-7 |x| where the tail is not 0.
     np.testing.assert_allclose(gelu_erf_(x.copy()), reference_bert.gelu(x), atol=5e-7, rtol=1e-6)
@@ -115,3 +116,11 @@ def test_a_config_we_do_not_run_is_refused_by_name(embedder, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(CheckpointError, match=key):
             load_checkpoint(tmp_path)
+
+
+def test_the_forward_trace_runs_on_an_encoder(embedder):
+    from nanovllm.model.trace import trace_forward
+
+    cfg, weights = load_checkpoint(embedder)
+    trace = trace_forward(weights, cfg, np.array([101, 200, 300, 102]), ref=reference_bert)
+    assert trace.attention.shape == (2, 4, 4, 4) and trace.residual_norm.shape == (3, 4)
