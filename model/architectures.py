@@ -1,9 +1,10 @@
 """Which model a checkpoint is, from config.json's `architectures`, and that model's functions.
 
-One `ModelFamily` per model file (`model/gpt2.py`, `model/llama.py`): its fast forward pass and
-kernels, its plain-numpy reference module, its loader and its random-weights builder. The runner and
-the engine call a family's functions and never name an architecture; a checkpoint whose
-architecture is not listed here is refused at load, naming it and the ones we run.
+One `ModelFamily` per model file (`model/gpt2.py`, `model/llama.py`, `model/qwen3.py`,
+`model/bert.py`): its fast forward pass and kernels, its plain-numpy reference module, its loader and its
+random-weights builder. The runner and the engine call a family's functions and never name an
+architecture; a checkpoint whose architecture is not listed here is refused at load, naming it
+and the ones we run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from nanovllm.model import bert, gpt2, llama, reference, reference_bert, reference_llama
+from nanovllm.model import bert, gpt2, llama, qwen3, reference, reference_bert, reference_llama
 from nanovllm.model.bert_config import BERT_ARCHITECTURES, BertConfig
 from nanovllm.model.checkpoint import bert_loader, dummy, llama_loader, loader
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
@@ -43,6 +44,9 @@ GPT2 = ModelFamily(GPT2Config, gpt2.forward, gpt2.compile_kernels, reference, lo
 LLAMA = ModelFamily(LlamaConfig, llama.forward, llama.compile_kernels, reference_llama,
                     llama_loader.load_llama, dummy.random_llama_weights,
                     llama_loader.build_weights)
+QWEN3 = ModelFamily(LlamaConfig, qwen3.forward, qwen3.compile_kernels, reference_llama,
+                    llama_loader.load_llama, dummy.random_llama_weights,
+                    llama_loader.build_weights)
 # An encoder: its forward pass is `bert.encode` over whole texts, with no KV cache.
 BERT = ModelFamily(BertConfig, bert.encode, bert.compile_kernels, reference_bert,
                    bert_loader.load_bert, bert_loader.random_bert_weights,
@@ -50,6 +54,7 @@ BERT = ModelFamily(BertConfig, bert.encode, bert.compile_kernels, reference_bert
 
 ARCHITECTURES: dict[str, ModelFamily] = {"GPT2LMHeadModel": GPT2,
                                          **{name: LLAMA for name in LLAMA_ARCHITECTURES},
+                                         "Qwen3ForCausalLM": QWEN3,
                                          **{name: BERT for name in BERT_ARCHITECTURES}}
 # Old configs without `architectures` still say what they are in `model_type`.
 MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel",
@@ -58,7 +63,7 @@ MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel",
 
 def family_of(cfg: ModelConfig) -> ModelFamily:
     """The family a loaded config belongs to."""
-    return next(f for f in (GPT2, LLAMA, BERT) if isinstance(cfg, f.config_class))
+    return ARCHITECTURES[cfg.architecture]
 
 
 def architecture_of(model_dir: str | Path) -> str:

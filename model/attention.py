@@ -1,6 +1,6 @@
 """Causal multi-head attention, over the current tokens or over a paged KV cache.
 
-The paged cache is one pair of arrays per layer, `[num_slots, n_kv_head, head_dim]`, where a slot is
+The paged cache is one pair of arrays per layer, `[num_slots, num_kv_heads, head_dim]`, where a slot is
 `block_id * block_size + offset`, float32 or (to halve its memory and what decodes read) float16.
 A step's new keys and values are written to their slots first; then every sequence reads its
 whole context back through its slots. A prefill chunk gathers its context with numpy and
@@ -9,9 +9,9 @@ the cache through each sequence's block table, as vLLM's does. Where the CPU's r
 them, decodes take a register-tile version of that kernel (`decode_tiles_`,
 `model/attention_dot.py`; `host_decode_tiles`), float32 and float16 caches alike.
 
-Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `n_kv_head` heads and query
-head h reads key/value head h // (n_head // n_kv_head), as transformers' `repeat_kv` lays them
-out; GPT-2 is the case n_kv_head == n_head. A sliding `window` (Mistral) lets a query see only
+Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `num_kv_heads` heads and query
+head h reads key/value head h // (n_head // num_kv_heads), as transformers' `repeat_kv` lays them
+out; GPT-2 is the case num_kv_heads == n_head. A sliding `window` (Mistral) lets a query see only
 the last `window` positions, itself included; 0 means no window.
 """
 
@@ -30,6 +30,7 @@ from nanovllm.model.kernels import (
     as_kernel_array,
     claim,
     from_float32,
+    on_threads,
     prefetch_lines,
     softmax_,
     softmax_row_,
@@ -64,13 +65,22 @@ def causal_softmax_(scores, seen_by_first, window=0):
     probability 0. Masking here, row by row, does what adding a -inf triangle did, without
     building it or exponentiating the masked part."""
     n_head, n = scores.shape[0], scores.shape[1]
-    for job in prange(n_head * n):
-        h, i = job // n, job % n
-        seen = seen_by_first + i
-        first = max(0, seen - window) if window > 0 else 0
-        scores[h, i, :first] = 0.0
-        softmax_row_(scores[h, i, first:seen])
-        scores[h, i, seen:] = 0.0
+    if on_threads(scores.size):
+        for job in prange(n_head * n):
+            causal_softmax_row_(scores[job // n, job % n], seen_by_first + job % n, window)
+    else:
+        for job in range(n_head * n):
+            causal_softmax_row_(scores[job // n, job % n], seen_by_first + job % n, window)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def causal_softmax_row_(row, seen, window):
+    """A query's scores: softmax of the `seen` keys it can see (the last `window` of them if
+    window > 0), 0 for the rest."""
+    first = max(0, seen - window) if window > 0 else 0
+    row[:first] = 0.0
+    softmax_row_(row[first:seen])
+    row[seen:] = 0.0
 
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this
@@ -108,10 +118,6 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 # meanwhile.
 
 
-# Below this many query-key multiply-adds a step's decodes, when there are at least as many
-# as threads, are attended on the calling thread: a parallel region costs more than a few
-# short contexts' work, and under load it waits for a thread the OS has parked.
-DECODE_PARALLEL_MIN_WORK = 1 << 17
 # How many positions ahead decode attention asks for the K/V lines it will read.
 PREFETCH_AHEAD = 2
 
@@ -142,7 +148,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
         work = 0
         for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it out)
             work += context_lens[b] * n_head * head_dim
-        if work < DECODE_PARALLEL_MIN_WORK:
+        if not on_threads(work):  # a few short contexts: on the calling thread
             for b in range(num_seqs):
                 decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
                             block_size, out[b], window, tiles, 0, n_kv)

@@ -2,8 +2,8 @@
 
 `model/reference_bert.py` is the same model as a few pure functions, one text at a time, the
 one to read first (and `model/bert_config.py` says how an encoder differs from the decoders).
-This module composes the engine's layers: `linear`, layer norm (GPT-2's kernel), the exact
-GELU (`gelu_erf`) and attention over whole texts (`encoder_attention`). There is no KV cache:
+This module composes the engine's layers: `linear`, layer norm (`norms.layer_norm`, GPT-2's),
+the exact GELU (`activations.gelu_erf_`) and attention over whole texts (`encoder_attention`). There is no KV cache:
 an encoder reads each text once, all of it in one step, and keeps nothing afterwards.
 
 The loader fuses query/key/value into one matrix (rows Q | K | V), so a layer makes one matmul
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nanovllm.model.activations import compile_gelu_erf, gelu_erf_
 from nanovllm.model.bert_config import BertConfig
 from nanovllm.model.encoder_attention import encoder_attention
-from nanovllm.model.gelu_erf import compile_gelu_erf, gelu_erf_
-from nanovllm.model.gpt2 import compile_layer_norm, layer_norm
 from nanovllm.model.linear import compile_linear_kernel, linear
+from nanovllm.model.norms import compile_layer_norm, layer_norm
 from nanovllm.model.quant import Weight, gather_rows
 
 

@@ -34,6 +34,10 @@ class GPT2Config:
         return self.n_embd // self.n_head
 
     @property
+    def architecture(self) -> str:  # config.json's, as LlamaConfig has it
+        return "GPT2LMHeadModel"
+
+    @property
     def num_kv_heads(self) -> int:  # the KV cache's heads: all of them (no grouped queries)
         return self.n_head
 

@@ -16,20 +16,20 @@ float64. The matrices (and the embedding) may be stored as int8 or bfloat16 (`mo
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/attention.py`).
-Layer norm and GELU, like the small-batch linear layers and decode attention, are short numba
-loops compiled at engine start (`compile_kernels`); the rest is numpy. Told which weight their
-output feeds (`feeds=`), they hand an int8 layer its input already quantized, row by row as they
-make it (`int8_gemm.Int8Rows`), where a separate pass would read the float32 rows back.
+This file only composes layers: layer norm (`model/norms.py`), GELU (`model/activations.py`),
+the linear layers (`model/linear.py`) and attention are short numba loops in modules of their
+own, compiled at engine start (`compile_kernels`); the rest is numpy. Layer norm and GELU are
+told which weight their output feeds (`feeds=`), so that an int8 layer gets its input already
+quantized.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
 
+from nanovllm.model.activations import compile_gelu, gelu
 from nanovllm.model.attention import (
     AttentionBatch,
     causal_attention,
@@ -37,10 +37,9 @@ from nanovllm.model.attention import (
     paged_attention,
 )
 from nanovllm.model.config import GPT2Config
-from nanovllm.model.int8_gemm import Int8Rows, quantize_vector
-from nanovllm.model.kernels import KERNEL_MATH, exp32_within
-from nanovllm.model.linear import compile_linear_kernel, linear, takes_int8
-from nanovllm.model.quant import Int8Weight, Weight, gather_rows
+from nanovllm.model.linear import compile_linear_kernel, linear
+from nanovllm.model.norms import compile_layer_norm, layer_norm
+from nanovllm.model.quant import Weight, gather_rows
 
 
 @dataclass(slots=True)
@@ -74,156 +73,7 @@ def compile_kernels() -> None:
     compile_attention_kernel()
     compile_linear_kernel()
     compile_layer_norm()
-    int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
-    for rows in (1, SERIAL_MAX_ROWS + 1):
-        for feeds in (None, int8):
-            gelu(np.zeros((rows, 1), np.float32), feeds)
-
-
-# Up to this many rows (a small decode step's: beams, a few requests), layer norm and GELU run
-# on the calling thread: their work is microseconds, less than a parallel region's start, which
-# on a busy machine waits for a descheduled thread. Larger batches share them out.
-SERIAL_MAX_ROWS = 32
-
-
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
-               feeds: Weight | None = None) -> np.ndarray | Int8Rows:
-    """Each row of x ([n, E], C-contiguous) to zero mean and unit variance, then times g plus b;
-    a new array (`reference.layer_norm`). A compiled loop over rows, on numba's threads above
-    `SERIAL_MAX_ROWS` rows: three passes over x, where numpy's version makes six.
-
-    `feeds` is the weight of the linear layer the result goes into: where that layer takes int8
-    activations, each row is quantized for it as soon as it is made (`Int8Rows`), and the
-    float32 rows are never written out."""
-    serial = x.shape[0] <= SERIAL_MAX_ROWS
-    if feeds is not None and takes_int8(feeds):
-        rows = Int8Rows.empty(*x.shape)
-        (layer_norm_int8_ if serial else layer_norm_int8_parallel_)(x, g, b, eps, rows.q,
-                                                                    rows.scale)
-        return rows
-    out = np.empty_like(x)
-    (layer_norm_rows_ if serial else layer_norm_parallel_)(x, g, b, eps, out)
-    return out
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def layer_norm_rows_(x, g, b, eps, out):
-    for i in range(x.shape[0]):
-        layer_norm_row_(x[i], g, b, eps, out[i])
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def layer_norm_parallel_(x, g, b, eps, out):
-    for i in prange(x.shape[0]):
-        layer_norm_row_(x[i], g, b, eps, out[i])
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def layer_norm_row_(x, g, b, eps, out):
-    n = x.shape[0]
-    mean = np.float32(0.0)
-    for j in range(n):
-        mean += x[j]
-    mean /= n
-    var = np.float32(0.0)
-    for j in range(n):
-        var += (x[j] - mean) * (x[j] - mean)
-    inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
-    for j in range(n):
-        out[j] = (x[j] - mean) * inv_std * g[j] + b[j]
-
-
-# The fused kernels compile without fast-math: `quantize_vector` is inlined into them and must
-# round as `quantize_rows` does; the layer norm and GELU rows keep their own flags.
-@njit(cache=True, nogil=True)
-def layer_norm_int8_(x, g, b, eps, q, scale):
-    """q[i], scale[i] = `quantize_rows` of `layer_norm_rows_`'s row i, through one row of
-    scratch (in cache)."""
-    row = np.empty(x.shape[1], np.float32)
-    for i in range(x.shape[0]):
-        layer_norm_row_(x[i], g, b, eps, row)
-        scale[i] = quantize_vector(row, q[i])
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def layer_norm_int8_parallel_(x, g, b, eps, q, scale):
-    for i in prange(x.shape[0]):
-        row = np.empty(x.shape[1], np.float32)
-        layer_norm_row_(x[i], g, b, eps, row)
-        scale[i] = quantize_vector(row, q[i])
-
-
-def compile_layer_norm() -> None:
-    """For writable and for read-only (memory-mapped) g and b: two signatures, serial and
-    parallel, float32 and quantized."""
-    read_only = np.zeros(1, np.float32)
-    read_only.flags.writeable = False
-    int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
-    for x in (np.zeros((1, 1), np.float32), np.zeros((SERIAL_MAX_ROWS + 1, 1), np.float32)):
-        for v in (x[0], read_only):
-            for feeds in (None, int8):
-                layer_norm(x, v, v, 1e-5, feeds)
-
-
-GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-
-
-def gelu(x: np.ndarray, feeds: Weight | None = None) -> np.ndarray | Int8Rows:
-    """GPT-2's tanh approximation (`gelu_new`, `reference.gelu`) IN PLACE: overwrites x ([n, 4E],
-    C-contiguous) and returns it. Computed as 0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)), in one
-    pass over x, where numpy's version makes nine; on numba's threads above `SERIAL_MAX_ROWS`.
-    With `feeds` as in `layer_norm`: also quantizes each row while it is in cache, and returns
-    those (`Int8Rows`)."""
-    serial = x.shape[0] <= SERIAL_MAX_ROWS
-    if feeds is not None and takes_int8(feeds):
-        rows = Int8Rows.empty(*x.shape)
-        (gelu_int8_ if serial else gelu_int8_parallel_)(x, rows.q, rows.scale)
-        return rows
-    (gelu_rows_ if serial else gelu_parallel_)(x)
-    return x
-
-
-@njit(cache=True, nogil=True)
-def gelu_int8_(x, q, scale):
-    """`gelu_rows_`, then each row quantized (`quantize_rows`) while it is in cache."""
-    for i in range(x.shape[0]):
-        gelu_row_(x[i])
-        scale[i] = quantize_vector(x[i], q[i])
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def gelu_int8_parallel_(x, q, scale):
-    for i in prange(x.shape[0]):
-        gelu_row_(x[i])
-        scale[i] = quantize_vector(x[i], q[i])
-
-
-@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
-def gelu_rows_(x):
-    for i in range(x.shape[0]):
-        gelu_row_(x[i])
-
-
-@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, parallel=True)
-def gelu_parallel_(x):
-    for i in prange(x.shape[0]):
-        gelu_row_(x[i])
-
-
-# The exponent -2u bounded to where `exp32_within` is exact or infinite: below, 1 + e**(-2u)
-# is 1 in float32, so x / (1 + e**(-2u)) is x; at the top it is inf, so the result is +-0.
-GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(89.0)
-
-
-@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
-def gelu_row_(row):
-    """One vectorized pass: the exponent bounded so that `exp32_within` needs no branch, and
-    numpy's error model so that the division has no zero test (1 + e**t >= 1)."""
-    for j in range(row.shape[0]):
-        v = row[j]
-        t = np.float32(-2.0) * GELU_C * (v + np.float32(0.044715) * v * v * v)
-        t = min(max(t, GELU_EXP_MIN), GELU_EXP_MAX)
-        row[j] = v / (np.float32(1.0) + exp32_within(t))
+    compile_gelu()
 
 
 def mlp(x: np.ndarray, blk: BlockWeights, residual: np.ndarray | None = None) -> np.ndarray:

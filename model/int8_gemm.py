@@ -29,14 +29,11 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels import claim, split_chunks
+from nanovllm.model.kernels import claim, on_threads, split_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
 logger = logging.getLogger("nanovllm")
 
-# From this many rows on, the activations are quantized on all threads (below, waking the
-# threads costs more than the work).
-PARALLEL_QUANTIZE_ROWS = 16
 PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
 
@@ -63,11 +60,11 @@ class Int8Rows:
 
 
 def quantize_activations(x: np.ndarray) -> Int8Rows:
-    """x [M, K] float32 quantized per row (`quantize_rows`; on all threads from
-    PARALLEL_QUANTIZE_ROWS rows)."""
+    """x [M, K] float32 quantized per row (`quantize_rows`; on all threads when there are enough
+    of them, `kernels.on_threads`)."""
     rows = Int8Rows.empty(*x.shape)
     x = np.ascontiguousarray(x)
-    if x.shape[0] >= PARALLEL_QUANTIZE_ROWS:
+    if on_threads(x.size):
         quantize_rows_parallel(x, rows.q, rows.scale)
     else:
         quantize_rows(x, rows.q, rows.scale)
@@ -331,8 +328,8 @@ def compile_int8_kernel(kernel: str) -> None:
     x = np.zeros((1, 1), np.float32)
     w = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     int8_linear(x, w, kernel, residual=int8_linear(x, w, kernel, np.zeros(1, np.float32)))
-    rows = np.zeros((PARALLEL_QUANTIZE_ROWS, 1), np.float32)
-    int8_linear(rows, w, kernel, np.zeros(1, np.float32))
+    rows = Int8Rows.empty(1, 1)
+    quantize_rows_parallel(x, rows.q, rows.scale)
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:

@@ -16,6 +16,7 @@ a row softmax.
 - `prefetch_lines`: asks the CPU for some memory a little before a kernel reads it (LLVM's
   prefetch: the core goes on while the lines come), where the hardware's own prefetcher does
   not see the pattern coming, e.g. a KV cache's rows read through a block table.
+- `on_threads`: the one rule for when a kernel shares its work out among numba's threads.
 - `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them.
   numba's OpenMP threads split a `prange` into fixed equal halves, so one thread the OS keeps
   off its core for a while (a client on the same machine, the server's event loop) or one
@@ -121,6 +122,19 @@ def _prefetch_lines(address, nbytes):
 
 
 CACHE_LINE = 64
+
+# Starting and joining a parallel region costs more than normalizing, gating, rotating or
+# attending a decode step's rows (even at batch 64), and on a busy machine it waits for a thread
+# the OS has parked. Below this much work (elements written, or multiply-adds) a kernel runs on
+# the calling thread; a prefill's rows and a large batch's are shared out.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+@njit(cache=True, nogil=True, inline="always")
+def on_threads(work):
+    """Whether a kernel with this much work runs on numba's threads (`PARALLEL_MIN_WORK`):
+    every row-wise kernel, decode attention and the activations' quantizer ask it."""
+    return work >= PARALLEL_MIN_WORK
 
 # A parallel kernel's work is cut into this many chunks (of output columns, of sequences) for
 # the threads to `claim`: enough that a thread's last chunk is short, few enough that each
@@ -271,9 +285,14 @@ def softmax_(scores: np.ndarray) -> np.ndarray:
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def softmax_rows_(x):
     """Softmax of each row of x ([n, c]) in place (the sampler's probabilities), rows shared out
-    among numba's threads: numpy made five passes over the scores, with its exp the slowest."""
-    for i in prange(x.shape[0]):
-        softmax_row_(x[i])
+    among numba's threads (`on_threads`): numpy made five passes over the scores, with its exp
+    the slowest."""
+    if on_threads(x.size):
+        for i in prange(x.shape[0]):
+            softmax_row_(x[i])
+    else:
+        for i in range(x.shape[0]):
+            softmax_row_(x[i])
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)

@@ -1,10 +1,13 @@
-"""Hyper-parameters of the Llama family: Llama 2/3, SmolLM2, TinyLlama, Mistral and Qwen2.
+"""Hyper-parameters of the Llama family: Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2 and Qwen3.
 
-The three architectures differ from each other only in two config fields, so one config (and one
-model, `model/llama.py`) serves them, as vLLM's llama.py does: `attention_bias` (Qwen2's q/k/v
-biases) and `sliding_window` (Mistral's). From GPT-2 they differ in four ways, each a field
+Llama, Mistral and Qwen2 differ from each other only in two config fields, so one config (and
+one model, `model/llama.py`) serves them, as vLLM's llama.py does: `attention_bias` (Qwen2's
+q/k/v biases) and `sliding_window` (Mistral's). Qwen3 is Qwen2 without the biases, with an
+RMSNorm on each query and key head (`qk_norm`) and a `head_dim` of its own: the same config,
+its own composition file (`model/qwen3.py`). From GPT-2 they differ in four ways, each a field
 here: RMSNorm (`rms_norm_eps`), rotary positions (`rope_theta`, `rope_scaling`), a SwiGLU MLP
-(`intermediate_size`) and grouped-query attention (`num_key_value_heads`).
+(`intermediate_size`) and grouped-query attention (`num_kv_heads`, config.json's
+`num_key_value_heads`).
 
 `from_dict` reads config.json as the hub ships it (`rope_theta` + `rope_scaling`) and as
 transformers 5 writes it (`rope_parameters`), and refuses what the model does not implement
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-                       "Qwen2ForCausalLM": "qwen2"}
+                       "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 ROPE_TYPES = ("default", "linear", "llama3")  # what `model/rotary.py` implements
 
 
@@ -32,7 +35,7 @@ class LlamaConfig:
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int = 32
+    num_kv_heads: int = 32
     head_size: int = 0                  # config.json's head_dim; 0: hidden_size // heads
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
@@ -46,13 +49,13 @@ class LlamaConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+                     "num_attention_heads", "num_kv_heads", "max_position_embeddings"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_attention_heads % self.num_key_value_heads:
+        if self.num_attention_heads % self.num_kv_heads:
             raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple "
-                             f"of num_key_value_heads={self.num_key_value_heads}")
+                             f"of num_kv_heads={self.num_kv_heads}")
         if not self.head_size and self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
@@ -76,10 +79,6 @@ class LlamaConfig:
         return self.num_attention_heads
 
     @property
-    def num_kv_heads(self) -> int:
-        return self.num_key_value_heads
-
-    @property
     def n_embd(self) -> int:
         return self.hidden_size
 
@@ -97,8 +96,16 @@ class LlamaConfig:
 
     @property
     def o_proj_bias(self) -> bool:
-        """Llama's attention_bias covers o_proj too; Qwen2's biases are q/k/v only."""
-        return self.attention_bias and self.architecture == "LlamaForCausalLM"
+        """Llama's (and Qwen3's) attention_bias covers o_proj too; Qwen2's biases are q/k/v
+        only."""
+        return self.attention_bias and self.architecture in ("LlamaForCausalLM",
+                                                             "Qwen3ForCausalLM")
+
+    @property
+    def qk_norm(self) -> bool:
+        """Qwen3: each query and key head is RMS-normalized (gains q_norm, k_norm [head_dim])
+        before the rotation."""
+        return self.architecture == "Qwen3ForCausalLM"
 
     @property
     def model_type(self) -> str:
@@ -107,10 +114,10 @@ class LlamaConfig:
     @property
     def num_params(self) -> int:
         e, d, i = self.hidden_size, self.head_dim, self.intermediate_size
-        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
+        q, kv = self.num_attention_heads * d, self.num_kv_heads * d
         attn = (e * (q + 2 * kv) + q * e + (q + 2 * kv if self.attention_bias else 0)
                 + (e if self.o_proj_bias else 0))
-        per_layer = attn + 3 * e * i + 2 * e
+        per_layer = attn + 3 * e * i + 2 * e + (2 * d if self.qk_norm else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * e
         return self.vocab_size * e + self.num_hidden_layers * per_layer + e + head
 
@@ -146,7 +153,7 @@ class LlamaConfig:
                      "num_attention_heads", "max_position_embeddings", "rms_norm_eps"):
             if d.get(name) is not None:
                 fields[name] = d[name]
-        fields["num_key_value_heads"] = d.get("num_key_value_heads") or fields.get(
+        fields["num_kv_heads"] = d.get("num_key_value_heads") or fields.get(
             "num_attention_heads", cls.__dataclass_fields__["num_attention_heads"].default)
         try:
             return cls(**fields)
@@ -175,18 +182,18 @@ class LlamaConfig:
              "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
              "num_hidden_layers": self.num_hidden_layers,
              "num_attention_heads": self.num_attention_heads,
-             "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+             "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
              "max_position_embeddings": self.max_position_embeddings,
              "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta,
              "rope_scaling": self.rope_scaling, "tie_word_embeddings": self.tie_word_embeddings,
              "bos_token_id": self.bos_token_id,
              "eos_token_id": (self.eos_token_ids[0] if len(self.eos_token_ids) == 1
                               else list(self.eos_token_ids))}
-        if self.architecture == "LlamaForCausalLM":
+        if self.architecture in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
             d["attention_bias"] = self.attention_bias
         if self.architecture == "MistralForCausalLM":
             d["sliding_window"] = self.sliding_window or None
-        if self.architecture == "Qwen2ForCausalLM":
+        if self.architecture in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
             d.update(use_sliding_window=bool(self.sliding_window),
                      sliding_window=self.sliding_window or None)
         return d
@@ -210,14 +217,15 @@ def check_rope_scaling(scaling: dict | None) -> None:
 
 
 def _sliding_window(d: dict, arch: str) -> int:
-    """Mistral's window (null on v0.2+: none); Qwen2's only with use_sliding_window, which the
-    released Qwen2 models leave off (and per-layer windows, max_window_layers, are refused)."""
+    """Mistral's window (null on v0.2+: none); Qwen2's and Qwen3's only with use_sliding_window,
+    which their released models leave off (and per-layer windows, max_window_layers, are
+    refused)."""
     window = d.get("sliding_window")
-    if arch == "Qwen2ForCausalLM":
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         if not d.get("use_sliding_window"):
             return 0
         if d.get("max_window_layers", d.get("num_hidden_layers")) < d.get("num_hidden_layers", 0):
-            raise ValueError("Qwen2 with max_window_layers below num_hidden_layers (a window on "
+            raise ValueError(f"{arch} with max_window_layers below num_hidden_layers (a window on "
                              "some layers only) is not supported")
     elif arch != "MistralForCausalLM":
         return 0
@@ -242,21 +250,21 @@ def _token_ids(value, name: str) -> tuple[int, ...]:
 LLAMA_PRESETS: dict[str, LlamaConfig] = {
     "smollm2-135m": LlamaConfig(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+        num_attention_heads=9, num_kv_heads=3, max_position_embeddings=8192,
         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1,
         eos_token_ids=(2,)),
     "smollm2-360m": LlamaConfig(
         vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-        num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+        num_attention_heads=15, num_kv_heads=5, max_position_embeddings=8192,
         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1,
         eos_token_ids=(2,)),
     "tinyllama": LlamaConfig(
         vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+        num_attention_heads=32, num_kv_heads=4, max_position_embeddings=2048,
         rms_norm_eps=1e-5, bos_token_id=1, eos_token_ids=(2,)),
     "llama-3.2-1b": LlamaConfig(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        num_attention_heads=32, num_kv_heads=8, max_position_embeddings=131072,
         rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
@@ -264,12 +272,22 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
     "qwen2.5-0.5b": LlamaConfig(
         architecture="Qwen2ForCausalLM", vocab_size=151936, hidden_size=896,
         intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        num_kv_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
         rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=True,
         bos_token_id=151643, eos_token_ids=(151645, 151643)),
+    "qwen3-0.6b": LlamaConfig(
+        architecture="Qwen3ForCausalLM", vocab_size=151936, hidden_size=1024,
+        intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_kv_heads=8,
+        head_size=128, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, bos_token_id=151643, eos_token_ids=(151645, 151643)),
+    "qwen3-1.7b": LlamaConfig(
+        architecture="Qwen3ForCausalLM", vocab_size=151936, hidden_size=2048,
+        intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_kv_heads=8,
+        head_size=128, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, bos_token_id=151643, eos_token_ids=(151645, 151643)),
     "mistral-7b": LlamaConfig(
         architecture="MistralForCausalLM", vocab_size=32000, hidden_size=4096,
         intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5,
+        num_kv_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-5,
         sliding_window=4096, bos_token_id=1, eos_token_ids=(2,)),
 }

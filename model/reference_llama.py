@@ -8,9 +8,10 @@ then a pre-norm MLP, each added to the residual stream. Four things change:
    proportional to their position, so attention scores depend on relative distance.
 3. `swiglu` replaces GELU's MLP: two projections, one gated by silu of the other.
 4. `attention` is grouped-query: several query heads share one key/value head, so the KV cache
-   holds num_key_value_heads heads, not num_attention_heads.
+   holds num_kv_heads heads, not num_attention_heads.
 
-Plus config flags for the relatives: Qwen2 adds q/k/v biases, Mistral a sliding window.
+Plus config flags for the relatives: Qwen2 adds q/k/v biases, Mistral a sliding window, and
+Qwen3 an RMSNorm on each query and key head before the rotation (`qkv_heads`).
 One sequence, no KV cache, no compiled kernels, nothing in place; the engine's
 `model/llama.py` computes the same numbers faster and each of its kernels is tested against
 the function here it stands for, and this module against transformers.
@@ -73,14 +74,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> n
 
 
 def qkv_heads(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, positions: np.ndarray):
-    """Rotated queries [T, H, D] and keys [T, Hkv, D], and values [T, Hkv, D], of x [T, E]."""
-    h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    """Rotated queries [T, H, D] and keys [T, Hkv, D], and values [T, Hkv, D], of x [T, E]
+    (Qwen3: each query and key head RMS-normalized first)."""
+    h, kv, d = cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
+    t = len(x)
     qkv = linear(x, layer.qkv_w, layer.qkv_b)
     q, k, v = np.split(qkv, [h * d, (h + kv) * d], axis=-1)
+    q, k, v = q.reshape(t, h, d), k.reshape(t, kv, d), v.reshape(t, kv, d)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, layer.q_norm, cfg.rms_norm_eps), rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
     inv_freq = inv_frequencies(d, cfg.rope_theta, cfg.rope_scaling)
-    t = len(x)
-    return (rotate(q.reshape(t, h, d), positions, inv_freq),
-            rotate(k.reshape(t, kv, d), positions, inv_freq), v.reshape(t, kv, d))
+    return rotate(q, positions, inv_freq), rotate(k, positions, inv_freq), v
 
 
 def block(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig) -> np.ndarray:

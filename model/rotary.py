@@ -8,8 +8,9 @@ product then depends only on how far apart the two positions are.
 `inv_frequencies` computes the frequencies, with the `rope_scaling` types checkpoints use
 (`linear`: all divided by a factor; `llama3`: long wavelengths divided, short ones kept, a
 smooth blend between); `cos_sin` the angles' cosines and sines for a step's positions, in
-float32 as transformers computes them. Plain numpy, shared by the reference
-(`reference_llama.rotate`) and the engine (whose kernel is `llama.rotate_`).
+float32 as transformers computes them. Both plain numpy, shared by the reference
+(`reference_llama.rotate`) and the engine, whose kernel `rotate_` turns queries and keys in
+place, on numba's threads when a step has enough of them (`kernels.on_threads`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, prange
+
+from nanovllm.model.kernels import KERNEL_MATH, on_threads
 
 
 def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> np.ndarray:
@@ -49,3 +53,34 @@ def cos_sin(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np
     """The rotation of each position: cos and sin, [n, head_dim / 2] float32 each."""
     angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]  # float32, as torch
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def rotate_(x, cos, sin):
+    """Rotary positions IN PLACE (`reference_llama.rotate`): x ([n, heads, D], any strides)
+    turned by each row's angles (cos, sin: [n, D/2], `cos_sin`): each pair
+    (x[.., i], x[.., i + D/2]) = (a, b) becomes (a cos - b sin, b cos + a sin)."""
+    if on_threads(x.size):
+        for t in prange(x.shape[0]):
+            rotate_row_(x[t], cos[t], sin[t])
+    else:
+        for t in range(x.shape[0]):
+            rotate_row_(x[t], cos[t], sin[t])
+    return x
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def rotate_row_(x, cos, sin):
+    half = x.shape[1] // 2
+    for h in range(x.shape[0]):
+        for i in range(half):
+            a, b = x[h, i], x[h, i + half]
+            x[h, i] = a * cos[i] - b * sin[i]
+            x[h, i + half] = b * cos[i] + a * sin[i]
+
+
+def compile_rotary() -> None:
+    """On a C-contiguous array and on a strided view (a slice of the fused projection)."""
+    cos = np.ones((1, 1), np.float32)
+    rotate_(np.zeros((1, 1, 2), np.float32), cos, cos)
+    rotate_(np.zeros((1, 4), np.float32)[:, :2].reshape(1, 1, 2), cos, cos)

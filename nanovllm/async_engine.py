@@ -77,7 +77,7 @@ class AsyncEngine:
         self.processor = engine.processor
         self.max_model_len: int = engine.max_model_len
         self.model_path, self.is_dummy = str(engine.model_path), engine.is_dummy
-        self.stats = engine.get_stats()  # snapshot, refreshed by the thread after every change
+        self.stats = engine.get_stats()  # refreshed by the engine thread after every change
         self.error: BaseException | None = None
         self.degraded: str | None = None  # one engine serves fully or not at all
         self.replica_stats = None  # one engine: `stats` is the whole story

@@ -74,9 +74,11 @@ class Hypothesis:
 
 
 @dataclass(slots=True)
-class BeamStep:
+class BeamRound:
+    """One round of the search (every live beam offered; one engine step each, or more when
+    a beam waits for the others)."""
     live: list[Candidate]                # the next live beams, best first
-    new_hypotheses: list[Hypothesis]     # those that entered the kept set this step
+    new_hypotheses: list[Hypothesis]     # those that entered the kept set this round
 
 
 @dataclass(slots=True)
@@ -89,9 +91,9 @@ class BeamScorer:
     hypotheses: list[Hypothesis] = field(default_factory=list)  # at most `width`, best first
     done: bool = False
 
-    def step(self, cum_logprobs: list[float], offers: list[tuple[list[int], list[float]]],
-             num_generated: int) -> BeamStep:
-        """One step: `cum_logprobs[b]` is live beam b's score, `offers[b]` its best next tokens
+    def next_round(self, cum_logprobs: list[float], offers: list[tuple[list[int], list[float]]],
+                   num_generated: int) -> BeamRound:
+        """One round: `cum_logprobs[b]` is live beam b's score, `offers[b]` its best next tokens
         and their logprobs, `num_generated` how many tokens each beam has (all the same)."""
         k, length = self.width, num_generated + 1
         candidates = sorted(
@@ -111,7 +113,7 @@ class BeamScorer:
         self.done = not live or (
             len(kept) == k
             and hypothesis_score(live[0].cum_logprob, length, self.length_penalty) <= kept[-1].score)
-        return BeamStep(live, new)
+        return BeamRound(live, new)
 
 
 def beam_search_output(out: RequestOutput, length_penalty: float) -> BeamSearchOutput:
@@ -164,13 +166,13 @@ class BeamGroup:
     def advance(self, beams: list) -> list[tuple[int, int]] | None:
         """The next beams, each as (its parent's index in `beams`, its token), best first; or
         None when the search has ended."""
-        step = self._score(beams)
-        return None if self.scorer.done else [(c.parent, c.token) for c in step.live]
+        scored = self._score(beams)
+        return None if self.scorer.done else [(c.parent, c.token) for c in scored.live]
 
-    def _score(self, beams: list) -> BeamStep:
+    def _score(self, beams: list) -> BeamRound:
         """Scores this round's offers; the new hypotheses carry their (tokens, logprobs)."""
-        step = self.scorer.step(self.cum_logprobs, [self.offers[b.seq_id] for b in beams],
-                                beams[0].num_output_tokens)
+        step = self.scorer.next_round(self.cum_logprobs, [self.offers[b.seq_id] for b in beams],
+                                      beams[0].num_output_tokens)
         self.offers.clear()
         for h in step.new_hypotheses:
             c = h.candidate

@@ -2,7 +2,7 @@
 
 The server holds one of these for serving: it checks a request once with `processor.process`
 (an EngineRequest), submits that with `add_request` and a sink of its own (the returned Future
-says whether the engine took it), and reads the tokenizer, limits and a stats snapshot. Two
+says whether the engine took it), and reads the tokenizer, limits and the latest stats. Two
 implementations: a thread in this process (async_engine.AsyncEngine), and one that forwards to
 engine replicas on Ray Serve (server/ray/client.RayEngineClient); only values and the server's
 own sink cross it. The web page's views of one engine are another interface, beside this one
@@ -88,7 +88,7 @@ class EngineClient(Protocol):
     max_model_len: int        # (the processor's other limits: processor.vocab_size, ...)
     model_path: str           # where the weights came from
     is_dummy: bool            # random weights (a dummy checkpoint): the text is noise
-    stats: EngineStats        # a snapshot, never older than the last output delivered
+    stats: EngineStats        # as of a moment never older than the last output delivered
     error: BaseException | None  # why the engine died, once it has
 
     @property
@@ -100,7 +100,7 @@ class EngineClient(Protocol):
 
     @property
     def replica_stats(self) -> Mapping[str, EngineStats] | None:
-        """One snapshot per engine replica, by replica id, when there are several; else None."""
+        """Each engine replica's latest stats, by replica id, when there are several; else None."""
 
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
         """Queue a checked request whose news goes to `sink`. The Future is done once the engine

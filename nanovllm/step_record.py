@@ -207,13 +207,12 @@ class StepRecorder:
     def _ran(self, inputs: StepInputs, sample_logits: np.ndarray) -> None:
         """The runner's flat inputs and the logits of its sampled rows (NativeModelRunner.last_run)."""
         n = len(sample_logits)
-        proposed = inputs.proposals
+        ahead = inputs.lookahead
         self.inputs = RunnerInputs(
             inputs.token_ids.tolist(), inputs.positions.tolist(),
             inputs.attention.slot_mapping.tolist(),
             [e.seq_id for e in inputs.entries
-             for _ in range(len(e.token_ids) + len(proposed[e.seq_id].token_ids
-                                                    if e.seq_id in proposed else ()))],
+             for _ in range(len(e.token_ids) + len(ahead.get(e.seq_id, ())))],
             inputs.logit_rows[:n].tolist())
         self.sample_logits = sample_logits
 

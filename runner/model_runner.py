@@ -5,8 +5,8 @@ sequence's new tokens, positions and block table, whether it samples (or gives i
 next tokens) and which prompt tokens it scores, and the sequences announced and retired since
 the last step. The runner keeps only each live sequence's own sampling state
 (runner/seq_state.py), keyed by seq id. Lookahead slots are the `Speculator`'s to fill
-(runner/spec_decode/): it proposes tokens for them before the forward pass and verifies them
-after, each proposal one more row of its sequence.
+(runner/spec_decode/), before the forward pass, and to check after it: each token in them is
+one more row of its sequence.
 
 Every token of the step goes through each weight matrix as one matmul. Single-token sequences
 (decodes) are laid out first and attended together; multi-token chunks (prefills) follow. The
@@ -52,9 +52,9 @@ class StepInputs:
     sampling: list[ScheduledSequence]  # their rows come first in logit_rows, one each
     scoring: list[ScheduledSequence]   # then these, len(prompt_logprob_ids) rows each
     entries: list[ScheduledSequence]   # every chunk, in row order
-    # then these, with proposals to verify: 1 + len(proposal) rows each
-    verifying: list[ScheduledSequence] = field(default_factory=list)
-    proposals: dict = field(default_factory=dict)  # seq id -> its proposal (after its tokens)
+    # then these, with tokens in lookahead slots: 1 + len(lookahead[seq_id]) rows each
+    ahead: list[ScheduledSequence] = field(default_factory=list)
+    lookahead: dict[int, list[int]] = field(default_factory=dict)  # seq id -> those tokens
 
 
 class NativeModelRunner:
@@ -86,9 +86,9 @@ class NativeModelRunner:
             self.speculator.start(step)
         if not step.scheduled:
             return ModelRunnerOutput({}, {}, {})
-        proposals = (self.speculator.propose(step.scheduled, self.states, self.prepare)
-                     if self.speculator else {})
-        inputs = self.prepare(step.scheduled, proposals)
+        filled = (self.speculator.propose(step.scheduled, self.states, self.prepare)
+                  if self.speculator else {})
+        inputs = self.prepare(step.scheduled, {i: p.token_ids for i, p in filled.items()})
         logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
                                     self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
@@ -110,7 +110,7 @@ class NativeModelRunner:
                                 self._prompt_logprobs(logits[n:m], inputs.scoring),
                                 self._candidates(logits[:n], inputs.sampling, ranked))
         if self.speculator:
-            self.speculator.verify(logits[m:], inputs.verifying, proposals, self.states,
+            self.speculator.verify(logits[m:], inputs.ahead, filled, self.states,
                                    self.eos_token_ids, out)
             self.speculator.took(out)
         return out
@@ -139,19 +139,19 @@ class NativeModelRunner:
         blocks = np.take(block_table, positions // self.block_size)
         return blocks * self.block_size + positions % self.block_size
 
-    def prepare(self, scheduled: list[ScheduledSequence], proposals: dict | None = None
-                ) -> StepInputs:
-        """The step's flat inputs; `proposals` (seq id -> Proposal) add rows after their
-        sequences' tokens, each scored to verify it."""
-        proposed = {seq_id: p.token_ids for seq_id, p in (proposals or {}).items()}
+    def prepare(self, scheduled: list[ScheduledSequence],
+                lookahead: dict[int, list[int]] | None = None) -> StepInputs:
+        """The step's flat inputs; `lookahead` (seq id -> tokens in its lookahead slots) adds
+        rows after a sequence's tokens, every one of its rows scoring what follows it."""
+        lookahead = lookahead or {}
 
         def num_rows(e: ScheduledSequence) -> int:
-            return len(e.token_ids) + len(proposed.get(e.seq_id, ()))
+            return len(e.token_ids) + len(lookahead.get(e.seq_id, ()))
 
         entries = sorted(scheduled, key=lambda e: num_rows(e) > 1)
         decodes = [e for e in entries if num_rows(e) == 1]
         pos, slot_parts, prefills = [], [], []
-        sample_rows, sampling, prompt_rows, scoring, verify_rows, verifying = [], [], [], [], [], []
+        sample_rows, sampling, prompt_rows, scoring, ahead_rows, ahead = [], [], [], [], [], []
         # A decode's one position and slot in Python's integers: numpy's per-call cost, paid
         # for each of a large batch's sequences, was most of this function's time.
         size = self.block_size
@@ -167,9 +167,9 @@ class NativeModelRunner:
                 slot_parts.append(self.slots(e.block_table, positions))
                 context = self.slots(e.block_table, np.arange(start + n)) if start else None
                 prefills.append((row, row + n, context))
-            if e.seq_id in proposed:  # every row scores what follows it
-                verify_rows.extend(range(row, row + n))
-                verifying.append(e)
+            if e.seq_id in lookahead:  # every row scores what follows it
+                ahead_rows.extend(range(row, row + n))
+                ahead.append(e)
             elif e.sample:
                 sample_rows.append(row + n - 1)
                 sampling.append(e)
@@ -180,10 +180,10 @@ class NativeModelRunner:
         attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
                                    *self._decode_context(decodes), prefills)
         token_ids = (t for e in entries
-                     for part in (e.token_ids, proposed.get(e.seq_id, ())) for t in part)
+                     for part in (e.token_ids, lookahead.get(e.seq_id, ())) for t in part)
         return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
-                          np.array(sample_rows + prompt_rows + verify_rows, np.int64), sampling,
-                          scoring, entries, verifying, proposals or {})
+                          np.array(sample_rows + prompt_rows + ahead_rows, np.int64), sampling,
+                          scoring, entries, ahead, lookahead)
 
     def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
         """Block tables of the decodes, 0-padded to the longest, and their context lengths."""

@@ -16,14 +16,16 @@ LLAMA_VARIANTS = {
                                   rope_scaling=LLAMA3_SCALING)),
     "qwen2": ("Qwen2", dict(tie_word_embeddings=True, rope_theta=1000000.0)),
     "mistral-window": ("Mistral", dict(sliding_window=12)),
+    # head_dim 32 where hidden / heads is 16; q_norm and k_norm random like every norm below
+    "qwen3": ("Qwen3", dict(tie_word_embeddings=True, rope_theta=1000000.0, head_dim=32)),
 }
 
 
 def write_hf_llama(out, family: str, *, bf16: bool = False, max_shard_size: str | None = None,
                    seed: int = 0, **overrides):
-    """A random checkpoint of `family` ("Llama", "Qwen2", "Mistral") written by transformers'
-    own classes, with random norms and biases (an init of ones and zeros would hide a dropped
-    one), a Llama 3 style tokenizer and a generation_config.json listing two EOS ids."""
+    """A random checkpoint of `family` ("Llama", "Qwen2", "Mistral", "Qwen3") written by
+    transformers' own classes, with random norms and biases (an init of ones and zeros would
+    hide a dropped one), a Llama 3 style tokenizer and a generation_config.json listing two EOS ids."""
     import torch
     import transformers
 

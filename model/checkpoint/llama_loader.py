@@ -1,4 +1,4 @@
-"""Loads a Hugging Face Llama, Mistral or Qwen2 checkpoint directory into `LlamaWeights`,
+"""Loads a Hugging Face Llama, Mistral, Qwen2 or Qwen3 checkpoint directory into `LlamaWeights`,
 checking every tensor against the config before anything runs.
 
 Single-file or sharded safetensors (the shard reading is GPT-2's, `loader.read_tensors`), F32,
@@ -7,7 +7,8 @@ buffers are ignored (they are recomputed from the config). `generation_config.js
 `eos_token_id`, an id or a list, replaces config.json's: every id in it ends a sequence.
 
 q/k/v are fused into one matrix and gate/up into another (rows in that order), then stored as
-`dtype` / `quantization` ask (`model/quant.py`); norms and biases stay float32.
+`dtype` / `quantization` ask (`model/quant.py`); norms (Qwen3's per-head q_norm and k_norm
+too) and biases stay float32.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROTARY_BUFFER = re.compile(r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_f
 def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter tensor of a model of this config, by its un-prefixed HF name."""
     e, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    q, kv = cfg.num_attention_heads * d, cfg.num_kv_heads * d
     shapes = {"embed_tokens.weight": (cfg.vocab_size, e), "norm.weight": (e,)}
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, e)
@@ -47,6 +48,8 @@ def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
                            p + "self_attn.v_proj.bias": (kv,)})
         if cfg.o_proj_bias:
             shapes[p + "self_attn.o_proj.bias"] = (e,)
+        if cfg.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)})
     return shapes
 
 
@@ -105,7 +108,9 @@ def build_weights(cfg: LlamaConfig, tensors: dict[str, np.ndarray], dtype: str =
             o_b=bias(attn + "o_proj.bias"),
             post_norm=tensors[p + "post_attention_layernorm.weight"],
             gate_up_w=matrix(tensors[mlp + "gate_proj.weight"], tensors[mlp + "up_proj.weight"]),
-            down_w=matrix(tensors[mlp + "down_proj.weight"])))
+            down_w=matrix(tensors[mlp + "down_proj.weight"]),
+            q_norm=tensors.get(attn + "q_norm.weight"),
+            k_norm=tensors.get(attn + "k_norm.weight")))
     embed = matrix(tensors["embed_tokens.weight"])
     lm_head = embed if cfg.tie_word_embeddings else matrix(tensors["lm_head.weight"])
     return LlamaWeights(embed=embed, layers=layers, norm=tensors["norm.weight"], lm_head=lm_head)

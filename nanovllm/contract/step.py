@@ -2,8 +2,8 @@
 
 The scheduler describes each step once (`SchedulerOutput`): for every scheduled sequence, the
 tokens it computes, where they go, and what the step must produce from them (a sample, or its
-most likely next tokens; prompt logprobs), and the lookahead slots it may fill with proposed
-tokens and verify in the same step. The runner answers with what it produced
+most likely next tokens; prompt logprobs), and the lookahead slots the runner may fill with
+tokens of its own choosing, computed in the same step and kept only where the model agrees. The runner answers with what it produced
 (`ModelRunnerOutput`). Neither side sees the other's objects: sequences are named by
 their seq id. The tokens themselves live in the engine's sequences; the runner keeps only what
 is its own (random generators, penalty counts, grammar matchers), from the step a sequence is
@@ -40,8 +40,8 @@ class ScheduledSequence:
     prompt_logprob_ids: list[int] = field(default_factory=list)
     # Instead of a sample, its this-many most likely next tokens and their logprobs.
     num_candidates: int = 0
-    # A decode only: KV slots reserved after token_ids for up to this many proposed tokens,
-    # which the runner may verify in this step (each kept one is a token computed).
+    # A decode only: KV slots reserved after token_ids for up to this many more tokens, which
+    # the runner may fill and check in this step (each kept one is a token computed).
     num_lookahead: int = 0
 
 
@@ -67,12 +67,12 @@ class TokenLogprobs:
 
 @dataclass(slots=True)
 class ModelRunnerOutput:
-    # seq_id -> the tokens it takes, where it samples: one, or after lookahead the proposed
-    # tokens the model kept (their K/V computed in this step) and then one of its own.
+    # seq_id -> the tokens it takes, where it samples: one, or after lookahead the tokens the
+    # model kept from its lookahead slots (their K/V computed in this step), then one more.
     sampled: dict[int, list[int]]
     logprobs: dict[int, list[TokenLogprobs]]         # seq_id -> those tokens' logprobs, where asked
     prompt_logprobs: dict[int, list[TokenLogprobs]]  # seq_id -> its prompt_logprob_ids' logprobs
     # seq_id -> its num_candidates most likely next tokens and their logprobs, best first
     candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
-    # seq_id -> the lookahead slots the runner filled and verified (may be fewer than reserved)
+    # seq_id -> the lookahead slots the runner filled and checked (may be fewer than reserved)
     lookahead_filled: dict[int, int] = field(default_factory=dict)

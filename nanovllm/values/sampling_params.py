@@ -146,7 +146,7 @@ def _as_bias(value) -> dict[int, float]:
 
     The one check of a bias's key and range: the server clamps the values to [-100, 100]
     first (as OpenAI does) and passes the keys through; whether an id is in the vocabulary
-    is the engine's rule (validation.py).
+    is the input processor's rule (input_processor.py).
     """
     if value is None:
         return {}

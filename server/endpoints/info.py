@@ -102,7 +102,8 @@ def read_tokenizer_config(tokenizer_dir: str | Path) -> dict:
 # The fast class transformers' AutoTokenizer (vLLM's loader) picks from config.json's model_type
 # when tokenizer_config.json names no class, for the architectures we serve.
 _CLASS_BY_MODEL_TYPE = {"gpt2": "GPT2TokenizerFast", "llama": "LlamaTokenizerFast",
-                        "mistral": "LlamaTokenizerFast", "qwen2": "Qwen2TokenizerFast"}
+                        "mistral": "LlamaTokenizerFast", "qwen2": "Qwen2TokenizerFast",
+                        "qwen3": "Qwen2TokenizerFast"}
 
 
 def tokenizer_class(config: dict, model_type: str | None) -> str:

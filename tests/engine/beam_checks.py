@@ -62,7 +62,7 @@ def scorer_beams(hf, prompt: list[int], width: int, max_tokens: int, length_pena
                 logits = hf(torch.tensor([prompt + tokens])).logits[0, -1]
             top = torch.log_softmax(logits.float(), -1).topk(2 * width)
             offers.append((top.indices.tolist(), top.values.tolist()))
-        step = scorer.step([cum for _, cum in beams], offers, len(beams[0][0]))
+        step = scorer.next_round([cum for _, cum in beams], offers, len(beams[0][0]))
         for h in step.new_hypotheses:
             finished[id(h)] = beams[h.candidate.parent][0] + [h.candidate.token]
         beams = [(beams[c.parent][0] + [c.token], c.cum_logprob) for c in step.live]

@@ -47,23 +47,23 @@ def test_scorer_rules_by_hand():
     """Width 2, EOS = 0: the best candidate ends (a hypothesis), the live beams are the next
     two; the search stops once 2 hypotheses beat the best live beam at its length."""
     scorer = BeamScorer(width=2, max_tokens=10, eos_token_ids=(0,), length_penalty=1.0)
-    step = scorer.step([0.0], [([0, 1, 2, 3], [-0.1, -0.5, -1.0, -3.0])], 0)
+    step = scorer.next_round([0.0], [([0, 1, 2, 3], [-0.1, -0.5, -1.0, -3.0])], 0)
     assert [(c.parent, c.token) for c in step.live] == [(0, 1), (0, 2)]
     assert [(h.candidate.token, h.score) for h in step.new_hypotheses] == [(0, -0.1)]
     assert not scorer.done
     # EOS from beam 1 at -1.0 - 0.2 is the 2nd candidate: kept, scored -1.2 / 2 = -0.6; the
     # best live beam, -0.5 - 0.3 = -0.8, at length 2 scores -0.4 > -0.6: not done.
-    step = scorer.step([-0.5, -1.0], [([3, 0], [-0.3, -4.0]), ([0, 4], [-0.2, -3.0])], 1)
+    step = scorer.next_round([-0.5, -1.0], [([3, 0], [-0.3, -4.0]), ([0, 4], [-0.2, -3.0])], 1)
     assert [h.score for h in scorer.hypotheses] == pytest.approx([-0.1, -0.6])
     assert not scorer.done
     # Now every live candidate is worse than -0.6 at length 3 (-0.8 - 1.5 = -2.3, / 3 < -0.6).
-    scorer.step([-0.8, -4.3], [([5, 6], [-1.5, -2.0]), ([7, 8], [-1.0, -2.0])], 2)
+    scorer.next_round([-0.8, -4.3], [([5, 6], [-1.5, -2.0]), ([7, 8], [-1.0, -2.0])], 2)
     assert scorer.done and [h.score for h in scorer.hypotheses] == pytest.approx([-0.1, -0.6])
 
 
 def test_scorer_length_limit_finishes_the_best_k():
     scorer = BeamScorer(width=2, max_tokens=1, eos_token_ids=())
-    step = scorer.step([0.0], [([5, 6, 7, 8], [-0.1, -0.2, -0.3, -0.4])], 0)
+    step = scorer.next_round([0.0], [([5, 6, 7, 8], [-0.1, -0.2, -0.3, -0.4])], 0)
     assert step.live == [] and scorer.done
     assert [(h.candidate.token, h.finish_reason) for h in scorer.hypotheses] == [(5, "length"),
                                                                                  (6, "length")]

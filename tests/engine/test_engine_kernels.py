@@ -6,20 +6,12 @@ from __future__ import annotations
 import pytest
 
 from nanovllm import LLM, SamplingParams
+from nanovllm.model.activations import gelu_int8_, gelu_rows_
 from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
-from nanovllm.model.gpt2 import (
-    gelu_int8_,
-    gelu_int8_parallel_,
-    gelu_parallel_,
-    gelu_rows_,
-    layer_norm_int8_,
-    layer_norm_int8_parallel_,
-    layer_norm_parallel_,
-    layer_norm_rows_,
-)
 from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels import softmax_rows_
 from nanovllm.model.linear import host_int8_kernel, matmul_nt, matmul_packed
+from nanovllm.model.norms import layer_norm_int8_, layer_norm_rows_
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
@@ -31,9 +23,8 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
     (its F32 biases stay read-only views of the file)."""
     llm = LLM(str(request.getfixturevalue(checkpoint)), num_kv_blocks=64,
               kv_cache_dtype=kv_cache_dtype)
-    kernels = (matmul_nt, matmul_packed, paged_decode_attention, layer_norm_rows_,
-               layer_norm_parallel_, gelu_rows_, gelu_parallel_, write_slots, softmax_rows_,
-               causal_softmax_, top_logprobs_)
+    kernels = (matmul_nt, matmul_packed, paged_decode_attention, layer_norm_rows_, gelu_rows_,
+               write_slots, softmax_rows_, causal_softmax_, top_logprobs_)
     before = [list(k.signatures) for k in kernels]
     llm.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     llm.beam_search([[1, 2, 3]], BeamSearchParams(2, 3, ignore_eos=True))
@@ -41,12 +32,11 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
 
 
 def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
-    """W8A8: a prefill of at least PARALLEL_QUANTIZE_ROWS tokens quantizes its activations on the
-    threads; start-up compiled that quantizer too, not only the one-row one decodes use."""
+    """W8A8: a long prefill quantizes its activations on the threads (`kernels.on_threads`);
+    start-up compiled that quantizer too, not only the one decodes use."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
     kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],
-               paged_decode_attention, layer_norm_int8_, layer_norm_int8_parallel_, gelu_int8_,
-               gelu_int8_parallel_, write_slots, causal_softmax_)
+               paged_decode_attention, layer_norm_int8_, gelu_int8_, write_slots, causal_softmax_)
     before = [list(k.signatures) for k in kernels]
     llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before)  # start-up compiled each, the fused layer norm and GELU included

@@ -53,7 +53,7 @@ def row_errors(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("options", NARROW, ids=["int8", "bfloat16"])
-@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2", "mistral-window"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2", "mistral-window", "qwen3"])
 def test_model_on_narrow_weights_is_the_reference_on_their_float32(llama_ckpt, variant, options,
                                                                   monkeypatch):
     """The fast path on converted weights against the Llama reference on the float32 matrices
@@ -86,7 +86,7 @@ def test_model_on_narrow_weights_is_the_reference_on_their_float32(llama_ckpt, v
 
 
 @pytest.mark.parametrize("options", NARROW, ids=["int8", "bfloat16"])
-@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window", "qwen3"])
 def test_engine_on_narrow_weights_stays_close_to_float32(gpt2_init, variant, options):
     """End to end, GPT-2's bound (test_quant.py): the first greedy token equal, its logprob
     within 0.01 of the float32 engine's."""
@@ -104,7 +104,7 @@ def test_engine_on_narrow_weights_stays_close_to_float32(gpt2_init, variant, opt
         assert abs(lp_a - lp_b) < 0.01
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window"])
+@pytest.mark.parametrize("variant", ["llama-gqa", "mistral-window", "qwen3"])
 def test_float16_cache_logprobs_stay_close_to_transformers(gpt2_init, hf_llama, variant):
     """Through chunked prefill, decode and preemption on a 40-block pool, within the 1e-3 that
     float32 caches are held to (GPT-2: test_engine_kv_cache_dtype.py)."""

@@ -17,20 +17,19 @@ import numpy as np
 import pytest
 from numba import config
 
-from nanovllm.model import gpt2
 from nanovllm.model import linear as linear_module
 from nanovllm.model import reference as ref
+from nanovllm.model.activations import gelu
 from nanovllm.model.attention import (
     CAUSAL_BLOCK,
-    DECODE_PARALLEL_MIN_WORK,
     causal_attention,
     paged_decode_attention,
     softmax_,
 )
-from nanovllm.model.gpt2 import gelu, layer_norm
 from nanovllm.model.int8_gemm import Int8Rows, quantize_activations
-from nanovllm.model.kernels import as_kernel_array
+from nanovllm.model.kernels import PARALLEL_MIN_WORK, as_kernel_array
 from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
+from nanovllm.model.norms import layer_norm
 from nanovllm.model.quant import Int8Weight, pack_float32
 
 U = 2.0 ** -24
@@ -169,7 +168,7 @@ def shuffled_block_tables(lens: list[int], block_size: int) -> tuple[int, np.nda
     return sum(blocks), tables
 
 
-# 64 contexts of 1-200 tokens: enough work for the parallel loop (DECODE_PARALLEL_MIN_WORK), the
+# 64 contexts of 1-200 tokens: enough work for the parallel loop (PARALLEL_MIN_WORK), the
 # others run on the calling thread.
 MANY_CONTEXTS = [(37 * i) % 200 + 1 for i in range(64)]
 
@@ -180,7 +179,7 @@ def test_paged_decode_attention_matches_reference(lens, cache_dtype):
     """Each decode is the last row of the reference's attention over its whole context, read
     through a shuffled block table; float16 caches are read exactly as numpy widens them."""
     block_size, n_head, head_dim = 16, 3, 8
-    assert (sum(lens) * n_head * head_dim >= DECODE_PARALLEL_MIN_WORK) == (lens is MANY_CONTEXTS)
+    assert (sum(lens) * n_head * head_dim >= PARALLEL_MIN_WORK) == (lens is MANY_CONTEXTS)
     num_blocks, tables = shuffled_block_tables(lens, block_size)
     k_cache, v_cache = (f32(num_blocks * block_size, n_head, head_dim, seed=s, scale=2)
                         .astype(cache_dtype) for s in (12, 13))
@@ -196,7 +195,9 @@ def test_paged_decode_attention_matches_reference(lens, cache_dtype):
         assert_within(out[i:i + 1], expected, attention_bound(q[-1:], k, v))
 
 
-@pytest.mark.parametrize("rows, e", [(1, 768), (5, 7), (gpt2.SERIAL_MAX_ROWS + 1, 3072), (40, 6)])
+# On the calling thread, and (rows * e >= PARALLEL_MIN_WORK) on numba's threads.
+@pytest.mark.parametrize("rows, e", [(1, 768), (5, 7), (PARALLEL_MIN_WORK // 3072 + 1, 3072),
+                                     (40, 6)])
 def test_layer_norm_and_gelu_quantize_as_int8_linear_would(rows, e):
     """Fed to an int8 layer, layer norm and GELU quantize each row as they make it: the very
     bits of `int8_gemm.quantize_rows` on their float32 output (serial and on threads; the
@@ -218,16 +219,18 @@ def test_layer_norm_and_gelu_quantize_as_int8_linear_would(rows, e):
     np.testing.assert_array_equal(in_place, gelu(h.copy()))  # still GELU in place
 
 
-def test_layer_norm_and_gelu_give_the_same_bits_serial_and_on_threads():
-    """Small batches run on the calling thread, large ones on numba's: one row's arithmetic."""
-    x = 30 + f32(9, 768, seed=8, scale=3)
-    g, b = 1 + f32(768, seed=5, scale=0.3), f32(768, seed=6, scale=0.1)
-    serial, threaded = np.empty_like(x), np.empty_like(x)
-    gpt2.layer_norm_rows_(x, g, b, 1e-5, serial)
-    gpt2.layer_norm_parallel_(x, g, b, 1e-5, threaded)
-    np.testing.assert_array_equal(serial, threaded)
-    h = f32(9, 3072, seed=9, scale=4)
-    serial, threaded = h.copy(), h.copy()
-    gpt2.gelu_rows_(serial)
-    gpt2.gelu_parallel_(threaded)
-    np.testing.assert_array_equal(serial, threaded)
+@pytest.mark.parametrize("shape", [(PARALLEL_MIN_WORK // 768 + 3, 768), (9, 768)])
+def test_row_kernels_give_the_same_bits_on_threads_as_row_by_row(shape):
+    """Enough rows run on numba's threads, one row on the calling thread (`on_threads`): each
+    row's arithmetic is the same. Layer norm, GELU, softmax and quantizing, as GPT-2 runs them."""
+    x = 30 + f32(*shape, seed=8, scale=3)
+    g, b = 1 + f32(shape[1], seed=5, scale=0.3), f32(shape[1], seed=6, scale=0.1)
+    int8 = Int8Weight.from_rows(np.ones((1, shape[1]), np.int8), np.ones(1, np.float32))
+    rows = [slice(i, i + 1) for i in (0, 1, shape[0] // 2, shape[0] - 1)]
+    for kernel in (lambda a: layer_norm(a, g, b, 1e-5), lambda a: gelu(a.copy()),
+                   lambda a: softmax_(a.copy()), lambda a: quantize_activations(a).q,
+                   lambda a: layer_norm(a, g, b, 1e-5, feeds=int8).q,
+                   lambda a: gelu(a.copy(), feeds=int8).q):
+        whole = kernel(x)
+        for r in rows:
+            np.testing.assert_array_equal(whole[r], kernel(x[r]))

@@ -1,6 +1,7 @@
 """The Llama family's kernels against `model/reference_llama.py` (llm.c's rule), with the error
-bounds of test_kernels_vs_reference.py: RMSNorm, SwiGLU's gate, rotary positions, and the
-grouped-query attention (causal and paged decode) with and without a sliding window."""
+bounds of test_kernels_vs_reference.py: RMSNorm (per head too, for Qwen3), SwiGLU's gate,
+rotary positions, and the grouped-query attention (causal and paged decode) with and without a
+sliding window."""
 
 from __future__ import annotations
 
@@ -18,24 +19,19 @@ from test_kernels_vs_reference import (
 )
 
 from nanovllm.model import reference_llama as ref
+from nanovllm.model.activations import silu_mul
 from nanovllm.model.attention import (
     CAUSAL_BLOCK,
     TILE_HEAD_DIM,
     causal_attention,
     paged_decode_attention,
 )
-from nanovllm.model.kernels import as_kernel_array
-from nanovllm.model.llama import (
-    PARALLEL_MIN_ELEMENTS,
-    add_rms_norm_,
-    rms_norm,
-    rotate_,
-    silu_mul,
-)
-from nanovllm.model.rotary import cos_sin, inv_frequencies
+from nanovllm.model.kernels import PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.norms import add_rms_norm_, rms_norm, rms_norm_heads_
+from nanovllm.model.rotary import cos_sin, inv_frequencies, rotate_
 
 
-# Sizes on both sides of PARALLEL_MIN_ELEMENTS: the calling thread's loop and the parallel one.
+# Sizes on both sides of PARALLEL_MIN_WORK: the calling thread's loop and the parallel one.
 @pytest.mark.parametrize("rows, e", [(1, 1), (1, 576), (64, 576), (130, 2049)])
 def test_rms_norm_matches_reference(rows, e):
     x, g = f32(rows, e, seed=1, scale=3), 1 + f32(e, seed=2, scale=0.3)
@@ -63,7 +59,9 @@ def test_add_rms_norm_adds_in_place_and_normalizes_like_the_two_steps(rows, e):
     assert_within(out, expected, bound)
 
 
-@pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (65, 97), (90, 1537)])
+# On the calling thread, and (the last two) on numba's.
+@pytest.mark.parametrize("rows, i", [(1, 1), (3, 1536), (PARALLEL_MIN_WORK // 97 + 1, 97),
+                                     (90, 1537)])
 def test_silu_mul_matches_reference(rows, i):
     h = f32(rows, 2 * i, seed=3, scale=4)
     h[0, :min(4, i)] = [-100.0, -0.0, 30.0, 88.5][:min(4, i)]
@@ -79,8 +77,8 @@ def test_silu_mul_matches_reference(rows, i):
                                      {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0,
                                       "original_max_position_embeddings": 64}])
-# On the calling thread, and parallel (n * 3 heads * 64 >= PARALLEL_MIN_ELEMENTS).
-@pytest.mark.parametrize("n", [1, PARALLEL_MIN_ELEMENTS // (3 * 64) + 1])
+# On the calling thread, and parallel (n * 3 heads * 64 >= PARALLEL_MIN_WORK).
+@pytest.mark.parametrize("n", [1, PARALLEL_MIN_WORK // (3 * 64) + 1])
 def test_rotate_matches_reference_in_place_on_strided_views(scaling, n):
     """On column slices of a fused projection (the forward pass's views), at far positions."""
     heads, d = 3, 64
@@ -94,6 +92,24 @@ def test_rotate_matches_reference_in_place_on_strided_views(scaling, n):
     assert np.shares_memory(out, qkv)
     np.testing.assert_array_equal(qkv[:, :heads * d], before)  # its neighbour untouched
     assert_within(view, expected, 8 * U * (np.abs(view) + np.abs(expected)).astype(np.float64) + 1e-7)
+
+
+# On the calling thread, and parallel (n * 5 heads * 128 >= PARALLEL_MIN_WORK).
+@pytest.mark.parametrize("n", [1, 7, PARALLEL_MIN_WORK // (5 * 128) + 1])
+def test_rms_norm_heads_matches_reference_in_place_on_strided_views(n):
+    """Qwen3's q_norm / k_norm: each head of a column slice of the fused projection normalized
+    in place with one gain for every head; its neighbours untouched."""
+    heads, d = 5, 128
+    qkv = f32(n, 3 * heads * d, seed=5, scale=3)
+    g = 1 + f32(d, seed=6, scale=0.3)
+    view = qkv[:, heads * d:2 * heads * d].reshape(n, heads, d)
+    expected = ref.rms_norm(view.copy(), g, 1e-6)
+    left, right = qkv[:, :heads * d].copy(), qkv[:, 2 * heads * d:].copy()
+    assert rms_norm_heads_(view, g, 1e-6) is view
+    np.testing.assert_array_equal(qkv[:, :heads * d], left)
+    np.testing.assert_array_equal(qkv[:, 2 * heads * d:], right)
+    bound = (sum_error(d) + 8 * U) * np.abs(expected.astype(np.float64))
+    assert_within(view, expected, bound)
 
 
 def test_llama3_scaling_keeps_short_wavelengths_and_stretches_long_ones():

@@ -86,14 +86,35 @@ def test_text_prompts_get_bos_as_transformers_tokenizes_them(llama_ckpt):
 def test_every_preset_has_its_real_shapes(preset):
     """The presets' parameter counts as published (from the real configs' shapes)."""
     millions = {"smollm2-135m": 134.5, "smollm2-360m": 361.8, "tinyllama": 1100.0,
-                "llama-3.2-1b": 1235.8, "qwen2.5-0.5b": 494.0, "mistral-7b": 7241.7}
+                "llama-3.2-1b": 1235.8, "qwen2.5-0.5b": 494.0, "mistral-7b": 7241.7,
+                "qwen3-0.6b": 596.0, "qwen3-1.7b": 1720.6}
     assert LLAMA_PRESETS[preset].num_params / 1e6 == pytest.approx(millions[preset], rel=2e-3)
+
+
+@pytest.mark.parametrize("preset", LLAMA_PRESETS)
+def test_every_preset_is_the_model_transformers_builds_from_its_config(preset):
+    """The config.json a preset writes makes, in transformers (on the meta device: no memory),
+    a model whose parameters are the tensors our loader expects, name for name, shape for
+    shape."""
+    import torch
+    import transformers
+
+    from nanovllm.model.checkpoint.llama_loader import expected_shapes
+
+    cfg = LLAMA_PRESETS[preset]
+    d = cfg.to_hf_dict()
+    hf_config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    theirs = {name.removeprefix("model."): tuple(p.shape) for name, p in model.named_parameters()}
+    assert theirs == expected_shapes(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params
 
 
 def test_dummy_preset_loads_and_says_random(tmp_path, caplog):
     write_dummy_checkpoint(tmp_path / "d", "smollm2-135m", num_hidden_layers=2, vocab_size=2048)
     cfg, _ = load_checkpoint(tmp_path / "d")
-    assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.vocab_size) == (576, 3, 2048)
+    assert (cfg.hidden_size, cfg.num_kv_heads, cfg.vocab_size) == (576, 3, 2048)
     llm = LLM(str(tmp_path / "d"), load_format="dummy", num_kv_blocks=16)
     assert llm.engine.is_dummy and "RANDOM weights" in caplog.text
     assert llm.generate(["hi"], SamplingParams(max_tokens=3, ignore_eos=True),

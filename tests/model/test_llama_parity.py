@@ -1,9 +1,9 @@
-"""Llama, Qwen2 and Mistral against transformers: both of our forward passes, the engine's
+"""Llama, Qwen2, Qwen3 and Mistral against transformers: both of our forward passes, the engine's
 (`model/llama.py`) and the plain reference (`model/reference_llama.py`), on checkpoints that
 transformers' own classes wrote (tests/conftest.py's LLAMA_VARIANTS: grouped-query and
 multi-head attention, attention biases, tied and untied heads, llama3 rope scaling, Qwen2's
-biases, a Mistral window shorter than the sequence), give the same full-sequence logits to 1e-4,
-GPT-2's bound. Also: bf16 on disk, sharded files, and SmolLM2-135M's real shapes.
+biases, a Mistral window shorter than the sequence, Qwen3's per-head norms and wider heads),
+give the same full-sequence logits to 1e-4, GPT-2's bound. Also: bf16 on disk, sharded files, and SmolLM2-135M's real shapes.
 """
 
 from __future__ import annotations
@@ -52,12 +52,17 @@ def test_the_variants_are_what_they_say(llama_ckpt):
     assert configs["llama3-tied"].tie_word_embeddings
     assert configs["qwen2"].attention_bias and not configs["qwen2"].o_proj_bias
     assert configs["mistral-window"].sliding_window == 12
+    qwen3 = configs["qwen3"]
+    assert qwen3.qk_norm and not qwen3.attention_bias and qwen3.head_dim == 32 != 64 // 4
+    assert not any(c.qk_norm for v, c in configs.items() if v != "qwen3")
     assert all(len(c.eos_token_ids) == 2 for c in configs.values())  # generation_config's list
 
 
 @pytest.mark.parametrize("path", ["engine", "reference"])
-def test_bf16_sharded_checkpoint_matches_transformers(tmp_path, hf_llama, path):
-    model_dir = write_hf_llama(tmp_path, "Llama", bf16=True, max_shard_size="200KB")
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen3"])
+def test_bf16_sharded_checkpoint_matches_transformers(tmp_path, hf_llama, path, variant):
+    family, overrides = LLAMA_VARIANTS[variant]
+    model_dir = write_hf_llama(tmp_path, family, bf16=True, max_shard_size="200KB", **overrides)
     assert (model_dir / "model.safetensors.index.json").exists()
     assert len(list(model_dir.glob("model-*.safetensors"))) > 1
     assert max_diff(model_dir, hf_llama(model_dir), 50, path) <= TOL
@@ -71,7 +76,7 @@ def test_smollm2_135m_shapes_match_transformers(tmp_path, hf_llama):
     model_dir = write_hf_llama(
         tmp_path, "Llama", hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
         num_hidden_layers=p.num_hidden_layers, num_attention_heads=p.num_attention_heads,
-        num_key_value_heads=p.num_key_value_heads, vocab_size=p.vocab_size,
+        num_key_value_heads=p.num_kv_heads, vocab_size=p.vocab_size,
         max_position_embeddings=512, rope_theta=p.rope_theta, tie_word_embeddings=True,
         rms_norm_eps=p.rms_norm_eps, initializer_range=0.02)
     cfg, _ = load_checkpoint(model_dir)

@@ -13,13 +13,14 @@ import pytest
 import nanovllm.model.attention
 import nanovllm.model.gpt2
 from nanovllm.model import AttentionBatch, forward
+from nanovllm.model.activations import gelu
 from nanovllm.model.attention import (
     causal_attention,
     causal_softmax_,
     paged_decode_attention,
     softmax_,
 )
-from nanovllm.model.gpt2 import gelu, layer_norm
+from nanovllm.model.norms import layer_norm
 
 
 def f32(*shape, seed=0) -> np.ndarray:
