@@ -47,7 +47,7 @@ HUB_REPOS: dict[str, str] = {**{name: f"{_HUB_ORGS.get(name, 'openai-community')
 ALLOW_PATTERNS = ("config.json", "generation_config.json", "*.safetensors",
                   "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
                   "tokenizer_config.json", "vocab.txt",
-                  # sentence-transformers' pooling files (nanovllm/pooling.py)
+                  # sentence-transformers' pooling files (model/checkpoint/pooling_config.py)
                   "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 MARKER = ".nanovllm-download.json"  # written last, inside the staging dir, before the rename
 DEFAULT_HUB_TIMEOUT = 5.0  # seconds per hub call; huggingface_hub's 10 s adds up when the network is dark
