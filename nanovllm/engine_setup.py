@@ -1,6 +1,8 @@
 """An engine's parts, built from its config: the model and its tokenizer, the context length, the
 KV cache's size in blocks, and the model runner (with speculative decoding's Speculator when
-`speculative_config` asks for it, and its draft model).
+`speculative_config` asks for it, and its draft model). A pooling model (an encoder, or a
+decoder with `runner="pooling"`: nanovllm/pooling.py) gets the pooling runner and no KV cache:
+its blocks then only count its sequences.
 
 The KV cache gets `kv_cache_memory_bytes` (or `num_kv_blocks` blocks). A draft model's cache
 has blocks of its own, which only speculating sequences take: DRAFT_KV_SHARE of the budget (at
@@ -16,9 +18,12 @@ from dataclasses import dataclass, fields, is_dataclass
 import numpy as np
 
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.model_loading import LoadedModel, load_draft, load_model
+from nanovllm.pooling import pooling_config_of
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.pooling_runner import PoolingRunner
 from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.runner.spec_decode.speculator import Speculator
 from nanovllm.tokenizer import Tokenizer
@@ -35,7 +40,8 @@ class EngineParts:
     tokenizer: Tokenizer
     max_model_len: int
     num_kv_blocks: int
-    runner: NativeModelRunner
+    runner: NativeModelRunner | PoolingRunner
+    pooling: PoolingConfig | None = None  # how it pools; None: it generates
 
 
 def build_parts(config: EngineConfig) -> EngineParts:
@@ -46,6 +52,9 @@ def build_parts(config: EngineConfig) -> EngineParts:
     if max_model_len > cfg.n_positions:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's "
                          f"n_positions={cfg.n_positions}")
+    pooling = pooling_config_of(config, loaded)
+    if pooling is not None:
+        return pooling_parts(config, loaded, tokenizer, max_model_len, pooling)
     spec = config.speculative_config
     draft = (load_draft(config, loaded, max_model_len)
              if spec is not None and spec.method == "draft_model" else None)
@@ -78,6 +87,25 @@ def build_parts(config: EngineConfig) -> EngineParts:
                     f"{draft_model.kv_cache.nbytes / 2**20:.0f} MiB (taken only by speculating "
                     "sequences)")
     return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks, runner)
+
+
+def pooling_parts(config: EngineConfig, loaded: LoadedModel, tokenizer: Tokenizer,
+                  max_model_len: int, pooling: PoolingConfig) -> EngineParts:
+    """A pooling model's parts: the context capped at the checkpoint's `max_seq_length`, and
+    blocks enough for max_num_seqs whole sequences (they hold no K/V: nothing is allocated)."""
+    if pooling.max_seq_length:
+        max_model_len = min(max_model_len, pooling.max_seq_length)
+    num_kv_blocks = config.num_kv_blocks or config.max_num_seqs * (
+        -(-max_model_len // config.block_size))
+    cfg = loaded.config
+    logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                "max_model_len %d); pooling: %s%s, no KV cache", loaded.architecture,
+                loaded.path, "RANDOM weights (dummy checkpoint)" if loaded.is_dummy
+                else "pretrained weights", cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd,
+                cfg.vocab_size, max_model_len, "+".join(pooling.modes),
+                ", normalized" if pooling.normalize else "")
+    return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks,
+                       PoolingRunner(cfg, loaded.weights, pooling), pooling)
 
 
 def weight_bytes(weights) -> int:
