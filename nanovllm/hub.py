@@ -34,6 +34,7 @@ LLAMA_HUB_REPOS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
                    "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
                    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
                    "qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+                   "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
                    "mistral-7b": "mistralai/Mistral-7B-v0.1"}
 # The encoders' presets (BERT_PRESETS): two embedding models and a cross-encoder.
 BERT_HUB_REPOS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",

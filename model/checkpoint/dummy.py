@@ -138,12 +138,15 @@ def write_dummy_llama(out_dir: str | Path, preset: str, tokenizer_dir: str | Pat
     (out / "config.json").write_text(json.dumps(config, indent=2))
     generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids)}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    if preset in EMBEDDING_POOLING:
+        write_pooling_files(out, *EMBEDDING_POOLING[preset], cfg.hidden_size)
     return out
 
 
 # How the real embedding models pool (their 1_Pooling/config.json) and how long a text their
 # sentence_bert_config.json lets through.
-EMBEDDING_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512)}
+EMBEDDING_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512),
+                     "qwen3-embedding-0.6b": ("lasttoken", 32768)}
 
 
 def write_pooling_files(out: Path, mode: str, max_seq_length: int, dimension: int) -> None:

@@ -117,10 +117,11 @@ def test_a_generation_model_makes_no_embeddings(tiny_ckpt):
         LLM(str(tiny_ckpt)).embed("hello", use_tqdm=False)
 
 
-def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt):
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
+def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt, variant):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    model_dir = llama_ckpt("qwen2")
+    model_dir = llama_ckpt(variant)
     llm = LLM(str(model_dir), runner="pooling")
     outputs = llm.embed(TEXTS[:3], use_tqdm=False)
     model = transformers.AutoModel.from_pretrained(model_dir).eval()
@@ -129,3 +130,16 @@ def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt):
             hidden = model(torch.tensor([out.prompt_token_ids])).last_hidden_state[0, -1].numpy()
         assert cosines(out.outputs.embedding, hidden) >= 0.99999
         np.testing.assert_allclose(np.linalg.norm(out.outputs.embedding), 1, atol=1e-5)
+
+
+def test_the_qwen3_embedding_preset_pools_its_last_token(tmp_path):
+    from nanovllm.model.checkpoint.dummy import write_dummy_checkpoint
+
+    model_dir = write_dummy_checkpoint(tmp_path / "q", "qwen3-embedding-0.6b", num_hidden_layers=1,
+                                       hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                       num_kv_heads=2, head_size=16, vocab_size=2048)
+    llm = LLM(str(model_dir), runner="pooling")
+    assert llm.engine.pooling.modes == ("lasttoken",) and llm.engine.pooling.normalize
+    out = llm.embed(["Hello world", "Hello"], use_tqdm=False)
+    assert len(out[0].outputs.embedding) == 64
+    np.testing.assert_allclose(np.linalg.norm(out[0].outputs.embedding), 1, atol=1e-5)
