@@ -2,7 +2,7 @@
 
 BERT differs from the decoders in what it is for, not only in its layers: it reads a whole text
 at once (every token attends to every other, both ways) and its output is the text's hidden
-states, which a pooling step turns into one vector (`nanovllm/pooling.py`), or, for a
+states, which a pooling step turns into one vector (`model/pooling.py`), or, for a
 cross-encoder (`BertForSequenceClassification`), a score per label from the first token's.
 Its layers: learned absolute positions plus a token type (segment) embedding, layer norm
 *after* each residual add (post-norm), and the exact, erf-based GELU.

@@ -22,10 +22,13 @@ def encoder_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     for first, last in equal_length_runs(starts):
         a, b = int(starts[first]), int(starts[last])
         r, t = last - first, (b - a) // (last - first)
-        # [r, H, t, D] views: r texts of t tokens each.
-        qs, ks, vs = (x[a:b].reshape(r, t, *x.shape[1:]).transpose(0, 2, 1, 3)
-                      for x in (q, k, v))
-        scores = softmax_(np.matmul(qs * scale, ks.transpose(0, 1, 3, 2)))  # [r, H, t, t]
+        # [r, H, t, D]: r texts of t tokens each, copied contiguous (numpy's matmul reaches
+        # BLAS only for contiguous matrices; a strided one takes its slow generic loop).
+        qs, vs = (np.ascontiguousarray(x[a:b].reshape(r, t, *x.shape[1:]).transpose(0, 2, 1, 3))
+                  for x in (q, v))
+        kt = np.ascontiguousarray(k[a:b].reshape(r, t, *k.shape[1:]).transpose(0, 2, 3, 1))
+        qs *= scale
+        scores = softmax_(np.matmul(qs, kt))  # [r, H, t, t]
         out[a:b] = np.matmul(scores, vs).transpose(0, 2, 1, 3).reshape(b - a, *q.shape[1:])
     return out
 

@@ -113,10 +113,14 @@ def host_packs_float32() -> bool:
 def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
     """x @ w.T: `matmul_packed` up to PACKED_MAX_ROWS rows (compiled), else BLAS on the matrix
     unpacked to `[out, in]` rows `BLAS_CHUNK` outputs at a time."""
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    if x.shape[0] <= PACKED_MAX_ROWS and not config.DISABLE_JIT:
+    if x.shape[0] > PACKED_MAX_ROWS or config.DISABLE_JIT:
+        if w.shape[0] <= BLAS_CHUNK:  # one GEMM's result is the output: no copy into one
+            return x @ w.rows().T
+    else:
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
         matmul_packed(np.ascontiguousarray(x), w.packed, out)
         return out
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
     for start in range(0, w.shape[0], BLAS_CHUNK):
         end = min(w.shape[0], start + BLAS_CHUNK)
         out[:, start:end] = x @ w.rows(start, end).T

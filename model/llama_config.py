@@ -280,6 +280,12 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
         intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_kv_heads=8,
         head_size=128, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
         tie_word_embeddings=True, bos_token_id=151643, eos_token_ids=(151645, 151643)),
+    # Qwen3's shapes, served for embeddings with --runner pooling (last-token pooling).
+    "qwen3-embedding-0.6b": LlamaConfig(
+        architecture="Qwen3ForCausalLM", vocab_size=151669, hidden_size=1024,
+        intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_kv_heads=8,
+        head_size=128, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, bos_token_id=151643, eos_token_ids=(151643,)),
     "qwen3-1.7b": LlamaConfig(
         architecture="Qwen3ForCausalLM", vocab_size=151936, hidden_size=2048,
         intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_kv_heads=8,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nanovllm.model.reference import layer_norm, linear, softmax
+from nanovllm.model.reference import layer_norm, linear, softmax  # noqa: F401 - the trace's too
 
 if TYPE_CHECKING:
     from nanovllm.model.bert import BertWeights, LayerWeights
@@ -89,6 +89,13 @@ def forward(w: BertWeights, cfg: BertConfig, token_ids: np.ndarray,
     """The model's output for one text: hidden states [T, E], or a cross-encoder's logits."""
     hidden = encode(w, cfg, token_ids, token_type_ids)
     return classify(w, cfg, hidden) if cfg.is_classifier else hidden
+
+
+def lm_head(w: BertWeights, cfg: BertConfig, x: np.ndarray) -> np.ndarray:
+    """A vocabulary lens for the forward trace (model/trace.py): hidden states [T, E] against
+    the token embedding, [T, vocab] (BERT's masked-LM decoder is tied to it; the transform
+    before it is not part of an embedding checkpoint)."""
+    return linear(x, w.word)
 
 
 def layers(w: BertWeights, cfg: BertConfig, token_ids: np.ndarray

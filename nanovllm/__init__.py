@@ -23,10 +23,12 @@ _EXPORTS = {
     "CompletionOutput": "nanovllm.values.outputs", "Logprob": "nanovllm.values.outputs",
     "RequestOutput": "nanovllm.values.outputs",
     "SamplingParams": "nanovllm.values.sampling_params",
+    "PoolingParams": "nanovllm.values.pooling_params",
     "GrammarCompiler": "nanovllm.structured",
 }
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
-           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PromptType",
+           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PoolingParams",
+           "PromptType",
            "QueueFullError", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
            "__version__"]
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from nanovllm.values.errors import InvalidRequestError, QueueFullError
     from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+    from nanovllm.values.pooling_params import PoolingParams
     from nanovllm.values.sampling_params import SamplingParams
 
 

@@ -17,6 +17,7 @@ from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
 from nanovllm.scripts import (  # noqa: E402
     bench_prefix_cache_dir,
     benchmark,
+    benchmark_embeddings,
     benchmark_serving,
     download_gpt2,
 )
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     offline = kinds.add_parser("offline", help="offline prefill/decode tok/s of the engine")
     benchmark.add_args(offline)
     offline.set_defaults(func=benchmark.run)
+    embeddings = kinds.add_parser("embeddings", help="texts/s of embeddings, against "
+                                                     "sentence-transformers")
+    benchmark_embeddings.add_args(embeddings)
+    embeddings.set_defaults(func=benchmark_embeddings.run)
     serving = kinds.add_parser("serve", help="benchmark a running server")
     benchmark_serving.add_args(serving)
     serving.set_defaults(func=benchmark_serving.run)

@@ -14,6 +14,7 @@ from nanovllm.values.speculative import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+RUNNERS = ("auto", "generate", "pooling")
 
 
 def option(default, help: str, choices=None, flag_type=None):
@@ -35,6 +36,9 @@ class EngineConfig:
     max_waiting_seqs: int = option(
         4096, "sequences waiting to be admitted, at most: a request whose samples would queue "
               "more is refused at once (QueueFullError; HTTP 429 with Retry-After)")
+    runner: str = option(
+        "auto", "'pooling': serve the model for embeddings (a decoder pools its last token); "
+                "'auto': an encoder (BERT) pools, a decoder generates", RUNNERS)
     max_model_len: int | None = option(None, "context length (default: the model's n_positions)")
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of shared prompt prefixes")
     prefix_cache_dir: str | None = option(

@@ -28,11 +28,12 @@ from nanovllm.engine_setup import EngineParts, build_parts
 from nanovllm.input_processor import InputProcessor
 from nanovllm.kv_disk.tier import disk_tier_for
 from nanovllm.output_processor import OutputProcessor
+from nanovllm.pooling_input import PoolingInput
 from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request
 from nanovllm.snapshot import EngineSnapshot, take_snapshot
 from nanovllm.stats import EngineStats, StatsCollector, StepStats
-from nanovllm.values.errors import QueueFullError
+from nanovllm.values.errors import InvalidRequestError, QueueFullError
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.outputs import RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
@@ -60,19 +61,26 @@ class LLMEngine:
         self.architecture = loaded.architecture  # config.json's, e.g. LlamaForCausalLM
         self.tokenizer, self.max_model_len = parts.tokenizer, parts.max_model_len
         self.num_kv_blocks, self.runner = parts.num_kv_blocks, parts.runner
+        self.pooling = parts.pooling  # a pooling model's (embeddings, scores); None: it generates
         cfg = self.model_config
         self.eos_token_ids = cfg.eos_token_ids  # each ends a sequence (generation_config may list several)
         # Token ids a request may use: the model embeds them and the tokenizer decodes them.
         self.vocab_size = min(cfg.vocab_size, self.tokenizer.vocab_size)
+        pooling_input = None if self.pooling is None else PoolingInput(
+            self.tokenizer, self.vocab_size, self.max_model_len, self.pooling, cfg.n_embd,
+            getattr(cfg, "is_classifier", False))
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
                                         config.block_size, self.num_kv_blocks,
-                                        config.max_waiting_seqs)
-        self.block_manager = BlockManager(self.num_kv_blocks, config.block_size,
-                                          config.enable_prefix_caching,
-                                          disk_tier_for(config, loaded, self.runner.kv_cache))
+                                        config.max_waiting_seqs, pooling_input)
+        # A pooling model keeps no K/V: there is nothing to cache, in memory or on disk.
+        self.block_manager = BlockManager(
+            self.num_kv_blocks, config.block_size,
+            config.enable_prefix_caching and self.pooling is None,
+            None if self.pooling else disk_tier_for(config, loaded, self.runner.kv_cache))
         speculator = self.runner.speculator
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens,
+        # A pooling sequence is computed whole in one step: the budget always fits one.
+        budget = max(config.max_num_batched_tokens, self.max_model_len if self.pooling else 0)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget,
                                    speculator.lookahead if speculator else None)
         self.stats = StatsCollector(config)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids,
@@ -91,6 +99,11 @@ class LLMEngine:
         adds a token, or with `final_only` only once it finishes. Only what depends on the
         engine's live state is checked here: a free request id, room in the waiting queue."""
         request_id, params = request.request_id, request.params
+        if (request.pooling is None) != (self.pooling is None):
+            raise InvalidRequestError(
+                "This model is served for embeddings and scores: it does not generate text."
+                if self.pooling else "This model generates text; it makes no embeddings or "
+                "scores unless started with --runner pooling.", "model")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
@@ -102,6 +115,7 @@ class LLMEngine:
         group = None if request.beam is None else BeamGroup.start(request.beam, self.eos_token_ids)
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
                         final_only=request.final_only or group is not None, group=group,
+                        pooling=request.pooling, token_type_ids=request.token_type_ids,
                         metrics=RequestMetrics(time.perf_counter()))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)

@@ -1,25 +1,37 @@
 """An engine's parts, built from its config: the model and its tokenizer, the context length, the
 KV cache's size in blocks, and the model runner (with speculative decoding's Speculator when
-`speculative_config` asks for it, and its draft model).
+`speculative_config` asks for it, and its draft model). A pooling model (an encoder, or a
+decoder with `runner="pooling"`: nanovllm/pooling.py) gets the pooling runner and no KV cache:
+its blocks then only count its sequences.
 
-The KV cache gets `kv_cache_memory_bytes` (or `num_kv_blocks` blocks): a draft's cache is paged
-under the same block tables, so each block costs both models' bytes.
+The KV cache gets `kv_cache_memory_bytes` (or `num_kv_blocks` blocks). A draft model's cache
+has blocks of its own, which only speculating sequences take: DRAFT_KV_SHARE of the budget (at
+least one full-context sequence's worth), the target's the rest; with `num_kv_blocks` both get
+that many.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+
+import numpy as np
 
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.model_loading import LoadedModel, load_draft, load_model
+from nanovllm.pooling import pooling_config_of
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 from nanovllm.runner.model_runner import NativeModelRunner
+from nanovllm.runner.pooling_runner import PoolingRunner
 from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.runner.spec_decode.speculator import Speculator
 from nanovllm.tokenizer import Tokenizer
 
 logger = logging.getLogger("nanovllm")
+# A draft model's share of the KV budget: enough for the few sequences speculation pays for
+# (small batches), while the target keeps nearly the whole pool for the large ones.
+DRAFT_KV_SHARE = 0.125
 
 
 @dataclass(slots=True)
@@ -28,7 +40,8 @@ class EngineParts:
     tokenizer: Tokenizer
     max_model_len: int
     num_kv_blocks: int
-    runner: NativeModelRunner
+    runner: NativeModelRunner | PoolingRunner
+    pooling: PoolingConfig | None = None  # how it pools; None: it generates
 
 
 def build_parts(config: EngineConfig) -> EngineParts:
@@ -39,13 +52,20 @@ def build_parts(config: EngineConfig) -> EngineParts:
     if max_model_len > cfg.n_positions:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's "
                          f"n_positions={cfg.n_positions}")
+    pooling = pooling_config_of(config, loaded)
+    if pooling is not None:
+        return pooling_parts(config, loaded, tokenizer, max_model_len, pooling)
     spec = config.speculative_config
     draft = (load_draft(config, loaded, max_model_len)
              if spec is not None and spec.method == "draft_model" else None)
-    num_kv_blocks = kv_blocks(config, [m for m in (loaded, draft) if m is not None])
+    num_kv_blocks = kv_blocks(config, loaded, 1.0 if draft is None else 1.0 - DRAFT_KV_SHARE)
     draft_model = None if draft is None else DraftModel(
-        draft.config, draft.weights, num_kv_blocks, config.block_size, config.kv_cache_dtype)
-    speculator = None if spec is None else Speculator(spec, max_model_len, draft_model)
+        draft.config, draft.weights, max(kv_blocks(config, draft, DRAFT_KV_SHARE),
+                                         -(-max_model_len // config.block_size)),
+        config.block_size, config.kv_cache_dtype)
+    speculator = None if spec is None else Speculator(
+        spec, max_model_len, draft_model,
+        0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
                                config.kv_cache_dtype, config.seed, speculator)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
@@ -57,19 +77,53 @@ def build_parts(config: EngineConfig) -> EngineParts:
                 runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype)
     if spec is not None:
         off = spec.disable_by_batch_size
-        logger.info("speculative decoding: %s, k=%d, %s%s",
+        logger.info("speculative decoding: %s, %s, %s%s",
                     "n-gram lookup" if draft is None else f"draft {draft.path}",
-                    spec.num_speculative_tokens,
+                    f"k per request up to {spec.num_speculative_tokens}, from measured acceptance"
+                    " and costs" if spec.adaptive else f"k={spec.num_speculative_tokens}",
                     f"off from {off} running sequences on" if off else "never switched off",
                     "" if draft_model is None else
-                    f"; the KV budget is split target {runner.kv_cache.nbytes / 2**20:.0f}"
-                    f" MiB / draft {draft_model.kv_cache.nbytes / 2**20:.0f} MiB")
+                    f"; KV: target {runner.kv_cache.nbytes / 2**20:.0f} MiB, draft "
+                    f"{draft_model.kv_cache.nbytes / 2**20:.0f} MiB (taken only by speculating "
+                    "sequences)")
     return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks, runner)
 
 
-def kv_blocks(config: EngineConfig, models: list[LoadedModel]) -> int:
-    """KV blocks in the cache: `num_kv_blocks`, or as many as the memory budget pays for."""
-    bytes_per_block = sum(kv_bytes_per_block(m.config, config.block_size, config.kv_cache_dtype)
-                          for m in models)
-    return config.num_kv_blocks or max(1, (
-        config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES) // bytes_per_block)
+def pooling_parts(config: EngineConfig, loaded: LoadedModel, tokenizer: Tokenizer,
+                  max_model_len: int, pooling: PoolingConfig) -> EngineParts:
+    """A pooling model's parts: the context capped at the checkpoint's `max_seq_length`, and
+    blocks enough for max_num_seqs whole sequences (they hold no K/V: nothing is allocated)."""
+    if pooling.max_seq_length:
+        max_model_len = min(max_model_len, pooling.max_seq_length)
+    num_kv_blocks = config.num_kv_blocks or config.max_num_seqs * (
+        -(-max_model_len // config.block_size))
+    cfg = loaded.config
+    logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
+                "max_model_len %d); pooling: %s%s, no KV cache", loaded.architecture,
+                loaded.path, "RANDOM weights (dummy checkpoint)" if loaded.is_dummy
+                else "pretrained weights", cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd,
+                cfg.vocab_size, max_model_len, "+".join(pooling.modes),
+                ", normalized" if pooling.normalize else "")
+    return EngineParts(loaded, tokenizer, max_model_len, num_kv_blocks,
+                       PoolingRunner(cfg, loaded.weights, pooling), pooling)
+
+
+def weight_bytes(weights) -> int:
+    """Bytes of a model's arrays, found through its dataclasses, lists and dicts."""
+    if isinstance(weights, np.ndarray):
+        return weights.nbytes
+    if is_dataclass(weights):
+        return sum(weight_bytes(getattr(weights, f.name)) for f in fields(weights))
+    if isinstance(weights, (list, tuple)):
+        return sum(weight_bytes(w) for w in weights)
+    if isinstance(weights, dict):
+        return sum(weight_bytes(w) for w in weights.values())
+    return 0
+
+
+def kv_blocks(config: EngineConfig, model: LoadedModel, share: float = 1.0) -> int:
+    """KV blocks of `model`'s cache: `num_kv_blocks`, or as many as `share` of the memory
+    budget pays for."""
+    bytes_per_block = kv_bytes_per_block(model.config, config.block_size, config.kv_cache_dtype)
+    budget = config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES
+    return config.num_kv_blocks or max(1, int(budget * share) // bytes_per_block)

@@ -34,6 +34,7 @@ LLAMA_HUB_REPOS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
                    "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
                    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
                    "qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+                   "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
                    "mistral-7b": "mistralai/Mistral-7B-v0.1"}
 # The encoders' presets (BERT_PRESETS): two embedding models and a cross-encoder.
 BERT_HUB_REPOS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -47,7 +48,7 @@ HUB_REPOS: dict[str, str] = {**{name: f"{_HUB_ORGS.get(name, 'openai-community')
 ALLOW_PATTERNS = ("config.json", "generation_config.json", "*.safetensors",
                   "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
                   "tokenizer_config.json", "vocab.txt",
-                  # sentence-transformers' pooling files (nanovllm/pooling.py)
+                  # sentence-transformers' pooling files (model/checkpoint/pooling_config.py)
                   "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 MARKER = ".nanovllm-download.json"  # written last, inside the staging dir, before the rename
 DEFAULT_HUB_TIMEOUT = 5.0  # seconds per hub call; huggingface_hub's 10 s adds up when the network is dark

@@ -104,12 +104,18 @@ class InputProcessor:
     block_size: int
     num_kv_blocks: int  # the whole KV pool
     max_waiting_seqs: int  # a request's n samples must fit in the waiting queue at once
+    # A pooling model's checks (embeddings, scores): a pooling_input.PoolingInput, which builds
+    # on this module's (so it is not imported here). Such a model generates nothing.
+    pooling: object | None = None
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
                 final_only: bool = False, add_special_tokens: bool = True) -> EngineRequest:
         """The request, tokenized and checked, if it can ever run; else InvalidRequestError.
         A text prompt gets the special tokens its tokenizer adds (Llama's BOS) unless
         `add_special_tokens` is False (a rendered chat template holds them already)."""
+        if self.pooling is not None:
+            raise InvalidRequestError("This model is served for embeddings and scores: it does "
+                                      "not generate text.", "model")
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
         if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
             text = None

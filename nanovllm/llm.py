@@ -1,13 +1,19 @@
 """The offline entry points: `LLM(model).generate(prompts, SamplingParams(...))`,
-`LLM(model).chat(messages, SamplingParams(...), tools=...)` and
-`LLM(model).beam_search(prompts, BeamSearchParams(...))`."""
+`LLM(model).chat(messages, SamplingParams(...), tools=...)`,
+`LLM(model).beam_search(prompts, BeamSearchParams(...))`, and for pooling models (an encoder,
+or a decoder started with `runner="pooling"`) `LLM(model).embed(prompts)` and
+`LLM(model).score(text_1, text_2)`, as vLLM's."""
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from dataclasses import replace
+from functools import partial
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from nanovllm.beam_search import beam_search_output
@@ -15,10 +21,20 @@ from nanovllm.chat_template import checkpoint_template, template_messages
 from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.input_processor import is_single_prompt
+from nanovllm.pooling_input import PoolingInput
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import QueueFullError
 from nanovllm.values.inputs import PromptType
-from nanovllm.values.outputs import BeamSearchOutput, RequestOutput
+from nanovllm.values.outputs import (
+    BeamSearchOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from nanovllm.values.pooling_params import PoolingParams
+from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -42,7 +58,9 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
-        return self._run_all(prompts, params, use_tqdm)
+        processor = self.engine.processor  # outputs are read when finished: final_only
+        return self._run_all([partial(processor.process, prompt=p, params=sp, final_only=True)
+                              for p, sp in zip(prompts, params)], use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
@@ -77,14 +95,72 @@ class LLM:
         best first. The beams run in the engine's steps, batched with everything else."""
         if is_single_prompt(prompts):
             prompts = [prompts]
-        outputs = self._run_all(prompts, [params] * len(prompts), use_tqdm)
+        outputs = self._run_all([partial(self.engine.processor.process_beam, prompt=p, beam=params)
+                                 for p in prompts], use_tqdm)
         return [beam_search_output(out, params.length_penalty) for out in outputs]
 
-    def _run_all(self, prompts: Seq[PromptType], params: Seq[SamplingParams | BeamSearchParams],
-                 use_tqdm: bool) -> list[RequestOutput]:
-        ids = [str(next(self._request_ids)) for _ in prompts]  # numbered across calls, as in vLLM
+    def embed(self, prompts: PromptType | Seq[PromptType], *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+              pooling_params: PoolingParams | None = None) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt (text or token ids), pooled as the checkpoint says; in
+        input order. Many are batched into each step."""
+        if is_single_prompt(prompts):
+            prompts = [prompts]
+        params = self._pooling_params(pooling_params, "embed", truncate_prompt_tokens)
+        pooling = self._pooling_input()
+        outputs = self._run_all([partial(pooling.embed, prompt=p, params=params, param="prompt")
+                                 for p in prompts], use_tqdm)
+        return [EmbeddingRequestOutput(o.request_id, EmbeddingOutput(o.outputs.data.tolist()),
+                                       o.prompt_token_ids) for o in outputs]
+
+    def score(self, text_1: str | Seq[str], text_2: str | Seq[str], *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+              pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
+        """How well each text_2 answers its text_1, as vLLM's: one text_1 against each text_2,
+        or the two lists pairwise. A cross-encoder reads each pair as one sequence (its score
+        is `CrossEncoder.predict`'s); an embedding model scores the cosine similarity of the
+        two texts' embeddings."""
+        firsts = [text_1] if isinstance(text_1, str) else list(text_1)
+        seconds = [text_2] if isinstance(text_2, str) else list(text_2)
+        if len(firsts) == 1:
+            firsts = firsts * len(seconds)
+        if len(firsts) != len(seconds) or not seconds:
+            raise ValueError(f"score takes one text_1 or as many as text_2: got {len(firsts)} "
+                             f"and {len(seconds)}")
+        pooling = self._pooling_input()
+        if not pooling.is_cross_encoder:
+            vectors = self.embed([*firsts, *seconds], truncate_prompt_tokens=truncate_prompt_tokens,
+                                 use_tqdm=use_tqdm, pooling_params=pooling_params)
+            n = len(firsts)
+            return [ScoringRequestOutput(a.request_id, ScoringOutput(cosine(
+                a.outputs.embedding, b.outputs.embedding)), a.prompt_token_ids + b.prompt_token_ids)
+                for a, b in zip(vectors[:n], vectors[n:])]
+        params = self._pooling_params(pooling_params, "score", truncate_prompt_tokens)
+        outputs = self._run_all([partial(pooling.pair, first=a, second=b, params=params)
+                                 for a, b in zip(firsts, seconds)], use_tqdm)
+        return [ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])),
+                                     o.prompt_token_ids) for o in outputs]
+
+    def _pooling_input(self) -> PoolingInput:
+        if self.engine.processor.pooling is None:
+            raise ValueError(f"{self.engine.architecture} generates text; start it with "
+                             "runner='pooling' for embeddings")
+        return self.engine.processor.pooling
+
+    @staticmethod
+    def _pooling_params(params: PoolingParams | None, task: str,
+                        truncate_prompt_tokens: int | None) -> PoolingParams:
+        params = params or PoolingParams()
+        return replace(params, task=task, truncate_prompt_tokens=(
+            truncate_prompt_tokens if truncate_prompt_tokens is not None
+            else params.truncate_prompt_tokens))
+
+    def _run_all(self, requests: list[Callable[[str], EngineRequest]], use_tqdm: bool) -> list:
+        """Runs every request (each a function making it, checked, from its request id) to
+        completion; their final outputs in order."""
+        ids = [str(next(self._request_ids)) for _ in requests]  # numbered across calls, as in vLLM
         try:
-            results = self._run(deque(zip(ids, prompts, params)), set(ids), use_tqdm)
+            results = self._run(deque(zip(ids, requests)), set(ids), use_tqdm)
         finally:
             self.engine.abort_request(ids)  # a no-op for the ids that finished
         return [results[rid] for rid in ids]
@@ -109,15 +185,17 @@ class LLM:
         """Hands the engine as many pending requests as its waiting queue takes; the rest wait
         here for a later step (an idle engine always takes one: n is validated against it)."""
         while pending:
-            rid, prompt, params = pending[0]
-            processor = self.engine.processor  # outputs are read when finished: final_only
+            rid, make = pending[0]
             try:
-                self.engine.add(processor.process_beam(rid, prompt, params)
-                                if isinstance(params, BeamSearchParams)
-                                else processor.process(rid, prompt, params, final_only=True))
+                self.engine.add(make(rid))
             except QueueFullError:
                 return
             pending.popleft()
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
 class _Throughput:

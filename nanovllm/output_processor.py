@@ -22,7 +22,13 @@ from nanovllm.scheduler import Scheduler
 from nanovllm.sequence import Request, Sequence
 from nanovllm.stats import StatsCollector
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
-from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
+from nanovllm.values.outputs import (
+    CompletionOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+)
 
 Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
 
@@ -55,6 +61,10 @@ class OutputProcessor:
                 first = scheduled.start + 1
                 lps = result.prompt_logprobs[seq.seq_id]
                 request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
+            if seq.seq_id in result.pooled:  # a pooling sequence, computed whole: done
+                self._finish_pooled(seq, result.pooled[seq.seq_id])
+                advanced[request.request_id] = request
+                continue
             if not scheduled.sample:
                 continue
             if scheduled.num_candidates:
@@ -110,6 +120,14 @@ class OutputProcessor:
         if finish is not None:
             seq.finish_reason, seq.stop_reason = finish
 
+    def _finish_pooled(self, seq: Sequence, pooled) -> None:
+        seq.request.pooled = pooled
+        timing = seq.request.metrics
+        timing.first_token_time = timing.last_token_time = time.perf_counter()
+        self.stats.count_tokens(seq.num_prompt_tokens, 0)
+        seq.finish_reason = "stop"
+        self.scheduler.finish(seq)
+
     def _advance_group(self, request: Request) -> bool:
         """Once every member has offered: the group's policy picks the next members, each
         becoming a fork of its parent plus one token (blocks shared, the pruned ones' freed).
@@ -140,7 +158,10 @@ class OutputProcessor:
         return {t: Logprob(v, r, self.tokenizer.decode_token(t))
                 for t, v, r in zip(lp.token_ids, lp.logprobs, lp.ranks)}
 
-    def _request_output(self, request: Request) -> RequestOutput:
+    def _request_output(self, request: Request) -> RequestOutput | PoolingRequestOutput:
+        if request.pooling is not None:
+            return PoolingRequestOutput(request.request_id, PoolingOutput(request.pooled),
+                                        request.prompt_token_ids, True, replace(request.metrics))
         if request.group is not None:
             return request.group.output(request, self.tokenizer.decode,
                                         self.tokenizer.decode_token)

@@ -1,146 +1,28 @@
-"""Pooling: a text's hidden states to one vector (embeddings), or a cross-encoder's logits to a
-score, as the checkpoint says.
-
-sentence-transformers saves what its `encode` does after the transformer in the checkpoint
-directory: `modules.json` lists the modules in order (Transformer, Pooling, Normalize), and the
-Pooling module's `config.json` names the mode (`"pooling_mode": "mean"`, or the older
-`"pooling_mode_mean_tokens": true` keys). Reading those files here makes our vectors equal
-`SentenceTransformer.encode`'s. Without `modules.json` we pool as vLLM does: an encoder's
-[CLS] token, a decoder's last token, normalized. A module we do not run (a Dense projection,
-say) is refused at load, by name, rather than skipped.
-
-A cross-encoder's score is its classifier's logit through the checkpoint's activation
-(`config.json`'s `sentence_transformers.activation_fn`; sigmoid for a single label, as
-`CrossEncoder.predict` applies by default).
-"""
+"""Which engine pools: an encoder always does; a decoder when started with `runner="pooling"`.
+How it pools is the checkpoint's (`model/checkpoint/pooling_config.py`), the math
+`model/pooling.py`, the runner `runner/pooling_runner.py`."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-
-MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens", "lasttoken")
-LEGACY_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-               "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens":
-               "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
-               "pooling_mode_lasttoken": "lasttoken"}
-ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh"}
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig, read_pooling_config
 
 
-@dataclass(frozen=True, slots=True)
-class PoolingConfig:
-    modes: tuple[str, ...] = ("cls",)  # concatenated in this order, as sentence-transformers does
-    normalize: bool = True
-    max_seq_length: int | None = None  # sentence_bert_config.json's, if it says
-    # Output sizes the model was trained to be cut to (Matryoshka), from config.json's
-    # `matryoshka_dimensions`; `is_matryoshka` without a list allows any size.
-    matryoshka: tuple[int, ...] | bool = False
-    activation: str = "identity"       # a cross-encoder's, on its logits
+def pooling_config_of(config, loaded) -> PoolingConfig | None:
+    """How an engine (`EngineConfig`, `model_loading.LoadedModel`) pools, or None if it
+    generates: an encoder always pools; a decoder of the Llama family when started with
+    `runner="pooling"` (vLLM's `--runner pooling`)."""
+    from nanovllm.model.bert_config import BertConfig
+    from nanovllm.model.llama_config import LlamaConfig
 
-    def allows_dimensions(self, dimensions: int) -> bool:
-        if self.matryoshka is True:
-            return True
-        return bool(self.matryoshka) and dimensions in self.matryoshka
-
-
-class PoolingConfigError(ValueError):
-    """A checkpoint whose pooling files we cannot honour; the message names the file."""
-
-
-def read_pooling_config(model_dir: str | Path, is_encoder: bool,
-                        num_labels: int = 0) -> PoolingConfig:
-    """The pooling a checkpoint directory asks for (see the module's doc)."""
-    model_dir = Path(model_dir)
-    config = _json(model_dir / "config.json") or {}
-    matryoshka = config.get("matryoshka_dimensions") or bool(config.get("is_matryoshka"))
-    if isinstance(matryoshka, list):
-        matryoshka = tuple(int(d) for d in matryoshka)
-    activation = _activation(config, num_labels)
-    bert_config = _json(model_dir / "sentence_bert_config.json") or {}
-    max_len = bert_config.get("max_seq_length")
-    modules = _json(model_dir / "modules.json")
-    if modules is None:
-        return PoolingConfig(("cls",) if is_encoder else ("lasttoken",), True,
-                             max_len, matryoshka, activation)
-    modes, normalize = (("cls",) if is_encoder else ("lasttoken",)), False
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            continue
-        if kind == "Pooling":
-            modes = _modes(model_dir / module.get("path", "") / "config.json")
-        elif kind == "Normalize":
-            normalize = True
-        else:
-            raise PoolingConfigError(f"{model_dir / 'modules.json'}: module {module.get('type')!r} "
-                                     "is not supported (Transformer, Pooling, Normalize only)")
-    return PoolingConfig(modes, normalize, max_len, matryoshka, activation)
-
-
-def _json(path: Path):
-    if not path.is_file():
+    cfg, name = loaded.config, loaded.architecture
+    is_encoder = isinstance(cfg, BertConfig)
+    if is_encoder and config.runner == "generate":
+        raise ValueError(f"runner='generate': {name} is an encoder, which makes embeddings and "
+                         "scores, not text")
+    if not is_encoder and config.runner != "pooling":
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PoolingConfigError(f"{path}: cannot read: {e}") from e
-
-
-def _modes(path: Path) -> tuple[str, ...]:
-    d = _json(path) or {}
-    mode = d.get("pooling_mode")
-    if mode is None:
-        mode = [name for key, name in LEGACY_KEYS.items() if d.get(key)]
-    modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    bad = [m for m in modes if m not in MODES]
-    if not modes or bad:
-        raise PoolingConfigError(f"{path}: pooling mode {bad or modes!r} is not supported; "
-                                 f"supported: {', '.join(MODES)}")
-    return modes
-
-
-def _activation(config: dict, num_labels: int) -> str:
-    path = (config.get("sentence_transformers") or {}).get("activation_fn") or \
-        config.get("sbert_ce_default_activation_function")
-    if path is None:
-        return "sigmoid" if num_labels == 1 else "identity"
-    name = str(path).rsplit(".", 1)[-1]
-    if name not in ACTIVATIONS:
-        raise PoolingConfigError(f"config.json: activation_fn {path!r} is not supported; "
-                                 f"supported: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-# ---- the math ----------------------------------------------------------------------------------
-def pool(hidden: np.ndarray, starts: np.ndarray, modes: tuple[str, ...]) -> np.ndarray:
-    """Texts laid end to end in hidden [n, E] (text i is rows [starts[i], starts[i + 1])) to one
-    vector each: [texts, E * len(modes)]."""
-    parts = []
-    for mode in modes:
-        if mode == "cls":
-            parts.append(hidden[starts[:-1]])
-        elif mode == "lasttoken":
-            parts.append(hidden[starts[1:] - 1])
-        elif mode == "max":
-            parts.append(np.maximum.reduceat(hidden, starts[:-1], axis=0))
-        else:
-            sums = np.add.reduceat(hidden, starts[:-1], axis=0)  # [texts, E]
-            lengths = np.diff(starts).astype(np.float32)[:, None]
-            parts.append(sums / (lengths if mode == "mean" else np.sqrt(lengths)))
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else np.ascontiguousarray(parts[0])
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Each row to unit length (a zero row stays zero), as torch's F.normalize."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
-
-
-def activate(logits: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    if activation == "tanh":
-        return np.tanh(logits)
-    return logits
+    if not (is_encoder or isinstance(cfg, LlamaConfig)):
+        raise ValueError(f"runner='pooling' runs BERT encoders and the Llama family, not {name}")
+    if config.speculative_config is not None:
+        raise ValueError("speculative_config: a pooling model generates no tokens to speculate")
+    return read_pooling_config(loaded.path, is_encoder, getattr(cfg, "num_labels", 0))

@@ -79,14 +79,12 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self._enqueue(seq)
         self.seqs[seq.seq_id] = seq
-        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
-                                          seq.request.prompt_token_ids))
+        self._new_seqs.append(seq.announce())
 
     def add_fork(self, seq: Sequence) -> None:
         """A group member forked from a running one: it runs at once (it shares its blocks)."""
         self.seqs[seq.seq_id] = seq
-        self._new_seqs.append(NewSequence(seq.seq_id, seq.index, seq.params,
-                                          seq.request.prompt_token_ids))
+        self._new_seqs.append(seq.announce())
         self._start_running(seq)
 
     def schedule(self) -> SchedulerOutput:
@@ -183,9 +181,10 @@ class Scheduler:
                 lane[request] = lane.pop(request)  # to the back: it can reuse the prompt next step
                 skipped.add(request)
                 continue
-            cached = [] if seq.computes_prompt_logprobs else bm.match_prefix(seq)
+            whole = seq.prefill_only  # all of it in this step, or it waits for one with room
+            cached = [] if seq.computes_prompt_logprobs or whole else bm.match_prefix(seq)
             n = min(seq.num_tokens - len(cached) * bm.block_size, budget)
-            if not bm.can_admit(seq, cached, n):
+            if (whole and n < seq.num_tokens) or not bm.can_admit(seq, cached, n):
                 return  # no one jumps the line for blocks: a long prompt is never starved
             self._dequeue(seq)
             bm.admit(seq, cached)

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Protocol
 
+from nanovllm.contract.step import NewSequence
 from nanovllm.values.outputs import RequestMetrics, RequestOutput
+from nanovllm.values.pooling_params import PoolingParams
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -54,6 +56,11 @@ class Request:
     prompt_logprobs: list | None = None
     final_only: bool = False  # step() builds its RequestOutput only once it has finished
     group: SequenceGroup | None = None  # its sequences advance together (a beam search)
+    # Computed whole in one step, for a pooled result instead of tokens; nothing of it is kept
+    # after that step (no KV, no prefix cache), and then it is finished.
+    pooling: PoolingParams | None = None
+    token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
+    pooled: object = None  # its result (an embedding or scores), once computed
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
 
     @property
@@ -105,6 +112,18 @@ class Sequence:
     def is_finished(self) -> bool:
         """A finish rule ended it (or it was aborted); the scheduler retires it in the same step."""
         return self.finish_reason is not None
+
+    @property
+    def prefill_only(self) -> bool:
+        """Computed whole in one step and finished after it, keeping nothing (a pooling
+        request): the scheduler never chunks it, looks it up in or adds it to the prefix cache."""
+        return self.request.pooling is not None
+
+    def announce(self) -> NewSequence:
+        """What the runner is told of this sequence before its first step."""
+        r = self.request
+        return NewSequence(self.seq_id, self.index, r.params, r.prompt_token_ids, r.pooling,
+                           r.token_type_ids)
 
     @property
     def computes_prompt_logprobs(self) -> bool:

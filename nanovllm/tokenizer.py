@@ -83,11 +83,20 @@ class Tokenizer:
         loop or the engine."""
         return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
-    def encode_pair(self, first: str, second: str) -> tuple[list[int], list[int]]:
-        """A pair of texts as one sequence, as a cross-encoder reads it (`[CLS] A [SEP] B [SEP]`
-        for BERT): its token ids and token type ids (0 for the first text's, 1 for the
-        second's), from the tokenizer's own post-processor."""
-        encoding = self._tok.encode_batch([(first, second)])[0]
+    def encode_pair(self, first: str, second: str | None = None,
+                    max_tokens: int | None = None) -> tuple[list[int], list[int]]:
+        """A text, or a pair of texts as one sequence as a cross-encoder reads it (`[CLS] A
+        [SEP] B [SEP]` for BERT): its token ids and token type ids (0 for the first text's, 1
+        for the second's), from the tokenizer's own post-processor. With `max_tokens`, the
+        texts' own tokens are cut from the end so that the whole fits with its special tokens
+        (`longest_first`)."""
+        texts = [first] if second is None else [first, second]
+        parts = self._tok.encode_batch(texts, add_special_tokens=False)
+        if max_tokens is not None:
+            room = max(0, max_tokens - self._tok.num_special_tokens_to_add(second is not None))
+            for part, n in zip(parts, longest_first([len(p.ids) for p in parts], room)):
+                part.truncate(n)
+        encoding = self._tok.post_process(parts[0], parts[1] if second is not None else None)
         return encoding.ids, encoding.type_ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -100,6 +109,23 @@ class Tokenizer:
     def decode_token(self, token_id: int) -> str:
         """The text of one token, as vLLM's `decoded_token` (partial UTF-8 shows as U+FFFD)."""
         return self._tok.decode([token_id], skip_special_tokens=False)
+
+
+def longest_first(lengths: list[int], room: int) -> list[int]:
+    """How many tokens of one or two texts to keep so that they fit `room`, as transformers'
+    `truncation="longest_first"`: the longer text is cut down to the shorter's length first,
+    then both evenly (the longer, or on a tie the second, keeping one more when the cut is
+    odd)."""
+    if sum(lengths) <= room:
+        return lengths
+    if len(lengths) == 1:
+        return [room]
+    (a, b), cut = lengths, sum(lengths) - room
+    first = min(abs(a - b), cut)
+    even = cut - first
+    if a > b:
+        return [a - first - even // 2, b - (even - even // 2)]
+    return [a - (even - even // 2), b - first - even // 2]
 
 
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")

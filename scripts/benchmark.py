@@ -56,8 +56,10 @@ Speculation. With --speculative-config, every rep runs the same prompts with spe
 then on (two engines in one process, so a busy machine slows both alike); ratio = on / off.
 A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
 proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
-acceptance rate by proposal position), and whether every greedy output was identical to the
-one with speculation off (with --temperature the outputs are samples: not compared). Random
+acceptance rate by proposal position), why the engine speculated as it did (the cost of a draft
+pass and of one more verified row per sequence against a plain step of the batch, as it last
+measured them, and the share of decodes that chose each k: runner/spec_decode/policy.py), and
+whether every greedy output was identical to the one with speculation off (with --temperature the outputs are samples: not compared). Random
 prompts repeat nothing, so n-gram lookup rarely proposes and a draft of a trained model has
 nothing to agree on: measure acceptance on a dataset of text.
 """
@@ -330,6 +332,7 @@ def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
     spec = narrow.get(SPECULATIVE)
     # Samples of two engines differ even where their distributions agree: only greedy compares.
     before, identical = spec and copy.deepcopy(spec.spec_stats), (True if not temperature else None)
+    chosen = spec and list(spec.runner.speculator.chosen)
     for rep in range(reps):
         prompts = prompt_source.take(cell)
         base_out: list[list[int]] = []
@@ -348,7 +351,8 @@ def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
                                      cell.batch_size * (cell.output_len - 1)))
             log(f"  {cell}  rep {rep + 1}/{reps}  transformers: {_fmt_run(result.theirs[-1])}")
     if spec:
-        result.spec = acceptance(before, spec.spec_stats) | {"identical": identical}
+        result.spec = (acceptance(before, spec.spec_stats) | {"identical": identical}
+                       | decisions(chosen, spec.runner.speculator, cell.batch_size))
     return result
 
 
@@ -362,6 +366,15 @@ def acceptance(before, after) -> dict:
     return {"drafts": drafts, "proposed": proposed, "accepted": accepted,
             "mean_acceptance_length": 1 + accepted / drafts if drafts else None,
             "acceptance_by_position": [a / drafts for a in by_position] if drafts else []}
+
+
+def decisions(before: list[int], speculator, batch_size: int) -> dict:
+    """What the rule chose over the timed runs (decodes per k, 0 to num_speculative_tokens) and
+    what it saw at the end: the cost of a draft pass and of a verified row per sequence, each
+    against a plain step of `batch_size` decodes."""
+    c_draft, c_verify = speculator.costs.ratio(batch_size)
+    return {"chosen_k": [a - b for a, b in zip(speculator.chosen, before)],
+            "cost_draft": c_draft, "cost_verify": c_verify}
 
 
 def _fmt_run(run: Run) -> str:
@@ -574,16 +587,22 @@ def format_acceptance(results: list[CellResult]) -> str:
     if not rows:
         return ""
     table = [["batch x prompt -> new", "proposed", "accepted", "rate", "mean length",
-              "rate by position", "output identical"]]
+              "rate by position", "cost draft+verify", "k chosen", "output identical"]]
     for r in rows:
         a = r.spec
         rate = f"{a['accepted'] / a['proposed']:.2f}" if a["proposed"] else "-"
         length = f"{a['mean_acceptance_length']:.2f}" if a["mean_acceptance_length"] else "-"
+        total = sum(a["chosen_k"])
+        chosen = " ".join(f"{k}:{n / total:.0%}" for k, n in enumerate(a["chosen_k"]) if n)
         table.append([str(r.cell), str(a["proposed"]), str(a["accepted"]), rate, length,
                       " ".join(f"{x:.2f}" for x in a["acceptance_by_position"]) or "-",
+                      f"{a['cost_draft']:.2f}+{a['cost_verify']:.2f}", chosen or "-",
                       "-" if a["identical"] is None else "yes" if a["identical"] else "NO"])
-    return ("\n\nSpeculation: acceptance over the timed runs (mean length = tokens per "
-            "speculating step)\n" + render_table(table))
+    return ("\n\nSpeculation over the timed runs: acceptance (mean length = tokens per "
+            "speculating step); the cost of a draft pass + a verified row per sequence, each "
+            "against a plain step of the batch (as last measured); the k each decode chose "
+            "(share of decodes; a step proposing k pays where E = 1 + rate + ... + rate^k "
+            "beats 1 + k * cost)\n" + render_table(table))
 
 
 def _row(r: CellResult, compare: bool, narrow: list[str]) -> list[str]:

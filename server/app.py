@@ -104,7 +104,8 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
                             if engine.replica_stats is None else engine.replica_stats,
                             engine.max_model_len)
     tok_config = read_tokenizer_config(engine.tokenizer.model_dir)
-    eos = engine.tokenizer.decode_token(engine.tokenizer.eos_token_id)
+    eos_id = engine.tokenizer.eos_token_id  # None for an encoder: it ends no text
+    eos = engine.tokenizer.decode_token(eos_id) if eos_id is not None else ""
     template_text = chat_template or tok_config.get("chat_template")
     template = None
     if isinstance(template_text, str):

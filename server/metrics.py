@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from nanovllm.stats import ITERATION_TOKENS_BUCKETS
+from nanovllm.values.outputs import PoolingRequestOutput
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -191,6 +192,10 @@ class ServerMetrics:
                              labels, buckets=E2E_BUCKETS, registry=self.registry)
         self.success = Counter("vllm:request_success", "Count of finished requests.",
                                ["model_name", "finished_reason"], registry=self.registry)
+        self.pooling_requests = Counter("nanovllm:pooling_requests",
+                                        "Finished pooling requests (texts embedded, pairs "
+                                        "scored), by task.", ["model_name", "task"],
+                                        registry=self.registry)
         # Per endpoint: what vLLM's instrumentator exports (server/middleware.py counts).
         self.http_requests = Counter("http_requests", "Requests answered, by route (handler), "
                                      "method and status class.", ["handler", "method", "status"],
@@ -240,6 +245,17 @@ class ServerMetrics:
             self.decode_time.observe(t.last_token_time - t.first_token_time)
             self.inference_time.observe(t.last_token_time - t.first_scheduled_time)
 
+    def observe_pooled(self, output, task: str) -> None:
+        """A finished pooling request (an embedding or a score): its prompt's size, its
+        phases, and one count by task."""
+        self.prompt_tokens.observe(len(output.prompt_token_ids))
+        self.pooling_requests.labels(self.model_name, task).inc()
+        self.success.labels(self.model_name, "stop").inc()
+        t = output.metrics
+        if t is not None and t.first_scheduled_time is not None:
+            self.queue_time.observe(t.first_scheduled_time - t.arrival_time)
+            self.inference_time.observe(t.last_token_time - t.first_scheduled_time)
+            self.prefill_time.observe(t.last_token_time - t.first_scheduled_time)
     def count_http_request(self, handler: str, method: str, status: str) -> None:
         self.http_requests.labels(handler, method, status).inc()
 
@@ -265,6 +281,12 @@ class RequestTracker:
 
     def observe(self, tag: int, output) -> None:
         now = time.perf_counter()
+        if isinstance(output, PoolingRequestOutput):  # one result, no tokens generated
+            if tag not in self._done:
+                self._done.add(tag)
+                self._m.e2e_series.observe(now - self._start)
+                self._m.observe_pooled(output, self._params.task)
+            return
         for o in output.outputs:
             self._observe_sample(now, (tag, o.index), len(o.token_ids))
         if tag not in self._first_seen and any(o.token_ids for o in output.outputs):

@@ -709,6 +709,114 @@ class CountTokensResponse(BaseModel):
     input_tokens: int
 
 
+# Pooling: embeddings (OpenAI's), score (vLLM's) and rerank (Jina's and Cohere's).
+
+
+class PoolingFields(OpenAIBaseModel):
+    model: str | None = None
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="Keep the first this many tokens of each text (its special "
+                                 "tokens kept); -1: the context length. Without it, a text "
+                                 "longer than the context is a 400.")
+
+    def refuse_unknown_fields(self) -> None:
+        """Unknown fields are refused naming them (they might change the output); the
+        documented IGNORED_EXTRA_FIELDS pass."""
+        unknown = sorted(k for k in (self.model_extra or {}) if k not in IGNORED_EXTRA_FIELDS)
+        if unknown:
+            raise bad_request(f"Unknown field(s) {quote(unknown, 200)}: this server does not "
+                              "know what they would change, so it refuses them.", unknown[0][:100])
+
+
+EMBEDDING_INPUT_SHAPE = ("input must be a non-empty string, a list of strings, a list of "
+                         "token ids or a list of lists of token ids")
+
+
+class EmbeddingRequest(PoolingFields):
+    input: Any = Field(..., description=EMBEDDING_INPUT_SHAPE)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Keep the first this many dimensions "
+                                                           "(Matryoshka models only), normalized")
+
+    @field_validator("input")
+    @classmethod
+    def _input_shape(cls, value: Any) -> Any:
+        try:
+            return _check_prompt_shape(value)
+        except ValueError:
+            raise ValueError(EMBEDDING_INPUT_SHAPE) from None
+
+
+class ScoreRequest(PoolingFields):
+    text_1: str | Annotated[list[str], Field(min_length=1)]
+    text_2: str | Annotated[list[str], Field(min_length=1)]
+
+
+class RerankDocument(OpenAIBaseModel):
+    text: str
+
+
+class RerankRequest(PoolingFields):
+    query: str
+    documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
+    top_n: int | None = Field(None, ge=0, description="Return only the best this many "
+                                                      "(0 or null: all)")
+    return_documents: bool = True
+
+
+class EmbeddingData(BaseModel):
+    index: int
+    object: str = "embedding"
+    embedding: list[float] | str  # floats, or base64 of little-endian float32s
+
+
+class PoolingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: PoolingUsage
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: str = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: PoolingUsage
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]  # best first
+    usage: RerankUsage
+
+
 _ERROR = {"model": ErrorResponse}
 _ANTHROPIC_ERROR = {"model": AnthropicErrorResponse}
 ANTHROPIC_ERROR_RESPONSES = {400: _ANTHROPIC_ERROR, 401: _ANTHROPIC_ERROR, 404: _ANTHROPIC_ERROR,

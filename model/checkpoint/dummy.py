@@ -138,12 +138,32 @@ def write_dummy_llama(out_dir: str | Path, preset: str, tokenizer_dir: str | Pat
     (out / "config.json").write_text(json.dumps(config, indent=2))
     generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids)}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    if preset in EMBEDDING_POOLING:
+        write_pooling_files(out, *EMBEDDING_POOLING[preset], cfg.hidden_size)
     return out
 
 
 # How the real embedding models pool (their 1_Pooling/config.json) and how long a text their
 # sentence_bert_config.json lets through.
-BERT_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512)}
+EMBEDDING_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512),
+                     "qwen3-embedding-0.6b": ("lasttoken", 32768)}
+
+
+def write_pooling_files(out: Path, mode: str, max_seq_length: int, dimension: int) -> None:
+    """sentence-transformers' files of an embedding model: modules.json (Transformer,
+    Pooling, Normalize), the Pooling module's config and sentence_bert_config.json."""
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
+    (out / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+         for i, (kind, path) in enumerate(modules)], indent=2))
+    for _, path in modules[1:]:
+        (out / path).mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": dimension, "pooling_mode": mode, "include_prompt": True},
+        indent=2))
+    (out / "2_Normalize" / "config.json").write_text("{}")
+    (out / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
 
 
 def write_dummy_bert(out_dir: str | Path, preset: str, tokenizer_dir: str | Path | None,
@@ -165,20 +185,8 @@ def write_dummy_bert(out_dir: str | Path, preset: str, tokenizer_dir: str | Path
     if cfg.is_classifier:
         config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    if preset in BERT_POOLING:
-        mode, max_len = BERT_POOLING[preset]
-        modules = [("Transformer", ""), ("Pooling", "1_Pooling"), ("Normalize", "2_Normalize")]
-        (out / "modules.json").write_text(json.dumps(
-            [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
-             for i, (kind, path) in enumerate(modules)], indent=2))
-        for _, path in modules[1:]:
-            (out / path).mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"embedding_dimension": cfg.hidden_size, "pooling_mode": mode,
-             "include_prompt": True}, indent=2))
-        (out / "2_Normalize" / "config.json").write_text("{}")
-        (out / "sentence_bert_config.json").write_text(json.dumps(
-            {"max_seq_length": max_len, "do_lower_case": False}, indent=2))
+    if preset in EMBEDDING_POOLING:
+        write_pooling_files(out, *EMBEDDING_POOLING[preset], cfg.hidden_size)
     return out
 
 

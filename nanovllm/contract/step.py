@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from nanovllm.values.pooling_params import PoolingParams
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -24,6 +27,9 @@ class NewSequence:
     index: int                   # which of its request's samples (seeds a seeded generator)
     params: SamplingParams
     prompt_token_ids: list[int]  # read once, for the distinct ids repetition_penalty reads
+    # A sequence computed whole in one step for a pooled result instead of a sample.
+    pooling: PoolingParams | None = None
+    token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
 
 
 @dataclass(slots=True)
@@ -76,3 +82,5 @@ class ModelRunnerOutput:
     candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
     # seq_id -> the lookahead slots the runner filled and checked (may be fewer than reserved)
     lookahead_filled: dict[int, int] = field(default_factory=dict)
+    # seq_id -> a pooling sequence's result: its embedding, or its scores
+    pooled: dict[int, np.ndarray] = field(default_factory=dict)

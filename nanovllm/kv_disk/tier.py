@@ -8,6 +8,7 @@ bytes that were written, so a prompt served from disk computes exactly what it w
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 
@@ -20,6 +21,8 @@ from nanovllm.kv_disk.store import DiskBlockStore, DiskStats
 from nanovllm.model.cpu import kernel_path
 from nanovllm.model_loading import LoadedModel
 from nanovllm.runner.kv_cache import KVCache
+
+logger = logging.getLogger("nanovllm")
 
 GIB = 1 << 30
 QUEUE_BYTES = 256 << 20  # block copies waiting for the writer, at most; more are dropped
@@ -117,7 +120,10 @@ def disk_tier_for(config: EngineConfig, loaded: LoadedModel, kv_cache: KVCache
         "quantization": config.quantization,
         # Another kernel path may round differently: its blocks would not be bit-for-bit ours.
         "kernels": [path.name, path.int8]}
-    return open_disk_tier(directory, config.prefix_cache_dir_max_gb, kv_cache, identity)
+    tier = open_disk_tier(directory, config.prefix_cache_dir_max_gb, kv_cache, identity)
+    logger.info("prefix cache directory: %s (at most %g GiB), this model's blocks in %s/",
+                directory, config.prefix_cache_dir_max_gb, tier.store.folder.name)
+    return tier
 
 
 def _key_bytes(key: int) -> bytes:

@@ -59,6 +59,10 @@ class ServerLimits:
     # worst (\uXXXX escapes) ~800 KB. Larger bodies are refused before they are read.
     max_request_body_bytes: int = 2 * 1024 * 1024
     max_prompts_per_request: int = 64
+    # Texts one embeddings, score or rerank request may send (inputs, pairs, documents):
+    # OpenAI's embeddings API takes up to 2,048 inputs. Each is a whole sequence of one step
+    # at most, computed once.
+    max_pooling_inputs_per_request: int = 2048
     max_sequences_per_request: int = 256  # prompts x n: one request's share of the batch
     # Tokens with logprobs in one response (prompts x n x (echoed prompt + max_tokens)) x
     # (1 + logprobs): each entry is ~30 bytes of JSON, so this bounds a response near 6 MB.
@@ -77,6 +81,8 @@ class ServerLimits:
 FLAG_HELP = {
     "max_request_body_bytes": "refuse larger request bodies with 413, before reading them",
     "max_prompts_per_request": "prompts in one completions request, at most",
+    "max_pooling_inputs_per_request": "texts in one embeddings, score or rerank request "
+                                      "(inputs, pairs, documents), at most",
     "max_sequences_per_request": "prompts x n in one completions request, at most",
     "max_logprob_entries_per_response": "tokens x (1 + logprobs) one response may carry "
                                         "(echo and logprobs make large responses)",

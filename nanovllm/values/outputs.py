@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(slots=True)
 class Logprob:
@@ -61,3 +63,47 @@ class BeamSearchSequence:
 @dataclass(slots=True)
 class BeamSearchOutput:
     sequences: list[BeamSearchSequence]  # best first
+
+
+@dataclass(slots=True)
+class PoolingOutput:
+    """A pooling request's result, as vLLM's: an embedding's vector, or a cross-encoder's
+    scores (one per label; a single-label model's one score)."""
+    data: np.ndarray  # float32 [dimensions] or [num_labels]
+
+
+@dataclass(slots=True)
+class PoolingRequestOutput:
+    request_id: str
+    outputs: PoolingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+    metrics: RequestMetrics | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    embedding: list[float]
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput:
+    """`LLM.embed`'s result per prompt (vLLM's)."""
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass(slots=True)
+class ScoringOutput:
+    score: float
+
+
+@dataclass(slots=True)
+class ScoringRequestOutput:
+    """`LLM.score`'s result per pair (vLLM's)."""
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    finished: bool = True

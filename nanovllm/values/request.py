@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanovllm.values.beam_search_params import BeamSearchParams
+from nanovllm.values.pooling_params import PoolingParams
 from nanovllm.values.sampling_params import SamplingParams
 
 
@@ -21,3 +22,5 @@ class EngineRequest:
     prompt: str | None = None        # the text, when the prompt came as text
     final_only: bool = False         # deliver only the finished output (callers that read no other)
     beam: BeamSearchParams | None = None  # a beam search (then params.n is its width)
+    pooling: PoolingParams | None = None  # a pooling request: computed whole once, not sampled
+    token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in

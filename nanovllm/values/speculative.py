@@ -3,6 +3,10 @@
     {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     {"model": "path/to/draft", "num_speculative_tokens": 4, "quantization": "int8"}
 
+num_speculative_tokens is the most a step proposes: each request proposes the k that pays most
+from what the engine measures (runner/spec_decode/policy.py), 0 where none does. `"adaptive":
+false` proposes num_speculative_tokens every step instead, as vLLM does.
+
 Checked here, once, when the engine is configured: unknown keys, types and the limits (in
 `limits`). What needs the checkpoints (the draft exists, shares the vocabulary, is long enough)
 is checked where the draft is loaded; both fail at start-up, naming the key.
@@ -35,6 +39,7 @@ class SpeculativeConfig:
     model: str | None = None              # the draft checkpoint (method "draft_model")
     quantization: str | None = None       # the draft's weights: None (as stored) or "int8"
     disable_by_batch_size: int | None = None  # null: never off; parse() gives the method's default
+    adaptive: bool = True                 # k per request from measurements; false: always the most
 
     @classmethod
     def parse(cls, value: SpeculativeConfig | dict | str) -> SpeculativeConfig:
@@ -64,6 +69,9 @@ class SpeculativeConfig:
 
     def __post_init__(self) -> None:
         _int("num_speculative_tokens", self.num_speculative_tokens, 1, MAX_NUM_SPECULATIVE_TOKENS)
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"speculative_config.adaptive must be true or false, "
+                             f"got {self.adaptive!r}")
         if self.method not in METHODS:
             raise ValueError(f"speculative_config.method must be one of "
                              f"{', '.join(map(repr, METHODS))}, got {self.method!r}")

@@ -15,12 +15,14 @@ The k of most tokens per cost wins. k = 0 is a plain decode (1 token for cost 1)
 whenever no k beats it by MIN_GAIN, so speculation never costs more than the estimate's error.
 
 The estimates are online: alpha per request from its own proposals (starting from what the
-engine has seen on all requests), the costs per engine from the timed passes of its steps
-(a line, seconds = fixed + per_row * rows, for the target and for the draft).
+engine has seen on all requests), taken optimistically while the evidence is thin, and the
+costs per engine from the timed passes of its steps (a line, seconds = fixed + per_row * rows,
+for the target and for the draft).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # A k must promise this many tokens per plain step's cost to be chosen: the estimates are noisy
@@ -30,6 +32,9 @@ MIN_GAIN = 1.05
 # the weight of this many proposals (its own soon outweigh it).
 PRIOR_ALPHA = 0.6
 PRIOR_WEIGHT = 2.0
+# A request's rate is taken this many standard errors above its estimate: a few unlucky
+# rejections early on do not end its speculation, and more evidence narrows the bonus away.
+OPTIMISM = 1.0
 # The engine's pooled acceptance forgets its oldest evidence at this rate per recorded step, so
 # a change of traffic shows within a few hundred steps.
 POOL_DECAY = 0.995
@@ -84,6 +89,12 @@ class Acceptance:
     def rate(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
         """The estimate, `prior` counting as `weight` decided proposals."""
         return (self.kept + prior * weight) / (self.decided + weight)
+
+    def optimistic(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
+        """The estimate plus OPTIMISM standard errors (at most 1): what the choice of k uses,
+        so a request with little evidence keeps trying (an upper confidence bound)."""
+        rate = self.rate(prior, weight)
+        return min(1.0, rate + OPTIMISM * math.sqrt(rate * (1.0 - rate) / (self.decided + weight)))
 
     def decay(self, factor: float) -> None:
         self.kept *= factor

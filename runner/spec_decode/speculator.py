@@ -1,23 +1,32 @@
 """Speculative decoding's one seam: the model runner asks this `Speculator` to propose tokens for
 the lookahead slots the scheduler reserved, and to verify them against the target's logits.
 
-Which decodes get slots is `lookahead`, the rule the scheduler is built with: a step speculates
-only while fewer than `disable_by_batch_size` sequences are running (vLLM's rule; from there on
-a step is compute-bound and verifying proposals only adds work). A decode then gets up to k
-slots, never more than its request can still use (max_tokens, the context length) nor than the
-step's token budget leaves. Structured-output requests never speculate: their grammar would
-have to walk every proposal, and roll back on rejection.
+Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
+the k of most expected tokens per cost for that request (policy.py), from its acceptance so far
+and the measured cost of a draft pass and of a verified row against a plain step, so k = 0
+(a plain decode) wherever no k pays. It is never more than num_speculative_tokens, than the
+request can still use (max_tokens, the context length) nor than the step's token budget leaves;
+none at all from disable_by_batch_size running sequences on (vLLM's rule, when set) and for
+structured-output requests (their grammar would have to walk every proposal, and roll back on
+rejection). A seeded sampled request decides from its own acceptance and the draft's weight
+bytes only, never from timings: its k, and so its samples, repeat from run to run. With
+`"adaptive": false` every decode gets the most slots (vLLM's fixed k).
 
 Proposals come from n-gram lookup in the sequence's own tokens (ngram.py) or from a draft model
 (draft.py); both read the tokens this module keeps for each live sequence (its prompt, then
-every token the runner produced for it). A draft model's cache is paged under the target's
-block tables; it holds each sequence's positions below `draft_valid[seq_id]` (nothing once the
-sequence is preempted), so each step first catches it up. Counters are vLLM's spec-decode
-metrics.
+every token the runner produced for it). A draft model's cache is filled lazily: it holds each
+sequence's positions below `draft_valid[seq_id]`, in blocks of its own taken when the sequence
+starts speculating (nothing before, nothing once it is preempted or done). A sequence that does
+not speculate costs the draft nothing, neither passes nor memory; one that starts first has the
+draft compute what its cache lacks, in chunks that share the step's token budget (a step of
+catching up proposes nothing), and only where the tokens the request may still make repay it
+and the draft's blocks have room. Counters are vLLM's
+spec-decode metrics, with the decisions (`chosen`: decodes that chose each k).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +36,15 @@ from nanovllm.runner.sampler import took
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
 from nanovllm.runner.spec_decode.ngram import propose_ngram
+from nanovllm.runner.spec_decode.policy import (
+    POOL_DECAY,
+    PRIOR_ALPHA,
+    Acceptance,
+    CostLine,
+    StepCosts,
+    choose_k,
+    pays_to_catch_up,
+)
 from nanovllm.runner.spec_decode.verify import verify
 from nanovllm.values.speculative import SpeculativeConfig
 
@@ -55,53 +73,147 @@ class SpecDecodeStats:
 
 class Speculator:
     def __init__(self, config: SpeculativeConfig, max_model_len: int,
-                 draft: DraftModel | None = None):
+                 draft: DraftModel | None = None, draft_share: float = 0.0):
+        """`draft_share`: the draft's weight bytes against the target's, its cost until timed."""
         self.config, self.max_model_len, self.draft = config, max_model_len, draft
         self.stats = SpecDecodeStats([0] * config.num_speculative_tokens)
+        self.chosen = [0] * (config.num_speculative_tokens + 1)  # decodes that chose each k
         self.tokens: dict[int, list[int]] = {}    # seq id -> its prompt and produced tokens
         self.draft_valid: dict[int, int] = {}     # seq id -> positions the draft's cache holds
+        self.acceptance: dict[int, Acceptance] = {}  # seq id -> its proposals' fate so far
+        self.pooled = Acceptance()                # every request's, fading: a newcomer's prior
+        self.costs = StepCosts(CostLine(), CostLine() if draft else None, draft_share)
+        # This step's draft-only catch-up chunks (seq id -> positions) and the budget left them.
+        self._catch_up: dict[int, int] = {}
+        self._catch_up_left: int | None = None
+        self._clock = 0.0          # when the runner's step began, and the draft's share of it
+        self._draft_seconds = 0.0
+        self._rows = 0             # the target's query rows this step
 
+    # ---- the scheduler's rule --------------------------------------------------------------
     def lookahead(self, seq, num_running: int, budget: int) -> int:
         """Slots for decoding `seq` (a core Sequence) this step, in at most `budget` tokens."""
         c, p = self.config, seq.params
         if not c.speculates(num_running) or p.structured is not None:
             return 0
         k = min(c.num_speculative_tokens, budget, self.max_model_len - seq.num_tokens)
+        remaining = None
         if p.max_tokens is not None:  # the target adds one token after the proposals
-            k = min(k, p.max_tokens - seq.num_output_tokens - 1)
-        return max(k, 0)
+            remaining = p.max_tokens - seq.num_output_tokens
+            k = min(k, remaining - 1)
+        if k <= 0:
+            return 0
+        judged = None  # what says whether catching the draft up pays, when adaptive
+        if c.adaptive:
+            own = self.acceptance.get(seq.seq_id) or Acceptance()
+            if p.seed is not None and not p.greedy:  # nothing timed: its k must repeat
+                k = choose_k(own.optimistic(PRIOR_ALPHA), self.costs.draft_share, k)
+            else:
+                alpha = own.optimistic(self.pooled.rate(PRIOR_ALPHA))
+                cost = sum(self.costs.ratio(num_running))
+                k = choose_k(alpha, cost, k)
+                judged = (alpha, cost, remaining, num_running)
+        if k and self.draft is not None:
+            k = self._catch_up_first(seq, k, budget, judged)
+        self.chosen[k] += 1
+        return k
 
+    def _catch_up_first(self, seq, k: int, budget: int, judged: tuple | None) -> int:
+        """k, or 0 when the draft's cache must first catch up on this sequence and cannot in
+        this step's budget (it computes a chunk now, without proposing) or, `judged` (alpha,
+        cost, tokens the request may still make, running), those tokens would not repay it."""
+        if not self.draft.reserve(seq.seq_id, seq.num_tokens + k):
+            return 0
+        missing = seq.num_tokens - self.draft_valid.get(seq.seq_id, 0)  # the decode's included
+        if missing <= 2:  # the usual: its last token, and the last kept proposal
+            return k
+        if judged is not None:
+            alpha, cost, remaining, num_running = judged
+            if not pays_to_catch_up(alpha, cost, k, remaining,
+                                    self.costs.catch_up(missing, num_running)):
+                return 0
+        if self._catch_up_left is None:  # the first sequence asking in this step
+            self._catch_up_left = budget
+        room = min(self._catch_up_left, budget - k)
+        if missing <= room:
+            self._catch_up_left -= missing
+            return k
+        chunk = min(self._catch_up_left, missing - 1)
+        if chunk > 0:
+            self._catch_up[seq.seq_id] = chunk
+            self._catch_up_left -= chunk
+        return 0
+
+    # ---- the runner's step -------------------------------------------------------------------
     def start(self, step: SchedulerOutput) -> None:
         """The sequences announced, preempted and retired since the last step."""
+        self._clock, self._draft_seconds = time.perf_counter(), 0.0
         for new in step.new_seqs:
             self.tokens[new.seq_id] = list(new.prompt_token_ids)
         for seq_id in step.preempted_seq_ids:
-            self.draft_valid.pop(seq_id, None)
+            self._drop_draft(seq_id)
         for seq_id in step.finished_seq_ids:
             self.tokens.pop(seq_id, None)
-            self.draft_valid.pop(seq_id, None)
+            self.acceptance.pop(seq_id, None)
+            self._drop_draft(seq_id)
+        if not step.scheduled:
+            self._end_catch_up()
+
+    def _drop_draft(self, seq_id: int) -> None:
+        self.draft_valid.pop(seq_id, None)
+        if self.draft is not None:
+            self.draft.release(seq_id)
 
     def propose(self, scheduled: list[ScheduledSequence], states: dict[int, SequenceState],
                 prepare) -> dict[int, Proposal]:
         """Proposals for the decodes with lookahead slots (some may get none), by seq id;
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
-        if not asked:
+        self._rows = sum(len(e.token_ids) for e in scheduled)
+        catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
+        if not asked and not catching_up:
+            self._end_catch_up()
             return {}
         if self.draft is None:
             c = self.config
             found = {e.seq_id: propose_ngram(self.tokens[e.seq_id], e.num_lookahead,
                                              c.prompt_lookup_min, c.prompt_lookup_max,
                                              self.max_model_len) for e in asked}
-            return {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
-        chunks = []
-        for e in asked:  # the draft first computes what its cache lacks, up to the decode's token
+            proposals = {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
+        else:
+            proposals = self._draft(asked, catching_up, states, prepare)
+        self._rows += sum(len(p.token_ids) for p in proposals.values())
+        return proposals
+
+    def _draft(self, asked: list[ScheduledSequence], catching_up: list[ScheduledSequence],
+               states: dict[int, SequenceState], prepare) -> dict[int, Proposal]:
+        """The draft's proposals for `asked`, each after the draft computed what its cache lacks
+        up to the decode's token; `catching_up` only computes this step's chunk."""
+        chunks, tables = [], self.draft.tables
+        for e in asked:
             start = self.draft_valid.get(e.seq_id, 0)
             chunks.append(ScheduledSequence(e.seq_id, self.tokens[e.seq_id][start:e.start + 1],
-                                            start, e.block_table, True, 0))
-        proposals = self.draft.propose(chunks, [states[e.seq_id] for e in asked],
-                                       [e.num_lookahead for e in asked], prepare)
-        return {e.seq_id: p for e, p in zip(asked, proposals)}
+                                            start, tables[e.seq_id], True, 0))
+        for e in catching_up:
+            start = self.draft_valid.get(e.seq_id, 0)
+            end = start + self._catch_up[e.seq_id]
+            chunks.append(ScheduledSequence(e.seq_id, self.tokens[e.seq_id][start:end], start,
+                                            tables[e.seq_id], False, 0))
+            self.draft_valid[e.seq_id] = end
+        self._end_catch_up()
+        everyone = asked + catching_up
+        found = self.draft.propose(chunks, [states[e.seq_id] for e in everyone],
+                                   [e.num_lookahead for e in everyone], prepare, self._timed)
+        return {e.seq_id: p for e, p in zip(asked, found)}
+
+    def _timed(self, rows: int, seconds: float) -> None:
+        """A draft pass: its cost line, and the share of the step that is not the target's."""
+        self.costs.draft.record(rows, seconds)
+        self._draft_seconds += seconds
+
+    def _end_catch_up(self) -> None:
+        self._catch_up.clear()
+        self._catch_up_left = None
 
     def verify(self, logits: np.ndarray, verifying: list[ScheduledSequence],
                proposals: dict[int, Proposal], states: dict[int, SequenceState],
@@ -120,16 +232,32 @@ class Speculator:
             if logprobs:
                 out.logprobs[e.seq_id] = logprobs
             out.lookahead_filled[e.seq_id] = k
-            self.stats.record(k, len(tokens) - 1)
+            self._record(e.seq_id, k, len(tokens) - 1)
             if self.draft is not None:
                 # The draft's cache reached the decode's position plus its k - 1 fed-back
                 # proposals; it stays valid up to the last kept one.
                 self.draft_valid[e.seq_id] = e.start + 1 + min(len(tokens) - 1, k - 1)
             row += k + 1
 
+    def _record(self, seq_id: int, num_proposed: int, num_kept: int) -> None:
+        self.stats.record(num_proposed, num_kept)
+        self.acceptance.setdefault(seq_id, Acceptance()).record(num_proposed, num_kept)
+        self.pooled.decay(POOL_DECAY)
+        self.pooled.record(num_proposed, num_kept)
+
     def took(self, out: ModelRunnerOutput) -> None:
-        """Every token the step produced joins its sequence's tokens."""
+        """Every token the step produced joins its sequence's tokens; the step's time, less the
+        draft's, is a timed pass of the target."""
         for seq_id, tokens in out.sampled.items():
             history = self.tokens.get(seq_id)
             if history is not None:
                 history.extend(tokens)
+        self.costs.target.record(self._rows, time.perf_counter() - self._clock
+                                 - self._draft_seconds)
+
+    def summary(self, batch_size: int) -> dict:
+        """What the rule sees at `batch_size` running decodes: the pooled acceptance, the cost
+        ratios, and the decodes that chose each k so far."""
+        c_draft, c_verify = self.costs.ratio(batch_size)
+        return {"acceptance": self.pooled.rate(PRIOR_ALPHA, 0.0) if self.pooled.decided else None,
+                "c_draft": c_draft, "c_verify": c_verify, "chosen": list(self.chosen)}

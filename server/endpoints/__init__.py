@@ -18,7 +18,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from nanovllm.server.endpoints import chat, completions, info, messages, responses, tokenize
+from nanovllm.server.endpoints import (
+    chat,
+    completions,
+    embeddings,
+    info,
+    messages,
+    rerank,
+    responses,
+    score,
+    tokenize,
+)
 from nanovllm.server.errors import bad_request
 from nanovllm.server.front_end import ChatPath
 from nanovllm.server.protocol import (
@@ -69,5 +79,6 @@ def _parsed(model: type[BaseModel], body: dict):
 
 
 CHAT_PATH = ChatPath(chat.create_chat_completion, chat.prepare_chat)
-ROUTERS = [completions.router, chat.router, tokenize.router, info.router, router,
+ROUTERS = [completions.router, chat.router, embeddings.router, score.router, rerank.router,
+           tokenize.router, info.router, router,
            responses.build_router(CHAT_PATH), messages.build_router(CHAT_PATH)]

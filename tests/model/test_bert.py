@@ -116,3 +116,11 @@ def test_a_config_we_do_not_run_is_refused_by_name(embedder, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(CheckpointError, match=key):
             load_checkpoint(tmp_path)
+
+
+def test_the_forward_trace_runs_on_an_encoder(embedder):
+    from nanovllm.model.trace import trace_forward
+
+    cfg, weights = load_checkpoint(embedder)
+    trace = trace_forward(weights, cfg, np.array([101, 200, 300, 102]), ref=reference_bert)
+    assert trace.attention.shape == (2, 4, 4, 4) and trace.residual_norm.shape == (3, 4)

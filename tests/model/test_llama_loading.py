@@ -87,7 +87,7 @@ def test_every_preset_has_its_real_shapes(preset):
     """The presets' parameter counts as published (from the real configs' shapes)."""
     millions = {"smollm2-135m": 134.5, "smollm2-360m": 361.8, "tinyllama": 1100.0,
                 "llama-3.2-1b": 1235.8, "qwen2.5-0.5b": 494.0, "mistral-7b": 7241.7,
-                "qwen3-0.6b": 596.0, "qwen3-1.7b": 1720.6}
+                "qwen3-0.6b": 596.0, "qwen3-1.7b": 1720.6, "qwen3-embedding-0.6b": 595.8}
     assert LLAMA_PRESETS[preset].num_params / 1e6 == pytest.approx(millions[preset], rel=2e-3)
 
 

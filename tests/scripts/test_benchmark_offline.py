@@ -252,7 +252,8 @@ def test_speculation_on_a_dataset(tiny_ckpt, tmp_path, capsys):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (
         "def f(x):\n    return x\n", "import os\nimport sys\n", "class A:\n    pass\n")))
     spec = json.dumps({"model": str(tiny_ckpt), "num_speculative_tokens": 3,
-                       "disable_by_batch_size": None})  # batch 2 speculates too
+                       "disable_by_batch_size": None,  # batch 2 speculates too
+                       "adaptive": False})  # k = 3 always: the target as its draft never pays
     argv = ["--model", str(tiny_ckpt), "--dataset-name", "custom", "--dataset-path",
             str(prompts), "--batch-sizes", "1,2", "--output-len", "8", "--prefill-len", "",
             "--reps", "2", "--num-kv-blocks", "128", "--speculative-config", spec,
@@ -260,11 +261,14 @@ def test_speculation_on_a_dataset(tiny_ckpt, tmp_path, capsys):
     assert benchmark.main(argv) == 0
     table = capsys.readouterr().out
     assert "prompts: 3 from " in table and "2 x dataset -> 8" in table
+    assert "cost draft+verify" in table and "k chosen" in table
     data = json.loads(out.read_text())
     assert data["settings"]["dataset"]["prompts"] == 3
     for cell in data["results"]:
         a = cell["acceptance"]
         assert a["identical"] and a["proposed"] > 0 and a["accepted"] == a["proposed"]
+        # k fixed at 3: every decode that could chose it (the last tokens cap it lower)
+        assert a["chosen_k"][3] > 0 and a["cost_draft"] > 0
         runs = cell["nanovllm"]["runs"]
         assert len(runs) == 2 and runs[0]["prompt_tokens"] != runs[1]["prompt_tokens"]
 
@@ -283,8 +287,8 @@ def test_a_dataset_prompt_longer_than_the_context_is_refused(tiny_ckpt, tmp_path
                     reason="../shared/models/code-6l and code-2l are absent")
 @pytest.mark.parametrize("spec", [
     {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
-     "prompt_lookup_min": 1},
-    {"model": str(MODELS / "code-2l"), "num_speculative_tokens": 4}])
+     "prompt_lookup_min": 1, "adaptive": False},
+    {"model": str(MODELS / "code-2l"), "num_speculative_tokens": 4, "adaptive": False}])
 def test_code_models_accept_on_code_that_repeats(spec, tmp_path, capsys):
     """The trained pair on the prompts the docs' acceptance table uses: real acceptance (some
     proposals rejected, many kept), the greedy output unchanged."""

@@ -26,8 +26,11 @@ OPERATIONS = [
     ("GET", "/metrics"), ("GET", "/tokenizer_info"), ("GET", "/load"), ("POST", "/invocations"),
     ("POST", "/v1/responses"), ("GET", "/v1/responses/{response_id}"),
     ("DELETE", "/v1/responses/{response_id}"), ("POST", "/v1/messages"),
-    ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/embeddings"), ("POST", "/v1/score"),
+    ("POST", "/score"), ("POST", "/v1/rerank"), ("POST", "/rerank"),
 ]
+# Run again against a pooling model (tests/server/test_server_pooling.py), where they do work.
+POOLING_OPERATIONS = [("POST", "/v1/embeddings"), ("POST", "/v1/score"), ("POST", "/v1/rerank")]
 # The web page's routes (server/ui/routes.py) stay out of the OpenAPI document and take no body or
 # parameters: they are fuzzed with arbitrary query strings instead.
 UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]

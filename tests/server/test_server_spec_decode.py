@@ -16,7 +16,8 @@ K = 3
 def spec_live(tiny_ckpt):
     # A draft identical to the target: every greedy proposal is accepted.
     engine = make_engine(tiny_ckpt, speculative_config={"model": str(tiny_ckpt),
-                                                         "num_speculative_tokens": K})
+                                                         "num_speculative_tokens": K,
+                                                         "adaptive": False})
     srv = serve(build_app(engine, served_model_name=MODEL), engine)
     yield srv
     srv.stop()

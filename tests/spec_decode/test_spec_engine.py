@@ -16,15 +16,16 @@ from test_spec_pieces import assert_distribution
 from nanovllm import LLM, EngineConfig, LLMEngine, SamplingParams
 from nanovllm.model import write_dummy_checkpoint
 
-# These tests are about verification at any batch size: speculation never switches off here.
+# These tests are about verification at any batch size: speculation never switches off here,
+# and every decode proposes k (test_spec_adaptive.py has the rule choosing k).
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
-         "prompt_lookup_min": 1, "disable_by_batch_size": None}
+         "prompt_lookup_min": 1, "disable_by_batch_size": None, "adaptive": False}
 REPEATS = [[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2, 3], [7, 8, 9, 7, 8, 9, 7, 8], [40, 41, 42, 43]]
 
 
 def draft_config(ckpt, **extra) -> dict:
     return {"model": str(ckpt), "num_speculative_tokens": 3, "disable_by_batch_size": None,
-            **extra}
+            "adaptive": False, **extra}
 
 
 def outputs(llm: LLM, prompts, params):
@@ -246,7 +247,7 @@ MODELS = next((p / "shared" / "models" for p in Path(__file__).resolve().parents
 @pytest.mark.skipif(not (MODELS / "code-6l").is_dir() or not (MODELS / "code-2l").is_dir(),
                     reason="../shared/models/code-6l and code-2l are absent")
 @pytest.mark.parametrize("spec", [NGRAM, {"model": str(MODELS / "code-2l"),
-                                          "num_speculative_tokens": 4}])
+                                          "num_speculative_tokens": 4, "adaptive": False}])
 def test_code_models_accept_and_match(spec):
     code = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n\n\ndef"
     params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)

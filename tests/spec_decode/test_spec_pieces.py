@@ -27,6 +27,8 @@ def test_config_parses_vllm_shapes():
         "ngram", 3, 2, 4)
     d = SpeculativeConfig.parse({"model": "/x", "num_speculative_tokens": 4, "quantization": "int8"})
     assert (d.method, d.model, d.quantization) == ("draft_model", "/x", "int8")
+    assert d.adaptive and not SpeculativeConfig.parse({"num_speculative_tokens": 2,
+                                                       "adaptive": False}).adaptive
     # vLLM: one lookup length given sets both; none gives its default.
     assert SpeculativeConfig.parse({"num_speculative_tokens": 2, "prompt_lookup_max": 3}
                                    ).prompt_lookup_min == 3
@@ -48,6 +50,7 @@ def test_config_parses_vllm_shapes():
     ({"num_speculative_tokens": 2, "model": "/x", "prompt_lookup_max": 2}, "prompt_lookup_max"),
     ({"num_speculative_tokens": 2, "quantization": "int8"}, "quantization"),
     ({"num_speculative_tokens": 2, "disable_by_batch_size": 1}, "disable_by_batch_size"),
+    ({"num_speculative_tokens": 2, "adaptive": "no"}, "adaptive"),
     ("{not json", "JSON"),
     ("[1]", "object"),
 ])

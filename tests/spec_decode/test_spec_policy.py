@@ -181,3 +181,40 @@ def test_draft_share_stands_in_until_a_draft_pass_is_timed():
         draft.record(n, 0.0011 + 0.0001 * n)
     assert costs.ratio(1)[0] == pytest.approx(0.0012 / 0.011)
     assert costs.catch_up(100, 1) == pytest.approx(0.0001 * 100 / 0.011)
+
+
+def test_adaptive_k_keeps_the_target_distribution():
+    """Generation as the engine runs it, in miniature: each step proposes the k the policy
+    chooses from the sequence's own acceptance so far (so k depends on earlier draws), and the
+    rejection sampler verifies. Every position's token is still distributed as the target's."""
+    from test_spec_pieces import _probs, assert_distribution
+    rng = np.random.default_rng(5)
+    vocab, length, runs = 8, 6, 6000
+    p, q = _probs(rng, vocab, True), _probs(rng, vocab, False)
+    gen = np.random.default_rng(6)
+    tokens = np.empty((runs, length), np.int64)
+    chosen = set()
+    for r in range(runs):
+        own, out = Acceptance(), []
+        while len(out) < length:
+            k = choose_k(own.rate(0.6), 0.3, min(3, length - len(out) - 1))
+            chosen.add(k)
+            proposals = [int(gen.choice(vocab, p=q)) for _ in range(k)]
+            step = accept_sampled(np.tile(p, (k + 1, 1)), proposals,
+                                  np.tile(q, (k, 1)) if k else None, gen)
+            own.record(k, len(step) - 1)
+            out += step
+        tokens[r] = out
+    assert len(chosen) >= 3  # the choice did move with what was seen
+    for j in range(length):
+        assert_distribution(tokens[:, j], p)
+
+
+@given(st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), max_size=30), alphas)
+def test_optimism_is_a_bonus_that_evidence_narrows(steps, prior):
+    a = Acceptance()
+    for proposed, kept in steps:
+        a.record(proposed, min(kept, proposed))
+        assert a.rate(prior) - 1e-12 <= a.optimistic(prior) <= 1.0
+        # at most half a standard error's numerator over the evidence's root
+        assert a.optimistic(prior) - a.rate(prior) <= 0.5 / math.sqrt(a.decided + 2) + 1e-12

@@ -1,0 +1,108 @@
+"""The runner of pooling models: a step's whole texts in, one vector (or score) per text out.
+
+A pooling sequence is computed once, whole, and keeps nothing: no KV cache, no sampling. An
+encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); a decoder started
+with `--runner pooling` (the Llama family) runs each text through its forward pass without a
+cache, its LM head replaced by the identity so that the "logits" are the final hidden states
+(after the final norm, as transformers' `last_hidden_state`). Then `model/pooling.py` pools
+them as the checkpoint says, cuts Matryoshka dimensions and normalizes; a cross-encoder's
+classifier and activation make a score instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from nanovllm.contract.step import ModelRunnerOutput, NewSequence, SchedulerOutput
+from nanovllm.model import bert
+from nanovllm.model.architectures import family_of
+from nanovllm.model.bert_config import BertConfig
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
+from nanovllm.model.pooling import activate, normalize, pool
+from nanovllm.values.pooling_params import PoolingParams
+
+
+@dataclass(slots=True)
+class PoolingWork:
+    """One text of a step: its tokens (and token types: which text of a pair each is in)."""
+    token_ids: list[int]
+    token_type_ids: list[int] | None
+    params: PoolingParams
+
+
+class PoolingRunner:
+    speculator = None  # (a pooling sequence generates no tokens to speculate on)
+    def __init__(self, cfg, weights, pooling: PoolingConfig):
+        self.cfg, self.pooling = cfg, pooling
+        self.is_encoder = isinstance(cfg, BertConfig)
+        if self.is_encoder:
+            self.weights = weights
+        else:  # the final hidden states instead of logits: see the module's doc
+            eye = np.eye(cfg.n_embd, dtype=np.float32)
+            self.weights = replace(weights, lm_head=eye)
+        self.family = family_of(cfg)
+        self.family.compile_kernels()
+        self.announced: dict[int, NewSequence] = {}  # by seq id, until it is finished
+
+    def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
+        """The step's sequences' results (`ModelRunnerOutput.pooled`), by seq id; what each is
+        (its pooling params, its token types) was announced in its `NewSequence`."""
+        for new in step.new_seqs:
+            self.announced[new.seq_id] = new
+        for seq_id in step.finished_seq_ids:
+            self.announced.pop(seq_id, None)
+        news = [self.announced[s.seq_id] for s in step.scheduled]
+        work = [PoolingWork(s.token_ids, new.token_type_ids, new.pooling)
+                for s, new in zip(step.scheduled, news)]
+        results = self.compute(work)
+        return ModelRunnerOutput({}, {}, {}, pooled={s.seq_id: r for s, r in
+                                                     zip(step.scheduled, results)})
+
+    def compute(self, work: list[PoolingWork]) -> list[np.ndarray]:
+        """Each text's result: its embedding [E'] or its scores [num_labels]."""
+        if not work:
+            return []
+        if self.is_encoder:
+            hidden, starts = self._encode(work)
+        else:
+            hidden, starts = self._decode(work)
+        results, scores, vectors = [], None, None
+        if any(w.params.task == "score" for w in work):
+            scores = activate(bert.classify(self.weights, hidden, starts), self.pooling.activation)
+        if any(w.params.task == "embed" for w in work):
+            vectors = pool(hidden, starts, self.pooling.modes)
+        for i, w in enumerate(work):
+            if w.params.task == "score":
+                results.append(scores[i])
+                continue
+            v = vectors[i]
+            if w.params.dimensions is not None:
+                v = v[:w.params.dimensions]
+            wants_norm = self.pooling.normalize if w.params.normalize is None else w.params.normalize
+            results.append(normalize(v) if wants_norm else v)
+        return results
+
+    def _encode(self, work: list[PoolingWork]) -> tuple[np.ndarray, np.ndarray]:
+        lengths = [len(w.token_ids) for w in work]
+        starts = np.cumsum([0, *lengths])
+        ids = np.concatenate([np.asarray(w.token_ids, np.int64) for w in work])
+        types = np.concatenate([np.asarray(w.token_type_ids, np.int64) if w.token_type_ids
+                                else np.zeros(len(w.token_ids), np.int64) for w in work])
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        return bert.encode(self.weights, self.cfg, ids, positions, types, starts), starts
+
+    def _decode(self, work: list[PoolingWork]) -> tuple[np.ndarray, np.ndarray]:
+        lengths = [len(w.token_ids) for w in work]
+        starts = np.cumsum([0, *lengths])
+        # Last-token pooling reads one row of each text: only it goes through the final norm.
+        last_only = self.pooling.modes == ("lasttoken",)
+        hidden = np.empty((starts[-1], self.cfg.n_embd), np.float32)
+        for w, a, b in zip(work, starts[:-1], starts[1:]):
+            ids = np.asarray(w.token_ids, np.int64)
+            rows = slice(b - a - 1, None) if last_only else None
+            out = self.family.forward(self.weights, self.cfg, ids, np.arange(b - a),
+                                      logit_rows=rows)
+            hidden[a if rows is None else b - 1:b] = out
+        return hidden, starts

@@ -1,0 +1,145 @@
+"""LLM.embed and LLM.score through the engine: equal to sentence-transformers, batched many
+per step, and every bad input refused naming its field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from bert_checkpoints import PAIRS, TEXTS
+
+from nanovllm import LLM
+from nanovllm.values.errors import InvalidRequestError
+from nanovllm.values.pooling_params import PoolingParams
+from nanovllm.values.sampling_params import SamplingParams
+
+st = pytest.importorskip("sentence_transformers")
+
+
+def cosines(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_embed_equals_sentence_transformers_in_one_step(st_embedder):
+    llm = LLM(str(st_embedder))
+    outputs = llm.embed(TEXTS, use_tqdm=False)
+    assert llm.engine.num_steps == 1  # every text in one step
+    want = st.SentenceTransformer(str(st_embedder), device="cpu").encode(TEXTS)
+    got = np.array([o.outputs.embedding for o in outputs])
+    assert cosines(got, want).min() >= 0.99999
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert outputs[0].prompt_token_ids[0] == 101
+
+
+def test_a_small_token_budget_spreads_texts_over_steps_and_changes_nothing(st_embedder):
+    texts = TEXTS * 5
+    want = LLM(str(st_embedder)).embed(texts, use_tqdm=False)
+    llm = LLM(str(st_embedder), max_num_batched_tokens=20, max_num_seqs=3)
+    got = llm.embed(texts, use_tqdm=False)
+    assert llm.engine.num_steps >= len(texts) // 3  # at most 3 a step
+    np.testing.assert_allclose([o.outputs.embedding for o in got],
+                               [o.outputs.embedding for o in want], atol=1e-6)
+
+
+def test_token_ids_embed_like_their_text(st_embedder):
+    llm = LLM(str(st_embedder))
+    text = llm.embed("Hello world", use_tqdm=False)[0]
+    ids = llm.embed([text.prompt_token_ids], use_tqdm=False)[0]
+    np.testing.assert_allclose(ids.outputs.embedding, text.outputs.embedding, atol=1e-6)
+
+
+def test_score_equals_cross_encoder_predict(cross_encoder):
+    llm = LLM(str(cross_encoder))
+    want = st.CrossEncoder(str(cross_encoder), device="cpu").predict(PAIRS)
+    got = llm.score([q for q, _ in PAIRS], [d for _, d in PAIRS], use_tqdm=False)
+    np.testing.assert_allclose([o.outputs.score for o in got], want, atol=1e-5)
+    one_to_many = llm.score(PAIRS[0][0], [PAIRS[0][1], PAIRS[1][1]], use_tqdm=False)
+    np.testing.assert_allclose([o.outputs.score for o in one_to_many], want[:2], atol=1e-5)
+
+
+def test_score_of_an_embedding_model_is_the_cosine_similarity(st_embedder):
+    model = st.SentenceTransformer(str(st_embedder), device="cpu")
+    a, b = model.encode([p[0] for p in PAIRS]), model.encode([p[1] for p in PAIRS])
+    got = LLM(str(st_embedder)).score([p[0] for p in PAIRS], [p[1] for p in PAIRS],
+                                      use_tqdm=False)
+    np.testing.assert_allclose([o.outputs.score for o in got], cosines(a, b), atol=1e-5)
+
+
+def test_truncation_keeps_the_special_tokens_as_sentence_transformers(st_embedder):
+    llm = LLM(str(st_embedder))
+    long = " ".join(["the cat sat on the mat"] * 20)  # 120 words: more than 64 positions
+    with pytest.raises(InvalidRequestError, match="truncate_prompt_tokens") as err:
+        llm.embed(long, use_tqdm=False)
+    assert err.value.param == "prompt"
+    got = llm.embed(long, truncate_prompt_tokens=16, use_tqdm=False)[0]
+    assert len(got.prompt_token_ids) == 16 and got.prompt_token_ids[-1] == 102
+    model = st.SentenceTransformer(str(st_embedder), device="cpu")
+    model.max_seq_length = 16
+    assert cosines(got.outputs.embedding, model.encode([long])[0]) >= 0.99999
+
+
+def test_bad_inputs_are_refused_naming_the_field(st_embedder, cross_encoder):
+    llm = LLM(str(st_embedder))
+    cases = [("", "prompt"), ([], "prompt"), ([10**6], "prompt"), ({"x": 1}, "prompt")]
+    for prompt, param in cases:
+        with pytest.raises(InvalidRequestError) as err:
+            llm.embed([prompt], use_tqdm=False)
+        assert err.value.param == param, prompt
+    with pytest.raises(InvalidRequestError, match="Matryoshka") as err:
+        llm.embed("a", pooling_params=PoolingParams(dimensions=8), use_tqdm=False)
+    assert err.value.param == "dimensions"
+    with pytest.raises(InvalidRequestError) as err:
+        llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=False)
+    assert err.value.param == "model"
+    with pytest.raises(InvalidRequestError, match="cross-encoder"):
+        LLM(str(cross_encoder)).embed("hello", use_tqdm=False)
+
+
+def test_matryoshka_dimensions_cut_then_normalize(st_embedder, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(st_embedder, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "matryoshka_dimensions": [8, 16]}))
+    llm = LLM(str(model_dir))
+    full = np.array(llm.embed("Hello world", use_tqdm=False)[0].outputs.embedding)
+    cut = llm.embed("Hello world", pooling_params=PoolingParams(dimensions=8), use_tqdm=False)[0]
+    np.testing.assert_allclose(cut.outputs.embedding, full[:8] / np.linalg.norm(full[:8]),
+                               atol=1e-6)
+    with pytest.raises(InvalidRequestError, match="8, 16"):
+        llm.embed("a", pooling_params=PoolingParams(dimensions=12), use_tqdm=False)
+
+
+def test_a_generation_model_makes_no_embeddings(tiny_ckpt):
+    with pytest.raises(ValueError, match="runner='pooling'"):
+        LLM(str(tiny_ckpt)).embed("hello", use_tqdm=False)
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
+def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt, variant):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model_dir = llama_ckpt(variant)
+    llm = LLM(str(model_dir), runner="pooling")
+    outputs = llm.embed(TEXTS[:3], use_tqdm=False)
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    for out in outputs:
+        with torch.no_grad():
+            hidden = model(torch.tensor([out.prompt_token_ids])).last_hidden_state[0, -1].numpy()
+        assert cosines(out.outputs.embedding, hidden) >= 0.99999
+        np.testing.assert_allclose(np.linalg.norm(out.outputs.embedding), 1, atol=1e-5)
+
+
+def test_the_qwen3_embedding_preset_pools_its_last_token(tmp_path):
+    from nanovllm.model.checkpoint.dummy import write_dummy_checkpoint
+
+    model_dir = write_dummy_checkpoint(tmp_path / "q", "qwen3-embedding-0.6b", num_hidden_layers=1,
+                                       hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                       num_kv_heads=2, head_size=16, vocab_size=2048)
+    llm = LLM(str(model_dir), runner="pooling")
+    assert llm.engine.pooling.modes == ("lasttoken",) and llm.engine.pooling.normalize
+    out = llm.embed(["Hello world", "Hello"], use_tqdm=False)
+    assert len(out[0].outputs.embedding) == 64
+    np.testing.assert_allclose(np.linalg.norm(out[0].outputs.embedding), 1, atol=1e-5)
