@@ -128,11 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         import sentence_transformers
         import torch
+        import transformers
 
         torch.set_num_threads(threads)
         theirs = sentence_transformers.SentenceTransformer(str(engine.model_path), device="cpu")
         env.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                   transformers=f"sentence-transformers {sentence_transformers.__version__}")
+                   transformers=f"{transformers.__version__}, sentence-transformers "
+                                f"{sentence_transformers.__version__}")
     out = sys.stderr if args.json == "-" else sys.stdout
     print(describe_environment(env), file=out)
     print(f"model: {engine.architecture} from {engine.model_path}"

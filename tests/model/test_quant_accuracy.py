@@ -91,7 +91,9 @@ def test_tiny_llama_within_the_error_budget(overrides):
     from nanovllm.model.llama_config import LlamaConfig
     from tests.llama_checkpoints import LLAMA_TINY
 
-    options = {k: v for k, v in LLAMA_TINY.items() if k != "initializer_range"}
+    # (LLAMA_TINY is in transformers' names; our config calls key/value heads num_kv_heads)
+    options = {{"num_key_value_heads": "num_kv_heads"}.get(k, k): v
+               for k, v in LLAMA_TINY.items() if k != "initializer_range"}
     cfg = LlamaConfig(**options, **overrides)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, (5, 256))
     results = measure(cfg, random_llama_weights(cfg), ids)

@@ -271,3 +271,28 @@ def test_thinking_disabled_reaches_the_template(claude):
     kw = dict(model=MODEL, messages=[{"role": "user", "content": ASK}])
     default = claude.messages.count_tokens(**kw).input_tokens
     assert claude.messages.count_tokens(thinking={"type": "disabled"}, **kw).input_tokens > default
+
+
+def test_a_claude_code_shaped_request_is_served(http):
+    """What Claude Code sends besides the prompt: ?beta=true, anthropic-beta, cache_control on
+    system blocks, messages and tools, a tool schema with $schema, metadata.user_id,
+    temperature 1, tool_choice auto (by default), a streamed answer."""
+    tool = {"name": "Read", "description": "Reads a file.", "cache_control": {"type": "ephemeral"},
+            "input_schema": {"$schema": "http://json-schema.org/draft-07/schema#",
+                             "type": "object", "properties": {"path": {"type": "string"}},
+                             "required": ["path"], "additionalProperties": False}}
+    body = {"model": MODEL, "max_tokens": 4, "temperature": 1, "stream": True,
+            "metadata": {"user_id": "user_abc_account_1_session_2"},
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": ASK, "cache_control": {"type": "ephemeral"}}]}],
+            "tools": [tool]}
+    headers = {"anthropic-version": "2023-06-01",
+               "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14"}
+    with http.stream("POST", "/v1/messages?beta=true", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        message = messages_stream(sse_events(r))
+    assert message["usage"]["output_tokens"] == 4 and message["stop_reason"] == "max_tokens"
+    count = http.post("/v1/messages/count_tokens?beta=true", headers=headers, json={
+        k: v for k, v in body.items() if k in ("model", "system", "messages", "tools")})
+    assert count.json()["input_tokens"] == message["usage"]["input_tokens"]

@@ -252,3 +252,4 @@ def test_requests_are_counted_per_endpoint(http):
     http.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": MESSAGES})
     assert (count("/v1/messages"), count("/v1/messages/count_tokens")) == \
         (before[0] + 1, before[1] + 1)
+

@@ -156,7 +156,8 @@ def test_preemptions_show_in_the_engine_view(browser, tiny_ckpt, shots):
 def test_speculation_shows_in_the_engine_view(browser, tiny_ckpt, shots):
     """`nanovllm serve --speculative-config`: the strip of steps shows proposals accepted and
     rejected, and the caption counts them (a draft identical to the target: none rejected)."""
-    spec = f'{{"model": "{tiny_ckpt}", "num_speculative_tokens": 3}}'
+    # k = 3 every step: the target as its own draft never pays, so the adaptive rule stays out
+    spec = f'{{"model": "{tiny_ckpt}", "num_speculative_tokens": 3, "adaptive": false}}'
     server = start_server(tiny_ckpt, "--speculative-config", spec)
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
