@@ -327,8 +327,9 @@ _CONFIG_FIELDS = ("block_size", "kv_cache_dtype", "enable_prefix_caching")
 
 def _combined(name: str, values: list):
     """One EngineStats field over the replicas: counts add up (histograms bucket by bucket);
-    the cache's configuration is every replica's own, so the first one's stands."""
-    if name in _CONFIG_FIELDS:
+    the cache's configuration is every replica's own, so the first one's stands, as does any
+    field that is not a count (a prefix cache directory's counters, None without one)."""
+    if name in _CONFIG_FIELDS or (values and not isinstance(values[0], int | float | tuple)):
         return values[0] if values else EngineStats.__dataclass_fields__[name].default
     if values and isinstance(values[0], tuple):
         return tuple(map(sum, zip(*values, strict=True)))
