@@ -497,7 +497,7 @@ def describe_model(model: dict) -> str:
     GPT-2 124M's (float32: 12 layers x 2 x 768)."""
     gpt2 = kv_bytes_per_block(PRESETS["gpt2"], 1)
     return (f"model: {model['architecture']}, {model['params'] / 1e6:.1f}M parameters, "
-            f"{model['n_head']} query / {model['n_kv_head']} key-value heads; KV cache "
+            f"{model['n_head']} query / {model['num_kv_heads']} key-value heads; KV cache "
             f"{model['kv_bytes_per_token']:,} bytes per token (GPT-2 124M, float32: {gpt2:,})")
 
 
@@ -512,7 +512,7 @@ def _report_header(args, engine, theirs, threads: int, dataset: list[list[int]] 
         "model": {"name": args.model, "path": str(engine.model_path), "dummy": engine.is_dummy,
                   "architecture": engine.architecture,
                   "params": cfg.num_params, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
-                  "n_head": cfg.n_head, "n_kv_head": cfg.num_kv_heads,
+                  "n_head": cfg.n_head, "num_kv_heads": cfg.num_kv_heads,
                   "vocab_size": cfg.vocab_size,
                   "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.config.kv_cache_dtype)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
