@@ -218,6 +218,9 @@ DOC_RULES = [
     ("operations.md", "docker ", "needs Docker and an image"),
     ("operations.md", "nanovllm download ", "downloads from the hub"),
     ("operations.md", "nanovllm generate ", RUN),
+    ("operations.md", "nanovllm serve ", "a production start (the hub's gpt2, a system cache "
+                                         "directory); tests/server/test_server_prefix_cache_dir.py "
+                                         "serves with the same flags"),
     ("operations.md", "nanovllm bench ", "a benchmark: minutes of load (tests/scripts run "
                                         "its options on tiny models)"),
     ("performance.md", "", "the runs behind the figures: benchmarks of minutes each, some of "
@@ -232,6 +235,9 @@ DOC_PYTHON = {
     "from nanovllm import LLM, SamplingParams": RUN,
     "from nanovllm.model import write_dummy_checkpoint": "path/to/gpt2-tokenizer stands for "
                                                          "the reader's own directory",
+    "from nanovllm import LLM, PoolingParams": "its last line writes a 0.6B-parameter checkpoint "
+                                               "(minutes); tests/embed makes the same calls on "
+                                               "small models",
 }
 ACTIVATE = "source .venv/bin/activate && "
 
