@@ -191,6 +191,17 @@ def _delta_pieces(delta: dict, answer: ChatAnswer) -> list[Piece]:
     return pieces
 
 
+def piece_events(piece: Piece, blocks, reasoning: str, text: str):
+    """A reasoning, text, call or arguments piece as the events of a front end's block builder
+    (its `text(kind, s)`, `call(index, id, name)` and `arguments(index, s)`); `reasoning` and
+    `text` name the builder's kinds for the two kinds of text."""
+    if piece.kind in ("reasoning", "text"):
+        return blocks.text(reasoning if piece.kind == "reasoning" else text, piece.text)
+    if piece.kind == "call":
+        return blocks.call(piece.index, piece.call_id, piece.name)
+    return blocks.arguments(piece.index, piece.text)
+
+
 def named_event(name: str, data: dict) -> str:
     """One server-sent event with its name (`event:`), as both APIs send them."""
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"

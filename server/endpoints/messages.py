@@ -27,6 +27,7 @@ from nanovllm.server.front_end import (
     chat_pieces,
     chat_request,
     named_event,
+    piece_events,
     prompt_tokens,
 )
 from nanovllm.server.protocol import (
@@ -367,15 +368,8 @@ async def message_events(model: str, events: AsyncIterator[str]) -> AsyncIterato
                     **message_object(model, answer, []), "stop_reason": None,
                     "stop_sequence": None}})
                 yield named_event("ping", {"type": "ping"})
-            elif piece.kind in ("reasoning", "text"):
-                for e in blocks.text("thinking" if piece.kind == "reasoning" else "text",
-                                     piece.text):
-                    yield e
-            elif piece.kind == "call":
-                for e in blocks.call(piece.index, piece.call_id, piece.name):
-                    yield e
             else:
-                for e in blocks.arguments(piece.index, piece.text):
+                for e in piece_events(piece, blocks, "thinking", "text"):
                     yield e
     except ChatStreamError as exc:
         _, body = anthropic_error(exc.error["message"], exc.error.get("code") or 500)

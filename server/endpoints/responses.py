@@ -31,6 +31,7 @@ from nanovllm.server.front_end import (
     chat_pieces,
     chat_request,
     named_event,
+    piece_events,
 )
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE, ResponsesRequest
 from nanovllm.server.response_store import ResponseStore, StoredResponse
@@ -438,15 +439,8 @@ async def response_events(body: ResponsesRequest, ctx: ServerContext, context: l
             if piece.kind == "start":
                 for e in opening():
                     yield e
-            elif piece.kind in ("reasoning", "text"):
-                for e in output.text("reasoning" if piece.kind == "reasoning" else "message",
-                                     piece.text):
-                    yield e
-            elif piece.kind == "call":
-                for e in output.call(piece.index, piece.call_id, piece.name):
-                    yield e
             else:
-                for e in output.arguments(piece.index, piece.text):
+                for e in piece_events(piece, output, "reasoning", "message"):
                     yield e
     except ChatStreamError as exc:
         for e in [] if answer.id else opening():  # failed before the chat stream opened
