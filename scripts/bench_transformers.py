@@ -10,8 +10,8 @@ from pathlib import Path
 
 # torch and transformers are not runtime dependencies; pip's default torch is the multi-GB CUDA
 # build, so the hint names the CPU one (torch pinned as in the dev extra).
-INSTALL_REFERENCE = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-                     " && pip install transformers")
+INSTALL_TORCH_CPU = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+INSTALL_REFERENCE = f"{INSTALL_TORCH_CPU} && pip install transformers"
 
 
 def missing_reference() -> str | None:

@@ -36,6 +36,7 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
+from nanovllm.scripts.bench_transformers import INSTALL_TORCH_CPU  # noqa: E402
 from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
     default_threads,
@@ -47,8 +48,7 @@ from nanovllm.scripts.bench_utils import (  # noqa: E402
     write_json,
 )
 
-INSTALL_REFERENCE = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-                     " && pip install sentence-transformers")
+INSTALL_REFERENCE = f"{INSTALL_TORCH_CPU} && pip install sentence-transformers"
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
