@@ -3,7 +3,8 @@
 `model/reference_bert.py` is the same model as a few pure functions, one text at a time, the
 one to read first (and `model/bert_config.py` says how an encoder differs from the decoders).
 This module composes the engine's layers: `linear`, layer norm (`norms.layer_norm`, GPT-2's),
-the exact GELU (`activations.gelu_erf_`) and attention over whole texts (`encoder_attention`). There is no KV cache:
+the exact GELU (`activations.gelu_erf_`) and attention over whole texts (`encoder_attention`,
+which reads the fused projection's output as it is). There is no KV cache:
 an encoder reads each text once, all of it in one step, and keeps nothing afterwards.
 
 The loader fuses query/key/value into one matrix (rows Q | K | V), so a layer makes one matmul
@@ -18,7 +19,7 @@ import numpy as np
 
 from nanovllm.model.activations import compile_gelu_erf, gelu_erf_
 from nanovllm.model.bert_config import BertConfig
-from nanovllm.model.encoder_attention import encoder_attention
+from nanovllm.model.encoder_attention import compile_encoder_attention, encoder_attention
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.norms import compile_layer_norm, layer_norm
 from nanovllm.model.quant import Weight, gather_rows
@@ -61,16 +62,14 @@ def compile_kernels() -> None:
     compile_linear_kernel()
     compile_layer_norm()
     compile_gelu_erf()
+    compile_encoder_attention()
 
 
 def self_attention(x: np.ndarray, lw: LayerWeights, n_head: int, starts: np.ndarray,
                    residual: np.ndarray) -> np.ndarray:
     """x [n, E] -> residual + attention(x), added into `residual` in place."""
-    n, e = x.shape
     qkv = linear(x, lw.qkv_w, lw.qkv_b)
-    q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
-    heads = encoder_attention(q, k, v, starts)
-    return linear(heads.reshape(n, e), lw.o_w, lw.o_b, residual)
+    return linear(encoder_attention(qkv, n_head, starts), lw.o_w, lw.o_b, residual)
 
 
 def layer(x: np.ndarray, lw: LayerWeights, cfg: BertConfig, starts: np.ndarray) -> np.ndarray:

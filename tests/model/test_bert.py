@@ -14,7 +14,7 @@ from nanovllm.model import bert, reference_bert
 from nanovllm.model.activations import gelu_erf_
 from nanovllm.model.architectures import load_checkpoint
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
-from nanovllm.model.encoder_attention import encoder_attention
+from nanovllm.model.encoder_attention import encoder_attention, encoder_attention_numpy
 from nanovllm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -47,16 +47,44 @@ def test_gelu_matches_the_reference(rows):
     np.testing.assert_allclose(gelu_erf_(x.copy()), reference_bert.gelu(x), atol=5e-7, rtol=1e-6)
 
 
-def test_encoder_attention_matches_the_reference_per_text():
-    rng = np.random.default_rng(1)
-    lengths = [5, 5, 5, 1, 9, 9, 3]
-    starts = np.cumsum([0, *lengths])
-    q, k, v = (rng.standard_normal((starts[-1], 4, 8)).astype(np.float32) for _ in range(3))
-    out = encoder_attention(q, k, v, starts)
+def attention_per_text(qkv, n_head, starts):
+    """`reference_bert`'s attention, one text at a time: [n, E]."""
+    n, e = qkv.shape[0], qkv.shape[1] // 3
+    q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
+    out = np.empty((n, n_head, e // n_head), np.float32)
     for a, b in zip(starts[:-1], starts[1:]):
         probs = reference_bert.attention_probs(q[a:b], k[a:b])
-        want = (probs @ v[a:b].transpose(1, 0, 2)).transpose(1, 0, 2)
-        np.testing.assert_allclose(out[a:b], want, atol=1e-5)
+        out[a:b] = (probs @ v[a:b].transpose(1, 0, 2)).transpose(1, 0, 2)
+    return out.reshape(n, e)
+
+
+# Ragged batches (runs of equal lengths, 1-token texts, lengths off the kernel's tiles) and
+# head dims of MiniLM (32), BERT-base (64) and ones off the tiles; the last case has enough
+# work to run on numba's threads.
+@pytest.mark.parametrize("lengths, n_head, head_dim", [
+    ([5, 5, 5, 1, 9, 9, 3], 4, 8),
+    ([1], 2, 32),
+    ([1, 1, 2, 17, 128, 3], 12, 32),
+    ([33, 16, 4, 1, 64], 4, 64),
+    ([7, 20], 3, 24),
+    ([128] * 6 + [100, 1], 12, 32),
+])
+def test_encoder_attention_kernel_matches_numpy_and_the_reference(lengths, n_head, head_dim):
+    rng = np.random.default_rng(len(lengths) + head_dim)
+    starts = np.cumsum([0, *lengths])
+    qkv = rng.standard_normal((starts[-1], 3 * n_head * head_dim)).astype(np.float32) * 2
+    got = encoder_attention(qkv, n_head, starts)
+    np.testing.assert_allclose(got, encoder_attention_numpy(qkv, n_head, starts), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got, attention_per_text(qkv, n_head, starts), atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_attention_of_peaked_scores():
+    """Scores far apart: most probabilities underflow to exactly 0, as exp32 gives them."""
+    rng = np.random.default_rng(3)
+    starts = np.array([0, 40, 41])
+    qkv = rng.standard_normal((41, 3 * 2 * 32)).astype(np.float32) * 30
+    got = encoder_attention(qkv, 2, starts)
+    np.testing.assert_allclose(got, attention_per_text(qkv, 2, starts), atol=1e-4, rtol=1e-5)
 
 
 def test_reference_matches_transformers(embedder):
