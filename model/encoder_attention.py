@@ -6,12 +6,12 @@ else, so no mask is built and no padding computed. `reference_bert.self_attentio
 one-text version.
 
 `encoder_attention_` is a compiled kernel: each (text, head) is one job for numba's threads,
-which reads its queries, keys and values where the fused QKV projection wrote them (strided
-views, no copies), and makes one query row at a time: its scores against the head's keys, their
-softmax and the probabilities times the values, all in cache. It never builds a [texts, H, t, t]
-score tensor, nor the transposed copies numpy's batched matmul needs. `encoder_attention_numpy`
-is the same computation in numpy (texts of equal length batched into one matmul), the one the
-kernel is tested against and the one run when numba's JIT is off.
+which reads its queries, keys and values where the fused QKV projection wrote them and makes
+the head's output a block of queries at a time: scores, softmax and the probabilities times the
+values, all in cache, in register tiles (`f32_dot.broadcast_tile`). It never builds a
+[texts, H, t, t] score tensor, nor the transposed copies numpy's batched matmul needs.
+`encoder_attention_numpy` is the same computation in numpy (texts of equal length batched into
+one matmul), the one the kernel is tested against and the one run when numba's JIT is off.
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ def encoder_attention_(qkv, n_head, starts, out):
         attend_jobs(qkv, n_head, starts, out, taken, longest)
 
 
-# The register tile of both products (`f32_dot.broadcast_tile`): TILE_ROWS rows of queries or
-# probabilities by TILE_VECTORS vectors of TILE_WIDTH lanes (keys, or a head's values). Its
-# 4 x 2 sums, two loads and a broadcast fit the 16 vector registers of AVX2.
+# The register tile of both products (`f32_dot.broadcast_tile`): TILE_ROWS keys (or value
+# dims) by TILE_VECTORS vectors of TILE_WIDTH queries. Its 4 x 2 sums, two loads and a
+# broadcast fit the 16 vector registers of AVX2.
 TILE_ROWS, TILE_VECTORS, TILE_WIDTH = 4, 2, 8
-TILE_COLS = TILE_VECTORS * TILE_WIDTH
+TILE_COLS = TILE_VECTORS * TILE_WIDTH  # queries a block
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -77,88 +77,78 @@ def attend_jobs(qkv, n_head, starts, out, taken, longest):
     if job >= jobs:
         return
     head_dim = out.shape[1] // n_head
-    queries = np.zeros((round_up(longest, TILE_ROWS), head_dim), np.float32)
-    keys_t = np.zeros((head_dim, round_up(longest, TILE_COLS)), np.float32)
-    values = np.zeros((longest, round_up(head_dim, TILE_COLS)), np.float32)
-    probs = np.empty((TILE_ROWS, keys_t.shape[1]), np.float32)
-    tops = np.empty((TILE_ROWS, TILE_COLS), np.float32)
+    keys = np.zeros((round_up(longest, TILE_ROWS), head_dim), np.float32)
+    queries_t = np.zeros((head_dim, round_up(longest, TILE_COLS)), np.float32)
+    values_t = np.zeros((round_up(head_dim, TILE_ROWS), longest), np.float32)
+    scores_t = np.empty((keys.shape[0], TILE_COLS), np.float32)
+    sums = np.empty((2, TILE_COLS), np.float32)
     acc = np.empty((TILE_ROWS, TILE_COLS), np.float32)
     while job < jobs:
         text, h = job // n_head, job % n_head
-        attend_head(qkv, starts[text], starts[text + 1], h * head_dim, out, queries, keys_t,
-                    values, probs, tops, acc)
+        attend_head(qkv, starts[text], starts[text + 1], h * head_dim, out, keys, queries_t,
+                    values_t, scores_t, sums, acc)
         job = claim(taken)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def attend_head(qkv, a, b, col, out, queries, keys_t, values, probs, tops, acc):
+def attend_head(qkv, a, b, col, out, keys, queries_t, values_t, scores_t, sums, acc):
     """The head in columns col ... col + D (of Q, K and V) of the text in rows [a, b).
 
-    Its queries (scaled), keys (transposed: [D, t]) and values are copied into scratch first,
-    zero-padded to whole tiles. Then TILE_ROWS queries at a time: their scores against every
-    key (`score_rows`), their exponentials (`exp_row_`), and those times the values, a tile of
-    TILE_COLS value columns at a time, divided by each row's sum as they are stored. The
+    Worked transposed, TILE_COLS queries at a time, so that every step runs along queries in
+    vectors: the block's scores against every key as scores_t [keys, queries] (register tiles
+    of TILE_ROWS keys, stored where they belong), each query's softmax down its column (lane by
+    lane: the max and the sum need no reduction across a vector), and out^T = V^T P^T (tiles of
+    TILE_ROWS value dims), divided by the sums as it is stored. Queries (scaled, transposed),
+    keys and values (transposed) are copied into scratch first, zero-padded to whole tiles; the
     padding's scores and outputs are computed and never read."""
-    t, e, head_dim = b - a, out.shape[1], queries.shape[1]
+    t, e, head_dim = b - a, out.shape[1], keys.shape[1]
     scale = np.float32(1.0 / np.sqrt(head_dim))
-    queries[t:] = 0.0
-    keys_t[:, t:] = 0.0
+    keys[t:] = 0.0
+    queries_t[:, t:] = 0.0
     for j in range(t):
         for d in range(head_dim):
-            queries[j, d] = qkv[a + j, col + d] * scale
-            keys_t[d, j] = qkv[a + j, e + col + d]
-            values[j, d] = qkv[a + j, 2 * e + col + d]
-    for i in range(0, t, TILE_ROWS):
-        score_rows(queries, keys_t, i, probs, tops, acc)
-        rows = min(TILE_ROWS, t - i)
-        for r in range(rows):
-            tops[r, 0] = np.float32(1.0) / exp_row_(probs[r, :t], tops[r])
-        for d in range(0, values.shape[1], TILE_COLS):
-            broadcast_tile(TILE_WIDTH, TILE_ROWS, TILE_VECTORS, 4, probs.ctypes.data,
-                           probs.shape[1] * 4, values.ctypes.data + d * 4, values.shape[1] * 4,
+            queries_t[d, j] = qkv[a + j, col + d] * scale
+            keys[j, d] = qkv[a + j, e + col + d]
+            values_t[d, j] = qkv[a + j, 2 * e + col + d]
+    q_cols, k_rows, v_rows = queries_t.shape[1], keys.shape[0], values_t.shape[0]
+    top, total = sums[0], sums[1]
+    for i in range(0, t, TILE_COLS):
+        for j in range(0, k_rows, TILE_ROWS):
+            broadcast_tile(TILE_WIDTH, TILE_ROWS, TILE_VECTORS, 4,
+                           keys.ctypes.data + j * head_dim * 4, head_dim * 4,
+                           queries_t.ctypes.data + i * 4, q_cols * 4, TILE_WIDTH * 4,
+                           head_dim, scores_t.ctypes.data + j * TILE_COLS * 4)
+        softmax_columns_(scores_t[:t], top, total)
+        for d in range(0, v_rows, TILE_ROWS):
+            broadcast_tile(TILE_WIDTH, TILE_ROWS, TILE_VECTORS, 4,
+                           values_t.ctypes.data + d * values_t.shape[1] * 4,
+                           values_t.shape[1] * 4, scores_t.ctypes.data, TILE_COLS * 4,
                            TILE_WIDTH * 4, t, acc.ctypes.data)
-            for r in range(rows):
-                inv_total, o = tops[r, 0], out[a + i + r]
-                for c in range(min(TILE_COLS, head_dim - d)):
-                    o[col + d + c] = acc[r, c] * inv_total
+            for c in range(min(TILE_COLS, t - i)):
+                o = out[a + i + c]
+                for r in range(min(TILE_ROWS, head_dim - d)):
+                    o[col + d + r] = acc[r, c] * total[c]
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def score_rows(queries, keys_t, i, probs, tops, acc):
-    """probs[r] = queries[i + r] . keys_t (every key column) for r < TILE_ROWS, and tops[r] the
-    largest of them lane by lane (an elementwise max, which vectorizes where a max over a row
-    does not)."""
-    head_dim, cols = queries.shape[1], keys_t.shape[1]
-    tops[:] = -np.inf
-    for j in range(0, cols, TILE_COLS):
-        broadcast_tile(TILE_WIDTH, TILE_ROWS, TILE_VECTORS, 4,
-                       queries.ctypes.data + i * head_dim * 4, head_dim * 4,
-                       keys_t.ctypes.data + j * 4, cols * 4, TILE_WIDTH * 4, head_dim,
-                       acc.ctypes.data)
-        for r in range(TILE_ROWS):
-            for c in range(TILE_COLS):
-                x = acc[r, c]
-                probs[r, j + c] = x
-                tops[r, c] = x if x > tops[r, c] else tops[r, c]
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def exp_row_(row, tops):
-    """row = e**(row - max(row)) in place, returning the sum; max(row) is the largest of tops
-    (lane maxima of row and of the zero-padded keys' scores past it: at least max(row), so no
-    exponent rises past 0). `exp32_within` on the bounded exponent, 0 where `kernels.exp32`
-    gives 0 (a select, not a branch): one vectorized pass."""
-    top = tops[0]
-    for c in range(1, tops.shape[0]):
-        top = max(top, tops[c])
-    total = np.float32(0.0)
-    for j in range(row.shape[0]):
-        x = row[j] - top
-        y = exp32_within(max(x, EXP_MIN))
-        y = y if x >= EXP_MIN else np.float32(0.0)
-        row[j] = y
-        total += y
-    return total
+def softmax_columns_(s, top, inv_total):
+    """Each column of s ([keys, TILE_COLS]) to e**(s - its max) in place, and inv_total the
+    columns' 1 / sums. `exp32_within` on the bounded exponent, 0 where `kernels.exp32` gives 0
+    (a select, not a branch), so that the pass vectorizes."""
+    top[:] = s[0]
+    for j in range(1, s.shape[0]):
+        for c in range(TILE_COLS):
+            top[c] = max(top[c], s[j, c])
+    inv_total[:] = 0.0
+    for j in range(s.shape[0]):
+        for c in range(TILE_COLS):
+            x = s[j, c] - top[c]
+            y = exp32_within(max(x, EXP_MIN))
+            y = y if x >= EXP_MIN else np.float32(0.0)
+            s[j, c] = y
+            inv_total[c] += y
+    for c in range(TILE_COLS):
+        inv_total[c] = np.float32(1.0) / inv_total[c]
 
 
 def compile_encoder_attention() -> None:
