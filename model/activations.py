@@ -96,32 +96,45 @@ ERF_A4, ERF_A5 = np.float32(-1.453152027), np.float32(1.061405429)
 
 
 @njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, parallel=True)
-def gelu_erf_(x):
-    """x * Phi(x) IN PLACE (x: [n, I], C-contiguous float32; `reference_bert.gelu`); returns x."""
+def gelu_erf_(x, bias):
+    """x + bias, then x * Phi(x), IN PLACE (x: [n, I], C-contiguous float32; bias: [I], the
+    linear layer's, added in the same pass, or None; `reference_bert.gelu`); returns x."""
     if on_threads(x.size):
         for i in prange(x.shape[0]):
-            gelu_erf_row_(x[i])
+            gelu_erf_row_(x[i], bias)
     else:
         for i in range(x.shape[0]):
-            gelu_erf_row_(x[i])
+            gelu_erf_row_(x[i], bias)
     return x
 
 
 @njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True)
-def gelu_erf_row_(row):
+def gelu_erf_row_(row, bias):
+    if bias is None:
+        for j in range(row.shape[0]):
+            row[j] = gelu_erf_one(row[j])
+    else:
+        for j in range(row.shape[0]):
+            row[j] = gelu_erf_one(row[j] + bias[j])
+
+
+@njit(fastmath=KERNEL_MATH, error_model="numpy", cache=True, nogil=True, inline="always")
+def gelu_erf_one(v):
     """Phi(v) = (1 + erf(v / sqrt 2)) / 2, and 1 - erf(|z|) = poly(t) e**-z**2: so Phi is
     1 - tail / 2 for v >= 0 and tail / 2 below, a select rather than a branch."""
-    for j in range(row.shape[0]):
-        v = row[j]
-        z = abs(v) * INV_SQRT2
-        t = np.float32(1.0) / (np.float32(1.0) + ERF_P * z)
-        poly = t * (ERF_A1 + t * (ERF_A2 + t * (ERF_A3 + t * (ERF_A4 + t * ERF_A5))))
-        half_tail = np.float32(0.5) * poly * exp32_within(max(-z * z, np.float32(-87.0)))
-        row[j] = v * (np.float32(1.0) - half_tail if v >= 0 else half_tail)
+    z = abs(v) * INV_SQRT2
+    t = np.float32(1.0) / (np.float32(1.0) + ERF_P * z)
+    poly = t * (ERF_A1 + t * (ERF_A2 + t * (ERF_A3 + t * (ERF_A4 + t * ERF_A5))))
+    half_tail = np.float32(0.5) * poly * exp32_within(max(-z * z, np.float32(-87.0)))
+    return v * (np.float32(1.0) - half_tail if v >= 0 else half_tail)
 
 
 def compile_gelu_erf() -> None:
-    gelu_erf_(np.zeros((1, 2), np.float32))
+    """With a bias (a read-only one too: memory-mapped weights) and without."""
+    read_only = np.zeros(2, np.float32)
+    read_only.flags.writeable = False
+    for bias in (None, np.zeros(2, np.float32), read_only):
+        gelu_erf_(np.zeros((1, 2), np.float32), bias)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)

@@ -77,7 +77,7 @@ def layer(x: np.ndarray, lw: LayerWeights, cfg: BertConfig, starts: np.ndarray) 
     eps = cfg.layer_norm_eps
     x = layer_norm(self_attention(x, lw, cfg.num_attention_heads, starts, residual=x),
                    lw.attn_norm_g, lw.attn_norm_b, eps)
-    h = gelu_erf_(linear(x, lw.up_w, lw.up_b))
+    h = gelu_erf_(linear(x, lw.up_w), lw.up_b)  # (the bias added in GELU's pass)
     return layer_norm(linear(h, lw.down_w, lw.down_b, residual=x), lw.out_norm_g,
                       lw.out_norm_b, eps)
 

@@ -44,7 +44,11 @@ def test_gelu_matches_the_reference(rows):
     x = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32) * 4
     x[0, :6] = [0, -0.0, 30, -30, 1e-8, -9]
     # erf within 1.5e-7 (A&S 7.1.26): GELU within 0.75e-7 |x| where the tail is not 0.
-    np.testing.assert_allclose(gelu_erf_(x.copy()), reference_bert.gelu(x), atol=5e-7, rtol=1e-6)
+    np.testing.assert_allclose(gelu_erf_(x.copy(), None), reference_bert.gelu(x), atol=5e-7,
+                               rtol=1e-6)
+    bias = np.random.default_rng(1).standard_normal(300).astype(np.float32)
+    np.testing.assert_allclose(gelu_erf_(x - bias, bias), reference_bert.gelu(x), atol=2e-6,
+                               rtol=1e-6)
 
 
 def attention_per_text(qkv, n_head, starts):
