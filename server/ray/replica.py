@@ -25,6 +25,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from nanovllm import EngineConfig
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine_client import QueueSink
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.stats import EngineStats
 from nanovllm.values.request import EngineRequest
 
@@ -48,6 +49,10 @@ class ReplicaInfo:
     max_waiting_seqs: int
     eos_token_id: int
     tokenizer_files: dict[str, bytes]  # shipped: the ingress may run on another machine
+    # A pooling model's (embeddings, scores): what the ingress checks its requests with.
+    pooling: PoolingConfig | None
+    hidden_size: int
+    is_cross_encoder: bool
 
 
 class EngineReplica:
@@ -66,7 +71,9 @@ class EngineReplica:
                            str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size, engine.config.block_size,
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
-                           engine.tokenizer.eos_token_id, files)
+                           engine.tokenizer.eos_token_id, files, engine.pooling,
+                           engine.model_config.n_embd,
+                           getattr(engine.model_config, "is_classifier", False))
 
     async def generate(self, request: EngineRequest, avoid: tuple[str, ...] = ()):
         """Yields (replica_id, items, stats): first ([], ...) once the engine took the request,
