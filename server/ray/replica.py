@@ -134,7 +134,7 @@ def coalesce(items: list) -> list:
 
 class PrefixAffinityRouter(RequestRouter):
     """Requests whose prompts start with the same tokens go to the same replica (its prefix
-    cache holds them), unless that replica is busier than the least busy one by more than
+    cache holds them; texts to pool excepted), unless that replica is busier than the least busy one by more than
     `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
     choices on queue length (Ray Serve's default).
 
@@ -173,8 +173,12 @@ class PrefixAffinityRouter(RequestRouter):
 
     def _prefix_key(self, pending_request: PendingRequest | None) -> bytes | None:
         """The prompt's first `prefix_tokens` tokens, if it has that many (else no cache hit
-        is possible: the prefix cache shares whole blocks only)."""
+        is possible: the prefix cache shares whole blocks only). None for a text to pool:
+        it keeps no K/V to hit, and the texts of one request (a query's pairs with each
+        document) often share their first block, which would send them all to one replica."""
         if pending_request is None or not pending_request.args:
+            return None
+        if getattr(pending_request.args[0], "pooling", None) is not None:
             return None
         prompt_ids = getattr(pending_request.args[0], "prompt_token_ids", None)
         if not isinstance(prompt_ids, list) or len(prompt_ids) < self.prefix_tokens:

@@ -1,12 +1,15 @@
-"""A Ray Serve engine replica serving an embedding model behind the OpenAI endpoint:
+"""Two Ray Serve engine replicas serving an embedding model behind the OpenAI endpoint:
 /v1/embeddings, /v1/score and /v1/rerank answer as a local engine on the same checkpoint does,
 checked by the ingress from what the replica ships it (its pooling config, server/ray/replica.py),
-and a generation request to the encoder is the same 400 as on one engine.
+a generation request to the encoder is the same 400 as on one engine, and texts that share
+their first block still spread over both replicas (no prefix affinity: nothing is cached).
 
-One replica is enough: spreading, affinity and failures are test_ray_serve.py's, on GPT-2.
+Failures and generation's affinity are test_ray_serve.py's, on GPT-2.
 """
 
 from __future__ import annotations
+
+import re
 
 import httpx
 import numpy as np
@@ -33,11 +36,11 @@ def embed_replica(tmp_path_factory):
     from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
     model_dir = write_st_embedder(tmp_path_factory.mktemp("ray-embed") / "st", pooling="mean")
-    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              object_store_memory=80 * 2**20, log_to_driver=False)
     try:
-        handle = deploy(EngineConfig(str(model_dir)), 1, 1)
-        client = RayEngineClient(handle, handle.describe.remote().result(), 1,
+        handle = deploy(EngineConfig(str(model_dir)), 2, 1)
+        client = RayEngineClient(handle, handle.describe.remote().result(), 2,
                                  teardown=lambda: teardown(owns_ray=True))
     except BaseException:
         ray.shutdown()
@@ -89,9 +92,30 @@ def test_the_ingress_checks_pooling_requests(embed_replica):
             assert r.json()["error"]["param"] == param, r.text
 
 
+def test_texts_sharing_a_prefix_spread_over_the_replicas(embed_replica):
+    """Texts that start with the same block of tokens (a rerank's pairs all start with the
+    query) go where there is room, not where a prefix cache would be: a pooling model has
+    none. One at a time, so that no replica is ever busier than the other (which would
+    spread them anyway); all 12 on one replica would be a chance of 1 in 2,048."""
+    def prompt_tokens() -> dict[str, float]:
+        text = httpx.get(f"{embed_replica[0].url}/metrics", timeout=30).text
+        return {m[1]: float(m[2]) for m in re.finditer(
+            r'^vllm:prompt_tokens_total\{[^}]*replica="([^"]+)"\} (\S+)$', text, re.M)}
+
+    before = prompt_tokens()
+    prefix = " ".join(f"w{i}" for i in range(12))  # well over one 16-token block
+    with httpx.Client(base_url=embed_replica[0].url, timeout=120) as http:
+        for i in range(12):
+            r = http.post("/v1/embeddings", json={"model": MODEL, "input": f"{prefix} {i}"})
+            assert r.status_code == 200, r.text
+    after = prompt_tokens()
+    served = {r: v - before.get(r, 0.0) for r, v in after.items() if v > before.get(r, 0.0)}
+    assert len(served) == 2, served
+
+
 def test_metrics_count_the_pooling_requests(embed_replica):
-    """One count per text embedded (the earlier tests embedded some through the replica)."""
+    """One count per text embedded (the earlier tests embedded some through the replicas)."""
     text = httpx.get(f"{embed_replica[0].url}/metrics", timeout=30).text
     line = next(ln for ln in text.splitlines()
                 if ln.startswith("nanovllm:pooling_requests_total{") and 'task="embed"' in ln)
-    assert float(line.split()[-1]) >= 4
+    assert float(line.split()[-1]) >= 4 + 12
