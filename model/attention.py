@@ -377,13 +377,27 @@ def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
     return np.take(cache, slots, axis=0).astype(np.float32, copy=False)
 
 
+def whole_sequences(starts: np.ndarray) -> AttentionBatch:
+    """A step of whole sequences side by side, sequence i in rows [starts[i], starts[i+1]),
+    each attending causally to itself and kept nowhere: with no KV cache, `paged_attention`
+    writes nothing (a decoder's pooling step)."""
+    return AttentionBatch(np.empty(0, np.int64), 0, 1, np.zeros((0, 1), np.int32),
+                          np.zeros(0, np.int32),
+                          [(int(a), int(b), None) for a, b in zip(starts[:-1], starts[1:])])
+
+
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                    kv_cache: tuple[np.ndarray, np.ndarray], batch: AttentionBatch,
+                    kv_cache: tuple[np.ndarray, np.ndarray] | None, batch: AttentionBatch,
                     window: int = 0) -> np.ndarray:
     """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
-    first. With a window, a prefill chunk gathers only the context its queries can see. Decodes
-    take the register tiles (`paged_decode_attention`) where they fit this CPU
-    (`host_decode_tiles`)."""
+    first (without a cache, a batch of `whole_sequences` only). With a window, a prefill chunk
+    gathers only the context its queries can see. Decodes take the register tiles
+    (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`)."""
+    if kv_cache is None:
+        out = np.empty_like(q)
+        for start, end, _ in batch.prefills:
+            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)
+        return out
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
     write_slots(k_bits, batch.slot_mapping, np.ascontiguousarray(k))

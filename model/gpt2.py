@@ -94,7 +94,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
     qkv = linear(x, blk.attn_w, blk.attn_b)
     # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
-    if kv_cache is None:
+    if kv_cache is None and batch is None:  # one whole sequence
         heads = causal_attention(q, k, v)
     else:
         heads = paged_attention(q, k, v, kv_cache, batch)
@@ -118,7 +118,8 @@ def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: n
             logit_rows: np.ndarray | slice | None = None) -> np.ndarray:
     """Logits for `token_ids` at `positions` (`reference.forward` for one whole sequence).
 
-    Without `kv_caches` the tokens are one sequence attended causally (the plain full pass).
+    Without `kv_caches` the tokens are one sequence attended causally (the plain full pass),
+    or with a `batch` of `attention.whole_sequences` several, each attending to itself.
     With them, each token's K/V is written to its cache slot (the caches are updated in place)
     and attention follows `batch`.
     `logit_rows` picks the rows that need logits: the LM head is the largest matmul of a step.

@@ -93,7 +93,7 @@ def attend(qkv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: 
     n, h, d = q.shape
     # Queries and keys are adjacent columns: one kernel call turns both, heads [0, h + kv).
     rotate_(qkv[:, :(h + k.shape[1]) * d].reshape(n, h + k.shape[1], d), cos, sin)
-    if kv_cache is None:
+    if kv_cache is None and batch is None:  # one whole sequence
         heads = causal_attention(q, k, v, cfg.sliding_window)
     else:
         heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window)

@@ -25,7 +25,7 @@ from nanovllm.block_manager import BlockManager
 from nanovllm.config import EngineConfig
 from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
 from nanovllm.engine_setup import EngineParts, build_parts
-from nanovllm.input_processor import InputProcessor
+from nanovllm.input_processor import NOT_GENERATING, InputProcessor
 from nanovllm.kv_disk.tier import disk_tier_for
 from nanovllm.output_processor import OutputProcessor
 from nanovllm.pooling_input import PoolingInput
@@ -101,9 +101,8 @@ class LLMEngine:
         request_id, params = request.request_id, request.params
         if (request.pooling is None) != (self.pooling is None):
             raise InvalidRequestError(
-                "This model is served for embeddings and scores: it does not generate text."
-                if self.pooling else "This model generates text; it makes no embeddings or "
-                "scores unless started with --runner pooling.", "model")
+                NOT_GENERATING if self.pooling else "This model generates text; it makes no "
+                "embeddings or scores unless started with --runner pooling.", "model")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:

@@ -94,6 +94,12 @@ def check_prompt_text(text: str, tokenizer: Tokenizer, max_model_len: int,
                                       param) from None
 
 
+# What a generation request to a pooling model is told (HTTP and Python alike).
+NOT_GENERATING = ("This model is served for embeddings and scores: it does not generate text. "
+                  "Use /v1/embeddings, /v1/score or /v1/rerank (in Python: LLM.embed, "
+                  "LLM.score).")
+
+
 @dataclass(frozen=True, slots=True)
 class InputProcessor:
     """The engine's limits, frozen at start-up, and the checks a request must pass against them."""
@@ -113,14 +119,17 @@ class InputProcessor:
         """The request, tokenized and checked, if it can ever run; else InvalidRequestError.
         A text prompt gets the special tokens its tokenizer adds (Llama's BOS) unless
         `add_special_tokens` is False (a rendered chat template holds them already)."""
-        if self.pooling is not None:
-            raise InvalidRequestError("This model is served for embeddings and scores: it does "
-                                      "not generate text.", "model")
+        self.check_generates()
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
         if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
             text = None
         return EngineRequest(request_id, self.check(prompt, params, add_special_tokens), params,
                              text if isinstance(text, str) else None, final_only)
+
+    def check_generates(self) -> None:
+        """An InvalidRequestError (about `model`) if this model pools instead of generating."""
+        if self.pooling is not None:
+            raise InvalidRequestError(NOT_GENERATING, "model")
 
     def process_beam(self, request_id: str, prompt: PromptType, beam: BeamSearchParams, *,
                      final_only: bool = True) -> EngineRequest:

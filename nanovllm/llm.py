@@ -23,7 +23,7 @@ from nanovllm.engine import LLMEngine
 from nanovllm.input_processor import is_single_prompt
 from nanovllm.pooling_input import PoolingInput
 from nanovllm.values.beam_search_params import BeamSearchParams
-from nanovllm.values.errors import QueueFullError
+from nanovllm.values.errors import InvalidRequestError, QueueFullError
 from nanovllm.values.inputs import PromptType
 from nanovllm.values.outputs import (
     BeamSearchOutput,
@@ -73,6 +73,7 @@ class LLM:
         `chat_template_kwargs`, as the server's chat completions render them, then generated.
         The outputs are the model's text; reading calls out of it is the server's (or
         nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
+        self.engine.processor.check_generates()
         tokenizer = self.engine.tokenizer
         template = checkpoint_template(tokenizer.model_dir, chat_template,
                                        tokenizer.decode_token(tokenizer.eos_token_id))
@@ -143,8 +144,9 @@ class LLM:
 
     def _pooling_input(self) -> PoolingInput:
         if self.engine.processor.pooling is None:
-            raise ValueError(f"{self.engine.architecture} generates text; start it with "
-                             "runner='pooling' for embeddings")
+            raise InvalidRequestError(
+                f"{self.engine.architecture} generates text (LLM.generate, LLM.chat); a decoder of "
+                "the Llama family makes embeddings when started with runner='pooling'", "model")
         return self.engine.processor.pooling
 
     @staticmethod

@@ -45,7 +45,8 @@ class PoolingInput:
         """One text or list of token ids to embed, checked."""
         if self.is_cross_encoder:
             raise InvalidRequestError("This model is a cross-encoder: it scores pairs of texts "
-                                      "(score, rerank) and makes no embeddings.", param)
+                                      "and makes no embeddings. Use /v1/score or /v1/rerank (in "
+                                      "Python: LLM.score).", "model")
         self.check_dimensions(params)
         try:
             prompt = unpack_prompt(prompt)
@@ -67,17 +68,18 @@ class PoolingInput:
                              pooling=params)
 
     def pair(self, request_id: str, first: str, second: str, params: PoolingParams,
-             param: str = "text_2") -> EngineRequest:
-        """A query and a document as one sequence, for a cross-encoder to score."""
+             names: tuple[str, str] = ("text_1", "text_2")) -> EngineRequest:
+        """A query and a document as one sequence, for a cross-encoder to score; `names` are
+        the request's fields they came from."""
         if not self.is_cross_encoder:
             raise InvalidRequestError("This model makes embeddings; pairs are scored by a "
-                                      "cross-encoder.", param)
-        for text, name in ((first, "text_1"), (second, param)):
+                                      "cross-encoder.", "model")
+        for text, name in zip((first, second), names):
             if not isinstance(text, str):
                 raise InvalidRequestError(f"{name} must be a text.", name)
             self.check_text(text, name, params.truncate_prompt_tokens is not None)
         ids, types = self.tokenizer.encode_pair(first, second, self.truncation(params))
-        self.check_length(len(ids), param)
+        self.check_length(len(ids), names[1])
         return EngineRequest(request_id, ids, NO_SAMPLING, None, final_only=True,
                              pooling=params, token_type_ids=types)
 

@@ -26,11 +26,13 @@ MAX_LISTED_SEQS = 256
 
 @dataclass(slots=True)
 class SeqView:
-    """One sequence's progress: its prompt computed in chunks, then its tokens generated."""
+    """One sequence's progress: its prompt computed in chunks, then its tokens generated; or
+    (a pooled text) its tokens computed whole in one step, then pooled."""
 
     seq_id: int                 # the id the block pool's `owner` refers to
     request_id: str
     index: int                  # which of the request's n samples
+    kind: str                   # "generate", or a pooled text's task: "embed" or "score"
     num_prompt_tokens: int
     num_computed_tokens: int    # tokens whose K/V are in the cache (prompt first, then output)
     num_cached_tokens: int      # of the prompt, found in the prefix cache rather than computed
@@ -119,6 +121,13 @@ def pool_of(bm: BlockManager, running: list[Sequence]) -> BlockPool:
 
 
 def _seq_view(seq: Sequence) -> SeqView:
-    return SeqView(seq.seq_id, seq.request.request_id, seq.index, seq.num_prompt_tokens,
+    return SeqView(seq.seq_id, seq.request.request_id, seq.index, kind_of(seq),
+                   seq.num_prompt_tokens,
                    seq.num_computed_tokens, seq.num_cached_tokens, seq.num_output_tokens,
                    seq.params.max_tokens, len(seq.block_table), seq.num_preemptions)
+
+
+def kind_of(seq: Sequence) -> str:
+    """What a sequence is for: generating text, or (a prefill-only sequence computed whole in
+    one step, keeping no KV) a pooled result, by its task."""
+    return "generate" if seq.request.pooling is None else seq.request.pooling.task

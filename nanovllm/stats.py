@@ -66,6 +66,7 @@ class StepStats:
     """One engine step (LLMEngine.last_step, and the engine view's strip of recent steps)."""
 
     num_prefill_tokens: int = 0  # prompt tokens computed (a chunk, or a preempted recompute)
+    num_pooled_tokens: int = 0   # of those, the texts' pooled whole (embeddings, scores; no KV kept)
     num_decode_tokens: int = 0   # one per sequence that generated from its last token
     seconds: float = 0.0
     num_seqs: int = 0
@@ -98,7 +99,8 @@ class StatsCollector:
         reserved = sum(s.num_lookahead for s in step.scheduled)
         proposed = sum(result.lookahead_filled.values())
         accepted = sum(len(result.sampled[i]) - 1 for i in result.lookahead_filled)
-        self.last_step = StepStats(step.num_tokens - decodes - reserved, decodes,
+        pooled = sum(len(s.token_ids) for s in step.scheduled if s.seq_id in result.pooled)
+        self.last_step = StepStats(step.num_tokens - decodes - reserved, pooled, decodes,
                                    time.perf_counter() - start, len(step.scheduled), preemptions,
                                    proposed, accepted)
         self.recent_steps.append(self.last_step)

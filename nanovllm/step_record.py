@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanovllm.sequence import SequenceStatus
-from nanovllm.snapshot import BlockPool, pool_of
+from nanovllm.snapshot import BlockPool, kind_of, pool_of
 
 if TYPE_CHECKING:
     from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
@@ -33,6 +33,7 @@ TOP_K = 5  # probabilities kept for each sampled row
 # What a sequence did in a step (SeqStep.action).
 PREFILL = "prefill"      # a chunk of its prompt (or, after a preemption, of all its tokens)
 DECODE = "decode"        # one token: the newest, whose K/V the cache lacks; then it samples
+POOL = "pool"            # a text computed whole, then pooled (an embedding, a score); no KV kept
 PREEMPTED = "preempted"  # its blocks were taken back; it waits to recompute
 WAITING = "waiting"      # not scheduled this step (SeqStep.why says why)
 
@@ -44,7 +45,8 @@ class SeqStep:
     seq_id: int
     request_id: str
     index: int                 # which of its request's n samples
-    action: str                # PREFILL, DECODE, PREEMPTED or WAITING
+    action: str                # PREFILL, DECODE, POOL, PREEMPTED or WAITING
+    kind: str                  # "generate", or a pooled text's task (snapshot.kind_of)
     why: str                   # a sentence for the learner
     start: int                 # the chunk's first position (its tokens' K/V go to start..)
     num_tokens: int            # tokens computed this step (0 unless prefill or decode)
@@ -73,7 +75,8 @@ class RunnerInputs:
 
     token_ids: list[int]
     positions: list[int]      # each token's position in its sequence
-    slot_mapping: list[int]   # where its K/V is written: block id * block_size + offset
+    slot_mapping: list[int]   # where its K/V is written: block id * block_size + offset (none
+    #                           in a pooling step: its texts keep no K/V)
     row_seq_ids: list[int]    # which sequence each row belongs to
     sample_rows: list[int]    # the rows whose logits are sampled (each chunk's last, if it samples)
 
@@ -192,7 +195,13 @@ class StepRecorder:
 
     def after(self, engine: LLMEngine, step: SchedulerOutput, result: ModelRunnerOutput
               ) -> None:
-        self._ran(*engine.runner.last_run)
+        if result.pooled:  # the pooling runner's inputs are the step's texts, laid end to end
+            self.inputs = RunnerInputs(
+                [t for s in step.scheduled for t in s.token_ids],
+                [p for s in step.scheduled for p in range(s.start, s.start + len(s.token_ids))],
+                [], [s.seq_id for s in step.scheduled for _ in s.token_ids], [])
+        else:
+            self._ran(*engine.runner.last_run)
         engine.runner.keep_last_run = False
         self.record = self._finish(engine.num_steps, result.sampled)
 
@@ -231,21 +240,27 @@ class StepRecorder:
         blocks_after = after.tables.get(seq.seq_id, [])
         finished = seq.status is SequenceStatus.FINISHED
         was_running = bool(before) or seq.seq_id in self.tables_scheduled
+        kind = kind_of(seq)
         if chunk is not None:
             start, n, samples = chunk
-            action = PREFILL if start < seq.num_prompt_tokens or n > 1 else DECODE
-            why = (f"computes positions {start}..{start + n - 1}"
-                   + (" and samples the next token" if samples else
-                      " (a chunk of its prompt: the rest in later steps)"))
+            if seq.request.pooling is not None:
+                action, samples = POOL, False
+                why = (f"computes its {n} tokens whole and pools them ({kind}): no token "
+                       "sampled, no K/V kept")
+            else:
+                action = PREFILL if start < seq.num_prompt_tokens or n > 1 else DECODE
+                why = (f"computes positions {start}..{start + n - 1}"
+                       + (" and samples the next token" if samples else
+                          " (a chunk of its prompt: the rest in later steps)"))
             if finished:
                 why += f"; finished ({seq.finish_reason})"
-            return SeqStep(seq.seq_id, seq.request.request_id, seq.index, action, why,
+            return SeqStep(seq.seq_id, seq.request.request_id, seq.index, action, kind, why,
                            start, n, samples, finished, before, blocks_after)
         if was_running and seq.status is SequenceStatus.WAITING:
             action, why = PREEMPTED, "its blocks were taken back to make room; it will recompute"
         else:
             action, why = WAITING, self.why_waiting
-        return SeqStep(seq.seq_id, seq.request.request_id, seq.index, action, why,
+        return SeqStep(seq.seq_id, seq.request.request_id, seq.index, action, kind, why,
                        seq.num_computed_tokens, 0, False, finished, before, blocks_after)
 
     def _why_waiting(self, num_tokens: int) -> str:

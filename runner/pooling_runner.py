@@ -1,10 +1,11 @@
 """The runner of pooling models: a step's whole texts in, one vector (or score) per text out.
 
 A pooling sequence is computed once, whole, and keeps nothing: no KV cache, no sampling. An
-encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); a decoder started
-with `--runner pooling` (the Llama family) runs each text through its forward pass without a
-cache, its LM head replaced by the identity so that the "logits" are the final hidden states
-(after the final norm, as transformers' `last_hidden_state`). Then `model/pooling.py` pools
+encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); so does a decoder
+started with `--runner pooling` (the Llama family): one causal forward pass over the step's
+texts side by side, each attending to itself, without a cache, its LM head replaced by the
+identity so that the "logits" are the final hidden states (after the final norm, as
+transformers' `last_hidden_state`). Then `model/pooling.py` pools
 them as the checkpoint says, cuts Matryoshka dimensions and normalizes; a cross-encoder's
 classifier and activation make a score instead.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from nanovllm.contract.step import ModelRunnerOutput, NewSequence, SchedulerOutput
 from nanovllm.model import bert
 from nanovllm.model.architectures import family_of
+from nanovllm.model.attention import whole_sequences
 from nanovllm.model.bert_config import BertConfig
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.model.pooling import activate, normalize, pool
@@ -34,6 +36,8 @@ class PoolingWork:
 
 class PoolingRunner:
     speculator = None  # (a pooling sequence generates no tokens to speculate on)
+    # (Nothing to keep for the step-by-step mode: it reads a pooling step's inputs from the step.)
+    keep_last_run = False
     def __init__(self, cfg, weights, pooling: PoolingConfig):
         self.cfg, self.pooling = cfg, pooling
         self.is_encoder = isinstance(cfg, BertConfig)
@@ -94,15 +98,19 @@ class PoolingRunner:
         return bert.encode(self.weights, self.cfg, ids, positions, types, starts), starts
 
     def _decode(self, work: list[PoolingWork]) -> tuple[np.ndarray, np.ndarray]:
+        """All of the step's texts in one causal pass, side by side, each attending to itself
+        (`attention.whole_sequences`), with no KV cache to write or keep."""
         lengths = [len(w.token_ids) for w in work]
         starts = np.cumsum([0, *lengths])
+        ids = np.concatenate([np.asarray(w.token_ids, np.int64) for w in work])
+        positions = np.concatenate([np.arange(n) for n in lengths])
         # Last-token pooling reads one row of each text: only it goes through the final norm.
         last_only = self.pooling.modes == ("lasttoken",)
-        hidden = np.empty((starts[-1], self.cfg.n_embd), np.float32)
-        for w, a, b in zip(work, starts[:-1], starts[1:]):
-            ids = np.asarray(w.token_ids, np.int64)
-            rows = slice(b - a - 1, None) if last_only else None
-            out = self.family.forward(self.weights, self.cfg, ids, np.arange(b - a),
-                                      logit_rows=rows)
-            hidden[a if rows is None else b - 1:b] = out
+        rows = starts[1:] - 1 if last_only else None
+        out = self.family.forward(self.weights, self.cfg, ids, positions, None,
+                                  whole_sequences(starts), logit_rows=rows)
+        if not last_only:
+            return out, starts
+        hidden = np.zeros((starts[-1], self.cfg.n_embd), np.float32)
+        hidden[rows] = out
         return hidden, starts

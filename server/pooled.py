@@ -58,24 +58,27 @@ async def run(raw: Request, ctx: ServerContext, request_id: str,
 
 
 async def scores(raw: Request, ctx: ServerContext, request_id: str, firsts: list[str],
-                 seconds: list[str], params: PoolingParams, param: str
+                 seconds: list[str], params: PoolingParams, names: tuple[str, str]
                  ) -> tuple[list[float], int]:
     """How well each seconds[i] answers firsts[i] (see the module's doc), and the prompt
-    tokens it took."""
+    tokens it took. `names` are the request's fields of the firsts and the seconds (text_1 and
+    text_2; query and documents), which the errors name."""
     pooling = pooling_input(ctx)
     chars = sum(map(len, firsts)) + sum(map(len, seconds))
     if pooling.is_cross_encoder:
         pair = PoolingParams("score", None, None, params.truncate_prompt_tokens)
         requests = await checked(chars, lambda: [
-            pooling.pair(f"{request_id}-{i}", a, b, pair, param)
+            pooling.pair(f"{request_id}-{i}", a, b, pair, names)
             for i, (a, b) in enumerate(zip(firsts, seconds))])
         outputs = await run(raw, ctx, request_id, requests)
         return ([float(o.outputs.data[0]) for o in outputs],
                 sum(len(o.prompt_token_ids) for o in outputs))
-    texts = list(dict.fromkeys([*firsts, *seconds]))  # each text embedded once
+    # Each text embedded once, checked as the field it came from.
+    texts = dict.fromkeys(seconds, names[1]) | dict.fromkeys(firsts, names[0])
     embed = PoolingParams("embed", None, None, params.truncate_prompt_tokens)
     requests = await checked(chars, lambda: [
-        pooling.embed(f"{request_id}-{i}", text, embed, param) for i, text in enumerate(texts)])
+        pooling.embed(f"{request_id}-{i}", text, embed, name)
+        for i, (text, name) in enumerate(texts.items())])
     outputs = await run(raw, ctx, request_id, requests)
     vectors = {text: out.outputs.data for text, out in zip(texts, outputs)}
     return ([cosine(vectors[a], vectors[b]) for a, b in zip(firsts, seconds)],

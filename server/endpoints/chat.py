@@ -95,6 +95,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  request_id: str) -> tuple[EngineRequest, SamplingParams, OutputRules]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
     ctx.check_model(req.model)
+    ctx.engine.processor.check_generates()  # (before the template: an encoder has none)
     ctx.apply_defaults(req)
     check_chat_supported(req)
     plan = plan_chat(req, ctx)

@@ -30,7 +30,7 @@ async def rerank(body: RerankRequest, raw: Request, ctx: Ctx) -> JSONResponse:
     params = PoolingParams("score", None, None, body.truncate_prompt_tokens)
     try:
         scores, tokens = await pooled.scores(raw, ctx, request_id, [body.query] * len(documents),
-                                             documents, params, "documents")
+                                             documents, params, ("query", "documents"))
     except pooled.ClientGone:
         return JSONResponse({}, status_code=499)
     best = sorted(range(len(documents)), key=lambda i: -scores[i])[:body.top_n or None]

@@ -38,7 +38,7 @@ async def create_score(body: ScoreRequest, raw: Request, ctx: Ctx) -> JSONRespon
     params = PoolingParams("score", None, None, body.truncate_prompt_tokens)
     try:
         scores, tokens = await pooled.scores(raw, ctx, request_id, firsts, seconds, params,
-                                             "text_2")
+                                             ("text_1", "text_2"))
     except pooled.ClientGone:
         return JSONResponse({}, status_code=499)
     return JSONResponse({

@@ -36,6 +36,7 @@ from nanovllm import EngineConfig
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
 from nanovllm.model.threads import thread_pool_settings
+from nanovllm.pooling_input import PoolingInput
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.stats import EngineStats
 from nanovllm.tokenizer import Tokenizer
@@ -101,9 +102,12 @@ class RayEngineClient:
         self.model_path = info.model_path
         self.is_dummy = info.is_dummy
         self.max_model_len: int = info.max_model_len
+        pooling = None if info.pooling is None else PoolingInput(
+            self.tokenizer, info.vocab_size, info.max_model_len, info.pooling, info.hidden_size,
+            info.is_cross_encoder)
         self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
                                         info.block_size, info.num_kv_blocks,
-                                        info.max_waiting_seqs)
+                                        info.max_waiting_seqs, pooling)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas

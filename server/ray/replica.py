@@ -25,6 +25,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 from nanovllm import EngineConfig
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine_client import QueueSink
+from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.stats import EngineStats
 from nanovllm.values.request import EngineRequest
 
@@ -48,6 +49,10 @@ class ReplicaInfo:
     max_waiting_seqs: int
     eos_token_id: int
     tokenizer_files: dict[str, bytes]  # shipped: the ingress may run on another machine
+    # A pooling model's (embeddings, scores): what the ingress checks its requests with.
+    pooling: PoolingConfig | None
+    hidden_size: int
+    is_cross_encoder: bool
 
 
 class EngineReplica:
@@ -66,7 +71,9 @@ class EngineReplica:
                            str(engine.model_path), engine.is_dummy,
                            engine.max_model_len, engine.vocab_size, engine.config.block_size,
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
-                           engine.tokenizer.eos_token_id, files)
+                           engine.tokenizer.eos_token_id, files, engine.pooling,
+                           engine.model_config.n_embd,
+                           getattr(engine.model_config, "is_classifier", False))
 
     async def generate(self, request: EngineRequest, avoid: tuple[str, ...] = ()):
         """Yields (replica_id, items, stats): first ([], ...) once the engine took the request,
@@ -127,7 +134,7 @@ def coalesce(items: list) -> list:
 
 class PrefixAffinityRouter(RequestRouter):
     """Requests whose prompts start with the same tokens go to the same replica (its prefix
-    cache holds them), unless that replica is busier than the least busy one by more than
+    cache holds them; texts to pool excepted), unless that replica is busier than the least busy one by more than
     `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
     choices on queue length (Ray Serve's default).
 
@@ -166,8 +173,12 @@ class PrefixAffinityRouter(RequestRouter):
 
     def _prefix_key(self, pending_request: PendingRequest | None) -> bytes | None:
         """The prompt's first `prefix_tokens` tokens, if it has that many (else no cache hit
-        is possible: the prefix cache shares whole blocks only)."""
+        is possible: the prefix cache shares whole blocks only). None for a text to pool:
+        it keeps no K/V to hit, and the texts of one request (a query's pairs with each
+        document) often share their first block, which would send them all to one replica."""
         if pending_request is None or not pending_request.args:
+            return None
+        if getattr(pending_request.args[0], "pooling", None) is not None:
             return None
         prompt_ids = getattr(pending_request.args[0], "prompt_token_ids", None)
         if not isinstance(prompt_ids, list) or len(prompt_ids) < self.prefix_tokens:

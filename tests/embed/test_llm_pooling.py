@@ -13,7 +13,6 @@ from bert_checkpoints import PAIRS, TEXTS
 from nanovllm import LLM
 from nanovllm.values.errors import InvalidRequestError
 from nanovllm.values.pooling_params import PoolingParams
-from nanovllm.values.sampling_params import SamplingParams
 
 st = pytest.importorskip("sentence_transformers")
 
@@ -81,9 +80,10 @@ def test_truncation_keeps_the_special_tokens_as_sentence_transformers(st_embedde
     assert cosines(got.outputs.embedding, model.encode([long])[0]) >= 0.99999
 
 
-def test_bad_inputs_are_refused_naming_the_field(st_embedder, cross_encoder):
+def test_bad_inputs_are_refused_naming_the_field(st_embedder):
     llm = LLM(str(st_embedder))
-    cases = [("", "prompt"), ([], "prompt"), ([10**6], "prompt"), ({"x": 1}, "prompt")]
+    cases = [("", "prompt"), ([], "prompt"), ([10**6], "prompt"), ({"x": 1}, "prompt"),
+             ("the cat sat " * 100, "prompt"), ([5] * 65, "prompt")]
     for prompt, param in cases:
         with pytest.raises(InvalidRequestError) as err:
             llm.embed([prompt], use_tqdm=False)
@@ -91,11 +91,8 @@ def test_bad_inputs_are_refused_naming_the_field(st_embedder, cross_encoder):
     with pytest.raises(InvalidRequestError, match="Matryoshka") as err:
         llm.embed("a", pooling_params=PoolingParams(dimensions=8), use_tqdm=False)
     assert err.value.param == "dimensions"
-    with pytest.raises(InvalidRequestError) as err:
-        llm.generate("hello", SamplingParams(max_tokens=2), use_tqdm=False)
-    assert err.value.param == "model"
-    with pytest.raises(InvalidRequestError, match="cross-encoder"):
-        LLM(str(cross_encoder)).embed("hello", use_tqdm=False)
+    with pytest.raises(ValueError, match="one text_1"):
+        llm.score("a", [], use_tqdm=False)
 
 
 def test_matryoshka_dimensions_cut_then_normalize(st_embedder, tmp_path):
@@ -113,8 +110,34 @@ def test_matryoshka_dimensions_cut_then_normalize(st_embedder, tmp_path):
 
 
 def test_a_generation_model_makes_no_embeddings(tiny_ckpt):
-    with pytest.raises(ValueError, match="runner='pooling'"):
-        LLM(str(tiny_ckpt)).embed("hello", use_tqdm=False)
+    llm = LLM(str(tiny_ckpt))
+    for call in (lambda: llm.embed("hello", use_tqdm=False),
+                 lambda: llm.score("hello", ["world"], use_tqdm=False)):
+        with pytest.raises(ValueError, match="runner='pooling'") as err:
+            call()
+        assert "LLM.generate" in str(err.value) and err.value.param == "model"
+
+
+def test_every_generating_method_on_a_pooling_model_names_what_to_use(st_embedder,
+                                                                      cross_encoder):
+    """A ValueError about `model` saying what the model does instead, never a TypeError from
+    deep inside (an encoder's tokenizer has no EOS for a chat template, ...)."""
+    from nanovllm.values.beam_search_params import BeamSearchParams
+
+    llm = LLM(str(st_embedder))
+    calls = {"generate": lambda: llm.generate("hello", use_tqdm=False),
+             "chat": lambda: llm.chat([{"role": "user", "content": "hi"}], use_tqdm=False),
+             "chat with a template": lambda: llm.chat(
+                 [{"role": "user", "content": "hi"}], chat_template="{{ messages }}",
+                 use_tqdm=False),
+             "beam_search": lambda: llm.beam_search(["hello"], BeamSearchParams(2, 4))}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="LLM.embed, LLM.score") as err:
+            call()
+        assert err.value.param == "model", name
+    with pytest.raises(ValueError, match="LLM.score") as err:
+        LLM(str(cross_encoder)).embed("hello", use_tqdm=False)
+    assert err.value.param == "model"
 
 
 @pytest.mark.parametrize("variant", ["qwen2", "qwen3"])
@@ -130,6 +153,53 @@ def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt, variant
             hidden = model(torch.tensor([out.prompt_token_ids])).last_hidden_state[0, -1].numpy()
         assert cosines(out.outputs.embedding, hidden) >= 0.99999
         np.testing.assert_allclose(np.linalg.norm(out.outputs.embedding), 1, atol=1e-5)
+
+
+def test_a_decoder_pools_the_mean_of_each_text_alone(llama_ckpt, tmp_path):
+    """Mean pooling reads every row of the batched pass: each text's rows equal transformers'
+    on that text alone (no text attends to another of its step)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model_dir = tmp_path / "mean"
+    shutil.copytree(llama_ckpt("qwen2"), model_dir)
+    (model_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"}]))
+    (model_dir / "1_Pooling").mkdir()
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean"}))
+    llm = LLM(str(model_dir), runner="pooling")
+    outputs = llm.embed(TEXTS[:4], use_tqdm=False)
+    assert llm.engine.num_steps == 1
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    for out in outputs:
+        with torch.no_grad():
+            hidden = model(torch.tensor([out.prompt_token_ids])).last_hidden_state[0].mean(0)
+        assert cosines(out.outputs.embedding, hidden.numpy()) >= 0.99999
+
+
+def test_a_decoders_pooling_step_is_one_forward_pass(llama_ckpt):
+    """The step's texts run side by side in one call of the model's forward pass, whatever
+    their number, and their embeddings equal those of each text on its own."""
+    from dataclasses import replace
+
+    llm = LLM(str(llama_ckpt("qwen3")), runner="pooling")
+    runner = llm.engine.runner
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))  # the step's tokens
+        return forward(*args, **kwargs)
+
+    forward = runner.family.forward
+    runner.family = replace(runner.family, forward=counted)
+    together = llm.embed(TEXTS, use_tqdm=False)
+    assert llm.engine.num_steps == 1 and len(calls) == 1
+    assert calls[0] == sum(len(o.prompt_token_ids) for o in together)
+    alone = [llm.embed(text, use_tqdm=False)[0] for text in TEXTS]
+    assert len(calls) == 1 + len(TEXTS)
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.outputs.embedding, b.outputs.embedding, atol=1e-5)
 
 
 def test_the_qwen3_embedding_preset_pools_its_last_token(tmp_path):

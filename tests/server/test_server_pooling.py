@@ -135,10 +135,12 @@ def test_score_and_rerank_equal_cross_encoder_predict(reranker):
                                           "return_documents": False}).json()
         assert len(r["results"]) == len(docs) and "document" not in r["results"][0]
         # A cross-encoder makes no embeddings.
-        assert error_of(http.post("/v1/embeddings", json={"input": "a"}), 400)["param"] == "input"
+        err = error_of(http.post("/v1/embeddings", json={"input": "a"}), 400)
+        assert err["param"] == "model" and "/v1/score" in err["message"]
         for body, param in (({"query": "q", "documents": []}, "documents"),
                             ({"query": "q", "documents": ["d"], "top_n": -1}, "top_n"),
-                            ({"query": "", "documents": ["d"]}, "text_1")):
+                            ({"query": "", "documents": ["d"]}, "query"),
+                            ({"query": "q", "documents": ["d", ""]}, "documents")):
             assert error_of(http.post("/v1/rerank", json=body), 400)["param"] == param, body
         err = error_of(http.post("/v1/score", json={"text_1": ["a", "b"], "text_2": ["c"] * 3}),
                        400)
@@ -159,6 +161,59 @@ def test_score_on_an_embedding_model_is_the_cosine(embedder):
         np.testing.assert_allclose([d["score"] for d in r["data"]], want, atol=1e-5)
         metrics = http.get("/metrics").text
         assert metric(metrics, "nanovllm:pooling_requests_total", task="embed") >= 3
+
+
+def test_bad_score_and_rerank_inputs_are_4xx_naming_the_field(embedder):
+    """Empty, too many and too long (without truncate_prompt_tokens) texts, each refused
+    naming the field it came in, before anything runs."""
+    srv, _ = embedder
+    long = " ".join(["the cat sat on the mat"] * 30)
+    cases = [("/v1/score", {"text_1": "a", "text_2": []}, "text_2"),
+             ("/v1/score", {"text_1": [], "text_2": "b"}, "text_1"),
+             ("/v1/score", {"text_1": "", "text_2": "b"}, "text_1"),
+             ("/v1/score", {"text_1": "a", "text_2": ["b", ""]}, "text_2"),
+             ("/v1/score", {"text_1": "a", "text_2": ["b"] * 9}, "text_2"),
+             ("/v1/score", {"text_1": long, "text_2": "b"}, "text_1"),
+             ("/v1/score", {"text_1": "a", "text_2": long}, "text_2"),
+             ("/score", {"text_1": "a", "text_2": "b", "truncate_prompt_tokens": 10**6},
+              "truncate_prompt_tokens"),
+             ("/v1/rerank", {"query": "q", "documents": []}, "documents"),
+             ("/v1/rerank", {"query": "q", "documents": ["d"] * 9}, "documents"),
+             ("/v1/rerank", {"query": long, "documents": ["d"]}, "query"),
+             ("/rerank", {"query": "q", "documents": ["d", long]}, "documents"),
+             ("/rerank", {"query": "q", "documents": ["d"], "top_n": -1}, "top_n"),
+             ("/v1/embeddings", {"input": "a", "dimensions": 0}, "dimensions"),
+             ("/v1/embeddings", {"input": "a", "dimensions": -3}, "dimensions"),
+             ("/v1/embeddings", {"input": "a", "dimensions": 10**6}, "dimensions")]
+    with httpx.Client(base_url=srv.url, timeout=60) as http:
+        for path, body, param in cases:
+            err = error_of(http.post(path, json=body), 400)
+            assert err["param"] == param, (path, body, err)
+        ok = http.post("/v1/score", json={"text_1": long, "text_2": "b",
+                                          "truncate_prompt_tokens": 16})
+        assert ok.status_code == 200, ok.text
+    wait_idle(srv.engine)
+
+
+def test_an_encoder_refuses_every_generation_endpoint_naming_model(embedder):
+    """Each front end of the chat and completions path says what the model does instead."""
+    srv, _ = embedder
+    messages = [{"role": "user", "content": "hi"}]
+    openai_shaped = [("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+                     ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "n": 2,
+                                          "use_beam_search": True}),
+                     ("/v1/chat/completions", {"messages": messages}),
+                     ("/v1/chat/completions", {"messages": messages, "stream": True}),
+                     ("/v1/responses", {"input": "hi"}),
+                     ("/invocations", {"prompt": "hi"}),
+                     ("/invocations", {"messages": messages})]
+    with httpx.Client(base_url=srv.url, timeout=60) as http:
+        for path, body in openai_shaped:
+            err = error_of(http.post(path, json=body), 400)
+            assert err["param"] == "model" and "/v1/embeddings" in err["message"], (path, err)
+        r = http.post("/v1/messages", json={"model": MODEL, "max_tokens": 4,
+                                            "messages": messages})
+        assert r.status_code == 400 and "/v1/embeddings" in r.json()["error"]["message"], r.text
 
 
 def test_a_generation_model_refuses_pooling_requests(live):

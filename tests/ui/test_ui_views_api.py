@@ -30,7 +30,7 @@ from nanovllm.server.ui.routes import (
 
 SNAPSHOT_KEYS = {"num_steps", "blocks", "running", "waiting", "num_running", "num_waiting",
                  "num_preemptions_total", "max_num_seqs", "max_num_batched_tokens", "steps"}
-SEQ_KEYS = {"seq_id", "request_id", "index", "num_prompt_tokens", "num_computed_tokens",
+SEQ_KEYS = {"seq_id", "request_id", "index", "kind", "num_prompt_tokens", "num_computed_tokens",
             "num_cached_tokens", "num_output_tokens", "max_tokens", "num_blocks",
             "num_preemptions"}
 PROMPT = "The engine schedules every request in steps of tokens"
@@ -56,6 +56,10 @@ def snapshot_when(url: str, accept, what: str, timeout: float = 30) -> dict:
     return snap
 
 
+def steps_pooled(snap: dict) -> int:
+    return sum(s["num_pooled_tokens"] for s in snap["steps"])
+
+
 def test_the_engine_snapshot_follows_a_request(open_server):
     url = open_server.url
     idle = snapshot_when(url, lambda s: in_use(s) == 0, "an idle engine")
@@ -78,6 +82,7 @@ def test_the_engine_snapshot_follows_a_request(open_server):
     assert not done.is_set(), "the request finished before any snapshot showed it"
     [first, second] = busy["running"]
     assert set(first) == SEQ_KEYS and first["request_id"] == second["request_id"]
+    assert first["kind"] == "generate" and steps_pooled(busy) == 0
     assert (first["index"], second["index"], first["max_tokens"]) == (0, 1, 200)
     owners = busy["blocks"]["owner"]
     assert {o for o in owners if o >= 0} <= {first["seq_id"], second["seq_id"]}
@@ -88,9 +93,9 @@ def test_the_engine_snapshot_follows_a_request(open_server):
     assert after["blocks"]["ref_count"] == [0] * 256 and after["running"] == []
     assert after["num_steps"] > busy["num_steps"]
     steps = after["steps"]
-    assert steps and set(steps[-1]) == {"num_prefill_tokens", "num_decode_tokens", "seconds",
-                                        "num_seqs", "num_preemptions", "num_proposed",
-                                        "num_accepted"}
+    assert steps and set(steps[-1]) == {"num_prefill_tokens", "num_pooled_tokens",
+                                        "num_decode_tokens", "seconds", "num_seqs",
+                                        "num_preemptions", "num_proposed", "num_accepted"}
     assert steps[-1]["num_decode_tokens"] >= 1 and steps[-1]["num_proposed"] == 0
 
 

@@ -135,6 +135,7 @@ export function createEngineView({ onUnauthorized }) {
   }
 
   function seqItem(seq) {
+    if (seq.kind !== "generate") return pooledItem(seq);
     const prompt = seq.num_prompt_tokens;
     const prefilled = Math.min(seq.num_computed_tokens, prompt);
     const cached = Math.min(seq.num_cached_tokens, prefilled);
@@ -155,6 +156,23 @@ export function createEngineView({ onUnauthorized }) {
       el("span", "detail", {}, detail));
     item.dataset.seq = seq.seq_id;
     if (seq.num_preemptions) item.append(el("span", "badge", {}, `preempted ×${seq.num_preemptions}`));
+    return item;
+  }
+
+  // A text to embed or score: computed whole in one step, keeping no KV blocks, then pooled.
+  function pooledItem(seq) {
+    const item = el("li", "seq pooled-seq", {},
+      el("span", "swatch", { background: colourOf(seq.request_id) }),
+      el("span", "rid", {}, shortId(seq)),
+      el("span", "progress", {}, el("span", "pooled", {
+        width: percent(Math.min(seq.num_computed_tokens, seq.num_prompt_tokens),
+          seq.num_prompt_tokens) }),
+      el("span", "pending", { width: percent(seq.num_prompt_tokens - seq.num_computed_tokens,
+        seq.num_prompt_tokens) })),
+      el("span", "detail", {}, `${seq.kind} · ${seq.num_prompt_tokens} tokens, pooled whole `
+        + "in one step · no KV kept"));
+    item.dataset.seq = seq.seq_id;
+    item.dataset.kind = seq.kind;
     return item;
   }
 
@@ -185,14 +203,18 @@ export function createEngineView({ onUnauthorized }) {
     const first = snapshot.num_steps - steps.length + 1;
     const bars = steps.map((s, i) => {
       const rejected = s.num_proposed - s.num_accepted;
-      const bar = el("span", "step" + (s.num_preemptions ? " preempted" : ""), {},
+      const bar = el("span", "step" + (s.num_preemptions ? " preempted" : "")
+        + (s.num_pooled_tokens ? " pooling" : ""), {},
         el("span", "tokens", { height: percent(total(s), maxTokens) },
           el("span", "rejected", { flexGrow: rejected }),
           el("span", "accepted", { flexGrow: s.num_accepted }),
-          el("span", "prefill", { flexGrow: s.num_prefill_tokens }),
+          el("span", "prefill", { flexGrow: s.num_prefill_tokens - s.num_pooled_tokens }),
+          el("span", "pooled", { flexGrow: s.num_pooled_tokens }),
           el("span", "decode", { flexGrow: s.num_decode_tokens })),
         el("span", "time", { height: percent(s.seconds, maxSeconds) }));
-      bar.title = `step ${first + i}: ${s.num_prefill_tokens} prefill + ${s.num_decode_tokens} `
+      bar.title = `step ${first + i}: `
+        + (s.num_pooled_tokens ? `${s.num_pooled_tokens} pooled (embed, score) + ` : "")
+        + `${s.num_prefill_tokens - s.num_pooled_tokens} prefill + ${s.num_decode_tokens} `
         + `decode tokens, ${s.num_seqs} sequences, ${(1000 * s.seconds).toFixed(1)} ms`
         + (s.num_proposed ? `; speculation: ${s.num_proposed} proposed, ${s.num_accepted} `
           + `accepted, ${rejected} rejected` : "")

@@ -53,7 +53,7 @@ function inputsTable(inputs) {
     row.append(el("th", "", name));
     for (let i = 0; i < n; i++) {
       const cell = row.insertCell();
-      cell.textContent = String(values[i]);
+      cell.textContent = i < values.length ? String(values[i]) : "–";  // (no slots: pooled)
       if (sample.has(i)) cell.className = "sampled";
     }
   }
@@ -61,9 +61,13 @@ function inputsTable(inputs) {
   return table;
 }
 
-function sampledList(sampled) {
+function sampledList(sampled, record) {
   const list = el("ul", "sampled-list");
-  if (!sampled.length) list.append(el("li", "", "nothing: no chunk reached its sequence's end"));
+  if (!sampled.length) {
+    list.append(el("li", "", record.seqs.some((s) => s.action === "pool")
+      ? "nothing: the texts of this step were pooled (embeddings, scores), not sampled"
+      : "nothing: no chunk reached its sequence's end"));
+  }
   for (const s of sampled) {
     const item = el("li", "");
     item.append(el("span", "rid", `seq ${s.seq_id} (row ${s.row}) sampled `),
@@ -112,7 +116,7 @@ export function createStepView({ onUnauthorized }) {
       + `${record.blocks.evicted.length} evicted · ${record.num_preemptions} preempted`;
     $("#record-seqs").replaceChildren(seqTable(record));
     $("#record-inputs").replaceChildren(inputsTable(record.inputs));
-    $("#record-sampled").replaceChildren(sampledList(record.sampled));
+    $("#record-sampled").replaceChildren(sampledList(record.sampled, record));
     markBlocks(mode.paused ? record : null); // running: the pool moves on, the marks go
   }
 
