@@ -82,9 +82,11 @@ def client_of(srv) -> openai.OpenAI:
 
 def hf_ids(tokenizer, messages, **kwargs) -> list[int]:
     """transformers' own rendering: the template takes a call's arguments as a mapping."""
-    messages = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.loads(
-        c["function"]["arguments"])}} for c in m["tool_calls"]]} if m.get("tool_calls") else m
-        for m in messages]
+    def decoded(call):
+        return {**call, "function": {**call["function"],
+                                     "arguments": json.loads(call["function"]["arguments"])}}
+    messages = [{**m, "tool_calls": [decoded(c) for c in m["tool_calls"]]}
+                if m.get("tool_calls") else m for m in messages]
     return tokenizer.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True,
                                          tokenize=True, return_dict=True, **kwargs)["input_ids"]
 
