@@ -1,13 +1,23 @@
 """Chat templates with tools for the random-weight test checkpoints (the hub is unreachable):
 `HERMES_TEMPLATE` writes tools, calls and results the way Qwen2.5's template does (Hermes
 format: <tools>, <tool_call>, <tool_response>), with Qwen3's `enable_thinking` switch.
-Its tags are plain text to the tests' tokenizers, several tokens each."""
+Its tags are plain text to the tests' tokenizers, several tokens each.
+
+`write_qwen3_chat` is the other way round: a tiny Qwen3 carrying Qwen3's own template
+(chat_templates/qwen3.jinja) and a tokenizer with Qwen3's chat tokens, each tag one token."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+
+QWEN3_TEMPLATE_FILE = Path(__file__).parent / "chat_templates" / "qwen3.jinja"
+# Qwen3's chat tokens after <|endoftext|>, in its order: the turn markers are special (dropped
+# from decoded text), the tags are not (the parsers read them in the text).
+QWEN3_SPECIALS = ("<|im_start|>", "<|im_end|>")
+QWEN3_TAGS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+              "<think>", "</think>")
 
 HERMES_TEMPLATE = """\
 {%- if tools %}
@@ -80,3 +90,47 @@ def write_hermes_llama(tmp_path_factory) -> Path:
 
     model = write_hf_llama(tmp_path_factory.mktemp("llama"), "Llama", max_position_embeddings=2048)
     return with_chat_template(model, tmp_path_factory.mktemp("hermes"))
+
+
+def qwen3_template() -> str:
+    """Qwen3's chat template (Qwen's, Apache-2.0), as the `chat_template` of Qwen/Qwen3-0.6B's
+    tokenizer_config.json holds it (no trailing newline): the revision that reads a turn's
+    content only when it is a string, so that an assistant turn of calls (content null) renders."""
+    return QWEN3_TEMPLATE_FILE.read_text().rstrip("\n")
+
+
+def write_qwen3_chat(tmp_path_factory) -> Path:
+    """A random Qwen3 (tiny dims, q/k norms, head_dim apart from hidden / heads) whose tokenizer
+    has Qwen3's chat tokens as single tokens, ends a turn with <|im_end|> and adds no BOS, and
+    whose tokenizer_config.json carries Qwen3's own chat template."""
+    import transformers
+    from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
+    from tokenizers import AddedToken, Tokenizer
+
+    from nanovllm.model.checkpoint.dummy import cache_root
+    from nanovllm.model.checkpoint.tokenizer_files import EOT, write_tokenizer
+
+    out = tmp_path_factory.mktemp("qwen3")
+    family, options = LLAMA_VARIANTS["qwen3"]
+    write_hf_llama(out, family, **{**options, "max_position_embeddings": 2048})
+    vocab = transformers.AutoConfig.from_pretrained(out).vocab_size
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the Llama 3 style ones
+        (out / name).unlink()
+    base = vocab - len(QWEN3_SPECIALS) - len(QWEN3_TAGS)
+    write_tokenizer(out, base, 2048, cache_root() / "tokenizers")
+    for name in ("vocab.json", "merges.txt"):  # tokenizer.json alone: these lack the chat tokens
+        (out / name).unlink(missing_ok=True)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN3_SPECIALS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_TAGS])
+    tok.save(str(out / "tokenizer.json"))
+    end, eot = tok.token_to_id("<|im_end|>"), tok.token_to_id(EOT)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
+              "eos_token": "<|im_end|>", "pad_token": EOT, "model_max_length": 2048,
+              "clean_up_tokenization_spaces": False, "chat_template": qwen3_template()}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    for name, eos in (("config.json", end), ("generation_config.json", [end, eot])):
+        data = json.loads((out / name).read_text())
+        data.update(bos_token_id=eot, eos_token_id=eos)
+        (out / name).write_text(json.dumps(data, indent=2))
+    return out

@@ -392,7 +392,8 @@ class StreamedOutput:
         events = []
         if item["type"] == "function_call":
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
-                                      output_index=index, arguments=item["arguments"]))
+                                      output_index=index, name=item["name"],
+                                      arguments=item["arguments"]))
         else:
             part = item["content"][0]
             done = "response.reasoning_text.done" if item["type"] == "reasoning" \

@@ -110,6 +110,47 @@ def test_pydantic_ai_structured_output(server):
     assert calls and json.loads(calls[-1].args_as_json_str()) == result.output.model_dump()
 
 
+def test_instructor_tools_mode_reasks_through_a_tool_message(server):
+    """instructor in TOOLS mode: a named tool_choice for the response model. Its validator
+    refuses the first answer, so instructor sends the call back with the error as a `tool`
+    message (its re-ask) and validates the second answer."""
+    instructor = pytest.importorskip("instructor", reason="instructor is not installed "
+                                     "(pip install -e '.[dev]' brings it)")
+    from openai import OpenAI
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    refused = []
+
+    class Weather(BaseModel):
+        # extra="forbid": additionalProperties false (a random model would add keys forever)
+        model_config = ConfigDict(extra="forbid")
+        city: Literal["Paris", "Rome", "Oslo"]
+        celsius: int = Field(ge=-50, le=50)
+
+        @field_validator("celsius")
+        @classmethod
+        def refuse_the_first_answer(cls, value: int) -> int:
+            if not refused:
+                refused.append(value)
+                raise ValueError("Measure again.")
+            return value
+
+    client = instructor.from_openai(OpenAI(base_url=f"{server.url}/v1", api_key="unused",
+                                           max_retries=0), mode=instructor.Mode.TOOLS)
+    sent = []
+    client.on("completion:kwargs", lambda *args, **kwargs: sent.append(kwargs))
+    weather = client.chat.completions.create(
+        model=MODEL, response_model=Weather, max_retries=2, max_tokens=80, temperature=1.0,
+        seed=6, messages=[{"role": "user", "content": "Weather in Oslo?"}])
+    assert isinstance(weather, Weather) and refused and len(sent) == 2
+    assert sent[0]["tool_choice"] == {"type": "function", "function": {"name": "Weather"}}
+    *_, call, result = sent[-1]["messages"]
+    [tool_call] = call["tool_calls"]
+    assert call["role"] == "assistant" and tool_call["function"]["name"] == "Weather"
+    assert result["role"] == "tool" and result["tool_call_id"] == tool_call["id"]
+    assert "Measure again." in result["content"]
+
+
 def test_openai_agents_sdk_streamed(server, monkeypatch):
     """The SDK's streamed run reads chat's tool-call deltas chunk by chunk."""
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
