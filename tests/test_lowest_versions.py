@@ -3,13 +3,12 @@ that numba takes): a venv of its own, where the kernel tests run. LLVM changes t
 the int8 kernels call between versions (`model/int8_dot.py`), so a range is only true if its
 lowest end is tested too.
 
-The venv is built once per set of versions, in the cache (pip's own cache makes a rebuild
-cheap), with numba's compiled kernels kept apart from the main venv's.
+The venv is built once per set of versions (`venvs.venv_with`), with numba's compiled kernels
+kept apart from the main venv's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -17,8 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from nanovllm.model.checkpoint.dummy import cache_root
+from venvs import venv_with
 
 ROOT = Path(__file__).resolve().parent.parent
 # The packages the kernel tests import besides the kernel stack, at whatever version pip picks.
@@ -34,25 +32,12 @@ def lowest(package: str) -> str:
     return f"{package}=={found[1]}"
 
 
-def venv_with(pins: list[str]) -> Path:
-    """A venv with `pins` and TEST_PACKAGES, made once (a marker file says it is complete)."""
-    key = hashlib.sha256(" ".join([sys.version, *pins, *TEST_PACKAGES]).encode()).hexdigest()
-    venv = cache_root() / "test-venvs" / f"lowest-{key[:12]}"
-    python = venv / "bin" / "python"
-    if not (venv / "complete").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *pins, *TEST_PACKAGES],
-                       check=True)
-        (venv / "complete").write_text(" ".join(pins))
-    return python
-
-
 @pytest.mark.slow
 def test_the_kernels_on_the_lowest_numba_and_numpy_allowed():
     pins = [lowest("numba"), lowest("numpy")]
     if sys.version_info >= (3, 13):  # (then raise the floor: this Python needs a newer numba)
         pytest.skip(f"{pins[0]} has no wheels for Python {sys.version_info[:2]}")
-    python = venv_with(pins)
+    python = venv_with("lowest", pins + TEST_PACKAGES)
     versions = subprocess.run([str(python), "-c", "import numba, numpy; "
                                "print(f'numba=={numba.__version__} numpy=={numpy.__version__}')"],
                               check=True, capture_output=True, text=True).stdout.split()
