@@ -184,8 +184,8 @@ def widen_packed_rows(wp, start, out):
 
 def compile_bf16_kernel() -> None:
     """Compiles (or loads from numba's cache) the activations' rounding (one row, and the
-    threads' for a prefill's many) and the kernel, on one row and on several."""
+    threads' for a prefill's many), the kernel, and the widening for BLAS above its rows."""
     w = PackedBF16Weight.from_bits(np.zeros((1, 1), np.uint16))
-    for rows in (1, 2):
-        bf16_matmul(np.zeros((rows, 1), np.float32), w)
+    bf16_matmul(np.zeros((1, 1), np.float32), w)
     round_rows_parallel(np.zeros((1, 1), np.float32), np.empty((1, 2), np.uint16))
+    widen_packed_rows(w.packed, 0, np.empty((1, 1), np.float32))

@@ -346,7 +346,7 @@ def packed_at(rows, blocks, x, wp, out, r, b, acc):
 def compile_linear_kernel() -> None:
     """Compiles the kernels now (or loads them from numba's cache on disk), for writable weights,
     read-only ones (the LM head is the memory-mapped embedding: another signature), bfloat16
-    ones (and the bfloat16 kernel where the CPU has one), and the W8A8 kernel of this CPU."""
+    ones, and the W8A8 kernel of this CPU."""
     x = np.zeros((1, 1), np.float32)
     read_only = x.copy()
     read_only.flags.writeable = False
@@ -355,6 +355,5 @@ def compile_linear_kernel() -> None:
     if host_packs_float32():
         matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
-    if host_packs_bfloat16():  # (compiles the kernel)
-        widen_packed_rows(np.zeros((1, 1, BLOCK, 2), np.uint16), 0, np.empty((1, 1), np.float32))
-    host_int8_kernel()  # (compiles it)
+    host_int8_kernel()  # (compiles it; the bfloat16 kernel is compiled where weights are packed
+    # for it, `host_bf16_kernel`)

@@ -48,13 +48,23 @@ def load_model(config: EngineConfig) -> LoadedModel:
     where this CPU's kernels read them so (`linear.host_packs_float32`, `host_packs_bfloat16`);
     logs that and the kernels' path."""
     loaded = _load_dummy(config) if config.load_format == "dummy" else _load_checkpoint(config)
-    if host_packs_float32():  # (replacing each [out, in] matrix: resident memory stays the same)
-        pack_float32_weights(loaded.weights, release_pages)
-    if config.dtype == "bfloat16" and host_packs_bfloat16():
-        pack_bfloat16_weights(loaded.weights)
+    pack_for_kernels(loaded.weights, config.dtype, release_pages)
     logger.info("weights: %s; %s", precision_name(config.dtype, config.quantization),
                 kernel_path().describe())
     return loaded
+
+
+def pack_for_kernels(weights, dtype: str, release=lambda w: None):
+    """Any model's weights, stored as `dtype` asks, with their float32 and bfloat16 matrices
+    packed, in place, where this CPU's kernels read them so (`linear.host_packs_float32`,
+    `host_packs_bfloat16`, which compiles the bfloat16 kernel: asked only for bfloat16), each
+    replacing its `[out, in]` matrix (resident memory stays the same); `release(w)` is called
+    on each float32 matrix once it is packed (to release its pages)."""
+    if host_packs_float32():
+        pack_float32_weights(weights, release)
+    if dtype == "bfloat16" and host_packs_bfloat16():
+        pack_bfloat16_weights(weights)
+    return weights
 
 
 def _load_checkpoint(config: EngineConfig) -> LoadedModel:
