@@ -58,9 +58,15 @@ class BFloat16Type(ir.Type):
 @cache
 def dot_takes_bfloat() -> bool:
     """Whether this LLVM's `vdpbf16ps` intrinsic takes its pairs as <32 x bfloat> (newer) rather
-    than <16 x i32> (older): a module calling it the first way, verified by LLVM itself."""
+    than <16 x i32> (older)."""
+    return dot_verifies(ir.VectorType(BFloat16Type(), 2 * BLOCK))
+
+
+def dot_verifies(pairs: ir.VectorType) -> bool:
+    """Whether this LLVM accepts a module calling `vdpbf16ps` with pairs of type `pairs`,
+    verified by LLVM itself."""
     module = ir.Module("bf16_probe")
-    sums, pairs = ir.VectorType(F32, BLOCK), ir.VectorType(BFloat16Type(), 2 * BLOCK)
+    sums = ir.VectorType(F32, BLOCK)
     dot = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), DOT)
     probe = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), "probe")
     builder = ir.IRBuilder(probe.append_basic_block())

@@ -1,7 +1,7 @@
 """bfloat16 weights on every path this CPU can run: the avx512bf16 kernel (`model/bf16_gemm.py`,
 x rounded to bfloat16) against its plain reference, the packed layout, the activations'
 rounding, and the widened path (BLAS on the weights as float32) on packed weights. The forced
-generic CPU is in test_cpu.py; the model level in test_quant.py."""
+generic CPU and the engine's packing are in test_cpu.py; the model level in test_quant.py."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from nanovllm.model.linear import (
 from nanovllm.model.quant import (
     BLOCK,
     PAIR,
-    BF16Weight,
     PackedBF16Weight,
     bfloat16_bits,
     dequantize,
@@ -169,16 +168,33 @@ def test_widened_path_on_packed_weights_matches_reference(monkeypatch, rows, k, 
     assert_within(linear(x, w), ref.linear(x, plain), (sum_error(k + 1) + 4 * U) * magnitude)
 
 
-def test_engine_packs_bfloat16_weights_where_the_kernel_runs(tiny_ckpt):
-    """The loader packs bfloat16 matrices for the kernel (the tied embedding and LM head one
-    object), and leaves them `[out, in]` for `matmul_nt` elsewhere; float32 ones are never
-    packed as bfloat16."""
-    from nanovllm.config import EngineConfig
-    from nanovllm.model_loading import load_model
 
-    kind = PackedBF16Weight if host_packs_bfloat16() else BF16Weight
-    weights = load_model(EngineConfig(str(tiny_ckpt), dtype="bfloat16")).weights
-    for w in (weights.wte, weights.blocks[0].attn_w, weights.blocks[-1].fc_proj_w):
-        assert isinstance(w, kind)
-    plain = load_model(EngineConfig(str(tiny_ckpt))).weights
-    assert not isinstance(plain.wte, PackedBF16Weight | BF16Weight)
+@pytest.mark.parametrize("takes_bfloat", [True, False], ids=["bfloat-pairs", "i32-pairs"])
+def test_either_signature_of_the_intrinsic_gives_the_kernels_sums(monkeypatch, takes_bfloat):
+    """The panel built for either of LLVM's signatures of `vdpbf16ps` (`dot_takes_bfloat`), where
+    this LLVM accepts it (newer ones upgrade the older form), gives the kernel's sums exactly."""
+    runnable_kernel()
+    from llvmlite import ir
+    from numba import njit
+
+    from nanovllm.model import bf16_dot
+
+    operand = (ir.VectorType(bf16_dot.BFloat16Type(), 2 * BLOCK) if takes_bfloat
+               else ir.VectorType(ir.IntType(32), BLOCK))
+    if not bf16_dot.dot_verifies(operand):
+        pytest.skip(f"this LLVM does not take {operand} pairs")
+    x, w = f32(2, 70, seed=11), packed(32, 70, seed=12)
+    expected = bf16_matmul(x, w)
+    monkeypatch.setattr(bf16_dot, "dot_takes_bfloat", lambda: takes_bfloat)
+
+    @njit  # (compiled here, after the patch: not from the cache)
+    def panel(xb, wp, acc):
+        pairs = wp.shape[1]
+        bf16_dot.bf16_panel(2, 2, xb.ctypes.data, pairs * 4, wp.ctypes.data,
+                            pairs * bf16_dot.PAIR_BYTES, pairs, acc.ctypes.data)
+
+    acc = np.empty((2, 2 * BLOCK), np.float32)
+    xb = np.empty((2, 70), np.uint16)
+    round_rows(x, xb)
+    panel(xb, w.packed, acc)
+    np.testing.assert_array_equal(acc, expected)

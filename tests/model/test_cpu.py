@@ -193,3 +193,20 @@ def test_engine_packs_float32_weights_on_the_avx512_path_only(tiny_ckpt):
         assert isinstance(w, PackedF32Weight) == packs
         assert isinstance(w, np.ndarray) != packs
     assert isinstance(weights.wpe, np.ndarray)  # (looked up by position, not a linear layer)
+
+
+def test_engine_packs_bfloat16_weights_where_the_kernel_runs(tiny_ckpt):
+    """The loader packs bfloat16 matrices for the kernel where it runs (GPT-2's embedding, its LM
+    head, too), and leaves them `[out, in]` for `matmul_nt` elsewhere; a float32 model's
+    matrices are never bfloat16."""
+    from nanovllm.config import EngineConfig
+    from nanovllm.model.linear import host_packs_bfloat16
+    from nanovllm.model.quant import BF16Weight, PackedBF16Weight
+    from nanovllm.model_loading import load_model
+
+    kind = PackedBF16Weight if host_packs_bfloat16() else BF16Weight
+    weights = load_model(EngineConfig(str(tiny_ckpt), dtype="bfloat16")).weights
+    for w in (weights.wte, weights.blocks[0].attn_w, weights.blocks[-1].fc_proj_w):
+        assert isinstance(w, kind)
+    plain = load_model(EngineConfig(str(tiny_ckpt))).weights
+    assert not isinstance(plain.wte, PackedBF16Weight | BF16Weight)
