@@ -1,10 +1,11 @@
 """Weight matrices in fewer bytes: int8 with a scale per output channel, or bfloat16.
 
 A decode step reads every weight once per token, so it runs at the speed memory delivers them:
-int8 moves a quarter of float32's bytes, bfloat16 half. Only the weights shrink. Activations,
-the KV cache and every sum stay float32: the kernels widen each weight as they read it
+int8 moves a quarter of float32's bytes, bfloat16 half. The KV cache and every sum stay
+float32. Where a kernel multiplies float32 activations, it widens each weight as it reads it
 (`model/linear.py`), an int8 by a conversion, a bfloat16 by a 16-bit shift (its bits are the top
-half of the float32 of the same value).
+half of the float32 of the same value); the int8 and bfloat16 dot-product instructions instead
+take the activations rounded to their own type (`model/int8_gemm.py`, `model/bf16_gemm.py`).
 
 `Int8Weight`: each row (output channel) w[c] is stored as round(w[c] / s[c]) in [-127, 127],
 with s[c] = max|w[c]| / 127, so every element is off by at most s[c] / 2. The dot product runs
