@@ -1,5 +1,5 @@
 """The `nanovllm` command: serve, generate, download, bench offline, bench serve, bench
-prefix-cache-dir."""
+serve-vs-offline, bench prefix-cache-dir."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from nanovllm.scripts import (  # noqa: E402
     benchmark_embeddings,
     benchmark_serving,
     download_gpt2,
+    serve_vs_offline,
 )
 from nanovllm.server import cli as server_cli  # noqa: E402
 
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     serving = kinds.add_parser("serve", help="benchmark a running server")
     benchmark_serving.add_args(serving)
     serving.set_defaults(func=benchmark_serving.run)
+    versus = kinds.add_parser("serve-vs-offline", help="served decode against the engine's own "
+                                                       "(a server it starts), alternating")
+    serve_vs_offline.add_args(versus)
+    versus.set_defaults(func=serve_vs_offline.run)
     disk = kinds.add_parser("prefix-cache-dir", help="time to first token of a long prefix "
                                                      "after a restart: from disk, or computed")
     bench_prefix_cache_dir.add_args(disk)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import sys
 import time
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from nanovllm.scripts.bench_utils import environment, parse_int_list, write_json
+from nanovllm.scripts.http_client import Client
 from nanovllm.scripts.serving_report import (
     BenchResult,
     RequestResult,
@@ -155,53 +155,45 @@ def request_body(args: argparse.Namespace, model: str, prompt: Prompt) -> dict:
 # --------------------------------------------------------------------------- one request
 
 
-def http_client():
-    """The HTTP client module of the base install: huggingface_hub's (httpx, or its successor
-    under the name huggingface_hub keeps for it), so this command needs no extra."""
-    from huggingface_hub.utils import httpx
-
-    return httpx
-
-
-async def send_request(client, url: str, body: dict, headers: dict) -> RequestResult:
+async def send_request(client: Client, path: str, body: dict, timeout: float) -> RequestResult:
     """Streams one completion, timestamping every chunk."""
-    httpx = http_client()
-
     result = RequestResult(ok=False, prompt_len=len(body["prompt"]))
-    start = last = time.perf_counter()
-    chunks = 0
     try:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
-            if response.status_code != 200:
-                result.error = _http_error(response.status_code, await response.aread())
-                return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    result.error = f"stream error: {_message(chunk)}"
-                    return result
-                now = time.perf_counter()
-                if chunk.get("choices"):
-                    if chunks == 0:
-                        result.ttft = now - start
-                    else:
-                        result.itl.append(now - last)
-                    chunks, last = chunks + 1, now
-                elif chunk.get("usage"):
-                    result.output_tokens = chunk["usage"].get("completion_tokens", 0)
-    except (httpx.HTTPError, json.JSONDecodeError, OSError) as e:
+        await asyncio.wait_for(_stream(client, path, body, result), timeout)
+    except asyncio.TimeoutError:
+        result.error = f"no complete answer within --timeout {timeout:g} s"
+    except (OSError, ValueError) as e:  # the connection, or a chunk that is not JSON
         result.error = f"{type(e).__name__}: {e}"[:200]
-        return result
-    result.latency = time.perf_counter() - start
+    return result
+
+
+async def _stream(client: Client, path: str, body: dict, result: RequestResult) -> None:
+    result.start = last = time.perf_counter()
+    chunks = 0
+    async with client.request("POST", path, body) as response:
+        if response.status != 200:
+            result.error = _http_error(response.status, await response.read())
+            return
+        async for line in response.lines():  # to the end: the connection is then reusable
+            if not line.startswith(b"data:") or (data := line[5:].strip()) == b"[DONE]":
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                result.error = f"stream error: {_message(chunk)}"
+                return
+            now = time.perf_counter()
+            if chunk.get("choices"):
+                if chunks == 0:
+                    result.ttft = now - result.start
+                else:
+                    result.itl.append(now - last)
+                chunks, last = chunks + 1, now
+            elif chunk.get("usage"):
+                result.output_tokens = chunk["usage"].get("completion_tokens", 0)
+    result.latency = time.perf_counter() - result.start
     result.output_tokens = result.output_tokens or chunks  # a server without usage chunks
     result.ok = chunks > 0
     result.error = "" if result.ok else "the stream ended without any output"
-    return result
 
 
 def _http_error(status: int, body: bytes) -> str:
@@ -220,9 +212,9 @@ def _message(obj: dict) -> str:
 # --------------------------------------------------------------------------- a run
 
 
-async def run_load(client, url: str, headers: dict, bodies: list[dict], concurrency: int | None,
+async def run_load(client: Client, path: str, bodies: list[dict], concurrency: int | None,
                    rate: float, max_seconds: float | None, rng: np.random.Generator,
-                   progress=None) -> tuple[list[RequestResult], float]:
+                   timeout: float, progress=None) -> tuple[list[RequestResult], float]:
     """Sends `bodies` with at most `concurrency` in flight and Poisson(rate) arrivals."""
     slots = asyncio.Semaphore(concurrency) if concurrency else None
     start = time.perf_counter()
@@ -231,7 +223,7 @@ async def run_load(client, url: str, headers: dict, bodies: list[dict], concurre
 
     async def one(body: dict) -> RequestResult:
         try:
-            return await send_request(client, url, body, headers)
+            return await send_request(client, path, body, timeout)
         finally:
             if slots:
                 slots.release()
@@ -259,18 +251,20 @@ class SetupError(Exception):
     """Something to tell the user in one line before any load is sent."""
 
 
-async def preflight(client, url: str, headers: dict, args: argparse.Namespace) -> dict:
+async def preflight(client: Client, url: str, args: argparse.Namespace) -> dict:
     """The server's model card; checks that the requested lengths fit its context."""
-    httpx = http_client()
+    async def get() -> tuple[int, bytes]:
+        async with client.request("GET", "/v1/models") as response:
+            return response.status, await response.read()
 
     try:
-        response = await client.get(f"{url}/v1/models", headers=headers)
-    except httpx.HTTPError as e:
+        status, content = await asyncio.wait_for(get(), args.timeout)
+    except (OSError, asyncio.TimeoutError) as e:
         raise SetupError(f"no server at {url} ({type(e).__name__}: {e}); start one with: "
                          "nanovllm serve gpt2 --load-format dummy") from None
-    if response.status_code != 200:
-        raise SetupError(f"{url}/v1/models: {_http_error(response.status_code, response.content)}")
-    cards = response.json().get("data") or [{}]
+    if status != 200:
+        raise SetupError(f"{url}/v1/models: {_http_error(status, content)}")
+    cards = json.loads(content).get("data") or [{}]
     card = next((c for c in cards if c.get("id") == args.model), None) if args.model else cards[0]
     if card is None:
         raise SetupError(f"the server does not serve {args.model!r}; it serves "
@@ -298,32 +292,32 @@ def vocabulary(args: argparse.Namespace, card: dict) -> int:
 
 
 async def bench(args: argparse.Namespace) -> tuple[dict, list[BenchResult]]:
-    httpx = http_client()
     url = base_url(args)
     headers = {"Authorization": f"Bearer {key}"} if (key := api_key(args)) else {}
-    timeout = httpx.Timeout(args.timeout, connect=10.0)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        card = await preflight(client, url, headers, args)
+    client = Client(url, headers)
+    try:
+        card = await preflight(client, url, args)
         model = args.model or card["id"]
         args = argparse.Namespace(**{**vars(args), "vocab_size": vocabulary(args, card)})
         # One request first, like vLLM: a setup problem is one clear error, not N failures.
         test = make_prompts(args, stream=0, count=1)
-        probe = await send_request(client, url + args.endpoint,
-                                   request_body(args, model, test[0]), headers)
+        probe = await send_request(client, args.endpoint, request_body(args, model, test[0]),
+                                   args.timeout)
         if not probe.ok:
             raise SetupError(f"the test request failed: {probe.error}")
         levels = args.concurrency_sweep or [args.max_concurrency]
         results = []
         for i, concurrency in enumerate(levels):
-            results.append(await _one_level(client, url + args.endpoint, headers, args, model,
-                                            concurrency, stream=i + 1))
+            results.append(await _one_level(client, args, model, concurrency, stream=i + 1))
+    finally:
+        await client.aclose()
     server = {"url": url, "model": model, "root": card.get("root"),
               "max_model_len": card.get("max_model_len"), "vocab_size": args.vocab_size}
     return server, results
 
 
-async def _one_level(client, url, headers, args, model, concurrency, stream) -> BenchResult:
+async def _one_level(client: Client, args, model: str, concurrency: int | None, stream: int
+                     ) -> BenchResult:
     from tqdm.auto import tqdm
 
     # Other prompts at every level: repeated ones would hit the server's prefix cache.
@@ -332,9 +326,10 @@ async def _one_level(client, url, headers, args, model, concurrency, stream) -> 
     print(f"\n{label}: sending {len(bodies)} requests ...", file=sys.stderr, flush=True)
     with tqdm(total=len(bodies), desc=label, file=sys.stderr, leave=False,
               disable=not sys.stderr.isatty()) as bar:
-        results, duration = await run_load(client, url, headers, bodies, concurrency,
+        results, duration = await run_load(client, args.endpoint, bodies, concurrency,
                                            args.request_rate, args.max_seconds,
-                                           np.random.default_rng([args.seed, stream, 1]), bar)
+                                           np.random.default_rng([args.seed, stream, 1]),
+                                           args.timeout, bar)
     summary = summarize(results, duration, concurrency, args.request_rate)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(format_result(summary), file=out, flush=True)
@@ -345,8 +340,6 @@ def run(args: argparse.Namespace) -> int:
     if problem := check_args(args):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    # `nanovllm` logs at INFO; the HTTP client would log one line per request.
-    logging.getLogger(http_client().__name__).setLevel(logging.WARNING)
     if args.plot and not _have_matplotlib():
         print("error: --plot needs matplotlib, which is not installed: "
               "pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)

@@ -18,6 +18,7 @@ class RequestResult:
     output_tokens: int = 0
     ttft: float = 0.0     # seconds
     latency: float = 0.0  # seconds, request sent -> stream finished
+    start: float = 0.0    # time.perf_counter() when it was sent
     itl: list[float] = field(default_factory=list)
     error: str = ""
 
