@@ -12,9 +12,9 @@ the host's.
 
 The W8A8 kernels (`model/int8_gemm.py`) call integer dot-product instructions through LLVM
 intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
-best first, and the path uses the first (the portable one on a generic CPU). No kernel uses
-AVX512_BF16's dot products yet; `describe()` says whether the CPU has them, so a benchmark shows
-what is left on the table.
+best first, and the path uses the first (the portable one on a generic CPU). bfloat16 weights
+are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it (`model/bf16_dot.py`), else
+widened to float32 (`model/linear.py`): `bf16_kernels` lists the choices the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 # LLVM's feature names, in the order a description lists them.
 VECTOR_FEATURES = ("sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
                    "avx512vnni", "avxvnni", "avx512bf16")
-UNUSED_FEATURES = ("avx512bf16",)  # present on some CPUs, no kernel yet
 # The W8A8 kernels, best first, with the features each needs (any one of the sets).
 INT8_KERNELS = {
     "avx512vnni": ({"avx512f", "avx512bw", "avx512vnni"},),
@@ -35,9 +34,26 @@ INT8_KERNELS = {
 }
 
 
+# The bfloat16 kernels, best first, the same way: bfloat16 x bfloat16 dot products, or each
+# weight widened to float32.
+BF16_KERNELS = {
+    "avx512bf16": ({"avx512f", "avx512bf16"},),
+    "widen": (set(),),
+}
+
+
 def int8_kernels(features: set[str] | frozenset[str]) -> list[str]:
     """The W8A8 kernels code compiled with `features` can run, best first."""
-    return [name for name, needs in INT8_KERNELS.items() if any(n <= features for n in needs)]
+    return runnable(INT8_KERNELS, features)
+
+
+def bf16_kernels(features: set[str] | frozenset[str]) -> list[str]:
+    """The bfloat16 kernels code compiled with `features` can run, best first."""
+    return runnable(BF16_KERNELS, features)
+
+
+def runnable(kernels: dict[str, tuple[set[str], ...]], features) -> list[str]:
+    return [name for name, needs in kernels.items() if any(n <= features for n in needs)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +67,16 @@ class KernelPath:
         """The W8A8 kernel this path runs (`model/int8_gemm.py`)."""
         return int8_kernels(self.features)[0]
 
+    @property
+    def bf16(self) -> str:
+        """The bfloat16 kernel this path runs (`model/bf16_dot.py`, or "widen")."""
+        return bf16_kernels(self.features)[0]
+
     def describe(self) -> str:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
-        line = (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
-                f"int8 dot products: {self.int8}")
-        unused = [f for f in UNUSED_FEATURES if f in self.features]
-        if unused:
-            line += f"; not used yet: {', '.join(unused)}"
-        return line
+        return (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
+                f"int8 dot products: {self.int8}; bfloat16 dot products: {self.bf16}")
 
 
 def path_for(cpu: str, features: set[str] | frozenset[str]) -> KernelPath:

@@ -15,21 +15,26 @@ cores; larger batches (prefill) go to BLAS. `reference.linear` is the plain vers
   (`model/f32_dot.py` `broadcast_tile`); x is read in its own rows. It takes every row count up to
   `PACKED_MAX_ROWS`; above, BLAS multiplies the matrix unpacked a chunk of rows at a time.
 
-Weights may also be bfloat16 (`model/quant.py`): the kernel is the same source, reading each
-weight through `widen` (identity for float32, so that path is unchanged). Above
-`KERNEL_MAX_ROWS` rows such weights are widened `BLAS_CHUNK` rows at a time and handed to BLAS:
-a GEMM does enough work per weight that widening them once costs little. int8 weights go to the
-W8A8 kernels at every batch size (`model/int8_gemm.py`): int8 activations times int8 weights,
-on the kernel this CPU runs best (`host_int8_kernel`).
+Weights may also be bfloat16 (`model/quant.py`). Where the CPU has AVX512_BF16 the loader
+packs them (`quant.PackedBF16Weight`, `host_packs_bfloat16`) and up to `BF16_MAX_ROWS` rows
+`bf16_gemm.bf16_matmul` multiplies them by x rounded to bfloat16, with `vdpbf16ps`. Elsewhere
+`matmul_nt` is the same source as for float32, reading each weight through `widen` (identity
+for float32, so that path is unchanged). Above the kernels' rows bfloat16 weights are widened
+`BLAS_CHUNK` rows at a time and handed to BLAS: a GEMM does enough work per weight that
+widening them once costs little. int8 weights go to the W8A8 kernels at every batch size
+(`model/int8_gemm.py`): int8 activations times int8 weights, on the kernel this CPU runs best
+(`host_int8_kernel`).
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 import numpy as np
 from numba import config, njit, prange
 
+from nanovllm.model.bf16_gemm import bf16_matmul, compile_bf16_kernel, widen_packed_rows
 from nanovllm.model.cpu import int8_kernels, kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
@@ -38,11 +43,14 @@ from nanovllm.model.quant import (
     BLOCK,
     BF16Weight,
     Int8Weight,
+    PackedBF16Weight,
     PackedF32Weight,
     Weight,
     kernel_array,
     widen,
 )
+
+logger = logging.getLogger("nanovllm")
 
 # The most rows at which the kernel still beat BLAS on GPT-2 124M's shapes (a measured cut-over:
 # re-measure it on a new CPU).
@@ -53,6 +61,12 @@ PANEL_PATHS = ("avx512",)
 # The most rows `matmul_packed` takes on packed float32 weights (a measured cut-over: it beat
 # BLAS on GPT-2's and SmolLM2's shapes at 512 rows, not at 2048).
 PACKED_MAX_ROWS = 512
+# The most rows `bf16_gemm.bf16_matmul` takes on packed bfloat16 weights: it beat widening them
+# for BLAS at every row count measured on GPT-2's shapes, up to this one (the instruction's
+# peak is twice float32's FMA, which BLAS runs on).
+BF16_MAX_ROWS = 4096
+# The bfloat16 kernels (`cpu.BF16_KERNELS`): the instruction's, and widening to float32.
+AVX512BF16, WIDEN = "avx512bf16", "widen"
 # Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
 # block at once, the LM head in a few parts.
 BLAS_CHUNK = 8192
@@ -68,6 +82,8 @@ def linear(x: np.ndarray | Int8Rows, w: Weight, b: np.ndarray | None = None,
         return int8_linear(x, w, host_int8_kernel(), b, residual)
     if isinstance(w, PackedF32Weight):
         out = packed_linear(x, w)
+    elif isinstance(w, PackedBF16Weight):
+        out = packed_bf16_linear(x, w)
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
         matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
@@ -94,6 +110,30 @@ def host_int8_kernel() -> str:
     """The W8A8 kernel for this process's CPU: the best it has (`cpu.KernelPath.int8`) that
     compiles here, compiled (`int8_gemm.first_compiling_kernel`)."""
     return first_compiling_kernel(int8_kernels(kernel_path().features))
+
+
+@cache
+def host_bf16_kernel() -> str:
+    """The bfloat16 kernel for this process's CPU (`cpu.KernelPath.bf16`), compiled: "avx512bf16"
+    where the CPU has the instruction and it compiles here, else "widen" (with one warning line
+    if it did not compile: bfloat16 weights must never stop a server)."""
+    if config.DISABLE_JIT or kernel_path().bf16 == WIDEN:
+        return WIDEN
+    try:
+        compile_bf16_kernel()
+    except Exception as exc:  # numba's or LLVM's refusal, whatever its type
+        reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        logger.warning("bfloat16 dot products: the avx512bf16 kernel does not compile with this "
+                       "numba and LLVM (%s); widening to float32 instead", reason[:200])
+        return WIDEN
+    return AVX512BF16
+
+
+@cache
+def host_packs_bfloat16() -> bool:
+    """Whether the loaders store bfloat16 matrices packed (`quant.PackedBF16Weight`) for
+    `bf16_gemm.bf16_matmul`: where this process runs the avx512bf16 kernel."""
+    return host_bf16_kernel() == AVX512BF16
 
 
 @cache
@@ -127,21 +167,35 @@ def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
     return out
 
 
-def widened_matmul(x: np.ndarray, w: BF16Weight) -> np.ndarray:
+def packed_bf16_linear(x: np.ndarray, w: PackedBF16Weight) -> np.ndarray:
+    """x @ w.T: `bf16_matmul` (x rounded to bfloat16) up to BF16_MAX_ROWS rows (compiled), else
+    BLAS on the weights widened to float32 (`widened_matmul`)."""
+    if x.shape[0] > BF16_MAX_ROWS or config.DISABLE_JIT:
+        return widened_matmul(x, w)
+    return bf16_matmul(x, w)
+
+
+def widened_matmul(x: np.ndarray, w: BF16Weight | PackedBF16Weight) -> np.ndarray:
     """x @ w.T through BLAS, on w widened to float32 `BLAS_CHUNK` rows at a time (one GEMM per
     chunk: BLAS ran several narrow ones much slower than one wide one)."""
-    weights = kernel_array(w)
     rows = np.empty((min(BLAS_CHUNK, w.shape[0]), w.shape[1]), np.float32)
     if w.shape[0] <= BLAS_CHUNK:
-        widen_rows(weights, 0, rows)
-        out = x @ rows.T
-    else:
-        out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        for start in range(0, w.shape[0], BLAS_CHUNK):
-            end = min(start + BLAS_CHUNK, w.shape[0])
-            widen_rows(weights, start, rows)
-            out[:, start:end] = x @ rows[:end - start].T
+        widen_chunk(w, 0, rows)
+        return x @ rows.T
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    for start in range(0, w.shape[0], BLAS_CHUNK):
+        end = min(start + BLAS_CHUNK, w.shape[0])
+        widen_chunk(w, start, rows[:end - start])
+        out[:, start:end] = x @ rows[:end - start].T
     return out
+
+
+def widen_chunk(w: BF16Weight | PackedBF16Weight, start: int, rows: np.ndarray) -> None:
+    """rows = w's rows from `start` (as many as rows has), as float32."""
+    if isinstance(w, PackedBF16Weight):
+        widen_packed_rows(w.packed, start, rows)
+    else:
+        widen_rows(w.bits, start, rows)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -301,4 +355,5 @@ def compile_linear_kernel() -> None:
     if host_packs_float32():
         matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
-    host_int8_kernel()  # (compiles it)
+    host_int8_kernel()  # (compiles it; the bfloat16 kernel is compiled where weights are packed
+    # for it, `host_bf16_kernel`)

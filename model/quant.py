@@ -1,10 +1,11 @@
 """Weight matrices in fewer bytes: int8 with a scale per output channel, or bfloat16.
 
 A decode step reads every weight once per token, so it runs at the speed memory delivers them:
-int8 moves a quarter of float32's bytes, bfloat16 half. Only the weights shrink. Activations,
-the KV cache and every sum stay float32: the kernels widen each weight as they read it
+int8 moves a quarter of float32's bytes, bfloat16 half. The KV cache and every sum stay
+float32. Where a kernel multiplies float32 activations, it widens each weight as it reads it
 (`model/linear.py`), an int8 by a conversion, a bfloat16 by a 16-bit shift (its bits are the top
-half of the float32 of the same value).
+half of the float32 of the same value); the int8 and bfloat16 dot-product instructions instead
+take the activations rounded to their own type (`model/int8_gemm.py`, `model/bf16_gemm.py`).
 
 `Int8Weight`: each row (output channel) w[c] is stored as round(w[c] / s[c]) in [-127, 127],
 with s[c] = max|w[c]| / 127, so every element is off by at most s[c] / 2. The dot product runs
@@ -15,7 +16,9 @@ round to nearest, ties to even, as torch's `.to(torch.bfloat16)`; a relative err
 
 `PackedF32Weight` is float32 itself, only re-laid out (`pack_float32`) for the AVX-512 kernel
 that reads 16 outputs' weights as one vector (`model/linear.py`); it replaces the `[out, in]`
-matrix, never sits beside it.
+matrix, never sits beside it. `PackedBF16Weight` is the same for bfloat16 where the CPU has
+AVX512_BF16's dot product (`pack_bfloat16`, `model/bf16_dot.py`): its kernel multiplies bfloat16
+by bfloat16, so the activations are rounded to bfloat16 too (`round_to_bfloat16`).
 
 `dequantize` (plain numpy) turns any of them back into the float32 matrix it stands for: the kernels
 are tested against `reference.linear` on it.
@@ -34,6 +37,9 @@ INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
 # each a run of groups of GROUP consecutive k for all its columns (BLOCK_BYTES bytes a group).
 BLOCK, GROUP = 16, 4
 BLOCK_BYTES = BLOCK * GROUP
+# The bfloat16 kernel's layout (`pack_bfloat16`): the same blocks, in pairs of consecutive k
+# (16 outputs x 2 bfloat16 = 64 bytes a pair, one vector).
+PAIR = 2
 
 
 @dataclass(slots=True)
@@ -113,7 +119,32 @@ class PackedF32Weight:
         return self.packed.nbytes
 
 
-Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight
+@dataclass(slots=True)
+class PackedBF16Weight:
+    packed: np.ndarray  # uint16 [blocks, pairs, BLOCK, PAIR]: bfloat16 bits as `pack_bfloat16`
+    shape: tuple[int, int]  # (out, in)
+
+    @classmethod
+    def from_bits(cls, bits: np.ndarray) -> PackedBF16Weight:
+        """The weight whose rows are the bfloat16 bits [out, in] (uint16)."""
+        return cls(pack_bfloat16(bits), bits.shape)
+
+    def rows(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """bits[start:end], uint16, as a new array."""
+        return self.take(np.arange(self.shape[0])[start:end])
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """bits[ids], uint16, as a new array (the packed blocks read in place)."""
+        ids = np.asarray(ids)
+        picked = self.packed[ids // BLOCK, :, ids % BLOCK, :]  # [len(ids), pairs, PAIR]
+        return picked.reshape(len(ids), picked.shape[1] * PAIR)[:, :self.shape[1]]
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes
+
+
+Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight
 
 
 def quantize_int8(w: np.ndarray) -> Int8Weight:
@@ -129,11 +160,24 @@ def pack_int8(q: np.ndarray) -> np.ndarray:
     """q [out, in] as int8 [blocks, groups, BLOCK, GROUP]: packed[b, g, j, i] = q[BLOCK * b + j,
     GROUP * g + i], zero beyond q's edges. One group of a block is what a vector dot-product
     instruction multiplies by GROUP bytes of x broadcast to all lanes (`model/int8_dot.py`)."""
-    n, k = q.shape
-    blocks, groups = -(-n // BLOCK), -(-k // GROUP)
-    padded = np.zeros((blocks * BLOCK, groups * GROUP), np.int8)
-    padded[:n, :k] = q
-    return np.ascontiguousarray(padded.reshape(blocks, BLOCK, groups, GROUP).transpose(0, 2, 1, 3))
+    return pack_groups(np.asarray(q, np.int8), GROUP)
+
+
+def pack_bfloat16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits [out, in] as uint16 [blocks, pairs, BLOCK, PAIR], laid out as `pack_int8`
+    with groups of PAIR: one pair of a block is what `vdpbf16ps` multiplies by two bfloat16 of
+    x broadcast to all lanes (`model/bf16_dot.py`)."""
+    return pack_groups(np.asarray(bits, np.uint16), PAIR)
+
+
+def pack_groups(a: np.ndarray, group: int) -> np.ndarray:
+    """a [out, in] as [blocks, groups, BLOCK, group]: packed[b, g, j, i] = a[BLOCK * b + j,
+    group * g + i], zero beyond a's edges."""
+    n, k = a.shape
+    blocks, groups = -(-n // BLOCK), -(-k // group)
+    padded = np.zeros((blocks * BLOCK, groups * group), a.dtype)
+    padded[:n, :k] = a
+    return np.ascontiguousarray(padded.reshape(blocks, BLOCK, groups, group).transpose(0, 2, 1, 3))
 
 
 def pack_float32(w: np.ndarray) -> np.ndarray:
@@ -151,9 +195,19 @@ def pack_float32(w: np.ndarray) -> np.ndarray:
 
 def to_bfloat16(w: np.ndarray) -> BF16Weight:
     """A finite float32 array rounded to the nearest bfloat16 (ties to even), as bits."""
-    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
-    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
-    return BF16Weight(rounded.astype(np.uint16))
+    return BF16Weight(bfloat16_bits(w))
+
+
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """A finite float32 array rounded to the nearest bfloat16 (ties to even), as uint16 bits."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """x (float32, finite) rounded to the nearest bfloat16, as float32: what the bfloat16 kernel
+    multiplies instead of x."""
+    return bf16_to_float32(bfloat16_bits(x))
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -169,6 +223,8 @@ def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
         return bf16_to_float32(w.bits[start:end])
     if isinstance(w, PackedF32Weight):
         return w.rows(start, end)
+    if isinstance(w, PackedBF16Weight):
+        return bf16_to_float32(w.rows(start, end))
     return w[start:end]
 
 
@@ -180,6 +236,8 @@ def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
         return bf16_to_float32(np.take(table.bits, ids, axis=0))
     if isinstance(table, PackedF32Weight):
         return table.take(ids)
+    if isinstance(table, PackedBF16Weight):
+        return bf16_to_float32(table.take(ids))
     return np.take(table, ids, axis=0)
 
 
@@ -196,17 +254,38 @@ def pack_float32_weights(weights, packed_one=lambda w: None):
     """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every float32 matrix (a field
     typed `Weight`) replaced by its `PackedF32Weight`, in place; a tied matrix stays one object.
     `packed_one(w)` is called on each matrix once it is packed (to release its pages)."""
+    def packed(item):
+        if isinstance(item, np.ndarray) and item.dtype == np.float32:
+            new = PackedF32Weight.from_rows(item)
+            packed_one(item)
+            return new
+        return None
+
+    return pack_weights(weights, packed)
+
+
+def pack_bfloat16_weights(weights):
+    """Any model's weights with every `BF16Weight` replaced by its `PackedBF16Weight`, in place;
+    a tied matrix stays one object."""
+    return pack_weights(weights, lambda item: PackedBF16Weight.from_bits(item.bits)
+                        if isinstance(item, BF16Weight) else None)
+
+
+def pack_weights(weights, packed):
+    """weights with each field typed `Weight` whose value `packed(value)` packs (not None)
+    replaced by that, in place, in lists of layers too; each object packed once, so a tied
+    matrix stays one object."""
     done = {}
 
     def pack(value):
         if hasattr(value, "__dataclass_fields__"):
             for f in fields(value):
                 item = getattr(value, f.name)
-                if f.type == "Weight" and isinstance(item, np.ndarray) and item.dtype == np.float32:
-                    if id(item) not in done:
-                        done[id(item)] = PackedF32Weight.from_rows(item)
-                        packed_one(item)
+                if f.type == "Weight" and id(item) in done:
                     setattr(value, f.name, done[id(item)])
+                elif f.type == "Weight" and (new := packed(item)) is not None:
+                    done[id(item)] = new
+                    setattr(value, f.name, new)
                 elif isinstance(item, list):
                     for part in item:
                         pack(part)
@@ -219,7 +298,7 @@ def dequantize_weights(weights):
     """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every matrix back in float32,
     what the reference model runs on: the dataclass copied, its lists of layers too."""
     def plain(value):
-        if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight):
+        if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight):
             return dequantize(value)
         if isinstance(value, list):
             return [plain(v) for v in value]
@@ -262,6 +341,6 @@ def kernel_array(w: Weight) -> np.ndarray:
         return w.q
     if isinstance(w, BF16Weight):
         return w.bits
-    if isinstance(w, PackedF32Weight):
+    if isinstance(w, PackedF32Weight | PackedBF16Weight):
         return w.rows()
     return w

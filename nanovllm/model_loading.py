@@ -26,9 +26,9 @@ from nanovllm.model.architectures import (
 from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import release_pages
 from nanovllm.model.cpu import kernel_path
-from nanovllm.model.linear import host_packs_float32
+from nanovllm.model.linear import host_packs_bfloat16, host_packs_float32
 from nanovllm.model.precision import precision_name
-from nanovllm.model.quant import pack_float32_weights
+from nanovllm.model.quant import pack_bfloat16_weights, pack_float32_weights
 
 logger = logging.getLogger("nanovllm")
 
@@ -44,14 +44,27 @@ class LoadedModel:
 
 def load_model(config: EngineConfig) -> LoadedModel:
     """The checkpoint `config.model` names, or random weights (see `_load_dummy`), its weights
-    stored as `config.dtype` / `config.quantization` ask, float32 matrices packed where this
-    CPU's kernel reads them so (`linear.host_packs_float32`); logs that and the kernels' path."""
+    stored as `config.dtype` / `config.quantization` ask, float32 and bfloat16 matrices packed
+    where this CPU's kernels read them so (`linear.host_packs_float32`, `host_packs_bfloat16`);
+    logs that and the kernels' path."""
     loaded = _load_dummy(config) if config.load_format == "dummy" else _load_checkpoint(config)
-    if host_packs_float32():  # (replacing each [out, in] matrix: resident memory stays the same)
-        pack_float32_weights(loaded.weights, release_pages)
+    pack_for_kernels(loaded.weights, config.dtype, release_pages)
     logger.info("weights: %s; %s", precision_name(config.dtype, config.quantization),
                 kernel_path().describe())
     return loaded
+
+
+def pack_for_kernels(weights, dtype: str, release=lambda w: None):
+    """Any model's weights, stored as `dtype` asks, with their float32 and bfloat16 matrices
+    packed, in place, where this CPU's kernels read them so (`linear.host_packs_float32`,
+    `host_packs_bfloat16`, which compiles the bfloat16 kernel: asked only for bfloat16), each
+    replacing its `[out, in]` matrix (resident memory stays the same); `release(w)` is called
+    on each float32 matrix once it is packed (to release its pages)."""
+    if host_packs_float32():
+        pack_float32_weights(weights, release)
+    if dtype == "bfloat16" and host_packs_bfloat16():
+        pack_bfloat16_weights(weights)
+    return weights
 
 
 def _load_checkpoint(config: EngineConfig) -> LoadedModel:

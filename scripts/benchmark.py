@@ -47,8 +47,8 @@ float32, int8 weights and bfloat16 weights (`--dtype`, `--quantization` and
 --speculative-config are ignored then).
 Every rep runs the same prompts through each in turn, so a busy machine slows all three alike;
 ratio = int8 (or bfloat16) / float32. The kernels' path for this CPU is printed first.
-A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32 and int8
-multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
+A roofs table follows (scripts/roofs.py): this machine's memory bandwidth and float32, int8 and
+bfloat16 multiply-add peaks, measured first, and per cell and precision the bytes of weight matrices
 streamed per second (a decode step reads each once: the figure that matters at batch 1) and the
 multiply-adds per second (at batch 64 and in prefill), each as a share of its roof.
 
@@ -463,7 +463,8 @@ def roof_table(results: list[CellResult], engines: dict, roofs) -> list[dict]:
                 streamed = nbytes * tps / r.cell.input_len  # one pass over the prompt
             else:
                 streamed = nbytes * tps / r.cell.batch_size
-            peak = roofs.int8_peak if side == "int8" else roofs.float32_peak
+            peak = {"int8": roofs.int8_peak, "bfloat16": roofs.bf16_peak}.get(
+                side, roofs.float32_peak)
             rows.append({"cell": str(r.cell), "precision": "float32" if side == "nanovllm" else side,
                          "weights_bytes_per_s": streamed,
                          "of_bandwidth": streamed / roofs.bandwidth,
@@ -480,7 +481,7 @@ def format_roofs(rows: list[dict]) -> str:
              f"{r['of_bandwidth']:.0%}", f"{r['multiply_adds_per_s'] / 1e9:.1f}",
              f"{r['of_peak']:.0%}"] for r in rows]
     return ("\n\nroofs: weights streamed (matters at batch 1) and multiply-adds (batch 64, "
-            "prefill); peak = int8's for int8, float32's otherwise\n" + render_table([head] + body))
+            "prefill); peak = each precision's own\n" + render_table([head] + body))
 
 
 def _check_fit(engine, cells: list[Cell], dataset: list[list[int]] | None) -> str | None:

@@ -4,7 +4,9 @@
 - float32 peak: multiply-adds per second of OpenBLAS's sgemm on 1536 x 1536 matrices, best of 5
   (what the best float32 code on this CPU reaches, not the data sheet's figure);
 - int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs (`model/int8_gemm.py`)
-  on operands that stay in the L1 and L2 caches, best of 5.
+  on operands that stay in the L1 and L2 caches, best of 5;
+- bfloat16 peak, where the CPU runs the avx512bf16 kernel (`model/bf16_gemm.py`): the same, on
+  that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof).
 
 A decode step reads every weight matrix once (the LM head included), so at batch 1 the weights
 stream at (bytes of the matrices) x (steps per second), and each token costs one multiply-add per
@@ -26,6 +28,8 @@ class Roofs:
     float32_peak: float  # multiply-adds/s
     int8_peak: float     # multiply-adds/s
     int8_kernel: str
+    bf16_peak: float     # multiply-adds/s (float32's where bfloat16 is widened)
+    bf16_kernel: str
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -52,9 +56,10 @@ def _bandwidth() -> float:
 
 
 def measure_roofs() -> Roofs:
+    from nanovllm.model.bf16_gemm import bf16_matmul
     from nanovllm.model.int8_gemm import int8_linear
-    from nanovllm.model.linear import host_int8_kernel
-    from nanovllm.model.quant import quantize_int8
+    from nanovllm.model.linear import host_bf16_kernel, host_int8_kernel, host_packs_bfloat16
+    from nanovllm.model.quant import PackedBF16Weight, quantize_int8, to_bfloat16
 
     bandwidth = _bandwidth()
     n = 1536
@@ -65,7 +70,12 @@ def measure_roofs() -> Roofs:
     kernel = host_int8_kernel()
     int8_peak = 256 * 1024 * 512 * 8 / _best(
         lambda: [int8_linear(x, w, kernel) for _ in range(8)])
-    return Roofs(bandwidth, float32_peak, int8_peak, kernel)
+    bf16_kernel = host_bf16_kernel()
+    bf16_peak = float32_peak
+    if host_packs_bfloat16():
+        wb = PackedBF16Weight.from_bits(to_bfloat16(w.rows().astype(np.float32)).bits)
+        bf16_peak = 256 * 1024 * 512 * 8 / _best(lambda: [bf16_matmul(x, wb) for _ in range(8)])
+    return Roofs(bandwidth, float32_peak, int8_peak, kernel, bf16_peak, bf16_kernel)
 
 
 def weight_matrices(weights) -> list:
@@ -83,6 +93,9 @@ def step_cost(weights) -> tuple[int, int]:
 
 
 def describe(roofs: Roofs) -> str:
+    bf16 = (f"bfloat16 {roofs.bf16_peak / 1e9:.1f} G multiply-adds/s ({roofs.bf16_kernel} kernel,"
+            " in cache)" if roofs.bf16_kernel != "widen" else "bfloat16 widened: float32's")
     return (f"roofs (measured): memory {roofs.bandwidth / 1e9:.1f} GB/s; float32 "
             f"{roofs.float32_peak / 1e9:.1f} G multiply-adds/s (OpenBLAS sgemm); int8 "
-            f"{roofs.int8_peak / 1e9:.1f} G multiply-adds/s ({roofs.int8_kernel} kernel, in cache)")
+            f"{roofs.int8_peak / 1e9:.1f} G multiply-adds/s ({roofs.int8_kernel} kernel, in "
+            f"cache); {bf16}")

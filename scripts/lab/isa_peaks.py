@@ -14,7 +14,8 @@ Rows: "avx2" is the AVX2 W8A8 kernel's product (`vpsignb`, `vpmaddubsw`, `vpmadd
 32 int8 multiply-adds), built by the kernel's own `int8_dot.Multiply`; "avx2-unsigned" the same
 without `vpsignb` (x taken as unsigned bytes); "vnni256" / "vnni512" are the VNNI kernels'
 `vpdpbusd` (AVX-VNNI or AVX512-VNNI); "fma256"
-/ "fma512" are float32 FMAs (8 / 16 multiply-adds) with enough sums to hide their latency.
+/ "fma512" are float32 FMAs (8 / 16 multiply-adds) with enough sums to hide their latency;
+"bf16dp512" is the bfloat16 kernel's `vdpbf16ps` (AVX512_BF16: 32 multiply-adds into float32).
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba.core.cgutils import get_or_insert_function
 
-from nanovllm.model.cpu import INT8_KERNELS
+from nanovllm.model.bf16_dot import DOT as BF16_DOT
+from nanovllm.model.bf16_dot import pair_type
+from nanovllm.model.cpu import BF16_KERNELS, INT8_KERNELS
 from nanovllm.model.int8_dot import Multiply
 from nanovllm.model.linear import host_int8_kernel
+from nanovllm.model.quant import bf16_to_float32, bfloat16_bits
 
 SUMS = 6     # int8 accumulators: with their weights, x and |x| they fill 15 of AVX2's 16 registers
 FMA_SUMS = 10  # FMA's latency x its two ports: fewer sums would measure latency, not throughput
@@ -49,8 +53,13 @@ class Probe:
 
     @property
     def floats(self) -> bool:
-        """float32 FMAs (else int8 products into int32 lanes)."""
+        """float32 FMAs (else int8 or bfloat16 products)."""
         return self.name.startswith("fma")
+
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 pairs into float32 lanes (`vdpbf16ps`)."""
+        return self.name.startswith("bf16")
 
 
 # The int8 probes need what the W8A8 kernel of the same product needs (`model/cpu.py`).
@@ -61,6 +70,7 @@ PROBES = (
     Probe("vnni512", INT8_KERNELS["avx512vnni"], 16, 64, SUMS),
     Probe("fma256", ({"fma"},), 8, 8, FMA_SUMS),
     Probe("fma512", ({"avx512f"},), 16, 16, FMA_SUMS),
+    Probe("bf16dp512", BF16_KERNELS["avx512bf16"], 16, 32, FMA_SUMS),
 )
 
 
@@ -77,8 +87,8 @@ def build(probe: Probe) -> ir.Module:
     each adding one product of its weight vector w[i] and the broadcast x per iteration, n
     iterations; the sums are stored to out [sums, lanes]."""
     module = ir.Module(name=probe.name)
-    acc_t = ir.VectorType(F32 if probe.floats else I32, probe.lanes)
-    w_t = acc_t if probe.floats else ir.VectorType(I8, probe.lanes * 4)
+    acc_t = ir.VectorType(F32 if probe.floats or probe.bf16 else I32, probe.lanes)
+    w_t = acc_t if probe.floats else ir.VectorType(I8, probe.lanes * 4)  # (bf16: 2 x 2 bytes)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, w_t.as_pointer(),
                                                               w_t.as_pointer(),
                                                               acc_t.as_pointer()]), "probe")
@@ -86,7 +96,7 @@ def build(probe: Probe) -> ir.Module:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     weights = [b.load(b.gep(w_ptr, [ir.Constant(I32, i)]), align=1) for i in range(probe.sums)]
     x = b.load(x_ptr, align=1)
-    mul = None if probe.floats else Multiply(KERNEL_ISAS[probe.name], b)
+    mul = None if probe.floats or probe.bf16 else Multiply(KERNEL_ISAS[probe.name], b)
     if probe.name == "avx2":
         x = mul.prepare_x(x)  # (x, |x|), once: the kernel makes |x| once per row and group too
     entry, loop, done = b.block, fn.append_basic_block("loop"), fn.append_basic_block("done")
@@ -124,6 +134,11 @@ def product(b: ir.IRBuilder, probe: Probe, mul: Multiply | None, acc, w, x):
         fma = get_or_insert_function(b.module, ir.FunctionType(acc.type, [acc.type] * 3),
                                      f"llvm.fma.v{probe.lanes}f32")
         return b.call(fma, [x, w, acc])
+    if probe.bf16:
+        pairs = pair_type()
+        dot = get_or_insert_function(b.module, ir.FunctionType(acc.type, [acc.type, pairs,
+                                                                          pairs]), BF16_DOT)
+        return b.call(dot, [acc, b.bitcast(x, pairs), b.bitcast(w, pairs)])
     if probe.name != "avx2-unsigned":
         return mul.add(acc, x, w)
     ones = ir.Constant(mul.words, [1] * mul.words.count)
@@ -134,6 +149,9 @@ def reference(probe: Probe, n: int, w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """What the loop's sums should be after n iterations, in numpy."""
     if probe.floats:
         return (n * (x * w)).astype(np.float32)
+    if probe.bf16:
+        xf, wf = (bf16_to_float32(a.view(np.uint16)).reshape(-1, probe.lanes, 2) for a in (x, w))
+        return (n * (xf * wf).sum(-1)).reshape(probe.sums, probe.lanes).astype(np.float32)
     xs = (x if probe.name == "avx2" else x.view(np.uint8)).astype(np.int64)  # else unsigned
     per = (xs * w.astype(np.int64)).reshape(probe.sums, probe.lanes, 4).sum(-1)
     return (n * per).astype(np.int32)
@@ -175,6 +193,10 @@ def operands(probe: Probe, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     if probe.floats:
         w = rng.integers(-4, 5, (probe.sums, probe.lanes)).astype(np.float32)
         return w, rng.integers(-4, 5, probe.lanes).astype(np.float32)
+    if probe.bf16:  # (bfloat16 bits, a pair of x repeated in every lane)
+        w = bfloat16_bits(rng.integers(-4, 5, (probe.sums, probe.lanes * 2)).astype(np.float32))
+        return w.view(np.int8), np.tile(bfloat16_bits(rng.integers(-4, 5, 2).astype(
+            np.float32)), probe.lanes).view(np.int8)
     w = rng.integers(-127, 128, (probe.sums, probe.lanes * 4), dtype=np.int8)
     low = -127 if probe.name == "avx2" else 0  # x taken as unsigned stays below 128 (7 bits)
     word = rng.integers(low, 128, 4, dtype=np.int8)
@@ -182,7 +204,8 @@ def operands(probe: Probe, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def run(fn, probe: Probe, n: int, w: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
-    out = np.zeros((probe.sums, probe.lanes), np.float32 if probe.floats else np.int32)
+    out = np.zeros((probe.sums, probe.lanes),
+                   np.float32 if probe.floats or probe.bf16 else np.int32)
     start = time.perf_counter()
     fn(n, w.ctypes.data, x.ctypes.data, out.ctypes.data)
     return time.perf_counter() - start, out
@@ -228,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         # Where multiply-adds bind (batch 64, prefill), no int8 / float32 ratio can pass this.
         print(f"this CPU's W8A8 kernel: {kernel} ({probe}), at most "
               f"{rates[probe] / base:.2f}x float32 where multiply-adds bind")
+    if base and "bf16dp512" in rates:
+        print(f"this CPU's bfloat16 kernel: avx512bf16 (bf16dp512), at most "
+              f"{rates['bf16dp512'] / base:.2f}x float32 where multiply-adds bind")
     return 0
 
 

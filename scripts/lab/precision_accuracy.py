@@ -12,9 +12,11 @@ measured after conversion (int8 rounds each element by at most half its row's sc
 at most 2**-9 relative). int8 is W8A8: each linear layer's input is rounded per token too, and
 rho_x is the largest relative RMS error that rounding gives the inputs of the float32 model's
 linear layers (measured on the same sequences through `model/reference.py`); rho is
-sqrt(rho_w**2 + rho_x**2) then, and rho_w for bfloat16. A matmul's output moves by about rho of
-its size; the n converted matrices on the way to a logit round independently, so their changes
-add in quadrature. n = 4 * n_layer + 2 for GPT-2 (four per block, the embedding, the LM head)
+sqrt(rho_w**2 + rho_x**2) then. bfloat16 runs as the engine would on this CPU: on the
+avx512bf16 kernel, whose inputs are rounded to bfloat16 (rho_x measured the same way), where the
+CPU has AVX512_BF16, else widened to float32 products (rho_x = 0). A matmul's output moves by
+about rho of its size; the n converted matrices on the way to a logit round independently, so
+their changes add in quadrature. n = 4 * n_layer + 2 for GPT-2 (four per block, the embedding, the LM head)
 and 5 * n_layer + 2 for the Llama family (its MLP multiplies two projections, gate and up):
     sigma = sqrt(n) * rho * RMS(centred float32 logits)     (the predicted RMS logit change)
 Per precision it prints, next to sigma:
@@ -150,11 +152,10 @@ def llama_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
     yield ref.rms_norm(x, plain.norm, eps)
 
 
-def activation_error(plain, cfg, sequences: np.ndarray) -> float:
+def activation_error(plain, cfg, sequences: np.ndarray, rounded) -> float:
     """rho_x: the largest ||x - x'|| / ||x|| over the inputs x of the float32 model's linear
-    layers (and its LM head), x' rounded to int8 per row as the W8A8 kernels do."""
+    layers (and its LM head), x' = rounded(x) as the kernel rounds them (`rounding`)."""
     from nanovllm.model.config import GPT2Config
-    from nanovllm.model.quant import dequantize, quantize_int8
 
     inputs = gpt2_linear_inputs if isinstance(cfg, GPT2Config) else llama_linear_inputs
     worst = 0.0
@@ -163,8 +164,21 @@ def activation_error(plain, cfg, sequences: np.ndarray) -> float:
             x = np.ascontiguousarray(x, np.float32)
             norm = np.linalg.norm(x)
             if norm > 0:
-                worst = max(worst, float(np.linalg.norm(x - dequantize(quantize_int8(x))) / norm))
+                worst = max(worst, float(np.linalg.norm(x - rounded(x)) / norm))
     return worst
+
+
+def rounding(options: dict):
+    """How the kernels of a precision round a linear layer's input on this CPU, or None: int8
+    per row (W8A8), bfloat16 each element where it runs on the avx512bf16 kernel."""
+    from nanovllm.model.linear import host_packs_bfloat16
+    from nanovllm.model.quant import dequantize, quantize_int8, round_to_bfloat16
+
+    if options.get("quantization") == "int8":
+        return lambda x: dequantize(quantize_int8(x))
+    if options.get("dtype") == "bfloat16" and host_packs_bfloat16():
+        return round_to_bfloat16
+    return None
 
 
 def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
@@ -186,6 +200,7 @@ def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)
     of any architecture."""
     from nanovllm.model.architectures import family_of
+    from nanovllm.model_loading import pack_for_kernels
 
     build_weights = family_of(cfg).build_weights
     plain = build_weights(cfg, dict(tensors))
@@ -193,10 +208,12 @@ def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     results = {}
     for name, options in PRECISIONS.items():
         converted = build_weights(cfg, dict(tensors), **options)
+        rho_w = weight_error(plain, converted)
+        pack_for_kernels(converted, options.get("dtype", "auto"))  # (the engine's kernels)
         logits = teacher_forced_logits(converted, cfg, sequences)
-        rho_x = activation_error(plain, cfg, sequences) if options.get("quantization") else 0.0
-        results[name] = compare(ref, logits, weight_error(plain, converted), rho_x,
-                                converted_on_the_path(cfg))
+        rounded = rounding(options)
+        rho_x = activation_error(plain, cfg, sequences, rounded) if rounded else 0.0
+        results[name] = compare(ref, logits, rho_w, rho_x, converted_on_the_path(cfg))
     return results
 
 

@@ -8,9 +8,10 @@ import pytest
 from nanovllm import LLM, SamplingParams
 from nanovllm.model.activations import gelu_int8_, gelu_rows_
 from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
+from nanovllm.model.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
 from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels import softmax_rows_
-from nanovllm.model.linear import host_int8_kernel, matmul_nt, matmul_packed
+from nanovllm.model.linear import host_int8_kernel, host_packs_bfloat16, matmul_nt, matmul_packed
 from nanovllm.model.norms import layer_norm_int8_, layer_norm_rows_
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
@@ -40,4 +41,18 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
     before = [list(k.signatures) for k in kernels]
     llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before)  # start-up compiled each, the fused layer norm and GELU included
+    assert [list(k.signatures) for k in kernels] == before
+
+
+def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
+    """bfloat16 on the avx512bf16 kernel: start-up compiled the kernel and both roundings of
+    the activations (a long prefill's on the threads)."""
+    if not host_packs_bfloat16():
+        pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
+    llm = LLM(str(tiny_ckpt), num_kv_blocks=64, dtype="bfloat16")
+    kernels = (round_rows, round_rows_parallel, matmul_bf16, paged_decode_attention, write_slots,
+               causal_softmax_)
+    before = [list(k.signatures) for k in kernels]
+    llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    assert all(before)
     assert [list(k.signatures) for k in kernels] == before

@@ -26,14 +26,15 @@ def test_paths_are_named_by_the_widest_vectors():
     assert path_for("generic", ZEN4).name == "generic"  # numba's override wins
 
 
-def test_description_is_one_line_naming_the_int8_kernel_and_unused_dot_products():
+def test_description_is_one_line_naming_the_int8_and_bfloat16_kernels():
     line = path_for("znver4", ZEN4).describe()
     assert "\n" not in line and line.startswith("kernels: avx512 path (numba compiles for znver4")
     assert "int8 dot products: avx512vnni" in line and "sha" not in line
-    assert line.endswith("not used yet: avx512bf16")
+    assert line.endswith("; bfloat16 dot products: avx512bf16")
     zen3 = path_for("znver1", {"avx2", "fma"}).describe()
-    assert "not used" not in zen3 and zen3.endswith("int8 dot products: avx2")
+    assert zen3.endswith("int8 dot products: avx2; bfloat16 dot products: widen")
     assert path_for("generic", set()).int8 == "portable"
+    assert path_for("generic", set()).bf16 == "widen"
 
 
 def cpuinfo_flags() -> set[str]:
@@ -90,22 +91,25 @@ for options in ({}, {"quantization": "int8"}, {"dtype": "bfloat16"}):
     outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
                         SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     tokens[json.dumps(options)] = [o.outputs[0].token_ids for o in outs]
-print(json.dumps({"path": kernel_path().name, "int8": kernel_path().int8, "errors": errors,
-                  "tokens": tokens}))
+from nanovllm.model.linear import host_bf16_kernel
+print(json.dumps({"path": kernel_path().name, "int8": kernel_path().int8,
+                  "bf16": host_bf16_kernel(), "errors": errors, "tokens": tokens}))
 """
 
 
 @pytest.mark.slow  # compiles every kernel a second time, for the generic CPU
 def test_forced_generic_path_runs_every_precision(tiny_ckpt):
     """NUMBA_CPU_NAME=generic: baseline x86-64 kernels (the linear layers in every precision,
-    decode attention's register tiles on float32 and float16 caches), within float32 rounding
-    of the reference, and the engine's greedy tokens are the host path's."""
+    bfloat16 widened to float32; decode attention's register tiles on float32 and float16
+    caches), within float32 rounding of the reference, and the engine's greedy tokens are the
+    host path's (whose bfloat16 kernel may round the activations too)."""
     env = {**os.environ, "NUMBA_CPU_NAME": "generic"}
     run = subprocess.run([sys.executable, "-c", GENERIC_SCRIPT, str(tiny_ckpt)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["path"] == "generic" and result["int8"] == "portable"
+    assert result["bf16"] == "widen"
     assert len(result["errors"]) == 11
     assert max(result["errors"].values()) < 1e-5, result["errors"]  # ~ sqrt(300) * 2**-24 * 8
     for options, generic_tokens in result["tokens"].items():
@@ -189,3 +193,20 @@ def test_engine_packs_float32_weights_on_the_avx512_path_only(tiny_ckpt):
         assert isinstance(w, PackedF32Weight) == packs
         assert isinstance(w, np.ndarray) != packs
     assert isinstance(weights.wpe, np.ndarray)  # (looked up by position, not a linear layer)
+
+
+def test_engine_packs_bfloat16_weights_where_the_kernel_runs(tiny_ckpt):
+    """The loader packs bfloat16 matrices for the kernel where it runs (GPT-2's embedding, its LM
+    head, too), and leaves them `[out, in]` for `matmul_nt` elsewhere; a float32 model's
+    matrices are never bfloat16."""
+    from nanovllm.config import EngineConfig
+    from nanovllm.model.linear import host_packs_bfloat16
+    from nanovllm.model.quant import BF16Weight, PackedBF16Weight
+    from nanovllm.model_loading import load_model
+
+    kind = PackedBF16Weight if host_packs_bfloat16() else BF16Weight
+    weights = load_model(EngineConfig(str(tiny_ckpt), dtype="bfloat16")).weights
+    for w in (weights.wte, weights.blocks[0].attn_w, weights.blocks[-1].fc_proj_w):
+        assert isinstance(w, kind)
+    plain = load_model(EngineConfig(str(tiny_ckpt))).weights
+    assert not isinstance(plain.wte, PackedBF16Weight | BF16Weight)

@@ -13,18 +13,21 @@ from nanovllm.model import linear as linear_module
 from nanovllm.model import load_gpt2
 from nanovllm.model import reference as ref
 from nanovllm.model.gpt2 import forward
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
+from nanovllm.model.linear import KERNEL_MAX_ROWS, host_packs_bfloat16, linear
 from nanovllm.model.precision import check_precision
 from nanovllm.model.quant import (
     BF16Weight,
     Int8Weight,
+    PackedBF16Weight,
     PackedF32Weight,
     bf16_bits_to_float32,
     dequantize,
     dequantize_weights,
     gather_rows,
+    pack_bfloat16_weights,
     pack_float32_weights,
     quantize_int8,
+    round_to_bfloat16,
     to_bfloat16,
     widen,
 )
@@ -104,19 +107,33 @@ def test_embedding_rows_are_the_float32_rows(kind):
     np.testing.assert_array_equal(gather_rows(table, ids), dequantize(table)[ids])
 
 
-@pytest.mark.parametrize("options", [dict(quantization="int8"), dict(dtype="bfloat16")])
+@pytest.mark.parametrize("options, packed", [(dict(quantization="int8"), False),
+                                             (dict(dtype="bfloat16"), False),
+                                             (dict(dtype="bfloat16"), True)],
+                         ids=["int8", "bfloat16", "bfloat16-avx512bf16"])
 def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturbed_ckpt, options,
-                                                                        monkeypatch):
+                                                                        packed, monkeypatch):
     """Kernels and reference agree on the converted model to float32 rounding (the perturbed
     model: random biases and layer norms, logits of real GPT-2's size). int8 is W8A8: the
-    reference's linear layers quantize their input rows first, as the kernels do."""
+    reference's linear layers quantize their input rows first, as the kernels do; so does
+    bfloat16 packed for the avx512bf16 kernel, rounding them to bfloat16."""
+    rounding = None
     if "quantization" in options:
+        rounding = lambda x: dequantize(quantize_int8(x))  # noqa: E731
+    elif packed:
+        if not host_packs_bfloat16():
+            pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
+        rounding = round_to_bfloat16
+    if rounding:
         plain_linear = ref.linear
         monkeypatch.setattr(ref, "linear", lambda x, w, b=None: plain_linear(
-            dequantize(quantize_int8(np.ascontiguousarray(x, np.float32))), w, b))
+            rounding(np.ascontiguousarray(x, np.float32)), w, b))
     cfg, weights = load_gpt2(perturbed_ckpt, **options)
     kind = Int8Weight if "quantization" in options else BF16Weight
     assert isinstance(weights.wte, kind) and isinstance(weights.blocks[0].fc_proj_w, kind)
+    if packed:
+        weights = pack_bfloat16_weights(weights)
+        assert isinstance(weights.wte, PackedBF16Weight)
     ids = np.random.default_rng(11).integers(0, cfg.vocab_size, 90)  # >64 rows: BLAS too
     expected = ref.forward(dequantize_weights(weights), cfg, ids)
     got = forward(weights, cfg, ids, np.arange(len(ids)))

@@ -6,7 +6,8 @@ RMS change of the centred logits):
 - max |delta logprob| of float32's greedy token is within 12 sigma (twice a 6-sigma change);
 - the mean KL is within sigma**2 (about half the variance of the change);
 - float32's greedy token wins wherever its lead is more than 12 sigma (not a near-tie).
-int8 is W8A8, so sigma counts the activations' measured rounding too. Random weights give flat
+int8 is W8A8, so sigma counts the activations' measured rounding too, as it does for bfloat16
+where it runs on the avx512bf16 kernel (activations rounded to bfloat16). Random weights give flat
 distributions that hide errors: `code-6l` (a small GPT-2 trained on Python source, in
 ../shared/models, or $NANOVLLM_SHARED_MODELS) is also held to the issue's bars, top-1 agreement
 >= 0.98 and mean KL <= 5e-3, on Python source it reads teacher-forced.
@@ -25,6 +26,7 @@ from nanovllm.model import PRESETS
 from nanovllm.model.checkpoint.dummy import random_weights
 from nanovllm.model.checkpoint.loader import read_tensors
 from nanovllm.model.config import GPT2Config
+from nanovllm.model.linear import host_packs_bfloat16
 from nanovllm.scripts.lab.precision_accuracy import Agreement, measure, text_windows
 from tests.conftest import TINY
 
@@ -53,6 +55,8 @@ def test_tiny_model_within_the_error_budget():
     for result in results.values():
         check(result, min_decided=1000)  # tiny's logits are rarely near-ties
     assert results["bfloat16"].sigma < results["int8"].sigma  # 8 mantissa bits beat 7-bit steps
+    # measured on the path the engine takes: activations rounded where the kernel runs
+    assert (results["bfloat16"].activation_error > 0) == host_packs_bfloat16()
 
 
 @pytest.mark.slow
@@ -98,7 +102,9 @@ def test_tiny_llama_within_the_error_budget(overrides):
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, (5, 256))
     results = measure(cfg, random_llama_weights(cfg), ids)
     # An untied random LM head gives flatter logits than a tied one: W8A8's larger sigma leaves
-    # about a fifth of the positions decided there, all of them when tied.
+    # about a fifth of the positions decided there, all of them when tied. bfloat16 on the
+    # avx512bf16 kernel rounds the activations too, so its sigma (and the near-ties' margin) is
+    # about sqrt(2) times the widened path's: about 70% of the positions stay decided untied.
     check(results["int8"], min_decided=200)
-    check(results["bfloat16"], min_decided=1000)
+    check(results["bfloat16"], min_decided=800)
     assert results["bfloat16"].sigma < results["int8"].sigma

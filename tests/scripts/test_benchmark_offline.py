@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nanovllm.cli import build_parser
+from nanovllm.model.linear import host_bf16_kernel
 from nanovllm.scripts import benchmark, benchmark_serving
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
 
@@ -162,13 +163,18 @@ def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
         assert cell["int8"]["vs_float32"]["prefill_tps"] > 0
     assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
     assert "roofs (measured): memory " in table and "weights GB/s" in table
-    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel"}
-    assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak"))
+    assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel",
+                                  "bf16_peak", "bf16_kernel"}
+    assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak",
+                                              "bf16_peak"))
+    assert data["roofs"]["bf16_kernel"] == host_bf16_kernel()
     roofs = data["roof_cells"]
     assert len(roofs) == 3 * len(data["results"])  # every cell, every precision
-    int8 = next(r for r in roofs if r["precision"] == "int8")
-    assert int8["of_bandwidth"] == int8["weights_bytes_per_s"] / data["roofs"]["bandwidth"]
-    assert int8["of_peak"] == int8["multiply_adds_per_s"] / data["roofs"]["int8_peak"]
+    for side in ("int8", "bfloat16"):
+        row = next(r for r in roofs if r["precision"] == side)
+        peak = data["roofs"]["int8_peak" if side == "int8" else "bf16_peak"]
+        assert row["of_bandwidth"] == row["weights_bytes_per_s"] / data["roofs"]["bandwidth"]
+        assert row["of_peak"] == row["multiply_adds_per_s"] / peak
 
 
 def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):

@@ -48,3 +48,5 @@ def test_main_reports_every_probe(capsys):
     kernel = isa_peaks.host_int8_kernel()
     if isa_peaks.KERNEL_PROBES.get(kernel) in {p.name for p in RUNNABLE}:
         assert f"this CPU's W8A8 kernel: {kernel}" in out  # the bound on int8 / float32
+    if "bf16dp512" in {p.name for p in RUNNABLE}:
+        assert "this CPU's bfloat16 kernel: avx512bf16 (bf16dp512), at most " in out
