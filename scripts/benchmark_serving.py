@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from nanovllm.scripts.bench_utils import environment, parse_int_list, write_json
-from nanovllm.scripts.http_client import Client
+from nanovllm.scripts.http_client import Client, new_event_loop
 from nanovllm.scripts.serving_report import (
     BenchResult,
     RequestResult,
@@ -344,11 +344,14 @@ def run(args: argparse.Namespace) -> int:
         print("error: --plot needs matplotlib, which is not installed: "
               "pip install matplotlib (or pip install -e '.[plot]')", file=sys.stderr)
         return 1
+    loop = new_event_loop()
     try:
-        server, results = asyncio.run(bench(args))
+        server, results = loop.run_until_complete(bench(args))
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        loop.close()
     out = sys.stderr if args.json == "-" else sys.stdout
     if len(results) > 1:
         print(f"\n{format_sweep(results)}", file=out)

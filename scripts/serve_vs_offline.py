@@ -23,8 +23,9 @@ hits; the engine's --seed seeds them too), greedy, EOS ignored, --output-len tok
                  and the client's (this process)
 
 served/offline is each rep's ratio; tables give the median and [min-max] over --reps. CPU time
-per token barely moves with other load on the machine, so it says where serving costs even
-when wall-clock ratios are noisy; the load average is printed before and after.
+per token moves far less with other load on the machine than wall-clock rates, so it says where
+serving costs even when ratios are noisy (Linux counts it in ticks of 10 ms: runs of a second
+or more are needed); the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from nanovllm.scripts.bench_utils import (
     render_table,
     write_json,
 )
-from nanovllm.scripts.http_client import Client
+from nanovllm.scripts.http_client import Client, new_event_loop
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             config = EngineConfig.from_cli_args(args.model, args)  # loads while the server does
             llm = LLM(**{f: getattr(config, f) for f in config.__slots__})
             wait_until_healthy(url, server, args.startup_timeout)
-            loop = asyncio.new_event_loop()  # the client's, for every served run
+            loop = new_event_loop()  # the client's, for every served run
             try:
                 cells = measure(args, llm, loop, url, served_name(args.model), server.pid)
             finally:

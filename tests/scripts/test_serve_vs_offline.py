@@ -39,20 +39,22 @@ def test_the_server_gets_the_same_engine_options():
 def test_a_short_run_prints_ratios_ttft_cpu_and_load(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "runs.json"
     argv = ["bench", "serve-vs-offline", str(tiny_ckpt), "--concurrency", "1,3", "--reps", "1",
-            "--input-len", "4", "--output-len", "6", "--num-kv-blocks", "64", "--json", str(out)]
+            "--input-len", "4", "--output-len", "16", "--num-kv-blocks", "64", "--json", str(out)]
     args = build_parser().parse_args(argv)
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "machine:" in printed and "load average" in printed.splitlines()[-1]
     for c in (1, 3):  # a row per concurrency in each table: ratio and TTFTs, then CPU per token
-        rows = re.findall(rf"^ *{c} +(\S+) +(\S+) +(\d\.\d{{3}}) +(\S+) +(\S+)$", printed, re.M)
-        assert len(rows) == 1 and float(rows[0][2]) > 0, printed
+        # (n/a: the tiny model is so fast that a whole answer can arrive in one read)
+        rows = re.findall(rf"^ *{c} +(\S+) +(\S+) +(\d\.\d{{3}}|n/a) +(\S+) +(\S+)$", printed,
+                          re.M)
+        assert len(rows) == 1, printed
     assert "served/offline" in printed and "server's event loop" in printed
     cells = json.loads(out.read_text())["cells"]
     assert [c["concurrency"] for c in cells] == [1, 3]
     for cell in cells:
         for side in ("offline", "served"):
             (run,) = cell[side]
-            assert run["tokens"] == 6 * cell["concurrency"]  # EOS ignored
-            assert run["decode_tok_s"] > 0 and run["ttft_ms"] > 0
+            assert run["tokens"] == 16 * cell["concurrency"]  # EOS ignored
+            assert not run["decode_tok_s"] <= 0 and run["ttft_ms"] > 0  # (NaN: one read)
         assert cell["served"][0]["loop_cpu_us_per_token"] is not None
