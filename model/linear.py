@@ -67,7 +67,7 @@ PACKED_MAX_ROWS = 512
 BF16_MAX_ROWS = 4096
 # The bfloat16 kernels (`cpu.BF16_KERNELS`): the instruction's, and widening to float32.
 AVX512BF16, WIDEN = "avx512bf16", "widen"
-# Rows of an int8 or bfloat16 matrix widened to float32 at a time for BLAS: every matrix of a
+# Rows of a packed or bfloat16 matrix made float32 rows at a time for BLAS: every matrix of a
 # block at once, the LM head in a few parts.
 BLAS_CHUNK = 8192
 

@@ -21,6 +21,14 @@ def missing_reference() -> str | None:
     return ", ".join(missing) or None
 
 
+def load_torch_first() -> None:
+    """Loads torch before the engine starts numba's OpenMP threads. Loaded after them, torch
+    runs its parallel operators on the GNU OpenMP numba loaded (the same soname as its own),
+    and sentence-transformers' encoder ran several times slower beside the engine than alone:
+    the reference must run at its own speed."""
+    import torch  # noqa: F401
+
+
 class TransformersRunner:
     """The same workload through transformers' generate (see scripts/benchmark.py for the
     method)."""

@@ -88,6 +88,7 @@ from nanovllm.runner.kv_cache import kv_bytes_per_block  # noqa: E402
 from nanovllm.scripts.bench_transformers import (  # noqa: E402
     INSTALL_REFERENCE,
     TransformersRunner,
+    load_torch_first,
     missing_reference,
 )
 from nanovllm.scripts.bench_utils import (  # noqa: E402
@@ -394,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --compare transformers needs torch and transformers (not installed: "
               f"{missing}); install the CPU build: {INSTALL_REFERENCE}", file=sys.stderr)
         return 2
+    if args.compare == "transformers":
+        load_torch_first()
     try:
         if precisions:
             engine = make_engine(args, quantization=None, dtype="auto", speculative_config=None)

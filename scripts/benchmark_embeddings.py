@@ -36,7 +36,7 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
-from nanovllm.scripts.bench_transformers import INSTALL_TORCH_CPU  # noqa: E402
+from nanovllm.scripts.bench_transformers import INSTALL_TORCH_CPU, load_torch_first  # noqa: E402
 from nanovllm.scripts.bench_utils import (  # noqa: E402
     Summary,
     default_threads,
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = limit_blas_threads(args.threads)  # noqa: F841 - the limit lasts while this lives
     threads = args.threads or default_threads()
+    if args.compare:
+        load_torch_first()
     config = EngineConfig.from_cli_args(args.model, args)
     try:
         llm = LLM(**{f: getattr(config, f) for f in config.__slots__})
