@@ -24,7 +24,14 @@ from numba import njit, prange
 
 from nanovllm.model.bf16_dot import PAIR_BYTES, bf16_panel
 from nanovllm.model.kernels import claim, on_threads, split_chunks
-from nanovllm.model.quant import BLOCK, PAIR, PackedBF16Weight, bf16_to_float32, bfloat16_bits
+from nanovllm.model.quant import (
+    BLOCK,
+    PAIR,
+    PackedBF16Weight,
+    bf16_bits_to_float32,
+    bf16_to_float32,
+    round_to_bfloat16,
+)
 
 # The register panel: rows of x by blocks of 16 outputs (rows x blocks sums, one weight vector a
 # block and a broadcast x, within AVX-512's 32 registers); a single row (batch-1 decode) takes
@@ -56,7 +63,7 @@ def round_activations(x: np.ndarray, pairs: int) -> np.ndarray:
 def reference(x: np.ndarray, w: PackedBF16Weight) -> np.ndarray:
     """What `bf16_matmul` computes, in plain numpy: x rounded to bfloat16 times the weights'
     float32 values, each product exact and summed in float64."""
-    xr = bf16_to_float32(bfloat16_bits(x)).astype(np.float64)
+    xr = round_to_bfloat16(x).astype(np.float64)
     return (xr @ bf16_to_float32(w.rows()).astype(np.float64).T).astype(np.float32)
 
 
@@ -178,8 +185,7 @@ def widen_packed_rows(wp, start, out):
     for i in prange(out.shape[0]):
         block, j = divmod(start + i, BLOCK)
         for k in range(out.shape[1]):
-            bits = np.uint32(wp[block, k // PAIR, j, k % PAIR])
-            out[i, k] = np.uint32(bits << np.uint32(16)).view(np.float32)
+            out[i, k] = bf16_bits_to_float32(wp[block, k // PAIR, j, k % PAIR])
 
 
 def compile_bf16_kernel() -> None:
