@@ -23,9 +23,10 @@ step's draft passes and its timing are the step's, not a request's.
 Kept honest three ways. Hysteresis: speculation starts only where it promises ENTER_GAIN, and
 a batch size keeps its k until another beats it by SWITCH_MARGIN, or until speculating loses
 (rate < 1), so a request near break-even does not flap. Probes: now and then a batch size runs
-one step of the other side of its choice, a plain step while it speculates, the k the prior
-costs promise while it does not, so an early wrong estimate is measured again and recovers;
-the probes grow rarer while they change nothing (PROBE_FIRST doubling up to PROBE_MOST steps).
+one step of another k than its choice, while it speculates a plain step and, in turn, the k on
+either side of its own, while it does not the k the prior costs promise, so a wrong estimate
+(a step timed while the machine was busy) is measured again and recovers; the probes grow
+rarer while they change nothing (PROBE_FIRST doubling up to PROBE_MOST steps).
 And until a k is timed, its cost comes from the nearest timed k, or from the draft's weight
 bytes against the target's: a draft as costly as the target is never tried.
 
@@ -106,6 +107,7 @@ class BatchChoice:
     countdown: int = PROBE_FIRST   # steps to the next probe
     probing: int | None = None     # the k of a probe waiting for its step to be timed
     tries: int = 0                 # steps that probe has had
+    probes: int = 0                # probes so far: whose turn the next one is
 
 
 @dataclass(slots=True)
@@ -133,7 +135,7 @@ class StepPolicy:
             return choice.k
         choice.countdown = choice.wait
         choice.wait = min(2 * choice.wait, PROBE_MOST)
-        probe = self._probe(batch_size, expected, choice.k)
+        probe = self._probe(expected, choice)
         if probe != choice.k:
             choice.probing, choice.tries = probe, 1
         return probe
@@ -144,14 +146,18 @@ class StepPolicy:
         choice = self.choices.get(batch_bucket(batch_size))
         return choice is not None and bool(choice.probing)
 
-    def _probe(self, batch_size: int, expected: list[float], k: int) -> int:
-        """The other side of `k`: plain decoding while speculating; while not, the k the prior
-        cost promises (none where even that does not pay)."""
-        if k:
-            return 0
-        prior = self.costs.prior_per_token
-        rates = [e / (1.0 + j * prior) for j, e in enumerate(expected)]
-        return settle(rates, 0)
+    def _probe(self, expected: list[float], choice: BatchChoice) -> int:
+        """The k a probe tries: while speculating, plain decoding every other probe and the k on
+        either side of the choice in between; while not, the k the prior cost promises (none
+        where even that does not pay)."""
+        k = choice.k
+        if not k:
+            prior = self.costs.prior_per_token
+            return settle([e / (1.0 + j * prior) for j, e in enumerate(expected)], 0)
+        turns = [0, k + 1, 0, k - 1]
+        turns = [j for j in turns if j == 0 or 1 <= j < len(expected)]
+        choice.probes += 1
+        return turns[(choice.probes - 1) % len(turns)]
 
     def timed(self, batch_size: int, k: int, seconds: float) -> None:
         """A regular step of `batch_size` decodes proposing (at most) k took `seconds`."""

@@ -91,6 +91,7 @@ class Speculator:
         self._catch_up_left: int | None = None
         self._step_k: int | None = None  # the k the policy chose for the step being scheduled
         self._timing: tuple[int, int] | None = None  # (decodes, k) of the last step, if regular
+        self._untimed = False  # the step being scheduled has a decode whose k was capped
 
     # ---- the scheduler's rule --------------------------------------------------------------
     def lookahead(self, seq, num_running: int, budget: int) -> int:
@@ -103,6 +104,10 @@ class Speculator:
         if p.max_tokens is not None:  # the target adds one token after the proposals
             remaining = p.max_tokens - seq.num_output_tokens
             k = min(k, remaining - 1)
+        if k < c.num_speculative_tokens:
+            # A request about to end: its last steps (finishing it included) are not the
+            # price of any k, and the step is not timed.
+            self._untimed = True
         if k <= 0:
             return 0
         judged = None  # what says whether catching the draft up pays, when adaptive
@@ -196,7 +201,8 @@ class Speculator:
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
         catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
-        self._timing = self._regular(scheduled, asked, catching_up)
+        self._timing = None if self._untimed else self._regular(scheduled, asked, catching_up)
+        self._untimed = False
         if not asked and not catching_up:
             self._end_catch_up()
             return {}

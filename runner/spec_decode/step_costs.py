@@ -6,9 +6,9 @@ Adding up parts (a draft pass, one more verified row per sequence) under-counts 
 where a step's fixed cost, the Python around its passes, is a large share of it: the parts leave
 that out, and it is what a speculating step pays more of. Whole steps have nothing left out.
 
-Only regular decode steps are timed: every scheduled sequence a single decode, no draft catch-up
-in the step (a prefill chunk, or the draft computing what its cache lacks, is not the price of a
-step's k). Each estimate is the median of the bucket's last STEP_SAMPLES timed steps: a step
+Only regular decode steps are timed: every scheduled sequence a single decode, none so near its
+end that its k is capped, no draft catch-up in the step (a prefill chunk, a request finishing,
+or the draft computing what its cache lacks, is not the price of a step's k). Each estimate is the median of the bucket's last STEP_SAMPLES timed steps: a step
 stalled by another process on the machine does not move it, a lasting change of load shows as
 soon as it holds for half of them.
 """

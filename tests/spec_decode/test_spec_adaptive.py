@@ -1,6 +1,7 @@
 """Speculation that never costs, in the engine: the draft's KV filled lazily (nothing for a
 sequence that does not speculate, the missing part in chunks of the step's budget once it
-starts), and k chosen per request (0 where nothing pays) — greedy output unchanged throughout."""
+starts), and k chosen per step from timed steps (0 where nothing pays) — greedy output
+unchanged throughout."""
 
 from __future__ import annotations
 

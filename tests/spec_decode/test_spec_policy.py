@@ -334,3 +334,18 @@ def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
     costs.record(12, 0, 0.02)
     costs.record(16, 1, 0.03)
     assert costs.ratio(9, 1) == pytest.approx(1.5)  # 9 to 16 share their timings
+
+
+def test_a_k_timed_in_a_stall_is_measured_again():
+    """The first steps of every k > 1 ran while another process held the cores (thirty times
+    their cost): the probes on either side of the chosen k time them again, and the policy
+    reaches the k that pays most."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.05))
+    stalled = set()
+
+    def cost(k, n):
+        first = k > 1 and k not in stalled
+        stalled.add(k)
+        return 0.01 * (1 + 0.1 * k) * (30.0 if first else 1.0)
+    chosen = _machine(policy, 3000, 0.8, cost)
+    assert chosen[-200:].count(4) > 190
