@@ -26,7 +26,7 @@ a batch size keeps its k until another beats it by SWITCH_MARGIN, or until specu
 one step of another k than its choice, while it speculates a plain step and, in turn, the k on
 either side of its own, while it does not the k the prior costs promise, so a wrong estimate
 (a step timed while the machine was busy) is measured again and recovers; the probes grow
-rarer while they change nothing (PROBE_FIRST doubling up to PROBE_MOST steps).
+rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps).
 And until a k is timed, its cost comes from the nearest timed k, or from the draft's weight
 bytes against the target's: a draft as costly as the target is never tried.
 
@@ -47,10 +47,10 @@ ENTER_GAIN = 1.05
 # Where it speculates, another k (0 included) must promise this much more than the current
 # one, unless the current one loses against plain decoding.
 SWITCH_MARGIN = 1.03
-# A batch size's first probe comes after this many steps, each probe that changed nothing
-# doubles the wait, up to PROBE_MOST; a change of its k brings it back to PROBE_FIRST.
+# A batch size's first probe comes after this many steps, each probe doubles the wait, up to
+# PROBE_MOST; starting or stopping speculation brings it back to PROBE_FIRST.
 PROBE_FIRST = 8
-PROBE_MOST = 64
+PROBE_MOST = 32
 # A probe whose step could not be timed (catch-up, prefill, a capped k) is given up after this
 # many steps.
 PROBE_TRIES = 4
@@ -122,9 +122,10 @@ class StepPolicy:
         choice = self.choices.setdefault(batch_bucket(batch_size), BatchChoice())
         rates = [e / self.costs.ratio(batch_size, k) for k, e in enumerate(expected)]
         k = settle(rates, choice.k)
-        if k != choice.k:
-            choice.k, choice.wait = k, PROBE_FIRST
+        if (k == 0) != (choice.k == 0):  # started or stopped speculating: check it soon
+            choice.wait = PROBE_FIRST
             choice.countdown = min(choice.countdown, PROBE_FIRST)
+        choice.k = k
         if choice.probing is not None:
             if choice.tries < PROBE_TRIES:
                 choice.tries += 1

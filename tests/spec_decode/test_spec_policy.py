@@ -349,3 +349,4 @@ def test_a_k_timed_in_a_stall_is_measured_again():
         return 0.01 * (1 + 0.1 * k) * (30.0 if first else 1.0)
     chosen = _machine(policy, 3000, 0.8, cost)
     assert chosen[-200:].count(4) > 190
+
