@@ -85,11 +85,22 @@ def add_layer_norm_rows_(x, bias, residual, g, b, eps, out):
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def add_layer_norm_row_(x, bias, residual, g, b, eps, out):
-    """The sum made in out, then normalized there (`layer_norm_row_` reads each element before
-    it writes it)."""
-    for j in range(x.shape[0]):
-        out[j] = x[j] + bias[j] + residual[j]
-    layer_norm_row_(out, g, b, eps, out)
+    """`layer_norm_row_` of the sum, made in out (its mean summed as it is written): written
+    out here, as calling `layer_norm_row_` with out as its input too compiled to a loop LLVM
+    did not vectorize."""
+    n = x.shape[0]
+    mean = np.float32(0.0)
+    for j in range(n):
+        v = x[j] + bias[j] + residual[j]
+        out[j] = v
+        mean += v
+    mean /= n
+    var = np.float32(0.0)
+    for j in range(n):
+        var += (out[j] - mean) * (out[j] - mean)
+    inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
+    for j in range(n):
+        out[j] = (out[j] - mean) * inv_std * g[j] + b[j]
 
 
 # Without fast-math: `quantize_vector` is inlined here and must round as `quantize_rows` does;
