@@ -7,9 +7,8 @@ given that the ones before it were. A sequence proposing k tokens then makes on 
     E(alpha, k) = 1 + alpha + ... + alpha^k = (1 - alpha^(k+1)) / (1 - alpha)
 
 tokens in the step (the target's own included). alpha is estimated per request from its own
-proposals (starting from what the engine has seen on all requests), taken optimistically while
-the evidence is thin; an n-gram lookup that finds nothing counts as a rejected proposal, since
-the step it asked for made one token.
+proposals (starting from what the engine has seen on all requests); an n-gram lookup that finds
+nothing counts as a rejected proposal, since the step it asked for made one token.
 
 The cost is measured, not summed from parts: the wall time of whole steps proposing k against
 plain steps of the same batch size (step_costs.py), ratio(b, k) >= 1. A step of b decodes that

@@ -132,8 +132,10 @@ class Speculator:
         tokens of the live requests (those without proposals yet at the pooled rate)."""
         if self._step_k is None:
             k_max, prior = self.config.num_speculative_tokens, self.pooled.rate(PRIOR_ALPHA)
-            alphas = [a.optimistic(prior) for a in self.acceptance.values()]
-            alphas += [Acceptance().optimistic(prior)] * max(0, num_running - len(alphas))
+            # At their estimates, not optimistically: the probes do the exploring, and a step
+            # of many requests would add up every request's bonus.
+            alphas = [a.rate(prior) for a in self.acceptance.values()]
+            alphas += [prior] * max(0, num_running - len(alphas))
             expected = [sum(expected_tokens(a, k) for a in alphas) / len(alphas)
                         for k in range(k_max + 1)]
             self._step_k = self.policy.choose(num_running, expected)
