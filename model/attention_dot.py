@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nanovllm.model.ir_tile import emit_accumulating_loop
+from nanovllm.model.ir_build import declare, emit_accumulating_loop
 from nanovllm.model.kernels import emit_load_floats
 
 F32, I32 = ir.FloatType(), ir.IntType(32)
@@ -54,8 +53,7 @@ def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, 
         _, _, _, _, q_ptr, k_ptr, k_stride, count, scale, s_ptr, s_stride = args
         intp = q_ptr.type
         vec = ir.VectorType(F32, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+        fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
 
         def load(base, byte_offset, size):  # size: bytes of an element
             return emit_load_floats(builder, builder.add(base, ir.Constant(intp, byte_offset)),

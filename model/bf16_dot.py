@@ -29,13 +29,17 @@ from __future__ import annotations
 
 from functools import cache
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nanovllm.model.ir_tile import emit_accumulating_loop, emit_splat, emit_store_vectors
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+    intrinsic_accepts,
+)
 from nanovllm.model.quant import BLOCK, PAIR
 
 F32, I32 = ir.FloatType(), ir.IntType(32)
@@ -66,17 +70,8 @@ def dot_takes_bfloat() -> bool:
 def dot_verifies(pairs: ir.VectorType) -> bool:
     """Whether this LLVM accepts a module calling `vdpbf16ps` with pairs of type `pairs`,
     verified by LLVM itself."""
-    module = ir.Module("bf16_probe")
     sums = ir.VectorType(F32, BLOCK)
-    dot = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), DOT)
-    probe = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), "probe")
-    builder = ir.IRBuilder(probe.append_basic_block())
-    builder.ret(builder.call(dot, list(probe.args)))
-    try:
-        llvm.parse_assembly(str(module)).verify()
-    except RuntimeError:  # "Intrinsic has incorrect argument type!"
-        return False
-    return True
+    return intrinsic_accepts(DOT, sums, [sums, pairs, pairs])
 
 
 def pair_type() -> ir.VectorType:
@@ -104,8 +99,7 @@ def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pa
         intp = x_ptr.type
         sums_type, lanes = ir.VectorType(F32, BLOCK), ir.VectorType(I32, BLOCK)
         operand = pair_type()
-        dot = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(sums_type, [sums_type, operand, operand]), DOT)
+        dot = declare(builder, DOT, sums_type, [sums_type, operand, operand])
 
         def load_w(p, b):
             at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))

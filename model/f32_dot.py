@@ -19,10 +19,14 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nanovllm.model.ir_tile import emit_accumulating_loop, emit_splat, emit_store_vectors
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+)
 from nanovllm.model.kernels import emit_load_floats
 
 F32 = ir.FloatType()
@@ -49,8 +53,7 @@ def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride,
         _, _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr = args
         intp = s_ptr.type
         vec = ir.VectorType(F32, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+        fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
 
         def step(k, accs):
             v_at = builder.add(v_ptr, builder.mul(k, v_step))

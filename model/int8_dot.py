@@ -33,13 +33,17 @@ from __future__ import annotations
 
 from functools import cache
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nanovllm.model.ir_tile import emit_accumulating_loop, emit_splat, emit_store_vectors
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+    intrinsic_accepts,
+)
 from nanovllm.model.kernels import NON_TEMPORAL, emit_prefetch
 from nanovllm.model.quant import BLOCK_BYTES
 
@@ -73,22 +77,8 @@ def vnni_takes_bytes() -> bool:
     """Whether this LLVM's `vpdpbusd` intrinsics take the multiplied bytes as byte vectors
     (<64 x i8>) rather than as int32 lanes (<16 x i32>, older LLVMs): a module calling it the
     first way, verified by LLVM itself."""
-    module = ir.Module("vnni_probe")
     lanes, data = ir.VectorType(I32, 16), ir.VectorType(I8, 64)
-    dot = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]),
-                      "llvm.x86.avx512.vpdpbusd.512")
-    probe = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]), "probe")
-    builder = ir.IRBuilder(probe.append_basic_block())
-    builder.ret(builder.call(dot, list(probe.args)))
-    try:
-        llvm.parse_assembly(str(module)).verify()
-    except RuntimeError:  # "Intrinsic has incorrect argument type!"
-        return False
-    return True
-
-
-def _function(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+    return intrinsic_accepts("llvm.x86.avx512.vpdpbusd.512", lanes, [lanes, data, data])
 
 
 class Multiply:
@@ -107,20 +97,20 @@ class Multiply:
         suffix = "512" if width == 64 else "256"
         if OFFSET[isa]:
             self.dot_operand = self.bytes if vnni_takes_bytes() else self.lanes
-            self.dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
-                                 [self.lanes, self.dot_operand, self.dot_operand])
+            self.dot = declare(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
+                               [self.lanes, self.dot_operand, self.dot_operand])
         elif width == 64:
-            self.pairs = _function(builder, "llvm.x86.avx512.pmaddubs.w.512", self.words,
-                                   [self.bytes, self.bytes])
-            self.quads = _function(builder, "llvm.x86.avx512.pmaddw.d.512", self.lanes,
-                                   [self.words, self.words])
+            self.pairs = declare(builder, "llvm.x86.avx512.pmaddubs.w.512", self.words,
+                                 [self.bytes, self.bytes])
+            self.quads = declare(builder, "llvm.x86.avx512.pmaddw.d.512", self.lanes,
+                                 [self.words, self.words])
         else:
-            self.pairs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", self.words,
-                                   [self.bytes, self.bytes])
-            self.quads = _function(builder, "llvm.x86.avx2.pmadd.wd", self.lanes,
-                                   [self.words, self.words])
-            self.sign = _function(builder, "llvm.x86.avx2.psign.b", self.bytes,
-                                  [self.bytes, self.bytes])
+            self.pairs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", self.words,
+                                 [self.bytes, self.bytes])
+            self.quads = declare(builder, "llvm.x86.avx2.pmadd.wd", self.lanes,
+                                 [self.words, self.words])
+            self.sign = declare(builder, "llvm.x86.avx2.psign.b", self.bytes,
+                                [self.bytes, self.bytes])
 
     def prepare_word(self, word):
         """vpdpbusd: 4 bytes of x (an i32) + 128 each, as unsigned bytes (flipping the top bit

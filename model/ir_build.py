@@ -1,10 +1,13 @@
-"""The scaffolding of the kernels written as LLVM IR (`f32_dot`, `int8_dot`, `bf16_dot`,
-`attention_dot`), so that each of them spells out only its own operands, step and store.
+"""What the kernels written as LLVM IR (`f32_dot`, `int8_dot`, `bf16_dot`, `attention_dot`)
+share, so that each of them spells out only its own operands, step and store.
 
 - `emit_accumulating_loop`: `for i in range(count)` carrying a register tile's accumulators
   from step to step as phi values, and their values after the loop.
 - `emit_splat`: one scalar repeated across every lane of a vector (a broadcast operand).
 - `emit_store_vectors`: vectors stored one after another from an address.
+- `declare`: an LLVM intrinsic, declared in the module being built.
+- `intrinsic_accepts`: whether this LLVM takes an intrinsic with given operand types (LLVM
+  changes some intrinsics' signatures between versions).
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it: after
 changing it, delete `model/__pycache__/*.nbi` and `*.nbc`.
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import llvmlite.binding as llvm
 from llvmlite import ir
+from numba.core import cgutils
 
 I32 = ir.IntType(32)
 
@@ -69,3 +74,24 @@ def emit_store_vectors(builder: ir.IRBuilder, vectors: Sequence[ir.Value], addre
     for n, vector in enumerate(vectors):
         at = builder.add(address, ir.Constant(address.type, n * vector_bytes))
         builder.store(vector, builder.inttoptr(at, vector.type.as_pointer()), align=4)
+
+
+def declare(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    """The intrinsic `name` as a function ret(args) of the module `builder` builds."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def intrinsic_accepts(name: str, ret: ir.Type, args: list[ir.Type]) -> bool:
+    """Whether this LLVM accepts a module calling intrinsic `name` as ret(args), verified by
+    LLVM itself."""
+    module = ir.Module("probe")
+    signature = ir.FunctionType(ret, args)
+    intrinsic = ir.Function(module, signature, name)
+    probe = ir.Function(module, signature, "probe")
+    builder = ir.IRBuilder(probe.append_basic_block())
+    builder.ret(builder.call(intrinsic, list(probe.args)))
+    try:
+        llvm.parse_assembly(str(module)).verify()
+    except RuntimeError:  # "Intrinsic has incorrect argument type!"
+        return False
+    return True
