@@ -21,7 +21,7 @@ from nanovllm.model.activations import compile_gelu_erf, gelu_erf_
 from nanovllm.model.bert_config import BertConfig
 from nanovllm.model.encoder_attention import compile_encoder_attention, encoder_attention
 from nanovllm.model.linear import compile_linear_kernel, linear
-from nanovllm.model.norms import compile_layer_norm, layer_norm
+from nanovllm.model.norms import add_layer_norm, compile_layer_norm, layer_norm
 from nanovllm.model.quant import Weight, gather_rows
 
 
@@ -65,21 +65,24 @@ def compile_kernels() -> None:
     compile_encoder_attention()
 
 
-def self_attention(x: np.ndarray, lw: LayerWeights, n_head: int, starts: np.ndarray,
-                   residual: np.ndarray) -> np.ndarray:
-    """x [n, E] -> residual + attention(x), added into `residual` in place."""
-    qkv = linear(x, lw.qkv_w, lw.qkv_b)
-    return linear(encoder_attention(qkv, n_head, starts), lw.o_w, lw.o_b, residual)
+def self_attention(x: np.ndarray, lw: LayerWeights, n_head: int,
+                   starts: np.ndarray) -> np.ndarray:
+    """x [n, E] -> attention(x) without the output projection's bias (`layer` adds it with
+    the residual). The QKV bias is added as attention reads the projection."""
+    qkv = linear(x, lw.qkv_w)
+    return linear(encoder_attention(qkv, n_head, starts, lw.qkv_b), lw.o_w)
 
 
 def layer(x: np.ndarray, lw: LayerWeights, cfg: BertConfig, starts: np.ndarray) -> np.ndarray:
-    """One post-norm encoder layer (`reference_bert.layer`): x [n, E] -> a new [n, E]."""
+    """One post-norm encoder layer (`reference_bert.layer`): x [n, E] -> a new [n, E]. Each
+    bias is added in the pass that next reads the layer's output (attention, GELU, the residual
+    add before each norm) rather than in one of its own."""
     eps = cfg.layer_norm_eps
-    x = layer_norm(self_attention(x, lw, cfg.num_attention_heads, starts, residual=x),
-                   lw.attn_norm_g, lw.attn_norm_b, eps)
-    h = gelu_erf_(linear(x, lw.up_w), lw.up_b)  # (the bias added in GELU's pass)
-    return layer_norm(linear(h, lw.down_w, lw.down_b, residual=x), lw.out_norm_g,
-                      lw.out_norm_b, eps)
+    x = add_layer_norm(self_attention(x, lw, cfg.num_attention_heads, starts), lw.o_b, x,
+                       lw.attn_norm_g, lw.attn_norm_b, eps)
+    h = gelu_erf_(linear(x, lw.up_w), lw.up_b)
+    return add_layer_norm(linear(h, lw.down_w), lw.down_b, x, lw.out_norm_g, lw.out_norm_b,
+                          eps)
 
 
 def embed(w: BertWeights, cfg: BertConfig, token_ids: np.ndarray, positions: np.ndarray,

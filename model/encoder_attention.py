@@ -26,19 +26,24 @@ from nanovllm.model.kernels import KERNEL_MATH, claim, exp32_within, on_threads,
 EXP_MIN = np.float32(-87.0)
 
 
-def encoder_attention(qkv: np.ndarray, n_head: int, starts: np.ndarray) -> np.ndarray:
+def encoder_attention(qkv: np.ndarray, n_head: int, starts: np.ndarray,
+                      bias: np.ndarray | None = None) -> np.ndarray:
     """qkv: [n, 3E] float32, C-contiguous, the fused projection's output (columns Q | K | V,
-    head h of each in columns h * D ... (h + 1) * D); starts: [texts + 1] row offsets.
-    Returns the heads' outputs side by side, [n, E]."""
+    head h of each in columns h * D ... (h + 1) * D); starts: [texts + 1] row offsets; bias:
+    [3E], the projection's bias, or None (added as the kernel reads qkv, where a pass of its
+    own would read and write all of qkv once more). Returns the heads' outputs side by side,
+    [n, E]."""
     if config.DISABLE_JIT:  # as plain Python the kernel's loops would take minutes
-        return encoder_attention_numpy(qkv, n_head, starts)
+        return encoder_attention_numpy(qkv, n_head, starts, bias)
     out = np.empty((qkv.shape[0], qkv.shape[1] // 3), np.float32)
-    encoder_attention_(np.ascontiguousarray(qkv), n_head, np.asarray(starts, np.int64), out)
+    if bias is None:
+        bias = np.zeros(qkv.shape[1], np.float32)
+    encoder_attention_(np.ascontiguousarray(qkv), bias, n_head, np.asarray(starts, np.int64), out)
     return out
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def encoder_attention_(qkv, n_head, starts, out):
+def encoder_attention_(qkv, bias, n_head, starts, out):
     """out[rows of text i, head h] = softmax(q k^T / sqrt(D)) v over text i's rows, for every
     text and head; the (text, head) jobs are claimed by numba's threads as they finish one
     (`kernels.claim`: texts may differ in length)."""
@@ -51,9 +56,9 @@ def encoder_attention_(qkv, n_head, starts, out):
     taken = np.zeros(1, np.intp)
     if on_threads(work * e):
         for _ in prange(texts * n_head):
-            attend_jobs(qkv, n_head, starts, out, taken, longest)
+            attend_jobs(qkv, bias, n_head, starts, out, taken, longest)
     else:
-        attend_jobs(qkv, n_head, starts, out, taken, longest)
+        attend_jobs(qkv, bias, n_head, starts, out, taken, longest)
 
 
 # The register tile of both products (`f32_dot.broadcast_tile`): TILE_ROWS keys (or value
@@ -69,7 +74,7 @@ def round_up(n, multiple):
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def attend_jobs(qkv, n_head, starts, out, taken, longest):
+def attend_jobs(qkv, bias, n_head, starts, out, taken, longest):
     """Claims (text, head) jobs until none are left, with scratch of its own, padded to whole
     tiles (`attend_head`)."""
     jobs = (starts.shape[0] - 1) * n_head
@@ -85,13 +90,13 @@ def attend_jobs(qkv, n_head, starts, out, taken, longest):
     acc = np.empty((TILE_ROWS, TILE_COLS), np.float32)
     while job < jobs:
         text, h = job // n_head, job % n_head
-        attend_head(qkv, starts[text], starts[text + 1], h * head_dim, out, keys, queries_t,
-                    values_t, scores_t, sums, acc)
+        attend_head(qkv, bias, starts[text], starts[text + 1], h * head_dim, out, keys,
+                    queries_t, values_t, scores_t, sums, acc)
         job = claim(taken)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def attend_head(qkv, a, b, col, out, keys, queries_t, values_t, scores_t, sums, acc):
+def attend_head(qkv, bias, a, b, col, out, keys, queries_t, values_t, scores_t, sums, acc):
     """The head in columns col ... col + D (of Q, K and V) of the text in rows [a, b).
 
     Worked transposed, TILE_COLS queries at a time, so that every step runs along queries in
@@ -107,9 +112,9 @@ def attend_head(qkv, a, b, col, out, keys, queries_t, values_t, scores_t, sums, 
     queries_t[:, t:] = 0.0
     for j in range(t):
         for d in range(head_dim):
-            queries_t[d, j] = qkv[a + j, col + d] * scale
-            keys[j, d] = qkv[a + j, e + col + d]
-            values_t[d, j] = qkv[a + j, 2 * e + col + d]
+            queries_t[d, j] = (qkv[a + j, col + d] + bias[col + d]) * scale
+            keys[j, d] = qkv[a + j, e + col + d] + bias[e + col + d]
+            values_t[d, j] = qkv[a + j, 2 * e + col + d] + bias[2 * e + col + d]
     q_cols, k_rows, v_rows = queries_t.shape[1], keys.shape[0], values_t.shape[0]
     top, total = sums[0], sums[1]
     for i in range(0, t, TILE_COLS):
@@ -153,13 +158,19 @@ def softmax_columns_(s, top, inv_total):
 
 def compile_encoder_attention() -> None:
     """Compiles the kernel now (or loads it from numba's cache on disk; nothing to do with the
-    JIT off)."""
-    encoder_attention(np.zeros((1, 3), np.float32), 1, np.array([0, 1]))
+    JIT off), for a writable bias and a read-only (memory-mapped) one."""
+    read_only = np.zeros(3, np.float32)
+    read_only.flags.writeable = False
+    for bias in (np.zeros(3, np.float32), read_only):
+        encoder_attention(np.zeros((1, 3), np.float32), 1, np.array([0, 1]), bias)
 
 
-def encoder_attention_numpy(qkv: np.ndarray, n_head: int, starts: np.ndarray) -> np.ndarray:
+def encoder_attention_numpy(qkv: np.ndarray, n_head: int, starts: np.ndarray,
+                            bias: np.ndarray | None = None) -> np.ndarray:
     """`encoder_attention` in numpy: the texts of each run of equal length in one batched
     matmul."""
+    if bias is not None:
+        qkv = qkv + bias
     n, e = qkv.shape[0], qkv.shape[1] // 3
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
     out = np.empty(q.shape, np.float32)

@@ -59,9 +59,14 @@ KERNEL_MAX_ROWS = 64
 # The CPU paths that run the 16-lane register kernels (`model/f32_dot.py`): `matmul_packed` and
 # attention's register tiles.
 PANEL_PATHS = ("avx512",)
-# The most rows `matmul_packed` takes on packed float32 weights (a measured cut-over: it beat
-# BLAS on GPT-2's and SmolLM2's shapes at 512 rows, not at 2048).
+# The most rows `matmul_packed` takes on packed float32 weights at once (a measured cut-over: it
+# beat BLAS on GPT-2's and SmolLM2's shapes at 512 rows, not at 2048).
 PACKED_MAX_ROWS = 512
+# Above PACKED_MAX_ROWS, a matrix with at least this many inputs still goes to `matmul_packed`,
+# PACKED_MAX_ROWS rows at a time (a measured cut-over: the kernel's cost per tile besides its
+# multiply-adds is paid once per input run, so long runs hide it; BLAS also needs the matrix
+# unpacked first). Shorter ones go to BLAS.
+PACKED_CHUNK_MIN_K = 1536
 # The most rows `bf16_gemm.bf16_matmul` takes on packed bfloat16 weights: it beat widening them
 # for BLAS at every row count measured on GPT-2's shapes, up to this one (the instruction's
 # peak is twice float32's FMA, which BLAS runs on).
@@ -152,15 +157,19 @@ def host_packs_float32() -> bool:
 
 
 def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
-    """x @ w.T: `matmul_packed` up to PACKED_MAX_ROWS rows (compiled), else BLAS on the matrix
-    unpacked to `[out, in]` rows `BLAS_CHUNK` outputs at a time."""
-    if x.shape[0] > PACKED_MAX_ROWS or config.DISABLE_JIT:
-        if w.shape[0] <= BLAS_CHUNK:  # one GEMM's result is the output: no copy into one
-            return x @ w.rows().T
-    else:
-        out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        matmul_packed(np.ascontiguousarray(x), w.packed, out)
+    """x @ w.T: `matmul_packed` (compiled) up to PACKED_MAX_ROWS rows, and on more rows
+    PACKED_MAX_ROWS at a time for matrices of at least PACKED_CHUNK_MIN_K inputs; else BLAS on
+    the matrix unpacked to `[out, in]` rows `BLAS_CHUNK` outputs at a time."""
+    rows = x.shape[0]
+    if not config.DISABLE_JIT and (rows <= PACKED_MAX_ROWS or w.shape[1] >= PACKED_CHUNK_MIN_K):
+        x = np.ascontiguousarray(x)
+        out = np.empty((rows, w.shape[0]), np.float32)
+        for start in range(0, rows, PACKED_MAX_ROWS):
+            end = min(rows, start + PACKED_MAX_ROWS)
+            matmul_packed(x[start:end], w.packed, out[start:end])
         return out
+    if w.shape[0] <= BLAS_CHUNK:  # one GEMM's result is the output: no copy into one
+        return x @ w.rows().T
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     for start in range(0, w.shape[0], BLAS_CHUNK):
         end = min(w.shape[0], start + BLAS_CHUNK)

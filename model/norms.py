@@ -1,5 +1,6 @@
-"""Normalization kernels: GPT-2's layer norm, the Llama family's RMSNorm (alone, fused with the
-residual add, and per head for Qwen3's queries and keys).
+"""Normalization kernels: GPT-2's layer norm (alone, and after a post-norm encoder's residual
+add: `add_layer_norm`), the Llama family's RMSNorm (alone, fused with the residual add, and per
+head for Qwen3's queries and keys).
 
 Each is a compiled loop over rows, on numba's threads when a step has enough of them
 (`kernels.on_threads`), and stands for a plain function it is tested against:
@@ -62,6 +63,46 @@ def layer_norm_row_(x, g, b, eps, out):
         out[j] = (x[j] - mean) * inv_std * g[j] + b[j]
 
 
+def add_layer_norm(x: np.ndarray, bias: np.ndarray, residual: np.ndarray, g: np.ndarray,
+                   b: np.ndarray, eps: float) -> np.ndarray:
+    """layer_norm(x + bias + residual) as a new array: a post-norm layer's residual add, with
+    the linear layer's bias that made x (`reference_bert.layer`). One pass over the rows
+    instead of numpy's two adds and then the norm's. x, residual: [n, E] C-contiguous."""
+    out = np.empty_like(x)
+    add_layer_norm_rows_(x, bias, residual, g, b, eps, out)
+    return out
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def add_layer_norm_rows_(x, bias, residual, g, b, eps, out):
+    if on_threads(x.size):
+        for i in prange(x.shape[0]):
+            add_layer_norm_row_(x[i], bias, residual[i], g, b, eps, out[i])
+    else:
+        for i in range(x.shape[0]):
+            add_layer_norm_row_(x[i], bias, residual[i], g, b, eps, out[i])
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def add_layer_norm_row_(x, bias, residual, g, b, eps, out):
+    """`layer_norm_row_` of the sum, made in out (its mean summed as it is written): written
+    out here, as calling `layer_norm_row_` with out as its input too compiled to a loop LLVM
+    did not vectorize."""
+    n = x.shape[0]
+    mean = np.float32(0.0)
+    for j in range(n):
+        v = x[j] + bias[j] + residual[j]
+        out[j] = v
+        mean += v
+    mean /= n
+    var = np.float32(0.0)
+    for j in range(n):
+        var += (out[j] - mean) * (out[j] - mean)
+    inv_std = np.float32(1.0 / np.sqrt(var / n + eps))
+    for j in range(n):
+        out[j] = (out[j] - mean) * inv_std * g[j] + b[j]
+
+
 # Without fast-math: `quantize_vector` is inlined here and must round as `quantize_rows` does;
 # `layer_norm_row_` keeps its own flags.
 @njit(cache=True, nogil=True, parallel=True)
@@ -89,6 +130,7 @@ def compile_layer_norm() -> None:
     for v in (x[0], read_only):
         for feeds in (None, int8):
             layer_norm(x, v, v, 1e-5, feeds)
+        add_layer_norm(x, v, x, v, v, 1e-5)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)

@@ -15,6 +15,7 @@ from nanovllm.model.activations import gelu_erf_
 from nanovllm.model.architectures import load_checkpoint
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 from nanovllm.model.encoder_attention import encoder_attention, encoder_attention_numpy
+from nanovllm.model.norms import add_layer_norm
 from nanovllm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -80,6 +81,31 @@ def test_encoder_attention_kernel_matches_numpy_and_the_reference(lengths, n_hea
     got = encoder_attention(qkv, n_head, starts)
     np.testing.assert_allclose(got, encoder_attention_numpy(qkv, n_head, starts), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(got, attention_per_text(qkv, n_head, starts), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[3, 17, 1], [128] * 4])  # the calling thread; numba's
+def test_encoder_attention_adds_the_projection_bias_as_it_reads(lengths):
+    rng = np.random.default_rng(5)
+    starts = np.cumsum([0, *lengths])
+    qkv = rng.standard_normal((starts[-1], 3 * 4 * 32)).astype(np.float32)
+    bias = rng.standard_normal(qkv.shape[1]).astype(np.float32)
+    expected = attention_per_text(qkv + bias, 4, starts)
+    np.testing.assert_allclose(encoder_attention(qkv, 4, starts, bias), expected, atol=1e-5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(encoder_attention_numpy(qkv, 4, starts, bias), expected,
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [5, 600])  # on the calling thread, and on numba's
+def test_add_layer_norm_is_the_residual_add_then_the_norm(rows):
+    rng = np.random.default_rng(rows)
+    x, residual = (rng.standard_normal((rows, 384)).astype(np.float32) * 3 for _ in range(2))
+    bias, g, b = (rng.standard_normal(384).astype(np.float32) for _ in range(3))
+    expected = reference_bert.layer_norm(x + bias + residual, g, b, 1e-12)
+    kept = residual.copy()
+    np.testing.assert_allclose(add_layer_norm(x, bias, residual, g, b, 1e-12), expected,
+                               atol=2e-5, rtol=1e-5)
+    np.testing.assert_array_equal(residual, kept)  # (a new array: the residual is read only)
 
 
 def test_encoder_attention_of_peaked_scores():

@@ -102,6 +102,21 @@ def test_packed_linear_unpacks_in_chunks_for_blas(monkeypatch):
     np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(24))
 
 
+@pytest.mark.parametrize("in_dim", [20, 40])  # BLAS below the long-input cut-over; the kernel
+def test_packed_linear_above_the_kernels_rows_by_input_length(monkeypatch, in_dim):
+    """More rows than the packed kernel takes at once: matrices with long inputs still go to it,
+    a run of rows at a time (every run lands in its own rows), the others to BLAS."""
+    from nanovllm.model import linear as linear_module
+
+    monkeypatch.setattr(linear_module, "PACKED_MAX_ROWS", 16)
+    monkeypatch.setattr(linear_module, "PACKED_CHUNK_MIN_K", 32)
+    rng = np.random.default_rng(in_dim)
+    x = rng.standard_normal((16 * 3 + 5, in_dim), dtype=np.float32)
+    w = rng.standard_normal((37, in_dim), dtype=np.float32)
+    out = linear(x, PackedF32Weight.from_rows(w))
+    np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
 def test_kernel_and_blas_agree_at_the_cut_over():
     """The same rows give the same outputs whichever path a batch size takes (to float32
     rounding): a sequence's logits must not depend on how many others share its step."""
