@@ -142,6 +142,7 @@ class LLMEngine:
         hook = self.hook
         if hook:
             hook.before(self)
+        clock = time.perf_counter()  # the step itself: what speculation's choice of k weighs
         step = self.scheduler.schedule()
         if hook:
             hook.scheduled(step)
@@ -153,6 +154,8 @@ class LLMEngine:
         for out in outputs:
             if out.finished:  # a finished request leaves the engine
                 del self.requests[out.request_id]
+        if self.runner.speculator:
+            self.runner.speculator.timed_step(time.perf_counter() - clock)
         self.stats.record_step(step, seqs, result, start,
                                self.scheduler.num_preemptions - preemptions)
         if hook:

@@ -79,8 +79,8 @@ def build_parts(config: EngineConfig) -> EngineParts:
         off = spec.disable_by_batch_size
         logger.info("speculative decoding: %s, %s, %s%s",
                     "n-gram lookup" if draft is None else f"draft {draft.path}",
-                    f"k per request up to {spec.num_speculative_tokens}, from measured acceptance"
-                    " and costs" if spec.adaptive else f"k={spec.num_speculative_tokens}",
+                    f"k per step up to {spec.num_speculative_tokens}, from measured acceptance"
+                    " and step times" if spec.adaptive else f"k={spec.num_speculative_tokens}",
                     f"off from {off} running sequences on" if off else "never switched off",
                     "" if draft_model is None else
                     f"; KV: target {runner.kv_cache.nbytes / 2**20:.0f} MiB, draft "

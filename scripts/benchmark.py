@@ -56,9 +56,9 @@ Speculation. With --speculative-config, every rep runs the same prompts with spe
 then on (two engines in one process, so a busy machine slows both alike); ratio = on / off.
 A last table gives the speculating engine's acceptance over the timed runs (vLLM's counters:
 proposed and accepted tokens, mean acceptance length = tokens per speculating step, and the
-acceptance rate by proposal position), why the engine speculated as it did (the cost of a draft
-pass and of one more verified row per sequence against a plain step of the batch, as it last
-measured them, and the share of decodes that chose each k: runner/spec_decode/policy.py), and
+acceptance rate by proposal position), why the engine speculated as it did (the wall time of its
+whole steps proposing each k against its plain steps of the batch, as it last measured them,
+and the share of decodes that chose each k: runner/spec_decode/policy.py), and
 whether every greedy output was identical to the one with speculation off (with --temperature the outputs are samples: not compared). Random
 prompts repeat nothing, so n-gram lookup rarely proposes and a draft of a trained model has
 nothing to agree on: measure acceptance on a dataset of text.
@@ -371,11 +371,11 @@ def acceptance(before, after) -> dict:
 
 def decisions(before: list[int], speculator, batch_size: int) -> dict:
     """What the rule chose over the timed runs (decodes per k, 0 to num_speculative_tokens) and
-    what it saw at the end: the cost of a draft pass and of a verified row per sequence, each
-    against a plain step of `batch_size` decodes."""
-    c_draft, c_verify = speculator.costs.ratio(batch_size)
+    what it saw at the end: a whole step proposing each k against a plain step of `batch_size`
+    decodes (index k), and which of those it had timed (the others stand in)."""
+    seen = speculator.summary(batch_size)
     return {"chosen_k": [a - b for a, b in zip(speculator.chosen, before)],
-            "cost_draft": c_draft, "cost_verify": c_verify}
+            "step_cost": seen["step_cost"], "step_cost_timed": seen["timed"]}
 
 
 def _fmt_run(run: Run) -> str:
@@ -591,7 +591,7 @@ def format_acceptance(results: list[CellResult]) -> str:
     if not rows:
         return ""
     table = [["batch x prompt -> new", "proposed", "accepted", "rate", "mean length",
-              "rate by position", "cost draft+verify", "k chosen", "output identical"]]
+              "rate by position", "step cost k=1..", "k chosen", "output identical"]]
     for r in rows:
         a = r.spec
         rate = f"{a['accepted'] / a['proposed']:.2f}" if a["proposed"] else "-"
@@ -600,13 +600,18 @@ def format_acceptance(results: list[CellResult]) -> str:
         chosen = " ".join(f"{k}:{n / total:.0%}" for k, n in enumerate(a["chosen_k"]) if n)
         table.append([str(r.cell), str(a["proposed"]), str(a["accepted"]), rate, length,
                       " ".join(f"{x:.2f}" for x in a["acceptance_by_position"]) or "-",
-                      f"{a['cost_draft']:.2f}+{a['cost_verify']:.2f}", chosen or "-",
+                      _step_costs(a), chosen or "-",
                       "-" if a["identical"] is None else "yes" if a["identical"] else "NO"])
     return ("\n\nSpeculation over the timed runs: acceptance (mean length = tokens per "
-            "speculating step); the cost of a draft pass + a verified row per sequence, each "
-            "against a plain step of the batch (as last measured); the k each decode chose "
-            "(share of decodes; a step proposing k pays where E = 1 + rate + ... + rate^k "
-            "beats 1 + k * cost)\n" + render_table(table))
+            "speculating step); the wall time of a whole step proposing k = 1, 2, ... against a "
+            "plain step of the batch, as last measured (~: not timed at this batch, a stand-in); "
+            "the k each decode chose (share of decodes; a step proposing k pays where "
+            "E = 1 + rate + ... + rate^k beats its step cost)\n" + render_table(table))
+
+
+def _step_costs(a: dict) -> str:
+    return " ".join(("" if timed else "~") + f"{c:.2f}" for c, timed in
+                    zip(a["step_cost"][1:], a["step_cost_timed"][1:]))
 
 
 def _row(r: CellResult, compare: bool, narrow: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
     {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     {"model": "path/to/draft", "num_speculative_tokens": 4, "quantization": "int8"}
 
-num_speculative_tokens is the most a step proposes: each request proposes the k that pays most
+num_speculative_tokens is the most a step proposes: each step proposes the k that pays most
 from what the engine measures (runner/spec_decode/policy.py), 0 where none does. `"adaptive":
 false` proposes num_speculative_tokens every step instead, as vLLM does.
 
@@ -39,7 +39,7 @@ class SpeculativeConfig:
     model: str | None = None              # the draft checkpoint (method "draft_model")
     quantization: str | None = None       # the draft's weights: None (as stored) or "int8"
     disable_by_batch_size: int | None = None  # null: never off; parse() gives the method's default
-    adaptive: bool = True                 # k per request from measurements; false: always the most
+    adaptive: bool = True                 # k per step from measurements; false: always the most
 
     @classmethod
     def parse(cls, value: SpeculativeConfig | dict | str) -> SpeculativeConfig:

@@ -1,33 +1,59 @@
-"""How many tokens a decode proposes: the k that pays most, from what the engine has measured.
+"""How many tokens a speculating step proposes: the k that makes most tokens per second, from what
+the engine measured.
 
-The model (Leviathan et al., 2023): each proposal is kept with probability alpha, given that the
-ones before it were. A step proposing k tokens then yields on average
+The acceptance model (Leviathan et al., 2023): each proposal is kept with probability alpha,
+given that the ones before it were. A sequence proposing k tokens then makes on average
 
     E(alpha, k) = 1 + alpha + ... + alpha^k = (1 - alpha^(k+1)) / (1 - alpha)
 
-tokens (the target's own token included), and costs, in plain decode steps of the same batch,
+tokens in the step (the target's own included). alpha is estimated per request from its own
+proposals (starting from what the engine has seen on all requests), taken optimistically while
+the evidence is thin; an n-gram lookup that finds nothing counts as a rejected proposal, since
+the step it asked for made one token.
 
-    1 + k * c,   c = c_draft + c_verify
+The cost is measured, not summed from parts: the wall time of whole steps proposing k against
+plain steps of the same batch size (step_costs.py), ratio(b, k) >= 1. A step of b decodes that
+all propose k then makes, per plain step's time,
 
-c_draft: one draft pass over the batch against one target pass (0 for n-gram lookup, which runs
-no model); c_verify: one more query row per sequence in the target's pass, against the pass.
-The k of most tokens per cost wins. k = 0 is a plain decode (1 token for cost 1): chosen
-whenever no k beats it by MIN_GAIN, so speculation never costs more than the estimate's error.
+    rate(k) = mean_i E(alpha_i, k) / ratio(b, k)        rate(0) = 1 (a plain decode)
 
-The estimates are online: alpha per request from its own proposals (starting from what the
-engine has seen on all requests), taken optimistically while the evidence is thin, and the
-costs per engine from the timed passes of its steps (a line, seconds = fixed + per_row * rows,
-for the target and for the draft).
+and the step takes the k of the highest rate. k is one per step, for every decode in it: the
+step's draft passes and its timing are the step's, not a request's.
+
+Kept honest three ways. Hysteresis: speculation starts only where it promises ENTER_GAIN, and
+a batch size keeps its k until another beats it by SWITCH_MARGIN, or until speculating loses
+(rate < 1), so a request near break-even does not flap. Probes: now and then a batch size runs
+one step of another k than its choice, while it speculates a plain step and, in turn, the k on
+either side of its own, while it does not the k the prior costs promise, so a wrong estimate
+(a step timed while the machine was busy) is measured again and recovers; the probes grow
+rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps).
+And until a k is timed, its cost comes from the nearest timed k, or from the draft's weight
+bytes against the target's: a draft as costly as the target is never tried.
+
+A seeded sampled request is the exception: its k must repeat from run to run (its samples
+depend on it), so it decides from its own acceptance and the prior cost only (`choose_k`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# A k must promise this many tokens per plain step's cost to be chosen: the estimates are noisy
-# (the timings most), and a speculating step that gains nothing still costs the draft's work.
-MIN_GAIN = 1.05
+from nanovllm.runner.spec_decode.step_costs import StepCosts, batch_bucket
+
+# A plain batch size starts speculating only where a k promises this many tokens per plain
+# step's time: the estimates are noisy, and a start may first have the draft catch up.
+ENTER_GAIN = 1.05
+# Where it speculates, another k (0 included) must promise this much more than the current
+# one, unless the current one loses against plain decoding.
+SWITCH_MARGIN = 1.03
+# A batch size's first probe comes after this many steps, each probe doubles the wait, up to
+# PROBE_MOST; starting or stopping speculation brings it back to PROBE_FIRST.
+PROBE_FIRST = 8
+PROBE_MOST = 32
+# A probe whose step could not be timed (catch-up, prefill, a capped k) is given up after this
+# many steps.
+PROBE_TRIES = 4
 # Where nothing was measured yet: an acceptance rate that lets a request try speculation, with
 # the weight of this many proposals (its own soon outweigh it).
 PRIOR_ALPHA = 0.6
@@ -38,8 +64,6 @@ OPTIMISM = 1.0
 # The engine's pooled acceptance forgets its oldest evidence at this rate per recorded step, so
 # a change of traffic shows within a few hundred steps.
 POOL_DECAY = 0.995
-# The cost lines forget at this rate per timed pass: the machine's load changes under them.
-COST_DECAY = 0.98
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -50,16 +74,98 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 def gain(alpha: float, k: int, cost: float) -> float:
-    """Tokens per plain step's cost when proposing k: a plain decode's gain is 1."""
+    """Tokens per plain step's time when proposing k, each proposed token costing `cost` plain
+    steps: a plain decode's gain is 1."""
     return expected_tokens(alpha, k) / (1.0 + k * cost)
 
 
 def choose_k(alpha: float, cost: float, k_max: int) -> int:
-    """The k in 0..k_max of most tokens per cost (the smallest on a tie); 0 unless it beats a
-    plain decode by MIN_GAIN. `cost` (c above) is a draft pass plus a verify row per sequence,
-    in target passes."""
+    """The k in 0..k_max of most tokens per time (the smallest on a tie), each proposed token
+    costing `cost` plain steps; 0 unless it beats a plain decode by ENTER_GAIN."""
     best = max(range(k_max + 1), key=lambda k: (gain(alpha, k, cost), -k), default=0)
-    return best if gain(alpha, best, cost) >= MIN_GAIN else 0
+    return best if gain(alpha, best, cost) >= ENTER_GAIN else 0
+
+
+def settle(rates: list[float], current: int) -> int:
+    """The k a batch size moves to from `current`, given each k's rate (rates[0] = 1): the best,
+    with the hysteresis of the module docstring."""
+    best = max(range(len(rates)), key=lambda k: (rates[k], -k))
+    current = min(current, len(rates) - 1)
+    holding = current > 0 and rates[current] >= 1.0  # speculating, and not losing by it
+    if holding and rates[best] < rates[current] * SWITCH_MARGIN:
+        return current
+    if best > 0 and rates[best] < ENTER_GAIN:
+        return current if holding else 0
+    return best
+
+
+@dataclass(slots=True)
+class BatchChoice:
+    """One batch bucket's k, and its probes of the other side."""
+    k: int = 0
+    wait: int = PROBE_FIRST        # steps between probes
+    countdown: int = PROBE_FIRST   # steps to the next probe
+    probing: int | None = None     # the k of a probe waiting for its step to be timed
+    tries: int = 0                 # steps that probe has had
+    probes: int = 0                # probes so far: whose turn the next one is
+
+
+@dataclass(slots=True)
+class StepPolicy:
+    """The engine's per-step choice of k from the measured step costs (module docstring)."""
+    costs: StepCosts
+    choices: dict[int, BatchChoice] = field(default_factory=dict)
+
+    def choose(self, batch_size: int, expected: list[float]) -> int:
+        """The k of a step of `batch_size` decodes; `expected[k]`: their mean E(alpha_i, k),
+        k = 0..k_max."""
+        choice = self.choices.setdefault(batch_bucket(batch_size), BatchChoice())
+        rates = [e / self.costs.ratio(batch_size, k) for k, e in enumerate(expected)]
+        k = settle(rates, choice.k)
+        if (k == 0) != (choice.k == 0):  # started or stopped speculating: check it soon
+            choice.wait = PROBE_FIRST
+            choice.countdown = min(choice.countdown, PROBE_FIRST)
+        choice.k = k
+        if choice.probing is not None:
+            if choice.tries < PROBE_TRIES:
+                choice.tries += 1
+                return choice.probing
+            choice.probing = None
+        choice.countdown -= 1
+        if choice.countdown > 0:
+            return choice.k
+        choice.countdown = choice.wait
+        choice.wait = min(2 * choice.wait, PROBE_MOST)
+        probe = self._probe(expected, choice)
+        if probe != choice.k:
+            choice.probing, choice.tries = probe, 1
+        return probe
+
+    def probing(self, batch_size: int) -> bool:
+        """Whether the steps of `batch_size` decodes are probing a k the measurements advise
+        against: that k is judged by the prior cost too (catching the draft up for it)."""
+        choice = self.choices.get(batch_bucket(batch_size))
+        return choice is not None and bool(choice.probing)
+
+    def _probe(self, expected: list[float], choice: BatchChoice) -> int:
+        """The k a probe tries: while speculating, plain decoding every other probe and the k on
+        either side of the choice in between; while not, the k the prior cost promises (none
+        where even that does not pay)."""
+        k = choice.k
+        if not k:
+            prior = self.costs.prior_per_token
+            return settle([e / (1.0 + j * prior) for j, e in enumerate(expected)], 0)
+        turns = [0, k + 1, 0, k - 1]
+        turns = [j for j in turns if j == 0 or 1 <= j < len(expected)]
+        choice.probes += 1
+        return turns[(choice.probes - 1) % len(turns)]
+
+    def timed(self, batch_size: int, k: int, seconds: float) -> None:
+        """A regular step of `batch_size` decodes proposing (at most) k took `seconds`."""
+        self.costs.record(batch_size, k, seconds)
+        choice = self.choices.get(batch_bucket(batch_size))
+        if choice is not None and choice.probing == k:
+            choice.probing = None
 
 
 def pays_to_catch_up(alpha: float, cost: float, k: int, remaining: int | None,
@@ -99,81 +205,3 @@ class Acceptance:
     def decay(self, factor: float) -> None:
         self.kept *= factor
         self.decided *= factor
-
-
-@dataclass(slots=True)
-class CostLine:
-    """Seconds of a pass over `rows` query rows, fitted online as fixed + per_row * rows by
-    least squares, each pass's weight decaying by COST_DECAY per newer one."""
-    n: float = 0.0    # sum of weights
-    x: float = 0.0    # of weight * rows
-    xx: float = 0.0   # of weight * rows^2
-    y: float = 0.0    # of weight * seconds
-    xy: float = 0.0   # of weight * rows * seconds
-
-    def record(self, rows: int, seconds: float) -> None:
-        d = COST_DECAY
-        self.n, self.x, self.xx = self.n * d + 1, self.x * d + rows, self.xx * d + rows * rows
-        self.y, self.xy = self.y * d + seconds, self.xy * d + rows * seconds
-
-    @property
-    def measured(self) -> bool:
-        return self.n > 0
-
-    def fit(self) -> tuple[float, float]:
-        """(fixed, per_row) seconds, both at least 0. With a single row count seen, the line
-        through it is flat (a pass of any size costs the same): verification looks free until
-        passes of another size say otherwise."""
-        if not self.n:
-            return 0.0, 0.0
-        var = self.n * self.xx - self.x * self.x
-        if var <= 1e-9 * max(self.n * self.xx, 1e-300):
-            return self.y / self.n, 0.0
-        per_row = (self.n * self.xy - self.x * self.y) / var
-        fixed = (self.y - per_row * self.x) / self.n
-        if per_row < 0:
-            return self.y / self.n, 0.0
-        if fixed < 0:  # through the origin
-            return 0.0, self.xy / self.xx
-        return fixed, per_row
-
-    def seconds(self, rows: float) -> float:
-        fixed, per_row = self.fit()
-        return fixed + per_row * rows
-
-
-@dataclass(slots=True)
-class StepCosts:
-    """The engine's cost lines: the target's passes, and the draft's (None for n-gram lookup,
-    whose proposals cost no pass). `draft_share` stands in for the draft's line until a draft
-    pass was timed: its weights' bytes against the target's (a decode pass streams them once)."""
-    target: CostLine
-    draft: CostLine | None
-    draft_share: float = 0.0
-
-    def ratio(self, batch_size: int) -> tuple[float, float]:
-        """(c_draft, c_verify) for a step of `batch_size` decodes: one draft pass over the batch,
-        and one more target row per sequence, each against the target's pass over the batch."""
-        fixed, per_row = self.target.fit()
-        step = fixed + per_row * batch_size
-        if step <= 0:
-            return self.draft_share if self.draft is not None else 0.0, 0.0
-        c_verify = per_row * batch_size / step
-        if self.draft is None:
-            return 0.0, c_verify
-        if not self.draft.measured:
-            return self.draft_share, c_verify
-        return self.draft.seconds(batch_size) / step, c_verify
-
-    def catch_up(self, rows: int, batch_size: int) -> float:
-        """The draft computing `rows` missing positions of one sequence, in that sequence's share
-        of a plain step (a target pass over `batch_size` decodes, over batch_size)."""
-        if self.draft is None or rows <= 0:
-            return 0.0
-        fixed, per_row = self.target.fit()
-        step = fixed + per_row * batch_size
-        if step <= 0:
-            return 0.0
-        # Its rows ride on a draft pass the batch makes anyway: only their own cost counts.
-        d_per_row = self.draft.fit()[1] if self.draft.measured else per_row * self.draft_share
-        return d_per_row * rows / step * batch_size

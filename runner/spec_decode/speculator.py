@@ -2,15 +2,17 @@
 the lookahead slots the scheduler reserved, and to verify them against the target's logits.
 
 Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
-the k of most expected tokens per cost for that request (policy.py), from its acceptance so far
-and the measured cost of a draft pass and of a verified row against a plain step, so k = 0
-(a plain decode) wherever no k pays. It is never more than num_speculative_tokens, than the
-request can still use (max_tokens, the context length) nor than the step's token budget leaves;
-none at all from disable_by_batch_size running sequences on (vLLM's rule, when set) and for
-structured-output requests (their grammar would have to walk every proposal, and roll back on
-rejection). A seeded sampled request decides from its own acceptance and the draft's weight
-bytes only, never from timings: its k, and so its samples, repeat from run to run. With
-`"adaptive": false` every decode gets the most slots (vLLM's fixed k).
+the step's k (policy.py), the one of most tokens per second from the running requests'
+acceptance so far and the measured wall time of whole steps proposing k against plain ones
+(step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine times its steps and
+hands each one's seconds to `timed_step`. A decode's k is never more than
+num_speculative_tokens, than the request can still use (max_tokens, the context length) nor
+than the step's token budget leaves; none at all from disable_by_batch_size running sequences
+on (vLLM's rule, when set) and for structured-output requests (their grammar would have to walk
+every proposal, and roll back on rejection). A seeded sampled request decides from its own
+acceptance and the draft's weight bytes only, never from timings: its k, and so its samples,
+repeat from run to run. With `"adaptive": false` every decode gets the most slots (vLLM's fixed
+k).
 
 Proposals come from n-gram lookup in the sequence's own tokens (ngram.py) or from a draft model
 (draft.py); both read the tokens this module keeps for each live sequence (its prompt, then
@@ -26,7 +28,6 @@ spec-decode metrics, with the decisions (`chosen`: decodes that chose each k).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,12 @@ from nanovllm.runner.spec_decode.policy import (
     POOL_DECAY,
     PRIOR_ALPHA,
     Acceptance,
-    CostLine,
-    StepCosts,
+    StepPolicy,
     choose_k,
+    expected_tokens,
     pays_to_catch_up,
 )
+from nanovllm.runner.spec_decode.step_costs import VERIFY_PRIOR, CostLine, StepCosts
 from nanovllm.runner.spec_decode.verify import verify
 from nanovllm.values.speculative import SpeculativeConfig
 
@@ -82,13 +84,14 @@ class Speculator:
         self.draft_valid: dict[int, int] = {}     # seq id -> positions the draft's cache holds
         self.acceptance: dict[int, Acceptance] = {}  # seq id -> its proposals' fate so far
         self.pooled = Acceptance()                # every request's, fading: a newcomer's prior
-        self.costs = StepCosts(CostLine(), CostLine() if draft else None, draft_share)
+        self.policy = StepPolicy(StepCosts(draft_share + VERIFY_PRIOR))
+        self.draft_passes = CostLine() if draft else None  # what the draft's rows cost
         # This step's draft-only catch-up chunks (seq id -> positions) and the budget left them.
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
-        self._clock = 0.0          # when the runner's step began, and the draft's share of it
-        self._draft_seconds = 0.0
-        self._rows = 0             # the target's query rows this step
+        self._step_k: int | None = None  # the k the policy chose for the step being scheduled
+        self._timing: tuple[int, int] | None = None  # (decodes, k) of the last step, if regular
+        self._untimed = False  # the step being scheduled has a decode whose k was capped
 
     # ---- the scheduler's rule --------------------------------------------------------------
     def lookahead(self, seq, num_running: int, budget: int) -> int:
@@ -101,22 +104,40 @@ class Speculator:
         if p.max_tokens is not None:  # the target adds one token after the proposals
             remaining = p.max_tokens - seq.num_output_tokens
             k = min(k, remaining - 1)
+        if k < c.num_speculative_tokens:
+            # A request about to end: its last steps (finishing it included) are not the
+            # price of any k, and the step is not timed.
+            self._untimed = True
         if k <= 0:
             return 0
         judged = None  # what says whether catching the draft up pays, when adaptive
         if c.adaptive:
             own = self.acceptance.get(seq.seq_id) or Acceptance()
+            costs = self.policy.costs
             if p.seed is not None and not p.greedy:  # nothing timed: its k must repeat
-                k = choose_k(own.optimistic(PRIOR_ALPHA), self.costs.draft_share, k)
+                k = choose_k(own.optimistic(PRIOR_ALPHA), costs.prior_per_token, k)
             else:
-                alpha = own.optimistic(self.pooled.rate(PRIOR_ALPHA))
-                cost = sum(self.costs.ratio(num_running))
-                k = choose_k(alpha, cost, k)
-                judged = (alpha, cost, remaining, num_running)
+                k = min(k, self._k_of_step(num_running))
+                probing = self.policy.probing(num_running)  # chosen for the prior's promise
+                cost = costs.prior_per_token if probing else costs.per_token(num_running, k)
+                judged = (own.optimistic(self.pooled.rate(PRIOR_ALPHA)), cost, remaining,
+                          num_running)
         if k and self.draft is not None:
             k = self._catch_up_first(seq, k, budget, judged)
         self.chosen[k] += 1
         return k
+
+    def _k_of_step(self, num_running: int) -> int:
+        """The policy's k for this step, chosen at its first decode from the mean expected
+        tokens of the live requests (those without proposals yet at the pooled rate)."""
+        if self._step_k is None:
+            k_max, prior = self.config.num_speculative_tokens, self.pooled.rate(PRIOR_ALPHA)
+            alphas = [a.optimistic(prior) for a in self.acceptance.values()]
+            alphas += [Acceptance().optimistic(prior)] * max(0, num_running - len(alphas))
+            expected = [sum(expected_tokens(a, k) for a in alphas) / len(alphas)
+                        for k in range(k_max + 1)]
+            self._step_k = self.policy.choose(num_running, expected)
+        return self._step_k
 
     def _catch_up_first(self, seq, k: int, budget: int, judged: tuple | None) -> int:
         """k, or 0 when the draft's cache must first catch up on this sequence and cannot in
@@ -130,7 +151,7 @@ class Speculator:
         if judged is not None:
             alpha, cost, remaining, num_running = judged
             if not pays_to_catch_up(alpha, cost, k, remaining,
-                                    self.costs.catch_up(missing, num_running)):
+                                    self._catch_up_cost(missing, num_running)):
                 return 0
         if self._catch_up_left is None:  # the first sequence asking in this step
             self._catch_up_left = budget
@@ -144,10 +165,20 @@ class Speculator:
             self._catch_up_left -= chunk
         return 0
 
+    def _catch_up_cost(self, rows: int, batch_size: int) -> float:
+        """The draft computing `rows` missing positions of one sequence, in that sequence's share
+        of a plain step of `batch_size` decodes; 0 until both were timed (catching up is how
+        the draft's rows get timed)."""
+        plain = self.policy.costs.plain_seconds(batch_size)
+        if not plain or not self.draft_passes.measured:
+            return 0.0
+        # Its rows ride on a draft pass the batch makes anyway: only their own cost counts.
+        return self.draft_passes.fit()[1] * rows / plain * batch_size
+
     # ---- the runner's step -------------------------------------------------------------------
     def start(self, step: SchedulerOutput) -> None:
         """The sequences announced, preempted and retired since the last step."""
-        self._clock, self._draft_seconds = time.perf_counter(), 0.0
+        self._step_k, self._timing = None, None
         for new in step.new_seqs:
             self.tokens[new.seq_id] = list(new.prompt_token_ids)
         for seq_id in step.preempted_seq_ids:
@@ -169,8 +200,9 @@ class Speculator:
         """Proposals for the decodes with lookahead slots (some may get none), by seq id;
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
-        self._rows = sum(len(e.token_ids) for e in scheduled)
         catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
+        self._timing = None if self._untimed else self._regular(scheduled, asked, catching_up)
+        self._untimed = False
         if not asked and not catching_up:
             self._end_catch_up()
             return {}
@@ -179,11 +211,28 @@ class Speculator:
             found = {e.seq_id: propose_ngram(self.tokens[e.seq_id], e.num_lookahead,
                                              c.prompt_lookup_min, c.prompt_lookup_max,
                                              self.max_model_len) for e in asked}
-            proposals = {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
-        else:
-            proposals = self._draft(asked, catching_up, states, prepare)
-        self._rows += sum(len(p.token_ids) for p in proposals.values())
-        return proposals
+            for e in asked:
+                if not found[e.seq_id]:  # the step it asked for makes one token: a rejection
+                    self._learn(e.seq_id, e.num_lookahead, 0)
+            return {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
+        return self._draft(asked, catching_up, states, prepare)
+
+    def _regular(self, scheduled: list[ScheduledSequence], asked: list[ScheduledSequence],
+                 catching_up: list[ScheduledSequence]) -> tuple[int, int] | None:
+        """(decodes, k) of a step whose time is the price of its k: decodes only, and nothing
+        for the draft to catch up on (beyond the decode's token and the last kept proposal)."""
+        if catching_up or any(len(e.token_ids) != 1 for e in scheduled):
+            return None
+        if self.draft is not None and any(
+                e.start + 1 - self.draft_valid.get(e.seq_id, 0) > 2 for e in asked):
+            return None
+        return len(scheduled), max((e.num_lookahead for e in scheduled), default=0)
+
+    def timed_step(self, seconds: float) -> None:
+        """The engine's whole last step took `seconds`: the policy learns from it if regular."""
+        if self._timing is not None:
+            self.policy.timed(*self._timing, seconds)
+            self._timing = None
 
     def _draft(self, asked: list[ScheduledSequence], catching_up: list[ScheduledSequence],
                states: dict[int, SequenceState], prepare) -> dict[int, Proposal]:
@@ -207,9 +256,8 @@ class Speculator:
         return {e.seq_id: p for e, p in zip(asked, found)}
 
     def _timed(self, rows: int, seconds: float) -> None:
-        """A draft pass: its cost line, and the share of the step that is not the target's."""
-        self.costs.draft.record(rows, seconds)
-        self._draft_seconds += seconds
+        """A draft pass: what the draft's rows cost (catching up)."""
+        self.draft_passes.record(rows, seconds)
 
     def _end_catch_up(self) -> None:
         self._catch_up.clear()
@@ -241,23 +289,26 @@ class Speculator:
 
     def _record(self, seq_id: int, num_proposed: int, num_kept: int) -> None:
         self.stats.record(num_proposed, num_kept)
+        self._learn(seq_id, num_proposed, num_kept)
+
+    def _learn(self, seq_id: int, num_proposed: int, num_kept: int) -> None:
+        """The request's acceptance, and the engine's pooled one, hear of a step's proposals."""
         self.acceptance.setdefault(seq_id, Acceptance()).record(num_proposed, num_kept)
         self.pooled.decay(POOL_DECAY)
         self.pooled.record(num_proposed, num_kept)
 
     def took(self, out: ModelRunnerOutput) -> None:
-        """Every token the step produced joins its sequence's tokens; the step's time, less the
-        draft's, is a timed pass of the target."""
+        """Every token the step produced joins its sequence's tokens."""
         for seq_id, tokens in out.sampled.items():
             history = self.tokens.get(seq_id)
             if history is not None:
                 history.extend(tokens)
-        self.costs.target.record(self._rows, time.perf_counter() - self._clock
-                                 - self._draft_seconds)
 
     def summary(self, batch_size: int) -> dict:
-        """What the rule sees at `batch_size` running decodes: the pooled acceptance, the cost
-        ratios, and the decodes that chose each k so far."""
-        c_draft, c_verify = self.costs.ratio(batch_size)
+        """What the rule sees at `batch_size` running decodes: the pooled acceptance (failed
+        n-gram lookups counted as rejections), each k's step cost against a plain step (index k,
+        1.0 at 0) and whether it was timed or stands in, and the decodes that chose each k."""
+        costs, ks = self.policy.costs, range(self.config.num_speculative_tokens + 1)
         return {"acceptance": self.pooled.rate(PRIOR_ALPHA, 0.0) if self.pooled.decided else None,
-                "c_draft": c_draft, "c_verify": c_verify, "chosen": list(self.chosen)}
+                "step_cost": [costs.ratio(batch_size, k) for k in ks],
+                "timed": [costs.measured(batch_size, k) for k in ks], "chosen": list(self.chosen)}

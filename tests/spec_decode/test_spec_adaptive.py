@@ -1,6 +1,7 @@
 """Speculation that never costs, in the engine: the draft's KV filled lazily (nothing for a
 sequence that does not speculate, the missing part in chunks of the step's budget once it
-starts), and k chosen per request (0 where nothing pays) — greedy output unchanged throughout."""
+starts), and k chosen per step from timed steps (0 where nothing pays) — greedy output
+unchanged throughout."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_a_sequence_that_does_not_speculate_costs_the_draft_nothing(make_engine,
     engine = make_engine(speculative_config=draft_config(tiny_ckpt, disable_by_batch_size=3))
     _run(engine, {str(i): (p, GREEDY) for i, p in enumerate(REPEATS)})
     speculator = engine.runner.speculator
-    assert not speculator.costs.draft.measured and not speculator.draft_valid
+    assert not speculator.draft_passes.measured and not speculator.draft_valid
     assert not speculator.draft.tables  # nor its memory
     assert engine.spec_stats.num_drafts == 0
 
@@ -86,7 +87,7 @@ def test_no_k_pays_for_a_draft_as_costly_as_the_target(make_llm, tiny_ckpt):
     assert outputs(llm, REPEATS, params) == outputs(make_llm(), REPEATS, params)
     speculator = llm.engine.runner.speculator
     assert speculator.chosen[0] > 0 and sum(speculator.chosen[1:]) == 0
-    assert not speculator.costs.draft.measured
+    assert not speculator.draft_passes.measured
 
 
 def test_adaptive_k_keeps_greedy_output(make_llm, tiny_ckpt):
@@ -127,3 +128,21 @@ def test_engine_with_lazy_draft_under_pressure(tiny_ckpt):
     draft = on.runner.speculator.draft
     assert not draft.tables and len(draft.free_blocks) == draft.kv_cache.num_blocks
     assert on.spec_stats.num_drafts > 0
+
+
+def test_the_engine_times_whole_steps_and_keeps_plain_decoding_reachable(make_engine):
+    """Adaptive n-gram lookup on a prompt that repeats: the engine times its decode steps (those
+    that speculated and plain ones, for the probes), by batch size and k; prefill steps are not
+    the price of any k and are not timed. Output is that of decoding without speculation."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+            "prompt_lookup_min": 1, "disable_by_batch_size": None}
+    engine = make_engine(speculative_config=spec)
+    params = SamplingParams(temperature=0, max_tokens=80, ignore_eos=True)
+    requests = {"0": (REPEATS[0] * 3, params)}
+    assert _run(engine, requests) == _run(make_engine(), requests)
+    costs = engine.runner.speculator.policy.costs
+    assert costs.measured(1, 0), "plain decoding was never timed"
+    timed = {k for (batch, k) in costs.times if batch == 1}
+    assert timed - {0}, "no speculating step was timed"
+    assert sum(t.samples for t in costs.times.values()) < engine.num_steps  # prefill untimed
+    assert costs.ratio(1, max(timed)) >= 1.0

@@ -1,6 +1,8 @@
 """The adaptive-k policy's invariants: the model's expected tokens (checked against our own
 rejection sampler), the choice of k (an argmax of tokens per cost, 0 when nothing pays, monotone
-in acceptance and cost), the acceptance estimate and the cost lines fitted from timings."""
+in acceptance and cost), the step's k from measured whole steps (hysteresis, probes that keep
+plain decoding reachable and let a wrong estimate recover), the acceptance estimate, the step
+timings and the draft's cost line."""
 
 from __future__ import annotations
 
@@ -12,16 +14,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanovllm.runner.spec_decode.policy import (
-    MIN_GAIN,
+    ENTER_GAIN,
+    PROBE_MOST,
+    SWITCH_MARGIN,
     Acceptance,
-    CostLine,
-    StepCosts,
+    StepPolicy,
     choose_k,
     expected_tokens,
     gain,
     pays_to_catch_up,
+    settle,
 )
 from nanovllm.runner.spec_decode.rejection_sampler import accept_sampled
+from nanovllm.runner.spec_decode.step_costs import (
+    STEP_SAMPLES,
+    CostLine,
+    StepCosts,
+    StepTime,
+    batch_bucket,
+)
 from nanovllm.values.limits import MAX_NUM_SPECULATIVE_TOKENS
 
 alphas = st.floats(0.0, 1.0)
@@ -64,9 +75,9 @@ def test_choice_is_the_best_k_or_none(alpha, cost, k_max):
     assert 0 <= k <= k_max
     best = max(gain(alpha, j, cost) for j in range(k_max + 1))
     if k:
-        assert gain(alpha, k, cost) == best >= MIN_GAIN
+        assert gain(alpha, k, cost) == best >= ENTER_GAIN
     else:
-        assert best < MIN_GAIN or gain(alpha, 0, cost) == best
+        assert best < ENTER_GAIN or gain(alpha, 0, cost) == best
 
 
 @settings(max_examples=500)
@@ -88,7 +99,7 @@ def test_nothing_accepted_never_speculates(cost, k_max):
     assert choose_k(0.0, cost, k_max) == 0
 
 
-@given(st.floats(MIN_GAIN - 1.0 + 1e-6, 1.0), st.integers(1, MAX_NUM_SPECULATIVE_TOKENS))
+@given(st.floats(ENTER_GAIN - 1.0 + 1e-6, 1.0), st.integers(1, MAX_NUM_SPECULATIVE_TOKENS))
 def test_free_proposals_take_every_slot(alpha, k_max):
     """Every slot, or as many as add anything to the expected tokens in floating point."""
     k = choose_k(alpha, 0.0, k_max)
@@ -157,32 +168,6 @@ def test_cost_line_is_never_negative(passes):
         assert r == 0.0
 
 
-@given(st.floats(1e-4, 1.0), st.floats(0.0, 0.1), st.integers(1, 128), st.integers(1, 128))
-def test_verifying_costs_more_in_bigger_batches(fixed, per_row, a, b):
-    """A decode pass's fixed part (its weights, read once) is shared by the batch, so one more
-    row per sequence weighs more the bigger the batch."""
-    line = CostLine()
-    for n in (1, 8, 64):
-        line.record(n, fixed + per_row * n)
-    costs = StepCosts(line, None)
-    small, big = sorted((a, b))
-    c_small, c_big = costs.ratio(small)[1], costs.ratio(big)[1]
-    assert 0.0 <= c_small <= c_big + 1e-12 < 1.0 + 1e-12
-    assert costs.ratio(big)[0] == 0.0  # n-gram: no draft pass
-
-
-def test_draft_share_stands_in_until_a_draft_pass_is_timed():
-    target, draft = CostLine(), CostLine()
-    for n in (1, 16):
-        target.record(n, 0.010 + 0.001 * n)
-    costs = StepCosts(target, draft, draft_share=0.25)
-    assert costs.ratio(1)[0] == 0.25
-    for n in (1, 16):
-        draft.record(n, 0.0011 + 0.0001 * n)
-    assert costs.ratio(1)[0] == pytest.approx(0.0012 / 0.011)
-    assert costs.catch_up(100, 1) == pytest.approx(0.0001 * 100 / 0.011)
-
-
 def test_adaptive_k_keeps_the_target_distribution():
     """Generation as the engine runs it, in miniature: each step proposes the k the policy
     chooses from the sequence's own acceptance so far (so k depends on earlier draws), and the
@@ -218,3 +203,150 @@ def test_optimism_is_a_bonus_that_evidence_narrows(steps, prior):
         assert a.rate(prior) - 1e-12 <= a.optimistic(prior) <= 1.0
         # at most half a standard error's numerator over the evidence's root
         assert a.optimistic(prior) - a.rate(prior) <= 0.5 / math.sqrt(a.decided + 2) + 1e-12
+
+
+# ---- the step's k, from whole steps -------------------------------------------------------------
+rates_lists = st.lists(st.floats(0.0, 5.0), min_size=1, max_size=MAX_NUM_SPECULATIVE_TOKENS).map(
+    lambda r: [1.0, *r])
+
+
+@settings(max_examples=500)
+@given(rates_lists, ks)
+def test_settle_speculates_only_where_it_does_not_lose(rates, current):
+    k = settle(rates, current)
+    assert 0 <= k < len(rates)
+    if k:
+        assert rates[k] >= 1.0
+    if k and min(current, len(rates) - 1) == 0:
+        assert rates[k] >= ENTER_GAIN  # starting needs a clear promise
+
+
+@settings(max_examples=500)
+@given(rates_lists, ks)
+def test_settle_moves_only_for_a_clear_gain(rates, current):
+    """A k that does not lose is kept unless another beats it by SWITCH_MARGIN; a clearly best k
+    is always taken."""
+    current = min(current, len(rates) - 1)
+    k = settle(rates, current)
+    best = max(rates)
+    if current and rates[current] >= 1.0 and k != current:
+        assert rates[k] >= rates[current] * SWITCH_MARGIN
+    if best >= max(ENTER_GAIN, rates[current] * SWITCH_MARGIN):
+        assert rates[k] == best
+
+
+def test_settle_does_not_flap_near_break_even():
+    rng = np.random.default_rng(0)
+    k, moves = 0, 0
+    for _ in range(1000):
+        rates = [1.0, *(1.0 + rng.uniform(-0.02, 0.02, 4))]
+        new = settle(rates, k)
+        moves += new != k
+        k = new
+    assert moves == 0
+
+
+def _machine(policy: StepPolicy, steps: int, alpha: float, step_cost, batch_size: int = 1
+             ) -> list[int]:
+    """Steps as the engine runs them: the policy chooses, the step is timed."""
+    expected = [expected_tokens(alpha, k) for k in range(5)]
+    chosen = []
+    for n in range(steps):
+        k = policy.choose(batch_size, expected)
+        policy.timed(batch_size, k, step_cost(k, n))
+        chosen.append(k)
+    return chosen
+
+
+def test_a_losing_k_is_dropped_and_probed_rarely():
+    """Proposals are dear (a step proposing k costs 1 + 0.5k plain steps) and seldom kept: plain
+    decoding wins. The prior (cheap proposals) tries it first; the measured steps end it, and
+    it is probed again (so it could recover) less and less often."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.05))
+    chosen = _machine(policy, 3000, 0.3, lambda k, n: 0.01 * (1 + 0.5 * k))
+    late = chosen[500:]
+    probes = sum(k > 0 for k in late)
+    assert 0 < probes <= len(late) / PROBE_MOST + 1
+    assert policy.costs.ratio(1, 1) == pytest.approx(1.5)
+
+
+def test_a_paying_k_keeps_plain_decoding_measured():
+    """Cheap proposals, mostly kept: the policy speculates, and still times a plain step now
+    and then, rarely."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.05))
+    chosen = _machine(policy, 3000, 0.8, lambda k, n: 0.01 * (1 + 0.1 * k))
+    late = chosen[500:]
+    plain = sum(k == 0 for k in late)
+    assert 0 < plain <= len(late) / PROBE_MOST + 1
+    assert max(set(late), key=late.count) == 4
+
+
+def test_a_wrong_early_estimate_recovers():
+    """The first speculating steps ran while the machine was busy (five times their cost):
+    speculation stops, and the probes bring it back once the steps are timed as they are."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.05))
+
+    def cost(k, n):
+        return 0.01 * (1 + 0.1 * k) * (5.0 if k and n < 20 else 1.0)
+    chosen = _machine(policy, 2000, 0.8, cost)
+    assert 0 in chosen[:100]
+    assert sum(k > 0 for k in chosen[-200:]) > 190
+
+
+def test_a_draft_dearer_than_the_target_is_never_probed():
+    """The prior says no k can pay (the draft's bytes are the target's): nothing measured ever
+    says otherwise, so no step proposes."""
+    policy = StepPolicy(StepCosts(prior_per_token=1.05))
+    assert set(_machine(policy, 500, 0.9, lambda k, n: 0.01 * (1 + k))) == {0}
+
+
+# ---- step timings -------------------------------------------------------------------------------
+@given(st.integers(1, 4096), st.integers(1, 4096))
+def test_batch_buckets_are_monotone_and_cover_their_sizes(a, b):
+    lo, hi = sorted((a, b))
+    assert batch_bucket(lo) <= batch_bucket(hi) and batch_bucket(lo) >= lo
+
+
+@given(st.floats(1e-4, 1.0), st.lists(st.floats(1e-4, 100.0), max_size=STEP_SAMPLES // 2))
+def test_stalls_do_not_move_a_step_time_and_a_lasting_change_does(seconds, stalls):
+    t = StepTime()
+    for _ in range(STEP_SAMPLES):
+        t.record(seconds)
+    for stall in stalls:  # fewer than half of the samples
+        t.record(seconds * stall)
+    assert t.seconds == seconds
+    for _ in range(STEP_SAMPLES // 2 + 1):
+        t.record(2 * seconds)
+    assert t.seconds == 2 * seconds
+
+
+def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
+    costs = StepCosts(prior_per_token=0.3)
+    assert costs.ratio(1, 0) == 1.0 and costs.ratio(1, 2) == pytest.approx(1.6)  # the prior
+    costs.record(1, 2, 0.014)
+    assert costs.ratio(1, 2) == pytest.approx(1.6)  # no plain step to weigh it against
+    costs.record(1, 0, 0.010)
+    assert costs.ratio(1, 2) == pytest.approx(1.4)
+    assert costs.ratio(1, 4) == pytest.approx(1.8)  # the nearest timed k's cost per token
+    costs.record(1, 1, 0.009)  # noise: cheaper than plain
+    assert costs.ratio(1, 1) == 1.0
+    assert costs.ratio(2, 2) == pytest.approx(1.6)  # another batch size: the prior
+    costs.record(12, 0, 0.02)
+    costs.record(16, 1, 0.03)
+    assert costs.ratio(9, 1) == pytest.approx(1.5)  # 9 to 16 share their timings
+
+
+def test_a_k_timed_in_a_stall_is_measured_again():
+    """The first steps of every k > 1 ran while another process held the cores (thirty times
+    their cost): the probes on either side of the chosen k time them again, and the policy
+    reaches the k that pays most."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.05))
+    stalled = set()
+
+    def cost(k, n):
+        first = k > 1 and k not in stalled
+        stalled.add(k)
+        return 0.01 * (1 + 0.1 * k) * (30.0 if first else 1.0)
+    chosen = _machine(policy, 3000, 0.8, cost)
+    assert chosen[-200:].count(4) > 190
+

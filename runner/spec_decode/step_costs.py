@@ -1,0 +1,132 @@
+"""What a speculating step costs, measured whole: the wall time of the engine's steps (scheduling,
+the draft's passes, the target's pass, verification, output processing: Engine.step from end to
+end), by batch size and the step's k, against plain steps (k = 0) of the same batch size.
+
+Adding up parts (a draft pass, one more verified row per sequence) under-counts on a small model,
+where a step's fixed cost, the Python around its passes, is a large share of it: the parts leave
+that out, and it is what a speculating step pays more of. Whole steps have nothing left out.
+
+Only regular decode steps are timed: every scheduled sequence a single decode, none so near its
+end that its k is capped, no draft catch-up in the step (a prefill chunk, a request finishing,
+or the draft computing what its cache lacks, is not the price of a step's k). Each estimate is the median of the bucket's last STEP_SAMPLES timed steps: a step
+stalled by another process on the machine does not move it, a lasting change of load shows as
+soon as it holds for half of them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+# Batch sizes up to this are a bucket each; larger ones share one per power of two (speculation
+# rarely runs there, and neighbouring sizes cost nearly alike).
+EXACT_BATCH_SIZES = 8
+# The timed steps a bucket's estimate is the median of.
+STEP_SAMPLES = 9
+# Until a bucket is measured, a proposed token is assumed to cost this share of a plain step on
+# top of what the draft's passes cost (its bytes against the target's): one more verified row
+# and its share of the step's bookkeeping.
+VERIFY_PRIOR = 0.05
+# A draft pass's line forgets at this rate per timed pass: the machine's load changes under it.
+COST_DECAY = 0.98
+
+
+def batch_bucket(batch_size: int) -> int:
+    """The batch sizes that share timings: each up to EXACT_BATCH_SIZES, then powers of two."""
+    if batch_size <= EXACT_BATCH_SIZES:
+        return batch_size
+    return 1 << (batch_size - 1).bit_length()
+
+
+@dataclass(slots=True)
+class StepTime:
+    """Seconds of a step: the median of the last STEP_SAMPLES timed, and how many were."""
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=STEP_SAMPLES))
+    seconds: float = 0.0
+    samples: int = 0
+
+    def record(self, seconds: float) -> None:
+        self.recent.append(seconds)
+        self.samples += 1
+        ordered = sorted(self.recent)
+        mid = len(ordered) // 2
+        self.seconds = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@dataclass(slots=True)
+class StepCosts:
+    """Whole-step timings by (batch bucket, k), and what stands in for the unmeasured: the
+    cost per proposed token, in plain steps, of the nearest measured k of the bucket, else
+    `prior_per_token` (the draft's weight bytes against the target's, plus VERIFY_PRIOR)."""
+    prior_per_token: float
+    times: dict[tuple[int, int], StepTime] = field(default_factory=dict)
+
+    def record(self, batch_size: int, k: int, seconds: float) -> None:
+        self.times.setdefault((batch_bucket(batch_size), k), StepTime()).record(seconds)
+
+    def measured(self, batch_size: int, k: int) -> bool:
+        return (batch_bucket(batch_size), k) in self.times
+
+    def plain_seconds(self, batch_size: int) -> float | None:
+        """A plain step's seconds at `batch_size`, None until one was timed."""
+        t = self.times.get((batch_bucket(batch_size), 0))
+        return t.seconds if t else None
+
+    def ratio(self, batch_size: int, k: int) -> float:
+        """A step proposing k against a plain step of the batch; at least 1 (it does all a
+        plain step does), so noise never makes a proposal look free."""
+        if k == 0:
+            return 1.0
+        return 1.0 + k * self.per_token(batch_size, k)
+
+    def per_token(self, batch_size: int, k: int) -> float:
+        """What each of k proposed tokens adds to a step, in plain steps: measured for k, or
+        taken from the nearest measured k of the bucket, or the prior."""
+        b = batch_bucket(batch_size)
+        plain = self.times.get((b, 0))
+        measured = [j for bucket, j in self.times if bucket == b and j] if plain else []
+        if not measured:
+            return self.prior_per_token
+        j = min(measured, key=lambda j: (abs(j - k), j))
+        return max(0.0, self.times[b, j].seconds / plain.seconds - 1.0) / j
+
+
+@dataclass(slots=True)
+class CostLine:
+    """Seconds of a pass over `rows` query rows, fitted online as fixed + per_row * rows by
+    least squares, each pass's weight decaying by COST_DECAY per newer one. The draft's passes
+    are timed so: what the draft computing a sequence's missing rows costs (catching up)."""
+    n: float = 0.0    # sum of weights
+    x: float = 0.0    # of weight * rows
+    xx: float = 0.0   # of weight * rows^2
+    y: float = 0.0    # of weight * seconds
+    xy: float = 0.0   # of weight * rows * seconds
+
+    def record(self, rows: int, seconds: float) -> None:
+        d = COST_DECAY
+        self.n, self.x, self.xx = self.n * d + 1, self.x * d + rows, self.xx * d + rows * rows
+        self.y, self.xy = self.y * d + seconds, self.xy * d + rows * seconds
+
+    @property
+    def measured(self) -> bool:
+        return self.n > 0
+
+    def fit(self) -> tuple[float, float]:
+        """(fixed, per_row) seconds, both at least 0. With a single row count seen, the line
+        through it is flat (a pass of any size costs the same)."""
+        if not self.n:
+            return 0.0, 0.0
+        var = self.n * self.xx - self.x * self.x
+        if var <= 1e-9 * max(self.n * self.xx, 1e-300):
+            return self.y / self.n, 0.0
+        per_row = (self.n * self.xy - self.x * self.y) / var
+        fixed = (self.y - per_row * self.x) / self.n
+        if per_row < 0:
+            return self.y / self.n, 0.0
+        if fixed < 0:  # through the origin
+            return 0.0, self.xy / self.xx
+        return fixed, per_row
+
+    def seconds(self, rows: float) -> float:
+        fixed, per_row = self.fit()
+        return fixed + per_row * rows
