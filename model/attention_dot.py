@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.ir_build import declare, emit_accumulating_loop
 from nanovllm.model.kernels import emit_load_floats
 
 F32, I32 = ir.FloatType(), ir.IntType(32)
@@ -53,8 +53,7 @@ def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, 
         _, _, _, _, q_ptr, k_ptr, k_stride, count, scale, s_ptr, s_stride = args
         intp = q_ptr.type
         vec = ir.VectorType(F32, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
+        fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
 
         def load(base, byte_offset, size):  # size: bytes of an element
             return emit_load_floats(builder, builder.add(base, ir.Constant(intp, byte_offset)),
@@ -62,29 +61,21 @@ def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, 
 
         qs = [[load(q_ptr, 4 * lanes * (c * n_vecs + v), 4) for v in range(n_vecs)]
               for c in range(n_heads)]
-        entry = builder.block
-        loop = builder.append_basic_block("dot_rows_loop")
-        done = builder.append_basic_block("dot_rows_done")
-        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(intp, 0)), loop, done)
 
-        builder.position_at_end(loop)
-        j = builder.phi(intp)
-        j.add_incoming(ir.Constant(intp, 0), entry)
-        k_row = builder.add(k_ptr, builder.mul(j, k_stride))
-        ks = [load(k_row, element_bytes * lanes * v, element_bytes) for v in range(n_vecs)]
-        s_at = builder.add(s_ptr, builder.mul(j, ir.Constant(intp, 4)))
-        for c in range(n_heads):
-            acc = builder.fmul(qs[c][0], ks[0])
-            for v in range(1, n_vecs):
-                acc = builder.call(fma, [qs[c][v], ks[v], acc])
-            score = builder.fmul(horizontal_sum(builder, acc, lanes), scale)
-            at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, c)))
-            builder.store(score, builder.inttoptr(at, F32.as_pointer()), align=4)
-        j_next = builder.add(j, ir.Constant(intp, 1))
-        j.add_incoming(j_next, loop)
-        builder.cbranch(builder.icmp_signed("<", j_next, count), loop, done)
+        def step(j, accs):  # (no accumulators: each position's scores are stored)
+            k_row = builder.add(k_ptr, builder.mul(j, k_stride))
+            ks = [load(k_row, element_bytes * lanes * v, element_bytes) for v in range(n_vecs)]
+            s_at = builder.add(s_ptr, builder.mul(j, ir.Constant(intp, 4)))
+            for c in range(n_heads):
+                acc = builder.fmul(qs[c][0], ks[0])
+                for v in range(1, n_vecs):
+                    acc = builder.call(fma, [qs[c][v], ks[v], acc])
+                score = builder.fmul(horizontal_sum(builder, acc, lanes), scale)
+                at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, c)))
+                builder.store(score, builder.inttoptr(at, F32.as_pointer()), align=4)
+            return []
 
-        builder.position_at_end(done)
+        emit_accumulating_loop(builder, "dot_rows", count, [], step)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -29,12 +29,17 @@ from __future__ import annotations
 
 from functools import cache
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+    intrinsic_accepts,
+)
 from nanovllm.model.quant import BLOCK, PAIR
 
 F32, I32 = ir.FloatType(), ir.IntType(32)
@@ -65,17 +70,8 @@ def dot_takes_bfloat() -> bool:
 def dot_verifies(pairs: ir.VectorType) -> bool:
     """Whether this LLVM accepts a module calling `vdpbf16ps` with pairs of type `pairs`,
     verified by LLVM itself."""
-    module = ir.Module("bf16_probe")
     sums = ir.VectorType(F32, BLOCK)
-    dot = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), DOT)
-    probe = ir.Function(module, ir.FunctionType(sums, [sums, pairs, pairs]), "probe")
-    builder = ir.IRBuilder(probe.append_basic_block())
-    builder.ret(builder.call(dot, list(probe.args)))
-    try:
-        llvm.parse_assembly(str(module)).verify()
-    except RuntimeError:  # "Intrinsic has incorrect argument type!"
-        return False
-    return True
+    return intrinsic_accepts(DOT, sums, [sums, pairs, pairs])
 
 
 def pair_type() -> ir.VectorType:
@@ -103,57 +99,33 @@ def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pa
         intp = x_ptr.type
         sums_type, lanes = ir.VectorType(F32, BLOCK), ir.VectorType(I32, BLOCK)
         operand = pair_type()
-        dot = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(sums_type, [sums_type, operand, operand]), DOT)
-        zero = ir.Constant(sums_type, None)
-        entry = builder.block
-        loop = builder.append_basic_block("bf16_panel_loop")
-        done = builder.append_basic_block("bf16_panel_done")
-        builder.cbranch(builder.icmp_signed(">", pairs, ir.Constant(intp, 0)), loop, done)
+        dot = declare(builder, DOT, sums_type, [sums_type, operand, operand])
 
-        builder.position_at_end(loop)
-        p = builder.phi(intp)
-        p.add_incoming(ir.Constant(intp, 0), entry)
-        accs = [builder.phi(sums_type) for _ in range(n_rows * n_blocks)]
-        for acc in accs:
-            acc.add_incoming(zero, entry)
-
-        def load_w(b):
+        def load_w(p, b):
             at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))
             at = builder.add(at, builder.mul(p, ir.Constant(intp, PAIR_BYTES)))
             return builder.bitcast(builder.load(builder.inttoptr(at, lanes.as_pointer()),
                                                 align=4), operand)
 
-        def broadcast_x(i):
+        def broadcast_x(p, i):
             """The pair k = 2 p, 2 p + 1 of row i (one i32), repeated across the vector."""
             at = builder.add(x_ptr, builder.mul(x_stride, ir.Constant(intp, i)))
             at = builder.add(at, builder.mul(p, ir.Constant(intp, 4)))
             word = builder.load(builder.inttoptr(at, I32.as_pointer()), align=4)
-            one = builder.insert_element(ir.Constant(lanes, None), word, ir.Constant(I32, 0))
-            splat = builder.shuffle_vector(one, one, ir.Constant(lanes, [0] * BLOCK))
-            return builder.bitcast(splat, operand)
+            return builder.bitcast(emit_splat(builder, word, lanes), operand)
 
-        ws = [load_w(b) for b in range(n_blocks)]
-        sums = []
-        for i in range(n_rows):
-            x = broadcast_x(i)
-            for b in range(n_blocks):
-                sums.append(builder.call(dot, [accs[i * n_blocks + b], x, ws[b]]))
-        p_next = builder.add(p, ir.Constant(intp, 1))
-        p.add_incoming(p_next, loop)
-        for acc, s in zip(accs, sums):
-            acc.add_incoming(s, loop)
-        builder.cbranch(builder.icmp_signed("<", p_next, pairs), loop, done)
+        def step(p, accs):
+            ws = [load_w(p, b) for b in range(n_blocks)]
+            sums = []
+            for i in range(n_rows):
+                x = broadcast_x(p, i)
+                for b in range(n_blocks):
+                    sums.append(builder.call(dot, [accs[i * n_blocks + b], x, ws[b]]))
+            return sums
 
-        builder.position_at_end(done)
-        finals = []
-        for s in sums:
-            finals.append(builder.phi(sums_type))
-            finals[-1].add_incoming(zero, entry)
-            finals[-1].add_incoming(s, loop)
-        for n, final in enumerate(finals):  # (i, b) in order: 16 float32 per row and block
-            at = builder.add(acc_ptr, ir.Constant(intp, 4 * BLOCK * n))
-            builder.store(final, builder.inttoptr(at, sums_type.as_pointer()), align=4)
+        zeros = [ir.Constant(sums_type, None)] * (n_rows * n_blocks)
+        finals = emit_accumulating_loop(builder, "bf16_panel", pairs, zeros, step)
+        emit_store_vectors(builder, finals, acc_ptr, 4 * BLOCK)  # (i, b): 16 float32 each
         return context.get_dummy_value()
 
     return sig, codegen

@@ -32,6 +32,7 @@ from nanovllm.model.quant import (
     bf16_to_float32,
     round_to_bfloat16,
 )
+from nanovllm.model.tiling import store_tile, tile_blocks
 
 # The register panel: rows of x by blocks of 16 outputs (rows x blocks sums, one weight vector a
 # block and a broadcast x, within AVX-512's 32 registers); a single row (batch-1 decode) takes
@@ -125,39 +126,8 @@ def matmul_bf16(xb, wp, out):
 
 @njit(cache=True, nogil=True)
 def bf16_blocks(xb, wp, out, start, end):
-    """out[:, blocks start:end]: a single row by ONE_ROW_BLOCKS blocks at a time, more rows by
-    TILE_BLOCKS; then one block at a time."""
-    acc = np.empty(TILE_ROWS * max(TILE_BLOCKS, ONE_ROW_BLOCKS) * BLOCK, np.float32)
-    b = start
-    if xb.shape[0] == 1:
-        while b + ONE_ROW_BLOCKS <= end:
-            bf16_at(1, ONE_ROW_BLOCKS, xb, wp, out, 0, b, acc)
-            b += ONE_ROW_BLOCKS
-    else:
-        while b + TILE_BLOCKS <= end:
-            bf16_rows(TILE_BLOCKS, xb, wp, out, b, acc)
-            b += TILE_BLOCKS
-    while b < end:
-        bf16_rows(1, xb, wp, out, b, acc)
-        b += 1
-
-
-@njit(cache=True, nogil=True)
-def bf16_rows(blocks, xb, wp, out, b, acc):
-    """out[:, blocks b:b + blocks], TILE_ROWS rows at a time, then 4, 2 and 1."""
-    m = xb.shape[0]
-    r = 0
-    while r + TILE_ROWS <= m:
-        bf16_at(TILE_ROWS, blocks, xb, wp, out, r, b, acc)
-        r += TILE_ROWS
-    if r + 4 <= m:
-        bf16_at(4, blocks, xb, wp, out, r, b, acc)
-        r += 4
-    if r + 2 <= m:
-        bf16_at(2, blocks, xb, wp, out, r, b, acc)
-        r += 2
-    if r < m:
-        bf16_at(1, blocks, xb, wp, out, r, b, acc)
+    """out[:, blocks start:end] by `bf16_at` tiles (`tiling.tile_blocks`)."""
+    tile_blocks(bf16_at, TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS, xb, wp, out, start, end)
 
 
 @njit(cache=True, nogil=True)
@@ -167,11 +137,7 @@ def bf16_at(rows, blocks, xb, wp, out, r, b, acc):
     bf16_panel(rows, blocks, xb.ctypes.data + r * pairs * 4, pairs * 4,
                wp.ctypes.data + b * pairs * PAIR_BYTES, pairs * PAIR_BYTES, pairs,
                acc.ctypes.data)
-    first = b * BLOCK
-    cols = min(blocks * BLOCK, out.shape[1] - first)
-    for i in range(rows):
-        for j in range(cols):
-            out[r + i, first + j] = acc[i * blocks * BLOCK + j]
+    store_tile(acc, out, rows, blocks, r, b)
 
 
 # --------------------------------------------------------------------------- widened

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+)
 from nanovllm.model.kernels import emit_load_floats
 
-F32, I32 = ir.FloatType(), ir.IntType(32)
+F32 = ir.FloatType()
 
 
 @intrinsic
@@ -48,48 +53,25 @@ def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride,
         _, _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr = args
         intp = s_ptr.type
         vec = ir.VectorType(F32, lanes)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{lanes}f32")
-        zero = ir.Constant(vec, None)
-        entry = builder.block
-        loop = builder.append_basic_block("f32_tile_loop")
-        done = builder.append_basic_block("f32_tile_done")
-        builder.cbranch(builder.icmp_signed(">", k_count, ir.Constant(intp, 0)), loop, done)
+        fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
 
-        builder.position_at_end(loop)
-        k = builder.phi(intp)
-        k.add_incoming(ir.Constant(intp, 0), entry)
-        accs = [builder.phi(vec) for _ in range(n_rows * n_vecs)]
-        for acc in accs:
-            acc.add_incoming(zero, entry)
-        v_at = builder.add(v_ptr, builder.mul(k, v_step))
-        vs = [emit_load_floats(builder, builder.add(v_at, builder.mul(v_stride, ir.Constant(
-            intp, u))), lanes, element_bytes) for u in range(n_vecs)]
-        s_at = builder.add(s_ptr, builder.mul(k, ir.Constant(intp, 4)))
-        sums = []
-        for i in range(n_rows):
-            at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, i)))
-            one = builder.load(builder.inttoptr(at, F32.as_pointer()), align=4)
-            splat = builder.insert_element(ir.Constant(vec, None), one, ir.Constant(I32, 0))
-            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(I32, lanes),
-                                                                     [0] * lanes))
-            for u in range(n_vecs):
-                sums.append(builder.call(fma, [splat, vs[u], accs[i * n_vecs + u]]))
-        k_next = builder.add(k, ir.Constant(intp, 1))
-        k.add_incoming(k_next, loop)
-        for acc, s in zip(accs, sums):
-            acc.add_incoming(s, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+        def step(k, accs):
+            v_at = builder.add(v_ptr, builder.mul(k, v_step))
+            vs = [emit_load_floats(builder, builder.add(v_at, builder.mul(v_stride, ir.Constant(
+                intp, u))), lanes, element_bytes) for u in range(n_vecs)]
+            s_at = builder.add(s_ptr, builder.mul(k, ir.Constant(intp, 4)))
+            sums = []
+            for i in range(n_rows):
+                at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, i)))
+                one = builder.load(builder.inttoptr(at, F32.as_pointer()), align=4)
+                splat = emit_splat(builder, one, vec)
+                for u in range(n_vecs):
+                    sums.append(builder.call(fma, [splat, vs[u], accs[i * n_vecs + u]]))
+            return sums
 
-        builder.position_at_end(done)
-        finals = []
-        for s in sums:
-            finals.append(builder.phi(vec))
-            finals[-1].add_incoming(zero, entry)
-            finals[-1].add_incoming(s, loop)
-        for n, final in enumerate(finals):  # (i, u) in order: `vectors * width` per row
-            at = builder.add(acc_ptr, ir.Constant(intp, 4 * lanes * n))
-            builder.store(final, builder.inttoptr(at, vec.as_pointer()), align=4)
+        zeros = [ir.Constant(vec, None)] * (n_rows * n_vecs)
+        finals = emit_accumulating_loop(builder, "f32_tile", k_count, zeros, step)
+        emit_store_vectors(builder, finals, acc_ptr, 4 * lanes)  # (i, u): `vectors * width` a row
         return context.get_dummy_value()
 
     return sig, codegen

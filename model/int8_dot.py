@@ -33,12 +33,17 @@ from __future__ import annotations
 
 from functools import cache
 
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nanovllm.model.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    emit_store_vectors,
+    intrinsic_accepts,
+)
 from nanovllm.model.kernels import NON_TEMPORAL, emit_prefetch
 from nanovllm.model.quant import BLOCK_BYTES
 
@@ -72,22 +77,8 @@ def vnni_takes_bytes() -> bool:
     """Whether this LLVM's `vpdpbusd` intrinsics take the multiplied bytes as byte vectors
     (<64 x i8>) rather than as int32 lanes (<16 x i32>, older LLVMs): a module calling it the
     first way, verified by LLVM itself."""
-    module = ir.Module("vnni_probe")
     lanes, data = ir.VectorType(I32, 16), ir.VectorType(I8, 64)
-    dot = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]),
-                      "llvm.x86.avx512.vpdpbusd.512")
-    probe = ir.Function(module, ir.FunctionType(lanes, [lanes, data, data]), "probe")
-    builder = ir.IRBuilder(probe.append_basic_block())
-    builder.ret(builder.call(dot, list(probe.args)))
-    try:
-        llvm.parse_assembly(str(module)).verify()
-    except RuntimeError:  # "Intrinsic has incorrect argument type!"
-        return False
-    return True
-
-
-def _function(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Type]):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+    return intrinsic_accepts("llvm.x86.avx512.vpdpbusd.512", lanes, [lanes, data, data])
 
 
 class Multiply:
@@ -106,20 +97,20 @@ class Multiply:
         suffix = "512" if width == 64 else "256"
         if OFFSET[isa]:
             self.dot_operand = self.bytes if vnni_takes_bytes() else self.lanes
-            self.dot = _function(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
-                                 [self.lanes, self.dot_operand, self.dot_operand])
+            self.dot = declare(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
+                               [self.lanes, self.dot_operand, self.dot_operand])
         elif width == 64:
-            self.pairs = _function(builder, "llvm.x86.avx512.pmaddubs.w.512", self.words,
-                                   [self.bytes, self.bytes])
-            self.quads = _function(builder, "llvm.x86.avx512.pmaddw.d.512", self.lanes,
-                                   [self.words, self.words])
+            self.pairs = declare(builder, "llvm.x86.avx512.pmaddubs.w.512", self.words,
+                                 [self.bytes, self.bytes])
+            self.quads = declare(builder, "llvm.x86.avx512.pmaddw.d.512", self.lanes,
+                                 [self.words, self.words])
         else:
-            self.pairs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", self.words,
-                                   [self.bytes, self.bytes])
-            self.quads = _function(builder, "llvm.x86.avx2.pmadd.wd", self.lanes,
-                                   [self.words, self.words])
-            self.sign = _function(builder, "llvm.x86.avx2.psign.b", self.bytes,
-                                  [self.bytes, self.bytes])
+            self.pairs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", self.words,
+                                 [self.bytes, self.bytes])
+            self.quads = declare(builder, "llvm.x86.avx2.pmadd.wd", self.lanes,
+                                 [self.words, self.words])
+            self.sign = declare(builder, "llvm.x86.avx2.psign.b", self.bytes,
+                                [self.bytes, self.bytes])
 
     def prepare_word(self, word):
         """vpdpbusd: 4 bytes of x (an i32) + 128 each, as unsigned bytes (flipping the top bit
@@ -199,35 +190,20 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
         mul = Multiply(name, builder)
         intp = x_ptr.type
         quads = ir.VectorType(I32, width // 4)
-        zero = ir.Constant(mul.lanes, None)
-        entry = builder.block
-        loop = builder.append_basic_block("int8_panel_loop")
-        done = builder.append_basic_block("int8_panel_done")
-        builder.cbranch(builder.icmp_signed(">", groups, ir.Constant(intp, 0)), loop, done)
-
-        builder.position_at_end(loop)
-        g = builder.phi(intp)
-        g.add_incoming(ir.Constant(intp, 0), entry)
-        accs = [builder.phi(mul.lanes) for _ in range(n_rows * n_blocks * halves)]
-        for acc in accs:
-            acc.add_incoming(zero, entry)
+        ahead = WEIGHT_PREFETCH[name]
 
         def address(base, offset):
             return builder.add(base, ir.Constant(intp, offset))
 
-        def broadcast_x(i):
+        def broadcast_x(g, i):
             """4 bytes of x row i (k = 4 g .. 4 g + 3), repeated across the vector."""
             at = builder.add(address(x_ptr, 0), builder.mul(x_stride, ir.Constant(intp, i)))
             at = builder.add(at, builder.mul(g, ir.Constant(intp, 4)))
             word = mul.prepare_word(builder.load(builder.inttoptr(at, I32.as_pointer()),
                                                  align=1))
-            one = builder.insert_element(ir.Constant(quads, None), word, ir.Constant(I32, 0))
-            splat = builder.shuffle_vector(one, one, ir.Constant(quads, [0] * quads.count))
-            return mul.prepare_x(builder.bitcast(splat, mul.bytes))
+            return mul.prepare_x(builder.bitcast(emit_splat(builder, word, quads), mul.bytes))
 
-        ahead = WEIGHT_PREFETCH[name]
-
-        def load_w(b, h):
+        def load_w(g, b, h):
             at = builder.add(p_ptr, builder.mul(block_stride, ir.Constant(intp, b)))
             at = builder.add(at, builder.mul(g, ir.Constant(intp, BLOCK_BYTES)))
             if ahead and h == 0:  # (a step reads one 64-byte line of each block)
@@ -236,35 +212,26 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             return mul.prepare_w(builder.load(builder.inttoptr(at, mul.bytes.as_pointer()),
                                               align=1))
 
-        ws = [[load_w(b, h) for h in range(halves)] for b in range(n_blocks)]
-        sums = []
-        for i in range(n_rows):
-            x = broadcast_x(i)
-            for b in range(n_blocks):
-                for h in range(halves):
-                    sums.append(mul.add(accs[(i * n_blocks + b) * halves + h], x, ws[b][h]))
-        g_next = builder.add(g, ir.Constant(intp, 1))
-        g.add_incoming(g_next, loop)
-        for acc, s in zip(accs, sums):
-            acc.add_incoming(s, loop)
-        builder.cbranch(builder.icmp_signed("<", g_next, groups), loop, done)
+        def step(g, accs):
+            ws = [[load_w(g, b, h) for h in range(halves)] for b in range(n_blocks)]
+            sums = []
+            for i in range(n_rows):
+                x = broadcast_x(g, i)
+                for b in range(n_blocks):
+                    for h in range(halves):
+                        sums.append(mul.add(accs[(i * n_blocks + b) * halves + h], x, ws[b][h]))
+            return sums
 
-        builder.position_at_end(done)
-        finals = []
-        for s in sums:
-            finals.append(builder.phi(mul.lanes))
-            finals[-1].add_incoming(zero, entry)
-            finals[-1].add_incoming(s, loop)
+        zeros = [ir.Constant(mul.lanes, None)] * (n_rows * n_blocks * halves)
+        finals = emit_accumulating_loop(builder, "int8_panel", groups, zeros, step)
         with builder.if_else(context.cast(builder, scaled, types.boolean, types.boolean)) \
                 as (finish, keep):
             with finish:
                 _scale(builder, finals, mul.lanes, n_rows, n_blocks * halves, OFFSET[name],
                        wsums_ptr, ws_ptr, xs_ptr, out_ptr, out_stride, bias_ptr, has_bias,
                        accumulate)
-            with keep:
-                for n, final in enumerate(finals):  # (i, b, h): 16 int32 per row and block
-                    at = address(acc_ptr, n * width)
-                    builder.store(final, builder.inttoptr(at, mul.lanes.as_pointer()), align=4)
+            with keep:  # (i, b, h): 16 int32 per row and block
+                emit_store_vectors(builder, finals, acc_ptr, width)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -293,8 +260,7 @@ def _scale(builder, finals, lanes, n_rows, n_vectors, offset, wsums_ptr, ws_ptr,
     rows = []
     for i in range(n_rows):
         x_scale = builder.load(at(xs_ptr, 4 * i, ir.FloatType()), align=4)
-        one = builder.insert_element(ir.Constant(floats, None), x_scale, ir.Constant(I32, 0))
-        x_scales = builder.shuffle_vector(one, one, ir.Constant(lanes, [0] * lanes.count))
+        x_scales = emit_splat(builder, x_scale, floats)
         rows.append(builder.add(out_ptr, builder.mul(out_stride, ir.Constant(out_stride.type, i))))
         row = []
         for n in range(n_vectors):

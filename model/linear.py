@@ -49,6 +49,7 @@ from nanovllm.model.quant import (
     kernel_array,
     widen,
 )
+from nanovllm.model.tiling import store_tile, tile_blocks
 
 logger = logging.getLogger("nanovllm")
 
@@ -309,33 +310,9 @@ def matmul_packed(x, wp, out):
 
 @njit(cache=True, nogil=True)
 def packed_blocks(x, wp, out, start, end):
-    """out[:, blocks start:end], TILE_BLOCKS blocks at a time, then one at a time."""
-    acc = np.empty(TILE_ROWS * TILE_BLOCKS * PACK_WIDTH, np.float32)
-    b = start
-    while b + TILE_BLOCKS <= end:
-        packed_rows(TILE_BLOCKS, x, wp, out, b, acc)
-        b += TILE_BLOCKS
-    while b < end:
-        packed_rows(1, x, wp, out, b, acc)
-        b += 1
-
-
-@njit(cache=True, nogil=True)
-def packed_rows(blocks, x, wp, out, b, acc):
-    """out[:, blocks b:b + blocks], TILE_ROWS rows at a time, then 4, 2 and 1."""
-    m = x.shape[0]
-    r = 0
-    while r + TILE_ROWS <= m:
-        packed_at(TILE_ROWS, blocks, x, wp, out, r, b, acc)
-        r += TILE_ROWS
-    if r + 4 <= m:
-        packed_at(4, blocks, x, wp, out, r, b, acc)
-        r += 4
-    if r + 2 <= m:
-        packed_at(2, blocks, x, wp, out, r, b, acc)
-        r += 2
-    if r < m:
-        packed_at(1, blocks, x, wp, out, r, b, acc)
+    """out[:, blocks start:end] by `packed_at` tiles (`tiling.tile_blocks`; a single row takes
+    the same panel of blocks as more)."""
+    tile_blocks(packed_at, TILE_ROWS, TILE_BLOCKS, TILE_BLOCKS, x, wp, out, start, end)
 
 
 @njit(cache=True, nogil=True)
@@ -345,11 +322,7 @@ def packed_at(rows, blocks, x, wp, out, r, b, acc):
     broadcast_tile(PACK_WIDTH, rows, blocks, 4, x.ctypes.data + r * k_dim * 4, k_dim * 4,
                    wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, PACK_WIDTH * 4,
                    k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data)
-    first = b * PACK_WIDTH
-    cols = min(blocks * PACK_WIDTH, out.shape[1] - first)
-    for i in range(rows):
-        for j in range(cols):
-            out[r + i, first + j] = acc[i * blocks * PACK_WIDTH + j]
+    store_tile(acc, out, rows, blocks, r, b)
 
 
 def compile_linear_kernel() -> None:

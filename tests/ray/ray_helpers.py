@@ -1,14 +1,63 @@
-"""Helpers shared by the Ray tests (imported as `ray_helpers`)."""
+"""Helpers shared by the Ray tests (imported as `ray_helpers`; tests/ray/conftest.py puts
+tests/server, whose `server_helpers` this uses, on the path)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from server_helpers import MODEL, LiveServer, free_port, serve
 
 LONG_CONTEXT = 1024  # room for a request that runs for seconds (the kill test needs one)
 # Room for a request that outlives any test's look at it: decoding 7,000 tokens takes the
 # tiny model tens of seconds on an idle machine, minutes on a loaded one.
 ENDLESS_CONTEXT = 8192
+
+
+@dataclass
+class RayDeployment:
+    live: LiveServer
+    client: object  # RayEngineClient
+    handle: object  # the engine deployment's DeploymentHandle
+    session_dir: str
+    proxy_port: int | None  # Ray Serve's own HTTP proxy, if started
+
+    def stop(self) -> None:
+        self.live.stop()
+        self.client.shutdown()
+
+
+def start_deployment(config, num_cpus: int, replicas: int = 2, served_model_name: str = MODEL,
+                     model_root: str | None = None, proxy: bool = False) -> RayDeployment:
+    """A local Ray instance (`num_cpus` logical CPUs, loopback, no dashboard), `replicas`
+    engine replicas of `config` (an EngineConfig) on Ray Serve, and the usual FastAPI app over
+    them (`served_model_name`, `model_root`: build_app's) served by real uvicorn; with `proxy`,
+    Ray Serve's own HTTP proxy too, on a free port."""
+    import ray
+    from ray import serve as ray_serve
+
+    from nanovllm.server.app import build_app
+    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
+
+    context = ray.init(num_cpus=num_cpus, include_dashboard=False,
+                       _node_ip_address="127.0.0.1", object_store_memory=80 * 2**20,
+                       log_to_driver=False)
+    proxy_port = free_port() if proxy else None
+    try:
+        if proxy:  # (deploy() leaves the proxy as it is)
+            ray_serve.start(proxy_location="HeadOnly",
+                            http_options={"host": "127.0.0.1", "port": proxy_port})
+        handle = deploy(config, replicas, 1)
+        client = RayEngineClient(handle, handle.describe.remote().result(), replicas,
+                                 teardown=lambda: teardown(owns_ray=True))
+    except BaseException:
+        ray.shutdown()
+        raise
+    live = serve(build_app(client, served_model_name=served_model_name, model_root=model_root),
+                 client)
+    return RayDeployment(live, client, handle, context.address_info["session_dir"],
+                         proxy_port)
 
 
 def ray_processes(session_dir: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from server_helpers import serve as serve_app
+from ray_helpers import start_deployment
 
 from nanovllm import LLM, SamplingParams
 
@@ -22,27 +22,13 @@ MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
 @pytest.fixture(scope="module")
 def llama_replica(llama_ckpt):
-    import ray
-
     from nanovllm import EngineConfig
-    from nanovllm.server.app import build_app
-    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
     model_dir = llama_ckpt("llama-gqa")
-    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=80 * 2**20, log_to_driver=False)
-    try:
-        handle = deploy(EngineConfig(str(model_dir), num_kv_blocks=128), 1, 1)
-        client = RayEngineClient(handle, handle.describe.remote().result(), 1,
-                                 teardown=lambda: teardown(owns_ray=True))
-    except BaseException:
-        ray.shutdown()
-        raise
-    live = serve_app(build_app(client, served_model_name=MODEL, model_root=str(model_dir)),
-                     client)
-    yield live, model_dir
-    live.stop()
-    client.shutdown()
+    deployment = start_deployment(EngineConfig(str(model_dir), num_kv_blocks=128), num_cpus=1,
+                                  replicas=1, served_model_name=MODEL, model_root=str(model_dir))
+    yield deployment.live, model_dir
+    deployment.stop()
 
 
 @pytest.fixture

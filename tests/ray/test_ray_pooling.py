@@ -16,7 +16,7 @@ import numpy as np
 import openai
 import pytest
 from bert_checkpoints import TEXTS
-from server_helpers import serve as serve_app
+from ray_helpers import start_deployment
 
 from nanovllm import LLM
 
@@ -28,27 +28,15 @@ MODEL = "tiny-embedder-ray"
 @pytest.fixture(scope="module")
 def embed_replica(tmp_path_factory):
     pytest.importorskip("sentence_transformers")
-    import ray
     from bert_checkpoints import write_st_embedder
 
     from nanovllm import EngineConfig
-    from nanovllm.server.app import build_app
-    from nanovllm.server.ray.client import RayEngineClient, deploy, teardown
 
     model_dir = write_st_embedder(tmp_path_factory.mktemp("ray-embed") / "st", pooling="mean")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=80 * 2**20, log_to_driver=False)
-    try:
-        handle = deploy(EngineConfig(str(model_dir)), 2, 1)
-        client = RayEngineClient(handle, handle.describe.remote().result(), 2,
-                                 teardown=lambda: teardown(owns_ray=True))
-    except BaseException:
-        ray.shutdown()
-        raise
-    live = serve_app(build_app(client, served_model_name=MODEL), client)
-    yield live, model_dir
-    live.stop()
-    client.shutdown()
+    deployment = start_deployment(EngineConfig(str(model_dir)), num_cpus=2,
+                                  served_model_name=MODEL)
+    yield deployment.live, model_dir
+    deployment.stop()
 
 
 @pytest.fixture(scope="module")

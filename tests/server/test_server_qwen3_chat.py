@@ -19,19 +19,12 @@ import openai
 import pytest
 from chat_checkpoints import write_qwen3_chat
 from server_helpers import make_engine, serve, wait_idle
+from tool_specs import TIME, weather_tool
 
 from nanovllm.server.app import build_app
 
 MODEL = "tiny-qwen3"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "days"],
-                   "properties": {"city": {"enum": ["Paris", "Rome"]},
-                                  "days": {"type": "integer", "minimum": 1, "maximum": 7}}}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "additionalProperties": False,
-                                       "required": ["zone"],
-                                       "properties": {"zone": {"enum": ["CET", "UTC"]}}}}}
+WEATHER = weather_tool({"enum": ["Paris", "Rome"]})
 TOOLS = [WEATHER, TIME]
 ASK = [{"role": "system", "content": "You are terse."},
        {"role": "user", "content": "Weather in Paris for 2 days?"}]

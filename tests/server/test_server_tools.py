@@ -15,19 +15,12 @@ import openai
 import pytest
 from chat_checkpoints import write_hermes_llama
 from server_helpers import error_of, make_engine, serve, wait_idle
+from tool_specs import TIME, weather_tool
 
 from nanovllm.server.app import build_app
 
 MODEL = "tiny-hermes"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "days"],
-                   "properties": {"city": {"type": "string", "maxLength": 8},
-                                  "days": {"type": "integer", "minimum": 1, "maximum": 7}}}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "additionalProperties": False,
-                                       "required": ["zone"],
-                                       "properties": {"zone": {"enum": ["CET", "UTC"]}}}}}
+WEATHER = weather_tool({"type": "string", "maxLength": 8})
 TOOLS = [WEATHER, TIME]
 ASK = [{"role": "user", "content": "Weather in Paris for 2 days?"}]
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}\n</tool_call>'
