@@ -203,7 +203,8 @@ class Speculator:
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
         catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
-        self._timing = None if self._untimed else self._regular(scheduled, asked, catching_up)
+        timed = self.config.speculates(len(scheduled)) and not self._untimed  # else no k to weigh
+        self._timing = self._regular(scheduled, asked, catching_up) if timed else None
         self._untimed = False
         if not asked and not catching_up:
             self._end_catch_up()
