@@ -1,5 +1,5 @@
 """What a speculating step costs, measured whole: the wall time of the engine's steps (scheduling,
-the draft's passes, the target's pass, verification, output processing: Engine.step from end to
+the draft's passes, the target's pass, verification, output processing: LLMEngine.step from end to
 end), by batch size and the step's k, against plain steps (k = 0) of the same batch size.
 
 Adding up parts (a draft pass, one more verified row per sequence) under-counts on a small model,
