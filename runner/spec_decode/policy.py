@@ -26,8 +26,9 @@ one step of another k than its choice, while it speculates a plain step and, in 
 either side of its own, while it does not the k the prior costs promise, so a wrong estimate
 (a step timed while the machine was busy) is measured again and recovers; the probes grow
 rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps).
-And until a k is timed, its cost comes from the nearest timed k, or from the draft's weight
-bytes against the target's: a draft as costly as the target is never tried.
+And until a k is timed, its cost comes from the nearest timed k of the batch size, or, where
+the batch size has none, from its nearest timed neighbour's, or, with none timed, from the
+draft's weight bytes against the target's: a draft as costly as the target is never tried.
 
 A seeded sampled request is the exception: its k must repeat from run to run (its samples
 depend on it), so it decides from its own acceptance and the prior cost only (`choose_k`).
