@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from nanovllm.runner.spec_decode.policy import (
     ENTER_GAIN,
+    PROBE_FAR,
     PROBE_MOST,
     SWITCH_MARGIN,
     Acceptance,
@@ -268,6 +269,21 @@ def test_a_losing_k_is_dropped_and_probed_rarely():
     probes = sum(k > 0 for k in late)
     assert 0 < probes <= len(late) / PROBE_MOST + 1
     assert policy.costs.ratio(1, 1) == pytest.approx(1.5)
+
+
+def test_a_clearly_losing_k_is_probed_seldom_and_a_near_one_as_before():
+    """Plain decoding wins in both, though the prior (a proposal costing 0.05 plain steps)
+    promises otherwise: by far where a proposal costs 0.9 (the best k makes 0.68 tokens per
+    plain step's time), narrowly where it costs 0.2 and is seldom kept (0.96). Far from paying,
+    probes wait up to PROBE_FAR steps; near it, up to PROBE_MOST."""
+    def late_probes(alpha, per_token):
+        policy = StepPolicy(StepCosts(prior_per_token=0.05))
+        late = _machine(policy, 3000, alpha, lambda k, n: 0.01 * (1 + per_token * k))[500:]
+        return sum(k > 0 for k in late), len(late)
+    far, steps = late_probes(0.3, 0.9)
+    assert 0 < far <= steps / PROBE_FAR + 1
+    near, steps = late_probes(0.15, 0.2)
+    assert steps / PROBE_MOST - 2 <= near <= steps / PROBE_MOST + 1
 
 
 def test_a_paying_k_keeps_plain_decoding_measured():
