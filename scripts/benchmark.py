@@ -606,7 +606,7 @@ def format_acceptance(results: list[CellResult]) -> str:
             "speculating step); the wall time of a whole step proposing k = 1, 2, ... against a "
             "plain step of the batch, as last measured (~: not timed at this batch, a stand-in); "
             "the k each decode chose (share of decodes; a step proposing k pays where "
-            "E = 1 + rate + ... + rate^k beats its step cost)\n" + render_table(table))
+            "E = 1 + the rates by position up to k beats its step cost)\n" + render_table(table))
 
 
 def _step_costs(a: dict) -> str:
