@@ -78,6 +78,14 @@ class BertConfig:
         head = e * e + e + (self.num_labels * (e + 1) if self.is_classifier else 0)
         return embeddings + 2 * e + self.num_hidden_layers * per_layer + head
 
+    def text_multiply_adds(self, length: int) -> int:
+        """Multiply-adds of one text of `length` tokens through the layers: the linear layers
+        (Q, K, V, output, MLP up and down) and attention's two products (queries x keys, every
+        token against every other, and probabilities x values). Embeddings, norms, GELU and
+        pooling are not counted (a few per element, not per weight)."""
+        e, i = self.hidden_size, self.intermediate_size
+        return self.num_hidden_layers * (length * (4 * e * e + 2 * e * i) + 2 * length * length * e)
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> BertConfig:
         """Reads a Hugging Face BERT config, refusing the variants this model does not run."""

@@ -31,13 +31,11 @@ def encoder_attention(qkv: np.ndarray, n_head: int, starts: np.ndarray,
     """qkv: [n, 3E] float32, C-contiguous, the fused projection's output (columns Q | K | V,
     head h of each in columns h * D ... (h + 1) * D); starts: [texts + 1] row offsets; bias:
     [3E], the projection's bias, or None (added as the kernel reads qkv, where a pass of its
-    own would read and write all of qkv once more). Returns the heads' outputs side by side,
-    [n, E]."""
+    own would read and write all of qkv once more; without one, numba compiles the kernel with
+    no addition at all: `biased`). Returns the heads' outputs side by side, [n, E]."""
     if config.DISABLE_JIT:  # as plain Python the kernel's loops would take minutes
         return encoder_attention_numpy(qkv, n_head, starts, bias)
     out = np.empty((qkv.shape[0], qkv.shape[1] // 3), np.float32)
-    if bias is None:
-        bias = np.zeros(qkv.shape[1], np.float32)
     encoder_attention_(np.ascontiguousarray(qkv), bias, n_head, np.asarray(starts, np.int64), out)
     return out
 
@@ -71,6 +69,15 @@ TILE_COLS = TILE_VECTORS * TILE_WIDTH  # queries a block
 @njit(cache=True, nogil=True, inline="always")
 def round_up(n, multiple):
     return (n + multiple - 1) // multiple * multiple
+
+
+@njit(cache=True, nogil=True, inline="always")
+def biased(value, bias, i):
+    """value + bias[i]; value itself where bias is None (numba compiles a kernel called with
+    None without the branch, and without the bias argument's reads)."""
+    if bias is None:
+        return value
+    return value + bias[i]
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -112,9 +119,9 @@ def attend_head(qkv, bias, a, b, col, out, keys, queries_t, values_t, scores_t, 
     queries_t[:, t:] = 0.0
     for j in range(t):
         for d in range(head_dim):
-            queries_t[d, j] = (qkv[a + j, col + d] + bias[col + d]) * scale
-            keys[j, d] = qkv[a + j, e + col + d] + bias[e + col + d]
-            values_t[d, j] = qkv[a + j, 2 * e + col + d] + bias[2 * e + col + d]
+            queries_t[d, j] = biased(qkv[a + j, col + d], bias, col + d) * scale
+            keys[j, d] = biased(qkv[a + j, e + col + d], bias, e + col + d)
+            values_t[d, j] = biased(qkv[a + j, 2 * e + col + d], bias, 2 * e + col + d)
     q_cols, k_rows, v_rows = queries_t.shape[1], keys.shape[0], values_t.shape[0]
     top, total = sums[0], sums[1]
     for i in range(0, t, TILE_COLS):

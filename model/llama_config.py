@@ -121,6 +121,16 @@ class LlamaConfig:
         head = 0 if self.tie_word_embeddings else self.vocab_size * e
         return self.vocab_size * e + self.num_hidden_layers * per_layer + e + head
 
+    def text_multiply_adds(self, length: int) -> int:
+        """Multiply-adds of one text of `length` tokens through the layers (the LM head not
+        counted): the linear layers (Q, K, V, output, MLP gate, up and down) and attention's two
+        products over the keys each query sees (causal: length * (length + 1) / 2 pairs).
+        Embeddings, norms, activations and rotary are not counted."""
+        e, i = self.hidden_size, self.intermediate_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        linear = length * (e * (q + 2 * kv) + q * e + 3 * e * i)
+        return self.num_hidden_layers * (linear + length * (length + 1) * q)
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> LlamaConfig:
         """Reads a Hugging Face config of a Llama-family model, refusing what we do not run."""

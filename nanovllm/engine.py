@@ -5,7 +5,8 @@
 process outputs: the scheduler describes the step once (nanovllm/contract/step.py), the model
 runner runs it, the scheduler records what it computed, and the output processor
 (output_processor.py) turns the runner's tokens into text, finishes sequences and builds the
-requests' outputs. `abort_request` retires a request at once.
+requests' outputs. `abort_request` retires a request at once. The runner hears how long each
+step took (`step_took`: scheduling to outputs), for whatever it tunes by time.
 
 The engine is single-threaded; the server drives it from one thread. Building its parts (the
 model, the KV cache's size, the runner) is engine_setup's; its counters are stats.py's.
@@ -138,11 +139,10 @@ class LLMEngine:
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule -> run -> process outputs; returns those of the requests that advanced."""
-        start, preemptions = time.perf_counter(), self.scheduler.num_preemptions
-        hook = self.hook
+        hook, preemptions = self.hook, self.scheduler.num_preemptions
         if hook:
             hook.before(self)
-        clock = time.perf_counter()  # the step itself: what speculation's choice of k weighs
+        start = time.perf_counter()  # the step itself: the watcher's copy of the state is not
         step = self.scheduler.schedule()
         if hook:
             hook.scheduled(step)
@@ -154,8 +154,7 @@ class LLMEngine:
         for out in outputs:
             if out.finished:  # a finished request leaves the engine
                 del self.requests[out.request_id]
-        if self.runner.speculator:
-            self.runner.speculator.timed_step(time.perf_counter() - clock)
+        self.runner.step_took(time.perf_counter() - start)
         self.stats.record_step(step, seqs, result, start,
                                self.scheduler.num_preemptions - preemptions)
         if hook:

@@ -115,6 +115,12 @@ class NativeModelRunner:
             self.speculator.took(out)
         return out
 
+    def step_took(self, seconds: float) -> None:
+        """The engine's whole step, scheduling to outputs, took `seconds`: what the speculator
+        weighs its k by."""
+        if self.speculator:
+            self.speculator.timed_step(seconds)
+
     def _candidates(self, logits: np.ndarray, sampling: list[ScheduledSequence],
                     ranked: list[ScheduledSequence]) -> dict[int, tuple[list[int], list[float]]]:
         """The most likely next tokens of the rows that asked for them instead of a sample,

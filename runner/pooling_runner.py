@@ -64,6 +64,9 @@ class PoolingRunner:
         return ModelRunnerOutput({}, {}, {}, pooled={s.seq_id: r for s, r in
                                                      zip(step.scheduled, results)})
 
+    def step_took(self, seconds: float) -> None:
+        """The engine's step took `seconds`: nothing here is tuned by time."""
+
     def compute(self, work: list[PoolingWork]) -> list[np.ndarray]:
         """Each text's result: its embedding [E'] or its scores [num_labels]."""
         if not work:

@@ -18,6 +18,12 @@ torch.set_num_threads set to numpy's BLAS thread count (--threads changes both).
 Before each cell both sides run once untimed; then the runs alternate ours/theirs, --reps times
 (so a busy machine slows both alike); the table shows the median and [min-max];
 ratio = nanovllm / sentence-transformers (above 1: nanovllm is faster).
+
+Against the machine's roof. Before the cells, OpenBLAS's float32 sgemm is timed on the same
+threads (`roofs.measure_float32_peak`); each side's multiply-adds a second (texts/s times what a
+text costs, counted from the model's config: `text_multiply_adds`, the linear layers and
+attention's two products) are shown as a share of it. Neither side can pass it by much: the
+share says how much is left to gain, whichever side is ahead.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import argparse
 import importlib.util
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 
 from nanovllm.model.threads import configure_thread_pools
@@ -47,6 +53,7 @@ from nanovllm.scripts.bench_utils import (  # noqa: E402
     render_table,
     write_json,
 )
+from nanovllm.scripts.roofs import describe_float32, measure_float32_peak  # noqa: E402
 
 INSTALL_REFERENCE = f"{INSTALL_TORCH_CPU} && pip install sentence-transformers"
 
@@ -89,6 +96,42 @@ class Texts:
         texts = [" ".join(self.rng.choice(self.words, self.length - 2)) for _ in range(n)]
         assert all(len(self.tokenizer.encode_pair(t)[0]) == self.length for t in texts[:1])
         return texts
+
+
+ROOF_COLUMN = "G multiply-adds/s (of roof)"
+
+
+@dataclass(frozen=True, slots=True)
+class Roof:
+    """float32's roof on this machine and what one text costs: a side's texts/s as multiply-adds
+    a second and as a share of the roof."""
+    float32_multiply_adds_per_s: float
+    multiply_adds_per_text: int
+    counted: str = ("the linear layers and attention's two products (embeddings, norms, "
+                    "activations and pooling are not counted)")
+
+    def describe(self, input_len: int) -> str:
+        return (f"roof (measured): {describe_float32(self.float32_multiply_adds_per_s)}; a text "
+                f"of {input_len} tokens costs {self.multiply_adds_per_text / 1e9:.3f} G "
+                f"multiply-adds: {self.counted}")
+
+    def rate(self, texts_per_s: Summary) -> float:
+        """Multiply-adds a second at the median texts/s."""
+        return texts_per_s.median * self.multiply_adds_per_text
+
+    def cell(self, side: str, texts_per_s: Summary | None) -> dict:
+        """The JSON's `<side>_multiply_adds_per_s` and `<side>_of_roof`."""
+        if texts_per_s is None:
+            return {}
+        rate = self.rate(texts_per_s)
+        return {f"{side}_multiply_adds_per_s": rate,
+                f"{side}_of_roof": rate / self.float32_multiply_adds_per_s}
+
+    def fmt(self, texts_per_s: Summary | None) -> str:
+        if texts_per_s is None:
+            return "-"
+        rate = self.rate(texts_per_s)
+        return f"{rate / 1e9:.1f} ({rate / self.float32_multiply_adds_per_s:.0%})"
 
 
 def timed(fn, *args) -> float:
@@ -142,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {engine.architecture} from {engine.model_path}"
           f"{' (RANDOM weights: same speed)' if engine.is_dummy else ''}; "
           f"{args.input_len} tokens a text", file=out, flush=True)
+    roof = Roof(measure_float32_peak(), engine.model_config.text_multiply_adds(args.input_len))
+    print(roof.describe(args.input_len), file=out, flush=True)
     source = Texts(engine.tokenizer, args.input_len, args.bench_seed)
     rows, results = [], []
     for b in args.batch_sizes:
@@ -160,16 +205,18 @@ def run(args: argparse.Namespace) -> int:
         ref = Summary.of([b / s for s in theirs_s])
         ratio = Summary.of([t / o for o, t in zip(ours_s, theirs_s)])
         results.append({"batch": b, "input_len": args.input_len, "nanovllm_texts_per_s": ours,
-                        "st_texts_per_s": ref, "ratio": ratio})
+                        "st_texts_per_s": ref, "ratio": ratio,
+                        **roof.cell("nanovllm", ours), **roof.cell("st", ref)})
         rows.append([str(b), ours.fmt(1), f"{ours.median * args.input_len:,.0f}",
-                     ref.fmt(1) if ref else "-",
-                     f"{ref.median * args.input_len:,.0f}" if ref else "-",
+                     roof.fmt(ours), ref.fmt(1) if ref else "-",
+                     f"{ref.median * args.input_len:,.0f}" if ref else "-", roof.fmt(ref),
                      ratio.fmt(2) if ratio else "-"])
         print(f"batch {b}: done", file=sys.stderr, flush=True)
-    print(render_table([["batch", "nanovllm texts/s", "tokens/s", "sentence-transformers texts/s",
-                         "tokens/s", "ratio"], *rows]), file=out, flush=True)
+    print(render_table([["batch", "nanovllm texts/s", "tokens/s", ROOF_COLUMN,
+                         "sentence-transformers texts/s", "tokens/s", ROOF_COLUMN, "ratio"],
+                        *rows]), file=out, flush=True)
     if args.json:
-        write_json({"environment": env, "model": str(engine.model_path),
+        write_json({"environment": env, "model": str(engine.model_path), "roof": asdict(roof),
                     "results": [{k: (asdict(v) if isinstance(v, Summary) else v)
                                  for k, v in r.items()} for r in results]}, args.json)
     return 0

@@ -25,9 +25,12 @@ a batch size keeps its k until another beats it by SWITCH_MARGIN, or until specu
 one step of another k than its choice, while it speculates a plain step and, in turn, the k on
 either side of its own, while it does not the k the prior costs promise, so a wrong estimate
 (a step timed while the machine was busy) is measured again and recovers; the probes grow
-rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps).
-And until a k is timed, its cost comes from the nearest timed k, or from the draft's weight
-bytes against the target's: a draft as costly as the target is never tried.
+rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps, or up to
+PROBE_FAR while off where the measured costs say even the best k clearly loses: there a probe
+is almost surely a loss, with a draft also the catch-up of the sequence's KV it needs).
+And until a k is timed, its cost comes from the nearest timed k of the batch size, or, where
+the batch size has none, from its nearest timed neighbour's, or, with none timed, from the
+draft's weight bytes against the target's: a draft as costly as the target is never tried.
 
 A seeded sampled request is the exception: its k must repeat from run to run (its samples
 depend on it), so it decides from its own acceptance and the prior cost only (`choose_k`).
@@ -50,6 +53,11 @@ SWITCH_MARGIN = 1.03
 # PROBE_MOST; starting or stopping speculation brings it back to PROBE_FIRST.
 PROBE_FIRST = 8
 PROBE_MOST = 32
+# While a batch size does not speculate and the measured costs say even its best k loses by
+# more than NEAR_PAYING, its probes wait up to PROBE_FAR steps instead: such a probe is almost
+# surely a loss (with a draft, also the catch-up of the sequence's KV it needs first).
+NEAR_PAYING = 0.9
+PROBE_FAR = 256
 # A probe whose step could not be timed (catch-up, prefill, a capped k) is given up after this
 # many steps.
 PROBE_TRIES = 4
@@ -134,7 +142,8 @@ class StepPolicy:
         if choice.countdown > 0:
             return choice.k
         choice.countdown = choice.wait
-        choice.wait = min(2 * choice.wait, PROBE_MOST)
+        far = not choice.k and max(rates[1:], default=0.0) < NEAR_PAYING
+        choice.wait = min(2 * choice.wait, PROBE_FAR if far else PROBE_MOST)
         probe = self._probe(expected, choice)
         if probe != choice.k:
             choice.probing, choice.tries = probe, 1

@@ -10,11 +10,13 @@ Only regular decode steps are timed: every scheduled sequence a single decode, n
 end that its k is capped, no draft catch-up in the step (a prefill chunk, a request finishing,
 or the draft computing what its cache lacks, is not the price of a step's k). Each estimate is the median of the bucket's last STEP_SAMPLES timed steps: a step
 stalled by another process on the machine does not move it, a lasting change of load shows as
-soon as it holds for half of them.
+soon as it holds for half of them. A k not timed takes the cost per token of the bucket's
+nearest timed k; a bucket with no timed k borrows from its nearest timed neighbour.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -60,9 +62,13 @@ class StepCosts:
     `prior_per_token` (the draft's weight bytes against the target's, plus VERIFY_PRIOR)."""
     prior_per_token: float
     times: dict[tuple[int, int], StepTime] = field(default_factory=dict)
+    speculated: set[int] = field(default_factory=set)  # buckets with a speculating step timed
 
     def record(self, batch_size: int, k: int, seconds: float) -> None:
-        self.times.setdefault((batch_bucket(batch_size), k), StepTime()).record(seconds)
+        b = batch_bucket(batch_size)
+        self.times.setdefault((b, k), StepTime()).record(seconds)
+        if k:
+            self.speculated.add(b)
 
     def measured(self, batch_size: int, k: int) -> bool:
         return (batch_bucket(batch_size), k) in self.times
@@ -81,14 +87,22 @@ class StepCosts:
 
     def per_token(self, batch_size: int, k: int) -> float:
         """What each of k proposed tokens adds to a step, in plain steps: measured for k, or
-        taken from the nearest measured k of the bucket, or the prior."""
-        b = batch_bucket(batch_size)
-        plain = self.times.get((b, 0))
-        measured = [j for bucket, j in self.times if bucket == b and j] if plain else []
-        if not measured:
+        taken from the nearest measured k of the bucket; a bucket with none borrows from its
+        nearest timed neighbour; with none timed, the prior."""
+        b = self._nearest_timed(batch_bucket(batch_size))
+        if b is None:
             return self.prior_per_token
+        measured = [j for bucket, j in self.times if bucket == b and j]
         j = min(measured, key=lambda j: (abs(j - k), j))
-        return max(0.0, self.times[b, j].seconds / plain.seconds - 1.0) / j
+        return max(0.0, self.times[b, j].seconds / self.times[b, 0].seconds - 1.0) / j
+
+    def _nearest_timed(self, bucket: int) -> int | None:
+        """The timed bucket (a plain step and a speculating one) nearest `bucket` by ratio, the
+        larger on a tie (a proposal's rows are a larger share of a larger batch's step)."""
+        if bucket in self.speculated and (bucket, 0) in self.times:
+            return bucket
+        timed = [b for b in self.speculated if (b, 0) in self.times]
+        return min(timed, key=lambda b: (abs(math.log(b / bucket)), -b), default=None)
 
 
 @dataclass(slots=True)

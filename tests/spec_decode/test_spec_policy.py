@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from nanovllm.runner.spec_decode.policy import (
     ENTER_GAIN,
+    PROBE_FAR,
     PROBE_MOST,
     SWITCH_MARGIN,
     Acceptance,
@@ -270,6 +271,21 @@ def test_a_losing_k_is_dropped_and_probed_rarely():
     assert policy.costs.ratio(1, 1) == pytest.approx(1.5)
 
 
+def test_a_clearly_losing_k_is_probed_seldom_and_a_near_one_as_before():
+    """Plain decoding wins in both, though the prior (a proposal costing 0.05 plain steps)
+    promises otherwise: by far where a proposal costs 0.9 (the best k makes 0.68 tokens per
+    plain step's time), narrowly where it costs 0.2 and is seldom kept (0.96). Far from paying,
+    probes wait up to PROBE_FAR steps; near it, up to PROBE_MOST."""
+    def late_probes(alpha, per_token):
+        policy = StepPolicy(StepCosts(prior_per_token=0.05))
+        late = _machine(policy, 3000, alpha, lambda k, n: 0.01 * (1 + per_token * k))[500:]
+        return sum(k > 0 for k in late), len(late)
+    far, steps = late_probes(0.3, 0.9)
+    assert 0 < far <= steps / PROBE_FAR + 1
+    near, steps = late_probes(0.15, 0.2)
+    assert steps / PROBE_MOST - 2 <= near <= steps / PROBE_MOST + 1
+
+
 def test_a_paying_k_keeps_plain_decoding_measured():
     """Cheap proposals, mostly kept: the policy speculates, and still times a plain step now
     and then, rarely."""
@@ -330,10 +346,59 @@ def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
     assert costs.ratio(1, 4) == pytest.approx(1.8)  # the nearest timed k's cost per token
     costs.record(1, 1, 0.009)  # noise: cheaper than plain
     assert costs.ratio(1, 1) == 1.0
-    assert costs.ratio(2, 2) == pytest.approx(1.6)  # another batch size: the prior
+    assert costs.ratio(2, 2) == pytest.approx(1.4)  # another batch size: batch 1's costs
     costs.record(12, 0, 0.02)
     costs.record(16, 1, 0.03)
     assert costs.ratio(9, 1) == pytest.approx(1.5)  # 9 to 16 share their timings
+
+
+def test_a_batch_size_without_timings_borrows_from_its_nearest_timed_neighbour():
+    costs = StepCosts(prior_per_token=0.3)
+    for batch, per_token in ((2, 0.1), (8, 0.25)):
+        costs.record(batch, 0, 0.010)
+        costs.record(batch, 2, 0.010 * (1 + 2 * per_token))
+    assert costs.per_token(2, 2) == pytest.approx(0.1)
+    assert costs.per_token(8, 2) == pytest.approx(0.25)
+    assert costs.per_token(1, 2) == pytest.approx(0.1)
+    assert costs.per_token(3, 1) == pytest.approx(0.1)   # nearer 2 than 8, by ratio
+    assert costs.per_token(6, 3) == pytest.approx(0.25)
+    assert costs.per_token(64, 1) == pytest.approx(0.25)
+    assert costs.per_token(4, 2) == pytest.approx(0.25)  # as near 2 as 8: the larger batch's
+    costs.record(3, 2, 0.05)  # no plain step of its own to weigh it against: still borrows
+    assert costs.per_token(3, 2) == pytest.approx(0.1)
+    costs.record(1, 0, 0.010)  # a plain step alone is no timing of a k either
+    assert costs.per_token(1, 2) == pytest.approx(0.1)
+
+
+def _noisy(rng, plain: float, a: float, c: float):
+    """Step seconds of a k costing 1 + a + c k plain steps, with 10% noise and one step in
+    thirty stalled (three to thirty times as long) by another process."""
+    def cost(k, n):
+        stall = rng.uniform(3.0, 30.0) if rng.random() < 1 / 30 else 1.0
+        return plain * (1 + (a + c * k if k else 0.0)) * rng.normal(1.0, 0.1) * stall
+    return cost
+
+
+def test_noisy_steps_find_a_paying_k_and_hold_it():
+    """Cheap proposals (1 + 0.03 + 0.08k plain steps) kept with probability 0.5: k = 2 and 3 pay
+    about alike (1.47 tokens per plain step's time), 4 less. Through the noise the policy's
+    steps make within 3% of the best k's rate, and it moves between k's only to probe."""
+    alpha, a, c = 0.5, 0.03, 0.08
+    chosen = _machine(StepPolicy(StepCosts(prior_per_token=0.05)), 3000, alpha,
+                      _noisy(np.random.default_rng(7), 0.002, a, c))
+    late = chosen[500:]
+    rate = [expected_tokens(alpha, k) / (1 + (a + c * k if k else 0.0)) for k in range(5)]
+    assert sum(rate[k] for k in late) / len(late) > 0.97 * max(rate)
+    assert sum(x != y for x, y in zip(late, late[1:])) < len(late) / 8
+
+
+def test_noisy_steps_of_a_losing_draft_stay_plain():
+    """The same engine with a dear draft (1 + 0.12 + 0.26k plain steps) and proposals kept with
+    probability 0.3: no k pays, and after the prior's first tries nearly every step is plain."""
+    chosen = _machine(StepPolicy(StepCosts(prior_per_token=0.27)), 3000, 0.3,
+                      _noisy(np.random.default_rng(8), 0.003, 0.12, 0.26))
+    late = chosen[500:]
+    assert late.count(0) > 0.95 * len(late)
 
 
 def test_a_k_timed_in_a_stall_is_measured_again():
