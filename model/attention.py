@@ -336,15 +336,16 @@ def _tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
 
     def impl(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
         a, step = acc.ctypes.data, size * TILE_WIDTH  # from one vector of a row to the next
+        row = TILE_VECTORS * TILE_WIDTH * 4  # acc's rows, one after another
         if heads == 3:
             broadcast_tile(TILE_WIDTH, 3, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a)
+                           step, count, a, row)
         elif heads == 2:
             broadcast_tile(TILE_WIDTH, 2, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a)
+                           step, count, a, row)
         else:
             broadcast_tile(TILE_WIDTH, 1, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a)
+                           step, count, a, row)
     return impl
 
 

@@ -34,9 +34,9 @@ F32 = ir.FloatType()
 
 @intrinsic
 def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride, v_ptr, v_step,
-                   v_stride, k_count, acc_ptr):
+                   v_stride, k_count, acc_ptr, acc_stride):
     """acc[i, j] = sum over k < k_count of s[i, k] * v[k, j], for i < scalars and j < vectors *
-    width, stored at acc_ptr as float32 [scalars, vectors * width]. Row i of s starts at s_ptr +
+    width, stored as float32s, row i of acc from acc_ptr + i * acc_stride. Row i of s starts at s_ptr +
     i * s_stride (its elements 4 bytes apart); at step k, vector u (v[k, u * width:(u + 1) *
     width]) starts at v_ptr + k * v_step + u * v_stride (byte addresses, aligned to an element),
     its elements float32 (v_bytes 4) or float16 bits (2, `kernels.emit_load_floats`). Each
@@ -47,10 +47,10 @@ def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride,
     lanes, n_rows, n_vecs = width.literal_value, scalars.literal_value, vectors.literal_value
     element_bytes = v_bytes.literal_value
     sig = types.none(width, scalars, vectors, v_bytes, types.intp, types.intp, types.intp,
-                     types.intp, types.intp, types.intp, types.intp)
+                     types.intp, types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr = args
+        _, _, _, _, s_ptr, s_stride, v_ptr, v_step, v_stride, k_count, acc_ptr, acc_stride = args
         intp = s_ptr.type
         vec = ir.VectorType(F32, lanes)
         fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
@@ -71,7 +71,9 @@ def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride,
 
         zeros = [ir.Constant(vec, None)] * (n_rows * n_vecs)
         finals = emit_accumulating_loop(builder, "f32_tile", k_count, zeros, step)
-        emit_store_vectors(builder, finals, acc_ptr, 4 * lanes)  # (i, u): `vectors * width` a row
+        for i in range(n_rows):
+            row_at = builder.add(acc_ptr, builder.mul(acc_stride, ir.Constant(intp, i)))
+            emit_store_vectors(builder, finals[i * n_vecs:(i + 1) * n_vecs], row_at, 4 * lanes)
         return context.get_dummy_value()
 
     return sig, codegen

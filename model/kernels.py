@@ -131,9 +131,9 @@ def prefetch_lines(address, nbytes):
 
 @overload(prefetch_lines, inline="always")
 def _prefetch_lines(address, nbytes):
-    def impl(address, nbytes):
-        for offset in range(0, nbytes, CACHE_LINE):
-            prefetch_(address + offset)
+    def impl(address, nbytes):  # (from the line address is in, to the line of its last byte)
+        for line in range(address - address % CACHE_LINE, address + nbytes, CACHE_LINE):
+            prefetch_(line)
     return impl
 
 

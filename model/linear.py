@@ -336,7 +336,7 @@ def packed_at(rows, blocks, x, wp, out, r, b, acc, bias, accumulate):
     k_dim = x.shape[1]
     broadcast_tile(PACK_WIDTH, rows, blocks, 4, x.ctypes.data + r * k_dim * 4, k_dim * 4,
                    wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, PACK_WIDTH * 4,
-                   k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data)
+                   k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data, blocks * PACK_WIDTH * 4)
     store_tile(acc, out, rows, blocks, r, b, bias, accumulate)
 
 

@@ -84,7 +84,7 @@ class Speculator:
         self.draft_valid: dict[int, int] = {}     # seq id -> positions the draft's cache holds
         self.acceptance: dict[int, Acceptance] = {}  # seq id -> its proposals' fate so far
         self.pooled = Acceptance()                # every request's, fading: a newcomer's prior
-        self.policy = StepPolicy(StepCosts(draft_share + VERIFY_PRIOR))
+        self.policy = StepPolicy(StepCosts(draft_share + VERIFY_PRIOR, draft_share))
         self.draft_passes = CostLine() if draft else None  # what the draft's rows cost
         # This step's draft-only catch-up chunks (seq id -> positions) and the budget left them.
         self._catch_up: dict[int, int] = {}

@@ -59,8 +59,13 @@ class StepTime:
 class StepCosts:
     """Whole-step timings by (batch bucket, k), and what stands in for the unmeasured: the
     cost per proposed token, in plain steps, of the nearest measured k of the bucket, else
-    `prior_per_token` (the draft's weight bytes against the target's, plus VERIFY_PRIOR)."""
+    `prior_per_token` (the draft's weight bytes against the target's, plus VERIFY_PRIOR).
+    `least_per_token` bounds every measured cost from below: a draft's pass streams all its
+    weights, so a proposal costs at least their bytes against the target's (a plain step streams
+    the target's); a measurement under that was timed against a plain step slowed by a busy
+    machine, and taken at its word it would make every k look nearly free."""
     prior_per_token: float
+    least_per_token: float = 0.0
     times: dict[tuple[int, int], StepTime] = field(default_factory=dict)
     speculated: set[int] = field(default_factory=set)  # buckets with a speculating step timed
 
@@ -94,7 +99,8 @@ class StepCosts:
             return self.prior_per_token
         measured = [j for bucket, j in self.times if bucket == b and j]
         j = min(measured, key=lambda j: (abs(j - k), j))
-        return max(0.0, self.times[b, j].seconds / self.times[b, 0].seconds - 1.0) / j
+        measured = (self.times[b, j].seconds / self.times[b, 0].seconds - 1.0) / j
+        return max(self.least_per_token, measured)
 
     def _nearest_timed(self, bucket: int) -> int | None:
         """The timed bucket (a plain step and a speculating one) nearest `bucket` by ratio, the

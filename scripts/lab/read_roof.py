@@ -41,7 +41,7 @@ def read_rows(a, start, end, ones, acc):
     """Reads a[start:end] ([rows, VECTORS * LANES] float32) through broadcast_tile."""
     broadcast_tile(LANES, 1, VECTORS, 4, ones.ctypes.data, 0,
                    a.ctypes.data + start * a.shape[1] * 4, a.shape[1] * 4, LANES * 4,
-                   end - start, acc.ctypes.data)
+                   end - start, acc.ctypes.data, 0)
 
 
 @njit(cache=True, nogil=True, parallel=True)

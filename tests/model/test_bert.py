@@ -83,16 +83,21 @@ def test_encoder_attention_kernel_matches_numpy_and_the_reference(lengths, n_hea
     np.testing.assert_allclose(got, attention_per_text(qkv, n_head, starts), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("lengths", [[3, 17, 1], [128] * 4])  # the calling thread; numba's
-def test_encoder_attention_adds_the_projection_bias_as_it_reads(lengths):
+# The calling thread, numba's, and a head dim off the kernel's tiles.
+@pytest.mark.parametrize("lengths, n_head, head_dim", [
+    ([3, 17, 1], 4, 32),
+    ([128] * 4, 4, 32),
+    ([5, 33], 3, 24),
+])
+def test_encoder_attention_adds_the_projection_bias_as_it_reads(lengths, n_head, head_dim):
     rng = np.random.default_rng(5)
     starts = np.cumsum([0, *lengths])
-    qkv = rng.standard_normal((starts[-1], 3 * 4 * 32)).astype(np.float32)
+    qkv = rng.standard_normal((starts[-1], 3 * n_head * head_dim)).astype(np.float32)
     bias = rng.standard_normal(qkv.shape[1]).astype(np.float32)
-    expected = attention_per_text(qkv + bias, 4, starts)
-    np.testing.assert_allclose(encoder_attention(qkv, 4, starts, bias), expected, atol=1e-5,
-                               rtol=1e-5)
-    np.testing.assert_allclose(encoder_attention_numpy(qkv, 4, starts, bias), expected,
+    expected = attention_per_text(qkv + bias, n_head, starts)
+    np.testing.assert_allclose(encoder_attention(qkv, n_head, starts, bias), expected,
+                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(encoder_attention_numpy(qkv, n_head, starts, bias), expected,
                                atol=1e-5, rtol=1e-5)
 
 

@@ -352,6 +352,19 @@ def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
     assert costs.ratio(9, 1) == pytest.approx(1.5)  # 9 to 16 share their timings
 
 
+def test_a_draft_proposal_never_costs_less_than_its_weight_bytes():
+    """Steps of k = 4 timed against plain steps a busy machine slowed (the plain median above
+    theirs): taken at its word, every k would look free. A draft of a quarter of the target's
+    bytes is held to a quarter of a plain step per proposal; n-gram lookup streams no weights."""
+    for least, expected in ((0.25, 2.0), (0.0, 1.0)):
+        costs = StepCosts(prior_per_token=least + 0.05, least_per_token=least)
+        costs.record(1, 0, 0.010)
+        costs.record(1, 4, 0.009)
+        assert costs.ratio(1, 4) == pytest.approx(expected)
+        costs.record(1, 2, 0.020)
+        assert costs.ratio(1, 2) == pytest.approx(2.0)  # above it, the measurement stands
+
+
 def test_a_batch_size_without_timings_borrows_from_its_nearest_timed_neighbour():
     costs = StepCosts(prior_per_token=0.3)
     for batch, per_token in ((2, 0.1), (8, 0.25)):
