@@ -6,15 +6,23 @@ given that the ones before it were. A sequence proposing k tokens then makes on 
 
     E(alpha, k) = 1 + alpha + ... + alpha^k = (1 - alpha^(k+1)) / (1 - alpha)
 
-tokens in the step (the target's own included). alpha is estimated per request from its own
-proposals (starting from what the engine has seen on all requests); an n-gram lookup that finds
-nothing counts as a rejected proposal, since the step it asked for made one token.
+tokens in the step (the target's own included). Measured acceptance falls with the position
+faster than that (an n-gram match runs out, a draft grows less sure), so one alpha overrates the
+long k: the step's choice uses a rate per position instead, a_i = the chance position i is kept
+given the ones before it were, and
+
+    E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
+
+(`expected_tokens_by_position`; the geometric E is the case of equal a_i). Both are estimated
+per request from its own proposals, starting from what the engine has seen on all requests; an
+n-gram lookup that finds nothing counts as a rejected proposal, since the step it asked for made
+one token.
 
 The cost is measured, not summed from parts: the wall time of whole steps proposing k against
 plain steps of the same batch size (step_costs.py), ratio(b, k) >= 1. A step of b decodes that
 all propose k then makes, per plain step's time,
 
-    rate(k) = mean_i E(alpha_i, k) / ratio(b, k)        rate(0) = 1 (a plain decode)
+    rate(k) = mean_i E_i(k) / ratio(b, k)        rate(0) = 1 (a plain decode)
 
 and the step takes the k of the highest rate. k is one per step, for every decode in it: the
 step's draft passes and its timing are the step's, not a request's.
@@ -33,7 +41,8 @@ the batch size has none, from its nearest timed neighbour's, or, with none timed
 draft's weight bytes against the target's: a draft as costly as the target is never tried.
 
 A seeded sampled request is the exception: its k must repeat from run to run (its samples
-depend on it), so it decides from its own acceptance and the prior cost only (`choose_k`).
+depend on it), so it decides from its own acceptance, as one alpha taken optimistically, and
+the prior cost only (`choose_k`).
 """
 
 from __future__ import annotations
@@ -78,6 +87,18 @@ def expected_tokens(alpha: float, k: int) -> float:
     if alpha >= 1.0:
         return float(k + 1)
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def expected_tokens_by_position(rates: list[float]) -> list[float]:
+    """E(k) for k = 0..len(rates), `rates[i]` the chance that proposal i + 1 is kept given the
+    ones before it were: 1 + the sum over i <= k of rates[0] * ... * rates[i]. Unlike
+    `expected_tokens`, the rate may fall with the position, as measured acceptance does: one
+    alpha, fitted mostly on the first positions, would overrate a long k."""
+    out, survive = [1.0], 1.0
+    for rate in rates:
+        survive *= rate
+        out.append(out[-1] + survive)
+    return out
 
 
 def gain(alpha: float, k: int, cost: float) -> float:
@@ -191,18 +212,39 @@ def pays_to_catch_up(alpha: float, cost: float, k: int, remaining: int | None,
 
 @dataclass(slots=True)
 class Acceptance:
-    """An acceptance rate as counts: proposals kept, and proposals decided (kept, or the first
-    rejected one; those after it were never judged). kept / decided is alpha's estimate."""
-    kept: float = 0.0
-    decided: float = 0.0
+    """Acceptance as counts by proposal position: how often a proposal was judged there (the
+    positions before it all kept; the first rejected one is judged too, those after it never
+    are) and how often it was kept there. Summed over positions they give one rate, alpha's
+    estimate kept / decided; position by position, the rate at each (`rates`)."""
+    reached: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+
+    @property
+    def kept(self) -> float:
+        return sum(self.accepted)
+
+    @property
+    def decided(self) -> float:
+        return sum(self.reached)
 
     def record(self, num_proposed: int, num_kept: int) -> None:
-        self.kept += num_kept
-        self.decided += num_kept + (num_kept < num_proposed)
+        judged = min(num_kept + 1, num_proposed)
+        for counts, n in ((self.reached, judged), (self.accepted, num_kept)):
+            counts.extend([0.0] * (n - len(counts)))
+            for i in range(n):
+                counts[i] += 1
 
     def rate(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
         """The estimate, `prior` counting as `weight` decided proposals."""
         return (self.kept + prior * weight) / (self.decided + weight)
+
+    def rates(self, prior: list[float], weight: float = PRIOR_WEIGHT) -> list[float]:
+        """Each position's rate given the ones before it were kept, for as many positions as
+        `prior` has, `prior[i]` counting as `weight` proposals judged at position i + 1."""
+        def at(counts: list[float], i: int) -> float:
+            return counts[i] if i < len(counts) else 0.0
+        return [(at(self.accepted, i) + p * weight) / (at(self.reached, i) + weight)
+                for i, p in enumerate(prior)]
 
     def optimistic(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
         """The estimate plus OPTIMISM standard errors (at most 1): what the choice of k uses,
@@ -211,5 +253,5 @@ class Acceptance:
         return min(1.0, rate + OPTIMISM * math.sqrt(rate * (1.0 - rate) / (self.decided + weight)))
 
     def decay(self, factor: float) -> None:
-        self.kept *= factor
-        self.decided *= factor
+        self.reached = [n * factor for n in self.reached]
+        self.accepted = [n * factor for n in self.accepted]

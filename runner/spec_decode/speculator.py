@@ -3,8 +3,8 @@ the lookahead slots the scheduler reserved, and to verify them against the targe
 
 Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
 the step's k (policy.py), the one of most tokens per second from the running requests'
-acceptance so far and the measured wall time of whole steps proposing k against plain ones
-(step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine tells its runner how
+acceptance so far, position by position, and the measured wall time of whole steps proposing
+k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine tells its runner how
 long each step took (`step_took`), and the runner hands the seconds to `timed_step`. A decode's
 k is never more than num_speculative_tokens, than the request can still use (max_tokens, the
 context length) nor than the step's token budget leaves; none at all from disable_by_batch_size running sequences
@@ -43,7 +43,7 @@ from nanovllm.runner.spec_decode.policy import (
     Acceptance,
     StepPolicy,
     choose_k,
-    expected_tokens,
+    expected_tokens_by_position,
     pays_to_catch_up,
 )
 from nanovllm.runner.spec_decode.step_costs import VERIFY_PRIOR, CostLine, StepCosts
@@ -131,13 +131,13 @@ class Speculator:
         """The policy's k for this step, chosen at its first decode from the mean expected
         tokens of the live requests (those without proposals yet at the pooled rate)."""
         if self._step_k is None:
-            k_max, prior = self.config.num_speculative_tokens, self.pooled.rate(PRIOR_ALPHA)
+            k_max = self.config.num_speculative_tokens
+            prior = self.pooled.rates([PRIOR_ALPHA] * k_max)
             # At their estimates, not optimistically: the probes do the exploring, and a step
             # of many requests would add up every request's bonus.
-            alphas = [a.rate(prior) for a in self.acceptance.values()]
-            alphas += [prior] * max(0, num_running - len(alphas))
-            expected = [sum(expected_tokens(a, k) for a in alphas) / len(alphas)
-                        for k in range(k_max + 1)]
+            each = [expected_tokens_by_position(a.rates(prior)) for a in self.acceptance.values()]
+            each += [expected_tokens_by_position(prior)] * max(0, num_running - len(each))
+            expected = [sum(e[k] for e in each) / len(each) for k in range(k_max + 1)]
             self._step_k = self.policy.choose(num_running, expected)
         return self._step_k
 

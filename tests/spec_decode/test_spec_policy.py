@@ -1,8 +1,8 @@
 """The adaptive-k policy's invariants: the model's expected tokens (checked against our own
 rejection sampler), the choice of k (an argmax of tokens per cost, 0 when nothing pays, monotone
 in acceptance and cost), the step's k from measured whole steps (hysteresis, probes that keep
-plain decoding reachable and let a wrong estimate recover), the acceptance estimate, the step
-timings and the draft's cost line."""
+plain decoding reachable and let a wrong estimate recover), the acceptance estimate (one rate,
+and position by position), the step timings and the draft's cost line."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from nanovllm.runner.spec_decode.policy import (
     StepPolicy,
     choose_k,
     expected_tokens,
+    expected_tokens_by_position,
     gain,
     pays_to_catch_up,
     settle,
@@ -146,6 +147,84 @@ def test_acceptance_recovers_the_rate_of_truncated_runs(alpha):
             kept += 1
         a.record(k, kept)
     assert abs(a.rate(0.5, weight=0.0) - alpha) < 0.01
+
+
+@given(alphas, ks)
+def test_equal_rates_by_position_are_the_geometric_sum(alpha, k_max):
+    e = expected_tokens_by_position([alpha] * k_max)
+    assert e == pytest.approx([expected_tokens(alpha, k) for k in range(k_max + 1)])
+
+
+@given(st.lists(st.floats(0.0, 1.0), max_size=MAX_NUM_SPECULATIVE_TOKENS))
+def test_expected_tokens_by_position_grow_by_the_survival(rates):
+    e = expected_tokens_by_position(rates)
+    assert e[0] == 1.0 and len(e) == len(rates) + 1
+    for k in range(len(rates)):
+        assert e[k + 1] - e[k] == pytest.approx(math.prod(rates[:k + 1]))
+
+
+def _outcomes(curve: list[float], steps: int, seed: int = 0) -> Acceptance:
+    """Steps proposing k = 1..len(curve) at random, proposal i kept with probability curve[i - 1]
+    given the ones before it were, until the first rejection."""
+    rng = np.random.default_rng(seed)
+    a = Acceptance()
+    for _ in range(steps):
+        k = int(rng.integers(1, len(curve) + 1))
+        kept = 0
+        while kept < k and rng.random() < curve[kept]:
+            kept += 1
+        a.record(k, kept)
+    return a
+
+
+FALLING = [0.9, 0.7, 0.3, 0.1]  # conditional rates by position: the n-gram match runs out
+
+
+def test_rates_by_position_recover_a_falling_survival_curve():
+    a = _outcomes(FALLING, 20_000)
+    assert a.rates([0.5] * 4) == pytest.approx(FALLING, abs=0.02)
+    assert expected_tokens_by_position(a.rates([0.5] * 4)) == pytest.approx(
+        expected_tokens_by_position(FALLING), abs=0.02)
+    # the one rate fits the early positions, and overrates the long k
+    one = a.rate(0.5)
+    assert expected_tokens(one, 4) > expected_tokens_by_position(FALLING)[4] + 0.1
+
+
+def test_rates_by_position_start_at_the_prior_and_follow_the_evidence():
+    a = Acceptance()
+    assert a.rates([0.3, 0.6]) == [0.3, 0.6]
+    a.record(3, 1)  # position 1 kept, position 2 rejected, position 3 never judged
+    assert a.reached == [1, 1] and a.accepted == [1]
+    assert a.kept == 1 and a.decided == 2
+    r = a.rates([0.5, 0.5, 0.5], weight=2.0)
+    assert r[0] > 0.5 > r[1] and r[2] == 0.5
+
+
+def test_a_falling_curve_proposes_fewer_than_one_rate_would():
+    """At the same evidence, the policy given E by position picks a smaller k than given the
+    geometric E of the overall rate, and a k within a percent of the best for the true curve."""
+    a, cost = _outcomes(FALLING, 20_000), 0.1
+    geometric = [expected_tokens(a.rate(0.5), k) for k in range(5)]
+    by_position = expected_tokens_by_position(a.rates([0.5] * 4))
+    k_one = StepPolicy(StepCosts(cost)).choose(8, geometric)
+    k_pos = StepPolicy(StepCosts(cost)).choose(8, by_position)
+    assert 0 < k_pos < k_one
+    true_rates = [e / (1 + k * cost) for k, e in enumerate(expected_tokens_by_position(FALLING))]
+    assert true_rates[k_pos] >= 0.99 * max(true_rates)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.4, 0.6, 0.8])
+@pytest.mark.parametrize("cost", [0.05, 0.2, 0.5])
+def test_geometric_outcomes_choose_as_one_rate_does(alpha, cost):
+    """Where acceptance is geometric, both estimates describe the same curve: the same k, or,
+    within the sampling noise of a near tie, one as good."""
+    a = _outcomes([alpha] * 4, 20_000, seed=int(alpha * 10))
+    geometric = [expected_tokens(a.rate(0.5), k) for k in range(5)]
+    by_position = expected_tokens_by_position(a.rates([0.5] * 4))
+    k_one = StepPolicy(StepCosts(cost)).choose(8, geometric)
+    k_pos = StepPolicy(StepCosts(cost)).choose(8, by_position)
+    true_rates = [expected_tokens(alpha, k) / (1 + k * cost) for k in range(5)]
+    assert k_pos == k_one or true_rates[k_pos] == pytest.approx(true_rates[k_one], rel=0.01)
 
 
 @given(st.floats(0.0, 1.0), st.floats(0.0, 0.1), st.lists(st.integers(1, 256), min_size=2,
