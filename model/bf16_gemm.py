@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.bf16_dot import PAIR_BYTES, bf16_panel
-from nanovllm.model.kernels import claim, on_threads, split_chunks
+from nanovllm.model.kernels import as_bias, claim, on_threads, split_chunks
 from nanovllm.model.quant import (
     BLOCK,
     PAIR,
@@ -40,12 +40,18 @@ from nanovllm.model.tiling import store_tile, tile_blocks
 TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS = 8, 3, 8
 
 
-def bf16_matmul(x: np.ndarray, w: PackedBF16Weight) -> np.ndarray:
-    """round_to_bfloat16(x) @ dequantize(w).T: x [M, K] float32 -> [M, N] float32, on the
-    avx512bf16 kernel (compiled only)."""
+def bf16_matmul(x: np.ndarray, w: PackedBF16Weight, bias: np.ndarray | None = None,
+                residual: np.ndarray | None = None) -> np.ndarray:
+    """round_to_bfloat16(x) @ dequantize(w).T + bias: x [M, K] float32 -> [M, N] float32, on the
+    avx512bf16 kernel (compiled only). With `residual` ([M, N] float32, C-contiguous) the result
+    is added into it in place, and it is returned: the bias and the residual are added as the
+    kernel stores its sums, not in passes of their own."""
     xb = round_activations(x, w.packed.shape[1])
+    if residual is not None:
+        matmul_bf16(xb, w.packed, residual, as_bias(bias), True)
+        return residual
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    matmul_bf16(xb, w.packed, out)
+    matmul_bf16(xb, w.packed, out, as_bias(bias), False)
     return out
 
 
@@ -61,11 +67,16 @@ def round_activations(x: np.ndarray, pairs: int) -> np.ndarray:
     return xb
 
 
-def reference(x: np.ndarray, w: PackedBF16Weight) -> np.ndarray:
+def reference(x: np.ndarray, w: PackedBF16Weight, bias: np.ndarray | None = None,
+              residual: np.ndarray | None = None) -> np.ndarray:
     """What `bf16_matmul` computes, in plain numpy: x rounded to bfloat16 times the weights'
-    float32 values, each product exact and summed in float64."""
+    float32 values, each product exact and summed in float64; then the bias and the residual
+    added in float32 (a new array: the residual is left as it was)."""
     xr = round_to_bfloat16(x).astype(np.float64)
-    return (xr @ bf16_to_float32(w.rows()).astype(np.float64).T).astype(np.float32)
+    out = (xr @ bf16_to_float32(w.rows()).astype(np.float64).T).astype(np.float32)
+    if bias is not None:
+        out += bias
+    return out if residual is None else residual + out
 
 
 # --------------------------------------------------------------------------- activations
@@ -109,10 +120,11 @@ def round_rows_parallel(x, out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_bf16(xb, wp, out):
-    """out = xb @ w.T, xb bfloat16 bits [M, 2 * pairs], w packed as wp [blocks, pairs, BLOCK,
-    PAIR] (`quant.pack_bfloat16`), by chunks of whole panels of blocks in parallel. xb and wp
-    C-contiguous; out [M, N] with N <= blocks * BLOCK."""
+def matmul_bf16(xb, wp, out, bias, accumulate):
+    """out = xb @ w.T + bias (added into out with `accumulate`: `tiling.store_tile`), xb
+    bfloat16 bits [M, 2 * pairs], w packed as wp [blocks, pairs, BLOCK, PAIR]
+    (`quant.pack_bfloat16`), bias [N] or empty (`kernels.as_bias`), by chunks of whole panels
+    of blocks in parallel. xb and wp C-contiguous; out [M, N] with N <= blocks * BLOCK."""
     n_blocks = wp.shape[0]
     per_panel = ONE_ROW_BLOCKS if xb.shape[0] == 1 else TILE_BLOCKS
     step, chunks = split_chunks(n_blocks, per_panel)
@@ -120,24 +132,26 @@ def matmul_bf16(xb, wp, out):
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:
-            bf16_blocks(xb, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step))
+            bf16_blocks(xb, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step), bias,
+                        accumulate)
             chunk = claim(taken)
 
 
 @njit(cache=True, nogil=True)
-def bf16_blocks(xb, wp, out, start, end):
+def bf16_blocks(xb, wp, out, start, end, bias, accumulate):
     """out[:, blocks start:end] by `bf16_at` tiles (`tiling.tile_blocks`)."""
-    tile_blocks(bf16_at, TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS, xb, wp, out, start, end)
+    tile_blocks(bf16_at, TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS, xb, wp, out, start, end, bias,
+                accumulate)
 
 
 @njit(cache=True, nogil=True)
-def bf16_at(rows, blocks, xb, wp, out, r, b, acc):
+def bf16_at(rows, blocks, xb, wp, out, r, b, acc, bias, accumulate):
     """out[r:r + rows, the outputs of blocks b:b + blocks that exist] through acc."""
     pairs = wp.shape[1]
     bf16_panel(rows, blocks, xb.ctypes.data + r * pairs * 4, pairs * 4,
                wp.ctypes.data + b * pairs * PAIR_BYTES, pairs * PAIR_BYTES, pairs,
                acc.ctypes.data)
-    store_tile(acc, out, rows, blocks, r, b)
+    store_tile(acc, out, rows, blocks, r, b, bias, accumulate)
 
 
 # --------------------------------------------------------------------------- widened

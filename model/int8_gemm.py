@@ -29,7 +29,7 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels import claim, on_threads, split_chunks
+from nanovllm.model.kernels import as_bias, claim, on_threads, split_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
 logger = logging.getLogger("nanovllm")
@@ -99,22 +99,6 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
     MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, as_bias(bias), accumulate, out)
-
-
-# "No bias", and the one array type the kernels take for a bias (read-only, so that a
-# checkpoint's memory-mapped bias and a computed one share one compiled signature).
-NO_BIAS = np.zeros(0, np.float32)
-NO_BIAS.flags.writeable = False
-
-
-def as_bias(bias: np.ndarray | None) -> np.ndarray:
-    """bias ([N] float32, contiguous) as a read-only view, or `NO_BIAS`."""
-    if bias is None:
-        return NO_BIAS
-    if bias.flags.writeable:
-        bias = bias.view()
-        bias.flags.writeable = False
-    return bias
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -2,6 +2,7 @@
 a row softmax.
 
 - `KERNEL_MATH`: the fast-math flags the kernels compile with.
+- `NO_BIAS`, `as_bias`: the bias a linear layer's kernel adds as it stores its output.
 - `exp32`: numba calls libm's scalar expf, which does not vectorize (no SVML here) and made a
   compiled GELU slower than numpy's. This one is a handful of multiply-adds and integer
   operations that vectorize, within 2 float32 ulps of exp (tested).
@@ -41,6 +42,21 @@ from nanovllm.model.cpu import kernel_path
 # Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
 # not allowed.
 KERNEL_MATH = {"reassoc", "contract", "arcp", "nsz"}
+
+# "No bias", and the one array type the kernels take for a bias (read-only, so that a
+# checkpoint's memory-mapped bias and a computed one share one compiled signature).
+NO_BIAS = np.zeros(0, np.float32)
+NO_BIAS.flags.writeable = False
+
+
+def as_bias(bias: np.ndarray | None) -> np.ndarray:
+    """bias ([N] float32, contiguous) as a read-only view, or `NO_BIAS`."""
+    if bias is None:
+        return NO_BIAS
+    if bias.flags.writeable:
+        bias = bias.view()
+        bias.flags.writeable = False
+    return bias
 
 LOG2_E = np.float32(1.4426950408889634)
 LN2_HI = np.float32(0.693145751953125)  # ln 2 in two parts: n * LN2_HI is exact for |n| < 2**9,

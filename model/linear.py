@@ -38,7 +38,7 @@ from nanovllm.model.bf16_gemm import bf16_matmul, compile_bf16_kernel, widen_pac
 from nanovllm.model.cpu import int8_kernels, kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
-from nanovllm.model.kernels import KERNEL_MATH, claim, split_chunks
+from nanovllm.model.kernels import KERNEL_MATH, NO_BIAS, as_bias, claim, split_chunks
 from nanovllm.model.quant import (
     BLOCK,
     BF16Weight,
@@ -83,13 +83,16 @@ def linear(x: np.ndarray | Int8Rows, w: Weight, b: np.ndarray | None = None,
     """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32. For
     int8 weights x may come quantized already (`Int8Rows`, see `takes_int8`).
     With `residual` ([M, out] float32, C-contiguous) the result is added into it in place and
-    it is returned (the W8A8 kernels add the bias and the residual as they store)."""
+    it is returned (the W8A8 and the packed kernels add the bias and the residual as they
+    store their sums; elsewhere numpy adds them after)."""
     if isinstance(w, Int8Weight):
         return int8_linear(x, w, host_int8_kernel(), b, residual)
+    if isinstance(w, PackedF32Weight | PackedBF16Weight) and packed_kernel_takes(x, w):
+        return packed_kernel_linear(x, w, b, residual)
     if isinstance(w, PackedF32Weight):
         out = packed_linear(x, w)
     elif isinstance(w, PackedBF16Weight):
-        out = packed_bf16_linear(x, w)
+        out = widened_matmul(x, w)
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
         matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
@@ -156,18 +159,35 @@ def host_packs_float32() -> bool:
     return host_has_panels()
 
 
-def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
-    """x @ w.T: `matmul_packed` (compiled) up to PACKED_MAX_ROWS rows, and on more rows
-    PACKED_MAX_ROWS at a time for matrices of at least PACKED_CHUNK_MIN_K inputs; else BLAS on
-    the matrix unpacked to `[out, in]` rows `BLAS_CHUNK` outputs at a time."""
+def packed_kernel_takes(x: np.ndarray, w: PackedF32Weight | PackedBF16Weight) -> bool:
+    """Whether `packed_kernel_linear` multiplies x by w (compiled kernels only): float32 up to
+    PACKED_MAX_ROWS rows, or more for matrices of at least PACKED_CHUNK_MIN_K inputs; bfloat16
+    up to BF16_MAX_ROWS rows. Above, the weights are unpacked or widened for BLAS."""
     rows = x.shape[0]
-    if not config.DISABLE_JIT and (rows <= PACKED_MAX_ROWS or w.shape[1] >= PACKED_CHUNK_MIN_K):
-        x = np.ascontiguousarray(x)
-        out = np.empty((rows, w.shape[0]), np.float32)
-        for start in range(0, rows, PACKED_MAX_ROWS):
-            end = min(rows, start + PACKED_MAX_ROWS)
-            matmul_packed(x[start:end], w.packed, out[start:end])
-        return out
+    if config.DISABLE_JIT:
+        return False
+    if isinstance(w, PackedBF16Weight):
+        return rows <= BF16_MAX_ROWS
+    return rows <= PACKED_MAX_ROWS or w.shape[1] >= PACKED_CHUNK_MIN_K
+
+
+def packed_kernel_linear(x: np.ndarray, w: PackedF32Weight | PackedBF16Weight,
+                         b: np.ndarray | None, residual: np.ndarray | None) -> np.ndarray:
+    """`linear` on the packed kernels, which add the bias and the residual as they store:
+    `bf16_matmul` (x rounded to bfloat16), or `matmul_packed` PACKED_MAX_ROWS rows at a time."""
+    if isinstance(w, PackedBF16Weight):
+        return bf16_matmul(x, w, b, residual)
+    x, bias = np.ascontiguousarray(x), as_bias(b)
+    out = np.empty((x.shape[0], w.shape[0]), np.float32) if residual is None else residual
+    for start in range(0, x.shape[0], PACKED_MAX_ROWS):
+        end = min(x.shape[0], start + PACKED_MAX_ROWS)
+        matmul_packed(x[start:end], w.packed, out[start:end], bias, residual is not None)
+    return out
+
+
+def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
+    """x @ w.T on the matrix unpacked to `[out, in]` rows, BLAS `BLAS_CHUNK` outputs at a time
+    (where `packed_kernel_takes` says the kernel does not take x)."""
     if w.shape[0] <= BLAS_CHUNK:  # one GEMM's result is the output: no copy into one
         return x @ w.rows().T
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
@@ -175,14 +195,6 @@ def packed_linear(x: np.ndarray, w: PackedF32Weight) -> np.ndarray:
         end = min(w.shape[0], start + BLAS_CHUNK)
         out[:, start:end] = x @ w.rows(start, end).T
     return out
-
-
-def packed_bf16_linear(x: np.ndarray, w: PackedBF16Weight) -> np.ndarray:
-    """x @ w.T: `bf16_matmul` (x rounded to bfloat16) up to BF16_MAX_ROWS rows (compiled), else
-    BLAS on the weights widened to float32 (`widened_matmul`)."""
-    if x.shape[0] > BF16_MAX_ROWS or config.DISABLE_JIT:
-        return widened_matmul(x, w)
-    return bf16_matmul(x, w)
 
 
 def widened_matmul(x: np.ndarray, w: BF16Weight | PackedBF16Weight) -> np.ndarray:
@@ -294,35 +306,38 @@ TILE_BLOCKS = 3
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_packed(x, wp, out):
-    """out = x @ w.T, w packed as wp [blocks, K, PACK_WIDTH] (`quant.pack_float32`), by chunks
-    of TILE_BLOCKS blocks in parallel. x and wp C-contiguous; out [M, N] with N <= blocks *
-    PACK_WIDTH."""
+def matmul_packed(x, wp, out, bias, accumulate):
+    """out = x @ w.T + bias (added into out with `accumulate`: `tiling.store_tile`), w packed as
+    wp [blocks, K, PACK_WIDTH] (`quant.pack_float32`), bias [N] or empty (`kernels.as_bias`),
+    by chunks of TILE_BLOCKS blocks in parallel. x and wp C-contiguous; out [M, N] with N <=
+    blocks * PACK_WIDTH."""
     n_blocks = wp.shape[0]
     step, chunks = split_chunks(n_blocks, TILE_BLOCKS)
     taken = np.zeros(1, np.intp)
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:
-            packed_blocks(x, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step))
+            packed_blocks(x, wp, out, chunk * step, min(n_blocks, (chunk + 1) * step), bias,
+                          accumulate)
             chunk = claim(taken)
 
 
 @njit(cache=True, nogil=True)
-def packed_blocks(x, wp, out, start, end):
+def packed_blocks(x, wp, out, start, end, bias, accumulate):
     """out[:, blocks start:end] by `packed_at` tiles (`tiling.tile_blocks`; a single row takes
     the same panel of blocks as more)."""
-    tile_blocks(packed_at, TILE_ROWS, TILE_BLOCKS, TILE_BLOCKS, x, wp, out, start, end)
+    tile_blocks(packed_at, TILE_ROWS, TILE_BLOCKS, TILE_BLOCKS, x, wp, out, start, end, bias,
+                accumulate)
 
 
 @njit(cache=True, nogil=True)
-def packed_at(rows, blocks, x, wp, out, r, b, acc):
+def packed_at(rows, blocks, x, wp, out, r, b, acc, bias, accumulate):
     """out[r:r + rows, the outputs of blocks b:b + blocks that exist] through acc."""
     k_dim = x.shape[1]
     broadcast_tile(PACK_WIDTH, rows, blocks, 4, x.ctypes.data + r * k_dim * 4, k_dim * 4,
                    wp.ctypes.data + b * k_dim * PACK_WIDTH * 4, PACK_WIDTH * 4,
                    k_dim * PACK_WIDTH * 4, k_dim, acc.ctypes.data, blocks * PACK_WIDTH * 4)
-    store_tile(acc, out, rows, blocks, r, b)
+    store_tile(acc, out, rows, blocks, r, b, bias, accumulate)
 
 
 def compile_linear_kernel() -> None:
@@ -335,7 +350,8 @@ def compile_linear_kernel() -> None:
     for w in (x, read_only, np.zeros((1, 1), np.uint16)):
         matmul_nt(x, w, np.empty((1, 1), np.float32))
     if host_packs_float32():
-        matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32))
+        matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32),
+                      NO_BIAS, False)
     widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
     host_int8_kernel()  # (compiles it; the bfloat16 kernel is compiled where weights are packed
     # for it, `host_bf16_kernel`)

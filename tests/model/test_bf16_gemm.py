@@ -155,6 +155,24 @@ def test_linear_takes_the_kernel_on_packed_weights(rows):
     np.testing.assert_array_equal(linear(x, w, b), bf16_matmul(x, w) + b)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_kernel_adds_bias_and_residual_as_it_stores(rows):
+    """The bias and the residual are added as the kernel stores its sums: the same float32 sums
+    as numpy adding them after, within the reference's bound, the residual updated in place."""
+    runnable_kernel()
+    x, w, b = f32(rows, 200, seed=13), packed(50, 200, seed=14), f32(50, seed=15)
+    before = f32(rows, 50, seed=16)
+    plain = bf16_matmul(x, w)
+    residual = before.copy()
+    got = bf16_matmul(x, w, b, residual)
+    assert got is residual
+    np.testing.assert_array_equal(got, before + (plain + b))
+    magnitude = np.abs(round_to_bfloat16(x)).astype(np.float64) @ np.abs(dequantize(w)).T
+    assert_within(got, reference(x, w, b, before).astype(np.float64),
+                  sum_error(200) * magnitude + 4 * U * (np.abs(before) + np.abs(b)))
+    np.testing.assert_array_equal(linear(x, w, b, before.copy()), got)
+
+
 @pytest.mark.parametrize("rows, k, cols", [(BF16_MAX_ROWS + 1, 65, 30), (3, 768, 31)])
 def test_widened_path_on_packed_weights_matches_reference(monkeypatch, rows, k, cols):
     """Above BF16_MAX_ROWS (and wherever the kernel is not compiled) packed weights are widened

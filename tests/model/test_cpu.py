@@ -123,6 +123,7 @@ AVX2_SCRIPT = """
 import json
 import numpy as np
 from nanovllm.model.cpu import kernel_path
+from nanovllm.model.kernels import NO_BIAS
 from nanovllm.model.linear import host_has_panels, host_packs_float32, linear, matmul_packed
 from nanovllm.model.quant import pack_float32
 rng = np.random.default_rng(0)
@@ -133,7 +134,8 @@ for rows in (1, 20, 64):
     expected = x.astype(np.float64) @ w.T.astype(np.float64)
     scale = np.abs(x) @ np.abs(w).T
     packed = np.empty((rows, 129), np.float32)
-    matmul_packed(x, pack_float32(w), packed)  # not this path's choice, but it must run here too
+    # not this path's choice, but it must run here too
+    matmul_packed(x, pack_float32(w), packed, NO_BIAS, False)
     for name, out in (("linear", linear(x, w)), ("packed", packed)):
         errors[f"{name} {rows}"] = float((np.abs(out - expected) / scale).max())
 print(json.dumps({"path": kernel_path().name, "panels": host_has_panels(),

@@ -13,9 +13,7 @@ from nanovllm.model import reference as ref
 from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
 from nanovllm.model.int8_gemm import (
     KERNELS,
-    NO_BIAS,
     PORTABLE,
-    as_bias,
     first_compiling_kernel,
     int8_linear,
     int8_matmul,
@@ -23,6 +21,7 @@ from nanovllm.model.int8_gemm import (
     quantize_rows,
     quantize_rows_parallel,
 )
+from nanovllm.model.kernels import NO_BIAS, as_bias
 from nanovllm.model.linear import host_int8_kernel
 from nanovllm.model.quant import BLOCK, GROUP, Int8Weight, dequantize, pack_int8, quantize_int8
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error

@@ -27,7 +27,7 @@ from nanovllm.model.attention import (
     softmax_,
 )
 from nanovllm.model.int8_gemm import Int8Rows, quantize_activations
-from nanovllm.model.kernels import PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.kernels import NO_BIAS, PARALLEL_MIN_WORK, as_kernel_array
 from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
 from nanovllm.model.norms import layer_norm
 from nanovllm.model.quant import Int8Weight, pack_float32
@@ -74,7 +74,8 @@ def test_linear_kernels_match_reference(kernel, rows, in_dim, out_dim):
     x, w = f32(rows, in_dim, seed=1), f32(out_dim, in_dim, seed=2)
     out = np.empty((rows, out_dim), np.float32)
     weights = pack_float32(w) if kernel == "matmul_packed" else w
-    getattr(linear_module, kernel)(x, weights, out)
+    store = (NO_BIAS, False) if kernel == "matmul_packed" else ()  # no bias, no residual
+    getattr(linear_module, kernel)(x, weights, out, *store)
     magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
     assert_within(out, ref.linear(x, w, None), sum_error(in_dim) * magnitude)
 

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear, matmul_nt, matmul_packed
+from nanovllm.model.kernels import as_bias
+from nanovllm.model.linear import (
+    KERNEL_MAX_ROWS,
+    PACKED_MAX_ROWS,
+    host_packs_float32,
+    linear,
+    matmul_nt,
+    matmul_packed,
+)
 from nanovllm.model.quant import PackedF32Weight, pack_float32
 
 # The packed kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
@@ -60,19 +68,43 @@ def test_dot_product_kernel_matches_float64(rows, out_dim, in_dim, read_only, se
 @pytest.mark.skipif(config.DISABLE_JIT, reason="LLVM IR: compiled only")
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 80), out_dim=st.integers(1, 70), in_dim=st.integers(1, 70),
-       read_only=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_packed_kernel_matches_float64(rows, out_dim, in_dim, read_only, seed):
+       read_only=st.booleans(), biased=st.booleans(), accumulate=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_packed_kernel_matches_float64(rows, out_dim, in_dim, read_only, biased, accumulate,
+                                       seed):
     """`matmul_packed` called directly, whichever this CPU's loaders pick: row counts that leave
     every remainder tile (8, 4, 2, 1 rows), outputs that leave a partial block of 16 and a
-    partial group of blocks, read-only arrays."""
+    partial group of blocks, read-only arrays; with and without a bias, stored or added into a
+    residual."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, in_dim), dtype=np.float32)
     w = rng.standard_normal((out_dim, in_dim), dtype=np.float32)
+    b = rng.standard_normal(out_dim, dtype=np.float32) if biased else None
+    residual = rng.standard_normal((rows, out_dim), dtype=np.float32)
     packed = pack_float32(w)
     x.flags.writeable = packed.flags.writeable = not read_only
-    out = np.full((rows, out_dim), np.nan, np.float32)
-    matmul_packed(x, packed, out)
-    np.testing.assert_allclose(out, reference(x, w, 0), rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+    out = residual.copy() if accumulate else np.full((rows, out_dim), np.nan, np.float32)
+    matmul_packed(x, packed, out, as_bias(b), accumulate)
+    expected = reference(x, w, 0 if b is None else b) + (residual if accumulate else 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.sqrt(in_dim))
+
+
+@pytest.mark.skipif(not host_packs_float32(), reason="float32 weights are packed on the AVX-512 "
+                    "path only (compiled)")
+@pytest.mark.parametrize("rows", [1, 13, PACKED_MAX_ROWS + 3])
+def test_linear_adds_bias_and_residual_as_numpy_would(rows):
+    """On packed weights `linear` adds the bias and the residual as the kernel stores its sums:
+    the same float32 sums as numpy's `out += b; residual += out` after the plain product."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 1600), dtype=np.float32)  # >= PACKED_CHUNK_MIN_K inputs
+    w = PackedF32Weight.from_rows(rng.standard_normal((40, 1600), dtype=np.float32))
+    b = rng.standard_normal(40, dtype=np.float32)
+    residual = rng.standard_normal((rows, 40), dtype=np.float32)
+    plain = linear(x, w)
+    expected = residual + (plain + b)
+    got = linear(x, w, b, residual)
+    assert got is residual
+    np.testing.assert_array_equal(got, expected)
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,8 +169,9 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile(kernel):
     w = rng.standard_normal((16384, 4096), dtype=np.float32)
     weights = pack_float32(w) if kernel is matmul_packed else w  # (as its loaders store them)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    kernel(x[:1], weights, out[:1])  # compiled before timing anything
-    worker = threading.Thread(target=kernel, args=(x, weights, out))
+    store = (as_bias(None), False) if kernel is matmul_packed else ()  # no bias, no residual
+    kernel(x[:1], weights, out[:1], *store)  # compiled before timing anything
+    worker = threading.Thread(target=kernel, args=(x, weights, out, *store))
     worker.start()
     turns = 0
     while worker.is_alive():
