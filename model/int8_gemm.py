@@ -29,7 +29,7 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels import as_bias, claim, on_threads, split_chunks
+from nanovllm.model.kernels import as_bias, claim, finish, on_threads, split_chunks
 from nanovllm.model.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
 logger = logging.getLogger("nanovllm")
@@ -99,16 +99,6 @@ def int8_matmul(xq: np.ndarray, xs: np.ndarray, w: Int8Weight, out: np.ndarray,
     if xq.shape[1] != padded:
         xq = np.pad(xq, ((0, 0), (0, padded - xq.shape[1])))
     MATMULS[kernel](xq, xs, w.packed, w.scale, w.sums, as_bias(bias), accumulate, out)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def finish(out, t, c, value, bias, accumulate):
-    """out[t, c] = value + bias[c] (if there is a bias), or added into out[t, c]."""
-    if bias.shape[0]:
-        value = value + bias[c]
-    if accumulate:
-        value = out[t, c] + value
-    out[t, c] = value
 
 
 # --------------------------------------------------------------------------- activations

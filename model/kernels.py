@@ -2,7 +2,8 @@
 a row softmax.
 
 - `KERNEL_MATH`: the fast-math flags the kernels compile with.
-- `NO_BIAS`, `as_bias`: the bias a linear layer's kernel adds as it stores its output.
+- `NO_BIAS`, `as_bias`, `finish`: the bias (and residual) a linear layer's kernel adds as it
+  stores its output.
 - `exp32`: numba calls libm's scalar expf, which does not vectorize (no SVML here) and made a
   compiled GELU slower than numpy's. This one is a handful of multiply-adds and integer
   operations that vectorize, within 2 float32 ulps of exp (tested).
@@ -57,6 +58,17 @@ def as_bias(bias: np.ndarray | None) -> np.ndarray:
         bias = bias.view()
         bias.flags.writeable = False
     return bias
+
+
+@njit(cache=True, nogil=True, inline="always")
+def finish(out, t, c, value, bias, accumulate):
+    """out[t, c] = value + bias[c] (if there is a bias: `as_bias`), or added into out[t, c]
+    with `accumulate`: how a linear layer's kernel stores an output, its bias and residual."""
+    if bias.shape[0]:
+        value = value + bias[c]
+    if accumulate:
+        value = out[t, c] + value
+    out[t, c] = value
 
 LOG2_E = np.float32(1.4426950408889634)
 LN2_HI = np.float32(0.693145751953125)  # ln 2 in two parts: n * LN2_HI is exact for |n| < 2**9,

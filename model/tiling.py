@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from nanovllm.model.kernels import finish
 from nanovllm.model.quant import BLOCK
 
 
@@ -72,9 +73,4 @@ def store_tile(acc, out, rows, blocks, r, b, bias, accumulate):
     cols = min(blocks * BLOCK, out.shape[1] - first)
     for i in range(rows):
         for j in range(cols):
-            value = acc[i * blocks * BLOCK + j]
-            if bias.shape[0]:
-                value += bias[first + j]
-            if accumulate:
-                value = out[r + i, first + j] + value
-            out[r + i, first + j] = value
+            finish(out, r + i, first + j, acc[i * blocks * BLOCK + j], bias, accumulate)
