@@ -4,12 +4,13 @@ the lookahead slots the scheduler reserved, and to verify them against the targe
 Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
 the step's k (policy.py), the one of most tokens per second from the running requests'
 acceptance so far, position by position, and the measured wall time of whole steps proposing
-k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine tells its runner how
-long each step took (`step_took`), and the runner hands the seconds to `timed_step`. A decode's
-k is never more than num_speculative_tokens, than the request can still use (max_tokens, the
-context length) nor than the step's token budget leaves; none at all from disable_by_batch_size running sequences
-on (vLLM's rule, when set) and for structured-output requests (their grammar would have to walk
-every proposal, and roll back on rejection). A seeded sampled request decides from its own
+k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine
+tells its runner how long each step took (`step_took`), and the runner hands the seconds to
+`timed_step`. A decode's k is never more than num_speculative_tokens, than the request can
+still use (max_tokens, the context length) nor than the step's token budget leaves; none at
+all from disable_by_batch_size running sequences on (vLLM's rule, when set) and for
+structured-output requests (their grammar would have to walk every proposal, and roll back on
+rejection). A seeded sampled request decides from its own
 acceptance and the draft's weight bytes only, never from timings: its k, and so its samples,
 repeat from run to run. With `"adaptive": false` every decode gets the most slots (vLLM's fixed
 k).

@@ -67,13 +67,9 @@ class StepCosts:
     prior_per_token: float
     least_per_token: float = 0.0
     times: dict[tuple[int, int], StepTime] = field(default_factory=dict)
-    speculated: set[int] = field(default_factory=set)  # buckets with a speculating step timed
 
     def record(self, batch_size: int, k: int, seconds: float) -> None:
-        b = batch_bucket(batch_size)
-        self.times.setdefault((b, k), StepTime()).record(seconds)
-        if k:
-            self.speculated.add(b)
+        self.times.setdefault((batch_bucket(batch_size), k), StepTime()).record(seconds)
 
     def measured(self, batch_size: int, k: int) -> bool:
         return (batch_bucket(batch_size), k) in self.times
@@ -105,9 +101,7 @@ class StepCosts:
     def _nearest_timed(self, bucket: int) -> int | None:
         """The timed bucket (a plain step and a speculating one) nearest `bucket` by ratio, the
         larger on a tie (a proposal's rows are a larger share of a larger batch's step)."""
-        if bucket in self.speculated and (bucket, 0) in self.times:
-            return bucket
-        timed = [b for b in self.speculated if (b, 0) in self.times]
+        timed = {b for b, k in self.times if k and (b, 0) in self.times}
         return min(timed, key=lambda b: (abs(math.log(b / bucket)), -b), default=None)
 
 
