@@ -24,7 +24,7 @@ from numba import config, get_num_threads, njit, prange
 from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
-from nanovllm.model.bf16_attention import BF16Context
+from nanovllm.model.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
@@ -123,7 +123,7 @@ def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: 
     if context is None:
         out = np.matmul(scores, v[first:seen].transpose(1, 0, 2))  # [Hkv, G*n, D]
     else:
-        out = context.values_times(scores, first)
+        out = context.values_times(round_probabilities(scores), first)
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 

@@ -75,15 +75,22 @@ class BF16Context:
         heads_matmul(qb, self.keys[:, start // BLOCK:blocks_of(end)], out, NO_BIAS)
         return out
 
-    def values_times(self, p: np.ndarray, start: int) -> np.ndarray:
-        """p [Hkv, M, n] (probabilities of positions start:start + n, start a `start`) times
-        those positions' values -> [Hkv, M, D] float32, p rounded to bfloat16."""
-        pairs = pairs_of(p.shape[2])
-        pb = np.empty((p.shape[0], p.shape[1], pairs * PAIR), np.uint16)
-        round_heads(p, pb, on_threads(p.size))
-        out = np.empty((p.shape[0], p.shape[1], self.head_dim), np.float32)
+    def values_times(self, pb: np.ndarray, start: int) -> np.ndarray:
+        """pb [Hkv, M, 2 * pairs] (`round_probabilities`: probabilities of positions start:start
+        + 2 * pairs as bfloat16 bits, start a `start`) times those positions' values -> [Hkv,
+        M, D] float32."""
+        pairs = pb.shape[2] // PAIR
+        out = np.empty((pb.shape[0], pb.shape[1], self.head_dim), np.float32)
         heads_matmul(pb, self.values[:, :, start // PAIR:start // PAIR + pairs], out, NO_BIAS)
         return out
+
+
+def round_probabilities(p: np.ndarray) -> np.ndarray:
+    """p [Hkv, M, n] float32 as `BF16Context.values_times` takes them: bfloat16 bits [Hkv, M,
+    n rounded up to a pair], zero beyond n."""
+    pb = np.empty((*p.shape[:-1], pairs_of(p.shape[-1]) * PAIR), np.uint16)
+    round_heads(np.ascontiguousarray(p), pb, on_threads(p.size))
+    return pb
 
 
 def reference_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -94,8 +101,8 @@ def reference_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def reference_values(p: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """What `BF16Context.values_times` computes for p [Hkv, M, n] and values v [n, Hkv, D], in
-    plain numpy (float64 sums of the rounded values)."""
+    """What `BF16Context.values_times` computes for `round_probabilities(p)` ([Hkv, M, n]) and
+    values v [n, Hkv, D], in plain numpy (float64 sums of the rounded values)."""
     pr, vr = (round_to_bfloat16(a).astype(np.float64) for a in (p, v))
     return (pr @ vr.transpose(1, 0, 2)).astype(np.float32)
 
@@ -244,7 +251,7 @@ def compile_bf16_attention() -> None:
     one thread and on all."""
     x = np.zeros((1, 1, 1), np.float32)
     context = BF16Context.pack(x, x)
-    context.values_times(context.scores(x, 0, 1), 0)
+    context.values_times(round_probabilities(context.scores(x, 0, 1)), 0)
     for threads in (False, True):
         pack_context(x, x, pair_words(context.keys), pair_words(context.values), threads)
         round_heads(x, np.empty((1, 1, PAIR), np.uint16), threads)

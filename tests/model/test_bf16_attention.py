@@ -26,6 +26,7 @@ from nanovllm.model.bf16_attention import (
     attends_in_bf16,
     reference_scores,
     reference_values,
+    round_probabilities,
 )
 from nanovllm.model.linear import host_packs_bfloat16
 from nanovllm.model_loading import pack_for_kernels
@@ -48,7 +49,7 @@ def test_context_products_match_their_references(heads, m, c, d, start):
     for kernel, expected, terms in (
             (context.scores(q, start, c), reference_scores(q, k[start:]),
              np.abs(q) @ np.abs(k[start:]).transpose(1, 2, 0)),
-            (context.values_times(p, start), reference_values(p, v[start:]),
+            (context.values_times(round_probabilities(p), start), reference_values(p, v[start:]),
              p @ np.abs(v[start:]).transpose(1, 0, 2))):
         # the same rounded products, summed in float32 against float64
         assert_within(kernel, expected, sum_error(max(c, d)) * terms)
