@@ -14,6 +14,7 @@ from nanovllm.values.speculative import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+KV_CACHE_DTYPE_CHOICES = ("auto", *KV_CACHE_DTYPES)  # "auto": `kv_cache_dtype_of`
 RUNNERS = ("auto", "generate", "pooling")
 
 
@@ -55,7 +56,7 @@ class EngineConfig:
         "auto", "'float32': exact; 'float16': half the memory per token and faster decode "
                 "attention, K/V rounded to float16; 'auto': float16 under bfloat16 weights (as "
                 "vLLM keeps a 16-bit model's cache in 16 bits), else float32",
-        ("auto", *KV_CACHE_DTYPES))
+        KV_CACHE_DTYPE_CHOICES)
     tokenizer: str | None = option(None, "tokenizer directory (default: the model's)")
     revision: str | None = option(None, "hub revision to download")
     allow_dummy_fallback: bool = option(
