@@ -91,7 +91,8 @@ class Speculator:
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
         self._step_k: int | None = None  # the k the policy chose for the step being scheduled
-        self._timing: tuple[int, int] | None = None  # (decodes, k) of the last step, if regular
+        # (decodes, k, regular) of the last step, if it was decodes only
+        self._timing: tuple[int, int, bool] | None = None
         self._untimed = False  # the step being scheduled has a decode whose k was capped
 
     # ---- the scheduler's rule --------------------------------------------------------------
@@ -119,10 +120,11 @@ class Speculator:
                 k = choose_k(own.optimistic(PRIOR_ALPHA), costs.prior_per_token, k)
             else:
                 k = min(k, self._k_of_step(num_running))
-                probing = self.policy.probing(num_running)  # chosen for the prior's promise
-                cost = costs.prior_per_token if probing else costs.per_token(num_running, k)
-                judged = (own.optimistic(self.pooled.rate(PRIOR_ALPHA)), cost, remaining,
-                          num_running)
+                if k:
+                    probing = self.policy.probing(num_running)  # chosen for the prior's promise
+                    cost = costs.prior_per_token if probing else costs.per_token(num_running, k)
+                    judged = (own.optimistic(self.pooled.rate(PRIOR_ALPHA)), cost, remaining,
+                              num_running)
         if k and self.draft is not None:
             k = self._catch_up_first(seq, k, budget, judged)
         self.chosen[k] += 1
@@ -204,8 +206,12 @@ class Speculator:
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
         catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
-        timed = self.config.speculates(len(scheduled)) and not self._untimed  # else no k to weigh
-        self._timing = self._regular(scheduled, asked, catching_up) if timed else None
+        self._timing = None
+        if self.config.speculates(len(scheduled)) and all(len(e.token_ids) == 1
+                                                          for e in scheduled):  # decodes only
+            regular = not self._untimed and self._regular(asked, catching_up)
+            k = max((e.num_lookahead for e in scheduled), default=0)
+            self._timing = (len(scheduled), k, regular)
         self._untimed = False
         if not asked and not catching_up:
             self._end_catch_up()
@@ -221,21 +227,21 @@ class Speculator:
             return {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
         return self._draft(asked, catching_up, states, prepare)
 
-    def _regular(self, scheduled: list[ScheduledSequence], asked: list[ScheduledSequence],
-                 catching_up: list[ScheduledSequence]) -> tuple[int, int] | None:
-        """(decodes, k) of a step whose time is the price of its k: decodes only, and nothing
-        for the draft to catch up on (beyond the decode's token and the last kept proposal)."""
-        if catching_up or any(len(e.token_ids) != 1 for e in scheduled):
-            return None
-        if self.draft is not None and any(
-                e.start + 1 - self.draft_valid.get(e.seq_id, 0) > 2 for e in asked):
-            return None
-        return len(scheduled), max((e.num_lookahead for e in scheduled), default=0)
+    def _regular(self, asked: list[ScheduledSequence],
+                 catching_up: list[ScheduledSequence]) -> bool:
+        """Whether a step of decodes only has its time be the price of its k: nothing for the
+        draft to catch up on (beyond the decode's token and the last kept proposal)."""
+        if catching_up:
+            return False
+        return self.draft is None or all(
+            e.start + 1 - self.draft_valid.get(e.seq_id, 0) <= 2 for e in asked)
 
     def timed_step(self, seconds: float) -> None:
-        """The engine's whole last step took `seconds`: the policy learns from it if regular."""
+        """The engine's whole last step took `seconds`: the policy learns from a step of decodes
+        only (the price of its k if regular, else what a probe spent)."""
         if self._timing is not None:
-            self.policy.timed(*self._timing, seconds)
+            decodes, k, regular = self._timing
+            self.policy.timed(decodes, k, seconds, regular)
             self._timing = None
 
     def _draft(self, asked: list[ScheduledSequence], catching_up: list[ScheduledSequence],

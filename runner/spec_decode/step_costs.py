@@ -86,11 +86,20 @@ class StepCosts:
             return 1.0
         return 1.0 + k * self.per_token(batch_size, k)
 
+    def ratios(self, batch_size: int, k_max: int) -> list[float]:
+        """`ratio(batch_size, k)` for k = 0..k_max, the timed bucket looked up once (the policy
+        asks every step)."""
+        b = self._nearest_timed(batch_bucket(batch_size))
+        return [1.0] + [1.0 + k * self._per_token(b, k) for k in range(1, k_max + 1)]
+
     def per_token(self, batch_size: int, k: int) -> float:
         """What each of k proposed tokens adds to a step, in plain steps: measured for k, or
         taken from the nearest measured k of the bucket; a bucket with none borrows from its
         nearest timed neighbour; with none timed, the prior."""
-        b = self._nearest_timed(batch_bucket(batch_size))
+        return self._per_token(self._nearest_timed(batch_bucket(batch_size)), k)
+
+    def _per_token(self, b: int | None, k: int) -> float:
+        """`per_token` of k from the timed bucket `b` (None: none is)."""
         if b is None:
             return self.prior_per_token
         measured = [j for bucket, j in self.times if bucket == b and j]
