@@ -35,7 +35,10 @@ either side of its own, while it does not the k the prior costs promise, so a wr
 (a step timed while the machine was busy) is measured again and recovers; the probes grow
 rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps, or up to
 PROBE_FAR while off where the measured costs say even the best k clearly loses: there a probe
-is almost surely a loss, with a draft also the catch-up of the sequence's KV it needs).
+is almost surely a loss). A draft's probe first has the draft catch up on the sequence's KV
+(at batch size 1, every new request's prompt): those steps are timed too, as the probe's, and
+while the batch size does not speculate, what they took beyond as many plain steps sets the
+wait before the next probe, so catching up spends at most PROBE_SHARE of its time.
 And until a k is timed, its cost comes from the nearest timed k of the batch size, or, where
 the batch size has none, from its nearest timed neighbour's, or, with none timed, from the
 draft's weight bytes against the target's: a draft as costly as the target is never tried.
@@ -68,7 +71,7 @@ PROBE_MOST = 32
 PROBE_SHARE = 0.01
 # While a batch size does not speculate and the measured costs say even its best k loses by
 # more than NEAR_PAYING, its probes wait up to PROBE_FAR steps instead: such a probe is almost
-# surely a loss (with a draft, also the catch-up of the sequence's KV it needs first).
+# surely a loss.
 NEAR_PAYING = 0.9
 PROBE_FAR = 256
 # A probe whose step could not be timed (catch-up, prefill, a capped k) is given up after this
@@ -204,7 +207,7 @@ class StepPolicy:
         choice = self.choices.get(batch_bucket(batch_size))
         if choice is None or choice.probing is None:
             return
-        if not regular:
+        if not regular:  # a draft catching up for the probe, or a request's last steps
             choice.extra += seconds
             choice.extra_steps += 1
         elif choice.probing == k:
