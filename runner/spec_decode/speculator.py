@@ -92,6 +92,9 @@ class Speculator:
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
         self._step_k: int | None = None  # the k the policy chose for the step being scheduled
+        # The acceptance heard of so far (counted), and the mean E(k) last computed from it.
+        self._evidence = 0
+        self._expected: tuple[tuple[int, int], list[float]] | None = None
         # (decodes, k, regular) of the last step, if it was decodes only
         self._timing: tuple[int, int, bool] | None = None
         self._untimed = False  # the step being scheduled has a decode whose k was capped
@@ -135,15 +138,21 @@ class Speculator:
         """The policy's k for this step, chosen at its first decode from the mean expected
         tokens of the live requests (those without proposals yet at the pooled rate)."""
         if self._step_k is None:
-            k_max = self.config.num_speculative_tokens
-            prior = self.pooled.rates([PRIOR_ALPHA] * k_max)
-            # At their estimates, not optimistically: the probes do the exploring, and a step
-            # of many requests would add up every request's bonus.
-            each = [expected_tokens_by_position(a.rates(prior)) for a in self.acceptance.values()]
-            each += [expected_tokens_by_position(prior)] * max(0, num_running - len(each))
-            expected = [sum(e[k] for e in each) / len(each) for k in range(k_max + 1)]
-            self._step_k = self.policy.choose(num_running, expected)
+            key = (num_running, self._evidence)
+            if self._expected is None or self._expected[0] != key:  # else as last step's
+                self._expected = key, self._mean_expected(num_running)
+            self._step_k = self.policy.choose(num_running, self._expected[1])
         return self._step_k
+
+    def _mean_expected(self, num_running: int) -> list[float]:
+        """The mean E(k), k = 0..num_speculative_tokens, over `num_running` live requests."""
+        k_max = self.config.num_speculative_tokens
+        prior = self.pooled.rates([PRIOR_ALPHA] * k_max)
+        # At their estimates, not optimistically: the probes do the exploring, and a step of
+        # many requests would add up every request's bonus.
+        each = [expected_tokens_by_position(a.rates(prior)) for a in self.acceptance.values()]
+        each += [expected_tokens_by_position(prior)] * max(0, num_running - len(each))
+        return [sum(e[k] for e in each) / len(each) for k in range(k_max + 1)]
 
     def _catch_up_first(self, seq, k: int, budget: int, judged: tuple | None) -> int:
         """k, or 0 when the draft's cache must first catch up on this sequence and cannot in
@@ -191,7 +200,8 @@ class Speculator:
             self._drop_draft(seq_id)
         for seq_id in step.finished_seq_ids:
             self.tokens.pop(seq_id, None)
-            self.acceptance.pop(seq_id, None)
+            if self.acceptance.pop(seq_id, None) is not None:
+                self._evidence += 1
             self._drop_draft(seq_id)
         if not step.scheduled:
             self._end_catch_up()
@@ -304,6 +314,7 @@ class Speculator:
 
     def _learn(self, seq_id: int, num_proposed: int, num_kept: int) -> None:
         """The request's acceptance, and the engine's pooled one, hear of a step's proposals."""
+        self._evidence += 1
         self.acceptance.setdefault(seq_id, Acceptance()).record(num_proposed, num_kept)
         self.pooled.decay(POOL_DECAY)
         self.pooled.record(num_proposed, num_kept)
