@@ -3,11 +3,15 @@
 The paged cache is one pair of arrays per layer, `[num_slots, num_kv_heads, head_dim]`, where a slot is
 `block_id * block_size + offset`, float32 or (to halve its memory and what decodes read) float16.
 A step's new keys and values are written to their slots first; then every sequence reads its
-whole context back through its slots. A prefill chunk gathers its context with numpy and
-attends causally; decodes, one query each, are attended by a small compiled kernel that reads
-the cache through each sequence's block table, as vLLM's does. Where the CPU's registers hold
-them, decodes take a register-tile version of that kernel (`decode_tiles_`,
-`model/attention_dot.py`; `host_decode_tiles`), float32 and float16 caches alike.
+whole context back through its slots. Decode rows, one query each, are attended by a small
+compiled kernel that reads the cache through each row's block table up to the row's own
+context length, as vLLM's does: a decode is one such row, and so is each row of a sequence's
+short run (at most `MAX_DECODE_RUN` rows: a decode with the proposals it verifies, a short
+chunk), row i of a run from position p seeing p + i + 1 positions, the run's later rows
+already in the cache but out of its sight. A longer run, a prefill chunk, gathers its context
+with numpy and attends causally. Where the CPU's registers hold them, decode rows take a
+register-tile version of the kernel (`decode_tiles_`, `model/attention_dot.py`;
+`host_decode_tiles`), float32 and float16 caches alike.
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `num_kv_heads` heads and query
 head h reads key/value head h // (n_head // num_kv_heads), as transformers' `repeat_kv` lays them
@@ -43,14 +47,17 @@ from nanovllm.model.linear import host_has_panels
 class AttentionBatch:
     """Where each sequence of a step sits in the flat token batch and in the KV cache.
 
-    Single-token (decode) sequences come first, one row each, and are attended together;
-    multi-token (prefill) sequences follow, each a contiguous run of rows.
+    Decode rows come first and are attended together, each as one query with its own block
+    table and causal context length: a sequence's run of at most MAX_DECODE_RUN rows (a decode
+    and the proposals it verifies, a short chunk) is that many decode rows, row i of a run from
+    position p seeing p + i + 1 positions. Longer runs (prefill chunks) follow, each a
+    contiguous run of rows.
     """
     slot_mapping: np.ndarray           # [num_tokens] cache slot of each new token
-    num_decodes: int                   # rows [0, num_decodes) are decodes
+    num_decodes: int                   # rows [0, num_decodes) are decode rows
     block_size: int                    # cache slots per block
-    decode_block_tables: np.ndarray    # [num_decodes, max_blocks] each decode's blocks (0-padded)
-    decode_context_lens: np.ndarray    # [num_decodes] tokens each decode attends to, itself included
+    decode_block_tables: np.ndarray    # [num_decodes, max_blocks] each row's sequence's blocks
+    decode_context_lens: np.ndarray    # [num_decodes] tokens each row attends to, itself included
     prefills: list[tuple[int, int, np.ndarray | None]]  # (first row, end row, context slots);
     # slots None: the chunk is its sequence's whole context, attended without reading the cache
     # numba's threads for the decode kernel, asked once a step rather than once a layer: the
@@ -82,6 +89,12 @@ def causal_softmax_row_(row, seen, window):
     softmax_row_(row[first:seen])
     row[seen:] = 0.0
 
+
+# A sequence's run of at most this many rows is attended by the decode kernel, row by row,
+# reading its context through the block table once per row; a longer run is a prefill chunk,
+# its context gathered once and attended by matmuls (`causal_attention`), which costs less
+# once the rows re-reading the context outweigh the gather's fixed cost per sequence.
+MAX_DECODE_RUN = 4
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this
 # skips most of the masked upper triangle.
@@ -125,7 +138,8 @@ PREFETCH_AHEAD = 2
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out,
                            window=0, threads=1, tiles=False):
-    """One query per sequence, attending to its context read straight through its block table.
+    """One query per row (a decode, or a row of a short run: `AttentionBatch`), attending to its
+    context read straight through its block table.
 
     q, out: [B, H, D]; k_cache, v_cache: [num_slots, Hkv, D] float32, or a float16 cache's bits
     (`kernels.as_kernel_array`); block_tables: [B, max_blocks]; context_lens: [B]; with
@@ -392,7 +406,7 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     window: int = 0) -> np.ndarray:
     """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
     first (without a cache, a batch of `whole_sequences` only). With a window, a prefill chunk
-    gathers only the context its queries can see. Decodes take the register tiles
+    gathers only the context its queries can see. Decode rows take the register tiles
     (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`)."""
     if kv_cache is None:
         out = np.empty_like(q)

@@ -8,9 +8,12 @@ the last step. The runner keeps only each live sequence's own sampling state
 (runner/spec_decode/), before the forward pass, and to check after it: each token in them is
 one more row of its sequence.
 
-Every token of the step goes through each weight matrix as one matmul. Single-token sequences
-(decodes) are laid out first and attended together; multi-token chunks (prefills) follow. The
-LM head runs only on rows that sample, plus prompt rows whose logprobs were asked for.
+Every token of the step goes through each weight matrix as one matmul. Sequences of at most
+`MAX_DECODE_RUN` rows (a decode, with the proposals it verifies; a short chunk) are laid out
+first, and each of their rows is attended as a decode of its own, its own position the last it
+sees (model/attention.py); longer chunks (prefills) follow. The LM head runs only on rows that
+sample, plus prompt rows whose logprobs were asked for (with lookahead, every row of its
+sequence).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nanovllm.contract.step import (
 )
 from nanovllm.model import AttentionBatch
 from nanovllm.model.architectures import ModelConfig, family_of
+from nanovllm.model.attention import MAX_DECODE_RUN
 from nanovllm.runner.beam import beam_offers, compile_beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
@@ -148,26 +152,29 @@ class NativeModelRunner:
     def prepare(self, scheduled: list[ScheduledSequence],
                 lookahead: dict[int, list[int]] | None = None) -> StepInputs:
         """The step's flat inputs; `lookahead` (seq id -> tokens in its lookahead slots) adds
-        rows after a sequence's tokens, every one of its rows scoring what follows it."""
+        rows after a sequence's tokens, every one of its rows scoring what follows it. Runs of
+        at most MAX_DECODE_RUN rows (decodes, with what they verify) come first, as decode rows
+        (`AttentionBatch`); longer ones follow as prefill chunks."""
         lookahead = lookahead or {}
 
         def num_rows(e: ScheduledSequence) -> int:
             return len(e.token_ids) + len(lookahead.get(e.seq_id, ()))
 
-        entries = sorted(scheduled, key=lambda e: num_rows(e) > 1)
-        decodes = [e for e in entries if num_rows(e) == 1]
+        entries = sorted(scheduled, key=lambda e: num_rows(e) > MAX_DECODE_RUN)
+        decodes = [e for e in entries if num_rows(e) <= MAX_DECODE_RUN]
         pos, slot_parts, prefills = [], [], []
         sample_rows, sampling, prompt_rows, scoring, ahead_rows, ahead = [], [], [], [], [], []
-        # A decode's one position and slot in Python's integers: numpy's per-call cost, paid
+        # The decode rows' positions and slots in Python's integers: numpy's per-call cost, paid
         # for each of a large batch's sequences, was most of this function's time.
-        size = self.block_size
-        pos.append(np.array([e.start for e in decodes], np.int64))
-        slot_parts.append(np.array([e.block_table[e.start // size] * size + e.start % size
-                                    for e in decodes], np.int64))
+        size, counts = self.block_size, [num_rows(e) for e in decodes]
+        decode_pos = [(e, p) for e, n in zip(decodes, counts) for p in range(e.start, e.start + n)]
+        pos.append(np.array([p for _, p in decode_pos], np.int64))
+        slot_parts.append(np.array([e.block_table[p // size] * size + p % size
+                                    for e, p in decode_pos], np.int64))
         row = 0
         for e in entries:
             start, n = e.start, num_rows(e)
-            if n > 1:
+            if n > MAX_DECODE_RUN:
                 positions = np.arange(start, start + n)
                 pos.append(positions)
                 slot_parts.append(self.slots(e.block_table, positions))
@@ -183,21 +190,22 @@ class NativeModelRunner:
                 prompt_rows.extend(range(row, row + len(e.prompt_logprob_ids)))
                 scoring.append(e)
             row += n
-        attention = AttentionBatch(np.concatenate(slot_parts), len(decodes), self.block_size,
-                                   *self._decode_context(decodes), prefills)
+        attention = AttentionBatch(np.concatenate(slot_parts), len(decode_pos), self.block_size,
+                                   self._block_tables(decodes, counts), pos[0] + 1, prefills)
         token_ids = (t for e in entries
                      for part in (e.token_ids, lookahead.get(e.seq_id, ())) for t in part)
         return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_rows + ahead_rows, np.int64), sampling,
                           scoring, entries, ahead, lookahead)
 
-    def _decode_context(self, decodes: list[ScheduledSequence]) -> tuple[np.ndarray, np.ndarray]:
-        """Block tables of the decodes, 0-padded to the longest, and their context lengths."""
-        lens = np.array([e.start + 1 for e in decodes], np.int64)
-        num_blocks = -(-lens.max(initial=0) // self.block_size)
+    def _block_tables(self, decodes: list[ScheduledSequence], counts: list[int]) -> np.ndarray:
+        """Each decode row's block table (its sequence's, `counts[i]` rows for decodes[i]),
+        0-padded to the longest context's."""
+        ends = [e.start + n for e, n in zip(decodes, counts)]
+        num_blocks = -(-max(ends, default=0) // self.block_size)
         tables = np.array([e.block_table[:num_blocks] + [0] * (num_blocks - len(e.block_table))
                            for e in decodes], np.int64).reshape(len(decodes), num_blocks)
-        return tables, lens
+        return np.repeat(tables, counts, axis=0)
 
     def _prompt_logprobs(self, logits: np.ndarray, scoring: list[ScheduledSequence]
                          ) -> dict[int, list[TokenLogprobs]]:

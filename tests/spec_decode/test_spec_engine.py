@@ -30,8 +30,8 @@ def draft_config(ckpt, **extra) -> dict:
 
 def outputs(llm: LLM, prompts, params):
     """Tokens, text and finish of every sample, and its logprobs (float32 rounding apart: a
-    speculative row goes through the chunk attention path, a plain decode through the decode
-    kernel)."""
+    longer verify run than `MAX_DECODE_RUN` rows goes through the chunk attention path, a plain
+    decode through the decode kernel)."""
     return [[(c.token_ids, c.text, c.finish_reason, c.stop_reason,
               [{t: Approx(lp.logprob) for t, lp in d.items()} for d in c.logprobs or []])
              for c in out.outputs] for out in llm.generate(prompts, params, use_tqdm=False)]
