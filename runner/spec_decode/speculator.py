@@ -7,14 +7,14 @@ acceptance so far, position by position, and the measured wall time of whole ste
 k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine
 tells its runner how long each step took (`step_took`), and the runner hands the seconds to
 `timed_step`: a step of decodes only is the price of its k when regular, and otherwise (the
-draft catching up, a request's capped last steps) still counts towards what a probe cost. A decode's k is never more than num_speculative_tokens, than the request can
-still use (max_tokens, the context length) nor than the step's token budget leaves; none at
-all from disable_by_batch_size running sequences on (vLLM's rule, when set) and for
-structured-output requests (their grammar would have to walk every proposal, and roll back on
-rejection). A seeded sampled request decides from its own
-acceptance and the draft's weight bytes only, never from timings: its k, and so its samples,
-repeat from run to run. With `"adaptive": false` every decode gets the most slots (vLLM's fixed
-k).
+draft catching up, a request's capped last steps) still counts towards what a probe cost. A
+decode's k is never more than num_speculative_tokens, than the request can still use
+(max_tokens, the context length) nor than the step's token budget leaves; none at all from
+disable_by_batch_size running sequences on (vLLM's rule, when set) and for structured-output
+requests (their grammar would have to walk every proposal, and roll back on rejection). A
+seeded sampled request decides from its own acceptance and the draft's weight bytes only, never
+from timings: its k, and so its samples, repeat from run to run. With `"adaptive": false` every
+decode gets the most slots (vLLM's fixed k).
 
 Proposals come from n-gram lookup in the sequence's own tokens (ngram.py) or from a draft model
 (draft.py); both read the tokens this module keeps for each live sequence (its prompt, then
