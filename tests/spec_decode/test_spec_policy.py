@@ -1,8 +1,9 @@
 """The adaptive-k policy's invariants: the model's expected tokens (checked against our own
 rejection sampler), the choice of k (an argmax of tokens per cost, 0 when nothing pays, monotone
 in acceptance and cost), the step's k from measured whole steps (hysteresis, probes that keep
-plain decoding reachable and let a wrong estimate recover), the acceptance estimate (one rate,
-and position by position), the step timings and the draft's cost line."""
+plain decoding reachable and let a wrong estimate recover, a draft's catch-up paid for by their
+spacing), the acceptance estimate (one rate, and position by position), the step timings and
+the draft's cost line, and a batch-1 engine of requests one after another, losing and paying."""
 
 from __future__ import annotations
 
