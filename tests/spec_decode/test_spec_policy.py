@@ -18,6 +18,7 @@ from nanovllm.runner.spec_decode.policy import (
     ENTER_GAIN,
     PROBE_FAR,
     PROBE_MOST,
+    PROBE_SHARE,
     SWITCH_MARGIN,
     Acceptance,
     StepPolicy,
@@ -568,3 +569,28 @@ def test_a_paying_speculator_keeps_its_gain_at_batch_one(catch_up_row):
                                         catch_up_row)
     assert speed > 2.0
     assert share > 0.9
+
+
+def test_a_probes_catch_up_sets_the_wait_before_the_next():
+    """Plain decoding wins by the measured steps, the prior (a light draft) promises otherwise:
+    a probe. Its first step also has the draft catch up (three plain steps more, not the price
+    of its k), its next, regular, step is timed as before. The next probe waits until that
+    catch-up is PROBE_SHARE of the steps since; without a catch-up it comes much sooner."""
+    def steps_to_next_probe(catch_up: float) -> int:
+        policy = StepPolicy(StepCosts(prior_per_token=0.1))
+        for k, seconds in ((0, 0.01), (1, 0.015)):
+            policy.timed(1, k, seconds)
+        expected = [expected_tokens(0.25, k) for k in range(5)]
+        while not (k := policy.choose(1, expected)):
+            policy.timed(1, 0, 0.01)
+        if catch_up:
+            policy.timed(1, k, 0.01 * (1.5 + catch_up), regular=False)
+            assert policy.choose(1, expected) == k  # the probe goes on: its k is not timed yet
+        policy.timed(1, k, 0.015)
+        waited = 0
+        while not policy.choose(1, expected):
+            policy.timed(1, 0, 0.01)
+            waited += 1
+        return waited
+    assert steps_to_next_probe(3.0) >= (3.0 + 0.5) / PROBE_SHARE - 1
+    assert steps_to_next_probe(0.0) <= PROBE_MOST
