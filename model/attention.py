@@ -11,7 +11,7 @@ chunk), row i of a run from position p seeing p + i + 1 positions, the run's lat
 already in the cache but out of its sight. A longer run, a prefill chunk, gathers its context
 with numpy and attends causally. Where the CPU's registers hold them, decode rows take a
 register-tile version of the kernel (`decode_tiles_`, `model/attention_dot.py`;
-`host_decode_tiles`), float32 and float16 caches alike.
+`host_decode_tiles`), float32 caches and grouped-query float16 ones (`tiles_serve`).
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `num_kv_heads` heads and query
 head h reads key/value head h // (n_head // num_kv_heads), as transformers' `repeat_kv` lays them
@@ -152,11 +152,14 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
     miss), and the GEMMs' threads stay awake for the next layer. With `tiles` (compiled only),
     caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`), split
-    among threads the same way.
+    among threads the same way; but not a float16 cache whose key/value heads each serve one
+    query head (GPT-2), which `decode_one_` reads row after row: its sequential sweep of a block
+    ran faster on a cold cache than the tiles' head-by-head walk, whose lines of float16 rows
+    are half as many per row (`tiles_serve`).
     """
     num_seqs, n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
-    tiles = tiles and head_dim == TILE_HEAD_DIM
+    tiles = tiles and tiles_serve(k_cache, n_head, head_dim)
     parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
     if parts == 1:
         work = 0
@@ -176,6 +179,13 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
             decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
                         out[b], window, tiles, part * n_kv // parts, (part + 1) * n_kv // parts)
             job = claim(taken)
+
+
+@njit(cache=True, nogil=True)
+def tiles_serve(k_cache, n_head, head_dim):
+    """Whether `tiles` takes this cache: heads of TILE_HEAD_DIM, in float32 or grouped (several
+    query heads a key/value head, whose tile reads each row once for all of them)."""
+    return head_dim == TILE_HEAD_DIM and (k_cache.itemsize == 4 or n_head != k_cache.shape[1])
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")

@@ -14,6 +14,7 @@ from nanovllm.values.speculative import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+KV_CACHE_DTYPE_CHOICES = ("auto", *KV_CACHE_DTYPES)  # "auto": `kv_cache_dtype_of`
 RUNNERS = ("auto", "generate", "pooling")
 
 
@@ -52,8 +53,10 @@ class EngineConfig:
     num_kv_blocks: int | None = option(
         None, "KV pool size in blocks (overrides --kv-cache-memory-bytes)")
     kv_cache_dtype: str = option(
-        "auto", "'auto': float32, exact; 'float16': half the memory per token and faster decode "
-                "attention, K/V rounded to float16", tuple(KV_CACHE_DTYPES))
+        "auto", "'float32': exact; 'float16': half the memory per token and faster decode "
+                "attention, K/V rounded to float16; 'auto': float16 under bfloat16 weights (as "
+                "vLLM keeps a 16-bit model's cache in 16 bits), else float32",
+        KV_CACHE_DTYPE_CHOICES)
     tokenizer: str | None = option(None, "tokenizer directory (default: the model's)")
     revision: str | None = option(None, "hub revision to download")
     allow_dummy_fallback: bool = option(
@@ -94,10 +97,24 @@ class EngineConfig:
         if self.speculative_config is not None:
             self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
+    @property
+    def cache_dtype(self) -> str:
+        """What the KV cache is stored as: `kv_cache_dtype_of` this config."""
+        return kv_cache_dtype_of(self.kv_cache_dtype, self.dtype)
+
     @classmethod
     def from_cli_args(cls, model: str, args: argparse.Namespace) -> EngineConfig:
         return cls(model=model, **{f.name: getattr(args, f.name) for f in fields(cls)
                                    if f.name != "model" and hasattr(args, f.name)})
+
+
+def kv_cache_dtype_of(kv_cache_dtype: str, dtype: str) -> str:
+    """The KV cache's storage type ('float32' or 'float16') for the option's value under weights
+    of `dtype`: 'auto' is float16 under bfloat16 weights, whose own rounding is coarser than
+    float16's (decode attention then reads half the bytes), else float32."""
+    if kv_cache_dtype != "auto":
+        return kv_cache_dtype
+    return "float16" if dtype == "bfloat16" else "float32"
 
 
 def _positive(name: str, value) -> None:

@@ -32,6 +32,8 @@ logger = logging.getLogger("nanovllm")
 # A draft model's share of the KV budget: enough for the few sequences speculation pays for
 # (small batches), while the target keeps nearly the whole pool for the large ones.
 DRAFT_KV_SHARE = 0.125
+# The start-up line's word on a float16 cache that --kv-cache-dtype auto chose (`kv_cache_dtype_of`).
+AUTO_FLOAT16_NOTE = ": 'auto' under bfloat16 weights; --kv-cache-dtype float32 keeps K/V exact"
 
 
 @dataclass(slots=True)
@@ -62,19 +64,21 @@ def build_parts(config: EngineConfig) -> EngineParts:
     draft_model = None if draft is None else DraftModel(
         draft.config, draft.weights, max(kv_blocks(config, draft, DRAFT_KV_SHARE),
                                          -(-max_model_len // config.block_size)),
-        config.block_size, config.kv_cache_dtype)
+        config.block_size, config.cache_dtype)
     speculator = None if spec is None else Speculator(
         spec, max_model_len, draft_model,
         0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
-                               config.kv_cache_dtype, config.seed, speculator)
+                               config.cache_dtype, config.seed, speculator)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                 "max_model_len %d)", loaded.architecture, loaded.path,
                 "RANDOM weights (dummy checkpoint)" if loaded.is_dummy else "pretrained weights",
                 cfg.num_params / 1e6, cfg.n_layer, cfg.n_embd, cfg.vocab_size, max_model_len)
-    logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s)",
+    logger.info("KV cache: %d blocks of %d tokens (%d tokens, %.0f MiB, %s%s)",
                 num_kv_blocks, config.block_size, num_kv_blocks * config.block_size,
-                runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype)
+                runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype,
+                AUTO_FLOAT16_NOTE if config.kv_cache_dtype == "auto"
+                and config.cache_dtype == "float16" else "")
     if spec is not None:
         off = spec.disable_by_batch_size
         logger.info("speculative decoding: %s, %s, %s%s",
@@ -124,6 +128,6 @@ def weight_bytes(weights) -> int:
 def kv_blocks(config: EngineConfig, model: LoadedModel, share: float = 1.0) -> int:
     """KV blocks of `model`'s cache: `num_kv_blocks`, or as many as `share` of the memory
     budget pays for."""
-    bytes_per_block = kv_bytes_per_block(model.config, config.block_size, config.kv_cache_dtype)
+    bytes_per_block = kv_bytes_per_block(model.config, config.block_size, config.cache_dtype)
     budget = config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES
     return config.num_kv_blocks or max(1, int(budget * share) // bytes_per_block)

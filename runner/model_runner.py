@@ -63,7 +63,7 @@ class StepInputs:
 
 class NativeModelRunner:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
-                 kv_cache_dtype: str = "auto", seed: int = 0,
+                 kv_cache_dtype: str = "float32", seed: int = 0,
                  speculator: Speculator | None = None):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.speculator = speculator

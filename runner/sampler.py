@@ -261,10 +261,11 @@ def find_token(block, below, target):
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def block_sum(block):
-    """(A slice, not bounds into the row: indexing from zero is what lets the sum vectorize.)"""
+    """(A slice, not bounds into the row, indexed by a range from zero: that is what lets the
+    sum vectorize; iterating over the slice's elements did not.)"""
     s = 0.0
-    for q in block:
-        s += q
+    for j in range(block.shape[0]):
+        s += block[j]
     return s
 
 

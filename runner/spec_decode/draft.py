@@ -32,7 +32,7 @@ class Proposal:
 
 class DraftModel:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
-                 kv_cache_dtype: str = "auto"):
+                 kv_cache_dtype: str = "float32"):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.forward = family_of(cfg).forward
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)

@@ -23,7 +23,7 @@ configure_thread_pools()  # before numpy loads: see model/threads.py
 # isort: split
 import numpy as np  # noqa: E402
 
-from nanovllm.runner.kv_cache import KV_CACHE_DTYPES  # noqa: E402
+from nanovllm.config import KV_CACHE_DTYPE_CHOICES  # noqa: E402
 
 
 def alternating_medians_ms(fns, reps: int) -> list[float]:
@@ -88,7 +88,7 @@ def decoding_engine(args: argparse.Namespace, **config):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_decode_args(p)
-    p.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto")
+    p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPE_CHOICES, default="auto")
     p.add_argument("--quantization", choices=["int8"], default=None,
                    help="int8: the W8A8 weights (model/int8_gemm.py), in the step and the chain")
     p.add_argument("--roof", action="store_true",

@@ -1,13 +1,17 @@
 """kv_cache_dtype="float16": twice the blocks in the same memory, and logprobs that stay within
-float16 rounding of transformers' through chunked prefill, decode and preemption."""
+float16 rounding of transformers' through chunked prefill, decode and preemption; "auto" is
+float16 under bfloat16 weights, and moves their logprobs little."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 from engine_checks import random_prompts, worst_logprob_error
 
 from nanovllm import EngineConfig, SamplingParams
+from nanovllm.config import kv_cache_dtype_of
 from nanovllm.runner.kv_cache import kv_bytes_per_block
 
 NUM_TOKENS = 12
@@ -45,3 +49,42 @@ def test_unknown_kv_cache_dtype_is_refused(tiny_ckpt):
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of 'auto', 'float32', "
                                          "'float16', got 'fp8'"):
         EngineConfig(str(tiny_ckpt), kv_cache_dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype, option, stored", [
+    ("bfloat16", "auto", "float16"), ("auto", "auto", "float32"), ("float32", "auto", "float32"),
+    ("bfloat16", "float32", "float32"), ("auto", "float16", "float16")])
+def test_auto_cache_is_float16_under_bfloat16_weights_only(dtype, option, stored):
+    assert kv_cache_dtype_of(option, dtype) == stored
+    assert EngineConfig("m", dtype=dtype, kv_cache_dtype=option).cache_dtype == stored
+
+
+def test_bfloat16_engine_says_its_cache_is_float16_and_float32_stays_exact(make_engine, caplog):
+    with caplog.at_level(logging.INFO, logger="nanovllm"):
+        half = make_engine(dtype="bfloat16")
+    assert half.runner.kv_cache.dtype == np.float16
+    assert "'auto' under bfloat16 weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nanovllm"):
+        full = make_engine(dtype="bfloat16", kv_cache_dtype="float32")
+    assert full.runner.kv_cache.dtype == np.float32
+    assert "'auto' under bfloat16" not in caplog.text
+
+
+def test_bfloat16_default_cache_stays_close_to_a_float32_cache(make_llm):
+    """Under bfloat16 weights the float16 cache moves the decodes' logprobs by its rounding of
+    K/V only (2**-11, eight times finer than the activations' bfloat16), and rarely a token."""
+    prompts = random_prompts(seed=7, count=8, low=5, high=40)
+    params = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, logprobs=0, ignore_eos=True)
+    half, full = (make_llm(block_size=4, dtype="bfloat16", **kv).generate(
+        prompts, params, use_tqdm=False) for kv in ({}, {"kv_cache_dtype": "float32"}))
+    worst, same = 0.0, 0
+    for a, b in (((x.outputs[0]), (y.outputs[0])) for x, y in zip(half, full)):
+        same += a.token_ids == b.token_ids
+        for token, other, lp_a, lp_b in zip(a.token_ids, b.token_ids, a.logprobs, b.logprobs):
+            if token != other:  # (a near tie went the other way: what follows differs)
+                break
+            # decodes read the cache (a prompt's chunk attends to its keys before they are stored)
+            worst = max(worst, abs(lp_a[token].logprob - lp_b[token].logprob))
+    assert 0.0 < worst < 5e-3, worst
+    assert same >= len(prompts) - 1

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.attention import paged_decode_attention, write_slots
+from nanovllm.model.attention import TILE_HEAD_DIM, paged_decode_attention, tiles_serve, write_slots
 from nanovllm.model.kernels import as_kernel_array
 
 
@@ -141,3 +141,32 @@ def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_
     assert not np.isnan(outputs[0]).any()
     for out in outputs[1:]:
         np.testing.assert_array_equal(out, outputs[0])
+
+
+@pytest.mark.parametrize("cache_dtype, n_head, n_kv, tiled", [
+    (np.float32, 4, 4, True), (np.float32, 6, 2, True), (np.float16, 6, 2, True),
+    (np.float16, 4, 4, False)])
+def test_float16_cache_of_one_query_head_per_key_head_takes_the_plain_loop(cache_dtype, n_head,
+                                                                           n_kv, tiled):
+    """The register tiles take float32 caches and grouped float16 ones; a float16 cache whose
+    key/value heads each serve one query head (GPT-2's) is read by the plain loop whatever
+    `tiles` says: the same bits as tiles=False, and the reference's values."""
+    k = np.zeros((1, n_kv, TILE_HEAD_DIM), cache_dtype)
+    assert tiles_serve(as_kernel_array(k), n_head, TILE_HEAD_DIM) == tiled
+    if tiled:
+        return
+    rng = np.random.default_rng(1)
+    lens, block_size = [37, 5, 16], 16
+    tables = np.arange(9).reshape(3, 3)[:, ::-1].copy()
+    k_cache, v_cache = (rng.standard_normal((9 * block_size, n_kv, TILE_HEAD_DIM),
+                                            dtype=np.float32).astype(cache_dtype) for _ in range(2))
+    q = rng.standard_normal((3, n_head, TILE_HEAD_DIM), dtype=np.float32)
+    outs = []
+    for tiles in (False, True):
+        out = np.full(q.shape, np.nan, np.float32)
+        paged_decode_attention(q, as_kernel_array(k_cache), as_kernel_array(v_cache), tables,
+                               np.array(lens), block_size, out, 0, 1, tiles)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[0], reference(q, k_cache, v_cache, tables, lens, block_size),
+                               atol=2e-5, rtol=1e-5)
