@@ -141,9 +141,12 @@ def product_at(rows, blocks, x, wp, out, r, b, acc, bias, accumulate):
 
 def compile_f32_attention() -> None:
     """Compiles (or loads from numba's cache) the packing and both products, on one thread and
-    on all."""
-    x = np.zeros((1, 1, 1), np.float32)
-    context = F32Context.pack(x, x)
-    context.values_times(context.scores(x, 0, 1), 0)
-    for threads in (False, True):
-        pack_context(x, x, context.keys, context.values, threads)
+    on all, for the layouts a step passes: a context gathered (contiguous) or a view of the
+    step's fused projection (strided), and keys and values read whole or from a later block."""
+    q = np.zeros((2, 3, 2), np.float32)
+    for k in (np.zeros((40, 2, 2), np.float32), np.zeros((40, 2, 4), np.float32)[:, :, :2]):
+        context = F32Context.pack(k, k)
+        for start in (0, BLOCK):
+            context.values_times(context.scores(q, start, 40), start)
+        for threads in (False, True):
+            pack_context(k, k, context.keys, context.values, threads)
