@@ -28,6 +28,7 @@ from numba import config, get_num_threads, njit, prange
 from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
+from nanovllm.model.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
@@ -101,25 +102,41 @@ MAX_DECODE_RUN = 4
 CAUSAL_BLOCK = 128
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
+                     bf16: bool = False) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
-    Hkv). Returns [n, H, D]."""
+    Hkv). Returns [n, H, D]. With `bf16` (compiled only: `bf16_attention.attends_in_bf16`) both
+    products take bfloat16 inputs, the context packed for them once (`BF16Context`)."""
     n, c = q.shape[0], k.shape[0]
-    if n > CAUSAL_BLOCK:
-        parts = []
-        for start in range(0, n, CAUSAL_BLOCK):
-            end = min(start + CAUSAL_BLOCK, n)
-            seen = c - n + end  # keys visible to the block's last query
-            first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
-            parts.append(causal_attention(q[start:end], k[first:seen], v[first:seen], window))
-        return np.concatenate(parts)
-    n_head, n_kv = q.shape[1], k.shape[1]
+    context = BF16Context.pack(k, v) if bf16 else None
+    parts = []
+    for start in range(0, n, CAUSAL_BLOCK):
+        end = min(start + CAUSAL_BLOCK, n)
+        seen = c - n + end  # keys visible to the block's last query
+        first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
+        parts.append(attend_block(q[start:end], k, v, first, seen, window, context))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: int,
+                 window: int, context: BF16Context | None) -> np.ndarray:
+    """causal_attention of the queries q [n, H, D] at positions seen - n ... seen - 1 over the
+    keys first:seen of k, v (from the whole block of 16 `first` is in, with a `context`)."""
+    if context is not None:
+        first = context.start(first)
+    n, n_head, n_kv, c = q.shape[0], q.shape[1], k.shape[1], seen - first
     scale = 1.0 / float(np.sqrt(q.shape[-1]))
     # The query heads that share a key head are stacked as rows of one matmul: [Hkv, G*n, D].
     grouped = (q * scale).transpose(1, 0, 2).reshape(n_kv, n_head // n_kv * n, q.shape[-1])
-    scores = np.matmul(grouped, k.transpose(1, 2, 0)).reshape(n_head, n, c)  # [H, n, c]
-    causal_softmax_(scores, c - n + 1, window)  # query i sits at position c - n + i
-    out = np.matmul(scores.reshape(n_kv, -1, c), v.transpose(1, 0, 2))  # [Hkv, G*n, D]
+    if context is None:
+        scores = np.matmul(grouped, k[first:seen].transpose(1, 2, 0))
+    else:
+        scores = context.scores(grouped, first, seen)
+    causal_softmax_(scores.reshape(n_head, n, c), c - n + 1, window)  # query i: c - n + i
+    if context is None:
+        out = np.matmul(scores, v[first:seen].transpose(1, 0, 2))  # [Hkv, G*n, D]
+    else:
+        out = context.values_times(round_probabilities(scores), first)
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
@@ -413,15 +430,17 @@ def whole_sequences(starts: np.ndarray) -> AttentionBatch:
 
 def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                     kv_cache: tuple[np.ndarray, np.ndarray] | None, batch: AttentionBatch,
-                    window: int = 0) -> np.ndarray:
+                    window: int = 0, bf16: bool = False) -> np.ndarray:
     """q [n, H, D], k, v [n, Hkv, D] of the step's tokens -> [n, H, D]; writes k, v to the cache
     first (without a cache, a batch of `whole_sequences` only). With a window, a prefill chunk
     gathers only the context its queries can see. Decode rows take the register tiles
-    (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`)."""
+    (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`); prefill chunks
+    take bfloat16 products with `bf16` (`causal_attention`)."""
     if kv_cache is None:
         out = np.empty_like(q)
         for start, end, _ in batch.prefills:
-            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)
+            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
+                                              bf16)
         return out
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
@@ -436,10 +455,11 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                                host_decode_tiles(q.shape[1], k.shape[1]))
     for start, end, slots in batch.prefills:
         if slots is None:
-            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window)
+            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
+                                              bf16)
         else:
             if window:  # the chunk's first query sees window positions, itself the last
                 slots = slots[max(0, len(slots) - (end - start) - window + 1):]
             out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
-                                              gather(v_cache, slots), window)
+                                              gather(v_cache, slots), window, bf16)
     return out

@@ -82,20 +82,22 @@ def pair_type() -> ir.VectorType:
 
 
 @intrinsic
-def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pairs, acc_ptr):
+def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pairs, acc_ptr,
+               acc_stride):
     """float32 sums of `rows` rows of x against `blocks` packed blocks of 16 weight rows
     (`quant.pack_bfloat16`), over `pairs` pairs of k: acc[i, b, j] = sum over k of x[i, k] *
-    w[16 b + j, k], stored at acc_ptr as float32 [rows, blocks, 16]. x is bfloat16 bits, row i
-    starting at x_ptr + i * x_stride, a pair every 4 bytes; block b starts at p_ptr + b *
-    block_stride (byte addresses). rows and blocks are compile-time constants."""
+    w[16 b + j, k], stored as float32 [blocks, 16] at acc_ptr + i * acc_stride (a row of an
+    output, or of a buffer). x is bfloat16 bits, row i starting at x_ptr + i * x_stride, a pair
+    every 4 bytes; block b starts at p_ptr + b * block_stride (byte addresses). rows and blocks
+    are compile-time constants."""
     if not all(isinstance(t, types.Literal) for t in (rows, blocks)):
         return None
     n_rows, n_blocks = rows.literal_value, blocks.literal_value
     sig = types.none(rows, blocks, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp)
+                     types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        _, _, x_ptr, x_stride, p_ptr, block_stride, pairs, acc_ptr = args
+        _, _, x_ptr, x_stride, p_ptr, block_stride, pairs, acc_ptr, acc_stride = args
         intp = x_ptr.type
         sums_type, lanes = ir.VectorType(F32, BLOCK), ir.VectorType(I32, BLOCK)
         operand = pair_type()
@@ -125,7 +127,10 @@ def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pa
 
         zeros = [ir.Constant(sums_type, None)] * (n_rows * n_blocks)
         finals = emit_accumulating_loop(builder, "bf16_panel", pairs, zeros, step)
-        emit_store_vectors(builder, finals, acc_ptr, 4 * BLOCK)  # (i, b): 16 float32 each
+        for i in range(n_rows):  # (i, b): 16 float32 each
+            row_at = builder.add(acc_ptr, builder.mul(acc_stride, ir.Constant(intp, i)))
+            emit_store_vectors(builder, finals[i * n_blocks:(i + 1) * n_blocks], row_at,
+                               4 * BLOCK)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -179,7 +179,7 @@ def bf16_at(rows, blocks, xb, wp, out, r, b, acc, bias, accumulate):
     pairs = wp.shape[1]
     bf16_panel(rows, blocks, xb.ctypes.data + r * pairs * 4, pairs * 4,
                wp.ctypes.data + b * pairs * PAIR_BYTES, pairs * PAIR_BYTES, pairs,
-               acc.ctypes.data)
+               acc.ctypes.data, blocks * BLOCK * 4)
     store_tile(acc, out, rows, blocks, r, b, bias, accumulate)
 
 

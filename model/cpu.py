@@ -14,7 +14,9 @@ The W8A8 kernels (`model/int8_gemm.py`) call integer dot-product instructions th
 intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
 best first, and the path uses the first (the portable one on a generic CPU). bfloat16 weights
 are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it (`model/bf16_dot.py`), else
-widened to float32 (`model/linear.py`): `bf16_kernels` lists the choices the same way.
+widened to float32 (`model/linear.py`): `bf16_kernels` lists the choices the same way. With
+the instruction, bfloat16 models' prefill attention multiplies in bfloat16 too
+(`model/bf16_attention.py`); elsewhere it stays float32.
 """
 
 from __future__ import annotations
@@ -72,11 +74,18 @@ class KernelPath:
         """The bfloat16 kernel this path runs (`model/bf16_dot.py`, or "widen")."""
         return bf16_kernels(self.features)[0]
 
+    @property
+    def bf16_uses(self) -> str:
+        """What runs on the bfloat16 kernel: bfloat16 models' linear layers, and their prefill
+        attention's products where it is the instruction's (`model/bf16_attention.py`)."""
+        return "linear layers" if self.bf16 == "widen" else "linear layers, prefill attention"
+
     def describe(self) -> str:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
         return (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
-                f"int8 dot products: {self.int8}; bfloat16 dot products: {self.bf16}")
+                f"int8 dot products: {self.int8}; bfloat16 dot products: {self.bf16} "
+                f"({self.bf16_uses})")
 
 
 def path_for(cpu: str, features: set[str] | frozenset[str]) -> KernelPath:

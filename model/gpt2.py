@@ -36,6 +36,7 @@ from nanovllm.model.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.bf16_attention import attends_in_bf16
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.norms import compile_layer_norm, layer_norm
@@ -94,10 +95,11 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
     qkv = linear(x, blk.attn_w, blk.attn_b)
     # Column slices of the fused projection, viewed as [tokens, heads, head_dim]: no copies.
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
+    bf16 = attends_in_bf16(blk.attn_w)
     if kv_cache is None and batch is None:  # one whole sequence
-        heads = causal_attention(q, k, v)
+        heads = causal_attention(q, k, v, bf16=bf16)
     else:
-        heads = paged_attention(q, k, v, kv_cache, batch)
+        heads = paged_attention(q, k, v, kv_cache, batch, bf16=bf16)
     return linear(heads.reshape(n, e), blk.attn_proj_w, blk.attn_proj_b, residual)
 
 

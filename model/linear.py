@@ -34,6 +34,7 @@ from functools import cache
 import numpy as np
 from numba import config, njit, prange
 
+from nanovllm.model.bf16_attention import compile_bf16_attention
 from nanovllm.model.bf16_gemm import BF16Rows, bf16_matmul, compile_bf16_kernel, widen_packed_rows
 from nanovllm.model.cpu import int8_kernels, kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
@@ -131,13 +132,15 @@ def host_int8_kernel() -> str:
 
 @cache
 def host_bf16_kernel() -> str:
-    """The bfloat16 kernel for this process's CPU (`cpu.KernelPath.bf16`), compiled: "avx512bf16"
-    where the CPU has the instruction and it compiles here, else "widen" (with one warning line
-    if it did not compile: bfloat16 weights must never stop a server)."""
+    """The bfloat16 kernel for this process's CPU (`cpu.KernelPath.bf16`), compiled with the
+    prefill attention that uses it (`bf16_attention`): "avx512bf16" where the CPU has the
+    instruction and they compile here, else "widen" (with one warning line if they did not
+    compile: bfloat16 weights must never stop a server)."""
     if config.DISABLE_JIT or kernel_path().bf16 == WIDEN:
         return WIDEN
     try:
         compile_bf16_kernel()
+        compile_bf16_attention()
     except Exception as exc:  # numba's or LLVM's refusal, whatever its type
         reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
         logger.warning("bfloat16 dot products: the avx512bf16 kernel does not compile with this "

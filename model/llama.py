@@ -29,6 +29,7 @@ from nanovllm.model.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.bf16_attention import attends_in_bf16
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.llama_config import LlamaConfig
 from nanovllm.model.norms import add_rms_norm_, compile_rms_norm, rms_norm
@@ -93,10 +94,11 @@ def attend(qkv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: 
     n, h, d = q.shape
     # Queries and keys are adjacent columns: one kernel call turns both, heads [0, h + kv).
     rotate_(qkv[:, :(h + k.shape[1]) * d].reshape(n, h + k.shape[1], d), cos, sin)
+    bf16 = attends_in_bf16(layer.qkv_w)
     if kv_cache is None and batch is None:  # one whole sequence
-        heads = causal_attention(q, k, v, cfg.sliding_window)
+        heads = causal_attention(q, k, v, cfg.sliding_window, bf16)
     else:
-        heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window)
+        heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window, bf16)
     return linear(heads.reshape(n, h * d), layer.o_w, layer.o_b)
 
 

@@ -35,7 +35,10 @@ either side of its own, while it does not the k the prior costs promise, so a wr
 (a step timed while the machine was busy) is measured again and recovers; the probes grow
 rarer while speculation stays on or off (PROBE_FIRST doubling up to PROBE_MOST steps, or up to
 PROBE_FAR while off where the measured costs say even the best k clearly loses: there a probe
-is almost surely a loss, with a draft also the catch-up of the sequence's KV it needs).
+is almost surely a loss). A draft's probe first has the draft catch up on the sequence's KV
+(at batch size 1, every new request's prompt): those steps are timed too, as the probe's, and
+while the batch size does not speculate, what they took beyond as many plain steps sets the
+wait before the next probe, so catching up spends at most PROBE_SHARE of its time.
 And until a k is timed, its cost comes from the nearest timed k of the batch size, or, where
 the batch size has none, from its nearest timed neighbour's, or, with none timed, from the
 draft's weight bytes against the target's: a draft as costly as the target is never tried.
@@ -62,9 +65,13 @@ SWITCH_MARGIN = 1.03
 # PROBE_MOST; starting or stopping speculation brings it back to PROBE_FIRST.
 PROBE_FIRST = 8
 PROBE_MOST = 32
+# While a batch size does not speculate, the catch-up its probes need (a draft computing the
+# sequence's missing KV) spends at most this share of its time: what a probe's catch-up steps
+# took beyond as many plain steps sets the wait before the next one.
+PROBE_SHARE = 0.01
 # While a batch size does not speculate and the measured costs say even its best k loses by
 # more than NEAR_PAYING, its probes wait up to PROBE_FAR steps instead: such a probe is almost
-# surely a loss (with a draft, also the catch-up of the sequence's KV it needs first).
+# surely a loss.
 NEAR_PAYING = 0.9
 PROBE_FAR = 256
 # A probe whose step could not be timed (catch-up, prefill, a capped k) is given up after this
@@ -136,6 +143,8 @@ class BatchChoice:
     probing: int | None = None     # the k of a probe waiting for its step to be timed
     tries: int = 0                 # steps that probe has had
     probes: int = 0                # probes so far: whose turn the next one is
+    extra: float = 0.0             # seconds of that probe's irregular steps (a catch-up)
+    extra_steps: int = 0           # and how many there were
 
 
 @dataclass(slots=True)
@@ -148,7 +157,8 @@ class StepPolicy:
         """The k of a step of `batch_size` decodes; `expected[k]`: their mean E(alpha_i, k),
         k = 0..k_max."""
         choice = self.choices.setdefault(batch_bucket(batch_size), BatchChoice())
-        rates = [e / self.costs.ratio(batch_size, k) for k, e in enumerate(expected)]
+        ratios = self.costs.ratios(batch_size, len(expected) - 1)
+        rates = [e / r for e, r in zip(expected, ratios)]
         k = settle(rates, choice.k)
         if (k == 0) != (choice.k == 0):  # started or stopped speculating: check it soon
             choice.wait = PROBE_FIRST
@@ -158,7 +168,7 @@ class StepPolicy:
             if choice.tries < PROBE_TRIES:
                 choice.tries += 1
                 return choice.probing
-            choice.probing = None
+            self._probe_ended(batch_size, choice)
         choice.countdown -= 1
         if choice.countdown > 0:
             return choice.k
@@ -189,12 +199,31 @@ class StepPolicy:
         choice.probes += 1
         return turns[(choice.probes - 1) % len(turns)]
 
-    def timed(self, batch_size: int, k: int, seconds: float) -> None:
-        """A regular step of `batch_size` decodes proposing (at most) k took `seconds`."""
-        self.costs.record(batch_size, k, seconds)
+    def timed(self, batch_size: int, k: int, seconds: float, regular: bool = True) -> None:
+        """A step of `batch_size` decodes proposing (at most) k took `seconds`; `regular`: its
+        time is the price of its k (step_costs.py), else it only counts towards a probe's."""
+        if regular:
+            self.costs.record(batch_size, k, seconds)
         choice = self.choices.get(batch_bucket(batch_size))
-        if choice is not None and choice.probing == k:
-            choice.probing = None
+        if choice is None or choice.probing is None:
+            return
+        if not regular:  # a draft catching up for the probe, or a request's last steps
+            choice.extra += seconds
+            choice.extra_steps += 1
+        elif choice.probing == k:
+            self._probe_ended(batch_size, choice)
+
+    def _probe_ended(self, batch_size: int, choice: BatchChoice) -> None:
+        """A probe's steps are over. While the batch size does not speculate, what its irregular
+        steps (a draft catching up on the sequence's KV) took beyond as many plain steps is
+        paid for by waiting until it is PROBE_SHARE of the steps since: the timed steps' cost
+        is already what sets the waits, and what it misses is this."""
+        plain = self.costs.plain_seconds(batch_size)
+        if plain and not choice.k and choice.extra_steps:
+            paid_off = math.ceil((choice.extra / plain - choice.extra_steps) / PROBE_SHARE)
+            choice.wait = max(choice.wait, paid_off)
+            choice.countdown = max(choice.countdown, paid_off)
+        choice.probing, choice.extra, choice.extra_steps = None, 0.0, 0
 
 
 def pays_to_catch_up(alpha: float, cost: float, k: int, remaining: int | None,

@@ -6,14 +6,15 @@ the step's k (policy.py), the one of most tokens per second from the running req
 acceptance so far, position by position, and the measured wall time of whole steps proposing
 k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine
 tells its runner how long each step took (`step_took`), and the runner hands the seconds to
-`timed_step`. A decode's k is never more than num_speculative_tokens, than the request can
-still use (max_tokens, the context length) nor than the step's token budget leaves; none at
-all from disable_by_batch_size running sequences on (vLLM's rule, when set) and for
-structured-output requests (their grammar would have to walk every proposal, and roll back on
-rejection). A seeded sampled request decides from its own
-acceptance and the draft's weight bytes only, never from timings: its k, and so its samples,
-repeat from run to run. With `"adaptive": false` every decode gets the most slots (vLLM's fixed
-k).
+`timed_step`: a step of decodes only is the price of its k when regular, and otherwise (the
+draft catching up, a request's capped last steps) still counts towards what a probe cost. A
+decode's k is never more than num_speculative_tokens, than the request can still use
+(max_tokens, the context length) nor than the step's token budget leaves; none at all from
+disable_by_batch_size running sequences on (vLLM's rule, when set) and for structured-output
+requests (their grammar would have to walk every proposal, and roll back on rejection). A
+seeded sampled request decides from its own acceptance and the draft's weight bytes only, never
+from timings: its k, and so its samples, repeat from run to run. With `"adaptive": false` every
+decode gets the most slots (vLLM's fixed k).
 
 Proposals come from n-gram lookup in the sequence's own tokens (ngram.py) or from a draft model
 (draft.py); both read the tokens this module keeps for each live sequence (its prompt, then
@@ -91,7 +92,11 @@ class Speculator:
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
         self._step_k: int | None = None  # the k the policy chose for the step being scheduled
-        self._timing: tuple[int, int] | None = None  # (decodes, k) of the last step, if regular
+        # The acceptance heard of so far (counted), and the mean E(k) last computed from it.
+        self._evidence = 0
+        self._expected: tuple[tuple[int, int], list[float]] | None = None
+        # (decodes, k, regular) of the last step, if it was decodes only
+        self._timing: tuple[int, int, bool] | None = None
         self._untimed = False  # the step being scheduled has a decode whose k was capped
 
     # ---- the scheduler's rule --------------------------------------------------------------
@@ -119,10 +124,11 @@ class Speculator:
                 k = choose_k(own.optimistic(PRIOR_ALPHA), costs.prior_per_token, k)
             else:
                 k = min(k, self._k_of_step(num_running))
-                probing = self.policy.probing(num_running)  # chosen for the prior's promise
-                cost = costs.prior_per_token if probing else costs.per_token(num_running, k)
-                judged = (own.optimistic(self.pooled.rate(PRIOR_ALPHA)), cost, remaining,
-                          num_running)
+                if k:
+                    probing = self.policy.probing(num_running)  # chosen for the prior's promise
+                    cost = costs.prior_per_token if probing else costs.per_token(num_running, k)
+                    judged = (own.optimistic(self.pooled.rate(PRIOR_ALPHA)), cost, remaining,
+                              num_running)
         if k and self.draft is not None:
             k = self._catch_up_first(seq, k, budget, judged)
         self.chosen[k] += 1
@@ -132,15 +138,21 @@ class Speculator:
         """The policy's k for this step, chosen at its first decode from the mean expected
         tokens of the live requests (those without proposals yet at the pooled rate)."""
         if self._step_k is None:
-            k_max = self.config.num_speculative_tokens
-            prior = self.pooled.rates([PRIOR_ALPHA] * k_max)
-            # At their estimates, not optimistically: the probes do the exploring, and a step
-            # of many requests would add up every request's bonus.
-            each = [expected_tokens_by_position(a.rates(prior)) for a in self.acceptance.values()]
-            each += [expected_tokens_by_position(prior)] * max(0, num_running - len(each))
-            expected = [sum(e[k] for e in each) / len(each) for k in range(k_max + 1)]
-            self._step_k = self.policy.choose(num_running, expected)
+            key = (num_running, self._evidence)
+            if self._expected is None or self._expected[0] != key:  # else as last step's
+                self._expected = key, self._mean_expected(num_running)
+            self._step_k = self.policy.choose(num_running, self._expected[1])
         return self._step_k
+
+    def _mean_expected(self, num_running: int) -> list[float]:
+        """The mean E(k), k = 0..num_speculative_tokens, over `num_running` live requests."""
+        k_max = self.config.num_speculative_tokens
+        prior = self.pooled.rates([PRIOR_ALPHA] * k_max)
+        # At their estimates, not optimistically: the probes do the exploring, and a step of
+        # many requests would add up every request's bonus.
+        each = [expected_tokens_by_position(a.rates(prior)) for a in self.acceptance.values()]
+        each += [expected_tokens_by_position(prior)] * max(0, num_running - len(each))
+        return [sum(e[k] for e in each) / len(each) for k in range(k_max + 1)]
 
     def _catch_up_first(self, seq, k: int, budget: int, judged: tuple | None) -> int:
         """k, or 0 when the draft's cache must first catch up on this sequence and cannot in
@@ -188,7 +200,8 @@ class Speculator:
             self._drop_draft(seq_id)
         for seq_id in step.finished_seq_ids:
             self.tokens.pop(seq_id, None)
-            self.acceptance.pop(seq_id, None)
+            if self.acceptance.pop(seq_id, None) is not None:
+                self._evidence += 1
             self._drop_draft(seq_id)
         if not step.scheduled:
             self._end_catch_up()
@@ -204,8 +217,12 @@ class Speculator:
         `prepare` lays a step out as the target's runner does (for the draft model)."""
         asked = [e for e in scheduled if e.num_lookahead]
         catching_up = [e for e in scheduled if e.seq_id in self._catch_up and not e.num_lookahead]
-        timed = self.config.speculates(len(scheduled)) and not self._untimed  # else no k to weigh
-        self._timing = self._regular(scheduled, asked, catching_up) if timed else None
+        self._timing = None
+        if self.config.speculates(len(scheduled)) and all(len(e.token_ids) == 1
+                                                          for e in scheduled):  # decodes only
+            regular = not self._untimed and self._regular(asked, catching_up)
+            k = max((e.num_lookahead for e in scheduled), default=0)
+            self._timing = (len(scheduled), k, regular)
         self._untimed = False
         if not asked and not catching_up:
             self._end_catch_up()
@@ -221,21 +238,21 @@ class Speculator:
             return {seq_id: Proposal(ids, None) for seq_id, ids in found.items() if ids}
         return self._draft(asked, catching_up, states, prepare)
 
-    def _regular(self, scheduled: list[ScheduledSequence], asked: list[ScheduledSequence],
-                 catching_up: list[ScheduledSequence]) -> tuple[int, int] | None:
-        """(decodes, k) of a step whose time is the price of its k: decodes only, and nothing
-        for the draft to catch up on (beyond the decode's token and the last kept proposal)."""
-        if catching_up or any(len(e.token_ids) != 1 for e in scheduled):
-            return None
-        if self.draft is not None and any(
-                e.start + 1 - self.draft_valid.get(e.seq_id, 0) > 2 for e in asked):
-            return None
-        return len(scheduled), max((e.num_lookahead for e in scheduled), default=0)
+    def _regular(self, asked: list[ScheduledSequence],
+                 catching_up: list[ScheduledSequence]) -> bool:
+        """Whether a step of decodes only has its time be the price of its k: nothing for the
+        draft to catch up on (beyond the decode's token and the last kept proposal)."""
+        if catching_up:
+            return False
+        return self.draft is None or all(
+            e.start + 1 - self.draft_valid.get(e.seq_id, 0) <= 2 for e in asked)
 
     def timed_step(self, seconds: float) -> None:
-        """The engine's whole last step took `seconds`: the policy learns from it if regular."""
+        """The engine's whole last step took `seconds`: the policy learns from a step of decodes
+        only (the price of its k if regular, else what a probe spent)."""
         if self._timing is not None:
-            self.policy.timed(*self._timing, seconds)
+            decodes, k, regular = self._timing
+            self.policy.timed(decodes, k, seconds, regular)
             self._timing = None
 
     def _draft(self, asked: list[ScheduledSequence], catching_up: list[ScheduledSequence],
@@ -297,6 +314,7 @@ class Speculator:
 
     def _learn(self, seq_id: int, num_proposed: int, num_kept: int) -> None:
         """The request's acceptance, and the engine's pooled one, hear of a step's proposals."""
+        self._evidence += 1
         self.acceptance.setdefault(seq_id, Acceptance()).record(num_proposed, num_kept)
         self.pooled.decay(POOL_DECAY)
         self.pooled.record(num_proposed, num_kept)

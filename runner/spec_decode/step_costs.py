@@ -69,7 +69,10 @@ class StepCosts:
     times: dict[tuple[int, int], StepTime] = field(default_factory=dict)
 
     def record(self, batch_size: int, k: int, seconds: float) -> None:
-        self.times.setdefault((batch_bucket(batch_size), k), StepTime()).record(seconds)
+        key = batch_bucket(batch_size), k
+        if key not in self.times:
+            self.times[key] = StepTime()
+        self.times[key].record(seconds)
 
     def measured(self, batch_size: int, k: int) -> bool:
         return (batch_bucket(batch_size), k) in self.times
@@ -86,17 +89,32 @@ class StepCosts:
             return 1.0
         return 1.0 + k * self.per_token(batch_size, k)
 
+    def ratios(self, batch_size: int, k_max: int) -> list[float]:
+        """`ratio(batch_size, k)` for k = 0..k_max, the timings looked up once (the policy asks
+        every step)."""
+        timed = self._timed_per_token(self._nearest_timed(batch_bucket(batch_size)))
+        return [1.0] + [1.0 + k * self._nearest_k(timed, k) for k in range(1, k_max + 1)]
+
     def per_token(self, batch_size: int, k: int) -> float:
         """What each of k proposed tokens adds to a step, in plain steps: measured for k, or
         taken from the nearest measured k of the bucket; a bucket with none borrows from its
         nearest timed neighbour; with none timed, the prior."""
-        b = self._nearest_timed(batch_bucket(batch_size))
+        timed = self._timed_per_token(self._nearest_timed(batch_bucket(batch_size)))
+        return self._nearest_k(timed, k)
+
+    def _timed_per_token(self, b: int | None) -> dict[int, float]:
+        """The timed bucket `b`'s cost per proposed token by timed k (none where b is None)."""
         if b is None:
+            return {}
+        plain = self.times[b, 0].seconds
+        return {j: max(self.least_per_token, (t.seconds / plain - 1.0) / j)
+                for (bucket, j), t in self.times.items() if bucket == b and j}
+
+    def _nearest_k(self, timed: dict[int, float], k: int) -> float:
+        """The cost per token of the timed k nearest k (the smaller on a tie), else the prior."""
+        if not timed:
             return self.prior_per_token
-        measured = [j for bucket, j in self.times if bucket == b and j]
-        j = min(measured, key=lambda j: (abs(j - k), j))
-        measured = (self.times[b, j].seconds / self.times[b, 0].seconds - 1.0) / j
-        return max(self.least_per_token, measured)
+        return timed[min(timed, key=lambda j: (abs(j - k), j))]
 
     def _nearest_timed(self, bucket: int) -> int | None:
         """The timed bucket (a plain step and a speculating one) nearest `bucket` by ratio, the

@@ -14,7 +14,8 @@ rho_x is the largest relative RMS error that rounding gives the inputs of the fl
 linear layers (measured on the same sequences through `model/reference.py`); rho is
 sqrt(rho_w**2 + rho_x**2) then. bfloat16 runs as the engine would on this CPU: on the
 avx512bf16 kernel, whose inputs are rounded to bfloat16 (rho_x measured the same way), where the
-CPU has AVX512_BF16, else widened to float32 products (rho_x = 0). A matmul's output moves by
+CPU has AVX512_BF16 (prefill attention's inputs are rounded there too, not counted in sigma),
+else widened to float32 products (rho_x = 0). A matmul's output moves by
 about rho of its size; the n converted matrices on the way to a logit round independently, so
 their changes add in quadrature. n = 4 * n_layer + 2 for GPT-2 (four per block, the embedding, the LM head)
 and 5 * n_layer + 2 for the Llama family (its MLP multiplies two projections, gate and up):

@@ -8,6 +8,11 @@ import pytest
 from nanovllm import LLM, SamplingParams
 from nanovllm.model.activations import gelu_int8_, gelu_rows_
 from nanovllm.model.attention import causal_softmax_, paged_decode_attention, write_slots
+from nanovllm.model.bf16_attention import (
+    heads_matmul,
+    pack_context,
+    round_heads,
+)
 from nanovllm.model.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
 from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels import softmax_rows_
@@ -46,12 +51,13 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
 
 def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
     """bfloat16 on the avx512bf16 kernel: start-up compiled the kernel and both roundings of
-    the activations (a long prefill's on the threads)."""
+    the activations (a long prefill's on the threads), and prefill attention's packing,
+    rounding and products."""
     if not host_packs_bfloat16():
         pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, dtype="bfloat16")
     kernels = (round_rows, round_rows_parallel, matmul_bf16, paged_decode_attention, write_slots,
-               causal_softmax_)
+               causal_softmax_, pack_context, round_heads, heads_matmul)
     before = [list(k.signatures) for k in kernels]
     llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before)

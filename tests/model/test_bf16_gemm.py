@@ -215,7 +215,8 @@ def test_either_signature_of_the_intrinsic_gives_the_kernels_sums(monkeypatch, t
     def panel(xb, wp, acc):
         pairs = wp.shape[1]
         bf16_dot.bf16_panel(2, 2, xb.ctypes.data, pairs * 4, wp.ctypes.data,
-                            pairs * bf16_dot.PAIR_BYTES, pairs, acc.ctypes.data)
+                            pairs * bf16_dot.PAIR_BYTES, pairs, acc.ctypes.data,
+                            2 * BLOCK * 4)
 
     acc = np.empty((2, 2 * BLOCK), np.float32)
     xb = np.empty((2, 70), np.uint16)

@@ -30,9 +30,9 @@ def test_description_is_one_line_naming_the_int8_and_bfloat16_kernels():
     line = path_for("znver4", ZEN4).describe()
     assert "\n" not in line and line.startswith("kernels: avx512 path (numba compiles for znver4")
     assert "int8 dot products: avx512vnni" in line and "sha" not in line
-    assert line.endswith("; bfloat16 dot products: avx512bf16")
+    assert line.endswith("; bfloat16 dot products: avx512bf16 (linear layers, prefill attention)")
     zen3 = path_for("znver1", {"avx2", "fma"}).describe()
-    assert zen3.endswith("int8 dot products: avx2; bfloat16 dot products: widen")
+    assert zen3.endswith("int8 dot products: avx2; bfloat16 dot products: widen (linear layers)")
     assert path_for("generic", set()).int8 == "portable"
     assert path_for("generic", set()).bf16 == "widen"
 

@@ -116,7 +116,8 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
     """Kernels and reference agree on the converted model to float32 rounding (the perturbed
     model: random biases and layer norms, logits of real GPT-2's size). int8 is W8A8: the
     reference's linear layers quantize their input rows first, as the kernels do; so does
-    bfloat16 packed for the avx512bf16 kernel, rounding them to bfloat16."""
+    bfloat16 packed for the avx512bf16 kernel, rounding them to bfloat16, and the inputs of
+    attention's two products too (`model/bf16_attention.py`)."""
     rounding = None
     if "quantization" in options:
         rounding = lambda x: dequantize(quantize_int8(x))  # noqa: E731
@@ -124,6 +125,10 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
         if not host_packs_bfloat16():
             pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
         rounding = round_to_bfloat16
+        plain_probs = ref.attention_probs
+        monkeypatch.setattr(ref, "attention", lambda q, k, v: (round_to_bfloat16(plain_probs(
+            round_to_bfloat16(q), round_to_bfloat16(k))) @ round_to_bfloat16(v).transpose(1, 0, 2))
+            .transpose(1, 0, 2))
     if rounding:
         plain_linear = ref.linear
         monkeypatch.setattr(ref, "linear", lambda x, w, b=None: plain_linear(

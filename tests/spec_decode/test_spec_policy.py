@@ -1,8 +1,9 @@
 """The adaptive-k policy's invariants: the model's expected tokens (checked against our own
 rejection sampler), the choice of k (an argmax of tokens per cost, 0 when nothing pays, monotone
 in acceptance and cost), the step's k from measured whole steps (hysteresis, probes that keep
-plain decoding reachable and let a wrong estimate recover), the acceptance estimate (one rate,
-and position by position), the step timings and the draft's cost line."""
+plain decoding reachable and let a wrong estimate recover, a draft's catch-up paid for by their
+spacing), the acceptance estimate (one rate, and position by position), the step timings and
+the draft's cost line, and a batch-1 engine of requests one after another, losing and paying."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nanovllm.runner.spec_decode.policy import (
     ENTER_GAIN,
     PROBE_FAR,
     PROBE_MOST,
+    PROBE_SHARE,
     SWITCH_MARGIN,
     Acceptance,
     StepPolicy,
@@ -507,3 +509,88 @@ def test_a_k_timed_in_a_stall_is_measured_again():
     chosen = _machine(policy, 3000, 0.8, cost)
     assert chosen[-200:].count(4) > 190
 
+
+
+def _requests_one_by_one(policy: StepPolicy, alpha: float, step_cost, catch_up_row: float,
+                         requests: int = 150, prompt: int = 100, tokens: int = 64,
+                         seed: int = 0) -> tuple[float, float]:
+    """A batch-1 engine with a draft, as the benchmark runs it: requests one after another, each
+    a `prompt` and `tokens` to make. The draft's KV is filled lazily: a speculating step first
+    computes the rows it lacks (`catch_up_row` plain steps each; a new request lacks its whole
+    prompt, one that decoded plainly the tokens since), and such a step is not the price of its
+    k. The real policy chooses each step's k from the pooled acceptance; proposals are kept
+    with probability `alpha` each. Returns (tokens per plain step's time, share of steps that
+    were not plain)."""
+    rng = np.random.default_rng(seed)
+    pooled = Acceptance()
+    made, seconds, steps, speculating = 0, 0.0, 0, 0
+    for _ in range(requests):
+        length, draft_valid, left = prompt, 0, tokens
+        while left > 0:
+            expected = expected_tokens_by_position(pooled.rates([0.6] * 4))
+            k = min(policy.choose(1, expected), left - 1)
+            took = step_cost(k)
+            missing = length + 1 - draft_valid
+            regular = not k or missing <= 2
+            if k and missing > 2:
+                took += catch_up_row * missing * step_cost(0)
+            kept = 0
+            while k and kept < k and rng.random() < alpha:
+                kept += 1
+            if k:
+                pooled.record(k, kept)
+                draft_valid = length + 1 + min(kept, k - 1)
+                speculating += 1
+            policy.timed(1, k, took, regular)
+            length, left = length + 1 + kept, left - 1 - kept
+            made, seconds, steps = made + 1 + kept, seconds + took, steps + 1
+    return made / seconds * step_cost(0), speculating / steps
+
+
+def test_a_near_paying_dear_draft_costs_little_at_batch_one():
+    """The prior (a light draft: 0.1 plain steps a proposal) promises a gain, the measured steps
+    (1 + 0.3k plain steps, a quarter of the proposals kept) say speculating loses narrowly, and
+    each probe first has the draft catch up on the request's prompt and tokens (about three
+    plain steps). What the probes' catch-up costs sets their spacing: within 2% of plain
+    decoding, nearly every step plain."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.1))
+    speed, share = _requests_one_by_one(policy, 0.25, lambda k: 0.003 * (1 + 0.3 * k), 0.03)
+    assert speed >= 0.98
+    assert share < 0.02
+
+
+@pytest.mark.parametrize("catch_up_row", [0.0, 0.03])
+def test_a_paying_speculator_keeps_its_gain_at_batch_one(catch_up_row):
+    """Cheap proposals (1 + 0.1k plain steps) mostly kept (0.8): k = 4 makes 2.4 tokens per
+    plain step's time. With or without a draft to catch up on each new request (n-gram lookup
+    has none), the engine finds it and keeps most of it."""
+    policy = StepPolicy(StepCosts(prior_per_token=0.1))
+    speed, share = _requests_one_by_one(policy, 0.8, lambda k: 0.003 * (1 + 0.1 * k),
+                                        catch_up_row)
+    assert speed > 2.0
+    assert share > 0.9
+
+
+def test_a_probes_catch_up_sets_the_wait_before_the_next():
+    """Plain decoding wins by the measured steps, the prior (a light draft) promises otherwise:
+    a probe. Its first step also has the draft catch up (three plain steps more, not the price
+    of its k), its next, regular, step is timed as before. The next probe waits until that
+    catch-up is PROBE_SHARE of the steps since; without a catch-up it comes much sooner."""
+    def steps_to_next_probe(catch_up: float) -> int:
+        policy = StepPolicy(StepCosts(prior_per_token=0.1))
+        for k, seconds in ((0, 0.01), (1, 0.015)):
+            policy.timed(1, k, seconds)
+        expected = [expected_tokens(0.25, k) for k in range(5)]
+        while not (k := policy.choose(1, expected)):
+            policy.timed(1, 0, 0.01)
+        if catch_up:
+            policy.timed(1, k, 0.01 * (1.5 + catch_up), regular=False)
+            assert policy.choose(1, expected) == k  # the probe goes on: its k is not timed yet
+        policy.timed(1, k, 0.015)
+        waited = 0
+        while not policy.choose(1, expected):
+            policy.timed(1, 0, 0.01)
+            waited += 1
+        return waited
+    assert steps_to_next_probe(3.0) >= (3.0 + 0.5) / PROBE_SHARE - 1
+    assert steps_to_next_probe(0.0) <= PROBE_MOST
