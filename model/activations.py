@@ -6,7 +6,7 @@ Each is a compiled loop over rows, on numba's threads when a step has enough of 
 `reference_bert.gelu`, `reference_llama.silu`. They compute e**x with `kernels.exp32`, which
 vectorizes where libm's expf does not: one pass over the rows, where numpy's versions make up
 to nine. Like `norms.layer_norm`, `gelu` quantizes its rows for an int8 layer it feeds
-(`feeds=`).
+(`feeds=`), or rounds them for a packed bfloat16 one.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from nanovllm.model.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.int8_gemm import Int8Rows, quantize_vector
 from nanovllm.model.kernels import KERNEL_MATH, exp32, exp32_within, on_threads
-from nanovllm.model.linear import takes_int8
+from nanovllm.model.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.quant import Int8Weight, Weight
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
@@ -28,11 +29,15 @@ def gelu(x: np.ndarray, feeds: Weight | None = None) -> np.ndarray | Int8Rows:
     """GPT-2's tanh approximation (`gelu_new`, `reference.gelu`) IN PLACE: overwrites x ([n, 4E],
     C-contiguous) and returns it. Computed as 0.5 x (1 + tanh(u)) = x / (1 + e**(-2u)).
     With `feeds` as in `norms.layer_norm`: also quantizes each row while it is in cache, and
-    returns those (`Int8Rows`)."""
+    returns those (`Int8Rows`), or rounds them to bfloat16 (`BF16Rows`)."""
     if feeds is not None and takes_int8(feeds):
         rows = Int8Rows.empty(*x.shape)
         gelu_int8_(x, rows.q, rows.scale)
         return rows
+    if feeds is not None and takes_bf16_rows(feeds, x.shape[0]):
+        rounded = BF16Rows.empty(*x.shape, feeds.packed.shape[1])
+        gelu_bf16_(x, rounded.bits)
+        return rounded
     gelu_rows_(x)
     return x
 
@@ -62,6 +67,19 @@ def gelu_int8_(x, q, scale):
             scale[i] = quantize_vector(x[i], q[i])
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def gelu_bf16_(x, bits):
+    """`gelu_rows_`, then each row rounded to bfloat16 (`round_rows`) while it is in cache."""
+    if on_threads(x.size):
+        for i in prange(x.shape[0]):
+            gelu_row_(x[i])
+            round_vector(x[i], bits[i])
+    else:
+        for i in range(x.shape[0]):
+            gelu_row_(x[i])
+            round_vector(x[i], bits[i])
+
+
 # The exponent -2u bounded to where `exp32_within` is exact or infinite: below, 1 + e**(-2u)
 # is 1 in float32, so x / (1 + e**(-2u)) is x; at the top it is inf, so the result is +-0.
 GELU_EXP_MIN, GELU_EXP_MAX = np.float32(-87.0), np.float32(89.0)
@@ -79,10 +97,11 @@ def gelu_row_(row):
 
 
 def compile_gelu() -> None:
-    """float32 and quantized."""
+    """float32, quantized and rounded to bfloat16."""
     int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     for feeds in (None, int8):
         gelu(np.zeros((1, 1), np.float32), feeds)
+    gelu_bf16_(np.zeros((1, 1), np.float32), np.empty((1, 2), np.uint16))
 
 
 # Exact GELU's erf is Abramowitz and Stegun's 7.1.26, a degree-5 polynomial in 1 / (1 + p|z|)

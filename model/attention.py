@@ -5,11 +5,11 @@ The paged cache is one pair of arrays per layer, `[num_slots, num_kv_heads, head
 A step's new keys and values are written to their slots first; then every sequence reads its
 whole context back through its slots. Decode rows, one query each, are attended by a small
 compiled kernel that reads the cache through each row's block table up to the row's own
-context length, as vLLM's does: a decode is one such row, and so is each row of a sequence's
-short run (at most `MAX_DECODE_RUN` rows: a decode with the proposals it verifies, a short
-chunk), row i of a run from position p seeing p + i + 1 positions, the run's later rows
-already in the cache but out of its sight. A longer run, a prefill chunk, gathers its context
-with numpy and attends causally. Where the CPU's registers hold them, decode rows take a
+context length, as vLLM's does: a decode is one such row, and so is each row of a decode with
+the proposals it verifies (at most `MAX_DECODE_RUN` rows), row i of a run from position p
+seeing p + i + 1 positions, the run's later rows already in the cache but out of its sight.
+A prompt's chunk, or a longer verify run, gathers its context with numpy and attends causally:
+a prompt's rows are attended the same way whether its start came from the prefix cache or not. Where the CPU's registers hold them, decode rows take a
 register-tile version of the kernel (`decode_tiles_`, `model/attention_dot.py`;
 `host_decode_tiles`), float32 caches and grouped-query float16 ones (`tiles_serve`).
 
@@ -50,10 +50,10 @@ class AttentionBatch:
     """Where each sequence of a step sits in the flat token batch and in the KV cache.
 
     Decode rows come first and are attended together, each as one query with its own block
-    table and causal context length: a sequence's run of at most MAX_DECODE_RUN rows (a decode
-    and the proposals it verifies, a short chunk) is that many decode rows, row i of a run from
-    position p seeing p + i + 1 positions. Longer runs (prefill chunks) follow, each a
-    contiguous run of rows.
+    table and causal context length: a decode with the proposals it verifies, at most
+    MAX_DECODE_RUN rows, is that many decode rows, row i of a run from position p seeing
+    p + i + 1 positions. Prefill chunks (and longer verify runs) follow, each a contiguous run
+    of rows.
     """
     slot_mapping: np.ndarray           # [num_tokens] cache slot of each new token
     num_decodes: int                   # rows [0, num_decodes) are decode rows
@@ -92,8 +92,9 @@ def causal_softmax_row_(row, seen, window):
     row[seen:] = 0.0
 
 
-# A sequence's run of at most this many rows is attended by the decode kernel, row by row,
-# reading its context through the block table once per row; a longer run is a prefill chunk,
+# A decode's run of at most this many rows (itself and its proposals) is attended by the decode
+# kernel, row by row, reading its context through the block table once per row; a longer run
+# is attended like a prefill chunk,
 # its context gathered once and attended by matmuls (`causal_attention`), which costs less
 # once the rows re-reading the context outweigh the gather's fixed cost per sequence.
 MAX_DECODE_RUN = 4

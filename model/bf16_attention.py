@@ -58,7 +58,7 @@ class BF16Context:
         keys = np.empty((n_kv, blocks_of(c), pairs_of(head_dim), BLOCK, PAIR), np.uint16)
         values = np.empty((n_kv, blocks_of(head_dim), blocks_of(c) * BLOCK // PAIR, BLOCK, PAIR),
                           np.uint16)
-        pack_context(k, v, pair_words(keys), pair_words(values), on_threads(k.size + v.size))
+        pack_context(k, v, pair_words(keys), pair_words(values))
         return cls(keys, values, head_dim)
 
     @staticmethod
@@ -118,16 +118,12 @@ def pairs_of(n: int) -> int:
 # --------------------------------------------------------------------------- rounding, packing
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def pack_context(k, v, keys, values, threads):
-    """`BF16Context.pack`, keys and values seen as uint32 words, a pair each (`pair_words`):
-    each key/value head on its own thread with `threads`."""
-    if threads:
-        for g in prange(k.shape[1]):
-            pack_head(k, v, keys[g], values[g], g)
-    else:
-        for g in range(k.shape[1]):
-            pack_head(k, v, keys[g], values[g], g)
+@njit(cache=True, nogil=True)
+def pack_context(k, v, keys, values):
+    """`BF16Context.pack`, keys and values seen as uint32 words, a pair each (`pair_words`), on
+    the calling thread (the threads' wake-up cost more than packing a few heads)."""
+    for g in range(k.shape[1]):
+        pack_head(k, v, keys[g], values[g], g)
 
 
 def pair_words(packed: np.ndarray) -> np.ndarray:
@@ -141,10 +137,12 @@ def word(lo, hi):
     return np.uint32(round_bits(lo)) | (np.uint32(round_bits(hi)) << np.uint32(16))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def pack_head(k, v, keys, values, g):
     """Head g of k and v packed into the words keys [key blocks, pairs of D, BLOCK] (a key is an
-    output) and values [blocks of D, pairs of c, BLOCK] (a position is a k), zero beyond."""
+    output) and values [blocks of D, pairs of c, BLOCK] (a position is a k), zero beyond.
+    Compiled on its own (not inlined): inside a parallel kernel numba makes each of its zeroing
+    slices a parallel loop of its own, one wake-up of the threads per position."""
     c, head_dim = k.shape[0], k.shape[2]
     half, zero = head_dim // PAIR, np.float32(0.0)
     for t in range(c):  # a key's pairs of dimensions, in its lane j of its block
@@ -247,11 +245,12 @@ def product_at(rows, blocks, xb, wp, out, r, b, acc, bias, accumulate):
 
 
 def compile_bf16_attention() -> None:
-    """Compiles (or loads from numba's cache) the packing, the rounding and the products, on
-    one thread and on all."""
+    """Compiles (or loads from numba's cache) the packing, the rounding (on one thread and on
+    all) and the products."""
     x = np.zeros((1, 1, 1), np.float32)
     context = BF16Context.pack(x, x)
     context.values_times(round_probabilities(context.scores(x, 0, 1)), 0)
+    strided = np.zeros((2, 3, 1), np.float32)[:, :1]  # (k and v: views of the projection)
+    BF16Context.pack(strided, strided)
     for threads in (False, True):
-        pack_context(x, x, pair_words(context.keys), pair_words(context.values), threads)
         round_heads(x, np.empty((1, 1, PAIR), np.uint16), threads)

@@ -19,6 +19,8 @@ weights are widened to float32 (`widen_packed_rows` for packed ones) and multipl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit, prange
 
@@ -40,13 +42,30 @@ from nanovllm.model.tiling import store_tile, tile_blocks
 TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS = 8, 3, 8
 
 
-def bf16_matmul(x: np.ndarray, w: PackedBF16Weight, bias: np.ndarray | None = None,
+@dataclass(slots=True)
+class BF16Rows:
+    """Activations already rounded to bfloat16 (`round_rows`), for `bf16_matmul` to take as they
+    are. A kernel that makes the float32 rows (a layer norm, GELU) can round each while it is in
+    cache (`round_vector`), instead of writing it out for a pass of its own to read back."""
+    bits: np.ndarray  # uint16 [M, 2 * pairs], zeros past K
+    width: int        # K
+
+    @classmethod
+    def empty(cls, rows: int, width: int, pairs: int) -> BF16Rows:
+        return cls(np.empty((rows, PAIR * pairs), np.uint16), width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bits.shape[0], self.width
+
+
+def bf16_matmul(x: np.ndarray | BF16Rows, w: PackedBF16Weight, bias: np.ndarray | None = None,
                 residual: np.ndarray | None = None) -> np.ndarray:
-    """round_to_bfloat16(x) @ dequantize(w).T + bias: x [M, K] float32 -> [M, N] float32, on the
-    avx512bf16 kernel (compiled only). With `residual` ([M, N] float32, C-contiguous) the result
-    is added into it in place, and it is returned: the bias and the residual are added as the
-    kernel stores its sums, not in passes of their own."""
-    xb = round_activations(x, w.packed.shape[1])
+    """round_to_bfloat16(x) @ dequantize(w).T + bias: x [M, K] float32 (or already rounded,
+    `BF16Rows`) -> [M, N] float32, on the avx512bf16 kernel (compiled only). With `residual`
+    ([M, N] float32, C-contiguous) the result is added into it in place, and it is returned: the
+    bias and the residual are added as the kernel stores its sums, not in passes of their own."""
+    xb = x.bits if isinstance(x, BF16Rows) else round_activations(x, w.packed.shape[1])
     if residual is not None:
         matmul_bf16(xb, w.packed, residual, as_bias(bias), True)
         return residual
@@ -100,6 +119,16 @@ def round_row(x, out, t):
         out[t, i] = round_bits(x[t, i])
     for i in range(k, out.shape[1]):
         out[t, i] = 0
+
+
+@njit(cache=True, nogil=True)
+def round_vector(row, out):
+    """out[:len(row)] = round_bits(row), zero beyond: one row of `round_rows`, for the kernels
+    that make BF16Rows (not inlined by numba: its inline="always" once dropped a caller's writes)."""
+    for i in range(row.shape[0]):
+        out[i] = round_bits(row[i])
+    for i in range(row.shape[0], out.shape[0]):
+        out[i] = 0
 
 
 @njit(cache=True, nogil=True)

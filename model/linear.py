@@ -35,7 +35,7 @@ import numpy as np
 from numba import config, njit, prange
 
 from nanovllm.model.bf16_attention import compile_bf16_attention
-from nanovllm.model.bf16_gemm import bf16_matmul, compile_bf16_kernel, widen_packed_rows
+from nanovllm.model.bf16_gemm import BF16Rows, bf16_matmul, compile_bf16_kernel, widen_packed_rows
 from nanovllm.model.cpu import int8_kernels, kernel_path
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
@@ -79,10 +79,11 @@ AVX512BF16, WIDEN = "avx512bf16", "widen"
 BLAS_CHUNK = 8192
 
 
-def linear(x: np.ndarray | Int8Rows, w: Weight, b: np.ndarray | None = None,
+def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None = None,
            residual: np.ndarray | None = None) -> np.ndarray:
     """x: [M, in], w: [out, in] (float32, int8 or bfloat16), b: [out] -> [M, out] float32. For
-    int8 weights x may come quantized already (`Int8Rows`, see `takes_int8`).
+    int8 weights x may come quantized already (`Int8Rows`, see `takes_int8`), for packed
+    bfloat16 ones rounded already (`BF16Rows`, see `takes_bf16_rows`).
     With `residual` ([M, out] float32, C-contiguous) the result is added into it in place and
     it is returned (the W8A8 and the packed kernels add the bias and the residual as they
     store their sums; elsewhere numpy adds them after)."""
@@ -113,6 +114,13 @@ def takes_int8(w: Weight) -> bool:
     """Whether `linear` on w multiplies int8 activations (and so takes them pre-quantized:
     `int8_gemm.Int8Rows`)."""
     return isinstance(w, Int8Weight)
+
+
+def takes_bf16_rows(w: Weight, rows: int) -> bool:
+    """Whether `linear` on w multiplies `rows` rows rounded to bfloat16 on the avx512bf16 kernel
+    (and so takes them rounded already: `bf16_gemm.BF16Rows`)."""
+    return (isinstance(w, PackedBF16Weight) and not config.DISABLE_JIT
+            and rows <= BF16_MAX_ROWS)
 
 
 @cache  # (the CPU does not change while the process runs)
@@ -170,7 +178,7 @@ def packed_kernel_takes(x: np.ndarray, w: PackedF32Weight | PackedBF16Weight) ->
     if config.DISABLE_JIT:
         return False
     if isinstance(w, PackedBF16Weight):
-        return rows <= BF16_MAX_ROWS
+        return takes_bf16_rows(w, rows)
     return rows <= PACKED_MAX_ROWS or w.shape[1] >= PACKED_CHUNK_MIN_K
 
 

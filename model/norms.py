@@ -7,7 +7,8 @@ Each is a compiled loop over rows, on numba's threads when a step has enough of 
 `reference.layer_norm` and `reference_llama.rms_norm`. A row is made in a few passes over x,
 where numpy's versions make six. Told which weight their output feeds (`feeds=`), `layer_norm`
 hands an int8 layer its input already quantized, row by row as it makes it
-(`int8_gemm.Int8Rows`), where a separate pass would read the float32 rows back.
+(`int8_gemm.Int8Rows`), where a separate pass would read the float32 rows back; a packed
+bfloat16 layer its input already rounded the same way (`bf16_gemm.BF16Rows`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from nanovllm.model.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.int8_gemm import Int8Rows, quantize_vector
 from nanovllm.model.kernels import KERNEL_MATH, on_threads
-from nanovllm.model.linear import takes_int8
+from nanovllm.model.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.quant import Int8Weight, Weight
 
 
@@ -28,11 +30,16 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
 
     `feeds` is the weight of the linear layer the result goes into: where that layer takes int8
     activations, each row is quantized for it as soon as it is made (`Int8Rows`), and the
-    float32 rows are never written out."""
+    float32 rows are never written out; where it takes bfloat16 rows, each is rounded for it
+    (`BF16Rows`)."""
     if feeds is not None and takes_int8(feeds):
         rows = Int8Rows.empty(*x.shape)
         layer_norm_int8_(x, g, b, eps, rows.q, rows.scale)
         return rows
+    if feeds is not None and takes_bf16_rows(feeds, x.shape[0]):
+        rounded = BF16Rows.empty(*x.shape, feeds.packed.shape[1])
+        layer_norm_bf16_(x, g, b, eps, rounded.bits)
+        return rounded
     out = np.empty_like(x)
     layer_norm_rows_(x, g, b, eps, out)
     return out
@@ -121,8 +128,25 @@ def layer_norm_int8_(x, g, b, eps, q, scale):
             scale[i] = quantize_vector(row, q[i])
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def layer_norm_bf16_(x, g, b, eps, bits):
+    """bits[i] = `round_rows` of `layer_norm_rows_`'s row i, through one row of scratch (in
+    cache) per thread."""
+    if on_threads(x.size):
+        for i in prange(x.shape[0]):
+            row = np.empty(x.shape[1], np.float32)
+            layer_norm_row_(x[i], g, b, eps, row)
+            round_vector(row, bits[i])
+    else:
+        row = np.empty(x.shape[1], np.float32)
+        for i in range(x.shape[0]):
+            layer_norm_row_(x[i], g, b, eps, row)
+            round_vector(row, bits[i])
+
+
 def compile_layer_norm() -> None:
-    """For writable and for read-only (memory-mapped) g and b, float32 and quantized."""
+    """For writable and for read-only (memory-mapped) g and b, float32, quantized and rounded to
+    bfloat16."""
     x = np.zeros((1, 1), np.float32)
     read_only = np.zeros(1, np.float32)
     read_only.flags.writeable = False
@@ -130,6 +154,7 @@ def compile_layer_norm() -> None:
     for v in (x[0], read_only):
         for feeds in (None, int8):
             layer_norm(x, v, v, 1e-5, feeds)
+        layer_norm_bf16_(x, v, v, 1e-5, np.empty((1, 2), np.uint16))
         add_layer_norm(x, v, x, v, v, 1e-5)
 
 

@@ -8,10 +8,10 @@ the last step. The runner keeps only each live sequence's own sampling state
 (runner/spec_decode/), before the forward pass, and to check after it: each token in them is
 one more row of its sequence.
 
-Every token of the step goes through each weight matrix as one matmul. Sequences of at most
-`MAX_DECODE_RUN` rows (a decode, with the proposals it verifies; a short chunk) are laid out
-first, and each of their rows is attended as a decode of its own, its own position the last it
-sees (model/attention.py); longer chunks (prefills) follow. The LM head runs only on rows that
+Every token of the step goes through each weight matrix as one matmul. Decodes, each with the
+proposals it verifies if they make at most `MAX_DECODE_RUN` rows, are laid out first, and each
+of their rows is attended as a decode of its own, its own position the last it sees
+(model/attention.py); prompt chunks (and longer verify runs) follow. The LM head runs only on rows that
 sample, plus prompt rows whose logprobs were asked for (with lookahead, every row of its
 sequence).
 """
@@ -152,16 +152,19 @@ class NativeModelRunner:
     def prepare(self, scheduled: list[ScheduledSequence],
                 lookahead: dict[int, list[int]] | None = None) -> StepInputs:
         """The step's flat inputs; `lookahead` (seq id -> tokens in its lookahead slots) adds
-        rows after a sequence's tokens, every one of its rows scoring what follows it. Runs of
-        at most MAX_DECODE_RUN rows (decodes, with what they verify) come first, as decode rows
-        (`AttentionBatch`); longer ones follow as prefill chunks."""
+        rows after a sequence's tokens, every one of its rows scoring what follows it. Decodes,
+        with what they verify in at most MAX_DECODE_RUN rows, come first, as decode rows
+        (`AttentionBatch`); the rest follow as prefill chunks."""
         lookahead = lookahead or {}
 
         def num_rows(e: ScheduledSequence) -> int:
             return len(e.token_ids) + len(lookahead.get(e.seq_id, ()))
 
-        entries = sorted(scheduled, key=lambda e: num_rows(e) > MAX_DECODE_RUN)
-        decodes = [e for e in entries if num_rows(e) <= MAX_DECODE_RUN]
+        def as_decodes(e: ScheduledSequence) -> bool:
+            return len(e.token_ids) == 1 and num_rows(e) <= MAX_DECODE_RUN
+
+        entries = sorted(scheduled, key=lambda e: not as_decodes(e))
+        decodes = [e for e in entries if as_decodes(e)]
         pos, slot_parts, prefills = [], [], []
         sample_rows, sampling, prompt_rows, scoring, ahead_rows, ahead = [], [], [], [], [], []
         # The decode rows' positions and slots in Python's integers: numpy's per-call cost, paid
@@ -174,7 +177,7 @@ class NativeModelRunner:
         row = 0
         for e in entries:
             start, n = e.start, num_rows(e)
-            if n > MAX_DECODE_RUN:
+            if not as_decodes(e):
                 positions = np.arange(start, start + n)
                 pos.append(positions)
                 slot_parts.append(self.slots(e.block_table, positions))

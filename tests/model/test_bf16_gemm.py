@@ -11,20 +11,26 @@ from numba import config
 
 from nanovllm.model import linear as linear_module
 from nanovllm.model import reference as ref
+from nanovllm.model.activations import gelu
 from nanovllm.model.bf16_gemm import (
+    BF16Rows,
     bf16_matmul,
     reference,
+    round_activations,
     round_rows,
     round_rows_parallel,
     widen_packed_rows,
 )
 from nanovllm.model.cpu import BF16_KERNELS, bf16_kernels, kernel_path
+from nanovllm.model.kernels import PARALLEL_MIN_WORK
 from nanovllm.model.linear import (
     BF16_MAX_ROWS,
     host_bf16_kernel,
     host_packs_bfloat16,
     linear,
+    takes_bf16_rows,
 )
+from nanovllm.model.norms import layer_norm
 from nanovllm.model.quant import (
     BLOCK,
     PAIR,
@@ -217,3 +223,39 @@ def test_either_signature_of_the_intrinsic_gives_the_kernels_sums(monkeypatch, t
     round_rows(x, xb)
     panel(xb, w.packed, acc)
     np.testing.assert_array_equal(acc, expected)
+
+
+@pytest.mark.parametrize("rows, e", [(1, 768), (5, 7), (PARALLEL_MIN_WORK // 3072 + 1, 3072),
+                                     (40, 6)])
+def test_layer_norm_and_gelu_round_as_bf16_matmul_would(rows, e):
+    """Fed to a packed bfloat16 layer that takes their rows, layer norm and GELU round each row
+    as they make it: the very bits `bf16_matmul` rounds their float32 output to (serial and on
+    threads; the padding to a whole pair stays zero), so the layer gives the same sums."""
+    runnable_kernel()
+    w = packed(17, e, seed=9)
+    x = 30 + f32(rows, e, seed=4, scale=3)
+    g, b = 1 + f32(e, seed=5, scale=0.3), f32(e, seed=6, scale=0.1)
+    h = f32(rows, e, seed=7, scale=4)
+    h[0, :2] = [0.0, -1e4]
+    for got, float_rows in ((layer_norm(x, g, b, 1e-5, feeds=w), layer_norm(x, g, b, 1e-5)),
+                            (gelu(h.copy(), feeds=w), gelu(h.copy()))):
+        assert isinstance(got, BF16Rows) and got.shape == (rows, e)
+        np.testing.assert_array_equal(got.bits, round_activations(float_rows, w.packed.shape[1]))
+        np.testing.assert_array_equal(linear(got, w), linear(float_rows, w))
+    in_place = h.copy()
+    gelu(in_place, feeds=w)
+    np.testing.assert_array_equal(in_place, gelu(h.copy()))  # still GELU in place
+
+
+def test_rows_past_the_kernel_or_unpacked_weights_stay_float32():
+    """Where `linear` would not run the kernel on the rows (more than BF16_MAX_ROWS, or a
+    bfloat16 matrix not packed for it), layer norm and GELU return float32 rows as without
+    `feeds`."""
+    x = f32(3, 8, seed=1)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    unpacked = to_bfloat16(f32(4, 8, seed=2))
+    assert not takes_bf16_rows(packed(4, 8, seed=3), BF16_MAX_ROWS + 1)
+    assert not takes_bf16_rows(unpacked, 3)
+    np.testing.assert_array_equal(layer_norm(x, g, b, 1e-5, feeds=unpacked),
+                                  layer_norm(x, g, b, 1e-5))
+    np.testing.assert_array_equal(gelu(x.copy(), feeds=unpacked), gelu(x.copy()))

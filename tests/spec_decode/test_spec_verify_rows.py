@@ -86,14 +86,16 @@ def test_engine_attends_verify_rows_as_decodes(make_engine):
         inputs, _ = engine.runner.last_run
         rows = {e.seq_id: len(e.token_ids) + len(inputs.lookahead.get(e.seq_id, ()))
                 for e in inputs.entries}
+        decoding = {e.seq_id for e in inputs.entries
+                    if len(e.token_ids) == 1 and rows[e.seq_id] <= MAX_DECODE_RUN}
         if not inputs.lookahead:
             continue
         verified += 1
         assert all(rows[i] <= MAX_DECODE_RUN for i in inputs.lookahead)
-        short = sum(n for n in rows.values() if n <= MAX_DECODE_RUN)
+        short = sum(rows[i] for i in decoding)
         attention = inputs.attention
         assert attention.num_decodes == short
-        assert len(attention.prefills) == sum(n > MAX_DECODE_RUN for n in rows.values())
+        assert len(attention.prefills) == len(rows) - len(decoding)  # prompt chunks among them
         # Row i of a run from position p attends p + i + 1 positions.
         assert attention.decode_context_lens.tolist() == (inputs.positions[:short] + 1).tolist()
     assert verified > 0
