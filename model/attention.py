@@ -29,7 +29,6 @@ from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
 from nanovllm.model.bf16_attention import BF16Context, round_probabilities
-from nanovllm.model.f32_attention import F32Context, compile_f32_attention
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
@@ -108,12 +107,9 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
                      bf16: bool = False) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
     Hkv). Returns [n, H, D]. With `bf16` (compiled only: `bf16_attention.attends_in_bf16`) both
-    products take bfloat16 inputs, the context packed for them once (`BF16Context`); without,
-    where the CPU has the packed float32 panels (`linear.host_has_panels`) they take float32
-    ones the same way (`F32Context`), and elsewhere numpy's matmul."""
+    products take bfloat16 inputs, the context packed for them once (`BF16Context`)."""
     n, c = q.shape[0], k.shape[0]
-    context = BF16Context.pack(k, v) if bf16 else F32Context.pack(k, v) if host_has_panels() \
-        else None
+    context = BF16Context.pack(k, v) if bf16 else None
     parts = []
     for start in range(0, n, CAUSAL_BLOCK):
         end = min(start + CAUSAL_BLOCK, n)
@@ -124,7 +120,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 
 def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: int,
-                 window: int, context: BF16Context | F32Context | None) -> np.ndarray:
+                 window: int, context: BF16Context | None) -> np.ndarray:
     """causal_attention of the queries q [n, H, D] at positions seen - n ... seen - 1 over the
     keys first:seen of k, v (from the whole block of 16 `first` is in, with a `context`)."""
     if context is not None:
@@ -140,10 +136,8 @@ def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: 
     causal_softmax_(scores.reshape(n_head, n, c), c - n + 1, window)  # query i: c - n + i
     if context is None:
         out = np.matmul(scores, v[first:seen].transpose(1, 0, 2))  # [Hkv, G*n, D]
-    elif isinstance(context, BF16Context):
-        out = context.values_times(round_probabilities(scores), first)
     else:
-        out = context.values_times(scores, first)
+        out = context.values_times(round_probabilities(scores), first)
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
@@ -411,8 +405,7 @@ def write_slots(cache, slots, x):
 
 def compile_attention_kernel() -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: float32 and float16 caches, softmax_ and causal_softmax_,
-    and the float32 prefill products where the CPU has the panels."""
+    argument types the runner passes: float32 and float16 caches, softmax_ and causal_softmax_."""
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
@@ -420,8 +413,6 @@ def compile_attention_kernel() -> None:
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
     causal_softmax_(q, 1, 0)
-    if host_has_panels():
-        compile_f32_attention()
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:
