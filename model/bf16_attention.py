@@ -173,7 +173,7 @@ def pairs_of_(n):
 @njit(cache=True, nogil=True, parallel=True)
 def round_heads(x, out, threads):
     """out[g, r, :K] = x[g, r] rounded to bfloat16 bits, zero beyond: x float32 [H, M, K]
-    (C-contiguous), out uint16 [H, M, >= K]; rows on all threads with `threads`."""
+    (a view or not), out uint16 [H, M, >= K]; rows on all threads with `threads`."""
     rows = x.shape[0] * x.shape[1]
     if threads:
         for job in prange(rows):
@@ -252,5 +252,11 @@ def compile_bf16_attention() -> None:
     context.values_times(round_probabilities(context.scores(x, 0, 1)), 0)
     strided = np.zeros((2, 3, 1), np.float32)[:, :1]  # (k and v: views of the projection)
     BF16Context.pack(strided, strided)
+    # A prompt's queries as a view ([H, n, D] of the [n, H, D] projection), against keys read
+    # from a later block (a view of the packed keys) once there are two key/value heads.
+    k = np.zeros((2 * BLOCK, 2, 2), np.float32)
+    BF16Context.pack(k, k).scores(np.zeros((2, 2, 2), np.float32).transpose(1, 0, 2), BLOCK,
+                                  2 * BLOCK)
     for threads in (False, True):
         round_heads(x, np.empty((1, 1, PAIR), np.uint16), threads)
+        round_heads(strided, np.empty((2, 1, PAIR), np.uint16), threads)
