@@ -106,7 +106,7 @@ CAUSAL_BLOCK = 128
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
                      bf16: bool = False) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
-    Hkv). Returns [n, H, D]. With `bf16` (compiled only: `bf16_attention.attends_in_bf16`) both
+    Hkv). Returns [n, H, D]. With `bf16` (compiled only: `quant.attends_in_bf16`) both
     products take bfloat16 inputs, the context packed for them once (`BF16Context`)."""
     n, c = q.shape[0], k.shape[0]
     context = BF16Context.pack(k, v) if bf16 else None

@@ -3,7 +3,7 @@ the avx512bf16 kernel: a `BF16Context` holds a context's keys and values, and gi
 (Q K^T) and the output (P V) of `attention.causal_attention`'s blocks of queries.
 
 A layer attends this way when its projection's weights are packed for that kernel
-(`attends_in_bf16`): a bfloat16 model on a CPU with AVX512_BF16, where the loader packs them at
+(`quant.attends_in_bf16`): a bfloat16 model on a CPU with AVX512_BF16, where the loader packs them at
 start-up (`linear.host_packs_bfloat16`); float32 and int8 models, and bfloat16 ones elsewhere,
 keep attention's float32 products. The inputs are rounded to bfloat16 (to nearest, ties to even:
 `bf16_gemm.round_bits`): the queries (already scaled by 1/sqrt(head_dim)) and keys for the
@@ -32,15 +32,8 @@ from numba import njit, prange
 from nanovllm.model.bf16_dot import bf16_panel
 from nanovllm.model.bf16_gemm import ONE_ROW_BLOCKS, TILE_BLOCKS, TILE_ROWS, round_bits
 from nanovllm.model.kernels import NO_BIAS, claim, on_threads, split_chunks
-from nanovllm.model.quant import BLOCK, PAIR, PackedBF16Weight, Weight, round_to_bfloat16
+from nanovllm.model.quant import BLOCK, PAIR, round_to_bfloat16
 from nanovllm.model.tiling import tile_blocks
-
-
-def attends_in_bf16(w: Weight) -> bool:
-    """Whether a layer whose attention projection is w attends with bfloat16 products: its
-    weights are packed for the avx512bf16 kernel (`quant.PackedBF16Weight`), which the loader
-    does for bfloat16 models where this CPU runs it (`linear.host_packs_bfloat16`)."""
-    return isinstance(w, PackedBF16Weight)
 
 
 @dataclass(slots=True)

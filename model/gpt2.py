@@ -36,11 +36,10 @@ from nanovllm.model.attention import (
     compile_attention_kernel,
     paged_attention,
 )
-from nanovllm.model.bf16_attention import attends_in_bf16
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.norms import compile_layer_norm, layer_norm
-from nanovllm.model.quant import Weight, gather_rows
+from nanovllm.model.quant import Weight, attends_in_bf16, gather_rows
 
 
 @dataclass(slots=True)

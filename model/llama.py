@@ -29,11 +29,10 @@ from nanovllm.model.attention import (
     compile_attention_kernel,
     paged_attention,
 )
-from nanovllm.model.bf16_attention import attends_in_bf16
 from nanovllm.model.linear import compile_linear_kernel, linear
 from nanovllm.model.llama_config import LlamaConfig
 from nanovllm.model.norms import add_rms_norm_, compile_rms_norm, rms_norm
-from nanovllm.model.quant import Weight, gather_rows
+from nanovllm.model.quant import Weight, attends_in_bf16, gather_rows
 from nanovllm.model.rotary import compile_rotary, cos_sin, inv_frequencies, rotate_
 
 

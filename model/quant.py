@@ -147,6 +147,14 @@ class PackedBF16Weight:
 Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight
 
 
+def attends_in_bf16(w: Weight) -> bool:
+    """Whether a layer whose attention projection is w attends with bfloat16 products
+    (`bf16_attention`): its weights are packed for the avx512bf16 kernel (`PackedBF16Weight`),
+    which the loader does for bfloat16 models where this CPU runs it
+    (`linear.host_packs_bfloat16`)."""
+    return isinstance(w, PackedBF16Weight)
+
+
 def quantize_int8(w: np.ndarray) -> Int8Weight:
     """Per-row symmetric int8 of a float32 matrix [out, in] (an all-zero row gets scale 0)."""
     peak = np.abs(w).max(axis=1)

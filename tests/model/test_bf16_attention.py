@@ -23,12 +23,12 @@ from nanovllm.model.attention import (
 )
 from nanovllm.model.bf16_attention import (
     BF16Context,
-    attends_in_bf16,
     reference_scores,
     reference_values,
     round_probabilities,
 )
 from nanovllm.model.linear import host_packs_bfloat16
+from nanovllm.model.quant import attends_in_bf16
 from nanovllm.model_loading import pack_for_kernels
 from tests.model.test_bf16_gemm import runnable_kernel
 from tests.model.test_kernels_vs_reference import U, assert_within, f32, sum_error
