@@ -37,6 +37,7 @@ def hook(frame, event, arg):
         files.add(frame.f_code.co_filename)
 def start(*_):
     files.clear(); on[0] = True
+    open(os.environ["TRACE_OUT"] + ".on", "w").close()  # tells the parent the hook is on
 def stop(*_):
     on[0] = False
     with open(os.environ["TRACE_OUT"], "w") as f:
@@ -100,7 +101,10 @@ def trace(model: str, max_tokens: int) -> list[str]:
                 time.sleep(0.5)
             stream_one(url, max_tokens)  # warm-up: first calls compile and import
             child.send_signal(signal.SIGUSR1)
-            time.sleep(0.5)
+            # A loaded machine can hold the signal's handler back past a fixed wait.
+            on = Path(f"{out}.on")
+            while not on.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             stream_one(url, max_tokens)
             time.sleep(0.5)
             child.send_signal(signal.SIGUSR2)
