@@ -68,6 +68,10 @@ class Stop:
 Command = AddRequest | Abort | AbortAll | Call | Stop
 
 
+# Seconds an idle engine thread waits for a command before it refreshes its stats once more.
+IDLE_REFRESH = 0.5
+
+
 class AsyncEngine:
     """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
 
@@ -205,8 +209,13 @@ class AsyncEngine:
                 logger.warning("nobody renewed the hold on the engine; stepping again")
                 self.held_until = None
                 cmds = []
-        else:
-            cmds = [] if self.engine.has_unfinished_requests() else [self._inbox.get()]
+        elif self.engine.has_unfinished_requests():
+            cmds = []
+        else:  # idle: wake now and then, so that the stats take in what finished beside the steps
+            try:  # (the disk writer's blocks)
+                cmds = [self._inbox.get(timeout=IDLE_REFRESH)]
+            except queue.Empty:
+                cmds = []
         while True:
             try:
                 cmds.append(self._inbox.get_nowait())
