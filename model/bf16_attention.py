@@ -30,7 +30,13 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.bf16_dot import bf16_panel
-from nanovllm.model.bf16_gemm import ONE_ROW_BLOCKS, TILE_BLOCKS, TILE_ROWS, round_bits
+from nanovllm.model.bf16_gemm import (
+    ONE_ROW_BLOCKS,
+    TILE_BLOCKS,
+    TILE_ROWS,
+    round_bits,
+    round_vector,
+)
 from nanovllm.model.kernels import NO_BIAS, claim, on_threads, split_chunks
 from nanovllm.model.quant import BLOCK, PAIR, round_to_bfloat16
 from nanovllm.model.tiling import tile_blocks
@@ -65,7 +71,7 @@ class BF16Context:
         qb = np.empty((q.shape[0], q.shape[1], self.keys.shape[2] * PAIR), np.uint16)
         round_heads(q, qb, on_threads(q.size))
         out = np.empty((q.shape[0], q.shape[1], end - start), np.float32)
-        heads_matmul(qb, self.keys[:, start // BLOCK:blocks_of(end)], out, NO_BIAS)
+        heads_matmul(qb, self.keys[:, start // BLOCK:blocks_of(end)], out)
         return out
 
     def values_times(self, pb: np.ndarray, start: int) -> np.ndarray:
@@ -74,7 +80,7 @@ class BF16Context:
         M, D] float32."""
         pairs = pb.shape[2] // PAIR
         out = np.empty((pb.shape[0], pb.shape[1], self.head_dim), np.float32)
-        heads_matmul(pb, self.values[:, :, start // PAIR:start // PAIR + pairs], out, NO_BIAS)
+        heads_matmul(pb, self.values[:, :, start // PAIR:start // PAIR + pairs], out)
         return out
 
 
@@ -104,8 +110,10 @@ def blocks_of(n: int) -> int:
     return -(-n // BLOCK)
 
 
-def pairs_of(n: int) -> int:
-    return -(-n // PAIR)
+@njit(cache=True, nogil=True, inline="always")
+def pairs_of(n):
+    """Pairs that hold n values (also called from `pack_head`)."""
+    return (n + PAIR - 1) // PAIR
 
 
 # --------------------------------------------------------------------------- rounding, packing
@@ -146,8 +154,8 @@ def pack_head(k, v, keys, values, g):
             block[half, j] = word(row[head_dim - 1], zero)
     for t in range(c, keys.shape[0] * BLOCK):
         keys[t // BLOCK, :, t % BLOCK] = 0
-    values[:, pairs_of_(c):] = 0
-    for p in range(pairs_of_(c)):  # a pair of positions, in every block of dimensions
+    values[:, pairs_of(c):] = 0
+    for p in range(pairs_of(c)):  # a pair of positions, in every block of dimensions
         first, second = v[PAIR * p, g], v[min(PAIR * p + 1, c - 1), g]
         last = PAIR * p + 1 == c  # (an odd context's last position pairs with a zero)
         for b in range(values.shape[0]):
@@ -158,11 +166,6 @@ def pack_head(k, v, keys, values, g):
             lanes[head_dim - b * BLOCK:] = 0
 
 
-@njit(cache=True, nogil=True, inline="always")
-def pairs_of_(n):
-    return (n + PAIR - 1) // PAIR
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def round_heads(x, out, threads):
     """out[g, r, :K] = x[g, r] rounded to bfloat16 bits, zero beyond: x float32 [H, M, K]
@@ -170,27 +173,19 @@ def round_heads(x, out, threads):
     rows = x.shape[0] * x.shape[1]
     if threads:
         for job in prange(rows):
-            round_row_of(x, out, job // x.shape[1], job % x.shape[1])
+            round_vector(x[job // x.shape[1], job % x.shape[1]],
+                         out[job // x.shape[1], job % x.shape[1]])
     else:
         for job in range(rows):
-            round_row_of(x, out, job // x.shape[1], job % x.shape[1])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def round_row_of(x, out, g, r):
-    src, dst = x[g, r], out[g, r]
-    k = src.shape[0]
-    for i in range(k):
-        dst[i] = round_bits(src[i])
-    for i in range(k, dst.shape[0]):
-        dst[i] = 0
+            round_vector(x[job // x.shape[1], job % x.shape[1]],
+                         out[job // x.shape[1], job % x.shape[1]])
 
 
 # --------------------------------------------------------------------------- products
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def heads_matmul(xb, wp, out, bias):
+def heads_matmul(xb, wp, out):
     """out[g] = xb[g] @ w_g.T for each head g (`bf16_gemm.matmul_bf16` per head, with no bias):
     xb uint16 [heads, M, 2 * pairs], wp [heads, blocks, pairs, BLOCK, PAIR] (a view: each
     head's blocks evenly spaced), out float32 [heads, M, N] C-contiguous. A job is one head's
@@ -200,21 +195,21 @@ def heads_matmul(xb, wp, out, bias):
     jobs = n_heads * chunks
     if not on_threads(xb.shape[1] * xb.shape[2] * n_blocks * BLOCK * n_heads):
         for job in range(jobs):
-            head_blocks(xb, wp, out, bias, job // chunks, job % chunks * step, step)
+            head_blocks(xb, wp, out, job // chunks, job % chunks * step, step)
         return
     taken = np.zeros(1, np.intp)
     for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
         job = claim(taken)
         while job < jobs:
-            head_blocks(xb, wp, out, bias, job // chunks, job % chunks * step, step)
+            head_blocks(xb, wp, out, job // chunks, job % chunks * step, step)
             job = claim(taken)
 
 
 @njit(cache=True, nogil=True)
-def head_blocks(xb, wp, out, bias, g, start, step):
+def head_blocks(xb, wp, out, g, start, step):
     """out[g][:, blocks start:start + step] by `product_at` tiles (`tiling.tile_blocks`)."""
     tile_blocks(product_at, TILE_ROWS, TILE_BLOCKS, ONE_ROW_BLOCKS, xb[g], wp[g], out[g], start,
-                min(wp.shape[1], start + step), bias, False)
+                min(wp.shape[1], start + step), NO_BIAS, False)
 
 
 @njit(cache=True, nogil=True)

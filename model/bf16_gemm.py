@@ -112,19 +112,11 @@ def round_bits(v):
                      >> np.uint32(16))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def round_row(x, out, t):
-    k = x.shape[1]
-    for i in range(k):
-        out[t, i] = round_bits(x[t, i])
-    for i in range(k, out.shape[1]):
-        out[t, i] = 0
-
-
 @njit(cache=True, nogil=True)
 def round_vector(row, out):
-    """out[:len(row)] = round_bits(row), zero beyond: one row of `round_rows`, for the kernels
-    that make BF16Rows (not inlined by numba: its inline="always" once dropped a caller's writes)."""
+    """out[:len(row)] = round_bits(row), zero beyond: one row of `round_rows`, and of the
+    kernels that make BF16Rows or round attention's inputs (not inlined by numba: its
+    inline="always" once dropped a caller's writes)."""
     for i in range(row.shape[0]):
         out[i] = round_bits(row[i])
     for i in range(row.shape[0], out.shape[0]):
@@ -135,14 +127,14 @@ def round_vector(row, out):
 def round_rows(x, out):
     """out[t, :K] = round_bits(x[t]), zero beyond: x float32 [M, K], out uint16 [M, >= K]."""
     for t in range(x.shape[0]):
-        round_row(x, out, t)
+        round_vector(x[t], out[t])
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def round_rows_parallel(x, out):
     """`round_rows` on all threads."""
     for t in prange(x.shape[0]):
-        round_row(x, out, t)
+        round_vector(x[t], out[t])
 
 
 # --------------------------------------------------------------------------- products
