@@ -31,7 +31,13 @@ from nanovllm.model.linear import host_packs_bfloat16
 from nanovllm.model.quant import attends_in_bf16
 from nanovllm.model_loading import pack_for_kernels
 from tests.model.test_bf16_gemm import runnable_kernel
-from tests.model.test_kernels_vs_reference import U, assert_within, f32, sum_error
+from tests.model.test_kernels_vs_reference import (
+    U,
+    assert_within,
+    causal_probabilities,
+    f32,
+    sum_error,
+)
 
 B = 2.0 ** -9  # bfloat16's unit roundoff: rounding to it moves a value by at most this relative
 
@@ -61,14 +67,8 @@ def bf16_attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     attention_bound`'s reasoning): q and k rounded move a score by 2B of sum |q||k| (and its
     float32 sum), which moves its row's probabilities by expm1 of twice that at most; rounding
     the probabilities and the values adds 2B; then float32's own errors."""
-    q, k, v = (a.astype(np.float64).transpose(1, 0, 2) for a in (q, k, v))  # [H, ., D]
-    t, c, d = q.shape[1], k.shape[1], q.shape[2]
-    scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # [H, T, c]
-    scores += np.triu(np.full((t, c), -np.inf), k=c - t + 1)
-    if window:
-        scores += np.tril(np.full((t, c), -np.inf), k=c - t - window)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    q, k, v, probs = causal_probabilities(q, k, v, window)
+    c, d = k.shape[1], q.shape[2]
     magnitude = (np.abs(q) @ np.abs(k).transpose(0, 2, 1)) / math.sqrt(d)
     score_error = (2 * B + B * B + sum_error(d)) * np.where(probs > 0, magnitude, 0).max(-1)
     relative = np.expm1(2 * score_error) + 2 * B + B * B + 8 * U + 2 * sum_error(c)

@@ -135,6 +135,16 @@ def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0
     relative; the softmax's exp, sum over c keys and scaling add theirs; then the weighted sum
     of V over c keys. Each relative error is applied to sum_j p_j |v_j|.
     """
+    q, k, v, probs = causal_probabilities(q, k, v, window)
+    c, d = k.shape[1], q.shape[2]
+    score_error = sum_error(d) * (np.abs(q) @ np.abs(k).transpose(0, 2, 1)).max(-1) / math.sqrt(d)
+    relative = 2 * score_error + 8 * U + 2 * sum_error(c)  # [H, T]
+    return (relative[..., None] * (probs @ np.abs(v))).transpose(1, 0, 2)
+
+
+def causal_probabilities(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0):
+    """q, k, v in float64 as [H, ., D], and causal attention's probabilities [H, T, c] (the
+    bounds' common ground)."""
     q, k, v = (a.astype(np.float64).transpose(1, 0, 2) for a in (q, k, v))  # [H, ., D]
     t, c, d = q.shape[1], k.shape[1], q.shape[2]
     scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)  # [H, T, c]
@@ -142,10 +152,7 @@ def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0
     if window:
         scores += np.tril(np.full((t, c), -np.inf), k=c - t - window)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    score_error = sum_error(d) * (np.abs(q) @ np.abs(k).transpose(0, 2, 1)).max(-1) / math.sqrt(d)
-    relative = 2 * score_error + 8 * U + 2 * sum_error(c)  # [H, T]
-    return (relative[..., None] * (probs @ np.abs(v))).transpose(1, 0, 2)
+    return q, k, v, probs / probs.sum(-1, keepdims=True)
 
 
 @pytest.mark.parametrize("n, c", [(1, 1), (1, 300), (5, 5), (CAUSAL_BLOCK + 1, CAUSAL_BLOCK + 1),
