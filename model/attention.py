@@ -9,9 +9,10 @@ context length, as vLLM's does: a decode is one such row, and so is each row of 
 the proposals it verifies (at most `MAX_DECODE_RUN` rows), row i of a run from position p
 seeing p + i + 1 positions, the run's later rows already in the cache but out of its sight.
 A prompt's chunk, or a longer verify run, gathers its context with numpy and attends causally:
-a prompt's rows are attended the same way whether its start came from the prefix cache or not. Where the CPU's registers hold them, decode rows take a
-register-tile version of the kernel (`decode_tiles_`, `model/attention_dot.py`;
-`host_decode_tiles`), float32 caches and grouped-query float16 ones (`tiles_serve`).
+a prompt's rows are attended the same way whether its start came from the prefix cache or
+not. Where the CPU's registers hold them, decode rows take a register-tile version of the
+kernel (`decode_tiles_`, `model/attention_dot.py`; `host_decode_tiles`), float32 caches and
+grouped-query float16 ones (`tiles_serve`).
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `num_kv_heads` heads and query
 head h reads key/value head h // (n_head // num_kv_heads), as transformers' `repeat_kv` lays them
@@ -93,9 +94,9 @@ def causal_softmax_row_(row, seen, window):
 
 # A decode's run of at most this many rows (itself and its proposals) is attended by the decode
 # kernel, row by row, reading its context through the block table once per row; a longer run
-# is attended like a prefill chunk,
-# its context gathered once and attended by matmuls (`causal_attention`), which costs less
-# once the rows re-reading the context outweigh the gather's fixed cost per sequence.
+# is attended like a prefill chunk, its context gathered once and attended by matmuls
+# (`causal_attention`), which costs less once the rows re-reading the context outweigh the
+# gather's fixed cost per sequence.
 MAX_DECODE_RUN = 4
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this

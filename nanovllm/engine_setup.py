@@ -32,7 +32,8 @@ logger = logging.getLogger("nanovllm")
 # A draft model's share of the KV budget: enough for the few sequences speculation pays for
 # (small batches), while the target keeps nearly the whole pool for the large ones.
 DRAFT_KV_SHARE = 0.125
-# The start-up line's word on a float16 cache that --kv-cache-dtype auto chose (`kv_cache_dtype_of`).
+# The start-up line's word on a float16 cache that --kv-cache-dtype auto chose
+# (`config.kv_cache_dtype_of`).
 AUTO_FLOAT16_NOTE = ": 'auto' under bfloat16 weights; --kv-cache-dtype float32 keeps K/V exact"
 
 

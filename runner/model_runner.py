@@ -11,9 +11,9 @@ one more row of its sequence.
 Every token of the step goes through each weight matrix as one matmul. Decodes, each with the
 proposals it verifies if they make at most `MAX_DECODE_RUN` rows, are laid out first, and each
 of their rows is attended as a decode of its own, its own position the last it sees
-(model/attention.py); prompt chunks (and longer verify runs) follow. The LM head runs only on rows that
-sample, plus prompt rows whose logprobs were asked for (with lookahead, every row of its
-sequence).
+(model/attention.py); prompt chunks (and longer verify runs) follow. The LM head runs only on
+rows that sample, plus prompt rows whose logprobs were asked for (with lookahead, every row of
+its sequence).
 """
 
 from __future__ import annotations
