@@ -330,7 +330,7 @@ class Speculator:
         """What the rule sees at `batch_size` running decodes: the pooled acceptance (failed
         n-gram lookups counted as rejections), each k's step cost against a plain step (index k,
         1.0 at 0) and whether it was timed or stands in, and the decodes that chose each k."""
-        costs, ks = self.policy.costs, range(self.config.num_speculative_tokens + 1)
+        costs, k_max = self.policy.costs, self.config.num_speculative_tokens
         return {"acceptance": self.pooled.rate(PRIOR_ALPHA, 0.0) if self.pooled.decided else None,
-                "step_cost": [costs.ratio(batch_size, k) for k in ks],
-                "timed": [costs.measured(batch_size, k) for k in ks], "chosen": list(self.chosen)}
+                "step_cost": costs.ratios(batch_size, k_max),
+                "timed": [costs.measured(batch_size, k) for k in range(k_max + 1)], "chosen": list(self.chosen)}
