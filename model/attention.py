@@ -38,6 +38,7 @@ from nanovllm.model.kernels import (
     from_float32,
     on_threads,
     prefetch_lines,
+    prefetch_lines_l2,
     softmax_,
     softmax_row_,
     to_float32,
@@ -150,8 +151,9 @@ def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: 
 # meanwhile.
 
 
-# How many positions ahead decode attention asks for the K/V lines it will read.
-PREFETCH_AHEAD = 2
+# How many positions ahead decode attention asks for the K/V lines it will read, into L2
+# (`prefetch_lines_l2`): enough lines on their way to read a cold cache near the memory's speed.
+PREFETCH_AHEAD = 8
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -240,14 +242,14 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
     k_at = k_cache.ctypes.data + g0 * k_cache.strides[1]
     v_at = v_cache.ctypes.data + g0 * v_cache.strides[1]
     for i in range(min(PREFETCH_AHEAD, m)):
-        prefetch_lines(k_at + slots[i] * row, part)
+        prefetch_lines_l2(k_at + slots[i] * row, part)
     for i in range(m):  # scores, position by position: a slot's K is [Hkv, D]
         slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
         ahead = i + PREFETCH_AHEAD
         if ahead < m:
-            prefetch_lines(k_at + slots[ahead] * row, part)
+            prefetch_lines_l2(k_at + slots[ahead] * row, part)
         elif ahead - m < m:  # the first rows of V, for the second pass
-            prefetch_lines(v_at + slots[ahead - m] * row, part)
+            prefetch_lines_l2(v_at + slots[ahead - m] * row, part)
         for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 dot = np.float32(0.0)
@@ -260,7 +262,7 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
     for i in range(m):
         slot = slots[i]
         if i + PREFETCH_AHEAD < m:
-            prefetch_lines(v_at + slots[i + PREFETCH_AHEAD] * row, part)
+            prefetch_lines_l2(v_at + slots[i + PREFETCH_AHEAD] * row, part)
         for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 p = probs[h - h0, i]
