@@ -104,6 +104,18 @@ MAX_DECODE_RUN = 4
 # skips most of the masked upper triangle.
 CAUSAL_BLOCK = 128
 
+# A prefill chunk over fewer keys than this attends in float32 even in a bfloat16 model: packing
+# the context for the bfloat16 products, and waking numba's threads for two products of a few
+# thousand multiply-adds a head, cost more than numpy's float32 matmuls, which OpenBLAS runs on
+# the calling thread at these sizes (a served prompt of 32 tokens is one).
+BF16_MIN_CONTEXT = 64
+
+
+def attends_in_bf16_over(bf16: bool, context: int) -> bool:
+    """Whether a prefill chunk over `context` keys takes the bfloat16 products: a layer that
+    attends in bfloat16 (`quant.attends_in_bf16`), over at least BF16_MIN_CONTEXT keys."""
+    return bf16 and context >= BF16_MIN_CONTEXT
+
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
                      bf16: bool = False) -> np.ndarray:
@@ -439,12 +451,13 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     first (without a cache, a batch of `whole_sequences` only). With a window, a prefill chunk
     gathers only the context its queries can see. Decode rows take the register tiles
     (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`); prefill chunks
-    take bfloat16 products with `bf16` (`causal_attention`)."""
+    take bfloat16 products with `bf16` over contexts of BF16_MIN_CONTEXT keys or more
+    (`causal_attention`, `attends_in_bf16_over`)."""
     if kv_cache is None:
         out = np.empty_like(q)
         for start, end, _ in batch.prefills:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              bf16)
+                                              attends_in_bf16_over(bf16, end - start))
         return out
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
@@ -460,10 +473,11 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              bf16)
+                                              attends_in_bf16_over(bf16, end - start))
         else:
             if window:  # the chunk's first query sees window positions, itself the last
                 slots = slots[max(0, len(slots) - (end - start) - window + 1):]
             out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
-                                              gather(v_cache, slots), window, bf16)
+                                              gather(v_cache, slots), window,
+                                              attends_in_bf16_over(bf16, len(slots)))
     return out
