@@ -234,12 +234,23 @@ def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, ti
 def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
     """paged_decode_attention for one sequence: q, out [H, D], its block table and length; the
     query heads of key/value heads g0 ... g1 - 1 (out's other rows are left as they are).
-    The slots are looked up once, and query heads g * group ... (g + 1) * group - 1 read
-    key/value head g: no division per position and head (h // group), and no table lookup per
-    position in each pass."""
+    `decode_heads_` for the cache's query heads a key/value head, one of them (GPT-2) as a
+    constant: its loops then read key/value head h for query head h, with no table between."""
+    group = q.shape[0] // k_cache.shape[1]  # query heads per key/value head
+    if group == 1:
+        decode_heads_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1, 1)
+    else:
+        decode_heads_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1,
+                      group)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
+def decode_heads_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1, group):
+    """decode_one_ with `group` query heads a key/value head. The slots are looked up once, and
+    so is each query head's key/value head (h // group): no division per position and head,
+    and no table lookup per position in each pass. One flat loop over the query heads: with
+    group 1 it reads key/value head h itself."""
     n_head, head_dim = q.shape
-    n_kv = k_cache.shape[1]
-    group = n_head // n_kv  # query heads per key/value head
     h0, h1 = g0 * group, g1 * group
     scale = np.float32(1.0 / np.sqrt(head_dim))
     first = max(0, n - window) if window > 0 else 0
@@ -247,6 +258,9 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
     for t in range(first, n):
         slots[t - first] = block_table[t // block_size] * block_size + t % block_size
     probs = np.empty((h1 - h0, n - first), np.float32)  # row h - h0: query head h
+    kv_of = np.empty(h1 - h0, np.int64)  # row h - h0: query head h's key/value head
+    for h in range(h0, h1):
+        kv_of[h - h0] = h // group
     # The rows (slots) come in a table's order, so the CPU cannot see them coming: each pass
     # asks for the K (V) lines of the position PREFETCH_AHEAD on while it works on this one.
     m = slots.shape[0]
@@ -262,12 +276,11 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
             prefetch_lines_l2(k_at + slots[ahead] * row, part)
         elif ahead - m < m:  # the first rows of V, for the second pass
             prefetch_lines_l2(v_at + slots[ahead - m] * row, part)
-        for g in range(g0, g1):
-            for h in range(g * group, (g + 1) * group):
-                dot = np.float32(0.0)
-                for d in range(head_dim):
-                    dot += q[h, d] * to_float32(k_cache[slot, g, d])
-                probs[h - h0, i] = dot * scale
+        for h in range(h0, h1):
+            g, dot = h if group == 1 else kv_of[h - h0], np.float32(0.0)
+            for d in range(head_dim):
+                dot += q[h, d] * to_float32(k_cache[slot, g, d])
+            probs[h - h0, i] = dot * scale
     for h in range(h0, h1):
         softmax_row_(probs[h - h0])
         out[h] = 0.0
@@ -275,11 +288,10 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
         slot = slots[i]
         if i + PREFETCH_AHEAD < m:
             prefetch_lines_l2(v_at + slots[i + PREFETCH_AHEAD] * row, part)
-        for g in range(g0, g1):
-            for h in range(g * group, (g + 1) * group):
-                p = probs[h - h0, i]
-                for d in range(head_dim):
-                    out[h, d] += p * to_float32(v_cache[slot, g, d])
+        for h in range(h0, h1):
+            g, p = h if group == 1 else kv_of[h - h0], probs[h - h0, i]
+            for d in range(head_dim):
+                out[h, d] += p * to_float32(v_cache[slot, g, d])
 
 
 # The register-tile path: head_dim 64 (every Llama preset but Mistral's 128, and GPT-2), as
