@@ -250,7 +250,9 @@ class Speculator:
     def timed_step(self, seconds: float) -> None:
         """The engine's whole last step took `seconds`: the policy learns from a step of decodes
         only (the price of its k if regular, else what a probe spent)."""
-        if self._timing is not None:
+        if self._timing is None:  # not a step of decodes only: the next one pairs with none
+            self.policy.costs.interrupt()
+        else:
             decodes, k, regular = self._timing
             self.policy.timed(decodes, k, seconds, regular)
             self._timing = None
