@@ -38,7 +38,7 @@ from nanovllm.contract.step import ModelRunnerOutput, ScheduledSequence, Schedul
 from nanovllm.runner.sampler import took
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
-from nanovllm.runner.spec_decode.ngram import propose_ngram
+from nanovllm.runner.spec_decode.ngram import compile_ngram, propose_ngram
 from nanovllm.runner.spec_decode.policy import (
     POOL_DECAY,
     PRIOR_ALPHA,
@@ -88,6 +88,8 @@ class Speculator:
         self.pooled = Acceptance()                # every request's, fading: a newcomer's prior
         self.policy = StepPolicy(StepCosts(draft_share + VERIFY_PRIOR, draft_share))
         self.draft_passes = CostLine() if draft else None  # what the draft's rows cost
+        if draft is None:
+            compile_ngram()  # now, not in the first speculating step
         # This step's draft-only catch-up chunks (seq id -> positions) and the budget left them.
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
