@@ -97,7 +97,7 @@ def causal_softmax_row_(row, seen, window):
 # is attended like a prefill chunk, its context gathered once and attended by matmuls
 # (`causal_attention`), which costs less once the rows re-reading the context outweigh the
 # gather's fixed cost per sequence.
-MAX_DECODE_RUN = 4
+MAX_DECODE_RUN = 5
 
 # Long prefills are attended in blocks of queries, each against only the keys it can see: this
 # skips most of the masked upper triangle.
