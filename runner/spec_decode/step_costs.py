@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 EXACT_BATCH_SIZES = 8
 # The samples (steps' seconds, adjacent steps' ratios) an estimate is the median of.
 STEP_SAMPLES = 9
+# A k measured on this many pairs bounds the cost of every larger k from below: a step stalled
+# by another process is in two pairs (the steps before and after it), and with this many they
+# are not the median.
+BOUNDING_SAMPLES = 5
 # Until a bucket is measured, a proposed token is assumed to cost this share of a plain step on
 # top of what the draft's passes cost (its bytes against the target's): one more verified row
 # and its share of the step's bookkeeping.
@@ -129,9 +133,19 @@ class StepCosts:
 
     def ratios(self, batch_size: int, k_max: int) -> list[float]:
         """`ratio(batch_size, k)` for k = 0..k_max, the timings looked up once (the policy asks
-        every step): 1 + k times its cost per token (`per_token`'s rule)."""
-        timed = self._timed_per_token(self._nearest_timed(batch_bucket(batch_size)))
-        return [1.0] + [1.0 + k * self._nearest_k(timed, k) for k in range(1, k_max + 1)]
+        every step): 1 + k times its cost per token (`per_token`'s rule), and never less than
+        a smaller k's measured on BOUNDING_SAMPLES pairs or more. A step proposing more does
+        all one proposing fewer does: a k measured cheaper than that drew lucky pairs, and the
+        policy, taking the best of several noisy estimates, would keep choosing it."""
+        b = self._nearest_timed(batch_bucket(batch_size))
+        timed = self._timed_per_token(b)
+        out, floor = [1.0], 1.0
+        for k in range(1, k_max + 1):
+            out.append(max(floor, 1.0 + k * self._nearest_k(timed, k)))
+            pairs = self.paired.get((b, k))
+            if pairs is not None and pairs.samples >= BOUNDING_SAMPLES:
+                floor = max(floor, out[-1])
+        return out
 
     def per_token(self, batch_size: int, k: int) -> float:
         """What each of k proposed tokens adds to a step, in plain steps: (ratio - 1) / k, from

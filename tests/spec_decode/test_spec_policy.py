@@ -31,6 +31,7 @@ from nanovllm.runner.spec_decode.policy import (
 )
 from nanovllm.runner.spec_decode.rejection_sampler import accept_sampled
 from nanovllm.runner.spec_decode.step_costs import (
+    BOUNDING_SAMPLES,
     STEP_SAMPLES,
     CostLine,
     RecentMedian,
@@ -452,6 +453,22 @@ def test_a_cost_is_the_ratio_of_adjacent_steps_whatever_the_load_between_them():
     costs.record(8, 2, 0.05 * 1.4)
     assert costs.ratio(8, 3) == pytest.approx(1.6)
     assert costs.ratio(8, 2) == pytest.approx(1.4)  # the probe's pair does not move k = 2
+
+
+def test_a_larger_k_never_costs_less_than_a_smaller_one_measured_on_enough_pairs():
+    """k = 4 drew lucky pairs (1.3), k = 1 was measured on BOUNDING_SAMPLES pairs at 1.5: a
+    step of four proposals does all one of one does, so k = 4 is held to 1.5; before k = 1 has
+    that many pairs, it does not bound the others."""
+    costs = StepCosts(prior_per_token=0.3)
+    for k, ratio in ((4, 1.3), (1, 1.5)):
+        for _ in range(BOUNDING_SAMPLES - 1):
+            costs.record(8, 0, 0.010)
+            costs.record(8, k, 0.010 * ratio)
+            costs.interrupt()
+    assert costs.ratios(8, 4) == pytest.approx([1.0, 1.5, 2.0, 1.225, 1.3])  # 2, 3: nearest k
+    costs.record(8, 0, 0.010)
+    costs.record(8, 1, 0.015)
+    assert costs.ratios(8, 4) == pytest.approx([1.0, 1.5, 2.0, 1.5, 1.5])
 
 
 def test_steps_not_timed_between_two_break_their_pair():
