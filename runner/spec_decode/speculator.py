@@ -4,8 +4,8 @@ the lookahead slots the scheduler reserved, and to verify them against the targe
 Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
 the step's k (policy.py), the one of most tokens per second from the running requests'
 acceptance so far, position by position, and the measured wall time of whole steps proposing
-k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine
-tells its runner how long each step took (`step_took`), and the runner hands the seconds to
+k against the plain ones beside them (step_costs.py), so k = 0 (a plain decode) wherever no k
+pays. The engine tells its runner how long each step took (`step_took`), and the runner hands the seconds to
 `timed_step`: a step of decodes only is the price of its k when regular, and otherwise (the
 draft catching up, a request's capped last steps) still counts towards what a probe cost. A
 decode's k is never more than num_speculative_tokens, than the request can still use
