@@ -39,6 +39,7 @@ from nanovllm.model.kernels import (
     from_float32,
     on_threads,
     prefetch_lines,
+    prefetch_lines_l2,
     softmax_,
     softmax_row_,
     to_float32,
@@ -103,6 +104,18 @@ MAX_DECODE_RUN = 4
 # A bfloat16 prefill is attended in blocks of queries, each against only the keys it can see:
 # this skips most of the masked upper triangle.
 CAUSAL_BLOCK = 128
+
+# A prefill chunk over fewer keys than this attends in float32 even in a bfloat16 model: packing
+# the context for the bfloat16 products, and waking numba's threads for two products of a few
+# thousand multiply-adds a head, cost more than the float32 kernel (`attend_chunk`), which runs
+# on the calling thread at these sizes (a served prompt of 32 tokens is one).
+BF16_MIN_CONTEXT = 64
+
+
+def attends_in_bf16_over(bf16: bool, context: int) -> bool:
+    """Whether a prefill chunk over `context` keys takes the bfloat16 products: a layer that
+    attends in bfloat16 (`quant.attends_in_bf16`), over at least BF16_MIN_CONTEXT keys."""
+    return bf16 and context >= BF16_MIN_CONTEXT
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
@@ -179,8 +192,9 @@ def attend_chunk(q, k, v, out, window, threads_min_work, panels):
 # meanwhile.
 
 
-# How many positions ahead decode attention asks for the K/V lines it will read.
-PREFETCH_AHEAD = 2
+# How many positions ahead decode attention asks for the K/V lines it will read, into L2
+# (`prefetch_lines_l2`): enough lines on their way to read a cold cache near the memory's speed.
+PREFETCH_AHEAD = 8
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
@@ -269,14 +283,14 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
     k_at = k_cache.ctypes.data + g0 * k_cache.strides[1]
     v_at = v_cache.ctypes.data + g0 * v_cache.strides[1]
     for i in range(min(PREFETCH_AHEAD, m)):
-        prefetch_lines(k_at + slots[i] * row, part)
+        prefetch_lines_l2(k_at + slots[i] * row, part)
     for i in range(m):  # scores, position by position: a slot's K is [Hkv, D]
         slot = slots[i]  # (read once: the compiler cannot tell that stores to probs miss it)
         ahead = i + PREFETCH_AHEAD
         if ahead < m:
-            prefetch_lines(k_at + slots[ahead] * row, part)
+            prefetch_lines_l2(k_at + slots[ahead] * row, part)
         elif ahead - m < m:  # the first rows of V, for the second pass
-            prefetch_lines(v_at + slots[ahead - m] * row, part)
+            prefetch_lines_l2(v_at + slots[ahead - m] * row, part)
         for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 dot = np.float32(0.0)
@@ -289,7 +303,7 @@ def decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0
     for i in range(m):
         slot = slots[i]
         if i + PREFETCH_AHEAD < m:
-            prefetch_lines(v_at + slots[i + PREFETCH_AHEAD] * row, part)
+            prefetch_lines_l2(v_at + slots[i + PREFETCH_AHEAD] * row, part)
         for g in range(g0, g1):
             for h in range(g * group, (g + 1) * group):
                 p = probs[h - h0, i]
@@ -468,12 +482,13 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     first (without a cache, a batch of `whole_sequences` only). With a window, a prefill chunk
     gathers only the context its queries can see. Decode rows take the register tiles
     (`paged_decode_attention`) where they fit this CPU (`host_decode_tiles`); prefill chunks
-    take bfloat16 products with `bf16` (`causal_attention`)."""
+    take bfloat16 products with `bf16` over contexts of BF16_MIN_CONTEXT keys or more
+    (`causal_attention`, `attends_in_bf16_over`)."""
     if kv_cache is None:
         out = np.empty_like(q)
         for start, end, _ in batch.prefills:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              bf16)
+                                              attends_in_bf16_over(bf16, end - start))
         return out
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
@@ -489,10 +504,11 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     for start, end, slots in batch.prefills:
         if slots is None:
             out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              bf16)
+                                              attends_in_bf16_over(bf16, end - start))
         else:
             if window:  # the chunk's first query sees window positions, itself the last
                 slots = slots[max(0, len(slots) - (end - start) - window + 1):]
             out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
-                                              gather(v_cache, slots), window, bf16)
+                                              gather(v_cache, slots), window,
+                                              attends_in_bf16_over(bf16, len(slots)))
     return out

@@ -8,6 +8,7 @@ import pytest
 from nanovllm import LLM, SamplingParams
 from nanovllm.model.activations import gelu_int8_, gelu_rows_
 from nanovllm.model.attention import (
+    BF16_MIN_CONTEXT,
     attend_chunk,
     causal_softmax_,
     paged_decode_attention,
@@ -58,13 +59,14 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
 def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
     """bfloat16 on the avx512bf16 kernel: start-up compiled the kernel and both roundings of
     the activations (a long prefill's on the threads), and prefill attention's packing,
-    rounding and products."""
+    rounding and products (which a prompt of BF16_MIN_CONTEXT tokens or more takes)."""
     if not host_packs_bfloat16():
         pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, dtype="bfloat16")
     kernels = (round_rows, round_rows_parallel, matmul_bf16, paged_decode_attention, write_slots,
                causal_softmax_, pack_context, round_heads, heads_matmul)
     before = [list(k.signatures) for k in kernels]
-    llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    llm.generate([list(range(1, BF16_MIN_CONTEXT + 40)), [4, 5]],
+                 SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before)
     assert [list(k.signatures) for k in kernels] == before
