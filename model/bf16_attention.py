@@ -3,9 +3,11 @@ the avx512bf16 kernel: a `BF16Context` holds a context's keys and values, and gi
 (Q K^T) and the output (P V) of `attention.causal_attention`'s blocks of queries.
 
 A layer attends this way when its projection's weights are packed for that kernel
-(`quant.attends_in_bf16`): a bfloat16 model on a CPU with AVX512_BF16, where the loader packs them at
-start-up (`linear.host_packs_bfloat16`); float32 and int8 models, and bfloat16 ones elsewhere,
-keep attention's float32 products. The inputs are rounded to bfloat16 (to nearest, ties to even:
+(`quant.attends_in_bf16`): a bfloat16 model on a CPU with AVX512_BF16, where the loader packs
+them at start-up (`linear.host_packs_bfloat16`); float32 and int8 models, and bfloat16 ones
+elsewhere, keep attention's float32 products, as do contexts shorter than
+`attention.BF16_MIN_CONTEXT` keys, where packing and the threads' wake-up cost more than the
+products save. The inputs are rounded to bfloat16 (to nearest, ties to even:
 `bf16_gemm.round_bits`): the queries (already scaled by 1/sqrt(head_dim)) and keys for the
 scores, the softmax's probabilities and the values for the output. Each product of two bfloat16
 is exact in float32 and the sums are float32, so the only new error is those roundings, a

@@ -32,6 +32,7 @@ import numpy as np
 from nanovllm.model.activations import compile_gelu, gelu
 from nanovllm.model.attention import (
     AttentionBatch,
+    attends_in_bf16_over,
     causal_attention,
     compile_attention_kernel,
     paged_attention,
@@ -96,7 +97,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
     bf16 = attends_in_bf16(blk.attn_w)
     if kv_cache is None and batch is None:  # one whole sequence
-        heads = causal_attention(q, k, v, bf16=bf16)
+        heads = causal_attention(q, k, v, bf16=attends_in_bf16_over(bf16, n))
     else:
         heads = paged_attention(q, k, v, kv_cache, batch, bf16=bf16)
     return linear(heads.reshape(n, e), blk.attn_proj_w, blk.attn_proj_b, residual)

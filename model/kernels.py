@@ -12,12 +12,14 @@ a row softmax.
   kernels see such a cache as its uint16 bit patterns: `to_float32` widens an element as it is
   read and `from_float32` rounds a value as it is written, each a few integer instructions that
   vectorize (numpy's float32 -> float16 cast does not, and cost most of what the smaller cache
-  saves). Values beyond float16's range are stored as +-65504, its largest. Kernels written in
-  LLVM IR widen whole vectors of such bits as they load them (`emit_load_floats`).
+  saves). Values beyond float16's range are stored as +-65504, its largest. Where the CPU has
+  F16C, `to_float32` is its one widening instruction instead. Kernels written in LLVM IR widen
+  whole vectors of such bits as they load them (`emit_load_floats`).
 - `softmax_`: a row softmax for attention and for the sampler's probabilities.
-- `prefetch_lines`: asks the CPU for some memory a little before a kernel reads it (LLVM's
-  prefetch: the core goes on while the lines come), where the hardware's own prefetcher does
-  not see the pattern coming, e.g. a KV cache's rows read through a block table.
+- `prefetch_lines`, `prefetch_lines_l2`: ask the CPU for some memory a little before a kernel
+  reads it (LLVM's prefetch: the core goes on while the lines come), where the hardware's own
+  prefetcher does not see the pattern coming, e.g. a KV cache's rows read through a block
+  table.
 - `on_threads`: the one rule for when a kernel shares its work out among numba's threads.
 - `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them.
   numba's OpenMP threads split a `prange` into fixed equal halves, so one thread the OS keeps
@@ -120,8 +122,22 @@ def to_float32(x):
 @overload(to_float32, inline="always")
 def _to_float32(x):
     if x == types.uint16:
+        if "f16c" in kernel_path().features:  # one instruction, which loops vectorize
+            return lambda x: widen_half_(x)
         return lambda x: float16_bits_to_float32(x)
     return lambda x: x
+
+
+@intrinsic
+def widen_half_(typingctx, x):
+    """float16 bits (a uint16) as float32 by LLVM's own conversion, exact; compiled only where
+    the CPU has F16C (elsewhere LLVM would call a runtime function numba's JIT does not link)."""
+    if x != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
 
 
 def from_float32(x, cache):
@@ -146,6 +162,21 @@ def _prefetch_lines(address, nbytes):
     def impl(address, nbytes):  # (from the line address is in, to the line of its last byte)
         for line in range(address - address % CACHE_LINE, address + nbytes, CACHE_LINE):
             prefetch_(line)
+    return impl
+
+
+def prefetch_lines_l2(address, nbytes):
+    """`prefetch_lines` into the outer levels only (L2 and out, not L1), for a stream read from
+    memory some way ahead: a request into L1 holds one of the core's few L1 miss buffers until
+    its line arrives, which capped how many lines could be on their way (decode attention read
+    a cold KV cache at a third of the memory's speed). As plain Python: nothing to do."""
+
+
+@overload(prefetch_lines_l2, inline="always")
+def _prefetch_lines_l2(address, nbytes):
+    def impl(address, nbytes):
+        for line in range(address - address % CACHE_LINE, address + nbytes, CACHE_LINE):
+            prefetch_l2_(line)
     return impl
 
 
@@ -227,10 +258,19 @@ def prefetch_(typingctx, address):
     return types.none(types.intp), codegen
 
 
-# `llvm.prefetch`'s locality: 3 keeps the line in every cache level (x86 `prefetcht0`); 0 marks
-# it non-temporal (`prefetchnta`), for data read once, so that it displaces little of what the
-# caches hold.
-KEEP, NON_TEMPORAL = 3, 0
+@intrinsic
+def prefetch_l2_(typingctx, address):
+    """`prefetch_` into the outer cache levels (`OUTER`)."""
+    def codegen(context, builder, signature, args):
+        emit_prefetch(builder, args[0], OUTER)
+        return context.get_dummy_value()
+    return types.none(types.intp), codegen
+
+
+# `llvm.prefetch`'s locality: 3 keeps the line in every cache level (x86 `prefetcht0`); 1 brings
+# it into L2 and out, not L1 (`prefetcht2`); 0 marks it non-temporal (`prefetchnta`), for data
+# read once, so that it displaces little of what the caches hold.
+KEEP, OUTER, NON_TEMPORAL = 3, 1, 0
 
 
 def emit_prefetch(builder: ir.IRBuilder, address: ir.Value, locality: int = KEEP) -> None:

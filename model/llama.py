@@ -25,6 +25,7 @@ import numpy as np
 from nanovllm.model.activations import compile_silu_mul, silu_mul
 from nanovllm.model.attention import (
     AttentionBatch,
+    attends_in_bf16_over,
     causal_attention,
     compile_attention_kernel,
     paged_attention,
@@ -95,7 +96,8 @@ def attend(qkv: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: 
     rotate_(qkv[:, :(h + k.shape[1]) * d].reshape(n, h + k.shape[1], d), cos, sin)
     bf16 = attends_in_bf16(layer.qkv_w)
     if kv_cache is None and batch is None:  # one whole sequence
-        heads = causal_attention(q, k, v, cfg.sliding_window, bf16)
+        heads = causal_attention(q, k, v, cfg.sliding_window,
+                                 attends_in_bf16_over(bf16, n))
     else:
         heads = paged_attention(q, k, v, kv_cache, batch, cfg.sliding_window, bf16)
     return linear(heads.reshape(n, h * d), layer.o_w, layer.o_b)

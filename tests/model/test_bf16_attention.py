@@ -16,6 +16,7 @@ import pytest
 from nanovllm.model import load_gpt2
 from nanovllm.model import reference_llama as ref
 from nanovllm.model.attention import (
+    BF16_MIN_CONTEXT,
     CAUSAL_BLOCK,
     AttentionBatch,
     causal_attention,
@@ -95,6 +96,24 @@ def test_bf16_causal_attention_matches_float32_reference(n, c, window, n_head, n
     assert_within(bf16, expected, bound)
     if c > 1:
         assert not np.array_equal(bf16, causal_attention(q[c - n:], k, v, window))
+
+
+@pytest.mark.parametrize("cached", [0, 20])
+def test_a_short_context_attends_in_float32_and_a_longer_in_bf16(cached):
+    """A prefill chunk over fewer than BF16_MIN_CONTEXT keys (cached ones included) takes the
+    float32 products, bit for bit; one over BF16_MIN_CONTEXT keys the bfloat16 ones."""
+    runnable_kernel()
+    n_head, d, block_size = 3, 64, 16
+    for keys, bf16_ran in ((BF16_MIN_CONTEXT - 1, False), (BF16_MIN_CONTEXT, True)):
+        new = keys - cached
+        slots = np.arange(keys)
+        k_cache, v_cache = (f32(8 * block_size, n_head, d, seed=s) for s in (1, 2))
+        q, k, v = (f32(new, n_head, d, seed=s) for s in (3, 4, 5))
+        batch = AttentionBatch(slots[cached:], 0, block_size, np.zeros((0, 1), np.int32),
+                               np.zeros(0, np.int32), [(0, new, slots if cached else None)])
+        out = paged_attention(q, k, v, (k_cache.copy(), v_cache.copy()), batch, bf16=True)
+        float32 = paged_attention(q, k, v, (k_cache.copy(), v_cache.copy()), batch)
+        assert np.array_equal(out, float32) != bf16_ran
 
 
 @pytest.mark.parametrize("window", [0, 7])

@@ -5,9 +5,17 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 from numba import njit
 
-from nanovllm.model.kernels import KERNEL_MATH, as_kernel_array, float32_to_float16_bits, to_float32
+from nanovllm.model.cpu import kernel_path
+from nanovllm.model.kernels import (
+    KERNEL_MATH,
+    as_kernel_array,
+    float16_bits_to_float32,
+    float32_to_float16_bits,
+    to_float32,
+)
 
 
 @njit(fastmath=KERNEL_MATH)  # the flags the attention kernel compiles it with
@@ -22,13 +30,30 @@ def round_all(x, out):
         out[i] = float32_to_float16_bits(x[i])
 
 
-def test_every_finite_float16_widens_exactly():
-    """Subnormals and both zeros included (infinity is never stored, see below)."""
+@njit(fastmath=KERNEL_MATH)
+def widen_all_by_bits(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = float16_bits_to_float32(bits[i])
+
+
+@pytest.mark.parametrize("widen", [widen_all, widen_all_by_bits], ids=["to_float32", "bits"])
+def test_every_finite_float16_widens_exactly(widen):
+    """Subnormals and both zeros included (infinity is never stored, see below): both ways,
+    F16C's instruction (to_float32 where the CPU has it) and moving the bits (elsewhere)."""
     halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     finite = halves[np.isfinite(halves)]
     out = np.empty(finite.shape, np.float32)
-    widen_all(as_kernel_array(finite), out)
+    widen(as_kernel_array(finite), out)
     assert np.array_equal(out.view(np.uint32), finite.astype(np.float32).view(np.uint32))
+
+
+def test_to_float32_takes_the_f16c_instruction_where_the_cpu_has_it():
+    if "f16c" not in kernel_path().features:
+        pytest.skip("this CPU (or NUMBA_CPU_NAME) has no F16C: to_float32 moves the bits")
+    out = np.empty(1, np.float32)
+    widen_all(np.zeros(1, np.uint16), out)
+    asm = "".join(widen_all.inspect_asm().values())
+    assert "vcvtph2ps" in asm
 
 
 def test_float32_widens_to_itself():
