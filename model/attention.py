@@ -30,6 +30,7 @@ from numba.extending import overload
 
 from nanovllm.model.attention_dot import dot_rows
 from nanovllm.model.bf16_attention import BF16Context, round_probabilities
+from nanovllm.model.f32_attention import JOB_ROWS, THREADS_MIN_WORK, causal_work, run_job
 from nanovllm.model.f32_dot import broadcast_tile
 from nanovllm.model.kernels import (
     KERNEL_MATH,
@@ -95,19 +96,19 @@ def causal_softmax_row_(row, seen, window):
 
 # A decode's run of at most this many rows (itself and its proposals) is attended by the decode
 # kernel, row by row, reading its context through the block table once per row; a longer run
-# is attended like a prefill chunk, its context gathered once and attended by matmuls
+# is attended like a prefill chunk, its context gathered once and attended in one call
 # (`causal_attention`), which costs less once the rows re-reading the context outweigh the
 # gather's fixed cost per sequence.
-MAX_DECODE_RUN = 4
+MAX_DECODE_RUN = 5
 
-# Long prefills are attended in blocks of queries, each against only the keys it can see: this
-# skips most of the masked upper triangle.
+# A bfloat16 prefill is attended in blocks of queries, each against only the keys it can see:
+# this skips most of the masked upper triangle.
 CAUSAL_BLOCK = 128
 
 # A prefill chunk over fewer keys than this attends in float32 even in a bfloat16 model: packing
 # the context for the bfloat16 products, and waking numba's threads for two products of a few
-# thousand multiply-adds a head, cost more than numpy's float32 matmuls, which OpenBLAS runs on
-# the calling thread at these sizes (a served prompt of 32 tokens is one).
+# thousand multiply-adds a head, cost more than the float32 kernel (`attend_chunk`), which runs
+# on the calling thread at these sizes (a served prompt of 32 tokens is one).
 BF16_MIN_CONTEXT = 64
 
 
@@ -120,39 +121,67 @@ def attends_in_bf16_over(bf16: bool, context: int) -> bool:
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
                      bf16: bool = False) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
-    Hkv). Returns [n, H, D]. With `bf16` (compiled only: `quant.attends_in_bf16`) both
-    products take bfloat16 inputs, the context packed for them once (`BF16Context`)."""
+    Hkv). Returns [n, H, D]. In float32, one compiled call attends every head and query
+    (`attend_chunk`, on numba's threads when there is enough work). With `bf16`
+    (compiled only: `quant.attends_in_bf16`) both products take bfloat16 inputs, the context
+    packed for them once (`BF16Context`), a block of CAUSAL_BLOCK queries at a time."""
     n, c = q.shape[0], k.shape[0]
-    context = BF16Context.pack(k, v) if bf16 else None
+    if not bf16:
+        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+        out = np.empty_like(q)
+        attend_chunk(q, k, v, out, window, THREADS_MIN_WORK, host_has_panels())
+        return out
+    context = BF16Context.pack(k, v)
     parts = []
     for start in range(0, n, CAUSAL_BLOCK):
         end = min(start + CAUSAL_BLOCK, n)
         seen = c - n + end  # keys visible to the block's last query
         first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
-        parts.append(attend_block(q[start:end], k, v, first, seen, window, context))
+        parts.append(attend_block(q[start:end], first, seen, window, context))
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, first: int, seen: int,
-                 window: int, context: BF16Context | None) -> np.ndarray:
+def attend_block(q: np.ndarray, first: int, seen: int, window: int,
+                 context: BF16Context) -> np.ndarray:
     """causal_attention of the queries q [n, H, D] at positions seen - n ... seen - 1 over the
-    keys first:seen of k, v (from the whole block of 16 `first` is in, with a `context`)."""
-    if context is not None:
-        first = context.start(first)
-    n, n_head, n_kv, c = q.shape[0], q.shape[1], k.shape[1], seen - first
+    keys first:seen of the `context` (from the whole block of 16 `first` is in)."""
+    first = context.start(first)
+    n, n_head, c = q.shape[0], q.shape[1], seen - first
+    n_kv = context.keys.shape[0]
     scale = 1.0 / float(np.sqrt(q.shape[-1]))
     # The query heads that share a key head are stacked as rows of one matmul: [Hkv, G*n, D].
     grouped = (q * scale).transpose(1, 0, 2).reshape(n_kv, n_head // n_kv * n, q.shape[-1])
-    if context is None:
-        scores = np.matmul(grouped, k[first:seen].transpose(1, 2, 0))
-    else:
-        scores = context.scores(grouped, first, seen)
+    scores = context.scores(grouped, first, seen)
     causal_softmax_(scores.reshape(n_head, n, c), c - n + 1, window)  # query i: c - n + i
-    if context is None:
-        out = np.matmul(scores, v[first:seen].transpose(1, 0, 2))  # [Hkv, G*n, D]
-    else:
-        out = context.values_times(round_probabilities(scores), first)
+    out = context.values_times(round_probabilities(scores), first)
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+def attend_chunk(q, k, v, out, window, threads_min_work, panels):
+    """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
+    [c, Hkv, D] (H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)), with
+    a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
+    multiply-adds (`f32_attention.causal_work`; the engine passes THREADS_MIN_WORK), the jobs
+    (`f32_attention.run_job`) are shared out among numba's threads; with `panels` (this CPU
+    runs them: `linear.host_has_panels`), heads of `TILE_HEAD_DIMS` take the register tiles.
+    The later blocks of queries, which see more keys, are handed out first."""
+    threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
+                          window) >= threads_min_work
+    n, n_kv = q.shape[0], k.shape[1]
+    blocks = (n + JOB_ROWS - 1) // JOB_ROWS
+    jobs = n_kv * blocks
+    if not threads:
+        for job in range(jobs):
+            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
+        return
+    taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
+    taken[0] = 0
+    for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
+        job = claim(taken)
+        while job < jobs:
+            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
+            job = claim(taken)
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
@@ -432,7 +461,8 @@ def write_slots(cache, slots, x):
 
 def compile_attention_kernel() -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: float32 and float16 caches, softmax_ and causal_softmax_."""
+    argument types the runner passes: float32 and float16 caches, softmax_, causal_softmax_ and
+    the float32 prefill kernel (C-contiguous arrays, as `causal_attention` passes them)."""
     q = np.zeros((1, 1, 1), np.float32)
     for cache in (q, as_kernel_array(q.astype(np.float16))):
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
@@ -440,6 +470,7 @@ def compile_attention_kernel() -> None:
         write_slots(cache, np.zeros(1, np.int64), q)
     softmax_(q)
     causal_softmax_(q, 1, 0)
+    attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, False)  # (either way of a job)
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@ the lookahead slots the scheduler reserved, and to verify them against the targe
 Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is built with:
 the step's k (policy.py), the one of most tokens per second from the running requests'
 acceptance so far, position by position, and the measured wall time of whole steps proposing
-k against plain ones (step_costs.py), so k = 0 (a plain decode) wherever no k pays. The engine
-tells its runner how long each step took (`step_took`), and the runner hands the seconds to
+k against the plain ones beside them (step_costs.py), so k = 0 (a plain decode) wherever no k
+pays. The engine tells its runner how long each step took (`step_took`), and the runner hands the seconds to
 `timed_step`: a step of decodes only is the price of its k when regular, and otherwise (the
 draft catching up, a request's capped last steps) still counts towards what a probe cost. A
 decode's k is never more than num_speculative_tokens, than the request can still use
@@ -38,7 +38,7 @@ from nanovllm.contract.step import ModelRunnerOutput, ScheduledSequence, Schedul
 from nanovllm.runner.sampler import took
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.draft import DraftModel, Proposal
-from nanovllm.runner.spec_decode.ngram import propose_ngram
+from nanovllm.runner.spec_decode.ngram import compile_ngram, propose_ngram
 from nanovllm.runner.spec_decode.policy import (
     POOL_DECAY,
     PRIOR_ALPHA,
@@ -88,6 +88,8 @@ class Speculator:
         self.pooled = Acceptance()                # every request's, fading: a newcomer's prior
         self.policy = StepPolicy(StepCosts(draft_share + VERIFY_PRIOR, draft_share))
         self.draft_passes = CostLine() if draft else None  # what the draft's rows cost
+        if draft is None:
+            compile_ngram()  # now, not in the first speculating step
         # This step's draft-only catch-up chunks (seq id -> positions) and the budget left them.
         self._catch_up: dict[int, int] = {}
         self._catch_up_left: int | None = None
@@ -250,7 +252,9 @@ class Speculator:
     def timed_step(self, seconds: float) -> None:
         """The engine's whole last step took `seconds`: the policy learns from a step of decodes
         only (the price of its k if regular, else what a probe spent)."""
-        if self._timing is not None:
+        if self._timing is None:  # not a step of decodes only: the next one pairs with none
+            self.policy.costs.interrupt()
+        else:
             decodes, k, regular = self._timing
             self.policy.timed(decodes, k, seconds, regular)
             self._timing = None

@@ -9,6 +9,7 @@ from nanovllm import LLM, SamplingParams
 from nanovllm.model.activations import gelu_int8_, gelu_rows_
 from nanovllm.model.attention import (
     BF16_MIN_CONTEXT,
+    attend_chunk,
     causal_softmax_,
     paged_decode_attention,
     write_slots,
@@ -35,9 +36,10 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
     llm = LLM(str(request.getfixturevalue(checkpoint)), num_kv_blocks=64,
               kv_cache_dtype=kv_cache_dtype)
     kernels = (matmul_nt, matmul_packed, paged_decode_attention, layer_norm_rows_, gelu_rows_,
-               write_slots, softmax_rows_, causal_softmax_, top_logprobs_)
+               write_slots, softmax_rows_, causal_softmax_, top_logprobs_, attend_chunk)
     before = [list(k.signatures) for k in kernels]
-    llm.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    llm.generate([[1, 2, 3], [4, 5], list(range(1, 40))],
+                 SamplingParams(max_tokens=4, ignore_eos=True))
     llm.beam_search([[1, 2, 3]], BeamSearchParams(2, 3, ignore_eos=True))
     assert [list(k.signatures) for k in kernels] == before
 
@@ -47,7 +49,7 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
     start-up compiled that quantizer too, not only the one decodes use."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
     kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],
-               paged_decode_attention, layer_norm_int8_, gelu_int8_, write_slots, causal_softmax_)
+               paged_decode_attention, layer_norm_int8_, gelu_int8_, write_slots, attend_chunk)
     before = [list(k.signatures) for k in kernels]
     llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before)  # start-up compiled each, the fused layer norm and GELU included

@@ -146,3 +146,5 @@ def test_the_engine_times_whole_steps_and_keeps_plain_decoding_reachable(make_en
     assert timed - {0}, "no speculating step was timed"
     assert sum(t.samples for t in costs.times.values()) < engine.num_steps  # prefill untimed
     assert costs.ratio(1, max(timed)) >= 1.0
+    # Costs are ratios of adjacent steps: the probes' plain steps beside speculating ones.
+    assert any(costs.measured(1, k) for k in timed - {0}), "no k was paired with a plain step"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from nanovllm.runner.spec_decode.ngram import propose_ngram
+from nanovllm.runner.spec_decode.ngram import first_match, propose_ngram
 from nanovllm.runner.spec_decode.rejection_sampler import accept_greedy, accept_sampled
 from nanovllm.values.limits import MAX_NUM_SPECULATIVE_TOKENS, MAX_PROMPT_LOOKUP
 from nanovllm.values.speculative import (
@@ -107,6 +107,15 @@ def test_ngram_matches_reference(tokens, k, min_n, extra, room):
     max_n = min_n + extra
     assert propose_ngram(tokens, k, min_n, max_n, len(tokens) + room) == reference_ngram(
         tokens, k, min_n, max_n, len(tokens) + room)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=40), st.integers(1, 4), st.integers(0, 3))
+def test_ngram_search_compiled_as_in_python(tokens, min_n, extra):
+    """The compiled search and its Python source (what NUMBA_DISABLE_JIT=1 runs) agree."""
+    ids = np.array(tokens, np.int64)
+    python = getattr(first_match, "py_func", first_match)  # the function itself without JIT
+    assert first_match(ids, min_n, min_n + extra) == python(ids, min_n, min_n + extra)
 
 
 # ---- rejection sampler -------------------------------------------------------------------------

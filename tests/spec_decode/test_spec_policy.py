@@ -31,10 +31,11 @@ from nanovllm.runner.spec_decode.policy import (
 )
 from nanovllm.runner.spec_decode.rejection_sampler import accept_sampled
 from nanovllm.runner.spec_decode.step_costs import (
+    BOUNDING_SAMPLES,
     STEP_SAMPLES,
     CostLine,
+    RecentMedian,
     StepCosts,
-    StepTime,
     batch_bucket,
 )
 from nanovllm.values.limits import MAX_NUM_SPECULATIVE_TOKENS
@@ -406,15 +407,15 @@ def test_batch_buckets_are_monotone_and_cover_their_sizes(a, b):
 
 @given(st.floats(1e-4, 1.0), st.lists(st.floats(1e-4, 100.0), max_size=STEP_SAMPLES // 2))
 def test_stalls_do_not_move_a_step_time_and_a_lasting_change_does(seconds, stalls):
-    t = StepTime()
+    t = RecentMedian()
     for _ in range(STEP_SAMPLES):
         t.record(seconds)
     for stall in stalls:  # fewer than half of the samples
         t.record(seconds * stall)
-    assert t.seconds == seconds
+    assert t.value == seconds
     for _ in range(STEP_SAMPLES // 2 + 1):
         t.record(2 * seconds)
-    assert t.seconds == 2 * seconds
+    assert t.value == 2 * seconds
 
 
 def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
@@ -431,6 +432,55 @@ def test_step_costs_measure_what_they_can_and_stand_in_for_the_rest():
     costs.record(12, 0, 0.02)
     costs.record(16, 1, 0.03)
     assert costs.ratio(9, 1) == pytest.approx(1.5)  # 9 to 16 share their timings
+
+
+def test_a_cost_is_the_ratio_of_adjacent_steps_whatever_the_load_between_them():
+    """A batch size times plain steps on a quiet machine, then speculates at k = 2 while other
+    processes slow every step fivefold, with a plain probe now and then: the cost of k is its
+    steps against the plain steps beside them (1.4), not against the quiet ones (7)."""
+    costs = StepCosts(prior_per_token=0.3)
+    for _ in range(STEP_SAMPLES):
+        costs.record(8, 0, 0.010)
+    for _ in range(3):
+        for _ in range(8):
+            costs.record(8, 2, 0.05 * 1.4)
+        costs.record(8, 0, 0.05)  # the probe: paired with the steps before and after it
+    costs.record(8, 2, 0.05 * 1.4)
+    assert costs.plain_seconds(8) == pytest.approx(0.010)  # most plain steps were quiet
+    assert costs.ratio(8, 2) == pytest.approx(1.4)
+    # A probe of k = 3 beside steps of k = 2 is costed through k = 2's ratio.
+    costs.record(8, 3, 0.05 * 1.6)
+    costs.record(8, 2, 0.05 * 1.4)
+    assert costs.ratio(8, 3) == pytest.approx(1.6)
+    assert costs.ratio(8, 2) == pytest.approx(1.4)  # the probe's pair does not move k = 2
+
+
+def test_a_larger_k_never_costs_less_than_a_smaller_one_measured_on_enough_pairs():
+    """k = 4 drew lucky pairs (1.3), k = 1 was measured on BOUNDING_SAMPLES pairs at 1.5: a
+    step of four proposals does all one of one does, so k = 4 is held to 1.5; before k = 1 has
+    that many pairs, it does not bound the others."""
+    costs = StepCosts(prior_per_token=0.3)
+    for k, ratio in ((4, 1.3), (1, 1.5)):
+        for _ in range(BOUNDING_SAMPLES - 1):
+            costs.record(8, 0, 0.010)
+            costs.record(8, k, 0.010 * ratio)
+            costs.interrupt()
+    assert costs.ratios(8, 4) == pytest.approx([1.0, 1.5, 2.0, 1.225, 1.3])  # 2, 3: nearest k
+    costs.record(8, 0, 0.010)
+    costs.record(8, 1, 0.015)
+    assert costs.ratios(8, 4) == pytest.approx([1.0, 1.5, 2.0, 1.5, 1.5])
+
+
+def test_steps_not_timed_between_two_break_their_pair():
+    costs = StepCosts(prior_per_token=0.3)
+    costs.record(1, 0, 0.010)
+    costs.interrupt()  # e.g. a prefill chunk
+    costs.record(1, 2, 0.030)
+    costs.record(4, 0, 0.010)  # another batch size
+    costs.record(1, 2, 0.030)
+    assert not costs.measured(1, 2) and costs.ratio(1, 2) == pytest.approx(1.6)  # the prior
+    costs.record(1, 0, 0.020)
+    assert costs.measured(1, 2) and costs.ratio(1, 2) == pytest.approx(1.5)
 
 
 def test_a_draft_proposal_never_costs_less_than_its_weight_bytes():

@@ -99,3 +99,27 @@ def test_engine_attends_verify_rows_as_decodes(make_engine):
         # Row i of a run from position p attends p + i + 1 positions.
         assert attention.decode_context_lens.tolist() == (inputs.positions[:short] + 1).tolist()
     assert verified > 0
+
+
+def test_longer_verify_runs_are_prompt_chunks_and_decode_alike(make_engine):
+    """k = MAX_DECODE_RUN proposals make runs one row longer than the decode kernel takes: they
+    are attended as chunks (their context gathered), and greedy output is plain decoding's."""
+    def run(engine):
+        engine.runner.keep_last_run = True
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+        for i, prompt in enumerate(REPEATS):
+            engine.add_request(str(i), prompt, params)
+        done, chunks = {}, 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+            inputs, _ = engine.runner.last_run
+            chunks += sum(len(inputs.lookahead.get(e.seq_id, ())) + 1 > MAX_DECODE_RUN
+                          for e in inputs.entries)
+        return done, chunks
+    spec, long_runs = run(make_engine(speculative_config={
+        **NGRAM, "num_speculative_tokens": MAX_DECODE_RUN}, block_size=BLOCK))
+    plain, _ = run(make_engine(block_size=BLOCK))
+    assert long_runs > 0
+    assert spec == plain
