@@ -105,11 +105,11 @@ MAX_DECODE_RUN = 5
 # this skips most of the masked upper triangle.
 CAUSAL_BLOCK = 128
 
-# A prefill chunk over fewer keys than this attends in float32 even in a bfloat16 model: packing
-# the context for the bfloat16 products, and waking numba's threads for two products of a few
-# thousand multiply-adds a head, cost more than the float32 kernel (`attend_chunk`), which runs
-# on the calling thread at these sizes (a served prompt of 32 tokens is one).
-BF16_MIN_CONTEXT = 64
+# A prefill chunk over fewer keys than this attends in float32 even in a bfloat16 model: there,
+# packing the context for the bfloat16 products and waking numba's threads for each of their
+# steps cost more than they save against the float32 kernel (`attend_chunk`), which runs on the
+# calling thread at these sizes (a served prompt of 32 tokens is one).
+BF16_MIN_CONTEXT = 128
 
 
 def attends_in_bf16_over(bf16: bool, context: int) -> bool:

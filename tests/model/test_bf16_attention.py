@@ -107,7 +107,7 @@ def test_a_short_context_attends_in_float32_and_a_longer_in_bf16(cached):
     for keys, bf16_ran in ((BF16_MIN_CONTEXT - 1, False), (BF16_MIN_CONTEXT, True)):
         new = keys - cached
         slots = np.arange(keys)
-        k_cache, v_cache = (f32(8 * block_size, n_head, d, seed=s) for s in (1, 2))
+        k_cache, v_cache = (f32(16 * block_size, n_head, d, seed=s) for s in (1, 2))
         q, k, v = (f32(new, n_head, d, seed=s) for s in (3, 4, 5))
         batch = AttentionBatch(slots[cached:], 0, block_size, np.zeros((0, 1), np.int32),
                                np.zeros(0, np.int32), [(0, new, slots if cached else None)])
