@@ -12,6 +12,7 @@ from nanovllm import LLM, EngineConfig, SamplingParams
 from nanovllm.model import linear as linear_module
 from nanovllm.model import load_gpt2
 from nanovllm.model import reference as ref
+from nanovllm.model.attention import BF16_MIN_CONTEXT
 from nanovllm.model.gpt2 import forward
 from nanovllm.model.linear import KERNEL_MAX_ROWS, host_packs_bfloat16, linear
 from nanovllm.model.precision import check_precision
@@ -117,7 +118,7 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
     model: random biases and layer norms, logits of real GPT-2's size). int8 is W8A8: the
     reference's linear layers quantize their input rows first, as the kernels do; so does
     bfloat16 packed for the avx512bf16 kernel, rounding them to bfloat16, and the inputs of
-    attention's two products too (`model/bf16_attention.py`)."""
+    attention's two products too over BF16_MIN_CONTEXT keys or more (`model/bf16_attention.py`)."""
     rounding = None
     if "quantization" in options:
         rounding = lambda x: dequantize(quantize_int8(x))  # noqa: E731
@@ -125,10 +126,14 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
         if not host_packs_bfloat16():
             pytest.skip("this process widens bfloat16 weights (no AVX512_BF16, or no JIT)")
         rounding = round_to_bfloat16
-        plain_probs = ref.attention_probs
-        monkeypatch.setattr(ref, "attention", lambda q, k, v: (round_to_bfloat16(plain_probs(
-            round_to_bfloat16(q), round_to_bfloat16(k))) @ round_to_bfloat16(v).transpose(1, 0, 2))
-            .transpose(1, 0, 2))
+        plain_probs, plain_attention = ref.attention_probs, ref.attention
+
+        def attention(q, k, v):  # as the model: bfloat16 products from BF16_MIN_CONTEXT keys
+            if len(k) < BF16_MIN_CONTEXT:
+                return plain_attention(q, k, v)
+            probs = round_to_bfloat16(plain_probs(round_to_bfloat16(q), round_to_bfloat16(k)))
+            return (probs @ round_to_bfloat16(v).transpose(1, 0, 2)).transpose(1, 0, 2)
+        monkeypatch.setattr(ref, "attention", attention)
     if rounding:
         plain_linear = ref.linear
         monkeypatch.setattr(ref, "linear", lambda x, w, b=None: plain_linear(
@@ -139,12 +144,16 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
     if packed:
         weights = pack_bfloat16_weights(weights)
         assert isinstance(weights.wte, PackedBF16Weight)
-    ids = np.random.default_rng(11).integers(0, cfg.vocab_size, 90)  # >64 rows: BLAS too
-    expected = ref.forward(dequantize_weights(weights), cfg, ids)
+    # >64 rows: BLAS too; packed, past BF16_MIN_CONTEXT keys: attention in bfloat16 too
+    n = BF16_MIN_CONTEXT + 32 if packed else 90
+    ids = np.random.default_rng(11).integers(0, cfg.vocab_size, n)
+    dense = dequantize_weights(weights)
+    expected = ref.forward(dense, cfg, ids)
     got = forward(weights, cfg, ids, np.arange(len(ids)))
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4 * np.abs(expected).max())
     logits_1 = forward(weights, cfg, ids[:5], np.arange(5))  # <=64 rows: the kernel
-    np.testing.assert_allclose(logits_1, expected[:5], rtol=0, atol=2e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(logits_1, ref.forward(dense, cfg, ids[:5]), rtol=0,
+                               atol=2e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
