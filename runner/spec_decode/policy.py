@@ -19,9 +19,8 @@ n-gram lookup that finds nothing counts as a rejected proposal, since the step i
 one token.
 
 The cost is measured, not summed from parts: the wall time of whole steps proposing k against
-plain steps of the same batch size run right before or after them (step_costs.py), ratio(b, k)
->= 1. A step of b decodes that
-all propose k then makes, per plain step's time,
+plain steps of the same batch size run right before or after them (step_costs.py),
+ratio(b, k) >= 1. A step of b decodes that all propose k then makes, per plain step's time,
 
     rate(k) = mean_i E_i(k) / ratio(b, k)        rate(0) = 1 (a plain decode)
 

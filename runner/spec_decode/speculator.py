@@ -5,10 +5,10 @@ Which decodes get slots, and how many, is `lookahead`, the rule the scheduler is
 the step's k (policy.py), the one of most tokens per second from the running requests'
 acceptance so far, position by position, and the measured wall time of whole steps proposing
 k against the plain ones beside them (step_costs.py), so k = 0 (a plain decode) wherever no k
-pays. The engine tells its runner how long each step took (`step_took`), and the runner hands the seconds to
-`timed_step`: a step of decodes only is the price of its k when regular, and otherwise (the
-draft catching up, a request's capped last steps) still counts towards what a probe cost. A
-decode's k is never more than num_speculative_tokens, than the request can still use
+pays. The engine tells its runner how long each step took (`step_took`), and the runner hands
+the seconds to `timed_step`: a step of decodes only is the price of its k when regular, and
+otherwise (the draft catching up, a request's capped last steps) still counts towards what a
+probe cost. A decode's k is never more than num_speculative_tokens, than the request can still use
 (max_tokens, the context length) nor than the step's token budget leaves; none at all from
 disable_by_batch_size running sequences on (vLLM's rule, when set) and for structured-output
 requests (their grammar would have to walk every proposal, and roll back on rejection). A
