@@ -67,6 +67,11 @@ class GPT2Weights:
     ln_f_g: np.ndarray
     ln_f_b: np.ndarray
 
+    def matrices(self) -> list[Weight]:
+        """Every matrix a decode step multiplies by: four per block, and the LM head."""
+        return [self.wte] + [m for b in self.blocks
+                             for m in (b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w)]
+
 
 def compile_kernels() -> None:
     """Compiles the model's numba kernels now (or loads them from numba's cache on disk), so
