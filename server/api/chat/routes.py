@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from nanovllm.server.api.chat.render import chat_completion, chat_events
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.request import ChatCompletionRequest
 from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
@@ -31,3 +32,6 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request, ctx:
     if result is None:  # the client left
         return JSONResponse({}, status_code=499)
     return JSONResponse(chat_completion(run, ctx, result))
+
+
+API = APISpec(router, generating=("/v1/chat/completions",))

@@ -24,6 +24,7 @@ from nanovllm import SamplingParams
 from nanovllm.input_processor import is_single_prompt
 from nanovllm.server.api.completions.protocol import CompletionRequest, CompletionResponse
 from nanovllm.server.api.completions.render import build_response, completion_events
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
 from nanovllm.server.serving import (
@@ -140,3 +141,6 @@ def prompt_chars(prompt) -> int:
     if isinstance(prompt, str):
         return len(prompt)
     return sum(len(p) for p in prompt if isinstance(p, str))
+
+
+API = APISpec(router, generating=("/v1/completions",))

@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from nanovllm.server.api.messages.errors import anthropic_error
 from nanovllm.server.chat.front_end import delta_events
 from nanovllm.server.chat.result import ChatAnswer, ChatResult, ChatStream, Usage
-from nanovllm.server.errors import APIError, anthropic_error
+from nanovllm.server.errors import APIError
 from nanovllm.server.serving import named_event
-
-
-def error_body(message: str, status: int) -> dict:
-    return anthropic_error(message, status)[1]
-
 
 # The answer, as a message.
 
@@ -133,7 +129,7 @@ async def message_events(model: str, stream: ChatStream) -> AsyncIterator[str]:
             for e in delta_events(delta, blocks, "thinking", "text"):
                 yield e
     except APIError as exc:
-        yield named_event("error", error_body(exc.message, exc.status))
+        yield named_event("error", anthropic_error(exc.message, exc.status)[1])
         return
     for e in blocks.close():
         yield e

@@ -1,12 +1,13 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, a front end over
-the chat path (server/chat/front_end.py).
+the chat path (server/chat/front_end.py, server/chat/run.py).
 
 A request becomes one chat request: `system` a system message, `messages` chat messages
 (`tool_use` blocks an assistant's tool calls, `tool_result` blocks tool messages), `max_tokens`
 its `max_completion_tokens`, `stop_sequences` its `stop`, `tools` function tools. The chat
 answer comes back as content blocks (`thinking` with a reasoning parser, `text`, `tool_use`)
-with Anthropic's stop reasons; streamed, as Anthropic's events. Errors have Anthropic's shape
-(server/errors.py), a full queue being its 529 overloaded_error.
+with Anthropic's stop reasons (render.py); streamed, as Anthropic's events. Errors under
+/v1/messages have Anthropic's shape (errors.py), a full queue being its 529 overloaded_error,
+and its clients' key header, `x-api-key`, is taken.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from nanovllm.server.api.messages.errors import ANTHROPIC_ERRORS, X_API_KEY
 from nanovllm.server.api.messages.protocol import (
     ANTHROPIC_ERROR_RESPONSES,
     AnthropicRequestFields,
@@ -24,6 +26,7 @@ from nanovllm.server.api.messages.protocol import (
     MessagesRequest,
 )
 from nanovllm.server.api.messages.render import message_events, message_object
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.front_end import chat_request, prompt_tokens, renaming
 from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
 from nanovllm.server.errors import bad_request
@@ -243,3 +246,7 @@ def chat_tool_choice(choice: dict | None):
         return {"type": "function", "function": {"name": choice["name"]}}
     raise bad_request("tool_choice.type must be auto, any, none, or tool with a name.",
                       "tool_choice")
+
+
+API = APISpec(router, paths=("/v1/messages",), errors=ANTHROPIC_ERRORS,
+              key_header=X_API_KEY, generating=("/v1/messages",))

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from nanovllm.server.api.responses.protocol import ResponsesRequest
 from nanovllm.server.api.responses.render import output_items, response_events, response_object
 from nanovllm.server.api.responses.store import ResponseStore, StoredResponse
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.front_end import chat_request, renaming
 from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
 from nanovllm.server.errors import APIError, bad_request
@@ -250,3 +251,6 @@ def response_format(fmt: dict | None) -> dict | None:
         spec = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": spec}
     raise bad_request("text.format.type must be text, json_object or json_schema.", "text")
+
+
+API = APISpec(router, generating=("/v1/responses",))
