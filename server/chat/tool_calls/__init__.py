@@ -1,5 +1,5 @@
-"""Tool calling on the chat path, in pieces the chat endpoint (and any front end over it)
-composes:
+"""Tool calling on the chat path, in pieces its plan (plan.py) and its reading of the answer
+(output.py) compose:
 
 - request.py: the `tools`, `tool_choice` and `parallel_tool_calls` fields checked, and the
   conversation's calls and tool results made ready for the chat template;
