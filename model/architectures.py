@@ -18,6 +18,7 @@ from types import ModuleType
 from nanovllm.model import bert, gpt2, llama, qwen3, reference, reference_bert, reference_llama
 from nanovllm.model.bert_config import BERT_ARCHITECTURES, BertConfig
 from nanovllm.model.checkpoint import bert_loader, dummy, llama_loader, loader
+from nanovllm.model.checkpoint.gguf_loader import is_gguf_checkpoint, load_gguf
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 from nanovllm.model.config import GPT2Config
 from nanovllm.model.llama_config import LLAMA_ARCHITECTURES, LlamaConfig
@@ -101,5 +102,9 @@ def read_config(model_dir: str | Path) -> ModelConfig:
 
 
 def load_checkpoint(model_dir: str | Path, dtype: str = "auto", quantization: str | None = None):
-    """(config, weights) of any supported checkpoint directory."""
-    return ARCHITECTURES[architecture_of(model_dir)].load(model_dir, dtype, quantization)
+    """(config, weights) of any supported checkpoint directory (one derived from a GGUF file
+    too: `gguf_loader`)."""
+    family = ARCHITECTURES[architecture_of(model_dir)]
+    if is_gguf_checkpoint(model_dir):
+        return load_gguf(model_dir, family, dtype, quantization)
+    return family.load(model_dir, dtype, quantization)
