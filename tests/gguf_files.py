@@ -13,6 +13,7 @@ guess. Everything else in the file is the converter's.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def converter_dir(cache: Path) -> Path | None:
     out = cache / "llama.cpp-converter"
     if (out / "convert_hf_to_gguf.py").exists():
         return out
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
                               ":all:", "-d", tmp, SDIST],
@@ -70,4 +72,66 @@ def convert(converter: Path, hf_dir: Path, out: Path, outtype: str = "f32",
                           outtype, pre or ""], capture_output=True, text=True)
     if got.returncode:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{got.stderr[-3000:]}")
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints to convert
+
+# The pre-tokenizers (and normalizer, and whether merges are skipped for whole-word tokens) of
+# the published tokenizer.json files each `tokenizer.ggml.pre` name stands for, written out as
+# those files have them: a test checkpoint's tokenizer is set to one before conversion, so that
+# its own tokenizer is the ground truth for the one rebuilt from the GGUF.
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+               "use_regex": False}
+_LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?"
+                 "[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+_QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?"
+                "[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+PRE_TOKENIZER_JSON = {
+    "gpt-2": (None, {**_BYTE_LEVEL, "use_regex": True}, False),
+    "llama-bpe": (None, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _LLAMA3_REGEX}, "behavior": "Isolated",
+         "invert": False}, _BYTE_LEVEL]}, True),
+    "qwen2": ({"type": "NFC"}, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _QWEN2_REGEX}, "behavior": "Isolated",
+         "invert": False}, _BYTE_LEVEL]}, False),
+    "smollm": (None, {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {**_BYTE_LEVEL, "use_regex": True}]}, False),
+}
+
+
+def set_pre_tokenizer(hf_dir: Path, pre: str) -> Path:
+    """Gives the checkpoint's tokenizer.json the pipeline of the tokenizers `pre` names."""
+    normalizer, pre_tokenizer, ignore_merges = PRE_TOKENIZER_JSON[pre]
+    path = hf_dir / "tokenizer.json"
+    data = json.loads(path.read_text())
+    data.update(normalizer=normalizer, pre_tokenizer=pre_tokenizer)
+    data["model"]["ignore_merges"] = ignore_merges
+    path.write_text(json.dumps(data))
+    return hf_dir
+
+
+def write_hf_gpt2(out: Path, seed: int = 0) -> Path:
+    """A tiny random GPT-2 written by transformers, with random biases and layer norms, and GPT-2's
+    vocabulary cut to its size (`tokenizer_files.write_tokenizer`)."""
+    import torch
+    import transformers
+
+    from nanovllm.model.checkpoint.dummy import cache_root
+    from nanovllm.model.checkpoint.tokenizer_files import write_tokenizer
+
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1024,
+                                     n_positions=256, bos_token_id=1023, eos_token_id=1023)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "ln_" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
+    model.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config["n_ctx"] = config["n_positions"]  # as the hub's GPT-2 configs have it (the converter reads it)
+    (out / "config.json").write_text(json.dumps(config))
+    write_tokenizer(out, 1024, 256, cache_root() / "tokenizers")
     return out
