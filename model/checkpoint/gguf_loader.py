@@ -29,7 +29,7 @@ import numpy as np
 from nanovllm.model.checkpoint import gguf_names
 from nanovllm.model.checkpoint.gguf_file import GGUFFile, GGUFTensor, open_gguf
 from nanovllm.model.checkpoint.gguf_tokenizer import build_tokenizer
-from nanovllm.model.checkpoint.safetensors_io import CheckpointError
+from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
 
 LINK = "model.gguf"  # the derived directory's link to the file
 VERSION = 1          # of the derived directory's files; bump when they change
@@ -87,10 +87,11 @@ def load_gguf(model_dir: str | Path, family, dtype: str = "auto",
               quantization: str | None = None):
     """(config, weights) of a derived GGUF checkpoint directory, through the family's own
     `build_weights` (see the module's doc)."""
-    from nanovllm.model.architectures import read_config
-
     model_dir = Path(model_dir)
-    cfg = read_config(model_dir)
+    try:
+        cfg = family.config_class.from_json(model_dir / "config.json")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     gguf = open_gguf(model_dir / LINK)
     config = json.loads((model_dir / "config.json").read_text())
     tensors = GGUFTensors(gguf, config)
@@ -176,14 +177,18 @@ def _gguf_name(arch: str, hf: str) -> str:
 
 def tensor_array(path: Path, tensor: GGUFTensor) -> np.ndarray:
     """A tensor as float32, [out, in] for a matrix: F32 as the file's own pages, F16 and BF16
-    widened (exactly), a block-quantized type dequantized (`dequantize_stored`)."""
+    widened (exactly), a block-quantized type dequantized (`dequantize_stored`). The pages of
+    a tensor read into a new array are released (they would count twice in RSS)."""
     if tensor.type_name == "F32":
         return tensor.data
     if tensor.type_name == "F16":
-        return tensor.data.astype(np.float32)
-    if tensor.type_name == "BF16":
-        return (tensor.data.astype(np.uint32) << 16).view(np.float32)
-    return dequantize_stored(path, tensor)
+        wide = tensor.data.astype(np.float32)
+    elif tensor.type_name == "BF16":
+        wide = (tensor.data.astype(np.uint32) << 16).view(np.float32)
+    else:
+        wide = dequantize_stored(path, tensor)
+    release_pages(tensor.data)
+    return wide
 
 
 def dequantize_stored(path: Path, tensor: GGUFTensor) -> np.ndarray:
