@@ -86,10 +86,17 @@ def gguf_file(tmp_path_factory):
     """gguf_file(model, outtype="f32") -> (HF checkpoint, the GGUF llama.cpp's own converter
     wrote from it), each written once (tests/gguf_files.py). Models: "gpt2"; "llama3" (tied,
     Llama 3 rope scaling, Llama 3's pre-tokenizer), "llama" (untied, grouped-query, SmolLM's
-    pre-tokenizer), "qwen2", "qwen3" and "qwen3-chat" (Qwen3's chat tokens and template).
+    pre-tokenizer), "llama-spm" (a SentencePiece tokenizer.model), "qwen2", "qwen3" and
+    "qwen3-chat" (Qwen3's chat tokens and template).
     Skips when the converter cannot be fetched from PyPI."""
     from chat_checkpoints import write_qwen3_chat
-    from gguf_files import convert, converter_dir, set_pre_tokenizer, write_hf_gpt2
+    from gguf_files import (
+        convert,
+        converter_dir,
+        set_pre_tokenizer,
+        write_hf_gpt2,
+        write_hf_llama_sentencepiece,
+    )
 
     from nanovllm.model.checkpoint.dummy import cache_root
 
@@ -97,6 +104,8 @@ def gguf_file(tmp_path_factory):
         out = tmp_path_factory.mktemp(model)
         if model == "gpt2":
             return set_pre_tokenizer(write_hf_gpt2(out), "gpt-2"), "gpt-2"
+        if model == "llama-spm":
+            return write_hf_llama_sentencepiece(out), None
         if model == "qwen3-chat":
             return set_pre_tokenizer(write_qwen3_chat(tmp_path_factory), "qwen2"), "qwen2"
         variant, pre = {"llama3": ("llama3-tied", "llama-bpe"), "llama": ("llama-gqa", "smollm"),

@@ -135,3 +135,38 @@ def write_hf_gpt2(out: Path, seed: int = 0) -> Path:
     (out / "config.json").write_text(json.dumps(config))
     write_tokenizer(out, 1024, 256, cache_root() / "tokenizers")
     return out
+
+
+def write_hf_llama_sentencepiece(out: Path, vocab_size: int = 1024) -> Path:
+    """A tiny random Llama whose tokenizer is a SentencePiece BPE model (tokenizer.model, as Llama
+    2 and TinyLlama ship it: byte fallback, digits split, `<unk>` `<s>` `</s>` at 0, 1, 2; runs of
+    spaces merge, as llama.cpp and transformers run such a vocabulary),
+    trained on Python's standard library sources."""
+    import io
+    import sysconfig
+
+    import sentencepiece as spm
+    from llama_checkpoints import write_hf_llama
+
+    write_hf_llama(out, "Llama", vocab_size=vocab_size)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).unlink()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [p.read_text(encoding="utf-8", errors="replace")
+             for p in sorted(stdlib.glob("*.py"))[:60]]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(line for text in texts for line in text.splitlines() if line),
+        model_writer=model, vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+        split_digits=True, split_by_whitespace=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+         "unk_token": "<unk>", "add_bos_token": True, "legacy": False}))
+    for name in ("config.json", "generation_config.json"):
+        data = json.loads((out / name).read_text())
+        data.update(bos_token_id=1, eos_token_id=2)
+        (out / name).write_text(json.dumps(data))
+    return out

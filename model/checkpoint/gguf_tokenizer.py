@@ -108,9 +108,13 @@ def _sentencepiece(metadata: dict) -> Tokenizer:
     unk = metadata.get("tokenizer.ggml.unknown_token_id")
     tok = Tokenizer(models.BPE(vocab, merges, unk_token=None if unk is None else tokens[unk],
                                fuse_unk=True, byte_fallback=True))
+    # Spaces as `▁`, and one before each text between special tokens, as SentencePiece and
+    # llama.cpp do (and Llama 2's tokenizer.json); transformers' GGUF loading adds none to a
+    # text that starts with a space.
     prefix = metadata.get("tokenizer.ggml.add_space_prefix", True)
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False)
+    replace = normalizers.Replace(" ", "\u2581")
+    tok.normalizer = (normalizers.Sequence([normalizers.Prepend("\u2581"), replace])
+                      if prefix else replace)
     steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
     tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
     return tok

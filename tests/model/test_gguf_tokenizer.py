@@ -12,7 +12,7 @@ import pytest
 from nanovllm.chat_template import checkpoint_template
 from nanovllm.model.checkpoint.dummy import cache_root
 from nanovllm.model.checkpoint.gguf_loader import gguf_checkpoint_dir
-from nanovllm.tokenizer import Tokenizer
+from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
 TEXTS = [
     "Hello world", "  leading spaces, trailing spaces  ", "numbers 12345 and 3.14159, 1,000,000",
@@ -76,3 +76,35 @@ def test_chat_prompt_is_transformers_rendering(gguf_file, model):
                                                 tokenize=False)
     assert Tokenizer(derived, 0).encode(text, add_special_tokens=False) == original.encode(
         text, add_special_tokens=False)
+
+
+def test_sentencepiece_ids_equal_sentencepiece_and_transformers_gguf_loading(gguf_file):
+    """A Llama 2 style vocabulary (SentencePiece BPE with scores and byte fallback): the ids of
+    SentencePiece itself on the tokenizer.model the file came from, BOS first (as llama.cpp
+    runs it: a `▁` before every text), and of transformers' GGUF loading but where a text starts
+    with a space (it adds no `▁` there); decoding gives the text back."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    hf_dir, path = gguf_file("llama-spm")
+    tokenizer = ours(path)
+    processor = spm.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
+    from_gguf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        assert ids == [processor.bos_id(), *processor.encode(text)], text
+        if not text[0].isspace():
+            assert ids == from_gguf.encode(text), text
+        assert tokenizer.decode(ids) == processor.decode(ids[1:]) == text
+
+
+def test_sentencepiece_text_streams_back(gguf_file):
+    """The engine's incremental detokenizer reads the rebuilt vocabulary's `▁` and `<0xNN>`
+    pieces as spaces and bytes (a character split across byte tokens waits for its last)."""
+    _, path = gguf_file("llama-spm")
+    tokenizer = ours(path)
+    for text in TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        stream = IncrementalDetokenizer(tokenizer)
+        streamed = "".join(stream.step(i) for i in ids) + stream.flush()
+        assert streamed == " " + text  # the prefix `▁` of the first piece
