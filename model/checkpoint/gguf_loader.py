@@ -101,8 +101,8 @@ def load_gguf(model_dir: str | Path, family, dtype: str = "auto",
 
 def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Every tensor the family's loader takes, by HF name, with the shape it takes it in."""
+    from nanovllm.model.architectures.gpt2_config import GPT2Config
     from nanovllm.model.checkpoint import llama_loader, loader
-    from nanovllm.model.config import GPT2Config
 
     return (loader if isinstance(cfg, GPT2Config) else llama_loader).expected_shapes(cfg)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.model.architectures import family_of, load_checkpoint, read_config
+from nanovllm.model.architectures.registry import family_of, load_checkpoint, read_config
 from nanovllm.model.checkpoint.dummy import cache_root
 from nanovllm.model.checkpoint.gguf_loader import gguf_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import file_mapping
