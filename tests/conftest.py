@@ -86,7 +86,8 @@ def gguf_file(tmp_path_factory):
     """gguf_file(model, outtype="f32") -> (HF checkpoint, the GGUF llama.cpp's own converter
     wrote from it), each written once (tests/gguf_files.py). Models: "gpt2"; "llama3" (tied,
     Llama 3 rope scaling, Llama 3's pre-tokenizer), "llama" (untied, grouped-query, SmolLM's
-    pre-tokenizer), "llama-spm" (a SentencePiece tokenizer.model), "qwen2", "qwen3" and
+    pre-tokenizer), "llama-256" (rows of 256 and 512 weights), "llama-spm" (a SentencePiece
+    tokenizer.model), "qwen2", "qwen3" and
     "qwen3-chat" (Qwen3's chat tokens and template).
     Skips when the converter cannot be fetched from PyPI."""
     from chat_checkpoints import write_qwen3_chat
@@ -108,6 +109,9 @@ def gguf_file(tmp_path_factory):
             return write_hf_llama_sentencepiece(out), None
         if model == "qwen3-chat":
             return set_pre_tokenizer(write_qwen3_chat(tmp_path_factory), "qwen2"), "qwen2"
+        if model == "llama-256":  # rows of 256 and 512 weights, for the K-quant types
+            return set_pre_tokenizer(write_hf_llama(
+                out, "Llama", hidden_size=256, intermediate_size=512), "llama-bpe"), "llama-bpe"
         variant, pre = {"llama3": ("llama3-tied", "llama-bpe"), "llama": ("llama-gqa", "smollm"),
                         "qwen2": ("qwen2", "qwen2"), "qwen3": ("qwen3", "qwen2")}[model]
         family, overrides = LLAMA_VARIANTS[variant]

@@ -21,6 +21,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 SDIST = "llama-cpp-python==0.3.36"
 VENDOR = "vendor/llama.cpp/"
 KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
@@ -170,3 +172,55 @@ def write_hf_llama_sentencepiece(out: Path, vocab_size: int = 1024) -> Path:
         data.update(bos_token_id=1, eos_token_id=2)
         (out / name).write_text(json.dumps(data))
     return out
+
+
+# --------------------------------------------------------------------------- other tensor types
+
+# Bytes a block of 256 weights takes in each K-quant type, where its float16 scales sit, and
+# their size: weights of a few hundredths, as a trained model's (scale x sub-scale x code).
+K_BLOCKS = {"Q4_K": (144, (0, 2), 5e-5), "Q5_K": (176, (0, 2), 3e-5),
+            "Q6_K": (210, (208,), 2e-5)}
+
+
+def random_k_blocks(kind: str, rows: int, cols: int, rng) -> np.ndarray:
+    """uint8 [rows, bytes per row] of random K-quant blocks (the `gguf` package cannot quantize
+    to these types): random codes and sub-scales, each block's float16 scales small."""
+    size, scales, scale = K_BLOCKS[kind]
+    raw = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    for at in scales:
+        d = (scale * rng.uniform(0.5, 1.5, (rows, cols // 256))).astype(np.float16)
+        raw[:, :, at:at + 2] = d.view(np.uint8).reshape(rows, cols // 256, 2)
+    return raw.reshape(rows, -1)
+
+
+def requantize(src: Path, dst: Path, type_of) -> Path:
+    """`src` (an F32 GGUF) rewritten with `gguf`'s writer, each matrix `type_of(name, shape)`
+    returns (a GGMLQuantizationType name, or None to keep it): quantized by `gguf` (Q8_0, Q4_0,
+    Q4_1, Q5_0, Q5_1) or random blocks (Q4_K, Q5_K, Q6_K); the metadata as it was."""
+    import gguf
+    from gguf.quants import quantize
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            array = field.types[0] == gguf.GGUFValueType.ARRAY
+            writer.add_key_value(key, field.contents(), field.types[0],
+                                 sub_type=field.types[-1] if array else None)
+    rng = np.random.default_rng(0)
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        kind = type_of(t.name, data.shape) if data.ndim == 2 else None
+        if kind is None:
+            writer.add_tensor(t.name, data)
+        elif kind in K_BLOCKS:
+            writer.add_tensor(t.name, random_k_blocks(kind, *data.shape, rng),
+                              raw_dtype=gguf.GGMLQuantizationType[kind])
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
