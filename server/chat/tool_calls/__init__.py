@@ -15,10 +15,9 @@ from nanovllm.server.chat.tool_calls.base import ToolCallStreamer, ToolParser, e
 from nanovllm.server.chat.tool_calls.hermes import HermesParser
 from nanovllm.server.chat.tool_calls.llama3_json import Llama3JsonParser
 from nanovllm.server.chat.tool_calls.mistral import MistralParser
-from nanovllm.server.chat.tool_calls.partial import ToolCall
 from nanovllm.server.chat.tool_calls.pythonic import PythonicParser
 
 PARSERS: dict[str, type[ToolParser]] = {
     p.name: p for p in (HermesParser, Llama3JsonParser, MistralParser, PythonicParser)}
 
-__all__ = ["PARSERS", "ToolCall", "ToolCallStreamer", "ToolParser", "extract"]
+__all__ = ["PARSERS", "ToolCallStreamer", "ToolParser", "extract"]
