@@ -59,10 +59,13 @@ def hf_config(path, metadata: dict, tensors: dict) -> dict:
     common = {"architectures": [hf_arch], "model_type": model_type, "vocab_size": vocab_size,
               "tie_word_embeddings": "output.weight" not in tensors}
     if arch == "gpt2":
+        ids = token_ids(metadata)
+        eos = ids["eos_token_id"]
         return {**common, "n_positions": key("context_length"), "n_embd": key("embedding_length"),
                 "n_layer": key("block_count"), "n_head": key("attention.head_count"),
                 "layer_norm_epsilon": key("attention.layer_norm_epsilon"),
-                "n_inner": key("feed_forward_length"), **token_ids(metadata)}
+                "n_inner": key("feed_forward_length"), "bos_token_id": ids["bos_token_id"],
+                "eos_token_id": (eos or [None])[0] if isinstance(eos, list) else eos}  # one
     heads = key("attention.head_count")
     config = {**common, "hidden_size": key("embedding_length"),
               "intermediate_size": key("feed_forward_length"),
