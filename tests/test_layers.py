@@ -223,12 +223,18 @@ def test_no_bare_top_level_imports(folder):
     assert bare == []
 
 
-def test_endpoint_modules_import_no_other_endpoint():
-    """server/endpoints/ holds one module per endpoint over the shared serving module
-    (server/serving.py): none reaches into another, or into the package that lists them all."""
-    package = "nanovllm.server.endpoints"
-    endpoints = [m for m in MODULES if m.startswith(package + ".")]
-    assert len(endpoints) >= 4
-    crossing = [f"{where(m, line)}: {m} imports {target}" for m in endpoints
-                for target, line in GRAPH[m] if target in endpoints or target == package]
+def test_api_folders_import_no_other_api():
+    """server/api/ holds one folder per API over the shared modules (server/serving.py, the
+    chat path in server/chat/): none reaches into another API's folder, or into the route
+    table that lists them all (/invocations, made of two APIs, is the one module beside them
+    that may)."""
+    package = "nanovllm.server.api"
+    folders = {m.split(".")[3] for m in MODULES if m.startswith(package + ".")
+               and MODULES[m].parent.name != "api"}
+    assert len(folders) >= 4
+    crossing = [f"{where(m, line)}: {m} imports {target}"
+                for m in MODULES if m.startswith(package + ".") and m.split(".")[3] in folders
+                for target, line in GRAPH[m]
+                if target.startswith(package + ".") and target.split(".")[3] != m.split(".")[3]
+                or target == package]
     assert crossing == []
