@@ -26,6 +26,8 @@ from server_helpers import make_engine, serve, wait_idle
 from nanovllm.model.checkpoint.dummy import cache_root
 from nanovllm.server.app import build_app
 
+pytestmark = pytest.mark.slow  # a 21,000-token prompt, prefilled on a CPU
+
 MODEL = "tiny"
 CONTEXT = 65_536
 # The versions the recorded requests (fixtures/agents/) come from.
@@ -35,7 +37,6 @@ PACKAGES = ("@anthropic-ai/claude-code@2.1.197", "@openai/codex@0.171.0",
 INSTALL_SCRIPTS = (("@anthropic-ai/claude-code", "install.cjs"),
                    ("opencode-ai", "postinstall.mjs"))
 TIMEOUT = 600  # a turn prefills Claude Code's 21,000-token prompt on a CPU
-REFUSED = pytest.mark.xfail(strict=True, reason="the body is refused (issue 65)")
 
 
 @pytest.fixture(scope="session")
@@ -131,32 +132,39 @@ def opencode(cli_bin, server, home: Path) -> Agent:
     return agent
 
 
+def assert_mostly_cached(cached: int, prompt: int) -> None:
+    """A continued turn's prompt is the last one's and a few hundred tokens more: all but
+    those came from the prefix cache."""
+    assert 0.9 * prompt <= cached < prompt, (cached, prompt)
+
+
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@REFUSED
 def test_claude_code_answers_and_continues_from_the_cache(cli_bin, server, tmp_path):
     agent = claude_code(cli_bin, server, tmp_path)
     first = json.loads(agent.run("claude", "-p", "Say hello", "--output-format", "json").stdout)
     assert first["subtype"] == "success" and not first["is_error"]
-    prompt = first["usage"]["input_tokens"] + first["usage"]["cache_read_input_tokens"]
     again = json.loads(agent.run("claude", "-p", "--continue", "Say it again",
                                  "--output-format", "json").stdout)
     assert again["subtype"] == "success" and again["session_id"] == first["session_id"]
-    assert again["usage"]["cache_read_input_tokens"] >= prompt - 64, (first, again)
+    usage = again["usage"]  # the turn's requests together
+    assert_mostly_cached(usage["cache_read_input_tokens"],
+                         usage["input_tokens"] + usage["cache_read_input_tokens"])
 
 
-@REFUSED
 def test_codex_answers_and_continues_from_the_cache(cli_bin, server, tmp_path):
     agent = codex(cli_bin, server, tmp_path)
     first = json_lines(agent.run("codex", "exec", "--json", "--skip-git-repo-check",
                                  "Say hello").stdout)
-    usage = next(e["usage"] for e in first if e["type"] == "turn.completed")
+    before = next(e["usage"] for e in first if e["type"] == "turn.completed")
     again = json_lines(agent.run("codex", "exec", "--json", "--skip-git-repo-check", "resume",
                                  "--last", "Say it again").stdout)
-    cached = next(e["usage"] for e in again if e["type"] == "turn.completed")
-    assert cached["cached_input_tokens"] >= usage["input_tokens"] - 64, (usage, cached)
+    usage = next(e["usage"] for e in again if e["type"] == "turn.completed")
+    # Codex counts the whole thread: this turn's are what the last turn added
+    assert_mostly_cached(usage["cached_input_tokens"] - before["cached_input_tokens"],
+                         usage["input_tokens"] - before["input_tokens"])
 
 
 def test_opencode_answers_and_continues_from_the_cache(cli_bin, server, tmp_path):
@@ -166,7 +174,6 @@ def test_opencode_answers_and_continues_from_the_cache(cli_bin, server, tmp_path
         events = json_lines(agent.run("opencode", "run", "--format", "json", *args).stdout)
         return [e["part"]["tokens"] for e in events if e["type"] == "step_finish"][-1]
 
-    first = tokens("Say hello")
+    assert tokens("Say hello")["input"] > 0
     again = tokens("--continue", "Say it again")
-    prompt = first["input"] + first["cache"]["read"]
-    assert again["cache"]["read"] >= prompt - 64, (first, again)
+    assert_mostly_cached(again["cache"]["read"], again["input"] + again["cache"]["read"])

@@ -23,6 +23,14 @@ from fastapi.responses import JSONResponse, Response
 
 from nanovllm.server.api.responses.protocol import ResponsesRequest
 from nanovllm.server.api.responses.store import ResponseStore, StoredResponse
+from nanovllm.server.api.responses.tools import (
+    chat_tools,
+    check_include,
+    flat_name,
+    namespaced,
+    reasoning_extras,
+    reasoning_kwargs,
+)
 from nanovllm.server.chat.front_end import (
     ChatAnswer,
     ChatPath,
@@ -35,6 +43,7 @@ from nanovllm.server.chat.front_end import (
     piece_events,
 )
 from nanovllm.server.errors import APIError, bad_request
+from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
 from nanovllm.server.serving import Ctx, ServerContext
 from nanovllm.values.errors import quote
@@ -46,6 +55,8 @@ CHAT_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens",
 ROLES = {"user": "user", "assistant": "assistant", "system": "system",
          "developer": "system"}  # chat templates know system, not OpenAI's newer developer
 TEXT_PARTS = {"input_text": "text", "output_text": "text", "refusal": "refusal"}
+# text.verbosity: a hint at the answer's length, for models trained on it (Codex sends it).
+TEXT_FIELDS = ("format", "verbosity")
 
 
 def build_router(chat: ChatPath) -> APIRouter:
@@ -81,11 +92,11 @@ def stored(store: ResponseStore, response_id: str, param: str) -> StoredResponse
 
 async def respond(chat: ChatPath, body: ResponsesRequest, raw: Request,
                   ctx: ServerContext) -> Response:
-    body.refuse_unknown_fields()
+    body.check_fields(ctx.ignored_fields)
     check_supported(body)
     created = int(time.time())
     context = conversation(body, ctx.response_store)
-    req = chat_request(chat_fields(body, context), CHAT_NAMES)
+    req = chat_request(chat_fields(body, context, ctx.ignored_fields), CHAT_NAMES)
     reply = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)  # chat's own HTTP answer
     if body.stream:
         return reply.translated(lambda events: response_events(body, ctx, context, created,
@@ -93,7 +104,7 @@ async def respond(chat: ChatPath, body: ResponsesRequest, raw: Request,
     if reply.status_code != 200:  # the client left (499)
         return reply
     result = chat_answer(reply)
-    obj = response_object(body, ctx, result, created, output_items(result))
+    obj = response_object(body, ctx, result, created, output_items(result, body))
     if body.store:
         ctx.response_store.put(obj, context)
     return JSONResponse(obj)
@@ -109,20 +120,14 @@ def check_supported(body: ResponsesRequest) -> None:
     if body.background:
         raise bad_request("`background` responses are not supported by this server.",
                           "background")
-    if body.include:
-        raise bad_request(f"`include` {quote(body.include, 100)} is not supported: this server "
-                          "has no extra output to include.", "include")
-    if body.reasoning and any(v is not None for v in body.reasoning.values()):
-        raise bad_request("`reasoning` options are not supported: whether the model reasons is "
-                          "its chat template's and the server's --reasoning-parser.",
-                          "reasoning")
+    check_include(body.include)
     if body.top_logprobs:
         raise bad_request("`top_logprobs` is not supported on /v1/responses (use "
                           "/v1/chat/completions).", "top_logprobs")
     if body.max_tool_calls is not None:
         raise bad_request("`max_tool_calls` is not supported by this server.", "max_tool_calls")
     text = body.text or {}
-    if unknown := sorted(k for k, v in text.items() if k != "format" and v is not None):
+    if unknown := sorted(k for k, v in text.items() if k not in TEXT_FIELDS and v is not None):
         raise bad_request(f"text.{unknown[0]} is not supported by this server.", "text")
 
 
@@ -140,14 +145,16 @@ def conversation(body: ResponsesRequest, store: ResponseStore) -> list[dict]:
 # The request, as a chat request.
 
 
-def chat_fields(body: ResponsesRequest, items: list[dict]) -> dict:
+def chat_fields(body: ResponsesRequest, items: list[dict], log: IgnoredFields) -> dict:
     return {"model": body.model, "messages": chat_messages(body.instructions, items),
+            "chat_template_kwargs": reasoning_kwargs(body.reasoning) or None,
             "max_completion_tokens": body.max_output_tokens, "temperature": body.temperature,
             "top_p": body.top_p, "user": body.user, "stream": body.stream,
             # Every chunk's usage: the prompt's is known at once, the final one at the end.
             "stream_options": {"include_usage": True, "continuous_usage_stats": True}
             if body.stream else None,
-            "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
+            "tools": chat_tools(body.tools, log),
+            "tool_choice": chat_tool_choice(body.tool_choice),
             "parallel_tool_calls": body.parallel_tool_calls,
             "response_format": None if calls_only(body.tool_choice)
             else response_format((body.text or {}).get("format"))}
@@ -173,8 +180,11 @@ def chat_messages(instructions: str | None, items: list[dict]) -> list[dict]:
         if kind == "message":
             messages.append(chat_message(item, where))
         elif kind == "function_call":
+            name = _text(item, "name", where)
+            if isinstance(item.get("namespace"), str):  # as the model wrote it: flattened
+                name = flat_name(item["namespace"], name)
             call = {"id": _text(item, "call_id", where), "type": "function",
-                    "function": {"name": _text(item, "name", where),
+                    "function": {"name": name,
                                  "arguments": _text(item, "arguments", where)}}
             if previous in ("function_call", "assistant"):
                 messages[-1].setdefault("tool_calls", []).append(call)
@@ -226,21 +236,6 @@ def _text(item: dict, key: str, where: str) -> str:
     return value
 
 
-def chat_tools(tools: list[dict] | None) -> list[dict] | None:
-    """Function tools in the chat API's shape; OpenAI's hosted tools are not served here."""
-    if not tools:
-        return None
-    out = []
-    for i, tool in enumerate(tools):
-        if tool.get("type") != "function":
-            raise bad_request(f"tools[{i}].type {quote(tool.get('type'), 50)} is not supported: "
-                              "this server runs function tools only.", "tools")
-        function = {k: tool[k] for k in ("name", "description", "parameters", "strict")
-                    if tool.get(k) is not None}
-        out.append({"type": "function", "function": function})
-    return out
-
-
 def chat_tool_choice(choice):
     if choice is None or isinstance(choice, str):
         return choice
@@ -287,17 +282,21 @@ def output_text(text: str) -> dict:
 
 
 def function_call_item(id_: str, call_id: str, name: str, arguments: str,
-                       status: str = "completed") -> dict:
-    return {"id": id_, "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": arguments, "status": status}
+                       status: str = "completed", names: dict | None = None) -> dict:
+    """`names`: a namespace member's flattened name -> its `name` and `namespace`."""
+    return {"id": id_, "type": "function_call", "call_id": call_id,
+            **(names or {}).get(name, {"name": name}), "arguments": arguments,
+            "status": status}
 
 
-def output_items(answer: ChatAnswer) -> list[dict]:
+def output_items(answer: ChatAnswer, body: ResponsesRequest) -> list[dict]:
     """Reasoning, then the message (always, unless the answer is only tool calls), then calls."""
-    items = [reasoning_item(item_id("rs"), answer.reasoning)] if answer.reasoning else []
+    finish = reasoning_extras(body.reasoning, body.include)
+    items = [finish(reasoning_item(item_id("rs"), answer.reasoning))] if answer.reasoning else []
     if answer.text or not answer.tool_calls:
         items.append(message_item(item_id("msg"), answer.text))
-    items += [function_call_item(item_id("fc"), c.id, c.name, c.arguments)
+    names = namespaced(body.tools)
+    items += [function_call_item(item_id("fc"), c.id, c.name, c.arguments, names=names)
               for c in answer.tool_calls]
     if answer.finish_reason == "length" and items:
         items[-1]["status"] = "incomplete"
@@ -320,7 +319,9 @@ def response_object(body: ResponsesRequest, ctx: ServerContext, answer: ChatAnsw
         "model": ctx.model_name, "output": output, "output_text": text,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
-        "reasoning": {"effort": None, "summary": None}, "store": body.store is not False,
+        "reasoning": {"effort": (body.reasoning or {}).get("effort"),
+                      "summary": (body.reasoning or {}).get("summary")},
+        "store": body.store is not False,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
         "tool_choice": body.tool_choice or "auto", "tools": body.tools or [],
@@ -344,8 +345,10 @@ class StreamedOutput:
     item open at a time (a reasoning, a message or a function call); a new kind of piece closes
     it and opens the next."""
 
-    def __init__(self, event) -> None:
+    def __init__(self, event, body: ResponsesRequest) -> None:
         self._event = event  # (type, **fields) -> one server-sent event, numbered
+        self._names = namespaced(body.tools)
+        self._finish_reasoning = reasoning_extras(body.reasoning, body.include)
         self.items: list[dict] = []
         self._open: dict | None = None
         self._calls: dict[int, dict] = {}  # chat's tool call index -> its item
@@ -374,7 +377,8 @@ class StreamedOutput:
     def call(self, index: int, call_id: str, name: str) -> list[str]:
         events = self.close()
         self._calls[index] = self._begin(
-            function_call_item(item_id("fc"), call_id, name, "", "in_progress"), events)
+            function_call_item(item_id("fc"), call_id, name, "", "in_progress", self._names),
+            events)
         return events
 
     def arguments(self, index: int, delta: str) -> list[str]:
@@ -391,6 +395,8 @@ class StreamedOutput:
         item["status"] = status
         index = self.items.index(item)
         events = []
+        if item["type"] == "reasoning":
+            self._finish_reasoning(item)
         if item["type"] == "function_call":
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
                                       output_index=index, name=item["name"],
@@ -429,7 +435,7 @@ async def response_events(body: ResponsesRequest, ctx: ServerContext, context: l
         return named_event(kind, {"type": kind, "sequence_number": next(numbers), **fields})
 
     answer = ChatAnswer("")
-    output = StreamedOutput(event)
+    output = StreamedOutput(event, body)
 
     def opening() -> list[str]:
         skeleton = response_object(body, ctx, answer, created, [], "in_progress")
