@@ -5,8 +5,10 @@ base, pooling's fields, the usage and error bodies, and the OpenAPI response ent
 
 Each API's own request and response models are in its folder (server/api/<name>/protocol.py;
 the chat path's request in server/chat/request.py). Field names, defaults and ranges follow
-OpenAI's APIs and vLLM's; unknown fields are refused with a 400 naming them (but for the
-documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour.
+OpenAI's APIs and vLLM's. What a field the models do not declare does is decided by what it
+does (server/field_policy.py): here, for completions and chat, unknown fields are refused with
+a 400 naming them (but for the documented IGNORED_EXTRA_FIELDS, accepted and logged), as are
+fields we cannot honour (UNSUPPORTED_FIELDS).
 Responses are plain dicts built by each API's renderer; the models document them in
 /openapi.json.
 """
