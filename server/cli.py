@@ -216,9 +216,9 @@ def run_serve(args: argparse.Namespace) -> int:
         engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
         inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     else:
-        engine = ProcessEngineClient(EngineConfig.from_cli_args(args.model, args),
+        client = ProcessEngineClient(EngineConfig.from_cli_args(args.model, args),
                                      enable_step_mode=args.enable_step_mode)
-        inspector = engine.inspector
+        engine, inspector = client, client.inspector
     name = args.served_model_name or served_name(args.model)
     app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
                     api_key=api_key, limits=limits,

@@ -145,7 +145,7 @@ class ProcessEngineClient:
                 return accepted
             self._requests[rid] = _Pending(sink, accepted)
             self._decoder.start(rid, request.prompt, request.prompt_token_ids)
-            self._send((wire.ADD, rid, dumps(request)))
+            self._send((wire.ADD, rid, wire.dumps_request(request)))
         return accepted
 
     def abort(self, request_ids: list[str]) -> None:

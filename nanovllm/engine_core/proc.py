@@ -30,6 +30,7 @@ from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine_core import wire
 from nanovllm.engine_core.wire import EngineInfo, FrameReader, dumps, encode_output, loads
 from nanovllm.inspection import Inspector
+from nanovllm.structured import GrammarCompiler
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class EngineProcess:
         self._send_lock = threading.Lock()  # the engine thread and the main thread both send
         self.client: AsyncEngine | None = None
         self._stats_sent = None  # the last EngineStats value sent
+        self._grammars: GrammarCompiler | None = None  # for llguidance's vocabulary, once
         self.inspector: Inspector | None = None
 
     def send(self, message: tuple) -> None:
@@ -118,7 +120,8 @@ class EngineProcess:
         kind = message[0]
         if kind == wire.ADD:
             _, rid, request = message
-            accepted = self.client.add_request(loads(request), RemoteSink(self, rid))
+            request = wire.loads_request(request, self._ll_tokenizer)
+            accepted = self.client.add_request(request, RemoteSink(self, rid))
             accepted.add_done_callback(lambda f: self._answer_add(rid, f))
         elif kind == wire.ABORT:
             self.client.abort(message[1])
@@ -126,6 +129,11 @@ class EngineProcess:
             self.client.abort_all(message[1])
         elif kind == wire.CALL:
             self._call(message[1], message[2], loads(message[3]))
+
+    def _ll_tokenizer(self):
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.client.tokenizer)
+        return self._grammars.ll_tokenizer()
 
     def _answer_add(self, rid: str, accepted: Future) -> None:
         exc = accepted.exception()

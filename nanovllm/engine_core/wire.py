@@ -15,10 +15,12 @@ each cumulative RequestOutput from them.
 
 from __future__ import annotations
 
+import io
 import marshal
 import pickle
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -76,6 +78,28 @@ def dumps(value: object) -> bytes:
 
 
 loads = pickle.loads
+
+# A request's grammar (runner/structured.CompiledGrammar) holds llguidance's view of the
+# vocabulary, which does not pickle; it crosses as this name, and the engine process puts its
+# own in its place (built once over the same tokenizer).
+LL_TOKENIZER = "ll_tokenizer"
+
+
+def dumps_request(request: object) -> bytes:
+    buffer = io.BytesIO()
+    _RequestPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(request)
+    return buffer.getvalue()
+
+
+def loads_request(data: bytes, ll_tokenizer: Callable[[], object]) -> object:
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    unpickler.persistent_load = lambda pid: ll_tokenizer() if pid == LL_TOKENIZER else None
+    return unpickler.load()
+
+
+class _RequestPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> str | None:
+        return LL_TOKENIZER if type(obj).__name__ == "LLTokenizer" else None
 
 
 class FrameReader:
@@ -203,9 +227,10 @@ class OutputDecoder:
             c = held.completions[index] = CompletionOutput(
                 index, "", [], None, None if logprobs is None else [])
         c.text = c.text[:keep] + text
-        c.token_ids.extend(tokens)  # shared by every output of it, as the engine's list is
+        c.token_ids.extend(tokens)
         if logprobs is not None:
             c.logprobs.extend({t: Logprob(lp, rank, s) for t, lp, rank, s in entry}
                               for entry in logprobs)
-        return CompletionOutput(index, c.text, c.token_ids, cumulative,
+        # Lists of its own, as each of the engine's outputs has.
+        return CompletionOutput(index, c.text, list(c.token_ids), cumulative,
                                 None if c.logprobs is None else list(c.logprobs), finish, stop)
