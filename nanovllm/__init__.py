@@ -24,9 +24,10 @@ _EXPORTS = {
     "RequestOutput": "nanovllm.values.outputs",
     "SamplingParams": "nanovllm.values.sampling_params",
     "PoolingParams": "nanovllm.values.pooling_params",
+    "BeamSearchParams": "nanovllm.values.beam_search_params",
     "GrammarCompiler": "nanovllm.structured",
 }
-__all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
+__all__ = ["LLM", "AsyncEngine", "BeamSearchParams", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
            "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PoolingParams",
            "PromptType",
            "QueueFullError", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from nanovllm.llm import LLM
     from nanovllm.stats import EngineStats
     from nanovllm.structured import GrammarCompiler
+    from nanovllm.values.beam_search_params import BeamSearchParams
     from nanovllm.values.errors import InvalidRequestError, QueueFullError
     from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
@@ -50,9 +52,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nanovllm' has no attribute {name!r}")
-    from nanovllm.model.threads import configure_thread_pools, thread_pool_settings
+    from nanovllm.model.platform.threads import configure_thread_pools, thread_pool_settings
 
-    late = configure_thread_pools()  # before numpy loads: see model/threads.py
+    late = configure_thread_pools()  # before numpy loads: see model/platform/threads.py
     if late:
         logging.getLogger("nanovllm").warning(
             "%s loaded before nanovllm: the thread pools started then spin by their defaults, slowing the "

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
+from nanovllm.model.weights.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 from nanovllm.values.speculative import SpeculativeConfig
 
@@ -27,7 +27,7 @@ def option(default, help: str, choices=None, flag_type=None):
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str  # positional on the command line: the checkpoint directory or hub name
+    model: str  # positional on the command line: a checkpoint directory, a .gguf file or a hub name
     load_format: str = option(
         "auto", "'dummy': random weights with the real shapes (no download)", LOAD_FORMATS)
     block_size: int = option(16, "tokens per KV block")

@@ -72,7 +72,7 @@ class LLM:
         template (`chat_template`, else the checkpoint's own) with `tools` and
         `chat_template_kwargs`, as the server's chat completions render them, then generated.
         The outputs are the model's text; reading calls out of it is the server's (or
-        nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
+        nanovllm.server.chat.tool_calls'). A conversation the template cannot render is a ValueError."""
         self.engine.processor.check_generates()
         tokenizer = self.engine.tokenizer
         template = checkpoint_template(tokenizer.model_dir, chat_template,
@@ -145,8 +145,8 @@ class LLM:
     def _pooling_input(self) -> PoolingInput:
         if self.engine.processor.pooling is None:
             raise InvalidRequestError(
-                f"{self.engine.architecture} generates text (LLM.generate, LLM.chat); a decoder of "
-                "the Llama family makes embeddings when started with runner='pooling'", "model")
+                f"{self.engine.architecture} generates text (LLM.generate, LLM.chat); it makes "
+                "embeddings when started with runner='pooling'", "model")
         return self.engine.processor.pooling
 
     @staticmethod

@@ -36,7 +36,8 @@ OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     from nanovllm.config import add_engine_args
 
-    parser.add_argument("model", help="checkpoint directory or hub name (e.g. gpt2)")
+    parser.add_argument("model", help="checkpoint directory, .gguf file or hub name (e.g. gpt2, "
+                                      "org/repo:Q4_K_M for a GGUF file)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -86,8 +87,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def add_tool_args(parser: argparse.ArgumentParser) -> None:
     """vLLM's flags for tool calling and reasoning output."""
-    from nanovllm.server.reasoning import REASONING_PARSERS
-    from nanovllm.server.tool_calls import PARSERS
+    from nanovllm.server.chat.reasoning import REASONING_PARSERS
+    from nanovllm.server.chat.tool_calls import PARSERS
 
     g = parser.add_argument_group("tool calling and reasoning")
     g.add_argument("--enable-auto-tool-choice", action="store_true",
@@ -191,7 +192,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.engine_core.client import ProcessEngineClient
     from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
-    from nanovllm.server.chat_template import load_chat_template
+    from nanovllm.server.chat.template import load_chat_template
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
