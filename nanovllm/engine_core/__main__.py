@@ -4,7 +4,7 @@ An entry point: the thread pools are configured before anything loads numpy."""
 
 import sys
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
 configure_thread_pools()
 
