@@ -1,290 +1,256 @@
-"""GGML's block-quantized weight formats (what GGUF files hold): their bytes, a plain numpy
-dequantization of each, round-to-nearest quantizers for three of them, and `from_gguf`, the
-weight value the linear layers run as stored.
+"""Block-quantized weight matrices in memory: `BlockWeight`, GGML's blocks (`ggml_blocks.py`)
+repacked once, at load, into the layout the block kernels stream (`kernels/block_gemm.py`), as
+llama.cpp repacks them for its own CPU kernels. No float32 copy of the matrix is kept.
 
-A row of a matrix is cut into blocks of `BLOCK_TYPES[name].weights` weights, each stored in
-`BLOCK_TYPES[name].bytes` bytes: float16 scales and small integer codes. Per block:
+The repacked matrix is uint8 [panels, super-blocks, panel bytes]: a panel is 16 consecutive
+output rows (the lanes of one 64-byte vector of int32 sums), a super-block `Layout.span`
+consecutive inputs. One panel's super-block holds its header (the scales, float16 as the file
+has them, and the K-quants' small integer scales) and then its codes, each code stored
+unsigned, in groups of 4 inputs for all 16 outputs (64 bytes: `[output][input]`), the shape a
+`vpdpbusd` multiplies by 4 activation bytes broadcast to every lane. 4-bit codes keep their 4
+bits: each 64-byte line holds one group in its low nibbles and the group `sub / 8` later in
+its high ones. Every row of a panel is thus read as one sequential stream.
 
-- Q8_0: d, 32 int8 q; w = d * q.
-- Q4_0: d, 16 bytes of nibbles (weight i the low nibble of byte i, weight 16 + i its high
-  one); w = d * (n - 8).  Q4_1: d, m, the nibbles; w = d * n + m.
-- Q5_0 / Q5_1: as Q4_0 / Q4_1 with a fifth bit per weight (bit i of a 32-bit word before the
-  nibbles): w = d * (n - 16), or d * n + m.
-- Q4_K (256 weights): d, dmin, 12 bytes packing eight 6-bit scales and eight 6-bit mins (one
-  pair per 32 weights), 128 bytes of nibbles (32 bytes per two sub-blocks: the first one's
-  low nibbles, the second's high ones); w = d * scale_j * n - dmin * min_j.
-- Q5_K: as Q4_K, with 32 bytes of fifth bits (bit j of byte l: weight l of sub-block j) before
-  the nibbles.
-- Q6_K (256 weights): 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales
-  (one per 16 weights), d last; w = d * scale_i * (n - 32).
-
-`dequantize_blocks` is the reference (tested equal to `gguf.quants.dequantize`); `quantize`
-writes Q8_0, Q4_0 and Q4_K from float32 rows as llama.cpp's reference quantizers do, rounding
-to nearest (for Q4_K without the search over scales and mins that llama.cpp adds).
+What each type becomes (`LAYOUTS`): a weight is `d * (u - offset)` (Q8_0, Q4_0, Q5_0),
+`d * u + m` (Q4_1, Q5_1), `d * sc_j * u - dmin * mn_j` (Q4_K, Q5_K) or `d * sc_j * (u - 32)`
+(Q6_K), u the stored unsigned code. Q8_0, Q4_0, Q4_1 and Q4_K keep their bytes exactly (header
+and codes alike: the same bits per weight as the file); Q5_0, Q5_1, Q5_K and Q6_K keep their
+scales but store each 5- or 6-bit code in a byte (a simpler kernel, at more bytes per weight).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-QK = 32    # weights in a block of the 32-weight types
-QK_K = 256  # weights in a super-block of the K-quants
+from nanovllm.model.weights import ggml_blocks as g
+from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
+    BLOCK_TYPES,
+    QUANTIZABLE,
+    as_blocks,
+    dequantize_blocks,
+    quantize,
+)
+
+PANEL = 16   # outputs a panel interleaves: one int32 vector's lanes
+GROUP = 4    # inputs a code group holds per output: what `vpdpbusd` adds up per lane
+ROWS_AT_ONCE = 4096  # output rows repacked at a time (bounds the load's temporary arrays)
 
 
-class BlockType(NamedTuple):
-    weights: int  # weights per block
-    bytes: int    # bytes per block
+class Layout(NamedTuple):
+    kind: str    # "sym": d (u - offset); "asym": d u + m; "kmin": d sc u - dmin mn; "ksym"
+    bits: int    # 4 (two codes a byte) or 8
+    sub: int     # inputs per scale (a sub-block)
+    span: int    # inputs per super-block (its float16 scales)
+    offset: int  # subtracted from u ("sym", "ksym")
 
 
-BLOCK_TYPES = {
-    "Q8_0": BlockType(QK, 2 + QK),
-    "Q4_0": BlockType(QK, 2 + QK // 2),
-    "Q4_1": BlockType(QK, 4 + QK // 2),
-    "Q5_0": BlockType(QK, 6 + QK // 2),
-    "Q5_1": BlockType(QK, 8 + QK // 2),
-    "Q4_K": BlockType(QK_K, 4 + 12 + QK_K // 2),
-    "Q5_K": BlockType(QK_K, 4 + 12 + QK_K // 8 + QK_K // 2),
-    "Q6_K": BlockType(QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
+LAYOUTS = {
+    "Q8_0": Layout("sym", 8, 32, 32, 128),
+    "Q4_0": Layout("sym", 4, 32, 32, 8),
+    "Q5_0": Layout("sym", 8, 32, 32, 16),
+    "Q4_1": Layout("asym", 4, 32, 32, 0),
+    "Q5_1": Layout("asym", 8, 32, 32, 0),
+    "Q4_K": Layout("kmin", 4, 32, 256, 0),
+    "Q5_K": Layout("kmin", 8, 32, 256, 0),
+    "Q6_K": Layout("ksym", 8, 16, 256, 32),
 }
 
 
-def block_type(type_name: str) -> BlockType:
-    """BLOCK_TYPES[type_name], or a ValueError naming the types there are."""
-    if type_name not in BLOCK_TYPES:
-        raise ValueError(f"unsupported block type {type_name!r} (supported: "
-                         f"{', '.join(BLOCK_TYPES)})")
-    return BLOCK_TYPES[type_name]
+def header_bytes(layout: Layout) -> int:
+    """A panel's super-block header: float16 d (and m or dmin) per output, then for K-quants
+    one byte per output and sub-block (scales; mins after them for "kmin")."""
+    halves = {"sym": 1, "asym": 2, "kmin": 2, "ksym": 1}[layout.kind]
+    small = {"kmin": 2, "ksym": 1}.get(layout.kind, 0) * (layout.span // layout.sub)
+    return PANEL * (2 * halves + small)
 
 
-def as_blocks(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """raw (the matrix's bytes, rows one after another) as uint8 [blocks, bytes per block],
-    checked against shape (out, in)."""
-    kind = block_type(type_name)
-    out, k = shape
-    if k % kind.weights:
-        raise ValueError(f"{type_name} rows hold whole blocks of {kind.weights} weights; "
-                         f"a row of {k} does not")
-    raw = np.asarray(raw).view(np.uint8).reshape(-1)
-    expected = out * (k // kind.weights) * kind.bytes
-    if raw.size != expected:
-        raise ValueError(f"{type_name} {shape}: {expected} bytes expected, got {raw.size}")
-    return raw.reshape(-1, kind.bytes)
+def code_bytes(layout: Layout) -> int:
+    return PANEL * layout.span * layout.bits // 8
 
 
-def dequantize_blocks(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The float32 matrix [out, in] that raw (type_name blocks, as stored) stands for."""
+def panel_bytes(layout: Layout) -> int:
+    return header_bytes(layout) + code_bytes(layout)
+
+
+@dataclass(slots=True)
+class BlockWeight:
+    packed: np.ndarray  # uint8 [panels, super-blocks, panel bytes] (module docstring)
+    type_name: str      # GGML's name of the format ("Q4_0", "Q4_K", ...)
+    shape: tuple[int, int]  # (out, in)
+
+    def __post_init__(self):
+        self.packed = np.ascontiguousarray(self.packed, np.uint8)  # read through raw pointers
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.type_name]
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes
+
+    def rows(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The float32 rows start:end the matrix stands for, as a new array."""
+        end = self.shape[0] if end is None else min(end, self.shape[0])
+        first, last = start // PANEL, -(-end // PANEL)
+        dense = unpack_panels(self.packed[first:last], self.layout, self.shape[1])
+        return dense[start - first * PANEL:end - first * PANEL]
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The float32 rows ids (the token embedding's lookup), as a new array: each panel
+        holding one unpacked once."""
+        ids = np.asarray(ids)
+        panels, where = np.unique(ids // PANEL, return_inverse=True)
+        dense = unpack_panels(self.packed[panels], self.layout, self.shape[1])
+        return dense.reshape(len(panels), PANEL, -1)[where.reshape(-1), ids.reshape(-1) % PANEL]
+
+
+def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockWeight:
+    """The weight [out, in] = shape whose rows are `raw` (type_name blocks as a GGUF file stores
+    them: uint8 [out, bytes per row], possibly a read-only memory map), repacked."""
     blocks = as_blocks(type_name, raw, shape)
-    return DEQUANTIZERS[type_name](blocks).reshape(shape)
+    layout = LAYOUTS[type_name]
+    out, k = shape
+    per_row = k // BLOCK_TYPES[type_name].weights
+    panels = -(-out // PANEL)
+    packed = np.zeros((panels, k // layout.span, panel_bytes(layout)), np.uint8)
+    for start in range(0, out, ROWS_AT_ONCE):  # ROWS_AT_ONCE is a multiple of PANEL
+        end = min(out, start + ROWS_AT_ONCE)
+        part = np.asarray(blocks[start * per_row:end * per_row])
+        packed[start // PANEL:-(-end // PANEL)] = pack_panels(type_name, part, end - start, k)
+    return BlockWeight(packed, type_name, shape)
+
+
+def from_float(type_name: str, w: np.ndarray) -> BlockWeight:
+    """w float32 [out, in] quantized to type_name (`ggml_blocks.quantize`) and repacked:
+    `--quantization q4_0 | q4_k | q8_0` on a safetensors checkpoint."""
+    return from_gguf(type_name, quantize(type_name, w), w.shape)
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+def unpack_panels(packed: np.ndarray, layout: Layout, k: int) -> np.ndarray:
+    """Panels [p, supers, panel bytes] -> the float32 rows [p * PANEL, k] they stand for, in
+    the order of operations of `ggml_blocks`' dequantizers (so the values are equal)."""
+    p, supers = packed.shape[:2]
+    nh = 1 if layout.kind in ("sym", "ksym") else 2
+    subs = layout.span // layout.sub
+    halves = packed[:, :, :nh * 2 * PANEL].copy().view(np.float16).astype(np.float32)
+    halves = halves.reshape(p, supers, nh, PANEL, 1, 1)          # broadcast over sub, input
+    d = halves[:, :, 0]
+    small = packed[:, :, nh * 2 * PANEL:header_bytes(layout)].reshape(p, supers, -1, PANEL)
+    u = unpack_codes(packed[:, :, header_bytes(layout):], layout)  # [p, s, PANEL, subs, sub]
+    if layout.kind == "sym":
+        w = d * (u.astype(np.int16) - layout.offset)
+    elif layout.kind == "asym":
+        w = d * u + halves[:, :, 1]
+    elif layout.kind == "kmin":
+        sc = small[:, :, :subs].transpose(0, 1, 3, 2)[..., None]   # [p, s, PANEL, subs, 1]
+        mn = small[:, :, subs:].transpose(0, 1, 3, 2)[..., None]
+        w = (d * sc) * u - halves[:, :, 1] * mn
+    else:  # "ksym"
+        sc = small.view(np.int8).transpose(0, 1, 3, 2)[..., None]
+        w = (d * sc) * (u.astype(np.int16) - layout.offset)
+    w = w.astype(np.float32).reshape(p, supers, PANEL, layout.span)
+    return w.transpose(0, 2, 1, 3).reshape(p * PANEL, k)
 
 
-# --------------------------------------------------------------------------- codes and scales
-# Each format's bytes as (integer codes, per-weight scale, per-weight offset) pieces: the
-# dequantizers below and the kernels' repacking (`weights/block_pack.py`) share them.
+def unpack_codes(code_bytes: np.ndarray, layout: Layout) -> np.ndarray:
+    """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, PANEL, subs,
+    sub]."""
+    p, s = code_bytes.shape[:2]
+    if layout.bits == 4:
+        lines = code_bytes.reshape(p, s, layout.span // layout.sub, 1, -1)
+        code_bytes = np.concatenate([lines & 0x0F, lines >> 4], axis=3)
+    groups = code_bytes.reshape(p, s, layout.span // GROUP, PANEL, GROUP)
+    return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, PANEL, layout.span // layout.sub,
+                                                   layout.sub)
 
 
-def half(blocks: np.ndarray, at: int) -> np.ndarray:
-    """The float16 at byte `at` of each block, as float32 [blocks, 1]."""
-    return blocks[:, at:at + 2].copy().view(np.float16).astype(np.float32)
+# --------------------------------------------------------------------------- packing
 
 
-def nibbles(qs: np.ndarray) -> np.ndarray:
-    """Bytes [blocks, n] -> uint8 [blocks, 2n]: the n low nibbles, then the n high ones."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+def pack_panels(type_name: str, blocks: np.ndarray, rows: int, k: int) -> np.ndarray:
+    """GGML blocks of `rows` rows of k inputs -> uint8 [panels, super-blocks, panel bytes]."""
+    layout = LAYOUTS[type_name]
+    halves, small, codes = FIELDS[type_name](blocks)  # one GGML block per super-block
+    supers = k // layout.span
+    parts = []
+    for field in (halves, small) if small.shape[1] else (halves,):  # PANEL outputs side by side
+        field = to_panels(field.reshape(rows, supers, -1))     # [panels, supers, PANEL, n]
+        parts.append(np.ascontiguousarray(field.transpose(0, 1, 3, 2)).view(np.uint8)
+                     .reshape(*field.shape[:2], -1))
+    codes = to_panels(codes.reshape(rows, supers, layout.span))
+    return np.concatenate([*parts, interleave_codes(codes, layout)], axis=2)
 
 
-def fifth_bits(qh: np.ndarray, count: int) -> np.ndarray:
-    """The 32-weight types' high bits: bit i of the little-endian word qh [blocks, 4], as
-    uint8 [blocks, count] of 0 or 16."""
-    return np.unpackbits(qh, axis=1, bitorder="little")[:, :count] << 4
+def to_panels(a: np.ndarray) -> np.ndarray:
+    """[rows, supers, n] -> [panels, supers, PANEL, n], zero rows past the last."""
+    rows = a.shape[0]
+    padded = -(-rows // PANEL) * PANEL
+    if padded != rows:
+        a = np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)])
+    return a.reshape(-1, PANEL, *a.shape[1:]).transpose(0, 2, 1, 3)
 
 
-def codes_q8_0(b):
-    return b[:, 2:].view(np.int8).astype(np.int16)
+def interleave_codes(codes: np.ndarray, layout: Layout) -> np.ndarray:
+    """Codes [panels, supers, PANEL, span] (uint8) -> [panels, supers, code bytes]: groups of
+    GROUP inputs x PANEL outputs, in input order; 4-bit ones two groups a byte (module
+    docstring)."""
+    p, s = codes.shape[:2]
+    groups = codes.reshape(p, s, PANEL, layout.span // GROUP, GROUP).transpose(0, 1, 3, 2, 4)
+    if layout.bits == 8:
+        return groups.reshape(p, s, -1)
+    pairs = groups.reshape(p, s, layout.span // layout.sub, 2, layout.sub // 8, PANEL * GROUP)
+    return (pairs[:, :, :, 0] | (pairs[:, :, :, 1] << 4)).reshape(p, s, -1)
 
 
-def codes_q4_0(b):
-    return nibbles(b[:, 2:]).astype(np.int16) - 8
+def halves_of(blocks: np.ndarray, *at: int) -> np.ndarray:
+    """The float16 fields at the given byte offsets of each block, as uint16 [blocks, n]."""
+    return np.concatenate([blocks[:, a:a + 2] for a in at], axis=1).view(np.uint16)
 
 
-def codes_q4_1(b):
-    return nibbles(b[:, 4:])
+def small(blocks: np.ndarray, n: int) -> np.ndarray:
+    return np.zeros((blocks.shape[0], n), np.uint8)
 
 
-def codes_q5_0(b):
-    return (nibbles(b[:, 6:]) | fifth_bits(b[:, 2:6], QK)).astype(np.int16) - 16
+def fields_q8_0(b):
+    return halves_of(b, 0), small(b, 0), (g.codes_q8_0(b) + 128).astype(np.uint8)
 
 
-def codes_q5_1(b):
-    return nibbles(b[:, 8:]) | fifth_bits(b[:, 4:8], QK)
+def fields_q4_0(b):
+    return halves_of(b, 0), small(b, 0), (g.codes_q4_0(b) + 8).astype(np.uint8)
 
 
-def k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K's and Q5_K's 12 bytes [blocks, 12] -> (scales, mins), uint8 [blocks, 8] of 6 bits:
-    sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); sub-blocks 4-7
-    from bytes 8-11 (low nibble: scale, high: min) with their top 2 bits in the top bits of
-    bytes 0-3 (scales) and 4-7 (mins)."""
-    low, mid, top = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    scales = np.concatenate([low & 63, (top & 0x0F) | ((low >> 6) << 4)], axis=1)
-    mins = np.concatenate([mid & 63, (top >> 4) | ((mid >> 6) << 4)], axis=1)
-    return scales, mins
+def fields_q5_0(b):
+    return halves_of(b, 0), small(b, 0), (g.codes_q5_0(b) + 16).astype(np.uint8)
 
 
-def k_nibbles(qs: np.ndarray) -> np.ndarray:
-    """Q4_K's / Q5_K's 128 bytes -> uint8 [blocks, 256]: each 32 bytes give two sub-blocks,
-    their low nibbles then their high ones."""
-    return nibbles(qs.reshape(-1, 32)).reshape(qs.shape[0], QK_K)
+def fields_q4_1(b):
+    return halves_of(b, 0, 2), small(b, 0), g.codes_q4_1(b)
 
 
-def codes_q4_k(b):
-    return k_nibbles(b[:, 16:])
+def fields_q5_1(b):
+    return halves_of(b, 0, 2), small(b, 0), g.codes_q5_1(b)
 
 
-def codes_q5_k(b):
-    high = np.unpackbits(b[:, 16:48, None], axis=2, bitorder="little")  # [blocks, l, j]
-    return k_nibbles(b[:, 48:]) | (high.transpose(0, 2, 1).reshape(-1, QK_K) << 4)
+def fields_q4_k(b):
+    return halves_of(b, 0, 2), np.concatenate(g.k_scales(b[:, 4:16]), axis=1), g.codes_q4_k(b)
 
 
-def codes_q6_k(b):
-    """Q6_K's 6-bit codes less 32: each half of 128 weights takes 64 bytes of ql (low nibbles
-    for its weights 0-63, high ones for 64-127) and 32 bytes of qh (bits 2s, 2s+1 for its
-    weights 32s + l)."""
-    ql, qh = b[:, :128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
-    low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # [blocks, half, 128]
-    high = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2)
-    return (low | (high << 4)).reshape(-1, QK_K).astype(np.int16) - 32
+def fields_q5_k(b):
+    return halves_of(b, 0, 2), np.concatenate(g.k_scales(b[:, 4:16]), axis=1), g.codes_q5_k(b)
 
 
-# --------------------------------------------------------------------------- dequantizers
+def fields_q6_k(b):
+    return halves_of(b, 208), b[:, 192:208], (g.codes_q6_k(b) + 32).astype(np.uint8)
 
 
-def dequantize_q8_0(b):
-    return half(b, 0) * codes_q8_0(b)
-
-
-def dequantize_q4_0(b):
-    return half(b, 0) * codes_q4_0(b)
-
-
-def dequantize_q4_1(b):
-    return half(b, 0) * codes_q4_1(b) + half(b, 2)
-
-
-def dequantize_q5_0(b):
-    return half(b, 0) * codes_q5_0(b)
-
-
-def dequantize_q5_1(b):
-    return half(b, 0) * codes_q5_1(b) + half(b, 2)
-
-
-def dequantize_q4_k(b):
-    return k_dequantize(b, codes_q4_k(b))
-
-
-def dequantize_q5_k(b):
-    return k_dequantize(b, codes_q5_k(b))
-
-
-def k_dequantize(b, codes):
-    """w = d * scale_j * n - dmin * min_j, per sub-block j of 32 (Q4_K, Q5_K)."""
-    scales, mins = k_scales(b[:, 4:16])
-    step = (half(b, 0) * scales)[:, :, None]   # [blocks, 8, 1]
-    low = (half(b, 2) * mins)[:, :, None]
-    return (step * codes.reshape(-1, 8, QK) - low).reshape(-1, QK_K)
-
-
-def dequantize_q6_k(b):
-    step = (half(b, 208) * b[:, 192:208].view(np.int8))[:, :, None]  # [blocks, 16, 1]
-    return (step * codes_q6_k(b).reshape(-1, 16, 16)).reshape(-1, QK_K)
-
-
-DEQUANTIZERS = {
-    "Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1,
-    "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, "Q4_K": dequantize_q4_k,
-    "Q5_K": dequantize_q5_k, "Q6_K": dequantize_q6_k,
-}
-
-
-# --------------------------------------------------------------------------- quantizers
-
-QUANTIZABLE = ("Q8_0", "Q4_0", "Q4_K")
-
-
-def quantize(type_name: str, w: np.ndarray) -> np.ndarray:
-    """w float32 [out, in] (in a multiple of the type's block) as type_name's bytes, uint8
-    [out, bytes per row]: what a GGUF file would hold."""
-    if type_name not in QUANTIZABLE:
-        raise ValueError(f"quantize writes {', '.join(QUANTIZABLE)}, not {type_name!r}")
-    kind = BLOCK_TYPES[type_name]
-    out, k = w.shape
-    if k % kind.weights:
-        raise ValueError(f"{type_name} needs rows of whole {kind.weights}-weight blocks, "
-                         f"got {k}")
-    blocks = np.ascontiguousarray(w, np.float32).reshape(-1, kind.weights)
-    raw = QUANTIZERS[type_name](blocks)
-    return raw.reshape(out, (k // kind.weights) * kind.bytes)
-
-
-def round_away(x: np.ndarray) -> np.ndarray:
-    """C's roundf: to nearest, halves away from zero."""
-    return np.copysign(np.floor(np.abs(x) + np.float32(0.5)), x)
-
-
-def inverse(d: np.ndarray) -> np.ndarray:
-    """1 / d, 0 where d is 0 (an all-zero block)."""
-    return np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d != 0)
-
-
-def as_half_bytes(d: np.ndarray) -> np.ndarray:
-    """float32 [blocks, n] as float16 bytes [blocks, 2n]."""
-    return d.astype(np.float16).view(np.uint8)
-
-
-def quantize_q8_0(x):
-    """d = max|x| / 127, q = round(x / d) (llama.cpp's quantize_row_q8_0_ref)."""
-    d = np.abs(x).max(axis=1, keepdims=True) / np.float32(127)
-    q = round_away(x * inverse(d)).astype(np.int8)
-    return np.concatenate([as_half_bytes(d), q.view(np.uint8)], axis=1)
-
-
-def quantize_q4_0(x):
-    """d = -(the value of largest magnitude) / 8, n = trunc(x / d + 8.5) up to 15
-    (quantize_row_q4_0_ref: the extreme maps to code 0, -8 d)."""
-    extreme = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)
-    d = extreme / np.float32(-8)
-    n = np.minimum(np.trunc(x * inverse(d) + np.float32(8.5)), 15).astype(np.uint8)
-    return np.concatenate([as_half_bytes(d), n[:, :16] | (n[:, 16:] << 4)], axis=1)
-
-
-def quantize_q4_k(x):
-    """Per sub-block of 32: offset min(0, min x), step (max x - that) / 15; the steps and
-    offsets as 6-bit multiples of d = max step / 63 and dmin = max offset / 63; then codes
-    round((x + dmin * min_j) / (d * scale_j)) in 0..15 (quantize_row_q4_K_ref's last steps)."""
-    sub = x.reshape(-1, 8, QK)
-    low = np.minimum(sub.min(axis=2), 0)                       # [blocks, 8], <= 0
-    step = (sub.max(axis=2) - low) / np.float32(15)
-    d = step.max(axis=1, keepdims=True) / np.float32(63)
-    dmin = -low.min(axis=1, keepdims=True) / np.float32(63)
-    scales = np.minimum(round_away(step * inverse(d)), 63).astype(np.uint8)
-    mins = np.minimum(round_away(-low * inverse(dmin)), 63).astype(np.uint8)
-    d16, dmin16 = d.astype(np.float16).astype(np.float32), dmin.astype(np.float16).astype(np.float32)
-    sub_d = (d16 * scales)[:, :, None]
-    sub_min = (dmin16 * mins)[:, :, None]
-    n = np.clip(round_away((sub + sub_min) * inverse(sub_d)), 0, 15).astype(np.uint8)
-    pairs = n.reshape(-1, 4, 2, QK)                             # sub-blocks 2c, 2c + 1
-    qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, QK_K // 2)
-    return np.concatenate([as_half_bytes(d), as_half_bytes(dmin), pack_k_scales(scales, mins),
-                           qs], axis=1)
-
-
-def pack_k_scales(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
-    """`k_scales` inverted: eight 6-bit scales and mins [blocks, 8] -> 12 bytes."""
-    low = (scales[:, :4] & 63) | ((scales[:, 4:] >> 4) << 6)
-    mid = (mins[:, :4] & 63) | ((mins[:, 4:] >> 4) << 6)
-    top = (scales[:, 4:] & 0x0F) | ((mins[:, 4:] & 0x0F) << 4)
-    return np.concatenate([low, mid, top], axis=1).astype(np.uint8)
-
-
-QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_K": quantize_q4_k}
+# Per type: GGML blocks (one per super-block) -> (float16 fields as uint16 [blocks, n], small
+# scales uint8 [blocks, n'] (K-quants: scales, then mins), codes uint8 [blocks, weights]).
+FIELDS = {"Q8_0": fields_q8_0, "Q4_0": fields_q4_0, "Q5_0": fields_q5_0, "Q4_1": fields_q4_1,
+          "Q5_1": fields_q5_1, "Q4_K": fields_q4_k, "Q5_K": fields_q5_k, "Q6_K": fields_q6_k}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanovllm.model.weights.block_quant import (
+from nanovllm.model.weights.ggml_blocks import (
     BLOCK_TYPES,
     QUANTIZABLE,
     as_blocks,

@@ -1,0 +1,134 @@
+"""The kernels for block-quantized weights (`model/block_gemm.py`): every kernel this CPU can
+run, on every GGML type, against the plain reference (the dequantized activations times
+`ggml_blocks.dequantize_blocks`) within float32 rounding, and against the float32 activations
+within the bound their quantization gives. Weights are random GGML blocks (any code, any
+float16 scale), so every code and offset path is exercised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nanovllm.model import reference as ref
+from nanovllm.model.block_gemm import (
+    PORTABLE,
+    block_linear,
+    quantize_blocks,
+)
+from nanovllm.model.cpu import BLOCK_KERNELS, block_kernels, kernel_path
+from nanovllm.model.linear import host_block_kernel, linear
+from nanovllm.model.quant import convert_matrix, dequantize, gather_rows
+from nanovllm.model.weights.block_quant import (
+    BLOCK_TYPES,
+    LAYOUTS,
+    BlockWeight,
+    dequantize_blocks,
+    from_float,
+    from_gguf,
+)
+from tests.model.test_ggml_blocks import random_blocks
+from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
+
+RUNNABLE = block_kernels(kernel_path().features)
+# (rows, outputs, super-blocks): one row (decode) and several (a batch, a prefill's), outputs
+# that leave panels and tiles over, one super-block and several.
+SHAPES = [(1, 37, 1), (1, 300, 3), (3, 64, 2), (9, 33, 2), (1, 16, 4)]
+# Each of the kernels' code paths, for the instruction sets besides the host's best: 8-bit
+# codes with an offset (avx2's signed trick), 4-bit codes, a K-quant with mins, one without.
+PATH_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"]
+
+
+def runnable(kernel: str) -> str:
+    if kernel not in RUNNABLE:
+        pytest.skip(f"this CPU cannot run the {kernel} block kernel")
+    return kernel
+
+
+def weight(type_name: str, n: int, supers: int, seed: int = 1) -> tuple[BlockWeight, np.ndarray]:
+    """A random `BlockWeight` [n, supers * span] and the float32 matrix it stands for."""
+    per = LAYOUTS[type_name].span // BLOCK_TYPES[type_name].weights
+    raw = random_blocks(type_name, n, supers * per, seed)
+    shape = (n, supers * LAYOUTS[type_name].span)
+    return from_gguf(type_name, raw, shape), dequantize_blocks(type_name, raw, shape)
+
+
+def check(kernel: str, type_name: str, m: int, n: int, supers: int) -> None:
+    w, dense = weight(type_name, n, supers)
+    x = f32(m, dense.shape[1], seed=m + n)
+    b = f32(n, seed=5)
+    quantized = quantize_blocks(x, w.layout).dequantize()
+    expected = ref.linear(quantized, dense, b)
+    magnitude = np.abs(quantized).astype(np.float64) @ np.abs(dense).T + np.abs(b)
+    bound = 4 * sum_error(dense.shape[1] + 1) * magnitude
+    assert_within(block_linear(x, w, kernel, b), expected, bound)
+    residual = f32(m, n, seed=7)
+    into = residual.copy()
+    assert block_linear(x, w, kernel, b, residual=into) is into
+    assert_within(into, expected + residual, bound + 2 * np.abs(residual) * 2.0 ** -24)
+
+
+@pytest.mark.parametrize("type_name", list(BLOCK_TYPES))
+@pytest.mark.parametrize("m, n, supers", SHAPES)
+def test_host_kernel_matches_reference(type_name, m, n, supers):
+    check(host_block_kernel(), type_name, m, n, supers)
+
+
+@pytest.mark.parametrize("kernel", [k for k in BLOCK_KERNELS if k != PORTABLE])
+@pytest.mark.parametrize("type_name", PATH_TYPES)
+def test_every_instruction_set_matches_reference(kernel, type_name):
+    for m, n, supers in SHAPES[1:4]:
+        check(runnable(kernel), type_name, m, n, supers)
+
+
+@pytest.mark.parametrize("type_name", list(BLOCK_TYPES))
+def test_portable_kernel_matches_reference(type_name):
+    for m, n, supers in SHAPES[:3]:
+        check(PORTABLE, type_name, m, n, supers)
+
+
+def test_activation_quantization_is_within_half_a_step():
+    """x quantized per super-block: each element within half its block's step, the sums the
+    codes' sums, so the product with float32 x is off by at most sum over blocks of step / 2
+    times sum |w| there."""
+    x = f32(3, 512, seed=2, scale=3)
+    x[1, :256] = 0.0  # an all-zero block: scale 0
+    for type_name in ("Q4_0", "Q4_K", "Q6_K"):
+        layout = LAYOUTS[type_name]
+        rows = quantize_blocks(x, layout)
+        step = np.repeat(rows.scale, layout.span, axis=1)
+        assert np.all(np.abs(rows.dequantize() - x) <= step / 2 * (1 + 2.0 ** -20))
+        sums = rows.q.reshape(3, -1, layout.sub).astype(np.int32).sum(axis=2)
+        np.testing.assert_array_equal(rows.sums, sums)
+    assert np.all(rows.scale[1, 0] == 0) and np.all(rows.q[1, :256] == 0)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_K"])
+def test_linear_on_float_activations_within_their_quantization(type_name):
+    """`linear` on a BlockWeight against x (not quantized) @ the dequantized weights: off by the
+    activations' rounding, half a step of each block times the weights' magnitudes there."""
+    w, dense = weight(type_name, 70, 2, seed=4)
+    x = f32(5, dense.shape[1], seed=3)
+    layout = w.layout
+    rows = quantize_blocks(x, layout)
+    half_step = np.repeat(rows.scale, layout.span, axis=1) / 2
+    bound = half_step.astype(np.float64) @ np.abs(dense).T.astype(np.float64)
+    bound += 4 * sum_error(dense.shape[1]) * (np.abs(x) @ np.abs(dense).T)
+    assert_within(linear(x, w), ref.linear(x, dense), bound)
+
+
+def test_quantization_option_makes_block_weights():
+    w = f32(40, 512, seed=6)
+    for option, type_name in (("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_k", "Q4_K")):
+        stored = convert_matrix(w, quantization=option)
+        assert isinstance(stored, BlockWeight) and stored.type_name == type_name
+        np.testing.assert_array_equal(dequantize(stored), from_float(type_name, w).rows())
+    assert convert_matrix(f32(8, 96), quantization="q4_k").type_name == "Q4_0"  # not 256s
+    assert convert_matrix(f32(8, 33), quantization="q4_0").__class__.__name__ == "Int8Weight"
+
+
+def test_gather_and_rows_read_the_repacked_weights():
+    w, dense = weight("Q4_K", 50, 1, seed=8)
+    ids = np.array([49, 0, 17, 17, 33])
+    np.testing.assert_array_equal(gather_rows(w, ids), dense[ids])
+    np.testing.assert_array_equal(w.rows(15, 33), dense[15:33])
+    assert w.nbytes == w.packed.nbytes
