@@ -219,15 +219,15 @@ def small(blocks: np.ndarray, n: int) -> np.ndarray:
 
 
 def fields_q8_0(b):
-    return halves_of(b, 0), small(b, 0), (g.codes_q8_0(b) + 128).astype(np.uint8)
+    return halves_of(b, 0), small(b, 0), b[:, 2:] ^ np.uint8(0x80)  # q + 128
 
 
 def fields_q4_0(b):
-    return halves_of(b, 0), small(b, 0), (g.codes_q4_0(b) + 8).astype(np.uint8)
+    return halves_of(b, 0), small(b, 0), g.nibbles(b[:, 2:])
 
 
 def fields_q5_0(b):
-    return halves_of(b, 0), small(b, 0), (g.codes_q5_0(b) + 16).astype(np.uint8)
+    return halves_of(b, 0), small(b, 0), g.unsigned_q5_0(b)
 
 
 def fields_q4_1(b):
@@ -247,7 +247,7 @@ def fields_q5_k(b):
 
 
 def fields_q6_k(b):
-    return halves_of(b, 208), b[:, 192:208], (g.codes_q6_k(b) + 32).astype(np.uint8)
+    return halves_of(b, 208), b[:, 192:208], g.unsigned_q6_k(b)
 
 
 # Per type: GGML blocks (one per super-block) -> (float16 fields as uint16 [blocks, n], small

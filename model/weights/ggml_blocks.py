@@ -108,12 +108,16 @@ def codes_q4_0(b):
     return nibbles(b[:, 2:]).astype(np.int16) - 8
 
 
+def unsigned_q5_0(b):
+    return nibbles(b[:, 6:]) | fifth_bits(b[:, 2:6], QK)
+
+
 def codes_q4_1(b):
     return nibbles(b[:, 4:])
 
 
 def codes_q5_0(b):
-    return (nibbles(b[:, 6:]) | fifth_bits(b[:, 2:6], QK)).astype(np.int16) - 16
+    return unsigned_q5_0(b).astype(np.int16) - 16
 
 
 def codes_q5_1(b):
@@ -147,13 +151,17 @@ def codes_q5_k(b):
 
 
 def codes_q6_k(b):
-    """Q6_K's 6-bit codes less 32: each half of 128 weights takes 64 bytes of ql (low nibbles
-    for its weights 0-63, high ones for 64-127) and 32 bytes of qh (bits 2s, 2s+1 for its
-    weights 32s + l)."""
+    return unsigned_q6_k(b).astype(np.int16) - 32
+
+
+def unsigned_q6_k(b):
+    """Q6_K's 6-bit codes (before the 32 is taken off): each half of 128 weights takes 64 bytes
+    of ql (low nibbles for its weights 0-63, high ones for 64-127) and 32 bytes of qh (bits 2s,
+    2s+1 for its weights 32s + l)."""
     ql, qh = b[:, :128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
     low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # [blocks, half, 128]
     high = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2)
-    return (low | (high << 4)).reshape(-1, QK_K).astype(np.int16) - 32
+    return (low | (high << 4)).reshape(-1, QK_K)
 
 
 # --------------------------------------------------------------------------- dequantizers
