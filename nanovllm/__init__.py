@@ -50,9 +50,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nanovllm' has no attribute {name!r}")
-    from nanovllm.model.threads import configure_thread_pools, thread_pool_settings
+    from nanovllm.model.platform.threads import configure_thread_pools, thread_pool_settings
 
-    late = configure_thread_pools()  # before numpy loads: see model/threads.py
+    late = configure_thread_pools()  # before numpy loads: see model/platform/threads.py
     if late:
         logging.getLogger("nanovllm").warning(
             "%s loaded before nanovllm: the thread pools started then spin by their defaults, slowing the "

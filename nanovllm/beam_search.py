@@ -5,8 +5,8 @@ its live beams are its request's sequences, each a decode of its own in the step
 blocks copy-on-write. Each step every beam offers its 2k most likely next tokens (the runner's
 `candidates`, scored as transformers scores a beam); once all have offered, `BeamGroup.advance`
 applies the rule below and says which parent each next beam forks from and with which token;
-the output processor makes the forks (the block manager shares the parents' blocks). The
-scheduler runs a group's beams all or none. Finished, the request's outputs are its kept
+the scheduler makes the forks (`Scheduler.fork`: each beam takes its parent's tokens and blocks,
+plus its token). The scheduler runs a group's beams all or none. Finished, the request's outputs are its kept
 hypotheses (`BeamGroup.output`).
 
 The rule, as a pure function of scores: which beams live on, which are finished.

@@ -6,7 +6,7 @@ immutable sandbox with HF's settings (trim_blocks, lstrip_blocks, loop controls)
 (`raise_exception`, `strftime_now`, a `tojson` that keeps non-ASCII text), and sees `messages`,
 `add_generation_prompt`, the special tokens (`bos_token`, `eos_token`, ...) and what the caller
 adds (`tools`, `documents`, chat_template_kwargs), as transformers' apply_chat_template does.
-The server's request side (server/chat_template.py) and LLM.chat both render through it.
+The server's request side (server/chat/template.py) and LLM.chat both render through it.
 """
 
 from __future__ import annotations

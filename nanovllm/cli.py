@@ -7,9 +7,9 @@ import argparse
 import logging
 import sys
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # an entry point: before numpy loads (see model/threads.py)
+configure_thread_pools()  # an entry point: before numpy loads (see model/platform/threads.py)
 
 # isort: split
 from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402

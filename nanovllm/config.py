@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
+from nanovllm.model.weights.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
 from nanovllm.values.speculative import SpeculativeConfig
 

@@ -3,10 +3,11 @@
 `add` queues a request the input processor checked (`processor.process`: the rules in
 `input_processor`; `add_request` does both, as vLLM's does). `step` is schedule -> run ->
 process outputs: the scheduler describes the step once (nanovllm/contract/step.py), the model
-runner runs it, the scheduler records what it computed, and the output processor
-(output_processor.py) turns the runner's tokens into text, finishes sequences and builds the
-requests' outputs. `abort_request` retires a request at once. The runner hears how long each
-step took (`step_took`: scheduling to outputs), for whatever it tunes by time.
+runner runs it, the scheduler records what it computed; the output processor
+(output_processor.py) turns the runner's tokens into text and decides what follows (tokens
+taken, sequences finished, a group's forks), the scheduler applies it, and the output processor
+builds the requests' outputs. `abort_request` retires a request at once. The runner hears how
+long each step took (`step_took`: scheduling to outputs), for whatever it tunes by time.
 
 The engine is single-threaded; the server drives it from one thread. Building its parts (the
 model, the KV cache's size, the runner) is engine_setup's; its counters are stats.py's.
@@ -85,7 +86,7 @@ class LLMEngine:
                                    speculator.lookahead if speculator else None)
         self.stats = StatsCollector(config)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids,
-                                                self.max_model_len, self.scheduler, self.stats)
+                                                self.max_model_len, self.stats)
         self.requests: dict[str, Request] = {}
         self.hook: StepHook | None = None  # watches each step while set (inspection)
 
@@ -131,7 +132,7 @@ class LLMEngine:
             request = self.requests.pop(rid, None)
             if request is not None:
                 self.stats.num_aborted_total += 1
-                self.output_processor.abort(request)
+                self.scheduler.abort(request)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -150,7 +151,9 @@ class LLMEngine:
         if not step.scheduled:
             return []
         seqs = self.scheduler.update_from_output(step, result)
-        outputs = self.output_processor.process(step, seqs, result)
+        decided = self.output_processor.process(step, seqs, result)
+        self.scheduler.apply(decided)
+        outputs = self.output_processor.outputs(decided)
         for out in outputs:
             if out.finished:  # a finished request leaves the engine
                 del self.requests[out.request_id]

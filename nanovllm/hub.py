@@ -164,7 +164,7 @@ def verify_checkpoint(model_dir: Path):
     config. Raises DownloadError naming the problem (CheckpointError's message names file and
     tensor)."""
     from nanovllm.model import CheckpointError
-    from nanovllm.model.architectures import load_checkpoint
+    from nanovllm.model.architectures.registry import load_checkpoint
 
     model_dir = Path(model_dir)
     _check_architecture(model_dir, str(model_dir))
@@ -179,7 +179,7 @@ def _check_architecture(model_dir: Path, repo_id: str) -> None:
     """The config alone, read as its architecture's config: an architecture we do not run, or
     a variant of one we do not implement, is refused before any weights arrive."""
     from nanovllm.model import CheckpointError
-    from nanovllm.model.architectures import read_config
+    from nanovllm.model.architectures.registry import read_config
 
     try:
         read_config(model_dir)

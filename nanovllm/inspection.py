@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from nanovllm.model.architectures import family_of
-from nanovllm.model.quant import dequantize_weights
-from nanovllm.model.trace import ForwardTrace, trace_forward
+from nanovllm.model.architectures.registry import family_of
+from nanovllm.model.architectures.trace import ForwardTrace, trace_forward
+from nanovllm.model.weights.quant import dequantize_weights
 from nanovllm.snapshot import EngineSnapshot
 from nanovllm.step_record import (
     DEFAULT_PAUSE_LEASE,
@@ -81,7 +81,7 @@ def attention_weights(engine: LLMEngine, token_ids: list[int]) -> np.ndarray:
 
 
 def forward_trace(engine: LLMEngine, token_ids: list[int]) -> ForwardTrace:
-    """One forward pass layer by layer (model/trace.py), by the reference path, on the
+    """One forward pass layer by layer (model/architectures/trace.py), by the reference path, on the
     caller's thread like attention_weights."""
     cfg = engine.model_config
     return trace_forward(dequantize_weights(engine.runner.weights), cfg,

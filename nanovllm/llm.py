@@ -72,7 +72,7 @@ class LLM:
         template (`chat_template`, else the checkpoint's own) with `tools` and
         `chat_template_kwargs`, as the server's chat completions render them, then generated.
         The outputs are the model's text; reading calls out of it is the server's (or
-        nanovllm.server.tool_calls'). A conversation the template cannot render is a ValueError."""
+        nanovllm.server.chat.tool_calls'). A conversation the template cannot render is a ValueError."""
         self.engine.processor.check_generates()
         tokenizer = self.engine.tokenizer
         template = checkpoint_template(tokenizer.model_dir, chat_template,

@@ -16,7 +16,7 @@ from pathlib import Path
 from nanovllm.config import EngineConfig
 from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
 from nanovllm.model import is_dummy_checkpoint
-from nanovllm.model.architectures import (
+from nanovllm.model.architectures.registry import (
     ARCHITECTURES,
     ModelConfig,
     architecture_of,
@@ -25,10 +25,10 @@ from nanovllm.model.architectures import (
 )
 from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import release_pages
-from nanovllm.model.cpu import kernel_path
-from nanovllm.model.linear import host_packs_bfloat16, host_packs_float32
-from nanovllm.model.precision import precision_name
-from nanovllm.model.quant import pack_bfloat16_weights, pack_float32_weights
+from nanovllm.model.layers.linear import host_packs_bfloat16, host_packs_float32
+from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.weights.precision import precision_name
+from nanovllm.model.weights.quant import pack_bfloat16_weights, pack_float32_weights
 
 logger = logging.getLogger("nanovllm")
 

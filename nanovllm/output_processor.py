@@ -1,14 +1,14 @@
 """Output processing: from what the model runner produced in a step to the requests' outputs.
 
-For each scheduled sequence that sampled, its tokens are appended one by one, each turned into
-text and put through the finish rules (at the end of this file, in vLLM's order); a sequence
-that finishes is retired by the scheduler, and its later tokens are dropped. A group's members
-(sequence.SequenceGroup) offer their candidates instead; once all have, the group's policy
-says which parent each next member forks from, and the forks share their parents' blocks. Then
-each request that advanced gets its cumulative `RequestOutput`.
+`process` reads a step's outputs and decides what follows (sequence.StepDecisions), which the
+scheduler applies; `outputs` then builds the cumulative `RequestOutput` of each request that
+advanced. A sampled token goes through the finish rules (at the end of this file, in vLLM's
+order) and into the sequence's text; once one finishes the sequence, the later ones are
+dropped. A group's members (sequence.SequenceGroup) offer their candidates instead; once all
+have, the group's policy says which parent each next member forks from.
 
-This module is the only writer of a sequence's tokens and output state (text, logprobs,
-finish); it creates the sequences too.
+This module writes a sequence's output state (text, logprobs) and nothing else of it; it makes
+the sequences too.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import time
 from dataclasses import replace
 
 from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
-from nanovllm.scheduler import Scheduler
-from nanovllm.sequence import Request, Sequence
+from nanovllm.sequence import Finish, Fork, Request, Sequence, StepDecisions
 from nanovllm.stats import StatsCollector
 from nanovllm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, held_back
 from nanovllm.values.outputs import (
@@ -29,15 +28,14 @@ from nanovllm.values.outputs import (
     PoolingRequestOutput,
     RequestOutput,
 )
-
-Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
+from nanovllm.values.sampling_params import SamplingParams
 
 
 class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer, eos_token_ids: tuple[int, ...], max_model_len: int,
-                 scheduler: Scheduler, stats: StatsCollector):
+                 stats: StatsCollector):
         self.tokenizer, self.eos_token_ids = tokenizer, eos_token_ids
-        self.max_model_len, self.scheduler, self.stats = max_model_len, scheduler, stats
+        self.max_model_len, self.stats = max_model_len, stats
         self._seq_ids = itertools.count()
 
     def new_sequence(self, request: Request, index: int) -> Sequence:
@@ -49,10 +47,10 @@ class OutputProcessor:
                         cumulative_logprob=0.0 if with_logprobs else None)
 
     def process(self, step: SchedulerOutput, seqs: list[Sequence], result: ModelRunnerOutput
-                ) -> list[RequestOutput]:
-        """Prompt logprobs, then each sampled token (or a group member's candidates); returns
-        the outputs of the requests that advanced, in the step's order (a final_only request's
-        only once it finishes)."""
+                ) -> StepDecisions:
+        """Prompt logprobs, then each sampled token (or a group member's candidates): what the
+        scheduler is to apply, and the requests that advanced, in the step's order."""
+        decided = StepDecisions()
         advanced: dict[str, Request] = {}
         groups: dict[str, Request] = {}
         for seq, scheduled in zip(seqs, step.scheduled):
@@ -62,7 +60,7 @@ class OutputProcessor:
                 lps = result.prompt_logprobs[seq.seq_id]
                 request.prompt_logprobs[first:first + len(lps)] = map(self._logprob_dict, lps)
             if seq.seq_id in result.pooled:  # a pooling sequence, computed whole: done
-                self._finish_pooled(seq, result.pooled[seq.seq_id])
+                decided.finished.append((seq, self._pooled(seq, result.pooled[seq.seq_id])))
                 advanced[request.request_id] = request
                 continue
             if not scheduled.sample:
@@ -71,43 +69,49 @@ class OutputProcessor:
                 request.group.offer(seq, result.candidates[seq.seq_id])
                 groups[request.request_id] = request
             else:
-                self._append_tokens(seq, result.sampled[seq.seq_id],
-                                    result.logprobs.get(seq.seq_id))
+                tokens, finish = self._take_tokens(seq, result.sampled[seq.seq_id],
+                                                   result.logprobs.get(seq.seq_id))
+                decided.tokens.append((seq, tokens))
+                if finish is not None:
+                    decided.finished.append((seq, finish))
                 advanced[request.request_id] = request
         for request in groups.values():
-            if self._advance_group(request):
+            if self._advance_group(request, decided):
                 advanced[request.request_id] = request
-        return [self._request_output(r) for r in advanced.values()
+        decided.advanced = list(advanced.values())
+        return decided
+
+    def outputs(self, decided: StepDecisions) -> list[RequestOutput]:
+        """Once the scheduler applied `decided`: the outputs of the requests that advanced (a
+        final_only request's only once it finishes)."""
+        return [self._request_output(r) for r in decided.advanced
                 if r.finished or not r.final_only]
 
-    def abort(self, request: Request) -> None:
-        for seq in request.seqs:
-            if not seq.is_finished:
-                seq.finish_reason = "abort"
-                self.scheduler.finish(seq)
-
-    def _append_tokens(self, seq: Sequence, tokens: list[int],
-                       logprobs: list[TokenLogprobs] | None) -> None:
-        """Each token in turn through the finish rules: the rest are dropped once one
-        finishes the sequence."""
+    def _take_tokens(self, seq: Sequence, tokens: list[int],
+                     logprobs: list[TokenLogprobs] | None) -> tuple[list[int], Finish | None]:
+        """Each token in turn through the finish rules: those after the one that finishes the
+        sequence are dropped. Returns the tokens it takes, and its finish if one did."""
         for i, token in enumerate(tokens):
-            self._append_token(seq, token, logprobs[i] if logprobs else None)
-            if seq.is_finished:
-                self.scheduler.finish(seq)
-                return
+            finish = self._take_token(seq, token, seq.num_output_tokens + i + 1,
+                                      logprobs[i] if logprobs else None)
+            if finish is not None:
+                return tokens[:i + 1], finish
+        return tokens, None
 
-    def _append_token(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
-        seq.token_ids.append(token)
+    def _take_token(self, seq: Sequence, token: int, num_output: int,
+                    logprobs: TokenLogprobs | None) -> Finish | None:
+        """`token` into `seq`'s output; `num_output`: its output tokens, this one included (the
+        scheduler appends them once the step's decisions are made)."""
         timing = seq.request.metrics
         timing.last_token_time = time.perf_counter()
         if timing.first_token_time is None:
             timing.first_token_time = timing.last_token_time
-        first = seq.num_output_tokens == 1 and seq.index == 0  # the request's prompt is processed
+        first = num_output == 1 and seq.index == 0  # the request's prompt is processed
         self.stats.count_tokens(seq.num_prompt_tokens if first else 0, 1)
         if logprobs is not None:
             seq.logprobs.append(self._logprob_dict(logprobs))
             seq.cumulative_logprob += logprobs.logprobs[0]
-        finish = finish_on_token(seq, token, self.eos_token_ids, self.max_model_len)
+        finish = finish_on_token(seq, token, num_output, self.eos_token_ids, self.max_model_len)
         # A stop token's own text is left out, like a stop string's.
         drop_last = (finish is not None and finish[0] == "stop"
                      and not seq.params.include_stop_str_in_output)
@@ -116,22 +120,22 @@ class OutputProcessor:
             seq.text += seq.detok.step(token)
         if finish is not None:
             seq.text += seq.detok.flush()
-        finish = finish_on_text(seq, old_len) or finish
-        if finish is not None:
-            seq.finish_reason, seq.stop_reason = finish
+        hit = finish_on_text(seq.text, seq.params, num_output, old_len)
+        if hit is not None:  # a stop string: the text is cut at it
+            seq.text, finish = hit
+        return finish
 
-    def _finish_pooled(self, seq: Sequence, pooled) -> None:
+    def _pooled(self, seq: Sequence, pooled) -> Finish:
         seq.request.pooled = pooled
         timing = seq.request.metrics
         timing.first_token_time = timing.last_token_time = time.perf_counter()
         self.stats.count_tokens(seq.num_prompt_tokens, 0)
-        seq.finish_reason = "stop"
-        self.scheduler.finish(seq)
+        return ("stop", None)
 
-    def _advance_group(self, request: Request) -> bool:
-        """Once every member has offered: the group's policy picks the next members, each
-        becoming a fork of its parent plus one token (blocks shared, the pruned ones' freed).
-        Returns whether the group ended (its sequences are then finished)."""
+    def _advance_group(self, request: Request, decided: StepDecisions) -> bool:
+        """Once every member has offered: the group's policy picks the next members, each a
+        fork of its parent plus one token (`decided.forks`). Returns whether the group ended
+        (its members then finish)."""
         group, members = request.group, request.seqs
         if not group.ready(members):
             return False
@@ -139,19 +143,11 @@ class OutputProcessor:
         self.stats.count_tokens(members[0].num_prompt_tokens if first else 0, len(members))
         forks = group.advance(members)
         if forks is None:
-            for seq in members:
-                seq.finish_reason = "length"
-                self.scheduler.finish(seq)
+            decided.finished += [(seq, ("length", None)) for seq in members]
             return True
-        while len(members) < len(forks):  # the first step: the prompt's sequence forks
-            child = self.new_sequence(request, len(members))
-            members.append(child)
-            self.scheduler.add_fork(child)
-        parents = [members[parent] for parent, _ in forks]
-        tokens = [p.token_ids + [token] for p, (_, token) in zip(parents, forks)]
-        self.scheduler.block_manager.share(members, parents)
-        for seq, token_ids in zip(members, tokens):
-            seq.token_ids = token_ids
+        children = [self.new_sequence(request, i) for i in range(len(members), len(forks))]
+        decided.forks.append(Fork(request, [parent for parent, _ in forks],
+                                  [token for _, token in forks], children))
         return False
 
     def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
@@ -184,32 +180,32 @@ class OutputProcessor:
 # ---- when a sequence is done -----------------------------------------------------------------
 # In vLLM's order: the context length always; nothing else before min_tokens; then EOS (unless
 # ignore_eos), a stop token id, a stop string, and max_tokens.
-def finish_on_token(seq: Sequence, token: int, eos_token_ids: tuple[int, ...],
+def finish_on_token(seq: Sequence, token: int, num_output: int, eos_token_ids: tuple[int, ...],
                     max_model_len: int) -> Finish | None:
-    """`eos_token_ids`: every id that ends a sequence as EOS (generation_config may list several)."""
+    """Whether `token`, `seq`'s `num_output`-th output token, ends it. `eos_token_ids`: every id
+    that ends a sequence as EOS (generation_config may list several)."""
     p = seq.params
-    if seq.num_tokens >= max_model_len:
+    if seq.num_prompt_tokens + num_output >= max_model_len:
         return ("length", None)
-    if seq.num_output_tokens < p.min_tokens:
+    if num_output < p.min_tokens:
         return None
     if token in eos_token_ids and not p.ignore_eos:
         return ("stop", None)
     if token in p.stop_token_ids:
         return ("stop", token)
-    if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+    if p.max_tokens is not None and num_output >= p.max_tokens:
         return ("length", None)
     return None
 
 
-def finish_on_text(seq: Sequence, old_len: int) -> Finish | None:
-    """Ends `seq` at the first stop string that ends in its new text (after `old_len`
-    characters), trimming the text there."""
-    p = seq.params
-    if not p.stop or seq.num_output_tokens < p.min_tokens:
+def finish_on_text(text: str, p: SamplingParams, num_output: int, old_len: int
+                   ) -> tuple[str, Finish] | None:
+    """The first stop string that ends in `text` past its first `old_len` characters (the new
+    text): the text cut there, and the finish; None if there is none."""
+    if not p.stop or num_output < p.min_tokens:
         return None
-    hit = find_stop(seq.text, p.stop, old_len)
+    hit = find_stop(text, p.stop, old_len)
     if hit is None:
         return None
     index, stop = hit
-    seq.text = seq.text[:index + (len(stop) if p.include_stop_str_in_output else 0)]
-    return ("stop", stop)
+    return text[:index + (len(stop) if p.include_stop_str_in_output else 0)], ("stop", stop)

@@ -1,6 +1,6 @@
 """Which engine pools: an encoder always does; a decoder when started with `runner="pooling"`.
 How it pools is the checkpoint's (`model/checkpoint/pooling_config.py`), the math
-`model/pooling.py`, the runner `runner/pooling_runner.py`."""
+`model/layers/pooling.py`, the runner `runner/pooling_runner.py`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ def pooling_config_of(config, loaded) -> PoolingConfig | None:
     """How an engine (`EngineConfig`, `model_loading.LoadedModel`) pools, or None if it
     generates: an encoder always pools; a decoder of the Llama family when started with
     `runner="pooling"` (vLLM's `--runner pooling`)."""
-    from nanovllm.model.bert_config import BertConfig
-    from nanovllm.model.llama_config import LlamaConfig
+    from nanovllm.model.architectures.bert_config import BertConfig
+    from nanovllm.model.architectures.llama_config import LlamaConfig
 
     cfg, name = loaded.config, loaded.architecture
     is_encoder = isinstance(cfg, BertConfig)

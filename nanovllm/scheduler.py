@@ -29,7 +29,8 @@ may compute tokens in them, keeping those the model agrees with.
 A step is described once, as plain values for the model runner (nanovllm/contract/step.py):
 each scheduled sequence's new tokens and block table, whether it samples and which prompt
 tokens it scores, with the sequences added, preempted and retired since the last step. After
-the runner has run, `update_from_output` records what the step computed.
+the runner has run, `update_from_output` records what the step computed, and `apply` what the
+output processor decided from it: the scheduler alone writes a sequence's tokens and lifecycle.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from nanovllm.contract.step import (
     ScheduledSequence,
     SchedulerOutput,
 )
-from nanovllm.sequence import Request, Sequence, SequenceStatus
+from nanovllm.sequence import (
+    Finish,
+    Fork,
+    Request,
+    Sequence,
+    SequenceStatus,
+    StepDecisions,
+)
 
 # (a decode's sequence, sequences running, tokens left in the step) -> lookahead slots it takes
 LookaheadRule = Callable[[Sequence, int, int], int]
@@ -80,12 +88,6 @@ class Scheduler:
         self._enqueue(seq)
         self.seqs[seq.seq_id] = seq
         self._new_seqs.append(seq.announce())
-
-    def add_fork(self, seq: Sequence) -> None:
-        """A group member forked from a running one: it runs at once (it shares its blocks)."""
-        self.seqs[seq.seq_id] = seq
-        self._new_seqs.append(seq.announce())
-        self._start_running(seq)
 
     def schedule(self) -> SchedulerOutput:
         step = SchedulerOutput([], self._new_seqs, self._finished_seq_ids,
@@ -274,8 +276,42 @@ class Scheduler:
         self.num_preemptions += 1
         self._preempted_seq_ids.append(seq.seq_id)
 
+    def apply(self, decisions: StepDecisions) -> None:
+        """What the output processor decided from a step: the tokens taken, then the sequences
+        finished (retired at once, their blocks returned), then the groups' forks."""
+        for seq, tokens in decisions.tokens:
+            seq.token_ids += tokens
+        for seq, finish in decisions.finished:
+            self._retire(seq, finish)
+        for fork in decisions.forks:
+            self.fork(fork)
+
+    def fork(self, fork: Fork) -> None:
+        """Makes a group's next members: the new ones run at once (they share their parents'
+        blocks), then every member takes its parent's blocks and tokens plus its own token."""
+        members = fork.request.seqs
+        for child in fork.children:
+            members.append(child)
+            self.seqs[child.seq_id] = child
+            self._new_seqs.append(child.announce())
+            self._start_running(child)
+        parents = [members[i] for i in fork.parents]
+        tokens = [p.token_ids + [t] for p, t in zip(parents, fork.tokens)]
+        self.block_manager.share(members, parents)
+        for seq, token_ids in zip(members, tokens):
+            seq.token_ids = token_ids
+
+    def abort(self, request: Request) -> None:
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self._retire(seq, ("abort", None))
+
+    def _retire(self, seq: Sequence, finish: Finish) -> None:
+        seq.finish_reason, seq.stop_reason = finish
+        self.finish(seq)
+
     def finish(self, seq: Sequence) -> None:
-        """Retires a sequence (finished or aborted) and returns its blocks."""
+        """Retires a sequence whose finish reason is set, and returns its blocks."""
         if seq.status is SequenceStatus.RUNNING:
             self._stop_running(seq)
         elif seq.status is SequenceStatus.WAITING:

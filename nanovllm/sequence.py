@@ -7,9 +7,12 @@ A sequence's tokens are kept here only: each step hands the model runner the tok
 computes. (Random generators, penalty counts and grammar matchers are the runner's own, keyed
 by seq id: runner/seq_state.py.)
 
-Each piece of a sequence's state has one writer: its status and preemption count the
-scheduler; its KV state (block table, computed, cached and hashed counts) the block manager;
-its tokens and output (text, logprobs, finish) the output processor.
+Each field of a sequence has one writer, named beside it below: its identity is set when it
+is made; its tokens and its lifecycle (status, preemptions, finish) the scheduler's; its KV state
+(block table, computed, cached and hashed counts) the block manager's; its output (text,
+logprobs) the output processor's. After a step, the output processor reads what the runner
+produced and says what follows (`StepDecisions`: the tokens each sequence takes, the sequences
+that finish and why, a group's forks); the scheduler applies it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from nanovllm.values.outputs import RequestMetrics, RequestOutput
 from nanovllm.values.pooling_params import PoolingParams
 from nanovllm.values.sampling_params import SamplingParams
 
+Finish = tuple[str, int | str | None]  # (finish_reason, stop_reason)
+
 
 class SequenceStatus(Enum):
     WAITING = auto()
@@ -34,8 +39,8 @@ class SequenceGroup(Protocol):
     """A policy for sequences that advance together (beam_search.BeamGroup): each step every
     member offers its `num_candidates` most likely next tokens; once all have (`ready`), the
     policy picks the next members, each a parent's tokens plus one (`advance`: (parent index,
-    token) pairs, or None when the group is done). The scheduler runs a group's members all or
-    none, in `width` slots."""
+    token) pairs, or None when the group is done), which the scheduler makes (`Fork`). The
+    scheduler runs a group's members all or none, in `width` slots."""
     width: int
     num_candidates: int
 
@@ -70,23 +75,26 @@ class Request:
 
 @dataclass(slots=True, eq=False)
 class Sequence:
+    # Identity, set when it is made (output_processor.new_sequence).
     seq_id: int
     request: Request
     index: int                                   # which of the request's n samples
+    # Tokens and lifecycle: written by the scheduler only.
     token_ids: list[int]                         # prompt followed by generated tokens
     status: SequenceStatus = SequenceStatus.WAITING
+    num_preemptions: int = 0                     # times its blocks were freed to make room
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    # KV state: written by the block manager only.
     num_computed_tokens: int = 0                 # tokens whose K/V are in the cache
     num_cached_tokens: int = 0                   # of those, reused from the prefix cache
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0                   # full blocks registered in the prefix cache
-    num_preemptions: int = 0                     # times its blocks were freed to make room
-    # Output state, read by the output processor to build RequestOutputs.
+    # Output: written by the output processor only, which builds RequestOutputs from it.
     text: str = ""
     detok: object = None
     logprobs: list | None = None
     cumulative_logprob: float | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -132,3 +140,26 @@ class Sequence:
         this rule to skip the prefix cache and to name the prompt tokens each chunk scores."""
         return (self.request.prompt_logprobs is not None and self.index == 0
                 and self.num_output_tokens == 0)
+
+
+@dataclass(slots=True)
+class Fork:
+    """A group's next members, made all at once (`Scheduler.fork`): member i takes the tokens
+    of `request.seqs[parents[i]]` plus `tokens[i]`, and shares that parent's blocks (copy on
+    write), so a parent may itself be replaced. `children` are the members it gains (its first
+    round: the prompt's sequence forks into the group)."""
+    request: Request
+    parents: list[int]
+    tokens: list[int]
+    children: list[Sequence]
+
+
+@dataclass(slots=True)
+class StepDecisions:
+    """What the output processor made of a step's outputs, for the scheduler to apply: the
+    tokens each sequence takes (in the step's order), the sequences that finish and why, and
+    the groups' forks. `advanced` are the requests whose outputs moved."""
+    tokens: list[tuple[Sequence, list[int]]] = field(default_factory=list)
+    finished: list[tuple[Sequence, Finish]] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)
+    advanced: list[Request] = field(default_factory=list)

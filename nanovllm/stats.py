@@ -2,7 +2,7 @@
 metrics, /health and the Ray replicas read.
 
 `StatsCollector` is told about each step after it ran (`record_step`) and about the tokens the
-output processor appended (`count_tokens`); `collect` reads the rest (queues, blocks) from the
+output processor took (`count_tokens`); `collect` reads the rest (queues, blocks) from the
 scheduler and block manager when asked. Nothing here decides anything: the engine would step
 the same without it.
 """

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from nanovllm.model.kernels import KERNEL_MATH, exp32
+from nanovllm.model.kernels.shared import KERNEL_MATH, exp32
 from nanovllm.runner.sampler import log_softmax
 
 

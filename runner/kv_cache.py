@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanovllm.model.architectures import ModelConfig
+from nanovllm.model.architectures.registry import ModelConfig
 
 # What a cache can be stored as (the option's "auto" is resolved in `config.kv_cache_dtype_of`).
 KV_CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}

@@ -11,7 +11,7 @@ one more row of its sequence.
 Every token of the step goes through each weight matrix as one matmul. Decodes, each with the
 proposals it verifies if they make at most `MAX_DECODE_RUN` rows, are laid out first, and each
 of their rows is attended as a decode of its own, its own position the last it sees
-(model/attention.py); prompt chunks (and longer verify runs) follow. The LM head runs only on
+(model/layers/attention.py); prompt chunks (and longer verify runs) follow. The LM head runs only on
 rows that sample, plus prompt rows whose logprobs were asked for (with lookahead, every row of
 its sequence).
 """
@@ -30,8 +30,8 @@ from nanovllm.contract.step import (
     TokenLogprobs,
 )
 from nanovllm.model import AttentionBatch
-from nanovllm.model.architectures import ModelConfig, family_of
-from nanovllm.model.attention import MAX_DECODE_RUN
+from nanovllm.model.architectures.registry import ModelConfig, family_of
+from nanovllm.model.layers.attention import MAX_DECODE_RUN
 from nanovllm.runner.beam import beam_offers, compile_beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory

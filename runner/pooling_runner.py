@@ -5,7 +5,7 @@ encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); s
 started with `--runner pooling` (the Llama family): one causal forward pass over the step's
 texts side by side, each attending to itself, without a cache, its LM head replaced by the
 identity so that the "logits" are the final hidden states (after the final norm, as
-transformers' `last_hidden_state`). Then `model/pooling.py` pools
+transformers' `last_hidden_state`). Then `model/layers/pooling.py` pools
 them as the checkpoint says, cuts Matryoshka dimensions and normalizes; a cross-encoder's
 classifier and activation make a score instead.
 """
@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nanovllm.contract.step import ModelRunnerOutput, NewSequence, SchedulerOutput
-from nanovllm.model import bert
-from nanovllm.model.architectures import family_of
-from nanovllm.model.attention import whole_sequences
-from nanovllm.model.bert_config import BertConfig
+from nanovllm.model.architectures import bert
+from nanovllm.model.architectures.bert_config import BertConfig
+from nanovllm.model.architectures.registry import family_of
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
-from nanovllm.model.pooling import activate, normalize, pool
+from nanovllm.model.layers.attention import whole_sequences
+from nanovllm.model.layers.pooling import activate, normalize, pool
 from nanovllm.values.pooling_params import PoolingParams
 
 

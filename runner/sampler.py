@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.contract.step import TokenLogprobs
-from nanovllm.model.kernels import KERNEL_MATH, exp32
+from nanovllm.model.kernels.shared import KERNEL_MATH, exp32
 from nanovllm.runner.seq_state import PenaltyCounts, SequenceState
 from nanovllm.runner.structured import GrammarMatcher
 from nanovllm.values.sampling_params import SamplingParams

@@ -75,15 +75,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
 
-from nanovllm.model.config import PRESETS  # noqa: E402
-from nanovllm.model.cpu import kernel_path  # noqa: E402
+from nanovllm.model.architectures.gpt2_config import PRESETS  # noqa: E402
+from nanovllm.model.platform.cpu import kernel_path  # noqa: E402
 from nanovllm.runner.kv_cache import kv_bytes_per_block  # noqa: E402
 from nanovllm.scripts.bench_transformers import (  # noqa: E402
     INSTALL_REFERENCE,

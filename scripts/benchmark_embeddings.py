@@ -35,9 +35,9 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402

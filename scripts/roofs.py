@@ -3,10 +3,10 @@
 - memory bandwidth: a parallel sum over 256 MiB of float32 (far beyond any cache), best of 5;
 - float32 peak: multiply-adds per second of OpenBLAS's sgemm on 1536 x 1536 matrices, best of 5
   (what the best float32 code on this CPU reaches, not the data sheet's figure);
-- int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs (`model/int8_gemm.py`)
-  on operands that stay in the L1 and L2 caches, best of 5;
-- bfloat16 peak, where the CPU runs the avx512bf16 kernel (`model/bf16_gemm.py`): the same, on
-  that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof).
+- int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs
+  (`model/kernels/int8_gemm.py`) on operands that stay in the L1 and L2 caches, best of 5;
+- bfloat16 peak, where the CPU runs the avx512bf16 kernel (`model/kernels/bf16_gemm.py`): the same,
+  on that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof).
 
 A decode step reads every weight matrix once (the LM head included), so at batch 1 the weights
 stream at (bytes of the matrices) x (steps per second), and each token costs one multiply-add per
@@ -65,10 +65,10 @@ def measure_float32_peak() -> float:
 
 
 def measure_roofs() -> Roofs:
-    from nanovllm.model.bf16_gemm import bf16_matmul
-    from nanovllm.model.int8_gemm import int8_linear
-    from nanovllm.model.linear import host_bf16_kernel, host_int8_kernel, host_packs_bfloat16
-    from nanovllm.model.quant import PackedBF16Weight, quantize_int8, to_bfloat16
+    from nanovllm.model.kernels.bf16_gemm import bf16_matmul
+    from nanovllm.model.kernels.int8_gemm import int8_linear
+    from nanovllm.model.layers.linear import host_bf16_kernel, host_int8_kernel, host_packs_bfloat16
+    from nanovllm.model.weights.quant import PackedBF16Weight, quantize_int8, to_bfloat16
 
     bandwidth = _bandwidth()
     float32_peak = measure_float32_peak()

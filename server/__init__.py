@@ -2,8 +2,9 @@
 nanovllm/engine_client.py: an engine thread, or replicas on Ray Serve).
 
 Layout, by role: cli (`nanovllm serve`) and app (build_app); middleware (request id, API key,
-body limit); protocol (request and response models), structured and chat_template (fields
-checked before the engine); endpoints/ (one module per endpoint); serving (what they share:
-submitting engine requests, the output stream, the one SSE driver); errors, metrics; ui/ (the
-web page); ray/ (scale-out).
+body limit); api/ (one folder per API: its request models and routes; api/table.py lists
+them); chat/ (the chat path the chat APIs share: template, plan, output, reasoning, tool
+calls); protocol (the models the APIs share), structured (fields checked before the engine);
+serving (what every API shares: submitting engine requests, the output stream, the one SSE
+driver); errors, metrics; ui/ (the web page); ray/ (scale-out).
 """

@@ -14,9 +14,11 @@ from fastapi_offline import FastAPIOffline
 from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.inspection import EngineInspector
-from nanovllm.server.chat_template import ChatTemplate, special_tokens
-from nanovllm.server.endpoints import ROUTERS
-from nanovllm.server.endpoints.info import model_type, read_tokenizer_config, tokenizer_info
+from nanovllm.server.api.info.routes import model_type, read_tokenizer_config, tokenizer_info
+from nanovllm.server.api.table import ROUTERS
+from nanovllm.server.chat.reasoning import REASONING_PARSERS
+from nanovllm.server.chat.template import ChatTemplate, special_tokens
+from nanovllm.server.chat.tool_calls import PARSERS
 from nanovllm.server.errors import install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
@@ -29,9 +31,7 @@ from nanovllm.server.middleware import (
     RequestCountMiddleware,
     RequestIdMiddleware,
 )
-from nanovllm.server.reasoning import REASONING_PARSERS
 from nanovllm.server.serving import ServerContext
-from nanovllm.server.tool_calls import PARSERS
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
 from nanovllm.values.limits import ServerLimits

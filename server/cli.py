@@ -83,8 +83,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def add_tool_args(parser: argparse.ArgumentParser) -> None:
     """vLLM's flags for tool calling and reasoning output."""
-    from nanovllm.server.reasoning import REASONING_PARSERS
-    from nanovllm.server.tool_calls import PARSERS
+    from nanovllm.server.chat.reasoning import REASONING_PARSERS
+    from nanovllm.server.chat.tool_calls import PARSERS
 
     g = parser.add_argument_group("tool calling and reasoning")
     g.add_argument("--enable-auto-tool-choice", action="store_true",
@@ -187,7 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.config import EngineConfig
     from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
-    from nanovllm.server.chat_template import load_chat_template
+    from nanovllm.server.chat.template import load_chat_template
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())

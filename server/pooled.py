@@ -1,4 +1,4 @@
-"""Pooling requests through the engine, for the endpoints that make them (server/endpoints/
+"""Pooling requests through the engine, for the endpoints that make them (server/api/
 embeddings.py, score.py, rerank.py): each text (or pair) one engine request, checked by the
 engine's own `PoolingInput` before anything is submitted, and their final results.
 

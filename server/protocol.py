@@ -1,12 +1,14 @@
-"""The OpenAI-compatible API's models (pydantic): every request body and every response.
+"""What the APIs' models share (pydantic): the base of every request body (unknown fields kept
+for the refusal that names them; non-finite floats and lone UTF-16 surrogates refused
+everywhere), the sampling fields of completions and chat completions, the other APIs' request
+base, pooling's fields, the usage and error bodies, and the OpenAPI response entries.
 
-Requests: field names, defaults and ranges follow OpenAI's APIs and vLLM's CompletionRequest
-and ChatCompletionRequest. Unknown fields are refused with a 400 naming them (but for the
-documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour. Non-finite floats (NaN, Infinity, which
-Python's json accepts) and lone UTF-16 surrogates are refused everywhere.
-
-Responses: the endpoints build plain dicts; these models document them in /openapi.json.
-A new endpoint's body and answer are one more model each, here.
+Each API's own request and response models are in its folder (server/api/<name>/protocol.py;
+the chat path's request in server/chat/request.py). Field names, defaults and ranges follow
+OpenAI's APIs and vLLM's; unknown fields are refused with a 400 naming them (but for the
+documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour.
+Responses are plain dicts built by each API's renderer; the models document them in
+/openapi.json.
 """
 
 from __future__ import annotations
@@ -18,23 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from nanovllm.server.errors import bad_request
-from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
     MAX_ALLOWED_TOKEN_IDS,
-    MAX_BEAM_TOKENS,
-    MAX_BEAM_WIDTH,
-    MAX_LENGTH_PENALTY,
     MAX_LOGIT_BIAS_ENTRIES,
-    MAX_LOGPROBS,
     MAX_N,
     MAX_REPETITION_PENALTY,
     MAX_SEED,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
-    MAX_TOOLS,
     PENALTY_RANGE,
     TRUNCATION_SIDES,
 )
@@ -47,9 +43,6 @@ MAX_CHAT_CHARS = 1_000_000  # all message texts together; bounded before renderi
 TokenId = Annotated[int, Field(ge=0, json_schema_extra={"x-token-id": True})]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 StopStr = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
-Prompt = (NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
-          | Annotated[list[TokenId], Field(min_length=1)]
-          | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)])
 
 # vLLM request fields that would change the output and that this server does not implement:
 # refused when set, never silently ignored (falsy values ask for nothing and pass). Beam search
@@ -163,7 +156,7 @@ def _is_token_id(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_prompt_shape(value: Any) -> Any:
+def check_prompt_shape(value: Any) -> Any:
     """The prompt's JSON shape, with its token ids as ints; a bad shape is one clear error
     rather than pydantic's 4-way union error. Whether the prompt can run (not empty, every id
     in the vocabulary) is the engine's rule, asked before submitting (prompts.resolve_prompts).
@@ -313,175 +306,9 @@ def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | Non
         return None
     return {k: min(100.0, max(-100.0, v)) for k, v in bias.items()}
 
-
-# With use_beam_search, what each field beams cannot honour may hold: the values that ask for
-# nothing. Sampling's shaping, stop rules and the text around the answer change what a sampled
-# sequence is; beams are chosen by their scores alone and keep only their own tokens' logprobs.
-BEAM_NEUTRAL_VALUES = {
-    "top_p": (None, 1.0), "top_k": (None, 0, -1), "min_p": (None, 0.0),
-    "presence_penalty": (None, 0.0), "frequency_penalty": (None, 0.0),
-    "repetition_penalty": (None, 1.0), "logit_bias": (None, {}), "allowed_token_ids": (None,),
-    "min_tokens": (None, 0), "stop": (None, []), "stop_token_ids": (None, []),
-    "include_stop_str_in_output": (None, False), "skip_special_tokens": (None, True),
-    "truncate_prompt_tokens": (None,), "echo": (None, False), "prompt_logprobs": (None,),
-    "logprobs": (None, 0), "structured_outputs": (None,), "guided_json": (None,),
-    "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
-    "response_format": (None, {"type": "text"}),
-}
-# BeamSearchParams' names for what the HTTP request calls otherwise.
-BEAM_FIELD_NAMES = {"beam_width": "n"}
-
-
-class CompletionRequest(SamplingFields):
-    """POST /v1/completions body."""
-
-    prompt: Prompt
-    best_of: int | None = Field(None, ge=1)
-    echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(16, ge=0)  # 0 only with echo: score the prompt
-    suffix: str | None = None
-    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    # vLLM's beam search extras
-    use_beam_search: bool | None = Field(
-        False, json_schema_extra={"x-max-beam-width": MAX_BEAM_WIDTH,
-                                  "x-max-beam-tokens": MAX_BEAM_TOKENS},
-        description=f"Beam search (transformers' rule): `n` is the beam width (at most "
-                    f"{MAX_BEAM_WIDTH}), `max_tokens` at most {MAX_BEAM_TOKENS}; the n choices "
-                    "are the beams, best first. Not streamed; sampling fields, stop rules, echo "
-                    "and top logprobs are refused with it.")
-    length_penalty: float | None = Field(
-        1.0, ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY,
-        description="Beam search only: a finished beam scores cum_logprob / len ** this.")
-
-    # The only check of `prompt` here: Prompt, the annotation, documents it in the OpenAPI doc.
-    @field_validator("prompt", mode="plain", json_schema_input_type=Prompt)
-    @classmethod
-    def _prompt_shape(cls, v: Any) -> Any:
-        return _check_prompt_shape(v)
-
-    @property
-    def echo_only(self) -> bool:
-        """echo with max_tokens 0: return the prompt (and its logprobs) without generating."""
-        return bool(self.echo) and self.max_new_tokens == 0
-
-    def refuse_what_beams_cannot_honour(self) -> None:
-        """With use_beam_search, a 400 naming the first field beams would ignore; without it,
-        a 400 for length_penalty (it scores beams only)."""
-        if not self.use_beam_search:
-            if self.length_penalty not in (None, 1.0):
-                raise bad_request("`length_penalty` scores beams: it needs use_beam_search.",
-                                  "length_penalty")
-            return
-        if self.stream:
-            raise bad_request("Beam search is not streamed: every beam may still be replaced "
-                              "until the search ends, so its only answer is the final one "
-                              "(send stream: false).", "stream")
-        for name, neutral in BEAM_NEUTRAL_VALUES.items():
-            if getattr(self, name) not in neutral:
-                raise bad_request(
-                    f"`{name}` cannot be honoured with use_beam_search: beams are chosen by "
-                    "their scores, never sampled or stopped early, and carry only their own "
-                    "tokens' logprobs (logprobs: 0). Leave it unset, or turn beam search off.",
-                    name)
-
-    def to_beam_search_params(self) -> BeamSearchParams:
-        """The beam search asked for (refuse_what_beams_cannot_honour first); its refusal is a
-        400 naming the request's field. No temperature scores the model's own distribution
-        (vLLM's default, 1.0, is the same thing)."""
-        if self.max_new_tokens is None:
-            raise bad_request(f"Beam search needs max_tokens (at most {MAX_BEAM_TOKENS}).",
-                              "max_tokens")
-        try:
-            return BeamSearchParams(
-                self.n, self.max_new_tokens, ignore_eos=bool(self.ignore_eos),
-                temperature=self.temperature or 0.0,
-                length_penalty=1.0 if self.length_penalty is None else self.length_penalty)
-        except InvalidRequestError as exc:
-            param = BEAM_FIELD_NAMES.get(exc.param, exc.param)
-            raise bad_request(f"Invalid beam search parameters (n is the beam width): {exc}",
-                              param) from exc
-
-    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
-        """With echo, prompt_logprobs default to logprobs (the echoed prompt's); echo_only runs
-        one step, as vLLM does."""
-        return self.sampling_params(
-            max_tokens=1 if self.echo_only else self.max_new_tokens, logprobs=self.logprobs,
-            prompt_logprobs=self.prompt_logprobs if self.prompt_logprobs is not None
-            else self.logprobs if self.echo else None, structured=structured)
-
-
-class ChatCompletionRequest(SamplingFields):
-    """POST /v1/chat/completions body. `messages` is checked by the chat endpoint, which names
-    the exact message and part at fault."""
-
-    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tokens: int | None = Field(None, ge=1)  # None: up to the context limit (vLLM)
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    # vLLM's: prepend the last message's content when it is the assistant's own (the
-    # continue_final_message case), and the prompt's logprobs.
-    echo: bool = False
-    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    # Tool calling (server/tool_calls/ checks them, naming the field at fault).
-    tools: list[Any] | None = Field(None, description=f"Function tools, at most {MAX_TOOLS}; "
-                                    "rendered by the chat template.")
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description='"none", "auto" (the default with tools; needs '
-                          '--enable-auto-tool-choice), "required", or {"type": "function", '
-                          '"function": {"name": ...}}; the last two are enforced by the grammar '
-                          "engine.")
-    parallel_tool_calls: bool | None = True
-    chat_template_kwargs: dict[str, Any] | None = Field(
-        None, description='Extra variables for the chat template (e.g. {"enable_thinking": '
-                          "false}).")
-
-    def to_sampling_params(self, structured: Any = None) -> SamplingParams:
-        return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-                                    prompt_logprobs=self.prompt_logprobs, structured=structured)
-
-
-class TokenizeRequest(OpenAIBaseModel):
-    """vLLM's two forms: a `prompt`, or chat `messages` rendered by the chat template."""
-
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    tools: list[Any] | None = None  # rendered into the prompt as chat completions renders them
-    chat_template_kwargs: dict[str, Any] | None = None
-    add_special_tokens: bool | None = Field(
-        None, description="Add the special tokens the tokenizer adds (a Llama's BOS; GPT-2's "
-                          "none). Default: true for `prompt`, false for `messages` (the chat "
-                          "template holds them), as vLLM's two forms.")
-    return_token_strs: bool | None = False
-
-    def check_form(self) -> None:
-        """Exactly one of the two forms (an error naming the field to fix)."""
-        if self.prompt is None and self.messages is None:
-            raise bad_request("Give `prompt` (text) or `messages` (a chat).", "prompt")
-        if self.prompt is not None and self.messages is not None:
-            raise bad_request("Give `prompt` or `messages`, not both.", "messages")
-        if self.messages and self.add_generation_prompt and self.continue_final_message:
-            raise bad_request("Cannot set both `continue_final_message` and "
-                              "`add_generation_prompt` to true.", "continue_final_message")
-
-
-class DetokenizeRequest(OpenAIBaseModel):
-    model: str | None = None
-    tokens: list[TokenId]
-
-
-# Other APIs' requests, answered by front ends over the chat path (server/endpoints/responses.py,
-# server/endpoints/messages.py). Their items and content blocks are checked by the front end,
+# Other APIs' requests, answered by front ends over the chat path (server/api/responses/routes.py,
+# server/api/messages/routes.py). Their items and content blocks are checked by the front end,
 # which names the exact item at fault.
-
-MAX_RESPONSE_ID_CHARS = 128
-MetadataKey = Annotated[str, Field(max_length=64)]
-
 
 class FrontEndRequest(OpenAIBaseModel):
     """A body of another API's shape, converted into one chat request. IGNORED: the fields its
@@ -500,90 +327,6 @@ class FrontEndRequest(OpenAIBaseModel):
                 "implement what they would change, so it refuses them rather than ignore them "
                 "(docs/api.md lists the fields it takes).", unknown[0][:100])
 
-
-class ResponsesRequest(FrontEndRequest):
-    """POST /v1/responses body (OpenAI's Responses API)."""
-
-    IGNORED: ClassVar[dict[str, str]] = {
-        "service_tier": "this server has one tier",
-        "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
-        "prompt_cache_retention": "the prefix cache keeps what fits, however long",
-        "safety_identifier": "an end-user id, like `user`",
-        "stream_options": "`include_obfuscation` pads events against length side channels; "
-                          "this server adds no padding, and the text is the same",
-    }
-
-    model: str | None = None
-    input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
-    instructions: str | None = None
-    previous_response_id: str | None = Field(None, min_length=1,
-                                             max_length=MAX_RESPONSE_ID_CHARS)
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    text: dict[str, Any] | None = None  # {"format": {...}}: structured output
-    store: bool | None = True
-    stream: bool | None = False
-    metadata: dict[MetadataKey, Annotated[str, Field(max_length=512)]] | None = Field(
-        None, max_length=16)
-    user: str | None = None
-    # Honoured only with the values that ask for what this server does (the endpoint says why).
-    truncation: Literal["auto", "disabled"] | None = None
-    background: bool | None = None
-    include: list[str] | None = Field(None, max_length=16)
-    reasoning: dict[str, Any] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    max_tool_calls: int | None = Field(None, ge=1)
-
-
-class AnthropicRequestFields(FrontEndRequest):
-    """What POST /v1/messages and /v1/messages/count_tokens share (Anthropic's shapes)."""
-
-    model: str
-    messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    system: str | list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
-    thinking: dict[str, Any] | None = None  # only {"type": "disabled"}
-
-
-class MessagesRequest(AnthropicRequestFields):
-    """POST /v1/messages body (Anthropic's Messages API)."""
-
-    IGNORED: ClassVar[dict[str, str]] = {
-        "service_tier": "this server has one tier",
-        "speed": "this server has one speed",
-        "inference_geo": "this server runs where it runs",
-        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
-        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
-        "user_profile_id": "an account id, for the operator's own tracking",
-        "workspace_id": "an account id, for the operator's own tracking",
-    }
-
-    max_tokens: int = Field(..., ge=1)
-    output_config: dict[str, Any] | None = None  # {"format": {"type": "json_schema", ...}}
-    stop_sequences: Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    stream: bool | None = False
-    temperature: float | None = Field(None, ge=0.0, le=1.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
-    metadata: dict[str, Annotated[str | None, Field(max_length=256)]] | None = None
-
-    @field_validator("stop_sequences", mode="before")
-    @classmethod
-    def _no_empty_stop(cls, v: Any) -> Any:
-        if isinstance(v, list) and "" in v:
-            raise ValueError("stop sequences must not be empty")
-        return v
-
-
-class CountTokensRequest(AnthropicRequestFields):
-    """POST /v1/messages/count_tokens body: the prompt's fields of a messages request."""
-
-
 # Responses (documentation of what the endpoints answer).
 
 
@@ -597,30 +340,6 @@ class ErrorInfo(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorInfo
 
-
-class LegacyLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int]
-
-
-class PromptLogprob(BaseModel):
-    logprob: float
-    rank: int
-    decoded_token: str
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: LegacyLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    # vLLM's: per prompt position, None (the first) or {token id: logprob}
-    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
-
-
 class PromptTokensDetails(BaseModel):
     cached_tokens: int  # prompt tokens whose KV came from the prefix cache
 
@@ -630,84 +349,6 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class CompletionResponse(BaseModel):
-    """Non-streaming body; with stream=true the body is text/event-stream of such chunks."""
-
-    id: str
-    object: str = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-
-
-class ModelPermission(BaseModel):
-    id: str
-    object: str = "model_permission"
-    created: int
-    allow_create_engine: bool = False
-    allow_sampling: bool = True
-    allow_logprobs: bool = True
-    allow_search_indices: bool = False
-    allow_view: bool = True
-    allow_fine_tuning: bool = False
-    organization: str = "*"
-    group: str | None = None
-    is_blocking: bool = False
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: str = "model"
-    created: int
-    owned_by: str = "nanovllm"
-    root: str | None = None
-    parent: str | None = None
-    max_model_len: int | None = None
-    vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
-    permission: list[ModelPermission]
-    # Not OpenAI's or vLLM's: true when the checkpoint has random weights (a dummy one, written
-    # by nanovllm or loaded with --load-format dummy), so an API-only client can tell its text
-    # is noise.
-    random_weights: bool = False
-
-
-class ModelList(BaseModel):
-    object: str = "list"
-    data: list[ModelCard]
-
-
-class TokenizeResponse(BaseModel):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
-class DetokenizeResponse(BaseModel):
-    prompt: str
-
-
-class VersionResponse(BaseModel):
-    version: str
-
-
-class AnthropicErrorInfo(BaseModel):
-    type: str  # invalid_request_error, authentication_error, not_found_error, overloaded_error...
-    message: str
-
-
-class AnthropicErrorResponse(BaseModel):
-    type: Literal["error"] = "error"
-    error: AnthropicErrorInfo
-
-
-class CountTokensResponse(BaseModel):
-    input_tokens: int
-
 
 # Pooling: embeddings (OpenAI's), score (vLLM's) and rerank (Jina's and Cohere's).
 
@@ -728,98 +369,11 @@ class PoolingFields(OpenAIBaseModel):
             raise bad_request(f"Unknown field(s) {quote(unknown, 200)}: this server does not "
                               "know what they would change, so it refuses them.", unknown[0][:100])
 
-
-EMBEDDING_INPUT_SHAPE = ("input must be a non-empty string, a list of strings, a list of "
-                         "token ids or a list of lists of token ids")
-
-
-class EmbeddingRequest(PoolingFields):
-    input: Any = Field(..., description=EMBEDDING_INPUT_SHAPE)
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="Keep the first this many dimensions "
-                                                           "(Matryoshka models only), normalized")
-
-    @field_validator("input")
-    @classmethod
-    def _input_shape(cls, value: Any) -> Any:
-        try:
-            return _check_prompt_shape(value)
-        except ValueError:
-            raise ValueError(EMBEDDING_INPUT_SHAPE) from None
-
-
-class ScoreRequest(PoolingFields):
-    text_1: str | Annotated[list[str], Field(min_length=1)]
-    text_2: str | Annotated[list[str], Field(min_length=1)]
-
-
-class RerankDocument(OpenAIBaseModel):
-    text: str
-
-
-class RerankRequest(PoolingFields):
-    query: str
-    documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
-    top_n: int | None = Field(None, ge=0, description="Return only the best this many "
-                                                      "(0 or null: all)")
-    return_documents: bool = True
-
-
-class EmbeddingData(BaseModel):
-    index: int
-    object: str = "embedding"
-    embedding: list[float] | str  # floats, or base64 of little-endian float32s
-
-
 class PoolingUsage(BaseModel):
     prompt_tokens: int
     total_tokens: int
 
-
-class EmbeddingResponse(BaseModel):
-    id: str
-    object: str = "list"
-    created: int
-    model: str
-    data: list[EmbeddingData]
-    usage: PoolingUsage
-
-
-class ScoreData(BaseModel):
-    index: int
-    object: str = "score"
-    score: float
-
-
-class ScoreResponse(BaseModel):
-    id: str
-    object: str = "list"
-    created: int
-    model: str
-    data: list[ScoreData]
-    usage: PoolingUsage
-
-
-class RerankResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: RerankDocument | None = None
-
-
-class RerankUsage(BaseModel):
-    total_tokens: int
-
-
-class RerankResponse(BaseModel):
-    id: str
-    model: str
-    results: list[RerankResult]  # best first
-    usage: RerankUsage
-
-
 _ERROR = {"model": ErrorResponse}
-_ANTHROPIC_ERROR = {"model": AnthropicErrorResponse}
-ANTHROPIC_ERROR_RESPONSES = {400: _ANTHROPIC_ERROR, 401: _ANTHROPIC_ERROR, 404: _ANTHROPIC_ERROR,
-                             500: _ANTHROPIC_ERROR, 529: _ANTHROPIC_ERROR}
+
 ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 404: _ERROR, 500: _ERROR, 503: _ERROR}
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}}}  # with "stream": true

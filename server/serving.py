@@ -2,7 +2,7 @@
 requests, the stream of their outputs, waiting for the final ones (or the client leaving),
 engine errors as API errors, usage, and the one server-sent-events driver of both streams.
 
-An endpoint module (server/endpoints/) validates its body into engine requests, calls `submit`,
+An endpoint module (server/api/) validates its body into engine requests, calls `submit`,
 and answers with `final_response` or `stream_events`; it only says how its own choices look.
 
 Outputs are cumulative, so when a handler falls behind, the queued outputs of an engine
@@ -30,14 +30,14 @@ from starlette.types import Receive, Scope, Send
 
 from nanovllm import GrammarCompiler, InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineClient, EngineDeadError, QueueSink, RequestAborted
-from nanovllm.server.chat_template import ChatTemplate
+from nanovllm.server.api.responses.store import ResponseStore
+from nanovllm.server.chat.reasoning import ReasoningParser
+from nanovllm.server.chat.template import ChatTemplate
+from nanovllm.server.chat.tool_calls import ToolParser
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
 from nanovllm.server.protocol import StreamOptions
-from nanovllm.server.reasoning import ReasoningParser
-from nanovllm.server.response_store import ResponseStore
-from nanovllm.server.tool_calls import ToolParser
 from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # One name from each subpackage, and the file that defines it.
 NAMES = [
     ("nanovllm.runner.model_runner", "NativeModelRunner", "runner/model_runner.py"),
-    ("nanovllm.model.reference", "layer_norm", "model/reference.py"),
+    ("nanovllm.model.architectures.gpt2_reference", "layer_norm",
+     "model/architectures/gpt2_reference.py"),
+    ("nanovllm.model.kernels.shared", "exp32", "model/kernels/shared.py"),
     ("nanovllm.model.checkpoint.loader", "load_gpt2", "model/checkpoint/loader.py"),
     ("nanovllm.server.app", "build_app", "server/app.py"),
     ("nanovllm.scripts.benchmark", "run", "scripts/benchmark.py"),

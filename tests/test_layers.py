@@ -20,7 +20,13 @@ PACKAGE_DIRS = {"nanovllm": "nanovllm", "nanovllm.model": "model", "nanovllm.run
 # Lowest first, by folder (or file) in the repository. A module belongs to the layer of the
 # longest listed path that holds it; each layer imports only its own and lower layers.
 LAYERS = [
-    ("model", ["model"]),                        # the math and kernels; checkpoint/ reads weights
+    ("platform", ["model/platform"]),            # the CPU's instructions, the thread pools
+    ("weight formats", ["model/weights"]),       # int8, bfloat16, packed weights in memory
+    ("kernels", ["model/kernels"]),              # compiled loops, LLVM IR, what they share
+    ("layers", ["model/layers"]),                # linear, norms, attention, ... over the kernels
+    ("architectures", ["model/architectures"]),  # compositions, configs, plain references
+    ("checkpoint", ["model/checkpoint"]),        # files on disk into a family's weights
+    ("family registry", ["model/architectures/registry.py", "model/__init__.py"]),
     ("plain values", ["nanovllm/values"]),       # parameters, prompts, outputs, errors, limits
     ("step contract", ["nanovllm/contract"]),    # what crosses between scheduler and runner
     ("runner", ["runner"]),                      # model runner, KV cache, sampler
@@ -124,12 +130,15 @@ def test_every_module_has_a_layer():
         layer_of(module)  # raises if no prefix matches
 
 
+def upward_imports(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
+    return [f"{where(m, line)}: {m} ({LAYERS[layer_of(m)][0]}) imports {target} "
+            f"({LAYERS[layer_of(target)][0]})"
+            for m, edges in graph.items() for target, line in edges
+            if layer_of(target) > layer_of(m)]
+
+
 def test_no_import_goes_up_a_layer():
-    upward = [f"{where(m, line)}: {m} ({LAYERS[layer_of(m)][0]}) imports {target} "
-              f"({LAYERS[layer_of(target)][0]})"
-              for m, edges in GRAPH.items() for target, line in edges
-              if layer_of(target) > layer_of(m)]
-    assert upward == []
+    assert upward_imports(GRAPH) == []
 
 
 def test_no_import_cycles():
@@ -208,6 +217,33 @@ def test_the_layers_are_folders():
     assert "nanovllm.model.checkpoint.loader" in MODULES  # loading apart from the math
 
 
+MODEL_ROOMS = ["platform", "weights", "kernels", "layers", "architectures", "checkpoint"]
+
+
+def test_model_is_in_rooms():
+    """model/ holds its rooms and its package file only: a module beside them would have no
+    layer of its own, and each room is a layer (the registry, which names the checkpoint loaders,
+    is the one file of architectures/ above checkpoint/)."""
+    loose = [m for m in MODULES if m.startswith("nanovllm.model.")
+             and MODULES[m].relative_to(ROOT / "model").parts[0] not in MODEL_ROOMS]
+    assert loose == []
+    assert [name for name, _ in LAYERS[:6]] == ["platform", "weight formats", "kernels", "layers",
+                                                 "architectures", "checkpoint"]
+    for room in MODEL_ROOMS:
+        assert (ROOT / "model" / room / "__init__.py").read_text().startswith('"""'), room
+
+
+def test_an_upward_import_inside_model_is_caught():
+    """The rooms of model/ are layers like the folders above them: a kernel importing a layer,
+    a layer an architecture, or a family's checkpoint loader the registry, each fails."""
+    for lower, upper in [("kernels.shared", "layers.linear"), ("layers.linear", "architectures.gpt2"),
+                         ("checkpoint.loader", "architectures.registry"),
+                         ("weights.quant", "kernels.int8_gemm"), ("platform.cpu", "weights.quant")]:
+        lower, upper = f"nanovllm.model.{lower}", f"nanovllm.model.{upper}"
+        assert len(upward_imports({lower: [(upper, 1)]})) == 1, (lower, upper)
+        assert upward_imports({upper: [(lower, 1)]}) == []
+
+
 @pytest.mark.parametrize("folder", [*PACKAGE_DIRS.values(), "tests"])
 def test_no_bare_top_level_imports(folder):
     """model/, runner/, ... install as nanovllm.model, ...: a bare `model` is someone else's."""
@@ -223,12 +259,18 @@ def test_no_bare_top_level_imports(folder):
     assert bare == []
 
 
-def test_endpoint_modules_import_no_other_endpoint():
-    """server/endpoints/ holds one module per endpoint over the shared serving module
-    (server/serving.py): none reaches into another, or into the package that lists them all."""
-    package = "nanovllm.server.endpoints"
-    endpoints = [m for m in MODULES if m.startswith(package + ".")]
-    assert len(endpoints) >= 4
-    crossing = [f"{where(m, line)}: {m} imports {target}" for m in endpoints
-                for target, line in GRAPH[m] if target in endpoints or target == package]
+def test_api_folders_import_no_other_api():
+    """server/api/ holds one folder per API over the shared modules (server/serving.py, the
+    chat path in server/chat/): none reaches into another API's folder, or into the route
+    table that lists them all (/invocations, made of two APIs, is the one module beside them
+    that may)."""
+    package = "nanovllm.server.api"
+    folders = {m.split(".")[3] for m in MODULES if m.startswith(package + ".")
+               and MODULES[m].parent.name != "api"}
+    assert len(folders) >= 4
+    crossing = [f"{where(m, line)}: {m} imports {target}"
+                for m in MODULES if m.startswith(package + ".") and m.split(".")[3] in folders
+                for target, line in GRAPH[m]
+                if target.startswith(package + ".") and target.split(".")[3] != m.split(".")[3]
+                or target == package]
     assert crossing == []

@@ -1,7 +1,7 @@
 """The compiled kernels on the lowest numba and numpy pyproject.toml allows (and the llvmlite
 that numba takes): a venv of its own, where the kernel tests run. LLVM changes the intrinsics
-the int8 and bfloat16 kernels call between versions (`model/int8_dot.py`, `model/bf16_dot.py`),
-so a range is only true if its lowest end is tested too.
+the int8 and bfloat16 kernels call between versions (`model/kernels/int8_dot.py`,
+`model/kernels/bf16_dot.py`), so a range is only true if its lowest end is tested too.
 
 The venv is built once per set of versions (`venvs.venv_with`), with numba's compiled kernels
 kept apart from the main venv's.

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nanovllm.model.bert import BertWeights, LayerWeights
-from nanovllm.model.bert_config import BertConfig
+from nanovllm.model.architectures.bert import BertWeights, LayerWeights
+from nanovllm.model.architectures.bert_config import BertConfig
 from nanovllm.model.checkpoint.loader import check_shapes, read_tensors
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
-from nanovllm.model.precision import check_precision
-from nanovllm.model.quant import convert_matrix
+from nanovllm.model.weights.precision import check_precision
+from nanovllm.model.weights.quant import convert_matrix
 
 BUFFERS = ("embeddings.position_ids", "bert.embeddings.position_ids")
 POOLER = ("pooler.dense.weight", "pooler.dense.bias")

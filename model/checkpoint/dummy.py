@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from nanovllm.model.bert_config import BERT_PRESETS, BertConfig
+from nanovllm.model.architectures.bert_config import BERT_PRESETS, BertConfig
+from nanovllm.model.architectures.gpt2_config import PRESETS, GPT2Config
+from nanovllm.model.architectures.llama_config import LLAMA_PRESETS, LlamaConfig
 from nanovllm.model.checkpoint import llama_loader
 from nanovllm.model.checkpoint.bert_loader import random_bert_weights
 from nanovllm.model.checkpoint.loader import expected_shapes
@@ -33,8 +35,6 @@ from nanovllm.model.checkpoint.tokenizer_files import (
     write_tokenizer,
 )
 from nanovllm.model.checkpoint.wordpiece import write_wordpiece_tokenizer
-from nanovllm.model.config import PRESETS, GPT2Config
-from nanovllm.model.llama_config import LLAMA_PRESETS, LlamaConfig
 
 ALL_PRESETS = (*PRESETS, *LLAMA_PRESETS, *BERT_PRESETS)  # the names `--load-format dummy` knows
 

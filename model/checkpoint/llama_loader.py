@@ -7,7 +7,7 @@ buffers are ignored (they are recomputed from the config). `generation_config.js
 `eos_token_id`, an id or a list, replaces config.json's: every id in it ends a sequence.
 
 q/k/v are fused into one matrix and gate/up into another (rows in that order), then stored as
-`dtype` / `quantization` ask (`model/quant.py`); norms (Qwen3's per-head q_norm and k_norm
+`dtype` / `quantization` ask (`model/weights/quant.py`); norms (Qwen3's per-head q_norm and k_norm
 too) and biases stay float32.
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nanovllm.model.architectures.llama import LayerWeights, LlamaWeights
+from nanovllm.model.architectures.llama_config import LlamaConfig
 from nanovllm.model.checkpoint.loader import check_shapes, read_tensors
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
-from nanovllm.model.llama import LayerWeights, LlamaWeights
-from nanovllm.model.llama_config import LlamaConfig
-from nanovllm.model.precision import check_precision
-from nanovllm.model.quant import convert_matrix
+from nanovllm.model.weights.precision import check_precision
+from nanovllm.model.weights.quant import convert_matrix
 
 ROTARY_BUFFER = re.compile(r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 

@@ -6,7 +6,7 @@ Accepted: keys with or without the `transformer.` prefix; the causal-mask buffer
 `c_attn.bias`); an `lm_head.weight` equal to `wte.weight` (GPT-2 ties them).
 
 `dtype="bfloat16"` or `quantization="int8"` store every weight matrix and the token embedding
-(the tied LM head) that way (`model/quant.py`), converted from whatever dtype the checkpoint
+(the tied LM head) that way (`model/weights/quant.py`), converted from whatever dtype the checkpoint
 holds, one matrix at a time; biases, layer norms and the position embedding stay float32.
 """
 
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from nanovllm.model.architectures.gpt2 import BlockWeights, GPT2Weights
+from nanovllm.model.architectures.gpt2_config import GPT2Config
 from nanovllm.model.checkpoint.safetensors_io import (
     CheckpointError,
     read_safetensors,
     release_pages,
 )
-from nanovllm.model.config import GPT2Config
-from nanovllm.model.gpt2 import BlockWeights, GPT2Weights
-from nanovllm.model.precision import check_precision
-from nanovllm.model.quant import convert_matrix
+from nanovllm.model.weights.precision import check_precision
+from nanovllm.model.weights.quant import convert_matrix
 
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
@@ -131,7 +131,7 @@ def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray], dtype: str = 
                   quantization: str | None = None) -> GPT2Weights:
     """Arranges checked, un-prefixed HF tensors into the model's weight structure, with weight
     matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads, stored as
-    `dtype` / `quantization` ask (see `model/quant.py`)."""
+    `dtype` / `quantization` ask (see `model/weights/quant.py`)."""
     check_precision(dtype, quantization)
 
     def matrix(tensor: np.ndarray):

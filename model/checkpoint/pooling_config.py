@@ -1,5 +1,5 @@
 """How a checkpoint pools: a text's hidden states to one vector (embeddings), or a
-cross-encoder's logits to a score (the math is `model/pooling.py`).
+cross-encoder's logits to a score (the math is `model/layers/pooling.py`).
 
 sentence-transformers saves what its `encode` does after the transformer in the checkpoint
 directory: `modules.json` lists the modules in order (Transformer, Pooling, Normalize), and the

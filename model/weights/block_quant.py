@@ -1,5 +1,5 @@
 """Block-quantized weight matrices in memory: `BlockWeight`, GGML's blocks (`ggml_blocks.py`)
-repacked once, at load, into the layout the block kernels stream (`kernels/block_gemm.py`), as
+repacked once, at load, into the layout the block kernels stream (`model/kernels/block_gemm.py`), as
 llama.cpp repacks them for its own CPU kernels. No float32 copy of the matrix is kept.
 
 The repacked matrix is uint8 [panels, super-blocks, panel bytes]: a panel is 16 consecutive

@@ -1,6 +1,6 @@
 """GGML's block-quantized weight formats (what GGUF files hold): their bytes, a plain numpy
 dequantization of each, and round-to-nearest quantizers for three of them. (How the linear
-layers hold and run them: `weights/block_quant.py`.)
+layers hold and run them: `model/weights/block_quant.py`.)
 
 A row of a matrix is cut into blocks of `BLOCK_TYPES[name].weights` weights, each stored in
 `BLOCK_TYPES[name].bytes` bytes: float16 scales and small integer codes. Per block:
@@ -81,7 +81,7 @@ def dequantize_blocks(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -
 
 # --------------------------------------------------------------------------- codes and scales
 # Each format's integer codes and scales, read out of its bytes: the dequantizers below and the
-# kernels' repacking (`weights/block_quant.py`) share them.
+# kernels' repacking (`model/weights/block_quant.py`) share them.
 
 
 def half(blocks: np.ndarray, at: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from nanovllm.block_manager import HASH_BYTES
 from nanovllm.config import EngineConfig
 from nanovllm.kv_disk.fingerprint import checkpoint_digest, fingerprint
 from nanovllm.kv_disk.store import DiskBlockStore, DiskStats
-from nanovllm.model.cpu import kernel_path
+from nanovllm.model.platform.cpu import kernel_path
 from nanovllm.model_loading import LoadedModel
 from nanovllm.runner.kv_cache import KVCache
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanovllm.contract.step import ScheduledSequence
-from nanovllm.model.architectures import ModelConfig, family_of
+from nanovllm.model.architectures.registry import ModelConfig, family_of
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.rejection_sampler import draw

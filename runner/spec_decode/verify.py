@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from nanovllm.contract.step import TokenLogprobs
-from nanovllm.model.kernels import softmax_
+from nanovllm.model.kernels.shared import softmax_
 from nanovllm.runner.sampler import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,

@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy and torch load: see model/threads.py
+configure_thread_pools()  # before numpy and torch load: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402

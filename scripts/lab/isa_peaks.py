@@ -31,12 +31,12 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba.core.cgutils import get_or_insert_function
 
-from nanovllm.model.bf16_dot import DOT as BF16_DOT
-from nanovllm.model.bf16_dot import pair_type
-from nanovllm.model.cpu import BF16_KERNELS, INT8_KERNELS
-from nanovllm.model.int8_dot import Multiply
-from nanovllm.model.linear import host_int8_kernel
-from nanovllm.model.quant import bf16_to_float32, bfloat16_bits
+from nanovllm.model.kernels.bf16_dot import DOT as BF16_DOT
+from nanovllm.model.kernels.bf16_dot import pair_type
+from nanovllm.model.kernels.int8_dot import Multiply
+from nanovllm.model.layers.linear import host_int8_kernel
+from nanovllm.model.platform.cpu import BF16_KERNELS, INT8_KERNELS
+from nanovllm.model.weights.quant import bf16_to_float32, bfloat16_bits
 
 SUMS = 6     # int8 accumulators: with their weights, x and |x| they fill 15 of AVX2's 16 registers
 FMA_SUMS = 10  # FMA's latency x its two ports: fewer sums would measure latency, not throughput
@@ -62,7 +62,7 @@ class Probe:
         return self.name.startswith("bf16")
 
 
-# The int8 probes need what the W8A8 kernel of the same product needs (`model/cpu.py`).
+# The int8 probes need what the W8A8 kernel of the same product needs (`model/platform/cpu.py`).
 PROBES = (
     Probe("avx2", INT8_KERNELS["avx2"], 8, 32, SUMS),
     Probe("avx2-unsigned", INT8_KERNELS["avx2"], 8, 32, SUMS),
@@ -225,7 +225,8 @@ def measure(compiled: Compiled, probe: Probe, reps: int, seconds: float) -> floa
     return n * probe.sums * probe.macs / best / 1e9
 
 
-# The probe of each W8A8 kernel's product (`model/int8_gemm.py`); avx512bw and portable have none.
+# The probe of each W8A8 kernel's product (`model/kernels/int8_gemm.py`); avx512bw and portable have
+# none.
 KERNEL_PROBES = {isa: name for name, isa in KERNEL_ISAS.items() if name != "avx2-unsigned"}
 
 

@@ -23,14 +23,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
 
-from nanovllm.model.precision import QUANTIZATIONS, WEIGHT_DTYPES, precision_name  # noqa: E402
+from nanovllm.model.weights.precision import QUANTIZATIONS, WEIGHT_DTYPES, precision_name  # noqa: E402
 
 
 def resident_mib() -> float:

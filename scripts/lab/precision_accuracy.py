@@ -11,8 +11,8 @@ rounding. rho_w is the largest relative RMS error of a weight matrix, ||W - W'||
 measured after conversion (int8 rounds each element by at most half its row's scale, bfloat16 by
 at most 2**-9 relative). int8 is W8A8: each linear layer's input is rounded per token too, and
 rho_x is the largest relative RMS error that rounding gives the inputs of the float32 model's
-linear layers (measured on the same sequences through `model/reference.py`); rho is
-sqrt(rho_w**2 + rho_x**2) then. bfloat16 runs as the engine would on this CPU: on the
+linear layers (measured on the same sequences through `model/architectures/gpt2_reference.py`); rho
+is sqrt(rho_w**2 + rho_x**2) then. bfloat16 runs as the engine would on this CPU: on the
 avx512bf16 kernel, whose inputs are rounded to bfloat16 (rho_x measured the same way), where the
 CPU has AVX512_BF16 (prefill attention's inputs are rounded there too, not counted in sigma),
 else widened to float32 products (rho_x = 0). A matmul's output moves by
@@ -38,9 +38,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -97,7 +97,7 @@ def converted_pairs(plain, converted) -> list[tuple[np.ndarray, object]]:
     found by walking the two weight dataclasses side by side."""
     from dataclasses import fields, is_dataclass
 
-    from nanovllm.model.quant import BF16Weight, Int8Weight
+    from nanovllm.model.weights.quant import BF16Weight, Int8Weight
 
     if isinstance(converted, Int8Weight | BF16Weight):
         return [(plain, converted)]
@@ -111,7 +111,7 @@ def converted_pairs(plain, converted) -> list[tuple[np.ndarray, object]]:
 
 def weight_error(plain, converted) -> float:
     """rho: the largest ||W - W'|| / ||W|| over the weight matrices and the embedding."""
-    from nanovllm.model.quant import dequantize
+    from nanovllm.model.weights.quant import dequantize
 
     return max(float(np.linalg.norm(w - dequantize(c)) / np.linalg.norm(w))
                for w, c in converted_pairs(plain, converted))
@@ -119,7 +119,7 @@ def weight_error(plain, converted) -> float:
 
 def gpt2_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
     """The inputs of GPT-2's linear layers (and its LM head) on one sequence, float32 model."""
-    from nanovllm.model import reference as ref
+    from nanovllm.model.architectures import gpt2_reference as ref
 
     eps = cfg.layer_norm_epsilon
     x = ref.embed(plain, cfg, seq)
@@ -135,8 +135,9 @@ def gpt2_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def llama_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
-    """The same for the Llama family (model/reference_llama.py's block, step by step)."""
-    from nanovllm.model import reference_llama as ref
+    """The same for the Llama family (model/architectures/llama_reference.py's block, step by
+    step)."""
+    from nanovllm.model.architectures import llama_reference as ref
 
     eps, positions = cfg.rms_norm_eps, np.arange(len(seq))
     x = ref.embed(plain, cfg, seq)
@@ -156,7 +157,7 @@ def llama_linear_inputs(plain, cfg, seq: np.ndarray) -> Iterator[np.ndarray]:
 def activation_error(plain, cfg, sequences: np.ndarray, rounded) -> float:
     """rho_x: the largest ||x - x'|| / ||x|| over the inputs x of the float32 model's linear
     layers (and its LM head), x' = rounded(x) as the kernel rounds them (`rounding`)."""
-    from nanovllm.model.config import GPT2Config
+    from nanovllm.model.architectures.gpt2_config import GPT2Config
 
     inputs = gpt2_linear_inputs if isinstance(cfg, GPT2Config) else llama_linear_inputs
     worst = 0.0
@@ -172,8 +173,8 @@ def activation_error(plain, cfg, sequences: np.ndarray, rounded) -> float:
 def rounding(options: dict):
     """How the kernels of a precision round a linear layer's input on this CPU, or None: int8
     per row (W8A8), bfloat16 each element where it runs on the avx512bf16 kernel."""
-    from nanovllm.model.linear import host_packs_bfloat16
-    from nanovllm.model.quant import dequantize, quantize_int8, round_to_bfloat16
+    from nanovllm.model.layers.linear import host_packs_bfloat16
+    from nanovllm.model.weights.quant import dequantize, quantize_int8, round_to_bfloat16
 
     if options.get("quantization") == "int8":
         return lambda x: dequantize(quantize_int8(x))
@@ -184,7 +185,7 @@ def rounding(options: dict):
 
 def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
     """Logits at every position of each sequence [n, T] (the engine's plain forward pass)."""
-    from nanovllm.model.architectures import family_of
+    from nanovllm.model.architectures.registry import family_of
 
     forward = family_of(cfg).forward
     return np.concatenate([forward(weights, cfg, seq, np.arange(len(seq))) for seq in sequences])
@@ -192,7 +193,7 @@ def teacher_forced_logits(weights, cfg, sequences: np.ndarray) -> np.ndarray:
 
 def converted_on_the_path(cfg) -> int:
     """How many converted matrices a logit's value goes through (see the module's doc)."""
-    from nanovllm.model.config import GPT2Config
+    from nanovllm.model.architectures.gpt2_config import GPT2Config
 
     return (4 if isinstance(cfg, GPT2Config) else 5) * cfg.n_layer + 2
 
@@ -200,7 +201,7 @@ def converted_on_the_path(cfg) -> int:
 def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)
     of any architecture."""
-    from nanovllm.model.architectures import family_of
+    from nanovllm.model.architectures.registry import family_of
     from nanovllm.model_loading import pack_for_kernels
 
     build_weights = family_of(cfg).build_weights
@@ -246,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from nanovllm.model import PRESETS
-    from nanovllm.model.architectures import family_of
+    from nanovllm.model.architectures.gpt2_config import GPT2Config
+    from nanovllm.model.architectures.llama_config import LLAMA_PRESETS
+    from nanovllm.model.architectures.registry import family_of
     from nanovllm.model.checkpoint.loader import read_tensors
-    from nanovllm.model.config import GPT2Config
-    from nanovllm.model.llama_config import LLAMA_PRESETS
 
     presets = {**PRESETS, **LLAMA_PRESETS}
     if args.model in presets:

@@ -16,9 +16,9 @@ import argparse
 import sys
 import time
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -48,7 +48,7 @@ def step_matrices(weights) -> tuple[list[tuple], object]:
 
 def gemm_chain(weights, rows: int):
     """The weight matmuls of one decode step over `rows` tokens, and nothing else."""
-    from nanovllm.model.linear import linear
+    from nanovllm.model.layers.linear import linear
 
     mats, head = step_matrices(weights)
     # Each matrix's input, by its width: the model's (and attention's) width or the MLP's.
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     add_decode_args(p)
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPE_CHOICES, default="auto")
     p.add_argument("--quantization", choices=["int8"], default=None,
-                   help="int8: the W8A8 weights (model/int8_gemm.py), in the step and the chain")
+                   help="int8: the W8A8 weights (model/kernels/int8_gemm.py), in the step and the chain")
     p.add_argument("--roof", action="store_true",
                    help="also measure the memory bandwidth (scripts/roofs.py) and say how fast "
                         "the step streams its weights against it (the bound at batch 1)")

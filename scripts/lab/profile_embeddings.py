@@ -3,7 +3,7 @@
 One layer of a BERT checkpoint (random weights), over `--texts` texts of `--input-len` tokens:
 the fused QKV projection, attention, the output projection with its residual add, layer norm,
 the MLP's up projection with GELU, its down projection with the residual add; ours
-(`model/bert.py`'s calls) and torch's (`F.linear`, `F.scaled_dot_product_attention`,
+(`model/architectures/bert.py`'s calls) and torch's (`F.linear`, `F.scaled_dot_product_attention`,
 `F.layer_norm`, `F.gelu`, as transformers' BertLayer makes them) on the same weights and
 inputs. Both sides run on one thread (numba, numpy's BLAS, torch) and are timed in the thread's
 CPU time, best of `--reps`: what each side's arithmetic costs, whatever else the machine runs.
@@ -18,9 +18,9 @@ import argparse
 import sys
 import time
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -42,11 +42,11 @@ def pieces(lw, cfg, x: np.ndarray, starts: np.ndarray):
     import torch
     import torch.nn.functional as F
 
-    from nanovllm.model.activations import gelu_erf_
-    from nanovllm.model.encoder_attention import encoder_attention
-    from nanovllm.model.linear import linear
-    from nanovllm.model.norms import layer_norm
-    from nanovllm.model.quant import kernel_array
+    from nanovllm.model.layers.activations import gelu_erf_
+    from nanovllm.model.layers.encoder_attention import encoder_attention
+    from nanovllm.model.layers.linear import linear
+    from nanovllm.model.layers.norms import layer_norm
+    from nanovllm.model.weights.quant import kernel_array
 
     n, e = x.shape
     heads, texts, t = cfg.num_attention_heads, len(starts) - 1, n // (len(starts) - 1)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nanovllm import LLMEngine
     from nanovllm.config import EngineConfig
-    from nanovllm.model.bert_config import BertConfig
+    from nanovllm.model.architectures.bert_config import BertConfig
 
     engine = LLMEngine(EngineConfig(args.model, load_format="dummy"))
     cfg, weights = engine.runner.cfg, engine.runner.weights

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
@@ -27,7 +27,7 @@ from nanovllm.scripts.lab.profile_decode import alternating_medians_ms  # noqa: 
 
 def prefill_chain(weights, rows: int):
     """GPT-2's weight matmuls in a prefill of `rows` tokens: four per block, the LM head once."""
-    from nanovllm.model.linear import linear
+    from nanovllm.model.layers.linear import linear
 
     mats = [m for b in weights.blocks for m in (b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w)]
     inputs = {m.shape[1]: np.ones((rows, m.shape[1]), np.float32) for m in mats}

@@ -22,15 +22,15 @@ import os
 import sys
 import time
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
 from numba import config, njit, prange  # noqa: E402
 
-from nanovllm.model.f32_dot import broadcast_tile  # noqa: E402
+from nanovllm.model.kernels.f32_dot import broadcast_tile  # noqa: E402
 
 LANES = 16
 VECTORS = 4  # vectors read per step: four independent accumulators
@@ -57,7 +57,7 @@ def weight_chain(model: str, int8: bool) -> dict[str, tuple]:
     """{kind: (run, bytes)}: the batch-1 products with every matrix of that kind in a step of
     `model` (random weights, the loader's own layout)."""
     from nanovllm import EngineConfig, LLMEngine
-    from nanovllm.model.linear import linear
+    from nanovllm.model.layers.linear import linear
     from nanovllm.scripts.lab.profile_decode import step_matrices
 
     engine = LLMEngine(EngineConfig(model, load_format="dummy",

@@ -17,9 +17,9 @@ import argparse
 import json
 import sys
 
-from nanovllm.model.threads import configure_thread_pools
+from nanovllm.model.platform.threads import configure_thread_pools
 
-configure_thread_pools()  # before numpy loads: see model/threads.py
+configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 

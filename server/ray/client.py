@@ -35,7 +35,7 @@ from ray.serve.config import RequestRouterConfig
 from nanovllm import EngineConfig
 from nanovllm.engine_client import EngineClient, EngineDeadError, OutputSink, RequestAborted
 from nanovllm.input_processor import InputProcessor
-from nanovllm.model.threads import thread_pool_settings
+from nanovllm.model.platform.threads import thread_pool_settings
 from nanovllm.pooling_input import PoolingInput
 from nanovllm.server.ray.replica import EngineReplica, PrefixAffinityRouter, ReplicaInfo
 from nanovllm.stats import EngineStats
@@ -59,7 +59,8 @@ def engine_deployment(config: EngineConfig, num_replicas: int, cpus_per_replica:
     Each replica reserves `cpus_per_replica` CPUs and sizes its numba/BLAS thread pools to
     them through its runtime_env, i.e. before numpy loads in the replica's process: a Ray
     worker loads numpy before it imports nanovllm, so the pools' spin settings
-    (model/threads.py) go the same way, a value set here by the user winning as it does there.
+    (model/platform/threads.py) go the same way, a value set here by the user winning as it does
+    there.
     """
     threads = {name: str(cpus_per_replica) for name in THREAD_ENV}
     threads |= {name: os.environ.get(name, value) for name, value in thread_pool_settings().items()}

@@ -33,7 +33,7 @@ from nanovllm import __version__
 from nanovllm.engine_client import EngineClient, EngineDeadError, RequestAborted
 from nanovllm.input_processor import check_token_ids
 from nanovllm.inspection import EngineInspector
-from nanovllm.model.architectures import architecture_of
+from nanovllm.model.architectures.registry import architecture_of
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.serving import Ctx
 from nanovllm.server.ui.step import router as step_router
@@ -213,7 +213,8 @@ class TraceRequest(BaseModel):
 @router.post(f"{API_PREFIX}/trace")
 async def trace(body: TraceRequest, raw: Request, ctx: Ctx, inspector: Inspection
                 ) -> JSONResponse:
-    """One forward pass of `prompt`, layer by layer (nanovllm.model.trace.ForwardTrace)."""
+    """One forward pass of `prompt`, layer by layer
+    (nanovllm.model.architectures.trace.ForwardTrace)."""
     busy: threading.Lock = raw.app.state.attention_busy
     return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, inspector, busy,
                                                 body))

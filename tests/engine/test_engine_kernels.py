@@ -6,24 +6,29 @@ from __future__ import annotations
 import pytest
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.model.activations import gelu_int8_, gelu_rows_
-from nanovllm.model.attention import (
+from nanovllm.model.kernels.bf16_attention import (
+    heads_matmul,
+    pack_context,
+    round_heads,
+)
+from nanovllm.model.kernels.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
+from nanovllm.model.kernels.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
+from nanovllm.model.kernels.shared import softmax_rows_
+from nanovllm.model.layers.activations import gelu_int8_, gelu_rows_
+from nanovllm.model.layers.attention import (
     BF16_MIN_CONTEXT,
     attend_chunk,
     causal_softmax_,
     paged_decode_attention,
     write_slots,
 )
-from nanovllm.model.bf16_attention import (
-    heads_matmul,
-    pack_context,
-    round_heads,
+from nanovllm.model.layers.linear import (
+    host_int8_kernel,
+    host_packs_bfloat16,
+    matmul_nt,
+    matmul_packed,
 )
-from nanovllm.model.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
-from nanovllm.model.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
-from nanovllm.model.kernels import softmax_rows_
-from nanovllm.model.linear import host_int8_kernel, host_packs_bfloat16, matmul_nt, matmul_packed
-from nanovllm.model.norms import layer_norm_int8_, layer_norm_rows_
+from nanovllm.model.layers.norms import layer_norm_int8_, layer_norm_rows_
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
@@ -45,7 +50,7 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
 
 
 def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
-    """W8A8: a long prefill quantizes its activations on the threads (`kernels.on_threads`);
+    """W8A8: a long prefill quantizes its activations on the threads (`shared.on_threads`);
     start-up compiled that quantizer too, not only the one decodes use."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
     kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],

@@ -14,8 +14,8 @@ from engine_checks import random_prompts
 from nanovllm import AsyncEngine, SamplingParams
 from nanovllm.engine_client import EngineDeadError, RequestAborted
 from nanovllm.inspection import Inspector, attention_weights
-from nanovllm.model import reference
-from nanovllm.model.quant import dequantize_weights
+from nanovllm.model.architectures import gpt2_reference
+from nanovllm.model.weights.quant import dequantize_weights
 from nanovllm.snapshot import MAX_LISTED_SEQS
 from nanovllm.stats import STEP_HISTORY
 
@@ -141,7 +141,7 @@ def test_attention_weights_are_the_reference_paths(make_engine):
     probs = attention_weights(engine, ids)
     cfg = engine.model_config
     assert probs.shape == (cfg.n_layer, cfg.n_head, 10, 10)
-    np.testing.assert_array_equal(probs, reference.attention_weights(  # (float32, maybe packed)
+    np.testing.assert_array_equal(probs, gpt2_reference.attention_weights(  # (float32, maybe packed)
         dequantize_weights(engine.runner.weights), cfg, np.asarray(ids)))
 
 

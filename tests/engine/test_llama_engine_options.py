@@ -18,9 +18,9 @@ from engine_checks import (
 from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
 
 from nanovllm import LLM, EngineConfig, LLMEngine, SamplingParams
-from nanovllm.model import reference_llama
-from nanovllm.model.architectures import family_of, load_checkpoint
-from nanovllm.model.quant import (
+from nanovllm.model.architectures import llama_reference
+from nanovllm.model.architectures.registry import family_of, load_checkpoint
+from nanovllm.model.weights.quant import (
     BF16Weight,
     Int8Weight,
     dequantize,
@@ -67,15 +67,15 @@ def test_model_on_narrow_weights_is_the_reference_on_their_float32(llama_ckpt, v
     most rows must be within the bound and every row within 3% of it; a wrong scale, offset or
     layout would move every row."""
     if "quantization" in options:
-        plain_linear = reference_llama.linear
-        monkeypatch.setattr(reference_llama, "linear", lambda x, w, b=None: plain_linear(
+        plain_linear = llama_reference.linear
+        monkeypatch.setattr(llama_reference, "linear", lambda x, w, b=None: plain_linear(
             dequantize(quantize_int8(np.ascontiguousarray(x, np.float32))), w, b))
     cfg, weights = load_checkpoint(llama_ckpt(variant), **options)
     kind = Int8Weight if "quantization" in options else BF16Weight
     assert isinstance(weights.embed, kind) and isinstance(weights.layers[0].qkv_w, kind)
     assert isinstance(weights.layers[1].gate_up_w, kind) and isinstance(weights.layers[1].down_w, kind)
     ids = np.random.default_rng(11).integers(0, cfg.vocab_size, 90)  # >64 rows: BLAS too
-    expected = reference_llama.forward(dequantize_weights(weights), cfg, ids)
+    expected = llama_reference.forward(dequantize_weights(weights), cfg, ids)
     forward = family_of(cfg).forward
     for n in (90, 5):  # 5 rows: the kernel
         errors = row_errors(forward(weights, cfg, ids[:n], np.arange(n)), expected[:n])

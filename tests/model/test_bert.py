@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from bert_checkpoints import PAIRS, TEXTS, write_hf_bert
 
-from nanovllm.model import bert, reference_bert
-from nanovllm.model.activations import gelu_erf_
-from nanovllm.model.architectures import load_checkpoint
+from nanovllm.model.architectures import bert, bert_reference
+from nanovllm.model.architectures.registry import load_checkpoint
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
-from nanovllm.model.encoder_attention import encoder_attention, encoder_attention_numpy
-from nanovllm.model.norms import add_layer_norm
+from nanovllm.model.layers.activations import gelu_erf_
+from nanovllm.model.layers.encoder_attention import encoder_attention, encoder_attention_numpy
+from nanovllm.model.layers.norms import add_layer_norm
 from nanovllm.tokenizer import Tokenizer
 
 torch = pytest.importorskip("torch")
@@ -45,20 +45,20 @@ def test_gelu_matches_the_reference(rows):
     x = np.random.default_rng(0).standard_normal((rows, 300)).astype(np.float32) * 4
     x[0, :6] = [0, -0.0, 30, -30, 1e-8, -9]
     # erf within 1.5e-7 (A&S 7.1.26): GELU within 0.75e-7 |x| where the tail is not 0.
-    np.testing.assert_allclose(gelu_erf_(x.copy(), None), reference_bert.gelu(x), atol=5e-7,
+    np.testing.assert_allclose(gelu_erf_(x.copy(), None), bert_reference.gelu(x), atol=5e-7,
                                rtol=1e-6)
     bias = np.random.default_rng(1).standard_normal(300).astype(np.float32)
-    np.testing.assert_allclose(gelu_erf_(x - bias, bias), reference_bert.gelu(x), atol=2e-6,
+    np.testing.assert_allclose(gelu_erf_(x - bias, bias), bert_reference.gelu(x), atol=2e-6,
                                rtol=1e-6)
 
 
 def attention_per_text(qkv, n_head, starts):
-    """`reference_bert`'s attention, one text at a time: [n, E]."""
+    """`bert_reference`'s attention, one text at a time: [n, E]."""
     n, e = qkv.shape[0], qkv.shape[1] // 3
     q, k, v = (qkv[:, i * e:(i + 1) * e].reshape(n, n_head, e // n_head) for i in range(3))
     out = np.empty((n, n_head, e // n_head), np.float32)
     for a, b in zip(starts[:-1], starts[1:]):
-        probs = reference_bert.attention_probs(q[a:b], k[a:b])
+        probs = bert_reference.attention_probs(q[a:b], k[a:b])
         out[a:b] = (probs @ v[a:b].transpose(1, 0, 2)).transpose(1, 0, 2)
     return out.reshape(n, e)
 
@@ -106,7 +106,7 @@ def test_add_layer_norm_is_the_residual_add_then_the_norm(rows):
     rng = np.random.default_rng(rows)
     x, residual = (rng.standard_normal((rows, 384)).astype(np.float32) * 3 for _ in range(2))
     bias, g, b = (rng.standard_normal(384).astype(np.float32) for _ in range(3))
-    expected = reference_bert.layer_norm(x + bias + residual, g, b, 1e-12)
+    expected = bert_reference.layer_norm(x + bias + residual, g, b, 1e-12)
     kept = residual.copy()
     np.testing.assert_allclose(add_layer_norm(x, bias, residual, g, b, 1e-12), expected,
                                atol=2e-5, rtol=1e-5)
@@ -130,7 +130,7 @@ def test_reference_matches_transformers(embedder):
     assert set(types) == {0, 1}
     with torch.no_grad():
         want = model(torch.tensor([ids]), token_type_ids=torch.tensor([types])).last_hidden_state
-    got = reference_bert.encode(weights, cfg, np.array(ids), np.array(types))
+    got = bert_reference.encode(weights, cfg, np.array(ids), np.array(types))
     np.testing.assert_allclose(got, want[0].numpy(), atol=2e-5)
 
 
@@ -140,7 +140,7 @@ def test_fast_path_matches_the_reference_on_a_batch(embedder):
     ids, positions, types, starts = batch(tok, TEXTS)
     got = bert.encode(weights, cfg, ids, positions, types, starts)
     for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
-        want = reference_bert.encode(weights, cfg, ids[a:b])
+        want = bert_reference.encode(weights, cfg, ids[a:b])
         np.testing.assert_allclose(got[a:b], want, atol=2e-5, err_msg=TEXTS[i])
 
 
@@ -158,14 +158,14 @@ def test_cross_encoder_head_matches_transformers(cross_encoder):
     for (i, t), row in zip(pairs, fast):
         with torch.no_grad():
             want = model(torch.tensor([i]), token_type_ids=torch.tensor([t])).logits[0].numpy()
-        ref = reference_bert.forward(weights, cfg, np.array(i), np.array(t))
+        ref = bert_reference.forward(weights, cfg, np.array(i), np.array(t))
         np.testing.assert_allclose(ref, want, atol=2e-5)
         np.testing.assert_allclose(row, want, atol=2e-5)
 
 
 def test_attention_weights_are_bidirectional(embedder):
     cfg, weights = load_checkpoint(embedder)
-    probs = reference_bert.attention_weights(weights, cfg, np.array([101, 200, 300, 102]))
+    probs = bert_reference.attention_weights(weights, cfg, np.array([101, 200, 300, 102]))
     assert probs.shape == (2, 4, 4, 4)
     np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)
     assert (probs[..., 0, 1:] > 0).all()  # the first token sees the ones after it
@@ -182,8 +182,8 @@ def test_a_config_we_do_not_run_is_refused_by_name(embedder, tmp_path):
 
 
 def test_the_forward_trace_runs_on_an_encoder(embedder):
-    from nanovllm.model.trace import trace_forward
+    from nanovllm.model.architectures.trace import trace_forward
 
     cfg, weights = load_checkpoint(embedder)
-    trace = trace_forward(weights, cfg, np.array([101, 200, 300, 102]), ref=reference_bert)
+    trace = trace_forward(weights, cfg, np.array([101, 200, 300, 102]), ref=bert_reference)
     assert trace.attention.shape == (2, 4, 4, 4) and trace.residual_norm.shape == (3, 4)

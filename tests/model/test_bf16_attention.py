@@ -1,4 +1,4 @@
-"""Prefill attention in bfloat16 (`model/bf16_attention.py`): its two products against their
+"""Prefill attention in bfloat16 (`model/kernels/bf16_attention.py`): its two products against their
 plain references, the whole blocked causal attention against the float32 reference within
 bfloat16's rounding (grouped queries, windows, more queries than CAUSAL_BLOCK, a cached context
 longer than the queries, through the paged cache too), and which layers take it: bfloat16
@@ -14,22 +14,22 @@ import numpy as np
 import pytest
 
 from nanovllm.model import load_gpt2
-from nanovllm.model import reference_llama as ref
-from nanovllm.model.attention import (
+from nanovllm.model.architectures import llama_reference as ref
+from nanovllm.model.kernels.bf16_attention import (
+    BF16Context,
+    reference_scores,
+    reference_values,
+    round_probabilities,
+)
+from nanovllm.model.layers.attention import (
     BF16_MIN_CONTEXT,
     CAUSAL_BLOCK,
     AttentionBatch,
     causal_attention,
     paged_attention,
 )
-from nanovllm.model.bf16_attention import (
-    BF16Context,
-    reference_scores,
-    reference_values,
-    round_probabilities,
-)
-from nanovllm.model.linear import host_packs_bfloat16
-from nanovllm.model.quant import attends_in_bf16
+from nanovllm.model.layers.linear import host_packs_bfloat16
+from nanovllm.model.weights.quant import attends_in_bf16
 from nanovllm.model_loading import pack_for_kernels
 from tests.model.test_bf16_gemm import runnable_kernel
 from tests.model.test_kernels_vs_reference import (

@@ -1,7 +1,8 @@
-"""bfloat16 weights on every path this CPU can run: the avx512bf16 kernel (`model/bf16_gemm.py`,
-x rounded to bfloat16) against its plain reference, the packed layout, the activations'
-rounding, and the widened path (BLAS on the weights as float32) on packed weights. The forced
-generic CPU and the engine's packing are in test_cpu.py; the model level in test_quant.py."""
+"""bfloat16 weights on every path this CPU can run: the avx512bf16 kernel
+(`model/kernels/bf16_gemm.py`, x rounded to bfloat16) against its plain reference, the packed
+layout, the activations' rounding, and the widened path (BLAS on the weights as float32) on packed
+weights. The forced generic CPU and the engine's packing are in test_cpu.py; the model level in
+test_quant.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import numpy as np
 import pytest
 from numba import config
 
-from nanovllm.model import linear as linear_module
-from nanovllm.model import reference as ref
-from nanovllm.model.activations import gelu
-from nanovllm.model.bf16_gemm import (
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.kernels.bf16_gemm import (
     BF16Rows,
     bf16_matmul,
     reference,
@@ -21,17 +20,19 @@ from nanovllm.model.bf16_gemm import (
     round_rows_parallel,
     widen_packed_rows,
 )
-from nanovllm.model.cpu import BF16_KERNELS, bf16_kernels, kernel_path
-from nanovllm.model.kernels import PARALLEL_MIN_WORK
-from nanovllm.model.linear import (
+from nanovllm.model.kernels.shared import PARALLEL_MIN_WORK
+from nanovllm.model.layers import linear as linear_module
+from nanovllm.model.layers.activations import gelu
+from nanovllm.model.layers.linear import (
     BF16_MAX_ROWS,
     host_bf16_kernel,
     host_packs_bfloat16,
     linear,
     takes_bf16_rows,
 )
-from nanovllm.model.norms import layer_norm
-from nanovllm.model.quant import (
+from nanovllm.model.layers.norms import layer_norm
+from nanovllm.model.platform.cpu import BF16_KERNELS, bf16_kernels, kernel_path
+from nanovllm.model.weights.quant import (
     BLOCK,
     PAIR,
     PackedBF16Weight,
@@ -201,7 +202,7 @@ def test_either_signature_of_the_intrinsic_gives_the_kernels_sums(monkeypatch, t
     from llvmlite import ir
     from numba import njit
 
-    from nanovllm.model import bf16_dot
+    from nanovllm.model.kernels import bf16_dot
 
     operand = (ir.VectorType(bf16_dot.BFloat16Type(), 2 * BLOCK) if takes_bfloat
                else ir.VectorType(ir.IntType(32), BLOCK))

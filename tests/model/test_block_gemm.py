@@ -1,4 +1,4 @@
-"""The kernels for block-quantized weights (`model/block_gemm.py`): every kernel this CPU can
+"""The kernels for block-quantized weights (`model/kernels/block_gemm.py`): every kernel this CPU can
 run, on every GGML type, against the plain reference (the dequantized activations times
 `ggml_blocks.dequantize_blocks`) within float32 rounding, and against the float32 activations
 within the bound their quantization gives. Weights are random GGML blocks (any code, any
@@ -9,15 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanovllm.model import reference as ref
-from nanovllm.model.block_gemm import (
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.kernels.block_gemm import (
     PORTABLE,
     block_linear,
     quantize_blocks,
 )
-from nanovllm.model.cpu import BLOCK_KERNELS, block_kernels, kernel_path
-from nanovllm.model.linear import host_block_kernel, linear
-from nanovllm.model.quant import convert_matrix, dequantize, gather_rows
+from nanovllm.model.layers.linear import host_block_kernel, linear
+from nanovllm.model.platform.cpu import BLOCK_KERNELS, block_kernels, kernel_path
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
     LAYOUTS,
@@ -26,6 +25,7 @@ from nanovllm.model.weights.block_quant import (
     from_float,
     from_gguf,
 )
+from nanovllm.model.weights.quant import convert_matrix, dequantize, gather_rows
 from tests.model.test_ggml_blocks import random_blocks
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.model.cpu import kernel_path, path_for
+from nanovllm.model.platform.cpu import kernel_path, path_for
 
 ZEN4 = {"sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
         "avx512bf16", "sha"}
@@ -59,12 +59,12 @@ GENERIC_SCRIPT = """
 import json, sys
 import numpy as np
 from nanovllm import LLM, SamplingParams
-from nanovllm.model import reference as ref
-from nanovllm.model.attention import TILE_HEAD_DIM, paged_decode_attention
-from nanovllm.model.cpu import kernel_path
-from nanovllm.model.kernels import as_kernel_array
-from nanovllm.model.linear import linear
-from nanovllm.model.quant import dequantize, quantize_int8, to_bfloat16
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.layers.attention import TILE_HEAD_DIM, paged_decode_attention
+from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.kernels.shared import as_kernel_array
+from nanovllm.model.layers.linear import linear
+from nanovllm.model.weights.quant import dequantize, quantize_int8, to_bfloat16
 rng = np.random.default_rng(0)
 errors = {}
 for name, convert in (("float32", lambda w: w), ("int8", quantize_int8), ("bfloat16", to_bfloat16)):
@@ -92,7 +92,7 @@ for options in ({}, {"quantization": "int8"}, {"dtype": "bfloat16"}):
     outs = llm.generate([[1, 2, 3, 4, 5, 6, 7], [900, 8]],
                         SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     tokens[json.dumps(options)] = [o.outputs[0].token_ids for o in outs]
-from nanovllm.model.linear import host_bf16_kernel
+from nanovllm.model.layers.linear import host_bf16_kernel
 print(json.dumps({"path": kernel_path().name, "int8": kernel_path().int8,
                   "bf16": host_bf16_kernel(), "errors": errors, "tokens": tokens}))
 """
@@ -123,10 +123,10 @@ def test_forced_generic_path_runs_every_precision(tiny_ckpt):
 AVX2_SCRIPT = """
 import json
 import numpy as np
-from nanovllm.model.cpu import kernel_path
-from nanovllm.model.kernels import NO_BIAS
-from nanovllm.model.linear import host_has_panels, host_packs_float32, linear, matmul_packed
-from nanovllm.model.quant import pack_float32
+from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.kernels.shared import NO_BIAS
+from nanovllm.model.layers.linear import host_has_panels, host_packs_float32, linear, matmul_packed
+from nanovllm.model.weights.quant import pack_float32
 rng = np.random.default_rng(0)
 errors = {}
 for rows in (1, 20, 64):
@@ -164,7 +164,7 @@ def test_forced_avx2_path_runs_the_float32_kernels():
 def test_linear_takes_the_panel_kernel_on_the_avx512_path_only():
     from numba import config
 
-    from nanovllm.model.linear import PANEL_PATHS, host_has_panels
+    from nanovllm.model.layers.linear import PANEL_PATHS, host_has_panels
 
     assert PANEL_PATHS == ("avx512",)
     assert host_has_panels() == (kernel_path().name == "avx512" and not config.DISABLE_JIT)
@@ -175,7 +175,7 @@ def test_decode_attention_takes_the_register_tiles_where_they_fit_the_registers(
     heads' tiles only in AVX-512's (the panel path); none under NUMBA_DISABLE_JIT."""
     from numba import config
 
-    from nanovllm.model.attention import host_decode_tiles
+    from nanovllm.model.layers.attention import host_decode_tiles
 
     compiled = not config.DISABLE_JIT
     assert host_decode_tiles(12, 12) is compiled
@@ -187,7 +187,7 @@ def test_engine_packs_float32_weights_on_the_avx512_path_only(tiny_ckpt):
     from numba import config
 
     from nanovllm.config import EngineConfig
-    from nanovllm.model.quant import PackedF32Weight
+    from nanovllm.model.weights.quant import PackedF32Weight
     from nanovllm.model_loading import load_model
 
     packs = kernel_path().name == "avx512" and not config.DISABLE_JIT
@@ -203,8 +203,8 @@ def test_engine_packs_bfloat16_weights_where_the_kernel_runs(tiny_ckpt):
     head, too), and leaves them `[out, in]` for `matmul_nt` elsewhere; a float32 model's
     matrices are never bfloat16."""
     from nanovllm.config import EngineConfig
-    from nanovllm.model.linear import host_packs_bfloat16
-    from nanovllm.model.quant import BF16Weight, PackedBF16Weight
+    from nanovllm.model.layers.linear import host_packs_bfloat16
+    from nanovllm.model.weights.quant import BF16Weight, PackedBF16Weight
     from nanovllm.model_loading import load_model
 
     kind = PackedBF16Weight if host_packs_bfloat16() else BF16Weight

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from nanovllm.model.kernels import KERNEL_MATH, exp32, exp32_within
+from nanovllm.model.kernels.shared import KERNEL_MATH, exp32, exp32_within
 
 
 @njit(fastmath=KERNEL_MATH)  # a caller that allows reassociation, like every kernel

@@ -1,6 +1,6 @@
-"""float32 prefill attention (`model/f32_attention.py`), both ways of computing a job (the plain
-loops and the register tiles, where this CPU runs them) and both ways of sharing the jobs out:
-against `reference_llama.attention` within the bounds of test_kernels_vs_reference.py (grouped
+"""float32 prefill attention (`model/kernels/f32_attention.py`), both ways of computing a job (the
+plain loops and the register tiles, where this CPU runs them) and both ways of sharing the jobs out:
+against `llama_reference.attention` within the bounds of test_kernels_vs_reference.py (grouped
 queries, windows, chunks of a longer context, more queries than a job's), each row the same bits
 whichever chunk, job or thread computes it (a prompt's tail read back from the prefix cache
 relies on it), and which way causal_attention takes."""
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from test_kernels_vs_reference import assert_within, attention_bound, f32
 
-from nanovllm.model import reference_llama as ref
-from nanovllm.model.attention import attend_chunk, causal_attention
-from nanovllm.model.f32_attention import (
+from nanovllm.model.architectures import llama_reference as ref
+from nanovllm.model.kernels.f32_attention import (
     JOB_ROWS,
     THREADS_MIN_WORK,
     TILE_HEAD_DIMS,
     causal_work,
 )
-from nanovllm.model.linear import host_has_panels
+from nanovllm.model.layers.attention import attend_chunk, causal_attention
+from nanovllm.model.layers.linear import host_has_panels
 
 PATHS = ["plain", "panels"]
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nanovllm.model.cpu import kernel_path
-from nanovllm.model.kernels import (
+from nanovllm.model.kernels.shared import (
     KERNEL_MATH,
     as_kernel_array,
     float16_bits_to_float32,
     float32_to_float16_bits,
     to_float32,
 )
+from nanovllm.model.platform.cpu import kernel_path
 
 
 @njit(fastmath=KERNEL_MATH)  # the flags the attention kernel compiles it with

@@ -1,6 +1,7 @@
-"""The W8A8 kernels (`model/int8_gemm.py`): every kernel this CPU can run, against exact integer
-products and against the plain reference (`dequantize` + `reference.linear` on the quantized
-activations), with the bound their roundings give. The forced generic CPU is in test_cpu.py."""
+"""The W8A8 kernels (`model/kernels/int8_gemm.py`): every kernel this CPU can run, against exact
+integer products and against the plain reference (`dequantize` + `gpt2_reference.linear` on the
+quantized activations), with the bound their roundings give. The forced generic CPU is in
+test_cpu.py."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import logging
 import numpy as np
 import pytest
 
-from nanovllm.model import reference as ref
-from nanovllm.model.cpu import INT8_KERNELS, int8_kernels, kernel_path
-from nanovllm.model.int8_gemm import (
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.kernels.int8_gemm import (
     KERNELS,
     PORTABLE,
     first_compiling_kernel,
@@ -21,9 +21,17 @@ from nanovllm.model.int8_gemm import (
     quantize_rows,
     quantize_rows_parallel,
 )
-from nanovllm.model.kernels import NO_BIAS, as_bias
-from nanovllm.model.linear import host_int8_kernel
-from nanovllm.model.quant import BLOCK, GROUP, Int8Weight, dequantize, pack_int8, quantize_int8
+from nanovllm.model.kernels.shared import NO_BIAS, as_bias
+from nanovllm.model.layers.linear import host_int8_kernel
+from nanovllm.model.platform.cpu import INT8_KERNELS, int8_kernels, kernel_path
+from nanovllm.model.weights.quant import (
+    BLOCK,
+    GROUP,
+    Int8Weight,
+    dequantize,
+    pack_int8,
+    quantize_int8,
+)
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 
 U = 2.0 ** -24
@@ -176,7 +184,7 @@ def test_portable_kernel_as_plain_python_is_the_compiled_one():
 def test_bias_and_residual_are_added_as_the_outputs_are_stored(kernel, rows, k, cols):
     """`out = x @ w.T + b` and `residual += x @ w.T + b` in the kernel's epilogue: exactly the
     floats of the separate passes (the same additions in the same order), on the panels and
-    on the matrix's edge; the reference is `reference.linear` with the bias."""
+    on the matrix's edge; the reference is `gpt2_reference.linear` with the bias."""
     kernel = runnable(kernel)
     x = f32(rows, k, seed=9)
     w = quantize_int8(f32(cols, k, seed=10, scale=0.02))

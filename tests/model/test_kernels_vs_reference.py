@@ -1,5 +1,5 @@
-"""Every compiled kernel against its plain-numpy function in `model/reference.py` (llm.c's rule),
-on random inputs and edge shapes: one row, odd sizes, long rows and contexts.
+"""Every compiled kernel against its plain-numpy function in `model/architectures/gpt2_reference.py`
+(llm.c's rule), on random inputs and edge shapes: one row, odd sizes, long rows and contexts.
 
 Tolerances. The kernel and the reference do the same float32 math in different orders. For a
 float32 sum of n terms we allow Higham and Mary's probabilistic error bound, lam * sqrt(n) * u *
@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 from numba import config
 
-from nanovllm.model import linear as linear_module
-from nanovllm.model import reference as ref
-from nanovllm.model.activations import gelu
-from nanovllm.model.attention import (
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_activations
+from nanovllm.model.kernels.shared import NO_BIAS, PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.layers import linear as linear_module
+from nanovllm.model.layers.activations import gelu
+from nanovllm.model.layers.attention import (
     CAUSAL_BLOCK,
     causal_attention,
     paged_decode_attention,
     softmax_,
 )
-from nanovllm.model.int8_gemm import Int8Rows, quantize_activations
-from nanovllm.model.kernels import NO_BIAS, PARALLEL_MIN_WORK, as_kernel_array
-from nanovllm.model.linear import KERNEL_MAX_ROWS, linear
-from nanovllm.model.norms import layer_norm
-from nanovllm.model.quant import Int8Weight, pack_float32
+from nanovllm.model.layers.linear import KERNEL_MAX_ROWS, linear
+from nanovllm.model.layers.norms import layer_norm
+from nanovllm.model.weights.quant import Int8Weight, pack_float32
 
 U = 2.0 ** -24
 LAM = 8.0

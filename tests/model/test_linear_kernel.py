@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.kernels import as_bias
-from nanovllm.model.linear import (
+from nanovllm.model.kernels.shared import as_bias
+from nanovllm.model.layers.linear import (
     KERNEL_MAX_ROWS,
     PACKED_MAX_ROWS,
     host_packs_float32,
@@ -20,10 +20,11 @@ from nanovllm.model.linear import (
     matmul_nt,
     matmul_packed,
 )
-from nanovllm.model.quant import PackedF32Weight, pack_float32
+from nanovllm.model.weights.quant import PackedF32Weight, pack_float32
 
-# The packed kernel is LLVM IR (model/f32_dot.py): it runs compiled only, on any CPU (LLVM splits
-# its 16-lane vectors where they are wider than the CPU's), though only the AVX-512 path takes it.
+# The packed kernel is LLVM IR (model/kernels/f32_dot.py): it runs compiled only, on any CPU (LLVM
+# splits its 16-lane vectors where they are wider than the CPU's), though only the AVX-512 path
+# takes it.
 KERNELS = [matmul_nt] + ([] if config.DISABLE_JIT else [matmul_packed])
 
 
@@ -124,7 +125,7 @@ def test_linear_on_packed_weights_matches_float64(rows, out_dim, in_dim, seed):
 
 def test_packed_linear_unpacks_in_chunks_for_blas(monkeypatch):
     """More outputs than one BLAS chunk: every chunk lands in its own columns."""
-    from nanovllm.model import linear as linear_module
+    from nanovllm.model.layers import linear as linear_module
 
     monkeypatch.setattr(linear_module, "BLAS_CHUNK", 32)
     rng = np.random.default_rng(5)
@@ -138,7 +139,7 @@ def test_packed_linear_unpacks_in_chunks_for_blas(monkeypatch):
 def test_packed_linear_above_the_kernels_rows_by_input_length(monkeypatch, in_dim):
     """More rows than the packed kernel takes at once: matrices with long inputs still go to it,
     a run of rows at a time (every run lands in its own rows), the others to BLAS."""
-    from nanovllm.model import linear as linear_module
+    from nanovllm.model.layers import linear as linear_module
 
     monkeypatch.setattr(linear_module, "PACKED_MAX_ROWS", 16)
     monkeypatch.setattr(linear_module, "PACKED_CHUNK_MIN_K", 32)

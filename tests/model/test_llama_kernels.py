@@ -1,5 +1,5 @@
-"""The Llama family's kernels against `model/reference_llama.py` (llm.c's rule), with the error
-bounds of test_kernels_vs_reference.py: RMSNorm (per head too, for Qwen3), SwiGLU's gate,
+"""The Llama family's kernels against `model/architectures/llama_reference.py` (llm.c's rule), with
+the error bounds of test_kernels_vs_reference.py: RMSNorm (per head too, for Qwen3), SwiGLU's gate,
 rotary positions, and the grouped-query attention (causal and paged decode) with and without a
 sliding window."""
 
@@ -18,17 +18,17 @@ from test_kernels_vs_reference import (
     sum_error,
 )
 
-from nanovllm.model import reference_llama as ref
-from nanovllm.model.activations import silu_mul
-from nanovllm.model.attention import (
+from nanovllm.model.architectures import llama_reference as ref
+from nanovllm.model.kernels.shared import PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.layers.activations import silu_mul
+from nanovllm.model.layers.attention import (
     CAUSAL_BLOCK,
     TILE_HEAD_DIM,
     causal_attention,
     paged_decode_attention,
 )
-from nanovllm.model.kernels import PARALLEL_MIN_WORK, as_kernel_array
-from nanovllm.model.norms import add_rms_norm_, rms_norm, rms_norm_heads_
-from nanovllm.model.rotary import cos_sin, inv_frequencies, rotate_
+from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_heads_
+from nanovllm.model.layers.rotary import cos_sin, inv_frequencies, rotate_
 
 
 # Sizes on both sides of PARALLEL_MIN_WORK: the calling thread's loop and the parallel one.

@@ -10,9 +10,9 @@ import pytest
 
 from nanovllm import LLM, SamplingParams
 from nanovllm.model import CheckpointError
-from nanovllm.model.architectures import ARCHITECTURES, load_checkpoint
+from nanovllm.model.architectures.llama_config import LLAMA_PRESETS, LlamaConfig
+from nanovllm.model.architectures.registry import ARCHITECTURES, load_checkpoint
 from nanovllm.model.checkpoint.dummy import write_dummy_checkpoint
-from nanovllm.model.llama_config import LLAMA_PRESETS, LlamaConfig
 
 
 def edit_config(src, dst, **changes):

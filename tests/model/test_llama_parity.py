@@ -1,9 +1,10 @@
 """Llama, Qwen2, Qwen3 and Mistral against transformers: both of our forward passes, the engine's
-(`model/llama.py`) and the plain reference (`model/reference_llama.py`), on checkpoints that
-transformers' own classes wrote (tests/conftest.py's LLAMA_VARIANTS: grouped-query and
-multi-head attention, attention biases, tied and untied heads, llama3 rope scaling, Qwen2's
-biases, a Mistral window shorter than the sequence, Qwen3's per-head norms and wider heads),
-give the same full-sequence logits to 1e-4, GPT-2's bound. Also: bf16 on disk, sharded files, and SmolLM2-135M's real shapes.
+(`model/architectures/llama.py`) and the plain reference (`model/architectures/llama_reference.py`),
+on checkpoints that transformers' own classes wrote (tests/conftest.py's LLAMA_VARIANTS:
+grouped-query and multi-head attention, attention biases, tied and untied heads, llama3 rope
+scaling, Qwen2's biases, a Mistral window shorter than the sequence, Qwen3's per-head norms and
+wider heads), give the same full-sequence logits to 1e-4, GPT-2's bound. Also: bf16 on disk, sharded
+files, and SmolLM2-135M's real shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
 
-from nanovllm.model.architectures import family_of, load_checkpoint
+from nanovllm.model.architectures.registry import family_of, load_checkpoint
 
 TOL = 1e-4
 
@@ -70,7 +71,7 @@ def test_bf16_sharded_checkpoint_matches_transformers(tmp_path, hf_llama, path, 
 
 def test_smollm2_135m_shapes_match_transformers(tmp_path, hf_llama):
     """SmolLM2-135M's real shapes (30 layers, 9 query heads over 3 key/value heads, tied)."""
-    from nanovllm.model.llama_config import LLAMA_PRESETS
+    from nanovllm.model.architectures.llama_config import LLAMA_PRESETS
 
     p = LLAMA_PRESETS["smollm2-135m"]
     model_dir = write_hf_llama(

@@ -10,17 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nanovllm.model.attention
-import nanovllm.model.gpt2
+import nanovllm.model.architectures.gpt2
+import nanovllm.model.layers.attention
 from nanovllm.model import AttentionBatch, forward
-from nanovllm.model.activations import gelu
-from nanovllm.model.attention import (
+from nanovllm.model.layers.activations import gelu
+from nanovllm.model.layers.attention import (
     causal_attention,
     causal_softmax_,
     paged_decode_attention,
     softmax_,
 )
-from nanovllm.model.norms import layer_norm
+from nanovllm.model.layers.norms import layer_norm
 
 
 def f32(*shape, seed=0) -> np.ndarray:
@@ -101,8 +101,8 @@ def recorded_dtypes(monkeypatch):
 
     for name in ("layer_norm", "gelu", "mlp", "self_attention", "lm_head",
                  "causal_attention", "paged_attention"):
-        wrap(nanovllm.model.gpt2, name)
-    wrap(nanovllm.model.attention, "causal_attention")  # (its softmax is in place, on float32 scores)
+        wrap(nanovllm.model.architectures.gpt2, name)
+    wrap(nanovllm.model.layers.attention, "causal_attention")  # (its softmax is in place, on float32 scores)
     return seen
 
 

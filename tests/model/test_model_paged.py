@@ -1,5 +1,5 @@
 """The incremental path: a paged KV cache fed by prefill chunks and decode steps, against
-`model/reference.py`'s full pass over the whole sequence.
+`model/architectures/gpt2_reference.py`'s full pass over the whole sequence.
 
 Every sequence gets a shuffled (non-contiguous) block table, and the caches start full of large
 random garbage, so a step only gives the reference's logits if every key and value is written to
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanovllm.model import AttentionBatch, forward
-from nanovllm.model import reference as ref
+from nanovllm.model.architectures import gpt2_reference as ref
 
 BLOCK = 4
 NUM_BLOCKS = 48

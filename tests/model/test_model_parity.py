@@ -1,4 +1,5 @@
-"""Parity of both forward passes, the engine's and `model/reference.py`'s, with transformers.
+"""Parity of both forward passes, the engine's and `model/architectures/gpt2_reference.py`'s, with
+transformers.
 
 Both sides load the SAME checkpoint directory (ours with `load_gpt2`, transformers'
 GPT2LMHeadModel with `from_pretrained` in float32 eval mode) and must give the same
@@ -15,7 +16,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from nanovllm.model import forward, load_gpt2
-from nanovllm.model import reference as ref
+from nanovllm.model.architectures import gpt2_reference as ref
 
 TOL = 1e-4
 
@@ -80,7 +81,7 @@ def test_gpt2_124m_shapes_logits_match_transformers(gpt2_ckpt, gpt2_hf, n, path,
 
 
 def test_reference_attention_weights_match_transformers(perturbed_ckpt):
-    """`reference.attention_weights` is what transformers reports as `attentions`."""
+    """`gpt2_reference.attention_weights` is what transformers reports as `attentions`."""
     cfg, weights = load_gpt2(perturbed_ckpt)
     ids = np.random.default_rng(5).integers(0, cfg.vocab_size, 40)
     hf = GPT2LMHeadModel.from_pretrained(perturbed_ckpt, dtype=torch.float32,

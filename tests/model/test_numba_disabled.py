@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from nanovllm import LLM, SamplingParams
-from nanovllm.model.kernels import (
+from nanovllm.model.kernels.shared import (
     float16_bits_to_float32,
     float32_to_float16_bits,
     from_float32,

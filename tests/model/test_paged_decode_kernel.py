@@ -10,8 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config
 
-from nanovllm.model.attention import TILE_HEAD_DIM, paged_decode_attention, tiles_serve, write_slots
-from nanovllm.model.kernels import as_kernel_array
+from nanovllm.model.kernels.shared import as_kernel_array
+from nanovllm.model.layers.attention import (
+    TILE_HEAD_DIM,
+    paged_decode_attention,
+    tiles_serve,
+    write_slots,
+)
 
 
 def reference(q, k_cache, v_cache, tables, lens, block_size):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from bert_checkpoints import PAIRS, TEXTS, write_hf_bert, write_st_embedder
 
-from nanovllm.model import bert
-from nanovllm.model.architectures import load_checkpoint
+from nanovllm.model.architectures import bert
+from nanovllm.model.architectures.registry import load_checkpoint
 from nanovllm.model.checkpoint.pooling_config import PoolingConfigError, read_pooling_config
-from nanovllm.model.pooling import activate, normalize, pool
+from nanovllm.model.layers.pooling import activate, normalize, pool
 from nanovllm.tokenizer import Tokenizer
 
 st = pytest.importorskip("sentence_transformers")

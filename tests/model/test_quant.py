@@ -1,5 +1,5 @@
 """int8 and bfloat16 weights: the conversions against their definitions (and torch), the linear
-kernel on such weights against `reference.linear` on the float32 matrices they stand for, and
+kernel on such weights against `gpt2_reference.linear` on the float32 matrices they stand for, and
 the whole model against the reference model on those matrices."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from nanovllm import LLM, EngineConfig, SamplingParams
-from nanovllm.model import linear as linear_module
 from nanovllm.model import load_gpt2
-from nanovllm.model import reference as ref
-from nanovllm.model.attention import BF16_MIN_CONTEXT
-from nanovllm.model.gpt2 import forward
-from nanovllm.model.linear import KERNEL_MAX_ROWS, host_packs_bfloat16, linear
-from nanovllm.model.precision import check_precision
-from nanovllm.model.quant import (
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.architectures.gpt2 import forward
+from nanovllm.model.layers import linear as linear_module
+from nanovllm.model.layers.attention import BF16_MIN_CONTEXT
+from nanovllm.model.layers.linear import KERNEL_MAX_ROWS, host_packs_bfloat16, linear
+from nanovllm.model.weights.precision import check_precision
+from nanovllm.model.weights.quant import (
     BF16Weight,
     Int8Weight,
     PackedBF16Weight,
@@ -118,7 +118,8 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
     model: random biases and layer norms, logits of real GPT-2's size). int8 is W8A8: the
     reference's linear layers quantize their input rows first, as the kernels do; so does
     bfloat16 packed for the avx512bf16 kernel, rounding them to bfloat16, and the inputs of
-    attention's two products too over BF16_MIN_CONTEXT keys or more (`model/bf16_attention.py`)."""
+    attention's two products too over BF16_MIN_CONTEXT keys or more
+    (`model/kernels/bf16_attention.py`)."""
     rounding = None
     if "quantization" in options:
         rounding = lambda x: dequantize(quantize_int8(x))  # noqa: E731
@@ -195,7 +196,11 @@ def test_packed_weights_give_the_reference_logits(request, checkpoint, variant):
     """Every float32 matrix packed (as the AVX-512 path's engine stores them), a tied LM head
     still one object with the embedding: the model's logits close to the reference's, for a
     prompt and for one token (the packed kernel, or BLAS on the unpacked rows without the JIT)."""
-    from nanovllm.model.architectures import ARCHITECTURES, architecture_of, load_checkpoint
+    from nanovllm.model.architectures.registry import (
+        ARCHITECTURES,
+        architecture_of,
+        load_checkpoint,
+    )
 
     path = request.getfixturevalue(checkpoint)
     path = path(variant) if variant else path

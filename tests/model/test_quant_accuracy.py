@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from nanovllm.model import PRESETS
+from nanovllm.model.architectures.gpt2_config import GPT2Config
 from nanovllm.model.checkpoint.dummy import random_weights
 from nanovllm.model.checkpoint.loader import read_tensors
-from nanovllm.model.config import GPT2Config
-from nanovllm.model.linear import host_packs_bfloat16
+from nanovllm.model.layers.linear import host_packs_bfloat16
 from nanovllm.scripts.lab.precision_accuracy import Agreement, measure, text_windows
 from tests.conftest import TINY
 
@@ -91,8 +91,8 @@ def test_int8_on_a_trained_model_agrees_with_float32():
 def test_tiny_llama_within_the_error_budget(overrides):
     """The same budget on the Llama family (grouped-query attention, 4 query heads reading 2
     key/value heads; Mistral's window; a tied head), transformers' initialisation (std 0.02)."""
+    from nanovllm.model.architectures.llama_config import LlamaConfig
     from nanovllm.model.checkpoint.dummy import random_llama_weights
-    from nanovllm.model.llama_config import LlamaConfig
     from tests.llama_checkpoints import LLAMA_TINY
 
     # (LLAMA_TINY is in transformers' names; our config calls key/value heads num_kv_heads)

@@ -1,5 +1,5 @@
-"""`model/reference.py`, the plain-numpy GPT-2: the engine's full pass against it, and what it
-promises itself (pure, float32, causal, bounded input).
+"""`model/architectures/gpt2_reference.py`, the plain-numpy GPT-2: the engine's full pass against
+it, and what it promises itself (pure, float32, causal, bounded input).
 
 Its parity with transformers is in test_model_parity.py, the engine's paged path against it in
 test_model_paged.py, each compiled kernel against its reference function in
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nanovllm.model import forward
-from nanovllm.model import reference as ref
+from nanovllm.model.architectures import gpt2_reference as ref
 
 TOL = 1e-5  # float32 logits of the same math summed in different orders (|logits| up to ~30)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from nanovllm.model.bert_config import BertConfig
-from nanovllm.model.llama_config import LlamaConfig
+from nanovllm.model.architectures.bert_config import BertConfig
+from nanovllm.model.architectures.llama_config import LlamaConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,5 +1,5 @@
-"""model/threads.py: importing it changes nothing; `configure_thread_pools()` sets the pools'
-spin times unless the user set them; every entry point calls it before numpy loads (OpenBLAS
+"""model/platform/threads.py: importing it changes nothing; `configure_thread_pools()` sets the
+pools' spin times unless the user set them; every entry point calls it before numpy loads (OpenBLAS
 reads its setting then). Each case runs in a fresh interpreter, whose environment lacks the
 settings: this test process has long configured itself."""
 
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from nanovllm.model.threads import thread_pool_settings
+from nanovllm.model.platform.threads import thread_pool_settings
 
 SETTINGS = thread_pool_settings()
 
@@ -47,12 +47,12 @@ def test_settings_are_the_three_spin_times():
 
 
 def test_importing_the_module_or_the_package_changes_no_environment_variable():
-    result = probe("import nanovllm.model.threads, nanovllm.model, nanovllm")
+    result = probe("import nanovllm.model.platform.threads, nanovllm.model, nanovllm")
     assert result["changed"] == {} and not result["numpy_loaded"]
 
 
 def test_configure_sets_each_setting_once_and_keeps_the_users():
-    result = probe("from nanovllm.model.threads import configure_thread_pools\n"
+    result = probe("from nanovllm.model.platform.threads import configure_thread_pools\n"
                    "configure_thread_pools()\nconfigure_thread_pools()", GOMP_SPINCOUNT="7")
     assert result["changed"] == {k: v for k, v in SETTINGS.items() if k != "GOMP_SPINCOUNT"}
 

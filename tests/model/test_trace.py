@@ -1,5 +1,5 @@
-"""`model/trace.py`, one forward pass layer by layer: its last lens is the model's output (the
-reference path exactly, the engine's fast path to rounding), its residual norms are what
+"""`model/architectures/trace.py`, one forward pass layer by layer: its last lens is the model's
+output (the reference path exactly, the engine's fast path to rounding), its residual norms are what
 transformers reports as hidden states, its attention is reference.attention_weights."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from nanovllm.model import forward
-from nanovllm.model import reference as ref
-from nanovllm.model.trace import LENS_TOP_K, trace_forward
+from nanovllm.model.architectures import gpt2_reference as ref
+from nanovllm.model.architectures.trace import LENS_TOP_K, trace_forward
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from server_helpers import REPO, ServeProcess, free_port, port_is_free
 
 def test_plain_serve_never_imports_ray():
     code = ("import sys; from nanovllm.cli import build_parser; import nanovllm.server.app, "
-            "nanovllm.server.cli, nanovllm.server.endpoints; build_parser(); "
+            "nanovllm.server.cli, nanovllm.server.api.table; build_parser(); "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)

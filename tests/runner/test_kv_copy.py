@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanovllm.model.config import GPT2Config
+from nanovllm.model.architectures.gpt2_config import GPT2Config
 from nanovllm.runner.kv_cache import KVCache
 
 

@@ -20,7 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanovllm import SamplingParams
-from nanovllm.model import reference as ref
+from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.runner.sampler import (
     adjust_logits_,
     draw,

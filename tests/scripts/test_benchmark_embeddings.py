@@ -9,7 +9,7 @@ import pytest
 from bert_checkpoints import write_st_embedder
 
 from nanovllm.cli import build_parser, main
-from nanovllm.model.bert_config import BertConfig
+from nanovllm.model.architectures.bert_config import BertConfig
 
 pytest.importorskip("sentence_transformers")
 

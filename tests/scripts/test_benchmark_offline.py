@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nanovllm.cli import build_parser
-from nanovllm.model.linear import host_bf16_kernel
+from nanovllm.model.layers.linear import host_bf16_kernel
 from nanovllm.scripts import benchmark, benchmark_serving
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
 

@@ -31,7 +31,7 @@ def test_int8_weights_are_a_quarter_of_the_bytes(tiny_ckpt, capsys):
 def test_a_grouped_query_llama_reports_its_key_value_heads(llama_ckpt, capsys):
     """llama-gqa: 2 layers x 2 key/value heads (of 4 query heads) x 16 dims x K and V x 4 bytes;
     its float32 weights are counted once each, the untied LM head too."""
-    from nanovllm.model.architectures import read_config
+    from nanovllm.model.architectures.registry import read_config
 
     model = llama_ckpt("llama-gqa")
     assert measure_memory.main(["--model", str(model), "--batch", "2", "--long-prompt", "20"]) == 0

@@ -17,7 +17,7 @@ from server_helpers import API_KEY, MODEL, LiveServer, make_engine, serve
 
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.server.app import build_app
-from nanovllm.server.chat_template import load_chat_template
+from nanovllm.server.chat.template import load_chat_template
 
 GPT2_CHAT_TEMPLATE = Path(__file__).parents[2] / "examples" / "chat_template_gpt2.jinja"
 

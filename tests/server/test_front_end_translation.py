@@ -11,10 +11,10 @@ import json
 import pytest
 from front_end_streams import messages_stream, parse_sse, responses_stream
 
-from nanovllm.server.endpoints.messages import content_blocks, message_events, stop_reason
-from nanovllm.server.endpoints.responses import output_items, response_events
-from nanovllm.server.front_end import ChatAnswer, ToolCall
-from nanovllm.server.protocol import ResponsesRequest
+from nanovllm.server.api.messages.routes import content_blocks, message_events, stop_reason
+from nanovllm.server.api.responses.protocol import ResponsesRequest
+from nanovllm.server.api.responses.routes import output_items, response_events
+from nanovllm.server.chat.front_end import ChatAnswer, ToolCall
 from nanovllm.server.serving import ServerContext
 
 REASONING, TEXT = "The user wants the weather.", "Let me look."

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from nanovllm.server.chat_output import MessageStream, OutputRules, parse_message
-from nanovllm.server.reasoning import REASONING_PARSERS
-from nanovllm.server.tool_calls import PARSERS
+from nanovllm.server.chat.output import MessageStream, OutputRules, parse_message
+from nanovllm.server.chat.reasoning import REASONING_PARSERS
+from nanovllm.server.chat.tool_calls import PARSERS
 
 CALL = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
 # (parser, what the prompt left open, text, reasoning, content, calls)

@@ -9,7 +9,7 @@ import openai
 import pytest
 from server_helpers import MODEL, error_of
 
-from nanovllm.server.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
+from nanovllm.server.chat.template import ChatTemplate, ChatTemplateError, load_chat_template
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Name a colour."}]

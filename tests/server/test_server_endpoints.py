@@ -84,7 +84,7 @@ def test_unknown_route_and_wrong_method_have_the_openai_shape(http):
 def test_documented_extra_fields_are_accepted_and_logged(http, caplog):
     """Unknown fields are 400s (test_server_field_audit); the documented ones that change
     nothing here pass, and the log says they were ignored."""
-    with caplog.at_level(logging.WARNING, logger="nanovllm.server.endpoints.completions"):
+    with caplog.at_level(logging.WARNING, logger="nanovllm.server.api.completions.routes"):
         resp = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1,
                                                   "service_tier": "auto"})
     assert resp.status_code == 200

@@ -11,14 +11,10 @@ import json
 import pytest
 from server_helpers import error_of
 
-from nanovllm.server.protocol import (
-    IGNORED_EXTRA_FIELDS,
-    NO_OUTPUT_EFFECT,
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    TokenizeRequest,
-)
+from nanovllm.server.api.completions.protocol import CompletionRequest
+from nanovllm.server.api.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+from nanovllm.server.chat.request import ChatCompletionRequest
+from nanovllm.server.protocol import IGNORED_EXTRA_FIELDS, NO_OUTPUT_EFFECT
 
 EOS = "EOS"  # stands for the checkpoint's EOS id (a logit_bias key) until check_effects
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}

@@ -21,7 +21,7 @@ from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.inspection import Inspector
 from nanovllm.server.app import build_app
-from nanovllm.server.chat_template import load_chat_template
+from nanovllm.server.chat.template import load_chat_template
 
 SYSTEM, USER = "You are terse.", "Name a colour."
 MESSAGES = [{"role": "user", "content": USER}]

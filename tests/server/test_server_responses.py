@@ -16,9 +16,9 @@ from front_end_streams import responses_stream, sse_events
 from pydantic import BaseModel, Field
 from server_helpers import MODEL, REPO, error_of, serve, wait_idle
 
+from nanovllm.server.api.responses.store import ResponseStore
 from nanovllm.server.app import build_app
-from nanovllm.server.chat_template import load_chat_template
-from nanovllm.server.response_store import ResponseStore
+from nanovllm.server.chat.template import load_chat_template
 from nanovllm.values.limits import ServerLimits
 
 SYSTEM, USER = "You are terse.", "Name a colour."

@@ -12,7 +12,7 @@ import pytest
 from server_helpers import REPO, serve
 
 from nanovllm.server.app import build_app
-from nanovllm.server.chat_template import load_chat_template
+from nanovllm.server.chat.template import load_chat_template
 
 MODEL = "tiny-gpt2-tools"
 GPT2_CHAT_TEMPLATE = REPO / "examples" / "chat_template_gpt2.jinja"

@@ -187,8 +187,8 @@ def test_engine_is_fine_after_all_that(http, live):
 
 def test_sampling_params_value_error_becomes_a_400_naming_the_field():
     """SamplingParams validates too; its ValueError is a 400, should a value slip past pydantic."""
+    from nanovllm.server.api.completions.protocol import CompletionRequest
     from nanovllm.server.errors import APIError
-    from nanovllm.server.protocol import CompletionRequest
 
     req = CompletionRequest.model_construct(**{**CompletionRequest(prompt="x").model_dump(), "n": 0})
     with pytest.raises(APIError) as info:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanovllm.server.tool_calls import PARSERS, ToolCallStreamer, extract
+from nanovllm.server.chat.tool_calls import PARSERS, ToolCallStreamer, extract
 
 WEATHER = {"city": "Paris", "unit": "celsius"}
 # (parser, text as the family writes it, expected content, expected [(name, arguments)])

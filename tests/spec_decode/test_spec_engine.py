@@ -156,12 +156,12 @@ def test_sampling_keeps_the_target_distribution(small_vocab):
     verified proposal or a residual draw) is distributed as the target's (computed exactly by
     the reference forward pass, over every first token)."""
     target, draft = small_vocab
-    from nanovllm.model import reference
+    from nanovllm.model.architectures import gpt2_reference
     from nanovllm.model.checkpoint.loader import load_gpt2
     cfg, weights = load_gpt2(target)
 
     def probs(tokens):
-        logits = reference.forward(weights, cfg, np.array(tokens))[-1] / TEMPERATURE
+        logits = gpt2_reference.forward(weights, cfg, np.array(tokens))[-1] / TEMPERATURE
         p = np.exp(logits - logits.max())
         return p / p.sum()
 

@@ -13,7 +13,7 @@ from test_spec_engine import NGRAM, REPEATS
 from nanovllm import LLM, SamplingParams
 from nanovllm.contract.step import ScheduledSequence
 from nanovllm.model import AttentionBatch
-from nanovllm.model.attention import MAX_DECODE_RUN
+from nanovllm.model.layers.attention import MAX_DECODE_RUN
 
 BLOCK = 4
 PROMPT = 21  # crosses Mistral's window (12) and several blocks

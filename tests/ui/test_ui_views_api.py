@@ -15,9 +15,10 @@ from ui_helpers import API_KEY, snapshot
 
 from nanovllm import AsyncEngine, EngineConfig, LLMEngine
 from nanovllm.inspection import Inspector
-from nanovllm.model import load_gpt2, reference, reference_llama
-from nanovllm.model.architectures import load_checkpoint
-from nanovllm.model.trace import trace_forward
+from nanovllm.model import load_gpt2
+from nanovllm.model.architectures import gpt2_reference, llama_reference
+from nanovllm.model.architectures.registry import load_checkpoint
+from nanovllm.model.architectures.trace import trace_forward
 from nanovllm.server.errors import APIError
 from nanovllm.server.ui.routes import (
     MAX_ATTENTION_CHARS,
@@ -113,7 +114,7 @@ def test_attention_is_the_reference_paths(open_server, tiny_ckpt):
     assert (data["kv_head"], data["num_kv_heads"]) == (2, 4)  # GPT-2: every head its own
     assert [len(row) for row in data["weights"]] == list(range(1, len(ids) + 1))  # causal rows
     cfg, weights = load_gpt2(tiny_ckpt)
-    expected = reference.attention_weights(weights, cfg, np.asarray(ids))[1, 2]
+    expected = gpt2_reference.attention_weights(weights, cfg, np.asarray(ids))[1, 2]
     for i, row in enumerate(data["weights"]):
         np.testing.assert_allclose(row, expected[i, :i + 1], atol=6e-5)
         assert sum(row) == pytest.approx(1, abs=1e-3)
@@ -138,7 +139,7 @@ def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
     assert ids == httpx.post(f"{url}/tokenize", json={"prompt": PROMPT}).json()["tokens"]
     config = json.loads((llama_ckpt("llama-gqa") / "config.json").read_text())
     assert ids[0] == config["bos_token_id"]  # the tokenizer's own BOS, attended to like a token
-    expected = reference_llama.attention_weights(weights, cfg, np.asarray(ids))[1]
+    expected = llama_reference.attention_weights(weights, cfg, np.asarray(ids))[1]
     for head, rows in enumerate(maps):
         for i, row in enumerate(rows):
             np.testing.assert_allclose(row, expected[head, i, :i + 1], atol=6e-5)
@@ -147,7 +148,7 @@ def test_grouped_heads_are_the_llama_reference_paths(llama_server, llama_ckpt):
     trace_data = trace(url, prompt=PROMPT).json()
     assert (trace_data["n_head"], trace_data["num_kv_heads"]) == (4, 2)
     assert trace_data["attention"][1] == maps
-    final = reference_llama.forward(weights, cfg, np.asarray(ids)).argmax(-1)
+    final = llama_reference.forward(weights, cfg, np.asarray(ids)).argmax(-1)
     assert [top[0] for top in trace_data["lens_token_ids"][-1]] == final.tolist()
 
 

@@ -1,5 +1,5 @@
 // The forward-pass view: one prompt through the model, layer by layer (POST /ui/api/trace,
-// computed by the reference path: nanovllm/model/trace.py).
+// computed by the reference path: nanovllm/model/architectures/trace.py).
 //
 // The "logit lens" table has one row per stage of the pass: the embeddings alone, then the
 // residual stream after each layer, read out through the model's final layer norm and LM

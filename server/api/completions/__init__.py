@@ -1,0 +1,1 @@
+"""POST /v1/completions: OpenAI's legacy completions API, with vLLM's extra fields."""

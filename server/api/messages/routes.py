@@ -1,0 +1,383 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, a front end over
+the chat path (server/chat/front_end.py).
+
+A request becomes one chat request: `system` a system message, `messages` chat messages
+(`tool_use` blocks an assistant's tool calls, `tool_result` blocks tool messages), `max_tokens`
+its `max_completion_tokens`, `stop_sequences` its `stop`, `tools` function tools. The chat
+answer comes back as content blocks (`thinking` with a reasoning parser, `text`, `tool_use`)
+with Anthropic's stop reasons; streamed, as Anthropic's events. Errors have Anthropic's shape
+(server/errors.py), a full queue being its 529 overloaded_error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from nanovllm.server.api.messages.protocol import (
+    ANTHROPIC_ERROR_RESPONSES,
+    AnthropicRequestFields,
+    CountTokensRequest,
+    CountTokensResponse,
+    MessagesRequest,
+)
+from nanovllm.server.chat.front_end import (
+    ChatAnswer,
+    ChatPath,
+    ChatStreamError,
+    ask_chat,
+    chat_answer,
+    chat_pieces,
+    chat_request,
+    named_event,
+    piece_events,
+    prompt_tokens,
+)
+from nanovllm.server.errors import anthropic_error, bad_request
+from nanovllm.server.protocol import STREAM_RESPONSE
+from nanovllm.server.serving import Ctx
+from nanovllm.values.errors import quote
+
+# The chat request's fields, as this API calls them (for the errors the chat path raises).
+CHAT_NAMES = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences",
+              "response_format": "output_config"}
+TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # and "tool": named
+SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # earlier reasoning is not shown again
+
+
+def build_router(chat: ChatPath) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/messages", responses={**ANTHROPIC_ERROR_RESPONSES, **STREAM_RESPONSE})
+    async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Response:
+        """Anthropic's Messages API over the chat path (see the module's docstring)."""
+        body.refuse_unknown_fields()
+        req = chat_request(chat_fields(body), CHAT_NAMES)
+        reply = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)  # chat's own HTTP answer
+        if body.stream:
+            return reply.translated(lambda events: message_events(ctx.model_name, events))
+        if reply.status_code != 200:  # the client left (499)
+            return reply
+        return JSONResponse(message_object(ctx.model_name, chat_answer(reply)))
+
+    @router.post("/v1/messages/count_tokens", response_model=CountTokensResponse,
+                 responses=ANTHROPIC_ERROR_RESPONSES)
+    async def count_tokens(body: CountTokensRequest, ctx: Ctx) -> dict:
+        """The prompt's tokens, exactly as /v1/messages would run it."""
+        body.refuse_unknown_fields()
+        req = chat_request(prompt_fields(body), CHAT_NAMES)
+        return {"input_tokens": await prompt_tokens(chat, req, ctx, CHAT_NAMES)}
+
+    return router
+
+
+# The request, as a chat request.
+
+
+def prompt_fields(body: AnthropicRequestFields) -> dict:
+    """What makes the prompt: the system prompt, messages and tools."""
+    if body.thinking and body.thinking.get("type") != "disabled":
+        raise bad_request("`thinking` is not supported: whether the model reasons is its chat "
+                          "template's and the server's --reasoning-parser.", "thinking")
+    tool_choice = body.tool_choice or {}
+    return {"model": body.model, "messages": chat_messages(body.system, body.messages),
+            "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
+            "parallel_tool_calls": False if tool_choice.get("disable_parallel_tool_use") else None,
+            # Thinking off, as the templates of models that think (Qwen3's) are told it.
+            "chat_template_kwargs": {"enable_thinking": False} if body.thinking else None}
+
+
+def chat_fields(body: MessagesRequest) -> dict:
+    return {**prompt_fields(body), "max_completion_tokens": body.max_tokens,
+            "response_format": response_format(body.output_config),
+            "stop": body.stop_sequences, "temperature": body.temperature, "top_p": body.top_p,
+            "top_k": body.top_k, "user": (body.metadata or {}).get("user_id"),
+            "stream": body.stream,
+            # Every chunk's usage: the prompt's is known at once, the final one at the end.
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}
+            if body.stream else None}
+
+
+def response_format(config: dict | None) -> dict | None:
+    """output_config.format (a JSON schema) as the chat API's response_format: a structured
+    output."""
+    config = config or {}
+    if unknown := sorted(k for k, v in config.items() if k != "format" and v is not None):
+        raise bad_request(f"output_config.{unknown[0]} is not supported by this server.",
+                          "output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise bad_request("output_config.format.type must be json_schema.", "output_config")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt.get("schema")}}
+
+
+def chat_messages(system, messages: list[dict]) -> list[dict]:
+    out = [{"role": "system", "content": text_blocks(system, "system")}] if system else []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in ("user", "assistant"):
+            raise bad_request(f"{where}.role must be user or assistant.", "messages")
+        content = msg.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+        elif not isinstance(content, list):
+            raise bad_request(f"{where}.content must be a string or a list of content blocks.",
+                              "messages")
+        elif role == "user":
+            out += user_messages(content, f"{where}.content")
+        else:
+            out.append(assistant_message(content, f"{where}.content"))
+    return out
+
+
+def user_messages(blocks: list, where: str) -> list[dict]:
+    """A user turn's blocks in order: each tool_result a tool message, text blocks between
+    them one user message."""
+    out, texts = [], []
+    for j, block in enumerate(blocks):
+        kind = _kind(block)
+        if kind == "text":
+            texts.append(_text_part(block, f"{where}[{j}]"))
+        elif kind == "tool_result":
+            if texts:
+                out.append({"role": "user", "content": texts})
+                texts = []
+            out.append(tool_message(block, f"{where}[{j}]"))
+        else:
+            raise _unsupported_block(kind, f"{where}[{j}]", "text and tool_result")
+    if texts:
+        out.append({"role": "user", "content": texts})
+    return out
+
+
+def tool_message(block: dict, where: str) -> dict:
+    """A tool_result as a chat tool message; an error result's text says it was one (chat
+    templates have no error flag)."""
+    content = block.get("content")
+    text = "" if content is None else content if isinstance(content, str) \
+        else "\n".join(p["text"] for p in text_blocks(content, f"{where}.content"))
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": _string(block, "tool_use_id", where),
+            "content": text}
+
+
+def assistant_message(blocks: list, where: str) -> dict:
+    texts, calls = [], []
+    for j, block in enumerate(blocks):
+        kind = _kind(block)
+        if kind == "text":
+            texts.append(_text_part(block, f"{where}[{j}]"))
+        elif kind == "tool_use":
+            if not isinstance(block.get("input"), dict):
+                raise bad_request(f"{where}[{j}].input must be an object.", "messages")
+            calls.append({"id": _string(block, "id", f"{where}[{j}]"), "type": "function",
+                          "function": {"name": _string(block, "name", f"{where}[{j}]"),
+                                       "arguments": json.dumps(block["input"])}})
+        elif kind not in SKIPPED_BLOCKS:
+            raise _unsupported_block(kind, f"{where}[{j}]", "text, tool_use and thinking")
+    message = {"role": "assistant", "content": texts or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def text_blocks(content, where: str) -> str | list[dict]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{where} must be a string or a list of text blocks.", _field(where))
+    out = []
+    for j, block in enumerate(content):
+        if _kind(block) != "text":
+            raise _unsupported_block(_kind(block), f"{where}[{j}]", "text")
+        out.append(_text_part(block, f"{where}[{j}]"))
+    return out
+
+
+def _kind(block) -> str | None:
+    return block.get("type") if isinstance(block, dict) else None
+
+
+def _text_part(block: dict, where: str) -> dict:
+    return {"type": "text", "text": _string(block, "text", where)}
+
+
+def _string(block: dict, key: str, where: str) -> str:
+    if not isinstance(block.get(key), str):
+        raise bad_request(f"{where}.{key} must be a string.", _field(where))
+    return block[key]
+
+
+def _field(where: str) -> str:
+    return where.split("[", 1)[0].split(".", 1)[0]
+
+
+def _unsupported_block(kind, where: str, supported: str):
+    return bad_request(f"{where}: content blocks of type {quote(kind, 50)} are not supported "
+                       f"here ({supported} are): this model reads only text.", _field(where))
+
+
+def chat_tools(tools: list[dict] | None) -> list[dict] | None:
+    """Client tools in the chat API's shape; Anthropic's server tools are not run here."""
+    if not tools:
+        return None
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom"):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise bad_request(f"tools[{i}]: tools of type {quote(kind, 50)} are not supported "
+                              "here (client tools are: name, description, input_schema).",
+                              "tools")
+        # In the chat API's order: a template writes the tools as JSON, keys in this order.
+        function = {"name": tool.get("name"), "description": tool.get("description"),
+                    "parameters": tool.get("input_schema")}
+        if function["description"] is None:
+            del function["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: dict | None):
+    if choice is None:
+        return None
+    kind = choice.get("type")
+    if kind in TOOL_CHOICES:
+        return TOOL_CHOICES[kind]
+    if kind == "tool" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise bad_request("tool_choice.type must be auto, any, none, or tool with a name.",
+                      "tool_choice")
+
+
+# The answer, as a message.
+
+
+def stop_reason(answer: ChatAnswer) -> tuple[str, str | None]:
+    """Anthropic's stop_reason and stop_sequence for how the chat answer ended."""
+    if answer.tool_calls:
+        return "tool_use", None
+    if answer.finish_reason == "length":
+        return "max_tokens", None
+    if isinstance(answer.stop_reason, str):  # one of the request's stop_sequences
+        return "stop_sequence", answer.stop_reason
+    return "end_turn", None
+
+
+def tool_input(arguments: str) -> dict:
+    """A call's arguments as the object Anthropic's `input` is (the chat path's tool parsers
+    hand over only calls whose arguments are a JSON object)."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def content_blocks(answer: ChatAnswer) -> list[dict]:
+    blocks = [{"type": "thinking", "thinking": answer.reasoning, "signature": ""}] \
+        if answer.reasoning else []
+    if answer.text:
+        blocks.append({"type": "text", "text": answer.text})
+    blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
+               for c in answer.tool_calls]
+    return blocks
+
+
+def usage(answer: ChatAnswer) -> dict:
+    return {"input_tokens": answer.usage.get("prompt_tokens", 0),
+            "output_tokens": answer.usage.get("completion_tokens", 0)}
+
+
+def message_object(model: str, answer: ChatAnswer, content: list[dict] | None = None) -> dict:
+    reason, sequence = stop_reason(answer)
+    return {"id": f"msg_{answer.hex_id}", "type": "message", "role": "assistant", "model": model,
+            "content": content_blocks(answer) if content is None else content,
+            "stop_reason": reason, "stop_sequence": sequence, "usage": usage(answer)}
+
+
+# Streamed: Anthropic's events.
+
+
+class StreamedBlocks:
+    """The content blocks of a streamed message as they grow: one block open at a time (a
+    thinking, a text or a tool_use block); a new kind of piece closes it and opens the next."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._open: str | None = None  # the open block's type
+        self._calls: dict[int, int] = {}  # chat's tool call index -> its block index
+
+    def text(self, kind: str, delta: str) -> list[str]:
+        events = []
+        if self._open != kind:
+            events += self.close()
+            events.append(self._start({"type": "thinking", "thinking": "", "signature": ""}
+                                      if kind == "thinking" else {"type": "text", "text": ""}))
+        delta = {"type": "thinking_delta", "thinking": delta} if kind == "thinking" \
+            else {"type": "text_delta", "text": delta}
+        return [*events, self._delta(self.count - 1, delta)]
+
+    def call(self, index: int, call_id: str, name: str) -> list[str]:
+        events = self.close()
+        events.append(self._start({"type": "tool_use", "id": call_id, "name": name,
+                                   "input": {}}))
+        self._calls[index] = self.count - 1
+        return events
+
+    def arguments(self, index: int, delta: str) -> list[str]:
+        return [self._delta(self._calls[index], {"type": "input_json_delta",
+                                                 "partial_json": delta})]
+
+    def close(self) -> list[str]:
+        if self._open is None:
+            return []
+        self._open = None
+        return [named_event("content_block_stop", {"type": "content_block_stop",
+                                                   "index": self.count - 1})]
+
+    def _start(self, block: dict) -> str:
+        self._open = block["type"]
+        self.count += 1
+        return named_event("content_block_start", {"type": "content_block_start",
+                                                   "index": self.count - 1,
+                                                   "content_block": block})
+
+    @staticmethod
+    def _delta(index: int, delta: dict) -> str:
+        return named_event("content_block_delta", {"type": "content_block_delta",
+                                                   "index": index, "delta": delta})
+
+
+async def message_events(model: str, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Anthropic's event sequence: message_start (the prompt's usage), a ping, each content
+    block (content_block_start, its deltas, content_block_stop), message_delta (the stop
+    reason and output tokens), message_stop; after an error, one error event ends it."""
+    answer = ChatAnswer("")
+    blocks = StreamedBlocks()
+    try:
+        async for piece in chat_pieces(events, answer):
+            if piece.kind == "start":
+                yield named_event("message_start", {"type": "message_start", "message": {
+                    **message_object(model, answer, []), "stop_reason": None,
+                    "stop_sequence": None}})
+                yield named_event("ping", {"type": "ping"})
+            else:
+                for e in piece_events(piece, blocks, "thinking", "text"):
+                    yield e
+    except ChatStreamError as exc:
+        _, body = anthropic_error(exc.error["message"], exc.error.get("code") or 500)
+        yield named_event("error", body)
+        return
+    for e in blocks.close():
+        yield e
+    reason, sequence = stop_reason(answer)
+    yield named_event("message_delta", {"type": "message_delta", "delta": {
+        "stop_reason": reason, "stop_sequence": sequence}, "usage": usage(answer)})
+    yield named_event("message_stop", {"type": "message_stop"})

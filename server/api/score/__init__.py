@@ -1,0 +1,1 @@
+"""POST /v1/score and /score: vLLM's score API."""
