@@ -24,7 +24,7 @@ Instruction sets: "avx512vnni" (64-byte vectors) and "avxvnni" (32-byte) add uns
 bytes with `vpdpbusd`, the codes being the unsigned side. "avx2" multiplies with `vpmaddubsw`
 into int16 pairs and `vpmaddwd` by ones into int32; a pair can reach 2 x 255 x 127 only with
 Q8_0's offset codes, so for Q8_0 it flips them back to signed (u ^ 0x80 = q) and multiplies
-|x| by q with x's sign (`vpsignb`), at most 2 x 128 x 127, and drops the offset.
+|q| by x with q's sign (`vpsignb`), at most 2 x 128 x 127, and drops the offset.
 """
 
 from __future__ import annotations
@@ -93,28 +93,23 @@ class Multiply:
             self.sign = declare(builder, "llvm.x86.avx2.psign.b", self.bytes,
                                 [self.bytes, self.bytes])
 
-    def prepare_x(self, x):
-        """x (bytes, broadcast) as `add` takes it: with signed codes, (x, |x|)."""
-        if not self.signed:
-            return x
-        b = self.builder
-        zero = ir.Constant(self.bytes, None)
-        return x, b.select(b.icmp_signed("<", x, zero), b.neg(x), x)
-
     def prepare_w(self, u):
-        """Codes as `add` takes them: flipped to signed q where `signed`."""
-        if self.signed:
-            return self.builder.xor(u, ir.Constant(self.bytes, [0x80] * self.bytes.count))
-        return u
+        """Codes as `add` takes them: where `signed`, (|q|, q) for q = u ^ 0x80 (|-128| is 128
+        as an unsigned byte)."""
+        if not self.signed:
+            return u
+        b = self.builder
+        q = b.xor(u, ir.Constant(self.bytes, [0x80] * self.bytes.count))
+        return b.select(b.icmp_signed("<", q, ir.Constant(self.bytes, None)), b.neg(q), q), q
 
     def add(self, acc, x, w):
         b = self.builder
         if self.vnni:  # (unsigned codes first)
             return b.call(self.dot, [acc, b.bitcast(w, self.operand),
                                      b.bitcast(x, self.operand)])
-        if self.signed:
-            x, magnitude = x
-            pairs = b.call(self.pairs, [magnitude, b.call(self.sign, [w, x])])
+        if self.signed:  # |q| times x with q's sign, which x (within +-127) always takes
+            magnitude, q = w
+            pairs = b.call(self.pairs, [magnitude, b.call(self.sign, [x, q])])
         else:
             pairs = b.call(self.pairs, [w, x])
         ones = ir.Constant(self.words, [1] * self.words.count)
@@ -234,8 +229,7 @@ class PanelEmitter:
         layout = self.layout
         base = self.scaled(self.scaled(row_x, s, layout.span), sub, layout.sub)
         word = self.scalar(base, GROUP * n, I32)
-        return self.mul.prepare_x(self.b.bitcast(self.splat(word, self.mul.lanes),
-                                                 self.mul.bytes))
+        return self.b.bitcast(self.splat(word, self.mul.lanes), self.mul.bytes)
 
     def super_block(self, s, accs, row_x, row_dx, row_xs, panels):
         """accs (float32, [row][block][half]) after super-block s."""

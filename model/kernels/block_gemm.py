@@ -4,8 +4,8 @@
 Each row of x is quantized to int8 per super-block of the weights' layout (32 inputs for the
 32-weight types, 256 for K-quants, as llama.cpp's Q8_0 and Q8_K activations): a float32 scale
 per super-block, and the int32 sum of the codes of each sub-block, which stands in for the
-weights' offsets and mins (`model/kernels/block_dot.py`). Then integer products of codes, scaled once
-per sub-block and per super-block, in float32 accumulators.
+weights' offsets and mins (`model/kernels/block_dot.py`). Then integer products of codes,
+scaled once per sub-block and per super-block, in float32 accumulators.
 
 Kernels, one per instruction set (`model/kernels/block_dot.py`), chosen by the CPU
 (`cpu.KernelPath.block`): "avx512vnni", "avxvnni", "avx2", and "portable", plain numba loops

@@ -23,8 +23,9 @@ for float32, so that path is unchanged). Above the kernels' rows bfloat16 weight
 `BLAS_CHUNK` rows at a time and handed to BLAS: a GEMM does enough work per weight that
 widening them once costs little. int8 weights go to the W8A8 kernels at every batch size
 (`model/kernels/int8_gemm.py`): int8 activations times int8 weights, on the kernel this CPU runs
-best (`host_int8_kernel`); block-quantized weights (GGML's formats, `model/weights/block_quant.py`) to
-theirs at every batch size too (`model/kernels/block_gemm.py`, `host_block_kernel`).
+best (`host_int8_kernel`); block-quantized weights (GGML's formats,
+`model/weights/block_quant.py`) to theirs at every batch size too (`model/kernels/block_gemm.py`,
+`host_block_kernel`).
 """
 
 from __future__ import annotations

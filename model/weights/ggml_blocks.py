@@ -277,14 +277,18 @@ def quantize_q4_k(x):
     dmin = -low.min(axis=1, keepdims=True) / np.float32(63)
     scales = np.minimum(round_away(step * inverse(d)), 63).astype(np.uint8)
     mins = np.minimum(round_away(-low * inverse(dmin)), 63).astype(np.uint8)
-    d16, dmin16 = d.astype(np.float16).astype(np.float32), dmin.astype(np.float16).astype(np.float32)
-    sub_d = (d16 * scales)[:, :, None]
-    sub_min = (dmin16 * mins)[:, :, None]
+    sub_d = (as_stored(d) * scales)[:, :, None]    # the float16 d and dmin, as read back
+    sub_min = (as_stored(dmin) * mins)[:, :, None]
     n = np.clip(round_away((sub + sub_min) * inverse(sub_d)), 0, 15).astype(np.uint8)
     pairs = n.reshape(-1, 4, 2, QK)                             # sub-blocks 2c, 2c + 1
     qs = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, QK_K // 2)
     return np.concatenate([as_half_bytes(d), as_half_bytes(dmin), pack_k_scales(scales, mins),
                            qs], axis=1)
+
+
+def as_stored(d: np.ndarray) -> np.ndarray:
+    """float32 d rounded to the float16 a block stores, as float32."""
+    return d.astype(np.float16).astype(np.float32)
 
 
 def pack_k_scales(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@ read by EngineConfig, the CLI and the loader; see `model/weights/quant.py` for w
 from __future__ import annotations
 
 WEIGHT_DTYPES = ("auto", "float32", "bfloat16")  # "auto": float32, the checkpoint's values exactly
-# GGML's block formats made from float32 weights at load (`model/weights/block_quant.py`): each value
-# and the type it writes.
+# GGML's block formats made from float32 weights at load (`model/weights/block_quant.py`): each
+# value and the type it writes.
 BLOCK_QUANTIZATIONS = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k": "Q4_K"}
 # "int8": W8A8, a scale per output channel, per token; the block formats: a scale per 32 (q8_0,
 # q4_0) or 256 (q4_k) inputs, activations quantized per block alike.
@@ -21,8 +21,8 @@ def check_precision(dtype: str, quantization: str | None) -> None:
         raise ValueError(f"quantization must be None or one of "
                          f"{', '.join(map(repr, QUANTIZATIONS))}, got {quantization!r}")
     if quantization and dtype == "bfloat16":
-        raise ValueError(f"quantization={quantization!r} stores the weights quantized, so "
-                         "dtype='bfloat16' cannot apply too (leave dtype 'auto')")
+        raise ValueError(f"quantization={quantization!r} stores the weights in {quantization}, "
+                         "so dtype='bfloat16' cannot apply too (leave dtype 'auto')")
 
 
 def precision_name(dtype: str, quantization: str | None) -> str:
