@@ -26,14 +26,8 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
-from nanovllm.model.kernels.shared import (
-    as_bias,
-    claim,
-    finish,
-    float16_bits_to_float32,
-    on_threads,
-    split_chunks,
-)
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.shared import as_bias, finish, float16_bits_to_float32
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
     GROUP,
