@@ -10,8 +10,10 @@ with nothing beside the file.
 `load_gguf` reads the linked file's tensors, memory-mapped, under the HF names the family's
 loader takes, undoing the converter's changes (`gguf_names`), and hands them to the family's
 `build_weights` one at a time as it asks (`GGUFTensors`): F32 tensors are the file's pages
-themselves, F16 and BF16 ones become float32 one matrix at a time, and the block-quantized
-ones are handed to `stored_matrix`. No float32 copy of the whole model is ever held.
+themselves, F16 and BF16 ones become float32 one matrix at a time, and block-quantized matrices
+run as stored: their rows repacked (`block_quant.from_gguf`, a `BlockWeight` the loader fuses
+with `stacked.join_rows`), the file's pages released. No float32 copy of a quantized matrix is
+made, but of GPT-2's position table (`DEQUANTIZED`), which the model adds rather than multiplies.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from nanovllm.model.checkpoint import gguf_names
 from nanovllm.model.checkpoint.gguf_file import GGUFFile, GGUFTensor, open_gguf
 from nanovllm.model.checkpoint.gguf_tokenizer import build_tokenizer
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
+from nanovllm.model.weights.block_quant import BlockWeight, from_gguf
 
 LINK = "model.gguf"  # the derived directory's link to the file
 VERSION = 1          # of the derived directory's files; bump when they change
+DEQUANTIZED = ("wpe.weight",)  # tensors a model reads as float32 arrays, whatever the file holds
 
 
 def find_gguf(path: str | Path) -> Path | None:
@@ -146,14 +150,30 @@ class GGUFTensors(Mapping):
     def _transposed(self, hf: str, shape: tuple[int, ...]) -> bool:
         return self.arch == "gpt2" and len(shape) == 2 and hf.startswith("h.")
 
-    def __getitem__(self, hf: str) -> np.ndarray:
+    def __getitem__(self, hf: str) -> np.ndarray | BlockWeight:
         tensor = self.gguf.tensors[self.names[hf]]
+        if not tensor.is_float and hf not in DEQUANTIZED:
+            return self.block_weight(hf, tensor)
         rows = tensor_array(self.gguf.path, tensor)
         if (heads := gguf_names.permuted_heads(self.arch, hf, self.config)) is not None:
             rows = gguf_names.unpermute(rows, heads)
         if self._transposed(hf, rows.shape):
             rows = rows.T  # GPT-2's loader takes Conv1D's [in, out]: a view, transposed back
         return rows
+
+    def block_weight(self, hf: str, tensor: GGUFTensor) -> BlockWeight:
+        """A block-quantized matrix as stored, repacked; its rows (each whole blocks) put back
+        in the HF order (llama's q/k unpermuted); always [out, in], GPT-2's too."""
+        raw = tensor.data  # uint8 [out, bytes per row]
+        if (heads := gguf_names.permuted_heads(self.arch, hf, self.config)) is not None:
+            raw = gguf_names.unpermute(raw, heads)
+        try:
+            weight = from_gguf(tensor.type_name, raw, tensor.shape)
+        except ValueError as e:
+            raise CheckpointError(f"{self.gguf.path}: tensor {tensor.name} "
+                                  f"({tensor.type_name}): {e}") from e
+        release_pages(tensor.data)  # repacked: only the new copy stays resident
+        return weight
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -192,8 +212,8 @@ def tensor_array(path: Path, tensor: GGUFTensor) -> np.ndarray:
 
 
 def dequantize_stored(path: Path, tensor: GGUFTensor) -> np.ndarray:
-    """STOP-GAP until block-quantized weights run as stored: the float32 matrix a block type
-    stands for, by the `gguf` package's own dequantization."""
+    """The float32 array a block-quantized tensor stands for (a `DEQUANTIZED` one), by the
+    `gguf` package's own dequantization."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 

@@ -24,6 +24,7 @@ from nanovllm.model.checkpoint.loader import check_shapes, read_tensors
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
 from nanovllm.model.weights.precision import check_precision
 from nanovllm.model.weights.quant import convert_matrix
+from nanovllm.model.weights.stacked import join_rows
 
 ROTARY_BUFFER = re.compile(r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -84,7 +85,7 @@ def build_weights(cfg: LlamaConfig, tensors: dict[str, np.ndarray], dtype: str =
     check_precision(dtype, quantization)
 
     def matrix(*parts: np.ndarray):
-        fused = np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0])
+        fused = join_rows(parts)  # (a GGUF file's block weights too: `model/weights/stacked.py`)
         converted = convert_matrix(fused, dtype, quantization)
         for part in parts:
             if part is not converted:

@@ -25,6 +25,7 @@ from nanovllm.model.checkpoint.safetensors_io import (
     read_safetensors,
     release_pages,
 )
+from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.model.weights.precision import check_precision
 from nanovllm.model.weights.quant import convert_matrix
 
@@ -147,9 +148,11 @@ def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray], dtype: str = 
                        blocks=blocks, ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
 
 
-def _layout(tensor: np.ndarray, convert) -> np.ndarray:
+def _layout(tensor: np.ndarray | BlockWeight, convert) -> np.ndarray:
     """A block's matrices (its only 2-D tensors) transposed to [out, in] and converted;
-    vectors as they are."""
+    vectors as they are. A block-quantized matrix (a GGUF file's) is [out, in] already."""
+    if isinstance(tensor, BlockWeight):
+        return convert(tensor)
     if tensor.ndim != 2:
         return tensor
     transposed = np.ascontiguousarray(tensor.T)

@@ -95,7 +95,10 @@ def read_safetensors(path: str | Path, skip=lambda name: False) -> dict[str, np.
 def release_pages(arr: np.ndarray) -> None:
     """Lets the kernel drop the resident pages of a memory-mapped tensor that was read once and
     copied (they would otherwise count twice in RSS). Reading it again faults pages back in
-    from the file. Arrays that are not file mappings are left alone."""
+    from the file. Arrays that are not file mappings (and weights that are not arrays, a GGUF
+    file's repacked blocks) are left alone."""
+    if not isinstance(arr, np.ndarray):
+        return
     mapping = file_mapping(arr)
     if mapping is None:
         return

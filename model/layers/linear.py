@@ -25,7 +25,8 @@ widening them once costs little. int8 weights go to the W8A8 kernels at every ba
 (`model/kernels/int8_gemm.py`): int8 activations times int8 weights, on the kernel this CPU runs
 best (`host_int8_kernel`); block-quantized weights (GGML's formats,
 `model/weights/block_quant.py`) to theirs at every batch size too (`model/kernels/block_gemm.py`,
-`host_block_kernel`).
+`host_block_kernel`). A stacked matrix (`model/weights/stacked.py`: members stored in different
+formats) is multiplied part by part, each into its slice of the output.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from nanovllm.model.weights.quant import (
     kernel_array,
     widen,
 )
+from nanovllm.model.weights.stacked import StackedWeight
 
 logger = logging.getLogger("nanovllm")
 
@@ -106,7 +108,9 @@ def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None 
         return block_linear(x, w, host_block_kernel(), b, residual)
     if isinstance(w, PackedF32Weight | PackedBF16Weight) and packed_kernel_takes(x, w):
         return packed_kernel_linear(x, w, b, residual)
-    if isinstance(w, PackedF32Weight):
+    if isinstance(w, StackedWeight):
+        out = np.concatenate([linear(x, part) for part in w.parts], axis=1)
+    elif isinstance(w, PackedF32Weight):
         out = packed_linear(x, w)
     elif isinstance(w, PackedBF16Weight):
         out = widened_matmul(x, w)

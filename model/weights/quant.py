@@ -23,7 +23,8 @@ bfloat16 by bfloat16, so the activations are rounded to bfloat16 too (`round_to_
 
 `BlockWeight` (`model/weights/block_quant.py`) holds GGML's block formats (a GGUF file's Q4_0, Q4_K,
 ..., or `--quantization q8_0 | q4_0 | q4_k` on the fly): repacked for its own kernels
-(`model/kernels/block_gemm.py`), and gathered and dequantized by its own methods.
+(`model/kernels/block_gemm.py`), and gathered and dequantized by its own methods. A fused matrix whose members a GGUF file stores
+in different block types is a `StackedWeight` of them (`model/weights/stacked.py`).
 
 `dequantize` (plain numpy) turns any of them back into the float32 matrix it stands for: the kernels
 are tested against `gpt2_reference.linear` on it.
@@ -39,6 +40,7 @@ from numba.extending import overload
 
 from nanovllm.model.weights.block_quant import BlockWeight, from_float
 from nanovllm.model.weights.precision import BLOCK_QUANTIZATIONS
+from nanovllm.model.weights.stacked import StackedWeight
 
 INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
 # The W8A8 kernels' layout of an int8 matrix (`pack_int8`): blocks of BLOCK output columns,
@@ -152,7 +154,8 @@ class PackedBF16Weight:
         return self.packed.nbytes
 
 
-Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight | BlockWeight
+Weight = (np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight | BlockWeight
+          | StackedWeight)
 
 
 def attends_in_bf16(w: Weight) -> bool:
@@ -245,6 +248,8 @@ def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
         return bf16_to_float32(w.rows(start, end))
     if isinstance(w, BlockWeight):
         return w.rows(start, end)
+    if isinstance(w, StackedWeight):
+        return np.concatenate([dequantize(part) for part in w.parts])[start:end]
     return w[start:end]
 
 
@@ -263,11 +268,19 @@ def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
     return np.take(table, ids, axis=0)
 
 
-def convert_matrix(w: np.ndarray, dtype: str = "auto", quantization: str | None = None) -> Weight:
+def convert_matrix(w: Weight, dtype: str = "auto", quantization: str | None = None) -> Weight:
     """A float32 weight matrix in the storage the options ask for. A block format needs rows of
     whole blocks: q4_k falls back to q4_0 where rows are not whole 256-input super-blocks (as
     llama.cpp's quantizer falls back to a 32-weight type), and a row of inputs not a multiple
-    of 32 to int8."""
+    of 32 to int8. Block weights (a GGUF file's) stay as stored unless the options ask for
+    another storage; a stacked matrix's parts are converted each."""
+    if isinstance(w, StackedWeight):
+        return StackedWeight([convert_matrix(part, dtype, quantization) for part in w.parts])
+    if isinstance(w, BlockWeight):
+        if (dtype, quantization) == ("auto", None) or (
+                BLOCK_QUANTIZATIONS.get(quantization) == w.type_name):
+            return w
+        w = w.rows()
     if quantization in BLOCK_QUANTIZATIONS:
         type_name = BLOCK_QUANTIZATIONS[quantization]
         if type_name == "Q4_K" and w.shape[1] % 256:
@@ -331,7 +344,7 @@ def dequantize_weights(weights):
     what the reference model runs on: the dataclass copied, its lists of layers too."""
     def plain(value):
         if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight
-                      | BlockWeight):
+                      | BlockWeight | StackedWeight):
             return dequantize(value)
         if isinstance(value, list):
             return [plain(v) for v in value]
