@@ -12,6 +12,8 @@ from dataclasses import replace
 from nanovllm.model.architectures import (
     bert,
     bert_reference,
+    gemma3,
+    gemma3_reference,
     gpt2,
     gpt2_reference,
     llama,
@@ -21,12 +23,14 @@ from nanovllm.model.architectures import (
 from nanovllm.model.architectures.bert_config import BERT_PRESETS, BertConfig
 from nanovllm.model.architectures.family import (
     Family,
+    Param,
     Preset,
     TiedHead,
     matrix,
     table,
     vector,
 )
+from nanovllm.model.architectures.gemma3_config import GEMMA3_PRESETS, Gemma3Config
 from nanovllm.model.architectures.gpt2_config import PRESETS, GPT2Config
 from nanovllm.model.architectures.llama_config import (
     LLAMA_ARCHITECTURES,
@@ -168,7 +172,32 @@ BERT = Family(
     tokenizer="wordpiece")
 
 
-FAMILIES = (GPT2, LLAMA, QWEN3, BERT)
+def gemma_norm(name: str) -> Param:
+    """Gemma's RMSNorm gains are stored as 1 + weight (transformers initialises weight to 0)."""
+    return vector(name, add=1.0)
+
+
+# Gemma 3: Llama's tensor names, four norms a layer, q/k norms; the LM head is the embedding.
+GEMMA3 = Family(
+    architectures={"Gemma3ForCausalLM": "gemma3_text"}, config=Gemma3Config,
+    forward=gemma3.forward, compile_kernels=gemma3.compile_kernels,
+    reference=gemma3_reference, weights=gemma3.Gemma3Weights, layer=gemma3.LayerWeights,
+    dims=llama_dims, embeddings={"embed": matrix("embed_tokens.weight V E")},
+    layer_prefix="layers.{i}.",
+    layer_params={
+        "input_norm": gemma_norm("input_layernorm.weight E"),
+        "post_attn_norm": gemma_norm("post_attention_layernorm.weight E"),
+        "pre_mlp_norm": gemma_norm("pre_feedforward_layernorm.weight E"),
+        "post_mlp_norm": gemma_norm("post_feedforward_layernorm.weight E"),
+        "qkv_w": LLAMA_LAYER["qkv_w"], "q_norm": gemma_norm("self_attn.q_norm.weight D"),
+        "k_norm": gemma_norm("self_attn.k_norm.weight D"), "o_w": LLAMA_LAYER["o_w"],
+        "gate_up_w": LLAMA_LAYER["gate_up_w"], "down_w": LLAMA_LAYER["down_w"]},
+    head={"norm": gemma_norm("norm.weight E")},
+    tied_head=TiedHead("lm_head.weight", embedding="embed", field="lm_head"),
+    presets={"gemma-3-270m": Preset(GEMMA3_PRESETS["gemma-3-270m"], "google/gemma-3-270m-it"),
+             "gemma-3-1b": Preset(GEMMA3_PRESETS["gemma-3-1b"], "google/gemma-3-1b-it")})
+
+FAMILIES = (GPT2, LLAMA, QWEN3, BERT, GEMMA3)
 
 ARCHITECTURES: dict[str, Family] = {name: f for f in FAMILIES for name in f.architectures}
 # Old configs without `architectures` still say what they are in `model_type`.
