@@ -24,9 +24,10 @@ _EXPORTS = {
     "RequestOutput": "nanovllm.values.outputs",
     "SamplingParams": "nanovllm.values.sampling_params",
     "PoolingParams": "nanovllm.values.pooling_params",
+    "BeamSearchParams": "nanovllm.values.beam_search_params",
     "GrammarCompiler": "nanovllm.structured",
 }
-__all__ = ["LLM", "AsyncEngine", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
+__all__ = ["LLM", "AsyncEngine", "BeamSearchParams", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
            "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PoolingParams",
            "PromptType",
            "QueueFullError", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from nanovllm.llm import LLM
     from nanovllm.stats import EngineStats
     from nanovllm.structured import GrammarCompiler
+    from nanovllm.values.beam_search_params import BeamSearchParams
     from nanovllm.values.errors import InvalidRequestError, QueueFullError
     from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt
     from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput

@@ -145,8 +145,8 @@ class LLM:
     def _pooling_input(self) -> PoolingInput:
         if self.engine.processor.pooling is None:
             raise InvalidRequestError(
-                f"{self.engine.architecture} generates text (LLM.generate, LLM.chat); a decoder of "
-                "the Llama family makes embeddings when started with runner='pooling'", "model")
+                f"{self.engine.architecture} generates text (LLM.generate, LLM.chat); it makes "
+                "embeddings when started with runner='pooling'", "model")
         return self.engine.processor.pooling
 
     @staticmethod

@@ -9,10 +9,9 @@ from nanovllm.model.checkpoint.pooling_config import PoolingConfig, read_pooling
 
 def pooling_config_of(config, loaded) -> PoolingConfig | None:
     """How an engine (`EngineConfig`, `model_loading.LoadedModel`) pools, or None if it
-    generates: an encoder always pools; a decoder of the Llama family when started with
-    `runner="pooling"` (vLLM's `--runner pooling`)."""
+    generates: an encoder always pools; a decoder (any causal LM: GPT-2, the Llama family)
+    when started with `runner="pooling"` (vLLM's `--runner pooling`)."""
     from nanovllm.model.architectures.bert_config import BertConfig
-    from nanovllm.model.architectures.llama_config import LlamaConfig
 
     cfg, name = loaded.config, loaded.architecture
     is_encoder = isinstance(cfg, BertConfig)
@@ -21,8 +20,6 @@ def pooling_config_of(config, loaded) -> PoolingConfig | None:
                          "scores, not text")
     if not is_encoder and config.runner != "pooling":
         return None
-    if not (is_encoder or isinstance(cfg, LlamaConfig)):
-        raise ValueError(f"runner='pooling' runs BERT encoders and the Llama family, not {name}")
     if config.speculative_config is not None:
         raise ValueError("speculative_config: a pooling model generates no tokens to speculate")
     return read_pooling_config(loaded.path, is_encoder, getattr(cfg, "num_labels", 0))

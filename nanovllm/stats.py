@@ -45,8 +45,9 @@ class EngineStats:
     num_aborted_total: int
     num_waiting_seqs: int   # sequences waiting to be admitted (the queue max_waiting_seqs bounds)
     num_steps_total: int    # steps that ran the model: the clock scheduling is measured in
-    # Steps by the tokens they computed: counts per ITERATION_TOKENS_BUCKETS bound (the last
-    # for larger steps), and their total.
+    # Steps by their tokens, as vLLM counts them: the prompts the step finished plus the tokens
+    # it generated. Counts per ITERATION_TOKENS_BUCKETS bound (the last for larger steps), and
+    # their total (prompt_tokens_total + generation_tokens_total).
     iteration_tokens: tuple[int, ...] = ()
     iteration_tokens_sum: int = 0
     # The KV cache's configuration (vLLM's vllm:cache_config_info).
@@ -82,6 +83,7 @@ class StatsCollector:
         self.num_steps = 0  # steps that ran the model: the clock scheduling is measured in
         self.iteration_tokens = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
         self.iteration_tokens_sum = 0
+        self._step_tokens = 0  # counted by count_tokens since the last step was recorded
         self.last_step = StepStats()
         self.recent_steps: deque[StepStats] = deque(maxlen=STEP_HISTORY)
 
@@ -89,12 +91,14 @@ class StatsCollector:
         """Prompt tokens of requests whose prompt was just processed, and tokens generated."""
         self.prompt_tokens_total += num_prompt
         self.generation_tokens_total += num_generated
+        self._step_tokens += num_prompt + num_generated
 
     def record_step(self, step: SchedulerOutput, seqs: list[Sequence], result: ModelRunnerOutput,
                     start: float, preemptions: int) -> None:
-        """The step in the engine view's strip and the metrics: its size (in
-        vllm:iteration_tokens_total), and when its requests were first scheduled (the end of
-        their time in the queue)."""
+        """The step in the engine view's strip and the metrics: its size in
+        vllm:iteration_tokens_total (what count_tokens counted during it: a prompt's tokens
+        where its first token is generated, not the chunks computed before, as vLLM counts),
+        and when its requests were first scheduled (the end of their time in the queue)."""
         decodes = sum(len(s.token_ids) == 1 and s.num_output_tokens > 0 for s in step.scheduled)
         reserved = sum(s.num_lookahead for s in step.scheduled)
         proposed = sum(result.lookahead_filled.values())
@@ -105,8 +109,9 @@ class StatsCollector:
                                    proposed, accepted)
         self.recent_steps.append(self.last_step)
         self.num_steps += 1
-        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, step.num_tokens)] += 1
-        self.iteration_tokens_sum += step.num_tokens
+        tokens, self._step_tokens = self._step_tokens, 0
+        self.iteration_tokens[bisect.bisect_left(ITERATION_TOKENS_BUCKETS, tokens)] += 1
+        self.iteration_tokens_sum += tokens
         for seq in seqs:
             if seq.request.metrics.first_scheduled_time is None:
                 seq.request.metrics.first_scheduled_time = start

@@ -2,7 +2,7 @@
 
 A pooling sequence is computed once, whole, and keeps nothing: no KV cache, no sampling. An
 encoder (BERT) runs all of a step's texts in one batched pass (`bert.encode`); so does a decoder
-started with `--runner pooling` (the Llama family): one causal forward pass over the step's
+started with `--runner pooling` (GPT-2, the Llama family): one causal forward pass over the step's
 texts side by side, each attending to itself, without a cache, its LM head replaced by the
 identity so that the "logits" are the final hidden states (after the final norm, as
 transformers' `last_hidden_state`). Then `model/layers/pooling.py` pools

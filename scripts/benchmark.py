@@ -315,7 +315,7 @@ class Prompts:
                    for i in range(cell.batch_size)]
             self.next += cell.batch_size
             return ids
-        # The last id is GPT-2's <|endoftext|>; keep special tokens out of the prompts.
+        # The last id is GPT-2's <|endoftext|>: kept out of the prompts.
         return self.rng.integers(0, self.vocab_size - 1, (cell.batch_size, cell.input_len)).tolist()
 
 
@@ -432,8 +432,9 @@ def run(args: argparse.Namespace) -> int:
         report["roofs"] = asdict(roofs)
         print(describe_roofs(roofs), file=out, flush=True)
     log = functools.partial(print, file=sys.stderr, flush=True)
-    source = Prompts(np.random.default_rng(args.bench_seed), engine.model_config.vocab_size,
-                     dataset)
+    # The engine's vocabulary: the tokenizer's size where it is below the config's (Qwen's
+    # config counts padding rows no token id names), as `bench serve` draws.
+    source = Prompts(np.random.default_rng(args.bench_seed), engine.vocab_size, dataset)
     results = [bench_cell(cell, engine, theirs, args.reps, source, log, narrow, args.temperature)
                for cell in cells]
     roof_rows = roof_table(results, {"nanovllm": engine, **narrow}, roofs) if roofs else []
@@ -452,8 +453,7 @@ def roof_table(results: list[CellResult], engines: dict, roofs) -> list[dict]:
     rows = []
     for r in results:
         for side, engine in engines.items():
-            weights = engine.runner.weights
-            nbytes, macs = step_cost(weights)
+            nbytes, macs, head_macs = step_cost(engine.runner.weights)
             prefill = r.cell.output_len == 1
             if prefill and r.cell.input_len is None:
                 continue  # a dataset's prompts have no one length to divide by
@@ -462,7 +462,7 @@ def roof_table(results: list[CellResult], engines: dict, roofs) -> list[dict]:
                 continue
             tps = summary.median
             if prefill:
-                macs -= weights.wte.shape[0] * weights.wte.shape[1]
+                macs -= head_macs
                 streamed = nbytes * tps / r.cell.input_len  # one pass over the prompt
             else:
                 streamed = nbytes * tps / r.cell.batch_size

@@ -8,7 +8,8 @@
 - bfloat16 peak, where the CPU runs the avx512bf16 kernel (`model/kernels/bf16_gemm.py`): the same,
   on that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof).
 
-A decode step reads every weight matrix once (the LM head included), so at batch 1 the weights
+A decode step reads every weight matrix once (the LM head included: each architecture's weights
+list them, `matrices()`), so at batch 1 the weights
 stream at (bytes of the matrices) x (steps per second), and each token costs one multiply-add per
 matrix element (attention's products, a few percent at these lengths, are left out).
 `nanovllm bench embeddings` holds its texts to float32's roof alone, counting what a text costs
@@ -85,18 +86,12 @@ def measure_roofs() -> Roofs:
     return Roofs(bandwidth, float32_peak, int8_peak, kernel, bf16_peak, bf16_kernel)
 
 
-def weight_matrices(weights) -> list:
-    """Every matrix a decode step multiplies by: four per block, and the LM head (the embedding)."""
-    mats = [weights.wte]
-    for b in weights.blocks:
-        mats += [b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w]
-    return mats
-
-
-def step_cost(weights) -> tuple[int, int]:
-    """(bytes of the weight matrices, multiply-adds per token)."""
-    mats = weight_matrices(weights)
-    return (sum(m.nbytes for m in mats), sum(m.shape[0] * m.shape[1] for m in mats))
+def step_cost(weights) -> tuple[int, int, int]:
+    """(bytes of the weight matrices, multiply-adds per token, of which the LM head's), of any
+    architecture: its weights list the matrices a step multiplies by, the LM head first."""
+    mats = weights.matrices()
+    macs = [m.shape[0] * m.shape[1] for m in mats]
+    return sum(m.nbytes for m in mats), sum(macs), macs[0]
 
 
 def describe(roofs: Roofs) -> str:

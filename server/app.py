@@ -15,11 +15,11 @@ from nanovllm import GrammarCompiler, __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.inspection import EngineInspector
 from nanovllm.server.api.info.routes import model_type, read_tokenizer_config, tokenizer_info
-from nanovllm.server.api.table import ROUTERS
+from nanovllm.server.api.table import APIS
 from nanovllm.server.chat.reasoning import REASONING_PARSERS
 from nanovllm.server.chat.template import ChatTemplate, special_tokens
 from nanovllm.server.chat.tool_calls import PARSERS
-from nanovllm.server.errors import install_error_handlers
+from nanovllm.server.errors import ErrorShapes, install_error_handlers
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
     AccessLogMiddleware,
@@ -122,19 +122,25 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
                                   reasoning_parser=_named(REASONING_PARSERS, reasoning_parser,
                                                           "reasoning"),
                                   structured_in_reasoning=structured_in_reasoning)
-    install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router)
+    errors = ErrorShapes({path: api.errors for api in APIS for path in api.paths})
+    install_error_handlers(app, errors)
+    for api in APIS:
+        app.include_router(api.router)
     if ui:
         install_ui(app, inspector)
     document_vocabulary(app, engine.processor.vocab_size)
-    app.add_middleware(JSONContentTypeMiddleware)  # innermost: a 415 neither counts nor passes auth
+    # innermost: a 415 neither counts nor passes auth
+    app.add_middleware(JSONContentTypeMiddleware, errors=errors)
     if enable_server_load_tracking:  # inside the API key check: refused requests never count
-        app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load)
+        app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load,
+                           paths=frozenset(path for api in APIS for path in api.generating))
     if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX))
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes)
-    app.add_middleware(InternalErrorMiddleware)
+        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX),
+                           headers=list(dict.fromkeys(api.key_header for api in APIS)),
+                           errors=errors)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes,
+                       errors=errors)
+    app.add_middleware(InternalErrorMiddleware, errors=errors)
     app.add_middleware(RequestCountMiddleware, count=metrics.count_http_request)
     app.add_middleware(RequestIdMiddleware)  # every answer, a 413 or 500 too, has it
     if log_requests:  # outermost: every answer is logged, with the id it was given

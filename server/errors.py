@@ -1,6 +1,6 @@
-"""Errors in the shape of the API a path belongs to: OpenAI's {"error": {"message", "type",
-"param", "code"}} everywhere but under /v1/messages, which answers in Anthropic's
-{"type": "error", "error": {"type", "message"}}.
+"""Errors, in the shape of the API a path belongs to: each API says which paths are its and
+its ErrorShape (server/api/spec.py); OpenAI's {"error": {"message", "type", "param", "code"}}
+is the shape of the others and the default.
 
 Every status the server can answer with goes through here, including FastAPI's own 404/405
 and request-validation failures (which OpenAI and vLLM report as 400, not FastAPI's 422).
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -37,21 +39,6 @@ ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
-
-# Anthropic's error types by status. A full queue is its 529 overloaded_error (a 429 is an
-# account's rate limit there); anything else a server may answer is its api_error.
-ANTHROPIC_PATH = "/v1/messages"
-ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "request_too_large",
-    415: "invalid_request_error",
-    529: "overloaded_error",
-}
-ANTHROPIC_STATUS = {429: 529}
 
 
 class APIError(Exception):
@@ -92,24 +79,47 @@ def error_body(message: str, status: int, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
-def is_anthropic_path(path: str) -> bool:
-    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+def openai_error(message: str, status: int, param: str | None = None) -> tuple[int, dict]:
+    return status, error_body(message, status, param)
 
 
-def anthropic_error(message: str, status: int) -> tuple[int, dict]:
-    """Anthropic's status and body for one of our errors (a full queue: 529 overloaded)."""
-    status = ANTHROPIC_STATUS.get(status, status)
-    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-    return status, {"type": "error", "error": {"type": kind, "message": message}}
+@dataclass(frozen=True, slots=True)
+class ErrorShape:
+    """How one API says an error: `render(message, status, param)` -> its status and body."""
 
+    render: Callable[[str, int, str | None], tuple[int, dict]]
 
-def error_response(message: str, status: int, param: str | None = None, headers=None,
-                   path: str = "") -> JSONResponse:
-    """The error as the API of `path` shapes it (OpenAI's unless under /v1/messages)."""
-    if is_anthropic_path(path):
-        status, body = anthropic_error(message, status)
+    def response(self, message: str, status: int, param: str | None = None,
+                 headers=None) -> JSONResponse:
+        status, body = self.render(message, status, param)
         return JSONResponse(body, status_code=status, headers=headers)
-    return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
+
+
+OPENAI_ERRORS = ErrorShape(openai_error)
+
+
+def error_response(message: str, status: int, param: str | None = None,
+                   headers=None) -> JSONResponse:
+    """An error in OpenAI's shape, for routes that belong to no API (/health, the web page)."""
+    return OPENAI_ERRORS.response(message, status, param, headers)
+
+
+class ErrorShapes:
+    """Which shape an error on a path takes: that of the API whose path holds it (a listed path,
+    or one under it), else OpenAI's."""
+
+    def __init__(self, by_path: dict[str, ErrorShape]) -> None:
+        self._by_path = by_path
+
+    def of(self, path: str) -> ErrorShape:
+        for prefix, shape in self._by_path.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return shape
+        return OPENAI_ERRORS
+
+    def response(self, path: str, message: str, status: int, param: str | None = None,
+                 headers=None) -> JSONResponse:
+        return self.of(path).response(message, status, param, headers)
 
 
 def _is_type_tag(part) -> bool:
@@ -155,32 +165,30 @@ def _member(error: dict) -> str:
     return tag.replace("constrained-", "")
 
 
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return error_response(exc.message, exc.status, exc.param, exc.headers, request.url.path)
+def install_error_handlers(app: FastAPI, shapes: ErrorShapes) -> None:
+    """Every error an app raises answered in the shape of its path's API (`shapes`)."""
 
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return shapes.response(request.url.path, exc.message, exc.status, exc.param, exc.headers)
 
-async def _invalid_request(request: Request, exc: InvalidRequestError) -> JSONResponse:
-    return error_response(str(exc), 400, exc.param, path=request.url.path)
+    async def engine_refusal(request: Request, exc: InvalidRequestError) -> JSONResponse:
+        return shapes.response(request.url.path, str(exc), 400, exc.param)
 
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation_error(exc)
+        return shapes.response(request.url.path, message, 400, param)
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    message, param = describe_validation_error(exc)
-    return error_response(message, 400, param, path=request.url.path)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"Not Found: {request.method} {quote(request.url.path, 100)}"
+        elif exc.status_code == 405:
+            detail = f"Method {request.method} not allowed for {quote(request.url.path, 100)}"
+        return shapes.response(request.url.path, detail, exc.status_code,
+                               headers=getattr(exc, "headers", None))
 
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    if exc.status_code == 404 and detail == "Not Found":
-        detail = f"Not Found: {request.method} {quote(request.url.path, 100)}"
-    elif exc.status_code == 405:
-        detail = f"Method {request.method} not allowed for {quote(request.url.path, 100)}"
-    return error_response(detail, exc.status_code, None, headers=getattr(exc, "headers", None),
-                          path=request.url.path)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(InvalidRequestError, _invalid_request)  # the engine's refusals
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(InvalidRequestError, engine_refusal)  # the engine's refusals
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     # Anything else is a 500 from middleware.InternalErrorMiddleware (logged once, with an id).

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
 
-from nanovllm.server.errors import error_response, internal_error
+from nanovllm.server.errors import ErrorShapes, internal_error
 from nanovllm.values.errors import quote
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -100,29 +100,33 @@ def printable(text: str, limit: int = 200) -> str:
 
 class APIKeyMiddleware:
     """Requires the key on the paths under `protected` (build_app: /v1/*, which vLLM protects,
-    and the web page's data, /ui/api/*; the page itself holds no secret): as
-    `Authorization: Bearer <key>` (OpenAI's clients) or `x-api-key: <key>` (Anthropic's)."""
+    and the web page's data, /ui/api/*; the page itself holds no secret), in any of the
+    `headers` the APIs' clients send it in (each API's KeyHeader: OpenAI's `Authorization:
+    Bearer <key>`, Anthropic's `x-api-key: <key>`, ...). A refusal is in the shape of the
+    path's API (`errors`)."""
 
-    def __init__(self, app, api_key: str, protected: tuple[str, ...]) -> None:
+    def __init__(self, app, api_key: str, protected: tuple[str, ...], headers: list,
+                 errors: ErrorShapes) -> None:
         self.app = app
-        self._bearer = f"Bearer {api_key}".encode()
-        self._key = api_key.encode()
+        self._expected = [(h.name.lower(), f"{h.prefix}{api_key}".encode()) for h in headers]
         self._protected = protected
+        self._errors = errors
+        shown = [f"`{h.shown()}`" for h in headers]
+        self._message = f"Invalid or missing API key: send the header {shown[0]}" + \
+            (f" (or {', '.join(shown[1:])})." if len(shown) > 1 else ".")
 
     def _authorized(self, headers: Headers) -> bool:
-        bearer = headers.get("authorization", "").encode("latin-1", "replace")
-        key = headers.get("x-api-key", "").encode("latin-1", "replace")
-        # Both compared, always: the time taken says nothing about which header was close.
-        return secrets.compare_digest(bearer, self._bearer) | secrets.compare_digest(key, self._key)
+        # Every header compared, always: the time taken says nothing about which was close.
+        matches = [secrets.compare_digest(headers.get(name, "").encode("latin-1", "replace"),
+                                          expected) for name, expected in self._expected]
+        return any(matches)
 
     async def __call__(self, scope, receive, send) -> None:
         if (scope["type"] == "http" and scope["method"] != "OPTIONS"
                 and scope["path"].startswith(self._protected)):
             if not self._authorized(Headers(scope=scope)):
-                response = error_response(
-                    "Invalid or missing API key: send the header `Authorization: Bearer <key>` "
-                    "(or `x-api-key: <key>`).", 401, headers={"WWW-Authenticate": "Bearer"},
-                    path=scope["path"])
+                response = self._errors.response(
+                    scope["path"], self._message, 401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -164,9 +168,10 @@ class BodySizeLimitMiddleware:
     """413 in OpenAI's shape for a body over `max_bytes`: at once from Content-Length, and while
     reading for bodies without one (chunked uploads), before the whole body is in memory."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, errors: ErrorShapes) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self._errors = errors
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -205,10 +210,10 @@ class BodySizeLimitMiddleware:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send) -> None:
-        response = error_response(
-            f"The request body is larger than this server's limit of {self.max_bytes} bytes "
-            "(--max-request-body-bytes).", 413, headers={"Connection": "close"},
-            path=scope["path"])
+        response = self._errors.response(
+            scope["path"], f"The request body is larger than this server's limit of "
+            f"{self.max_bytes} bytes (--max-request-body-bytes).", 413,
+            headers={"Connection": "close"})
         await response(scope, receive, send)
 
 
@@ -229,8 +234,9 @@ class JSONContentTypeMiddleware:
     unless told otherwise). Taking it as JSON instead would let any web page post to a local
     server without the CORS preflight a JSON request needs."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, errors: ErrorShapes) -> None:
         self.app = app
+        self._errors = errors
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] in JSON_METHODS:
@@ -240,11 +246,10 @@ class JSONContentTypeMiddleware:
             if has_body and not (content_type and is_json_media_type(content_type)):
                 sent = f"Content-Type {quote(content_type, 100)}" if content_type \
                     else "no Content-Type"
-                response = error_response(
-                    f"Unsupported media type: the body was sent with {sent}, and must be JSON, "
-                    "sent with the header `Content-Type: application/json` (curl: add -H "
-                    "'Content-Type: application/json'; -d alone sends a form).", 415,
-                    path=scope["path"])
+                response = self._errors.response(
+                    scope["path"], f"Unsupported media type: the body was sent with {sent}, and "
+                    "must be JSON, sent with the header `Content-Type: application/json` (curl: "
+                    "add -H 'Content-Type: application/json'; -d alone sends a form).", 415)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -255,8 +260,9 @@ class InternalErrorMiddleware:
     X"; the traceback is logged once, under that id. (Starlette's own last resort would put the
     exception in the log twice, and FastAPI's handlers would be tempted to echo it.)"""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, errors: ErrorShapes) -> None:
         self.app = app
+        self._errors = errors
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -274,15 +280,14 @@ class InternalErrorMiddleware:
         except Exception:
             error = internal_error(f"{scope.get('method')} {scope.get('path')}")
             if not started:
-                await error_response(error.message, 500, path=scope["path"])(scope, receive, send)
+                await self._errors.response(scope["path"], error.message, 500)(scope, receive,
+                                                                                 send)
 
 
 # vLLM's server load tracking: how many generation requests are in flight, for a load balancer
 # that reads GET /load. A request counts from the moment its body starts to be handled until
-# its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it.
-# The routes that generate (vLLM counts its generation and pooling routes, not tokenize).
-TRACKED_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/invocations",
-                           "/v1/responses", "/v1/messages"})
+# its response is fully sent (a stream to its last event), as vLLM's load-aware routes count it,
+# on the routes that generate (each API's `generating` paths).
 
 
 @dataclass(slots=True)
@@ -293,12 +298,13 @@ class ServerLoad:
 
 
 class LoadTrackingMiddleware:
-    def __init__(self, app, load: ServerLoad) -> None:
+    def __init__(self, app, load: ServerLoad, paths: frozenset[str]) -> None:
         self.app = app
         self._load = load
+        self._paths = paths
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] not in TRACKED_PATHS:
+        if scope["type"] != "http" or scope["path"] not in self._paths:
             await self.app(scope, receive, send)
             return
         self._load.in_flight += 1

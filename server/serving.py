@@ -1,9 +1,11 @@
-"""What every endpoint shares between HTTP and the engine: the app's context, submitting engine
+"""What every API shares between HTTP and the engine: the app's context, submitting engine
 requests, the stream of their outputs, waiting for the final ones (or the client leaving),
-engine errors as API errors, usage, and the one server-sent-events driver of both streams.
+engine errors as API errors, usage, and server-sent events (the response that streams them,
+aborting its request when the client leaves).
 
-An endpoint module (server/api/) validates its body into engine requests, calls `submit`,
-and answers with `final_response` or `stream_events`; it only says how its own choices look.
+An API (server/api/<name>/) validates its body into engine requests (or hands it to the chat
+path, server/chat/run.py, which does), calls `submit`, and renders the outputs: whole
+(`final_outputs`, `final_response`) or streamed (`streamed`).
 
 Outputs are cumulative, so when a handler falls behind, the queued outputs of an engine
 request are coalesced into the latest one. RequestStream.close() aborts whatever is still
@@ -18,10 +20,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -32,12 +34,12 @@ from nanovllm import GrammarCompiler, InvalidRequestError, SamplingParams
 from nanovllm.engine_client import EngineClient, EngineDeadError, QueueSink, RequestAborted
 from nanovllm.server.api.responses.store import ResponseStore
 from nanovllm.server.chat.reasoning import ReasoningParser
+from nanovllm.server.chat.result import Usage
 from nanovllm.server.chat.template import ChatTemplate
 from nanovllm.server.chat.tool_calls import ToolParser
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
-from nanovllm.server.protocol import StreamOptions
 from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
@@ -285,45 +287,13 @@ async def submit(ctx: ServerContext, request_id: str, requests: list[EngineReque
     return stream
 
 
-def token_namer(req, tokenizer) -> Callable[[int], str]:
-    """How logprobs name a token: its text, or vLLM's "token_id:N" when the client asks for
-    return_tokens_as_token_ids (texts of partial UTF-8 tokens are ambiguous; ids are not)."""
-    if req.return_tokens_as_token_ids:
-        return lambda tid: f"token_id:{tid}"
-    return tokenizer.decode_token
-
-
-def token_id_fields(req, prompt_ids: list[int] | None, token_ids: list[int]) -> dict:
-    """vLLM's return_token_ids: the prompt's ids (where given) and the choice's generated ids
-    (never the echoed prompt), so a client need not tokenize again."""
-    if not req.return_token_ids:
-        return {}
-    fields = {"token_ids": list(token_ids)}
-    if prompt_ids is not None:
-        fields = {"prompt_token_ids": list(prompt_ids), **fields}
-    return fields
-
-
-def prompt_logprobs_field(result) -> list | None:
-    """vLLM's `prompt_logprobs`: per prompt position None or {token id: Logprob}, -inf clamped."""
-    if result.prompt_logprobs is None:
-        return None
-    return [None if step is None else
-            {str(t): {"logprob": max(p.logprob, -9999.0), "rank": p.rank,
-                      "decoded_token": p.decoded_token} for t, p in step.items()}
-            for step in result.prompt_logprobs]
-
-
-def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> dict:
-    """Token counts: each prompt once, every choice's generated tokens, and (as OpenAI always
-    does) how many prompt tokens the prefix cache supplied."""
-    prompt_tokens = sum(len(p.prompt_token_ids) for p in prompts)
+def usage(prompts: list[EngineRequest], results: dict, count_generated: bool = True) -> Usage:
+    """Token counts: each prompt once, every choice's generated tokens, and how many prompt
+    tokens the prefix cache supplied."""
     completion_tokens = sum(len(o.token_ids) for r in results.values() for o in r.outputs
                             ) if count_generated else 0
-    cached = sum(r.num_cached_tokens for r in results.values())
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return Usage(sum(len(p.prompt_token_ids) for p in prompts), completion_tokens,
+                 sum(r.num_cached_tokens for r in results.values()))
 
 
 # A whole answer at once.
@@ -382,12 +352,20 @@ async def final_response(raw: Request, stream: RequestStream,
     return await asyncio.to_thread(render) if off_loop else render()
 
 
-# Server-sent events: `data: {json}\n\n` ... `data: [DONE]\n\n`.
+# Server-sent events: `data: {json}\n\n` (OpenAI's, ending with `data: [DONE]\n\n`), or each
+# with its name, `event: name\ndata: {json}\n\n` (Responses' and Anthropic's).
 
 
 def sse(obj: dict | str) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
+    return f"data: {obj if isinstance(obj, str) else _json(obj)}\n\n"
+
+
+def named_event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {_json(data)}\n\n"
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 class SSEResponse(StreamingResponse):
@@ -403,12 +381,6 @@ class SSEResponse(StreamingResponse):
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
-
-    def translated(self, translate: Callable[[AsyncIterator[str]], AsyncIterator[str]]
-                   ) -> SSEResponse:
-        """The same stream in another protocol's events (the Responses and Anthropic front
-        ends over chat's): `translate` reads this one's events; closing still aborts it."""
-        return SSEResponse(translate(self.body_iterator), self._on_close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -432,59 +404,6 @@ class ChoiceState:
     finished: bool = False
 
 
-# An endpoint's next choice for one output (tag, its RequestOutput, the CompletionOutput, what
-# was sent of it), without "index"; None when there is nothing new to say.
-Delta = Callable[[int, Any, Any, ChoiceState], "dict | None"]
-
-
 def streamed(stream: RequestStream, events: AsyncIterator[str]) -> SSEResponse:
     """The response of a streamed request: its events; leaving early aborts it at once."""
     return SSEResponse(events, on_close=stream.close)
-
-
-async def stream_events(stream: RequestStream, head: dict, delta: Delta,
-                        options: StreamOptions | None, count_generated: bool = True,
-                        opening: Iterable[dict] = ()) -> AsyncIterator[str]:
-    """The chunks of a streamed answer, both APIs': `opening` chunks first (chat's roles and
-    echo: {"choices": [...], and any other top-level fields}), then
-    one chunk per new choice delta, index = tag * n + output index (vLLM's), and with
-    stream_options.include_usage a last chunk with no choices and the usage.
-
-    Each chunk carries "usage": null (as vLLM's do), or with vLLM's continuous_usage_stats the
-    usage so far. The engine's running text never ends in a partial UTF-8 character nor in a
-    prefix of a stop string, so a delta is simply the new suffix of the cumulative text. An
-    error after the stream started is sent as one `data: {"error": {...}}` event, then [DONE].
-    If the client goes away, SSEResponse cancels this generator and its `finally`
-    aborts the engine requests at once.
-    """
-    continuous = bool(options and options.include_usage and options.continuous_usage_stats)
-    states: dict[tuple[int, int], ChoiceState] = {}
-    final: dict = {}
-
-    def running() -> dict | None:
-        return usage(stream.requests, final, count_generated) if continuous else None
-
-    try:
-        for chunk in opening:
-            yield sse({**head, "choices": chunk["choices"], "usage": running(),
-                       **{k: v for k, v in chunk.items() if k != "choices"}})
-        while not stream.done:
-            batch = await stream.next_batch()
-            final.update(batch)
-            choices = []
-            for tag in sorted(batch):
-                for out in batch[tag].outputs:
-                    st = states.setdefault((tag, out.index), ChoiceState())
-                    choice = delta(tag, batch[tag], out, st)
-                    if choice is not None:
-                        choices.append({"index": tag * stream.n + out.index, **choice})
-            so_far = running()
-            for choice in choices:  # one choice per chunk, like vLLM and OpenAI
-                yield sse({**head, "choices": [choice], "usage": so_far})
-        if options and options.include_usage:
-            yield sse({**head, "choices": [], "usage": usage(stream.requests, final,
-                                                             count_generated)})
-    except Exception as exc:
-        error = exc if isinstance(exc, APIError) else engine_error(exc)
-        yield sse(error.body())
-    yield sse("[DONE]")

@@ -66,6 +66,17 @@ class GPT2Weights:
     blocks: list[BlockWeights]
     ln_f_g: np.ndarray
     ln_f_b: np.ndarray
+    # None: `wte`, as GPT-2 ties them. The pooling runner sets the identity here, so that the
+    # "logits" are the final hidden states.
+    lm_head: Weight | None = None
+
+    def head(self) -> Weight:
+        return self.wte if self.lm_head is None else self.lm_head
+
+    def matrices(self) -> list[Weight]:
+        """Every matrix a decode step multiplies by: four per block, and the LM head."""
+        return [self.head()] + [m for b in self.blocks
+                             for m in (b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w)]
 
 
 def compile_kernels() -> None:
@@ -111,7 +122,8 @@ def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.nd
 
 
 def lm_head(x: np.ndarray, w: GPT2Weights, eps: float) -> np.ndarray:
-    return linear(layer_norm(x, w.ln_f_g, w.ln_f_b, eps, feeds=w.wte), w.wte)
+    head = w.head()
+    return linear(layer_norm(x, w.ln_f_g, w.ln_f_b, eps, feeds=head), head)
 
 
 def forward(w: GPT2Weights, cfg: GPT2Config, token_ids: np.ndarray, positions: np.ndarray,

@@ -58,6 +58,11 @@ class LlamaWeights:
     norm: np.ndarray              # [E] final RMSNorm gain
     lm_head: Weight               # [V, E]: `embed` itself when tied
 
+    def matrices(self) -> list[Weight]:
+        """Every matrix a decode step multiplies by (the embedding is only looked up)."""
+        return [self.lm_head] + [m for layer in self.layers
+                                 for m in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
+
 
 def compile_kernels() -> None:
     """Compiles this family's kernels now (or loads them from numba's disk cache), for the

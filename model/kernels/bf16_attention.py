@@ -20,7 +20,7 @@ the loader packs a weight matrix (`quant.pack_bfloat16`): the keys as the output
 the value dimensions as those of the output, the positions as its pairs. A block of queries
 reads the keys from a whole block of 16 on (`BF16Context.start`): the softmax's mask gives the
 extra ones probability 0. The heads' panels are shared out among numba's threads as they claim
-them (`shared.claim`). `reference_scores` and `reference_values` are the plain versions: numpy
+them (`parallel.claim`). `reference_scores` and `reference_values` are the plain versions: numpy
 on the same rounded values, summed in float64.
 """
 
@@ -39,7 +39,8 @@ from nanovllm.model.kernels.bf16_gemm import (
     round_bits,
     round_vector,
 )
-from nanovllm.model.kernels.shared import NO_BIAS, claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.shared import NO_BIAS
 from nanovllm.model.kernels.tiling import tile_blocks
 from nanovllm.model.weights.quant import BLOCK, PAIR, round_to_bfloat16
 

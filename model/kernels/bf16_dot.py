@@ -35,9 +35,9 @@ from numba.extending import intrinsic
 
 from nanovllm.model.kernels.ir_build import (
     declare,
-    emit_accumulating_loop,
     emit_splat,
-    emit_store_vectors,
+    emit_store_rows,
+    emit_tile_loop,
     intrinsic_accepts,
 )
 from nanovllm.model.weights.quant import BLOCK, PAIR
@@ -116,21 +116,12 @@ def bf16_panel(typingctx, rows, blocks, x_ptr, x_stride, p_ptr, block_stride, pa
             word = builder.load(builder.inttoptr(at, I32.as_pointer()), align=4)
             return builder.bitcast(emit_splat(builder, word, lanes), operand)
 
-        def step(p, accs):
-            ws = [load_w(p, b) for b in range(n_blocks)]
-            sums = []
-            for i in range(n_rows):
-                x = broadcast_x(p, i)
-                for b in range(n_blocks):
-                    sums.append(builder.call(dot, [accs[i * n_blocks + b], x, ws[b]]))
-            return sums
+        def multiply_add(acc, x, w):
+            return builder.call(dot, [acc, x, w])
 
-        zeros = [ir.Constant(sums_type, None)] * (n_rows * n_blocks)
-        finals = emit_accumulating_loop(builder, "bf16_panel", pairs, zeros, step)
-        for i in range(n_rows):  # (i, b): 16 float32 each
-            row_at = builder.add(acc_ptr, builder.mul(acc_stride, ir.Constant(intp, i)))
-            emit_store_vectors(builder, finals[i * n_blocks:(i + 1) * n_blocks], row_at,
-                               4 * BLOCK)
+        rows = emit_tile_loop(builder, "bf16_panel", pairs, n_rows, n_blocks,
+                              ir.Constant(sums_type, None), load_w, broadcast_x, multiply_add)
+        emit_store_rows(builder, rows, acc_ptr, acc_stride, 4 * BLOCK)  # (i, b): 16 float32 each
         return context.get_dummy_value()
 
     return sig, codegen

@@ -8,7 +8,7 @@ accuracy (a relative error of at most 2**-9 per element, as the weights' own rou
 docs/performance.md measures what it does to a model's logits.
 
 Register panels of rows x blocks (`TILE_*`), their blocks in chunks the threads claim as they go
-(`shared.claim`, as `linear.matmul_packed`): each panel's weights are read from memory once
+(`parallel.claim`, as `linear.matmul_packed`): each panel's weights are read from memory once
 while every row of x passes over them. `reference` is the plain version: numpy on the same
 rounded x and the weights' float32 values, summed in float64.
 
@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.kernels.bf16_dot import PAIR_BYTES, bf16_panel
-from nanovllm.model.kernels.shared import as_bias, claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.shared import as_bias
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.weights.quant import (
     BLOCK,
@@ -76,7 +77,7 @@ def bf16_matmul(x: np.ndarray | BF16Rows, w: PackedBF16Weight, bias: np.ndarray 
 
 def round_activations(x: np.ndarray, pairs: int) -> np.ndarray:
     """x [M, K] as bfloat16 bits [M, 2 * pairs], zero past K (on all threads when there are
-    enough rows, `shared.on_threads`)."""
+    enough rows, `parallel.on_threads`)."""
     xb = np.empty((x.shape[0], PAIR * pairs), np.uint16)
     x = np.ascontiguousarray(x, np.float32)
     if on_threads(x.size):

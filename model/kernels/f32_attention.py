@@ -7,7 +7,7 @@ runs no code of this module that a trace of its Python calls would see.)
 Not numpy's matmul per head: each is an OpenBLAS sgemm, which above its size threshold is split
 in fixed halves over the cores, and with anything else running on the machine each waited for
 its descheduled half, a dozen times a layer. Here the work is cut into jobs, a key/value head's
-block of up to `JOB_ROWS` queries, claimed by numba's threads as they go (`shared.claim`), in
+block of up to `JOB_ROWS` queries, claimed by numba's threads as they go (`parallel.claim`), in
 one parallel region a call; a call with little work (`THREADS_MIN_WORK`) stays on the calling
 thread.
 
@@ -37,7 +37,8 @@ from numba import njit
 
 from nanovllm.model.kernels.attention_dot import dot_rows
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.shared import KERNEL_MATH, PARALLEL_MIN_WORK, softmax_row_
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
+from nanovllm.model.kernels.shared import KERNEL_MATH, softmax_row_
 from nanovllm.model.weights.quant import BLOCK
 
 # A job's queries: few enough that a chunk of a few hundred tokens makes several jobs a head

@@ -23,9 +23,9 @@ from numba.extending import intrinsic
 
 from nanovllm.model.kernels.ir_build import (
     declare,
-    emit_accumulating_loop,
     emit_splat,
-    emit_store_vectors,
+    emit_store_rows,
+    emit_tile_loop,
 )
 from nanovllm.model.kernels.shared import emit_load_floats
 
@@ -55,25 +55,23 @@ def broadcast_tile(typingctx, width, scalars, vectors, v_bytes, s_ptr, s_stride,
         vec = ir.VectorType(F32, lanes)
         fma = declare(builder, f"llvm.fmuladd.v{lanes}f32", vec, [vec, vec, vec])
 
-        def step(k, accs):
-            v_at = builder.add(v_ptr, builder.mul(k, v_step))
-            vs = [emit_load_floats(builder, builder.add(v_at, builder.mul(v_stride, ir.Constant(
-                intp, u))), lanes, element_bytes) for u in range(n_vecs)]
-            s_at = builder.add(s_ptr, builder.mul(k, ir.Constant(intp, 4)))
-            sums = []
-            for i in range(n_rows):
-                at = builder.add(s_at, builder.mul(s_stride, ir.Constant(intp, i)))
-                one = builder.load(builder.inttoptr(at, F32.as_pointer()), align=4)
-                splat = emit_splat(builder, one, vec)
-                for u in range(n_vecs):
-                    sums.append(builder.call(fma, [splat, vs[u], accs[i * n_vecs + u]]))
-            return sums
+        def load_vector(k, u):
+            at = builder.add(builder.add(v_ptr, builder.mul(k, v_step)),
+                             builder.mul(v_stride, ir.Constant(intp, u)))
+            return emit_load_floats(builder, at, lanes, element_bytes)
 
-        zeros = [ir.Constant(vec, None)] * (n_rows * n_vecs)
-        finals = emit_accumulating_loop(builder, "f32_tile", k_count, zeros, step)
-        for i in range(n_rows):
-            row_at = builder.add(acc_ptr, builder.mul(acc_stride, ir.Constant(intp, i)))
-            emit_store_vectors(builder, finals[i * n_vecs:(i + 1) * n_vecs], row_at, 4 * lanes)
+        def broadcast_row(k, i):
+            at = builder.add(builder.add(s_ptr, builder.mul(k, ir.Constant(intp, 4))),
+                             builder.mul(s_stride, ir.Constant(intp, i)))
+            return emit_splat(builder, builder.load(builder.inttoptr(at, F32.as_pointer()),
+                                                    align=4), vec)
+
+        def multiply_add(acc, x, v):
+            return builder.call(fma, [x, v, acc])
+
+        rows = emit_tile_loop(builder, "f32_tile", k_count, n_rows, n_vecs, ir.Constant(vec, None),
+                              load_vector, broadcast_row, multiply_add)
+        emit_store_rows(builder, rows, acc_ptr, acc_stride, 4 * lanes)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -39,9 +39,9 @@ from numba.extending import intrinsic
 
 from nanovllm.model.kernels.ir_build import (
     declare,
-    emit_accumulating_loop,
     emit_splat,
     emit_store_vectors,
+    emit_tile_loop,
     intrinsic_accepts,
 )
 from nanovllm.model.kernels.shared import NON_TEMPORAL, emit_prefetch
@@ -212,18 +212,12 @@ def dot_panel(typingctx, isa, rows, blocks, x_ptr, x_stride, p_ptr, block_stride
             return mul.prepare_w(builder.load(builder.inttoptr(at, mul.bytes.as_pointer()),
                                               align=1))
 
-        def step(g, accs):
-            ws = [[load_w(g, b, h) for h in range(halves)] for b in range(n_blocks)]
-            sums = []
-            for i in range(n_rows):
-                x = broadcast_x(g, i)
-                for b in range(n_blocks):
-                    for h in range(halves):
-                        sums.append(mul.add(accs[(i * n_blocks + b) * halves + h], x, ws[b][h]))
-            return sums
+        def load_vector(g, u):  # block b's half h
+            return load_w(g, *divmod(u, halves))
 
-        zeros = [ir.Constant(mul.lanes, None)] * (n_rows * n_blocks * halves)
-        finals = emit_accumulating_loop(builder, "int8_panel", groups, zeros, step)
+        rows = emit_tile_loop(builder, "int8_panel", groups, n_rows, n_blocks * halves,
+                              ir.Constant(mul.lanes, None), load_vector, broadcast_x, mul.add)
+        finals = [vector for row in rows for vector in row]
         with builder.if_else(context.cast(builder, scaled, types.boolean, types.boolean)) \
                 as (finish, keep):
             with finish:

@@ -29,7 +29,8 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.kernels.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels.shared import as_bias, claim, finish, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.shared import as_bias, finish
 from nanovllm.model.weights.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
 logger = logging.getLogger("nanovllm")
@@ -61,7 +62,7 @@ class Int8Rows:
 
 def quantize_activations(x: np.ndarray) -> Int8Rows:
     """x [M, K] float32 quantized per row (`quantize_rows`; on all threads when there are enough
-    of them, `shared.on_threads`)."""
+    of them, `parallel.on_threads`)."""
     rows = Int8Rows.empty(*x.shape)
     x = np.ascontiguousarray(x)
     if on_threads(x.size):
@@ -193,7 +194,7 @@ def _tile_shape(isa):
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     """`int8_matmul` through `dot_panel` (compiled once per ISA: `isa` is a constant) on the
-    packed weights, their blocks in chunks the threads claim as they go (`shared.claim`).
+    packed weights, their blocks in chunks the threads claim as they go (`parallel.claim`).
     Within a chunk, each panel of blocks is read from memory once while every row of x passes
     over it (x, a few rows, or a prefill's, stays in cache)."""
     literally(isa)

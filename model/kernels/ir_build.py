@@ -3,6 +3,10 @@ share, so that each of them spells out only its own operands, step and store.
 
 - `emit_accumulating_loop`: `for i in range(count)` carrying a register tile's accumulators
   from step to step as phi values, and their values after the loop.
+- `emit_tile_loop`: the loop of a register tile that broadcasts one scalar of each row against
+  a few loaded vectors (`f32_dot`, `int8_dot`, `bf16_dot`): each kernel gives only how it loads,
+  broadcasts and multiplies.
+- `emit_store_rows`: a tile's rows of vectors stored, each from its own address.
 - `emit_splat`: one scalar repeated across every lane of a vector (a broadcast operand).
 - `emit_store_vectors`: vectors stored one after another from an address.
 - `declare`: an LLVM intrinsic, declared in the module being built.
@@ -59,6 +63,35 @@ def emit_accumulating_loop(builder: ir.IRBuilder, name: str, count: ir.Value,
         finals[-1].add_incoming(start, entry)
         finals[-1].add_incoming(value, latch)
     return finals
+
+
+def emit_tile_loop(builder: ir.IRBuilder, name: str, count: ir.Value, rows: int, vectors: int,
+                   zero: ir.Value, load_vector: Callable[[ir.Value, int], ir.Value],
+                   broadcast_row: Callable[[ir.Value, int], ir.Value],
+                   multiply_add: Callable[[ir.Value, ir.Value, ir.Value], ir.Value]
+                   ) -> list[list[ir.Value]]:
+    """A register tile's loop, `for k in range(count)`: at step k, the `vectors` operands
+    v[u] = load_vector(k, u), then for each of `rows` rows its operand x = broadcast_row(k, i)
+    multiplied into the accumulators of that row, acc[i][u] = multiply_add(acc[i][u], x, v[u]).
+    Every accumulator starts as `zero`; returns their values after the loop, [rows][vectors]."""
+    def step(k, accs):
+        vs = [load_vector(k, u) for u in range(vectors)]
+        sums = []
+        for i in range(rows):
+            x = broadcast_row(k, i)
+            sums += [multiply_add(accs[i * vectors + u], x, vs[u]) for u in range(vectors)]
+        return sums
+
+    finals = emit_accumulating_loop(builder, name, count, [zero] * (rows * vectors), step)
+    return [finals[i * vectors:(i + 1) * vectors] for i in range(rows)]
+
+
+def emit_store_rows(builder: ir.IRBuilder, rows: Sequence[Sequence[ir.Value]], address: ir.Value,
+                    row_stride: ir.Value, vector_bytes: int) -> None:
+    """Row i's vectors stored one after another from byte address `address` + i * row_stride."""
+    for i, vectors in enumerate(rows):
+        at = builder.add(address, builder.mul(row_stride, ir.Constant(row_stride.type, i)))
+        emit_store_vectors(builder, vectors, at, vector_bytes)
 
 
 def emit_splat(builder: ir.IRBuilder, scalar: ir.Value, vector: ir.VectorType) -> ir.Value:

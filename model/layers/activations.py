@@ -2,7 +2,7 @@
 gate, silu(gate) * up.
 
 Each is a compiled loop over rows, on numba's threads when a step has enough of them
-(`shared.on_threads`), tested against its plain function: `gpt2_reference.gelu`,
+(`parallel.on_threads`), tested against its plain function: `gpt2_reference.gelu`,
 `bert_reference.gelu`, `llama_reference.silu`. They compute e**x with `shared.exp32`, which
 vectorizes where libm's expf does not: one pass over the rows, where numpy's versions make up
 to nine. Like `norms.layer_norm`, `gelu` quantizes its rows for an int8 layer it feeds
@@ -18,7 +18,8 @@ from numba import njit, prange
 
 from nanovllm.model.kernels.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_vector
-from nanovllm.model.kernels.shared import KERNEL_MATH, exp32, exp32_within, on_threads
+from nanovllm.model.kernels.parallel import on_threads
+from nanovllm.model.kernels.shared import KERNEL_MATH, exp32, exp32_within
 from nanovllm.model.layers.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.weights.quant import Int8Weight, Weight
 

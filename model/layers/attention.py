@@ -32,12 +32,11 @@ from nanovllm.model.kernels.attention_dot import dot_rows
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.kernels.f32_attention import JOB_ROWS, THREADS_MIN_WORK, causal_work, run_job
 from nanovllm.model.kernels.f32_dot import broadcast_tile
+from nanovllm.model.kernels.parallel import claim, on_threads
 from nanovllm.model.kernels.shared import (
     KERNEL_MATH,
     as_kernel_array,
-    claim,
     from_float32,
-    on_threads,
     prefetch_lines,
     prefetch_lines_l2,
     softmax_,

@@ -23,14 +23,8 @@ import numpy as np
 from numba import config, njit, prange
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.shared import (
-    KERNEL_MATH,
-    claim,
-    exp32_within,
-    on_threads,
-    prefetch_lines,
-    softmax_,
-)
+from nanovllm.model.kernels.parallel import claim, on_threads
+from nanovllm.model.kernels.shared import KERNEL_MATH, exp32_within, prefetch_lines, softmax_
 
 # Below this exponent `shared.exp32` gives 0 (e**t leaves float32's normal range).
 EXP_MIN = np.float32(-87.0)
@@ -54,7 +48,7 @@ def encoder_attention(qkv: np.ndarray, n_head: int, starts: np.ndarray,
 def encoder_attention_(qkv, bias, n_head, starts, out):
     """out[rows of text i, head h] = softmax(q k^T / sqrt(D)) v over text i's rows, for every
     text and head; the (text, head) jobs are claimed by numba's threads as they finish one
-    (`shared.claim`: texts may differ in length)."""
+    (`parallel.claim`: texts may differ in length)."""
     texts, e = starts.shape[0] - 1, out.shape[1]
     longest, work = 0, 0
     for i in range(texts):

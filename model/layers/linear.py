@@ -43,7 +43,8 @@ from nanovllm.model.kernels.bf16_gemm import (
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
-from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias, claim, split_chunks
+from nanovllm.model.kernels.parallel import claim, split_chunks
+from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.platform.cpu import int8_kernels, kernel_path
 from nanovllm.model.weights.quant import (

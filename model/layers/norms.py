@@ -3,7 +3,7 @@ add: `add_layer_norm`), the Llama family's RMSNorm (alone, fused with the residu
 head for Qwen3's queries and keys).
 
 Each is a compiled loop over rows, on numba's threads when a step has enough of them
-(`shared.on_threads`), and stands for a plain function it is tested against:
+(`parallel.on_threads`), and stands for a plain function it is tested against:
 `gpt2_reference.layer_norm` and `llama_reference.rms_norm`. A row is made in a few passes over x,
 where numpy's versions make six. Told which weight their output feeds (`feeds=`), `layer_norm`
 hands an int8 layer its input already quantized, row by row as it makes it
@@ -18,7 +18,8 @@ from numba import njit, prange
 
 from nanovllm.model.kernels.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_vector
-from nanovllm.model.kernels.shared import KERNEL_MATH, on_threads
+from nanovllm.model.kernels.parallel import on_threads
+from nanovllm.model.kernels.shared import KERNEL_MATH
 from nanovllm.model.layers.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.weights.quant import Int8Weight, Weight
 

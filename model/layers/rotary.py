@@ -10,7 +10,7 @@ product then depends only on how far apart the two positions are.
 smooth blend between); `cos_sin` the angles' cosines and sines for a step's positions, in
 float32 as transformers computes them. Both plain numpy, shared by the reference
 (`llama_reference.rotate`) and the engine, whose kernel `rotate_` turns queries and keys in
-place, on numba's threads when a step has enough of them (`shared.on_threads`).
+place, on numba's threads when a step has enough of them (`parallel.on_threads`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.kernels.shared import KERNEL_MATH, on_threads
+from nanovllm.model.kernels.parallel import on_threads
+from nanovllm.model.kernels.shared import KERNEL_MATH
 
 
 def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> np.ndarray:

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import queue
+import stat
 import struct
 import threading
 import time
@@ -86,9 +87,19 @@ class DiskBlockStore:
         with self._lock:
             self.stats.lookups += 1
         try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # absent (a file where its folder goes is replaced by the writer)
+        except OSError:  # a link looping...
+            self._invalid(path)
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != self._file_size(len(token_ids)):
+            self._invalid(path)  # not read: a FIFO would never answer, a huge file fill memory
+            return None
+        try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return None
+            return None  # evicted by another process meanwhile
         except OSError as e:
             self._warn_once("read", f"prefix cache directory: cannot read {path} ({e}); "
                                     "computing its blocks instead")
@@ -146,8 +157,7 @@ class DiskBlockStore:
         """The payload of a whole, uncorrupted file written for this fingerprint, key and tokens
         (a view of `data`: a block is a megabyte or so, not copied again)."""
         n = len(token_ids)
-        expected = HEADER.size + 8 * n + self.payload_bytes + CHECKSUM.size
-        if len(data) != expected:
+        if len(data) != self._file_size(n):
             return None
         body = memoryview(data)[:-CHECKSUM.size]
         if zlib.crc32(body) != CHECKSUM.unpack_from(data, len(body))[0]:
@@ -158,15 +168,15 @@ class DiskBlockStore:
             return None
         return body[HEADER.size + 8 * n:]
 
+    def _file_size(self, num_tokens: int) -> int:
+        return HEADER.size + 8 * num_tokens + self.payload_bytes + CHECKSUM.size
+
     def _invalid(self, path: Path) -> None:
         with self._lock:
             self.stats.invalid += 1
         self._warn_once(str(path), f"prefix cache directory: {path} is truncated, corrupted or "
                                    "not this model's; skipped, its block is computed again")
-        try:
-            path.unlink()  # so that the recomputed block is written in its place
-        except OSError:
-            pass
+        remove_entry(path)  # so that the recomputed block is written in its place
 
     # ---- the writer thread ---------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -193,21 +203,24 @@ class DiskBlockStore:
     def _write(self, key: bytes, token_ids: tuple[int, ...], payload: bytes | memoryview) -> None:
         path = self.path_of(key)
         data = self.encode(key, token_ids, payload)
-        try:
-            if path.stat().st_size == len(data):  # written already (by anyone): now recently used
+        try:  # written already (by anyone): now recently used. Compared whole: a damaged file
+            st = path.stat()  # of the same size, never read since, is replaced
+            if (stat.S_ISREG(st.st_mode) and st.st_size == len(data)
+                    and path.read_bytes() == data):
                 os.utime(path)
                 return
         except OSError:
             pass  # absent (or just evicted): written below
+        if not self._clear_way(path):
+            return
         self._count += 1
         temp = path.with_name(f"{path.name}.{self._unique}.{self._count}{TEMP_SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with open(temp, "wb") as f:
                 f.write(data)
             os.replace(temp, path)
         except OSError as e:
-            _remove(temp)
+            remove_entry(temp)
             self._writing = False
             why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else str(e)
             self._warn_once("write", f"prefix cache directory: cannot write to {self.root} "
@@ -221,6 +234,20 @@ class DiskBlockStore:
         if self._size > self.max_bytes or self._since_scan >= RESCAN_EVERY:
             self._evict()
 
+    def _clear_way(self, path: Path) -> bool:
+        """Makes room for a block file at `path`: its folder made (a file in its place removed),
+        anything but a file at its name removed. False (with one warning) if that fails: the
+        block is not written, writing goes on."""
+        try:
+            make_folder(path.parent)
+            if os.path.lexists(path) and not path.is_file() and not remove_entry(path):
+                raise OSError(f"{path} is not a file and cannot be removed")
+            return True
+        except OSError as e:
+            self._warn_once(f"clear {path}", f"prefix cache directory: cannot write {path} ({e}); "
+                                             "its block is not kept on disk")
+            return False
+
     def _evict(self) -> None:
         """Looks at the whole directory (other processes' files too) and removes the least
         recently used files until it is back under EVICT_TO of its bound."""
@@ -231,7 +258,7 @@ class DiskBlockStore:
             for _, size, path in files:
                 if total <= self.max_bytes * EVICT_TO:
                     break
-                if _remove(path):
+                if remove_entry(path):
                     with self._lock:
                         self.stats.evictions += 1
                 total -= size
@@ -252,7 +279,7 @@ class DiskBlockStore:
                     total += st.st_size
                     files.append((st.st_mtime, st.st_size, path))
                 elif name.endswith(TEMP_SUFFIX) and now - st.st_mtime > STALE_TEMP_SECONDS:
-                    _remove(path)
+                    remove_entry(path)
         return total, files
 
     def _warn_once(self, what: str, message: str) -> None:
@@ -269,7 +296,8 @@ def _check_usable(root: Path, folder: Path) -> None:
     if root.exists() and not root.is_dir():
         raise ValueError(f"{flag}: {root} is not a directory")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         probe = folder / f".probe.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -277,9 +305,23 @@ def _check_usable(root: Path, folder: Path) -> None:
         raise ValueError(f"{flag}: cannot write to {root}: {e.strerror or e}") from e
 
 
-def _remove(path: Path) -> bool:
-    try:
+def make_folder(path: Path) -> None:
+    """Creates a folder of the directory. What stands in its place and is
+    not a folder (a file, a dangling link: damage, not ours to keep) is removed with a warning.
+    Raises OSError if that fails."""
+    if os.path.lexists(path) and not path.is_dir():
+        logger.warning("prefix cache directory: %s should be a folder; removed", path)
         path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def remove_entry(path: Path) -> bool:
+    """Removes a file, a link or an empty folder; False if it could not be."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
         return True
     except OSError:
         return False

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from nanovllm.server.api.chat import routes as chat
 from nanovllm.server.api.completions import routes as completions
 from nanovllm.server.api.completions.protocol import CompletionRequest
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.request import ChatCompletionRequest
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
@@ -58,3 +59,5 @@ def _parsed(model: type[BaseModel], body: dict):
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
+
+API = APISpec(router, generating=("/invocations",))

@@ -1,15 +1,16 @@
 """How a chat answer's text becomes an assistant message: reasoning first (a reasoning parser),
 then tool calls (the family's parser under tool_choice "auto", or the reader of a required or
 named choice's constrained JSON), the rest content. `OutputRules` says which, per request;
-`parse_message` reads a finished text, a `MessageStream` a growing one, as OpenAI's deltas.
-Every front end over the chat path (chat completions, and any other protocol) shares these."""
+`parse_message` reads a finished text into a ChatAnswer, a `MessageStream` a growing one into
+ChatDeltas (server/chat/result.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nanovllm.server.chat.reasoning import ReasoningParser
-from nanovllm.server.chat.tool_calls import ToolCall, ToolCallStreamer, ToolParser, extract
+from nanovllm.server.chat.result import ChatAnswer, ChatDelta, ToolCall
+from nanovllm.server.chat.tool_calls import ToolCallStreamer, ToolParser, extract
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,21 +26,16 @@ class OutputRules:
         return self.reasoning is None and self.tools is None
 
 
-@dataclass(slots=True)
-class Message:
-    content: str | None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-
-
-def parse_message(rules: OutputRules, text: str) -> Message:
+def parse_message(rules: OutputRules, text: str) -> ChatAnswer:
+    """The message a finished text says (its content, reasoning and calls only)."""
     reasoning, answer = _split(rules, text, final=True)
     if answer is None:
-        return Message(None, reasoning)
+        return ChatAnswer(None, reasoning)
     if rules.tools is None:
-        return Message(answer if answer or reasoning is None else None, reasoning)
+        return ChatAnswer(answer if answer or reasoning is None else None, reasoning)
     content, calls = extract(rules.tools, answer, rules.max_calls)
-    return Message(content if content or reasoning is None or calls else None, reasoning, calls)
+    return ChatAnswer(content if content or reasoning is None or calls else None, reasoning,
+                      calls)
 
 
 def _split(rules: OutputRules, text: str, final: bool) -> tuple[str | None, str | None]:
@@ -53,8 +49,9 @@ def _split(rules: OutputRules, text: str, final: bool) -> tuple[str | None, str 
 
 
 class MessageStream:
-    """One streamed choice: `update(text, final)` with the whole text so far gives the new
-    delta's fields (reasoning_content, content, tool_calls), only those with something new."""
+    """One streamed choice: `update(text, final)` with the whole text so far gives what is new
+    in it (a ChatDelta's reasoning_content, content and tool_calls; "" and [] when nothing
+    is)."""
 
     def __init__(self, rules: OutputRules) -> None:
         self.rules = rules
@@ -66,22 +63,18 @@ class MessageStream:
     def calls(self) -> list[ToolCall]:
         return self._tools.calls if self._tools else []
 
-    def update(self, text: str, final: bool) -> dict:
-        delta = {}
+    def update(self, text: str, final: bool) -> ChatDelta:
+        delta = ChatDelta()
         reasoning, answer = _split(self.rules, text, final)
         if reasoning and reasoning.startswith(self._reasoning) and \
                 len(reasoning) > len(self._reasoning):
-            delta["reasoning_content"] = reasoning[len(self._reasoning):]
+            delta.reasoning_content = reasoning[len(self._reasoning):]
             self._reasoning = reasoning
         if answer is None:
             return delta
         if self._tools is None:
-            content, calls = answer[len(self._content):], []
+            delta.content = answer[len(self._content):]
             self._content = answer
         else:
-            content, calls = self._tools.update(answer, final)
-        if content:
-            delta["content"] = content
-        if calls:
-            delta["tool_calls"] = calls
+            delta.content, delta.tool_calls = self._tools.update(answer, final)
         return delta

@@ -13,8 +13,8 @@ from nanovllm.values.sampling_params import SamplingParams
 
 
 class ChatCompletionRequest(SamplingFields):
-    """POST /v1/chat/completions body. `messages` is checked by the chat endpoint, which names
-    the exact message and part at fault."""
+    """POST /v1/chat/completions body. `messages` is checked by the chat path (template.py),
+    which names the exact message and part at fault."""
 
     messages: list[dict[str, Any]] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     logprobs: bool | None = False

@@ -155,6 +155,32 @@ def test_a_decoder_started_for_pooling_embeds_its_last_token(llama_ckpt, variant
         np.testing.assert_allclose(np.linalg.norm(out.outputs.embedding), 1, atol=1e-5)
 
 
+def gpt2_last_hidden(model_dir, token_ids: list[int]) -> np.ndarray:
+    """transformers' GPT2Model's final hidden state (after ln_f) at the last token, unit length
+    (vLLM's default for an embedding)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2Model.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        hidden = model(torch.tensor([token_ids])).last_hidden_state[0, -1].numpy()
+    return hidden / np.linalg.norm(hidden)
+
+
+def test_gpt2_started_for_pooling_embeds_its_last_token(tiny_ckpt):
+    """Any causal LM pools as vLLM pools it: GPT-2's last token, normalized."""
+    llm = LLM(str(tiny_ckpt), runner="pooling")
+    outputs = llm.embed(TEXTS[:4], use_tqdm=False)
+    assert llm.engine.num_steps == 1
+    for out in outputs:
+        want = gpt2_last_hidden(tiny_ckpt, out.prompt_token_ids)
+        assert len(out.outputs.embedding) == 64
+        np.testing.assert_allclose(out.outputs.embedding, want, atol=1e-5)
+    raw = llm.embed(TEXTS[0], pooling_params=PoolingParams(normalize=False), use_tqdm=False)[0]
+    assert np.linalg.norm(raw.outputs.embedding) != pytest.approx(1.0)
+    np.testing.assert_allclose(raw.outputs.embedding / np.linalg.norm(raw.outputs.embedding),
+                               outputs[0].outputs.embedding, atol=1e-5)
+
+
 def test_a_decoder_pools_the_mean_of_each_text_alone(llama_ckpt, tmp_path):
     """Mean pooling reads every row of the batched pass: each text's rows equal transformers'
     on that text alone (no text attends to another of its step)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import nanovllm
 from nanovllm import InvalidRequestError
 from nanovllm.beam_search import beam_blocks_needed
 from nanovllm.values.beam_search_params import BeamSearchParams
@@ -25,6 +26,18 @@ def test_bad_params_name_their_field(fields, param):
     with pytest.raises(InvalidRequestError) as info:
         BeamSearchParams(**{"beam_width": 2, "max_tokens": 8, **fields})
     assert info.value.param == param
+
+
+def test_the_package_exports_it_as_vllm_does():
+    from nanovllm import BeamSearchParams as exported
+    assert exported is BeamSearchParams
+    assert "BeamSearchParams" in nanovllm.__all__ and "BeamSearchParams" in dir(nanovllm)
+
+
+def test_every_name_the_package_lists_resolves():
+    assert sorted(set(nanovllm.__all__) - {"__version__"}) == sorted(nanovllm._EXPORTS)
+    for name in nanovllm.__all__:
+        assert getattr(nanovllm, name) is not None
 
 
 def test_worst_case_blocks():

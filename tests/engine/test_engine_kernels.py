@@ -50,7 +50,7 @@ def test_first_request_compiles_nothing_new(request, checkpoint, kv_cache_dtype)
 
 
 def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
-    """W8A8: a long prefill quantizes its activations on the threads (`shared.on_threads`);
+    """W8A8: a long prefill quantizes its activations on the threads (`parallel.on_threads`);
     start-up compiled that quantizer too, not only the one decodes use."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="int8")
     kernels = (quantize_rows, quantize_rows_parallel, MATMULS[host_int8_kernel()],

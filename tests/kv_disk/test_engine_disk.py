@@ -4,6 +4,11 @@ an engine without the directory produces. Anything that changes K/V finds nothin
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -121,6 +126,78 @@ def test_corrupted_and_truncated_blocks_are_recomputed(make_engine, tmp_path, ca
     assert out.num_cached_tokens == (len(PROMPT) - 1) // BLOCK * BLOCK
     assert third.get_stats().prefix_cache_disk.invalid == 0  # both were written again
     assert out.outputs[0].token_ids == reference.outputs[0].token_ids
+
+
+def damage(root: Path, how: str) -> int:
+    """Damages every file (or every folder at one depth) under `root` as `how` says; returns how
+    many entries were damaged."""
+    entries = sorted(root.rglob("*"), key=lambda p: -len(p.parts))  # deepest first
+    if how.startswith("file for"):
+        depth = len(root.parts) + (2 if how == "file for a block folder" else 1)
+        folders = [p for p in entries if p.is_dir() and len(p.parts) == depth]
+        for folder in folders:
+            shutil.rmtree(folder)
+            folder.write_bytes(b"\xc6\x00 not a folder")
+        return len(folders)
+    files = [p for p in entries if p.is_file()]
+    for path in files:
+        data = bytearray(path.read_bytes())
+        if how == "flipped bytes":
+            for i in range(0, len(data), 7):
+                data[i] ^= 0xA5
+        elif how == "truncated":
+            data = data[:len(data) // 2]
+        elif how == "not UTF-8":
+            data = bytearray(b"\xc6" * len(data))
+        elif how == "empty":
+            data = bytearray()
+        path.unlink()
+        if how == "a folder":
+            path.mkdir()
+        elif how == "a FIFO":  # read blindly, it would never answer
+            os.mkfifo(path)
+        elif how == "a link to itself":
+            path.symlink_to(path.name)
+        else:
+            path.write_bytes(bytes(data))
+    return len(files)
+
+
+@pytest.mark.parametrize("how", ["flipped bytes", "truncated", "not UTF-8", "empty", "a folder",
+                                 "a FIFO", "a link to itself", "file for a block folder",
+                                 "file for a top folder"])
+def test_a_damaged_directory_never_stops_the_engine(make_engine, tmp_path, caplog, how):
+    """Every file the directory holds (block files, the checkpoint digests under checkpoints/)
+    and every folder is untrusted: damaged, each costs at most a warning and a recomputation,
+    and the next start finds the directory whole again."""
+    reference, _ = generate(make_engine(block_size=BLOCK), "r", PROMPT)
+    first = make_engine(block_size=BLOCK, prefix_cache_dir=str(tmp_path))
+    generate(first, "a", PROMPT)
+    written(first)
+    first.block_manager.lower_tier.close()
+    assert list(tmp_path.glob("checkpoints/*")) and list(tmp_path.rglob("*.kvb"))
+    damaged = damage(tmp_path, how)
+    assert damaged > 0
+
+    with caplog.at_level(logging.WARNING, logger="nanovllm"):
+        restarted = make_engine(block_size=BLOCK, prefix_cache_dir=str(tmp_path))
+        out, _ = generate(restarted, "b", PROMPT)
+        assert out.outputs[0].token_ids == reference.outputs[0].token_ids
+        written(restarted)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                and "RANDOM weights" not in r.getMessage()]
+    assert all("prefix cache directory" in w for w in warnings), warnings
+    assert 0 < len(warnings) <= damaged
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nanovllm"):
+        third = make_engine(block_size=BLOCK, prefix_cache_dir=str(tmp_path))
+        out, _ = generate(third, "c", PROMPT)
+    assert out.num_cached_tokens == (len(PROMPT) - 1) // BLOCK * BLOCK  # healed
+    assert out.outputs[0].token_ids == reference.outputs[0].token_ids
+    assert third.get_stats().prefix_cache_disk.invalid == 0
+    assert not [r for r in caplog.records if "prefix cache directory" in r.getMessage()
+                and r.levelno >= logging.WARNING]
 
 
 def test_the_python_api(make_llm, tmp_path):

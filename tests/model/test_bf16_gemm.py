@@ -20,7 +20,7 @@ from nanovllm.model.kernels.bf16_gemm import (
     round_rows_parallel,
     widen_packed_rows,
 )
-from nanovllm.model.kernels.shared import PARALLEL_MIN_WORK
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
 from nanovllm.model.layers import linear as linear_module
 from nanovllm.model.layers.activations import gelu
 from nanovllm.model.layers.linear import (

@@ -1,5 +1,5 @@
-"""Work shared among numba's threads (`model/kernels/shared.py`): `count_chunks`, `split_chunks` and
-`claim`."""
+"""Work shared among numba's threads (`model/kernels/parallel.py`): `count_chunks`,
+`split_chunks` and `claim`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
-from nanovllm.model.kernels.shared import NUM_CHUNKS, claim, count_chunks, split_chunks
+from nanovllm.model.kernels.parallel import NUM_CHUNKS, claim, count_chunks, split_chunks
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3, 48, 144, 192, 3142])

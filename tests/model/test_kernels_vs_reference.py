@@ -19,7 +19,8 @@ from numba import config
 
 from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_activations
-from nanovllm.model.kernels.shared import NO_BIAS, PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
+from nanovllm.model.kernels.shared import NO_BIAS, as_kernel_array
 from nanovllm.model.layers import linear as linear_module
 from nanovllm.model.layers.activations import gelu
 from nanovllm.model.layers.attention import (

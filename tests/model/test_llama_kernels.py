@@ -19,7 +19,8 @@ from test_kernels_vs_reference import (
 )
 
 from nanovllm.model.architectures import llama_reference as ref
-from nanovllm.model.kernels.shared import PARALLEL_MIN_WORK, as_kernel_array
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
+from nanovllm.model.kernels.shared import as_kernel_array
 from nanovllm.model.layers.activations import silu_mul
 from nanovllm.model.layers.attention import (
     CAUSAL_BLOCK,

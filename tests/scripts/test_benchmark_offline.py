@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,15 +89,46 @@ def test_compare_transformers_without_torch_says_so_before_loading(tiny_ckpt):
     assert "--index-url https://download.pytorch.org/whl/cpu" in err
 
 
-def test_real_run_with_transformers_and_json(tiny_ckpt, tmp_path, capsys):
+def decode_multiply_adds(cfg: dict) -> int:
+    """Multiply-adds per decoded token from a config.json: GPT-2's four matrices per block and
+    tied head, or the Llama family's fused q/k/v, o, fused gate/up and down, and its head."""
+    if cfg["model_type"] == "gpt2":
+        e = cfg["n_embd"]
+        return cfg["vocab_size"] * e + cfg["n_layer"] * 12 * e * e
+    e, i = cfg["hidden_size"], cfg["intermediate_size"]
+    d = cfg.get("head_dim") or e // cfg["num_attention_heads"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    layer = (heads + 2 * kv) * d * e + e * heads * d + 3 * i * e
+    return cfg["vocab_size"] * e + cfg["num_hidden_layers"] * layer
+
+
+@pytest.fixture(params=["gpt2", "llama-gqa", "qwen3"])
+def family_ckpt(request, tiny_ckpt, llama_ckpt, tmp_path_factory):
+    """A tiny checkpoint of each architecture family; the Qwen one's tokenizer is shorter than
+    its config's vocab_size, as Qwen2.5's and Qwen3's are (151,669 ids, 151,936 rows)."""
+    if request.param == "gpt2":
+        return tiny_ckpt
+    if request.param != "qwen3":
+        return llama_ckpt(request.param)
+    from nanovllm.model.checkpoint.dummy import cache_root
+    from nanovllm.model.checkpoint.tokenizer_files import write_llama_tokenizer
+
+    out = tmp_path_factory.mktemp("qwen3-short-tokenizer")
+    shutil.copytree(llama_ckpt("qwen3"), out, dirs_exist_ok=True)
+    write_llama_tokenizer(out, 640, 256, cache_root() / "tokenizers")  # of the config's 1,024
+    return out
+
+
+def test_real_run_with_transformers_and_json(family_ckpt, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--model", str(tiny_ckpt), *SMALL, "--compare", "transformers", "--json", str(out)]
+    argv = ["--model", str(family_ckpt), *SMALL, "--compare", "transformers", "--json", str(out)]
     assert benchmark.main(argv) == 0
     table = capsys.readouterr().out
     assert "prefill transformers" in table and "2 x 8 -> 4" in table and "1 x 32 -> 1" in table
-    assert "random weights), greedy, tokens/s" in table
     data = json.loads(out.read_text())
-    assert data["model"]["dummy"] is True and data["model"]["n_layer"] == 2
+    assert data["model"]["n_layer"] == 2
+    if data["model"]["dummy"]:  # written by nanovllm (GPT-2); the others by transformers
+        assert "random weights), greedy, tokens/s" in table
     assert "target" not in table and "goal" not in table  # figures for users, not the lab's goals
     env = data["environment"]
     assert env["threads"] == env["torch_threads"] and env["numpy"] and "transformers" in env
@@ -148,10 +180,11 @@ def test_real_run_sampled_against_transformers_sampling(tiny_ckpt, tmp_path, cap
     assert cell["transformers"]["decode_tps"]["median"] > 0 and cell["ratio"]["decode_tps"] > 0
 
 
-def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
-    """float32, int8 and bfloat16 engines in one process, each rep on the same prompts."""
+def test_real_run_comparing_precisions(family_ckpt, tmp_path, capsys):
+    """float32, int8 and bfloat16 engines in one process, each rep on the same prompts, on each
+    architecture family; the roofs count each family's own matrices."""
     out = tmp_path / "bench.json"
-    argv = ["--model", str(tiny_ckpt), *SMALL, "--compare", "precisions", "--json", str(out)]
+    argv = ["--model", str(family_ckpt), *SMALL, "--compare", "precisions", "--json", str(out)]
     assert benchmark.main(argv) == 0
     table = capsys.readouterr().out
     assert "kernels: " in table and "decode int8" in table and "prefill bfloat16" in table
@@ -175,6 +208,14 @@ def test_real_run_comparing_precisions(tiny_ckpt, tmp_path, capsys):
         peak = data["roofs"]["int8_peak" if side == "int8" else "bf16_peak"]
         assert row["of_bandwidth"] == row["weights_bytes_per_s"] / data["roofs"]["bandwidth"]
         assert row["of_peak"] == row["multiply_adds_per_s"] / peak
+    macs = decode_multiply_adds(json.loads((family_ckpt / "config.json").read_text()))
+    for cell in data["results"]:
+        if cell["output_len"] > 1:
+            row = next(r for r in roofs if r["precision"] == "float32"
+                       and r["cell"] == f"{cell['batch_size']} x {cell['input_len']} -> "
+                                        f"{cell['output_len']}")
+            tps = cell["nanovllm"]["decode_tps"]["median"]
+            assert row["multiply_adds_per_s"] == pytest.approx(macs * tps)
 
 
 def test_json_to_stdout_keeps_stdout_machine_readable(tiny_ckpt, capsys):

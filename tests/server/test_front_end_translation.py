@@ -6,63 +6,60 @@ same answer as the unstreamed conversion of the same chat answer."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from front_end_streams import messages_stream, parse_sse, responses_stream
 
-from nanovllm.server.api.messages.routes import content_blocks, message_events, stop_reason
+from nanovllm.server.api.messages.render import content_blocks, message_events, stop_reason
 from nanovllm.server.api.responses.protocol import ResponsesRequest
-from nanovllm.server.api.responses.routes import output_items, response_events
-from nanovllm.server.chat.front_end import ChatAnswer, ToolCall
+from nanovllm.server.api.responses.render import output_items, response_events
+from nanovllm.server.chat.result import (
+    ChatAnswer,
+    ChatDelta,
+    ChatStream,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from nanovllm.server.errors import APIError
 from nanovllm.server.serving import ServerContext
 
 REASONING, TEXT = "The user wants the weather.", "Let me look."
 CALLS = [ToolCall("call_1", "get_weather", '{"city": "Paris", "days": 2}'),
          ToolCall("call_2", "get_time", '{"zone": "CET"}')]
-USAGE = {"prompt_tokens": 7, "completion_tokens": 30, "total_tokens": 37,
-         "prompt_tokens_details": {"cached_tokens": 0}}
+USAGE = Usage(7, 30, 0)
 
 
 def pieces(text: str, size: int) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-def chat_stream(size: int, finish_reason: str = "tool_calls") -> list[str]:
-    """What the chat endpoint streams (with continuous usage) for the answer above."""
-    head = {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 0, "model": "m"}
-
-    def chunk(delta: dict, reason: str | None = None) -> str:
-        body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": reason, "stop_reason": None}],
-                "usage": USAGE}
-        return f"data: {json.dumps(body)}\n\n"
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"reasoning_content": p}) for p in pieces(REASONING, size)]
-    events += [chunk({"content": p}) for p in pieces(TEXT, size)]
+def chat_stream(size: int, finish_reason: str = "stop") -> list[ChatDelta]:
+    """What the chat path streams for the answer above."""
+    deltas = [ChatDelta(reasoning_content=p) for p in pieces(REASONING, size)]
+    deltas += [ChatDelta(content=p) for p in pieces(TEXT, size)]
     for i, call in enumerate(CALLS):
-        events.append(chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function",
-                                             "function": {"name": call.name, "arguments": ""}}]}))
-        events += [chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]})
-                   for p in pieces(call.arguments, size)]
-    events.append(chunk({}, finish_reason))
-    events.append(f"data: {json.dumps({**head, 'choices': [], 'usage': USAGE})}\n\n")
-    return [*events, "data: [DONE]\n\n"]
+        deltas.append(ChatDelta(tool_calls=[ToolCallDelta(i, "", call.id, call.name)]))
+        deltas += [ChatDelta(tool_calls=[ToolCallDelta(i, p)]) for p in pieces(call.arguments, size)]
+    return [*deltas, ChatDelta(finish_reason=finish_reason)]
 
 
-def translated(translator, events: list[str]) -> list[tuple[str, dict]]:
+def translated(translator, deltas: list[ChatDelta], error: APIError | None = None
+               ) -> list[tuple[str, dict]]:
     async def source():
-        for event in events:
-            yield event
+        for delta in deltas:
+            yield delta
+        if error is not None:
+            raise error
 
     async def run() -> list[str]:
-        return [e async for e in translator(source())]
+        stream = ChatStream("chatcmpl-abc", 0, USAGE, source())
+        return [e async for e in translator(stream)]
 
     return parse_sse("".join(asyncio.run(run())).splitlines())
 
 
-ANSWER = ChatAnswer("chatcmpl-abc", REASONING, TEXT, CALLS, "tool_calls", None, USAGE)
+ANSWER = ChatAnswer(TEXT, REASONING, CALLS, "stop")
 
 
 def without_ids(items: list[dict]) -> list[dict]:
@@ -95,15 +92,14 @@ def test_messages_events_build_the_unstreamed_content(size):
 
 
 def test_an_error_in_the_chat_stream_ends_each_protocols_stream():
-    head = chat_stream(1000)[:3]
-    error = 'data: {"error": {"message": "The engine is dead.", "type": "x", "param": null, ' \
-            '"code": 503}}\n\n'
+    head = chat_stream(1000)[:2]
+    error = APIError("The engine is dead.", 503)
     events = translated(lambda e: response_events(ResponsesRequest(input="x"),
                                                   ServerContext(None, "m", "m", None), [], 0, e),
-                        [*head, error, "data: [DONE]\n\n"])
+                        head, error)
     names = [n for n, _ in events]
     assert names[-2:] == ["error", "response.failed"]
     assert events[-1][1]["response"]["error"]["message"] == "The engine is dead."
-    events = translated(lambda e: message_events("m", e), [*head, error, "data: [DONE]\n\n"])
+    events = translated(lambda e: message_events("m", e), head, error)
     assert events[-1] == ("error", {"type": "error", "error": {
         "type": "api_error", "message": "The engine is dead."}})

@@ -48,11 +48,11 @@ def test_stream_split_at_every_position(parser, opened, text, reasoning, content
         for piece, final in ((text[:cut], False), (text, True)):
             delta = stream.update(piece, final)
             for key in got:
-                got[key] += delta.get(key, "")
-            for tc in delta.get("tool_calls", []):
-                if tc["index"] == len(got_calls):
-                    got_calls.append([tc["function"]["name"], ""])
-                got_calls[tc["index"]][1] += tc["function"]["arguments"]
+                got[key] += getattr(delta, key)
+            for tc in delta.tool_calls:
+                if tc.index == len(got_calls):
+                    got_calls.append([tc.name, ""])
+                got_calls[tc.index][1] += tc.arguments
             assert (reasoning or "").startswith(got["reasoning_content"]), cut
             assert (content or "").startswith(got["content"]), cut
         assert (got["reasoning_content"] or None, got["content"] or None) == (reasoning, content)

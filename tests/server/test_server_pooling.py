@@ -216,6 +216,34 @@ def test_an_encoder_refuses_every_generation_endpoint_naming_model(embedder):
         assert r.status_code == 400 and "/v1/embeddings" in r.json()["error"]["message"], r.text
 
 
+def test_gpt2_served_for_pooling_embeds_its_last_token(tiny_ckpt):
+    """--runner pooling on GPT-2: /v1/embeddings through the openai client equals transformers'
+    GPT2Model's normalized last hidden state."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2Model.from_pretrained(tiny_ckpt).eval()
+
+    def gpt2_last_hidden(token_ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            hidden = model(torch.tensor([token_ids])).last_hidden_state[0, -1].numpy()
+        return hidden / np.linalg.norm(hidden)
+
+    engine = make_engine(tiny_ckpt, runner="pooling")
+    srv = serve(build_app(engine, served_model_name=MODEL), engine)
+    try:
+        got = client(srv).embeddings.create(model=MODEL, input=TEXTS[:3], encoding_format="float")
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for text, d in zip(TEXTS[:3], got.data, strict=True):
+                ids = http.post("/tokenize", json={"prompt": text}).json()["tokens"]
+                np.testing.assert_allclose(d.embedding, gpt2_last_hidden(ids),
+                                           atol=1e-5)
+            err = error_of(http.post("/v1/completions", json={"prompt": "hi"}), 400)
+            assert err["param"] == "model"
+    finally:
+        srv.stop()
+        engine.shutdown()
+
+
 def test_a_generation_model_refuses_pooling_requests(live):
     with httpx.Client(base_url=live.url, timeout=60) as http:
         for path, body in (("/v1/embeddings", {"input": "a"}),

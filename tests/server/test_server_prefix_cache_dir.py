@@ -1,7 +1,7 @@
 """--prefix-cache-dir through real `nanovllm serve` processes: a long prompt sent before and after
 a restart gets the same greedy answer, the second time mostly from disk (counted in
 usage.prompt_tokens_details.cached_tokens and /metrics); a KV dtype change reuses nothing; a
-damaged directory costs a recomputation and one warning, never an error."""
+damaged directory (any file in it) costs a recomputation and one warning, never an error."""
 
 from __future__ import annotations
 
@@ -87,6 +87,26 @@ def test_a_damaged_directory_costs_a_recomputation_and_one_warning(serve, tmp_pa
     assert complete(second) == (text, 0)
     assert disk_metric(second, "invalid") == 1  # the first block: nothing past it is read
     assert second.log.count("truncated, corrupted or not this model's") == 1
+    assert second.stop() == 0, second.log
+
+
+def test_every_file_damaged_still_starts_and_answers(serve, tmp_path):
+    """Bytes flipped in every file the directory holds, the checkpoint digests under
+    checkpoints/ included (tests/kv_disk tries every other kind of damage on the engine)."""
+    first = serve()
+    text, _ = complete(first)
+    stop_once_written(first, CACHED // BLOCK)
+    files = [p for p in (tmp_path / "kv").rglob("*") if p.is_file()]
+    assert any(p.parent.name == "checkpoints" for p in files)
+    for path in files:
+        data = bytearray(path.read_bytes())
+        for i in range(0, len(data), 7):
+            data[i] ^= 0xA5
+        path.write_bytes(bytes(data))
+
+    second = serve()
+    assert complete(second) == (text, 0)
+    assert "is not a digest this server wrote" in second.log
     assert second.stop() == 0, second.log
 
 

@@ -90,13 +90,12 @@ def stream(parser, pieces: list[str], expected: str | None) -> tuple[str, list[d
         new, deltas = streamer.update(text, final=i == len(pieces) - 1)
         content += new
         for d in deltas:
-            if d["index"] == len(calls):  # a call's first delta: index, id, type and name
-                assert d["type"] == "function" and d["id"] and d["function"]["name"]
-                calls.append({"id": d["id"], "name": d["function"]["name"], "arguments": ""})
+            if d.index == len(calls):  # a call's first delta: index, id and name
+                assert d.id and d.name
+                calls.append({"id": d.id, "name": d.name, "arguments": ""})
             else:
-                assert d["index"] == len(calls) - 1 and set(d) == {"index", "function"}
-                assert set(d["function"]) == {"arguments"}
-            calls[d["index"]]["arguments"] += d["function"]["arguments"]
+                assert d.index == len(calls) - 1 and d.id is None and d.name is None
+            calls[d.index]["arguments"] += d.arguments
         # What was sent is never taken back: no tag, nor a part of one, is ever content.
         assert (expected or "").startswith(content), (content, expected)
     return content, calls

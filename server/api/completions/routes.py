@@ -5,11 +5,7 @@ this server cannot honour, request and response sizes), then the engine's own ru
 input processor, once per prompt (`{request_id}-{i}`), so a request that can never run is a 400
 naming the field and never reaches the engine.
 
-Choice index = prompt_index * n + output.index (vLLM). Usage counts each prompt's tokens once
-and every choice's generated tokens. Legacy logprobs follow vLLM: tokens, token_logprobs,
-top_logprobs (sampled token first, then the top-N, keyed by decoded text) and text_offset;
--inf becomes -9999.0 so the JSON stays valid. With echo the prompt text is prepended and,
-with logprobs, the prompt's logprobs too (the first one is None: nothing precedes it).
+The answer (whole or streamed) is render.py's.
 
 With vLLM's `use_beam_search`, each prompt is one beam search of width n, whose n beams are
 the choices, best first (their token ids end with the EOS that finished them, as vLLM's do);
@@ -19,8 +15,6 @@ it is never streamed, and what beams cannot honour is refused (CompletionRequest
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
@@ -29,25 +23,20 @@ from fastapi.responses import Response
 from nanovllm import SamplingParams
 from nanovllm.input_processor import is_single_prompt
 from nanovllm.server.api.completions.protocol import CompletionRequest, CompletionResponse
+from nanovllm.server.api.completions.render import build_response, completion_events
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
 from nanovllm.server.serving import (
-    ChoiceState,
     Ctx,
-    RequestStream,
     ServerContext,
     check_response_size,
     context_length_in_terms_of,
     final_response,
     new_request_id,
     off_loop_if_big,
-    prompt_logprobs_field,
-    stream_events,
     streamed,
     submit,
-    token_id_fields,
-    token_namer,
-    usage,
 )
 from nanovllm.server.structured import constraint_for, wants_structure
 from nanovllm.values.errors import quote
@@ -154,123 +143,4 @@ def prompt_chars(prompt) -> int:
     return sum(len(p) for p in prompt if isinstance(p, str))
 
 
-# The answer's choices.
-
-
-def legacy_logprobs(token_ids, step_logprobs, num_top: int, name: Callable[[int], str],
-                    offset: int) -> dict:
-    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
-    for tid, step in zip(token_ids, step_logprobs, strict=False):
-        token = name(tid)
-        if step is None or tid not in step:
-            lp, top = None, None
-        else:
-            lp = max(step[tid].logprob, -9999.0)
-            ranked = [(tid, step[tid])] + sorted(
-                ((t, p) for t, p in step.items() if t != tid), key=lambda kv: kv[1].rank)
-            top = {name(t): max(p.logprob, -9999.0)
-                   for i, (t, p) in enumerate(ranked) if i <= num_top}
-        text_offset.append(offset)
-        offset += len(token)
-        tokens.append(token)
-        token_logprobs.append(lp)
-        top_logprobs.append(top)
-    return {"tokens": tokens, "token_logprobs": token_logprobs,
-            "top_logprobs": top_logprobs, "text_offset": text_offset}
-
-
-def prompt_text(prompt: EngineRequest, tokenizer) -> str:
-    return prompt.prompt if prompt.prompt is not None else tokenizer.decode(prompt.prompt_token_ids)
-
-
-def echoed_prompt(req: CompletionRequest, prompt: EngineRequest, result,
-                  tokenizer) -> tuple[str, list[int], list | None]:
-    """What echo puts before a choice's output (whole or streamed): the prompt's text, its
-    token ids and, if logprobs are asked for, their logprobs (the first is None)."""
-    logprobs = None
-    if req.logprobs is not None:
-        logprobs = list(result.prompt_logprobs or [None] * len(prompt.prompt_token_ids))
-    return prompt_text(prompt, tokenizer), list(prompt.prompt_token_ids), logprobs
-
-
-def generated(req: CompletionRequest, out) -> tuple[str, list[int], list | None]:
-    """A choice's own text, token ids and logprobs; nothing for echo with max_tokens 0 (the
-    engine ran one step, as vLLM does, but that token is not part of the answer)."""
-    if req.echo_only:
-        return "", [], [] if req.logprobs is not None else None
-    return out.text, list(out.token_ids), out.logprobs
-
-
-def build_choice(req: CompletionRequest, prompt: EngineRequest, result, out, tokenizer) -> dict:
-    text, token_ids, logprobs = generated(req, out)
-    if req.echo:
-        echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tokenizer)
-        text, token_ids = echo_text + text, echo_ids + token_ids
-        if echo_logprobs is not None:
-            logprobs = echo_logprobs + list(logprobs or [])
-    lp = None
-    if req.logprobs is not None:
-        lp = legacy_logprobs(token_ids, logprobs or [None] * len(token_ids), req.logprobs,
-                             token_namer(req, tokenizer), 0)
-    return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, "prompt_logprobs": prompt_logprobs_field(result),
-            **token_id_fields(req, prompt.prompt_token_ids, generated(req, out)[1])}
-
-
-def build_response(req: CompletionRequest, ctx: ServerContext, stream: RequestStream,
-                   created: int, results: dict) -> dict:
-    choices = []
-    for tag in sorted(results):
-        for out in sorted(results[tag].outputs, key=lambda o: o.index):
-            choice = build_choice(req, stream.requests[tag], results[tag], out,
-                                  ctx.engine.tokenizer)
-            choices.append({"index": tag * req.n + out.index, **choice})
-    return {"id": stream.request_id, "object": "text_completion", "created": created,
-            "model": ctx.model_name, "choices": choices,
-            "usage": usage(stream.requests, results, not req.echo_only),
-            "system_fingerprint": None}
-
-
-# The streamed answer.
-
-
-def delta_choice(req: CompletionRequest, prompt: EngineRequest, result, out, st: ChoiceState,
-                 tok) -> dict | None:
-    """The next chunk's choice for one output, or None when there is nothing new to say."""
-    all_text, all_ids, all_lps = generated(req, out)
-    text = all_text[st.text_len:]
-    new_ids, new_lps = all_ids[st.num_tokens:], None
-    ids = token_id_fields(req, None if st.started else prompt.prompt_token_ids, new_ids)
-    if req.logprobs is not None:
-        new_lps = list((all_lps or [])[st.num_tokens:st.num_tokens + len(new_ids)])
-    finished = out.finish_reason is not None
-    if not st.started and req.echo:
-        echo_text, echo_ids, echo_logprobs = echoed_prompt(req, prompt, result, tok)
-        text = echo_text + text
-        if echo_logprobs is not None:
-            new_lps, new_ids = echo_logprobs + new_lps, echo_ids + new_ids
-    has_news = text or finished or (req.logprobs is not None and new_ids)
-    if not has_news or st.finished:
-        return None
-    lp = None
-    if req.logprobs is not None:
-        lp = legacy_logprobs(new_ids, new_lps or [None] * len(new_ids), req.logprobs,
-                             token_namer(req, tok), st.offset)
-        st.offset += sum(len(t) for t in lp["tokens"])
-    st.text_len, st.num_tokens = len(all_text), len(all_ids)
-    st.started, st.finished = True, finished
-    return {"text": text, "logprobs": lp, "finish_reason": out.finish_reason,
-            "stop_reason": out.stop_reason, **ids}
-
-
-def completion_events(req: CompletionRequest, ctx: ServerContext,
-                      stream: RequestStream) -> AsyncIterator[str]:
-    head = {"id": stream.request_id, "object": "text_completion", "created": int(time.time()),
-            "model": ctx.model_name}
-    tok = ctx.engine.tokenizer
-
-    def delta(tag: int, result, out, st: ChoiceState) -> dict | None:
-        return delta_choice(req, stream.requests[tag], result, out, st, tok)
-
-    return stream_events(stream, head, delta, req.stream_options,
-                         count_generated=not req.echo_only)
+API = APISpec(router, generating=("/v1/completions",))

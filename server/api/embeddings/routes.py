@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from nanovllm.server import pooled
 from nanovllm.server.api.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.protocol import ERROR_RESPONSES
 from nanovllm.server.serving import Ctx, new_request_id
 from nanovllm.values.pooling_params import PoolingParams
@@ -62,3 +63,6 @@ def encode(vector, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     return vector.tolist()
+
+
+API = APISpec(router)

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nanovllm import __version__
 from nanovllm.server.api.info.protocol import ModelCard, ModelList, ModelPermission, VersionResponse
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.errors import APIError, error_response
 from nanovllm.server.protocol import ERROR_RESPONSES
 from nanovllm.server.serving import Ctx
@@ -146,3 +147,6 @@ def tokenizer_info(config: dict, eos_token: str, max_model_len: int,
     else:
         info.pop("chat_template", None)
     return info
+
+
+API = APISpec(router)

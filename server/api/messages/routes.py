@@ -1,22 +1,23 @@
 """POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, a front end over
-the chat path (server/chat/front_end.py).
+the chat path (server/chat/front_end.py, server/chat/run.py).
 
 A request becomes one chat request: `system` a system message, `messages` chat messages
 (`tool_use` blocks an assistant's tool calls, `tool_result` blocks tool messages), `max_tokens`
 its `max_completion_tokens`, `stop_sequences` its `stop`, `tools` function tools. The chat
 answer comes back as content blocks (`thinking` with a reasoning parser, `text`, `tool_use`)
-with Anthropic's stop reasons; streamed, as Anthropic's events. Errors have Anthropic's shape
-(server/errors.py), a full queue being its 529 overloaded_error.
+with Anthropic's stop reasons (render.py); streamed, as Anthropic's events. Errors under
+/v1/messages have Anthropic's shape (errors.py), a full queue being its 529 overloaded_error,
+and its clients' key header, `x-api-key`, is taken.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from nanovllm.server.api.messages.errors import ANTHROPIC_ERRORS, X_API_KEY
 from nanovllm.server.api.messages.protocol import (
     ANTHROPIC_ERROR_RESPONSES,
     AnthropicRequestFields,
@@ -24,21 +25,13 @@ from nanovllm.server.api.messages.protocol import (
     CountTokensResponse,
     MessagesRequest,
 )
-from nanovllm.server.chat.front_end import (
-    ChatAnswer,
-    ChatPath,
-    ChatStreamError,
-    ask_chat,
-    chat_answer,
-    chat_pieces,
-    chat_request,
-    named_event,
-    piece_events,
-    prompt_tokens,
-)
-from nanovllm.server.errors import anthropic_error, bad_request
+from nanovllm.server.api.messages.render import message_events, message_object
+from nanovllm.server.api.spec import APISpec
+from nanovllm.server.chat.front_end import chat_request, prompt_tokens, renaming
+from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
+from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import STREAM_RESPONSE
-from nanovllm.server.serving import Ctx
+from nanovllm.server.serving import Ctx, streamed
 from nanovllm.values.errors import quote
 
 # The chat request's fields, as this API calls them (for the errors the chat path raises).
@@ -48,30 +41,32 @@ TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # and "tool"
 SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # earlier reasoning is not shown again
 
 
-def build_router(chat: ChatPath) -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    @router.post("/v1/messages", responses={**ANTHROPIC_ERROR_RESPONSES, **STREAM_RESPONSE})
-    async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Response:
-        """Anthropic's Messages API over the chat path (see the module's docstring)."""
-        body.refuse_unknown_fields()
-        req = chat_request(chat_fields(body), CHAT_NAMES)
-        reply = await ask_chat(chat, req, raw, ctx, CHAT_NAMES)  # chat's own HTTP answer
-        if body.stream:
-            return reply.translated(lambda events: message_events(ctx.model_name, events))
-        if reply.status_code != 200:  # the client left (499)
-            return reply
-        return JSONResponse(message_object(ctx.model_name, chat_answer(reply)))
 
-    @router.post("/v1/messages/count_tokens", response_model=CountTokensResponse,
-                 responses=ANTHROPIC_ERROR_RESPONSES)
-    async def count_tokens(body: CountTokensRequest, ctx: Ctx) -> dict:
-        """The prompt's tokens, exactly as /v1/messages would run it."""
-        body.refuse_unknown_fields()
-        req = chat_request(prompt_fields(body), CHAT_NAMES)
-        return {"input_tokens": await prompt_tokens(chat, req, ctx, CHAT_NAMES)}
+@router.post("/v1/messages", responses={**ANTHROPIC_ERROR_RESPONSES, **STREAM_RESPONSE})
+async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Response:
+    """Anthropic's Messages API over the chat path (see the module's docstring)."""
+    body.refuse_unknown_fields()
+    req = chat_request(chat_fields(body), CHAT_NAMES)
+    with renaming(CHAT_NAMES):
+        run = await start_chat(req, ctx)
+    if body.stream:
+        return streamed(run.stream, message_events(ctx.model_name, chat_stream(run)))
+    with renaming(CHAT_NAMES):
+        result = await chat_result(raw, run)
+    if result is None:  # the client left
+        return JSONResponse({}, status_code=499)
+    return JSONResponse(message_object(ctx.model_name, result))
 
-    return router
+
+@router.post("/v1/messages/count_tokens", response_model=CountTokensResponse,
+             responses=ANTHROPIC_ERROR_RESPONSES)
+async def count_tokens(body: CountTokensRequest, ctx: Ctx) -> dict:
+    """The prompt's tokens, exactly as /v1/messages would run it."""
+    body.refuse_unknown_fields()
+    req = chat_request(prompt_fields(body), CHAT_NAMES)
+    return {"input_tokens": await prompt_tokens(req, ctx, CHAT_NAMES)}
 
 
 # The request, as a chat request.
@@ -95,10 +90,7 @@ def chat_fields(body: MessagesRequest) -> dict:
             "response_format": response_format(body.output_config),
             "stop": body.stop_sequences, "temperature": body.temperature, "top_p": body.top_p,
             "top_k": body.top_k, "user": (body.metadata or {}).get("user_id"),
-            "stream": body.stream,
-            # Every chunk's usage: the prompt's is known at once, the final one at the end.
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}
-            if body.stream else None}
+            "stream": body.stream}
 
 
 def response_format(config: dict | None) -> dict | None:
@@ -256,128 +248,5 @@ def chat_tool_choice(choice: dict | None):
                       "tool_choice")
 
 
-# The answer, as a message.
-
-
-def stop_reason(answer: ChatAnswer) -> tuple[str, str | None]:
-    """Anthropic's stop_reason and stop_sequence for how the chat answer ended."""
-    if answer.tool_calls:
-        return "tool_use", None
-    if answer.finish_reason == "length":
-        return "max_tokens", None
-    if isinstance(answer.stop_reason, str):  # one of the request's stop_sequences
-        return "stop_sequence", answer.stop_reason
-    return "end_turn", None
-
-
-def tool_input(arguments: str) -> dict:
-    """A call's arguments as the object Anthropic's `input` is (the chat path's tool parsers
-    hand over only calls whose arguments are a JSON object)."""
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def content_blocks(answer: ChatAnswer) -> list[dict]:
-    blocks = [{"type": "thinking", "thinking": answer.reasoning, "signature": ""}] \
-        if answer.reasoning else []
-    if answer.text:
-        blocks.append({"type": "text", "text": answer.text})
-    blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": tool_input(c.arguments)}
-               for c in answer.tool_calls]
-    return blocks
-
-
-def usage(answer: ChatAnswer) -> dict:
-    return {"input_tokens": answer.usage.get("prompt_tokens", 0),
-            "output_tokens": answer.usage.get("completion_tokens", 0)}
-
-
-def message_object(model: str, answer: ChatAnswer, content: list[dict] | None = None) -> dict:
-    reason, sequence = stop_reason(answer)
-    return {"id": f"msg_{answer.hex_id}", "type": "message", "role": "assistant", "model": model,
-            "content": content_blocks(answer) if content is None else content,
-            "stop_reason": reason, "stop_sequence": sequence, "usage": usage(answer)}
-
-
-# Streamed: Anthropic's events.
-
-
-class StreamedBlocks:
-    """The content blocks of a streamed message as they grow: one block open at a time (a
-    thinking, a text or a tool_use block); a new kind of piece closes it and opens the next."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._open: str | None = None  # the open block's type
-        self._calls: dict[int, int] = {}  # chat's tool call index -> its block index
-
-    def text(self, kind: str, delta: str) -> list[str]:
-        events = []
-        if self._open != kind:
-            events += self.close()
-            events.append(self._start({"type": "thinking", "thinking": "", "signature": ""}
-                                      if kind == "thinking" else {"type": "text", "text": ""}))
-        delta = {"type": "thinking_delta", "thinking": delta} if kind == "thinking" \
-            else {"type": "text_delta", "text": delta}
-        return [*events, self._delta(self.count - 1, delta)]
-
-    def call(self, index: int, call_id: str, name: str) -> list[str]:
-        events = self.close()
-        events.append(self._start({"type": "tool_use", "id": call_id, "name": name,
-                                   "input": {}}))
-        self._calls[index] = self.count - 1
-        return events
-
-    def arguments(self, index: int, delta: str) -> list[str]:
-        return [self._delta(self._calls[index], {"type": "input_json_delta",
-                                                 "partial_json": delta})]
-
-    def close(self) -> list[str]:
-        if self._open is None:
-            return []
-        self._open = None
-        return [named_event("content_block_stop", {"type": "content_block_stop",
-                                                   "index": self.count - 1})]
-
-    def _start(self, block: dict) -> str:
-        self._open = block["type"]
-        self.count += 1
-        return named_event("content_block_start", {"type": "content_block_start",
-                                                   "index": self.count - 1,
-                                                   "content_block": block})
-
-    @staticmethod
-    def _delta(index: int, delta: dict) -> str:
-        return named_event("content_block_delta", {"type": "content_block_delta",
-                                                   "index": index, "delta": delta})
-
-
-async def message_events(model: str, events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Anthropic's event sequence: message_start (the prompt's usage), a ping, each content
-    block (content_block_start, its deltas, content_block_stop), message_delta (the stop
-    reason and output tokens), message_stop; after an error, one error event ends it."""
-    answer = ChatAnswer("")
-    blocks = StreamedBlocks()
-    try:
-        async for piece in chat_pieces(events, answer):
-            if piece.kind == "start":
-                yield named_event("message_start", {"type": "message_start", "message": {
-                    **message_object(model, answer, []), "stop_reason": None,
-                    "stop_sequence": None}})
-                yield named_event("ping", {"type": "ping"})
-            else:
-                for e in piece_events(piece, blocks, "thinking", "text"):
-                    yield e
-    except ChatStreamError as exc:
-        _, body = anthropic_error(exc.error["message"], exc.error.get("code") or 500)
-        yield named_event("error", body)
-        return
-    for e in blocks.close():
-        yield e
-    reason, sequence = stop_reason(answer)
-    yield named_event("message_delta", {"type": "message_delta", "delta": {
-        "stop_reason": reason, "stop_sequence": sequence}, "usage": usage(answer)})
-    yield named_event("message_stop", {"type": "message_stop"})
+API = APISpec(router, paths=("/v1/messages",), errors=ANTHROPIC_ERRORS,
+              key_header=X_API_KEY, generating=("/v1/messages",))

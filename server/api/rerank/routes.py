@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from nanovllm.server import pooled
 from nanovllm.server.api.rerank.protocol import RerankRequest, RerankResponse
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.protocol import ERROR_RESPONSES
 from nanovllm.server.serving import Ctx, new_request_id
 from nanovllm.values.pooling_params import PoolingParams
@@ -40,3 +41,6 @@ async def rerank(body: RerankRequest, raw: Request, ctx: Ctx) -> JSONResponse:
                for i in best]
     return JSONResponse({"id": request_id, "model": ctx.model_name, "results": results,
                          "usage": {"total_tokens": tokens}})
+
+
+API = APISpec(router)

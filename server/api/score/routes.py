@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from nanovllm.server import pooled
 from nanovllm.server.api.score.protocol import ScoreRequest, ScoreResponse
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.errors import bad_request
 from nanovllm.server.protocol import ERROR_RESPONSES
 from nanovllm.server.serving import Ctx, new_request_id
@@ -46,3 +47,6 @@ async def create_score(body: ScoreRequest, raw: Request, ctx: Ctx) -> JSONRespon
         "id": request_id, "object": "list", "created": int(time.time()), "model": ctx.model_name,
         "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+API = APISpec(router)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from nanovllm.input_processor import check_prompt_text, check_token_ids
+from nanovllm.server.api.spec import APISpec
 from nanovllm.server.api.tokenize.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -51,3 +52,6 @@ async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
     check_token_ids(body.tokens, ctx.engine.processor.vocab_size, "tokens")
     # Special tokens stay in the text, as vLLM's and HF's detokenize keep them.
     return {"prompt": ctx.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+
+API = APISpec(router)

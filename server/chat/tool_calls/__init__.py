@@ -1,5 +1,5 @@
-"""Tool calling on the chat path, in pieces the chat endpoint (and any front end over it)
-composes:
+"""Tool calling on the chat path, in pieces its plan (plan.py) and its reading of the answer
+(output.py) compose:
 
 - request.py: the `tools`, `tool_choice` and `parallel_tool_calls` fields checked, and the
   conversation's calls and tool results made ready for the chat template;
@@ -15,10 +15,9 @@ from nanovllm.server.chat.tool_calls.base import ToolCallStreamer, ToolParser, e
 from nanovllm.server.chat.tool_calls.hermes import HermesParser
 from nanovllm.server.chat.tool_calls.llama3_json import Llama3JsonParser
 from nanovllm.server.chat.tool_calls.mistral import MistralParser
-from nanovllm.server.chat.tool_calls.partial import ToolCall
 from nanovllm.server.chat.tool_calls.pythonic import PythonicParser
 
 PARSERS: dict[str, type[ToolParser]] = {
     p.name: p for p in (HermesParser, Llama3JsonParser, MistralParser, PythonicParser)}
 
-__all__ = ["PARSERS", "ToolCall", "ToolCallStreamer", "ToolParser", "extract"]
+__all__ = ["PARSERS", "ToolCallStreamer", "ToolParser", "extract"]

@@ -1,11 +1,12 @@
 """A tool-call parser's interface, the one extraction of a finished text, and the one streamer
-that turns successive parses of a growing text into OpenAI's streamed deltas."""
+that turns successive parses of a growing text into the calls' deltas (ToolCallDelta)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from nanovllm.server.chat.tool_calls.partial import Parsed, ToolCall, openai_call_id
+from nanovllm.server.chat.result import ToolCall, ToolCallDelta
+from nanovllm.server.chat.tool_calls.partial import Parsed, openai_call_id
 
 
 class ToolParser:
@@ -38,9 +39,9 @@ def extract(parser: ToolParser, text: str,
 
 class ToolCallStreamer:
     """One streamed choice's calls: `update(text, final)` with the whole text so far gives what
-    is new since the last update, as (content, tool_call deltas in OpenAI's form). A call's
-    first delta carries its index, id, type and name (and any arguments written yet); later
-    ones carry argument fragments, which add up to the final arguments. Trailing blanks of the
+    is new since the last update, as (content, ToolCallDeltas). A call's first delta carries
+    its index, id and name (and any arguments written yet); later ones carry argument
+    fragments, which add up to the final arguments. Trailing blanks of the
     content wait for what follows them (a call after them drops them)."""
 
     def __init__(self, parser: ToolParser, max_calls: int | None = None) -> None:
@@ -54,7 +55,7 @@ class ToolCallStreamer:
     def calls(self) -> list[ToolCall]:
         return list(self._calls)
 
-    def update(self, text: str, final: bool) -> tuple[str, list[dict]]:
+    def update(self, text: str, final: bool) -> tuple[str, list[ToolCallDelta]]:
         if self._done:
             return "", []
         self._done = final
@@ -69,18 +70,17 @@ class ToolCallStreamer:
             new_content, self._content = content[len(self._content):], content
         return new_content, self._call_deltas(calls)
 
-    def _call_deltas(self, calls) -> list[dict]:
+    def _call_deltas(self, calls) -> list[ToolCallDelta]:
         deltas = []
         for i, call in enumerate(calls):
             if call.name is None:
                 break  # later calls wait for this one's name (calls are sent in order)
             if i == len(self._calls):
                 self._calls.append(ToolCall(self.parser.new_id(), call.name, call.arguments))
-                deltas.append({"index": i, "id": self._calls[i].id, "type": "function",
-                               "function": {"name": call.name, "arguments": call.arguments}})
+                deltas.append(ToolCallDelta(i, call.arguments, self._calls[i].id, call.name))
                 continue
             sent = self._calls[i].arguments
             if len(call.arguments) > len(sent) and call.arguments.startswith(sent):
                 self._calls[i].arguments = call.arguments
-                deltas.append({"index": i, "function": {"arguments": call.arguments[len(sent):]}})
+                deltas.append(ToolCallDelta(i, call.arguments[len(sent):]))
         return deltas

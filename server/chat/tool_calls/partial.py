@@ -1,4 +1,4 @@
-"""What every tool-call parser shares: the call types, a scanner that reads a JSON value that is
+"""What every tool-call parser shares: the partial call types, a scanner that reads a JSON value that is
 still being written, and the hold-back of a tag cut off at the end of the text.
 
 A parser reads the whole text generated so far, `final` or not, into a `Parsed`: the content
@@ -28,18 +28,6 @@ class PartialCall:
 class Parsed:
     content: str = ""  # the text that is the answer (outside any call), decided so far
     calls: list[PartialCall] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class ToolCall:
-    """One call as OpenAI's message.tool_calls lists it."""
-    id: str
-    name: str
-    arguments: str  # JSON text of an object
-
-    def to_openai(self) -> dict:
-        return {"id": self.id, "type": "function",
-                "function": {"name": self.name, "arguments": self.arguments}}
 
 
 def openai_call_id() -> str:
