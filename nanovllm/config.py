@@ -27,7 +27,7 @@ def option(default, help: str, choices=None, flag_type=None):
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str  # positional on the command line: the checkpoint directory or hub name
+    model: str  # positional on the command line: a checkpoint directory, a .gguf file or a hub name
     load_format: str = option(
         "auto", "'dummy': random weights with the real shapes (no download)", LOAD_FORMATS)
     block_size: int = option(16, "tokens per KV block")

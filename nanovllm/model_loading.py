@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nanovllm.config import EngineConfig
 from nanovllm.hub import HUB_REPOS, HubUnavailableError, resolve_model
+from nanovllm.hub_gguf import download_gguf, parse_gguf_ref
 from nanovllm.model import is_dummy_checkpoint
 from nanovllm.model.architectures.registry import (
     ARCHITECTURES,
@@ -23,7 +24,8 @@ from nanovllm.model.architectures.registry import (
     load_checkpoint,
     read_config,
 )
-from nanovllm.model.checkpoint.dummy import dummy_checkpoint_dir
+from nanovllm.model.checkpoint.dummy import cache_root, dummy_checkpoint_dir
+from nanovllm.model.checkpoint.gguf_loader import find_gguf, gguf_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import release_pages
 from nanovllm.model.layers.linear import host_packs_bfloat16, host_packs_float32
 from nanovllm.model.platform.cpu import kernel_path
@@ -67,9 +69,23 @@ def pack_for_kernels(weights, dtype: str, release=lambda w: None):
     return weights
 
 
+def checkpoint_dir(model: str, revision: str | None = None) -> Path:
+    """The checkpoint directory `model` names: a GGUF file (a path, a directory holding one, or
+    `org/repo:Q4_K_M` on the hub) as the directory derived from it (`gguf_loader`), anything
+    else as `resolve_model` finds it."""
+    gguf = find_gguf(model)
+    if gguf is None and model.endswith(".gguf"):
+        raise FileNotFoundError(f"GGUF file {model} does not exist")
+    if gguf is None and parse_gguf_ref(model) is not None:
+        gguf = download_gguf(model, revision, log=logger.info)
+    if gguf is not None:
+        return gguf_checkpoint_dir(gguf, cache_root() / "gguf")
+    return resolve_model(model, revision, log=logger.info)
+
+
 def _load_checkpoint(config: EngineConfig) -> LoadedModel:
     try:
-        path = resolve_model(config.model, config.revision, log=logger.info)
+        path = checkpoint_dir(config.model, config.revision)
     except HubUnavailableError as exc:
         preset = preset_for(config.model)
         if not (config.allow_dummy_fallback and preset):

@@ -73,8 +73,10 @@ class Tokenizer:
         return table, frozenset(i for i, t in added.items() if t.special)
 
     def _is_sentencepiece(self) -> bool:
-        """A SentencePiece-style vocabulary: its decoder turns `▁` back into spaces."""
-        return "Metaspace" in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+        """A SentencePiece-style vocabulary: its decoder turns `▁` back into spaces (a
+        Metaspace decoder, or a Replace of `▁` as Llama 2's tokenizer.json has it)."""
+        decoder = json.dumps(json.loads(self._tok.to_str()).get("decoder"))
+        return "Metaspace" in decoder or "\\u2581" in decoder
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`, with the special tokens the tokenizer adds (BOS for Llama; none for

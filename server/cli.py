@@ -36,7 +36,8 @@ OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     from nanovllm.config import add_engine_args
 
-    parser.add_argument("model", help="checkpoint directory or hub name (e.g. gpt2)")
+    parser.add_argument("model", help="checkpoint directory, .gguf file or hub name (e.g. gpt2, "
+                                      "org/repo:Q4_K_M for a GGUF file)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,

@@ -76,3 +76,58 @@ def hf_llama():
                 model_dir, dtype=torch.float32).eval()
         return made[model_dir]
     return get
+
+
+# --------------------------------------------------------------------------- GGUF files
+
+
+@pytest.fixture(scope="session")
+def gguf_file(tmp_path_factory):
+    """gguf_file(model, outtype="f32") -> (HF checkpoint, the GGUF llama.cpp's own converter
+    wrote from it), each written once (tests/gguf_files.py). Models: "gpt2"; "llama3" (tied,
+    Llama 3 rope scaling, Llama 3's pre-tokenizer), "llama" (untied, grouped-query, SmolLM's
+    pre-tokenizer), "llama-256" (rows of 256 and 512 weights), "llama-spm" (a SentencePiece
+    tokenizer.model), "qwen2", "qwen3" and
+    "qwen3-chat" (Qwen3's chat tokens and template).
+    Skips when the converter cannot be fetched from PyPI."""
+    from chat_checkpoints import write_qwen3_chat
+    from gguf_files import (
+        convert,
+        converter_dir,
+        set_pre_tokenizer,
+        write_hf_gpt2,
+        write_hf_llama_sentencepiece,
+    )
+
+    from nanovllm.model.checkpoint.dummy import cache_root
+
+    def hf(model):
+        out = tmp_path_factory.mktemp(model)
+        if model == "gpt2":
+            return set_pre_tokenizer(write_hf_gpt2(out), "gpt-2"), "gpt-2"
+        if model == "llama-spm":
+            return write_hf_llama_sentencepiece(out), None
+        if model == "qwen3-chat":
+            return set_pre_tokenizer(write_qwen3_chat(tmp_path_factory), "qwen2"), "qwen2"
+        if model == "llama-256":  # rows of 256 and 512 weights, for the K-quant types
+            return set_pre_tokenizer(write_hf_llama(
+                out, "Llama", hidden_size=256, intermediate_size=512), "llama-bpe"), "llama-bpe"
+        variant, pre = {"llama3": ("llama3-tied", "llama-bpe"), "llama": ("llama-gqa", "smollm"),
+                        "qwen2": ("qwen2", "qwen2"), "qwen3": ("qwen3", "qwen2")}[model]
+        family, overrides = LLAMA_VARIANTS[variant]
+        return set_pre_tokenizer(write_hf_llama(out, family, **overrides), pre), pre
+
+    checkpoints, files = {}, {}
+
+    def get(model: str, outtype: str = "f32"):
+        converter = converter_dir(cache_root() / "test-tools")
+        if converter is None:
+            pytest.skip("llama.cpp's converter (llama-cpp-python's sdist) is not reachable")
+        if model not in checkpoints:
+            checkpoints[model] = hf(model)
+        hf_dir, pre = checkpoints[model]
+        if (model, outtype) not in files:
+            out = tmp_path_factory.mktemp("gguf") / f"{model}-{outtype}.gguf"
+            files[model, outtype] = convert(converter, hf_dir, out, outtype, pre)
+        return hf_dir, files[model, outtype]
+    return get

@@ -24,7 +24,9 @@ from pathlib import Path
 
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                        "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
-ROPE_TYPES = ("default", "linear", "llama3")  # what `model/layers/rotary.py` implements
+# What `model/layers/rotary.py` implements; "freq_factors" is Llama 3's scaling as a GGUF
+# stores it.
+ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,10 @@ class LlamaConfig:
             if not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         check_rope_scaling(self.rope_scaling)
+        factors = (self.rope_scaling or {}).get("factors")
+        if factors is not None and len(factors) != self.head_dim // 2:
+            raise ValueError(f"rope_scaling freq_factors: {len(factors)} factors, but a head "
+                             f"of {self.head_dim} has {self.head_dim // 2} rotary pairs")
 
     # The names the engine reads of any model's config (GPT2Config's).
     @property
@@ -220,6 +226,12 @@ def check_rope_scaling(scaling: dict | None) -> None:
                          f"{', '.join(ROPE_TYPES)}")
     need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                               "original_max_position_embeddings")}.get(kind, ())
+    if kind == "freq_factors":
+        factors = scaling.get("factors")
+        if not isinstance(factors, list) or not all(
+                isinstance(f, int | float) and f > 0 for f in factors):
+            raise ValueError(f"rope_scaling freq_factors: factors must be a list of positive "
+                             f"numbers, got {factors!r}")
     for key in need:
         if not isinstance(scaling.get(key), int | float) or scaling[key] <= 0:
             raise ValueError(f"rope_scaling {kind}: {key} must be a positive number, "

@@ -28,6 +28,7 @@ from nanovllm.model.architectures.bert_config import BERT_ARCHITECTURES, BertCon
 from nanovllm.model.architectures.gpt2_config import GPT2Config
 from nanovllm.model.architectures.llama_config import LLAMA_ARCHITECTURES, LlamaConfig
 from nanovllm.model.checkpoint import bert_loader, dummy, llama_loader, loader
+from nanovllm.model.checkpoint.gguf_loader import is_gguf_checkpoint, load_gguf
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 
 ModelConfig = GPT2Config | LlamaConfig | BertConfig  # what the engine reads of each: see llama_config.py
@@ -109,5 +110,9 @@ def read_config(model_dir: str | Path) -> ModelConfig:
 
 
 def load_checkpoint(model_dir: str | Path, dtype: str = "auto", quantization: str | None = None):
-    """(config, weights) of any supported checkpoint directory."""
-    return ARCHITECTURES[architecture_of(model_dir)].load(model_dir, dtype, quantization)
+    """(config, weights) of any supported checkpoint directory (one derived from a GGUF file
+    too: `gguf_loader`)."""
+    family = ARCHITECTURES[architecture_of(model_dir)]
+    if is_gguf_checkpoint(model_dir):
+        return load_gguf(model_dir, family, dtype, quantization)
+    return family.load(model_dir, dtype, quantization)

@@ -7,7 +7,8 @@ product then depends only on how far apart the two positions are.
 
 `inv_frequencies` computes the frequencies, with the `rope_scaling` types checkpoints use
 (`linear`: all divided by a factor; `llama3`: long wavelengths divided, short ones kept, a
-smooth blend between); `cos_sin` the angles' cosines and sines for a step's positions, in
+smooth blend between; `freq_factors`: each divided by its own factor, Llama 3's scaling as a
+GGUF stores it); `cos_sin` the angles' cosines and sines for a step's positions, in
 float32 as transformers computes them. Both plain numpy, shared by the reference
 (`llama_reference.rotate`) and the engine, whose kernel `rotate_` turns queries and keys in
 place, on numba's threads when a step has enough of them (`parallel.on_threads`).
@@ -33,6 +34,8 @@ def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> np.nda
         return inv_freq / np.float32(scaling["factor"])
     if kind == "llama3":
         return llama3_frequencies(inv_freq, scaling)
+    if kind == "freq_factors":  # llama.cpp's form of Llama 3's: each frequency's divisor, stored
+        return (inv_freq / np.asarray(scaling["factors"], np.float32)).astype(np.float32)
     return inv_freq
 
 

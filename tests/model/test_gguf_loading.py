@@ -1,0 +1,136 @@
+"""GGUF files written by llama.cpp's own converter (`convert_hf_to_gguf.py`) from checkpoints that
+transformers' classes wrote load as those checkpoints: the same config, and the logits of
+transformers' model on the same checkpoint, both of our forward passes, with each weight
+rounded as the file stores it (F16, BF16, Q8_0: `rounded_reference`), to GPT-2's bound 1e-4.
+The reference finds each weight's GGUF name with the `gguf` package's own name map, not ours.
+Greedy text through the engine equals transformers' `generate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nanovllm import LLM, SamplingParams
+from nanovllm.model.architectures.registry import family_of, load_checkpoint, read_config
+from nanovllm.model.checkpoint.dummy import cache_root
+from nanovllm.model.checkpoint.gguf_loader import gguf_checkpoint_dir
+from nanovllm.model.checkpoint.safetensors_io import file_mapping
+
+TOL = 1e-4
+# Against the dequantized weights, relative to the largest logit (random K-quant blocks make
+# logits of tens): block types are dequantized to float32 at load for now.
+QUANT_TOL = 1e-5
+FILES = [("gpt2", "f32"), ("gpt2", "f16"), ("gpt2", "q8_0"), ("llama3", "f32"),
+         ("llama3", "f16"), ("llama", "f32"), ("llama", "q8_0"), ("qwen2", "f32"),
+         ("qwen3", "f32"), ("qwen3", "bf16")]
+
+
+def derived(gguf_path):
+    return gguf_checkpoint_dir(gguf_path, cache_root() / "gguf")
+
+
+def rounded_reference(hf_dir, gguf_path):
+    """transformers' model of `hf_dir`, float32, each weight the file does not store as F32
+    replaced by the value it stores: `gguf`'s own dequantization of its bytes, its rows put back
+    in transformers' order (llama's q/k unpermuted: the F32 files check that, weights kept)."""
+    import gguf
+    from gguf.quants import dequantize
+    from transformers import AutoModelForCausalLM
+
+    from nanovllm.model.checkpoint.gguf_names import unpermute
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    reader = gguf.GGUFReader(gguf_path)
+    tensors = {t.name: t for t in reader.tensors}
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items()
+                if n == reader.fields["general.architecture"].contents())
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
+    cfg = model.config
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            t = tensors.get(names.get_name(name, try_suffixes=(".weight", ".bias")))
+            if t is None or t.tensor_type == gguf.GGMLQuantizationType.F32:
+                continue
+            w = dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
+            if arch == gguf.MODEL_ARCH.LLAMA and ".q_proj." in name:
+                w = unpermute(w, cfg.num_attention_heads)
+            if arch == gguf.MODEL_ARCH.LLAMA and ".k_proj." in name:
+                w = unpermute(w, cfg.num_key_value_heads)
+            if cfg.model_type == "gpt2" and p.ndim == 2 and ".h." in name:
+                w = w.T  # Conv1D's [in, out]
+            p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    return model
+
+
+def max_diff(hf_dir, path) -> tuple[float, float]:
+    """The larger of both forward passes' max |ours - reference| over 40 random tokens, and the
+    reference's max |logit|."""
+    cfg, weights = load_checkpoint(derived(path))
+    family = family_of(cfg)
+    hf = rounded_reference(hf_dir, path)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 40)
+    with torch.no_grad():
+        theirs = hf(torch.from_numpy(ids)[None]).logits[0].numpy()
+    diffs = [np.abs(ours - theirs).max() for ours in (
+        family.forward(weights, cfg, ids, np.arange(len(ids))),
+        family.reference.forward(weights, cfg, ids))]
+    return float(max(diffs)), float(np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("model,outtype", FILES, ids=[f"{m}-{t}" for m, t in FILES])
+def test_logits_match_transformers(gguf_file, model, outtype):
+    assert max_diff(*gguf_file(model, outtype))[0] <= TOL
+
+
+# Each block type on every matrix, and a Q4_K_M-like mix (value and down projections and the
+# LM head in Q6_K, the rest Q4_K), in files rewritten from an F32 one by `gguf`'s writer.
+MIXES = {kind: (lambda name, shape, kind=kind: kind)
+         for kind in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")}
+MIXES["Q4_K_M"] = lambda name, shape: (
+    "Q6_K" if name.endswith(("attn_v.weight", "ffn_down.weight", "output.weight")) else "Q4_K")
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_block_quantized_files_match_their_dequantized_weights(gguf_file, tmp_path, mix):
+    from gguf_files import requantize
+
+    hf_dir, f32 = gguf_file("llama-256")
+    path = requantize(f32, tmp_path / f"llama-256-{mix}.gguf", MIXES[mix])
+    diff, scale = max_diff(hf_dir, path)
+    assert diff <= QUANT_TOL * max(1.0, scale)
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama3", "llama", "qwen2", "qwen3"])
+def test_config_is_the_checkpoints(gguf_file, model):
+    """Everything our model reads of config.json, from the file's metadata alone (the end of
+    turn ids are the tokenizer's EOS, which the converter keeps; rope scaling as the factors)."""
+    hf_dir, path = gguf_file(model)
+    ours, want = read_config(derived(path)), read_config(hf_dir)
+    skip = {"eos_token_ids", "eos_token_id", "rope_scaling"}
+    for field in set(type(want).__dataclass_fields__) - skip:
+        assert getattr(ours, field) == getattr(want, field), field
+    assert ours.eos_token_ids[0] in want.eos_token_ids
+
+
+def test_float32_tensors_are_the_files_pages(gguf_file):
+    """An F32 file's matrices are read in place: memory-mapped, not copied."""
+    _, path = gguf_file("qwen3")
+    _, weights = load_checkpoint(derived(path))
+    assert file_mapping(weights.embed) is not None
+    assert file_mapping(weights.layers[0].down_w) is not None
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama3"])
+def test_greedy_text_through_the_engine_is_transformers(gguf_file, model):
+    hf_dir, path = gguf_file(model)
+    hf = rounded_reference(hf_dir, path)  # (F32: transformers' own)
+    prompt = [5, 17, 300, 42, 7]
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                           min_new_tokens=12)[0, len(prompt):].tolist()
+    llm = LLM(str(path), num_kv_blocks=64)
+    out = llm.generate([{"prompt_token_ids": prompt}],
+                       SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+    assert out[0].outputs[0].token_ids == want
