@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanovllm.server.api.ollama.protocol import RUNTIME_OPTIONS, UNSUPPORTED_OPTIONS
+from nanovllm.server.api.ollama.protocol import OPTIONS
 from nanovllm.server.errors import bad_request
-from nanovllm.values.errors import quote
+from nanovllm.server.field_policy import IgnoredFields
 
 # Ollama's option -> the chat request's field (same meaning, and ranges checked there).
 SAMPLING_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
@@ -22,26 +22,19 @@ CHAT_NAMES = {**{chat: f"options.{name}" for name, chat in SAMPLING_OPTIONS.item
               "chat_template_kwargs": "think"}
 
 
-def sampling_fields(options: dict[str, Any] | None, max_model_len: int) -> dict:
-    """The chat request's sampling fields for `options`; a 400 naming the option it cannot
-    honour."""
+def sampling_fields(options: dict[str, Any] | None, max_model_len: int,
+                    log: IgnoredFields) -> dict:
+    """The chat request's sampling fields for `options`; the others are the OPTIONS policy's
+    (refused naming the option, or ignored)."""
     options = options or {}
-    fields = {}
-    for name, value in options.items():
-        if value is None or name in RUNTIME_OPTIONS:
-            continue
-        if name in SAMPLING_OPTIONS:
-            fields[SAMPLING_OPTIONS[name]] = value
-        elif name == "num_predict":
-            fields["max_completion_tokens"] = max_tokens(value)
-        elif name == "num_ctx":
-            check_num_ctx(value, max_model_len)
-        elif name in UNSUPPORTED_OPTIONS:
-            raise bad_request(f"options.{name} is not supported by this server (it would change "
-                              "the answer, so it is refused rather than ignored).",
-                              f"options.{name}")
-        else:
-            raise bad_request(f"Unknown option {quote(name, 100)}.", f"options.{name[:100]}")
+    OPTIONS.check({k: v for k, v in options.items()
+                   if k not in (*SAMPLING_OPTIONS, "num_predict", "num_ctx")}, log)
+    fields = {SAMPLING_OPTIONS[k]: v for k, v in options.items()
+              if k in SAMPLING_OPTIONS and v is not None}
+    if options.get("num_predict") is not None:
+        fields["max_completion_tokens"] = max_tokens(options["num_predict"])
+    if options.get("num_ctx") is not None:
+        check_num_ctx(options["num_ctx"], max_model_len)
     return fields
 
 

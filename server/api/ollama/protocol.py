@@ -9,25 +9,45 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from nanovllm.server.field_policy import FieldPolicy
 from nanovllm.server.protocol import MAX_MESSAGES, FrontEndRequest, PoolingFields
 
-# `options` that tune how Ollama's runtime (llama.cpp) loads and runs a model, not what it
-# answers: accepted and ignored (this server's engine flags decide these).
-RUNTIME_OPTIONS = ("numa", "num_batch", "num_gpu", "main_gpu", "low_vram", "f16_kv",
-                   "logits_all", "vocab_only", "use_mmap", "use_mlock", "embedding_only",
-                   "num_thread")
-# `options` that would change the answer and that this server does not implement: refused.
-UNSUPPORTED_OPTIONS = ("num_keep", "tfs_z", "typical_p", "repeat_last_n", "mirostat",
-                       "mirostat_tau", "mirostat_eta", "penalize_newline")
+# Ollama's top-level fields that the models below do not declare (server/field_policy.py).
+# Ollama's is a sampling API: a field nobody decided is refused, as on chat completions.
+FIELDS = FieldPolicy(
+    "/api",
+    refused={
+        "logprobs": "this API's token log probabilities are not served here (chat completions "
+                    "has `logprobs`)",
+        "top_logprobs": "this API's token log probabilities are not served here (chat "
+                        "completions has `top_logprobs`)",
+    },
+    ignored={
+        "keep_alive": "how long Ollama keeps the model loaded; this server keeps its model "
+                      "loaded while it runs",
+    },
+    unknown_ignored=False,
+)
+
+# `options` other than the sampling ones options.py maps (server/field_policy.py again).
+OPTIONS = FieldPolicy(
+    "/api options",
+    refused={name: "not implemented here, and it would change the answer" for name in (
+        "num_keep", "tfs_z", "typical_p", "repeat_last_n", "mirostat", "mirostat_tau",
+        "mirostat_eta", "penalize_newline")},
+    ignored={name: "it tunes how Ollama's runtime loads and runs a model; the server's flags "
+                   "decide that here" for name in (
+        "numa", "num_batch", "num_gpu", "main_gpu", "low_vram", "f16_kv", "logits_all",
+        "vocab_only", "use_mmap", "use_mlock", "embedding_only", "num_thread")},
+    unknown_ignored=False,
+    refusal="options.{field}: {reason}.",
+)
 
 
 class OllamaRequest(FrontEndRequest):
     """What Ollama's generating requests share. `stream` defaults to true, as in Ollama."""
 
-    IGNORED: ClassVar[dict[str, str]] = {
-        "keep_alive": "how long Ollama keeps the model loaded; this server keeps its model "
-                      "loaded while it runs",
-    }
+    FIELDS: ClassVar[FieldPolicy] = FIELDS
 
     model: str
     stream: bool = True

@@ -123,9 +123,9 @@ def ollama_names() -> Iterator[None]:
 
 
 def common_fields(body: OllamaRequest, ctx: ServerContext) -> dict:
-    body.refuse_unknown_fields()
+    body.check_fields(ctx.ignored_fields)
     return {"model": model_name(body.model),
-            **sampling_fields(body.options, ctx.engine.max_model_len),
+            **sampling_fields(body.options, ctx.engine.max_model_len, ctx.ignored_fields),
             "response_format": response_format(body.format),
             "chat_template_kwargs": thinking_switch(body.think, ctx.reasoning_parser),
             "stream": body.stream}
