@@ -30,6 +30,7 @@ from nanovllm.model.architectures.llama_config import LLAMA_ARCHITECTURES, Llama
 from nanovllm.model.checkpoint import bert_loader, dummy, llama_loader, loader
 from nanovllm.model.checkpoint.gguf_loader import is_gguf_checkpoint, load_gguf
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 
 ModelConfig = GPT2Config | LlamaConfig | BertConfig  # what the engine reads of each: see llama_config.py
 
@@ -38,7 +39,7 @@ ModelConfig = GPT2Config | LlamaConfig | BertConfig  # what the engine reads of 
 class ModelFamily:
     config_class: type
     forward: Callable                # (weights, cfg, token_ids, positions, kv_caches, batch, rows)
-    compile_kernels: Callable[[], None]
+    compile_kernels: Callable[[KernelNeeds], None]
     # The plain-numpy path (model/reference*.py). The same functions in each: forward
     # (logits), attention_weights ([n_layer, n_head, T, T]), and embed, layers, lm_head and
     # softmax, which the forward trace (model/architectures/trace.py) steps through.
