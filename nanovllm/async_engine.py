@@ -75,8 +75,10 @@ IDLE_REFRESH = 0.5
 class AsyncEngine:
     """Owns `engine`; call start(), then add_request/abort from any thread, then shutdown()."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine,
+                 deliver: Callable[[list[tuple[OutputSink, object]]], None] = deliver) -> None:
         self.engine = engine
+        self._deliver = deliver  # hands a step's outputs to their sinks (engine_client.deliver)
         self.tokenizer = engine.tokenizer
         self.processor = engine.processor
         self.max_model_len: int = engine.max_model_len
@@ -94,7 +96,7 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD, daemon=True)
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+    def from_config(cls, config: EngineConfig, **options) -> AsyncEngine:
         """Load the model on the engine thread and start stepping there; returns once it is
         loaded (or raises what loading raised).
 
@@ -106,7 +108,7 @@ class AsyncEngine:
 
         def load_and_run() -> None:
             try:
-                client = cls(LLMEngine(config))
+                client = cls(LLMEngine(config), **options)
             except BaseException as exc:  # noqa: BLE001 - the caller's to handle
                 loaded.set_exception(exc)
                 return
@@ -285,7 +287,7 @@ class AsyncEngine:
             if out.finished:
                 del self._sinks[out.request_id]
             deliveries.append((sink, out))
-        deliver(deliveries)
+        self._deliver(deliveries)
 
     def _die(self, exc: BaseException) -> None:
         with self._lock:

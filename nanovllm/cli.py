@@ -1,5 +1,5 @@
 """The `nanovllm` command: serve, generate, download, bench offline, bench serve, bench
-serve-vs-offline, bench prefix-cache-dir."""
+serve-vs-offline, bench prefix-cache-dir, bench engine-ipc."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ configure_thread_pools()  # an entry point: before numpy loads (see model/platfo
 from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
 from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
 from nanovllm.scripts import (  # noqa: E402
+    bench_engine_ipc,
     bench_prefix_cache_dir,
     benchmark,
     benchmark_embeddings,
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(a server it starts), alternating")
     serve_vs_offline.add_args(versus)
     versus.set_defaults(func=serve_vs_offline.run)
+    ipc = kinds.add_parser("engine-ipc", help="what a step's outputs cost between the engine "
+                                              "process and the server")
+    bench_engine_ipc.add_args(ipc)
+    ipc.set_defaults(func=bench_engine_ipc.run)
     disk = kinds.add_parser("prefix-cache-dir", help="time to first token of a long prefix "
                                                      "after a restart: from disk, or computed")
     bench_prefix_cache_dir.add_args(disk)

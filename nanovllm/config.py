@@ -67,8 +67,10 @@ class EngineConfig:
         WEIGHT_DTYPES)
     quantization: str | None = option(
         None, "'int8': W8A8, int8 weights (a float32 scale per output channel, a quarter of "
-              "the bytes) times activations quantized to int8 per token; the KV cache stays as "
-              "it is", QUANTIZATIONS)
+              "the bytes) times activations quantized to int8 per token; 'q8_0', 'q4_0', "
+              "'q4_k': llama.cpp's block formats (8.5, 4.5, 4.5 bits a weight) times "
+              "activations quantized to int8 per block; the KV cache stays as it is",
+        QUANTIZATIONS)
     speculative_config: SpeculativeConfig | dict | str | None = option(
         None, "speculative decoding, vLLM's JSON: '{\"method\": \"ngram\", "
               "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or '{\"model\": "

@@ -6,8 +6,9 @@ its blocks then only count its sequences.
 
 The KV cache gets `kv_cache_memory_bytes` (or `num_kv_blocks` blocks). A draft model's cache
 has blocks of its own, which only speculating sequences take: DRAFT_KV_SHARE of the budget (at
-least one full-context sequence's worth), the target's the rest; with `num_kv_blocks` both get
-that many.
+least one full-context sequence's worth, at most the full contexts of the sequences that may
+speculate at once: disable_by_batch_size - 1), the target's the rest; with `num_kv_blocks`
+both get that many.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nanovllm.runner.pooling_runner import PoolingRunner
 from nanovllm.runner.spec_decode.draft import DraftModel
 from nanovllm.runner.spec_decode.speculator import Speculator
 from nanovllm.tokenizer import Tokenizer
+from nanovllm.values.speculative import SpeculativeConfig
 
 logger = logging.getLogger("nanovllm")
 # A draft model's share of the KV budget: enough for the few sequences speculation pays for
@@ -61,11 +63,14 @@ def build_parts(config: EngineConfig) -> EngineParts:
     spec = config.speculative_config
     draft = (load_draft(config, loaded, max_model_len)
              if spec is not None and spec.method == "draft_model" else None)
-    num_kv_blocks = kv_blocks(config, loaded, 1.0 if draft is None else 1.0 - DRAFT_KV_SHARE)
+    num_kv_blocks, draft_blocks = kv_blocks(config, loaded), 0
+    if draft is not None:
+        draft_blocks = draft_kv_blocks(config, draft, spec, max_model_len)
+        num_kv_blocks = config.num_kv_blocks or max(1, int(
+            (kv_budget(config) - draft_blocks * block_bytes(config, draft))
+            // block_bytes(config, loaded)))
     draft_model = None if draft is None else DraftModel(
-        draft.config, draft.weights, max(kv_blocks(config, draft, DRAFT_KV_SHARE),
-                                         -(-max_model_len // config.block_size)),
-        config.block_size, config.cache_dtype)
+        draft.config, draft.weights, draft_blocks, config.block_size, config.cache_dtype)
     speculator = None if spec is None else Speculator(
         spec, max_model_len, draft_model,
         0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
@@ -129,6 +134,25 @@ def weight_bytes(weights) -> int:
 def kv_blocks(config: EngineConfig, model: LoadedModel, share: float = 1.0) -> int:
     """KV blocks of `model`'s cache: `num_kv_blocks`, or as many as `share` of the memory
     budget pays for."""
-    bytes_per_block = kv_bytes_per_block(model.config, config.block_size, config.cache_dtype)
-    budget = config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES
-    return config.num_kv_blocks or max(1, int(budget * share) // bytes_per_block)
+    return config.num_kv_blocks or max(1, int(kv_budget(config) * share)
+                                       // block_bytes(config, model))
+
+
+def draft_kv_blocks(config: EngineConfig, draft: LoadedModel, spec: SpeculativeConfig,
+                    max_model_len: int) -> int:
+    """The draft's blocks: DRAFT_KV_SHARE of the budget, at least one full context; but no more
+    than the sequences that may speculate at once can fill (disable_by_batch_size - 1 of them),
+    so that speculation configured where it does not speculate leaves the target its pool."""
+    one = -(-(max_model_len + spec.num_speculative_tokens) // config.block_size)
+    blocks = max(kv_blocks(config, draft, DRAFT_KV_SHARE), one)
+    if spec.disable_by_batch_size is None or config.num_kv_blocks:
+        return blocks
+    return min(blocks, (spec.disable_by_batch_size - 1) * one)
+
+
+def kv_budget(config: EngineConfig) -> int:
+    return config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES
+
+
+def block_bytes(config: EngineConfig, model: LoadedModel) -> int:
+    return kv_bytes_per_block(model.config, config.block_size, config.cache_dtype)

@@ -59,8 +59,12 @@ class HubUnavailableError(RuntimeError):
     """The hub cannot be reached. The message is one line: `reason`, then what works offline."""
 
     def __init__(self, name: str, why: str) -> None:
+        self.name, self.why = name, why
         self.reason = f"cannot download {name}: {why}"
         super().__init__(f"{self.reason}; {dummy_hint(name)}")
+
+    def __reduce__(self):  # rebuilt from its arguments: it crosses from the engine process
+        return type(self), (self.name, self.why)
 
 
 class DownloadError(RuntimeError):

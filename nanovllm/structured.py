@@ -51,6 +51,11 @@ class GrammarCompiler:
         self._ll_tokenizer = None
         self._lock = threading.Lock()
 
+    def ll_tokenizer(self):
+        """llguidance's view of the vocabulary (an engine process rebuilds requests' grammars
+        with its own)."""
+        return self._ll()
+
     def _ll(self):
         try:
             import llguidance

@@ -19,8 +19,8 @@ hits; the engine's --seed seeds them too), greedy, EOS ignored, --output-len tok
                  token), on the engine's clock offline and as the client reads them served
   TTFT         = median over the requests of (first token - submitted)
   CPU us/token = user + system CPU time / tokens generated: offline, this process's; served,
-                 the server process's (all threads; and its event loop's: the main thread)
-                 and the client's (this process)
+                 the server process's with its engine process's (all threads; and its event
+                 loop's: the main thread) and the client's (this process)
 
 served/offline is each rep's ratio; tables give the median and [min-max] over --reps. CPU time
 per token moves far less with other load on the machine than wall-clock rates, so it says where
@@ -42,6 +42,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +71,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=float, default=600.0,
                    help="seconds the server may take to start (default 600)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every run as JSON")
+    p.add_argument("--engine-in-process", action="store_true",
+                   help="serve with the engine on a thread of the server's process "
+                        "(`serve --engine-in-process`), not in an engine process")
     add_engine_args(p)
     return parser
 
@@ -139,11 +143,11 @@ def served_run(loop: asyncio.AbstractEventLoop, url: str, model: str, server_pid
                prompts: list[list[int]], output_len: int) -> Run:
     body_args = argparse.Namespace(ignore_eos=True)
     bodies = [bs.request_body(body_args, model, bs.Prompt(p, output_len)) for p in prompts]
-    server_cpu, server_loop_cpu = cpu_seconds(server_pid), cpu_seconds(server_pid, server_pid)
+    server_cpu, server_loop_cpu = tree_cpu_seconds(server_pid), cpu_seconds(server_pid, server_pid)
     cpu = time.process_time()
     results = loop.run_until_complete(_send_all(url, bodies))
     cpu = time.process_time() - cpu
-    server_cpu = _minus(cpu_seconds(server_pid), server_cpu)
+    server_cpu = _minus(tree_cpu_seconds(server_pid), server_cpu)
     server_loop_cpu = _minus(cpu_seconds(server_pid, server_pid), server_loop_cpu)
     if failed := [r.error for r in results if not r.ok]:
         raise RuntimeError(f"{len(failed)} of {len(results)} requests failed: {failed[0]}")
@@ -177,6 +181,19 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """cpu_seconds of process `pid` and of its child processes (its engine process)."""
+    try:
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
+    except OSError:
+        children = []
+    total = cpu_seconds(pid)
+    for child in children:
+        total = None if total is None else total + (cpu_seconds(child) or 0.0)
+    return total
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -196,7 +213,8 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "nanovllm.cli", "serve", args.model, *engine_argv(args),
-           "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests"]
+           "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests",
+           *(["--engine-in-process"] if args.engine_in_process else [])]
     print(f"starting: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 

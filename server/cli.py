@@ -50,6 +50,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-step-mode", action="store_true",
                         help="let the web page (and /ui/api/step/*) pause the engine and step it "
                              "one step at a time; a pause ends by itself unless renewed")
+    parser.add_argument("--engine-in-process", action="store_true",
+                        help="run the engine on a thread of the server's process rather than in "
+                             "an engine process of its own (which is restarted if it dies)")
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: the checkpoint directory's name, "
                              "or MODEL as given for a hub name; never a local path)")
@@ -186,6 +189,7 @@ class Server(uvicorn.Server):
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
+    from nanovllm.engine_core.client import ProcessEngineClient
     from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat.template import load_chat_template
@@ -209,9 +213,13 @@ def run_serve(args: argparse.Namespace) -> int:
     inspector = None  # the web page's views of one engine: not across replicas
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
-    else:
+    elif args.engine_in_process:
         engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
         inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
+    else:
+        client = ProcessEngineClient(EngineConfig.from_cli_args(args.model, args),
+                                     enable_step_mode=args.enable_step_mode)
+        engine, inspector = client, client.inspector
     name = args.served_model_name or served_name(args.model)
     app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
                     api_key=api_key, limits=limits,

@@ -5,8 +5,10 @@ base, pooling's fields, the usage and error bodies, and the OpenAPI response ent
 
 Each API's own request and response models are in its folder (server/api/<name>/protocol.py;
 the chat path's request in server/chat/request.py). Field names, defaults and ranges follow
-OpenAI's APIs and vLLM's; unknown fields are refused with a 400 naming them (but for the
-documented IGNORED_EXTRA_FIELDS, accepted and logged), as are fields we cannot honour.
+OpenAI's APIs and vLLM's. What a field the models do not declare does is decided by what it
+does (server/field_policy.py): here, for completions and chat, unknown fields are refused with
+a 400 naming them (but for the documented IGNORED_EXTRA_FIELDS, accepted and logged), as are
+fields we cannot honour (UNSUPPORTED_FIELDS).
 Responses are plain dicts built by each API's renderer; the models document them in
 /openapi.json.
 """
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from nanovllm.server.errors import bad_request
+from nanovllm.server.field_policy import FieldPolicy, IgnoredFields
 from nanovllm.values.errors import InvalidRequestError, quote
 from nanovllm.values.limits import (
     LOGIT_BIAS_RANGE,
@@ -311,21 +314,13 @@ def _clamped_logit_bias(bias: dict[str, float] | None) -> dict[str, float] | Non
 # which names the exact item at fault.
 
 class FrontEndRequest(OpenAIBaseModel):
-    """A body of another API's shape, converted into one chat request. IGNORED: the fields its
-    clients send that change nothing here (docs/api.md says why); any other unknown field
-    with a value is a 400, as on the chat path."""
+    """A body of another API's shape, converted into one chat request. FIELDS: what its fields
+    that the model does not declare do here (server/field_policy.py)."""
 
-    IGNORED: ClassVar[dict[str, str]] = {}
+    FIELDS: ClassVar[FieldPolicy]
 
-    def refuse_unknown_fields(self) -> None:
-        extra = self.model_extra or {}
-        unknown = sorted(k for k, v in extra.items()
-                         if k not in self.IGNORED and v not in (None, False, [], {}, 0, ""))
-        if unknown:
-            raise bad_request(
-                f"Unknown or unsupported field(s) {quote(unknown, 200)}: this server does not "
-                "implement what they would change, so it refuses them rather than ignore them "
-                "(docs/api.md lists the fields it takes).", unknown[0][:100])
+    def check_fields(self, log: IgnoredFields) -> None:
+        self.FIELDS.check(self.model_extra or {}, log)
 
 # Responses (documentation of what the endpoints answer).
 

@@ -38,6 +38,7 @@ from nanovllm.server.chat.result import Usage
 from nanovllm.server.chat.template import ChatTemplate
 from nanovllm.server.chat.tool_calls import ToolParser
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
+from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
 from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
@@ -77,6 +78,8 @@ class ServerContext:
     # POST /v1/responses with store: what previous_response_id and GET /v1/responses/{id} read
     # (sized by `limits` unless given).
     response_store: ResponseStore | None = None
+    # The fields the front ends accepted and ignored, each logged once (server/field_policy.py).
+    ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
 
     def __post_init__(self) -> None:
         if self.response_store is None:
@@ -127,7 +130,7 @@ def context_length_in_terms_of(prompt_field: str, length_field: str | None) -> I
         yield
     except ContextLengthError as exc:
         message, param = context_length_message(exc, prompt_field, length_field)
-        raise bad_request(message, param) from None
+        raise bad_request(message, param) from exc  # the numbers, for a front end
 
 
 def context_length_message(exc: ContextLengthError, prompt_field: str,

@@ -99,10 +99,13 @@ def qwen3_template() -> str:
     return QWEN3_TEMPLATE_FILE.read_text().rstrip("\n")
 
 
-def write_qwen3_chat(tmp_path_factory) -> Path:
+def write_qwen3_chat(tmp_path_factory, context: int = 2048, vocab_size: int | None = None,
+                     tied: bool = True) -> Path:
     """A random Qwen3 (tiny dims, q/k norms, head_dim apart from hidden / heads) whose tokenizer
     has Qwen3's chat tokens as single tokens, ends a turn with <|im_end|> and adds no BOS, and
-    whose tokenizer_config.json carries Qwen3's own chat template."""
+    whose tokenizer_config.json carries Qwen3's own chat template; `context` positions, and
+    `vocab_size` ids (GPT-2's 50,257 and the chat tokens make long prompts short; default the
+    tiny Llama's); `tied`: the output layer shares the token embeddings, as Qwen3's small ones do."""
     import transformers
     from llama_checkpoints import LLAMA_VARIANTS, write_hf_llama
     from tokenizers import AddedToken, Tokenizer
@@ -112,12 +115,13 @@ def write_qwen3_chat(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("qwen3")
     family, options = LLAMA_VARIANTS["qwen3"]
-    write_hf_llama(out, family, **{**options, "max_position_embeddings": 2048})
+    options = {**options, "max_position_embeddings": context, "tie_word_embeddings": tied}
+    write_hf_llama(out, family, **options, **({"vocab_size": vocab_size} if vocab_size else {}))
     vocab = transformers.AutoConfig.from_pretrained(out).vocab_size
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the Llama 3 style ones
         (out / name).unlink()
     base = vocab - len(QWEN3_SPECIALS) - len(QWEN3_TAGS)
-    write_tokenizer(out, base, 2048, cache_root() / "tokenizers")
+    write_tokenizer(out, base, context, cache_root() / "tokenizers")
     for name in ("vocab.json", "merges.txt"):  # tokenizer.json alone: these lack the chat tokens
         (out / name).unlink(missing_ok=True)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
@@ -126,11 +130,33 @@ def write_qwen3_chat(tmp_path_factory) -> Path:
     tok.save(str(out / "tokenizer.json"))
     end, eot = tok.token_to_id("<|im_end|>"), tok.token_to_id(EOT)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
-              "eos_token": "<|im_end|>", "pad_token": EOT, "model_max_length": 2048,
+              "eos_token": "<|im_end|>", "pad_token": EOT, "model_max_length": context,
               "clean_up_tokenization_spaces": False, "chat_template": qwen3_template()}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     for name, eos in (("config.json", end), ("generation_config.json", [end, eot])):
         data = json.loads((out / name).read_text())
         data.update(bos_token_id=eot, eos_token_id=eos)
         (out / name).write_text(json.dumps(data, indent=2))
+    return out
+
+
+def write_terse_qwen3(tmp_path_factory, context: int, eos_logit: float = 9.0) -> Path:
+    """A Qwen3 like write_qwen3_chat's, with GPT-2's vocabulary (a long agent prompt stays
+    short), whose answers end after a few tokens, as a coding agent's test needs (its clients
+    ask for 32,000 tokens, or none): every token embedding carries a large constant in
+    dimension 0, which dominates the residual stream, so the final norm's output there is about
+    the same positive number after any prompt; the untied output layer reads dimension 0 only
+    for EOS, whose logit is then about `eos_logit` over every other token's near-zero one."""
+    from safetensors.numpy import load_file, save_file
+
+    out = write_qwen3_chat(tmp_path_factory, context=context, vocab_size=50265, tied=False)
+    weights = load_file(out / "model.safetensors")
+    embed, head = weights["model.embed_tokens.weight"], weights["lm_head.weight"]
+    constant = 50.0  # against embeddings of about 0.1: the residual stream's rms is ~constant/8
+    embed[:, 0] = constant
+    eos = json.loads((out / "config.json").read_text())["eos_token_id"]
+    head[:, 0] = 0.0
+    rms = constant / embed.shape[1] ** 0.5
+    head[eos, 0] = eos_logit / (constant / rms * weights["model.norm.weight"][0])
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     return out

@@ -23,7 +23,9 @@ for float32, so that path is unchanged). Above the kernels' rows bfloat16 weight
 `BLAS_CHUNK` rows at a time and handed to BLAS: a GEMM does enough work per weight that
 widening them once costs little. int8 weights go to the W8A8 kernels at every batch size
 (`model/kernels/int8_gemm.py`): int8 activations times int8 weights, on the kernel this CPU runs
-best (`host_int8_kernel`).
+best (`host_int8_kernel`); block-quantized weights (GGML's formats,
+`model/weights/block_quant.py`) to theirs at every batch size too (`model/kernels/block_gemm.py`,
+`host_block_kernel`).
 """
 
 from __future__ import annotations
@@ -41,13 +43,18 @@ from nanovllm.model.kernels.bf16_gemm import (
     compile_bf16_kernel,
     widen_packed_rows,
 )
+from nanovllm.model.kernels.block_gemm import block_linear
+from nanovllm.model.kernels.block_gemm import (
+    first_compiling_kernel as first_compiling_block_kernel,
+)
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
 from nanovllm.model.kernels.parallel import claim, split_chunks
 from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.platform.cpu import int8_kernels, kernel_path
+from nanovllm.model.platform.cpu import block_kernels, int8_kernels, kernel_path
+from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.model.weights.quant import (
     BLOCK,
     BF16Weight,
@@ -96,6 +103,8 @@ def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None 
     store their sums; elsewhere numpy adds them after)."""
     if isinstance(w, Int8Weight):
         return int8_linear(x, w, host_int8_kernel(), b, residual)
+    if isinstance(w, BlockWeight):
+        return block_linear(x, w, host_block_kernel(), b, residual)
     if isinstance(w, PackedF32Weight | PackedBF16Weight) and packed_kernel_takes(x, w):
         return packed_kernel_linear(x, w, b, residual)
     if isinstance(w, PackedF32Weight):
@@ -135,6 +144,13 @@ def host_int8_kernel() -> str:
     """The W8A8 kernel for this process's CPU: the best it has (`cpu.KernelPath.int8`) that
     compiles here, compiled (`int8_gemm.first_compiling_kernel`)."""
     return first_compiling_kernel(int8_kernels(kernel_path().features))
+
+
+@cache
+def host_block_kernel() -> str:
+    """The kernel for block-quantized weights on this process's CPU (`cpu.KernelPath.block`)
+    that compiles here, compiled (`block_gemm.first_compiling_kernel`)."""
+    return first_compiling_block_kernel(block_kernels(kernel_path().features))
 
 
 @cache

@@ -12,9 +12,11 @@ the host's.
 
 The W8A8 kernels (`model/kernels/int8_gemm.py`) call integer dot-product instructions through LLVM
 intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
-best first, and the path uses the first (the portable one on a generic CPU). bfloat16 weights
-are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it (`model/kernels/bf16_dot.py`), else
-widened to float32 (`model/layers/linear.py`): `bf16_kernels` lists the choices the same way. With
+best first, and the path uses the first (the portable one on a generic CPU); the kernels for
+block-quantized weights (`model/kernels/block_gemm.py`) are chosen the same way. bfloat16
+weights are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it
+(`model/kernels/bf16_dot.py`), else widened to float32 (`model/layers/linear.py`):
+`bf16_kernels` lists the choices the same way. With
 the instruction, bfloat16 models' prefill attention multiplies in bfloat16 too
 (`model/kernels/bf16_attention.py`); elsewhere it stays float32.
 """
@@ -35,6 +37,15 @@ INT8_KERNELS = {
     "portable": (set(),),
 }
 
+# The kernels for block-quantized weights (`model/kernels/block_gemm.py`), best first, the same way: F16C
+# widens their float16 scales.
+BLOCK_KERNELS = {
+    "avx512vnni": ({"avx512f", "avx512bw", "avx512vnni"},),
+    "avxvnni": ({"avx2", "f16c", "avxvnni"}, {"avx2", "f16c", "avx512vl", "avx512vnni"}),
+    "avx2": ({"avx2", "f16c"},),
+    "portable": (set(),),
+}
+
 
 # The bfloat16 kernels, best first, the same way: bfloat16 x bfloat16 dot products, or each
 # weight widened to float32.
@@ -47,6 +58,11 @@ BF16_KERNELS = {
 def int8_kernels(features: set[str] | frozenset[str]) -> list[str]:
     """The W8A8 kernels code compiled with `features` can run, best first."""
     return runnable(INT8_KERNELS, features)
+
+
+def block_kernels(features: set[str] | frozenset[str]) -> list[str]:
+    """The block-quantized kernels code compiled with `features` can run, best first."""
+    return runnable(BLOCK_KERNELS, features)
 
 
 def bf16_kernels(features: set[str] | frozenset[str]) -> list[str]:
@@ -70,6 +86,11 @@ class KernelPath:
         return int8_kernels(self.features)[0]
 
     @property
+    def block(self) -> str:
+        """The kernel for block-quantized weights this path runs (`model/kernels/block_gemm.py`)."""
+        return block_kernels(self.features)[0]
+
+    @property
     def bf16(self) -> str:
         """The bfloat16 kernel this path runs (`model/kernels/bf16_dot.py`, or "widen")."""
         return bf16_kernels(self.features)[0]
@@ -84,7 +105,7 @@ class KernelPath:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
         return (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
-                f"int8 dot products: {self.int8}; bfloat16 dot products: {self.bf16} "
+                f"int8 dot products: {self.int8}; block-quantized: {self.block}; bfloat16 dot products: {self.bf16} "
                 f"({self.bf16_uses})")
 
 

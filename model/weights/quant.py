@@ -21,6 +21,10 @@ matrix, never sits beside it. `PackedBF16Weight` is the same for bfloat16 where 
 AVX512_BF16's dot product (`pack_bfloat16`, `model/kernels/bf16_dot.py`): its kernel multiplies
 bfloat16 by bfloat16, so the activations are rounded to bfloat16 too (`round_to_bfloat16`).
 
+`BlockWeight` (`model/weights/block_quant.py`) holds GGML's block formats (a GGUF file's Q4_0, Q4_K,
+..., or `--quantization q8_0 | q4_0 | q4_k` on the fly): repacked for its own kernels
+(`model/kernels/block_gemm.py`), and gathered and dequantized by its own methods.
+
 `dequantize` (plain numpy) turns any of them back into the float32 matrix it stands for: the kernels
 are tested against `gpt2_reference.linear` on it.
 """
@@ -32,6 +36,9 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
+
+from nanovllm.model.weights.block_quant import BlockWeight, from_float
+from nanovllm.model.weights.precision import BLOCK_QUANTIZATIONS
 
 INT8_MAX = 127  # symmetric: -128 is never used, so -q is always representable
 # The W8A8 kernels' layout of an int8 matrix (`pack_int8`): blocks of BLOCK output columns,
@@ -145,7 +152,7 @@ class PackedBF16Weight:
         return self.packed.nbytes
 
 
-Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight
+Weight = np.ndarray | Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight | BlockWeight
 
 
 def attends_in_bf16(w: Weight) -> bool:
@@ -236,6 +243,8 @@ def dequantize(w: Weight, start: int = 0, end: int | None = None) -> np.ndarray:
         return w.rows(start, end)
     if isinstance(w, PackedBF16Weight):
         return bf16_to_float32(w.rows(start, end))
+    if isinstance(w, BlockWeight):
+        return w.rows(start, end)
     return w[start:end]
 
 
@@ -249,11 +258,23 @@ def gather_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
         return table.take(ids)
     if isinstance(table, PackedBF16Weight):
         return bf16_to_float32(table.take(ids))
+    if isinstance(table, BlockWeight):
+        return table.take(ids)
     return np.take(table, ids, axis=0)
 
 
 def convert_matrix(w: np.ndarray, dtype: str = "auto", quantization: str | None = None) -> Weight:
-    """A float32 weight matrix in the storage the options ask for."""
+    """A float32 weight matrix in the storage the options ask for. A block format needs rows of
+    whole blocks: q4_k falls back to q4_0 where rows are not whole 256-input super-blocks (as
+    llama.cpp's quantizer falls back to a 32-weight type), and a row of inputs not a multiple
+    of 32 to int8."""
+    if quantization in BLOCK_QUANTIZATIONS:
+        type_name = BLOCK_QUANTIZATIONS[quantization]
+        if type_name == "Q4_K" and w.shape[1] % 256:
+            type_name = "Q4_0"
+        if w.shape[1] % 32 == 0:
+            return from_float(type_name, w)
+        return quantize_int8(w)
     if quantization == "int8":
         return quantize_int8(w)
     if dtype == "bfloat16":
@@ -309,7 +330,8 @@ def dequantize_weights(weights):
     """Any model's weights (`GPT2Weights`, `LlamaWeights`) with every matrix back in float32,
     what the reference model runs on: the dataclass copied, its lists of layers too."""
     def plain(value):
-        if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight):
+        if isinstance(value, Int8Weight | BF16Weight | PackedF32Weight | PackedBF16Weight
+                      | BlockWeight):
             return dequantize(value)
         if isinstance(value, list):
             return [plain(v) for v in value]
@@ -352,6 +374,6 @@ def kernel_array(w: Weight) -> np.ndarray:
         return w.q
     if isinstance(w, BF16Weight):
         return w.bits
-    if isinstance(w, PackedF32Weight | PackedBF16Weight):
+    if isinstance(w, PackedF32Weight | PackedBF16Weight | BlockWeight):
         return w.rows()
     return w

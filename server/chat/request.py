@@ -38,6 +38,10 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description='Extra variables for the chat template (e.g. {"enable_thinking": '
                           "false}).")
+    thinking_token_budget: int | None = Field(
+        None, ge=1, description="vLLM's: at most this many tokens of reasoning; then the "
+                                "server closes the reasoning itself and the answer follows "
+                                "(needs --reasoning-parser).")
 
     def to_sampling_params(self, structured: Any = None) -> SamplingParams:
         return self.sampling_params(logprobs=(self.top_logprobs or 0) if self.logprobs else None,

@@ -1,4 +1,5 @@
-"""The server reaches the engine only through EngineClient, and AsyncEngine provides all of it."""
+"""The server reaches the engine only through EngineClient, and AsyncEngine and
+ProcessEngineClient provide all of it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from nanovllm import AsyncEngine, EngineClient, EngineConfig, LLMEngine, SamplingParams
 from nanovllm.async_engine import ENGINE_THREAD
 from nanovllm.engine_client import QueueSink, deliver
+from nanovllm.engine_core.client import ProcessEngineClient
 from nanovllm.inspection import EngineInspector, Inspector
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
@@ -30,6 +32,22 @@ def test_async_engine_provides_the_whole_interface(make_engine):
     assert [n for n in sorted(interface_names()) if not hasattr(client, n)] == []
     assert isinstance(client, EngineClient)  # the same check, as the protocol makes it
     assert client.degraded is None and client.replica_stats is None  # one engine, in one piece
+
+
+def test_the_engine_process_client_provides_both_interfaces(tiny_ckpt):
+    client = ProcessEngineClient(EngineConfig(str(tiny_ckpt), num_kv_blocks=64))
+    try:
+        assert isinstance(client, EngineClient) and isinstance(client.inspector, EngineInspector)
+        assert [n for n in sorted(interface_names()) if not hasattr(client, n)] == []
+        assert client.is_alive and client.degraded is None and client.replica_stats is None
+        inspector = client.inspector
+        assert (inspector.n_layer, inspector.n_head, inspector.num_kv_heads) == (2, 4, 4)
+        assert not inspector.step_mode.paused and not inspector.step_mode_enabled
+        assert client.tokenizer.decode(client.tokenizer.encode("a tokenizer of its own")) == \
+            "a tokenizer of its own"
+    finally:
+        client.shutdown()
+    assert not client.is_alive
 
 
 def test_the_interface_holds_only_what_serving_needs():

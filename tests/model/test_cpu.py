@@ -32,7 +32,8 @@ def test_description_is_one_line_naming_the_int8_and_bfloat16_kernels():
     assert "int8 dot products: avx512vnni" in line and "sha" not in line
     assert line.endswith("; bfloat16 dot products: avx512bf16 (linear layers, prefill attention)")
     zen3 = path_for("znver1", {"avx2", "fma"}).describe()
-    assert zen3.endswith("int8 dot products: avx2; bfloat16 dot products: widen (linear layers)")
+    assert zen3.endswith("int8 dot products: avx2; block-quantized: portable; "
+                         "bfloat16 dot products: widen (linear layers)")
     assert path_for("generic", set()).int8 == "portable"
     assert path_for("generic", set()).bf16 == "widen"
 

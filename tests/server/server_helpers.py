@@ -17,6 +17,7 @@ import uvicorn
 
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
+from nanovllm.engine_core.client import ProcessEngineClient
 
 MODEL = "tiny-gpt2"
 API_KEY = "sk-test-key"
@@ -54,7 +55,11 @@ def serve(app, engine: AsyncEngine) -> LiveServer:
 
 
 def make_engine(ckpt, **overrides) -> AsyncEngine:
+    """An engine thread in this process; with NANOVLLM_TEST_ENGINE=process in the environment,
+    an engine process (ProcessEngineClient) instead, for the suites that only serve through it."""
     config = EngineConfig(str(ckpt), **{"num_kv_blocks": NUM_KV_BLOCKS, **overrides})
+    if os.environ.get("NANOVLLM_TEST_ENGINE") == "process":
+        return ProcessEngineClient(config)
     return AsyncEngine(LLMEngine(config)).start()
 
 

@@ -74,7 +74,7 @@ def test_responses_events_build_the_unstreamed_output(size):
     final = responses_stream(events)
     assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call",
                                                     "function_call"]
-    assert without_ids(final["output"]) == without_ids(output_items(ANSWER))
+    assert without_ids(final["output"]) == without_ids(output_items(ANSWER, body))
     assert final["status"] == "completed" and final["usage"]["output_tokens"] == 30
     assert ctx.response_store.get(final["id"]).response == final  # stored, as store says
 
@@ -88,7 +88,8 @@ def test_messages_events_build_the_unstreamed_content(size):
     assert message["content"] == content_blocks(ANSWER)
     assert (message["stop_reason"], message["stop_sequence"]) == stop_reason(ANSWER) == \
         ("tool_use", None)
-    assert message["usage"] == {"input_tokens": 7, "output_tokens": 30}
+    assert message["usage"] == {"input_tokens": 7, "cache_creation_input_tokens": 0,
+                                "cache_read_input_tokens": 0, "output_tokens": 30}
 
 
 def test_an_error_in_the_chat_stream_ends_each_protocols_stream():

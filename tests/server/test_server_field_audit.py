@@ -94,15 +94,18 @@ PROBED_WITH_A_TOOL_TEMPLATE = {
     "chat_template_kwargs": TOOLS_TEST + "test_chat_template_kwargs_reach_the_template",
     "tool_choice": TOOLS_TEST + "test_tool_choice_none_leaves_the_text_alone",
     "parallel_tool_calls": TOOLS_TEST + "test_parallel_tool_calls_false_is_one_call",
+    # (and a reasoning parser, which Qwen3's template and tags have)
+    "thinking_token_budget": "test_server_agent_fields.py::"
+                             "test_a_chat_thinking_budget_closes_the_reasoning",
 }
 
 
 def test_the_tool_template_probes_exist():
     from pathlib import Path
 
-    source = (Path(__file__).parent / TOOLS_TEST.removesuffix("::")).read_text()
-    for test in PROBED_WITH_A_TOOL_TEMPLATE.values():
-        assert f"def {test.removeprefix(TOOLS_TEST)}(" in source, test
+    for probe in PROBED_WITH_A_TOOL_TEMPLATE.values():
+        file, test = probe.split("::")
+        assert f"def {test}(" in (Path(__file__).parent / file).read_text(), probe
 
 
 def answer(http, path: str, body: dict, must_succeed: bool = True):

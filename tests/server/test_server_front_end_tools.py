@@ -234,7 +234,8 @@ def test_a_named_tool_and_its_result_fed_back(claude, oai):
                             {"role": "tool", "tool_call_id": use.id, "content": "Sunny."}],
                       "none", max_completion_tokens=5)
     assert answer.content[0].text == chat.choices[0].message.content
-    assert answer.usage.input_tokens == chat.usage.prompt_tokens == claude.messages.count_tokens(
+    prompt = answer.usage.input_tokens + answer.usage.cache_read_input_tokens
+    assert prompt == chat.usage.prompt_tokens == claude.messages.count_tokens(
         model=MODEL, tools=ANTHROPIC_TOOLS, messages=conversation).input_tokens
     assert answer.stop_reason == "max_tokens"
 
@@ -295,4 +296,5 @@ def test_a_claude_code_shaped_request_is_served(http):
     assert message["usage"]["output_tokens"] == 4 and message["stop_reason"] == "max_tokens"
     count = http.post("/v1/messages/count_tokens?beta=true", headers=headers, json={
         k: v for k, v in body.items() if k in ("model", "system", "messages", "tools")})
-    assert count.json()["input_tokens"] == message["usage"]["input_tokens"]
+    assert count.json()["input_tokens"] == message["usage"]["input_tokens"] + \
+        message["usage"]["cache_read_input_tokens"]

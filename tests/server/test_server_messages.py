@@ -74,7 +74,8 @@ def test_a_message_is_the_chat_paths_answer(claude, http):
     assert [b.type for b in msg.content] == ["text"]
     assert msg.content[0].text == chat["choices"][0]["message"]["content"]
     assert msg.stop_reason == "max_tokens" and msg.stop_sequence is None
-    assert msg.usage.input_tokens == chat["usage"]["prompt_tokens"]
+    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == \
+        chat["usage"]["prompt_tokens"]
     assert msg.usage.output_tokens == 8 and msg.model == MODEL
 
 
@@ -92,7 +93,8 @@ def test_content_blocks_and_system_blocks_are_chat_messages(claude, http):
                   {"role": "user", "content": [{"type": "text", "text": "Name a"},
                                                {"type": "text", "text": "colour."}]}])
     assert msg.content[0].text == chat["choices"][0]["message"]["content"]
-    assert msg.usage.input_tokens == chat["usage"]["prompt_tokens"]
+    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == \
+        chat["usage"]["prompt_tokens"]
 
 
 def test_stop_sequences(claude):
@@ -117,7 +119,7 @@ def test_output_config_format_is_a_structured_output(claude):
 def test_count_tokens_is_the_prompt_a_message_runs(claude):
     count = claude.messages.count_tokens(model=MODEL, system=SYSTEM, messages=MESSAGES)
     msg = claude.messages.create(model=MODEL, max_tokens=1, system=SYSTEM, messages=MESSAGES)
-    assert count.input_tokens == msg.usage.input_tokens > 0
+    assert count.input_tokens == msg.usage.input_tokens + msg.usage.cache_read_input_tokens > 0
 
 
 def test_the_stream_is_anthropics_event_sequence(live_messages, claude, http):
@@ -162,11 +164,11 @@ def test_either_header_carries_the_key_and_a_wrong_key_is_a_401(live_messages):
     ({"messages": MESSAGES}, 400, "invalid_request_error"),  # max_tokens is required
     ({"max_tokens": 4}, 400, "invalid_request_error"),
     ({"max_tokens": 4, "messages": MESSAGES, "model": "claude-x"}, 404, "not_found_error"),
-    ({"max_tokens": 4, "messages": MESSAGES, "frobnicate": 1}, 400, "invalid_request_error"),
+    ({"max_tokens": 4, "messages": MESSAGES, "container": "c"}, 400, "invalid_request_error"),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "data": "x"}}]}]},
      400, "invalid_request_error"),
-    ({"max_tokens": 4, "messages": [{"role": "system", "content": "x"}]}, 400,
+    ({"max_tokens": 4, "messages": [{"role": "robot", "content": "x"}]}, 400,
      "invalid_request_error"),
     ({"max_tokens": 4, "messages": MESSAGES, "temperature": 1.5}, 400, "invalid_request_error"),
     ({"max_tokens": 4, "messages": MESSAGES, "thinking": {"type": "enabled",

@@ -191,8 +191,8 @@ def test_the_servers_store_is_bounded_by_its_flag(small_store):
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"input": USER, "frobnicate": 1}, "frobnicate"),
-    ({"input": USER, "tools": [{"type": "web_search"}]}, "tools"),
+    ({"input": USER, "conversation": "conv_1"}, "conversation"),
+    ({"input": USER, "tools": [{"type": "custom", "name": "apply_patch"}]}, "tools"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input"),
@@ -200,11 +200,11 @@ def test_the_servers_store_is_bounded_by_its_flag(small_store):
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input"),
     ({"input": USER, "truncation": "auto"}, "truncation"),
     ({"input": USER, "background": True}, "background"),
-    ({"input": USER, "include": ["reasoning.encrypted_content"]}, "include"),
-    ({"input": USER, "reasoning": {"effort": "high"}}, "reasoning"),
+    ({"input": USER, "include": ["message.output_text.logprobs"]}, "include"),
+    ({"input": USER, "reasoning": {"effort": 5}}, "reasoning"),
     ({"input": USER, "top_logprobs": 2}, "top_logprobs"),
     ({"input": USER, "text": {"format": {"type": "grammar"}}}, "text"),
-    ({"input": USER, "text": {"verbosity": "low"}}, "text"),
+    ({"input": USER, "text": {"stop": "x"}}, "text"),
     ({"input": USER, "temperature": 2.5}, "temperature"),
     ({"input": USER, "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": USER, "max_output_tokens": 10_000}, "max_output_tokens"),

@@ -37,16 +37,37 @@ def test_a_sequence_that_does_not_speculate_costs_the_draft_nothing(make_engine,
 
 
 def test_the_draft_takes_a_share_of_the_kv_budget_not_the_pool(tiny_ckpt):
-    """The target keeps all but DRAFT_KV_SHARE of the budget: its blocks are not halved by a
-    draft of its own size."""
+    """Speculating at any batch size, the target keeps all but DRAFT_KV_SHARE of the budget:
+    its blocks are not halved by a draft of its own size."""
     from nanovllm.engine_setup import DRAFT_KV_SHARE
     budget = dict(kv_cache_memory_bytes=8 << 20)
     off = LLMEngine(EngineConfig(str(tiny_ckpt), **budget))
-    on = LLMEngine(EngineConfig(str(tiny_ckpt), speculative_config=draft_config(tiny_ckpt),
-                                **budget))
+    on = LLMEngine(EngineConfig(str(tiny_ckpt), speculative_config=draft_config(
+        tiny_ckpt, disable_by_batch_size=None), **budget))
     assert on.num_kv_blocks == int(off.num_kv_blocks * (1 - DRAFT_KV_SHARE))
     assert on.runner.speculator.draft.kv_cache.num_blocks == int(
         off.num_kv_blocks * DRAFT_KV_SHARE)
+
+
+def test_a_draft_that_speculates_below_a_batch_size_keeps_only_that_many_sequences(tiny_ckpt):
+    """With disable_by_batch_size d, at most d - 1 sequences speculate: the draft's cache holds
+    that many full contexts (when below DRAFT_KV_SHARE), the target keeps the rest. So a batch
+    that fits the whole budget without speculation fits it with speculation configured: no
+    preemption, the same output."""
+    block, tokens = 16, 64  # 32 prompt + 32 new: 4 blocks a sequence, 256 for 64 of them
+    off_only = LLMEngine(EngineConfig(str(tiny_ckpt), num_kv_blocks=1, block_size=block))
+    per_block = off_only.runner.kv_cache.nbytes
+    budget = dict(kv_cache_memory_bytes=280 * per_block, block_size=block)
+    off = LLMEngine(EngineConfig(str(tiny_ckpt), **budget))
+    on = LLMEngine(EngineConfig(str(tiny_ckpt), speculative_config=draft_config(
+        tiny_ckpt, disable_by_batch_size=2), **budget))
+    one_context = -(-(on.max_model_len + 3) // block)  # k = 3 lookahead slots past it
+    assert on.runner.speculator.draft.kv_cache.num_blocks == one_context
+    assert on.num_kv_blocks == off.num_kv_blocks - one_context >= 64 * tokens // block
+    params = SamplingParams(temperature=0, max_tokens=tokens // 2, ignore_eos=True)
+    requests = {str(i): (list(range(i, i + tokens // 2)), params) for i in range(64)}
+    assert _run(on, requests) == _run(off, requests)
+    assert on.get_stats().num_preemptions_total == 0 and on.spec_stats.num_drafts == 0
 
 
 def test_the_draft_catches_up_in_chunks_once_a_sequence_speculates(make_engine, tiny_ckpt):

@@ -8,8 +8,34 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from nanovllm.server.field_policy import FieldPolicy
 from nanovllm.server.protocol import MAX_MESSAGES, FrontEndRequest, StopStr
 from nanovllm.values.limits import MAX_STOP_STRINGS
+
+# Anthropic's fields that the models below do not declare (server/field_policy.py).
+FIELDS = FieldPolicy(
+    "/v1/messages",
+    refused={
+        "container": "a container for Anthropic's code execution tool; this server runs no "
+                     "tools itself",
+        "mcp_servers": "MCP servers for Anthropic's API to call; this server calls none (a "
+                       "client's own tools are `tools`)",
+    },
+    ignored={
+        "service_tier": "this server has one tier",
+        "speed": "this server has one speed",
+        "inference_geo": "this server runs where it runs",
+        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
+        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
+        "user_profile_id": "an account id, for the operator's own tracking",
+        "workspace_id": "an account id, for the operator's own tracking",
+        "context_management": "what to clear of earlier turns (thinking, old tool results) as "
+                              "the context fills: here the prompt is every turn as the chat "
+                              "template renders it, earlier thinking never shown again",
+    },
+    unknown_ignored=True,
+    refusal="{field}: {reason}.",  # Anthropic's own wording: the field, then what is wrong
+)
 
 
 class AnthropicRequestFields(FrontEndRequest):
@@ -20,24 +46,18 @@ class AnthropicRequestFields(FrontEndRequest):
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    thinking: dict[str, Any] | None = None  # only {"type": "disabled"}
+    # {"type": "enabled", "budget_tokens": N}, {"type": "adaptive"} or {"type": "disabled"}
+    thinking: dict[str, Any] | None = None
+
+    FIELDS: ClassVar[FieldPolicy] = FIELDS
 
 
 class MessagesRequest(AnthropicRequestFields):
     """POST /v1/messages body (Anthropic's Messages API)."""
 
-    IGNORED: ClassVar[dict[str, str]] = {
-        "service_tier": "this server has one tier",
-        "speed": "this server has one speed",
-        "inference_geo": "this server runs where it runs",
-        "cache_control": "the prefix cache reuses every prompt's blocks without being asked",
-        "diagnostics": "asks for prompt-cache diagnostics, of which this server has none",
-        "user_profile_id": "an account id, for the operator's own tracking",
-        "workspace_id": "an account id, for the operator's own tracking",
-    }
-
     max_tokens: int = Field(..., ge=1)
-    output_config: dict[str, Any] | None = None  # {"format": {"type": "json_schema", ...}}
+    # {"format": {"type": "json_schema", ...}, "effort": "low" | "medium" | "high" | ...}
+    output_config: dict[str, Any] | None = None
     stop_sequences: Annotated[list[StopStr], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool | None = False
     temperature: float | None = Field(None, ge=0.0, le=1.0)

@@ -48,7 +48,11 @@ def content_blocks(answer: ChatAnswer) -> list[dict]:
 
 
 def usage_json(usage: Usage) -> dict:
-    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}
+    """Anthropic's counts: `input_tokens` are the prompt's tokens the prefix cache did not
+    hold, `cache_read_input_tokens` those it did (Claude Code prices and shows them so)."""
+    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": usage.cached_tokens,
+            "output_tokens": usage.completion_tokens}
 
 
 def message_object(model: str, result: ChatResult) -> dict:

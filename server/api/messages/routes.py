@@ -26,19 +26,22 @@ from nanovllm.server.api.messages.protocol import (
     MessagesRequest,
 )
 from nanovllm.server.api.messages.render import message_events, message_object
+from nanovllm.server.api.messages.thinking import effort_kwargs, thinking_fields
 from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.front_end import chat_request, prompt_tokens, renaming
 from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
-from nanovllm.server.errors import bad_request
+from nanovllm.server.errors import APIError, bad_request
 from nanovllm.server.protocol import STREAM_RESPONSE
 from nanovllm.server.serving import Ctx, streamed
-from nanovllm.values.errors import quote
+from nanovllm.values.errors import ContextLengthError, quote
 
 # The chat request's fields, as this API calls them (for the errors the chat path raises).
 CHAT_NAMES = {"max_completion_tokens": "max_tokens", "stop": "stop_sequences",
-              "response_format": "output_config"}
+              "response_format": "output_config", "thinking_token_budget": "thinking"}
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # and "tool": named
 SKIPPED_BLOCKS = ("thinking", "redacted_thinking")  # earlier reasoning is not shown again
+OUTPUT_CONFIG = ("format", "effort")
+BILLING_LINE = "x-anthropic-billing-header:"  # Claude Code's, one per conversation
 
 
 router = APIRouter()
@@ -47,10 +50,13 @@ router = APIRouter()
 @router.post("/v1/messages", responses={**ANTHROPIC_ERROR_RESPONSES, **STREAM_RESPONSE})
 async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Response:
     """Anthropic's Messages API over the chat path (see the module's docstring)."""
-    body.refuse_unknown_fields()
+    body.check_fields(ctx.ignored_fields)
     req = chat_request(chat_fields(body), CHAT_NAMES)
-    with renaming(CHAT_NAMES):
-        run = await start_chat(req, ctx)
+    try:
+        with renaming(CHAT_NAMES):
+            run = await start_chat(req, ctx)
+    except APIError as exc:
+        raise in_anthropics_words(exc) from exc
     if body.stream:
         return streamed(run.stream, message_events(ctx.model_name, chat_stream(run)))
     with renaming(CHAT_NAMES):
@@ -64,29 +70,51 @@ async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Respo
              responses=ANTHROPIC_ERROR_RESPONSES)
 async def count_tokens(body: CountTokensRequest, ctx: Ctx) -> dict:
     """The prompt's tokens, exactly as /v1/messages would run it."""
-    body.refuse_unknown_fields()
+    body.check_fields(ctx.ignored_fields)
     req = chat_request(prompt_fields(body), CHAT_NAMES)
-    return {"input_tokens": await prompt_tokens(req, ctx, CHAT_NAMES)}
+    try:
+        return {"input_tokens": await prompt_tokens(req, ctx, CHAT_NAMES)}
+    except APIError as exc:
+        raise in_anthropics_words(exc) from exc
+
+
+def in_anthropics_words(exc: APIError) -> APIError:
+    """A request too long for the context, said as Anthropic says it (Claude Code reads the
+    numbers: to ask again with a smaller max_tokens, or to compact the conversation); any other
+    refusal as it is."""
+    cause = exc
+    while cause is not None and not isinstance(cause, ContextLengthError):
+        cause = cause.__cause__
+    if cause is None or cause.prompt_tokens is None and cause.prompt_chars is None:
+        return exc
+    n, limit, most = cause.prompt_tokens, cause.limit, cause.max_tokens
+    if n is not None and n < limit and most is not None:
+        return APIError(f"input length and `max_tokens` exceed context limit: {n} + {most} > "
+                        f"{limit}, decrease input length or `max_tokens` and try again", 400,
+                        "max_tokens")
+    return APIError(f"prompt is too long: {n if n is not None else limit} tokens > "
+                    f"{limit - 1} maximum", 400, "messages")
 
 
 # The request, as a chat request.
 
 
-def prompt_fields(body: AnthropicRequestFields) -> dict:
-    """What makes the prompt: the system prompt, messages and tools."""
-    if body.thinking and body.thinking.get("type") != "disabled":
-        raise bad_request("`thinking` is not supported: whether the model reasons is its chat "
-                          "template's and the server's --reasoning-parser.", "thinking")
+def prompt_fields(body: AnthropicRequestFields, max_tokens: int | None = None,
+                  effort: dict | None = None) -> dict:
+    """What makes the prompt: the system prompt, messages, tools and the template's switches
+    (`effort`: its output_config.effort variable)."""
     tool_choice = body.tool_choice or {}
+    thinking = thinking_fields(body.thinking, max_tokens)
+    kwargs = {**thinking.pop("chat_template_kwargs", {}), **(effort or {})}
     return {"model": body.model, "messages": chat_messages(body.system, body.messages),
             "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
             "parallel_tool_calls": False if tool_choice.get("disable_parallel_tool_use") else None,
-            # Thinking off, as the templates of models that think (Qwen3's) are told it.
-            "chat_template_kwargs": {"enable_thinking": False} if body.thinking else None}
+            "chat_template_kwargs": kwargs or None, **thinking}
 
 
 def chat_fields(body: MessagesRequest) -> dict:
-    return {**prompt_fields(body), "max_completion_tokens": body.max_tokens,
+    return {**prompt_fields(body, body.max_tokens, effort_kwargs(body.output_config)),
+            "max_completion_tokens": body.max_tokens,
             "response_format": response_format(body.output_config),
             "stop": body.stop_sequences, "temperature": body.temperature, "top_p": body.top_p,
             "top_k": body.top_k, "user": (body.metadata or {}).get("user_id"),
@@ -97,8 +125,9 @@ def response_format(config: dict | None) -> dict | None:
     """output_config.format (a JSON schema) as the chat API's response_format: a structured
     output."""
     config = config or {}
-    if unknown := sorted(k for k, v in config.items() if k != "format" and v is not None):
-        raise bad_request(f"output_config.{unknown[0]} is not supported by this server.",
+    if unknown := sorted(k for k, v in config.items() if k not in OUTPUT_CONFIG
+                         and v is not None):
+        raise bad_request(f"output_config.{unknown[0]}: Extra inputs are not permitted.",
                           "output_config")
     fmt = config.get("format")
     if fmt is None:
@@ -109,14 +138,21 @@ def response_format(config: dict | None) -> dict | None:
 
 
 def chat_messages(system, messages: list[dict]) -> list[dict]:
+    """`system` first, then each message in place: a system message inside `messages` (Claude
+    Code sends its agent list so) stays where it is, so the prompt before it is unchanged and
+    the prefix cache still holds it."""
+    system = without_billing_line(system)
     out = [{"role": "system", "content": text_blocks(system, "system")}] if system else []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         role = msg.get("role") if isinstance(msg, dict) else None
-        if role not in ("user", "assistant"):
-            raise bad_request(f"{where}.role must be user or assistant.", "messages")
+        if role not in ("user", "assistant", "system"):
+            raise bad_request(f"{where}.role: Input should be 'user', 'assistant' or "
+                              "'system'.", "messages")
         content = msg.get("content")
-        if isinstance(content, str):
+        if role == "system":
+            out.append({"role": "system", "content": text_blocks(content, f"{where}.content")})
+        elif isinstance(content, str):
             out.append({"role": role, "content": content})
         elif not isinstance(content, list):
             raise bad_request(f"{where}.content must be a string or a list of content blocks.",
@@ -126,6 +162,17 @@ def chat_messages(system, messages: list[dict]) -> list[dict]:
         else:
             out.append(assistant_message(content, f"{where}.content"))
     return out
+
+
+def without_billing_line(system):
+    """`system` without Claude Code's billing line, which differs between conversations: at
+    the front of the prompt it would leave nothing for the prefix cache to share."""
+    if isinstance(system, list):
+        return [b for b in system if not (isinstance(b, dict) and isinstance(b.get("text"), str)
+                                          and b["text"].startswith(BILLING_LINE))]
+    if isinstance(system, str) and system.startswith(BILLING_LINE):
+        return system.partition("\n")[2]
+    return system
 
 
 def user_messages(blocks: list, where: str) -> list[dict]:

@@ -7,8 +7,29 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from nanovllm.server.field_policy import FieldPolicy
 from nanovllm.server.protocol import MAX_MESSAGES, FrontEndRequest
 from nanovllm.values.limits import MAX_LOGPROBS
+
+# OpenAI's Responses fields that ResponsesRequest does not declare (server/field_policy.py).
+FIELDS = FieldPolicy(
+    "/v1/responses",
+    refused={
+        "conversation": "OpenAI's stored conversations; this server keeps responses "
+                        "(`previous_response_id`), not conversations",
+        "prompt": "OpenAI's stored prompt templates; none are stored here",
+    },
+    ignored={
+        "service_tier": "this server has one tier",
+        "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
+        "prompt_cache_retention": "the prefix cache keeps what fits, however long",
+        "safety_identifier": "an end-user id, like `user`",
+        "stream_options": "`include_obfuscation` pads events against length side channels; "
+                          "this server adds no padding, and the text is the same",
+        "client_metadata": "a client's own ids and tags (Codex's thread and turn)",
+    },
+    unknown_ignored=True,
+)
 
 MAX_RESPONSE_ID_CHARS = 128
 MetadataKey = Annotated[str, Field(max_length=64)]
@@ -16,14 +37,7 @@ MetadataKey = Annotated[str, Field(max_length=64)]
 class ResponsesRequest(FrontEndRequest):
     """POST /v1/responses body (OpenAI's Responses API)."""
 
-    IGNORED: ClassVar[dict[str, str]] = {
-        "service_tier": "this server has one tier",
-        "prompt_cache_key": "OpenAI's cache-routing hint; the prefix cache needs none",
-        "prompt_cache_retention": "the prefix cache keeps what fits, however long",
-        "safety_identifier": "an end-user id, like `user`",
-        "stream_options": "`include_obfuscation` pads events against length side channels; "
-                          "this server adds no padding, and the text is the same",
-    }
+    FIELDS: ClassVar[FieldPolicy] = FIELDS
 
     model: str | None = None
     input: str | Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from nanovllm.server.api.responses.protocol import ResponsesRequest
+from nanovllm.server.api.responses.tools import namespaced, reasoning_extras
 from nanovllm.server.chat.front_end import delta_events
 from nanovllm.server.chat.result import ChatAnswer, ChatResult, ChatStream
 from nanovllm.server.errors import APIError
@@ -36,18 +37,22 @@ def output_text(text: str) -> dict:
 
 
 def function_call_item(id_: str, call_id: str, name: str, arguments: str,
-                       status: str = "completed") -> dict:
-    return {"id": id_, "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": arguments, "status": status}
+                       status: str = "completed", names: dict | None = None) -> dict:
+    """`names`: a namespace member's flattened name -> its `name` and `namespace`."""
+    return {"id": id_, "type": "function_call", "call_id": call_id,
+            **(names or {}).get(name, {"name": name}), "arguments": arguments,
+            "status": status}
 
 
-def output_items(answer: ChatAnswer) -> list[dict]:
+def output_items(answer: ChatAnswer, body: ResponsesRequest) -> list[dict]:
     """Reasoning, then the message (always, unless the answer is only tool calls), then calls."""
     reasoning, text = answer.reasoning_content or "", answer.content or ""
-    items = [reasoning_item(item_id("rs"), reasoning)] if reasoning else []
+    finish = reasoning_extras(body.reasoning, body.include)
+    items = [finish(reasoning_item(item_id("rs"), reasoning))] if reasoning else []
     if text or not answer.tool_calls:
         items.append(message_item(item_id("msg"), text))
-    items += [function_call_item(item_id("fc"), c.id, c.name, c.arguments)
+    names = namespaced(body.tools)
+    items += [function_call_item(item_id("fc"), c.id, c.name, c.arguments, names=names)
               for c in answer.tool_calls]
     if answer.finish_reason == "length" and items:
         items[-1]["status"] = "incomplete"
@@ -70,7 +75,9 @@ def response_object(body: ResponsesRequest, ctx: ServerContext, result: ChatResu
         "model": ctx.model_name, "output": output, "output_text": text,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
-        "reasoning": {"effort": None, "summary": None}, "store": body.store is not False,
+        "reasoning": {"effort": (body.reasoning or {}).get("effort"),
+                      "summary": (body.reasoning or {}).get("summary")},
+        "store": body.store is not False,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": {"format": (body.text or {}).get("format") or {"type": "text"}},
         "tool_choice": body.tool_choice or "auto", "tools": body.tools or [],
@@ -94,8 +101,10 @@ class StreamedOutput:
     item open at a time (a reasoning, a message or a function call); a new kind of piece closes
     it and opens the next."""
 
-    def __init__(self, event) -> None:
+    def __init__(self, event, body: ResponsesRequest) -> None:
         self._event = event  # (type, **fields) -> one server-sent event, numbered
+        self._names = namespaced(body.tools)
+        self._finish_reasoning = reasoning_extras(body.reasoning, body.include)
         self.items: list[dict] = []
         self._open: dict | None = None
         self._calls: dict[int, dict] = {}  # chat's tool call index -> its item
@@ -124,7 +133,8 @@ class StreamedOutput:
     def call(self, index: int, call_id: str, name: str) -> list[str]:
         events = self.close()
         self._calls[index] = self._begin(
-            function_call_item(item_id("fc"), call_id, name, "", "in_progress"), events)
+            function_call_item(item_id("fc"), call_id, name, "", "in_progress", self._names),
+            events)
         return events
 
     def arguments(self, index: int, delta: str) -> list[str]:
@@ -141,6 +151,8 @@ class StreamedOutput:
         item["status"] = status
         index = self.items.index(item)
         events = []
+        if item["type"] == "reasoning":
+            self._finish_reasoning(item)
         if item["type"] == "function_call":
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
                                       output_index=index, name=item["name"],
@@ -179,7 +191,7 @@ async def response_events(body: ResponsesRequest, ctx: ServerContext, context: l
         return named_event(kind, {"type": kind, "sequence_number": next(numbers), **fields})
 
     answer = ChatAnswer(None)
-    output = StreamedOutput(event)
+    output = StreamedOutput(event, body)
 
     def response(status: str | None = None) -> dict:
         result = ChatResult(stream.id, stream.created, [answer], stream.usage)

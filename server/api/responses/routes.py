@@ -21,10 +21,17 @@ from fastapi.responses import JSONResponse, Response
 from nanovllm.server.api.responses.protocol import ResponsesRequest
 from nanovllm.server.api.responses.render import output_items, response_events, response_object
 from nanovllm.server.api.responses.store import ResponseStore, StoredResponse
+from nanovllm.server.api.responses.tools import (
+    chat_tools,
+    check_include,
+    flat_name,
+    reasoning_kwargs,
+)
 from nanovllm.server.api.spec import APISpec
 from nanovllm.server.chat.front_end import chat_request, renaming
 from nanovllm.server.chat.run import chat_result, chat_stream, start_chat
 from nanovllm.server.errors import APIError, bad_request
+from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.protocol import ERROR_RESPONSES, STREAM_RESPONSE
 from nanovllm.server.serving import Ctx, ServerContext, streamed
 from nanovllm.values.errors import quote
@@ -36,6 +43,8 @@ CHAT_NAMES = {"messages": "input", "max_completion_tokens": "max_output_tokens",
 ROLES = {"user": "user", "assistant": "assistant", "system": "system",
          "developer": "system"}  # chat templates know system, not OpenAI's newer developer
 TEXT_PARTS = {"input_text": "text", "output_text": "text", "refusal": "refusal"}
+# text.verbosity: a hint at the answer's length, for models trained on it (Codex sends it).
+TEXT_FIELDS = ("format", "verbosity")
 
 
 router = APIRouter()
@@ -70,11 +79,11 @@ def stored(store: ResponseStore, response_id: str, param: str) -> StoredResponse
 
 
 async def respond(body: ResponsesRequest, raw: Request, ctx: ServerContext) -> Response:
-    body.refuse_unknown_fields()
+    body.check_fields(ctx.ignored_fields)
     check_supported(body)
     created = int(time.time())
     context = conversation(body, ctx.response_store)
-    req = chat_request(chat_fields(body, context), CHAT_NAMES)
+    req = chat_request(chat_fields(body, context, ctx.ignored_fields), CHAT_NAMES)
     with renaming(CHAT_NAMES):
         run = await start_chat(req, ctx)
     if body.stream:
@@ -84,7 +93,7 @@ async def respond(body: ResponsesRequest, raw: Request, ctx: ServerContext) -> R
         result = await chat_result(raw, run)
     if result is None:  # the client left
         return JSONResponse({}, status_code=499)
-    obj = response_object(body, ctx, result, created, output_items(result.choices[0]))
+    obj = response_object(body, ctx, result, created, output_items(result.choices[0], body))
     if body.store:
         ctx.response_store.put(obj, context)
     return JSONResponse(obj)
@@ -100,20 +109,14 @@ def check_supported(body: ResponsesRequest) -> None:
     if body.background:
         raise bad_request("`background` responses are not supported by this server.",
                           "background")
-    if body.include:
-        raise bad_request(f"`include` {quote(body.include, 100)} is not supported: this server "
-                          "has no extra output to include.", "include")
-    if body.reasoning and any(v is not None for v in body.reasoning.values()):
-        raise bad_request("`reasoning` options are not supported: whether the model reasons is "
-                          "its chat template's and the server's --reasoning-parser.",
-                          "reasoning")
+    check_include(body.include)
     if body.top_logprobs:
         raise bad_request("`top_logprobs` is not supported on /v1/responses (use "
                           "/v1/chat/completions).", "top_logprobs")
     if body.max_tool_calls is not None:
         raise bad_request("`max_tool_calls` is not supported by this server.", "max_tool_calls")
     text = body.text or {}
-    if unknown := sorted(k for k, v in text.items() if k != "format" and v is not None):
+    if unknown := sorted(k for k, v in text.items() if k not in TEXT_FIELDS and v is not None):
         raise bad_request(f"text.{unknown[0]} is not supported by this server.", "text")
 
 
@@ -131,11 +134,13 @@ def conversation(body: ResponsesRequest, store: ResponseStore) -> list[dict]:
 # The request, as a chat request.
 
 
-def chat_fields(body: ResponsesRequest, items: list[dict]) -> dict:
+def chat_fields(body: ResponsesRequest, items: list[dict], log: IgnoredFields) -> dict:
     return {"model": body.model, "messages": chat_messages(body.instructions, items),
+            "chat_template_kwargs": reasoning_kwargs(body.reasoning) or None,
             "max_completion_tokens": body.max_output_tokens, "temperature": body.temperature,
             "top_p": body.top_p, "user": body.user, "stream": body.stream,
-            "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
+            "tools": chat_tools(body.tools, log),
+            "tool_choice": chat_tool_choice(body.tool_choice),
             "parallel_tool_calls": body.parallel_tool_calls,
             "response_format": None if calls_only(body.tool_choice)
             else response_format((body.text or {}).get("format"))}
@@ -161,8 +166,11 @@ def chat_messages(instructions: str | None, items: list[dict]) -> list[dict]:
         if kind == "message":
             messages.append(chat_message(item, where))
         elif kind == "function_call":
+            name = _text(item, "name", where)
+            if isinstance(item.get("namespace"), str):  # as the model wrote it: flattened
+                name = flat_name(item["namespace"], name)
             call = {"id": _text(item, "call_id", where), "type": "function",
-                    "function": {"name": _text(item, "name", where),
+                    "function": {"name": name,
                                  "arguments": _text(item, "arguments", where)}}
             if previous in ("function_call", "assistant"):
                 messages[-1].setdefault("tool_calls", []).append(call)
@@ -212,21 +220,6 @@ def _text(item: dict, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise bad_request(f"{where}.{key} must be a string.", "input")
     return value
-
-
-def chat_tools(tools: list[dict] | None) -> list[dict] | None:
-    """Function tools in the chat API's shape; OpenAI's hosted tools are not served here."""
-    if not tools:
-        return None
-    out = []
-    for i, tool in enumerate(tools):
-        if tool.get("type") != "function":
-            raise bad_request(f"tools[{i}].type {quote(tool.get('type'), 50)} is not supported: "
-                              "this server runs function tools only.", "tools")
-        function = {k: tool[k] for k in ("name", "description", "parameters", "strict")
-                    if tool.get(k) is not None}
-        out.append({"type": "function", "function": function})
-    return out
 
 
 def chat_tool_choice(choice):

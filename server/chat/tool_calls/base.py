@@ -17,6 +17,10 @@ class ToolParser:
     name: ClassVar[str]
     # The family's call tag is a special token, which decoding would drop: keep them in the text.
     keeps_special_tokens: ClassVar[bool] = False
+    # (start, end) of a call whose JSON, {"name": ..., "arguments": {...}}, sits alone between
+    # them on its own line: under tool_choice "auto" the call is then held to the tools'
+    # schemas from the start tag on (server/chat/grammar.py). None: calls are only read.
+    call_tags: ClassVar[tuple[str, str] | None] = None
 
     def parse(self, text: str, final: bool) -> Parsed:
         raise NotImplementedError

@@ -30,12 +30,17 @@ def choice_schema(choice: ToolChoice, tools: list[dict], parallel: bool) -> dict
         return tool_schema(tools, choice.name)
     if choice.mode != "required":
         return None
+    return {"type": "array", "minItems": 1, **({} if parallel else {"maxItems": 1}),
+            "items": call_schema(tools)}
+
+
+def call_schema(tools: list[dict]) -> dict:
+    """One call, `{"name": ..., "arguments": {...}}`, to any of `tools`."""
     calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
               "properties": {"name": {"const": t["function"]["name"]},
                              "arguments": tool_schema(tools, t["function"]["name"])}}
              for t in tools]
-    return {"type": "array", "minItems": 1, **({} if parallel else {"maxItems": 1}),
-            "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 class NamedCallReader(ToolParser):

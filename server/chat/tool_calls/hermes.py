@@ -19,6 +19,7 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 class HermesParser(ToolParser):
     name = "hermes"
+    call_tags = (OPEN, CLOSE)
 
     def parse(self, text: str, final: bool) -> Parsed:
         out, pos = Parsed(), 0

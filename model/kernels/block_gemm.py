@@ -1,0 +1,358 @@
+"""A linear layer on block-quantized weights (`model/weights/block_quant.BlockWeight`), as stored:
+`block_linear(x, w)`.
+
+Each row of x is quantized to int8 per super-block of the weights' layout (32 inputs for the
+32-weight types, 256 for K-quants, as llama.cpp's Q8_0 and Q8_K activations): a float32 scale
+per super-block, and the int32 sum of the codes of each sub-block, which stands in for the
+weights' offsets and mins (`model/kernels/block_dot.py`). Then integer products of codes,
+scaled once per sub-block and per super-block, in float32 accumulators.
+
+Kernels, one per instruction set (`model/kernels/block_dot.py`), chosen by the CPU
+(`cpu.KernelPath.block`): "avx512vnni", "avxvnni", "avx2", and "portable", plain numba loops
+that run wherever numba runs (and, as plain Python, under NUMBA_DISABLE_JIT=1). They compute
+the same integer sums; only the float32 additions' order differs. The plain reference is
+`gpt2_reference.linear` on the dequantized activations and weights
+(tests/model/test_block_gemm.py). The same kernels take every row count: a prefill's rows pass
+over each panel of weights while it is in cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from numba import config, literally, njit, prange, types
+from numba.extending import overload
+
+from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.shared import as_bias, finish, float16_bits_to_float32
+from nanovllm.model.weights.block_quant import (
+    BLOCK_TYPES,
+    GROUP,
+    LAYOUTS,
+    PANEL,
+    BlockWeight,
+    Layout,
+    from_gguf,
+    header_bytes,
+)
+
+logger = logging.getLogger("nanovllm")
+
+PORTABLE = "portable"
+KERNELS = (*ISAS, PORTABLE)
+INT8_MAX = 127
+
+
+@dataclass(slots=True)
+class BlockRows:
+    """Activations quantized per super-block of a layout: row t's inputs of super-block s
+    stand for q[t, s*span:(s+1)*span] * scale[t, s]; sums[t, j] is the sum of sub-block j's
+    codes."""
+    q: np.ndarray      # int8 [M, K]
+    scale: np.ndarray  # float32 [M, K / span]
+    sums: np.ndarray   # int32 [M, K / sub]
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 rows these stand for."""
+        m, k = self.q.shape
+        span = k // self.scale.shape[1]
+        q = self.q.reshape(m, -1, span).astype(np.float32)
+        return (q * self.scale[:, :, None]).reshape(m, k)
+
+
+def quantize_blocks(x: np.ndarray, layout: Layout) -> BlockRows:
+    """x [M, K] float32 quantized per super-block of `layout` (on all threads when there is
+    enough of it, `kernels.on_threads`)."""
+    m, k = x.shape
+    rows = BlockRows(np.empty((m, k), np.int8), np.empty((m, k // layout.span), np.float32),
+                     np.empty((m, k // layout.sub), np.int32))
+    x = np.ascontiguousarray(x, np.float32)
+    if on_threads(x.size):
+        quantize_rows_parallel(x, layout.span, layout.sub, rows.q, rows.scale, rows.sums)
+    else:
+        quantize_rows(x, layout.span, layout.sub, rows.q, rows.scale, rows.sums)
+    return rows
+
+
+@njit(cache=True, nogil=True)
+def quantize_rows(x, span, sub, q, scale, sums):
+    """Each span of each row: scale = max|x| / 127, q = round(x / scale) (ties to even), and
+    each sub-block's sum of q."""
+    for t in range(x.shape[0]):
+        quantize_row(x[t], span, sub, q[t], scale[t], sums[t])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def quantize_rows_parallel(x, span, sub, q, scale, sums):
+    for t in prange(x.shape[0]):
+        quantize_row(x[t], span, sub, q[t], scale[t], sums[t])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def quantize_row(row, span, sub, q, scale, sums):
+    top = np.float32(INT8_MAX)
+    for s in range(row.shape[0] // span):
+        part = row[s * span:(s + 1) * span]
+        peak = np.float32(0.0)
+        for v in part:
+            peak = max(peak, abs(v))
+        d = np.float32(peak / top)
+        inverse = np.float32(np.float32(1.0) / d) if d > 0 else np.float32(0.0)
+        scale[s] = d
+        for k in range(span):
+            v = np.rint(np.float32(part[k] * inverse))
+            q[s * span + k] = np.int8(min(max(v, -top), top))
+    for j in range(row.shape[0] // sub):
+        total = np.int32(0)
+        for k in range(j * sub, (j + 1) * sub):
+            total += np.int32(q[k])
+        sums[j] = total
+
+
+def block_linear(x: np.ndarray, w: BlockWeight, kernel: str, bias: np.ndarray | None = None,
+                 residual: np.ndarray | None = None) -> np.ndarray:
+    """x [M, K] float32 (quantized here per super-block) times w [N, K], plus bias [N] -> [M, N]
+    float32, on `kernel`. With `residual` ([M, N] float32, C-contiguous) the result is added
+    into it in place and it is returned."""
+    rows = quantize_blocks(x, w.layout)
+    out = np.empty((x.shape[0], w.shape[0]), np.float32) if residual is None else residual
+    block_matmul(rows, w, out, kernel, bias, accumulate=residual is not None)
+    return out
+
+
+def block_matmul(x: BlockRows, w: BlockWeight, out: np.ndarray, kernel: str,
+                 bias: np.ndarray | None = None, accumulate: bool = False) -> None:
+    """out = x @ w.T + bias (added into out with `accumulate`). out C-contiguous."""
+    if config.DISABLE_JIT:
+        kernel = PORTABLE
+    if kernel == PORTABLE:
+        layout = w.layout
+        matmul_portable(x.q, x.scale, x.sums, w.packed, KIND_CODES[layout.kind], layout.bits,
+                        layout.sub, layout.span, layout.offset, header_bytes(layout),
+                        as_bias(bias), accumulate, out)
+        return
+    MATMULS[kernel][w.type_name](x.q, x.scale, x.sums, w.packed, as_bias(bias), accumulate,
+                                 out)
+
+
+# --------------------------------------------------------------------------- by instruction set
+
+
+def panel_tile(isa, type_name):
+    return tile(isa, type_name)
+
+
+@overload(panel_tile)
+def _panel_tile(isa, type_name):
+    if not (isinstance(isa, types.Literal) and isinstance(type_name, types.Literal)):
+        return None
+    shape = tile(isa.literal_value, type_name.literal_value)
+    return lambda isa, type_name: shape
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
+    """out[:, :] through `block_panel` (compiled once per ISA and type: both are constants),
+    the panels in chunks the threads claim as they go (`kernels.claim`)."""
+    literally(isa)
+    literally(type_name)
+    _, blocks, one_row_blocks = panel_tile(isa, type_name)
+    per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
+    step, chunks = split_chunks(packed.shape[0], per_panel)
+    taken = np.zeros(1, np.intp)
+    for _ in prange(chunks):
+        chunk = claim(taken)
+        while chunk < chunks:
+            panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out,
+                          chunk * step, min(packed.shape[0], (chunk + 1) * step))
+            chunk = claim(taken)
+
+
+@njit(cache=True, nogil=True)
+def panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out, start, end):
+    """Panels start:end: groups of the tile's blocks against every row, then one at a time."""
+    rows, blocks, one_row_blocks = panel_tile(isa, type_name)
+    acc = np.empty(rows * max(blocks, one_row_blocks) * PANEL, np.float32)
+    b = start
+    if xq.shape[0] == 1:
+        while b + one_row_blocks <= end:
+            panel(isa, type_name, 1, one_row_blocks, xq, xs, xsums, packed, bias, accumulate,
+                  out, 0, b, acc)
+            b += one_row_blocks
+    else:
+        while b + blocks <= end:
+            panel_rows(isa, type_name, blocks, xq, xs, xsums, packed, bias, accumulate, out, b,
+                       acc)
+            b += blocks
+    for left in range(b, end):
+        panel_rows(isa, type_name, 1, xq, xs, xsums, packed, bias, accumulate, out, left, acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, b, acc):
+    rows, _, _ = panel_tile(isa, type_name)
+    t = 0
+    while t + rows <= xq.shape[0]:
+        panel(isa, type_name, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
+              b, acc)
+        t += rows
+    for i in range(t, xq.shape[0]):
+        panel(isa, type_name, 1, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, i, b,
+              acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def panel(isa, type_name, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
+          b, acc):
+    """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc."""
+    supers, per_panel = packed.shape[1], packed.shape[1] * packed.shape[2]
+    width = n_blocks * PANEL
+    block_panel(isa, type_name, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1],
+                xq.shape[1], xs.ctypes.data + 4 * t * xs.shape[1], 4 * xs.shape[1],
+                xsums.ctypes.data + 4 * t * xsums.shape[1], 4 * xsums.shape[1],
+                packed.ctypes.data + b * per_panel, per_panel, supers, acc.ctypes.data,
+                4 * width)
+    first = b * PANEL
+    for i in range(n_rows):
+        for j in range(min(width, out.shape[1] - first)):
+            finish(out, t + i, first + j, acc[i * width + j], bias, accumulate)
+
+
+def entry_point(isa: str, type_name: str):
+    """A compiled function running `matmul_isa` for one ISA and type, both constants (so that
+    each is compiled once, and called without numba re-typing strings on every call)."""
+    @njit(cache=True, nogil=True)
+    def matmul(xq, xs, xsums, packed, bias, accumulate, out):
+        matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out)
+    return matmul
+
+
+MATMULS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
+
+
+# --------------------------------------------------------------------------- portable
+
+KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header, bias,
+                    accumulate, out):
+    """`block_matmul` in plain loops on the packed panels: each panel's super-block's codes
+    unpacked once, then every row's integer sums per sub-block and output, finished as
+    `block_dot` does."""
+    n_panels, supers = packed.shape[0], packed.shape[1]
+    subs = span // sub
+    halves = 1 if kind == 0 or kind == 3 else 2
+    for p in prange(n_panels):
+        u = np.empty((PANEL, span), np.int32)
+        acc = np.zeros((xq.shape[0], PANEL), np.float32)
+        for s in range(supers):
+            block = packed[p, s]
+            unpack_codes(block[header:], bits, span, u)
+            halves_bits = block[:2 * PANEL * halves].copy().view(np.uint16)
+            small = block[2 * PANEL * halves:header]
+            for t in range(xq.shape[0]):
+                dx = xs[t, s]
+                for j in range(PANEL):
+                    acc[t, j] += dx * super_block_dot(xq[t, s * span:(s + 1) * span],
+                                                      xsums[t, s * subs:(s + 1) * subs], u[j],
+                                                      kind, sub, offset,
+                                                      float16_bits_to_float32(halves_bits[j]),
+                                                      second_half(halves_bits, j, halves),
+                                                      small, j, subs)
+        for t in range(xq.shape[0]):
+            for j in range(min(PANEL, out.shape[1] - p * PANEL)):
+                finish(out, t, p * PANEL + j, acc[t, j], bias, accumulate)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def second_half(bits, j, halves):
+    """Output j's second float16 field (m or dmin), 0.0 where the layout has none."""
+    return float16_bits_to_float32(bits[PANEL + j]) if halves == 2 else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True)
+def unpack_codes(code_bytes, bits, span, u):
+    """u[j, k] = output j's code for input k of one panel's super-block
+    (`block_quant.interleave_codes` undone)."""
+    groups = span // GROUP
+    line = PANEL * GROUP
+    for n in range(groups):
+        if bits == 8:
+            at, shift = n * line, 0
+        else:  # two groups a line: sub-block's first half low, second half high
+            sub_groups = 8  # (4-bit layouts have 32-input sub-blocks)
+            first, inner = divmod(n, sub_groups)
+            high, position = divmod(inner, sub_groups // 2)
+            at, shift = (first * sub_groups // 2 + position) * line, 4 * high
+        for j in range(PANEL):
+            for i in range(GROUP):
+                v = np.int32(code_bytes[at + j * GROUP + i])
+                u[j, n * GROUP + i] = (v >> shift) & 0x0F if bits == 4 else v
+
+
+@njit(cache=True, nogil=True)
+def super_block_dot(x, x_sums, u, kind, sub, offset, d, second, small, j, subs):
+    """One output's dot product with one super-block of x, before x's scale."""
+    scaled = np.int32(0)
+    mins = np.int32(0)
+    for n in range(subs):
+        total = np.int32(0)
+        for k in range(n * sub, (n + 1) * sub):
+            total += u[k] * np.int32(x[k])
+        if kind == 0:
+            return d * np.float32(total - offset * x_sums[0])
+        if kind == 1:
+            return d * np.float32(total) + second * np.float32(x_sums[0])
+        if kind == 2:
+            scaled += total * np.int32(small[n * PANEL + j])
+            mins += np.int32(small[(subs + n) * PANEL + j]) * x_sums[n]
+        else:
+            sc = np.int32(small[n * PANEL + j])
+            sc = sc - 256 if sc > 127 else sc
+            scaled += (total - offset * x_sums[n]) * sc
+    return d * np.float32(scaled) - second * np.float32(mins)
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
+    """Compiles (or loads from numba's cache) the activations' quantizers and `kernel` for the
+    given types (each type is its own compiled function: the others compile on first use)."""
+    for type_name in type_names:
+        kind = BLOCK_TYPES[type_name]
+        w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))
+        x = np.zeros((1, kind.weights), np.float32)
+        block_linear(x, w, kernel, residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
+    layout = LAYOUTS["Q4_0"]
+    rows = BlockRows(np.zeros((1, 32), np.int8), np.zeros((1, 1), np.float32),
+                     np.zeros((1, 1), np.int32))
+    quantize_rows_parallel(np.zeros((1, 32), np.float32), layout.span, layout.sub, rows.q,
+                           rows.scale, rows.sums)
+
+
+def first_compiling_kernel(kernels: list[str]) -> str:
+    """The first of `kernels` (best first; the last, "portable") that compiles here, compiled;
+    those that do not are passed over with one warning line."""
+    failed: list[str] = []
+    reason = ""
+    for kernel in kernels:
+        try:
+            compile_block_kernel(kernel)
+        except Exception as exc:  # numba's or LLVM's refusal, whatever its type
+            if kernel == kernels[-1]:
+                raise
+            failed.append(kernel)
+            reason = reason or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            continue
+        if failed:
+            logger.warning("block-quantized dot products: the %s kernel(s) do not compile "
+                           "with this numba and LLVM (%s); running %s instead",
+                           ", ".join(failed), reason[:200], kernel)
+        return kernel
+    raise ValueError("no block kernel to compile")
