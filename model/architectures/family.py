@@ -74,7 +74,7 @@ class Family:
     architectures: dict[str, str]   # config.json's architecture -> its model_type
     config: type                    # reads config.json (from_json) and writes it (to_hf_dict)
     forward: Callable               # (weights, cfg, token_ids, positions, kv_caches, batch, rows)
-    compile_kernels: Callable[[], None]
+    compile_kernels: Callable[..., None]  # (KernelNeeds): the kernels the loaded weights run
     # The plain-numpy path: forward, attention_weights, embed, layers, lm_head, softmax (the
     # functions the forward trace, `trace.py`, steps through).
     reference: ModuleType

@@ -30,6 +30,7 @@ from nanovllm.model.layers.attention import (
     causal_attention,
     paged_attention,
 )
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import linear
 from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_heads_
 from nanovllm.model.layers.rotary import cos_sin, inv_frequencies, rotate_
@@ -65,10 +66,10 @@ class Gemma3Weights:
     lm_head: Weight               # [V, E]: `embed` itself
 
 
-def compile_kernels() -> None:
-    """The Llama family's kernels and GPT-2's GELU."""
-    llama_kernels()
-    compile_gelu()
+def compile_kernels(needs: KernelNeeds) -> None:
+    """The Llama family's kernels and GPT-2's GELU, as `needs` says."""
+    llama_kernels(needs)
+    compile_gelu(needs)
 
 
 def geglu(x: np.ndarray, layer: LayerWeights) -> np.ndarray:
