@@ -22,26 +22,11 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from nanovllm.model import PRESETS
+from nanovllm.model.architectures.families import PRESET_FAMILIES
 
-# The hub names are model.PRESETS' names; each one's repo is openai-community's, but distilgpt2's.
-_HUB_ORGS = {"distilgpt2": "distilbert"}
-# The Llama family's presets (model.checkpoint.dummy's LLAMA_PRESETS) stand for these repos:
-# the chat models where there is one (they carry a chat template); Llama 3.2 is gated.
-LLAMA_HUB_REPOS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                   "smollm2-360m": "HuggingFaceTB/SmolLM2-360M-Instruct",
-                   "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
-                   "llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct",
-                   "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
-                   "qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
-                   "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
-                   "mistral-7b": "mistralai/Mistral-7B-v0.1"}
-# The encoders' presets (BERT_PRESETS): two embedding models and a cross-encoder.
-BERT_HUB_REPOS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-                  "bge-small-en-v1.5": "BAAI/bge-small-en-v1.5",
-                  "ms-marco-minilm-l6-v2": "cross-encoder/ms-marco-MiniLM-L6-v2"}
-HUB_REPOS: dict[str, str] = {**{name: f"{_HUB_ORGS.get(name, 'openai-community')}/{name}"
-                                for name in PRESETS}, **LLAMA_HUB_REPOS, **BERT_HUB_REPOS}
+# The presets' repos (each family's declaration names the repo a preset stands for).
+HUB_REPOS: dict[str, str] = {name: family.presets[name].repo
+                             for name, family in PRESET_FAMILIES.items()}
 
 # Everything serving reads, and nothing else: hub GPT-2 repos also carry TF, Flax, ONNX, tflite
 # and pytorch_model.bin copies that would multiply the download several times over.

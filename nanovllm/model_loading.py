@@ -24,8 +24,9 @@ from nanovllm.model.architectures.registry import (
     load_checkpoint,
     read_config,
 )
-from nanovllm.model.checkpoint.dummy import cache_root, dummy_checkpoint_dir
+from nanovllm.model.checkpoint.dummy import cache_root, dummy_checkpoint_dir, random_weights
 from nanovllm.model.checkpoint.gguf_loader import find_gguf, gguf_checkpoint_dir
+from nanovllm.model.checkpoint.loader import build_weights
 from nanovllm.model.checkpoint.safetensors_io import release_pages
 from nanovllm.model.layers.linear import host_packs_bfloat16, host_packs_float32
 from nanovllm.model.platform.cpu import kernel_path
@@ -118,10 +119,10 @@ def _load_dummy(config: EngineConfig) -> LoadedModel:
     if is_dummy_checkpoint(path):
         cfg, weights = load_checkpoint(path, config.dtype, config.quantization)
     else:
-        family = ARCHITECTURES[architecture]
         cfg = read_config(path)
-        weights = family.build_weights(cfg, family.random_tensors(cfg, config.seed),
-                                       config.dtype, config.quantization)
+        weights = build_weights(ARCHITECTURES[architecture], cfg,
+                                random_weights(cfg, config.seed), config.dtype,
+                                config.quantization)
     logger.warning("load_format='dummy': %s with RANDOM weights (the shapes of %s)",
                    architecture, path.name)
     return LoadedModel(path, cfg, weights, is_dummy=True, architecture=architecture)

@@ -32,6 +32,7 @@ from nanovllm.contract.step import (
 from nanovllm.model import AttentionBatch
 from nanovllm.model.architectures.registry import ModelConfig, family_of
 from nanovllm.model.layers.attention import MAX_DECODE_RUN
+from nanovllm.model.layers.kernel_needs import kernel_needs
 from nanovllm.runner.beam import beam_offers, compile_beam_offers
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
@@ -75,7 +76,7 @@ class NativeModelRunner:
         self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        self.model.compile_kernels()
+        self.model.compile_kernels(kernel_needs(weights, kv_cache_dtype))
         compile_beam_offers()
         compile_draw()
 

@@ -22,6 +22,7 @@ from nanovllm.model.architectures.bert_config import BertConfig
 from nanovllm.model.architectures.registry import family_of
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.model.layers.attention import whole_sequences
+from nanovllm.model.layers.kernel_needs import kernel_needs
 from nanovllm.model.layers.pooling import activate, normalize, pool
 from nanovllm.values.pooling_params import PoolingParams
 
@@ -47,7 +48,7 @@ class PoolingRunner:
             eye = np.eye(cfg.n_embd, dtype=np.float32)
             self.weights = replace(weights, lm_head=eye)
         self.family = family_of(cfg)
-        self.family.compile_kernels()
+        self.family.compile_kernels(kernel_needs(self.weights))
         self.announced: dict[int, NewSequence] = {}  # by seq id, until it is finished
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:

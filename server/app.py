@@ -135,7 +135,9 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
         app.add_middleware(LoadTrackingMiddleware, load=app.state.ctx.server_load,
                            paths=frozenset(path for api in APIS for path in api.generating))
     if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=("/v1", UI_API_PREFIX),
+        # vLLM's /v1, the page's data, and every API's own paths (Ollama's /api)
+        protected = ("/v1", UI_API_PREFIX, *(path for api in APIS for path in api.paths))
+        app.add_middleware(APIKeyMiddleware, api_key=api_key, protected=protected,
                            headers=list(dict.fromkeys(api.key_header for api in APIS)),
                            errors=errors)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_request_body_bytes,

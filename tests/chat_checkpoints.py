@@ -160,3 +160,66 @@ def write_terse_qwen3(tmp_path_factory, context: int, eos_logit: float = 9.0) ->
     head[eos, 0] = eos_logit / (constant / rms * weights["model.norm.weight"][0])
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     return out
+
+
+def write_tool_calling_qwen3(tmp_path_factory, context: int) -> Path:
+    """A Qwen3 like write_terse_qwen3's, built by hand so that a coding agent's turn is one
+    round trip through the agent's own tools: its first answer is an empty reasoning and one
+    tool call, and its answer once the tool's result is in the prompt is "Done". Every weight
+    is zero but these, which give the logits a token sets (its embedding marks one dimension of
+    the residual stream; the head reads it after the final norm):
+
+    - dim 0, a constant in every token, gives the quote a lead over the rest, the closing
+      brackets a lesser one, so the JSON the lazy tool-call grammar holds a call to ends fast
+      (empty strings, no optional properties, arrays of one empty string at most), the call's
+      end tag and the newline before it less again (the grammar's text as the tokens the
+      template writes), and "Read"/"read" the least (a tool of that name, where offered);
+    - a newline (the assistant header's last token) leads to <think>, <think> to </think>
+      (the grammar holds the answer from the reasoning's end on), </think> to <tool_call>, or
+      to "Done" when dim 3 is set; </tool_call> and "Done" lead to EOS;
+    - dim 3 is layer 0's attention (queries and keys zero, so it averages over the prompt) of
+      the <tool_response> mark: above zero exactly when a tool's result is in the prompt, and
+      then it drives <tool_call>'s logit far below every other."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer
+
+    out = write_qwen3_chat(tmp_path_factory, context=context, vocab_size=50265, tied=False)
+    weights = {name: np.zeros_like(w) for name, w in load_file(out / "model.safetensors").items()}
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    ids = {text: tok.encode(text, add_special_tokens=False).ids for text in
+           ("\n", '"', ' ""', "}", "]", "Read", "read", "Done", "<think>", "</think>",
+            "<tool_call>", "</tool_call>", "<tool_response>")}
+    assert all(len(i) == 1 for i in ids.values()), ids
+    one = {text: i[0] for text, i in ids.items()}
+    one["EOS"] = json.loads((out / "config.json").read_text())["eos_token_id"]
+    for name, w in weights.items():
+        if name.endswith("norm.weight"):
+            w[:] = 1.0
+    # (token, its mark's dimension, the token it leads to and that one's logit)
+    marks = [("\n", 1, "<think>", 40.0), ("<think>", 2, "</think>", 60.0),
+             ("</think>", 4, "<tool_call>", 40.0), ("</think>", 4, "Done", 30.0),
+             ("</tool_call>", 5, "EOS", 60.0), ("Done", 6, "EOS", 60.0)]
+    seen, result = 3, 7  # dim 3 reads the <tool_response> mark (dim 7) in the prompt
+    big = 50.0  # a mark's size in the embedding, as large as the constant
+    embed = weights["model.embed_tokens.weight"]  # [vocab, hidden]
+    embed[:, 0] = big
+    for text, dim, _, _ in marks + [("<tool_response>", result, None, None)]:
+        embed[one[text], dim] = big
+    hidden = embed.shape[1]
+    plain = big / (big / hidden ** 0.5)  # dim 0 after the norm, in a token without a mark
+    marked = big / (2 * big ** 2 / hidden) ** 0.5  # either dim after the norm, in a marked one
+    # Layer 0 (kv head 0's first value dim, query head 0's output): the mark, 1.0, to dim 3.
+    weights["model.layers.0.self_attn.v_proj.weight"][0, result] = 1.0 / marked
+    weights["model.layers.0.self_attn.o_proj.weight"][seen, 0] = 1.0
+    head = weights["lm_head.weight"]  # [vocab, hidden]
+    for text, logit in (('"', 30.0), (' ""', 30.0), ("}", 25.0), ("]", 25.0),
+                        ("</tool_call>", 22.0), ("\n", 22.0), ("Read", 20.0), ("read", 20.0)):
+        head[one[text], 0] = logit / plain
+    for _, dim, then, logit in marks:
+        head[one[then], dim] = logit / marked
+    # One result in the longest prompt leaves dim 3 at least this after the final norm.
+    least = 1.0 / context / (big / hidden ** 0.5)
+    head[one["<tool_call>"], seen] = -100.0 / least
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out

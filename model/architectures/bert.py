@@ -20,6 +20,7 @@ import numpy as np
 from nanovllm.model.architectures.bert_config import BertConfig
 from nanovllm.model.layers.activations import compile_gelu_erf, gelu_erf_
 from nanovllm.model.layers.encoder_attention import compile_encoder_attention, encoder_attention
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import add_layer_norm, compile_layer_norm, layer_norm
 from nanovllm.model.weights.quant import Weight, gather_rows
@@ -57,10 +58,12 @@ class BertWeights:
     classifier_b: np.ndarray | None = None
 
 
-def compile_kernels() -> None:
-    """Compiles the kernels the encoder calls now (or loads them from numba's disk cache)."""
-    compile_linear_kernel()
-    compile_layer_norm()
+def compile_kernels(needs: KernelNeeds) -> None:
+    """Compiles the kernels the encoder calls with the weights `needs` describes now (or loads
+    them from numba's disk cache)."""
+    compile_linear_kernel(needs)
+    compile_layer_norm(needs)
+    needs.log("exact GELU and encoder attention")
     compile_gelu_erf()
     compile_encoder_attention()
 

@@ -38,6 +38,7 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import compile_layer_norm, layer_norm
 from nanovllm.model.weights.quant import Weight, attends_in_bf16, gather_rows
@@ -79,13 +80,13 @@ class GPT2Weights:
                              for m in (b.attn_w, b.attn_proj_w, b.fc_w, b.fc_proj_w)]
 
 
-def compile_kernels() -> None:
-    """Compiles the model's numba kernels now (or loads them from numba's cache on disk), so
-    that the first request does not wait a second or two for them."""
-    compile_attention_kernel()
-    compile_linear_kernel()
-    compile_layer_norm()
-    compile_gelu()
+def compile_kernels(needs: KernelNeeds) -> None:
+    """Compiles the numba kernels `needs` says the model runs now (or loads them from numba's
+    cache on disk), so that the first request does not wait a second or two for them."""
+    compile_attention_kernel(needs)
+    compile_linear_kernel(needs)
+    compile_layer_norm(needs)
+    compile_gelu(needs)
 
 
 def mlp(x: np.ndarray, blk: BlockWeights, residual: np.ndarray | None = None) -> np.ndarray:

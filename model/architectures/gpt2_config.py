@@ -38,6 +38,10 @@ class GPT2Config:
         return "GPT2LMHeadModel"
 
     @property
+    def tie_word_embeddings(self) -> bool:  # the LM head is the token embedding, always
+        return True
+
+    @property
     def num_kv_heads(self) -> int:  # the KV cache's heads: all of them (no grouped queries)
         return self.n_head
 

@@ -31,6 +31,7 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import add_rms_norm_, compile_rms_norm, rms_norm
 from nanovllm.model.layers.rotary import compile_rotary, cos_sin, inv_frequencies, rotate_
@@ -64,11 +65,12 @@ class LlamaWeights:
                                  for m in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
 
 
-def compile_kernels() -> None:
+def compile_kernels(needs: KernelNeeds) -> None:
     """Compiles this family's kernels now (or loads them from numba's disk cache), for the
-    argument types the forward pass gives them."""
-    compile_attention_kernel()
-    compile_linear_kernel()
+    argument types the forward pass gives them with the weights `needs` describes."""
+    compile_attention_kernel(needs)
+    compile_linear_kernel(needs)
+    needs.log("RMSNorm, SiLU and rotary")
     compile_rms_norm()
     compile_silu_mul()
     compile_rotary()

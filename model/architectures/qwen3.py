@@ -16,12 +16,13 @@ from nanovllm.model.architectures import llama
 from nanovllm.model.architectures.llama import LayerWeights, LlamaWeights
 from nanovllm.model.architectures.llama_config import LlamaConfig
 from nanovllm.model.layers.attention import AttentionBatch
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.norms import rms_norm_heads_
 
 
-def compile_kernels() -> None:
+def compile_kernels(needs: KernelNeeds) -> None:
     """The Llama family's kernels, the per-head RMSNorm among them."""
-    llama.compile_kernels()
+    llama.compile_kernels(needs)
 
 
 def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np.ndarray,

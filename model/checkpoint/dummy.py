@@ -23,12 +23,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from nanovllm.model.architectures.bert_config import BERT_PRESETS, BertConfig
-from nanovllm.model.architectures.gpt2_config import PRESETS, GPT2Config
-from nanovllm.model.architectures.llama_config import LLAMA_PRESETS, LlamaConfig
-from nanovllm.model.checkpoint import llama_loader
-from nanovllm.model.checkpoint.bert_loader import random_bert_weights
-from nanovllm.model.checkpoint.loader import expected_shapes
+from nanovllm.model.architectures.families import PRESET_FAMILIES, family_of
 from nanovllm.model.checkpoint.tokenizer_files import (
     copy_tokenizer,
     write_llama_tokenizer,
@@ -36,7 +31,7 @@ from nanovllm.model.checkpoint.tokenizer_files import (
 )
 from nanovllm.model.checkpoint.wordpiece import write_wordpiece_tokenizer
 
-ALL_PRESETS = (*PRESETS, *LLAMA_PRESETS, *BERT_PRESETS)  # the names `--load-format dummy` knows
+ALL_PRESETS = tuple(PRESET_FAMILIES)  # the names `--load-format dummy` knows
 
 DUMMY_KEY = "_nanovllm_dummy"
 DUMMY_FORMAT_VERSION = 3  # bump when the files written change: cached checkpoints are rewritten
@@ -49,33 +44,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nanovllm"
 
 
-def random_weights(cfg: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
-    """GPT-2's own initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+def random_weights(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+    """HF-named random tensors of any family's config, as its declaration initialises each
+    (transformers' own initialisations: N(0, std) matrices and tables, unit or zero norms,
+    zero biases), drawn in file order."""
+    family = family_of(cfg)
     rng = np.random.default_rng(seed)
-    resid_std = 0.02 / (2 * cfg.n_layer) ** 0.5
-    tensors = {}
-    for name, shape in expected_shapes(cfg).items():
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            tensors[name] = np.ones(shape, np.float32)
-        elif name.endswith(".bias"):
-            tensors[name] = np.zeros(shape, np.float32)
-        else:
-            std = resid_std if name.endswith("c_proj.weight") else 0.02
-            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
-    return tensors
-
-
-def random_llama_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """transformers' initialisation of a Llama: N(0, 0.02) matrices, unit norms, zero biases."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in llama_loader.expected_shapes(cfg).items():
-        if name.endswith("norm.weight"):
-            tensors[name] = np.ones(shape, np.float32)
-        elif name.endswith(".bias"):
-            tensors[name] = np.zeros(shape, np.float32)
-        else:
-            tensors[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    dims, tensors = family.dims(cfg), {}
+    for prefix, p in family.params(cfg):
+        if not (family.present(p, cfg) or p.optional):
+            continue
+        for name, shape in zip(p.names(), p.shapes(dims)):
+            if p.init in ("ones", "zeros"):
+                tensors[prefix + name] = np.full(shape, p.init == "ones", np.float32)
+            else:
+                std = p.init(cfg) if callable(p.init) else p.init
+                tensors[prefix + name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
     return tensors
 
 
@@ -84,69 +68,59 @@ def write_dummy_checkpoint(out_dir: str | Path, preset: str = "gpt2", *,
                            **config_overrides) -> Path:
     """Writes a loadable checkpoint with random weights; returns its directory.
 
-    `preset` is one of PRESETS; `config_overrides` (e.g. n_layer=2, n_embd=64, n_head=4,
-    vocab_size=1024) make tiny test models. The tokenizer is GPT-2's own, cut to `vocab_size`
-    (see tokenizer_files), or copied from `tokenizer_dir`.
+    `preset` is one of ALL_PRESETS; `config_overrides` (in the family's config field names,
+    e.g. n_layer=2, n_embd=64, n_head=4, vocab_size=1024) make tiny test models. The tokenizer
+    is the family's kind (`write_tokenizer_files`), or copied from `tokenizer_dir`. An embedding
+    model also gets sentence-transformers' files (modules.json: Transformer, Pooling,
+    Normalize), a cross-encoder its sigmoid activation.
     """
-    if preset in LLAMA_PRESETS:
-        return write_dummy_llama(out_dir, preset, tokenizer_dir, seed, **config_overrides)
-    if preset in BERT_PRESETS:
-        return write_dummy_bert(out_dir, preset, tokenizer_dir, seed, **config_overrides)
-    if preset not in PRESETS:
+    if preset not in PRESET_FAMILIES:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(ALL_PRESETS)}")
-    eot = config_overrides.get("vocab_size", PRESETS[preset].vocab_size) - 1
-    cfg = replace(PRESETS[preset], **{"bos_token_id": eot, "eos_token_id": eot, **config_overrides})
+    family = PRESET_FAMILIES[preset]
+    real = family.presets[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        copy_tokenizer(Path(tokenizer_dir), out, cfg.vocab_size)
-    else:
-        write_tokenizer(out, cfg.vocab_size, cfg.n_positions, cache_root() / "tokenizers")
+    sized = replace(real.config, **config_overrides)
+    special = write_tokenizer_files(family.tokenizer, out, sized, tokenizer_dir)
+    cfg = replace(real.config, **{**special, **config_overrides})
     save_file(random_weights(cfg, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
-    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
+    config = {**cfg.to_hf_dict(), DUMMY_KEY: True, **real.config_extra,
               "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    if cfg.eos_token_ids:
+        eos = cfg.eos_token_ids
+        generation = {"bos_token_id": cfg.bos_token_id,
+                      "eos_token_id": eos[0] if len(eos) == 1 else list(eos)}
+        (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    if real.pooling:
+        write_pooling_files(out, *real.pooling, cfg.n_embd)
     return out
 
 
-def write_dummy_llama(out_dir: str | Path, preset: str, tokenizer_dir: str | Path | None,
-                      seed: int, **config_overrides) -> Path:
-    """A Llama-family preset's shapes with random weights (config overrides in LlamaConfig's
-    field names). The real model's tokenizer is not ours to ship: its tokenizer is Llama 3
-    style (`tokenizer_files.write_llama_tokenizer`: GPT-2's vocabulary cut or padded to the
-    preset's size, BOS added, a chat template), and `<|eot_id|>` and `<|endoftext|>` end a
-    sequence, as Llama 3's generation_config.json lists several."""
-    vocab_size = config_overrides.get("vocab_size", LLAMA_PRESETS[preset].vocab_size)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    n_positions = config_overrides.get("max_position_embeddings",
-                                       LLAMA_PRESETS[preset].max_position_embeddings)
+def write_tokenizer_files(kind: str, out: Path, cfg, tokenizer_dir: str | Path | None) -> dict:
+    """A dummy checkpoint's tokenizer of `kind`, or the one in `tokenizer_dir` cut to the
+    vocabulary; returns the special token ids it sets in the config.
+
+    "gpt2": GPT-2's own, cut to the vocabulary (`tokenizer_files`), `<|endoftext|>` last.
+    "llama3": the real model's tokenizer is not ours to ship: GPT-2's vocabulary cut or padded
+    to the size, BOS added, a chat template (`write_llama_tokenizer`); `<|eot_id|>` and
+    `<|endoftext|>` end a sequence, as Llama 3's generation_config.json lists several.
+    "wordpiece": BERT's (`wordpiece.py`)."""
+    vocab_size, n_positions = cfg.vocab_size, cfg.n_positions
     if tokenizer_dir is not None:
         copy_tokenizer(Path(tokenizer_dir), out, vocab_size)
-        special = {"bos_token_id": None, "eos_token_ids": (vocab_size - 1,)}
-    else:
-        ids = write_llama_tokenizer(out, vocab_size, n_positions, cache_root() / "tokenizers")
-        special = {"bos_token_id": ids["<|begin_of_text|>"],
-                   "eos_token_ids": (ids["<|eot_id|>"], ids["<|endoftext|>"])}
-    cfg = replace(LLAMA_PRESETS[preset], **{**special, **config_overrides})
-    save_file(random_llama_weights(cfg, seed), str(out / "model.safetensors"),
-              metadata={"format": "pt"})
-    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
-              "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids)}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    if preset in EMBEDDING_POOLING:
-        write_pooling_files(out, *EMBEDDING_POOLING[preset], cfg.hidden_size)
-    return out
-
-
-# How the real embedding models pool (their 1_Pooling/config.json) and how long a text their
-# sentence_bert_config.json lets through.
-EMBEDDING_POOLING = {"all-minilm-l6-v2": ("mean", 256), "bge-small-en-v1.5": ("cls", 512),
-                     "qwen3-embedding-0.6b": ("lasttoken", 32768)}
+        return {"gpt2": {"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1},
+                "llama3": {"bos_token_id": None, "eos_token_ids": (vocab_size - 1,)},
+                "wordpiece": {}}[kind]
+    if kind == "gpt2":
+        write_tokenizer(out, vocab_size, n_positions, cache_root() / "tokenizers")
+        return {"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1}
+    if kind == "wordpiece":
+        write_wordpiece_tokenizer(out, vocab_size, n_positions)
+        return {}
+    ids = write_llama_tokenizer(out, vocab_size, n_positions, cache_root() / "tokenizers")
+    return {"bos_token_id": ids["<|begin_of_text|>"],
+            "eos_token_ids": (ids["<|eot_id|>"], ids["<|endoftext|>"])}
 
 
 def write_pooling_files(out: Path, mode: str, max_seq_length: int, dimension: int) -> None:
@@ -164,30 +138,6 @@ def write_pooling_files(out: Path, mode: str, max_seq_length: int, dimension: in
     (out / "2_Normalize" / "config.json").write_text("{}")
     (out / "sentence_bert_config.json").write_text(json.dumps(
         {"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
-
-
-def write_dummy_bert(out_dir: str | Path, preset: str, tokenizer_dir: str | Path | None,
-                     seed: int, **config_overrides) -> Path:
-    """A BERT preset's shapes with random weights and a WordPiece tokenizer
-    (`wordpiece.py`); an embedding model also gets sentence-transformers' files (modules.json:
-    Transformer, Pooling, Normalize), a cross-encoder its sigmoid activation."""
-    cfg: BertConfig = replace(BERT_PRESETS[preset], **config_overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        copy_tokenizer(Path(tokenizer_dir), out, cfg.vocab_size)
-    else:
-        write_wordpiece_tokenizer(out, cfg.vocab_size, cfg.max_position_embeddings)
-    save_file(random_bert_weights(cfg, seed), str(out / "model.safetensors"),
-              metadata={"format": "pt"})
-    config = {**cfg.to_hf_dict(), DUMMY_KEY: True,
-              "_nanovllm_note": f"random weights with the shapes of {preset}, seed {seed}"}
-    if cfg.is_classifier:
-        config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    if preset in EMBEDDING_POOLING:
-        write_pooling_files(out, *EMBEDDING_POOLING[preset], cfg.hidden_size)
-    return out
 
 
 def is_dummy_checkpoint(model_dir: str | Path) -> bool:

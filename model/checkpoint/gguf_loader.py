@@ -31,6 +31,7 @@ import numpy as np
 from nanovllm.model.checkpoint import gguf_names
 from nanovllm.model.checkpoint.gguf_file import GGUFFile, GGUFTensor, open_gguf
 from nanovllm.model.checkpoint.gguf_tokenizer import build_tokenizer
+from nanovllm.model.checkpoint.loader import build_weights
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, release_pages
 from nanovllm.model.weights.block_quant import BlockWeight, from_gguf
 
@@ -93,22 +94,14 @@ def load_gguf(model_dir: str | Path, family, dtype: str = "auto",
     `build_weights` (see the module's doc)."""
     model_dir = Path(model_dir)
     try:
-        cfg = family.config_class.from_json(model_dir / "config.json")
+        cfg = family.config.from_json(model_dir / "config.json")
     except ValueError as e:
         raise CheckpointError(str(e)) from e
     gguf = open_gguf(model_dir / LINK)
     config = json.loads((model_dir / "config.json").read_text())
     tensors = GGUFTensors(gguf, config)
-    tensors.check(expected_shapes(cfg))
-    return cfg, family.build_weights(cfg, tensors, dtype, quantization)
-
-
-def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    """Every tensor the family's loader takes, by HF name, with the shape it takes it in."""
-    from nanovllm.model.architectures.gpt2_config import GPT2Config
-    from nanovllm.model.checkpoint import llama_loader, loader
-
-    return (loader if isinstance(cfg, GPT2Config) else llama_loader).expected_shapes(cfg)
+    tensors.check(family.shapes(cfg))
+    return cfg, build_weights(family, cfg, tensors, dtype, quantization)
 
 
 class GGUFTensors(Mapping):

@@ -1,7 +1,7 @@
 """What llama.cpp's `convert_hf_to_gguf.py` did to a Hugging Face checkpoint, undone: a GGUF's
-metadata as the config.json it came from, and its tensor names as the HF names our loaders take
-(`loader.py` for GPT-2, `llama_loader.py` for the Llama family), so each family's tensors stay
-declared in one place.
+metadata as the config.json it came from, and its tensor names as the HF names the loader takes
+(`loader.py`, from each family's declaration in `architectures/families.py`), so each family's
+tensors stay declared in one place.
 
 The converter changes three things besides names. The llama architecture (Llama 2/3, Mistral,
 SmolLM2, TinyLlama) has its query and key rows permuted from transformers' rotate-half pairing
@@ -20,7 +20,7 @@ from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 # general.architecture -> config.json's architecture and model_type.
 ARCHITECTURES = {"llama": ("LlamaForCausalLM", "llama"), "qwen2": ("Qwen2ForCausalLM", "qwen2"),
                  "qwen3": ("Qwen3ForCausalLM", "qwen3"), "gpt2": ("GPT2LMHeadModel", "gpt2")}
-# The llama family's GGUF tensor names -> HF names (un-prefixed, as llama_loader takes them).
+# The llama family's GGUF tensor names -> HF names (un-prefixed, as the loader takes them).
 LLAMA_GLOBAL = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
                 "output.weight": "lm_head.weight"}
 LLAMA_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",

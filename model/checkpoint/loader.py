@@ -1,13 +1,15 @@
-"""Loads a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors, single or
-sharded) into `GPT2Weights`, checking every tensor against the config before anything runs.
+"""Loads a Hugging Face checkpoint directory (config.json + model.safetensors, single or
+sharded; F32, F16 or BF16 on disk) into a family's weights, as its declaration says
+(`model/architectures/family.py`), checking every tensor against the config before anything runs.
 
-Accepted: keys with or without the `transformer.` prefix; the causal-mask buffers
-`h.N.attn.bias` / `h.N.attn.masked_bias` (ignored: they are not parameters, unlike
-`c_attn.bias`); an `lm_head.weight` equal to `wte.weight` (GPT-2 ties them).
+Accepted: keys with or without the family's prefix (`transformer.`, `model.`, `bert.`); the
+buffers it declares are not parameters and are ignored (GPT-2's causal masks, old rotary
+`inv_freq`s); a tied LM head's copy equal to the embedding. `build_weights` is the contract
+other formats load through too: HF-named tensors in, the family's weights out.
 
-`dtype="bfloat16"` or `quantization="int8"` store every weight matrix and the token embedding
-(the tied LM head) that way (`model/weights/quant.py`), converted from whatever dtype the checkpoint
-holds, one matrix at a time; biases, layer norms and the position embedding stay float32.
+`dtype="bfloat16"` or `quantization="int8"` store every weight matrix (and a matrix embedding,
+the tied LM head) that way (`model/weights/quant.py`), converted from whatever dtype the
+checkpoint holds, one matrix at a time; vectors and tables stay float32.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nanovllm.model.architectures.gpt2 import BlockWeights, GPT2Weights
-from nanovllm.model.architectures.gpt2_config import GPT2Config
+from nanovllm.model.architectures.families import GPT2
+from nanovllm.model.architectures.family import Family, Param
 from nanovllm.model.checkpoint.safetensors_io import (
     CheckpointError,
     read_safetensors,
@@ -28,36 +30,7 @@ from nanovllm.model.checkpoint.safetensors_io import (
 from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.model.weights.precision import check_precision
 from nanovllm.model.weights.quant import convert_matrix
-
-MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
-
-# BlockWeights field -> (HF name suffix, shape as a function of n_embd)
-BLOCK_TENSORS = {
-    "ln_1_g": ("ln_1.weight", lambda e: (e,)), "ln_1_b": ("ln_1.bias", lambda e: (e,)),
-    "attn_w": ("attn.c_attn.weight", lambda e: (e, 3 * e)),
-    "attn_b": ("attn.c_attn.bias", lambda e: (3 * e,)),
-    "attn_proj_w": ("attn.c_proj.weight", lambda e: (e, e)),
-    "attn_proj_b": ("attn.c_proj.bias", lambda e: (e,)),
-    "ln_2_g": ("ln_2.weight", lambda e: (e,)), "ln_2_b": ("ln_2.bias", lambda e: (e,)),
-    "fc_w": ("mlp.c_fc.weight", lambda e: (e, 4 * e)), "fc_b": ("mlp.c_fc.bias", lambda e: (4 * e,)),
-    "fc_proj_w": ("mlp.c_proj.weight", lambda e: (4 * e, e)),
-    "fc_proj_b": ("mlp.c_proj.bias", lambda e: (e,)),
-}
-
-
-def is_mask_buffer(name: str) -> bool:
-    return MASK_BUFFER.fullmatch(name.removeprefix("transformer.")) is not None
-
-
-def expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Every parameter tensor a GPT-2 of this config has, by its un-prefixed HF name."""
-    e = cfg.n_embd
-    shapes = {"wte.weight": (cfg.vocab_size, e), "wpe.weight": (cfg.n_positions, e),
-              "ln_f.weight": (e,), "ln_f.bias": (e,)}
-    for i in range(cfg.n_layer):
-        for suffix, shape in BLOCK_TENSORS.values():
-            shapes[f"h.{i}.{suffix}"] = shape(e)
-    return shapes
+from nanovllm.model.weights.stacked import join_rows
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -73,9 +46,15 @@ def _weight_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def read_tensors(model_dir: Path, prefix: str = "transformer.", skip=is_mask_buffer
+def read_tensors(model_dir: Path, family: Family = GPT2
                  ) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
-    """Un-prefixed name -> array, and name -> the file it came from (for error messages)."""
+    """Un-prefixed name -> array, and name -> the file it came from (for error messages); the
+    family's buffers are not read."""
+    prefix, buffers = family.prefix, re.compile(family.buffers)
+
+    def skip(name: str) -> bool:
+        return buffers.fullmatch(name.removeprefix(prefix)) is not None
+
     tensors, source = {}, {}
     for path in _weight_files(model_dir):
         if not path.exists():
@@ -104,57 +83,86 @@ def check_shapes(tensors: dict, want: dict, source: dict, config_path: Path, mod
                                   f"(not part of a {model} with the shapes in {config_path})")
 
 
-def _check(cfg: GPT2Config, tensors: dict, source: dict, config_path: Path) -> None:
-    lm_head = tensors.pop("lm_head.weight", None)
-    check_shapes(tensors, expected_shapes(cfg), source, config_path, "GPT-2")
-    if lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):
-        raise CheckpointError(f"{source['lm_head.weight']}: tensor lm_head.weight differs from "
-                              "wte.weight; only GPT-2's tied LM head is supported")
-
-
-def load_gpt2(model_dir: str | Path, dtype: str = "auto",
-              quantization: str | None = None) -> tuple[GPT2Config, GPT2Weights]:
-    check_precision(dtype, quantization)
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{config_path}: missing (not a Hugging Face checkpoint directory?)")
+def read_config(family: Family, model_dir: Path):
+    """config.json as the family's config class reads it (a CheckpointError if it cannot)."""
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing (not a Hugging Face checkpoint directory?)")
     try:
-        cfg = GPT2Config.from_json(config_path)
+        return family.config.from_json(path)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    tensors, source = read_tensors(model_dir)
-    _check(cfg, tensors, source, config_path)
-    return cfg, build_weights(cfg, tensors, dtype, quantization)
 
 
-def build_weights(cfg: GPT2Config, tensors: dict[str, np.ndarray], dtype: str = "auto",
-                  quantization: str | None = None) -> GPT2Weights:
-    """Arranges checked, un-prefixed HF tensors into the model's weight structure, with weight
-    matrices turned from Conv1D's [in, out] into the [out, in] layout `linear` reads, stored as
-    `dtype` / `quantization` ask (see `model/weights/quant.py`)."""
+def load(family: Family, model_dir: str | Path, dtype: str = "auto",
+         quantization: str | None = None):
+    """(config, weights) of a checkpoint directory of `family`."""
+    check_precision(dtype, quantization)
+    model_dir = Path(model_dir)
+    cfg = read_config(family, model_dir)
+    tensors, source = read_tensors(model_dir, family)
+    check_tensors(family, cfg, tensors, source, model_dir / "config.json")
+    return cfg, build_weights(family, cfg, tensors, dtype, quantization)
+
+
+def load_gpt2(model_dir: str | Path, dtype: str = "auto", quantization: str | None = None):
+    """(GPT2Config, GPT2Weights) of a GPT-2 checkpoint directory."""
+    return load(GPT2, model_dir, dtype, quantization)
+
+
+def check_tensors(family: Family, cfg, tensors: dict, source: dict, config_path: Path) -> None:
+    """The tensors are the ones the config implies, optional ones allowed; a tied LM head's
+    copy must equal the embedding (it is dropped)."""
+    head = family.tied_head if family.ties(cfg) else None
+    copy = tensors.pop(head.name, None) if head else None
+    want = family.shapes(cfg)
+    want.update({name: shape for name, shape in family.shapes(cfg, optional=True).items()
+                 if name in tensors})
+    check_shapes(tensors, want, source, config_path, cfg.architecture)
+    embedding = family.embeddings[head.embedding].names()[0] if head else None
+    if copy is not None and not np.array_equal(copy, tensors[embedding]):
+        raise CheckpointError(f"{source[head.name]}: tensor {head.name} differs from "
+                              f"{embedding}, but the config ties them")
+
+
+def build_weights(family: Family, cfg, tensors, dtype: str = "auto",
+                  quantization: str | None = None):
+    """Arranges checked, un-prefixed HF tensors (any mapping of name -> array) into the
+    family's weights: fused parts concatenated as rows, Conv1D matrices turned to [out, in],
+    matrices stored as `dtype` / `quantization` ask; a field whose flag is off is None, and a
+    tied LM head is the embedding itself."""
     check_precision(dtype, quantization)
 
-    def matrix(tensor: np.ndarray):
-        converted = convert_matrix(tensor, dtype, quantization)
-        if converted is not tensor:
-            release_pages(tensor)  # converted once; only the new copy stays resident
-        return converted
+    def value(prefix: str, p: Param):
+        if not family.present(p, cfg):
+            return None
+        return stored(p, [tensors[prefix + name] for name in p.names()], dtype, quantization)
 
-    blocks = [BlockWeights(**{field: _layout(tensors[f"h.{i}.{suffix}"], matrix)
-                              for field, (suffix, _) in BLOCK_TENSORS.items()})
+    layers = [family.layer(**{f: value(family.layer_prefix.format(i=i), p)
+                              for f, p in family.layer_params.items()})
               for i in range(cfg.n_layer)]
-    return GPT2Weights(wte=matrix(tensors["wte.weight"]), wpe=tensors["wpe.weight"],
-                       blocks=blocks, ln_f_g=tensors["ln_f.weight"], ln_f_b=tensors["ln_f.bias"])
+    top = {f: value("", p) for f, p in
+           {**family.embeddings, **family.head, **family.untied_head(cfg)}.items()}
+    if family.ties(cfg) and family.tied_head.field is not None:
+        top[family.tied_head.field] = top[family.tied_head.embedding]
+    return family.weights(**top, **{family.layers_field: layers})
 
 
-def _layout(tensor: np.ndarray | BlockWeight, convert) -> np.ndarray:
-    """A block's matrices (its only 2-D tensors) transposed to [out, in] and converted;
-    vectors as they are. A block-quantized matrix (a GGUF file's) is [out, in] already."""
-    if isinstance(tensor, BlockWeight):
-        return convert(tensor)
-    if tensor.ndim != 2:
-        return tensor
-    transposed = np.ascontiguousarray(tensor.T)
-    release_pages(tensor)  # read once; only the transposed copy stays resident
-    return convert(transposed)
+def stored(p: Param, parts: list[np.ndarray], dtype: str, quantization: str | None):
+    """One field's value from its HF tensors (see `build_weights`); the pages of tensors read
+    into a new array are released (they would count twice in RSS). A GGUF file's block-quantized
+    matrices come as `BlockWeight`s, [out, in] already, joined by `stacked.join_rows`."""
+    if not p.matrix:
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        return out + np.float32(p.add) if p.add else out
+    if p.transpose and not any(isinstance(part, BlockWeight) for part in parts):
+        turned = [np.ascontiguousarray(part.T) for part in parts]
+        for part in parts:
+            release_pages(part)
+        parts = turned
+    converted = convert_matrix(join_rows(parts), dtype, quantization)
+    for part in parts:
+        if part is not converted:
+            release_pages(part)
+    return converted

@@ -20,6 +20,7 @@ from nanovllm.model.kernels.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_vector
 from nanovllm.model.kernels.parallel import on_threads
 from nanovllm.model.kernels.shared import KERNEL_MATH, exp32, exp32_within
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.weights.quant import Int8Weight, Weight
 
@@ -97,12 +98,14 @@ def gelu_row_(row):
         row[j] = v / (np.float32(1.0) + exp32_within(t))
 
 
-def compile_gelu() -> None:
-    """float32, quantized and rounded to bfloat16."""
+def compile_gelu(needs: KernelNeeds) -> None:
+    """float32, and as `needs` says, quantized or rounded to bfloat16."""
+    needs.log("GELU")
     int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
-    for feeds in (None, int8):
+    for feeds in (None, int8) if needs.int8 else (None,):
         gelu(np.zeros((1, 1), np.float32), feeds)
-    gelu_bf16_(np.zeros((1, 1), np.float32), np.empty((1, 2), np.uint16))
+    if needs.bf16_packed:
+        gelu_bf16_(np.zeros((1, 1), np.float32), np.empty((1, 2), np.uint16))
 
 
 # Exact GELU's erf is Abramowitz and Stegun's 7.1.26, a degree-5 polynomial in 1 / (1 + p|z|)

@@ -43,6 +43,7 @@ from nanovllm.model.kernels.shared import (
     softmax_row_,
     to_float32,
 )
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import host_has_panels
 
 
@@ -227,9 +228,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
         for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it out)
             work += context_lens[b] * n_head * head_dim
         if not on_threads(work):  # a few short contexts: on the calling thread
+            first = np.intp(0)  # (a literal 0 would compile decode_one_ a second time, for it)
             for b in range(num_seqs):
                 decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
-                            block_size, out[b], window, tiles, 0, n_kv)
+                            block_size, out[b], window, tiles, first, n_kv)
             return
     jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
     taken = np.zeros(1, np.intp)
@@ -458,12 +460,15 @@ def write_slots(cache, slots, x):
                 row[h, d] = from_float32(new[h, d], cache)
 
 
-def compile_attention_kernel() -> None:
+def compile_attention_kernel(needs: KernelNeeds) -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: float32 and float16 caches, softmax_, causal_softmax_ and
-    the float32 prefill kernel (C-contiguous arrays, as `causal_attention` passes them)."""
+    argument types the runner passes: a float32 cache (and a float16 one if `needs` has it),
+    softmax_, causal_softmax_ and the float32 prefill kernel (C-contiguous arrays, as
+    `causal_attention` passes them)."""
+    needs.log("attention", "float16-cache" if needs.float16_cache else "float32")
     q = np.zeros((1, 1, 1), np.float32)
-    for cache in (q, as_kernel_array(q.astype(np.float16))):
+    caches = (q, as_kernel_array(q.astype(np.float16))) if needs.float16_cache else (q,)
+    for cache in caches:
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
                                1, q.copy(), 0, 1, True)
         write_slots(cache, np.zeros(1, np.int64), q)

@@ -20,6 +20,7 @@ from nanovllm.model.kernels.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_vector
 from nanovllm.model.kernels.parallel import on_threads
 from nanovllm.model.kernels.shared import KERNEL_MATH
+from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.weights.quant import Int8Weight, Weight
 
@@ -145,17 +146,19 @@ def layer_norm_bf16_(x, g, b, eps, bits):
             round_vector(row, bits[i])
 
 
-def compile_layer_norm() -> None:
-    """For writable and for read-only (memory-mapped) g and b, float32, quantized and rounded to
-    bfloat16."""
+def compile_layer_norm(needs: KernelNeeds) -> None:
+    """For writable and for read-only (memory-mapped) g and b, float32, and as `needs` says,
+    quantized or rounded to bfloat16."""
+    needs.log("layer norm")
     x = np.zeros((1, 1), np.float32)
     read_only = np.zeros(1, np.float32)
     read_only.flags.writeable = False
     int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
     for v in (x[0], read_only):
-        for feeds in (None, int8):
+        for feeds in (None, int8) if needs.int8 else (None,):
             layer_norm(x, v, v, 1e-5, feeds)
-        layer_norm_bf16_(x, v, v, 1e-5, np.empty((1, 2), np.uint16))
+        if needs.bf16_packed:
+            layer_norm_bf16_(x, v, v, 1e-5, np.empty((1, 2), np.uint16))
         add_layer_norm(x, v, x, v, v, 1e-5)
 
 

@@ -109,7 +109,9 @@ class EngineProcess:
         try:
             self.client = AsyncEngine.from_config(config, deliver=self.deliver_step)
         except BaseException as exc:  # noqa: BLE001 - the server's to report
-            logger.exception("the engine failed to load")
+            # The server reports it in one line (a bad checkpoint is no crash): the traceback
+            # only at debug level.
+            logger.debug("the engine failed to load", exc_info=True)
             self.send((wire.READY, False, dumps(portable(exc))))
             return False
         self.inspector = Inspector(self.client, enable_step_mode=step_mode)

@@ -18,6 +18,7 @@ import numpy as np
 
 from nanovllm.contract.step import ScheduledSequence
 from nanovllm.model.architectures.registry import ModelConfig, family_of
+from nanovllm.model.layers.kernel_needs import kernel_needs
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.rejection_sampler import draw
@@ -35,6 +36,7 @@ class DraftModel:
                  kv_cache_dtype: str = "float32"):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.forward = family_of(cfg).forward
+        family_of(cfg).compile_kernels(kernel_needs(weights, kv_cache_dtype))  # (its own: int8)
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         self.free_blocks = list(range(num_blocks - 1, -1, -1))  # popped from the end
         self.tables: dict[int, list[int]] = {}  # seq id -> its draft blocks, in position order

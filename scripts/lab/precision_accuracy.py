@@ -201,10 +201,13 @@ def converted_on_the_path(cfg) -> int:
 def measure(cfg, tensors: dict, sequences: np.ndarray) -> dict[str, Agreement]:
     """Agreement of each precision with float32, for checkpoint tensors (un-prefixed HF names)
     of any architecture."""
+    from functools import partial
+
     from nanovllm.model.architectures.registry import family_of
+    from nanovllm.model.checkpoint.loader import build_weights
     from nanovllm.model_loading import pack_for_kernels
 
-    build_weights = family_of(cfg).build_weights
+    build_weights = partial(build_weights, family_of(cfg))
     plain = build_weights(cfg, dict(tensors))
     ref = teacher_forced_logits(plain, cfg, sequences)
     results = {}
@@ -249,13 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     from nanovllm.model import PRESETS
     from nanovllm.model.architectures.gpt2_config import GPT2Config
     from nanovllm.model.architectures.llama_config import LLAMA_PRESETS
-    from nanovllm.model.architectures.registry import family_of
+    from nanovllm.model.checkpoint.dummy import random_weights
     from nanovllm.model.checkpoint.loader import read_tensors
 
     presets = {**PRESETS, **LLAMA_PRESETS}
     if args.model in presets:
         cfg = presets[args.model]
-        tensors = family_of(cfg).random_tensors(cfg, args.seed)
+        tensors = random_weights(cfg, args.seed)
     else:  # a GPT-2 checkpoint directory
         cfg = GPT2Config.from_json(Path(args.model) / "config.json")
         tensors = read_tensors(Path(args.model))[0]

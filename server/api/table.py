@@ -12,6 +12,7 @@ from nanovllm.server.api.completions import routes as completions
 from nanovllm.server.api.embeddings import routes as embeddings
 from nanovllm.server.api.info import routes as info
 from nanovllm.server.api.messages import routes as messages
+from nanovllm.server.api.ollama import routes as ollama
 from nanovllm.server.api.rerank import routes as rerank
 from nanovllm.server.api.responses import routes as responses
 from nanovllm.server.api.score import routes as score
@@ -29,4 +30,5 @@ APIS: list[APISpec] = [
     invocations.API,
     responses.API,
     messages.API,
+    ollama.API,
 ]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from nanovllm.values.outputs import RequestMetrics
+
 
 @dataclass(slots=True)
 class ToolCall:
@@ -81,6 +83,7 @@ class ChatResult:
     usage: Usage
     prompt_token_ids: list[int] = field(default_factory=list)
     prompt_logprobs: list | None = None  # per prompt position None or {token id: Logprob}
+    metrics: RequestMetrics | None = None  # the engine's timeline of the request
 
     @property
     def hex_id(self) -> str:

@@ -110,7 +110,7 @@ async def chat_result(raw: Request, run: ChatRun) -> ChatResult | None:
     return ChatResult(run.stream.request_id, created,
                       [_answer(run, out) for out in sorted(result.outputs, key=lambda o: o.index)],
                       usage(run.stream.requests, results), run.prompt_token_ids,
-                      result.prompt_logprobs)
+                      result.prompt_logprobs, result.metrics)
 
 
 def _answer(run: ChatRun, out) -> ChatAnswer:

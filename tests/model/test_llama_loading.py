@@ -99,9 +99,10 @@ def test_every_preset_is_the_model_transformers_builds_from_its_config(preset):
     import torch
     import transformers
 
-    from nanovllm.model.checkpoint.llama_loader import expected_shapes
+    from nanovllm.model.architectures.families import family_of
 
     cfg = LLAMA_PRESETS[preset]
+    expected_shapes = family_of(cfg).shapes
     d = cfg.to_hf_dict()
     hf_config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
     with torch.device("meta"):

@@ -92,7 +92,7 @@ def test_tiny_llama_within_the_error_budget(overrides):
     """The same budget on the Llama family (grouped-query attention, 4 query heads reading 2
     key/value heads; Mistral's window; a tied head), transformers' initialisation (std 0.02)."""
     from nanovllm.model.architectures.llama_config import LlamaConfig
-    from nanovllm.model.checkpoint.dummy import random_llama_weights
+    from nanovllm.model.checkpoint.dummy import random_weights as random_llama_weights
     from tests.llama_checkpoints import LLAMA_TINY
 
     # (LLAMA_TINY is in transformers' names; our config calls key/value heads num_kv_heads)

@@ -3,6 +3,8 @@ server, each the way docs/api.md ("Coding agents") tells a user to: `claude -p`,
 and `opencode run`, in a home of their own with no login, telemetry or update check (the
 network is never needed). A turn completes with exit code 0, and the next turn of the same
 conversation reads its prompt from the prefix cache and reports it where the client reads it.
+And a turn goes through the client's own tools: the model calls one, the client runs it and
+sends its result back, and the model answers from it (write_tool_calling_qwen3).
 
 The CLIs are installed once into the test cache (a session fixture; the tests skip, saying
 why, where npm is missing or the registry is unreachable). npm 11 skips the packages' install
@@ -20,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chat_checkpoints import write_terse_qwen3
+from chat_checkpoints import write_terse_qwen3, write_tool_calling_qwen3
 from server_helpers import make_engine, serve, wait_idle
 
 from nanovllm.model.checkpoint.dummy import cache_root
@@ -177,3 +179,59 @@ def test_opencode_answers_and_continues_from_the_cache(cli_bin, server, tmp_path
     assert tokens("Say hello")["input"] > 0
     again = tokens("--continue", "Say it again")
     assert_mostly_cached(again["cache"]["read"], again["input"] + again["cache"]["read"])
+
+
+@pytest.fixture(scope="module")
+def tool_server(tmp_path_factory):
+    """A server whose model calls one of the client's tools, then answers "Done" once the
+    tool's result is in its prompt, and only then (write_tool_calling_qwen3): an answer of
+    "Done" says that the request after the call carried the result."""
+    engine = make_engine(write_tool_calling_qwen3(tmp_path_factory, CONTEXT),
+                         num_kv_blocks=8192, max_model_len=CONTEXT)
+    srv = serve(build_app(engine, served_model_name=MODEL, tool_call_parser="hermes",
+                          reasoning_parser="qwen3"), engine)
+    yield srv
+    srv.stop()
+    wait_idle(engine)
+    engine.shutdown()
+
+
+def test_claude_code_runs_its_tool_and_answers_from_the_result(cli_bin, tool_server, tmp_path):
+    agent = claude_code(cli_bin, tool_server, tmp_path)
+    events = json_lines(agent.run("claude", "-p", "Read notes.txt", "--output-format",
+                                  "stream-json", "--verbose").stdout)
+    content = [c for e in events if e["type"] in ("assistant", "user")
+               for c in e["message"]["content"] if isinstance(c, dict)]
+    calls = [c["id"] for c in content if c["type"] == "tool_use"]
+    results = [c["tool_use_id"] for c in content if c["type"] == "tool_result"]
+    assert len(calls) == 1 and results == calls, content
+    result = events[-1]
+    assert result["type"] == "result" and result["subtype"] == "success", result
+    assert result["result"] == "Done" and result["num_turns"] == 2
+
+
+def test_codex_runs_its_tool_and_answers_from_the_result(cli_bin, tool_server, tmp_path):
+    agent = codex(cli_bin, tool_server, tmp_path)
+    events = json_lines(agent.run("codex", "exec", "--json", "--skip-git-repo-check",
+                                  "List the files").stdout)
+    answers = [e["item"]["text"] for e in events
+               if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]
+    assert answers == ["Done"], events
+    # The session log (`exec --json` shows some tools' calls only): the call, then its output.
+    rollout, = (tmp_path / ".codex" / "sessions").rglob("rollout-*.jsonl")
+    items = [e["payload"] for e in json_lines(rollout.read_text())
+             if e["type"] == "response_item"]
+    kinds = [(i["type"], i.get("call_id")) for i in items if i["type"].endswith(
+        ("call", "call_output"))]
+    assert len(kinds) == 2 and kinds[0][1] == kinds[1][1], kinds
+    assert kinds[1][0].endswith("call_output")
+
+
+def test_opencode_runs_its_tool_and_answers_from_the_result(cli_bin, tool_server, tmp_path):
+    agent = opencode(cli_bin, tool_server, tmp_path)
+    events = json_lines(agent.run("opencode", "run", "--format", "json", "Read notes.txt").stdout)
+    tools = [e["part"] for e in events if e["type"] == "tool_use"]
+    assert len(tools) == 1 and tools[0]["state"]["status"] in ("completed", "error"), tools
+    steps = [e["part"]["reason"] for e in events if e["type"] == "step_finish"]
+    texts = [e["part"]["text"] for e in events if e["type"] == "text"]
+    assert steps == ["tool-calls", "stop"] and texts == ["Done"], events

@@ -28,6 +28,9 @@ OPERATIONS = [
     ("DELETE", "/v1/responses/{response_id}"), ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/embeddings"), ("POST", "/v1/score"),
     ("POST", "/score"), ("POST", "/v1/rerank"), ("POST", "/rerank"),
+    ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"), ("GET", "/api/tags"), ("POST", "/api/show"),
+    ("GET", "/api/ps"), ("GET", "/api/version"),
 ]
 # Run again against a pooling model (tests/server/test_server_pooling.py), where they do work.
 POOLING_OPERATIONS = [("POST", "/v1/embeddings"), ("POST", "/v1/score"), ("POST", "/v1/rerank")]

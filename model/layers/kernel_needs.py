@@ -1,0 +1,48 @@
+"""Which kernels a model's forward pass runs, so that start-up compiles those and no others.
+
+numba compiles a kernel for each argument signature the first time it is called, minutes for
+all of them on a cold cache. Start-up compiles (or loads from numba's cache) the signatures the
+engine's first steps call: float32 always (embeddings, biases, the LM head), bfloat16 or int8
+only where the weights hold such matrices, a float16 KV cache's only for one. Anything else (a
+precision this model does not use) is compiled when first called, as numba always does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.weights.quant import BF16Weight, Int8Weight, PackedBF16Weight
+
+logger = logging.getLogger("nanovllm")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelNeeds:
+    bf16_packed: bool = False    # bfloat16 matrices on the avx512bf16 kernel (rounded rows)
+    bf16_widened: bool = False   # bfloat16 matrices widened to float32 as they are multiplied
+    int8: bool = False           # W8A8 matrices
+    float16_cache: bool = False  # a float16 KV cache (float32 is always compiled)
+
+    def log(self, group: str, precision: str = "float32") -> None:
+        """One line saying what start-up waits for (a newcomer's first start compiles)."""
+        logger.info("compiling %s %s kernels for %s (loaded from numba's cache once compiled)",
+                    precision, group, kernel_path().name)
+
+
+def kernel_needs(weights, cache_dtype: str = "float32") -> KernelNeeds:
+    """What `weights` (any architecture's dataclass of them) and a `cache_dtype` KV cache run."""
+    kinds = matrix_kinds(weights)
+    return KernelNeeds(bf16_packed=PackedBF16Weight in kinds, bf16_widened=BF16Weight in kinds,
+                       int8=Int8Weight in kinds, float16_cache=cache_dtype == "float16")
+
+
+def matrix_kinds(value) -> set[type]:
+    """The types of everything `value` holds, through dataclasses, lists and tuples."""
+    if isinstance(value, (list, tuple)):
+        return set().union(*(matrix_kinds(v) for v in value))
+    if hasattr(value, "__dataclass_fields__") and not isinstance(
+            value, (BF16Weight, PackedBF16Weight, Int8Weight)):
+        return set().union(*(matrix_kinds(getattr(value, f.name)) for f in fields(value)))
+    return {type(value)}
