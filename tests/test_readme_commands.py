@@ -214,7 +214,13 @@ RUN, CURL, SERVE = "run", "curl", "serve"
 # (doc, command prefix, how to run it or why it is not run), first match wins; every command of
 # a bash block of docs/*.md must match one.
 DOC_RULES = [
+    ("api.md", "nanovllm serve Qwen/", "a real Qwen3 from the hub; tests/server/test_agent_clis.py "
+                                      "serves a random Qwen3 with the same flags"),
     ("api.md", "nanovllm serve ", SERVE),
+    ("api.md", "export ", "the coding agents' settings; tests/server/test_agent_clis.py sets them"),
+    ("api.md", "claude ", "Claude Code from npm: tests/server/test_agent_clis.py runs it"),
+    ("api.md", "codex ", "Codex from npm: tests/server/test_agent_clis.py runs it"),
+    ("api.md", "opencode ", "opencode from npm: tests/server/test_agent_clis.py runs it"),
     ("operations.md", "docker ", "needs Docker and an image"),
     ("operations.md", "nanovllm download ", "downloads from the hub"),
     ("operations.md", "nanovllm generate ", RUN),

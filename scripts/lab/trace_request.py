@@ -1,6 +1,7 @@
 """Which of the project's files run while the server answers one streamed completion.
 
-Starts `nanovllm serve` on a 2-layer random-weight GPT-2 (or `--model`) in a child process with
+Starts `nanovllm serve --engine-in-process` on a 2-layer random-weight GPT-2 (or `--model`) in a
+child process with
 a profile hook on every thread, sends one streamed completion to warm it up, then switches the
 hook on (SIGUSR1), streams one more completion, and switches it off (SIGUSR2): the child writes
 the file of every Python function called in between. Compiled kernels run below Python and are
@@ -85,7 +86,8 @@ def trace(model: str, max_tokens: int) -> list[str]:
         env = {**os.environ, "TRACE_OUT": str(out)}
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, "serve", model, "--port", str(port),
-             "--num-kv-blocks", "64", "--disable-ui", "--log-level", "warning"],
+             "--num-kv-blocks", "64", "--disable-ui", "--log-level", "warning",
+             "--engine-in-process"],  # one process holds the whole path, so one hook sees it
             env=env, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
