@@ -18,7 +18,6 @@ over each panel of weights while it is in cache.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,12 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
 from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
-from nanovllm.model.kernels.shared import as_bias, finish, float16_bits_to_float32
+from nanovllm.model.kernels.shared import (
+    as_bias,
+    finish,
+    first_that_compiles,
+    float16_bits_to_float32,
+)
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
     GROUP,
@@ -38,8 +42,6 @@ from nanovllm.model.weights.block_quant import (
     from_gguf,
     header_bytes,
 )
-
-logger = logging.getLogger("nanovllm")
 
 PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
@@ -337,22 +339,5 @@ def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:
-    """The first of `kernels` (best first; the last, "portable") that compiles here, compiled;
-    those that do not are passed over with one warning line."""
-    failed: list[str] = []
-    reason = ""
-    for kernel in kernels:
-        try:
-            compile_block_kernel(kernel)
-        except Exception as exc:  # numba's or LLVM's refusal, whatever its type
-            if kernel == kernels[-1]:
-                raise
-            failed.append(kernel)
-            reason = reason or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-            continue
-        if failed:
-            logger.warning("block-quantized dot products: the %s kernel(s) do not compile "
-                           "with this numba and LLVM (%s); running %s instead",
-                           ", ".join(failed), reason[:200], kernel)
-        return kernel
-    raise ValueError("no block kernel to compile")
+    """The first of `kernels` (best first) that compiles here, compiled (`first_that_compiles`)."""
+    return first_that_compiles(kernels, compile_block_kernel, "block-quantized dot products")

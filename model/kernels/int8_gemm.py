@@ -21,7 +21,6 @@ is `gpt2_reference.linear` on `dequantize`d weights and activations (tests/model
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +29,8 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.int8_dot import ISAS, OFFSET, TILES, dot_panel
 from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
-from nanovllm.model.kernels.shared import as_bias, finish
+from nanovllm.model.kernels.shared import as_bias, finish, first_that_compiles
 from nanovllm.model.weights.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
-
-logger = logging.getLogger("nanovllm")
 
 PORTABLE = "portable"
 KERNELS = (*ISAS, PORTABLE)
@@ -308,24 +305,5 @@ def compile_int8_kernel(kernel: str) -> None:
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:
-    """The first of `kernels` (best first; the last, "portable", is plain numba) that compiles
-    here, compiled. Those that do not (an LLVM that refuses an instruction's intrinsic: the
-    W8A8 kernels must never stop a server, most of which do not even use them) are passed over,
-    with one warning line."""
-    failed: list[str] = []
-    reason = ""
-    for kernel in kernels:
-        try:
-            compile_int8_kernel(kernel)
-        except Exception as exc:  # numba's or LLVM's refusal, whatever its type
-            if kernel == kernels[-1]:
-                raise
-            failed.append(kernel)
-            reason = reason or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-            continue
-        if failed:
-            logger.warning("int8 dot products: the %s kernel(s) do not compile with this numba "
-                           "and LLVM (%s); running %s instead", ", ".join(failed), reason[:200],
-                           kernel)
-        return kernel
-    raise ValueError("no int8 kernel to compile")
+    """The first of `kernels` (best first) that compiles here, compiled (`first_that_compiles`)."""
+    return first_that_compiles(kernels, compile_int8_kernel, "int8 dot products")

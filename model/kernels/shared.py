@@ -29,6 +29,8 @@ changing it, delete `model/*/__pycache__/*.nbi` and `*.nbc`.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -302,3 +304,26 @@ def softmax_row_(row):
         row[j] = exp32(row[j] - top)
         total += row[j]
     row *= np.float32(1.0) / total
+
+
+def first_that_compiles(kernels: list[str], compile_one, what: str) -> str:
+    """The first of `kernels` (best first; the last, "portable", is plain numba) that
+    `compile_one` compiles here. Those that do not (an LLVM that refuses an instruction's
+    intrinsic must never stop a server) are passed over with one warning line naming `what`."""
+    failed: list[str] = []
+    reason = ""
+    for kernel in kernels:
+        try:
+            compile_one(kernel)
+        except Exception as exc:  # numba's or LLVM's refusal, whatever its type
+            if kernel == kernels[-1]:
+                raise
+            failed.append(kernel)
+            reason = reason or next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            continue
+        if failed:
+            logging.getLogger("nanovllm").warning(
+                "%s: the %s kernel(s) do not compile with this numba and LLVM (%s); running %s "
+                "instead", what, ", ".join(failed), reason[:200], kernel)
+        return kernel
+    raise ValueError(f"no {what} kernel to compile")
