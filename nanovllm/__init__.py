@@ -26,9 +26,10 @@ _EXPORTS = {
     "PoolingParams": "nanovllm.values.pooling_params",
     "BeamSearchParams": "nanovllm.values.beam_search_params",
     "GrammarCompiler": "nanovllm.structured",
+    "LoRARequest": "nanovllm.values.lora_request",
 }
 __all__ = ["LLM", "AsyncEngine", "BeamSearchParams", "CompletionOutput", "EngineClient", "EngineConfig", "EngineStats",
-           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "PoolingParams",
+           "GrammarCompiler", "InvalidRequestError", "LLMEngine", "Logprob", "LoRARequest", "PoolingParams",
            "PromptType",
            "QueueFullError", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt",
            "__version__"]
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from nanovllm.values.beam_search_params import BeamSearchParams
     from nanovllm.values.errors import InvalidRequestError, QueueFullError
     from nanovllm.values.inputs import PromptType, TextPrompt, TokensPrompt
+    from nanovllm.values.lora_request import LoRARequest
     from nanovllm.values.outputs import CompletionOutput, Logprob, RequestOutput
     from nanovllm.values.pooling_params import PoolingParams
     from nanovllm.values.sampling_params import SamplingParams

@@ -58,13 +58,16 @@ class LowerTier(Protocol):
 HASH_BYTES = 16  # a block key's size: 128 bits make a collision between two prefixes implausible
 
 
-def chain_hash(token_ids: Seq[int], prefix_hash: int | None) -> int:
+def chain_hash(token_ids: Seq[int], prefix_hash: int | None, extra_key: int = 0) -> int:
     """The key of a block holding `token_ids` after the prefix keyed `prefix_hash` (None: the
     first block). Built from bytes alone, so every process, on every run, computes the same key
-    (Python's own `hash` of None or a str changes from run to run)."""
+    (Python's own `hash` of None or a str changes from run to run). `extra_key` (vLLM's
+    extra_keys: the sequence's adapter id) is whatever else makes the K/V differ for the same
+    tokens; 0 leaves the key as it was."""
     parent = (prefix_hash or 0).to_bytes(HASH_BYTES, "little")
     tokens = struct.pack(f"<{len(token_ids)}q", *token_ids)
-    digest = hashlib.blake2b(parent + tokens, digest_size=HASH_BYTES).digest()
+    extra = struct.pack("<q", extra_key) if extra_key else b""
+    digest = hashlib.blake2b(parent + tokens + extra, digest_size=HASH_BYTES).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -105,7 +108,7 @@ class BlockManager:
         bs, h, matched = self.block_size, None, []
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(tokens, h)
+            h = chain_hash(tokens, h, seq.request.adapter_id)
             block_id = self.hash_to_block_id.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 block_id = self._load_from_lower_tier(h, tokens, matched)
@@ -182,7 +185,8 @@ class BlockManager:
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             prefix_hash = self.blocks[table[i - 1]].hash if i else None
             block = self.blocks[table[i]]
-            block.hash, block.token_ids = chain_hash(tokens, prefix_hash), tokens
+            block.hash, block.token_ids = chain_hash(tokens, prefix_hash,
+                                                     seq.request.adapter_id), tokens
             published = self.hash_to_block_id.setdefault(block.hash, block.block_id)
             if self.lower_tier is not None and published == block.block_id:
                 self.lower_tier.publish(block.block_id, block.hash, tokens)

@@ -76,6 +76,13 @@ class EngineConfig:
               "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or '{\"model\": "
               "\"DRAFT_DIR\", \"num_speculative_tokens\": 4, \"quantization\": \"int8\"}'",
         flag_type=str)
+    enable_lora: bool = option(
+        False, "serve LoRA adapters (PEFT's) on the base model, chosen per request")
+    max_loras: int = option(8, "LoRA adapters loaded at once, at most (with --enable-lora)")
+    max_lora_rank: int = option(16, "the highest LoRA rank an adapter may have")
+    max_cpu_loras: int | None = option(
+        None, "vLLM's bound on adapters cached in host memory: every loaded adapter is there "
+              "already, so at least --max-loras (default: --max-loras)")
 
     def __post_init__(self):
         for f in fields(self):
@@ -86,6 +93,11 @@ class EngineConfig:
                                  f"got {value!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting_seqs"):
             _positive(name, getattr(self, name))
+        _positive("max_loras", self.max_loras)
+        _positive("max_lora_rank", self.max_lora_rank)
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras "
+                             f"({self.max_loras})")
         for name in ("max_model_len", "kv_cache_memory_bytes", "num_kv_blocks"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -37,6 +37,7 @@ from nanovllm.snapshot import EngineSnapshot, take_snapshot
 from nanovllm.stats import EngineStats, StatsCollector, StepStats
 from nanovllm.values.errors import InvalidRequestError, QueueFullError
 from nanovllm.values.inputs import PromptType
+from nanovllm.values.lora_request import LoRARequest
 from nanovllm.values.outputs import RequestMetrics, RequestOutput
 from nanovllm.values.request import EngineRequest
 from nanovllm.values.sampling_params import SamplingParams
@@ -107,6 +108,9 @@ class LLMEngine:
                 "embeddings or scores unless started with --runner pooling.", "model")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if request.adapter_id and request.adapter_id not in self._adapters():
+            raise InvalidRequestError(f"no LoRA adapter with id {request.adapter_id} is loaded",
+                                      "lora_request")
         if self.scheduler.num_waiting_seqs + params.n > self.config.max_waiting_seqs:
             raise QueueFullError(
                 f"The server is busy: {self.scheduler.num_waiting_seqs} sequences are waiting and "
@@ -117,7 +121,8 @@ class LLMEngine:
         state = Request(request_id, request.prompt, request.prompt_token_ids, params,
                         final_only=request.final_only or group is not None, group=group,
                         pooling=request.pooling, token_type_ids=request.token_type_ids,
-                        metrics=RequestMetrics(time.perf_counter()))
+                        metrics=RequestMetrics(time.perf_counter()),
+                        adapter_id=request.adapter_id)
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self.output_processor.new_sequence(state, index)
@@ -133,6 +138,33 @@ class LLMEngine:
             if request is not None:
                 self.stats.num_aborted_total += 1
                 self.scheduler.abort(request)
+
+    # ---- adapters (LoRA), as vLLM's engine manages them -----------------------------------------
+    def add_lora(self, lora: LoRARequest) -> bool:
+        """Loads the adapter, checked whole first (an AdapterError naming it, nothing loaded, if
+        it cannot run on this model); False if its id is loaded already (it is not reloaded)."""
+        adapters = self._adapters()
+        if lora.lora_int_id in adapters:
+            return False
+        adapters.load(lora.lora_name, lora.lora_int_id, lora.lora_path)
+        return True
+
+    def remove_lora(self, lora_id: int) -> bool:
+        """Unloads the adapter (refused while a request uses it); False if it is not loaded."""
+        users = [rid for rid, r in self.requests.items() if r.adapter_id == lora_id]
+        if users:
+            raise InvalidRequestError(f"LoRA adapter {lora_id} is in use by {len(users)} "
+                                      "unfinished request(s)", "lora_name")
+        return self._adapters().remove(lora_id)
+
+    def list_loras(self) -> set[int]:
+        return set(self._adapters().by_id) if getattr(self.runner, "adapters", None) else set()
+
+    def _adapters(self):
+        if getattr(self.runner, "adapters", None) is None:
+            raise InvalidRequestError("LoRA adapters need an engine started with enable_lora "
+                                      "(--enable-lora)", "lora_request")
+        return self.runner.adapters
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

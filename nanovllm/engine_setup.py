@@ -19,7 +19,9 @@ from dataclasses import dataclass, fields, is_dataclass
 import numpy as np
 
 from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.model.architectures.registry import family_of
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
+from nanovllm.model.lora.loaded import LoadedAdapters
 from nanovllm.model_loading import LoadedModel, load_draft, load_model
 from nanovllm.pooling import pooling_config_of
 from nanovllm.runner.kv_cache import kv_bytes_per_block
@@ -59,6 +61,9 @@ def build_parts(config: EngineConfig) -> EngineParts:
                          f"n_positions={cfg.n_positions}")
     pooling = pooling_config_of(config, loaded)
     if pooling is not None:
+        if config.enable_lora:
+            raise ValueError("enable_lora: LoRA adapters run on generating models only, not "
+                             "with the pooling runner")
         return pooling_parts(config, loaded, tokenizer, max_model_len, pooling)
     spec = config.speculative_config
     draft = (load_draft(config, loaded, max_model_len)
@@ -74,8 +79,10 @@ def build_parts(config: EngineConfig) -> EngineParts:
     speculator = None if spec is None else Speculator(
         spec, max_model_len, draft_model,
         0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
+    adapters = LoadedAdapters(family_of(cfg), cfg, config.max_loras, config.max_lora_rank) \
+        if config.enable_lora else None
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
-                               config.cache_dtype, config.seed, speculator)
+                               config.cache_dtype, config.seed, speculator, adapters)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                 "max_model_len %d)", loaded.architecture, loaded.path,
                 "RANDOM weights (dummy checkpoint)" if loaded.is_dummy else "pretrained weights",

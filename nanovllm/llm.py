@@ -25,6 +25,7 @@ from nanovllm.pooling_input import PoolingInput
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import InvalidRequestError, QueueFullError
 from nanovllm.values.inputs import PromptType
+from nanovllm.values.lora_request import LoRARequest
 from nanovllm.values.outputs import (
     BeamSearchOutput,
     EmbeddingOutput,
@@ -45,8 +46,12 @@ class LLM:
 
     def generate(self, prompts: PromptType | Seq[PromptType],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True,
+                 lora_request: LoRARequest | Seq[LoRARequest | None] | None = None
+                 ) -> list[RequestOutput]:
         """Runs every prompt to completion, batched continuously; outputs in input order.
+        `lora_request` (one for all prompts, or one or None per prompt) runs them through LoRA
+        adapters, each loaded on first use (needs `enable_lora`).
 
         All or nothing: if a prompt is rejected, or the run is interrupted (Ctrl-C), every
         request of this call is withdrawn from the engine.
@@ -58,9 +63,20 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
-        processor = self.engine.processor  # outputs are read when finished: final_only
-        return self._run_all([partial(processor.process, prompt=p, params=sp, final_only=True)
-                              for p, sp in zip(prompts, params)], use_tqdm)
+        loras = (list(lora_request) if isinstance(lora_request, list | tuple)
+                 else [lora_request] * len(prompts))
+        if len(loras) != len(prompts):
+            raise ValueError(f"got {len(loras)} lora requests for {len(prompts)} prompts")
+        for lora in {lora for lora in loras if lora is not None}:
+            self.engine.add_lora(lora)
+        return self._run_all([partial(self._process, prompt=p, params=sp, lora=lora)
+                              for p, sp, lora in zip(prompts, params, loras)], use_tqdm)
+
+    def _process(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                 lora: LoRARequest | None) -> EngineRequest:
+        """A checked request, read only once finished (final_only), with its adapter's id."""
+        request = self.engine.processor.process(request_id, prompt, params, final_only=True)
+        return request if lora is None else replace(request, adapter_id=lora.lora_int_id)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Seq[SamplingParams] | None = None,

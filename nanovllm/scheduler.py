@@ -113,7 +113,7 @@ class Scheduler:
             sample=end == seq.num_tokens,  # the chunk reaches the end of the sequence's tokens
             num_output_tokens=seq.num_output_tokens, prompt_logprob_ids=scored,
             num_candidates=seq.request.group.num_candidates if seq.request.group else 0,
-            num_lookahead=lookahead))
+            num_lookahead=lookahead, adapter_id=seq.request.adapter_id))
         step.num_tokens += n + lookahead
 
     def _make_room_for_idle(self) -> None:

@@ -67,6 +67,7 @@ class Request:
     token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
     pooled: object = None  # its result (an embedding or scores), once computed
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
+    adapter_id: int = 0  # the loaded adapter (LoRA) its tokens run through; 0: the base model
 
     @property
     def finished(self) -> bool:

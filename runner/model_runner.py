@@ -19,6 +19,7 @@ its sequence).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -48,6 +49,12 @@ from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.speculator import Speculator
 
 
+class StepAdapters(Protocol):
+    """Per-sequence changes to the model (LoRA: model/lora/loaded.py), by adapter id."""
+    def __contains__(self, adapter_id: int) -> bool: ...
+    def weights_for(self, weights, row_adapters: np.ndarray): ...
+
+
 @dataclass(slots=True)
 class StepInputs:
     token_ids: np.ndarray
@@ -60,14 +67,16 @@ class StepInputs:
     # then these, with tokens in lookahead slots: 1 + len(lookahead[seq_id]) rows each
     ahead: list[ScheduledSequence] = field(default_factory=list)
     lookahead: dict[int, list[int]] = field(default_factory=dict)  # seq id -> those tokens
+    row_adapters: np.ndarray | None = None  # each row's adapter id (None: no row has one)
 
 
 class NativeModelRunner:
     def __init__(self, cfg: ModelConfig, weights, num_blocks: int, block_size: int,
                  kv_cache_dtype: str = "float32", seed: int = 0,
-                 speculator: Speculator | None = None):
+                 speculator: Speculator | None = None, adapters: StepAdapters | None = None):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.speculator = speculator
+        self.adapters = adapters  # the adapters a sequence may ask for (LoRA), by id
         self.eos_token_ids = list(cfg.eos_token_ids)  # what min_tokens bans, read every step
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
@@ -94,7 +103,9 @@ class NativeModelRunner:
         filled = (self.speculator.propose(step.scheduled, self.states, self.prepare)
                   if self.speculator else {})
         inputs = self.prepare(step.scheduled, {i: p.token_ids for i, p in filled.items()})
-        logits = self.model.forward(self.weights, self.cfg, inputs.token_ids, inputs.positions,
+        weights = (self.weights if inputs.row_adapters is None
+                   else self.adapters.weights_for(self.weights, inputs.row_adapters))
+        logits = self.model.forward(weights, self.cfg, inputs.token_ids, inputs.positions,
                                     self.kv_cache.layers, inputs.attention, inputs.logit_rows)
         n = len(inputs.sampling)
         if self.keep_last_run:  # the step-by-step mode shows what the model was given
@@ -198,9 +209,12 @@ class NativeModelRunner:
                                    self._block_tables(decodes, counts), pos[0] + 1, prefills)
         token_ids = (t for e in entries
                      for part in (e.token_ids, lookahead.get(e.seq_id, ())) for t in part)
+        adapted = any(e.adapter_id for e in entries)  # else the step skips adapters entirely
+        row_adapters = np.repeat(np.array([e.adapter_id for e in entries], np.int64),
+                                 [num_rows(e) for e in entries]) if adapted else None
         return StepInputs(np.fromiter(token_ids, np.int64, row), np.concatenate(pos), attention,
                           np.array(sample_rows + prompt_rows + ahead_rows, np.int64), sampling,
-                          scoring, entries, ahead, lookahead)
+                          scoring, entries, ahead, lookahead, row_adapters)
 
     def _block_tables(self, decodes: list[ScheduledSequence], counts: list[int]) -> np.ndarray:
         """Each decode row's block table (its sequence's, `counts[i]` rows for decodes[i]),

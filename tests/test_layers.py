@@ -26,6 +26,7 @@ LAYERS = [
     ("layers", ["model/layers"]),                # linear, norms, attention, ... over the kernels
     ("architectures", ["model/architectures"]),  # compositions, configs, plain references
     ("checkpoint", ["model/checkpoint"]),        # files on disk into a family's weights
+    ("adapters", ["model/lora"]),                # LoRA adapters: files, checks, per-row updates
     ("family registry", ["model/architectures/registry.py", "model/__init__.py"]),
     ("plain values", ["nanovllm/values"]),       # parameters, prompts, outputs, errors, limits
     ("step contract", ["nanovllm/contract"]),    # what crosses between scheduler and runner
@@ -217,7 +218,7 @@ def test_the_layers_are_folders():
     assert "nanovllm.model.checkpoint.loader" in MODULES  # loading apart from the math
 
 
-MODEL_ROOMS = ["platform", "weights", "kernels", "layers", "architectures", "checkpoint"]
+MODEL_ROOMS = ["platform", "weights", "kernels", "layers", "architectures", "checkpoint", "lora"]
 
 
 def test_model_is_in_rooms():
@@ -227,8 +228,8 @@ def test_model_is_in_rooms():
     loose = [m for m in MODULES if m.startswith("nanovllm.model.")
              and MODULES[m].relative_to(ROOT / "model").parts[0] not in MODEL_ROOMS]
     assert loose == []
-    assert [name for name, _ in LAYERS[:6]] == ["platform", "weight formats", "kernels", "layers",
-                                                 "architectures", "checkpoint"]
+    assert [name for name, _ in LAYERS[:7]] == ["platform", "weight formats", "kernels", "layers",
+                                                 "architectures", "checkpoint", "adapters"]
     for room in MODEL_ROOMS:
         assert (ROOT / "model" / room / "__init__.py").read_text().startswith('"""'), room
 

@@ -55,6 +55,7 @@ from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.platform.cpu import block_kernels, int8_kernels, kernel_path
+from nanovllm.model.weights.adapted import AdaptedWeight
 from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.model.weights.quant import (
     BLOCK,
@@ -102,7 +103,13 @@ def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None 
     bfloat16 ones rounded already (`BF16Rows`, see `takes_bf16_rows`).
     With `residual` ([M, out] float32, C-contiguous) the result is added into it in place and
     it is returned (the W8A8 and the packed kernels add the bias and the residual as they
-    store their sums; elsewhere numpy adds them after)."""
+    store their sums; elsewhere numpy adds them after). An `AdaptedWeight` multiplies by its
+    base, then adds its per-row update (x comes as float32: `takes_int8` and `takes_bf16_rows`
+    are false for it, so the layer feeding it does not pre-round its rows)."""
+    if isinstance(w, AdaptedWeight):
+        out = linear(x, w.base, b, residual)
+        w.update(x, out)
+        return out
     if isinstance(w, Int8Weight):
         return int8_linear(x, w, host_int8_kernel(), b, residual)
     if isinstance(w, BlockWeight):

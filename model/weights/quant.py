@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from nanovllm.model.weights.adapted import AdaptedWeight
 from nanovllm.model.weights.block_quant import BlockWeight, from_float
 from nanovllm.model.weights.precision import BLOCK_QUANTIZATIONS
 from nanovllm.model.weights.stacked import StackedWeight
@@ -162,8 +163,8 @@ def attends_in_bf16(w: Weight) -> bool:
     """Whether a layer whose attention projection is w attends with bfloat16 products
     (`bf16_attention`): its weights are packed for the avx512bf16 kernel (`PackedBF16Weight`),
     which the loader does for bfloat16 models where this CPU runs it
-    (`linear.host_packs_bfloat16`)."""
-    return isinstance(w, PackedBF16Weight)
+    (`linear.host_packs_bfloat16`). An adapted weight attends as its base does."""
+    return isinstance(w.base if isinstance(w, AdaptedWeight) else w, PackedBF16Weight)
 
 
 def quantize_int8(w: np.ndarray) -> Int8Weight:

@@ -49,6 +49,8 @@ class ScheduledSequence:
     # A decode only: KV slots reserved after token_ids for up to this many more tokens, which
     # the runner may fill and check in this step (each kept one is a token computed).
     num_lookahead: int = 0
+    # The adapter the model applies to this sequence's rows (a loaded LoRA's id; 0: none).
+    adapter_id: int = 0
 
 
 @dataclass(slots=True)

@@ -1,0 +1,37 @@
+"""LoRA's update as plain numpy: y = x W.T + scale * (x A.T) B.T, per row by its adapter.
+
+A LoRA fine-tune keeps the base matrix W [out, in] and learns two thin ones, A [r, in] and
+B [out, r], r much smaller than in and out. Multiplying x by A, then by B, costs r (in + out) per
+row instead of the in * out of forming W + scale B A: so one base product serves every row of a
+batch, and each row adds its own adapter's two thin products (S-LoRA's and Punica's batching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class LoRAPair:
+    """One adapted projection: out[:, cols] += (x @ a.T) @ b.T, b already scaled."""
+    a: np.ndarray   # float32 [r, in]
+    b: np.ndarray   # float32 [out_member, r]: PEFT's lora_B times its scale
+    cols: slice     # the member's columns of the fused output (q, k or v of q|k|v, ...)
+
+
+def lora_delta(x: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
+    """x [n, in], a [r, in], b [out, r] -> scale * (x a.T) b.T [n, out]: PEFT's forward."""
+    return scale * ((x @ a.T) @ b.T)
+
+
+def add_row_updates(x: np.ndarray, out: np.ndarray,
+                    groups: list[tuple[np.ndarray, LoRAPair]]) -> None:
+    """out [n, out_total] += each group's update on its rows: (x[rows] a.T) b.T in its columns.
+
+    `groups` pairs the row indices of one adapter (ascending) with that adapter's pair; rows in
+    no group are left as they are (they pay nothing)."""
+    for rows, pair in groups:
+        xa = x[rows] @ pair.a.T                     # [m, r]
+        out[rows, pair.cols] += xa @ pair.b.T       # [m, out_member]

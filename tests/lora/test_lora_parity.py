@@ -1,0 +1,121 @@
+"""LoRA adapters through the whole engine equal PEFT's merged model in transformers.
+
+On GPT-2 (c_attn, c_proj, c_fc: Conv1D, fan_in_fan_out), Llama and Qwen3 (q, k, v, o, gate, up,
+down, fused in our weights), adapters PEFT wrote with random A and B give transformers' greedy
+tokens of the merged model, and logprobs within the bound the other parity tests use. A batch
+mixing adapters and rows without one gives each row what it gives alone, and the prefix cache
+never hands one adapter's K/V to another.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lora_checkpoints import hf_base, hf_merged
+
+from nanovllm import LLM, LoRARequest, SamplingParams
+
+NUM_TOKENS = 10
+PROMPTS = [np.random.default_rng(n).integers(0, 1000, n).tolist() for n in (3, 9, 17, 30)]
+LOGPROB_TOL = 1e-3  # tests/engine/test_llama_greedy_parity.py's
+MIXED_TOL = 1e-4  # a batch's rows and one alone may go through different kernels (BLAS, ...)
+ARCHS = ["gpt2", "llama", "qwen3"]
+
+
+def greedy(hf, prompt: list[int]) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                          dtype=torch.long), do_sample=False, max_new_tokens=NUM_TOKENS,
+                          min_new_tokens=NUM_TOKENS, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def logprobs_of(hf, token_ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return torch.log_softmax(hf(torch.tensor([token_ids])).logits[0].double(), -1).numpy()
+
+
+def make_llm(base, **options) -> LLM:
+    return LLM(str(base), enable_lora=True, block_size=4, num_kv_blocks=200, **options)
+
+
+PARAMS = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, min_tokens=NUM_TOKENS,
+                        logprobs=2, prompt_logprobs=1)
+
+
+def check_against(hf, prompt: list[int], out) -> None:
+    """Greedy tokens equal hf's, every logprob (sampled and prompt) within LOGPROB_TOL."""
+    tokens = out.outputs[0].token_ids
+    assert tokens == greedy(hf, prompt)
+    ref = logprobs_of(hf, prompt + tokens)
+    for i, (token, entry) in enumerate(zip(tokens, out.outputs[0].logprobs)):
+        assert abs(entry[token].logprob - ref[len(prompt) - 1 + i, token]) < LOGPROB_TOL
+    for pos in range(1, len(prompt)):
+        assert abs(out.prompt_logprobs[pos][prompt[pos]].logprob
+                   - ref[pos - 1, prompt[pos]]) < LOGPROB_TOL
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adapter_equals_peft_merged_model(lora_base, lora_adapter, arch):
+    base, adapter = lora_base(arch), lora_adapter(arch)
+    llm, hf = make_llm(base), hf_merged(base, adapter)
+    lora = LoRARequest("a", 1, str(adapter))
+    outputs = llm.generate(PROMPTS, PARAMS, use_tqdm=False, lora_request=lora)
+    plain = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    for prompt, out in zip(PROMPTS, outputs):
+        check_against(hf, prompt, out)
+    # The adapter changes the output (its update is not vanishingly small), and the base
+    # model's requests after it are the base model's.
+    assert [o.outputs[0].token_ids for o in outputs] != [o.outputs[0].token_ids for o in plain]
+    for prompt, out in zip(PROMPTS, plain):
+        check_against(hf_base(base), prompt, out)
+
+
+@pytest.mark.parametrize("arch,options", [
+    ("gpt2", dict(targets=["c_attn"], use_rslora=True, r=8, alpha=4)),
+    ("llama", dict(targets=["k_proj", "up_proj"], r=2, alpha=16)),  # members inside fusions
+    ("qwen3", dict(targets=["v_proj", "o_proj", "down_proj"], use_rslora=True)),
+], ids=["gpt2-rslora-c_attn", "llama-k-up", "qwen3-v-o-down-rslora"])
+def test_partial_targets_and_scaling(lora_base, lora_adapter, arch, options):
+    base, adapter = lora_base(arch), lora_adapter(arch, seed=5, **options)
+    hf = hf_merged(base, adapter)
+    out = make_llm(base).generate(PROMPTS, PARAMS, use_tqdm=False,
+                                  lora_request=LoRARequest("a", 7, str(adapter)))
+    for prompt, o in zip(PROMPTS, out):
+        check_against(hf, prompt, o)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mixed_batch_equals_each_alone(lora_base, lora_adapter, arch):
+    """Three adapters and rows without one in one batch, the same prompts under each (so the
+    prefix cache would hand one's blocks to another if it keyed them by tokens alone)."""
+    base = lora_base(arch)
+    loras = [LoRARequest(f"a{i}", i, str(lora_adapter(arch, seed=i))) for i in (1, 2, 3)]
+    prompt = PROMPTS[-1]
+    choice = [loras[0], None, loras[1], loras[2], None, loras[0], loras[1]]
+    prompts = [prompt if i % 2 else PROMPTS[2] + [i] for i in range(len(choice))]
+    llm = make_llm(base)
+    mixed = llm.generate(prompts, PARAMS, use_tqdm=False, lora_request=choice)
+    for p, lora, out in zip(prompts, choice, mixed):
+        alone = make_llm(base, enable_prefix_caching=False).generate(
+            [p], PARAMS, use_tqdm=False, lora_request=lora)[0]
+        assert out.outputs[0].token_ids == alone.outputs[0].token_ids
+        for a, b in zip(out.outputs[0].logprobs, alone.outputs[0].logprobs):
+            assert a.keys() == b.keys()
+            assert all(abs(a[t].logprob - b[t].logprob) < MIXED_TOL for t in a)
+    first = mixed[0].outputs[0].token_ids
+    assert any(o.outputs[0].token_ids != first for o in mixed[1::2]), "adapters differ"
+
+
+def test_prefix_cache_keys_blocks_by_adapter(lora_base, lora_adapter):
+    base = lora_base("gpt2")
+    one, two = (LoRARequest(f"a{i}", i, str(lora_adapter("gpt2", seed=i))) for i in (1, 2))
+    llm = make_llm(base)
+    prompt = PROMPTS[-1]
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    llm.generate([prompt], params, use_tqdm=False, lora_request=one)
+    cached = {name: llm.generate([prompt], params, use_tqdm=False, lora_request=lora)[0]
+              .num_cached_tokens for name, lora in (("two", two), ("base", None), ("one", one))}
+    assert cached["two"] == 0 and cached["base"] == 0
+    assert cached["one"] == 4 * ((len(prompt) - 1) // 4)  # every full block but the last token's
