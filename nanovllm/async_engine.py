@@ -28,6 +28,7 @@ from nanovllm.config import EngineConfig
 from nanovllm.engine import LLMEngine
 from nanovllm.engine_client import EngineDeadError, OutputSink, RequestAborted, deliver
 from nanovllm.values.errors import QueueFullError
+from nanovllm.values.lora_request import LoRARequest
 from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,31 @@ class AsyncEngine:
         future: Future = Future()
         self._send(Call(fn, future), future)
         return future
+
+    def add_lora(self, lora: LoRARequest) -> Future[bool]:
+        """`LLMEngine.add_lora` between two steps (the adapter is read and checked there)."""
+        return self._refusable(lambda: self.engine.add_lora(lora))
+
+    def remove_lora(self, lora_id: int) -> Future[bool]:
+        return self._refusable(lambda: self.engine.remove_lora(lora_id))
+
+    def _refusable(self, fn: Callable[[], object]) -> Future:
+        """fn() as a `call`, except that a ValueError it raises (a refused adapter: the engine
+        is unharmed) goes to the Future instead of killing the engine."""
+        answer: Future = Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(fn())
+            except ValueError as exc:
+                answer.set_exception(exc)
+
+        def failed(call: Future) -> None:  # the engine died or stopped first
+            if call.exception() is not None and not answer.done():
+                answer.set_exception(call.exception())
+
+        self.call(run).add_done_callback(failed)
+        return answer
 
     def hold(self, seconds: float | None) -> None:
         """Engine thread only (from a `call`): stop stepping for `seconds` (renewed by holding

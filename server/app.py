@@ -20,6 +20,7 @@ from nanovllm.server.chat.reasoning import REASONING_PARSERS
 from nanovllm.server.chat.template import ChatTemplate, special_tokens
 from nanovllm.server.chat.tool_calls import PARSERS
 from nanovllm.server.errors import ErrorShapes, install_error_handlers
+from nanovllm.server.lora import ServedAdapters
 from nanovllm.server.metrics import ServerMetrics
 from nanovllm.server.middleware import (
     AccessLogMiddleware,
@@ -78,7 +79,8 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
               return_tokens_as_token_ids: bool = False,
               enable_server_load_tracking: bool = False,
               tool_call_parser: str | None = None, reasoning_parser: str | None = None,
-              structured_in_reasoning: bool = False, log_requests: bool = True) -> FastAPI:
+              structured_in_reasoning: bool = False, log_requests: bool = True,
+              adapters: ServedAdapters | None = None) -> FastAPI:
     """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
     page at /ui unless `ui` is False (its engine, attention, forward-pass and step views need
     an `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name,
@@ -89,7 +91,8 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
     in tool_calls.PARSERS) turns tool_choice "auto" on; `reasoning_parser` (a name in
     REASONING_PARSERS) splits reasoning from the answer, which is all a grammar holds unless
     `structured_in_reasoning`. `log_requests`: one line per request in the log (the logger
-    "nanovllm.access").
+    "nanovllm.access"). `adapters`: the LoRA adapters served by name (server/lora.py), with
+    /v1/load_lora_adapter; None: off.
     """
     # /docs (Swagger UI) and /redoc from the package's own copies of their scripts, not a CDN:
     # the page that documents the limits must work offline too.
@@ -121,7 +124,8 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
                                   tool_parser=_named(PARSERS, tool_call_parser, "tool call"),
                                   reasoning_parser=_named(REASONING_PARSERS, reasoning_parser,
                                                           "reasoning"),
-                                  structured_in_reasoning=structured_in_reasoning)
+                                  structured_in_reasoning=structured_in_reasoning,
+                                  adapters=adapters)
     errors = ErrorShapes({path: api.errors for api in APIS for path in api.paths})
     install_error_handlers(app, errors)
     for api in APIS:

@@ -56,6 +56,11 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None,
                         help="model name clients use (default: the checkpoint directory's name, "
                              "or MODEL as given for a hub name; never a local path)")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters served from the start (with --enable-lora), each "
+                             "name=path or vLLM's JSON {\"name\": ..., \"path\": ..., "
+                             "\"base_model_name\": ...}; clients select one by its name in "
+                             "\"model\"")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--disable-log-requests", action="store_true",
@@ -193,6 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat.template import load_chat_template
+    from nanovllm.server.lora import start_adapters
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
@@ -202,6 +208,11 @@ def run_serve(args: argparse.Namespace) -> int:
     in_reasoning = structured_in_reasoning(args)
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
+    if args.lora_modules and not args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
+    if args.enable_lora and args.data_parallel_size is not None:
+        raise ValueError("--enable-lora serves adapters from one engine: not with "
+                         "--data-parallel-size")
     if args.ray_address and args.data_parallel_size is None:
         raise ValueError("--ray-address needs --data-parallel-size")
     concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
@@ -221,6 +232,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                      enable_step_mode=args.enable_step_mode)
         engine, inspector = client, client.inspector
     name = args.served_model_name or served_name(args.model)
+    adapters = start_adapters(engine, args.lora_modules, name) if args.enable_lora else None
     app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
                     api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
@@ -231,7 +243,7 @@ def run_serve(args: argparse.Namespace) -> int:
                     else None, reasoning_parser=args.reasoning_parser,
                     structured_in_reasoning=in_reasoning,
                     log_requests=not (args.disable_log_requests
-                                      or args.disable_uvicorn_access_log))
+                                      or args.disable_uvicorn_access_log), adapters=adapters)
     # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
     # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

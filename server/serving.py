@@ -39,6 +39,7 @@ from nanovllm.server.chat.template import ChatTemplate
 from nanovllm.server.chat.tool_calls import ToolParser
 from nanovllm.server.errors import APIError, bad_request, internal_error, invalid_request
 from nanovllm.server.field_policy import IgnoredFields
+from nanovllm.server.lora import ServedAdapters
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
 from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
@@ -80,6 +81,7 @@ class ServerContext:
     response_store: ResponseStore | None = None
     # The fields the front ends accepted and ignored, each logged once (server/field_policy.py).
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
+    adapters: ServedAdapters | None = None  # --enable-lora: LoRA adapters by name (server/lora.py)
 
     def __post_init__(self) -> None:
         if self.response_store is None:
@@ -91,11 +93,14 @@ class ServerContext:
         if self.return_tokens_as_token_ids:
             req.return_tokens_as_token_ids = True
 
-    def check_model(self, model: str | None) -> None:
-        """A request may omit "model"; naming any other model is a 404, as in vLLM."""
-        if model is not None and model != self.model_name:
+    def check_model(self, model: str | None) -> int:
+        """A request may omit "model"; naming any other model is a 404, as in vLLM. A loaded
+        LoRA adapter's name selects it: its id (0: the base model)."""
+        adapter_id = self.adapters.id_of(model) if self.adapters and model else 0
+        if model is not None and model != self.model_name and not adapter_id:
             raise APIError(f"The model {quote(model, 100)} does not exist: this server serves "
                            f"{quote(self.model_name, 100)} (GET /v1/models).", 404, "model")
+        return adapter_id
 
 
 def get_ctx(request: Request) -> ServerContext:

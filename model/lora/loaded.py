@@ -33,7 +33,14 @@ class LoadedAdapters:
         if adapter_id not in self.by_id and len(self.by_id) >= self.max_loras:
             raise AdapterError(f"LoRA adapter {name!r}: {len(self.by_id)} adapters are loaded, "
                                f"max_loras is {self.max_loras}; unload one first")
-        adapter = load_adapter(name, adapter_id, path, self.family, self.cfg, self.max_lora_rank)
+        try:
+            adapter = load_adapter(name, adapter_id, path, self.family, self.cfg,
+                                   self.max_lora_rank)
+        except AdapterError:
+            raise
+        except Exception as e:  # a file no check foresaw: still the adapter's fault
+            raise AdapterError(f"LoRA adapter {name!r} ({path}): unreadable "
+                               f"({type(e).__name__}: {e})") from e
         self.by_id[adapter_id] = adapter
         return adapter
 

@@ -176,6 +176,13 @@ class ProcessEngineClient:
             self._send((wire.CALL, call_id, name, dumps(args)))
         return future
 
+    def add_lora(self, lora) -> Future[bool]:
+        """`LLMEngine.add_lora` in the engine process, between two steps."""
+        return self.call("add_lora", lora)
+
+    def remove_lora(self, lora_id: int) -> Future[bool]:
+        return self.call("remove_lora", lora_id)
+
     def shutdown(self, timeout: float = STOP_TIMEOUT) -> None:
         with self._lock:
             if self._closed:

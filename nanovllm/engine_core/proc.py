@@ -40,6 +40,7 @@ BETWEEN_STEPS = ("snapshot", "pause", "step", "resume")
 # Seconds between looks at the stats for news that came without a step's outputs.
 STATS_INTERVAL = 0.1
 FORWARD_PASSES = ("attention_weights", "trace_forward")
+ADAPTER_CALLS = ("add_lora", "remove_lora")  # the engine's LoRA adapters (server/lora.py)
 
 
 class RemoteSink:
@@ -155,6 +156,9 @@ class EngineProcess:
                              daemon=True).start()
             return
         try:
+            if name in ADAPTER_CALLS:  # the engine's own, between two steps
+                getattr(self.client, name)(*args).add_done_callback(answer)
+                return
             if name not in BETWEEN_STEPS:
                 raise ValueError(f"the engine process has no call {name!r}")
             getattr(self.inspector, name)(*args).add_done_callback(answer)

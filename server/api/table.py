@@ -11,6 +11,7 @@ from nanovllm.server.api.chat import routes as chat
 from nanovllm.server.api.completions import routes as completions
 from nanovllm.server.api.embeddings import routes as embeddings
 from nanovllm.server.api.info import routes as info
+from nanovllm.server.api.lora import routes as lora
 from nanovllm.server.api.messages import routes as messages
 from nanovllm.server.api.ollama import routes as ollama
 from nanovllm.server.api.rerank import routes as rerank
@@ -27,6 +28,7 @@ APIS: list[APISpec] = [
     rerank.API,
     tokenize.API,
     info.API,
+    lora.API,
     invocations.API,
     responses.API,
     messages.API,

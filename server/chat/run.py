@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -61,7 +61,7 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  request_id: str) -> tuple[EngineRequest, SamplingParams, OutputRules]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
-    ctx.check_model(req.model)
+    adapter_id = ctx.check_model(req.model)
     ctx.engine.processor.check_generates()  # (before the template: an encoder has none)
     ctx.apply_defaults(req)
     check_chat_supported(req)
@@ -74,7 +74,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
         prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
                                               add_special_tokens=False)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
-    return prompt, params, plan.rules
+    return replace(prompt, adapter_id=adapter_id), params, plan.rules
 
 
 @dataclass(slots=True)

@@ -69,7 +69,7 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
 
     Returns one engine request per prompt, and the sampling params they all share.
     """
-    ctx.check_model(req.model)
+    adapter_id = ctx.check_model(req.model)
     ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, ctx)
@@ -77,10 +77,12 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
         logger.warning("The following fields were present in the request but ignored: %s",
                        quote(ignored, 200))
     if req.use_beam_search:
-        return prepare_beams(req, ctx, request_id)
+        prompts, params = prepare_beams(req, ctx, request_id)
+        return [replace(p, adapter_id=adapter_id) for p in prompts], params
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     with context_length_in_terms_of("prompt", req.length_field):
-        prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params)
+        prompts = [replace(ctx.engine.processor.process(f"{request_id}-{i}", item, params),
+                           adapter_id=adapter_id)
                    for i, item in enumerate(split_prompts(req.prompt))]
     check_response_size(params, prompts, bool(req.echo), ctx.limits, ctx.engine.max_model_len)
     return prompts, params

@@ -58,7 +58,12 @@ async def list_models(ctx: Ctx) -> ModelList:
                      max_model_len=ctx.engine.max_model_len,
                      vocab_size=ctx.engine.processor.vocab_size,
                      permission=[permission], random_weights=ctx.engine.is_dummy)
-    return ModelList(data=[card])
+    adapters = ctx.adapters.by_name if ctx.adapters else {}
+    return ModelList(data=[card] + [  # LoRA adapters: their base is the `parent`
+        ModelCard(id=name, created=ctx.created, root=name, parent=ctx.model_name,
+                  max_model_len=card.max_model_len, vocab_size=card.vocab_size,
+                  permission=[permission], random_weights=card.random_weights)
+        for name in adapters])
 
 
 @router.get("/load")

@@ -1,0 +1,79 @@
+"""LoRA adapters served: `nanovllm serve --enable-lora --lora-modules ...` (a real server process,
+its engine in a process of its own) answers the real `openai` client with PEFT's merged model's
+greedy tokens when "model" names an adapter, the base model's otherwise; /v1/models lists the
+adapters under their base; adapters load and unload at run time behind the API key, and a bad
+one is a 400 naming it, with nothing loaded."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+from lora_checkpoints import hf_base, hf_merged
+
+from tests.server.server_helpers import ServeProcess
+
+KEY = "sk-lora"
+PROMPT = [5, 17, 300, 2, 41, 9]
+NUM_TOKENS = 8
+
+
+def greedy(hf) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([PROMPT]), do_sample=False, max_new_tokens=NUM_TOKENS,
+                          min_new_tokens=NUM_TOKENS, pad_token_id=0)
+    return out[0, len(PROMPT):].tolist()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ckpt, lora_adapter):
+    first = json.dumps({"name": "second", "path": str(lora_adapter("gpt2", seed=2)),
+                        "base_model_name": "tiny"})
+    srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "128", "--served-model-name", "tiny",
+                       "--api-key", KEY, "--enable-lora", "--max-loras", "3", "--lora-modules",
+                       f"first={lora_adapter('gpt2', seed=1)}", first)
+    srv.wait_ready()
+    yield srv
+    srv.kill()
+
+
+def tokens(client: openai.OpenAI, model: str) -> list[int]:
+    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=NUM_TOKENS,
+                                    temperature=0, logprobs=1,
+                                    extra_body={"min_tokens": NUM_TOKENS,
+                                                "return_tokens_as_token_ids": True})
+    return [int(t.removeprefix("token_id:")) for t in out.choices[0].logprobs.tokens]
+
+
+def test_served_adapters(server, tiny_ckpt, lora_adapter, tmp_path):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"tiny", "first", "second"}
+    assert models["first"].parent == models["second"].parent == "tiny"
+    assert tokens(client, "first") == greedy(hf_merged(tiny_ckpt, lora_adapter("gpt2", seed=1)))
+    assert tokens(client, "second") == greedy(hf_merged(tiny_ckpt, lora_adapter("gpt2", seed=2)))
+    assert tokens(client, "tiny") == greedy(hf_base(tiny_ckpt))
+
+    third = lora_adapter("gpt2", seed=3)
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"})
+    body = {"lora_name": "third", "lora_path": str(third)}
+    assert httpx.post(f"{server.url}/v1/load_lora_adapter", json=body).status_code == 401
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    refused = http.post("/v1/load_lora_adapter", json={"lora_name": "bad", "lora_path": str(bad)})
+    assert refused.status_code == 400
+    assert "LoRA adapter 'bad'" in refused.json()["error"]["message"]
+    assert "adapter_model.safetensors is missing" in refused.json()["error"]["message"]
+    loaded = http.post("/v1/load_lora_adapter", json=body)
+    assert loaded.status_code == 200, (loaded.text, server.log[-3000:])
+    assert http.post("/v1/load_lora_adapter", json=body).status_code == 400  # name taken
+    assert tokens(client, "third") == greedy(hf_merged(tiny_ckpt, third))
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "third"}).status_code == 200
+    assert http.post("/v1/unload_lora_adapter", json={"lora_name": "third"}).status_code == 404
+    assert {m.id for m in client.models.list().data} == {"tiny", "first", "second"}
+    with pytest.raises(openai.NotFoundError):
+        tokens(client, "third")
