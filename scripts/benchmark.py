@@ -200,6 +200,10 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(default), or 'custom': the texts of --dataset-path")
     parser.add_argument("--dataset-path", default=None, metavar="FILE.jsonl",
                         help="--dataset-name custom: JSON Lines, one {\"prompt\": \"...\"} a line")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                        help="LoRA adapters (as `serve` takes them): instead of the grid, a "
+                             "batch of 16 over up to 8 of them and one adapter at batch 1, each "
+                             "against the base model (scripts/bench_lora.py)")
     add_engine_args(parser)
     # Random weights cost the same compute as real ones, so a benchmark can always run;
     # --no-allow-dummy-fallback insists on the real checkpoint.
@@ -265,9 +269,12 @@ def make_engine(args: argparse.Namespace, **options):
 
 
 def run_ours(engine, prompts: list[list[int]], output_len: int,
-             outputs: list[list[int]] | None = None, temperature: float = 0.0) -> Run:
+             outputs: list[list[int]] | None = None, temperature: float = 0.0,
+             adapter_ids: list[int] | None = None) -> Run:
     """One timed run, greedy or sampled at `temperature`; `outputs`, if given, receives each
-    request's tokens in prompt order."""
+    request's tokens in prompt order; `adapter_ids`, each request's loaded LoRA (0: none)."""
+    from dataclasses import replace
+
     from nanovllm import SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=temperature)
@@ -275,8 +282,8 @@ def run_ours(engine, prompts: list[list[int]], output_len: int,
     preempted = engine.get_stats().num_preemptions_total
     waiting_first, generated, finished = set(ids), 0, {}
     t0 = time.perf_counter()
-    for rid, prompt in zip(ids, prompts):
-        engine.add_request(rid, prompt, params)
+    for rid, prompt, adapter_id in zip(ids, prompts, adapter_ids or [0] * len(prompts)):
+        engine.add(replace(engine.processor.process(rid, prompt, params), adapter_id=adapter_id))
     t_first = None
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -384,6 +391,10 @@ def _fmt_run(run: Run) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lora_modules:
+        from nanovllm.scripts.bench_lora import run_lora
+
+        return run_lora(args)
     cells = grid(args)
     if problem := check_args(args, cells):
         print(f"error: {problem}", file=sys.stderr)
