@@ -106,12 +106,15 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         bs, h, matched = self.block_size, None, []
+        # An adapter id means something to this engine only: its blocks stay out of the lower
+        # tier, which other engines share and which outlives this one.
+        lower = seq.request.adapter_id == 0
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             h = chain_hash(tokens, h, seq.request.adapter_id)
             block_id = self.hash_to_block_id.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
-                block_id = self._load_from_lower_tier(h, tokens, matched)
+                block_id = self._load_from_lower_tier(h, tokens, matched) if lower else None
                 if block_id is None:
                     break
             matched.append(block_id)
@@ -188,7 +191,8 @@ class BlockManager:
             block.hash, block.token_ids = chain_hash(tokens, prefix_hash,
                                                      seq.request.adapter_id), tokens
             published = self.hash_to_block_id.setdefault(block.hash, block.block_id)
-            if self.lower_tier is not None and published == block.block_id:
+            if (self.lower_tier is not None and published == block.block_id
+                    and not seq.request.adapter_id):  # (see match_prefix)
                 self.lower_tier.publish(block.block_id, block.hash, tokens)
             seq.num_hashed_blocks = i + 1
 

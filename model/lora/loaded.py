@@ -20,6 +20,9 @@ class LoadedAdapters:
         self.family, self.cfg = family, cfg
         self.max_loras, self.max_lora_rank = max_loras, max_lora_rank
         self.by_id: dict[int, LoRAAdapter] = {}
+        # Every id ever loaded, and what it named: an id names one adapter for the engine's life
+        # (the prefix cache keys blocks by it, and may still hold an unloaded one's).
+        self.named: dict[int, tuple[str, str]] = {}
 
     def __contains__(self, adapter_id: int) -> bool:
         return adapter_id in self.by_id
@@ -30,6 +33,10 @@ class LoadedAdapters:
         if adapter_id < 1:
             raise AdapterError(f"LoRA adapter {name!r}: lora_int_id must be a positive integer, "
                                f"got {adapter_id!r}")
+        if self.named.get(adapter_id, (name, str(path))) != (name, str(path)):
+            raise AdapterError(f"LoRA adapter {name!r}: lora_int_id {adapter_id} named "
+                               f"{self.named[adapter_id][0]!r} ({self.named[adapter_id][1]}); "
+                               "an id names one adapter for the engine's life")
         if adapter_id not in self.by_id and len(self.by_id) >= self.max_loras:
             raise AdapterError(f"LoRA adapter {name!r}: {len(self.by_id)} adapters are loaded, "
                                f"max_loras is {self.max_loras}; unload one first")
@@ -42,6 +49,7 @@ class LoadedAdapters:
             raise AdapterError(f"LoRA adapter {name!r} ({path}): unreadable "
                                f"({type(e).__name__}: {e})") from e
         self.by_id[adapter_id] = adapter
+        self.named[adapter_id] = (name, str(path))
         return adapter
 
     def remove(self, adapter_id: int) -> bool:

@@ -87,6 +87,8 @@ def test_load_unload_and_limits(tiny_ckpt, lora_adapter):
         engine.add_lora(LoRARequest("c", 3, path))
     assert engine.remove_lora(2) and not engine.remove_lora(2)
     assert engine.add_lora(LoRARequest("c", 3, path)) and engine.list_loras() == {1, 3}
+    with pytest.raises(AdapterError, match="lora_int_id 2 named 'b'"):  # ids are not reused
+        engine.add_lora(LoRARequest("other", 2, path))
     with pytest.raises(InvalidRequestError, match="no LoRA adapter with id 9"):
         from dataclasses import replace
         engine.add(replace(engine.processor.process("r", [1, 2], SamplingParams()), adapter_id=9))

@@ -119,3 +119,42 @@ def test_prefix_cache_keys_blocks_by_adapter(lora_base, lora_adapter):
               .num_cached_tokens for name, lora in (("two", two), ("base", None), ("one", one))}
     assert cached["two"] == 0 and cached["base"] == 0
     assert cached["one"] == 4 * ((len(prompt) - 1) // 4)  # every full block but the last token's
+
+
+@pytest.mark.parametrize("precision", [dict(dtype="bfloat16"), dict(quantization="int8")],
+                         ids=["bfloat16", "int8"])
+def test_narrow_bases_mix_like_alone(lora_base, lora_adapter, precision):
+    """Adapters (float32 A and B) beside bfloat16 or int8 base weights: a mixed batch still
+    gives each row what it gives alone, and the adapter still changes the output."""
+    base = lora_base("llama")
+    loras = [LoRARequest(f"a{i}", i, str(lora_adapter("llama", seed=i))) for i in (1, 2)]
+    choice = [loras[0], None, loras[1], loras[0]]
+    prompts = [PROMPTS[-1], PROMPTS[-1], PROMPTS[2], PROMPTS[1]]
+    mixed = make_llm(base, **precision).generate(prompts, PARAMS, use_tqdm=False,
+                                                 lora_request=choice)
+    for p, lora, out in zip(prompts, choice, mixed):
+        alone = make_llm(base, enable_prefix_caching=False, **precision).generate(
+            [p], PARAMS, use_tqdm=False, lora_request=lora)[0]
+        assert out.outputs[0].token_ids == alone.outputs[0].token_ids
+        for a, b in zip(out.outputs[0].logprobs, alone.outputs[0].logprobs):
+            assert all(abs(a[t].logprob - b[t].logprob) < MIXED_TOL for t in a.keys() & b.keys())
+    assert mixed[0].outputs[0].token_ids != mixed[1].outputs[0].token_ids
+
+
+def test_adapter_blocks_stay_out_of_the_shared_disk_cache(lora_base, lora_adapter, tmp_path):
+    """The prefix cache directory outlives the engine and is shared by others, to which an
+    adapter id means nothing: an adapter's blocks are never written there, nor read from it."""
+    base, prompt = lora_base("gpt2"), PROMPTS[-1]
+    lora = LoRARequest("a", 1, str(lora_adapter("gpt2")))
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    first = make_llm(base, prefix_cache_dir=str(tmp_path))
+    first.generate([prompt], params, use_tqdm=False, lora_request=lora)
+    tier = first.engine.block_manager.lower_tier
+    tier.store.flush()
+    assert tier.stats.writes == 0
+    first.generate([prompt], params, use_tqdm=False)
+    tier.store.flush()
+    assert tier.stats.writes == (len(prompt) - 1) // 4  # the base model's blocks are
+    second = make_llm(base, prefix_cache_dir=str(tmp_path))
+    adapted = second.generate([prompt], params, use_tqdm=False, lora_request=lora)[0]
+    assert adapted.num_cached_tokens == 0
