@@ -40,6 +40,7 @@ class SeqView:
     max_tokens: int | None      # None: up to the context length
     num_blocks: int
     num_preemptions: int        # times its blocks were taken back and its tokens recomputed
+    adapter_id: int = 0         # the LoRA adapter it runs through (0: the base model)
 
 
 @dataclass(slots=True)
@@ -124,7 +125,8 @@ def _seq_view(seq: Sequence) -> SeqView:
     return SeqView(seq.seq_id, seq.request.request_id, seq.index, kind_of(seq),
                    seq.num_prompt_tokens,
                    seq.num_computed_tokens, seq.num_cached_tokens, seq.num_output_tokens,
-                   seq.params.max_tokens, len(seq.block_table), seq.num_preemptions)
+                   seq.params.max_tokens, len(seq.block_table), seq.num_preemptions,
+                   seq.request.adapter_id)
 
 
 def kind_of(seq: Sequence) -> str:

@@ -98,3 +98,21 @@ def test_lora_needs_enable_lora(make_llm, lora_adapter):
     with pytest.raises(InvalidRequestError, match="enable_lora"):
         make_llm().generate([[1, 2]], use_tqdm=False,
                             lora_request=LoRARequest("a", 1, str(lora_adapter("gpt2"))))
+
+
+def test_the_engine_view_shows_each_sequence_s_adapter(llm, lora_adapter):
+    """The web page's engine view (the snapshot) says which adapter each sequence runs."""
+    from dataclasses import replace
+
+    engine = llm.engine
+    engine.add_lora(LoRARequest("shown", 5, str(lora_adapter("gpt2"))))
+    params = SamplingParams(max_tokens=4)
+    for rid, adapter_id in (("with", 5), ("without", 0)):
+        engine.add(replace(engine.processor.process(rid, [1, 2, 3], params),
+                           adapter_id=adapter_id))
+    engine.step()
+    shown = {s.request_id: s.adapter_id for s in engine.snapshot().running}
+    assert shown == {"with": 5, "without": 0}
+    assert engine.snapshot().to_dict()["running"][0]["adapter_id"] in (0, 5)
+    engine.abort_request(["with", "without"])
+    assert engine.remove_lora(5)

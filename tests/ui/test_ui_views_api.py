@@ -33,7 +33,7 @@ SNAPSHOT_KEYS = {"num_steps", "blocks", "running", "waiting", "num_running", "nu
                  "num_preemptions_total", "max_num_seqs", "max_num_batched_tokens", "steps"}
 SEQ_KEYS = {"seq_id", "request_id", "index", "kind", "num_prompt_tokens", "num_computed_tokens",
             "num_cached_tokens", "num_output_tokens", "max_tokens", "num_blocks",
-            "num_preemptions"}
+            "num_preemptions", "adapter_id"}
 PROMPT = "The engine schedules every request in steps of tokens"
 
 

@@ -156,6 +156,7 @@ export function createEngineView({ onUnauthorized }) {
       el("span", "detail", {}, detail));
     item.dataset.seq = seq.seq_id;
     if (seq.num_preemptions) item.append(el("span", "badge", {}, `preempted ×${seq.num_preemptions}`));
+    if (seq.adapter_id) item.append(el("span", "badge", {}, `LoRA ${seq.adapter_id}`));
     return item;
   }
 
