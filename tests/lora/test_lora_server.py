@@ -7,6 +7,7 @@ one is a 400 naming it, with nothing loaded."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -19,6 +20,7 @@ from tests.server.server_helpers import ServeProcess
 KEY = "sk-lora"
 PROMPT = [5, 17, 300, 2, 41, 9]
 NUM_TOKENS = 8
+CHAT_TEMPLATE = Path(__file__).parents[2] / "examples" / "chat_template_gpt2.jinja"
 
 
 def greedy(hf) -> list[int]:
@@ -33,15 +35,15 @@ def server(tiny_ckpt, lora_adapter):
     first = json.dumps({"name": "second", "path": str(lora_adapter("gpt2", seed=2)),
                         "base_model_name": "tiny"})
     srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "128", "--served-model-name", "tiny",
-                       "--api-key", KEY, "--enable-lora", "--max-loras", "3", "--lora-modules",
+                       "--api-key", KEY, "--chat-template", str(CHAT_TEMPLATE), "--enable-lora", "--max-loras", "3", "--lora-modules",
                        f"first={lora_adapter('gpt2', seed=1)}", first)
     srv.wait_ready()
     yield srv
     srv.kill()
 
 
-def tokens(client: openai.OpenAI, model: str) -> list[int]:
-    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=NUM_TOKENS,
+def tokens(client: openai.OpenAI, model: str, prompt: list[int] = PROMPT) -> list[int]:
+    out = client.completions.create(model=model, prompt=prompt, max_tokens=NUM_TOKENS,
                                     temperature=0, logprobs=1,
                                     extra_body={"min_tokens": NUM_TOKENS,
                                                 "return_tokens_as_token_ids": True})
@@ -77,3 +79,36 @@ def test_served_adapters(server, tiny_ckpt, lora_adapter, tmp_path):
     assert {m.id for m in client.models.list().data} == {"tiny", "first", "second"}
     with pytest.raises(openai.NotFoundError):
         tokens(client, "third")
+
+
+def test_chat_runs_the_adapter_it_names(server):
+    """The chat path (and so Responses and Messages) runs the adapter "model" names: its tokens
+    are the completion's of the rendered conversation, under that adapter."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    messages = [{"role": "user", "content": "Hello there"}]
+    rendered = httpx.post(f"{server.url}/tokenize", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "first", "messages": messages}).json()["tokens"]
+
+    def chat(model: str) -> list[int]:
+        out = client.chat.completions.create(
+            model=model, messages=messages, max_tokens=NUM_TOKENS, temperature=0, logprobs=True,
+            extra_body={"min_tokens": NUM_TOKENS, "return_tokens_as_token_ids": True})
+        return [int(t.token.removeprefix("token_id:")) for t in out.choices[0].logprobs.content]
+
+    assert chat("first") == tokens(client, "first", rendered)
+    assert chat("tiny") == tokens(client, "tiny", rendered) != chat("first")
+
+
+@pytest.mark.parametrize("flags,problem", [
+    (["--enable-lora", "--lora-modules", "gone=/nonexistent/adapter"],
+     "LoRA adapter 'gone' (/nonexistent/adapter): adapter_config.json is missing"),
+    (["--lora-modules", "x=/tmp"], "--lora-modules needs --enable-lora"),
+    (["--enable-lora", "--lora-modules", "no-path"], "expected name=path or JSON"),
+], ids=["missing", "not-enabled", "malformed"])
+def test_a_bad_start_up_adapter_stops_the_server_naming_it(tiny_ckpt, flags, problem):
+    srv = ServeProcess(str(tiny_ckpt), "--num-kv-blocks", "64", *flags)
+    try:
+        assert srv.proc.wait(120) != 0
+    finally:
+        srv.kill()
+    assert problem in srv.log
