@@ -216,6 +216,10 @@ RUN, CURL, SERVE = "run", "curl", "serve"
 DOC_RULES = [
     ("api.md", "nanovllm serve Qwen/", "a real Qwen3 from the hub; tests/server/test_agent_clis.py "
                                       "serves a random Qwen3 with the same flags"),
+    ("api.md", "nanovllm serve DIR --enable-lora", "DIR and the adapters stand for the reader's "
+                                                   "own; tests/lora/test_lora_server.py serves "
+                                                   "PEFT adapters with the same flags and calls"),
+    ("api.md", "curl localhost:8000/v1/", "against the LoRA example's server (see above)"),
     ("api.md", "nanovllm serve ", SERVE),
     ("api.md", "export ", "the coding agents' settings; tests/server/test_agent_clis.py sets them"),
     ("api.md", "claude ", "Claude Code from npm: tests/server/test_agent_clis.py runs it"),
@@ -241,6 +245,9 @@ DOC_PYTHON = {
     "from nanovllm import LLM, SamplingParams": RUN,
     "from nanovllm.model import write_dummy_checkpoint": "path/to/gpt2-tokenizer stands for "
                                                          "the reader's own directory",
+    "from nanovllm import LLM, LoRARequest, SamplingParams": "DIR and adapters/sql stand for the "
+                                                             "reader's own; tests/lora makes the "
+                                                             "same calls on PEFT adapters",
     "from nanovllm import LLM, PoolingParams": "its last line writes a 0.6B-parameter checkpoint "
                                                "(minutes); tests/embed makes the same calls on "
                                                "small models",
