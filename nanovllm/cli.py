@@ -16,6 +16,7 @@ from nanovllm.config import EngineConfig, add_engine_args  # noqa: E402
 from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
 from nanovllm.scripts import (  # noqa: E402
     bench_engine_ipc,
+    bench_lora,
     bench_prefix_cache_dir,
     benchmark,
     benchmark_embeddings,
@@ -24,6 +25,11 @@ from nanovllm.scripts import (  # noqa: E402
     serve_vs_offline,
 )
 from nanovllm.server import cli as server_cli  # noqa: E402
+
+
+def run_offline(args: argparse.Namespace) -> int:
+    """`bench offline`: the grid, or with --lora-modules adapters against the base model."""
+    return bench_lora.run_lora(args) if args.lora_modules else benchmark.run(args)
 
 
 def _add_generate(sub) -> None:
@@ -71,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = bench.add_subparsers(dest="bench_command", required=True)
     offline = kinds.add_parser("offline", help="offline prefill/decode tok/s of the engine")
     benchmark.add_args(offline)
-    offline.set_defaults(func=benchmark.run)
+    offline.set_defaults(func=run_offline)
     embeddings = kinds.add_parser("embeddings", help="texts/s of embeddings, against "
                                                      "sentence-transformers")
     benchmark_embeddings.add_args(embeddings)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # for annotations only: the server imports this module before
     from nanovllm.input_processor import InputProcessor
     from nanovllm.stats import EngineStats
     from nanovllm.tokenizer import Tokenizer
+    from nanovllm.values.lora_request import LoRARequest
     from nanovllm.values.outputs import RequestOutput
     from nanovllm.values.request import EngineRequest
 
@@ -106,6 +107,13 @@ class EngineClient(Protocol):
         """Queue a checked request whose news goes to `sink`. The Future is done once the engine
         took it, or failed with why it did not (QueueFullError, EngineDeadError, RequestAborted,
         or an engine bug's own error); only a request it took ever reaches `sink`."""
+
+    def add_lora(self, lora: LoRARequest) -> Future[bool]:
+        """Load a LoRA adapter (`LLMEngine.add_lora`, between two steps): the Future fails with
+        the AdapterError naming it, the engine unharmed, if it cannot run on this model."""
+
+    def remove_lora(self, lora_id: int) -> Future[bool]:
+        """Unload one (`LLMEngine.remove_lora`; refused while requests use it)."""
 
     def abort(self, request_ids: list[str]) -> None:
         """Withdraw requests (their KV blocks are freed); unknown or finished ids are ignored."""

@@ -203,7 +203,8 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                         help="LoRA adapters (as `serve` takes them): instead of the grid, a "
                              "batch of 16 over up to 8 of them and one adapter at batch 1, each "
-                             "against the base model (scripts/bench_lora.py)")
+                             "against the base model (`nanovllm bench offline` runs "
+                             "scripts/bench_lora.py then)")
     add_engine_args(parser)
     # Random weights cost the same compute as real ones, so a benchmark can always run;
     # --no-allow-dummy-fallback insists on the real checkpoint.
@@ -391,10 +392,6 @@ def _fmt_run(run: Run) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.lora_modules:
-        from nanovllm.scripts.bench_lora import run_lora
-
-        return run_lora(args)
     cells = grid(args)
     if problem := check_args(args, cells):
         print(f"error: {problem}", file=sys.stderr)

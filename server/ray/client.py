@@ -148,6 +148,13 @@ class RayEngineClient:
             return f"{self.replicas_running} of {self.replicas_target} engine replicas running"
         return None
 
+    def add_lora(self, lora) -> Future[bool]:
+        return _refused(ValueError("LoRA adapters are served from one engine: not with "
+                                   "--data-parallel-size"))
+
+    def remove_lora(self, lora_id: int) -> Future[bool]:
+        return self.add_lora(None)
+
     def add_request(self, request: EngineRequest, sink: OutputSink) -> Future[None]:
         accepted: Future[None] = Future()
         if self._closed.is_set():
@@ -362,3 +369,9 @@ def _fail(future: Future, exc: BaseException) -> bool:
         return False
     future.set_exception(exc)
     return True
+
+
+def _refused(exc: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future

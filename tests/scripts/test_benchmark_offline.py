@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nanovllm.cli import build_parser
+from nanovllm.cli import build_parser, run_offline
 from nanovllm.model.layers.linear import host_bf16_kernel
 from nanovllm.scripts import benchmark, benchmark_serving
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
@@ -53,7 +53,8 @@ def test_grid_arguments():
 
 def test_nanovllm_cli_delegates_bench_and_bench_serve():
     args = build_parser().parse_args(["bench", "offline", "--batch-sizes", "4", "--reps", "1"])
-    assert args.func is benchmark.run and args.batch_sizes == [4]
+    # (run_offline: benchmark.run, or with --lora-modules bench_lora.run_lora)
+    assert args.func is run_offline and args.batch_sizes == [4]
     args = build_parser().parse_args(["bench", "serve", "--max-concurrency", "4"])
     assert args.func is benchmark_serving.run and args.max_concurrency == 4
 
