@@ -44,7 +44,8 @@ class EngineStatsCollector:
     """Exposes the engine's EngineStats snapshot as gauges and counters.
 
     `stats` returns one EngineStats, or a mapping replica -> EngineStats when the app serves
-    several engine replicas (server/ray/client.py); each replica is then one labelled series.
+    several engine replicas (server/ray/client.py); each replica is then one labelled series;
+    or a list of (model name, EngineStats) when it serves several models, one series each.
     """
 
     GAUGES = (
@@ -71,7 +72,9 @@ class EngineStatsCollector:
 
     def collect(self):
         stats = self._stats()
-        if isinstance(stats, Mapping):
+        if isinstance(stats, list):  # several models: [(model name, EngineStats)], one each
+            names, series = ["model_name"], [([name], s) for name, s in stats]
+        elif isinstance(stats, Mapping):
             names = ["model_name", "replica"]
             series = [([self._model_name, replica], s) for replica, s in sorted(stats.items())]
         else:

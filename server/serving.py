@@ -22,8 +22,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Annotated
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -41,9 +41,13 @@ from nanovllm.server.errors import APIError, bad_request, internal_error, invali
 from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
-from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
+from nanovllm.values.errors import ContextLengthError, QueueFullError
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
+
+if TYPE_CHECKING:  # (the pool's modules import this one)
+    from nanovllm.server.models.context import ModelContext
+    from nanovllm.server.models.pool import ModelPool
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +62,14 @@ RETRY_AFTER_SECONDS = 1
 
 @dataclass(slots=True)
 class ServerContext:
-    engine: EngineClient  # the engine, as the server sees it
-    model_name: str  # the name clients use in "model"
-    model_root: str  # where the weights came from (the /v1/models "root")
+    """The server-wide state, and (in a request's view of it, `model_for`) the model the
+    request named: its engine, chat template, grammar compiler, ... (`engine`, `chat_template`,
+    ... read the bound model's)."""
+
+    models: ModelPool  # the served models: which are loaded, and loading them
     metrics: ServerMetrics
     limits: ServerLimits = field(default_factory=ServerLimits)
     created: int = field(default_factory=lambda: int(time.time()))
-    chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
-    tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
-    grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
     # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
     return_tokens_as_token_ids: bool = False
     server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
@@ -80,22 +83,56 @@ class ServerContext:
     response_store: ResponseStore | None = None
     # The fields the front ends accepted and ignored, each logged once (server/field_policy.py).
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
+    model: ModelContext | None = None  # a request's view: the model it named (model_for)
 
     def __post_init__(self) -> None:
         if self.response_store is None:
             self.response_store = ResponseStore(self.limits.max_stored_responses,
                                                 self.limits.max_stored_response_bytes)
 
+    async def model_for(self, name: str | None, keep_alive: float | None = None
+                        ) -> ServerContext:
+        """This context bound to the model named `name` (omitted: the first one served),
+        loaded if it was not; the request holds the model until its response was sent (then
+        it stays loaded `keep_alive` seconds, the server's --keep-alive if None). A 404 for a
+        model this server does not serve, a 503 naming it if it fails to load."""
+        if self.model is not None and name in (None, self.model.name) and keep_alive is None:
+            return self  # (already bound: the route's own call, then the chat path's)
+        return replace(self, model=await self.models.acquire(name, keep_alive))
+
+    def _bound(self) -> ModelContext:
+        if self.model is None:
+            raise RuntimeError("no model chosen: the route must call model_for first")
+        return self.model
+
+    @property
+    def engine(self) -> EngineClient:
+        return self._bound().engine
+
+    @property
+    def model_name(self) -> str:
+        return self._bound().name
+
+    @property
+    def model_root(self) -> str:
+        return self._bound().root
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        return self._bound().chat_template
+
+    @property
+    def tokenizer_info(self) -> dict | None:
+        return self._bound().tokenizer_info
+
+    @property
+    def grammar_compiler(self) -> GrammarCompiler | None:
+        return self._bound().grammar_compiler
+
     def apply_defaults(self, req) -> None:
         """The operator's defaults for the request fields a server flag turns on."""
         if self.return_tokens_as_token_ids:
             req.return_tokens_as_token_ids = True
-
-    def check_model(self, model: str | None) -> None:
-        """A request may omit "model"; naming any other model is a 404, as in vLLM."""
-        if model is not None and model != self.model_name:
-            raise APIError(f"The model {quote(model, 100)} does not exist: this server serves "
-                           f"{quote(self.model_name, 100)} (GET /v1/models).", 404, "model")
 
 
 def get_ctx(request: Request) -> ServerContext:

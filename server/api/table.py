@@ -18,6 +18,7 @@ from nanovllm.server.api.responses import routes as responses
 from nanovllm.server.api.score import routes as score
 from nanovllm.server.api.spec import APISpec
 from nanovllm.server.api.tokenize import routes as tokenize
+from nanovllm.server.models import routes as models
 
 APIS: list[APISpec] = [
     completions.API,
@@ -27,6 +28,7 @@ APIS: list[APISpec] = [
     rerank.API,
     tokenize.API,
     info.API,
+    models.API,
     invocations.API,
     responses.API,
     messages.API,

@@ -49,6 +49,7 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=CompletionResponse,
              responses={**ERROR_RESPONSES, **STREAM_RESPONSE})
 async def create_completion(body: CompletionRequest, raw: Request, ctx: Ctx) -> Response:
+    ctx = await ctx.model_for(body.model)
     request_id = new_request_id("cmpl")
     prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
                                             request_id, heavy=wants_structure(body))
@@ -69,7 +70,6 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
 
     Returns one engine request per prompt, and the sampling params they all share.
     """
-    ctx.check_model(req.model)
     ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, ctx)

@@ -86,6 +86,7 @@ async def respond(body: ResponsesRequest, raw: Request, ctx: ServerContext) -> R
     req = chat_request(chat_fields(body, context, ctx.ignored_fields), CHAT_NAMES)
     with renaming(CHAT_NAMES):
         run = await start_chat(req, ctx)
+    ctx = run.ctx
     if body.stream:
         return streamed(run.stream, response_events(body, ctx, context, created,
                                                     chat_stream(run)))

@@ -1,0 +1,3 @@
+"""Several models behind one endpoint: where they come from (catalog.py), which are loaded and
+for how long (pool.py), each loaded model's serving state (context.py), and the endpoints that
+list, load and unload them (routes.py)."""
