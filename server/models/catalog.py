@@ -114,11 +114,8 @@ def scan_dir(root: Path) -> list[ModelEntry]:
 
 def read_config(path: Path) -> list[ModelEntry]:
     """The entries of a --models-config YAML file (see the module's docstring)."""
-    try:
-        import yaml
-    except ImportError:
-        raise ValueError("--models-config needs PyYAML: pip install 'nanovllm[models-config]'") \
-            from None
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from nanovllm import GrammarCompiler
 from nanovllm.engine_client import EngineClient
 from nanovllm.inspection import EngineInspector
+from nanovllm.server.chat.template import ChatTemplate, special_tokens
 from nanovllm.server.models.tokenizer_info import (
     model_type,
     read_tokenizer_config,
     tokenizer_info,
 )
-from nanovllm.server.chat.template import ChatTemplate, special_tokens
 
 
 @dataclass(slots=True)
