@@ -102,6 +102,22 @@ def test_a_request_loads_its_model_and_the_idle_one_is_evicted(http):
     assert card["max_model_len"] == 256 and card["vocab_size"] == 1024
 
 
+def test_every_api_answers_as_the_model_it_names(http):
+    messages = [{"role": "user", "content": "hi"}]
+    r = http.post("/v1/messages", json={"model": "beta", "max_tokens": 2, "messages": messages})
+    assert r.status_code == 200 and r.json()["model"] == "beta"
+    r = http.post("/v1/responses", json={"model": "beta", "input": "hi", "max_output_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "beta"
+    r = http.post("/api/chat", json={"model": "beta:latest", "messages": messages,
+                                     "stream": False, "options": {"num_predict": 2}})
+    assert r.status_code == 200 and r.json()["model"] == "beta:latest"
+    r = http.post("/tokenize", json={"model": "beta", "prompt": "Hello"})
+    assert r.status_code == 200 and r.json()["max_model_len"] == 256
+    metrics = http.get("/metrics").text  # the engines' series, one per loaded model
+    assert 'vllm:num_requests_running{model_name="beta"}' in metrics
+    assert states(http)["alpha"] == "unloaded"
+
+
 def test_a_model_with_a_request_in_flight_is_never_evicted(http, server):
     assert complete(http, "alpha").status_code == 200
     body = {"model": "alpha", "prompt": "x", "max_tokens": 4000, "ignore_eos": True,
