@@ -35,14 +35,18 @@ class ModelEntry:
 
     @property
     def size(self) -> int:
-        """The checkpoint's bytes on disk (0 for a hub name or an unreadable path)."""
-        path = Path(self.path)
-        try:
-            if path.is_file():
-                return path.stat().st_size
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        except OSError:
-            return 0
+        return checkpoint_size(self.path)
+
+
+def checkpoint_size(where: str) -> int:
+    """A checkpoint's bytes on disk (0 for a hub name or an unreadable path)."""
+    path = Path(where)
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
 
 
 def served_name(model: str) -> str:

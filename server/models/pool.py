@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nanovllm.server.errors import APIError
-from nanovllm.server.models.catalog import FOREVER, ModelEntry
+from nanovllm.server.models.catalog import FOREVER, ModelEntry, checkpoint_size
 from nanovllm.server.models.context import ModelContext
 from nanovllm.values.errors import quote
 
@@ -188,6 +188,7 @@ class ModelPool:
         """Load a model before serving (blocking; raises why it failed)."""
         slot = self.slot(name)
         slot.model = self._loader(slot.entry)
+        slot.size = slot.size or checkpoint_size(slot.model.engine.model_path)
         slot.last_used = time.monotonic()
         return slot.model
 
@@ -235,6 +236,8 @@ class ModelPool:
             logger.info("loading model %s from %s", name, slot.entry.path)
             started = time.monotonic()
             slot.model = await asyncio.to_thread(self._loader, slot.entry)
+            if not slot.size:  # a hub name: its size is known once it was fetched
+                slot.size = checkpoint_size(slot.model.engine.model_path)
             logger.info("model %s loaded in %.1f s", name, time.monotonic() - started)
             return slot.model
         except Exception:

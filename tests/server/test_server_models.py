@@ -73,9 +73,9 @@ def until(check, what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def complete(http: httpx.Client, model: str, **extra) -> httpx.Response:
-    return http.post("/v1/completions", json={"model": model, "prompt": "Hello",
-                                              "max_tokens": 2, **extra})
+def complete(http: httpx.Client, model: str | None, **extra) -> httpx.Response:
+    body = {"prompt": "Hello", "max_tokens": 2, **extra}
+    return http.post("/v1/completions", json=body if model is None else {"model": model, **body})
 
 
 def test_models_are_listed_unloaded_with_their_size(http, model_files):
@@ -244,3 +244,20 @@ def test_unloading_stops_the_engine_process_and_returns_its_memory(http, server)
     print(f"server tree RSS: before {before / 2**20:.0f} MiB, during {during / 2**20:.0f} MiB, "
           f"after {after / 2**20:.0f} MiB")
     assert after < during
+
+
+def test_models_from_the_command_line_in_process_unload_when_idle(model_files):
+    """MODEL and --model, engines on threads of the server's process, --keep-alive 1s."""
+    models = model_files / "models"
+    srv = ServeProcess(str(models / "beta"), "--model", str(models / "alpha"),
+                       "--engine-in-process", "--keep-alive", "1s", "--num-kv-blocks", "64")
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            assert list(states(c)) == ["beta", "alpha"]
+            for _ in range(2):  # loaded, unloaded once idle, loaded again
+                assert complete(c, "alpha").json()["model"] == "alpha"
+                until(lambda: states(c)["alpha"] == "unloaded", "alpha unloads once idle")
+            assert complete(c, None).json()["model"] == "beta"  # no model: the first one
+    finally:
+        assert srv.stop() == 0, srv.log
