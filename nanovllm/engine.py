@@ -85,7 +85,7 @@ class LLMEngine:
         # A pooling sequence is computed whole in one step: the budget always fits one.
         budget = max(config.max_num_batched_tokens, self.max_model_len if self.pooling else 0)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget,
-                                   speculator.lookahead if speculator else None,
+                                   speculator.step_lookahead if speculator else None,
                                    policy_for(config.scheduling_policy))
         self.stats = StatsCollector(config)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids,

@@ -27,7 +27,9 @@ preempted one first).
 
 A decode may also reserve k lookahead slots past its token, as many as the `lookahead` rule
 it was built with allows (and only in free blocks: lookahead never preempts anyone); the runner
-may compute tokens in them, keeping those the model agrees with.
+may compute tokens in them, keeping those the model agrees with. The rule is asked once a step
+for the step's own rule; a step it gives none (too many sequences running to speculate) is
+scheduled exactly as without it.
 
 A step is described once, as plain values for the model runner (nanovllm/contract/step.py):
 each scheduled sequence's new tokens and block table, whether it samples and which prompt
@@ -58,8 +60,10 @@ from nanovllm.sequence import (
     StepDecisions,
 )
 
-# (a decode's sequence, sequences running, tokens left in the step) -> lookahead slots it takes
-LookaheadRule = Callable[[Sequence, int, int], int]
+# (a decode's sequence, tokens left in the step) -> lookahead slots it takes
+StepLookahead = Callable[[Sequence, int], int]
+# (sequences running) -> the step's rule, or None: no decode of the step takes slots
+LookaheadRule = Callable[[int], StepLookahead | None]
 
 
 class Scheduler:
@@ -149,7 +153,7 @@ class Scheduler:
         never preempts anyone."""
         prefilling = self.policy.order(lambda s: (s.num_tokens - s.num_computed_tokens > 1,))
         queue = deque(sorted(self.running, key=prefilling))
-        num_running = len(self.running)
+        lookahead = self.lookahead(len(self.running)) if self.lookahead else None
         preempted = False
         while queue and budget > 0:
             seq = queue.popleft()
@@ -159,8 +163,8 @@ class Scheduler:
                     self._preempt(seq)  # a split group holds no blocks while it waits
                 continue
             k = 0
-            if self.lookahead and not seq.request.group and n == seq.num_tokens - seq.num_computed_tokens == 1:
-                k = self.lookahead(seq, num_running, budget - 1)
+            if lookahead and not seq.request.group and n == seq.num_tokens - seq.num_computed_tokens == 1:
+                k = lookahead(seq, budget - 1)
                 if k and not self.block_manager.can_append(seq, 1 + k):
                     k = 0
             while not self.block_manager.can_append(seq, n):
