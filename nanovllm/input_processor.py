@@ -123,7 +123,7 @@ class InputProcessor:
         A text prompt gets the special tokens its tokenizer adds (Llama's BOS) unless
         `add_special_tokens` is False (a rendered chat template holds them already)."""
         self.check_generates()
-        check_priority(self.scheduling_policy, priority)
+        priority = check_priority(self.scheduling_policy, priority)
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
         if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
             text = None

@@ -16,6 +16,7 @@ policy (vLLM's `--scheduling-policy`), asked by the scheduler at those two point
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from numbers import Integral
 from typing import Protocol, TypeVar
 
 from nanovllm.values.errors import InvalidRequestError
@@ -75,13 +76,15 @@ def policy_for(name: str) -> SchedulingPolicy:
     return PriorityPolicy() if name == "priority" else SchedulingPolicy()
 
 
-def check_priority(policy: str, priority) -> None:
-    """A request's `priority` under `policy`: an int, and 0 unless priority scheduling is on
-    (vLLM refuses the same)."""
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+def check_priority(policy: str, priority) -> int:
+    """A request's `priority` under `policy`, as an int: an integer of 64 bits, and 0 unless
+    priority scheduling is on (vLLM refuses the same)."""
+    if (isinstance(priority, bool) or not isinstance(priority, Integral)
+            or abs(priority) > MAX_PRIORITY):
         raise InvalidRequestError(f"priority must be an integer of 64 bits, got {priority!r}",
                                   "priority")
     if priority and policy != "priority":
         raise InvalidRequestError(
             f"Got priority {priority} but priority scheduling is not enabled (start the server "
             "with --scheduling-policy priority).", "priority")
+    return int(priority)

@@ -5,6 +5,7 @@ exactly as without priorities. Under 'fcfs' a non-zero priority is refused."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from engine_checks import check_engine_invariants
 
@@ -157,6 +158,8 @@ def test_generate_takes_one_priority_per_prompt(make_llm):
     ranked = llm.generate(prompts, params(4), use_tqdm=False, priority=[5, 0, 3, -1, 0, 2])
     plain = make_llm().generate(prompts, params(4), use_tqdm=False)
     assert [r.outputs[0].token_ids for r in ranked] == [r.outputs[0].token_ids for r in plain]
+    numpy_ranked = llm.generate(prompts, params(4), use_tqdm=False, priority=np.arange(6) - 3)
+    assert [r.outputs[0].token_ids for r in numpy_ranked] == [r.outputs[0].token_ids for r in plain]
     with pytest.raises(ValueError, match="2 priorities for 6 prompts"):
         llm.generate(prompts, params(4), use_tqdm=False, priority=[0, 1])
     with pytest.raises(InvalidRequestError, match="not enabled"):
