@@ -45,8 +45,9 @@ class LLM:
 
     def generate(self, prompts: PromptType | Seq[PromptType],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priority: Seq[int] | None = None) -> list[RequestOutput]:
         """Runs every prompt to completion, batched continuously; outputs in input order.
+        `priority`: one per prompt, lower first (only with scheduling_policy="priority").
 
         All or nothing: if a prompt is rejected, or the run is interrupted (Ctrl-C), every
         request of this call is withdrawn from the engine.
@@ -58,9 +59,13 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        priority = [0] * len(prompts) if priority is None else list(priority)
+        if len(priority) != len(prompts):
+            raise ValueError(f"got {len(priority)} priorities for {len(prompts)} prompts")
         processor = self.engine.processor  # outputs are read when finished: final_only
-        return self._run_all([partial(processor.process, prompt=p, params=sp, final_only=True)
-                              for p, sp in zip(prompts, params)], use_tqdm)
+        return self._run_all([partial(processor.process, prompt=p, params=sp, final_only=True,
+                                      priority=rank)
+                              for p, sp, rank in zip(prompts, params, priority)], use_tqdm)
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Seq[SamplingParams] | None = None,

@@ -67,6 +67,7 @@ class Request:
     token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
     pooled: object = None  # its result (an embedding or scores), once computed
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
+    priority: int = 0  # lower goes first under the 'priority' scheduling policy
 
     @property
     def finished(self) -> bool:
@@ -115,6 +116,10 @@ class Sequence:
     @property
     def params(self) -> SamplingParams:
         return self.request.params
+
+    @property
+    def priority(self) -> int:
+        return self.request.priority
 
     @property
     def is_finished(self) -> bool:

@@ -24,3 +24,4 @@ class EngineRequest:
     beam: BeamSearchParams | None = None  # a beam search (then params.n is its width)
     pooling: PoolingParams | None = None  # a pooling request: computed whole once, not sampled
     token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
+    priority: int = 0                # lower first, under the 'priority' scheduling policy

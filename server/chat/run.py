@@ -71,7 +71,7 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
     with context_length_in_terms_of("messages", req.length_field):
         prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
-                                              add_special_tokens=False)
+                                              add_special_tokens=False, priority=req.priority)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
     return prompt, params, plan.rules
 

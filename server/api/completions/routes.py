@@ -80,7 +80,8 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
         return prepare_beams(req, ctx, request_id)
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     with context_length_in_terms_of("prompt", req.length_field):
-        prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params)
+        prompts = [ctx.engine.processor.process(f"{request_id}-{i}", item, params,
+                                                priority=req.priority)
                    for i, item in enumerate(split_prompts(req.prompt))]
     check_response_size(params, prompts, bool(req.echo), ctx.limits, ctx.engine.max_model_len)
     return prompts, params
@@ -92,7 +93,8 @@ def prepare_beams(req: CompletionRequest, ctx: ServerContext,
     Every beam carries its tokens' logprobs: `logprobs: 0` sizes the response as any request's."""
     beam = req.to_beam_search_params()
     with context_length_in_terms_of("prompt", req.length_field):
-        prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam)
+        prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam,
+                                                     priority=req.priority)
                    for i, item in enumerate(split_prompts(req.prompt))]
     params = prompts[0].params
     check_response_size(replace(params, logprobs=req.logprobs), prompts, False, ctx.limits,

@@ -142,7 +142,7 @@ def chat_fields(body: ResponsesRequest, items: list[dict], log: IgnoredFields) -
             "top_p": body.top_p, "user": body.user, "stream": body.stream,
             "tools": chat_tools(body.tools, log),
             "tool_choice": chat_tool_choice(body.tool_choice),
-            "parallel_tool_calls": body.parallel_tool_calls,
+            "parallel_tool_calls": body.parallel_tool_calls, "priority": body.priority,
             "response_format": None if calls_only(body.tool_choice)
             else response_format((body.text or {}).get("format"))}
 
