@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from nanovllm.model.weights.precision import QUANTIZATIONS, WEIGHT_DTYPES, check_precision
 from nanovllm.runner.kv_cache import KV_CACHE_DTYPES
+from nanovllm.scheduling_policy import SCHEDULING_POLICIES
 from nanovllm.values.speculative import SpeculativeConfig
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30  # 1 GiB: ~14,500 tokens of GPT-2 124M context
@@ -37,6 +38,10 @@ class EngineConfig:
     max_waiting_seqs: int = option(
         4096, "sequences waiting to be admitted, at most: a request whose samples would queue "
               "more is refused at once (QueueFullError; HTTP 429 with Retry-After)")
+    scheduling_policy: str = option(
+        "fcfs", "'priority': requests with a lower `priority` are admitted first and preempted "
+                "last (fair among equals); 'fcfs': every request equal, and a non-zero "
+                "`priority` is refused", SCHEDULING_POLICIES)
     runner: str = option(
         "auto", "'pooling': serve the model for embeddings (a decoder pools its last token); "
                 "'auto': an encoder (BERT) pools, a decoder generates", RUNNERS)

@@ -32,6 +32,7 @@ from nanovllm.kv_disk.tier import disk_tier_for
 from nanovllm.output_processor import OutputProcessor
 from nanovllm.pooling_input import PoolingInput
 from nanovllm.scheduler import Scheduler
+from nanovllm.scheduling_policy import policy_for
 from nanovllm.sequence import Request
 from nanovllm.snapshot import EngineSnapshot, take_snapshot
 from nanovllm.stats import EngineStats, StatsCollector, StepStats
@@ -74,7 +75,8 @@ class LLMEngine:
             getattr(cfg, "is_classifier", False))
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, self.max_model_len,
                                         config.block_size, self.num_kv_blocks,
-                                        config.max_waiting_seqs, pooling_input)
+                                        config.max_waiting_seqs, pooling_input,
+                                        config.scheduling_policy)
         # A pooling model keeps no K/V: there is nothing to cache, in memory or on disk.
         self.block_manager = BlockManager(
             self.num_kv_blocks, config.block_size,
@@ -84,7 +86,8 @@ class LLMEngine:
         # A pooling sequence is computed whole in one step: the budget always fits one.
         budget = max(config.max_num_batched_tokens, self.max_model_len if self.pooling else 0)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, budget,
-                                   speculator.lookahead if speculator else None)
+                                   speculator.step_lookahead if speculator else None,
+                                   policy_for(config.scheduling_policy))
         self.stats = StatsCollector(config)
         self.output_processor = OutputProcessor(self.tokenizer, self.eos_token_ids,
                                                 self.max_model_len, self.stats)
@@ -93,9 +96,10 @@ class LLMEngine:
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
-                    final_only: bool = False) -> None:
+                    final_only: bool = False, priority: int = 0) -> None:
         """Check and queue a request (vLLM's offline form): `add(processor.process(...))`."""
-        self.add(self.processor.process(request_id, prompt, params, final_only=final_only))
+        self.add(self.processor.process(request_id, prompt, params, final_only=final_only,
+                                        priority=priority))
 
     def add(self, request: EngineRequest) -> None:
         """Queue a checked request; step() returns its cumulative output after every step that
@@ -122,7 +126,7 @@ class LLMEngine:
                         final_only=request.final_only or group is not None, group=group,
                         pooling=request.pooling, token_type_ids=request.token_type_ids,
                         metrics=RequestMetrics(time.perf_counter()),
-                        adapter_id=request.adapter_id)
+                        adapter_id=request.adapter_id, priority=request.priority)
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None] * len(request.prompt_token_ids)
         state.seqs = [self.output_processor.new_sequence(state, index)

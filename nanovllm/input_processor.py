@@ -18,6 +18,7 @@ import numpy as np
 
 from nanovllm.beam_search import beam_blocks_needed
 from nanovllm.block_manager import blocks_needed
+from nanovllm.scheduling_policy import check_priority
 from nanovllm.tokenizer import Tokenizer
 from nanovllm.values.beam_search_params import BeamSearchParams
 from nanovllm.values.errors import ContextLengthError, InvalidRequestError, quote
@@ -113,18 +114,22 @@ class InputProcessor:
     # A pooling model's checks (embeddings, scores): a pooling_input.PoolingInput, which builds
     # on this module's (so it is not imported here). Such a model generates nothing.
     pooling: object | None = None
+    scheduling_policy: str = "fcfs"  # which `priority` values a request may have
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams, *,
-                final_only: bool = False, add_special_tokens: bool = True) -> EngineRequest:
+                final_only: bool = False, add_special_tokens: bool = True,
+                priority: int = 0) -> EngineRequest:
         """The request, tokenized and checked, if it can ever run; else InvalidRequestError.
         A text prompt gets the special tokens its tokenizer adds (Llama's BOS) unless
         `add_special_tokens` is False (a rendered chat template holds them already)."""
         self.check_generates()
+        priority = check_priority(self.scheduling_policy, priority)
         text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
         if params.truncate_prompt_tokens is not None:  # the text may say more than was kept
             text = None
         return EngineRequest(request_id, self.check(prompt, params, add_special_tokens), params,
-                             text if isinstance(text, str) else None, final_only)
+                             text if isinstance(text, str) else None, final_only,
+                             priority=priority)
 
     def check_generates(self) -> None:
         """An InvalidRequestError (about `model`) if this model pools instead of generating."""
@@ -132,10 +137,11 @@ class InputProcessor:
             raise InvalidRequestError(NOT_GENERATING, "model")
 
     def process_beam(self, request_id: str, prompt: PromptType, beam: BeamSearchParams, *,
-                     final_only: bool = True) -> EngineRequest:
+                     final_only: bool = True, priority: int = 0) -> EngineRequest:
         """A beam search, tokenized and checked, if its k beams can ever run at once."""
         params = beam.sampling_params()
-        request = self.process(request_id, prompt, params, final_only=final_only)
+        request = self.process(request_id, prompt, params, final_only=final_only,
+                               priority=priority)
         n_prompt = len(request.prompt_token_ids)
         needed = beam_blocks_needed(n_prompt, beam.max_tokens, beam.beam_width, self.block_size)
         if needed > self.num_kv_blocks:

@@ -47,11 +47,12 @@ class LLM:
     def generate(self, prompts: PromptType | Seq[PromptType],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = True,
-                 lora_request: LoRARequest | Seq[LoRARequest | None] | None = None
-                 ) -> list[RequestOutput]:
+                 lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
+                 priority: Seq[int] | None = None) -> list[RequestOutput]:
         """Runs every prompt to completion, batched continuously; outputs in input order.
         `lora_request` (one for all prompts, or one or None per prompt) runs them through LoRA
-        adapters, each loaded on first use (needs `enable_lora`).
+        adapters, each loaded on first use (needs `enable_lora`). `priority`: one per prompt,
+        lower first (only with scheduling_policy="priority").
 
         All or nothing: if a prompt is rejected, or the run is interrupted (Ctrl-C), every
         request of this call is withdrawn from the engine.
@@ -67,15 +68,21 @@ class LLM:
                  else [lora_request] * len(prompts))
         if len(loras) != len(prompts):
             raise ValueError(f"got {len(loras)} lora requests for {len(prompts)} prompts")
+        priority = [0] * len(prompts) if priority is None else list(priority)
+        if len(priority) != len(prompts):
+            raise ValueError(f"got {len(priority)} priorities for {len(prompts)} prompts")
         for lora in {lora for lora in loras if lora is not None}:
             self.engine.add_lora(lora)
-        return self._run_all([partial(self._process, prompt=p, params=sp, lora=lora)
-                              for p, sp, lora in zip(prompts, params, loras)], use_tqdm)
+        return self._run_all([partial(self._process, prompt=p, params=sp, lora=lora,
+                                      priority=rank)
+                              for p, sp, lora, rank in zip(prompts, params, loras, priority)],
+                             use_tqdm)
 
     def _process(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                 lora: LoRARequest | None) -> EngineRequest:
+                 lora: LoRARequest | None, priority: int) -> EngineRequest:
         """A checked request, read only once finished (final_only), with its adapter's id."""
-        request = self.engine.processor.process(request_id, prompt, params, final_only=True)
+        request = self.engine.processor.process(request_id, prompt, params, final_only=True,
+                                                priority=priority)
         return request if lora is None else replace(request, adapter_id=lora.lora_int_id)
 
     def chat(self, messages: list[dict] | list[list[dict]],

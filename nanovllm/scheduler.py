@@ -18,13 +18,18 @@ submits each prompt of a completion as a request of its own):
   that cannot start; the others wait behind it, so it is not starved.
 - Preemption for blocks takes the newest sequence of the request holding the most.
 So a one-token request waits neither for a big request's queue nor for its sequences to finish.
+The scheduling policy (nanovllm/scheduling_policy.py) may rank requests before all this: under
+'priority', only the best priority waiting is admitted, and the lowest priority running gives
+way first; the fairness above then holds among equals.
 Inside a request nothing changes: its samples share the prompt's blocks (they wait one step for
 the first sample to compute the prompt), and its sequences are admitted in order (a
 preempted one first).
 
 A decode may also reserve k lookahead slots past its token, as many as the `lookahead` rule
 it was built with allows (and only in free blocks: lookahead never preempts anyone); the runner
-may compute tokens in them, keeping those the model agrees with.
+may compute tokens in them, keeping those the model agrees with. The rule is asked once a step
+for the step's own rule; a step it gives none (too many sequences running to speculate) is
+scheduled exactly as without it.
 
 A step is described once, as plain values for the model runner (nanovllm/contract/step.py):
 each scheduled sequence's new tokens and block table, whether it samples and which prompt
@@ -36,7 +41,7 @@ output processor decided from it: the scheduler alone writes a sequence's tokens
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nanovllm.block_manager import BlockManager
 from nanovllm.contract.step import (
@@ -45,6 +50,7 @@ from nanovllm.contract.step import (
     ScheduledSequence,
     SchedulerOutput,
 )
+from nanovllm.scheduling_policy import SchedulingPolicy
 from nanovllm.sequence import (
     Finish,
     Fork,
@@ -54,15 +60,19 @@ from nanovllm.sequence import (
     StepDecisions,
 )
 
-# (a decode's sequence, sequences running, tokens left in the step) -> lookahead slots it takes
-LookaheadRule = Callable[[Sequence, int, int], int]
+# (a decode's sequence, tokens left in the step) -> lookahead slots it takes
+StepLookahead = Callable[[Sequence, int], int]
+# (sequences running) -> the step's rule, or None: no decode of the step takes slots
+LookaheadRule = Callable[[int], StepLookahead | None]
 
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 lookahead: LookaheadRule | None = None):
+                 lookahead: LookaheadRule | None = None,
+                 policy: SchedulingPolicy | None = None):
         self.block_manager = block_manager
         self.lookahead = lookahead
+        self.policy = policy or SchedulingPolicy()
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         # Waiting sequences by request, in two lanes (dicts keep their order: the front is next).
@@ -122,23 +132,28 @@ class Scheduler:
         two. A group gives up its slots whole: its members advance together, so a split group
         would wait while holding slots (it recomputes later; its full blocks stay in the prefix
         cache). Groups never make room for each other: they would take turns preempting one
-        another."""
-        newcomers = sum(self._slots_needed(r) == 1 for r in self.idle)
-        while newcomers > self._free_slots():
-            held = {r: self._slots_held(r) for r in self.num_running}
-            request = max(held, key=held.__getitem__, default=None)
-            if request is None or held[request] < 2:
+        another. Only the idle requests the policy admits next count, and a request the policy
+        ranks above them keeps its slots."""
+        idle, _ = self.policy.admissible(self.idle, self.busy)
+        newcomers = [r for r in idle if self._slots_needed(r) == 1]
+        while len(newcomers) > self._free_slots():
+            holders = [r for r in self.num_running if self._slots_held(r) >= 2
+                       and not self.policy.outranks(r, newcomers[0])]
+            if not holders:
                 return
+            request = max(holders, key=self.policy.order(lambda r: (self._slots_held(r),)))
             for seq in [s for s in reversed(self.running) if s.request is request]:
                 self._preempt(seq)
                 if not request.group:
                     break
 
     def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
-        """Schedules running sequences, decodes first; returns whether any had to be preempted.
-        A decode may take lookahead slots, only free ones: lookahead never preempts anyone."""
-        queue = deque(sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1))
-        num_running = len(self.running)
+        """Schedules running sequences, decodes first (in the policy's order); returns whether
+        any had to be preempted. A decode may take lookahead slots, only free ones: lookahead
+        never preempts anyone."""
+        prefilling = self.policy.order(lambda s: (s.num_tokens - s.num_computed_tokens > 1,))
+        queue = deque(sorted(self.running, key=prefilling))
+        lookahead = self.lookahead(len(self.running)) if self.lookahead else None
         preempted = False
         while queue and budget > 0:
             seq = queue.popleft()
@@ -148,8 +163,8 @@ class Scheduler:
                     self._preempt(seq)  # a split group holds no blocks while it waits
                 continue
             k = 0
-            if self.lookahead and not seq.request.group and n == seq.num_tokens - seq.num_computed_tokens == 1:
-                k = self.lookahead(seq, num_running, budget - 1)
+            if lookahead and not seq.request.group and n == seq.num_tokens - seq.num_computed_tokens == 1:
+                k = lookahead(seq, budget - 1)
                 if k and not self.block_manager.can_append(seq, 1 + k):
                     k = 0
             while not self.block_manager.can_append(seq, n):
@@ -166,9 +181,11 @@ class Scheduler:
         return preempted
 
     def _victim(self, candidates: list[Sequence]) -> Sequence:
-        """The newest sequence, among `candidates`, of the request holding the most running."""
+        """The sequence, among `candidates`, that the policy has give way; among equals the
+        newest of the request holding the most running."""
         admitted = {seq.seq_id: i for i, seq in enumerate(self.running)}
-        return max(candidates, key=lambda s: (self.num_running[s.request], admitted[s.seq_id]))
+        return max(candidates, key=self.policy.order(
+            lambda s: (self.num_running[s.request], admitted[s.seq_id])))
 
     def _schedule_waiting(self, step: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
@@ -199,26 +216,28 @@ class Scheduler:
 
     def _next_waiting(self, skipped: set[Request]) -> tuple[dict, Request] | None:
         """Whose next sequence is admitted (its lane and request), or None: the members of a
-        running group first (their slots are reserved), then the idle lane, then the busy lane
-        in turn."""
+        running group first (their slots are reserved), then of the requests the policy admits
+        next, the idle lane's, then the busy lane's in turn."""
         for request in self.busy:
             if request.group and request not in skipped:
                 return self.busy, request
-        if self.idle:
-            request = self._next_idle()
+        idle, busy = self.policy.admissible(self.idle, self.busy)
+        if idle:
+            request = self._next_idle(idle)
             return None if request is None else (self.idle, request)
-        request = next((r for r in self.busy if r not in skipped), None)
+        request = next((r for r in busy if r not in skipped), None)
         return None if request is None or self._free_slots() < 1 else (self.busy, request)
 
-    def _next_idle(self) -> Request | None:
-        """The idle request to admit next: the oldest needing one slot, else the oldest group
-        if there is room for all its members. A newcomer never waits behind a group that cannot
-        start yet; the busy lane does, so the group is not starved of slots."""
+    def _next_idle(self, idle: Iterable[Request]) -> Request | None:
+        """The idle request to admit next, of `idle` (in the lane's order): the oldest needing
+        one slot, else the oldest group if there is room for all its members. A newcomer never
+        waits behind a group that cannot start yet; the busy lane does, so the group is not
+        starved of slots."""
         free = self._free_slots()
-        needing_one = next((r for r in self.idle if self._slots_needed(r) == 1), None)
+        needing_one = next((r for r in idle if self._slots_needed(r) == 1), None)
         if needing_one is not None:
             return needing_one if free >= 1 else None
-        group = next(iter(self.idle))
+        group = next(iter(idle))
         return group if self._slots_needed(group) <= free else None
 
     def _slots_needed(self, request: Request) -> int:

@@ -68,6 +68,7 @@ class Request:
     pooled: object = None  # its result (an embedding or scores), once computed
     metrics: RequestMetrics | None = None  # set by the engine when the request arrives
     adapter_id: int = 0  # the loaded adapter (LoRA) its tokens run through; 0: the base model
+    priority: int = 0  # lower goes first under the 'priority' scheduling policy
 
     @property
     def finished(self) -> bool:
@@ -116,6 +117,10 @@ class Sequence:
     @property
     def params(self) -> SamplingParams:
         return self.request.params
+
+    @property
+    def priority(self) -> int:
+        return self.request.priority
 
     @property
     def is_finished(self) -> bool:

@@ -1,7 +1,7 @@
-"""build_app(engine, ...): the FastAPI application, with no module-level state.
+"""build_app(engine or model pool, ...): the FastAPI application, with no module-level state.
 
-The caller owns the engine client (starts it before serving, shuts it down after); several
-apps may share one (e.g. with and without an API key), each with its own metrics.
+The caller owns the engine client or the pool (starts it before serving, shuts it down after);
+several apps may share one (e.g. with and without an API key), each with its own metrics.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ import logging
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from nanovllm import GrammarCompiler, __version__
+from nanovllm import __version__
 from nanovllm.engine_client import EngineClient
 from nanovllm.inspection import EngineInspector
-from nanovllm.server.api.info.routes import model_type, read_tokenizer_config, tokenizer_info
 from nanovllm.server.api.table import APIS
 from nanovllm.server.chat.reasoning import REASONING_PARSERS
-from nanovllm.server.chat.template import ChatTemplate, special_tokens
 from nanovllm.server.chat.tool_calls import PARSERS
 from nanovllm.server.errors import ErrorShapes, install_error_handlers
 from nanovllm.server.lora import ServedAdapters
@@ -29,9 +27,12 @@ from nanovllm.server.middleware import (
     InternalErrorMiddleware,
     JSONContentTypeMiddleware,
     LoadTrackingMiddleware,
+    ModelLeaseMiddleware,
     RequestCountMiddleware,
     RequestIdMiddleware,
 )
+from nanovllm.server.models.context import model_context
+from nanovllm.server.models.pool import ModelPool
 from nanovllm.server.serving import ServerContext
 from nanovllm.server.ui.routes import API_PREFIX as UI_API_PREFIX
 from nanovllm.server.ui.routes import install_ui
@@ -63,6 +64,16 @@ def _set_token_id_maximum(node, maximum: int) -> None:
             _set_token_id_maximum(value, maximum)
 
 
+def engine_stats(models: ModelPool):
+    """The engines' stats for /metrics: one engine's (or its replicas'), or each loaded
+    model's when the server has several."""
+    loaded = models.loaded()
+    if len(models.names) == 1 and loaded:
+        engine = loaded[0].engine
+        return engine.stats if engine.replica_stats is None else engine.replica_stats
+    return [(m.name, m.engine.stats) for m in loaded]
+
+
 def _named(registry: dict, name: str | None, what: str):
     if name is None:
         return None
@@ -71,8 +82,8 @@ def _named(registry: dict, name: str | None, what: str):
     return registry[name]
 
 
-def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
-              served_model_name: str, model_root: str | None = None,
+def build_app(models: EngineClient | ModelPool, *, inspector: EngineInspector | None = None,
+              served_model_name: str | None = None, model_root: str | None = None,
               api_key: str | None = None, limits: ServerLimits | None = None,
               ui: bool = True, chat_template: str | None = None,
               enable_tokenizer_info: bool = False,
@@ -81,10 +92,12 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
               tool_call_parser: str | None = None, reasoning_parser: str | None = None,
               structured_in_reasoning: bool = False, log_requests: bool = True,
               adapters: ServedAdapters | None = None) -> FastAPI:
-    """An OpenAI-compatible app serving `engine` as `served_model_name`, with the web
-    page at /ui unless `ui` is False (its engine, attention, forward-pass and step views need
-    an `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name,
-    never a local path: it is public).
+    """An OpenAI-compatible app serving `models`: one engine (its owner starts and stops it),
+    served as `served_model_name`, or a pool of models (server/models/pool.py: its loader
+    decides each one's chat template and tokenizer info; the caller stops it). The web page is
+    at /ui unless `ui` is False (its engine, attention, forward-pass and step views need an
+    `inspector` of one engine); `model_root` is what /v1/models shows as "root" (a name, never
+    a local path: it is public).
 
     `chat_template` (Jinja text) overrides the checkpoint's own (its tokenizer_config.json's
     `chat_template`); with neither, /v1/chat/completions is a 400. `tool_call_parser` (a name
@@ -102,24 +115,15 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
                                      "GPT-2 or Llama-family model.",
                          static_url=DOCS_STATIC_URL,
                          swagger_ui_parameters={"validatorUrl": None})  # (no call to swagger.io)
-    # Several engine replicas (server/ray/client.py): their stats, one labelled series each.
-    metrics = ServerMetrics(served_model_name, lambda: engine.stats
-                            if engine.replica_stats is None else engine.replica_stats,
-                            engine.max_model_len)
-    tok_config = read_tokenizer_config(engine.tokenizer.model_dir)
-    eos_id = engine.tokenizer.eos_token_id  # None for an encoder: it ends no text
-    eos = engine.tokenizer.decode_token(eos_id) if eos_id is not None else ""
-    template_text = chat_template or tok_config.get("chat_template")
-    template = None
-    if isinstance(template_text, str):
-        template = ChatTemplate(template_text, special_tokens(tok_config, eos))
-    info = tokenizer_info(tok_config, eos, engine.max_model_len,
-                          template_text if template else None,
-                          model_type(engine.tokenizer.model_dir)) if enable_tokenizer_info else None
+    if not isinstance(models, ModelPool):
+        models = ModelPool.of(model_context(
+            models, served_model_name, model_root, chat_template=chat_template,
+            enable_tokenizer_info=enable_tokenizer_info, inspector=inspector))
+    first = models.loaded()[0] if models.loaded() else None
+    metrics = ServerMetrics(models.default_name, lambda: engine_stats(models),
+                            first.engine.max_model_len if first else 1024)
     limits = limits or ServerLimits()
-    app.state.ctx = ServerContext(engine, served_model_name, model_root or served_model_name,
-                                  metrics, limits, chat_template=template, tokenizer_info=info,
-                                  grammar_compiler=GrammarCompiler(engine.tokenizer),
+    app.state.ctx = ServerContext(models, metrics, limits,
                                   return_tokens_as_token_ids=return_tokens_as_token_ids,
                                   tool_parser=_named(PARSERS, tool_call_parser, "tool call"),
                                   reasoning_parser=_named(REASONING_PARSERS, reasoning_parser,
@@ -131,8 +135,10 @@ def build_app(engine: EngineClient, *, inspector: EngineInspector | None = None,
     for api in APIS:
         app.include_router(api.router)
     if ui:
-        install_ui(app, inspector)
-    document_vocabulary(app, engine.processor.vocab_size)
+        install_ui(app, first.inspector if first and len(models.names) == 1 else None)
+    if first is not None and len(models.names) == 1:
+        document_vocabulary(app, first.engine.processor.vocab_size)
+    app.add_middleware(ModelLeaseMiddleware, request_scope=models.request_scope)
     # innermost: a 415 neither counts nor passes auth
     app.add_middleware(JSONContentTypeMiddleware, errors=errors)
     if enable_server_load_tracking:  # inside the API key check: refused requests never count

@@ -17,7 +17,6 @@ import logging
 import signal
 import threading
 from dataclasses import fields
-from pathlib import Path
 
 import uvicorn
 
@@ -27,6 +26,7 @@ from nanovllm.server.defaults import (
     DEFAULT_PORT,
     api_key_from_env,
 )
+from nanovllm.server.models.catalog import served_name  # (the name a checkpoint is served as)
 from nanovllm.values.limits import FLAG_HELP, ServerLimits
 
 logger = logging.getLogger("nanovllm.serve")
@@ -36,8 +36,9 @@ OPEN_FILES_RESERVED = 64  # checkpoint, numba cache, log, listening socket, ...
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     from nanovllm.config import add_engine_args
 
-    parser.add_argument("model", help="checkpoint directory, .gguf file or hub name (e.g. gpt2, "
-                                      "org/repo:Q4_K_M for a GGUF file)")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="checkpoint directory, .gguf file or hub name (e.g. gpt2, "
+                             "org/repo:Q4_K_M for a GGUF file)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"interface to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -54,8 +55,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="run the engine on a thread of the server's process rather than in "
                              "an engine process of its own (which is restarted if it dies)")
     parser.add_argument("--served-model-name", default=None,
-                        help="model name clients use (default: the checkpoint directory's name, "
-                             "or MODEL as given for a hub name; never a local path)")
+                        help="the name clients use for MODEL (default: the checkpoint "
+                             "directory's name, or MODEL as given for a hub name; never a local "
+                             "path)")
     parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
                         help="LoRA adapters served from the start (with --enable-lora), each "
                              "name=path or vLLM's JSON {\"name\": ..., \"path\": ..., "
@@ -85,9 +87,34 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", default=None,
                         help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
                              "default: $RAY_ADDRESS, else a local Ray instance)")
+    add_model_args(parser)
     add_tool_args(parser)
     add_limit_args(parser)
     add_engine_args(parser)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Several models from one endpoint (server/models/): where they come from, how many stay
+    loaded and for how long."""
+    g = parser.add_argument_group("several models")
+    g.add_argument("--model", dest="models", action="append", default=[], metavar="MODEL",
+                   help="one more model to serve (repeatable), named as MODEL is")
+    g.add_argument("--models-dir", default=None, metavar="DIR",
+                   help="serve every checkpoint directory and .gguf file in DIR, each named by "
+                        "its folder or file name")
+    g.add_argument("--models-config", default=None, metavar="FILE",
+                   help="a YAML file of models: name, path and engine options of each "
+                        "(docs/operations.md)")
+    g.add_argument("--keep-alive", default=None, metavar="DURATION",
+                   help="how long a model stays loaded once idle: seconds or 5m, 30s, 1h; 0 "
+                        "unloads it after each request, -1 never (default: 5m with several "
+                        "models, never with one)")
+    g.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
+                   help="at most N models loaded at once; loading another unloads the least "
+                        "recently used idle one (default: no limit)")
+    g.add_argument("--max-loaded-memory", type=int, default=None, metavar="BYTES",
+                   help="at most this many bytes of checkpoints (on disk) loaded at once, "
+                        "evicting as --max-loaded-models does (default: no limit)")
 
 
 def add_tool_args(parser: argparse.ArgumentParser) -> None:
@@ -142,13 +169,6 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
     return limits
 
 
-def served_name(model: str) -> str:
-    """What clients call the model: a hub name as given (gpt2, org/name), a local checkpoint by
-    its directory's name, so that no response or metric shows the server's file system."""
-    path = Path(model)
-    return path.resolve().name if path.exists() else model
-
-
 def raise_open_file_limit(reserve: int, wanted: int) -> int:
     """Raise RLIMIT_NOFILE's soft limit to the hard limit (as vLLM does): every connection is a
     file. Returns how many connections fit, `reserve` files kept for the process itself."""
@@ -192,13 +212,8 @@ class Server(uvicorn.Server):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nanovllm.async_engine import AsyncEngine
-    from nanovllm.config import EngineConfig
-    from nanovllm.engine_core.client import ProcessEngineClient
-    from nanovllm.inspection import Inspector
     from nanovllm.server.app import build_app
     from nanovllm.server.chat.template import load_chat_template
-    from nanovllm.server.lora import start_adapters
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
@@ -221,20 +236,16 @@ def run_serve(args: argparse.Namespace) -> int:
                        limits.limit_concurrency, concurrency)
     if args.enable_step_mode and args.data_parallel_size is not None:
         raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
-    inspector = None  # the web page's views of one engine: not across replicas
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        engine = start_ray_replicas(args)
-    elif args.engine_in_process:
-        engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
-        inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
+        if args.models or args.models_dir or args.models_config:
+            raise ValueError("--data-parallel-size serves one model (MODEL)")
+        engine = start_ray_replicas(args)  # the web page's views of one engine: not on Ray
+        name = args.served_model_name or served_name(args.model)
+        served = dict(models=engine, served_model_name=name, model_root=name)
     else:
-        client = ProcessEngineClient(EngineConfig.from_cli_args(args.model, args),
-                                     enable_step_mode=args.enable_step_mode)
-        engine, inspector = client, client.inspector
-    name = args.served_model_name or served_name(args.model)
-    adapters = start_adapters(engine, args.lora_modules, name) if args.enable_lora else None
-    app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
-                    api_key=api_key, limits=limits,
+        engine, adapters = model_pool(args, chat_template)  # (stopped as one engine is)
+        served = dict(models=engine, adapters=adapters)
+    app = build_app(**served, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,
@@ -243,7 +254,7 @@ def run_serve(args: argparse.Namespace) -> int:
                     else None, reasoning_parser=args.reasoning_parser,
                     structured_in_reasoning=in_reasoning,
                     log_requests=not (args.disable_log_requests
-                                      or args.disable_uvicorn_access_log), adapters=adapters)
+                                      or args.disable_uvicorn_access_log))
     # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
     # the request id, and logs each request once.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -259,6 +270,72 @@ def run_serve(args: argparse.Namespace) -> int:
         engine.shutdown()
     logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def model_pool(args: argparse.Namespace, chat_template: str | None):
+    """The served models (server/models/): one engine process per loaded model (an engine
+    thread in this process with --engine-in-process), and with --enable-lora the LoRA adapters
+    on the one base model. A server of one model loads it now, and keeps it unless --keep-alive
+    says otherwise; with several, each loads on its first request."""
+    from nanovllm.server.lora import served_adapters
+    from nanovllm.server.models.catalog import (
+        FOREVER,
+        engine_config,
+        entries_from_args,
+        parse_duration,
+    )
+    from nanovllm.server.models.pool import DEFAULT_KEEP_ALIVE, ModelPool
+
+    entries = entries_from_args(args)
+    for entry in entries:  # a mistaken option fails the start, not the model's first request
+        engine_config(entry, args)
+    if args.max_loaded_models is not None and args.max_loaded_models < 1:
+        raise ValueError("--max-loaded-models must be a positive integer")
+    if len(entries) > 1 and args.enable_step_mode:
+        raise ValueError("--enable-step-mode steps one engine: not with several models")
+    single = len(entries) == 1
+    adapters = None
+    if args.enable_lora:
+        if not single:
+            raise ValueError("--enable-lora serves adapters on one base model: not with several "
+                             "models")
+        adapters = served_adapters(args.lora_modules, entries[0].name)
+    keep_alive = parse_duration(args.keep_alive) if args.keep_alive is not None else \
+        FOREVER if single else DEFAULT_KEEP_ALIVE
+    pool = ModelPool(entries, lambda entry: load_model(entry, args, chat_template, adapters),
+                     keep_alive=keep_alive, max_loaded=args.max_loaded_models,
+                     max_memory=args.max_loaded_memory)
+    if single:
+        pool.load_now(entries[0].name)
+    logger.info("Serving %d model%s: %s", len(entries), "" if single else "s",
+                ", ".join(e.name for e in entries))
+    return pool, adapters
+
+
+def load_model(entry, args: argparse.Namespace, chat_template: str | None, adapters=None):
+    """Start one model's engine (blocking), with the LoRA `adapters` on it; its ModelContext."""
+    from nanovllm.async_engine import AsyncEngine
+    from nanovllm.engine_core.client import ProcessEngineClient
+    from nanovllm.inspection import Inspector
+    from nanovllm.server.models.catalog import engine_config
+    from nanovllm.server.models.context import model_context
+
+    config = engine_config(entry, args)
+    if args.engine_in_process:
+        engine = AsyncEngine.from_config(config)
+        inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
+    else:
+        engine = ProcessEngineClient(config, enable_step_mode=args.enable_step_mode)
+        inspector = engine.inspector
+    if adapters is not None:
+        try:
+            adapters.install(engine)
+        except BaseException:
+            engine.shutdown()
+            raise
+    return model_context(engine, entry.name, entry.name, chat_template=chat_template,
+                         enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
+                         inspector=inspector)
 
 
 def freeze_startup_heap() -> int:

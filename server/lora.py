@@ -15,6 +15,7 @@ from nanovllm.values.lora_request import LoRARequest
 
 @dataclass(slots=True)
 class ServedAdapters:
+    base: str  # the served model they run on (their `parent` in /v1/models)
     by_name: dict[str, LoRARequest] = field(default_factory=dict)
     next_id: int = 1  # ids are the server's: never reused, so a name's id names one load
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load or unload at a time
@@ -24,10 +25,19 @@ class ServedAdapters:
         lora = self.by_name.get(name)
         return lora.lora_int_id if lora else 0
 
-    def new_request(self, name: str, path: str, base: str | None = None) -> LoRARequest:
-        lora = LoRARequest(name, self.next_id, path, base)
+    def base_of(self, name: str) -> str:
+        return self.base
+
+    def new_request(self, name: str, path: str) -> LoRARequest:
+        lora = LoRARequest(name, self.next_id, path, self.base)
         self.next_id += 1
         return lora
+
+    def install(self, engine) -> None:
+        """Loads every adapter into a newly started engine of the base model (blocking): the
+        start-up's --lora-modules, and those loaded at run time before an unload of the base."""
+        for lora in list(self.by_name.values()):
+            engine.add_lora(lora).result()
 
     async def load(self, engine, name: str, path: str) -> LoRARequest:
         """Loads the adapter into the engine under `name` (its errors raised as they come)."""
@@ -67,15 +77,13 @@ def parse_lora_module(text: str) -> tuple[str, str, str | None]:
     return name, path, None
 
 
-def start_adapters(engine, modules: list[str], base_name: str) -> ServedAdapters:
-    """The adapters of --lora-modules, each loaded now (a start-up error names the one that
-    cannot be)."""
-    served = ServedAdapters()
+def served_adapters(modules: list[str], base: str) -> ServedAdapters:
+    """The adapters of --lora-modules, named and numbered; each is loaded (and checked whole,
+    a start-up error naming it) when the base model's engine starts (`install`)."""
+    served = ServedAdapters(base)
     for text in modules:
-        name, path, base = parse_lora_module(text)
-        if name == base_name or name in served.by_name:
+        name, path, _ = parse_lora_module(text)  # (the parent shown is the served base)
+        if name == base or name in served.by_name:
             raise ValueError(f"--lora-modules: the name {name!r} is taken")
-        lora = served.new_request(name, path, base)
-        engine.add_lora(lora).result()
-        served.by_name[name] = lora
+        served.by_name[name] = served.new_request(name, path)
     return served

@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -130,6 +131,22 @@ class APIKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class ModelLeaseMiddleware:
+    """Runs each HTTP request inside `request_scope()` (ModelPool.request_scope): the models
+    the request took are held until its response was sent, a stream's to its last event."""
+
+    def __init__(self, app, request_scope: Callable[[], AbstractContextManager]) -> None:
+        self.app = app
+        self._request_scope = request_scope
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with self._request_scope():
+            await self.app(scope, receive, send)
 
 
 class RequestCountMiddleware:

@@ -29,6 +29,7 @@ from nanovllm.values.limits import (
     MAX_ALLOWED_TOKEN_IDS,
     MAX_LOGIT_BIAS_ENTRIES,
     MAX_N,
+    MAX_PRIORITY,
     MAX_REPETITION_PENALTY,
     MAX_SEED,
     MAX_STOP_STRING_CHARS,
@@ -66,6 +67,8 @@ NO_OUTPUT_EFFECT = {
     "suffix": "accepted only when null; any text is a 400 (GPT-2 cannot insert)",
     "add_special_tokens": "honoured, but GPT-2's tokenizer adds no special tokens either way "
                           "(a Llama's adds BOS)",
+    "priority": "orders requests (--scheduling-policy priority), not what one answers; any "
+                "value but 0 is a 400 under fcfs",
 }
 
 # Fields outside the request models that clients send and that change nothing here: accepted
@@ -222,6 +225,8 @@ class SamplingFields(StructuredOutputFields):
     allowed_token_ids: list[TokenId] | None = Field(None, max_length=MAX_ALLOWED_TOKEN_IDS)
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: the context length
     truncation_side: Literal[TRUNCATION_SIDES] | None = None  # "left" (vLLM's default)
+    # Lower goes first under `--scheduling-policy priority`; anything but 0 is a 400 otherwise.
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
 
     @field_validator("stop", mode="before")
     @classmethod

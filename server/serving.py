@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -42,7 +42,9 @@ from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.lora import ServedAdapters
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
-from nanovllm.values.errors import ContextLengthError, QueueFullError, quote
+from nanovllm.server.models.context import ModelContext
+from nanovllm.server.models.pool import ModelPool
+from nanovllm.values.errors import ContextLengthError, QueueFullError
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
 
@@ -59,15 +61,14 @@ RETRY_AFTER_SECONDS = 1
 
 @dataclass(slots=True)
 class ServerContext:
-    engine: EngineClient  # the engine, as the server sees it
-    model_name: str  # the name clients use in "model"
-    model_root: str  # where the weights came from (the /v1/models "root")
+    """The server-wide state, and (in a request's view of it, `model_for`) the model the
+    request named: its engine, chat template, grammar compiler, ... (`engine`, `chat_template`,
+    ... read the bound model's)."""
+
+    models: ModelPool  # the served models: which are loaded, and loading them
     metrics: ServerMetrics
     limits: ServerLimits = field(default_factory=ServerLimits)
     created: int = field(default_factory=lambda: int(time.time()))
-    chat_template: ChatTemplate | None = None  # None: /v1/chat/completions is a 400
-    tokenizer_info: dict | None = None  # GET /tokenizer_info's answer; None: not served
-    grammar_compiler: GrammarCompiler | None = None  # structured outputs (set by build_app)
     # --return-tokens-as-token-ids: every request's logprobs name tokens "token_id:N".
     return_tokens_as_token_ids: bool = False
     server_load: ServerLoad = field(default_factory=ServerLoad)  # GET /load
@@ -82,25 +83,63 @@ class ServerContext:
     # The fields the front ends accepted and ignored, each logged once (server/field_policy.py).
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
     adapters: ServedAdapters | None = None  # --enable-lora: LoRA adapters by name (server/lora.py)
+    model: ModelContext | None = None  # a request's view: the model it named (model_for)
+    adapter_id: int = 0  # ... and the LoRA adapter it named (0: none)
 
     def __post_init__(self) -> None:
         if self.response_store is None:
             self.response_store = ResponseStore(self.limits.max_stored_responses,
                                                 self.limits.max_stored_response_bytes)
 
+    async def model_for(self, name: str | None, keep_alive: float | None = None
+                        ) -> ServerContext:
+        """This context bound to the model named `name` (omitted: the first one served),
+        loaded if it was not; the request holds the model until its response was sent (then
+        it stays loaded `keep_alive` seconds, the server's --keep-alive if None). A LoRA
+        adapter's name binds its base model and the adapter. A 404 for a model this server does
+        not serve, a 503 naming it if it fails to load."""
+        adapter_id = self.adapters.id_of(name) if self.adapters and name else 0
+        if adapter_id:  # a LoRA adapter runs on its base model
+            name = self.adapters.base_of(name)
+        if self.model is not None and name in (None, self.model.name) and keep_alive is None:
+            # (already bound: the route's own call, then the chat path's)
+            return self if adapter_id == self.adapter_id else replace(self, adapter_id=adapter_id)
+        return replace(self, model=await self.models.acquire(name, keep_alive),
+                       adapter_id=adapter_id)
+
+    def _bound(self) -> ModelContext:
+        if self.model is None:
+            raise RuntimeError("no model chosen: the route must call model_for first")
+        return self.model
+
+    @property
+    def engine(self) -> EngineClient:
+        return self._bound().engine
+
+    @property
+    def model_name(self) -> str:
+        return self._bound().name
+
+    @property
+    def model_root(self) -> str:
+        return self._bound().root
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        return self._bound().chat_template
+
+    @property
+    def tokenizer_info(self) -> dict | None:
+        return self._bound().tokenizer_info
+
+    @property
+    def grammar_compiler(self) -> GrammarCompiler | None:
+        return self._bound().grammar_compiler
+
     def apply_defaults(self, req) -> None:
         """The operator's defaults for the request fields a server flag turns on."""
         if self.return_tokens_as_token_ids:
             req.return_tokens_as_token_ids = True
-
-    def check_model(self, model: str | None) -> int:
-        """A request may omit "model"; naming any other model is a 404, as in vLLM. A loaded
-        LoRA adapter's name selects it: its id (0: the base model)."""
-        adapter_id = self.adapters.id_of(model) if self.adapters and model else 0
-        if model is not None and model != self.model_name and not adapter_id:
-            raise APIError(f"The model {quote(model, 100)} does not exist: this server serves "
-                           f"{quote(self.model_name, 100)} (GET /v1/models).", 404, "model")
-        return adapter_id
 
 
 def get_ctx(request: Request) -> ServerContext:
@@ -283,7 +322,8 @@ async def submit(ctx: ServerContext, request_id: str, requests: list[EngineReque
                  n: int) -> RequestStream:
     """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
     stream = RequestStream(ctx.engine, request_id, requests, n,
-                           ctx.metrics.tracker(requests[0].pooling or requests[0].params))
+                           ctx.metrics.for_model(ctx.model_name).tracker(
+                               requests[0].pooling or requests[0].params))
     try:
         await stream.submit()
     except asyncio.CancelledError:

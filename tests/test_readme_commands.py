@@ -228,6 +228,9 @@ DOC_RULES = [
     ("operations.md", "docker ", "needs Docker and an image"),
     ("operations.md", "nanovllm download ", "downloads from the hub"),
     ("operations.md", "nanovllm generate ", RUN),
+    ("operations.md", "nanovllm serve --models-", "the reader's own folder and config file of "
+                                                 "models; tests/server/test_server_models.py "
+                                                 "serves both"),
     ("operations.md", "nanovllm serve ", "a production start (the hub's gpt2, a system cache "
                                          "directory); tests/server/test_server_prefix_cache_dir.py "
                                          "serves with the same flags"),

@@ -14,9 +14,10 @@ end of text to generate, so its `eos_token_ids` is empty.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from nanovllm.model.architectures.hf_config import read_config
 
 BERT_ARCHITECTURES = ("BertModel", "BertForSequenceClassification")
 GELU_ACTS = ("gelu", "gelu_python")  # erf GELU; the tanh approximation is GPT-2's
@@ -112,11 +113,7 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> BertConfig:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()), source=str(path))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read BERT config: {e}") from e
+        return cls.from_dict(read_config(path), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face BERT checkpoint carries."""

@@ -21,12 +21,16 @@ per layer kind), and refuses what the model does not run, naming the field.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanovllm.model.architectures.llama_config import _token_ids, check_rope_scaling
+from nanovllm.model.architectures.hf_config import (
+    check_rope_scaling,
+    read_config,
+    rope_scaling,
+    token_ids,
+)
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -124,16 +128,15 @@ class Gemma3Config:
                 raise ValueError(f"{source}: {key}={d[key]!r} is not supported")
         rope = d.get("rope_parameters") or {}  # transformers 5: per layer kind
         full, local = rope.get(FULL) or {}, rope.get(SLIDING) or {}
-        scaling = d.get("rope_scaling") or {k: v for k, v in full.items() if k != "rope_theta"}
-        if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
-            scaling = None
+        scaling = rope_scaling(d.get("rope_scaling")
+                               or {k: v for k, v in full.items() if k != "rope_theta"})
         fields = dict(
             rope_theta=full.get("rope_theta", d.get("rope_theta", 1000000.0)),
             rope_local_base_freq=local.get("rope_theta", d.get("rope_local_base_freq", 10000.0)),
-            rope_scaling=scaling or None,
+            rope_scaling=scaling,
             num_kv_heads=d.get("num_key_value_heads") or d.get("num_attention_heads", 4),
             layer_types=tuple(d.get("layer_types") or _pattern(d)),
-            eos_token_ids=_token_ids(d.get("eos_token_id"), "eos_token_id"),
+            eos_token_ids=token_ids(d.get("eos_token_id"), "eos_token_id"),
             bos_token_id=d.get("bos_token_id"),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
             final_logit_softcapping=d.get("final_logit_softcapping"))
@@ -151,16 +154,7 @@ class Gemma3Config:
     def from_json(cls, path: str | Path) -> Gemma3Config:
         """config.json, with generation_config.json's eos_token_id (an id or a list) if it has
         one (Gemma's lists <end_of_turn> beside <eos>)."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-            generation = path.parent / "generation_config.json"
-            eos = json.loads(generation.read_text()).get("eos_token_id") if generation.exists() else None
-        except (OSError, json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{path}: cannot read config: {e}") from e
-        if isinstance(d, dict) and eos is not None:
-            d = {**d, "eos_token_id": eos}
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_config(path, generation_eos=True), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face Gemma 3 text checkpoint carries (hub style)."""

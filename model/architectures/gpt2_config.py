@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from nanovllm.model.architectures.hf_config import read_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +81,7 @@ class GPT2Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPT2Config:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()), source=str(path))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read GPT-2 config: {e}") from e
+        return cls.from_dict(read_config(path), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face GPT-2 checkpoint carries."""

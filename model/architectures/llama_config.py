@@ -18,15 +18,18 @@ num_kv_heads, vocab_size, eos_token_id, num_params.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanovllm.model.architectures.hf_config import (
+    check_rope_scaling,
+    read_config,
+    rope_scaling,
+    token_ids,
+)
+
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                        "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
-# What `model/layers/rotary.py` implements; "freq_factors" is Llama 3's scaling as a GGUF
-# stores it.
-ROPE_TYPES = ("default", "linear", "llama3", "freq_factors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +156,13 @@ class LlamaConfig:
             raise ValueError(f"{source}: mlp_bias=true is not supported")
         rope = dict(d.get("rope_parameters") or {})  # transformers 5 keeps rope_theta in here
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
-        scaling = d.get("rope_scaling") or rope or None
-        if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
-            scaling = None
+        scaling = rope_scaling(d.get("rope_scaling") or rope)
         fields = dict(
             architecture=arch, rope_theta=theta, rope_scaling=scaling,
             attention_bias=arch == "Qwen2ForCausalLM" or bool(d.get("attention_bias")),
             sliding_window=_sliding_window(d, arch),
             head_size=d.get("head_dim") or 0,
-            eos_token_ids=_token_ids(d.get("eos_token_id"), "eos_token_id"),
+            eos_token_ids=token_ids(d.get("eos_token_id"), "eos_token_id"),
             bos_token_id=d.get("bos_token_id"),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         )
@@ -180,16 +181,7 @@ class LlamaConfig:
     def from_json(cls, path: str | Path) -> LlamaConfig:
         """config.json, with the eos_token_id (an id or a list) of the generation_config.json
         beside it if that has one: it is what ends generation in transformers and vLLM."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-            generation = path.parent / "generation_config.json"
-            eos = json.loads(generation.read_text()).get("eos_token_id") if generation.exists() else None
-        except (OSError, json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{path}: cannot read config: {e}") from e
-        if isinstance(d, dict) and eos is not None:
-            d = {**d, "eos_token_id": eos}
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_config(path, generation_eos=True), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face checkpoint of this architecture carries (hub style)."""
@@ -215,29 +207,6 @@ class LlamaConfig:
         return d
 
 
-def check_rope_scaling(scaling: dict | None) -> None:
-    if scaling is None:
-        return
-    if not isinstance(scaling, dict):
-        raise ValueError(f"rope_scaling must be an object, got {scaling!r}")
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind not in ROPE_TYPES:
-        raise ValueError(f"rope_scaling type {kind!r} is not supported; supported: "
-                         f"{', '.join(ROPE_TYPES)}")
-    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings")}.get(kind, ())
-    if kind == "freq_factors":
-        factors = scaling.get("factors")
-        if not isinstance(factors, list) or not all(
-                isinstance(f, int | float) and f > 0 for f in factors):
-            raise ValueError(f"rope_scaling freq_factors: factors must be a list of positive "
-                             f"numbers, got {factors!r}")
-    for key in need:
-        if not isinstance(scaling.get(key), int | float) or scaling[key] <= 0:
-            raise ValueError(f"rope_scaling {kind}: {key} must be a positive number, "
-                             f"got {scaling.get(key)!r}")
-
-
 def _sliding_window(d: dict, arch: str) -> int:
     """Mistral's window (null on v0.2+: none); Qwen2's and Qwen3's only with use_sliding_window,
     which their released models leave off (and per-layer windows, max_window_layers, are
@@ -256,16 +225,6 @@ def _sliding_window(d: dict, arch: str) -> int:
     if type(window) is not int or window < 1:
         raise ValueError(f"sliding_window must be a positive integer or null, got {window!r}")
     return window
-
-
-def _token_ids(value, name: str) -> tuple[int, ...]:
-    """An id or a list of ids (generation_config.json's eos_token_id may be either)."""
-    if value is None:
-        return ()
-    ids = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, list) else None
-    if ids is None or not all(type(i) is int and i >= 0 for i in ids):
-        raise ValueError(f"{name} must be a non-negative integer or a list of them, got {value!r}")
-    return ids
 
 
 # Real shapes of the models people run on a CPU, for `--load-format dummy` and benchmarks.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 MAX_N = 128  # samples per prompt; vLLM has no explicit cap
 MAX_LOGPROBS = 20  # top-N logprobs per token: vLLM's default max_logprobs
 MAX_SEED = 2**63 - 1
+MAX_PRIORITY = 2**63 - 1  # |priority|: a 64-bit int, as vLLM's clients send
 PENALTY_RANGE = (-2.0, 2.0)  # presence and frequency penalty, OpenAI's range
 MAX_REPETITION_PENALTY = 100.0  # above this every seen token is as good as banned
 LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; the server clamps, SamplingParams refuses

@@ -25,3 +25,4 @@ class EngineRequest:
     pooling: PoolingParams | None = None  # a pooling request: computed whole once, not sampled
     token_type_ids: list[int] | None = None  # which text of a pair each prompt token is in
     adapter_id: int = 0              # a loaded adapter's id (a LoRARequest's lora_int_id); 0: none
+    priority: int = 0                # lower first, under the 'priority' scheduling policy

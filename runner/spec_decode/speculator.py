@@ -10,7 +10,8 @@ the seconds to `timed_step`: a step of decodes only is the price of its k when r
 otherwise (the draft catching up, a request's capped last steps) still counts towards what a
 probe cost. A decode's k is never more than num_speculative_tokens, than the request can still use
 (max_tokens, the context length) nor than the step's token budget leaves; none at all from
-disable_by_batch_size running sequences on (vLLM's rule, when set) and for structured-output
+disable_by_batch_size running sequences on (vLLM's rule, when set: such a step has no rule,
+`step_lookahead`, and is the plain step, its decodes never asked) and for structured-output
 requests (their grammar would have to walk every proposal, and roll back on rejection). A
 seeded sampled request decides from its own acceptance and the draft's weight bytes only, never
 from timings: its k, and so its samples, repeat from run to run. With `"adaptive": false` every
@@ -102,10 +103,18 @@ class Speculator:
         self._untimed = False  # the step being scheduled has a decode whose k was capped
 
     # ---- the scheduler's rule --------------------------------------------------------------
+    def step_lookahead(self, num_running: int):
+        """The rule for a step of `num_running` sequences: `lookahead` at that size, or None
+        when the step cannot speculate (disable_by_batch_size), so that the scheduler asks
+        nothing of its decodes and the step is a plain one."""
+        if not self.config.speculates(num_running):
+            return None
+        return lambda seq, budget: self.lookahead(seq, num_running, budget)
+
     def lookahead(self, seq, num_running: int, budget: int) -> int:
         """Slots for decoding `seq` (a core Sequence) this step, in at most `budget` tokens."""
         c, p = self.config, seq.params
-        if not c.speculates(num_running) or p.structured is not None:
+        if p.structured is not None:
             return 0
         k = min(c.num_speculative_tokens, budget, self.max_model_len - seq.num_tokens)
         remaining = None

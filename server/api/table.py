@@ -19,6 +19,7 @@ from nanovllm.server.api.responses import routes as responses
 from nanovllm.server.api.score import routes as score
 from nanovllm.server.api.spec import APISpec
 from nanovllm.server.api.tokenize import routes as tokenize
+from nanovllm.server.models import routes as models
 
 APIS: list[APISpec] = [
     completions.API,
@@ -29,6 +30,7 @@ APIS: list[APISpec] = [
     tokenize.API,
     info.API,
     lora.API,
+    models.API,
     invocations.API,
     responses.API,
     messages.API,

@@ -51,6 +51,7 @@ async def prompt_tokens(req: ChatCompletionRequest, ctx: ServerContext,
                         names: dict[str, str]) -> int:
     """How many tokens the chat path's prompt for `req` has (checked as if it were to run)."""
     with renaming(names):
+        ctx = await ctx.model_for(req.model)
         # Off the event loop: the preparation may compile a tool call's grammar.
         prompt, *_ = await asyncio.to_thread(prepare_chat, req, ctx, new_request_id("count"))
     return len(prompt.prompt_token_ids)

@@ -61,7 +61,6 @@ def check_chat_supported(req: ChatCompletionRequest) -> None:
 def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
                  request_id: str) -> tuple[EngineRequest, SamplingParams, OutputRules]:
     """All validation, the engine's included, before anything is submitted; a 400 if it fails."""
-    adapter_id = ctx.check_model(req.model)
     ctx.engine.processor.check_generates()  # (before the template: an encoder has none)
     ctx.apply_defaults(req)
     check_chat_supported(req)
@@ -72,9 +71,9 @@ def prepare_chat(req: ChatCompletionRequest, ctx: ServerContext,
     # The rendered template holds the special tokens (bos_token): none are added (vLLM's rule).
     with context_length_in_terms_of("messages", req.length_field):
         prompt = ctx.engine.processor.process(f"{request_id}-0", plan.prompt, params,
-                                              add_special_tokens=False)
+                                              add_special_tokens=False, priority=req.priority)
     check_response_size(params, [prompt], False, ctx.limits, ctx.engine.max_model_len)
-    return replace(prompt, adapter_id=adapter_id), params, plan.rules
+    return replace(prompt, adapter_id=ctx.adapter_id), params, plan.rules
 
 
 @dataclass(slots=True)
@@ -84,6 +83,7 @@ class ChatRun:
     req: ChatCompletionRequest
     stream: RequestStream
     rules: OutputRules
+    ctx: ServerContext  # bound to the request's model (ServerContext.model_for)
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -91,13 +91,15 @@ class ChatRun:
 
 
 async def start_chat(req: ChatCompletionRequest, ctx: ServerContext) -> ChatRun:
-    """Checks, plans and submits `req` (a 400 before anything runs if it cannot)."""
+    """Checks, plans and submits `req` (a 400 before anything runs if it cannot; a 404 for a
+    model this server does not serve)."""
+    ctx = await ctx.model_for(req.model)
     chars = sum(len(str(m.get("content", ""))) for m in req.messages)
     request_id = new_request_id("chatcmpl")
     prompt, params, rules = await off_loop_if_big(
         chars, prepare_chat, req, ctx, request_id,
         heavy=wants_structure(req) or bool(req.tools))
-    return ChatRun(req, await submit(ctx, request_id, [prompt], params.n), rules)
+    return ChatRun(req, await submit(ctx, request_id, [prompt], params.n), rules, ctx)
 
 
 async def chat_result(raw: Request, run: ChatRun) -> ChatResult | None:

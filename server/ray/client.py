@@ -108,7 +108,7 @@ class RayEngineClient:
             info.is_cross_encoder)
         self.processor = InputProcessor(self.tokenizer, info.vocab_size, info.max_model_len,
                                         info.block_size, info.num_kv_blocks,
-                                        info.max_waiting_seqs, pooling)
+                                        info.max_waiting_seqs, pooling, info.scheduling_policy)
         self.replica_stats: dict[str, EngineStats] = {}  # latest snapshot each replica sent
         self._stats_when: dict[str, int] = {}  # its time on the replica's clock
         self.replicas_running, self.replicas_target = 0, num_replicas

@@ -53,6 +53,7 @@ class ReplicaInfo:
     pooling: PoolingConfig | None
     hidden_size: int
     is_cross_encoder: bool
+    scheduling_policy: str  # which `priority` values requests may have
 
 
 class EngineReplica:
@@ -73,7 +74,8 @@ class EngineReplica:
                            engine.num_kv_blocks, engine.config.max_waiting_seqs,
                            engine.tokenizer.eos_token_id, files, engine.pooling,
                            engine.model_config.n_embd,
-                           getattr(engine.model_config, "is_classifier", False))
+                           getattr(engine.model_config, "is_classifier", False),
+                           engine.config.scheduling_policy)
 
     async def generate(self, request: EngineRequest, avoid: tuple[str, ...] = ()):
         """Yields (replica_id, items, stats): first ([], ...) once the engine took the request,

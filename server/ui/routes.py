@@ -58,7 +58,8 @@ MAX_ATTENTION_TOKENS = 64
 MAX_ATTENTION_CHARS = 4096  # checked before tokenizing
 
 NO_INSPECTOR = ("The web page's engine, attention and forward-pass views show a single engine; "
-                "with --data-parallel-size they are not available (the playground is).")
+                "with --data-parallel-size or several models they are not available (the "
+                "playground is).")
 
 router = APIRouter(include_in_schema=False)
 
@@ -82,6 +83,7 @@ async def page() -> FileResponse:
 async def info(ctx: Ctx, raw: Request) -> dict:
     """What the page shows above the playground, and the limits its controls respect (the
     model's shape only where its views can look at the engine)."""
+    ctx = await ctx.model_for(None)  # (the page shows the first model)
     inspector: EngineInspector | None = raw.app.state.inspector
     shape = {} if inspector is None else {
         "n_layer": inspector.n_layer, "n_head": inspector.n_head,
@@ -137,6 +139,7 @@ async def attention(body: AttentionRequest, raw: Request, ctx: Ctx,
         raise bad_request(f"head must be below n_head={inspector.n_head}, got {body.head}.",
                           "head")
     busy: threading.Lock = raw.app.state.attention_busy
+    ctx = await ctx.model_for(None)
     return JSONResponse(await asyncio.to_thread(attention_map, ctx.engine, inspector, busy,
                                                 body))
 
@@ -216,6 +219,7 @@ async def trace(body: TraceRequest, raw: Request, ctx: Ctx, inspector: Inspectio
     """One forward pass of `prompt`, layer by layer
     (nanovllm.model.architectures.trace.ForwardTrace)."""
     busy: threading.Lock = raw.app.state.attention_busy
+    ctx = await ctx.model_for(None)
     return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, inspector, busy,
                                                 body))
 

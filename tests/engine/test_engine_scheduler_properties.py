@@ -7,7 +7,8 @@ sequence that computed all its tokens gets a new token or finishes. A fake KV ca
 for every slot written, which token prefix it holds; after every step each running sequence
 must find its own prefix in every slot it has computed, so a block shared or evicted wrongly
 shows up at once. After every rule: the block invariants (engine_checks). At the end every
-request finishes within a bound and every block is free.
+request finishes within a bound and every block is free. Under the 'priority' policy (requests
+of random priorities), no step admits a sequence of a worse priority than one it leaves waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nanovllm import SamplingParams
 from nanovllm.block_manager import BlockManager
 from nanovllm.contract.step import ModelRunnerOutput
 from nanovllm.scheduler import Scheduler
+from nanovllm.scheduling_policy import policy_for
 from nanovllm.sequence import Request, Sequence, SequenceStatus
 
 ALPHABET = 3                        # few distinct tokens: many identical blocks
@@ -42,18 +44,20 @@ MAX_NEW = 8
 class FakeEngine:
     """The engine's bookkeeping around Scheduler + BlockManager, with a fake KV cache."""
 
-    def __init__(self, num_blocks, block_size, max_num_seqs, max_num_batched_tokens, caching, seed):
+    def __init__(self, num_blocks, block_size, max_num_seqs, max_num_batched_tokens, caching, seed,
+                 policy="fcfs"):
         self.bm = BlockManager(num_blocks, block_size, caching)
-        self.sched = Scheduler(self.bm, max_num_seqs, max_num_batched_tokens)
+        self.sched = Scheduler(self.bm, max_num_seqs, max_num_batched_tokens,
+                               policy=policy_for(policy))
         self.requests: dict[str, tuple[Request, int]] = {}
         self.kv: dict[int, tuple[int, ...]] = {}
         self.rng = random.Random(seed)
         self.ids = itertools.count()
 
-    def add(self, prompt, n, max_new, prompt_logprobs) -> str:
+    def add(self, prompt, n, max_new, prompt_logprobs, priority=0) -> str:
         rid = f"r{len(self.requests)}"
         params = SamplingParams(n=n, max_tokens=max_new, prompt_logprobs=prompt_logprobs)
-        request = Request(rid, None, prompt, params)
+        request = Request(rid, None, prompt, params, priority=priority)
         for index in range(n):
             seq = Sequence(next(self.ids), request, index, list(prompt))
             request.seqs.append(seq)
@@ -65,9 +69,11 @@ class FakeEngine:
         return [rid for rid, (req, _) in self.requests.items() if not req.finished]
 
     def step(self) -> None:
+        waiting = {s.seq_id for s in self.sched.waiting}
         batch = self.sched.schedule()
         self.check_batch(batch)
         self.check_fairness()
+        self.check_priority(waiting)
         for e in batch.scheduled:
             seq = self.sched.seqs[e.seq_id]
             for pos in range(e.start, e.start + len(e.token_ids)):
@@ -100,10 +106,23 @@ class FakeEngine:
 
     def check_fairness(self) -> None:
         """After scheduling, a request with nothing running waits for a full batch only when no
-        request holds two sequences it could have given up."""
+        request holds two sequences it could have given up (under 'priority': a request of the
+        best priority waiting, and one of no better priority holding them)."""
         sched = self.sched
         if sched.idle and len(sched.running) >= sched.max_num_seqs:
-            assert max(sched.num_running.values()) <= 1
+            best = min(s.priority for s in sched.waiting)
+            if any(r.priority == best for r in sched.idle):
+                assert all(n <= 1 for r, n in sched.num_running.items() if r.priority >= best)
+
+    def check_priority(self, waiting: set[int]) -> None:
+        """Under 'priority': whatever a step admitted ranks no worse than what still waits
+        (a better one waiting for room holds every worse one back)."""
+        sched = self.sched
+        if sched.policy.name != "priority":
+            return
+        admitted = [s.priority for s in sched.running if s.seq_id in waiting]
+        if admitted and sched.waiting:
+            assert max(admitted) <= min(s.priority for s in sched.waiting)
 
     def check_kv(self) -> None:
         for seq in self.sched.running:
@@ -125,20 +144,25 @@ class FakeEngine:
 class SchedulerMachine(RuleBasedStateMachine):
     @initialize(block_size=st.sampled_from([1, 2, 4]), num_blocks=st.integers(6, 30),
                 max_num_seqs=st.integers(1, 5), max_num_batched_tokens=st.integers(1, 20),
-                caching=st.booleans(), seed=st.integers(0, 2**16))
-    def setup(self, block_size, num_blocks, max_num_seqs, max_num_batched_tokens, caching, seed):
+                caching=st.booleans(), seed=st.integers(0, 2**16),
+                policy=st.sampled_from(["fcfs", "priority"]))
+    def setup(self, block_size, num_blocks, max_num_seqs, max_num_batched_tokens, caching, seed,
+              policy):
         self.engine = FakeEngine(num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
-                                 caching, seed)
+                                 caching, seed, policy)
 
     @rule(stem=st.sampled_from(STEMS), stem_len=st.integers(0, 16),
           suffix=st.lists(st.integers(0, ALPHABET - 1), max_size=8), n=st.integers(1, 3),
-          max_new=st.integers(1, MAX_NEW), prompt_logprobs=st.booleans())
-    def add(self, stem, stem_len, suffix, n, max_new, prompt_logprobs):
+          max_new=st.integers(1, MAX_NEW), prompt_logprobs=st.booleans(),
+          priority=st.integers(-2, 2))
+    def add(self, stem, stem_len, suffix, n, max_new, prompt_logprobs, priority):
         prompt = stem[:stem_len] + suffix or [0]
         bm = self.engine.bm
         # The engine rejects requests that could never fit the pool; so do we.
         if bm.blocks_for(len(prompt) + max_new) <= bm.num_blocks:
-            self.engine.add(prompt, n, max_new, 1 if prompt_logprobs else None)
+            if self.engine.sched.policy.name != "priority":
+                priority = 0
+            self.engine.add(prompt, n, max_new, 1 if prompt_logprobs else None, priority)
 
     @precondition(lambda self: bool(self.engine.sched.waiting or self.engine.sched.running))
     @rule()

@@ -22,6 +22,7 @@ from nanovllm.server.chat.result import (
     Usage,
 )
 from nanovllm.server.errors import APIError
+from nanovllm.server.models.context import ModelContext
 from nanovllm.server.serving import ServerContext
 
 REASONING, TEXT = "The user wants the weather.", "Let me look."
@@ -68,7 +69,7 @@ def without_ids(items: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
 def test_responses_events_build_the_unstreamed_output(size):
-    ctx = ServerContext(None, "m", "m", None)
+    ctx = ServerContext(None, None, model=ModelContext(None, "m", "m"))
     body = ResponsesRequest(input="x", stream=True)
     events = translated(lambda e: response_events(body, ctx, [], 0, e), chat_stream(size))
     final = responses_stream(events)
@@ -96,7 +97,7 @@ def test_an_error_in_the_chat_stream_ends_each_protocols_stream():
     head = chat_stream(1000)[:2]
     error = APIError("The engine is dead.", 503)
     events = translated(lambda e: response_events(ResponsesRequest(input="x"),
-                                                  ServerContext(None, "m", "m", None), [], 0, e),
+                                                  ServerContext(None, None, model=ModelContext(None, "m", "m")), [], 0, e),
                         head, error)
     names = [n for n, _ in events]
     assert names[-2:] == ["error", "response.failed"]

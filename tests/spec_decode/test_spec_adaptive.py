@@ -5,6 +5,7 @@ unchanged throughout."""
 
 from __future__ import annotations
 
+import numpy as np
 from test_spec_engine import GREEDY_CASES, REPEATS, draft_config, outputs
 
 from nanovllm import EngineConfig, LLMEngine, SamplingParams
@@ -169,3 +170,37 @@ def test_the_engine_times_whole_steps_and_keeps_plain_decoding_reachable(make_en
     assert costs.ratio(1, max(timed)) >= 1.0
     # Costs are ratios of adjacent steps: the probes' plain steps beside speculating ones.
     assert any(costs.measured(1, k) for k in timed - {0}), "no k was paired with a plain step"
+
+
+def test_a_step_too_big_to_speculate_is_the_plain_step(make_engine, tiny_ckpt):
+    """Speculation configured, with more sequences running than disable_by_batch_size allows:
+    step for step, the runner is given exactly the inputs it is given with speculation off (no
+    lookahead rows, the same rows sampled), the draft takes no block and runs no pass, and the
+    step is not timed as the price of any k. Once the batch shrinks below the limit the same
+    engine speculates (so the comparison is not vacuous), and every output is unchanged."""
+    spec = draft_config(tiny_ckpt, disable_by_batch_size=3)
+    on, off = make_engine(speculative_config=spec), make_engine()
+    requests = {str(i): (p, SamplingParams(temperature=0, max_tokens=6 + 8 * i, ignore_eos=True))
+                for i, p in enumerate([*REPEATS, [5, 6, 7, 5, 6, 7]])}
+    for engine in (on, off):
+        engine.runner.keep_last_run = True
+        for rid, (prompt, params) in requests.items():
+            engine.add_request(rid, prompt, params)
+    speculator, plain_steps, done = on.runner.speculator, 0, {on: {}, off: {}}
+    while on.has_unfinished_requests() or off.has_unfinished_requests():
+        too_big = len(on.scheduler.running) >= 3  # (then both engines are at the same step)
+        for engine in (on, off):
+            done[engine].update({o.request_id: o.outputs[0].token_ids
+                                 for o in engine.step() if o.finished})
+        if not too_big:
+            continue
+        plain_steps += 1
+        (got, _), (want, _) = on.runner.last_run, off.runner.last_run
+        assert not got.lookahead and not got.ahead
+        for name in ("token_ids", "positions", "logit_rows"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        assert [e.seq_id for e in got.sampling] == [e.seq_id for e in want.sampling]
+        assert not speculator.draft.tables and not speculator.draft_passes.measured
+        assert speculator._timing is None  # not the price of any k
+    assert plain_steps >= 6 and len(done[on]) == len(requests) and done[on] == done[off]
+    assert on.spec_stats.num_drafts > 0  # below the limit, it did speculate

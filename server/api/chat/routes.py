@@ -27,11 +27,11 @@ async def create_chat_completion(body: ChatCompletionRequest, raw: Request, ctx:
     """A 400 unless the server has a chat template (see the module's docstring)."""
     run = await start_chat(body, ctx)
     if body.stream:
-        return streamed(run.stream, chat_events(run, ctx, chat_stream(run)))
+        return streamed(run.stream, chat_events(run, run.ctx, chat_stream(run)))
     result = await chat_result(raw, run)
     if result is None:  # the client left
         return JSONResponse({}, status_code=499)
-    return JSONResponse(chat_completion(run, ctx, result))
+    return JSONResponse(chat_completion(run, run.ctx, result))
 
 
 API = APISpec(router, generating=("/v1/chat/completions",))

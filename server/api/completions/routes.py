@@ -49,6 +49,7 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=CompletionResponse,
              responses={**ERROR_RESPONSES, **STREAM_RESPONSE})
 async def create_completion(body: CompletionRequest, raw: Request, ctx: Ctx) -> Response:
+    ctx = await ctx.model_for(body.model)
     request_id = new_request_id("cmpl")
     prompts, params = await off_loop_if_big(prompt_chars(body.prompt), prepare, body, ctx,
                                             request_id, heavy=wants_structure(body))
@@ -69,7 +70,6 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
 
     Returns one engine request per prompt, and the sampling params they all share.
     """
-    adapter_id = ctx.check_model(req.model)
     ctx.apply_defaults(req)
     check_supported(req)
     check_request_size(req, ctx)
@@ -78,11 +78,12 @@ def prepare(req: CompletionRequest, ctx: ServerContext,
                        quote(ignored, 200))
     if req.use_beam_search:
         prompts, params = prepare_beams(req, ctx, request_id)
-        return [replace(p, adapter_id=adapter_id) for p in prompts], params
+        return [replace(p, adapter_id=ctx.adapter_id) for p in prompts], params
     params = req.to_sampling_params(structured=constraint_for(req, ctx.grammar_compiler))
     with context_length_in_terms_of("prompt", req.length_field):
-        prompts = [replace(ctx.engine.processor.process(f"{request_id}-{i}", item, params),
-                           adapter_id=adapter_id)
+        prompts = [replace(ctx.engine.processor.process(f"{request_id}-{i}", item, params,
+                                                        priority=req.priority),
+                           adapter_id=ctx.adapter_id)
                    for i, item in enumerate(split_prompts(req.prompt))]
     check_response_size(params, prompts, bool(req.echo), ctx.limits, ctx.engine.max_model_len)
     return prompts, params
@@ -94,7 +95,8 @@ def prepare_beams(req: CompletionRequest, ctx: ServerContext,
     Every beam carries its tokens' logprobs: `logprobs: 0` sizes the response as any request's."""
     beam = req.to_beam_search_params()
     with context_length_in_terms_of("prompt", req.length_field):
-        prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam)
+        prompts = [ctx.engine.processor.process_beam(f"{request_id}-{i}", item, beam,
+                                                     priority=req.priority)
                    for i, item in enumerate(split_prompts(req.prompt))]
     params = prompts[0].params
     check_response_size(replace(params, logprobs=req.logprobs), prompts, False, ctx.limits,

@@ -28,7 +28,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
 async def create_embeddings(body: EmbeddingRequest, raw: Request, ctx: Ctx) -> JSONResponse:
-    ctx.check_model(body.model)
+    ctx = await ctx.model_for(body.model)
     body.refuse_unknown_fields()
     pooling = pooled.pooling_input(ctx)
     inputs = split_inputs(body.input)

@@ -1,44 +1,9 @@
-"""GET /v1/models and /version: their answers' models."""
+"""GET /version: its answer's model."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-
-class ModelPermission(BaseModel):
-    id: str
-    object: str = "model_permission"
-    created: int
-    allow_create_engine: bool = False
-    allow_sampling: bool = True
-    allow_logprobs: bool = True
-    allow_search_indices: bool = False
-    allow_view: bool = True
-    allow_fine_tuning: bool = False
-    organization: str = "*"
-    group: str | None = None
-    is_blocking: bool = False
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: str = "model"
-    created: int
-    owned_by: str = "nanovllm"
-    root: str | None = None
-    parent: str | None = None
-    max_model_len: int | None = None
-    vocab_size: int | None = None  # token ids a prompt may hold: [0, vocab_size)
-    permission: list[ModelPermission]
-    # Not OpenAI's or vLLM's: true when the checkpoint has random weights (a dummy one, written
-    # by nanovllm or loaded with --load-format dummy), so an API-only client can tell its text
-    # is noise.
-    random_weights: bool = False
-
-
-class ModelList(BaseModel):
-    object: str = "list"
-    data: list[ModelCard]
 
 class VersionResponse(BaseModel):
     version: str

@@ -41,6 +41,7 @@ def served(ctx: Ctx):
              responses=ERROR_RESPONSES)
 async def load_lora_adapter(body: LoadLoRAAdapterRequest, ctx: Ctx) -> str:
     adapters = served(ctx)
+    ctx = await ctx.model_for(adapters.base)
     if body.lora_name == ctx.model_name:
         raise bad_request(f"The name {quote(body.lora_name, 100)} is the base model's",
                           "lora_name")
@@ -57,6 +58,7 @@ async def load_lora_adapter(body: LoadLoRAAdapterRequest, ctx: Ctx) -> str:
              responses=ERROR_RESPONSES)
 async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, ctx: Ctx) -> str:
     adapters = served(ctx)
+    ctx = await ctx.model_for(adapters.base)
     try:
         found = await adapters.unload(ctx.engine, body.lora_name)
     except ValueError as exc:  # in use by unfinished requests

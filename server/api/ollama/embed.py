@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from nanovllm.server import pooled
-from nanovllm.server.api.ollama.models import model_name
+from nanovllm.server.api.ollama.models import keep_alive, model_name
 from nanovllm.server.api.ollama.protocol import EmbeddingsRequest, EmbedRequest
 from nanovllm.server.api.ollama.render import Timing
 from nanovllm.server.serving import Ctx, ServerContext, new_request_id
@@ -50,7 +50,7 @@ async def embeddings(body: EmbeddingsRequest, raw: Request, ctx: Ctx) -> JSONRes
 async def vectors(body, texts: list[str], params: PoolingParams, field: str, raw: Request,
                   ctx: ServerContext) -> list | None:
     """Each text's pooled output, in order (None if the client left first)."""
-    ctx.check_model(model_name(body.model))
+    ctx = await ctx.model_for(model_name(body.model), keep_alive(body.keep_alive))
     body.refuse_unknown_fields()
     pooling = pooled.pooling_input(ctx)
     pooled.check_count(len(texts), ctx, field)

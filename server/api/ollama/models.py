@@ -1,12 +1,16 @@
-"""GET /api/tags, POST /api/show, GET /api/ps and GET /api/version: the served model as
-Ollama describes its models. The one model is always loaded, so /api/ps lists it with no
-expiry; its size is its checkpoint's files; its digest names the checkpoint's path (Ollama's
-is its manifest's hash, which a checkpoint directory has none of)."""
+"""GET /api/tags, POST /api/show, GET /api/ps and GET /api/version: the served models as
+Ollama describes its models. /api/tags lists every model, /api/ps the loaded ones with the time
+each is unloaded if it stays idle (far ahead while it has requests or is kept forever); a size
+is its checkpoint's files; a digest names the checkpoint's path (Ollama's is its manifest's
+hash, which a checkpoint directory has none of). `keep_alive` is Ollama's: seconds or a
+duration ("5m"), 0 to unload once the request ends, negative to keep the model loaded."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -15,6 +19,8 @@ from nanovllm import __version__
 from nanovllm.server.api.ollama.protocol import ShowRequest
 from nanovllm.server.api.ollama.render import created_at
 from nanovllm.server.errors import bad_request
+from nanovllm.server.models.catalog import parse_duration
+from nanovllm.server.models.pool import ModelStatus
 from nanovllm.server.serving import Ctx, ServerContext
 
 NEVER = "9999-12-31T23:59:59Z"  # the expiry of a model kept loaded (Ollama's keep_alive -1)
@@ -26,6 +32,16 @@ def model_name(name: str | None) -> str | None:
     return name.removesuffix(":latest") if name else name
 
 
+def keep_alive(value) -> float | None:
+    """A request's keep_alive in seconds (None: the server's --keep-alive); a 400 if malformed."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise bad_request(f"`keep_alive`: {exc}.", "keep_alive") from None
+
+
 @router.get("/api/version")
 async def version() -> dict:
     return {"version": __version__}
@@ -33,26 +49,33 @@ async def version() -> dict:
 
 @router.get("/api/tags")
 async def tags(ctx: Ctx) -> dict:
-    return {"models": [model_entry(ctx)]}
+    return {"models": [model_entry(ctx, s) for s in ctx.models.statuses()]}
 
 
 @router.get("/api/ps")
 async def ps(ctx: Ctx) -> dict:
-    entry = model_entry(ctx)
-    return {"models": [{**entry, "expires_at": NEVER, "size_vram": 0,
-                        "context_length": ctx.engine.max_model_len}]}
+    return {"models": [{**model_entry(ctx, s), "expires_at": expiry(s), "size_vram": 0,
+                        "context_length": s.model.engine.max_model_len}
+                       for s in ctx.models.statuses() if s.model is not None]}
+
+
+def expiry(status: ModelStatus) -> str:
+    if status.expires_at is None or math.isinf(status.expires_at):
+        return NEVER
+    return datetime.fromtimestamp(status.expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @router.post("/api/show")
 async def show(body: ShowRequest, ctx: Ctx) -> dict:
+    """The model's details, loading it if it is not (its template and context come from it)."""
     name = body.model or body.name
     if not name:
         raise bad_request("Missing required field `model`.", "model")
-    ctx.check_model(model_name(name))
-    family = details(ctx)["family"]
+    ctx = await ctx.model_for(model_name(name))
+    family = details(ctx.model_root)["family"]
     return {"modelfile": "", "parameters": "", "license": "",
             "template": ctx.chat_template.source if ctx.chat_template else "",
-            "details": details(ctx), "modified_at": created_at(ctx.created),
+            "details": details(ctx.model_root), "modified_at": created_at(ctx.created),
             "model_info": {"general.architecture": family,
                            f"{family}.context_length": ctx.engine.max_model_len,
                            "general.random_weights": ctx.engine.is_dummy},
@@ -68,15 +91,15 @@ def capabilities(ctx: ServerContext) -> list[str]:
             *(["thinking"] if ctx.reasoning_parser else [])]
 
 
-def model_entry(ctx: ServerContext) -> dict:
-    return {"name": ctx.model_name, "model": ctx.model_name,
-            "modified_at": created_at(ctx.created), "size": checkpoint_size(ctx.model_root),
-            "digest": hashlib.sha256(ctx.model_root.encode()).hexdigest(),
-            "details": details(ctx)}
+def model_entry(ctx: ServerContext, status: ModelStatus) -> dict:
+    return {"name": status.name, "model": status.name,
+            "modified_at": created_at(ctx.created), "size": status.size,
+            "digest": hashlib.sha256(status.path.encode()).hexdigest(),
+            "details": details(status.path)}
 
 
-def details(ctx: ServerContext) -> dict:
-    root = Path(ctx.model_root)
+def details(path: str) -> dict:
+    root = Path(path)
     kind = model_type(root) or "unknown"
     return {"parent_model": "", "format": "gguf" if root.suffix == ".gguf" else "safetensors",
             "family": kind, "families": [kind], "parameter_size": "", "quantization_level": ""}
@@ -90,14 +113,3 @@ def model_type(root: Path) -> str | None:
         return None
     kind = value.get("model_type") if isinstance(value, dict) else None
     return kind if isinstance(kind, str) else None
-
-
-def checkpoint_size(root: str) -> int:
-    """The bytes of the checkpoint's files (0 where the root is only a name)."""
-    path = Path(root)
-    try:
-        if path.is_file():
-            return path.stat().st_size
-        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
-    except OSError:
-        return 0

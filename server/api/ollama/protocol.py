@@ -22,10 +22,7 @@ FIELDS = FieldPolicy(
         "top_logprobs": "this API's token log probabilities are not served here (chat "
                         "completions has `top_logprobs`)",
     },
-    ignored={
-        "keep_alive": "how long Ollama keeps the model loaded; this server keeps its model "
-                      "loaded while it runs",
-    },
+    ignored={},
     unknown_ignored=False,
 )
 
@@ -54,6 +51,7 @@ class OllamaRequest(FrontEndRequest):
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema
     options: dict[str, Any] | None = None
     think: bool | str | None = None
+    keep_alive: Any = None  # how long the model stays loaded after this request (models.py)
 
 
 class ChatRequest(OllamaRequest):

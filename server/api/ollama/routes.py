@@ -10,8 +10,8 @@ server/chat/run.py) and the pooling path, beside OpenAI's and Anthropic's:
 - embed.py: /api/embed and /api/embeddings; models.py: /api/tags, /api/show, /api/ps,
   /api/version.
 
-`model` is the served model's name (Ollama's ":latest" tag allowed). Errors under /api have
-Ollama's shape, {"error": "..."} (errors.py).
+`model` names a served model (Ollama's ":latest" tag allowed; `keep_alive`: models.py).
+Errors under /api have Ollama's shape, {"error": "..."} (errors.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 from nanovllm.server.api.ollama import embed, models
 from nanovllm.server.api.ollama.errors import OLLAMA_ERRORS
-from nanovllm.server.api.ollama.models import model_name
+from nanovllm.server.api.ollama.models import keep_alive, model_name
 from nanovllm.server.api.ollama.options import (
     CHAT_NAMES,
     response_format,
@@ -70,6 +70,7 @@ router.include_router(models.router)
 @router.post("/api/chat")
 async def chat(body: ChatRequest, raw: Request, ctx: Ctx) -> Response:
     """Ollama's chat over the chat path (see the module's docstring)."""
+    ctx = await ctx.model_for(model_name(body.model), keep_alive(body.keep_alive))
     fields = {**common_fields(body, ctx), "messages": chat_messages(body.messages),
               "tools": body.tools}
     return await answer(body, fields, raw, ctx, chat_object, chat_piece)
@@ -81,8 +82,8 @@ async def generate(body: GenerateRequest, raw: Request, ctx: Ctx) -> Response:
     for name, why in GENERATE_REFUSED.items():
         if getattr(body, name):
             raise bad_request(f"`{name}` is not supported: {why}.", name)
-    if not body.prompt:  # Ollama's way to load a model: it answers at once
-        ctx.check_model(model_name(body.model))
+    ctx = await ctx.model_for(model_name(body.model), keep_alive(body.keep_alive))
+    if not body.prompt:  # Ollama's way to load (or, with keep_alive 0, unload) a model
         return JSONResponse({"model": body.model, "created_at": created_at(), "response": "",
                              "done": True, "done_reason": "load"})
     messages = ([{"role": "system", "content": body.system}] if body.system else []) + \

@@ -24,7 +24,7 @@ router = APIRouter()
 @router.post("/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
 @router.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
 async def rerank(body: RerankRequest, raw: Request, ctx: Ctx) -> JSONResponse:
-    ctx.check_model(body.model)
+    ctx = await ctx.model_for(body.model)
     body.refuse_unknown_fields()
     documents = [d if isinstance(d, str) else d.text for d in body.documents]
     pooled.check_count(len(documents), ctx, "documents")

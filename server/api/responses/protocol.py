@@ -9,7 +9,7 @@ from pydantic import Field
 
 from nanovllm.server.field_policy import FieldPolicy
 from nanovllm.server.protocol import MAX_MESSAGES, FrontEndRequest
-from nanovllm.values.limits import MAX_LOGPROBS
+from nanovllm.values.limits import MAX_LOGPROBS, MAX_PRIORITY
 
 # OpenAI's Responses fields that ResponsesRequest does not declare (server/field_policy.py).
 FIELDS = FieldPolicy(
@@ -63,3 +63,5 @@ class ResponsesRequest(FrontEndRequest):
     reasoning: dict[str, Any] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     max_tool_calls: int | None = Field(None, ge=1)
+    # vLLM's: lower goes first under `--scheduling-policy priority`; else only 0 is taken.
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)

@@ -86,6 +86,7 @@ async def respond(body: ResponsesRequest, raw: Request, ctx: ServerContext) -> R
     req = chat_request(chat_fields(body, context, ctx.ignored_fields), CHAT_NAMES)
     with renaming(CHAT_NAMES):
         run = await start_chat(req, ctx)
+    ctx = run.ctx
     if body.stream:
         return streamed(run.stream, response_events(body, ctx, context, created,
                                                     chat_stream(run)))
@@ -141,7 +142,7 @@ def chat_fields(body: ResponsesRequest, items: list[dict], log: IgnoredFields) -
             "top_p": body.top_p, "user": body.user, "stream": body.stream,
             "tools": chat_tools(body.tools, log),
             "tool_choice": chat_tool_choice(body.tool_choice),
-            "parallel_tool_calls": body.parallel_tool_calls,
+            "parallel_tool_calls": body.parallel_tool_calls, "priority": body.priority,
             "response_format": None if calls_only(body.tool_choice)
             else response_format((body.text or {}).get("format"))}
 

@@ -26,7 +26,7 @@ router = APIRouter()
 @router.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
 @router.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
 async def create_score(body: ScoreRequest, raw: Request, ctx: Ctx) -> JSONResponse:
-    ctx.check_model(body.model)
+    ctx = await ctx.model_for(body.model)
     body.refuse_unknown_fields()
     firsts = [body.text_1] if isinstance(body.text_1, str) else body.text_1
     seconds = [body.text_2] if isinstance(body.text_2, str) else body.text_2

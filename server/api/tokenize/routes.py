@@ -27,7 +27,7 @@ router = APIRouter()
 async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
     """A `prompt`, or chat `messages` as the chat template renders them (vLLM's two forms);
     `token_strs` are the vocabulary's strings ("Ġis"), which clients map back to ids."""
-    ctx.check_model(body.model)
+    ctx = await ctx.model_for(body.model)
     body.check_form()
     tok = ctx.engine.tokenizer
     if body.messages is None:
@@ -45,7 +45,7 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict:
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
 async def detokenize(body: DetokenizeRequest, ctx: Ctx) -> dict:
-    ctx.check_model(body.model)
+    ctx = await ctx.model_for(body.model)
     if len(body.tokens) > ctx.engine.max_model_len:  # no sequence of this model is longer
         raise bad_request(f"tokens holds {len(body.tokens)} ids, more than this model's context "
                           f"length of {ctx.engine.max_model_len}.", "tokens")
