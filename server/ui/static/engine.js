@@ -5,7 +5,7 @@
 // per block its owner (a sequence id, -1 when free), its reference count and whether the
 // prefix cache can find it; per listed sequence its progress; the last steps' token counts.
 
-import { $, api, HTTPError } from "./api.js";
+import { $, api, forModel, HTTPError } from "./api.js";
 
 const POLL_MS = 250;
 const MAX_EVENTS = 12; // preemptions listed, newest first
@@ -50,7 +50,7 @@ export function createEngineView({ onUnauthorized }) {
   async function poll(me) {
     while (loop === me) {
       try {
-        const snapshot = await (await api("/ui/api/engine")).json();
+        const snapshot = await (await api(forModel("/ui/api/engine"))).json();
         if (loop !== me) return;
         draw(snapshot);
         $("#engine-status").textContent = "";
@@ -241,6 +241,12 @@ export function createEngineView({ onUnauthorized }) {
     },
     stop() {
       loop = 0;
+    },
+    // Another model chosen: the preemption log was the other engine's.
+    reset() {
+      previous = null;
+      events.length = 0;
+      $("#preemptions").replaceChildren();
     },
   };
 }
