@@ -1,0 +1,96 @@
+"""Several models on Ray Serve with model multiplexing (server/ray/models.py, multiplex.py):
+one engine replica that may hold one model at a time, two tiny GPT-2s with different random
+weights, the server's model pool over them (its Loader binds a RayEngineClient to each model
+id) and the usual FastAPI app, served by real uvicorn.
+
+Each switch from one model to the other makes Serve evict the replica's model and load the
+other; every answer must still be its own model's.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from server_helpers import serve
+
+from nanovllm import LLM, EngineConfig, SamplingParams
+from nanovllm.model import write_dummy_checkpoint
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.ray
+
+NAMES = ("alpha", "beta")
+PROMPT = "The engine schedules"
+TOKENS = 6
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("ray-models")
+    return {name: write_dummy_checkpoint(root / name, "gpt2", seed=seed, **TINY)
+            for seed, name in enumerate(NAMES)}
+
+
+@pytest.fixture(scope="module")
+def multiplexed(checkpoints):
+    import ray
+
+    from nanovllm.server.app import build_app
+    from nanovllm.server.models.catalog import FOREVER, ModelEntry
+    from nanovllm.server.models.pool import ModelPool
+    from nanovllm.server.ray.client import run_deployment, teardown
+    from nanovllm.server.ray.models import models_deployment, ray_loader
+
+    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=80 * 2**20, log_to_driver=False)
+    try:
+        configs = {n: EngineConfig(str(p), num_kv_blocks=64) for n, p in checkpoints.items()}
+        handle = run_deployment(models_deployment(configs, num_replicas=1, cpus_per_replica=1,
+                                                  max_models_per_replica=1))
+    except BaseException:
+        ray.shutdown()
+        raise
+    pool = ModelPool([ModelEntry(n, str(p)) for n, p in checkpoints.items()],
+                     ray_loader(handle, 1), keep_alive=FOREVER)
+    live = serve(build_app(pool), pool)
+    yield live.url, handle
+    live.stop()
+    pool.shutdown()
+    teardown(owns_ray=True)
+
+
+def alone(path) -> str:
+    """The model's seeded sample served alone, by a local engine. (Sampled rather than greedy:
+    tiny random models often repeat one token greedily, the same one for both.)"""
+    params = SamplingParams(temperature=1, seed=SEED, max_tokens=TOKENS, ignore_eos=True)
+    return LLM(str(path), num_kv_blocks=64).generate([PROMPT], params, use_tqdm=False)[0] \
+        .outputs[0].text
+
+
+def test_each_request_is_answered_by_its_model(multiplexed, checkpoints):
+    url, _ = multiplexed
+    expected = {name: alone(path) for name, path in checkpoints.items()}
+    assert expected["alpha"] != expected["beta"]  # different weights: telling them apart
+    with httpx.Client(base_url=url, timeout=300) as http:
+        for name in ("alpha", "beta", "alpha"):  # each switch evicts the other model
+            body = http.post("/v1/completions", json={
+                "model": name, "prompt": PROMPT, "temperature": 1, "seed": SEED,
+                "max_tokens": TOKENS, "ignore_eos": True}).json()
+            assert body["model"] == name, body
+            assert body["choices"][0]["text"] == expected[name], name
+        states = {m["id"]: m["state"] for m in http.get("/v1/models").json()["data"]}
+        assert states == {"alpha": "loaded", "beta": "loaded"}
+        err = http.post("/v1/completions", json={"model": "gamma", "prompt": "x"})
+        assert err.status_code == 404 and err.json()["error"]["param"] == "model"
+
+
+def test_the_replica_serves_the_model_its_call_names(multiplexed, checkpoints):
+    """serve.get_multiplexed_model_id() picks the engine: a call's model id is the checkpoint
+    the replica describes; an id outside the catalog is that call's error, naming it."""
+    _, handle = multiplexed
+    for name in ("beta", "alpha"):
+        info = handle.options(multiplexed_model_id=name).describe.remote().result()
+        assert info.model_path == str(checkpoints[name])
+    with pytest.raises(Exception, match="gamma"):
+        handle.options(multiplexed_model_id="gamma").describe.remote().result()
