@@ -4,14 +4,15 @@ weights, the server's model pool over them (its Loader binds a RayEngineClient t
 id) and the usual FastAPI app, served by real uvicorn.
 
 Each switch from one model to the other makes Serve evict the replica's model and load the
-other; every answer must still be its own model's.
+other; every answer must still be its own model's. The same models as a whole Serve application
+(`serve run nanovllm.server.ray.app:build models-dir=...`) answer through Ray's HTTP proxy.
 """
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from server_helpers import serve
+from server_helpers import free_port, serve
 
 from nanovllm import LLM, EngineConfig, SamplingParams
 from nanovllm.model import write_dummy_checkpoint
@@ -35,6 +36,7 @@ def checkpoints(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def multiplexed(checkpoints):
     import ray
+    from ray import serve as ray_serve
 
     from nanovllm.server.app import build_app
     from nanovllm.server.models.catalog import FOREVER, ModelEntry
@@ -42,9 +44,13 @@ def multiplexed(checkpoints):
     from nanovllm.server.ray.client import run_deployment, teardown
     from nanovllm.server.ray.models import models_deployment, ray_loader
 
-    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Logical CPUs: one for this deployment's replica, one for the whole application's.
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              object_store_memory=80 * 2**20, log_to_driver=False)
+    proxy_port = free_port()
     try:
+        ray_serve.start(proxy_location="HeadOnly",
+                        http_options={"host": "127.0.0.1", "port": proxy_port})
         configs = {n: EngineConfig(str(p), num_kv_blocks=64) for n, p in checkpoints.items()}
         handle = run_deployment(models_deployment(configs, num_replicas=1, cpus_per_replica=1,
                                                   max_models_per_replica=1))
@@ -54,7 +60,7 @@ def multiplexed(checkpoints):
     pool = ModelPool([ModelEntry(n, str(p)) for n, p in checkpoints.items()],
                      ray_loader(handle, 1), keep_alive=FOREVER)
     live = serve(build_app(pool), pool)
-    yield live.url, handle
+    yield live.url, handle, proxy_port
     live.stop()
     pool.shutdown()
     teardown(owns_ray=True)
@@ -68,15 +74,24 @@ def alone(path) -> str:
         .outputs[0].text
 
 
-def test_each_request_is_answered_by_its_model(multiplexed, checkpoints):
-    url, _ = multiplexed
-    expected = {name: alone(path) for name, path in checkpoints.items()}
-    assert expected["alpha"] != expected["beta"]  # different weights: telling them apart
+@pytest.fixture(scope="module")
+def expected(checkpoints) -> dict[str, str]:
+    texts = {name: alone(path) for name, path in checkpoints.items()}
+    assert texts["alpha"] != texts["beta"]  # different weights: telling them apart
+    return texts
+
+
+def completion(http: httpx.Client, name: str) -> dict:
+    return http.post("/v1/completions", json={
+        "model": name, "prompt": PROMPT, "temperature": 1, "seed": SEED, "max_tokens": TOKENS,
+        "ignore_eos": True}).json()
+
+
+def test_each_request_is_answered_by_its_model(multiplexed, expected):
+    url = multiplexed[0]
     with httpx.Client(base_url=url, timeout=300) as http:
         for name in ("alpha", "beta", "alpha"):  # each switch evicts the other model
-            body = http.post("/v1/completions", json={
-                "model": name, "prompt": PROMPT, "temperature": 1, "seed": SEED,
-                "max_tokens": TOKENS, "ignore_eos": True}).json()
+            body = completion(http, name)
             assert body["model"] == name, body
             assert body["choices"][0]["text"] == expected[name], name
         states = {m["id"]: m["state"] for m in http.get("/v1/models").json()["data"]}
@@ -88,9 +103,32 @@ def test_each_request_is_answered_by_its_model(multiplexed, checkpoints):
 def test_the_replica_serves_the_model_its_call_names(multiplexed, checkpoints):
     """serve.get_multiplexed_model_id() picks the engine: a call's model id is the checkpoint
     the replica describes; an id outside the catalog is that call's error, naming it."""
-    _, handle = multiplexed
+    handle = multiplexed[1]
     for name in ("beta", "alpha"):
         info = handle.options(multiplexed_model_id=name).describe.remote().result()
         assert info.model_path == str(checkpoints[name])
     with pytest.raises(Exception, match="gamma"):
         handle.options(multiplexed_model_id="gamma").describe.remote().result()
+
+
+def test_the_whole_serve_application_serves_a_models_dir(multiplexed, checkpoints, expected):
+    """nanovllm.server.ray.app:build with models-dir= (for `serve run`, KubeRay): the ingress's
+    model pool over multiplexed replicas, behind Ray's HTTP proxy."""
+    from ray import serve
+
+    from nanovllm.server.ray.app import build
+
+    models_dir = checkpoints["alpha"].parent  # (holds alpha and beta)
+    serve.run(build({"models-dir": str(models_dir), "data-parallel-size": "1",
+                     "num-kv-blocks": "64", "max-loaded-models": "1"}),
+              name="whole", route_prefix="/whole")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{multiplexed[2]}/whole",
+                          timeout=300) as http:
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == list(NAMES)
+            for name in ("beta", "alpha"):
+                body = completion(http, name)
+                assert body["model"] == name, body
+                assert body["choices"][0]["text"] == expected[name], name
+    finally:
+        serve.delete("whole")
