@@ -55,8 +55,9 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="run the engine on a thread of the server's process rather than in "
                              "an engine process of its own (which is restarted if it dies)")
     parser.add_argument("--served-model-name", default=None,
-                        help="model name clients use (default: the checkpoint directory's name, "
-                             "or MODEL as given for a hub name; never a local path)")
+                        help="the name clients use for MODEL (default: the checkpoint "
+                             "directory's name, or MODEL as given for a hub name; never a local "
+                             "path)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--disable-log-requests", action="store_true",

@@ -15,6 +15,7 @@ took and releases them at its end, with the request's keep_alive if it gave one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -45,6 +46,7 @@ class _Slot:
     size: int  # on-disk bytes, the memory budget's estimate of it
     model: ModelContext | None = None  # set while loaded
     loading: asyncio.Future | None = None  # the load under way, shared by its waiters
+    admitted: bool = False  # its load found room (until then it waits, taking none)
     unloading: asyncio.Future | None = None  # its engine stopping
     leases: int = 0  # requests holding it (or waiting for its load)
     last_used: float = 0.0  # monotonic: least recently used is evicted first
@@ -177,7 +179,8 @@ class ModelPool:
             slot.unload_when_idle = True
             return slot.state
         if slot.loading is not None:
-            await asyncio.shield(slot.loading)
+            with contextlib.suppress(Exception):  # (a load that failed left nothing to unload)
+                await asyncio.shield(slot.loading)
             if slot.leases:
                 slot.unload_when_idle = True
                 return slot.state
@@ -233,6 +236,7 @@ class ModelPool:
             if slot.unloading is not None:
                 await slot.unloading
             await self._make_room(slot)
+            slot.admitted = True
             logger.info("loading model %s from %s", name, slot.entry.path)
             started = time.monotonic()
             slot.model = await asyncio.to_thread(self._loader, slot.entry)
@@ -244,12 +248,14 @@ class ModelPool:
             logger.exception("model %s failed to load", name)
             raise
         finally:
-            slot.loading = None
+            slot.loading, slot.admitted = None, False
             self._notify()
 
     def _occupied(self, but: _Slot) -> list[_Slot]:
-        return [s for s in self._slots.values()
-                if s is not but and (s.model is not None or s.loading is not None)]
+        """The models that hold memory, `but` aside: loaded, loading, or still stopping. (A load
+        still waiting for room holds none: two such loads must not wait for each other.)"""
+        return [s for s in self._slots.values() if s is not but and (
+            s.model is not None or s.admitted or s.unloading is not None)]
 
     def _over(self, slot: _Slot) -> bool:
         others = self._occupied(slot)
@@ -263,7 +269,7 @@ class ModelPool:
         end while every model is busy."""
         while self._over(slot):
             idle = [s for s in self._occupied(slot)
-                    if s.model is not None and s.loading is None and not s.leases
+                    if s.model is not None and s.unloading is None and not s.leases
                     and not s.pinned]
             if idle:
                 victim = min(idle, key=lambda s: s.last_used)

@@ -128,15 +128,22 @@ def test_a_model_with_a_request_in_flight_is_never_evicted(http, server):
         with c.stream("POST", "/v1/completions", json=body) as stream:
             events = (line for line in stream.iter_lines() if line.startswith("data: "))
             assert "choices" in json.loads(next(events)[len("data: "):])  # alpha generates
-            waiter = threading.Thread(target=lambda: answers.update(r=complete(other, "beta")))
-            waiter.start()
-            until(lambda: states(http)["beta"] == "loading", "beta waits for room")
-            now = states(http)  # alpha's stream is still open: alpha stays, beta waits for it
-            assert now["alpha"] == "loaded" and now["beta"] == "loading"
-        waiter.join(120)  # closing the stream aborted alpha's request: beta takes its room
-    assert answers["r"].status_code == 200 and answers["r"].json()["model"] == "beta"
+            waiters = [threading.Thread(target=lambda: answers.update(
+                beta=complete(other, "beta"))), threading.Thread(target=lambda: answers.update(
+                    reranker=other.post("/v1/rerank", json={"model": "reranker", "query": "q",
+                                                            "documents": ["d"]})))]
+            for waiter in waiters:
+                waiter.start()
+            until(lambda: states(http)["beta"] == states(http)["reranker"] == "loading",
+                  "beta and the reranker wait for room")
+            now = states(http)  # alpha's stream is still open: alpha stays, the others wait
+            assert now["alpha"] == "loaded" and now["beta"] == now["reranker"] == "loading"
+        for waiter in waiters:  # closing the stream aborted alpha's request: the two waiting
+            waiter.join(120)    # loads take its room, one after the other
+    assert answers["beta"].status_code == 200 and answers["beta"].json()["model"] == "beta"
+    assert answers["reranker"].status_code == 200, answers["reranker"].text
     now = states(http)
-    assert now["alpha"] == "unloaded" and now["beta"] == "loaded"
+    assert now["alpha"] == "unloaded" and list(now.values()).count("loaded") == 1
 
 
 def test_a_model_that_fails_to_load_fails_its_requests_only(http):

@@ -48,7 +48,7 @@ class Timing:
 
     def durations(self, metrics=None) -> dict:
         """Ollama's durations: the engine's timeline when the answer carries it, else this
-        clock's. Nothing is ever loaded per request (load_duration 0)."""
+        clock's (load_duration 0: a model loaded for the request is not counted)."""
         end = time.perf_counter_ns()
         if metrics is not None and metrics.first_token_time is not None:
             begin = metrics.first_scheduled_time or metrics.arrival_time

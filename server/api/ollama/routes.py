@@ -10,8 +10,8 @@ server/chat/run.py) and the pooling path, beside OpenAI's and Anthropic's:
 - embed.py: /api/embed and /api/embeddings; models.py: /api/tags, /api/show, /api/ps,
   /api/version.
 
-`model` is the served model's name (Ollama's ":latest" tag allowed). Errors under /api have
-Ollama's shape, {"error": "..."} (errors.py).
+`model` names a served model (Ollama's ":latest" tag allowed; `keep_alive`: models.py).
+Errors under /api have Ollama's shape, {"error": "..."} (errors.py).
 """
 
 from __future__ import annotations
