@@ -83,3 +83,7 @@ def test_the_picker_chooses_the_model_the_playground_asks(page, two_models, tiny
     expect(picker.locator(f"option[value='{OTHER}']")).to_have_text(f"{OTHER} (loaded)")
     page.click("[aria-controls=engine]")  # its engine view: the chosen model's engine
     expect(page.locator("[data-engine=step]")).not_to_have_text("–", timeout=30_000)
+    picker.select_option(tiny_ckpt.name)  # not loaded: said, and nothing of the other's drawn
+    expect(page.locator("#engine-status")).to_contain_text("is not loaded")
+    expect(page.locator("[data-engine=step]")).to_have_text("–")
+    expect(page.locator("#blocks .block")).to_have_count(0)

@@ -242,11 +242,18 @@ export function createEngineView({ onUnauthorized }) {
     stop() {
       loop = 0;
     },
-    // Another model chosen: the preemption log was the other engine's.
+    // Another model chosen: nothing drawn so far is its engine's.
     reset() {
       previous = null;
       events.length = 0;
-      $("#preemptions").replaceChildren();
+      for (const id of ["#preemptions", "#blocks", "#running", "#waiting", "#steps"]) {
+        $(id).replaceChildren();
+      }
+      for (const dd of document.querySelectorAll("[data-engine]")) dd.textContent = "–";
+      if (loop !== 0) { // a poll in flight asked the other model: its answer is dropped
+        loop = ++loops;
+        poll(loop);
+      }
     },
   };
 }
