@@ -8,6 +8,7 @@ HTTP side as outputs arrive, which is what a client experiences.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 
@@ -204,30 +205,48 @@ class ServerMetrics:
                                      "method and status class.", ["handler", "method", "status"],
                                      registry=self.registry)
         self.registry.register(EngineStatsCollector(stats, model_name))
-        # This app's series, looked up once: RequestTracker observes them per token.
+        self._label_series()
+        self._models: dict[str, ServerMetrics] = {model_name: self}  # for_model's, by name
+
+    def for_model(self, model_name: str) -> ServerMetrics:
+        """These metrics as one model's series (a server of several models labels each
+        request by its model): the same families, their children labelled `model_name`."""
+        view = self._models.get(model_name)
+        if view is None:
+            view = copy.copy(self)
+            view.model_name = model_name
+            view._label_series()
+            self._models[model_name] = view
+        return view
+
+    def _label_series(self) -> None:
+        """This model's series, looked up once: RequestTracker observes them per token."""
         self.ttft_series, self.itl_series, self.e2e_series = (
-            h.labels(model_name) for h in (self.ttft, self.itl, self.e2e))
+            h.labels(self.model_name) for h in (self.ttft, self.itl, self.e2e))
+        (self.prompt_tokens, self.generation_tokens, self.params_n, self.params_max_tokens,
+         self.queue_time, self.inference_time, self.prefill_time, self.decode_time) = (
+            h.labels(self.model_name) for h in self._request_families)
 
     def _request_histograms(self, labels: list[str], max_model_len: int) -> None:
-        """vLLM's per-request histograms, observed once per finished engine request."""
+        """vLLM's per-request histograms, observed once per finished engine request (their
+        series: _label_series)."""
         def histogram(name: str, doc: str, buckets) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets,
-                             registry=self.registry).labels(self.model_name)
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
         tokens = buckets_1_2_5(max_model_len)
-        self.prompt_tokens = histogram("vllm:request_prompt_tokens",
-                                       "Number of prefill tokens processed.", tokens)
-        self.generation_tokens = histogram("vllm:request_generation_tokens",
-                                           "Number of generation tokens processed.", tokens)
-        self.params_n = histogram("vllm:request_params_n",
-                                  "Histogram of the n request parameter.", N_BUCKETS)
-        self.params_max_tokens = histogram("vllm:request_params_max_tokens",
-                                           "Histogram of the max_tokens request parameter.", tokens)
-        self.queue_time, self.inference_time, self.prefill_time, self.decode_time = (
-            histogram(f"vllm:request_{phase}_time_seconds",
-                      f"Histogram of time spent in {state} phase for request.", PHASE_BUCKETS)
-            for phase, state in (("queue", "WAITING"), ("inference", "RUNNING"),
-                                 ("prefill", "PREFILL"), ("decode", "DECODE")))
+        self._request_families = [
+            histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                      tokens),
+            histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                      tokens),
+            histogram("vllm:request_params_n", "Histogram of the n request parameter.",
+                      N_BUCKETS),
+            histogram("vllm:request_params_max_tokens",
+                      "Histogram of the max_tokens request parameter.", tokens),
+            *(histogram(f"vllm:request_{phase}_time_seconds",
+                        f"Histogram of time spent in {state} phase for request.", PHASE_BUCKETS)
+              for phase, state in (("queue", "WAITING"), ("inference", "RUNNING"),
+                                   ("prefill", "PREFILL"), ("decode", "DECODE")))]
         self.max_model_len = max_model_len
 
     def observe_finished(self, output, max_tokens: int | None, n: int) -> None:

@@ -315,7 +315,8 @@ async def submit(ctx: ServerContext, request_id: str, requests: list[EngineReque
                  n: int) -> RequestStream:
     """Hands the engine requests to the engine; returns once all were taken (else an APIError)."""
     stream = RequestStream(ctx.engine, request_id, requests, n,
-                           ctx.metrics.tracker(requests[0].pooling or requests[0].params))
+                           ctx.metrics.for_model(ctx.model_name).tracker(
+                               requests[0].pooling or requests[0].params))
     try:
         await stream.submit()
     except asyncio.CancelledError:

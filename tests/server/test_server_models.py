@@ -115,6 +115,7 @@ def test_every_api_answers_as_the_model_it_names(http):
     assert r.status_code == 200 and r.json()["max_model_len"] == 256
     metrics = http.get("/metrics").text  # the engines' series, one per loaded model
     assert 'vllm:num_requests_running{model_name="beta"}' in metrics
+    assert 'vllm:e2e_request_latency_seconds_count{model_name="beta"}' in metrics
     assert states(http)["alpha"] == "unloaded"
 
 
