@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -41,13 +41,11 @@ from nanovllm.server.errors import APIError, bad_request, internal_error, invali
 from nanovllm.server.field_policy import IgnoredFields
 from nanovllm.server.metrics import RequestTracker, ServerMetrics
 from nanovllm.server.middleware import ServerLoad
+from nanovllm.server.models.context import ModelContext
+from nanovllm.server.models.pool import ModelPool
 from nanovllm.values.errors import ContextLengthError, QueueFullError
 from nanovllm.values.limits import ServerLimits
 from nanovllm.values.request import EngineRequest
-
-if TYPE_CHECKING:  # (the pool's modules import this one)
-    from nanovllm.server.models.context import ModelContext
-    from nanovllm.server.models.pool import ModelPool
 
 logger = logging.getLogger(__name__)
 
