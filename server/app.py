@@ -135,7 +135,7 @@ def build_app(models: EngineClient | ModelPool, *, inspector: EngineInspector | 
     for api in APIS:
         app.include_router(api.router)
     if ui:
-        install_ui(app, first.inspector if first and len(models.names) == 1 else None)
+        install_ui(app)
     if first is not None and len(models.names) == 1:
         document_vocabulary(app, first.engine.processor.vocab_size)
     app.add_middleware(ModelLeaseMiddleware, request_scope=models.request_scope)

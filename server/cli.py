@@ -82,8 +82,10 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help='name every logprobs token "token_id:N" (as the request field '
                              "return_tokens_as_token_ids does)")
     parser.add_argument("--data-parallel-size", type=int, default=None, metavar="N",
-                        help="serve N engine replicas on Ray Serve behind this one endpoint "
-                             "(needs `pip install nanovllm[ray]`; default: one engine, no Ray)")
+                        help="serve N engine replicas on Ray Serve behind this one endpoint; "
+                             "with several models each replica serves any of them (Ray Serve's "
+                             "model multiplexing) (needs `pip install nanovllm[ray]`; default: "
+                             "one engine, no Ray)")
     parser.add_argument("--ray-address", default=None,
                         help="with --data-parallel-size: the Ray cluster to use (e.g. auto; "
                              "default: $RAY_ADDRESS, else a local Ray instance)")
@@ -111,7 +113,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "models, never with one)")
     g.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
                    help="at most N models loaded at once; loading another unloads the least "
-                        "recently used idle one (default: no limit)")
+                        "recently used idle one (default: no limit; with --data-parallel-size: "
+                        "per replica, default all)")
     g.add_argument("--max-loaded-memory", type=int, default=None, metavar="BYTES",
                    help="at most this many bytes of checkpoints (on disk) loaded at once, "
                         "evicting as --max-loaded-models does (default: no limit)")
@@ -236,9 +239,12 @@ def run_serve(args: argparse.Namespace) -> int:
                        limits.limit_concurrency, concurrency)
     if args.enable_step_mode and args.data_parallel_size is not None:
         raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
-    if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        if args.models or args.models_dir or args.models_config:
-            raise ValueError("--data-parallel-size serves one model (MODEL)")
+    stop_ray = None  # with several models on Ray: stops Ray once the pool is shut down
+    if args.data_parallel_size is not None and (args.models or args.models_dir
+                                                or args.models_config):
+        engine, stop_ray = start_ray_models(args, chat_template)
+        served = dict(models=engine)
+    elif args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)  # the web page's views of one engine: not on Ray
         name = args.served_model_name or served_name(args.model)
         served = dict(models=engine, served_model_name=name, model_root=name)
@@ -268,6 +274,8 @@ def run_serve(args: argparse.Namespace) -> int:
             server.run()
     finally:
         engine.shutdown()
+        if stop_ray is not None:
+            stop_ray()
     logger.info("Server stopped.")
     return 0 if server.started else 1
 
@@ -348,14 +356,42 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-def start_ray_replicas(args: argparse.Namespace):
+def check_ray(args: argparse.Namespace) -> None:
     if args.data_parallel_size < 1:
         raise ValueError(f"--data-parallel-size must be at least 1, got {args.data_parallel_size}")
     if importlib.util.find_spec("ray") is None:
         raise ValueError("--data-parallel-size needs Ray: pip install 'nanovllm[ray]'")
+
+
+def start_ray_replicas(args: argparse.Namespace):
+    check_ray(args)
     from nanovllm.server.ray.client import start_replicas
 
     return start_replicas(args)
+
+
+def start_ray_models(args: argparse.Namespace, chat_template: str | None):
+    """Several models on N engine replicas (server/ray/models.py): the pool, and what stops
+    Ray after it. Serve keeps --max-loaded-models per replica and evicts by its own LRU, so
+    the pool's keep-alive and memory budget cannot be honoured there: refused."""
+    from nanovllm.server.models.catalog import engine_config, entries_from_args
+
+    check_ray(args)
+    for flag, value in (("--keep-alive", args.keep_alive),
+                        ("--max-loaded-memory", args.max_loaded_memory)):
+        if value is not None:
+            raise ValueError(f"{flag} is not served with --data-parallel-size (Ray Serve "
+                             "keeps --max-loaded-models per replica, least recently used out)")
+    if args.max_loaded_models is not None and args.max_loaded_models < 1:
+        raise ValueError("--max-loaded-models must be a positive integer")
+    entries = entries_from_args(args)
+    for entry in entries:  # a mistaken option fails the start, not the model's first request
+        engine_config(entry, args)
+    from nanovllm.server.ray.models import start_models
+
+    logger.info("Serving %d models on %d engine replicas: %s", len(entries),
+                args.data_parallel_size, ", ".join(e.name for e in entries))
+    return start_models(args, entries, chat_template)
 
 
 class absorb_reraised_signals:

@@ -62,24 +62,35 @@ def engine_deployment(config: EngineConfig, num_replicas: int, cpus_per_replica:
     (model/platform/threads.py) go the same way, a value set here by the user winning as it does
     there.
     """
+    return replica_deployment(EngineReplica, num_replicas, cpus_per_replica,
+                              config.max_num_seqs, config.block_size, affinity).bind(config)
+
+
+def replica_deployment(cls: type, num_replicas: int, cpus_per_replica: int,
+                       max_ongoing_requests: int, block_size: int, affinity: bool = True):
+    """The Serve deployment "engine" of `cls` (EngineReplica or a subclass), not bound yet."""
     threads = {name: str(cpus_per_replica) for name in THREAD_ENV}
     threads |= {name: os.environ.get(name, value) for name, value in thread_pool_settings().items()}
-    deployment = serve.deployment(
-        EngineReplica, name="engine", num_replicas=num_replicas,
-        max_ongoing_requests=config.max_num_seqs,
+    return serve.deployment(
+        cls, name="engine", num_replicas=num_replicas,
+        max_ongoing_requests=max_ongoing_requests,
         ray_actor_options={"num_cpus": cpus_per_replica, "runtime_env": {"env_vars": threads}},
         health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5,
         request_router_config=RequestRouterConfig(
             request_router_class=PrefixAffinityRouter,
-            request_router_kwargs={"prefix_tokens": config.block_size, "affinity": affinity}))
-    return deployment.bind(config)
+            request_router_kwargs={"prefix_tokens": block_size, "affinity": affinity}))
 
 
 def deploy(config: EngineConfig, num_replicas: int, cpus_per_replica: int, *,
            affinity: bool = True, app_name: str = APP_NAME):
     """Start the engine replicas (Ray must be initialized); returns their DeploymentHandle."""
+    return run_deployment(engine_deployment(config, num_replicas, cpus_per_replica,
+                                            affinity=affinity), app_name)
+
+
+def run_deployment(app, app_name: str = APP_NAME):
+    """Start a bound deployment of engine replicas; returns its DeploymentHandle."""
     serve.start(proxy_location="Disabled")  # the HTTP server is ours (uvicorn + build_app)
-    app = engine_deployment(config, num_replicas, cpus_per_replica, affinity=affinity)
     return serve.run(app, name=app_name, route_prefix=None)
 
 

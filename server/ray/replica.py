@@ -20,11 +20,16 @@ from pathlib import Path
 
 import numba
 from ray import serve
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import (
+    MultiplexMixin,
+    PendingRequest,
+    RequestRouter,
+    RunningReplica,
+)
 
 from nanovllm import EngineConfig
 from nanovllm.async_engine import AsyncEngine
-from nanovllm.engine_client import QueueSink
+from nanovllm.engine_client import QueueSink, RequestAborted
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.stats import EngineStats
 from nanovllm.values.request import EngineRequest
@@ -57,15 +62,22 @@ class ReplicaInfo:
 
 
 class EngineReplica:
-    """The Ray Serve deployment class (wrapped by serve.deployment in ray/client.deploy)."""
+    """The Ray Serve deployment class (wrapped by serve.deployment in ray/client.deploy).
+    A subclass serves several models (ray/multiplex.py) by choosing the engine of each call
+    (`engine_of_call`)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self._loop = AsyncEngine.from_config(config)  # loaded on the thread that steps it
-        self._engine = self._loop.engine
         self.replica_id = serve.get_replica_context().replica_id.unique_id
 
-    def describe(self) -> ReplicaInfo:
-        engine = self._engine
+    async def engine_of_call(self) -> AsyncEngine:
+        """The engine that serves the current call: this replica's one."""
+        return self._loop
+
+    async def describe(self) -> ReplicaInfo:
+        return self.info((await self.engine_of_call()).engine)
+
+    def info(self, engine) -> ReplicaInfo:
         tok_dir = Path(engine.config.tokenizer or engine.model_path)
         files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).exists()}
         return ReplicaInfo(self.replica_id, os.getpid(), numba.get_num_threads(),
@@ -92,11 +104,16 @@ class EngineReplica:
         queue: asyncio.Queue = asyncio.Queue()
         sink = QueueSink(asyncio.get_running_loop(), queue, 0)
         try:
-            await asyncio.wrap_future(self._loop.add_request(request, sink))
-        except Exception as exc:  # QueueFullError, EngineDeadError, RequestAborted
-            yield self.replica_id, [exc], self._stats()
+            loop = await self.engine_of_call()
+        except RequestAborted as exc:  # its model could not be loaded here (ray/multiplex.py)
+            yield self.replica_id, [exc], (-1, None)  # (no stats: older than any kept)
             return
-        yield self.replica_id, [], self._stats()
+        try:
+            await asyncio.wrap_future(loop.add_request(request, sink))
+        except Exception as exc:  # QueueFullError, EngineDeadError, RequestAborted
+            yield self.replica_id, [exc], self._stats(loop)
+            return
+        yield self.replica_id, [], self._stats(loop)
         finished = False
         try:
             while not finished:
@@ -105,13 +122,13 @@ class EngineReplica:
                     items.append(queue.get_nowait()[1])
                 items = coalesce(items)
                 finished = any(is_last(item) for item in items)
-                yield self.replica_id, items, self._stats()
+                yield self.replica_id, items, self._stats(loop)
         finally:
             if not finished:
-                self._loop.abort([request.request_id])
+                loop.abort([request.request_id])
 
-    def _stats(self) -> tuple[int, EngineStats]:
-        return time.monotonic_ns(), self._loop.stats
+    def _stats(self, loop: AsyncEngine) -> tuple[int, EngineStats]:
+        return time.monotonic_ns(), loop.stats
 
     async def check_health(self) -> None:
         """Called by Ray Serve: a dead engine thread makes Ray replace this replica."""
@@ -134,14 +151,16 @@ def coalesce(items: list) -> list:
     return outputs[-1:] + [i for i in items if isinstance(i, BaseException)]
 
 
-class PrefixAffinityRouter(RequestRouter):
+class PrefixAffinityRouter(MultiplexMixin, RequestRouter):
     """Requests whose prompts start with the same tokens go to the same replica (its prefix
     cache holds them; texts to pool excepted), unless that replica is busier than the least busy one by more than
     `imbalanced_threshold` requests; then, and for requests without a prompt, power of two
     choices on queue length (Ray Serve's default).
 
     Replicas that refused the request already (a full queue; the ingress sends it again) are
-    left out while any other runs.
+    left out while any other runs. With several models (ray/multiplex.py), a request for a
+    model goes among the replicas Serve's multiplex routing offers: those that have it loaded
+    first, then those with the fewest models loaded (MultiplexMixin).
 
     The preferred replica is chosen by rendezvous hashing of the first `prefix_tokens`
     prompt tokens (one KV block by default) over the live replicas, so when a replica dies
@@ -160,6 +179,10 @@ class PrefixAffinityRouter(RequestRouter):
         avoid = pending_request.args[1] if pending_request and len(pending_request.args) > 1 else ()
         candidate_replicas = [r for r in candidate_replicas
                               if r.replica_id.unique_id not in avoid] or candidate_replicas
+        if pending_request is not None and pending_request.metadata.multiplexed_model_id:
+            holding = self.apply_multiplex_routing(pending_request)
+            candidate_replicas = [r for r in candidate_replicas
+                                  if r.replica_id in holding] or candidate_replicas
         if not candidate_replicas:
             return []
         pair = random.sample(candidate_replicas, min(2, len(candidate_replicas)))

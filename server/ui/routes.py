@@ -5,10 +5,11 @@ under /ui/api/ is data and follows the --api-key rule of /v1/* (middleware.APIKe
 asks for the key when /ui/api/info answers 401, keeps it in sessionStorage, and sends it as
 `Authorization: Bearer` on its own fetches, exactly like any other client.
 
-The engine, attention and forward-pass views (and the step view, ui/step.py) look at one engine
-through its inspector (nanovllm/inspection.py); a server without one (engine replicas on Ray
-Serve) answers them 503, saying why. Each view of the page reads one JSON endpoint here; a new
-view is one more route on `router`:
+Every route takes `?model=NAME`, the model the page's picker chose (ui/chosen.py; none: the
+first one served). The engine, attention and forward-pass views (and the step view, ui/step.py)
+look at that model's engine through its inspector (nanovllm/inspection.py), only while it is
+loaded; a server without one (engine replicas on Ray Serve) answers them 503, saying why. Each
+view of the page reads one JSON endpoint here; a new view is one more route on `router`:
 /ui/api/info (the header and the playground's limits), /ui/api/engine (the engine view, polled
 a few times a second: a snapshot the engine thread takes between two steps) and
 /ui/api/attention (one query head's attention over a short prompt, and which key/value head
@@ -21,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -36,6 +36,7 @@ from nanovllm.inspection import EngineInspector
 from nanovllm.model.architectures.registry import architecture_of
 from nanovllm.server.errors import APIError, bad_request, error_response
 from nanovllm.server.serving import Ctx
+from nanovllm.server.ui.chosen import Inspection, ModelName
 from nanovllm.server.ui.step import router as step_router
 from nanovllm.values.limits import MAX_LOGPROBS, MAX_N
 
@@ -57,21 +58,7 @@ SNAPSHOT_TIMEOUT = 10.0  # seconds a poll waits for the engine to pause between 
 MAX_ATTENTION_TOKENS = 64
 MAX_ATTENTION_CHARS = 4096  # checked before tokenizing
 
-NO_INSPECTOR = ("The web page's engine, attention and forward-pass views show a single engine; "
-                "with --data-parallel-size or several models they are not available (the "
-                "playground is).")
-
 router = APIRouter(include_in_schema=False)
-
-
-def get_inspector(request: Request) -> EngineInspector:
-    inspector = request.app.state.inspector
-    if inspector is None:
-        raise APIError(NO_INSPECTOR, 503)
-    return inspector
-
-
-Inspection = Annotated[EngineInspector, Depends(get_inspector)]  # route parameter: 503 if none
 
 
 @router.get("/ui")
@@ -80,22 +67,26 @@ async def page() -> FileResponse:
 
 
 @router.get(f"{API_PREFIX}/info")
-async def info(ctx: Ctx, raw: Request) -> dict:
+async def info(ctx: Ctx, model: ModelName = None) -> dict:
     """What the page shows above the playground, and the limits its controls respect (the
-    model's shape only where its views can look at the engine)."""
-    ctx = await ctx.model_for(None)  # (the page shows the first model)
-    inspector: EngineInspector | None = raw.app.state.inspector
+    model's shape only where its views can look at the engine). Of a model that is not
+    loaded, only its name and state: looking does not load it."""
+    slot = ctx.models.slot(model)
+    common = {"model": slot.entry.name, "state": slot.state, "max_logprobs": MAX_LOGPROBS,
+              "max_n": MAX_N, "version": __version__}
+    if slot.model is None:
+        return {**common, "inspection": False, "step_mode": False}
+    engine, inspector = slot.model.engine, slot.model.inspector
     shape = {} if inspector is None else {
         "n_layer": inspector.n_layer, "n_head": inspector.n_head,
         "num_kv_heads": inspector.num_kv_heads}
-    return {"model": ctx.model_name, "root": ctx.model_root, "is_dummy": ctx.engine.is_dummy,
-            "architecture": _architecture(ctx.engine.model_path),
-            "max_model_len": ctx.engine.max_model_len,
-            "vocab_size": ctx.engine.processor.vocab_size, "max_logprobs": MAX_LOGPROBS,
-            "max_n": MAX_N, **shape, "inspection": inspector is not None,
-            "max_attention_tokens": _max_attention_tokens(ctx.engine),
-            "step_mode": inspector is not None and inspector.step_mode_enabled,
-            "version": __version__}
+    return {**common, "root": slot.model.root, "is_dummy": engine.is_dummy,
+            "architecture": _architecture(engine.model_path),
+            "max_model_len": engine.max_model_len,
+            "vocab_size": engine.processor.vocab_size, **shape,
+            "inspection": inspector is not None,
+            "max_attention_tokens": _max_attention_tokens(engine),
+            "step_mode": inspector is not None and inspector.step_mode_enabled}
 
 
 def _architecture(model_path: str) -> str | None:
@@ -129,8 +120,8 @@ class AttentionRequest(BaseModel):
 
 
 @router.post(f"{API_PREFIX}/attention")
-async def attention(body: AttentionRequest, raw: Request, ctx: Ctx,
-                    inspector: Inspection) -> JSONResponse:
+async def attention(body: AttentionRequest, raw: Request, ctx: Ctx, inspector: Inspection,
+                    model: ModelName = None) -> JSONResponse:
     """How much each token of `prompt` attends to each earlier one in one layer and head."""
     if body.layer >= inspector.n_layer:
         raise bad_request(f"layer must be below n_layer={inspector.n_layer}, got {body.layer}.",
@@ -139,7 +130,7 @@ async def attention(body: AttentionRequest, raw: Request, ctx: Ctx,
         raise bad_request(f"head must be below n_head={inspector.n_head}, got {body.head}.",
                           "head")
     busy: threading.Lock = raw.app.state.attention_busy
-    ctx = await ctx.model_for(None)
+    ctx = await ctx.model_for(model)  # (loaded: the inspector says so; held while computed)
     return JSONResponse(await asyncio.to_thread(attention_map, ctx.engine, inspector, busy,
                                                 body))
 
@@ -214,12 +205,12 @@ class TraceRequest(BaseModel):
 
 
 @router.post(f"{API_PREFIX}/trace")
-async def trace(body: TraceRequest, raw: Request, ctx: Ctx, inspector: Inspection
-                ) -> JSONResponse:
+async def trace(body: TraceRequest, raw: Request, ctx: Ctx, inspector: Inspection,
+                model: ModelName = None) -> JSONResponse:
     """One forward pass of `prompt`, layer by layer
     (nanovllm.model.architectures.trace.ForwardTrace)."""
     busy: threading.Lock = raw.app.state.attention_busy
-    ctx = await ctx.model_for(None)
+    ctx = await ctx.model_for(model)
     return JSONResponse(await asyncio.to_thread(forward_trace, ctx.engine, inspector, busy,
                                                 body))
 
@@ -240,11 +231,10 @@ def forward_trace(client: EngineClient, inspector: EngineInspector, busy: thread
             "attention": [[_causal_rows(head) for head in layer] for layer in trace.attention]}
 
 
-def install_ui(app: FastAPI, inspector: EngineInspector | None) -> None:
+def install_ui(app: FastAPI) -> None:
     """Serve the page at /ui and its files at /ui/static (left out with --disable-ui); its
-    views of the engine look through `inspector` (None: they answer 503)."""
+    views of an engine look through the chosen model's inspector (none: they answer 503)."""
     app.state.attention_busy = threading.Lock()
-    app.state.inspector = inspector
     app.include_router(router)
     app.include_router(step_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

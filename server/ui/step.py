@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from nanovllm.engine_client import EngineDeadError, RequestAborted
 from nanovllm.inspection import EngineInspector
 from nanovllm.server.errors import APIError
+from nanovllm.server.ui.chosen import LoadedModel
 from nanovllm.step_record import DEFAULT_PAUSE_LEASE, MAX_PAUSE_LEASE, StepModeDisabled
 
 PREFIX = "/ui/api/step"
@@ -31,36 +32,36 @@ class LeaseRequest(BaseModel):
     lease: float = Field(DEFAULT_PAUSE_LEASE, gt=0, le=MAX_PAUSE_LEASE)
 
 
-def _enabled(raw: Request) -> EngineInspector:
-    inspector: EngineInspector | None = raw.app.state.inspector
+def _enabled(model: LoadedModel) -> EngineInspector:
+    inspector = model.inspector
     if inspector is None or not inspector.step_mode_enabled:
         raise APIError("Step mode is off: start the server with --enable-step-mode.", 404)
     return inspector
 
 
 @router.get(PREFIX)
-async def state(raw: Request) -> JSONResponse:
+async def state(model: LoadedModel) -> JSONResponse:
     """Paused or not, and the record of the last single step (nanovllm.step_record)."""
-    return JSONResponse(_enabled(raw).step_mode.to_dict())
+    return JSONResponse(_enabled(model).step_mode.to_dict())
 
 
 @router.post(f"{PREFIX}/pause")
-async def pause(raw: Request, body: LeaseRequest | None = None) -> JSONResponse:
+async def pause(model: LoadedModel, body: LeaseRequest | None = None) -> JSONResponse:
     """Pause after the step in flight, or renew a pause, for `lease` seconds."""
-    inspector = _enabled(raw)
+    inspector = _enabled(model)
     return await _answer(lambda: inspector.pause((body or LeaseRequest()).lease))
 
 
 @router.post(f"{PREFIX}/step")
-async def step(raw: Request, body: LeaseRequest | None = None) -> JSONResponse:
+async def step(model: LoadedModel, body: LeaseRequest | None = None) -> JSONResponse:
     """Pause (or renew the pause) and take exactly one step; answers with its record."""
-    inspector = _enabled(raw)
+    inspector = _enabled(model)
     return await _answer(lambda: inspector.step((body or LeaseRequest()).lease))
 
 
 @router.post(f"{PREFIX}/resume")
-async def resume(raw: Request) -> JSONResponse:
-    inspector = _enabled(raw)
+async def resume(model: LoadedModel) -> JSONResponse:
+    inspector = _enabled(model)
     return await _answer(inspector.resume)
 
 

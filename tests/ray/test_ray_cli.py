@@ -38,6 +38,16 @@ def test_ray_address_alone_is_refused(tiny_ckpt):
     assert "--ray-address needs --data-parallel-size" in out.stderr
 
 
+def test_keep_alive_is_refused_for_models_on_ray(tiny_ckpt):
+    """Ray Serve's replicas keep --max-loaded-models each, least recently used out: the pool's
+    keep-alive cannot be honoured there, so it is refused before Ray starts."""
+    out = subprocess.run([sys.executable, "-m", "nanovllm.cli", "serve", str(tiny_ckpt),
+                          "--model", str(tiny_ckpt.parent), "--data-parallel-size", "1",
+                          "--keep-alive", "5m"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "--keep-alive is not served with --data-parallel-size" in out.stderr
+
+
 STOP_WITHIN_S = 15  # the issue's bound, from the signal to the last process gone
 
 # How the server is told to stop, and whom the signal reaches.

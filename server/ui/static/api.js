@@ -10,6 +10,14 @@ export function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// The model the page shows (the picker's choice; null: the server's first). Every /ui/api/
+// request names it with ?model=, and the playground's requests with "model".
+export const chosen = { model: null };
+
+export function forModel(path) {
+  return chosen.model === null ? path : `${path}?model=${encodeURIComponent(chosen.model)}`;
+}
+
 export class HTTPError extends Error {
   constructor(status, message) {
     super(message);

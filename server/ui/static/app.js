@@ -1,5 +1,6 @@
 // nanovllm's web page. Plain JavaScript, no framework, no build step: read it top to bottom.
-// This file starts the page (model info, API key, tabs) and runs the playground; the engine
+// This file starts the page (the model picker, model info, API key, tabs) and runs the
+// playground; the engine
 // view is engine.js, the attention view attention.js, the forward-pass view trace.js, and
 // api.js what they all share.
 //
@@ -8,38 +9,63 @@
 // coloured by its probability. The page's own data comes from /ui/api/*. With --api-key
 // both need `Authorization: Bearer <key>`; the key is asked for once and kept in this tab.
 
-import { $, api, HTTPError, KEY_STORAGE, sseData } from "./api.js";
+import { $, api, chosen, forModel, HTTPError, KEY_STORAGE, sseData } from "./api.js";
 import { createAttentionView } from "./attention.js";
 import { createEngineView } from "./engine.js";
 import { createStepView } from "./stepview.js";
 import { createTraceView } from "./trace.js";
 
-// ---- start-up: model info, the random-weights notice, the API key ----------------------
+// ---- start-up: the models, model info, the random-weights notice, the API key -----------
+
+let started = false; // the first tab is chosen once
 
 async function connect() {
   try {
-    const info = await (await api("/ui/api/info")).json();
-    showInfo(info);
+    await listModels();
+    showInfo(await (await api(forModel("/ui/api/info"))).json());
   } catch (err) {
     if (err instanceof HTTPError && err.status === 401) return askForKey(err.message);
     $("#model").textContent = `cannot reach the server: ${err.message}`;
   }
 }
 
+// The picker: every model GET /v1/models lists, with its state (loaded, loading, unloaded).
+// Looking at a model does not load it; a playground request for it does.
+async function listModels() {
+  const models = (await (await api("/v1/models")).json()).data;
+  chosen.model ??= models[0]?.id ?? null;
+  const picker = $("#model-pick");
+  picker.replaceChildren(...models.map((m) => new Option(`${m.id} (${m.state})`, m.id)));
+  picker.value = chosen.model;
+  picker.hidden = models.length < 2;
+}
+
+$("#model-pick").addEventListener("change", (event) => {
+  chosen.model = event.target.value;
+  engineView.reset();
+  connect();
+});
+
 function showInfo(info) {
   $("#key-form").hidden = true;
   $("#forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
-  $("#model").textContent = `${info.model} · context ${info.max_model_len} · v${info.version}`;
+  const loaded = info.state === "loaded";
+  $("#model").textContent = loaded
+    ? `${info.model} · context ${info.max_model_len} · v${info.version}`
+    : `${info.model} · ${info.state}: a request loads it · v${info.version}`;
   $("#dummy-notice").hidden = !info.is_dummy;
   $("#dummy-architecture").textContent = info.architecture ?? "model";
   const form = $("#gen-form");
-  form.max_tokens.max = info.max_model_len;
   form.logprobs.max = info.max_logprobs;
   form.n.max = info.max_n;
-  attentionView.setup(info);
-  traceView.setup(info);
+  if (loaded) {
+    form.max_tokens.max = info.max_model_len;
+    attentionView.setup(info);
+    traceView.setup(info);
+  }
   stepView.setup(info);
-  selectTab("playground");
+  if (!started) selectTab("playground");
+  started = true;
 }
 
 function askForKey(message) {
@@ -112,6 +138,7 @@ function parseStops(text) {
 // is `novalidate`: the server alone judges ranges and names the field it refuses.
 function completionRequest(form) {
   const body = { prompt: $("#prompt").value, stream: true, stream_options: { include_usage: true } };
+  if (chosen.model !== null) body.model = chosen.model;
   for (const name of ["temperature", "top_p", "top_k", "min_p", "max_tokens", "n", "seed", "logprobs"]) {
     const input = form.elements[name];
     if (input.value !== "") body[name] = input.valueAsNumber;
@@ -228,10 +255,12 @@ async function generate() {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new HTTPError(chunk.error.code, chunk.error.message);
+      $("[data-stat=model]").textContent = chunk.model;
       for (const choice of chunk.choices) run.add(choice);
       if (chunk.usage) run.showStats(chunk.usage);
     }
     setStatus("done");
+    connect(); // the model is loaded now: the picker's state and the limits say so
   } catch (err) {
     if (err.name === "AbortError") setStatus("stopped");
     else if (err instanceof HTTPError && err.status === 401) askForKey(err.message);

@@ -4,7 +4,7 @@
 // head asks again. In a grouped-query model (fewer key/value heads than query heads)
 // several query heads read one key/value head: the head menu lists them under it.
 
-import { $, api, HTTPError } from "./api.js";
+import { $, api, forModel, HTTPError } from "./api.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const LABEL_PX = 110; // room for the token labels left of and above the cells
@@ -110,7 +110,7 @@ export function createAttentionView({ onUnauthorized }) {
     const body = { prompt: $("#attn-prompt").value, layer: Number(form.layer.value),
       head: Number(form.head.value) };
     try {
-      const map = await (await api("/ui/api/attention", {
+      const map = await (await api(forModel("/ui/api/attention"), {
         method: "POST", body: JSON.stringify(body) })).json();
       if (me !== asked) return;
       $("#heatmap").replaceChildren(heatmap(map));

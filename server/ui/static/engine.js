@@ -5,7 +5,7 @@
 // per block its owner (a sequence id, -1 when free), its reference count and whether the
 // prefix cache can find it; per listed sequence its progress; the last steps' token counts.
 
-import { $, api, HTTPError } from "./api.js";
+import { $, api, forModel, HTTPError } from "./api.js";
 
 const POLL_MS = 250;
 const MAX_EVENTS = 12; // preemptions listed, newest first
@@ -50,7 +50,7 @@ export function createEngineView({ onUnauthorized }) {
   async function poll(me) {
     while (loop === me) {
       try {
-        const snapshot = await (await api("/ui/api/engine")).json();
+        const snapshot = await (await api(forModel("/ui/api/engine"))).json();
         if (loop !== me) return;
         draw(snapshot);
         $("#engine-status").textContent = "";
@@ -242,6 +242,19 @@ export function createEngineView({ onUnauthorized }) {
     },
     stop() {
       loop = 0;
+    },
+    // Another model chosen: nothing drawn so far is its engine's.
+    reset() {
+      previous = null;
+      events.length = 0;
+      for (const id of ["#preemptions", "#blocks", "#running", "#waiting", "#steps"]) {
+        $(id).replaceChildren();
+      }
+      for (const dd of document.querySelectorAll("[data-engine]")) dd.textContent = "–";
+      if (loop !== 0) { // a poll in flight asked the other model: its answer is dropped
+        loop = ++loops;
+        poll(loop);
+      }
     },
   };
 }

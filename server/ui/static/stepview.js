@@ -4,7 +4,7 @@
 // Shown only when the server runs with --enable-step-mode. A pause is a lease: while the page
 // is paused and open it renews the lease, so a closed tab cannot leave the engine paused.
 
-import { $, api, HTTPError } from "./api.js";
+import { $, api, forModel, HTTPError } from "./api.js";
 
 const RENEW_MS = 20_000; // the lease is 60 s: renewed well before it ends
 const MAX_COLUMNS = 256; // flat-array columns drawn (the rest summarised)
@@ -122,7 +122,7 @@ export function createStepView({ onUnauthorized }) {
 
   async function send(command) {
     try {
-      show(await (await api(`/ui/api/step/${command}`, { method: "POST" })).json());
+      show(await (await api(forModel(`/ui/api/step/${command}`), { method: "POST" })).json());
     } catch (err) {
       if (err instanceof HTTPError && err.status === 401) return onUnauthorized(err.message);
       $("#step-status").textContent = err.message;
@@ -137,7 +137,7 @@ export function createStepView({ onUnauthorized }) {
     async setup(info) {
       enabled = info.step_mode;
       $("#step-bar").hidden = !enabled;
-      if (enabled) show(await (await api("/ui/api/step")).json());
+      if (enabled) show(await (await api(forModel("/ui/api/step"))).json());
     },
   };
 }

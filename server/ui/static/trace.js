@@ -8,7 +8,7 @@
 // probability, outlined when it is already the model's final answer, with a bar for the size
 // (L2 norm) of the residual stream. Below, every head's attention in the chosen layer.
 
-import { $, api, HTTPError } from "./api.js";
+import { $, api, forModel, HTTPError } from "./api.js";
 import { groupName, headGroups, heatmap, isGrouped, label } from "./attention.js";
 
 function el(tag, className, text = null) {
@@ -96,7 +96,7 @@ export function createTraceView({ onUnauthorized }) {
     status.textContent = "computing…";
     status.classList.remove("error");
     try {
-      const answer = await (await api("/ui/api/trace", {
+      const answer = await (await api(forModel("/ui/api/trace"), {
         method: "POST", body: JSON.stringify({ prompt: $("#trace-prompt").value }) })).json();
       if (me !== asked) return;
       trace = answer;
