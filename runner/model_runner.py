@@ -76,7 +76,7 @@ class NativeModelRunner:
         self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        self.model.compile_kernels(kernel_needs(weights, kv_cache_dtype))
+        self.model.compile_kernels(kernel_needs(weights, kv_cache_dtype, cfg))
         compile_beam_offers()
         compile_draw()
 
