@@ -30,7 +30,13 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.attention_dot import dot_rows
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
-from nanovllm.model.kernels.f32_attention import JOB_ROWS, THREADS_MIN_WORK, causal_work, run_job
+from nanovllm.model.kernels.f32_attention import (
+    JOB_ROWS,
+    RUN_PANEL_JOB,
+    RUN_PLAIN_JOB,
+    THREADS_MIN_WORK,
+    causal_work,
+)
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import claim, on_threads
 from nanovllm.model.kernels.shared import (
@@ -156,31 +162,48 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def attend_chunk(q, k, v, out, window, threads_min_work, panels):
     """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
     [c, Hkv, D] (H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)), with
     a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
     multiply-adds (`f32_attention.causal_work`; the engine passes THREADS_MIN_WORK), the jobs
-    (`f32_attention.run_job`) are shared out among numba's threads; with `panels` (this CPU
+    (`f32_attention.job_kernel`) are shared out among numba's threads; with `panels` (this CPU
     runs them: `linear.host_has_panels`), heads of `TILE_HEAD_DIMS` take the register tiles.
-    The later blocks of queries, which see more keys, are handed out first."""
-    threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
-                          window) >= threads_min_work
-    n, n_kv = q.shape[0], k.shape[1]
-    blocks = (n + JOB_ROWS - 1) // JOB_ROWS
-    jobs = n_kv * blocks
-    if not threads:
-        for job in range(jobs):
-            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
-        return
-    taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
-    taken[0] = 0
-    for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
-        job = claim(taken)
-        while job < jobs:
-            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
+    The later blocks of queries, which see more keys, are handed out first. Each way is a
+    kernel of its own (`CHUNK_KERNELS`): start-up compiles the one this CPU runs."""
+    CHUNK_KERNELS[bool(panels)](q, k, v, out, window, threads_min_work)
+
+
+def chunk_kernel(panels: bool):
+    """`attend_chunk` compiled with `panels` a constant (as `decode_kernel`)."""
+    @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+    def attend(q, k, v, out, window, threads_min_work):
+        threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
+                              window) >= threads_min_work
+        n, n_kv = q.shape[0], k.shape[1]
+        blocks = (n + JOB_ROWS - 1) // JOB_ROWS
+        jobs = n_kv * blocks
+        if not threads:
+            for job in range(jobs):
+                if panels:
+                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                else:
+                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+            return
+        taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
+        taken[0] = 0
+        for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
+            while job < jobs:
+                if panels:
+                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                else:
+                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                job = claim(taken)
+    return attend
+
+
+CHUNK_KERNELS = {False: chunk_kernel(False), True: chunk_kernel(True)}
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
@@ -371,7 +394,9 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     first = max(0, n - window) if window > 0 else 0
     m = n - first
     qs = np.empty((h1 - h0, head_dim), np.float32)  # row h - h0: query head h (q may be strided)
-    qs[:] = q[h0:h1]
+    for h in range(h1 - h0):  # (qs[:] = q[h0:h1] compiled numba's shape-mismatch error message)
+        for d in range(head_dim):
+            qs[h, d] = q[h0 + h, d]
     probs = np.empty((h1 - h0, m), np.float32)
     acc = np.empty(TILE_HEADS * head_dim, np.float32)
     size = k_cache.itemsize
