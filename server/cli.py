@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import importlib.util
 import json
 import logging
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -187,12 +189,15 @@ class Server(uvicorn.Server):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nanovllm.async_engine import AsyncEngine
     from nanovllm.config import EngineConfig
     from nanovllm.engine_core.client import ProcessEngineClient
     from nanovllm.inspection import Inspector
-    from nanovllm.server.app import build_app
     from nanovllm.server.chat.template import load_chat_template
+
+    # The web app's modules load on a thread of their own while the engine loads its model.
+    imports = ThreadPoolExecutor(1, "nanovllm-import")
+    app_module = imports.submit(importlib.import_module, "nanovllm.server.app")
+    imports.shutdown(wait=False)  # (the import runs on)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
@@ -214,6 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
         engine = start_ray_replicas(args)
     elif args.engine_in_process:
+        from nanovllm.async_engine import AsyncEngine
         engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
         inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     else:
@@ -221,7 +227,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                      enable_step_mode=args.enable_step_mode)
         engine, inspector = client, client.inspector
     name = args.served_model_name or served_name(args.model)
-    app = build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
+    app = app_module.result().build_app(engine, inspector=inspector, served_model_name=name, model_root=name,
                     api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
