@@ -1,8 +1,8 @@
 """`nanovllm serve` from an empty numba cache (a newcomer's first start) and again from the cache
-it filled: both answer /health, the log says what start-up compiles (the attention kernels in a
-helper process beside the rest, float32 only for float32 weights; nothing to compile from the
-cache), and the times are printed with the machine's load (`pytest -s`; no timed assertion: the
-figures depend on the machine and its load)."""
+it filled: both answer /health, the log says what start-up compiles (decode and prefill
+attention's kernels in helper processes beside the rest, float32 only for float32 weights;
+nothing to compile from the cache), and the times are printed with the machine's load
+(`pytest -s`; no timed assertion: the figures depend on the machine and its load)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_cold_and_warm_start_of_serve(tmp_path):
     warm = start_serve(tmp_path / "numba", tmp_path / "warm.log")
     log, warm_log = (tmp_path / "cold.log").read_text(), (tmp_path / "warm.log").read_text()
     assert "compiling float32 linear kernels" in log
-    assert "compiling the attention kernels in a helper process" in log
+    assert "compiling decode attention's kernels in a helper process" in log
+    assert "compiling prefill attention's kernels in a helper process" in log
     assert "compiling int8" not in log and "compiling bfloat16" not in log  # (float32 weights)
     assert "helper process" not in warm_log  # (all cached: nothing to compile beside)
     print(f"\nnanovllm serve gpt2 --load-format dummy: /health after {cold:.1f} s from an "

@@ -498,10 +498,15 @@ def write_slots(cache, slots, x):
 
 def compile_attention_kernel(needs: KernelNeeds) -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: a float32 cache (and a float16 one if `needs` has it),
-    decode attention the way `paged_attention` takes it for `needs.heads` on this CPU, and the
-    float32 prefill kernel (C-contiguous arrays, as `causal_attention` passes them)."""
+    argument types the runner passes: decode attention's and prefill attention's."""
     needs.log("attention", "float16-cache" if needs.float16_cache else "float32")
+    compile_decode_attention(needs)
+    compile_prefill_attention(needs)
+
+
+def compile_decode_attention(needs: KernelNeeds) -> None:
+    """For a float32 cache (and a float16 one if `needs` has it), the way `paged_attention`
+    takes it for `needs.heads` on this CPU, and the cache writes."""
     n_head, n_kv, head_dim = needs.heads
     q, kv = np.zeros((1, n_head, head_dim), np.float32), np.zeros((1, n_kv, head_dim), np.float32)
     caches = (kv, as_kernel_array(kv.astype(np.float16))) if needs.float16_cache else (kv,)
@@ -509,9 +514,14 @@ def compile_attention_kernel(needs: KernelNeeds) -> None:
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
                                1, q.copy(), 0, 1, host_decode_tiles(n_head, n_kv))
         write_slots(cache, np.zeros(1, np.int64), kv)
+
+
+def compile_prefill_attention(needs: KernelNeeds) -> None:
+    """The float32 prefill kernel this CPU runs (C-contiguous arrays, as `causal_attention`
+    passes them), and with bfloat16 weights the causal softmax of `attend_block`."""
     q = np.zeros((1, 1, 1), np.float32)
     attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())
-    if needs.bf16_packed:  # (`attend_block`: prefill products in bfloat16)
+    if needs.bf16_packed:
         causal_softmax_(q, 1, 0)
 
 
