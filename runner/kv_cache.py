@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import mmap
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nanovllm.model.architectures.registry import ModelConfig
+if TYPE_CHECKING:  # (the registry imports every architecture's kernels: not for a name)
+    from nanovllm.model.architectures.registry import ModelConfig
 
 # What a cache can be stored as (the option's "auto" is resolved in `config.kv_cache_dtype_of`).
 KV_CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}

@@ -191,8 +191,6 @@ class Server(uvicorn.Server):
 def run_serve(args: argparse.Namespace) -> int:
     from nanovllm.config import EngineConfig
     from nanovllm.engine_core.client import ProcessEngineClient
-    from nanovllm.inspection import Inspector
-    from nanovllm.server.chat.template import load_chat_template
 
     # The web app's modules load on a thread of their own while the engine loads its model.
     imports = ThreadPoolExecutor(1, "nanovllm-import")
@@ -201,7 +199,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
-    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
+    chat_template = None
+    if args.chat_template:
+        from nanovllm.server.chat.template import load_chat_template
+        chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     in_reasoning = structured_in_reasoning(args)
@@ -220,6 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
         engine = start_ray_replicas(args)
     elif args.engine_in_process:
         from nanovllm.async_engine import AsyncEngine
+        from nanovllm.inspection import Inspector
         engine = AsyncEngine.from_config(EngineConfig.from_cli_args(args.model, args))
         inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     else:
