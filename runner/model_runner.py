@@ -34,7 +34,9 @@ from nanovllm.model import AttentionBatch
 from nanovllm.model.architectures.registry import ModelConfig, family_of
 from nanovllm.model.layers.attention import MAX_DECODE_RUN
 from nanovllm.model.layers.kernel_needs import kernel_needs
+from nanovllm.model.layers.linear import compile_linear_kernel
 from nanovllm.runner.beam import beam_offers, compile_beam_offers
+from nanovllm.runner.compile_aside import attention_aside
 from nanovllm.runner.kv_cache import KVCache
 from nanovllm.runner.memory import keep_freed_memory
 from nanovllm.runner.sampler import (
@@ -85,9 +87,12 @@ class NativeModelRunner:
         self.last_run: tuple[StepInputs, np.ndarray] | None = None
         keep_freed_memory()
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
-        self.model.compile_kernels(kernel_needs(weights, kv_cache_dtype))
-        compile_beam_offers()
-        compile_draw()
+        needs = kernel_needs(weights, kv_cache_dtype, cfg)
+        with attention_aside(needs):  # (the largest groups side by side, into numba's cache)
+            compile_linear_kernel(needs)
+            compile_beam_offers()
+            compile_draw()
+        self.model.compile_kernels(needs)  # (what is cached now only loaded)
 
     def run(self, step: SchedulerOutput) -> ModelRunnerOutput:
         for new in step.new_seqs:  # first: an aborted newcomer still takes its seed, as it did

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import importlib.util
 import json
 import logging
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 
 import uvicorn
@@ -215,12 +217,17 @@ class Server(uvicorn.Server):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nanovllm.server.app import build_app
-    from nanovllm.server.chat.template import load_chat_template
+    # The web app's modules load on a thread of their own while the engine loads its model.
+    imports = ThreadPoolExecutor(1, "nanovllm-import")
+    app_module = imports.submit(importlib.import_module, "nanovllm.server.app")
+    imports.shutdown(wait=False)  # (the import runs on)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
-    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
+    chat_template = None
+    if args.chat_template:
+        from nanovllm.server.chat.template import load_chat_template
+        chat_template = load_chat_template(args.chat_template)
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     in_reasoning = structured_in_reasoning(args)
@@ -251,7 +258,7 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         engine, adapters = model_pool(args, chat_template)  # (stopped as one engine is)
         served = dict(models=engine, adapters=adapters)
-    app = build_app(**served, api_key=api_key, limits=limits,
+    app = app_module.result().build_app(**served, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
                     return_tokens_as_token_ids=args.return_tokens_as_token_ids,

@@ -62,7 +62,7 @@ def compile_kernels(needs: KernelNeeds) -> None:
     """Compiles the kernels the encoder calls with the weights `needs` describes now (or loads
     them from numba's disk cache)."""
     compile_linear_kernel(needs)
-    compile_layer_norm(needs)
+    compile_layer_norm(needs, add=True)
     needs.log("exact GELU and encoder attention")
     compile_gelu_erf()
     compile_encoder_attention()

@@ -72,14 +72,23 @@ def causal_work(n, c, n_head, head_dim, window):
     return 2 * seen * n_head * head_dim
 
 
-@njit(cache=True, nogil=True)
-def run_job(q, k, v, out, window, panels, g, block):
-    """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g."""
-    r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
-    if panels:
-        panel_job(q, k, v, out, window, g, r0, r1)
-    else:
-        plain_job(q, k, v, out, window, g, r0, r1)
+def job_kernel(panels: bool):
+    """`run_job` with `panels` a constant: numba drops the other way before compiling, so that
+    a CPU compiles only the way it runs (each closure is cached apart: its constant is part of
+    numba's key)."""
+    @njit(cache=True, nogil=True)
+    def run_job(q, k, v, out, window, g, block):
+        """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g,
+        by the register tiles (`panel_job`) or one query row at a time (`plain_job`)."""
+        r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
+        if panels:
+            panel_job(q, k, v, out, window, g, r0, r1)
+        else:
+            plain_job(q, k, v, out, window, g, r0, r1)
+    return run_job
+
+
+RUN_PANEL_JOB, RUN_PLAIN_JOB = job_kernel(True), job_kernel(False)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -3,7 +3,8 @@ a row softmax. When a kernel runs on numba's threads is `parallel.py`'s.
 
 - `KERNEL_MATH`: the fast-math flags the kernels compile with.
 - `NO_BIAS`, `as_bias`, `finish`: the bias (and residual) a linear layer's kernel adds as it
-  stores its output.
+  stores its output. `read_only`: the one array type kernels take for a weight, so that a
+  checkpoint's memory-mapped array and a computed one share one compiled signature.
 - `exp32`: numba calls libm's scalar expf, which does not vectorize (no SVML here) and made a
   compiled GELU slower than numpy's. This one is a handful of multiply-adds and integer
   operations that vectorize, within 2 float32 ulps of exp (tested).
@@ -52,12 +53,16 @@ NO_BIAS.flags.writeable = False
 
 def as_bias(bias: np.ndarray | None) -> np.ndarray:
     """bias ([N] float32, contiguous) as a read-only view, or `NO_BIAS`."""
-    if bias is None:
-        return NO_BIAS
-    if bias.flags.writeable:
-        bias = bias.view()
-        bias.flags.writeable = False
-    return bias
+    return NO_BIAS if bias is None else read_only(bias)
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """`a`, or a read-only view of it: numba compiles a kernel once per argument type, and
+    writable and read-only arrays are two types, so weights are passed read-only always."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
 
 
 @njit(cache=True, nogil=True, inline="always")

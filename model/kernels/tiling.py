@@ -35,7 +35,8 @@ def tile_blocks(tile, rows, blocks, one_row_blocks, x, wp, out, start, end, bias
     b = start
     if x.shape[0] == 1:
         while b + one_row_blocks <= end:
-            tile(1, one_row_blocks, x, wp, out, 0, b, acc, bias, accumulate)
+            # (row np.intp(0), not a literal 0: another signature, compiled a second time)
+            tile(1, one_row_blocks, x, wp, out, np.intp(0), b, acc, bias, accumulate)
             b += one_row_blocks
     else:
         while b + blocks <= end:
@@ -50,7 +51,7 @@ def tile_blocks(tile, rows, blocks, one_row_blocks, x, wp, out, start, end, bias
 def tile_rows(tile, rows, blocks, x, wp, out, b, acc, bias, accumulate):
     """out[:, blocks b:b + blocks], `rows` rows at a time, then 4, 2 and 1."""
     m = x.shape[0]
-    r = 0
+    r = np.intp(0)  # (a literal 0 would compile the first tile a second time)
     while r + rows <= m:
         tile(rows, blocks, x, wp, out, r, b, acc, bias, accumulate)
         r += rows

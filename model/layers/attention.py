@@ -30,7 +30,13 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.attention_dot import dot_rows
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
-from nanovllm.model.kernels.f32_attention import JOB_ROWS, THREADS_MIN_WORK, causal_work, run_job
+from nanovllm.model.kernels.f32_attention import (
+    JOB_ROWS,
+    RUN_PANEL_JOB,
+    RUN_PLAIN_JOB,
+    THREADS_MIN_WORK,
+    causal_work,
+)
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import claim, on_threads
 from nanovllm.model.kernels.shared import (
@@ -39,7 +45,6 @@ from nanovllm.model.kernels.shared import (
     from_float32,
     prefetch_lines,
     prefetch_lines_l2,
-    softmax_,
     softmax_row_,
     to_float32,
 )
@@ -157,31 +162,48 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def attend_chunk(q, k, v, out, window, threads_min_work, panels):
     """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
     [c, Hkv, D] (H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)), with
     a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
     multiply-adds (`f32_attention.causal_work`; the engine passes THREADS_MIN_WORK), the jobs
-    (`f32_attention.run_job`) are shared out among numba's threads; with `panels` (this CPU
+    (`f32_attention.job_kernel`) are shared out among numba's threads; with `panels` (this CPU
     runs them: `linear.host_has_panels`), heads of `TILE_HEAD_DIMS` take the register tiles.
-    The later blocks of queries, which see more keys, are handed out first."""
-    threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
-                          window) >= threads_min_work
-    n, n_kv = q.shape[0], k.shape[1]
-    blocks = (n + JOB_ROWS - 1) // JOB_ROWS
-    jobs = n_kv * blocks
-    if not threads:
-        for job in range(jobs):
-            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
-        return
-    taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
-    taken[0] = 0
-    for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
-        job = claim(taken)
-        while job < jobs:
-            run_job(q, k, v, out, window, panels, job % n_kv, blocks - 1 - job // n_kv)
+    The later blocks of queries, which see more keys, are handed out first. Each way is a
+    kernel of its own (`CHUNK_KERNELS`): start-up compiles the one this CPU runs."""
+    CHUNK_KERNELS[bool(panels)](q, k, v, out, window, threads_min_work)
+
+
+def chunk_kernel(panels: bool):
+    """`attend_chunk` compiled with `panels` a constant (as `decode_kernel`)."""
+    @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+    def attend(q, k, v, out, window, threads_min_work):
+        threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
+                              window) >= threads_min_work
+        n, n_kv = q.shape[0], k.shape[1]
+        blocks = (n + JOB_ROWS - 1) // JOB_ROWS
+        jobs = n_kv * blocks
+        if not threads:
+            for job in range(jobs):
+                if panels:
+                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                else:
+                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+            return
+        taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
+        taken[0] = 0
+        for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
+            while job < jobs:
+                if panels:
+                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                else:
+                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                job = claim(taken)
+    return attend
+
+
+CHUNK_KERNELS = {False: chunk_kernel(False), True: chunk_kernel(True)}
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
@@ -197,7 +219,6 @@ def attend_chunk(q, k, v, out, window, threads_min_work, panels):
 PREFETCH_AHEAD = 8
 
 
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, block_size, out,
                            window=0, threads=1, tiles=False):
     """One query per row (a decode, or a row of a short run: `AttentionBatch`), attending to its
@@ -217,47 +238,60 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     among threads the same way; but not a float16 cache whose key/value heads each serve one
     query head (GPT-2), which `decode_one_` reads row after row: its sequential sweep of a block
     ran faster on a cold cache than the tiles' head-by-head walk, whose lines of float16 rows
-    are half as many per row (`tiles_serve`).
+    are half as many per row (`tiles_serve`). Each way is a kernel of its own
+    (`DECODE_KERNELS`), so that start-up compiles only the one this model's cache takes.
     """
-    num_seqs, n_head, head_dim = q.shape
-    n_kv = k_cache.shape[1]
-    tiles = tiles and tiles_serve(k_cache, n_head, head_dim)
-    parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
-    if parts == 1:
-        work = 0
-        for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it out)
-            work += context_lens[b] * n_head * head_dim
-        if not on_threads(work):  # a few short contexts: on the calling thread
-            first = np.intp(0)  # (a literal 0 would compile decode_one_ a second time, for it)
-            for b in range(num_seqs):
-                decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
-                            block_size, out[b], window, tiles, first, n_kv)
-            return
-    jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
-    taken = np.zeros(1, np.intp)
-    for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
-        job = claim(taken)
-        while job < jobs:
-            b, part = job // parts, job % parts
-            decode_seq_(q[b], k_cache, v_cache, block_tables[b], context_lens[b], block_size,
-                        out[b], window, tiles, part * n_kv // parts, (part + 1) * n_kv // parts)
+    tiles = tiles and tiles_serve(k_cache, q.shape[1], q.shape[2])
+    DECODE_KERNELS[tiles](q, k_cache, v_cache, block_tables, context_lens, block_size, out,
+                          window, threads)
+
+
+def decode_kernel(tiles: bool):
+    """`paged_decode_attention` compiled with `tiles` a constant: numba drops the other way
+    before compiling (each closure is cached apart: its constant is part of numba's key)."""
+    @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
+    def paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, out, window,
+                     threads):
+        num_seqs, n_kv = q.shape[0], k_cache.shape[1]
+        parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
+        if parts == 1:
+            work = 0
+            for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it)
+                work += context_lens[b] * q.shape[1] * q.shape[2]
+            if not on_threads(work):  # a few short contexts: on the calling thread
+                first = np.intp(0)  # (a literal 0 would compile the sequence's kernel again)
+                for b in range(num_seqs):
+                    if tiles:
+                        decode_tiles_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                      block_size, out[b], window, first, n_kv)
+                    else:
+                        decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                    block_size, out[b], window, first, n_kv)
+                return
+        jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
+        taken = np.zeros(1, np.intp)
+        for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
+            while job < jobs:
+                b, part = job // parts, job % parts
+                g0, g1 = part * n_kv // parts, (part + 1) * n_kv // parts
+                if tiles:
+                    decode_tiles_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                  block_size, out[b], window, g0, g1)
+                else:
+                    decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                block_size, out[b], window, g0, g1)
+                job = claim(taken)
+    return paged_decode
 
 
-@njit(cache=True, nogil=True)
-def tiles_serve(k_cache, n_head, head_dim):
+DECODE_KERNELS = {False: decode_kernel(False), True: decode_kernel(True)}
+
+
+def tiles_serve(k_cache: np.ndarray, n_head: int, head_dim: int) -> bool:
     """Whether `tiles` takes this cache: heads of TILE_HEAD_DIM, in float32 or grouped (several
     query heads a key/value head, whose tile reads each row once for all of them)."""
     return head_dim == TILE_HEAD_DIM and (k_cache.itemsize == 4 or n_head != k_cache.shape[1])
-
-
-@njit(fastmath=KERNEL_MATH, cache=True, nogil=True, inline="always")
-def decode_seq_(q, k_cache, v_cache, block_table, n, block_size, out, window, tiles, g0, g1):
-    """One sequence's query heads of key/value heads g0 ... g1 - 1 (`decode_one_`)."""
-    if tiles:
-        decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1)
-    else:
-        decode_one_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -360,7 +394,9 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     first = max(0, n - window) if window > 0 else 0
     m = n - first
     qs = np.empty((h1 - h0, head_dim), np.float32)  # row h - h0: query head h (q may be strided)
-    qs[:] = q[h0:h1]
+    for h in range(h1 - h0):  # (qs[:] = q[h0:h1] compiled numba's shape-mismatch error message)
+        for d in range(head_dim):
+            qs[h, d] = q[h0 + h, d]
     probs = np.empty((h1 - h0, m), np.float32)
     acc = np.empty(TILE_HEADS * head_dim, np.float32)
     size = k_cache.itemsize
@@ -462,19 +498,31 @@ def write_slots(cache, slots, x):
 
 def compile_attention_kernel(needs: KernelNeeds) -> None:
     """Compiles the attention kernels now (or loads them from numba's cache on disk), for the
-    argument types the runner passes: a float32 cache (and a float16 one if `needs` has it),
-    softmax_, causal_softmax_ and the float32 prefill kernel (C-contiguous arrays, as
-    `causal_attention` passes them)."""
+    argument types the runner passes: decode attention's and prefill attention's."""
     needs.log("attention", "float16-cache" if needs.float16_cache else "float32")
-    q = np.zeros((1, 1, 1), np.float32)
-    caches = (q, as_kernel_array(q.astype(np.float16))) if needs.float16_cache else (q,)
+    compile_decode_attention(needs)
+    compile_prefill_attention(needs)
+
+
+def compile_decode_attention(needs: KernelNeeds) -> None:
+    """For a float32 cache (and a float16 one if `needs` has it), the way `paged_attention`
+    takes it for `needs.heads` on this CPU, and the cache writes."""
+    n_head, n_kv, head_dim = needs.heads
+    q, kv = np.zeros((1, n_head, head_dim), np.float32), np.zeros((1, n_kv, head_dim), np.float32)
+    caches = (kv, as_kernel_array(kv.astype(np.float16))) if needs.float16_cache else (kv,)
     for cache in caches:
         paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy(), 0, 1, True)
-        write_slots(cache, np.zeros(1, np.int64), q)
-    softmax_(q)
-    causal_softmax_(q, 1, 0)
-    attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, False)  # (either way of a job)
+                               1, q.copy(), 0, 1, host_decode_tiles(n_head, n_kv))
+        write_slots(cache, np.zeros(1, np.int64), kv)
+
+
+def compile_prefill_attention(needs: KernelNeeds) -> None:
+    """The float32 prefill kernel this CPU runs (C-contiguous arrays, as `causal_attention`
+    passes them), and with bfloat16 weights the causal softmax of `attend_block`."""
+    q = np.zeros((1, 1, 1), np.float32)
+    attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())
+    if needs.bf16_packed:
+        causal_softmax_(q, 1, 0)
 
 
 def gather(cache: np.ndarray, slots: np.ndarray) -> np.ndarray:

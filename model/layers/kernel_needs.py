@@ -24,6 +24,8 @@ class KernelNeeds:
     bf16_widened: bool = False   # bfloat16 matrices widened to float32 as they are multiplied
     int8: bool = False           # W8A8 matrices
     float16_cache: bool = False  # a float16 KV cache (float32 is always compiled)
+    heads: tuple[int, int, int] = (1, 1, 1)  # query heads, key/value heads, head size: what
+    # decides decode attention's way of reading the cache (one of two kernels)
 
     def log(self, group: str, precision: str = "float32") -> None:
         """One line saying what start-up waits for (a newcomer's first start compiles)."""
@@ -31,11 +33,14 @@ class KernelNeeds:
                     precision, group, kernel_path().name)
 
 
-def kernel_needs(weights, cache_dtype: str = "float32") -> KernelNeeds:
-    """What `weights` (any architecture's dataclass of them) and a `cache_dtype` KV cache run."""
+def kernel_needs(weights, cache_dtype: str = "float32", cfg=None) -> KernelNeeds:
+    """What `weights` (any architecture's dataclass of them) and a `cache_dtype` KV cache run,
+    with the attention heads of `cfg` (a ModelConfig) if given."""
     kinds = matrix_kinds(weights)
+    heads = (cfg.n_head, cfg.num_kv_heads, cfg.head_dim) if cfg is not None else (1, 1, 1)
     return KernelNeeds(bf16_packed=PackedBF16Weight in kinds, bf16_widened=BF16Weight in kinds,
-                       int8=Int8Weight in kinds, float16_cache=cache_dtype == "float16")
+                       int8=Int8Weight in kinds, float16_cache=cache_dtype == "float16",
+                       heads=heads)
 
 
 def matrix_kinds(value) -> set[type]:

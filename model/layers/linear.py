@@ -51,7 +51,7 @@ from nanovllm.model.kernels.block_gemm import (
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
 from nanovllm.model.kernels.parallel import claim, split_chunks
-from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias
+from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias, read_only
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.platform.cpu import block_kernels, int8_kernels, kernel_path
@@ -124,7 +124,7 @@ def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None 
         out = widened_matmul(x, w)
     elif x.shape[0] <= KERNEL_MAX_ROWS:
         out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        matmul_nt(np.ascontiguousarray(x), kernel_array(w), out)
+        matmul_nt(np.ascontiguousarray(x), read_only(kernel_array(w)), out)  # (one signature)
     elif isinstance(w, np.ndarray):
         out = x @ w.T
     else:
@@ -386,22 +386,19 @@ def packed_at(rows, blocks, x, wp, out, r, b, acc, bias, accumulate):
 
 
 def compile_linear_kernel(needs: KernelNeeds) -> None:
-    """Compiles the kernels now (or loads them from numba's cache on disk), for writable weights,
-    read-only ones (the LM head is the memory-mapped embedding: another signature), and as
-    `needs` says, widened bfloat16 ones and the W8A8 kernel of this CPU (the packed bfloat16
-    kernel is compiled where weights are packed for it, `host_bf16_kernel`)."""
+    """Compiles the kernels now (or loads them from numba's cache on disk), for float32 weights
+    (read-only, as `linear` passes them), and as `needs` says, widened bfloat16 ones and the
+    W8A8 kernel of this CPU (the packed bfloat16 kernel is compiled where weights are packed
+    for it, `host_bf16_kernel`)."""
     needs.log("linear")
     x = np.zeros((1, 1), np.float32)
-    read_only = x.copy()
-    read_only.flags.writeable = False
-    for w in (x, read_only):
-        matmul_nt(x, w, np.empty((1, 1), np.float32))
+    matmul_nt(x, read_only(x.copy()), np.empty((1, 1), np.float32))
     if host_packs_float32():
         matmul_packed(x, np.zeros((1, 1, PACK_WIDTH), np.float32), np.empty((1, 1), np.float32),
                       NO_BIAS, False)
     if needs.bf16_widened:
         needs.log("linear", "bfloat16 (widened)")
-        matmul_nt(x, np.zeros((1, 1), np.uint16), np.empty((1, 1), np.float32))
+        matmul_nt(x, read_only(np.zeros((1, 1), np.uint16)), np.empty((1, 1), np.float32))
         widen_rows(np.zeros((1, 1), np.uint16), 0, np.empty((1, 1), np.float32))
     if needs.int8:
         needs.log("linear", f"int8 ({kernel_path().int8})")

@@ -19,7 +19,7 @@ from numba import njit, prange
 from nanovllm.model.kernels.bf16_gemm import BF16Rows, round_vector
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_vector
 from nanovllm.model.kernels.parallel import on_threads
-from nanovllm.model.kernels.shared import KERNEL_MATH
+from nanovllm.model.kernels.shared import KERNEL_MATH, read_only
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import takes_bf16_rows, takes_int8
 from nanovllm.model.weights.quant import Int8Weight, Weight
@@ -34,6 +34,7 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float,
     activations, each row is quantized for it as soon as it is made (`Int8Rows`), and the
     float32 rows are never written out; where it takes bfloat16 rows, each is rounded for it
     (`BF16Rows`)."""
+    g, b = read_only(g), read_only(b)  # (one compiled signature for any g and b)
     if feeds is not None and takes_int8(feeds):
         rows = Int8Rows.empty(*x.shape)
         layer_norm_int8_(x, g, b, eps, rows.q, rows.scale)
@@ -78,7 +79,7 @@ def add_layer_norm(x: np.ndarray, bias: np.ndarray, residual: np.ndarray, g: np.
     the linear layer's bias that made x (`bert_reference.layer`). One pass over the rows
     instead of numpy's two adds and then the norm's. x, residual: [n, E] C-contiguous."""
     out = np.empty_like(x)
-    add_layer_norm_rows_(x, bias, residual, g, b, eps, out)
+    add_layer_norm_rows_(x, read_only(bias), residual, read_only(g), read_only(b), eps, out)
     return out
 
 
@@ -146,19 +147,18 @@ def layer_norm_bf16_(x, g, b, eps, bits):
             round_vector(row, bits[i])
 
 
-def compile_layer_norm(needs: KernelNeeds) -> None:
-    """For writable and for read-only (memory-mapped) g and b, float32, and as `needs` says,
-    quantized or rounded to bfloat16."""
+def compile_layer_norm(needs: KernelNeeds, add: bool = False) -> None:
+    """float32, and as `needs` says, quantized or rounded to bfloat16; with `add`, the post-norm
+    `add_layer_norm` too (g and b as `layer_norm` passes them: read-only)."""
     needs.log("layer norm")
     x = np.zeros((1, 1), np.float32)
-    read_only = np.zeros(1, np.float32)
-    read_only.flags.writeable = False
+    v = read_only(np.zeros(1, np.float32))
     int8 = Int8Weight.from_rows(np.zeros((1, 1), np.int8), np.zeros(1, np.float32))
-    for v in (x[0], read_only):
-        for feeds in (None, int8) if needs.int8 else (None,):
-            layer_norm(x, v, v, 1e-5, feeds)
-        if needs.bf16_packed:
-            layer_norm_bf16_(x, v, v, 1e-5, np.empty((1, 2), np.uint16))
+    for feeds in (None, int8) if needs.int8 else (None,):
+        layer_norm(x, v, v, 1e-5, feeds)
+    if needs.bf16_packed:
+        layer_norm_bf16_(x, v, v, 1e-5, np.empty((1, 2), np.uint16))
+    if add:
         add_layer_norm(x, v, x, v, v, 1e-5)
 
 

@@ -36,7 +36,7 @@ class DraftModel:
                  kv_cache_dtype: str = "float32"):
         self.cfg, self.weights, self.block_size = cfg, weights, block_size
         self.forward = family_of(cfg).forward
-        family_of(cfg).compile_kernels(kernel_needs(weights, kv_cache_dtype))  # (its own: int8)
+        family_of(cfg).compile_kernels(kernel_needs(weights, kv_cache_dtype, cfg))  # (its own: int8)
         self.kv_cache = KVCache(cfg, num_blocks, block_size, kv_cache_dtype)
         self.free_blocks = list(range(num_blocks - 1, -1, -1))  # popped from the end
         self.tables: dict[int, list[int]] = {}  # seq id -> its draft blocks, in position order

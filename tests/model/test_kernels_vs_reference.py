@@ -20,15 +20,10 @@ from numba import config
 from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_activations
 from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
-from nanovllm.model.kernels.shared import NO_BIAS, as_kernel_array
+from nanovllm.model.kernels.shared import NO_BIAS, as_kernel_array, softmax_
 from nanovllm.model.layers import linear as linear_module
 from nanovllm.model.layers.activations import gelu
-from nanovllm.model.layers.attention import (
-    CAUSAL_BLOCK,
-    causal_attention,
-    paged_decode_attention,
-    softmax_,
-)
+from nanovllm.model.layers.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
 from nanovllm.model.layers.linear import KERNEL_MAX_ROWS, linear
 from nanovllm.model.layers.norms import layer_norm
 from nanovllm.model.weights.quant import Int8Weight, pack_float32

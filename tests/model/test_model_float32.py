@@ -13,12 +13,12 @@ import pytest
 import nanovllm.model.architectures.gpt2
 import nanovllm.model.layers.attention
 from nanovllm.model import AttentionBatch, forward
+from nanovllm.model.kernels.shared import softmax_
 from nanovllm.model.layers.activations import gelu
 from nanovllm.model.layers.attention import (
     causal_attention,
     causal_softmax_,
     paged_decode_attention,
-    softmax_,
 )
 from nanovllm.model.layers.norms import layer_norm
 
