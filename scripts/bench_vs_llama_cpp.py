@@ -165,8 +165,9 @@ def bench_file(args, kind: str, path: Path, tools, threads: int, log) -> tuple[l
     from nanovllm.scripts.roofs import step_cost
 
     t0 = time.perf_counter()
-    engine = make_engine(args, model=str(path), quantization=None, dtype="auto",
-                         speculative_config=None, load_format="auto")
+    engine = make_engine(argparse.Namespace(**{**vars(args), "model": str(path)}),
+                         quantization=None, dtype="auto", speculative_config=None,
+                         load_format="auto")
     load_s = time.perf_counter() - t0
     log(f"{path.name}: loaded in {load_s:.1f} s")
     prompt_len, new, prefill = args.input_len[0], args.output_len[0], args.prefill_len[0]

@@ -102,6 +102,11 @@ def test_small_comparison_on_files_llama_cpp_made(tmp_path, capsys):
     assert code == 0 and "ratio = nanovllm / llama.cpp" in printed
     result = json.loads(out.read_text())
     assert sorted(result["files"]) == ["Q4_0", "Q8_0"]
+    # Our engine ran each file's blocks as stored, Q8_0's 34 bytes a 32 weights (Q4_0 keeps
+    # the tied token table in 8 bits), not float32 weights of the checkpoint.
+    weights = 2 * (64 * 3 * 64 + 64 * 64 + 2 * 64 * 256) + 1024 * 64
+    costs = {kind: c["weight_bytes"] for kind, c in result["costs"].items()}
+    assert costs["Q4_0"] < costs["Q8_0"] == weights * 34 // 32
     by_name = {(w["gguf_type"], w["name"]): w for w in result["workloads"]}
     for kind in ("Q4_0", "Q8_0"):
         for name in ("decode 1", "prefill 16", "decode 2"):
