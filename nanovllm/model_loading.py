@@ -111,8 +111,11 @@ def preset_for(model: str) -> str | None:
 
 def _load_dummy(config: EngineConfig) -> LoadedModel:
     """`load_format="dummy"`: random weights with the real shapes; for a preset name a cached
-    dummy checkpoint, for a directory its config with random weights in memory."""
-    path = Path(config.model).expanduser()
+    dummy checkpoint, for a directory or a GGUF file its config with random weights in
+    memory."""
+    gguf = find_gguf(config.model)
+    path = gguf_checkpoint_dir(gguf, cache_root() / "gguf") if gguf else Path(
+        config.model).expanduser()
     if not path.is_dir():
         path = dummy_checkpoint_dir(preset_for(config.model) or config.model.rsplit("/", 1)[-1])
     architecture = architecture_of(path)

@@ -15,8 +15,9 @@ import sys
 
 import numpy as np
 
+from nanovllm.scripts.bench_engine import make_engine, run_ours
 from nanovllm.scripts.bench_utils import Summary, limit_blas_threads, render_table
-from nanovllm.scripts.benchmark import WARMUP_TOKENS, make_engine, run_ours
+from nanovllm.scripts.benchmark import WARMUP_TOKENS
 from nanovllm.server.lora import parse_lora_module
 from nanovllm.values.lora_request import LoRARequest
 

@@ -4,6 +4,7 @@ Hugging Face transformers on the same checkpoint, prompts and threads.
     python scripts/benchmark.py --model gpt2 --load-format dummy --compare transformers
     python scripts/benchmark.py --quantization int8            # or --dtype bfloat16
     python scripts/benchmark.py --compare precisions           # float32, int8, bfloat16
+    nanovllm bench offline --model qwen3-0.6b --compare llama.cpp --llama-cpp-dir DIR
     nanovllm bench offline --batch-sizes 1,8 --input-len 32 --output-len 128 --reps 5 --json out.json
     python scripts/benchmark.py --quantization int8 --temperature 1   # the sampler served traffic pays
     python scripts/benchmark.py --batch-sizes 1,64 --speculative-config \
@@ -72,7 +73,6 @@ import functools
 import itertools
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 from nanovllm.model.platform.threads import configure_thread_pools
@@ -85,6 +85,8 @@ import numpy as np  # noqa: E402
 from nanovllm.model.architectures.gpt2_config import PRESETS  # noqa: E402
 from nanovllm.model.platform.cpu import kernel_path  # noqa: E402
 from nanovllm.runner.kv_cache import kv_bytes_per_block  # noqa: E402
+from nanovllm.scripts import bench_vs_llama_cpp  # noqa: E402
+from nanovllm.scripts.bench_engine import Cell, Prompts, Run, make_engine, run_ours  # noqa: E402
 from nanovllm.scripts.bench_transformers import (  # noqa: E402
     INSTALL_REFERENCE,
     TransformersRunner,
@@ -111,35 +113,6 @@ WARMUP_INPUT_LEN = 32  # the random prompts warming up a dataset cell (the datas
 NARROW = {"int8": {"quantization": "int8", "dtype": "auto"},
           "bfloat16": {"quantization": None, "dtype": "bfloat16"}}
 SPECULATIVE = "speculative"  # --speculative-config: the engine that speculates
-
-
-@dataclass(frozen=True, slots=True)
-class Cell:
-    batch_size: int
-    input_len: int | None  # None: the dataset's prompts, whatever their lengths
-    output_len: int
-
-    def __str__(self) -> str:
-        prompt = "dataset" if self.input_len is None else self.input_len
-        return f"{self.batch_size} x {prompt} -> {self.output_len}"
-
-
-@dataclass(slots=True)
-class Run:
-    """One timed run of a cell. decode_s is None when output_len is 1 (nothing to decode)."""
-    prefill_s: float
-    decode_s: float | None
-    prompt_tokens: int
-    decode_tokens: int
-    preemptions: int = 0
-
-    @property
-    def prefill_tps(self) -> float:
-        return self.prompt_tokens / self.prefill_s
-
-    @property
-    def decode_tps(self) -> float | None:
-        return self.decode_tokens / self.decode_s if self.decode_s else None
 
 
 @dataclass(slots=True)
@@ -184,9 +157,12 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, default=3, help="timed runs per cell (default 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS threads for numpy and torch (default: numpy's current count)")
-    parser.add_argument("--compare", choices=["transformers", "precisions"], default=None,
+    parser.add_argument("--compare", choices=["transformers", "precisions", "llama.cpp"],
+                        default=None,
                         help="'transformers': also run the same workload through HF transformers "
-                             "generate(); 'precisions': float32, int8 and bfloat16 weights in turn")
+                             "generate(); 'precisions': float32, int8 and bfloat16 weights in "
+                             "turn; 'llama.cpp': llama.cpp's llama-bench on the same GGUF files "
+                             "(scripts/bench_vs_llama_cpp.py)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                         help="write results as JSON to FILE (or stdout with no FILE: the table "
                              "then goes to stderr)")
@@ -205,6 +181,7 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "batch of 16 over up to 8 of them and one adapter at batch 1, each "
                              "against the base model (`nanovllm bench offline` runs "
                              "scripts/bench_lora.py then)")
+    bench_vs_llama_cpp.add_args(parser)
     add_engine_args(parser)
     # Random weights cost the same compute as real ones, so a benchmark can always run;
     # --no-allow-dummy-fallback insists on the real checkpoint.
@@ -257,74 +234,7 @@ def load_dataset(path: str, tokenizer) -> list[list[int]]:
     return prompts
 
 
-# --------------------------------------------------------------------------- nanovllm
-
-
-def make_engine(args: argparse.Namespace, **options):
-    """The engine under test (random weights for a preset the hub cannot deliver, by default);
-    `options` override the command line's (the precisions of --compare precisions)."""
-    from nanovllm import EngineConfig, LLMEngine
-
-    return LLMEngine(EngineConfig.from_cli_args(args.model, argparse.Namespace(**{
-        **vars(args), **options})))
-
-
-def run_ours(engine, prompts: list[list[int]], output_len: int,
-             outputs: list[list[int]] | None = None, temperature: float = 0.0,
-             adapter_ids: list[int] | None = None) -> Run:
-    """One timed run, greedy or sampled at `temperature`; `outputs`, if given, receives each
-    request's tokens in prompt order; `adapter_ids`, each request's loaded LoRA (0: none)."""
-    from dataclasses import replace
-
-    from nanovllm import SamplingParams
-
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=temperature)
-    ids = [f"bench-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
-    preempted = engine.get_stats().num_preemptions_total
-    waiting_first, generated, finished = set(ids), 0, {}
-    t0 = time.perf_counter()
-    for rid, prompt, adapter_id in zip(ids, prompts, adapter_ids or [0] * len(prompts)):
-        engine.add(replace(engine.processor.process(rid, prompt, params), adapter_id=adapter_id))
-    t_first = None
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.outputs[0].token_ids:
-                waiting_first.discard(out.request_id)
-            if out.finished:
-                generated += len(out.outputs[0].token_ids)
-                finished[out.request_id] = out.outputs[0].token_ids
-        if t_first is None and not waiting_first:
-            t_first = time.perf_counter()
-    t_end = time.perf_counter()
-    expected = len(prompts) * output_len
-    if generated != expected:
-        raise RuntimeError(f"the engine generated {generated} tokens, expected {expected}")
-    if outputs is not None:
-        outputs += [finished[rid] for rid in ids]
-    decode = t_end - t_first if output_len > 1 else None
-    return Run(t_first - t0, decode, sum(map(len, prompts)),
-               len(prompts) * (output_len - 1), engine.get_stats().num_preemptions_total - preempted)
-
-
 # --------------------------------------------------------------------------- the benchmark
-
-
-class Prompts:
-    """A cell's prompts: fresh random ids every time (the prefix cache never hits), or for a
-    dataset cell the dataset's next prompts, in file order, from the top again at its end."""
-
-    def __init__(self, rng: np.random.Generator, vocab_size: int,
-                 dataset: list[list[int]] | None = None) -> None:
-        self.rng, self.vocab_size, self.dataset, self.next = rng, vocab_size, dataset or [], 0
-
-    def take(self, cell: Cell) -> list[list[int]]:
-        if cell.input_len is None:
-            ids = [self.dataset[(self.next + i) % len(self.dataset)]
-                   for i in range(cell.batch_size)]
-            self.next += cell.batch_size
-            return ids
-        # The last id is GPT-2's <|endoftext|>: kept out of the prompts.
-        return self.rng.integers(0, self.vocab_size - 1, (cell.batch_size, cell.input_len)).tolist()
 
 
 def bench_cell(cell: Cell, engine, theirs: TransformersRunner | None, reps: int,
@@ -392,6 +302,8 @@ def _fmt_run(run: Run) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare == "llama.cpp":
+        return bench_vs_llama_cpp.run(args)
     cells = grid(args)
     if problem := check_args(args, cells):
         print(f"error: {problem}", file=sys.stderr)

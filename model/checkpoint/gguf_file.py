@@ -1,4 +1,5 @@
-"""Reading a GGUF file (llama.cpp's format) with the `gguf` package's reader, memory-mapped.
+"""Reading a GGUF file (llama.cpp's format), memory-mapped: its header (`gguf_header.py`), and
+each tensor a view of the file.
 
 A GGUF is a header of typed metadata (`general.architecture`, `llama.block_count`, the
 tokenizer's `tokenizer.ggml.*`, ...) and a list of tensors, each a name, a type (F32, F16, BF16
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanovllm.model.checkpoint.gguf_header import HeaderError, TensorInfo, read_header
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
@@ -61,8 +63,6 @@ def is_gguf(path: str | Path) -> bool:
 
 def open_gguf(path: str | Path) -> GGUFFile:
     """The file's metadata and its tensors as views of the mapped file (see the module's doc)."""
-    from gguf import GGUFReader
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -74,39 +74,34 @@ def open_gguf(path: str | Path) -> GGUFFile:
         raise CheckpointError(f"{path}: not a GGUF file (it does not start with 'GGUF'); "
                               "nanovllm loads GGUF files and safetensors checkpoint directories")
     try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as e:
+        header = read_header(path)
+    except (HeaderError, UnicodeDecodeError, OverflowError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt GGUF file of {size} bytes "
                               f"({' '.join(str(e).split())})") from e
-    tensors = {t.name: _tensor(path, t, size) for t in reader.tensors}
-    return GGUFFile(path, {k: _value(f) for k, f in reader.fields.items()
-                           if not k.startswith("GGUF.")}, tensors)
+    data = np.memmap(path, mode="r")
+    tensors = {t.name: _tensor(path, t, data) for t in header.tensors}
+    return GGUFFile(path, header.metadata, tensors)
 
 
-def _tensor(path: Path, t, file_size: int) -> GGUFTensor:
-    type_name = t.tensor_type.name
+def _tensor(path: Path, t: TensorInfo, data: np.memmap) -> GGUFTensor:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        type_name = GGMLQuantizationType(t.type_code).name
+    except ValueError:
+        type_name = f"type {t.type_code}"
     if type_name not in SUPPORTED_TYPES:
         raise CheckpointError(f"{path}: tensor {t.name} is {type_name}, a type nanovllm does not "
                               f"run; supported: {', '.join(SUPPORTED_TYPES)}")
-    if t.data_offset + t.n_bytes > file_size:
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    shape = tuple(int(d) for d in reversed(t.dims))
+    inner = shape[-1] // block * block_bytes  # bytes of one row
+    n_bytes = int(np.prod(shape[:-1], dtype=np.int64)) * inner
+    if t.offset + n_bytes > data.size:
         raise CheckpointError(f"{path}: truncated: tensor {t.name} ends at byte "
-                              f"{t.data_offset + t.n_bytes}, but the file has {file_size}")
-    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    data = t.data.view(np.uint16) if type_name == "BF16" else t.data
+                              f"{t.offset + n_bytes}, but the file has {data.size}")
+    raw = data[t.offset:t.offset + n_bytes]
     if type_name in FLOAT_TYPES:
-        data = data.reshape(shape)
-    return GGUFTensor(t.name, type_name, shape, data)
-
-
-def _value(field):
-    """A metadata field's value: a number, bool or str, or a list of them."""
-    from gguf import GGUFValueType
-
-    value = field.contents()
-    if field.types == [GGUFValueType.FLOAT32]:
-        return float(str(np.float32(value)))  # 1e-06 as written, not 9.99999997e-07
-    if isinstance(value, np.generic):
-        return value.item()
-    if field.types and field.types[0] == GGUFValueType.ARRAY and isinstance(value, list):
-        return [v.item() if isinstance(v, np.generic) else v for v in value]
-    return value
+        dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[type_name]
+        return GGUFTensor(t.name, type_name, shape, raw.view(dtype).reshape(shape))
+    return GGUFTensor(t.name, type_name, shape, raw.reshape(*shape[:-1], inner))

@@ -202,3 +202,11 @@ def test_greedy_text_through_the_engine_is_transformers(gguf_file, model):
     out = llm.generate([{"prompt_token_ids": prompt}],
                        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
     assert out[0].outputs[0].token_ids == want
+
+
+def test_dummy_load_format_takes_the_files_shapes(gguf_file):
+    """`--load-format dummy` on a GGUF: its config and tokenizer, random weights."""
+    _, path = gguf_file("qwen3")
+    llm = LLM(str(path), load_format="dummy", num_kv_blocks=16)
+    assert llm.engine.is_dummy
+    assert llm.engine.model_config == read_config(derived(path))
