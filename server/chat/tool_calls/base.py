@@ -21,6 +21,10 @@ class ToolParser:
     # them on its own line: under tool_choice "auto" the call is then held to the tools'
     # schemas from the start tag on (server/chat/grammar.py). None: calls are only read.
     call_tags: ClassVar[tuple[str, str] | None] = None
+    # The arguments' key of calls that are the answer itself, JSON objects from its first
+    # character on ("parameters": Llama 3's {"name": ..., "parameters": {...}}): under "auto"
+    # an answer that opens with "{" is then calls held to the tools' schemas. None: not so.
+    leading_calls_key: ClassVar[str | None] = None
 
     def parse(self, text: str, final: bool) -> Parsed:
         raise NotImplementedError
