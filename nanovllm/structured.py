@@ -7,16 +7,22 @@ its own per-token work. It is an optional dependency (`pip install nanovllm[stru
 GrammarCompiler turns a request's constraint into a CompiledGrammar (runner/structured.py),
 which travels in SamplingParams.structured; the runner gives each of the request's sequences
 its own matcher from it and bans, just before sampling, what the grammar does not allow.
+A CompiledGrammar is immutable (the matchers hold all of a generation's state), so the compiler
+keeps the ones it compiled, least recently used evicted first, and answers the same constraint
+with the same object: an agent sends the same tools, so the same grammar, on every turn.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from nanovllm.runner.structured import CompiledGrammar
 from nanovllm.values.errors import InvalidRequestError
+from nanovllm.values.limits import MAX_CACHED_GRAMMARS
 
 if TYPE_CHECKING:
     from nanovllm.tokenizer import Tokenizer
@@ -44,12 +50,16 @@ class _TokenizerAdapter:
 
 class GrammarCompiler:
     """Compiles and checks grammars for one tokenizer. llguidance's view of the vocabulary is
-    built on first use (it takes a moment for GPT-2's), then shared by every request."""
+    built on first use (it takes a moment for GPT-2's), then shared by every request; so are
+    the last `cache_size` grammars compiled (`compiles` counts the real compilations)."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, cache_size: int = MAX_CACHED_GRAMMARS) -> None:
         self._tokenizer = tokenizer
         self._ll_tokenizer = None
         self._lock = threading.Lock()
+        self._cache: OrderedDict[bytes, CompiledGrammar] = OrderedDict()
+        self._cache_size = cache_size
+        self.compiles = 0
 
     def ll_tokenizer(self):
         """llguidance's view of the vocabulary (an engine process rebuilds requests' grammars
@@ -69,7 +79,22 @@ class GrammarCompiler:
 
     def compile(self, kind: str, value: Any, param: str) -> CompiledGrammar:
         """kind: "json" (a schema), "regex", "choice" (a list of strings) or "grammar" (Lark, or
-        GBNF as llama.cpp writes it). A malformed one is an InvalidRequestError naming `param`."""
+        GBNF as llama.cpp writes it). A malformed one is an InvalidRequestError naming `param`
+        (never kept: only grammars that compiled are)."""
+        key = _cache_key(kind, value)
+        with self._lock:
+            if (cached := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+                return cached
+        compiled = self._compile(kind, value, param)
+        with self._lock:  # two requests may have compiled it at once: either result will do
+            self.compiles += 1
+            self._cache[key] = compiled
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def _compile(self, kind: str, value: Any, param: str) -> CompiledGrammar:
         tokenizer = self._ll()
         import llguidance
 
@@ -81,6 +106,14 @@ class GrammarCompiler:
         if error:
             raise InvalidRequestError(f"Invalid {param}: {error}", param)
         return CompiledGrammar(grammar, tokenizer)
+
+
+def _cache_key(kind: str, value: Any) -> bytes:
+    """What the grammar is compiled from, as a digest. A schema's keys keep their order: it is
+    the order JSON output writes the properties in."""
+    text = value if isinstance(value, str) else \
+        json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{kind}\0{text}".encode("utf-8", "surrogatepass")).digest()
 
 
 # Our kinds, as llguidance.grammar_from names them ("grammar": Lark, or GBNF as llama.cpp writes).

@@ -49,6 +49,8 @@ from nanovllm.runner.sampler import (
 )
 from nanovllm.runner.seq_state import SequenceState
 from nanovllm.runner.spec_decode.speculator import Speculator
+from nanovllm.runner.structured import StartMatchers
+from nanovllm.values.limits import MAX_CACHED_GRAMMARS
 
 
 class StepAdapters(Protocol):
@@ -82,6 +84,7 @@ class NativeModelRunner:
         self.eos_token_ids = list(cfg.eos_token_ids)  # what min_tokens bans, read every step
         self.model = family_of(cfg)  # the architecture's forward pass and kernels
         self.states: dict[int, SequenceState] = {}
+        self.start_matchers = StartMatchers(MAX_CACHED_GRAMMARS)  # new sequences copy theirs
         self._seeds = np.random.SeedSequence(seed)  # unseeded requests' generators spawn from it
         self.keep_last_run = False  # set: `last_run` keeps each step's inputs and sampled logits
         self.last_run: tuple[StepInputs, np.ndarray] | None = None
@@ -159,7 +162,7 @@ class NativeModelRunner:
         p = new.params
         seed = [p.seed % 2**64, new.index] if p.seed is not None else self._seeds.spawn(1)[0]
         return new_sequence_state(p, new.prompt_token_ids, np.random.default_rng(seed),
-                                  self.cfg.eos_token_id)
+                                  self.cfg.eos_token_id, self.start_matchers)
 
     def slots(self, block_table: list[int], positions: np.ndarray) -> np.ndarray:
         """Cache slots of one sequence's `positions`, through its block table."""

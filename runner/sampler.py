@@ -25,7 +25,7 @@ from numba import njit, prange
 from nanovllm.contract.step import TokenLogprobs
 from nanovllm.model.kernels.shared import KERNEL_MATH, exp32
 from nanovllm.runner.seq_state import PenaltyCounts, SequenceState
-from nanovllm.runner.structured import GrammarMatcher
+from nanovllm.runner.structured import GrammarMatcher, StartMatchers
 from nanovllm.values.sampling_params import SamplingParams
 
 # Temperatures are clamped to this range, as vLLM does below 0.01: outside it, float32 logits
@@ -64,9 +64,10 @@ def token_logprobs(logprobs_row: np.ndarray, token: int, top_n: int) -> TokenLog
 
 
 def new_sequence_state(params: SamplingParams, prompt_token_ids: list[int],
-                       rng: np.random.Generator, eos_token_id: int) -> SequenceState:
+                       rng: np.random.Generator, eos_token_id: int,
+                       start_matchers: StartMatchers | None = None) -> SequenceState:
     """What sampling keeps about a new sequence: its arrays, made once, and, where asked for,
-    penalty counts (from the prompt) and a grammar matcher."""
+    penalty counts (from the prompt) and a grammar matcher (copied from `start_matchers`)."""
     bias, allowed = params.logit_bias, params.allowed_token_ids
     penalised = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
     return SequenceState(
@@ -74,7 +75,8 @@ def new_sequence_state(params: SamplingParams, prompt_token_ids: list[int],
         np.fromiter(bias.values(), np.float32, len(bias)), np.array(params.stop_token_ids, np.int64),
         None if allowed is None else np.unique(np.array(allowed, np.int64)),
         PenaltyCounts(prompt_token_ids) if penalised else None,
-        GrammarMatcher(params.structured, eos_token_id) if params.structured is not None else None)
+        GrammarMatcher(params.structured, eos_token_id, start_matchers)
+        if params.structured is not None else None)
 
 
 def took(seq: SequenceState, token: int) -> None:

@@ -8,6 +8,9 @@ every token the sequence takes. It lives and dies with that state: kept while th
 preempted, dropped when it finishes. Once the grammar is complete llguidance allows only EOS,
 which finishes the sequence; a matcher in error (it refused a token) does the same.
 
+Building a matcher from a grammar's text compiles it again, so the runner keeps one untouched
+matcher per grammar it saw lately (StartMatchers) and gives each new sequence a copy of it.
+
 A grammar may start only after a text (`starts_after`: a reasoning model's `</think>`): until
 the sequence has written it, the matcher masks nothing and reads tokens only as text, so a tag
 of several tokens is found like one of a single token.
@@ -19,6 +22,7 @@ arrives: requests without a constraint never touch this module's machinery.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +49,45 @@ def apply_token_bitmask_(logits: np.ndarray, bitmask: np.ndarray) -> None:
     logits[n:] = -np.inf
 
 
+class StartMatchers:
+    """An llguidance matcher at the start of each of the last `size` grammars seen, least
+    recently used evicted first; `built` counts the matchers built from a grammar's text."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._matchers: OrderedDict[str, Any] = OrderedDict()  # by the grammar's text
+        self.built = 0
+
+    def new(self, grammar: CompiledGrammar):
+        """A fresh matcher for `grammar`: a copy of the kept one (copying shares the compiled
+        grammar; the parse state is the copy's own)."""
+        start = self._matchers.get(grammar.grammar)
+        if start is None:
+            import llguidance
+
+            start = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
+            self.built += 1
+            self._matchers[grammar.grammar] = start
+            while len(self._matchers) > self._size:
+                self._matchers.popitem(last=False)
+        else:
+            self._matchers.move_to_end(grammar.grammar)
+        return start.deep_copy()
+
+
 class GrammarMatcher:
     """One sequence's llguidance matcher and the bitmask buffer it fills each step."""
 
     __slots__ = ("_matcher", "_bitmask", "_eos_token_id", "_tokenizer", "_waiting_for", "_tail")
 
-    def __init__(self, grammar: CompiledGrammar, eos_token_id: int) -> None:
+    def __init__(self, grammar: CompiledGrammar, eos_token_id: int,
+                 starts: StartMatchers | None = None) -> None:
+        """`starts`: where its matcher is copied from (None: built from the grammar's text)."""
         import llguidance
         import llguidance.numpy as lnp
 
-        self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
+        self._matcher = starts.new(grammar) if starts is not None else \
+            llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
         self._bitmask = lnp.allocate_token_bitmask(1, grammar.tokenizer.vocab_size)
         self._eos_token_id = eos_token_id
         self._tokenizer = grammar.tokenizer

@@ -42,6 +42,12 @@ MAX_TOOL_SCHEMA_CHARS = 64_000  # one tool's `parameters` as JSON text: it may b
 MAX_TOOLS_CHARS = 512_000  # all of `tools` as JSON text, rendered into every prompt
 MAX_CHAT_TEMPLATE_KWARGS_CHARS = 16_000  # `chat_template_kwargs` as JSON text
 
+# ---- structured outputs (a model's GrammarCompiler, its runner's StartMatchers) ---------------
+# Compiled grammars a model keeps, and matchers at their start its runner keeps, least recently
+# used evicted first: an agent sends the same tools (so the same tool-call grammar) on every
+# turn. Each holds its grammar's text, at most about MAX_TOOLS_CHARS for a tool-call grammar.
+MAX_CACHED_GRAMMARS = 32
+
 # ---- speculative decoding (speculative_config, checked at start-up) ---------------------------
 # Proposals per step and sequence: each is one more query row of the target's step; past a few
 # the chance that all agree is small on any model, and the rejection sampler's per-row work grows.

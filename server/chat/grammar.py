@@ -6,8 +6,10 @@ structured output. Each is built from an `answer` rule and compiled like any oth
   one of the request's tools with arguments its schema allows, then the end tag; after it,
   free text again, or another call. So every call the parser reads parses and names a tool
   the request offered, with schema-valid arguments, even from a tiny model. It does not make
-  the model call a tool, or choose the right one; a family whose parser has no start tag
-  (`ToolParser.call_tags` None) is not held.
+  the model call a tool, or choose the right one. A family whose calls are the answer itself
+  (Llama 3's JSON, `ToolParser.leading_calls_key`) has no start tag: there an answer that
+  opens with "{" is one or more calls, and any other is free text. Other families' calls
+  are not held.
 - **A reasoning budget** (`thinking_token_budget`): the answer opens its reasoning (unless
   the prompt did), reasons for at most that many tokens, and then the grammar writes the
   reasoning's end tag itself; the answer after it is held to the rest of the grammar.
@@ -24,6 +26,7 @@ COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 # enforced, rather than the call not held at all: tool_choice auto never refuses a schema.
 LENIENT = {"lenient": True}
 REGEX_SPECIALS = set("\\.^$|?*+()[]{}/-")
+BLANKS = "[ \\t\\r\\n]"  # what the parsers skip between calls (partial.skip_ws)
 
 
 def free_answer() -> str:
@@ -44,6 +47,18 @@ def lazy_calls_answer(start: str, end: str, call_schema: dict) -> str:
         f"call_head[lazy]: TEXT {json.dumps(start)}",
         f"TEXT: {ANY_TEXT}",
         f"TAIL: {ANY_TEXT} & ~{_containing(start)}",
+    ]) + "\n"
+
+
+def leading_calls_answer(call_schema: dict) -> str:
+    """Free text that does not open with "{", or calls: each one call's JSON, "; " between
+    them (Llama 3's layout, as its parser reads it), blanks around them."""
+    return "\n".join([
+        "answer: TEXT | BLANK? calls BLANK?",
+        'calls: call ("; " call)*',
+        f"call: %json {json.dumps(_compact(call_schema, LENIENT))}",
+        f"BLANK: /{BLANKS}+/",
+        f"TEXT: {ANY_TEXT} & ~/{BLANKS}*\\{{(?s:.*)/",
     ]) + "\n"
 
 

@@ -82,14 +82,18 @@ def _choice_schema(req, choice: ToolChoice, tools) -> dict | None:
 
 
 def _lazy_calls(req, ctx, choice: ToolChoice, tools) -> str | None:
-    """The lazy tool-call grammar's answer rule under tool_choice auto, when the parser has a
-    start tag and nothing else holds the answer (a structured output, or sampling options a
-    grammar cannot be combined with: then the calls are read as the model writes them)."""
-    tags = getattr(ctx.tool_parser, "call_tags", None)
-    if choice.mode != "auto" or not tools or tags is None or ctx.grammar_compiler is None or \
+    """The lazy tool-call grammar's answer rule under tool_choice auto, when the parser's calls
+    open with a start tag or are the answer itself, and nothing else holds the answer (a
+    structured output, or sampling options a grammar cannot be combined with: then the calls
+    are read as the model writes them)."""
+    parser = ctx.tool_parser
+    held = parser is not None and (parser.call_tags or parser.leading_calls_key)
+    if choice.mode != "auto" or not tools or not held or ctx.grammar_compiler is None or \
             requested(req) or req.ignore_eos or req.min_tokens or req.allowed_token_ids:
         return None
-    return grammar.lazy_calls_answer(*tags, call_schema(tools))
+    if parser.call_tags:
+        return grammar.lazy_calls_answer(*parser.call_tags, call_schema(tools))
+    return grammar.leading_calls_answer(call_schema(tools, parser.leading_calls_key))
 
 
 def _lazy_grammar(ctx, lark: str) -> CompiledGrammar | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nanovllm import SamplingParams
-from nanovllm.runner.structured import GrammarMatcher
+from nanovllm.runner.structured import GrammarMatcher, StartMatchers
 from nanovllm.structured import GrammarCompiler
 
 PATTERN = r"[a-z]{2,5}-[0-9]{3}"
@@ -48,6 +48,28 @@ def test_outputs_match_through_preemption(make_engine, regex):
     assert len(texts) == 9 and all(re.fullmatch(PATTERN, t) for t in texts), texts
     assert {c.finish_reason for out in outputs.values() for c in out.outputs} == {"stop"}
     assert len(set(texts)) > 1  # sampled, not one forced answer
+
+
+def test_sequences_of_one_grammar_copy_one_matcher(make_engine, regex):
+    """The runner builds a grammar's matcher once and gives each new sequence a copy: the
+    copies sample what matchers built for each sequence (nothing kept) do, each its own."""
+    texts = {}
+    for kept in (8, 0):
+        engine = make_engine()
+        engine.runner.start_matchers = StartMatchers(kept)
+        params = SamplingParams(temperature=1.0, seed=11, n=3, max_tokens=12,
+                                structured=regex(engine))
+        for i in range(2):  # two requests at once, three sequences each
+            engine.add_request(str(i), PROMPT[:6 + i], params)
+        done = {}
+        while engine.has_unfinished_requests():
+            done.update({out.request_id: out for out in engine.step()})
+        engine.add_request("later", PROMPT, params)
+        run(engine)
+        texts[kept] = [c.text for rid in sorted(done) for c in done[rid].outputs]
+        assert engine.runner.start_matchers.built == (1 if kept else 9)
+    assert texts[8] == texts[0] and all(re.fullmatch(PATTERN, t) for t in texts[8])
+    assert len(set(texts[8])) > 1
 
 
 def test_matchers_live_in_the_runner_state_of_constrained_sequences_only(make_engine, regex):

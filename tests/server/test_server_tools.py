@@ -58,6 +58,7 @@ def _served(engine, **options):
 def servers(engine):
     made = {"auto": _served(engine, tool_call_parser="hermes"),
             "plain": _served(engine),
+            "llama3": _served(engine, tool_call_parser="llama3_json"),
             "reasoning": _served(engine, tool_call_parser="hermes", reasoning_parser="qwen3",
                                  structured_in_reasoning=True)}
     yield made
@@ -239,6 +240,43 @@ def test_tool_choice_none_leaves_the_text_alone(client):
         model=MODEL, messages=ASK, tools=TOOLS, tool_choice="none", max_completion_tokens=80,
         extra_body={"structured_outputs": {"regex": _escape(CALL)}})
     assert resp.choices[0].message.content == CALL and not resp.choices[0].message.tool_calls
+
+
+# ---- auto, Llama 3's calls (the answer itself): one that opens with "{" is held ---------------
+
+
+def llama3_chat(servers, **fields) -> dict:
+    r = httpx.post(f"{servers['llama3'].url}/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": ASK, "tools": TOOLS, "temperature": 1.0, "max_tokens": 60,
+        **fields})
+    assert r.status_code == 200, r.text
+    return {**r.json()["choices"][0], "usage": r.json()["usage"]}
+
+
+def brace_bias(servers, bias: int) -> dict:
+    (brace,) = httpx.post(f"{servers['llama3'].url}/tokenize", timeout=60,
+                          json={"prompt": "{", "add_special_tokens": False}).json()["tokens"]
+    return {str(brace): bias}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_llama3_answer_that_opens_with_a_brace_is_calls_to_the_tools(servers, seed):
+    """The bias makes the first token "{" (and every "{" the grammar allows after it); the
+    rest of the call is the grammar's doing. The stop ends the answer before a second call."""
+    choice = llama3_chat(servers, tool_choice="auto", seed=seed, stop=["; "],
+                         logit_bias=brace_bias(servers, 100))
+    (call,) = choice["message"]["tool_calls"]
+    check_call(openai.types.chat.ChatCompletionMessageToolCall.model_validate(call))
+    assert choice["message"]["content"] is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_llama3_answer_that_opens_with_text_runs_free(servers, seed):
+    """Not opening with "{", the answer is text to its last token: the grammar ends nothing."""
+    choice = llama3_chat(servers, tool_choice="auto", seed=seed,
+                         logit_bias=brace_bias(servers, -100))
+    assert choice["message"]["content"] and not choice["message"].get("tool_calls")
+    assert choice["finish_reason"] == "length" and choice["usage"]["completion_tokens"] == 60
 
 
 def _escape(text: str) -> str:

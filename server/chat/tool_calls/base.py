@@ -19,8 +19,13 @@ class ToolParser:
     keeps_special_tokens: ClassVar[bool] = False
     # (start, end) of a call whose JSON, {"name": ..., "arguments": {...}}, sits alone between
     # them on its own line: under tool_choice "auto" the call is then held to the tools'
-    # schemas from the start tag on (server/chat/grammar.py). None: calls are only read.
+    # schemas from the start tag on (server/chat/grammar.py).
     call_tags: ClassVar[tuple[str, str] | None] = None
+    # The arguments' key of calls that are the answer itself, JSON objects from its first
+    # character on ("parameters": Llama 3's {"name": ..., "parameters": {...}}): under "auto"
+    # an answer that opens with "{" is then calls held to the tools' schemas. Neither this
+    # nor call_tags: the calls are only read.
+    leading_calls_key: ClassVar[str | None] = None
 
     def parse(self, text: str, final: bool) -> Parsed:
         raise NotImplementedError

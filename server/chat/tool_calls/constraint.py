@@ -34,11 +34,12 @@ def choice_schema(choice: ToolChoice, tools: list[dict], parallel: bool) -> dict
             "items": call_schema(tools)}
 
 
-def call_schema(tools: list[dict]) -> dict:
-    """One call, `{"name": ..., "arguments": {...}}`, to any of `tools`."""
-    calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+def call_schema(tools: list[dict], arguments: str = "arguments") -> dict:
+    """One call, `{"name": ..., "arguments": {...}}`, to any of `tools` (`arguments`: that
+    key's name)."""
+    calls = [{"type": "object", "additionalProperties": False, "required": ["name", arguments],
               "properties": {"name": {"const": t["function"]["name"]},
-                             "arguments": tool_schema(tools, t["function"]["name"])}}
+                             arguments: tool_schema(tools, t["function"]["name"])}}
              for t in tools]
     return calls[0] if len(calls) == 1 else {"anyOf": calls}
 

@@ -20,6 +20,7 @@ PYTHON_TAG = "<|python_tag|>"
 class Llama3JsonParser(ToolParser):
     name = "llama3_json"
     keeps_special_tokens = True
+    leading_calls_key = "parameters"
 
     def parse(self, text: str, final: bool) -> Parsed:
         pos = skip_ws(text, 0)
