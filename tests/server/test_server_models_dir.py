@@ -1,6 +1,8 @@
 """One `nanovllm serve --models-dir DIR`, nothing else: DIR holds two tiny GPT-2 chat models, a
-BERT embedder and a BERT cross-encoder, and the server tells them apart by their checkpoints
-(an encoder pools, a decoder generates; a cross-encoder's classifier head scores), so the chat
+BERT embedder, a BERT cross-encoder and a Qwen3-Embedding (a decoder saved by
+sentence-transformers), and the server tells them apart by their checkpoints (an encoder pools,
+a decoder generates unless sentence-transformers saved it with a Pooling module, as vLLM's
+`--runner auto`; a cross-encoder's classifier head scores), so the chat
 models answer OpenAI's, Anthropic's and Ollama's chat and the encoders embeddings and rerank,
 with no per-model option. Then one chat model's engine process is killed mid-stream while the
 other streams: the killed one's requests end with a 503, it is restarted, and the other's
@@ -37,6 +39,9 @@ def models_dir(tmp_path_factory) -> Path:
     write_dummy_checkpoint(root / "coder", "gpt2", seed=1, **TINY)
     write_hf_bert(root / "embedder")
     write_hf_bert(root / "reranker", classifier_labels=1, seed=4)
+    write_dummy_checkpoint(root / "notes", "qwen3-embedding-0.6b", num_hidden_layers=1,
+                           hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                           num_kv_heads=2, head_size=16, vocab_size=2048)
     return root
 
 
@@ -82,13 +87,17 @@ def test_embeddings_and_rerank_without_options(http, server):
                                       "documents": ["the cat sat", "stocks fell"]})
     assert r.status_code == 200, r.text
     assert sorted(x["index"] for x in r.json()["results"]) == [0, 1]
-    r = http.post("/v1/completions", json={"model": "embedder", "prompt": "hi"})
-    assert r.status_code == 400  # an encoder does not generate
+    r = http.post("/v1/embeddings", json={"model": "notes", "input": "Hello"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"][0]["embedding"]) == 64
+    for model in ("embedder", "notes"):  # embedding models do not generate
+        r = http.post("/v1/completions", json={"model": model, "prompt": "hi"})
+        assert r.status_code == 400, r.text
     r = http.post("/v1/embeddings", json={"model": "chat", "input": "hi"})
     assert r.status_code == 400  # a decoder generates unless its entry says runner: pooling
     states = {m["id"]: m["state"] for m in http.get("/v1/models").json()["data"]}
     assert states == {"chat": "loaded", "coder": "unloaded", "embedder": "loaded",
-                      "reranker": "loaded"}
+                      "reranker": "loaded", "notes": "loaded"}
 
 
 def children(pid: int) -> set[int]:
