@@ -1,5 +1,5 @@
 """The `nanovllm` command: serve, generate, download, bench offline, bench serve, bench
-serve-vs-offline, bench prefix-cache-dir, bench engine-ipc."""
+serve-vs-offline, bench models, bench prefix-cache-dir, bench engine-ipc."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from nanovllm.hub import DownloadError, HubUnavailableError  # noqa: E402
 from nanovllm.scripts import (  # noqa: E402
     bench_engine_ipc,
     bench_lora,
+    bench_models,
     bench_prefix_cache_dir,
     benchmark,
     benchmark_embeddings,
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "process and the server")
     bench_engine_ipc.add_args(ipc)
     ipc.set_defaults(func=bench_engine_ipc.run)
+    models = kinds.add_parser("models", help="two models on one server: each one's throughput "
+                                             "beside the other against alone, load time, memory")
+    bench_models.add_args(models)
+    models.set_defaults(func=bench_models.run)
     disk = kinds.add_parser("prefix-cache-dir", help="time to first token of a long prefix "
                                                      "after a restart: from disk, or computed")
     bench_prefix_cache_dir.add_args(disk)

@@ -44,7 +44,8 @@ class EngineConfig:
                 "`priority` is refused", SCHEDULING_POLICIES)
     runner: str = option(
         "auto", "'pooling': serve the model for embeddings (a decoder pools its last token); "
-                "'auto': an encoder (BERT) pools, a decoder generates", RUNNERS)
+                "'auto': an encoder (BERT) pools, and a decoder saved by sentence-transformers (its "
+                "modules.json has a Pooling module); any other decoder generates", RUNNERS)
     max_model_len: int | None = option(None, "context length (default: the model's n_positions)")
     enable_prefix_caching: bool = option(True, "reuse the KV blocks of shared prompt prefixes")
     prefix_cache_dir: str | None = option(

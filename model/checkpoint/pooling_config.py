@@ -78,6 +78,19 @@ def read_pooling_config(model_dir: str | Path, is_encoder: bool,
     return PoolingConfig(modes, normalize, max_len, matryoshka, activation)
 
 
+def has_pooling_module(model_dir: str | Path) -> bool:
+    """Whether sentence-transformers saved the checkpoint as an embedding model (its
+    `modules.json` lists a Pooling module): vLLM's `--runner auto` pools such a checkpoint even
+    when its architecture is a causal LM (Qwen3-Embedding's is Qwen3ForCausalLM)."""
+    try:
+        modules = _json(Path(model_dir) / "modules.json")
+    except PoolingConfigError:
+        return False
+    return isinstance(modules, list) and any(
+        isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Pooling"
+        for m in modules)
+
+
 def _json(path: Path):
     if not path.is_file():
         return None

@@ -239,3 +239,22 @@ def test_the_qwen3_embedding_preset_pools_its_last_token(tmp_path):
     out = llm.embed(["Hello world", "Hello"], use_tqdm=False)
     assert len(out[0].outputs.embedding) == 64
     np.testing.assert_allclose(np.linalg.norm(out[0].outputs.embedding), 1, atol=1e-5)
+
+
+def test_runner_auto_pools_a_decoder_saved_by_sentence_transformers(tmp_path, tiny_ckpt):
+    """As vLLM's `--runner auto`: a causal LM whose modules.json has a Pooling module is an
+    embedding model (Qwen3-Embedding's architecture is Qwen3ForCausalLM); without one it
+    generates, and `runner="generate"` makes it generate anyway."""
+    from nanovllm.model.checkpoint.dummy import write_dummy_checkpoint
+
+    model_dir = write_dummy_checkpoint(tmp_path / "q", "qwen3-embedding-0.6b", num_hidden_layers=1,
+                                       hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                       num_kv_heads=2, head_size=16, vocab_size=2048)
+    auto = LLM(str(model_dir))
+    assert auto.engine.pooling is not None and auto.engine.pooling.modes == ("lasttoken",)
+    explicit = LLM(str(model_dir), runner="pooling")
+    np.testing.assert_allclose(auto.embed(["Hello world"], use_tqdm=False)[0].outputs.embedding,
+                               explicit.embed(["Hello world"], use_tqdm=False)[0].outputs.embedding,
+                               atol=1e-6)
+    assert LLM(str(model_dir), runner="generate").engine.pooling is None
+    assert LLM(str(tiny_ckpt)).engine.pooling is None
