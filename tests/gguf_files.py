@@ -23,20 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nanovllm.scripts.llama_cpp import RUNNER  # the converter, run with a named pre-tokenizer
+
 SDIST = "llama-cpp-python==0.3.36"
 VENDOR = "vendor/llama.cpp/"
 KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
-RUNNER = """
-import runpy, sys
-conv, model, out, outtype, pre = sys.argv[1:6]
-sys.path[:0] = [conv + "/gguf-py", conv]
-import conversion.base
-if pre:
-    conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
-sys.argv = ["convert_hf_to_gguf.py", model, "--outfile", out, "--outtype", outtype]
-runpy.run_path(conv + "/convert_hf_to_gguf.py", run_name="__main__")
-"""
 
 
 def converter_dir(cache: Path) -> Path | None:
