@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -112,3 +113,27 @@ def test_a_bad_start_up_adapter_stops_the_server_naming_it(tiny_ckpt, flags, pro
     finally:
         srv.kill()
     assert problem in srv.log
+
+
+@pytest.mark.parametrize("model", ["first", "tiny"])
+def test_responses_echo_the_adapter_they_ran(server, model):
+    """Every generating API's response (streamed or not) names the model the request asked
+    for: the adapter's name, not its base's (vLLM's behaviour)."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    claude = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0)
+    messages = [{"role": "user", "content": "Hi"}]
+    short = dict(max_tokens=2, temperature=0)
+    assert client.completions.create(model=model, prompt=PROMPT, **short).model == model
+    for chunk in client.completions.create(model=model, prompt=PROMPT, stream=True, **short):
+        assert chunk.model == model
+    assert client.chat.completions.create(model=model, messages=messages, **short).model == model
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True,
+                                                **short):
+        assert chunk.model == model
+    assert client.responses.create(model=model, input="Hi", max_output_tokens=2).model == model
+    events = list(client.responses.create(model=model, input="Hi", max_output_tokens=2,
+                                          stream=True))
+    assert {e.response.model for e in events if hasattr(e, "response")} == {model}
+    assert claude.messages.create(model=model, messages=messages, max_tokens=2).model == model
+    with claude.messages.stream(model=model, messages=messages, max_tokens=2) as stream:
+        assert stream.get_final_message().model == model
