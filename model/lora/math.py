@@ -5,8 +5,9 @@ B [out, r], r much smaller than in and out. Multiplying x by A, then by B, costs
 row instead of the in * out of forming W + scale B A: so one base product serves every row of a
 batch, and each row adds its own adapter's two thin products (S-LoRA's and Punica's batching).
 
-Beside a bfloat16 base, A and B are kept in bfloat16 too (`BF16Weight`), and their products go
-through the bfloat16 kernels `linear` runs for any such weight (float32 sums, as the base's).
+Beside a bfloat16 base, A and B are kept in bfloat16 too (`BF16Weight`: half the memory), and
+widened to float32 for their products: being thin, they cost little to widen, and numpy's
+products on them run faster than the bfloat16 kernels, made for the base's wide matrices.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanovllm.model.layers.linear import linear
-from nanovllm.model.weights.quant import BF16Weight
+from nanovllm.model.weights.quant import BF16Weight, dequantize
 
 
 @dataclass(slots=True)
@@ -44,5 +44,5 @@ def add_row_updates(x: np.ndarray, out: np.ndarray,
 
 
 def times_t(x: np.ndarray, w: np.ndarray | BF16Weight) -> np.ndarray:
-    """x [m, k] @ w.T [k, n]: numpy's for float32, the bfloat16 kernels' for bfloat16."""
-    return x @ w.T if isinstance(w, np.ndarray) else linear(np.ascontiguousarray(x), w)
+    """x [m, k] @ w.T [k, n], w float32 or bfloat16 (widened: the float32 values it holds)."""
+    return x @ dequantize(w).T
