@@ -216,7 +216,8 @@ class LLMEngine:
         return self.runner.speculator.stats if self.runner.speculator else None
 
     def get_stats(self) -> EngineStats:
-        return self.stats.collect(self.scheduler, len(self.requests), self.spec_stats)
+        return self.stats.collect(self.scheduler, len(self.requests), self.spec_stats,
+                                  getattr(self.runner, "adapters", None))
 
     def snapshot(self) -> EngineSnapshot:
         """Blocks, queues and recent steps as plain values; only from the thread that steps."""

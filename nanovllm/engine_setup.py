@@ -79,8 +79,8 @@ def build_parts(config: EngineConfig) -> EngineParts:
     speculator = None if spec is None else Speculator(
         spec, max_model_len, draft_model,
         0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
-    adapters = LoadedAdapters(family_of(cfg), cfg, config.max_loras, config.max_lora_rank) \
-        if config.enable_lora else None
+    adapters = LoadedAdapters(family_of(cfg), cfg, config.max_loras, config.max_lora_rank,
+                              bfloat16=config.dtype == "bfloat16") if config.enable_lora else None
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
                                config.cache_dtype, config.seed, speculator, adapters)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "

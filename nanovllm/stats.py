@@ -14,7 +14,7 @@ import time
 from collections import deque
 from copy import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nanovllm.contract.step import ModelRunnerOutput, SchedulerOutput
 
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 STEP_HISTORY = 120  # steps kept for the engine view's strip of recent steps
+
+
+@dataclass(frozen=True, slots=True)
+class LoRAStats:
+    """The LoRA adapters in use (vLLM's vllm:lora_requests_info), by name."""
+    max_loras: int
+    running: tuple[str, ...] = ()  # adapters of the running sequences
+    waiting: tuple[str, ...] = ()  # adapters of the waiting ones
 
 
 @dataclass(slots=True)
@@ -60,6 +68,7 @@ class EngineStats:
     spec_decode_num_accepted_tokens: int = 0
     spec_decode_accepted_per_position: tuple[int, ...] = ()
     prefix_cache_disk: DiskStats | None = None  # the prefix cache directory's (if configured)
+    lora: LoRAStats | None = None  # the adapters in use (None: an engine without enable_lora)
 
 
 @dataclass(slots=True)
@@ -116,8 +125,10 @@ class StatsCollector:
             if seq.request.metrics.first_scheduled_time is None:
                 seq.request.metrics.first_scheduled_time = start
 
-    def collect(self, scheduler: Scheduler, num_requests: int, lookahead) -> EngineStats:
-        """`lookahead`: the runner's counters of proposed and accepted tokens, or None."""
+    def collect(self, scheduler: Scheduler, num_requests: int, lookahead,
+                adapters: LoRANames | None = None) -> EngineStats:
+        """`lookahead`: the runner's counters of proposed and accepted tokens, or None;
+        `adapters`: the loaded LoRA adapters (None: LoRA is off)."""
         bm, config = scheduler.block_manager, self.config
         # Requests, not sequences: a request with n samples counts once, as running if any runs.
         # Every unfinished request is running or waiting (step() drops the finished ones), so
@@ -143,4 +154,19 @@ class StatsCollector:
             iteration_tokens_sum=self.iteration_tokens_sum,
             block_size=config.block_size, kv_cache_dtype=config.kv_cache_dtype,
             enable_prefix_caching=config.enable_prefix_caching,
-            prefix_cache_disk=copy(bm.lower_tier.stats) if bm.lower_tier else None, **counts)
+            prefix_cache_disk=copy(bm.lower_tier.stats) if bm.lower_tier else None,
+            lora=None if adapters is None else lora_stats(scheduler, adapters), **counts)
+
+
+class LoRANames(Protocol):
+    """What the stats read of the loaded adapters (model/lora/loaded.py)."""
+    max_loras: int
+    named: dict[int, tuple[str, str]]  # every id ever loaded -> (name, path)
+
+
+def lora_stats(scheduler: Scheduler, adapters: LoRANames) -> LoRAStats:
+    """The names of the adapters the running and the waiting sequences use, sorted."""
+    def names(seqs) -> tuple[str, ...]:
+        ids = {seq.request.adapter_id for seq in seqs} - {0}
+        return tuple(sorted(adapters.named[i][0] for i in ids))
+    return LoRAStats(adapters.max_loras, names(scheduler.running), names(scheduler.waiting))

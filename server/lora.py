@@ -20,14 +20,6 @@ class ServedAdapters:
     next_id: int = 1  # ids are the server's: never reused, so a name's id names one load
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load or unload at a time
 
-    def id_of(self, name: str) -> int:
-        """The adapter's id, 0 if no adapter is called `name`."""
-        lora = self.by_name.get(name)
-        return lora.lora_int_id if lora else 0
-
-    def base_of(self, name: str) -> str:
-        return self.base
-
     def new_request(self, name: str, path: str) -> LoRARequest:
         lora = LoRARequest(name, self.next_id, path, self.base)
         self.next_id += 1

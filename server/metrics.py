@@ -90,6 +90,7 @@ class EngineStatsCollector:
         yield self._cache_config_info(names, series)
         yield from self._spec_decode(names, series)
         yield from self._prefix_cache_disk(names, series)
+        yield from self._lora_info(names, series)
 
     @staticmethod
     def _iteration_tokens(names: list[str], series) -> HistogramMetricFamily:
@@ -164,6 +165,22 @@ class EngineStatsCollector:
             for labels, disk in series:
                 family.add_metric(labels, float(getattr(disk, attr)))
             yield family
+
+    @staticmethod
+    def _lora_info(names: list[str], series):
+        """vLLM's vllm:lora_requests_info, where LoRA is on: the adapters of the running and of
+        the waiting requests (comma-separated names) in its labels; its value is the time it
+        was read, as vLLM's."""
+        series = [(labels, s.lora) for labels, s in series if s.lora]
+        if not series:
+            return
+        family = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                                   labels=[*names, "max_lora", "waiting_lora_adapters",
+                                           "running_lora_adapters"])
+        for labels, lora in series:
+            family.add_metric([*labels, str(lora.max_loras), ",".join(lora.waiting),
+                               ",".join(lora.running)], time.time())
+        yield family
 
     @staticmethod
     def _cache_config_info(names: list[str], series) -> GaugeMetricFamily:

@@ -46,6 +46,7 @@ from nanovllm.server.models.context import ModelContext
 from nanovllm.server.models.pool import ModelPool
 from nanovllm.values.errors import ContextLengthError, QueueFullError
 from nanovllm.values.limits import ServerLimits
+from nanovllm.values.lora_request import LoRARequest
 from nanovllm.values.request import EngineRequest
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ServerContext:
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
     adapters: ServedAdapters | None = None  # --enable-lora: LoRA adapters by name (server/lora.py)
     model: ModelContext | None = None  # a request's view: the model it named (model_for)
-    adapter_id: int = 0  # ... and the LoRA adapter it named (0: none)
+    adapter: LoRARequest | None = None  # ... and the LoRA adapter it named (None: none)
 
     def __post_init__(self) -> None:
         if self.response_store is None:
@@ -98,14 +99,13 @@ class ServerContext:
         it stays loaded `keep_alive` seconds, the server's --keep-alive if None). A LoRA
         adapter's name binds its base model and the adapter. A 404 for a model this server does
         not serve, a 503 naming it if it fails to load."""
-        adapter_id = self.adapters.id_of(name) if self.adapters and name else 0
-        if adapter_id:  # a LoRA adapter runs on its base model
-            name = self.adapters.base_of(name)
+        adapter = self.adapters.by_name.get(name) if self.adapters and name else None
+        if adapter:  # a LoRA adapter runs on its base model
+            name = self.adapters.base
         if self.model is not None and name in (None, self.model.name) and keep_alive is None:
             # (already bound: the route's own call, then the chat path's)
-            return self if adapter_id == self.adapter_id else replace(self, adapter_id=adapter_id)
-        return replace(self, model=await self.models.acquire(name, keep_alive),
-                       adapter_id=adapter_id)
+            return self if adapter == self.adapter else replace(self, adapter=adapter)
+        return replace(self, model=await self.models.acquire(name, keep_alive), adapter=adapter)
 
     def _bound(self) -> ModelContext:
         if self.model is None:
@@ -118,7 +118,19 @@ class ServerContext:
 
     @property
     def model_name(self) -> str:
+        """The bound base model's name (what metrics, templates and the pool know it by)."""
         return self._bound().name
+
+    @property
+    def adapter_id(self) -> int:
+        """The engine's id of the LoRA adapter the request named (0: none)."""
+        return self.adapter.lora_int_id if self.adapter else 0
+
+    @property
+    def served_name(self) -> str:
+        """The name the request asked for, which responses echo as their "model": the LoRA
+        adapter's if it named one (as vLLM does), else the model's."""
+        return self.adapter.lora_name if self.adapter else self.model_name
 
     @property
     def model_root(self) -> str:

@@ -7,7 +7,8 @@ family declares (`model/architectures/families.py`: a Param part `"<module>.weig
 which also says where its rows go in a fused matrix (q|k|v, gate|up) and whether the checkpoint
 stores it transposed (GPT-2's Conv1D, [in, out]: PEFT's `fan_in_fan_out`). A and B are nn.Linear
 weights in either case, so the low-rank product is the same; only the base's shape is read the
-other way round. B is kept multiplied by PEFT's scale, lora_alpha / r (rsLoRA: / sqrt(r)).
+other way round. B is kept multiplied by PEFT's scale, lora_alpha / r (rsLoRA: / sqrt(r)); both
+are kept in the base's precision family: bfloat16 beside a bfloat16 base, float32 otherwise.
 
 What this cannot honour is refused with the adapter's name and the reason: `modules_to_save`
 (whole replaced layers), DoRA, trained biases, per-module alphas, targets that are not a
@@ -28,6 +29,7 @@ import numpy as np
 from nanovllm.model.architectures.family import Family
 from nanovllm.model.checkpoint.safetensors_io import CheckpointError, read_safetensors
 from nanovllm.model.lora.math import LoRAPair
+from nanovllm.model.weights.quant import to_bfloat16
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -77,9 +79,9 @@ def projections(family: Family, cfg) -> dict[str, Projection]:
 
 
 def load_adapter(name: str, adapter_id: int, path: str | Path, family: Family, cfg,
-                 max_rank: int) -> LoRAAdapter:
-    """The adapter at `path`, checked against the base (`family`, `cfg`); an AdapterError
-    naming it and the problem otherwise."""
+                 max_rank: int, bfloat16: bool = False) -> LoRAAdapter:
+    """The adapter at `path`, checked against the base (`family`, `cfg`), A and B in bfloat16
+    if `bfloat16` (a bfloat16 base); an AdapterError naming it and the problem otherwise."""
     def fail(problem: str) -> AdapterError:
         return AdapterError(f"LoRA adapter {name!r} ({path}): {problem}")
 
@@ -106,8 +108,10 @@ def load_adapter(name: str, adapter_id: int, path: str | Path, family: Family, c
         proj = known[module]
         r = check_pair(f"layer {layer} {module}", a, b, proj.shape, max_rank, fail)
         scale = scale_of(config, r)
-        pair = LoRAPair(np.ascontiguousarray(a, np.float32),
-                        np.ascontiguousarray(b * np.float32(scale), np.float32), proj.cols)
+        a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b * np.float32(scale),
+                                                                         np.float32)
+        pair = LoRAPair(to_bfloat16(a), to_bfloat16(b), proj.cols) if bfloat16 else \
+            LoRAPair(a, b, proj.cols)
         layers[layer].setdefault(proj.field, []).append(pair)
         rank = max(rank, r)
     if not halves:

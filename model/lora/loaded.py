@@ -16,8 +16,10 @@ from nanovllm.model.lora.apply import adapted_weights
 
 
 class LoadedAdapters:
-    def __init__(self, family: Family, cfg, max_loras: int, max_lora_rank: int):
+    def __init__(self, family: Family, cfg, max_loras: int, max_lora_rank: int,
+                 bfloat16: bool = False):
         self.family, self.cfg = family, cfg
+        self.bfloat16 = bfloat16  # A and B in bfloat16 (beside a bfloat16 base)
         self.max_loras, self.max_lora_rank = max_loras, max_lora_rank
         self.by_id: dict[int, LoRAAdapter] = {}
         # Every id ever loaded, and what it named: an id names one adapter for the engine's life
@@ -42,7 +44,7 @@ class LoadedAdapters:
                                f"max_loras is {self.max_loras}; unload one first")
         try:
             adapter = load_adapter(name, adapter_id, path, self.family, self.cfg,
-                                   self.max_lora_rank)
+                                   self.max_lora_rank, self.bfloat16)
         except AdapterError:
             raise
         except Exception as e:  # a file no check foresaw: still the adapter's fault

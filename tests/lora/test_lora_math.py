@@ -11,7 +11,7 @@ from nanovllm.model.layers.linear import linear
 from nanovllm.model.lora.apply import row_groups
 from nanovllm.model.lora.math import LoRAPair, add_row_updates, lora_delta
 from nanovllm.model.weights.adapted import AdaptedWeight
-from nanovllm.model.weights.quant import convert_matrix, dequantize
+from nanovllm.model.weights.quant import convert_matrix, dequantize, to_bfloat16
 
 RNG = np.random.default_rng(0)
 N, IN, OUT = 9, 32, 48
@@ -55,3 +55,18 @@ def test_adapted_linear_equals_peft_per_row(dtype, quantization):
             assert np.array_equal(out[i], base[i])  # no adapter: the base product, untouched
     np.testing.assert_allclose(out, base - x @ dequantize(w).T - bias + want, rtol=1e-5,
                                atol=1e-4)
+
+
+def test_bfloat16_pairs_are_the_update_of_their_float32_values():
+    """A and B in bfloat16 (beside a bfloat16 base): the update is PEFT's formula on the
+    float32 values they hold, to float32 rounding."""
+    x = RNG.standard_normal((N, IN)).astype(np.float32)
+    p, a, b = pair(4, slice(8, 24), 2.0)
+    half = LoRAPair(to_bfloat16(p.a), to_bfloat16(p.b), p.cols)
+    out = np.zeros((N, OUT), np.float32)
+    add_row_updates(x, out, [(slice(1, N), half)])
+    want = lora_delta(x[1:], dequantize(half.a), dequantize(half.b), 1.0)
+    np.testing.assert_allclose(out[1:, 8:24], want, rtol=1e-5, atol=1e-4)
+    assert not out[0].any() and not out[:, :8].any() and not out[:, 24:].any()
+    # and within bfloat16's rounding (2**-8 of each value) of the unrounded adapter's
+    np.testing.assert_allclose(out[1:, 8:24], lora_delta(x[1:], a, b, 2.0), rtol=0.05, atol=0.3)

@@ -19,6 +19,7 @@ from nanovllm import LLM, LoRARequest, SamplingParams
 NUM_TOKENS = 10
 PROMPTS = [np.random.default_rng(n).integers(0, 1000, n).tolist() for n in (3, 9, 17, 30)]
 LOGPROB_TOL = 1e-3  # tests/engine/test_llama_greedy_parity.py's
+BF16_TOL = 0.01  # tests/engine/test_llama_engine_options.py's, bfloat16 weights against float32
 MIXED_TOL = 1e-4  # a batch's rows and one alone may go through different kernels (BLAS, ...)
 ARCHS = ["gpt2", "llama", "qwen3"]
 
@@ -124,7 +125,7 @@ def test_prefix_cache_keys_blocks_by_adapter(lora_base, lora_adapter):
 @pytest.mark.parametrize("precision", [dict(dtype="bfloat16"), dict(quantization="int8")],
                          ids=["bfloat16", "int8"])
 def test_narrow_bases_mix_like_alone(lora_base, lora_adapter, precision):
-    """Adapters (float32 A and B) beside bfloat16 or int8 base weights: a mixed batch still
+    """Adapters (bfloat16 or float32 A and B) beside bfloat16 or int8 base weights: a mixed batch still
     gives each row what it gives alone, and the adapter still changes the output."""
     base = lora_base("llama")
     loras = [LoRARequest(f"a{i}", i, str(lora_adapter("llama", seed=i))) for i in (1, 2)]
@@ -139,6 +140,24 @@ def test_narrow_bases_mix_like_alone(lora_base, lora_adapter, precision):
         for a, b in zip(out.outputs[0].logprobs, alone.outputs[0].logprobs):
             assert all(abs(a[t].logprob - b[t].logprob) < MIXED_TOL for t in a.keys() & b.keys())
     assert mixed[0].outputs[0].token_ids != mixed[1].outputs[0].token_ids
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bfloat16_adapters_beside_a_bfloat16_base(lora_base, lora_adapter, arch):
+    """A bfloat16 base keeps its adapters' A and B in bfloat16 too; end to end the output stays
+    within the bound other bfloat16 engines keep to float32 (test_llama_engine_options.py):
+    the first greedy token equal to PEFT's merged float32 model's, its logprob within 0.01."""
+    base, adapter = lora_base(arch), lora_adapter(arch)
+    llm = make_llm(base, dtype="bfloat16")
+    lora = LoRARequest("a", 1, str(adapter))
+    outputs = llm.generate(PROMPTS, PARAMS, use_tqdm=False, lora_request=lora)
+    [pair, *_] = llm.engine.runner.adapters.by_id[1].layers[0].values()
+    assert pair[0].a.bits.dtype == pair[0].b.bits.dtype == np.uint16
+    hf = hf_merged(base, adapter)
+    for prompt, out in zip(PROMPTS, outputs):
+        token, entry = out.outputs[0].token_ids[0], out.outputs[0].logprobs[0]
+        assert token == greedy(hf, prompt)[0]
+        assert abs(entry[token].logprob - logprobs_of(hf, prompt)[-1, token]) < BF16_TOL
 
 
 def test_adapter_blocks_stay_out_of_the_shared_disk_cache(lora_base, lora_adapter, tmp_path):

@@ -101,7 +101,7 @@ def chat_completion(run: ChatRun, ctx: ServerContext, result: ChatResult) -> dic
                 "stop_reason": a.stop_reason, **token_id_fields(req, None, a.token_ids)}
                for a in result.choices]
     return {"id": result.id, "object": "chat.completion", "created": result.created,
-            "model": ctx.model_name, "choices": choices, "usage": usage_json(result.usage),
+            "model": ctx.served_name, "choices": choices, "usage": usage_json(result.usage),
             "system_fingerprint": None,
             "prompt_logprobs": prompt_logprobs_field(result.prompt_logprobs),
             **prompt_ids_field(req, result.prompt_token_ids)}
@@ -124,7 +124,7 @@ async def chat_chunks(run: ChatRun, ctx: ServerContext,
     req, options = run.req, run.req.stream_options
     continuous = bool(options and options.include_usage and options.continuous_usage_stats)
     head = {"id": stream.id, "object": "chat.completion.chunk", "created": stream.created,
-            "model": ctx.model_name, "system_fingerprint": None}
+            "model": ctx.served_name, "system_fingerprint": None}
 
     def chunk(choice: dict | None, **fields) -> dict:
         return {**head, "choices": [] if choice is None else [choice],

@@ -96,7 +96,7 @@ def build_response(req: CompletionRequest, ctx: ServerContext, stream: RequestSt
                                   ctx.engine.tokenizer)
             choices.append({"index": tag * req.n + out.index, **choice})
     return {"id": stream.request_id, "object": "text_completion", "created": created,
-            "model": ctx.model_name, "choices": choices,
+            "model": ctx.served_name, "choices": choices,
             "usage": usage_json(usage(stream.requests, results, not req.echo_only)),
             "system_fingerprint": None}
 
@@ -146,7 +146,7 @@ async def completion_chunks(req: CompletionRequest, ctx: ServerContext,
     far. The engine's running text never ends in a partial UTF-8 character nor in a prefix of
     a stop string, so a delta is simply the new suffix of the cumulative text."""
     head = {"id": stream.request_id, "object": "text_completion", "created": int(time.time()),
-            "model": ctx.model_name}
+            "model": ctx.served_name}
     options, counted = req.stream_options, not req.echo_only
     continuous = bool(options and options.include_usage and options.continuous_usage_stats)
     states: dict[tuple[int, int], ChoiceState] = {}

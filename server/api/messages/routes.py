@@ -58,12 +58,12 @@ async def create_message(body: MessagesRequest, raw: Request, ctx: Ctx) -> Respo
     except APIError as exc:
         raise in_anthropics_words(exc) from exc
     if body.stream:
-        return streamed(run.stream, message_events(run.ctx.model_name, chat_stream(run)))
+        return streamed(run.stream, message_events(run.ctx.served_name, chat_stream(run)))
     with renaming(CHAT_NAMES):
         result = await chat_result(raw, run)
     if result is None:  # the client left
         return JSONResponse({}, status_code=499)
-    return JSONResponse(message_object(run.ctx.model_name, result))
+    return JSONResponse(message_object(run.ctx.served_name, result))
 
 
 @router.post("/v1/messages/count_tokens", response_model=CountTokensResponse,

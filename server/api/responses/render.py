@@ -72,7 +72,7 @@ def response_object(body: ResponsesRequest, ctx: ServerContext, result: ChatResu
         "status": status, "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-        "model": ctx.model_name, "output": output, "output_text": text,
+        "model": ctx.served_name, "output": output, "output_text": text,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
         "reasoning": {"effort": (body.reasoning or {}).get("effort"),
