@@ -340,8 +340,8 @@ def load_model(entry, args: argparse.Namespace, chat_template: str | None, adapt
         engine = AsyncEngine.from_config(config)
         inspector = Inspector(engine, enable_step_mode=args.enable_step_mode)
     else:
-        engine = ProcessEngineClient(config, enable_step_mode=args.enable_step_mode)
-        inspector = engine.inspector
+        client = ProcessEngineClient(config, enable_step_mode=args.enable_step_mode)
+        engine, inspector = client, client.inspector  # (the process client's own views)
     if adapters is not None:
         try:
             adapters.install(engine)
