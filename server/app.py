@@ -11,8 +11,7 @@ import logging
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from nanovllm import __version__
-from nanovllm.engine_client import EngineClient
+from nanovllm import EngineClient, __version__  # (nanovllm's names set the thread pools first)
 from nanovllm.inspection import EngineInspector
 from nanovllm.server.api.table import APIS
 from nanovllm.server.chat.reasoning import REASONING_PARSERS
