@@ -31,6 +31,9 @@ OPERATIONS = [
     ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/embed"),
     ("POST", "/api/embeddings"), ("GET", "/api/tags"), ("POST", "/api/show"),
     ("GET", "/api/ps"), ("GET", "/api/version"),
+    ("POST", "/v1/models/load"), ("POST", "/v1/models/unload"), ("POST", "/models/load"),
+    ("POST", "/models/unload"), ("POST", "/v1/load_lora_adapter"),
+    ("POST", "/v1/unload_lora_adapter"),
 ]
 # Run again against a pooling model (tests/server/test_server_pooling.py), where they do work.
 POOLING_OPERATIONS = [("POST", "/v1/embeddings"), ("POST", "/v1/score"), ("POST", "/v1/rerank")]
