@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanovllm.model.architectures.hf_config import (
+    build,
     check_rope_scaling,
+    given,
     read_config,
     rope_scaling,
     token_ids,
@@ -140,15 +142,11 @@ class Gemma3Config:
             bos_token_id=d.get("bos_token_id"),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
             final_logit_softcapping=d.get("final_logit_softcapping"))
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-                     "sliding_window", "query_pre_attn_scalar"):
-            if d.get(name) is not None:
-                fields[name] = d[name]
-        try:
-            return cls(**fields)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
+        fields |= given(d, ("vocab_size", "hidden_size", "intermediate_size",
+                            "num_hidden_layers", "num_attention_heads", "head_dim",
+                            "max_position_embeddings", "rms_norm_eps", "sliding_window",
+                            "query_pre_attn_scalar"))
+        return build(cls, fields, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Gemma3Config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nanovllm.model.architectures.hf_config import read_config
+from nanovllm.model.architectures.hf_config import build, given, read_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +73,7 @@ class GPT2Config:
                           ("reorder_and_upcast_attn", False), ("scale_attn_weights", True)):
             if d.get(key, want) != want:
                 raise ValueError(f"{source}: {key}={d[key]!r} is not supported (expected {want!r})")
-        fields = {k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None}
-        try:
-            return cls(**fields)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
+        return build(cls, given(d, cls.__dataclass_fields__), source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPT2Config:

@@ -29,6 +29,19 @@ def read_config(path: str | Path, generation_eos: bool = False) -> dict:
     return {**d, "eos_token_id": eos} if eos is not None else d
 
 
+def given(d: dict, names) -> dict:
+    """The fields of `names` that config.json sets (null counts as not set)."""
+    return {name: d[name] for name in names if d.get(name) is not None}
+
+
+def build(cls, fields: dict, source: str):
+    """`cls(**fields)`, its refusal naming the file it came from."""
+    try:
+        return cls(**fields)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
 def token_ids(value, name: str) -> tuple[int, ...]:
     """An id or a list of ids (generation_config.json's eos_token_id may be either)."""
     if value is None:

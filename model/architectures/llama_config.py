@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanovllm.model.architectures.hf_config import (
+    build,
     check_rope_scaling,
+    given,
     read_config,
     rope_scaling,
     token_ids,
@@ -166,16 +168,11 @@ class LlamaConfig:
             bos_token_id=d.get("bos_token_id"),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         )
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "max_position_embeddings", "rms_norm_eps"):
-            if d.get(name) is not None:
-                fields[name] = d[name]
+        fields |= given(d, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                            "num_attention_heads", "max_position_embeddings", "rms_norm_eps"))
         fields["num_kv_heads"] = d.get("num_key_value_heads") or fields.get(
             "num_attention_heads", cls.__dataclass_fields__["num_attention_heads"].default)
-        try:
-            return cls(**fields)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
+        return build(cls, fields, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> LlamaConfig:
