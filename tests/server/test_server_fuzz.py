@@ -45,7 +45,8 @@ UI_OPERATIONS = [("GET", "/ui"), ("GET", "/ui/api/info")]
 def bounded_schema(url: str, request_model: str, ceilings: dict[str, int]):
     """The server's OpenAPI document as a schemathesis schema, with the given integer fields of
     `request_model` capped so that generated requests stay cheap."""
-    doc = httpx.get(f"{url}/openapi.json").json()
+    # The first request builds the document (every API's models): allow a loaded machine its time.
+    doc = httpx.get(f"{url}/openapi.json", timeout=60).json()
     props = doc["components"]["schemas"][request_model]["properties"]
     for name, ceiling in ceilings.items():
         for option in props[name].get("anyOf", [props[name]]):
