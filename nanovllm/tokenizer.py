@@ -32,6 +32,15 @@ def byte_level_alphabet() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
+def byte_level_translation() -> dict[int, str]:
+    """`byte_level_alphabet` as a `str.translate` table onto the Latin-1 character of each byte,
+    so a piece's bytes are `piece.translate(table).encode("latin-1")`. Characters below 256 that
+    are not in the alphabet map to one above it, so their piece fails to encode, as any other
+    stranger does (a piece of a vocabulary that is not byte-level)."""
+    table = {ord(c): chr(b) for c, b in byte_level_alphabet().items()}
+    return {**{b: "\uffff" for b in range(256) if b not in table}, **table}
+
+
 class Tokenizer:
     def __init__(self, model_dir: str | Path, eos_token_id: int):
         self.model_dir = model_dir = Path(model_dir)  # where its files (and config) are
@@ -56,27 +65,27 @@ class Tokenizer:
     def _byte_table(self) -> tuple[list[bytes], frozenset[int]]:
         """The bytes each token id stands for, and the ids of special tokens."""
         added = self._tok.get_added_tokens_decoder()
-        to_byte = byte_level_alphabet()
+        to_latin1 = byte_level_translation()
         sentencepiece = self._is_sentencepiece()
         table = []
         for i in range(self.vocab_size):
-            piece = added[i].content if i in added else self._tok.id_to_token(i) or ""
+            if i in added:
+                table.append(added[i].content.encode())
+                continue
+            piece = self._tok.id_to_token(i) or ""
             try:
-                if i in added:
-                    table.append(piece.encode())
-                elif sentencepiece:
-                    table.append(sentencepiece_bytes(piece))
-                else:
-                    table.append(bytes(to_byte[c] for c in piece))
-            except KeyError:  # neither: fall back to the library's decode
+                table.append(sentencepiece_bytes(piece) if sentencepiece
+                             else piece.translate(to_latin1).encode("latin-1"))
+            except UnicodeEncodeError:  # neither: fall back to the library's decode
                 table.append(self._tok.decode([i], skip_special_tokens=False).encode())
         return table, frozenset(i for i, t in added.items() if t.special)
 
     def _is_sentencepiece(self) -> bool:
         """A SentencePiece-style vocabulary: its decoder turns `▁` back into spaces (a
         Metaspace decoder, or a Replace of `▁` as Llama 2's tokenizer.json has it)."""
-        decoder = json.dumps(json.loads(self._tok.to_str()).get("decoder"))
-        return "Metaspace" in decoder or "\\u2581" in decoder
+        decoder = self._tok.decoder  # its JSON alone: the whole tokenizer's is megabytes
+        spec = decoder.__getstate__().decode() if decoder is not None else ""
+        return "Metaspace" in spec or "\\u2581" in spec or "\u2581" in spec
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`, with the special tokens the tokenizer adds (BOS for Llama; none for
