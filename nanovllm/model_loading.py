@@ -25,13 +25,21 @@ from nanovllm.model.architectures.registry import (
     read_config,
 )
 from nanovllm.model.checkpoint.dummy import cache_root, dummy_checkpoint_dir, random_weights
-from nanovllm.model.checkpoint.gguf_loader import find_gguf, gguf_checkpoint_dir
+from nanovllm.model.checkpoint.gguf_loader import (
+    find_gguf,
+    gguf_checkpoint_dir,
+    is_gguf_checkpoint,
+)
 from nanovllm.model.checkpoint.loader import build_weights
 from nanovllm.model.checkpoint.safetensors_io import release_pages
 from nanovllm.model.layers.linear import host_packs_bfloat16, host_packs_float32
 from nanovllm.model.platform.cpu import kernel_path
 from nanovllm.model.weights.precision import precision_name
-from nanovllm.model.weights.quant import pack_bfloat16_weights, pack_float32_weights
+from nanovllm.model.weights.quant import (
+    matrix_formats,
+    pack_bfloat16_weights,
+    pack_float32_weights,
+)
 
 logger = logging.getLogger("nanovllm")
 
@@ -52,9 +60,17 @@ def load_model(config: EngineConfig) -> LoadedModel:
     logs that and the kernels' path."""
     loaded = _load_dummy(config) if config.load_format == "dummy" else _load_checkpoint(config)
     pack_for_kernels(loaded.weights, config.dtype, release_pages)
-    logger.info("weights: %s; %s", precision_name(config.dtype, config.quantization),
-                kernel_path().describe())
+    logger.info("weights: %s; %s", stored_as(loaded, config), kernel_path().describe())
     return loaded
+
+
+def stored_as(loaded: LoadedModel, config: EngineConfig) -> str:
+    """What the weights are stored as: the precision asked for, or, from a GGUF file, how many
+    matrices hold each of its formats ("169 Q4_K, 29 Q6_K")."""
+    if not is_gguf_checkpoint(loaded.path):
+        return precision_name(config.dtype, config.quantization)
+    counts = sorted(matrix_formats(loaded.weights).items(), key=lambda kv: -kv[1])
+    return "from the GGUF file, " + ", ".join(f"{n} {kind}" for kind, n in counts)
 
 
 def pack_for_kernels(weights, dtype: str, release=lambda w: None):

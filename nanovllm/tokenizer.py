@@ -15,7 +15,6 @@ already holds them, so chat encodes with `add_special_tokens=False`.
 from __future__ import annotations
 
 import codecs
-import json
 import re
 from pathlib import Path
 

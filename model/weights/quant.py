@@ -32,6 +32,7 @@ are tested against `gpt2_reference.linear` on it.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -354,6 +355,22 @@ def dequantize_weights(weights):
         return value
 
     return plain(weights)
+
+
+def matrix_formats(weights) -> dict[str, int]:
+    """How many of a model's matrices (`matrices()`: those a decode step multiplies by) are
+    stored in each format: "float32", "bfloat16", "int8" or a GGML block type ("Q4_K"); a
+    stacked matrix counts each of its parts."""
+    def formats(w) -> list[str]:
+        if isinstance(w, StackedWeight):
+            return [f for part in w.parts for f in formats(part)]
+        if isinstance(w, BlockWeight):
+            return [w.type_name]
+        if isinstance(w, Int8Weight):
+            return ["int8"]
+        return ["bfloat16" if isinstance(w, BF16Weight | PackedBF16Weight) else "float32"]
+
+    return dict(Counter(f for w in weights.matrices() for f in formats(w.base if isinstance(w, AdaptedWeight) else w)))
 
 
 # --------------------------------------------------------------------------- inside kernels

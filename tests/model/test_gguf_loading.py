@@ -11,6 +11,8 @@ kernels' bound (tests/model/test_block_gemm.py: activations are rounded per bloc
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ from nanovllm.model.checkpoint.gguf_loader import gguf_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import file_mapping
 from nanovllm.model.kernels.block_gemm import quantize_blocks
 from nanovllm.model.weights.block_quant import LAYOUTS, BlockWeight
-from nanovllm.model.weights.quant import dequantize_weights
+from nanovllm.model.weights.quant import dequantize_weights, matrix_formats
 from nanovllm.model.weights.stacked import StackedWeight
 
 TOL = 1e-4
@@ -162,6 +164,9 @@ def test_block_quantized_weights_hold_no_float32_copy(gguf_file, tmp_path, mix):
         assert [p.type_name for p in qkv.parts] == ["Q4_K", "Q6_K"]  # q|k joined, then v
     else:
         assert isinstance(qkv, BlockWeight) and qkv.type_name == mix
+    parts = sum(len(m.parts) if isinstance(m, StackedWeight) else 1 for m in weights.matrices())
+    formats = matrix_formats(weights)  # what the start-up log names
+    assert sum(formats.values()) == parts and set(formats) <= {"Q4_K", "Q6_K", mix}
     tensors = open_gguf(path).tensors.values()
     stored = sum(t.data.nbytes for t in tensors)
     floats = sum(t.data.nbytes for t in tensors if t.is_float)
@@ -191,14 +196,18 @@ def test_float32_tensors_are_the_files_pages(gguf_file):
 
 
 @pytest.mark.parametrize("model", ["gpt2", "llama3"])
-def test_greedy_text_through_the_engine_is_transformers(gguf_file, model):
+def test_greedy_text_through_the_engine_is_transformers(gguf_file, model, caplog):
+    """Greedy text equals transformers'; the start-up log names the file's formats."""
     hf_dir, path = gguf_file(model)
     hf = rounded_reference(hf_dir, path)  # (F32: transformers' own)
     prompt = [5, 17, 300, 42, 7]
     with torch.no_grad():
         want = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                            min_new_tokens=12)[0, len(prompt):].tolist()
-    llm = LLM(str(path), num_kv_blocks=64)
+    with caplog.at_level(logging.INFO, logger="nanovllm"):
+        llm = LLM(str(path), num_kv_blocks=64)
+    matrices = 4 * llm.engine.model_config.n_layer + 1  # (an F32 file's: all float32)
+    assert f"weights: from the GGUF file, {matrices} float32; " in caplog.text
     out = llm.generate([{"prompt_token_ids": prompt}],
                        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
     assert out[0].outputs[0].token_ids == want
