@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from nanovllm.model.weights import ggml_blocks as g
 from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
@@ -220,10 +220,10 @@ def interleave_panels(codes: np.ndarray, layout: Layout) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _interleave(codes, span, sub, bits, out):
     rows = codes.shape[0]
-    for panel in range(out.shape[0]):
+    for panel in prange(out.shape[0]):  # each panel's bytes its own: the threads never meet
         lanes = min(PANEL, rows - panel * PANEL)  # the last panel's missing rows stay zero
         for s in range(out.shape[1]):
             for line in range(span // GROUP):  # GROUP inputs for the panel's outputs
