@@ -224,40 +224,20 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(args.log_level.upper())
+    check_serve_args(args)
     chat_template = None
     if args.chat_template:
         from nanovllm.server.chat.template import load_chat_template
         chat_template = load_chat_template(args.chat_template)
-    if args.enable_auto_tool_choice and args.tool_call_parser is None:
-        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
     in_reasoning = structured_in_reasoning(args)
     api_key = args.api_key or api_key_from_env()
     limits = limits_from_args(args)
-    if args.lora_modules and not args.enable_lora:
-        raise ValueError("--lora-modules needs --enable-lora")
-    if args.enable_lora and args.data_parallel_size is not None:
-        raise ValueError("--enable-lora serves adapters from one engine: not with "
-                         "--data-parallel-size")
-    if args.ray_address and args.data_parallel_size is None:
-        raise ValueError("--ray-address needs --data-parallel-size")
     concurrency = raise_open_file_limit(OPEN_FILES_RESERVED, limits.limit_concurrency)
     if concurrency < limits.limit_concurrency:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
-    if args.enable_step_mode and args.data_parallel_size is not None:
-        raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
-    stop_ray = None  # with several models on Ray: stops Ray once the pool is shut down
-    if args.data_parallel_size is not None and (args.models or args.models_dir
-                                                or args.models_config):
-        engine, stop_ray = start_ray_models(args, chat_template)
-        served = dict(models=engine)
-    elif args.data_parallel_size is not None:  # N replicas on Ray; the HTTP side is the same
-        engine = start_ray_replicas(args)  # the web page's views of one engine: not on Ray
-        name = args.served_model_name or served_name(args.model)
-        served = dict(models=engine, served_model_name=name, model_root=name)
-    else:
-        engine, adapters = model_pool(args, chat_template)  # (stopped as one engine is)
-        served = dict(models=engine, adapters=adapters)
+    served, stop_ray = serving_engines(args, chat_template)
+    engine = served["models"]
     app = app_module.result().build_app(**served, api_key=api_key, limits=limits,
                     ui=not args.disable_ui, chat_template=chat_template,
                     enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
@@ -285,6 +265,36 @@ def run_serve(args: argparse.Namespace) -> int:
             stop_ray()
     logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def check_serve_args(args: argparse.Namespace) -> None:
+    """The serve options that only make sense together, refused before anything loads."""
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
+    if args.lora_modules and not args.enable_lora:
+        raise ValueError("--lora-modules needs --enable-lora")
+    if args.enable_lora and args.data_parallel_size is not None:
+        raise ValueError("--enable-lora serves adapters from one engine: not with "
+                         "--data-parallel-size")
+    if args.ray_address and args.data_parallel_size is None:
+        raise ValueError("--ray-address needs --data-parallel-size")
+    if args.enable_step_mode and args.data_parallel_size is not None:
+        raise ValueError("--enable-step-mode steps one engine: not with --data-parallel-size")
+
+
+def serving_engines(args: argparse.Namespace, chat_template: str | None):
+    """What serves the requests, as `build_app`'s arguments (`models` is the engine client or
+    the pool, stopped with `shutdown`), and what stops Ray after it (or None): the model pool
+    on this machine, or with --data-parallel-size replicas on Ray (several models: Ray Serve's
+    multiplexing; one: N replicas of it)."""
+    if args.data_parallel_size is None:
+        engine, adapters = model_pool(args, chat_template)
+        return dict(models=engine, adapters=adapters), None
+    if args.models or args.models_dir or args.models_config:
+        engine, stop_ray = start_ray_models(args, chat_template)
+        return dict(models=engine), stop_ray
+    name = args.served_model_name or served_name(args.model)  # the web page's views: not on Ray
+    return dict(models=start_ray_replicas(args), served_model_name=name, model_root=name), None
 
 
 def model_pool(args: argparse.Namespace, chat_template: str | None):
