@@ -167,7 +167,7 @@ def bench_file(args, kind: str, path: Path, tools, threads: int, log) -> tuple[l
     t0 = time.perf_counter()
     engine = make_engine(argparse.Namespace(**{**vars(args), "model": str(path)}),
                          quantization=None, dtype="auto", speculative_config=None,
-                         load_format="auto")
+                         load_format="auto", num_kv_blocks=kv_blocks_for(args))
     load_s = time.perf_counter() - t0
     log(f"{path.name}: loaded in {load_s:.1f} s")
     prompt_len, new, prefill = args.input_len[0], args.output_len[0], args.prefill_len[0]
@@ -201,6 +201,17 @@ def bench_file(args, kind: str, path: Path, tools, threads: int, log) -> tuple[l
             f"{w.name} {w.theirs[-1] if w.theirs else 0:.1f} / {w.ours[-1]:.1f}"
             for w in work.values()) + " tok/s (llama.cpp / nanovllm)")
     return list(work.values()), Cost(*step_cost(engine.runner.weights)), load_s
+
+
+def kv_blocks_for(args: argparse.Namespace) -> int:
+    """--num-kv-blocks, or a KV pool that holds every sequence of the largest batch whole, as
+    llama-batched-bench sizes its context for it: the default memory budget may hold fewer
+    tokens than that, and a cell that preempted would time recomputation, not decoding."""
+    if args.num_kv_blocks:
+        return args.num_kv_blocks
+    per_seq = -(-(args.input_len[0] + args.output_len[0]) // args.block_size)
+    prefill = -(-(args.prefill_len[0] + 1) // args.block_size)
+    return max(max(args.batch_sizes) * (per_seq + 1), prefill + 1)
 
 
 def check(args: argparse.Namespace) -> str | None:

@@ -5,11 +5,12 @@ the whole command on a tiny random GPT-2 converted and quantized by llama.cpp it
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from nanovllm.scripts import benchmark, llama_cpp
+from nanovllm.scripts import bench_vs_llama_cpp, benchmark, llama_cpp
 from nanovllm.scripts.bench_vs_llama_cpp import Cost, Workload, format_table, roof_share
 from nanovllm.scripts.roofs import Roofs
 
@@ -58,6 +59,16 @@ def test_llama_cpp_outputs_parse():
     assert llama_cpp.parse_llama_bench(LLAMA_BENCH_JSONL) == llama_cpp.LlamaBenchRun(213.4, 58.1)
     assert llama_cpp.parse_batched_bench(BATCHED_JSONL) == {16: 144.2, 64: 204.8}
     assert llama_cpp.parse_batched_bench("no table") == {}
+
+
+def test_the_kv_pool_holds_the_largest_batch_whole():
+    args = argparse.Namespace(num_kv_blocks=None, block_size=16, input_len=[32], output_len=[128],
+                              prefill_len=[512], batch_sizes=[1, 16, 64])
+    assert bench_vs_llama_cpp.kv_blocks_for(args) == 64 * (10 + 1)  # 160 tokens: 10 blocks each
+    assert bench_vs_llama_cpp.kv_blocks_for(argparse.Namespace(**{**vars(args),
+                                                                  "batch_sizes": [1]})) == 34
+    assert bench_vs_llama_cpp.kv_blocks_for(argparse.Namespace(**{**vars(args),
+                                                                  "num_kv_blocks": 7})) == 7
 
 
 def test_missing_tools_are_named_with_exit_2(tmp_path, capsys):
