@@ -84,7 +84,7 @@ class Tokenizer:
         Metaspace decoder, or a Replace of `▁` as Llama 2's tokenizer.json has it)."""
         decoder = self._tok.decoder  # its JSON alone: the whole tokenizer's is megabytes
         spec = decoder.__getstate__().decode() if decoder is not None else ""
-        return "Metaspace" in spec or "\\u2581" in spec or "\u2581" in spec
+        return "Metaspace" in spec or "\u2581" in spec
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`, with the special tokens the tokenizer adds (BOS for Llama; none for

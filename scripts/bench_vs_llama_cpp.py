@@ -207,10 +207,12 @@ def kv_blocks_for(args: argparse.Namespace) -> int:
     """--num-kv-blocks, or a KV pool that holds every sequence of the largest batch whole, as
     llama-batched-bench sizes its context for it: the default memory budget may hold fewer
     tokens than that, and a cell that preempted would time recomputation, not decoding."""
+    from nanovllm.block_manager import blocks_needed
+
     if args.num_kv_blocks:
         return args.num_kv_blocks
-    per_seq = -(-(args.input_len[0] + args.output_len[0]) // args.block_size)
-    prefill = -(-(args.prefill_len[0] + 1) // args.block_size)
+    per_seq = blocks_needed(args.input_len[0] + args.output_len[0], args.block_size)
+    prefill = blocks_needed(args.prefill_len[0] + 1, args.block_size)
     return max(max(args.batch_sizes) * (per_seq + 1), prefill + 1)
 
 
