@@ -38,6 +38,7 @@ from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emi
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
+    LINE,
     PANEL,
     Layout,
     header_bytes,
@@ -49,7 +50,6 @@ from nanovllm.model.weights.block_quant import (
 # blocks beat 8 and 16 on AVX-512 (a measured choice: re-measure it on a new CPU).
 TILES = {"avx512vnni": (64, 4, 2, 4), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 2, 4)}
 ISAS = tuple(TILES)
-LINE = PANEL * GROUP  # bytes of one group of codes
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 F32 = ir.FloatType()
@@ -219,9 +219,20 @@ class PanelEmitter:
                                                  self.mul.bytes)) for n in range(groups)]
         lines = [self.load(self.at(start, n * LINE + h * self.width), self.mul.bytes)
                  for n in range(groups // 2)]
-        low = ir.Constant(self.mul.bytes, [0x0F] * self.width)
-        four = ir.Constant(self.mul.bytes, [4] * self.width)
-        return ([b.and_(v, low) for v in lines] + [b.and_(b.lshr(v, four), low) for v in lines])
+        codes = ([b.and_(v, self.bytes_of(0x0F)) for v in lines]
+                 + [b.and_(b.lshr(v, self.bytes_of(4)), self.bytes_of(0x0F)) for v in lines])
+        if layout.bits == 4:
+            return codes
+        # 6 bits: group n's top 2 bits are bits 2n, 2n + 1 of the line after the 4-bit ones,
+        # moved to bits 4 and 5
+        top = self.load(self.at(start, groups // 2 * LINE + h * self.width), self.mul.bytes)
+        moved = [b.shl(top, self.bytes_of(4 - 2 * n)) if n < 2 else
+                 b.lshr(top, self.bytes_of(2 * n - 4)) if n > 2 else top for n in range(groups)]
+        return [b.or_(c, b.and_(m, self.bytes_of(0x30))) for c, m in zip(codes, moved)]
+
+    def bytes_of(self, value):
+        """A byte vector with `value` in every lane."""
+        return ir.Constant(self.mul.bytes, [value] * self.width)
 
     def broadcast_x(self, row_x, s, sub, n):
         """4 bytes of an activation row (group n of sub-block `sub` of super-block s) in every

@@ -36,6 +36,7 @@ from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
     GROUP,
     LAYOUTS,
+    LINE,
     PANEL,
     BlockWeight,
     Layout,
@@ -254,7 +255,7 @@ def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header
         acc = np.zeros((xq.shape[0], PANEL), np.float32)
         for s in range(supers):
             block = packed[p, s]
-            unpack_codes(block[header:], bits, span, u)
+            unpack_codes(block[header:], bits, sub, span, u)
             halves_bits = block[:2 * PANEL * halves].copy().view(np.uint16)
             small = block[2 * PANEL * halves:header]
             for t in range(xq.shape[0]):
@@ -278,23 +279,29 @@ def second_half(bits, j, halves):
 
 
 @njit(cache=True, nogil=True)
-def unpack_codes(code_bytes, bits, span, u):
+def unpack_codes(code_bytes, bits, sub, span, u):
     """u[j, k] = output j's code for input k of one panel's super-block
     (`block_quant.interleave_codes` undone)."""
-    groups = span // GROUP
-    line = PANEL * GROUP
-    for n in range(groups):
+    per_sub = sub // GROUP  # groups of a sub-block
+    for n in range(span // GROUP):
+        top_at, top_shift = -1, 0
         if bits == 8:
-            at, shift = n * line, 0
+            at, shift = n * LINE, 0
         else:  # two groups a line: sub-block's first half low, second half high
-            sub_groups = 8  # (4-bit layouts have 32-input sub-blocks)
-            first, inner = divmod(n, sub_groups)
-            high, position = divmod(inner, sub_groups // 2)
-            at, shift = (first * sub_groups // 2 + position) * line, 4 * high
+            sub_block, inner = divmod(n, per_sub)
+            high, position = divmod(inner, per_sub // 2)
+            base = sub_block * per_sub * LINE * bits // 8
+            at, shift = base + position * LINE, 4 * high
+            if bits == 6:  # then a line of every group's top 2 bits
+                top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
         for j in range(PANEL):
             for i in range(GROUP):
                 v = np.int32(code_bytes[at + j * GROUP + i])
-                u[j, n * GROUP + i] = (v >> shift) & 0x0F if bits == 4 else v
+                if bits != 8:
+                    v = (v >> shift) & 0x0F
+                if top_at >= 0:
+                    v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
+                u[j, n * GROUP + i] = v
 
 
 @njit(cache=True, nogil=True)

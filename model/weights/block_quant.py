@@ -9,13 +9,16 @@ has them, and the K-quants' small integer scales) and then its codes, each code 
 unsigned, in groups of 4 inputs for all 16 outputs (64 bytes: `[output][input]`), the shape a
 `vpdpbusd` multiplies by 4 activation bytes broadcast to every lane. 4-bit codes keep their 4
 bits: each 64-byte line holds one group in its low nibbles and the group `sub / 8` later in
-its high ones. Every row of a panel is thus read as one sequential stream.
+its high ones. 6-bit codes (Q6_K, 16-input sub-blocks of 4 groups) keep their 6 bits: a
+sub-block's low 4 bits as the 4-bit codes are, then one line of their top 2 bits, group n in
+bits 2n and 2n + 1. Every row of a panel is thus read as one sequential stream.
 
 What each type becomes (`LAYOUTS`): a weight is `d * (u - offset)` (Q8_0, Q4_0, Q5_0),
 `d * u + m` (Q4_1, Q5_1), `d * sc_j * u - dmin * mn_j` (Q4_K, Q5_K) or `d * sc_j * (u - 32)`
-(Q6_K), u the stored unsigned code. Q8_0, Q4_0, Q4_1 and Q4_K keep their bytes exactly (header
-and codes alike: the same bits per weight as the file); Q5_0, Q5_1, Q5_K and Q6_K keep their
-scales but store each 5- or 6-bit code in a byte (a simpler kernel, at more bytes per weight).
+(Q6_K), u the stored unsigned code. Q8_0, Q4_0, Q4_1, Q4_K and Q6_K keep their bits exactly
+(header and codes alike: the same bits per weight as the file; Q6_K's is a 4-bit file's LM
+head and half its value and down matrices); Q5_0, Q5_1 and Q5_K keep their scales but store
+each 5-bit code in a byte (a simpler kernel, at more bytes per weight).
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's i
 
 PANEL = 16   # outputs a panel interleaves: one int32 vector's lanes
 GROUP = 4    # inputs a code group holds per output: what `vpdpbusd` adds up per lane
+LINE = PANEL * GROUP  # bytes of one group of codes
 ROWS_AT_ONCE = 4096  # output rows repacked at a time (bounds the load's temporary arrays)
 
 
 class Layout(NamedTuple):
     kind: str    # "sym": d (u - offset); "asym": d u + m; "kmin": d sc u - dmin mn; "ksym"
-    bits: int    # 4 (two codes a byte) or 8
+    bits: int    # 4 (two codes a byte), 6 (4 + 2 bits in two planes) or 8
     sub: int     # inputs per scale (a sub-block)
     span: int    # inputs per super-block (its float16 scales)
     offset: int  # subtracted from u ("sym", "ksym")
@@ -56,7 +60,7 @@ LAYOUTS = {
     "Q5_1": Layout("asym", 8, 32, 32, 0),
     "Q4_K": Layout("kmin", 4, 32, 256, 0),
     "Q5_K": Layout("kmin", 8, 32, 256, 0),
-    "Q6_K": Layout("ksym", 8, 16, 256, 32),
+    "Q6_K": Layout("ksym", 6, 16, 256, 32),
 }
 
 
@@ -164,8 +168,14 @@ def unpack_codes(code_bytes: np.ndarray, layout: Layout) -> np.ndarray:
     """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, PANEL, subs,
     sub]."""
     p, s = code_bytes.shape[:2]
-    if layout.bits == 4:
-        lines = code_bytes.reshape(p, s, layout.span // layout.sub, 1, -1)
+    subs, per_sub = layout.span // layout.sub, layout.sub // GROUP  # sub-blocks, their groups
+    if layout.bits == 6:  # per sub-block: its 4-bit lines, then the line of top 2 bits
+        lines = code_bytes.reshape(p, s, subs, per_sub // 2 + 1, LINE)
+        top = lines[:, :, :, -1:] >> (2 * np.arange(per_sub, dtype=np.uint8))[:, None]
+        low = lines[:, :, :, :-1]
+        code_bytes = np.concatenate([low & 0x0F, low >> 4], axis=3) | ((top & 3) << 4)
+    elif layout.bits == 4:
+        lines = code_bytes.reshape(p, s, subs, 1, -1)
         code_bytes = np.concatenate([lines & 0x0F, lines >> 4], axis=3)
     groups = code_bytes.reshape(p, s, layout.span // GROUP, PANEL, GROUP)
     return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, PANEL, layout.span // layout.sub,
@@ -206,8 +216,15 @@ def interleave_codes(codes: np.ndarray, layout: Layout) -> np.ndarray:
     groups = codes.reshape(p, s, PANEL, layout.span // GROUP, GROUP).transpose(0, 1, 3, 2, 4)
     if layout.bits == 8:
         return groups.reshape(p, s, -1)
-    pairs = groups.reshape(p, s, layout.span // layout.sub, 2, layout.sub // 8, PANEL * GROUP)
-    return (pairs[:, :, :, 0] | (pairs[:, :, :, 1] << 4)).reshape(p, s, -1)
+    per_sub = layout.sub // GROUP
+    groups = groups.reshape(p, s, layout.span // layout.sub, per_sub, LINE)
+    low = groups & 0x0F
+    lines = low[:, :, :, :per_sub // 2] | (low[:, :, :, per_sub // 2:] << 4)
+    if layout.bits == 6:
+        shifts = (2 * np.arange(per_sub, dtype=np.uint8))[:, None]
+        top = np.bitwise_or.reduce((groups >> 4) << shifts, axis=3, keepdims=True)
+        lines = np.concatenate([lines, top.astype(np.uint8)], axis=3)
+    return lines.reshape(p, s, -1)
 
 
 def interleave_panels(codes: np.ndarray, layout: Layout) -> np.ndarray:
@@ -228,16 +245,27 @@ def _interleave(codes, span, sub, bits, out):
         for s in range(out.shape[1]):
             for line in range(span // GROUP):  # GROUP inputs for the panel's outputs
                 first = s * span + line * GROUP
+                # where the line's low (or only) bits go, and (6 bits) its top 2 bits
+                top_at, top_shift = -1, 0
                 if bits == 8:
-                    at, shift = line * PANEL * GROUP, 0
+                    at, shift = line * LINE, 0
                 else:  # a sub-block's first half of lines in low nibbles, its second half high
-                    pair, rest = line // (sub // 4), line % (sub // 4)
-                    at = (pair * (sub // 8) + rest % (sub // 8)) * PANEL * GROUP
+                    sub_block, rest = line // (sub // 4), line % (sub // 4)
+                    base = sub_block * (sub // 4) * LINE * bits // 8
+                    at = base + rest % (sub // 8) * LINE
                     shift = 4 * (rest // (sub // 8))
+                    if bits == 6:  # after the sub-block's 4-bit lines
+                        top_at, top_shift = base + (sub // 8) * LINE, 2 * rest
                 for lane in range(lanes):
                     r = panel * PANEL + lane
                     for j in range(GROUP):
-                        out[panel, s, at + lane * GROUP + j] |= np.uint8(codes[r, first + j] << shift)
+                        code = np.int32(codes[r, first + j])
+                        if top_at >= 0:
+                            out[panel, s, top_at + lane * GROUP + j] |= np.uint8(
+                                (code >> 4) << top_shift)
+                        out[panel, s, at + lane * GROUP + j] |= np.uint8((code & 0x0F) << shift
+                                                                         if bits == 6 else
+                                                                         code << shift)
 
 
 def halves_of(blocks: np.ndarray, *at: int) -> np.ndarray:
