@@ -8,6 +8,7 @@ input building and detokenizing. Steps and chains alternate, so that both see th
 speed (a VM's can drift within seconds); medians of `--steps` of each.
 
     python scripts/lab/profile_decode.py --batch 64 [--kv-cache-dtype float16] [--quantization int8]
+    python scripts/lab/profile_decode.py --model FILE.gguf --load-format auto --batch 1 --roof
 """
 
 from __future__ import annotations
@@ -63,18 +64,23 @@ def gemm_chain(weights, rows: int):
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gpt2", help="preset (random weights) or checkpoint directory")
+    p.add_argument("--model", default="gpt2",
+                   help="preset, checkpoint directory or .gguf file")
+    p.add_argument("--load-format", choices=["dummy", "auto"], default="dummy",
+                   help="dummy (default): random weights in the model's shapes; auto: the "
+                        "checkpoint's own (a .gguf file's block-quantized matrices as stored)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=96, help="context length when timing starts")
     p.add_argument("--steps", type=int, default=20)
 
 
 def decoding_engine(args: argparse.Namespace, **config):
-    """An engine (random weights, `config` as EngineConfig options) whose `args.batch` greedy
-    sequences are decoding at `args.context` tokens, with at least `args.steps` steps to go."""
+    """An engine (weights as `args.load_format` says, `config` as EngineConfig options) whose
+    `args.batch` greedy sequences are decoding at `args.context` tokens, with at least
+    `args.steps` steps to go."""
     from nanovllm import EngineConfig, LLMEngine, SamplingParams
 
-    engine = LLMEngine(EngineConfig(args.model, load_format="dummy", **config))
+    engine = LLMEngine(EngineConfig(args.model, load_format=args.load_format, **config))
     rng = np.random.default_rng(0)
     for i in range(args.batch):
         prompt = rng.integers(0, engine.model_config.vocab_size - 1, 32).tolist()
