@@ -284,22 +284,20 @@ def unpack_codes(code_bytes, bits, sub, span, u):
     (`block_quant.interleave_codes` undone)."""
     per_sub = sub // GROUP  # groups of a sub-block
     for n in range(span // GROUP):
-        top_at, top_shift = -1, 0
-        if bits == 8:
-            at, shift = n * LINE, 0
-        else:  # two groups a line: sub-block's first half low, second half high
+        at, shift, top_at, top_shift = n * LINE, 0, 0, 0
+        if bits != 8:  # two groups a line: sub-block's first half low, second half high
             sub_block, inner = divmod(n, per_sub)
             high, position = divmod(inner, per_sub // 2)
             base = sub_block * per_sub * LINE * bits // 8
             at, shift = base + position * LINE, 4 * high
-            if bits == 6:  # then a line of every group's top 2 bits
-                top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
+            # (6 bits: then a line of every group's top 2 bits)
+            top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
         for j in range(PANEL):
             for i in range(GROUP):
                 v = np.int32(code_bytes[at + j * GROUP + i])
                 if bits != 8:
                     v = (v >> shift) & 0x0F
-                if top_at >= 0:
+                if bits == 6:
                     v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
                 u[j, n * GROUP + i] = v
 

@@ -246,26 +246,22 @@ def _interleave(codes, span, sub, bits, out):
             for line in range(span // GROUP):  # GROUP inputs for the panel's outputs
                 first = s * span + line * GROUP
                 # where the line's low (or only) bits go, and (6 bits) its top 2 bits
-                top_at, top_shift = -1, 0
-                if bits == 8:
-                    at, shift = line * LINE, 0
-                else:  # a sub-block's first half of lines in low nibbles, its second half high
+                at, shift, top_at, top_shift = line * LINE, 0, 0, 0
+                if bits != 8:  # a sub-block's first half of lines in low nibbles, then high
                     sub_block, rest = line // (sub // 4), line % (sub // 4)
                     base = sub_block * (sub // 4) * LINE * bits // 8
                     at = base + rest % (sub // 8) * LINE
                     shift = 4 * (rest // (sub // 8))
-                    if bits == 6:  # after the sub-block's 4-bit lines
-                        top_at, top_shift = base + (sub // 8) * LINE, 2 * rest
+                    top_at, top_shift = base + (sub // 8) * LINE, 2 * rest  # (6 bits)
                 for lane in range(lanes):
                     r = panel * PANEL + lane
                     for j in range(GROUP):
                         code = np.int32(codes[r, first + j])
-                        if top_at >= 0:
+                        if bits == 6:
                             out[panel, s, top_at + lane * GROUP + j] |= np.uint8(
                                 (code >> 4) << top_shift)
-                        out[panel, s, at + lane * GROUP + j] |= np.uint8((code & 0x0F) << shift
-                                                                         if bits == 6 else
-                                                                         code << shift)
+                            code &= 0x0F
+                        out[panel, s, at + lane * GROUP + j] |= np.uint8(code << shift)
 
 
 def halves_of(blocks: np.ndarray, *at: int) -> np.ndarray:
