@@ -3,8 +3,9 @@ LLVM IR: the inner loop of the block kernels (`model/kernels/block_gemm.py`).
 
 The weights are panels of 16 outputs (`model/weights/block_quant.py`): per super-block a header of
 scales, then unsigned codes in groups of 4 inputs x 16 outputs (64 bytes; 4-bit codes two
-groups to a byte). Activations come quantized per super-block (`block_gemm.BlockRows`: int8
-codes, a float32 scale, and the int32 sum of each sub-block's codes). One step multiplies 4
+groups to a byte, 6-bit ones so too with a line of their top 2 bits after each sub-block's).
+Activations come quantized per super-block (`block_gemm.BlockRows`: int8 codes, a float32
+scale, and the int32 sum of each sub-block's codes). One step multiplies 4
 activation bytes, broadcast to every lane, by one group: lane j adds output j's 4 products.
 
 Per sub-block the integer sums are finished as the format says (`Layout.kind`), with the
