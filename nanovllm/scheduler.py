@@ -132,13 +132,15 @@ class Scheduler:
         two. A group gives up its slots whole: its members advance together, so a split group
         would wait while holding slots (it recomputes later; its full blocks stay in the prefix
         cache). Groups never make room for each other: they would take turns preempting one
-        another. Only the idle requests the policy admits next count, and a request the policy
-        ranks above them keeps its slots."""
-        idle, _ = self.policy.admissible(self.idle, self.busy)
-        newcomers = [r for r in idle if self._slots_needed(r) == 1]
+        another. The free slots go to the newcomers in the policy's order (a better priority
+        first; among equals, the lane's), and a request the policy ranks above the first one
+        they do not cover keeps its slots."""
+        newcomers = sorted((r for r in self.idle if self._slots_needed(r) == 1),
+                           key=self.policy.order(lambda r: ()))
         while len(newcomers) > self._free_slots():
+            uncovered = newcomers[max(0, self._free_slots())]
             holders = [r for r in self.num_running if self._slots_held(r) >= 2
-                       and not self.policy.outranks(r, newcomers[0])]
+                       and not self.policy.outranks(r, uncovered)]
             if not holders:
                 return
             request = max(holders, key=self.policy.order(lambda r: (self._slots_held(r),)))
