@@ -164,3 +164,24 @@ def test_generate_takes_one_priority_per_prompt(make_llm):
         llm.generate(prompts, params(4), use_tqdm=False, priority=[0, 1])
     with pytest.raises(InvalidRequestError, match="not enabled"):
         make_llm().generate(prompts[:1], params(2), use_tqdm=False, priority=[1])
+
+
+def test_a_newcomer_behind_a_better_one_takes_a_slot_from_its_equal_in_the_same_step(make_engine):
+    """Three slots, two held by a request of two samples. A newcomer of its priority and a
+    better one arrive together: the better takes the free slot and the equal one a slot of the
+    two samples', in the same step (a request with nothing running waits for none of its
+    equals holding two, as under 'fcfs')."""
+    engine = make_engine(max_num_seqs=3, scheduling_policy="priority")
+    engine.add_request("pair", [1, 2, 3], SamplingParams(n=2, max_tokens=20, ignore_eos=True,
+                                                         temperature=1.0, seed=0),
+                       priority=LOW)
+
+    def running(rid: str) -> int:
+        return sum(s.status is SequenceStatus.RUNNING for s in engine.requests[rid].seqs)
+
+    while running("pair") < 2:
+        step(engine)
+    engine.add_request("equal", [4, 5, 6], params(5), priority=LOW)
+    engine.add_request("better", [7, 8, 9], params(5), priority=HIGH)
+    step(engine)
+    assert [running(rid) for rid in ("pair", "equal", "better")] == [1, 1, 1]
