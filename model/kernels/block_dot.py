@@ -47,9 +47,11 @@ from nanovllm.model.weights.block_quant import (
 )
 
 # ISA -> (vector bytes, rows, blocks of a panel, blocks of a one-row panel), for the 32-weight
-# types; K-quants keep two more accumulators a block and output (`tile`). A one-row panel of 4
-# blocks beat 8 and 16 on AVX-512 (a measured choice: re-measure it on a new CPU).
-TILES = {"avx512vnni": (64, 4, 2, 4), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 2, 4)}
+# types; K-quants keep two more accumulators a block and output (`tile`). A one-row kernel is
+# bound by how many of its weights' cache lines one core has in flight, so on AVX-512 (32
+# registers) it streams 8 panels at once; 4 drew less from memory, 16 no more (measured on an
+# Icelake-class Xeon: re-measure on a new CPU).
+TILES = {"avx512vnni": (64, 4, 2, 8), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 2, 4)}
 ISAS = tuple(TILES)
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)

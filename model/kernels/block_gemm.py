@@ -67,17 +67,23 @@ class BlockRows:
 
 
 def quantize_blocks(x: np.ndarray, layout: Layout) -> BlockRows:
-    """x [M, K] float32 quantized per super-block of `layout` (on all threads when there is
-    enough of it, `kernels.on_threads`)."""
+    """x [M, K] float32 quantized per super-block of `layout`."""
+    return BlockRows(*quantize(np.ascontiguousarray(x, np.float32), layout.span, layout.sub))
+
+
+@njit(cache=True, nogil=True)
+def quantize(x, span, sub):
+    """(codes, scales, sums) of `BlockRows` for x [M, K] float32 C-contiguous, on all threads
+    when there is enough of it (`kernels.on_threads`)."""
     m, k = x.shape
-    rows = BlockRows(np.empty((m, k), np.int8), np.empty((m, k // layout.span), np.float32),
-                     np.empty((m, k // layout.sub), np.int32))
-    x = np.ascontiguousarray(x, np.float32)
+    q = np.empty((m, k), np.int8)
+    scale = np.empty((m, k // span), np.float32)
+    sums = np.empty((m, k // sub), np.int32)
     if on_threads(x.size):
-        quantize_rows_parallel(x, layout.span, layout.sub, rows.q, rows.scale, rows.sums)
+        quantize_rows_parallel(x, span, sub, q, scale, sums)
     else:
-        quantize_rows(x, layout.span, layout.sub, rows.q, rows.scale, rows.sums)
-    return rows
+        quantize_rows(x, span, sub, q, scale, sums)
+    return q, scale, sums
 
 
 @njit(cache=True, nogil=True)
@@ -120,25 +126,17 @@ def block_linear(x: np.ndarray, w: BlockWeight, kernel: str, bias: np.ndarray | 
     """x [M, K] float32 (quantized here per super-block) times w [N, K], plus bias [N] -> [M, N]
     float32, on `kernel`. With `residual` ([M, N] float32, C-contiguous) the result is added
     into it in place and it is returned."""
-    rows = quantize_blocks(x, w.layout)
+    x = np.ascontiguousarray(x, np.float32)
     out = np.empty((x.shape[0], w.shape[0]), np.float32) if residual is None else residual
-    block_matmul(rows, w, out, kernel, bias, accumulate=residual is not None)
+    accumulate = residual is not None
+    if config.DISABLE_JIT or kernel == PORTABLE:
+        rows, layout = quantize_blocks(x, w.layout), w.layout
+        matmul_portable(rows.q, rows.scale, rows.sums, w.packed, KIND_CODES[layout.kind],
+                        layout.bits, layout.sub, layout.span, layout.offset,
+                        header_bytes(layout), as_bias(bias), accumulate, out)
+    else:  # quantizing and multiplying in one compiled call: a decode step makes ~100 of them
+        LINEARS[kernel][w.type_name](x, w.packed, as_bias(bias), accumulate, out)
     return out
-
-
-def block_matmul(x: BlockRows, w: BlockWeight, out: np.ndarray, kernel: str,
-                 bias: np.ndarray | None = None, accumulate: bool = False) -> None:
-    """out = x @ w.T + bias (added into out with `accumulate`). out C-contiguous."""
-    if config.DISABLE_JIT:
-        kernel = PORTABLE
-    if kernel == PORTABLE:
-        layout = w.layout
-        matmul_portable(x.q, x.scale, x.sums, w.packed, KIND_CODES[layout.kind], layout.bits,
-                        layout.sub, layout.span, layout.offset, header_bytes(layout),
-                        as_bias(bias), accumulate, out)
-        return
-    MATMULS[kernel][w.type_name](x.q, x.scale, x.sums, w.packed, as_bias(bias), accumulate,
-                                 out)
 
 
 # --------------------------------------------------------------------------- by instruction set
@@ -225,15 +223,20 @@ def panel(isa, type_name, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumul
 
 
 def entry_point(isa: str, type_name: str):
-    """A compiled function running `matmul_isa` for one ISA and type, both constants (so that
-    each is compiled once, and called without numba re-typing strings on every call)."""
+    """A compiled function quantizing x and running `matmul_isa` for one ISA and type, both
+    constants (so that each is compiled once, and called without numba re-typing strings on
+    every call)."""
+    layout = LAYOUTS[type_name]
+    span, sub = layout.span, layout.sub
+
     @njit(cache=True, nogil=True)
-    def matmul(xq, xs, xsums, packed, bias, accumulate, out):
+    def linear(x, packed, bias, accumulate, out):
+        xq, xs, xsums = quantize(x, span, sub)
         matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out)
-    return matmul
+    return linear
 
 
-MATMULS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
+LINEARS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
 
 
 # --------------------------------------------------------------------------- portable
@@ -244,7 +247,7 @@ KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header, bias,
                     accumulate, out):
-    """`block_matmul` in plain loops on the packed panels: each panel's super-block's codes
+    """`block_linear`'s product in plain loops on the packed panels: each panel's super-block's codes
     unpacked once, then every row's integer sums per sub-block and output, finished as
     `block_dot` does."""
     n_panels, supers = packed.shape[0], packed.shape[1]
@@ -329,18 +332,13 @@ def super_block_dot(x, x_sums, u, kind, sub, offset, d, second, small, j, subs):
 
 
 def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
-    """Compiles (or loads from numba's cache) the activations' quantizers and `kernel` for the
+    """Compiles (or loads from numba's cache) `kernel` with the activations' quantizers for the
     given types (each type is its own compiled function: the others compile on first use)."""
     for type_name in type_names:
         kind = BLOCK_TYPES[type_name]
         w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))
         x = np.zeros((1, kind.weights), np.float32)
         block_linear(x, w, kernel, residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
-    layout = LAYOUTS["Q4_0"]
-    rows = BlockRows(np.zeros((1, 32), np.int8), np.zeros((1, 1), np.float32),
-                     np.zeros((1, 1), np.int32))
-    quantize_rows_parallel(np.zeros((1, 32), np.float32), layout.span, layout.sub, rows.q,
-                           rows.scale, rows.sums)
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:
