@@ -51,11 +51,13 @@ JOB_ROWS = 64
 # costs on one core (OpenBLAS keeps each such head's product on one thread too).
 THREADS_MIN_WORK = PARALLEL_MIN_WORK << 7
 
-# The register tiles: up to TILE_ROWS query rows (TILE_ROWS_WIDE for heads of 128 dimensions,
-# whose rows take twice the registers) against one key after another, their scores summed in
-# registers (`attention_dot.dot_rows`); then up to TILE_ROWS rows of probabilities times the
-# values, VALUE_VECTORS vectors of the head's dimensions at a time (`f32_dot.broadcast_tile`).
-TILE_ROWS, TILE_ROWS_WIDE, VALUE_VECTORS = 4, 2, 4
+# The register tiles: up to TILE_ROWS query rows against one key after another, their scores
+# summed in registers (`attention_dot.dot_rows`); then up to TILE_ROWS rows of probabilities
+# times the values, VALUE_VECTORS vectors of the head's dimensions at a time
+# (`f32_dot.broadcast_tile`). Heads of 128 dimensions take 4 rows too: each key row, loaded
+# once for more queries, outweighs the query vectors the registers cannot hold (measured: 2
+# rows took 1.7x the time of 4 on AVX-512; 6 and 8 no better than 4).
+TILE_ROWS, VALUE_VECTORS = 4, 4
 # The head sizes the tiles take: one to eight vectors of BLOCK lanes.
 TILE_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -134,7 +136,7 @@ def panel_job(q, k, v, out, window, g, r0, r1):
     of vectors a compile-time constant, one branch each)."""
     d = q.shape[2]
     if d == 128:
-        panel_heads(TILE_ROWS_WIDE, 8, q, k, v, out, window, g, r0, r1)
+        panel_heads(TILE_ROWS, 8, q, k, v, out, window, g, r0, r1)
     elif d == 64:
         panel_heads(TILE_ROWS, 4, q, k, v, out, window, g, r0, r1)
     elif d == 32:
