@@ -105,12 +105,11 @@ class BlockWeight:
         return dense[start - first * PANEL:end - first * PANEL]
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        """The float32 rows ids (the token embedding's lookup), as a new array: each panel
-        holding one unpacked once."""
-        ids = np.asarray(ids)
-        panels, where = np.unique(ids // PANEL, return_inverse=True)
-        dense = unpack_panels(self.packed[panels], self.layout, self.shape[1])
-        return dense.reshape(len(panels), PANEL, -1)[where.reshape(-1), ids.reshape(-1) % PANEL]
+        """The float32 rows ids (the token embedding's lookup), as a new array: each one's
+        bytes picked out of its panel (`one_lane`) and only they unpacked."""
+        ids = np.asarray(ids).reshape(-1)
+        lanes = one_lane(self.packed[ids // PANEL], self.layout, ids % PANEL)
+        return unpack_panels(lanes, self.layout, self.shape[1], width=1)
 
 
 def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockWeight:
@@ -138,48 +137,65 @@ def from_float(type_name: str, w: np.ndarray) -> BlockWeight:
 # --------------------------------------------------------------------------- unpacking
 
 
-def unpack_panels(packed: np.ndarray, layout: Layout, k: int) -> np.ndarray:
-    """Panels [p, supers, panel bytes] -> the float32 rows [p * PANEL, k] they stand for, in
-    the order of operations of `ggml_blocks`' dequantizers (so the values are equal)."""
+def unpack_panels(packed: np.ndarray, layout: Layout, k: int, width: int = PANEL) -> np.ndarray:
+    """Panels [p, supers, panel bytes] -> the float32 rows [p * width, k] they stand for, in
+    the order of operations of `ggml_blocks`' dequantizers (so the values are equal). `width`:
+    the outputs a panel holds (1 for `one_lane`'s)."""
     p, supers = packed.shape[:2]
     nh = 1 if layout.kind in ("sym", "ksym") else 2
     subs = layout.span // layout.sub
-    halves = packed[:, :, :nh * 2 * PANEL].copy().view(np.float16).astype(np.float32)
-    halves = halves.reshape(p, supers, nh, PANEL, 1, 1)          # broadcast over sub, input
+    header = header_bytes(layout) // PANEL * width
+    halves = packed[:, :, :nh * 2 * width].copy().view(np.float16).astype(np.float32)
+    halves = halves.reshape(p, supers, nh, width, 1, 1)          # broadcast over sub, input
     d = halves[:, :, 0]
-    small = packed[:, :, nh * 2 * PANEL:header_bytes(layout)].reshape(p, supers, -1, PANEL)
-    u = unpack_codes(packed[:, :, header_bytes(layout):], layout)  # [p, s, PANEL, subs, sub]
+    small = packed[:, :, nh * 2 * width:header].reshape(p, supers, -1, width)
+    u = unpack_codes(packed[:, :, header:], layout, width)       # [p, s, width, subs, sub]
     if layout.kind == "sym":
         w = d * (u.astype(np.int16) - layout.offset)
     elif layout.kind == "asym":
         w = d * u + halves[:, :, 1]
     elif layout.kind == "kmin":
-        sc = small[:, :, :subs].transpose(0, 1, 3, 2)[..., None]   # [p, s, PANEL, subs, 1]
+        sc = small[:, :, :subs].transpose(0, 1, 3, 2)[..., None]   # [p, s, width, subs, 1]
         mn = small[:, :, subs:].transpose(0, 1, 3, 2)[..., None]
         w = (d * sc) * u - halves[:, :, 1] * mn
     else:  # "ksym"
         sc = small.view(np.int8).transpose(0, 1, 3, 2)[..., None]
         w = (d * sc) * (u.astype(np.int16) - layout.offset)
-    w = w.astype(np.float32).reshape(p, supers, PANEL, layout.span)
-    return w.transpose(0, 2, 1, 3).reshape(p * PANEL, k)
+    w = w.astype(np.float32).reshape(p, supers, width, layout.span)
+    return w.transpose(0, 2, 1, 3).reshape(p * width, k)
 
 
-def unpack_codes(code_bytes: np.ndarray, layout: Layout) -> np.ndarray:
-    """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, PANEL, subs,
+def unpack_codes(code_bytes: np.ndarray, layout: Layout, width: int = PANEL) -> np.ndarray:
+    """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, width, subs,
     sub]."""
     p, s = code_bytes.shape[:2]
     subs, per_sub = layout.span // layout.sub, layout.sub // GROUP  # sub-blocks, their groups
     if layout.bits == 6:  # per sub-block: its 4-bit lines, then the line of top 2 bits
-        lines = code_bytes.reshape(p, s, subs, per_sub // 2 + 1, LINE)
+        lines = code_bytes.reshape(p, s, subs, per_sub // 2 + 1, width * GROUP)
         top = lines[:, :, :, -1:] >> (2 * np.arange(per_sub, dtype=np.uint8))[:, None]
         low = lines[:, :, :, :-1]
         code_bytes = np.concatenate([low & 0x0F, low >> 4], axis=3) | ((top & 3) << 4)
     elif layout.bits == 4:
         lines = code_bytes.reshape(p, s, subs, 1, -1)
         code_bytes = np.concatenate([lines & 0x0F, lines >> 4], axis=3)
-    groups = code_bytes.reshape(p, s, layout.span // GROUP, PANEL, GROUP)
-    return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, PANEL, layout.span // layout.sub,
+    groups = code_bytes.reshape(p, s, layout.span // GROUP, width, GROUP)
+    return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, width, layout.span // layout.sub,
                                                    layout.sub)
+
+
+def one_lane(panels: np.ndarray, layout: Layout, lanes: np.ndarray) -> np.ndarray:
+    """Panels [n, supers, panel bytes] -> panels of one output each, output lanes[i] of panel
+    i ([n, supers, panel bytes / PANEL]): every field holds its PANEL outputs side by side
+    (module docstring), so a lane is a slice of each."""
+    n, s = panels.shape[:2]
+    nh = 1 if layout.kind in ("sym", "ksym") else 2
+    header = header_bytes(layout)
+    fields = (panels[:, :, :nh * 2 * PANEL].reshape(n, s, nh, PANEL, 2),   # float16s
+              panels[:, :, nh * 2 * PANEL:header].reshape(n, s, -1, PANEL, 1),  # small scales
+              panels[:, :, header:].reshape(n, s, -1, PANEL, GROUP))         # code lines
+    picked = [np.take_along_axis(f, lanes.reshape(n, 1, 1, 1, 1), axis=3).reshape(n, s, -1)
+              for f in fields]
+    return np.concatenate(picked, axis=2)
 
 
 # --------------------------------------------------------------------------- packing

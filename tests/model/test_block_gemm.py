@@ -134,9 +134,12 @@ def test_quantization_option_makes_block_weights():
     assert convert_matrix(f32(8, 33), quantization="q4_0").__class__.__name__ == "Int8Weight"
 
 
-def test_gather_and_rows_read_the_repacked_weights():
-    w, dense = weight("Q4_K", 50, 1, seed=8)
-    ids = np.array([49, 0, 17, 17, 33])
+@pytest.mark.parametrize("type_name", list(BLOCK_TYPES))
+def test_gather_and_rows_read_the_repacked_weights(type_name):
+    """The embedding's lookup (each row's lane picked out of its panel) and `rows` (whole
+    panels) read the very values the file's blocks stand for."""
+    w, dense = weight(type_name, 50, 2, seed=8)
+    ids = np.array([49, 0, 17, 17, 33, 15, 16])
     np.testing.assert_array_equal(gather_rows(w, ids), dense[ids])
     np.testing.assert_array_equal(w.rows(15, 33), dense[15:33])
     assert w.nbytes == w.packed.nbytes
