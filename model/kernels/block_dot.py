@@ -42,6 +42,7 @@ from nanovllm.model.weights.block_quant import (
     LINE,
     PANEL,
     Layout,
+    float16_fields,
     header_bytes,
     panel_bytes,
 )
@@ -200,8 +201,8 @@ class PanelEmitter:
     def small_vector(self, header, index, h, signed):
         """Small scale `index` (an IR integer: sub-block j's scale, or subs + j's min) of this
         vector's outputs, after the float16 fields, as int32 lanes."""
-        nh = 1 if self.layout.kind == "ksym" else 2
-        at = self.scaled(header, index, PANEL, 2 * PANEL * nh + h * self.lanes)
+        at = self.scaled(header, index, PANEL,
+                         2 * PANEL * float16_fields(self.layout) + h * self.lanes)
         raw = self.load(at, ir.VectorType(I8, self.lanes))
         return (self.b.sext if signed else self.b.zext)(raw, self.mul.lanes)
 

@@ -247,9 +247,9 @@ KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header, bias,
                     accumulate, out):
-    """`block_linear`'s product in plain loops on the packed panels: each panel's super-block's codes
-    unpacked once, then every row's integer sums per sub-block and output, finished as
-    `block_dot` does."""
+    """`block_linear`'s product in plain loops on the packed panels: each panel's
+    super-block's codes unpacked once, then every row's integer sums per sub-block and output,
+    finished as `block_dot` does."""
     n_panels, supers = packed.shape[0], packed.shape[1]
     subs = span // sub
     halves = 1 if kind == 0 or kind == 3 else 2

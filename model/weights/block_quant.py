@@ -64,12 +64,16 @@ LAYOUTS = {
 }
 
 
+def float16_fields(layout: Layout) -> int:
+    """How many float16 fields each output has per super-block: d, and m or dmin."""
+    return 1 if layout.kind in ("sym", "ksym") else 2
+
+
 def header_bytes(layout: Layout) -> int:
     """A panel's super-block header: float16 d (and m or dmin) per output, then for K-quants
     one byte per output and sub-block (scales; mins after them for "kmin")."""
-    halves = {"sym": 1, "asym": 2, "kmin": 2, "ksym": 1}[layout.kind]
     small = {"kmin": 2, "ksym": 1}.get(layout.kind, 0) * (layout.span // layout.sub)
-    return PANEL * (2 * halves + small)
+    return PANEL * (2 * float16_fields(layout) + small)
 
 
 def code_bytes(layout: Layout) -> int:
@@ -142,7 +146,7 @@ def unpack_panels(packed: np.ndarray, layout: Layout, k: int, width: int = PANEL
     the order of operations of `ggml_blocks`' dequantizers (so the values are equal). `width`:
     the outputs a panel holds (1 for `one_lane`'s)."""
     p, supers = packed.shape[:2]
-    nh = 1 if layout.kind in ("sym", "ksym") else 2
+    nh = float16_fields(layout)
     subs = layout.span // layout.sub
     header = header_bytes(layout) // PANEL * width
     halves = packed[:, :, :nh * 2 * width].copy().view(np.float16).astype(np.float32)
@@ -188,8 +192,7 @@ def one_lane(panels: np.ndarray, layout: Layout, lanes: np.ndarray) -> np.ndarra
     i ([n, supers, panel bytes / PANEL]): every field holds its PANEL outputs side by side
     (module docstring), so a lane is a slice of each."""
     n, s = panels.shape[:2]
-    nh = 1 if layout.kind in ("sym", "ksym") else 2
-    header = header_bytes(layout)
+    nh, header = float16_fields(layout), header_bytes(layout)
     fields = (panels[:, :, :nh * 2 * PANEL].reshape(n, s, nh, PANEL, 2),   # float16s
               panels[:, :, nh * 2 * PANEL:header].reshape(n, s, -1, PANEL, 1),  # small scales
               panels[:, :, header:].reshape(n, s, -1, PANEL, GROUP))         # code lines
