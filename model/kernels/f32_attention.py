@@ -104,7 +104,7 @@ def plain_job(q, k, v, out, window, g, r0, r1):
     """`run_job` one query row at a time: its scores as dot products, then its softmax, then
     its output as the sum of value rows weighted by their probabilities."""
     n, n_head, d = q.shape
-    c, n_kv = k.shape[0], k.shape[1]
+    n_kv, c = k.shape[0], k.shape[1]
     group = n_head // n_kv
     scale = np.float32(1.0 / np.sqrt(d))
     row_scores = np.empty(c, np.float32)
@@ -119,14 +119,14 @@ def plain_job(q, k, v, out, window, g, r0, r1):
             for j in range(hi - lo):
                 dot = np.float32(0.0)
                 for dd in range(d):
-                    dot += qs[dd] * k[lo + j, g, dd]
+                    dot += qs[dd] * k[g, lo + j, dd]
                 row[j] = dot
             softmax_row_(row)
             acc[:] = 0.0
             for j in range(hi - lo):
                 p = row[j]
                 for dd in range(d):
-                    acc[dd] += p * v[lo + j, g, dd]
+                    acc[dd] += p * v[g, lo + j, dd]
             out[i, h] = acc
 
 
@@ -152,7 +152,7 @@ def panel_heads(rows, vectors, q, k, v, out, window, g, r0, r1):
     """Each query head of key/value head g: its rows r0 ... r1 - 1, `rows` at a time, then one
     at a time, against the keys they see (`panel_rows`)."""
     n, n_head, d = q.shape
-    c, n_kv = k.shape[0], k.shape[1]
+    n_kv, c = k.shape[0], k.shape[1]
     group = n_head // n_kv
     base = first_seen(c - n + r0, window)  # the job's first key
     scores = np.empty((rows, c - n + r1 - base), np.float32)
@@ -173,13 +173,13 @@ def panel_rows(rows, vectors, q, k, v, out, window, g, h, r, base, scores, qs):
     scores against keys lo ... hi - 1, every key one of them sees; their softmax, each over its
     own keys, 0 for the others; their output, the probabilities times the values."""
     n, n_head, d = q.shape
-    c, n_kv = k.shape[0], k.shape[1]
+    c = k.shape[1]
     lo, hi = first_seen(c - n + r, window), c - n + r + rows
     for i in range(rows):
         qs[i] = q[r + i, h]
-    kv_at, kv_step = (lo * n_kv + g) * d * 4, n_kv * d * 4  # key/value lo of head g, the next
+    kv_at = (g * c + lo) * d * 4  # key/value lo of head g (rows d * 4 bytes apart)
     s_stride = scores.shape[1] * 4
-    dot_rows(BLOCK, vectors, rows, 4, qs.ctypes.data, k.ctypes.data + kv_at, kv_step, hi - lo,
+    dot_rows(BLOCK, vectors, rows, 4, qs.ctypes.data, k.ctypes.data + kv_at, d * 4, hi - lo,
              np.float32(1.0 / np.sqrt(d)), scores.ctypes.data, s_stride)
     for i in range(rows):
         row = scores[i, :hi - lo]
@@ -187,7 +187,7 @@ def panel_rows(rows, vectors, q, k, v, out, window, g, h, r, base, scores, qs):
         softmax_row_(row[own_lo:own_hi])
         row[:own_lo] = 0.0
         row[own_hi:] = 0.0
-    value_rows(rows, scores.ctypes.data, s_stride, v.ctypes.data + kv_at, kv_step, hi - lo,
+    value_rows(rows, scores.ctypes.data, s_stride, v.ctypes.data + kv_at, d * 4, hi - lo,
                out.ctypes.data + (r * n_head + h) * d * 4, n_head * d * 4, d)
 
 

@@ -303,12 +303,37 @@ def softmax_rows_(x):
 def softmax_row_(row):
     """Softmax of one row in place: softmax_rows_'s, causal_softmax_'s and decode attention's
     (per head)."""
-    top = row.max()
+    top = row_max(row)
     total = np.float32(0.0)
     for j in range(row.shape[0]):
         row[j] = exp32(row[j] - top)
         total += row[j]
     row *= np.float32(1.0) / total
+
+
+@njit(cache=True, nogil=True)
+def row_max(row):
+    """The largest element of a float32 row, in eight chains of comparisons: one chain (numba's
+    `row.max()`) waits on each comparison before the next, and without no-NaN math (not in
+    KERNEL_MATH) it does not vectorize; eight ran ~3x faster. The largest is the same in any
+    order (a NaN anywhere still makes the softmax's row NaN, through its sum)."""
+    n = row.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
+    j = 0
+    while j + 8 <= n:
+        m0 = max(m0, row[j])
+        m1 = max(m1, row[j + 1])
+        m2 = max(m2, row[j + 2])
+        m3 = max(m3, row[j + 3])
+        m4 = max(m4, row[j + 4])
+        m5 = max(m5, row[j + 5])
+        m6 = max(m6, row[j + 6])
+        m7 = max(m7, row[j + 7])
+        j += 8
+    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for i in range(j, n):
+        top = max(top, row[i])
+    return top
 
 
 def first_that_compiles(kernels: list[str], compile_one, what: str) -> str:

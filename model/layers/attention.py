@@ -132,9 +132,10 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
     packed for them once (`BF16Context`), a block of CAUSAL_BLOCK queries at a time."""
     n, c = q.shape[0], k.shape[0]
     if not bf16:
-        q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+        q = np.ascontiguousarray(q)
         out = np.empty_like(q)
-        attend_chunk(q, k, v, out, window, THREADS_MIN_WORK, host_has_panels())
+        attend_chunk(q, heads_first(k), heads_first(v), out, window, THREADS_MIN_WORK,
+                     host_has_panels())
         return out
     context = BF16Context.pack(k, v)
     parts = []
@@ -144,6 +145,14 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
         first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
         parts.append(attend_block(q[start:end], first, seen, window, context))
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def heads_first(a: np.ndarray) -> np.ndarray:
+    """Keys or values [c, Hkv, D] -> [Hkv, c, D] C-contiguous, one head's rows after each other:
+    as they come, a head's rows lie Hkv * D * 4 bytes apart, 4 KiB for 8 heads of 128, so that
+    all of them fall in the same few cache sets and evict each other (prefill attention ran at
+    half its speed)."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2))
 
 
 def attend_block(q: np.ndarray, first: int, seen: int, window: int,
@@ -164,8 +173,8 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
 
 def attend_chunk(q, k, v, out, window, threads_min_work, panels):
     """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
-    [c, Hkv, D] (H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)), with
-    a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
+    [Hkv, c, D] (`heads_first`; H a multiple of Hkv; query head h reads key/value head
+    h // (H // Hkv)), with a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
     multiply-adds (`f32_attention.causal_work`; the engine passes THREADS_MIN_WORK), the jobs
     (`f32_attention.job_kernel`) are shared out among numba's threads; with `panels` (this CPU
     runs them: `linear.host_has_panels`), heads of `TILE_HEAD_DIMS` take the register tiles.
@@ -178,9 +187,9 @@ def chunk_kernel(panels: bool):
     """`attend_chunk` compiled with `panels` a constant (as `decode_kernel`)."""
     @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
     def attend(q, k, v, out, window, threads_min_work):
-        threads = causal_work(q.shape[0], k.shape[0], q.shape[1], q.shape[2],
+        threads = causal_work(q.shape[0], k.shape[1], q.shape[1], q.shape[2],
                               window) >= threads_min_work
-        n, n_kv = q.shape[0], k.shape[1]
+        n, n_kv = q.shape[0], k.shape[0]
         blocks = (n + JOB_ROWS - 1) // JOB_ROWS
         jobs = n_kv * blocks
         if not threads:
@@ -517,7 +526,7 @@ def compile_decode_attention(needs: KernelNeeds) -> None:
 
 
 def compile_prefill_attention(needs: KernelNeeds) -> None:
-    """The float32 prefill kernel this CPU runs (C-contiguous arrays, as `causal_attention`
+    """The float32 prefill kernel this CPU runs (on arrays laid out as `causal_attention`
     passes them), and with bfloat16 weights the causal softmax of `attend_block`."""
     q = np.zeros((1, 1, 1), np.float32)
     attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())

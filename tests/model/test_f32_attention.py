@@ -18,20 +18,20 @@ from nanovllm.model.kernels.f32_attention import (
     TILE_HEAD_DIMS,
     causal_work,
 )
-from nanovllm.model.layers.attention import attend_chunk, causal_attention
+from nanovllm.model.layers.attention import attend_chunk, causal_attention, heads_first
 from nanovllm.model.layers.linear import host_has_panels
 
 PATHS = ["plain", "panels"]
 
 
 def attend(q, k, v, window, threads, path):
-    """attend_chunk's output for q, the last positions of the context k, v, on numba's threads
-    or on the calling thread whatever the work."""
+    """attend_chunk's output for q, the last positions of the context k, v ([c, Hkv, D], as a
+    model makes them), on numba's threads or on the calling thread whatever the work."""
     if path == "panels" and not host_has_panels():
         pytest.skip("no register tiles on this CPU (or NUMBA_DISABLE_JIT=1)")
     out = np.full(q.shape, np.nan, np.float32)
-    attend_chunk(np.ascontiguousarray(q), k, v, out, window, 0 if threads else 2**62,
-                 path == "panels")
+    attend_chunk(np.ascontiguousarray(q), heads_first(k), heads_first(v), out, window,
+                 0 if threads else 2**62, path == "panels")
     return out
 
 
@@ -85,7 +85,8 @@ def test_causal_attention_takes_the_tiles_where_this_cpu_runs_them():
     for n in (24, 96):
         q = f32(n, 12, 64, seed=13)
         expected = np.empty_like(q)
-        attend_chunk(q, k, v, expected, 0, THREADS_MIN_WORK, host_has_panels())
+        attend_chunk(q, heads_first(k), heads_first(v), expected, 0, THREADS_MIN_WORK,
+                     host_has_panels())
         got = causal_attention(q, k, v)
         np.testing.assert_array_equal(got, expected)
         if host_has_panels():

@@ -20,7 +20,7 @@ from numba import config
 from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.model.kernels.int8_gemm import Int8Rows, quantize_activations
 from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
-from nanovllm.model.kernels.shared import NO_BIAS, as_kernel_array, softmax_
+from nanovllm.model.kernels.shared import NO_BIAS, as_kernel_array, row_max, softmax_
 from nanovllm.model.layers import linear as linear_module
 from nanovllm.model.layers.activations import gelu
 from nanovllm.model.layers.attention import CAUSAL_BLOCK, causal_attention, paged_decode_attention
@@ -120,6 +120,18 @@ def test_softmax_rows_match_reference(shape):
     bound = (8 * U + sum_error(shape[1])) * expected
     assert_within(softmax_(scores.copy()), expected, bound)
     assert (softmax_(scores.copy())[np.isinf(scores)] == 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 517])
+def test_row_max_is_numpys(n):
+    """softmax's maximum, in eight chains: numpy's, with -inf, inf and equal elements."""
+    row = f32(1, n, seed=n, scale=10)[0]
+    assert row_max(row) == row.max()
+    row[::2] = -np.inf
+    assert row_max(row) == row.max()
+    row[n // 2] = np.inf
+    assert row_max(row) == np.inf
+    assert row_max(np.full(n, -3.5, np.float32)) == np.float32(-3.5)
 
 
 def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
