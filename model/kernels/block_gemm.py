@@ -134,7 +134,7 @@ def block_linear(x: np.ndarray, w: BlockWeight, kernel: str, bias: np.ndarray | 
         matmul_portable(rows.q, rows.scale, rows.sums, w.packed, KIND_CODES[layout.kind],
                         layout.bits, layout.sub, layout.span, layout.offset,
                         header_bytes(layout), as_bias(bias), accumulate, out)
-    else:  # quantizing and multiplying in one compiled call: a decode step makes ~100 of them
+    else:  # quantizing and multiplying in one compiled call: a decode step makes one a matrix
         LINEARS[kernel][w.type_name](x, w.packed, as_bias(bias), accumulate, out)
     return out
 

@@ -55,8 +55,8 @@ THREADS_MIN_WORK = PARALLEL_MIN_WORK << 7
 # summed in registers (`attention_dot.dot_rows`); then up to TILE_ROWS rows of probabilities
 # times the values, VALUE_VECTORS vectors of the head's dimensions at a time
 # (`f32_dot.broadcast_tile`). Heads of 128 dimensions take 4 rows too: each key row, loaded
-# once for more queries, outweighs the query vectors the registers cannot hold (measured: 2
-# rows took 1.7x the time of 4 on AVX-512; 6 and 8 no better than 4).
+# once for more queries, outweighs the query vectors the registers cannot hold (measured on
+# AVX-512: fewer rows were slower, more no faster).
 TILE_ROWS, VALUE_VECTORS = 4, 4
 # The head sizes the tiles take: one to eight vectors of BLOCK lanes.
 TILE_HEAD_DIMS = (16, 32, 64, 128)

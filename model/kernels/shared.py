@@ -315,8 +315,9 @@ def softmax_row_(row):
 def row_max(row):
     """The largest element of a float32 row, in eight chains of comparisons: one chain (numba's
     `row.max()`) waits on each comparison before the next, and without no-NaN math (not in
-    KERNEL_MATH) it does not vectorize; eight ran ~3x faster. The largest is the same in any
-    order (a NaN anywhere still makes the softmax's row NaN, through its sum)."""
+    KERNEL_MATH) it does not vectorize, so eight chains keep more comparisons in flight. The
+    largest is the same in any order (a NaN anywhere still makes the softmax's row NaN,
+    through its sum)."""
     n = row.shape[0]
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
     j = 0

@@ -149,9 +149,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
 
 def heads_first(a: np.ndarray) -> np.ndarray:
     """Keys or values [c, Hkv, D] -> [Hkv, c, D] C-contiguous, one head's rows after each other:
-    as they come, a head's rows lie Hkv * D * 4 bytes apart, 4 KiB for 8 heads of 128, so that
-    all of them fall in the same few cache sets and evict each other (prefill attention ran at
-    half its speed)."""
+    as they come, a head's rows lie Hkv * D * 4 bytes apart (4 KiB for 8 heads of 128), so that
+    all of them fall in the same few cache sets and evict each other."""
     return np.ascontiguousarray(a.transpose(1, 0, 2))
 
 
@@ -174,10 +173,11 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
 def attend_chunk(q, k, v, out, window, threads_min_work, panels):
     """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
     [Hkv, c, D] (`heads_first`; H a multiple of Hkv; query head h reads key/value head
-    h // (H // Hkv)), with a sliding `window` if > 0. All four C-contiguous float32. With at least `threads_min_work`
-    multiply-adds (`f32_attention.causal_work`; the engine passes THREADS_MIN_WORK), the jobs
-    (`f32_attention.job_kernel`) are shared out among numba's threads; with `panels` (this CPU
-    runs them: `linear.host_has_panels`), heads of `TILE_HEAD_DIMS` take the register tiles.
+    h // (H // Hkv)), with a sliding `window` if > 0. All four C-contiguous float32. With at
+    least `threads_min_work` multiply-adds (`f32_attention.causal_work`; the engine passes
+    THREADS_MIN_WORK), the jobs (`f32_attention.job_kernel`) are shared out among numba's
+    threads; with `panels` (this CPU runs them: `linear.host_has_panels`), heads of
+    `TILE_HEAD_DIMS` take the register tiles.
     The later blocks of queries, which see more keys, are handed out first. Each way is a
     kernel of its own (`CHUNK_KERNELS`): start-up compiles the one this CPU runs."""
     CHUNK_KERNELS[bool(panels)](q, k, v, out, window, threads_min_work)
