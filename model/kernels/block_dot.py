@@ -35,7 +35,12 @@ from numba import types
 from numba.extending import intrinsic
 
 from nanovllm.model.kernels.int8_dot import vnni_takes_bytes
-from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emit_splat
+from nanovllm.model.kernels.ir_build import (
+    declare,
+    emit_accumulating_loop,
+    emit_splat,
+    intrinsic_accepts,
+)
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
@@ -91,6 +96,9 @@ class Multiply:
             self.operand = self.bytes if vnni_takes_bytes() else self.lanes
             self.dot = declare(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
                                [self.lanes, self.operand, self.operand])
+            self.word_operand = self.words if vnni_takes_words(suffix) else self.lanes
+            self.word_dot = declare(builder, f"llvm.x86.avx512.vpdpwssd.{suffix}", self.lanes,
+                                    [self.lanes, self.word_operand, self.word_operand])
         else:
             self.pairs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", self.words,
                                  [self.bytes, self.bytes])
@@ -120,6 +128,26 @@ class Multiply:
             pairs = b.call(self.pairs, [w, x])
         ones = ir.Constant(self.words, [1] * self.words.count)
         return b.add(acc, b.call(self.quads, [pairs, ones]))
+
+    def add_small(self, acc, a, c):
+        """acc + a * c in each int32 lane, for a within [0, 2^15) and c within int16: one
+        `vpdpwssd` (`vpmaddwd` and an add on avx2), which takes each lane as two int16 halves
+        and adds their products, a's upper half being 0 (`vpmulld` is two micro-ops on the port
+        the byte products need)."""
+        b = self.builder
+        if self.vnni:
+            return b.call(self.word_dot, [acc, b.bitcast(a, self.word_operand),
+                                          b.bitcast(c, self.word_operand)])
+        return b.add(acc, b.call(self.quads, [b.bitcast(a, self.words),
+                                              b.bitcast(c, self.words)]))
+
+
+def vnni_takes_words(suffix: str) -> bool:
+    """Whether this LLVM's `vpdpwssd` intrinsics take int16 vectors (newer LLVMs) rather than
+    int32 lanes."""
+    lanes = ir.VectorType(I32, 16 if suffix == "512" else 8)
+    words = ir.VectorType(I16, 2 * lanes.count)
+    return intrinsic_accepts(f"llvm.x86.avx512.vpdpwssd.{suffix}", lanes, [lanes, words, words])
 
 
 @intrinsic
@@ -313,15 +341,15 @@ class PanelEmitter:
         """A K-quant's int32 parts after sub-block `sub`: [sum of sc_j sums_j, sum of mn_j
         x_sum_j] for kmin; [sum of sc_j (sums_j - 32 x_sum_j)] for ksym."""
         b = self.b
-        x_sums = self.splat(x_sum, self.mul.lanes)
-        if self.layout.kind == "ksym":
+        if self.layout.kind == "ksym":  # (the offset times x_sum in a scalar register)
             sc = self.small_vector(header, sub, h, signed=True)
-            shift = b.mul(x_sums, ir.Constant(self.mul.lanes, [self.offset_off] * self.lanes))
+            shift = self.splat(b.mul(x_sum, ir.Constant(I32, self.offset_off)), self.mul.lanes)
             return [b.add(parts[0], b.mul(b.sub(sums, shift), sc))]
         sc = self.small_vector(header, sub, h, signed=False)
         minimum = b.add(sub, ir.Constant(self.intp, self.subs))
         mn = self.small_vector(header, minimum, h, signed=False)
-        return [b.add(parts[0], b.mul(sums, sc)), b.add(parts[1], b.mul(mn, x_sums))]
+        x_sums = self.splat(x_sum, self.mul.lanes)  # within int16: 32 codes of at most 127
+        return [b.add(parts[0], b.mul(sums, sc)), self.mul.add_small(parts[1], mn, x_sums)]
 
     def finish_k(self, acc, parts, header, h, dx):
         """acc + dx (d scaled - dmin mins)."""
