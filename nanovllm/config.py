@@ -60,8 +60,9 @@ class EngineConfig:
         None, "KV pool size in blocks (overrides --kv-cache-memory-bytes)")
     kv_cache_dtype: str = option(
         "auto", "'float32': exact; 'float16': half the memory per token and faster decode "
-                "attention, K/V rounded to float16; 'auto': float16 under bfloat16 weights (as "
-                "vLLM keeps a 16-bit model's cache in 16 bits), else float32",
+                "attention, K/V rounded to float16; 'auto': float16 under bfloat16 or "
+                "block-quantized weights (as vLLM keeps a 16-bit model's cache in 16 bits and "
+                "llama.cpp a GGUF file's), else float32",
         KV_CACHE_DTYPE_CHOICES)
     tokenizer: str | None = option(None, "tokenizer directory (default: the model's)")
     revision: str | None = option(None, "hub revision to download")
@@ -117,24 +118,21 @@ class EngineConfig:
         if self.speculative_config is not None:
             self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
-    @property
-    def cache_dtype(self) -> str:
-        """What the KV cache is stored as: `kv_cache_dtype_of` this config."""
-        return kv_cache_dtype_of(self.kv_cache_dtype, self.dtype)
-
     @classmethod
     def from_cli_args(cls, model: str, args: argparse.Namespace) -> EngineConfig:
         return cls(model=model, **{f.name: getattr(args, f.name) for f in fields(cls)
                                    if f.name != "model" and hasattr(args, f.name)})
 
 
-def kv_cache_dtype_of(kv_cache_dtype: str, dtype: str) -> str:
+def kv_cache_dtype_of(kv_cache_dtype: str, dtype: str, block_weights: bool = False) -> str:
     """The KV cache's storage type ('float32' or 'float16') for the option's value under weights
-    of `dtype`: 'auto' is float16 under bfloat16 weights, whose own rounding is coarser than
-    float16's (decode attention then reads half the bytes), else float32."""
+    of `dtype`, `block_weights` if any are block-quantized (a GGUF file's types, or
+    `--quantization q4_0 | q4_k | q8_0`): 'auto' is float16 under either, whose own rounding is
+    coarser than float16's (decode attention then reads half the bytes; llama.cpp's cache is
+    float16 by default on the same files), else float32."""
     if kv_cache_dtype != "auto":
         return kv_cache_dtype
-    return "float16" if dtype == "bfloat16" else "float32"
+    return "float16" if dtype == "bfloat16" or block_weights else "float32"
 
 
 def _positive(name: str, value) -> None:

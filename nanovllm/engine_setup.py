@@ -18,10 +18,12 @@ from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
-from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig
+from nanovllm.config import DEFAULT_KV_CACHE_BYTES, EngineConfig, kv_cache_dtype_of
 from nanovllm.model.architectures.registry import family_of
 from nanovllm.model.checkpoint.pooling_config import PoolingConfig
 from nanovllm.model.lora.loaded import LoadedAdapters
+from nanovllm.model.weights.block_quant import BLOCK_TYPES
+from nanovllm.model.weights.quant import matrix_formats
 from nanovllm.model_loading import LoadedModel, load_draft, load_model
 from nanovllm.pooling import pooling_config_of
 from nanovllm.runner.kv_cache import kv_bytes_per_block
@@ -38,7 +40,8 @@ logger = logging.getLogger("nanovllm")
 DRAFT_KV_SHARE = 0.125
 # The start-up line's word on a float16 cache that --kv-cache-dtype auto chose
 # (`config.kv_cache_dtype_of`).
-AUTO_FLOAT16_NOTE = ": 'auto' under bfloat16 weights; --kv-cache-dtype float32 keeps K/V exact"
+AUTO_FLOAT16_NOTE = (": 'auto' under bfloat16 or block-quantized weights; --kv-cache-dtype "
+                     "float32 keeps K/V exact")
 
 
 @dataclass(slots=True)
@@ -68,21 +71,22 @@ def build_parts(config: EngineConfig) -> EngineParts:
     spec = config.speculative_config
     draft = (load_draft(config, loaded, max_model_len)
              if spec is not None and spec.method == "draft_model" else None)
-    num_kv_blocks, draft_blocks = kv_blocks(config, loaded), 0
+    cache_dtype = kv_cache_dtype_of(config.kv_cache_dtype, config.dtype, in_blocks(loaded))
+    num_kv_blocks, draft_blocks = kv_blocks(config, loaded, cache_dtype), 0
     if draft is not None:
-        draft_blocks = draft_kv_blocks(config, draft, spec, max_model_len)
+        draft_blocks = draft_kv_blocks(config, draft, spec, max_model_len, cache_dtype)
         num_kv_blocks = config.num_kv_blocks or max(1, int(
-            (kv_budget(config) - draft_blocks * block_bytes(config, draft))
-            // block_bytes(config, loaded)))
+            (kv_budget(config) - draft_blocks * block_bytes(config, draft, cache_dtype))
+            // block_bytes(config, loaded, cache_dtype)))
     draft_model = None if draft is None else DraftModel(
-        draft.config, draft.weights, draft_blocks, config.block_size, config.cache_dtype)
+        draft.config, draft.weights, draft_blocks, config.block_size, cache_dtype)
     speculator = None if spec is None else Speculator(
         spec, max_model_len, draft_model,
         0.0 if draft is None else weight_bytes(draft.weights) / weight_bytes(loaded.weights))
     adapters = LoadedAdapters(family_of(cfg), cfg, config.max_loras, config.max_lora_rank,
                               bfloat16=config.dtype == "bfloat16") if config.enable_lora else None
     runner = NativeModelRunner(cfg, loaded.weights, num_kv_blocks, config.block_size,
-                               config.cache_dtype, config.seed, speculator, adapters)
+                               cache_dtype, config.seed, speculator, adapters)
     logger.info("Loaded %s from %s: %s, %.1fM parameters (%d layers, d=%d, vocab %d, "
                 "max_model_len %d)", loaded.architecture, loaded.path,
                 "RANDOM weights (dummy checkpoint)" if loaded.is_dummy else "pretrained weights",
@@ -91,7 +95,7 @@ def build_parts(config: EngineConfig) -> EngineParts:
                 num_kv_blocks, config.block_size, num_kv_blocks * config.block_size,
                 runner.kv_cache.nbytes / 2**20, runner.kv_cache.dtype,
                 AUTO_FLOAT16_NOTE if config.kv_cache_dtype == "auto"
-                and config.cache_dtype == "float16" else "")
+                and cache_dtype == "float16" else "")
     if spec is not None:
         off = spec.disable_by_batch_size
         logger.info("speculative decoding: %s, %s, %s%s",
@@ -138,20 +142,26 @@ def weight_bytes(weights) -> int:
     return 0
 
 
-def kv_blocks(config: EngineConfig, model: LoadedModel, share: float = 1.0) -> int:
-    """KV blocks of `model`'s cache: `num_kv_blocks`, or as many as `share` of the memory
-    budget pays for."""
+def in_blocks(model: LoadedModel) -> bool:
+    """Whether any of the model's matrices are block-quantized (GGML types)."""
+    return any(kind in BLOCK_TYPES for kind in matrix_formats(model.weights))
+
+
+def kv_blocks(config: EngineConfig, model: LoadedModel, cache_dtype: str,
+              share: float = 1.0) -> int:
+    """KV blocks of `model`'s cache in `cache_dtype`: `num_kv_blocks`, or as many as `share` of
+    the memory budget pays for."""
     return config.num_kv_blocks or max(1, int(kv_budget(config) * share)
-                                       // block_bytes(config, model))
+                                       // block_bytes(config, model, cache_dtype))
 
 
 def draft_kv_blocks(config: EngineConfig, draft: LoadedModel, spec: SpeculativeConfig,
-                    max_model_len: int) -> int:
+                    max_model_len: int, cache_dtype: str) -> int:
     """The draft's blocks: DRAFT_KV_SHARE of the budget, at least one full context; but no more
     than the sequences that may speculate at once can fill (disable_by_batch_size - 1 of them),
     so that speculation configured where it does not speculate leaves the target its pool."""
     one = -(-(max_model_len + spec.num_speculative_tokens) // config.block_size)
-    blocks = max(kv_blocks(config, draft, DRAFT_KV_SHARE), one)
+    blocks = max(kv_blocks(config, draft, cache_dtype, DRAFT_KV_SHARE), one)
     if spec.disable_by_batch_size is None or config.num_kv_blocks:
         return blocks
     return min(blocks, (spec.disable_by_batch_size - 1) * one)
@@ -161,5 +171,5 @@ def kv_budget(config: EngineConfig) -> int:
     return config.kv_cache_memory_bytes or DEFAULT_KV_CACHE_BYTES
 
 
-def block_bytes(config: EngineConfig, model: LoadedModel) -> int:
-    return kv_bytes_per_block(model.config, config.block_size, config.cache_dtype)
+def block_bytes(config: EngineConfig, model: LoadedModel, cache_dtype: str) -> int:
+    return kv_bytes_per_block(model.config, config.block_size, cache_dtype)

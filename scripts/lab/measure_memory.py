@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     weights_mib = cfg.num_params * 4 / 2**20  # fp32; a tied LM head is the embedding itself
     pool_mib = llm.engine.runner.kv_cache.nbytes / 2**20
     print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
-    per_token = kv_bytes_per_block(cfg, 1, llm.engine.config.cache_dtype)
+    cache_dtype = str(llm.engine.runner.kv_cache.dtype)
+    per_token = kv_bytes_per_block(cfg, 1, cache_dtype)
     print(f"KV cache {per_token:,} bytes per token ({cfg.n_layer} layers x {cfg.num_kv_heads} "
           f"key/value heads x {cfg.head_dim}); GPT-2 124M's: "
-          f"{kv_bytes_per_block(PRESETS['gpt2'], 1, llm.engine.config.cache_dtype):,}")
+          f"{kv_bytes_per_block(PRESETS['gpt2'], 1, cache_dtype):,}")
     stored = stored_bytes(llm.engine.runner.weights) / 2**20
     print(f"weights as stored ({precision_name(args.dtype, args.quantization)}): {stored:.2f} MiB")
     print(f"started: RSS {resident_mib():.0f} MiB")

@@ -1,6 +1,6 @@
 """kv_cache_dtype="float16": twice the blocks in the same memory, and logprobs that stay within
 float16 rounding of transformers' through chunked prefill, decode and preemption; "auto" is
-float16 under bfloat16 weights, and moves their logprobs little."""
+float16 under bfloat16 and block-quantized weights, and moves bfloat16's logprobs little."""
 
 from __future__ import annotations
 
@@ -51,19 +51,21 @@ def test_unknown_kv_cache_dtype_is_refused(tiny_ckpt):
         EngineConfig(str(tiny_ckpt), kv_cache_dtype="fp8")
 
 
-@pytest.mark.parametrize("dtype, option, stored", [
-    ("bfloat16", "auto", "float16"), ("auto", "auto", "float32"), ("float32", "auto", "float32"),
-    ("bfloat16", "float32", "float32"), ("auto", "float16", "float16")])
-def test_auto_cache_is_float16_under_bfloat16_weights_only(dtype, option, stored):
-    assert kv_cache_dtype_of(option, dtype) == stored
-    assert EngineConfig("m", dtype=dtype, kv_cache_dtype=option).cache_dtype == stored
+@pytest.mark.parametrize("dtype, blocks, option, stored", [
+    ("bfloat16", False, "auto", "float16"), ("auto", True, "auto", "float16"),
+    ("auto", False, "auto", "float32"), ("float32", False, "auto", "float32"),
+    ("bfloat16", False, "float32", "float32"), ("auto", True, "float32", "float32"),
+    ("auto", False, "float16", "float16")])
+def test_auto_cache_is_float16_under_bfloat16_or_block_weights_only(dtype, blocks, option,
+                                                                     stored):
+    assert kv_cache_dtype_of(option, dtype, blocks) == stored
 
 
 def test_bfloat16_engine_says_its_cache_is_float16_and_float32_stays_exact(make_engine, caplog):
     with caplog.at_level(logging.INFO, logger="nanovllm"):
         half = make_engine(dtype="bfloat16")
     assert half.runner.kv_cache.dtype == np.float16
-    assert "'auto' under bfloat16 weights" in caplog.text
+    assert "'auto' under bfloat16 or block-quantized weights" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="nanovllm"):
         full = make_engine(dtype="bfloat16", kv_cache_dtype="float32")
@@ -88,3 +90,12 @@ def test_bfloat16_default_cache_stays_close_to_a_float32_cache(make_llm):
             worst = max(worst, abs(lp_a[token].logprob - lp_b[token].logprob))
     assert 0.0 < worst < 5e-3, worst
     assert same >= len(prompts) - 1
+
+
+@pytest.mark.parametrize("options, stored", [
+    (dict(quantization="q4_0"), np.float16), (dict(quantization="int8"), np.float32),
+    (dict(quantization="q4_0", kv_cache_dtype="float32"), np.float32)])
+def test_block_quantized_engine_takes_a_float16_cache(make_engine, options, stored):
+    """As llama.cpp's cache on the same GGUF file (the file's own types are tested with it in
+    tests/model/test_gguf_loading.py)."""
+    assert make_engine(**options).runner.kv_cache.dtype == stored
