@@ -4,8 +4,8 @@ Arrays are `[num_blocks, block_size, num_kv_heads, head_dim]` (grouped-query mod
 fewer key/value heads than query heads); the model sees each as a flat
 `[num_slots, num_kv_heads, head_dim]` view, where slot = block * block_size + offset. They
 are float32 or float16 (`config.kv_cache_dtype_of`: float16 under bfloat16 or block-quantized
-weights by default): half the memory, so twice the blocks in the same bytes, and half of what decode
-attention reads. The whole pool is allocated and touched once at start-up: first touch of
+weights by default): half the memory, so twice the blocks in the same bytes, and half of what
+decode attention reads. The whole pool is allocated and touched once at start-up: first touch of
 fresh memory is slow on small VMs, and a step should never pay for it. On Linux the kernel maps
 all of an array's pages in one call (`touched_zeros`), several times faster than writing them.
 """

@@ -65,6 +65,11 @@ class Gemma3Weights:
     norm: np.ndarray              # [E] 1 + the final RMSNorm's gain
     lm_head: Weight               # [V, E]: `embed` itself
 
+    def matrices(self) -> list[Weight]:
+        """Every matrix a decode step multiplies by (the embedding is only looked up)."""
+        return [self.lm_head] + [m for layer in self.layers
+                                 for m in (layer.qkv_w, layer.o_w, layer.gate_up_w, layer.down_w)]
+
 
 def compile_kernels(needs: KernelNeeds) -> None:
     """The Llama family's kernels and GPT-2's GELU, as `needs` says."""
