@@ -438,7 +438,7 @@ def _report_header(args, engine, theirs, threads: int, dataset: list[list[int]] 
                   "params": cfg.num_params, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
                   "n_head": cfg.n_head, "num_kv_heads": cfg.num_kv_heads,
                   "vocab_size": cfg.vocab_size,
-                  "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, str(engine.runner.kv_cache.dtype))},
+                  "kv_bytes_per_token": kv_bytes_per_block(cfg, 1, engine.runner.kv_cache.dtype.name)},
         "settings": {"reps": args.reps, "warmup_tokens": WARMUP_TOKENS, "seed": args.bench_seed,
                      "temperature": args.temperature, "compare": args.compare,
                      "dataset": _dataset_settings(args, dataset),

@@ -34,13 +34,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from nanovllm.model.kernels.int8_dot import vnni_takes_bytes
-from nanovllm.model.kernels.ir_build import (
-    declare,
-    emit_accumulating_loop,
-    emit_splat,
-    intrinsic_accepts,
-)
+from nanovllm.model.kernels.int8_dot import vnni_takes_bytes, vnni_takes_words
+from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emit_splat
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
@@ -96,7 +91,7 @@ class Multiply:
             self.operand = self.bytes if vnni_takes_bytes() else self.lanes
             self.dot = declare(builder, f"llvm.x86.avx512.vpdpbusd.{suffix}", self.lanes,
                                [self.lanes, self.operand, self.operand])
-            self.word_operand = self.words if vnni_takes_words(suffix) else self.lanes
+            self.word_operand = self.words if vnni_takes_words() else self.lanes
             self.word_dot = declare(builder, f"llvm.x86.avx512.vpdpwssd.{suffix}", self.lanes,
                                     [self.lanes, self.word_operand, self.word_operand])
         else:
@@ -140,14 +135,6 @@ class Multiply:
                                           b.bitcast(c, self.word_operand)])
         return b.add(acc, b.call(self.quads, [b.bitcast(a, self.words),
                                               b.bitcast(c, self.words)]))
-
-
-def vnni_takes_words(suffix: str) -> bool:
-    """Whether this LLVM's `vpdpwssd` intrinsics take int16 vectors (newer LLVMs) rather than
-    int32 lanes."""
-    lanes = ir.VectorType(I32, 16 if suffix == "512" else 8)
-    words = ir.VectorType(I16, 2 * lanes.count)
-    return intrinsic_accepts(f"llvm.x86.avx512.vpdpwssd.{suffix}", lanes, [lanes, words, words])
 
 
 @intrinsic

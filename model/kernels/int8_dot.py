@@ -81,6 +81,14 @@ def vnni_takes_bytes() -> bool:
     return intrinsic_accepts("llvm.x86.avx512.vpdpbusd.512", lanes, [lanes, data, data])
 
 
+@cache
+def vnni_takes_words() -> bool:
+    """The same of `vpdpwssd` (int16 products): int16 vectors (<32 x i16>, newer LLVMs) rather
+    than int32 lanes."""
+    lanes, words = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
+    return intrinsic_accepts("llvm.x86.avx512.vpdpwssd.512", lanes, [lanes, words, words])
+
+
 class Multiply:
     """One ISA's step: prepare the loaded x and w vectors, then add x . w into an accumulator."""
 

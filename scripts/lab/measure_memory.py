@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     weights_mib = cfg.num_params * 4 / 2**20  # fp32; a tied LM head is the embedding itself
     pool_mib = llm.engine.runner.kv_cache.nbytes / 2**20
     print(f"fp32 weights {weights_mib:.0f} MiB, KV pool {pool_mib:.0f} MiB")
-    cache_dtype = str(llm.engine.runner.kv_cache.dtype)
+    cache_dtype = llm.engine.runner.kv_cache.dtype.name
     per_token = kv_bytes_per_block(cfg, 1, cache_dtype)
     print(f"KV cache {per_token:,} bytes per token ({cfg.n_layer} layers x {cfg.num_kv_heads} "
           f"key/value heads x {cfg.head_dim}); GPT-2 124M's: "

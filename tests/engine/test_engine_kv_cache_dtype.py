@@ -96,6 +96,6 @@ def test_bfloat16_default_cache_stays_close_to_a_float32_cache(make_llm):
     (dict(quantization="q4_0"), np.float16), (dict(quantization="int8"), np.float32),
     (dict(quantization="q4_0", kv_cache_dtype="float32"), np.float32)])
 def test_block_quantized_engine_takes_a_float16_cache(make_engine, options, stored):
-    """As llama.cpp's cache on the same GGUF file (the file's own types are tested with it in
-    tests/model/test_gguf_loading.py)."""
+    """As llama.cpp's cache on a GGUF file, whose block types reach the same choice
+    (`engine_setup.in_blocks`)."""
     assert make_engine(**options).runner.kv_cache.dtype == stored
