@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -236,35 +237,51 @@ def run_serve(args: argparse.Namespace) -> int:
     if concurrency < limits.limit_concurrency:
         logger.warning("--limit-concurrency %d lowered to %d to stay under the open-file limit",
                        limits.limit_concurrency, concurrency)
-    served, stop_ray = serving_engines(args, chat_template)
-    engine = served["models"]
-    app = app_module.result().build_app(**served, api_key=api_key, limits=limits,
-                    ui=not args.disable_ui, chat_template=chat_template,
-                    enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
-                    return_tokens_as_token_ids=args.return_tokens_as_token_ids,
-                    enable_server_load_tracking=args.enable_server_load_tracking,
-                    tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
-                    else None, reasoning_parser=args.reasoning_parser,
-                    structured_in_reasoning=in_reasoning,
-                    log_requests=not (args.disable_log_requests
-                                      or args.disable_uvicorn_access_log))
-    # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
-    # the request id, and logs each request once.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5, access_log=False,
-                            limit_concurrency=concurrency,
-                            timeout_keep_alive=limits.timeout_keep_alive)
-    server = Server(config, engine, ui=not args.disable_ui)
-    logger.info("%d start-up objects frozen out of the garbage collector's way", freeze_startup_heap())
-    try:
-        with absorb_reraised_signals():
-            server.run()
-    finally:
-        engine.shutdown()
-        if stop_ray is not None:
-            stop_ray()
-    logger.info("Server stopped.")
+    with bind_api_socket(args.host, args.port) as listening:
+        served, stop_ray = serving_engines(args, chat_template)
+        engine = served["models"]
+        app = app_module.result().build_app(**served, api_key=api_key, limits=limits,
+                        ui=not args.disable_ui, chat_template=chat_template,
+                        enable_tokenizer_info=args.enable_tokenizer_info_endpoint,
+                        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                        enable_server_load_tracking=args.enable_server_load_tracking,
+                        tool_call_parser=args.tool_call_parser if args.enable_auto_tool_choice
+                        else None, reasoning_parser=args.reasoning_parser,
+                        structured_in_reasoning=in_reasoning,
+                        log_requests=not (args.disable_log_requests
+                                          or args.disable_uvicorn_access_log))
+        # uvicorn's own access log stays off: the app's (server/middleware.py) has the duration and
+        # the request id, and logs each request once.
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                timeout_graceful_shutdown=5, access_log=False,
+                                limit_concurrency=concurrency,
+                                timeout_keep_alive=limits.timeout_keep_alive)
+        server = Server(config, engine, ui=not args.disable_ui)
+        logger.info("%d start-up objects frozen out of the garbage collector's way", freeze_startup_heap())
+        try:
+            with absorb_reraised_signals():
+                server.run(sockets=[listening])
+        finally:
+            engine.shutdown()
+            if stop_ray is not None:
+                stop_ray()
+        logger.info("Server stopped.")
     return 0 if server.started else 1
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before any engine starts (as vLLM does): a busy port is refused at
+    once instead of after the model loads, and the ports Ray's processes take as they start up
+    cannot include it. Listening starts with uvicorn; until then a client's connect is refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"--host {host} --port {port}: cannot bind ({exc.strerror or exc})") from exc
+    return sock
 
 
 def check_serve_args(args: argparse.Namespace) -> None:

@@ -122,8 +122,9 @@ def port_is_free(port: int) -> bool:
 class ServeProcess:
     """`python -m nanovllm.cli serve ...`, with its stderr collected line by line."""
 
-    def __init__(self, *args: str, env: dict | None = None, new_session: bool = False) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict | None = None, new_session: bool = False,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         full_env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))

@@ -7,6 +7,7 @@ import gc
 import json
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -21,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 def spawn():
     started: list[ServeProcess] = []
 
-    def start(*args, env=None) -> ServeProcess:
-        started.append(ServeProcess(*args, env=env))
+    def start(*args, env=None, port=None) -> ServeProcess:
+        started.append(ServeProcess(*args, env=env, port=port))
         return started[-1]
 
     yield start
@@ -149,3 +150,16 @@ def test_a_chat_template_path_that_does_not_exist_is_a_one_line_error(spawn, tin
     srv = spawn(str(tiny_ckpt), "--chat-template", "no/such/template.jinja")
     assert srv.proc.wait(60) == 2
     assert "looks like a file path" in srv.log and "Traceback" not in srv.log
+
+
+def test_a_busy_port_is_a_one_line_error_before_the_model_loads(spawn, tiny_ckpt):
+    """The API's socket is bound first: a port someone else holds fails the start at once (and
+    no process started later, Ray's included, can take the port between load and serve)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        srv = spawn(str(tiny_ckpt), port=holder.getsockname()[1])
+        assert srv.proc.wait(60) == 2, srv.log
+    [error] = [line for line in srv.lines if "error" in line]
+    assert f"--port {srv.port}: cannot bind (Address already in use)" in error
+    assert "Traceback" not in srv.log and "parameters" not in srv.log  # no model was loaded
