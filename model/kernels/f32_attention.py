@@ -17,14 +17,17 @@ prompt computed whole): each of its scores is a dot product summed in one order,
 runs over exactly the keys it sees, and its output sums the values of a run of keys in order,
 where a key out of its sight has probability 0 and adds nothing.
 
+The keys come transposed (`transpose_keys_`: [Hkv, D, keys], the keys along the rows), so that
+both products have their sums down the columns of a register tile: the scores are the query
+rows times the transposed keys, the keys along the vector lanes, each score one chain of
+multiply-adds over the head's dimensions, with no sum across the lanes of a register to end it.
+
 Two ways to compute a job, chosen by the CPU and the head size alone (never by the chunk):
 where this CPU runs the 16-lane register kernels (`linear.host_has_panels`) and a head has one
 of `TILE_HEAD_DIMS` dimensions, `panel_rows` takes a few query rows at a time, their scores
-against each key row in registers (`attention_dot.dot_rows`, as the decode tiles) and their
-probabilities times the value rows (`f32_dot.broadcast_tile`); neither needs the keys or values
-packed, so a short chunk against a long context costs no more than its products. Elsewhere
-`plain_job` takes one query row at a time in numba's loops (also what `NUMBA_DISABLE_JIT=1`
-runs).
+and their probabilities times the value rows in register tiles (`f32_dot.broadcast_tile`).
+Elsewhere `plain_job` takes one query row at a time in numba's loops (also what
+`NUMBA_DISABLE_JIT=1` runs). Both sum each score and each output in the same order.
 
 numba's on-disk cache does not notice edits to this module in `attention.attend_chunk`: after
 changing it, delete `model/layers/__pycache__/attention*.nbi` and `*.nbc`.
@@ -33,11 +36,10 @@ changing it, delete `model/layers/__pycache__/attention*.nbi` and `*.nbc`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from nanovllm.model.kernels.attention_dot import dot_rows
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK, on_threads
 from nanovllm.model.kernels.shared import KERNEL_MATH, softmax_row_
 from nanovllm.model.weights.quant import BLOCK
 
@@ -51,13 +53,10 @@ JOB_ROWS = 64
 # costs on one core (OpenBLAS keeps each such head's product on one thread too).
 THREADS_MIN_WORK = PARALLEL_MIN_WORK << 7
 
-# The register tiles: up to TILE_ROWS query rows against one key after another, their scores
-# summed in registers (`attention_dot.dot_rows`); then up to TILE_ROWS rows of probabilities
-# times the values, VALUE_VECTORS vectors of the head's dimensions at a time
-# (`f32_dot.broadcast_tile`). Heads of 128 dimensions take 4 rows too: each key row, loaded
-# once for more queries, outweighs the query vectors the registers cannot hold (measured on
-# AVX-512: fewer rows were slower, more no faster).
-TILE_ROWS, VALUE_VECTORS = 4, 4
+# The register tiles (`f32_dot.broadcast_tile`): up to TILE_ROWS query rows times the keys,
+# TILE_VECTORS vectors of keys at a time; then up to TILE_ROWS rows of probabilities times the
+# values, TILE_VECTORS vectors of the head's dimensions at a time.
+TILE_ROWS, TILE_VECTORS = 4, 4
 # The head sizes the tiles take: one to eight vectors of BLOCK lanes.
 TILE_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -79,14 +78,14 @@ def job_kernel(panels: bool):
     a CPU compiles only the way it runs (each closure is cached apart: its constant is part of
     numba's key)."""
     @njit(cache=True, nogil=True)
-    def run_job(q, k, v, out, window, g, block):
+    def run_job(q, kt, v, out, window, g, block):
         """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g,
         by the register tiles (`panel_job`) or one query row at a time (`plain_job`)."""
         r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
         if panels:
-            panel_job(q, k, v, out, window, g, r0, r1)
+            panel_job(q, kt, v, out, window, g, r0, r1)
         else:
-            plain_job(q, k, v, out, window, g, r0, r1)
+            plain_job(q, kt, v, out, window, g, r0, r1)
     return run_job
 
 
@@ -100,11 +99,12 @@ def first_seen(position, window):
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def plain_job(q, k, v, out, window, g, r0, r1):
-    """`run_job` one query row at a time: its scores as dot products, then its softmax, then
-    its output as the sum of value rows weighted by their probabilities."""
+def plain_job(q, kt, v, out, window, g, r0, r1):
+    """`run_job` one query row at a time: its scores (one dimension after another, each adding
+    its products with a row of the transposed keys), then its softmax, then its output as the
+    sum of value rows weighted by their probabilities."""
     n, n_head, d = q.shape
-    n_kv, c = k.shape[0], k.shape[1]
+    n_kv, c = v.shape[0], v.shape[1]
     group = n_head // n_kv
     scale = np.float32(1.0 / np.sqrt(d))
     row_scores = np.empty(c, np.float32)
@@ -116,11 +116,11 @@ def plain_job(q, k, v, out, window, g, r0, r1):
             for dd in range(d):
                 qs[dd] = q[i, h, dd] * scale
             row = row_scores[:hi - lo]
-            for j in range(hi - lo):
-                dot = np.float32(0.0)
-                for dd in range(d):
-                    dot += qs[dd] * k[g, lo + j, dd]
-                row[j] = dot
+            row[:] = 0.0
+            for dd in range(d):
+                keys = kt[g, dd, lo:hi]
+                for j in range(hi - lo):
+                    row[j] += qs[dd] * keys[j]
             softmax_row_(row)
             acc[:] = 0.0
             for j in range(hi - lo):
@@ -131,77 +131,129 @@ def plain_job(q, k, v, out, window, g, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def panel_job(q, k, v, out, window, g, r0, r1):
+def panel_job(q, kt, v, out, window, g, r0, r1):
     """`run_job` on the register tiles, for a head of 16, 32, 64 or 128 dimensions (the number
     of vectors a compile-time constant, one branch each)."""
     d = q.shape[2]
     if d == 128:
-        panel_heads(TILE_ROWS, 8, q, k, v, out, window, g, r0, r1)
+        panel_heads(TILE_ROWS, 8, q, kt, v, out, window, g, r0, r1)
     elif d == 64:
-        panel_heads(TILE_ROWS, 4, q, k, v, out, window, g, r0, r1)
+        panel_heads(TILE_ROWS, 4, q, kt, v, out, window, g, r0, r1)
     elif d == 32:
-        panel_heads(TILE_ROWS, 2, q, k, v, out, window, g, r0, r1)
+        panel_heads(TILE_ROWS, 2, q, kt, v, out, window, g, r0, r1)
     elif d == 16:
-        panel_heads(TILE_ROWS, 1, q, k, v, out, window, g, r0, r1)
+        panel_heads(TILE_ROWS, 1, q, kt, v, out, window, g, r0, r1)
     else:
-        plain_job(q, k, v, out, window, g, r0, r1)
+        plain_job(q, kt, v, out, window, g, r0, r1)
 
 
 @njit(cache=True, nogil=True)
-def panel_heads(rows, vectors, q, k, v, out, window, g, r0, r1):
+def panel_heads(rows, vectors, q, kt, v, out, window, g, r0, r1):
     """Each query head of key/value head g: its rows r0 ... r1 - 1, `rows` at a time, then one
-    at a time, against the keys they see (`panel_rows`)."""
+    at a time, against the keys they see (`panel_rows`). The scores' columns start at the job's
+    first key rounded down to a whole vector of keys (`base`)."""
     n, n_head, d = q.shape
-    n_kv, c = k.shape[0], k.shape[1]
+    n_kv, c = v.shape[0], v.shape[1]
     group = n_head // n_kv
-    base = first_seen(c - n + r0, window)  # the job's first key
-    scores = np.empty((rows, c - n + r1 - base), np.float32)
-    qs = np.empty((rows, d), np.float32)  # (dot_rows reads its query rows side by side)
+    base = first_seen(c - n + r0, window) // BLOCK * BLOCK
+    scores = np.empty((rows, whole_vectors(c - n + r1) - base), np.float32)
+    qs = np.empty((rows, d), np.float32)  # (broadcast_tile reads its query rows side by side)
     for h in range(g * group, (g + 1) * group):
         r = r0
         while r + rows <= r1:
-            panel_rows(rows, vectors, q, k, v, out, window, g, h, r, base, scores, qs)
+            panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
             r += rows
         while r < r1:  # (one row at a time: each tile's size is compiled apart)
-            panel_rows(1, vectors, q, k, v, out, window, g, h, r, base, scores, qs)
+            panel_rows(1, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
             r += 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def whole_vectors(count):
+    """count rounded up to whole vectors of BLOCK lanes."""
+    return (count + BLOCK - 1) // BLOCK * BLOCK
+
+
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def panel_rows(rows, vectors, q, k, v, out, window, g, h, r, base, scores, qs):
+def panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs):
     """Query head h's rows r ... r + rows - 1 (rows and vectors compile-time constants): their
-    scores against keys lo ... hi - 1, every key one of them sees; their softmax, each over its
-    own keys, 0 for the others; their output, the probabilities times the values."""
+    scores against keys lo ... hi - 1, every key one of them sees (computed from lo's vector of
+    keys on: whole vectors); their softmax, each over its own keys, 0 for the others; their
+    output, the probabilities times the values."""
     n, n_head, d = q.shape
-    c = k.shape[1]
+    c = v.shape[1]
     lo, hi = first_seen(c - n + r, window), c - n + r + rows
+    scale = np.float32(1.0 / np.sqrt(d))
     for i in range(rows):
-        qs[i] = q[r + i, h]
-    kv_at = (g * c + lo) * d * 4  # key/value lo of head g (rows d * 4 bytes apart)
-    s_stride = scores.shape[1] * 4
-    dot_rows(BLOCK, vectors, rows, 4, qs.ctypes.data, k.ctypes.data + kv_at, d * 4, hi - lo,
-             np.float32(1.0 / np.sqrt(d)), scores.ctypes.data, s_stride)
+        for dd in range(d):
+            qs[i, dd] = q[r + i, h, dd] * scale
+    key_scores(rows, qs, kt, g, lo // BLOCK * BLOCK, hi, scores, base)
+    s_stride, at = scores.shape[1] * 4, lo - base  # (the column of key lo)
     for i in range(rows):
-        row = scores[i, :hi - lo]
+        row = scores[i, at:at + hi - lo]
         own_lo, own_hi = first_seen(c - n + r + i, window) - lo, c - n + r + i + 1 - lo
         softmax_row_(row[own_lo:own_hi])
         row[:own_lo] = 0.0
         row[own_hi:] = 0.0
-    value_rows(rows, scores.ctypes.data, s_stride, v.ctypes.data + kv_at, d * 4, hi - lo,
-               out.ctypes.data + (r * n_head + h) * d * 4, n_head * d * 4, d)
+    value_rows(rows, scores.ctypes.data + at * 4, s_stride, v.ctypes.data + (g * c + lo) * d * 4,
+               d * 4, hi - lo, out.ctypes.data + (r * n_head + h) * d * 4, n_head * d * 4, d)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def key_scores(rows, qs, kt, g, k0, k1, scores, base):
+    """scores[:rows, j - base] = qs rows . key j for keys k0 ... k1 - 1 (k0 a whole vector's
+    first key; up to k1's vector's last, which the transposed keys' padding holds), the keys of
+    head g TILE_VECTORS vectors at a time, then one."""
+    d, keys = kt.shape[1], kt.shape[2]
+    kt_at, s_at = kt.ctypes.data + g * d * keys * 4, scores.ctypes.data - base * 4
+    s_stride = scores.shape[1] * 4
+    j = k0
+    while j + TILE_VECTORS * BLOCK <= k1:
+        broadcast_tile(BLOCK, rows, TILE_VECTORS, 4, qs.ctypes.data, d * 4, kt_at + j * 4,
+                       keys * 4, BLOCK * 4, d, s_at + j * 4, s_stride)
+        j += TILE_VECTORS * BLOCK
+    while j < k1:
+        broadcast_tile(BLOCK, rows, 1, 4, qs.ctypes.data, d * 4, kt_at + j * 4, keys * 4,
+                       BLOCK * 4, d, s_at + j * 4, s_stride)
+        j += BLOCK
 
 
 @njit(cache=True, nogil=True, inline="always")
 def value_rows(rows, p_at, p_stride, v_at, v_step, count, out_at, out_stride, d):
-    """out rows = p rows (count probabilities each) times count value rows, VALUE_VECTORS
+    """out rows = p rows (count probabilities each) times count value rows, TILE_VECTORS
     vectors of the head's dimensions at a time, then one."""
     dd = 0
-    while dd + VALUE_VECTORS * BLOCK <= d:
-        broadcast_tile(BLOCK, rows, VALUE_VECTORS, 4, p_at, p_stride, v_at + dd * 4, v_step,
+    while dd + TILE_VECTORS * BLOCK <= d:
+        broadcast_tile(BLOCK, rows, TILE_VECTORS, 4, p_at, p_stride, v_at + dd * 4, v_step,
                        BLOCK * 4, count, out_at + dd * 4, out_stride)
-        dd += VALUE_VECTORS * BLOCK
+        dd += TILE_VECTORS * BLOCK
     while dd < d:
         broadcast_tile(BLOCK, rows, 1, 4, p_at, p_stride, v_at + dd * 4, v_step, BLOCK * 4,
                        count, out_at + dd * 4, out_stride)
         dd += BLOCK
 
+
+@njit(cache=True, nogil=True, parallel=True)
+def transpose_keys_(k, kt):
+    """kt [Hkv, D, keys] = k [c, Hkv, D] with its last two axes before the first, the keys past
+    c (to a whole vector) 0; a block of BLOCK keys at a time, so that each line of kt is
+    written whole. On numba's threads, a key/value head each, with enough keys."""
+    c, n_kv, d = k.shape
+    if on_threads(k.size):
+        for g in prange(n_kv):
+            transpose_head_(k, kt, g)
+    else:
+        for g in range(n_kv):
+            transpose_head_(k, kt, g)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def transpose_head_(k, kt, g):
+    """`transpose_keys_` for key/value head g."""
+    c, d = k.shape[0], k.shape[2]
+    for j0 in range(0, c, BLOCK):
+        j1 = min(c, j0 + BLOCK)
+        for dd in range(d):
+            for j in range(j0, j1):
+                kt[g, dd, j] = k[j, g, dd]
+    kt[g, :, c:] = 0.0

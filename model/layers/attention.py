@@ -36,6 +36,8 @@ from nanovllm.model.kernels.f32_attention import (
     RUN_PLAIN_JOB,
     THREADS_MIN_WORK,
     causal_work,
+    transpose_keys_,
+    whole_vectors,
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import claim, on_threads
@@ -124,17 +126,18 @@ def attends_in_bf16_over(bf16: bool, context: int) -> bool:
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0,
-                     bf16: bool = False) -> np.ndarray:
+                     bf16: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """q: [n, H, D] are the last n positions of a context k, v: [c, Hkv, D] (H a multiple of
     Hkv). Returns [n, H, D]. In float32, one compiled call attends every head and query
     (`attend_chunk`, on numba's threads when there is enough work). With `bf16`
     (compiled only: `quant.attends_in_bf16`) both products take bfloat16 inputs, the context
-    packed for them once (`BF16Context`), a block of CAUSAL_BLOCK queries at a time."""
+    packed for them once (`BF16Context`), a block of CAUSAL_BLOCK queries at a time. Into
+    `out` ([n, H, D] float32, C-contiguous) if given, else a new array."""
     n, c = q.shape[0], k.shape[0]
     if not bf16:
         q = np.ascontiguousarray(q)
-        out = np.empty_like(q)
-        attend_chunk(q, heads_first(k), heads_first(v), out, window, THREADS_MIN_WORK,
+        out = np.empty_like(q) if out is None else out
+        attend_chunk(q, keys_transposed(k), heads_first(v), out, window, THREADS_MIN_WORK,
                      host_has_panels())
         return out
     context = BF16Context.pack(k, v)
@@ -144,7 +147,10 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
         seen = c - n + end  # keys visible to the block's last query
         first = max(0, c - n + start + 1 - window) if window else 0  # ... and to its first
         parts.append(attend_block(q[start:end], first, seen, window, context))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if out is None:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    out[:] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out
 
 
 def heads_first(a: np.ndarray) -> np.ndarray:
@@ -152,6 +158,15 @@ def heads_first(a: np.ndarray) -> np.ndarray:
     as they come, a head's rows lie Hkv * D * 4 bytes apart (4 KiB for 8 heads of 128), so that
     all of them fall in the same few cache sets and evict each other."""
     return np.ascontiguousarray(a.transpose(1, 0, 2))
+
+
+def keys_transposed(k: np.ndarray) -> np.ndarray:
+    """Keys [c, Hkv, D] -> [Hkv, D, c rounded up to whole vectors], 0 past c: each head's keys
+    along the rows, as `attend_chunk` takes them (`f32_attention.transpose_keys_`)."""
+    c, n_kv, d = k.shape
+    kt = np.empty((n_kv, d, whole_vectors(c)), np.float32)
+    transpose_keys_(k, kt)
+    return kt
 
 
 def attend_block(q: np.ndarray, first: int, seen: int, window: int,
@@ -170,34 +185,35 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
-def attend_chunk(q, k, v, out, window, threads_min_work, panels):
-    """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context k, v
-    [Hkv, c, D] (`heads_first`; H a multiple of Hkv; query head h reads key/value head
-    h // (H // Hkv)), with a sliding `window` if > 0. All four C-contiguous float32. With at
+def attend_chunk(q, kt, v, out, window, threads_min_work, panels):
+    """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context whose
+    keys are kt [Hkv, D, c rounded up] (`keys_transposed`) and values v [Hkv, c, D]
+    (`heads_first`; H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)),
+    with a sliding `window` if > 0. All four C-contiguous float32. With at
     least `threads_min_work` multiply-adds (`f32_attention.causal_work`; the engine passes
     THREADS_MIN_WORK), the jobs (`f32_attention.job_kernel`) are shared out among numba's
     threads; with `panels` (this CPU runs them: `linear.host_has_panels`), heads of
     `TILE_HEAD_DIMS` take the register tiles.
     The later blocks of queries, which see more keys, are handed out first. Each way is a
     kernel of its own (`CHUNK_KERNELS`): start-up compiles the one this CPU runs."""
-    CHUNK_KERNELS[bool(panels)](q, k, v, out, window, threads_min_work)
+    CHUNK_KERNELS[bool(panels)](q, kt, v, out, window, threads_min_work)
 
 
 def chunk_kernel(panels: bool):
     """`attend_chunk` compiled with `panels` a constant (as `decode_kernel`)."""
     @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-    def attend(q, k, v, out, window, threads_min_work):
-        threads = causal_work(q.shape[0], k.shape[1], q.shape[1], q.shape[2],
+    def attend(q, kt, v, out, window, threads_min_work):
+        threads = causal_work(q.shape[0], v.shape[1], q.shape[1], q.shape[2],
                               window) >= threads_min_work
-        n, n_kv = q.shape[0], k.shape[0]
+        n, n_kv = q.shape[0], v.shape[0]
         blocks = (n + JOB_ROWS - 1) // JOB_ROWS
         jobs = n_kv * blocks
         if not threads:
             for job in range(jobs):
                 if panels:
-                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                    RUN_PANEL_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
                 else:
-                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                    RUN_PLAIN_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
             return
         taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
         taken[0] = 0
@@ -205,9 +221,9 @@ def chunk_kernel(panels: bool):
             job = claim(taken)
             while job < jobs:
                 if panels:
-                    RUN_PANEL_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                    RUN_PANEL_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
                 else:
-                    RUN_PLAIN_JOB(q, k, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                    RUN_PLAIN_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
                 job = claim(taken)
     return attend
 
@@ -529,7 +545,8 @@ def compile_prefill_attention(needs: KernelNeeds) -> None:
     """The float32 prefill kernel this CPU runs (on arrays laid out as `causal_attention`
     passes them), and with bfloat16 weights the causal softmax of `attend_block`."""
     q = np.zeros((1, 1, 1), np.float32)
-    attend_chunk(q, q, q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())
+    attend_chunk(q, keys_transposed(q), q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())
+    keys_transposed(np.zeros((1, 2, 1), np.float32)[:, :1])  # (and of a fused projection's view)
     if needs.bf16_packed:
         causal_softmax_(q, 1, 0)
 
@@ -560,8 +577,8 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     if kv_cache is None:
         out = np.empty_like(q)
         for start, end, _ in batch.prefills:
-            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              attends_in_bf16_over(bf16, end - start))
+            causal_attention(q[start:end], k[start:end], v[start:end], window,
+                             attends_in_bf16_over(bf16, end - start), out[start:end])
         return out
     k_cache, v_cache = kv_cache
     k_bits, v_bits = as_kernel_array(k_cache), as_kernel_array(v_cache)
@@ -576,12 +593,11 @@ def paged_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                                host_decode_tiles(q.shape[1], k.shape[1]))
     for start, end, slots in batch.prefills:
         if slots is None:
-            out[start:end] = causal_attention(q[start:end], k[start:end], v[start:end], window,
-                                              attends_in_bf16_over(bf16, end - start))
+            causal_attention(q[start:end], k[start:end], v[start:end], window,
+                             attends_in_bf16_over(bf16, end - start), out[start:end])
         else:
             if window:  # the chunk's first query sees window positions, itself the last
                 slots = slots[max(0, len(slots) - (end - start) - window + 1):]
-            out[start:end] = causal_attention(q[start:end], gather(k_cache, slots),
-                                              gather(v_cache, slots), window,
-                                              attends_in_bf16_over(bf16, len(slots)))
+            causal_attention(q[start:end], gather(k_cache, slots), gather(v_cache, slots),
+                             window, attends_in_bf16_over(bf16, len(slots)), out[start:end])
     return out

@@ -3,7 +3,7 @@ plain loops and the register tiles, where this CPU runs them) and both ways of s
 against `llama_reference.attention` within the bounds of test_kernels_vs_reference.py (grouped
 queries, windows, chunks of a longer context, more queries than a job's), each row the same bits
 whichever chunk, job or thread computes it (a prompt's tail read back from the prefix cache
-relies on it), and which way causal_attention takes."""
+relies on it), the two ways' bits equal, and the keys' transposition."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from nanovllm.model.kernels.f32_attention import (
     TILE_HEAD_DIMS,
     causal_work,
 )
-from nanovllm.model.layers.attention import attend_chunk, causal_attention, heads_first
+from nanovllm.model.layers.attention import (
+    attend_chunk,
+    causal_attention,
+    heads_first,
+    keys_transposed,
+)
 from nanovllm.model.layers.linear import host_has_panels
 
 PATHS = ["plain", "panels"]
@@ -30,7 +35,7 @@ def attend(q, k, v, window, threads, path):
     if path == "panels" and not host_has_panels():
         pytest.skip("no register tiles on this CPU (or NUMBA_DISABLE_JIT=1)")
     out = np.full(q.shape, np.nan, np.float32)
-    attend_chunk(np.ascontiguousarray(q), heads_first(k), heads_first(v), out, window,
+    attend_chunk(np.ascontiguousarray(q), keys_transposed(k), heads_first(v), out, window,
                  0 if threads else 2**62, path == "panels")
     return out
 
@@ -77,20 +82,33 @@ def test_a_row_is_the_same_bits_in_any_chunk_job_or_thread(d, window, path):
                                       whole[c - tail:])
 
 
-def test_causal_attention_takes_the_tiles_where_this_cpu_runs_them():
-    """Bit for bit attend_chunk's result with the tiles where host_has_panels (another than
-    the plain loops'), without elsewhere; with little work and with enough for the threads."""
+def test_causal_attention_is_attend_chunk_and_the_tiles_are_the_plain_loops_bit_for_bit():
+    """causal_attention is attend_chunk on this CPU's way, with little work and with enough for
+    the threads; and the tiles sum each score and output in the plain loops' order, so where
+    this CPU runs them the two ways give the same bits."""
     k, v = f32(424, 12, 64, seed=11), f32(424, 12, 64, seed=12)
     assert causal_work(24, 424, 12, 64, 0) < THREADS_MIN_WORK <= causal_work(96, 424, 12, 64, 0)
     for n in (24, 96):
         q = f32(n, 12, 64, seed=13)
         expected = np.empty_like(q)
-        attend_chunk(q, heads_first(k), heads_first(v), expected, 0, THREADS_MIN_WORK,
+        attend_chunk(q, keys_transposed(k), heads_first(v), expected, 0, THREADS_MIN_WORK,
                      host_has_panels())
         got = causal_attention(q, k, v)
         np.testing.assert_array_equal(got, expected)
         if host_has_panels():
-            assert not np.array_equal(got, attend(q, k, v, 0, False, "plain"))
+            np.testing.assert_array_equal(got, attend(q, k, v, 0, False, "plain"))
+
+
+def test_keys_transposed():
+    """Each head's keys along its rows, 0 past the last key to a whole vector; from a fused
+    projection's columns (a strided view) as from a contiguous array."""
+    qkv = f32(37, 3, 2, 8).reshape(37, 3 * 2 * 8)
+    k = qkv[:, 16:32].reshape(37, 2, 8)
+    for keys in (k, np.ascontiguousarray(k)):
+        kt = keys_transposed(keys)
+        assert kt.shape == (2, 8, 48)
+        np.testing.assert_array_equal(kt[:, :, :37], k.transpose(1, 2, 0))
+        assert not kt[:, :, 37:].any()
 
 
 @pytest.mark.parametrize("n, c, window", [(1, 1, 0), (5, 9, 0), (30, 30, 0), (30, 100, 7),
