@@ -25,6 +25,7 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
+from nanovllm.model.kernels.int8_gemm import row_peak
 from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
 from nanovllm.model.kernels.shared import (
     as_bias,
@@ -102,22 +103,33 @@ def quantize_rows_parallel(x, span, sub, q, scale, sums):
 
 @njit(cache=True, nogil=True, inline="always")
 def quantize_row(row, span, sub, q, scale, sums):
-    top = np.float32(INT8_MAX)
+    # The layouts' spans and sub-blocks as constants: loops over runs of a length known only at
+    # run time did not vectorize.
+    if span == 32 and sub == 32:
+        quantize_spans(row, 32, 32, q, scale, sums)
+    elif span == 256 and sub == 32:
+        quantize_spans(row, 256, 32, q, scale, sums)
+    elif span == 256 and sub == 16:
+        quantize_spans(row, 256, 16, q, scale, sums)
+    else:
+        quantize_spans(row, span, sub, q, scale, sums)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def quantize_spans(row, span, sub, q, scale, sums):
+    """`quantize_rows` for one row."""
     for s in range(row.shape[0] // span):
         part = row[s * span:(s + 1) * span]
-        peak = np.float32(0.0)
-        for v in part:
-            peak = max(peak, abs(v))
-        d = np.float32(peak / top)
+        d = np.float32(row_peak(part) / np.float32(INT8_MAX))  # (a float maximum: one at a time)
         inverse = np.float32(np.float32(1.0) / d) if d > 0 else np.float32(0.0)
         scale[s] = d
-        for k in range(span):
-            v = np.rint(np.float32(part[k] * inverse))
-            q[s * span + k] = np.int8(min(max(v, -top), top))
-    for j in range(row.shape[0] // sub):
+        for k in range(span):  # (clamped as integers: the loop vectorizes)
+            v = np.int32(np.rint(np.float32(part[k] * inverse)))
+            q[s * span + k] = np.int8(min(max(v, -INT8_MAX), INT8_MAX))
+    for j in range(q.shape[0] // sub):
         total = np.int32(0)
-        for k in range(j * sub, (j + 1) * sub):
-            total += np.int32(q[k])
+        for k in range(sub):
+            total += np.int32(q[j * sub + k])
         sums[j] = total
 
 

@@ -135,7 +135,7 @@ def quantize_vector(row, out):
     return s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def row_peak(row):
     """max |row| (float32, contiguous), taken on the bits: without the sign bit, a finite
     float32's bits order as integers as the float does, and an integer maximum is a vector one
