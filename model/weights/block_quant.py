@@ -24,6 +24,7 @@ each 5-bit code in a byte (a simpler kernel, at more bytes per weight).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -112,8 +113,8 @@ class BlockWeight:
         """The float32 rows ids (the token embedding's lookup), as a new array: each one's
         bytes picked out of its panel (`one_lane`) and only they unpacked."""
         ids = np.asarray(ids).reshape(-1)
-        lanes = one_lane(self.packed[ids // PANEL], self.layout, ids % PANEL)
-        return unpack_panels(lanes, self.layout, self.shape[1], width=1)
+        return unpack_panels(one_lane(self.packed, self.layout, ids), self.layout,
+                             self.shape[1], width=1)
 
 
 def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockWeight:
@@ -187,18 +188,32 @@ def unpack_codes(code_bytes: np.ndarray, layout: Layout, width: int = PANEL) -> 
                                                    layout.sub)
 
 
-def one_lane(panels: np.ndarray, layout: Layout, lanes: np.ndarray) -> np.ndarray:
-    """Panels [n, supers, panel bytes] -> panels of one output each, output lanes[i] of panel
-    i ([n, supers, panel bytes / PANEL]): every field holds its PANEL outputs side by side
-    (module docstring), so a lane is a slice of each."""
-    n, s = panels.shape[:2]
+def one_lane(packed: np.ndarray, layout: Layout, outputs: np.ndarray) -> np.ndarray:
+    """Panels [p, supers, panel bytes] -> the bytes of each of `outputs` ([n, supers, panel
+    bytes / PANEL]: one-output panels, as `unpack_panels` takes with width 1). Every field
+    holds its PANEL outputs side by side (module docstring), so an output's bytes are at the
+    same offsets in each super-block, moved by its lane times the field's bytes an output:
+    one gather from the flat array."""
+    first, step = lane_offsets(layout)
+    supers, size = packed.shape[1:]
+    at = (outputs // PANEL * supers)[:, None] + np.arange(supers)  # [n, supers] super-blocks
+    offsets = first + step * (outputs % PANEL)[:, None, None]      # [n, 1, lane bytes]
+    return np.take(packed.reshape(-1), at[..., None] * size + offsets)
+
+
+@cache
+def lane_offsets(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets of output 0's bytes in a panel's super-block, what one lane more adds to each):
+    its float16s, its small scales, its code groups. Read-only (one pair per layout)."""
     nh, header = float16_fields(layout), header_bytes(layout)
-    fields = (panels[:, :, :nh * 2 * PANEL].reshape(n, s, nh, PANEL, 2),   # float16s
-              panels[:, :, nh * 2 * PANEL:header].reshape(n, s, -1, PANEL, 1),  # small scales
-              panels[:, :, header:].reshape(n, s, -1, PANEL, GROUP))         # code lines
-    picked = [np.take_along_axis(f, lanes.reshape(n, 1, 1, 1, 1), axis=3).reshape(n, s, -1)
-              for f in fields]
-    return np.concatenate(picked, axis=2)
+    fields = ((0, nh, 2), (nh * 2 * PANEL, (header - nh * 2 * PANEL) // PANEL, 1),
+              (header, code_bytes(layout) // LINE, GROUP))  # (start, entries, bytes an entry)
+    first = [start + e * PANEL * size + b for start, entries, size in fields
+             for e in range(entries) for b in range(size)]
+    step = [size for _, entries, size in fields for _ in range(entries * size)]
+    first, step = np.array(first, np.int64), np.array(step, np.int64)
+    first.flags.writeable = step.flags.writeable = False
+    return first, step
 
 
 # --------------------------------------------------------------------------- packing
