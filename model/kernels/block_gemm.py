@@ -120,7 +120,7 @@ def quantize_spans(row, span, sub, q, scale, sums):
     """`quantize_rows` for one row."""
     for s in range(row.shape[0] // span):
         part = row[s * span:(s + 1) * span]
-        d = np.float32(row_peak(part) / np.float32(INT8_MAX))  # (a float maximum: one at a time)
+        d = np.float32(row_peak(part) / np.float32(INT8_MAX))  # (on the bits: it vectorizes)
         inverse = np.float32(np.float32(1.0) / d) if d > 0 else np.float32(0.0)
         scale[s] = d
         for k in range(span):  # (clamped as integers: the loop vectorizes)

@@ -17,7 +17,7 @@ prompt computed whole): each of its scores is a dot product summed in one order,
 runs over exactly the keys it sees, and its output sums the values of a run of keys in order,
 where a key out of its sight has probability 0 and adds nothing.
 
-The keys come transposed (`transpose_keys_`: [Hkv, D, keys], the keys along the rows), so that
+The keys come transposed (`attention.keys_transposed`: [Hkv, D, keys], the keys along the rows), so that
 both products have their sums down the columns of a register tile: the scores are the query
 rows times the transposed keys, the keys along the vector lanes, each score one chain of
 multiply-adds over the head's dimensions, with no sum across the lanes of a register to end it.
@@ -27,19 +27,20 @@ where this CPU runs the 16-lane register kernels (`linear.host_has_panels`) and 
 of `TILE_HEAD_DIMS` dimensions, `panel_rows` takes a few query rows at a time, their scores
 and their probabilities times the value rows in register tiles (`f32_dot.broadcast_tile`).
 Elsewhere `plain_job` takes one query row at a time in numba's loops (also what
-`NUMBA_DISABLE_JIT=1` runs). Both sum each score and each output in the same order.
+`NUMBA_DISABLE_JIT=1` runs).
 
-numba's on-disk cache does not notice edits to this module in `attention.attend_chunk`: after
-changing it, delete `model/layers/__pycache__/attention*.nbi` and `*.nbc`.
+numba's on-disk cache does not notice edits to this module in `attention.attend_chunk` and
+`attention.keys_transposed`: after changing it, delete
+`model/layers/__pycache__/attention*.nbi` and `*.nbc`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK, on_threads
+from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
 from nanovllm.model.kernels.shared import KERNEL_MATH, softmax_row_
 from nanovllm.model.weights.quant import BLOCK
 
@@ -233,23 +234,11 @@ def value_rows(rows, p_at, p_stride, v_at, v_step, count, out_at, out_stride, d)
         dd += BLOCK
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def transpose_keys_(k, kt):
-    """kt [Hkv, D, keys] = k [c, Hkv, D] with its last two axes before the first, the keys past
-    c (to a whole vector) 0; a block of BLOCK keys at a time, so that each line of kt is
-    written whole. On numba's threads, a key/value head each, with enough keys."""
-    c, n_kv, d = k.shape
-    if on_threads(k.size):
-        for g in prange(n_kv):
-            transpose_head_(k, kt, g)
-    else:
-        for g in range(n_kv):
-            transpose_head_(k, kt, g)
-
-
 @njit(cache=True, nogil=True, inline="always")
 def transpose_head_(k, kt, g):
-    """`transpose_keys_` for key/value head g."""
+    """kt[g] = key/value head g of k [c, Hkv, D] transposed, [D, keys], the keys past c (to
+    a whole vector) 0 (`attention.keys_transposed`); a block of BLOCK keys at a time, so that
+    each line of kt is written whole."""
     c, d = k.shape[0], k.shape[2]
     for j0 in range(0, c, BLOCK):
         j1 = min(c, j0 + BLOCK)

@@ -36,7 +36,7 @@ from nanovllm.model.kernels.f32_attention import (
     RUN_PLAIN_JOB,
     THREADS_MIN_WORK,
     causal_work,
-    transpose_keys_,
+    transpose_head_,
     whole_vectors,
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
@@ -160,12 +160,19 @@ def heads_first(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(1, 0, 2))
 
 
-def keys_transposed(k: np.ndarray) -> np.ndarray:
+@njit(cache=True, nogil=True, parallel=True)
+def keys_transposed(k):
     """Keys [c, Hkv, D] -> [Hkv, D, c rounded up to whole vectors], 0 past c: each head's keys
-    along the rows, as `attend_chunk` takes them (`f32_attention.transpose_keys_`)."""
+    along the rows, as `attend_chunk` takes them (`f32_attention.transpose_head_`); on numba's
+    threads, a key/value head each, with enough keys."""
     c, n_kv, d = k.shape
     kt = np.empty((n_kv, d, whole_vectors(c)), np.float32)
-    transpose_keys_(k, kt)
+    if on_threads(k.size):
+        for g in prange(n_kv):
+            transpose_head_(k, kt, g)
+    else:
+        for g in range(n_kv):
+            transpose_head_(k, kt, g)
     return kt
 
 

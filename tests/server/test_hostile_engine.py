@@ -88,6 +88,17 @@ def assert_idle(srv: ServeProcess) -> None:
     raise AssertionError(f"blocks still held: {free} of {total} free")
 
 
+def all_queued(srv: ServeProcess) -> float:
+    """The waiting count once all of BIG's sequences are in: its prompts are queued one after
+    another, and the first may stream before the last is in."""
+    for _ in range(600):
+        waiting = engine_stat(srv, "nanovllm:num_waiting_seqs")
+        if waiting >= len(BIG["prompt"]) * BIG["n"] - MAX_NUM_SEQS:
+            return waiting
+        threading.Event().wait(0.05)
+    raise AssertionError(f"only {waiting} sequences waiting")
+
+
 def test_a_small_request_is_served_while_a_big_one_runs(srv, big):
     """Row 4: first come first served, the small request would wait for the 48 sequences queued
     ahead of it, three waves of BIG_TOKENS steps; fairly, it is admitted in its first step and
@@ -106,8 +117,7 @@ def test_a_small_request_is_served_while_a_big_one_runs(srv, big):
 def test_a_full_queue_answers_429_with_retry_after(srv, big):
     """48 sequences wait; a request whose 64 would pass the queue's 64 is refused at once, in
     OpenAI's shape, and nothing of it is queued; the big request goes on."""
-    waiting = engine_stat(srv, "nanovllm:num_waiting_seqs")
-    assert waiting > 0
+    waiting = all_queued(srv)
     r = httpx.post(f"{srv.url}/v1/completions", json={"model": MODEL, "prompt": "Hi", "n": 64})
     err = error_of(r, 429)
     assert err["type"] == "RateLimitError" and err["param"] is None
