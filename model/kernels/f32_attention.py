@@ -17,10 +17,10 @@ prompt computed whole): each of its scores is a dot product summed in one order,
 runs over exactly the keys it sees, and its output sums the values of a run of keys in order,
 where a key out of its sight has probability 0 and adds nothing.
 
-The keys come transposed (`attention.keys_transposed`: [Hkv, D, keys], the keys along the rows), so that
-both products have their sums down the columns of a register tile: the scores are the query
-rows times the transposed keys, the keys along the vector lanes, each score one chain of
-multiply-adds over the head's dimensions, with no sum across the lanes of a register to end it.
+The keys come transposed (`attention.keys_transposed`: [Hkv, D, keys], the keys along the
+rows), so that both products have their sums down the columns of a register tile: the scores
+are the query rows times the transposed keys, the keys along the vector lanes, each score one
+chain of multiply-adds over the head's dimensions, with no sum across a register's lanes.
 
 Two ways to compute a job, chosen by the CPU and the head size alone (never by the chunk):
 where this CPU runs the 16-lane register kernels (`linear.host_has_panels`) and a head has one
@@ -41,7 +41,7 @@ from numba import njit
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
-from nanovllm.model.kernels.shared import KERNEL_MATH, softmax_row_
+from nanovllm.model.kernels.shared import KERNEL_MATH, round_up, softmax_row_
 from nanovllm.model.weights.quant import BLOCK
 
 # A job's queries: few enough that a chunk of a few hundred tokens makes several jobs a head
@@ -157,7 +157,7 @@ def panel_heads(rows, vectors, q, kt, v, out, window, g, r0, r1):
     n_kv, c = v.shape[0], v.shape[1]
     group = n_head // n_kv
     base = first_seen(c - n + r0, window) // BLOCK * BLOCK
-    scores = np.empty((rows, whole_vectors(c - n + r1) - base), np.float32)
+    scores = np.empty((rows, round_up(c - n + r1, BLOCK) - base), np.float32)
     qs = np.empty((rows, d), np.float32)  # (broadcast_tile reads its query rows side by side)
     for h in range(g * group, (g + 1) * group):
         r = r0
@@ -167,12 +167,6 @@ def panel_heads(rows, vectors, q, kt, v, out, window, g, r0, r1):
         while r < r1:  # (one row at a time: each tile's size is compiled apart)
             panel_rows(1, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
             r += 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def whole_vectors(count):
-    """count rounded up to whole vectors of BLOCK lanes."""
-    return (count + BLOCK - 1) // BLOCK * BLOCK
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)

@@ -66,6 +66,12 @@ def read_only(a: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def round_up(n, multiple):
+    """n rounded up to a multiple of `multiple`."""
+    return (n + multiple - 1) // multiple * multiple
+
+
+@njit(cache=True, nogil=True, inline="always")
 def finish(out, t, c, value, bias, accumulate):
     """out[t, c] = value + bias[c] (if there is a bias: `as_bias`), or added into out[t, c]
     with `accumulate`: how a linear layer's kernel stores an output, its bias and residual."""

@@ -37,7 +37,6 @@ from nanovllm.model.kernels.f32_attention import (
     THREADS_MIN_WORK,
     causal_work,
     transpose_head_,
-    whole_vectors,
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import claim, on_threads
@@ -47,11 +46,13 @@ from nanovllm.model.kernels.shared import (
     from_float32,
     prefetch_lines,
     prefetch_lines_l2,
+    round_up,
     softmax_row_,
     to_float32,
 )
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import host_has_panels
+from nanovllm.model.weights.quant import BLOCK
 
 
 @dataclass(slots=True)
@@ -166,7 +167,7 @@ def keys_transposed(k):
     along the rows, as `attend_chunk` takes them (`f32_attention.transpose_head_`); on numba's
     threads, a key/value head each, with enough keys."""
     c, n_kv, d = k.shape
-    kt = np.empty((n_kv, d, whole_vectors(c)), np.float32)
+    kt = np.empty((n_kv, d, round_up(c, BLOCK)), np.float32)
     if on_threads(k.size):
         for g in prange(n_kv):
             transpose_head_(k, kt, g)

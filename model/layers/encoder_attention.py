@@ -24,7 +24,13 @@ from numba import config, njit, prange
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import claim, on_threads
-from nanovllm.model.kernels.shared import KERNEL_MATH, exp32_within, prefetch_lines, softmax_
+from nanovllm.model.kernels.shared import (
+    KERNEL_MATH,
+    exp32_within,
+    prefetch_lines,
+    round_up,
+    softmax_,
+)
 
 # Below this exponent `shared.exp32` gives 0 (e**t leaves float32's normal range).
 EXP_MIN = np.float32(-87.0)
@@ -68,11 +74,6 @@ def encoder_attention_(qkv, bias, n_head, starts, out):
 # loads and a broadcast fit the 16 vector registers of AVX2.
 TILE_ROWS, TILE_VECTORS, TILE_WIDTH = 4, 2, 8
 TILE_COLS = TILE_VECTORS * TILE_WIDTH  # keys (or value dims) a tile
-
-
-@njit(cache=True, nogil=True, inline="always")
-def round_up(n, multiple):
-    return (n + multiple - 1) // multiple * multiple
 
 
 @njit(cache=True, nogil=True, inline="always")
