@@ -11,8 +11,7 @@ seeing p + i + 1 positions, the run's later rows already in the cache but out of
 A prompt's chunk, or a longer verify run, gathers its context with numpy and attends causally:
 a prompt's rows are attended the same way whether its start came from the prefix cache or
 not. Where the CPU's registers hold them, decode rows take a register-tile version of the
-kernel (`decode_tiles_`, `model/kernels/attention_dot.py`; `host_decode_tiles`), float32 caches and
-grouped-query float16 ones (`tiles_serve`).
+kernel (`decode_tiles_`, `model/kernels/attention_dot.py`; `host_decode_tiles`, `tiles_serve`).
 
 Grouped-query attention (Llama, Mistral, Qwen2): the cache holds `num_kv_heads` heads and query
 head h reads key/value head h // (n_head // num_kv_heads), as transformers' `repeat_kv` lays them
@@ -28,7 +27,7 @@ import numpy as np
 from numba import config, get_num_threads, njit, prange
 from numba.extending import overload
 
-from nanovllm.model.kernels.attention_dot import dot_rows
+from nanovllm.model.kernels.attention_dot import dot_rows, dot_rows_transposed
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.kernels.f32_attention import (
     JOB_ROWS,
@@ -267,12 +266,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
     them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
     miss), and the GEMMs' threads stay awake for the next layer. With `tiles` (compiled only),
-    caches of heads of `TILE_HEAD_DIM` take the register-tile path (`decode_tiles_`), split
-    among threads the same way; but not a float16 cache whose key/value heads each serve one
-    query head (GPT-2), which `decode_one_` reads row after row: its sequential sweep of a block
-    ran faster on a cold cache than the tiles' head-by-head walk, whose lines of float16 rows
-    are half as many per row (`tiles_serve`). Each way is a kernel of its own
-    (`DECODE_KERNELS`), so that start-up compiles only the one this model's cache takes.
+    the caches `tiles_serve` names take the register-tile path (`decode_tiles_`), split among
+    threads the same way; the others `decode_one_`, which reads row after row. Each way is a
+    kernel of its own (`DECODE_KERNELS`), so that start-up compiles only the one this model's
+    cache takes.
     """
     tiles = tiles and tiles_serve(k_cache, q.shape[1], q.shape[2])
     DECODE_KERNELS[tiles](q, k_cache, v_cache, block_tables, context_lens, block_size, out,
@@ -322,9 +319,14 @@ DECODE_KERNELS = {False: decode_kernel(False), True: decode_kernel(True)}
 
 
 def tiles_serve(k_cache: np.ndarray, n_head: int, head_dim: int) -> bool:
-    """Whether `tiles` takes this cache: heads of TILE_HEAD_DIM, in float32 or grouped (several
-    query heads a key/value head, whose tile reads each row once for all of them)."""
-    return head_dim == TILE_HEAD_DIM and (k_cache.itemsize == 4 or n_head != k_cache.shape[1])
+    """Whether `tiles` takes this cache: heads of TILE_HEAD_DIMS where the scores take
+    TILE_WIDTH positions at a time (AVX-512: `tile_scores`); elsewhere heads of 64 in float32 or
+    grouped (several query heads a key/value head, whose tile reads each row once for all of
+    them), and not heads of 128, whose query and key vectors alone fill AVX2's registers."""
+    if head_dim not in TILE_HEAD_DIMS:
+        return False
+    return host_has_panels() or (head_dim == 64 and (k_cache.itemsize == 4
+                                                      or n_head != k_cache.shape[1]))
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -391,31 +393,36 @@ def decode_heads_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
                 out[h, d] += p * to_float32(v_cache[slot, g, d])
 
 
-# The register-tile path: head_dim 64 (every Llama preset but Mistral's 128, and GPT-2), as
-# TILE_VECTORS vectors of TILE_WIDTH float32 lanes; up to TILE_HEADS query heads of one key/value
-# head at a time, so that their accumulators (TILE_HEADS x TILE_VECTORS) and a cached row's vectors
-# stay in AVX-512's 32 registers.
+# The register-tile path: heads of 64 dimensions (GPT-2, most Llama presets) or 128 (Qwen3,
+# Mistral), as 4 or 8 vectors of TILE_WIDTH float32 lanes; up to `tile_heads` query heads of one
+# key/value head at a time, so that their accumulators (heads x vectors) and a cached row's
+# vectors stay in AVX-512's 32 registers.
 TILE_WIDTH = 16
-TILE_VECTORS = 4
-TILE_HEAD_DIM = TILE_WIDTH * TILE_VECTORS
-TILE_HEADS = 3
+TILE_HEAD_DIMS = (64, 128)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_heads(head_dim):
+    """Query heads a tile of heads of `head_dim` (one of TILE_HEAD_DIMS) takes at a time."""
+    return 3 if head_dim == 64 else 2
 
 
 def host_decode_tiles(n_head: int, n_kv: int) -> bool:
     """Whether decode attention takes the register tiles here (compiled only: they are LLVM IR).
-    A tile's sums, up to TILE_HEADS heads x TILE_VECTORS vectors, fit AVX-512's 32 registers
+    A tile's sums, up to 3 heads x 4 vectors, fit AVX-512's 32 registers
     (`linear.host_has_panels`); AVX2's 16 hold one head's, so there they serve models whose
     key/value heads each serve one query head (GPT-2): grouped-query models spilled their tiles
-    there and read a cold cache more slowly than the plain loop."""
+    there and read a cold cache more slowly than the plain loop. `tiles_serve` says which
+    caches and head widths."""
     return not config.DISABLE_JIT and (n_head == n_kv or host_has_panels())
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, g0, g1):
-    """decode_one_ (key/value heads g0 ... g1 - 1) for a cache of TILE_HEAD_DIM-wide heads
+    """decode_one_ (key/value heads g0 ... g1 - 1) for a cache of heads of TILE_HEAD_DIMS
     (float32, or float16 bits widened as they are loaded), run by run of consecutive slots (a
-    block, or the part of it in the window): the scores of up to TILE_HEADS query heads against
-    a run's keys (`attention_dot.dot_rows`), then their probabilities times the run's values
+    block, or the part of it in the window): the scores of up to `tile_heads` query heads
+    against a run's keys (`tile_scores`), then their probabilities times the run's values
     (`f32_dot.broadcast_tile`), the heads' sums held in registers over the run. The next run's
     rows (their part in g0 ... g1 - 1) are prefetched: its block is elsewhere in the cache,
     where the hardware's prefetcher does not look."""
@@ -423,6 +430,7 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     n_kv = k_cache.shape[1]
     group = n_head // n_kv
     h0, h1 = g0 * group, g1 * group
+    vectors, most = head_dim // TILE_WIDTH, tile_heads(head_dim)
     scale = np.float32(1.0 / np.sqrt(head_dim))
     first = max(0, n - window) if window > 0 else 0
     m = n - first
@@ -431,7 +439,7 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
         for d in range(head_dim):
             qs[h, d] = q[h0 + h, d]
     probs = np.empty((h1 - h0, m), np.float32)
-    acc = np.empty(TILE_HEADS * head_dim, np.float32)
+    acc = np.empty(most * head_dim, np.float32)
     size = k_cache.itemsize
     row_bytes = n_kv * head_dim * size  # from one slot to the next
     part_at, part_bytes = g0 * head_dim * size, (g1 - g0) * head_dim * size  # g0 ... g1 - 1
@@ -455,65 +463,87 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
                 at = cache.ctypes.data + (slot * n_kv + g) * head_dim * size
                 h = g * group
                 while h < (g + 1) * group:
-                    heads = min(TILE_HEADS, (g + 1) * group - h)
+                    heads = min(most, (g + 1) * group - h)
                     p_at = probs.ctypes.data + ((h - h0) * m + t - first) * 4
                     if values:
-                        tile_values(heads, cache, at, row_bytes, run, p_at, m * 4, acc)
+                        tile_values(heads, vectors, cache, at, row_bytes, run, p_at, m * 4, acc)
                         for c in range(heads):
                             for d in range(head_dim):
                                 out[h + c, d] += acc[c * head_dim + d]
                     else:
-                        tile_scores(heads, cache, qs.ctypes.data + (h - h0) * head_dim * 4,
-                                    at, row_bytes, run, scale, p_at, m * 4)
+                        tile_scores(heads, vectors, cache,
+                                    qs.ctypes.data + (h - h0) * head_dim * 4, at, row_bytes, run,
+                                    scale, p_at, m * 4)
                     h += heads
             t += run
 
 
-def tile_scores(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
-    """dot_rows for 1 to TILE_HEADS heads (the count a compile-time constant, one branch each)
-    of keys in `cache` (an `as_kernel_array`: its element type is the IR's). Compiled only."""
+def tile_scores(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+    """s[c, j] = scale * (q[c] . k[j]) for 1 to `tile_heads` heads (the count a compile-time
+    constant, one branch each) of `vectors` vectors, keys in `cache` (an `as_kernel_array`: its
+    element type is the IR's). Where the 16-lane kernels run (`linear.host_has_panels`), each
+    head's scores TILE_WIDTH positions at a time (`dot_rows_transposed`), the rest as the other
+    CPUs do all of them, each position's scores summed on its own (`dot_rows`). Compiled
+    only."""
     raise NotImplementedError("the register tiles are LLVM IR: compiled only")
 
 
 @overload(tile_scores, inline="always")
-def _tile_scores(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+def _tile_scores(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
     size = cache.dtype.bitwidth // 8  # 4 (float32) or 2 (float16 bits): a constant of the IR
+    across = TILE_WIDTH if host_has_panels() else 0  # positions summed together
 
-    def impl(heads, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
-        if heads == 3:
-            dot_rows(TILE_WIDTH, TILE_VECTORS, 3, size, q_at, k_at, k_stride, count, scale, s_at,
-                     s_stride)
+    def impl(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
+        whole = count // across if across else 0
+        for c in range(heads if whole else 0):
+            q_c, s_c = q_at + c * vectors * TILE_WIDTH * 4, s_at + c * s_stride
+            if vectors == 4:
+                dot_rows_transposed(TILE_WIDTH, 4, size, q_c, k_at, k_stride, whole, scale, s_c)
+            else:
+                dot_rows_transposed(TILE_WIDTH, 8, size, q_c, k_at, k_stride, whole, scale, s_c)
+        done = whole * across
+        k_at, s_at, count = k_at + done * k_stride, s_at + 4 * done, count - done
+        if vectors == 4 and heads == 3:
+            dot_rows(TILE_WIDTH, 4, 3, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+        elif vectors == 4 and heads == 2:
+            dot_rows(TILE_WIDTH, 4, 2, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
+        elif vectors == 4:
+            dot_rows(TILE_WIDTH, 4, 1, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
         elif heads == 2:
-            dot_rows(TILE_WIDTH, TILE_VECTORS, 2, size, q_at, k_at, k_stride, count, scale, s_at,
-                     s_stride)
+            dot_rows(TILE_WIDTH, 8, 2, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
         else:
-            dot_rows(TILE_WIDTH, TILE_VECTORS, 1, size, q_at, k_at, k_stride, count, scale, s_at,
-                     s_stride)
+            dot_rows(TILE_WIDTH, 8, 1, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
     return impl
 
 
-def tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
-    """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to TILE_HEADS heads, v in `cache`
-    (as tile_scores). Compiled only."""
+def tile_values(heads, vectors, cache, v_at, v_stride, count, p_at, p_stride, acc):
+    """acc[c] = sum over j < count of p[c, j] * v[j] for 1 to `tile_heads` heads of `vectors`
+    vectors, v in `cache` (as tile_scores). Compiled only."""
     raise NotImplementedError("the register tiles are LLVM IR: compiled only")
 
 
 @overload(tile_values, inline="always")
-def _tile_values(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
+def _tile_values(heads, vectors, cache, v_at, v_stride, count, p_at, p_stride, acc):
     size = cache.dtype.bitwidth // 8
 
-    def impl(heads, cache, v_at, v_stride, count, p_at, p_stride, acc):
+    def impl(heads, vectors, cache, v_at, v_stride, count, p_at, p_stride, acc):
         a, step = acc.ctypes.data, size * TILE_WIDTH  # from one vector of a row to the next
-        row = TILE_VECTORS * TILE_WIDTH * 4  # acc's rows, one after another
-        if heads == 3:
-            broadcast_tile(TILE_WIDTH, 3, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a, row)
+        row = vectors * TILE_WIDTH * 4  # acc's rows, one after another
+        if vectors == 4 and heads == 3:
+            broadcast_tile(TILE_WIDTH, 3, 4, size, p_at, p_stride, v_at, v_stride, step, count,
+                           a, row)
+        elif vectors == 4 and heads == 2:
+            broadcast_tile(TILE_WIDTH, 2, 4, size, p_at, p_stride, v_at, v_stride, step, count,
+                           a, row)
+        elif vectors == 4:
+            broadcast_tile(TILE_WIDTH, 1, 4, size, p_at, p_stride, v_at, v_stride, step, count,
+                           a, row)
         elif heads == 2:
-            broadcast_tile(TILE_WIDTH, 2, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a, row)
+            broadcast_tile(TILE_WIDTH, 2, 8, size, p_at, p_stride, v_at, v_stride, step, count,
+                           a, row)
         else:
-            broadcast_tile(TILE_WIDTH, 1, TILE_VECTORS, size, p_at, p_stride, v_at, v_stride,
-                           step, count, a, row)
+            broadcast_tile(TILE_WIDTH, 1, 8, size, p_at, p_stride, v_at, v_stride, step, count,
+                           a, row)
     return impl
 
 

@@ -60,7 +60,7 @@ import json, sys
 import numpy as np
 from nanovllm import LLM, SamplingParams
 from nanovllm.model.architectures import gpt2_reference as ref
-from nanovllm.model.layers.attention import TILE_HEAD_DIM, paged_decode_attention
+from nanovllm.model.layers.attention import paged_decode_attention
 from nanovllm.model.platform.cpu import kernel_path
 from nanovllm.model.kernels.shared import as_kernel_array
 from nanovllm.model.layers.linear import linear
@@ -77,12 +77,12 @@ for name, convert in (("float32", lambda w: w), ("int8", quantize_int8), ("bfloa
         scale = np.abs(x) @ np.abs(dequantize(w)).T
         errors[f"{name} {rows}"] = float((np.abs(linear(x, w) - expected) / scale).max())
 for dtype in ("float32", "float16"):  # the register tiles: no F16C here to widen float16 with
-    k, v = (rng.standard_normal((64, 3, TILE_HEAD_DIM)).astype(dtype) for _ in range(2))
-    q = rng.standard_normal((1, 3, TILE_HEAD_DIM), dtype=np.float32)
+    k, v = (rng.standard_normal((64, 3, 64)).astype(dtype) for _ in range(2))
+    q = rng.standard_normal((1, 3, 64), dtype=np.float32)
     out = np.empty_like(q)
     paged_decode_attention(q, as_kernel_array(k), as_kernel_array(v), np.arange(4)[None],
                            np.array([64]), 16, out, 0, 1, True)
-    scores = np.einsum("hd,thd->ht", q[0], k.astype(np.float64)) / np.sqrt(TILE_HEAD_DIM)
+    scores = np.einsum("hd,thd->ht", q[0], k.astype(np.float64)) / np.sqrt(64)
     p = np.exp(scores - scores.max(axis=1, keepdims=True))
     expected = np.einsum("ht,thd->hd", p / p.sum(axis=1, keepdims=True), v.astype(np.float64))
     errors[f"tiles {dtype}"] = float(np.abs(out[0] - expected).max())  # |v| ~ 1

@@ -24,7 +24,7 @@ from nanovllm.model.kernels.shared import as_kernel_array
 from nanovllm.model.layers.activations import silu_mul
 from nanovllm.model.layers.attention import (
     CAUSAL_BLOCK,
-    TILE_HEAD_DIM,
+    TILE_HEAD_DIMS,
     causal_attention,
     paged_decode_attention,
 )
@@ -172,18 +172,21 @@ def test_grouped_paged_decode_attention_matches_reference(lens, cache_dtype, win
 
 @pytest.mark.skipif(config.DISABLE_JIT, reason="the register tiles are LLVM IR: compiled only")
 @pytest.mark.parametrize("window", [0, 7])
-@pytest.mark.parametrize("block_size", [16, 5, 1])
+# Runs of slots shorter than 16 positions, of 16 (summed together on AVX-512), and of 48 (three
+# times 16, then the rest one by one).
+@pytest.mark.parametrize("block_size", [16, 5, 1, 48])
 # Query heads per key/value head: 1 (GPT-2), 3 (SmolLM2), 4 (Llama 3.2), 7 (Qwen2.5), 8
-# (TinyLlama): chunks of TILE_HEADS, 2 and 1 heads.
+# (TinyLlama): chunks of `tile_heads`, 2 and 1 heads.
 @pytest.mark.parametrize("n_head, n_kv", [(2, 2), (9, 3), (8, 2), (14, 2), (8, 1)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("head_dim", TILE_HEAD_DIMS)
 def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, window,
-                                                      cache_dtype):
+                                                      cache_dtype, head_dim):
     """`tiles` on every CPU that compiles them (their width is LLVM's to split): the scores and
     weighted values of each run of slots against the reference, on shuffled block tables;
     positions before the window are NaN, never read. A float16 cache's keys and values are
     widened as they are loaded, against the reference on the same float16 values."""
-    lens, head_dim = MANY_CONTEXTS[:9] + [1, 300], TILE_HEAD_DIM
+    lens = MANY_CONTEXTS[:9] + [1, 300]
     num_blocks, tables = shuffled_block_tables(lens, block_size)
     k_cache, v_cache = (f32(num_blocks * block_size, n_kv, head_dim, seed=s, scale=2)
                         .astype(cache_dtype) for s in (12, 13))
@@ -209,11 +212,11 @@ def test_paged_decode_register_tiles_match_reference(n_head, n_kv, block_size, w
 
 
 def test_register_tiles_leave_other_head_widths_to_the_plain_loop():
-    """Heads of another width than TILE_HEAD_DIM run decode_one_ whatever `tiles` says, in a
+    """Heads of widths not in TILE_HEAD_DIMS run decode_one_ whatever `tiles` says, in a
     float32 or a float16 cache: the same bits either way."""
     lens, block_size = [17, 40], 16
     num_blocks, tables = shuffled_block_tables(lens, block_size)
-    for dtype, head_dim in [(np.float16, 32), (np.float32, 32), (np.float32, 128)]:
+    for dtype, head_dim in [(np.float16, 32), (np.float32, 32), (np.float32, 96)]:
         k_cache, v_cache = (as_kernel_array(f32(num_blocks * block_size, 2, head_dim, seed=s)
                                             .astype(dtype)) for s in (4, 5))
         q = f32(len(lens), 6, head_dim, seed=6)

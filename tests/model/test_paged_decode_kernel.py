@@ -12,11 +12,12 @@ from numba import config
 
 from nanovllm.model.kernels.shared import as_kernel_array
 from nanovllm.model.layers.attention import (
-    TILE_HEAD_DIM,
+    TILE_HEAD_DIMS,
     paged_decode_attention,
     tiles_serve,
     write_slots,
 )
+from nanovllm.model.layers.linear import host_has_panels
 
 
 def reference(q, k_cache, v_cache, tables, lens, block_size):
@@ -148,24 +149,27 @@ def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_
         np.testing.assert_array_equal(out, outputs[0])
 
 
-@pytest.mark.parametrize("cache_dtype, n_head, n_kv, tiled", [
-    (np.float32, 4, 4, True), (np.float32, 6, 2, True), (np.float16, 6, 2, True),
-    (np.float16, 4, 4, False)])
-def test_float16_cache_of_one_query_head_per_key_head_takes_the_plain_loop(cache_dtype, n_head,
-                                                                           n_kv, tiled):
-    """The register tiles take float32 caches and grouped float16 ones; a float16 cache whose
-    key/value heads each serve one query head (GPT-2's) is read by the plain loop whatever
+@pytest.mark.parametrize("cache_dtype, n_head, n_kv, head_dim", [
+    (np.float32, 4, 4, 64), (np.float32, 6, 2, 64), (np.float16, 6, 2, 64), (np.float16, 4, 4, 64),
+    (np.float16, 4, 2, 128), (np.float32, 4, 4, 128), (np.float16, 4, 4, 96)])
+def test_caches_the_register_tiles_do_not_serve_take_the_plain_loop(cache_dtype, n_head, n_kv,
+                                                                    head_dim):
+    """The register tiles take float32 caches and grouped float16 ones of heads of 64; where
+    the scores take 16 positions at a time (AVX-512), also GPT-2's float16 cache of one query
+    head a key/value head, and heads of 128. Any other cache is read by the plain loop whatever
     `tiles` says: the same bits as tiles=False, and the reference's values."""
-    k = np.zeros((1, n_kv, TILE_HEAD_DIM), cache_dtype)
-    assert tiles_serve(as_kernel_array(k), n_head, TILE_HEAD_DIM) == tiled
+    k = np.zeros((1, n_kv, head_dim), cache_dtype)
+    tiled = head_dim in TILE_HEAD_DIMS and (
+        host_has_panels() or (head_dim == 64 and (cache_dtype == np.float32 or n_head != n_kv)))
+    assert tiles_serve(as_kernel_array(k), n_head, head_dim) == tiled
     if tiled:
         return
     rng = np.random.default_rng(1)
     lens, block_size = [37, 5, 16], 16
     tables = np.arange(9).reshape(3, 3)[:, ::-1].copy()
-    k_cache, v_cache = (rng.standard_normal((9 * block_size, n_kv, TILE_HEAD_DIM),
+    k_cache, v_cache = (rng.standard_normal((9 * block_size, n_kv, head_dim),
                                             dtype=np.float32).astype(cache_dtype) for _ in range(2))
-    q = rng.standard_normal((3, n_head, TILE_HEAD_DIM), dtype=np.float32)
+    q = rng.standard_normal((3, n_head, head_dim), dtype=np.float32)
     outs = []
     for tiles in (False, True):
         out = np.full(q.shape, np.nan, np.float32)
