@@ -157,8 +157,31 @@ def from_float32(x, cache):
 @overload(from_float32, inline="always")
 def _from_float32(x, cache):
     if cache.dtype == types.uint16:
+        if "f16c" in kernel_path().features:  # one instruction, which loops vectorize
+            return lambda x, cache: narrow_half_(saturated(x))
         return lambda x, cache: float32_to_float16_bits(x)
     return lambda x, cache: x
+
+
+@njit(cache=True, nogil=True, inline="always")
+def saturated(x):
+    """x within +-65504, float16's largest (NaN stays NaN): what `float32_to_float16_bits`
+    saturates, so that rounding it to float16 gives the same bits."""
+    top = np.float32(65504.0)
+    return top if x > top else -top if x < -top else x
+
+
+@intrinsic
+def narrow_half_(typingctx, x):
+    """float32 as the bits (a uint16) of the float16 LLVM's own conversion rounds it to (to
+    nearest, ties to even; infinity beyond float16's range); compiled only where the CPU has
+    F16C, as `widen_half_`."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
 
 
 def prefetch_lines(address, nbytes):

@@ -13,6 +13,7 @@ from nanovllm.model.kernels.shared import (
     as_kernel_array,
     float16_bits_to_float32,
     float32_to_float16_bits,
+    from_float32,
     to_float32,
 )
 from nanovllm.model.platform.cpu import kernel_path
@@ -28,6 +29,12 @@ def widen_all(bits, out):
 def round_all(x, out):
     for i in range(x.shape[0]):
         out[i] = float32_to_float16_bits(x[i])
+
+
+@njit
+def round_all_into_cache(x, out):  # (F16C's instruction where the CPU has it, as write_slots)
+    for i in range(x.shape[0]):
+        out[i] = from_float32(x[i], out)
 
 
 @njit(fastmath=KERNEL_MATH)
@@ -56,6 +63,13 @@ def test_to_float32_takes_the_f16c_instruction_where_the_cpu_has_it():
     assert "vcvtph2ps" in asm
 
 
+def test_from_float32_takes_the_f16c_instruction_where_the_cpu_has_it():
+    if "f16c" not in kernel_path().features:
+        pytest.skip("this CPU (or NUMBA_CPU_NAME) has no F16C: from_float32 moves the bits")
+    round_all_into_cache(np.zeros(1, np.float32), np.empty(1, np.uint16))
+    assert "vcvtps2ph" in "".join(round_all_into_cache.inspect_asm().values())
+
+
 def test_float32_widens_to_itself():
     x = np.array([1.5, -0.0, 3e38, 1e-45], np.float32)
     out = np.empty_like(x)
@@ -63,9 +77,11 @@ def test_float32_widens_to_itself():
     assert np.array_equal(out.view(np.uint32), x.view(np.uint32))
 
 
-def test_rounding_to_float16_matches_numpy_bit_for_bit_and_saturates():
+@pytest.mark.parametrize("round_", [round_all, round_all_into_cache], ids=["bits", "cache"])
+def test_rounding_to_float16_matches_numpy_bit_for_bit_and_saturates(round_):
     """numpy's rounding, except that what numpy turns into infinity is stored as +-65504: the
-    kernel does not decode infinity, so both readers of the cache see the same finite value."""
+    kernel does not decode infinity, so both readers of the cache see the same finite value.
+    Both ways: moving the bits, and F16C's instruction (from_float32 where the CPU has it)."""
     rng = np.random.default_rng(0)
     edges = np.array([0, 0x80000000, 0x7F800000, 0xFF800000,  # zeros, infinities
                       0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FF001, 0x47800000,  # near 65504
@@ -75,7 +91,7 @@ def test_rounding_to_float16_matches_numpy_bit_for_bit_and_saturates():
                            rng.standard_normal(200_000).astype(np.float32).view(np.uint32)])
     x = bits.view(np.float32)
     out = np.empty(x.shape, np.uint16)
-    round_all(x, out)
+    round_(x, out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numpy warns about the overflows it turns into inf
         expected = x.astype(np.float16)
