@@ -49,7 +49,8 @@ def transposed_sum(builder: ir.IRBuilder, vs: list[ir.Value], lanes: int) -> ir.
         low, high = halves_mask(lanes, half, 0), halves_mask(lanes, half, half)
         vs = [builder.fadd(builder.shuffle_vector(x, y, low), builder.shuffle_vector(x, y, high))
               for x, y in zip(vs[::2], vs[1::2])]
-        sums = [[p for base in range(0, lanes, 2 * half) for p in [a[base]] * half + [b[base]] * half]
+        sums = [[p for base in range(0, lanes, 2 * half)
+                 for p in [a[base]] * half + [b[base]] * half]
                 for a, b in zip(sums[::2], sums[1::2])]
         half //= 2
     order = [sums[0].index(j) for j in range(lanes)]
@@ -112,7 +113,6 @@ def dot_rows(typingctx, width, vectors, heads, k_bytes, q_ptr, k_ptr, k_stride, 
     return sig, codegen
 
 
-
 @intrinsic
 def dot_rows_transposed(typingctx, width, vectors, k_bytes, q_ptr, k_ptr, k_stride, groups, scale,
                         s_ptr):
@@ -141,9 +141,9 @@ def dot_rows_transposed(typingctx, width, vectors, k_bytes, q_ptr, k_ptr, k_stri
             sums = []
             for j in range(lanes):
                 row = builder.add(first, builder.mul(k_stride, ir.Constant(intp, j)))
-                ks = [emit_load_floats(builder,
-                                       builder.add(row, ir.Constant(intp, element_bytes * lanes * v)),
-                                       lanes, element_bytes) for v in range(n_vecs)]
+                ks = [emit_load_floats(builder, builder.add(row, ir.Constant(intp, offset)),
+                                       lanes, element_bytes)
+                      for offset in range(0, n_vecs * lanes * element_bytes, lanes * element_bytes)]
                 acc = builder.fmul(qs[0], ks[0])
                 for v in range(1, n_vecs):
                     acc = builder.call(fma, [qs[v], ks[v], acc])
