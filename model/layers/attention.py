@@ -409,8 +409,8 @@ def tile_heads(head_dim):
 
 def host_decode_tiles(n_head: int, n_kv: int) -> bool:
     """Whether decode attention takes the register tiles here (compiled only: they are LLVM IR).
-    A tile's sums, up to 3 heads x 4 vectors, fit AVX-512's 32 registers
-    (`linear.host_has_panels`); AVX2's 16 hold one head's, so there they serve models whose
+    A tile's sums (`tile_heads` heads of 4 or 8 vectors) fit AVX-512's 32 registers
+    (`linear.host_has_panels`); AVX2's 16 hold one head of 64's, so there they serve models whose
     key/value heads each serve one query head (GPT-2): grouped-query models spilled their tiles
     there and read a cold cache more slowly than the plain loop. `tiles_serve` says which
     caches and head widths."""
@@ -491,18 +491,21 @@ def tile_scores(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at,
 @overload(tile_scores, inline="always")
 def _tile_scores(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
     size = cache.dtype.bitwidth // 8  # 4 (float32) or 2 (float16 bits): a constant of the IR
-    across = TILE_WIDTH if host_has_panels() else 0  # positions summed together
+    transposed = host_has_panels()  # (a constant of the compiled code: this CPU's)
 
     def impl(heads, vectors, cache, q_at, k_at, k_stride, count, scale, s_at, s_stride):
-        whole = count // across if across else 0
-        for c in range(heads if whole else 0):
-            q_c, s_c = q_at + c * vectors * TILE_WIDTH * 4, s_at + c * s_stride
-            if vectors == 4:
-                dot_rows_transposed(TILE_WIDTH, 4, size, q_c, k_at, k_stride, whole, scale, s_c)
-            else:
-                dot_rows_transposed(TILE_WIDTH, 8, size, q_c, k_at, k_stride, whole, scale, s_c)
-        done = whole * across
-        k_at, s_at, count = k_at + done * k_stride, s_at + 4 * done, count - done
+        if transposed and count >= TILE_WIDTH:  # whole groups of TILE_WIDTH positions
+            groups = count // TILE_WIDTH
+            for c in range(heads):
+                q_c, s_c = q_at + c * vectors * TILE_WIDTH * 4, s_at + c * s_stride
+                if vectors == 4:
+                    dot_rows_transposed(TILE_WIDTH, 4, size, q_c, k_at, k_stride, groups, scale,
+                                        s_c)
+                else:
+                    dot_rows_transposed(TILE_WIDTH, 8, size, q_c, k_at, k_stride, groups, scale,
+                                        s_c)
+            done = groups * TILE_WIDTH
+            k_at, s_at, count = k_at + done * k_stride, s_at + 4 * done, count - done
         if vectors == 4 and heads == 3:
             dot_rows(TILE_WIDTH, 4, 3, size, q_at, k_at, k_stride, count, scale, s_at, s_stride)
         elif vectors == 4 and heads == 2:
