@@ -45,8 +45,9 @@ def test_a_short_run_prints_ratios_ttft_cpu_and_load(tiny_ckpt, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "machine:" in printed and "load average" in printed.splitlines()[-1]
     for c in (1, 3):  # a row per concurrency in each table: ratio and TTFTs, then CPU per token
-        # (n/a: the tiny model is so fast that a whole answer can arrive in one read)
-        rows = re.findall(rf"^ *{c} +(\S+) +(\S+) +(\d\.\d{{3}}|n/a) +(\S+) +(\S+)$", printed,
+        # (n/a: the tiny model is so fast that a whole answer can arrive in one read; for the
+        # same reason a ratio can be far from 1 either way, 12.878 say)
+        rows = re.findall(rf"^ *{c} +(\S+) +(\S+) +(\d+\.\d{{3}}|n/a) +(\S+) +(\S+)$", printed,
                           re.M)
         assert len(rows) == 1, printed
     assert "served/offline" in printed and "server's event loop" in printed
