@@ -4,7 +4,7 @@
 read first, and `gemma3_config.py` says how Gemma differs from Llama. This file composes the
 Llama family's layers: `linear`, `norms.rms_norm` (and `add_rms_norm_`, the residual add fused
 into the norm that reads it next; the loader stores each gain as 1 + weight), the per-head
-`rms_norm_heads_` on queries and keys, `rotary.rotate_` with the rotation of each layer's kind,
+`rms_norm_qk_` on queries and keys, `rotary.rotate_` with the rotation of each layer's kind,
 GPT-2's tanh `gelu` for the GeGLU gate, and the paged attention of `model/layers/attention.py`,
 whose `window` masks the sliding layers, in the decode kernel and in prefill chunks alike.
 Attention there scales scores by head_dim ** -0.5: the queries are scaled once more by
@@ -32,7 +32,7 @@ from nanovllm.model.layers.attention import (
 )
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import linear
-from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_heads_
+from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_qk_
 from nanovllm.model.layers.rotary import cos_sin, inv_frequencies, rotate_
 from nanovllm.model.weights.quant import (
     BF16Weight,
@@ -97,8 +97,7 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: Gemma3Config, window
     qkv = linear(x, layer.qkv_w)
     q, k = qkv[:, :h * d].reshape(n, h, d), qkv[:, h * d:(h + kv) * d].reshape(n, kv, d)
     v = qkv[:, (h + kv) * d:].reshape(n, kv, d)
-    rms_norm_heads_(q, layer.q_norm, cfg.rms_norm_eps)
-    rms_norm_heads_(k, layer.k_norm, cfg.rms_norm_eps)
+    rms_norm_qk_(qkv, h, kv, layer.q_norm, layer.k_norm, cfg.rms_norm_eps)
     rotate_(qkv[:, :(h + kv) * d].reshape(n, h + kv, d), cos, sin)
     if cfg.query_pre_attn_scalar != d:
         q *= np.float32(math.sqrt(d / cfg.query_pre_attn_scalar))

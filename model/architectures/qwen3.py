@@ -17,7 +17,7 @@ from nanovllm.model.architectures.llama import LayerWeights, LlamaWeights
 from nanovllm.model.architectures.llama_config import LlamaConfig
 from nanovllm.model.layers.attention import AttentionBatch
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.norms import rms_norm_heads_
+from nanovllm.model.layers.norms import rms_norm_qk_
 
 
 def compile_kernels(needs: KernelNeeds) -> None:
@@ -31,8 +31,7 @@ def self_attention(x: np.ndarray, layer: LayerWeights, cfg: LlamaConfig, cos: np
     """x [n, E] -> [n, E]: Llama's attention, each query and key head normalized (in place, in
     the fused projection) before the rotation."""
     qkv, q, k, v = llama.qkv_heads(x, layer, cfg)
-    rms_norm_heads_(q, layer.q_norm, cfg.rms_norm_eps)
-    rms_norm_heads_(k, layer.k_norm, cfg.rms_norm_eps)
+    rms_norm_qk_(qkv, q.shape[1], k.shape[1], layer.q_norm, layer.k_norm, cfg.rms_norm_eps)
     return llama.attend(qkv, q, k, v, layer, cfg, cos, sin, kv_cache, batch)
 
 

@@ -194,19 +194,29 @@ def add_rms_norm_(x, delta, g, eps):
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
-def rms_norm_heads_(x, g, eps):
-    """Each head of x ([n, heads, D], any strides: a slice of the fused q/k/v projection)
-    rms-normalized IN PLACE with the gain g [D] shared by all heads (Qwen3's q_norm and k_norm);
-    returns x."""
-    if on_threads(x.size):
-        for t in prange(x.shape[0]):
-            for h in range(x.shape[1]):
-                rms_norm_row_(x[t, h], g, eps, x[t, h])
+def rms_norm_qk_(qkv, q_heads, k_heads, q_gain, k_gain, eps):
+    """Qwen3's q_norm and k_norm IN PLACE in the fused projection qkv ([n, W], C-contiguous:
+    query heads, then key heads, then values, each head D = q_gain.size columns): each query
+    head rms-normalized with q_gain, each key head with k_gain; the values untouched. Rows of the
+    contiguous projection rather than strided views of its heads, so the loops vectorize."""
+    if on_threads(qkv.size):
+        for t in prange(qkv.shape[0]):
+            rms_norm_qk_row_(qkv[t], q_heads, k_heads, q_gain, k_gain, eps)
     else:
-        for t in range(x.shape[0]):
-            for h in range(x.shape[1]):
-                rms_norm_row_(x[t, h], g, eps, x[t, h])
-    return x
+        for t in range(qkv.shape[0]):
+            rms_norm_qk_row_(qkv[t], q_heads, k_heads, q_gain, k_gain, eps)
+    return qkv
+
+
+@njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
+def rms_norm_qk_row_(row, q_heads, k_heads, q_gain, k_gain, eps):
+    d = q_gain.shape[0]
+    for h in range(q_heads):
+        head = row[h * d:(h + 1) * d]
+        rms_norm_row_(head, q_gain, eps, head)
+    for h in range(q_heads, q_heads + k_heads):
+        head = row[h * d:(h + 1) * d]
+        rms_norm_row_(head, k_gain, eps, head)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
@@ -227,13 +237,13 @@ def rms_norm_row_(x, g, eps, out):
 
 
 def compile_rms_norm() -> None:
-    """For writable and for read-only (memory-mapped) gains; per head on a strided view of a
-    fused projection, as the forward pass gives them."""
+    """For writable and for read-only (memory-mapped) gains; per head in a fused projection, as
+    Qwen3's and Gemma 3's attention gives them."""
     x = np.zeros((1, 2), np.float32)
     read_only = np.zeros(2, np.float32)
     read_only.flags.writeable = False
-    heads = np.zeros((1, 4), np.float32)[:, :2].reshape(1, 1, 2)
+    qkv = np.zeros((1, 6), np.float32)
     for g in (x[0], read_only):
         rms_norm(x, g, 1e-5)
         add_rms_norm_(x, x.copy(), g, 1e-5)
-        rms_norm_heads_(heads, g, 1e-5)
+        rms_norm_qk_(qkv, 1, 1, g, g, 1e-5)

@@ -28,7 +28,7 @@ from nanovllm.model.layers.attention import (
     causal_attention,
     paged_decode_attention,
 )
-from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_heads_
+from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_qk_
 from nanovllm.model.layers.rotary import cos_sin, inv_frequencies, rotate_
 
 
@@ -95,22 +95,24 @@ def test_rotate_matches_reference_in_place_on_strided_views(scaling, n):
     assert_within(view, expected, 8 * U * (np.abs(view) + np.abs(expected)).astype(np.float64) + 1e-7)
 
 
-# On the calling thread, and parallel (n * 5 heads * 128 >= PARALLEL_MIN_WORK).
-@pytest.mark.parametrize("n", [1, 7, PARALLEL_MIN_WORK // (5 * 128) + 1])
-def test_rms_norm_heads_matches_reference_in_place_on_strided_views(n):
-    """Qwen3's q_norm / k_norm: each head of a column slice of the fused projection normalized
-    in place with one gain for every head; its neighbours untouched."""
-    heads, d = 5, 128
-    qkv = f32(n, 3 * heads * d, seed=5, scale=3)
-    g = 1 + f32(d, seed=6, scale=0.3)
-    view = qkv[:, heads * d:2 * heads * d].reshape(n, heads, d)
-    expected = ref.rms_norm(view.copy(), g, 1e-6)
-    left, right = qkv[:, :heads * d].copy(), qkv[:, 2 * heads * d:].copy()
-    assert rms_norm_heads_(view, g, 1e-6) is view
-    np.testing.assert_array_equal(qkv[:, :heads * d], left)
-    np.testing.assert_array_equal(qkv[:, 2 * heads * d:], right)
-    bound = (sum_error(d) + 8 * U) * np.abs(expected.astype(np.float64))
-    assert_within(view, expected, bound)
+# On the calling thread, and parallel (n * 9 heads * 128 >= PARALLEL_MIN_WORK).
+@pytest.mark.parametrize("n", [1, 7, PARALLEL_MIN_WORK // (9 * 128) + 1])
+def test_rms_norm_qk_matches_reference_in_place_in_the_fused_projection(n):
+    """Qwen3's q_norm / k_norm: each query head, then each key head, of the fused projection
+    normalized in place with one gain for all query heads and another for all key heads; the
+    values untouched."""
+    q_heads, k_heads, d = 5, 2, 128
+    qkv = f32(n, (q_heads + 2 * k_heads) * d, seed=5, scale=3)
+    q_gain, k_gain = 1 + f32(d, seed=6, scale=0.3), 1 + f32(d, seed=7, scale=0.3)
+    q = qkv[:, :q_heads * d].reshape(n, q_heads, d)
+    k = qkv[:, q_heads * d:(q_heads + k_heads) * d].reshape(n, k_heads, d)
+    expected = [ref.rms_norm(q.copy(), q_gain, 1e-6), ref.rms_norm(k.copy(), k_gain, 1e-6)]
+    values = qkv[:, (q_heads + k_heads) * d:].copy()
+    assert rms_norm_qk_(qkv, q_heads, k_heads, q_gain, k_gain, 1e-6) is qkv
+    np.testing.assert_array_equal(qkv[:, (q_heads + k_heads) * d:], values)
+    for heads, want in zip((q, k), expected):
+        bound = (sum_error(d) + 8 * U) * np.abs(want.astype(np.float64))
+        assert_within(heads, want, bound)
 
 
 def test_llama3_scaling_keeps_short_wavelengths_and_stretches_long_ones():
