@@ -151,10 +151,14 @@ def test_model_on_narrow_weights_is_the_reference_model_on_their_float32(perturb
     dense = dequantize_weights(weights)
     expected = ref.forward(dense, cfg, ids)
     got = forward(weights, cfg, ids, np.arange(len(ids)))
-    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-4 * np.abs(expected).max())
+    # W8A8: where the kernels' float32 and the reference's differ by an ulp before a row is
+    # quantized, one activation can land on the other side of a rounding boundary, a whole code
+    # (1/127 of the row's peak) apart, and later layers carry it on (0.4% of the peak logit seen
+    # on AVX2); float32 rounding alone stays within 2e-4.
+    bound = (1e-2 if "quantization" in options else 2e-4) * np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=bound)
     logits_1 = forward(weights, cfg, ids[:5], np.arange(5))  # <=64 rows: the kernel
-    np.testing.assert_allclose(logits_1, ref.forward(dense, cfg, ids[:5]), rtol=0,
-                               atol=2e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(logits_1, ref.forward(dense, cfg, ids[:5]), rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
