@@ -211,12 +211,9 @@ def rms_norm_qk_(qkv, q_heads, k_heads, q_gain, k_gain, eps):
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
 def rms_norm_qk_row_(row, q_heads, k_heads, q_gain, k_gain, eps):
     d = q_gain.shape[0]
-    for h in range(q_heads):
+    for h in range(q_heads + k_heads):
         head = row[h * d:(h + 1) * d]
-        rms_norm_row_(head, q_gain, eps, head)
-    for h in range(q_heads, q_heads + k_heads):
-        head = row[h * d:(h + 1) * d]
-        rms_norm_row_(head, k_gain, eps, head)
+        rms_norm_row_(head, q_gain if h < q_heads else k_gain, eps, head)
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
