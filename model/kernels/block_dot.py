@@ -58,10 +58,11 @@ TILES = {"avx512vnni": (64, 4, 2, 8), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 
 # and output for their sub-blocks' scales: on AVX-512 one block against 8 rows, whose codes
 # are unpacked once for twice the rows of 4 (measured faster at 16 to 512 rows).
 K_TILES = {"avx512vnni": (8, 1, 4), "avxvnni": (2, 1, 2), "avx2": (2, 1, 2)}
-# ISA -> one-row blocks of Q6_K where they differ from K_TILES': on AVX2 one panel at a time
-# read a cold matrix faster than two (AMD Zen 3; each panel brings two planes of codes and 16
-# scales a super-block), while the 4- and 5-bit K-quants read memory faster two at a time.
-KSYM_ONE_ROW = {"avx2": 1}
+# ISA -> one-row blocks of the types whose codes are packed below a byte (4 and 6 bits: Q4_0,
+# Q4_1, Q4_K, Q6_K), where they differ from the tables above: on AVX2 their unpacking leaves
+# registers for one panel's sums, and one panel at a time read a matrix from memory faster than
+# two (2 threads, AMD Zen 3); codes a byte each (Q8_0, Q5_*) read faster two at a time.
+PACKED_ONE_ROW = {"avx2": 1}
 ISAS = tuple(TILES)
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
@@ -71,12 +72,12 @@ FUSE = ("contract",)  # a product added into an accumulator may become one fused
 
 def tile(isa: str, type_name: str) -> tuple[int, int, int]:
     """(rows, blocks, one-row blocks) of a panel of `type_name` on `isa`."""
-    kind = LAYOUTS[type_name].kind
-    if kind == "ksym" and isa in KSYM_ONE_ROW:
-        return (*K_TILES[isa][:2], KSYM_ONE_ROW[isa])
-    if kind in ("kmin", "ksym"):
-        return K_TILES[isa]
-    return TILES[isa][1:]
+    layout = LAYOUTS[type_name]
+    rows, blocks, one_row = (K_TILES[isa] if layout.kind in ("kmin", "ksym")
+                             else TILES[isa][1:])
+    if layout.bits < 8 and isa in PACKED_ONE_ROW:
+        one_row = PACKED_ONE_ROW[isa]
+    return rows, blocks, one_row
 
 
 def signed_codes(isa: str, layout: Layout) -> bool:
