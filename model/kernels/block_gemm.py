@@ -26,7 +26,7 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import row_peak
-from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks, stream_chunks
 from nanovllm.model.kernels.shared import (
     as_bias,
     finish,
@@ -173,8 +173,10 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
     literally(isa)
     literally(type_name)
     _, blocks, one_row_blocks = panel_tile(isa, type_name)
-    per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
-    step, chunks = split_chunks(packed.shape[0], per_panel)
+    if xq.shape[0] == 1:
+        step, chunks = split_chunks(packed.shape[0], one_row_blocks, stream_chunks(packed.nbytes))
+    else:
+        step, chunks = split_chunks(packed.shape[0], blocks)
     taken = np.zeros(1, np.intp)
     for _ in prange(chunks):
         chunk = claim(taken)

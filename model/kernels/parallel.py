@@ -2,7 +2,8 @@
 
 - `on_threads`: the one rule for when a kernel shares its work out among numba's threads
   (`PARALLEL_MIN_WORK`).
-- `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them.
+- `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them;
+  `stream_chunks`: how many a one-row product cuts its weights into.
   numba's OpenMP threads split a `prange` into fixed equal halves, so one thread the OS keeps
   off its core for a while (a client on the same machine, the server's event loop) or one
   half that costs more made the other wait at the end of every kernel.
@@ -46,11 +47,27 @@ def count_chunks(n, step):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def split_chunks(n, multiple):
-    """(step, chunks): n items cut into about NUM_CHUNKS chunks of `step` items, step a
+def split_chunks(n, multiple, parts=NUM_CHUNKS):
+    """(step, chunks): n items cut into about `parts` chunks of `step` items, step a
     multiple of `multiple` (a kernel's tile), the last chunk possibly shorter."""
-    step = ((n + NUM_CHUNKS - 1) // NUM_CHUNKS + multiple - 1) // multiple * multiple
+    step = ((n + parts - 1) // parts + multiple - 1) // multiple * multiple
     return step, count_chunks(n, step)
+
+
+# A block-quantized product for one row of x (a decode step at batch 1) is bound by reading its
+# weights from memory, and each chunk a thread claims starts a new stream that the prefetchers
+# ramp up on (the threads' chunks alternate): its chunks hold at least this many bytes. Cut
+# into NUM_CHUNKS, a decode step's 1-4 MB matrices of 4-bit codes read measurably slower; int8
+# (W8A8) rows, a byte a weight, read as fast either way (AMD Zen 3).
+STREAM_CHUNK_BYTES = 1 << 18
+
+
+@njit(cache=True, nogil=True, inline="always")
+def stream_chunks(nbytes):
+    """How many chunks a one-row product cuts `nbytes` of weights into: NUM_CHUNKS at most,
+    none under STREAM_CHUNK_BYTES but for the two that keep both threads of a small matrix
+    busy."""
+    return max(2, min(NUM_CHUNKS, nbytes // STREAM_CHUNK_BYTES))
 
 
 def claim(taken):

@@ -1,5 +1,5 @@
 """Work shared among numba's threads (`model/kernels/parallel.py`): `count_chunks`,
-`split_chunks` and `claim`."""
+`split_chunks`, `stream_chunks` and `claim`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
-from nanovllm.model.kernels.parallel import NUM_CHUNKS, claim, count_chunks, split_chunks
+from nanovllm.model.kernels.parallel import (
+    NUM_CHUNKS,
+    STREAM_CHUNK_BYTES,
+    claim,
+    count_chunks,
+    split_chunks,
+    stream_chunks,
+)
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3, 48, 144, 192, 3142])
@@ -26,6 +33,24 @@ def test_split_chunks_cover_n_in_whole_tiles(n, multiple):
     step, chunks = split_chunks(n, multiple)
     assert step % multiple == 0 and (chunks - 1) * step < n <= chunks * step
     assert chunks <= NUM_CHUNKS
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 100_000), multiple=st.integers(1, 8), parts=st.integers(1, NUM_CHUNKS))
+def test_split_chunks_into_parts_cover_n_in_whole_tiles(n, multiple, parts):
+    step, chunks = split_chunks(n, multiple, parts)
+    assert step % multiple == 0 and (chunks - 1) * step < n <= chunks * step
+    assert chunks <= parts
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, STREAM_CHUNK_BYTES, 3 * STREAM_CHUNK_BYTES + 1,
+                                    NUM_CHUNKS * STREAM_CHUNK_BYTES, 10**9])
+def test_stream_chunks_are_long_and_keep_both_threads(nbytes):
+    """A one-row product's chunks: none under STREAM_CHUNK_BYTES, unless that would leave a
+    thread without one; never more than NUM_CHUNKS."""
+    chunks = stream_chunks(nbytes)
+    assert 2 <= chunks <= NUM_CHUNKS
+    assert chunks == 2 or nbytes // chunks >= STREAM_CHUNK_BYTES
 
 
 @njit(parallel=True, nogil=True)
