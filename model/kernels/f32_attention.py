@@ -23,11 +23,11 @@ are the query rows times the transposed keys, the keys along the vector lanes, e
 chain of multiply-adds over the head's dimensions, with no sum across a register's lanes.
 
 Two ways to compute a job, chosen by the CPU and the head size alone (never by the chunk):
-where this CPU runs the 16-lane register kernels (`linear.host_has_panels`) and a head has one
-of `TILE_HEAD_DIMS` dimensions, `panel_rows` takes a few query rows at a time, their scores
-and their probabilities times the value rows in register tiles (`f32_dot.broadcast_tile`).
-Elsewhere `plain_job` takes one query row at a time in numba's loops (also what
-`NUMBA_DISABLE_JIT=1` runs).
+where this CPU has register tiles (`TILES`: vectors of 16 lanes on AVX-512, of 8 on AVX2;
+`attention.host_tile_lanes`) and a head has one of `TILE_HEAD_DIMS` dimensions, `panel_rows`
+takes a few query rows at a time, their scores and their probabilities times the value rows in
+register tiles (`f32_dot.broadcast_tile`). Elsewhere `plain_job` takes one query row at a time
+in numba's loops (also what `NUMBA_DISABLE_JIT=1` runs).
 
 numba's on-disk cache does not notice edits to this module in `attention.attend_chunk` and
 `attention.keys_transposed`: after changing it, delete
@@ -54,11 +54,13 @@ JOB_ROWS = 64
 # costs on one core (OpenBLAS keeps each such head's product on one thread too).
 THREADS_MIN_WORK = PARALLEL_MIN_WORK << 7
 
-# The register tiles (`f32_dot.broadcast_tile`): up to TILE_ROWS query rows times the keys,
-# TILE_VECTORS vectors of keys at a time; then up to TILE_ROWS rows of probabilities times the
-# values, TILE_VECTORS vectors of the head's dimensions at a time.
-TILE_ROWS, TILE_VECTORS = 4, 4
-# The head sizes the tiles take: one to eight vectors of BLOCK lanes.
+# The register tiles (`f32_dot.broadcast_tile`), by the lanes of their vectors: (rows, vectors),
+# up to `rows` query rows times the keys, `vectors` vectors of keys at a time; then up to `rows`
+# rows of probabilities times the values, `vectors` vectors of the head's dimensions at a time.
+# AVX-512's 32 registers hold 4 x 4 sums of 16 lanes; AVX2's 16 hold 4 x 3 of 8, with the three
+# vectors loaded and a broadcast (4 x 3 ran faster than 4 x 2, 6 x 2 and 2 x 4 on AMD Zen 3).
+TILES = {16: (4, 4), 8: (4, 3)}
+# The head sizes the tiles take: whole vectors of either width.
 TILE_HEAD_DIMS = (16, 32, 64, 128)
 
 
@@ -74,23 +76,26 @@ def causal_work(n, c, n_head, head_dim, window):
     return 2 * seen * n_head * head_dim
 
 
-def job_kernel(panels: bool):
-    """`run_job` with `panels` a constant: numba drops the other way before compiling, so that
-    a CPU compiles only the way it runs (each closure is cached apart: its constant is part of
-    numba's key)."""
+def job_kernel(lanes: int):
+    """`run_job` with the tiles' `lanes` a constant (0: the plain loops): numba drops the other
+    ways before compiling, so that a CPU compiles only the way it runs (each closure is cached
+    apart: its constants are part of numba's key)."""
+    rows, vectors = TILES.get(lanes, (0, 0))
+
     @njit(cache=True, nogil=True)
     def run_job(q, kt, v, out, window, g, block):
         """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g,
-        by the register tiles (`panel_job`) or one query row at a time (`plain_job`)."""
+        by the register tiles (`panel_heads`) or one query row at a time (`plain_job`)."""
         r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
-        if panels:
-            panel_job(q, kt, v, out, window, g, r0, r1)
+        if lanes and q.shape[2] in TILE_HEAD_DIMS:
+            panel_heads(lanes, rows, vectors, q, kt, v, out, window, g, r0, r1)
         else:
             plain_job(q, kt, v, out, window, g, r0, r1)
     return run_job
 
 
-RUN_PANEL_JOB, RUN_PLAIN_JOB = job_kernel(True), job_kernel(False)
+# A job's kernel by the tiles' lanes (0: the plain loops).
+RUN_JOBS = {lanes: job_kernel(lanes) for lanes in (0, *TILES)}
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -132,27 +137,11 @@ def plain_job(q, kt, v, out, window, g, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def panel_job(q, kt, v, out, window, g, r0, r1):
-    """`run_job` on the register tiles, for a head of 16, 32, 64 or 128 dimensions (the number
-    of vectors a compile-time constant, one branch each)."""
-    d = q.shape[2]
-    if d == 128:
-        panel_heads(TILE_ROWS, 8, q, kt, v, out, window, g, r0, r1)
-    elif d == 64:
-        panel_heads(TILE_ROWS, 4, q, kt, v, out, window, g, r0, r1)
-    elif d == 32:
-        panel_heads(TILE_ROWS, 2, q, kt, v, out, window, g, r0, r1)
-    elif d == 16:
-        panel_heads(TILE_ROWS, 1, q, kt, v, out, window, g, r0, r1)
-    else:
-        plain_job(q, kt, v, out, window, g, r0, r1)
-
-
-@njit(cache=True, nogil=True)
-def panel_heads(rows, vectors, q, kt, v, out, window, g, r0, r1):
+def panel_heads(lanes, rows, vectors, q, kt, v, out, window, g, r0, r1):
     """Each query head of key/value head g: its rows r0 ... r1 - 1, `rows` at a time, then one
-    at a time, against the keys they see (`panel_rows`). The scores' columns start at the job's
-    first key rounded down to a whole vector of keys (`base`)."""
+    at a time, against the keys they see (`panel_rows`; lanes, rows and vectors compile-time
+    constants, `TILES`). The scores' columns start at the job's first key rounded down to a
+    whole BLOCK of keys (`base`: the transposed keys' padding, a whole number of vectors)."""
     n, n_head, d = q.shape
     n_kv, c = v.shape[0], v.shape[1]
     group = n_head // n_kv
@@ -162,16 +151,16 @@ def panel_heads(rows, vectors, q, kt, v, out, window, g, r0, r1):
     for h in range(g * group, (g + 1) * group):
         r = r0
         while r + rows <= r1:
-            panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
+            panel_rows(lanes, rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
             r += rows
         while r < r1:  # (one row at a time: each tile's size is compiled apart)
-            panel_rows(1, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
+            panel_rows(lanes, 1, vectors, q, kt, v, out, window, g, h, r, base, scores, qs)
             r += 1
 
 
 @njit(fastmath=KERNEL_MATH, cache=True, nogil=True)
-def panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs):
-    """Query head h's rows r ... r + rows - 1 (rows and vectors compile-time constants): their
+def panel_rows(lanes, rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs):
+    """Query head h's rows r ... r + rows - 1 (lanes, rows and vectors constants): their
     scores against keys lo ... hi - 1, every key one of them sees (computed from lo's vector of
     keys on: whole vectors); their softmax, each over its own keys, 0 for the others; their
     output, the probabilities times the values."""
@@ -182,7 +171,7 @@ def panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs):
     for i in range(rows):
         for dd in range(d):
             qs[i, dd] = q[r + i, h, dd] * scale
-    key_scores(rows, qs, kt, g, lo // BLOCK * BLOCK, hi, scores, base)
+    key_scores(lanes, rows, vectors, qs, kt, g, lo // BLOCK * BLOCK, hi, scores, base)
     s_stride, at = scores.shape[1] * 4, lo - base  # (the column of key lo)
     for i in range(rows):
         row = scores[i, at:at + hi - lo]
@@ -190,42 +179,44 @@ def panel_rows(rows, vectors, q, kt, v, out, window, g, h, r, base, scores, qs):
         softmax_row_(row[own_lo:own_hi])
         row[:own_lo] = 0.0
         row[own_hi:] = 0.0
-    value_rows(rows, scores.ctypes.data + at * 4, s_stride, v.ctypes.data + (g * c + lo) * d * 4,
-               d * 4, hi - lo, out.ctypes.data + (r * n_head + h) * d * 4, n_head * d * 4, d)
+    value_rows(lanes, rows, vectors, scores.ctypes.data + at * 4, s_stride,
+               v.ctypes.data + (g * c + lo) * d * 4, d * 4, hi - lo,
+               out.ctypes.data + (r * n_head + h) * d * 4, n_head * d * 4, d)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def key_scores(rows, qs, kt, g, k0, k1, scores, base):
+def key_scores(lanes, rows, vectors, qs, kt, g, k0, k1, scores, base):
     """scores[:rows, j - base] = qs rows . key j for keys k0 ... k1 - 1 (k0 a whole vector's
     first key; up to k1's vector's last, which the transposed keys' padding holds), the keys of
-    head g TILE_VECTORS vectors at a time, then one."""
+    head g `vectors` vectors of `lanes` at a time, then one."""
     d, keys = kt.shape[1], kt.shape[2]
     kt_at, s_at = kt.ctypes.data + g * d * keys * 4, scores.ctypes.data - base * 4
     s_stride = scores.shape[1] * 4
     j = k0
-    while j + TILE_VECTORS * BLOCK <= k1:
-        broadcast_tile(BLOCK, rows, TILE_VECTORS, 4, qs.ctypes.data, d * 4, kt_at + j * 4,
-                       keys * 4, BLOCK * 4, d, s_at + j * 4, s_stride)
-        j += TILE_VECTORS * BLOCK
+    while j + vectors * lanes <= k1:
+        broadcast_tile(lanes, rows, vectors, 4, qs.ctypes.data, d * 4, kt_at + j * 4,
+                       keys * 4, lanes * 4, d, s_at + j * 4, s_stride)
+        j += vectors * lanes
     while j < k1:
-        broadcast_tile(BLOCK, rows, 1, 4, qs.ctypes.data, d * 4, kt_at + j * 4, keys * 4,
-                       BLOCK * 4, d, s_at + j * 4, s_stride)
-        j += BLOCK
+        broadcast_tile(lanes, rows, 1, 4, qs.ctypes.data, d * 4, kt_at + j * 4, keys * 4,
+                       lanes * 4, d, s_at + j * 4, s_stride)
+        j += lanes
 
 
 @njit(cache=True, nogil=True, inline="always")
-def value_rows(rows, p_at, p_stride, v_at, v_step, count, out_at, out_stride, d):
-    """out rows = p rows (count probabilities each) times count value rows, TILE_VECTORS
-    vectors of the head's dimensions at a time, then one."""
+def value_rows(lanes, rows, vectors, p_at, p_stride, v_at, v_step, count, out_at, out_stride,
+               d):
+    """out rows = p rows (count probabilities each) times count value rows, `vectors` vectors
+    of `lanes` of the head's dimensions at a time, then one."""
     dd = 0
-    while dd + TILE_VECTORS * BLOCK <= d:
-        broadcast_tile(BLOCK, rows, TILE_VECTORS, 4, p_at, p_stride, v_at + dd * 4, v_step,
-                       BLOCK * 4, count, out_at + dd * 4, out_stride)
-        dd += TILE_VECTORS * BLOCK
+    while dd + vectors * lanes <= d:
+        broadcast_tile(lanes, rows, vectors, 4, p_at, p_stride, v_at + dd * 4, v_step,
+                       lanes * 4, count, out_at + dd * 4, out_stride)
+        dd += vectors * lanes
     while dd < d:
-        broadcast_tile(BLOCK, rows, 1, 4, p_at, p_stride, v_at + dd * 4, v_step, BLOCK * 4,
+        broadcast_tile(lanes, rows, 1, 4, p_at, p_stride, v_at + dd * 4, v_step, lanes * 4,
                        count, out_at + dd * 4, out_stride)
-        dd += BLOCK
+        dd += lanes
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -22,6 +22,7 @@ the last `window` positions, itself included; 0 means no window.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 from numba import config, get_num_threads, njit, prange
@@ -31,8 +32,7 @@ from nanovllm.model.kernels.attention_dot import dot_rows, dot_rows_transposed
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.kernels.f32_attention import (
     JOB_ROWS,
-    RUN_PANEL_JOB,
-    RUN_PLAIN_JOB,
+    RUN_JOBS,
     THREADS_MIN_WORK,
     causal_work,
     transpose_head_,
@@ -51,6 +51,7 @@ from nanovllm.model.kernels.shared import (
 )
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import host_has_panels
+from nanovllm.model.platform.cpu import kernel_path
 from nanovllm.model.weights.quant import BLOCK
 
 
@@ -138,7 +139,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 
         q = np.ascontiguousarray(q)
         out = np.empty_like(q) if out is None else out
         attend_chunk(q, keys_transposed(k), heads_first(v), out, window, THREADS_MIN_WORK,
-                     host_has_panels())
+                     host_tile_lanes())
         return out
     context = BF16Context.pack(k, v)
     parts = []
@@ -192,22 +193,34 @@ def attend_block(q: np.ndarray, first: int, seen: int, window: int,
     return out.reshape(n_head, n, -1).transpose(1, 0, 2)
 
 
-def attend_chunk(q, kt, v, out, window, threads_min_work, panels):
+def attend_chunk(q, kt, v, out, window, threads_min_work, lanes):
     """out [n, H, D] = causal attention of q [n, H, D], the last n positions of a context whose
     keys are kt [Hkv, D, c rounded up] (`keys_transposed`) and values v [Hkv, c, D]
     (`heads_first`; H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)),
     with a sliding `window` if > 0. All four C-contiguous float32. With at
     least `threads_min_work` multiply-adds (`f32_attention.causal_work`; the engine passes
     THREADS_MIN_WORK), the jobs (`f32_attention.job_kernel`) are shared out among numba's
-    threads; with `panels` (this CPU runs them: `linear.host_has_panels`), heads of
-    `TILE_HEAD_DIMS` take the register tiles.
+    threads; with the register tiles' `lanes` (`host_tile_lanes`: this CPU's; 0 for the plain
+    loops), heads of `TILE_HEAD_DIMS` take the tiles.
     The later blocks of queries, which see more keys, are handed out first. Each way is a
     kernel of its own (`CHUNK_KERNELS`): start-up compiles the one this CPU runs."""
-    CHUNK_KERNELS[bool(panels)](q, kt, v, out, window, threads_min_work)
+    CHUNK_KERNELS[lanes](q, kt, v, out, window, threads_min_work)
 
 
-def chunk_kernel(panels: bool):
-    """`attend_chunk` compiled with `panels` a constant (as `decode_kernel`)."""
+@cache  # (the CPU does not change while the process runs)
+def host_tile_lanes() -> int:
+    """The lanes of the register tiles prefill attention takes on this CPU (`f32_attention.TILES`): 16 where
+    the 16-lane kernels run (`linear.host_has_panels`), 8 on AVX2, else 0 (the plain loops,
+    also under NUMBA_DISABLE_JIT)."""
+    if host_has_panels():
+        return 16
+    return 8 if not config.DISABLE_JIT and kernel_path().name == "avx2" else 0
+
+
+def chunk_kernel(lanes: int):
+    """`attend_chunk` compiled with the tiles' `lanes` a constant (as `decode_kernel`)."""
+    run_job = RUN_JOBS[lanes]
+
     @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
     def attend(q, kt, v, out, window, threads_min_work):
         threads = causal_work(q.shape[0], v.shape[1], q.shape[1], q.shape[2],
@@ -217,25 +230,19 @@ def chunk_kernel(panels: bool):
         jobs = n_kv * blocks
         if not threads:
             for job in range(jobs):
-                if panels:
-                    RUN_PANEL_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
-                else:
-                    RUN_PLAIN_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                run_job(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
             return
         taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
         taken[0] = 0
         for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
             while job < jobs:
-                if panels:
-                    RUN_PANEL_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
-                else:
-                    RUN_PLAIN_JOB(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                run_job(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
                 job = claim(taken)
     return attend
 
 
-CHUNK_KERNELS = {False: chunk_kernel(False), True: chunk_kernel(True)}
+CHUNK_KERNELS = {lanes: chunk_kernel(lanes) for lanes in RUN_JOBS}
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
@@ -576,17 +583,18 @@ def compile_decode_attention(needs: KernelNeeds) -> None:
     n_head, n_kv, head_dim = needs.heads
     q, kv = np.zeros((1, n_head, head_dim), np.float32), np.zeros((1, n_kv, head_dim), np.float32)
     caches = (kv, as_kernel_array(kv.astype(np.float16))) if needs.float16_cache else (kv,)
-    for cache in caches:
-        paged_decode_attention(q, cache, cache, np.zeros((1, 1), np.int64), np.ones(1, np.int64),
-                               1, q.copy(), 0, 1, host_decode_tiles(n_head, n_kv))
-        write_slots(cache, np.zeros(1, np.int64), kv)
+    for kv_cache in caches:
+        paged_decode_attention(q, kv_cache, kv_cache, np.zeros((1, 1), np.int64),
+                               np.ones(1, np.int64), 1, q.copy(), 0, 1,
+                               host_decode_tiles(n_head, n_kv))
+        write_slots(kv_cache, np.zeros(1, np.int64), kv)
 
 
 def compile_prefill_attention(needs: KernelNeeds) -> None:
     """The float32 prefill kernel this CPU runs (on arrays laid out as `causal_attention`
     passes them), and with bfloat16 weights the causal softmax of `attend_block`."""
     q = np.zeros((1, 1, 1), np.float32)
-    attend_chunk(q, keys_transposed(q), q, q.copy(), 0, THREADS_MIN_WORK, host_has_panels())
+    attend_chunk(q, keys_transposed(q), q, q.copy(), 0, THREADS_MIN_WORK, host_tile_lanes())
     keys_transposed(np.zeros((1, 2, 1), np.float32)[:, :1])  # (and of a fused projection's view)
     if needs.bf16_packed:
         causal_softmax_(q, 1, 0)

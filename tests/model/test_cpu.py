@@ -170,6 +170,17 @@ def test_linear_takes_the_panel_kernel_on_the_avx512_path_only():
     assert host_has_panels() == (kernel_path().name == "avx512" and not config.DISABLE_JIT)
 
 
+def test_prefill_attention_takes_the_tiles_of_its_paths_vectors():
+    """16-lane tiles on the AVX-512 path, 8-lane ones on AVX2's, the plain loops elsewhere and
+    under NUMBA_DISABLE_JIT."""
+    from numba import config
+
+    from nanovllm.model.layers.attention import host_tile_lanes
+
+    lanes = {"avx512": 16, "avx2": 8}.get(kernel_path().name, 0)
+    assert host_tile_lanes() == (0 if config.DISABLE_JIT else lanes)
+
+
 def test_decode_attention_takes_the_register_tiles_where_they_fit_the_registers():
     """GPT-2's one query head per key/value head fits a tile in AVX2's registers too; grouped
     heads' tiles only in AVX-512's (the panel path); none under NUMBA_DISABLE_JIT."""
