@@ -209,9 +209,9 @@ def attend_chunk(q, kt, v, out, window, threads_min_work, lanes):
 
 @cache  # (the CPU does not change while the process runs)
 def host_tile_lanes() -> int:
-    """The lanes of the register tiles prefill attention takes on this CPU (`f32_attention.TILES`): 16 where
-    the 16-lane kernels run (`linear.host_has_panels`), 8 on AVX2, else 0 (the plain loops,
-    also under NUMBA_DISABLE_JIT)."""
+    """The lanes of the register tiles prefill attention takes on this CPU
+    (`f32_attention.TILES`): 16 where the 16-lane kernels run (`linear.host_has_panels`), 8 on
+    AVX2, else 0 (the plain loops, also under NUMBA_DISABLE_JIT)."""
     if host_has_panels():
         return 16
     return 8 if not config.DISABLE_JIT and kernel_path().name == "avx2" else 0
