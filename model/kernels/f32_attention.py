@@ -94,8 +94,20 @@ def job_kernel(lanes: int):
     return run_job
 
 
-# A job's kernel by the tiles' lanes (0: the plain loops).
-RUN_JOBS = {lanes: job_kernel(lanes) for lanes in (0, *TILES)}
+# A job's kernel by the tiles' lanes (0: the plain loops). Module globals, not a closure's
+# variables: numba's cache keys a closure by its variables, and a kernel's changes per process.
+RUN_PLAIN_JOB, RUN_8_LANE_JOB, RUN_16_LANE_JOB = job_kernel(0), job_kernel(8), job_kernel(16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def run_job(lanes, q, kt, v, out, window, g, block):
+    """The job (`job_kernel`) on the tiles of `lanes`, a constant of the caller's."""
+    if lanes == 16:
+        RUN_16_LANE_JOB(q, kt, v, out, window, g, block)
+    elif lanes == 8:
+        RUN_8_LANE_JOB(q, kt, v, out, window, g, block)
+    else:
+        RUN_PLAIN_JOB(q, kt, v, out, window, g, block)
 
 
 @njit(cache=True, nogil=True, inline="always")

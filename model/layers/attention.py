@@ -32,9 +32,10 @@ from nanovllm.model.kernels.attention_dot import dot_rows, dot_rows_transposed
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.kernels.f32_attention import (
     JOB_ROWS,
-    RUN_JOBS,
     THREADS_MIN_WORK,
+    TILES,
     causal_work,
+    run_job,
     transpose_head_,
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
@@ -219,8 +220,6 @@ def host_tile_lanes() -> int:
 
 def chunk_kernel(lanes: int):
     """`attend_chunk` compiled with the tiles' `lanes` a constant (as `decode_kernel`)."""
-    run_job = RUN_JOBS[lanes]
-
     @njit(fastmath=KERNEL_MATH, cache=True, nogil=True, parallel=True)
     def attend(q, kt, v, out, window, threads_min_work):
         threads = causal_work(q.shape[0], v.shape[1], q.shape[1], q.shape[2],
@@ -230,19 +229,19 @@ def chunk_kernel(lanes: int):
         jobs = n_kv * blocks
         if not threads:
             for job in range(jobs):
-                run_job(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                run_job(lanes, q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
             return
         taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
         taken[0] = 0
         for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
             while job < jobs:
-                run_job(q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
+                run_job(lanes, q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
                 job = claim(taken)
     return attend
 
 
-CHUNK_KERNELS = {lanes: chunk_kernel(lanes) for lanes in RUN_JOBS}
+CHUNK_KERNELS = {lanes: chunk_kernel(lanes) for lanes in (0, *TILES)}
 
 
 # Decode attention is a compiled loop: numpy can only read a paged cache through a gathered
