@@ -27,9 +27,9 @@ from nanovllm.model.layers.attention import (
     CHUNK_KERNELS,
     compile_decode_attention,
     compile_prefill_attention,
+    host_tile_lanes,
 )
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.linear import host_has_panels
 
 logger = logging.getLogger("nanovllm")
 
@@ -74,7 +74,7 @@ def attention_cached() -> bool:
     """Whether numba's disk cache holds the float32 prefill kernel for this CPU, as
     `compile_prefill_attention` calls it (the largest: standing for all of them)."""
     q = np.zeros((1, 1, 1), np.float32)
-    kernel = CHUNK_KERNELS[host_has_panels()]
+    kernel = CHUNK_KERNELS[host_tile_lanes()]
     signature = tuple(typeof(a, Purpose.argument) for a in (q, q, q, q, 0, THREADS_MIN_WORK))
     try:
         return kernel._cache.load_overload(signature, kernel.targetctx) is not None

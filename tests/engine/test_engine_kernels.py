@@ -3,6 +3,9 @@ first request never waits seconds for a compile."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from nanovllm import LLM, SamplingParams
@@ -32,8 +35,9 @@ from nanovllm.model.layers.norms import layer_norm_int8_, layer_norm_rows_
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
-# Decode and prefill attention each have two compiled ways (register tiles or row by row), of
-# which start-up compiles the one this CPU and model take: neither may compile more later.
+# Decode and prefill attention each have compiled ways (register tiles, of either width for
+# prefill, or row by row), of which start-up compiles the one this CPU and model take: neither
+# may compile more later.
 DECODE_WAYS, CHUNK_WAYS = tuple(DECODE_KERNELS.values()), tuple(CHUNK_KERNELS.values())
 
 
@@ -84,3 +88,26 @@ def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
                  SamplingParams(max_tokens=4, ignore_eos=True))
     assert all(before) and any(ways)
     assert signatures(kernels) == before and signatures(DECODE_WAYS) == ways
+
+
+COMPILED_ELSEWHERE = """
+from nanovllm.model.layers.attention import compile_prefill_attention
+from nanovllm.model.layers.kernel_needs import KernelNeeds
+compile_prefill_attention(KernelNeeds(False, False, False, False, (4, 4, 16)))
+"""
+
+
+def test_a_new_process_finds_prefill_attention_in_numbas_cache():
+    """Start-up skips the helper processes (`compile_aside`) once numba's disk cache holds
+    prefill attention as this CPU runs it: the check reads that very kernel, and a kernel
+    compiled in one process is found by the next (a cached closure is keyed by its variables,
+    so none may differ from process to process)."""
+    from numba import config
+
+    if config.DISABLE_JIT:
+        pytest.skip("nothing is compiled under NUMBA_DISABLE_JIT")
+    subprocess.run([sys.executable, "-c", COMPILED_ELSEWHERE], check=True, timeout=900)
+    found = subprocess.run([sys.executable, "-c", "from nanovllm.runner.compile_aside import "
+                            "attention_cached; print(attention_cached())"],
+                           check=True, timeout=300, capture_output=True, text=True)
+    assert found.stdout.split()[-1] == "True"
