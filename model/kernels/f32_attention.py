@@ -60,6 +60,9 @@ THREADS_MIN_WORK = PARALLEL_MIN_WORK << 7
 # AVX-512's 32 registers hold 4 x 4 sums of 16 lanes; AVX2's 16 hold 4 x 3 of 8, with the three
 # vectors loaded and a broadcast (4 x 3 ran faster than 4 x 2, 6 x 2 and 2 x 4 on AMD Zen 3).
 TILES = {16: (4, 4), 8: (4, 3)}
+# The tiles' lanes on each of the kernels' CPU paths (`platform.cpu.kernel_path`); others run
+# the plain loops.
+PATH_LANES = {"avx512": 16, "avx2": 8}
 # The head sizes the tiles take: whole vectors of either width.
 TILE_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -76,38 +79,31 @@ def causal_work(n, c, n_head, head_dim, window):
     return 2 * seen * n_head * head_dim
 
 
-def job_kernel(lanes: int):
-    """`run_job` with the tiles' `lanes` a constant (0: the plain loops): numba drops the other
-    ways before compiling, so that a CPU compiles only the way it runs (each closure is cached
-    apart: its constants are part of numba's key)."""
-    rows, vectors = TILES.get(lanes, (0, 0))
-
-    @njit(cache=True, nogil=True)
-    def run_job(q, kt, v, out, window, g, block):
-        """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g,
-        by the register tiles (`panel_heads`) or one query row at a time (`plain_job`)."""
-        r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
-        if lanes and q.shape[2] in TILE_HEAD_DIMS:
-            panel_heads(lanes, rows, vectors, q, kt, v, out, window, g, r0, r1)
-        else:
-            plain_job(q, kt, v, out, window, g, r0, r1)
-    return run_job
-
-
-# A job's kernel by the tiles' lanes (0: the plain loops). Module globals, not a closure's
-# variables: numba's cache keys a closure by its variables, and a kernel's changes per process.
-RUN_PLAIN_JOB, RUN_8_LANE_JOB, RUN_16_LANE_JOB = job_kernel(0), job_kernel(8), job_kernel(16)
+# The tiles' shapes as the constants the kernels compile in (numba reads no dict).
+ROWS_16, VECTORS_16 = TILES[16]
+ROWS_8, VECTORS_8 = TILES[8]
 
 
 @njit(cache=True, nogil=True, inline="always")
 def run_job(lanes, q, kt, v, out, window, g, block):
-    """The job (`job_kernel`) on the tiles of `lanes`, a constant of the caller's."""
+    """The queries of block `block` (JOB_ROWS rows) of the query heads of key/value head g, on
+    the tiles of `lanes` (`panel_heads`) or one query row at a time (`plain_job`). `lanes` is a
+    constant of the caller's (`attention.chunk_kernel`): numba drops the other ways before
+    compiling, so that a CPU compiles only the way it runs."""
+    r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
+    tiled = q.shape[2] in TILE_HEAD_DIMS
     if lanes == 16:
-        RUN_16_LANE_JOB(q, kt, v, out, window, g, block)
+        if tiled:
+            panel_heads(16, ROWS_16, VECTORS_16, q, kt, v, out, window, g, r0, r1)
+        else:
+            plain_job(q, kt, v, out, window, g, r0, r1)
     elif lanes == 8:
-        RUN_8_LANE_JOB(q, kt, v, out, window, g, block)
+        if tiled:
+            panel_heads(8, ROWS_8, VECTORS_8, q, kt, v, out, window, g, r0, r1)
+        else:
+            plain_job(q, kt, v, out, window, g, r0, r1)
     else:
-        RUN_PLAIN_JOB(q, kt, v, out, window, g, block)
+        plain_job(q, kt, v, out, window, g, r0, r1)
 
 
 @njit(cache=True, nogil=True, inline="always")

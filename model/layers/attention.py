@@ -32,6 +32,7 @@ from nanovllm.model.kernels.attention_dot import dot_rows, dot_rows_transposed
 from nanovllm.model.kernels.bf16_attention import BF16Context, round_probabilities
 from nanovllm.model.kernels.f32_attention import (
     JOB_ROWS,
+    PATH_LANES,
     THREADS_MIN_WORK,
     TILES,
     causal_work,
@@ -200,7 +201,7 @@ def attend_chunk(q, kt, v, out, window, threads_min_work, lanes):
     (`heads_first`; H a multiple of Hkv; query head h reads key/value head h // (H // Hkv)),
     with a sliding `window` if > 0. All four C-contiguous float32. With at
     least `threads_min_work` multiply-adds (`f32_attention.causal_work`; the engine passes
-    THREADS_MIN_WORK), the jobs (`f32_attention.job_kernel`) are shared out among numba's
+    THREADS_MIN_WORK), the jobs (`f32_attention.run_job`) are shared out among numba's
     threads; with the register tiles' `lanes` (`host_tile_lanes`: this CPU's; 0 for the plain
     loops), heads of `TILE_HEAD_DIMS` take the tiles.
     The later blocks of queries, which see more keys, are handed out first. Each way is a
@@ -210,12 +211,9 @@ def attend_chunk(q, kt, v, out, window, threads_min_work, lanes):
 
 @cache  # (the CPU does not change while the process runs)
 def host_tile_lanes() -> int:
-    """The lanes of the register tiles prefill attention takes on this CPU
-    (`f32_attention.TILES`): 16 where the 16-lane kernels run (`linear.host_has_panels`), 8 on
-    AVX2, else 0 (the plain loops, also under NUMBA_DISABLE_JIT)."""
-    if host_has_panels():
-        return 16
-    return 8 if not config.DISABLE_JIT and kernel_path().name == "avx2" else 0
+    """The lanes of the register tiles prefill attention takes on this CPU's path
+    (`f32_attention.PATH_LANES`); 0, the plain loops, elsewhere and under NUMBA_DISABLE_JIT."""
+    return 0 if config.DISABLE_JIT else PATH_LANES.get(kernel_path().name, 0)
 
 
 def chunk_kernel(lanes: int):

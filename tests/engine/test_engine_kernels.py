@@ -93,7 +93,7 @@ def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
 COMPILED_ELSEWHERE = """
 from nanovllm.model.layers.attention import compile_prefill_attention
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-compile_prefill_attention(KernelNeeds(False, False, False, False, (4, 4, 16)))
+compile_prefill_attention(KernelNeeds(heads=(4, 4, 16)))
 """
 
 
