@@ -37,7 +37,8 @@ numba's on-disk cache does not notice edits to this module in `attention.attend_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.parallel import PARALLEL_MIN_WORK
@@ -79,9 +80,17 @@ def causal_work(n, c, n_head, head_dim, window):
     return 2 * seen * n_head * head_dim
 
 
-# The tiles' shapes as the constants the kernels compile in (numba reads no dict).
-ROWS_16, VECTORS_16 = TILES[16]
-ROWS_8, VECTORS_8 = TILES[8]
+def tile_shape(lanes):
+    """(rows, vectors) of the tiles of `lanes`; in compiled code a constant, `lanes` being one."""
+    return TILES[lanes]
+
+
+@overload(tile_shape)
+def _tile_shape(lanes):
+    if not isinstance(lanes, types.Literal):
+        return None
+    shape = TILES.get(lanes.literal_value, (0, 0))  # (0: the plain loops, which take none)
+    return lambda lanes: shape
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -91,17 +100,9 @@ def run_job(lanes, q, kt, v, out, window, g, block):
     constant of the caller's (`attention.chunk_kernel`): numba drops the other ways before
     compiling, so that a CPU compiles only the way it runs."""
     r0, r1 = block * JOB_ROWS, min(q.shape[0], (block + 1) * JOB_ROWS)
-    tiled = q.shape[2] in TILE_HEAD_DIMS
-    if lanes == 16:
-        if tiled:
-            panel_heads(16, ROWS_16, VECTORS_16, q, kt, v, out, window, g, r0, r1)
-        else:
-            plain_job(q, kt, v, out, window, g, r0, r1)
-    elif lanes == 8:
-        if tiled:
-            panel_heads(8, ROWS_8, VECTORS_8, q, kt, v, out, window, g, r0, r1)
-        else:
-            plain_job(q, kt, v, out, window, g, r0, r1)
+    if lanes and q.shape[2] in TILE_HEAD_DIMS:
+        rows, vectors = tile_shape(lanes)
+        panel_heads(lanes, rows, vectors, q, kt, v, out, window, g, r0, r1)
     else:
         plain_job(q, kt, v, out, window, g, r0, r1)
 
