@@ -14,6 +14,7 @@ speed (a VM's can drift within seconds); medians of `--steps` of each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -23,6 +24,7 @@ configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
+from numba import config  # noqa: E402
 
 from nanovllm.config import KV_CACHE_DTYPE_CHOICES  # noqa: E402
 
@@ -61,6 +63,39 @@ def gemm_chain(weights, rows: int):
                 linear(inputs[m.shape[1]], m)
         linear(inputs[head.shape[1]], head)
     return run
+
+
+def bare_read_chain(weights):
+    """The step's matrices read and nothing done with them: each matrix's arrays by numba's
+    threads, a contiguous share each (`read_roof.read_split`), one parallel region a matrix
+    as the products take them: the fastest those calls could stream them, with no arithmetic.
+    (Compiled only: `read_split` is an LLVM intrinsic.)"""
+    from numba import get_num_threads
+
+    from nanovllm.scripts.lab.read_roof import LANES, VECTORS, read_split
+
+    mats, head = step_matrices(weights)
+    row, ones = 4 * LANES * VECTORS, np.ones(1, np.float32)  # (bytes of a row read_split takes)
+    views = [flat[:flat.size // row * row].view(np.float32).reshape(-1, row // 4)
+             for m in [*(m for ms in mats for m in ms), head]
+             for flat in (a.reshape(-1).view(np.uint8) for a in weight_arrays(m))]
+
+    def run():
+        for view in views:
+            read_split(view, get_num_threads(), ones)
+    return run, sum(view.nbytes for view in views)
+
+
+def weight_arrays(weight) -> list[np.ndarray]:
+    """The arrays a weight of any kind (`model/weights/quant.Weight`) holds."""
+    if isinstance(weight, np.ndarray):
+        return [weight]
+    if hasattr(weight, "parts"):  # StackedWeight
+        return [a for part in weight.parts for a in weight_arrays(part)]
+    if hasattr(weight, "base"):  # AdaptedWeight
+        return weight_arrays(weight.base)
+    return [getattr(weight, f.name) for f in dataclasses.fields(weight)
+            if isinstance(getattr(weight, f.name), np.ndarray)]
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -103,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype,
                              quantization=args.quantization)
-    step, gemm = alternating_medians_ms([engine.step, gemm_chain(engine.runner.weights, args.batch)],
-                                        args.steps)
+    fns = [engine.step, gemm_chain(engine.runner.weights, args.batch)]
+    bare = args.roof and not config.DISABLE_JIT
+    if bare:
+        read, read_bytes = bare_read_chain(engine.runner.weights)
+        fns.append(read)
+    step, gemm, *read_ms = alternating_medians_ms(fns, args.steps)
     print(f"batch {args.batch}, context ~{args.context}: step {step:.1f} ms "
           f"({args.batch / step * 1e3:.0f} tok/s); weight GEMMs alone {gemm:.1f} ms; "
           f"everything else {step - gemm:.1f} ms = {100 * (1 - gemm / step):.0f}% of the step")
@@ -118,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
               f"in the step, {nbytes / gemm / 1e6:.1f} GB/s in the GEMMs alone; memory roof "
               f"{bandwidth / 1e9:.1f} GB/s (measured now): at most "
               f"{bandwidth / nbytes:.1f} steps/s")
+    if bare:
+        floor = read_ms[0] + max(0.0, step - gemm)  # (the two medians can cross on a tiny model)
+        print(f"the same matrices read bare, matrix by matrix: {read_ms[0]:.1f} ms "
+              f"({read_bytes / read_ms[0] / 1e6:.1f} GB/s); with everything else as it is, "
+              f"a step takes at least {floor:.1f} ms ({args.batch / floor * 1e3:.0f} tok/s)")
     return 0
 
 

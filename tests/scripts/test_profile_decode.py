@@ -26,6 +26,10 @@ def test_profile_decode_times_a_llama_checkpoint(llama_ckpt, capsys):
     assert re.search(r"batch 2, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms", out)
     assert re.search(r"weights [\d.]+ MB a step: streamed at [\d.]+ GB/s .* memory roof "
                      r"[\d.]+ GB/s", out)
+    # the floor: the same matrices read with no arithmetic, plus the rest of the step
+    bare = re.search(r"read bare, matrix by matrix: ([\d.]+) ms \(([\d.]+) GB/s\); .* a step "
+                     r"takes at least ([\d.]+) ms", out)
+    assert bare and float(bare[2]) > 0 and float(bare[3]) >= float(bare[1])  # (never under the read)
 
 
 def test_profile_decode_times_the_int8_weights(tiny_ckpt, capsys):
