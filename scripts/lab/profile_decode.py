@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="int8: the W8A8 weights (model/kernels/int8_gemm.py), in the step and the chain")
     p.add_argument("--roof", action="store_true",
                    help="also measure the memory bandwidth (scripts/roofs.py) and say how fast "
-                        "the step streams its weights against it (the bound at batch 1)")
+                        "the step streams its weights against it (the bound at batch 1), and "
+                        "time a bare read of the same matrices in the step's calls: the "
+                        "shortest step products with no arithmetic would leave")
     args = p.parse_args(argv)
     engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype,
                              quantization=args.quantization)
