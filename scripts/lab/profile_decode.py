@@ -67,22 +67,23 @@ def gemm_chain(weights, rows: int):
 
 def bare_read_chain(weights):
     """The step's matrices read and nothing done with them: each matrix's arrays by numba's
-    threads, a contiguous share each (`read_roof.read_split`), one parallel region a matrix
+    threads, a contiguous share each (`bare_read.read_split`), one parallel region a matrix
     as the products take them: the fastest those calls could stream them, with no arithmetic.
-    (Compiled only: `read_split` is an LLVM intrinsic.)"""
+    Compiled on the way out, so that the first timed read is not its compilation. (Compiled
+    only: `read_split` is LLVM IR.)"""
     from numba import get_num_threads
 
-    from nanovllm.scripts.lab.read_roof import LANES, VECTORS, read_split
+    from nanovllm.scripts.lab.bare_read import as_rows, read_split
 
     mats, head = step_matrices(weights)
-    row, ones = 4 * LANES * VECTORS, np.ones(1, np.float32)  # (bytes of a row read_split takes)
-    views = [flat[:flat.size // row * row].view(np.float32).reshape(-1, row // 4)
-             for m in [*(m for ms in mats for m in ms), head]
-             for flat in (a.reshape(-1).view(np.uint8) for a in weight_arrays(m))]
+    ones = np.ones(1, np.float32)
+    views = [as_rows(a) for m in [*(m for ms in mats for m in ms), head]
+             for a in weight_arrays(m)]
 
     def run():
         for view in views:
             read_split(view, get_num_threads(), ones)
+    run()
     return run, sum(view.nbytes for view in views)
 
 

@@ -28,29 +28,9 @@ configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 
 # isort: split
 import numpy as np  # noqa: E402
-from numba import config, njit, prange  # noqa: E402
+from numba import config  # noqa: E402
 
-from nanovllm.model.kernels.f32_dot import broadcast_tile  # noqa: E402
-
-LANES = 16
-VECTORS = 4  # vectors read per step: four independent accumulators
-
-
-@njit(cache=True, nogil=True)
-def read_rows(a, start, end, ones, acc):
-    """Reads a[start:end] ([rows, VECTORS * LANES] float32) through broadcast_tile."""
-    broadcast_tile(LANES, 1, VECTORS, 4, ones.ctypes.data, 0,
-                   a.ctypes.data + start * a.shape[1] * 4, a.shape[1] * 4, LANES * 4,
-                   end - start, acc.ctypes.data, 0)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def read_split(a, parts, ones):
-    """a read by `parts` threads, each a contiguous share of its rows."""
-    per = a.shape[0] // parts
-    for p in prange(parts):
-        acc = np.empty(VECTORS * LANES, np.float32)
-        read_rows(a, p * per, (p + 1) * per, ones, acc)
+from nanovllm.scripts.lab.bare_read import LANES, VECTORS, read_split  # noqa: E402
 
 
 def weight_chain(model: str, int8: bool) -> dict[str, tuple]:
