@@ -89,14 +89,17 @@ def bare_read_chain(weights):
 
 def weight_arrays(weight) -> list[np.ndarray]:
     """The arrays a weight of any kind (`model/weights/quant.Weight`) holds."""
+    from nanovllm.model.weights.adapted import AdaptedWeight
+    from nanovllm.model.weights.stacked import StackedWeight
+
     if isinstance(weight, np.ndarray):
         return [weight]
-    if hasattr(weight, "parts"):  # StackedWeight
+    if isinstance(weight, StackedWeight):
         return [a for part in weight.parts for a in weight_arrays(part)]
-    if hasattr(weight, "base"):  # AdaptedWeight
+    if isinstance(weight, AdaptedWeight):
         return weight_arrays(weight.base)
-    return [getattr(weight, f.name) for f in dataclasses.fields(weight)
-            if isinstance(getattr(weight, f.name), np.ndarray)]
+    values = (getattr(weight, f.name) for f in dataclasses.fields(weight))
+    return [v for v in values if isinstance(v, np.ndarray)]
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ configure_thread_pools()  # before numpy loads: see model/platform/threads.py
 import numpy as np  # noqa: E402
 from numba import config  # noqa: E402
 
-from nanovllm.scripts.lab.bare_read import LANES, VECTORS, read_split  # noqa: E402
+from nanovllm.scripts.lab.bare_read import ROW_BYTES, read_split  # noqa: E402
 
 
 def weight_chain(model: str, int8: bool) -> dict[str, tuple]:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from nanovllm.scripts import roofs
 
-    a = np.ones((args.mb * 10**6 // (4 * VECTORS * LANES), VECTORS * LANES), np.float32)
+    a = np.ones((args.mb * 10**6 // ROW_BYTES, ROW_BYTES // 4), np.float32)
     small = np.ones(64 * 2**20, np.float32)
     ones = np.ones(1, np.float32)
     fns = {"roofs.py (_sum, 256 MiB)": (lambda: roofs._sum(small), small.nbytes)}
