@@ -36,6 +36,7 @@ from numba.extending import intrinsic
 
 from nanovllm.model.kernels.int8_dot import vnni_takes_bytes, vnni_takes_words
 from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emit_splat
+from nanovllm.model.kernels.shared import CACHE_LINE, OUTER, emit_prefetch
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
@@ -150,23 +151,26 @@ class Multiply:
 
 @intrinsic
 def block_panel(typingctx, isa, type_name, rows, blocks, x_ptr, x_stride, dx_ptr, dx_stride,
-                xs_ptr, xs_stride, p_ptr, panel_stride, supers, out_ptr, out_stride):
+                xs_ptr, xs_stride, p_ptr, panel_stride, supers, out_ptr, out_stride, ahead_ptr,
+                ahead_lines):
     """float32 out[i, 16 b + j] = the dot product of activation row i with output 16 b + j of
     `blocks` panels, over `supers` super-blocks: row i's int8 codes at x_ptr + i * x_stride,
     its float32 scales at dx_ptr + i * dx_stride (one per super-block), its int32 sub-block
     sums at xs_ptr + i * xs_stride; panel b at p_ptr + b * panel_stride; out[i] at out_ptr +
-    i * out_stride (byte addresses and strides). isa, type_name, rows and blocks are
-    compile-time constants."""
+    i * out_stride (byte addresses and strides); at each super-block s it also asks for
+    ahead_lines cache lines from ahead_ptr + 64 s ahead_lines on (into L2: the panels the rows
+    take next, while these are in cache). isa, type_name, rows and blocks are compile-time
+    constants."""
     if not all(isinstance(t, types.Literal) for t in (isa, type_name, rows, blocks)):
         return None
     name, kind_name = isa.literal_value, type_name.literal_value
     n_rows, n_blocks = rows.literal_value, blocks.literal_value
     layout = LAYOUTS[kind_name]
-    sig = types.none(isa, type_name, rows, blocks, *([types.intp] * 11))
+    sig = types.none(isa, type_name, rows, blocks, *([types.intp] * 13))
 
     def codegen(context, builder, signature, args):
         (_, _, _, _, x_ptr, x_stride, dx_ptr, dx_stride, xs_ptr, xs_stride, p_ptr,
-         panel_stride, supers, out_ptr, out_stride) = args
+         panel_stride, supers, out_ptr, out_stride, ahead_ptr, ahead_lines) = args
         emit = PanelEmitter(builder, name, layout, n_rows, n_blocks, x_ptr.type)
         row_x = [emit.offset(x_ptr, x_stride, i) for i in range(n_rows)]
         row_dx = [emit.offset(dx_ptr, dx_stride, i) for i in range(n_rows)]
@@ -174,6 +178,7 @@ def block_panel(typingctx, isa, type_name, rows, blocks, x_ptr, x_stride, dx_ptr
         panels = [emit.offset(p_ptr, panel_stride, b) for b in range(n_blocks)]
 
         def step(s, accs):
+            emit.ahead(ahead_ptr, ahead_lines, s)
             return emit.super_block(s, accs, row_x, row_dx, row_xs, panels)
 
         zeros = [ir.Constant(emit.floats, None)] * (n_rows * n_blocks * emit.halves)
@@ -238,6 +243,16 @@ class PanelEmitter:
 
     def scalar(self, base, nbytes, kind):
         return self.b.load(self.b.inttoptr(self.at(base, nbytes), kind.as_pointer()), align=4)
+
+    def ahead(self, base, lines, s):
+        """Asks for `lines` cache lines from base + s * lines lines on, into L2 (none where
+        lines is 0)."""
+        start = self.scaled(base, self.b.mul(s, lines), CACHE_LINE)
+
+        def line(n, accs):
+            emit_prefetch(self.b, self.scaled(start, n, CACHE_LINE), OUTER)
+            return accs
+        emit_accumulating_loop(self.b, "ahead", lines, [], line)
 
     # -- the step
     def codes(self, panel, sub, h):

@@ -28,11 +28,14 @@ from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import row_peak
 from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks, stream_chunks
 from nanovllm.model.kernels.shared import (
+    CACHE_LINE,
     as_bias,
     finish,
     first_that_compiles,
     float16_bits_to_float32,
+    prefetch_lines,
 )
+from nanovllm.model.kernels.tiling import store_sums
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
     GROUP,
@@ -181,59 +184,79 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
     for _ in prange(chunks):
         chunk = claim(taken)
         while chunk < chunks:
+            after = claim(taken)  # (now: this chunk's tiles of rows fetch its first panels)
             panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out,
-                          chunk * step, min(packed.shape[0], (chunk + 1) * step))
-            chunk = claim(taken)
+                          chunk * step, min(packed.shape[0], (chunk + 1) * step),
+                          after * step if after < chunks else packed.shape[0])
+            chunk = after
 
 
 @njit(cache=True, nogil=True)
-def panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out, start, end):
-    """Panels start:end: groups of the tile's blocks against every row, then one at a time."""
+def panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out, start, end,
+                  after):
+    """Panels start:end: groups of the tile's blocks against every row, then one at a time.
+    `after` is the first panel the thread takes next (packed.shape[0]: none)."""
     rows, blocks, one_row_blocks = panel_tile(isa, type_name)
     acc = np.empty(rows * max(blocks, one_row_blocks) * PANEL, np.float32)
     b = start
     if xq.shape[0] == 1:
         while b + one_row_blocks <= end:
             panel(isa, type_name, 1, one_row_blocks, xq, xs, xsums, packed, bias, accumulate,
-                  out, 0, b, acc)
+                  out, 0, b, acc, 0, 0)
             b += one_row_blocks
     else:
         while b + blocks <= end:
             panel_rows(isa, type_name, blocks, xq, xs, xsums, packed, bias, accumulate, out, b,
-                       acc)
+                       acc, b + blocks if b + blocks < end else after)
             b += blocks
     for left in range(b, end):
-        panel_rows(isa, type_name, 1, xq, xs, xsums, packed, bias, accumulate, out, left, acc)
+        panel_rows(isa, type_name, 1, xq, xs, xsums, packed, bias, accumulate, out, left, acc,
+                   left + 1 if left + 1 < end else after)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, b, acc):
+def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, b, acc,
+               nxt):
+    """Every row against panels b:b + n_blocks, a tile of rows at a time, then one at a time.
+    The first tile reads the panels from memory, the others from cache; meanwhile those ask
+    for the panels from `nxt` on (the next this thread takes), a share each, and every tile for
+    its rows' output lines there: a core does not read ahead while it computes, and a large
+    output's rows (a batch's LM head) are more streams than its prefetcher follows."""
     rows, _, _ = panel_tile(isa, type_name)
+    m, supers = xq.shape[0], packed.shape[1]
+    coming = max(0, min(n_blocks, packed.shape[0] - nxt))  # panels from nxt on
+    shares = m // rows - 1
+    per_share = coming * supers * packed.shape[2] // max(1, shares)
+    lines = -(-per_share // (CACHE_LINE * supers))  # a share's lines per super-block
+    outputs = max(0, min(coming * PANEL, out.shape[1] - nxt * PANEL))
     t = 0
-    while t + rows <= xq.shape[0]:
+    while t + rows <= m:
+        for i in range(rows if outputs else 0):
+            prefetch_lines(out.ctypes.data + 4 * ((t + i) * out.shape[1] + nxt * PANEL),
+                           4 * outputs)
+        share = t // rows - 1  # (the first tile's, -1: none)
+        at = packed.ctypes.data + nxt * supers * packed.shape[2] + share * lines * supers * CACHE_LINE
         panel(isa, type_name, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
-              b, acc)
+              b, acc, at, lines if share >= 0 else 0)
         t += rows
-    for i in range(t, xq.shape[0]):
+    for i in range(t, m):
         panel(isa, type_name, 1, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, i, b,
-              acc)
+              acc, 0, 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def panel(isa, type_name, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
-          b, acc):
-    """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc."""
+          b, acc, ahead, lines):
+    """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc; meanwhile
+    `block_panel` asks for `lines` lines a super-block from `ahead` on."""
     supers, per_panel = packed.shape[1], packed.shape[1] * packed.shape[2]
     width = n_blocks * PANEL
     block_panel(isa, type_name, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1],
                 xq.shape[1], xs.ctypes.data + 4 * t * xs.shape[1], 4 * xs.shape[1],
                 xsums.ctypes.data + 4 * t * xsums.shape[1], 4 * xsums.shape[1],
                 packed.ctypes.data + b * per_panel, per_panel, supers, acc.ctypes.data,
-                4 * width)
-    first = b * PANEL
-    for i in range(n_rows):
-        for j in range(min(width, out.shape[1] - first)):
-            finish(out, t + i, first + j, acc[i * width + j], bias, accumulate)
+                4 * width, ahead, lines)
+    store_sums(acc, width, out, n_rows, t, b * PANEL, bias, accumulate)
 
 
 def entry_point(isa: str, type_name: str):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from nanovllm.model.kernels.shared import finish
 from nanovllm.model.weights.quant import BLOCK
 
 
@@ -70,8 +69,29 @@ def store_tile(acc, out, rows, blocks, r, b, bias, accumulate):
     """out[r:r + rows, the outputs of blocks b:b + blocks that exist] = acc, float32 [rows,
     blocks * BLOCK], plus bias ([N], or empty: none), added into out with `accumulate` (in the
     order numpy's `out += bias; residual += out` adds them, so the sums are the same)."""
-    first = b * BLOCK
-    cols = min(blocks * BLOCK, out.shape[1] - first)
+    store_sums(acc, blocks * BLOCK, out, rows, r, b * BLOCK, bias, accumulate)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def store_sums(acc, width, out, rows, r, first, bias, accumulate):
+    """out[r:r + rows, first:first + width] (the columns that exist) = acc, float32
+    [rows, width], as `store_tile`. Each case is a loop of its own over a row's slices, which
+    LLVM vectorizes (one `finish` an element, its branches inside the loop, did not, and
+    cost a batch's LM head as much as a third of its product)."""
+    cols = min(width, out.shape[1] - first)
+    with_bias = bias.shape[0] > 0
+    b = bias[first:] if with_bias else bias
     for i in range(rows):
-        for j in range(cols):
-            finish(out, r + i, first + j, acc[i * blocks * BLOCK + j], bias, accumulate)
+        a, o = acc[i * width:], out[r + i, first:]
+        if accumulate and with_bias:  # (the bias first, then the residual: numpy's order)
+            for j in range(cols):
+                o[j] = o[j] + (a[j] + b[j])
+        elif accumulate:
+            for j in range(cols):
+                o[j] = o[j] + a[j]
+        elif with_bias:
+            for j in range(cols):
+                o[j] = a[j] + b[j]
+        else:
+            for j in range(cols):
+                o[j] = a[j]
