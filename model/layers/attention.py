@@ -428,8 +428,9 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     block, or the part of it in the window): the scores of up to `tile_heads` query heads
     against a run's keys (`tile_scores`), then their probabilities times the run's values
     (`f32_dot.broadcast_tile`), the heads' sums held in registers over the run. The next run's
-    rows (their part in g0 ... g1 - 1) are prefetched: its block is elsewhere in the cache,
-    where the hardware's prefetcher does not look."""
+    rows (their part in g0 ... g1 - 1) are prefetched head by head as this run's heads are used:
+    its block is elsewhere in the cache, where the hardware's prefetcher does not look, and
+    asked for all at once its lines held the core up until they came."""
     n_head, head_dim = q.shape
     n_kv = k_cache.shape[1]
     group = n_head // n_kv
@@ -446,7 +447,6 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
     acc = np.empty(most * head_dim, np.float32)
     size = k_cache.itemsize
     row_bytes = n_kv * head_dim * size  # from one slot to the next
-    part_at, part_bytes = g0 * head_dim * size, (g1 - g0) * head_dim * size  # g0 ... g1 - 1
     for values in (False, True):
         if values:
             for h in range(h1 - h0):
@@ -457,13 +457,16 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
         while t < n:
             run = min(block_size - t % block_size, n - t)
             slot = block_table[t // block_size] * block_size + t % block_size
-            if t + run < n:  # ask for the next run's rows while this one's are used
-                after = t + run
-                nxt = block_table[after // block_size] * block_size + after % block_size
-                for r in range(min(block_size - after % block_size, n - after)):
-                    prefetch_lines(cache.ctypes.data + (nxt + r) * row_bytes + part_at,
-                                   part_bytes)
+            upcoming, after = cache, t + run  # the next run: the values' first after the keys'
+            if after >= n:
+                upcoming, after = v_cache, first
+            ahead = 0 if values and t + run >= n else min(block_size - after % block_size,
+                                                           n - after)
+            nxt = block_table[after // block_size] * block_size + after % block_size
             for g in range(g0, g1):
+                for r in range(ahead):  # its rows of head g, while this run's are used
+                    prefetch_lines(upcoming.ctypes.data + ((nxt + r) * n_kv + g) * head_dim * size,
+                                   head_dim * size)
                 at = cache.ctypes.data + (slot * n_kv + g) * head_dim * size
                 h = g * group
                 while h < (g + 1) * group:
