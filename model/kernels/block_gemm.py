@@ -235,7 +235,7 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
             prefetch_lines(out.ctypes.data + 4 * ((t + i) * out.shape[1] + nxt * PANEL),
                            4 * outputs)
         share = t // rows - 1  # (the first tile's, -1: none)
-        at = packed.ctypes.data + nxt * supers * packed.shape[2] + share * lines * supers * CACHE_LINE
+        at = packed[nxt:].ctypes.data + share * lines * supers * CACHE_LINE if coming else 0
         panel(isa, type_name, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
               b, acc, at, lines if share >= 0 else 0)
         t += rows

@@ -76,8 +76,8 @@ def store_tile(acc, out, rows, blocks, r, b, bias, accumulate):
 def store_sums(acc, width, out, rows, r, first, bias, accumulate):
     """out[r:r + rows, first:first + width] (the columns that exist) = acc, float32
     [rows, width], as `store_tile`. Each case is a loop of its own over a row's slices, which
-    LLVM vectorizes (one `finish` an element, its branches inside the loop, did not, and
-    cost a batch's LM head as much as a third of its product)."""
+    LLVM vectorizes (one `shared.finish` an element, its branches inside the loop, did not: a
+    batch's LM head stores millions of outputs a step)."""
     cols = min(width, out.shape[1] - first)
     with_bias = bias.shape[0] > 0
     b = bias[first:] if with_bias else bias

@@ -38,9 +38,10 @@ from tests.model.test_ggml_blocks import random_blocks
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
 
 RUNNABLE = block_kernels(kernel_path().features)
-# (rows, outputs, super-blocks): one row (decode) and several (a batch, a prefill's), outputs
-# that leave panels and tiles over, one super-block and several.
-SHAPES = [(1, 37, 1), (1, 300, 3), (3, 64, 2), (9, 33, 2), (1, 16, 4)]
+# (rows, outputs, super-blocks): one row (decode) and several (a batch, a prefill's; 20 in
+# tiles that fetch the next panels, across chunks), outputs that leave panels and tiles over,
+# one super-block and several.
+SHAPES = [(1, 37, 1), (1, 300, 3), (3, 64, 2), (9, 33, 2), (1, 16, 4), (20, 300, 3)]
 # Each of the kernels' code paths, for the instruction sets besides the host's best: 8-bit
 # codes with an offset (avx2's signed trick), 4-bit codes, a K-quant with mins, one without.
 PATH_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"]
