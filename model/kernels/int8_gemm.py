@@ -137,13 +137,18 @@ def quantize_vector(row, out):
 
 @njit(cache=True, nogil=True, inline="always")
 def row_peak(row):
-    """max |row| (float32, contiguous), taken on the bits: without the sign bit, a finite
-    float32's bits order as integers as the float does, and an integer maximum is a vector one
-    (LLVM takes a float maximum one element at a time). A NaN wins, and makes the row's scale
-    NaN."""
-    bits = row.view(np.int32)
+    """max |row| (float32, contiguous): `span_peak` of all of it."""
+    return span_peak(row.view(np.int32), 0, row.shape[0])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def span_peak(bits, start, stop):
+    """max |x[start:stop]| for x a float32 row given as its int32 bits, taken on the bits:
+    without the sign bit, a finite float32's bits order as integers as the float does, and an
+    integer maximum is a vector one (LLVM takes a float maximum one element at a time). A NaN
+    wins, and makes the row's scale NaN."""
     peak = np.int32(0)
-    for k in range(bits.shape[0]):
+    for k in range(start, stop):
         peak = max(peak, np.int32(bits[k] & np.int32(0x7FFFFFFF)))
     return np.int32(peak).view(np.float32)
 
