@@ -235,9 +235,10 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
     outputs = max(0, min(coming * PANEL, out.shape[1] - nxt * PANEL))
     t = 0
     while t + rows <= m:
-        for i in range(rows if outputs else 0):
-            prefetch_lines(out.ctypes.data + 4 * ((t + i) * out.shape[1] + nxt * PANEL),
-                           4 * outputs)
+        if outputs:
+            for i in range(rows):
+                prefetch_lines(out.ctypes.data + 4 * ((t + i) * out.shape[1] + nxt * PANEL),
+                               4 * outputs)
         share = t // rows - 1  # (the first tile's, -1: none)
         at = packed[nxt:].ctypes.data + share * lines * supers * CACHE_LINE if coming else 0
         panel(isa, type_name, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
