@@ -77,15 +77,13 @@ def quantize_blocks(x: np.ndarray, layout: Layout) -> BlockRows:
 
 @njit(cache=True, nogil=True)
 def quantize(x, span, sub):
-    """(codes, scales, sums) of `BlockRows` for x [M, K] float32 C-contiguous, its rows shared
-    out among numba's threads when there are several: the product that follows runs on them
-    (`matmul_isa`), so they are awake, and a batch's rows took longer on one thread than a
-    parallel region costs."""
+    """(codes, scales, sums) of `BlockRows` for x [M, K] float32 C-contiguous, on all threads
+    when there is enough of it (`kernels.on_threads`)."""
     m, k = x.shape
     q = np.empty((m, k), np.int8)
     scale = np.empty((m, k // span), np.float32)
     sums = np.empty((m, k // sub), np.int32)
-    if m > 1 or on_threads(x.size):
+    if on_threads(x.size):
         quantize_rows_parallel(x, span, sub, q, scale, sums)
     else:
         quantize_rows(x, span, sub, q, scale, sums)
