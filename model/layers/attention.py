@@ -464,9 +464,9 @@ def decode_tiles_(q, k_cache, v_cache, block_table, n, block_size, out, window, 
                                                            n - after)
             nxt = block_table[after // block_size] * block_size + after % block_size
             for g in range(g0, g1):
+                soon = upcoming.ctypes.data + (nxt * n_kv + g) * head_dim * size
                 for r in range(ahead):  # its rows of head g, while this run's are used
-                    prefetch_lines(upcoming.ctypes.data + ((nxt + r) * n_kv + g) * head_dim * size,
-                                   head_dim * size)
+                    prefetch_lines(soon + r * row_bytes, head_dim * size)
                 at = cache.ctypes.data + (slot * n_kv + g) * head_dim * size
                 h = g * group
                 while h < (g + 1) * group:
