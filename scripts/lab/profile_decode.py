@@ -87,6 +87,30 @@ def bare_read_chain(weights):
     return run, sum(view.nbytes for view in views)
 
 
+def print_batch_floor(engine, args: argparse.Namespace, step: float, gemm: float) -> None:
+    """The shortest step of `args.batch` rows these kernels could make: its products at the
+    rate they reach over `args.floor_rows` rows (more rows share each weight's unpacking and
+    reading) and its attention reading each cached key and value once at the memory roof; the
+    rest (norms, activations, sampling, Python) counted as nothing."""
+    from nanovllm.runner.kv_cache import kv_bytes_per_block
+    from nanovllm.scripts.roofs import measure_roofs
+
+    rows = args.floor_rows
+    (wide,) = alternating_medians_ms([gemm_chain(engine.runner.weights, rows)], 3)
+    products = wide * args.batch / rows
+    per_token = kv_bytes_per_block(engine.model_config, 1, engine.runner.kv_cache.dtype.name)
+    kv_bytes = args.batch * (args.context + args.steps / 2) * per_token  # (its mean context)
+    bandwidth = measure_roofs().bandwidth
+    attention = kv_bytes / bandwidth * 1e3
+    floor = products + attention
+    print(f"products at {rows} rows' rate ({wide:.1f} ms for {rows}): {products:.1f} ms for "
+          f"{args.batch} (they take {gemm:.1f}); the KV cache read once at the memory roof "
+          f"({kv_bytes / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s): {attention:.1f} ms; a step "
+          f"takes at least {floor:.1f} ms ({args.batch / floor * 1e3:.0f} tok/s) with nothing "
+          f"else in it; the rest of this one took up to {max(0.0, step - gemm - attention):.1f} "
+          f"ms")
+
+
 def weight_arrays(weight) -> list[np.ndarray]:
     """The arrays a weight of any kind (`model/weights/quant.Weight`) holds."""
     from nanovllm.model.weights.adapted import AdaptedWeight
@@ -141,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the step streams its weights against it (the bound at batch 1), and "
                         "time a bare read of the same matrices in the step's calls: the "
                         "shortest step products with no arithmetic would leave")
+    p.add_argument("--floor-rows", type=int, default=None, metavar="N",
+                   help="also time the step's products over N rows (512: a prefill's) and say "
+                        "how long a step of --batch would take at least with its products at "
+                        "that rate and its attention reading the KV cache at the memory roof")
     args = p.parse_args(argv)
     engine = decoding_engine(args, kv_cache_dtype=args.kv_cache_dtype,
                              quantization=args.quantization)
@@ -163,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
               f"in the step, {nbytes / gemm / 1e6:.1f} GB/s in the GEMMs alone; memory roof "
               f"{bandwidth / 1e9:.1f} GB/s (measured now): at most "
               f"{bandwidth / nbytes:.1f} steps/s")
+    if args.floor_rows:
+        print_batch_floor(engine, args, step, gemm)
     if bare:
         floor = read_ms[0] + max(0.0, step - gemm)  # (the two medians can cross on a tiny model)
         print(f"the same matrices read bare, matrix by matrix: {read_ms[0]:.1f} ms "

@@ -38,3 +38,13 @@ def test_profile_decode_times_the_int8_weights(tiny_ckpt, capsys):
                                 "--steps", "2", "--quantization", "int8"]) == 0
     assert re.search(r"batch 1, context ~40: step [\d.]+ ms .* weight GEMMs alone [\d.]+ ms",
                      capsys.readouterr().out)
+
+
+def test_profile_decode_floors_a_batch_step(tiny_ckpt, capsys):
+    """--floor-rows: the products at a wide GEMM's rate plus the KV cache read at the roof."""
+    assert profile_decode.main(["--model", str(tiny_ckpt), "--batch", "2", "--context", "40",
+                                "--steps", "2", "--floor-rows", "8"]) == 0
+    floor = re.search(r"products at 8 rows' rate \(([\d.]+) ms for 8\): ([\d.]+) ms for 2 .* "
+                      r"memory roof \(\d+ MB at [\d.]+ GB/s\): ([\d.]+) ms; a step takes at "
+                      r"least ([\d.]+) ms", capsys.readouterr().out)
+    assert floor and float(floor[4]) >= float(floor[3])
