@@ -266,10 +266,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     be C-contiguous (a strided q makes the dot products slow).
     Like any compiled kernel it does not check bounds: the tables must cover each context.
 
-    With fewer sequences than `threads` (numba's, for the caller to say: the kernel asking
-    could not be cached), e.g. batch 1, each sequence's key/value heads are shared out among
-    them: one core alone waits on the cache's lines (it reads a few GB/s of them, each line a
-    miss), and the GEMMs' threads stay awake for the next layer. With `tiles` (compiled only),
+    Contexts with little work in all (`on_threads`) are read on the calling thread: starting a
+    parallel region costs more than they do. With more, and fewer sequences than `threads`
+    (numba's, for the caller to say: the kernel asking could not be cached), e.g. one long
+    context, each sequence's key/value heads are shared out among them. With `tiles` (compiled only),
     the caches `tiles_serve` names take the register-tile path (`decode_tiles_`), split among
     threads the same way; the others `decode_one_`, which reads row after row. Each way is a
     kernel of its own (`DECODE_KERNELS`), so that start-up compiles only the one this model's
@@ -287,21 +287,20 @@ def decode_kernel(tiles: bool):
     def paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, out, window,
                      threads):
         num_seqs, n_kv = q.shape[0], k_cache.shape[1]
+        work = 0
+        for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it)
+            work += context_lens[b] * q.shape[1] * q.shape[2]
+        if not on_threads(work):  # a few short contexts: on the calling thread
+            first = np.intp(0)  # (a literal 0 would compile the sequence's kernel again)
+            for b in range(num_seqs):
+                if tiles:
+                    decode_tiles_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                  block_size, out[b], window, first, n_kv)
+                else:
+                    decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
+                                block_size, out[b], window, first, n_kv)
+            return
         parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
-        if parts == 1:
-            work = 0
-            for b in range(num_seqs):  # (not context_lens.sum(): a parallel kernel shares it)
-                work += context_lens[b] * q.shape[1] * q.shape[2]
-            if not on_threads(work):  # a few short contexts: on the calling thread
-                first = np.intp(0)  # (a literal 0 would compile the sequence's kernel again)
-                for b in range(num_seqs):
-                    if tiles:
-                        decode_tiles_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
-                                      block_size, out[b], window, first, n_kv)
-                    else:
-                        decode_one_(q[b], k_cache, v_cache, block_tables[b], context_lens[b],
-                                    block_size, out[b], window, first, n_kv)
-                return
         jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
         taken = np.zeros(1, np.intp)
         for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)

@@ -115,14 +115,15 @@ def test_kernel_releases_the_gil_so_other_threads_run_meanwhile():
 
 @pytest.mark.parametrize("tiles", [False, pytest.param(True, marks=pytest.mark.skipif(
     config.DISABLE_JIT, reason="the register tiles are LLVM IR: compiled only"))])
-@pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([70, 9], 6, 3),
-                                                ([33], 9, 3)])
+@pytest.mark.parametrize("lens, n_head, n_kv", [([300], 12, 12), ([1], 4, 4), ([400, 40], 6, 3),
+                                                ([400], 9, 3)])
 @pytest.mark.parametrize("window", [0, 20])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
 def test_heads_shared_among_threads_give_the_bits_of_one_thread(lens, n_head, n_kv, window,
                                                                 tiles, cache_dtype):
-    """Fewer sequences than threads (batch 1): each sequence's key/value heads are split among
-    them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
+    """Fewer sequences than threads (batch 1) with work enough for them (`on_threads`; the
+    one-token context stays on the calling thread): each sequence's key/value heads are split
+    among them, every head's arithmetic unchanged, so the output is bit for bit the unsplit one;
     up to 8 threads, also more than the heads there are. The same on the register tiles (64-wide
     heads), whose unsplit output `test_llama_kernels` checks against the reference, and in a
     float16 cache."""
