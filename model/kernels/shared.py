@@ -191,14 +191,8 @@ def prefetch_lines(address, nbytes):
 
 @overload(prefetch_lines, inline="always")
 def _prefetch_lines(address, nbytes):
-    # From the line address is in to the line of its last byte, in a while loop: `range` with a
-    # step compiled to a division and its checks, which cost decode attention more than its
-    # prefetches themselves.
     def impl(address, nbytes):
-        line, end = address & -CACHE_LINE, address + nbytes
-        while line < end:
-            prefetch_(line)
-            line += CACHE_LINE
+        lines_from(address & -CACHE_LINE, address + nbytes, KEEP)
     return impl
 
 
@@ -212,14 +206,25 @@ def prefetch_lines_l2(address, nbytes):
 @overload(prefetch_lines_l2, inline="always")
 def _prefetch_lines_l2(address, nbytes):
     def impl(address, nbytes):
-        line, end = address & -CACHE_LINE, address + nbytes
-        while line < end:
-            prefetch_l2_(line)
-            line += CACHE_LINE
+        lines_from(address & -CACHE_LINE, address + nbytes, OUTER)
     return impl
 
 
 CACHE_LINE = 64
+
+
+@njit(cache=True, nogil=True)
+def lines_from(line, end, locality):
+    """Prefetches the lines from `line` (a line's address) on while they start before `end`,
+    into the levels `locality` says. A while loop (a function of its own: inlined into the
+    caller's IR it tripped numba's scope check): `range` with a step compiled to a division and
+    its checks, which cost decode attention more than its prefetches themselves."""
+    while line < end:
+        if locality == KEEP:
+            prefetch_(line)
+        else:
+            prefetch_l2_(line)
+        line += CACHE_LINE
 
 @intrinsic
 def prefetch_(typingctx, address):
