@@ -226,6 +226,7 @@ def lines_from(line, end, locality):
             prefetch_l2_(line)
         line += CACHE_LINE
 
+
 @intrinsic
 def prefetch_(typingctx, address):
     """`llvm.prefetch` of the byte at `address` (an integer): read, keep in all cache levels."""

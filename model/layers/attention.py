@@ -269,11 +269,11 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, bloc
     Contexts with little work in all (`on_threads`) are read on the calling thread: starting a
     parallel region costs more than they do. With more, and fewer sequences than `threads`
     (numba's, for the caller to say: the kernel asking could not be cached), e.g. one long
-    context, each sequence's key/value heads are shared out among them. With `tiles` (compiled only),
-    the caches `tiles_serve` names take the register-tile path (`decode_tiles_`), split among
-    threads the same way; the others `decode_one_`, which reads row after row. Each way is a
-    kernel of its own (`DECODE_KERNELS`), so that start-up compiles only the one this model's
-    cache takes.
+    context, each sequence's key/value heads are shared out among them. With `tiles`
+    (compiled only), the caches `tiles_serve` names take the register-tile path
+    (`decode_tiles_`), split among threads the same way; the others `decode_one_`, which reads
+    row after row. Each way is a kernel of its own (`DECODE_KERNELS`), so that start-up
+    compiles only the one this model's cache takes.
     """
     tiles = tiles and tiles_serve(k_cache, q.shape[1], q.shape[2])
     DECODE_KERNELS[tiles](q, k_cache, v_cache, block_tables, context_lens, block_size, out,
