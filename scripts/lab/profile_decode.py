@@ -90,8 +90,8 @@ def bare_read_chain(weights):
 def print_batch_floor(engine, args: argparse.Namespace, step: float, gemm: float) -> None:
     """The shortest step of `args.batch` rows these kernels could make: its products at the
     rate they reach over `args.floor_rows` rows (each panel of weights read from memory once
-    for all of them) and its attention reading each cached key and value once at the memory roof; the
-    rest (norms, activations, sampling, Python) counted as nothing."""
+    for all of them) and its attention reading each cached key and value once at the memory
+    roof; the rest (norms, activations, sampling, Python) counted as nothing."""
     from nanovllm.runner.kv_cache import kv_bytes_per_block
     from nanovllm.scripts.roofs import measure_roofs
 
