@@ -38,14 +38,14 @@ from nanovllm.model.kernels.shared import (
 from nanovllm.model.kernels.tiling import store_sums
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
-    GROUP,
+    KIND_CODES,
     LAYOUTS,
-    LINE,
     PANEL,
     BlockWeight,
     Layout,
     from_gguf,
     header_bytes,
+    lane_codes,
 )
 
 PORTABLE = "portable"
@@ -281,9 +281,6 @@ LINEARS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
 
 # --------------------------------------------------------------------------- portable
 
-KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
-
-
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header, bias,
                     accumulate, out):
@@ -323,26 +320,9 @@ def second_half(bits, j, halves):
 
 @njit(cache=True, nogil=True)
 def unpack_codes(code_bytes, bits, sub, span, u):
-    """u[j, k] = output j's code for input k of one panel's super-block
-    (`block_quant.interleave_codes` undone)."""
-    per_sub = sub // GROUP  # groups of a sub-block
-    for n in range(span // GROUP):
-        at, shift, top_at, top_shift = n * LINE, 0, 0, 0
-        if bits != 8:  # two groups a line: sub-block's first half low, second half high
-            sub_block, inner = divmod(n, per_sub)
-            high, position = divmod(inner, per_sub // 2)
-            base = sub_block * per_sub * LINE * bits // 8
-            at, shift = base + position * LINE, 4 * high
-            # (6 bits: then a line of every group's top 2 bits)
-            top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
-        for j in range(PANEL):
-            for i in range(GROUP):
-                v = np.int32(code_bytes[at + j * GROUP + i])
-                if bits != 8:
-                    v = (v >> shift) & 0x0F
-                if bits == 6:
-                    v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
-                u[j, n * GROUP + i] = v
+    """u[j, k] = output j's code for input k of one panel's super-block."""
+    for j in range(PANEL):
+        lane_codes(code_bytes, bits, sub, span, j, u[j])
 
 
 @njit(cache=True, nogil=True)
@@ -373,12 +353,14 @@ def super_block_dot(x, x_sums, u, kind, sub, offset, d, second, small, j, subs):
 
 def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
     """Compiles (or loads from numba's cache) `kernel` with the activations' quantizers for the
-    given types (each type is its own compiled function: the others compile on first use)."""
+    given types (each type is its own compiled function: the others compile on first use), and
+    the embedding's lookup (one function for every type)."""
     for type_name in type_names:
         kind = BLOCK_TYPES[type_name]
         w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))
         x = np.zeros((1, kind.weights), np.float32)
         block_linear(x, w, kernel, residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
+        w.take(np.zeros(1, np.int64))
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:

@@ -24,12 +24,12 @@ each 5-bit code in a byte (a simpler kernel, at more bytes per weight).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
+from nanovllm.model.kernels.shared import float16_bits_to_float32
 from nanovllm.model.weights import ggml_blocks as g
 from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
     BLOCK_TYPES,
@@ -110,11 +110,14 @@ class BlockWeight:
         return dense[start - first * PANEL:end - first * PANEL]
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        """The float32 rows ids (the token embedding's lookup), as a new array: each one's
-        bytes picked out of its panel (`one_lane`) and only they unpacked."""
-        ids = np.asarray(ids).reshape(-1)
-        return unpack_panels(one_lane(self.packed, self.layout, ids), self.layout,
-                             self.shape[1], width=1)
+        """The float32 rows ids (the token embedding's lookup), as a new array: each one's lane
+        of its panel dequantized (`take_rows`), as `rows` would give it."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.empty((ids.shape[0], self.shape[1]), np.float32)
+        layout = self.layout
+        take_rows(self.packed, KIND_CODES[layout.kind], layout.bits, layout.sub, layout.span,
+                  layout.offset, header_bytes(layout), ids, out)
+        return out
 
 
 def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockWeight:
@@ -142,78 +145,113 @@ def from_float(type_name: str, w: np.ndarray) -> BlockWeight:
 # --------------------------------------------------------------------------- unpacking
 
 
-def unpack_panels(packed: np.ndarray, layout: Layout, k: int, width: int = PANEL) -> np.ndarray:
-    """Panels [p, supers, panel bytes] -> the float32 rows [p * width, k] they stand for, in
-    the order of operations of `ggml_blocks`' dequantizers (so the values are equal). `width`:
-    the outputs a panel holds (1 for `one_lane`'s)."""
+def unpack_panels(packed: np.ndarray, layout: Layout, k: int) -> np.ndarray:
+    """Panels [p, supers, panel bytes] -> the float32 rows [p * PANEL, k] they stand for, in
+    the order of operations of `ggml_blocks`' dequantizers (so the values are equal)."""
     p, supers = packed.shape[:2]
     nh = float16_fields(layout)
     subs = layout.span // layout.sub
-    header = header_bytes(layout) // PANEL * width
-    halves = packed[:, :, :nh * 2 * width].copy().view(np.float16).astype(np.float32)
-    halves = halves.reshape(p, supers, nh, width, 1, 1)          # broadcast over sub, input
+    header = header_bytes(layout)
+    halves = packed[:, :, :nh * 2 * PANEL].copy().view(np.float16).astype(np.float32)
+    halves = halves.reshape(p, supers, nh, PANEL, 1, 1)          # broadcast over sub, input
     d = halves[:, :, 0]
-    small = packed[:, :, nh * 2 * width:header].reshape(p, supers, -1, width)
-    u = unpack_codes(packed[:, :, header:], layout, width)       # [p, s, width, subs, sub]
+    small = packed[:, :, nh * 2 * PANEL:header].reshape(p, supers, -1, PANEL)
+    u = unpack_codes(packed[:, :, header:], layout)     # [p, s, PANEL, subs, sub]
     if layout.kind == "sym":
         w = d * (u.astype(np.int16) - layout.offset)
     elif layout.kind == "asym":
         w = d * u + halves[:, :, 1]
     elif layout.kind == "kmin":
-        sc = small[:, :, :subs].transpose(0, 1, 3, 2)[..., None]   # [p, s, width, subs, 1]
+        sc = small[:, :, :subs].transpose(0, 1, 3, 2)[..., None]   # [p, s, PANEL, subs, 1]
         mn = small[:, :, subs:].transpose(0, 1, 3, 2)[..., None]
         w = (d * sc) * u - halves[:, :, 1] * mn
     else:  # "ksym"
         sc = small.view(np.int8).transpose(0, 1, 3, 2)[..., None]
         w = (d * sc) * (u.astype(np.int16) - layout.offset)
-    w = w.astype(np.float32).reshape(p, supers, width, layout.span)
-    return w.transpose(0, 2, 1, 3).reshape(p * width, k)
+    w = w.astype(np.float32).reshape(p, supers, PANEL, layout.span)
+    return w.transpose(0, 2, 1, 3).reshape(p * PANEL, k)
 
 
-def unpack_codes(code_bytes: np.ndarray, layout: Layout, width: int = PANEL) -> np.ndarray:
-    """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, width, subs,
+def unpack_codes(code_bytes: np.ndarray, layout: Layout) -> np.ndarray:
+    """`interleave_codes` undone: [p, supers, code bytes] -> uint8 [p, supers, PANEL, subs,
     sub]."""
     p, s = code_bytes.shape[:2]
     subs, per_sub = layout.span // layout.sub, layout.sub // GROUP  # sub-blocks, their groups
     if layout.bits == 6:  # per sub-block: its 4-bit lines, then the line of top 2 bits
-        lines = code_bytes.reshape(p, s, subs, per_sub // 2 + 1, width * GROUP)
+        lines = code_bytes.reshape(p, s, subs, per_sub // 2 + 1, LINE)
         top = lines[:, :, :, -1:] >> (2 * np.arange(per_sub, dtype=np.uint8))[:, None]
         low = lines[:, :, :, :-1]
         code_bytes = np.concatenate([low & 0x0F, low >> 4], axis=3) | ((top & 3) << 4)
     elif layout.bits == 4:
         lines = code_bytes.reshape(p, s, subs, 1, -1)
         code_bytes = np.concatenate([lines & 0x0F, lines >> 4], axis=3)
-    groups = code_bytes.reshape(p, s, layout.span // GROUP, width, GROUP)
-    return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, width, layout.span // layout.sub,
+    groups = code_bytes.reshape(p, s, layout.span // GROUP, PANEL, GROUP)
+    return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, PANEL, layout.span // layout.sub,
                                                    layout.sub)
 
 
-def one_lane(packed: np.ndarray, layout: Layout, outputs: np.ndarray) -> np.ndarray:
-    """Panels [p, supers, panel bytes] -> the bytes of each of `outputs` ([n, supers, panel
-    bytes / PANEL]: one-output panels, as `unpack_panels` takes with width 1). Every field
-    holds its PANEL outputs side by side (module docstring), so an output's bytes are at the
-    same offsets in each super-block, moved by its lane times the field's bytes an output:
-    one gather from the flat array."""
-    first, step = lane_offsets(layout)
-    supers, size = packed.shape[1:]
-    at = (outputs // PANEL * supers)[:, None] + np.arange(supers)  # [n, supers] super-blocks
-    offsets = first + step * (outputs % PANEL)[:, None, None]      # [n, 1, lane bytes]
-    return np.take(packed.reshape(-1), at[..., None] * size + offsets)
+# The kinds as compiled code takes them (`Layout.kind`).
+KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
 
 
-@cache
-def lane_offsets(layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets of output 0's bytes in a panel's super-block, what one lane more adds to each):
-    its float16s, its small scales, its code groups. Read-only (one pair per layout)."""
-    nh, header = float16_fields(layout), header_bytes(layout)
-    fields = ((0, nh, 2), (nh * 2 * PANEL, (header - nh * 2 * PANEL) // PANEL, 1),
-              (header, code_bytes(layout) // LINE, GROUP))  # (start, entries, bytes an entry)
-    first = [start + e * PANEL * size + b for start, entries, size in fields
-             for e in range(entries) for b in range(size)]
-    step = [size for _, entries, size in fields for _ in range(entries * size)]
-    first, step = np.array(first, np.int64), np.array(step, np.int64)
-    first.flags.writeable = step.flags.writeable = False
-    return first, step
+@njit(cache=True, nogil=True)
+def take_rows(packed, kind, bits, sub, span, offset, header, ids, out):
+    """out[i] = the float32 row ids[i] of the matrix `packed` holds, from its lane of its panel:
+    `unpack_panels`' arithmetic in its order (so the values are equal) on one output's bytes.
+    A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost more than that."""
+    subs, halves = span // sub, 1 if kind == 0 or kind == 3 else 2
+    u = np.empty(span, np.int32)
+    for i in range(ids.shape[0]):
+        p, j = ids[i] // PANEL, ids[i] % PANEL
+        for s in range(packed.shape[1]):
+            block = packed[p, s]
+            lane_codes(block[header:], bits, sub, span, j, u)
+            d = float16_at(block, j)
+            m = float16_at(block, PANEL + j) if halves == 2 else np.float32(0.0)
+            small = block[2 * PANEL * halves:header]
+            for k in range(span):
+                n = k // sub
+                if kind == 0:
+                    w = d * np.float32(u[k] - offset)
+                elif kind == 1:
+                    w = d * np.float32(u[k]) + m
+                elif kind == 2:
+                    w = ((d * np.float32(small[n * PANEL + j])) * np.float32(u[k])
+                         - m * np.float32(small[(subs + n) * PANEL + j]))
+                else:
+                    sc = np.int32(small[n * PANEL + j])
+                    sc = sc - 256 if sc > 127 else sc
+                    w = (d * np.float32(sc)) * np.float32(u[k] - offset)
+                out[i, s * span + k] = w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def float16_at(block, n):
+    """Float16 number n of a panel's super-block header (little-endian), as float32."""
+    return float16_bits_to_float32(np.uint16(block[2 * n]) | (np.uint16(block[2 * n + 1]) << 8))
+
+
+@njit(cache=True, nogil=True)
+def lane_codes(code_bytes, bits, sub, span, j, u):
+    """u[k] = output j's code for input k of one panel's super-block (`interleave_codes`
+    undone for one lane)."""
+    per_sub = sub // GROUP  # groups of a sub-block
+    for n in range(span // GROUP):
+        at, shift, top_at, top_shift = n * LINE, 0, 0, 0
+        if bits != 8:  # two groups a line: sub-block's first half low, second half high
+            sub_block, inner = divmod(n, per_sub)
+            high, position = divmod(inner, per_sub // 2)
+            base = sub_block * per_sub * LINE * bits // 8
+            at, shift = base + position * LINE, 4 * high
+            # (6 bits: then a line of every group's top 2 bits)
+            top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
+        for i in range(GROUP):
+            v = np.int32(code_bytes[at + j * GROUP + i])
+            if bits != 8:
+                v = (v >> shift) & 0x0F
+            if bits == 6:
+                v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
+            u[n * GROUP + i] = v
 
 
 # --------------------------------------------------------------------------- packing
