@@ -85,7 +85,8 @@ def attention_cached() -> bool:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     group, fields = argv[0], json.loads(argv[1])
-    GROUPS[group](KernelNeeds(**{**fields, "heads": tuple(fields["heads"])}))
+    GROUPS[group](KernelNeeds(**{**fields, "heads": tuple(fields["heads"]),
+                                 "block_types": tuple(fields["block_types"])}))
     return 0
 
 

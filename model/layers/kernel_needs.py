@@ -13,7 +13,11 @@ import logging
 from dataclasses import dataclass, fields
 
 from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.model.weights.quant import BF16Weight, Int8Weight, PackedBF16Weight
+
+# Matrices counted whole, not walked into as the other dataclasses are.
+WHOLE = (BF16Weight, PackedBF16Weight, Int8Weight, BlockWeight)
 
 logger = logging.getLogger("nanovllm")
 
@@ -26,6 +30,8 @@ class KernelNeeds:
     float16_cache: bool = False  # a float16 KV cache (float32 is always compiled)
     heads: tuple[int, int, int] = (1, 1, 1)  # query heads, key/value heads, head size: what
     # decides decode attention's way of reading the cache (one of two kernels)
+    block_types: tuple[str, ...] = ()  # the block-quantized matrices' types (a GGUF file's),
+    # each multiplied by a kernel of its own
 
     def log(self, group: str, precision: str = "float32") -> None:
         """One line saying what start-up waits for (a newcomer's first start compiles)."""
@@ -36,18 +42,20 @@ class KernelNeeds:
 def kernel_needs(weights, cache_dtype: str = "float32", cfg=None) -> KernelNeeds:
     """What `weights` (any architecture's dataclass of them) and a `cache_dtype` KV cache run,
     with the attention heads of `cfg` (a ModelConfig) if given."""
-    kinds = matrix_kinds(weights)
+    found = matrices(weights)
+    kinds = {type(m) for m in found}
     heads = (cfg.n_head, cfg.num_kv_heads, cfg.head_dim) if cfg is not None else (1, 1, 1)
     return KernelNeeds(bf16_packed=PackedBF16Weight in kinds, bf16_widened=BF16Weight in kinds,
                        int8=Int8Weight in kinds, float16_cache=cache_dtype == "float16",
-                       heads=heads)
+                       heads=heads, block_types=tuple(sorted(
+                           {m.type_name for m in found if isinstance(m, BlockWeight)})))
 
 
-def matrix_kinds(value) -> set[type]:
-    """The types of everything `value` holds, through dataclasses, lists and tuples."""
+def matrices(value) -> list:
+    """Everything `value` holds, through dataclasses, lists and tuples (a `WHOLE` matrix as
+    itself)."""
     if isinstance(value, (list, tuple)):
-        return set().union(*(matrix_kinds(v) for v in value))
-    if hasattr(value, "__dataclass_fields__") and not isinstance(
-            value, (BF16Weight, PackedBF16Weight, Int8Weight)):
-        return set().union(*(matrix_kinds(getattr(value, f.name)) for f in fields(value)))
-    return {type(value)}
+        return [m for v in value for m in matrices(v)]
+    if hasattr(value, "__dataclass_fields__") and not isinstance(value, WHOLE):
+        return [m for f in fields(value) for m in matrices(getattr(value, f.name))]
+    return [value]

@@ -44,7 +44,7 @@ from nanovllm.model.kernels.bf16_gemm import (
     compile_bf16_kernel,
     widen_packed_rows,
 )
-from nanovllm.model.kernels.block_gemm import block_linear
+from nanovllm.model.kernels.block_gemm import block_linear, compile_block_kernel
 from nanovllm.model.kernels.block_gemm import (
     first_compiling_kernel as first_compiling_block_kernel,
 )
@@ -403,3 +403,6 @@ def compile_linear_kernel(needs: KernelNeeds) -> None:
     if needs.int8:
         needs.log("linear", f"int8 ({kernel_path().int8})")
         host_int8_kernel()
+    if needs.block_types:
+        needs.log("linear", "/".join(needs.block_types))
+        compile_block_kernel(host_block_kernel(), needs.block_types)

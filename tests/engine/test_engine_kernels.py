@@ -15,6 +15,7 @@ from nanovllm.model.kernels.bf16_attention import (
     round_heads,
 )
 from nanovllm.model.kernels.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
+from nanovllm.model.kernels.block_gemm import LINEARS
 from nanovllm.model.kernels.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels.shared import softmax_rows_
 from nanovllm.model.layers.activations import gelu_int8_, gelu_rows_
@@ -26,12 +27,14 @@ from nanovllm.model.layers.attention import (
     write_slots,
 )
 from nanovllm.model.layers.linear import (
+    host_block_kernel,
     host_int8_kernel,
     host_packs_bfloat16,
     matmul_nt,
     matmul_packed,
 )
 from nanovllm.model.layers.norms import layer_norm_int8_, layer_norm_rows_
+from nanovllm.model.weights.block_quant import BlockWeight, take_rows
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 
@@ -72,6 +75,17 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
     assert all(before)  # start-up compiled each, the fused layer norm and GELU included
     assert any(ways[:2]) and any(ways[2:])  # one way of each attention
     assert signatures(kernels) == before and signatures(DECODE_WAYS + CHUNK_WAYS) == ways
+
+
+def test_first_block_quantized_request_compiles_nothing_new(tiny_ckpt):
+    """q4_0 (a GGUF file's kind of weights): start-up compiled the products of the model's
+    block types and the embedding's lookup from its panels."""
+    llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="q4_0")
+    assert isinstance(llm.engine.runner.weights.wte, BlockWeight)
+    kernels = (take_rows, *LINEARS[host_block_kernel()].values())
+    before = signatures(kernels)
+    llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    assert before[0] and signatures(kernels) == before
 
 
 def test_first_bfloat16_request_compiles_nothing_new(tiny_ckpt):
