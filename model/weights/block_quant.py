@@ -115,8 +115,8 @@ class BlockWeight:
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.empty((ids.shape[0], self.shape[1]), np.float32)
         layout = self.layout
-        take_rows(self.packed, KIND_CODES[layout.kind], layout.bits, layout.sub, layout.span,
-                  layout.offset, header_bytes(layout), ids, out)
+        take_rows(self.packed, self.shape[0], KIND_CODES[layout.kind], layout.bits, layout.sub,
+                  layout.span, layout.offset, header_bytes(layout), ids, out)
         return out
 
 
@@ -195,13 +195,16 @@ KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
 
 
 @njit(cache=True, nogil=True)
-def take_rows(packed, kind, bits, sub, span, offset, header, ids, out):
-    """out[i] = the float32 row ids[i] of the matrix `packed` holds, from its lane of its panel:
-    `unpack_panels`' arithmetic in its order (so the values are equal) on one output's bytes.
-    A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost more than that."""
+def take_rows(packed, rows, kind, bits, sub, span, offset, header, ids, out):
+    """out[i] = the float32 row ids[i] of the `rows` x k matrix `packed` holds, from its lane
+    of its panel: `unpack_panels`' arithmetic in its order (so the values are equal) on one
+    output's bytes. A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost
+    more than that."""
     subs, halves = span // sub, 1 if kind == 0 or kind == 3 else 2
     u = np.empty(span, np.int32)
     for i in range(ids.shape[0]):
+        if not 0 <= ids[i] < rows:
+            raise IndexError("a row id outside the table")
         p, j = ids[i] // PANEL, ids[i] % PANEL
         for s in range(packed.shape[1]):
             block = packed[p, s]

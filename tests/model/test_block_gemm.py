@@ -144,6 +144,9 @@ def test_gather_and_rows_read_the_repacked_weights(type_name):
     np.testing.assert_array_equal(gather_rows(w, ids), dense[ids])
     np.testing.assert_array_equal(w.rows(15, 33), dense[15:33])
     assert w.nbytes == w.packed.nbytes
+    for outside in (50, 63, -1):  # (rows 50-63 are the last panel's zero padding)
+        with pytest.raises(IndexError):
+            gather_rows(w, np.array([0, outside]))
 
 
 @pytest.mark.parametrize("quantization", ["q8_0", "q4_0", "q4_k"])
