@@ -19,11 +19,12 @@ import numpy as np
 
 from nanovllm.model.architectures.bert_config import BertConfig
 from nanovllm.model.layers.activations import compile_gelu_erf, gelu_erf_
+from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.encoder_attention import compile_encoder_attention, encoder_attention
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import add_layer_norm, compile_layer_norm, layer_norm
-from nanovllm.model.weights.quant import Weight, gather_rows
+from nanovllm.model.weights.quant import Weight
 
 
 @dataclass(slots=True)
@@ -90,7 +91,7 @@ def layer(x: np.ndarray, lw: LayerWeights, cfg: BertConfig, starts: np.ndarray) 
 
 def embed(w: BertWeights, cfg: BertConfig, token_ids: np.ndarray, positions: np.ndarray,
           token_type_ids: np.ndarray) -> np.ndarray:
-    x = gather_rows(w.word, token_ids)
+    x = embedding_rows(w.word, token_ids)
     x += w.position[positions]
     x += w.token_type[token_type_ids]
     return layer_norm(x, w.embed_norm_g, w.embed_norm_b, cfg.layer_norm_eps)

@@ -30,6 +30,7 @@ from nanovllm.model.layers.attention import (
     causal_attention,
     paged_attention,
 )
+from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import linear
 from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_qk_
@@ -39,7 +40,6 @@ from nanovllm.model.weights.quant import (
     PackedBF16Weight,
     Weight,
     attends_in_bf16,
-    gather_rows,
     round_to_bfloat16,
 )
 
@@ -115,7 +115,7 @@ def embed(w: Gemma3Weights, cfg: Gemma3Config, token_ids: np.ndarray) -> np.ndar
     scale = np.float32(cfg.embed_scale)
     if isinstance(w.embed, BF16Weight | PackedBF16Weight):
         scale = round_to_bfloat16(np.array([scale], np.float32))[0]
-    x = gather_rows(w.embed, token_ids)
+    x = embedding_rows(w.embed, token_ids)
     x *= scale
     return x
 

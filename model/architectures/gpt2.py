@@ -12,7 +12,7 @@ Weight matrices are stored `[out, in]` (a linear layer is `linear(x, w, b)` = `x
 is the token embedding itself, `[vocab, n_embd]`, already in that layout. Every activation stays
 float32: Python float constants are "weak" scalars in NumPy 2, so they never promote an array to
 float64. The matrices (and the embedding) may be stored as int8 or bfloat16
-(`model/weights/quant.py`); `linear` and `gather_rows` widen them as they read them.
+(`model/weights/quant.py`); `linear` and `embedding_rows` widen them as they read them.
 
 Attention reads keys and values either straight from the current tokens (a plain full-sequence
 pass) or from a paged KV cache described by an `AttentionBatch` (see `model/layers/attention.py`).
@@ -38,10 +38,11 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import compile_layer_norm, layer_norm
-from nanovllm.model.weights.quant import Weight, attends_in_bf16, gather_rows
+from nanovllm.model.weights.quant import Weight, attends_in_bf16
 
 
 @dataclass(slots=True)
@@ -117,7 +118,7 @@ def self_attention(x: np.ndarray, blk: BlockWeights, n_head: int,
 
 def embed(w: GPT2Weights, token_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Token plus position embeddings: a new array (the positions are added into the gather)."""
-    x = gather_rows(w.wte, token_ids)
+    x = embedding_rows(w.wte, token_ids)
     x += w.wpe[positions]
     return x
 

@@ -31,11 +31,12 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
+from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
 from nanovllm.model.layers.linear import compile_linear_kernel, linear
 from nanovllm.model.layers.norms import add_rms_norm_, compile_rms_norm, rms_norm
 from nanovllm.model.layers.rotary import compile_rotary, cos_sin, inv_frequencies, rotate_
-from nanovllm.model.weights.quant import Weight, attends_in_bf16, gather_rows
+from nanovllm.model.weights.quant import Weight, attends_in_bf16
 
 
 @dataclass(slots=True)
@@ -129,7 +130,7 @@ def forward(w: LlamaWeights, cfg: LlamaConfig, token_ids: np.ndarray, positions:
     eps = cfg.rms_norm_eps
     cos, sin = cos_sin(inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
                        positions)
-    x = gather_rows(w.embed, token_ids)
+    x = embedding_rows(w.embed, token_ids)
     h = rms_norm(x, w.layers[0].input_norm, eps)
     for i, layer in enumerate(w.layers):
         cache = kv_caches[i] if kv_caches is not None else None

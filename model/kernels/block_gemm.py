@@ -38,14 +38,14 @@ from nanovllm.model.kernels.shared import (
 from nanovllm.model.kernels.tiling import store_sums
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
-    KIND_CODES,
+    GROUP,
     LAYOUTS,
+    LINE,
     PANEL,
     BlockWeight,
     Layout,
     from_gguf,
     header_bytes,
-    lane_codes,
 )
 
 PORTABLE = "portable"
@@ -281,6 +281,9 @@ LINEARS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
 
 # --------------------------------------------------------------------------- portable
 
+KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}  # `Layout.kind` as compiled code takes it
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_portable(xq, xs, xsums, packed, kind, bits, sub, span, offset, header, bias,
                     accumulate, out):
@@ -325,6 +328,80 @@ def unpack_codes(code_bytes, bits, sub, span, u):
         lane_codes(code_bytes, bits, sub, span, j, u[j])
 
 
+def take_lanes(w: BlockWeight, ids: np.ndarray) -> np.ndarray:
+    """w.take(ids) (the token embedding's lookup) reading only each row's lane of its panel
+    (`take_rows`): equal values."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    out = np.empty((ids.shape[0], w.shape[1]), np.float32)
+    layout = w.layout
+    take_rows(w.packed, w.shape[0], KIND_CODES[layout.kind], layout.bits, layout.sub,
+              layout.span, layout.offset, header_bytes(layout), ids, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def take_rows(packed, rows, kind, bits, sub, span, offset, header, ids, out):
+    """out[i] = the float32 row ids[i] of the `rows` x k matrix `packed` holds, from its lane
+    of its panel: `block_quant.unpack_panels`' arithmetic in its order (so the values are equal) on one
+    output's bytes. A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost
+    more than that."""
+    subs, halves = span // sub, 1 if kind == 0 or kind == 3 else 2
+    u = np.empty(span, np.int32)
+    for i in range(ids.shape[0]):
+        if not 0 <= ids[i] < rows:
+            raise IndexError("a row id outside the table")
+        p, j = ids[i] // PANEL, ids[i] % PANEL
+        for s in range(packed.shape[1]):
+            block = packed[p, s]
+            lane_codes(block[header:], bits, sub, span, j, u)
+            d = float16_at(block, j)
+            m = float16_at(block, PANEL + j) if halves == 2 else np.float32(0.0)
+            small = block[2 * PANEL * halves:header]
+            for k in range(span):
+                n = k // sub
+                if kind == 0:
+                    w = d * np.float32(u[k] - offset)
+                elif kind == 1:
+                    w = d * np.float32(u[k]) + m
+                elif kind == 2:
+                    w = ((d * np.float32(small[n * PANEL + j])) * np.float32(u[k])
+                         - m * np.float32(small[(subs + n) * PANEL + j]))
+                else:
+                    sc = np.int32(small[n * PANEL + j])
+                    sc = sc - 256 if sc > 127 else sc
+                    w = (d * np.float32(sc)) * np.float32(u[k] - offset)
+                out[i, s * span + k] = w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def float16_at(block, n):
+    """Float16 number n of a panel's super-block header (little-endian), as float32."""
+    return float16_bits_to_float32(np.uint16(block[2 * n]) | (np.uint16(block[2 * n + 1]) << 8))
+
+
+@njit(cache=True, nogil=True)
+def lane_codes(code_bytes, bits, sub, span, j, u):
+    """u[k] = output j's code for input k of one panel's super-block
+    (`block_quant.interleave_codes` undone for one lane)."""
+    per_sub = sub // GROUP  # groups of a sub-block
+    for n in range(span // GROUP):
+        at, shift, top_at, top_shift = n * LINE, 0, 0, 0
+        if bits != 8:  # two groups a line: sub-block's first half low, second half high
+            sub_block, inner = divmod(n, per_sub)
+            high, position = divmod(inner, per_sub // 2)
+            base = sub_block * per_sub * LINE * bits // 8
+            at, shift = base + position * LINE, 4 * high
+            # (6 bits: then a line of every group's top 2 bits)
+            top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
+        for i in range(GROUP):
+            v = np.int32(code_bytes[at + j * GROUP + i])
+            if bits != 8:
+                v = (v >> shift) & 0x0F
+            if bits == 6:
+                v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
+            u[n * GROUP + i] = v
+
+
 @njit(cache=True, nogil=True)
 def super_block_dot(x, x_sums, u, kind, sub, offset, d, second, small, j, subs):
     """One output's dot product with one super-block of x, before x's scale."""
@@ -360,7 +437,7 @@ def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
         w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))
         x = np.zeros((1, kind.weights), np.float32)
         block_linear(x, w, kernel, residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
-        w.take(np.zeros(1, np.int64))
+        take_lanes(w, np.zeros(1, np.int64))
 
 
 def first_compiling_kernel(kernels: list[str]) -> str:

@@ -29,7 +29,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.kernels.shared import float16_bits_to_float32
 from nanovllm.model.weights import ggml_blocks as g
 from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
     BLOCK_TYPES,
@@ -110,14 +109,13 @@ class BlockWeight:
         return dense[start - first * PANEL:end - first * PANEL]
 
     def take(self, ids: np.ndarray) -> np.ndarray:
-        """The float32 rows ids (the token embedding's lookup), as a new array: each one's lane
-        of its panel dequantized (`take_rows`), as `rows` would give it."""
+        """The float32 rows ids, as a new array: their whole panels unpacked, their lanes
+        kept (the reference: `layers.embedding` reads only each row's lane, compiled)."""
         ids = np.asarray(ids, np.int64).reshape(-1)
-        out = np.empty((ids.shape[0], self.shape[1]), np.float32)
-        layout = self.layout
-        take_rows(self.packed, self.shape[0], KIND_CODES[layout.kind], layout.bits, layout.sub,
-                  layout.span, layout.offset, header_bytes(layout), ids, out)
-        return out
+        if ids.size and not (0 <= ids.min() and ids.max() < self.shape[0]):
+            raise IndexError("a row id outside the table")
+        panels = unpack_panels(self.packed[ids // PANEL], self.layout, self.shape[1])
+        return panels.reshape(ids.size, PANEL, -1)[np.arange(ids.size), ids % PANEL]
 
 
 def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockWeight:
@@ -188,73 +186,6 @@ def unpack_codes(code_bytes: np.ndarray, layout: Layout) -> np.ndarray:
     groups = code_bytes.reshape(p, s, layout.span // GROUP, PANEL, GROUP)
     return groups.transpose(0, 1, 3, 2, 4).reshape(p, s, PANEL, layout.span // layout.sub,
                                                    layout.sub)
-
-
-# The kinds as compiled code takes them (`Layout.kind`).
-KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}
-
-
-@njit(cache=True, nogil=True)
-def take_rows(packed, rows, kind, bits, sub, span, offset, header, ids, out):
-    """out[i] = the float32 row ids[i] of the `rows` x k matrix `packed` holds, from its lane
-    of its panel: `unpack_panels`' arithmetic in its order (so the values are equal) on one
-    output's bytes. A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost
-    more than that."""
-    subs, halves = span // sub, 1 if kind == 0 or kind == 3 else 2
-    u = np.empty(span, np.int32)
-    for i in range(ids.shape[0]):
-        if not 0 <= ids[i] < rows:
-            raise IndexError("a row id outside the table")
-        p, j = ids[i] // PANEL, ids[i] % PANEL
-        for s in range(packed.shape[1]):
-            block = packed[p, s]
-            lane_codes(block[header:], bits, sub, span, j, u)
-            d = float16_at(block, j)
-            m = float16_at(block, PANEL + j) if halves == 2 else np.float32(0.0)
-            small = block[2 * PANEL * halves:header]
-            for k in range(span):
-                n = k // sub
-                if kind == 0:
-                    w = d * np.float32(u[k] - offset)
-                elif kind == 1:
-                    w = d * np.float32(u[k]) + m
-                elif kind == 2:
-                    w = ((d * np.float32(small[n * PANEL + j])) * np.float32(u[k])
-                         - m * np.float32(small[(subs + n) * PANEL + j]))
-                else:
-                    sc = np.int32(small[n * PANEL + j])
-                    sc = sc - 256 if sc > 127 else sc
-                    w = (d * np.float32(sc)) * np.float32(u[k] - offset)
-                out[i, s * span + k] = w
-
-
-@njit(cache=True, nogil=True, inline="always")
-def float16_at(block, n):
-    """Float16 number n of a panel's super-block header (little-endian), as float32."""
-    return float16_bits_to_float32(np.uint16(block[2 * n]) | (np.uint16(block[2 * n + 1]) << 8))
-
-
-@njit(cache=True, nogil=True)
-def lane_codes(code_bytes, bits, sub, span, j, u):
-    """u[k] = output j's code for input k of one panel's super-block (`interleave_codes`
-    undone for one lane)."""
-    per_sub = sub // GROUP  # groups of a sub-block
-    for n in range(span // GROUP):
-        at, shift, top_at, top_shift = n * LINE, 0, 0, 0
-        if bits != 8:  # two groups a line: sub-block's first half low, second half high
-            sub_block, inner = divmod(n, per_sub)
-            high, position = divmod(inner, per_sub // 2)
-            base = sub_block * per_sub * LINE * bits // 8
-            at, shift = base + position * LINE, 4 * high
-            # (6 bits: then a line of every group's top 2 bits)
-            top_at, top_shift = base + per_sub // 2 * LINE, 2 * inner
-        for i in range(GROUP):
-            v = np.int32(code_bytes[at + j * GROUP + i])
-            if bits != 8:
-                v = (v >> shift) & 0x0F
-            if bits == 6:
-                v |= ((np.int32(code_bytes[top_at + j * GROUP + i]) >> top_shift) & 3) << 4
-            u[n * GROUP + i] = v
 
 
 # --------------------------------------------------------------------------- packing

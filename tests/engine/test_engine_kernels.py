@@ -15,7 +15,7 @@ from nanovllm.model.kernels.bf16_attention import (
     round_heads,
 )
 from nanovllm.model.kernels.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
-from nanovllm.model.kernels.block_gemm import LINEARS
+from nanovllm.model.kernels.block_gemm import LINEARS, take_rows
 from nanovllm.model.kernels.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels.shared import softmax_rows_
 from nanovllm.model.layers.activations import gelu_int8_, gelu_rows_
@@ -34,7 +34,7 @@ from nanovllm.model.layers.linear import (
     matmul_packed,
 )
 from nanovllm.model.layers.norms import layer_norm_int8_, layer_norm_rows_
-from nanovllm.model.weights.block_quant import BlockWeight, take_rows
+from nanovllm.model.weights.block_quant import BlockWeight
 from nanovllm.runner.beam import top_logprobs_
 from nanovllm.values.beam_search_params import BeamSearchParams
 

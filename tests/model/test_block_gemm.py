@@ -17,6 +17,7 @@ from nanovllm.model.kernels.block_gemm import (
     block_linear,
     quantize_blocks,
 )
+from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.linear import host_block_kernel, linear
 from nanovllm.model.platform.cpu import BLOCK_KERNELS, block_kernels, kernel_path
 from nanovllm.model.weights.block_quant import (
@@ -137,16 +138,19 @@ def test_quantization_option_makes_block_weights():
 
 @pytest.mark.parametrize("type_name", list(BLOCK_TYPES))
 def test_gather_and_rows_read_the_repacked_weights(type_name):
-    """The embedding's lookup (each row's lane picked out of its panel) and `rows` (whole
-    panels) read the very values the file's blocks stand for."""
+    """The embedding's lookup (each row's lane of its panel, compiled: `embedding_rows`), the
+    format's own (`gather_rows`: whole panels) and `rows` read the very values the file's
+    blocks stand for; a row id outside the table is refused, padding rows included."""
     w, dense = weight(type_name, 50, 2, seed=8)
     ids = np.array([49, 0, 17, 17, 33, 15, 16])
+    np.testing.assert_array_equal(embedding_rows(w, ids), dense[ids])
     np.testing.assert_array_equal(gather_rows(w, ids), dense[ids])
     np.testing.assert_array_equal(w.rows(15, 33), dense[15:33])
     assert w.nbytes == w.packed.nbytes
     for outside in (50, 63, -1):  # (rows 50-63 are the last panel's zero padding)
-        with pytest.raises(IndexError):
-            gather_rows(w, np.array([0, outside]))
+        for lookup in (embedding_rows, gather_rows):
+            with pytest.raises(IndexError):
+                lookup(w, np.array([0, outside]))
 
 
 @pytest.mark.parametrize("quantization", ["q8_0", "q4_0", "q4_k"])
