@@ -19,10 +19,9 @@ import numpy as np
 
 from nanovllm.model.architectures.bert_config import BertConfig
 from nanovllm.model.layers.activations import compile_gelu_erf, gelu_erf_
-from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.encoder_attention import compile_encoder_attention, encoder_attention
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.linear import compile_linear_kernel, linear
+from nanovllm.model.layers.linear import compile_linear_kernel, embedding_rows, linear
 from nanovllm.model.layers.norms import add_layer_norm, compile_layer_norm, layer_norm
 from nanovllm.model.weights.quant import Weight
 

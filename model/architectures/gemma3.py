@@ -30,9 +30,8 @@ from nanovllm.model.layers.attention import (
     causal_attention,
     paged_attention,
 )
-from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.linear import linear
+from nanovllm.model.layers.linear import embedding_rows, linear
 from nanovllm.model.layers.norms import add_rms_norm_, rms_norm, rms_norm_qk_
 from nanovllm.model.layers.rotary import cos_sin, inv_frequencies, rotate_
 from nanovllm.model.weights.quant import (

@@ -38,9 +38,8 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
-from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.linear import compile_linear_kernel, linear
+from nanovllm.model.layers.linear import compile_linear_kernel, embedding_rows, linear
 from nanovllm.model.layers.norms import compile_layer_norm, layer_norm
 from nanovllm.model.weights.quant import Weight, attends_in_bf16
 

@@ -31,9 +31,8 @@ from nanovllm.model.layers.attention import (
     compile_attention_kernel,
     paged_attention,
 )
-from nanovllm.model.layers.embedding import embedding_rows
 from nanovllm.model.layers.kernel_needs import KernelNeeds
-from nanovllm.model.layers.linear import compile_linear_kernel, linear
+from nanovllm.model.layers.linear import compile_linear_kernel, embedding_rows, linear
 from nanovllm.model.layers.norms import add_rms_norm_, compile_rms_norm, rms_norm
 from nanovllm.model.layers.rotary import compile_rotary, cos_sin, inv_frequencies, rotate_
 from nanovllm.model.weights.quant import Weight, attends_in_bf16

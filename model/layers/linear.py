@@ -44,7 +44,7 @@ from nanovllm.model.kernels.bf16_gemm import (
     compile_bf16_kernel,
     widen_packed_rows,
 )
-from nanovllm.model.kernels.block_gemm import block_linear, compile_block_kernel
+from nanovllm.model.kernels.block_gemm import block_linear, compile_block_kernel, take_lanes
 from nanovllm.model.kernels.block_gemm import (
     first_compiling_kernel as first_compiling_block_kernel,
 )
@@ -64,6 +64,7 @@ from nanovllm.model.weights.quant import (
     PackedBF16Weight,
     PackedF32Weight,
     Weight,
+    gather_rows,
     kernel_array,
     widen,
 )
@@ -135,6 +136,16 @@ def linear(x: np.ndarray | Int8Rows | BF16Rows, w: Weight, b: np.ndarray | None 
         residual += out
         return residual
     return out
+
+
+def embedding_rows(table: Weight, ids: np.ndarray) -> np.ndarray:
+    """table[ids] as a new float32 array: the token embedding's lookup, a table in any weight
+    format. A block-quantized one (a GGUF file's) is read a row's lane of its panel at a time
+    (`block_gemm.take_lanes`): a step looks up a row or a few, and unpacking their whole
+    panels, as the format's own `take` does, costs more than the rows."""
+    if isinstance(table, BlockWeight):
+        return take_lanes(table, ids)
+    return gather_rows(table, ids)
 
 
 def takes_int8(w: Weight) -> bool:

@@ -17,8 +17,7 @@ from nanovllm.model.kernels.block_gemm import (
     block_linear,
     quantize_blocks,
 )
-from nanovllm.model.layers.embedding import embedding_rows
-from nanovllm.model.layers.linear import host_block_kernel, linear
+from nanovllm.model.layers.linear import embedding_rows, host_block_kernel, linear
 from nanovllm.model.platform.cpu import BLOCK_KERNELS, block_kernels, kernel_path
 from nanovllm.model.weights.block_quant import (
     BLOCK_TYPES,
