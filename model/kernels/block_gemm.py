@@ -342,9 +342,9 @@ def take_lanes(w: BlockWeight, ids: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def take_rows(packed, rows, kind, bits, sub, span, offset, header, ids, out):
     """out[i] = the float32 row ids[i] of the `rows` x k matrix `packed` holds, from its lane
-    of its panel: `block_quant.unpack_panels`' arithmetic in its order (so the values are equal) on one
-    output's bytes. A lookup of a few rows reads a few KB: numpy's gathers and broadcasts cost
-    more than that."""
+    of its panel: `block_quant.unpack_panels`' arithmetic in its order (so the values are
+    equal) on one output's bytes. A lookup of a few rows reads a few KB: numpy's gathers and
+    broadcasts cost more than that."""
     subs, halves = span // sub, 1 if kind == 0 or kind == 3 else 2
     u = np.empty(span, np.int32)
     for i in range(ids.shape[0]):

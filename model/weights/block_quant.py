@@ -110,7 +110,8 @@ class BlockWeight:
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """The float32 rows ids, as a new array: their whole panels unpacked, their lanes
-        kept (the reference: `layers.embedding` reads only each row's lane, compiled)."""
+        kept (the reference: `layers.linear.embedding_rows` reads only each row's lane,
+        compiled)."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         if ids.size and not (0 <= ids.min() and ids.max() < self.shape[0]):
             raise IndexError("a row id outside the table")
