@@ -21,11 +21,12 @@ and times the activations' scale, into float32 accumulators that stay in registe
 whole row of weights: a panel of `rows` x `blocks` reads each weight vector once for all its
 rows and each activation once for all its blocks.
 
-Instruction sets: "avx512vnni" (64-byte vectors) and "avxvnni" (32-byte) add unsigned x signed
-bytes with `vpdpbusd`, the codes being the unsigned side. "avx2" multiplies with `vpmaddubsw`
-into int16 pairs and `vpmaddwd` by ones into int32; a pair can reach 2 x 255 x 127 only with
-Q8_0's offset codes, so for Q8_0 it flips them back to signed (u ^ 0x80 = q) and multiplies
-|q| by x with q's sign (`vpsignb`), at most 2 x 128 x 127, and drops the offset.
+Instruction sets: "avx512vnni" (64-byte vectors, and 32-byte ones for one row of a K-quant:
+see `tile`) and "avxvnni" (32-byte) add unsigned x signed bytes with `vpdpbusd`, the codes
+being the unsigned side. "avx2" multiplies with `vpmaddubsw` into int16 pairs and `vpmaddwd`
+by ones into int32; a pair can reach 2 x 255 x 127 only with Q8_0's offset codes, so for Q8_0
+it flips them back to signed (u ^ 0x80 = q) and multiplies |q| by x with q's sign
+(`vpsignb`), at most 2 x 128 x 127, and drops the offset.
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ TILES = {"avx512vnni": (64, 4, 2, 8), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 
 # and output for their sub-blocks' scales: on AVX-512 one block against 8 rows, whose codes
 # are unpacked once for twice the rows of 4 (measured faster at 16 to 512 rows).
 K_TILES = {"avx512vnni": (8, 1, 4), "avxvnni": (2, 1, 2), "avx2": (2, 1, 2)}
-# ISA -> one-row blocks of the types whose codes are packed below a byte (4 and 6 bits: Q4_0,
-# Q4_1, Q4_K, Q6_K), where they differ from the tables above: on AVX2 their unpacking leaves
-# registers for one panel's sums, and one panel at a time read a matrix from memory faster than
-# two (2 threads, AMD Zen 3); codes a byte each (Q8_0, Q5_*) read faster two at a time.
-PACKED_ONE_ROW = {"avx2": 1}
+# One row of the types whose codes are packed below a byte (4 and 6 bits: Q4_0, Q4_1, Q4_K,
+# Q6_K) takes one panel at a time, and a K-quant's 32-byte vectors on every ISA: from memory,
+# several panels side by side, or a K-quant's 64-byte vectors, kept a core from reading ahead
+# while it computed (AMD Zen 5, 2 threads; AVX2: AMD Zen 3). Codes a byte each (Q8_0, Q5_*)
+# keep the tables above.
+PACKED_K_WIDTH = 32
 ISAS = tuple(TILES)
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
@@ -72,14 +74,16 @@ F32 = ir.FloatType()
 FUSE = ("contract",)  # a product added into an accumulator may become one fused multiply-add
 
 
-def tile(isa: str, type_name: str) -> tuple[int, int, int]:
-    """(rows, blocks, one-row blocks) of a panel of `type_name` on `isa`."""
+def tile(isa: str, type_name: str) -> tuple[int, int, int, int, int]:
+    """(vector bytes, rows, blocks) of a panel of `type_name` on `isa`, and (vector bytes,
+    blocks) of its one-row panel."""
     layout = LAYOUTS[type_name]
-    rows, blocks, one_row = (K_TILES[isa] if layout.kind in ("kmin", "ksym")
-                             else TILES[isa][1:])
-    if layout.bits < 8 and isa in PACKED_ONE_ROW:
-        one_row = PACKED_ONE_ROW[isa]
-    return rows, blocks, one_row
+    k_quant = layout.kind in ("kmin", "ksym")
+    width = TILES[isa][0]
+    rows, blocks, one_row = K_TILES[isa] if k_quant else TILES[isa][1:]
+    if layout.bits == 8:
+        return width, rows, blocks, width, one_row
+    return width, rows, blocks, min(width, PACKED_K_WIDTH) if k_quant else width, 1
 
 
 def signed_codes(isa: str, layout: Layout) -> bool:
@@ -91,8 +95,7 @@ def signed_codes(isa: str, layout: Layout) -> bool:
 class Multiply:
     """One ISA's step: acc + (4 bytes of codes) . (4 bytes of x) in each int32 lane."""
 
-    def __init__(self, isa: str, layout: Layout, builder: ir.IRBuilder):
-        width = TILES[isa][0]
+    def __init__(self, isa: str, layout: Layout, builder: ir.IRBuilder, width: int):
         self.builder, self.vnni = builder, isa != "avx2"
         self.signed = signed_codes(isa, layout)
         self.bytes = ir.VectorType(I8, width)
@@ -150,28 +153,29 @@ class Multiply:
 
 
 @intrinsic
-def block_panel(typingctx, isa, type_name, rows, blocks, x_ptr, x_stride, dx_ptr, dx_stride,
-                xs_ptr, xs_stride, p_ptr, panel_stride, supers, out_ptr, out_stride, ahead_ptr,
-                ahead_lines):
+def block_panel(typingctx, isa, type_name, width, rows, blocks, x_ptr, x_stride, dx_ptr,
+                dx_stride, xs_ptr, xs_stride, p_ptr, panel_stride, supers, out_ptr, out_stride,
+                ahead_ptr, ahead_lines):
     """float32 out[i, 16 b + j] = the dot product of activation row i with output 16 b + j of
-    `blocks` panels, over `supers` super-blocks: row i's int8 codes at x_ptr + i * x_stride,
-    its float32 scales at dx_ptr + i * dx_stride (one per super-block), its int32 sub-block
-    sums at xs_ptr + i * xs_stride; panel b at p_ptr + b * panel_stride; out[i] at out_ptr +
-    i * out_stride (byte addresses and strides); at each super-block s it also asks for
-    ahead_lines cache lines from ahead_ptr + 64 s ahead_lines on (into L2: the panels the rows
-    take next, while these are in cache). isa, type_name, rows and blocks are compile-time
-    constants."""
-    if not all(isinstance(t, types.Literal) for t in (isa, type_name, rows, blocks)):
+    `blocks` panels, over `supers` super-blocks, in vectors of `width` bytes: row i's int8
+    codes at x_ptr + i * x_stride, its float32 scales at dx_ptr + i * dx_stride (one per
+    super-block), its int32 sub-block sums at xs_ptr + i * xs_stride; panel b at p_ptr + b *
+    panel_stride; out[i] at out_ptr + i * out_stride (byte addresses and strides); at each
+    super-block s it also asks for ahead_lines cache lines from ahead_ptr + 64 s ahead_lines on
+    (into L2: the panels the rows take next, while these are in cache). isa, type_name, width,
+    rows and blocks are compile-time constants."""
+    if not all(isinstance(t, types.Literal) for t in (isa, type_name, width, rows, blocks)):
         return None
     name, kind_name = isa.literal_value, type_name.literal_value
     n_rows, n_blocks = rows.literal_value, blocks.literal_value
     layout = LAYOUTS[kind_name]
-    sig = types.none(isa, type_name, rows, blocks, *([types.intp] * 13))
+    sig = types.none(isa, type_name, width, rows, blocks, *([types.intp] * 13))
 
     def codegen(context, builder, signature, args):
-        (_, _, _, _, x_ptr, x_stride, dx_ptr, dx_stride, xs_ptr, xs_stride, p_ptr,
+        (_, _, _, _, _, x_ptr, x_stride, dx_ptr, dx_stride, xs_ptr, xs_stride, p_ptr,
          panel_stride, supers, out_ptr, out_stride, ahead_ptr, ahead_lines) = args
-        emit = PanelEmitter(builder, name, layout, n_rows, n_blocks, x_ptr.type)
+        emit = PanelEmitter(builder, name, layout, width.literal_value, n_rows, n_blocks,
+                            x_ptr.type)
         row_x = [emit.offset(x_ptr, x_stride, i) for i in range(n_rows)]
         row_dx = [emit.offset(dx_ptr, dx_stride, i) for i in range(n_rows)]
         row_xs = [emit.offset(xs_ptr, xs_stride, i) for i in range(n_rows)]
@@ -195,11 +199,11 @@ def block_panel(typingctx, isa, type_name, rows, blocks, x_ptr, x_stride, dx_ptr
 class PanelEmitter:
     """The IR of one super-block step of `block_panel`, for one ISA, layout and tile."""
 
-    def __init__(self, builder, isa, layout, n_rows, n_blocks, intp):
+    def __init__(self, builder, isa, layout, width, n_rows, n_blocks, intp):
         self.b, self.layout, self.intp = builder, layout, intp
         self.n_rows, self.n_blocks = n_rows, n_blocks
-        self.mul = Multiply(isa, layout, builder)
-        self.width = TILES[isa][0]             # bytes of a vector
+        self.mul = Multiply(isa, layout, builder, width)
+        self.width = width                     # bytes of a vector
         self.halves = LINE // self.width       # vectors per group of codes
         self.lanes = self.width // 4           # outputs per vector
         self.floats = ir.VectorType(F32, self.lanes)

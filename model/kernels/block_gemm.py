@@ -177,7 +177,7 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
     the panels in chunks the threads claim as they go (`kernels.claim`)."""
     literally(isa)
     literally(type_name)
-    _, blocks, one_row_blocks = panel_tile(isa, type_name)
+    _, _, blocks, _, one_row_blocks = panel_tile(isa, type_name)
     if xq.shape[0] == 1:
         step, chunks = split_chunks(packed.shape[0], one_row_blocks, stream_chunks(packed.nbytes))
     else:
@@ -198,13 +198,13 @@ def panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out, 
                   after):
     """Panels start:end: groups of the tile's blocks against every row, then one at a time.
     `after` is the first panel the thread takes next (packed.shape[0]: none)."""
-    rows, blocks, one_row_blocks = panel_tile(isa, type_name)
+    _, rows, blocks, one_row_vector, one_row_blocks = panel_tile(isa, type_name)
     acc = np.empty(rows * max(blocks, one_row_blocks) * PANEL, np.float32)
     b = start
     if xq.shape[0] == 1:
         while b + one_row_blocks <= end:
-            panel(isa, type_name, 1, one_row_blocks, xq, xs, xsums, packed, bias, accumulate,
-                  out, 0, b, acc, 0, 0)
+            panel(isa, type_name, one_row_vector, 1, one_row_blocks, xq, xs, xsums, packed, bias,
+                  accumulate, out, 0, b, acc, 0, 0)
             b += one_row_blocks
     else:
         while b + blocks <= end:
@@ -224,7 +224,7 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
     for the panels from `nxt` on (the next this thread takes), a share each, and every tile for
     its rows' output lines there: a core does not read ahead while it computes, and a large
     output's rows (a batch's LM head) are more streams than its prefetcher follows."""
-    rows, _, _ = panel_tile(isa, type_name)
+    vector, rows, _, _, _ = panel_tile(isa, type_name)
     m, supers = xq.shape[0], packed.shape[1]
     coming = max(0, min(n_blocks, packed.shape[0] - nxt))  # panels from nxt on
     shares = m // rows - 1
@@ -239,22 +239,23 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
                                4 * outputs)
         share = t // rows - 1  # (the first tile's, -1: none)
         at = packed[nxt:].ctypes.data + share * lines * supers * CACHE_LINE if coming else 0
-        panel(isa, type_name, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
-              b, acc, at, lines if share >= 0 else 0)
+        panel(isa, type_name, vector, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate,
+              out, t, b, acc, at, lines if share >= 0 else 0)
         t += rows
     for i in range(t, m):
-        panel(isa, type_name, 1, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, i, b,
-              acc, 0, 0)
+        panel(isa, type_name, vector, 1, n_blocks, xq, xs, xsums, packed, bias, accumulate, out,
+              i, b, acc, 0, 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def panel(isa, type_name, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumulate, out, t,
-          b, acc, ahead, lines):
-    """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc; meanwhile
-    `block_panel` asks for `lines` lines a super-block from `ahead` on."""
+def panel(isa, type_name, vector, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumulate,
+          out, t, b, acc, ahead, lines):
+    """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc, in vectors of
+    `vector` bytes; meanwhile `block_panel` asks for `lines` lines a super-block from `ahead`
+    on."""
     supers, per_panel = packed.shape[1], packed.shape[1] * packed.shape[2]
     width = n_blocks * PANEL
-    block_panel(isa, type_name, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1],
+    block_panel(isa, type_name, vector, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1],
                 xq.shape[1], xs.ctypes.data + 4 * t * xs.shape[1], 4 * xs.shape[1],
                 xsums.ctypes.data + 4 * t * xsums.shape[1], 4 * xsums.shape[1],
                 packed.ctypes.data + b * per_panel, per_panel, supers, acc.ctypes.data,

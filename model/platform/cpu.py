@@ -38,9 +38,9 @@ INT8_KERNELS = {
 }
 
 # The kernels for block-quantized weights (`model/kernels/block_gemm.py`), best first, the same way: F16C
-# widens their float16 scales.
+# widens their float16 scales; AVX-512's takes 32-byte vectors too (VL) for one row of K-quants.
 BLOCK_KERNELS = {
-    "avx512vnni": ({"avx512f", "avx512bw", "avx512vnni"},),
+    "avx512vnni": ({"avx512f", "avx512bw", "avx512vl", "avx512vnni"},),
     "avxvnni": ({"avx2", "f16c", "avxvnni"}, {"avx2", "f16c", "avx512vl", "avx512vnni"}),
     "avx2": ({"avx2", "f16c"},),
     "portable": (set(),),
