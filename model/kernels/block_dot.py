@@ -50,12 +50,12 @@ from nanovllm.model.weights.block_quant import (
 )
 
 # ISA -> (vector bytes, rows, blocks of a panel, blocks of a one-row panel), for the 32-weight
-# types. A one-row kernel is bound by how many of its weights' cache lines one core has in
-# flight, so on AVX-512 (32 registers) it streams 8 panels at once; 4 drew less from memory, 16
-# no more (a Xeon of family 6, model 167; on AMD Zen 5, 2, 4 and 16 each read slower than 8:
-# re-measure on a new CPU). On AVX2 (16 registers) 4 panels' float and integer sums alone fill
-# the registers and the loop spills to the stack; 2 ran faster from cache and as fast from
-# memory (AMD Zen 3).
+# types (the one-row blocks: codes a byte each, see below). A one-row kernel is bound by how
+# many of its weights' cache lines one core has in flight, so on AVX-512 (32 registers) it
+# streams 8 panels at once; 4 drew less from memory, 16 no more (a Xeon of family 6, model
+# 167; on AMD Zen 5, 1, 2, 4 and 16 each read slower than 8: re-measure on a new CPU). On AVX2
+# (16 registers) 4 panels' float and integer sums alone fill the registers and the loop spills
+# to the stack; 2 ran faster from cache and as fast from memory (AMD Zen 3).
 TILES = {"avx512vnni": (64, 4, 2, 8), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 2, 2)}
 # ISA -> (rows, blocks, one-row blocks) for K-quants, which keep two more accumulators a block
 # and output for their sub-blocks' scales: on AVX-512 one block against 8 rows, whose codes
