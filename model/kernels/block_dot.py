@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from nanovllm.model.kernels.int8_dot import vnni_takes_bytes, vnni_takes_words
 from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emit_splat
-from nanovllm.model.kernels.shared import CACHE_LINE, OUTER, emit_prefetch
+from nanovllm.model.kernels.shared import CACHE_LINE, NON_TEMPORAL, OUTER, emit_prefetch
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
@@ -49,24 +49,22 @@ from nanovllm.model.weights.block_quant import (
     panel_bytes,
 )
 
-# ISA -> (vector bytes, rows, blocks of a panel, blocks of a one-row panel), for the 32-weight
-# types (the one-row blocks: codes a byte each, see below). A one-row kernel is bound by how
-# many of its weights' cache lines one core has in flight, so on AVX-512 (32 registers) it
-# streams 8 panels at once; 4 drew less from memory, 16 no more (a Xeon of family 6, model
-# 167; on AMD Zen 5, 1, 2, 4 and 16 each read slower than 8: re-measure on a new CPU). On AVX2
-# (16 registers) 4 panels' float and integer sums alone fill the registers and the loop spills
-# to the stack; 2 ran faster from cache and as fast from memory (AMD Zen 3).
-TILES = {"avx512vnni": (64, 4, 2, 8), "avxvnni": (32, 2, 2, 4), "avx2": (32, 2, 2, 2)}
-# ISA -> (rows, blocks, one-row blocks) for K-quants, which keep two more accumulators a block
-# and output for their sub-blocks' scales: on AVX-512 one block against 8 rows, whose codes
-# are unpacked once for twice the rows of 4 (measured faster at 16 to 512 rows).
-K_TILES = {"avx512vnni": (8, 1, 4), "avxvnni": (2, 1, 2), "avx2": (2, 1, 2)}
-# One row of the types whose codes are packed below a byte (4 and 6 bits: Q4_0, Q4_1, Q4_K,
-# Q6_K) takes one panel at a time, and a K-quant's 32-byte vectors on every ISA: from memory,
-# several panels side by side, or a K-quant's 64-byte vectors, kept a core from reading ahead
-# while it computed (AMD Zen 5, 2 threads; AVX2: AMD Zen 3). Codes a byte each (Q8_0, Q5_*)
-# keep the tables above.
+# ISA -> (vector bytes, rows, blocks) of a panel of the 32-weight types. On AVX2 (16 registers)
+# 4 panels' float and integer sums alone fill the registers and the loop spills to the stack;
+# 2 ran faster from cache and as fast from memory (AMD Zen 3).
+TILES = {"avx512vnni": (64, 4, 2), "avxvnni": (32, 2, 2), "avx2": (32, 2, 2)}
+# ISA -> (rows, blocks) for K-quants, which keep two more accumulators a block and output for
+# their sub-blocks' scales: on AVX-512 one block against 8 rows, whose codes are unpacked once
+# for twice the rows of 4 (measured faster at 16 to 512 rows).
+K_TILES = {"avx512vnni": (8, 1), "avxvnni": (2, 1), "avx2": (2, 1)}
+# One row (a decode step's product) reads one panel at a time, and a K-quant whose codes are
+# packed below a byte in 32-byte vectors, asking for the line ONE_ROW_LEAD bytes past each line
+# it reads (`prefetchnta`): a core computing does not otherwise keep enough lines on their way
+# to read at the memory's speed. Not a multiple of 4 KB: lines 4 KB apart share an L1 set.
+# (AMD Zen 5, 2 threads, on each ISA: faster than 2 to 8 panels side by side or no lead; leads
+# of 2 to 4 KB read slower, 6 KB as fast; asking into every level or into L2, slower.)
 PACKED_K_WIDTH = 32
+ONE_ROW_LEAD = 5 * 1024
 ISAS = tuple(TILES)
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
@@ -74,16 +72,15 @@ F32 = ir.FloatType()
 FUSE = ("contract",)  # a product added into an accumulator may become one fused multiply-add
 
 
-def tile(isa: str, type_name: str) -> tuple[int, int, int, int, int]:
-    """(vector bytes, rows, blocks) of a panel of `type_name` on `isa`, and (vector bytes,
-    blocks) of its one-row panel."""
+def tile(isa: str, type_name: str) -> tuple[int, int, int, int]:
+    """(vector bytes, rows, blocks) of a panel of `type_name` on `isa`, and the vector bytes of
+    its one-row panel."""
     layout = LAYOUTS[type_name]
     k_quant = layout.kind in ("kmin", "ksym")
     width = TILES[isa][0]
-    rows, blocks, one_row = K_TILES[isa] if k_quant else TILES[isa][1:]
-    if layout.bits == 8:
-        return width, rows, blocks, width, one_row
-    return width, rows, blocks, min(width, PACKED_K_WIDTH) if k_quant else width, 1
+    rows, blocks = K_TILES[isa] if k_quant else TILES[isa][1:]
+    packed_k = k_quant and layout.bits != 8
+    return width, rows, blocks, min(width, PACKED_K_WIDTH) if packed_k else width
 
 
 def signed_codes(isa: str, layout: Layout) -> bool:
@@ -153,7 +150,7 @@ class Multiply:
 
 
 @intrinsic
-def block_panel(typingctx, isa, type_name, width, rows, blocks, x_ptr, x_stride, dx_ptr,
+def block_panel(typingctx, isa, type_name, width, rows, blocks, lead, x_ptr, x_stride, dx_ptr,
                 dx_stride, xs_ptr, xs_stride, p_ptr, panel_stride, supers, out_ptr, out_stride,
                 ahead_ptr, ahead_lines):
     """float32 out[i, 16 b + j] = the dot product of activation row i with output 16 b + j of
@@ -162,20 +159,22 @@ def block_panel(typingctx, isa, type_name, width, rows, blocks, x_ptr, x_stride,
     super-block), its int32 sub-block sums at xs_ptr + i * xs_stride; panel b at p_ptr + b *
     panel_stride; out[i] at out_ptr + i * out_stride (byte addresses and strides); at each
     super-block s it also asks for ahead_lines cache lines from ahead_ptr + 64 s ahead_lines on
-    (into L2: the panels the rows take next, while these are in cache). isa, type_name, width,
-    rows and blocks are compile-time constants."""
-    if not all(isinstance(t, types.Literal) for t in (isa, type_name, width, rows, blocks)):
+    (into L2: the panels the rows take next, while these are in cache); with `lead` > 0, for
+    each line of the panels it reads, the line `lead` bytes past it (a stream's, one row's:
+    `ONE_ROW_LEAD`). isa, type_name, width, rows, blocks and lead are compile-time constants."""
+    constants = (isa, type_name, width, rows, blocks, lead)
+    if not all(isinstance(t, types.Literal) for t in constants):
         return None
     name, kind_name = isa.literal_value, type_name.literal_value
     n_rows, n_blocks = rows.literal_value, blocks.literal_value
     layout = LAYOUTS[kind_name]
-    sig = types.none(isa, type_name, width, rows, blocks, *([types.intp] * 13))
+    sig = types.none(*constants, *([types.intp] * 13))
 
     def codegen(context, builder, signature, args):
-        (_, _, _, _, _, x_ptr, x_stride, dx_ptr, dx_stride, xs_ptr, xs_stride, p_ptr,
+        (_, _, _, _, _, _, x_ptr, x_stride, dx_ptr, dx_stride, xs_ptr, xs_stride, p_ptr,
          panel_stride, supers, out_ptr, out_stride, ahead_ptr, ahead_lines) = args
         emit = PanelEmitter(builder, name, layout, width.literal_value, n_rows, n_blocks,
-                            x_ptr.type)
+                            lead.literal_value, x_ptr.type)
         row_x = [emit.offset(x_ptr, x_stride, i) for i in range(n_rows)]
         row_dx = [emit.offset(dx_ptr, dx_stride, i) for i in range(n_rows)]
         row_xs = [emit.offset(xs_ptr, xs_stride, i) for i in range(n_rows)]
@@ -199,9 +198,9 @@ def block_panel(typingctx, isa, type_name, width, rows, blocks, x_ptr, x_stride,
 class PanelEmitter:
     """The IR of one super-block step of `block_panel`, for one ISA, layout and tile."""
 
-    def __init__(self, builder, isa, layout, width, n_rows, n_blocks, intp):
+    def __init__(self, builder, isa, layout, width, n_rows, n_blocks, lead, intp):
         self.b, self.layout, self.intp = builder, layout, intp
-        self.n_rows, self.n_blocks = n_rows, n_blocks
+        self.n_rows, self.n_blocks, self.lead = n_rows, n_blocks, lead
         self.mul = Multiply(isa, layout, builder, width)
         self.width = width                     # bytes of a vector
         self.halves = LINE // self.width       # vectors per group of codes
@@ -258,13 +257,20 @@ class PanelEmitter:
             return accs
         emit_accumulating_loop(self.b, "ahead", lines, [], line)
 
+    def ask_lead(self, start, nbytes):
+        """Asks for the lines `lead` bytes past those of bytes start ... start + nbytes - 1
+        (none where lead is 0)."""
+        if self.lead:
+            for n in range(-(-nbytes // CACHE_LINE)):
+                emit_prefetch(self.b, self.at(start, self.lead + n * CACHE_LINE), NON_TEMPORAL)
+
     # -- the step
     def codes(self, panel, sub, h):
         """The code vectors of sub-block `sub` (an IR integer) of a panel's super-block (at
         `panel`), for vector h of each group, in input order, as `Multiply.add` takes them."""
         layout, b = self.layout, self.b
         groups = layout.sub // GROUP
-        start = self.scaled(panel, sub, groups * LINE * layout.bits // 8, header_bytes(layout))
+        start = self.code_start(panel, sub)
         if layout.bits == 8:
             return [self.mul.prepare_w(self.load(self.at(start, n * LINE + h * self.width),
                                                  self.mul.bytes)) for n in range(groups)]
@@ -280,6 +286,12 @@ class PanelEmitter:
         moved = [b.shl(top, self.bytes_of(4 - 2 * n)) if n < 2 else
                  b.lshr(top, self.bytes_of(2 * n - 4)) if n > 2 else top for n in range(groups)]
         return [b.or_(c, b.and_(m, self.bytes_of(0x30))) for c, m in zip(codes, moved)]
+
+    def code_start(self, panel, sub):
+        """Where sub-block `sub`'s codes start in a panel's super-block (at `panel`)."""
+        layout = self.layout
+        sub_bytes = layout.sub * PANEL * layout.bits // 8
+        return self.scaled(panel, sub, sub_bytes, header_bytes(layout))
 
     def bytes_of(self, value):
         """A byte vector with `value` in every lane."""
@@ -297,6 +309,8 @@ class PanelEmitter:
         """accs (float32, [row][block][half]) after super-block s."""
         layout = self.layout
         headers = [self.scaled(p, s, panel_bytes(layout)) for p in panels]
+        for header in headers:
+            self.ask_lead(header, header_bytes(layout))
         dx = [self.splat(self.scalar(self.scaled(r, s, 4), 0, F32), self.floats)
               for r in row_dx]
         tiles = [(i, blk, h) for i in range(self.n_rows) for blk in range(self.n_blocks)
@@ -330,6 +344,8 @@ class PanelEmitter:
     def integer_sums(self, headers, row_x, s, sub):
         """int32 sums of codes x activations over one sub-block, [row][block][half]."""
         codes = [[self.codes(p, sub, h) for h in range(self.halves)] for p in headers]
+        for p in headers:
+            self.ask_lead(self.code_start(p, sub), self.layout.sub * PANEL * self.layout.bits // 8)
         sums = [ir.Constant(self.mul.lanes, None)] * (self.n_rows * self.n_blocks * self.halves)
         for n in range(self.layout.sub // GROUP):
             for i in range(self.n_rows):

@@ -24,7 +24,7 @@ import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
-from nanovllm.model.kernels.block_dot import ISAS, block_panel, tile
+from nanovllm.model.kernels.block_dot import ISAS, ONE_ROW_LEAD, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import span_peak
 from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks, stream_chunks
 from nanovllm.model.kernels.shared import (
@@ -177,9 +177,9 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
     the panels in chunks the threads claim as they go (`kernels.claim`)."""
     literally(isa)
     literally(type_name)
-    _, _, blocks, _, one_row_blocks = panel_tile(isa, type_name)
+    _, _, blocks, _ = panel_tile(isa, type_name)
     if xq.shape[0] == 1:
-        step, chunks = split_chunks(packed.shape[0], one_row_blocks, stream_chunks(packed.nbytes))
+        step, chunks = split_chunks(packed.shape[0], 1, stream_chunks(packed.nbytes))
     else:
         step, chunks = split_chunks(packed.shape[0], blocks)
     taken = np.zeros(1, np.intp)
@@ -196,21 +196,21 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
 @njit(cache=True, nogil=True)
 def panel_columns(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out, start, end,
                   after):
-    """Panels start:end: groups of the tile's blocks against every row, then one at a time.
-    `after` is the first panel the thread takes next (packed.shape[0]: none)."""
-    _, rows, blocks, one_row_vector, one_row_blocks = panel_tile(isa, type_name)
-    acc = np.empty(rows * max(blocks, one_row_blocks) * PANEL, np.float32)
-    b = start
+    """Panels start:end: one row, one panel at a time, reading ahead (`block_dot.ONE_ROW_LEAD`);
+    more, groups of the tile's blocks against every row, then one at a time. `after` is the
+    first panel the thread takes next (packed.shape[0]: none)."""
+    _, rows, blocks, one_row_vector = panel_tile(isa, type_name)
+    acc = np.empty(rows * blocks * PANEL, np.float32)
     if xq.shape[0] == 1:
-        while b + one_row_blocks <= end:
-            panel(isa, type_name, one_row_vector, 1, one_row_blocks, xq, xs, xsums, packed, bias,
-                  accumulate, out, 0, b, acc, 0, 0)
-            b += one_row_blocks
-    else:
-        while b + blocks <= end:
-            panel_rows(isa, type_name, blocks, xq, xs, xsums, packed, bias, accumulate, out, b,
-                       acc, b + blocks if b + blocks < end else after)
-            b += blocks
+        for b in range(start, end):
+            panel(isa, type_name, one_row_vector, 1, 1, ONE_ROW_LEAD, xq, xs, xsums, packed,
+                  bias, accumulate, out, 0, b, acc, 0, 0)
+        return
+    b = start
+    while b + blocks <= end:
+        panel_rows(isa, type_name, blocks, xq, xs, xsums, packed, bias, accumulate, out, b, acc,
+                   b + blocks if b + blocks < end else after)
+        b += blocks
     for left in range(b, end):
         panel_rows(isa, type_name, 1, xq, xs, xsums, packed, bias, accumulate, out, left, acc,
                    left + 1 if left + 1 < end else after)
@@ -224,7 +224,7 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
     for the panels from `nxt` on (the next this thread takes), a share each, and every tile for
     its rows' output lines there: a core does not read ahead while it computes, and a large
     output's rows (a batch's LM head) are more streams than its prefetcher follows."""
-    vector, rows, _, _, _ = panel_tile(isa, type_name)
+    vector, rows, _, _ = panel_tile(isa, type_name)
     m, supers = xq.shape[0], packed.shape[1]
     coming = max(0, min(n_blocks, packed.shape[0] - nxt))  # panels from nxt on
     shares = m // rows - 1
@@ -239,23 +239,24 @@ def panel_rows(isa, type_name, n_blocks, xq, xs, xsums, packed, bias, accumulate
                                4 * outputs)
         share = t // rows - 1  # (the first tile's, -1: none)
         at = packed[nxt:].ctypes.data + share * lines * supers * CACHE_LINE if coming else 0
-        panel(isa, type_name, vector, rows, n_blocks, xq, xs, xsums, packed, bias, accumulate,
-              out, t, b, acc, at, lines if share >= 0 else 0)
+        panel(isa, type_name, vector, rows, n_blocks, 0, xq, xs, xsums, packed, bias,
+              accumulate, out, t, b, acc, at, lines if share >= 0 else 0)
         t += rows
     for i in range(t, m):
-        panel(isa, type_name, vector, 1, n_blocks, xq, xs, xsums, packed, bias, accumulate, out,
-              i, b, acc, 0, 0)
+        panel(isa, type_name, vector, 1, n_blocks, 0, xq, xs, xsums, packed, bias, accumulate,
+              out, i, b, acc, 0, 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def panel(isa, type_name, vector, n_rows, n_blocks, xq, xs, xsums, packed, bias, accumulate,
-          out, t, b, acc, ahead, lines):
+def panel(isa, type_name, vector, n_rows, n_blocks, lead, xq, xs, xsums, packed, bias,
+          accumulate, out, t, b, acc, ahead, lines):
     """out[t:t + n_rows, the outputs of panels b:b + n_blocks], through acc, in vectors of
-    `vector` bytes; meanwhile `block_panel` asks for `lines` lines a super-block from `ahead`
-    on."""
+    `vector` bytes; meanwhile `block_panel` asks for the line `lead` bytes past each it reads
+    (0: none) and for `lines` lines a super-block from `ahead` on."""
     supers, per_panel = packed.shape[1], packed.shape[1] * packed.shape[2]
     width = n_blocks * PANEL
-    block_panel(isa, type_name, vector, n_rows, n_blocks, xq.ctypes.data + t * xq.shape[1],
+    block_panel(isa, type_name, vector, n_rows, n_blocks, lead,
+                xq.ctypes.data + t * xq.shape[1],
                 xq.shape[1], xs.ctypes.data + 4 * t * xs.shape[1], 4 * xs.shape[1],
                 xsums.ctypes.data + 4 * t * xsums.shape[1], 4 * xsums.shape[1],
                 packed.ctypes.data + b * per_panel, per_panel, supers, acc.ctypes.data,
