@@ -208,6 +208,7 @@ class PanelEmitter:
         self.floats = ir.VectorType(F32, self.lanes)
         self.offset_off = 0 if signed_codes(isa, layout) else layout.offset
         self.subs = layout.span // layout.sub
+        self.sub_bytes = layout.sub * PANEL * layout.bits // 8  # a sub-block's codes in a panel
 
     # -- addresses and loads
     def offset(self, base, stride, n):
@@ -289,9 +290,7 @@ class PanelEmitter:
 
     def code_start(self, panel, sub):
         """Where sub-block `sub`'s codes start in a panel's super-block (at `panel`)."""
-        layout = self.layout
-        sub_bytes = layout.sub * PANEL * layout.bits // 8
-        return self.scaled(panel, sub, sub_bytes, header_bytes(layout))
+        return self.scaled(panel, sub, self.sub_bytes, header_bytes(self.layout))
 
     def bytes_of(self, value):
         """A byte vector with `value` in every lane."""
@@ -345,7 +344,7 @@ class PanelEmitter:
         """int32 sums of codes x activations over one sub-block, [row][block][half]."""
         codes = [[self.codes(p, sub, h) for h in range(self.halves)] for p in headers]
         for p in headers:
-            self.ask_lead(self.code_start(p, sub), self.layout.sub * PANEL * self.layout.bits // 8)
+            self.ask_lead(self.code_start(p, sub), self.sub_bytes)
         sums = [ir.Constant(self.mul.lanes, None)] * (self.n_rows * self.n_blocks * self.halves)
         for n in range(self.layout.sub // GROUP):
             for i in range(self.n_rows):
