@@ -133,12 +133,17 @@ class Scheduler:
         would wait while holding slots (it recomputes later; its full blocks stay in the prefix
         cache). Groups never make room for each other: they would take turns preempting one
         another. The free slots go to the newcomers in the policy's order (a better priority
-        first; among equals, the lane's), and a request the policy ranks above the first one
-        they do not cover keeps its slots."""
+        first; among equals, the lane's), each after the sequences admitted before it
+        (`_admitted_before`), and a request the policy ranks above the first one they do not
+        cover keeps its slots."""
         newcomers = sorted((r for r in self.idle if self._slots_needed(r) == 1),
                            key=self.policy.order(lambda r: ()))
-        while len(newcomers) > self._free_slots():
-            uncovered = newcomers[max(0, self._free_slots())]
+        while True:
+            uncovered = next((r for i, r in enumerate(newcomers)
+                              if self._admitted_before(r, newcomers[:i]) >= self._free_slots()),
+                             None)
+            if uncovered is None:
+                return
             holders = [r for r in self.num_running if self._slots_held(r) >= 2
                        and not self.policy.outranks(r, uncovered)]
             if not holders:
@@ -148,6 +153,15 @@ class Scheduler:
                 self._preempt(seq)
                 if not request.group:
                     break
+
+    def _admitted_before(self, newcomer: Request, ahead: list[Request]) -> int:
+        """Sequences a step admits before `newcomer`'s first: the first of each newcomer `ahead`
+        of it, and every waiting one of those, and of the running requests, that the policy
+        ranks above it (under 'priority' a better request's sequences all go first)."""
+        outranks = self.policy.outranks
+        return (sum(len(self.idle[r]) if outranks(r, newcomer) else 1 for r in ahead)
+                + sum(len(queue) for r, queue in self.busy.items()
+                      if outranks(r, newcomer) and not r.group))  # (a group's are reserved)
 
     def _schedule_running(self, step: SchedulerOutput, budget: int) -> bool:
         """Schedules running sequences, decodes first (in the policy's order); returns whether

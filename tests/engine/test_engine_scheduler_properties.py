@@ -219,3 +219,17 @@ def test_scheduler_and_block_manager_invariants():
     run_state_machine_as_test(SchedulerMachine, settings=settings(
         max_examples=150, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_an_equal_newcomer_gets_a_slot_after_a_better_request_takes_the_free_ones():
+    """The case the machine found: a better request's two sequences take both free slots, and a
+    newcomer equal to a request holding two gets one of its slots in the same step."""
+    machine = SchedulerMachine()
+    machine.setup(block_size=1, num_blocks=6, max_num_seqs=4, max_num_batched_tokens=4,
+                  caching=False, seed=0, policy="priority")
+    for n, max_new, priority, step in ((1, 1, 0, False), (3, 2, 0, True), (1, 1, 0, False),
+                                       (2, 1, -1, False)):
+        machine.add(STEMS[0], 0, [], n, max_new, False, priority)
+        if step:
+            machine.step()
+    machine.teardown()  # (each step checks fairness)
