@@ -39,7 +39,7 @@ from nanovllm.model.kernels.bf16_gemm import (
     round_bits,
     round_vector,
 )
-from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import chunk_counter, claim, on_threads, split_chunks
 from nanovllm.model.kernels.shared import NO_BIAS
 from nanovllm.model.kernels.tiling import tile_blocks
 from nanovllm.model.weights.quant import BLOCK, PAIR, round_to_bfloat16
@@ -200,7 +200,7 @@ def heads_matmul(xb, wp, out):
         for job in range(jobs):
             head_blocks(xb, wp, out, job // chunks, job % chunks * step, step)
         return
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
         job = claim(taken)
         while job < jobs:

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from nanovllm.model.kernels.bf16_dot import PAIR_BYTES, bf16_panel
-from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import chunk_counter, claim, on_threads, split_chunks
 from nanovllm.model.kernels.shared import as_bias
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.weights.quant import (
@@ -150,7 +150,7 @@ def matmul_bf16(xb, wp, out, bias, accumulate):
     n_blocks = wp.shape[0]
     per_panel = ONE_ROW_BLOCKS if xb.shape[0] == 1 else TILE_BLOCKS
     step, chunks = split_chunks(n_blocks, per_panel)
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:

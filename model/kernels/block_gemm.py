@@ -26,7 +26,13 @@ from numba.extending import overload
 
 from nanovllm.model.kernels.block_dot import ISAS, ONE_ROW_LEAD, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import span_peak
-from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks, stream_chunks
+from nanovllm.model.kernels.parallel import (
+    chunk_counter,
+    claim,
+    on_threads,
+    split_chunks,
+    stream_chunks,
+)
 from nanovllm.model.kernels.shared import (
     CACHE_LINE,
     as_bias,
@@ -182,7 +188,7 @@ def matmul_isa(isa, type_name, xq, xs, xsums, packed, bias, accumulate, out):
         step, chunks = split_chunks(packed.shape[0], 1, stream_chunks(packed.nbytes))
     else:
         step, chunks = split_chunks(packed.shape[0], blocks)
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(chunks):
         chunk = claim(taken)
         while chunk < chunks:

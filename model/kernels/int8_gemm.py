@@ -28,7 +28,7 @@ from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
 from nanovllm.model.kernels.int8_dot import ISAS, OFFSET, TILES, dot_panel
-from nanovllm.model.kernels.parallel import claim, on_threads, split_chunks
+from nanovllm.model.kernels.parallel import chunk_counter, claim, on_threads, split_chunks
 from nanovllm.model.kernels.shared import as_bias, finish, first_that_compiles
 from nanovllm.model.weights.quant import BLOCK, BLOCK_BYTES, GROUP, INT8_MAX, Int8Weight
 
@@ -204,7 +204,7 @@ def matmul_isa(isa, xq, xs, packed, ws, wsums, bias, accumulate, out):
     n_blocks = packed.shape[0]
     per_panel = one_row_blocks if xq.shape[0] == 1 else blocks
     step, chunks = split_chunks(n_blocks, per_panel)  # whole panels of blocks
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:

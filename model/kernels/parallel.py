@@ -2,7 +2,8 @@
 
 - `on_threads`: the one rule for when a kernel shares its work out among numba's threads
   (`PARALLEL_MIN_WORK`).
-- `claim`, `split_chunks`: a parallel kernel's chunks handed to the threads as they ask for them;
+- `claim`, `chunk_counter`, `split_chunks`: a parallel kernel's chunks handed to the threads as
+  they ask for them;
   `stream_chunks`: how many a one-row product cuts its weights into.
   numba's OpenMP threads split a `prange` into fixed equal halves, so one thread the OS keeps
   off its core for a while (a client on the same machine, the server's event loop) or one
@@ -14,6 +15,7 @@ changing it, delete `model/*/__pycache__/*.nbi` and `*.nbc`.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
@@ -68,6 +70,15 @@ def stream_chunks(nbytes):
     none under STREAM_CHUNK_BYTES but for the two that keep both threads of a small matrix
     busy."""
     return max(2, min(NUM_CHUNKS, nbytes // STREAM_CHUNK_BYTES))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def chunk_counter():
+    """A counter for `claim`, at 0. Not np.zeros: in a parallel kernel numba makes that a
+    parallel loop of its own, a second region to start and join on every call."""
+    taken = np.empty(1, np.intp)
+    taken[0] = 0
+    return taken
 
 
 def claim(taken):

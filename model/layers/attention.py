@@ -40,7 +40,7 @@ from nanovllm.model.kernels.f32_attention import (
     transpose_head_,
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.parallel import claim, on_threads
+from nanovllm.model.kernels.parallel import chunk_counter, claim, on_threads
 from nanovllm.model.kernels.shared import (
     KERNEL_MATH,
     as_kernel_array,
@@ -229,8 +229,7 @@ def chunk_kernel(lanes: int):
             for job in range(jobs):
                 run_job(lanes, q, kt, v, out, window, job % n_kv, blocks - 1 - job // n_kv)
             return
-        taken = np.empty(1, np.intp)  # (np.zeros here would be a parallel loop of its own)
-        taken[0] = 0
+        taken = chunk_counter()
         for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
             while job < jobs:
@@ -302,7 +301,7 @@ def decode_kernel(tiles: bool):
             return
         parts = max(1, min(n_kv, threads // num_seqs))  # of each sequence's key/value heads
         jobs = num_seqs * parts  # a job: one sequence's part of its key/value heads
-        taken = np.zeros(1, np.intp)
+        taken = chunk_counter()
         for _ in prange(jobs):  # each thread claims jobs while any are left (`claim`)
             job = claim(taken)
             while job < jobs:

@@ -23,7 +23,7 @@ import numpy as np
 from numba import config, njit, prange
 
 from nanovllm.model.kernels.f32_dot import broadcast_tile
-from nanovllm.model.kernels.parallel import claim, on_threads
+from nanovllm.model.kernels.parallel import chunk_counter, claim, on_threads
 from nanovllm.model.kernels.shared import (
     KERNEL_MATH,
     exp32_within,
@@ -61,7 +61,7 @@ def encoder_attention_(qkv, bias, n_head, starts, out):
         t = starts[i + 1] - starts[i]
         longest = max(longest, t)
         work += t * t
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     if on_threads(work * e):
         for _ in prange(texts * n_head):
             attend_jobs(qkv, bias, n_head, starts, out, taken, longest)

@@ -50,7 +50,7 @@ from nanovllm.model.kernels.block_gemm import (
 )
 from nanovllm.model.kernels.f32_dot import broadcast_tile
 from nanovllm.model.kernels.int8_gemm import Int8Rows, first_compiling_kernel, int8_linear
-from nanovllm.model.kernels.parallel import claim, split_chunks
+from nanovllm.model.kernels.parallel import chunk_counter, claim, split_chunks
 from nanovllm.model.kernels.shared import KERNEL_MATH, NO_BIAS, as_bias, read_only
 from nanovllm.model.kernels.tiling import store_tile, tile_blocks
 from nanovllm.model.layers.kernel_needs import KernelNeeds
@@ -289,7 +289,7 @@ def matmul_nt(x, w, out):
     """out = x @ widen(w).T, by chunks of output columns in parallel. All arrays C-contiguous."""
     n = w.shape[0]
     step, chunks = split_chunks(n, 3)  # columns go in threes
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:
@@ -369,7 +369,7 @@ def matmul_packed(x, wp, out, bias, accumulate):
     blocks * PACK_WIDTH."""
     n_blocks = wp.shape[0]
     step, chunks = split_chunks(n_blocks, TILE_BLOCKS)
-    taken = np.zeros(1, np.intp)
+    taken = chunk_counter()
     for _ in prange(chunks):  # each thread claims chunks while any are left (`claim`)
         chunk = claim(taken)
         while chunk < chunks:
