@@ -82,12 +82,12 @@ def chunk_counter():
 
 
 def claim(taken):
-    """The next chunk for the calling thread: taken[0] (an intp array of one), counted up by one
-    atomically. A kernel runs `prange(chunks)` and has each iteration claim chunks until they
-    run out: a thread's first iteration works through chunks as long as any are left, while the
-    other threads do the same, and its remaining iterations find none. So the threads share out
-    the chunks by how fast they go through them, not in fixed halves. As plain Python, what the
-    one thread does."""
+    """The next chunk for the calling thread: taken[0] (an intp array of one: `chunk_counter`),
+    counted up by one atomically. A kernel runs `prange(chunks)` and has each iteration claim
+    chunks until they run out: a thread's first iteration works through chunks as long as any
+    are left, while the other threads do the same, and its remaining iterations find none. So
+    the threads share out the chunks by how fast they go through them, not in fixed halves. As
+    plain Python, what the one thread does."""
     chunk = taken[0]
     taken[0] = chunk + 1
     return chunk
