@@ -131,7 +131,9 @@ def _penalize_(logits: np.ndarray, counts: PenaltyCounts, p) -> None:
     if p.repetition_penalty != 1.0:
         seen = counts.seen_ids
         vals = logits[seen]
-        with np.errstate(over="ignore", divide="ignore"):  # extreme penalties: clipped below
+        # Extreme penalties are clipped below: one under float32's range is 0 there, which
+        # makes a banned token's -inf NaN (banned again below).
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             logits[seen] = np.where(vals > 0, vals / p.repetition_penalty,
                                     vals * p.repetition_penalty)
     if (p.presence_penalty or p.frequency_penalty) and len(counts.output_ids):

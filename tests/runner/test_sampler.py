@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from nanovllm import SamplingParams
 from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.runner.sampler import (
+    MAX_LOGIT,
     adjust_logits_,
     draw,
     filter_probs_,
@@ -279,6 +281,14 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits
 def test_repetition_penalty_below_one_rewards_seen_tokens():
     got = adjusted(BASE, [0], [8], repetition_penalty=0.5)
     assert got[0] == pytest.approx(4.0) and got[8] == pytest.approx(-2.0)
+
+
+def test_a_penalty_below_float32s_range_keeps_banned_tokens_banned_without_warnings():
+    # EOS is seen and banned (min_tokens): -inf times the penalty, 0 in float32, is NaN.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = adjusted(BASE, [0, EOS], [1], repetition_penalty=1e-50, min_tokens=5)
+    assert got[EOS] == -np.inf and got[0] == np.float32(MAX_LOGIT) and got[1] == 0.0
 
 
 def test_min_tokens_bans_eos_and_stop_tokens_until_reached():
