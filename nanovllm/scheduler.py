@@ -139,9 +139,9 @@ class Scheduler:
         newcomers = sorted((r for r in self.idle if self._slots_needed(r) == 1),
                            key=self.policy.order(lambda r: ()))
         while True:
+            free = self._free_slots()
             uncovered = next((r for i, r in enumerate(newcomers)
-                              if self._admitted_before(r, newcomers[:i]) >= self._free_slots()),
-                             None)
+                              if self._admitted_before(r, newcomers[:i]) >= free), None)
             if uncovered is None:
                 return
             holders = [r for r in self.num_running if self._slots_held(r) >= 2
