@@ -38,6 +38,7 @@ from numba.extending import intrinsic
 from nanovllm.model.kernels.int8_dot import vnni_takes_bytes, vnni_takes_words
 from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, emit_splat
 from nanovllm.model.kernels.shared import CACHE_LINE, NON_TEMPORAL, OUTER, emit_prefetch
+from nanovllm.model.platform.cpu import kernel_path
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,
@@ -59,10 +60,11 @@ TILES = {"avx512vnni": (64, 4, 2), "avxvnni": (32, 2, 2), "avx2": (32, 2, 2)}
 K_TILES = {"avx512vnni": (8, 1), "avxvnni": (2, 1), "avx2": (2, 1)}
 # One row (a decode step's product) reads one panel at a time, and a K-quant whose codes are
 # packed below a byte in 32-byte vectors, asking for the line ONE_ROW_LEAD bytes past each line
-# it reads (`prefetchnta`): a core computing does not otherwise keep enough lines on their way
-# to read at the memory's speed. Not a multiple of 4 KB: lines 4 KB apart share an L1 set.
-# (AMD Zen 5, 2 threads, on each ISA: faster than 2 to 8 panels side by side or no lead; leads
-# of 2 to 4 KB read slower, 6 KB as fast; asking into every level or into L2, slower.)
+# it reads (non-temporally on AMD's CPUs, into L2 on Intel's: `cpu.KernelPath.read_ahead`): a
+# core computing does not otherwise keep enough lines on their way to read at the memory's
+# speed. Not a multiple of 4 KB: lines 4 KB apart share an L1 set. (2 threads, on each ISA:
+# faster than 2 to 8 panels side by side or no lead; on AMD Zen 5 leads of 2 to 4 KB read
+# slower, 6 KB as fast; on Intel Emerald Rapids 3 KB slower, 7 to 15 KB as fast.)
 PACKED_K_WIDTH = 32
 ONE_ROW_LEAD = 5 * 1024
 ISAS = tuple(TILES)
@@ -209,6 +211,8 @@ class PanelEmitter:
         self.offset_off = 0 if signed_codes(isa, layout) else layout.offset
         self.subs = layout.span // layout.sub
         self.sub_bytes = layout.sub * PANEL * layout.bits // 8  # a sub-block's codes in a panel
+        # (compiled for this CPU, as numba's cache keys every kernel by the CPU's name)
+        self.lead_into = NON_TEMPORAL if kernel_path().read_ahead == "non-temporally" else OUTER
 
     # -- addresses and loads
     def offset(self, base, stride, n):
@@ -263,7 +267,7 @@ class PanelEmitter:
         (none where lead is 0)."""
         if self.lead:
             for n in range(-(-nbytes // CACHE_LINE)):
-                emit_prefetch(self.b, self.at(start, self.lead + n * CACHE_LINE), NON_TEMPORAL)
+                emit_prefetch(self.b, self.at(start, self.lead + n * CACHE_LINE), self.lead_into)
 
     # -- the step
     def codes(self, panel, sub, h):

@@ -54,6 +54,12 @@ BF16_KERNELS = {
     "widen": (set(),),
 }
 
+# LLVM's names of AMD's CPUs. A one-row product asks for the weight lines ahead of those it
+# reads (`block_dot.ONE_ROW_LEAD`): non-temporally on these, into L2 on the others. Intel's cores
+# take a non-temporal request into L1 alone, whose few miss buffers then cap a core at half the
+# memory's speed (Xeon, Emerald Rapids); AMD's read slower with requests into L2 (Zen 5).
+AMD_CPUS = ("znver", "bdver", "btver", "amdfam")
+
 
 def int8_kernels(features: set[str] | frozenset[str]) -> list[str]:
     """The W8A8 kernels code compiled with `features` can run, best first."""
@@ -96,6 +102,12 @@ class KernelPath:
         return bf16_kernels(self.features)[0]
 
     @property
+    def read_ahead(self) -> str:
+        """How one-row block products ask for the weight lines ahead: "non-temporally" on AMD's
+        CPUs, "into L2" on the others (`AMD_CPUS`)."""
+        return "non-temporally" if self.cpu.startswith(AMD_CPUS) else "into L2"
+
+    @property
     def bf16_uses(self) -> str:
         """What runs on the bfloat16 kernel: bfloat16 models' linear layers, and their prefill
         attention's products where it is the instruction's (`model/kernels/bf16_attention.py`)."""
@@ -104,9 +116,10 @@ class KernelPath:
     def describe(self) -> str:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
+        ahead = "" if self.block == "portable" else f" (one row reads ahead {self.read_ahead})"
         return (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
-                f"int8 dot products: {self.int8}; block-quantized: {self.block}; bfloat16 dot products: {self.bf16} "
-                f"({self.bf16_uses})")
+                f"int8 dot products: {self.int8}; block-quantized: {self.block}{ahead}; "
+                f"bfloat16 dot products: {self.bf16} ({self.bf16_uses})")
 
 
 def path_for(cpu: str, features: set[str] | frozenset[str]) -> KernelPath:

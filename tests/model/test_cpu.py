@@ -38,6 +38,16 @@ def test_description_is_one_line_naming_the_int8_and_bfloat16_kernels():
     assert path_for("generic", set()).bf16 == "widen"
 
 
+def test_one_row_block_products_read_ahead_by_the_cpus_maker():
+    """Non-temporal requests on AMD's cores; Intel's take those into L1 alone, too few lines
+    on their way for the memory's speed, so there into L2."""
+    zen5 = path_for("znver5", ZEN4)
+    assert zen5.read_ahead == "non-temporally"
+    assert "block-quantized: avx512vnni (one row reads ahead non-temporally)" in zen5.describe()
+    for intel in ("emeraldrapids", "sapphirerapids", "icelake-server", "rocketlake", "alderlake"):
+        assert path_for(intel, ZEN4).read_ahead == "into L2"
+
+
 def cpuinfo_flags() -> set[str]:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
