@@ -67,6 +67,7 @@ K_TILES = {"avx512vnni": (8, 1), "avxvnni": (2, 1), "avx2": (2, 1)}
 # slower, 6 KB as fast; on Intel Emerald Rapids 3 KB slower, 7 to 15 KB as fast.)
 PACKED_K_WIDTH = 32
 ONE_ROW_LEAD = 5 * 1024
+LEAD_LOCALITY = {"non-temporally": NON_TEMPORAL, "into L2": OUTER}  # by `read_ahead`
 ISAS = tuple(TILES)
 
 I8, I16, I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
@@ -212,7 +213,7 @@ class PanelEmitter:
         self.subs = layout.span // layout.sub
         self.sub_bytes = layout.sub * PANEL * layout.bits // 8  # a sub-block's codes in a panel
         # (compiled for this CPU, as numba's cache keys every kernel by the CPU's name)
-        self.lead_into = NON_TEMPORAL if kernel_path().read_ahead == "non-temporally" else OUTER
+        self.lead_into = LEAD_LOCALITY[kernel_path().read_ahead]
 
     # -- addresses and loads
     def offset(self, base, stride, n):
