@@ -13,7 +13,8 @@ that run wherever numba runs (and, as plain Python, under NUMBA_DISABLE_JIT=1). 
 the same integer sums; only the float32 additions' order differs. The plain reference is
 `gpt2_reference.linear` on the dequantized activations and weights
 (tests/model/test_block_gemm.py). The same kernels take every row count: a prefill's rows pass
-over each panel of weights while it is in cache.
+over each panel of weights while it is in cache. "amx" runs `block_amx.AMX_MIN_ROWS` rows and
+more on AMX's tiles, in bfloat16 (`model/kernels/block_amx.py`), and fewer on "avx512vnni".
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
+from nanovllm.model.kernels.block_amx import AMX_MIN_ROWS, amx_linear, compile_amx
 from nanovllm.model.kernels.block_dot import ISAS, ONE_ROW_LEAD, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import span_peak
 from nanovllm.model.kernels.parallel import (
@@ -55,7 +57,8 @@ from nanovllm.model.weights.block_quant import (
 )
 
 PORTABLE = "portable"
-KERNELS = (*ISAS, PORTABLE)
+AMX, AMX_FEW_ROWS = "amx", "avx512vnni"  # (the kernel "amx" runs below AMX_MIN_ROWS rows)
+KERNELS = (AMX, *ISAS, PORTABLE)
 INT8_MAX = 127
 
 
@@ -157,8 +160,11 @@ def block_linear(x: np.ndarray, w: BlockWeight, kernel: str, bias: np.ndarray | 
         matmul_portable(rows.q, rows.scale, rows.sums, w.packed, KIND_CODES[layout.kind],
                         layout.bits, layout.sub, layout.span, layout.offset,
                         header_bytes(layout), as_bias(bias), accumulate, out)
+    elif kernel == AMX and x.shape[0] >= AMX_MIN_ROWS:
+        amx_linear(x, w, as_bias(bias), accumulate, out)
     else:  # quantizing and multiplying in one compiled call: a decode step makes one a matrix
-        LINEARS[kernel][w.type_name](x, w.packed, as_bias(bias), accumulate, out)
+        isa = AMX_FEW_ROWS if kernel == AMX else kernel
+        LINEARS[isa][w.type_name](x, w.packed, as_bias(bias), accumulate, out)
     return out
 
 
@@ -439,7 +445,10 @@ def super_block_dot(x, x_sums, u, kind, sub, offset, d, second, small, j, subs):
 def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
     """Compiles (or loads from numba's cache) `kernel` with the activations' quantizers for the
     given types (each type is its own compiled function: the others compile on first use), and
-    the embedding's lookup (one function for every type)."""
+    the embedding's lookup (one function for every type). "amx" first asks Linux for the tiles
+    (`block_amx.request_tiles`: a refusal raises here, before any tile instruction runs)."""
+    if kernel == AMX and not config.DISABLE_JIT:
+        compile_amx(type_names)
     for type_name in type_names:
         kind = BLOCK_TYPES[type_name]
         w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))

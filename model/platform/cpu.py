@@ -13,7 +13,8 @@ the host's.
 The W8A8 kernels (`model/kernels/int8_gemm.py`) call integer dot-product instructions through LLVM
 intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
 best first, and the path uses the first (the portable one on a generic CPU); the kernels for
-block-quantized weights (`model/kernels/block_gemm.py`) are chosen the same way. bfloat16
+block-quantized weights (`model/kernels/block_gemm.py`) are chosen the same way, AMX's tiles
+for many rows where the CPU has them. bfloat16
 weights are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it
 (`model/kernels/bf16_dot.py`), else widened to float32 (`model/layers/linear.py`):
 `bf16_kernels` lists the choices the same way. With
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 # LLVM's feature names, in the order a description lists them.
 VECTOR_FEATURES = ("sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                   "avx512vnni", "avxvnni", "avx512bf16")
+                   "avx512vnni", "avxvnni", "avx512bf16", "amx-tile", "amx-bf16")
 # The W8A8 kernels, best first, with the features each needs (any one of the sets).
 INT8_KERNELS = {
     "avx512vnni": ({"avx512f", "avx512bw", "avx512vnni"},),
@@ -39,7 +40,11 @@ INT8_KERNELS = {
 
 # The kernels for block-quantized weights (`model/kernels/block_gemm.py`), best first, the same way: F16C
 # widens their float16 scales; AVX-512's takes 32-byte vectors too (VL) for one row of K-quants.
+# "amx" multiplies many rows on AMX's bfloat16 tiles (`model/kernels/block_amx.py`) and fewer
+# on the next kernel here that the CPU runs.
 BLOCK_KERNELS = {
+    "amx": ({"avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16", "amx-tile",
+             "amx-bf16"},),
     "avx512vnni": ({"avx512f", "avx512bw", "avx512vl", "avx512vnni"},),
     "avxvnni": ({"avx2", "f16c", "avxvnni"}, {"avx2", "f16c", "avx512vl", "avx512vnni"}),
     "avx2": ({"avx2", "f16c"},),
@@ -93,7 +98,8 @@ class KernelPath:
 
     @property
     def block(self) -> str:
-        """The kernel for block-quantized weights this path runs (`model/kernels/block_gemm.py`)."""
+        """The kernel for block-quantized weights this path runs (`model/kernels/block_gemm.py`;
+        "amx": on few rows the next of `block_kernels`)."""
         return block_kernels(self.features)[0]
 
     @property
@@ -117,8 +123,11 @@ class KernelPath:
         """One line for the log and the benchmark."""
         has = " ".join(f for f in VECTOR_FEATURES if f in self.features) or "none beyond SSE2"
         ahead = "" if self.block == "portable" else f" (one row reads ahead {self.read_ahead})"
+        block = self.block
+        if block == "amx":
+            block = f"amx for many rows, {block_kernels(self.features)[1]} for few"
         return (f"kernels: {self.name} path (numba compiles for {self.cpu}: {has}); "
-                f"int8 dot products: {self.int8}; block-quantized: {self.block}{ahead}; "
+                f"int8 dot products: {self.int8}; block-quantized: {block}{ahead}; "
                 f"bfloat16 dot products: {self.bf16} ({self.bf16_uses})")
 
 

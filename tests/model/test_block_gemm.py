@@ -12,7 +12,10 @@ import pytest
 from nanovllm.model import load_gpt2
 from nanovllm.model.architectures import gpt2_reference as ref
 from nanovllm.model.architectures.gpt2 import forward
+from nanovllm.model.kernels.block_amx import AMX_MIN_ROWS
 from nanovllm.model.kernels.block_gemm import (
+    AMX,
+    AMX_FEW_ROWS,
     PORTABLE,
     block_linear,
     quantize_blocks,
@@ -82,11 +85,32 @@ def test_host_kernel_matches_reference(type_name, m, n, supers):
     check(host_block_kernel(), type_name, m, n, supers)
 
 
-@pytest.mark.parametrize("kernel", [k for k in BLOCK_KERNELS if k != PORTABLE])
+@pytest.mark.parametrize("kernel", [k for k in BLOCK_KERNELS if k not in (PORTABLE, AMX)])
 @pytest.mark.parametrize("type_name", PATH_TYPES)
 def test_every_instruction_set_matches_reference(kernel, type_name):
     for m, n, supers in SHAPES[1:4]:
         check(runnable(kernel), type_name, m, n, supers)
+
+
+@pytest.mark.parametrize("type_name", list(BLOCK_TYPES))
+def test_amx_kernel_is_within_bfloat16_rounding(type_name):
+    """The "amx" kernel on AMX_MIN_ROWS rows and more: the activations and the dequantized
+    weights rounded to bfloat16 (2^-9 each), float32 sums; row tiles and panels left over
+    singly; a bias and a residual. Fewer rows run the VNNI kernel's code, equal."""
+    runnable(AMX)
+    for m, n, supers in ((AMX_MIN_ROWS, 48, 1), (AMX_MIN_ROWS + 36, 37, 3)):
+        w, dense = weight(type_name, n, supers)
+        x, b = f32(m, dense.shape[1], seed=m), f32(n, seed=5)
+        expected = ref.linear(x, dense, b)
+        magnitude = np.abs(x).astype(np.float64) @ np.abs(dense).T + np.abs(b)
+        bound = (2.0 ** -8 + 4 * sum_error(dense.shape[1] + 1)) * magnitude
+        assert_within(block_linear(x, w, AMX, b), expected, bound)
+        residual = f32(m, n, seed=7)
+        into = residual.copy()
+        assert block_linear(x, w, AMX, b, residual=into) is into
+        assert_within(into, expected + residual, bound + 2 * np.abs(residual) * 2.0 ** -24)
+    few = f32(AMX_MIN_ROWS - 1, dense.shape[1], seed=2)
+    np.testing.assert_array_equal(block_linear(few, w, AMX), block_linear(few, w, AMX_FEW_ROWS))
 
 
 @pytest.mark.parametrize("type_name", list(BLOCK_TYPES))

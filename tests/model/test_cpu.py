@@ -48,6 +48,14 @@ def test_one_row_block_products_read_ahead_by_the_cpus_maker():
         assert path_for(intel, ZEN4).read_ahead == "into L2"
 
 
+def test_block_products_take_amx_tiles_where_the_cpu_has_them():
+    sapphire = path_for("sapphirerapids", ZEN4 | {"amx-tile", "amx-bf16"})
+    assert sapphire.block == "amx"
+    assert ("block-quantized: amx for many rows, avx512vnni for few (one row reads ahead into "
+            "L2)") in sapphire.describe()
+    assert path_for("sapphirerapids", ZEN4 | {"amx-tile"}).block == "avx512vnni"
+
+
 def cpuinfo_flags() -> set[str]:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
