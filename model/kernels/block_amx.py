@@ -57,9 +57,10 @@ SUMS, ROWS, PANELS = (0, 1, 2, 3), (4, 5), (6, 7)  # the tiles
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 
 
+@cache  # (a permission of the process, asked once)
 def request_tiles() -> None:
-    """Asks Linux to let this process use AMX tiles (asking again is harmless). Raises OSError
-    where it refuses: a tile instruction would then kill the process."""
+    """Asks Linux to let this process use AMX tiles. Raises OSError where it refuses: a tile
+    instruction would then kill the process."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0:
         raise OSError(ctypes.get_errno(), "Linux refused this process AMX's tile state")
@@ -123,7 +124,7 @@ def tile_config():
     config = np.zeros(64, np.uint8)
     config[0] = 1
     for t in range(8):
-        config[16 + 2 * t] = 64
+        config[16 + 2 * t] = LINE
         config[48 + t] = TILE_ROWS
     return config
 
@@ -271,6 +272,7 @@ def tile_product(n_row_tiles: int, n_panels: int):
 
 
 def reduce_sum(builder, terms):
+    """The sum of i64 values."""
     total = terms[0]
     for term in terms[1:]:
         total = builder.add(total, term)
@@ -292,7 +294,7 @@ def entry_point(type_name: str):
     dequantize_one = dequantize_super_block(layout)
 
     @njit(cache=True, nogil=True, inline="always")
-    def dequantize_pair(packed, p, last, into, span):
+    def dequantize_pair(packed, p, last, into):
         """Panels p and p + 1 (those before `last`) dequantized into into[0], into[1]."""
         for q in range(min(2, last - p)):
             for s in range(packed.shape[1]):
@@ -317,19 +319,18 @@ def entry_point(type_name: str):
                 continue
             config = tile_config()
             load_tile_config(config.ctypes.data)
-            weights = np.empty((2, 2, k * 2 * PANEL), np.uint8)  # (pairs of panels: two, so
-            # that the products read a pair dequantized a pair before: a tile load of bytes just
-            # stored waits for the stores)
+            # Two pairs of panels' weights: the products read a pair dequantized while the pair
+            # before was multiplied (a tile load of bytes just stored waits for the stores).
+            weights = np.empty((2, 2, k * 2 * PANEL), np.uint8)
             sums = np.empty((4, TILE_ROWS * PANEL), np.float32)
             while chunk < chunks:
                 first, last = chunk * step, min(n_panels, (chunk + 1) * step)
-                dequantize_pair(packed, first, last, weights[0], span)
+                dequantize_pair(packed, first, last, weights[0])
                 for p in range(first, last, 2):
                     pair = min(2, last - p)
                     ready = weights[(p - first) // 2 % 2]
                     if p + 2 < last:
-                        dequantize_pair(packed, p + 2, last, weights[1 - (p - first) // 2 % 2],
-                                        span)
+                        dequantize_pair(packed, p + 2, last, weights[1 - (p - first) // 2 % 2])
                     for t in range(0, padded, 2 * TILE_ROWS):
                         two_rows = t + TILE_ROWS < padded
                         args = (a[t].ctypes.data, 2 * k, ready.ctypes.data, ready.shape[1],
@@ -359,6 +360,7 @@ def amx_linear(x: np.ndarray, w, bias: np.ndarray, accumulate: bool, out: np.nda
     """out [M, N] = x [M, K] float32 (C-contiguous) times the block-quantized w [N, K]
     (`block_quant.BlockWeight`) plus bias (`shared.as_bias`), or added into out with
     `accumulate`."""
+    request_tiles()
     LINEARS[w.type_name](x, w.packed, bias, accumulate, out)
 
 

@@ -382,7 +382,8 @@ def row_max(row):
 def first_that_compiles(kernels: list[str], compile_one, what: str) -> str:
     """The first of `kernels` (best first; the last, "portable", is plain numba) that
     `compile_one` compiles here. Those that do not (an LLVM that refuses an instruction's
-    intrinsic must never stop a server) are passed over with one warning line naming `what`."""
+    intrinsic, an OS that refuses AMX's tiles: neither must stop a server) are passed over with
+    one warning line naming `what`."""
     failed: list[str] = []
     reason = ""
     for kernel in kernels:
@@ -396,7 +397,7 @@ def first_that_compiles(kernels: list[str], compile_one, what: str) -> str:
             continue
         if failed:
             logging.getLogger("nanovllm").warning(
-                "%s: the %s kernel(s) do not compile with this numba and LLVM (%s); running %s "
+                "%s: the %s kernel(s) do not compile or run here (%s); running %s "
                 "instead", what, ", ".join(failed), reason[:200], kernel)
         return kernel
     raise ValueError(f"no {what} kernel to compile")
