@@ -14,11 +14,10 @@ The W8A8 kernels (`model/kernels/int8_gemm.py`) call integer dot-product instruc
 intrinsics, so they need the CPU to have them: `int8_kernels` lists those this CPU can run,
 best first, and the path uses the first (the portable one on a generic CPU); the kernels for
 block-quantized weights (`model/kernels/block_gemm.py`) are chosen the same way, AMX's tiles
-for many rows where the CPU has them. bfloat16
-weights are multiplied by AVX512_BF16's `vdpbf16ps` where the CPU has it
-(`model/kernels/bf16_dot.py`), else widened to float32 (`model/layers/linear.py`):
-`bf16_kernels` lists the choices the same way. With
-the instruction, bfloat16 models' prefill attention multiplies in bfloat16 too
+for many rows where the CPU has them. bfloat16 weights are multiplied by AVX512_BF16's
+`vdpbf16ps` where the CPU has it (`model/kernels/bf16_dot.py`), else widened to float32
+(`model/layers/linear.py`): `bf16_kernels` lists the choices the same way. With the
+instruction, bfloat16 models' prefill attention multiplies in bfloat16 too
 (`model/kernels/bf16_attention.py`); elsewhere it stays float32.
 """
 
