@@ -42,7 +42,6 @@ from nanovllm.model.weights.block_quant import (
     Layout,
     float16_fields,
     header_bytes,
-    panel_bytes,
 )
 
 # Rows from which a product runs on tiles: below, dequantizing each panel to bfloat16 costs
@@ -362,13 +361,3 @@ def amx_linear(x: np.ndarray, w, bias: np.ndarray, accumulate: bool, out: np.nda
     `accumulate`."""
     request_tiles()
     LINEARS[w.type_name](x, w.packed, bias, accumulate, out)
-
-
-def compile_amx(type_names) -> None:
-    """Asks for the tiles (`request_tiles`) and compiles (or loads) the kernel for each type."""
-    request_tiles()
-    for type_name in type_names:
-        layout = LAYOUTS[type_name]
-        packed = np.zeros((1, 1, panel_bytes(layout)), np.uint8)
-        LINEARS[type_name](np.zeros((1, layout.span), np.float32), packed,
-                           np.zeros(0, np.float32), False, np.zeros((1, PANEL), np.float32))

@@ -25,7 +25,8 @@ import numpy as np
 from numba import config, literally, njit, prange, types
 from numba.extending import overload
 
-from nanovllm.model.kernels.block_amx import AMX_MIN_ROWS, amx_linear, compile_amx
+from nanovllm.model.kernels.block_amx import AMX_MIN_ROWS, amx_linear, request_tiles
+from nanovllm.model.kernels.block_amx import LINEARS as AMX_LINEARS
 from nanovllm.model.kernels.block_dot import ISAS, ONE_ROW_LEAD, block_panel, tile
 from nanovllm.model.kernels.int8_gemm import span_peak
 from nanovllm.model.kernels.parallel import (
@@ -293,6 +294,14 @@ def entry_point(isa: str, type_name: str):
 LINEARS = {isa: {t: entry_point(isa, t) for t in LAYOUTS} for isa in ISAS}
 
 
+def kernel_functions(kernel: str) -> list:
+    """The compiled functions (one a type) that `kernel` multiplies with: for "amx", its
+    tiles' and those of the kernel it runs on fewer rows."""
+    if kernel == AMX:
+        return [*AMX_LINEARS.values(), *LINEARS[AMX_FEW_ROWS].values()]
+    return list(LINEARS[kernel].values())
+
+
 # --------------------------------------------------------------------------- portable
 
 KIND_CODES = {"sym": 0, "asym": 1, "kmin": 2, "ksym": 3}  # `Layout.kind` as compiled code takes it
@@ -448,12 +457,14 @@ def compile_block_kernel(kernel: str, type_names=("Q8_0",)) -> None:
     the embedding's lookup (one function for every type). "amx" first asks Linux for the tiles
     (`block_amx.request_tiles`: a refusal raises here, before any tile instruction runs)."""
     if kernel == AMX and not config.DISABLE_JIT:
-        compile_amx(type_names)
+        request_tiles()
     for type_name in type_names:
         kind = BLOCK_TYPES[type_name]
         w = from_gguf(type_name, np.zeros((1, kind.bytes), np.uint8), (1, kind.weights))
-        x = np.zeros((1, kind.weights), np.float32)
-        block_linear(x, w, kernel, residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
+        for rows in (1, AMX_MIN_ROWS) if kernel == AMX else (1,):
+            x = np.zeros((rows, kind.weights), np.float32)
+            block_linear(x, w, kernel,
+                         residual=block_linear(x, w, kernel, np.zeros(1, np.float32)))
         take_lanes(w, np.zeros(1, np.int64))
 
 

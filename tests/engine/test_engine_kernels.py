@@ -15,7 +15,8 @@ from nanovllm.model.kernels.bf16_attention import (
     round_heads,
 )
 from nanovllm.model.kernels.bf16_gemm import matmul_bf16, round_rows, round_rows_parallel
-from nanovllm.model.kernels.block_gemm import LINEARS, take_rows
+from nanovllm.model.kernels.block_amx import AMX_MIN_ROWS
+from nanovllm.model.kernels.block_gemm import kernel_functions, take_rows
 from nanovllm.model.kernels.int8_gemm import MATMULS, quantize_rows, quantize_rows_parallel
 from nanovllm.model.kernels.shared import softmax_rows_
 from nanovllm.model.layers.activations import gelu_int8_, gelu_rows_
@@ -79,12 +80,14 @@ def test_first_int8_request_compiles_nothing_new(tiny_ckpt):
 
 def test_first_block_quantized_request_compiles_nothing_new(tiny_ckpt):
     """q4_0 (a GGUF file's kind of weights): start-up compiled the products of the model's
-    block types and the embedding's lookup from its panels."""
+    block types (a long prefill's too: on AMX, the tiles') and the embedding's lookup from its
+    panels."""
     llm = LLM(str(tiny_ckpt), num_kv_blocks=64, quantization="q4_0")
     assert isinstance(llm.engine.runner.weights.wte, BlockWeight)
-    kernels = (take_rows, *LINEARS[host_block_kernel()].values())
+    kernels = (take_rows, *kernel_functions(host_block_kernel()))
     before = signatures(kernels)
-    llm.generate([list(range(1, 40)), [4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
+    llm.generate([list(range(1, AMX_MIN_ROWS + 16)), [4, 5]],
+                 SamplingParams(max_tokens=4, ignore_eos=True))
     assert before[0] and signatures(kernels) == before
 
 
