@@ -9,9 +9,9 @@ bfloat16 once a call. Then `tdpbf16ps` multiplies 16 rows by a panel 32 inputs a
 adding into float32 sums that stay in their tile across the whole row. In int8 (`tdpbssd`, on
 the codes and the activations' int8 codes, as the VNNI kernel does) each sub-block's sums
 carry their own scales, so they would leave the tile and be scaled in vector code every 32
-inputs: that costs more than the tile products, and the kernel ran no faster than VNNI. The
-roundings' error is the activations' and the weights' bfloat16 rounding (2^-9 of each, about
-half the error of the int8 activations' quantization); the tests bound it.
+inputs, which costs more than the tile products themselves. The error is the activations' and
+the weights' rounding to bfloat16 (2^-9 of each, relative), smaller than the int8
+activations' quantization; the tests bound it.
 
 A call multiplies 2 tiles of rows by 2 panels where it can, each loaded tile used twice: the
 operands come from L2, whose bandwidth otherwise bounds the products. A tile product needs the
