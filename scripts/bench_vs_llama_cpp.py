@@ -20,7 +20,7 @@ llama.cpp. A roof column puts each figure against this machine's limits (scripts
 batch-1 decode as the weight matrices' bytes streamed per second (our engine's count of the
 file's matrices, for both sides) over memory bandwidth, prefill and batched decode as multiply-
 adds per second over the int8 kernel's peak (the block kernels multiply int8 codes; on a CPU
-with AMX, products of 64 rows or more run on its bfloat16 tiles instead, and can pass that peak).
+with AMX, products of 32 rows or more run on its bfloat16 tiles instead, and can pass that peak).
 
 Threads. Both sides run on GNU OpenMP, and llama.cpp's tools inherit this process's environment:
 the spin settings our kernels start with (model/platform/threads.py: GOMP_SPINCOUNT,

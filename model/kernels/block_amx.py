@@ -44,9 +44,9 @@ from nanovllm.model.weights.block_quant import (
     header_bytes,
 )
 
-# Rows from which a product runs on tiles: below, dequantizing each panel to bfloat16 costs
-# more than the VNNI kernel's whole product (about even at 32 to 48 rows, on Emerald Rapids).
-AMX_MIN_ROWS = 64
+# Rows from which a product runs on tiles: below (16 rows, on Emerald Rapids), dequantizing
+# each panel to bfloat16 costs more than the VNNI kernel's whole product.
+AMX_MIN_ROWS = 32
 TILE_ROWS = 16  # rows of activations a tile product takes (and outputs: a panel's)
 CHUNK = 32  # inputs a tile product takes: 16 rows of 32 bfloat16, 64 bytes a row
 # A call multiplies up to 2 tiles of rows by up to 2 panels, each loaded tile used twice: the
@@ -151,7 +151,8 @@ def to_bfloat16_pairs(builder, low, high):
 
 def dequantize_super_block(layout: Layout):
     """An intrinsic writing one panel's super-block of `layout` (at address `block`) as
-    bfloat16 B tiles at `into`: w = W * (u - offset) + M for each output's code u, with W the
+    bfloat16 B tiles at `into`: w = W * (u - offset) + M (one fused multiply-add) for each
+    output's code u, with W the
     output's scale for its sub-block (d, or d times the sub-block's scale) and M the min's
     term ("asym": m; "kmin": -dmin times the sub-block's min). Row p of a tile holds the
     16 outputs' inputs 2p and 2p + 1 (`block_gemm.lane_codes` gives each output's codes)."""
@@ -180,6 +181,7 @@ def dequantize_super_block(layout: Layout):
             def splat(v):
                 return ir.Constant(LINE_BYTES, [v] * LINE)
 
+            fma = declare(builder, "llvm.fma.v16f32", FLOATS, [FLOATS] * 3)
             quarter = [[j // GROUP + PANEL // GROUP * h for j in range(PANEL)] for h in range(4)]
             evens = ir.Constant(ir.VectorType(I32, PANEL), list(range(0, 2 * PANEL, 2)))
             odds = ir.Constant(ir.VectorType(I32, PANEL), list(range(1, 2 * PANEL, 2)))
@@ -189,10 +191,14 @@ def dequantize_super_block(layout: Layout):
                 else:
                     scale = builder.fmul(d, small(n))
                     term = builder.fneg(builder.fmul(second, small(subs + n)))
+                # w = scale * u + bias, the offset folded into the bias: exact where the
+                # offset's term is (scale times a small integer), one rounding after
+                offset_term = builder.fmul(scale, ir.Constant(FLOATS, [float(offset)] * PANEL))
+                bias = (builder.fsub(term, offset_term) if with_min else builder.fneg(offset_term))
                 # each output's scale for its 4 lanes of a quarter line
                 scales = [builder.shuffle_vector(scale, scale, ir.Constant(
                     ir.VectorType(I32, PANEL), q)) for q in quarter]
-                terms = [builder.shuffle_vector(term, term, ir.Constant(
+                terms = [builder.shuffle_vector(bias, bias, ir.Constant(
                     ir.VectorType(I32, PANEL), q)) for q in quarter]
                 base = n * per_sub * bits // 8  # (in lines)
                 for inner in range(per_sub):
@@ -206,14 +212,12 @@ def dequantize_super_block(layout: Layout):
                     if bits == 6:  # then a line of every group's top 2 bits
                         top = builder.lshr(line(base + per_sub // 2), splat(2 * inner))
                         v = builder.or_(v, builder.shl(builder.and_(top, splat(3)), splat(4)))
-                    codes = builder.sub(v, splat(offset % 256))  # (signed bytes now)
                     weights = []
                     for h in range(4):
-                        c = builder.shuffle_vector(codes, codes, ir.Constant(
+                        c = builder.shuffle_vector(v, v, ir.Constant(
                             ir.VectorType(I32, PANEL), list(range(PANEL * h, PANEL * (h + 1)))))
-                        w = builder.fmul(builder.sitofp(builder.sext(c, INTS), FLOATS),
-                                         scales[h])
-                        weights.append(builder.fadd(w, terms[h]) if with_min else w)
+                        u = builder.sitofp(builder.zext(c, INTS), FLOATS)
+                        weights.append(builder.call(fma, [u, scales[h], terms[h]]))
                     # [output][4 inputs] in bfloat16 pairs: the even pairs are row 2g, the odd
                     # 2g + 1
                     pairs = [to_bfloat16_pairs(builder, weights[h], weights[h + 1])
@@ -306,9 +310,11 @@ def entry_point(type_name: str):
         panels in chunks the threads claim (`kernels.claim`), each dequantized once for all
         the rows."""
         m, padded = x.shape[0], -(-x.shape[0] // TILE_ROWS) * TILE_ROWS
-        a = np.zeros((padded, x.shape[1]), np.uint16)  # (rows past m: zero)
-        round_rows_parallel(x, a[:m])
-        k = a.shape[1]
+        k = x.shape[1]
+        # Rows a chunk longer than k: a tile's 16 rows 2k bytes apart would share a few of
+        # L1's sets (k a multiple of 1024) and evict each other between loads.
+        a = np.zeros((padded, k + CHUNK), np.uint16)  # (rows past m: zero)
+        round_rows_parallel(x, a[:m, :k])
         n_panels = packed.shape[0]
         step, chunks = split_chunks(n_panels, 1)
         taken = chunk_counter()
@@ -332,7 +338,7 @@ def entry_point(type_name: str):
                         dequantize_pair(packed, p + 2, last, weights[1 - (p - first) // 2 % 2])
                     for t in range(0, padded, 2 * TILE_ROWS):
                         two_rows = t + TILE_ROWS < padded
-                        args = (a[t].ctypes.data, 2 * k, ready.ctypes.data, ready.shape[1],
+                        args = (a[t].ctypes.data, a.strides[0], ready.ctypes.data, ready.shape[1],
                                 k // CHUNK, sums.ctypes.data)
                         if two_rows and pair == 2:
                             PRODUCT_2x2(*args)
