@@ -19,8 +19,8 @@ a busy machine slows both alike; the table shows medians [min-max] and ratio = n
 llama.cpp. A roof column puts each figure against this machine's limits (scripts/roofs.py):
 batch-1 decode as the weight matrices' bytes streamed per second (our engine's count of the
 file's matrices, for both sides) over memory bandwidth, prefill and batched decode as multiply-
-adds per second over the int8 kernel's peak (the block kernels multiply int8 codes; on a CPU
-with AMX, products of 32 rows or more run on its bfloat16 tiles instead, and can pass that peak).
+adds per second over the peak of the block-quantized kernel this CPU runs (on a file of another
+type, the int8 kernel's).
 
 Threads. Both sides run on GNU OpenMP, and llama.cpp's tools inherit this process's environment:
 the spin settings our kernels start with (model/platform/threads.py: GOMP_SPINCOUNT,
@@ -79,15 +79,17 @@ class Cost:
     weight_bytes: int
     multiply_adds: int        # per token, LM head included
     head_multiply_adds: int   # of which the LM head's (a prefill runs it for one token only)
+    block_quantized: bool = False  # the matrices multiply on the block-quantized kernels
 
 
 def roof_share(w: Workload, tps: float, cost: Cost, roofs) -> float:
     """The share of this machine's roof a rate reaches: a batch-1 decode streams every weight
-    once per token (memory bandwidth); prefill and batched decode multiply (the int8 peak)."""
+    once per token (memory bandwidth); prefill and batched decode multiply (the block-quantized
+    kernel's peak on a block-quantized file, else the int8 kernel's)."""
     if w.name.startswith("decode") and w.batch_size == 1:
         return cost.weight_bytes * tps / roofs.bandwidth
     macs = cost.multiply_adds - (cost.head_multiply_adds if w.name.startswith("prefill") else 0)
-    return macs * tps / roofs.int8_peak
+    return macs * tps / (roofs.block_peak if cost.block_quantized else roofs.int8_peak)
 
 
 def format_table(workloads: list[Workload], costs: dict[str, Cost], roofs, title: str) -> str:
@@ -162,6 +164,7 @@ def _default_gguf_dir(hf_dir: Path) -> Path:
 def bench_file(args, kind: str, path: Path, tools, threads: int, log) -> tuple[list[Workload],
                                                                              Cost, float]:
     """Every workload on one file, both sides alternating; also its Cost and our load time."""
+    from nanovllm.model.weights.block_quant import BlockWeight
     from nanovllm.scripts.bench_engine import Cell, Prompts, make_engine, run_ours
     from nanovllm.scripts.roofs import step_cost
 
@@ -201,7 +204,9 @@ def bench_file(args, kind: str, path: Path, tools, threads: int, log) -> tuple[l
         log(f"  {kind} rep {rep + 1}/{args.reps}: " + "; ".join(
             f"{w.name} {w.theirs[-1] if w.theirs else 0:.1f} / {w.ours[-1]:.1f}"
             for w in work.values()) + " tok/s (llama.cpp / nanovllm)")
-    return list(work.values()), Cost(*step_cost(engine.runner.weights)), load_s
+    weights = engine.runner.weights
+    quantized = any(isinstance(m, BlockWeight) for m in weights.matrices())
+    return list(work.values()), Cost(*step_cost(weights), quantized), load_s
 
 
 def kv_blocks_for(args: argparse.Namespace) -> int:

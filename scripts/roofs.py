@@ -6,7 +6,9 @@
 - int8 peak: multiply-adds per second of the W8A8 kernel this CPU runs
   (`model/kernels/int8_gemm.py`) on operands that stay in the L1 and L2 caches, best of 5;
 - bfloat16 peak, where the CPU runs the avx512bf16 kernel (`model/kernels/bf16_gemm.py`): the same,
-  on that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof).
+  on that kernel (elsewhere bfloat16 is widened to float32 products: float32's peak is its roof);
+- block-quantized peak: the same, on Q4_0 weights through the block kernel this CPU runs
+  (`model/kernels/block_gemm.py`: int8 codes on VNNI or AVX2, or on AMX's bfloat16 tiles).
 
 A decode step reads every weight matrix once (the LM head included: each architecture's weights
 list them, `matrices()`), so at batch 1 the weights
@@ -33,6 +35,8 @@ class Roofs:
     int8_kernel: str
     bf16_peak: float     # multiply-adds/s (float32's where bfloat16 is widened)
     bf16_kernel: str
+    block_peak: float    # multiply-adds/s, Q4_0 weights
+    block_kernel: str
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -67,14 +71,22 @@ def measure_float32_peak() -> float:
 
 def measure_roofs() -> Roofs:
     from nanovllm.model.kernels.bf16_gemm import bf16_matmul
+    from nanovllm.model.kernels.block_gemm import block_linear
     from nanovllm.model.kernels.int8_gemm import int8_linear
-    from nanovllm.model.layers.linear import host_bf16_kernel, host_int8_kernel, host_packs_bfloat16
+    from nanovllm.model.layers.linear import (
+        host_bf16_kernel,
+        host_block_kernel,
+        host_int8_kernel,
+        host_packs_bfloat16,
+    )
+    from nanovllm.model.weights.block_quant import from_float
     from nanovllm.model.weights.quant import PackedBF16Weight, quantize_int8, to_bfloat16
 
     bandwidth = _bandwidth()
     float32_peak = measure_float32_peak()
     x = np.random.default_rng(1).standard_normal((256, 1024), dtype=np.float32)
-    w = quantize_int8(np.random.default_rng(2).standard_normal((512, 1024), dtype=np.float32))
+    dense = np.random.default_rng(2).standard_normal((512, 1024), dtype=np.float32)
+    w = quantize_int8(dense)
     kernel = host_int8_kernel()
     int8_peak = 256 * 1024 * 512 * 8 / _best(
         lambda: [int8_linear(x, w, kernel) for _ in range(8)])
@@ -83,7 +95,12 @@ def measure_roofs() -> Roofs:
     if host_packs_bfloat16():
         wb = PackedBF16Weight.from_bits(to_bfloat16(w.rows().astype(np.float32)).bits)
         bf16_peak = 256 * 1024 * 512 * 8 / _best(lambda: [bf16_matmul(x, wb) for _ in range(8)])
-    return Roofs(bandwidth, float32_peak, int8_peak, kernel, bf16_peak, bf16_kernel)
+    block_kernel = host_block_kernel()
+    wq = from_float("Q4_0", dense)
+    block_peak = 256 * 1024 * 512 * 8 / _best(
+        lambda: [block_linear(x, wq, block_kernel) for _ in range(8)])
+    return Roofs(bandwidth, float32_peak, int8_peak, kernel, bf16_peak, bf16_kernel, block_peak,
+                 block_kernel)
 
 
 def step_cost(weights) -> tuple[int, int, int]:
@@ -100,7 +117,8 @@ def describe(roofs: Roofs) -> str:
     return (f"roofs (measured): memory {roofs.bandwidth / 1e9:.1f} GB/s; "
             f"{describe_float32(roofs.float32_peak)}; int8 "
             f"{roofs.int8_peak / 1e9:.1f} G multiply-adds/s ({roofs.int8_kernel} kernel, in "
-            f"cache); {bf16}")
+            f"cache); {bf16}; block-quantized {roofs.block_peak / 1e9:.1f} G multiply-adds/s "
+            f"(Q4_0, {roofs.block_kernel} kernel, in cache)")
 
 
 def describe_float32(peak: float) -> str:

@@ -15,7 +15,7 @@ from nanovllm.scripts.bench_vs_llama_cpp import Cost, Workload, format_table, ro
 from nanovllm.scripts.roofs import Roofs
 
 ROOFS = Roofs(bandwidth=40e9, float32_peak=100e9, int8_peak=400e9, int8_kernel="vnni",
-              bf16_peak=100e9, bf16_kernel="widen")
+              bf16_peak=100e9, bf16_kernel="widen", block_peak=800e9, block_kernel="amx")
 COST = Cost(weight_bytes=400_000_000, multiply_adds=600_000_000, head_multiply_adds=100_000_000)
 
 
@@ -26,6 +26,10 @@ def test_roof_share_is_bytes_at_batch_1_and_multiply_adds_beyond():
     assert roof_share(batched, 200.0, COST, ROOFS) == pytest.approx(600e6 * 200 / 400e9)
     prefill = Workload("Q4_0", "prefill 512", 1)  # the LM head runs for one token only
     assert roof_share(prefill, 300.0, COST, ROOFS) == pytest.approx(500e6 * 300 / 400e9)
+    # a block-quantized file's products run on the block kernels: their peak is the roof
+    blocks = Cost(**{**{f: getattr(COST, f) for f in Cost.__slots__}, "block_quantized": True})
+    assert roof_share(batched, 200.0, blocks, ROOFS) == pytest.approx(600e6 * 200 / 800e9)
+    assert roof_share(decode, 50.0, blocks, ROOFS) == pytest.approx(400e6 * 50 / 40e9)
 
 
 def test_table_shows_medians_ratios_and_roofs():
@@ -118,6 +122,7 @@ def test_small_comparison_on_files_llama_cpp_made(tmp_path, capsys):
     weights = 2 * (64 * 3 * 64 + 64 * 64 + 2 * 64 * 256) + 1024 * 64
     costs = {kind: c["weight_bytes"] for kind, c in result["costs"].items()}
     assert costs["Q4_0"] < costs["Q8_0"] == weights * 34 // 32
+    assert all(c["block_quantized"] for c in result["costs"].values())  # their roof: block_peak
     by_name = {(w["gguf_type"], w["name"]): w for w in result["workloads"]}
     for kind in ("Q4_0", "Q8_0"):
         for name in ("decode 1", "prefill 16", "decode 2"):

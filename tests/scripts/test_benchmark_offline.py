@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nanovllm.cli import build_parser, run_offline
-from nanovllm.model.layers.linear import host_bf16_kernel
+from nanovllm.model.layers.linear import host_bf16_kernel, host_block_kernel
 from nanovllm.scripts import benchmark, benchmark_serving
 from nanovllm.scripts.benchmark import Cell, CellResult, Run
 
@@ -198,9 +198,10 @@ def test_real_run_comparing_precisions(family_ckpt, tmp_path, capsys):
     assert data["settings"]["engine"]["quantization"] is None  # the float32 engine's options
     assert "roofs (measured): memory " in table and "weights GB/s" in table
     assert set(data["roofs"]) == {"bandwidth", "float32_peak", "int8_peak", "int8_kernel",
-                                  "bf16_peak", "bf16_kernel"}
+                                  "bf16_peak", "bf16_kernel", "block_peak", "block_kernel"}
     assert all(data["roofs"][k] > 0 for k in ("bandwidth", "float32_peak", "int8_peak",
-                                              "bf16_peak"))
+                                              "bf16_peak", "block_peak"))
+    assert data["roofs"]["block_kernel"] == host_block_kernel()
     assert data["roofs"]["bf16_kernel"] == host_bf16_kernel()
     roofs = data["roof_cells"]
     assert len(roofs) == 3 * len(data["results"])  # every cell, every precision
