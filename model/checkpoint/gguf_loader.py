@@ -3,7 +3,8 @@
 `gguf_checkpoint_dir` turns a `.gguf` into a checkpoint directory, derived once per file (by
 its real path, size and modification time) under the cache: config.json and the tokenizer's
 files rebuilt from the file's metadata (`gguf_names`, `gguf_tokenizer`), and a link to the
-file itself. Everything that reads a checkpoint directory (the config, the tokenizer, the chat
+file itself. Deriving one removes those of files gone since, and of this file's earlier
+versions (`prune_derived`). Everything that reads a checkpoint directory (the config, the tokenizer, the chat
 template, the server's tokenizer info) then reads it as it reads any Hugging Face checkpoint,
 with nothing beside the file.
 
@@ -81,7 +82,21 @@ def gguf_checkpoint_dir(gguf_path: str | Path, cache_dir: Path) -> Path:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prune_derived(cache_dir, real, keep=out)
     return out
+
+
+def prune_derived(cache_dir: Path, real: Path, keep: Path) -> None:
+    """Removes the derived directories under cache_dir (but `keep`) whose file is gone or is
+    `real` at an earlier size or time: each holds a copy of its file's tokenizer, which for a
+    large vocabulary is tens of MB. A process that loaded from one has read it already."""
+    for entry in cache_dir.iterdir():
+        link = entry / LINK
+        if entry == keep or entry.name.startswith(".") or not link.is_symlink():
+            continue  # (a name with a dot: another process's directory being written)
+        target = Path(os.readlink(link))
+        if target == real or not target.exists():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def is_gguf_checkpoint(model_dir: str | Path) -> bool:

@@ -12,6 +12,8 @@ kernels' bound (tests/model/test_block_gemm.py: activations are rounded per bloc
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -185,6 +187,24 @@ def test_config_is_the_checkpoints(gguf_file, model):
     for field in set(type(want).__dataclass_fields__) - skip:
         assert getattr(ours, field) == getattr(want, field), field
     assert ours.eos_token_ids[0] in want.eos_token_ids
+
+
+def test_deriving_a_file_removes_the_directories_of_files_gone_or_replaced(gguf_file, tmp_path):
+    """One derived directory a file: deriving one removes those whose file is gone and this
+    file's earlier versions (another modification time); the others stay."""
+    _, path = gguf_file("gpt2")
+    cache = tmp_path / "cache"
+    kept, gone, changed = (tmp_path / f"{name}.gguf" for name in ("kept", "gone", "changed"))
+    for copy in (kept, gone, changed):
+        shutil.copy(path, copy)
+    first = {copy: gguf_checkpoint_dir(copy, cache) for copy in (kept, gone, changed)}
+    assert len(set(first.values())) == 3
+    gone.unlink()
+    os.utime(changed, ns=(0, 0))
+    again = gguf_checkpoint_dir(changed, cache)
+    assert again != first[changed]
+    assert sorted(cache.iterdir()) == sorted([first[kept], again])
+    assert gguf_checkpoint_dir(kept, cache) == first[kept]  # (still derived: nothing rewritten)
 
 
 def test_float32_tensors_are_the_files_pages(gguf_file):
