@@ -36,6 +36,7 @@ from nanovllm.model.weights.quant import (
     dequantize,
     dequantize_weights,
     gather_rows,
+    round_to_bfloat16,
 )
 from tests.model.test_ggml_blocks import random_blocks
 from tests.model.test_kernels_vs_reference import assert_within, f32, sum_error
@@ -176,13 +177,21 @@ def test_gather_and_rows_read_the_repacked_weights(type_name):
                 lookup(w, np.array([0, outside]))
 
 
+def rounded_as_the_kernel(x, w, layout):
+    """x [M, K] and w as the host's block kernel rounds them: x per block to int8 codes, or on
+    AMX's tiles (from AMX_MIN_ROWS rows) x and the dequantized weights to bfloat16."""
+    if host_block_kernel() == AMX and x.shape[0] >= AMX_MIN_ROWS:
+        return round_to_bfloat16(x), round_to_bfloat16(w)
+    return quantize_blocks(x, layout).dequantize(), w
+
+
 @pytest.mark.parametrize("quantization", ["q8_0", "q4_0", "q4_k"])
 def test_model_on_block_weights_is_the_reference_model_on_their_float32(perturbed_ckpt,
                                                                        quantization,
                                                                        monkeypatch):
     """`--quantization q8_0 | q4_0 | q4_k` on a safetensors GPT-2: the model on the block
     weights agrees with the reference model on their dequantized float32, when the reference's
-    linear layers round their inputs per block as the kernels do (q4_k's 64-input matrices fall
+    linear layers round their inputs as the kernels do (`rounded_as_the_kernel`; q4_k's 64-input matrices fall
     back to q4_0: blocks of 32 there, 256 elsewhere). Not to float32 rounding: the kernels'
     inputs differ from the reference's in their last bits (its layer norm and GELU are other
     float32 sums), and an input that close to a rounding tie takes the next code, one step of
@@ -193,9 +202,8 @@ def test_model_on_block_weights_is_the_reference_model_on_their_float32(perturbe
         return LAYOUTS["Q4_0" if type_name == "Q4_K" and in_dim % 256 else type_name]
 
     plain_linear = ref.linear
-    monkeypatch.setattr(ref, "linear", lambda x, w, b=None: plain_linear(
-        quantize_blocks(np.ascontiguousarray(x, np.float32), layout_of(w.shape[1]))
-        .dequantize(), w, b))
+    monkeypatch.setattr(ref, "linear", lambda x, w, b=None: plain_linear(*rounded_as_the_kernel(
+        np.ascontiguousarray(x, np.float32), w, layout_of(w.shape[1])), b))
     cfg, weights = load_gpt2(perturbed_ckpt, quantization=quantization)
     assert isinstance(weights.wte, BlockWeight)
     assert weights.blocks[0].fc_proj_w.type_name == type_name  # 256 inputs: q4_k's own blocks

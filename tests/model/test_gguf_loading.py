@@ -6,7 +6,8 @@ The reference finds each weight's GGUF name with the `gguf` package's own name m
 Greedy text through the engine equals transformers' `generate`. Block-quantized files run as
 stored (`BlockWeight`s, no float32 copy): the weights stand for `gguf`'s dequantization of the
 file's bytes, and the model on them agrees with the reference on those values within the block
-kernels' bound (tests/model/test_block_gemm.py: activations are rounded per block).
+kernels' bound (tests/model/test_block_gemm.py: activations are rounded per block, or on AMX's
+tiles activations and weights to bfloat16).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from nanovllm.model.checkpoint.dummy import cache_root
 from nanovllm.model.checkpoint.gguf_file import open_gguf
 from nanovllm.model.checkpoint.gguf_loader import gguf_checkpoint_dir
 from nanovllm.model.checkpoint.safetensors_io import file_mapping
-from nanovllm.model.kernels.block_gemm import quantize_blocks
 from nanovllm.model.weights.block_quant import LAYOUTS, BlockWeight
 from nanovllm.model.weights.quant import dequantize_weights, matrix_formats
 from nanovllm.model.weights.stacked import StackedWeight
+from tests.model.test_block_gemm import rounded_as_the_kernel
 
 TOL = 1e-4
 # The reference model on the dequantized weights against transformers on `gguf`'s
@@ -129,7 +130,7 @@ def test_block_quantized_files_match_their_dequantized_weights(gguf_file, tmp_pa
 def test_block_quantized_files_run_as_stored(gguf_file, tmp_path, mix, monkeypatch):
     """The model on the file's blocks (fused members of one type joined, of different types
     stacked) agrees with the reference model on their float32 when its linear layers round their
-    inputs per block as the kernels do (every matrix here has the mix's blocks: Q4_K_M's
+    inputs as the kernels do (`rounded_as_the_kernel`) (every matrix here has the mix's blocks: Q4_K_M's
     Q4_K and Q6_K both of 256)."""
     _, path = quantized_file(gguf_file, tmp_path, mix)
     cfg, weights = load_checkpoint(derived(path))
@@ -137,7 +138,7 @@ def test_block_quantized_files_run_as_stored(gguf_file, tmp_path, mix, monkeypat
     span = LAYOUTS["Q4_K" if mix == "Q4_K_M" else mix]
     plain = family.reference.linear
     monkeypatch.setattr(family.reference, "linear", lambda x, w, b=None: plain(
-        quantize_blocks(np.ascontiguousarray(x, np.float32), span).dequantize(), w, b))
+        *rounded_as_the_kernel(np.ascontiguousarray(x, np.float32), w, span), b))
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 40)
     dense = dequantize_weights(weights)
     for n in (40, 3):  # a prefill's rows, a few
