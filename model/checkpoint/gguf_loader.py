@@ -3,10 +3,10 @@
 `gguf_checkpoint_dir` turns a `.gguf` into a checkpoint directory, derived once per file (by
 its real path, size and modification time) under the cache: config.json and the tokenizer's
 files rebuilt from the file's metadata (`gguf_names`, `gguf_tokenizer`), and a link to the
-file itself. Deriving one removes those of files gone since, and of this file's earlier
-versions (`prune_derived`). Everything that reads a checkpoint directory (the config, the tokenizer, the chat
+file itself. Everything that reads a checkpoint directory (the config, the tokenizer, the chat
 template, the server's tokenizer info) then reads it as it reads any Hugging Face checkpoint,
-with nothing beside the file.
+with nothing beside the file. Deriving one removes those of files gone since and of this
+file's earlier versions (`prune_derived`).
 
 `load_gguf` reads the linked file's tensors, memory-mapped, under the HF names the family's
 loader takes, undoing the converter's changes (`gguf_names`), and hands them to the family's

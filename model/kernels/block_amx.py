@@ -152,10 +152,10 @@ def to_bfloat16_pairs(builder, low, high):
 def dequantize_super_block(layout: Layout):
     """An intrinsic writing one panel's super-block of `layout` (at address `block`) as
     bfloat16 B tiles at `into`: w = W * (u - offset) + M (one fused multiply-add) for each
-    output's code u, with W the
-    output's scale for its sub-block (d, or d times the sub-block's scale) and M the min's
-    term ("asym": m; "kmin": -dmin times the sub-block's min). Row p of a tile holds the
-    16 outputs' inputs 2p and 2p + 1 (`block_gemm.lane_codes` gives each output's codes)."""
+    output's code u, with W the output's scale for its sub-block (d, or d times the
+    sub-block's scale) and M the min's term ("asym": m; "kmin": -dmin times the sub-block's
+    min). Row p of a tile holds the 16 outputs' inputs 2p and 2p + 1 (`block_gemm.lane_codes`
+    gives each output's codes)."""
     bits, sub, span, offset = layout.bits, layout.sub, layout.span, layout.offset
     halves, header, subs = float16_fields(layout), header_bytes(layout), span // sub
     per_sub = sub // GROUP  # groups of a sub-block
