@@ -161,12 +161,17 @@ def block_linear(x: np.ndarray, w: BlockWeight, kernel: str, bias: np.ndarray | 
         matmul_portable(rows.q, rows.scale, rows.sums, w.packed, KIND_CODES[layout.kind],
                         layout.bits, layout.sub, layout.span, layout.offset,
                         header_bytes(layout), as_bias(bias), accumulate, out)
-    elif kernel == AMX and x.shape[0] >= AMX_MIN_ROWS:
+    elif takes_tiles(kernel, x.shape[0]):
         amx_linear(x, w, as_bias(bias), accumulate, out)
     else:  # quantizing and multiplying in one compiled call: a decode step makes one a matrix
         isa = AMX_FEW_ROWS if kernel == AMX else kernel
         LINEARS[isa][w.type_name](x, w.packed, as_bias(bias), accumulate, out)
     return out
+
+
+def takes_tiles(kernel: str, rows: int) -> bool:
+    """Whether `kernel` multiplies `rows` rows on AMX's bfloat16 tiles (else on int8 codes)."""
+    return kernel == AMX and rows >= AMX_MIN_ROWS
 
 
 # --------------------------------------------------------------------------- by instruction set

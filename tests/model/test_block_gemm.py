@@ -19,6 +19,7 @@ from nanovllm.model.kernels.block_gemm import (
     PORTABLE,
     block_linear,
     quantize_blocks,
+    takes_tiles,
 )
 from nanovllm.model.layers.linear import embedding_rows, host_block_kernel, linear
 from nanovllm.model.platform.cpu import BLOCK_KERNELS, block_kernels, kernel_path
@@ -180,7 +181,7 @@ def test_gather_and_rows_read_the_repacked_weights(type_name):
 def rounded_as_the_kernel(x, w, layout):
     """x [M, K] and w as the host's block kernel rounds them: x per block to int8 codes, or on
     AMX's tiles (from AMX_MIN_ROWS rows) x and the dequantized weights to bfloat16."""
-    if host_block_kernel() == AMX and x.shape[0] >= AMX_MIN_ROWS:
+    if takes_tiles(host_block_kernel(), x.shape[0]):
         return round_to_bfloat16(x), round_to_bfloat16(w)
     return quantize_blocks(x, layout).dequantize(), w
 
@@ -191,11 +192,12 @@ def test_model_on_block_weights_is_the_reference_model_on_their_float32(perturbe
                                                                        monkeypatch):
     """`--quantization q8_0 | q4_0 | q4_k` on a safetensors GPT-2: the model on the block
     weights agrees with the reference model on their dequantized float32, when the reference's
-    linear layers round their inputs as the kernels do (`rounded_as_the_kernel`; q4_k's 64-input matrices fall
-    back to q4_0: blocks of 32 there, 256 elsewhere). Not to float32 rounding: the kernels'
-    inputs differ from the reference's in their last bits (its layer norm and GELU are other
-    float32 sums), and an input that close to a rounding tie takes the next code, one step of
-    its block (about 1/127 of the block's largest input) on that product."""
+    linear layers round their inputs as the kernels do (`rounded_as_the_kernel`; q4_k's
+    64-input matrices fall back to q4_0: blocks of 32 there, 256 elsewhere). Not to float32
+    rounding: the kernels' inputs differ from the reference's in their last bits (its layer
+    norm and GELU are other float32 sums), and an input that close to a rounding tie takes the
+    next code, one step of its block (about 1/127 of the block's largest input) on that
+    product."""
     type_name = BLOCK_QUANTIZATIONS[quantization]
 
     def layout_of(in_dim: int):

@@ -130,8 +130,8 @@ def test_block_quantized_files_match_their_dequantized_weights(gguf_file, tmp_pa
 def test_block_quantized_files_run_as_stored(gguf_file, tmp_path, mix, monkeypatch):
     """The model on the file's blocks (fused members of one type joined, of different types
     stacked) agrees with the reference model on their float32 when its linear layers round their
-    inputs as the kernels do (`rounded_as_the_kernel`) (every matrix here has the mix's blocks: Q4_K_M's
-    Q4_K and Q6_K both of 256)."""
+    inputs as the kernels do (`rounded_as_the_kernel`; every matrix here has the mix's blocks:
+    Q4_K_M's Q4_K and Q6_K both of 256)."""
     _, path = quantized_file(gguf_file, tmp_path, mix)
     cfg, weights = load_checkpoint(derived(path))
     family = family_of(cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_roof_share_is_bytes_at_batch_1_and_multiply_adds_beyond():
     prefill = Workload("Q4_0", "prefill 512", 1)  # the LM head runs for one token only
     assert roof_share(prefill, 300.0, COST, ROOFS) == pytest.approx(500e6 * 300 / 400e9)
     # a block-quantized file's products run on the block kernels: their peak is the roof
-    blocks = Cost(**{**{f: getattr(COST, f) for f in Cost.__slots__}, "block_quantized": True})
+    blocks = replace(COST, block_quantized=True)
     assert roof_share(batched, 200.0, blocks, ROOFS) == pytest.approx(600e6 * 200 / 800e9)
     assert roof_share(decode, 50.0, blocks, ROOFS) == pytest.approx(400e6 * 50 / 40e9)
 
