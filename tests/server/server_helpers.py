@@ -18,6 +18,7 @@ import uvicorn
 from nanovllm import EngineConfig, LLMEngine
 from nanovllm.async_engine import AsyncEngine
 from nanovllm.engine_core.client import ProcessEngineClient
+from nanovllm.values.limits import ServerLimits
 
 MODEL = "tiny-gpt2"
 API_KEY = "sk-test-key"
@@ -38,12 +39,15 @@ class LiveServer:
 
 
 def serve(app, engine: AsyncEngine) -> LiveServer:
-    """Run `app` with uvicorn in a thread on a socket bound to a free loopback port."""
+    """Run `app` with uvicorn in a thread on a socket bound to a free loopback port, idle
+    connections kept as `nanovllm serve` keeps them: longer than httpx's pool keeps its own, so
+    a client never sends on a connection the server is closing (uvicorn's 5 s equals httpx's)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
-                            access_log=False)
+                            access_log=False,
+                            timeout_keep_alive=ServerLimits().timeout_keep_alive)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
