@@ -316,7 +316,9 @@ def entry_point(type_name: str):
         a = np.zeros((padded, k + CHUNK), np.uint16)  # (rows past m: zero)
         round_rows_parallel(x, a[:m, :k])
         n_panels = packed.shape[0]
-        step, chunks = split_chunks(n_panels, 1)
+        # Chunks of whole pairs of panels: a chunk of one panel would load each row tile for
+        # one product (a matrix of 1,024 outputs is 64 panels, cut into 64 chunks by one).
+        step, chunks = split_chunks(n_panels, 2)
         taken = chunk_counter()
         for _ in prange(chunks):
             chunk = claim(taken)
