@@ -95,8 +95,8 @@ def measure_roofs() -> Roofs:
         wb = PackedBF16Weight.from_bits(to_bfloat16(w.rows().astype(np.float32)).bits)
         bf16_peak = 256 * 1024 * 512 * 8 / _best(lambda: [bf16_matmul(x, wb) for _ in range(8)])
     block_kernel = host_block_kernel()
-    # More outputs than the int8 peak's (still within L2): the AMX kernel multiplies panels in
-    # pairs, dequantized a pair ahead within a thread's chunk; 512 outputs make chunks of one.
+    # More outputs than the int8 peak's (still within L2): each thread's chunks then hold
+    # several pairs of panels, as the largest layers give the AMX kernel.
     wq = from_float("Q4_0", np.random.default_rng(3).standard_normal((4096, 1024), np.float32))
     block_peak = 256 * 1024 * 4096 * 2 / _best(
         lambda: [block_linear(x, wq, block_kernel) for _ in range(2)])

@@ -39,12 +39,12 @@ class LiveServer:
 
 
 def serve(app, engine: AsyncEngine) -> LiveServer:
-    """Run `app` with uvicorn in a thread on a socket bound to a free loopback port, idle
-    connections kept as `nanovllm serve` keeps them: longer than httpx's pool keeps its own, so
-    a client never sends on a connection the server is closing (uvicorn's 5 s equals httpx's)."""
+    """Run `app` with uvicorn in a thread on a socket bound to a free loopback port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    # Idle connections kept as `nanovllm serve` keeps them, longer than httpx's pool keeps its
+    # own (uvicorn's default equals it): a client never sends on one the server is closing.
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2,
                             access_log=False,
                             timeout_keep_alive=ServerLimits().timeout_keep_alive)
