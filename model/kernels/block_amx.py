@@ -33,6 +33,7 @@ from nanovllm.model.kernels.bf16_dot import BFloat16Type
 from nanovllm.model.kernels.bf16_gemm import round_rows_parallel
 from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, intrinsic_accepts
 from nanovllm.model.kernels.parallel import chunk_counter, claim, split_chunks
+from nanovllm.model.kernels.shared import line_aligned
 from nanovllm.model.kernels.tiling import store_sums
 from nanovllm.model.weights.block_quant import (
     GROUP,
@@ -313,7 +314,8 @@ def entry_point(type_name: str):
         k = x.shape[1]
         # Rows a chunk longer than k: a tile's 16 rows 2k bytes apart would share a few of
         # L1's sets (k a multiple of 1024) and evict each other between loads.
-        a = np.zeros((padded, k + CHUNK), np.uint16)  # (rows past m: zero)
+        a = line_aligned(padded * (k + CHUNK) * 2).view(np.uint16).reshape((padded, k + CHUNK))
+        a[m:] = 0  # (rows past m)
         round_rows_parallel(x, a[:m, :k])
         n_panels = packed.shape[0]
         # Chunks of whole pairs of panels: a chunk of one panel would load each row tile for
@@ -328,8 +330,9 @@ def entry_point(type_name: str):
             load_tile_config(config.ctypes.data)
             # Two pairs of panels' weights: the products read a pair dequantized while the pair
             # before was multiplied (a tile load of bytes just stored waits for the stores).
-            weights = np.empty((2, 2, k * 2 * PANEL), np.uint8)
-            sums = np.empty((4, TILE_ROWS * PANEL), np.float32)
+            weights = line_aligned(4 * k * 2 * PANEL).reshape((2, 2, k * 2 * PANEL))
+            sums = line_aligned(4 * TILE_ROWS * PANEL * 4).view(np.float32).reshape(
+                (4, TILE_ROWS * PANEL))
             while chunk < chunks:
                 first, last = chunk * step, min(n_panels, (chunk + 1) * step)
                 dequantize_pair(packed, first, last, weights[0])

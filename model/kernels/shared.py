@@ -17,6 +17,7 @@ a row softmax. When a kernel runs on numba's threads is `parallel.py`'s.
   F16C, `to_float32` is its one widening instruction instead. Kernels written in LLVM IR widen
   whole vectors of such bits as they load them (`emit_load_floats`).
 - `softmax_`: a row softmax for attention and for the sampler's probabilities.
+- `line_aligned`: a buffer starting at a cache line, for the kernels' whole-line loads.
 - `prefetch_lines`, `prefetch_lines_l2`: ask the CPU for some memory a little before a kernel
   reads it (LLVM's prefetch: the core goes on while the lines come), where the hardware's own
   prefetcher does not see the pattern coming, e.g. a KV cache's rows read through a block
@@ -211,6 +212,16 @@ def _prefetch_lines_l2(address, nbytes):
 
 
 CACHE_LINE = 64
+
+
+@njit(cache=True, nogil=True)
+def line_aligned(nbytes):
+    """An uninitialized uint8 array of `nbytes` starting at a cache line. numpy aligns its
+    buffers to 16 bytes only, and a kernel's 64-byte load (a vector, a tile's row) from there
+    straddles two lines: an AMX tile loaded so took several times as long."""
+    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
+    skip = (-raw.ctypes.data) % CACHE_LINE
+    return raw[skip:skip + nbytes]
 
 
 @njit(cache=True, nogil=True)
