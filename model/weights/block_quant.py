@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from nanovllm.model.kernels.shared import line_aligned
 from nanovllm.model.weights import ggml_blocks as g
 from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
     BLOCK_TYPES,
@@ -127,12 +128,19 @@ def from_gguf(type_name: str, raw: np.ndarray, shape: tuple[int, int]) -> BlockW
     out, k = shape
     per_row = k // BLOCK_TYPES[type_name].weights
     panels = -(-out // PANEL)
-    packed = np.zeros((panels, k // layout.span, panel_bytes(layout)), np.uint8)
+    packed = empty_packed(panels, k // layout.span, layout)
     for start in range(0, out, ROWS_AT_ONCE):  # ROWS_AT_ONCE is a multiple of PANEL
         end = min(out, start + ROWS_AT_ONCE)
         part = np.asarray(blocks[start * per_row:end * per_row])
         packed[start // PANEL:-(-end // PANEL)] = pack_panels(type_name, part, end - start, k)
     return BlockWeight(packed, type_name, shape)
+
+
+def empty_packed(panels: int, supers: int, layout: Layout) -> np.ndarray:
+    """An uninitialized `BlockWeight.packed` starting at a cache line, as the kernels' loads of
+    whole lines of it want."""
+    return line_aligned(panels * supers * panel_bytes(layout)).reshape(
+        panels, supers, panel_bytes(layout))
 
 
 def from_float(type_name: str, w: np.ndarray) -> BlockWeight:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanovllm.model.weights.block_quant import PANEL, BlockWeight
+from nanovllm.model.weights.block_quant import PANEL, BlockWeight, empty_packed
 
 
 @dataclass(slots=True)
@@ -60,4 +60,7 @@ def join_run(run: list) -> np.ndarray | BlockWeight:
     if len(run) == 1:
         return run[0]
     shape = (sum(w.shape[0] for w in run), run[0].shape[1])
-    return BlockWeight(np.concatenate([w.packed for w in run]), run[0].type_name, shape)
+    packed = empty_packed(sum(w.packed.shape[0] for w in run), run[0].packed.shape[1],
+                          run[0].layout)
+    np.concatenate([w.packed for w in run], out=packed)
+    return BlockWeight(packed, run[0].type_name, shape)
