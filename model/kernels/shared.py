@@ -25,8 +25,9 @@ a row softmax. When a kernel runs on numba's threads is `parallel.py`'s.
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it
 (`model/layers/attention.py`, `model/architectures/gpt2.py`, `model/layers/linear.py`, the W8A8
-kernels through `emit_prefetch`, `f32_dot` and `attention_dot` through `emit_load_floats`): after
-changing it, delete `model/*/__pycache__/*.nbi` and `*.nbc`.
+kernels through `emit_prefetch`, `f32_dot` and `attention_dot` through `emit_load_floats`,
+`block_amx` through `line_aligned`): after changing it, delete `model/*/__pycache__/*.nbi` and
+`*.nbc`.
 """
 
 from __future__ import annotations
