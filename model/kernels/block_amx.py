@@ -33,8 +33,8 @@ from nanovllm.model.kernels.bf16_dot import BFloat16Type
 from nanovllm.model.kernels.bf16_gemm import round_rows_parallel
 from nanovllm.model.kernels.ir_build import declare, emit_accumulating_loop, intrinsic_accepts
 from nanovllm.model.kernels.parallel import chunk_counter, claim, split_chunks
-from nanovllm.model.kernels.shared import line_aligned
 from nanovllm.model.kernels.tiling import store_sums
+from nanovllm.model.platform.memory import line_aligned
 from nanovllm.model.weights.block_quant import (
     GROUP,
     LAYOUTS,

@@ -17,7 +17,6 @@ a row softmax. When a kernel runs on numba's threads is `parallel.py`'s.
   F16C, `to_float32` is its one widening instruction instead. Kernels written in LLVM IR widen
   whole vectors of such bits as they load them (`emit_load_floats`).
 - `softmax_`: a row softmax for attention and for the sampler's probabilities.
-- `line_aligned`: a buffer starting at a cache line, for the kernels' whole-line loads.
 - `prefetch_lines`, `prefetch_lines_l2`: ask the CPU for some memory a little before a kernel
   reads it (LLVM's prefetch: the core goes on while the lines come), where the hardware's own
   prefetcher does not see the pattern coming, e.g. a KV cache's rows read through a block
@@ -25,9 +24,8 @@ a row softmax. When a kernel runs on numba's threads is `parallel.py`'s.
 
 numba's on-disk cache does not notice edits to this module in the kernels that use it
 (`model/layers/attention.py`, `model/architectures/gpt2.py`, `model/layers/linear.py`, the W8A8
-kernels through `emit_prefetch`, `f32_dot` and `attention_dot` through `emit_load_floats`,
-`block_amx` through `line_aligned`): after changing it, delete `model/*/__pycache__/*.nbi` and
-`*.nbc`.
+kernels through `emit_prefetch`, `f32_dot` and `attention_dot` through `emit_load_floats`): after
+changing it, delete `model/*/__pycache__/*.nbi` and `*.nbc`.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from numba.extending import intrinsic, overload
 
 from nanovllm.model.kernels.parallel import on_threads
 from nanovllm.model.platform.cpu import kernel_path
+from nanovllm.model.platform.memory import CACHE_LINE
 
 # Reassociation lets reductions (dot products, sums) vectorize; no-NaN/no-Inf assumptions are
 # not allowed.
@@ -210,19 +209,6 @@ def _prefetch_lines_l2(address, nbytes):
     def impl(address, nbytes):
         lines_from(address & -CACHE_LINE, address + nbytes, OUTER)
     return impl
-
-
-CACHE_LINE = 64
-
-
-@njit(cache=True, nogil=True)
-def line_aligned(nbytes):
-    """An uninitialized uint8 array of `nbytes` starting at a cache line. numpy aligns its
-    buffers to 16 bytes only, and a kernel's 64-byte load (a vector, a tile's row) from there
-    straddles two lines: an AMX tile loaded so took several times as long."""
-    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
-    skip = (-raw.ctypes.data) % CACHE_LINE
-    return raw[skip:skip + nbytes]
 
 
 @njit(cache=True, nogil=True)

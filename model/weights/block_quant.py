@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from nanovllm.model.kernels.shared import line_aligned
+from nanovllm.model.platform.memory import line_aligned
 from nanovllm.model.weights import ggml_blocks as g
 from nanovllm.model.weights.ggml_blocks import (  # noqa: F401  (this module's interface too)
     BLOCK_TYPES,

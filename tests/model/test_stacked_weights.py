@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanovllm.model.kernels.shared import CACHE_LINE
 from nanovllm.model.layers.linear import linear
+from nanovllm.model.platform.memory import CACHE_LINE
 from nanovllm.model.weights.block_quant import BlockWeight, from_float
 from nanovllm.model.weights.quant import dequantize
 from nanovllm.model.weights.stacked import StackedWeight, join_rows
